@@ -1,0 +1,5 @@
+import sys
+
+from callstate.cli import main
+
+sys.exit(main())

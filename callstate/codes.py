@@ -1,0 +1,101 @@
+"""MS-RPC status codes, their names, and how they cross gRPC (SPEC §4).
+
+An abort's exact code travels in trailing metadata (`callstate-code`), so a
+client in any language can read it; otherwise the code is derived from the
+gRPC status with the table below.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Iterable
+
+import grpc
+
+RPC_S_OK: Final = 0
+ERROR_ACCESS_DENIED: Final = 5
+RPC_S_INVALID_ARG: Final = 87
+RPC_S_ASYNC_CALL_PENDING: Final = 997
+RPC_S_TIMEOUT: Final = 1460
+RPC_S_SERVER_UNAVAILABLE: Final = 1722
+RPC_S_SERVER_TOO_BUSY: Final = 1723
+RPC_S_CALL_FAILED: Final = 1726
+RPC_S_CALL_CANCELLED: Final = 1818
+RPC_S_INVALID_ASYNC_HANDLE: Final = 1914
+RPC_S_INVALID_ASYNC_CALL: Final = 1915
+
+NAMES: Final[dict[int, str]] = {
+    RPC_S_OK: "RPC_S_OK",
+    ERROR_ACCESS_DENIED: "ERROR_ACCESS_DENIED",
+    RPC_S_INVALID_ARG: "RPC_S_INVALID_ARG",
+    RPC_S_ASYNC_CALL_PENDING: "RPC_S_ASYNC_CALL_PENDING",
+    RPC_S_TIMEOUT: "RPC_S_TIMEOUT",
+    RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
+    RPC_S_SERVER_TOO_BUSY: "RPC_S_SERVER_TOO_BUSY",
+    RPC_S_CALL_FAILED: "RPC_S_CALL_FAILED",
+    RPC_S_CALL_CANCELLED: "RPC_S_CALL_CANCELLED",
+    RPC_S_INVALID_ASYNC_HANDLE: "RPC_S_INVALID_ASYNC_HANDLE",
+    RPC_S_INVALID_ASYNC_CALL: "RPC_S_INVALID_ASYNC_CALL",
+}
+
+# Metadata keys of the wire contract (SPEC §5).
+CALL_ID_KEY: Final = "callstate-call-id"
+CODE_KEY: Final = "callstate-code"
+
+# gRPC status -> MS-RPC code, when no `callstate-code` trailer says otherwise.
+_FROM_GRPC: Final[dict[grpc.StatusCode, int]] = {
+    grpc.StatusCode.OK: RPC_S_OK,
+    grpc.StatusCode.CANCELLED: RPC_S_CALL_CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED: RPC_S_CALL_CANCELLED,  # "cancelled or timed out"
+    grpc.StatusCode.UNKNOWN: RPC_S_CALL_FAILED,
+    grpc.StatusCode.INTERNAL: RPC_S_CALL_FAILED,
+    grpc.StatusCode.UNAVAILABLE: RPC_S_SERVER_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RPC_S_SERVER_TOO_BUSY,
+    grpc.StatusCode.INVALID_ARGUMENT: RPC_S_INVALID_ARG,
+    grpc.StatusCode.PERMISSION_DENIED: ERROR_ACCESS_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED: ERROR_ACCESS_DENIED,
+}
+
+# MS-RPC code -> the gRPC status the server sends it with.
+_TO_GRPC: Final[dict[int, grpc.StatusCode]] = {
+    RPC_S_OK: grpc.StatusCode.OK,
+    RPC_S_CALL_CANCELLED: grpc.StatusCode.CANCELLED,
+    RPC_S_CALL_FAILED: grpc.StatusCode.UNKNOWN,
+    RPC_S_SERVER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    RPC_S_SERVER_TOO_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RPC_S_INVALID_ARG: grpc.StatusCode.INVALID_ARGUMENT,
+    ERROR_ACCESS_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+_STATUS_BY_VALUE: Final[dict[int, grpc.StatusCode]] = {s.value[0]: s for s in grpc.StatusCode}
+
+
+def name(code: int) -> str:
+    """The symbolic name of an MS-RPC code; application codes get a generic one."""
+    return NAMES.get(code, f"APPLICATION_ERROR_{code}")
+
+
+def describe(code: int) -> str:
+    return f"{code} {name(code)}"
+
+
+def grpc_status_for(code: int) -> grpc.StatusCode:
+    """The gRPC status an abort with `code` is sent with when the script names none."""
+    return _TO_GRPC.get(code, grpc.StatusCode.ABORTED)
+
+
+def status_from_value(value: int) -> grpc.StatusCode | None:
+    """grpc.StatusCode for its integer value (None when there is no such status)."""
+    return _STATUS_BY_VALUE.get(value)
+
+
+def from_grpc(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[str, str | bytes]] | None = None) -> int:
+    """The MS-RPC code a client reads from a finished gRPC call."""
+    for key, value in trailing_metadata or ():
+        if key == CODE_KEY:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                break  # a garbled trailer: fall back on the status
+    if status is None:
+        return RPC_S_CALL_FAILED
+    return _FROM_GRPC.get(status, RPC_S_CALL_FAILED)

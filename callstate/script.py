@@ -1,0 +1,154 @@
+"""Per-call scripts (SPEC §3): building them, validating them, default mixes.
+
+The same `validate` runs in the client (before a call goes out) and in the
+server (on what actually arrived), so both refuse the same scripts with the
+same field names.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from callstate.v1 import callstate_pb2 as pb
+
+OutcomeName = Literal["complete", "abort", "fatal", "hold"]
+OnCancelName = Literal["abort", "complete", "ignore"]
+
+OUTCOMES: Final[dict[str, int]] = {
+    "complete": pb.OUTCOME_COMPLETE,
+    "abort": pb.OUTCOME_ABORT,
+    "fatal": pb.OUTCOME_FATAL,
+    "hold": pb.OUTCOME_HOLD,
+}
+OUTCOME_NAMES: Final[dict[int, str]] = {v: k for k, v in OUTCOMES.items()}
+ON_CANCEL: Final[dict[str, int]] = {
+    "abort": pb.ON_CANCEL_ABORT,
+    "complete": pb.ON_CANCEL_COMPLETE,
+    "ignore": pb.ON_CANCEL_IGNORE,
+}
+ON_CANCEL_NAMES: Final[dict[int, str]] = {v: k for k, v in ON_CANCEL.items()} | {pb.ON_CANCEL_UNSPECIFIED: "abort"}
+
+DEFAULT_ABORT_CODE: Final = 4242  # an application exception code for mixes
+
+
+class ScriptError(ValueError):
+    """A script the server refuses; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"script.{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a server enforces on scripts (and a client checks before sending)."""
+
+    max_delay_ms: int = 600_000
+    max_reply_bytes: int = 4 * 1024 * 1024
+
+
+def validate(script: pb.Script, limits: Limits = Limits()) -> None:
+    """Raise ScriptError naming the first bad field of `script`."""
+    for name in ("dispatch_delay_ms", "outcome_delay_ms"):
+        value = getattr(script, name)
+        if value < 0:
+            raise ScriptError(name, f"must be >= 0, got {value}")
+        if value > limits.max_delay_ms:
+            raise ScriptError(name, f"must be <= {limits.max_delay_ms} (server limit), got {value}")
+    if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
+        raise ScriptError("outcome", f"unknown outcome {script.outcome}; expected one of "
+                          + ", ".join(f"{v} ({k})" for k, v in OUTCOMES.items()))
+    if script.on_cancel not in ON_CANCEL_NAMES:
+        raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
+    if not 0 <= script.reply_bytes <= limits.max_reply_bytes:
+        raise ScriptError("reply_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.reply_bytes}")
+    if script.outcome == pb.OUTCOME_ABORT:
+        if script.abort_code == 0:
+            raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
+        if not -(2**31) <= script.abort_code < 2**32:
+            raise ScriptError("abort_code", f"must fit in 32 bits, got {script.abort_code}")
+        if not 0 <= script.abort_grpc_status <= 16:
+            raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
+
+
+@dataclass(frozen=True)
+class Script:
+    """A call's script in seconds, as Python users write it."""
+
+    outcome: OutcomeName = "complete"
+    dispatch_delay: float = 0.0
+    outcome_delay: float = 0.0
+    reply_bytes: int = 0
+    echo: bool = False
+    abort_code: int = DEFAULT_ABORT_CODE
+    abort_status: int = 0          # gRPC status value; 0 = ABORTED
+    abort_message: str = ""
+    fatal_message: str = ""
+    on_cancel: OnCancelName = "abort"
+
+    def to_proto(self) -> pb.Script:
+        if self.outcome not in OUTCOMES:
+            raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        if self.on_cancel not in ON_CANCEL:
+            raise ScriptError("on_cancel", f"unknown on_cancel {self.on_cancel!r}; expected one of {', '.join(ON_CANCEL)}")
+        return pb.Script(
+            dispatch_delay_ms=round(self.dispatch_delay * 1000),
+            outcome=OUTCOMES[self.outcome],
+            outcome_delay_ms=round(self.outcome_delay * 1000),
+            reply_bytes=self.reply_bytes,
+            echo=self.echo,
+            abort_code=self.abort_code if self.outcome == "abort" else 0,
+            abort_grpc_status=self.abort_status,
+            abort_message=self.abort_message,
+            fatal_message=self.fatal_message,
+            on_cancel=ON_CANCEL[self.on_cancel],
+        )
+
+
+class MixError(ValueError):
+    pass
+
+
+@dataclass
+class Mix:
+    """Weighted choice of outcomes, e.g. parsed from 'complete=80,abort=10,fatal=5,hold=5'."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"complete": 1.0})
+
+    @classmethod
+    def parse(cls, text: str, allowed: tuple[str, ...] = tuple(OUTCOMES)) -> "Mix":
+        weights: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep:
+                raise MixError(f"mix entry {part!r}: expected NAME=WEIGHT")
+            if name not in allowed:
+                raise MixError(f"mix entry {part!r}: unknown name {name!r}; expected one of {', '.join(allowed)}")
+            try:
+                weight = float(value)
+            except ValueError:
+                raise MixError(f"mix entry {part!r}: weight {value!r} is not a number") from None
+            if weight < 0 or weight != weight:
+                raise MixError(f"mix entry {part!r}: weight must be >= 0")
+            weights[name] = weights.get(name, 0.0) + weight
+        if not weights or sum(weights.values()) <= 0:
+            raise MixError(f"mix {text!r}: needs at least one positive weight")
+        return cls(weights)
+
+    def draw(self, rng: random.Random | None = None) -> str:
+        r = (rng or random).random() * sum(self.weights.values())
+        for name, weight in self.weights.items():
+            r -= weight
+            if r < 0:
+                return name
+        return next(reversed(self.weights))
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.weights.values())
+        return {k: v / total for k, v in self.weights.items()}
+
+    def __str__(self) -> str:
+        return ",".join(f"{k}={v:g}" for k, v in self.weights.items())

@@ -1,0 +1,170 @@
+"""The state log: one JSON object per line for every state entered or event seen.
+
+The hot path only appends an `Entry` (a tuple with a float timestamp) to a
+thread-safe deque; a writer thread formats and writes in batches, so the event
+loop never formats JSON. `close()` (also run at exit) drains everything, so
+the last calls' `End` lines are never lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Iterator, NamedTuple
+
+import orjson
+
+from callstate.lifecycle import END
+
+
+class Entry(NamedTuple):
+    t: float                    # time.time() when the state was entered
+    side: str                   # "client" | "server"
+    call_id: str
+    state: str
+    prev: str | None
+    event: str                  # "enter" or an event name such as "cancel_seen"
+    move: str | None = None     # the table move that entered `state`
+    code: int | None = None     # on End: the MS-RPC code
+    grpc_status: str | None = None
+    detail: str | None = None
+
+
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def format_ts(t: float) -> str:
+    """RFC 3339 UTC with microseconds, e.g. 2026-11-24T15:46:14.123456Z."""
+    global _ts_cache
+    sec = int(t)
+    cached_sec, prefix = _ts_cache
+    if sec != cached_sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _ts_cache = (sec, prefix)
+    return f"{prefix}.{int((t - sec) * 1_000_000):06d}Z"
+
+
+def to_dict(e: Entry) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "ts": format_ts(e.t), "side": e.side, "call_id": e.call_id,
+        "state": e.state, "prev": e.prev, "event": e.event,
+    }
+    if e.move is not None:
+        d["move"] = e.move
+    if e.state == END and e.event == "enter":
+        d["code"] = e.code
+        d["grpc_status"] = e.grpc_status
+    if e.detail:
+        d["detail"] = e.detail
+    return d
+
+
+def to_json(e: Entry) -> bytes:
+    return orjson.dumps(to_dict(e))
+
+
+class StateLog:
+    """Buffered JSON-lines writer. `append` is cheap and thread-safe."""
+
+    def __init__(self, target: str | Path | IO[bytes] | None, *, flush_interval: float = 0.05) -> None:
+        self._owns = False
+        self._out: IO[bytes] | None
+        if target is None:
+            self._out = None
+        elif target == "-":
+            self._out = sys.stdout.buffer
+        elif isinstance(target, (str, Path)):
+            self._out = open(target, "ab")
+            self._owns = True
+        else:
+            self._out = target
+        self._queue: collections.deque[Entry] = collections.deque()
+        self._interval = flush_interval
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one drainer at a time keeps lines in order
+        self._closed = False
+        self.written = 0
+        self._thread: threading.Thread | None = None
+        if self._out is not None:
+            self._thread = threading.Thread(target=self._run, name="callstate-statelog", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+
+    @property
+    def enabled(self) -> bool:
+        return self._out is not None
+
+    def append(self, entry: Entry) -> None:
+        if self._out is not None:
+            self._queue.append(entry)
+
+    def _drain(self) -> None:
+        queue, out = self._queue, self._out
+        n = len(queue)
+        if not n or out is None:
+            return
+        dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        chunks = [dumps(to_dict(queue.popleft()), option=opt) for _ in range(n)]
+        try:
+            out.write(b"".join(chunks))
+            out.flush()
+        except (BrokenPipeError, ValueError):  # reader went away / closed stream
+            self._out = None
+            return
+        self.written += n
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything appended so far (from any thread)."""
+        with self._lock:
+            self._drain()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+        if self._owns and self._out is not None:
+            self._out.close()
+        self._out = None
+        atexit.unregister(self.close)
+
+
+class LogFormatError(ValueError):
+    """A state log line that is not a valid state entry; names file and line."""
+
+
+REQUIRED_KEYS = ("ts", "side", "call_id", "state", "prev", "event")
+
+
+def read_log(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, entry) from a JSON-lines state log.
+
+    Non-state lines are refused with the file and line number, so a wrong file
+    is reported, never half-read silently.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise LogFormatError(f"{path}:{lineno}: not JSON ({exc})") from None
+            if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
+                missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
+                raise LogFormatError(f"{path}:{lineno}: not a state entry (missing {', '.join(missing)})")
+            yield lineno, obj

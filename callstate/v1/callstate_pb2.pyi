@@ -1,0 +1,212 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_COMPLETE: _ClassVar[Outcome]
+    OUTCOME_ABORT: _ClassVar[Outcome]
+    OUTCOME_FATAL: _ClassVar[Outcome]
+    OUTCOME_HOLD: _ClassVar[Outcome]
+
+class OnCancel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_CANCEL_UNSPECIFIED: _ClassVar[OnCancel]
+    ON_CANCEL_ABORT: _ClassVar[OnCancel]
+    ON_CANCEL_COMPLETE: _ClassVar[OnCancel]
+    ON_CANCEL_IGNORE: _ClassVar[OnCancel]
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_COMPLETE: Outcome
+OUTCOME_ABORT: Outcome
+OUTCOME_FATAL: Outcome
+OUTCOME_HOLD: Outcome
+ON_CANCEL_UNSPECIFIED: OnCancel
+ON_CANCEL_ABORT: OnCancel
+ON_CANCEL_COMPLETE: OnCancel
+ON_CANCEL_IGNORE: OnCancel
+
+class Script(_message.Message):
+    __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
+    DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ECHO_FIELD_NUMBER: _ClassVar[int]
+    ABORT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    dispatch_delay_ms: int
+    outcome: Outcome
+    outcome_delay_ms: int
+    reply_bytes: int
+    echo: bool
+    abort_code: int
+    abort_grpc_status: int
+    abort_message: str
+    fatal_message: str
+    on_cancel: OnCancel
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
+
+class CallRequest(_message.Message):
+    __slots__ = ("call_id", "script", "payload")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIPT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    script: Script
+    payload: bytes
+    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[Script, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("call_id", "payload", "cancel_seen")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_SEEN_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    payload: bytes
+    cancel_seen: bool
+    def __init__(self, call_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("delivered", "state")
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    delivered: bool
+    state: str
+    def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
+
+class StateEntry(_message.Message):
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail")
+    TS_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ts: str
+    side: str
+    call_id: str
+    state: str
+    prev: str
+    event: str
+    move: str
+    code: int
+    grpc_status: str
+    detail: str
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class GetCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class CallHistory(_message.Message):
+    __slots__ = ("call_id", "entries", "ended")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
+    ended: bool
+    def __init__(self, call_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., ended: _Optional[bool] = ...) -> None: ...
+
+class ListCallsRequest(_message.Message):
+    __slots__ = ("state", "code", "in_flight", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    code: int
+    in_flight: bool
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., code: _Optional[int] = ..., in_flight: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CallSummary(_message.Message):
+    __slots__ = ("call_id", "state", "outcome", "code", "grpc_status", "started", "ended", "cancel_seen")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_SEEN_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    state: str
+    outcome: str
+    code: int
+    grpc_status: str
+    started: str
+    ended: str
+    cancel_seen: bool
+    def __init__(self, call_id: _Optional[str] = ..., state: _Optional[str] = ..., outcome: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., started: _Optional[str] = ..., ended: _Optional[str] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
+
+class ListCallsReply(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallSummary]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallSummary, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class CountersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Counters(_message.Message):
+    __slots__ = ("in_flight", "dispatched", "ended", "cancels_seen", "by_state", "by_code", "journal_calls", "watch_dropped")
+    class ByStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ByCodeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DISPATCHED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    BY_STATE_FIELD_NUMBER: _ClassVar[int]
+    BY_CODE_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    in_flight: int
+    dispatched: int
+    ended: int
+    cancels_seen: int
+    by_state: _containers.ScalarMap[str, int]
+    by_code: _containers.ScalarMap[int, int]
+    journal_calls: int
+    watch_dropped: int
+    def __init__(self, in_flight: _Optional[int] = ..., dispatched: _Optional[int] = ..., ended: _Optional[int] = ..., cancels_seen: _Optional[int] = ..., by_state: _Optional[_Mapping[str, int]] = ..., by_code: _Optional[_Mapping[int, int]] = ..., journal_calls: _Optional[int] = ..., watch_dropped: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,15 @@
+"""callstate.client: drive calls through the caller's lifecycle, sync or asyncio.
+
+Both surfaces mirror each other name for name and share one lifecycle core
+(`client.core.CallCore`) and one error type (`CallError`); only waiting differs.
+"""
+
+from callstate.errors import CallError, CallPending, InvalidAsyncHandle
+from callstate.script import Script
+from callstate.client.aio import AsyncCall, AsyncClient, AsyncCompletionQueue
+from callstate.client.sync import Call, Client, CompletionQueue
+
+__all__ = [
+    "AsyncCall", "AsyncClient", "AsyncCompletionQueue", "Call", "CallError", "CallPending", "Client",
+    "CompletionQueue", "InvalidAsyncHandle", "Script",
+]

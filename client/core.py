@@ -1,0 +1,140 @@
+"""The caller's side of one call, without I/O: shared by the sync and asyncio clients.
+
+`CallCore` applies the client table (C, Can, WComp, Comp, End), records every
+state entered, holds the notification (the call's final code and reply), and
+answers complete()/status() by the MS-RPC rules:
+
+* complete() before the notification: 997 RPC_S_ASYNC_CALL_PENDING, no state change;
+* the first complete() after it is final (WComp -> Comp -> End);
+* complete() or cancel() after that: 1914 RPC_S_INVALID_ASYNC_HANDLE;
+* status() polls: 997 until notified, then the final code, without consuming it.
+
+Only how the adapters wait differs (threads vs. the event loop).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from callstate import codes
+from callstate.errors import CallError, CallPending, InvalidAsyncHandle
+from callstate.lifecycle import Lifecycle
+from callstate.statelog import Entry, StateLog
+
+
+class CallCore:
+    __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
+                 "abortive_cancel", "_log", "_lock", "_callbacks", "t_start")
+
+    def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
+        self.call_id = call_id
+        self.owner = owner                 # the public call object handed to callbacks
+        self.lifecycle = Lifecycle("client")
+        self.notified = False
+        self.code: int | None = None
+        self.reply: Any = None
+        self.grpc_status = ""
+        self.details = ""
+        self.abortive_cancel = False
+        self._log = log if log is not None and log.enabled else None
+        self._lock = threading.Lock()      # the sync client notifies from gRPC's threads
+        self._callbacks: list[Callable[[Any], None]] = []
+        self.t_start = time.time()
+        if self._log is not None:
+            self._log.append(Entry(self.t_start, "client", call_id, "C", None, "enter", "call"))
+
+    # -- recording --------------------------------------------------------------------------
+    def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
+              detail: str | None = None) -> None:
+        prev, state = self.lifecycle.move(move)
+        if self._log is not None:
+            self._log.append(Entry(time.time(), "client", self.call_id, state, prev, "enter", move, code,
+                                   grpc_status, detail))
+
+    def _event(self, event: str, detail: str | None = None) -> None:
+        if self._log is not None:
+            s = self.lifecycle.state
+            self._log.append(Entry(time.time(), "client", self.call_id, s, s, event, None, detail=detail))
+
+    @property
+    def state(self) -> str:
+        return self.lifecycle.state
+
+    @property
+    def history(self) -> list[str]:
+        return list(self.lifecycle.history)
+
+    # -- the caller's moves -----------------------------------------------------------------
+    def started(self) -> None:
+        with self._lock:
+            self._move("started")
+
+    def start_failed(self, code: int, details: str) -> CallError:
+        """C -> End: making the call raised; no notification follows, nothing to complete."""
+        with self._lock:
+            self._move("start_failed", code, None, details)
+        return CallError(code, self.call_id, details=details)
+
+    def begin_cancel(self, abortive: bool) -> bool:
+        """Enter Can. True when the call is still outstanding (the adapter must act)."""
+        with self._lock:
+            if self.lifecycle.ended:
+                self._event("invalid_handle", "cancel")
+                raise InvalidAsyncHandle(self.call_id, "cancel")
+            self._move("cancel", detail="abortive" if abortive else "non-abortive")
+            if abortive and not self.notified:
+                self.abortive_cancel = True
+            return not self.notified
+
+    def cancel_issued(self, detail: str | None = None) -> None:
+        with self._lock:
+            self._move("cancel_issued", detail=detail)
+
+    def event(self, name: str, detail: str | None = None) -> None:
+        with self._lock:
+            self._event(name, detail)
+
+    def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "") -> bool:
+        """The call-complete notification. Only the first counts; callbacks run after it."""
+        with self._lock:
+            if self.notified:
+                return False
+            self.notified = True
+            self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self.owner)
+        return True
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        with self._lock:
+            if not self.notified:
+                self._callbacks.append(callback)
+                return
+        callback(self.owner)
+
+    def complete(self) -> Any:
+        """RpcAsyncCompleteCall: the reply, or CallError with the final code."""
+        with self._lock:
+            if self.lifecycle.ended:
+                self._event("invalid_handle", "complete")
+                raise InvalidAsyncHandle(self.call_id, "complete")
+            if not self.notified:
+                self._event("complete_pending")
+                raise CallPending(self.call_id)
+            self._move("complete")
+            code = self.code if self.code is not None else codes.RPC_S_CALL_FAILED
+            self._move("completed", code, self.grpc_status or None, self.details or None)
+        if code != codes.RPC_S_OK:
+            raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
+        return self.reply
+
+    def status(self) -> int:
+        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        if self.lifecycle.ended:
+            return codes.RPC_S_INVALID_ASYNC_HANDLE
+        if not self.notified or self.code is None:
+            return codes.RPC_S_ASYNC_CALL_PENDING
+        return self.code

@@ -1,0 +1,142 @@
+"""Assemble and run the emulator: Emulator + Journal + health + reflection.
+
+`EmulatorServer` is also the hook for test harnesses that want a server in
+their own event loop:
+
+    async with EmulatorServer(port=0) as srv:
+        target = srv.target   # "127.0.0.1:<port>"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from callstate.statelog import Entry, StateLog
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.server.emulator import EmulatorConfig, EmulatorServicer
+from callstate.server.journal import Journal
+from callstate.server.journal_service import JournalServicer
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Emulator"].full_name,
+    pb.DESCRIPTOR.services_by_name["Journal"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+@dataclass
+class ServerOptions:
+    bind: str = "127.0.0.1"
+    port: int = 50051
+    log: str | Path | IO[bytes] | None = None   # "-" = stdout, a path, or None for no state log
+    journal_size: int = 10_000
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    grace: float = 2.0
+
+
+class EmulatorServer:
+    def __init__(self, options: ServerOptions | None = None, **overrides: object) -> None:
+        self.options = options or ServerOptions()
+        for key, value in overrides.items():
+            setattr(self.options, key, value)
+        self.journal: Journal | None = None
+        self.log: StateLog | None = None
+        self.emulator: EmulatorServicer | None = None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+
+    @property
+    def target(self) -> str:
+        host = self.options.bind
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '') else '[::1]' if host == '::' else host}:{self.port}"
+
+    async def start(self) -> int:
+        opts = self.options
+        self.journal = journal = Journal(opts.journal_size)
+        self.log = log = StateLog(opts.log)
+        journal_add, log_append = journal.add, log.append
+
+        def record(entry: Entry, outcome: str) -> None:
+            journal_add(entry, outcome)   # journal first: watchers see it live
+            log_append(entry)
+
+        self.emulator = EmulatorServicer(opts.emulator, record)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
+        pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        address = f"[{opts.bind}]:{opts.port}" if ":" in opts.bind else f"{opts.bind}:{opts.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            log.close()
+            raise OSError(f"cannot bind {address}: {exc}") from None
+        await server.start()
+        for name in SERVICE_NAMES[:2] + ("",):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; every call in flight ends (and is logged) before the log closes."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        assert self._health is not None and self.emulator is not None and self.journal is not None
+        await self._health.enter_graceful_shutdown()
+        stopping = asyncio.ensure_future(server.stop(self.options.grace if grace is None else grace))
+        self.emulator.stop_all()   # held calls end now (1722) instead of at the grace deadline
+        await stopping
+        await self.journal.wait_idle(timeout=2.0)
+        if self.log is not None:
+            self.log.close()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> "EmulatorServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully and flush the state log."""
+    srv = EmulatorServer(options)
+    await srv.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if port_file:
+        Path(port_file).write_text(f"{srv.port}\n")
+    print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
+          f"(state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
+    await stop.wait()
+    print("callstate: stopping; ending calls in flight", file=ready, flush=True)
+    await srv.stop()
+    assert srv.journal is not None
+    print(f"callstate: stopped after {srv.journal.dispatched} calls "
+          f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
+
+
+def _describe_log(target: object) -> str:
+    return "off" if target is None else "stdout" if target == "-" else str(target)

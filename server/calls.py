@@ -1,0 +1,95 @@
+"""One server-side call: its lifecycle, its cancel signals, and how it waits.
+
+`ServerCall` is the thin adapter between the sans-IO server table and
+asyncio: it applies moves, records each state entered, and turns the two ways
+a caller can cancel into events the script reacts to:
+
+* abortive cancel (or a disconnect): gRPC cancels the handler's task, so the
+  wait raises CancelledError at once;
+* the cancel notice (non-abortive): `Emulator.Cancel` resolves the future
+  the wait is watching.
+
+Neither polls; both wake the handler within one loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from callstate.lifecycle import Lifecycle, move_to_end
+from callstate.statelog import Entry
+
+Record = Callable[[Entry, str], None]
+
+ABORTIVE = "abortive"
+NOTICE = "notice"
+
+
+class ServerCall:
+    __slots__ = ("call_id", "lifecycle", "outcome", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_record")
+
+    def __init__(self, call_id: str, record: Record, outcome: str = "") -> None:
+        self.call_id = call_id
+        self.lifecycle = Lifecycle("server")
+        self.outcome = outcome
+        self.cancel_kind: str | None = None   # first cancel seen: ABORTIVE or NOTICE
+        self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
+        self.stopping = False
+        self._wake: asyncio.Future[None] | None = None   # made on the first pause
+        self._record = record
+        record(Entry(time.time(), "server", call_id, "D", None, "enter", "dispatch"), outcome)
+
+    @property
+    def state(self) -> str:
+        return self.lifecycle.state
+
+    def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None) -> None:
+        prev, state = self.lifecycle.move(move)
+        self._record(Entry(time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail),
+                     self.outcome)
+
+    def end_on_error(self, exc: BaseException) -> None:
+        """Close a call that an unexpected error interrupted, by the legal move to End."""
+        while not self.lifecycle.ended:
+            move = move_to_end("server", self.state)
+            if move is None:  # pragma: no cover - every server state reaches End directly
+                raise RuntimeError(f"server state {self.state} has no move to End")
+            self.move(move, 1726, "UNKNOWN", f"handler error: {type(exc).__name__}: {exc}")
+
+    def cancel_seen(self, kind: str) -> None:
+        """Record a cancel (no state change, SPEC §2) and wake a waiting handler."""
+        if self.lifecycle.ended:
+            return
+        if kind == ABORTIVE:
+            self.rpc_cancelled = True
+        if self.cancel_kind is None:
+            self.cancel_kind = kind
+        self._record(Entry(time.time(), "server", self.call_id, self.state, self.state, "cancel_seen", None,
+                           detail=kind), self.outcome)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def stop(self) -> None:
+        """The server is stopping: cut any wait short, even one ignoring cancels."""
+        self.stopping = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def pause(self, seconds: float, ignore_cancels: bool) -> bool:
+        """Wait `seconds`; True when a cancel (or the server stopping) cut it short."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            if self.stopping or (self.cancel_kind is not None and not ignore_cancels):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if self._wake is None or self._wake.done():
+                self._wake = loop.create_future()
+            try:
+                await asyncio.wait((self._wake,), timeout=remaining)
+            except asyncio.CancelledError:
+                self.cancel_seen(ABORTIVE)

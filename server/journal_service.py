@@ -1,0 +1,81 @@
+"""`callstate.v1.Journal`: the server's state log over gRPC.
+
+One call's history, a filtered list, a live watch stream and counters, all
+read from the bounded in-memory `Journal`.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import grpc
+
+from callstate.statelog import Entry, format_ts
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.server.journal import CallRecord, Journal
+
+
+def entry_to_proto(e: Entry) -> pb.StateEntry:
+    msg = pb.StateEntry(ts=format_ts(e.t), side=e.side, call_id=e.call_id, state=e.state, prev=e.prev or "",
+                        event=e.event, move=e.move or "", grpc_status=e.grpc_status or "", detail=e.detail or "")
+    if e.code is not None:
+        msg.code = e.code
+    return msg
+
+
+def summary(rec: CallRecord) -> pb.CallSummary:
+    final = rec.final
+    msg = pb.CallSummary(call_id=rec.call_id, state=rec.state, outcome=rec.outcome,
+                         started=format_ts(rec.entries[0].t) if rec.entries else "",
+                         ended=format_ts(final.t) if final else "", cancel_seen=rec.cancel_seen,
+                         grpc_status=final.grpc_status or "" if final else "")
+    if final is not None and final.code is not None:
+        msg.code = final.code
+    return msg
+
+
+class JournalServicer(pb_grpc.JournalServicer):
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def GetCall(self, request: pb.GetCallRequest, context: grpc.aio.ServicerContext) -> pb.CallHistory:
+        rec = self.journal.get(request.call_id)
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no call {request.call_id!r} in the journal (never seen, or evicted: "
+                                f"it keeps the last {self.journal.capacity} ended calls)")
+        return pb.CallHistory(call_id=rec.call_id, entries=[entry_to_proto(e) for e in rec.entries], ended=rec.ended)
+
+    async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
+        limit = request.limit or 100
+        want_code = request.code if request.HasField("code") else None
+        out = []
+        for rec in self.journal.records():
+            if request.in_flight and rec.ended:
+                continue
+            if request.state and rec.state != request.state:
+                continue
+            if want_code is not None:
+                final = rec.final
+                if final is None or final.code != want_code:
+                    continue
+            out.append(summary(rec))
+            if len(out) >= limit:
+                break
+        return pb.ListCallsReply(calls=out)
+
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntry]:
+        watcher = self.journal.subscribe(request.call_id)
+        try:
+            while True:
+                entry = await watcher.queue.get()
+                yield entry_to_proto(entry)
+        finally:
+            self.journal.unsubscribe(watcher)
+
+    async def GetCounters(self, request: pb.CountersRequest, context: grpc.aio.ServicerContext) -> pb.Counters:
+        j = self.journal
+        return pb.Counters(in_flight=j.in_flight, dispatched=j.dispatched, ended=j.ended, cancels_seen=j.cancels_seen,
+                           by_state=dict(j.by_state), by_code=dict(j.by_code), journal_calls=len(j),
+                           watch_dropped=j.watch_dropped)
