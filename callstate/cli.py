@@ -151,6 +151,16 @@ examples:
     p.add_argument("--service", default="", help="service name to ask about (default: the server as a whole)")
     p.set_defaults(run=_cmd_health)
 
+    # -- check --------------------------------------------------------------------------------
+    p = sub.add_parser("check", help="verify client and server state logs (SPEC invariants)",
+                       description="Read client and server JSON-lines state logs (any number, any order), join them "
+                                   "by call id and verify: legal transitions on each side (the same tables the "
+                                   "server and client use), End exactly once and nothing after it, and that the "
+                                   "client's final code agrees with the server's outcome. Exit status 1 on any "
+                                   "violation, 2 when a file cannot be read.")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=_cmd_check)
     return parser
 
 
@@ -188,6 +198,21 @@ def _cmd_watch(opts: argparse.Namespace) -> int:
         return asyncio.run(run_watch(opts))
     except KeyboardInterrupt:
         return 0
+
+
+def _cmd_check(opts: argparse.Namespace) -> int:
+    import orjson
+
+    from callstate.check import check_files
+    from callstate.statelog import LogFormatError
+
+    try:
+        report = check_files(opts.logs)
+    except (OSError, LogFormatError) as exc:
+        print(f"callstate check: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    return 0 if report.ok else 1
 
 
 def _cmd_health(opts: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ INITIAL: Final[Mapping[Side, str]] = {"client": "C", "server": "D"}
 # Events that a side may record without changing state (SPEC §2: a cancel seen
 # by the server changes no state; the client records the notification).
 EVENTS: Final[Mapping[Side, frozenset[str]]] = {
-    "client": frozenset({"notified", "complete_pending", "invalid_handle", "cancel_sent", "cancel_escalated"}),
+    "client": frozenset({"complete_pending", "cancel_sent", "cancel_escalated"}),
     "server": frozenset({"cancel_seen", "refused"}),
 }
 

@@ -54,7 +54,8 @@ class CallCore:
                                    grpc_status, detail))
 
     def _event(self, event: str, detail: str | None = None) -> None:
-        if self._log is not None:
+        # after End nothing more is logged (a late cancel_sent reply is dropped)
+        if self._log is not None and not self.lifecycle.ended:
             s = self.lifecycle.state
             self._log.append(Entry(time.time(), "client", self.call_id, s, s, event, None, detail=detail))
 
@@ -80,8 +81,7 @@ class CallCore:
     def begin_cancel(self, abortive: bool) -> bool:
         """Enter Can. True when the call is still outstanding (the adapter must act)."""
         with self._lock:
-            if self.lifecycle.ended:
-                self._event("invalid_handle", "cancel")
+            if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
             self._move("cancel", detail="abortive" if abortive else "non-abortive")
             if abortive and not self.notified:
@@ -119,7 +119,6 @@ class CallCore:
         """RpcAsyncCompleteCall: the reply, or CallError with the final code."""
         with self._lock:
             if self.lifecycle.ended:
-                self._event("invalid_handle", "complete")
                 raise InvalidAsyncHandle(self.call_id, "complete")
             if not self.notified:
                 self._event("complete_pending")

@@ -1,0 +1,233 @@
+"""Verify state logs against SPEC §6, with the same tables the server and client use.
+
+1. each side's transitions are legal (`lifecycle.is_legal`);
+2. every call id reaches End exactly once on each side that saw it, nothing after;
+3. the client's final code agrees with the server's outcome;
+4. the server's in-flight count is back to zero (when the caller knows it).
+
+Input is any number of JSON-lines logs in any order; entries are joined by
+call id. A side's entries for a call keep their order within a file.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from callstate import codes
+from callstate.lifecycle import END, EVENTS, INITIAL, SIDES, TABLES, is_legal
+from callstate.statelog import read_log
+
+KINDS = {
+    "bad_entry": "an entry with an unknown side or state",
+    "illegal_transition": "a state entered by a move the table does not allow (invariant 1)",
+    "not_ended": "a call that never reached End on a side that saw it (invariant 2)",
+    "after_end": "an entry after End, or a second End (invariant 2)",
+    "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
+    "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
+    "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
+}
+EXAMPLES_PER_KIND = 5
+
+
+@dataclass
+class Violation:
+    kind: str
+    call_id: str
+    message: str
+
+
+@dataclass
+class SideTrack:
+    """One side's view of one call, as the log replays it."""
+
+    state: str | None = None
+    ended: bool = False
+    code: int | None = None
+    grpc_status: str | None = None
+    abortive_cancel: bool = False     # client: an abortive cancel before End
+    cancel_ts: str | None = None      # client: first Can; server: first cancel_seen
+    abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
+
+
+@dataclass
+class CheckReport:
+    files: list[str] = field(default_factory=list)
+    entries: int = 0
+    calls: int = 0
+    by_side: dict[str, int] = field(default_factory=dict)
+    by_code: dict[int, int] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    cancel_propagation_ms: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def by_kind(self) -> dict[str, list[Violation]]:
+        out: dict[str, list[Violation]] = collections.defaultdict(list)
+        for v in self.violations:
+            out[v.kind].append(v)
+        return dict(out)
+
+    def to_json(self) -> dict[str, Any]:
+        kinds = self.by_kind()
+        return {
+            "ok": self.ok,
+            "files": self.files,
+            "entries": self.entries,
+            "calls": self.calls,
+            "by_side": self.by_side,
+            "by_code": {str(k): v for k, v in sorted(self.by_code.items())},
+            "violations": len(self.violations),
+            "violations_by_kind": {
+                kind: {"count": len(vs), "meaning": KINDS.get(kind, ""),
+                       "examples": [{"call_id": v.call_id, "message": v.message} for v in vs[:EXAMPLES_PER_KIND]]}
+                for kind, vs in sorted(kinds.items())
+            },
+            "cancel_propagation_ms": percentiles(self.cancel_propagation_ms),
+        }
+
+    def summary(self) -> str:
+        lines = [f"{self.calls} calls, {self.entries} entries from {len(self.files) or 'in-memory'} "
+                 f"{'file' if len(self.files) == 1 else 'files'} "
+                 f"({', '.join(f'{n} {s}' for s, n in sorted(self.by_side.items()))})"]
+        for code, n in sorted(self.by_code.items()):
+            lines.append(f"  {n:>8}  {codes.describe(code)}")
+        prop = percentiles(self.cancel_propagation_ms)
+        if prop["count"]:
+            lines.append(f"cancel propagation (client Can -> server cancel_seen): n={prop['count']} "
+                         f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+        if self.ok:
+            lines.append("OK: every invariant holds")
+        else:
+            lines.append(f"FAILED: {len(self.violations)} violations")
+            for kind, vs in sorted(self.by_kind().items()):
+                lines.append(f"  {kind}: {len(vs)} ({KINDS.get(kind, '')})")
+                for v in vs[:EXAMPLES_PER_KIND]:
+                    lines.append(f"    {v.call_id}: {v.message}")
+        return "\n".join(lines)
+
+
+def percentiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0}
+    s = sorted(values)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    return {"count": len(s), "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": s[-1]}
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+class Checker:
+    """Feed entries (dicts in the SPEC §5 format), then `finish()`."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[str, dict[str, SideTrack]] = collections.defaultdict(dict)
+        self.report = CheckReport()
+
+    def add(self, e: Mapping[str, Any], where: str = "") -> None:
+        r = self.report
+        r.entries += 1
+        side, call_id, state, event = e.get("side"), e.get("call_id"), e.get("state"), e.get("event")
+        if side not in SIDES or state not in TABLES[side]:  # type: ignore[index]
+            r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
+            return
+        r.by_side[side] = r.by_side.get(side, 0) + 1
+        track = self.tracks[call_id].setdefault(side, SideTrack())
+        if track.ended:
+            r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
+            return
+        if event != "enter":
+            if event not in EVENTS[side]:
+                r.violations.append(Violation("bad_entry", call_id, f"{where}{side} unknown event {event!r}"))
+            elif state != track.state:
+                r.violations.append(Violation("illegal_transition", call_id,
+                                              f"{where}{side} event {event} in {state} but the call is in {track.state}"))
+            if side == "server" and event == "cancel_seen":
+                track.cancel_ts = track.cancel_ts or e["ts"]
+                track.abortive_seen = track.abortive_seen or e.get("detail") == "abortive"
+            return
+        prev, move = e.get("prev"), e.get("move")
+        legal = (prev == track.state and
+                 (is_legal(side, prev, move, state) if move is not None else _edge(side, prev, state)))
+        if not legal:
+            r.violations.append(Violation("illegal_transition", call_id,
+                                          f"{where}{side} {prev or '(start)'} --{move or '?'}--> {state}"
+                                          f" (call was in {track.state or '(nothing)'})"))
+        track.state = state
+        if side == "client" and state == "Can":
+            track.cancel_ts = track.cancel_ts or e["ts"]
+            track.abortive_cancel = track.abortive_cancel or e.get("detail") != "non-abortive"
+        if state == END:
+            track.ended = True
+            track.code = e.get("code")
+            track.grpc_status = e.get("grpc_status")
+
+    def finish(self, server_in_flight: int | None = None) -> CheckReport:
+        r = self.report
+        have_server = any("server" in sides for sides in self.tracks.values())
+        r.calls = len(self.tracks)
+        for call_id, sides in self.tracks.items():
+            for side, t in sides.items():
+                if not t.ended:
+                    r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
+            client, server = sides.get("client"), sides.get("server")
+            final = client if client is not None and client.ended else server
+            if final is not None and final.ended and final.code is not None:
+                r.by_code[final.code] = r.by_code.get(final.code, 0) + 1
+            if client is not None and client.cancel_ts and server is not None and server.cancel_ts:
+                r.cancel_propagation_ms.append((_ts(server.cancel_ts) - _ts(client.cancel_ts)) * 1000)
+            if client is None or not client.ended:
+                continue
+            if server is None:
+                if have_server and client.code == codes.RPC_S_OK:
+                    r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
+                continue
+            if server.ended and not codes_agree(client, server):
+                r.violations.append(Violation("code_mismatch", call_id,
+                                              f"client {codes.describe(client.code or 0)} vs server "
+                                              f"{codes.describe(server.code or 0)}"))
+        if server_in_flight:
+            r.violations.append(Violation("server_in_flight", "-", f"{server_in_flight} calls still in flight"))
+        return r
+
+
+def codes_agree(client: SideTrack, server: SideTrack) -> bool:
+    """Invariant 3: complete->0, abort N->N, fatal->1726, cancel->1818 unless the server
+    completed first or completed anyway (then the client may still see its answer)."""
+    if client.code == server.code:
+        return True
+    cancelled = client.abortive_cancel or client.grpc_status == "DEADLINE_EXCEEDED"
+    if cancelled and client.code == codes.RPC_S_CALL_CANCELLED:
+        return True   # an abortive cancel wins unless the answer was already on its way
+    if client.code == codes.RPC_S_SERVER_UNAVAILABLE and server.abortive_seen:
+        return True   # the connection died: the server saw it as a cancel, the client as unavailable
+    return False
+
+
+def _edge(side: str, prev: str | None, state: str) -> bool:
+    if prev is None:
+        return state == INITIAL[side]  # type: ignore[index]
+    return state in TABLES[side].get(prev, {}).values()  # type: ignore[index]
+
+
+def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None) -> CheckReport:
+    checker = Checker()
+    for path in paths:
+        checker.report.files.append(str(path))
+        for lineno, entry in read_log(path):
+            checker.add(entry, f"{path}:{lineno}: ")
+    return checker.finish(server_in_flight)
+
+
+def check_entries(entries: Iterable[Mapping[str, Any]], server_in_flight: int | None = None) -> CheckReport:
+    checker = Checker()
+    for entry in entries:
+        checker.add(entry)
+    return checker.finish(server_in_flight)

@@ -1,0 +1,124 @@
+"""Shared fixtures: a real `callstate serve` process on a real port, and log readers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    stderr: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def entries(self, call_id: str | None = None) -> list[dict[str, Any]]:
+        return read_entries(self.log, call_id)
+
+    def wait_entries(self, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                     timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The server's entries for `call_id` once `until` holds (default: it reached End)."""
+        return wait_entries(self.log, call_id, until, timeout)
+
+    async def await_entries(self, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                            timeout: float = 5.0) -> list[dict[str, Any]]:
+        """`wait_entries` for async tests: lets the event loop run while waiting."""
+        until = until or ended
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = read_entries(self.log, call_id)
+            if until(entries) or time.monotonic() > deadline:
+                return entries
+            await asyncio.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def read_entries(path: Path, call_id: str | None = None) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            e = orjson.loads(line)
+            if call_id is None or e["call_id"] == call_id:
+                out.append(e)
+    return out
+
+
+def ended(entries: list[dict[str, Any]]) -> bool:
+    return any(e["state"] == "End" and e["event"] == "enter" for e in entries)
+
+
+def wait_entries(path: Path, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                 timeout: float = 5.0) -> list[dict[str, Any]]:
+    until = until or ended
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = read_entries(path, call_id)
+        if until(entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.02)
+
+
+def states(entries: list[dict[str, Any]]) -> list[str]:
+    """The states entered, in order (events left out)."""
+    return [e["state"] for e in entries if e["event"] == "enter"]
+
+
+def final(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in entries if e["state"] == "End" and e["event"] == "enter")
+
+
+def start_server(tmp: Path, *args: str, name: str = "server") -> ServerProcess:
+    port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
+         "--log-file", str(log), *args],
+        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp)
+    deadline = time.monotonic() + 20
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"callstate serve did not start: {err.read_text()}")
+        time.sleep(0.02)
+    return ServerProcess(proc, int(port_file.read_text()), log, err)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path, "--max-hold", "20")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("shared"), "--max-hold", "20")
+    yield srv
+    srv.stop()
+
+
+def cli(*args: str, timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "callstate", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,101 @@
+"""`callstate check` on good logs and on logs with each kind of violation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from callstate.check import KINDS, check_entries, check_files
+from tests.conftest import cli
+
+T = iter(range(10**6))
+
+
+def e(side: str, call_id: str, state: str, prev: str | None, move: str | None = None, event: str = "enter",
+      **extra: Any) -> dict[str, Any]:
+    return {"ts": f"2026-11-24T10:00:00.{next(T):06d}Z", "side": side, "call_id": call_id, "state": state,
+            "prev": prev, "event": event, **({"move": move} if move else {}), **extra}
+
+
+def client_ok(call_id: str, code: int = 0, cancel: str | None = None) -> list[dict[str, Any]]:
+    out = [e("client", call_id, "C", None, "call"), e("client", call_id, "WComp", "C", "started")]
+    if cancel:
+        out += [e("client", call_id, "Can", "WComp", "cancel", detail=cancel),
+                e("client", call_id, "WComp", "Can", "cancel_issued")]
+    return out + [e("client", call_id, "Comp", "WComp", "complete"),
+                  e("client", call_id, "End", "Comp", "completed", code=code, grpc_status="X")]
+
+
+def server_complete(call_id: str) -> list[dict[str, Any]]:
+    return [e("server", call_id, "D", None, "dispatch"), e("server", call_id, "Comp", "D", "complete"),
+            e("server", call_id, "End", "Comp", "completed", code=0, grpc_status="OK")]
+
+
+def server_abort(call_id: str, code: int, cancel: str | None = None) -> list[dict[str, Any]]:
+    seen = [e("server", call_id, "D", "D", event="cancel_seen", detail=cancel)] if cancel else []
+    return [e("server", call_id, "D", None, "dispatch"), *seen, e("server", call_id, "A", "D", "abort"),
+            e("server", call_id, "End", "A", "aborted", code=code, grpc_status="ABORTED")]
+
+
+def write(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in entries))
+    return path
+
+
+def test_good_logs_in_any_order(tmp_path: Path) -> None:
+    client = client_ok("a") + client_ok("b", 77) + client_ok("c", 1818, cancel="abortive") + client_ok("d", 0, "abortive")
+    server = server_complete("a") + server_abort("b", 77) + server_abort("c", 1818, "abortive") + server_complete("d")
+    paths = [write(tmp_path / "server.jsonl", server), write(tmp_path / "client.jsonl", client)]
+    report = check_files(paths)
+    assert report.ok, report.summary()
+    assert report.calls == 4 and report.by_code == {0: 2, 77: 1, 1818: 1}
+    assert len(report.cancel_propagation_ms) == 1   # only "c" has both a client Can and a server cancel_seen
+    result = cli("check", *map(str, reversed(paths)))
+    assert result.returncode == 0 and "OK" in result.stdout
+
+
+@pytest.mark.parametrize("kind,entries", [
+    ("illegal_transition", [e("server", "x", "D", None, "dispatch"), e("server", "x", "End", "D", "completed", code=0)]),
+    ("illegal_transition", [e("server", "x", "D", None, "dispatch"), e("server", "x", "A", "D", "abort"),
+                            e("server", "x", "Comp", "A", "complete"), e("server", "x", "End", "Comp", "completed", code=0)]),
+    ("illegal_transition", [e("client", "x", "WComp", None, "started")]),
+    ("not_ended", [e("server", "x", "D", None, "dispatch")]),
+    ("after_end", server_complete("x") + [e("server", "x", "A", "End", "abort")]),
+    ("after_end", server_complete("x") + [e("server", "x", "End", "Comp", "completed", code=0)]),
+    ("code_mismatch", client_ok("x", 0) + server_abort("x", 77)),
+    ("code_mismatch", client_ok("x", 1818) + server_complete("x")),       # 1818 without any cancel
+    ("code_mismatch", client_ok("x", 1818, cancel="non-abortive") + server_complete("x")),  # server decides
+    ("unknown_to_server", client_ok("x", 0) + server_complete("y") + client_ok("y")),
+    ("bad_entry", [e("server", "x", "Q", None, "dispatch")]),
+])
+def test_each_violation_kind_is_reported(tmp_path: Path, kind: str, entries: list[dict[str, Any]]) -> None:
+    assert kind in KINDS
+    report = check_entries(entries)
+    assert not report.ok
+    assert kind in report.by_kind(), report.summary()
+    path = write(tmp_path / "bad.jsonl", entries)
+    result = cli("check", str(path))
+    assert result.returncode == 1 and kind in result.stdout
+    as_json = orjson.loads(cli("check", "--json", str(path)).stdout)
+    assert as_json["ok"] is False and kind in as_json["violations_by_kind"]
+
+
+def test_server_in_flight_after_run() -> None:
+    report = check_entries(server_complete("a"), server_in_flight=3)
+    assert "server_in_flight" in report.by_kind()
+
+
+def test_unreadable_or_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text('{"ts": "x"}\n')
+    result = cli("check", str(bad))
+    assert result.returncode == 2 and "notes.txt:1" in result.stderr and "missing" in result.stderr
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    result = cli("check", str(garbage))
+    assert result.returncode == 2 and "garbage.jsonl:1: not JSON" in result.stderr
+    result = cli("check", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2 and "missing.jsonl" in result.stderr

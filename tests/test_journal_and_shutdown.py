@@ -1,0 +1,101 @@
+"""The Journal service over real gRPC, and a graceful stop that loses no End line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from callstate.check import check_files
+from callstate.client import AsyncClient, CallError, Script
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from tests.conftest import ServerProcess, cli, final, start_server, states
+
+
+def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
+    async def go() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel, AsyncClient(server.target) as client:
+            journal = pb_grpc.JournalStub(channel)
+            watch = journal.Watch(pb.WatchRequest())
+            await asyncio.sleep(0.1)   # the subscription is in place before the calls
+            done = client.start(Script("complete"))
+            await done
+            aborted = client.start(Script("abort", abort_code=321))
+            with pytest.raises(CallError):
+                await aborted
+            held = client.start(Script("hold"))
+            seen: list[pb.StateEntry] = []
+            while len([e for e in seen if e.call_id != held.call_id]) < 6 or held.call_id not in {e.call_id for e in seen}:
+                seen.append(await asyncio.wait_for(watch.read(), 5))
+            assert [e.state for e in seen if e.call_id == done.call_id] == ["D", "Comp", "End"]
+            watch.cancel()
+
+            history = await journal.GetCall(pb.GetCallRequest(call_id=aborted.call_id))
+            assert [e.state for e in history.entries] == ["D", "A", "End"] and history.ended
+            assert history.entries[-1].code == 321 and history.entries[-1].grpc_status == "ABORTED"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await journal.GetCall(pb.GetCallRequest(call_id="nope"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+            in_flight = await journal.ListCalls(pb.ListCallsRequest(in_flight=True))
+            assert [c.call_id for c in in_flight.calls] == [held.call_id]
+            by_code = await journal.ListCalls(pb.ListCallsRequest(code=321))
+            assert [c.call_id for c in by_code.calls] == [aborted.call_id] and by_code.calls[0].outcome == "abort"
+
+            counters = await journal.GetCounters(pb.CountersRequest())
+            assert (counters.in_flight, counters.dispatched, counters.ended) == (1, 3, 2)
+            assert counters.by_code[321] == 1 and counters.by_code[0] == 1 and counters.by_state["D"] == 3
+            held.cancel()
+            with pytest.raises(CallError):
+                await held
+            await asyncio.sleep(0.1)
+            assert (await journal.GetCounters(pb.CountersRequest())).in_flight == 0
+    asyncio.run(go())
+
+
+def test_watch_cli_follows_live(server: ServerProcess) -> None:
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", server.target, "--json",
+                             "--count", "3"], stdout=subprocess.PIPE, text=True)
+    import time
+    time.sleep(1.0)
+    assert cli("call", "--target", server.target).returncode == 0
+    out, _ = proc.communicate(timeout=15)
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and '"state":"End"' in lines[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_stop_ends_every_call_and_flushes_the_log(tmp_path: Path, sig: int) -> None:
+    srv = start_server(tmp_path, "--max-hold", "60")
+    ids: list[str] = []
+
+    async def go() -> list[int]:
+        async with AsyncClient(srv.target) as client:
+            calls = [client.start(Script("hold")) for _ in range(20)]
+            ids.extend(c.call_id for c in calls)
+            for c in calls:
+                await srv.await_entries(c.call_id, until=lambda es: states(es) == ["D"])
+            srv.proc.send_signal(sig)
+            results = []
+            for c in calls:
+                try:
+                    await c
+                    results.append(0)
+                except CallError as err:
+                    results.append(err.code)
+            return results
+
+    results = asyncio.run(go())
+    assert srv.proc.wait(15) == 0
+    assert set(results) == {1722}   # RPC_S_SERVER_UNAVAILABLE: the server is shutting down
+    for call_id in ids:   # read once, after exit: every End line made it to the file
+        entries = srv.entries(call_id)
+        assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1722
+    assert check_files([srv.log]).ok
+    assert "stopped after 20 calls (0 left in flight)" in srv.stderr.read_text()

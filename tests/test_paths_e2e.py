@@ -1,0 +1,260 @@
+"""Every path of both tables, end to end: a real `callstate serve` process, real gRPC
+over a real socket, asserting both sides' state sequences and the final code."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from callstate import codes
+from callstate.check import check_files
+from callstate.client import AsyncClient, CallError, CallPending, Client, InvalidAsyncHandle, Script
+from tests.conftest import ServerProcess, final, states
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def finish(call) -> tuple[int, object]:  # type: ignore[no-untyped-def]
+    try:
+        return codes.RPC_S_OK, await call
+    except CallError as err:
+        return err.code, err
+
+
+async def server_side(srv: ServerProcess, call_id: str) -> tuple[list[str], dict]:  # type: ignore[type-arg]
+    entries = await srv.await_entries(call_id)
+    return states(entries), final(entries)
+
+
+def test_complete(shared_server: ServerProcess, tmp_path: Path) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target, log=tmp_path / "client.jsonl") as client:
+            call = client.start(Script("complete", reply_bytes=33))
+            code, reply = await finish(call)
+            assert code == 0 and len(reply.payload) == 33 and reply.call_id == call.call_id
+            assert call.history == ["C", "WComp", "Comp", "End"]
+            server_states, end = await server_side(shared_server, call.call_id)
+            assert server_states == ["D", "Comp", "End"]
+            assert (end["code"], end["grpc_status"]) == (0, "OK")
+    run(go())
+    assert check_files([tmp_path / "client.jsonl", shared_server.log]).ok
+
+
+def test_abort_with_application_code_reaches_the_client_exactly(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("abort", abort_code=0x2A2A2A, abort_message="no way"))
+            code, err = await finish(call)
+            assert code == 0x2A2A2A
+            assert err.grpc_status == "ABORTED" and "no way" in err.details
+            assert call.history == ["C", "WComp", "Comp", "End"]
+            server_states, end = await server_side(shared_server, call.call_id)
+            assert server_states == ["D", "A", "End"] and end["code"] == 0x2A2A2A
+            # a scripted gRPC status is honoured, the exact code still travels in the trailers
+            call = client.start(Script("abort", abort_code=1723, abort_status=8))
+            code, err = await finish(call)
+            assert code == 1723 and err.grpc_status == "RESOURCE_EXHAUSTED"
+    run(go())
+
+
+def test_fatal_is_1726_and_skips_complete_and_abort(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("fatal", fatal_message="boom"))
+            code, err = await finish(call)
+            assert code == codes.RPC_S_CALL_FAILED and err.grpc_status == "UNKNOWN"
+            server_states, end = await server_side(shared_server, call.call_id)
+            assert server_states == ["D", "End"] and end["code"] == 1726 and end["move"] == "fatal"
+    run(go())
+
+
+def test_hold_then_abortive_cancel(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("hold"))
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+            await asyncio.sleep(0.05)
+            call.cancel()  # abortive: gRPC cancel
+            code, err = await finish(call)
+            assert code == codes.RPC_S_CALL_CANCELLED and err.grpc_status == "CANCELLED"
+            assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+            entries = await shared_server.await_entries(call.call_id)
+            seen = [e for e in entries if e["event"] == "cancel_seen"]
+            assert seen and seen[0]["detail"] == "abortive"    # the server observed the cancel
+            assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1818
+    run(go())
+
+
+@pytest.mark.parametrize("on_cancel,expected_code,server_path", [
+    ("complete", 0, ["D", "Comp", "End"]),
+    ("abort", 1818, ["D", "A", "End"]),
+])
+def test_hold_then_non_abortive_cancel(shared_server: ServerProcess, on_cancel: str, expected_code: int,
+                                       server_path: list[str]) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("hold", reply_bytes=5, on_cancel=on_cancel))  # type: ignore[arg-type]
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+            call.cancel(abortive=False)
+            code, reply = await finish(call)
+            assert code == expected_code
+            if expected_code == 0:
+                assert len(reply.payload) == 5 and reply.cancel_seen   # the server's own answer arrived
+            assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+            entries = await shared_server.await_entries(call.call_id)
+            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice"]
+            assert states(entries) == server_path
+    run(go())
+
+
+def test_non_abortive_cancel_escalates_after_its_timeout(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("hold", on_cancel="ignore"))
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            call.cancel(abortive=False, timeout=0.3)
+            code, _ = await finish(call)
+            waited = loop.time() - t0
+            assert code == codes.RPC_S_CALL_CANCELLED
+            assert 0.25 <= waited < 3, waited   # nothing came back before the escalation
+            assert call.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
+            entries = await shared_server.await_entries(
+                call.call_id, until=lambda es: [e["detail"] for e in es if e["event"] == "cancel_seen"] == ["notice", "abortive"])
+            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice", "abortive"]
+    run(go())
+
+
+def test_complete_before_done_is_997_then_final_then_1914(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("complete", outcome_delay=0.3))
+            with pytest.raises(CallPending) as pending:
+                call.complete()
+            assert pending.value.code == 997
+            assert call.state == "WComp" and call.history == ["C", "WComp"]   # no state change
+            assert call.status() == 997
+            assert await call.wait(5)
+            assert call.status() == 0 and call.status() == 0    # polling does not consume
+            assert call.state == "WComp"
+            call.complete()   # the first complete after the notification is final
+            assert call.history == ["C", "WComp", "Comp", "End"]
+            with pytest.raises(InvalidAsyncHandle) as second:
+                call.complete()
+            assert second.value.code == 1914
+            with pytest.raises(InvalidAsyncHandle):
+                call.cancel()
+            assert call.history == ["C", "WComp", "Comp", "End"]
+    run(go())
+
+
+def test_call_that_fails_to_start_goes_C_to_End(shared_server: ServerProcess, tmp_path: Path) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target, log=tmp_path / "c.jsonl") as client:
+            call = client.prepare(Script("complete", dispatch_delay=-1))
+            with pytest.raises(CallError) as info:
+                call.start()
+            assert info.value.code == codes.RPC_S_INVALID_ARG and "dispatch_delay_ms" in str(info.value)
+            assert call.history == ["C", "End"]
+            with pytest.raises(InvalidAsyncHandle):   # nothing to complete
+                call.complete()
+            return call.call_id
+    call_id = run(go())
+    assert shared_server.entries(call_id) == []   # it never went out
+    report = check_files([tmp_path / "c.jsonl"])
+    assert report.ok and report.by_code == {87: 1}
+
+
+def test_cancel_in_state_C(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.prepare(Script("complete"))
+            call.cancel()
+            code, _ = await finish(call)
+            assert code == 1818 and call.history == ["C", "Can", "WComp", "Comp", "End"]
+    run(go())
+
+
+def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("hold"))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(call.result(), 0.3)
+            assert call.history == ["C", "WComp", "Can", "WComp"]
+            with pytest.raises(CallError) as info:
+                call.complete()
+            assert info.value.code == 1818
+            entries = await shared_server.await_entries(call.call_id)
+            assert states(entries) == ["D", "A", "End"]
+    run(go())
+
+
+def test_notification_styles_callback_queue_and_polling(shared_server: ServerProcess) -> None:
+    from callstate.client import AsyncCompletionQueue
+
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            queue = AsyncCompletionQueue()
+            fired: list[str] = []
+            calls = [client.start(Script("complete", outcome_delay=0.05 * i), queue=queue) for i in range(3)]
+            cb_call = client.start(Script("abort", abort_code=9), on_complete=lambda c: fired.append(c.call_id))
+            got = [await asyncio.wait_for(queue.get(), 5) for _ in calls]
+            assert sorted(c.call_id for c in got) == sorted(c.call_id for c in calls)
+            for c in got:
+                assert c.complete().call_id == c.call_id
+            for _ in range(200):
+                if fired:
+                    break
+                await asyncio.sleep(0.01)
+            assert fired == [cb_call.call_id]
+            polled = client.start(Script("complete", outcome_delay=0.1))
+            assert polled.status() == 997
+            for _ in range(300):
+                if polled.status() != 997:
+                    break
+                await asyncio.sleep(0.01)
+            assert polled.status() == 0
+    run(go())
+
+
+def test_sync_client_paths(shared_server: ServerProcess, tmp_path: Path) -> None:
+    from callstate.client import CompletionQueue
+
+    with Client(shared_server.target, log=tmp_path / "sync.jsonl") as client:
+        assert len(client.start(Script("complete", reply_bytes=7)).result(5).payload) == 7
+        call = client.start(Script("hold", on_cancel="complete"))
+        shared_server.wait_entries(call.call_id, until=lambda es: states(es) == ["D"])
+        with pytest.raises(CallPending):
+            call.complete()
+        call.cancel(abortive=False)
+        assert call.result(5).cancel_seen
+        held = client.start(Script("hold"))
+        shared_server.wait_entries(held.call_id, until=lambda es: states(es) == ["D"])
+        held.cancel()
+        with pytest.raises(CallError) as info:
+            held.result(5)
+        assert info.value.code == 1818
+        queue = CompletionQueue()
+        calls = [client.start(Script("abort", abort_code=100 + i), queue=queue) for i in range(3)]
+        codes_seen = set()
+        for _ in calls:
+            with pytest.raises(CallError) as info:
+                queue.get(timeout=5).complete()
+            codes_seen.add(info.value.code)
+        assert codes_seen == {100, 101, 102}
+        esc = client.start(Script("hold", on_cancel="ignore"))
+        shared_server.wait_entries(esc.call_id, until=lambda es: states(es) == ["D"])
+        esc.cancel(abortive=False, timeout=0.2)
+        with pytest.raises(CallError):
+            esc.result(5)
+        assert esc.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
+    report = check_files([tmp_path / "sync.jsonl", shared_server.log])
+    assert not report.by_kind().get("code_mismatch"), report.summary()

@@ -1,0 +1,131 @@
+"""Unit tests of the pieces around the core: codes, scripts, the client core, the state log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+
+from callstate import codes
+from callstate.client import CallError, CallPending, InvalidAsyncHandle
+from callstate.client.core import CallCore
+from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
+from callstate.statelog import END, Entry, StateLog, format_ts, read_log
+from callstate.v1 import callstate_pb2 as pb
+from tests.conftest import ROOT
+
+
+def test_code_names_and_grpc_mapping() -> None:
+    for code in (0, 5, 87, 997, 1722, 1723, 1726, 1818, 1914, 1915):
+        assert codes.name(code).startswith(("RPC_S_", "ERROR_"))
+    assert codes.name(5001) == "APPLICATION_ERROR_5001"
+    S = grpc.StatusCode
+    assert codes.from_grpc(S.OK) == 0
+    assert codes.from_grpc(S.CANCELLED) == codes.from_grpc(S.DEADLINE_EXCEEDED) == 1818
+    assert codes.from_grpc(S.UNKNOWN) == codes.from_grpc(S.INTERNAL) == 1726
+    assert codes.from_grpc(S.UNAVAILABLE) == 1722
+    assert codes.from_grpc(S.RESOURCE_EXHAUSTED) == 1723
+    assert codes.from_grpc(S.INVALID_ARGUMENT) == 87
+    assert codes.from_grpc(S.PERMISSION_DENIED) == codes.from_grpc(S.UNAUTHENTICATED) == 5
+    assert codes.from_grpc(S.ABORTED, [("callstate-code", "5001")]) == 5001   # the trailer wins
+    assert codes.from_grpc(S.ABORTED, [("callstate-code", "junk")]) == 1726   # garbled: fall back
+    assert codes.grpc_status_for(1818) == S.CANCELLED and codes.grpc_status_for(5001) == S.ABORTED
+
+
+def test_script_validation_names_fields() -> None:
+    validate(Script("abort", abort_code=3).to_proto())
+    with pytest.raises(ScriptError, match="script.dispatch_delay_ms"):
+        validate(Script(dispatch_delay=-0.5).to_proto())
+    with pytest.raises(ScriptError, match="script.outcome_delay_ms"):
+        validate(Script(outcome_delay=5).to_proto(), Limits(max_delay_ms=1000))
+    with pytest.raises(ScriptError, match="script.outcome"):
+        Script("explode").to_proto()  # type: ignore[arg-type]
+    with pytest.raises(ScriptError, match="script.abort_code"):
+        validate(pb.Script(outcome=pb.OUTCOME_ABORT))
+
+
+def test_mix_parse_and_draw() -> None:
+    mix = Mix.parse("complete=80, abort=10,fatal=5,hold=5")
+    assert mix.shares()["complete"] == pytest.approx(0.8)
+    import random
+    rng = random.Random(1)
+    draws = [mix.draw(rng) for _ in range(4000)]
+    assert 0.75 < draws.count("complete") / 4000 < 0.85 and "hold" in draws
+    for bad, msg in [("complete", "NAME=WEIGHT"), ("boom=1", "unknown name"), ("complete=x", "not a number"),
+                     ("complete=0", "positive"), ("complete=-1", ">= 0")]:
+        with pytest.raises(MixError, match=msg):
+            Mix.parse(bad)
+
+
+class Owner:
+    pass
+
+
+def test_call_core_rules_without_io() -> None:
+    log_entries: list[Entry] = []
+
+    class Sink:
+        enabled = True
+        append = staticmethod(log_entries.append)
+
+    core = CallCore("id1", Owner(), Sink())  # type: ignore[arg-type]
+    core.started()
+    assert core.status() == 997
+    with pytest.raises(CallPending):
+        core.complete()
+    assert core.state == "WComp"
+    fired = []
+    core.add_done_callback(lambda owner: fired.append(owner))
+    assert core.notify(1818, None, "CANCELLED")
+    assert not core.notify(0)          # only the first notification counts
+    assert fired and core.status() == 1818 and core.status() == 1818
+    with pytest.raises(CallError) as info:
+        core.complete()
+    assert info.value.code == 1818 and info.value.name == "RPC_S_CALL_CANCELLED"
+    with pytest.raises(InvalidAsyncHandle):
+        core.complete()
+    with pytest.raises(InvalidAsyncHandle):
+        core.begin_cancel(True)
+    assert core.status() == 1914
+    assert [e.state for e in log_entries if e.event == "enter"] == ["C", "WComp", "Comp", "End"]
+    assert log_entries[-1].state == END   # nothing logged after End
+
+
+def test_format_ts_is_rfc3339_utc_microseconds() -> None:
+    assert format_ts(0.25) == "1970-01-01T00:00:00.250000Z"
+    assert format_ts(1_700_000_000.000001)[:20] == "2023-11-14T22:13:20."
+
+
+def test_state_log_close_flushes_everything(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    log = StateLog(path, flush_interval=60)   # the writer thread would not wake by itself
+    for i in range(5000):
+        log.append(Entry(1.0 + i, "server", f"c{i}", "D", None, "enter", "dispatch"))
+    log.append(Entry(9999.0, "server", "c0", END, "Comp", "enter", "completed", 0, "OK"))
+    log.close()
+    lines = list(read_log(path))
+    assert len(lines) == 5001
+    assert lines[-1][1] == {"ts": format_ts(9999.0), "side": "server", "call_id": "c0", "state": "End",
+                            "prev": "Comp", "event": "enter", "move": "completed", "code": 0, "grpc_status": "OK"}
+
+
+def test_generated_code_is_fresh() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "genproto.py"), "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_only_the_callstate_namespace_is_installed() -> None:
+    import importlib.util
+    import callstate.client
+    import callstate.server
+    assert Path(callstate.server.__file__).parent.name == "server"
+    assert Path(callstate.client.__file__).parent.name == "client"
+    probe = subprocess.run([sys.executable, "-c", "import server"], capture_output=True, cwd="/", timeout=30)
+    assert probe.returncode != 0   # no bare top-level `server` module
+    assert importlib.util.find_spec("callstate.v1.callstate_pb2") is not None
+    assert orjson.loads(b"{}") == {}
