@@ -36,6 +36,48 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _positive_float_nonzero(text: str) -> float:
+    value = _positive_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _cancel_shares(text: str) -> dict[str, float]:
+    from callstate.load import parse_cancel_shares
+    from callstate.script import MixError
+    try:
+        return parse_cancel_shares(text)
+    except MixError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cancel_points(text: str):  # type: ignore[no-untyped-def]
+    from callstate.load import CancelPoint
+    try:
+        points = tuple(CancelPoint.parse(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not points:
+        raise argparse.ArgumentTypeError("needs at least one cancel point")
+    return points
+
+
+def _on_cancel_mix(text: str):  # type: ignore[no-untyped-def]
+    from callstate.script import ON_CANCEL, Mix, MixError
+    try:
+        return Mix.parse(text, tuple(ON_CANCEL))
+    except MixError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     value = _non_negative_int(text)
     if value > 65535:
@@ -151,6 +193,72 @@ examples:
     p.add_argument("--service", default="", help="service name to ask about (default: the server as a whole)")
     p.set_defaults(run=_cmd_health)
 
+    # -- load ---------------------------------------------------------------------------------
+    p = sub.add_parser("load", help="load-test the cancellation paths and verify both sides' lifecycles",
+                       description="Drive many scripted calls against a server: a mix of outcomes, a share of them "
+                                   "cancelled (abortive or non-abortive) at chosen points. While it runs, the server's "
+                                   "journal is followed; at the end both sides' entries are checked with the same "
+                                   "rules as `callstate check`, including the server's in-flight count back at zero. "
+                                   "Prints calls/s, latency percentiles per final code, counts per path and the cancel "
+                                   "propagation time (client cancel -> server sees it). Exit status 1 when an "
+                                   "invariant fails, 2 for bad usage or an unreachable server.",
+                       epilog="""\
+cancel points (--cancel-at, comma-separated; each cancelled call picks one at random):
+  before-start      cancel in state C: the call never goes out
+  after-start       cancel right after the call is made
+  after:SECONDS     cancel after a fixed delay (if not yet notified)
+  random:SECONDS    cancel after a uniformly random delay up to SECONDS
+  held:SECONDS      script the call to hold, cancel it after SECONDS
+Held calls that are not in the cancelled share get an abortive cancel after --hold-for.
+
+examples:
+  callstate load --calls 5000 --concurrency 64
+  callstate load --duration 30 --rate 2000 --cancel abortive=40,non-abortive=30 --report report.json
+  callstate load --calls 20000 --mix complete=100 --cancel none     # plain throughput
+""", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_target(p)
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--calls", type=_non_negative_int, metavar="N", help="stop after N calls (default: 1000)")
+    stop.add_argument("--duration", type=_positive_float, metavar="SECONDS", help="stop after this long")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--concurrency", type=_positive_int, default=32, metavar="N",
+                      help="closed loop: N calls in flight at all times (default: %(default)s)")
+    pace.add_argument("--rate", type=_positive_float_nonzero, metavar="CALLS_PER_S",
+                      help="open loop: start calls at this rate whatever the latency")
+    p.add_argument("--channels", type=_positive_int, default=1, metavar="N",
+                   help="gRPC channels (connections) to spread calls over (default: %(default)s)")
+    p.add_argument("--mix", type=_mix, default=_mix("complete=60,abort=20,fatal=10,hold=10"), metavar="MIX",
+                   help="outcome weights (default: complete=60,abort=20,fatal=10,hold=10)")
+    p.add_argument("--cancel", type=_cancel_shares, default=_cancel_shares("abortive=20,non-abortive=10"),
+                   metavar="SHARES", help="percent of calls cancelled by kind, e.g. abortive=30,non-abortive=20, "
+                                          "or none (default: abortive=20,non-abortive=10)")
+    p.add_argument("--cancel-at", type=_cancel_points, default=_cancel_points("before-start,after-start,random:0.005,held:0.005"),
+                   metavar="POINTS", help="where cancels happen (default: before-start,after-start,random:0.005,held:0.005)")
+    p.add_argument("--on-cancel", type=_on_cancel_mix, default=_on_cancel_mix("abort=70,complete=20,ignore=10"),
+                   metavar="MIX", help="what the server does on a cancel, as weights (default: abort=70,complete=20,ignore=10)")
+    p.add_argument("--escalate-after", type=_positive_float, default=0.05, metavar="SECONDS",
+                   help="a non-abortive cancel escalates to abortive after this long without an answer (default: %(default)s)")
+    p.add_argument("--hold-for", type=_positive_float, default=0.005, metavar="SECONDS",
+                   help="uncancelled held calls are cancelled abortively after this long (default: %(default)s)")
+    p.add_argument("--delay", type=_positive_float, default=0.0, metavar="SECONDS",
+                   help="server processing time before complete/abort/fatal (default: 0)")
+    p.add_argument("--payload", type=_non_negative_int, default=0, metavar="BYTES",
+                   help="request payload and reply size (default: 0)")
+    p.add_argument("--abort-code", type=int, default=4242, metavar="CODE", help="exception code of aborts (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
+    p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    p.add_argument("--log-file", metavar="PATH", help="write the client's state log (JSON lines)")
+    p.add_argument("--no-verify", action="store_true", help="do not follow the server's journal or check invariants")
+    p.add_argument("--max-in-flight", type=_positive_int, default=10_000, metavar="N",
+                   help="open loop: never more than N calls in flight; starts beyond it are skipped and reported "
+                        "(default: %(default)s)")
+    p.add_argument("--settle", type=_positive_float, default=15.0, metavar="SECONDS",
+                   help="after the run, how long to wait for the server to end every call (default: %(default)s)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="live progress line on stderr (default: only on a terminal)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    p.set_defaults(run=_cmd_load)
+
     # -- check --------------------------------------------------------------------------------
     p = sub.add_parser("check", help="verify client and server state logs (SPEC invariants)",
                        description="Read client and server JSON-lines state logs (any number, any order), join them "
@@ -198,6 +306,31 @@ def _cmd_watch(opts: argparse.Namespace) -> int:
         return asyncio.run(run_watch(opts))
     except KeyboardInterrupt:
         return 0
+
+
+def _cmd_load(opts: argparse.Namespace) -> int:
+    import orjson
+
+    from callstate.load import LoadConfig, LoadRun, summary
+
+    config = LoadConfig(
+        target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else 1000,
+        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels, mix=opts.mix,
+        cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel, escalate_after=opts.escalate_after,
+        hold_for=opts.hold_for, delay=opts.delay, payload=opts.payload, abort_code=opts.abort_code, seed=opts.seed,
+        log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
+        progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
+    run = LoadRun(config)
+    try:
+        report = asyncio.run(run.run())
+    except ConnectionError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    if opts.report:
+        with open(opts.report, "wb") as f:
+            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report))
+    return 0 if report["check"]["ok"] else 1
 
 
 def _cmd_check(opts: argparse.Namespace) -> int:

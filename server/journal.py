@@ -47,7 +47,7 @@ class Watcher:
 
 
 class Journal:
-    def __init__(self, capacity: int = 10_000, watch_queue: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, watch_queue: int = 100_000) -> None:
         if capacity < 0:
             raise ValueError("journal capacity must be >= 0")
         self.capacity = capacity

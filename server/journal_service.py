@@ -16,6 +16,9 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.journal import CallRecord, Journal
 
 
+FOLLOW_BATCH = 4096
+
+
 def entry_to_proto(e: Entry) -> pb.StateEntry:
     msg = pb.StateEntry(ts=format_ts(e.t), side=e.side, call_id=e.call_id, state=e.state, prev=e.prev or "",
                         event=e.event, move=e.move or "", grpc_status=e.grpc_status or "", detail=e.detail or "")
@@ -71,6 +74,20 @@ class JournalServicer(pb_grpc.JournalServicer):
             while True:
                 entry = await watcher.queue.get()
                 yield entry_to_proto(entry)
+        finally:
+            self.journal.unsubscribe(watcher)
+
+    async def Follow(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntries]:
+        """Like Watch, in batches of whatever is queued: one message per wake-up, not per entry."""
+        watcher = self.journal.subscribe(request.call_id)
+        queue = watcher.queue
+        try:
+            yield pb.StateEntries()   # subscribed: entries from here on are delivered
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < FOLLOW_BATCH:
+                    batch.append(queue.get_nowait())
+                yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch])
         finally:
             self.journal.unsubscribe(watcher)
 

@@ -173,6 +173,12 @@ class WatchRequest(_message.Message):
     call_id: str
     def __init__(self, call_id: _Optional[str] = ...) -> None: ...
 
+class StateEntries(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ...) -> None: ...
+
 class CountersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

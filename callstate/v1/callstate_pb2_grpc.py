@@ -164,6 +164,11 @@ class JournalStub:
                 request_serializer=callstate_dot_v1_dot_callstate__pb2.WatchRequest.SerializeToString,
                 response_deserializer=callstate_dot_v1_dot_callstate__pb2.StateEntry.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/callstate.v1.Journal/Follow',
+                request_serializer=callstate_dot_v1_dot_callstate__pb2.WatchRequest.SerializeToString,
+                response_deserializer=callstate_dot_v1_dot_callstate__pb2.StateEntries.FromString,
+                _registered_method=True)
         self.GetCounters = channel.unary_unary(
                 '/callstate.v1.Journal/GetCounters',
                 request_serializer=callstate_dot_v1_dot_callstate__pb2.CountersRequest.SerializeToString,
@@ -192,6 +197,12 @@ class JournalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Follow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCounters(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -215,6 +226,11 @@ def add_JournalServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=callstate_dot_v1_dot_callstate__pb2.WatchRequest.FromString,
                     response_serializer=callstate_dot_v1_dot_callstate__pb2.StateEntry.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=callstate_dot_v1_dot_callstate__pb2.WatchRequest.FromString,
+                    response_serializer=callstate_dot_v1_dot_callstate__pb2.StateEntries.SerializeToString,
             ),
             'GetCounters': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCounters,
@@ -303,6 +319,33 @@ class Journal:
             '/callstate.v1.Journal/Watch',
             callstate_dot_v1_dot_callstate__pb2.WatchRequest.SerializeToString,
             callstate_dot_v1_dot_callstate__pb2.StateEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callstate.v1.Journal/Follow',
+            callstate_dot_v1_dot_callstate__pb2.WatchRequest.SerializeToString,
+            callstate_dot_v1_dot_callstate__pb2.StateEntries.FromString,
             options,
             channel_credentials,
             insecure,

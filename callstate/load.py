@@ -1,0 +1,419 @@
+"""`callstate load`: hammer the cancellation paths and prove every call ended legally.
+
+Each call draws an outcome (complete/abort/fatal/hold), whether and how it is
+cancelled (abortive or non-abortive) and at which point (before start, right
+after start, after a fixed or random delay, while held). While it runs, the
+server's journal is followed (Journal/Follow), and both sides' entries are fed
+to the same checker as `callstate check`: at the end the run's invariants are
+verified, including the server's in-flight count back at zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import grpc
+
+from callstate import codes
+from callstate.check import Checker, percentiles
+from callstate.client import AsyncCall, AsyncClient, CallError
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix, MixError
+from callstate.statelog import Entry, StateLog
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+CANCEL_KINDS = ("abortive", "non-abortive")
+POINT_KINDS = ("before-start", "after-start", "after", "random", "held")
+
+
+@dataclass(frozen=True)
+class CancelPoint:
+    kind: str            # one of POINT_KINDS
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "CancelPoint":
+        kind, _, arg = text.strip().partition(":")
+        if kind not in POINT_KINDS:
+            raise ValueError(f"cancel point {text!r}: expected one of before-start, after-start, after:SECONDS, "
+                             "random:MAX_SECONDS, held:SECONDS")
+        needs_arg = kind in ("after", "random", "held")
+        if needs_arg != bool(arg):
+            raise ValueError(f"cancel point {text!r}: {kind} {'needs' if needs_arg else 'takes no'} :SECONDS")
+        try:
+            seconds = float(arg) if arg else 0.0
+        except ValueError:
+            raise ValueError(f"cancel point {text!r}: {arg!r} is not a number of seconds") from None
+        if seconds < 0 or seconds > 3600:
+            raise ValueError(f"cancel point {text!r}: seconds must be in 0..3600")
+        return cls(kind, seconds)
+
+    def __str__(self) -> str:
+        return self.kind + (f":{self.seconds:g}" if self.kind in ("after", "random", "held") else "")
+
+
+def parse_cancel_shares(text: str) -> dict[str, float]:
+    """'abortive=30,non-abortive=20' -> shares in percent; the rest of the calls are not cancelled."""
+    if text.strip() in ("", "none"):
+        return {}
+    shares = Mix.parse(text, CANCEL_KINDS).weights
+    if sum(shares.values()) > 100:
+        raise MixError(f"cancel shares {text!r} add up to more than 100%")
+    return shares
+
+
+@dataclass
+class LoadConfig:
+    target: str = "127.0.0.1:50051"
+    calls: int | None = None
+    duration: float | None = None
+    concurrency: int = 32
+    rate: float | None = None
+    channels: int = 1
+    mix: Mix = field(default_factory=lambda: Mix.parse("complete=60,abort=20,fatal=10,hold=10"))
+    cancel: dict[str, float] = field(default_factory=lambda: {"abortive": 20.0, "non-abortive": 10.0})
+    cancel_at: tuple[CancelPoint, ...] = (CancelPoint("before-start"), CancelPoint("after-start"),
+                                          CancelPoint("random", 0.005), CancelPoint("held", 0.005))
+    on_cancel: Mix = field(default_factory=lambda: Mix.parse("abort=70,complete=20,ignore=10", tuple(ON_CANCEL)))
+    escalate_after: float = 0.05
+    hold_for: float = 0.005
+    delay: float = 0.0
+    payload: int = 0
+    abort_code: int = DEFAULT_ABORT_CODE
+    seed: int | None = None
+    log_file: str | None = None
+    verify: bool = True
+    max_in_flight: int = 10_000
+    settle: float = 15.0        # how long to wait for the server to end every call after the run
+    progress: bool = False
+
+
+@dataclass
+class Plan:
+    outcome: str
+    cancel: str | None          # None, "abortive", "non-abortive"
+    point: CancelPoint | None
+    on_cancel: str
+
+
+class _Sink:
+    """Client entries go straight to the checker (and to a log file when asked)."""
+
+    enabled = True
+
+    def __init__(self, checker: Checker | None, log: StateLog | None) -> None:
+        self._checker, self._log = checker, log
+
+    def append(self, e: Entry) -> None:
+        if self._checker is not None:
+            self._checker.add_entry(e)
+        if self._log is not None:
+            self._log.append(e)
+
+
+class LoadRun:
+    def __init__(self, config: LoadConfig, out: TextIO = sys.stderr) -> None:
+        self.cfg = config
+        self.out = out
+        self.rng = random.Random(config.seed)
+        self.checker = Checker() if config.verify else None
+        self.log = StateLog(config.log_file) if config.log_file else None
+        self.sink = _Sink(self.checker, self.log)
+        self.ids: set[str] = set()
+        self.started = 0
+        self.finished = 0
+        self.in_flight = 0
+        self.by_code: Counter[int] = Counter()
+        self.latency: dict[int, list[float]] = defaultdict(list)
+        self.paths: Counter[str] = Counter()
+        self.skipped = 0
+        self._scripts: dict[tuple[str, str], pb.Script] = {}
+        self._server_ends = 0
+        self._t0 = 0.0
+        self._stop_at = float("inf")
+        self.interrupted = ""
+
+    def stop(self, reason: str) -> None:
+        """Start no more calls; the ones in flight finish and are checked as usual."""
+        self.interrupted = reason
+        self._stop_at = 0.0
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self) -> Plan:
+        cfg, rng = self.cfg, self.rng
+        outcome = cfg.mix.draw(rng)
+        cancel: str | None = None
+        r = rng.random() * 100
+        for kind, share in cfg.cancel.items():
+            r -= share
+            if r < 0:
+                cancel = kind
+                break
+        point = rng.choice(cfg.cancel_at) if cancel else None
+        if point is not None and point.kind == "held":
+            outcome = "hold"
+        if outcome == "hold" and cancel is None:
+            # a held call ends only when cancelled: uncancelled ones get an abortive cancel
+            cancel, point = "abortive", CancelPoint("after", cfg.hold_for)
+        on_cancel = cfg.on_cancel.draw(rng)
+        if outcome == "hold" and on_cancel == "ignore":
+            on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
+        return Plan(outcome, cancel, point, on_cancel)
+
+    def _script(self, plan: Plan) -> pb.Script:
+        key = (plan.outcome, plan.on_cancel)
+        script = self._scripts.get(key)
+        if script is None:
+            script = self._scripts[key] = pb.Script(
+                outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
+                outcome_delay_ms=0 if plan.outcome == "hold" else round(self.cfg.delay * 1000),
+                reply_bytes=self.cfg.payload, abort_code=self.cfg.abort_code if plan.outcome == "abort" else 0)
+        return script
+
+    # -- one call ------------------------------------------------------------------------------
+    async def one(self, client: AsyncClient, plan: Plan, payload: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        self.started += 1
+        self.in_flight += 1
+        self.paths[plan.outcome] += 1
+        call = client.prepare(self._script(plan), payload=payload)
+        self.ids.add(call.call_id)
+        abortive = plan.cancel == "abortive"
+        timer: asyncio.TimerHandle | None = None
+        try:
+            if plan.cancel:
+                self.paths[f"cancel-{plan.cancel}"] += 1
+                self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
+            point = plan.point
+            if point is not None and point.kind == "before-start":
+                call.cancel(abortive)
+            else:
+                call.start()
+                if point is not None:
+                    delay = point.seconds * (self.rng.random() if point.kind == "random" else 1.0)
+                    if point.kind == "after-start" or delay <= 0:
+                        self._cancel(call, abortive)
+                    else:
+                        timer = loop.call_later(delay, self._cancel, call, abortive)
+            try:
+                await call
+                code = codes.RPC_S_OK
+            except CallError as err:
+                code = err.code
+        except CallError as err:   # the call could not be made
+            code = err.code
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.in_flight -= 1
+        self.finished += 1
+        self.by_code[code] += 1
+        self.latency[code].append((time.perf_counter() - t0) * 1000)
+
+    def _cancel(self, call: AsyncCall, abortive: bool) -> None:
+        if call.done():
+            return
+        if abortive:
+            call.cancel()
+        else:
+            call.cancel(abortive=False, timeout=self.cfg.escalate_after)
+
+    # -- driving -------------------------------------------------------------------------------
+    def _more(self) -> bool:
+        if self.cfg.calls is not None and self.started >= self.cfg.calls:
+            return False
+        return time.perf_counter() < self._stop_at
+
+    async def _closed_loop(self, clients: list[AsyncClient], payload: bytes) -> None:
+        async def worker(i: int) -> None:
+            client = clients[i % len(clients)]
+            while self._more():
+                await self.one(client, self.plan(), payload)
+        await asyncio.gather(*(worker(i) for i in range(self.cfg.concurrency)))
+
+    async def _open_loop(self, clients: list[AsyncClient], payload: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.cfg.rate
+        interval = 1.0 / self.cfg.rate
+        tasks: set[asyncio.Task[None]] = set()
+        next_t = loop.time()
+        n = 0
+        while self._more():
+            now = loop.time()
+            if next_t > now:
+                await asyncio.sleep(next_t - now)
+            next_t += interval
+            if self.in_flight >= self.cfg.max_in_flight:
+                self.skipped += 1   # the generator keeps its own bound: reported, never silent
+                self.started += 1
+                continue
+            task = loop.create_task(self.one(clients[n % len(clients)], self.plan(), payload))
+            n += 1
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _progress(self) -> None:
+        total = self.cfg.calls
+        while True:
+            await asyncio.sleep(0.5)
+            elapsed = time.perf_counter() - self._t0
+            done = self.finished
+            if total:
+                width = 24
+                filled = int(width * min(1.0, done / total))
+                bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+            else:
+                bar = f"{elapsed:5.1f}/{self.cfg.duration:g}s {done} calls"
+            top = ", ".join(f"{c}:{n}" for c, n in self.by_code.most_common(5))
+            self.out.write(f"\r{bar}  {done / elapsed if elapsed else 0:7.0f}/s  in flight {self.in_flight:<5} {top}\x1b[K")
+            self.out.flush()
+
+    async def _follow(self, stub: pb_grpc.JournalStub, subscribed: asyncio.Event) -> None:
+        checker = self.checker
+        assert checker is not None
+        ids = self.ids
+        async for batch in stub.Follow(pb.WatchRequest()):
+            subscribed.set()
+            for e in batch.entries:
+                if e.state == "End" and e.event == "enter":
+                    self._server_ends += 1
+                if e.call_id in ids:
+                    checker.add_values(e.side, e.call_id, e.state, e.prev or None, e.event, e.move or None,
+                                       e.code if e.HasField("code") else None, e.grpc_status or None,
+                                       e.detail or None, e.ts)
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        channel = grpc.aio.insecure_channel(cfg.target)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), 5)
+        except asyncio.TimeoutError:
+            await channel.close()
+            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s)")
+        journal = pb_grpc.JournalStub(channel)
+        before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+        follow: asyncio.Task[None] | None = None
+        if self.checker is not None:
+            subscribed = asyncio.Event()
+            follow = asyncio.ensure_future(self._follow(journal, subscribed))
+            await asyncio.wait_for(subscribed.wait(), 10)
+        clients = [AsyncClient(cfg.target, log=self.sink, channel_options=[("grpc.use_local_subchannel_pool", 1)])
+                   for _ in range(cfg.channels)]
+        payload = bytes(cfg.payload)
+        progress = asyncio.ensure_future(self._progress()) if cfg.progress else None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+        self._t0 = time.perf_counter()
+        self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
+        try:
+            if cfg.rate:
+                await self._open_loop(clients, payload)
+            else:
+                await self._closed_loop(clients, payload)
+            elapsed = time.perf_counter() - self._t0
+        finally:
+            if progress is not None:
+                progress.cancel()
+                self.out.write("\r\x1b[K")
+            for client in clients:
+                await client.close()
+        # the server's side: every call of ours ended, and nothing left in flight
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        after = await self._settle(journal, before, cfg.settle)
+        if follow is not None:
+            follow.cancel()
+        await channel.close()
+        if self.log is not None:
+            self.log.close()
+        return self.report(elapsed, before, after)
+
+    async def _settle(self, journal: pb_grpc.JournalStub, before: pb.Counters, timeout: float) -> pb.Counters:
+        deadline = time.monotonic() + timeout
+        while True:
+            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+            caught_up = self.checker is None or self._server_ends >= after.ended - before.ended
+            if (after.in_flight == 0 and caught_up) or time.monotonic() > deadline:
+                return after
+            await asyncio.sleep(0.05)
+
+    def report(self, elapsed: float, before: pb.Counters, after: pb.Counters) -> dict[str, Any]:
+        all_lat = [x for values in self.latency.values() for x in values]
+        report: dict[str, Any] = {
+            "target": self.cfg.target,
+            "config": {
+                "calls": self.cfg.calls, "duration": self.cfg.duration, "concurrency": None if self.cfg.rate else self.cfg.concurrency,
+                "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.mix),
+                "cancel": self.cfg.cancel, "cancel_at": [str(p) for p in self.cfg.cancel_at],
+                "on_cancel": str(self.cfg.on_cancel), "escalate_after": self.cfg.escalate_after,
+                "payload": self.cfg.payload, "seed": self.cfg.seed,
+            },
+            "calls": self.finished,
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "duration_s": round(elapsed, 3),
+            "calls_per_s": round(self.finished / elapsed, 1) if elapsed else 0.0,
+            "by_code": {str(c): n for c, n in sorted(self.by_code.items())},
+            "code_names": {str(c): codes.name(c) for c in sorted(self.by_code)},
+            "latency_ms": {"all": _rounded(percentiles(all_lat)),
+                           **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
+            "paths": dict(sorted(self.paths.items())),
+            "server": {"in_flight_after": after.in_flight, "dispatched": after.dispatched - before.dispatched,
+                       "watch_dropped": after.watch_dropped - before.watch_dropped},
+        }
+        if self.checker is not None:
+            result = self.checker.finish(server_in_flight=after.in_flight)
+            checked = result.to_json()
+            dropped = after.watch_dropped - before.watch_dropped
+            report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
+            report["check"] = {"ok": result.ok and not dropped, "violations": checked["violations"],
+                               "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
+                               "entries": checked["entries"],
+                               "note": f"{dropped} server entries were dropped by the journal's watch queue: "
+                                       "the server view is incomplete" if dropped else ""}
+        else:
+            report["check"] = {"ok": True, "skipped": True}
+        return report
+
+
+def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
+             + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
+             + (f" (stopped early by {report['interrupted']})" if report["interrupted"] else "")]
+    lines.append(f"  {'final code':<34}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for code, n in report["by_code"].items():
+        lat = report["latency_ms"][code]
+        lines.append(f"  {codes.describe(int(code)):<34}{n:>8}{lat['p50']:>10.2f}{lat['p90']:>10.2f}"
+                     f"{lat['p99']:>10.2f}{lat['max']:>10.2f}")
+    lines.append("paths: " + ", ".join(f"{k} {v}" for k, v in report["paths"].items()))
+    prop = report.get("cancel_propagation_ms", {})
+    if prop.get("count"):
+        lines.append(f"cancel propagation (client Can -> server cancel_seen): n={prop['count']} "
+                     f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+    check = report["check"]
+    if check.get("skipped"):
+        lines.append("check: skipped (--no-verify)")
+    elif check["ok"]:
+        lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
+                     f"server in flight after the run: {report['server']['in_flight_after']}")
+    else:
+        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check["note"] else ""))
+        for kind, info in check["violations_by_kind"].items():
+            lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
+                f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))
+    return "\n".join(lines)

@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# Container test (issue 4): build the callstate image with no registry at all, bring the
+# docker-compose stack up, run the cancellation-heavy load through it, check the results,
+# tear everything down.
+#
+#   bash tests/container/run.sh
+#
+# Needs root and apt (it installs docker.io, docker-compose and debootstrap when missing,
+# and starts a private dockerd). Prints "SKIPPED: <reason>" and exits 0 when it cannot
+# run; exits non-zero on any failure, after printing the last logs of dockerd and of the
+# containers. Everything it starts lives under one temp dir and is removed on exit,
+# failure or not.
+#
+# Steps:
+#  1. a private dockerd (--bridge=none --iptables=false, own data/exec root and socket);
+#  2. a base image from a debootstrap'ed Debian bookworm rootfs with python3 + venv,
+#     imported with `docker import` (rootfs tarball cached in /var/cache/callstate);
+#  3. wheels of callstate and all its dependencies built on the host (`pip wheel`);
+#  4. `docker-compose build` of the repo's docker-compose.yml with BASE_IMAGE=that base and
+#     WHEEL_DIR=those wheels (pip --no-index inside the build: no network needed);
+#  5. `docker-compose up` with tests/container/compose.host.yml (host networking), wait for
+#     the emulator's HEALTHCHECK, run the load service to completion;
+#  6. check the load report (calls on every path, zero invariant violations), the
+#     emulator's stdout (JSON state lines only) and `callstate check` on both sides' logs.
+#
+# Environment knobs (all optional):
+#   CALLSTATE_CONTAINER_TEST=0        skip (prints SKIPPED)
+#   CALLSTATE_CONTAINER_CACHE=DIR     cache dir (default /var/cache/callstate)
+#   CALLSTATE_CONTAINER_KEEP=1        keep the temp dir (logs, reports) after the run
+#   CALLSTATE_CONTAINER_CALLS=N       calls for the load run (default 300)
+#   DEBIAN_MIRROR=URL                 mirror for debootstrap (default: the one apt uses)
+
+set -Eeuo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+T0=$(date +%s)
+SUITE=bookworm
+BASE_TAG=callstate-base:$SUITE
+# Bump when the rootfs recipe changes, so a stale cache is not reused.
+ROOTFS_RECIPE=v1-minbase-python3-venv
+PATHS=(complete abort fatal hold cancel-abortive cancel-non-abortive)
+
+log() { printf '[container %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+skip() { echo "SKIPPED: $*"; exit 0; }
+die() { log "FAIL: $*"; exit 1; }
+
+# ---------------------------------------------------------------- can it run at all?
+[ "${CALLSTATE_CONTAINER_TEST:-1}" != 0 ] || skip "CALLSTATE_CONTAINER_TEST=0"
+[ "$(uname -s)" = Linux ] || skip "containers need Linux (this is $(uname -s))"
+[ "$(id -u)" = 0 ] || skip "needs root to install and start a private dockerd"
+command -v apt-get >/dev/null 2>&1 || skip "no apt-get to install the container engine"
+command -v python3 >/dev/null 2>&1 || skip "no python3 on the host to build wheels"
+command -v timeout >/dev/null 2>&1 || skip "no timeout(1)"
+
+# ---------------------------------------------------------------- state and cleanup
+WORK=$(mktemp -d /tmp/callstate-ctr.XXXXXX)
+chmod 755 "$WORK"
+SOCK=$WORK/docker.sock
+DOCKERD_PID=
+PROJECT=callstate-ctr-$$
+COMPOSE_FILES=()
+STATUS=1
+
+export DOCKER_HOST=unix://$SOCK
+export DOCKER_CONFIG=$WORK/docker-config        # no user credential helpers or contexts
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH COMPOSE_FILE COMPOSE_PROJECT_NAME || true
+mkdir -p "$DOCKER_CONFIG"
+
+dc() { # dc SECONDS compose-args...
+    local secs=$1; shift
+    timeout -k 10 "$secs" docker-compose --ansi never -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+}
+
+unmount_under() { # lazily unmount anything still mounted below $1, deepest first
+    local m
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
+}
+
+show_logs() {
+    log "---- last dockerd log lines ----"
+    tail -n 40 "$WORK/dockerd.log" 2>/dev/null || true
+    if [ -n "$DOCKERD_PID" ] && [ ${#COMPOSE_FILES[@]} -gt 0 ]; then
+        log "---- containers ----"
+        timeout 20 docker ps -a 2>&1 || true
+        log "---- last container log lines ----"
+        dc 30 logs --no-color --tail=60 2>&1 || true
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ "$STATUS" = 0 ] || { [ "$rc" != 0 ] || rc=1; }
+    if [ "$rc" != 0 ]; then show_logs; fi
+    log "cleanup"
+    if [ -n "$DOCKERD_PID" ]; then
+        if [ ${#COMPOSE_FILES[@]} -gt 0 ]; then
+            dc 90 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \
+                || { log "compose down failed:"; tail -n 20 "$WORK/down.log"; }
+        fi
+        timeout 60 docker image rm -f "$BASE_TAG" >/dev/null 2>&1 || true
+        kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            log "dockerd did not stop in 30 s: SIGKILL"
+            kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+            sleep 1
+        fi
+        # containerd (a child of dockerd) holds the same exec root; make sure it is gone.
+        if [ -f "$WORK/exec/containerd/containerd.pid" ]; then
+            kill -TERM "$(cat "$WORK/exec/containerd/containerd.pid")" 2>/dev/null || true
+        fi
+    fi
+    unmount_under "$WORK"
+    if [ "${CALLSTATE_CONTAINER_KEEP:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK" 2>/dev/null || { sleep 2; unmount_under "$WORK"; rm -rf "$WORK" || true; }
+    fi
+    if [ "$rc" = 0 ]; then
+        log "PASS: container test ($(($(date +%s) - T0)) s)"
+    else
+        log "FAIL: container test (exit $rc, $(($(date +%s) - T0)) s)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- 0. the engine
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 300 apt-get update -q >"$WORK/apt.log" 2>&1 \
+        || { tail -n 30 "$WORK/apt.log"; die "apt-get update failed"; }
+    timeout 420 apt-get install -y -q --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 \
+        || { tail -n 30 "$WORK/apt.log"; die "apt-get install ${need[*]} failed"; }
+fi
+command -v docker >/dev/null 2>&1 || die "no docker client after installing docker.io"
+log "engine: $(dockerd --version); $(docker-compose version --short 2>/dev/null | head -n1 | sed 's/^/docker-compose /')"
+
+# ---------------------------------------------------------------- 1. private dockerd
+echo '{}' >"$WORK/daemon.json"   # ignore /etc/docker/daemon.json of any system engine
+mkdir -p "$WORK/data" "$WORK/exec"
+log "starting dockerd (--bridge=none, socket $SOCK)"
+setsid dockerd \
+    --config-file "$WORK/daemon.json" \
+    --data-root "$WORK/data" \
+    --exec-root "$WORK/exec" \
+    --pidfile "$WORK/dockerd.pid" \
+    -H "unix://$SOCK" \
+    --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
+    >"$WORK/dockerd.log" 2>&1 </dev/null &
+DOCKERD_PID=$!
+for i in $(seq 1 60); do
+    if timeout 5 docker version >/dev/null 2>&1; then break; fi
+    kill -0 "$DOCKERD_PID" 2>/dev/null || die "dockerd exited at start"
+    [ "$i" -lt 60 ] || die "dockerd did not answer in 60 s"
+    sleep 1
+done
+log "dockerd up: $(docker version --format 'server {{.Server.Version}}, API {{.Server.APIVersion}}'), storage $(docker info --format '{{.Driver}}')"
+
+# ---------------------------------------------------------------- 2. base image, no registry
+CACHE=${CALLSTATE_CONTAINER_CACHE:-/var/cache/callstate}
+mkdir -p "$CACHE" 2>/dev/null && [ -w "$CACHE" ] || CACHE=$WORK/cache
+mkdir -p "$CACHE"
+ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+ROOTFS_TAR=$CACHE/rootfs-$SUITE-$ARCH-$ROOTFS_RECIPE.tar
+
+debian_mirror() {
+    if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+    # deb822 sources first, then one-line sources: the first Debian archive apt uses.
+    local u
+    u=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' \
+        | grep -E '/debian/?$' | head -n1 || true)
+    if [ -z "$u" ]; then
+        u=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' \
+            | grep -E '/debian/?$' | head -n1 || true)
+    fi
+    echo "${u:-http://deb.debian.org/debian}"
+}
+
+if [ -s "$ROOTFS_TAR" ] && tar -tf "$ROOTFS_TAR" ./usr/bin/python3 >/dev/null 2>&1; then
+    log "base rootfs from cache: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
+else
+    MIRROR=$(debian_mirror)
+    log "debootstrap --variant=minbase $SUITE with python3, python3-venv from $MIRROR (no cache yet)"
+    ROOTFS=$WORK/rootfs
+    timeout -k 10 480 debootstrap --variant=minbase --include=python3,python3-venv \
+        "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { unmount_under "$ROOTFS"; tail -n 30 "$WORK/debootstrap.log"; die "debootstrap failed"; }
+    unmount_under "$ROOTFS"
+    # Slim it: no package caches, lists, docs, man pages or translations in the image.
+    rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
+        "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/* \
+        "$ROOTFS"/var/log/*.log "$ROOTFS"/debootstrap
+    printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$ROOTFS/etc/apt/sources.list"
+    timeout 300 tar --numeric-owner -C "$ROOTFS" -cf "$ROOTFS_TAR.tmp.$$" . \
+        || { rm -f "$ROOTFS_TAR.tmp.$$"; die "tar of the rootfs failed"; }
+    mv -f "$ROOTFS_TAR.tmp.$$" "$ROOTFS_TAR"
+    rm -rf "$ROOTFS"
+    log "base rootfs built and cached: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
+fi
+timeout 300 docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["/bin/bash"]' \
+    "$ROOTFS_TAR" "$BASE_TAG" >/dev/null || die "docker import of the base rootfs failed"
+BASE_PY=$(timeout 60 docker run --rm --network none "$BASE_TAG" python3 -c \
+    'import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2])') \
+    || die "the base image cannot run python3"
+log "base image $BASE_TAG imported (python $BASE_PY)"
+
+# ---------------------------------------------------------------- 3. wheels on the host
+CTX=$WORK/ctx
+mkdir -p "$CTX"
+# The build context is a copy of the working tree as git sees it (tracked and untracked,
+# minus ignored files), so the test never writes into the repository.
+if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | tar --null -T - -cf -) | tar -C "$CTX" -xf -
+else
+    tar -C "$REPO" --exclude=.git --exclude=.venv --exclude=venv --exclude=build \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$CTX" -xf -
+fi
+[ -f "$CTX/pyproject.toml" ] && [ -f "$CTX/Dockerfile" ] && [ -f "$CTX/docker-compose.yml" ] \
+    || die "build context is missing pyproject.toml, Dockerfile or docker-compose.yml"
+
+HOST_PY=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+WHEELS=$CTX/wheels
+mkdir -p "$WHEELS"
+if [ "$HOST_PY" = "$BASE_PY" ]; then
+    log "pip wheel: callstate and its dependencies for python $BASE_PY (host python $HOST_PY)"
+    timeout -k 10 420 python3 -m pip wheel --disable-pip-version-check -q \
+        --wheel-dir "$WHEELS" "$CTX" >"$WORK/wheel.log" 2>&1 \
+        || { tail -n 30 "$WORK/wheel.log"; die "pip wheel failed"; }
+else
+    # Host python differs from the base's: build callstate (pure Python) here, fetch
+    # binary wheels of its dependencies for the base's python and platform.
+    PYV=${BASE_PY/./}
+    log "host python $HOST_PY != base $BASE_PY: pip wheel callstate, pip download deps for cp$PYV"
+    timeout -k 10 300 python3 -m pip wheel --disable-pip-version-check -q --no-deps \
+        --wheel-dir "$WHEELS" "$CTX" >"$WORK/wheel.log" 2>&1 \
+        || { tail -n 30 "$WORK/wheel.log"; die "pip wheel failed"; }
+    M=$(uname -m)
+    timeout -k 10 420 python3 -m pip download --disable-pip-version-check -q \
+        --only-binary=:all: --python-version "$BASE_PY" --implementation cp --abi "cp$PYV" --abi abi3 --abi none \
+        --platform "manylinux_2_28_$M" --platform "manylinux_2_17_$M" --platform "manylinux2014_$M" --platform any \
+        --dest "$WHEELS" "$WHEELS"/callstate-*.whl >>"$WORK/wheel.log" 2>&1 \
+        || { tail -n 30 "$WORK/wheel.log"; die "pip download of dependency wheels failed"; }
+fi
+rm -rf "$CTX/build" "$CTX"/*.egg-info
+log "wheels: $(cd "$WHEELS" && ls | tr '\n' ' ')"
+
+# ---------------------------------------------------------------- 4. compose build
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+REPORTS=$WORK/reports
+mkdir -p "$REPORTS"
+export CALLSTATE_IMAGE=callstate-ctr:$$
+export CALLSTATE_BASE_IMAGE=$BASE_TAG
+export CALLSTATE_WHEEL_DIR=wheels
+export CALLSTATE_PORT=$PORT
+export CALLSTATE_REPORT_DIR=$REPORTS
+export CALLSTATE_CALLS=${CALLSTATE_CONTAINER_CALLS:-300}
+export CALLSTATE_CONCURRENCY=${CALLSTATE_CONCURRENCY:-16}
+export CALLSTATE_MAX_HOLD=${CALLSTATE_MAX_HOLD:-5}
+COMPOSE_FILES=(-f "$CTX/docker-compose.yml" -f "$CTX/tests/container/compose.host.yml")
+[ -f "$CTX/tests/container/compose.host.yml" ] || die "no tests/container/compose.host.yml in the context"
+
+log "docker-compose build (BASE_IMAGE=$BASE_TAG, WHEEL_DIR=wheels, offline pip)"
+dc 420 config -q || die "docker-compose config rejected the files"
+dc 420 build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; die "docker-compose build failed"; }
+grep -q 'installing callstate offline' "$WORK/build.log" || die "the build did not take the offline wheel path"
+log "image $CALLSTATE_IMAGE built ($(docker image inspect --format '{{.Size}}' "$CALLSTATE_IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }'))"
+[ "$(docker image inspect --format '{{.Config.User}}' "$CALLSTATE_IMAGE")" = callstate ] \
+    || die "the image does not run as the non-root user callstate"
+
+# ---------------------------------------------------------------- 5. up, healthy, load
+log "docker-compose up -d emulator (host network, port $PORT)"
+dc 120 up -d --no-build emulator >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "compose up emulator failed"; }
+EMU=$(dc 30 ps -q emulator)
+[ -n "$EMU" ] || die "no emulator container"
+health=
+for i in $(seq 1 90); do
+    health=$(timeout 10 docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$EMU" 2>/dev/null || echo unknown)
+    [ "$health" = healthy ] && break
+    [ "$(timeout 10 docker inspect --format '{{.State.Running}}' "$EMU" 2>/dev/null)" = true ] \
+        || die "the emulator container stopped (health: $health)"
+    [ "$health" != unhealthy ] || die "the emulator is unhealthy"
+    [ $((i % 10)) != 0 ] || log "waiting for the emulator to be healthy ($health, ${i} s)"
+    sleep 1
+done
+[ "$health" = healthy ] || die "the emulator was not healthy in 90 s (last: $health)"
+log "emulator healthy"
+[ "$(timeout 10 docker exec "$EMU" id -u)" != 0 ] || die "the emulator runs as root"
+
+log "docker-compose up -d load ($CALLSTATE_CALLS calls, concurrency $CALLSTATE_CONCURRENCY)"
+dc 120 up -d --no-build load >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "compose up load failed"; }
+LOAD=$(dc 30 ps -q load)
+[ -n "$LOAD" ] || die "no load container"
+LOAD_RC=$(timeout 300 docker wait "$LOAD") || die "the load did not finish in 300 s"
+log "load exited with $LOAD_RC"
+timeout 30 docker logs "$LOAD" >"$WORK/load.out" 2>"$WORK/load.err" || true
+if [ "$LOAD_RC" != 0 ]; then
+    tail -n 40 "$WORK/load.out" "$WORK/load.err"
+    die "callstate load exited $LOAD_RC"
+fi
+
+# Server log: the emulator's stdout as Docker captured it (stderr kept apart).
+timeout 30 docker logs "$EMU" >"$REPORTS/server.jsonl" 2>"$WORK/emulator.err" \
+    || die "docker logs of the emulator failed"
+
+# ---------------------------------------------------------------- 6. checks
+log "checking the report and the state logs"
+python3 - "$REPORTS/load-report.json" "$REPORTS/server.jsonl" "${PATHS[@]}" <<'PY' || die "result checks failed"
+import json, sys
+
+report_path, server_log, *paths = sys.argv[1:]
+problems = []
+with open(report_path) as f:
+    report = json.load(f)
+calls = report.get("calls")
+by_path = report.get("paths") or {}
+check = report.get("check") or {}
+print(f"  report: calls={calls} paths={json.dumps(by_path, sort_keys=True)}")
+print(f"          by_code={json.dumps(report.get('by_code'), sort_keys=True)} check={json.dumps(check, sort_keys=True)[:300]}")
+if not isinstance(calls, int) or calls <= 0:
+    problems.append(f"report has no calls: {calls!r}")
+for p in paths:
+    if not isinstance(by_path.get(p), int) or by_path[p] <= 0:
+        problems.append(f"no calls on path {p!r}")
+if not isinstance(report.get("by_code"), dict) or not report["by_code"]:
+    problems.append("report has no by_code counts")
+if check.get("ok") is not True or check.get("violations") != 0:
+    problems.append(f"invariant check not clean: ok={check.get('ok')!r} violations={check.get('violations')!r}")
+
+keys = {"ts", "side", "call_id", "state", "prev", "event"}
+lines = states = 0
+bad = []
+ids, ends = set(), 0
+with open(server_log) as f:
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad.append((n, line[:120].rstrip()))
+            continue
+        if isinstance(obj, dict) and keys <= obj.keys() and obj["side"] == "server":
+            states += 1
+            ids.add(obj["call_id"])
+            ends += obj["state"] == "End" and obj["event"] == "enter"
+print(f"  emulator stdout: {lines} lines, {states} server state lines, {len(ids)} call ids, {ends} End")
+if bad:
+    problems.append(f"{len(bad)} emulator stdout lines are not JSON, first: {bad[0]}")
+if states == 0:
+    problems.append("the emulator's log holds no JSON state lines")
+if isinstance(calls, int) and len(ids) < calls // 2:
+    problems.append(f"the emulator logged only {len(ids)} call ids for {calls} calls")
+for p in problems:
+    print("  PROBLEM:", p)
+sys.exit(1 if problems else 0)
+PY
+
+# Both sides' logs through the checker, inside the image (the same build users get).
+log "callstate check on the emulator's stdout and the load's client log (in the image)"
+timeout 120 docker run --rm --network none -v "$REPORTS:/reports:ro" "$CALLSTATE_IMAGE" \
+    check /reports/server.jsonl /reports/load-client.jsonl >"$WORK/check.out" 2>&1 \
+    || { tail -n 30 "$WORK/check.out"; die "callstate check found violations"; }
+tail -n 3 "$WORK/check.out" | sed 's/^/  /'
+
+log "docker-compose down"
+dc 120 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \
+    || { tail -n 20 "$WORK/down.log"; die "compose down failed"; }
+COMPOSE_FILES=()
+STATUS=0

@@ -1,0 +1,87 @@
+"""`callstate load`: small, bounded runs against a real server process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from callstate.check import check_files
+from tests.conftest import ServerProcess, cli, read_entries
+
+ALL_PATHS = {"complete", "abort", "fatal", "hold", "cancel-abortive", "cancel-non-abortive", "cancel-at-before-start",
+             "cancel-at-after-start", "cancel-at-random", "cancel-at-held"}
+
+
+def test_closed_loop_run_covers_every_path_and_checks_both_sides(server: ServerProcess, tmp_path: Path) -> None:
+    report_path, log = tmp_path / "report.json", tmp_path / "client.jsonl"
+    result = cli("load", "--target", server.target, "--calls", "800", "--concurrency", "16", "--seed", "7",
+                 "--report", str(report_path), "--log-file", str(log), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["calls"] == 800 and report["check"]["ok"] and report["check"]["violations"] == 0
+    assert ALL_PATHS <= set(report["paths"]), report["paths"]
+    assert {"0", "1726", "1818", "4242"} <= set(report["by_code"])
+    assert sum(report["by_code"].values()) == 800
+    assert report["server"]["in_flight_after"] == 0
+    assert report["cancel_propagation_ms"]["count"] > 0
+    assert report["latency_ms"]["0"]["p50"] <= report["latency_ms"]["0"]["p99"] <= report["latency_ms"]["0"]["max"]
+    assert "check: OK" in result.stdout and "calls/s" in result.stdout
+    # the same verdict from the two log files, through `callstate check`
+    time.sleep(0.2)
+    offline = check_files([log, server.log])
+    assert offline.ok, offline.summary()
+    assert len({e["call_id"] for e in read_entries(log) if e["state"] == "End"}) == 800
+
+
+def test_open_loop_by_duration(server: ServerProcess, tmp_path: Path) -> None:
+    result = cli("load", "--target", server.target, "--duration", "1", "--rate", "300", "--channels", "2",
+                 "--cancel", "abortive=50", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 150 <= report["calls"] <= 400 and report["check"]["ok"]
+    assert report["config"]["rate"] == 300 and report["config"]["concurrency"] is None
+
+
+def test_exit_status_is_non_zero_when_an_invariant_fails(server: ServerProcess, tmp_path: Path) -> None:
+    """A call left in flight on the server (another client's hold) breaks invariant 4."""
+    holder = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target,
+                               "--outcome", "hold"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        result = cli("load", "--target", server.target, "--calls", "50", "--settle", "0.5", timeout=60)
+        assert result.returncode == 1
+        assert "server_in_flight" in result.stdout
+    finally:
+        holder.kill()
+
+
+def test_sigterm_stops_the_run_gracefully_and_loses_no_entry(server: ServerProcess, tmp_path: Path) -> None:
+    log, report_path = tmp_path / "client.jsonl", tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", server.target, "--duration", "60",
+                             "--concurrency", "8", "--log-file", str(log), "--report", str(report_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] == "SIGTERM" and report["calls"] > 0 and report["check"]["ok"]
+    entries = read_entries(log)
+    ended = {e["call_id"] for e in entries if e["state"] == "End"}
+    assert len(ended) == report["calls"] == len({e["call_id"] for e in entries})   # every call's End is in the file
+
+
+def test_bad_input_is_a_clear_usage_error() -> None:
+    for args, needle in [(["--cancel", "abortive=80,non-abortive=30"], "more than 100%"),
+                         (["--cancel-at", "sometime"], "cancel point 'sometime'"),
+                         (["--mix", "complete=1,explode=2"], "unknown name 'explode'"),
+                         (["--concurrency", "0"], "must be >= 1"),
+                         (["--calls", "5", "--duration", "1"], "not allowed with")]:
+        result = cli("load", *args)
+        assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
+    result = cli("load", "--target", "127.0.0.1:1", "--calls", "1", timeout=30)
+    assert result.returncode == 2 and "cannot reach" in result.stderr
