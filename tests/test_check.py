@@ -45,9 +45,22 @@ def write(path: Path, entries: list[dict[str, Any]]) -> Path:
     return path
 
 
+def cancelled_call(call_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A held call cancelled abortively, entries made in time order across both sides."""
+    c = [e("client", call_id, "C", None, "call"), e("client", call_id, "WComp", "C", "started")]
+    s = [e("server", call_id, "D", None, "dispatch")]
+    c += [e("client", call_id, "Can", "WComp", "cancel", detail="abortive")]
+    s += [e("server", call_id, "D", "D", event="cancel_seen", detail="abortive"), e("server", call_id, "A", "D", "abort"),
+          e("server", call_id, "End", "A", "aborted", code=1818, grpc_status="CANCELLED")]
+    c += [e("client", call_id, "WComp", "Can", "cancel_issued"), e("client", call_id, "Comp", "WComp", "complete"),
+          e("client", call_id, "End", "Comp", "completed", code=1818, grpc_status="CANCELLED")]
+    return c, s
+
+
 def test_good_logs_in_any_order(tmp_path: Path) -> None:
-    client = client_ok("a") + client_ok("b", 77) + client_ok("c", 1818, cancel="abortive") + client_ok("d", 0, "abortive")
-    server = server_complete("a") + server_abort("b", 77) + server_abort("c", 1818, "abortive") + server_complete("d")
+    c_client, c_server = cancelled_call("c")
+    client = client_ok("a") + client_ok("b", 77) + c_client + client_ok("d", 0, "abortive")
+    server = server_complete("a") + server_abort("b", 77) + c_server + server_complete("d")
     paths = [write(tmp_path / "server.jsonl", server), write(tmp_path / "client.jsonl", client)]
     report = check_files(paths)
     assert report.ok, report.summary()
