@@ -117,10 +117,10 @@ class Lifecycle:
 
     __slots__ = ("side", "state", "history")
 
-    def __init__(self, side: Side) -> None:
+    def __init__(self, side: Side, keep_history: bool = True) -> None:
         self.side: Side = side
         self.state: str = INITIAL[side]
-        self.history: list[str] = [self.state]
+        self.history: list[str] | None = [self.state] if keep_history else None
 
     @property
     def ended(self) -> bool:
@@ -133,11 +133,12 @@ class Lifecycle:
         """Apply `move`; returns (prev, new state) or raises LifecycleError."""
         prev = self.state
         self.state = next_state(self.side, prev, move)
-        self.history.append(self.state)
+        if self.history is not None:
+            self.history.append(self.state)
         return prev, self.state
 
     def __repr__(self) -> str:
-        return f"<Lifecycle {self.side} {' -> '.join(self.history)}>"
+        return f"<Lifecycle {self.side} {' -> '.join(self.history or [self.state])}>"
 
 
 def mermaid(side: Side) -> str:

@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from callstate.statelog import Entry, StateLog
+from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.server.calls import Recorder
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
@@ -67,13 +68,7 @@ class EmulatorServer:
         opts = self.options
         self.journal = journal = Journal(opts.journal_size)
         self.log = log = StateLog(opts.log)
-        journal_add, log_append = journal.add, log.append
-
-        def record(entry: Entry, outcome: str) -> None:
-            journal_add(entry, outcome)   # journal first: watchers see it live
-            log_append(entry)
-
-        self.emulator = EmulatorServicer(opts.emulator, record)
+        self.emulator = EmulatorServicer(opts.emulator, Recorder(journal, log.append))
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)

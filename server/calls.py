@@ -20,26 +20,40 @@ from typing import Callable
 
 from callstate.lifecycle import Lifecycle, move_to_end
 from callstate.statelog import Entry
+from callstate.server.journal import Journal
 
-Record = Callable[[Entry, str], None]
+class Recorder:
+    """Where a server call's entries go: the journal (live views) and the state log."""
+
+    __slots__ = ("journal", "log_append")
+
+    def __init__(self, journal: Journal, log_append: Callable[[Entry], None]) -> None:
+        self.journal = journal
+        self.log_append = log_append
 
 ABORTIVE = "abortive"
 NOTICE = "notice"
 
 
 class ServerCall:
-    __slots__ = ("call_id", "lifecycle", "outcome", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_record")
+    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_rec", "_journal",
+                 "_log")
 
-    def __init__(self, call_id: str, record: Record, outcome: str = "") -> None:
+    def __init__(self, call_id: str, recorder: Recorder, outcome: str = "") -> None:
         self.call_id = call_id
-        self.lifecycle = Lifecycle("server")
-        self.outcome = outcome
+        self.lifecycle = Lifecycle("server", keep_history=False)   # the journal keeps the history
         self.cancel_kind: str | None = None   # first cancel seen: ABORTIVE or NOTICE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
         self.stopping = False
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
-        self._record = record
-        record(Entry(time.time(), "server", call_id, "D", None, "enter", "dispatch"), outcome)
+        self._journal = journal = recorder.journal
+        self._log = recorder.log_append
+        self._rec = journal.open(call_id, outcome)
+        self._emit(Entry(time.time(), "server", call_id, "D", None, "enter", "dispatch"))
+
+    def _emit(self, e: Entry) -> None:
+        self._journal.add(self._rec, e)
+        self._log(e)
 
     @property
     def state(self) -> str:
@@ -47,8 +61,7 @@ class ServerCall:
 
     def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
-        self._record(Entry(time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail),
-                     self.outcome)
+        self._emit(Entry(time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail))
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
@@ -66,8 +79,8 @@ class ServerCall:
             self.rpc_cancelled = True
         if self.cancel_kind is None:
             self.cancel_kind = kind
-        self._record(Entry(time.time(), "server", self.call_id, self.state, self.state, "cancel_seen", None,
-                           detail=kind), self.outcome)
+        self._emit(Entry(time.time(), "server", self.call_id, self.state, self.state, "cancel_seen", None,
+                         detail=kind))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 

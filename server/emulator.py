@@ -20,7 +20,7 @@ from callstate import codes
 from callstate.script import DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, ScriptError, validate
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.server.calls import NOTICE, Record, ServerCall
+from callstate.server.calls import NOTICE, Recorder, ServerCall
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 
@@ -56,9 +56,9 @@ class EmulatorConfig:
 
 
 class EmulatorServicer(pb_grpc.EmulatorServicer):
-    def __init__(self, config: EmulatorConfig, record: Record) -> None:
+    def __init__(self, config: EmulatorConfig, recorder: Recorder) -> None:
         self.config = config
-        self._record = record
+        self._recorder = recorder
         self._rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
         self.stopping = False
@@ -79,7 +79,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                 ((codes.CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
-        call = ServerCall(call_id, self._record, OUTCOME_NAMES.get(outcome, "?"))
+        call = ServerCall(call_id, self._recorder, OUTCOME_NAMES.get(outcome, "?"))
         self.live[call_id] = call
         try:
             if script is not None:

@@ -18,11 +18,11 @@ from callstate.statelog import Entry
 class CallRecord:
     __slots__ = ("call_id", "entries", "state", "outcome", "cancel_seen")
 
-    def __init__(self, call_id: str) -> None:
+    def __init__(self, call_id: str, outcome: str = "") -> None:
         self.call_id = call_id
         self.entries: list[Entry] = []
         self.state = ""
-        self.outcome = ""
+        self.outcome = outcome
         self.cancel_seen = False
 
     @property
@@ -60,30 +60,32 @@ class Journal:
         self.ended = 0
         self.cancels_seen = 0
         self.watch_dropped = 0
-        self.by_state: collections.Counter[str] = collections.Counter()
-        self.by_code: collections.Counter[int] = collections.Counter()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.by_state: dict[str, int] = {}
+        self.by_code: dict[int, int] = {}
 
-    def add(self, e: Entry, outcome: str = "") -> None:
-        rec = self._calls.get(e.call_id)
-        if rec is None or (rec.ended and e.event == "enter" and e.prev is None):
-            rec = self._calls[e.call_id] = CallRecord(e.call_id)
+    def open(self, call_id: str, outcome: str = "") -> CallRecord:
+        """A newly dispatched call: its record (the caller adds its entries to it)."""
+        rec = self._calls[call_id] = CallRecord(call_id, outcome)
+        self.dispatched += 1
+        self.in_flight += 1
+        return rec
+
+    def add(self, rec: CallRecord, e: Entry) -> None:
+        """Runs for every server entry on the event loop: kept to a few dict operations."""
         rec.entries.append(e)
-        if outcome:
-            rec.outcome = outcome
         if e.event == "enter":
-            rec.state = e.state
-            self.by_state[e.state] += 1
-            if e.prev is None:
-                self.dispatched += 1
-                self.in_flight += 1
-                self._idle.clear()
-            elif e.state == END:
+            state = rec.state = e.state
+            by_state = self.by_state
+            by_state[state] = by_state.get(state, 0) + 1
+            if state == END:
                 self._end(rec, e)
         elif e.event == "cancel_seen":
             self.cancels_seen += 1
             rec.cancel_seen = True
+        if self._watchers:
+            self._publish(e)
+
+    def _publish(self, e: Entry) -> None:
         for w in self._watchers:
             if not w.call_id or w.call_id == e.call_id:
                 try:
@@ -95,10 +97,8 @@ class Journal:
     def _end(self, rec: CallRecord, e: Entry) -> None:
         self.ended += 1
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
         if e.code is not None:
-            self.by_code[e.code] += 1
+            self.by_code[e.code] = self.by_code.get(e.code, 0) + 1
         self._ended_order.append(rec)
         while len(self._ended_order) > self.capacity:
             old = self._ended_order.popleft()
@@ -106,12 +106,15 @@ class Journal:
                 del self._calls[old.call_id]
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is in flight; False on timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        """Wait until no call is in flight; False on timeout. (Polled: only shutdown needs it,
+        and the hot path stays free of an Event to set and clear.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def get(self, call_id: str) -> CallRecord | None:
         return self._calls.get(call_id)

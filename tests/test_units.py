@@ -129,3 +129,18 @@ def test_only_the_callstate_namespace_is_installed() -> None:
     assert probe.returncode != 0   # no bare top-level `server` module
     assert importlib.util.find_spec("callstate.v1.callstate_pb2") is not None
     assert orjson.loads(b"{}") == {}
+
+
+def test_fast_log_lines_equal_the_dict_form() -> None:
+    from callstate.statelog import format_line, to_dict
+    samples = [
+        Entry(1.5, "server", "plain", "D", None, "enter", "dispatch"),
+        Entry(2.000001, "server", 'quote"back\\slash\nnewline\u2603', "End", "A", "enter", "aborted", 5001, "ABORTED",
+              'detail with "quotes" and \t tabs'),
+        Entry(3.0, "client", "x", "WComp", "WComp", "cancel_sent", None, detail="delivered"),
+        Entry(4.0, "client", "x", "End", "C", "enter", "start_failed", 87, None, "bad"),
+    ]
+    for e in samples:
+        line = format_line(e)
+        assert line.endswith("\n") and line.count("\n") == 1
+        assert orjson.loads(line) == to_dict(e)

@@ -27,7 +27,8 @@
 #   CALLSTATE_CONTAINER_TEST=0        skip (prints SKIPPED)
 #   CALLSTATE_CONTAINER_CACHE=DIR     cache dir (default /var/cache/callstate)
 #   CALLSTATE_CONTAINER_KEEP=1        keep the temp dir (logs, reports) after the run
-#   CALLSTATE_CONTAINER_CALLS=N       calls for the load run (default 300)
+#   CALLSTATE_CONTAINER_CALLS=N       calls for the load run (default 1000)
+#   CALLSTATE_CONTAINER_BUDGET=S      time budget of all steps before cleanup (default 480)
 #   DEBIAN_MIRROR=URL                 mirror for debootstrap (default: the one apt uses)
 
 set -Eeuo pipefail
@@ -40,6 +41,11 @@ BASE_TAG=callstate-base:$SUITE
 # Bump when the rootfs recipe changes, so a stale cache is not reused.
 ROOTFS_RECIPE=v1-minbase-python3-venv
 PATHS=(complete abort fatal hold cancel-abortive cancel-non-abortive)
+
+# Every step runs under `tmo`: its own limit, cut to what is left of the whole budget.
+BUDGET=${CALLSTATE_CONTAINER_BUDGET:-480}
+DEADLINE=$((T0 + BUDGET))
+IN_CLEANUP=0
 
 log() { printf '[container %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 skip() { echo "SKIPPED: $*"; exit 0; }
@@ -60,6 +66,7 @@ SOCK=$WORK/docker.sock
 DOCKERD_PID=
 PROJECT=callstate-ctr-$$
 COMPOSE_FILES=()
+RUN_DIRS_MADE=()
 STATUS=1
 
 export DOCKER_HOST=unix://$SOCK
@@ -68,9 +75,19 @@ export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH COMPOSE_FILE COMPOSE_PROJECT_NAME || true
 mkdir -p "$DOCKER_CONFIG"
 
+tmo() { # tmo SECONDS command...: timeout(1), capped by the budget (not during cleanup)
+    local secs=$1 left; shift
+    if [ "$IN_CLEANUP" = 0 ]; then
+        left=$((DEADLINE - $(date +%s)))
+        if [ "$left" -le 0 ]; then log "FAIL: over the ${BUDGET} s budget before: $*"; return 124; fi
+        [ "$secs" -le "$left" ] || secs=$left
+    fi
+    timeout -k 10 "$secs" "$@"
+}
+
 dc() { # dc SECONDS compose-args...
     local secs=$1; shift
-    timeout -k 10 "$secs" docker-compose --ansi never -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+    tmo "$secs" docker-compose --ansi never -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
 }
 
 unmount_under() { # lazily unmount anything still mounted below $1, deepest first
@@ -94,19 +111,20 @@ show_logs() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    IN_CLEANUP=1
     [ "$STATUS" = 0 ] || { [ "$rc" != 0 ] || rc=1; }
     if [ "$rc" != 0 ]; then show_logs; fi
     log "cleanup"
     if [ -n "$DOCKERD_PID" ]; then
         if [ ${#COMPOSE_FILES[@]} -gt 0 ]; then
-            dc 90 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \
+            dc 60 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \
                 || { log "compose down failed:"; tail -n 20 "$WORK/down.log"; }
         fi
-        timeout 60 docker image rm -f "$BASE_TAG" >/dev/null 2>&1 || true
+        timeout 30 docker image rm -f "$BASE_TAG" >/dev/null 2>&1 || true
         kill -TERM "$DOCKERD_PID" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+        for _ in $(seq 1 20); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
         if kill -0 "$DOCKERD_PID" 2>/dev/null; then
-            log "dockerd did not stop in 30 s: SIGKILL"
+            log "dockerd did not stop in 20 s: SIGKILL"
             kill -KILL "$DOCKERD_PID" 2>/dev/null || true
             sleep 1
         fi
@@ -116,6 +134,7 @@ cleanup() {
         fi
     fi
     unmount_under "$WORK"
+    for d in "${RUN_DIRS_MADE[@]}"; do rmdir "$d" 2>/dev/null || true; done
     if [ "${CALLSTATE_CONTAINER_KEEP:-0}" = 1 ]; then
         log "kept $WORK"
     else
@@ -139,15 +158,21 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get update -q >"$WORK/apt.log" 2>&1 \
+    tmo 240 apt-get update -q >"$WORK/apt.log" 2>&1 \
         || { tail -n 30 "$WORK/apt.log"; die "apt-get update failed"; }
-    timeout 420 apt-get install -y -q --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 \
+    tmo 360 apt-get install -y -q --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 \
         || { tail -n 30 "$WORK/apt.log"; die "apt-get install ${need[*]} failed"; }
 fi
 command -v docker >/dev/null 2>&1 || die "no docker client after installing docker.io"
 log "engine: $(dockerd --version); $(docker-compose version --short 2>/dev/null | head -n1 | sed 's/^/docker-compose /')"
 
 # ---------------------------------------------------------------- 1. private dockerd
+# dockerd makes /run/docker and /run/containerd/s even with its own exec root: note
+# whether they were there, to remove them afterwards only if this run made them (empty).
+RUN_DIRS_MADE=()
+for d in /run/docker/plugins /run/docker /run/containerd/s /run/containerd; do
+    [ -e "$d" ] || RUN_DIRS_MADE+=("$d")
+done
 echo '{}' >"$WORK/daemon.json"   # ignore /etc/docker/daemon.json of any system engine
 mkdir -p "$WORK/data" "$WORK/exec"
 log "starting dockerd (--bridge=none, socket $SOCK)"
@@ -196,7 +221,7 @@ else
     MIRROR=$(debian_mirror)
     log "debootstrap --variant=minbase $SUITE with python3, python3-venv from $MIRROR (no cache yet)"
     ROOTFS=$WORK/rootfs
-    timeout -k 10 480 debootstrap --variant=minbase --include=python3,python3-venv \
+    tmo 360 debootstrap --variant=minbase --include=python3,python3-venv \
         "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
         || { unmount_under "$ROOTFS"; tail -n 30 "$WORK/debootstrap.log"; die "debootstrap failed"; }
     unmount_under "$ROOTFS"
@@ -205,18 +230,18 @@ else
         "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/* \
         "$ROOTFS"/var/log/*.log "$ROOTFS"/debootstrap
     printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$ROOTFS/etc/apt/sources.list"
-    timeout 300 tar --numeric-owner -C "$ROOTFS" -cf "$ROOTFS_TAR.tmp.$$" . \
+    tmo 120 tar --numeric-owner -C "$ROOTFS" -cf "$ROOTFS_TAR.tmp.$$" . \
         || { rm -f "$ROOTFS_TAR.tmp.$$"; die "tar of the rootfs failed"; }
     mv -f "$ROOTFS_TAR.tmp.$$" "$ROOTFS_TAR"
     rm -rf "$ROOTFS"
     log "base rootfs built and cached: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
 fi
-timeout 300 docker import \
+tmo 120 docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
     "$ROOTFS_TAR" "$BASE_TAG" >/dev/null || die "docker import of the base rootfs failed"
-BASE_PY=$(timeout 60 docker run --rm --network none "$BASE_TAG" python3 -c \
+BASE_PY=$(tmo 60 docker run --rm --network none "$BASE_TAG" python3 -c \
     'import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2])') \
     || die "the base image cannot run python3"
 log "base image $BASE_TAG imported (python $BASE_PY)"
@@ -237,12 +262,19 @@ fi
 [ -f "$CTX/pyproject.toml" ] && [ -f "$CTX/Dockerfile" ] && [ -f "$CTX/docker-compose.yml" ] \
     || die "build context is missing pyproject.toml, Dockerfile or docker-compose.yml"
 
-HOST_PY=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# Host python with pip for `pip wheel` (the repo's .venv as a fallback).
+PY=python3
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -m pip --version >/dev/null 2>&1 \
+        || die "no pip for the host's python3 (needed to build wheels)"
+    PY=$REPO/.venv/bin/python
+fi
+HOST_PY=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 WHEELS=$CTX/wheels
 mkdir -p "$WHEELS"
 if [ "$HOST_PY" = "$BASE_PY" ]; then
     log "pip wheel: callstate and its dependencies for python $BASE_PY (host python $HOST_PY)"
-    timeout -k 10 420 python3 -m pip wheel --disable-pip-version-check -q \
+    tmo 300 "$PY" -m pip wheel --disable-pip-version-check -q \
         --wheel-dir "$WHEELS" "$CTX" >"$WORK/wheel.log" 2>&1 \
         || { tail -n 30 "$WORK/wheel.log"; die "pip wheel failed"; }
 else
@@ -250,11 +282,11 @@ else
     # binary wheels of its dependencies for the base's python and platform.
     PYV=${BASE_PY/./}
     log "host python $HOST_PY != base $BASE_PY: pip wheel callstate, pip download deps for cp$PYV"
-    timeout -k 10 300 python3 -m pip wheel --disable-pip-version-check -q --no-deps \
+    tmo 300 "$PY" -m pip wheel --disable-pip-version-check -q --no-deps \
         --wheel-dir "$WHEELS" "$CTX" >"$WORK/wheel.log" 2>&1 \
         || { tail -n 30 "$WORK/wheel.log"; die "pip wheel failed"; }
     M=$(uname -m)
-    timeout -k 10 420 python3 -m pip download --disable-pip-version-check -q \
+    tmo 300 "$PY" -m pip download --disable-pip-version-check -q \
         --only-binary=:all: --python-version "$BASE_PY" --implementation cp --abi "cp$PYV" --abi abi3 --abi none \
         --platform "manylinux_2_28_$M" --platform "manylinux_2_17_$M" --platform "manylinux2014_$M" --platform any \
         --dest "$WHEELS" "$WHEELS"/callstate-*.whl >>"$WORK/wheel.log" 2>&1 \
@@ -272,15 +304,17 @@ export CALLSTATE_BASE_IMAGE=$BASE_TAG
 export CALLSTATE_WHEEL_DIR=wheels
 export CALLSTATE_PORT=$PORT
 export CALLSTATE_REPORT_DIR=$REPORTS
-export CALLSTATE_CALLS=${CALLSTATE_CONTAINER_CALLS:-300}
+export CALLSTATE_CALLS=${CALLSTATE_CONTAINER_CALLS:-1000}
 export CALLSTATE_CONCURRENCY=${CALLSTATE_CONCURRENCY:-16}
 export CALLSTATE_MAX_HOLD=${CALLSTATE_MAX_HOLD:-5}
 COMPOSE_FILES=(-f "$CTX/docker-compose.yml" -f "$CTX/tests/container/compose.host.yml")
 [ -f "$CTX/tests/container/compose.host.yml" ] || die "no tests/container/compose.host.yml in the context"
 
 log "docker-compose build (BASE_IMAGE=$BASE_TAG, WHEEL_DIR=wheels, offline pip)"
-dc 420 config -q || die "docker-compose config rejected the files"
-dc 420 build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; die "docker-compose build failed"; }
+(cd "$CTX" && tmo 60 docker-compose config -q) \
+    || die "docker-compose config rejected the default files (docker-compose.yml + override)"
+dc 60 config -q || die "docker-compose config rejected the host-network files"
+dc 360 build >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; die "docker-compose build failed"; }
 grep -q 'installing callstate offline' "$WORK/build.log" || die "the build did not take the offline wheel path"
 log "image $CALLSTATE_IMAGE built ($(docker image inspect --format '{{.Size}}' "$CALLSTATE_IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }'))"
 [ "$(docker image inspect --format '{{.Config.User}}' "$CALLSTATE_IMAGE")" = callstate ] \
@@ -309,7 +343,7 @@ log "docker-compose up -d load ($CALLSTATE_CALLS calls, concurrency $CALLSTATE_C
 dc 120 up -d --no-build load >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "compose up load failed"; }
 LOAD=$(dc 30 ps -q load)
 [ -n "$LOAD" ] || die "no load container"
-LOAD_RC=$(timeout 300 docker wait "$LOAD") || die "the load did not finish in 300 s"
+LOAD_RC=$(tmo 300 docker wait "$LOAD") || die "the load did not finish in 300 s"
 log "load exited with $LOAD_RC"
 timeout 30 docker logs "$LOAD" >"$WORK/load.out" 2>"$WORK/load.err" || true
 if [ "$LOAD_RC" != 0 ]; then
@@ -317,9 +351,17 @@ if [ "$LOAD_RC" != 0 ]; then
     die "callstate load exited $LOAD_RC"
 fi
 
+# Graceful stop (SIGTERM to the server, PID 1 in its container) flushes its state log.
+log "docker-compose stop emulator (graceful shutdown)"
+dc 60 stop -t 20 emulator >>"$WORK/up.log" 2>&1 || die "compose stop emulator failed"
+EMU_RC=$(timeout 10 docker inspect --format '{{.State.ExitCode}}' "$EMU")
 # Server log: the emulator's stdout as Docker captured it (stderr kept apart).
 timeout 30 docker logs "$EMU" >"$REPORTS/server.jsonl" 2>"$WORK/emulator.err" \
     || die "docker logs of the emulator failed"
+if [ "$EMU_RC" != 0 ]; then
+    tail -n 20 "$WORK/emulator.err"
+    die "the emulator exited $EMU_RC on SIGTERM (expected a graceful 0)"
+fi
 
 # ---------------------------------------------------------------- 6. checks
 log "checking the report and the state logs"
@@ -377,7 +419,7 @@ PY
 
 # Both sides' logs through the checker, inside the image (the same build users get).
 log "callstate check on the emulator's stdout and the load's client log (in the image)"
-timeout 120 docker run --rm --network none -v "$REPORTS:/reports:ro" "$CALLSTATE_IMAGE" \
+tmo 120 docker run --rm --network none -v "$REPORTS:/reports:ro" "$CALLSTATE_IMAGE" \
     check /reports/server.jsonl /reports/load-client.jsonl >"$WORK/check.out" 2>&1 \
     || { tail -n 30 "$WORK/check.out"; die "callstate check found violations"; }
 tail -n 3 "$WORK/check.out" | sed 's/^/  /'

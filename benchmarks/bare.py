@@ -1,0 +1,142 @@
+"""Baselines for the benchmarks: a bare grpc.aio server and clients doing the same work.
+
+    python benchmarks/bare.py serve --port-file F [--cancel-log F]
+        a grpc.aio server answering callstate.v1.Emulator/Call with the same messages,
+        no lifecycle, no log, no journal: echo at once, or hold (script outcome HOLD)
+        until cancelled; GetCounters reports its in-flight count.
+    python benchmarks/bare.py drive --target T --client bare|callstate --concurrency N --duration S
+        a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from callstate.v1 import callstate_pb2 as pb  # noqa: E402
+from callstate.v1 import callstate_pb2_grpc as pb_grpc  # noqa: E402
+
+
+class BareEmulator(pb_grpc.EmulatorServicer):
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.cancelled_at: dict[str, float] = {}
+
+    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+        if request.script.outcome != pb.OUTCOME_HOLD:
+            return pb.CallReply(call_id=request.call_id)
+        self.in_flight += 1
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self.cancelled_at[request.call_id] = time.time()
+            raise
+        finally:
+            self.in_flight -= 1
+        return pb.CallReply()  # pragma: no cover
+
+
+class BareJournal(pb_grpc.JournalServicer):
+    def __init__(self, emulator: BareEmulator) -> None:
+        self.emulator = emulator
+
+    async def GetCounters(self, request: pb.CountersRequest, context: grpc.aio.ServicerContext) -> pb.Counters:
+        return pb.Counters(in_flight=self.emulator.in_flight)
+
+
+async def serve(port_file: str, cancel_log: str | None) -> None:
+    server = grpc.aio.server()
+    emulator = BareEmulator()
+    pb_grpc.add_EmulatorServicer_to_server(emulator, server)
+    pb_grpc.add_JournalServicer_to_server(BareJournal(emulator), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+    if cancel_log:
+        Path(cancel_log).write_text(json.dumps(emulator.cancelled_at))
+
+
+async def drive(target: str, client: str, concurrency: int, duration: float, log: str | None) -> dict[str, float]:
+    done = 0
+    stop_at = 0.0
+    if client == "bare":
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+
+        async def one() -> None:
+            call_id = os.urandom(16).hex()
+            await stub.Call(pb.CallRequest(call_id=call_id, script=SCRIPT), metadata=(("callstate-call-id", call_id),))
+        closer = channel.close
+    else:
+        from callstate.client import AsyncClient
+        callstate_client = AsyncClient(target, log=log)
+
+        async def one() -> None:
+            await callstate_client.start(SCRIPT)
+        closer = callstate_client.close
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await one()
+            done += 1
+
+    stop_at = time.perf_counter() + 0.5        # warm-up, not counted
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    done = 0
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    stop_at = t0 + duration
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    await closer()
+    return {"calls": done, "seconds": seconds, "cpu_s": cpu}
+
+
+SCRIPT = pb.Script(outcome=pb.OUTCOME_COMPLETE)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port-file", required=True)
+    s.add_argument("--cancel-log")
+    d = sub.add_parser("drive")
+    d.add_argument("--target", required=True)
+    d.add_argument("--client", choices=["bare", "callstate"], default="bare")
+    d.add_argument("--concurrency", type=int, default=64)
+    d.add_argument("--duration", type=float, default=3.0)
+    d.add_argument("--log", help="callstate client: state log file")
+    opts = parser.parse_args()
+    if opts.cmd == "serve":
+        asyncio.run(serve(opts.port_file, opts.cancel_log))
+    else:
+        print(json.dumps(asyncio.run(drive(opts.target, opts.client, opts.concurrency, opts.duration, opts.log))))
+
+
+if __name__ == "__main__":
+    main()
