@@ -147,41 +147,32 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
 
 
 async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
-    """Start n held calls; returns (calls, cancel(call) -> time, wait_all())."""
+    """Start n held calls; returns (ids, calls, cancel(call) -> time, wait_all())."""
     hold = pb.Script(outcome=pb.OUTCOME_HOLD)
     if kind == "callstate":
         from callstate.client import AsyncClient
         client = AsyncClient(target, log=log)
-        calls = [client.start(hold) for _ in range(n)]
-
-        def cancel(call: Any) -> float:
-            call.cancel()
-            return time.time()
-
-        async def wait_all() -> None:
-            for c in calls:
-                try:
-                    await c
-                except Exception:
-                    pass
-            await client.close()
-        return [c.call_id for c in calls], calls, cancel, wait_all
-    channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.EmulatorStub(channel)
-    ids = [os.urandom(16).hex() for _ in range(n)]
-    calls = [stub.Call(pb.CallRequest(call_id=i, script=hold)) for i in ids]
+        calls: list[Any] = [client.start(hold) for _ in range(n)]
+        ids = [c.call_id for c in calls]
+        close = client.close
+    else:
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+        ids = [os.urandom(16).hex() for _ in range(n)]
+        calls = [stub.Call(pb.CallRequest(call_id=i, script=hold)) for i in ids]
+        close = channel.close
 
     def cancel(call: Any) -> float:
-        call.cancel()
+        call.cancel()   # abortive in both: callstate's cancel() is a gRPC cancel
         return time.time()
 
     async def wait_all() -> None:
         for c in calls:
             try:
                 await c
-            except BaseException:
+            except BaseException:   # CallError 1818 / asyncio.CancelledError
                 pass
-        await channel.close()
+        await close()
     return ids, calls, cancel, wait_all
 
 

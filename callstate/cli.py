@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import textwrap
 from typing import Sequence
 
 from callstate import __version__
@@ -14,6 +15,11 @@ MS-RPC codes: 0 RPC_S_OK, 87 RPC_S_INVALID_ARG, 997 RPC_S_ASYNC_CALL_PENDING,
 1460 RPC_S_TIMEOUT, 1722 RPC_S_SERVER_UNAVAILABLE, 1723 RPC_S_SERVER_TOO_BUSY,
 1726 RPC_S_CALL_FAILED, 1818 RPC_S_CALL_CANCELLED, 1914 RPC_S_INVALID_ASYNC_HANDLE.
 """
+
+
+def _para(text: str) -> str:
+    """Wrap a description for the raw formatter (which keeps the examples' layout)."""
+    return textwrap.fill(" ".join(text.split()), 88)
 
 
 def _positive_float(text: str) -> float:
@@ -96,18 +102,18 @@ def _mix(text: str):  # type: ignore[no-untyped-def]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callstate",
-        description="Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
-                    "scripted calls, a load generator and a checker for both sides' state logs.",
+        description=_para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
+                    "scripted calls, a load generator and a checker for both sides' state logs."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"callstate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # -- serve --------------------------------------------------------------------------------
     p = sub.add_parser("serve", help="run the emulator server (Emulator, Journal, health, reflection)",
-                       description="Run the gRPC emulator. Each call follows its script: dispatch delay, then "
+                       description=_para("Run the gRPC emulator. Each call follows its script: dispatch delay, then "
                                    "complete, abort with a code, fail fatally, or hold until cancelled. Every state "
                                    "entered is written to the state log as a JSON line. Stops gracefully on "
-                                   "SIGINT/SIGTERM, ending every call in flight and flushing the log.",
+                                   "SIGINT/SIGTERM, ending every call in flight and flushing the log."),
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: %(default)s; "
                    "0.0.0.0 in containers)")
@@ -138,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- call ---------------------------------------------------------------------------------
     p = sub.add_parser("call", help="make one scripted call, printing each client state as it is entered",
-                       description="Make one scripted call and print each client state (C, Can, WComp, Comp, End) "
+                       description=_para("Make one scripted call and print each client state (C, Can, WComp, Comp, End) "
                                    "as it is entered, then the final code. Exit status 0 only for 0 RPC_S_OK, "
-                                   "1 for any other final code, 2 for bad usage.",
+                                   "1 for any other final code, 2 for bad usage."),
                        epilog=EPILOG + """
 examples:
   callstate call --outcome complete --reply-bytes 64
@@ -195,13 +201,13 @@ examples:
 
     # -- load ---------------------------------------------------------------------------------
     p = sub.add_parser("load", help="load-test the cancellation paths and verify both sides' lifecycles",
-                       description="Drive many scripted calls against a server: a mix of outcomes, a share of them "
+                       description=_para("Drive many scripted calls against a server: a mix of outcomes, a share of them "
                                    "cancelled (abortive or non-abortive) at chosen points. While it runs, the server's "
                                    "journal is followed; at the end both sides' entries are checked with the same "
                                    "rules as `callstate check`, including the server's in-flight count back at zero. "
                                    "Prints calls/s, latency percentiles per final code, counts per path and the cancel "
                                    "propagation time (client cancel -> server sees it). Exit status 1 when an "
-                                   "invariant fails, 2 for bad usage or an unreachable server.",
+                                   "invariant fails, 2 for bad usage or an unreachable server."),
                        epilog="""\
 cancel points (--cancel-at, comma-separated; each cancelled call picks one at random):
   before-start      cancel in state C: the call never goes out
@@ -319,6 +325,7 @@ def _cmd_load(opts: argparse.Namespace) -> int:
         cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel, escalate_after=opts.escalate_after,
         hold_for=opts.hold_for, delay=opts.delay, payload=opts.payload, abort_code=opts.abort_code, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
+        timeout=opts.timeout,
         progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
     run = LoadRun(config)
     try:

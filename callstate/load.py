@@ -92,6 +92,7 @@ class LoadConfig:
     verify: bool = True
     max_in_flight: int = 10_000
     settle: float = 15.0        # how long to wait for the server to end every call after the run
+    timeout: float | None = None   # per-call gRPC deadline
     progress: bool = False
 
 
@@ -307,7 +308,8 @@ class LoadRun:
             subscribed = asyncio.Event()
             follow = asyncio.ensure_future(self._follow(journal, subscribed))
             await asyncio.wait_for(subscribed.wait(), 10)
-        clients = [AsyncClient(cfg.target, log=self.sink, channel_options=[("grpc.use_local_subchannel_pool", 1)])
+        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
+                               channel_options=[("grpc.use_local_subchannel_pool", 1)])
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
         progress = asyncio.ensure_future(self._progress()) if cfg.progress else None

@@ -20,13 +20,11 @@ from typing import Any, Callable, Generator
 import grpc
 
 from callstate import codes
+from callstate.client.common import CallBase, ClientBase, outcome_of_error
 from callstate.errors import CallError
-from callstate.script import Script, ScriptError, validate
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.client.common import ClientBase, new_call_id, outcome_of_error, request_for
-from callstate.client.core import CallCore
 
 
 class AsyncCompletionQueue:
@@ -45,97 +43,47 @@ class AsyncCompletionQueue:
         return self._queue.qsize()
 
 
-class AsyncCall:
+class AsyncCall(CallBase):
     """One call on the caller's side, driven on the event loop."""
 
     def __init__(self, client: "AsyncClient", request: pb.CallRequest) -> None:
-        self._client = client
-        self._request = request
-        self._core = CallCore(request.call_id, self, client.log)
+        super().__init__(client, request)
+        self._stub = client._stub
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
         self._escalation: asyncio.TimerHandle | None = None
 
-    # -- what the call is -----------------------------------------------------------------
+    # -- the I/O under CallBase's moves ---------------------------------------------------
     @property
-    def call_id(self) -> str:
-        return self._core.call_id
+    def _sent(self) -> bool:
+        return self._rpc is not None
 
-    @property
-    def state(self) -> str:
-        return self._core.state
+    def _send(self) -> None:
+        self._rpc = self._stub.Call(self._request, metadata=((codes.CALL_ID_KEY, self.call_id),),
+                                    timeout=self._client.timeout)
+        if self._core.has_callbacks:
+            self._ensure_driver()   # a callback or queue waits: someone must read the reply
 
-    @property
-    def history(self) -> list[str]:
-        """The client states entered so far, e.g. ['C', 'WComp', 'Comp', 'End']."""
-        return self._core.history
+    def _abort_rpc(self) -> None:
+        assert self._rpc is not None
+        self._rpc.cancel()
+        self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
 
-    @property
-    def code(self) -> int | None:
-        """The final code once notified (None before)."""
-        return self._core.code
-
-    # -- the caller's lifecycle -----------------------------------------------------------
-    def start(self) -> "AsyncCall":
-        """C -> WComp: send the call. Raises CallError (C -> End) when it cannot be made."""
-        if self.state != "C":
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
-        if self._client.closed:
-            raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        if self._request.HasField("script"):
-            try:
-                validate(self._request.script)
-            except ScriptError as exc:
-                raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
-        self._rpc = self._client._stub.Call(self._request, metadata=((codes.CALL_ID_KEY, self.call_id),),
-                                            timeout=self._client.timeout)
-        self._core.started()
-        return self
-
-    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
-        """RpcAsyncCancelCall. Abortive: gRPC cancel. Non-abortive: a cancel notice to the
-        server, then keep waiting for its answer; after `timeout` seconds without one,
-        escalate to an abortive cancel. Either way, still wait and complete."""
-        outstanding = self._core.begin_cancel(abortive)
-        if not outstanding:
-            self._core.cancel_issued("already notified")
-            return
-        if self._rpc is None:  # cancelled in C: the call never goes out
-            self._core.cancel_issued("before start")
-            self._core.notify(codes.RPC_S_CALL_CANCELLED, grpc_status="CANCELLED", details="cancelled before start")
-            return
-        if abortive:
-            self._rpc.cancel()
-            self._core.cancel_issued("abortive")
-            self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
-            return
-        notice = self._client._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
+    def _send_notice(self) -> None:
+        notice = self._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
         notice.add_done_callback(self._on_notice_sent)
-        self._core.cancel_issued("non-abortive")
-        if timeout is not None:
-            loop = asyncio.get_running_loop()
-            self._escalation = loop.call_later(timeout, self._escalate, timeout)
+
+    def _arm_escalation(self, timeout: float) -> None:
+        self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
 
     def _on_notice_sent(self, notice: grpc.aio.UnaryUnaryCall) -> None:
         self._core.event("cancel_sent", "delivered" if notice.done() and not notice.cancelled() else "not sent")
 
-    def _escalate(self, timeout: float) -> None:
-        if not self._core.notified and not self._core.lifecycle.ended:
-            self._core.event("cancel_escalated", f"no answer {timeout:g}s after the cancel notice")
-            self.cancel(abortive=True)
-
+    # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
         self._ensure_driver()
         return self._core.status()
-
-    def done(self) -> bool:
-        """True once the call-complete notification has arrived."""
-        return self._core.notified
-
-    def complete(self) -> pb.CallReply:
-        """RpcAsyncCompleteCall: the reply, or CallError (997 pending, 1914 after the final one)."""
-        return self._core.complete()
 
     def add_done_callback(self, callback: Callable[["AsyncCall"], None]) -> None:
         """Call `callback(call)` on the loop when the notification arrives."""
@@ -200,32 +148,15 @@ class AsyncCall:
 
 
 class AsyncClient(ClientBase):
-    """Calls to one callstate server over one grpc.aio channel."""
+    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase)."""
+
+    _call_type = AsyncCall
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
                  channel_options: list[tuple[str, Any]] | None = None) -> None:
         super().__init__(target, log=log, timeout=timeout)
         self._channel = grpc.aio.insecure_channel(target, options=channel_options or [])
         self._stub = pb_grpc.EmulatorStub(self._channel)
-
-    def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
-                queue: AsyncCompletionQueue | None = None,
-                on_complete: Callable[[AsyncCall], None] | None = None) -> AsyncCall:
-        """A call in state C, not yet sent: `start()` it or `cancel()` it."""
-        call = AsyncCall(self, request_for(script, payload, call_id or new_call_id()))
-        if queue is not None:
-            call._core.add_done_callback(queue.post)
-        if on_complete is not None:
-            call._core.add_done_callback(on_complete)
-        return call
-
-    def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> AsyncCall:
-        """Make the call (C -> WComp); returns at once, like RpcAsyncCall."""
-        call = self.prepare(script, **kwargs)
-        call.start()
-        if kwargs.get("queue") is not None or kwargs.get("on_complete") is not None:
-            call._ensure_driver()
-        return call
 
     async def close(self) -> None:
         if not self.closed:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import grpc
 
 from callstate import codes
-from callstate.script import Script
+from callstate.client.core import CallCore
+from callstate.errors import CallError
+from callstate.script import Script, ScriptError, validate
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 
@@ -32,8 +34,115 @@ def outcome_of_error(status: grpc.StatusCode | None, trailing: Iterable[tuple[st
     return codes.from_grpc(status, trailing), status.name if status is not None else "", details or ""
 
 
+class CallBase:
+    """What `Call` and `AsyncCall` share: the caller's moves over one `CallCore`.
+
+    Subclasses supply only the I/O: `_send` the call, `_abort_rpc`, `_send_notice`,
+    `_arm_escalation`, and how to wait.
+    """
+
+    def __init__(self, client: "ClientBase", request: pb.CallRequest) -> None:
+        self._client = client
+        self._request = request
+        self._core = CallCore(request.call_id, self, client.log)
+
+    @property
+    def call_id(self) -> str:
+        return self._core.call_id
+
+    @property
+    def state(self) -> str:
+        return self._core.state
+
+    @property
+    def history(self) -> list[str]:
+        """The client states entered so far, e.g. ['C', 'WComp', 'Comp', 'End']."""
+        return self._core.history
+
+    @property
+    def code(self) -> int | None:
+        """The final code once notified (None before)."""
+        return self._core.code
+
+    @property
+    def _sent(self) -> bool:
+        raise NotImplementedError
+
+    def _send(self) -> None:
+        raise NotImplementedError
+
+    def _abort_rpc(self) -> None:
+        raise NotImplementedError
+
+    def _send_notice(self) -> None:
+        raise NotImplementedError
+
+    def _arm_escalation(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        """C -> WComp: send the call; returns at once, like RpcAsyncCall.
+        Raises CallError (C -> End, nothing to complete) when the call cannot be made."""
+        if self.state != "C":
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
+        if self._client.closed:
+            raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
+        if self._request.HasField("script"):
+            try:
+                validate(self._request.script)
+            except ScriptError as exc:
+                raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+        self._send()
+        self._core.started()
+        return self
+
+    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
+        """RpcAsyncCancelCall. Abortive: a gRPC cancel (RST_STREAM); the notification is rushed.
+        Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
+        `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
+        still be waited for and completed. After the final complete: 1914."""
+        if not self._core.begin_cancel(abortive):
+            self._core.cancel_issued("already notified")
+            return
+        if not self._sent:   # cancelled in C: the call never goes out
+            self._core.cancel_issued("before start")
+            self._core.notify(codes.RPC_S_CALL_CANCELLED, grpc_status="CANCELLED", details="cancelled before start")
+            return
+        if abortive:
+            self._core.cancel_issued("abortive")
+            self._abort_rpc()
+            return
+        self._send_notice()
+        self._core.cancel_issued("non-abortive")
+        if timeout is not None:
+            self._arm_escalation(timeout)
+
+    def _escalate(self, timeout: float) -> None:
+        if not self._core.notified and not self._core.lifecycle.ended:
+            self._core.event("cancel_escalated", f"no answer {timeout:g}s after the cancel notice")
+            self.cancel(abortive=True)
+
+    def status(self) -> int:
+        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        return self._core.status()
+
+    def done(self) -> bool:
+        """True once the call-complete notification has arrived."""
+        return self._core.notified
+
+    def complete(self) -> pb.CallReply:
+        """RpcAsyncCompleteCall: the reply, or CallError (997 pending, 1914 after the final one)."""
+        return self._core.complete()
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call `callback(call)` when the notification arrives (at once if it has)."""
+        self._core.add_done_callback(callback)
+
+
 class ClientBase:
     """Target, state log and options shared by `Client` and `AsyncClient`."""
+
+    _call_type: type[CallBase] = CallBase
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None, timeout: float | None) -> None:
         self.target = target
@@ -42,6 +151,21 @@ class ClientBase:
         # a path: the client opens (and closes) the log; any sink with append() is used as given
         self._owns_log = isinstance(log, (str, Path))
         self.log: StateLog | None = StateLog(log) if isinstance(log, (str, Path)) else log
+
+    def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
+                queue: Any = None, on_complete: Callable[[Any], None] | None = None) -> Any:
+        """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
+        queue) and `on_complete` are notified when the call-complete notification arrives."""
+        call = self._call_type(self, request_for(script, payload, call_id or new_call_id()))
+        if queue is not None:
+            call.add_done_callback(queue.post)
+        if on_complete is not None:
+            call.add_done_callback(on_complete)
+        return call
+
+    def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Any:
+        """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
+        return self.prepare(script, **kwargs).start()
 
     def _close_log(self) -> None:
         if self._owns_log and self.log is not None:

@@ -108,6 +108,10 @@ class CallCore:
             callback(self.owner)
         return True
 
+    @property
+    def has_callbacks(self) -> bool:
+        return bool(self._callbacks)
+
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         with self._lock:
             if not self.notified:
