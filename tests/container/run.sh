@@ -47,7 +47,10 @@ BUDGET=${CALLSTATE_CONTAINER_BUDGET:-480}
 DEADLINE=$((T0 + BUDGET))
 IN_CLEANUP=0
 
-log() { printf '[container %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+# fd 3 and 4: the script's own stdout and stderr. A trap can run inside a command whose
+# output is redirected to a file; progress and cleanup messages must still be seen.
+exec 3>&1 4>&2
+log() { printf '[container %4ds] %s\n' "$(($(date +%s) - T0))" "$*" >&3; }
 skip() { echo "SKIPPED: $*"; exit 0; }
 die() { log "FAIL: $*"; exit 1; }
 
@@ -111,6 +114,7 @@ show_logs() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    exec 1>&3 2>&4
     IN_CLEANUP=1
     [ "$STATUS" = 0 ] || { [ "$rc" != 0 ] || rc=1; }
     if [ "$rc" != 0 ]; then show_logs; fi
