@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from typing import TextIO
 
@@ -71,6 +73,10 @@ async def run_call(opts: argparse.Namespace) -> int:
                 return 1
             if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
                 call.cancel(abortive=abortive, timeout=opts.escalate_after if opts.non_abortive else None)
+        # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _cancel_on_signal, call)
         try:
             reply = await call
         except CallError as err:
@@ -81,6 +87,11 @@ async def run_call(opts: argparse.Namespace) -> int:
     finally:
         await client.close()
         sink.close()
+
+
+def _cancel_on_signal(call) -> None:  # type: ignore[no-untyped-def]
+    if not call.done() and call.state == "WComp":
+        call.cancel()
 
 
 def _final(code: int, details: str) -> None:

@@ -29,6 +29,7 @@ KINDS = {
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
+    "server_lost": "the server stopped answering during the run: its side cannot be verified",
 }
 EXAMPLES_PER_KIND = 5
 
@@ -145,7 +146,7 @@ class Checker:
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "") -> None:
         r = self.report
         r.entries += 1
-        if side not in SIDES or state not in TABLES[side]:
+        if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in TABLES[side]:
             r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
             return
         r.by_side[side] = r.by_side.get(side, 0) + 1
@@ -180,7 +181,7 @@ class Checker:
             track.code = code
             track.grpc_status = grpc_status
 
-    def finish(self, server_in_flight: int | None = None) -> CheckReport:
+    def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
         have_server = any("server" in sides for sides in self.tracks.values())
         r.calls = len(self.tracks)
@@ -208,6 +209,8 @@ class Checker:
                                               f"{codes.describe(server.code or 0)}"))
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{server_in_flight} calls still in flight"))
+        if server_lost:
+            r.violations.append(Violation("server_lost", "-", server_lost))
         return r
 
 

@@ -64,7 +64,7 @@ INITIAL: Final[Mapping[Side, str]] = {"client": "C", "server": "D"}
 # by the server changes no state; the client records the notification).
 EVENTS: Final[Mapping[Side, frozenset[str]]] = {
     "client": frozenset({"complete_pending", "cancel_sent", "cancel_escalated"}),
-    "server": frozenset({"cancel_seen", "refused"}),
+    "server": frozenset({"cancel_seen"}),
 }
 
 

@@ -136,10 +136,13 @@ class LoadRun:
         self.paths: Counter[str] = Counter()
         self.skipped = 0
         self._scripts: dict[tuple[str, str], pb.Script] = {}
-        self._server_ends = 0
+        self._server_ends = 0          # every End the server reported since we subscribed
+        self._our_server_ends = 0
+        self._our_server_dispatches = 0
         self._t0 = 0.0
         self._stop_at = float("inf")
         self.interrupted = ""
+        self.server_lost = ""
 
     def stop(self, reason: str) -> None:
         """Start no more calls; the ones in flight finish and are checked as usual."""
@@ -179,11 +182,18 @@ class LoadRun:
         return script
 
     # -- one call ------------------------------------------------------------------------------
-    async def one(self, client: AsyncClient, plan: Plan, payload: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
+    def _claim(self) -> bool:
+        """Count a call as started before it runs, so bounds hold however far behind the loop is."""
+        if not self._more():
+            return False
         self.started += 1
         self.in_flight += 1
+        return True
+
+    async def one(self, client: AsyncClient, plan: Plan, payload: bytes) -> None:
+        """One call, already counted by `_claim`."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
         self.paths[plan.outcome] += 1
         call = client.prepare(self._script(plan), payload=payload)
         self.ids.add(call.call_id)
@@ -236,7 +246,7 @@ class LoadRun:
     async def _closed_loop(self, clients: list[AsyncClient], payload: bytes) -> None:
         async def worker(i: int) -> None:
             client = clients[i % len(clients)]
-            while self._more():
+            while self._claim():
                 await self.one(client, self.plan(), payload)
         await asyncio.gather(*(worker(i) for i in range(self.cfg.concurrency)))
 
@@ -256,6 +266,8 @@ class LoadRun:
                 self.skipped += 1   # the generator keeps its own bound: reported, never silent
                 self.started += 1
                 continue
+            if not self._claim():
+                break
             task = loop.create_task(self.one(clients[n % len(clients)], self.plan(), payload))
             n += 1
             tasks.add(task)
@@ -288,6 +300,10 @@ class LoadRun:
             for e in batch.entries:
                 if e.state == "End" and e.event == "enter":
                     self._server_ends += 1
+                    if e.call_id in ids:
+                        self._our_server_ends += 1
+                elif e.prev == "" and e.event == "enter" and e.call_id in ids:
+                    self._our_server_dispatches += 1
                 if e.call_id in ids:
                     checker.add_values(e.side, e.call_id, e.state, e.prev or None, e.event, e.move or None,
                                        e.code if e.HasField("code") else None, e.grpc_status or None,
@@ -302,12 +318,19 @@ class LoadRun:
             await channel.close()
             raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s)")
         journal = pb_grpc.JournalStub(channel)
-        before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
         follow: asyncio.Task[None] | None = None
-        if self.checker is not None:
+        if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
             subscribed = asyncio.Event()
             follow = asyncio.ensure_future(self._follow(journal, subscribed))
-            await asyncio.wait_for(subscribed.wait(), 10)
+            waiter = asyncio.ensure_future(subscribed.wait())
+            await asyncio.wait({follow, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not subscribed.is_set():
+                follow.cancel()
+                await channel.close()
+                raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
+                                      f"is it a callstate server? ({_error_text(follow)})")
+        before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)])
                    for _ in range(cfg.channels)]
@@ -333,8 +356,14 @@ class LoadRun:
         # the server's side: every call of ours ended, and nothing left in flight
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        after = await self._settle(journal, before, cfg.settle)
+        try:
+            after: pb.Counters | None = await self._settle(journal, before, cfg.settle)
+        except grpc.aio.AioRpcError as err:
+            after = None
+            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
         if follow is not None:
+            if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
+                self.server_lost = f"the journal stream broke: {_error_text(follow)}"
             follow.cancel()
         await channel.close()
         if self.log is not None:
@@ -342,15 +371,19 @@ class LoadRun:
         return self.report(elapsed, before, after)
 
     async def _settle(self, journal: pb_grpc.JournalStub, before: pb.Counters, timeout: float) -> pb.Counters:
+        """Wait until the server ended every call of ours it saw (and, on a server that was
+        idle before the run, until nothing is in flight), with the journal stream caught up."""
         deadline = time.monotonic() + timeout
         while True:
             after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
-            caught_up = self.checker is None or self._server_ends >= after.ended - before.ended
-            if (after.in_flight == 0 and caught_up) or time.monotonic() > deadline:
+            caught_up = self.checker is None or (self._server_ends >= after.ended - before.ended
+                                                 and self._our_server_ends >= self._our_server_dispatches)
+            idle = after.in_flight == 0 or before.in_flight > 0
+            if (caught_up and idle) or time.monotonic() > deadline:
                 return after
             await asyncio.sleep(0.05)
 
-    def report(self, elapsed: float, before: pb.Counters, after: pb.Counters) -> dict[str, Any]:
+    def report(self, elapsed: float, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
         all_lat = [x for values in self.latency.values() for x in values]
         report: dict[str, Any] = {
             "target": self.cfg.target,
@@ -371,13 +404,19 @@ class LoadRun:
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
                            **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
             "paths": dict(sorted(self.paths.items())),
-            "server": {"in_flight_after": after.in_flight, "dispatched": after.dispatched - before.dispatched,
-                       "watch_dropped": after.watch_dropped - before.watch_dropped},
+            "server": {"in_flight_before": before.in_flight,
+                       "in_flight_after": after.in_flight if after else None,
+                       "dispatched": after.dispatched - before.dispatched if after else None,
+                       "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
+                       "lost": self.server_lost},
         }
         if self.checker is not None:
-            result = self.checker.finish(server_in_flight=after.in_flight)
+            # Invariant 4 on a server that was idle before the run; on a shared one, other
+            # clients' calls may be in flight: then only our own calls are judged (not_ended).
+            in_flight = None if after is None or before.in_flight else after.in_flight
+            result = self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost)
             checked = result.to_json()
-            dropped = after.watch_dropped - before.watch_dropped
+            dropped = after.watch_dropped - before.watch_dropped if after else 0
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
             report["check"] = {"ok": result.ok and not dropped, "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
@@ -387,6 +426,13 @@ class LoadRun:
         else:
             report["check"] = {"ok": True, "skipped": True}
         return report
+
+
+def _error_text(task: asyncio.Task[None]) -> str:
+    if not task.done() or task.cancelled():
+        return "no answer within 10 s"
+    exc = task.exception()
+    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
 
 
 def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
@@ -411,8 +457,11 @@ def summary(report: dict[str, Any]) -> str:
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)")
     elif check["ok"]:
+        server = report["server"]
+        shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
+                  "so only this run's calls were judged)" if server["in_flight_before"] else "")
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
-                     f"server in flight after the run: {report['server']['in_flight_after']}")
+                     f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
         lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check["note"] else ""))
         for kind, info in check["violations_by_kind"].items():

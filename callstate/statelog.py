@@ -135,8 +135,11 @@ class StateLog:
         try:
             out.write(text.encode())
             out.flush()
-        except (BrokenPipeError, ValueError):  # reader went away / closed stream
+        except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
             self._out = None
+            if not isinstance(exc, BrokenPipeError):
+                print(f"callstate: the state log cannot be written any more ({exc}); "
+                      f"{n} entries and all later ones are not in it", file=sys.stderr)
             return
         self.written += n
 

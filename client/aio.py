@@ -20,8 +20,8 @@ from typing import Any, Callable, Generator
 import grpc
 
 from callstate import codes
-from callstate.client.common import CallBase, ClientBase, outcome_of_error
-from callstate.errors import CallError
+from callstate.client.common import CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
+from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -52,6 +52,8 @@ class AsyncCall(CallBase):
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
         self._escalation: asyncio.TimerHandle | None = None
+        self._complete_for_awaiter = False
+        self._notice: asyncio.Future[None] | None = None
 
     # -- the I/O under CallBase's moves ---------------------------------------------------
     @property
@@ -70,14 +72,20 @@ class AsyncCall(CallBase):
         self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
 
     def _send_notice(self) -> None:
-        notice = self._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
-        notice.add_done_callback(self._on_notice_sent)
+        self._notice = asyncio.ensure_future(self._notice_and_log())
+
+    async def _notice_and_log(self) -> None:
+        try:
+            reply = await self._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
+        except grpc.aio.AioRpcError as err:
+            self._core.event("cancel_sent", notice_failed(err.code()))
+        except asyncio.CancelledError:
+            self._core.event("cancel_sent", "not sent: the client was closed")
+        else:
+            self._core.event("cancel_sent", notice_outcome(reply))
 
     def _arm_escalation(self, timeout: float) -> None:
         self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
-
-    def _on_notice_sent(self, notice: grpc.aio.UnaryUnaryCall) -> None:
-        self._core.event("cancel_sent", "delivered" if notice.done() and not notice.cancelled() else "not sent")
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
@@ -91,19 +99,29 @@ class AsyncCall(CallBase):
         self._ensure_driver()
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Block (await) until notified; False on timeout. Does not complete."""
+        """Block (await) until notified; False on timeout. Does not complete.
+
+        Cancelling the task that waits is an abortive cancel of the call, and the call is
+        then completed on that task's behalf when its (rushed) notification arrives."""
         if self._core.notified:
             return True
-        if self._driver is None and timeout is None:
-            await self._drive()
-            return True
-        self._ensure_driver()
-        assert self._driver is not None
+        if self._rpc is None:
+            if self.state == "C":
+                raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details="wait() before start()")
+            raise InvalidAsyncHandle(self.call_id, "wait")   # the call failed to start: nothing follows
         try:
-            await asyncio.wait_for(asyncio.shield(self._driver), timeout)
+            if self._driver is None and timeout is None:
+                await self._drive()   # inline: no extra task on the common path
+            else:
+                self._ensure_driver()
+                assert self._driver is not None
+                await asyncio.wait_for(asyncio.shield(self._driver), timeout)
         except asyncio.TimeoutError:
             return False
-        return True
+        except asyncio.CancelledError:
+            self._awaiter_cancelled()
+            raise
+        return self._core.notified
 
     async def result(self, timeout: float | None = None) -> pb.CallReply:
         """Wait for the notification, then complete: the reply or CallError."""
@@ -114,14 +132,22 @@ class AsyncCall(CallBase):
     def __await__(self) -> Generator[Any, None, pb.CallReply]:
         return self.result().__await__()
 
+    def _awaiter_cancelled(self) -> None:
+        if self._complete_for_awaiter or self._core.lifecycle.ended:
+            return
+        self._complete_for_awaiter = True
+        if not self._core.outcome_known and self.state == "WComp":
+            self.cancel(abortive=True)
+        self._core.add_done_callback(_complete_quietly)
+
     # -- driving the gRPC call --------------------------------------------------------------
     def _ensure_driver(self) -> None:
-        if self._driver is None and self._rpc is not None and not self._core.notified:
+        if self._driver is None and self._rpc is not None and not self._core.outcome_known:
             self._driver = asyncio.ensure_future(self._drive())
 
     async def _drive(self) -> None:
         rpc = self._rpc
-        if rpc is None or self._core.notified:
+        if rpc is None or self._core.outcome_known:
             return
         try:
             reply = await rpc
@@ -129,15 +155,13 @@ class AsyncCall(CallBase):
             code, status, details = outcome_of_error(err.code(), err.trailing_metadata(), err.details())
             self._notify(code, None, status, details)
         except asyncio.CancelledError:
-            if self._core.abortive_cancel:  # our own cancel(): the notification is rushed
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise   # the awaiting task is being cancelled: wait() turns that into an abortive cancel
+            if self._core.abortive_cancel:   # our own cancel(): the notification is rushed
                 self._notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
-                return
-            # the task awaiting the call was cancelled: that is an abortive cancel of the call
-            if not self._core.notified and self._core.state == "WComp":
-                self._core.begin_cancel(True)
-                self._core.cancel_issued("awaiting task cancelled")
-            self._notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "awaiting task cancelled")
-            raise
+            else:                            # the RPC was cancelled under us: the client was closed
+                self._notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
         else:
             self._notify(codes.RPC_S_OK, reply, "OK", "")
 
@@ -145,6 +169,14 @@ class AsyncCall(CallBase):
         if self._escalation is not None:
             self._escalation.cancel()
         self._core.notify(code, reply, status, details)
+
+
+def _complete_quietly(call: AsyncCall) -> None:
+    """Complete a call whose awaiting task was cancelled (its final code is in the log)."""
+    try:
+        call.complete()
+    except CallError:
+        pass
 
 
 class AsyncClient(ClientBase):

@@ -11,6 +11,7 @@ import grpc
 from callstate import codes
 from callstate.client.core import CallCore
 from callstate.errors import CallError
+from callstate.lifecycle import LifecycleError
 from callstate.script import Script, ScriptError, validate
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -32,6 +33,17 @@ def outcome_of_error(status: grpc.StatusCode | None, trailing: Iterable[tuple[st
                      details: str | None) -> tuple[int, str, str]:
     """(MS-RPC code, gRPC status name, details) of a failed gRPC call."""
     return codes.from_grpc(status, trailing), status.name if status is not None else "", details or ""
+
+
+def notice_outcome(reply: pb.CancelReply) -> str:
+    """The `cancel_sent` event's detail: what became of a non-abortive cancel notice."""
+    if not reply.delivered:
+        return f"not delivered: the call had already ended ({reply.state or 'unknown'})"
+    return f"delivered in {reply.state}" if reply.state else "delivered: kept for the dispatch"
+
+
+def notice_failed(status: grpc.StatusCode | None) -> str:
+    return f"not delivered: {status.name if status else 'failed'}"
 
 
 class CallBase:
@@ -118,9 +130,13 @@ class CallBase:
             self._arm_escalation(timeout)
 
     def _escalate(self, timeout: float) -> None:
-        if not self._core.notified and not self._core.lifecycle.ended:
-            self._core.event("cancel_escalated", f"no answer {timeout:g}s after the cancel notice")
+        if self._core.outcome_known or self._core.lifecycle.ended:
+            return
+        self._core.event("cancel_escalated", f"no answer {timeout:g}s after the cancel notice")
+        try:
             self.cancel(abortive=True)
+        except (CallError, LifecycleError):
+            pass   # the caller completed or cancelled it meanwhile (sync: from another thread)
 
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""

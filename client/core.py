@@ -14,6 +14,7 @@ Only how the adapters wait differs (threads vs. the event loop).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -24,15 +25,19 @@ from callstate.lifecycle import Lifecycle
 from callstate.statelog import Entry, StateLog
 
 
+_LOG = logging.getLogger("callstate.client")
+
+
 class CallCore:
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
-                 "abortive_cancel", "_log", "_lock", "_callbacks", "t_start")
+                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start")
 
     def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
         self.call_id = call_id
         self.owner = owner                 # the public call object handed to callbacks
         self.lifecycle = Lifecycle("client")
-        self.notified = False
+        self.notified = False              # the notification reached the caller (in WComp)
+        self._arrived = False              # the outcome is known (it may wait for WComp)
         self.code: int | None = None
         self.reply: Any = None
         self.grpc_status = ""
@@ -68,9 +73,15 @@ class CallCore:
         return list(self.lifecycle.history)
 
     # -- the caller's moves -----------------------------------------------------------------
+    # The outcome of the gRPC call can arrive on another thread while the caller is still
+    # between moves (in C before `started()`, or in Can before `cancel_issued()`). It is
+    # held back and notified on entering WComp, where the table allows completing.
+
     def started(self) -> None:
         with self._lock:
             self._move("started")
+            callbacks = self._deliver_if_arrived()
+        self._run(callbacks)
 
     def start_failed(self, code: int, details: str) -> CallError:
         """C -> End: making the call raised; no notification follows, nothing to complete."""
@@ -84,13 +95,15 @@ class CallCore:
             if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
             self._move("cancel", detail="abortive" if abortive else "non-abortive")
-            if abortive and not self.notified:
+            if abortive and not self._arrived:
                 self.abortive_cancel = True
-            return not self.notified
+            return not self._arrived
 
     def cancel_issued(self, detail: str | None = None) -> None:
         with self._lock:
             self._move("cancel_issued", detail=detail)
+            callbacks = self._deliver_if_arrived()
+        self._run(callbacks)
 
     def event(self, name: str, detail: str | None = None) -> None:
         with self._lock:
@@ -99,14 +112,33 @@ class CallCore:
     def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "") -> bool:
         """The call-complete notification. Only the first counts; callbacks run after it."""
         with self._lock:
-            if self.notified:
+            if self._arrived:
                 return False
-            self.notified = True
+            self._arrived = True
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self.owner)
+            callbacks = self._deliver_if_arrived()
+        self._run(callbacks)
         return True
+
+    def _deliver_if_arrived(self) -> list[Callable[[Any], None]]:
+        """(Under the lock.) Notify the caller if the outcome is in and the call is in WComp."""
+        if not self._arrived or self.notified or self.lifecycle.state != "WComp":
+            return []
+        self.notified = True
+        callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+    def _run(self, callbacks: list[Callable[[Any], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback(self.owner)
+            except Exception:  # one failing callback must not starve the others (or the queue)
+                _LOG.exception("callstate: a done-callback of call %s raised", self.call_id)
+
+    @property
+    def outcome_known(self) -> bool:
+        """The gRPC call has finished (the notification may still wait for WComp)."""
+        return self._arrived
 
     @property
     def has_callbacks(self) -> bool:
@@ -117,7 +149,7 @@ class CallCore:
             if not self.notified:
                 self._callbacks.append(callback)
                 return
-        callback(self.owner)
+        self._run([callback])
 
     def complete(self) -> Any:
         """RpcAsyncCompleteCall: the reply, or CallError with the final code."""

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from callstate import codes
-from callstate.client.common import CallBase, ClientBase, outcome_of_error
+from callstate.client.common import CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
 from callstate.errors import CallError
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -68,8 +68,15 @@ class Call(CallBase):
 
     def _send_notice(self) -> None:
         notice = self._stub.Cancel.future(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
-        notice.add_done_callback(
-            lambda f: self._core.event("cancel_sent", "delivered" if f.exception() is None else "not sent"))
+        notice.add_done_callback(self._on_notice_sent)
+
+    def _on_notice_sent(self, notice: grpc.Future) -> None:
+        if notice.cancelled():
+            self._core.event("cancel_sent", "not sent: the client was closed")
+        elif isinstance(err := notice.exception(), grpc.Call):
+            self._core.event("cancel_sent", notice_failed(err.code()))
+        else:
+            self._core.event("cancel_sent", notice_outcome(notice.result()))
 
     def _arm_escalation(self, timeout: float) -> None:
         self._escalation = threading.Timer(timeout, self._escalate, (timeout,))

@@ -96,6 +96,8 @@ class EmulatorServer:
         await self._health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(server.stop(self.options.grace if grace is None else grace))
         self.emulator.stop_all()   # held calls end now (1722) instead of at the grace deadline
+        await self.journal.wait_idle(timeout=2.0)
+        self.journal.close_watchers()   # watchers have seen every End; their streams would hold up the grace
         await stopping
         await self.journal.wait_idle(timeout=2.0)
         if self.log is not None:

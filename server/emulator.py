@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -61,6 +62,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self._recorder = recorder
         self._rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
+        self._early_notices = EarlyNotices()
         self.stopping = False
 
     def stop_all(self) -> None:
@@ -81,6 +83,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
         call = ServerCall(call_id, self._recorder, OUTCOME_NAMES.get(outcome, "?"))
         self.live[call_id] = call
+        if self._early_notices and self._early_notices.take(call_id):
+            call.cancel_seen(NOTICE)
         try:
             if script is not None:
                 try:
@@ -154,12 +158,43 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
-        call = self.live.get(request.call_id)
-        if call is None or call.lifecycle.ended:
-            return pb.CancelReply(delivered=False)
-        state = call.state
-        call.cancel_seen(NOTICE)
-        return pb.CancelReply(delivered=True, state=state)
+        call_id = request.call_id
+        call = self.live.get(call_id)
+        if call is not None and not call.lifecycle.ended:
+            state = call.state
+            call.cancel_seen(NOTICE)
+            return pb.CancelReply(delivered=True, state=state)
+        known = self._recorder.journal.get(call_id)
+        if known is not None or not call_id:
+            return pb.CancelReply(delivered=False, state=known.state if known else "")
+        # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch.
+        self._early_notices.remember(call_id)
+        return pb.CancelReply(delivered=True, state="")
+
+
+class EarlyNotices:
+    """Cancel notices for calls not dispatched yet, kept briefly and in bounded number."""
+
+    def __init__(self, ttl: float = 10.0, limit: int = 10_000) -> None:
+        self.ttl, self.limit = ttl, limit
+        self._seen: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def remember(self, call_id: str) -> None:
+        now = time.monotonic()
+        seen = self._seen
+        while seen:
+            oldest, t = next(iter(seen.items()))
+            if now - t < self.ttl and len(seen) < self.limit:
+                break
+            del seen[oldest]
+        seen[call_id] = now
+
+    def take(self, call_id: str) -> bool:
+        t = self._seen.pop(call_id, None)
+        return t is not None and time.monotonic() - t < self.ttl
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

@@ -131,6 +131,16 @@ class Journal:
         self._watchers.append(w)
         return w
 
+    def close_watchers(self) -> None:
+        """End every Watch/Follow stream (server shutdown): they would hold up the grace period."""
+        for w in self._watchers:
+            while True:
+                try:
+                    w.queue.put_nowait(None)  # type: ignore[arg-type]
+                    break
+                except asyncio.QueueFull:
+                    w.queue.get_nowait()
+
     def unsubscribe(self, w: Watcher) -> None:
         if w in self._watchers:
             self._watchers.remove(w)

@@ -71,8 +71,7 @@ class JournalServicer(pb_grpc.JournalServicer):
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntry]:
         watcher = self.journal.subscribe(request.call_id)
         try:
-            while True:
-                entry = await watcher.queue.get()
+            while (entry := await watcher.queue.get()) is not None:   # None: the server is stopping
                 yield entry_to_proto(entry)
         finally:
             self.journal.unsubscribe(watcher)
@@ -83,10 +82,14 @@ class JournalServicer(pb_grpc.JournalServicer):
         queue = watcher.queue
         try:
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
-            while True:
-                batch = [await queue.get()]
+            while (first := await queue.get()) is not None:   # None: the server is stopping
+                batch = [first]
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
-                    batch.append(queue.get_nowait())
+                    entry = queue.get_nowait()
+                    if entry is None:
+                        yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch])
+                        return
+                    batch.append(entry)
                 yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch])
         finally:
             self.journal.unsubscribe(watcher)

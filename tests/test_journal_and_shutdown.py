@@ -99,3 +99,21 @@ def test_graceful_stop_ends_every_call_and_flushes_the_log(tmp_path: Path, sig: 
         assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1722
     assert check_files([srv.log]).ok
     assert "stopped after 20 calls (0 left in flight)" in srv.stderr.read_text()
+
+
+def test_call_cli_cancels_abortively_on_sigterm_and_keeps_its_log(server: ServerProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+    log = tmp_path / "call.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target, "--outcome", "hold",
+                             "--log-file", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 1 and "final: 1818 RPC_S_CALL_CANCELLED" in err
+    from tests.conftest import read_entries
+    entries = read_entries(log)
+    assert states(entries) == ["C", "WComp", "Can", "WComp", "Comp", "End"] and final(entries)["code"] == 1818
+    server_entries = server.wait_entries(entries[0]["call_id"])
+    assert states(server_entries) == ["D", "A", "End"]

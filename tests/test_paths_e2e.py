@@ -10,7 +10,7 @@ import pytest
 
 from callstate import codes
 from callstate.check import check_files
-from callstate.client import AsyncClient, CallError, CallPending, Client, InvalidAsyncHandle, Script
+from callstate.client import AsyncClient, Call, CallError, CallPending, Client, InvalidAsyncHandle, Script
 from tests.conftest import ServerProcess, final, states
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,19 +182,97 @@ def test_cancel_in_state_C(shared_server: ServerProcess) -> None:
     run(go())
 
 
-def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: ServerProcess) -> None:
+@pytest.mark.parametrize("driven", ["inline", "by a driver task"])
+def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: ServerProcess, driven: str) -> None:
     async def go() -> None:
         async with AsyncClient(shared_server.target) as client:
             call = client.start(Script("hold"))
+            if driven != "inline":
+                assert call.status() == 997   # polling starts a driver task: the awaiter is shielded
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(call.result(), 0.3)
-            assert call.history == ["C", "WComp", "Can", "WComp"]
-            with pytest.raises(CallError) as info:
+            for _ in range(200):   # the rushed notification arrives, and the call is completed for the awaiter
+                if call.state == "End":
+                    break
+                await asyncio.sleep(0.01)
+            assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+            assert call.code == 1818
+            with pytest.raises(InvalidAsyncHandle):
                 call.complete()
-            assert info.value.code == 1818
             entries = await shared_server.await_entries(call.call_id)
             assert states(entries) == ["D", "A", "End"]
+            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["abortive"]
     run(go())
+
+
+def test_closing_the_client_under_an_awaiter_gives_1722(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        client = AsyncClient(shared_server.target)
+        call = client.start(Script("hold"))
+        await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+        waiter = asyncio.ensure_future(finish(call))
+        await asyncio.sleep(0.05)
+        await client.close()
+        code, err = await asyncio.wait_for(waiter, 5)
+        assert code == codes.RPC_S_SERVER_UNAVAILABLE and call.state == "End"
+        entries = await shared_server.await_entries(call.call_id)
+        assert states(entries) == ["D", "A", "End"]   # the server saw the connection go
+    run(go())
+
+
+def test_wait_before_start_and_after_a_failed_start_are_clear_errors(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.prepare(Script("complete"))
+            with pytest.raises(CallError) as info:
+                await call.wait()
+            assert info.value.code == codes.RPC_S_INVALID_ASYNC_CALL and "before start" in str(info.value)
+            bad = client.prepare(Script("complete", outcome_delay=-1))
+            with pytest.raises(CallError):
+                bad.start()
+            with pytest.raises(InvalidAsyncHandle):
+                await bad
+    run(go())
+
+
+def test_a_failing_callback_does_not_starve_the_others(shared_server: ServerProcess) -> None:
+    from callstate.client import AsyncCompletionQueue
+
+    def boom(call: object) -> None:
+        raise RuntimeError("user callback bug")
+
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            queue = AsyncCompletionQueue()
+            call = client.prepare(Script("complete"), on_complete=boom)
+            call.add_done_callback(queue.post)
+            call.start()
+            got = await asyncio.wait_for(queue.get(), 5)
+            assert got is call and call.complete().call_id == call.call_id
+    run(go())
+
+
+def test_sync_callbacks_can_complete_from_the_notification_thread(shared_server: ServerProcess) -> None:
+    """The outcome may arrive before start() has recorded WComp: it is held back until then."""
+    import threading
+    errors: list[BaseException] = []
+    done = threading.Semaphore(0)
+
+    def on_complete(call: Call) -> None:
+        try:
+            call.complete()
+        except CallError:
+            pass
+        except BaseException as exc:   # e.g. LifecycleError from completing in C
+            errors.append(exc)
+        done.release()
+
+    with Client(shared_server.target) as client:
+        calls = [client.start(Script("complete"), on_complete=on_complete) for _ in range(300)]
+        for _ in calls:
+            assert done.acquire(timeout=10)
+    assert errors == []
+    assert all(c.history == ["C", "WComp", "Comp", "End"] for c in calls)
 
 
 def test_notification_styles_callback_queue_and_polling(shared_server: ServerProcess) -> None:
@@ -258,3 +336,27 @@ def test_sync_client_paths(shared_server: ServerProcess, tmp_path: Path) -> None
         assert esc.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
     report = check_files([tmp_path / "sync.jsonl", shared_server.log])
     assert not report.by_kind().get("code_mismatch"), report.summary()
+
+
+def test_a_cancel_notice_that_overtakes_its_call_is_kept_for_the_dispatch(shared_server: ServerProcess,
+                                                                          tmp_path: Path) -> None:
+    """The notice and the call are separate RPCs: the notice may reach the server first."""
+    async def go() -> list[str]:
+        async with AsyncClient(shared_server.target, log=tmp_path / "c.jsonl") as client:
+            calls = []
+            for _ in range(100):
+                call = client.start(Script("hold"))
+                call.cancel(abortive=False)          # no escalation: only the notice can end it
+                calls.append(call)
+            results = [await finish(c) for c in calls]
+            assert {code for code, _ in results} == {1818}
+            return [c.call_id for c in calls]
+    ids = run(go())
+    for call_id in ids:
+        entries = shared_server.wait_entries(call_id)
+        assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice"], entries
+        assert states(entries) == ["D", "A", "End"]
+    from tests.conftest import read_entries
+    sent = [e["detail"] for e in read_entries(tmp_path / "c.jsonl") if e["event"] == "cancel_sent"]
+    # (a reply that comes back after the call's End is not logged: nothing follows End)
+    assert sent and all(d.startswith("delivered") for d in sent), set(sent)
