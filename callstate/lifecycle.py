@@ -115,10 +115,11 @@ class Lifecycle:
     returned (prev, state) pair to the state log.
     """
 
-    __slots__ = ("side", "state", "history")
+    __slots__ = ("side", "state", "history", "_table")
 
     def __init__(self, side: Side, keep_history: bool = True) -> None:
         self.side: Side = side
+        self._table = TABLES[side]
         self.state: str = INITIAL[side]
         self.history: list[str] | None = [self.state] if keep_history else None
 
@@ -132,7 +133,10 @@ class Lifecycle:
     def move(self, move: str) -> tuple[str, str]:
         """Apply `move`; returns (prev, new state) or raises LifecycleError."""
         prev = self.state
-        self.state = next_state(self.side, prev, move)
+        try:   # next_state, inlined: this runs for every state of every call
+            self.state = self._table[prev][move]
+        except KeyError:
+            raise LifecycleError(self.side, prev, move) from None
         if self.history is not None:
             self.history.append(self.state)
         return prev, self.state

@@ -15,6 +15,7 @@ Neither polls; both wake the handler within one loop iteration.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Callable
 
@@ -30,6 +31,9 @@ class Recorder:
     def __init__(self, journal: Journal, log_append: Callable[[Entry], None]) -> None:
         self.journal = journal
         self.log_append = log_append
+
+# Entry(...) without the Python-level __new__ of a NamedTuple: all ten fields, in order.
+_entry = functools.partial(tuple.__new__, Entry)
 
 ABORTIVE = "abortive"
 NOTICE = "notice"
@@ -49,7 +53,7 @@ class ServerCall:
         self._journal = journal = recorder.journal
         self._log = recorder.log_append
         self._rec = journal.open(call_id, outcome)
-        self._emit(Entry(time.time(), "server", call_id, "D", None, "enter", "dispatch"))
+        self._emit(_entry((time.time(), "server", call_id, "D", None, "enter", "dispatch", None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -61,7 +65,9 @@ class ServerCall:
 
     def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
-        self._emit(Entry(time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail))
+        e = _entry((time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail))
+        self._journal.add(self._rec, e)   # _emit, inlined on the hot path
+        self._log(e)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
