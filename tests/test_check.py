@@ -96,9 +96,12 @@ def test_each_violation_kind_is_reported(tmp_path: Path, kind: str, entries: lis
     assert as_json["ok"] is False and kind in as_json["violations_by_kind"]
 
 
-def test_server_in_flight_after_run() -> None:
+def test_server_in_flight_after_run_and_server_lost() -> None:
     report = check_entries(server_complete("a"), server_in_flight=3)
     assert "server_in_flight" in report.by_kind()
+    assert check_entries(server_complete("a"), server_in_flight=0).ok
+    report = check_entries(server_complete("a"), server_lost="UNAVAILABLE: connection refused")
+    assert "server_lost" in report.by_kind() and not report.ok
 
 
 def test_unreadable_or_foreign_files_are_clear_errors(tmp_path: Path) -> None:
