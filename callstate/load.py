@@ -451,7 +451,7 @@ def summary(report: dict[str, Any]) -> str:
     lines.append("paths: " + ", ".join(f"{k} {v}" for k, v in report["paths"].items()))
     prop = report.get("cancel_propagation_ms", {})
     if prop.get("count"):
-        lines.append(f"cancel propagation (client Can -> server cancel_seen): n={prop['count']} "
+        lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     check = report["check"]
     if check.get("skipped"):
