@@ -242,8 +242,9 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     return checker.finish(server_in_flight)
 
 
-def check_entries(entries: Iterable[Mapping[str, Any]], server_in_flight: int | None = None) -> CheckReport:
+def check_entries(entries: Iterable[Mapping[str, Any]], server_in_flight: int | None = None,
+                  server_lost: str = "") -> CheckReport:
     checker = Checker()
     for entry in entries:
         checker.add(entry)
-    return checker.finish(server_in_flight)
+    return checker.finish(server_in_flight, server_lost)
