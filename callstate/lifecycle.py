@@ -127,9 +127,6 @@ class Lifecycle:
     def ended(self) -> bool:
         return self.state == END
 
-    def can(self, move: str) -> bool:
-        return move in TABLES[self.side][self.state]
-
     def move(self, move: str) -> tuple[str, str]:
         """Apply `move`; returns (prev, new state) or raises LifecycleError."""
         prev = self.state

@@ -63,10 +63,6 @@ def to_dict(e: Entry) -> dict[str, Any]:
     return d
 
 
-def to_json(e: Entry) -> bytes:
-    return orjson.dumps(to_dict(e))
-
-
 _dumps = orjson.dumps
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
-from callstate.lifecycle import Lifecycle
+from callstate.lifecycle import Lifecycle, initial_move
 from callstate.statelog import Entry, StateLog
 
 
@@ -48,7 +48,8 @@ class CallCore:
         self._callbacks: list[Callable[[Any], None]] = []
         self.t_start = time.time()
         if self._log is not None:
-            self._log.append(Entry(self.t_start, "client", call_id, "C", None, "enter", "call"))
+            self._log.append(Entry(self.t_start, "client", call_id, self.lifecycle.state, None, "enter",
+                                   initial_move("client")))
 
     # -- recording --------------------------------------------------------------------------
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,

@@ -19,7 +19,7 @@ import functools
 import time
 from typing import Callable
 
-from callstate.lifecycle import Lifecycle, move_to_end
+from callstate.lifecycle import INITIAL, Lifecycle, initial_move, move_to_end
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
@@ -34,6 +34,8 @@ class Recorder:
 
 # Entry(...) without the Python-level __new__ of a NamedTuple: all ten fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
+
+_INITIAL, _INITIAL_MOVE = INITIAL["server"], initial_move("server")
 
 ABORTIVE = "abortive"
 NOTICE = "notice"
@@ -53,7 +55,7 @@ class ServerCall:
         self._journal = journal = recorder.journal
         self._log = recorder.log_append
         self._rec = journal.open(call_id, outcome)
-        self._emit(_entry((time.time(), "server", call_id, "D", None, "enter", "dispatch", None, None, None)))
+        self._emit(_entry((time.time(), "server", call_id, _INITIAL, None, "enter", _INITIAL_MOVE, None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
