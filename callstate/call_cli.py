@@ -71,12 +71,13 @@ async def run_call(opts: argparse.Namespace) -> int:
             except CallError as err:
                 print(f"call not made: {err}", file=sys.stderr)
                 return 1
+            # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _cancel_on_signal, call)
             if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
-                call.cancel(abortive=abortive, timeout=opts.escalate_after if opts.non_abortive else None)
-        # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _cancel_on_signal, call)
+                if not call.done() and call.state == "WComp":   # a signal may have cancelled it already
+                    call.cancel(abortive=abortive, timeout=opts.escalate_after if opts.non_abortive else None)
         try:
             reply = await call
         except CallError as err:

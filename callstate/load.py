@@ -11,6 +11,7 @@ verified, including the server's in-flight count back at zero.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sys
@@ -136,9 +137,10 @@ class LoadRun:
         self.paths: Counter[str] = Counter()
         self.skipped = 0
         self._scripts: dict[tuple[str, str], pb.Script] = {}
-        self._server_ends = 0          # every End the server reported since we subscribed
         self._our_server_ends = 0
         self._our_server_dispatches = 0
+        self._barrier_id = ""
+        self._barrier: asyncio.Future[None] | None = None
         self._t0 = 0.0
         self._stop_at = float("inf")
         self.interrupted = ""
@@ -295,13 +297,27 @@ class LoadRun:
         checker = self.checker
         assert checker is not None
         ids = self.ids
+        try:
+            await self._follow_stream(stub, subscribed, checker, ids)
+        except grpc.aio.AioRpcError as err:
+            if subscribed.is_set():   # lost mid-run: stop hammering a server that is gone
+                self.server_lost = f"the journal stream broke: {err.code().name}: {err.details()}"
+                self.stop("the server was lost")
+            raise
+        if self._barrier is None or not self._barrier.done():   # the server ended the stream: it is stopping
+            self.server_lost = "the server closed its journal stream (it is stopping)"
+            self.stop("the server was lost")
+
+    async def _follow_stream(self, stub: pb_grpc.JournalStub, subscribed: asyncio.Event, checker: Checker,
+                             ids: set[str]) -> None:
         async for batch in stub.Follow(pb.WatchRequest()):
             subscribed.set()
             for e in batch.entries:
                 if e.state == "End" and e.event == "enter":
-                    self._server_ends += 1
                     if e.call_id in ids:
                         self._our_server_ends += 1
+                    elif e.call_id == self._barrier_id and self._barrier is not None and not self._barrier.done():
+                        self._barrier.set_result(None)
                 elif e.prev == "" and e.event == "enter" and e.call_id in ids:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
@@ -357,7 +373,7 @@ class LoadRun:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         try:
-            after: pb.Counters | None = await self._settle(journal, before, cfg.settle)
+            after: pb.Counters | None = await self._settle(channel, journal, before, cfg.settle)
         except grpc.aio.AioRpcError as err:
             after = None
             self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
@@ -370,18 +386,32 @@ class LoadRun:
             self.log.close()
         return self.report(elapsed, before, after)
 
-    async def _settle(self, journal: pb_grpc.JournalStub, before: pb.Counters, timeout: float) -> pb.Counters:
-        """Wait until the server ended every call of ours it saw (and, on a server that was
-        idle before the run, until nothing is in flight), with the journal stream caught up."""
+    async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
+                      timeout: float) -> pb.Counters:
+        """Wait until the server has ended every call of ours it dispatched (and, on a server
+        idle before the run, until nothing is in flight), then until the journal stream has
+        caught up: a barrier call made after all ours must come back through it, and the
+        journal publishes in order, so every entry before its End has arrived."""
         deadline = time.monotonic() + timeout
         while True:
             after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
-            caught_up = self.checker is None or (self._server_ends >= after.ended - before.ended
-                                                 and self._our_server_ends >= self._our_server_dispatches)
+            ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
-            if (caught_up and idle) or time.monotonic() > deadline:
-                return after
+            if (ours_done and idle) or time.monotonic() > deadline:
+                break
             await asyncio.sleep(0.05)
+        if self.checker is not None:
+            loop = asyncio.get_running_loop()
+            self._barrier = loop.create_future()
+            self._barrier_id = f"callstate-load-barrier-{os.urandom(8).hex()}"
+            await pb_grpc.EmulatorStub(channel).Call(
+                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)), timeout=10)
+            try:
+                await asyncio.wait_for(self._barrier, max(1.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass   # reported: our calls the stream did not bring will show as not_ended
+            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+        return after
 
     def report(self, elapsed: float, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
         all_lat = [x for values in self.latency.values() for x in values]
@@ -406,7 +436,8 @@ class LoadRun:
             "paths": dict(sorted(self.paths.items())),
             "server": {"in_flight_before": before.in_flight,
                        "in_flight_after": after.in_flight if after else None,
-                       "dispatched": after.dispatched - before.dispatched if after else None,
+                       "dispatched": self._our_server_dispatches if self.checker is not None else (
+                           after.dispatched - before.dispatched if after else None),
                        "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
                        "lost": self.server_lost},
         }

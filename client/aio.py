@@ -52,7 +52,6 @@ class AsyncCall(CallBase):
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
         self._escalation: asyncio.TimerHandle | None = None
-        self._complete_for_awaiter = False
         self._notice: asyncio.Future[None] | None = None
 
     # -- the I/O under CallBase's moves ---------------------------------------------------
@@ -80,11 +79,13 @@ class AsyncCall(CallBase):
         except grpc.aio.AioRpcError as err:
             self._core.event("cancel_sent", notice_failed(err.code()))
         except asyncio.CancelledError:
-            self._core.event("cancel_sent", "not sent: the client was closed")
+            self._core.event("cancel_sent", "unknown: the client was closed")
         else:
             self._core.event("cancel_sent", notice_outcome(reply))
 
     def _arm_escalation(self, timeout: float) -> None:
+        if self._escalation is not None:
+            self._escalation.cancel()
         self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
 
     # -- notification styles ----------------------------------------------------------------
@@ -101,8 +102,22 @@ class AsyncCall(CallBase):
     async def wait(self, timeout: float | None = None) -> bool:
         """Block (await) until notified; False on timeout. Does not complete.
 
-        Cancelling the task that waits is an abortive cancel of the call, and the call is
-        then completed on that task's behalf when its (rushed) notification arrives."""
+        Cancelling the task that waits is an abortive cancel of the call."""
+        return await self._wait(timeout, complete_if_cancelled=False)
+
+    async def result(self, timeout: float | None = None) -> pb.CallReply:
+        """Wait for the notification, then complete: the reply or CallError.
+
+        Cancelling the task that awaits is an abortive cancel of the call, which is then
+        completed on that task's behalf when its (rushed) notification arrives."""
+        if not await self._wait(timeout, complete_if_cancelled=True):
+            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+        return self._result_after_wait()
+
+    def __await__(self) -> Generator[Any, None, pb.CallReply]:
+        return self.result().__await__()
+
+    async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
         if self._core.notified:
             return True
         if self._rpc is None:
@@ -119,26 +134,13 @@ class AsyncCall(CallBase):
         except asyncio.TimeoutError:
             return False
         except asyncio.CancelledError:
-            self._awaiter_cancelled()
+            if not self._core.lifecycle.ended:
+                if not self._core.outcome_known and self.state == "WComp":
+                    self.cancel(abortive=True)
+                if complete_if_cancelled:
+                    self._core.add_done_callback(AsyncCall._complete_quietly)
             raise
         return self._core.notified
-
-    async def result(self, timeout: float | None = None) -> pb.CallReply:
-        """Wait for the notification, then complete: the reply or CallError."""
-        if not await self.wait(timeout):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
-        return self.complete()
-
-    def __await__(self) -> Generator[Any, None, pb.CallReply]:
-        return self.result().__await__()
-
-    def _awaiter_cancelled(self) -> None:
-        if self._complete_for_awaiter or self._core.lifecycle.ended:
-            return
-        self._complete_for_awaiter = True
-        if not self._core.outcome_known and self.state == "WComp":
-            self.cancel(abortive=True)
-        self._core.add_done_callback(_complete_quietly)
 
     # -- driving the gRPC call --------------------------------------------------------------
     def _ensure_driver(self) -> None:
@@ -156,11 +158,13 @@ class AsyncCall(CallBase):
             self._notify(code, None, status, details)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise   # the awaiting task is being cancelled: wait() turns that into an abortive cancel
-            if self._core.abortive_cancel:   # our own cancel(): the notification is rushed
+            if task is not self._driver and task is not None and task.cancelling():
+                raise   # the caller's awaiting task is being cancelled: _wait() makes it an abortive cancel
+            # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
+            # task, at loop shutdown) was cancelled under us: the client is going away.
+            if self._core.abortive_cancel:
                 self._notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
-            else:                            # the RPC was cancelled under us: the client was closed
+            else:
                 self._notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
         else:
             self._notify(codes.RPC_S_OK, reply, "OK", "")
@@ -169,14 +173,6 @@ class AsyncCall(CallBase):
         if self._escalation is not None:
             self._escalation.cancel()
         self._core.notify(code, reply, status, details)
-
-
-def _complete_quietly(call: AsyncCall) -> None:
-    """Complete a call whose awaiting task was cancelled (its final code is in the log)."""
-    try:
-        call.complete()
-    except CallError:
-        pass
 
 
 class AsyncClient(ClientBase):
@@ -194,6 +190,7 @@ class AsyncClient(ClientBase):
         if not self.closed:
             self.closed = True
             await self._channel.close()
+            self._end_live_calls()
             self._close_log()
 
     async def __aenter__(self) -> "AsyncClient":

@@ -57,6 +57,7 @@ class CallBase:
         self._client = client
         self._request = request
         self._core = CallCore(request.call_id, self, client.log)
+        self._completed_for_caller = False
 
     @property
     def call_id(self) -> str:
@@ -104,6 +105,7 @@ class CallBase:
                 validate(self._request.script)
             except ScriptError as exc:
                 raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+        self._client._live.add(self)
         self._send()
         self._core.started()
         return self
@@ -113,19 +115,12 @@ class CallBase:
         Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
         `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
         still be waited for and completed. After the final complete: 1914."""
-        if not self._core.begin_cancel(abortive):
-            self._core.cancel_issued("already notified")
-            return
-        if not self._sent:   # cancelled in C: the call never goes out
-            self._core.cancel_issued("before start")
-            self._core.notify(codes.RPC_S_CALL_CANCELLED, grpc_status="CANCELLED", details="cancelled before start")
+        if self._core.cancel(abortive, self._sent) != "act":
             return
         if abortive:
-            self._core.cancel_issued("abortive")
             self._abort_rpc()
             return
         self._send_notice()
-        self._core.cancel_issued("non-abortive")
         if timeout is not None:
             self._arm_escalation(timeout)
 
@@ -148,7 +143,30 @@ class CallBase:
 
     def complete(self) -> pb.CallReply:
         """RpcAsyncCompleteCall: the reply, or CallError (997 pending, 1914 after the final one)."""
-        return self._core.complete()
+        try:
+            return self._core.complete()
+        finally:
+            if self._core.lifecycle.ended:
+                self._client._live.discard(self)
+
+    def _complete_quietly(self) -> None:
+        """Complete on the caller's behalf (its final code is in the log)."""
+        self._completed_for_caller = True
+        try:
+            self.complete()
+        except CallError:
+            pass
+
+    def _result_after_wait(self) -> pb.CallReply:
+        """What `result()` gives once notified: complete() — or, when the call was already
+        completed on the caller's behalf (client closed, awaiting task cancelled), that
+        completion's outcome rather than 1914."""
+        core = self._core
+        if self._completed_for_caller and core.lifecycle.ended and core.code is not None:
+            if core.code != codes.RPC_S_OK:
+                raise CallError(core.code, self.call_id, grpc_status=core.grpc_status, details=core.details)
+            return core.reply
+        return self.complete()
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(call)` when the notification arrives (at once if it has)."""
@@ -165,6 +183,7 @@ class ClientBase:
         self.timeout = timeout
         self.closed = False
         # a path: the client opens (and closes) the log; any sink with append() is used as given
+        self._live: set[CallBase] = set()   # started and not completed: close() ends them
         self._owns_log = isinstance(log, (str, Path))
         self.log: StateLog | None = StateLog(log) if isinstance(log, (str, Path)) else log
 
@@ -182,6 +201,15 @@ class ClientBase:
     def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Any:
         """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
         return self.prepare(script, **kwargs).start()
+
+    def _end_live_calls(self) -> None:
+        """Closing the client ends its calls: outstanding ones are notified with 1722 and every
+        call not yet completed is completed on the caller's behalf, so each reaches End in the
+        log before the log closes (a later complete() answers 1914)."""
+        for call in list(self._live):
+            call._core.notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
+            call._complete_quietly()
+        self._live.clear()
 
     def _close_log(self) -> None:
         if self._owns_log and self.log is not None:

@@ -30,7 +30,7 @@ _LOG = logging.getLogger("callstate.client")
 
 class CallCore:
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
-                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start")
+                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks")
 
     def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
         self.call_id = call_id
@@ -46,6 +46,7 @@ class CallCore:
         self._log = log if log is not None and log.enabled else None
         self._lock = threading.Lock()      # the sync client notifies from gRPC's threads
         self._callbacks: list[Callable[[Any], None]] = []
+        self.after_callbacks: Callable[[], None] | None = None   # runs once the callbacks have
         self.t_start = time.time()
         if self._log is not None:
             self._log.append(Entry(self.t_start, "client", call_id, self.lifecycle.state, None, "enter",
@@ -74,9 +75,9 @@ class CallCore:
         return list(self.lifecycle.history)
 
     # -- the caller's moves -----------------------------------------------------------------
-    # The outcome of the gRPC call can arrive on another thread while the caller is still
-    # between moves (in C before `started()`, or in Can before `cancel_issued()`). It is
-    # held back and notified on entering WComp, where the table allows completing.
+    # The outcome of the gRPC call can arrive on another thread while the caller is still in
+    # C (before `started()`). It is held back and notified on entering WComp, where the table
+    # allows completing.
 
     def started(self) -> None:
         with self._lock:
@@ -90,21 +91,31 @@ class CallCore:
             self._move("start_failed", code, None, details)
         return CallError(code, self.call_id, details=details)
 
-    def begin_cancel(self, abortive: bool) -> bool:
-        """Enter Can. True when the call is still outstanding (the adapter must act)."""
+    def cancel(self, abortive: bool, sent: bool) -> str:
+        """RpcAsyncCancelCall's moves, WComp -> Can -> WComp (or C -> Can -> WComp), under one
+        lock hold so no other thread ever sees the call in Can. Returns what the adapter must
+        do: "act" (cancel the RPC, or send the notice), "unsent" (cancelled in C: the call never
+        goes out, the notification is rushed here) or "done" (the outcome is already in)."""
         with self._lock:
             if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
-            self._move("cancel", detail="abortive" if abortive else "non-abortive")
-            if abortive and not self._arrived:
-                self.abortive_cancel = True
-            return not self._arrived
-
-    def cancel_issued(self, detail: str | None = None) -> None:
-        with self._lock:
-            self._move("cancel_issued", detail=detail)
+            kind = "abortive" if abortive else "non-abortive"
+            self._move("cancel", detail=kind)
+            if self._arrived:
+                self._move("cancel_issued", detail="already notified")
+                action = "done"
+            elif not sent:
+                self._move("cancel_issued", detail="before start")
+                self._arrived = True
+                self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, "CANCELLED", "cancelled before start"
+                action = "unsent"
+            else:
+                self.abortive_cancel = self.abortive_cancel or abortive
+                self._move("cancel_issued", detail=kind)
+                action = "act"
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
+        return action
 
     def event(self, name: str, detail: str | None = None) -> None:
         with self._lock:
@@ -129,12 +140,15 @@ class CallCore:
         callbacks, self._callbacks = self._callbacks, []
         return callbacks
 
-    def _run(self, callbacks: list[Callable[[Any], None]]) -> None:
+    def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True) -> None:
         for callback in callbacks:
             try:
                 callback(self.owner)
             except Exception:  # one failing callback must not starve the others (or the queue)
                 _LOG.exception("callstate: a done-callback of call %s raised", self.call_id)
+        if notifying and self.notified and self.after_callbacks is not None:
+            after, self.after_callbacks = self.after_callbacks, None
+            after()
 
     @property
     def outcome_known(self) -> bool:
@@ -150,7 +164,7 @@ class CallCore:
             if not self.notified:
                 self._callbacks.append(callback)
                 return
-        self._run([callback])
+        self._run([callback], notifying=False)
 
     def complete(self) -> Any:
         """RpcAsyncCompleteCall: the reply, or CallError with the final code."""

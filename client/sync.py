@@ -51,7 +51,7 @@ class Call(CallBase):
         self._future: grpc.Future | None = None
         self._notified = threading.Event()
         self._escalation: threading.Timer | None = None
-        self._core.add_done_callback(lambda _call: self._notified.set())
+        self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
 
     @property
     def _sent(self) -> bool:
@@ -79,6 +79,8 @@ class Call(CallBase):
             self._core.event("cancel_sent", notice_outcome(notice.result()))
 
     def _arm_escalation(self, timeout: float) -> None:
+        if self._escalation is not None:
+            self._escalation.cancel()
         self._escalation = threading.Timer(timeout, self._escalate, (timeout,))
         self._escalation.daemon = True
         self._escalation.start()
@@ -86,10 +88,14 @@ class Call(CallBase):
     def _on_done(self, future: grpc.Future) -> None:
         if self._escalation is not None:
             self._escalation.cancel()
-        if future.cancelled():
-            self._core.notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
-            return
-        err = future.exception()
+        err = None if future.cancelled() else future.exception()
+        if future.cancelled() or (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.CANCELLED):
+            if self._core.abortive_cancel:
+                self._core.notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
+                return
+            if self._client.closed or future.cancelled():
+                self._core.notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
+                return
         if err is None:
             self._core.notify(codes.RPC_S_OK, future.result(), "OK", "")
         elif isinstance(err, grpc.Call):
@@ -105,7 +111,7 @@ class Call(CallBase):
     def result(self, timeout: float | None = None) -> pb.CallReply:
         if not self.wait(timeout):
             raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
-        return self.complete()
+        return self._result_after_wait()
 
 
 class Client(ClientBase):
@@ -124,6 +130,7 @@ class Client(ClientBase):
         if not self.closed:
             self.closed = True
             self._channel.close()
+            self._end_live_calls()
             self._close_log()
 
     def __enter__(self) -> "Client":

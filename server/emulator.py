@@ -160,7 +160,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
         call = self.live.get(call_id)
-        if call is not None and not call.lifecycle.ended:
+        if call is not None:
+            if call.lifecycle.ended:   # ended, still sending its status
+                return pb.CancelReply(delivered=False, state=call.state)
             state = call.state
             call.cancel_seen(NOTICE)
             return pb.CancelReply(delivered=True, state=state)

@@ -139,7 +139,9 @@ class Journal:
                     w.queue.put_nowait(None)  # type: ignore[arg-type]
                     break
                 except asyncio.QueueFull:
-                    w.queue.get_nowait()
+                    w.queue.get_nowait()   # make room for the end marker: that entry is dropped
+                    w.dropped += 1
+                    self.watch_dropped += 1
 
     def unsubscribe(self, w: Watcher) -> None:
         if w in self._watchers:

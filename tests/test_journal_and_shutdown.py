@@ -101,15 +101,18 @@ def test_graceful_stop_ends_every_call_and_flushes_the_log(tmp_path: Path, sig: 
     assert "stopped after 20 calls (0 left in flight)" in srv.stderr.read_text()
 
 
-def test_call_cli_cancels_abortively_on_sigterm_and_keeps_its_log(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig,extra", [(signal.SIGTERM, []), (signal.SIGINT, []),
+                                       (signal.SIGINT, ["--cancel-after", "5"]), (signal.SIGTERM, ["--cancel-after", "5"])])
+def test_call_cli_cancels_abortively_on_a_signal_and_keeps_its_log(server: ServerProcess, tmp_path: Path, sig: int,
+                                                                   extra: list[str]) -> None:
     import subprocess
     import sys
     import time
     log = tmp_path / "call.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target, "--outcome", "hold",
-                             "--log-file", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--log-file", str(log), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 1 and "final: 1818 RPC_S_CALL_CANCELLED" in err
     from tests.conftest import read_entries

@@ -360,3 +360,38 @@ def test_a_cancel_notice_that_overtakes_its_call_is_kept_for_the_dispatch(shared
     sent = [e["detail"] for e in read_entries(tmp_path / "c.jsonl") if e["event"] == "cancel_sent"]
     # (a reply that comes back after the call's End is not logged: nothing follows End)
     assert sent and all(d.startswith("delivered") for d in sent), set(sent)
+
+
+def test_closing_the_client_ends_its_outstanding_calls_in_the_log(shared_server: ServerProcess, tmp_path: Path) -> None:
+    from tests.conftest import read_entries
+
+    async def go() -> tuple[str, str]:
+        client = AsyncClient(shared_server.target, log=tmp_path / "c.jsonl")
+        held = client.start(Script("hold"))
+        done = client.start(Script("complete"))
+        await done.wait()                     # notified, never completed by the caller
+        await shared_server.await_entries(held.call_id, until=lambda es: states(es) == ["D"])
+        await client.close()
+        assert held.history[-2:] == ["Comp", "End"] and held.code == codes.RPC_S_SERVER_UNAVAILABLE
+        with pytest.raises(CallError) as info:
+            await held                        # the outcome of the completion made on its behalf
+        assert info.value.code == codes.RPC_S_SERVER_UNAVAILABLE
+        return held.call_id, done.call_id
+    held_id, done_id = run(go())
+    entries = read_entries(tmp_path / "c.jsonl")
+    for call_id, code in ((held_id, 1722), (done_id, 0)):
+        assert final([e for e in entries if e["call_id"] == call_id])["code"] == code
+
+
+def test_cancelling_one_waiter_leaves_the_result_to_the_other(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("hold"))
+            waiter = asyncio.ensure_future(call.wait())
+            getter = asyncio.ensure_future(finish(call))
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+            waiter.cancel()                   # an abortive cancel of the call; wait() does not complete
+            code, _ = await asyncio.wait_for(getter, 5)
+            assert code == codes.RPC_S_CALL_CANCELLED
+            assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+    run(go())

@@ -89,7 +89,7 @@ def test_call_core_rules_without_io() -> None:
     with pytest.raises(InvalidAsyncHandle):
         core.complete()
     with pytest.raises(InvalidAsyncHandle):
-        core.begin_cancel(True)
+        core.cancel(True, sent=True)
     assert core.status() == 1914
     assert [e.state for e in log_entries if e.event == "enter"] == ["C", "WComp", "Comp", "End"]
     assert log_entries[-1].state == END   # nothing logged after End
