@@ -303,7 +303,11 @@ def _cmd_serve(opts: argparse.Namespace) -> int:
 
 def _cmd_call(opts: argparse.Namespace) -> int:
     from callstate.call_cli import run_call
-    return asyncio.run(run_call(opts))
+    try:
+        return asyncio.run(run_call(opts))
+    except OSError as exc:   # e.g. --log-file in a folder that does not exist
+        print(f"callstate call: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_watch(opts: argparse.Namespace) -> int:
@@ -327,7 +331,13 @@ def _cmd_load(opts: argparse.Namespace) -> int:
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
         timeout=opts.timeout,
         progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
-    run = LoadRun(config)
+    try:
+        if opts.report:   # fail now, not after the run, when the report cannot be written
+            open(opts.report, "ab").close()
+        run = LoadRun(config)
+    except OSError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
     try:
         report = asyncio.run(run.run())
     except ConnectionError as exc:

@@ -116,3 +116,8 @@ def test_bad_input_is_a_clear_usage_error() -> None:
         assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
     result = cli("load", "--target", "127.0.0.1:1", "--calls", "1", timeout=30)
     assert result.returncode == 2 and "cannot reach" in result.stderr
+    for flag in ("--report", "--log-file"):   # refused before the run, not after it
+        result = cli("load", "--target", "127.0.0.1:1", flag, "/nonexistent-dir/x", timeout=30)
+        assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
+    result = cli("call", "--log-file", "/nonexistent-dir/x", timeout=30)
+    assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
