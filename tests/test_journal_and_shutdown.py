@@ -60,14 +60,16 @@ def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
 def test_watch_cli_follows_live(server: ServerProcess) -> None:
     import subprocess
     import sys
+    import time
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", server.target, "--json",
                              "--count", "3"], stdout=subprocess.PIPE, text=True)
-    import time
-    time.sleep(1.0)
-    assert cli("call", "--target", server.target).returncode == 0
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:   # calls until the watcher has seen three entries
+        assert cli("call", "--target", server.target).returncode == 0
+        time.sleep(0.3)
     out, _ = proc.communicate(timeout=15)
     lines = out.strip().splitlines()
-    assert len(lines) == 3 and '"state":"End"' in lines[-1]
+    assert len(lines) == 3 and all('"side":"server"' in line for line in lines)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
