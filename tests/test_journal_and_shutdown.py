@@ -113,7 +113,10 @@ def test_call_cli_cancels_abortively_on_a_signal_and_keeps_its_log(server: Serve
     log = tmp_path / "call.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target, "--outcome", "hold",
                              "--log-file", str(log), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 20
+    while not server.entries() and time.monotonic() < deadline:   # the call is held by the server
+        time.sleep(0.05)
+    time.sleep(0.2)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 1 and "final: 1818 RPC_S_CALL_CANCELLED" in err

@@ -30,9 +30,11 @@ def test_closed_loop_run_covers_every_path_and_checks_both_sides(server: ServerP
     assert report["cancel_propagation_ms"]["count"] > 0
     assert report["latency_ms"]["0"]["p50"] <= report["latency_ms"]["0"]["p99"] <= report["latency_ms"]["0"]["max"]
     assert "check: OK" in result.stdout and "calls/s" in result.stdout
-    # the same verdict from the two log files, through `callstate check`
-    time.sleep(0.2)
-    offline = check_files([log, server.log])
+    # the same verdict from the two log files, through `callstate check` (once the server's
+    # writer thread has flushed its last batch)
+    deadline = time.monotonic() + 5
+    while not (offline := check_files([log, server.log])).ok and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert offline.ok, offline.summary()
     assert len({e["call_id"] for e in read_entries(log) if e["state"] == "End"}) == 800
 
@@ -54,7 +56,10 @@ def test_a_server_killed_mid_run_fails_the_check(tmp_path: Path) -> None:
                              "--cancel-at", "after:0.5", "--settle", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 20
+        while len(read_entries(srv.log)) < 50 and time.monotonic() < deadline:   # the run is under way
+            time.sleep(0.1)
+        time.sleep(0.5)
         srv.proc.kill()   # SIGKILL: no End for the calls it held, no counters after the run
         out, err = proc.communicate(timeout=60)
     finally:
@@ -69,7 +74,7 @@ def test_a_shared_server_judges_only_this_runs_calls(server: ServerProcess) -> N
     holder = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target,
                                "--outcome", "hold"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)
+        wait_in_flight(server.target, 1)
         t0 = time.monotonic()
         result = cli("load", "--target", server.target, "--calls", "200", "--settle", "10", timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -77,6 +82,19 @@ def test_a_shared_server_judges_only_this_runs_calls(server: ServerProcess) -> N
         assert "the server was shared: 1 calls in flight before the run" in result.stdout
     finally:
         holder.kill()
+
+
+def wait_in_flight(target: str, want: int, timeout: float = 20) -> None:
+    import grpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.JournalStub(channel)
+        while stub.GetCounters(pb.CountersRequest(), timeout=5).in_flight != want:
+            assert time.monotonic() < deadline, f"server never had {want} calls in flight"
+            time.sleep(0.05)
 
 
 def test_open_loop_never_exceeds_its_bounds(server: ServerProcess) -> None:
@@ -95,7 +113,9 @@ def test_sigterm_stops_the_run_gracefully_and_loses_no_entry(server: ServerProce
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", server.target, "--duration", "60",
                              "--concurrency", "8", "--log-file", str(log), "--report", str(report_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    deadline = time.monotonic() + 20
+    while len(read_entries(server.log)) < 100 and time.monotonic() < deadline:   # the run is under way
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, out + err
