@@ -74,10 +74,9 @@ async def run_call(opts: argparse.Namespace) -> int:
             # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _cancel_on_signal, call)
+                loop.add_signal_handler(sig, _cancel_if_pending, call, True, None)
             if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
-                if not call.done() and call.state == "WComp":   # a signal may have cancelled it already
-                    call.cancel(abortive=abortive, timeout=opts.escalate_after if opts.non_abortive else None)
+                _cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
         try:
             reply = await call
         except CallError as err:
@@ -90,9 +89,10 @@ async def run_call(opts: argparse.Namespace) -> int:
         sink.close()
 
 
-def _cancel_on_signal(call) -> None:  # type: ignore[no-untyped-def]
+def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+    """Cancel unless the call is already notified or cancelled (by a signal, say)."""
     if not call.done() and call.state == "WComp":
-        call.cancel()
+        call.cancel(abortive=abortive, timeout=timeout)
 
 
 def _final(code: int, details: str) -> None:

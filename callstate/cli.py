@@ -56,15 +56,6 @@ def _positive_float_nonzero(text: str) -> float:
     return value
 
 
-def _cancel_shares(text: str) -> dict[str, float]:
-    from callstate.load import parse_cancel_shares
-    from callstate.script import MixError
-    try:
-        return parse_cancel_shares(text)
-    except MixError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _cancel_points(text: str):  # type: ignore[no-untyped-def]
     from callstate.load import CancelPoint
     try:
@@ -76,14 +67,6 @@ def _cancel_points(text: str):  # type: ignore[no-untyped-def]
     return points
 
 
-def _on_cancel_mix(text: str):  # type: ignore[no-untyped-def]
-    from callstate.script import ON_CANCEL, Mix, MixError
-    try:
-        return Mix.parse(text, tuple(ON_CANCEL))
-    except MixError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _port(text: str) -> int:
     value = _non_negative_int(text)
     if value > 65535:
@@ -91,12 +74,22 @@ def _port(text: str) -> int:
     return value
 
 
-def _mix(text: str):  # type: ignore[no-untyped-def]
-    from callstate.script import Mix, MixError
-    try:
-        return Mix.parse(text)
-    except MixError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _weights(kind: str):  # type: ignore[no-untyped-def]
+    """An argparse type for NAME=WEIGHT lists: outcome mixes, on-cancel mixes, cancel shares.
+    Their one parser (`Mix.parse`) names what is wrong; argparse turns it into a usage error."""
+    def parse(text: str):  # type: ignore[no-untyped-def]
+        from callstate.load import parse_cancel_shares
+        from callstate.script import ON_CANCEL, Mix, MixError
+        try:
+            if kind == "cancel":
+                return parse_cancel_shares(text)
+            return Mix.parse(text, tuple(ON_CANCEL)) if kind == "on-cancel" else Mix.parse(text)
+        except MixError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+_mix, _on_cancel_mix, _cancel_shares = _weights("outcome"), _weights("on-cancel"), _weights("cancel")
 
 
 def build_parser() -> argparse.ArgumentParser:
