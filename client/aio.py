@@ -20,7 +20,7 @@ from typing import Any, Callable, Generator
 import grpc
 
 from callstate import codes
-from callstate.client.common import CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
+from callstate.client.common import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
 from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -79,7 +79,7 @@ class AsyncCall(CallBase):
         except grpc.aio.AioRpcError as err:
             self._core.event("cancel_sent", notice_failed(err.code()))
         except asyncio.CancelledError:
-            self._core.event("cancel_sent", "unknown: the client was closed")
+            self._core.event("cancel_sent", NOTICE_CLIENT_CLOSED)
         else:
             self._core.event("cancel_sent", notice_outcome(reply))
 

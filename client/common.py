@@ -42,6 +42,9 @@ def notice_outcome(reply: pb.CancelReply) -> str:
     return f"delivered in {reply.state}" if reply.state else "delivered: kept for the dispatch"
 
 
+NOTICE_CLIENT_CLOSED = "unknown: the client was closed before the notice was answered"
+
+
 def notice_failed(status: grpc.StatusCode | None) -> str:
     return f"not delivered: {status.name if status else 'failed'}"
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from callstate import codes
-from callstate.client.common import CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
+from callstate.client.common import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
 from callstate.errors import CallError
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -72,7 +72,7 @@ class Call(CallBase):
 
     def _on_notice_sent(self, notice: grpc.Future) -> None:
         if notice.cancelled():
-            self._core.event("cancel_sent", "not sent: the client was closed")
+            self._core.event("cancel_sent", NOTICE_CLIENT_CLOSED)
         elif isinstance(err := notice.exception(), grpc.Call):
             self._core.event("cancel_sent", notice_failed(err.code()))
         else:
