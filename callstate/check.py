@@ -1,8 +1,9 @@
-"""Verify state logs against SPEC §6, with the same tables the server and client use.
+"""Verify state logs against the invariants of docs/model.md, with the lifecycle module's rules.
 
 1. each side's transitions are legal (`lifecycle.is_legal`);
 2. every call id reaches End exactly once on each side that saw it, nothing after;
-3. the client's final code agrees with the server's outcome;
+3. each side's final code fits its own path (`lifecycle.own_path_error`), and the client's
+   final code agrees with the server's outcome (`lifecycle.codes_agree`);
 4. the server's in-flight count is back to zero (when the caller knows it).
 
 Input is any number of JSON-lines logs in any order; entries are joined by
@@ -13,25 +14,30 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import grpc
+
 from callstate import codes
-from callstate.lifecycle import END, EVENTS, INITIAL, SIDES, TABLES, is_legal
-from callstate.statelog import Entry, read_log
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, SERVER, SIDES, TABLES,
+                                 cancel_kind_of, codes_agree, is_legal, own_path_error)
+from callstate.statelog import Entry, parse_ts, read_log
 
 KINDS = {
-    "bad_entry": "an entry with an unknown side or state",
+    "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
     "illegal_transition": "a state entered by a move the table does not allow (invariant 1)",
     "not_ended": "a call that never reached End on a side that saw it (invariant 2)",
     "after_end": "an entry after End, or a second End (invariant 2)",
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
+    "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
+                        "code (invariant 3)",
     "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
     "server_lost": "the server stopped answering during the run: its side cannot be verified",
 }
 EXAMPLES_PER_KIND = 5
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.name   # the status of a call whose deadline expired
 
 
 @dataclass
@@ -50,6 +56,7 @@ class SideTrack:
     code: int | None = None
     grpc_status: str | None = None
     abortive_cancel: bool = False     # client: an abortive cancel before End
+    end_move: str | None = None       # the move that entered End
     cancel_ts: float | str | None = None   # client: first Can; server: first cancel_seen
     abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
     start_ts: float | str | None = None  # the first state entered
@@ -123,7 +130,10 @@ def percentiles(values: list[float]) -> dict[str, Any]:
 
 
 def _ts(value: float | str) -> float:
-    return value if isinstance(value, float) else datetime.fromisoformat(value).timestamp()
+    return value if isinstance(value, float) else parse_ts(value)
+
+
+_TEXT = (str, type(None))
 
 
 class Checker:
@@ -136,36 +146,48 @@ class Checker:
     def add(self, e: Mapping[str, Any], where: str = "") -> None:
         """One entry as read from a log file (a dict in the SPEC §5 format)."""
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
-                        e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where)
+                        e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
+                        e.get("cancel"))
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
-        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t)
+        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t,
+                        cancel=e.cancel)
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
-                   grpc_status: Any, detail: Any, ts: float | str | None, where: str = "") -> None:
+                   grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None) -> None:
         r = self.report
         r.entries += 1
         if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in TABLES[side]:
             r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
             return
+        wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
+        if wrong or not isinstance(ts, (str, float)) or (code is not None and type(code) is not int):
+            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of "
+                                          f"{wrong or ('ts' if not isinstance(ts, (str, float)) else 'code')}"))
+            return
+        if isinstance(ts, str):
+            try:
+                parse_ts(ts)
+            except ValueError:
+                r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: ts {ts!r} is not a time"))
+                return
         r.by_side[side] = r.by_side.get(side, 0) + 1
         track = self.tracks[call_id].setdefault(side, SideTrack())
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
             return
-        if event != "enter":
+        if event != ENTER:
             if event not in EVENTS[side]:
                 r.violations.append(Violation("bad_entry", call_id, f"{where}{side} unknown event {event!r}"))
             elif state != track.state:
                 r.violations.append(Violation("illegal_transition", call_id,
                                               f"{where}{side} event {event} in {state} but the call is in {track.state}"))
-            if side == "server" and event == "cancel_seen":
+            if side == SERVER and event == CANCEL_SEEN:
                 track.cancel_ts = track.cancel_ts or ts
-                track.abortive_seen = track.abortive_seen or detail == "abortive"
+                track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
             return
-        legal = (prev == track.state and
-                 (is_legal(side, prev, move, state) if move is not None else _edge(side, prev, state)))
+        legal = prev == track.state and is_legal(side, prev, move, state)
         if not legal:
             r.violations.append(Violation("illegal_transition", call_id,
                                           f"{where}{side} {prev or '(start)'} --{move or '?'}--> {state}"
@@ -173,23 +195,26 @@ class Checker:
         if track.state is None:
             track.start_ts = ts
         track.state = state
-        if side == "client" and state == "Can":
+        if side == CLIENT and state == CAN:
             track.cancel_ts = track.cancel_ts or ts
-            track.abortive_cancel = track.abortive_cancel or detail != "non-abortive"
+            track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
         if state == END:
             track.ended = True
             track.code = code
             track.grpc_status = grpc_status
+            track.end_move = move
+            if legal and (why := own_path_error(side, move, code)):
+                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{why}"))
 
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
-        have_server = any("server" in sides for sides in self.tracks.values())
+        have_server = any(SERVER in sides for sides in self.tracks.values())
         r.calls = len(self.tracks)
         for call_id, sides in self.tracks.items():
             for side, t in sides.items():
                 if not t.ended:
                     r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
-            client, server = sides.get("client"), sides.get("server")
+            client, server = sides.get(CLIENT), sides.get(SERVER)
             final = client if client is not None and client.ended else server
             if final is not None and final.ended and final.code is not None:
                 r.by_code[final.code] = r.by_code.get(final.code, 0) + 1
@@ -203,7 +228,9 @@ class Checker:
                 if have_server and client.code == codes.RPC_S_OK:
                     r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
                 continue
-            if server.ended and not codes_agree(client, server):
+            if server.ended and codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
+                                            client_deadline=client.grpc_status == _DEADLINE,
+                                            server_saw_abortive=server.abortive_seen) is None:
                 r.violations.append(Violation("code_mismatch", call_id,
                                               f"client {codes.describe(client.code or 0)} vs server "
                                               f"{codes.describe(server.code or 0)}"))
@@ -214,23 +241,9 @@ class Checker:
         return r
 
 
-def codes_agree(client: SideTrack, server: SideTrack) -> bool:
-    """Invariant 3: complete->0, abort N->N, fatal->1726, cancel->1818 unless the server
-    completed first or completed anyway (then the client may still see its answer)."""
-    if client.code == server.code:
-        return True
-    cancelled = client.abortive_cancel or client.grpc_status == "DEADLINE_EXCEEDED"
-    if cancelled and client.code == codes.RPC_S_CALL_CANCELLED:
-        return True   # an abortive cancel wins unless the answer was already on its way
-    if client.code == codes.RPC_S_SERVER_UNAVAILABLE and server.abortive_seen:
-        return True   # the connection died: the server saw it as a cancel, the client as unavailable
-    return False
-
-
-def _edge(side: str, prev: str | None, state: str) -> bool:
-    if prev is None:
-        return state == INITIAL[side]  # type: ignore[index]
-    return state in TABLES[side].get(prev, {}).values()  # type: ignore[index]
+def _wrong_types(**fields: Any) -> str:
+    """The first field that is neither text nor absent."""
+    return next((name for name, value in fields.items() if not isinstance(value, _TEXT)), "")
 
 
 def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None) -> CheckReport:

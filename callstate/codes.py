@@ -1,4 +1,4 @@
-"""MS-RPC status codes, their names, and how they cross gRPC (SPEC §4).
+"""MS-RPC status codes, their names, and how they cross gRPC (docs/model.md, "Codes").
 
 An abort's exact code travels in trailing metadata (`callstate-code`), so a
 client in any language can read it; otherwise the code is derived from the
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Final, Iterable
 
 import grpc
+
+from callstate.wire import CODE_KEY
 
 RPC_S_OK: Final = 0
 ERROR_ACCESS_DENIED: Final = 5
@@ -37,9 +39,6 @@ NAMES: Final[dict[int, str]] = {
     RPC_S_INVALID_ASYNC_CALL: "RPC_S_INVALID_ASYNC_CALL",
 }
 
-# Metadata keys of the wire contract (SPEC §5).
-CALL_ID_KEY: Final = "callstate-call-id"
-CODE_KEY: Final = "callstate-code"
 
 # gRPC status -> MS-RPC code, when no `callstate-code` trailer says otherwise.
 _FROM_GRPC: Final[dict[grpc.StatusCode, int]] = {
@@ -99,3 +98,22 @@ def from_grpc(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[
     if status is None:
         return RPC_S_CALL_FAILED
     return _FROM_GRPC.get(status, RPC_S_CALL_FAILED)
+
+
+def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
+                   details: str | None, *, cancelled_here: bool = False,
+                   abortive_cancel: bool = False) -> tuple[int, str, str]:
+    """(MS-RPC code, gRPC status name, details) of a finished call, as the caller records it.
+
+    The one mapping both client surfaces use. `cancelled_here`: the RPC was cancelled on the
+    caller's side (its own abortive cancel, or the client closing under it). A CANCELLED
+    status after the caller's abortive cancel is that cancel (1818); a local cancel without
+    one is the client going away (1722, UNAVAILABLE as the code table sends it).
+    """
+    if cancelled_here or status == grpc.StatusCode.CANCELLED:
+        if abortive_cancel:
+            return RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED.name, "cancelled by the caller"
+        if cancelled_here:
+            return (RPC_S_SERVER_UNAVAILABLE, grpc_status_for(RPC_S_SERVER_UNAVAILABLE).name,
+                    "the client was closed")
+    return from_grpc(status, trailing_metadata), status.name if status is not None else "", details or ""

@@ -1,9 +1,11 @@
-"""The two MS-RPC asynchronous call lifecycles, as data.
+"""The two MS-RPC asynchronous call lifecycles, and every rule that joins them, as data.
 
-Everything that decides which state a call may enter lives in this module, and
-the module does not know who is asking: the client library, the server's
-handlers and `callstate check` all read the same tables, so the two sides of a
-call cannot be judged by different rules (the h11 approach).
+Everything that decides which state a call may enter, which final code a path
+ends with, and when the two sides of a call agree lives in this module, and the
+module does not know who is asking: the client library, the server's handlers,
+the load generator and `callstate check` all import these names and rules, so
+the two sides of a call cannot be judged by different rules (the h11 approach).
+The model is explained in docs/model.md.
 
 The tables are side -> state -> move -> next state. A move missing from the
 table is illegal, and `next_state` says which side, which state and which move.
@@ -13,58 +15,97 @@ from __future__ import annotations
 
 from typing import Final, Literal, Mapping
 
+from callstate import codes
+
 Side = Literal["client", "server"]
-SIDES: Final[tuple[Side, ...]] = ("client", "server")
+CLIENT: Final = "client"
+SERVER: Final = "server"
+SIDES: Final[tuple[Side, ...]] = (CLIENT, SERVER)
 
-END: Final = "End"
+# -- states -----------------------------------------------------------------------------------
+C: Final = "C"            # client: make the call
+CAN: Final = "Can"        # client: RpcAsyncCancelCall issued
+WCOMP: Final = "WComp"    # client: waiting for the call-complete notification
+COMP: Final = "Comp"      # both: completing (client RpcAsyncCompleteCall; server's reply sent)
+D: Final = "D"            # server: dispatched, the handler runs its script
+A: Final = "A"            # server: RpcAsyncAbortCall(code)
+END: Final = "End"        # both: final
 
-# RPC_ASYNC_STATE on the caller's side (reference: "Asynchronous Call State").
+# -- moves (the labels on the tables' edges) ---------------------------------------------------
+CALL: Final = "call"                  # pseudo-move entering the client's initial state
+DISPATCH: Final = "dispatch"          # pseudo-move entering the server's initial state
+STARTED: Final = "started"
+START_FAILED: Final = "start_failed"
+CANCEL: Final = "cancel"
+CANCEL_ISSUED: Final = "cancel_issued"
+COMPLETE: Final = "complete"
+COMPLETED: Final = "completed"
+ABORT: Final = "abort"
+ABORTED: Final = "aborted"
+FATAL: Final = "fatal"
+
+# -- events: recorded without a state change --------------------------------------------------
+ENTER: Final = "enter"                        # not an event: the entry records a state entered
+COMPLETE_PENDING: Final = "complete_pending"  # client: complete() before the notification (997)
+CANCEL_SENT: Final = "cancel_sent"            # client: what became of a non-abortive notice
+CANCEL_ESCALATED: Final = "cancel_escalated"  # client: a notice went unanswered, now abortive
+CANCEL_SEEN: Final = "cancel_seen"            # server: a cancel reached the handler
+
+# -- cancel kinds (fAbortCall), recorded in the entry's `cancel` field -------------------------
+ABORTIVE: Final = "abortive"           # a gRPC cancel (RST_STREAM), or the caller vanished
+NON_ABORTIVE: Final = "non-abortive"   # the cancel notice; the server's own answer still counts
+CANCEL_KINDS: Final[tuple[str, ...]] = (ABORTIVE, NON_ABORTIVE)
+# Logs written before the `cancel` field carried the kind in `detail`, the server's
+# non-abortive kind spelled "notice"; `cancel_kind_of` reads both.
+_LEGACY_CANCEL_DETAIL: Final[Mapping[str, str]] = {ABORTIVE: ABORTIVE, NON_ABORTIVE: NON_ABORTIVE,
+                                                   "notice": NON_ABORTIVE}
+
+# -- the tables -------------------------------------------------------------------------------
+# RPC_ASYNC_STATE on the caller's side.
 CLIENT_TABLE: Final[Mapping[str, Mapping[str, str]]] = {
-    "C": {
-        "started": "WComp",       # the call went out; a notification will follow
-        "start_failed": END,      # making the call raised: nothing to complete
-        "cancel": "Can",          # the caller cancels at once
+    C: {
+        STARTED: WCOMP,          # the call went out; a notification will follow
+        START_FAILED: END,       # making the call raised: nothing to complete
+        CANCEL: CAN,             # the caller cancels at once
     },
-    "Can": {
-        "cancel_issued": "WComp",  # RpcAsyncCancelCall returned; still wait and complete
+    CAN: {
+        CANCEL_ISSUED: WCOMP,    # RpcAsyncCancelCall returned; still wait and complete
     },
-    "WComp": {
-        "complete": "Comp",       # notification received, the caller completes
-        "cancel": "Can",          # cancel is legal any time before completion
+    WCOMP: {
+        COMPLETE: COMP,          # notification received, the caller completes
+        CANCEL: CAN,             # cancel is legal any time before completion
     },
-    "Comp": {
-        "completed": END,         # RpcAsyncCompleteCall returned its final code
+    COMP: {
+        COMPLETED: END,          # RpcAsyncCompleteCall returned its final code
     },
     END: {},
 }
 
 # The manager routine's side.
 SERVER_TABLE: Final[Mapping[str, Mapping[str, str]]] = {
-    "D": {
-        "complete": "Comp",       # process the call, then RpcAsyncCompleteCall
-        "abort": "A",             # fail gracefully: RpcAsyncAbortCall(code)
-        "fatal": END,             # fail fatally: raise on the RPC thread
+    D: {
+        COMPLETE: COMP,          # process the call, then RpcAsyncCompleteCall
+        ABORT: A,                # fail gracefully: RpcAsyncAbortCall(code)
+        FATAL: END,              # fail fatally: raise on the RPC thread
     },
-    "A": {
-        "aborted": END,
+    A: {
+        ABORTED: END,
     },
-    "Comp": {
-        "completed": END,
+    COMP: {
+        COMPLETED: END,
     },
     END: {},
 }
 
-TABLES: Final[Mapping[Side, Mapping[str, Mapping[str, str]]]] = {
-    "client": CLIENT_TABLE,
-    "server": SERVER_TABLE,
-}
-INITIAL: Final[Mapping[Side, str]] = {"client": "C", "server": "D"}
+TABLES: Final[Mapping[str, Mapping[str, Mapping[str, str]]]] = {CLIENT: CLIENT_TABLE, SERVER: SERVER_TABLE}
+INITIAL: Final[Mapping[str, str]] = {CLIENT: C, SERVER: D}
+INITIAL_MOVE: Final[Mapping[str, str]] = {CLIENT: CALL, SERVER: DISPATCH}
 
-# Events that a side may record without changing state (SPEC §2: a cancel seen
-# by the server changes no state; the client records the notification).
-EVENTS: Final[Mapping[Side, frozenset[str]]] = {
-    "client": frozenset({"complete_pending", "cancel_sent", "cancel_escalated"}),
-    "server": frozenset({"cancel_seen"}),
+# Events a side may record without changing state: a cancel seen by the server changes
+# no state; the client records what became of its notice and its complete() attempts.
+EVENTS: Final[Mapping[str, frozenset[str]]] = {
+    CLIENT: frozenset({COMPLETE_PENDING, CANCEL_SENT, CANCEL_ESCALATED}),
+    SERVER: frozenset({CANCEL_SEEN}),
 }
 
 
@@ -79,7 +120,7 @@ class LifecycleError(Exception):
         super().__init__(msg + (f": {detail}" if detail else ""))
 
 
-def next_state(side: Side, state: str, move: str) -> str:
+def next_state(side: str, state: str, move: str) -> str:
     """The state `move` leads to from `state`, or LifecycleError."""
     try:
         return TABLES[side][state][move]
@@ -87,7 +128,7 @@ def next_state(side: Side, state: str, move: str) -> str:
         raise LifecycleError(side, state, move) from None
 
 
-def move_to_end(side: Side, state: str) -> str | None:
+def move_to_end(side: str, state: str) -> str | None:
     """The move that leads straight from `state` to End, if there is one.
 
     Adapters use it to close a call that failed unexpectedly, so even a bug
@@ -96,16 +137,18 @@ def move_to_end(side: Side, state: str) -> str | None:
     return next((m for m, target in TABLES[side][state].items() if target == END), None)
 
 
-def initial_move(side: Side) -> str:
+def initial_move(side: str) -> str:
     """The pseudo-move that enters the initial state (logged with prev=None)."""
-    return "call" if side == "client" else "dispatch"
+    return INITIAL_MOVE[side]
 
 
-def is_legal(side: Side, prev: str | None, move: str, state: str) -> bool:
-    """Whether entering `state` from `prev` by `move` follows the table."""
+def is_legal(side: str, prev: str | None, move: str | None, state: str) -> bool:
+    """Whether entering `state` from `prev` by `move` follows the table. `move` may be None
+    (an entry that names no move): then any edge from `prev` to `state` is legal."""
     if prev is None:
-        return state == INITIAL[side] and move == initial_move(side)
-    return TABLES.get(side, {}).get(prev, {}).get(move) == state
+        return state == INITIAL.get(side) and move in (None, INITIAL_MOVE[side])
+    moves = TABLES.get(side, {}).get(prev, {})
+    return moves.get(move) == state if move is not None else state in moves.values()
 
 
 class Lifecycle:
@@ -142,7 +185,80 @@ class Lifecycle:
         return f"<Lifecycle {self.side} {' -> '.join(self.history or [self.state])}>"
 
 
-def mermaid(side: Side) -> str:
+# -- rules that join the moves to codes and to the other side ----------------------------------
+
+def cancel_kind(abortive: bool) -> str:
+    return ABORTIVE if abortive else NON_ABORTIVE
+
+
+def cancel_kind_of(cancel: object, detail: object = None) -> str | None:
+    """The cancel kind an entry records: its `cancel` field, or, in logs written before
+    that field existed, its `detail` (where the server spelled non-abortive "notice")."""
+    if cancel in CANCEL_KINDS:
+        return cancel  # type: ignore[return-value]
+    return _LEGACY_CANCEL_DETAIL.get(detail) if isinstance(detail, str) else None
+
+
+def notifiable(state: str) -> bool:
+    """Client rule: the call-complete notification reaches the caller only in WComp, the one
+    state the table lets it complete from. An outcome that arrives while the caller is still
+    in C (the reply beat `started`) or in Can is held until the caller enters WComp."""
+    return state == WCOMP
+
+
+# The final code each server path into End produces; an abort carries its own (non-zero) code.
+SERVER_END_CODES: Final[Mapping[str, int]] = {COMPLETED: codes.RPC_S_OK, FATAL: codes.RPC_S_CALL_FAILED}
+
+
+def server_end_code(move: str, abort_code: int = 0) -> int:
+    """The code a server call ends with when it enters End by `move`."""
+    return abort_code if move == ABORTED else SERVER_END_CODES[move]
+
+
+def own_path_error(side: str, move: str | None, code: object) -> str | None:
+    """Why `code` cannot end a call that entered End by `move` on `side` (None when it can).
+
+    Server: D -> Comp -> End is 0, a fatal D -> End is 1726, an abort ends non-zero. Client:
+    a call that failed to start (C -> End) ends non-zero; a completed one may end with any code.
+    """
+    if not isinstance(code, int) or isinstance(code, bool):
+        return f"End carries no integer code ({code!r})"
+    if side == SERVER:
+        if move in SERVER_END_CODES and code != SERVER_END_CODES[move]:
+            return f"server path --{move}--> End must end with {codes.describe(SERVER_END_CODES[move])}, not {code}"
+        if move == ABORTED and code == codes.RPC_S_OK:
+            return "server path A --aborted--> End must end with a non-zero code, not 0"
+    elif side == CLIENT and move == START_FAILED and code == codes.RPC_S_OK:
+        return "client path C --start_failed--> End must end with a non-zero code, not 0"
+    return None
+
+
+# Tolerances of the cross-side rule, each named so that reports and tests can point at it.
+AGREE_EQUAL: Final = "equal"
+AGREE_CALLER_CANCELLED: Final = "caller_cancelled"   # 1818 after an abortive cancel or deadline
+AGREE_CONNECTION_LOST: Final = "connection_lost"     # 1722 while the server saw the caller vanish
+
+
+def codes_agree(client_code: int | None, server_code: int | None, *, client_abortive: bool,
+                client_deadline: bool, server_saw_abortive: bool) -> str | None:
+    """Whether a client's final code agrees with the server's outcome: the name of the rule
+    that accepts it, or None when it disagrees.
+
+    * equal codes (complete -> 0, abort N -> N, fatal -> 1726, 1722 on a server stop);
+    * 1818 at a client that cancelled abortively or whose deadline expired: its cancel wins
+      whatever the server did, unless the answer was already on its way (then codes are equal);
+    * 1722 at a client whose connection died while the server saw it as an abortive cancel.
+    """
+    if client_code == server_code:
+        return AGREE_EQUAL
+    if client_code == codes.RPC_S_CALL_CANCELLED and (client_abortive or client_deadline):
+        return AGREE_CALLER_CANCELLED
+    if client_code == codes.RPC_S_SERVER_UNAVAILABLE and server_saw_abortive:
+        return AGREE_CONNECTION_LOST
+    return None
+
+
+def mermaid(side: str) -> str:
     """A Mermaid state diagram drawn from the table (the README embeds these)."""
     lines = ["stateDiagram-v2", f"    [*] --> {INITIAL[side]}"]
     for state, moves in TABLES[side].items():

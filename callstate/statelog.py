@@ -14,24 +14,27 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator, NamedTuple
+from datetime import datetime
+from typing import IO, Any, Iterator, Mapping, NamedTuple
 
 import orjson
 
-from callstate.lifecycle import END
+from callstate.lifecycle import END, ENTER
+from callstate.v1 import callstate_pb2 as pb
 
 
 class Entry(NamedTuple):
     t: float                    # time.time() when the state was entered
-    side: str                   # "client" | "server"
+    side: str                   # CLIENT | SERVER
     call_id: str
     state: str
     prev: str | None
-    event: str                  # "enter" or an event name such as "cancel_seen"
+    event: str                  # ENTER or an event name such as CANCEL_SEEN
     move: str | None = None     # the table move that entered `state`
     code: int | None = None     # on End: the MS-RPC code
     grpc_status: str | None = None
     detail: str | None = None
+    cancel: str | None = None   # the cancel kind, on a client's Can and a server's cancel_seen
 
 
 _ts_cache: tuple[int, str] = (-1, "")
@@ -48,6 +51,19 @@ def format_ts(t: float) -> str:
     return f"{prefix}.{int((t - sec) * 1_000_000):06d}Z"
 
 
+def parse_ts(value: str) -> float:
+    """The inverse of `format_ts` (any RFC 3339 time with an offset or Z)."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+# -- the three forms of an entry: in memory (Entry), JSON (dict / line), wire (pb.StateEntry) ----
+# Every conversion lives here; a unit test holds them equal to each other.
+
+def is_final(e: Entry) -> bool:
+    """The entry that enters End (it carries the final code)."""
+    return e.state == END and e.event == ENTER
+
+
 def to_dict(e: Entry) -> dict[str, Any]:
     d: dict[str, Any] = {
         "ts": format_ts(e.t), "side": e.side, "call_id": e.call_id,
@@ -55,11 +71,13 @@ def to_dict(e: Entry) -> dict[str, Any]:
     }
     if e.move is not None:
         d["move"] = e.move
-    if e.state == END and e.event == "enter":
+    if is_final(e):
         d["code"] = e.code
         d["grpc_status"] = e.grpc_status
     if e.detail:
         d["detail"] = e.detail
+    if e.cancel:
+        d["cancel"] = e.cancel
     return d
 
 
@@ -71,20 +89,52 @@ def format_line(e: Entry) -> str:
 
     Only call_id and detail can hold arbitrary text (they come from callers), so
     only they go through orjson's escaping; every other field is a name from the
-    lifecycle tables or a number. A unit test holds this equal to `to_dict`.
+    lifecycle module or a number. A unit test holds this equal to `to_dict`.
     """
     prev = "null" if e.prev is None else f'"{e.prev}"'
     line = (f'{{"ts":"{format_ts(e.t)}","side":"{e.side}","call_id":{_dumps(e.call_id).decode()},'
             f'"state":"{e.state}","prev":{prev},"event":"{e.event}"')
     if e.move is not None:
         line += f',"move":"{e.move}"'
-    if e.state == END and e.event == "enter":
+    if e.state == END and e.event == ENTER:
         code = "null" if e.code is None else int(e.code)
         status = "null" if e.grpc_status is None else f'"{e.grpc_status}"'
         line += f',"code":{code},"grpc_status":{status}'
     if e.detail:
         line += f',"detail":{_dumps(e.detail).decode()}'
+    if e.cancel:
+        line += f',"cancel":"{e.cancel}"'
     return line + "}\n"
+
+
+def from_dict(d: Mapping[str, Any]) -> Entry:
+    """An entry read from a log (`to_dict`'s form) back in memory; KeyError/ValueError when malformed."""
+    return Entry(parse_ts(d["ts"]), d["side"], d["call_id"], d["state"], d.get("prev"), d["event"], d.get("move"),
+                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"))
+
+
+def to_proto(e: Entry) -> pb.StateEntry:
+    msg = pb.StateEntry(ts=format_ts(e.t), side=e.side, call_id=e.call_id, state=e.state, prev=e.prev or "",
+                        event=e.event, move=e.move or "", grpc_status=e.grpc_status or "", detail=e.detail or "",
+                        cancel=e.cancel or "")
+    if e.code is not None:
+        msg.code = e.code
+    return msg
+
+
+def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
+    """A journal entry from the wire in `to_dict`'s form (the proto's empty strings are absent fields)."""
+    d: dict[str, Any] = {"ts": msg.ts, "side": msg.side, "call_id": msg.call_id, "state": msg.state,
+                         "prev": msg.prev or None, "event": msg.event}
+    if msg.move:
+        d["move"] = msg.move
+    if msg.HasField("code"):
+        d["code"], d["grpc_status"] = msg.code, msg.grpc_status or None
+    if msg.detail:
+        d["detail"] = msg.detail
+    if msg.cancel:
+        d["cancel"] = msg.cancel
+    return d
 
 
 class StateLog:
@@ -107,7 +157,6 @@ class StateLog:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one drainer at a time keeps lines in order
         self._closed = False
-        self.written = 0
         self._thread: threading.Thread | None = None
         if self._out is not None:
             self._thread = threading.Thread(target=self._run, name="callstate-statelog", daemon=True)
@@ -137,7 +186,6 @@ class StateLog:
                 print(f"callstate: the state log cannot be written any more ({exc}); "
                       f"{n} entries and all later ones are not in it", file=sys.stderr)
             return
-        self.written += n
 
     def _run(self) -> None:
         while not self._closed:

@@ -20,7 +20,9 @@ from typing import Any, Callable, Generator
 import grpc
 
 from callstate import codes
-from callstate.client.common import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
+from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
+from callstate.lifecycle import C, CANCEL_SENT, WCOMP
+from callstate.wire import CALL_ID_KEY
 from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -60,7 +62,7 @@ class AsyncCall(CallBase):
         return self._rpc is not None
 
     def _send(self) -> None:
-        self._rpc = self._stub.Call(self._request, metadata=((codes.CALL_ID_KEY, self.call_id),),
+        self._rpc = self._stub.Call(self._request, metadata=((CALL_ID_KEY, self.call_id),),
                                     timeout=self._client.timeout)
         if self._core.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
@@ -77,11 +79,11 @@ class AsyncCall(CallBase):
         try:
             reply = await self._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
         except grpc.aio.AioRpcError as err:
-            self._core.event("cancel_sent", notice_failed(err.code()))
+            self._core.event(CANCEL_SENT, notice_failed(err.code()))
         except asyncio.CancelledError:
-            self._core.event("cancel_sent", NOTICE_CLIENT_CLOSED)
+            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
         else:
-            self._core.event("cancel_sent", notice_outcome(reply))
+            self._core.event(CANCEL_SENT, notice_outcome(reply))
 
     def _arm_escalation(self, timeout: float) -> None:
         if self._escalation is not None:
@@ -121,7 +123,7 @@ class AsyncCall(CallBase):
         if self._core.notified:
             return True
         if self._rpc is None:
-            if self.state == "C":
+            if self.state == C:
                 raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details="wait() before start()")
             raise InvalidAsyncHandle(self.call_id, "wait")   # the call failed to start: nothing follows
         try:
@@ -135,7 +137,7 @@ class AsyncCall(CallBase):
             return False
         except asyncio.CancelledError:
             if not self._core.lifecycle.ended:
-                if not self._core.outcome_known and self.state == "WComp":
+                if not self._core.outcome_known and self.state == WCOMP:
                     self.cancel(abortive=True)
                 if complete_if_cancelled:
                     self._core.add_done_callback(AsyncCall._complete_quietly)
@@ -154,22 +156,20 @@ class AsyncCall(CallBase):
         try:
             reply = await rpc
         except grpc.aio.AioRpcError as err:
-            code, status, details = outcome_of_error(err.code(), err.trailing_metadata(), err.details())
-            self._notify(code, None, status, details)
+            self._notify(None, *codes.client_outcome(err.code(), err.trailing_metadata(), err.details(),
+                                                     abortive_cancel=self._core.abortive_cancel))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not self._driver and task is not None and task.cancelling():
                 raise   # the caller's awaiting task is being cancelled: _wait() makes it an abortive cancel
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
-            if self._core.abortive_cancel:
-                self._notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
-            else:
-                self._notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
+            self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
+                                                     abortive_cancel=self._core.abortive_cancel))
         else:
-            self._notify(codes.RPC_S_OK, reply, "OK", "")
+            self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
-    def _notify(self, code: int, reply: pb.CallReply | None, status: str, details: str) -> None:
+    def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         if self._escalation is not None:
             self._escalation.cancel()
         self._core.notify(code, reply, status, details)

@@ -18,7 +18,9 @@ from typing import Any
 import grpc
 
 from callstate import codes
-from callstate.client.common import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome, outcome_of_error
+from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
+from callstate.lifecycle import CANCEL_SENT
+from callstate.wire import CALL_ID_KEY
 from callstate.errors import CallError
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -58,7 +60,7 @@ class Call(CallBase):
         return self._future is not None
 
     def _send(self) -> None:
-        self._future = self._stub.Call.future(self._request, metadata=((codes.CALL_ID_KEY, self.call_id),),
+        self._future = self._stub.Call.future(self._request, metadata=((CALL_ID_KEY, self.call_id),),
                                               timeout=self._client.timeout)
         self._future.add_done_callback(self._on_done)
 
@@ -72,11 +74,11 @@ class Call(CallBase):
 
     def _on_notice_sent(self, notice: grpc.Future) -> None:
         if notice.cancelled():
-            self._core.event("cancel_sent", NOTICE_CLIENT_CLOSED)
+            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
         elif isinstance(err := notice.exception(), grpc.Call):
-            self._core.event("cancel_sent", notice_failed(err.code()))
+            self._core.event(CANCEL_SENT, notice_failed(err.code()))
         else:
-            self._core.event("cancel_sent", notice_outcome(notice.result()))
+            self._core.event(CANCEL_SENT, notice_outcome(notice.result()))
 
     def _arm_escalation(self, timeout: float) -> None:
         if self._escalation is not None:
@@ -88,21 +90,22 @@ class Call(CallBase):
     def _on_done(self, future: grpc.Future) -> None:
         if self._escalation is not None:
             self._escalation.cancel()
-        err = None if future.cancelled() else future.exception()
-        if future.cancelled() or (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.CANCELLED):
-            if self._core.abortive_cancel:
-                self._core.notify(codes.RPC_S_CALL_CANCELLED, None, "CANCELLED", "cancelled by the caller")
-                return
-            if self._client.closed or future.cancelled():
-                self._core.notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
-                return
-        if err is None:
-            self._core.notify(codes.RPC_S_OK, future.result(), "OK", "")
-        elif isinstance(err, grpc.Call):
-            code, status, details = outcome_of_error(err.code(), err.trailing_metadata(), err.details())
+        abortive = self._core.abortive_cancel
+        if future.cancelled():
+            code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
             self._core.notify(code, None, status, details)
-        else:  # pragma: no cover - grpc always raises RpcError that is also a Call
-            self._core.notify(codes.RPC_S_CALL_FAILED, None, "UNKNOWN", repr(err))
+            return
+        err = future.exception()
+        if err is None:
+            code, status, details = codes.client_outcome(grpc.StatusCode.OK, None, None)
+            self._core.notify(code, future.result(), status, details)
+            return
+        assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
+        # the channel closing under a call cancels it here: that is the client going away
+        here = err.code() == grpc.StatusCode.CANCELLED and self._client.closed
+        code, status, details = codes.client_outcome(err.code(), err.trailing_metadata(), err.details(),
+                                                     cancelled_here=here, abortive_cancel=abortive)
+        self._core.notify(code, None, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""

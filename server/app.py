@@ -24,7 +24,6 @@ from grpc_reflection.v1alpha import reflection
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.server.calls import Recorder
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
@@ -68,7 +67,7 @@ class EmulatorServer:
         opts = self.options
         self.journal = journal = Journal(opts.journal_size)
         self.log = log = StateLog(opts.log)
-        self.emulator = EmulatorServicer(opts.emulator, Recorder(journal, log.append))
+        self.emulator = EmulatorServicer(opts.emulator, journal, log.append)
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)

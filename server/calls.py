@@ -19,43 +19,32 @@ import functools
 import time
 from typing import Callable
 
-from callstate.lifecycle import INITIAL, Lifecycle, initial_move, move_to_end
+from callstate import codes
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, SERVER, Lifecycle, move_to_end
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
-class Recorder:
-    """Where a server call's entries go: the journal (live views) and the state log."""
-
-    __slots__ = ("journal", "log_append")
-
-    def __init__(self, journal: Journal, log_append: Callable[[Entry], None]) -> None:
-        self.journal = journal
-        self.log_append = log_append
-
-# Entry(...) without the Python-level __new__ of a NamedTuple: all ten fields, in order.
+# Entry(...) without the Python-level __new__ of a NamedTuple: all eleven fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
 
-_INITIAL, _INITIAL_MOVE = INITIAL["server"], initial_move("server")
-
-ABORTIVE = "abortive"
-NOTICE = "notice"
+_INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
 
 
 class ServerCall:
     __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_rec", "_journal",
                  "_log")
 
-    def __init__(self, call_id: str, recorder: Recorder, outcome: str = "") -> None:
+    def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "") -> None:
         self.call_id = call_id
-        self.lifecycle = Lifecycle("server", keep_history=False)   # the journal keeps the history
-        self.cancel_kind: str | None = None   # first cancel seen: ABORTIVE or NOTICE
+        self.lifecycle = Lifecycle(SERVER, keep_history=False)   # the journal keeps the history
+        self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
         self.stopping = False
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
-        self._journal = journal = recorder.journal
-        self._log = recorder.log_append
+        self._journal = journal
+        self._log = log_append
         self._rec = journal.open(call_id, outcome)
-        self._emit(_entry((time.time(), "server", call_id, _INITIAL, None, "enter", _INITIAL_MOVE, None, None, None)))
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -67,17 +56,18 @@ class ServerCall:
 
     def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
-        e = _entry((time.time(), "server", self.call_id, state, prev, "enter", move, code, grpc_status, detail))
+        e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None))
         self._journal.add(self._rec, e)   # _emit, inlined on the hot path
         self._log(e)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
         while not self.lifecycle.ended:
-            move = move_to_end("server", self.state)
+            move = move_to_end(SERVER, self.state)
             if move is None:  # pragma: no cover - every server state reaches End directly
                 raise RuntimeError(f"server state {self.state} has no move to End")
-            self.move(move, 1726, "UNKNOWN", f"handler error: {type(exc).__name__}: {exc}")
+            self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name,
+                      f"handler error: {type(exc).__name__}: {exc}")
 
     def cancel_seen(self, kind: str) -> None:
         """Record a cancel (no state change, SPEC §2) and wake a waiting handler."""
@@ -87,8 +77,7 @@ class ServerCall:
             self.rpc_cancelled = True
         if self.cancel_kind is None:
             self.cancel_kind = kind
-        self._emit(Entry(time.time(), "server", self.call_id, self.state, self.state, "cancel_seen", None,
-                         detail=kind))
+        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, CANCEL_SEEN, cancel=kind))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import grpc
 
@@ -21,9 +21,14 @@ from callstate import codes
 from callstate.script import DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, ScriptError, validate
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.server.calls import NOTICE, Recorder, ServerCall
+from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
+from callstate.statelog import Entry
+from callstate.server.calls import ServerCall
+from callstate.server.journal import Journal
+from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
+_OK = grpc.StatusCode.OK.name
 
 
 class FatalHandlerError(Exception):
@@ -42,10 +47,6 @@ class _DropScriptedCrashes(logging.Filter):
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 
 
-def new_call_id() -> str:
-    return os.urandom(16).hex()
-
-
 @dataclass
 class EmulatorConfig:
     mix: Mix = field(default_factory=lambda: Mix.parse("complete=85,abort=10,fatal=5"))
@@ -57,9 +58,10 @@ class EmulatorConfig:
 
 
 class EmulatorServicer(pb_grpc.EmulatorServicer):
-    def __init__(self, config: EmulatorConfig, recorder: Recorder) -> None:
+    def __init__(self, config: EmulatorConfig, journal: Journal, log_append: Callable[[Entry], None]) -> None:
         self.config = config
-        self._recorder = recorder
+        self._journal = journal
+        self._log_append = log_append
         self._rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
         self._early_notices = EarlyNotices()
@@ -75,16 +77,16 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call_id = request.call_id or _call_id_from_metadata(context)
         if not call_id:
             call_id = new_call_id()
-            await context.send_initial_metadata(((codes.CALL_ID_KEY, call_id),))
+            await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
         if call_id in self.live:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
-                                ((codes.CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
-        call = ServerCall(call_id, self._recorder, OUTCOME_NAMES.get(outcome, "?"))
+        call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"))
         self.live[call_id] = call
         if self._early_notices and self._early_notices.take(call_id):
-            call.cancel_seen(NOTICE)
+            call.cancel_seen(NON_ABORTIVE)
         try:
             if script is not None:
                 try:
@@ -134,15 +136,15 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return await self._abort(call, context, code, status or codes.grpc_status_for(code),
                                      script.abort_message or f"aborted with {codes.describe(code)}")
         # _FATAL: the handler raises while on the RPC thread; no Complete or Abort follows.
-        call.move("fatal", codes.RPC_S_CALL_FAILED, "UNKNOWN")
+        call.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
         raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
 
     def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest) -> pb.CallReply:
-        call.move("complete")
+        call.move(COMPLETE)
         payload = request.payload if script.echo else bytes(script.reply_bytes)
-        call.move("completed", codes.RPC_S_OK, "OK")
+        call.move(COMPLETED, server_end_code(COMPLETED), _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
@@ -150,11 +152,11 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
         """RpcAsyncAbortCall(code): D -> A -> End, the code travels in the trailers."""
-        call.move("abort", detail=f"code={code}")
-        call.move("aborted", code, status.name, message)
+        call.move(ABORT, detail=f"code={code}")
+        call.move(ABORTED, server_end_code(ABORTED, code), status.name, message)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
-        await context.abort(status, message, ((codes.CODE_KEY, str(code)),))
+        await context.abort(status, message, ((CODE_KEY, str(code)),))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
@@ -164,9 +166,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             if call.lifecycle.ended:   # ended, still sending its status
                 return pb.CancelReply(delivered=False, state=call.state)
             state = call.state
-            call.cancel_seen(NOTICE)
+            call.cancel_seen(NON_ABORTIVE)
             return pb.CancelReply(delivered=True, state=state)
-        known = self._recorder.journal.get(call_id)
+        known = self._journal.get(call_id)
         if known is not None or not call_id:
             return pb.CancelReply(delivered=False, state=known.state if known else "")
         # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch.
@@ -201,7 +203,7 @@ class EarlyNotices:
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == codes.CALL_ID_KEY:
+        if key == CALL_ID_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
 

@@ -10,21 +10,13 @@ from typing import AsyncIterator
 
 import grpc
 
-from callstate.statelog import Entry, format_ts
+from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.journal import CallRecord, Journal
 
 
 FOLLOW_BATCH = 4096
-
-
-def entry_to_proto(e: Entry) -> pb.StateEntry:
-    msg = pb.StateEntry(ts=format_ts(e.t), side=e.side, call_id=e.call_id, state=e.state, prev=e.prev or "",
-                        event=e.event, move=e.move or "", grpc_status=e.grpc_status or "", detail=e.detail or "")
-    if e.code is not None:
-        msg.code = e.code
-    return msg
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:

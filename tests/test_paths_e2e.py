@@ -86,7 +86,7 @@ def test_hold_then_abortive_cancel(shared_server: ServerProcess) -> None:
             assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
             entries = await shared_server.await_entries(call.call_id)
             seen = [e for e in entries if e["event"] == "cancel_seen"]
-            assert seen and seen[0]["detail"] == "abortive"    # the server observed the cancel
+            assert seen and seen[0]["cancel"] == "abortive"    # the server observed the cancel
             assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1818
     run(go())
 
@@ -108,7 +108,7 @@ def test_hold_then_non_abortive_cancel(shared_server: ServerProcess, on_cancel: 
                 assert len(reply.payload) == 5 and reply.cancel_seen   # the server's own answer arrived
             assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
             entries = await shared_server.await_entries(call.call_id)
-            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice"]
+            assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
             assert states(entries) == server_path
     run(go())
 
@@ -127,8 +127,8 @@ def test_non_abortive_cancel_escalates_after_its_timeout(shared_server: ServerPr
             assert 0.25 <= waited < 3, waited   # nothing came back before the escalation
             assert call.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
             entries = await shared_server.await_entries(
-                call.call_id, until=lambda es: [e["detail"] for e in es if e["event"] == "cancel_seen"] == ["notice", "abortive"])
-            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice", "abortive"]
+                call.call_id, until=lambda es: [e["cancel"] for e in es if e["event"] == "cancel_seen"] == ["non-abortive", "abortive"])
+            assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["non-abortive", "abortive"]
     run(go())
 
 
@@ -201,7 +201,7 @@ def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: Serve
                 call.complete()
             entries = await shared_server.await_entries(call.call_id)
             assert states(entries) == ["D", "A", "End"]
-            assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["abortive"]
+            assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["abortive"]
     run(go())
 
 
@@ -354,7 +354,7 @@ def test_a_cancel_notice_that_overtakes_its_call_is_kept_for_the_dispatch(shared
     ids = run(go())
     for call_id in ids:
         entries = shared_server.wait_entries(call_id)
-        assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["notice"], entries
+        assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"], entries
         assert states(entries) == ["D", "A", "End"]
     from tests.conftest import read_entries
     sent = [e["detail"] for e in read_entries(tmp_path / "c.jsonl") if e["event"] == "cancel_sent"]

@@ -127,7 +127,7 @@ def test_client_killed_with_sigkill_mid_call(server: ServerProcess, tmp_path: Pa
         proc.kill()
     for call_id in ids:
         entries = server.wait_entries(call_id)
-        assert [e["detail"] for e in entries if e["event"] == "cancel_seen"] == ["abortive"], entries
+        assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["abortive"], entries
         assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1818
     with grpc.insecure_channel(server.target) as channel:
         counters = pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=5)

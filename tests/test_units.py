@@ -12,7 +12,7 @@ import pytest
 
 from callstate import codes
 from callstate.client import CallError, CallPending, InvalidAsyncHandle
-from callstate.client.core import CallCore
+from callstate.client.call_core import CallCore
 from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
 from callstate.statelog import END, Entry, StateLog, format_ts, read_log
 from callstate.v1 import callstate_pb2 as pb

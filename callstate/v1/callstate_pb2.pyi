@@ -90,7 +90,7 @@ class CancelReply(_message.Message):
     def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
 
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class StateEntry(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
     call_id: str
@@ -111,7 +112,8 @@ class StateEntry(_message.Message):
     code: int
     grpc_status: str
     detail: str
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    cancel: str
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)

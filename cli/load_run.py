@@ -24,70 +24,26 @@ import grpc
 
 from callstate import codes
 from callstate.check import Checker, percentiles
+from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix, MixError
-from callstate.statelog import Entry, StateLog
+from callstate.lifecycle import ABORTIVE, DISPATCH, ENTER, END
+from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
+from callstate.script import ON_CANCEL, OUTCOMES
+from callstate.statelog import Entry, StateLog, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
-CANCEL_KINDS = ("abortive", "non-abortive")
-POINT_KINDS = ("before-start", "after-start", "after", "random", "held")
-
-
-@dataclass(frozen=True)
-class CancelPoint:
-    kind: str            # one of POINT_KINDS
-    seconds: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> "CancelPoint":
-        kind, _, arg = text.strip().partition(":")
-        if kind not in POINT_KINDS:
-            raise ValueError(f"cancel point {text!r}: expected one of before-start, after-start, after:SECONDS, "
-                             "random:MAX_SECONDS, held:SECONDS")
-        needs_arg = kind in ("after", "random", "held")
-        if needs_arg != bool(arg):
-            raise ValueError(f"cancel point {text!r}: {kind} {'needs' if needs_arg else 'takes no'} :SECONDS")
-        try:
-            seconds = float(arg) if arg else 0.0
-        except ValueError:
-            raise ValueError(f"cancel point {text!r}: {arg!r} is not a number of seconds") from None
-        if seconds < 0 or seconds > 3600:
-            raise ValueError(f"cancel point {text!r}: seconds must be in 0..3600")
-        return cls(kind, seconds)
-
-    def __str__(self) -> str:
-        return self.kind + (f":{self.seconds:g}" if self.kind in ("after", "random", "held") else "")
-
-
-def parse_cancel_shares(text: str) -> dict[str, float]:
-    """'abortive=30,non-abortive=20' -> shares in percent; the rest of the calls are not cancelled."""
-    if text.strip() in ("", "none"):
-        return {}
-    shares = Mix.parse(text, CANCEL_KINDS).weights
-    if sum(shares.values()) > 100:
-        raise MixError(f"cancel shares {text!r} add up to more than 100%")
-    return shares
-
-
 @dataclass
 class LoadConfig:
-    target: str = "127.0.0.1:50051"
+    target: str = DEFAULT_TARGET
     calls: int | None = None
     duration: float | None = None
     concurrency: int = 32
     rate: float | None = None
     channels: int = 1
-    mix: Mix = field(default_factory=lambda: Mix.parse("complete=60,abort=20,fatal=10,hold=10"))
-    cancel: dict[str, float] = field(default_factory=lambda: {"abortive": 20.0, "non-abortive": 10.0})
-    cancel_at: tuple[CancelPoint, ...] = (CancelPoint("before-start"), CancelPoint("after-start"),
-                                          CancelPoint("random", 0.005), CancelPoint("held", 0.005))
-    on_cancel: Mix = field(default_factory=lambda: Mix.parse("abort=70,complete=20,ignore=10", tuple(ON_CANCEL)))
-    escalate_after: float = 0.05
-    hold_for: float = 0.005
+    scenario: Scenario = field(default_factory=Scenario)
     delay: float = 0.0
     payload: int = 0
-    abort_code: int = DEFAULT_ABORT_CODE
     seed: int | None = None
     log_file: str | None = None
     verify: bool = True
@@ -95,14 +51,6 @@ class LoadConfig:
     settle: float = 15.0        # how long to wait for the server to end every call after the run
     timeout: float | None = None   # per-call gRPC deadline
     progress: bool = False
-
-
-@dataclass
-class Plan:
-    outcome: str
-    cancel: str | None          # None, "abortive", "non-abortive"
-    point: CancelPoint | None
-    on_cancel: str
 
 
 class _Sink:
@@ -153,25 +101,7 @@ class LoadRun:
 
     # -- planning -----------------------------------------------------------------------------
     def plan(self) -> Plan:
-        cfg, rng = self.cfg, self.rng
-        outcome = cfg.mix.draw(rng)
-        cancel: str | None = None
-        r = rng.random() * 100
-        for kind, share in cfg.cancel.items():
-            r -= share
-            if r < 0:
-                cancel = kind
-                break
-        point = rng.choice(cfg.cancel_at) if cancel else None
-        if point is not None and point.kind == "held":
-            outcome = "hold"
-        if outcome == "hold" and cancel is None:
-            # a held call ends only when cancelled: uncancelled ones get an abortive cancel
-            cancel, point = "abortive", CancelPoint("after", cfg.hold_for)
-        on_cancel = cfg.on_cancel.draw(rng)
-        if outcome == "hold" and on_cancel == "ignore":
-            on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
-        return Plan(outcome, cancel, point, on_cancel)
+        return self.cfg.scenario.plan(self.rng)
 
     def _script(self, plan: Plan) -> pb.Script:
         key = (plan.outcome, plan.on_cancel)
@@ -179,8 +109,8 @@ class LoadRun:
         if script is None:
             script = self._scripts[key] = pb.Script(
                 outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
-                outcome_delay_ms=0 if plan.outcome == "hold" else round(self.cfg.delay * 1000),
-                reply_bytes=self.cfg.payload, abort_code=self.cfg.abort_code if plan.outcome == "abort" else 0)
+                outcome_delay_ms=0 if script_holds(plan) else round(self.cfg.delay * 1000),
+                reply_bytes=self.cfg.payload, abort_code=self.cfg.scenario.abort_code if OUTCOMES[plan.outcome] == pb.OUTCOME_ABORT else 0)
         return script
 
     # -- one call ------------------------------------------------------------------------------
@@ -199,20 +129,20 @@ class LoadRun:
         self.paths[plan.outcome] += 1
         call = client.prepare(self._script(plan), payload=payload)
         self.ids.add(call.call_id)
-        abortive = plan.cancel == "abortive"
+        abortive = plan.cancel == ABORTIVE
         timer: asyncio.TimerHandle | None = None
         try:
             if plan.cancel:
                 self.paths[f"cancel-{plan.cancel}"] += 1
                 self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
             point = plan.point
-            if point is not None and point.kind == "before-start":
+            if point is not None and point.kind == BEFORE_START:
                 call.cancel(abortive)
             else:
                 call.start()
                 if point is not None:
-                    delay = point.seconds * (self.rng.random() if point.kind == "random" else 1.0)
-                    if point.kind == "after-start" or delay <= 0:
+                    delay = plan.delay(self.rng)
+                    if point.kind == AFTER_START or delay <= 0:
                         self._cancel(call, abortive)
                     else:
                         timer = loop.call_later(delay, self._cancel, call, abortive)
@@ -237,7 +167,7 @@ class LoadRun:
         if abortive:
             call.cancel()
         else:
-            call.cancel(abortive=False, timeout=self.cfg.escalate_after)
+            call.cancel(abortive=False, timeout=self.cfg.scenario.escalate_after)
 
     # -- driving -------------------------------------------------------------------------------
     def _more(self) -> bool:
@@ -313,17 +243,15 @@ class LoadRun:
         async for batch in stub.Follow(pb.WatchRequest()):
             subscribed.set()
             for e in batch.entries:
-                if e.state == "End" and e.event == "enter":
+                if e.state == END and e.event == ENTER:
                     if e.call_id in ids:
                         self._our_server_ends += 1
                     elif e.call_id == self._barrier_id and self._barrier is not None and not self._barrier.done():
                         self._barrier.set_result(None)
-                elif e.prev == "" and e.event == "enter" and e.call_id in ids:
+                elif e.move == DISPATCH and e.call_id in ids:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
-                    checker.add_values(e.side, e.call_id, e.state, e.prev or None, e.event, e.move or None,
-                                       e.code if e.HasField("code") else None, e.grpc_status or None,
-                                       e.detail or None, e.ts)
+                    checker.add(proto_to_dict(e))
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -419,9 +347,9 @@ class LoadRun:
             "target": self.cfg.target,
             "config": {
                 "calls": self.cfg.calls, "duration": self.cfg.duration, "concurrency": None if self.cfg.rate else self.cfg.concurrency,
-                "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.mix),
-                "cancel": self.cfg.cancel, "cancel_at": [str(p) for p in self.cfg.cancel_at],
-                "on_cancel": str(self.cfg.on_cancel), "escalate_after": self.cfg.escalate_after,
+                "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.scenario.mix),
+                "cancel": self.cfg.scenario.cancel, "cancel_at": [str(p) for p in self.cfg.scenario.cancel_at],
+                "on_cancel": str(self.cfg.scenario.on_cancel), "escalate_after": self.cfg.scenario.escalate_after,
                 "payload": self.cfg.payload, "seed": self.cfg.seed,
             },
             "calls": self.finished,
@@ -457,6 +385,10 @@ class LoadRun:
         else:
             report["check"] = {"ok": True, "skipped": True}
         return report
+
+
+def script_holds(plan: Plan) -> bool:
+    return OUTCOMES[plan.outcome] == pb.OUTCOME_HOLD
 
 
 def _error_text(task: asyncio.Task[None]) -> str:

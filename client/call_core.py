@@ -21,11 +21,13 @@ from typing import Any, Callable
 
 from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
-from callstate.lifecycle import Lifecycle, initial_move
+from callstate.lifecycle import (CALL, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
+                                 START_FAILED, STARTED, Lifecycle, cancel_kind, notifiable)
 from callstate.statelog import Entry, StateLog
 
 
 _LOG = logging.getLogger("callstate.client")
+_CANCELLED = codes.grpc_status_for(codes.RPC_S_CALL_CANCELLED).name
 
 
 class CallCore:
@@ -35,7 +37,7 @@ class CallCore:
     def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
         self.call_id = call_id
         self.owner = owner                 # the public call object handed to callbacks
-        self.lifecycle = Lifecycle("client")
+        self.lifecycle = Lifecycle(CLIENT)
         self.notified = False              # the notification reached the caller (in WComp)
         self._arrived = False              # the outcome is known (it may wait for WComp)
         self.code: int | None = None
@@ -49,22 +51,21 @@ class CallCore:
         self.after_callbacks: Callable[[], None] | None = None   # runs once the callbacks have
         self.t_start = time.time()
         if self._log is not None:
-            self._log.append(Entry(self.t_start, "client", call_id, self.lifecycle.state, None, "enter",
-                                   initial_move("client")))
+            self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER, CALL))
 
     # -- recording --------------------------------------------------------------------------
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
-              detail: str | None = None) -> None:
+              detail: str | None = None, cancel: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
         if self._log is not None:
-            self._log.append(Entry(time.time(), "client", self.call_id, state, prev, "enter", move, code,
-                                   grpc_status, detail))
+            self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
+                                   grpc_status, detail, cancel))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
         if self._log is not None and not self.lifecycle.ended:
             s = self.lifecycle.state
-            self._log.append(Entry(time.time(), "client", self.call_id, s, s, event, None, detail=detail))
+            self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail))
 
     @property
     def state(self) -> str:
@@ -76,19 +77,18 @@ class CallCore:
 
     # -- the caller's moves -----------------------------------------------------------------
     # The outcome of the gRPC call can arrive on another thread while the caller is still in
-    # C (before `started()`). It is held back and notified on entering WComp, where the table
-    # allows completing.
+    # C (before `started()`): `lifecycle.notifiable` says it is held until the caller enters WComp.
 
     def started(self) -> None:
         with self._lock:
-            self._move("started")
+            self._move(STARTED)
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
 
     def start_failed(self, code: int, details: str) -> CallError:
         """C -> End: making the call raised; no notification follows, nothing to complete."""
         with self._lock:
-            self._move("start_failed", code, None, details)
+            self._move(START_FAILED, code, None, details)
         return CallError(code, self.call_id, details=details)
 
     def cancel(self, abortive: bool, sent: bool) -> str:
@@ -99,19 +99,19 @@ class CallCore:
         with self._lock:
             if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
-            kind = "abortive" if abortive else "non-abortive"
-            self._move("cancel", detail=kind)
+            kind = cancel_kind(abortive)
+            self._move(CANCEL, cancel=kind)
             if self._arrived:
-                self._move("cancel_issued", detail="already notified")
+                self._move(CANCEL_ISSUED, detail="already notified")
                 action = "done"
             elif not sent:
-                self._move("cancel_issued", detail="before start")
+                self._move(CANCEL_ISSUED, detail="before start")
                 self._arrived = True
-                self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, "CANCELLED", "cancelled before start"
+                self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
                 action = "unsent"
             else:
                 self.abortive_cancel = self.abortive_cancel or abortive
-                self._move("cancel_issued", detail=kind)
+                self._move(CANCEL_ISSUED)
                 action = "act"
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
@@ -134,7 +134,7 @@ class CallCore:
 
     def _deliver_if_arrived(self) -> list[Callable[[Any], None]]:
         """(Under the lock.) Notify the caller if the outcome is in and the call is in WComp."""
-        if not self._arrived or self.notified or self.lifecycle.state != "WComp":
+        if not self._arrived or self.notified or not notifiable(self.lifecycle.state):
             return []
         self.notified = True
         callbacks, self._callbacks = self._callbacks, []
@@ -172,11 +172,11 @@ class CallCore:
             if self.lifecycle.ended:
                 raise InvalidAsyncHandle(self.call_id, "complete")
             if not self.notified:
-                self._event("complete_pending")
+                self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)
-            self._move("complete")
+            self._move(COMPLETE)
             code = self.code if self.code is not None else codes.RPC_S_CALL_FAILED
-            self._move("completed", code, self.grpc_status or None, self.details or None)
+            self._move(COMPLETED, code, self.grpc_status or None, self.details or None)
         if code != codes.RPC_S_OK:
             raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply

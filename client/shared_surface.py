@@ -1,25 +1,22 @@
-"""What the sync and asyncio clients share besides the lifecycle core."""
+"""What the sync and asyncio client surfaces share besides the sans-IO call core: the caller's
+moves over the core (`CallBase`), the client's bookkeeping (`ClientBase`), and the words the
+state log uses for a cancel notice's fate."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import grpc
 
 from callstate import codes
-from callstate.client.core import CallCore
+from callstate.client.call_core import CallCore
 from callstate.errors import CallError
-from callstate.lifecycle import LifecycleError
+from callstate.lifecycle import C, CANCEL_ESCALATED, LifecycleError
 from callstate.script import Script, ScriptError, validate
 from callstate.statelog import StateLog
+from callstate.wire import new_call_id
 from callstate.v1 import callstate_pb2 as pb
-
-
-def new_call_id() -> str:
-    """Client-chosen and unguessable: 128 random bits."""
-    return os.urandom(16).hex()
 
 
 def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str) -> pb.CallRequest:
@@ -27,12 +24,6 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str)
     if isinstance(script, Script):
         script = script.to_proto()
     return pb.CallRequest(call_id=call_id, script=script, payload=payload)
-
-
-def outcome_of_error(status: grpc.StatusCode | None, trailing: Iterable[tuple[str, str | bytes]] | None,
-                     details: str | None) -> tuple[int, str, str]:
-    """(MS-RPC code, gRPC status name, details) of a failed gRPC call."""
-    return codes.from_grpc(status, trailing), status.name if status is not None else "", details or ""
 
 
 def notice_outcome(reply: pb.CancelReply) -> str:
@@ -99,7 +90,7 @@ class CallBase:
     def start(self) -> Any:
         """C -> WComp: send the call; returns at once, like RpcAsyncCall.
         Raises CallError (C -> End, nothing to complete) when the call cannot be made."""
-        if self.state != "C":
+        if self.state != C:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
         if self._client.closed:
             raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
@@ -130,7 +121,7 @@ class CallBase:
     def _escalate(self, timeout: float) -> None:
         if self._core.outcome_known or self._core.lifecycle.ended:
             return
-        self._core.event("cancel_escalated", f"no answer {timeout:g}s after the cancel notice")
+        self._core.event(CANCEL_ESCALATED, f"no answer {timeout:g}s after the cancel notice")
         try:
             self.cancel(abortive=True)
         except (CallError, LifecycleError):
@@ -210,7 +201,8 @@ class ClientBase:
         call not yet completed is completed on the caller's behalf, so each reaches End in the
         log before the log closes (a later complete() answers 1914)."""
         for call in list(self._live):
-            call._core.notify(codes.RPC_S_SERVER_UNAVAILABLE, None, "CANCELLED", "the client was closed")
+            code, status, details = codes.client_outcome(None, None, None, cancelled_here=True)
+            call._core.notify(code, None, status, details)
             call._complete_quietly()
         self._live.clear()
 

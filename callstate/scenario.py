@@ -1,0 +1,124 @@
+"""Load scenarios as data: which calls are cancelled, how, and at which point.
+
+Pure: the load generator (`callstate load`) and the Locust user draw their plans
+from the same `Scenario`, so one set of options means the same run in both.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Final
+
+from callstate.lifecycle import ABORTIVE, CANCEL_KINDS
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError
+
+# Where a cancelled call is cancelled.
+BEFORE_START: Final = "before-start"   # in state C: the call never goes out
+AFTER_START: Final = "after-start"     # right after the call is made
+AFTER: Final = "after"                 # after a fixed delay
+RANDOM: Final = "random"               # after a uniformly random delay up to SECONDS
+HELD: Final = "held"                   # script the call to hold, cancel it after SECONDS
+POINT_KINDS: Final[tuple[str, ...]] = (BEFORE_START, AFTER_START, AFTER, RANDOM, HELD)
+_TIMED: Final = (AFTER, RANDOM, HELD)
+
+HOLD: Final = "hold"           # the outcome name a held point forces
+IGNORE: Final = "ignore"       # the on-cancel policy a held call may not draw
+
+
+@dataclass(frozen=True)
+class CancelPoint:
+    kind: str            # one of POINT_KINDS
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "CancelPoint":
+        kind, _, arg = text.strip().partition(":")
+        if kind not in POINT_KINDS:
+            raise ValueError(f"cancel point {text!r}: expected one of before-start, after-start, after:SECONDS, "
+                             "random:MAX_SECONDS, held:SECONDS")
+        needs_arg = kind in _TIMED
+        if needs_arg != bool(arg):
+            raise ValueError(f"cancel point {text!r}: {kind} {'needs' if needs_arg else 'takes no'} :SECONDS")
+        try:
+            seconds = float(arg) if arg else 0.0
+        except ValueError:
+            raise ValueError(f"cancel point {text!r}: {arg!r} is not a number of seconds") from None
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"cancel point {text!r}: seconds must be in 0..3600")
+        return cls(kind, seconds)
+
+    def __str__(self) -> str:
+        return self.kind + (f":{self.seconds:g}" if self.kind in _TIMED else "")
+
+
+def parse_cancel_points(text: str) -> tuple[CancelPoint, ...]:
+    points = tuple(CancelPoint.parse(part) for part in text.split(",") if part.strip())
+    if not points:
+        raise ValueError("needs at least one cancel point")
+    return points
+
+
+def parse_cancel_shares(text: str) -> dict[str, float]:
+    """'abortive=30,non-abortive=20' -> shares in percent; the rest of the calls are not cancelled."""
+    if text.strip() in ("", "none"):
+        return {}
+    shares = Mix.parse(text, CANCEL_KINDS).weights
+    if sum(shares.values()) > 100:
+        raise MixError(f"cancel shares {text!r} add up to more than 100%")
+    return shares
+
+
+DEFAULT_MIX: Final = "complete=60,abort=20,fatal=10,hold=10"
+DEFAULT_CANCEL: Final = "abortive=20,non-abortive=10"
+DEFAULT_CANCEL_AT: Final = "before-start,after-start,random:0.005,held:0.005"
+DEFAULT_ON_CANCEL: Final = "abort=70,complete=20,ignore=10"
+
+
+@dataclass
+class Plan:
+    """One call's draw."""
+
+    outcome: str
+    cancel: str | None          # None or a cancel kind
+    point: CancelPoint | None
+    on_cancel: str
+
+    def delay(self, rng: random.Random) -> float:
+        """Seconds from start to the cancel (0: at once)."""
+        if self.point is None or self.point.kind in (BEFORE_START, AFTER_START):
+            return 0.0
+        return self.point.seconds * (rng.random() if self.point.kind == RANDOM else 1.0)
+
+
+@dataclass
+class Scenario:
+    """What a load run draws each call from."""
+
+    mix: Mix = field(default_factory=lambda: Mix.parse(DEFAULT_MIX))
+    cancel: dict[str, float] = field(default_factory=lambda: parse_cancel_shares(DEFAULT_CANCEL))
+    cancel_at: tuple[CancelPoint, ...] = field(default_factory=lambda: parse_cancel_points(DEFAULT_CANCEL_AT))
+    on_cancel: Mix = field(default_factory=lambda: Mix.parse(DEFAULT_ON_CANCEL, tuple(ON_CANCEL)))
+    hold_for: float = 0.005       # uncancelled held calls get an abortive cancel after this long
+    escalate_after: float = 0.05  # a non-abortive cancel escalates after this long unanswered
+    abort_code: int = DEFAULT_ABORT_CODE
+
+    def plan(self, rng: random.Random) -> Plan:
+        outcome = self.mix.draw(rng)
+        cancel: str | None = None
+        r = rng.random() * 100
+        for kind, share in self.cancel.items():
+            r -= share
+            if r < 0:
+                cancel = kind
+                break
+        point = rng.choice(self.cancel_at) if cancel else None
+        if point is not None and point.kind == HELD:
+            outcome = HOLD
+        if outcome == HOLD and cancel is None:
+            # a held call ends only when cancelled: uncancelled ones get an abortive cancel
+            cancel, point = ABORTIVE, CancelPoint(AFTER, self.hold_for)
+        on_cancel = self.on_cancel.draw(rng)
+        if outcome == HOLD and on_cancel == IGNORE:
+            on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
+        return Plan(outcome, cancel, point, on_cancel)

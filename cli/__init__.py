@@ -1,0 +1,37 @@
+"""`callstate`: the command-line applications, one module per command.
+
+Each command module has `add_parser(subparsers)` and `run(options) -> exit status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from callstate import __version__
+from callstate.cli import call, check, health, load, serve, watch
+from callstate.cli.options import epilog, para
+
+COMMANDS = (serve, call, watch, health, load, check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callstate",
+        description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
+                         "scripted calls, a load generator and a checker for both sides' state logs."),
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"callstate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub).set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    try:
+        return int(opts.run(opts) or 0)
+    except KeyboardInterrupt:
+        return 130

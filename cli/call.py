@@ -1,0 +1,118 @@
+"""`callstate call`: one scripted call, printing each client state as it is entered."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from callstate import codes
+from callstate.cli.options import add_target, epilog, non_negative_float, para, positive_float
+from callstate.lifecycle import WCOMP
+from callstate.script import ON_CANCEL, OUTCOMES, Script
+
+_SCRIPT = Script()
+
+EXAMPLES = """
+examples:
+  callstate call --outcome complete --reply-bytes 64
+  callstate call --outcome abort --code 5001                       # the exact code reaches the client
+  callstate call --outcome fatal                                   # 1726 RPC_S_CALL_FAILED
+  callstate call --outcome hold --cancel-after 0.2                 # abortive cancel: 1818
+  callstate call --outcome hold --cancel-after 0.2 --non-abortive --on-cancel complete   # reply arrives: 0
+  callstate call --outcome hold --on-cancel ignore --cancel-after 0.2 --non-abortive --escalate-after 0.5
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("call", help="make one scripted call, printing each client state as it is entered",
+                       description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
+                                        "End) as it is entered, then the final code. Exit status 0 only for 0 "
+                                        "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
+                       epilog=epilog() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target(p)
+    p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
+                   help="what the server's handler does (default: %(default)s)")
+    p.add_argument("--dispatch-delay", type=float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
+                   help="delay before the handler processes the call (a negative one is sent as it is: "
+                        "the client refuses it, C -> End, 87)")
+    p.add_argument("--delay", type=non_negative_float, default=_SCRIPT.outcome_delay, metavar="SECONDS",
+                   help="processing time before the outcome")
+    p.add_argument("--reply-bytes", type=int, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
+    p.add_argument("--payload", default="", help="request payload (text); with --echo it comes back")
+    p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
+    p.add_argument("--code", type=int, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
+    p.add_argument("--grpc-status", type=int, default=_SCRIPT.abort_status, metavar="N",
+                   help="abort: gRPC status code to send it with (default: ABORTED)")
+    p.add_argument("--message", default="", help="abort: status message; fatal: exception text")
+    p.add_argument("--on-cancel", choices=list(ON_CANCEL), default=_SCRIPT.on_cancel,
+                   help="what the handler does when it sees a cancel (default: %(default)s)")
+    p.add_argument("--cancel-after", type=non_negative_float, metavar="SECONDS",
+                   help="cancel the call this long after starting it (if not yet notified)")
+    p.add_argument("--cancel-before-start", action="store_true", help="cancel in state C: the call never goes out")
+    p.add_argument("--non-abortive", action="store_true",
+                   help="cancel with a notice to the server and keep waiting for its answer (default: abortive)")
+    p.add_argument("--escalate-after", type=positive_float, metavar="SECONDS",
+                   help="with --non-abortive: escalate to an abortive cancel after this long without an answer")
+    p.add_argument("--json", action="store_true", help="print state entries as JSON lines")
+    p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
+    return p
+
+
+def run(opts: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_call(opts))
+    except OSError as exc:   # e.g. --log-file in a folder that does not exist
+        print(f"callstate call: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _call(opts: argparse.Namespace) -> int:
+    from callstate.cli.terminal import PrintSink
+    from callstate.client import AsyncClient, CallError
+    from callstate.statelog import StateLog
+
+    script = Script(outcome=opts.outcome, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
+                    reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,
+                    abort_message=opts.message if opts.outcome == "abort" else "",
+                    fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
+    sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
+    try:
+        call = client.prepare(script, payload=opts.payload.encode())
+        abortive = not opts.non_abortive
+        if opts.cancel_before_start:
+            call.cancel(abortive=abortive)
+        else:
+            try:
+                call.start()
+            except CallError as err:
+                print(f"call not made: {err}", file=sys.stderr)
+                return 1
+            # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _cancel_if_pending, call, True, None)
+            if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
+                _cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
+        try:
+            reply = await call
+        except CallError as err:
+            _final(err.code, err.details)
+            return 1
+        _final(codes.RPC_S_OK, f"reply of {len(reply.payload)} bytes" + (", cancel seen by the server" if reply.cancel_seen else ""))
+        return 0
+    finally:
+        await client.close()
+        sink.close()
+
+
+def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+    """Cancel unless the call is already notified or cancelled (by a signal, say)."""
+    if not call.done() and call.state == WCOMP:
+        call.cancel(abortive=abortive, timeout=timeout)
+
+
+def _final(code: int, details: str) -> None:
+    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)

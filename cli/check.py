@@ -1,0 +1,36 @@
+"""`callstate check`: verify both sides' state logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from callstate.cli.options import para
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("check", help="verify client and server state logs (the lifecycle invariants)",
+                       description=para("Read client and server JSON-lines state logs (any number, any order), join "
+                                        "them by call id and verify: legal transitions on each side (the same tables "
+                                        "the server and client use), End exactly once and nothing after it, each "
+                                        "side's final code fits its own path, and the client's final code agrees "
+                                        "with the server's outcome. Exit status 1 on any violation, 2 when a file "
+                                        "cannot be read."))
+    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def run(opts: argparse.Namespace) -> int:
+    import orjson
+
+    from callstate.check import check_files
+    from callstate.statelog import LogFormatError
+
+    try:
+        report = check_files(opts.logs)
+    except (OSError, LogFormatError) as exc:
+        print(f"callstate check: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    return 0 if report.ok else 1

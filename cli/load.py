@@ -1,0 +1,122 @@
+"""`callstate load`: load-test the cancellation paths and check both sides of every call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from callstate.cli.load_run import LoadConfig
+from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
+                                   on_cancel_mix, outcome_mix, para, positive_float, positive_int)
+from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
+                                Scenario)
+
+_LOAD, _SCENARIO = LoadConfig(), Scenario()
+DEFAULT_CALLS = 1000
+
+EPILOG = """\
+cancel points (--cancel-at, comma-separated; each cancelled call picks one at random):
+  before-start      cancel in state C: the call never goes out
+  after-start       cancel right after the call is made
+  after:SECONDS     cancel after a fixed delay (if not yet notified)
+  random:SECONDS    cancel after a uniformly random delay up to SECONDS
+  held:SECONDS      script the call to hold, cancel it after SECONDS
+Held calls that are not in the cancelled share get an abortive cancel after --hold-for.
+
+examples:
+  callstate load --calls 5000 --concurrency 64
+  callstate load --duration 30 --rate 2000 --cancel abortive=40,non-abortive=30 --report report.json
+  callstate load --calls 20000 --mix complete=100 --cancel none     # plain throughput
+"""
+assert all(kind in EPILOG for kind in POINT_KINDS)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("load", help="load-test the cancellation paths and verify both sides' lifecycles",
+                       description=para("Drive many scripted calls against a server: a mix of outcomes, a share of "
+                                        "them cancelled (abortive or non-abortive) at chosen points. While it runs, "
+                                        "the server's journal is followed; at the end both sides' entries are "
+                                        "checked with the same rules as `callstate check`, including the server's "
+                                        "in-flight count back at zero. Prints calls/s, latency percentiles per final "
+                                        "code, counts per path and the cancel propagation time (client cancel -> "
+                                        "server sees it). Exit status 1 when an invariant fails, 2 for bad usage or "
+                                        "an unreachable server."),
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target(p)
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--calls", type=non_negative_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
+    stop.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--concurrency", type=positive_int, default=_LOAD.concurrency, metavar="N",
+                      help="closed loop: N calls in flight at all times (default: %(default)s)")
+    pace.add_argument("--rate", type=positive_float, metavar="CALLS_PER_S",
+                      help="open loop: start calls at this rate whatever the latency")
+    p.add_argument("--channels", type=positive_int, default=_LOAD.channels, metavar="N",
+                   help="gRPC channels (connections) to spread calls over (default: %(default)s)")
+    p.add_argument("--mix", type=outcome_mix, default=outcome_mix(DEFAULT_MIX), metavar="MIX",
+                   help=f"outcome weights (default: {DEFAULT_MIX})")
+    p.add_argument("--cancel", type=cancel_shares, default=cancel_shares(DEFAULT_CANCEL), metavar="SHARES",
+                   help=f"percent of calls cancelled by kind, e.g. abortive=30,non-abortive=20, or none "
+                        f"(default: {DEFAULT_CANCEL})")
+    p.add_argument("--cancel-at", type=cancel_points, default=cancel_points(DEFAULT_CANCEL_AT), metavar="POINTS",
+                   help=f"where cancels happen (default: {DEFAULT_CANCEL_AT})")
+    p.add_argument("--on-cancel", type=on_cancel_mix, default=on_cancel_mix(DEFAULT_ON_CANCEL), metavar="MIX",
+                   help=f"what the server does on a cancel, as weights (default: {DEFAULT_ON_CANCEL})")
+    p.add_argument("--escalate-after", type=positive_float, default=_SCENARIO.escalate_after, metavar="SECONDS",
+                   help="a non-abortive cancel escalates to abortive after this long without an answer "
+                        "(default: %(default)s)")
+    p.add_argument("--hold-for", type=positive_float, default=_SCENARIO.hold_for, metavar="SECONDS",
+                   help="uncancelled held calls are cancelled abortively after this long (default: %(default)s)")
+    p.add_argument("--delay", type=non_negative_float, default=_LOAD.delay, metavar="SECONDS",
+                   help="server processing time before complete/abort/fatal (default: %(default)s)")
+    p.add_argument("--payload", type=non_negative_int, default=_LOAD.payload, metavar="BYTES",
+                   help="request payload and reply size (default: %(default)s)")
+    p.add_argument("--abort-code", type=int, default=_SCENARIO.abort_code, metavar="CODE",
+                   help="exception code of aborts (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
+    p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    p.add_argument("--log-file", metavar="PATH", help="write the client's state log (JSON lines)")
+    p.add_argument("--no-verify", action="store_true", help="do not follow the server's journal or check invariants")
+    p.add_argument("--max-in-flight", type=positive_int, default=_LOAD.max_in_flight, metavar="N",
+                   help="open loop: never more than N calls in flight; starts beyond it are skipped and reported "
+                        "(default: %(default)s)")
+    p.add_argument("--settle", type=non_negative_float, default=_LOAD.settle, metavar="SECONDS",
+                   help="after the run, how long to wait for the server to end every call (default: %(default)s)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="live progress line on stderr (default: only on a terminal)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    return p
+
+
+def run(opts: argparse.Namespace) -> int:
+    import orjson
+
+    from callstate.cli.load_run import LoadRun, summary
+
+    scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
+                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code)
+    config = LoadConfig(
+        target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
+        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
+        scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
+        log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
+        timeout=opts.timeout,
+        progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
+    try:
+        if opts.report:   # fail now, not after the run, when the report cannot be written
+            open(opts.report, "ab").close()
+        load_run = LoadRun(config)
+    except OSError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(load_run.run())
+    except ConnectionError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    if opts.report:
+        with open(opts.report, "wb") as f:
+            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report))
+    return 0 if report["check"]["ok"] else 1
