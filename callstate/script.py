@@ -87,6 +87,7 @@ class Script:
     abort_message: str = ""
     fatal_message: str = ""
     on_cancel: OnCancelName = "abort"
+    headers_first: bool = False    # send initial metadata before the outcome (no trailers-only response)
 
     def to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:
@@ -104,6 +105,7 @@ class Script:
             abort_message=self.abort_message,
             fatal_message=self.fatal_message,
             on_cancel=ON_CANCEL[self.on_cancel],
+            headers_first=self.headers_first,
         )
 
 

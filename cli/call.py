@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--grpc-status", type=int, default=_SCRIPT.abort_status, metavar="N",
                    help="abort: gRPC status code to send it with (default: ABORTED)")
     p.add_argument("--message", default="", help="abort: status message; fatal: exception text")
+    p.add_argument("--headers-first", action="store_true",
+                   help="the handler sends initial metadata before its outcome (no trailers-only response)")
     p.add_argument("--on-cancel", choices=list(ON_CANCEL), default=_SCRIPT.on_cancel,
                    help="what the handler does when it sees a cancel (default: %(default)s)")
     p.add_argument("--cancel-after", type=non_negative_float, metavar="SECONDS",
@@ -76,7 +78,8 @@ async def _call(opts: argparse.Namespace) -> int:
     script = Script(outcome=opts.outcome, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                     reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,
                     abort_message=opts.message if opts.outcome == "abort" else "",
-                    fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
+                    fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
+                    headers_first=opts.headers_first)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
     try:

@@ -34,7 +34,8 @@ class ServerCall:
     __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_rec", "_journal",
                  "_log")
 
-    def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "") -> None:
+    def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
+                 detail: str | None = None) -> None:
         self.call_id = call_id
         self.lifecycle = Lifecycle(SERVER, keep_history=False)   # the journal keeps the history
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
@@ -44,7 +45,7 @@ class ServerCall:
         self._journal = journal
         self._log = log_append
         self._rec = journal.open(call_id, outcome)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None)))
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, detail, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)

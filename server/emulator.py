@@ -25,7 +25,7 @@ from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_
 from callstate.statelog import Entry
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
-from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
@@ -75,7 +75,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
         call_id = request.call_id or _call_id_from_metadata(context)
-        if not call_id:
+        headers_sent = not call_id
+        if headers_sent:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
         if call_id in self.live:
@@ -83,7 +84,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
-        call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"))
+        call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
+                          _deadline_detail(context))
         self.live[call_id] = call
         if self._early_notices and self._early_notices.take(call_id):
             call.cancel_seen(NON_ABORTIVE)
@@ -101,6 +103,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             if self.stopping:
                 return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                          "server is shutting down")
+            if script.headers_first and not headers_sent:   # the outcome then follows headers, not trailers-only
+                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
             return await self._run(call, script, outcome, request, context)
         except BaseException as exc:
             if not call.lifecycle.ended:
@@ -207,3 +211,9 @@ def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
             return value if isinstance(value, str) else value.decode()
     return ""
 
+
+def _deadline_detail(context: grpc.aio.ServicerContext) -> str | None:
+    """The dispatch entry records the caller's deadline as it arrived (grpc-timeout), so a
+    log shows whether a proxy on the way passed it on."""
+    remaining = context.time_remaining()
+    return None if remaining is None else f"{DEADLINE_DETAIL}{remaining * 1000:.0f}ms"

@@ -32,7 +32,7 @@ ON_CANCEL_COMPLETE: OnCancel
 ON_CANCEL_IGNORE: OnCancel
 
 class Script(_message.Message):
-    __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
+    __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel", "headers_first")
     DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Script(_message.Message):
     ABORT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIRST_FIELD_NUMBER: _ClassVar[int]
     dispatch_delay_ms: int
     outcome: Outcome
     outcome_delay_ms: int
@@ -53,7 +54,8 @@ class Script(_message.Message):
     abort_message: str
     fatal_message: str
     on_cancel: OnCancel
-    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
+    headers_first: bool
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ..., headers_first: _Optional[bool] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("call_id", "script", "payload")

@@ -1,0 +1,120 @@
+"""The server's side of the conformance battery: its journal, read straight from the server.
+
+Calls go through the proxy under test, but what the server saw is read from the server
+itself (Journal/Follow), so a proxy cannot hide a cancel it dropped. Only the calls the
+battery registered are kept; every wait on them is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Iterable
+
+import grpc
+
+from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER
+from callstate.statelog import parse_ts, proto_to_dict
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+Entries = list[dict[str, Any]]
+
+
+def dispatched(entries: Entries) -> bool:
+    return any(e["state"] == D and e.get("move") == DISPATCH for e in entries)
+
+
+def ended(entries: Entries) -> bool:
+    return any(e["state"] == END and e["event"] == ENTER for e in entries)
+
+
+def first(entries: Entries, event: str = ENTER, state: str | None = None) -> dict[str, Any] | None:
+    return next((e for e in entries if e["event"] == event and (state is None or e["state"] == state)), None)
+
+
+def cancel_seen_at(entries: Entries) -> float | None:
+    """When the server first saw a cancel (epoch seconds), or None."""
+    e = first(entries, CANCEL_SEEN)
+    return parse_ts(e["ts"]) if e else None
+
+
+def final(entries: Entries) -> dict[str, Any] | None:
+    return first(entries, ENTER, END)
+
+
+class ServerJournal:
+    """Follows one server's journal; `watch` a call id before starting the call."""
+
+    def __init__(self, channel: grpc.aio.Channel, target: str) -> None:
+        self.target = target
+        self._stub = pb_grpc.JournalStub(channel)
+        self._entries: dict[str, Entries] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.lost = ""
+
+    async def start(self, timeout: float) -> None:
+        """Subscribe; ConnectionError naming the server when it does not answer as a callstate server."""
+        subscribed = asyncio.Event()
+        self.lost = ""
+        self._task = asyncio.ensure_future(self._follow(subscribed))
+        waiter = asyncio.ensure_future(subscribed.wait())
+        await asyncio.wait({self._task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not subscribed.is_set():
+            why = "no answer" if not self._task.done() else self.lost or "the stream ended"
+            self._task.cancel()
+            raise ConnectionError(f"{self.target} did not open its journal (callstate.v1.Journal/Follow): "
+                                  f"is it a callstate server? ({why})")
+
+    async def _follow(self, subscribed: asyncio.Event) -> None:
+        try:
+            async for batch in self._stub.Follow(pb.WatchRequest()):
+                subscribed.set()
+                kept = False
+                for e in batch.entries:
+                    entries = self._entries.get(e.call_id)
+                    if entries is not None:
+                        entries.append(proto_to_dict(e))
+                        kept = True
+                if kept:
+                    self._changed.set()
+            self.lost = "the server closed its journal stream"
+        except grpc.aio.AioRpcError as err:
+            self.lost = f"the journal stream broke: {err.code().name}: {err.details()}"
+        self._changed.set()
+
+    def watch(self, call_id: str) -> None:
+        self._entries.setdefault(call_id, [])
+
+    def entries(self, call_id: str) -> Entries:
+        return self._entries.get(call_id, [])
+
+    def all_entries(self) -> Iterable[dict[str, Any]]:
+        for entries in self._entries.values():
+            yield from entries
+
+    async def wait(self, call_ids: Iterable[str], until: Callable[[Entries], bool], timeout: float) -> bool:
+        """True once `until` holds for every call, False when `timeout` passes first."""
+        ids = list(call_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(until(self.entries(i)) for i in ids):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass

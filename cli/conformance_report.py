@@ -1,0 +1,64 @@
+"""The conformance results as a terminal table, a JSON report and JUnit XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from callstate.cli.conformance_properties import PROPERTIES, Row
+
+DIRECT, PROXY = "direct", "proxy"
+
+
+def failed(rows: dict[str, list[Row]]) -> list[tuple[str, Row]]:
+    return [(path, row) for path, path_rows in rows.items() for row in path_rows if row.ok is False]
+
+
+def table(rows: dict[str, list[Row]], proxy: str, server: str) -> str:
+    by_path = {path: {r.prop: r for r in path_rows} for path, path_rows in rows.items()}
+    props = [p for p in PROPERTIES if any(p in by_path[path] for path in by_path)]
+
+    def cell(path: str, prop: str) -> str:
+        row = by_path.get(path, {}).get(prop)
+        return "" if row is None else f"{row.verdict:<4}  {row.figures}".rstrip()
+    heads = {DIRECT: f"direct to {server}", PROXY: f"through {proxy}"}
+    width = max(len(p) for p in props)
+    col = max([len(heads[DIRECT])] + [len(cell(DIRECT, p)) for p in props])
+    lines = [f"{'property':<{width}}  {heads[DIRECT]:<{col}}  {heads[PROXY]}"]
+    lines += [f"{p:<{width}}  {cell(DIRECT, p):<{col}}  {cell(PROXY, p)}" for p in props]
+    notes = [f"{row.verdict} {row.prop} ({heads[path]}): {row.note}" for path, path_rows in rows.items()
+             for row in path_rows if row.note and row.ok is not True]
+    bad = failed(rows)
+    if bad:
+        names = ", ".join(dict.fromkeys(f"{row.prop}" + (" (direct)" if path == DIRECT else "") for path, row in bad))
+        notes.append(f"conformance: FAILED — {names}")
+    else:
+        notes.append("conformance: OK — every property holds through the proxy")
+    return "\n".join(lines + [""] + notes)
+
+
+def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
+            seconds: float) -> dict[str, Any]:
+    return {"proxy": proxy, "server": server, "ok": not failed(rows), "seconds": round(seconds, 2),
+            "config": config, "properties": PROPERTIES,
+            "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],
+            "rows": {path: [row.to_json() for row in path_rows] for path, path_rows in rows.items()}}
+
+
+def junit_xml(rows: dict[str, list[Row]], proxy: str, server: str, seconds: float) -> bytes:
+    """One test suite per path, one test case per property: CI systems show each one."""
+    suites = ET.Element("testsuites", name="callstate conformance", time=f"{seconds:.2f}")
+    for path, path_rows in rows.items():
+        suite = ET.SubElement(suites, "testsuite", name=f"conformance.{path}",
+                              tests=str(len(path_rows)), failures=str(sum(r.ok is False for r in path_rows)),
+                              skipped=str(sum(r.ok is None for r in path_rows)))
+        ET.SubElement(ET.SubElement(suite, "properties"), "property", name="target",
+                      value=proxy if path == PROXY else server)
+        for row in path_rows:
+            case = ET.SubElement(suite, "testcase", classname=f"conformance.{path}", name=row.prop)
+            ET.SubElement(case, "system-out").text = f"{PROPERTIES[row.prop]}\n{row.figures}"
+            if row.ok is False:
+                ET.SubElement(case, "failure", message=row.note or row.figures).text = row.figures
+            elif row.ok is None:
+                ET.SubElement(case, "skipped", message=row.note)
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,192 @@
+"""Middleboxes for the conformance tests: real proxies (nginx, HAProxy) each run as their own
+process from a config the test writes, and deliberately broken TCP relays run in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} http2;       # h2c: gRPC without TLS
+        client_max_body_size 0;              # gRPC messages up to 4 MiB (nginx's default limit is 1 MiB)
+        grpc_buffer_size 16k;                # a response header block (status message) over 4 KiB
+        location / {{
+            grpc_pass grpc://127.0.0.1:{upstream};
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CONF = """\
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend grpc_in
+    bind 127.0.0.1:{port} proto h2
+    default_backend callstate
+backend callstate
+    server emulator 127.0.0.1:{upstream} proto h2
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+            time.sleep(0.05)
+
+
+class ProxyProcess:
+    """nginx or HAProxy in the foreground as a child process, stopped by its PID."""
+
+    def __init__(self, argv: list[str], port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+        try:
+            wait_listening(port, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"{argv[0]} did not start: {log.read_text(errors='replace')[-2000:]}") from None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def nginx_conf(tmp: Path, port: int, upstream: int) -> Path:
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp / name).mkdir(mode=0o777, exist_ok=True)
+        (tmp / name).chmod(0o777)   # workers run as nobody when nginx starts as root
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream=upstream))
+    return conf
+
+
+def start_nginx(tmp: Path, port: int, upstream: int) -> ProxyProcess:
+    conf = nginx_conf(tmp, port, upstream)
+    return ProxyProcess([shutil.which("nginx") or "nginx", "-c", str(conf), "-p", str(tmp), "-e",
+                         str(tmp / "nginx-error.log")], port, tmp / "nginx-stderr.log")
+
+
+def start_haproxy(tmp: Path, port: int, upstream: int) -> ProxyProcess:
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, upstream=upstream))
+    return ProxyProcess([shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)], port, tmp / "haproxy.log")
+
+
+class BrokenRelay:
+    """A TCP relay to 127.0.0.1:`upstream` that misbehaves on purpose: `cut_after` closes every
+    connection that many seconds after it opened; `delay` holds every chunk that long, each
+    way (order kept)."""
+
+    def __init__(self, upstream: int, *, cut_after: float | None = None, delay: float = 0.0) -> None:
+        self.upstream, self.cut_after, self.delay = upstream, cut_after, delay
+        self.port = 0
+        self.cuts = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the relay did not start")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.close()
+            return
+        pumps = [asyncio.ensure_future(self._pump(reader, up_writer)),
+                 asyncio.ensure_future(self._pump(up_reader, writer))]
+        _, pending = await asyncio.wait(pumps, timeout=self.cut_after, return_when=asyncio.FIRST_COMPLETED)
+        if self.cut_after is not None and len(pending) == 2:
+            self.cuts += 1
+        for task in pumps:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.delay:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            return
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def later() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    return
+                writer.write(data)
+                await writer.drain()
+        sender = asyncio.ensure_future(later())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + self.delay, data))
+            queue.put_nowait((loop.time() + self.delay, b""))   # EOF, after what is still delayed
+            await sender
+        finally:
+            sender.cancel()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
