@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+# The http block around a server block (the README's, under "Test your gateway"): every
+# path nginx writes is in the test's folder, and it stays in the foreground.
 NGINX_CONF = """\
 daemon off;
 worker_processes 1;
@@ -24,16 +26,18 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} http2;       # h2c: gRPC without TLS
-        client_max_body_size 0;              # gRPC messages up to 4 MiB (nginx's default limit is 1 MiB)
-        grpc_buffer_size 16k;                # a response header block (status message) over 4 KiB
-        location / {{
-            grpc_pass grpc://127.0.0.1:{upstream};
-        }}
-    }}
+{server}
 }}
 """
+README_PORTS = (8080, 50051)   # the proxy's and the server's port in the README's examples
+
+
+def readme_nginx_server() -> str:
+    """The nginx server block the README shows."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```nginx\n") + len("```nginx\n")
+    return readme[start:readme.index("```", start)]
+
 
 HAPROXY_CONF = """\
 defaults
@@ -93,17 +97,20 @@ class ProxyProcess:
                 self.proc.wait(5)
 
 
-def nginx_conf(tmp: Path, port: int, upstream: int) -> Path:
+def nginx_conf(tmp: Path, port: int, upstream: int, server_block: str | None = None) -> Path:
+    """nginx.conf for the README's server block (or `server_block`), on `port` to `upstream`."""
+    block = server_block if server_block is not None else readme_nginx_server()
+    block = block.replace(f":{README_PORTS[0]} ", f":{port} ").replace(f":{README_PORTS[1]};", f":{upstream};")
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp / name).mkdir(mode=0o777, exist_ok=True)
+        (tmp / name).mkdir(exist_ok=True)
         (tmp / name).chmod(0o777)   # workers run as nobody when nginx starts as root
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream=upstream))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, server=block))
     return conf
 
 
-def start_nginx(tmp: Path, port: int, upstream: int) -> ProxyProcess:
-    conf = nginx_conf(tmp, port, upstream)
+def start_nginx(tmp: Path, port: int, upstream: int, server_block: str | None = None) -> ProxyProcess:
+    conf = nginx_conf(tmp, port, upstream, server_block)
     return ProxyProcess([shutil.which("nginx") or "nginx", "-c", str(conf), "-p", str(tmp), "-e",
                          str(tmp / "nginx-error.log")], port, tmp / "nginx-stderr.log")
 

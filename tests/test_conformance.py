@@ -1,0 +1,210 @@
+"""`callstate conformance` through real proxies (nginx, HAProxy) and deliberately broken relays."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+import orjson
+import pytest
+
+from callstate.cli.conformance_properties import (CANCEL_ABORTIVE, GRACEFUL_STOP, HELD, LARGE_METADATA,
+                                                  PROPERTIES)
+from callstate.lifecycle import D, DISPATCH
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
+from tests.conftest import ServerProcess, cli
+from tests.middleboxes import (BrokenRelay, ProxyProcess, free_port, readme_nginx_server, start_haproxy,
+                               start_nginx)
+
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
+                                 reason="nginx is not installed (tools/system-deps.sh installs it)")
+needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
+                                   reason="haproxy is not installed (tools/system-deps.sh installs it)")
+
+# Short settings for the runs that only need to show one row failing.
+QUICK = ("--calls", "2", "--hold-seconds", "1", "--streams", "10", "--max-bytes", "65536")
+
+
+def verdicts(report: Path, path: str) -> dict[str, str]:
+    data = orjson.loads(report.read_bytes())
+    return {row["property"]: row["verdict"] for row in data["rows"][path]}
+
+
+def run(tmp: Path, *args: str, timeout: float = 100) -> tuple[Any, Path, Path]:
+    report, junit = tmp / "report.json", tmp / "junit.xml"
+    res = cli("conformance", *args, "--report", str(report), "--junit-xml", str(junit), timeout=timeout)
+    return res, report, junit
+
+
+@pytest.fixture
+def nginx_upstream(tmp_path: Path) -> Iterator[tuple[ProxyProcess, int]]:
+    """nginx with the README's config, forwarding to a port conformance will serve on."""
+    upstream = free_port()
+    proxy = start_nginx(tmp_path, free_port(), upstream)
+    yield proxy, upstream
+    proxy.stop()
+
+
+# -- the server-side features the battery relies on -------------------------------------------
+
+async def _raw_abort(target: str, headers_first: bool) -> tuple[tuple[Any, ...], int | None]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call_id = new_call_id()
+        rpc = pb_grpc.EmulatorStub(channel).Call(pb.CallRequest(call_id=call_id, script=pb.Script(
+            outcome=pb.OUTCOME_ABORT, abort_code=5001, headers_first=headers_first)), timeout=5)
+        initial = tuple(await rpc.initial_metadata())
+        code = await rpc.code()
+        trailers = dict(await rpc.trailing_metadata())
+        assert code == grpc.StatusCode.ABORTED
+        return initial, int(trailers[CODE_KEY]) if CODE_KEY in trailers else None
+
+
+def test_headers_first_sends_initial_metadata_before_the_abort(server: ServerProcess) -> None:
+    initial, code = asyncio.run(_raw_abort(server.target, headers_first=True))
+    assert code == 5001
+    assert any(k == CALL_ID_KEY for k, _ in initial), initial
+    initial, code = asyncio.run(_raw_abort(server.target, headers_first=False))
+    assert code == 5001 and initial == (), "without headers_first the abort is trailers-only"
+
+
+def test_call_headers_first_option(server: ServerProcess) -> None:
+    res = cli("call", "--target", server.target, "--outcome", "abort", "--code", "5002", "--headers-first")
+    assert res.returncode == 1 and "final: 5002" in res.stderr, res.stderr
+
+
+def test_dispatch_entry_records_the_callers_deadline(server: ServerProcess) -> None:
+    res = cli("call", "--target", server.target, "--outcome", "hold", "--timeout", "0.5", "--json")
+    call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
+    entries = server.wait_entries(call_id)
+    dispatch = next(e for e in entries if e["state"] == D and e.get("move") == DISPATCH)
+    assert dispatch["detail"].startswith(DEADLINE_DETAIL), dispatch
+    assert 0 < int(dispatch["detail"][len(DEADLINE_DETAIL):].removesuffix("ms")) <= 500
+    res = cli("call", "--target", server.target, "--json")
+    call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
+    assert "detail" not in server.wait_entries(call_id)[0], "no deadline, no detail"
+
+
+# -- real proxies ---------------------------------------------------------------------------------
+
+@needs_nginx
+def test_nginx_keeps_every_property(tmp_path: Path, nginx_upstream: tuple[ProxyProcess, int]) -> None:
+    proxy, upstream = nginx_upstream
+    res, report, junit = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, "--hold-seconds", "3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for path in ("direct", "proxy"):
+        assert verdicts(report, path) == {prop: "pass" for prop in PROPERTIES}, res.stdout
+    assert res.stdout.splitlines()[-2].startswith("conformance: OK")
+    for prop in PROPERTIES:
+        assert f"\n{prop} " in res.stdout
+    cases = ET.parse(junit).getroot().findall(".//testcase")
+    assert sorted((c.get("classname"), c.get("name")) for c in cases) == sorted(
+        (f"conformance.{path}", prop) for path in ("direct", "proxy") for prop in PROPERTIES)
+    assert not ET.parse(junit).getroot().findall(".//failure")
+    data = orjson.loads(report.read_bytes())
+    cancel = next(r for r in data["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
+    assert cancel["propagated_share"] == 1.0 and cancel["in_flight"] == 0
+    assert 0 <= cancel["latency_ms"]["p99"] <= cancel["bound_ms"]
+
+
+@needs_nginx
+def test_nginx_default_buffer_loses_a_large_abort_message(tmp_path: Path) -> None:
+    """Without grpc_buffer_size, nginx answers an abort with a 4 KiB message as UNAVAILABLE."""
+    upstream = free_port()
+    block = "\n".join(line for line in readme_nginx_server().splitlines() if "grpc_buffer_size" not in line)
+    proxy = start_nginx(tmp_path, free_port(), upstream, block)
+    try:
+        res, report, junit = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK)
+    finally:
+        proxy.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    proxied = verdicts(report, "proxy")
+    assert proxied[LARGE_METADATA] == "FAIL" and verdicts(report, "direct")[LARGE_METADATA] == "pass"
+    assert "UNAVAILABLE" in res.stdout and res.stdout.splitlines()[-2] == "conformance: FAILED — large-metadata"
+    failures = ET.parse(junit).getroot().findall(".//testcase/failure/..")
+    assert [(c.get("classname"), c.get("name")) for c in failures] == [("conformance.proxy", LARGE_METADATA)]
+
+
+@needs_haproxy
+def test_haproxy_against_a_server_it_does_not_own(tmp_path: Path, server: ServerProcess) -> None:
+    """--server: the journal is read from a running server; graceful-stop is skipped, not failed."""
+    proxy = start_haproxy(tmp_path, free_port(), server.port)
+    try:
+        res, report, _ = run(tmp_path, "--server", server.target, "--proxy", proxy.target, "--hold-seconds", "2",
+                             "--calls", "4")
+    finally:
+        proxy.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    proxied = verdicts(report, "proxy")
+    assert proxied.pop(GRACEFUL_STOP) == "skip"
+    assert set(proxied.values()) == {"pass"}, res.stdout
+    assert server.proc.poll() is None, "conformance must not stop a server it does not own"
+
+
+# -- broken middleboxes: conformance fails and names the property ----------------------------------
+
+def test_relay_that_cuts_connections_fails_held_calls(tmp_path: Path) -> None:
+    upstream = free_port()
+    relay = BrokenRelay(upstream, cut_after=2.0)
+    try:
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", relay.target, *QUICK,
+                             "--hold-seconds", "4")
+    finally:
+        relay.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert relay.cuts > 0
+    assert verdicts(report, "proxy")[HELD] == "FAIL" and verdicts(report, "direct")[HELD] == "pass"
+    last = res.stdout.splitlines()[-2]
+    assert last.startswith("conformance: FAILED") and HELD in last.split("—")[1].replace(",", " ").split()
+    assert "1722" in res.stdout
+
+
+def test_relay_that_delays_every_byte_fails_the_cancel_bound(tmp_path: Path) -> None:
+    upstream = free_port()
+    relay = BrokenRelay(upstream, delay=0.3)
+    try:
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", relay.target, *QUICK,
+                             "--cancel-bound-ms", "150")
+    finally:
+        relay.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert verdicts(report, "proxy")[CANCEL_ABORTIVE] == "FAIL"
+    assert verdicts(report, "direct")[CANCEL_ABORTIVE] == "pass"
+    assert "over the bound 150 ms" in res.stdout
+    data = orjson.loads(report.read_bytes())
+    row = next(r for r in data["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
+    assert row["latency_ms"]["p50"] >= 250, "the relay's delay shows in the figures"
+
+
+# -- usage errors and unreachable ends: one line, exit status 2 ------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    ((), "--proxy"),
+    (("--proxy", "nowhere", "--server", "127.0.0.1:1"), "'nowhere' is not HOST:PORT"),
+    (("--proxy", "127.0.0.1:1", "--server", "127.0.0.1:2", "--serve-port", "3"), "not allowed with"),
+    (("--proxy", "127.0.0.1:1", "--serve-port", "1", "--calls", "0"), "must be >= 1"),
+])
+def test_usage_errors(args: tuple[str, ...], words: str) -> None:
+    res = cli("conformance", *args)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_unreachable_proxy_is_one_line(server: ServerProcess) -> None:
+    res = cli("conformance", "--server", server.target, "--proxy", f"127.0.0.1:{free_port()}")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "cannot reach the proxy" in res.stderr
+
+
+def test_unreachable_server_is_one_line() -> None:
+    res = cli("conformance", "--server", f"127.0.0.1:{free_port()}", "--proxy", f"127.0.0.1:{free_port()}")
+    assert res.returncode == 2 and "cannot reach the server" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
+    res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(tmp_path / "no" / "r.json"))
+    assert res.returncode == 2 and "No such file" in res.stderr and "Traceback" not in res.stderr
