@@ -39,7 +39,7 @@ def table(rows: dict[str, list[Row]], proxy: str, server: str) -> str:
 
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
             seconds: float) -> dict[str, Any]:
-    return {"proxy": proxy, "server": server, "ok": not failed(rows), "seconds": round(seconds, 2),
+    return {"proxy": proxy, "upstream": server, "ok": not failed(rows), "seconds": round(seconds, 2),
             "config": config, "properties": PROPERTIES,
             "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],
             "rows": {path: [row.to_json() for row in path_rows] for path, path_rows in rows.items()}}

@@ -55,7 +55,7 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
     if own is not None:
         await own.start()
         setup.server = own.target
-    await _reachable(setup.server, "server")
+    await _reachable(setup.server, "callstate server")
     await _reachable(setup.proxy, "proxy")
     channel = open_channel(setup.server)
     journal = ServerJournal(channel, setup.server)

@@ -202,7 +202,7 @@ def test_unreachable_proxy_is_one_line(server: ServerProcess) -> None:
 
 def test_unreachable_server_is_one_line() -> None:
     res = cli("conformance", "--server", f"127.0.0.1:{free_port()}", "--proxy", f"127.0.0.1:{free_port()}")
-    assert res.returncode == 2 and "cannot reach the server" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert res.returncode == 2 and "cannot reach the callstate server" in res.stderr and len(res.stderr.splitlines()) == 1
 
 
 def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
