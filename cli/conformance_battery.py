@@ -64,17 +64,33 @@ def open_channel(target: str) -> grpc.aio.Channel:
 
 
 class Recorder:
-    """The client's state log, kept in memory and indexed by call id."""
+    """The client's state log, kept in memory and indexed by call id (on the event loop)."""
 
     enabled = True
 
     def __init__(self) -> None:
         self.all: list[Entry] = []
         self.by_id: dict[str, list[Entry]] = defaultdict(list)
+        self._changed = asyncio.Event()
 
     def append(self, e: Entry) -> None:
         self.all.append(e)
         self.by_id[e.call_id].append(e)
+        self._changed.set()
+
+    async def event(self, call_id: str, event: str, timeout: float) -> Entry | None:
+        """The call's first `event` entry, waiting for it up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (found := next((e for e in self.by_id.get(call_id, ()) if e.event == event), None)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return found
 
     def cancel_at(self, call_id: str) -> float | None:
         return next((e.t for e in self.by_id.get(call_id, ()) if e.state == CAN), None)
@@ -117,7 +133,7 @@ class Battery:
         self.recorder = Recorder()
         self.client = open_client(target, self.recorder)
         self.channel = open_channel(target)
-        self.judged: set[str] = set()      # calls the check row covers
+        self.judged: dict[str, str] = {}   # the calls the check row covers -> the property that made them
         self._held: asyncio.Task[Row] | None = None
 
     async def close(self) -> None:
@@ -125,10 +141,10 @@ class Battery:
         await self.channel.close()
 
     # -- driving ---------------------------------------------------------------------------
-    def prepare(self, client: AsyncClient, script: Script, payload: bytes = b"") -> AsyncCall:
+    def prepare(self, prop: str, client: AsyncClient, script: Script, payload: bytes = b"") -> AsyncCall:
         call = client.prepare(script, payload=payload)
         self.journal.watch(call.call_id)
-        self.judged.add(call.call_id)
+        self.judged[call.call_id] = prop
         return call
 
     async def finish(self, call: AsyncCall, bound: float) -> Result:
@@ -176,7 +192,7 @@ class Battery:
     async def complete(self, prop: str, size: int, n: int) -> Row:
         async def one(i: int) -> tuple[Result, bool]:
             payload = os.urandom(size)
-            r = await self.finish(self.prepare(self.client, Script("complete", echo=True), payload).start(),
+            r = await self.finish(self.prepare(prop, self.client, Script("complete", echo=True), payload).start(),
                                   self.cfg.wait + size / 1e6)
             return r, r.code == codes.RPC_S_OK and r.reply is not None and r.reply.payload == payload
         results = await self.twice(one, n)
@@ -188,7 +204,7 @@ class Battery:
         async def one(i: int) -> tuple[Result, int]:
             code = 5000 + i   # a different code per call: a code that reaches the wrong call shows
             script = Script("abort", abort_code=code, headers_first=headers_first)
-            return await self.finish(self.prepare(self.client, script).start(), self.cfg.wait), code
+            return await self.finish(self.prepare(prop, self.client, script).start(), self.cfg.wait), code
         results = await self.twice(one)
         bad = [f"{r.describe()} instead of {code}" for r, code in results if r.code != code]
         return Row(prop, not bad, f"{len(results) - len(bad)}/{len(results)} exact code", _examples(bad),
@@ -196,7 +212,7 @@ class Battery:
 
     async def fatal(self) -> Row:
         async def one(i: int) -> Result:
-            return await self.finish(self.prepare(self.client, Script("fatal")).start(), self.cfg.wait)
+            return await self.finish(self.prepare(FATAL, self.client, Script("fatal")).start(), self.cfg.wait)
         results = await self.twice(one)
         bad = [r.describe() for r in results if r.code != codes.RPC_S_CALL_FAILED]
         return Row(FATAL, not bad, f"{len(results) - len(bad)}/{len(results)} 1726", _examples(bad),
@@ -223,7 +239,7 @@ class Battery:
         dropped: list[str] = []
 
         async def one(i: int) -> Result | None:
-            call = self.prepare(self.client, Script("hold")).start()
+            call = self.prepare(CANCEL_ABORTIVE, self.client, Script("hold")).start()
             if not await self.until_dispatched(call):
                 dropped.append(call.call_id)
                 await self.finish(call, 0)
@@ -268,13 +284,15 @@ class Battery:
     async def cancel_non_abortive(self) -> Row:
         async def one(i: int) -> str:
             payload = os.urandom(16)
-            call = self.prepare(self.client, Script("hold", on_cancel="complete", echo=True), payload).start()
+            script = Script("hold", on_cancel="complete", echo=True)
+            call = self.prepare(CANCEL_NON_ABORTIVE, self.client, script, payload).start()
             if not await self.until_dispatched(call):
                 await self.finish(call, 0)
                 return "never reached the server"
             call.cancel(abortive=False, timeout=self.cfg.wait)   # unanswered: escalates, and the row fails
             r = await self.finish(call, 2 * self.cfg.wait)
-            sent = next((e.detail or "" for e in self.recorder.by_id[call.call_id] if e.event == CANCEL_SENT), "")
+            notice = await self.recorder.event(call.call_id, CANCEL_SENT, self.cfg.wait)   # may trail the reply
+            sent = notice.detail or "" if notice is not None else ""
             await self.journal.wait((call.call_id,), ended, self.cfg.wait)   # the journal may trail the reply
             seen = first(self.journal.entries(call.call_id), CANCEL_SEEN)
             if r.code != codes.RPC_S_OK or r.reply is None or r.reply.payload != payload:
@@ -292,8 +310,8 @@ class Battery:
     async def deadline(self) -> Row:
         client = open_client(self.target, self.recorder, timeout=self.cfg.deadline)
         try:
-            results = await self.twice(
-                lambda i: self.finish(self.prepare(client, Script("hold")).start(), self.cfg.deadline + self.cfg.wait))
+            results = await self.twice(lambda i: self.finish(self.prepare(DEADLINE, client, Script("hold")).start(),
+                                                             self.cfg.deadline + self.cfg.wait))
         finally:
             await client.close()
         ids = [r.call_id for r in results]
@@ -321,8 +339,8 @@ class Battery:
         n = self.cfg.streams
         hold = Script("complete", outcome_delay=0.5)
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(self.finish(self.prepare(self.client, hold).start(), self.cfg.wait + 0.5)
-                                         for _ in range(n)))
+        results = await asyncio.gather(*(self.finish(self.prepare(MANY_STREAMS, self.client, hold).start(),
+                                                     self.cfg.wait + 0.5) for _ in range(n)))
         elapsed = time.perf_counter() - t0
         bad = [r.describe() for r in results if r.code != codes.RPC_S_OK]
         return Row(MANY_STREAMS, not bad, f"{n - len(bad)}/{n} on one connection in {elapsed:.2f} s",
@@ -336,6 +354,7 @@ class Battery:
             call_id, code = new_call_id(), 6000 + i
             message = os.urandom(size // 2).hex()[:size]   # printable: no percent-encoding on the wire
             self.journal.watch(call_id)
+            self.judged[call_id] = LARGE_METADATA
             script = pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=code, abort_message=message)
             try:
                 await stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=self.cfg.wait,
@@ -367,7 +386,7 @@ class Battery:
 
         async def one() -> tuple[Result, bool]:
             payload = os.urandom(32)
-            r = await self.finish(self.prepare(client, Script("complete", outcome_delay=seconds, echo=True),
+            r = await self.finish(self.prepare(HELD, client, Script("complete", outcome_delay=seconds, echo=True),
                                                payload).start(), seconds + self.cfg.wait)
             return r, r.code == codes.RPC_S_OK and r.reply is not None and r.reply.payload == payload
         try:
@@ -380,7 +399,9 @@ class Battery:
                    {"calls": len(results), "failed": len(bad), "hold_seconds": seconds})
 
     # -- both sides' logs ------------------------------------------------------------------------
-    def check_row(self) -> Row:
+    async def check_row(self) -> Row:
+        # the journal may trail the replies: wait (bounded) until every call the server took has ended
+        await self.journal.wait(self.judged, lambda es: not es or ended(es), self.cfg.wait)
         checker = Checker()
         for e in self.recorder.all:
             if e.call_id in self.judged:
@@ -390,10 +411,11 @@ class Battery:
                 checker.add(d)
         report = checker.finish(server_lost=self.journal.lost)
         kinds = {k: len(v) for k, v in report.by_kind().items()}
-        examples = "; ".join(f"{k} x{n}: {v[0].message}" for k, (n, v) in
-                             ((k, (len(v), v)) for k, v in report.by_kind().items()))
+        examples = "; ".join(f"{kind} x{len(vs)}: {self.judged.get(vs[0].call_id, '')} call {vs[0].call_id}: "
+                             f"{vs[0].message}" for kind, vs in report.by_kind().items())
         return Row(CHECK, report.ok, f"{report.calls} calls, {len(report.violations)} violations", examples,
-                   {"calls": report.calls, "entries": report.entries, "violations_by_kind": kinds})
+                   {"calls": report.calls, "entries": report.entries, "violations_by_kind": kinds,
+                    "violations_by_property": dict(Counter(self.judged.get(v.call_id, "") for v in report.violations))})
 
     # -- graceful stop (only when conformance runs the server) -------------------------------------
     async def graceful_stop(self, stop_server: Callable[[], Awaitable[None]] | None) -> Row:

@@ -72,7 +72,7 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         for battery in batteries:
             rows[battery.label].append(await battery.held_row())
         for battery in batteries:
-            rows[battery.label].append(battery.check_row())
+            rows[battery.label].append(await battery.check_row())
         for i, battery in enumerate(batteries):
             restart = i < len(batteries) - 1
             rows[battery.label].append(await battery.graceful_stop(_stopper(own, journal, restart) if own else None))
