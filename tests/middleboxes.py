@@ -4,6 +4,7 @@ process from a config the test writes, and deliberately broken TCP relays run in
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,14 @@ def readme_nginx_server() -> str:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start = readme.index("```nginx\n") + len("```nginx\n")
     return readme[start:readme.index("```", start)]
+
+
+def readme_conformance_args(proxy_port: int, server_port: int) -> list[str]:
+    """The README's `callstate conformance --serve-port ...` command, on the test's ports."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("callstate conformance --serve-port"))
+    line = line.replace(f":{README_PORTS[0]}", f":{proxy_port}").replace(f" {README_PORTS[1]} ", f" {server_port} ")
+    return shlex.split(line)[2:]
 
 
 HAPROXY_CONF = """\

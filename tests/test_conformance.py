@@ -19,8 +19,8 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
 from tests.conftest import ServerProcess, cli
-from tests.middleboxes import (BrokenRelay, ProxyProcess, free_port, readme_nginx_server, start_haproxy,
-                               start_nginx)
+from tests.middleboxes import (BrokenRelay, ProxyProcess, free_port, readme_conformance_args, readme_nginx_server,
+                               start_haproxy, start_nginx)
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
                                  reason="nginx is not installed (tools/system-deps.sh installs it)")
@@ -94,8 +94,12 @@ def test_dispatch_entry_records_the_callers_deadline(server: ServerProcess) -> N
 
 @needs_nginx
 def test_nginx_keeps_every_property(tmp_path: Path, nginx_upstream: tuple[ProxyProcess, int]) -> None:
+    """The README's nginx config and command (default settings: held calls last 10 s)."""
     proxy, upstream = nginx_upstream
-    res, report, junit = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, "--hold-seconds", "3")
+    args = readme_conformance_args(proxy.port, upstream)
+    assert args[:4] == ["--serve-port", str(upstream), "--proxy", proxy.target], args
+    res = cli("conformance", *args, timeout=100, cwd=tmp_path)
+    report, junit = tmp_path / "conformance.json", tmp_path / "conformance.xml"
     assert res.returncode == 0, res.stdout + res.stderr
     for path in ("direct", "proxy"):
         assert verdicts(report, path) == {prop: "pass" for prop in PROPERTIES}, res.stdout
@@ -208,3 +212,30 @@ def test_unreachable_server_is_one_line() -> None:
 def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
     res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(tmp_path / "no" / "r.json"))
     assert res.returncode == 2 and "No such file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_check_row_names_the_broken_invariant_and_its_property() -> None:
+    """The check row judges both sides with the checker: a server call that never ended fails it."""
+    from callstate.cli.conformance_battery import Battery, BatteryConfig
+    from callstate.cli.conformance_journal import ServerJournal
+    from callstate.cli.conformance_properties import CHECK, DEADLINE
+    from callstate.lifecycle import D, DISPATCH, ENTER, SERVER
+
+    async def judge() -> Any:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")   # never used: entries are given
+        journal = ServerJournal(channel, "test")
+        battery = Battery("proxy", "127.0.0.1:1", journal, BatteryConfig(wait=0.2))
+        try:
+            call_id = new_call_id()
+            battery.judged[call_id] = DEADLINE
+            journal.watch(call_id)
+            journal.entries(call_id).append({"ts": "2026-11-25T10:00:00.000000Z", "side": SERVER, "call_id": call_id,
+                                             "state": D, "prev": None, "event": ENTER, "move": DISPATCH})
+            return await battery.check_row(), call_id
+        finally:
+            await battery.close()
+            await channel.close()
+    row, call_id = asyncio.run(judge())
+    assert row.prop == CHECK and row.ok is False
+    assert row.data["violations_by_kind"] == {"not_ended": 1} and row.data["violations_by_property"] == {DEADLINE: 1}
+    assert f"{DEADLINE} call {call_id}" in row.note
