@@ -441,10 +441,11 @@ class Battery:
                 checker.add(d)
         report = checker.finish()
         bad = [r.describe() for r in results if r.code != codes.RPC_S_SERVER_UNAVAILABLE]
+        notes = [_examples(bad)] if bad else []
         if not reached:
-            bad.append("not every call reached the server before the stop")
+            notes.append("not every call reached the server before the stop")
         if not report.ok:
-            bad.append("check: " + "; ".join(f"{k} x{len(v)}" for k, v in report.by_kind().items()))
+            notes.append("check: " + ", ".join(f"{k} x{len(v)}" for k, v in report.by_kind().items()))
         hung = sum(r.hung for r in results)
-        return Row(GRACEFUL_STOP, not bad, f"{len(results) - len(bad)}/{len(results)} ended 1722, {hung} hung",
-                   _examples(bad), {"calls": len(results), "failed": len(bad), "hung": hung})
+        return Row(GRACEFUL_STOP, not notes, f"{len(results) - len(bad)}/{len(results)} ended 1722, {hung} hung",
+                   "; ".join(notes), {"calls": len(results), "failed": len(bad), "hung": hung})

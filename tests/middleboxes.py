@@ -130,15 +130,21 @@ def start_haproxy(tmp: Path, port: int, upstream: int) -> ProxyProcess:
     return ProxyProcess([shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)], port, tmp / "haproxy.log")
 
 
+RST_STREAM = 0x3   # the HTTP/2 frame type of a stream's cancel
+
+
 class BrokenRelay:
     """A TCP relay to 127.0.0.1:`upstream` that misbehaves on purpose: `cut_after` closes every
     connection that many seconds after it opened; `delay` holds every chunk that long, each
-    way (order kept)."""
+    way (order kept); `drop_rst` drops every HTTP/2 RST_STREAM frame the client sends, so no
+    abortive cancel reaches the server."""
 
-    def __init__(self, upstream: int, *, cut_after: float | None = None, delay: float = 0.0) -> None:
-        self.upstream, self.cut_after, self.delay = upstream, cut_after, delay
+    def __init__(self, upstream: int, *, cut_after: float | None = None, delay: float = 0.0,
+                 drop_rst: bool = False) -> None:
+        self.upstream, self.cut_after, self.delay, self.drop_rst = upstream, cut_after, delay, drop_rst
         self.port = 0
         self.cuts = 0
+        self.dropped = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -167,7 +173,8 @@ class BrokenRelay:
         except OSError:
             writer.close()
             return
-        pumps = [asyncio.ensure_future(self._pump(reader, up_writer)),
+        upward = self._drop_rst_frames(reader, up_writer) if self.drop_rst else self._pump(reader, up_writer)
+        pumps = [asyncio.ensure_future(upward),
                  asyncio.ensure_future(self._pump(up_reader, writer))]
         _, pending = await asyncio.wait(pumps, timeout=self.cut_after, return_when=asyncio.FIRST_COMPLETED)
         if self.cut_after is not None and len(pending) == 2:
@@ -202,6 +209,22 @@ class BrokenRelay:
             await sender
         finally:
             sender.cancel()
+
+    async def _drop_rst_frames(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Client to server, frame by frame: the 24-byte preface, then 9-byte headers (length,
+        type, flags, stream) and payloads; RST_STREAM (type 3) goes nowhere."""
+        try:
+            writer.write(await reader.readexactly(24))
+            while True:
+                header = await reader.readexactly(9)
+                payload = await reader.readexactly(int.from_bytes(header[:3], "big"))
+                if header[3] == RST_STREAM:
+                    self.dropped += 1
+                    continue
+                writer.write(header + payload)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            return
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterator
@@ -183,6 +184,25 @@ def test_relay_that_delays_every_byte_fails_the_cancel_bound(tmp_path: Path) -> 
     data = orjson.loads(report.read_bytes())
     row = next(r for r in data["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
     assert row["latency_ms"]["p50"] >= 250, "the relay's delay shows in the figures"
+
+
+def test_relay_that_drops_cancels_fails_its_row_within_the_bounds(tmp_path: Path) -> None:
+    """A middlebox that never propagates an abortive cancel: the row fails, the run does not hang."""
+    upstream = free_port()
+    relay = BrokenRelay(upstream, drop_rst=True)
+    t0 = time.monotonic()
+    try:
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", relay.target, *QUICK,
+                             "--wait", "2")
+    finally:
+        relay.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert relay.dropped > 0
+    assert time.monotonic() - t0 < 60
+    assert verdicts(report, "direct")[CANCEL_ABORTIVE] == "pass"
+    row = next(r for r in orjson.loads(report.read_bytes())["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
+    assert row["verdict"] == "FAIL" and row["propagated_share"] == 0 and row["in_flight"] == row["calls"] == 4
+    assert "cancels never reached the server" in row["note"]
 
 
 # -- usage errors and unreachable ends: one line, exit status 2 ------------------------------------
