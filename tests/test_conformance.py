@@ -259,3 +259,14 @@ def test_check_row_names_the_broken_invariant_and_its_property() -> None:
     assert row.prop == CHECK and row.ok is False
     assert row.data["violations_by_kind"] == {"not_ended": 1} and row.data["violations_by_property"] == {DEADLINE: 1}
     assert f"{DEADLINE} call {call_id}" in row.note
+
+
+def test_serve_port_in_use_is_one_line() -> None:
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = cli("conformance", "--serve-port", str(port), "--proxy", "127.0.0.1:1")
+    assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
+    assert f"the server for --serve-port {port} did not start" in res.stderr and "bind" in res.stderr
