@@ -1,0 +1,130 @@
+"""Rows about cancels crossing the proxy: abortive (RST_STREAM) with its propagation time,
+non-abortive (the cancel notice) and the client's deadline (grpc-timeout)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import grpc
+
+from callstate import codes
+from callstate.check import percentiles
+from callstate.cli.conformance_calls import Result, examples, open_client
+from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
+from callstate.cli.conformance_properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
+from callstate.client import Script
+from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
+from callstate.wire import DEADLINE_DETAIL
+
+if TYPE_CHECKING:
+    from callstate.cli.conformance_battery import Battery
+
+_DEADLINE_STATUS = grpc.StatusCode.DEADLINE_EXCEEDED.name
+
+
+async def cancel_abortive(b: Battery) -> Row:
+    """Held calls, cancelled once the server has them: did each cancel reach it, how fast?"""
+    bound = b.cfg.cancel_bound_ms / 1000
+    dropped: list[str] = []
+
+    async def one(i: int) -> Result | None:
+        call = b.prepare(CANCEL_ABORTIVE, b.client, Script("hold")).start()
+        if not await b.until_dispatched(call):
+            dropped.append(call.call_id)
+            await b.finish(call, 0)
+            return None
+        call.cancel()
+        r = await b.finish(call, b.cfg.wait)
+        # sequential: wait a little for the server (a late cancel is still measured below)
+        await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
+        return r
+    results = [r for r in await b.twice(one) if r is not None]
+    ids = [r.call_id for r in results]
+    await b.journal.wait(ids, ended, b.cfg.wait)
+    lat = []
+    for call_id in ids:
+        seen, cancelled = cancel_seen_at(b.journal.entries(call_id)), b.recorder.cancel_at(call_id)
+        if seen is not None and cancelled is not None:
+            lat.append((seen - cancelled) * 1000)
+    in_flight = sum(not ended(b.journal.entries(i)) for i in ids)
+    p = percentiles(lat)
+    share = len(lat) / len(ids) if ids else 0.0
+    wrong = [r.describe() for r in results if r.code != codes.RPC_S_CALL_CANCELLED]
+    notes = []
+    if dropped:
+        notes.append(f"{len(dropped)} calls never reached the server")
+    if len(lat) < len(ids):
+        notes.append(f"{len(ids) - len(lat)} cancels never reached the server within {b.cfg.wait:g} s")
+    if p["count"] and p["p99"] > b.cfg.cancel_bound_ms:
+        notes.append(f"p99 {p['p99']:.1f} ms over the bound {b.cfg.cancel_bound_ms:g} ms")
+    if in_flight:
+        notes.append(f"{in_flight} left in flight on the server")
+    if wrong:
+        notes.append("client: " + examples(wrong))
+    figures = f"{share:.0%} reached the server"
+    if p["count"]:
+        figures += f"; p50 {p['p50']:.1f} / p99 {p['p99']:.1f} / max {p['max']:.1f} ms"
+    figures += f"; {in_flight} in flight"
+    return Row(CANCEL_ABORTIVE, not notes, figures, "; ".join(notes),
+               {"calls": len(ids) + len(dropped), "propagated_share": round(share, 3), "in_flight": in_flight,
+                "latency_ms": {k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()},
+                "bound_ms": b.cfg.cancel_bound_ms})
+
+
+async def cancel_non_abortive(b: Battery) -> Row:
+    """Held calls that complete when they see a cancel notice: notice delivered, reply back."""
+    async def one(i: int) -> str:
+        payload = os.urandom(16)
+        script = Script("hold", on_cancel="complete", echo=True)
+        call = b.prepare(CANCEL_NON_ABORTIVE, b.client, script, payload).start()
+        if not await b.until_dispatched(call):
+            await b.finish(call, 0)
+            return "never reached the server"
+        call.cancel(abortive=False, timeout=b.cfg.wait)   # unanswered: escalates, and the row fails
+        r = await b.finish(call, 2 * b.cfg.wait)
+        notice = await b.recorder.event(call.call_id, CANCEL_SENT, b.cfg.wait)   # may trail the reply
+        sent = (notice.detail or "") if notice is not None else ""
+        await b.journal.wait((call.call_id,), ended, b.cfg.wait)   # the journal may trail the reply
+        seen = first(b.journal.entries(call.call_id), CANCEL_SEEN)
+        if r.code != codes.RPC_S_OK or r.reply is None or r.reply.payload != payload:
+            return f"answer lost: {r.describe()}"
+        if not r.reply.cancel_seen or not sent.startswith("delivered") or seen is None:
+            return f"notice not delivered ({sent or 'no answer to the notice'})"
+        if seen.get("cancel") != NON_ABORTIVE:
+            return f"the server saw a {seen.get('cancel')} cancel"
+        return ""
+    results = await b.twice(one)
+    bad = [r for r in results if r]
+    return Row(CANCEL_NON_ABORTIVE, not bad, f"{len(results) - len(bad)}/{len(results)} delivered and answered",
+               examples(bad), {"calls": len(results), "failed": len(bad)})
+
+
+async def deadline(b: Battery) -> Row:
+    """Held calls with a client deadline: the server must see it (grpc-timeout) and end too."""
+    client = open_client(b.target, b.recorder, timeout=b.cfg.deadline)
+    try:
+        results = await b.twice(lambda i: b.finish(b.prepare(DEADLINE, client, Script("hold")).start(),
+                                                   b.cfg.deadline + b.cfg.wait))
+    finally:
+        await client.close()
+    ids = [r.call_id for r in results]
+    await b.journal.wait(ids, ended, b.cfg.wait)
+    bad = []
+    for r in results:
+        entries = b.journal.entries(r.call_id)
+        dispatch = first(entries, state=D)
+        if r.code != codes.RPC_S_CALL_CANCELLED or r.status != _DEADLINE_STATUS:
+            bad.append(f"client {r.describe()}")
+        elif dispatch is None:
+            pass   # the deadline expired before the call reached the server: nothing to propagate
+        elif DEADLINE_DETAIL not in (dispatch.get("detail") or ""):
+            bad.append("no grpc-timeout at the server")
+        elif cancel_seen_at(entries) is None or not ended(entries):
+            bad.append(f"server did not end the call ({(final(entries) or dispatch)['state']})")
+    reached = sum(first(b.journal.entries(i), state=D) is not None for i in ids)
+    if not reached:
+        bad.append("no call reached the server before its deadline")
+    return Row(DEADLINE, not bad, f"{len(results) - len(bad)}/{len(results)} ended on both sides, "
+               f"{reached} seen by the server", examples(bad),
+               {"calls": len(results), "failed": len(bad), "deadline_s": b.cfg.deadline})

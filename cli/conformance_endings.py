@@ -1,0 +1,93 @@
+"""Rows judged at the end: calls held through the proxy's idle timeouts, `callstate check`
+over both sides' entries, and a graceful server stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from callstate import codes
+from callstate.check import Checker
+from callstate.cli.conformance_calls import Recorder, Result, examples, open_client
+from callstate.cli.conformance_journal import dispatched, ended
+from callstate.cli.conformance_properties import CHECK, GRACEFUL_STOP, HELD, Row
+from callstate.client import Script
+
+if TYPE_CHECKING:
+    from callstate.cli.conformance_battery import Battery
+
+
+async def held(b: Battery) -> Row:
+    """Calls that complete after --hold-seconds on their own, otherwise idle, connection."""
+    seconds = b.cfg.hold_seconds
+    client = open_client(b.target, b.recorder)   # its own connection, idle but for these calls
+
+    async def one() -> tuple[Result, bool]:
+        payload = os.urandom(32)
+        r = await b.finish(b.prepare(HELD, client, Script("complete", outcome_delay=seconds, echo=True),
+                                           payload).start(), seconds + b.cfg.wait)
+        return r, r.code == codes.RPC_S_OK and r.reply is not None and r.reply.payload == payload
+    try:
+        results = await asyncio.gather(*(one() for _ in range(b.cfg.concurrency)))
+    finally:
+        await client.close()
+    bad = [f"{r.describe()} after {r.ms / 1000:.1f} s" if r.code else "reply bytes differ"
+           for r, ok in results if not ok]
+    return Row(HELD, not bad, f"{len(results) - len(bad)}/{len(results)} held {seconds:g} s", examples(bad),
+               {"calls": len(results), "failed": len(bad), "hold_seconds": seconds})
+
+
+async def check_row(b: Battery) -> Row:
+    """Both sides' entries of every call the rows made, through the checker."""
+    # the journal may trail the replies: wait (bounded) until every call the server took has ended
+    await b.journal.wait(b.judged, lambda es: not es or ended(es), b.cfg.wait)
+    checker = Checker()
+    for e in b.recorder.all:
+        if e.call_id in b.judged:
+            checker.add_entry(e)
+    for call_id in b.judged:
+        for d in b.journal.entries(call_id):
+            checker.add(d)
+    report = checker.finish(server_lost=b.journal.lost)
+    kinds = {k: len(v) for k, v in report.by_kind().items()}
+    examples = "; ".join(f"{kind} x{len(vs)}: {b.judged.get(vs[0].call_id, '')} call {vs[0].call_id}: "
+                         f"{vs[0].message}" for kind, vs in report.by_kind().items())
+    return Row(CHECK, report.ok, f"{report.calls} calls, {len(report.violations)} violations", examples,
+               {"calls": report.calls, "entries": report.entries, "violations_by_kind": kinds,
+                "violations_by_property": dict(Counter(b.judged.get(v.call_id, "") for v in report.violations))})
+
+
+async def graceful_stop(b: Battery, stop_server: Callable[[], Awaitable[None]] | None) -> Row:
+    """Held calls, then the server stops gracefully: 1722 at the client, none hang."""
+    if stop_server is None:
+        return Row(GRACEFUL_STOP, None, "", "skipped: only with --serve-port (conformance must stop the server)")
+    recorder = Recorder()
+    client = open_client(b.target, recorder)
+    try:
+        calls = [client.prepare(Script("hold")) for _ in range(b.cfg.concurrency)]
+        for call in calls:   # judged here, not by the check row (which runs before the stop)
+            b.journal.watch(call.call_id)
+            call.start()
+        reached = await b.journal.wait([c.call_id for c in calls], dispatched, b.cfg.wait)
+        await stop_server()
+        results = await asyncio.gather(*(b.finish(c, b.cfg.wait) for c in calls))
+    finally:
+        await client.close()
+    checker = Checker()
+    for e in recorder.all:
+        checker.add_entry(e)
+    for c in calls:
+        for d in b.journal.entries(c.call_id):
+            checker.add(d)
+    report = checker.finish()
+    bad = [r.describe() for r in results if r.code != codes.RPC_S_SERVER_UNAVAILABLE]
+    notes = [examples(bad)] if bad else []
+    if not reached:
+        notes.append("not every call reached the server before the stop")
+    if not report.ok:
+        notes.append("check: " + ", ".join(f"{k} x{len(v)}" for k, v in report.by_kind().items()))
+    hung = sum(r.hung for r in results)
+    return Row(GRACEFUL_STOP, not notes, f"{len(results) - len(bad)}/{len(results)} ended 1722, {hung} hung",
+               "; ".join(notes), {"calls": len(results), "failed": len(bad), "hung": hung})

@@ -1,0 +1,118 @@
+"""Rows about what crosses the proxy intact: replies, abort codes, fatal failures, unknown
+methods, many streams on one connection, large metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from callstate import codes
+from callstate.cli.conformance_calls import Result, examples, median_ms
+from callstate.cli.conformance_properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
+from callstate.client import Script
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import CALL_ID_KEY, new_call_id
+
+if TYPE_CHECKING:
+    from callstate.cli.conformance_battery import Battery
+
+PAD_KEY = "callstate-pad"   # the large request header
+
+
+async def complete(b: Battery, prop: str, size: int, n: int) -> Row:
+    """Echo calls: the reply must be the request's random bytes."""
+    async def one(i: int) -> tuple[Result, bool]:
+        payload = os.urandom(size)
+        r = await b.finish(b.prepare(prop, b.client, Script("complete", echo=True), payload).start(),
+                           b.cfg.wait + size / 1e6)
+        return r, r.code == codes.RPC_S_OK and r.reply is not None and r.reply.payload == payload
+    results = await b.twice(one, n)
+    bad = [r.describe() if r.code else "reply bytes differ" for r, ok in results if not ok]
+    return Row(prop, not bad, f"{len(results) - len(bad)}/{len(results)} intact, {size} B, "
+               + median_ms([r.ms for r, _ in results]), examples(bad), {"calls": len(results), "failed": len(bad)})
+
+
+async def abort(b: Battery, prop: str, headers_first: bool) -> Row:
+    """Aborts with a different code per call: that exact code must reach the client."""
+    async def one(i: int) -> tuple[Result, int]:
+        code = 5000 + i   # a different code per call: a code that reaches the wrong call shows
+        script = Script("abort", abort_code=code, headers_first=headers_first)
+        return await b.finish(b.prepare(prop, b.client, script).start(), b.cfg.wait), code
+    results = await b.twice(one)
+    bad = [f"{r.describe()} instead of {code}" for r, code in results if r.code != code]
+    return Row(prop, not bad, f"{len(results) - len(bad)}/{len(results)} exact code", examples(bad),
+               {"calls": len(results), "failed": len(bad)})
+
+
+async def fatal(b: Battery) -> Row:
+    """Fatal failures: 1726 at the client."""
+    async def one(i: int) -> Result:
+        return await b.finish(b.prepare(FATAL, b.client, Script("fatal")).start(), b.cfg.wait)
+    results = await b.twice(one)
+    bad = [r.describe() for r in results if r.code != codes.RPC_S_CALL_FAILED]
+    return Row(FATAL, not bad, f"{len(results) - len(bad)}/{len(results)} 1726", examples(bad),
+               {"calls": len(results), "failed": len(bad)})
+
+
+async def unimplemented(b: Battery) -> Row:
+    """A method the server does not have: UNIMPLEMENTED, not a proxy's own status."""
+    method = b.channel.unary_unary("/callstate.v1.Emulator/NoSuchMethod",
+                                   request_serializer=pb.CallRequest.SerializeToString,
+                                      response_deserializer=pb.CallReply.FromString)
+
+    async def one(i: int) -> str:
+        try:
+            await method(pb.CallRequest(call_id=new_call_id()), timeout=b.cfg.wait)
+            return "OK"
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+    results = await b.twice(one)
+    bad = [s for s in results if s != grpc.StatusCode.UNIMPLEMENTED.name]
+    return Row(UNIMPLEMENTED, not bad, f"{len(results) - len(bad)}/{len(results)} UNIMPLEMENTED",
+               examples(bad), {"calls": len(results), "failed": len(bad)})
+
+
+async def many_streams(b: Battery) -> Row:
+    """Overlapping calls on the battery's one connection: all complete."""
+    n = b.cfg.streams
+    hold = Script("complete", outcome_delay=0.5)
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(b.finish(b.prepare(MANY_STREAMS, b.client, hold).start(),
+                                              b.cfg.wait + 0.5) for _ in range(n)))
+    elapsed = time.perf_counter() - t0
+    bad = [r.describe() for r in results if r.code != codes.RPC_S_OK]
+    return Row(MANY_STREAMS, not bad, f"{n - len(bad)}/{n} on one connection in {elapsed:.2f} s",
+               examples(bad), {"calls": n, "failed": len(bad), "seconds": round(elapsed, 3)})
+
+
+async def large_metadata(b: Battery) -> Row:
+    """A large request header in, an abort message as large out (in the trailers)."""
+    stub = pb_grpc.EmulatorStub(b.channel)
+    size = b.cfg.metadata_bytes
+
+    async def one(i: int) -> str:
+        call_id, code = new_call_id(), 6000 + i
+        message = os.urandom(size // 2).hex()[:size]   # printable: no percent-encoding on the wire
+        b.journal.watch(call_id)
+        b.judged[call_id] = LARGE_METADATA
+        script = pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=code, abort_message=message)
+        try:
+            await stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=b.cfg.wait,
+                            metadata=((CALL_ID_KEY, call_id), (PAD_KEY, "p" * size)))
+            return "completed instead of aborting"
+        except grpc.aio.AioRpcError as err:
+            got = codes.from_grpc(err.code(), err.trailing_metadata())
+            if got != code:
+                return f"{codes.describe(got)} ({err.code().name}) instead of {code}"
+            if err.details() != message:
+                return f"abort message of {len(err.details() or '')} bytes, not {size}"
+            return ""
+    results = await b.twice(one)
+    bad = [r for r in results if r]
+    return Row(LARGE_METADATA, not bad, f"{len(results) - len(bad)}/{len(results)} intact, {size} B each way",
+               examples(bad), {"calls": len(results), "failed": len(bad), "bytes": size})
