@@ -4,6 +4,7 @@ process from a config the test writes, and deliberately broken TCP relays run in
 from __future__ import annotations
 
 import asyncio
+import functools
 import shlex
 import shutil
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from callstate.wire import CODE_KEY
 
 # The http block around a server block (the README's, under "Test your gateway"): every
 # path nginx writes is in the test's folder, and it stays in the foreground.
@@ -228,4 +231,67 @@ class BrokenRelay:
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class RewritingGrpcProxy:
+    """A gRPC proxy (grpc.aio, unary calls, in a thread) that forwards every call to
+    127.0.0.1:`upstream` and rewrites what comes back on purpose: `drop_code_trailer` removes
+    the `callstate-code` trailer; `max_message` truncates status messages to that many bytes."""
+
+    def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None) -> None:
+        self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
+        self.port = 0
+        self.rewritten = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the gRPC proxy did not start")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _serve(self) -> None:
+        import grpc
+
+        self._stop = asyncio.Event()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.upstream}")
+        proxy = self
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
+            metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("callstate-"))
+            try:
+                return await channel.unary_unary(method)(request, metadata=metadata, timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as err:
+                trailers = tuple(err.trailing_metadata() or ())
+                details = err.details() or ""
+                if proxy.drop_code_trailer:
+                    trailers = tuple((k, v) for k, v in trailers if k != CODE_KEY)
+                if proxy.max_message is not None:
+                    details = details[:proxy.max_message]
+                proxy.rewritten += 1
+                await context.abort(err.code(), details, trailers)
+                raise
+
+        class Forward(grpc.GenericRpcHandler):
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                # a partial of a coroutine function is one too: grpc.aio runs it on its loop
+                return grpc.unary_unary_rpc_method_handler(functools.partial(forward, method=details.method))
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((Forward(),))
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(1)
+        await channel.close()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)

@@ -13,15 +13,15 @@ import grpc
 import orjson
 import pytest
 
-from callstate.cli.conformance_properties import (CANCEL_ABORTIVE, GRACEFUL_STOP, HELD, LARGE_METADATA,
-                                                  PROPERTIES)
+from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE, CHECK,
+                                                  GRACEFUL_STOP, HELD, LARGE_METADATA, PROPERTIES)
 from callstate.lifecycle import D, DISPATCH
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
 from tests.conftest import ServerProcess, cli
-from tests.middleboxes import (BrokenRelay, ProxyProcess, free_port, readme_conformance_args, readme_nginx_server,
-                               start_haproxy, start_nginx)
+from tests.middleboxes import (BrokenRelay, ProxyProcess, RewritingGrpcProxy, free_port, readme_conformance_args,
+                               readme_nginx_server, start_haproxy, start_nginx)
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
                                  reason="nginx is not installed (tools/system-deps.sh installs it)")
@@ -205,6 +205,26 @@ def test_relay_that_drops_cancels_fails_its_row_within_the_bounds(tmp_path: Path
     assert "cancels never reached the server" in row["note"]
 
 
+@pytest.mark.parametrize("rewrite, failing, words", [
+    ({"drop_code_trailer": True}, {ABORT_TRAILERS_ONLY, ABORT_AFTER_HEADERS, LARGE_METADATA, CHECK},
+     "1726 RPC_S_CALL_FAILED (ABORTED) instead of 500"),
+    ({"max_message": 100}, {LARGE_METADATA}, "abort message of 100 bytes, not 4096"),
+], ids=["drops-code-trailer", "truncates-messages"])
+def test_grpc_proxy_that_rewrites_statuses_fails_the_rows_it_breaks(tmp_path: Path, rewrite: dict[str, Any],
+                                                                     failing: set[str], words: str) -> None:
+    upstream = free_port()
+    proxy = RewritingGrpcProxy(upstream, **rewrite)
+    try:
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK)
+    finally:
+        proxy.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert proxy.rewritten > 0
+    assert {p for p, v in verdicts(report, "proxy").items() if v == "FAIL"} == failing, res.stdout
+    assert set(verdicts(report, "direct").values()) == {"pass"}, res.stdout
+    assert words in res.stdout
+
+
 # -- usage errors and unreachable ends: one line, exit status 2 ------------------------------------
 
 @pytest.mark.parametrize("args, words", [
@@ -238,7 +258,7 @@ def test_check_row_names_the_broken_invariant_and_its_property() -> None:
     """The check row judges both sides with the checker: a server call that never ended fails it."""
     from callstate.cli.conformance_battery import Battery, BatteryConfig
     from callstate.cli.conformance_journal import ServerJournal
-    from callstate.cli.conformance_properties import CHECK, DEADLINE
+    from callstate.cli.conformance_properties import DEADLINE
     from callstate.lifecycle import D, DISPATCH, ENTER, SERVER
 
     async def judge() -> Any:
