@@ -236,13 +236,15 @@ class BrokenRelay:
 
 class RewritingGrpcProxy:
     """A gRPC proxy (grpc.aio, unary calls, in a thread) that forwards every call to
-    127.0.0.1:`upstream` and rewrites what comes back on purpose: `drop_code_trailer` removes
-    the `callstate-code` trailer; `max_message` truncates status messages to that many bytes."""
+    127.0.0.1:`upstream`, records the initial metadata each answer came with (none for a
+    trailers-only response), and rewrites what comes back on purpose: `drop_code_trailer`
+    removes the `callstate-code` trailer; `max_message` truncates status messages."""
 
     def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None) -> None:
         self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
         self.port = 0
         self.rewritten = 0
+        self.initial_metadata: list[tuple[tuple[str, str | bytes], ...]] = []   # per call, as the server sent it
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -264,8 +266,10 @@ class RewritingGrpcProxy:
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
             metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("callstate-"))
+            call = channel.unary_unary(method)(request, metadata=metadata, timeout=context.time_remaining())
             try:
-                return await channel.unary_unary(method)(request, metadata=metadata, timeout=context.time_remaining())
+                proxy.initial_metadata.append(tuple(await call.initial_metadata() or ()))
+                return await call
             except grpc.aio.AioRpcError as err:
                 trailers = tuple(err.trailing_metadata() or ())
                 details = err.details() or ""

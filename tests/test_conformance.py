@@ -75,8 +75,18 @@ def test_headers_first_sends_initial_metadata_before_the_abort(server: ServerPro
 
 
 def test_call_headers_first_option(server: ServerProcess) -> None:
-    res = cli("call", "--target", server.target, "--outcome", "abort", "--code", "5002", "--headers-first")
-    assert res.returncode == 1 and "final: 5002" in res.stderr, res.stderr
+    """`callstate call --headers-first`: the answer crosses the wire after initial metadata (seen
+    by a proxy in the middle); without it, trailers-only."""
+    proxy = RewritingGrpcProxy(server.port)
+    try:
+        res = cli("call", "--target", proxy.target, "--outcome", "abort", "--code", "5002", "--headers-first")
+        assert res.returncode == 1 and "final: 5002" in res.stderr, res.stderr
+        assert any(k == CALL_ID_KEY for k, _ in proxy.initial_metadata[-1]), proxy.initial_metadata
+        res = cli("call", "--target", proxy.target, "--outcome", "abort", "--code", "5002")
+        assert res.returncode == 1 and "final: 5002" in res.stderr, res.stderr
+        assert proxy.initial_metadata[-1] == ()
+    finally:
+        proxy.stop()
 
 
 def test_dispatch_entry_records_the_callers_deadline(server: ServerProcess) -> None:
