@@ -70,7 +70,7 @@ class ServerCall:
                       f"handler error: {type(exc).__name__}: {exc}")
 
     def cancel_seen(self, kind: str) -> None:
-        """Record a cancel (no state change, SPEC §2) and wake a waiting handler."""
+        """Record a cancel (no state change: docs/model.md, "Server") and wake a waiting handler."""
         if self.lifecycle.ended:
             return
         if kind == ABORTIVE:
