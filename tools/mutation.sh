@@ -10,12 +10,13 @@ which=${1:-core}
 config="tools/mutation-$which.toml"
 [ -f "$config" ] || { echo "usage: bash tools/mutation.sh core|adapters" >&2; exit 2; }
 bin=.venv/bin
+export PATH="$PWD/$bin:$PATH"   # the test command's `python` is the project's
 mkdir -p build
 session="build/mutation-$which.sqlite"
 git diff --quiet -- callstate client server || { echo "tools/mutation.sh: commit or stash your changes first (it edits files in place)" >&2; exit 2; }
 rm -f "$session"
 "$bin/cosmic-ray" init "$config" "$session"
 "$bin/cosmic-ray" baseline "$config"
-PATH="$PWD/$bin:$PATH" "$bin/cosmic-ray" exec "$config" "$session"
+"$bin/cosmic-ray" exec "$config" "$session"
 "$bin/cr-report" "$session" --show-pending
 git diff --quiet -- callstate client server || { echo "tools/mutation.sh: files left mutated; restoring" >&2; git checkout -- callstate client server; }
