@@ -37,7 +37,7 @@ def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
-                                             f"{'> 0' if positive else '>= 0'}")
+                                             f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
         return value
     convert.__name__ = kind   # argparse names the type in its messages
     return convert
