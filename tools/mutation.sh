@@ -16,6 +16,7 @@ session="build/mutation-$which.sqlite"
 git diff --quiet -- callstate client server || { echo "tools/mutation.sh: commit or stash your changes first (it edits files in place)" >&2; exit 2; }
 rm -f "$session"
 "$bin/cosmic-ray" init "$config" "$session"
+"$bin/cr-filter-operators" "$session" "$config"
 "$bin/cosmic-ray" baseline "$config"
 "$bin/cosmic-ray" exec "$config" "$session"
 "$bin/cr-report" "$session" --show-pending
