@@ -199,3 +199,17 @@ def test_illegal_moves_are_refused_on_the_production_path() -> None:
     call.move(lifecycle.ABORTED, 5001)
     with pytest.raises(LifecycleError, match="no move leaves it"):
         call.move(lifecycle.ABORTED, 5001)
+
+
+def test_an_end_without_an_integer_code_is_a_wrong_final_code() -> None:
+    entries = [e("client", "C", None, "call"), e("client", "WComp", "C", "started"),
+               e("client", "Comp", "WComp", "complete"), e("client", "End", "Comp", "completed", code=None)]
+    assert kinds(entries) == {"wrong_final_code"}
+    assert lifecycle.own_path_error("client", lifecycle.COMPLETED, True) is not None   # a bool is no code
+    assert lifecycle.own_path_error("client", lifecycle.COMPLETED, 0) is None
+
+
+def test_an_illegal_move_names_the_legal_ones() -> None:
+    with pytest.raises(LifecycleError) as info:
+        lifecycle.next_state("client", "WComp", "started")
+    assert str(info.value) == "client lifecycle: move 'started' is illegal in state 'WComp' (legal: cancel, complete)"
