@@ -90,8 +90,8 @@ async def _call(opts: argparse.Namespace) -> int:
         else:
             try:
                 call.start()
-            except CallError as err:
-                print(f"call not made: {err}", file=sys.stderr)
+            except CallError as err:   # C -> End: the call was never made, nothing to complete
+                _final(err.code, f"the call was not made: {err.details}")
                 return 1
             # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
             loop = asyncio.get_running_loop()

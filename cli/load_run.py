@@ -26,7 +26,7 @@ from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.lifecycle import ABORTIVE, DISPATCH, ENTER, END
+from callstate.lifecycle import ABORTIVE, DISPATCH, END, ENTER, SERVER
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
 from callstate.statelog import Entry, StateLog, proto_to_dict
@@ -362,7 +362,7 @@ class LoadRun:
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
                            **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
             "paths": dict(sorted(self.paths.items())),
-            "server": {"in_flight_before": before.in_flight,
+            SERVER: {"in_flight_before": before.in_flight,
                        "in_flight_after": after.in_flight if after else None,
                        "dispatched": self._our_server_dispatches if self.checker is not None else (
                            after.dispatched - before.dispatched if after else None),
@@ -420,7 +420,7 @@ def summary(report: dict[str, Any]) -> str:
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)")
     elif check["ok"]:
-        server = report["server"]
+        server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
                   "so only this run's calls were judged)" if server["in_flight_before"] else "")
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "

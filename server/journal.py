@@ -11,19 +11,19 @@ import asyncio
 import collections
 from typing import Iterable
 
-from callstate.lifecycle import END
-from callstate.statelog import Entry
+from callstate.lifecycle import CANCEL_SEEN, END, ENTER
+from callstate.statelog import Entry, is_final
 
 
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "cancel_seen")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel")
 
     def __init__(self, call_id: str, outcome: str = "") -> None:
         self.call_id = call_id
         self.entries: list[Entry] = []
         self.state = ""
         self.outcome = outcome
-        self.cancel_seen = False
+        self.saw_cancel = False
 
     @property
     def ended(self) -> bool:
@@ -32,7 +32,7 @@ class CallRecord:
     @property
     def final(self) -> Entry | None:
         last = self.entries[-1] if self.entries else None
-        return last if last is not None and last.state == END and last.event == "enter" else None
+        return last if last is not None and is_final(last) else None
 
 
 class Watcher:
@@ -73,15 +73,15 @@ class Journal:
     def add(self, rec: CallRecord, e: Entry) -> None:
         """Runs for every server entry on the event loop: kept to a few dict operations."""
         rec.entries.append(e)
-        if e.event == "enter":
+        if e.event == ENTER:
             state = rec.state = e.state
             by_state = self.by_state
             by_state[state] = by_state.get(state, 0) + 1
             if state == END:
                 self._end(rec, e)
-        elif e.event == "cancel_seen":
+        elif e.event == CANCEL_SEEN:
             self.cancels_seen += 1
-            rec.cancel_seen = True
+            rec.saw_cancel = True
         if self._watchers:
             self._publish(e)
 

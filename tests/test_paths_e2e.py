@@ -79,7 +79,6 @@ def test_hold_then_abortive_cancel(shared_server: ServerProcess) -> None:
         async with AsyncClient(shared_server.target) as client:
             call = client.start(Script("hold"))
             await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
-            await asyncio.sleep(0.05)
             call.cancel()  # abortive: gRPC cancel
             code, err = await finish(call)
             assert code == codes.RPC_S_CALL_CANCELLED and err.grpc_status == "CANCELLED"
@@ -211,7 +210,7 @@ def test_closing_the_client_under_an_awaiter_gives_1722(shared_server: ServerPro
         call = client.start(Script("hold"))
         await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
         waiter = asyncio.ensure_future(finish(call))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)   # the waiter starts awaiting the call
         await client.close()
         code, err = await asyncio.wait_for(waiter, 5)
         assert code == codes.RPC_S_SERVER_UNAVAILABLE and call.state == "End"
