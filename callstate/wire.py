@@ -9,8 +9,6 @@ from typing import Final
 # MS-RPC code travels in this trailer, so a client in any language can read it.
 CALL_ID_KEY: Final = "callstate-call-id"
 CODE_KEY: Final = "callstate-code"
-# The server's dispatch entry carries the caller's deadline as it arrived, in its detail.
-DEADLINE_DETAIL: Final = "deadline="
 
 
 def new_call_id() -> str:

@@ -15,7 +15,6 @@ from callstate.cli.conformance_journal import cancel_seen_at, ended, final, firs
 from callstate.cli.conformance_properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
 from callstate.client import Script
 from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
-from callstate.wire import DEADLINE_DETAIL
 
 if TYPE_CHECKING:
     from callstate.cli.conformance_battery import Battery
@@ -118,7 +117,7 @@ async def deadline(b: Battery) -> Row:
             bad.append(f"client {r.describe()}")
         elif dispatch is None:
             pass   # the deadline expired before the call reached the server: nothing to propagate
-        elif DEADLINE_DETAIL not in (dispatch.get("detail") or ""):
+        elif await b.journal.deadline_ms(r.call_id, b.cfg.wait) is None:
             bad.append("no grpc-timeout at the server")
         elif cancel_seen_at(entries) is None or not ended(entries):
             bad.append(f"server did not end the call ({(final(entries) or dispatch)['state']})")

@@ -85,6 +85,14 @@ class ServerJournal:
             self.lost = f"the journal stream broke: {err.code().name}: {err.details()}"
         self._changed.set()
 
+    async def deadline_ms(self, call_id: str, timeout: float) -> int | None:
+        """The call's deadline as the server received it (Journal/GetCall), None without one."""
+        try:
+            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return history.deadline_ms if history.HasField("deadline_ms") else None
+
     def watch(self, call_id: str) -> None:
         self._entries.setdefault(call_id, [])
 

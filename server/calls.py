@@ -35,7 +35,7 @@ class ServerCall:
                  "_log")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
-                 detail: str | None = None) -> None:
+                 deadline_ms: int | None = None) -> None:
         self.call_id = call_id
         self.lifecycle = Lifecycle(SERVER, keep_history=False)   # the journal keeps the history
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
@@ -44,8 +44,8 @@ class ServerCall:
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
         self._journal = journal
         self._log = log_append
-        self._rec = journal.open(call_id, outcome)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, detail, None)))
+        self._rec = journal.open(call_id, outcome, deadline_ms)
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)

@@ -25,7 +25,7 @@ from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_
 from callstate.statelog import Entry
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
-from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
+from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
@@ -85,7 +85,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
-                          _deadline_detail(context))
+                          _deadline_ms(context))
         self.live[call_id] = call
         if self._early_notices and self._early_notices.take(call_id):
             call.cancel_seen(NON_ABORTIVE)
@@ -212,8 +212,8 @@ def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-def _deadline_detail(context: grpc.aio.ServicerContext) -> str | None:
-    """The dispatch entry records the caller's deadline as it arrived (grpc-timeout), so a
-    log shows whether a proxy on the way passed it on."""
+def _deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
+    """The caller's deadline as it arrived (grpc-timeout): the journal keeps it, so a tool can
+    tell whether a proxy on the way passed it on."""
     remaining = context.time_remaining()
-    return None if remaining is None else f"{DEADLINE_DETAIL}{remaining * 1000:.0f}ms"
+    return None if remaining is None else round(remaining * 1000)

@@ -16,14 +16,15 @@ from callstate.statelog import Entry, is_final
 
 
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "deadline_ms")
 
-    def __init__(self, call_id: str, outcome: str = "") -> None:
+    def __init__(self, call_id: str, outcome: str = "", deadline_ms: int | None = None) -> None:
         self.call_id = call_id
         self.entries: list[Entry] = []
         self.state = ""
         self.outcome = outcome
         self.saw_cancel = False
+        self.deadline_ms = deadline_ms   # the caller's deadline as it arrived (grpc-timeout)
 
     @property
     def ended(self) -> bool:
@@ -63,9 +64,9 @@ class Journal:
         self.by_state: dict[str, int] = {}
         self.by_code: dict[int, int] = {}
 
-    def open(self, call_id: str, outcome: str = "") -> CallRecord:
+    def open(self, call_id: str, outcome: str = "", deadline_ms: int | None = None) -> CallRecord:
         """A newly dispatched call: its record (the caller adds its entries to it)."""
-        rec = self._calls[call_id] = CallRecord(call_id, outcome)
+        rec = self._calls[call_id] = CallRecord(call_id, outcome, deadline_ms)
         self.dispatched += 1
         self.in_flight += 1
         return rec

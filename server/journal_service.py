@@ -40,7 +40,8 @@ class JournalServicer(pb_grpc.JournalServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no call {request.call_id!r} in the journal (never seen, or evicted: "
                                 f"it keeps the last {self.journal.capacity} ended calls)")
-        return pb.CallHistory(call_id=rec.call_id, entries=[entry_to_proto(e) for e in rec.entries], ended=rec.ended)
+        return pb.CallHistory(call_id=rec.call_id, entries=[entry_to_proto(e) for e in rec.entries], ended=rec.ended,
+                              deadline_ms=rec.deadline_ms)
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = request.limit or 100

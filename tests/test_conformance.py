@@ -15,10 +15,9 @@ import pytest
 
 from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE, CHECK,
                                                   GRACEFUL_STOP, HELD, LARGE_METADATA, PROPERTIES)
-from callstate.lifecycle import D, DISPATCH
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.wire import CALL_ID_KEY, CODE_KEY, DEADLINE_DETAIL, new_call_id
+from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
 from tests.conftest import ServerProcess, cli
 from tests.middleboxes import (BrokenRelay, ProxyProcess, RewritingGrpcProxy, free_port, readme_conformance_args,
                                readme_nginx_server, start_haproxy, start_nginx)
@@ -89,16 +88,21 @@ def test_call_headers_first_option(server: ServerProcess) -> None:
         proxy.stop()
 
 
-def test_dispatch_entry_records_the_callers_deadline(server: ServerProcess) -> None:
+async def _history(target: str, call_id: str) -> pb.CallHistory:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await pb_grpc.JournalStub(channel).GetCall(pb.GetCallRequest(call_id=call_id), timeout=5)
+
+
+def test_journal_records_the_callers_deadline(server: ServerProcess) -> None:
     res = cli("call", "--target", server.target, "--outcome", "hold", "--timeout", "0.5", "--json")
     call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
-    entries = server.wait_entries(call_id)
-    dispatch = next(e for e in entries if e["state"] == D and e.get("move") == DISPATCH)
-    assert dispatch["detail"].startswith(DEADLINE_DETAIL), dispatch
-    assert 0 < int(dispatch["detail"][len(DEADLINE_DETAIL):].removesuffix("ms")) <= 500
+    server.wait_entries(call_id)
+    history = asyncio.run(_history(server.target, call_id))
+    assert history.HasField("deadline_ms") and 0 < history.deadline_ms <= 500, history.deadline_ms
     res = cli("call", "--target", server.target, "--json")
     call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
-    assert "detail" not in server.wait_entries(call_id)[0], "no deadline, no detail"
+    server.wait_entries(call_id)
+    assert not asyncio.run(_history(server.target, call_id)).HasField("deadline_ms"), "no deadline, none recorded"
 
 
 # -- real proxies ---------------------------------------------------------------------------------
