@@ -270,6 +270,9 @@ class RewritingGrpcProxy:
             try:
                 proxy.initial_metadata.append(tuple(await call.initial_metadata() or ()))
                 return await call
+            except asyncio.CancelledError:   # the caller cancelled: so does the proxy, upstream
+                call.cancel()
+                raise
             except grpc.aio.AioRpcError as err:
                 trailers = tuple(err.trailing_metadata() or ())
                 details = err.details() or ""
