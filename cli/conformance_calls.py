@@ -34,7 +34,7 @@ class BatteryConfig:
     deadline: float = 0.2
     streams: int = 100
     metadata_bytes: int = 4096
-    wait: float = 5.0               # the bound on any one wait
+    wait: float = 10.0              # the bound on any one wait
 
 
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:

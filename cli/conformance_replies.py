@@ -12,6 +12,7 @@ import grpc
 
 from callstate import codes
 from callstate.cli.conformance_calls import Result, examples, median_ms
+from callstate.cli.conformance_journal import ended
 from callstate.cli.conformance_properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
 from callstate.client import Script
 from callstate.v1 import callstate_pb2 as pb
@@ -111,6 +112,9 @@ async def large_metadata(b: Battery) -> Row:
                 return f"{codes.describe(got)} ({err.code().name}) instead of {code}"
             if err.details() != message:
                 return f"abort message of {len(err.details() or '')} bytes, not {size}"
+            # no client log for these raw calls: the server's End must be in before the check row
+            if not await b.journal.wait((call_id,), ended, b.cfg.wait):
+                return "not ended in the server's journal"
             return ""
     results = await b.twice(one)
     bad = [r for r in results if r]
