@@ -103,12 +103,12 @@ class LoadRun:
 
     def _start_metrics(self) -> None:
         from callstate.observe import ObservedLog
-        from callstate.observe.metrics import CancelPropagation, Families, MetricsEndpoint, SideMetrics
+        from callstate.observe.metrics import Metrics, MetricsEndpoint
 
-        families = Families()
-        self.propagation = CancelPropagation(families)
-        self.sink = ObservedLog(self.sink, [SideMetrics(families, CLIENT).observe, self.propagation.client])
-        self.metrics = MetricsEndpoint(families.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
+        metrics = Metrics()
+        self.propagation = metrics.cancel_propagation()
+        self.sink = ObservedLog(self.sink, [metrics.side(CLIENT).observe, self.propagation.client])
+        self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
         """Start no more calls; the ones in flight finish and are checked as usual."""

@@ -1,21 +1,24 @@
 """Prometheus metrics from state entries, served on /metrics by prometheus-client.
 
-`SideMetrics(registry_metrics, side).observe` is an entry observer: per entry it does a
-dict lookup of a pre-bound label child and an increment (plus a histogram observation on
-End), never any string formatting, so the server keeps its calls/s with metrics on
-(`benchmarks/run.py metrics`). Families are declared once per registry in `Families`.
+The hot path keeps plain counts: `SideMetrics.observe` does a few dict increments per entry
+(and, on End, one bisect into a histogram's bucket list), with no lock, no label lookup and
+no string formatting; `_Collector` turns the counts into metric families only when /metrics
+is scraped. So the server keeps its calls/s with metrics on (`benchmarks/run.py metrics`).
+Observers run on one thread (the event loop of the server or of `callstate load`); the
+scrape, on prometheus-client's HTTP thread, only copies dicts (atomic under the GIL).
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 from typing import Any, Iterator
 
 from callstate.observe import ObserveError
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:   # pragma: no cover - exercised by installs without the extra
@@ -31,97 +34,85 @@ DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
 CANCEL_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
 
 
-class Families:
-    """Every callstate metric family, registered once in one registry."""
+class Histogram:
+    """Bucket counts (not cumulative; the last one is +Inf) and the sum of observations."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.calls = Counter("callstate_calls", "Calls that reached End, by side and final MS-RPC code",
-                             ("side", "code", "name"), registry=r)
-        self.in_flight = Gauge("callstate_calls_in_flight", "Calls entered and not yet at End", ("side",), registry=r)
-        self.states = Counter("callstate_state_entries", "States entered, by side and state", ("side", "state"),
-                              registry=r)
-        self.events = Counter("callstate_events", "Events recorded without a state change (cancel_seen, "
-                              "complete_pending, cancel_sent, cancel_escalated)", ("side", "event"), registry=r)
-        self.cancels = Counter("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by the "
-                               "server (cancel_seen)", ("side", "kind"), registry=r)
-        self.duration = Histogram("callstate_call_duration_seconds", "Call latency: first state to End, by side "
-                                  "and final code", ("side", "code"), buckets=DURATION_BUCKETS, registry=r)
-        self.cancel_to_end = Histogram("callstate_cancel_to_end_seconds", "From a side's first cancel (client Can, "
-                                       "server cancel_seen) to its End", ("side", "kind"), buckets=CANCEL_BUCKETS,
-                                       registry=r)
-        self.propagation = Histogram("callstate_cancel_propagation_seconds", "Client Can -> server cancel_seen "
-                                     "(measured by `callstate load`, which sees both sides)", ("kind",),
-                                     buckets=CANCEL_BUCKETS, registry=r)
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1   # le: value <= bound
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        counts, total, out = list(self.counts), 0, []
+        for bound, n in zip(self.bounds + (float("inf"),), counts):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
 
 
 class SideMetrics:
-    """The entry observer of one side: `observe(entry)`."""
+    """The entry observer of one side (`observe(entry)`), and its counts."""
 
-    __slots__ = ("_f", "side", "_in_flight", "_states", "_events", "_cancels", "_codes", "_to_end", "_started",
-                 "_cancelled")
+    __slots__ = ("side", "in_flight", "states", "events", "cancels", "calls", "duration", "cancel_to_end",
+                 "_started", "_cancelled")
 
-    def __init__(self, families: Families, side: str) -> None:
-        self._f, self.side = families, side
-        self._in_flight = families.in_flight.labels(side)
-        # label children are bound on first use and kept: the hot path never formats a label
-        self._states: dict[str, Any] = {}
-        self._events: dict[str, Any] = {}
-        self._cancels: dict[str, Any] = {}
-        self._codes: dict[int | None, tuple[Any, Any]] = {}
-        self._to_end: dict[str, Any] = {}
-        self._started: dict[str, float] = {}                  # call id -> first entry's time
-        self._cancelled: dict[str, tuple[float, str]] = {}    # call id -> (first cancel's time, kind)
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.in_flight = 0
+        self.states: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+        self.cancels: dict[str, int] = {}
+        self.calls: dict[int | None, int] = {}                # final code -> calls
+        self.duration: dict[int | None, Histogram] = {}        # final code -> first state to End
+        self.cancel_to_end: dict[str, Histogram] = {}          # kind -> first cancel to End
+        self._started: dict[str, float] = {}                   # call id -> first entry's time
+        self._cancelled: dict[str, tuple[float, str]] = {}     # call id -> (first cancel's time, kind)
 
     def observe(self, e: Entry) -> None:
         if e.event == ENTER:
-            child = self._states.get(e.state)
-            if child is None:
-                child = self._states[e.state] = self._f.states.labels(self.side, e.state)
-            child.inc()
+            states = self.states
+            states[e.state] = states.get(e.state, 0) + 1
             if e.prev is None:
                 self._started[e.call_id] = e.t
-                self._in_flight.inc()
+                self.in_flight += 1
             elif e.state == END:
                 self._ended(e)
         else:
-            child = self._events.get(e.event)
-            if child is None:
-                child = self._events[e.event] = self._f.events.labels(self.side, e.event)
-            child.inc()
+            events = self.events
+            events[e.event] = events.get(e.event, 0) + 1
         if e.cancel is not None:
             self._cancel(e)
 
     def _cancel(self, e: Entry) -> None:
         kind = e.cancel
         assert kind is not None
-        child = self._cancels.get(kind)
-        if child is None:
-            child = self._cancels[kind] = self._f.cancels.labels(self.side, kind)
-        child.inc()
+        self.cancels[kind] = self.cancels.get(kind, 0) + 1
         if e.call_id in self._started and e.call_id not in self._cancelled:
             self._cancelled[e.call_id] = (e.t, kind)
 
     def _ended(self, e: Entry) -> None:
-        pair = self._codes.get(e.code)
-        if pair is None:
-            code = "none" if e.code is None else str(e.code)
-            name = codes.name(e.code) if e.code is not None else ""
-            pair = self._codes[e.code] = (self._f.calls.labels(self.side, code, name),
-                                          self._f.duration.labels(self.side, code))
-        pair[0].inc()
-        self._in_flight.dec()
+        code = e.code
+        self.calls[code] = self.calls.get(code, 0) + 1
+        self.in_flight -= 1
         t0 = self._started.pop(e.call_id, None)
         if t0 is not None:
-            pair[1].observe(e.t - t0)
+            hist = self.duration.get(code)
+            if hist is None:
+                hist = self.duration[code] = Histogram(DURATION_BUCKETS)
+            hist.observe(e.t - t0)
         cancelled = self._cancelled.pop(e.call_id, None)
         if cancelled is not None:
             t, kind = cancelled
-            child = self._to_end.get(kind)
-            if child is None:
-                child = self._to_end[kind] = self._f.cancel_to_end.labels(self.side, kind)
-            child.observe(e.t - t)
+            hist = self.cancel_to_end.get(kind)
+            if hist is None:
+                hist = self.cancel_to_end[kind] = Histogram(CANCEL_BUCKETS)
+            hist.observe(e.t - t)
 
 
 class CancelPropagation:
@@ -131,9 +122,8 @@ class CancelPropagation:
     from the server's journal stream. Cancels the server never sees (cancelled before start,
     or after the call ended there) are forgotten oldest first beyond `keep`."""
 
-    def __init__(self, families: Families, keep: int = 100_000) -> None:
-        self._hist = families.propagation
-        self._children: dict[str, Any] = {}
+    def __init__(self, keep: int = 100_000) -> None:
+        self.by_kind: dict[str, Histogram] = {}
         self._pending: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
         self._keep = keep
 
@@ -148,14 +138,82 @@ class CancelPropagation:
         if pending is None:
             return
         t0, kind = pending
-        child = self._children.get(kind)
-        if child is None:
-            child = self._children[kind] = self._hist.labels(kind)
-        child.observe(max(0.0, t - t0))
+        hist = self.by_kind.get(kind)
+        if hist is None:
+            hist = self.by_kind[kind] = Histogram(CANCEL_BUCKETS)
+        hist.observe(max(0.0, t - t0))
+
+
+def _code_label(code: int | None) -> tuple[str, str]:
+    return ("none", "") if code is None else (str(code), codes.name(code))
+
+
+class Metrics:
+    """One registry with callstate's metric families, rendered from the observers' counts at scrape time."""
+
+    def __init__(self, journal: Any = None) -> None:
+        self.registry = CollectorRegistry()
+        self.sides: list[SideMetrics] = []
+        self.propagation: CancelPropagation | None = None
+        self.registry.register(_Collector(self))
+        if journal is not None:
+            self.registry.register(JournalCollector(journal))
+
+    def side(self, side: str) -> SideMetrics:
+        observer = SideMetrics(side)
+        self.sides.append(observer)
+        return observer
+
+    def cancel_propagation(self) -> CancelPropagation:
+        self.propagation = CancelPropagation()
+        return self.propagation
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("callstate_calls", "Calls that reached End, by side and final MS-RPC code",
+                                    labels=("side", "code", "name"))
+        in_flight = GaugeMetricFamily("callstate_calls_in_flight", "Calls entered and not yet at End",
+                                      labels=("side",))
+        states = CounterMetricFamily("callstate_state_entries", "States entered, by side and state",
+                                     labels=("side", "state"))
+        events = CounterMetricFamily("callstate_events", "Events recorded without a state change (cancel_seen, "
+                                     "complete_pending, cancel_sent, cancel_escalated)", labels=("side", "event"))
+        cancels = CounterMetricFamily("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by "
+                                      "the server (cancel_seen)", labels=("side", "kind"))
+        duration = HistogramMetricFamily("callstate_call_duration_seconds", "Call latency: first state to End, "
+                                         "by side and final code", labels=("side", "code"))
+        to_end = HistogramMetricFamily("callstate_cancel_to_end_seconds", "From a side's first cancel (client "
+                                       "Can, server cancel_seen) to its End", labels=("side", "kind"))
+        for s in self._m.sides:
+            in_flight.add_metric((s.side,), s.in_flight)
+            for code, n in dict(s.calls).items():
+                calls.add_metric((s.side, *_code_label(code)), n)
+            for state, n in dict(s.states).items():
+                states.add_metric((s.side, state), n)
+            for event, n in dict(s.events).items():
+                events.add_metric((s.side, event), n)
+            for kind, n in dict(s.cancels).items():
+                cancels.add_metric((s.side, kind), n)
+            for code, hist in dict(s.duration).items():
+                duration.add_metric((s.side, _code_label(code)[0]), hist.buckets(), hist.sum)
+            for kind, hist in dict(s.cancel_to_end).items():
+                to_end.add_metric((s.side, kind), hist.buckets(), hist.sum)
+        yield from (calls, in_flight, states, events, cancels, duration, to_end)
+        if self._m.propagation is not None:
+            prop = HistogramMetricFamily("callstate_cancel_propagation_seconds", "Client Can -> server "
+                                         "cancel_seen (measured by `callstate load`, which sees both sides)",
+                                         labels=("kind",))
+            for kind, hist in dict(self._m.propagation.by_kind).items():
+                prop.add_metric((kind,), hist.buckets(), hist.sum)
+            yield prop
 
 
 class JournalCollector(Collector):
-    """The server journal's own counters, read at scrape time (nothing on the hot path)."""
+    """The server journal's own counters, read at scrape time."""
 
     def __init__(self, journal: Any) -> None:
         self._journal = journal

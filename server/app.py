@@ -130,11 +130,10 @@ class EmulatorServer:
             self._on_dispatch = tracer.dispatched
             observers.append(tracer.observe)
         if opts.metrics_port is not None:
-            from callstate.observe.metrics import Families, JournalCollector, MetricsEndpoint, SideMetrics
-            families = Families()
-            families.registry.register(JournalCollector(journal))
-            observers.append(SideMetrics(families, SERVER).observe)
-            self.metrics = MetricsEndpoint(families.registry, opts.metrics_bind, opts.metrics_port)
+            from callstate.observe.metrics import Metrics, MetricsEndpoint
+            metrics = Metrics(journal)
+            observers.append(metrics.side(SERVER).observe)
+            self.metrics = MetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port)
         return fan_out(log.append if log.enabled else None, observers)
 
     def _close_metrics(self) -> None:
