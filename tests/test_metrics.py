@@ -180,3 +180,37 @@ def test_metrics_port_errors_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2 and "cannot serve /metrics" in result.stderr and "Traceback" not in result.stderr
     bad = cli("serve", "--metrics-port", "70000")
     assert bad.returncode == 2 and "--metrics-port" in bad.stderr
+
+
+def test_readme_table_names_every_metric() -> None:
+    """The README's table and the families /metrics serves are the same set of names."""
+    from prometheus_client import generate_latest
+
+    from callstate.lifecycle import COMP, COMPLETE, COMPLETED, DISPATCH, CANCEL, CANCEL_SEEN, C, CALL, WCOMP
+    from callstate.observe.metrics import Metrics
+    from callstate.statelog import Entry
+
+    class FakeJournal:
+        evicted = watch_dropped = 0
+
+        def __len__(self) -> int:
+            return 0
+
+    metrics = Metrics(FakeJournal())
+    server, client, propagation = metrics.side(SERVER), metrics.side(CLIENT), metrics.cancel_propagation()
+    for e in (Entry(1.0, SERVER, "a", D, None, ENTER, DISPATCH), Entry(1.1, SERVER, "a", D, D, CANCEL_SEEN, cancel=ABORTIVE),
+              Entry(1.2, SERVER, "a", COMP, D, ENTER, COMPLETE), Entry(1.3, SERVER, "a", END, COMP, ENTER, COMPLETED, 0)):
+        server.observe(e)
+    for e in (Entry(1.0, CLIENT, "a", C, None, ENTER, CALL), Entry(1.05, CLIENT, "a", CAN, C, ENTER, CANCEL, cancel=ABORTIVE)):
+        client.observe(e)
+        propagation.client(e)
+    propagation.server_cancel_seen("a", 1.1)
+    served = set()
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        served.add(family.name + "_total" if family.type == "counter" else family.name)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Metrics and traces", 1)[1].split("### OpenTelemetry", 1)[0]
+    assert set(re.findall(r"^\| `(callstate_\w+)` \|", table, re.M)) == served
+    assert one({(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+                for s in f.samples}, "callstate_cancel_propagation_seconds_count", kind=ABORTIVE) == 1

@@ -167,3 +167,16 @@ def test_bad_otel_settings_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
     result = cli("serve", "--otel", "--port", "0")
     assert result.returncode == 1 and "carrier-pigeon" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_readme_tracing_example_runs_as_shown(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- tests/test_tracing.py runs this block -->\n```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    assert out.stdout.splitlines() == shown
