@@ -214,3 +214,23 @@ def test_readme_table_names_every_metric() -> None:
     assert one({(s.name, frozenset(s.labels.items())): s.value
                 for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
                 for s in f.samples}, "callstate_cancel_propagation_seconds_count", kind=ABORTIVE) == 1
+
+
+def test_histogram_buckets_match_prometheus_clients_own() -> None:
+    """Our lock-free histogram renders the same cumulative buckets as prometheus_client.Histogram
+    for the same values, bucket bounds included (le is inclusive)."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram as Reference
+
+    from callstate.observe.metrics import DURATION_BUCKETS, Histogram
+
+    rng = random.Random(5)
+    values = list(DURATION_BUCKETS) + [0.0, 100.0] + [rng.uniform(0, 70) ** 2 / 70 for _ in range(500)]
+    ours, ref = Histogram(DURATION_BUCKETS), Reference("h", "h", buckets=DURATION_BUCKETS, registry=CollectorRegistry())
+    for v in values:
+        ours.observe(v)
+        ref.observe(v)
+    theirs = {s.labels["le"]: s.value for s in ref.collect()[0].samples if s.name == "h_bucket"}
+    assert {le: float(n) for le, n in ours.buckets()} == theirs
+    assert ours.sum == pytest.approx(sum(values))
