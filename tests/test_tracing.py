@@ -180,3 +180,13 @@ def test_readme_tracing_example_runs_as_shown(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     shown = [line[2:] for line in block.splitlines() if line.startswith("# ")]
     assert out.stdout.splitlines() == shown
+
+
+def test_load_otel_traces_every_call(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    result = cli("load", "--target", server.target, "--calls", "20", "--cancel", "abortive=50", "--seed", "1",
+                 "--otel", timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    call_ids = re.findall(r'"callstate.call_id": "(\w+)"', result.stderr)
+    assert len(call_ids) == len(set(call_ids)) == 20   # one client span per call, all exported at exit
+    assert result.stderr.count('"kind": "SpanKind.CLIENT"') == 20
