@@ -52,7 +52,7 @@ class Server:
     def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
         self.kind = kind
         port_file = tmp / f"{kind}-{time.monotonic_ns()}.port"
-        self.log = tmp / f"{kind}-server.jsonl"
+        self.log = tmp / f"{kind}-{time.monotonic_ns()}-server.jsonl"   # one per server: paired runs write two
         self.cancel_log = tmp / f"{kind}-cancels.json"
         if kind == "callstate":
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
@@ -169,12 +169,35 @@ def _observer_cost_us(calls: int = 20_000, repeats: int = 5) -> float:
     return (best(observed) - best(log.append)) / calls * 1e6
 
 
+def _paired_round(tmp: Path, concurrency: int, duration: float) -> float:
+    """Metrics on / off calls/s with both servers driven at the same time: on a shared, noisy
+    machine the two halves of the ratio see the same load."""
+    servers = [Server("callstate", tmp), Server("callstate", tmp, "--metrics-port", str(_free_port()))]
+    try:
+        drivers = [subprocess.Popen([PY, BARE, "drive", "--target", srv.target, "--client", "bare", "--concurrency",
+                                     str(concurrency), "--duration", str(duration)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                   for srv in servers]
+        rates = []
+        for proc in drivers:
+            out, err = proc.communicate(timeout=duration + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(err)
+            result = json.loads(out.strip().splitlines()[-1])
+            rates.append(result["calls"] / result["seconds"])
+    finally:
+        for srv in servers:
+            srv.stop()
+    return rates[1] / rates[0]
+
+
 def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
     """Server calls/s with Prometheus metrics on vs off vs bare, alternating in each round."""
     import urllib.request
 
     kinds = ("bare", "off", "on")
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    paired: list[float] = []
     counted = 0.0
     for _ in range(rounds):
         for kind in kinds:
@@ -189,9 +212,11 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
                                   if line.startswith("callstate_calls_total{"))
             finally:
                 srv.stop()
+        paired.append(_paired_round(tmp, concurrency, duration))
     med = {k: statistics.median(r["calls_per_s"] for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in v) for k, v in runs.items()}
     out = {"calls_per_s": med, "cpu_us_per_call": cpu, "on_vs_off": med["on"] / med["off"],
+           "paired_on_vs_off": statistics.median(paired), "paired_rounds": [round(r, 3) for r in paired],
            "off_vs_bare": med["off"] / med["bare"], "on_vs_bare": med["on"] / med["bare"],
            "rounds": {k: [round(r["calls_per_s"]) for r in v] for k, v in runs.items()},
            "last_scrape_calls": counted}
@@ -202,6 +227,8 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
     print(f"  ratios: on/off {out['on_vs_off']:.3f}  off/bare {out['off_vs_bare']:.3f}  on/bare {out['on_vs_bare']:.3f}"
           f"  (last scrape counted {counted:.0f} calls)")
     print(f"  rounds: {out['rounds']}")
+    print(f"  paired (metrics on and off served at the same time, one bare client each, so both see the same "
+          f"machine): on/off calls/s median {out['paired_on_vs_off']:.3f}, rounds {out['paired_rounds']}")
     cost = out["observer_us_per_call"] = _observer_cost_us()
     print(f"  metrics observer in-process: {cost:.2f} us per completed call = {cost / cpu['off'] * 100:.1f}% of the "
           f"server's CPU per call with metrics off")
