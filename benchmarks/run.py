@@ -169,26 +169,30 @@ def _observer_cost_us(calls: int = 20_000, repeats: int = 5) -> float:
     return (best(observed) - best(log.append)) / calls * 1e6
 
 
-def _paired_round(tmp: Path, concurrency: int, duration: float) -> float:
-    """Metrics on / off calls/s with both servers driven at the same time: on a shared, noisy
-    machine the two halves of the ratio see the same load."""
+def _paired_round(tmp: Path, concurrency: int, duration: float) -> tuple[float, float]:
+    """Metrics on / off with both servers driven at the same time, so on a shared, noisy machine
+    the two halves of each ratio see the same load: (calls/s on/off, server CPU per call on/off)."""
     servers = [Server("callstate", tmp), Server("callstate", tmp, "--metrics-port", str(_free_port()))]
     try:
+        cpu0 = [srv.cpu() for srv in servers]
         drivers = [subprocess.Popen([PY, BARE, "drive", "--target", srv.target, "--client", "bare", "--concurrency",
                                      str(concurrency), "--duration", str(duration)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
                    for srv in servers]
-        rates = []
+        rates: list[float] = []
+        calls: list[int] = []
         for proc in drivers:
             out, err = proc.communicate(timeout=duration + 60)
             if proc.returncode != 0:
                 raise RuntimeError(err)
             result = json.loads(out.strip().splitlines()[-1])
             rates.append(result["calls"] / result["seconds"])
+            calls.append(result["calls"])
+        cpu = [(srv.cpu() - c0) / n for srv, c0, n in zip(servers, cpu0, calls)]
     finally:
         for srv in servers:
             srv.stop()
-    return rates[1] / rates[0]
+    return rates[1] / rates[0], cpu[1] / cpu[0]
 
 
 def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
@@ -197,7 +201,7 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
 
     kinds = ("bare", "off", "on")
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    paired: list[float] = []
+    paired: list[tuple[float, float]] = []
     counted = 0.0
     for _ in range(rounds):
         for kind in kinds:
@@ -216,7 +220,9 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
     med = {k: statistics.median(r["calls_per_s"] for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in v) for k, v in runs.items()}
     out = {"calls_per_s": med, "cpu_us_per_call": cpu, "on_vs_off": med["on"] / med["off"],
-           "paired_on_vs_off": statistics.median(paired), "paired_rounds": [round(r, 3) for r in paired],
+           "paired_on_vs_off": statistics.median(r for r, _ in paired),
+           "paired_cpu_on_vs_off": statistics.median(c for _, c in paired),
+           "paired_rounds": [(round(r, 3), round(c, 3)) for r, c in paired],
            "off_vs_bare": med["off"] / med["bare"], "on_vs_bare": med["on"] / med["bare"],
            "rounds": {k: [round(r["calls_per_s"]) for r in v] for k, v in runs.items()},
            "last_scrape_calls": counted}
@@ -228,7 +234,8 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
           f"  (last scrape counted {counted:.0f} calls)")
     print(f"  rounds: {out['rounds']}")
     print(f"  paired (metrics on and off served at the same time, one bare client each, so both see the same "
-          f"machine): on/off calls/s median {out['paired_on_vs_off']:.3f}, rounds {out['paired_rounds']}")
+          f"machine): on/off calls/s median {out['paired_on_vs_off']:.3f}, server CPU per call on/off median "
+          f"{out['paired_cpu_on_vs_off']:.3f}; rounds (calls/s, CPU) {out['paired_rounds']}")
     cost = out["observer_us_per_call"] = _observer_cost_us()
     print(f"  metrics observer in-process: {cost:.2f} us per completed call = {cost / cpu['off'] * 100:.1f}% of the "
           f"server's CPU per call with metrics off")
