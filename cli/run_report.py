@@ -207,7 +207,8 @@ class ReportBuilder:
 
 
 def _timeline(spans: list[tuple[float, float | None, int | None]], cancels: list[tuple[float, str]]) -> dict[str, Any]:
-    """Calls in flight, calls ended and cancels per time bucket (at most TIMELINE_BUCKETS)."""
+    """Calls in flight at each time bucket's end, calls ended and cancels in each bucket
+    (at most TIMELINE_BUCKETS buckets of a 1/2/5 x 10^n width)."""
     if not spans:
         return {"t0": None, "bucket_s": 0, "in_flight": [], "ended": [], "cancels": {}}
     t0 = min(s[0] for s in spans)
@@ -217,9 +218,9 @@ def _timeline(spans: list[tuple[float, float | None, int | None]], cancels: list
     delta, ended = [0] * (n + 1), [0] * n
     for start, end, _code in spans:
         delta[int((start - t0) / width)] += 1
-        if end is not None:
+        if end is not None:   # in flight at a bucket's end: started by then and not yet ended
             i = int((end - t0) / width)
-            delta[i + 1] -= 1   # in flight at a bucket: started by its end, not ended before it
+            delta[i] -= 1
             ended[i] += 1
     in_flight, running = [], 0
     for i in range(n):

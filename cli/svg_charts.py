@@ -77,10 +77,10 @@ def _legend(parts: list[str], series: Sequence[Series], x: float, y: float) -> N
 
 
 def log_histogram(series: Sequence[Series], edges: Sequence[float], *, x_title: str, y_title: str = "calls",
-                  width: int = 760, height: int = 280) -> str:
+                  width: int = 1000, height: int = 300) -> str:
     """Counts per log-spaced bin, one step line per series, on a shared log x axis (ms)."""
     lo, hi = edges[0], edges[-1]
-    legend_w = 230 if series else 0
+    legend_w = 290 if series else 0
     x0, x1 = MARGIN_L, width - MARGIN_R - legend_w
     y0, y1 = height - MARGIN_B, MARGIN_T
     top = max((max(v) for _l, _c, v in series if len(v)), default=0)
@@ -116,11 +116,11 @@ def log_histogram(series: Sequence[Series], edges: Sequence[float], *, x_title: 
 
 
 def timeline(bucket_s: float, lines: Sequence[Series], bars: Sequence[Series], *, line_title: str,
-             bar_title: str, width: int = 760, height: int = 340) -> str:
+             bar_title: str, width: int = 1000, height: int = 360) -> str:
     """Two panels over one time axis: lines on top (e.g. calls in flight), stacked bars
     below (e.g. cancels per bucket, by kind)."""
     n = max((len(v) for _l, _c, v in (*lines, *bars)), default=0)
-    legend_w = 230
+    legend_w = 290
     x0, x1 = MARGIN_L, width - MARGIN_R - legend_w
     split = MARGIN_T + (height - MARGIN_T - MARGIN_B) * 0.58
     top_y0, top_y1 = split - 10, MARGIN_T
