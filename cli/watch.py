@@ -15,8 +15,9 @@ IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser("watch", help="follow the server's journal live",
-                       description="Follow the server's state log live through callstate.v1.Journal/Watch. "
-                                   "Stop with Ctrl-C.")
+                       description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
+                                   "terminal as a live dashboard (final codes and calls/s, in flight, recent "
+                                   "cancels), otherwise one line per entry. Stop with Ctrl-C.")
     add_target(p)
     p.add_argument("--call-id", default="", help="only this call")
     p.add_argument("--json", action="store_true", help="print JSON lines")

@@ -67,6 +67,12 @@ def test_stats_count_rates_over_the_window_and_join_each_cancel_across_sides() -
     assert "1818 RPC_S_CALL_CANCELLED 1" in line and "last propagated in 0.50 ms" in line
 
 
+def test_the_readme_shows_a_real_plain_line() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Live view", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    assert PLAIN_LINE.match(block.splitlines()[0])
+
+
 def test_dashboard_renders_codes_rates_in_flight_and_recent_cancels() -> None:
     from rich.console import Console
 

@@ -197,6 +197,27 @@ def test_report_needs_html_option(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--html" in result.stderr
 
 
+def test_the_readme_report_commands_run(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## The HTML report", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("callstate ")]
+    assert [c[:2] for c in commands] == [["callstate", "load"], ["callstate", "report"]]
+    srv = start_server(tmp_path, "--max-hold", "20", name="server")   # writes server.jsonl, as the README names it
+    try:
+        load = commands[0][1:] + ["--target", srv.target]
+        load[load.index("--calls") + 1] = "300"   # the README's 5000, smaller
+        assert cli(*load, cwd=tmp_path, timeout=120).returncode == 0
+        deadline = time.monotonic() + 10   # the server's writer thread flushes its last batch
+        while not check_files([tmp_path / "client.jsonl", srv.log]).ok and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = cli(*commands[1][1:], cwd=tmp_path)
+    finally:
+        srv.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "load.html").stat().st_size > 10_000 and "check OK" in result.stdout
+    assert "301 calls" in result.stdout   # 300 and the load's barrier call, which only the server logged
+
+
 # -- in a real browser -------------------------------------------------------------------------
 
 BROKEN_PAGE = """<!DOCTYPE html><html><body><h1>broken</h1>
