@@ -20,7 +20,7 @@ from typing import Callable
 
 from callstate import codes
 from callstate.cli.live_stats import RATE_WINDOW_S, LiveStats
-from callstate.cli.live_view import render
+from callstate.cli.live_view import LINES, LIVE, MODES, choose, render
 from callstate.client import Client, Script
 from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
 from tests.conftest import ServerProcess, cli
@@ -92,6 +92,18 @@ def test_dashboard_renders_codes_rates_in_flight_and_recent_cancels() -> None:
     assert len(rows) == 2
     assert rows[0].index("ffeeddccbbaa") >= 0 and re.search(r"abortive\s+0\.50\s+2\.00\s+1818", rows[0])
     assert re.search(r"non-abortive\s+0\.50\s+2\.00\s+0 RPC_S_OK", rows[1])   # newest first
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_view_follows_the_mode_and_the_terminal(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert [choose(m, io.StringIO()) for m in MODES] == ["", LINES, ""]
+    assert [choose(m, FakeTerminal()) for m in MODES] == [LIVE, LIVE, ""]
+    monkeypatch.setitem(sys.modules, "rich.live", None)   # rich not installed: plain lines on a terminal too
+    assert [choose(m, FakeTerminal()) for m in MODES] == [LINES, LINES, ""]
 
 
 # -- on a real terminal --------------------------------------------------------------------------

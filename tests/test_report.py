@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -166,6 +167,15 @@ def test_report_shows_each_violation_kind_with_both_sides_histories(run: Run, tm
     assert "5 ERROR_ACCESS_DENIED" in section(html, "wrong_final_code")
 
 
+def test_one_sides_log_is_not_reported_as_both_sides_checked(run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "client-only.html"
+    result = cli("report", str(run.client_log), "--html", str(out))
+    assert result.returncode == 0, result.stderr
+    html = out.read_text()
+    assert "on both sides" not in html and "OK: every invariant holds on the client side" in html
+    assert "no server log" in html
+
+
 def test_caller_text_in_the_logs_is_escaped(tmp_path: Path) -> None:
     log = tmp_path / "evil.jsonl"
     evil = "<script>alert(1)</script>"
@@ -190,6 +200,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, e
     result = cli("report", str(log), "--html", str(tmp_path / "out.html"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_jinja2_html_says_what_to_install(monkeypatch, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from callstate.cli import main
+
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    log = tmp_path / "x.jsonl"
+    log.write_text("")
+    for command in (["report", str(log)], ["load", "--target", "127.0.0.1:1", "--calls", "1"]):
+        assert main([*command, "--html", str(tmp_path / "x.html")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "pip install 'callstate[report]'" in err, err
 
 
 def test_report_needs_html_option(tmp_path: Path) -> None:
