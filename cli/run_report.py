@@ -1,17 +1,18 @@
 """The data behind a run's HTML report, built from state logs (both sides, any number of files).
 
-`callstate report LOG...` and `callstate load --html` both end here: load spools both sides'
-entries to JSON-lines files while it runs (so a long run keeps no entries in memory) and
-hands them to `build_report` like any other logs. Two passes over the files: the first
-feeds the checker (the verdict is the same as `callstate check`'s) and keeps a compact
-summary per call (times, codes, paths); the second reads back the full histories of one
-example call per violation kind, the only entries the report shows.
+`callstate report LOG...` and `callstate load --html` both build it with `ReportBuilder`:
+`report` feeds it the files, `load` feeds it both sides' entries as the run goes (and spools
+them to disk). The builder runs the checker (the verdict is `callstate check`'s) and keeps
+no entries: a small summary per call until the call has ended on both sides, then a few
+numbers in arrays. At the end the full histories of one example call per violation kind,
+the only entries the report shows, are read back from the files (`collect_examples`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -122,25 +123,73 @@ def _rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
 
 
+class _Totals:
+    """The calls already summed up: per call only a few floats in arrays, paths as counts."""
+
+    def __init__(self) -> None:
+        self.latency: dict[int, array[float]] = defaultdict(lambda: array("d"))
+        self.client_paths: Counter[str] = Counter()
+        self.server_paths: Counter[str] = Counter()
+        self.starts: array[float] = array("d")
+        self.ends: array[float] = array("d")      # NaN: the call never ended
+        self.cancels: dict[str, array[float]] = defaultdict(lambda: array("d"))
+
+    def add(self, c: CallSummary) -> None:
+        if c.client_path:
+            self.client_paths[" → ".join(c.client_path)] += 1
+        if c.server_path:
+            self.server_paths[" → ".join(c.server_path)] += 1
+        t0, t1 = c.span
+        code = c.final_code
+        if t0 is not None:
+            self.starts.append(t0)
+            self.ends.append(math.nan if t1 is None else t1)
+            if t1 is not None and code is not None:
+                self.latency[code].append((t1 - t0) * 1000)
+        ct, kind = c.cancel
+        if ct is not None:
+            self.cancels[kind or UNKNOWN_KIND].append(ct)
+
+
+_SUMMED = CallSummary()   # stands for a call already in the totals (an entry after both Ends adds nothing)
+
+
 class ReportBuilder:
-    """Feed entries (dicts in the state-log format), then `build()`; the checker runs alongside."""
+    """Feed entries (dicts in the state-log format, or `Entry`), then `finish()` and `build()`;
+    the checker runs alongside."""
 
     def __init__(self) -> None:
         self.checker = Checker()
-        self.calls: dict[str, CallSummary] = defaultdict(CallSummary)
+        self.calls: dict[str, CallSummary] = {}   # calls not yet ended on both sides, or _SUMMED
+        self.totals = _Totals()
         self.check: CheckReport | None = None
+
+    def _call(self, call_id: str) -> CallSummary:
+        c = self.calls.get(call_id)
+        if c is None:
+            c = self.calls[call_id] = CallSummary()
+        return c
+
+    def _sum_up_if_ended(self, call_id: str, c: CallSummary) -> None:
+        if c.c_t1 is not None and c.s_t1 is not None and c is not _SUMMED:
+            self.totals.add(c)
+            self.calls[call_id] = _SUMMED
 
     def add(self, e: Mapping[str, Any], where: str = "") -> None:
         self.checker.add(e, where)
         call_id, t = e.get("call_id"), _entry_time(e)
-        if isinstance(call_id, str) and t is not None:
-            self.calls[call_id].add(e.get("side"), e.get("state"), e.get("event"), t,  # type: ignore[arg-type]
-                                    e.get("code"), e.get("cancel"), e.get("detail"))
+        if isinstance(call_id, str) and t is not None and (c := self._call(call_id)) is not _SUMMED:
+            c.add(e.get("side"), e.get("state"), e.get("event"), t,  # type: ignore[arg-type]
+                  e.get("code"), e.get("cancel"), e.get("detail"))
+            self._sum_up_if_ended(call_id, c)
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (`callstate load` feeds its client's entries live)."""
         self.checker.add_entry(e)
-        self.calls[e.call_id].add(e.side, e.state, e.event, e.t, e.code, e.cancel, e.detail)
+        c = self._call(e.call_id)
+        if c is not _SUMMED:
+            c.add(e.side, e.state, e.event, e.t, e.code, e.cancel, e.detail)
+            self._sum_up_if_ended(e.call_id, c)
 
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         """Run the checker's end-of-run rules (once); the verdict names the example calls to read back."""
@@ -152,7 +201,7 @@ class ReportBuilder:
         """One call id per violation kind (the first one naming a call), whose histories the report shows."""
         seen: dict[str, str] = {}
         for v in self.finish().violations:
-            if v.kind not in seen and v.call_id in self.calls:
+            if v.kind not in seen and v.call_id in self.checker.tracks:
                 seen[v.kind] = v.call_id
         return set(seen.values())
 
@@ -161,25 +210,13 @@ class ReportBuilder:
         """The report as a JSON-able dict. `examples` maps call ids to their entries by side
         (`collect_examples` of `example_ids`); `run` is `callstate load`'s own summary."""
         check = self.finish()
-        lat_by_code: dict[int, list[float]] = defaultdict(list)
-        client_paths: Counter[str] = Counter()
-        server_paths: Counter[str] = Counter()
-        spans: list[tuple[float, float | None, int | None]] = []
-        cancels: list[tuple[float, str]] = []
-        for c in self.calls.values():
-            if c.client_path:
-                client_paths[" → ".join(c.client_path)] += 1
-            if c.server_path:
-                server_paths[" → ".join(c.server_path)] += 1
-            t0, t1 = c.span
-            code = c.final_code
-            if t0 is not None:
-                spans.append((t0, t1, code))
-                if t1 is not None and code is not None:
-                    lat_by_code[code].append((t1 - t0) * 1000)
-            ct, kind = c.cancel
-            if ct is not None:
-                cancels.append((ct, kind or UNKNOWN_KIND))
+        totals = self.totals
+        for call_id, c in self.calls.items():   # calls that did not end on both sides (or had one side)
+            if c is not _SUMMED:
+                totals.add(c)
+                self.calls[call_id] = _SUMMED
+        lat_by_code = totals.latency
+        client_paths, server_paths = totals.client_paths, totals.server_paths
         edges = _log_edges(x for v in lat_by_code.values() for x in v)
         by_code = [{"code": code, "name": codes.name(code), "describe": codes.describe(code), "count": len(v),
                     "latency_ms": _rounded(percentiles(v)), "hist": _histogram(v, edges)}
@@ -197,7 +234,7 @@ class ReportBuilder:
             "ended": sum(row["count"] for row in by_code),
             "latency_edges_ms": [round(x, 4) for x in edges],
             "by_code": by_code,
-            "timeline": _timeline(spans, cancels),
+            "timeline": _timeline(totals.starts, totals.ends, totals.cancels),
             "propagation": {"ms": _rounded(percentiles(prop)), "edges_ms": [round(x, 4) for x in prop_edges],
                             "hist": _histogram(prop, prop_edges)},
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
@@ -206,19 +243,20 @@ class ReportBuilder:
         return report
 
 
-def _timeline(spans: list[tuple[float, float | None, int | None]], cancels: list[tuple[float, str]]) -> dict[str, Any]:
+def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """Calls in flight at each time bucket's end, calls ended and cancels in each bucket
-    (at most TIMELINE_BUCKETS buckets of a 1/2/5 x 10^n width)."""
-    if not spans:
+    (at most TIMELINE_BUCKETS buckets of a 1/2/5 x 10^n width). `ends` holds NaN for a call
+    that never ended."""
+    if not starts:
         return {"t0": None, "bucket_s": 0, "in_flight": [], "ended": [], "cancels": {}}
-    t0 = min(s[0] for s in spans)
-    t_end = max(max(s[0], s[1] or s[0]) for s in spans)
+    t0 = min(starts)
+    t_end = max(max(starts), max((t for t in ends if not math.isnan(t)), default=t0))
     width = _nice_step(max(t_end - t0, 1e-3) / TIMELINE_BUCKETS)
     n = int((t_end - t0) / width) + 1
     delta, ended = [0] * (n + 1), [0] * n
-    for start, end, _code in spans:
+    for start, end in zip(starts, ends):
         delta[int((start - t0) / width)] += 1
-        if end is not None:   # in flight at a bucket's end: started by then and not yet ended
+        if not math.isnan(end):   # in flight at a bucket's end: started by then and not yet ended
             i = int((end - t0) / width)
             delta[i] -= 1
             ended[i] += 1
@@ -226,12 +264,12 @@ def _timeline(spans: list[tuple[float, float | None, int | None]], cancels: list
     for i in range(n):
         running += delta[i]
         in_flight.append(running)
-    by_kind: dict[str, list[int]] = {}
-    for t, kind in cancels:
-        row = by_kind.setdefault(kind, [0] * n)
-        row[min(n - 1, max(0, int((t - t0) / width)))] += 1
-    return {"t0": format_ts(t0), "bucket_s": width, "in_flight": in_flight, "ended": ended,
-            "cancels": dict(sorted(by_kind.items()))}
+    by_kind = {}
+    for kind, times in sorted(cancels.items()):
+        row = by_kind[kind] = [0] * n
+        for t in times:
+            row[min(n - 1, max(0, int((t - t0) / width)))] += 1
+    return {"t0": format_ts(t0), "bucket_s": width, "in_flight": in_flight, "ended": ended, "cancels": by_kind}
 
 
 def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, Any]:
