@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages the tests use beyond Python; CI (.ci/run) runs this. Each install is a no-op
+# when the binary is already there, and prints why it did nothing when it cannot install.
+set -uo pipefail
+
+need() {   # need BINARY PACKAGE REASON
+    local binary=$1 package=$2 reason=$3
+    if command -v "$binary" >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "system-deps: not installing $package (needs root and apt-get); tests that use $binary skip: $reason"
+        return 0
+    fi
+    if [ -z "${_APT_UPDATED:-}" ]; then
+        apt-get update -qq >/dev/null || echo "system-deps: apt-get update failed"
+        _APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null \
+        || echo "system-deps: could not install $package; tests that use $binary skip: $reason"
+}
+
+need chromium chromium "the HTML report is rendered in a real headless browser"
