@@ -9,10 +9,10 @@ import argparse
 from typing import Sequence
 
 from callstate import __version__
-from callstate.cli import call, check, conformance, health, load, serve, watch
+from callstate.cli import call, check, conformance, health, load, report, serve, watch
 from callstate.cli.options import epilog, para
 
-COMMANDS = (serve, call, watch, health, load, check, conformance)
+COMMANDS = (serve, call, watch, health, load, check, report, conformance)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import sys
 
+from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
+from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
                                    on_cancel_mix, outcome_mix, para, positive_float, positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
@@ -28,6 +30,7 @@ examples:
   callstate load --calls 5000 --concurrency 64
   callstate load --duration 30 --rate 2000 --cancel abortive=40,non-abortive=30 --report report.json
   callstate load --calls 20000 --mix complete=100 --cancel none     # plain throughput
+  callstate load --calls 5000 --html report.html                    # and look at it in a browser
 """
 assert all(kind in EPILOG for kind in POINT_KINDS)
 
@@ -76,6 +79,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="exception code of aborts (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    p.add_argument("--html", metavar="FILE.html",
+                   help="write an HTML report of the run (one self-contained file, opens offline; needs "
+                        "callstate[report]): latency per final code, in flight and cancels over time, cancel "
+                        "propagation, counts per path, the check with example histories of both sides")
     p.add_argument("--log-file", metavar="PATH", help="write the client's state log (JSON lines)")
     p.add_argument("--no-verify", action="store_true", help="do not follow the server's journal or check invariants")
     p.add_argument("--max-in-flight", type=positive_int, default=_LOAD.max_in_flight, metavar="N",
@@ -83,15 +90,38 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "(default: %(default)s)")
     p.add_argument("--settle", type=non_negative_float, default=_LOAD.settle, metavar="SECONDS",
                    help="after the run, how long to wait for the server to end every call (default: %(default)s)")
-    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
-                   help="live progress line on stderr (default: only on a terminal)")
+    p.add_argument("--progress", choices=MODES, default="auto",
+                   help="live view on stderr: calls/s per final code, in flight, recent cancels and their "
+                        "propagation. auto: a live dashboard on a terminal, nothing otherwise; always: also plain "
+                        "lines (one a second) when not on a terminal; never (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    add_metrics(p, "the client side (calls, states, cancels, cancel propagation)")
+    p.add_argument("--metrics-linger", type=non_negative_float, default=0.0, metavar="SECONDS",
+                   help="after the run, keep /metrics up this long so a scraper collects the final counts "
+                        "(SIGINT/SIGTERM ends it early; default: %(default)s)")
+    add_otel(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.observe import ObserveError
+
+    provider = None
+    try:
+        provider = tracer_provider(opts, "callstate-load")
+        return _run(opts, provider)
+    except ObserveError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
+def _run(opts: argparse.Namespace, provider: object) -> int:
     import orjson
 
+    from callstate.cli import html_report
     from callstate.cli.load_run import LoadRun, summary
 
     scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
@@ -101,22 +131,52 @@ def run(opts: argparse.Namespace) -> int:
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout,
-        progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
+        timeout=opts.timeout, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        tracing=provider if provider is not None else False,
+        view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
+    if opts.html and (why := html_report.available()):
+        print(f"callstate load: {why}", file=sys.stderr)
+        return 2
     try:
-        if opts.report:   # fail now, not after the run, when the report cannot be written
-            open(opts.report, "ab").close()
+        for out in filter(None, (opts.report, opts.html)):   # fail now, not after the run, when one cannot be written
+            open(out, "ab").close()
         load_run = LoadRun(config)
     except OSError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
+    if load_run.metrics is not None:
+        print(f"callstate load: metrics on {load_run.metrics.url}", file=sys.stderr, flush=True)
     try:
         report = asyncio.run(load_run.run())
     except ConnectionError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if load_run.metrics is not None and not opts.metrics_linger:
+            load_run.metrics.close()
     if opts.report:
         with open(opts.report, "wb") as f:
             f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report))
+    if opts.html:
+        try:
+            html_report.write(load_run.html_report(report), opts.html)
+        except OSError as exc:
+            print(f"callstate load: {exc}", file=sys.stderr)
+            return 2
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
+    if load_run.metrics is not None and opts.metrics_linger:
+        _linger(opts.metrics_linger)
+        load_run.metrics.close()
     return 0 if report["check"]["ok"] else 1
+
+
+def _linger(seconds: float) -> None:
+    """Keep the process (and its /metrics) up for `seconds`, or until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"callstate load: /metrics stays up for {seconds:g} s (SIGINT/SIGTERM ends it)", file=sys.stderr, flush=True)
+    done.wait(seconds)

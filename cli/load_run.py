@@ -15,21 +15,26 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
+import orjson
 
 from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.lifecycle import ABORTIVE, DISPATCH, END, ENTER, SERVER
+from callstate.cli.live_stats import LiveStats
+from callstate.cli.live_view import LiveView
+from callstate.cli.run_report import ReportBuilder, collect_examples
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, SERVER
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
-from callstate.statelog import Entry, StateLog, proto_to_dict
+from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
@@ -50,22 +55,34 @@ class LoadConfig:
     max_in_flight: int = 10_000
     settle: float = 15.0        # how long to wait for the server to end every call after the run
     timeout: float | None = None   # per-call gRPC deadline
-    progress: bool = False
+    view: str = ""              # live_view.LIVE, LINES, or "" for no live view
+    collect_report: bool = False   # keep what the HTML report needs (`html_report`)
+    metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
+    metrics_bind: str = "127.0.0.1"
+    tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
 
 
 class _Sink:
-    """Client entries go straight to the checker (and to a log file when asked)."""
+    """Client entries go straight to the checker (through the report builder when there is
+    one), to a log file when asked, and to the live view."""
 
     enabled = True
 
-    def __init__(self, checker: Checker | None, log: StateLog | None) -> None:
-        self._checker, self._log = checker, log
+    def __init__(self, checker: Checker | None, log: StateLog | None, builder: ReportBuilder | None = None,
+                 spool: StateLog | None = None, live: LiveStats | None = None) -> None:
+        self._checker, self._log, self._builder, self._spool, self._live = checker, log, builder, spool, live
 
     def append(self, e: Entry) -> None:
-        if self._checker is not None:
+        if self._builder is not None:
+            self._builder.add_entry(e)
+        elif self._checker is not None:
             self._checker.add_entry(e)
         if self._log is not None:
             self._log.append(e)
+        if self._spool is not None:
+            self._spool.append(e)
+        if self._live is not None:
+            self._live.entry(e.side, e.call_id, e.state, e.event, e.t, e.code, e.cancel, e.detail)
 
 
 class LoadRun:
@@ -73,9 +90,32 @@ class LoadRun:
         self.cfg = config
         self.out = out
         self.rng = random.Random(config.seed)
-        self.checker = Checker() if config.verify else None
+        # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
+        self.builder = ReportBuilder() if config.collect_report else None
+        self.checker = (self.builder.checker if self.builder else Checker()) if config.verify else None
         self.log = StateLog(config.log_file) if config.log_file else None
-        self.sink = _Sink(self.checker, self.log)
+        # Both sides' entries are spooled to disk for the report (it reads back the few
+        # example calls' histories at the end), so a long run keeps no entries in memory.
+        self._spool_dir = tempfile.TemporaryDirectory(prefix="callstate-load-") if self.builder else None
+        self._spool_paths: list[str] = []
+        client_spool: StateLog | None = None
+        self._server_spool: Any = None
+        if self._spool_dir is not None:
+            if config.log_file:
+                self._spool_paths.append(config.log_file)
+            else:
+                self._spool_paths.append(os.path.join(self._spool_dir.name, "client.jsonl"))
+                client_spool = StateLog(self._spool_paths[-1])
+            if config.verify:
+                self._spool_paths.append(os.path.join(self._spool_dir.name, "server.jsonl"))
+                self._server_spool = open(self._spool_paths[-1], "wb")
+        self._client_spool = client_spool
+        self.live = LiveStats(CLIENT, total=config.calls, duration=config.duration) if config.view else None
+        self.sink = _Sink(self.checker, self.log, self.builder, client_spool, self.live)
+        self.metrics: Any = None       # the /metrics endpoint (its .url), when metrics are on
+        self.propagation: Any = None   # client Can -> server cancel_seen, for the metrics
+        if config.metrics_port is not None:
+            self._start_metrics()
         self.ids: set[str] = set()
         self.started = 0
         self.finished = 0
@@ -93,6 +133,15 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self.server_lost = ""
+
+    def _start_metrics(self) -> None:
+        from callstate.observe import ObservedLog
+        from callstate.observe.metrics import Metrics, MetricsEndpoint
+
+        metrics = Metrics()
+        self.propagation = metrics.cancel_propagation()
+        self.sink = ObservedLog(self.sink, [metrics.side(CLIENT).observe, self.propagation.client])
+        self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
         """Start no more calls; the ones in flight finish and are checked as usual."""
@@ -207,21 +256,21 @@ class LoadRun:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _progress(self) -> None:
-        total = self.cfg.calls
-        while True:
-            await asyncio.sleep(0.5)
-            elapsed = time.perf_counter() - self._t0
-            done = self.finished
-            if total:
-                width = 24
-                filled = int(width * min(1.0, done / total))
-                bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-            else:
-                bar = f"{elapsed:5.1f}/{self.cfg.duration:g}s {done} calls"
-            top = ", ".join(f"{c}:{n}" for c, n in self.by_code.most_common(5))
-            self.out.write(f"\r{bar}  {done / elapsed if elapsed else 0:7.0f}/s  in flight {self.in_flight:<5} {top}\x1b[K")
-            self.out.flush()
+    def _update_live(self) -> None:
+        assert self.live is not None
+        self.live.in_flight, self.live.skipped = self.in_flight, self.skipped
+
+    def _server_entry(self, d: dict[str, Any], checker: Checker) -> None:
+        """One of our calls' server entries, from the journal stream."""
+        if self.builder is not None:
+            self.builder.add(d)
+            self._server_spool.write(orjson.dumps(d) + b"\n")
+        else:
+            checker.add(d)
+        live = self.live
+        if live is not None and (d["event"] == CANCEL_SEEN or (d["state"] == END and d["call_id"] in live.recent)):
+            live.entry(SERVER, d["call_id"], d["state"], d["event"], parse_ts(d["ts"]), d.get("code"),
+                       d.get("cancel"), d.get("detail"))
 
     async def _follow(self, stub: pb_grpc.JournalStub, subscribed: asyncio.Event) -> None:
         checker = self.checker
@@ -251,7 +300,10 @@ class LoadRun:
                 elif e.move == DISPATCH and e.call_id in ids:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
-                    checker.add(proto_to_dict(e))
+                    d = proto_to_dict(e)
+                    self._server_entry(d, checker)
+                    if e.event == CANCEL_SEEN and self.propagation is not None:
+                        self.propagation.server_cancel_seen(e.call_id, parse_ts(e.ts))
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -276,42 +328,49 @@ class LoadRun:
                                       f"is it a callstate server? ({_error_text(follow)})")
         before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
-                               channel_options=[("grpc.use_local_subchannel_pool", 1)])
+                               channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
-        progress = asyncio.ensure_future(self._progress()) if cfg.progress else None
+        view = None
+        if self.live is not None:
+            view = LiveView(self.live, self.out, cfg.view, f"callstate load → {cfg.target}", before_refresh=self._update_live)
+            view.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
         try:
-            if cfg.rate:
-                await self._open_loop(clients, payload)
-            else:
-                await self._closed_loop(clients, payload)
-            elapsed = time.perf_counter() - self._t0
+            try:
+                if cfg.rate:
+                    await self._open_loop(clients, payload)
+                else:
+                    await self._closed_loop(clients, payload)
+                elapsed = time.perf_counter() - self._t0
+            finally:
+                for client in clients:
+                    await client.close()
+            # the server's side: every call of ours ended, and nothing left in flight
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            try:
+                after: pb.Counters | None = await self._settle(channel, journal, before, cfg.settle)
+            except grpc.aio.AioRpcError as err:
+                after = None
+                self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
         finally:
-            if progress is not None:
-                progress.cancel()
-                self.out.write("\r\x1b[K")
-            for client in clients:
-                await client.close()
-        # the server's side: every call of ours ended, and nothing left in flight
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        try:
-            after: pb.Counters | None = await self._settle(channel, journal, before, cfg.settle)
-        except grpc.aio.AioRpcError as err:
-            after = None
-            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
+            if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
+                view.stop()
         if follow is not None:
             if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
                 self.server_lost = f"the journal stream broke: {_error_text(follow)}"
             follow.cancel()
         await channel.close()
-        if self.log is not None:
-            self.log.close()
+        for log in (self.log, self._client_spool):
+            if log is not None:
+                log.close()
+        if self._server_spool is not None:
+            self._server_spool.close()
         return self.report(elapsed, before, after)
 
     async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
@@ -373,7 +432,8 @@ class LoadRun:
             # Invariant 4 on a server that was idle before the run; on a shared one, other
             # clients' calls may be in flight: then only our own calls are judged (not_ended).
             in_flight = None if after is None or before.in_flight else after.in_flight
-            result = self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost)
+            result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
+                      self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))
             checked = result.to_json()
             dropped = after.watch_dropped - before.watch_dropped if after else 0
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
@@ -385,6 +445,17 @@ class LoadRun:
         else:
             report["check"] = {"ok": True, "skipped": True}
         return report
+
+
+    def html_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        """The HTML report's data (`run_report`): the checked run plus the example calls' histories,
+        read back from the spooled logs, which are then removed."""
+        assert self.builder is not None and self._spool_dir is not None, "LoadConfig.collect_report was off"
+        try:
+            examples = collect_examples(self._spool_paths, self.builder.example_ids())
+            return self.builder.build(examples, run=report, title=f"callstate load against {self.cfg.target}")
+        finally:
+            self._spool_dir.cleanup()
 
 
 def script_holds(plan: Plan) -> bool:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import epilog, non_negative_float, non_negative_int, outcome_mix, para, port
 from callstate.script import Limits
 from callstate.server.app import ServerOptions
@@ -46,20 +47,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
+    add_metrics(p, "the server's calls, states, cancels and journal")
+    add_otel(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.observe import ObserveError
     from callstate.server.app import serve
 
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
                             max_in_flight=opts.max_in_flight, seed=opts.seed,
                             limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes))
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
-                            journal_size=opts.journal_size, emulator=config, grace=opts.grace)
+                            journal_size=opts.journal_size, emulator=config, grace=opts.grace,
+                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind)
+    provider = None
     try:
+        options.tracing = provider = tracer_provider(opts, "callstate-serve")
         asyncio.run(serve(options, port_file=opts.port_file))
-    except OSError as exc:
+    except (OSError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if provider is not None:
+            provider.shutdown()
     return 0

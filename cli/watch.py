@@ -6,20 +6,28 @@ import argparse
 import asyncio
 import sys
 
+from callstate.cli.live_view import MODES, choose
 from callstate.cli.options import add_target, non_negative_int
 
 COUNTERS_TIMEOUT = 5.0
+IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser("watch", help="follow the server's journal live",
-                       description="Follow the server's state log live through callstate.v1.Journal/Watch. "
-                                   "Stop with Ctrl-C.")
+                       description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
+                                   "terminal as a live dashboard (final codes and calls/s, in flight, recent "
+                                   "cancels), otherwise one line per entry. Stop with Ctrl-C.")
     add_target(p)
     p.add_argument("--call-id", default="", help="only this call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N entries")
+    p.add_argument("--dashboard", choices=MODES, default="auto",
+                   help="a live dashboard instead of entry lines: calls/s per final code, in flight, recent "
+                        "cancels and how long the server took to end them. auto: on a terminal (unless --json); "
+                        "always: also when not on a terminal, as one plain status line a second; never: entry "
+                        "lines (default: %(default)s)")
     return p
 
 
@@ -56,15 +64,60 @@ async def _watch(opts: argparse.Namespace) -> int:
                 return 0
             seen = 0
             print(f"watching {opts.target} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-            async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), timeout=opts.timeout):
-                d = proto_to_dict(e)
-                print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
-                seen += 1
-                if opts.count and seen >= opts.count:
-                    return 0
+            mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
+            dashboard = _Dashboard(stub, choose(mode, sys.stdout), opts.target) if choose(mode, sys.stdout) else None
+            try:
+                async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), timeout=opts.timeout):
+                    d = proto_to_dict(e)
+                    if dashboard is not None:
+                        dashboard.entry(d)
+                    else:
+                        print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
+                    seen += 1
+                    if opts.count and seen >= opts.count:
+                        return 0
+            finally:
+                if dashboard is not None:
+                    await dashboard.stop()
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
                 return 0
             print(f"callstate watch: {opts.target}: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     return 0
+
+
+class _Dashboard:
+    """The live view of the journal: server-side final codes, in flight, recent cancels."""
+
+    def __init__(self, stub, mode: str, target: str) -> None:  # type: ignore[no-untyped-def]
+        from callstate.cli.live_stats import LiveStats
+        from callstate.cli.live_view import LiveView
+        from callstate.lifecycle import SERVER
+
+        self.stub = stub
+        self.stats = LiveStats(SERVER)
+        self.view = LiveView(self.stats, sys.stdout, mode, f"callstate watch → {target}")
+        self.view.start()
+        self.poll = asyncio.ensure_future(self._poll_in_flight())
+
+    def entry(self, d: dict) -> None:  # type: ignore[type-arg]
+        from callstate.statelog import parse_ts
+
+        self.stats.entry(d["side"], d["call_id"], d["state"], d["event"], parse_ts(d["ts"]), d.get("code"),
+                         d.get("cancel"), d.get("detail"))
+
+    async def _poll_in_flight(self) -> None:
+        from callstate.v1 import callstate_pb2 as pb
+
+        while True:
+            try:
+                c = await self.stub.GetCounters(pb.CountersRequest(), timeout=COUNTERS_TIMEOUT)
+                self.stats.in_flight = c.in_flight
+            except Exception:   # the stream reports a lost server; the count just stops moving
+                pass
+            await asyncio.sleep(IN_FLIGHT_POLL_S)
+
+    async def stop(self) -> None:
+        self.poll.cancel()
+        self.view.stop()

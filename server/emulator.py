@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 
@@ -66,6 +66,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.live: dict[str, ServerCall] = {}
         self._early_notices = EarlyNotices()
         self.stopping = False
+        self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
@@ -84,6 +85,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
+        if self.on_dispatch is not None:
+            self.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
                           _deadline_ms(context))
         self.live[call_id] = call

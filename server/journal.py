@@ -61,6 +61,7 @@ class Journal:
         self.ended = 0
         self.cancels_seen = 0
         self.watch_dropped = 0
+        self.evicted = 0   # ended calls forgotten beyond `capacity`
         self.by_state: dict[str, int] = {}
         self.by_code: dict[int, int] = {}
 
@@ -105,6 +106,7 @@ class Journal:
             old = self._ended_order.popleft()
             if self._calls.get(old.call_id) is old:
                 del self._calls[old.call_id]
+                self.evicted += 1
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False on timeout. (Polled: only shutdown needs it,

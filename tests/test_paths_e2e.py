@@ -188,9 +188,10 @@ def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: Serve
             call = client.start(Script("hold"))
             if driven != "inline":
                 assert call.status() == 997   # polling starts a driver task: the awaiter is shielded
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(call.result(), 0.3)
-            for _ in range(200):   # the rushed notification arrives, and the call is completed for the awaiter
+            for _ in range(1000):   # the rushed notification arrives, and the call is completed for the awaiter
                 if call.state == "End":
                     break
                 await asyncio.sleep(0.01)

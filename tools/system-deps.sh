@@ -20,5 +20,6 @@ need() {   # need BINARY PACKAGE REASON
         || echo "system-deps: could not install $package; tests that use $binary skip: $reason"
 }
 
+need chromium chromium "the HTML report is rendered in a real headless browser"
 need nginx nginx "callstate conformance is tested through a real nginx (grpc_pass over h2c)"
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"

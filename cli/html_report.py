@@ -1,0 +1,65 @@
+"""Render `run_report`'s dict as one self-contained HTML file (inline CSS and SVG, no script).
+
+The page opens offline and fetches nothing: the charts are SVG drawn here (`svg_charts`),
+the styles are inline, and the template (`templates/report.html.j2`) is rendered by Jinja2
+with autoescaping on, because call ids and details in the logs are caller-chosen text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from callstate import codes
+from callstate.cli import svg_charts
+from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
+
+MISSING_JINJA = "the HTML report needs Jinja2: pip install 'callstate[report]'"
+TEMPLATE = "report.html.j2"
+
+
+def available() -> str:
+    """'' when the report can be rendered, else why not (one line)."""
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        return MISSING_JINJA
+    return ""
+
+
+def charts(report: Mapping[str, Any]) -> dict[str, str]:
+    """The report's SVG charts by name (empty when there is nothing to draw)."""
+    out: dict[str, str] = {}
+    by_code = report["by_code"]
+    if by_code:
+        out["latency"] = svg_charts.log_histogram(
+            [(f"{row['describe']} ({row['count']})", svg_charts.colour(i), row["hist"]) for i, row in enumerate(by_code)],
+            report["latency_edges_ms"], x_title="latency, ms (log scale)")
+    tl = report["timeline"]
+    if tl["in_flight"]:
+        out["timeline"] = svg_charts.timeline(
+            tl["bucket_s"], [("calls in flight", svg_charts.colour(0), tl["in_flight"]),
+                             ("calls ended", svg_charts.colour(2), tl["ended"])],
+            [(f"{kind} cancels", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
+            line_title="calls", bar_title="cancels")
+    prop = report["propagation"]
+    if prop["ms"]["count"]:
+        out["propagation"] = svg_charts.log_histogram(
+            [(f"client {CAN} → server {CANCEL_SEEN}", svg_charts.colour(1), prop["hist"])], prop["edges_ms"],
+            x_title="cancel propagation, ms (log scale)")
+    return out
+
+
+def render(report: Mapping[str, Any]) -> str:
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(
+        r=report, charts={k: Markup(v) for k, v in charts(report).items()},
+        describe=codes.describe, C=C, CLIENT=CLIENT, SERVER=SERVER, END=END, ENTER=ENTER, CAN=CAN, CANCEL_SEEN=CANCEL_SEEN)
+
+
+def write(report: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(render(report), encoding="utf-8")

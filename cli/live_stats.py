@@ -1,0 +1,139 @@
+"""What the live views show, counted as entries arrive: calls/s per final code, calls in
+flight, and the last few cancels with how fast they travelled.
+
+Pure bookkeeping (no terminal, no I/O), fed by `callstate load` (both sides) and
+`callstate watch` (the server's journal); `live_view` draws it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import Callable
+
+from callstate import codes
+from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of
+
+RATE_WINDOW_S = 5.0     # calls/s is measured over the last few seconds, not since the start
+RECENT_CANCELS = 6      # rows shown
+CANCEL_WINDOW = 2048    # cancels remembered to join a client Can with the server's cancel_seen, which
+                        # reaches `load` through the journal stream later, often after the client's End
+
+
+@dataclass
+class RecentCancel:
+    call_id: str
+    kind: str
+    cancelled_at: float | None = None   # client Can (wall clock)
+    seen_at: float | None = None        # server cancel_seen (wall clock)
+    ended_at: float | None = None       # End on the side the view counts
+    code: int | None = None
+
+    @property
+    def propagation_ms(self) -> float | None:
+        """Client Can -> server cancel_seen, when both sides were seen."""
+        if self.cancelled_at is None or self.seen_at is None:
+            return None
+        return (self.seen_at - self.cancelled_at) * 1000
+
+    @property
+    def to_end_ms(self) -> float | None:
+        """From the first sign of the cancel to the call's End."""
+        first = self.cancelled_at if self.cancelled_at is not None else self.seen_at
+        if first is None or self.ended_at is None:
+            return None
+        return (self.ended_at - first) * 1000
+
+
+class LiveStats:
+    """Counts for a live view. `side` is the side whose End counts a call as finished
+    (the client for a load run, the server for `watch`)."""
+
+    def __init__(self, side: str, *, total: int | None = None, duration: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.side = side
+        self.total, self.duration = total, duration
+        self.clock = clock
+        self.t0 = clock()
+        self.by_code: Counter[int] = Counter()
+        self._window: deque[tuple[float, int]] = deque()   # (when, code) of recent ends
+        self.in_flight = 0           # set by the owner (the load's own count, or the server's counters)
+        self.cancels: Counter[str] = Counter()
+        self.recent: OrderedDict[str, RecentCancel] = OrderedDict()
+        self.skipped = 0
+
+    # -- feeding ---------------------------------------------------------------------------
+    def entry(self, side: str, call_id: str, state: str, event: str, t: float, code: int | None = None,
+              cancel: str | None = None, detail: str | None = None) -> None:
+        """One state-log entry (fields as in the log; `t` is its wall-clock time)."""
+        if event == ENTER:
+            if side == CLIENT and state == CAN:
+                self._cancel(call_id, cancel_kind_of(cancel, detail) or "?", count=self.side == CLIENT).cancelled_at = t
+            elif state == END:
+                if side == self.side:
+                    self.ended(code if isinstance(code, int) else -1)
+                rc = self.recent.get(call_id)
+                if rc is not None and side == self.side:
+                    rc.ended_at, rc.code = t, code
+        elif event == CANCEL_SEEN and side == SERVER:
+            rc = self._cancel(call_id, cancel_kind_of(cancel, detail) or "?", count=self.side == SERVER)
+            rc.seen_at = rc.seen_at or t
+
+    def ended(self, code: int) -> None:
+        now = self.clock()
+        self.by_code[code] += 1
+        self._window.append((now, code))
+
+    def _cancel(self, call_id: str, kind: str, count: bool) -> RecentCancel:
+        rc = self.recent.get(call_id)
+        if rc is None:
+            rc = self.recent[call_id] = RecentCancel(call_id, kind)
+            while len(self.recent) > CANCEL_WINDOW:
+                self.recent.popitem(last=False)
+        if count:
+            self.cancels[kind] += 1
+        return rc
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_code.values())
+
+    def rates(self) -> dict[int, float]:
+        """Calls/s per final code over the last RATE_WINDOW_S seconds (or since the start)."""
+        now = self.clock()
+        while self._window and self._window[0][0] < now - RATE_WINDOW_S:
+            self._window.popleft()
+        span = min(RATE_WINDOW_S, max(now - self.t0, 1e-3))
+        counts = Counter(code for _t, code in self._window)
+        return {code: counts.get(code, 0) / span for code in sorted(self.by_code)}
+
+    def recent_cancels(self, n: int = RECENT_CANCELS) -> list[RecentCancel]:
+        """The last `n` cancelled calls that have ended, newest first."""
+        out = []
+        for rc in reversed(self.recent.values()):
+            if rc.ended_at is not None:
+                out.append(rc)
+                if len(out) == n:
+                    break
+        return out
+
+    def plain_line(self) -> str:
+        """One line for logs and pipes (no cursor movement, no colour)."""
+        rates = self.rates()
+        head = f"{self.elapsed:6.1f}s  {self.finished}" + (f"/{self.total}" if self.total else "") + " calls"
+        head += f"  {sum(rates.values()):.0f}/s  in flight {self.in_flight}"
+        if self.skipped:
+            head += f"  skipped {self.skipped}"
+        by_code = ", ".join(f"{codes.describe(c)} {n} ({rates.get(c, 0):.0f}/s)" for c, n in sorted(self.by_code.items()))
+        cancels = ", ".join(f"{k} {n}" for k, n in sorted(self.cancels.items()))
+        line = head + (f"  | {by_code}" if by_code else "") + (f"  | cancels {cancels}" if cancels else "")
+        last = next((rc for rc in self.recent_cancels() if rc.propagation_ms is not None), None)
+        if last is not None:
+            line += f" (last propagated in {last.propagation_ms:.2f} ms)"
+        return line

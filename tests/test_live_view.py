@@ -1,0 +1,232 @@
+"""The live view of `callstate load` and `callstate watch`: rich's Live dashboard on a terminal
+(a real pty), plain lines when not on one."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Callable
+
+from callstate import codes
+from callstate.cli.live_stats import RATE_WINDOW_S, LiveStats
+from callstate.cli.live_view import LINES, LIVE, MODES, choose, render
+from callstate.client import Client, Script
+from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
+from tests.conftest import ServerProcess, cli
+
+ESC = "\x1b"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PLAIN_LINE = re.compile(r"^\s*\d+\.\d+s  \d+(/\d+)? calls  \d+/s  in flight -?\d+")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed_cancelled_call(stats: LiveStats, call_id: str, t: float, kind: str, code: int) -> None:
+    stats.entry(CLIENT, call_id, C, ENTER, t)
+    stats.entry(SERVER, call_id, D, ENTER, t + 0.001)
+    stats.entry(CLIENT, call_id, CAN, ENTER, t + 0.010, cancel=kind)
+    stats.entry(SERVER, call_id, D, CANCEL_SEEN, t + 0.0105, cancel=kind)
+    stats.entry(CLIENT, call_id, END, ENTER, t + 0.012, code=code)
+
+
+def test_stats_count_rates_over_the_window_and_join_each_cancel_across_sides() -> None:
+    clock = Clock()
+    stats = LiveStats(CLIENT, total=100, clock=clock)
+    for i in range(10):
+        stats.entry(CLIENT, f"ok{i}", END, ENTER, 1.0, code=codes.RPC_S_OK)
+    clock.now += RATE_WINDOW_S + 1    # those ten leave the rate window, not the totals
+    for i in range(4):
+        stats.entry(CLIENT, f"ok-late{i}", END, ENTER, 2.0, code=codes.RPC_S_OK)
+    feed_cancelled_call(stats, "cancelled-1", 3.0, ABORTIVE, codes.RPC_S_CALL_CANCELLED)
+    stats.in_flight = 7
+    assert stats.by_code == {codes.RPC_S_OK: 14, codes.RPC_S_CALL_CANCELLED: 1}
+    assert stats.rates() == {codes.RPC_S_OK: 4 / RATE_WINDOW_S, codes.RPC_S_CALL_CANCELLED: 1 / RATE_WINDOW_S}
+    [recent] = stats.recent_cancels()
+    assert recent.kind == ABORTIVE and recent.code == codes.RPC_S_CALL_CANCELLED
+    assert round(recent.propagation_ms, 3) == 0.5 and round(recent.to_end_ms, 3) == 2.0
+    assert stats.cancels == {ABORTIVE: 1}
+    line = stats.plain_line()
+    assert PLAIN_LINE.match(line) and "15/100 calls" in line and "in flight 7" in line and ESC not in line
+    assert "1818 RPC_S_CALL_CANCELLED 1" in line and "last propagated in 0.50 ms" in line
+
+
+def test_the_readme_shows_a_real_plain_line() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Live view", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    assert PLAIN_LINE.match(block.splitlines()[0])
+
+
+def test_dashboard_renders_codes_rates_in_flight_and_recent_cancels() -> None:
+    from rich.console import Console
+
+    clock = Clock()
+    stats = LiveStats(CLIENT, total=10, clock=clock)
+    feed_cancelled_call(stats, "a1b2c3d4e5f6a7b8", 1.0, NON_ABORTIVE, codes.RPC_S_OK)
+    feed_cancelled_call(stats, "ffeeddccbbaa0099", 2.0, ABORTIVE, codes.RPC_S_CALL_CANCELLED)
+    stats.in_flight = 3
+    clock.now += 0.5   # one call each in half a second: 2 calls/s
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=120, color_system=None).print(render(stats, "the title"))
+    screen = out.getvalue()
+    assert "the title" in screen and "in flight 3" in screen and "calls ended 2 / 10" in screen
+    assert re.search(r"0 RPC_S_OK\s+1\s+2\b", screen) and re.search(r"1818 RPC_S_CALL_CANCELLED\s+1\s+2\b", screen)
+    assert "4 calls/s" in screen
+    rows = [line for line in screen.splitlines() if "a1b2c3d4e5f6" in line or "ffeeddccbbaa" in line]
+    assert len(rows) == 2
+    assert rows[0].index("ffeeddccbbaa") >= 0 and re.search(r"abortive\s+0\.50\s+2\.00\s+1818", rows[0])
+    assert re.search(r"non-abortive\s+0\.50\s+2\.00\s+0 RPC_S_OK", rows[1])   # newest first
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_view_follows_the_mode_and_the_terminal(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert [choose(m, io.StringIO()) for m in MODES] == ["", LINES, ""]
+    assert [choose(m, FakeTerminal()) for m in MODES] == [LIVE, LIVE, ""]
+    monkeypatch.setitem(sys.modules, "rich.live", None)   # rich not installed: plain lines on a terminal too
+    assert [choose(m, FakeTerminal()) for m in MODES] == [LINES, LINES, ""]
+
+
+# -- on a real terminal --------------------------------------------------------------------------
+
+class Pty:
+    """A command with a pseudo-terminal (120x40) as stdin, stdout and stderr."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.proc = subprocess.Popen([sys.executable, "-m", "callstate", *args], stdin=slave, stdout=slave,
+                                     stderr=slave, start_new_session=True,
+                                     env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+        os.close(slave)
+        self.screen = ""
+
+    def read_until(self, done: Callable[[str], bool], timeout: float) -> str:
+        """Everything written so far, once `done(output)` holds or the command exits."""
+        deadline = time.monotonic() + timeout
+        while not done(self.screen) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:   # EIO: the command exited and closed the terminal
+                    break
+                if not data:
+                    break
+                self.screen += data.decode(errors="replace")
+            elif self.proc.poll() is not None:
+                break
+        return self.screen
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            os.close(self.master)
+
+
+def test_load_draws_a_live_dashboard_on_a_terminal(server: ServerProcess) -> None:
+    term = Pty("load", "--target", server.target, "--calls", "400", "--concurrency", "8", "--delay", "0.01",
+               "--cancel", "abortive=40,non-abortive=20", "--cancel-at", "held:0.02", "--seed", "3")
+    try:
+        screen = term.read_until(lambda s: "check: OK" in s, timeout=90)
+    finally:
+        status = term.close()
+    assert status == 0, screen[-3000:]
+    assert screen.count("callstate load →") >= 2, "the dashboard is redrawn while the run goes"
+    assert f"{ESC}[?25l" in screen and f"{ESC}[1A" in screen   # rich's Live: cursor hidden, frames rewritten
+    last = ANSI.sub("", screen[screen.rindex("callstate load →"):])
+    assert "calls ended 400 / 400" in last and "in flight 0" in last
+    assert "final codes (client side)" in last and "1818 RPC_S_CALL_CANCELLED" in last
+    assert re.search(r"[0-9a-f]{12}\s+(abortive|non-abortive)\s+\d+\.\d\d\s+\d+\.\d\d\s+\d", last), last
+
+
+def test_load_prints_plain_lines_when_not_on_a_terminal(server: ServerProcess) -> None:
+    args = ("load", "--target", server.target, "--calls", "300", "--concurrency", "4", "--delay", "0.01")
+    always = cli(*args, "--progress", "always", timeout=90)
+    assert always.returncode == 0, always.stderr
+    lines = always.stderr.splitlines()
+    assert ESC not in always.stderr and "\r" not in always.stderr
+    assert lines and all(PLAIN_LINE.match(line) for line in lines), lines
+    assert "300/300 calls" in lines[-1] and "in flight 0" in lines[-1]
+    auto = cli(*args, timeout=90)
+    assert auto.returncode == 0 and auto.stderr == "", auto.stderr
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def cancelled_call(target: str) -> None:
+    with Client(target) as client:
+        call = client.start(Script("hold"))
+        call.cancel()
+        call.wait(timeout=10)
+
+
+def test_watch_draws_a_live_dashboard_on_a_terminal(server: ServerProcess) -> None:
+    term = Pty("watch", "--target", server.target)
+    try:
+        term.read_until(lambda s: "callstate watch →" in s, timeout=20)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:   # until the watcher's stream has one of our calls
+            cancelled_call(server.target)
+            if re.search(r"abortive\s+\d+\.\d\d\s+1818", ANSI.sub("", term.read_until(lambda s: False, timeout=0.6))):
+                break
+        term.proc.send_signal(signal.SIGINT)
+        screen = term.read_until(lambda s: False, timeout=10)
+    finally:
+        status = term.close()
+    assert status == 0, screen[-3000:]
+    last = ANSI.sub("", screen[screen.rindex("callstate watch →"):])
+    assert "final codes (server side)" in last and re.search(r"1818 RPC_S_CALL_CANCELLED\s+\d+", last), last
+    assert re.search(r"[0-9a-f]{12}\s+abortive\s+\d+\.\d\d\s+1818 RPC_S_CALL_CANCELLED", last), last
+    assert f"{ESC}[?25l" in screen
+
+
+def test_watch_dashboard_as_plain_lines_when_not_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "watch.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", server.target,
+                                 "--dashboard", "always"], stdout=f, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:   # until the watcher's stream has one of our calls
+            cancelled_call(server.target)
+            if wait_for(lambda: "1818 RPC_S_CALL_CANCELLED" in out.read_text(), timeout=2):
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = out.read_text()
+    lines = text.splitlines()
+    assert ESC not in text and lines and all(PLAIN_LINE.match(line) for line in lines), lines
+    assert "1818 RPC_S_CALL_CANCELLED" in lines[-1] and "cancels abortive" in lines[-1]
