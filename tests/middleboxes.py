@@ -167,6 +167,10 @@ class BrokenRelay:
         self._ready.set()
         self._loop.run_forever()
         server.close()
+        tasks = asyncio.all_tasks(self._loop)   # the connections' pumps: end them before the loop
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self._loop.run_until_complete(server.wait_closed())
         self._loop.close()
 
