@@ -129,7 +129,7 @@ class CallstateUser(User):
         except GreenletExit:
             # Locust stops the user mid-call: cancel it and complete it, so the call ends on
             # both sides and its code is counted like any other.
-            self._finish_at_shutdown(call, t0)
+            self._finish_at_shutdown(call, t0, expected_codes(plan, self.scenario.abort_code))
             raise
         finally:
             if timer is not None:
@@ -147,7 +147,7 @@ class CallstateUser(User):
         except CallError:
             pass   # completed meanwhile
 
-    def _finish_at_shutdown(self, call: Call, t0: float) -> None:
+    def _finish_at_shutdown(self, call: Call, t0: float, expected: frozenset[int]) -> None:
         try:
             if not call.done():
                 call.cancel()
@@ -155,7 +155,8 @@ class CallstateUser(User):
             code = codes.RPC_S_OK
         except CallError as err:
             code = err.code
-        self._report(call, code, t0, frozenset({codes.RPC_S_CALL_CANCELLED, code}), None)
+        # the cancel is ours (the run stopped): 1818 is expected whatever the plan was
+        self._report(call, code, t0, expected | {codes.RPC_S_CALL_CANCELLED}, None)
 
     def _report(self, call: Call, code: int, t0: float, expected: frozenset[int], reply: pb.CallReply | None) -> None:
         self.environment.events.request.fire(
