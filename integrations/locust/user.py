@@ -65,6 +65,7 @@ class CallstateUser(User):
     log_file: ClassVar[str] = "callstate-client-{worker}.jsonl"
     measure_propagation: ClassVar[bool] = True
     seed: ClassVar[int | None] = None
+    _instances: ClassVar[int] = 0
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -81,7 +82,8 @@ class CallstateUser(User):
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
-        self.rng = random.Random(None if self.seed is None else f"{self.seed}-{id(self)}")
+        CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
+        self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
         self._scripts: dict[tuple[str, str], pb.Script] = {}
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
