@@ -64,7 +64,9 @@ def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path)
             [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
              "--headless", "--expect-workers", "2", "--expect-workers-max-wait", "40",
              "-u", "8", "-r", "8", "-t", "5s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
-             "--callstate-abort-code", "5001"],
+             # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
+             # gives their final report, so the counts match only if the master waits for them
+             "--callstate-abort-code", "5001", "--callstate-hold-for", "1"],
             cwd=tmp_path, env=env, stdout=open(tmp_path / "master.out", "wb"), stderr=subprocess.STDOUT)
         procs.append(master)
         for i in range(2):
@@ -125,8 +127,18 @@ def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path)
     assert sum(r["num_requests"] for r in code_rows.values()) == len(client_ids)
 
 
+SLOW_START = """
+import time
+import locust   # gevent's hub starts its clock here
+t = time.perf_counter()
+while time.perf_counter() - t < 2.5:   # imports that take a while on a busy machine
+    pass
+from callstate.locust import CallstateUser
+"""
+
+
 def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) -> None:
-    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    (tmp_path / "locustfile.py").write_text(SLOW_START)
     dead = f"127.0.0.1:{free_port()}"   # nobody listens: every call ends 1722, which no plan expects
     run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
                           "--host", dead, "--json-file", "dead", "--callstate-log-file", ""],
@@ -135,6 +147,8 @@ def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) 
     rows = stats_rows(tmp_path / "dead.json")
     row = rows["1722 RPC_S_SERVER_UNAVAILABLE"]
     assert row["num_failures"] == row["num_requests"] > 0
+    # -t 2s ran for about 2 s, however long the imports took (gevent's clock is refreshed)
+    assert row["last_request_timestamp"] - row["start_time"] > 1.5
     assert not list(tmp_path.glob("callstate-client-*.jsonl"))   # --callstate-log-file "" turns the log off
 
     bad = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "--callstate-mix", "sometimes=1"],
