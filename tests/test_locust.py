@@ -156,3 +156,10 @@ def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) 
     assert bad.returncode == 2
     assert "argument --callstate-mix: mix entry 'sometimes=1': unknown name 'sometimes'" in bad.stderr
     assert "Traceback" not in bad.stderr
+    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\n"
+                                         "class Mine(callstate.locust.CallstateUser):\n    cancel_at = 'later'\n")
+    bad = subprocess.run([*LOCUST, "-f", "badattr.py", "--headless", "-t", "1s", "--host", dead],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "callstate: Mine: cancel_at = 'later': cancel point 'later': expected one of" in bad.stderr
+    assert "Traceback" not in bad.stderr

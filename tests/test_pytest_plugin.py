@@ -282,3 +282,18 @@ def test_readme_example_test_file_runs(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cancel_paths=readme_block("Use it in your tests", "python"))
     result = run(pytester)
     result.assert_outcomes(passed=3)
+
+
+def test_async_client_in_auto_mode_and_a_clear_error_in_a_sync_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_auto='''
+from callstate.client import Script
+
+async def test_unmarked(callstate_async_client):
+    await callstate_async_client.start(Script("complete"))
+
+def test_sync_asks_for_async(callstate_async_client):
+    pass
+''')
+    result = run(pytester, "-o", "asyncio_mode=auto")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*callstate: callstate_async_client is for asyncio tests run by pytest-asyncio*"])

@@ -8,13 +8,15 @@ is reported as `cancel propagation` (see `process.ProcessState`).
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 import time
 from typing import Any, ClassVar
 
 import gevent
 from gevent import GreenletExit
-from locust import User, constant, task
+from locust import User, constant, events, task
 
 from callstate import codes
 from callstate.client import Call, CallError, Client
@@ -39,6 +41,10 @@ def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
         if plan.on_cancel == "complete":
             expected.add(codes.RPC_S_OK)
     return frozenset(expected)
+
+
+SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "delay", "payload",
+            "call_timeout", "log_file")
 
 
 class UnexpectedCode(Exception):
@@ -69,16 +75,7 @@ class CallstateUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        settings = {name: getattr(self, name) for name in ("mix", "cancel", "cancel_at", "on_cancel", "hold_for",
-                                                          "escalate_after", "abort_code", "delay", "payload",
-                                                          "call_timeout", "log_file")}
-        settings.update(overrides(environment.parsed_options))
-        self.scenario = Scenario(
-            mix=_as(settings["mix"], Mix.parse), cancel=_as(settings["cancel"], parse_cancel_shares),
-            cancel_at=_as(settings["cancel_at"], parse_cancel_points),
-            on_cancel=_as(settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
-            hold_for=float(settings["hold_for"]), escalate_after=float(settings["escalate_after"]),
-            abort_code=int(settings["abort_code"]))
+        settings, self.scenario = self.configure(environment.parsed_options)
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
@@ -89,6 +86,23 @@ class CallstateUser(User):
         self.client = Client(_target(self.host), log=self.process.sink,
                              timeout=float(timeout) if timeout is not None else None)
         self.process.watch(self.client.target)
+
+    @classmethod
+    def configure(cls, parsed_options: Any) -> tuple[dict[str, Any], Scenario]:
+        """The class attributes, overridden by the --callstate-* options, and the scenario
+        they make; ValueError naming the bad setting."""
+        settings = {name: getattr(cls, name) for name in SETTINGS}
+        settings.update(overrides(parsed_options))
+        scenario = Scenario(
+            mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
+            cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
+            on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
+            hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
+                "escalate_after", settings["escalate_after"], float),
+            abort_code=_as("abort_code", settings["abort_code"], int))
+        for name in ("delay", "payload"):
+            _as(name, settings[name], float)
+        return settings, scenario
 
     def on_stop(self) -> None:
         self.client.close()
@@ -168,14 +182,28 @@ class CallstateUser(User):
                 f"{codes.describe(code)}: a final code the scenario does not expect"))
 
 
-def _as(value: Any, parse: Any) -> Any:
-    """A scenario setting given as text (attribute or option) or already parsed."""
+def _as(name: str, value: Any, parse: Any) -> Any:
+    """A setting given as text (attribute or option) parsed, or given already parsed."""
+    if not isinstance(value, str) and parse in (float, int):
+        return parse(value)
     if not isinstance(value, str):
         return value
     try:
         return parse(value)
     except ValueError as exc:
-        raise ValueError(f"CallstateUser: {exc}") from None
+        raise ValueError(f"{name} = {value!r}: {exc}") from None
+
+
+@events.init.add_listener
+def _check_settings(environment: Any, **_: Any) -> None:
+    """Bad scenario settings stop the run before it starts, with one line naming them."""
+    for user_class in environment.user_classes or ():
+        if issubclass(user_class, CallstateUser):
+            try:
+                user_class.configure(environment.parsed_options)
+            except (TypeError, ValueError) as exc:
+                logging.getLogger("callstate.locust").error("callstate: %s: %s", user_class.__name__, exc)
+                sys.exit(2)
 
 
 def _target(host: str | None) -> str:
