@@ -35,7 +35,11 @@ SHUTDOWN_WAIT = 5.0   # a call in flight when Locust stops the user is cancelled
 def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
     """The final codes a call drawn as `plan` may legally end with: its outcome's code; after
     a cancel also 1818, and 0 when the server completes on cancel."""
-    expected = {abort_code} if plan.outcome == "abort" else {_OUTCOME_CODE[plan.outcome]} if plan.outcome in _OUTCOME_CODE else set()
+    expected: set[int] = set()   # a held call ends only by its cancel
+    if plan.outcome == "abort":
+        expected.add(abort_code)
+    elif plan.outcome in _OUTCOME_CODE:
+        expected.add(_OUTCOME_CODE[plan.outcome])
     if plan.cancel:
         expected.add(codes.RPC_S_CALL_CANCELLED)
         if plan.on_cancel == "complete":
