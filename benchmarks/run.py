@@ -16,6 +16,8 @@ metrics  callstate serve with --metrics-port (Prometheus on) vs the same without
          grpc.aio, same bare client and concurrency: calls/s and server CPU per call
 million  1,000,000 calls through one callstate server: its memory stays flat (the
          journal is bounded), bare server for reference
+locust   CallstateUser beside a bare Locust gRPC user (a raw stub, Locust's recipe) in
+         the same Locust run and process against one callstate server: calls/s of each
 """
 
 from __future__ import annotations
@@ -446,18 +448,53 @@ asyncio.run(main())
 """
 
 
+def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[str, Any]:
+    """Both user classes in one headless Locust process (equal weights, no wait), so each
+    class's calls/s reflects its own cost per call on the same event loop."""
+    print(f"locust: CallstateUser vs a bare Locust gRPC user, {users} users ({users // 2} each), "
+          f"{duration:g} s x {rounds} rounds, one Locust process", flush=True)
+    srv = Server("callstate", tmp, "--no-state-log")
+    ratios, rows = [], []
+    try:
+        for r in range(rounds):
+            out = tmp / f"locust-{r}"
+            subprocess.run([PY, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locust_users.py"), "--headless",
+                            "-u", str(users), "-r", str(users), "-t", f"{duration:g}s", "--host", srv.target,
+                            "--json-file", str(out), "--only-summary", "--loglevel", "WARNING"],
+                           cwd=tmp, check=True, stdout=subprocess.DEVNULL, timeout=duration + 120)
+            totals: dict[str, int] = {}
+            failures = 0
+            for row in json.loads(Path(f"{out}.json").read_text()):
+                if row["name"] != "cancel propagation":
+                    totals[row["method"]] = totals.get(row["method"], 0) + row["num_requests"]
+                    failures += row["num_failures"]
+            bare, ours = totals.get("grpc", 0) / duration, totals.get("callstate", 0) / duration
+            ratios.append(ours / bare if bare else 0.0)
+            rows.append({"bare_calls_per_s": round(bare), "callstate_calls_per_s": round(ours), "failures": failures})
+            print(f"  round {r + 1}: bare {bare:,.0f} calls/s, CallstateUser {ours:,.0f} calls/s, "
+                  f"ratio {ratios[-1]:.2f}, failures {failures}", flush=True)
+    finally:
+        srv.stop()
+    ratio = statistics.median(ratios)
+    print(f"  CallstateUser / bare Locust gRPC user, calls/s (median of {rounds}): {ratio:.2f}   (target >= 0.85)")
+    return {"rounds": rows, "ratio_median": round(ratio, 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", metavar="BENCH", help="server, client, cancel, held, metrics, million (default: all)")
+    parser.add_argument("which", nargs="*", metavar="BENCH",
+                        help="server, client, cancel, held, metrics, million, locust (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--in-flight", type=int, default=1000, help="cancel: calls in flight")
     parser.add_argument("--held", type=int, default=10_000)
     parser.add_argument("--million", type=int, default=1_000_000)
+    parser.add_argument("--locust-users", type=int, default=20, help="locust: users, half of each class")
+    parser.add_argument("--locust-duration", type=float, default=15.0, help="locust: seconds per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million"]
+    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -477,6 +514,8 @@ def main() -> int:
                 results[which] = bench_held(tmp, opts.held)
             elif which == "metrics":
                 results[which] = bench_metrics(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "locust":
+                results[which] = bench_locust(tmp, opts.rounds, opts.locust_duration, opts.locust_users)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest's own `pytester` fixture: the pytest plugin's tests run inner pytest sessions with it
+pytest_plugins = ["pytester"]
+
 
 @dataclass
 class ServerProcess:
