@@ -7,12 +7,13 @@ import asyncio
 import sys
 
 from callstate.cli.load_run import LoadConfig
-from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
-                                   on_cancel_mix, outcome_mix, para, positive_float, positive_int)
+from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
+                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
                                 Scenario)
+from callstate.script import Limits
 
-_LOAD, _SCENARIO = LoadConfig(), Scenario()
+_LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
 
 EPILOG = """\
@@ -70,10 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="uncancelled held calls are cancelled abortively after this long (default: %(default)s)")
     p.add_argument("--delay", type=non_negative_float, default=_LOAD.delay, metavar="SECONDS",
                    help="server processing time before complete/abort/fatal (default: %(default)s)")
-    p.add_argument("--payload", type=non_negative_int, default=_LOAD.payload, metavar="BYTES",
-                   help="request payload and reply size (default: %(default)s)")
-    p.add_argument("--abort-code", type=int, default=_SCENARIO.abort_code, metavar="CODE",
-                   help="exception code of aborts (default: %(default)s)")
+    p.add_argument("--payload", type=bounded_int(0, _LIMITS.max_payload_bytes, "what a server accepts by default"),
+                   default=_LOAD.payload, metavar="BYTES",
+                   help=f"request payload and reply size, at most {_LIMITS.max_payload_bytes} (default: %(default)s)")
+    p.add_argument("--abort-code", type=abort_code, default=_SCENARIO.abort_code, metavar="CODE",
+                   help="exception code of aborts: non-zero, 32 bits (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--log-file", metavar="PATH", help="write the client's state log (JSON lines)")
@@ -115,8 +117,13 @@ def run(opts: argparse.Namespace) -> int:
     except ConnectionError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
-    if opts.report:
-        with open(opts.report, "wb") as f:
-            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report))
+    if opts.report:
+        try:
+            with open(opts.report, "wb") as f:
+                f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        except OSError as exc:   # a full disk, say: the run's verdict above stands, the file does not
+            print(f"callstate load: --report {opts.report}: cannot write the report ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
     return 0 if report["check"]["ok"] else 1

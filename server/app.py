@@ -44,6 +44,11 @@ class ServerOptions:
     journal_size: int = 10_000
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     grace: float = 2.0
+    journal_bytes: int = 64 * 1024 * 1024      # ended calls' histories kept, in bytes
+    journal_events_per_call: int = 64          # events (cancel notices...) stored per call; more are counted
+    max_watchers: int = 64                     # Journal Watch/Follow streams at once
+    watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
+    max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
 
 
 class EmulatorServer:
@@ -65,10 +70,15 @@ class EmulatorServer:
 
     async def start(self) -> int:
         opts = self.options
-        self.journal = journal = Journal(opts.journal_size)
+        self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
+                                         max_events_per_call=opts.journal_events_per_call,
+                                         max_watchers=opts.max_watchers)
         self.log = log = StateLog(opts.log)
         self.emulator = EmulatorServicer(opts.emulator, journal, log.append)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+        if opts.max_concurrent_streams:
+            server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
+        server = grpc.aio.server(options=server_options)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
         self._health = HealthServicer()
@@ -123,7 +133,11 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if port_file:
-        Path(port_file).write_text(f"{srv.port}\n")
+        try:
+            Path(port_file).write_text(f"{srv.port}\n")
+        except OSError as exc:
+            await srv.stop()
+            raise OSError(f"--port-file {port_file}: {exc.strerror or exc}") from None
     print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
           f"(state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
     await stop.wait()
