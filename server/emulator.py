@@ -59,7 +59,7 @@ class EmulatorConfig:
     seed: int | None = None
     # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
     # (a caller that never reads would otherwise pin every reply it asked for)
-    max_reply_backlog_bytes: int = 64 * 1024 * 1024
+    max_reply_backlog_bytes: int = 16 * 1024 * 1024
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
     max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
