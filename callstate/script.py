@@ -63,12 +63,14 @@ class Limits:
 
     Each one keeps what the server accepts deliverable: a reply fits the peer's receive
     limit with its framing, a status message stays well under what gRPC carries intact
-    (it drops or garbles status messages beyond ~16 KiB), a call id is a metadata value.
+    (a client drops trailers beyond 8 KiB at random, 16 KiB always), a call id is a metadata value.
     """
 
     max_delay_ms: int = 600_000
     max_reply_bytes: int = GRPC_MAX_RECEIVE - REPLY_FRAMING
-    max_message_bytes: int = 4096        # abort and fatal messages, UTF-8
+    # abort and fatal messages, UTF-8: the status travels percent-encoded in the trailers (up to
+    # 3 characters a byte), and a client refuses trailers over 8 KiB at random (soft limit)
+    max_message_bytes: int = 2048
     max_call_id_bytes: int = 128
     max_payload_bytes: int = GRPC_MAX_RECEIVE - REPLY_FRAMING   # request payload (echoed back as the reply)
 

@@ -281,7 +281,8 @@ def test_concurrent_streams_per_connection_are_bounded(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--max-concurrent-streams", "2", "--no-state-log")
     try:
         async def go() -> None:
-            async with AsyncClient(srv.target) as client, AsyncClient(srv.target) as other:
+            async with AsyncClient(srv.target) as client, AsyncClient(
+                    srv.target, channel_options=[("grpc.use_local_subchannel_pool", 1)]) as other:
                 held = [client.start(Script("hold")) for _ in range(3)]
                 deadline = time.monotonic() + 10
                 while counters(srv.target).in_flight < 2 and time.monotonic() < deadline:
