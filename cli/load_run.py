@@ -408,8 +408,9 @@ class LoadRun:
         if self.attempted and self.start_failed == self.attempted:
             return f"no call could start: all {self.attempted} were refused before leaving the client"
         refused = self.by_code.get(codes.RPC_S_INVALID_ARG, 0)
-        if self.attempted and refused == self.attempted:
-            return f"the server refused every call ({refused} x 87 RPC_S_INVALID_ARG): check its limits"
+        if refused:   # the generator's own scripts are valid: a refusal means the server's limits are lower
+            return (f"the server refused {refused} of {self.attempted} calls (87 RPC_S_INVALID_ARG): its limits are "
+                    "below this load's settings (e.g. --payload, --delay)")
         return ""
 
 
