@@ -53,6 +53,8 @@ class ScriptError(RequestError):
 GRPC_MAX_RECEIVE: Final = 4 * 1024 * 1024
 # What a CallReply adds around its payload at most: tags, lengths, the call id, cancel_seen.
 REPLY_FRAMING: Final = 1024
+# What a CallRequest adds around its payload at most: the call id, the script and its messages.
+REQUEST_FRAMING: Final = 16 * 1024
 ABORT_CODE_MIN: Final = -(2**31)       # an HRESULT-style negative code still fits 32 bits
 ABORT_CODE_MAX: Final = 2**32 - 1      # an unsigned 32-bit exception code
 
@@ -72,7 +74,9 @@ class Limits:
     # 3 characters a byte), and a client refuses trailers over 8 KiB at random (soft limit)
     max_message_bytes: int = 2048
     max_call_id_bytes: int = 128
-    max_payload_bytes: int = GRPC_MAX_RECEIVE - REPLY_FRAMING   # request payload (echoed back as the reply)
+    # request payload (echoed back as the reply); the server takes no larger message than this
+    # plus REQUEST_FRAMING, so a caller cannot make it buffer and parse megabytes it will refuse
+    max_payload_bytes: int = 1024 * 1024
 
 
 def check_call_id(call_id: str, limits: Limits = Limits()) -> None:

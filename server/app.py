@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from callstate.script import REQUEST_FRAMING
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -75,7 +76,9 @@ class EmulatorServer:
                                          max_watchers=opts.max_watchers)
         self.log = log = StateLog(opts.log)
         self.emulator = EmulatorServicer(opts.emulator, journal, log.append)
-        server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+        # no request larger than the largest valid one is even read into Python
+        max_request = opts.emulator.limits.max_payload_bytes + REQUEST_FRAMING
+        server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
         if opts.max_concurrent_streams:
             server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
         server = grpc.aio.server(options=server_options)
