@@ -69,6 +69,10 @@ def test_call_id_is_a_short_metadata_value_in_the_client_and_the_server(shared_s
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.EmulatorStub(channel).Cancel(pb.CancelRequest(call_id=call_id), timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "call_id" in (err.value.details() or "")
+    after = f"after-{time.monotonic_ns()}"   # a later call's End in the log: everything before it is flushed
+    assert raw_call(shared_server.target, pb.CallRequest(call_id=after, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)))[0] \
+        == grpc.StatusCode.OK
+    shared_server.wait_entries(after)
     assert not any(e["call_id"] == call_id for e in shared_server.entries())   # refused before dispatch: not logged
 
 
