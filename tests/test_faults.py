@@ -36,6 +36,13 @@ MiB = 1024 * 1024
 GROWTH_LIMIT = 100 * MiB
 
 
+def report_growth(what: str, base: int, srv: ServerProcess) -> int:
+    """The server's RSS growth since `base`, printed (README's Reliability figures come from `pytest -s`)."""
+    growth = rss(srv) - base
+    print(f"\n{what}: server RSS +{growth / MiB:.1f} MiB")
+    return growth
+
+
 def rss(srv: ServerProcess) -> int:
     with open(f"/proc/{srv.proc.pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
@@ -102,7 +109,7 @@ def test_huge_call_ids_in_calls_and_notices_pin_nothing(attacked: ServerProcess)
     calls, notices = asyncio.run(attack())
     # larger than any valid request: gRPC refuses it before Python ever parses it
     assert calls == {"RESOURCE_EXHAUSTED": n} and notices == {"RESOURCE_EXHAUSTED": n}
-    assert rss(attacked) - base < GROWTH_LIMIT
+    assert report_growth(f"{n} calls and {n} notices with 2 MiB call ids", base, attacked) < GROWTH_LIMIT
     assert counters(attacked.target).in_flight == 0
 
 
@@ -115,7 +122,7 @@ def test_a_flood_of_early_notices_is_bounded_and_expires(tmp_path: Path) -> None
         seen = asyncio.run(_spray(srv.target, n, lambda stub, i: stub.Cancel(
             pb.CancelRequest(call_id=f"{i:08d}{long_id}"), timeout=30)))
         assert seen == {"OK": n}
-        assert rss(srv) - base < GROWTH_LIMIT
+        assert report_growth(f"{n} early notices with {Limits().max_call_id_bytes}-byte ids", base, srv) < GROWTH_LIMIT
 
         async def late_call() -> int:   # the oldest notices expired: a call made now is not pre-cancelled
             async with AsyncClient(srv.target) as client:
@@ -154,7 +161,8 @@ def test_a_hundred_thousand_notices_to_one_call(attacked: ServerProcess) -> None
     history, code = asyncio.run(attack())
     assert code == codes.RPC_S_CALL_CANCELLED
     assert len(history.entries) <= 64 + 4 and history.ByteSize() < 64 * 1024
-    assert rss(attacked) - base < GROWTH_LIMIT
+    print(f"\nGetCall after {n} notices to one call: {len(history.entries)} entries, {history.ByteSize()} bytes")
+    assert report_growth(f"{n} notices to one call", base, attacked) < GROWTH_LIMIT
 
 
 def test_a_connection_that_never_reads_its_big_replies(attacked: ServerProcess) -> None:
@@ -169,7 +177,8 @@ def test_a_connection_that_never_reads_its_big_replies(attacked: ServerProcess) 
         c = wait_counters(attacked.target, lambda c: c.ended >= 50 + n)
         assert c.ended == 50 + n and c.in_flight == 0          # every call ended...
         assert c.by_code[codes.RPC_S_SERVER_TOO_BUSY] >= n - 8  # ...most with 1723: the reply backlog is full
-        assert rss(attacked) - base < GROWTH_LIMIT
+        assert report_growth(f"{n} unread streams asking for 4 MiB replies on one connection", base,
+                             attacked) < GROWTH_LIMIT
         # an ordinary caller on another connection is still served meanwhile
         with grpc.insecure_channel(attacked.target) as channel:
             reply = pb_grpc.EmulatorStub(channel).Call(pb.CallRequest(script=pb.Script(
