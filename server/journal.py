@@ -14,7 +14,7 @@ import asyncio
 import collections
 from typing import Iterable
 
-from callstate.lifecycle import END
+from callstate.lifecycle import CANCEL_SEEN, END, ENTER
 from callstate.statelog import Entry
 
 
@@ -44,7 +44,7 @@ class CallRecord:
     @property
     def final(self) -> Entry | None:
         last = self.entries[-1] if self.entries else None
-        return last if last is not None and last.state == END and last.event == "enter" else None
+        return last if last is not None and last.state == END and last.event == ENTER else None
 
 
 class WatcherLimit(Exception):
@@ -95,7 +95,7 @@ class Journal:
 
     def add(self, rec: CallRecord, e: Entry) -> None:
         """Runs for every server entry on the event loop: kept to a few dict operations."""
-        if e.event == "enter":
+        if e.event == ENTER:
             rec.entries.append(e)
             rec.bytes += ENTRY_BYTES + len(e.detail) if e.detail else ENTRY_BYTES
             state = rec.state = e.state
@@ -111,7 +111,7 @@ class Journal:
             else:
                 rec.omitted += 1
                 self.events_omitted += 1
-            if e.event == "cancel_seen":
+            if e.event == CANCEL_SEEN:
                 self.cancels_seen += 1
                 rec.cancel_seen = True
         if self._watchers:

@@ -13,6 +13,7 @@ import grpc
 import orjson
 import pytest
 
+from callstate.lifecycle import END
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, start_server, states
@@ -122,7 +123,7 @@ def test_server_keeps_serving_when_its_state_log_fills_the_disk(tmp_path: Path) 
                                                                                             reply_bytes=3)), timeout=10)
                 assert len(reply.payload) == 3
                 history = pb_grpc.JournalStub(channel).GetCall(pb.GetCallRequest(call_id=reply.call_id), timeout=10)
-                assert states([{"state": e.state, "event": e.event} for e in history.entries])[-1] == "End"
+                assert states([{"state": e.state, "event": e.event} for e in history.entries])[-1] == END
         deadline = time.monotonic() + 10   # the writer thread says so on its next flush
         while "state log cannot be written" not in srv.stderr.read_text() and time.monotonic() < deadline:
             time.sleep(0.02)

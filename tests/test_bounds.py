@@ -19,7 +19,7 @@ from callstate.script import ABORT_CODE_MAX, ABORT_CODE_MIN, Limits
 from callstate.server.emulator import EarlyNotices
 from callstate.server.journal import Journal
 from callstate.statelog import Entry
-from callstate.lifecycle import CANCEL_SEEN, END, ENTER, SERVER
+from callstate.lifecycle import C, CANCEL_SEEN, D, DISPATCH, END, ENTER, FATAL, NON_ABORTIVE, SERVER
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, final, start_server, states
@@ -61,7 +61,7 @@ def test_call_id_is_a_short_metadata_value_in_the_client_and_the_server(shared_s
             with pytest.raises(CallError) as info:
                 call.start()
             assert info.value.code == codes.RPC_S_INVALID_ARG and "call_id" in str(info.value) and why in str(info.value)
-            assert call.history == ["C", "End"]
+            assert call.history == [C, END]
     asyncio.run(go())
     status, details, code = raw_call(shared_server.target, pb.CallRequest(call_id=call_id))
     assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "87") and details.startswith("call_id:") and why in details
@@ -145,7 +145,7 @@ def test_max_hold_bounds_every_call_including_ignore(tmp_path: Path) -> None:
         async def go() -> str:
             async with AsyncClient(srv.target) as client:
                 call = client.start(Script("complete", outcome_delay=60, on_cancel="ignore"))
-                await srv.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+                await srv.await_entries(call.call_id, until=lambda es: states(es) == [D])
                 call.cancel()   # abortive: the caller is gone, as if killed
                 await outcome(call)
                 return call.call_id
@@ -179,8 +179,8 @@ def test_early_notices_expire_on_a_timer_and_are_bounded_in_count_and_bytes() ->
 
 
 def _end(call_id: str, t: float) -> list[Entry]:
-    return [Entry(t, SERVER, call_id, "D", None, ENTER, "dispatch"),
-            Entry(t, SERVER, call_id, END, "D", ENTER, "fatal", 1726, "UNKNOWN", "d" * 100)]
+    return [Entry(t, SERVER, call_id, D, None, ENTER, DISPATCH),
+            Entry(t, SERVER, call_id, END, D, ENTER, FATAL, 1726, "UNKNOWN", "d" * 100)]
 
 
 def test_journal_is_bounded_in_bytes_and_in_events_per_call() -> None:
@@ -192,7 +192,7 @@ def test_journal_is_bounded_in_bytes_and_in_events_per_call() -> None:
     assert journal.bytes <= 100_000 and 0 < len(journal) < 5000 and journal.get("call-4999") is not None
     rec = journal.open("noisy")
     for i in range(1000):
-        journal.add(rec, Entry(i, SERVER, "noisy", "D", "D", CANCEL_SEEN, cancel="non-abortive"))
+        journal.add(rec, Entry(i, SERVER, "noisy", D, D, CANCEL_SEEN, cancel=NON_ABORTIVE))
     assert len(rec.entries) == 3 and rec.omitted == 997 and journal.cancels_seen == 1000   # counted, not stored
 
 
@@ -202,7 +202,7 @@ def test_many_notices_to_one_call_keep_its_history_small(tmp_path: Path) -> None
         async def go() -> None:
             async with AsyncClient(srv.target) as client:
                 call = client.start(Script("hold", on_cancel="ignore"))
-                await srv.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+                await srv.await_entries(call.call_id, until=lambda es: states(es) == [D])
                 async with grpc.aio.insecure_channel(srv.target) as channel:
                     stub = pb_grpc.EmulatorStub(channel)
                     await asyncio.gather(*(stub.Cancel(pb.CancelRequest(call_id=call.call_id)) for _ in range(200)))

@@ -24,6 +24,7 @@ import pytest
 from callstate import codes
 from callstate.check import check_files
 from callstate.client import AsyncClient, CallError, Script
+from callstate.lifecycle import END
 from callstate.script import Limits
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -212,7 +213,7 @@ def test_client_killed_with_a_thousand_held_calls(attacked: ServerProcess, tmp_p
     c = wait_counters(attacked.target, lambda c: c.in_flight == 0 and c.ended == n)
     assert (c.in_flight, c.ended, c.by_code[codes.RPC_S_CALL_CANCELLED]) == (0, n, n)
     deadline = time.monotonic() + 5
-    while len([e for e in read_entries(attacked.log) if e["state"] == "End"]) < n and time.monotonic() < deadline:
+    while len([e for e in read_entries(attacked.log) if e["state"] == END]) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     report = check_files([attacked.log])
     assert report.ok and report.calls == n and report.by_code == {codes.RPC_S_CALL_CANCELLED: n}, report.summary()

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callstate import codes
+from callstate.lifecycle import DISPATCH, END, ENTER
 from callstate.script import ABORT_CODE_MAX, ABORT_CODE_MIN, Limits
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY
@@ -63,7 +64,7 @@ def settled(srv: ServerProcess, channel: grpc.Channel) -> None:
     assert c.in_flight == 0
     while True:   # the log writer flushes every 50 ms: wait for as many End lines as calls ended
         entries = read_entries(srv.log)
-        ends = collections.Counter(e["call_id"] for e in entries if e["state"] == "End" and e["event"] == "enter")
+        ends = collections.Counter(e["call_id"] for e in entries if e["state"] == END and e["event"] == ENTER)
         if sum(ends.values()) >= c.ended or time.monotonic() > deadline:
             break
         time.sleep(0.02)
@@ -72,10 +73,10 @@ def settled(srv: ServerProcess, channel: grpc.Channel) -> None:
     # dispatch is followed by exactly one End before the next dispatch
     open_calls: dict[str, bool] = {}
     for e in entries:
-        if e.get("move") == "dispatch":
+        if e.get("move") == DISPATCH:
             assert not open_calls.get(e["call_id"]), f"dispatched again before its End: {e}"
             open_calls[e["call_id"]] = True
-        elif e["state"] == "End" and e["event"] == "enter":
+        elif e["state"] == END and e["event"] == ENTER:
             assert open_calls.get(e["call_id"]), f"an End without a dispatch, or a second End: {e}"
             open_calls[e["call_id"]] = False
     assert not any(open_calls.values())
@@ -108,7 +109,7 @@ def entries_since(log: Path, offset: int, call_id: str, timeout: float = 5) -> l
             f.seek(offset)
             lines = f.read().split(b"\n")[:-1]   # complete lines only: the writer may be mid-line
         entries = [e for e in map(orjson.loads, filter(None, lines)) if e["call_id"] == call_id]
-        if any(e["state"] == "End" and e["event"] == "enter" for e in entries) or time.monotonic() > deadline:
+        if any(e["state"] == END and e["event"] == ENTER for e in entries) or time.monotonic() > deadline:
             return entries
         time.sleep(0.01)
 
@@ -161,7 +162,7 @@ def test_every_accepted_script_ends_with_the_same_code_on_both_sides(fuzz_server
                 return
         client_code = codes.from_grpc(status, trailers) if status != grpc.StatusCode.OK else codes.RPC_S_OK
         entries = entries_since(fuzz_server.log, offset, server_id)
-        ends = [e for e in entries if e["state"] == "End" and e["event"] == "enter"]
+        ends = [e for e in entries if e["state"] == END and e["event"] == ENTER]
         assert len(ends) == 1, entries
         assert ends[0]["code"] == client_code, (request, status, entries)
         if client_code != codes.RPC_S_INVALID_ARG:
