@@ -407,6 +407,10 @@ class LoadRun:
         """Why the run proved nothing, when no call could start (or every one was refused)."""
         if self.attempted and self.start_failed == self.attempted:
             return f"no call could start: all {self.attempted} were refused before leaving the client"
+        turned_away = self.by_code.get(codes.RPC_S_SERVER_TOO_BUSY, 0) + self.by_code.get(codes.RPC_S_SERVER_UNAVAILABLE, 0)
+        if self.attempted and turned_away >= self.attempted:
+            return (f"no call could run: all {self.attempted} were turned away (1723 RPC_S_SERVER_TOO_BUSY or "
+                    "1722 RPC_S_SERVER_UNAVAILABLE)")
         refused = self.by_code.get(codes.RPC_S_INVALID_ARG, 0)
         if refused:   # the generator's own scripts are valid: a refusal means the server's limits are lower
             return (f"the server refused {refused} of {self.attempted} calls (87 RPC_S_INVALID_ARG): its limits are "

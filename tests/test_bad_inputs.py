@@ -140,3 +140,12 @@ def test_load_fails_when_the_server_refuses_every_call(tmp_path: Path) -> None:
         assert result.returncode == 1 and "the server refused" in result.stdout, result.stdout + result.stderr
     finally:
         srv.stop()
+
+
+def test_load_fails_when_no_call_could_run(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--max-in-flight", "0", "--no-state-log")   # every call: 1723
+    try:
+        result = cli("load", "--target", srv.target, "--calls", "30", "--cancel", "none", "--mix", "complete=1")
+        assert result.returncode == 1 and "no call could run" in result.stdout, result.stdout + result.stderr
+    finally:
+        srv.stop()
