@@ -12,6 +12,8 @@ cancel   1,000 held calls in flight, cancelled one by one: client cancel -> serv
          it, p50/p99/max, callstate vs bare
 held     10,000 held calls on one server: server memory per held call vs bare; then
          cancel them all: time until every call ended on both sides
+metrics  callstate serve with --metrics-port (Prometheus on) vs the same without vs bare
+         grpc.aio, same bare client and concurrency: calls/s and server CPU per call
 million  1,000,000 calls through one callstate server: its memory stays flat (the
          journal is bounded), bare server for reference
 """
@@ -50,7 +52,7 @@ class Server:
     def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
         self.kind = kind
         port_file = tmp / f"{kind}-{time.monotonic_ns()}.port"
-        self.log = tmp / f"{kind}-server.jsonl"
+        self.log = tmp / f"{kind}-{time.monotonic_ns()}-server.jsonl"   # one per server: paired runs write two
         self.cancel_log = tmp / f"{kind}-cancels.json"
         if kind == "callstate":
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
@@ -128,6 +130,116 @@ def bench_client(tmp: Path, rounds: int, concurrency: int, duration: float) -> d
     finally:
         srv.stop()
     return _summarize("client", runs, server_cpu=False)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _observer_cost_us(calls: int = 20_000, repeats: int = 5) -> float:
+    """The metrics' own CPU per server call, measured in-process (immune to a noisy machine): a
+    completed call's three entries (D, Comp, End) through the fan-out with the metrics observer,
+    minus the same entries through the state log's append alone. Best of `repeats`."""
+    from callstate.lifecycle import COMP, COMPLETE, COMPLETED, D, DISPATCH, END, ENTER, SERVER
+    from callstate.observe import fan_out
+    from callstate.observe.metrics import Metrics
+    from callstate.statelog import Entry, StateLog
+
+    log = StateLog(None)   # its append is the hot path's baseline (no file: nothing queued)
+    t = time.time()
+    entries = []
+    for i in range(calls):
+        cid = f"{i:032x}"
+        entries += [Entry(t, SERVER, cid, D, None, ENTER, DISPATCH), Entry(t, SERVER, cid, COMP, D, ENTER, COMPLETE),
+                    Entry(t + 0.001, SERVER, cid, END, COMP, ENTER, COMPLETED, 0, "OK")]
+    observed = fan_out(log.append, [Metrics().side(SERVER).observe])
+
+    def best(append: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for e in entries:
+                append(e)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return (best(observed) - best(log.append)) / calls * 1e6
+
+
+def _paired_round(tmp: Path, concurrency: int, duration: float) -> tuple[float, float]:
+    """Metrics on / off with both servers driven at the same time, so on a shared, noisy machine
+    the two halves of each ratio see the same load: (calls/s on/off, server CPU per call on/off)."""
+    servers = [Server("callstate", tmp), Server("callstate", tmp, "--metrics-port", str(_free_port()))]
+    try:
+        cpu0 = [srv.cpu() for srv in servers]
+        drivers = [subprocess.Popen([PY, BARE, "drive", "--target", srv.target, "--client", "bare", "--concurrency",
+                                     str(concurrency), "--duration", str(duration)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                   for srv in servers]
+        rates: list[float] = []
+        calls: list[int] = []
+        for proc in drivers:
+            out, err = proc.communicate(timeout=duration + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(err)
+            result = json.loads(out.strip().splitlines()[-1])
+            rates.append(result["calls"] / result["seconds"])
+            calls.append(result["calls"])
+        cpu = [(srv.cpu() - c0) / n for srv, c0, n in zip(servers, cpu0, calls)]
+    finally:
+        for srv in servers:
+            srv.stop()
+    return rates[1] / rates[0], cpu[1] / cpu[0]
+
+
+def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Server calls/s with Prometheus metrics on vs off vs bare, alternating in each round."""
+    import urllib.request
+
+    kinds = ("bare", "off", "on")
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    paired: list[tuple[float, float]] = []
+    counted = 0.0
+    for _ in range(rounds):
+        for kind in kinds:
+            port = _free_port()
+            extra = ("--metrics-port", str(port)) if kind == "on" else ()
+            srv = Server("bare" if kind == "bare" else "callstate", tmp, *extra)
+            try:
+                runs[kind].append(drive(srv.target, "bare", concurrency, duration, server=srv))
+                if kind == "on":   # metrics were really on: the scrape counts the calls
+                    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                  if line.startswith("callstate_calls_total{"))
+            finally:
+                srv.stop()
+        paired.append(_paired_round(tmp, concurrency, duration))
+    med = {k: statistics.median(r["calls_per_s"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in v) for k, v in runs.items()}
+    out = {"calls_per_s": med, "cpu_us_per_call": cpu, "on_vs_off": med["on"] / med["off"],
+           "paired_on_vs_off": statistics.median(r for r, _ in paired),
+           "paired_cpu_on_vs_off": statistics.median(c for _, c in paired),
+           "paired_rounds": [(round(r, 3), round(c, 3)) for r, c in paired],
+           "off_vs_bare": med["off"] / med["bare"], "on_vs_bare": med["on"] / med["bare"],
+           "rounds": {k: [round(r["calls_per_s"]) for r in v] for k, v in runs.items()},
+           "last_scrape_calls": counted}
+    print(f"metrics: median of {rounds} alternating rounds (bare grpc.aio / callstate / callstate --metrics-port)")
+    print(f"  {'calls/s':<22} bare {med['bare']:9.1f}   metrics off {med['off']:9.1f}   metrics on {med['on']:9.1f}")
+    print(f"  {'server CPU per call':<22} bare {cpu['bare']:9.1f}   metrics off {cpu['off']:9.1f}   "
+          f"metrics on {cpu['on']:9.1f} us")
+    print(f"  ratios: on/off {out['on_vs_off']:.3f}  off/bare {out['off_vs_bare']:.3f}  on/bare {out['on_vs_bare']:.3f}"
+          f"  (last scrape counted {counted:.0f} calls)")
+    print(f"  rounds: {out['rounds']}")
+    print(f"  paired (metrics on and off served at the same time, one bare client each, so both see the same "
+          f"machine): on/off calls/s median {out['paired_on_vs_off']:.3f}, server CPU per call on/off median "
+          f"{out['paired_cpu_on_vs_off']:.3f}; rounds (calls/s, CPU) {out['paired_rounds']}")
+    cost = out["observer_us_per_call"] = _observer_cost_us()
+    print(f"  metrics observer in-process: {cost:.2f} us per completed call = {cost / cpu['off'] * 100:.1f}% of the "
+          f"server's CPU per call with metrics off")
+    return out
 
 
 def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: bool) -> dict[str, Any]:
@@ -336,7 +448,7 @@ asyncio.run(main())
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", metavar="BENCH", help="server, client, cancel, held, million (default: all)")
+    parser.add_argument("which", nargs="*", metavar="BENCH", help="server, client, cancel, held, metrics, million (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
@@ -345,7 +457,7 @@ def main() -> int:
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "million"]
+    everything = ["server", "client", "cancel", "held", "metrics", "million"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -363,6 +475,8 @@ def main() -> int:
                 results[which] = bench_cancel(tmp, opts.in_flight, 0.001)
             elif which == "held":
                 results[which] = bench_held(tmp, opts.held)
+            elif which == "metrics":
+                results[which] = bench_metrics(tmp, opts.rounds, opts.concurrency, opts.duration)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

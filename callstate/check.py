@@ -137,14 +137,14 @@ _TEXT = (str, type(None))
 
 
 class Checker:
-    """Feed entries (dicts in the SPEC §5 format), then `finish()`."""
+    """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`."""
 
     def __init__(self) -> None:
         self.tracks: dict[str, dict[str, SideTrack]] = collections.defaultdict(dict)
         self.report = CheckReport()
 
     def add(self, e: Mapping[str, Any], where: str = "") -> None:
-        """One entry as read from a log file (a dict in the SPEC §5 format)."""
+        """One entry as read from a log file (a dict in the state-log format)."""
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
                         e.get("cancel"))

@@ -1,4 +1,4 @@
-"""Per-call scripts (SPEC §3): building them, validating them, default mixes.
+"""Per-call scripts (docs/model.md, "Scripts"): building them, validating them, default mixes.
 
 The same `validate` runs in the client (before a call goes out) and in the
 server (on what actually arrived), so both refuse the same scripts with the
@@ -209,10 +209,6 @@ class Mix:
             if r < 0:
                 return name
         return next(reversed(self.weights))
-
-    def shares(self) -> dict[str, float]:
-        total = sum(self.weights.values())
-        return {k: v / total for k, v in self.weights.items()}
 
     def __str__(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in self.weights.items())

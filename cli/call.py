@@ -9,7 +9,7 @@ import signal
 import sys
 
 from callstate import codes
-
+from callstate.cli.observe_options import add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, epilog, finite_float, grpc_status, int64, non_negative_float,
                                    para, positive_float, text)
 from callstate.lifecycle import WCOMP
@@ -61,18 +61,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="with --non-abortive: escalate to an abortive cancel after this long without an answer")
     p.add_argument("--json", action="store_true", help="print state entries as JSON lines")
     p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
+    add_otel(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.observe import ObserveError
+
+    provider = None
     try:
-        return asyncio.run(_call(opts))
-    except OSError as exc:   # e.g. --log-file in a folder that does not exist
+        provider = tracer_provider(opts, "callstate-call")
+        return asyncio.run(_call(opts, provider))
+    except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
         print(f"callstate call: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if provider is not None:
+            provider.shutdown()
 
 
-async def _call(opts: argparse.Namespace) -> int:
+async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
     from callstate.statelog import StateLog
@@ -82,7 +90,8 @@ async def _call(opts: argparse.Namespace) -> int:
                     abort_message=opts.message if opts.outcome == "abort" else "",
                     fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout,  # type: ignore[arg-type]
+                         tracing=provider if provider is not None else False)
     try:
         call = client.prepare(script, payload=os.fsencode(opts.payload))
         abortive = not opts.non_abortive
@@ -91,8 +100,8 @@ async def _call(opts: argparse.Namespace) -> int:
         else:
             try:
                 call.start()
-            except CallError as err:
-                print(f"call not made: {err}", file=sys.stderr)
+            except CallError as err:   # C -> End: the call was never made, nothing to complete
+                _final(err.code, f"the call was not made: {err.details}")
                 return 1
             # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
             loop = asyncio.get_running_loop()

@@ -7,8 +7,10 @@ import asyncio
 import sys
 
 from callstate.cli.load_run import LoadConfig
+from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
-                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int)
+                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
+                                   positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
                                 Scenario)
 from callstate.script import Limits
@@ -88,10 +90,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
                    help="live progress line on stderr (default: only on a terminal)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    add_metrics(p, "the client side (calls, states, cancels, cancel propagation)")
+    p.add_argument("--metrics-linger", type=non_negative_float, default=0.0, metavar="SECONDS",
+                   help="after the run, keep /metrics up this long so a scraper collects the final counts "
+                        "(SIGINT/SIGTERM ends it early; default: %(default)s)")
+    add_otel(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.observe import ObserveError
+
+    provider = None
+    try:
+        provider = tracer_provider(opts, "callstate-load")
+        return _run(opts, provider)
+    except ObserveError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
+def _run(opts: argparse.Namespace, provider: object) -> int:
     import orjson
 
     from callstate.cli.load_run import LoadRun, summary
@@ -103,7 +125,8 @@ def run(opts: argparse.Namespace) -> int:
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout,
+        timeout=opts.timeout, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        tracing=provider if provider is not None else False,
         progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
     try:
         if opts.report:   # fail now, not after the run, when the report cannot be written
@@ -112,12 +135,17 @@ def run(opts: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
+    if load_run.metrics is not None:
+        print(f"callstate load: metrics on {load_run.metrics.url}", file=sys.stderr, flush=True)
     try:
         report = asyncio.run(load_run.run())
     except ConnectionError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report))
+    finally:
+        if load_run.metrics is not None and not opts.metrics_linger:
+            load_run.metrics.close()
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
     if opts.report:
         try:
             with open(opts.report, "wb") as f:
@@ -126,4 +154,19 @@ def run(opts: argparse.Namespace) -> int:
             print(f"callstate load: --report {opts.report}: cannot write the report ({exc.strerror or exc})",
                   file=sys.stderr)
             return 2
+    if load_run.metrics is not None and opts.metrics_linger:
+        _linger(opts.metrics_linger)
+        load_run.metrics.close()
     return 0 if report["check"]["ok"] else 1
+
+
+def _linger(seconds: float) -> None:
+    """Keep the process (and its /metrics) up for `seconds`, or until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"callstate load: /metrics stays up for {seconds:g} s (SIGINT/SIGTERM ends it)", file=sys.stderr, flush=True)
+    done.wait(seconds)

@@ -26,10 +26,10 @@ from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.lifecycle import ABORTIVE, DISPATCH, ENTER, END
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, END, ENTER, SERVER
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
-from callstate.statelog import Entry, StateLog, proto_to_dict
+from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
@@ -51,6 +51,9 @@ class LoadConfig:
     settle: float = 15.0        # how long to wait for the server to end every call after the run
     timeout: float | None = None   # per-call gRPC deadline
     progress: bool = False
+    metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
+    metrics_bind: str = "127.0.0.1"
+    tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
 
 
 class _Sink:
@@ -75,7 +78,11 @@ class LoadRun:
         self.rng = random.Random(config.seed)
         self.checker = Checker() if config.verify else None
         self.log = StateLog(config.log_file) if config.log_file else None
-        self.sink = _Sink(self.checker, self.log)
+        self.sink: Any = _Sink(self.checker, self.log)
+        self.metrics: Any = None       # the /metrics endpoint (its .url), when metrics are on
+        self.propagation: Any = None   # client Can -> server cancel_seen, for the metrics
+        if config.metrics_port is not None:
+            self._start_metrics()
         self.ids: set[str] = set()
         self.started = 0
         self.finished = 0
@@ -96,6 +103,15 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self.server_lost = ""
+
+    def _start_metrics(self) -> None:
+        from callstate.observe import ObservedLog
+        from callstate.observe.metrics import Metrics, MetricsEndpoint
+
+        metrics = Metrics()
+        self.propagation = metrics.cancel_propagation()
+        self.sink = ObservedLog(self.sink, [metrics.side(CLIENT).observe, self.propagation.client])
+        self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
         """Start no more calls; the ones in flight finish and are checked as usual."""
@@ -262,6 +278,8 @@ class LoadRun:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
                     checker.add(proto_to_dict(e))
+                    if e.event == CANCEL_SEEN and self.propagation is not None:
+                        self.propagation.server_cancel_seen(e.call_id, parse_ts(e.ts))
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -286,7 +304,7 @@ class LoadRun:
                                       f"is it a callstate server? ({_error_text(follow)})")
         before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
-                               channel_options=[("grpc.use_local_subchannel_pool", 1)])
+                               channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
         progress = asyncio.ensure_future(self._progress()) if cfg.progress else None
@@ -372,7 +390,7 @@ class LoadRun:
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
                            **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
             "paths": dict(sorted(self.paths.items())),
-            "server": {"in_flight_before": before.in_flight,
+            SERVER: {"in_flight_before": before.in_flight,
                        "in_flight_after": after.in_flight if after else None,
                        "dispatched": self._our_server_dispatches if self.checker is not None else (
                            after.dispatched - before.dispatched if after else None),
@@ -451,7 +469,7 @@ def summary(report: dict[str, Any]) -> str:
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
     elif check["ok"]:
-        server = report["server"]
+        server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
                   "so only this run's calls were judged)" if server["in_flight_before"] else "")
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "

@@ -28,38 +28,25 @@ def epilog() -> str:
     return textwrap.fill(EPILOG, 88)
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
+def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[[str], Any]:
+    """An argparse type for a finite number that is >= 0 (or > 0)."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
+                                             f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
+        return value
+    convert.__name__ = kind   # argparse names the type in its messages
+    return convert
 
 
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
+non_negative_float = _number(float, "a number", positive=False)
+positive_float = _number(float, "a number", positive=True)
+non_negative_int = _number(int, "an integer", positive=False)
+positive_int = _number(int, "an integer", positive=True)
 
 
 MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare

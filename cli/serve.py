@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import (abort_code, bounded_int, epilog, non_negative_float, non_negative_int, outcome_mix,
                                    para, port, positive_float)
 from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
@@ -82,10 +83,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
+    add_metrics(p, "the server's calls, states, cancels and journal")
+    add_otel(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.observe import ObserveError
     from callstate.server.app import serve
 
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
@@ -100,14 +104,20 @@ def run(opts: argparse.Namespace) -> int:
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
                             max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
-                            max_concurrent_streams=opts.max_concurrent_streams)
+                            max_concurrent_streams=opts.max_concurrent_streams,
+                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind)
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
             return 2
+    provider = None
     try:
+        options.tracing = provider = tracer_provider(opts, "callstate-serve")
         asyncio.run(serve(options, port_file=opts.port_file))
-    except OSError as exc:
+    except (OSError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if provider is not None:
+            provider.shutdown()
     return 0

@@ -7,13 +7,14 @@ from typing import Any, Mapping, TextIO
 import orjson
 
 from callstate import codes
+from callstate.lifecycle import ENTER
 from callstate.statelog import Entry, StateLog, is_final, to_dict
 
 
 def human(d: Mapping[str, Any]) -> str:
     """One state entry (in its JSON form) as a terminal line."""
     ts = d["ts"][11:]  # time of day is enough on a terminal
-    if d["event"] != "enter":
+    if d["event"] != ENTER:
         text = f"{ts}  {d['side']:<6}  {d['state']:<5}  . {d['event']}"
     else:
         via = f"{d.get('prev') or '-'} --{d.get('move', '')}-->"

@@ -22,7 +22,6 @@ import grpc
 from callstate import codes
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import C, CANCEL_SENT, WCOMP
-from callstate.wire import CALL_ID_KEY
 from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -62,7 +61,7 @@ class AsyncCall(CallBase):
         return self._rpc is not None
 
     def _send(self) -> None:
-        self._rpc = self._stub.Call(self._request, metadata=((CALL_ID_KEY, self.call_id),),
+        self._rpc = self._stub.Call(self._request, metadata=self._client._metadata(self.call_id),
                                     timeout=self._client.timeout)
         if self._core.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
@@ -181,8 +180,8 @@ class AsyncClient(ClientBase):
     _call_type = AsyncCall
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
-                 channel_options: list[tuple[str, Any]] | None = None) -> None:
-        super().__init__(target, log=log, timeout=timeout)
+                 channel_options: list[tuple[str, Any]] | None = None, tracing: Any = False) -> None:
+        super().__init__(target, log=log, timeout=timeout, tracing=tracing)
         self._channel = grpc.aio.insecure_channel(target, options=channel_options or [])
         self._stub = pb_grpc.EmulatorStub(self._channel)
 

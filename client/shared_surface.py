@@ -12,10 +12,10 @@ import grpc
 from callstate import codes
 from callstate.client.call_core import CallCore
 from callstate.errors import CallError
-from callstate.lifecycle import C, CANCEL_ESCALATED, LifecycleError
+from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
 from callstate.script import RequestError, Script, validate_request
 from callstate.statelog import StateLog
-from callstate.wire import new_call_id
+from callstate.wire import CALL_ID_KEY, new_call_id
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -171,7 +171,8 @@ class ClientBase:
 
     _call_type: type[CallBase] = CallBase
 
-    def __init__(self, target: str, *, log: str | Path | StateLog | None, timeout: float | None) -> None:
+    def __init__(self, target: str, *, log: str | Path | StateLog | None, timeout: float | None,
+                 tracing: Any = False) -> None:
         self.target = target
         self.timeout = timeout
         self.closed = False
@@ -179,6 +180,19 @@ class ClientBase:
         self._live: set[CallBase] = set()   # started and not completed: close() ends them
         self._owns_log = isinstance(log, (str, Path))
         self.log: StateLog | None = StateLog(log) if isinstance(log, (str, Path)) else log
+        # tracing (True: the global OpenTelemetry provider, or a TracerProvider): a span per call
+        self._tracer: Any = None
+        if tracing:
+            from callstate.observe import ObservedLog
+            from callstate.observe.tracing import CallTracer
+            self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
+            self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
+
+    def _metadata(self, call_id: str) -> tuple[tuple[str, str], ...]:
+        """The call's gRPC metadata: its id, and the trace context when tracing."""
+        if self._tracer is None:
+            return ((CALL_ID_KEY, call_id),)
+        return ((CALL_ID_KEY, call_id),) + self._tracer.headers(call_id)
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Any], None] | None = None) -> Any:

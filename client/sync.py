@@ -20,7 +20,6 @@ import grpc
 from callstate import codes
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import CANCEL_SENT
-from callstate.wire import CALL_ID_KEY
 from callstate.errors import CallError
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -60,7 +59,7 @@ class Call(CallBase):
         return self._future is not None
 
     def _send(self) -> None:
-        self._future = self._stub.Call.future(self._request, metadata=((CALL_ID_KEY, self.call_id),),
+        self._future = self._stub.Call.future(self._request, metadata=self._client._metadata(self.call_id),
                                               timeout=self._client.timeout)
         self._future.add_done_callback(self._on_done)
 
@@ -124,8 +123,8 @@ class Client(ClientBase):
     _call_type = Call
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
-                 channel_options: list[tuple[str, Any]] | None = None) -> None:
-        super().__init__(target, log=log, timeout=timeout)
+                 channel_options: list[tuple[str, Any]] | None = None, tracing: Any = False) -> None:
+        super().__init__(target, log=log, timeout=timeout, tracing=tracing)
         self._channel = grpc.insecure_channel(target, options=channel_options or [])
         self._stub = pb_grpc.EmulatorStub(self._channel)
 

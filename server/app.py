@@ -14,15 +14,16 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from callstate.lifecycle import SERVER
 from callstate.script import REQUEST_FRAMING
-from callstate.statelog import StateLog
+from callstate.statelog import Entry, StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
@@ -50,6 +51,9 @@ class ServerOptions:
     max_watchers: int = 64                     # Journal Watch/Follow streams at once
     watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
     max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
+    metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
+    metrics_bind: str = "127.0.0.1"
+    tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
 
 
 class EmulatorServer:
@@ -63,6 +67,8 @@ class EmulatorServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: HealthServicer | None = None
+        self.metrics: Any = None   # the /metrics endpoint, when metrics are on (its .port, .url)
+        self._on_dispatch: Callable[[str, Any], None] | None = None   # tracing: the caller's trace context
 
     @property
     def target(self) -> str:
@@ -75,7 +81,8 @@ class EmulatorServer:
                                          max_events_per_call=opts.journal_events_per_call,
                                          max_watchers=opts.max_watchers)
         self.log = log = StateLog(opts.log)
-        self.emulator = EmulatorServicer(opts.emulator, journal, log.append)
+        self.emulator = EmulatorServicer(opts.emulator, journal, self._entry_sink(journal, log))
+        self.emulator.on_dispatch = self._on_dispatch
         # no request larger than the largest valid one is even read into Python
         max_request = opts.emulator.limits.max_payload_bytes + REQUEST_FRAMING
         server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
@@ -92,8 +99,13 @@ class EmulatorServer:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             log.close()
+            self._close_metrics()
             raise OSError(f"cannot bind {address}: {exc}") from None
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            self._close_metrics()
+            raise
         for name in SERVICE_NAMES[:2] + ("",):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -114,6 +126,33 @@ class EmulatorServer:
         await self.journal.wait_idle(timeout=2.0)
         if self.log is not None:
             self.log.close()
+        self._close_metrics()
+
+    def _entry_sink(self, journal: Journal, log: StateLog) -> Callable[[Entry], None]:
+        """Where the server's entries go: the state log, fanned out to metrics and tracing
+        only when they are on (off, the hot path is the log's own append)."""
+        opts = self.options
+        if opts.metrics_port is None and not opts.tracing:
+            return log.append
+        from callstate.observe import fan_out
+
+        observers = []
+        if opts.tracing:
+            from callstate.observe.tracing import CallTracer
+            tracer = CallTracer(SERVER, None if opts.tracing is True else opts.tracing)
+            self._on_dispatch = tracer.dispatched
+            observers.append(tracer.observe)
+        if opts.metrics_port is not None:
+            from callstate.observe.metrics import Metrics, MetricsEndpoint
+            metrics = Metrics(journal)
+            observers.append(metrics.side(SERVER).observe)
+            self.metrics = MetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port)
+        return fan_out(log.append if log.enabled else None, observers)
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -131,6 +170,8 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     """Run until SIGINT/SIGTERM, then stop gracefully and flush the state log."""
     srv = EmulatorServer(options)
     await srv.start()
+    if srv.metrics is not None:
+        print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

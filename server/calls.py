@@ -64,13 +64,12 @@ class ServerCall:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
         while not self.lifecycle.ended:
             move = move_to_end(SERVER, self.state)
-            if move is None:  # pragma: no cover - every server state reaches End directly
-                raise RuntimeError(f"server state {self.state} has no move to End")
+            assert move is not None, "every server state has a move straight to End"
             self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name,
                       f"handler error: {type(exc).__name__}: {exc}")
 
     def cancel_seen(self, kind: str) -> None:
-        """Record a cancel (no state change, SPEC §2) and wake a waiting handler."""
+        """Record a cancel (no state change: docs/model.md, "Server") and wake a waiting handler."""
         if self.lifecycle.ended:
             return
         if kind == ABORTIVE:

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 
@@ -82,6 +82,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                            config.max_early_notice_bytes)
         self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
         self.stopping = False
+        self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
@@ -104,6 +105,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
+        if self.on_dispatch is not None:
+            self.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"))
         self.live[call_id] = call
         if self._early_notices and self._early_notices.take(call_id):

@@ -15,7 +15,7 @@ import collections
 from typing import Iterable
 
 from callstate.lifecycle import CANCEL_SEEN, END, ENTER
-from callstate.statelog import Entry
+from callstate.statelog import Entry, is_final
 
 
 # What one stored entry costs, roughly: the tuple, its float and the shared strings (measured
@@ -25,14 +25,14 @@ RECORD_BYTES = 300
 
 
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "cancel_seen", "events", "omitted", "bytes")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "omitted", "bytes")
 
     def __init__(self, call_id: str, outcome: str = "") -> None:
         self.call_id = call_id
         self.entries: list[Entry] = []
         self.state = ""
         self.outcome = outcome
-        self.cancel_seen = False
+        self.saw_cancel = False
         self.events = 0      # events stored (states entered are always stored)
         self.omitted = 0     # events counted but not stored: over the per-call cap
         self.bytes = RECORD_BYTES + len(call_id)
@@ -44,7 +44,7 @@ class CallRecord:
     @property
     def final(self) -> Entry | None:
         last = self.entries[-1] if self.entries else None
-        return last if last is not None and last.state == END and last.event == ENTER else None
+        return last if last is not None and is_final(last) else None
 
 
 class WatcherLimit(Exception):
@@ -83,6 +83,7 @@ class Journal:
         self.ended = 0
         self.cancels_seen = 0
         self.watch_dropped = 0
+        self.evicted = 0   # ended calls forgotten beyond `capacity`
         self.by_state: dict[str, int] = {}
         self.by_code: dict[int, int] = {}
 
@@ -113,7 +114,7 @@ class Journal:
                 self.events_omitted += 1
             if e.event == CANCEL_SEEN:
                 self.cancels_seen += 1
-                rec.cancel_seen = True
+                rec.saw_cancel = True
         if self._watchers:
             self._publish(e)
 
@@ -138,6 +139,7 @@ class Journal:
             self.bytes -= old.bytes
             if self._calls.get(old.call_id) is old:
                 del self._calls[old.call_id]
+                self.evicted += 1
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False on timeout. (Polled: only shutdown needs it,

@@ -23,7 +23,7 @@ def summary(rec: CallRecord) -> pb.CallSummary:
     final = rec.final
     msg = pb.CallSummary(call_id=rec.call_id, state=rec.state, outcome=rec.outcome,
                          started=format_ts(rec.entries[0].t) if rec.entries else "",
-                         ended=format_ts(final.t) if final else "", cancel_seen=rec.cancel_seen,
+                         ended=format_ts(final.t) if final else "", cancel_seen=rec.saw_cancel,
                          grpc_status=final.grpc_status or "" if final else "")
     if final is not None and final.code is not None:
         msg.code = final.code

@@ -21,7 +21,23 @@ def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
         async with grpc.aio.insecure_channel(server.target) as channel, AsyncClient(server.target) as client:
             journal = pb_grpc.JournalStub(channel)
             watch = journal.Watch(pb.WatchRequest())
-            await asyncio.sleep(0.1)   # the subscription is in place before the calls
+            stream: asyncio.Queue[pb.StateEntry] = asyncio.Queue()
+
+            async def pump() -> None:   # a cancelled read would cancel the stream: read in one task
+                async for entry in watch:
+                    stream.put_nowait(entry)
+            pumping = asyncio.ensure_future(pump())
+            while True:   # probe calls until one comes back through the stream: the subscription is live
+                probe = client.start(Script("complete"))
+                await probe
+                try:
+                    first = await asyncio.wait_for(stream.get(), 0.5)
+                    break
+                except asyncio.TimeoutError:
+                    pass
+            while not stream.empty():
+                stream.get_nowait()
+            probes = (await journal.GetCounters(pb.CountersRequest())).dispatched
             done = client.start(Script("complete"))
             await done
             aborted = client.start(Script("abort", abort_code=321))
@@ -29,10 +45,12 @@ def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
                 await aborted
             held = client.start(Script("hold"))
             seen: list[pb.StateEntry] = []
-            while len([e for e in seen if e.call_id != held.call_id]) < 6 or held.call_id not in {e.call_id for e in seen}:
-                seen.append(await asyncio.wait_for(watch.read(), 5))
+            while len([e for e in seen if e.call_id in (done.call_id, aborted.call_id)]) < 6 or held.call_id not in {e.call_id for e in seen}:
+                seen.append(await asyncio.wait_for(stream.get(), 5))
+            assert first.side == "server"
             assert [e.state for e in seen if e.call_id == done.call_id] == ["D", "Comp", "End"]
             watch.cancel()
+            pumping.cancel()
 
             history = await journal.GetCall(pb.GetCallRequest(call_id=aborted.call_id))
             assert [e.state for e in history.entries] == ["D", "A", "End"] and history.ended
@@ -47,13 +65,16 @@ def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
             assert [c.call_id for c in by_code.calls] == [aborted.call_id] and by_code.calls[0].outcome == "abort"
 
             counters = await journal.GetCounters(pb.CountersRequest())
-            assert (counters.in_flight, counters.dispatched, counters.ended) == (1, 3, 2)
-            assert counters.by_code[321] == 1 and counters.by_code[0] == 1 and counters.by_state["D"] == 3
+            assert (counters.in_flight, counters.dispatched, counters.ended) == (1, probes + 3, probes + 2)
+            assert counters.by_code[321] == 1 and counters.by_code[0] == probes + 1
+            assert counters.by_state["D"] == probes + 3
             held.cancel()
             with pytest.raises(CallError):
                 await held
-            await asyncio.sleep(0.1)
-            assert (await journal.GetCounters(pb.CountersRequest())).in_flight == 0
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await journal.GetCounters(pb.CountersRequest())).in_flight:   # its End is on its way
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
     asyncio.run(go())
 
 
@@ -114,9 +135,8 @@ def test_call_cli_cancels_abortively_on_a_signal_and_keeps_its_log(server: Serve
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", server.target, "--outcome", "hold",
                              "--log-file", str(log), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
-    while not server.entries() and time.monotonic() < deadline:   # the call is held by the server
-        time.sleep(0.05)
-    time.sleep(0.2)
+    while not server.entries() and time.monotonic() < deadline:   # the call is held by the server (and the
+        time.sleep(0.05)                                           # CLI set its signal handlers before sending it)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 1 and "final: 1818 RPC_S_CALL_CANCELLED" in err

@@ -11,7 +11,7 @@ from callstate.lifecycle import (END, INITIAL, SIDES, TABLES, Lifecycle, Lifecyc
 
 ALL_MOVES = sorted({m for table in TABLES.values() for moves in table.values() for m in moves})
 
-# The tables of SPEC §1 and §2, written out edge by edge so a change to the data is caught.
+# The tables of docs/model.md, written out edge by edge so a change to the data is caught.
 EXPECTED_EDGES = {
     "client": {("C", "started", "WComp"), ("C", "start_failed", "End"), ("C", "cancel", "Can"),
                ("Can", "cancel_issued", "WComp"), ("WComp", "complete", "Comp"), ("WComp", "cancel", "Can"),

@@ -79,7 +79,6 @@ def test_hold_then_abortive_cancel(shared_server: ServerProcess) -> None:
         async with AsyncClient(shared_server.target) as client:
             call = client.start(Script("hold"))
             await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
-            await asyncio.sleep(0.05)
             call.cancel()  # abortive: gRPC cancel
             code, err = await finish(call)
             assert code == codes.RPC_S_CALL_CANCELLED and err.grpc_status == "CANCELLED"
@@ -189,9 +188,10 @@ def test_cancelling_the_awaiting_task_is_an_abortive_cancel(shared_server: Serve
             call = client.start(Script("hold"))
             if driven != "inline":
                 assert call.status() == 997   # polling starts a driver task: the awaiter is shielded
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(call.result(), 0.3)
-            for _ in range(200):   # the rushed notification arrives, and the call is completed for the awaiter
+            for _ in range(1000):   # the rushed notification arrives, and the call is completed for the awaiter
                 if call.state == "End":
                     break
                 await asyncio.sleep(0.01)
@@ -211,7 +211,7 @@ def test_closing_the_client_under_an_awaiter_gives_1722(shared_server: ServerPro
         call = client.start(Script("hold"))
         await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
         waiter = asyncio.ensure_future(finish(call))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)   # the waiter starts awaiting the call
         await client.close()
         code, err = await asyncio.wait_for(waiter, 5)
         assert code == codes.RPC_S_SERVER_UNAVAILABLE and call.state == "End"

@@ -50,7 +50,6 @@ def test_script_validation_names_fields() -> None:
 
 def test_mix_parse_and_draw() -> None:
     mix = Mix.parse("complete=80, abort=10,fatal=5,hold=5")
-    assert mix.shares()["complete"] == pytest.approx(0.8)
     import random
     rng = random.Random(1)
     draws = [mix.draw(rng) for _ in range(4000)]
@@ -128,7 +127,6 @@ def test_only_the_callstate_namespace_is_installed() -> None:
     probe = subprocess.run([sys.executable, "-c", "import server"], capture_output=True, cwd="/", timeout=30)
     assert probe.returncode != 0   # no bare top-level `server` module
     assert importlib.util.find_spec("callstate.v1.callstate_pb2") is not None
-    assert orjson.loads(b"{}") == {}
 
 
 def test_fast_log_lines_equal_the_dict_form() -> None:
@@ -139,8 +137,25 @@ def test_fast_log_lines_equal_the_dict_form() -> None:
               'detail with "quotes" and \t tabs'),
         Entry(3.0, "client", "x", "WComp", "WComp", "cancel_sent", None, detail="delivered"),
         Entry(4.0, "client", "x", "End", "C", "enter", "start_failed", 87, None, "bad"),
+        Entry(5.25, "client", "x", "Can", "WComp", "enter", "cancel", cancel="non-abortive"),
+        Entry(6.5, "server", "x", "D", "D", "cancel_seen", cancel="abortive"),
     ]
     for e in samples:
         line = format_line(e)
         assert line.endswith("\n") and line.count("\n") == 1
         assert orjson.loads(line) == to_dict(e)
+
+
+def test_the_three_forms_of_an_entry_convert_into_each_other() -> None:
+    from callstate.statelog import from_dict, proto_to_dict, to_dict, to_proto
+    samples = [
+        Entry(1.5, "server", "a", "D", None, "enter", "dispatch"),
+        Entry(2.000001, "server", "a", "End", "A", "enter", "aborted", 5001, "ABORTED", "why"),
+        Entry(3.25, "client", "b", "Can", "WComp", "enter", "cancel", cancel="abortive"),
+        Entry(4.5, "server", "b", "D", "D", "cancel_seen", cancel="non-abortive"),
+        Entry(5.75, "client", "c", "End", "Comp", "enter", "completed", 0, "OK"),
+    ]
+    for e in samples:
+        d = to_dict(e)
+        assert from_dict(d) == e
+        assert proto_to_dict(to_proto(e)) == d

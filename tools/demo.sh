@@ -5,7 +5,7 @@ set -euo pipefail
 CALLSTATE=${CALLSTATE:-callstate}
 command -v "$CALLSTATE" >/dev/null || CALLSTATE="$(dirname "$0")/../.venv/bin/callstate"
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 "$CALLSTATE" serve --port 0 --port-file "$work/port" --log-file "$work/server.jsonl" 2>"$work/server.err" &
 server=$!
@@ -34,4 +34,4 @@ echo; echo "== stopping the server (SIGTERM ends the call still held: it ignores
 kill -TERM "$server"; wait "$server" || true
 cat "$work/server.err"
 echo; echo "== callstate check client.jsonl server.jsonl"
-"$CALLSTATE" check "$work/client.jsonl" "$work/server.jsonl" || true
+"$CALLSTATE" check "$work/client.jsonl" "$work/server.jsonl"

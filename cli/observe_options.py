@@ -1,0 +1,34 @@
+"""The metrics and tracing options of `serve`, `call` and `load`, and the tracer provider they use."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from callstate.cli.options import port
+
+OTEL_HELP = ("trace every call with OpenTelemetry (needs callstate[otel]): one span per call, its states as span "
+             "events, its trace context in the gRPC metadata. The exporter comes from OTEL_TRACES_EXPORTER "
+             "(otlp, console (to stderr) or none; default otlp, which needs callstate[otlp]) and the other "
+             "standard OTEL_* variables")
+
+
+def add_metrics(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--metrics-port", type=port, metavar="PORT",
+                   help=f"serve Prometheus metrics of {what} on http://BIND:PORT/metrics (needs callstate[metrics]; "
+                        "0 picks a free port, printed on stderr)")
+    p.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+                   help="address the /metrics endpoint listens on (default: %(default)s)")
+
+
+def add_otel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--otel", action="store_true", help=OTEL_HELP)
+
+
+def tracer_provider(opts: argparse.Namespace, service_name: str) -> Any:
+    """The SDK tracer provider from OTEL_* when --otel is given, else None (ObserveError when it
+    cannot be built). The caller shuts it down at exit, which flushes the last spans."""
+    if not opts.otel:
+        return None
+    from callstate.observe.tracing import provider_from_env
+    return provider_from_env(service_name)

@@ -1,0 +1,249 @@
+"""Prometheus metrics from state entries, served on /metrics by prometheus-client.
+
+The hot path keeps plain counts: `SideMetrics.observe` does a few dict increments per entry
+(and, on End, one bisect into a histogram's bucket list), with no lock, no label lookup and
+no string formatting; `_Collector` turns the counts into metric families only when /metrics
+is scraped. So the server keeps its calls/s with metrics on (`benchmarks/run.py metrics`).
+Observers run on one thread (the event loop of the server or of `callstate load`); the
+scrape, on prometheus-client's HTTP thread, only copies dicts (atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from typing import Any, Iterator
+
+from callstate.observe import ObserveError
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+except ImportError as exc:   # pragma: no cover - exercised by installs without the extra
+    raise ObserveError("metrics need the prometheus-client library: pip install 'callstate[metrics]'") from exc
+
+from callstate import codes
+from callstate.lifecycle import END, ENTER
+from callstate.statelog import Entry
+
+# Calls last from well under a millisecond to a held call's 30 s; a cancel travels in
+# tens of microseconds on loopback and seconds on a sick network.
+DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+CANCEL_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+
+
+class Histogram:
+    """Bucket counts (not cumulative; the last one is +Inf) and the sum of observations."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1   # le: value <= bound
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        counts, total, out = list(self.counts), 0, []
+        for bound, n in zip(self.bounds + (float("inf"),), counts):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+
+class SideMetrics:
+    """The entry observer of one side (`observe(entry)`), and its counts."""
+
+    __slots__ = ("side", "in_flight", "states", "events", "cancels", "calls", "duration", "cancel_to_end",
+                 "_started", "_cancelled")
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.in_flight = 0
+        self.states: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+        self.cancels: dict[str, int] = {}
+        self.calls: dict[int | None, int] = {}                # final code -> calls
+        self.duration: dict[int | None, Histogram] = {}        # final code -> first state to End
+        self.cancel_to_end: dict[str, Histogram] = {}          # kind -> first cancel to End
+        self._started: dict[str, float] = {}                   # call id -> first entry's time
+        self._cancelled: dict[str, tuple[float, str]] = {}     # call id -> (first cancel's time, kind)
+
+    def observe(self, e: Entry) -> None:
+        if e.event == ENTER:
+            states = self.states
+            states[e.state] = states.get(e.state, 0) + 1
+            if e.prev is None:
+                self._started[e.call_id] = e.t
+                self.in_flight += 1
+            elif e.state == END:
+                self._ended(e)
+        else:
+            events = self.events
+            events[e.event] = events.get(e.event, 0) + 1
+        if e.cancel is not None:
+            self._cancel(e)
+
+    def _cancel(self, e: Entry) -> None:
+        kind = e.cancel
+        assert kind is not None
+        self.cancels[kind] = self.cancels.get(kind, 0) + 1
+        if e.call_id in self._started and e.call_id not in self._cancelled:
+            self._cancelled[e.call_id] = (e.t, kind)
+
+    def _ended(self, e: Entry) -> None:
+        code = e.code
+        self.calls[code] = self.calls.get(code, 0) + 1
+        self.in_flight -= 1
+        t0 = self._started.pop(e.call_id, None)
+        if t0 is not None:
+            hist = self.duration.get(code)
+            if hist is None:
+                hist = self.duration[code] = Histogram(DURATION_BUCKETS)
+            hist.observe(e.t - t0)
+        cancelled = self._cancelled.pop(e.call_id, None)
+        if cancelled is not None:
+            t, kind = cancelled
+            hist = self.cancel_to_end.get(kind)
+            if hist is None:
+                hist = self.cancel_to_end[kind] = Histogram(CANCEL_BUCKETS)
+            hist.observe(e.t - t)
+
+
+class CancelPropagation:
+    """Client Can -> server cancel_seen, where one process sees both (the load generator).
+
+    `client(entry)` observes the client's entries; `server_cancel_seen(call_id, t)` is fed
+    from the server's journal stream. Cancels the server never sees (cancelled before start,
+    or after the call ended there) are forgotten oldest first beyond `keep`."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.by_kind: dict[str, Histogram] = {}
+        self._pending: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
+        self._keep = keep
+
+    def client(self, e: Entry) -> None:
+        if e.cancel is not None and e.call_id not in self._pending:
+            self._pending[e.call_id] = (e.t, e.cancel)
+            if len(self._pending) > self._keep:
+                self._pending.popitem(last=False)
+
+    def server_cancel_seen(self, call_id: str, t: float) -> None:
+        pending = self._pending.pop(call_id, None)
+        if pending is None:
+            return
+        t0, kind = pending
+        hist = self.by_kind.get(kind)
+        if hist is None:
+            hist = self.by_kind[kind] = Histogram(CANCEL_BUCKETS)
+        hist.observe(max(0.0, t - t0))
+
+
+def _code_label(code: int | None) -> tuple[str, str]:
+    return ("none", "") if code is None else (str(code), codes.name(code))
+
+
+class Metrics:
+    """One registry with callstate's metric families, rendered from the observers' counts at scrape time."""
+
+    def __init__(self, journal: Any = None) -> None:
+        self.registry = CollectorRegistry()
+        self.sides: list[SideMetrics] = []
+        self.propagation: CancelPropagation | None = None
+        self.registry.register(_Collector(self))
+        if journal is not None:
+            self.registry.register(JournalCollector(journal))
+
+    def side(self, side: str) -> SideMetrics:
+        observer = SideMetrics(side)
+        self.sides.append(observer)
+        return observer
+
+    def cancel_propagation(self) -> CancelPropagation:
+        self.propagation = CancelPropagation()
+        return self.propagation
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("callstate_calls", "Calls that reached End, by side and final MS-RPC code",
+                                    labels=("side", "code", "name"))
+        in_flight = GaugeMetricFamily("callstate_calls_in_flight", "Calls entered and not yet at End",
+                                      labels=("side",))
+        states = CounterMetricFamily("callstate_state_entries", "States entered, by side and state",
+                                     labels=("side", "state"))
+        events = CounterMetricFamily("callstate_events", "Events recorded without a state change (cancel_seen, "
+                                     "complete_pending, cancel_sent, cancel_escalated)", labels=("side", "event"))
+        cancels = CounterMetricFamily("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by "
+                                      "the server (cancel_seen)", labels=("side", "kind"))
+        duration = HistogramMetricFamily("callstate_call_duration_seconds", "Call latency: first state to End, "
+                                         "by side and final code", labels=("side", "code"))
+        to_end = HistogramMetricFamily("callstate_cancel_to_end_seconds", "From a side's first cancel (client "
+                                       "Can, server cancel_seen) to its End", labels=("side", "kind"))
+        for s in self._m.sides:
+            in_flight.add_metric((s.side,), s.in_flight)
+            for code, n in dict(s.calls).items():
+                calls.add_metric((s.side, *_code_label(code)), n)
+            for state, n in dict(s.states).items():
+                states.add_metric((s.side, state), n)
+            for event, n in dict(s.events).items():
+                events.add_metric((s.side, event), n)
+            for kind, n in dict(s.cancels).items():
+                cancels.add_metric((s.side, kind), n)
+            for code, hist in dict(s.duration).items():
+                duration.add_metric((s.side, _code_label(code)[0]), hist.buckets(), hist.sum)
+            for kind, hist in dict(s.cancel_to_end).items():
+                to_end.add_metric((s.side, kind), hist.buckets(), hist.sum)
+        yield from (calls, in_flight, states, events, cancels, duration, to_end)
+        if self._m.propagation is not None:
+            prop = HistogramMetricFamily("callstate_cancel_propagation_seconds", "Client Can -> server "
+                                         "cancel_seen (measured by `callstate load`, which sees both sides)",
+                                         labels=("kind",))
+            for kind, hist in dict(self._m.propagation.by_kind).items():
+                prop.add_metric((kind,), hist.buckets(), hist.sum)
+            yield prop
+
+
+class JournalCollector(Collector):
+    """The server journal's own counters, read at scrape time."""
+
+    def __init__(self, journal: Any) -> None:
+        self._journal = journal
+
+    def collect(self) -> Iterator[Metric]:
+        j = self._journal
+        yield GaugeMetricFamily("callstate_journal_calls", "Calls the server's journal holds (in flight and "
+                                "recently ended)", value=len(j))
+        yield CounterMetricFamily("callstate_journal_evicted", "Ended calls the bounded journal forgot, oldest "
+                                  "first (their history is no longer in GetCall)", value=j.evicted)
+        yield CounterMetricFamily("callstate_watch_dropped", "Entries dropped by full Watch/Follow queues "
+                                  "(a watcher too slow to keep up)", value=j.watch_dropped)
+
+
+class MetricsEndpoint:
+    """/metrics over HTTP (prometheus-client's server, on its own daemon thread)."""
+
+    def __init__(self, registry: CollectorRegistry, bind: str, port: int) -> None:
+        try:
+            self._httpd, self._thread = start_http_server(port, bind, registry)
+        except OSError as exc:
+            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        self.bind = bind
+        self.port: int = self._httpd.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
