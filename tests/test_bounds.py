@@ -307,3 +307,13 @@ def test_concurrent_streams_per_connection_are_bounded(tmp_path: Path) -> None:
         asyncio.run(go())
     finally:
         srv.stop()
+
+
+def test_mix_aborts_carry_the_servers_abort_code_at_the_32_bit_edge(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--mix", "abort=1", "--abort-code", str(ABORT_CODE_MAX), "--no-state-log")
+    try:
+        status, _, code = raw_call(srv.target, pb.CallRequest())   # no script: the mix decides
+        assert (status, code) == (grpc.StatusCode.ABORTED, str(ABORT_CODE_MAX))
+        assert counters(srv.target).by_code[ABORT_CODE_MAX] == 1   # GetCounters keeps working
+    finally:
+        srv.stop()
