@@ -58,7 +58,7 @@ class Server:
         self.cancel_log = tmp / f"{kind}-cancels.json"
         if kind == "callstate":
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
-                   "--log-file", str(self.log), *extra]
+                   "--log-file", str(self.log), "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
         else:
             cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

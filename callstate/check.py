@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 
@@ -246,11 +246,13 @@ def _wrong_types(**fields: Any) -> str:
     return next((name for name, value in fields.items() if not isinstance(value, _TEXT)), "")
 
 
-def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None) -> CheckReport:
+def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None,
+                warn: Callable[[str], None] | None = None) -> CheckReport:
+    """`warn`: told about a last line cut short, which is then skipped (else it is an error)."""
     checker = Checker()
     for path in paths:
         checker.report.files.append(str(path))
-        for lineno, entry in read_log(path):
+        for lineno, entry in read_log(path, warn):
             checker.add(entry, f"{path}:{lineno}: ")
     return checker.finish(server_in_flight)
 

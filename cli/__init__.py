@@ -6,7 +6,7 @@ Each command module has `add_parser(subparsers)` and `run(options) -> exit statu
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from callstate import __version__
 from callstate.cli import call, check, health, load, report, serve, watch
@@ -15,8 +15,15 @@ from callstate.cli.options import epilog, para
 COMMANDS = (serve, call, watch, health, load, check, report)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad usage is one line naming the option (and where to look), not the whole usage text."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="callstate",
         description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
                          "scripted calls, a load generator and a checker for both sides' state logs."),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
 from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
-from callstate.cli.options import add_target, epilog, non_negative_float, para, positive_float
+from callstate.cli.options import (abort_code, add_target, epilog, finite_float, grpc_status, int64, non_negative_float,
+                                   para, positive_float, text)
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Script
 
@@ -35,18 +37,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     add_target(p)
     p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
                    help="what the server's handler does (default: %(default)s)")
-    p.add_argument("--dispatch-delay", type=float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
+    p.add_argument("--dispatch-delay", type=finite_float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
                    help="delay before the handler processes the call (a negative one is sent as it is: "
                         "the client refuses it, C -> End, 87)")
     p.add_argument("--delay", type=non_negative_float, default=_SCRIPT.outcome_delay, metavar="SECONDS",
                    help="processing time before the outcome")
-    p.add_argument("--reply-bytes", type=int, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
-    p.add_argument("--payload", default="", help="request payload (text); with --echo it comes back")
+    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
+    p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
+                   "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
-    p.add_argument("--code", type=int, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
-    p.add_argument("--grpc-status", type=int, default=_SCRIPT.abort_status, metavar="N",
+    p.add_argument("--code", type=abort_code, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
+    p.add_argument("--grpc-status", type=grpc_status, default=_SCRIPT.abort_status, metavar="N",
                    help="abort: gRPC status code to send it with (default: ABORTED)")
-    p.add_argument("--message", default="", help="abort: status message; fatal: exception text")
+    p.add_argument("--message", type=text, default="", help="abort: status message; fatal: exception text")
     p.add_argument("--on-cancel", choices=list(ON_CANCEL), default=_SCRIPT.on_cancel,
                    help="what the handler does when it sees a cancel (default: %(default)s)")
     p.add_argument("--cancel-after", type=non_negative_float, metavar="SECONDS",
@@ -90,7 +93,7 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)
     try:
-        call = client.prepare(script, payload=opts.payload.encode())
+        call = client.prepare(script, payload=os.fsencode(opts.payload))
         abortive = not opts.non_abortive
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)

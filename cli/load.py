@@ -9,12 +9,14 @@ import sys
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
-from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
-                                   on_cancel_mix, outcome_mix, para, positive_float, positive_int)
+from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
+                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
+                                   positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
                                 Scenario)
+from callstate.script import Limits
 
-_LOAD, _SCENARIO = LoadConfig(), Scenario()
+_LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
 
 EPILOG = """\
@@ -73,10 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="uncancelled held calls are cancelled abortively after this long (default: %(default)s)")
     p.add_argument("--delay", type=non_negative_float, default=_LOAD.delay, metavar="SECONDS",
                    help="server processing time before complete/abort/fatal (default: %(default)s)")
-    p.add_argument("--payload", type=non_negative_int, default=_LOAD.payload, metavar="BYTES",
-                   help="request payload and reply size (default: %(default)s)")
-    p.add_argument("--abort-code", type=int, default=_SCENARIO.abort_code, metavar="CODE",
-                   help="exception code of aborts (default: %(default)s)")
+    p.add_argument("--payload", type=bounded_int(0, _LIMITS.max_payload_bytes, "what a server accepts by default"),
+                   default=_LOAD.payload, metavar="BYTES",
+                   help=f"request payload and reply size, at most {_LIMITS.max_payload_bytes} (default: %(default)s)")
+    p.add_argument("--abort-code", type=abort_code, default=_SCENARIO.abort_code, metavar="CODE",
+                   help="exception code of aborts: non-zero, 32 bits (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--html", metavar="FILE.html",
@@ -154,16 +157,22 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
     finally:
         if load_run.metrics is not None and not opts.metrics_linger:
             load_run.metrics.close()
-    if opts.report:
-        with open(opts.report, "wb") as f:
-            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if opts.html:
         try:
             html_report.write(load_run.html_report(report), opts.html)
         except OSError as exc:
-            print(f"callstate load: {exc}", file=sys.stderr)
+            print(f"callstate load: --html {opts.html}: cannot write the report ({exc.strerror or exc})",
+                  file=sys.stderr)
             return 2
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
+    if opts.report:
+        try:
+            with open(opts.report, "wb") as f:
+                f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        except OSError as exc:   # a full disk, say: the run's verdict above stands, the file does not
+            print(f"callstate load: --report {opts.report}: cannot write the report ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
     if load_run.metrics is not None and opts.metrics_linger:
         _linger(opts.metrics_linger)
         load_run.metrics.close()

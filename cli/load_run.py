@@ -124,6 +124,9 @@ class LoadRun:
         self.latency: dict[int, list[float]] = defaultdict(list)
         self.paths: Counter[str] = Counter()
         self.skipped = 0
+        self.attempted = 0        # calls that tried to go out (not cancelled in state C)
+        self.start_failed = 0     # ... and were refused before leaving (C -> End)
+        self.stream_dropped = 0   # entries our own journal stream lost (the server tells us on it)
         self._scripts: dict[tuple[str, str], pb.Script] = {}
         self._our_server_ends = 0
         self._our_server_dispatches = 0
@@ -188,7 +191,12 @@ class LoadRun:
             if point is not None and point.kind == BEFORE_START:
                 call.cancel(abortive)
             else:
-                call.start()
+                self.attempted += 1
+                try:
+                    call.start()
+                except CallError:
+                    self.start_failed += 1
+                    raise
                 if point is not None:
                     delay = plan.delay(self.rng)
                     if point.kind == AFTER_START or delay <= 0:
@@ -291,6 +299,8 @@ class LoadRun:
                              ids: set[str]) -> None:
         async for batch in stub.Follow(pb.WatchRequest()):
             subscribed.set()
+            if batch.dropped > self.stream_dropped:
+                self.stream_dropped = batch.dropped
             for e in batch.entries:
                 if e.state == END and e.event == ENTER:
                     if e.call_id in ids:
@@ -435,16 +445,37 @@ class LoadRun:
             result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
                       self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))
             checked = result.to_json()
-            dropped = after.watch_dropped - before.watch_dropped if after else 0
+            # only our own stream's losses matter: another client's stuck watcher is not our problem
+            dropped = self.stream_dropped
+            notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
+                     "the server view is incomplete"] if dropped else []
+            if self.attempted and self._our_server_dispatches == 0:
+                notes.append("no call reached the server")
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
-            report["check"] = {"ok": result.ok and not dropped, "violations": checked["violations"],
+            report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
+                               "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
-                               "entries": checked["entries"],
-                               "note": f"{dropped} server entries were dropped by the journal's watch queue: "
-                                       "the server view is incomplete" if dropped else ""}
+                               "entries": checked["entries"], "note": "; ".join(notes)}
         else:
-            report["check"] = {"ok": True, "skipped": True}
+            report["check"] = {"ok": not self._nothing_started(), "skipped": True}
+        if self._nothing_started():
+            report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
+        report["stream_dropped"] = self.stream_dropped
         return report
+
+    def _nothing_started(self) -> str:
+        """Why the run proved nothing, when no call could start (or every one was refused)."""
+        if self.attempted and self.start_failed == self.attempted:
+            return f"no call could start: all {self.attempted} were refused before leaving the client"
+        turned_away = self.by_code.get(codes.RPC_S_SERVER_TOO_BUSY, 0) + self.by_code.get(codes.RPC_S_SERVER_UNAVAILABLE, 0)
+        if self.attempted and turned_away >= self.attempted:
+            return (f"no call could run: all {self.attempted} were turned away (1723 RPC_S_SERVER_TOO_BUSY or "
+                    "1722 RPC_S_SERVER_UNAVAILABLE)")
+        refused = self.by_code.get(codes.RPC_S_INVALID_ARG, 0)
+        if refused:   # the generator's own scripts are valid: a refusal means the server's limits are lower
+            return (f"the server refused {refused} of {self.attempted} calls (87 RPC_S_INVALID_ARG): its limits are "
+                    "below this load's settings (e.g. --payload, --delay)")
+        return ""
 
 
     def html_report(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -489,7 +520,7 @@ def summary(report: dict[str, Any]) -> str:
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     check = report["check"]
     if check.get("skipped"):
-        lines.append("check: skipped (--no-verify)")
+        lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
     elif check["ok"]:
         server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
@@ -497,7 +528,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
                      f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
-        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check["note"] else ""))
+        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else ""))
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from callstate import codes
 from callstate.scenario import CancelPoint, parse_cancel_points, parse_cancel_shares
-from callstate.script import ON_CANCEL, Mix, MixError
+from callstate.script import ON_CANCEL, Mix, MixError, check_abort_code
 
 EPILOG = "MS-RPC codes: " + ", ".join(codes.describe(c) for c in sorted(codes.NAMES)) + "."
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -47,6 +47,60 @@ non_negative_float = _number(float, "a number", positive=False)
 positive_float = _number(float, "a number", positive=True)
 non_negative_int = _number(int, "an integer", positive=False)
 positive_int = _number(int, "an integer", positive=True)
+
+
+MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
+
+
+def finite_float(text: str) -> float:
+    """Any finite number of seconds, negative included (the client refuses those itself)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds within ±{MAX_SECONDS:g}")
+    return value
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """An integer in low..high (e.g. what a 64-bit proto field holds)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be in {low}..{high}{' (' + what + ')' if what else ''}")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+int64 = bounded_int(-(2**63), 2**63 - 1, "a 64-bit integer")
+grpc_status = bounded_int(0, 16, "a gRPC status code; 0 = ABORTED")
+
+
+def abort_code(text: str) -> int:
+    """A non-zero 32-bit exception code (what RpcAsyncAbortCall takes and the wire keeps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        check_abort_code(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return value
+
+
+def text(value: str) -> str:
+    """Text that can travel as a proto string: argv bytes that are not UTF-8 are refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
+    return value
 
 
 def port(text: str) -> int:

@@ -62,12 +62,16 @@ async def _watch(opts: argparse.Namespace) -> int:
                 c = await stub.GetCounters(pb.CountersRequest(), timeout=opts.timeout or COUNTERS_TIMEOUT)
                 print(orjson.dumps(counters_dict(c), option=orjson.OPT_INDENT_2).decode())
                 return 0
-            seen = 0
+            seen = dropped = 0
             print(f"watching {opts.target} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
             dashboard = _Dashboard(stub, choose(mode, sys.stdout), opts.target) if choose(mode, sys.stdout) else None
             try:
                 async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), timeout=opts.timeout):
+                    if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                        print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
+                              f"{e.dropped} in all)", file=sys.stderr, flush=True)
+                        dropped = e.dropped
                     d = proto_to_dict(e)
                     if dashboard is not None:
                         dashboard.entry(d)

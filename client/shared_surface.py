@@ -13,7 +13,7 @@ from callstate import codes
 from callstate.client.call_core import CallCore
 from callstate.errors import CallError
 from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
-from callstate.script import Script, ScriptError, validate
+from callstate.script import RequestError, Script, validate_request
 from callstate.statelog import StateLog
 from callstate.wire import CALL_ID_KEY, new_call_id
 from callstate.v1 import callstate_pb2 as pb
@@ -94,11 +94,10 @@ class CallBase:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
         if self._client.closed:
             raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        if self._request.HasField("script"):
-            try:
-                validate(self._request.script)
-            except ScriptError as exc:
-                raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+        try:   # the same checks as the server's, so a refused call never goes out
+            validate_request(self._request)
+        except RequestError as exc:
+            raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
         self._client._live.add(self)
         self._send()
         self._core.started()

@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from callstate.lifecycle import SERVER
+from callstate.script import REQUEST_FRAMING
 from callstate.statelog import Entry, StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -45,6 +46,11 @@ class ServerOptions:
     journal_size: int = 10_000
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     grace: float = 2.0
+    journal_bytes: int = 64 * 1024 * 1024      # ended calls' histories kept, in bytes
+    journal_events_per_call: int = 64          # events (cancel notices...) stored per call; more are counted
+    max_watchers: int = 64                     # Journal Watch/Follow streams at once
+    watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
+    max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
@@ -71,11 +77,18 @@ class EmulatorServer:
 
     async def start(self) -> int:
         opts = self.options
-        self.journal = journal = Journal(opts.journal_size)
+        self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
+                                         max_events_per_call=opts.journal_events_per_call,
+                                         max_watchers=opts.max_watchers)
         self.log = log = StateLog(opts.log)
         self.emulator = EmulatorServicer(opts.emulator, journal, self._entry_sink(journal, log))
         self.emulator.on_dispatch = self._on_dispatch
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # no request larger than the largest valid one is even read into Python
+        max_request = opts.emulator.limits.max_payload_bytes + REQUEST_FRAMING
+        server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
+        if opts.max_concurrent_streams:
+            server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
+        server = grpc.aio.server(options=server_options)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
         self._health = HealthServicer()
@@ -164,7 +177,11 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if port_file:
-        Path(port_file).write_text(f"{srv.port}\n")
+        try:
+            Path(port_file).write_text(f"{srv.port}\n")
+        except OSError as exc:
+            await srv.stop()
+            raise OSError(f"--port-file {port_file}: {exc.strerror or exc}") from None
     print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
           f"(state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
     await stop.wait()

@@ -9,6 +9,7 @@ what the handler does next.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -18,7 +19,8 @@ from typing import Any, Callable
 import grpc
 
 from callstate import codes
-from callstate.script import DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, ScriptError, validate
+from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, check_abort_code,
+                              check_call_id, validate_request)
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
@@ -55,6 +57,18 @@ class EmulatorConfig:
     max_in_flight: int = 100_000
     limits: Limits = field(default_factory=Limits)
     seed: int | None = None
+    # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
+    # (a caller that never reads would otherwise pin every reply it asked for)
+    max_reply_backlog_bytes: int = 16 * 1024 * 1024
+    early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
+    max_early_notices: int = 10_000
+    max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
+
+    def __post_init__(self) -> None:
+        try:
+            check_abort_code(self.abort_code)
+        except ValueError as exc:
+            raise ValueError(f"abort code {exc}") from None
 
 
 class EmulatorServicer(pb_grpc.EmulatorServicer):
@@ -64,18 +78,25 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self._log_append = log_append
         self._rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
-        self._early_notices = EarlyNotices()
+        self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
+                                           config.max_early_notice_bytes)
+        self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
         self.stopping = True
+        self._early_notices.clear()
         for call in list(self.live.values()):
             call.stop()
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
         call_id = request.call_id or _call_id_from_metadata(context)
+        try:   # refused before dispatch: an id that is not a short metadata value is never logged
+            check_call_id(call_id, self.config.limits)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         if not call_id:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
@@ -91,12 +112,11 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if self._early_notices and self._early_notices.take(call_id):
             call.cancel_seen(NON_ABORTIVE)
         try:
-            if script is not None:
-                try:
-                    validate(script, self.config.limits)
-                except ScriptError as exc:
-                    return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            else:
+            try:
+                validate_request(request, self.config.limits)
+            except RequestError as exc:
+                return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if script is None:
                 script = pb.Script()
             if len(self.live) > self.config.max_in_flight:
                 return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -117,22 +137,36 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         policy = script.on_cancel or pb.ON_CANCEL_ABORT
         ignore = policy == pb.ON_CANCEL_IGNORE
         hold = outcome == _HOLD
-        for seconds in (script.dispatch_delay_ms / 1000, self.config.max_hold if hold else script.outcome_delay_ms / 1000):
-            if seconds and await call.pause(seconds, ignore):
+        # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a call
+        # whose caller is gone cannot keep a slot of --max-in-flight longer than that.
+        max_hold = self.config.max_hold
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_hold
+        overran = False
+        for seconds in (script.dispatch_delay_ms / 1000, max_hold if hold else script.outcome_delay_ms / 1000):
+            if not seconds:
+                continue
+            left = deadline - loop.time()
+            capped = seconds >= left
+            if await call.pause(min(seconds, max(left, 0.0)), ignore):
+                break
+            if capped:
+                overran = True
                 break
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
-                return self._complete(call, script, request)
+                return await self._complete(call, script, request, context)
             return await self._abort(call, context, codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED,
                                      f"cancelled by the caller ({call.cancel_kind})")
         if call.stopping:
             return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                      "server is shutting down")
-        if hold:
+        if overran:
             return await self._abort(call, context, codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     f"held for the server's max hold time ({self.config.max_hold:g}s)")
+                                     f"held for the server's max hold time ({max_hold:g}s)" if hold else
+                                     f"ran past the server's max hold time ({max_hold:g}s)")
         if outcome == _COMPLETE:
-            return self._complete(call, script, request)
+            return await self._complete(call, script, request, context)
         if outcome == _ABORT:
             code = script.abort_code or self.config.abort_code
             status = codes.status_from_value(script.abort_grpc_status) if script.abort_grpc_status else None
@@ -144,13 +178,26 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             raise asyncio.CancelledError()
         raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
 
-    def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest) -> pb.CallReply:
+    async def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest,
+                        context: grpc.aio.ServicerContext) -> pb.CallReply:
+        size = len(request.payload) if script.echo else script.reply_bytes
+        if size:
+            budget = self.config.max_reply_backlog_bytes
+            if self.reply_backlog + size > budget:
+                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         f"replies not yet taken by their callers are over the server's budget "
+                                         f"({budget} bytes, --max-reply-backlog)")
+            self.reply_backlog += size
+            context.add_done_callback(functools.partial(self._reply_delivered, size))
         call.move(COMPLETE)
         payload = request.payload if script.echo else bytes(script.reply_bytes)
         call.move(COMPLETED, server_end_code(COMPLETED), _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
+
+    def _reply_delivered(self, size: int, _context: object) -> None:
+        self.reply_backlog -= size
 
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
@@ -164,6 +211,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
+        try:
+            check_call_id(call_id, self.config.limits)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         call = self.live.get(call_id)
         if call is not None:
             if call.lifecycle.ended:   # ended, still sending its status
@@ -180,11 +231,16 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
 
 class EarlyNotices:
-    """Cancel notices for calls not dispatched yet, kept briefly and in bounded number."""
+    """Cancel notices for calls not dispatched yet: kept `ttl` seconds, bounded in count and
+    in bytes (of their call ids), oldest dropped first. A timer expires them even when no
+    new notice arrives, so a burst of notices does not stay pinned."""
 
-    def __init__(self, ttl: float = 10.0, limit: int = 10_000) -> None:
-        self.ttl, self.limit = ttl, limit
+    def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.ttl, self.limit, self.max_bytes = ttl, limit, max_bytes
         self._seen: dict[str, float] = {}
+        self.bytes = 0
+        self.dropped = 0          # notices forgotten early because a bound was hit
+        self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -192,16 +248,61 @@ class EarlyNotices:
     def remember(self, call_id: str) -> None:
         now = time.monotonic()
         seen = self._seen
-        while seen:
-            oldest, t = next(iter(seen.items()))
-            if now - t < self.ttl and len(seen) < self.limit:
-                break
-            del seen[oldest]
+        if call_id in seen:
+            self._forget(call_id)
+        size = len(call_id)
+        self._expire(now)
+        while seen and (len(seen) >= self.limit or self.bytes + size > self.max_bytes):
+            self._forget(next(iter(seen)))
+            self.dropped += 1
+        if self.limit <= 0 or size > self.max_bytes:
+            self.dropped += 1
+            return
         seen[call_id] = now
+        self.bytes += size
+        self._arm()
 
     def take(self, call_id: str) -> bool:
-        t = self._seen.pop(call_id, None)
-        return t is not None and time.monotonic() - t < self.ttl
+        t = self._seen.get(call_id)
+        if t is None:
+            return False
+        self._forget(call_id)
+        return time.monotonic() - t < self.ttl
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self.bytes = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _forget(self, call_id: str) -> None:
+        del self._seen[call_id]
+        self.bytes -= len(call_id)
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            oldest, t = next(iter(seen.items()))
+            if now - t < self.ttl:
+                break
+            self._forget(oldest)
+
+    def _arm(self) -> None:
+        """One timer at a time, due when the oldest notice expires."""
+        if self._timer is not None or not self._seen:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # used outside a loop (unit tests): expiry on the next remember()
+            return
+        oldest = next(iter(self._seen.values()))
+        self._timer = loop.call_later(max(0.0, oldest + self.ttl - time.monotonic()) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._expire(time.monotonic())
+        self._arm()
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61llstate/v1/callstate.proto\x12\x0c\x63\x61llstate.v1\"\x90\x02\n\x06Script\x12\x19\n\x11\x64ispatch_delay_ms\x18\x01 \x01(\x03\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.callstate.v1.Outcome\x12\x18\n\x10outcome_delay_ms\x18\x03 \x01(\x03\x12\x13\n\x0breply_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x65\x63ho\x18\x05 \x01(\x08\x12\x12\n\nabort_code\x18\x06 \x01(\x03\x12\x19\n\x11\x61\x62ort_grpc_status\x18\x07 \x01(\x05\x12\x15\n\rabort_message\x18\x08 \x01(\t\x12\x15\n\rfatal_message\x18\t \x01(\t\x12)\n\ton_cancel\x18\n \x01(\x0e\x32\x16.callstate.v1.OnCancel\"U\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12$\n\x06script\x18\x02 \x01(\x0b\x32\x14.callstate.v1.Script\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"B\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x61ncel_seen\x18\x03 \x01(\x08\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"/\n\x0b\x43\x61ncelReply\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\"\xc2\x01\n\nStateEntry\x12\n\n\x02ts\x18\x01 \x01(\t\x12\x0c\n\x04side\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04prev\x18\x05 \x01(\t\x12\r\n\x05\x65vent\x18\x06 \x01(\t\x12\x0c\n\x04move\x18\x07 \x01(\t\x12\x11\n\x04\x63ode\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bgrpc_status\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x0e\n\x06\x63\x61ncel\x18\x0b \x01(\tB\x07\n\x05_code\"!\n\x0eGetCallRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"X\n\x0b\x43\x61llHistory\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.callstate.v1.StateEntry\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\"_\n\x10ListCallsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\x04\x63ode\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tin_flight\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\rB\x07\n\x05_code\"\xa4\x01\n\x0b\x43\x61llSummary\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bgrpc_status\x18\x05 \x01(\t\x12\x0f\n\x07started\x18\x06 \x01(\t\x12\r\n\x05\x65nded\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61ncel_seen\x18\x08 \x01(\x08\x42\x07\n\x05_code\":\n\x0eListCallsReply\x12(\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x19.callstate.v1.CallSummary\"\x1f\n\x0cWatchRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"9\n\x0cStateEntries\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.callstate.v1.StateEntry\"\x11\n\x0f\x43ountersRequest\"\xcf\x02\n\x08\x43ounters\x12\x11\n\tin_flight\x18\x01 \x01(\x04\x12\x12\n\ndispatched\x18\x02 \x01(\x04\x12\r\n\x05\x65nded\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ncels_seen\x18\x04 \x01(\x04\x12\x35\n\x08\x62y_state\x18\x05 \x03(\x0b\x32#.callstate.v1.Counters.ByStateEntry\x12\x33\n\x07\x62y_code\x18\x06 \x03(\x0b\x32\".callstate.v1.Counters.ByCodeEntry\x12\x15\n\rjournal_calls\x18\x07 \x01(\x04\x12\x15\n\rwatch_dropped\x18\x08 \x01(\x04\x1a.\n\x0c\x42yStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0b\x42yCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*p\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_COMPLETE\x10\x01\x12\x11\n\rOUTCOME_ABORT\x10\x02\x12\x11\n\rOUTCOME_FATAL\x10\x03\x12\x10\n\x0cOUTCOME_HOLD\x10\x04*h\n\x08OnCancel\x12\x19\n\x15ON_CANCEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_CANCEL_ABORT\x10\x01\x12\x16\n\x12ON_CANCEL_COMPLETE\x10\x02\x12\x14\n\x10ON_CANCEL_IGNORE\x10\x03\x32\x88\x01\n\x08\x45mulator\x12:\n\x04\x43\x61ll\x12\x19.callstate.v1.CallRequest\x1a\x17.callstate.v1.CallReply\x12@\n\x06\x43\x61ncel\x12\x1b.callstate.v1.CancelRequest\x1a\x19.callstate.v1.CancelReply2\xe3\x02\n\x07Journal\x12\x42\n\x07GetCall\x12\x1c.callstate.v1.GetCallRequest\x1a\x19.callstate.v1.CallHistory\x12I\n\tListCalls\x12\x1e.callstate.v1.ListCallsRequest\x1a\x1c.callstate.v1.ListCallsReply\x12?\n\x05Watch\x12\x1a.callstate.v1.WatchRequest\x1a\x18.callstate.v1.StateEntry0\x01\x12\x42\n\x06\x46ollow\x12\x1a.callstate.v1.WatchRequest\x1a\x1a.callstate.v1.StateEntries0\x01\x12\x44\n\x0bGetCounters\x12\x1d.callstate.v1.CountersRequest\x1a\x16.callstate.v1.Countersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61llstate/v1/callstate.proto\x12\x0c\x63\x61llstate.v1\"\x90\x02\n\x06Script\x12\x19\n\x11\x64ispatch_delay_ms\x18\x01 \x01(\x03\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.callstate.v1.Outcome\x12\x18\n\x10outcome_delay_ms\x18\x03 \x01(\x03\x12\x13\n\x0breply_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x65\x63ho\x18\x05 \x01(\x08\x12\x12\n\nabort_code\x18\x06 \x01(\x03\x12\x19\n\x11\x61\x62ort_grpc_status\x18\x07 \x01(\x05\x12\x15\n\rabort_message\x18\x08 \x01(\t\x12\x15\n\rfatal_message\x18\t \x01(\t\x12)\n\ton_cancel\x18\n \x01(\x0e\x32\x16.callstate.v1.OnCancel\"U\n\x0b\x43\x61llRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12$\n\x06script\x18\x02 \x01(\x0b\x32\x14.callstate.v1.Script\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"B\n\tCallReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x61ncel_seen\x18\x03 \x01(\x08\" \n\rCancelRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"/\n\x0b\x43\x61ncelReply\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\"\xd3\x01\n\nStateEntry\x12\n\n\x02ts\x18\x01 \x01(\t\x12\x0c\n\x04side\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04prev\x18\x05 \x01(\t\x12\r\n\x05\x65vent\x18\x06 \x01(\t\x12\x0c\n\x04move\x18\x07 \x01(\t\x12\x11\n\x04\x63ode\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bgrpc_status\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x0e\n\x06\x63\x61ncel\x18\x0b \x01(\t\x12\x0f\n\x07\x64ropped\x18\x0c \x01(\x04\x42\x07\n\x05_code\"!\n\x0eGetCallRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"X\n\x0b\x43\x61llHistory\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.callstate.v1.StateEntry\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\"_\n\x10ListCallsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\x04\x63ode\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tin_flight\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\rB\x07\n\x05_code\"\xa4\x01\n\x0b\x43\x61llSummary\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bgrpc_status\x18\x05 \x01(\t\x12\x0f\n\x07started\x18\x06 \x01(\t\x12\r\n\x05\x65nded\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61ncel_seen\x18\x08 \x01(\x08\x42\x07\n\x05_code\":\n\x0eListCallsReply\x12(\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x19.callstate.v1.CallSummary\"\x1f\n\x0cWatchRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"J\n\x0cStateEntries\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.callstate.v1.StateEntry\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"\x11\n\x0f\x43ountersRequest\"\xcf\x02\n\x08\x43ounters\x12\x11\n\tin_flight\x18\x01 \x01(\x04\x12\x12\n\ndispatched\x18\x02 \x01(\x04\x12\r\n\x05\x65nded\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61ncels_seen\x18\x04 \x01(\x04\x12\x35\n\x08\x62y_state\x18\x05 \x03(\x0b\x32#.callstate.v1.Counters.ByStateEntry\x12\x33\n\x07\x62y_code\x18\x06 \x03(\x0b\x32\".callstate.v1.Counters.ByCodeEntry\x12\x15\n\rjournal_calls\x18\x07 \x01(\x04\x12\x15\n\rwatch_dropped\x18\x08 \x01(\x04\x1a.\n\x0c\x42yStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0b\x42yCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*p\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_COMPLETE\x10\x01\x12\x11\n\rOUTCOME_ABORT\x10\x02\x12\x11\n\rOUTCOME_FATAL\x10\x03\x12\x10\n\x0cOUTCOME_HOLD\x10\x04*h\n\x08OnCancel\x12\x19\n\x15ON_CANCEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_CANCEL_ABORT\x10\x01\x12\x16\n\x12ON_CANCEL_COMPLETE\x10\x02\x12\x14\n\x10ON_CANCEL_IGNORE\x10\x03\x32\x88\x01\n\x08\x45mulator\x12:\n\x04\x43\x61ll\x12\x19.callstate.v1.CallRequest\x1a\x17.callstate.v1.CallReply\x12@\n\x06\x43\x61ncel\x12\x1b.callstate.v1.CancelRequest\x1a\x19.callstate.v1.CancelReply2\xe3\x02\n\x07Journal\x12\x42\n\x07GetCall\x12\x1c.callstate.v1.GetCallRequest\x1a\x19.callstate.v1.CallHistory\x12I\n\tListCalls\x12\x1e.callstate.v1.ListCallsRequest\x1a\x1c.callstate.v1.ListCallsReply\x12?\n\x05Watch\x12\x1a.callstate.v1.WatchRequest\x1a\x18.callstate.v1.StateEntry0\x01\x12\x42\n\x06\x46ollow\x12\x1a.callstate.v1.WatchRequest\x1a\x1a.callstate.v1.StateEntries0\x01\x12\x44\n\x0bGetCounters\x12\x1d.callstate.v1.CountersRequest\x1a\x16.callstate.v1.Countersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTERS_BYSTATEENTRY']._serialized_options = b'8\001'
   _globals['_COUNTERS_BYCODEENTRY']._loaded_options = None
   _globals['_COUNTERS_BYCODEENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=1654
-  _globals['_OUTCOME']._serialized_end=1766
-  _globals['_ONCANCEL']._serialized_start=1768
-  _globals['_ONCANCEL']._serialized_end=1872
+  _globals['_OUTCOME']._serialized_start=1688
+  _globals['_OUTCOME']._serialized_end=1800
+  _globals['_ONCANCEL']._serialized_start=1802
+  _globals['_ONCANCEL']._serialized_end=1906
   _globals['_SCRIPT']._serialized_start=47
   _globals['_SCRIPT']._serialized_end=319
   _globals['_CALLREQUEST']._serialized_start=321
@@ -50,31 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELREPLY']._serialized_start=510
   _globals['_CANCELREPLY']._serialized_end=557
   _globals['_STATEENTRY']._serialized_start=560
-  _globals['_STATEENTRY']._serialized_end=754
-  _globals['_GETCALLREQUEST']._serialized_start=756
-  _globals['_GETCALLREQUEST']._serialized_end=789
-  _globals['_CALLHISTORY']._serialized_start=791
-  _globals['_CALLHISTORY']._serialized_end=879
-  _globals['_LISTCALLSREQUEST']._serialized_start=881
-  _globals['_LISTCALLSREQUEST']._serialized_end=976
-  _globals['_CALLSUMMARY']._serialized_start=979
-  _globals['_CALLSUMMARY']._serialized_end=1143
-  _globals['_LISTCALLSREPLY']._serialized_start=1145
-  _globals['_LISTCALLSREPLY']._serialized_end=1203
-  _globals['_WATCHREQUEST']._serialized_start=1205
-  _globals['_WATCHREQUEST']._serialized_end=1236
-  _globals['_STATEENTRIES']._serialized_start=1238
-  _globals['_STATEENTRIES']._serialized_end=1295
-  _globals['_COUNTERSREQUEST']._serialized_start=1297
-  _globals['_COUNTERSREQUEST']._serialized_end=1314
-  _globals['_COUNTERS']._serialized_start=1317
-  _globals['_COUNTERS']._serialized_end=1652
-  _globals['_COUNTERS_BYSTATEENTRY']._serialized_start=1559
-  _globals['_COUNTERS_BYSTATEENTRY']._serialized_end=1605
-  _globals['_COUNTERS_BYCODEENTRY']._serialized_start=1607
-  _globals['_COUNTERS_BYCODEENTRY']._serialized_end=1652
-  _globals['_EMULATOR']._serialized_start=1875
-  _globals['_EMULATOR']._serialized_end=2011
-  _globals['_JOURNAL']._serialized_start=2014
-  _globals['_JOURNAL']._serialized_end=2369
+  _globals['_STATEENTRY']._serialized_end=771
+  _globals['_GETCALLREQUEST']._serialized_start=773
+  _globals['_GETCALLREQUEST']._serialized_end=806
+  _globals['_CALLHISTORY']._serialized_start=808
+  _globals['_CALLHISTORY']._serialized_end=896
+  _globals['_LISTCALLSREQUEST']._serialized_start=898
+  _globals['_LISTCALLSREQUEST']._serialized_end=993
+  _globals['_CALLSUMMARY']._serialized_start=996
+  _globals['_CALLSUMMARY']._serialized_end=1160
+  _globals['_LISTCALLSREPLY']._serialized_start=1162
+  _globals['_LISTCALLSREPLY']._serialized_end=1220
+  _globals['_WATCHREQUEST']._serialized_start=1222
+  _globals['_WATCHREQUEST']._serialized_end=1253
+  _globals['_STATEENTRIES']._serialized_start=1255
+  _globals['_STATEENTRIES']._serialized_end=1329
+  _globals['_COUNTERSREQUEST']._serialized_start=1331
+  _globals['_COUNTERSREQUEST']._serialized_end=1348
+  _globals['_COUNTERS']._serialized_start=1351
+  _globals['_COUNTERS']._serialized_end=1686
+  _globals['_COUNTERS_BYSTATEENTRY']._serialized_start=1593
+  _globals['_COUNTERS_BYSTATEENTRY']._serialized_end=1639
+  _globals['_COUNTERS_BYCODEENTRY']._serialized_start=1641
+  _globals['_COUNTERS_BYCODEENTRY']._serialized_end=1686
+  _globals['_EMULATOR']._serialized_start=1909
+  _globals['_EMULATOR']._serialized_end=2045
+  _globals['_JOURNAL']._serialized_start=2048
+  _globals['_JOURNAL']._serialized_end=2403
 # @@protoc_insertion_point(module_scope)

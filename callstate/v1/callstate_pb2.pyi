@@ -90,7 +90,7 @@ class CancelReply(_message.Message):
     def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
 
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "dropped")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class StateEntry(_message.Message):
     GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
     call_id: str
@@ -113,7 +114,8 @@ class StateEntry(_message.Message):
     grpc_status: str
     detail: str
     cancel: str
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ...) -> None: ...
+    dropped: int
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)
@@ -176,10 +178,12 @@ class WatchRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ...) -> None: ...
 
 class StateEntries(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "dropped")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ...) -> None: ...
+    dropped: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class CountersRequest(_message.Message):
     __slots__ = ()
