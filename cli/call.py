@@ -8,7 +8,7 @@ import signal
 import sys
 
 from callstate import codes
-from callstate.cli.options import add_target, epilog, non_negative_float, para, positive_float
+from callstate.cli.options import add_target, channel_settings, epilog, non_negative_float, para, positive_float
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Script
 
@@ -61,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def run(opts: argparse.Namespace) -> int:
+    opts.settings = channel_settings(opts)
     try:
         return asyncio.run(_call(opts))
     except OSError as exc:   # e.g. --log-file in a folder that does not exist
@@ -78,7 +79,7 @@ async def _call(opts: argparse.Namespace) -> int:
                     abort_message=opts.message if opts.outcome == "abort" else "",
                     fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings)  # type: ignore[arg-type]
     try:
         call = client.prepare(script, payload=opts.payload.encode())
         abortive = not opts.non_abortive

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from callstate.cli.load_run import LoadConfig
-from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
+from callstate.cli.options import (add_target, cancel_points, channel_settings, cancel_shares, non_negative_float, non_negative_int,
                                    on_cancel_mix, outcome_mix, para, positive_float, positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
                                 Scenario)
@@ -101,7 +101,7 @@ def run(opts: argparse.Namespace) -> int:
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout,
+        timeout=opts.timeout, settings=channel_settings(opts),
         progress=opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty()))
     try:
         if opts.report:   # fail now, not after the run, when the report cannot be written

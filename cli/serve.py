@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from callstate.cli.options import epilog, non_negative_float, non_negative_int, outcome_mix, para, port
+from callstate.cli.options import (add_keepalive, env_token, epilog, non_negative_float, non_negative_int, outcome_mix,
+                                   para, pem_file, port, token)
+from callstate.wire import TOKEN_ENV
 from callstate.script import Limits
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
@@ -46,20 +48,38 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
+    g = p.add_argument_group("access (see the README, Security)")
+    g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
+                   "with --tls-key (default: plaintext)")
+    g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the certificate's private key")
+    g.add_argument("--tls-client-ca", type=pem_file, metavar="PEM",
+                   help="mutual TLS: require client certificates signed by this CA")
+    g.add_argument("--token", type=token, metavar="TOKEN",
+                   help=f"require 'authorization: Bearer TOKEN' on the Emulator and Journal services (health and "
+                        f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
+    add_keepalive(g, "client")  # type: ignore[arg-type]
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
     from callstate.server.app import serve
 
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if opts.tls_client_ca is not None and opts.tls_cert is None:
+        print("callstate serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
                             max_in_flight=opts.max_in_flight, seed=opts.seed,
                             limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes))
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
-                            journal_size=opts.journal_size, emulator=config, grace=opts.grace)
+                            journal_size=opts.journal_size, emulator=config, grace=opts.grace,
+                            tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
+                            token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
     try:
         asyncio.run(serve(options, port_file=opts.port_file))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     return 0
