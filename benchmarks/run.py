@@ -14,6 +14,9 @@ held     10,000 held calls on one server: server memory per held call vs bare; t
          cancel them all: time until every call ended on both sides
 million  1,000,000 calls through one callstate server: its memory stays flat (the
          journal is bounded), bare server for reference
+security the server's calls/s in plaintext, with cancel keys, with TLS, and with TLS and a
+         bearer token, callstate vs a bare grpc.aio server with the same credentials (same
+         bare client): what TLS, the token check and the ownership check cost each
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Server:
     """A server process: callstate serve or the bare baseline."""
 
-    def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
+    def __init__(self, kind: str, tmp: Path, *extra: str, bare_extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         port_file = tmp / f"{kind}-{time.monotonic_ns()}.port"
         self.log = tmp / f"{kind}-server.jsonl"
@@ -56,7 +59,7 @@ class Server:
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
                    "--log-file", str(self.log), *extra]
         else:
-            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log)]
+            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -84,9 +87,9 @@ class Server:
 
 
 def drive(target: str, client: str, concurrency: int, duration: float, log: Path | None = None,
-          server: Server | None = None) -> dict[str, float]:
+          server: Server | None = None, extra: tuple[str, ...] = ()) -> dict[str, float]:
     cmd = [PY, BARE, "drive", "--target", target, "--client", client, "--concurrency", str(concurrency),
-           "--duration", str(duration)] + (["--log", str(log)] if log else [])
+           "--duration", str(duration), *extra] + (["--log", str(log)] if log else [])
     cpu0 = server.cpu() if server else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, cwd=ROOT)
     if out.returncode != 0:
@@ -142,6 +145,57 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
     print(f"{name}: median of {len(runs['bare'])} alternating rounds")
     print(ratio_line("calls/s", med["bare"], med["callstate"], "calls/s"))
     print(ratio_line(f"{name} CPU per call", cpu["bare"], cpu["callstate"], "us", higher_is_better=False))
+    print(f"  rounds: {out['rounds']}")
+    return out
+
+
+def bench_security(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Server calls/s under each access setting, callstate and bare side by side, rounds alternating."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from certs import make_tls_files   # dev extra: cryptography
+
+    tls = make_tls_files(tmp / "tls")
+    token = "benchmark-token"
+    tls_server = ("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key))
+    # name: (server args, both kinds; client args)
+    configs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        "plaintext": ((), ()),
+        "plaintext, cancel keys": ((), ("--cancel-keys",)),
+        "TLS, cancel keys": (tls_server, ("--cancel-keys", "--tls-ca", str(tls.ca))),
+        "TLS, token, cancel keys": (tls_server + ("--token", token),
+                                    ("--cancel-keys", "--tls-ca", str(tls.ca), "--token", token)),
+    }
+    runs: dict[str, dict[str, list[float]]] = {name: {"bare": [], "callstate": []} for name in configs}
+    for _ in range(rounds):
+        for name, (server_args, client_args) in configs.items():
+            for kind in ("bare", "callstate"):
+                srv = Server(kind, tmp, *server_args, bare_extra=server_args)
+                try:
+                    runs[name][kind].append(drive(srv.target, "bare", concurrency, duration, server=srv,
+                                                  extra=client_args)["calls_per_s"])
+                finally:
+                    srv.stop()
+    med = {name: {kind: statistics.median(v) for kind, v in r.items()} for name, r in runs.items()}
+    base = med["plaintext"]
+    out: dict[str, Any] = {"calls_per_s": med, "rounds": {n: {k: [round(x) for x in v] for k, v in r.items()}
+                                                          for n, r in runs.items()}}
+    print(f"security: server calls/s, bare client at concurrency {concurrency}, median of {rounds} alternating rounds")
+    print(f"  {'setting':<26} {'bare':>9} {'callstate':>10} {'vs bare':>8}   {'vs plaintext: bare':>18} {'callstate':>10}"
+          f"   {'own cost':>8}")
+    for name, m in med.items():
+        own = (m["callstate"] / base["callstate"]) / (m["bare"] / base["bare"])
+        out.setdefault("ratios", {})[name] = {"vs_bare": m["callstate"] / m["bare"],
+                                              "bare_vs_plaintext": m["bare"] / base["bare"],
+                                              "callstate_vs_plaintext": m["callstate"] / base["callstate"],
+                                              "own_cost_ratio": own}
+        print(f"  {name:<26} {m['bare']:9.0f} {m['callstate']:10.0f} {m['callstate'] / m['bare']:8.2f}   "
+              f"{m['bare'] / base['bare']:18.2f} {m['callstate'] / base['callstate']:10.2f}   {own:8.2f}")
+    tok, no_tok = med["TLS, token, cancel keys"], med["TLS, cancel keys"]
+    out["token_ratio"] = tok["callstate"] / no_tok["callstate"]
+    print(f"  token check: callstate with / without token (TLS both): {out['token_ratio']:.2f}; "
+          f"bare: {tok['bare'] / no_tok['bare']:.2f}")
+    print("  own cost: callstate's calls/s relative to its plaintext figure, divided by bare's (1.00 = security"
+          " costs callstate no more than it costs bare grpc.aio)")
     print(f"  rounds: {out['rounds']}")
     return out
 
@@ -336,7 +390,8 @@ asyncio.run(main())
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", metavar="BENCH", help="server, client, cancel, held, million (default: all)")
+    parser.add_argument("which", nargs="*", metavar="BENCH",
+                        help="server, client, cancel, held, million, security (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
@@ -345,7 +400,7 @@ def main() -> int:
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "million"]
+    everything = ["server", "client", "cancel", "held", "million", "security"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -363,6 +418,8 @@ def main() -> int:
                 results[which] = bench_cancel(tmp, opts.in_flight, 0.001)
             elif which == "held":
                 results[which] = bench_held(tmp, opts.held)
+            elif which == "security":
+                results[which] = bench_security(tmp, opts.rounds, opts.concurrency, opts.duration)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

@@ -1,6 +1,7 @@
-"""Throw-away TLS material for the tests, made with `cryptography`: a CA, a server certificate
-for 127.0.0.1 / localhost and a client certificate, all signed by that CA, plus a second CA
-that signed nothing the server trusts (a stranger's)."""
+"""Throw-away TLS material, made with `cryptography` (dev extra): a CA, a server certificate
+for 127.0.0.1 / localhost (and any further names) and a client certificate, all signed by
+that CA, plus a second CA that signed nothing the server trusts (a stranger's). Used by the
+tests, the security benchmark and `tools/make_certs.py`."""
 
 from __future__ import annotations
 
@@ -36,20 +37,20 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, *,
-          ca: bool = False, server: bool = False) -> x509.Certificate:
+          ca: bool = False, server: bool = False, names: tuple[str, ...] = (), days: int = 1) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if ca:
         b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                           content_commitment=False, key_encipherment=False, data_encipherment=False,
                                           key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
     elif server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
+        sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        sans += [x509.DNSName(n) for n in names]
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     else:
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -66,15 +67,16 @@ def _write(path: Path, cert: x509.Certificate | None = None, key: ec.EllipticCur
     return path
 
 
-def make_tls_files(folder: Path) -> TlsFiles:
+def make_tls_files(folder: Path, names: tuple[str, ...] = (), days: int = 1) -> TlsFiles:
+    """Write the files into `folder`; the server certificate also names `names` (DNS)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, other_key = _key(), _key()
-    ca = _cert("callstate test CA", ca_key, "callstate test CA", ca_key, ca=True)
-    other = _cert("stranger CA", other_key, "stranger CA", other_key, ca=True)
+    ca = _cert("callstate test CA", ca_key, "callstate test CA", ca_key, ca=True, days=days)
+    other = _cert("stranger CA", other_key, "stranger CA", other_key, ca=True, days=days)
     server_key, client_key, other_client_key = _key(), _key(), _key()
-    server = _cert("localhost", server_key, "callstate test CA", ca_key, server=True)
-    client = _cert("callstate test client", client_key, "callstate test CA", ca_key)
-    other_client = _cert("stranger", other_client_key, "stranger CA", other_key)
+    server = _cert("localhost", server_key, "callstate test CA", ca_key, server=True, names=names, days=days)
+    client = _cert("callstate test client", client_key, "callstate test CA", ca_key, days=days)
+    other_client = _cert("stranger", other_client_key, "stranger CA", other_key, days=days)
     return TlsFiles(ca=_write(folder / "ca.pem", ca), server_cert=_write(folder / "server.pem", server),
                     server_key=_write(folder / "server.key", key=server_key),
                     client_cert=_write(folder / "client.pem", client),
