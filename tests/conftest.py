@@ -90,12 +90,12 @@ def final(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return next(e for e in entries if e["state"] == "End" and e["event"] == "enter")
 
 
-def start_server(tmp: Path, *args: str, name: str = "server") -> ServerProcess:
+def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None) -> ServerProcess:
     port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
          "--log-file", str(log), *args],
-        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp)
+        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp, env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + 20
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +20,12 @@ import pytest
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Client, Script
 from callstate.client.channel import ChannelSettings, keepalive_options
+from callstate.server import EmulatorServer
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import AUTH_KEY
 from tests.certs import TlsFiles, make_tls_files
-from tests.conftest import ServerProcess, cli, start_server, states
+from tests.conftest import ROOT, ServerProcess, cli, start_server, states
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -296,3 +301,61 @@ def test_channel_settings_units(tls: TlsFiles) -> None:
         ChannelSettings(keepalive=0.5)
     with pytest.raises(OSError, match="do not make a pair"):
         ChannelSettings(tls_cert=tls.client_cert, tls_key=tls.server_key).credentials()
+
+
+# -- the README's examples --------------------------------------------------------------------
+def readme_security_example() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- security-example", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_security_example_runs(tmp_path: Path) -> None:
+    lines = readme_security_example()
+    make, export, serve, *clients = lines
+    assert make == "python tools/make_certs.py tls"
+    made = subprocess.run([sys.executable, str(ROOT / "tools" / "make_certs.py"), "tls"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    name, value = export.removeprefix("export ").split("=", 1)
+    env = {name: value}
+    serve_args = shlex.split(serve.rstrip("&"))
+    assert serve_args[:2] == ["callstate", "serve"]
+    srv = start_server(tmp_path, *serve_args[2:], env=env)   # the server reads the token from the environment
+    try:
+        assert "mutual TLS, token required" in srv.stderr.read_text()
+        for line in clients:
+            args = shlex.split(line)
+            assert args[0] == "callstate"
+            done = cli(*args[1:], "--target", srv.target, cwd=tmp_path, env=env)
+            assert done.returncode == 0, (line, done.stderr)
+            refused = cli(*args[1:], "--target", srv.target, cwd=tmp_path, env={name: "wrong"})
+            assert refused.returncode == 1, line   # and the token is really required
+    finally:
+        srv.stop()
+
+
+def test_the_library_takes_the_same_options_in_process(tls: TlsFiles) -> None:
+    async def go() -> None:
+        async with EmulatorServer(port=0, log=None, tls_cert=str(tls.server_cert), tls_key=str(tls.server_key),
+                                  token="change-me") as srv:
+            async with AsyncClient("localhost:%d" % srv.port, tls_ca=str(tls.ca), token="change-me") as client:
+                reply = await client.start(Script("complete"))
+                assert reply.call_id
+            async with AsyncClient("localhost:%d" % srv.port, tls_ca=str(tls.ca)) as client:
+                with pytest.raises(CallError) as err:
+                    await client.start(Script("complete"))
+                assert err.value.code == codes.ERROR_ACCESS_DENIED
+    asyncio.run(go())
+
+
+def test_the_locked_down_compose_files_are_valid(tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (tools/system-deps.sh does not need it; the container test does)")
+    files = ["docker-compose.yml", "docker-compose.override.yml", "docker-compose.secure.yml"]
+    done = subprocess.run([compose, *[a for f in files for a in ("-f", str(ROOT / f))], "config"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    for flag in ("--tls-client-ca", "--tls-ca", "--tls-cert", "CALLSTATE_TOKEN"):
+        assert flag in done.stdout
