@@ -125,7 +125,7 @@ def env_token(prog: str) -> str | None:
     return value
 
 
-def add_keepalive(p: argparse.ArgumentParser, who: str) -> None:
+def add_keepalive(p: "argparse._ActionsContainer", who: str) -> None:
     p.add_argument("--keepalive", type=keepalive, default=DEFAULT_KEEPALIVE, metavar="SECONDS",
                    help=f"give up on a {who} that stops answering (no reply to keepalive pings) within this "
                         f"long; 0: off (default: %(default)s)")
@@ -147,7 +147,7 @@ def add_target(p: argparse.ArgumentParser) -> None:
                    help="check the server's certificate against this name instead of the target's host")
     g.add_argument("--token", type=token, metavar="TOKEN",
                    help=f"bearer token for a server started with --token (default: ${TOKEN_ENV}, if set)")
-    add_keepalive(g, "server")  # type: ignore[arg-type]
+    add_keepalive(g, "server")
     p.set_defaults(target_parser=p)
 
 

@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     g.add_argument("--token", type=token, metavar="TOKEN",
                    help=f"require 'authorization: Bearer TOKEN' on the Emulator and Journal services (health and "
                         f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
-    add_keepalive(g, "client")  # type: ignore[arg-type]
+    add_keepalive(g, "client")
     return p
 
 

@@ -24,16 +24,17 @@ from callstate.wire import AUTH_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
     """Client channel options so that a call to a server that stops answering fails (1722)
-    within `keepalive` seconds: a ping after keepalive/2 s, answered within keepalive/2 s.
-    Pings also go out while calls are held with no data moving (grpc's defaults would send
-    at most two such pings, then none for five minutes). None or 0: grpc's defaults."""
+    within `keepalive` seconds: a ping every 0.4 x keepalive, which must be answered within
+    0.4 x keepalive (the rest is slack for grpc's timers). Pings also go out while calls are
+    held with no data moving (grpc's defaults would send at most two such pings, then none
+    for five minutes). None or 0: grpc's defaults."""
     if not keepalive:
         return []
-    half = max(int(keepalive * 500), int(MIN_KEEPALIVE * 500))
-    return [("grpc.keepalive_time_ms", half), ("grpc.keepalive_timeout_ms", half),
-            ("grpc.http2.ping_timeout_ms", half),   # grpc core also times pings out by this (60 s default)
+    period = int(max(keepalive, MIN_KEEPALIVE) * 400)
+    return [("grpc.keepalive_time_ms", period), ("grpc.keepalive_timeout_ms", period),
+            ("grpc.http2.ping_timeout_ms", period),   # grpc core also times pings out by this (60 s default)
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.http2.min_time_between_pings_ms", half)]
+            ("grpc.http2.min_time_between_pings_ms", period // 2)]
 
 
 @dataclass(frozen=True)

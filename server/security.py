@@ -16,9 +16,9 @@ from callstate.wire import AUTH_KEY, MIN_KEEPALIVE, bearer
 
 GUARDED_PREFIX = "/callstate.v1."
 
-# Clients may ping this often (every 0.5 s at their smallest keepalive, 1 s); more often
+# Clients may ping this often (every 0.4 s at their smallest keepalive, 1 s); more often
 # than this floor counts as a ping strike and the connection is closed (too_many_pings).
-MIN_CLIENT_PING_MS = int(MIN_KEEPALIVE * 500) // 2
+MIN_CLIENT_PING_MS = int(MIN_KEEPALIVE * 400) // 2
 
 
 def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None) -> grpc.ServerCredentials:
@@ -36,9 +36,9 @@ def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
     # minimum interval between pings it *receives* (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
     if not keepalive:
         return permit
-    half = max(int(keepalive * 500), int(MIN_KEEPALIVE * 500))
-    return [("grpc.keepalive_time_ms", half), ("grpc.keepalive_timeout_ms", half),
-            ("grpc.http2.ping_timeout_ms", half),   # grpc core also times pings out by this (60 s default)
+    period = int(max(keepalive, MIN_KEEPALIVE) * 400)   # as the clients do (client/channel.py)
+    return [("grpc.keepalive_time_ms", period), ("grpc.keepalive_timeout_ms", period),
+            ("grpc.http2.ping_timeout_ms", period),   # grpc core also times pings out by this (60 s default)
             ("grpc.http2.max_pings_without_data", 0)] + permit
 
 

@@ -272,7 +272,7 @@ def test_a_held_call_to_a_stopped_server_ends_with_1722_within_the_keepalive(tmp
                 with pytest.raises(CallError) as err:
                     call.result()
                 assert err.value.code == codes.RPC_S_SERVER_UNAVAILABLE
-                assert elapsed < 6, elapsed   # 2 s keepalive, plus scheduling slack on a shared machine
+                assert elapsed < 4, elapsed   # 2 s keepalive, plus scheduling slack on a shared machine
             finally:
                 os.kill(srv.proc.pid, signal.SIGCONT)
     finally:
@@ -292,7 +292,8 @@ def test_keepalive_pings_do_not_get_a_held_call_killed_by_the_server(server: Ser
 def test_channel_settings_units(tls: TlsFiles) -> None:
     assert keepalive_options(None) == [] and keepalive_options(0) == []
     opts = dict(keepalive_options(30))
-    assert opts["grpc.keepalive_time_ms"] + opts["grpc.keepalive_timeout_ms"] == 30_000
+    assert opts["grpc.keepalive_time_ms"] + opts["grpc.keepalive_timeout_ms"] < 30_000
+    assert opts["grpc.http2.ping_timeout_ms"] == opts["grpc.keepalive_timeout_ms"]
     assert ChannelSettings(token="t").metadata == ((AUTH_KEY, "Bearer t"),)
     assert ChannelSettings().metadata == () and not ChannelSettings().secure
     assert ChannelSettings(tls_ca=tls.ca).secure
