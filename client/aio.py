@@ -179,7 +179,11 @@ class AsyncCall(CallBase):
 
 
 class AsyncClient(ClientBase):
-    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase)."""
+    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase).
+
+    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
+    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
 
     _call_type = AsyncCall
 

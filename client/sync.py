@@ -122,7 +122,11 @@ class Call(CallBase):
 
 class Client(ClientBase):
     """Calls to one callstate server over one grpc channel, from any thread
-    (`prepare`, `start`: see ClientBase)."""
+    (`prepare`, `start`: see ClientBase).
+
+    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
+    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
 
     _call_type = Call
 
