@@ -172,6 +172,9 @@ def test_token_missing_or_wrong_gives_5_and_the_journal_is_refused(tls_server: S
     assert env_token.returncode == 0, env_token.stderr
     call = cli("call", "--target", tls_server.target, "--tls-ca", str(tls.ca), "--token", "nope")
     assert call.returncode == 1 and one_line(call.stderr).startswith("final: 5 ERROR_ACCESS_DENIED")
+    for verify in ((), ("--no-verify",)):   # load reads the Journal first: refused in one line, exit 2
+        load = cli("load", "--target", tls_server.target, "--tls-ca", str(tls.ca), "--calls", "5", *verify)
+        assert load.returncode == 2 and "UNAUTHENTICATED" in one_line(load.stderr), load.stderr
 
 
 # -- ownership: cancel keys ---------------------------------------------------------------------
