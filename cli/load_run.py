@@ -279,7 +279,14 @@ class LoadRun:
                 await channel.close()
                 raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
                                       f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
-        before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+        try:
+            before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if follow is not None:
+                follow.cancel()
+            await channel.close()
+            raise ConnectionError(f"{cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
+                                  f"{err.code().name}: {cfg.settings.explain(err.code(), err.details())}") from None
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)])
                    for _ in range(cfg.channels)]
