@@ -18,6 +18,9 @@ million  1,000,000 calls through one callstate server: its memory stays flat (th
          journal is bounded), bare server for reference
 locust   CallstateUser beside a bare Locust gRPC user (a raw stub, Locust's recipe) in
          the same Locust run and process against one callstate server: calls/s of each
+security the server's calls/s in plaintext, with cancel keys, with TLS, and with TLS and a
+         bearer token, callstate vs a bare grpc.aio server with the same credentials (same
+         bare client): what TLS, the token check and the ownership check cost each
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Server:
     """A server process: callstate serve or the bare baseline."""
 
-    def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
+    def __init__(self, kind: str, tmp: Path, *extra: str, bare_extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         port_file = tmp / f"{kind}-{time.monotonic_ns()}.port"
         self.log = tmp / f"{kind}-{time.monotonic_ns()}-server.jsonl"   # one per server: paired runs write two
@@ -60,7 +63,7 @@ class Server:
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
                    "--log-file", str(self.log), "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
         else:
-            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log)]
+            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -88,9 +91,9 @@ class Server:
 
 
 def drive(target: str, client: str, concurrency: int, duration: float, log: Path | None = None,
-          server: Server | None = None) -> dict[str, float]:
+          server: Server | None = None, extra: tuple[str, ...] = ()) -> dict[str, float]:
     cmd = [PY, BARE, "drive", "--target", target, "--client", client, "--concurrency", str(concurrency),
-           "--duration", str(duration)] + (["--log", str(log)] if log else [])
+           "--duration", str(duration), *extra] + (["--log", str(log)] if log else [])
     cpu0 = server.cpu() if server else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, cwd=ROOT)
     if out.returncode != 0:
@@ -257,6 +260,115 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
     print(ratio_line("calls/s", med["bare"], med["callstate"], "calls/s"))
     print(ratio_line(f"{name} CPU per call", cpu["bare"], cpu["callstate"], "us", higher_is_better=False))
     print(f"  rounds: {out['rounds']}")
+    return out
+
+
+def security_work_per_call() -> dict[str, float]:
+    """The Python work the token check and the ownership check add to one call, timed in-process
+    (best of 7 repeats, so a busy machine's preemptions drop out): the interceptor passing a
+    good token on to a trivial continuation, minus the bare await of that continuation; and
+    reading a request's cancel key onto a ServerCall-like object, with its length check."""
+    import timeit
+    from types import SimpleNamespace
+
+    from callstate.server.security import TokenInterceptor
+    from callstate.wire import MAX_CANCEL_KEY
+
+    interceptor = TokenInterceptor("benchmark-token")
+    details = SimpleNamespace(method="/callstate.v1.Emulator/Call",
+                              invocation_metadata=(("callstate-call-id", "x" * 32),
+                                                   ("authorization", "Bearer benchmark-token")))
+
+    async def continuation(d: Any) -> None:
+        return None
+
+    async def checked(n: int) -> None:
+        for _ in range(n):
+            await interceptor.intercept_service(continuation, details)
+
+    async def bare(n: int) -> None:
+        for _ in range(n):
+            await continuation(details)
+
+    n = 20_000
+    loop = asyncio.new_event_loop()
+    try:
+        with_check = min(timeit.repeat(lambda: loop.run_until_complete(checked(n)), number=1, repeat=7)) / n
+        without = min(timeit.repeat(lambda: loop.run_until_complete(bare(n)), number=1, repeat=7)) / n
+    finally:
+        loop.close()
+    request = pb.CallRequest(call_id="x" * 32, cancel_key="k" * 32)
+    holder = SimpleNamespace(cancel_key="")
+
+    def own() -> None:
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            raise ValueError
+        holder.cancel_key = request.cancel_key
+
+    ownership = min(timeit.repeat(own, number=n, repeat=7)) / n
+    out = {"token_check_us": (with_check - without) * 1e6, "ownership_us": ownership * 1e6}
+    print(f"  added Python work per call (in-process, best of 7): token check {out['token_check_us']:.2f} us, "
+          f"ownership (cancel key) {out['ownership_us']:.2f} us")
+    return out
+
+
+def bench_security(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Server calls/s under each access setting, callstate and bare side by side, rounds alternating."""
+    work = security_work_per_call()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from certs import make_tls_files   # dev extra: cryptography
+
+    tls = make_tls_files(tmp / "tls")
+    token = "benchmark-token"
+    tls_server = ("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key))
+    # name: (server args, both kinds; client args)
+    configs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        "plaintext": ((), ()),
+        "plaintext, cancel keys": ((), ("--cancel-keys",)),
+        "TLS, cancel keys": (tls_server, ("--cancel-keys", "--tls-ca", str(tls.ca))),
+        "TLS, token, cancel keys": (tls_server + ("--token", token),
+                                    ("--cancel-keys", "--tls-ca", str(tls.ca), "--token", token)),
+    }
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"bare": [], "callstate": []} for name in configs}
+    for _ in range(rounds):
+        for name, (server_args, client_args) in configs.items():
+            for kind in ("bare", "callstate"):
+                srv = Server(kind, tmp, *server_args, bare_extra=server_args)
+                try:
+                    runs[name][kind].append(drive(srv.target, "bare", concurrency, duration, server=srv,
+                                                  extra=client_args))
+                finally:
+                    srv.stop()
+    # calls/s, and server CPU per call: the sturdier figure on a shared machine, where
+    # throughput also measures what the neighbours are doing
+    med = {name: {kind: statistics.median(x["calls_per_s"] for x in v) for kind, v in r.items()}
+           for name, r in runs.items()}
+    cpu = {name: {kind: statistics.median(x["server_cpu_s"] / x["calls"] * 1e6 for x in v) for kind, v in r.items()}
+           for name, r in runs.items()}
+    out: dict[str, Any] = {"work_per_call": work, "calls_per_s": med, "server_cpu_us_per_call": cpu, "ratios": {},
+                           "rounds": {n: {k: [round(x["calls_per_s"]) for x in v] for k, v in r.items()}
+                                      for n, r in runs.items()}}
+    print(f"security: server calls/s and server CPU per call, bare client at concurrency {concurrency}, "
+          f"median of {rounds} alternating rounds")
+    print(f"  {'setting':<24} {'calls/s: bare':>13} {'callstate':>9} {'ratio':>6} {'own cost':>8}   "
+          f"{'CPU us/call: bare':>17} {'callstate':>9} {'ratio':>6} {'own cost':>8}")
+    for name in configs:
+        m, c = med[name], cpu[name]
+        own = (m["callstate"] / med["plaintext"]["callstate"]) / (m["bare"] / med["plaintext"]["bare"])
+        own_cpu = (cpu["plaintext"]["callstate"] / c["callstate"]) / (cpu["plaintext"]["bare"] / c["bare"])
+        out["ratios"][name] = {"calls_per_s_vs_bare": m["callstate"] / m["bare"], "own_cost_calls_per_s": own,
+                               "cpu_vs_bare": c["bare"] / c["callstate"], "own_cost_cpu": own_cpu}
+        print(f"  {name:<24} {m['bare']:13.0f} {m['callstate']:9.0f} {m['callstate'] / m['bare']:6.2f} {own:8.2f}   "
+              f"{c['bare']:17.0f} {c['callstate']:9.0f} {c['bare'] / c['callstate']:6.2f} {own_cpu:8.2f}")
+    tok, no_tok = "TLS, token, cancel keys", "TLS, cancel keys"
+    out["token_ratio"] = {"calls_per_s": med[tok]["callstate"] / med[no_tok]["callstate"],
+                          "cpu": cpu[no_tok]["callstate"] / cpu[tok]["callstate"]}
+    print(f"  token check alone, callstate with / without token (TLS both): calls/s {out['token_ratio']['calls_per_s']:.2f}, "
+          f"CPU {out['token_ratio']['cpu']:.2f}")
+    print("  ratio: callstate / bare in that setting (CPU: bare / callstate). own cost: callstate's figure relative")
+    print("  to its plaintext one, divided by the same for bare (1.00: the setting costs callstate no more than it")
+    print("  costs bare grpc.aio with the same credentials; >= 0.90 is the target)")
+    print(f"  rounds (calls/s): {out['rounds']}")
     return out
 
 
@@ -483,7 +595,7 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, client, cancel, held, metrics, million, locust (default: all)")
+                        help="server, client, cancel, held, metrics, million, locust, security (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
@@ -494,7 +606,7 @@ def main() -> int:
     parser.add_argument("--locust-duration", type=float, default=15.0, help="locust: seconds per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust"]
+    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -516,6 +628,8 @@ def main() -> int:
                 results[which] = bench_metrics(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "locust":
                 results[which] = bench_locust(tmp, opts.rounds, opts.locust_duration, opts.locust_users)
+            elif which == "security":
+                results[which] = bench_security(tmp, opts.rounds, opts.concurrency, opts.duration)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

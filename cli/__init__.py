@@ -5,12 +5,18 @@ Each command module has `add_parser(subparsers)` and `run(options) -> exit statu
 
 from __future__ import annotations
 
-import argparse
-from typing import NoReturn, Sequence
+import os
 
-from callstate import __version__
-from callstate.cli import call, check, health, load, report, serve, watch
-from callstate.cli.options import epilog, para
+# grpc's C core logs failed TLS handshakes and the like on stderr; the commands report
+# those failures themselves, in one line (GRPC_VERBOSITY=INFO brings its logs back).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import argparse  # noqa: E402
+from typing import NoReturn, Sequence  # noqa: E402
+
+from callstate import __version__  # noqa: E402
+from callstate.cli import call, check, health, load, report, serve, watch  # noqa: E402
+from callstate.cli.options import epilog, para  # noqa: E402
 
 COMMANDS = (serve, call, watch, health, load, check, report)
 

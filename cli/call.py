@@ -10,8 +10,8 @@ import sys
 
 from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
-from callstate.cli.options import (abort_code, add_target, epilog, finite_float, grpc_status, int64, non_negative_float,
-                                   para, positive_float, text)
+from callstate.cli.options import (abort_code, add_target, channel_settings, epilog, finite_float, grpc_status, int64,
+                                   non_negative_float, para, positive_float, text)
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Script
 
@@ -69,6 +69,7 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
 
     provider = None
+    opts.settings = channel_settings(opts)
     try:
         provider = tracer_provider(opts, "callstate-call")
         return asyncio.run(_call(opts, provider))
@@ -90,7 +91,7 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
                     abort_message=opts.message if opts.outcome == "abort" else "",
                     fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout,  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)
     try:
         call = client.prepare(script, payload=os.fsencode(opts.payload))

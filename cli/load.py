@@ -9,7 +9,7 @@ import sys
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
+from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
                                    non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
                                    positive_int)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
@@ -134,7 +134,7 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        timeout=opts.timeout, settings=channel_settings(opts), metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
         tracing=provider if provider is not None else False,
         view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
     if opts.html and (why := html_report.available()):

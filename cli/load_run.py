@@ -31,6 +31,7 @@ from callstate.client import AsyncCall, AsyncClient, CallError
 from callstate.cli.live_stats import LiveStats
 from callstate.cli.live_view import LiveView
 from callstate.cli.run_report import ReportBuilder, collect_examples
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, SERVER
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
@@ -60,6 +61,7 @@ class LoadConfig:
     metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
+    settings: ChannelSettings = field(default_factory=ChannelSettings)   # TLS, token, keepalive
 
 
 class _Sink:
@@ -297,7 +299,7 @@ class LoadRun:
 
     async def _follow_stream(self, stub: pb_grpc.JournalStub, subscribed: asyncio.Event, checker: Checker,
                              ids: set[str]) -> None:
-        async for batch in stub.Follow(pb.WatchRequest()):
+        async for batch in stub.Follow(pb.WatchRequest(), metadata=self.cfg.settings.metadata):
             subscribed.set()
             if batch.dropped > self.stream_dropped:
                 self.stream_dropped = batch.dropped
@@ -317,12 +319,15 @@ class LoadRun:
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        channel = grpc.aio.insecure_channel(cfg.target)
+        channel = cfg.settings.aio_channel(cfg.target)
+        metadata = cfg.settings.metadata
         try:
             await asyncio.wait_for(channel.channel_ready(), 5)
         except asyncio.TimeoutError:
             await channel.close()
-            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s)")
+            hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
+                    if cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
+            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
         journal = pb_grpc.JournalStub(channel)
         follow: asyncio.Task[None] | None = None
         if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
@@ -335,9 +340,16 @@ class LoadRun:
                 follow.cancel()
                 await channel.close()
                 raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                      f"is it a callstate server? ({_error_text(follow)})")
-        before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
-        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
+                                      f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
+        try:
+            before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if follow is not None:
+                follow.cancel()
+            await channel.close()
+            raise ConnectionError(f"{cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
+                                  f"{err.code().name}: {cfg.settings.explain(err.code(), err.details())}") from None
+        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
@@ -391,7 +403,7 @@ class LoadRun:
         journal publishes in order, so every entry before its End has arrived."""
         deadline = time.monotonic() + timeout
         while True:
-            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+            after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
             if (ours_done and idle) or time.monotonic() > deadline:
@@ -402,12 +414,13 @@ class LoadRun:
             self._barrier = loop.create_future()
             self._barrier_id = f"callstate-load-barrier-{os.urandom(8).hex()}"
             await pb_grpc.EmulatorStub(channel).Call(
-                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)), timeout=10)
+                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
+                metadata=self.cfg.settings.metadata, timeout=10)
             try:
                 await asyncio.wait_for(self._barrier, max(1.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 pass   # reported: our calls the stream did not bring will show as not_ended
-            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+            after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
         return after
 
     def report(self, elapsed: float, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
@@ -493,11 +506,14 @@ def script_holds(plan: Plan) -> bool:
     return OUTCOMES[plan.outcome] == pb.OUTCOME_HOLD
 
 
-def _error_text(task: asyncio.Task[None]) -> str:
+def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
     if not task.done() or task.cancelled():
         return "no answer within 10 s"
     exc = task.exception()
-    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = settings.explain(exc.code(), exc.details()) if settings is not None else exc.details()
+        return f"{exc.code().name}: {details}"
+    return repr(exc)
 
 
 def _rounded(stats: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,11 @@ import os
 import sys
 
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
-from callstate.cli.options import (abort_code, bounded_int, epilog, non_negative_float, non_negative_int, outcome_mix,
-                                   para, port, positive_float)
+from callstate.cli.options import (abort_code, add_keepalive, bounded_int, env_token, epilog, non_negative_float,
+                                   non_negative_int, outcome_mix, para, pem_file, port, positive_float, token)
+from callstate.lifecycle import CLIENT
 from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
+from callstate.wire import TOKEN_ENV
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
 
@@ -85,6 +87,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
     add_metrics(p, "the server's calls, states, cancels and journal")
     add_otel(p)
+    g = p.add_argument_group("access (see the README, Security)")
+    g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
+                   "with --tls-key (default: plaintext)")
+    g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the certificate's private key")
+    g.add_argument("--tls-client-ca", type=pem_file, metavar="PEM",
+                   help="mutual TLS: require client certificates signed by this CA")
+    g.add_argument("--token", type=token, metavar="TOKEN",
+                   help=f"require 'authorization: Bearer TOKEN' on the Emulator and Journal services (health and "
+                        f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
+    add_keepalive(g, CLIENT)   # the peer whose silence ends the calls
     return p
 
 
@@ -92,6 +104,12 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
     from callstate.server.app import serve
 
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if opts.tls_client_ca is not None and opts.tls_cert is None:
+        print("callstate serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
                             max_in_flight=opts.max_in_flight, seed=opts.seed,
                             limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes,
@@ -105,7 +123,9 @@ def run(opts: argparse.Namespace) -> int:
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
                             max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
                             max_concurrent_streams=opts.max_concurrent_streams,
-                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind)
+                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+                            tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
+                            token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
@@ -114,7 +134,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         options.tracing = provider = tracer_provider(opts, "callstate-serve")
         asyncio.run(serve(options, port_file=opts.port_file))
-    except (OSError, ObserveError) as exc:
+    except (OSError, ValueError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -31,8 +31,8 @@ _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
 
 
 class ServerCall:
-    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_rec", "_journal",
-                 "_log")
+    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_rec",
+                 "_journal", "_log")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "") -> None:
         self.call_id = call_id
@@ -40,6 +40,7 @@ class ServerCall:
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
         self.stopping = False
+        self.cancel_key = ""   # the caller's secret: a cancel notice must repeat it (empty: anyone's notice)
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
         self._journal = journal
         self._log = log_append

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
 import random
 import time
@@ -27,7 +28,7 @@ from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_
 from callstate.statelog import Entry
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
-from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
@@ -100,7 +101,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if not call_id:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        if call_id in self.live:
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        if call_id in self.live:   # first come, first served: the call in flight is not touched
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
@@ -108,8 +112,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if self.on_dispatch is not None:
             self.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"))
+        call.cancel_key = request.cancel_key
         self.live[call_id] = call
-        if self._early_notices and self._early_notices.take(call_id):
+        if self._early_notices and self._early_notices.take(_notice_key(call_id, request.cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         try:
             try:
@@ -215,8 +220,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             check_call_id(call_id, self.config.limits)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         call = self.live.get(call_id)
         if call is not None:
+            if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    "the notice's cancel_key is not the one the call was made with")
             if call.lifecycle.ended:   # ended, still sending its status
                 return pb.CancelReply(delivered=False, state=call.state)
             state = call.state
@@ -225,8 +236,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         known = self._journal.get(call_id)
         if known is not None or not call_id:
             return pb.CancelReply(delivered=False, state=known.state if known else "")
-        # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch.
-        self._early_notices.remember(call_id)
+        # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
+        # under its id and key: it applies only to a call made with the same key.
+        self._early_notices.remember(_notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=True, state="")
 
 
@@ -303,6 +315,12 @@ class EarlyNotices:
         self._timer = None
         self._expire(time.monotonic())
         self._arm()
+
+
+def _notice_key(call_id: str, cancel_key: str) -> str:
+    """An early notice is kept under its call id and cancel key together: a stranger's notice
+    (another key) neither applies to the call nor displaces its owner's notice."""
+    return f"{call_id}\n{cancel_key}" if cancel_key else call_id
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

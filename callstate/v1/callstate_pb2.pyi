@@ -56,14 +56,16 @@ class Script(_message.Message):
     def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "script", "payload")
+    __slots__ = ("call_id", "script", "payload", "cancel_key")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_KEY_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     script: Script
     payload: bytes
-    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[Script, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    cancel_key: str
+    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[Script, _Mapping]] = ..., payload: _Optional[bytes] = ..., cancel_key: _Optional[str] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("call_id", "payload", "cancel_seen")
@@ -76,10 +78,12 @@ class CallReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("call_id",)
+    __slots__ = ("call_id", "cancel_key")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_KEY_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+    cancel_key: str
+    def __init__(self, call_id: _Optional[str] = ..., cancel_key: _Optional[str] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ("delivered", "state")
