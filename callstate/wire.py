@@ -14,3 +14,7 @@ CODE_KEY: Final = "callstate-code"
 def new_call_id() -> str:
     """Unguessable: 128 random bits, as hex."""
     return os.urandom(16).hex()
+
+# A pipe call's script (a serialized callstate.v1.PipeScript) for the streaming methods whose
+# first client message comes too late to carry it (PipeIn, PipeBoth); PipeOut takes it here too.
+PIPE_SCRIPT_KEY: Final = "callstate-pipe-script-bin"
