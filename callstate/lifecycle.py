@@ -13,6 +13,7 @@ table is illegal, and `next_state` says which side, which state and which move.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, Mapping
 
 from callstate import codes
@@ -403,10 +404,8 @@ def pipe_counts_detail(sent: int, received: int) -> str:
 
 def pipe_counts(detail: object) -> tuple[int, int] | None:
     """(sent, received) from a pipe transition's detail, or None when it carries none."""
-    if not isinstance(detail, str) or not detail.startswith("sent="):
-        return None
-    try:
-        sent, received = detail.split(" ", 2)[:2]
-        return int(sent.removeprefix("sent=")), int(received.removeprefix("received="))
-    except ValueError:
-        return None
+    m = _COUNTS.match(detail) if isinstance(detail, str) else None
+    return (int(m[1]), int(m[2])) if m else None
+
+
+_COUNTS: Final = re.compile(r"sent=(\d+) received=(\d+)")
