@@ -88,3 +88,50 @@ class PipeScript:
             interval_ms=round(self.interval * 1000), outcome_delay_ms=round(self.outcome_delay * 1000),
             abort_code=self.abort_code if self.outcome == "abort" else 0, abort_grpc_status=self.abort_status,
             abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel])
+
+
+# -- where a caller cancels a pipe call (`callstate call --pipe`, `callstate load --pipe-share`) --
+CANCEL_BEFORE_START: Final = "before-start"        # in state C: the call never goes out
+CANCEL_AFTER_HEADERS: Final = "after-headers"      # once the server's initial metadata arrived
+CANCEL_AFTER_SENT: Final = "after-sent"            # after the caller's Nth push completed
+CANCEL_AFTER_RECEIVED: Final = "after-received"    # after the caller's Nth pull
+CANCEL_AFTER_HALF_CLOSE: Final = "after-half-close"  # right after the caller's null push
+PIPE_CANCEL_POINTS: Final = (CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED,
+                             CANCEL_AFTER_HALF_CLOSE)
+_COUNTED: Final = (CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED)
+# the points each kind can reach: an out pipe's caller never pushes, an in pipe's never pulls
+KIND_CANCEL_POINTS: Final[dict[str, frozenset[str]]] = {
+    PIPE_IN: frozenset(PIPE_CANCEL_POINTS) - {CANCEL_AFTER_RECEIVED},
+    PIPE_OUT: frozenset({CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_RECEIVED}),
+    PIPE_BOTH: frozenset(PIPE_CANCEL_POINTS),
+}
+
+
+@dataclass(frozen=True)
+class PipeCancelPoint:
+    """Where a caller cancels a pipe: a point, and N messages for the counted ones."""
+
+    kind: str
+    count: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "PipeCancelPoint":
+        kind, _, arg = text.strip().partition(":")
+        if kind not in PIPE_CANCEL_POINTS:
+            raise ValueError(f"pipe cancel point {text!r}: expected one of before-start, after-headers, after-sent:N, "
+                             "after-received:N, after-half-close")
+        if (kind in _COUNTED) != bool(arg):
+            raise ValueError(f"pipe cancel point {text!r}: {kind} {'needs' if kind in _COUNTED else 'takes no'} :N")
+        try:
+            count = int(arg) if arg else 0
+        except ValueError:
+            raise ValueError(f"pipe cancel point {text!r}: {arg!r} is not a number of messages") from None
+        if kind in _COUNTED and count < 1:
+            raise ValueError(f"pipe cancel point {text!r}: N must be >= 1")
+        return cls(kind, count)
+
+    def applies_to(self, pipe_kind: str) -> bool:
+        return self.kind in KIND_CANCEL_POINTS[pipe_kind]
+
+    def __str__(self) -> str:
+        return self.kind + (f":{self.count}" if self.kind in _COUNTED else "")
