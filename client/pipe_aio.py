@@ -31,6 +31,9 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, PIPE_SCRIPT_KEY, new_call_id
 
 
+NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
+
+
 def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:
     return script.to_proto() if isinstance(script, PipeScript) else script
 
@@ -171,8 +174,11 @@ class AsyncPipe:
         core = self._need_rpc("close_push")
         core.null_push()
         try:
-            await self._rpc.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError):
+            # the null push travels as a message of its own: the server then knows the end of
+            # the stream is a half-close, not a cancel
+            if await _write_keeping_status(self._rpc, NULL_PUSH_MESSAGE):
+                await self._rpc.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
             pass   # the call ended meanwhile: its status says how
 
     async def pull(self) -> pb.PipeMessage | None:

@@ -16,9 +16,10 @@ from callstate.pipe_script import (CANCEL_AFTER_HALF_CLOSE, CANCEL_AFTER_HEADERS
 
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                      cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                     escalate_after: float | None = None, on_started: Callable[[AsyncPipe], None] | None = None) -> Any:
+                     escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None) -> Any:
     """Run the pipe call; returns `pipe.result()` (the PipeReply of an in pipe, else None) or
-    raises its CallError. `interval` paces the caller's pushes (part of the scenario)."""
+    raises its CallError. `interval` paces the caller's pushes (part of the scenario);
+    `half_close=False` keeps the caller's pipe open after its pushes (no null push)."""
     point = cancel_at.kind if cancel_at is not None else None
 
     def cancel() -> None:
@@ -52,7 +53,7 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
                 return
             if interval:
                 await asyncio.sleep(interval)
-        if pipe.state == PUSH and not pipe.done():
+        if half_close and pipe.state == PUSH and not pipe.done():
             await pipe.close_push()
             if point == CANCEL_AFTER_HALF_CLOSE:
                 cancel()

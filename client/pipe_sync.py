@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import grpc
 
 from callstate import codes
-from callstate.client.pipe_aio import check_kind, pipe_script_proto
+from callstate.client.pipe_aio import NULL_PUSH_MESSAGE, check_kind, pipe_script_proto
 from callstate.client.pipe_core import ACT, PipeCore
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, notice_failed, notice_outcome
 from callstate.errors import CallError
@@ -152,7 +152,9 @@ class Pipe:
         core.pushed()
 
     def close_push(self) -> None:
+        """The null push: a null-push message (see AsyncPipe.close_push), then the half-close."""
         self._need_rpc("close_push").null_push()
+        self._feeder.put(NULL_PUSH_MESSAGE)
         self._feeder.close()
 
     def pull(self) -> pb.PipeMessage | None:

@@ -43,6 +43,10 @@ _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUT
 _BEFORE, _AFTER_IN, _AFTER_OUT, _AFTER_HC, _END = (pb.PIPE_POINT_BEFORE_FIRST, pb.PIPE_POINT_AFTER_IN,
                                                    pb.PIPE_POINT_AFTER_OUT, pb.PIPE_POINT_AFTER_HALF_CLOSE,
                                                    pb.PIPE_POINT_UNSPECIFIED)
+# An end of the request stream without the caller's null-push message may be a cancel whose
+# CancelledError has not arrived yet (measured: 3 loop iterations were not always enough):
+# a few yields, then a few milliseconds, before it is taken for a half-close.
+_HALF_CLOSE_GRACE = (0, 0, 0, 0.001, 0.004)
 # How a cancel shows up on a write or read while gRPC tears the call down.
 _CANCEL_ERRORS = (asyncio.CancelledError, cygrpc.ExecuteBatchError, cygrpc.InternalError)
 
@@ -65,6 +69,7 @@ class PipeRun:
         self.reader_done = False      # the client's stream ended (a half-close, or a cancel)
         self.reader_error: BaseException | None = None
         self.half_closed = False      # confirmed: the client's null push arrived
+        self.null_push_seen = False   # it came as an explicit null-push message
         self._reader: asyncio.Task[None] | None = None
         self.log_messages = owner.log_messages
         self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
@@ -89,6 +94,9 @@ class PipeRun:
         call, stop_at = self.call, self._wake_count()
         try:
             async for msg in self.requests:  # type: ignore[union-attr]
+                if msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
+                    self.null_push_seen = True
+                    break
                 self.received += 1
                 self.received_bytes += len(msg.payload)
                 if self.log_messages and not call.lifecycle.ended:
@@ -113,14 +121,16 @@ class PipeRun:
                 pass
 
     async def confirm_half_close(self) -> None:
-        """The client's stream ended: a null push, or a cancel not surfaced yet. Yield to the
-        loop so a pending cancel arrives first (as CancelledError here), then decide."""
+        """The client's stream ended: a null push, or a cancel not surfaced yet. A callstate
+        client says which with its null-push message; for any other client, wait a moment for a
+        pending cancel to surface (as CancelledError here, or context.cancelled()), then decide."""
         if self.half_closed:
             return
-        for _ in range(3):
-            if self.reader_error is not None or self.context.cancelled() or self.context.done():
-                raise asyncio.CancelledError("the client's stream ended by a cancel")
-            await asyncio.sleep(0)
+        if not self.null_push_seen:
+            for pause in _HALF_CLOSE_GRACE:
+                if self.reader_error is not None or self.context.cancelled() or self.context.done():
+                    raise asyncio.CancelledError("the client's stream ended by a cancel")
+                await asyncio.sleep(pause)
         if self.reader_error is not None or self.context.cancelled() or self.context.done():
             raise asyncio.CancelledError("the client's stream ended by a cancel")
         self.half_closed = True
@@ -212,8 +222,9 @@ class PipeRun:
                 await self.check_signals()
                 if self.reader_done and not self.half_closed and self.kind == PIPE_BOTH:
                     await self.confirm_half_close()
-            await write(pb.PipeMessage(seq=self.sent + 1, payload=payload))
+            # counted when handed to gRPC: a cancel can interrupt the await after the message left
             self.sent += 1
+            await write(pb.PipeMessage(seq=self.sent, payload=payload))
             if log_messages:
                 call.move(SEND_COMPLETE, detail=f"seq={self.sent}")
             if interval:

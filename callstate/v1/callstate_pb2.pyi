@@ -133,12 +133,14 @@ class PipeScript(_message.Message):
     def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., at: _Optional[_Union[PipePoint, str]] = ..., at_count: _Optional[int] = ..., messages: _Optional[int] = ..., message_bytes: _Optional[int] = ..., interval_ms: _Optional[int] = ..., outcome_delay_ms: _Optional[int] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
 
 class PipeMessage(_message.Message):
-    __slots__ = ("seq", "payload")
+    __slots__ = ("seq", "payload", "null_push")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    NULL_PUSH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     payload: bytes
-    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    null_push: bool
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., null_push: _Optional[bool] = ...) -> None: ...
 
 class PipeRequest(_message.Message):
     __slots__ = ("call_id", "script")
