@@ -280,3 +280,28 @@ def test_call_cli_drives_pipes_as_the_readme_shows(pipe_server: ServerProcess) -
         assert f"final: {code} " in out.stderr, (args, out.stderr)
     bad = cli("call", "--target", pipe_server.target, "--pipe", "out", "--cancel-at", "after-sent:1")
     assert bad.returncode == 2 and "does not apply to an out pipe" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_load_with_a_pipe_share_checks_both_sides_of_every_pipe(pipe_server: ServerProcess, tmp_path: Path) -> None:
+    import json
+    import time
+
+    report_path, log = tmp_path / "report.json", tmp_path / "client.jsonl"
+    result = cli("load", "--target", pipe_server.target, "--calls", "600", "--concurrency", "16", "--seed", "11",
+                 "--pipes", "in=25,out=25,both=30", "--cancel", "abortive=40,non-abortive=30",
+                 "--report", str(report_path), "--log-file", str(log), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["check"]["ok"] and report["calls"] == 600
+    paths = report["paths"]
+    assert {"pipe-in", "pipe-out", "pipe-both"} <= set(paths)
+    assert {f"pipe-cancel-at-{p}" for p in ("before-start", "after-headers", "after-sent", "after-received",
+                                            "after-half-close")} <= set(paths), paths
+    pipe_calls = {e["call_id"] for e in read_entries(log) if e.get("move", "").startswith("call_")}
+    assert len(pipe_calls) == paths["pipe-in"] + paths["pipe-out"] + paths["pipe-both"]
+    deadline = time.monotonic() + 5
+    while not (offline := check_files([log, pipe_server.log])).ok and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert offline.ok, offline.summary()
+    bad = cli("load", "--target", pipe_server.target, "--pipes", "in=90,out=20")
+    assert bad.returncode == 2 and "more than 100%" in bad.stderr and "Traceback" not in bad.stderr
