@@ -305,3 +305,81 @@ def test_load_with_a_pipe_share_checks_both_sides_of_every_pipe(pipe_server: Ser
     assert offline.ok, offline.summary()
     bad = cli("load", "--target", pipe_server.target, "--pipes", "in=90,out=20")
     assert bad.returncode == 2 and "more than 100%" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_null_push_message_is_the_half_close(pipe_server: ServerProcess) -> None:
+    """The caller's null push travels as a message of its own: the server takes it for the
+    half-close at once, even while the stream stays open (no end of stream to interpret)."""
+    async def go() -> tuple[grpc.StatusCode, Any]:
+        from callstate.wire import PIPE_SCRIPT_KEY
+        script = PipeScript(outcome="abort", abort_code=5007, at="after-half-close").to_proto()
+        async with grpc.aio.insecure_channel(pipe_server.target) as channel:
+            call = pb_grpc.EmulatorStub(channel).PipeIn(metadata=((PIPE_SCRIPT_KEY, script.SerializeToString()),),
+                                                       timeout=10)
+            await call.write(pb.PipeMessage(seq=1, payload=b"x"))
+            await call.write(pb.PipeMessage(null_push=True))   # and no done_writing(): the stream stays open
+            try:
+                await call
+            except grpc.aio.AioRpcError:
+                pass
+            return await call.code(), await call.trailing_metadata()
+    status, trailers = asyncio.run(go())
+    assert status == grpc.StatusCode.ABORTED and ("callstate-code", "5007") in tuple(trailers)
+
+
+def test_a_push_racing_the_servers_early_end_keeps_the_servers_code(pipe_server: ServerProcess, tmp_path: Path) -> None:
+    """The caller keeps pushing while the server aborts after the 2nd message: grpc.aio would
+    report its own INTERNAL for the failed write; the client must report the server's code."""
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> list[int]:
+        got = []
+        async with AsyncClient(pipe_server.target, log=log) as client:
+            for _ in range(25):
+                pipe = client.pipe("in", PipeScript(outcome="abort", abort_code=5008, at="after-in", at_count=2))
+                try:
+                    await drive_pipe(pipe, messages=200)
+                    got.append(0)
+                except CallError as err:
+                    got.append(err.code)
+        return got
+    assert set(asyncio.run(go())) == {5008}
+
+
+def test_both_clients_send_their_null_push_as_a_message_before_the_half_close() -> None:
+    """Against a recording grpc.aio server: the sync and asyncio pipes end their pipe with a
+    null-push message, then half-close."""
+    from callstate.v1.callstate_pb2_grpc import EmulatorServicer, add_EmulatorServicer_to_server
+
+    seen: list[list[pb.PipeMessage]] = []
+
+    class Recorder(EmulatorServicer):
+        async def PipeIn(self, requests, context):  # type: ignore[no-untyped-def]
+            got = [m async for m in requests]
+            seen.append(got)
+            return pb.PipeReply(received=len(got))
+
+    async def go() -> None:
+        server = grpc.aio.server()
+        add_EmulatorServicer_to_server(Recorder(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with AsyncClient(f"127.0.0.1:{port}") as client:
+                pipe = client.pipe("in").start()
+                await pipe.push(b"a")
+                await pipe.close_push()
+                await pipe.result(timeout=10)
+
+            def sync() -> None:
+                with Client(f"127.0.0.1:{port}") as client:
+                    pipe = client.pipe("in").start()
+                    pipe.push(b"b")
+                    pipe.close_push()
+                    pipe.result(timeout=10)
+            await asyncio.to_thread(sync)
+        finally:
+            await server.stop(1)
+    asyncio.run(go())
+    assert [[(m.payload, m.null_push) for m in got] for got in seen] == [[(b"a", False), (b"", True)],
+                                                                         [(b"b", False), (b"", True)]]
