@@ -420,3 +420,31 @@ def test_a_cancel_surfacing_as_grpcs_batch_error_on_a_blocked_write_is_a_cancel_
     finally:
         srv.stop()
     assert check_files([log, srv.log]).ok
+
+
+def test_server_shutdown_ends_pipes_in_flight_on_both_sides(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> list[int]:
+        async with AsyncClient(srv.target, log=log) as client:
+            pipes = [client.pipe(kind, PipeScript(outcome="hold")).start() for kind in ("in", "out", "both")]
+            for pipe in pipes:
+                await pipe.headers()
+            await srv.await_entries(pipes[-1].call_id, until=lambda es: "Push" in states(es))
+            srv.proc.send_signal(2)   # SIGINT: graceful stop
+            got = []
+            for pipe in pipes:
+                try:
+                    await pipe.result(timeout=10)
+                    got.append(0)
+                except CallError as err:
+                    got.append(err.code)
+            return got
+    try:
+        assert asyncio.run(go()) == [codes.RPC_S_SERVER_UNAVAILABLE] * 3
+        assert srv.proc.wait(15) == 0
+    finally:
+        srv.stop()
+    report = check_files([log, srv.log], server_in_flight=0)
+    assert report.ok, report.summary()
