@@ -426,9 +426,12 @@ def test_server_shutdown_ends_pipes_in_flight_on_both_sides(tmp_path: Path) -> N
     srv = start_server(tmp_path)
     log = tmp_path / "client.jsonl"
 
+    ids = []
+
     async def go() -> list[int]:
         async with AsyncClient(srv.target, log=log) as client:
             pipes = [client.pipe(kind, PipeScript(outcome="hold")).start() for kind in ("in", "out", "both")]
+            ids.extend(p.call_id for p in pipes)
             for pipe in pipes:
                 await pipe.headers()
             await srv.await_entries(pipes[-1].call_id, until=lambda es: "Push" in states(es))
@@ -448,3 +451,7 @@ def test_server_shutdown_ends_pipes_in_flight_on_both_sides(tmp_path: Path) -> N
         srv.stop()
     report = check_files([log, srv.log], server_in_flight=0)
     assert report.ok, report.summary()
+    for call_id in ids:   # the server ended them itself (RpcAsyncAbortCall 1722), not by a cancel at the grace deadline
+        entries = read_entries(srv.log, call_id)
+        assert final(entries)["code"] == codes.RPC_S_SERVER_UNAVAILABLE and final(entries)["move"] == "aborted"
+        assert not [e for e in entries if e["event"] == "cancel_seen"]
