@@ -341,11 +341,12 @@ async def _pull_streams(target: str, client: str, streams: int, messages: int, l
             return pipe.received
         close = cs.close
     await asyncio.gather(*(one() for _ in range(streams)))   # warm-up
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     got = await asyncio.gather(*(one() for _ in range(streams)))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await close()
-    return {"messages": sum(got), "seconds": seconds, "messages_per_s": sum(got) / seconds}
+    return {"messages": sum(got), "seconds": seconds, "messages_per_s": sum(got) / seconds,
+            "client_cpu_us_per_message": cpu / sum(got) * 1e6}
 
 
 async def _cancel_pipes(kind: str, target: str, n: int, log: Path | None) -> dict[str, float]:
@@ -385,27 +386,34 @@ async def _cancel_pipes(kind: str, target: str, n: int, log: Path | None) -> dic
 
 def bench_pipes(tmp: Path, rounds: int, streams: int, messages: int, cancels: int) -> dict[str, Any]:
     from callstate.check import percentiles
-    server_runs: dict[str, list[float]] = {"bare": [], "callstate": []}
+    server_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
     for _ in range(rounds):
         for kind in ("bare", "callstate"):
             srv = Server(kind, tmp)
             try:
-                server_runs[kind].append(asyncio.run(_pull_streams(srv.target, "bare", streams, messages, None))[
-                    "messages_per_s"])
+                cpu0 = srv.cpu()
+                run = asyncio.run(_pull_streams(srv.target, "bare", streams, messages, None))
+                # server CPU over warm-up and timed part (2 x the messages), in both kinds alike
+                run["server_cpu_us_per_message"] = (srv.cpu() - cpu0) / (2 * run["messages"]) * 1e6
+                server_runs[kind].append(run)
             finally:
                 srv.stop()
-    client_runs: dict[str, list[float]] = {"bare": [], "callstate": []}
+    client_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
     srv = Server("bare", tmp)
     try:
         for _ in range(rounds):
             for kind in ("bare", "callstate"):
                 log = tmp / "pipe-client.jsonl" if kind == "callstate" else None
-                client_runs[kind].append(asyncio.run(_pull_streams(srv.target, kind, streams, messages, log))[
-                    "messages_per_s"])
+                client_runs[kind].append(asyncio.run(_pull_streams(srv.target, kind, streams, messages, log)))
     finally:
         srv.stop()
-    out: dict[str, Any] = {"server": {k: statistics.median(v) for k, v in server_runs.items()},
-                           "client": {k: statistics.median(v) for k, v in client_runs.items()},
+
+    def med(runs: dict[str, list[dict[str, float]]], key: str) -> dict[str, float]:
+        return {k: statistics.median(r[key] for r in v) for k, v in runs.items()}
+    out: dict[str, Any] = {"server": med(server_runs, "messages_per_s"),
+                           "server_cpu_us": med(server_runs, "server_cpu_us_per_message"),
+                           "client": med(client_runs, "messages_per_s"),
+                           "client_cpu_us": med(client_runs, "client_cpu_us_per_message"),
                            "rounds": {"server": server_runs, "client": client_runs}}
     for kind in ("bare", "callstate"):
         srv = Server(kind, tmp, "--max-hold", "600")
@@ -418,9 +426,13 @@ def bench_pipes(tmp: Path, rounds: int, streams: int, messages: int, cancels: in
         out[f"cancel_{kind}"] = percentiles(delays) | {"missing": len(sent) - len(delays)}
     print(f"out pipes: {streams} streams of {messages} messages (64 bytes) at once; median of {rounds} alternating rounds")
     print(ratio_line("server messages/s (state log on)", out["server"]["bare"], out["server"]["callstate"], "msg/s"))
+    print(ratio_line("server CPU per message", out["server_cpu_us"]["bare"], out["server_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
     print(ratio_line("client messages/s (state log on)", out["client"]["bare"], out["client"]["callstate"], "msg/s"))
-    print(f"  rounds: server {[[round(x) for x in v] for v in server_runs.values()]}, "
-          f"client {[[round(x) for x in v] for v in client_runs.values()]}")
+    print(ratio_line("client CPU per message", out["client_cpu_us"]["bare"], out["client_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
+    print(f"  rounds (msg/s): server {[[round(r['messages_per_s']) for r in v] for v in server_runs.values()]}, "
+          f"client {[[round(r['messages_per_s']) for r in v] for v in client_runs.values()]}")
     b, c = out["cancel_bare"], out["cancel_callstate"]
     print(f"cancel propagation: {cancels} held out pipes, each cancelled after its 3rd message (client cancel -> "
           f"server sees it)")

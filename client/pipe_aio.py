@@ -15,7 +15,7 @@ The lifecycle is `PipeCore`'s, shared with the sync `Pipe`; only the waiting dif
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from grpc._cython import cygrpc
@@ -183,13 +183,14 @@ class AsyncPipe:
 
     async def pull(self) -> pb.PipeMessage | None:
         """Pull one message (its receive-complete notification), or None at the server's null push."""
-        core = self._need_rpc("pull")
-        if self.kind == PIPE_IN:
+        rpc, core = self._rpc, self._core
+        if rpc is None or self.kind == PIPE_IN:
+            self._need_rpc("pull")
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="an in pipe has nothing to pull")
         try:
-            msg = await self._rpc.read()
+            msg = await rpc.read()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self._rpc.cancelled():
+            if isinstance(exc, asyncio.CancelledError) and not rpc.cancelled():
                 raise
             msg = grpc.aio.EOF
         if msg is grpc.aio.EOF:
@@ -198,12 +199,14 @@ class AsyncPipe:
         core.pulled()
         return msg
 
-    def __aiter__(self) -> AsyncIterator[pb.PipeMessage]:
-        return self._pull_all()
+    def __aiter__(self) -> "AsyncPipe":
+        return self
 
-    async def _pull_all(self) -> AsyncIterator[pb.PipeMessage]:
-        while (msg := await self.pull()) is not None:
-            yield msg
+    async def __anext__(self) -> pb.PipeMessage:
+        msg = await self.pull()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
 
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
         """RpcAsyncCancelCall, as for unary calls: abortive is a gRPC cancel (the notification is

@@ -111,7 +111,7 @@ class PipeCore:
 
     def pulled(self) -> None:
         """A pull's receive-complete notification (a message arrived)."""
-        self.received += 1
+        self.received += 1   # unlocked: only the one task or thread pulling touches it
         if self.log_messages:
             with self._lock:
                 if RECEIVE_COMPLETE in table_for(CLIENT, self.kind)[self.lifecycle.state]:
