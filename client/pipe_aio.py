@@ -15,7 +15,7 @@ The lifecycle is `PipeCore`'s, shared with the sync `Pipe`; only the waiting dif
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from grpc._cython import cygrpc
@@ -116,6 +116,17 @@ class AsyncPipe:
 
     def done(self) -> bool:
         return self._core.notified
+
+    def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
+        """Call `callback(pipe)` on the loop once the call-complete notification arrives (for an
+        out pipe or both, after the caller has pulled the server's messages: the status follows
+        them, and like `wait()` this pulls them). At once (soon) when it has."""
+        if self._core.notified or self._driver is None:
+            asyncio.get_running_loop().call_soon(callback, self)
+            return
+        self._driver.add_done_callback(lambda _: callback(self))
+        if self.kind != PIPE_IN and self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
 
     def status(self) -> int:
         return self._core.status()

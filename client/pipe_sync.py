@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -98,6 +98,8 @@ class Pipe:
         self._escalation: threading.Timer | None = None
         self._drainer: threading.Thread | None = None
         self._completed_for_caller = False
+        self._callbacks: list[Callable[["Pipe"], None]] = []
+        self._callbacks_lock = threading.Lock()
 
     call_id = property(lambda self: self._core.call_id)
     state = property(lambda self: self._core.state)
@@ -108,6 +110,22 @@ class Pipe:
 
     def done(self) -> bool:
         return self._core.notified
+
+    def add_done_callback(self, callback: Callable[["Pipe"], None]) -> None:
+        """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
+        or at once when it has. Like `wait()`, it pulls the server's remaining messages (out
+        pipe, both) on a helper thread: the status follows them."""
+        with self._callbacks_lock:
+            if not self._notified.is_set():
+                self._callbacks.append(callback)
+                self._start_drainer()
+                return
+        callback(self)
+
+    def _start_drainer(self) -> None:
+        if self._responses is not None and self._drainer is None:
+            self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
+            self._drainer.start()
 
     def status(self) -> int:
         return self._core.status()
@@ -176,7 +194,7 @@ class Pipe:
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
         if self._core.cancel(abortive, self._rpc is not None) != ACT:
             if self._core.notified:   # cancelled before start, or already notified
-                self._notified.set()
+                self._set_notified()
             return
         if abortive:
             self._rpc.cancel()
@@ -225,7 +243,14 @@ class Pipe:
                                                          cancelled_here=here, abortive_cancel=core.abortive_cancel)
         core.notify(code, reply, status, details)
         if core.notified:
+            self._set_notified()
+
+    def _set_notified(self) -> None:
+        with self._callbacks_lock:
             self._notified.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
@@ -233,9 +258,7 @@ class Pipe:
         if self._core.notified:
             return True
         self._need_rpc("wait")
-        if self._responses is not None and self._drainer is None:
-            self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
-            self._drainer.start()
+        self._start_drainer()
         if not self._notified.wait(timeout):
             return False
         return self._core.notified

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,11 +143,15 @@ def test_cancel_once_the_server_has_the_half_close(pipe_server: ServerProcess, t
     async def go() -> tuple[Any, list[dict[str, Any]]]:
         async with AsyncClient(pipe_server.target, log=log) as client:
             pipe = client.pipe(kind, PipeScript(outcome="hold", messages=0)).start()
+            called = asyncio.Event()
+            pipe.add_done_callback(lambda p: called.set())
             await pipe.push(b"x")
             await pipe.close_push()
             entries = await pipe_server.await_entries(pipe.call_id, until=lambda es: "NP" in states(es))
             assert states(entries)[-1] == "NP"      # evidence: the server pulled the null push
             pipe.cancel()
+            await asyncio.wait_for(called.wait(), 10)   # the callback style: then complete
+            assert pipe.status() == codes.RPC_S_CALL_CANCELLED
             with pytest.raises(CallError) as info:
                 await pipe.result(timeout=10)
             assert info.value.code == codes.RPC_S_CALL_CANCELLED
@@ -188,7 +193,10 @@ def test_sync_pipes_follow_the_same_lifecycle(pipe_server: ServerProcess, tmp_pa
         assert info.value.code == codes.RPC_S_CALL_CANCELLED and held.received >= 2
         assert held.history == ["C", "Pull", "Can", "WComp", "Comp", "End"]
         both = client.pipe("both", PipeScript(outcome="abort", abort_code=5006, at="after-in", at_count=1)).start()
+        notified = threading.Event()
+        both.add_done_callback(lambda p: notified.set())   # the callback style of notification
         both.push(b"x")
+        assert notified.wait(10) and both.status() == 5006
         with pytest.raises(CallError) as info:
             both.result(timeout=10)
         assert info.value.code == 5006
