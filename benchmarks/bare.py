@@ -56,6 +56,27 @@ class BareEmulator(pb_grpc.EmulatorServicer):
         return pb.CallReply()  # pragma: no cover
 
 
+    async def PipeOut(self, request: pb.PipeRequest, context: grpc.aio.ServicerContext) -> None:
+        """The out pipe without a lifecycle: the scripted number of messages as fast as the
+        stream takes them, or (hold) one every interval until the caller cancels."""
+        script = request.script
+        payload = bytes(script.message_bytes)
+        hold = script.outcome == pb.OUTCOME_HOLD
+        self.in_flight += 1
+        try:
+            seq = 0
+            while hold or seq < script.messages:
+                seq += 1
+                await context.write(pb.PipeMessage(seq=seq, payload=payload))
+                if hold:
+                    await asyncio.sleep(script.interval_ms / 1000)
+        except BaseException:   # CancelledError, or grpc's internal error on the write
+            self.cancelled_at[request.call_id] = time.time()
+            raise
+        finally:
+            self.in_flight -= 1
+
+
 class BareJournal(pb_grpc.JournalServicer):
     def __init__(self, emulator: BareEmulator) -> None:
         self.emulator = emulator

@@ -21,6 +21,10 @@ locust   CallstateUser beside a bare Locust gRPC user (a raw stub, Locust's reci
 security the server's calls/s in plaintext, with cancel keys, with TLS, and with TLS and a
          bearer token, callstate vs a bare grpc.aio server with the same credentials (same
          bare client): what TLS, the token check and the ownership check cost each
+pipes    out pipes (server-streaming): messages/s of callstate serve (state log on) vs a
+         bare grpc.aio streaming server, same bare client; of the callstate asyncio pipe
+         client (state log on) vs a bare client, same bare server; and cancel propagation
+         of held pipes cancelled after their 3rd message, callstate vs bare
 """
 
 from __future__ import annotations
@@ -536,6 +540,135 @@ def bench_million(tmp: Path, calls: int, concurrency: int) -> dict[str, Any]:
     return out
 
 
+async def _pull_streams(target: str, client: str, streams: int, messages: int, log: Path | None) -> dict[str, float]:
+    """`streams` out pipes at once, each pulling `messages` messages of 64 bytes to the end."""
+    script = pb.PipeScript(outcome=pb.OUTCOME_COMPLETE, messages=messages, message_bytes=64)
+    if client == "bare":
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+
+        async def one() -> int:
+            call_id = os.urandom(16).hex()
+            call = stub.PipeOut(pb.PipeRequest(call_id=call_id, script=script), metadata=(("callstate-call-id", call_id),))
+            n = 0
+            while await call.read() is not grpc.aio.EOF:   # read(): the same calls the pipe client makes
+                n += 1
+            return n
+        close = channel.close
+    else:
+        from callstate.client import AsyncClient
+        cs = AsyncClient(target, log=log)
+
+        async def one() -> int:
+            pipe = cs.pipe("out", script).start()
+            async for _ in pipe:
+                pass
+            await pipe.result()
+            return pipe.received
+        close = cs.close
+    await asyncio.gather(*(one() for _ in range(streams)))   # warm-up
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    got = await asyncio.gather(*(one() for _ in range(streams)))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    await close()
+    return {"messages": sum(got), "seconds": seconds, "messages_per_s": sum(got) / seconds,
+            "client_cpu_us_per_message": cpu / sum(got) * 1e6}
+
+
+async def _cancel_pipes(kind: str, target: str, n: int, log: Path | None) -> dict[str, float]:
+    """n held out pipes one after the other, each cancelled (abortively) after its 3rd message."""
+    script = pb.PipeScript(outcome=pb.OUTCOME_HOLD, interval_ms=1)
+    sent: dict[str, float] = {}
+    if kind == "bare":
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+        for _ in range(n):
+            call_id = os.urandom(16).hex()
+            call = stub.PipeOut(pb.PipeRequest(call_id=call_id, script=script))
+            for _ in range(3):
+                await call.read()
+            sent[call_id] = time.time()
+            call.cancel()
+            try:
+                await call
+            except BaseException:   # asyncio.CancelledError
+                pass
+        await channel.close()
+    else:
+        from callstate.client import AsyncClient, CallError
+        async with AsyncClient(target, log=log) as client:
+            for _ in range(n):
+                pipe = client.pipe("out", script).start()
+                for _ in range(3):
+                    await pipe.pull()
+                sent[pipe.call_id] = time.time()
+                pipe.cancel()
+                try:
+                    await pipe.result()
+                except CallError:
+                    pass
+    return sent
+
+
+def bench_pipes(tmp: Path, rounds: int, streams: int, messages: int, cancels: int) -> dict[str, Any]:
+    from callstate.check import percentiles
+    server_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):
+        for kind in ("bare", "callstate"):
+            srv = Server(kind, tmp)
+            try:
+                cpu0 = srv.cpu()
+                run = asyncio.run(_pull_streams(srv.target, "bare", streams, messages, None))
+                # server CPU over warm-up and timed part (2 x the messages), in both kinds alike
+                run["server_cpu_us_per_message"] = (srv.cpu() - cpu0) / (2 * run["messages"]) * 1e6
+                server_runs[kind].append(run)
+            finally:
+                srv.stop()
+    client_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    srv = Server("bare", tmp)
+    try:
+        for _ in range(rounds):
+            for kind in ("bare", "callstate"):
+                log = tmp / "pipe-client.jsonl" if kind == "callstate" else None
+                client_runs[kind].append(asyncio.run(_pull_streams(srv.target, kind, streams, messages, log)))
+    finally:
+        srv.stop()
+
+    def med(runs: dict[str, list[dict[str, float]]], key: str) -> dict[str, float]:
+        return {k: statistics.median(r[key] for r in v) for k, v in runs.items()}
+    out: dict[str, Any] = {"server": med(server_runs, "messages_per_s"),
+                           "server_cpu_us": med(server_runs, "server_cpu_us_per_message"),
+                           "client": med(client_runs, "messages_per_s"),
+                           "client_cpu_us": med(client_runs, "client_cpu_us_per_message"),
+                           "rounds": {"server": server_runs, "client": client_runs}}
+    for kind in ("bare", "callstate"):
+        srv = Server(kind, tmp, "--max-hold", "600")
+        try:
+            sent = asyncio.run(_cancel_pipes(kind, srv.target, cancels, tmp / "pipe-cancel-client.jsonl"))
+        finally:
+            srv.stop()
+        seen = _cancel_times(kind, srv)
+        delays = [(seen[i] - t) * 1000 for i, t in sent.items() if i in seen]
+        out[f"cancel_{kind}"] = percentiles(delays) | {"missing": len(sent) - len(delays)}
+    print(f"out pipes: {streams} streams of {messages} messages (64 bytes) at once; median of {rounds} alternating rounds")
+    print(ratio_line("server messages/s (state log on)", out["server"]["bare"], out["server"]["callstate"], "msg/s"))
+    print(ratio_line("server CPU per message", out["server_cpu_us"]["bare"], out["server_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
+    print(ratio_line("client messages/s (state log on)", out["client"]["bare"], out["client"]["callstate"], "msg/s"))
+    print(ratio_line("client CPU per message", out["client_cpu_us"]["bare"], out["client_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
+    print(f"  rounds (msg/s): server {[[round(r['messages_per_s']) for r in v] for v in server_runs.values()]}, "
+          f"client {[[round(r['messages_per_s']) for r in v] for v in client_runs.values()]}")
+    b, c = out["cancel_bare"], out["cancel_callstate"]
+    print(f"cancel propagation: {cancels} held out pipes, each cancelled after its 3rd message (client cancel -> "
+          f"server sees it)")
+    for q in ("p50", "p99", "max"):
+        print(f"  {q:<5} bare {b[q]:7.3f} ms   callstate {c[q]:7.3f} ms")
+    print(f"  p99 ratio {c['p99'] / b['p99']:.2f}x bare; seen by the server: bare {b['count']}/{cancels}, "
+          f"callstate {c['count']}/{cancels}")
+    return out
+
+
 MILLION_DRIVER = """
 import asyncio, os, sys
 import grpc
@@ -595,7 +728,7 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, client, cancel, held, metrics, million, locust, security (default: all)")
+                        help="server, client, cancel, held, metrics, million, locust, security, pipes (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
@@ -604,9 +737,12 @@ def main() -> int:
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--locust-users", type=int, default=20, help="locust: users, half of each class")
     parser.add_argument("--locust-duration", type=float, default=15.0, help="locust: seconds per round")
+    parser.add_argument("--streams", type=int, default=8, help="pipes: out pipes at once")
+    parser.add_argument("--messages", type=int, default=20_000, help="pipes: messages per out pipe")
+    parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security"]
+    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -630,6 +766,8 @@ def main() -> int:
                 results[which] = bench_locust(tmp, opts.rounds, opts.locust_duration, opts.locust_users)
             elif which == "security":
                 results[which] = bench_security(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "pipes":
+                results[which] = bench_pipes(tmp, opts.rounds, opts.streams, opts.messages, opts.pipe_cancels)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

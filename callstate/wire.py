@@ -37,3 +37,6 @@ MAX_CANCEL_KEY: Final = 128
 def new_cancel_key() -> str:
     """A call's secret: a cancel notice must repeat it to reach the call."""
     return os.urandom(16).hex()
+# A pipe call's script (a serialized callstate.v1.PipeScript) for the streaming methods whose
+# first client message comes too late to carry it (PipeIn, PipeBoth); PipeOut takes it here too.
+PIPE_SCRIPT_KEY: Final = "callstate-pipe-script-bin"

@@ -12,6 +12,7 @@ from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, channel_settings, epilog, finite_float, grpc_status, int64,
                                    non_negative_float, para, positive_float, text)
+from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Script
 
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
                                         "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
-                       epilog=epilog() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=epilog() + "\n" + EXAMPLES + PIPE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
                    help="what the server's handler does (default: %(default)s)")
@@ -62,10 +63,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--json", action="store_true", help="print state entries as JSON lines")
     p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
     add_otel(p)
+    add_pipe_options(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    if opts.pipe:
+        return run_pipe(opts)
     from callstate.observe import ObserveError
 
     provider = None

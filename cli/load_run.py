@@ -32,12 +32,17 @@ from callstate.cli.live_stats import LiveStats
 from callstate.cli.live_view import LiveView
 from callstate.cli.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
-from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, SERVER
+from callstate.client.pipe_drive import drive_pipe
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
+from callstate.pipe_script import PipeCancelPoint, PipeScript
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
 from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+_DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
+
 
 @dataclass
 class LoadConfig:
@@ -178,6 +183,8 @@ class LoadRun:
 
     async def one(self, client: AsyncClient, plan: Plan, payload: bytes) -> None:
         """One call, already counted by `_claim`."""
+        if plan.pipe is not None:
+            return await self.one_pipe(client, plan)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         self.paths[plan.outcome] += 1
@@ -215,6 +222,37 @@ class LoadRun:
         finally:
             if timer is not None:
                 timer.cancel()
+            self.in_flight -= 1
+        self.finished += 1
+        self.by_code[code] += 1
+        self.latency[code].append((time.perf_counter() - t0) * 1000)
+
+    async def one_pipe(self, client: AsyncClient, plan: Plan) -> None:
+        """One pipe call: each side pushes the scenario's messages; cancelled at a point counted
+        in messages (a held pipe not in the cancelled share: abortively, after its headers)."""
+        t0 = time.perf_counter()
+        scenario = self.cfg.scenario
+        self.paths[f"pipe-{plan.pipe}"] += 1
+        self.paths[plan.outcome] += 1
+        point, cancel = plan.pipe_point, plan.cancel
+        if point is None and plan.outcome == "hold":
+            point, cancel = PipeCancelPoint.parse("after-headers"), ABORTIVE
+        if cancel is not None and point is not None:
+            self.paths[f"cancel-{cancel}"] += 1
+            self.paths[f"pipe-cancel-at-{point.kind}"] += 1
+        script = PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
+                            message_bytes=self.cfg.payload, abort_code=scenario.abort_code,
+                            interval=0.005 if plan.outcome == "hold" else 0.0)
+        pipe = client.pipe(plan.pipe, script)  # type: ignore[arg-type]
+        self.ids.add(pipe.call_id)
+        try:
+            await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
+                             cancel_at=point if cancel else None, abortive=cancel == ABORTIVE,
+                             escalate_after=scenario.escalate_after)
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code = err.code
+        finally:
             self.in_flight -= 1
         self.finished += 1
         self.by_code[code] += 1
@@ -309,7 +347,7 @@ class LoadRun:
                         self._our_server_ends += 1
                     elif e.call_id == self._barrier_id and self._barrier is not None and not self._barrier.done():
                         self._barrier.set_result(None)
-                elif e.move == DISPATCH and e.call_id in ids:
+                elif e.move in _DISPATCH_MOVES and e.call_id in ids:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
                     d = proto_to_dict(e)
@@ -432,7 +470,9 @@ class LoadRun:
                 "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.scenario.mix),
                 "cancel": self.cfg.scenario.cancel, "cancel_at": [str(p) for p in self.cfg.scenario.cancel_at],
                 "on_cancel": str(self.cfg.scenario.on_cancel), "escalate_after": self.cfg.scenario.escalate_after,
-                "payload": self.cfg.payload, "seed": self.cfg.seed,
+                "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
+                "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
+                "pipe_messages": self.cfg.scenario.pipe_messages,
             },
             "calls": self.finished,
             "skipped": self.skipped,

@@ -13,7 +13,8 @@ import textwrap
 from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
-from callstate.scenario import CancelPoint, parse_cancel_points, parse_cancel_shares
+from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_shares, parse_pipe_cancel_points,
+                                parse_pipe_shares)
 from callstate.lifecycle import SERVER
 from callstate.pem import read_pem
 from callstate.script import ON_CANCEL, Mix, MixError, check_abort_code
@@ -132,6 +133,8 @@ outcome_mix = _parsed(Mix.parse)
 on_cancel_mix = _parsed(lambda text: Mix.parse(text, tuple(ON_CANCEL)))
 cancel_shares = _parsed(parse_cancel_shares)
 cancel_points: Callable[[str], tuple[CancelPoint, ...]] = _parsed(parse_cancel_points)
+pipe_shares = _parsed(parse_pipe_shares)
+pipe_cancel_points = _parsed(parse_pipe_cancel_points)
 
 
 def pem_file(text: str) -> str:

@@ -82,6 +82,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "on its own stream (default: %(default)s)")
     p.add_argument("--max-in-flight", type=non_negative_int, default=_EMULATOR.max_in_flight, metavar="N",
                    help="calls over this many in flight get 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--log-messages", action="store_true",
+                   help="pipes: also log one line per message (send_complete / receive_complete); by default "
+                        "only the transitions, with message counts")
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
@@ -111,7 +114,7 @@ def run(opts: argparse.Namespace) -> int:
         print("callstate serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
-                            max_in_flight=opts.max_in_flight, seed=opts.seed,
+                            max_in_flight=opts.max_in_flight, seed=opts.seed, log_messages=opts.log_messages,
                             limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes,
                                           max_message_bytes=opts.max_message_bytes, max_call_id_bytes=opts.max_call_id,
                                           max_payload_bytes=opts.max_payload_bytes),

@@ -197,6 +197,11 @@ class AsyncClient(ClientBase):
         self._channel = self.settings.aio_channel(target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
 
+    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
+        """An asynchronous pipe call in state C ("in", "out" or "both"): see client/pipe_aio.py."""
+        from callstate.client.pipe_aio import AsyncPipe
+        return AsyncPipe(self, kind, script, **kwargs)
+
     async def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -140,6 +140,11 @@ class Client(ClientBase):
         self._channel = self.settings.sync_channel(target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
 
+    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
+        """A pipe call in state C ("in", "out" or "both"): see client/pipe_sync.py."""
+        from callstate.client.pipe_sync import Pipe
+        return Pipe(self, kind, script, **kwargs)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

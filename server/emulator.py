@@ -58,6 +58,7 @@ class EmulatorConfig:
     max_in_flight: int = 100_000
     limits: Limits = field(default_factory=Limits)
     seed: int | None = None
+    log_messages: bool = False   # pipes: one state-log line per message (self-loops), not only counts
     # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
     # (a caller that never reads would otherwise pin every reply it asked for)
     max_reply_backlog_bytes: int = 16 * 1024 * 1024
@@ -84,6 +85,18 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
+        from callstate.server.pipes import PipeServicer   # it imports this module's FatalHandlerError
+        self._pipes = PipeServicer(self)
+
+    # Asynchronous pipes (server/pipes.py): they share `live`, so Cancel notices reach them.
+    async def PipeIn(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return await self._pipes.pipe_in(request_iterator, context)
+
+    async def PipeOut(self, request, context):  # type: ignore[no-untyped-def]
+        await self._pipes.pipe_out(request, context)
+
+    async def PipeBoth(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        await self._pipes.pipe_both(request_iterator, context)
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""

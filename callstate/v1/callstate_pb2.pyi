@@ -21,6 +21,14 @@ class OnCancel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ON_CANCEL_ABORT: _ClassVar[OnCancel]
     ON_CANCEL_COMPLETE: _ClassVar[OnCancel]
     ON_CANCEL_IGNORE: _ClassVar[OnCancel]
+
+class PipePoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIPE_POINT_UNSPECIFIED: _ClassVar[PipePoint]
+    PIPE_POINT_BEFORE_FIRST: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_IN: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_OUT: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_HALF_CLOSE: _ClassVar[PipePoint]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_COMPLETE: Outcome
 OUTCOME_ABORT: Outcome
@@ -30,6 +38,11 @@ ON_CANCEL_UNSPECIFIED: OnCancel
 ON_CANCEL_ABORT: OnCancel
 ON_CANCEL_COMPLETE: OnCancel
 ON_CANCEL_IGNORE: OnCancel
+PIPE_POINT_UNSPECIFIED: PipePoint
+PIPE_POINT_BEFORE_FIRST: PipePoint
+PIPE_POINT_AFTER_IN: PipePoint
+PIPE_POINT_AFTER_OUT: PipePoint
+PIPE_POINT_AFTER_HALF_CLOSE: PipePoint
 
 class Script(_message.Message):
     __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
@@ -92,6 +105,66 @@ class CancelReply(_message.Message):
     delivered: bool
     state: str
     def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
+
+class PipeScript(_message.Message):
+    __slots__ = ("dispatch_delay_ms", "outcome", "at", "at_count", "messages", "message_bytes", "interval_ms", "outcome_delay_ms", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
+    DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    dispatch_delay_ms: int
+    outcome: Outcome
+    at: PipePoint
+    at_count: int
+    messages: int
+    message_bytes: int
+    interval_ms: int
+    outcome_delay_ms: int
+    abort_code: int
+    abort_grpc_status: int
+    abort_message: str
+    fatal_message: str
+    on_cancel: OnCancel
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., at: _Optional[_Union[PipePoint, str]] = ..., at_count: _Optional[int] = ..., messages: _Optional[int] = ..., message_bytes: _Optional[int] = ..., interval_ms: _Optional[int] = ..., outcome_delay_ms: _Optional[int] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
+
+class PipeMessage(_message.Message):
+    __slots__ = ("seq", "payload", "null_push")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    NULL_PUSH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    payload: bytes
+    null_push: bool
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., null_push: _Optional[bool] = ...) -> None: ...
+
+class PipeRequest(_message.Message):
+    __slots__ = ("call_id", "script")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIPT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    script: PipeScript
+    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[PipeScript, _Mapping]] = ...) -> None: ...
+
+class PipeReply(_message.Message):
+    __slots__ = ("call_id", "received", "received_bytes", "cancel_seen")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_SEEN_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    received: int
+    received_bytes: int
+    cancel_seen: bool
+    def __init__(self, call_id: _Optional[str] = ..., received: _Optional[int] = ..., received_bytes: _Optional[int] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class StateEntry(_message.Message):
     __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "dropped")
