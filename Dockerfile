@@ -7,6 +7,8 @@
 #               every dependency (`pip wheel --wheel-dir DIR .`). Set it and the build
 #               installs with `pip --no-index` from there, needing no network. Leave it
 #               empty (default) and the build installs the source tree from PyPI deps.
+#   EXTRAS      extras of callstate to install, e.g. "locust" (default none); the compose
+#               file's locust profile builds its own image with it.
 #   CALLSTATE_UID  uid of the `callstate` user the server runs as (default 10001).
 #
 #   docker build -t callstate:local .
@@ -19,6 +21,7 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
 ARG WHEEL_DIR=
+ARG EXTRAS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -28,11 +31,12 @@ RUN set -eu; \
     python3 -m venv /opt/callstate; \
     if [ -n "${WHEEL_DIR}" ]; then \
         echo "installing callstate offline from /src/${WHEEL_DIR}"; \
-        /opt/callstate/bin/pip install --no-index --find-links "/src/${WHEEL_DIR}" callstate; \
+        /opt/callstate/bin/pip install --no-index --find-links "/src/${WHEEL_DIR}" "callstate${EXTRAS:+[$EXTRAS]}"; \
     else \
         echo "installing callstate from source (dependencies from the package index)"; \
-        /opt/callstate/bin/pip install /src; \
+        /opt/callstate/bin/pip install "/src${EXTRAS:+[$EXTRAS]}"; \
     fi; \
+    printf 'from callstate.locust import CallstateUser\n' > /opt/callstate/locustfile.py; \
     /opt/callstate/bin/callstate --version
 
 FROM ${BASE_IMAGE}

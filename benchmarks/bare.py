@@ -1,17 +1,21 @@
 """Baselines for the benchmarks: a bare grpc.aio server and clients doing the same work.
 
-    python benchmarks/bare.py serve --port-file F [--cancel-log F]
+    python benchmarks/bare.py serve --port-file F [--cancel-log F] [--tls-cert PEM --tls-key PEM] [--token T]
         a grpc.aio server answering callstate.v1.Emulator/Call with the same messages,
         no lifecycle, no log, no journal: echo at once, or hold (script outcome HOLD)
-        until cancelled; GetCounters reports its in-flight count.
+        until cancelled; GetCounters reports its in-flight count. With --token it checks
+        `authorization: Bearer T` in the handler, the least a token check can cost.
     python benchmarks/bare.py drive --target T --client bare|callstate --concurrency N --duration S
-        a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}.
+                                    [--tls-ca PEM] [--token T] [--cancel-keys]
+        a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}. --cancel-keys: the
+        bare client sends a cancel key with each call, as callstate's clients do.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import os
 import resource
@@ -29,11 +33,16 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc  # noqa: E402
 
 
 class BareEmulator(pb_grpc.EmulatorServicer):
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
         self.in_flight = 0
         self.cancelled_at: dict[str, float] = {}
+        self.auth = f"Bearer {token}".encode() if token else None
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+        if self.auth is not None:
+            given = dict(context.invocation_metadata()).get("authorization", "")
+            if not hmac.compare_digest(given.encode(), self.auth):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token")
         if request.script.outcome != pb.OUTCOME_HOLD:
             return pb.CallReply(call_id=request.call_id)
         self.in_flight += 1
@@ -47,6 +56,27 @@ class BareEmulator(pb_grpc.EmulatorServicer):
         return pb.CallReply()  # pragma: no cover
 
 
+    async def PipeOut(self, request: pb.PipeRequest, context: grpc.aio.ServicerContext) -> None:
+        """The out pipe without a lifecycle: the scripted number of messages as fast as the
+        stream takes them, or (hold) one every interval until the caller cancels."""
+        script = request.script
+        payload = bytes(script.message_bytes)
+        hold = script.outcome == pb.OUTCOME_HOLD
+        self.in_flight += 1
+        try:
+            seq = 0
+            while hold or seq < script.messages:
+                seq += 1
+                await context.write(pb.PipeMessage(seq=seq, payload=payload))
+                if hold:
+                    await asyncio.sleep(script.interval_ms / 1000)
+        except BaseException:   # CancelledError, or grpc's internal error on the write
+            self.cancelled_at[request.call_id] = time.time()
+            raise
+        finally:
+            self.in_flight -= 1
+
+
 class BareJournal(pb_grpc.JournalServicer):
     def __init__(self, emulator: BareEmulator) -> None:
         self.emulator = emulator
@@ -55,12 +85,17 @@ class BareJournal(pb_grpc.JournalServicer):
         return pb.Counters(in_flight=self.emulator.in_flight)
 
 
-async def serve(port_file: str, cancel_log: str | None) -> None:
+async def serve(port_file: str, cancel_log: str | None, tls_cert: str | None = None, tls_key: str | None = None,
+                token: str | None = None) -> None:
     server = grpc.aio.server()
-    emulator = BareEmulator()
+    emulator = BareEmulator(token)
     pb_grpc.add_EmulatorServicer_to_server(emulator, server)
     pb_grpc.add_JournalServicer_to_server(BareJournal(emulator), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls_cert and tls_key:
+        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     Path(port_file).write_text(str(port))
     stop = asyncio.Event()
@@ -73,20 +108,27 @@ async def serve(port_file: str, cancel_log: str | None) -> None:
         Path(cancel_log).write_text(json.dumps(emulator.cancelled_at))
 
 
-async def drive(target: str, client: str, concurrency: int, duration: float, log: str | None) -> dict[str, float]:
+async def drive(target: str, client: str, concurrency: int, duration: float, log: str | None,
+                tls_ca: str | None = None, token: str | None = None, cancel_keys: bool = False) -> dict[str, float]:
     done = 0
     stop_at = 0.0
     if client == "bare":
-        channel = grpc.aio.insecure_channel(target)
+        if tls_ca:
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()))
+        else:
+            channel = grpc.aio.insecure_channel(target)
         stub = pb_grpc.EmulatorStub(channel)
+        auth = (("authorization", f"Bearer {token}"),) if token else ()
 
         async def one() -> None:
             call_id = os.urandom(16).hex()
-            await stub.Call(pb.CallRequest(call_id=call_id, script=SCRIPT), metadata=(("callstate-call-id", call_id),))
+            key = os.urandom(16).hex() if cancel_keys else ""
+            await stub.Call(pb.CallRequest(call_id=call_id, script=SCRIPT, cancel_key=key),
+                            metadata=(("callstate-call-id", call_id),) + auth)
         closer = channel.close
     else:
         from callstate.client import AsyncClient
-        callstate_client = AsyncClient(target, log=log)
+        callstate_client = AsyncClient(target, log=log, tls_ca=tls_ca, token=token)
 
         async def one() -> None:
             await callstate_client.start(SCRIPT)
@@ -125,17 +167,24 @@ def main() -> None:
     s = sub.add_parser("serve")
     s.add_argument("--port-file", required=True)
     s.add_argument("--cancel-log")
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--token")
     d = sub.add_parser("drive")
     d.add_argument("--target", required=True)
     d.add_argument("--client", choices=["bare", "callstate"], default="bare")
     d.add_argument("--concurrency", type=int, default=64)
     d.add_argument("--duration", type=float, default=3.0)
     d.add_argument("--log", help="callstate client: state log file")
+    d.add_argument("--tls-ca")
+    d.add_argument("--token")
+    d.add_argument("--cancel-keys", action="store_true")
     opts = parser.parse_args()
     if opts.cmd == "serve":
-        asyncio.run(serve(opts.port_file, opts.cancel_log))
+        asyncio.run(serve(opts.port_file, opts.cancel_log, opts.tls_cert, opts.tls_key, opts.token))
     else:
-        print(json.dumps(asyncio.run(drive(opts.target, opts.client, opts.concurrency, opts.duration, opts.log))))
+        print(json.dumps(asyncio.run(drive(opts.target, opts.client, opts.concurrency, opts.duration, opts.log,
+                                           opts.tls_ca, opts.token, opts.cancel_keys))))
 
 
 if __name__ == "__main__":

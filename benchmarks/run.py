@@ -16,6 +16,15 @@ metrics  callstate serve with --metrics-port (Prometheus on) vs the same without
          grpc.aio, same bare client and concurrency: calls/s and server CPU per call
 million  1,000,000 calls through one callstate server: its memory stays flat (the
          journal is bounded), bare server for reference
+locust   CallstateUser beside a bare Locust gRPC user (a raw stub, Locust's recipe) in
+         the same Locust run and process against one callstate server: calls/s of each
+security the server's calls/s in plaintext, with cancel keys, with TLS, and with TLS and a
+         bearer token, callstate vs a bare grpc.aio server with the same credentials (same
+         bare client): what TLS, the token check and the ownership check cost each
+pipes    out pipes (server-streaming): messages/s of callstate serve (state log on) vs a
+         bare grpc.aio streaming server, same bare client; of the callstate asyncio pipe
+         client (state log on) vs a bare client, same bare server; and cancel propagation
+         of held pipes cancelled after their 3rd message, callstate vs bare
 """
 
 from __future__ import annotations
@@ -49,16 +58,16 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Server:
     """A server process: callstate serve or the bare baseline."""
 
-    def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
+    def __init__(self, kind: str, tmp: Path, *extra: str, bare_extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         port_file = tmp / f"{kind}-{time.monotonic_ns()}.port"
         self.log = tmp / f"{kind}-{time.monotonic_ns()}-server.jsonl"   # one per server: paired runs write two
         self.cancel_log = tmp / f"{kind}-cancels.json"
         if kind == "callstate":
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
-                   "--log-file", str(self.log), *extra]
+                   "--log-file", str(self.log), "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
         else:
-            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log)]
+            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -86,9 +95,9 @@ class Server:
 
 
 def drive(target: str, client: str, concurrency: int, duration: float, log: Path | None = None,
-          server: Server | None = None) -> dict[str, float]:
+          server: Server | None = None, extra: tuple[str, ...] = ()) -> dict[str, float]:
     cmd = [PY, BARE, "drive", "--target", target, "--client", client, "--concurrency", str(concurrency),
-           "--duration", str(duration)] + (["--log", str(log)] if log else [])
+           "--duration", str(duration), *extra] + (["--log", str(log)] if log else [])
     cpu0 = server.cpu() if server else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, cwd=ROOT)
     if out.returncode != 0:
@@ -258,6 +267,115 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
     return out
 
 
+def security_work_per_call() -> dict[str, float]:
+    """The Python work the token check and the ownership check add to one call, timed in-process
+    (best of 7 repeats, so a busy machine's preemptions drop out): the interceptor passing a
+    good token on to a trivial continuation, minus the bare await of that continuation; and
+    reading a request's cancel key onto a ServerCall-like object, with its length check."""
+    import timeit
+    from types import SimpleNamespace
+
+    from callstate.server.security import TokenInterceptor
+    from callstate.wire import MAX_CANCEL_KEY
+
+    interceptor = TokenInterceptor("benchmark-token")
+    details = SimpleNamespace(method="/callstate.v1.Emulator/Call",
+                              invocation_metadata=(("callstate-call-id", "x" * 32),
+                                                   ("authorization", "Bearer benchmark-token")))
+
+    async def continuation(d: Any) -> None:
+        return None
+
+    async def checked(n: int) -> None:
+        for _ in range(n):
+            await interceptor.intercept_service(continuation, details)
+
+    async def bare(n: int) -> None:
+        for _ in range(n):
+            await continuation(details)
+
+    n = 20_000
+    loop = asyncio.new_event_loop()
+    try:
+        with_check = min(timeit.repeat(lambda: loop.run_until_complete(checked(n)), number=1, repeat=7)) / n
+        without = min(timeit.repeat(lambda: loop.run_until_complete(bare(n)), number=1, repeat=7)) / n
+    finally:
+        loop.close()
+    request = pb.CallRequest(call_id="x" * 32, cancel_key="k" * 32)
+    holder = SimpleNamespace(cancel_key="")
+
+    def own() -> None:
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            raise ValueError
+        holder.cancel_key = request.cancel_key
+
+    ownership = min(timeit.repeat(own, number=n, repeat=7)) / n
+    out = {"token_check_us": (with_check - without) * 1e6, "ownership_us": ownership * 1e6}
+    print(f"  added Python work per call (in-process, best of 7): token check {out['token_check_us']:.2f} us, "
+          f"ownership (cancel key) {out['ownership_us']:.2f} us")
+    return out
+
+
+def bench_security(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Server calls/s under each access setting, callstate and bare side by side, rounds alternating."""
+    work = security_work_per_call()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from certs import make_tls_files   # dev extra: cryptography
+
+    tls = make_tls_files(tmp / "tls")
+    token = "benchmark-token"
+    tls_server = ("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key))
+    # name: (server args, both kinds; client args)
+    configs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        "plaintext": ((), ()),
+        "plaintext, cancel keys": ((), ("--cancel-keys",)),
+        "TLS, cancel keys": (tls_server, ("--cancel-keys", "--tls-ca", str(tls.ca))),
+        "TLS, token, cancel keys": (tls_server + ("--token", token),
+                                    ("--cancel-keys", "--tls-ca", str(tls.ca), "--token", token)),
+    }
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"bare": [], "callstate": []} for name in configs}
+    for _ in range(rounds):
+        for name, (server_args, client_args) in configs.items():
+            for kind in ("bare", "callstate"):
+                srv = Server(kind, tmp, *server_args, bare_extra=server_args)
+                try:
+                    runs[name][kind].append(drive(srv.target, "bare", concurrency, duration, server=srv,
+                                                  extra=client_args))
+                finally:
+                    srv.stop()
+    # calls/s, and server CPU per call: the sturdier figure on a shared machine, where
+    # throughput also measures what the neighbours are doing
+    med = {name: {kind: statistics.median(x["calls_per_s"] for x in v) for kind, v in r.items()}
+           for name, r in runs.items()}
+    cpu = {name: {kind: statistics.median(x["server_cpu_s"] / x["calls"] * 1e6 for x in v) for kind, v in r.items()}
+           for name, r in runs.items()}
+    out: dict[str, Any] = {"work_per_call": work, "calls_per_s": med, "server_cpu_us_per_call": cpu, "ratios": {},
+                           "rounds": {n: {k: [round(x["calls_per_s"]) for x in v] for k, v in r.items()}
+                                      for n, r in runs.items()}}
+    print(f"security: server calls/s and server CPU per call, bare client at concurrency {concurrency}, "
+          f"median of {rounds} alternating rounds")
+    print(f"  {'setting':<24} {'calls/s: bare':>13} {'callstate':>9} {'ratio':>6} {'own cost':>8}   "
+          f"{'CPU us/call: bare':>17} {'callstate':>9} {'ratio':>6} {'own cost':>8}")
+    for name in configs:
+        m, c = med[name], cpu[name]
+        own = (m["callstate"] / med["plaintext"]["callstate"]) / (m["bare"] / med["plaintext"]["bare"])
+        own_cpu = (cpu["plaintext"]["callstate"] / c["callstate"]) / (cpu["plaintext"]["bare"] / c["bare"])
+        out["ratios"][name] = {"calls_per_s_vs_bare": m["callstate"] / m["bare"], "own_cost_calls_per_s": own,
+                               "cpu_vs_bare": c["bare"] / c["callstate"], "own_cost_cpu": own_cpu}
+        print(f"  {name:<24} {m['bare']:13.0f} {m['callstate']:9.0f} {m['callstate'] / m['bare']:6.2f} {own:8.2f}   "
+              f"{c['bare']:17.0f} {c['callstate']:9.0f} {c['bare'] / c['callstate']:6.2f} {own_cpu:8.2f}")
+    tok, no_tok = "TLS, token, cancel keys", "TLS, cancel keys"
+    out["token_ratio"] = {"calls_per_s": med[tok]["callstate"] / med[no_tok]["callstate"],
+                          "cpu": cpu[no_tok]["callstate"] / cpu[tok]["callstate"]}
+    print(f"  token check alone, callstate with / without token (TLS both): calls/s {out['token_ratio']['calls_per_s']:.2f}, "
+          f"CPU {out['token_ratio']['cpu']:.2f}")
+    print("  ratio: callstate / bare in that setting (CPU: bare / callstate). own cost: callstate's figure relative")
+    print("  to its plaintext one, divided by the same for bare (1.00: the setting costs callstate no more than it")
+    print("  costs bare grpc.aio with the same credentials; >= 0.90 is the target)")
+    print(f"  rounds (calls/s): {out['rounds']}")
+    return out
+
+
 async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
     """Start n held calls; returns (ids, calls, cancel(call) -> time, wait_all()).
 
@@ -422,6 +540,135 @@ def bench_million(tmp: Path, calls: int, concurrency: int) -> dict[str, Any]:
     return out
 
 
+async def _pull_streams(target: str, client: str, streams: int, messages: int, log: Path | None) -> dict[str, float]:
+    """`streams` out pipes at once, each pulling `messages` messages of 64 bytes to the end."""
+    script = pb.PipeScript(outcome=pb.OUTCOME_COMPLETE, messages=messages, message_bytes=64)
+    if client == "bare":
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+
+        async def one() -> int:
+            call_id = os.urandom(16).hex()
+            call = stub.PipeOut(pb.PipeRequest(call_id=call_id, script=script), metadata=(("callstate-call-id", call_id),))
+            n = 0
+            while await call.read() is not grpc.aio.EOF:   # read(): the same calls the pipe client makes
+                n += 1
+            return n
+        close = channel.close
+    else:
+        from callstate.client import AsyncClient
+        cs = AsyncClient(target, log=log)
+
+        async def one() -> int:
+            pipe = cs.pipe("out", script).start()
+            async for _ in pipe:
+                pass
+            await pipe.result()
+            return pipe.received
+        close = cs.close
+    await asyncio.gather(*(one() for _ in range(streams)))   # warm-up
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    got = await asyncio.gather(*(one() for _ in range(streams)))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    await close()
+    return {"messages": sum(got), "seconds": seconds, "messages_per_s": sum(got) / seconds,
+            "client_cpu_us_per_message": cpu / sum(got) * 1e6}
+
+
+async def _cancel_pipes(kind: str, target: str, n: int, log: Path | None) -> dict[str, float]:
+    """n held out pipes one after the other, each cancelled (abortively) after its 3rd message."""
+    script = pb.PipeScript(outcome=pb.OUTCOME_HOLD, interval_ms=1)
+    sent: dict[str, float] = {}
+    if kind == "bare":
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.EmulatorStub(channel)
+        for _ in range(n):
+            call_id = os.urandom(16).hex()
+            call = stub.PipeOut(pb.PipeRequest(call_id=call_id, script=script))
+            for _ in range(3):
+                await call.read()
+            sent[call_id] = time.time()
+            call.cancel()
+            try:
+                await call
+            except BaseException:   # asyncio.CancelledError
+                pass
+        await channel.close()
+    else:
+        from callstate.client import AsyncClient, CallError
+        async with AsyncClient(target, log=log) as client:
+            for _ in range(n):
+                pipe = client.pipe("out", script).start()
+                for _ in range(3):
+                    await pipe.pull()
+                sent[pipe.call_id] = time.time()
+                pipe.cancel()
+                try:
+                    await pipe.result()
+                except CallError:
+                    pass
+    return sent
+
+
+def bench_pipes(tmp: Path, rounds: int, streams: int, messages: int, cancels: int) -> dict[str, Any]:
+    from callstate.check import percentiles
+    server_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):
+        for kind in ("bare", "callstate"):
+            srv = Server(kind, tmp)
+            try:
+                cpu0 = srv.cpu()
+                run = asyncio.run(_pull_streams(srv.target, "bare", streams, messages, None))
+                # server CPU over warm-up and timed part (2 x the messages), in both kinds alike
+                run["server_cpu_us_per_message"] = (srv.cpu() - cpu0) / (2 * run["messages"]) * 1e6
+                server_runs[kind].append(run)
+            finally:
+                srv.stop()
+    client_runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    srv = Server("bare", tmp)
+    try:
+        for _ in range(rounds):
+            for kind in ("bare", "callstate"):
+                log = tmp / "pipe-client.jsonl" if kind == "callstate" else None
+                client_runs[kind].append(asyncio.run(_pull_streams(srv.target, kind, streams, messages, log)))
+    finally:
+        srv.stop()
+
+    def med(runs: dict[str, list[dict[str, float]]], key: str) -> dict[str, float]:
+        return {k: statistics.median(r[key] for r in v) for k, v in runs.items()}
+    out: dict[str, Any] = {"server": med(server_runs, "messages_per_s"),
+                           "server_cpu_us": med(server_runs, "server_cpu_us_per_message"),
+                           "client": med(client_runs, "messages_per_s"),
+                           "client_cpu_us": med(client_runs, "client_cpu_us_per_message"),
+                           "rounds": {"server": server_runs, "client": client_runs}}
+    for kind in ("bare", "callstate"):
+        srv = Server(kind, tmp, "--max-hold", "600")
+        try:
+            sent = asyncio.run(_cancel_pipes(kind, srv.target, cancels, tmp / "pipe-cancel-client.jsonl"))
+        finally:
+            srv.stop()
+        seen = _cancel_times(kind, srv)
+        delays = [(seen[i] - t) * 1000 for i, t in sent.items() if i in seen]
+        out[f"cancel_{kind}"] = percentiles(delays) | {"missing": len(sent) - len(delays)}
+    print(f"out pipes: {streams} streams of {messages} messages (64 bytes) at once; median of {rounds} alternating rounds")
+    print(ratio_line("server messages/s (state log on)", out["server"]["bare"], out["server"]["callstate"], "msg/s"))
+    print(ratio_line("server CPU per message", out["server_cpu_us"]["bare"], out["server_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
+    print(ratio_line("client messages/s (state log on)", out["client"]["bare"], out["client"]["callstate"], "msg/s"))
+    print(ratio_line("client CPU per message", out["client_cpu_us"]["bare"], out["client_cpu_us"]["callstate"], "us",
+                     higher_is_better=False))
+    print(f"  rounds (msg/s): server {[[round(r['messages_per_s']) for r in v] for v in server_runs.values()]}, "
+          f"client {[[round(r['messages_per_s']) for r in v] for v in client_runs.values()]}")
+    b, c = out["cancel_bare"], out["cancel_callstate"]
+    print(f"cancel propagation: {cancels} held out pipes, each cancelled after its 3rd message (client cancel -> "
+          f"server sees it)")
+    for q in ("p50", "p99", "max"):
+        print(f"  {q:<5} bare {b[q]:7.3f} ms   callstate {c[q]:7.3f} ms")
+    print(f"  p99 ratio {c['p99'] / b['p99']:.2f}x bare; seen by the server: bare {b['count']}/{cancels}, "
+          f"callstate {c['count']}/{cancels}")
+    return out
+
+
 MILLION_DRIVER = """
 import asyncio, os, sys
 import grpc
@@ -446,18 +693,56 @@ asyncio.run(main())
 """
 
 
+def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[str, Any]:
+    """Both user classes in one headless Locust process (equal weights, no wait), so each
+    class's calls/s reflects its own cost per call on the same event loop."""
+    print(f"locust: CallstateUser vs a bare Locust gRPC user, {users} users ({users // 2} each), "
+          f"{duration:g} s x {rounds} rounds, one Locust process", flush=True)
+    srv = Server("callstate", tmp, "--no-state-log")
+    ratios, rows = [], []
+    try:
+        for r in range(rounds):
+            out = tmp / f"locust-{r}"
+            subprocess.run([PY, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locust_users.py"), "--headless",
+                            "-u", str(users), "-r", str(users), "-t", f"{duration:g}s", "--host", srv.target,
+                            "--json-file", str(out), "--only-summary", "--loglevel", "WARNING"],
+                           cwd=tmp, check=True, stdout=subprocess.DEVNULL, timeout=duration + 120)
+            totals: dict[str, int] = {}
+            failures = 0
+            for row in json.loads(Path(f"{out}.json").read_text()):
+                if row["name"] != "cancel propagation":
+                    totals[row["method"]] = totals.get(row["method"], 0) + row["num_requests"]
+                    failures += row["num_failures"]
+            bare, ours = totals.get("grpc", 0) / duration, totals.get("callstate", 0) / duration
+            ratios.append(ours / bare if bare else 0.0)
+            rows.append({"bare_calls_per_s": round(bare), "callstate_calls_per_s": round(ours), "failures": failures})
+            print(f"  round {r + 1}: bare {bare:,.0f} calls/s, CallstateUser {ours:,.0f} calls/s, "
+                  f"ratio {ratios[-1]:.2f}, failures {failures}", flush=True)
+    finally:
+        srv.stop()
+    ratio = statistics.median(ratios)
+    print(f"  CallstateUser / bare Locust gRPC user, calls/s (median of {rounds}): {ratio:.2f}   (target >= 0.85)")
+    return {"rounds": rows, "ratio_median": round(ratio, 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", metavar="BENCH", help="server, client, cancel, held, metrics, million (default: all)")
+    parser.add_argument("which", nargs="*", metavar="BENCH",
+                        help="server, client, cancel, held, metrics, million, locust, security, pipes (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--in-flight", type=int, default=1000, help="cancel: calls in flight")
     parser.add_argument("--held", type=int, default=10_000)
     parser.add_argument("--million", type=int, default=1_000_000)
+    parser.add_argument("--locust-users", type=int, default=20, help="locust: users, half of each class")
+    parser.add_argument("--locust-duration", type=float, default=15.0, help="locust: seconds per round")
+    parser.add_argument("--streams", type=int, default=8, help="pipes: out pipes at once")
+    parser.add_argument("--messages", type=int, default=20_000, help="pipes: messages per out pipe")
+    parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million"]
+    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -477,6 +762,12 @@ def main() -> int:
                 results[which] = bench_held(tmp, opts.held)
             elif which == "metrics":
                 results[which] = bench_metrics(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "locust":
+                results[which] = bench_locust(tmp, opts.rounds, opts.locust_duration, opts.locust_users)
+            elif which == "security":
+                results[which] = bench_security(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "pipes":
+                results[which] = bench_pipes(tmp, opts.rounds, opts.streams, opts.messages, opts.pipe_cancels)
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 
 from callstate import codes
-from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, SERVER, SIDES, TABLES,
-                                 cancel_kind_of, codes_agree, is_legal, own_path_error)
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, NULL_PULL, NULL_PUSH,
+                                 PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, cancel_kind_of, codes_agree, is_legal,
+                                 kind_of_initial_move, own_path_error, pipe_counts)
 from callstate.statelog import Entry, parse_ts, read_log
 
 KINDS = {
@@ -35,6 +36,11 @@ KINDS = {
     "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
     "server_lost": "the server stopped answering during the run: its side cannot be verified",
+    "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",
+    "pipe_count_mismatch": "a side pulled more messages than the other side pushed, or a pipe completed normally on "
+                           "both sides with different counts",
+    "phantom_half_close": "the server logged the client's null push (half-close) but the client never made one: a "
+                          "cancel taken for a half-close",
 }
 EXAMPLES_PER_KIND = 5
 _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.name   # the status of a call whose deadline expired
@@ -60,6 +66,11 @@ class SideTrack:
     cancel_ts: float | str | None = None   # client: first Can; server: first cancel_seen
     abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
     start_ts: float | str | None = None  # the first state entered
+    kind: str = UNARY                 # which table: unary or a pipe kind (from the first entry's move)
+    sent: int = 0                     # pipes: the latest message counts a transition carried
+    received: int = 0
+    null_push: bool = False           # client: made its null push (half-close)
+    null_pull: bool = False           # the peer's null push arrived
 
 
 @dataclass
@@ -158,7 +169,7 @@ class Checker:
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None) -> None:
         r = self.report
         r.entries += 1
-        if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in TABLES[side]:
+        if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in SIDE_STATES[side]:
             r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
             return
         wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
@@ -178,7 +189,7 @@ class Checker:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
             return
         if event != ENTER:
-            if event not in EVENTS[side]:
+            if event not in EVENTS[side] and (track.kind == UNARY or event not in PIPE_EVENTS[side]):
                 r.violations.append(Violation("bad_entry", call_id, f"{where}{side} unknown event {event!r}"))
             elif state != track.state:
                 r.violations.append(Violation("illegal_transition", call_id,
@@ -187,7 +198,17 @@ class Checker:
                 track.cancel_ts = track.cancel_ts or ts
                 track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
             return
-        legal = prev == track.state and is_legal(side, prev, move, state)
+        if track.state is None and prev is None:
+            track.kind = kind_of_initial_move(move) or UNARY
+        legal = prev == track.state and is_legal(side, prev, move, state, track.kind)
+        if track.kind != UNARY:
+            counts = pipe_counts(detail)
+            if counts is not None:
+                track.sent, track.received = counts
+            if move == NULL_PUSH:
+                track.null_push = True
+            elif move == NULL_PULL:
+                track.null_pull = True
         if not legal:
             r.violations.append(Violation("illegal_transition", call_id,
                                           f"{where}{side} {prev or '(start)'} --{move or '?'}--> {state}"
@@ -206,6 +227,12 @@ class Checker:
             if legal and (why := own_path_error(side, move, code)):
                 r.violations.append(Violation("wrong_final_code", call_id, f"{where}{why}"))
 
+    def _check_pipe(self, call_id: str, client: SideTrack, server: SideTrack) -> None:
+        if client.kind == server.kind == UNARY:
+            return
+        for kind, message in _pipe_violations(client, server):
+            self.report.violations.append(Violation(kind, call_id, message))
+
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
         have_server = any(SERVER in sides for sides in self.tracks.values())
@@ -222,6 +249,8 @@ class Checker:
                 cancelled, dispatched = _ts(client.cancel_ts), _ts(server.start_ts)
                 if dispatched <= cancelled:   # a cancel racing the dispatch measures the dispatch instead
                     r.cancel_propagation_ms.append((_ts(server.cancel_ts) - cancelled) * 1000)
+            if client is not None and server is not None:
+                self._check_pipe(call_id, client, server)
             if client is None or not client.ended:
                 continue
             if server is None:
@@ -241,16 +270,41 @@ class Checker:
         return r
 
 
+def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """The pipe invariants across the two sides of one call: (kind, message) per violation."""
+    if client.kind != server.kind:
+        return [("pipe_kind_mismatch", f"client follows the {client.kind} table, server the {server.kind} table")]
+    if client.kind == UNARY:
+        return []
+    out = []
+    if server.null_pull and not client.null_push:
+        out.append(("phantom_half_close", "server --null_pull--> NP but the client never made its null push"))
+    # a push cut short by a cancel may have reached the server uncounted by the client
+    slack = 1 if client.cancel_ts else 0
+    if server.received > client.sent + slack:
+        out.append(("pipe_count_mismatch", f"server pulled {server.received}, client pushed {client.sent}"))
+    if client.received > server.sent:
+        out.append(("pipe_count_mismatch", f"client pulled {client.received}, server pushed {server.sent}"))
+    natural = (client.ended and server.ended and client.code == 0 == server.code and not client.cancel_ts
+               and not server.cancel_ts)
+    if natural and client.null_push and server.null_pull and server.received != client.sent:
+        out.append(("pipe_count_mismatch", f"completed normally but the server pulled {server.received} of the "
+                                           f"{client.sent} messages the client pushed"))
+    return out
+
+
 def _wrong_types(**fields: Any) -> str:
     """The first field that is neither text nor absent."""
     return next((name for name, value in fields.items() if not isinstance(value, _TEXT)), "")
 
 
-def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None) -> CheckReport:
+def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None,
+                warn: Callable[[str], None] | None = None) -> CheckReport:
+    """`warn`: told about a last line cut short, which is then skipped (else it is an error)."""
     checker = Checker()
     for path in paths:
         checker.report.files.append(str(path))
-        for lineno, entry in read_log(path):
+        for lineno, entry in read_log(path, warn):
             checker.add(entry, f"{path}:{lineno}: ")
     return checker.finish(server_in_flight)
 

@@ -13,6 +13,7 @@ table is illegal, and `next_state` says which side, which state and which move.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, Mapping
 
 from callstate import codes
@@ -128,26 +129,28 @@ def next_state(side: str, state: str, move: str) -> str:
         raise LifecycleError(side, state, move) from None
 
 
-def move_to_end(side: str, state: str) -> str | None:
+def move_to_end(side: str, state: str, kind: str = "unary") -> str | None:
     """The move that leads straight from `state` to End, if there is one.
 
     Adapters use it to close a call that failed unexpectedly, so even a bug
     ends the call by a legal move (an exception in D is the fatal path).
     """
-    return next((m for m, target in TABLES[side][state].items() if target == END), None)
+    return next((m for m, target in table_for(side, kind)[state].items() if target == END), None)
 
 
-def initial_move(side: str) -> str:
-    """The pseudo-move that enters the initial state (logged with prev=None)."""
-    return INITIAL_MOVE[side]
+def initial_move(side: str, kind: str = "unary") -> str:
+    """The pseudo-move that enters the initial state (logged with prev=None); a pipe's names
+    its kind, so a log says which table each call follows."""
+    return INITIAL_MOVE[side] if kind == UNARY else PIPE_INITIAL_MOVE[side][kind]
 
 
-def is_legal(side: str, prev: str | None, move: str | None, state: str) -> bool:
-    """Whether entering `state` from `prev` by `move` follows the table. `move` may be None
-    (an entry that names no move): then any edge from `prev` to `state` is legal."""
+def is_legal(side: str, prev: str | None, move: str | None, state: str, kind: str = "unary") -> bool:
+    """Whether entering `state` from `prev` by `move` follows the table of `kind` (unary or a
+    pipe kind). `move` may be None (an entry that names no move): then any edge from `prev` to
+    `state` is legal."""
     if prev is None:
-        return state == INITIAL.get(side) and move in (None, INITIAL_MOVE[side])
-    moves = TABLES.get(side, {}).get(prev, {})
+        return state == INITIAL.get(side) and move in (None, initial_move(side, kind))
+    moves = KIND_TABLES.get(kind, {}).get(side, {}).get(prev, {})
     return moves.get(move) == state if move is not None else state in moves.values()
 
 
@@ -158,11 +161,12 @@ class Lifecycle:
     returned (prev, state) pair to the state log.
     """
 
-    __slots__ = ("side", "state", "history", "_table")
+    __slots__ = ("side", "kind", "state", "history", "_table")
 
-    def __init__(self, side: Side, keep_history: bool = True) -> None:
+    def __init__(self, side: Side, keep_history: bool = True, kind: str = "unary") -> None:
         self.side: Side = side
-        self._table = TABLES[side]
+        self.kind = kind
+        self._table = table_for(side, kind)
         self.state: str = INITIAL[side]
         self.history: list[str] | None = [self.state] if keep_history else None
 
@@ -258,11 +262,150 @@ def codes_agree(client_code: int | None, server_code: int | None, *, client_abor
     return None
 
 
-def mermaid(side: str) -> str:
+def mermaid(side: str, kind: str = "unary") -> str:
     """A Mermaid state diagram drawn from the table (the README embeds these)."""
     lines = ["stateDiagram-v2", f"    [*] --> {INITIAL[side]}"]
-    for state, moves in TABLES[side].items():
+    for state, moves in table_for(side, kind).items():
         for move, target in moves.items():
             lines.append(f"    {state} --> {target}: {move}")
     lines.append(f"    {END} --> [*]")
     return "\n".join(lines)
+
+
+# -- asynchronous pipes -------------------------------------------------------------------------
+# An MS-RPC async call may carry pipes: the side that sends pushes buffers (each confirmed by
+# an RpcSendComplete notification), the side that receives pulls them (RpcReceiveComplete), and
+# the sender ends its pipe with a null push (0 elements). Over gRPC: an in pipe is a
+# client-streaming call, an out pipe server-streaming, both a bidi stream; a null push is the
+# half-close (in pipe) or the end of the server's stream (out pipe).
+#
+# Per-message notifications are self-loops (Push --send_complete--> Push), so a log that leaves
+# them out (the default: 100,000 messages must not write 100,000 lines) is still a legal path;
+# the transitions that leave a pipe state carry the message counts (`pipe_counts_detail`).
+UNARY: Final = "unary"
+PIPE_IN: Final = "in"        # client-streaming: the client pushes, the server pulls
+PIPE_OUT: Final = "out"      # server-streaming: the server pushes, the client pulls
+PIPE_BOTH: Final = "both"    # bidi: both push and pull at once
+PIPE_KINDS: Final[tuple[str, ...]] = (PIPE_IN, PIPE_OUT, PIPE_BOTH)
+KINDS: Final[tuple[str, ...]] = (UNARY, *PIPE_KINDS)
+
+# states (MS-RPC names the pushing and the pulling state both "P"; here they are told apart)
+PUSH: Final = "Push"   # this side pushes on its pipe (bidi: and pulls the other one)
+PULL: Final = "Pull"   # this side pulls from the peer's pipe
+NP: Final = "NP"       # server: the client's null push arrived, the in pipe is drained
+
+# moves
+SEND_COMPLETE: Final = "send_complete"         # RpcSendComplete: one message pushed (self-loop)
+RECEIVE_COMPLETE: Final = "receive_complete"   # RpcReceiveComplete: one message pulled (self-loop)
+NULL_PUSH: Final = "null_push"                 # client: push 0 elements, i.e. half-close its pipe
+NULL_PULL: Final = "null_pull"                 # the peer's null push arrives: its pipe has ended
+START_PUSH: Final = "start_push"               # server: leave D to push (out pipe, bidi)
+START_PULL: Final = "start_pull"               # server: leave D to pull (in pipe)
+# the per-message self-loops, logged only when asked (`--log-messages`)
+MESSAGE_MOVES: Final = frozenset({SEND_COMPLETE, RECEIVE_COMPLETE})
+
+# client event: the server's initial metadata (headers) arrived; a cancel point of its own
+HEADERS: Final = "headers"
+
+# Pseudo-moves entering the initial state of a pipe call: they name the kind, so the checker
+# knows which table a call follows from its first entry.
+PIPE_INITIAL_MOVE: Final[Mapping[str, Mapping[str, str]]] = {
+    CLIENT: {PIPE_IN: "call_in", PIPE_OUT: "call_out", PIPE_BOTH: "call_both"},
+    SERVER: {PIPE_IN: "dispatch_in", PIPE_OUT: "dispatch_out", PIPE_BOTH: "dispatch_both"},
+}
+
+_CLIENT_TAIL: Final[Mapping[str, Mapping[str, str]]] = {
+    CAN: {CANCEL_ISSUED: WCOMP},
+    WCOMP: {COMPLETE: COMP, CANCEL: CAN},
+    COMP: {COMPLETED: END},
+    END: {},
+}
+_SERVER_ENDS: Final[Mapping[str, str]] = {COMPLETE: COMP, ABORT: A, FATAL: END}   # from any live server state
+_SERVER_TAIL: Final[Mapping[str, Mapping[str, str]]] = {A: {ABORTED: END}, COMP: {COMPLETED: END}, END: {}}
+
+PIPE_TABLES: Final[Mapping[str, Mapping[str, Mapping[str, Mapping[str, str]]]]] = {
+    PIPE_IN: {
+        CLIENT: {
+            C: {STARTED: PUSH, START_FAILED: END, CANCEL: CAN},
+            # a call-complete notification while pushing (the server ended first): complete
+            PUSH: {SEND_COMPLETE: PUSH, NULL_PUSH: WCOMP, COMPLETE: COMP, CANCEL: CAN},
+            **_CLIENT_TAIL,
+        },
+        SERVER: {
+            D: {START_PULL: PULL, **_SERVER_ENDS},
+            PULL: {RECEIVE_COMPLETE: PULL, NULL_PULL: NP, **_SERVER_ENDS},
+            NP: {**_SERVER_ENDS},
+            **_SERVER_TAIL,
+        },
+    },
+    PIPE_OUT: {
+        CLIENT: {
+            C: {STARTED: PULL, START_FAILED: END, CANCEL: CAN},
+            # the end of the server's stream (ok or not) is its null push: then complete
+            PULL: {RECEIVE_COMPLETE: PULL, NULL_PULL: WCOMP, CANCEL: CAN},
+            **_CLIENT_TAIL,
+        },
+        SERVER: {
+            D: {START_PUSH: PUSH, **_SERVER_ENDS},
+            PUSH: {SEND_COMPLETE: PUSH, **_SERVER_ENDS},   # ending the stream is its null push
+            **_SERVER_TAIL,
+        },
+    },
+    PIPE_BOTH: {
+        CLIENT: {
+            C: {STARTED: PUSH, START_FAILED: END, CANCEL: CAN},
+            PUSH: {SEND_COMPLETE: PUSH, RECEIVE_COMPLETE: PUSH, NULL_PUSH: PULL, COMPLETE: COMP, CANCEL: CAN},
+            PULL: {RECEIVE_COMPLETE: PULL, NULL_PULL: WCOMP, CANCEL: CAN},
+            **_CLIENT_TAIL,
+        },
+        SERVER: {
+            D: {START_PUSH: PUSH, **_SERVER_ENDS},
+            PUSH: {SEND_COMPLETE: PUSH, RECEIVE_COMPLETE: PUSH, NULL_PULL: NP, **_SERVER_ENDS},
+            NP: {SEND_COMPLETE: NP, **_SERVER_ENDS},   # the in pipe is drained, the out pipe may go on
+            **_SERVER_TAIL,
+        },
+    },
+}
+
+KIND_TABLES: Final[Mapping[str, Mapping[str, Mapping[str, Mapping[str, str]]]]] = {UNARY: TABLES, **PIPE_TABLES}
+KIND_OF_INITIAL_MOVE: Final[Mapping[str, str]] = {
+    **{m: UNARY for m in INITIAL_MOVE.values()},
+    **{m: kind for moves in PIPE_INITIAL_MOVE.values() for kind, m in moves.items()},
+}
+# every state a side may be in, whatever the kind (the checker's first test of an entry)
+SIDE_STATES: Final[Mapping[str, frozenset[str]]] = {
+    side: frozenset(s for tables in KIND_TABLES.values() for s in tables[side]) for side in SIDES}
+# pipe events besides the unary ones
+PIPE_EVENTS: Final[Mapping[str, frozenset[str]]] = {CLIENT: frozenset({HEADERS}), SERVER: frozenset()}
+
+# Client states in which a pipe call's call-complete notification reaches the caller: WComp as
+# for unary calls, and Push (the server ended the call while the caller was still pushing).
+PIPE_NOTIFIABLE: Final = frozenset({WCOMP, PUSH})
+
+
+def table_for(side: str, kind: str = UNARY) -> Mapping[str, Mapping[str, str]]:
+    """The table one side of a call of `kind` follows; KeyError names an unknown kind."""
+    return KIND_TABLES[kind][side]
+
+
+def kind_of_initial_move(move: object) -> str | None:
+    """The call kind an initial entry's move names (None when it names none we know)."""
+    return KIND_OF_INITIAL_MOVE.get(move) if isinstance(move, str) else None
+
+
+def pipe_notifiable(state: str) -> bool:
+    return state in PIPE_NOTIFIABLE
+
+
+def pipe_counts_detail(sent: int, received: int) -> str:
+    """The detail of a pipe transition: this side's message counts so far."""
+    return f"sent={sent} received={received}"
+
+
+def pipe_counts(detail: object) -> tuple[int, int] | None:
+    """(sent, received) from a pipe transition's detail, or None when it carries none."""
+    m = _COUNTS.match(detail) if isinstance(detail, str) else None
+    return (int(m[1]), int(m[2])) if m else None
+
+
+_COUNTS: Final = re.compile(r"sent=(\d+) received=(\d+)")

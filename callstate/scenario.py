@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
-from callstate.lifecycle import ABORTIVE, CANCEL_KINDS
+from callstate.lifecycle import ABORTIVE, CANCEL_KINDS, PIPE_KINDS
+from callstate.pipe_script import CANCEL_AFTER_HEADERS, PipeCancelPoint
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError
 
 # Where a cancelled call is cancelled.
@@ -69,6 +70,24 @@ def parse_cancel_shares(text: str) -> dict[str, float]:
     return shares
 
 
+def parse_pipe_shares(text: str) -> dict[str, float]:
+    """'in=10,out=10,both=10' -> percent of calls that are pipes of each kind; none: no pipes."""
+    if text.strip() in ("", "none"):
+        return {}
+    shares = Mix.parse(text, PIPE_KINDS).weights
+    if sum(shares.values()) > 100:
+        raise MixError(f"pipe shares {text!r} add up to more than 100%")
+    return shares
+
+
+def parse_pipe_cancel_points(text: str) -> tuple[PipeCancelPoint, ...]:
+    points = tuple(PipeCancelPoint.parse(part) for part in text.split(",") if part.strip())
+    if not points:
+        raise ValueError("needs at least one pipe cancel point")
+    return points
+
+
+DEFAULT_PIPE_CANCEL_AT: Final = "before-start,after-headers,after-sent:2,after-received:2,after-half-close"
 DEFAULT_MIX: Final = "complete=60,abort=20,fatal=10,hold=10"
 DEFAULT_CANCEL: Final = "abortive=20,non-abortive=10"
 DEFAULT_CANCEL_AT: Final = "before-start,after-start,random:0.005,held:0.005"
@@ -83,6 +102,8 @@ class Plan:
     cancel: str | None          # None or a cancel kind
     point: CancelPoint | None
     on_cancel: str
+    pipe: str | None = None     # a pipe call of this kind (then `pipe_point`, not `point`)
+    pipe_point: PipeCancelPoint | None = None
 
     def delay(self, rng: random.Random) -> float:
         """Seconds from start to the cancel (0: at once)."""
@@ -102,8 +123,31 @@ class Scenario:
     hold_for: float = 0.005       # uncancelled held calls get an abortive cancel after this long
     escalate_after: float = 0.05  # a non-abortive cancel escalates after this long unanswered
     abort_code: int = DEFAULT_ABORT_CODE
+    pipes: dict[str, float] = field(default_factory=dict)   # percent of calls that are pipes, by kind
+    pipe_cancel_at: tuple[PipeCancelPoint, ...] = field(
+        default_factory=lambda: parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT))
+    pipe_messages: int = 5        # messages each side pushes on a pipe
 
     def plan(self, rng: random.Random) -> Plan:
+        plan = self._unary_plan(rng)
+        r = rng.random() * 100
+        for kind, share in self.pipes.items():
+            r -= share
+            if r < 0:
+                return self._pipe_plan(plan, kind, rng)
+        return plan
+
+    def _pipe_plan(self, plan: Plan, kind: str, rng: random.Random) -> Plan:
+        """A pipe call: the same outcome, cancel kind and policy draws; the cancel point is
+        counted in messages (one that applies to the kind). A held pipe that is not in the
+        cancelled share is cancelled abortively once it has its headers."""
+        plan.pipe, plan.point = kind, None
+        if plan.cancel is not None:
+            points = [p for p in self.pipe_cancel_at if p.applies_to(kind)]
+            plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(CANCEL_AFTER_HEADERS)
+        return plan
+
+    def _unary_plan(self, rng: random.Random) -> Plan:
         outcome = self.mix.draw(rng)
         cancel: str | None = None
         r = rng.random() * 100

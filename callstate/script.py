@@ -33,20 +33,79 @@ ON_CANCEL_NAMES: Final[dict[int, str]] = {v: k for k, v in ON_CANCEL.items()} | 
 DEFAULT_ABORT_CODE: Final = 4242  # an application exception code for mixes
 
 
-class ScriptError(ValueError):
-    """A script the server refuses; `field` names the offending field."""
+class RequestError(ValueError):
+    """A request the server refuses (INVALID_ARGUMENT, 87); `field` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        super().__init__(f"script.{field}: {message}")
+        super().__init__(f"{field}: {message}")
+
+
+class ScriptError(RequestError):
+    """A script the server refuses; `field` names the offending field of the script."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"script.{field}", message)
+        self.field = field
+
+
+# gRPC's default largest message a channel receives; a reply must fit it with its framing.
+GRPC_MAX_RECEIVE: Final = 4 * 1024 * 1024
+# What a CallReply adds around its payload at most: tags, lengths, the call id, cancel_seen.
+REPLY_FRAMING: Final = 1024
+# What a CallRequest adds around its payload at most: the call id, the script and its messages.
+REQUEST_FRAMING: Final = 16 * 1024
+ABORT_CODE_MIN: Final = -(2**31)       # an HRESULT-style negative code still fits 32 bits
+ABORT_CODE_MAX: Final = 2**32 - 1      # an unsigned 32-bit exception code
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds a server enforces on scripts (and a client checks before sending)."""
+    """Bounds a server enforces on requests (and a client checks before sending).
+
+    Each one keeps what the server accepts deliverable: a reply fits the peer's receive
+    limit with its framing, a status message stays well under what gRPC carries intact
+    (a client drops trailers beyond 8 KiB at random, 16 KiB always), a call id is a metadata value.
+    """
 
     max_delay_ms: int = 600_000
-    max_reply_bytes: int = 4 * 1024 * 1024
+    max_reply_bytes: int = GRPC_MAX_RECEIVE - REPLY_FRAMING
+    # abort and fatal messages, UTF-8: the status travels percent-encoded in the trailers (up to
+    # 3 characters a byte), and a client refuses trailers over 8 KiB at random (soft limit)
+    max_message_bytes: int = 2048
+    max_call_id_bytes: int = 128
+    # request payload (echoed back as the reply); the server takes no larger message than this
+    # plus REQUEST_FRAMING, so a caller cannot make it buffer and parse megabytes it will refuse
+    max_payload_bytes: int = 1024 * 1024
+
+
+def check_call_id(call_id: str, limits: Limits = Limits()) -> None:
+    """Raise RequestError naming the problem. Empty is allowed (the server makes one)."""
+    if len(call_id) > limits.max_call_id_bytes:
+        raise RequestError("call_id", f"at most {limits.max_call_id_bytes} characters, got {len(call_id)}")
+    if call_id and not (call_id.isascii() and call_id.isprintable()):
+        bad = next(c for c in call_id if not (c.isascii() and c.isprintable()))
+        raise RequestError("call_id", f"only printable ASCII (a gRPC metadata value), got {bad!r}")
+
+
+def check_abort_code(code: int) -> None:
+    """ValueError unless `code` is a non-zero 32-bit exception code (RpcAsyncAbortCall)."""
+    if code == 0:
+        raise ValueError("must be non-zero: an abort with code 0 would look like success")
+    if not ABORT_CODE_MIN <= code <= ABORT_CODE_MAX:
+        raise ValueError(f"must fit in 32 bits ({ABORT_CODE_MIN}..{ABORT_CODE_MAX}), got {code}")
+
+
+def validate_request(request: pb.CallRequest, limits: Limits = Limits()) -> None:
+    """A whole request: its call id, payload and script (RequestError names the field)."""
+    check_call_id(request.call_id, limits)
+    size = len(request.payload)
+    if size > limits.max_payload_bytes:
+        raise RequestError("payload", f"at most {limits.max_payload_bytes} bytes, got {size}")
+    if request.HasField("script"):
+        validate(request.script, limits)
+        if request.script.echo and size > limits.max_reply_bytes:
+            raise RequestError("payload", f"an echoed payload is a reply: at most {limits.max_reply_bytes} bytes, got {size}")
 
 
 def validate(script: pb.Script, limits: Limits = Limits()) -> None:
@@ -64,11 +123,16 @@ def validate(script: pb.Script, limits: Limits = Limits()) -> None:
         raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
     if not 0 <= script.reply_bytes <= limits.max_reply_bytes:
         raise ScriptError("reply_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.reply_bytes}")
+    for name in ("abort_message", "fatal_message"):
+        size = len(getattr(script, name).encode("utf-8", "surrogatepass"))
+        if size > limits.max_message_bytes:
+            raise ScriptError(name, f"at most {limits.max_message_bytes} bytes (so the status reaches the caller "
+                                    f"intact), got {size}")
     if script.outcome == pb.OUTCOME_ABORT:
-        if script.abort_code == 0:
-            raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
-        if not -(2**31) <= script.abort_code < 2**32:
-            raise ScriptError("abort_code", f"must fit in 32 bits, got {script.abort_code}")
+        try:
+            check_abort_code(script.abort_code)
+        except ValueError as exc:
+            raise ScriptError("abort_code", str(exc)) from None
         if not 0 <= script.abort_grpc_status <= 16:
             raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
 

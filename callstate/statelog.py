@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import collections
+import os
+import stat
 import sys
 import threading
 import time
 from pathlib import Path
 from datetime import datetime
-from typing import IO, Any, Iterator, Mapping, NamedTuple
+from typing import IO, Any, Callable, Iterator, Mapping, NamedTuple
 
 import orjson
 
@@ -219,22 +221,34 @@ class LogFormatError(ValueError):
 REQUIRED_KEYS = ("ts", "side", "call_id", "state", "prev", "event")
 
 
-def read_log(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_log(path: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, entry) from a JSON-lines state log.
 
     Non-state lines are refused with the file and line number, so a wrong file
-    is reported, never half-read silently.
+    is reported, never half-read silently. The one exception, when `warn` is given:
+    a last line cut short (no newline, not a whole entry: the writer died or its disk
+    filled) is reported through `warn` and the complete lines before it are kept.
+    Only regular files are read (a FIFO or a device would block or never end).
     """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise LogFormatError(f"{path}: not a regular file")
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.strip()
+        for lineno, line in enumerate(f, 1):
+            raw = line.strip()
             if not raw:
                 continue
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
+                if warn is not None and not line.endswith(b"\n"):
+                    warn(f"{path}:{lineno}: the last line is cut short (no newline, not JSON): ignored; "
+                         f"the {lineno - 1} lines before it are checked")
+                    return
                 raise LogFormatError(f"{path}:{lineno}: not JSON ({exc})") from None
             if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
                 missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
+                if warn is not None and not line.endswith(b"\n") and isinstance(obj, dict):
+                    warn(f"{path}:{lineno}: the last line is cut short (missing {', '.join(missing)}): ignored")
+                    return
                 raise LogFormatError(f"{path}:{lineno}: not a state entry (missing {', '.join(missing)})")
             yield lineno, obj

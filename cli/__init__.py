@@ -5,18 +5,31 @@ Each command module has `add_parser(subparsers)` and `run(options) -> exit statu
 
 from __future__ import annotations
 
-import argparse
-from typing import Sequence
+import os
 
-from callstate import __version__
-from callstate.cli import call, check, conformance, health, load, report, serve, watch
-from callstate.cli.options import epilog, para
+# grpc's C core logs failed TLS handshakes and the like on stderr; the commands report
+# those failures themselves, in one line (GRPC_VERBOSITY=INFO brings its logs back).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import argparse  # noqa: E402
+from typing import NoReturn, Sequence  # noqa: E402
+
+from callstate import __version__  # noqa: E402
+from callstate.cli import call, check, conformance, health, load, report, serve, watch  # noqa: E402
+from callstate.cli.options import epilog, para  # noqa: E402
 
 COMMANDS = (serve, call, watch, health, load, check, report, conformance)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad usage is one line naming the option (and where to look), not the whole usage text."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="callstate",
         description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
                          "scripted calls, a load generator and a checker for both sides' state logs."),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
 from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
-from callstate.cli.options import add_target, epilog, non_negative_float, para, positive_float
+from callstate.cli.options import (abort_code, add_target, channel_settings, epilog, finite_float, grpc_status, int64,
+                                   non_negative_float, para, positive_float, text)
+from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Script
 
@@ -31,22 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
                                         "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
-                       epilog=epilog() + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=epilog() + "\n" + EXAMPLES + PIPE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
                    help="what the server's handler does (default: %(default)s)")
-    p.add_argument("--dispatch-delay", type=float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
+    p.add_argument("--dispatch-delay", type=finite_float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
                    help="delay before the handler processes the call (a negative one is sent as it is: "
                         "the client refuses it, C -> End, 87)")
     p.add_argument("--delay", type=non_negative_float, default=_SCRIPT.outcome_delay, metavar="SECONDS",
                    help="processing time before the outcome")
-    p.add_argument("--reply-bytes", type=int, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
-    p.add_argument("--payload", default="", help="request payload (text); with --echo it comes back")
+    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
+    p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
+                   "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
-    p.add_argument("--code", type=int, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
-    p.add_argument("--grpc-status", type=int, default=_SCRIPT.abort_status, metavar="N",
+    p.add_argument("--code", type=abort_code, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
+    p.add_argument("--grpc-status", type=grpc_status, default=_SCRIPT.abort_status, metavar="N",
                    help="abort: gRPC status code to send it with (default: ABORTED)")
-    p.add_argument("--message", default="", help="abort: status message; fatal: exception text")
+    p.add_argument("--message", type=text, default="", help="abort: status message; fatal: exception text")
     p.add_argument("--headers-first", action="store_true",
                    help="the handler sends initial metadata before its outcome (no trailers-only response)")
     p.add_argument("--on-cancel", choices=list(ON_CANCEL), default=_SCRIPT.on_cancel,
@@ -61,13 +65,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--json", action="store_true", help="print state entries as JSON lines")
     p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
     add_otel(p)
+    add_pipe_options(p)
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    if opts.pipe:
+        return run_pipe(opts)
     from callstate.observe import ObserveError
 
     provider = None
+    opts.settings = channel_settings(opts)
     try:
         provider = tracer_provider(opts, "callstate-call")
         return asyncio.run(_call(opts, provider))
@@ -90,10 +98,10 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
                     fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
                     headers_first=opts.headers_first)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout,  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)
     try:
-        call = client.prepare(script, payload=opts.payload.encode())
+        call = client.prepare(script, payload=os.fsencode(opts.payload))
         abortive = not opts.non_abortive
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)

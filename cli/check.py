@@ -14,8 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "them by call id and verify: legal transitions on each side (the same tables "
                                         "the server and client use), End exactly once and nothing after it, each "
                                         "side's final code fits its own path, and the client's final code agrees "
-                                        "with the server's outcome. Exit status 1 on any violation, 2 when a file "
-                                        "cannot be read."))
+                                        "with the server's outcome. A last line cut short (a writer killed "
+                                        "mid-line, a full disk) is reported as a warning and the complete lines are "
+                                        "checked. Exit status 1 on any violation, 2 when a file cannot be read or is "
+                                        "not a regular file."))
     p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -28,7 +30,7 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.statelog import LogFormatError
 
     try:
-        report = check_files(opts.logs)
+        report = check_files(opts.logs, warn=lambda text: print(f"callstate check: warning: {text}", file=sys.stderr))
     except (OSError, LogFormatError) as exc:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.cli.options import add_target
+from callstate.cli.options import add_target, channel_settings
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -13,7 +13,8 @@ DEFAULT_TIMEOUT = 5.0
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser("health", help="ask the server's gRPC health service (exit 0 when SERVING)",
                        description="Ask grpc.health.v1.Health/Check. Exit status 0 when the answer is SERVING, "
-                                   "1 otherwise (NOT_SERVING, unreachable, no answer within --timeout).")
+                                   "1 otherwise (NOT_SERVING, unreachable, no answer within --timeout). The health "
+                                   "service needs no token; TLS options apply as for every client command.")
     add_target(p)
     p.add_argument("--service", default="", help="service name to ask about (default: the server as a whole)")
     return p
@@ -23,12 +24,14 @@ def run(opts: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(opts.target) as channel:
+    settings = channel_settings(opts)
+    with settings.sync_channel(opts.target) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=opts.service), timeout=opts.timeout or DEFAULT_TIMEOUT)
         except grpc.RpcError as err:
-            print(f"callstate health: {opts.target}: {err.code().name}: {err.details()}", file=sys.stderr)
+            print(f"callstate health: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
+                  file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)

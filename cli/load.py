@@ -9,12 +9,15 @@ import sys
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
-from callstate.cli.options import (add_target, cancel_points, cancel_shares, non_negative_float, non_negative_int,
-                                   on_cancel_mix, outcome_mix, para, positive_float, positive_int)
-from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL, POINT_KINDS,
-                                Scenario)
+from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
+                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
+                                   positive_int)
+from callstate.cli.options import pipe_cancel_points, pipe_shares
+from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
+                                DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario)
+from callstate.script import Limits
 
-_LOAD, _SCENARIO = LoadConfig(), Scenario()
+_LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
 
 EPILOG = """\
@@ -26,11 +29,18 @@ cancel points (--cancel-at, comma-separated; each cancelled call picks one at ra
   held:SECONDS      script the call to hold, cancel it after SECONDS
 Held calls that are not in the cancelled share get an abortive cancel after --hold-for.
 
+pipes (--pipes in=10,out=10,both=10: percent of calls that are asynchronous pipes): each side
+pushes --pipe-messages messages; a cancelled pipe is cancelled at one of --pipe-cancel-at:
+  before-start, after-headers, after-sent:N, after-received:N, after-half-close
+(only the points that apply to its kind); held pipes not in the cancelled share are
+cancelled abortively once they have their headers.
+
 examples:
   callstate load --calls 5000 --concurrency 64
   callstate load --duration 30 --rate 2000 --cancel abortive=40,non-abortive=30 --report report.json
   callstate load --calls 20000 --mix complete=100 --cancel none     # plain throughput
   callstate load --calls 5000 --html report.html                    # and look at it in a browser
+  callstate load --calls 2000 --pipes in=15,out=15,both=20 --pipe-cancel-at after-sent:2,after-received:3
 """
 assert all(kind in EPILOG for kind in POINT_KINDS)
 
@@ -73,10 +83,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="uncancelled held calls are cancelled abortively after this long (default: %(default)s)")
     p.add_argument("--delay", type=non_negative_float, default=_LOAD.delay, metavar="SECONDS",
                    help="server processing time before complete/abort/fatal (default: %(default)s)")
-    p.add_argument("--payload", type=non_negative_int, default=_LOAD.payload, metavar="BYTES",
-                   help="request payload and reply size (default: %(default)s)")
-    p.add_argument("--abort-code", type=int, default=_SCENARIO.abort_code, metavar="CODE",
-                   help="exception code of aborts (default: %(default)s)")
+    p.add_argument("--payload", type=bounded_int(0, _LIMITS.max_payload_bytes, "what a server accepts by default"),
+                   default=_LOAD.payload, metavar="BYTES",
+                   help=f"request payload and reply size, at most {_LIMITS.max_payload_bytes} (default: %(default)s)")
+    p.add_argument("--abort-code", type=abort_code, default=_SCENARIO.abort_code, metavar="CODE",
+                   help="exception code of aborts: non-zero, 32 bits (default: %(default)s)")
+    p.add_argument("--pipes", type=pipe_shares, default={}, metavar="SHARES",
+                   help="percent of calls that are pipes, by kind, e.g. in=10,out=10,both=10 (default: none)")
+    p.add_argument("--pipe-cancel-at", type=pipe_cancel_points, default=pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT),
+                   metavar="POINTS", help=f"where cancelled pipes are cancelled, counted in messages "
+                                          f"(default: {DEFAULT_PIPE_CANCEL_AT})")
+    p.add_argument("--pipe-messages", type=non_negative_int, default=_SCENARIO.pipe_messages, metavar="N",
+                   help="messages each side pushes on a pipe (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--html", metavar="FILE.html",
@@ -125,13 +143,14 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
     from callstate.cli.load_run import LoadRun, summary
 
     scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
-                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code)
+                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
+                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages)
     config = LoadConfig(
         target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        timeout=opts.timeout, settings=channel_settings(opts), metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
         tracing=provider if provider is not None else False,
         view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
     if opts.html and (why := html_report.available()):
@@ -154,16 +173,22 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
     finally:
         if load_run.metrics is not None and not opts.metrics_linger:
             load_run.metrics.close()
-    if opts.report:
-        with open(opts.report, "wb") as f:
-            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if opts.html:
         try:
             html_report.write(load_run.html_report(report), opts.html)
         except OSError as exc:
-            print(f"callstate load: {exc}", file=sys.stderr)
+            print(f"callstate load: --html {opts.html}: cannot write the report ({exc.strerror or exc})",
+                  file=sys.stderr)
             return 2
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
+    if opts.report:
+        try:
+            with open(opts.report, "wb") as f:
+                f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        except OSError as exc:   # a full disk, say: the run's verdict above stands, the file does not
+            print(f"callstate load: --report {opts.report}: cannot write the report ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
     if load_run.metrics is not None and opts.metrics_linger:
         _linger(opts.metrics_linger)
         load_run.metrics.close()

@@ -31,12 +31,18 @@ from callstate.client import AsyncCall, AsyncClient, CallError
 from callstate.cli.live_stats import LiveStats
 from callstate.cli.live_view import LiveView
 from callstate.cli.run_report import ReportBuilder, collect_examples
-from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, SERVER
+from callstate.client.channel import ChannelSettings
+from callstate.client.pipe_drive import drive_pipe
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
+from callstate.pipe_script import PipeCancelPoint, PipeScript
 from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
 from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+_DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
+
 
 @dataclass
 class LoadConfig:
@@ -60,6 +66,7 @@ class LoadConfig:
     metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
+    settings: ChannelSettings = field(default_factory=ChannelSettings)   # TLS, token, keepalive
 
 
 class _Sink:
@@ -124,6 +131,9 @@ class LoadRun:
         self.latency: dict[int, list[float]] = defaultdict(list)
         self.paths: Counter[str] = Counter()
         self.skipped = 0
+        self.attempted = 0        # calls that tried to go out (not cancelled in state C)
+        self.start_failed = 0     # ... and were refused before leaving (C -> End)
+        self.stream_dropped = 0   # entries our own journal stream lost (the server tells us on it)
         self._scripts: dict[tuple[str, str], pb.Script] = {}
         self._our_server_ends = 0
         self._our_server_dispatches = 0
@@ -173,6 +183,8 @@ class LoadRun:
 
     async def one(self, client: AsyncClient, plan: Plan, payload: bytes) -> None:
         """One call, already counted by `_claim`."""
+        if plan.pipe is not None:
+            return await self.one_pipe(client, plan)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         self.paths[plan.outcome] += 1
@@ -188,7 +200,12 @@ class LoadRun:
             if point is not None and point.kind == BEFORE_START:
                 call.cancel(abortive)
             else:
-                call.start()
+                self.attempted += 1
+                try:
+                    call.start()
+                except CallError:
+                    self.start_failed += 1
+                    raise
                 if point is not None:
                     delay = plan.delay(self.rng)
                     if point.kind == AFTER_START or delay <= 0:
@@ -205,6 +222,37 @@ class LoadRun:
         finally:
             if timer is not None:
                 timer.cancel()
+            self.in_flight -= 1
+        self.finished += 1
+        self.by_code[code] += 1
+        self.latency[code].append((time.perf_counter() - t0) * 1000)
+
+    async def one_pipe(self, client: AsyncClient, plan: Plan) -> None:
+        """One pipe call: each side pushes the scenario's messages; cancelled at a point counted
+        in messages (a held pipe not in the cancelled share: abortively, after its headers)."""
+        t0 = time.perf_counter()
+        scenario = self.cfg.scenario
+        self.paths[f"pipe-{plan.pipe}"] += 1
+        self.paths[plan.outcome] += 1
+        point, cancel = plan.pipe_point, plan.cancel
+        if point is None and plan.outcome == "hold":
+            point, cancel = PipeCancelPoint.parse("after-headers"), ABORTIVE
+        if cancel is not None and point is not None:
+            self.paths[f"cancel-{cancel}"] += 1
+            self.paths[f"pipe-cancel-at-{point.kind}"] += 1
+        script = PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
+                            message_bytes=self.cfg.payload, abort_code=scenario.abort_code,
+                            interval=0.005 if plan.outcome == "hold" else 0.0)
+        pipe = client.pipe(plan.pipe, script)  # type: ignore[arg-type]
+        self.ids.add(pipe.call_id)
+        try:
+            await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
+                             cancel_at=point if cancel else None, abortive=cancel == ABORTIVE,
+                             escalate_after=scenario.escalate_after)
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code = err.code
+        finally:
             self.in_flight -= 1
         self.finished += 1
         self.by_code[code] += 1
@@ -289,15 +337,17 @@ class LoadRun:
 
     async def _follow_stream(self, stub: pb_grpc.JournalStub, subscribed: asyncio.Event, checker: Checker,
                              ids: set[str]) -> None:
-        async for batch in stub.Follow(pb.WatchRequest()):
+        async for batch in stub.Follow(pb.WatchRequest(), metadata=self.cfg.settings.metadata):
             subscribed.set()
+            if batch.dropped > self.stream_dropped:
+                self.stream_dropped = batch.dropped
             for e in batch.entries:
                 if e.state == END and e.event == ENTER:
                     if e.call_id in ids:
                         self._our_server_ends += 1
                     elif e.call_id == self._barrier_id and self._barrier is not None and not self._barrier.done():
                         self._barrier.set_result(None)
-                elif e.move == DISPATCH and e.call_id in ids:
+                elif e.move in _DISPATCH_MOVES and e.call_id in ids:
                     self._our_server_dispatches += 1
                 if e.call_id in ids:
                     d = proto_to_dict(e)
@@ -307,12 +357,15 @@ class LoadRun:
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        channel = grpc.aio.insecure_channel(cfg.target)
+        channel = cfg.settings.aio_channel(cfg.target)
+        metadata = cfg.settings.metadata
         try:
             await asyncio.wait_for(channel.channel_ready(), 5)
         except asyncio.TimeoutError:
             await channel.close()
-            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s)")
+            hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
+                    if cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
+            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
         journal = pb_grpc.JournalStub(channel)
         follow: asyncio.Task[None] | None = None
         if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
@@ -325,9 +378,16 @@ class LoadRun:
                 follow.cancel()
                 await channel.close()
                 raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                      f"is it a callstate server? ({_error_text(follow)})")
-        before = await journal.GetCounters(pb.CountersRequest(), timeout=10)
-        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout,
+                                      f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
+        try:
+            before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if follow is not None:
+                follow.cancel()
+            await channel.close()
+            raise ConnectionError(f"{cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
+                                  f"{err.code().name}: {cfg.settings.explain(err.code(), err.details())}") from None
+        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
@@ -381,7 +441,7 @@ class LoadRun:
         journal publishes in order, so every entry before its End has arrived."""
         deadline = time.monotonic() + timeout
         while True:
-            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+            after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
             if (ours_done and idle) or time.monotonic() > deadline:
@@ -392,12 +452,13 @@ class LoadRun:
             self._barrier = loop.create_future()
             self._barrier_id = f"callstate-load-barrier-{os.urandom(8).hex()}"
             await pb_grpc.EmulatorStub(channel).Call(
-                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)), timeout=10)
+                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
+                metadata=self.cfg.settings.metadata, timeout=10)
             try:
                 await asyncio.wait_for(self._barrier, max(1.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 pass   # reported: our calls the stream did not bring will show as not_ended
-            after = await journal.GetCounters(pb.CountersRequest(), timeout=10)
+            after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
         return after
 
     def report(self, elapsed: float, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
@@ -409,7 +470,9 @@ class LoadRun:
                 "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.scenario.mix),
                 "cancel": self.cfg.scenario.cancel, "cancel_at": [str(p) for p in self.cfg.scenario.cancel_at],
                 "on_cancel": str(self.cfg.scenario.on_cancel), "escalate_after": self.cfg.scenario.escalate_after,
-                "payload": self.cfg.payload, "seed": self.cfg.seed,
+                "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
+                "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
+                "pipe_messages": self.cfg.scenario.pipe_messages,
             },
             "calls": self.finished,
             "skipped": self.skipped,
@@ -435,16 +498,37 @@ class LoadRun:
             result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
                       self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))
             checked = result.to_json()
-            dropped = after.watch_dropped - before.watch_dropped if after else 0
+            # only our own stream's losses matter: another client's stuck watcher is not our problem
+            dropped = self.stream_dropped
+            notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
+                     "the server view is incomplete"] if dropped else []
+            if self.attempted and self._our_server_dispatches == 0:
+                notes.append("no call reached the server")
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
-            report["check"] = {"ok": result.ok and not dropped, "violations": checked["violations"],
+            report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
+                               "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
-                               "entries": checked["entries"],
-                               "note": f"{dropped} server entries were dropped by the journal's watch queue: "
-                                       "the server view is incomplete" if dropped else ""}
+                               "entries": checked["entries"], "note": "; ".join(notes)}
         else:
-            report["check"] = {"ok": True, "skipped": True}
+            report["check"] = {"ok": not self._nothing_started(), "skipped": True}
+        if self._nothing_started():
+            report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
+        report["stream_dropped"] = self.stream_dropped
         return report
+
+    def _nothing_started(self) -> str:
+        """Why the run proved nothing, when no call could start (or every one was refused)."""
+        if self.attempted and self.start_failed == self.attempted:
+            return f"no call could start: all {self.attempted} were refused before leaving the client"
+        turned_away = self.by_code.get(codes.RPC_S_SERVER_TOO_BUSY, 0) + self.by_code.get(codes.RPC_S_SERVER_UNAVAILABLE, 0)
+        if self.attempted and turned_away >= self.attempted:
+            return (f"no call could run: all {self.attempted} were turned away (1723 RPC_S_SERVER_TOO_BUSY or "
+                    "1722 RPC_S_SERVER_UNAVAILABLE)")
+        refused = self.by_code.get(codes.RPC_S_INVALID_ARG, 0)
+        if refused:   # the generator's own scripts are valid: a refusal means the server's limits are lower
+            return (f"the server refused {refused} of {self.attempted} calls (87 RPC_S_INVALID_ARG): its limits are "
+                    "below this load's settings (e.g. --payload, --delay)")
+        return ""
 
 
     def html_report(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -462,11 +546,14 @@ def script_holds(plan: Plan) -> bool:
     return OUTCOMES[plan.outcome] == pb.OUTCOME_HOLD
 
 
-def _error_text(task: asyncio.Task[None]) -> str:
+def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
     if not task.done() or task.cancelled():
         return "no answer within 10 s"
     exc = task.exception()
-    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = settings.explain(exc.code(), exc.details()) if settings is not None else exc.details()
+        return f"{exc.code().name}: {details}"
+    return repr(exc)
 
 
 def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
@@ -489,7 +576,7 @@ def summary(report: dict[str, Any]) -> str:
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     check = report["check"]
     if check.get("skipped"):
-        lines.append("check: skipped (--no-verify)")
+        lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
     elif check["ok"]:
         server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
@@ -497,7 +584,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
                      f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
-        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check["note"] else ""))
+        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else ""))
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))

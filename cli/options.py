@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import textwrap
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
-from callstate.scenario import CancelPoint, parse_cancel_points, parse_cancel_shares
-from callstate.script import ON_CANCEL, Mix, MixError
+from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_shares, parse_pipe_cancel_points,
+                                parse_pipe_shares)
+from callstate.lifecycle import SERVER
+from callstate.pem import read_pem
+from callstate.script import ON_CANCEL, Mix, MixError, check_abort_code
+from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
+
+if TYPE_CHECKING:
+    from callstate.client.channel import ChannelSettings
 
 EPILOG = "MS-RPC codes: " + ", ".join(codes.describe(c) for c in sorted(codes.NAMES)) + "."
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -49,6 +57,60 @@ non_negative_int = _number(int, "an integer", positive=False)
 positive_int = _number(int, "an integer", positive=True)
 
 
+MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
+
+
+def finite_float(text: str) -> float:
+    """Any finite number of seconds, negative included (the client refuses those itself)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds within ±{MAX_SECONDS:g}")
+    return value
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """An integer in low..high (e.g. what a 64-bit proto field holds)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be in {low}..{high}{' (' + what + ')' if what else ''}")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+int64 = bounded_int(-(2**63), 2**63 - 1, "a 64-bit integer")
+grpc_status = bounded_int(0, 16, "a gRPC status code; 0 = ABORTED")
+
+
+def abort_code(text: str) -> int:
+    """A non-zero 32-bit exception code (what RpcAsyncAbortCall takes and the wire keeps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        check_abort_code(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return value
+
+
+def text(value: str) -> str:
+    """Text that can travel as a proto string: argv bytes that are not UTF-8 are refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
+    return value
+
+
 def port(text: str) -> int:
     value = non_negative_int(text)
     if value > 65535:
@@ -71,10 +133,82 @@ outcome_mix = _parsed(Mix.parse)
 on_cancel_mix = _parsed(lambda text: Mix.parse(text, tuple(ON_CANCEL)))
 cancel_shares = _parsed(parse_cancel_shares)
 cancel_points: Callable[[str], tuple[CancelPoint, ...]] = _parsed(parse_cancel_points)
+pipe_shares = _parsed(parse_pipe_shares)
+pipe_cancel_points = _parsed(parse_pipe_cancel_points)
+
+
+def pem_file(text: str) -> str:
+    """A readable PEM file (certificate, key or CA bundle); its path."""
+    try:
+        read_pem(text, "file")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def keepalive(text: str) -> float:
+    value = non_negative_float(text)
+    if 0 < value < MIN_KEEPALIVE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (off) or >= {MIN_KEEPALIVE:g}")
+    return value
+
+
+def token(text: str) -> str:
+    if not text or not text.isascii() or not text.isprintable():
+        raise argparse.ArgumentTypeError("the token must be non-empty printable ASCII")
+    return text
+
+
+def env_token(prog: str) -> str | None:
+    """The token from CALLSTATE_TOKEN (None when unset or empty); SystemExit(2) when unusable."""
+    value = os.environ.get(TOKEN_ENV) or None
+    if value is not None:
+        try:
+            token(value)
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(f"{prog}: {TOKEN_ENV}: {exc}") from None   # exit status 1 with the line
+    return value
+
+
+def add_keepalive(p: "argparse._ActionsContainer", who: str) -> None:
+    p.add_argument("--keepalive", type=keepalive, default=DEFAULT_KEEPALIVE, metavar="SECONDS",
+                   help=f"give up on a {who} that stops answering (no reply to keepalive pings) within this "
+                        f"long; 0: off (default: %(default)s)")
 
 
 def add_target(p: argparse.ArgumentParser) -> None:
-    """The options every client command has: where the server is, and a deadline."""
+    """The options every client command has: where the server is, a deadline, how to reach it
+    (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings."""
     p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="gRPC deadline for the call (default: none)")
+    g = p.add_argument_group("access (see the README, Security)")
+    g.add_argument("--tls-ca", type=pem_file, metavar="PEM",
+                   help="connect with TLS, trusting server certificates signed by this CA (default: plaintext)")
+    g.add_argument("--tls-cert", type=pem_file, metavar="PEM",
+                   help="client certificate, for a server that requires one (mutual TLS); with --tls-key")
+    g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the client certificate's private key")
+    g.add_argument("--tls-server-name", metavar="NAME",
+                   help="check the server's certificate against this name instead of the target's host")
+    g.add_argument("--token", type=token, metavar="TOKEN",
+                   help=f"bearer token for a server started with --token (default: ${TOKEN_ENV}, if set)")
+    add_keepalive(g, SERVER)   # the peer whose silence ends the calls
+    p.set_defaults(target_parser=p)
+
+
+def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
+    """The client channel settings from add_target's options; a usage error (exit 2) when
+    they do not fit together."""
+    from callstate.client.channel import ChannelSettings
+
+    parser: argparse.ArgumentParser = opts.target_parser
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    settings = ChannelSettings(tls_ca=opts.tls_ca, tls_cert=opts.tls_cert, tls_key=opts.tls_key,
+                               token=opts.token or env_token(parser.prog), keepalive=opts.keepalive or None,
+                               tls_server_name=opts.tls_server_name)
+    try:
+        settings.credentials()   # a certificate and key that do not match: say so now
+    except OSError as exc:
+        parser.error(str(exc))
+    return settings

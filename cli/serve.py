@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
-from callstate.cli.options import epilog, non_negative_float, non_negative_int, outcome_mix, para, port
-from callstate.script import Limits
+from callstate.cli.options import (abort_code, add_keepalive, bounded_int, env_token, epilog, non_negative_float,
+                                   non_negative_int, outcome_mix, para, pem_file, port, positive_float, token)
+from callstate.lifecycle import CLIENT
+from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
+from callstate.wire import TOKEN_ENV
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
 
@@ -34,21 +38,68 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--mix", type=outcome_mix, default=_EMULATOR.mix, metavar="MIX",
                    help="outcomes for calls without a script, e.g. complete=80,abort=10,fatal=5,hold=5 "
                         "(default: %(default)s)")
-    p.add_argument("--abort-code", type=int, default=_EMULATOR.abort_code, metavar="CODE",
-                   help="exception code of aborts drawn from the mix (default: %(default)s)")
+    p.add_argument("--abort-code", type=abort_code, default=_EMULATOR.abort_code, metavar="CODE",
+                   help="exception code of aborts drawn from the mix: non-zero, 32 bits (default: %(default)s)")
     p.add_argument("--max-hold", type=non_negative_float, default=_EMULATOR.max_hold, metavar="SECONDS",
-                   help="a held call ends with 1460 RPC_S_TIMEOUT after this long (default: %(default)s)")
+                   help="no call lasts longer than this from its dispatch, whatever its script or on-cancel "
+                        "policy: it ends with 1460 RPC_S_TIMEOUT (default: %(default)s)")
     p.add_argument("--max-delay", type=non_negative_float, default=_LIMITS.max_delay_ms / 1000, metavar="SECONDS",
                    help="longest delay a script may ask for (default: %(default)s)")
-    p.add_argument("--max-reply-bytes", type=non_negative_int, default=_LIMITS.max_reply_bytes, metavar="N",
-                   help="largest reply a script may ask for (default: %(default)s)")
+    reply_cap = GRPC_MAX_RECEIVE - REPLY_FRAMING
+    p.add_argument("--max-reply-bytes", type=bounded_int(0, reply_cap, "a reply must fit gRPC's 4 MiB receive limit"),
+                   default=_LIMITS.max_reply_bytes, metavar="N",
+                   help=f"largest reply a script may ask for, at most {reply_cap} so that it fits a client's "
+                        "default 4 MiB receive limit with its framing (default: %(default)s)")
+    p.add_argument("--max-payload-bytes", type=bounded_int(0, reply_cap, "gRPC's 4 MiB receive limit"),
+                   default=_LIMITS.max_payload_bytes, metavar="N",
+                   help="largest request payload (default: %(default)s)")
+    p.add_argument("--max-message-bytes", type=bounded_int(0, 2048, "longer ones may not reach a client intact"),
+                   default=_LIMITS.max_message_bytes, metavar="N",
+                   help="longest abort or fatal message, in UTF-8 bytes (default: %(default)s)")
+    p.add_argument("--max-call-id", type=bounded_int(1, 4096), default=_LIMITS.max_call_id_bytes, metavar="N",
+                   help="longest call id (printable ASCII only) (default: %(default)s)")
+    p.add_argument("--max-reply-backlog", type=non_negative_int, default=_EMULATOR.max_reply_backlog_bytes,
+                   metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
+                   "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--max-concurrent-streams", type=non_negative_int, default=_SERVER.max_concurrent_streams,
+                   metavar="N", help="HTTP/2 streams (calls) per connection at once; 0 = unbounded "
+                   "(default: %(default)s)")
+    p.add_argument("--early-notice-ttl", type=positive_float, default=_EMULATOR.early_notice_ttl, metavar="SECONDS",
+                   help="a cancel notice that arrives before its call waits this long for it (default: %(default)s)")
+    p.add_argument("--max-early-notices", type=non_negative_int, default=_EMULATOR.max_early_notices, metavar="N",
+                   help="cancel notices kept for calls not dispatched yet; oldest dropped first (default: %(default)s)")
+    p.add_argument("--max-early-notice-bytes", type=non_negative_int, default=_EMULATOR.max_early_notice_bytes,
+                   metavar="BYTES", help="the same, in bytes of their call ids (default: %(default)s)")
+    p.add_argument("--journal-bytes", type=non_negative_int, default=_SERVER.journal_bytes, metavar="BYTES",
+                   help="ended calls' histories the journal keeps, in bytes (default: %(default)s)")
+    p.add_argument("--journal-events-per-call", type=non_negative_int, default=_SERVER.journal_events_per_call,
+                   metavar="N", help="events (cancel notices, ...) stored in one call's history; later ones are "
+                   "counted, not stored (the state log still has them) (default: %(default)s)")
+    p.add_argument("--max-watchers", type=non_negative_int, default=_SERVER.max_watchers, metavar="N",
+                   help="Journal Watch/Follow streams at once; more get RESOURCE_EXHAUSTED (default: %(default)s)")
+    p.add_argument("--watch-buffer", type=bounded_int(1, 10_000_000), default=_SERVER.watch_buffer, metavar="N",
+                   help="entries queued for one watcher; beyond it entries are dropped and the watcher is told "
+                        "on its own stream (default: %(default)s)")
     p.add_argument("--max-in-flight", type=non_negative_int, default=_EMULATOR.max_in_flight, metavar="N",
                    help="calls over this many in flight get 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--log-messages", action="store_true",
+                   help="pipes: also log one line per message (send_complete / receive_complete); by default "
+                        "only the transitions, with message counts")
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
     add_metrics(p, "the server's calls, states, cancels and journal")
     add_otel(p)
+    g = p.add_argument_group("access (see the README, Security)")
+    g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
+                   "with --tls-key (default: plaintext)")
+    g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the certificate's private key")
+    g.add_argument("--tls-client-ca", type=pem_file, metavar="PEM",
+                   help="mutual TLS: require client certificates signed by this CA")
+    g.add_argument("--token", type=token, metavar="TOKEN",
+                   help=f"require 'authorization: Bearer TOKEN' on the Emulator and Journal services (health and "
+                        f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
+    add_keepalive(g, CLIENT)   # the peer whose silence ends the calls
     return p
 
 
@@ -56,17 +107,37 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
     from callstate.server.app import serve
 
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if opts.tls_client_ca is not None and opts.tls_cert is None:
+        print("callstate serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
     config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
-                            max_in_flight=opts.max_in_flight, seed=opts.seed,
-                            limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes))
+                            max_in_flight=opts.max_in_flight, seed=opts.seed, log_messages=opts.log_messages,
+                            limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes,
+                                          max_message_bytes=opts.max_message_bytes, max_call_id_bytes=opts.max_call_id,
+                                          max_payload_bytes=opts.max_payload_bytes),
+                            max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
+                            max_early_notices=opts.max_early_notices,
+                            max_early_notice_bytes=opts.max_early_notice_bytes)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
-                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind)
+                            journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
+                            max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
+                            max_concurrent_streams=opts.max_concurrent_streams,
+                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+                            tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
+                            token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
+    for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
+        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
+            return 2
     provider = None
     try:
         options.tracing = provider = tracer_provider(opts, "callstate-serve")
         asyncio.run(serve(options, port_file=opts.port_file))
-    except (OSError, ObserveError) as exc:
+    except (OSError, ValueError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from callstate.cli.live_view import MODES, choose
-from callstate.cli.options import add_target, non_negative_int
+from callstate.cli.options import add_target, channel_settings, non_negative_int
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def run(opts: argparse.Namespace) -> int:
+    opts.settings = channel_settings(opts)
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -55,19 +56,26 @@ async def _watch(opts: argparse.Namespace) -> int:
     from callstate.v1 import callstate_pb2 as pb
     from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
-    async with grpc.aio.insecure_channel(opts.target) as channel:
+    settings = opts.settings
+    async with settings.aio_channel(opts.target) as channel:
         stub = pb_grpc.JournalStub(channel)
         try:
             if opts.counters:
-                c = await stub.GetCounters(pb.CountersRequest(), timeout=opts.timeout or COUNTERS_TIMEOUT)
+                c = await stub.GetCounters(pb.CountersRequest(), metadata=settings.metadata,
+                                        timeout=opts.timeout or COUNTERS_TIMEOUT)
                 print(orjson.dumps(counters_dict(c), option=orjson.OPT_INDENT_2).decode())
                 return 0
-            seen = 0
+            seen = dropped = 0
             print(f"watching {opts.target} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
             dashboard = _Dashboard(stub, choose(mode, sys.stdout), opts.target) if choose(mode, sys.stdout) else None
             try:
-                async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), timeout=opts.timeout):
+                async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
+                                             timeout=opts.timeout):
+                    if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                        print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
+                              f"{e.dropped} in all)", file=sys.stderr, flush=True)
+                        dropped = e.dropped
                     d = proto_to_dict(e)
                     if dashboard is not None:
                         dashboard.entry(d)
@@ -82,7 +90,8 @@ async def _watch(opts: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
                 return 0
-            print(f"callstate watch: {opts.target}: {err.code().name}: {err.details()}", file=sys.stderr)
+            print(f"callstate watch: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
+                  file=sys.stderr)
             return 1
     return 0
 

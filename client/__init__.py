@@ -8,8 +8,11 @@ from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.script import Script
 from callstate.client.aio import AsyncCall, AsyncClient, AsyncCompletionQueue
 from callstate.client.sync import Call, Client, CompletionQueue
+from callstate.client.pipe_aio import AsyncPipe
+from callstate.client.pipe_sync import Pipe
+from callstate.pipe_script import PipeScript
 
 __all__ = [
     "AsyncCall", "AsyncClient", "AsyncCompletionQueue", "Call", "CallError", "CallPending", "Client",
-    "CompletionQueue", "InvalidAsyncHandle", "Script",
+    "CompletionQueue", "InvalidAsyncHandle", "Script", "AsyncPipe", "Pipe", "PipeScript",
 ]

@@ -20,8 +20,10 @@ from typing import Any, Callable, Generator
 import grpc
 
 from callstate import codes
+from callstate.client.channel import ChannelSettings, PemSource
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import C, CANCEL_SENT, WCOMP
+from callstate.wire import DEFAULT_KEEPALIVE
 from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -76,7 +78,8 @@ class AsyncCall(CallBase):
 
     async def _notice_and_log(self) -> None:
         try:
-            reply = await self._stub.Cancel(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
+            reply = await self._stub.Cancel(self._notice_request(), metadata=self._client._auth_metadata,
+                                            timeout=self._client.timeout)
         except grpc.aio.AioRpcError as err:
             self._core.event(CANCEL_SENT, notice_failed(err.code()))
         except asyncio.CancelledError:
@@ -155,7 +158,8 @@ class AsyncCall(CallBase):
         try:
             reply = await rpc
         except grpc.aio.AioRpcError as err:
-            self._notify(None, *codes.client_outcome(err.code(), err.trailing_metadata(), err.details(),
+            self._notify(None, *codes.client_outcome(err.code(), err.trailing_metadata(),
+                                                     self._client.settings.explain(err.code(), err.details()),
                                                      abortive_cancel=self._core.abortive_cancel))
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -175,15 +179,28 @@ class AsyncCall(CallBase):
 
 
 class AsyncClient(ClientBase):
-    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase)."""
+    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase).
+
+    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
+    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
 
     _call_type = AsyncCall
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
-                 channel_options: list[tuple[str, Any]] | None = None, tracing: Any = False) -> None:
-        super().__init__(target, log=log, timeout=timeout, tracing=tracing)
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options or [])
+                 channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
+                 tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
+                 keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
+                 tracing: Any = False) -> None:
+        super().__init__(target, log=log, timeout=timeout, settings=settings or ChannelSettings(
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, keepalive=keepalive), tracing=tracing)
+        self._channel = self.settings.aio_channel(target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
+
+    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
+        """An asynchronous pipe call in state C ("in", "out" or "both"): see client/pipe_aio.py."""
+        from callstate.client.pipe_aio import AsyncPipe
+        return AsyncPipe(self, kind, script, **kwargs)
 
     async def close(self) -> None:
         if not self.closed:

@@ -11,19 +11,21 @@ import grpc
 
 from callstate import codes
 from callstate.client.call_core import CallCore
+from callstate.client.channel import ChannelSettings
 from callstate.errors import CallError
 from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
-from callstate.script import Script, ScriptError, validate
+from callstate.script import RequestError, Script, validate_request
 from callstate.statelog import StateLog
-from callstate.wire import CALL_ID_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
 
 
-def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str) -> pb.CallRequest:
-    """The wire request; a Python `Script` is converted (raising ScriptError on bad names)."""
+def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str, cancel_key: str = "") -> pb.CallRequest:
+    """The wire request; a Python `Script` is converted (raising ScriptError on bad names).
+    `cancel_key`: the call's secret, repeated in its cancel notices (only they reach it)."""
     if isinstance(script, Script):
         script = script.to_proto()
-    return pb.CallRequest(call_id=call_id, script=script, payload=payload)
+    return pb.CallRequest(call_id=call_id, script=script, payload=payload, cancel_key=cancel_key)
 
 
 def notice_outcome(reply: pb.CancelReply) -> str:
@@ -87,6 +89,10 @@ class CallBase:
     def _arm_escalation(self, timeout: float) -> None:
         raise NotImplementedError
 
+    def _notice_request(self) -> pb.CancelRequest:
+        """The cancel notice: the call's id and the key it was made with (proof of ownership)."""
+        return pb.CancelRequest(call_id=self.call_id, cancel_key=self._request.cancel_key)
+
     def start(self) -> Any:
         """C -> WComp: send the call; returns at once, like RpcAsyncCall.
         Raises CallError (C -> End, nothing to complete) when the call cannot be made."""
@@ -94,11 +100,10 @@ class CallBase:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
         if self._client.closed:
             raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        if self._request.HasField("script"):
-            try:
-                validate(self._request.script)
-            except ScriptError as exc:
-                raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+        try:   # the same checks as the server's, so a refused call never goes out
+            validate_request(self._request)
+        except RequestError as exc:
+            raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
         self._client._live.add(self)
         self._send()
         self._core.started()
@@ -173,9 +178,11 @@ class ClientBase:
     _call_type: type[CallBase] = CallBase
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None, timeout: float | None,
-                 tracing: Any = False) -> None:
+                 settings: ChannelSettings, tracing: Any = False) -> None:
         self.target = target
         self.timeout = timeout
+        self.settings = settings                 # TLS, token, keepalive (client/channel.py)
+        self._auth_metadata = settings.metadata  # sent with every call and notice
         self.closed = False
         # a path: the client opens (and closes) the log; any sink with append() is used as given
         self._live: set[CallBase] = set()   # started and not completed: close() ends them
@@ -190,16 +197,16 @@ class ClientBase:
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
 
     def _metadata(self, call_id: str) -> tuple[tuple[str, str], ...]:
-        """The call's gRPC metadata: its id, and the trace context when tracing."""
+        """The call's gRPC metadata: its id, the token, and the trace context when tracing."""
         if self._tracer is None:
-            return ((CALL_ID_KEY, call_id),)
-        return ((CALL_ID_KEY, call_id),) + self._tracer.headers(call_id)
+            return ((CALL_ID_KEY, call_id),) + self._auth_metadata
+        return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id)
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Any], None] | None = None) -> Any:
         """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
         queue) and `on_complete` are notified when the call-complete notification arrives."""
-        call = self._call_type(self, request_for(script, payload, call_id or new_call_id()))
+        call = self._call_type(self, request_for(script, payload, call_id or new_call_id(), new_cancel_key()))
         if queue is not None:
             call.add_done_callback(queue.post)
         if on_complete is not None:

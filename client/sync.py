@@ -18,8 +18,10 @@ from typing import Any
 import grpc
 
 from callstate import codes
+from callstate.client.channel import ChannelSettings, PemSource
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import CANCEL_SENT
+from callstate.wire import DEFAULT_KEEPALIVE
 from callstate.errors import CallError
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -68,7 +70,8 @@ class Call(CallBase):
         self._future.cancel()
 
     def _send_notice(self) -> None:
-        notice = self._stub.Cancel.future(pb.CancelRequest(call_id=self.call_id), timeout=self._client.timeout)
+        notice = self._stub.Cancel.future(self._notice_request(), metadata=self._client._auth_metadata,
+                                          timeout=self._client.timeout)
         notice.add_done_callback(self._on_notice_sent)
 
     def _on_notice_sent(self, notice: grpc.Future) -> None:
@@ -102,7 +105,8 @@ class Call(CallBase):
         assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
         # the channel closing under a call cancels it here: that is the client going away
         here = err.code() == grpc.StatusCode.CANCELLED and self._client.closed
-        code, status, details = codes.client_outcome(err.code(), err.trailing_metadata(), err.details(),
+        code, status, details = codes.client_outcome(err.code(), err.trailing_metadata(),
+                                                     self._client.settings.explain(err.code(), err.details()),
                                                      cancelled_here=here, abortive_cancel=abortive)
         self._core.notify(code, None, status, details)
 
@@ -118,15 +122,28 @@ class Call(CallBase):
 
 class Client(ClientBase):
     """Calls to one callstate server over one grpc channel, from any thread
-    (`prepare`, `start`: see ClientBase)."""
+    (`prepare`, `start`: see ClientBase).
+
+    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
+    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
 
     _call_type = Call
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
-                 channel_options: list[tuple[str, Any]] | None = None, tracing: Any = False) -> None:
-        super().__init__(target, log=log, timeout=timeout, tracing=tracing)
-        self._channel = grpc.insecure_channel(target, options=channel_options or [])
+                 channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
+                 tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
+                 keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
+                 tracing: Any = False) -> None:
+        super().__init__(target, log=log, timeout=timeout, settings=settings or ChannelSettings(
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, keepalive=keepalive), tracing=tracing)
+        self._channel = self.settings.sync_channel(target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
+
+    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
+        """A pipe call in state C ("in", "out" or "both"): see client/pipe_sync.py."""
+        from callstate.client.pipe_sync import Pipe
+        return Pipe(self, kind, script, **kwargs)
 
     def close(self) -> None:
         if not self.closed:

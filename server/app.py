@@ -22,12 +22,16 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from callstate.lifecycle import SERVER
+from callstate.pem import check_key_pair, read_pem
+from callstate.script import REQUEST_FRAMING
 from callstate.statelog import Entry, StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
+from callstate.server.security import TokenInterceptor, keepalive_options, server_credentials
+from callstate.wire import DEFAULT_KEEPALIVE
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Emulator"].full_name,
@@ -45,9 +49,28 @@ class ServerOptions:
     journal_size: int = 10_000
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
     grace: float = 2.0
+    journal_bytes: int = 64 * 1024 * 1024      # ended calls' histories kept, in bytes
+    journal_events_per_call: int = 64          # events (cancel notices...) stored per call; more are counted
+    max_watchers: int = 64                     # Journal Watch/Follow streams at once
+    watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
+    max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
+
+    # Access control (README, "Security"). TLS: PEM paths or bytes; tls_client_ca requires
+    # client certificates signed by it (mutual TLS). token: callstate.v1 RPCs must carry
+    # `authorization: Bearer <token>`. keepalive: seconds within which a silent client's
+    # calls are cancelled (None: grpc's defaults).
+    tls_cert: str | Path | bytes | None = None
+    tls_key: str | Path | bytes | None = None
+    tls_client_ca: str | Path | bytes | None = None
+    token: str | None = None
+    keepalive: float | None = DEFAULT_KEEPALIVE
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class EmulatorServer:
@@ -71,11 +94,24 @@ class EmulatorServer:
 
     async def start(self) -> int:
         opts = self.options
-        self.journal = journal = Journal(opts.journal_size)
+        self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
+                                         max_events_per_call=opts.journal_events_per_call,
+                                         max_watchers=opts.max_watchers)
         self.log = log = StateLog(opts.log)
+        try:
+            credentials = _credentials(opts)
+        except (OSError, ValueError):
+            log.close()
+            raise
         self.emulator = EmulatorServicer(opts.emulator, journal, self._entry_sink(journal, log))
         self.emulator.on_dispatch = self._on_dispatch
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # no request larger than the largest valid one is even read into Python
+        max_request = opts.emulator.limits.max_payload_bytes + REQUEST_FRAMING
+        server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
+        if opts.max_concurrent_streams:
+            server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
+        server = grpc.aio.server(options=server_options + keepalive_options(opts.keepalive),
+                                 interceptors=[TokenInterceptor(opts.token)] if opts.token else None)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
         self._health = HealthServicer()
@@ -83,7 +119,8 @@ class EmulatorServer:
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         address = f"[{opts.bind}]:{opts.port}" if ":" in opts.bind else f"{opts.bind}:{opts.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = (server.add_secure_port(address, credentials) if credentials is not None
+                         else server.add_insecure_port(address))
         except RuntimeError as exc:
             log.close()
             self._close_metrics()
@@ -164,15 +201,38 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if port_file:
-        Path(port_file).write_text(f"{srv.port}\n")
+        try:
+            Path(port_file).write_text(f"{srv.port}\n")
+        except OSError as exc:
+            await srv.stop()
+            raise OSError(f"--port-file {port_file}: {exc.strerror or exc}") from None
+    access = ("mutual TLS" if options.tls_client_ca is not None else "TLS") if options.tls else "plaintext"
     print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
-          f"(state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
+          f"({access}{', token required' if options.token else ''}; "
+          f"state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
     await stop.wait()
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)
     await srv.stop()
     assert srv.journal is not None
     print(f"callstate: stopped after {srv.journal.dispatched} calls "
           f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
+
+
+def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
+    """TLS server credentials from the options (None: plaintext); OSError/ValueError naming
+    what is wrong."""
+    if opts.tls_cert is None and opts.tls_key is None:
+        if opts.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    check_key_pair(opts.tls_cert, opts.tls_key, "TLS certificate")
+    cert = read_pem(opts.tls_cert, "TLS certificate")
+    key = read_pem(opts.tls_key, "TLS key")
+    client_ca = read_pem(opts.tls_client_ca, "TLS client CA")
+    assert cert is not None and key is not None
+    return server_credentials(cert, key, client_ca)
 
 
 def _describe_log(target: object) -> str:

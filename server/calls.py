@@ -20,7 +20,8 @@ import time
 from typing import Callable
 
 from callstate import codes
-from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, SERVER, Lifecycle, move_to_end
+from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, SERVER, UNARY, Lifecycle,
+                                 initial_move, move_to_end)
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
@@ -31,21 +32,23 @@ _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
 
 
 class ServerCall:
-    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "_wake", "_rec", "_journal",
-                 "_log")
+    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_rec",
+                 "_journal", "_log")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
-                 deadline_ms: int | None = None) -> None:
+                 kind: str = UNARY, deadline_ms: int | None = None) -> None:
         self.call_id = call_id
-        self.lifecycle = Lifecycle(SERVER, keep_history=False)   # the journal keeps the history
+        self.lifecycle = Lifecycle(SERVER, keep_history=False, kind=kind)   # the journal keeps the history
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
         self.stopping = False
+        self.cancel_key = ""   # the caller's secret: a cancel notice must repeat it (empty: anyone's notice)
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
         self._journal = journal
         self._log = log_append
         self._rec = journal.open(call_id, outcome, deadline_ms)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None)))
+        first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -64,7 +67,7 @@ class ServerCall:
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
         while not self.lifecycle.ended:
-            move = move_to_end(SERVER, self.state)
+            move = move_to_end(SERVER, self.state, self.lifecycle.kind)
             assert move is not None, "every server state has a move straight to End"
             self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name,
                       f"handler error: {type(exc).__name__}: {exc}")
@@ -78,6 +81,17 @@ class ServerCall:
         if self.cancel_kind is None:
             self.cancel_kind = kind
         self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, CANCEL_SEEN, cancel=kind))
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def wake_future(self) -> asyncio.Future[None]:
+        """A fresh future that a cancel, the server stopping or `wake()` resolves (pipe handlers
+        wait on it for their reader's progress too)."""
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
+    def wake(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 

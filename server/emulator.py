@@ -9,6 +9,8 @@ what the handler does next.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
 import logging
 import random
 import time
@@ -18,14 +20,15 @@ from typing import Any, Callable
 import grpc
 
 from callstate import codes
-from callstate.script import DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, ScriptError, validate
+from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, check_abort_code,
+                              check_call_id, validate_request)
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
-from callstate.wire import CALL_ID_KEY, CODE_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
@@ -55,6 +58,19 @@ class EmulatorConfig:
     max_in_flight: int = 100_000
     limits: Limits = field(default_factory=Limits)
     seed: int | None = None
+    log_messages: bool = False   # pipes: one state-log line per message (self-loops), not only counts
+    # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
+    # (a caller that never reads would otherwise pin every reply it asked for)
+    max_reply_backlog_bytes: int = 16 * 1024 * 1024
+    early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
+    max_early_notices: int = 10_000
+    max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
+
+    def __post_init__(self) -> None:
+        try:
+            check_abort_code(self.abort_code)
+        except ValueError as exc:
+            raise ValueError(f"abort code {exc}") from None
 
 
 class EmulatorServicer(pb_grpc.EmulatorServicer):
@@ -64,23 +80,45 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self._log_append = log_append
         self._rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
-        self._early_notices = EarlyNotices()
+        self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
+                                           config.max_early_notice_bytes)
+        self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
+        from callstate.server.pipes import PipeServicer   # it imports this module's FatalHandlerError
+        self._pipes = PipeServicer(self)
+
+    # Asynchronous pipes (server/pipes.py): they share `live`, so Cancel notices reach them.
+    async def PipeIn(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return await self._pipes.pipe_in(request_iterator, context)
+
+    async def PipeOut(self, request, context):  # type: ignore[no-untyped-def]
+        await self._pipes.pipe_out(request, context)
+
+    async def PipeBoth(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        await self._pipes.pipe_both(request_iterator, context)
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
         self.stopping = True
+        self._early_notices.clear()
         for call in list(self.live.values()):
             call.stop()
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
         call_id = request.call_id or _call_id_from_metadata(context)
+        try:   # refused before dispatch: an id that is not a short metadata value is never logged
+            check_call_id(call_id, self.config.limits)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         headers_sent = not call_id
         if headers_sent:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        if call_id in self.live:
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        if call_id in self.live:   # first come, first served: the call in flight is not touched
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         script = request.script if request.HasField("script") else None
@@ -88,17 +126,17 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if self.on_dispatch is not None:
             self.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
-                          _deadline_ms(context))
+                          deadline_ms=_deadline_ms(context))
+        call.cancel_key = request.cancel_key
         self.live[call_id] = call
-        if self._early_notices and self._early_notices.take(call_id):
+        if self._early_notices and self._early_notices.take(_notice_key(call_id, request.cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         try:
-            if script is not None:
-                try:
-                    validate(script, self.config.limits)
-                except ScriptError as exc:
-                    return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            else:
+            try:
+                validate_request(request, self.config.limits)
+            except RequestError as exc:
+                return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if script is None:
                 script = pb.Script()
             if len(self.live) > self.config.max_in_flight:
                 return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -121,22 +159,36 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         policy = script.on_cancel or pb.ON_CANCEL_ABORT
         ignore = policy == pb.ON_CANCEL_IGNORE
         hold = outcome == _HOLD
-        for seconds in (script.dispatch_delay_ms / 1000, self.config.max_hold if hold else script.outcome_delay_ms / 1000):
-            if seconds and await call.pause(seconds, ignore):
+        # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a call
+        # whose caller is gone cannot keep a slot of --max-in-flight longer than that.
+        max_hold = self.config.max_hold
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_hold
+        overran = False
+        for seconds in (script.dispatch_delay_ms / 1000, max_hold if hold else script.outcome_delay_ms / 1000):
+            if not seconds:
+                continue
+            left = deadline - loop.time()
+            capped = seconds >= left
+            if await call.pause(min(seconds, max(left, 0.0)), ignore):
+                break
+            if capped:
+                overran = True
                 break
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
-                return self._complete(call, script, request)
+                return await self._complete(call, script, request, context)
             return await self._abort(call, context, codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED,
                                      f"cancelled by the caller ({call.cancel_kind})")
         if call.stopping:
             return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                      "server is shutting down")
-        if hold:
+        if overran:
             return await self._abort(call, context, codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     f"held for the server's max hold time ({self.config.max_hold:g}s)")
+                                     f"held for the server's max hold time ({max_hold:g}s)" if hold else
+                                     f"ran past the server's max hold time ({max_hold:g}s)")
         if outcome == _COMPLETE:
-            return self._complete(call, script, request)
+            return await self._complete(call, script, request, context)
         if outcome == _ABORT:
             code = script.abort_code or self.config.abort_code
             status = codes.status_from_value(script.abort_grpc_status) if script.abort_grpc_status else None
@@ -148,13 +200,26 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             raise asyncio.CancelledError()
         raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
 
-    def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest) -> pb.CallReply:
+    async def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest,
+                        context: grpc.aio.ServicerContext) -> pb.CallReply:
+        size = len(request.payload) if script.echo else script.reply_bytes
+        if size:
+            budget = self.config.max_reply_backlog_bytes
+            if self.reply_backlog + size > budget:
+                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         f"replies not yet taken by their callers are over the server's budget "
+                                         f"({budget} bytes, --max-reply-backlog)")
+            self.reply_backlog += size
+            context.add_done_callback(functools.partial(self._reply_delivered, size))
         call.move(COMPLETE)
         payload = request.payload if script.echo else bytes(script.reply_bytes)
         call.move(COMPLETED, server_end_code(COMPLETED), _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
+
+    def _reply_delivered(self, size: int, _context: object) -> None:
+        self.reply_backlog -= size
 
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
@@ -168,8 +233,18 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
+        try:
+            check_call_id(call_id, self.config.limits)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        if len(request.cancel_key) > MAX_CANCEL_KEY:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
         call = self.live.get(call_id)
         if call is not None:
+            if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    "the notice's cancel_key is not the one the call was made with")
             if call.lifecycle.ended:   # ended, still sending its status
                 return pb.CancelReply(delivered=False, state=call.state)
             state = call.state
@@ -178,17 +253,23 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         known = self._journal.get(call_id)
         if known is not None or not call_id:
             return pb.CancelReply(delivered=False, state=known.state if known else "")
-        # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch.
-        self._early_notices.remember(call_id)
+        # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
+        # under its id and key: it applies only to a call made with the same key.
+        self._early_notices.remember(_notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=True, state="")
 
 
 class EarlyNotices:
-    """Cancel notices for calls not dispatched yet, kept briefly and in bounded number."""
+    """Cancel notices for calls not dispatched yet: kept `ttl` seconds, bounded in count and
+    in bytes (of their call ids), oldest dropped first. A timer expires them even when no
+    new notice arrives, so a burst of notices does not stay pinned."""
 
-    def __init__(self, ttl: float = 10.0, limit: int = 10_000) -> None:
-        self.ttl, self.limit = ttl, limit
+    def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.ttl, self.limit, self.max_bytes = ttl, limit, max_bytes
         self._seen: dict[str, float] = {}
+        self.bytes = 0
+        self.dropped = 0          # notices forgotten early because a bound was hit
+        self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -196,16 +277,67 @@ class EarlyNotices:
     def remember(self, call_id: str) -> None:
         now = time.monotonic()
         seen = self._seen
-        while seen:
-            oldest, t = next(iter(seen.items()))
-            if now - t < self.ttl and len(seen) < self.limit:
-                break
-            del seen[oldest]
+        if call_id in seen:
+            self._forget(call_id)
+        size = len(call_id)
+        self._expire(now)
+        while seen and (len(seen) >= self.limit or self.bytes + size > self.max_bytes):
+            self._forget(next(iter(seen)))
+            self.dropped += 1
+        if self.limit <= 0 or size > self.max_bytes:
+            self.dropped += 1
+            return
         seen[call_id] = now
+        self.bytes += size
+        self._arm()
 
     def take(self, call_id: str) -> bool:
-        t = self._seen.pop(call_id, None)
-        return t is not None and time.monotonic() - t < self.ttl
+        t = self._seen.get(call_id)
+        if t is None:
+            return False
+        self._forget(call_id)
+        return time.monotonic() - t < self.ttl
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self.bytes = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _forget(self, call_id: str) -> None:
+        del self._seen[call_id]
+        self.bytes -= len(call_id)
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            oldest, t = next(iter(seen.items()))
+            if now - t < self.ttl:
+                break
+            self._forget(oldest)
+
+    def _arm(self) -> None:
+        """One timer at a time, due when the oldest notice expires."""
+        if self._timer is not None or not self._seen:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # used outside a loop (unit tests): expiry on the next remember()
+            return
+        oldest = next(iter(self._seen.values()))
+        self._timer = loop.call_later(max(0.0, oldest + self.ttl - time.monotonic()) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._expire(time.monotonic())
+        self._arm()
+
+
+def _notice_key(call_id: str, cancel_key: str) -> str:
+    """An early notice is kept under its call id and cancel key together: a stranger's notice
+    (another key) neither applies to the call nor displaces its owner's notice."""
+    return f"{call_id}\n{cancel_key}" if cancel_key else call_id
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

@@ -2,7 +2,10 @@
 
 Every state entry of the server passes through `Journal.add` on the event
 loop. In-flight calls are always kept; ended calls are kept up to `capacity`
-and then forgotten oldest first, so memory stays flat however long it runs.
+calls and `max_bytes` bytes and then forgotten oldest first, so memory stays
+flat however long it runs. A call's history keeps every state it entered but
+at most `max_events_per_call` events (cancel notices, say): later ones are
+counted, not stored, so no caller can grow one call's history without bound.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from callstate.lifecycle import CANCEL_SEEN, END, ENTER
 from callstate.statelog import Entry, is_final
 
 
+# What one stored entry costs, roughly: the tuple, its float and the shared strings (measured
+# with tracemalloc at about 150 bytes); its call id is shared with the record, its detail is not.
+ENTRY_BYTES = 160
+RECORD_BYTES = 300
+
+
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "deadline_ms")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "omitted", "bytes", "deadline_ms")
 
     def __init__(self, call_id: str, outcome: str = "", deadline_ms: int | None = None) -> None:
         self.call_id = call_id
@@ -24,6 +33,9 @@ class CallRecord:
         self.state = ""
         self.outcome = outcome
         self.saw_cancel = False
+        self.events = 0      # events stored (states entered are always stored)
+        self.omitted = 0     # events counted but not stored: over the per-call cap
+        self.bytes = RECORD_BYTES + len(call_id)
         self.deadline_ms = deadline_ms   # the caller's deadline as it arrived (grpc-timeout)
 
     @property
@@ -36,8 +48,13 @@ class CallRecord:
         return last if last is not None and is_final(last) else None
 
 
+class WatcherLimit(Exception):
+    """More watchers than the journal allows."""
+
+
 class Watcher:
-    """A live subscriber: a bounded queue; entries beyond it are dropped and counted."""
+    """A live subscriber: a bounded queue; entries beyond it are dropped and counted (and the
+    count travels on its own stream, so it knows its view is incomplete)."""
 
     __slots__ = ("call_id", "queue", "dropped")
 
@@ -48,11 +65,17 @@ class Watcher:
 
 
 class Journal:
-    def __init__(self, capacity: int = 10_000, watch_queue: int = 100_000) -> None:
+    def __init__(self, capacity: int = 10_000, watch_queue: int = 100_000, *, max_bytes: int = 64 * 1024 * 1024,
+                 max_events_per_call: int = 64, max_watchers: int = 64) -> None:
         if capacity < 0:
             raise ValueError("journal capacity must be >= 0")
         self.capacity = capacity
         self.watch_queue = watch_queue
+        self.max_bytes = max_bytes
+        self.max_events_per_call = max_events_per_call
+        self.max_watchers = max_watchers
+        self.bytes = 0            # of ended calls kept (in-flight ones are bounded by --max-in-flight)
+        self.events_omitted = 0
         self._calls: dict[str, CallRecord] = {}
         self._ended_order: collections.deque[CallRecord] = collections.deque()
         self._watchers: list[Watcher] = []
@@ -74,16 +97,25 @@ class Journal:
 
     def add(self, rec: CallRecord, e: Entry) -> None:
         """Runs for every server entry on the event loop: kept to a few dict operations."""
-        rec.entries.append(e)
         if e.event == ENTER:
+            rec.entries.append(e)
+            rec.bytes += ENTRY_BYTES + len(e.detail) if e.detail else ENTRY_BYTES
             state = rec.state = e.state
             by_state = self.by_state
             by_state[state] = by_state.get(state, 0) + 1
             if state == END:
                 self._end(rec, e)
-        elif e.event == CANCEL_SEEN:
-            self.cancels_seen += 1
-            rec.saw_cancel = True
+        else:
+            if rec.events < self.max_events_per_call:
+                rec.events += 1
+                rec.entries.append(e)
+                rec.bytes += ENTRY_BYTES + len(e.detail or "")
+            else:
+                rec.omitted += 1
+                self.events_omitted += 1
+            if e.event == CANCEL_SEEN:
+                self.cancels_seen += 1
+                rec.saw_cancel = True
         if self._watchers:
             self._publish(e)
 
@@ -102,8 +134,10 @@ class Journal:
         if e.code is not None:
             self.by_code[e.code] = self.by_code.get(e.code, 0) + 1
         self._ended_order.append(rec)
-        while len(self._ended_order) > self.capacity:
+        self.bytes += rec.bytes
+        while len(self._ended_order) > self.capacity or (self.bytes > self.max_bytes and self._ended_order):
             old = self._ended_order.popleft()
+            self.bytes -= old.bytes
             if self._calls.get(old.call_id) is old:
                 del self._calls[old.call_id]
                 self.evicted += 1
@@ -130,6 +164,8 @@ class Journal:
         return len(self._calls)
 
     def subscribe(self, call_id: str = "") -> Watcher:
+        if len(self._watchers) >= self.max_watchers:
+            raise WatcherLimit(f"{len(self._watchers)} watchers already (the server's --max-watchers)")
         w = Watcher(call_id, self.watch_queue)
         self._watchers.append(w)
         return w

@@ -13,7 +13,7 @@ import grpc
 from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.server.journal import CallRecord, Journal
+from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
 
 
 FOLLOW_BATCH = 4096
@@ -61,17 +61,28 @@ class JournalServicer(pb_grpc.JournalServicer):
                 break
         return pb.ListCallsReply(calls=out)
 
+    async def _subscribe(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> Watcher:
+        try:
+            return self.journal.subscribe(request.call_id)
+        except WatcherLimit as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise   # pragma: no cover - context.abort raises
+
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntry]:
-        watcher = self.journal.subscribe(request.call_id)
+        """Each entry carries `dropped`: how many this stream has lost so far to its full buffer."""
+        watcher = await self._subscribe(request, context)
         try:
             while (entry := await watcher.queue.get()) is not None:   # None: the server is stopping
-                yield entry_to_proto(entry)
+                msg = entry_to_proto(entry)
+                msg.dropped = watcher.dropped
+                yield msg
         finally:
             self.journal.unsubscribe(watcher)
 
     async def Follow(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntries]:
-        """Like Watch, in batches of whatever is queued: one message per wake-up, not per entry."""
-        watcher = self.journal.subscribe(request.call_id)
+        """Like Watch, in batches of whatever is queued: one message per wake-up, not per entry.
+        Each batch carries `dropped`, the entries this stream has lost so far."""
+        watcher = await self._subscribe(request, context)
         queue = watcher.queue
         try:
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
@@ -80,10 +91,10 @@ class JournalServicer(pb_grpc.JournalServicer):
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
                     if entry is None:
-                        yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch])
+                        yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch], dropped=watcher.dropped)
                         return
                     batch.append(entry)
-                yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch])
+                yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch], dropped=watcher.dropped)
         finally:
             self.journal.unsubscribe(watcher)
 

@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest's own `pytester` fixture: the pytest plugin's tests run inner pytest sessions with it
+pytest_plugins = ["pytester"]
+
 
 @dataclass
 class ServerProcess:
@@ -90,12 +93,12 @@ def final(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return next(e for e in entries if e["state"] == "End" and e["event"] == "enter")
 
 
-def start_server(tmp: Path, *args: str, name: str = "server") -> ServerProcess:
+def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None) -> ServerProcess:
     port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
          "--log-file", str(log), *args],
-        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp)
+        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp, env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + 20
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -119,6 +122,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     srv.stop()
 
 
-def cli(*args: str, timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 30, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "callstate", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

@@ -243,7 +243,7 @@ def readme_call_examples() -> list[tuple[str, int]]:
     out = []
     for line in joined.splitlines():
         m = README_CALL.match(line.strip())
-        if m:
+        if m and "[" not in line:   # a synopsis ("[--token TOKEN]") is no example to run
             assert m.group("code") is not None, f"README example without its final code: {line}"
             out.append((m.group("args"), int(m.group("code"))))
     return out

@@ -213,3 +213,9 @@ def test_an_illegal_move_names_the_legal_ones() -> None:
     with pytest.raises(LifecycleError) as info:
         lifecycle.next_state("client", "WComp", "started")
     assert str(info.value) == "client lifecycle: move 'started' is illegal in state 'WComp' (legal: cancel, complete)"
+
+
+def test_an_unknown_state_is_not_called_final() -> None:
+    message = str(LifecycleError("client", "Bogus", "started"))
+    assert "no move leaves it" not in message and "legal:" not in message
+    assert "no move leaves it" in str(LifecycleError("client", "End", "started"))

@@ -27,6 +27,9 @@ step "hold, non-abortive cancel, server aborts (client 1818)" --outcome hold --c
 step "non-abortive cancel ignored, escalated to abortive after 0.3 s" --outcome hold --on-cancel ignore --cancel-after 0.2 --non-abortive --escalate-after 0.3
 step "cancel before the call is made (C -> Can -> WComp)" --cancel-before-start
 step "a call that fails to start (C -> End, nothing to complete)" --dispatch-delay -1
+step "an out pipe: the server pushes 4, the caller pulls them (C -> Pull -> WComp)" --pipe out --server-messages 4
+step "an in pipe: push 3, null push, the server pulled them (C -> Push -> WComp)" --pipe in --messages 3
+step "a bidi pipe cancelled after the 2nd message pulled (abortive: 1818)" --pipe both --outcome hold --cancel-at after-received:2
 
 echo; echo "== the server's counters"
 "$CALLSTATE" watch --target "$target" --counters

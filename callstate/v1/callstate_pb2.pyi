@@ -21,6 +21,14 @@ class OnCancel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ON_CANCEL_ABORT: _ClassVar[OnCancel]
     ON_CANCEL_COMPLETE: _ClassVar[OnCancel]
     ON_CANCEL_IGNORE: _ClassVar[OnCancel]
+
+class PipePoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIPE_POINT_UNSPECIFIED: _ClassVar[PipePoint]
+    PIPE_POINT_BEFORE_FIRST: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_IN: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_OUT: _ClassVar[PipePoint]
+    PIPE_POINT_AFTER_HALF_CLOSE: _ClassVar[PipePoint]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_COMPLETE: Outcome
 OUTCOME_ABORT: Outcome
@@ -30,6 +38,11 @@ ON_CANCEL_UNSPECIFIED: OnCancel
 ON_CANCEL_ABORT: OnCancel
 ON_CANCEL_COMPLETE: OnCancel
 ON_CANCEL_IGNORE: OnCancel
+PIPE_POINT_UNSPECIFIED: PipePoint
+PIPE_POINT_BEFORE_FIRST: PipePoint
+PIPE_POINT_AFTER_IN: PipePoint
+PIPE_POINT_AFTER_OUT: PipePoint
+PIPE_POINT_AFTER_HALF_CLOSE: PipePoint
 
 class Script(_message.Message):
     __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel", "headers_first")
@@ -58,14 +71,16 @@ class Script(_message.Message):
     def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ..., headers_first: _Optional[bool] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("call_id", "script", "payload")
+    __slots__ = ("call_id", "script", "payload", "cancel_key")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_KEY_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     script: Script
     payload: bytes
-    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[Script, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    cancel_key: str
+    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[Script, _Mapping]] = ..., payload: _Optional[bytes] = ..., cancel_key: _Optional[str] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("call_id", "payload", "cancel_seen")
@@ -78,10 +93,12 @@ class CallReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("call_id",)
+    __slots__ = ("call_id", "cancel_key")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_KEY_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+    cancel_key: str
+    def __init__(self, call_id: _Optional[str] = ..., cancel_key: _Optional[str] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ("delivered", "state")
@@ -91,8 +108,68 @@ class CancelReply(_message.Message):
     state: str
     def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
 
+class PipeScript(_message.Message):
+    __slots__ = ("dispatch_delay_ms", "outcome", "at", "at_count", "messages", "message_bytes", "interval_ms", "outcome_delay_ms", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
+    DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    dispatch_delay_ms: int
+    outcome: Outcome
+    at: PipePoint
+    at_count: int
+    messages: int
+    message_bytes: int
+    interval_ms: int
+    outcome_delay_ms: int
+    abort_code: int
+    abort_grpc_status: int
+    abort_message: str
+    fatal_message: str
+    on_cancel: OnCancel
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., at: _Optional[_Union[PipePoint, str]] = ..., at_count: _Optional[int] = ..., messages: _Optional[int] = ..., message_bytes: _Optional[int] = ..., interval_ms: _Optional[int] = ..., outcome_delay_ms: _Optional[int] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
+
+class PipeMessage(_message.Message):
+    __slots__ = ("seq", "payload", "null_push")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    NULL_PUSH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    payload: bytes
+    null_push: bool
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., null_push: _Optional[bool] = ...) -> None: ...
+
+class PipeRequest(_message.Message):
+    __slots__ = ("call_id", "script")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIPT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    script: PipeScript
+    def __init__(self, call_id: _Optional[str] = ..., script: _Optional[_Union[PipeScript, _Mapping]] = ...) -> None: ...
+
+class PipeReply(_message.Message):
+    __slots__ = ("call_id", "received", "received_bytes", "cancel_seen")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_SEEN_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    received: int
+    received_bytes: int
+    cancel_seen: bool
+    def __init__(self, call_id: _Optional[str] = ..., received: _Optional[int] = ..., received_bytes: _Optional[int] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
+
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "dropped")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +181,7 @@ class StateEntry(_message.Message):
     GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
     call_id: str
@@ -115,7 +193,8 @@ class StateEntry(_message.Message):
     grpc_status: str
     detail: str
     cancel: str
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ...) -> None: ...
+    dropped: int
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)
@@ -180,10 +259,12 @@ class WatchRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ...) -> None: ...
 
 class StateEntries(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "dropped")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ...) -> None: ...
+    dropped: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class CountersRequest(_message.Message):
     __slots__ = ()

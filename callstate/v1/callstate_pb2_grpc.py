@@ -44,6 +44,21 @@ class EmulatorStub:
                 request_serializer=callstate_dot_v1_dot_callstate__pb2.CancelRequest.SerializeToString,
                 response_deserializer=callstate_dot_v1_dot_callstate__pb2.CancelReply.FromString,
                 _registered_method=True)
+        self.PipeIn = channel.stream_unary(
+                '/callstate.v1.Emulator/PipeIn',
+                request_serializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
+                response_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeReply.FromString,
+                _registered_method=True)
+        self.PipeOut = channel.unary_stream(
+                '/callstate.v1.Emulator/PipeOut',
+                request_serializer=callstate_dot_v1_dot_callstate__pb2.PipeRequest.SerializeToString,
+                response_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
+                _registered_method=True)
+        self.PipeBoth = channel.stream_stream(
+                '/callstate.v1.Emulator/PipeBoth',
+                request_serializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
+                response_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
+                _registered_method=True)
 
 
 class EmulatorServicer:
@@ -61,6 +76,28 @@ class EmulatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PipeIn(self, request_iterator, context):
+        """Asynchronous pipes. The server's initial metadata (headers) carries `callstate-call-id`.
+        in pipe: the client pushes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PipeOut(self, request, context):
+        """out pipe: the server pushes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PipeBoth(self, request_iterator, context):
+        """both at once
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmulatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +110,21 @@ def add_EmulatorServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=callstate_dot_v1_dot_callstate__pb2.CancelRequest.FromString,
                     response_serializer=callstate_dot_v1_dot_callstate__pb2.CancelReply.SerializeToString,
+            ),
+            'PipeIn': grpc.stream_unary_rpc_method_handler(
+                    servicer.PipeIn,
+                    request_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
+                    response_serializer=callstate_dot_v1_dot_callstate__pb2.PipeReply.SerializeToString,
+            ),
+            'PipeOut': grpc.unary_stream_rpc_method_handler(
+                    servicer.PipeOut,
+                    request_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeRequest.FromString,
+                    response_serializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
+            ),
+            'PipeBoth': grpc.stream_stream_rpc_method_handler(
+                    servicer.PipeBoth,
+                    request_deserializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
+                    response_serializer=callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +181,87 @@ class Emulator:
             '/callstate.v1.Emulator/Cancel',
             callstate_dot_v1_dot_callstate__pb2.CancelRequest.SerializeToString,
             callstate_dot_v1_dot_callstate__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PipeIn(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/callstate.v1.Emulator/PipeIn',
+            callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
+            callstate_dot_v1_dot_callstate__pb2.PipeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PipeOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callstate.v1.Emulator/PipeOut',
+            callstate_dot_v1_dot_callstate__pb2.PipeRequest.SerializeToString,
+            callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PipeBoth(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/callstate.v1.Emulator/PipeBoth',
+            callstate_dot_v1_dot_callstate__pb2.PipeMessage.SerializeToString,
+            callstate_dot_v1_dot_callstate__pb2.PipeMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,137 @@
+"""Pipe scripts: what the server does on an asynchronous pipe, as Python users write it, and
+the validation the client (before sending) and the server (on what arrived) both run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError
+from callstate.v1 import callstate_pb2 as pb
+
+PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
+POINTS: Final[dict[str, int]] = {
+    "end": pb.PIPE_POINT_UNSPECIFIED,
+    "before-first": pb.PIPE_POINT_BEFORE_FIRST,
+    "after-in": pb.PIPE_POINT_AFTER_IN,
+    "after-out": pb.PIPE_POINT_AFTER_OUT,
+    "after-half-close": pb.PIPE_POINT_AFTER_HALF_CLOSE,
+}
+POINT_NAMES: Final[dict[int, str]] = {v: k for k, v in POINTS.items()}
+# The points that make sense for each kind: an out pipe has no client messages, an in pipe
+# sends none back.
+KIND_POINTS: Final[dict[str, frozenset[int]]] = {
+    PIPE_IN: frozenset(POINTS.values()) - {pb.PIPE_POINT_AFTER_OUT},
+    PIPE_OUT: frozenset({pb.PIPE_POINT_UNSPECIFIED, pb.PIPE_POINT_BEFORE_FIRST, pb.PIPE_POINT_AFTER_OUT}),
+    PIPE_BOTH: frozenset(POINTS.values()),
+}
+DEFAULT_MESSAGES: Final = 3          # messages the server sends when no script says how many
+DEFAULT_INTERVAL_MS: Final = 100     # between a held out pipe's messages when none is scripted
+MAX_MESSAGES: Final = 10_000_000
+
+
+def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -> None:
+    """Raise ScriptError naming the first bad field of a pipe script for a call of `kind`."""
+    for name in ("dispatch_delay_ms", "interval_ms", "outcome_delay_ms"):
+        value = getattr(script, name)
+        if not 0 <= value <= limits.max_delay_ms:
+            raise ScriptError(name, f"must be in 0..{limits.max_delay_ms}, got {value}")
+    if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
+        raise ScriptError("outcome", f"unknown outcome {script.outcome}")
+    if script.on_cancel not in ON_CANCEL_NAMES:
+        raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
+    if script.at not in POINT_NAMES:
+        raise ScriptError("at", f"unknown point {script.at}")
+    if script.at not in KIND_POINTS[kind]:
+        raise ScriptError("at", f"{POINT_NAMES[script.at]} does not apply to an {kind} pipe")
+    if script.at in (pb.PIPE_POINT_AFTER_IN, pb.PIPE_POINT_AFTER_OUT) and script.at_count < 1:
+        raise ScriptError("at_count", f"must be >= 1 for {POINT_NAMES[script.at]}, got {script.at_count}")
+    if not 0 <= script.messages <= MAX_MESSAGES:
+        raise ScriptError("messages", f"must be in 0..{MAX_MESSAGES}, got {script.messages}")
+    if not 0 <= script.message_bytes <= limits.max_reply_bytes:
+        raise ScriptError("message_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.message_bytes}")
+    if script.outcome == pb.OUTCOME_ABORT and script.abort_code == 0:
+        raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
+    if not 0 <= script.abort_grpc_status <= 16:
+        raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
+
+
+@dataclass(frozen=True)
+class PipeScript:
+    """A pipe call's server script in seconds (see callstate.v1.PipeScript)."""
+
+    outcome: str = "complete"
+    at: PointName = "end"
+    at_count: int = 0
+    messages: int = DEFAULT_MESSAGES
+    message_bytes: int = 0
+    interval: float = 0.0
+    dispatch_delay: float = 0.0
+    outcome_delay: float = 0.0
+    abort_code: int = DEFAULT_ABORT_CODE
+    abort_status: int = 0
+    abort_message: str = ""
+    fatal_message: str = ""
+    on_cancel: str = "abort"
+
+    def to_proto(self) -> pb.PipeScript:
+        if self.outcome not in OUTCOMES:
+            raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        if self.at not in POINTS:
+            raise ScriptError("at", f"unknown point {self.at!r}; expected one of {', '.join(POINTS)}")
+        if self.on_cancel not in ON_CANCEL:
+            raise ScriptError("on_cancel", f"unknown on_cancel {self.on_cancel!r}; expected one of {', '.join(ON_CANCEL)}")
+        return pb.PipeScript(
+            dispatch_delay_ms=round(self.dispatch_delay * 1000), outcome=OUTCOMES[self.outcome], at=POINTS[self.at],
+            at_count=self.at_count, messages=self.messages, message_bytes=self.message_bytes,
+            interval_ms=round(self.interval * 1000), outcome_delay_ms=round(self.outcome_delay * 1000),
+            abort_code=self.abort_code if self.outcome == "abort" else 0, abort_grpc_status=self.abort_status,
+            abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel])
+
+
+# -- where a caller cancels a pipe call (`callstate call --pipe`, `callstate load --pipe-share`) --
+CANCEL_BEFORE_START: Final = "before-start"        # in state C: the call never goes out
+CANCEL_AFTER_HEADERS: Final = "after-headers"      # once the server's initial metadata arrived
+CANCEL_AFTER_SENT: Final = "after-sent"            # after the caller's Nth push completed
+CANCEL_AFTER_RECEIVED: Final = "after-received"    # after the caller's Nth pull
+CANCEL_AFTER_HALF_CLOSE: Final = "after-half-close"  # right after the caller's null push
+PIPE_CANCEL_POINTS: Final = (CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED,
+                             CANCEL_AFTER_HALF_CLOSE)
+_COUNTED: Final = (CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED)
+# the points each kind can reach: an out pipe's caller never pushes, an in pipe's never pulls
+KIND_CANCEL_POINTS: Final[dict[str, frozenset[str]]] = {
+    PIPE_IN: frozenset(PIPE_CANCEL_POINTS) - {CANCEL_AFTER_RECEIVED},
+    PIPE_OUT: frozenset({CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_RECEIVED}),
+    PIPE_BOTH: frozenset(PIPE_CANCEL_POINTS),
+}
+
+
+@dataclass(frozen=True)
+class PipeCancelPoint:
+    """Where a caller cancels a pipe: a point, and N messages for the counted ones."""
+
+    kind: str
+    count: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "PipeCancelPoint":
+        kind, _, arg = text.strip().partition(":")
+        if kind not in PIPE_CANCEL_POINTS:
+            raise ValueError(f"pipe cancel point {text!r}: expected one of before-start, after-headers, after-sent:N, "
+                             "after-received:N, after-half-close")
+        if (kind in _COUNTED) != bool(arg):
+            raise ValueError(f"pipe cancel point {text!r}: {kind} {'needs' if kind in _COUNTED else 'takes no'} :N")
+        try:
+            count = int(arg) if arg else 0
+        except ValueError:
+            raise ValueError(f"pipe cancel point {text!r}: {arg!r} is not a number of messages") from None
+        if kind in _COUNTED and count < 1:
+            raise ValueError(f"pipe cancel point {text!r}: N must be >= 1")
+        return cls(kind, count)
+
+    def applies_to(self, pipe_kind: str) -> bool:
+        return self.kind in KIND_CANCEL_POINTS[pipe_kind]
+
+    def __str__(self) -> str:
+        return self.kind + (f":{self.count}" if self.kind in _COUNTED else "")

@@ -1,0 +1,122 @@
+"""`callstate call --pipe KIND`: one asynchronous pipe call, printing each client state as it
+is entered (the pipe options live here; cli/call.py adds them and hands pipe calls over)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from callstate import codes
+from callstate.cli.options import non_negative_float, non_negative_int, positive_int
+from callstate.lifecycle import PIPE_KINDS
+from callstate.pipe_script import DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
+
+PIPE_EXAMPLES = """
+pipes (MS-RPC asynchronous pipes as gRPC streams):
+  callstate call --pipe out --server-messages 5                    # the server pushes 5, the caller pulls them
+  callstate call --pipe in --messages 100 --message-bytes 1024     # the caller pushes 100 and half-closes
+  callstate call --pipe both --outcome abort --code 5001 --at after-in --at-count 2
+  callstate call --pipe out --outcome hold --cancel-at after-received:3              # abortive: 1818
+  callstate call --pipe both --cancel-at after-sent:2 --non-abortive --on-cancel complete   # 0
+"""
+
+
+def _cancel_point(text: str) -> PipeCancelPoint:
+    try:
+        return PipeCancelPoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_pipe_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipes", "with --pipe, the call is an asynchronous pipe (a gRPC stream); --outcome, "
+                             "--code, --grpc-status, --message, --on-cancel, --dispatch-delay, --delay, "
+                             "--non-abortive and --escalate-after apply to it too")
+    g.add_argument("--pipe", choices=PIPE_KINDS, help="in: the caller pushes (client-streaming); out: the server "
+                   "pushes (server-streaming); both: bidi")
+    g.add_argument("--messages", type=non_negative_int, default=DEFAULT_MESSAGES, metavar="N",
+                   help="in, both: messages the caller pushes before its null push (default: %(default)s)")
+    g.add_argument("--message-bytes", type=non_negative_int, default=0, metavar="N", help="size of each of them")
+    g.add_argument("--interval", type=non_negative_float, default=0.0, metavar="SECONDS",
+                   help="between the caller's pushes")
+    g.add_argument("--server-messages", type=non_negative_int, default=DEFAULT_MESSAGES, metavar="N",
+                   help="out, both: messages the server pushes (default: %(default)s; a held pipe sends until the end)")
+    g.add_argument("--server-message-bytes", type=non_negative_int, default=0, metavar="N")
+    g.add_argument("--server-interval", type=non_negative_float, default=0.0, metavar="SECONDS",
+                   help="between the server's pushes (a held pipe with 0: the server's default, 0.1 s)")
+    g.add_argument("--at", choices=list(POINTS), default="end",
+                   help="where the server's outcome happens (default: %(default)s: its messages sent and the "
+                        "caller's null push in)")
+    g.add_argument("--at-count", type=positive_int, default=1, metavar="N", help="N for --at after-in / after-out")
+    g.add_argument("--cancel-at", type=_cancel_point, metavar="POINT",
+                   help="cancel the pipe at before-start, after-headers, after-sent:N, after-received:N or "
+                        "after-half-close (abortive unless --non-abortive)")
+    g.add_argument("--log-messages", action="store_true",
+                   help="also log one line per message (send_complete / receive_complete)")
+
+
+def run_pipe(opts: argparse.Namespace) -> int:
+    if opts.cancel_at is not None and not opts.cancel_at.applies_to(opts.pipe):
+        print(f"callstate call: --cancel-at {opts.cancel_at} does not apply to an {opts.pipe} pipe", file=sys.stderr)
+        return 2
+    if opts.cancel_before_start:
+        opts.cancel_at = PipeCancelPoint.parse("before-start")
+    try:
+        return asyncio.run(_pipe(opts))
+    except OSError as exc:
+        print(f"callstate call: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _pipe(opts: argparse.Namespace) -> int:
+    from callstate.cli.terminal import PrintSink
+    from callstate.client import AsyncClient, CallError
+    from callstate.client.pipe_drive import drive_pipe
+    from callstate.statelog import StateLog
+
+    script = PipeScript(outcome=opts.outcome, at=opts.at,
+                        at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
+                        messages=opts.server_messages, message_bytes=opts.server_message_bytes,
+                        interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
+                        abort_code=opts.code, abort_status=opts.grpc_status,
+                        abort_message=opts.message if opts.outcome == "abort" else "",
+                        fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
+    sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    def on_started(pipe) -> None:  # type: ignore[no-untyped-def]
+        # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _cancel_if_pending, pipe, True, None)
+        if opts.cancel_after is not None:
+            loop.call_later(opts.cancel_after, _cancel_if_pending, pipe, not opts.non_abortive,
+                            opts.escalate_after if opts.non_abortive else None)
+
+    try:
+        pipe = client.pipe(opts.pipe, script, log_messages=opts.log_messages)
+        try:
+            reply = await drive_pipe(pipe, messages=opts.messages, message_bytes=opts.message_bytes,
+                                     interval=opts.interval, cancel_at=opts.cancel_at, abortive=not opts.non_abortive,
+                                     escalate_after=opts.escalate_after, on_started=on_started)
+        except CallError as err:
+            _final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
+            return 1
+        got = f"; the server pulled {reply.received}" if reply is not None else ""
+        _final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
+        return 0
+    finally:
+        await client.close()
+        sink.close()
+
+
+def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+    from callstate.lifecycle import CAN, COMP, END
+    if not pipe.done() and pipe.state not in (CAN, COMP, END):
+        pipe.cancel(abortive=abortive, timeout=timeout)
+
+
+def _final(code: int, details: str) -> None:
+    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)

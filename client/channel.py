@@ -1,0 +1,121 @@
+"""How every callstate client reaches a server: TLS, the bearer token and keepalive, in one place.
+
+The sync `Client`, the asyncio `AsyncClient` and the CLI commands (`call`, `load`, `watch`,
+`health`) all build their channels here:
+
+    settings = ChannelSettings(tls_ca="ca.pem", token="s3cret", keepalive=30)
+    channel = settings.aio_channel("server.example:50051")
+    stub.Call(request, metadata=settings.metadata)   # the token goes with every RPC
+
+The token is sent as call metadata (not as gRPC call credentials) so that it also works
+over plaintext, e.g. a server bound to 127.0.0.1 with only a token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from callstate.pem import PemSource, check_key_pair, read_pem
+from callstate.wire import AUTH_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
+
+
+def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
+    """Client channel options so that a call to a server that stops answering fails (1722)
+    within `keepalive` seconds: a ping every 0.4 x keepalive, which must be answered within
+    0.4 x keepalive (the rest is slack for grpc's timers). Pings also go out while calls are
+    held with no data moving (grpc's defaults would send at most two such pings, then none
+    for five minutes). None or 0: grpc's defaults."""
+    if not keepalive:
+        return []
+    period = int(max(keepalive, MIN_KEEPALIVE) * 400)
+    return [("grpc.keepalive_time_ms", period), ("grpc.keepalive_timeout_ms", period),
+            ("grpc.http2.ping_timeout_ms", period),   # grpc core also times pings out by this (60 s default)
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", period // 2)]
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """TLS material, bearer token and keepalive of a client's channels.
+
+    `tls_ca`: the CA that signed the server's certificate (turns TLS on; with `tls_cert`
+    alone the system roots are used). `tls_cert` + `tls_key`: the client certificate, for a
+    server that requires one (mutual TLS). `token`: sent as `authorization: Bearer <token>`.
+    `keepalive`: seconds within which a silent server is given up on (None: no keepalive).
+    `tls_server_name`: the name to check the server's certificate against, when the target
+    address is not in it (e.g. an IP address).
+    """
+
+    tls_ca: PemSource = None
+    tls_cert: PemSource = None
+    tls_key: PemSource = None
+    token: str | None = None
+    keepalive: float | None = DEFAULT_KEEPALIVE
+    tls: bool = False   # TLS with the system's root CAs and no client certificate
+    tls_server_name: str | None = None
+    metadata: tuple[tuple[str, str], ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("a client certificate needs both tls_cert and tls_key")
+        if self.keepalive is not None and self.keepalive and self.keepalive < MIN_KEEPALIVE:
+            raise ValueError(f"keepalive must be >= {MIN_KEEPALIVE:g} s (or 0/None for none)")
+        if self.token is not None and (not self.token or not self.token.isprintable() or not self.token.isascii()):
+            raise ValueError("the token must be non-empty printable ASCII")
+        object.__setattr__(self, "metadata", ((AUTH_KEY, bearer(self.token)),) if self.token else ())
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """The channel's TLS credentials (None: plaintext). Reads the PEM files now, so a
+        missing file fails here, at construction, rather than on the first call."""
+        if not self.secure:
+            return None
+        check_key_pair(self.tls_cert, self.tls_key, "TLS client certificate")
+        return grpc.ssl_channel_credentials(root_certificates=read_pem(self.tls_ca, "TLS CA certificate"),
+                                            private_key=read_pem(self.tls_key, "TLS client key"),
+                                            certificate_chain=read_pem(self.tls_cert, "TLS client certificate"))
+
+    def options(self, extra: list[tuple[str, Any]] | None = None) -> list[tuple[str, Any]]:
+        opts = keepalive_options(self.keepalive)
+        if self.tls_server_name and self.secure:
+            opts.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return opts + list(extra or ())
+
+    def aio_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+        creds = self.credentials()
+        if creds is None:
+            return grpc.aio.insecure_channel(target, options=self.options(options))
+        return grpc.aio.secure_channel(target, creds, options=self.options(options))
+
+    def sync_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        creds = self.credentials()
+        if creds is None:
+            return grpc.insecure_channel(target, options=self.options(options))
+        return grpc.secure_channel(target, creds, options=self.options(options))
+
+    def explain(self, status: grpc.StatusCode | None, details: str | None) -> str:
+        """`details` of a failed RPC, with what most likely went wrong when the connection
+        itself failed (plaintext against TLS or the reverse, a certificate not trusted) or
+        the server asked for a token."""
+        text = " ".join((details or "").split())
+        hint = ""
+        if status == grpc.StatusCode.UNAVAILABLE:
+            if "WRONG_VERSION_NUMBER" in text:
+                hint = "the server does not speak TLS: drop the --tls-* options"
+            elif "CERTIFICATE_VERIFY_FAILED" in text:
+                hint = "the server's certificate is not signed by the CA given as --tls-ca"
+            elif "handshake" in text.lower() or "certificate" in text.lower():
+                hint = "TLS handshake failed: check the certificates, or whether the server speaks TLS"
+            elif "Socket closed" in text or "Connection reset" in text:
+                hint = ("the server closed the TLS connection: does it require a client certificate "
+                        "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
+                        "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+        elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
+            hint = "pass --token or set CALLSTATE_TOKEN"
+        return f"{text} ({hint})" if text and hint else text or hint

@@ -1,0 +1,62 @@
+"""Every worker's last samples reach the master's final statistics.
+
+When a headless master quits, it sends `quit` and gives the workers 0.5 s for their final
+report; a worker still finishing its calls misses it, and then Locust's counts fall short of
+the workers' state logs. So when the master stops a run, it first asks each worker to stop
+its users and report (message `callstate_flush`), and waits for every answer
+(`callstate_flushed`), bounded by FLUSH_TIMEOUT, before Locust goes on to quit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent.event
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
+FLUSH = "callstate_flush"
+FLUSHED = "callstate_flushed"
+FLUSH_TIMEOUT = 15.0
+_LOG = logging.getLogger("callstate.locust")
+
+
+class _MasterFlush:
+    def __init__(self, runner: MasterRunner) -> None:
+        self.runner = runner
+        self.pending: set[str] = set()
+        self.done = gevent.event.Event()
+        runner.register_message(FLUSHED, self.on_flushed)
+
+    def on_flushed(self, environment: Any, msg: Any, **_: Any) -> None:
+        self.pending.discard(msg.node_id)
+        if not self.pending:
+            self.done.set()
+
+    def flush(self, **_: Any) -> None:
+        self.pending = {worker.id for worker in self.runner.clients.all}
+        if not self.pending:
+            return
+        self.done.clear()
+        for worker_id in list(self.pending):
+            self.runner.send_message(FLUSH, None, client_id=worker_id)
+        if not self.done.wait(FLUSH_TIMEOUT):
+            _LOG.warning("callstate: %d worker(s) did not report their last calls within %g s",
+                         len(self.pending), FLUSH_TIMEOUT)
+
+
+def _on_flush(environment: Any, msg: Any, **_: Any) -> None:
+    runner = environment.runner
+    runner.stop()          # users finish (or are stopped), test_stop listeners run
+    runner._send_stats()   # Locust's own final report, sent now rather than at quit
+    runner.send_message(FLUSHED, None)
+
+
+@events.init.add_listener
+def _register(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        environment.events.test_stop.add_listener(_MasterFlush(runner).flush)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(FLUSH, _on_flush)

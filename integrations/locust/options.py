@@ -1,0 +1,63 @@
+"""The `--callstate-*` options Locust's command line gets (the same scenario options as
+`callstate load`), registered through `events.init_command_line_parser`.
+
+Locust's master sends its custom options to the workers as plain values, so each option is
+kept as the text given (validated here, so a bad value is one argparse error line and exit
+status 2 on the machine where it was typed) and parsed by the user class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from locust import events
+
+from callstate.cli.options import (cancel_points, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
+                                   outcome_mix, positive_float)
+
+# option name -> (the CallstateUser attribute it overrides, validator, help)
+OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "--callstate-mix": ("mix", outcome_mix, "outcome weights, e.g. complete=60,abort=20,fatal=10,hold=10"),
+    "--callstate-cancel": ("cancel", cancel_shares,
+                           "percent of calls cancelled by kind, e.g. abortive=20,non-abortive=10, or none"),
+    "--callstate-cancel-at": ("cancel_at", cancel_points,
+                              "where cancels happen: before-start, after-start, after:S, random:S, held:S"),
+    "--callstate-on-cancel": ("on_cancel", on_cancel_mix, "what the server does on a cancel, as weights of "
+                              "abort, complete, ignore"),
+    "--callstate-hold-for": ("hold_for", positive_float, "uncancelled held calls are cancelled after SECONDS"),
+    "--callstate-escalate-after": ("escalate_after", positive_float,
+                                   "a non-abortive cancel escalates to abortive after SECONDS unanswered"),
+    "--callstate-abort-code": ("abort_code", int, "exception code of aborts"),
+    "--callstate-delay": ("delay", non_negative_float, "server processing time before complete/abort/fatal"),
+    "--callstate-payload": ("payload", non_negative_int, "request payload and reply size in bytes"),
+    "--callstate-call-timeout": ("call_timeout", positive_float, "gRPC deadline of each call (default: none)"),
+    "--callstate-log-file": ("log_file", str, "the client state log of each process; {worker} is the worker's id "
+                             "(\"local\" without a master), {pid} its process id; empty: no log"),
+}
+
+
+def _checked(validate: Callable[[str], Any]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        validate(text)   # raises argparse.ArgumentTypeError naming the problem
+        return text
+    convert.__name__ = getattr(validate, "__name__", "value")
+    return convert
+
+
+def add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("callstate", "scenario of CallstateUser (defaults: its class attributes)")
+    for flag, (attr, validate, help_text) in OPTIONS.items():
+        group.add_argument(flag, type=_checked(validate), default=None, metavar=attr.upper(), help=help_text)
+
+
+def overrides(parsed_options: Any) -> dict[str, str]:
+    """The options given on the command line (or sent by the master), by user attribute."""
+    out: dict[str, str] = {}
+    for flag, (attr, _, _) in OPTIONS.items():
+        value = getattr(parsed_options, flag[2:].replace("-", "_"), None) if parsed_options is not None else None
+        if value is not None:
+            out[attr] = value
+    return out
+
+
+events.init_command_line_parser.add_listener(add_arguments)

@@ -1,0 +1,138 @@
+"""What all CallstateUsers of one Locust process share: the client state log, and the
+server-journal follower that measures cancel propagation.
+
+Cancel propagation is the time from a client's `Can` to the server's `cancel_seen`, for
+calls the server had dispatched before the cancel (as `callstate load` measures it); it is
+reported to Locust as request `cancel propagation`. Across machines it includes their
+clock difference.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, ClassVar
+
+import gevent
+import gevent.event
+import grpc
+
+from callstate.lifecycle import CAN, CANCEL_SEEN, DISPATCH, END, ENTER
+from callstate.statelog import Entry, StateLog, parse_ts
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+REQUEST_TYPE = "callstate"
+BARRIER_PREFIX = "callstate-locust-barrier-"
+PROPAGATION = "cancel propagation"
+
+
+class _Sink:
+    """The client log of this process, noting the time of every client cancel on the way."""
+
+    enabled = True
+
+    def __init__(self, log: StateLog | None, cancels: dict[str, float] | None) -> None:
+        self._log, self._cancels = log, cancels
+
+    def append(self, e: Entry) -> None:
+        if self._log is not None:
+            self._log.append(e)
+        if self._cancels is not None and e.state == CAN and e.event == ENTER:
+            self._cancels.setdefault(e.call_id, e.t)
+
+
+class ProcessState:
+    _instance: ClassVar["ProcessState | None"] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, environment: Any, log_template: str | None, propagation: bool) -> None:
+        self.environment = environment
+        self.log_path = expand(log_template, environment) if log_template else None
+        self.log = StateLog(self.log_path) if self.log_path else None
+        self.cancels: dict[str, float] | None = {} if propagation else None
+        self.sink = _Sink(self.log, self.cancels)
+        self._follower: gevent.Greenlet | None = None
+        self._stream: Any = None
+        self._channel: grpc.Channel | None = None
+        self._barrier_id = ""
+        self._caught_up: gevent.event.Event | None = None
+        environment.events.test_stop.add_listener(lambda **_: self.catch_up())
+        environment.events.quitting.add_listener(lambda **_: self.close())
+
+    @classmethod
+    def get(cls, environment: Any, log_template: str | None, propagation: bool) -> "ProcessState":
+        with cls._lock:
+            if cls._instance is None or cls._instance.environment is not environment:
+                cls._instance = cls(environment, log_template, propagation)
+            return cls._instance
+
+    def watch(self, target: str) -> None:
+        """Follow the server's journal (once per process) to time cancel propagation."""
+        if self.cancels is None or self._follower is not None:
+            return
+        self._channel = grpc.insecure_channel(target)
+        self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest())
+        self._follower = gevent.spawn(self._follow)
+
+    def _follow(self) -> None:
+        cancels = self.cancels
+        assert cancels is not None
+        dispatched: dict[str, str] = {}
+        fire = self.environment.events.request.fire
+        try:
+            for batch in self._stream:
+                for e in batch.entries:
+                    call_id = e.call_id
+                    if e.move == DISPATCH:
+                        dispatched[call_id] = e.ts
+                    elif e.event == CANCEL_SEEN:
+                        t_can = cancels.pop(call_id, None)
+                        t_dispatch = dispatched.get(call_id)
+                        if t_can is not None and t_dispatch is not None and parse_ts(t_dispatch) <= t_can:
+                            fire(request_type=REQUEST_TYPE, name=PROPAGATION,
+                                 response_time=(parse_ts(e.ts) - t_can) * 1000, response_length=0,
+                                 exception=None, context={"call_id": call_id})
+                    elif e.state == END and e.event == ENTER:
+                        dispatched.pop(call_id, None)
+                        cancels.pop(call_id, None)
+                        if call_id == self._barrier_id and self._caught_up is not None:
+                            self._caught_up.set()
+                # other processes' calls, and calls cancelled before they went out, leave
+                # entries no End removes here: bounded
+                if len(cancels) > 100_000:
+                    cancels.clear()
+        except grpc.RpcError:
+            pass   # the stream ends when the run stops or the server goes away
+
+    def catch_up(self, timeout: float = 2.0) -> bool:
+        """At the end of a run, let the journal follower catch up before the final statistics
+        are sent: a barrier call made after every call of this process comes back through
+        the stream, which publishes in order (the barrier is a server-only call in the log)."""
+        if self._follower is None or self._channel is None or self._follower.dead:
+            return False
+        self._caught_up = gevent.event.Event()
+        self._barrier_id = f"{BARRIER_PREFIX}{os.urandom(8).hex()}"
+        try:
+            pb_grpc.EmulatorStub(self._channel).Call(
+                pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
+                timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return self._caught_up.wait(timeout)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+        if self._channel is not None:
+            self._channel.close()
+        if self.log is not None:
+            self.log.close()
+
+
+def expand(template: str, environment: Any) -> str:
+    """`{worker}`: the worker's id (`local` without a master, `master` on the master); `{pid}`."""
+    runner = getattr(environment, "runner", None)
+    kind = type(runner).__name__ if runner is not None else ""
+    worker = {"WorkerRunner": getattr(runner, "client_id", "worker"), "MasterRunner": "master"}.get(kind, "local")
+    return template.replace("{worker}", worker).replace("{pid}", str(os.getpid()))

@@ -1,0 +1,218 @@
+"""`CallstateUser`: one scripted call per task, drawn from a `callstate.scenario.Scenario`.
+
+Each call is reported to Locust as a request named by its final code (`0 RPC_S_OK`,
+`1818 RPC_S_CALL_CANCELLED`, ...), request type `callstate`; a code the call's plan could
+not end with counts as a failure. The time from a client's cancel to the server seeing it
+is reported as `cancel propagation` (see `process.ProcessState`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from typing import Any, ClassVar
+
+import gevent
+from gevent import GreenletExit
+from locust import User, constant, events, task
+
+from callstate import codes
+from callstate.client import Call, CallError, Client
+from callstate.lifecycle import ABORTIVE
+from callstate.scenario import (AFTER_START, BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX,
+                                DEFAULT_ON_CANCEL, Plan, Scenario, parse_cancel_points, parse_cancel_shares)
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
+from callstate.v1 import callstate_pb2 as pb
+from callstate.locust.options import overrides
+from callstate.locust.process import REQUEST_TYPE, ProcessState
+
+_OUTCOME_CODE = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}
+SHUTDOWN_WAIT = 5.0   # a call in flight when Locust stops the user is cancelled and waited for this long
+
+
+def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
+    """The final codes a call drawn as `plan` may legally end with: its outcome's code; after
+    a cancel also 1818, and 0 when the server completes on cancel."""
+    expected: set[int] = set()   # a held call ends only by its cancel
+    if plan.outcome == "abort":
+        expected.add(abort_code)
+    elif plan.outcome in _OUTCOME_CODE:
+        expected.add(_OUTCOME_CODE[plan.outcome])
+    if plan.cancel:
+        expected.add(codes.RPC_S_CALL_CANCELLED)
+        if plan.on_cancel == "complete":
+            expected.add(codes.RPC_S_OK)
+    return frozenset(expected)
+
+
+SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "delay", "payload",
+            "call_timeout", "log_file")
+
+
+class UnexpectedCode(Exception):
+    """A final code the call's plan did not allow (reported as a Locust failure)."""
+
+
+class CallstateUser(User):
+    """Scenario attributes take the same text as `callstate load`'s options; the
+    `--callstate-*` command-line options override them."""
+
+    host = "127.0.0.1:50051"
+    wait_time = constant(0)
+
+    mix: ClassVar[str] = DEFAULT_MIX
+    cancel: ClassVar[str] = DEFAULT_CANCEL
+    cancel_at: ClassVar[str] = DEFAULT_CANCEL_AT
+    on_cancel: ClassVar[str] = DEFAULT_ON_CANCEL
+    hold_for: ClassVar[float] = Scenario.hold_for
+    escalate_after: ClassVar[float] = Scenario.escalate_after
+    abort_code: ClassVar[int] = DEFAULT_ABORT_CODE
+    delay: ClassVar[float] = 0.0            # server processing time before complete/abort/fatal
+    payload: ClassVar[int] = 0              # request payload and reply size
+    call_timeout: ClassVar[float | None] = None
+    log_file: ClassVar[str] = "callstate-client-{worker}.jsonl"
+    measure_propagation: ClassVar[bool] = True
+    seed: ClassVar[int | None] = None
+    _instances: ClassVar[int] = 0
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        settings, self.scenario = self.configure(environment.parsed_options)
+        self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
+        timeout = settings["call_timeout"]
+        self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
+        CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
+        self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
+        self._scripts: dict[tuple[str, str], pb.Script] = {}
+        self._payload = bytes(self.payload)
+        self.client = Client(_target(self.host), log=self.process.sink,
+                             timeout=float(timeout) if timeout is not None else None)
+        self.process.watch(self.client.target)
+
+    @classmethod
+    def configure(cls, parsed_options: Any) -> tuple[dict[str, Any], Scenario]:
+        """The class attributes, overridden by the --callstate-* options, and the scenario
+        they make; ValueError naming the bad setting."""
+        settings = {name: getattr(cls, name) for name in SETTINGS}
+        settings.update(overrides(parsed_options))
+        scenario = Scenario(
+            mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
+            cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
+            on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
+            hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
+                "escalate_after", settings["escalate_after"], float),
+            abort_code=_as("abort_code", settings["abort_code"], int))
+        for name in ("delay", "payload"):
+            _as(name, settings[name], float)
+        return settings, scenario
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def _script(self, plan: Plan) -> pb.Script:
+        key = (plan.outcome, plan.on_cancel)
+        script = self._scripts.get(key)
+        if script is None:
+            held = plan.outcome == "hold"
+            script = self._scripts[key] = pb.Script(
+                outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
+                outcome_delay_ms=0 if held else round(self.delay * 1000), reply_bytes=self.payload,
+                abort_code=self.scenario.abort_code if plan.outcome == "abort" else 0)
+        return script
+
+    @task
+    def scripted_call(self) -> None:
+        plan = self.scenario.plan(self.rng)
+        abortive = plan.cancel == ABORTIVE
+        t0 = time.perf_counter()
+        call: Call = self.client.prepare(self._script(plan), payload=self._payload)
+        timer: gevent.Greenlet | None = None
+        reply: pb.CallReply | None = None
+        try:
+            point = plan.point
+            if point is not None and point.kind == BEFORE_START:
+                call.cancel(abortive)
+            else:
+                call.start()
+                if point is not None:
+                    delay = plan.delay(self.rng)
+                    if point.kind == AFTER_START or delay <= 0:
+                        self._cancel(call, abortive)
+                    else:
+                        timer = gevent.spawn_later(delay, self._cancel, call, abortive)
+            reply = call.result()
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code = err.code
+        except GreenletExit:
+            # Locust stops the user mid-call: cancel it and complete it, so the call ends on
+            # both sides and its code is counted like any other.
+            self._finish_at_shutdown(call, t0, expected_codes(plan, self.scenario.abort_code))
+            raise
+        finally:
+            if timer is not None:
+                timer.kill(block=False)
+        self._report(call, code, t0, expected_codes(plan, self.scenario.abort_code), reply)
+
+    def _cancel(self, call: Call, abortive: bool) -> None:
+        if call.done():
+            return
+        try:
+            if abortive:
+                call.cancel()
+            else:
+                call.cancel(abortive=False, timeout=self.scenario.escalate_after)
+        except CallError:
+            pass   # completed meanwhile
+
+    def _finish_at_shutdown(self, call: Call, t0: float, expected: frozenset[int]) -> None:
+        try:
+            if not call.done():
+                call.cancel()
+            call.result(timeout=SHUTDOWN_WAIT)
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code = err.code
+        # the cancel is ours (the run stopped): 1818 is expected whatever the plan was
+        self._report(call, code, t0, expected | {codes.RPC_S_CALL_CANCELLED}, None)
+
+    def _report(self, call: Call, code: int, t0: float, expected: frozenset[int], reply: pb.CallReply | None) -> None:
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name=codes.describe(code), response_time=(time.perf_counter() - t0) * 1000,
+            response_length=len(reply.payload) if reply is not None else 0, context={"call_id": call.call_id},
+            exception=None if code in expected else UnexpectedCode(
+                f"{codes.describe(code)}: a final code the scenario does not expect"))
+
+
+def _as(name: str, value: Any, parse: Any) -> Any:
+    """A setting given as text (attribute or option) parsed, or given already parsed."""
+    if not isinstance(value, str) and parse in (float, int):
+        return parse(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} = {value!r}: {exc}") from None
+
+
+@events.init.add_listener
+def _check_settings(environment: Any, **_: Any) -> None:
+    """Bad scenario settings stop the run before it starts, with one line naming them."""
+    for user_class in environment.user_classes or ():
+        if issubclass(user_class, CallstateUser):
+            try:
+                user_class.configure(environment.parsed_options)
+            except (TypeError, ValueError) as exc:
+                logging.getLogger("callstate.locust").error("callstate: %s: %s", user_class.__name__, exc)
+                sys.exit(2)
+
+
+def _target(host: str | None) -> str:
+    host = host or CallstateUser.host
+    for prefix in ("grpc://", "http://"):
+        if host.startswith(prefix):
+            host = host[len(prefix):]
+    return host.rstrip("/")

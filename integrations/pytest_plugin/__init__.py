@@ -1,0 +1,235 @@
+"""callstate's pytest plugin, registered through the `pytest11` entry point: installing
+callstate is enough, a test file needs no conftest.
+
+Fixtures:
+  callstate_server          a running emulator (session-scoped) on its own thread and event
+                            loop, or the server of --callstate-target; `.target`, `.log_path`,
+                            `.history(call_id)`, `.counters()`
+  callstate_server_factory  `factory(mix=..., max_hold=..., ...)`: an emulator of its own for
+                            one test; `.client()` / `.async_client()` give clients checked
+                            like the fixtures' ones
+  callstate_client          a sync `callstate.client.Client` connected to callstate_server
+  callstate_async_client    an `AsyncClient` created on the test's own event loop (pytest-asyncio)
+  callstate_calls           the calls the test made; checked at teardown
+
+Every call made through these clients is checked at the test's teardown with the rules of
+`callstate check` (both sides: the client's entries as recorded, the server's from its
+journal); a broken invariant fails the test with the violation and the call's two histories.
+
+Nothing heavier than pytest is imported until a test asks for one of these fixtures, so the
+plugin costs a test run that does not use it nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pytest
+
+if TYPE_CHECKING:
+    from callstate.client import AsyncClient, Client
+    from callstate.pytest_plugin.recorder import TestCalls
+    from callstate.pytest_plugin.servers import ServerHandle, ThreadServer
+
+__all__ = ["assert_lifecycle"]
+
+_CALLS = pytest.StashKey["TestCalls"]()
+SETTLE = 5.0   # how long the teardown check waits for the server to end a call the client has ended
+
+
+def __getattr__(name: str) -> Any:
+    # `from callstate.pytest_plugin import assert_lifecycle` without importing grpc at plugin load
+    if name == "assert_lifecycle":
+        from callstate.pytest_plugin.assertions import assert_lifecycle
+        return assert_lifecycle
+    raise AttributeError(name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("callstate", "callstate (MS-RPC async call lifecycle emulator)")
+    group.addoption("--callstate-target", metavar="HOST:PORT", default=None,
+                    help="use the callstate server at HOST:PORT (e.g. one in containers) instead of starting one")
+    group.addoption("--callstate-connect-timeout", metavar="SECONDS", type=float, default=5.0,
+                    help="how long to wait for --callstate-target to accept a connection (default: 5)")
+    group.addoption("--callstate-log-dir", metavar="DIR", default=None,
+                    help="keep both sides' state logs of every failed test in DIR/<test id>/")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report = yield
+    if report.when == "call" and report.failed and _CALLS in item.stash:
+        item.stash[_CALLS].test_failed = True   # its logs are kept under --callstate-log-dir
+    return report
+
+
+def _fail(message: str) -> None:
+    __tracebackhide__ = True
+    pytest.fail(f"callstate: {message}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def callstate_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator["ServerHandle"]:
+    """The session's callstate server: an emulator on a free port, on its own thread and
+    event loop (or the one --callstate-target names)."""
+    from callstate.pytest_plugin.assertions import register_server, unregister_server
+    from callstate.pytest_plugin.servers import RemoteServer, ServerHandle, ServerUnavailable
+
+    target = request.config.getoption("callstate_target")
+    handle: ServerHandle
+    try:
+        if target:
+            handle = RemoteServer(target).connect(request.config.getoption("callstate_connect_timeout"))
+        else:
+            handle = _start_emulator(tmp_path_factory.mktemp("callstate") / "server.jsonl")
+    except ServerUnavailable as exc:
+        _fail(str(exc))
+    register_server(handle)
+    try:
+        yield handle
+    finally:
+        unregister_server(handle)
+        handle.stop()  # type: ignore[attr-defined]
+
+
+def _start_emulator(log: Path, **config: Any) -> "ThreadServer":
+    from callstate.script import Mix
+    from callstate.server.app import ServerOptions
+    from callstate.server.emulator import EmulatorConfig
+    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer
+
+    mix = config.pop("mix", None)
+    journal_size = config.pop("journal_size", 10_000)
+    try:
+        emulator = EmulatorConfig(**config)
+        if mix is not None:
+            emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+    except (TypeError, ValueError) as exc:
+        raise ServerUnavailable(f"bad emulator configuration: {exc}") from None
+    options = ServerOptions(bind="127.0.0.1", port=0, log=log, journal_size=journal_size, emulator=emulator)
+    return ThreadServer(options).start()
+
+
+@pytest.fixture
+def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
+    """Every call the test makes through the plugin's clients; checked at its teardown."""
+    from callstate.pytest_plugin.recorder import TestCalls
+
+    log_dir = request.config.getoption("callstate_log_dir")
+    calls = TestCalls(request.node.nodeid, Path(log_dir) if log_dir else None, SETTLE)
+    request.node.stash[_CALLS] = calls
+    yield calls
+    failure = calls.check()
+    if failure:
+        _fail(failure)
+
+
+@pytest.fixture
+def callstate_client(callstate_server: "ServerHandle", callstate_calls: "TestCalls") -> Iterator["Client"]:
+    """A sync client of callstate_server, closed at teardown."""
+    from callstate.client import Client
+
+    client = Client(callstate_server.target, log=callstate_calls.recorder(callstate_server))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def callstate_async_client(request: pytest.FixtureRequest, callstate_server: "ServerHandle",
+                           callstate_calls: "TestCalls") -> Iterator["AsyncClient"]:
+    """An asyncio client of callstate_server, made on the test's own event loop (whatever its
+    loop scope) and closed on it at teardown."""
+    from callstate.client import AsyncClient
+
+    runner = _test_loop_runner(request)
+    log = callstate_calls.recorder(callstate_server)
+
+    async def make() -> AsyncClient:   # the channel belongs to the loop it is made on
+        return AsyncClient(callstate_server.target, log=log)
+
+    client = runner.run(make())
+    yield client
+    if not client.closed:
+        runner.run(client.close())
+
+
+def _test_loop_runner(request: pytest.FixtureRequest) -> Any:
+    """pytest-asyncio's runner of the loop the requesting test runs on. Requesting it from
+    here sets it up before this fixture and tears it down after, so the client can be closed
+    on its own loop."""
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is None:
+        _fail("callstate_async_client is for asyncio tests run by pytest-asyncio (mark the test "
+              "@pytest.mark.asyncio, or set asyncio_mode = auto); a sync test uses callstate_client")
+    scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    if scope is None:
+        try:
+            scope = request.config.getini("asyncio_default_test_loop_scope") or "function"
+        except ValueError:
+            scope = "function"
+    try:
+        return request.getfixturevalue(f"_{scope}_scoped_runner")
+    except pytest.FixtureLookupError:
+        _fail(f"callstate_async_client needs pytest-asyncio >= 1.0 (no event loop runner for loop scope {scope!r})")
+
+
+@pytest.fixture
+def callstate_server_factory(tmp_path: Path, callstate_calls: "TestCalls") -> Iterator[Callable[..., "ServerHandle"]]:
+    """`factory(mix="complete=80,abort=20", max_hold=5.0, abort_code=..., max_in_flight=...,
+    seed=..., journal_size=...)`: an emulator of the test's own, stopped at its teardown
+    (after its calls are checked)."""
+    from callstate.pytest_plugin.assertions import register_server, unregister_server
+    from callstate.pytest_plugin.servers import ServerUnavailable
+
+    servers: list[Any] = []
+
+    def factory(**config: Any) -> "ServerHandle":
+        __tracebackhide__ = True
+        try:
+            srv = _start_emulator(tmp_path / f"server-{len(servers) + 1}.jsonl", **config)
+        except ServerUnavailable as exc:
+            _fail(str(exc))
+        _bind_clients(srv, callstate_calls)
+        servers.append(srv)
+        register_server(srv)
+        return srv
+
+    yield factory
+    try:
+        callstate_calls.check()   # while its servers still answer; a failure is raised by callstate_calls
+    finally:
+        for srv in servers:
+            unregister_server(srv)
+            srv.stop()
+
+
+def _bind_clients(srv: Any, calls: "TestCalls") -> None:
+    """Give a factory server `.client()` and `.async_client()`: clients whose calls the test's
+    teardown checks, closed then if the test did not close them."""
+    from callstate.client import AsyncClient, Client
+
+    def client(**kwargs: Any) -> Client:
+        c = Client(srv.target, log=calls.recorder(srv), **kwargs)
+        calls.closers.append(c.close)
+        return c
+
+    def async_client(**kwargs: Any) -> AsyncClient:
+        import asyncio
+
+        c = AsyncClient(srv.target, log=calls.recorder(srv), **kwargs)
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:
+            if c.closed:
+                return
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(c.close())
+            else:   # its loop is gone: end its calls on the client's side at least
+                c.closed = True
+                c._end_live_calls()
+
+        calls.closers.append(close)
+        return c
+
+    srv.client, srv.async_client = client, async_client

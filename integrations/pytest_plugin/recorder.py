@@ -1,0 +1,130 @@
+"""What one test did: the client entries of every call it made, and the check at its end.
+
+The plugin's clients log into a `Recorder` (a state-log sink kept in memory), so at teardown
+the plugin knows every call the test made and which server it went to. `TestCalls.check`
+reads each call's server side from that server's journal and runs the same `Checker` as
+`callstate check`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+from callstate.check import Checker, Violation
+from callstate.lifecycle import STARTED
+from callstate.statelog import Entry, format_line, to_dict
+from callstate.pytest_plugin.servers import ServerHandle
+from callstate.pytest_plugin.sidebyside import side_by_side
+
+
+# A call the server has no record of may have been cancelled before it went out: its record
+# is looked for this long, not the full settle time.
+UNSEEN = 0.5
+
+
+class Recorder:
+    """A client state-log sink (`append`) that keeps every entry, by call id, in memory."""
+
+    enabled = True
+
+    def __init__(self, server: ServerHandle) -> None:
+        self.server = server
+        self.entries: dict[str, list[Entry]] = defaultdict(list)
+        self._lock = threading.Lock()   # the sync client appends from gRPC's threads
+
+    def append(self, entry: Entry) -> None:
+        with self._lock:
+            self.entries[entry.call_id].append(entry)
+
+    def calls(self) -> dict[str, list[Entry]]:
+        with self._lock:
+            return {call_id: list(entries) for call_id, entries in self.entries.items()}
+
+
+class TestCalls:
+    """The calls one test made, on any number of servers; checked once, at its teardown."""
+
+    __test__ = False   # not a test class, whatever pytest's collector thinks of its name
+
+    def __init__(self, nodeid: str, log_dir: Path | None, settle: float) -> None:
+        self.nodeid = nodeid
+        self.log_dir = log_dir
+        self.settle = settle
+        self.recorders: list[Recorder] = []
+        self.closers: list[Callable[[], None]] = []
+        self.test_failed = False
+        self.checked = False
+
+    def recorder(self, server: ServerHandle) -> Recorder:
+        rec = Recorder(server)
+        self.recorders.append(rec)
+        return rec
+
+    def close_clients(self) -> None:
+        """Close every client still open: calls still live are ended on the client's side."""
+        closers, self.closers = self.closers, []
+        for close in reversed(closers):
+            close()
+
+    def check(self) -> str:
+        """Close the clients, check every call (both sides), keep the logs of a failed test.
+        Returns the failure text ('' when every invariant holds). Runs once per test."""
+        if self.checked:
+            return ""
+        self.checked = True
+        self.close_clients()
+        problems: list[str] = []
+        client_lines: list[str] = []
+        server_lines: list[str] = []
+        deadline = time.monotonic() + self.settle   # one bound for all the test's calls
+        for rec in self.recorders:
+            for call_id, entries in rec.calls().items():
+                left = max(0.0, deadline - time.monotonic())
+                if any(e.move == STARTED for e in entries):
+                    server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
+                else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
+                    server = rec.server.history(call_id)
+                checker = Checker()
+                for e in entries:
+                    checker.add_entry(e)
+                for d in server:
+                    checker.add(d)
+                report = checker.finish()
+                client_lines.extend(format_line(e) for e in entries)
+                server_lines.extend(_line(d) for d in server)
+                if not report.ok:
+                    problems.append(_describe(call_id, report.violations, [to_dict(e) for e in entries], server))
+        text = ""
+        if problems:
+            text = (f"{len(problems)} call(s) of this test broke an invariant of the call lifecycle\n\n"
+                    + "\n\n".join(problems))
+        if self.log_dir is not None and (problems or self.test_failed):
+            kept = self.keep_logs(client_lines, server_lines)
+            text += f"\n\nboth sides' logs of this test are kept in {kept}" if text else ""
+        return text
+
+    def keep_logs(self, client_lines: list[str], server_lines: list[str]) -> Path:
+        assert self.log_dir is not None
+        folder = self.log_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", self.nodeid).strip("_")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "client.jsonl").write_text("".join(client_lines))
+        (folder / "server.jsonl").write_text("".join(server_lines))
+        return folder
+
+
+def _line(d: dict[str, Any]) -> str:
+    import orjson
+    return orjson.dumps(d).decode() + "\n"
+
+
+def _describe(call_id: str, violations: list[Violation], client: list[dict[str, Any]],
+              server: list[dict[str, Any]]) -> str:
+    lines = [f"call {call_id}:"]
+    lines += [f"  {v.kind}: {v.message}" for v in violations]
+    lines.append(side_by_side(client, server))
+    return "\n".join(lines)

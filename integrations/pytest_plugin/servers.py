@@ -1,0 +1,179 @@
+"""The servers a test talks to: an emulator on its own thread and event loop, or an existing one.
+
+Both are `ServerHandle`s: a target, the state-log path (when it is ours) and a journal
+reader over gRPC (`Journal/GetCall`, `Journal/GetCounters`), so tests read the server's side
+the same way whichever server it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+from callstate.lifecycle import END, ENTER
+from callstate.server.app import EmulatorServer, ServerOptions
+from callstate.statelog import proto_to_dict
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+START_TIMEOUT = 10.0     # an emulator on a free port starts in well under a second
+CONNECT_TIMEOUT = 5.0    # an existing server must accept a connection within this long
+
+
+class ServerUnavailable(Exception):
+    """The server a test needs could not be started or reached (one line, no traceback)."""
+
+
+def _ended(entries: list[dict[str, Any]]) -> bool:
+    return any(e["state"] == END and e["event"] == ENTER for e in entries)
+
+
+class ServerHandle:
+    """What a test sees of a server: `.target`, `.log_path`, and the journal."""
+
+    log_path: Path | None = None
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel: grpc.Channel | None = None
+        self._journal: pb_grpc.JournalStub | None = None
+        self._lock = threading.Lock()
+
+    def _stub(self) -> pb_grpc.JournalStub:
+        with self._lock:
+            if self._journal is None:
+                self._channel = grpc.insecure_channel(self.target)
+                self._journal = pb_grpc.JournalStub(self._channel)
+            return self._journal
+
+    def history(self, call_id: str) -> list[dict[str, Any]]:
+        """The server's entries for one call (Journal/GetCall), as state-log dicts; [] when the
+        server never saw the call (or its journal has evicted it)."""
+        try:
+            reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return []
+            raise
+        return [proto_to_dict(e) for e in reply.entries]
+
+    def wait_history(self, call_id: str, timeout: float = 5.0,
+                     until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                     unseen_timeout: float | None = None) -> list[dict[str, Any]]:
+        """`history` once `until(entries)` holds (default: the server has ended the call), or
+        as it stands after `timeout`. The server may end a call after the client has (an
+        abortive cancel reaches it later). `unseen_timeout`: give up sooner on a call the
+        server has not seen at all (one the client cancelled before it went out)."""
+        until = until or _ended
+        t0 = time.monotonic()
+        delay = 0.002
+        while True:
+            entries = self.history(call_id)
+            waited = time.monotonic() - t0
+            if until(entries) or waited > timeout or (not entries and unseen_timeout is not None
+                                                       and waited > unseen_timeout):
+                return entries
+            time.sleep(delay)   # polling the journal for the evidence, bounded by the deadline
+            delay = min(delay * 2, 0.05)
+
+    async def await_history(self, call_id: str, timeout: float = 5.0,
+                            until: Callable[[list[dict[str, Any]]], bool] | None = None) -> list[dict[str, Any]]:
+        """`wait_history` for asyncio tests: the test's loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.wait_history, call_id, timeout, until)
+
+    def wait_dispatched(self, call_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """`history` once the server has dispatched the call (e.g. before cancelling a held call,
+        so the cancel is sure to reach a call the server holds)."""
+        return self.wait_history(call_id, timeout, until=bool)
+
+    def counters(self) -> pb.Counters:
+        """Journal/GetCounters: in flight, dispatched, ended, by state, by code."""
+        return self._stub().GetCounters(pb.CountersRequest(), timeout=CONNECT_TIMEOUT)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._journal = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.target}>"
+
+
+class ThreadServer(ServerHandle):
+    """`EmulatorServer` running on its own thread with its own event loop, so sync tests and
+    asyncio tests on any loop (function- or session-scoped) can all call it."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        super().__init__("")
+        self.options = options
+        self.log_path = Path(options.log) if isinstance(options.log, (str, Path)) else None
+        self.server: EmulatorServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="callstate-pytest-server", daemon=True)
+
+    def start(self, timeout: float = START_TIMEOUT) -> "ThreadServer":
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ServerUnavailable(f"the callstate emulator did not start within {timeout:g} s")
+        if self._error is not None:
+            raise ServerUnavailable(f"the callstate emulator failed to start: {self._error}")
+        return self
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        srv = EmulatorServer(self.options)
+        try:
+            await srv.start()
+        except BaseException as exc:   # reported by start() on the test's thread
+            self._error = exc
+            self._ready.set()
+            return
+        self.server = srv
+        self.target = srv.target
+        self._ready.set()
+        await self._stop.wait()
+        await srv.stop()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop serving: calls in flight end (and are logged), the state log is flushed."""
+        self.close()
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+class RemoteServer(ServerHandle):
+    """A server someone else runs (`--callstate-target`): reached, never started or stopped."""
+
+    def connect(self, timeout: float = CONNECT_TIMEOUT) -> "RemoteServer":
+        channel = grpc.insecure_channel(self.target)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerUnavailable(f"cannot reach the callstate server at --callstate-target {self.target} "
+                                    f"(no connection within {timeout:g} s)") from None
+        finally:
+            channel.close()
+        try:
+            self.counters()
+        except grpc.RpcError as err:
+            raise ServerUnavailable(f"--callstate-target {self.target} does not answer callstate.v1.Journal "
+                                    f"({err.code().name}): is it a callstate server?") from None  # type: ignore[attr-defined]
+        return self
+
+    def stop(self) -> None:
+        self.close()

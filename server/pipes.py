@@ -1,0 +1,402 @@
+"""`Emulator.PipeIn / PipeOut / PipeBoth`: asynchronous pipes as gRPC streams.
+
+The handler follows the server's pipe table of its kind (callstate.lifecycle.PIPE_TABLES):
+D, then Pull (in pipe) or Push (out pipe, both), message notifications as self-loops (logged
+only with `--log-messages`), the client's null push as `null_pull` into NP, and the scripted
+outcome (Complete, Abort with a code, fatal) at its point: before the first message, after the
+Nth message in or out, after the client's half-close, or at the end.
+
+A cancel surfaces in a streaming handler in three ways, and each is logged as a cancel seen,
+never as a half-close:
+
+* asyncio.CancelledError at an await (gRPC cancels the handler's task);
+* grpc's internal ExecuteBatchError (or another error) from `context.write` while the call
+  is being torn down, with `context.cancelled()` true;
+* an early end of the request iterator, which looks exactly like a half-close: the
+  CancelledError only arrives at a later await. So an end of the client's stream counts as a
+  null push only once the handler has yielded to the loop and the call is still not cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, NoReturn
+
+import grpc
+from grpc._cython import cygrpc
+
+from callstate import codes
+from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, NULL_PULL,
+                                 PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
+                                 pipe_counts_detail, server_end_code)
+from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
+from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError
+from callstate.server.calls import ServerCall
+from callstate.v1 import callstate_pb2 as pb
+from callstate.wire import CALL_ID_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
+
+if TYPE_CHECKING:
+    from callstate.server.emulator import EmulatorServicer
+
+_OK = grpc.StatusCode.OK.name
+_COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
+_BEFORE, _AFTER_IN, _AFTER_OUT, _AFTER_HC, _END = (pb.PIPE_POINT_BEFORE_FIRST, pb.PIPE_POINT_AFTER_IN,
+                                                   pb.PIPE_POINT_AFTER_OUT, pb.PIPE_POINT_AFTER_HALF_CLOSE,
+                                                   pb.PIPE_POINT_UNSPECIFIED)
+# An end of the request stream without the caller's null-push message may be a cancel whose
+# CancelledError has not arrived yet (measured: 3 loop iterations were not always enough):
+# a few yields, then a few milliseconds, before it is taken for a half-close.
+_HALF_CLOSE_GRACE = (0, 0, 0, 0.001, 0.004)
+# How a cancel shows up on a write or read while gRPC tears the call down.
+_CANCEL_ERRORS = (asyncio.CancelledError, cygrpc.ExecuteBatchError, cygrpc.InternalError)
+
+
+class _Ended(Exception):
+    """The handler reached its outcome (the call is in End); unwinds to the method."""
+
+    def __init__(self, reply: Any = None) -> None:
+        self.reply = reply
+
+
+class PipeRun:
+    """One pipe call on the server: its ServerCall, its counts, its reader task."""
+
+    def __init__(self, owner: "PipeServicer", call: ServerCall, kind: str, script: pb.PipeScript,
+                 context: grpc.aio.ServicerContext, requests: AsyncIterator[pb.PipeMessage] | None) -> None:
+        self.owner, self.call, self.kind, self.script, self.context = owner, call, kind, script, context
+        self.requests = requests
+        self.sent = self.received = self.received_bytes = 0
+        self.reader_done = False      # the client's stream ended (a half-close, or a cancel)
+        self.reader_error: BaseException | None = None
+        self.half_closed = False      # confirmed: the client's null push arrived
+        self.null_push_seen = False   # it came as an explicit null-push message
+        self._reader: asyncio.Task[None] | None = None
+        self.log_messages = owner.log_messages
+        self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
+        self.ignore = self.policy == pb.ON_CANCEL_IGNORE
+        self.outcome = script.outcome
+        loop = asyncio.get_running_loop()
+        self.hold_deadline = loop.time() + owner.config.max_hold if self.outcome == _HOLD else None
+
+    # -- recording ------------------------------------------------------------------------
+    def counts(self, extra: str = "") -> str:
+        return pipe_counts_detail(self.sent, self.received) + (f"; {extra}" if extra else "")
+
+    def move(self, move: str, code: int | None = None, status: str | None = None, extra: str = "") -> None:
+        self.call.move(move, code, status, self.counts(extra))
+
+    # -- the client's pipe -------------------------------------------------------------------
+    def start_reader(self) -> None:
+        if self.requests is not None:
+            self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        call, stop_at = self.call, self._wake_count()
+        try:
+            async for msg in self.requests:  # type: ignore[union-attr]
+                if msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
+                    self.null_push_seen = True
+                    break
+                self.received += 1
+                self.received_bytes += len(msg.payload)
+                if self.log_messages and not call.lifecycle.ended:
+                    call.move(RECEIVE_COMPLETE, detail=f"seq={self.received}")
+                if self.received == stop_at:   # the script's point: pull no further
+                    call.wake()
+                    return
+        except BaseException as exc:   # the call is being torn down under the iterator
+            self.reader_error = exc
+        self.reader_done = True
+        call.wake()
+
+    def _wake_count(self) -> int:
+        return self.script.at_count if self.script.at == _AFTER_IN else -1
+
+    async def stop_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            try:
+                await self._reader
+            except BaseException:   # noqa: BLE001 - its end is recorded in reader_error
+                pass
+
+    async def confirm_half_close(self) -> None:
+        """The client's stream ended: a null push, or a cancel not surfaced yet. A callstate
+        client says which with its null-push message; for any other client, wait a moment for a
+        pending cancel to surface (as CancelledError here, or context.cancelled()), then decide."""
+        if self.half_closed:
+            return
+        if not self.null_push_seen:
+            for pause in _HALF_CLOSE_GRACE:
+                if self.reader_error is not None or self.context.cancelled() or self.context.done():
+                    raise asyncio.CancelledError("the client's stream ended by a cancel")
+                await asyncio.sleep(pause)
+        if self.reader_error is not None or self.context.cancelled() or self.context.done():
+            raise asyncio.CancelledError("the client's stream ended by a cancel")
+        self.half_closed = True
+        self.move(NULL_PULL)
+
+    # -- waiting -------------------------------------------------------------------------------
+    async def wait(self, seconds: float | None, until: Callable[[], bool] = lambda: False) -> None:
+        """Wait up to `seconds` (None: until the hold deadline or forever) for `until()`, with a
+        cancel notice or the server stopping acted on at once (unless the script ignores it)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
+        if self.hold_deadline is not None:
+            deadline = self.hold_deadline if deadline is None else min(deadline, self.hold_deadline)
+        while True:
+            await self.check_signals()
+            if until():
+                return
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            await asyncio.wait((self.call.wake_future(),), timeout=remaining)
+
+    async def check_signals(self) -> None:
+        call = self.call
+        if call.stopping:
+            await self.abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if call.cancel_kind is not None and not self.ignore:
+            if self.policy == pb.ON_CANCEL_COMPLETE:
+                self.complete()
+            await self.abort(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED,
+                             f"cancelled by the caller ({call.cancel_kind})")
+        if self.hold_deadline is not None and asyncio.get_running_loop().time() >= self.hold_deadline:
+            await self.abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"held for the server's max hold time ({self.owner.config.max_hold:g}s)")
+
+    # -- outcomes (each raises _Ended, or the error gRPC turns into the status) ---------------
+    async def outcome_now(self) -> NoReturn:
+        """The script's point is reached: its processing delay, then its outcome."""
+        script = self.script
+        if script.outcome_delay_ms:
+            await self.wait(script.outcome_delay_ms / 1000)
+        if self.outcome == _HOLD:
+            await self.wait(None)   # until a cancel, the server stopping or max hold: never returns
+        await self.check_signals()
+        self.scripted_outcome()
+
+    def scripted_outcome(self) -> NoReturn:
+        if self.outcome == _COMPLETE:
+            self.complete()
+        if self.outcome == _ABORT:
+            code = self.script.abort_code or self.owner.config.abort_code
+            status = codes.status_from_value(self.script.abort_grpc_status) if self.script.abort_grpc_status else None
+            raise _AbortNow(code, status or codes.grpc_status_for(code),
+                            self.script.abort_message or f"aborted with {codes.describe(code)}")
+        if self.outcome == _FATAL:
+            self.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
+            raise _FatalNow(self.script.fatal_message or "scripted fatal failure")
+        raise _AbortNow(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED, "held call ended by a cancel")
+
+    def complete(self) -> NoReturn:
+        self.move(COMPLETE)
+        self.move(COMPLETED, server_end_code(COMPLETED), _OK)
+        reply = None
+        if self.kind == PIPE_IN:
+            reply = pb.PipeReply(call_id=self.call.call_id, received=self.received,
+                                 received_bytes=self.received_bytes, cancel_seen=self.call.cancel_kind is not None)
+        raise _Ended(reply)
+
+    async def abort(self, code: int, status: grpc.StatusCode, message: str) -> NoReturn:
+        raise _AbortNow(code, status, message)
+
+    def record_abort(self, code: int, status: grpc.StatusCode, message: str) -> None:
+        self.move(ABORT, extra=f"code={code}")
+        self.move(ABORTED, server_end_code(ABORTED, code), status.name, message)
+
+    # -- the server's pipe ----------------------------------------------------------------------
+    async def push(self, until: Callable[[], bool]) -> bool:
+        """Send the script's messages (a held pipe: until its end); True when `until()` cut it short."""
+        script = self.script
+        count = None if self.outcome == _HOLD else (script.messages if self._scripted else DEFAULT_MESSAGES)
+        interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if self.outcome == _HOLD else 0)
+        payload = bytes(script.message_bytes)
+        after_out = script.at_count if script.at == _AFTER_OUT else -1
+        write, call, log_messages = self.context.write, self.call, self.log_messages
+        while count is None or self.sent < count:
+            if self.sent == after_out or until():
+                return True
+            if call.cancel_kind is not None or call.stopping or self.reader_done:
+                await self.check_signals()
+                if self.reader_done and not self.half_closed and self.kind == PIPE_BOTH:
+                    await self.confirm_half_close()
+            # counted when handed to gRPC: a cancel can interrupt the await after the message left
+            self.sent += 1
+            await write(pb.PipeMessage(seq=self.sent, payload=payload))
+            if log_messages:
+                call.move(SEND_COMPLETE, detail=f"seq={self.sent}")
+            if interval:
+                await self.wait(interval, until)
+        return self.sent == after_out or until()
+
+    _scripted = True
+
+
+class _AbortNow(Exception):
+    def __init__(self, code: int, status: grpc.StatusCode, message: str) -> None:
+        self.code, self.status, self.message = code, status, message
+
+
+class _FatalNow(Exception):
+    pass
+
+
+class PipeServicer:
+    """The pipe methods of `Emulator`; shares the emulator's live calls, so `Emulator.Cancel`
+    (the non-abortive cancel notice) reaches pipe calls too."""
+
+    def __init__(self, emulator: "EmulatorServicer") -> None:
+        self.emulator = emulator
+        self.config = emulator.config
+        self.log_messages = getattr(emulator.config, "log_messages", False)
+
+    async def pipe_in(self, requests: AsyncIterator[pb.PipeMessage], context: grpc.aio.ServicerContext) -> pb.PipeReply:
+        return await self._serve(PIPE_IN, None, requests, context)
+
+    async def pipe_out(self, request: pb.PipeRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(PIPE_OUT, request, None, context)
+
+    async def pipe_both(self, requests: AsyncIterator[pb.PipeMessage], context: grpc.aio.ServicerContext) -> None:
+        await self._serve(PIPE_BOTH, None, requests, context)
+
+    async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[pb.PipeMessage] | None,
+                     context: grpc.aio.ServicerContext) -> Any:
+        from callstate.server.emulator import FatalHandlerError
+
+        emulator = self.emulator
+        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+        call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY)) or new_call_id()
+        if call_id in emulator.live:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
+                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        script, bad = _script(request, metadata)
+        scripted = script is not None
+        if script is None:
+            script = pb.PipeScript(outcome=OUTCOMES[self.config.mix.draw(emulator._rng)])
+        elif not script.outcome:
+            script.outcome = OUTCOMES[self.config.mix.draw(emulator._rng)]
+        call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind)
+        emulator.live[call_id] = call
+        if emulator._early_notices and emulator._early_notices.take(call_id):
+            call.cancel_seen(NON_ABORTIVE)
+        run = PipeRun(self, call, kind, script, context, requests)
+        run._scripted = scripted
+        try:
+            try:
+                if bad is None and scripted:
+                    try:
+                        validate_pipe(script, kind, self.config.limits)
+                    except ScriptError as exc:
+                        bad = str(exc)
+                if bad is not None:
+                    raise _AbortNow(codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, bad)
+                if len(emulator.live) > self.config.max_in_flight:
+                    raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"over the in-flight limit ({self.config.max_in_flight})")
+                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))   # the headers
+                await self._script(run)
+            except _Ended as done:
+                return done.reply
+            except _AbortNow as ab:
+                run.record_abort(ab.code, ab.status, ab.message)
+                if call.rpc_cancelled:
+                    raise asyncio.CancelledError() from None
+                await context.abort(ab.status, ab.message, ((CODE_KEY, str(ab.code)),))
+            except _FatalNow as fatal:
+                if call.rpc_cancelled:
+                    raise asyncio.CancelledError() from None
+                raise FatalHandlerError(str(fatal)) from None
+            except BaseException as exc:
+                if call.lifecycle.ended or not _is_cancel(exc, context, run):
+                    raise
+                self._end_after_abortive(run)   # logs cancel_seen and ends per the on-cancel policy
+                raise asyncio.CancelledError() from None
+        except BaseException as exc:
+            if not call.lifecycle.ended:
+                call.end_on_error(exc)
+            raise
+        finally:
+            await run.stop_reader()
+            del emulator.live[call_id]
+
+    def _end_after_abortive(self, run: PipeRun) -> None:
+        """The caller cancelled abortively (or vanished): nothing more can be sent or received.
+        On-cancel abort: A 1818; complete: complete anyway; ignore: the script's own outcome now."""
+        run.call.cancel_seen(ABORTIVE)
+        try:
+            if run.policy == pb.ON_CANCEL_COMPLETE:
+                run.complete()
+            if run.ignore and run.outcome != _HOLD:
+                run.scripted_outcome()
+            raise _AbortNow(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED, "cancelled by the caller (abortive)")
+        except _Ended:
+            pass
+        except _AbortNow as ab:
+            run.record_abort(ab.code, ab.status, ab.message)
+        except _FatalNow:
+            pass
+
+    async def _script(self, run: PipeRun) -> None:
+        script, kind = run.script, run.kind
+        if script.dispatch_delay_ms:
+            await run.wait(script.dispatch_delay_ms / 1000)
+        await run.check_signals()
+        if script.at == _BEFORE:
+            await run.outcome_now()
+        if kind == PIPE_IN:
+            run.move(START_PULL)
+            run.start_reader()
+            at_in = script.at == _AFTER_IN
+            await run.wait(None, lambda: run.reader_done or (at_in and run.received >= script.at_count))
+            if at_in and run.received >= script.at_count:
+                await run.outcome_now()
+            await run.confirm_half_close()
+            await run.outcome_now()
+        run.move(START_PUSH)
+        run.start_reader()
+        at_in, at_hc = script.at == _AFTER_IN, script.at == _AFTER_HC
+        point_reached = (lambda: run.received >= script.at_count) if at_in else \
+            (lambda: run.reader_done) if at_hc else (lambda: False)
+        if await run.push(point_reached):
+            if run.reader_done and (at_hc or not at_in):
+                await run.confirm_half_close()
+            await run.outcome_now()
+        if kind == PIPE_BOTH:
+            # the server's messages are all out: the end is the client's half-close
+            await run.wait(None, lambda: run.reader_done or (at_in and run.received >= script.at_count))
+            if not (at_in and run.received >= script.at_count):
+                await run.confirm_half_close()
+        await run.outcome_now()
+
+
+def _is_cancel(exc: BaseException, context: grpc.aio.ServicerContext, run: PipeRun) -> bool:
+    """Whether an exception out of the handler's pipe work is the caller's cancel surfacing."""
+    if isinstance(exc, _CANCEL_ERRORS):
+        return True
+    try:
+        return context.cancelled() or context.done()
+    except Exception:  # noqa: BLE001 - a context torn down far enough to refuse the question
+        return True
+
+
+def _script(request: pb.PipeRequest | None, metadata: dict[str, Any]) -> tuple[pb.PipeScript | None, str | None]:
+    """The call's script (request field first, then metadata) and why it cannot be read, if so."""
+    if request is not None and request.HasField("script"):
+        script = pb.PipeScript()
+        script.CopyFrom(request.script)
+        return script, None
+    raw = metadata.get(PIPE_SCRIPT_KEY)
+    if raw is None:
+        return None, None
+    try:
+        return pb.PipeScript.FromString(raw if isinstance(raw, bytes) else raw.encode()), None
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        return pb.PipeScript(), f"script: metadata {PIPE_SCRIPT_KEY} is not a callstate.v1.PipeScript ({exc})"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value if isinstance(value, str) else ""

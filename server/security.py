@@ -1,0 +1,71 @@
+"""Access control of the server: TLS credentials, the bearer-token check, keepalive options.
+
+The token guards the `callstate.v1` services (Emulator and Journal) as a server interceptor,
+installed only when a token is set; health and reflection stay open (see the README,
+"Security"). A call's ownership (its cancel key) is checked by the Emulator itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from callstate.wire import AUTH_KEY, MIN_KEEPALIVE, bearer
+
+GUARDED_PREFIX = "/callstate.v1."
+
+# Clients may ping this often (every 0.4 s at their smallest keepalive, 1 s); more often
+# than this floor counts as a ping strike and the connection is closed (too_many_pings).
+MIN_CLIENT_PING_MS = int(MIN_KEEPALIVE * 400) // 2
+
+
+def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None) -> grpc.ServerCredentials:
+    """TLS with `cert`/`key`; with `client_ca`, mutual TLS: a client certificate signed by it is required."""
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
+    """The server pings its clients too, so a caller that vanished without closing its
+    connection (host down, process stopped) has its calls cancelled within `keepalive` s;
+    and it lets clients ping it while their calls are held with no data moving."""
+    permit = [("grpc.keepalive_permit_without_calls", 1),
+              ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS)]   # grpc's name for the
+    # minimum interval between pings it *receives* (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
+    if not keepalive:
+        return permit
+    period = int(max(keepalive, MIN_KEEPALIVE) * 400)   # as the clients do (client/channel.py)
+    return [("grpc.keepalive_time_ms", period), ("grpc.keepalive_timeout_ms", period),
+            ("grpc.http2.ping_timeout_ms", period),   # grpc core also times pings out by this (60 s default)
+            ("grpc.http2.max_pings_without_data", 0)] + permit
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses callstate.v1 RPCs without `authorization: Bearer <token>`: UNAUTHENTICATED when
+    missing, PERMISSION_DENIED when wrong (both reach a callstate client as 5
+    ERROR_ACCESS_DENIED). The comparison takes constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = bearer(token).encode()
+        self._missing = _refusal(grpc.StatusCode.UNAUTHENTICATED, "this server requires a bearer token")
+        self._wrong = _refusal(grpc.StatusCode.PERMISSION_DENIED, "wrong bearer token")
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        if not details.method.startswith(GUARDED_PREFIX):
+            return await continuation(details)
+        for key, value in details.invocation_metadata or ():
+            if key == AUTH_KEY:
+                given = value if isinstance(value, bytes) else value.encode()
+                if hmac.compare_digest(given, self._expected):
+                    return await continuation(details)
+                return self._wrong
+        return self._missing
+
+
+def _refusal(status: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(status, message)
+    return grpc.unary_unary_rpc_method_handler(refuse)

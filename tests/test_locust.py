@@ -1,0 +1,165 @@
+"""callstate.locust: a real Locust master with two worker processes against a real
+`callstate serve`, its statistics against the workers' logs and the server's journal, and
+`callstate check` over the whole distributed run. Locust runs in subprocesses only: importing
+it here would monkey-patch this test process for gevent."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from callstate import codes
+from callstate.lifecycle import CLIENT, END, ENTER, SERVER
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, cli, read_entries, start_server
+
+pytestmark = pytest.mark.timeout(120)
+BARRIER_PREFIX = "callstate-locust-barrier-"   # the workers' end-of-run barrier calls (server-only)
+LOCUST = [sys.executable, "-m", "locust"]
+
+
+def readme_locustfile() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Distributed load\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stats_rows(path: Path) -> dict[str, dict[str, int]]:
+    """Locust's final statistics (--json-file) of request type `callstate`, by request name."""
+    return {row["name"]: row for row in json.loads(path.read_text()) if row["method"] == "callstate"}
+
+
+def finals(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["state"] == END and e["event"] == ENTER]
+
+
+def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(readme_locustfile())
+    srv = start_server(tmp_path, "--max-hold", "20")
+    master_port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["-f", "locustfile.py"]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        master = subprocess.Popen(
+            [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+             "--headless", "--expect-workers", "2", "--expect-workers-max-wait", "40",
+             "-u", "8", "-r", "8", "-t", "5s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
+             # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
+             # gives their final report, so the counts match only if the master waits for them
+             "--callstate-abort-code", "5001", "--callstate-hold-for", "1"],
+            cwd=tmp_path, env=env, stdout=open(tmp_path / "master.out", "wb"), stderr=subprocess.STDOUT)
+        procs.append(master)
+        for i in range(2):
+            procs.append(subprocess.Popen([*LOCUST, *common, "--worker", "--master-host", "127.0.0.1",
+                                           "--master-port", str(master_port)], cwd=tmp_path,
+                                          env=env, stdout=open(tmp_path / f"worker{i}.out", "wb"),
+                                          stderr=subprocess.STDOUT))
+        rc = master.wait(90)
+        for p in procs[1:]:
+            p.wait(30)
+        out = (tmp_path / "master.out").read_text()
+        assert rc == 0, out
+        assert [p.returncode for p in procs[1:]] == [0, 0], [(tmp_path / f"worker{i}.out").read_text() for i in range(2)]
+        channel = grpc.insecure_channel(srv.target)
+        counters = pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=5)
+        channel.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        srv.stop()
+
+    rows = stats_rows(tmp_path / "run.json")
+    logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
+    assert len(logs) == 2, logs   # one client state log per worker, named by the worker's id
+    per_worker = [read_entries(p) for p in logs]
+    assert all(finals(entries) for entries in per_worker), "both workers made calls"
+    client_finals = [e for entries in per_worker for e in finals(entries)]
+
+    # one entry per final code, named "CODE NAME"; the command line's abort code reached the
+    # workers; the class attribute's mix has no fatal outcome, so no 1726
+    by_code = Counter(codes.describe(e["code"]) for e in client_finals)
+    code_rows = {name: row for name, row in rows.items() if name != "cancel propagation"}
+    assert {name: row["num_requests"] for name, row in code_rows.items()} == dict(by_code)
+    assert {"0 RPC_S_OK", "1818 RPC_S_CALL_CANCELLED", "5001 APPLICATION_ERROR_5001"} <= set(code_rows)
+    assert not any(name.startswith("1726") for name in code_rows)
+    assert all(row["num_failures"] == 0 for row in rows.values())   # only expected codes
+
+    # cancel propagation: its own entry, one sample per cancel the server saw after dispatching
+    prop = rows["cancel propagation"]
+    report = cli("check", *map(str, logs), str(srv.log))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "OK: every invariant holds" in report.stdout
+    checked_n = int(re.search(r"cancel propagation .*?: n=(\d+)", report.stdout).group(1))  # type: ignore[union-attr]
+    assert 0 < prop["num_requests"] <= checked_n
+
+    # the server's journal counted what the workers' logs and Locust counted
+    server = read_entries(srv.log)
+    server_ids = {e["call_id"] for e in server}
+    barrier_ids = {i for i in server_ids if i.startswith(BARRIER_PREFIX)}
+    client_ids = {e["call_id"] for e in client_finals}
+    assert len(barrier_ids) == 2
+    assert server_ids - barrier_ids <= client_ids
+    assert counters.dispatched == len(server_ids) and counters.in_flight == 0
+    assert sum(counters.by_code.values()) == len(finals(server))
+    assert {e["side"] for e in server} == {SERVER} and {e["side"] for e in client_finals} == {CLIENT}
+    assert sum(r["num_requests"] for r in code_rows.values()) == len(client_ids)
+
+
+SLOW_START = """
+import time
+import locust   # gevent's hub starts its clock here
+t = time.perf_counter()
+while time.perf_counter() - t < 2.5:   # imports that take a while on a busy machine
+    pass
+from callstate.locust import CallstateUser
+"""
+
+
+def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(SLOW_START)
+    dead = f"127.0.0.1:{free_port()}"   # nobody listens: every call ends 1722, which no plan expects
+    run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
+                          "--host", dead, "--json-file", "dead", "--callstate-log-file", ""],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    rows = stats_rows(tmp_path / "dead.json")
+    row = rows["1722 RPC_S_SERVER_UNAVAILABLE"]
+    assert row["num_failures"] == row["num_requests"] > 0
+    # -t 2s ran for about 2 s, however long the imports took (gevent's clock is refreshed)
+    assert row["last_request_timestamp"] - row["start_time"] > 1.5
+    assert not list(tmp_path.glob("callstate-client-*.jsonl"))   # --callstate-log-file "" turns the log off
+
+    bad = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "--callstate-mix", "sometimes=1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "argument --callstate-mix: mix entry 'sometimes=1': unknown name 'sometimes'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\n"
+                                         "class Mine(callstate.locust.CallstateUser):\n    cancel_at = 'later'\n")
+    bad = subprocess.run([*LOCUST, "-f", "badattr.py", "--headless", "-t", "1s", "--host", dead],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "callstate: Mine: cancel_at = 'later': cancel point 'later': expected one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
