@@ -70,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--small-bytes", type=positive_int, default=_CFG.small_bytes, metavar="N",
                    help="complete-small: echoed payload size (default: %(default)s)")
     p.add_argument("--max-bytes", type=positive_int, default=_CFG.max_bytes, metavar="N",
-                   help="complete-large: echoed payload size, near gRPC's 4 MiB message limit (default: %(default)s)")
+                   help="complete-large: reply size, near gRPC's 4 MiB message limit; echoed random bytes up to "
+                        "the server's largest request (1 MiB), a scripted reply beyond (default: %(default)s)")
     p.add_argument("--streams", type=positive_int, default=_CFG.streams, metavar="N",
                    help="many-streams: concurrent calls on one connection (default: %(default)s)")
     p.add_argument("--metadata-bytes", type=positive_int, default=_CFG.metadata_bytes, metavar="N",

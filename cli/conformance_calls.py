@@ -15,11 +15,12 @@ from callstate import codes
 from callstate.check import percentiles
 from callstate.client import AsyncClient
 from callstate.lifecycle import CAN
+from callstate.script import Limits
 from callstate.statelog import Entry
 from callstate.v1 import callstate_pb2 as pb
 
-# gRPC's default largest message is 4 MiB; the echo request and its reply both cross it.
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024 - 4096
+# The largest reply the server sends: near gRPC's default 4 MiB message limit.
+DEFAULT_MAX_BYTES = Limits().max_reply_bytes
 
 
 @dataclass

@@ -22,7 +22,7 @@ GRACEFUL_STOP: Final = "graceful-stop"
 
 PROPERTIES: Final[dict[str, str]] = {
     COMPLETE_SMALL: "a completed call's reply (an echo of random bytes, --small-bytes) arrives intact with 0",
-    COMPLETE_LARGE: "the same near the maximum message size (--max-bytes)",
+    COMPLETE_LARGE: "a reply near the maximum message size (--max-bytes) arrives intact with 0",
     ABORT_TRAILERS_ONLY: "an abort's exact code reaches the client (trailer callstate-code), trailers-only response",
     ABORT_AFTER_HEADERS: "the same when the handler sent initial metadata first (Script.headers_first)",
     FATAL: "a handler that fails fatally reaches the client as 1726 RPC_S_CALL_FAILED",
@@ -33,7 +33,8 @@ PROPERTIES: Final[dict[str, str]] = {
     DEADLINE: "a client deadline reaches the server (grpc-timeout), the server sees the cancel, both sides end",
     HELD: "calls held for --hold-seconds complete intact: no idle timeout cuts them",
     MANY_STREAMS: "--streams concurrent calls on one connection all complete",
-    LARGE_METADATA: "a request header and an abort message (trailers) of --metadata-bytes cross intact",
+    LARGE_METADATA: "a request header of --metadata-bytes and an abort message (trailers) of up to the server's "
+                    "limit (2 KiB) cross intact",
     CHECK: "`callstate check` over both sides' entries of every call above: every invariant holds",
     GRACEFUL_STOP: "calls in flight when the server stops gracefully end with 1722 at the client, none hang "
                    "(needs --serve-port)",
