@@ -22,7 +22,7 @@ import grpc
 from callstate import codes
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, NULL_PULL, NULL_PUSH,
                                  PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, cancel_kind_of, codes_agree, is_legal,
-                                 kind_of_initial_move, own_path_error, pipe_counts)
+                                 kind_of_initial_move, own_path_error)
 from callstate.statelog import Entry, parse_ts, read_log
 
 KINDS = {
@@ -158,24 +158,26 @@ class Checker:
         """One entry as read from a log file (a dict in the state-log format)."""
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
-                        e.get("cancel"))
+                        e.get("cancel"), e.get("sent"), e.get("received"))
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
         self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t,
-                        cancel=e.cancel)
+                        cancel=e.cancel, sent=e.sent, received=e.received)
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
-                   grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None) -> None:
+                   grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None,
+                   sent: Any = None, received: Any = None) -> None:
         r = self.report
         r.entries += 1
         if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in SIDE_STATES[side]:
             r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
             return
         wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
-        if wrong or not isinstance(ts, (str, float)) or (code is not None and type(code) is not int):
-            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of "
-                                          f"{wrong or ('ts' if not isinstance(ts, (str, float)) else 'code')}"))
+        wrong = wrong or next((name for name, value in (("code", code), ("sent", sent), ("received", received))
+                               if value is not None and type(value) is not int), "")
+        if wrong or not isinstance(ts, (str, float)):
+            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of {wrong or 'ts'}"))
             return
         if isinstance(ts, str):
             try:
@@ -202,9 +204,8 @@ class Checker:
             track.kind = kind_of_initial_move(move) or UNARY
         legal = prev == track.state and is_legal(side, prev, move, state, track.kind)
         if track.kind != UNARY:
-            counts = pipe_counts(detail)
-            if counts is not None:
-                track.sent, track.received = counts
+            if sent is not None:
+                track.sent, track.received = sent, received or 0
             if move == NULL_PUSH:
                 track.null_push = True
             elif move == NULL_PULL:

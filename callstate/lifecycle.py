@@ -13,7 +13,6 @@ table is illegal, and `next_state` says which side, which state and which move.
 
 from __future__ import annotations
 
-import re
 from typing import Final, Literal, Mapping
 
 from callstate import codes
@@ -281,7 +280,8 @@ def mermaid(side: str, kind: str = "unary") -> str:
 #
 # Per-message notifications are self-loops (Push --send_complete--> Push), so a log that leaves
 # them out (the default: 100,000 messages must not write 100,000 lines) is still a legal path;
-# the transitions that leave a pipe state carry the message counts (`pipe_counts_detail`).
+# the transitions that leave a pipe state carry the message counts (the entry's `sent` and
+# `received` fields).
 UNARY: Final = "unary"
 PIPE_IN: Final = "in"        # client-streaming: the client pushes, the server pulls
 PIPE_OUT: Final = "out"      # server-streaming: the server pushes, the client pulls
@@ -397,15 +397,4 @@ def pipe_notifiable(state: str) -> bool:
     return state in PIPE_NOTIFIABLE
 
 
-def pipe_counts_detail(sent: int, received: int) -> str:
-    """The detail of a pipe transition: this side's message counts so far."""
-    return f"sent={sent} received={received}"
 
-
-def pipe_counts(detail: object) -> tuple[int, int] | None:
-    """(sent, received) from a pipe transition's detail, or None when it carries none."""
-    m = _COUNTS.match(detail) if isinstance(detail, str) else None
-    return (int(m[1]), int(m[2])) if m else None
-
-
-_COUNTS: Final = re.compile(r"sent=(\d+) received=(\d+)")

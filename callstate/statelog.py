@@ -37,6 +37,8 @@ class Entry(NamedTuple):
     grpc_status: str | None = None
     detail: str | None = None
     cancel: str | None = None   # the cancel kind, on a client's Can and a server's cancel_seen
+    sent: int | None = None     # pipes: messages this side has sent so far (on its transitions)
+    received: int | None = None  # pipes: messages this side has received so far
 
 
 _ts_cache: tuple[int, str] = (-1, "")
@@ -80,6 +82,8 @@ def to_dict(e: Entry) -> dict[str, Any]:
         d["detail"] = e.detail
     if e.cancel:
         d["cancel"] = e.cancel
+    if e.sent is not None:
+        d["sent"], d["received"] = e.sent, e.received
     return d
 
 
@@ -106,13 +110,15 @@ def format_line(e: Entry) -> str:
         line += f',"detail":{_dumps(e.detail).decode()}'
     if e.cancel:
         line += f',"cancel":"{e.cancel}"'
+    if e.sent is not None:
+        line += f',"sent":{int(e.sent)},"received":{int(e.received or 0)}'
     return line + "}\n"
 
 
 def from_dict(d: Mapping[str, Any]) -> Entry:
     """An entry read from a log (`to_dict`'s form) back in memory; KeyError/ValueError when malformed."""
     return Entry(parse_ts(d["ts"]), d["side"], d["call_id"], d["state"], d.get("prev"), d["event"], d.get("move"),
-                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"))
+                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"))
 
 
 def to_proto(e: Entry) -> pb.StateEntry:
@@ -121,6 +127,8 @@ def to_proto(e: Entry) -> pb.StateEntry:
                         cancel=e.cancel or "")
     if e.code is not None:
         msg.code = e.code
+    if e.sent is not None:
+        msg.sent, msg.received = e.sent, e.received or 0
     return msg
 
 
@@ -136,6 +144,8 @@ def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
         d["detail"] = msg.detail
     if msg.cancel:
         d["cancel"] = msg.cancel
+    if msg.HasField("sent"):
+        d["sent"], d["received"] = msg.sent, msg.received
     return d
 
 

@@ -23,7 +23,7 @@ from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER, HEADERS,
                                  NULL_PULL, NULL_PUSH, PULL, PUSH, RECEIVE_COMPLETE, SEND_COMPLETE, START_FAILED,
-                                 STARTED, Lifecycle, cancel_kind, table_for, initial_move, pipe_counts_detail, pipe_notifiable)
+                                 STARTED, Lifecycle, cancel_kind, table_for, initial_move, pipe_notifiable)
 from callstate.statelog import Entry, StateLog
 
 _CANCELLED = codes.grpc_status_for(codes.RPC_S_CALL_CANCELLED).name
@@ -60,9 +60,8 @@ class PipeCore:
               cancel: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
         if self._log is not None:
-            detail = pipe_counts_detail(self.sent, self.received) + (f"; {extra}" if extra else "")
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code, grpc_status,
-                                   detail, cancel))
+                                   extra or None, cancel, self.sent, self.received))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         if self._log is not None and not self.lifecycle.ended:

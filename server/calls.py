@@ -25,7 +25,7 @@ from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
-# Entry(...) without the Python-level __new__ of a NamedTuple: all eleven fields, in order.
+# Entry(...) without the Python-level __new__ of a NamedTuple: all thirteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
 
 _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
@@ -48,7 +48,7 @@ class ServerCall:
         self._log = log_append
         self._rec = journal.open(call_id, outcome, deadline_ms)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None)))
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -58,9 +58,11 @@ class ServerCall:
     def state(self) -> str:
         return self.lifecycle.state
 
-    def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None) -> None:
+    def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None,
+             sent: int | None = None, received: int | None = None) -> None:
         prev, state = self.lifecycle.move(move)
-        e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None))
+        e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
+                    received))
         self._journal.add(self._rec, e)   # _emit, inlined on the hot path
         self._log(e)
 

@@ -28,7 +28,7 @@ from grpc._cython import cygrpc
 from callstate import codes
 from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, NULL_PULL,
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
-                                 pipe_counts_detail, server_end_code)
+                                 server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
 from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError
 from callstate.server.calls import ServerCall
@@ -79,11 +79,8 @@ class PipeRun:
         self.hold_deadline = loop.time() + owner.config.max_hold if self.outcome == _HOLD else None
 
     # -- recording ------------------------------------------------------------------------
-    def counts(self, extra: str = "") -> str:
-        return pipe_counts_detail(self.sent, self.received) + (f"; {extra}" if extra else "")
-
     def move(self, move: str, code: int | None = None, status: str | None = None, extra: str = "") -> None:
-        self.call.move(move, code, status, self.counts(extra))
+        self.call.move(move, code, status, extra or None, self.sent, self.received)
 
     # -- the client's pipe -------------------------------------------------------------------
     def start_reader(self) -> None:
@@ -100,7 +97,7 @@ class PipeRun:
                 self.received += 1
                 self.received_bytes += len(msg.payload)
                 if self.log_messages and not call.lifecycle.ended:
-                    call.move(RECEIVE_COMPLETE, detail=f"seq={self.received}")
+                    call.move(RECEIVE_COMPLETE, sent=self.sent, received=self.received)
                 if self.received == stop_at:   # the script's point: pull no further
                     call.wake()
                     return
@@ -226,7 +223,7 @@ class PipeRun:
             self.sent += 1
             await write(pb.PipeMessage(seq=self.sent, payload=payload))
             if log_messages:
-                call.move(SEND_COMPLETE, detail=f"seq={self.sent}")
+                call.move(SEND_COMPLETE, sent=self.sent, received=self.received)
             if interval:
                 await self.wait(interval, until)
         return self.sent == after_out or until()

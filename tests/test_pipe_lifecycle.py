@@ -13,7 +13,7 @@ from callstate.check import check_entries
 from callstate.client.pipe_core import PipeCore
 from callstate.errors import CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (END, INITIAL, PIPE_KINDS, PIPE_TABLES, SIDES, Lifecycle, LifecycleError, is_legal,
-                                 mermaid, move_to_end, pipe_counts, pipe_counts_detail)
+                                 mermaid, move_to_end)
 from callstate.pipe_script import PipeCancelPoint, PipeScript, validate_pipe
 from callstate.script import ScriptError
 from callstate.statelog import Entry, to_dict
@@ -92,10 +92,22 @@ def test_initial_moves_name_the_kind_and_every_server_state_has_a_way_to_end() -
                 assert move_to_end("server", state, kind) is not None or state in ("A", "Comp")
 
 
-def test_counts_detail_round_trips() -> None:
-    assert pipe_counts(pipe_counts_detail(3, 7)) == (3, 7)
-    assert pipe_counts(pipe_counts_detail(3, 7) + "; code=1818") == (3, 7)
-    assert pipe_counts("code=5") is None and pipe_counts(None) is None
+def test_counts_are_fields_of_the_entry_in_all_its_forms() -> None:
+    from callstate.statelog import format_line, from_dict, proto_to_dict, to_dict, to_proto
+    e = Entry(1.5, "client", "p", "Push", "C", "enter", "started", sent=3, received=7)
+    d = to_dict(e)
+    assert (d["sent"], d["received"]) == (3, 7) and "detail" not in d
+    assert from_dict(d) == e and proto_to_dict(to_proto(e)) == d
+    import orjson
+    assert orjson.loads(format_line(e)) == d
+
+
+def test_the_checker_reads_counts_from_the_fields_not_the_detail() -> None:
+    entries = _in_pipe(4, 2)
+    for d in entries:
+        d["detail"] = "sent=2 received=2"   # free text: never parsed
+    report = check_entries(entries)
+    assert "pipe_count_mismatch" in report.by_kind(), report.summary()
 
 
 @pytest.mark.parametrize("kind", PIPE_KINDS)
@@ -129,7 +141,7 @@ def test_core_counts_messages_without_a_line_per_message_unless_asked() -> None:
         core.complete()
         assert core.history[-1] == END and core.sent == 1000
         assert len(sink.entries) == expected_lines - 1   # C, Push, WComp, Comp, End (+ one per message)
-        assert pipe_counts(sink.entries[-1].detail) == (1000, 0)
+        assert (sink.entries[-1].sent, sink.entries[-1].received) == (1000, 0)
 
 
 def test_core_holds_the_notification_until_the_caller_may_complete() -> None:
@@ -153,18 +165,20 @@ def test_core_holds_the_notification_until_the_caller_may_complete() -> None:
 
 def _log(side: str, kind: str, steps: list[tuple[str, str | None, str, str | None]], call_id: str = "p1",
          end_code: int | None = 0) -> list[dict[str, Any]]:
-    """Entries for one side: (state, prev, move, detail) per step; the first is the initial one."""
+    """Entries for one side: (state, prev, move, (sent, received) or None) per step; the first is the initial one."""
     out = []
-    for i, (state, prev, move, detail) in enumerate(steps):
+    for i, (state, prev, move, pair) in enumerate(steps):
         code = end_code if state == END else None
         status = ("OK" if code == 0 else "CANCELLED") if state == END else None
-        out.append(to_dict(Entry(1000.0 + i / 1000, side, call_id, state, prev, "enter", move, code, status, detail)))
+        counts = pair if pair is not None else (None, None)
+        out.append(to_dict(Entry(1000.0 + i / 1000, side, call_id, state, prev, "enter", move, code, status, None,
+                                 None, *counts)))
     return out
 
 
 def _in_pipe(client_sent: int, server_received: int, client_half_closed: bool = True) -> list[dict[str, Any]]:
-    c = pipe_counts_detail(client_sent, 0)
-    s = pipe_counts_detail(0, server_received)
+    c = (client_sent, 0)
+    s = (0, server_received)
     client = [("C", None, "call_in", None), ("Push", "C", "started", c)]
     client += [("WComp", "Push", "null_push", c)] if client_half_closed else [("Can", "Push", "cancel", c),
                                                                                ("WComp", "Can", "cancel_issued", c)]

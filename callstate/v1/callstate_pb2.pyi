@@ -169,7 +169,7 @@ class PipeReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., received: _Optional[int] = ..., received_bytes: _Optional[int] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "dropped")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "sent", "received", "dropped")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class StateEntry(_message.Message):
     GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
@@ -193,8 +195,10 @@ class StateEntry(_message.Message):
     grpc_status: str
     detail: str
     cancel: str
+    sent: int
+    received: int
     dropped: int
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)
