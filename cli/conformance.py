@@ -99,6 +99,11 @@ def run(opts: argparse.Namespace) -> int:
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,
                         cancel_bound_ms=opts.cancel_bound_ms, deadline=opts.deadline, streams=opts.streams,
                         metadata_bytes=opts.metadata_bytes, wait=opts.wait)
+    from callstate.script import Limits
+    if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
+        print(f"callstate conformance: --max-bytes {opts.max_bytes} is over the largest reply "
+              f"({Limits().max_reply_bytes})", file=sys.stderr)
+        return 2
     for path in filter(None, (opts.report, opts.junit_xml)):
         try:   # fail now, not after the run, when an output cannot be written
             open(path, "ab").close()

@@ -228,6 +228,7 @@ def test_grpc_proxy_that_rewrites_statuses_fails_the_rows_it_breaks(tmp_path: Pa
     (("--proxy", "nowhere", "--server", "127.0.0.1:1"), "'nowhere' is not HOST:PORT"),
     (("--proxy", "127.0.0.1:1", "--server", "127.0.0.1:2", "--serve-port", "3"), "not allowed with"),
     (("--proxy", "127.0.0.1:1", "--serve-port", "1", "--calls", "0"), "must be >= 1"),
+    (("--proxy", "127.0.0.1:1", "--serve-port", "1", "--max-bytes", "99999999"), "over the largest reply"),
 ])
 def test_usage_errors(args: tuple[str, ...], words: str) -> None:
     res = cli("conformance", *args)
