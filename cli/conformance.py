@@ -10,7 +10,7 @@ import time
 
 from callstate.cli.conformance_battery import BatteryConfig
 from callstate.cli.conformance_properties import PROPERTIES
-from callstate.cli.options import non_negative_float, para, port, positive_float, positive_int
+from callstate.cli.options import add_access, channel_settings, non_negative_float, para, port, positive_float, positive_int
 
 _CFG = BatteryConfig()
 
@@ -85,6 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "(default: %(default)s)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
+    add_access(p)   # one set for the proxy and the server (--server); --serve-port starts a plaintext one
+    p.set_defaults(target_parser=p)
     return p
 
 
@@ -110,6 +112,12 @@ def run(opts: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"callstate conformance: {exc}", file=sys.stderr)
             return 2
+    from callstate.cli.conformance_calls import use_access
+    settings = channel_settings(opts)
+    if opts.serve_port is not None and (settings.secure or settings.token):
+        opts.target_parser.error("--serve-port starts a plaintext server without a token: to test a locked-down "
+                                 "server, start it yourself and pass --server with the TLS and token options")
+    use_access(settings)
     own = ServerProcess(opts.serve_bind, opts.serve_port, opts.max_hold) if opts.serve_port is not None else None
     setup = Setup(proxy=opts.proxy, server=opts.server or "", own_server=own)
     t0 = time.monotonic()

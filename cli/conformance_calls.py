@@ -14,6 +14,7 @@ import grpc
 from callstate import codes
 from callstate.check import percentiles
 from callstate.client import AsyncClient
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import CAN
 from callstate.script import Limits
 from callstate.statelog import Entry
@@ -38,15 +39,31 @@ class BatteryConfig:
     wait: float = 10.0              # the bound on any one wait
 
 
+# How the battery reaches the proxy and the server (TLS, token): set once by the command
+# (`use_access`), read by every client and channel below. One run, one set of credentials.
+_access = ChannelSettings(keepalive=None)
+
+
+def use_access(settings: ChannelSettings) -> None:
+    global _access
+    _access = settings
+
+
+def auth_metadata() -> tuple[tuple[str, str], ...]:
+    """The token's metadata, for the RPCs made on a raw channel."""
+    return _access.metadata
+
+
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:
-    """Every client the battery uses is made here (the one place to add channel credentials).
-    A local subchannel pool: each client gets its own connection."""
-    return AsyncClient(target, log=log, timeout=timeout, channel_options=[("grpc.use_local_subchannel_pool", 1)])
+    """Every client the battery uses is made here. A local subchannel pool: each client gets
+    its own connection."""
+    return AsyncClient(target, log=log, timeout=timeout, settings=_access,
+                       channel_options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
     """A raw channel, for the calls the client library does not make (unknown method, metadata)."""
-    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+    return _access.aio_channel(target, [("grpc.use_local_subchannel_pool", 1)])
 
 
 class Recorder:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
+from callstate.cli.conformance_calls import auth_metadata
 from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER
 from callstate.statelog import parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
@@ -70,7 +71,7 @@ class ServerJournal:
 
     async def _follow(self, subscribed: asyncio.Event) -> None:
         try:
-            async for batch in self._stub.Follow(pb.WatchRequest()):
+            async for batch in self._stub.Follow(pb.WatchRequest(), metadata=auth_metadata()):
                 subscribed.set()
                 kept = False
                 for e in batch.entries:
@@ -88,7 +89,8 @@ class ServerJournal:
     async def deadline_ms(self, call_id: str, timeout: float) -> int | None:
         """The call's deadline as the server received it (Journal/GetCall), None without one."""
         try:
-            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), timeout=timeout)
+            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=auth_metadata(),
+                                               timeout=timeout)
         except grpc.aio.AioRpcError:
             return None
         return history.deadline_ms if history.HasField("deadline_ms") else None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from callstate import codes
-from callstate.cli.conformance_calls import Result, examples, median_ms
+from callstate.cli.conformance_calls import Result, auth_metadata, examples, median_ms
 from callstate.cli.conformance_journal import ended
 from callstate.cli.conformance_properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
 from callstate.client import Script
@@ -73,7 +73,7 @@ async def unimplemented(b: Battery) -> Row:
 
     async def one(i: int) -> str:
         try:
-            await method(pb.CallRequest(call_id=new_call_id()), timeout=b.cfg.wait)
+            await method(pb.CallRequest(call_id=new_call_id()), metadata=auth_metadata(), timeout=b.cfg.wait)
             return "OK"
         except grpc.aio.AioRpcError as err:
             return err.code().name
@@ -110,7 +110,7 @@ async def large_metadata(b: Battery) -> Row:
         script = pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=code, abort_message=message)
         try:
             await stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=b.cfg.wait,
-                            metadata=((CALL_ID_KEY, call_id), (PAD_KEY, "p" * size)))
+                            metadata=((CALL_ID_KEY, call_id), (PAD_KEY, "p" * size)) + auth_metadata())
             return "completed instead of aborting"
         except grpc.aio.AioRpcError as err:
             got = codes.from_grpc(err.code(), err.trailing_metadata())

@@ -182,6 +182,11 @@ def add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="gRPC deadline for the call (default: none)")
+    add_access(p)
+
+
+def add_access(p: argparse.ArgumentParser) -> None:
+    """How a client reaches a locked-down server: TLS, mutual TLS, the token, keepalive."""
     g = p.add_argument_group("access (see the README, Security)")
     g.add_argument("--tls-ca", type=pem_file, metavar="PEM",
                    help="connect with TLS, trusting server certificates signed by this CA (default: plaintext)")

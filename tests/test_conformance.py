@@ -287,3 +287,27 @@ def test_serve_port_in_use_is_one_line() -> None:
         res = cli("conformance", "--serve-port", str(port), "--proxy", "127.0.0.1:1")
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
     assert f"the server for --serve-port {port} did not start" in res.stderr and "bind" in res.stderr
+
+
+def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path: Path) -> None:
+    """The access options apply to the proxy and the server alike; here the "proxy" is the
+    TLS-and-token server itself, so every row must hold, and a missing token is one line."""
+    from tests.certs import make_tls_files
+    from tests.conftest import start_server
+    tls = make_tls_files(tmp_path / "tls")
+    srv = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                       "--token", "s3cret", "--max-hold", "30")
+    try:
+        quick = ("--calls", "3", "--concurrency", "2", "--hold-seconds", "1", "--streams", "10")
+        res = cli("conformance", "--proxy", srv.target, "--server", srv.target, "--tls-ca", str(tls.ca),
+                  "--token", "s3cret", *quick, timeout=100)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+        assert "every property holds" in res.stdout
+        refused = cli("conformance", "--proxy", srv.target, "--server", srv.target, "--tls-ca", str(tls.ca),
+                      *quick, timeout=60)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "UNAUTHENTICATED" in refused.stderr or "token" in refused.stderr
+    finally:
+        srv.stop()
+    clash = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0", "--token", "x")
+    assert clash.returncode == 2 and "--serve-port starts a plaintext server" in clash.stderr
