@@ -219,3 +219,48 @@ def test_an_unknown_state_is_not_called_final() -> None:
     message = str(LifecycleError("client", "Bogus", "started"))
     assert "no move leaves it" not in message and "legal:" not in message
     assert "no move leaves it" in str(LifecycleError("client", "End", "started"))
+
+
+# -- the checker's figures and bookkeeping (found by mutation testing) ---------------------------
+
+def test_percentiles_pick_by_rank() -> None:
+    from callstate.check import percentiles
+    got = percentiles([float(x) for x in range(7, 0, -1)])    # 1..7, given unsorted
+    assert got == {"count": 7, "p50": 4.0, "p90": 7.0, "p99": 7.0, "max": 7.0}
+    hundred = percentiles([float(x) for x in range(1, 101)])
+    assert (hundred["p50"], hundred["p90"], hundred["p99"]) == (51.0, 91.0, 100.0)
+    assert percentiles([]) == {"count": 0}
+
+
+def test_cancel_propagation_is_client_can_to_server_cancel_seen_in_ms() -> None:
+    def at(ms: float) -> str:
+        return f"2026-11-24T10:00:00.{int(ms * 1000):06d}Z"
+    entries = [
+        {**e("client", "C", None, "call"), "ts": at(1)}, {**e("client", "WComp", "C", "started"), "ts": at(2)},
+        {**e("server", "D", None, "dispatch"), "ts": at(3)},
+        {**e("client", "Can", "WComp", "cancel", cancel="abortive"), "ts": at(10)},
+        {**e("server", "D", "D", event="cancel_seen", cancel="abortive"), "ts": at(12.5)},
+    ]
+    report = check_entries(entries)
+    assert report.cancel_propagation_ms == [pytest.approx(2.5, abs=0.001)]   # float timestamps
+
+
+def test_counts_by_side_and_examples_capped() -> None:
+    from callstate.check import EXAMPLES_PER_KIND
+    entries = client(0) + server("complete", 0)
+    report = check_entries(entries)
+    assert report.by_side == {"client": 4, "server": 3} and report.entries == 7
+    many = [x for i in range(8) for x in server("complete", 77) if (x.update(call_id=f"s{i}") or True)]
+    shown = check_entries(many).to_json()["violations_by_kind"]["wrong_final_code"]
+    assert shown["count"] == 8 and len(shown["examples"]) == EXAMPLES_PER_KIND == 5
+
+
+def test_a_non_text_call_id_is_a_bad_entry() -> None:
+    bad = e("client", "C", None, "call")
+    bad["call_id"] = 5
+    assert [v.kind for v in check_entries([bad]).violations] == ["bad_entry"]
+
+
+def test_an_illegal_first_entry_names_the_start() -> None:
+    got = check_entries([e("client", "WComp", None, "started")])
+    assert any("(start) --started--> WComp" in v.message for v in got.violations), got.summary()
