@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from callstate.cli.live_view import MODES, choose
@@ -68,10 +69,14 @@ async def _watch(opts: argparse.Namespace) -> int:
             seen = dropped = 0
             print(f"watching {opts.target} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
-            dashboard = _Dashboard(stub, choose(mode, sys.stdout), opts.target) if choose(mode, sys.stdout) else None
-            try:
-                async for e in stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
-                                             timeout=opts.timeout):
+            dashboard = (_Dashboard(stub, choose(mode, sys.stdout), opts.target, settings.metadata)
+                         if choose(mode, sys.stdout) else None)
+            stream = stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
+                                timeout=opts.timeout)
+
+            async def follow() -> None:
+                nonlocal seen, dropped
+                async for e in stream:
                     if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
                         print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
                               f"{e.dropped} in all)", file=sys.stderr, flush=True)
@@ -83,10 +88,29 @@ async def _watch(opts: argparse.Namespace) -> int:
                         print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
                     seen += 1
                     if opts.count and seen >= opts.count:
-                        return 0
+                        return
+
+            # Ctrl-C / SIGTERM end the stream by cancelling the call itself: cancelling the task
+            # that iterates a grpc.aio stream (what asyncio.run does on SIGINT) can hang the exit.
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            reader, stopper = asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                stopper.cancel()
+                if not reader.done():
+                    stream.cancel()
+                    try:
+                        await reader
+                    except asyncio.CancelledError:
+                        pass
                 if dashboard is not None:
                     await dashboard.stop()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
                 return 0
@@ -99,12 +123,13 @@ async def _watch(opts: argparse.Namespace) -> int:
 class _Dashboard:
     """The live view of the journal: server-side final codes, in flight, recent cancels."""
 
-    def __init__(self, stub, mode: str, target: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stub, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[no-untyped-def, type-arg]
         from callstate.cli.live_stats import LiveStats
         from callstate.cli.live_view import LiveView
         from callstate.lifecycle import SERVER
 
         self.stub = stub
+        self.metadata = metadata   # the token, for a server that requires one
         self.stats = LiveStats(SERVER)
         self.view = LiveView(self.stats, sys.stdout, mode, f"callstate watch → {target}")
         self.view.start()
@@ -121,12 +146,18 @@ class _Dashboard:
 
         while True:
             try:
-                c = await self.stub.GetCounters(pb.CountersRequest(), timeout=COUNTERS_TIMEOUT)
+                c = await self.stub.GetCounters(pb.CountersRequest(), metadata=self.metadata, timeout=COUNTERS_TIMEOUT)
                 self.stats.in_flight = c.in_flight
             except Exception:   # the stream reports a lost server; the count just stops moving
                 pass
             await asyncio.sleep(IN_FLIGHT_POLL_S)
 
     async def stop(self) -> None:
+        # Wait for the poll to be cancelled: its GetCounters call must be gone before the
+        # channel closes, or closing the channel can wait for it forever.
         self.poll.cancel()
+        try:
+            await self.poll
+        except (asyncio.CancelledError, Exception):
+            pass
         self.view.stop()
