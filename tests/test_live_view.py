@@ -184,8 +184,23 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def cancelled_call(target: str) -> None:
-    with Client(target) as client:
+    """A held call cancelled once the server holds it (cancelled sooner, the server may never
+    see it, and a watcher then has nothing to show)."""
+    import grpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+    with Client(target) as client, grpc.insecure_channel(target) as channel:
         call = client.start(Script("hold"))
+        journal = pb_grpc.JournalStub(channel)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                journal.GetCall(pb.GetCallRequest(call_id=call.call_id), timeout=5)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the server never dispatched the call"
+                time.sleep(0.01)
         call.cancel()
         call.wait(timeout=10)
 
