@@ -35,7 +35,7 @@ from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
 from callstate.pipe_script import PipeCancelPoint, PipeScript
-from callstate.scenario import AFTER_START, BEFORE_START, Plan, Scenario
+from callstate.scenario import BEFORE_START, Plan, Scenario
 from callstate.script import ON_CANCEL, OUTCOMES
 from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
@@ -208,7 +208,7 @@ class LoadRun:
                     raise
                 if point is not None:
                     delay = plan.delay(self.rng)
-                    if point.kind == AFTER_START or delay <= 0:
+                    if delay <= 0:   # after-start (and a zero delay): at once
                         self._cancel(call, abortive)
                     else:
                         timer = loop.call_later(delay, self._cancel, call, abortive)

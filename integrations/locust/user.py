@@ -21,7 +21,7 @@ from locust import User, constant, events, task
 from callstate import codes
 from callstate.client import Call, CallError, Client
 from callstate.lifecycle import ABORTIVE
-from callstate.scenario import (AFTER_START, BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX,
+from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX,
                                 DEFAULT_ON_CANCEL, Plan, Scenario, parse_cancel_points, parse_cancel_shares)
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
 from callstate.v1 import callstate_pb2 as pb
@@ -138,7 +138,7 @@ class CallstateUser(User):
                 call.start()
                 if point is not None:
                     delay = plan.delay(self.rng)
-                    if point.kind == AFTER_START or delay <= 0:
+                    if delay <= 0:   # after-start (and a zero delay): at once
                         self._cancel(call, abortive)
                     else:
                         timer = gevent.spawn_later(delay, self._cancel, call, abortive)
