@@ -34,6 +34,11 @@ def bearer(token: str) -> str:
 MAX_CANCEL_KEY: Final = 128
 
 
+# A pipe call's cancel key travels in this metadata key (a stream has no request message to
+# carry it, as CallRequest.cancel_key does for unary calls).
+CANCEL_KEY_KEY: Final = "callstate-cancel-key"
+
+
 def new_cancel_key() -> str:
     """A call's secret: a cancel notice must repeat it to reach the call."""
     return os.urandom(16).hex()

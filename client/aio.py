@@ -21,10 +21,12 @@ import grpc
 
 from callstate import codes
 from callstate.client.channel import ChannelSettings, PemSource
+from callstate.client.call_core import CallCore
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import C, CANCEL_SENT, WCOMP
 from callstate.wire import DEFAULT_KEEPALIVE
 from callstate.errors import CallError, InvalidAsyncHandle
+from callstate.script import validate_request
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -46,40 +48,26 @@ class AsyncCompletionQueue:
         return self._queue.qsize()
 
 
-class AsyncCall(CallBase):
-    """One call on the caller's side, driven on the event loop."""
+class AsyncNotices:
+    """The cancel notice and its escalation timer on the event loop (AsyncCall, AsyncPipe)."""
 
-    def __init__(self, client: "AsyncClient", request: pb.CallRequest) -> None:
-        super().__init__(client, request)
-        self._stub = client._stub
-        self._rpc: grpc.aio.UnaryUnaryCall | None = None
-        self._driver: asyncio.Future[None] | None = None
-        self._escalation: asyncio.TimerHandle | None = None
-        self._notice: asyncio.Future[None] | None = None
+    _client: Any
+    _core: Any
+    _timeout: float | None
+    _escalation: asyncio.TimerHandle | None
+    _notice: asyncio.Future[None] | None = None
 
-    # -- the I/O under CallBase's moves ---------------------------------------------------
-    @property
-    def _sent(self) -> bool:
-        return self._rpc is not None
-
-    def _send(self) -> None:
-        self._rpc = self._stub.Call(self._request, metadata=self._client._metadata(self.call_id),
-                                    timeout=self._client.timeout)
-        if self._core.has_callbacks:
-            self._ensure_driver()   # a callback or queue waits: someone must read the reply
-
-    def _abort_rpc(self) -> None:
-        assert self._rpc is not None
-        self._rpc.cancel()
-        self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
+    # from CallBase: _notice_request(), _escalate(timeout)
+    _notice_request: Any
+    _escalate: Any
 
     def _send_notice(self) -> None:
         self._notice = asyncio.ensure_future(self._notice_and_log())
 
     async def _notice_and_log(self) -> None:
         try:
-            reply = await self._stub.Cancel(self._notice_request(), metadata=self._client._auth_metadata,
-                                            timeout=self._client.timeout)
+            reply = await self._client._stub.Cancel(self._notice_request(), metadata=self._client._auth_metadata,
+                                                    timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             self._core.event(CANCEL_SENT, notice_failed(err.code()))
         except asyncio.CancelledError:
@@ -91,6 +79,36 @@ class AsyncCall(CallBase):
         if self._escalation is not None:
             self._escalation.cancel()
         self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
+
+
+class AsyncCall(AsyncNotices, CallBase):
+    """One call on the caller's side, driven on the event loop."""
+
+    def __init__(self, client: "AsyncClient", request: pb.CallRequest) -> None:
+        super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
+        self._request = request
+        self._stub = client._stub
+        self._rpc: grpc.aio.UnaryUnaryCall | None = None
+        self._driver: asyncio.Future[None] | None = None
+
+    # -- the I/O under CallBase's moves ---------------------------------------------------
+    @property
+    def _sent(self) -> bool:
+        return self._rpc is not None
+
+    def _validate(self) -> None:
+        validate_request(self._request)
+
+    def _send(self) -> None:
+        self._rpc = self._stub.Call(self._request, metadata=self._client._metadata(self.call_id),
+                                    timeout=self._timeout)
+        if self._core.has_callbacks:
+            self._ensure_driver()   # a callback or queue waits: someone must read the reply
+
+    def _abort_rpc(self) -> None:
+        assert self._rpc is not None
+        self._rpc.cancel()
+        self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
@@ -173,8 +191,7 @@ class AsyncCall(CallBase):
             self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
-        if self._escalation is not None:
-            self._escalation.cancel()
+        self._stop_escalation()
         self._core.notify(code, reply, status, details)
 
 

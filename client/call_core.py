@@ -1,8 +1,9 @@
 """The caller's side of one call, without I/O: shared by the sync and asyncio clients.
 
-`CallCore` applies the client table (C, Can, WComp, Comp, End), records every
-state entered, holds the notification (the call's final code and reply), and
-answers complete()/status() by the MS-RPC rules:
+`CoreBase` applies one client table, records every state entered, holds the notification
+(the call's final code and reply) and its callbacks, and answers complete()/status() by
+the MS-RPC rules; `CallCore` is it for unary calls (C, Can, WComp, Comp, End) and
+`PipeCore` (pipe_core.py) for pipes:
 
 * complete() before the notification: 997 RPC_S_ASYNC_CALL_PENDING, no state change;
 * the first complete() after it is final (WComp -> Comp -> End);
@@ -21,45 +22,59 @@ from typing import Any, Callable
 
 from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
-from callstate.lifecycle import (CALL, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
-                                 START_FAILED, STARTED, Lifecycle, cancel_kind, notifiable)
+from callstate.lifecycle import (CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
+                                 START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
 from callstate.statelog import Entry, StateLog
 
 
 _LOG = logging.getLogger("callstate.client")
 _CANCELLED = codes.grpc_status_for(codes.RPC_S_CALL_CANCELLED).name
 
+# what cancel() tells its adapter to do: cancel the RPC or send the notice; nothing, the call
+# never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in
+ACT, UNSENT, DONE = "act", "unsent", "done"
 
-class CallCore:
+
+class CoreBase:
+    """One client table's bookkeeping; subclasses name the table (`kind`) and when the
+    notification may reach the caller (`_notifiable`)."""
+
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
                  "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks")
 
-    def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
+    _notifiable = staticmethod(notifiable)
+
+    def __init__(self, call_id: str, owner: Any, log: StateLog | None, kind: str = UNARY) -> None:
         self.call_id = call_id
         self.owner = owner                 # the public call object handed to callbacks
-        self.lifecycle = Lifecycle(CLIENT)
-        self.notified = False              # the notification reached the caller (in WComp)
-        self._arrived = False              # the outcome is known (it may wait for WComp)
+        self.lifecycle = Lifecycle(CLIENT, kind=kind)
+        self.notified = False              # the notification reached the caller
+        self._arrived = False              # the outcome is known (it may wait for a state that may complete)
         self.code: int | None = None
         self.reply: Any = None
         self.grpc_status = ""
         self.details = ""
         self.abortive_cancel = False
         self._log = log if log is not None and log.enabled else None
-        self._lock = threading.Lock()      # the sync client notifies from gRPC's threads
+        self._lock = threading.Lock()      # the sync surfaces notify from gRPC's threads
         self._callbacks: list[Callable[[Any], None]] = []
         self.after_callbacks: Callable[[], None] | None = None   # runs once the callbacks have
         self.t_start = time.time()
         if self._log is not None:
-            self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER, CALL))
+            self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
+                                   initial_move(CLIENT, kind)))
 
     # -- recording --------------------------------------------------------------------------
+    def _counts(self) -> tuple[int | None, int | None]:
+        """The message counts logged on each transition (pipes); None for a unary call."""
+        return None, None
+
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
               detail: str | None = None, cancel: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
         if self._log is not None:
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
-                                   grpc_status, detail, cancel))
+                                   grpc_status, detail, cancel, *self._counts()))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
@@ -73,15 +88,20 @@ class CallCore:
 
     @property
     def history(self) -> list[str]:
-        return list(self.lifecycle.history)
+        return list(self.lifecycle.history or ())
 
     # -- the caller's moves -----------------------------------------------------------------
     # The outcome of the gRPC call can arrive on another thread while the caller is still in
-    # C (before `started()`): `lifecycle.notifiable` says it is held until the caller enters WComp.
+    # C (before `started()`): it is held until the caller enters a state that may complete.
+
+    def _on_arrival(self) -> None:
+        """(Under the lock.) Moves the outcome's arrival itself makes (pipes: the null pull)."""
 
     def started(self) -> None:
         with self._lock:
             self._move(STARTED)
+            if self._arrived:   # the outcome beat started()
+                self._on_arrival()
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
 
@@ -92,10 +112,8 @@ class CallCore:
         return CallError(code, self.call_id, details=details)
 
     def cancel(self, abortive: bool, sent: bool) -> str:
-        """RpcAsyncCancelCall's moves, WComp -> Can -> WComp (or C -> Can -> WComp), under one
-        lock hold so no other thread ever sees the call in Can. Returns what the adapter must
-        do: "act" (cancel the RPC, or send the notice), "unsent" (cancelled in C: the call never
-        goes out, the notification is rushed here) or "done" (the outcome is already in)."""
+        """RpcAsyncCancelCall's moves, -> Can -> WComp, under one lock hold so no other thread
+        ever sees the call in Can. Returns what the adapter must do: ACT, UNSENT or DONE."""
         with self._lock:
             if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
@@ -103,16 +121,16 @@ class CallCore:
             self._move(CANCEL, cancel=kind)
             if self._arrived:
                 self._move(CANCEL_ISSUED, detail="already notified")
-                action = "done"
+                action = DONE
             elif not sent:
                 self._move(CANCEL_ISSUED, detail="before start")
                 self._arrived = True
                 self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
-                action = "unsent"
+                action = UNSENT
             else:
                 self.abortive_cancel = self.abortive_cancel or abortive
                 self._move(CANCEL_ISSUED)
-                action = "act"
+                action = ACT
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
         return action
@@ -128,13 +146,14 @@ class CallCore:
                 return False
             self._arrived = True
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
+            self._on_arrival()
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)
         return True
 
     def _deliver_if_arrived(self) -> list[Callable[[Any], None]]:
-        """(Under the lock.) Notify the caller if the outcome is in and the call is in WComp."""
-        if not self._arrived or self.notified or not notifiable(self.lifecycle.state):
+        """(Under the lock.) Notify the caller if the outcome is in and the state may complete."""
+        if not self._arrived or self.notified or not self._notifiable(self.lifecycle.state):
             return []
         self.notified = True
         callbacks, self._callbacks = self._callbacks, []
@@ -152,7 +171,7 @@ class CallCore:
 
     @property
     def outcome_known(self) -> bool:
-        """The gRPC call has finished (the notification may still wait for WComp)."""
+        """The gRPC call has finished (the notification may still wait for the caller)."""
         return self._arrived
 
     @property
@@ -188,3 +207,12 @@ class CallCore:
         if not self.notified or self.code is None:
             return codes.RPC_S_ASYNC_CALL_PENDING
         return self.code
+
+
+class CallCore(CoreBase):
+    """A unary call: the notification reaches the caller only in WComp (`notifiable`)."""
+
+    __slots__ = ()
+
+    def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
+        super().__init__(call_id, owner, log)

@@ -21,14 +21,14 @@ import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
-from callstate.client.pipe_core import ACT, PipeCore
-from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, notice_failed, notice_outcome
+from callstate.client.aio import AsyncNotices
+from callstate.client.pipe_core import PipeCore
+from callstate.client.shared_surface import CallBase
 from callstate.errors import CallError
-from callstate.lifecycle import C, CANCEL_ESCALATED, CANCEL_SENT, PIPE_IN, PIPE_KINDS, PIPE_OUT, LifecycleError
+from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.pipe_script import PipeScript, validate_pipe
-from callstate.script import ScriptError
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import CALL_ID_KEY, PIPE_SCRIPT_KEY, new_call_id
+from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
 
 
 NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
@@ -36,6 +36,15 @@ NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
 
 def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:
     return script.to_proto() if isinstance(script, PipeScript) else script
+
+
+def pipe_metadata(kind: str, script: pb.PipeScript | None, cancel_key: str) -> tuple[tuple[str, Any], ...]:
+    """A pipe call's own metadata: its cancel key (a stream has no request message to carry
+    it) and, for PipeIn/PipeBoth, its script (their first message comes too late)."""
+    extra: tuple[tuple[str, Any], ...] = ((CANCEL_KEY_KEY, cancel_key),)
+    if script is not None and kind != PIPE_OUT:
+        extra += ((PIPE_SCRIPT_KEY, script.SerializeToString()),)
+    return extra
 
 
 def check_kind(kind: str) -> None:
@@ -71,36 +80,20 @@ async def _write_keeping_status(rpc: Any, msg: pb.PipeMessage) -> bool:
     return True
 
 
-class AsyncPipe:
+class AsyncPipe(AsyncNotices, CallBase):
     """One pipe call on the caller's side, driven on the event loop."""
 
     def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
                  call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
         check_kind(kind)
+        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
+        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
         self.kind = kind
-        self._client = client
+        self._core: PipeCore = core
         self._script = pipe_script_proto(script)
-        self._timeout = timeout if timeout is not None else client.timeout
-        self._core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages)
         self._rpc: Any = None
         self._driver: asyncio.Future[None] | None = None
-        self._escalation: asyncio.TimerHandle | None = None
-        self._notice: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
-        self._completed_for_caller = False
-
-    # -- what the caller sees ----------------------------------------------------------------
-    @property
-    def call_id(self) -> str:
-        return self._core.call_id
-
-    @property
-    def state(self) -> str:
-        return self._core.state
-
-    @property
-    def history(self) -> list[str]:
-        return self._core.history
 
     @property
     def sent(self) -> int:
@@ -110,43 +103,26 @@ class AsyncPipe:
     def received(self) -> int:
         return self._core.received
 
-    @property
-    def code(self) -> int | None:
-        return self._core.code
-
-    def done(self) -> bool:
-        return self._core.notified
-
     def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
-        """Call `callback(pipe)` on the loop once the call-complete notification arrives (for an
-        out pipe or both, after the caller has pulled the server's messages: the status follows
-        them, and like `wait()` this pulls them). At once (soon) when it has."""
-        if self._core.notified or self._driver is None:
-            asyncio.get_running_loop().call_soon(callback, self)
-            return
-        self._driver.add_done_callback(lambda _: callback(self))
-        if self.kind != PIPE_IN and self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
+        """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
+        both, after the caller has pulled the server's messages: the status follows them, and
+        like `wait()` this pulls them). At once when it has."""
+        self._core.add_done_callback(callback)
+        if self._rpc is not None and not self._core.notified:
+            self._start_drainer()
 
-    def status(self) -> int:
-        return self._core.status()
+    # -- the I/O under CallBase's moves ------------------------------------------------------------
+    @property
+    def _sent(self) -> bool:
+        return self._rpc is not None
 
-    # -- making the call -------------------------------------------------------------------------
-    def start(self) -> "AsyncPipe":
-        """C -> Push (in, both) or Pull (out): open the stream; returns at once."""
-        core = self._core
-        if core.state != C:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {core.state}")
-        if self._client.closed:
-            raise core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        metadata: tuple[tuple[str, Any], ...] = ((CALL_ID_KEY, self.call_id),) + self._client._auth_metadata
+    def _validate(self) -> None:
         if self._script is not None:
-            try:
-                validate_pipe(self._script, self.kind)
-            except ScriptError as exc:
-                raise core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
-            if self.kind != PIPE_OUT:
-                metadata += ((PIPE_SCRIPT_KEY, self._script.SerializeToString()),)
+            validate_pipe(self._script, self.kind)
+
+    def _send(self) -> None:
+        """Open the stream: C -> Push (in, both) or Pull (out) follows in `start()`."""
+        metadata = self._client._metadata(self.call_id, pipe_metadata(self.kind, self._script, self._cancel_key))
         stub = self._client._stub
         if self.kind == PIPE_OUT:
             self._rpc = stub.PipeOut(pb.PipeRequest(call_id=self.call_id, script=self._script), metadata=metadata,
@@ -155,11 +131,12 @@ class AsyncPipe:
             self._rpc = stub.PipeIn(metadata=metadata, timeout=self._timeout)
         else:
             self._rpc = stub.PipeBoth(metadata=metadata, timeout=self._timeout)
-        self._client._live.add(self)
-        core.started()
         self._driver = asyncio.ensure_future(self._drive())
-        return self
 
+    def _abort_rpc(self) -> None:
+        self._rpc.cancel()
+
+    # -- the pipe ------------------------------------------------------------------------------------
     async def headers(self) -> tuple[tuple[str, Any], ...]:
         """Wait for the server's initial metadata (logged once as the `headers` event)."""
         self._need_rpc("headers")
@@ -219,40 +196,6 @@ class AsyncPipe:
             raise StopAsyncIteration
         return msg
 
-    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
-        """RpcAsyncCancelCall, as for unary calls: abortive is a gRPC cancel (the notification is
-        rushed), non-abortive a cancel notice the server's on-cancel policy answers."""
-        if self._core.cancel(abortive, self._rpc is not None) != ACT:
-            return
-        if abortive:
-            self._rpc.cancel()
-            return
-        self._notice = asyncio.ensure_future(self._notice_and_log())
-        if timeout is not None:
-            if self._escalation is not None:
-                self._escalation.cancel()
-            self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
-
-    def _escalate(self, timeout: float) -> None:
-        if self._core.outcome_known or self._core.lifecycle.ended:
-            return
-        self._core.event(CANCEL_ESCALATED, f"no answer {timeout:g}s after the cancel notice")
-        try:
-            self.cancel(abortive=True)
-        except (CallError, LifecycleError):
-            pass
-
-    async def _notice_and_log(self) -> None:
-        try:
-            reply = await self._client._stub.Cancel(pb.CancelRequest(call_id=self.call_id), metadata=self._client._auth_metadata,
-                                                    timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            self._core.event(CANCEL_SENT, notice_failed(err.code()))
-        except asyncio.CancelledError:
-            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
-        else:
-            self._core.event(CANCEL_SENT, notice_outcome(reply))
-
     # -- the notification ------------------------------------------------------------------------
     async def wait(self, timeout: float | None = None) -> bool:
         """Until the call-complete notification can be delivered (the caller may complete); False
@@ -262,10 +205,13 @@ class AsyncPipe:
             return True
         self._need_rpc("wait")
         assert self._driver is not None
-        if self.kind != PIPE_IN and self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
+        self._start_drainer()
         await asyncio.wait((self._driver,), timeout=timeout)   # never cancels the driver or a read
         return self._core.notified
+
+    def _start_drainer(self) -> None:
+        if self.kind != PIPE_IN and self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -278,26 +224,7 @@ class AsyncPipe:
         """Wait for the notification, then complete: the PipeReply (in pipe) or None, or CallError."""
         if not await self.wait(timeout):
             raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
-        if self._completed_for_caller and self._core.lifecycle.ended and self._core.code is not None:
-            if self._core.code != codes.RPC_S_OK:
-                raise CallError(self._core.code, self.call_id, grpc_status=self._core.grpc_status,
-                                details=self._core.details)
-            return self._core.reply
-        return self.complete()
-
-    def complete(self) -> Any:
-        try:
-            return self._core.complete()
-        finally:
-            if self._core.lifecycle.ended:
-                self._client._live.discard(self)
-
-    def _complete_quietly(self) -> None:
-        self._completed_for_caller = True
-        try:
-            self.complete()
-        except CallError:
-            pass
+        return self._result_after_wait()
 
     async def _drive(self) -> None:
         rpc, core = self._rpc, self._core
@@ -314,8 +241,9 @@ class AsyncPipe:
             status, trailing, details = err.code(), err.trailing_metadata(), err.details()
         except asyncio.CancelledError:
             status, trailing, details = None, None, None
-        if self._escalation is not None:
-            self._escalation.cancel()
+        self._stop_escalation()
+        if status is not None and status != grpc.StatusCode.OK:
+            details = self._client.settings.explain(status, details)
         code, name, text = codes.client_outcome(status, trailing, details, cancelled_here=status is None,
                                                 abortive_cancel=core.abortive_cancel)
         core.notify(code, reply, name, text)

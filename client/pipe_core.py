@@ -1,98 +1,53 @@
 """The caller's side of one pipe call, without I/O: shared by the sync and asyncio pipes.
 
-`PipeCore` applies the client pipe table of its kind (C, Push, Pull, Can, WComp, Comp, End),
-counts the messages pushed and pulled (each push's send-complete and each pull's
-receive-complete notification is a self-loop, logged only when asked), and holds the
-call-complete notification until the caller is in a state that may complete:
+`PipeCore` is the unary `CoreBase` on the client pipe table of its kind (C, Push, Pull, Can,
+WComp, Comp, End), counting the messages pushed and pulled (each push's send-complete and
+each pull's receive-complete notification is a self-loop, logged only when asked), with the
+call-complete notification held until the caller is in a state that may complete:
 
 * WComp, as for unary calls (after the null push of an in pipe, after the null pull of an
   out pipe or of both, after a cancel);
 * Push, when the server ended the call while the caller was still pushing.
 
-complete() before the notification answers 997, the first one after it is final, later
-calls answer 1914 (the unary rules).
+Everything else (cancel, notify, complete: 997 before the notification, final once, 1914
+after) is the unary rules, in `CoreBase`.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from callstate import codes
-from callstate.errors import CallError, CallPending, InvalidAsyncHandle
-from callstate.lifecycle import (CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER, HEADERS,
-                                 NULL_PULL, NULL_PUSH, PULL, PUSH, RECEIVE_COMPLETE, SEND_COMPLETE, START_FAILED,
-                                 STARTED, Lifecycle, cancel_kind, table_for, initial_move, pipe_notifiable)
-from callstate.statelog import Entry, StateLog
+from callstate.client.call_core import ACT, DONE, UNSENT, CoreBase
+from callstate.errors import CallError
+from callstate.lifecycle import (CLIENT, HEADERS, NULL_PULL, NULL_PUSH, PULL, PUSH, RECEIVE_COMPLETE, SEND_COMPLETE,
+                                 pipe_notifiable, table_for)
+from callstate.statelog import StateLog
 
-_CANCELLED = codes.grpc_status_for(codes.RPC_S_CALL_CANCELLED).name
-
-# what cancel() tells its adapter to do
-ACT, UNSENT, DONE = "act", "unsent", "done"
+__all__ = ["ACT", "DONE", "UNSENT", "PipeCore"]
 
 
-class PipeCore:
-    __slots__ = ("call_id", "kind", "lifecycle", "sent", "received", "headers_seen", "notified", "code", "reply",
-                 "grpc_status", "details", "abortive_cancel", "_arrived", "_log", "_lock", "log_messages", "t_start")
+class PipeCore(CoreBase):
+    __slots__ = ("kind", "sent", "received", "headers_seen", "log_messages")
 
-    def __init__(self, call_id: str, kind: str, log: StateLog | None, log_messages: bool = False) -> None:
-        self.call_id, self.kind = call_id, kind
-        self.lifecycle = Lifecycle(CLIENT, kind=kind)
+    _notifiable = staticmethod(pipe_notifiable)
+
+    def __init__(self, call_id: str, kind: str, log: StateLog | None, log_messages: bool = False,
+                 owner: Any = None) -> None:
+        self.kind = kind
         self.sent = self.received = 0
         self.headers_seen = False
-        self.notified = False
-        self._arrived = False
-        self.code: int | None = None
-        self.reply: Any = None
-        self.grpc_status = self.details = ""
-        self.abortive_cancel = False
-        self._log = log if log is not None and log.enabled else None
-        self._lock = threading.Lock()      # the sync pipe notifies from gRPC's threads
         self.log_messages = log_messages
-        self.t_start = time.time()
-        if self._log is not None:
-            self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
-                                   initial_move(CLIENT, kind)))
+        super().__init__(call_id, owner, log, kind)
 
-    # -- recording ------------------------------------------------------------------------------
-    def _move(self, move: str, code: int | None = None, grpc_status: str | None = None, extra: str = "",
-              cancel: str | None = None) -> None:
-        prev, state = self.lifecycle.move(move)
-        if self._log is not None:
-            self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code, grpc_status,
-                                   extra or None, cancel, self.sent, self.received))
+    def _counts(self) -> tuple[int | None, int | None]:
+        return self.sent, self.received
 
-    def _event(self, event: str, detail: str | None = None) -> None:
-        if self._log is not None and not self.lifecycle.ended:
-            s = self.lifecycle.state
-            self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail))
+    def _on_arrival(self) -> None:
+        if self.lifecycle.state == PULL:   # the status is the end of the server's pipe too
+            self._move(NULL_PULL)
 
-    def event(self, name: str, detail: str | None = None) -> None:
-        with self._lock:
-            self._event(name, detail)
-
-    @property
-    def state(self) -> str:
-        return self.lifecycle.state
-
-    @property
-    def history(self) -> list[str]:
-        return list(self.lifecycle.history or ())
-
-    # -- the caller's moves ----------------------------------------------------------------------
-    def started(self) -> None:
-        with self._lock:
-            self._move(STARTED)
-            if self._arrived and self.lifecycle.state == PULL:   # the status beat started()
-                self._move(NULL_PULL)
-            self._deliver_if_arrived()
-
-    def start_failed(self, code: int, details: str) -> CallError:
-        with self._lock:
-            self._move(START_FAILED, code, None, details)
-        return CallError(code, self.call_id, details=details)
-
+    # -- the pipe's own moves ----------------------------------------------------------------------
     def headers(self) -> None:
         """The server's initial metadata arrived (once)."""
         with self._lock:
@@ -106,7 +61,7 @@ class PipeCore:
         if self.log_messages:
             with self._lock:
                 if self.lifecycle.state == PUSH:
-                    self._move(SEND_COMPLETE, extra=f"seq={self.sent}")
+                    self._move(SEND_COMPLETE, detail=f"seq={self.sent}")
 
     def pulled(self) -> None:
         """A pull's receive-complete notification (a message arrived)."""
@@ -114,7 +69,7 @@ class PipeCore:
         if self.log_messages:
             with self._lock:
                 if RECEIVE_COMPLETE in table_for(CLIENT, self.kind)[self.lifecycle.state]:
-                    self._move(RECEIVE_COMPLETE, extra=f"seq={self.received}")
+                    self._move(RECEIVE_COMPLETE, detail=f"seq={self.received}")
 
     def can_push(self) -> bool:
         return self.lifecycle.state == PUSH and not self._arrived
@@ -126,75 +81,13 @@ class PipeCore:
                 raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id,
                                 details=f"null push in state {self.state}: the pipe is not being pushed")
             self._move(NULL_PUSH)
-            self._deliver_if_arrived()
+            callbacks = self._deliver_if_arrived()
+        self._run(callbacks)
 
     def stream_ended(self) -> None:
         """The server's pipe ended (its null push): Pull -> WComp; then the notification may follow."""
         with self._lock:
             if self.lifecycle.state == PULL:
                 self._move(NULL_PULL)
-            self._deliver_if_arrived()
-
-    def cancel(self, abortive: bool, sent: bool) -> str:
-        """RpcAsyncCancelCall's moves (-> Can -> WComp) under one lock hold; see CallCore.cancel."""
-        with self._lock:
-            if self.lifecycle.ended:
-                raise InvalidAsyncHandle(self.call_id, "cancel")
-            kind = cancel_kind(abortive)
-            self._move(CANCEL, cancel=kind)
-            if self._arrived:
-                self._move(CANCEL_ISSUED, extra="already notified")
-                action = DONE
-            elif not sent:
-                self._move(CANCEL_ISSUED, extra="before start")
-                self._arrived = True
-                self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
-                action = UNSENT
-            else:
-                self.abortive_cancel = self.abortive_cancel or abortive
-                self._move(CANCEL_ISSUED)
-                action = ACT
-            self._deliver_if_arrived()
-        return action
-
-    def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "") -> bool:
-        """The call-complete notification (the call's status is in). Only the first counts."""
-        with self._lock:
-            if self._arrived:
-                return False
-            self._arrived = True
-            self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
-            if self.lifecycle.state == PULL:   # the status is the end of the server's pipe too
-                self._move(NULL_PULL)
-            self._deliver_if_arrived()
-        return True
-
-    def _deliver_if_arrived(self) -> None:
-        if self._arrived and not self.notified and pipe_notifiable(self.lifecycle.state):
-            self.notified = True
-
-    @property
-    def outcome_known(self) -> bool:
-        return self._arrived
-
-    def complete(self) -> Any:
-        """RpcAsyncCompleteCall: the reply (in pipe) or None, or CallError with the final code."""
-        with self._lock:
-            if self.lifecycle.ended:
-                raise InvalidAsyncHandle(self.call_id, "complete")
-            if not self.notified:
-                self._event(COMPLETE_PENDING)
-                raise CallPending(self.call_id)
-            self._move(COMPLETE)
-            code = self.code if self.code is not None else codes.RPC_S_CALL_FAILED
-            self._move(COMPLETED, code, self.grpc_status or None, self.details)
-        if code != codes.RPC_S_OK:
-            raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
-        return self.reply
-
-    def status(self) -> int:
-        if self.lifecycle.ended:
-            return codes.RPC_S_INVALID_ASYNC_HANDLE
-        if not self.notified or self.code is None:
-            return codes.RPC_S_ASYNC_CALL_PENDING
-        return self.code
+            callbacks = self._deliver_if_arrived()
+        self._run(callbacks)

@@ -20,15 +20,15 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
-from callstate.client.pipe_aio import NULL_PUSH_MESSAGE, check_kind, pipe_script_proto
-from callstate.client.pipe_core import ACT, PipeCore
-from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, notice_failed, notice_outcome
+from callstate.client.pipe_aio import NULL_PUSH_MESSAGE, check_kind, pipe_metadata, pipe_script_proto
+from callstate.client.pipe_core import PipeCore
+from callstate.client.shared_surface import CallBase
+from callstate.client.sync import ThreadNotices
 from callstate.errors import CallError
-from callstate.lifecycle import C, CANCEL_ESCALATED, CANCEL_SENT, PIPE_IN, PIPE_OUT, LifecycleError
+from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript, validate_pipe
-from callstate.script import ScriptError
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import CALL_ID_KEY, PIPE_SCRIPT_KEY, new_call_id
+from callstate.wire import new_call_id, new_cancel_key
 
 
 class _Item:
@@ -80,70 +80,51 @@ class _Feeder:
         self._queue.put(None)
 
 
-class Pipe:
+class Pipe(ThreadNotices, CallBase):
     """One pipe call on the caller's side, driven by gRPC's threads."""
 
     def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
                  call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
         check_kind(kind)
+        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
+        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
         self.kind = kind
-        self._client = client
+        self._core: PipeCore = core
         self._script = pipe_script_proto(script)
-        self._timeout = timeout if timeout is not None else client.timeout
-        self._core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages)
         self._rpc: Any = None
         self._responses: Any = None
         self._feeder = _Feeder()
         self._notified = threading.Event()
-        self._escalation: threading.Timer | None = None
+        self._core.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
-        self._completed_for_caller = False
-        self._callbacks: list[Callable[["Pipe"], None]] = []
-        self._callbacks_lock = threading.Lock()
 
-    call_id = property(lambda self: self._core.call_id)
-    state = property(lambda self: self._core.state)
-    history = property(lambda self: self._core.history)
     sent = property(lambda self: self._core.sent)
     received = property(lambda self: self._core.received)
-    code = property(lambda self: self._core.code)
-
-    def done(self) -> bool:
-        return self._core.notified
 
     def add_done_callback(self, callback: Callable[["Pipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
         or at once when it has. Like `wait()`, it pulls the server's remaining messages (out
         pipe, both) on a helper thread: the status follows them."""
-        with self._callbacks_lock:
-            if not self._notified.is_set():
-                self._callbacks.append(callback)
-                self._start_drainer()
-                return
-        callback(self)
+        self._core.add_done_callback(callback)
+        if not self._core.notified:
+            self._start_drainer()
 
     def _start_drainer(self) -> None:
         if self._responses is not None and self._drainer is None:
             self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
             self._drainer.start()
 
-    def status(self) -> int:
-        return self._core.status()
+    # -- the I/O under CallBase's moves ------------------------------------------------------------
+    @property
+    def _sent(self) -> bool:
+        return self._rpc is not None
 
-    def start(self) -> "Pipe":
-        core = self._core
-        if core.state != C:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {core.state}")
-        if self._client.closed:
-            raise core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        metadata: tuple[tuple[str, Any], ...] = ((CALL_ID_KEY, self.call_id),) + self._client._auth_metadata
+    def _validate(self) -> None:
         if self._script is not None:
-            try:
-                validate_pipe(self._script, self.kind)
-            except ScriptError as exc:
-                raise core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
-            if self.kind != PIPE_OUT:
-                metadata += ((PIPE_SCRIPT_KEY, self._script.SerializeToString()),)
+            validate_pipe(self._script, self.kind)
+
+    def _send(self) -> None:
+        metadata = self._client._metadata(self.call_id, pipe_metadata(self.kind, self._script, self._cancel_key))
         stub = self._client._stub
         if self.kind == PIPE_OUT:
             self._rpc = self._responses = stub.PipeOut(pb.PipeRequest(call_id=self.call_id, script=self._script),
@@ -152,11 +133,13 @@ class Pipe:
             self._rpc = stub.PipeIn.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         else:
             self._rpc = self._responses = stub.PipeBoth(iter(self._feeder), metadata=metadata, timeout=self._timeout)
-        self._client._live.add(self)
-        core.started()
-        self._rpc.add_done_callback(self._on_done)   # at once when already done
-        return self
+        # at once when already done: the core holds the outcome until start() has moved out of C
+        self._rpc.add_done_callback(self._on_done)
 
+    def _abort_rpc(self) -> None:
+        self._rpc.cancel()
+
+    # -- the pipe ------------------------------------------------------------------------------------
     def headers(self) -> tuple[tuple[str, Any], ...]:
         self._need_rpc("headers")
         md = self._rpc.initial_metadata()
@@ -191,44 +174,9 @@ class Pipe:
         while (msg := self.pull()) is not None:
             yield msg
 
-    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
-        if self._core.cancel(abortive, self._rpc is not None) != ACT:
-            if self._core.notified:   # cancelled before start, or already notified
-                self._set_notified()
-            return
-        if abortive:
-            self._rpc.cancel()
-            return
-        notice = self._client._stub.Cancel.future(pb.CancelRequest(call_id=self.call_id),
-                                                  metadata=self._client._auth_metadata, timeout=self._timeout)
-        notice.add_done_callback(self._on_notice_sent)
-        if timeout is not None:
-            if self._escalation is not None:
-                self._escalation.cancel()
-            self._escalation = threading.Timer(timeout, self._escalate, (timeout,))
-            self._escalation.daemon = True
-            self._escalation.start()
-
-    def _escalate(self, timeout: float) -> None:
-        if self._core.outcome_known or self._core.lifecycle.ended:
-            return
-        self._core.event(CANCEL_ESCALATED, f"no answer {timeout:g}s after the cancel notice")
-        try:
-            self.cancel(abortive=True)
-        except (CallError, LifecycleError):
-            pass
-
-    def _on_notice_sent(self, notice: grpc.Future) -> None:
-        if notice.cancelled():
-            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
-        elif isinstance(err := notice.exception(), grpc.Call):
-            self._core.event(CANCEL_SENT, notice_failed(err.code()))
-        else:
-            self._core.event(CANCEL_SENT, notice_outcome(notice.result()))
-
+    # -- the notification ------------------------------------------------------------------------
     def _on_done(self, rpc: Any) -> None:
-        if self._escalation is not None:
-            self._escalation.cancel()
+        self._stop_escalation()
         self._feeder.end()
         core = self._core
         reply = None
@@ -240,18 +188,11 @@ class Pipe:
             if self.kind == PIPE_IN and status_code == grpc.StatusCode.OK:
                 reply = rpc.result()
             here = status_code == grpc.StatusCode.CANCELLED and self._client.closed
-            code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), rpc.details(),
+            text = rpc.details() if status_code == grpc.StatusCode.OK else \
+                self._client.settings.explain(status_code, rpc.details())
+            code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
                                                          cancelled_here=here, abortive_cancel=core.abortive_cancel)
         core.notify(code, reply, status, details)
-        if core.notified:
-            self._set_notified()
-
-    def _set_notified(self) -> None:
-        with self._callbacks_lock:
-            self._notified.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
@@ -274,26 +215,7 @@ class Pipe:
     def result(self, timeout: float | None = None) -> Any:
         if not self.wait(timeout):
             raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
-        core = self._core
-        if self._completed_for_caller and core.lifecycle.ended and core.code is not None:
-            if core.code != codes.RPC_S_OK:
-                raise CallError(core.code, self.call_id, grpc_status=core.grpc_status, details=core.details)
-            return core.reply
-        return self.complete()
-
-    def complete(self) -> Any:
-        try:
-            return self._core.complete()
-        finally:
-            if self._core.lifecycle.ended:
-                self._client._live.discard(self)
-
-    def _complete_quietly(self) -> None:
-        self._completed_for_caller = True
-        try:
-            self.complete()
-        except CallError:
-            pass
+        return self._result_after_wait()
 
     def _need_rpc(self, what: str) -> PipeCore:
         if self._rpc is None:

@@ -1,5 +1,5 @@
 """What the sync and asyncio client surfaces share besides the sans-IO call core: the caller's
-moves over the core (`CallBase`), the client's bookkeeping (`ClientBase`), and the words the
+moves over the core (`CallBase`, for calls and pipes alike), the client's bookkeeping (`ClientBase`), and the words the
 state log uses for a cancel notice's fate."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any, Callable
 import grpc
 
 from callstate import codes
-from callstate.client.call_core import CallCore
+from callstate.client.call_core import ACT, CoreBase
 from callstate.client.channel import ChannelSettings
 from callstate.errors import CallError
 from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
-from callstate.script import RequestError, Script, validate_request
+from callstate.script import RequestError, Script
 from callstate.statelog import StateLog
 from callstate.wire import CALL_ID_KEY, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
@@ -43,16 +43,20 @@ def notice_failed(status: grpc.StatusCode | None) -> str:
 
 
 class CallBase:
-    """What `Call` and `AsyncCall` share: the caller's moves over one `CallCore`.
+    """What calls and pipes share on both surfaces: the caller's moves over one core
+    (`CallCore` or `PipeCore`).
 
-    Subclasses supply only the I/O: `_send` the call, `_abort_rpc`, `_send_notice`,
-    `_arm_escalation`, and how to wait.
+    Subclasses supply only the I/O: `_validate` and `_send` the call, `_abort_rpc`, and how to
+    wait; `_send_notice` and `_arm_escalation` come from the surface's notice mix-in
+    (`AsyncNotices` in aio.py, `ThreadNotices` in sync.py).
     """
 
-    def __init__(self, client: "ClientBase", request: pb.CallRequest) -> None:
+    def __init__(self, client: "ClientBase", core: CoreBase, cancel_key: str, timeout: float | None) -> None:
         self._client = client
-        self._request = request
-        self._core = CallCore(request.call_id, self, client.log)
+        self._core = core
+        self._cancel_key = cancel_key      # repeated in the call's cancel notices: proof of ownership
+        self._timeout = timeout            # the call's gRPC deadline, in seconds (None: none)
+        self._escalation: Any = None       # the timer that turns an unanswered notice abortive
         self._completed_for_caller = False
 
     @property
@@ -77,6 +81,9 @@ class CallBase:
     def _sent(self) -> bool:
         raise NotImplementedError
 
+    def _validate(self) -> None:
+        """Raise RequestError (or ScriptError) when the server would refuse the call."""
+
     def _send(self) -> None:
         raise NotImplementedError
 
@@ -91,17 +98,17 @@ class CallBase:
 
     def _notice_request(self) -> pb.CancelRequest:
         """The cancel notice: the call's id and the key it was made with (proof of ownership)."""
-        return pb.CancelRequest(call_id=self.call_id, cancel_key=self._request.cancel_key)
+        return pb.CancelRequest(call_id=self.call_id, cancel_key=self._cancel_key)
 
     def start(self) -> Any:
-        """C -> WComp: send the call; returns at once, like RpcAsyncCall.
+        """C -> the caller's first waiting state: send the call; returns at once, like RpcAsyncCall.
         Raises CallError (C -> End, nothing to complete) when the call cannot be made."""
         if self.state != C:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
         if self._client.closed:
             raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
         try:   # the same checks as the server's, so a refused call never goes out
-            validate_request(self._request)
+            self._validate()
         except RequestError as exc:
             raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
         self._client._live.add(self)
@@ -114,7 +121,7 @@ class CallBase:
         Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
         `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
         still be waited for and completed. After the final complete: 1914."""
-        if self._core.cancel(abortive, self._sent) != "act":
+        if self._core.cancel(abortive, self._sent) != ACT:
             return
         if abortive:
             self._abort_rpc()
@@ -132,6 +139,11 @@ class CallBase:
         except (CallError, LifecycleError):
             pass   # the caller completed or cancelled it meanwhile (sync: from another thread)
 
+    def _stop_escalation(self) -> None:
+        """The outcome is in: an unanswered notice no longer needs escalating."""
+        if self._escalation is not None:
+            self._escalation.cancel()
+
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
         return self._core.status()
@@ -140,7 +152,7 @@ class CallBase:
         """True once the call-complete notification has arrived."""
         return self._core.notified
 
-    def complete(self) -> pb.CallReply:
+    def complete(self) -> Any:
         """RpcAsyncCompleteCall: the reply, or CallError (997 pending, 1914 after the final one)."""
         try:
             return self._core.complete()
@@ -156,7 +168,7 @@ class CallBase:
         except CallError:
             pass
 
-    def _result_after_wait(self) -> pb.CallReply:
+    def _result_after_wait(self) -> Any:
         """What `result()` gives once notified: complete() — or, when the call was already
         completed on the caller's behalf (client closed, awaiting task cancelled), that
         completion's outcome rather than 1914."""
@@ -196,11 +208,11 @@ class ClientBase:
             self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
 
-    def _metadata(self, call_id: str) -> tuple[tuple[str, str], ...]:
+    def _metadata(self, call_id: str, extra: tuple[tuple[str, Any], ...] = ()) -> tuple[tuple[str, Any], ...]:
         """The call's gRPC metadata: its id, the token, and the trace context when tracing."""
         if self._tracer is None:
-            return ((CALL_ID_KEY, call_id),) + self._auth_metadata
-        return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id)
+            return ((CALL_ID_KEY, call_id),) + self._auth_metadata + extra
+        return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id) + extra
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Any], None] | None = None) -> Any:

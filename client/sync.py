@@ -19,10 +19,12 @@ import grpc
 
 from callstate import codes
 from callstate.client.channel import ChannelSettings, PemSource
+from callstate.client.call_core import CallCore
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import CANCEL_SENT
 from callstate.wire import DEFAULT_KEEPALIVE
 from callstate.errors import CallError
+from callstate.script import validate_request
 from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -45,33 +47,21 @@ class CompletionQueue:
         return self._queue.qsize()
 
 
-class Call(CallBase):
-    """One call on the caller's side, driven by gRPC's threads."""
+class ThreadNotices:
+    """The cancel notice and its escalation timer on gRPC's and timer threads (Call, Pipe)."""
 
-    def __init__(self, client: "Client", request: pb.CallRequest) -> None:
-        super().__init__(client, request)
-        self._stub = client._stub
-        self._future: grpc.Future | None = None
-        self._notified = threading.Event()
-        self._escalation: threading.Timer | None = None
-        self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
+    _client: Any
+    _core: Any
+    _timeout: float | None
+    _escalation: threading.Timer | None
 
-    @property
-    def _sent(self) -> bool:
-        return self._future is not None
-
-    def _send(self) -> None:
-        self._future = self._stub.Call.future(self._request, metadata=self._client._metadata(self.call_id),
-                                              timeout=self._client.timeout)
-        self._future.add_done_callback(self._on_done)
-
-    def _abort_rpc(self) -> None:
-        assert self._future is not None
-        self._future.cancel()
+    # from CallBase: _notice_request(), _escalate(timeout)
+    _notice_request: Any
+    _escalate: Any
 
     def _send_notice(self) -> None:
-        notice = self._stub.Cancel.future(self._notice_request(), metadata=self._client._auth_metadata,
-                                          timeout=self._client.timeout)
+        notice = self._client._stub.Cancel.future(self._notice_request(), metadata=self._client._auth_metadata,
+                                                  timeout=self._timeout)
         notice.add_done_callback(self._on_notice_sent)
 
     def _on_notice_sent(self, notice: grpc.Future) -> None:
@@ -89,9 +79,36 @@ class Call(CallBase):
         self._escalation.daemon = True
         self._escalation.start()
 
+
+class Call(ThreadNotices, CallBase):
+    """One call on the caller's side, driven by gRPC's threads."""
+
+    def __init__(self, client: "Client", request: pb.CallRequest) -> None:
+        super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
+        self._request = request
+        self._stub = client._stub
+        self._future: grpc.Future | None = None
+        self._notified = threading.Event()
+        self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
+
+    @property
+    def _sent(self) -> bool:
+        return self._future is not None
+
+    def _validate(self) -> None:
+        validate_request(self._request)
+
+    def _send(self) -> None:
+        self._future = self._stub.Call.future(self._request, metadata=self._client._metadata(self.call_id),
+                                              timeout=self._timeout)
+        self._future.add_done_callback(self._on_done)
+
+    def _abort_rpc(self) -> None:
+        assert self._future is not None
+        self._future.cancel()
+
     def _on_done(self, future: grpc.Future) -> None:
-        if self._escalation is not None:
-            self._escalation.cancel()
+        self._stop_escalation()
         abortive = self._core.abortive_cancel
         if future.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)

@@ -129,7 +129,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                           deadline_ms=_deadline_ms(context))
         call.cancel_key = request.cancel_key
         self.live[call_id] = call
-        if self._early_notices and self._early_notices.take(_notice_key(call_id, request.cancel_key)):
+        if self._early_notices and self._early_notices.take(notice_key(call_id, request.cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         try:
             try:
@@ -255,7 +255,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return pb.CancelReply(delivered=False, state=known.state if known else "")
         # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
         # under its id and key: it applies only to a call made with the same key.
-        self._early_notices.remember(_notice_key(call_id, request.cancel_key))
+        self._early_notices.remember(notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=True, state="")
 
 
@@ -334,7 +334,7 @@ class EarlyNotices:
         self._arm()
 
 
-def _notice_key(call_id: str, cancel_key: str) -> str:
+def notice_key(call_id: str, cancel_key: str) -> str:
     """An early notice is kept under its call id and cancel key together: a stranger's notice
     (another key) neither applies to the call nor displaces its owner's notice."""
     return f"{call_id}\n{cancel_key}" if cancel_key else call_id

@@ -30,10 +30,10 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
                                  server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
-from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError
+from callstate.script import OUTCOME_NAMES, OUTCOMES, RequestError, ScriptError, check_call_id
 from callstate.server.calls import ServerCall
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import CALL_ID_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, MAX_CANCEL_KEY, PIPE_SCRIPT_KEY, new_call_id
 
 if TYPE_CHECKING:
     from callstate.server.emulator import EmulatorServicer
@@ -260,11 +260,19 @@ class PipeServicer:
 
     async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[pb.PipeMessage] | None,
                      context: grpc.aio.ServicerContext) -> Any:
-        from callstate.server.emulator import FatalHandlerError
+        from callstate.server.emulator import FatalHandlerError, notice_key
 
         emulator = self.emulator
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
-        call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY)) or new_call_id()
+        call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
+        cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
+        try:   # refused before dispatch, as unary calls are: such an id is never logged
+            check_call_id(call_id, self.config.limits)
+            if len(cancel_key) > MAX_CANCEL_KEY:
+                raise RequestError(CANCEL_KEY_KEY, f"at most {MAX_CANCEL_KEY} characters, got {len(cancel_key)}")
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        call_id = call_id or new_call_id()
         if call_id in emulator.live:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
                                 ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
@@ -274,9 +282,12 @@ class PipeServicer:
             script = pb.PipeScript(outcome=OUTCOMES[self.config.mix.draw(emulator._rng)])
         elif not script.outcome:
             script.outcome = OUTCOMES[self.config.mix.draw(emulator._rng)]
+        if emulator.on_dispatch is not None:   # tracing: the caller's trace context
+            emulator.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind)
+        call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         emulator.live[call_id] = call
-        if emulator._early_notices and emulator._early_notices.take(call_id):
+        if emulator._early_notices and emulator._early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         run = PipeRun(self, call, kind, script, context, requests)
         run._scripted = scripted

@@ -18,12 +18,12 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.client import AsyncClient, CallError, Client, Script
+from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.client.channel import ChannelSettings, keepalive_options
 from callstate.server import EmulatorServer
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.wire import AUTH_KEY
+from callstate.wire import AUTH_KEY, CALL_ID_KEY, CANCEL_KEY_KEY
 from tests.certs import TlsFiles, make_tls_files
 from tests.conftest import ROOT, ServerProcess, cli, start_server, states
 
@@ -364,3 +364,51 @@ def test_the_locked_down_compose_files_are_valid(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for flag in ("--tls-client-ca", "--tls-ca", "--tls-cert", "CALLSTATE_TOKEN"):
         assert flag in done.stdout
+
+
+# -- pipes are owned the same way (the key travels in metadata: a stream has no request message) --
+def test_a_stranger_cannot_cancel_a_pipe_and_its_owner_can(server: ServerProcess) -> None:
+    with Client(server.target) as client:
+        victim = client.pipe("out", PipeScript(outcome="hold", interval=0.02)).start()
+        assert victim.pull() is not None   # the server holds it and pushes
+        for key in ("", "guessed-key"):
+            assert stranger_notice(server.target, victim.call_id, key) == grpc.StatusCode.PERMISSION_DENIED
+        assert victim.pull() is not None and victim.status() == codes.RPC_S_ASYNC_CALL_PENDING
+        assert not any(e["event"] == "cancel_seen" for e in server.entries(victim.call_id))
+        victim.cancel(abortive=False)   # the owner's notice, with the key the pipe was made with
+        with pytest.raises(CallError) as err:
+            victim.result(timeout=10)
+        assert err.value.code == codes.RPC_S_CALL_CANCELLED
+        seen = [e for e in server.wait_entries(victim.call_id) if e["event"] == "cancel_seen"]
+        assert [e["cancel"] for e in seen] == ["non-abortive"]
+
+
+def test_a_stranger_cannot_pre_cancel_a_pipe_id(server: ServerProcess) -> None:
+    async def run() -> None:
+        async with AsyncClient(server.target) as client:
+            victim = client.pipe("out", PipeScript(messages=2))
+            reply = stranger_notice(server.target, victim.call_id, "guessed-key")
+            assert isinstance(reply, pb.CancelReply) and reply.delivered   # kept under the stranger's key
+            victim.start()
+            assert [m.seq async for m in victim] == [1, 2]
+            assert await victim.result(timeout=10) is None
+    asyncio.run(run())
+    # an early notice with the pipe's own key is applied at dispatch
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.EmulatorStub(channel)
+        assert stub.Cancel(pb.CancelRequest(call_id="early-pipe", cancel_key="k1"), timeout=10).delivered
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.PipeOut(pb.PipeRequest(call_id="early-pipe", script=pb.PipeScript(outcome=pb.OUTCOME_HOLD)),
+                              metadata=((CANCEL_KEY_KEY, "k1"),), timeout=10))
+        assert err.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_a_pipe_with_an_oversized_cancel_key_or_call_id_is_refused_before_dispatch(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.EmulatorStub(channel)
+        for metadata in (((CANCEL_KEY_KEY, "k" * 129),), ((CALL_ID_KEY, "i" * 1000),)):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.PipeOut(pb.PipeRequest(script=pb.PipeScript(messages=1)), metadata=metadata, timeout=10))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert codes.from_grpc(err.value.code(), err.value.trailing_metadata()) == codes.RPC_S_INVALID_ARG
+            assert metadata[0][0] in err.value.details() or "call_id" in err.value.details()

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from callstate.client import AsyncClient, CallError, Client, Script
+from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, D, ENTER, NON_ABORTIVE
 from callstate.observe.tracing import CANCEL_KIND, CANCELLED, CODE, CODE_NAME, exporter_names
 from callstate.server import EmulatorServer
@@ -89,6 +89,25 @@ async def _asyncio_abortive(provider: TracerProvider, exporter: InMemorySpanExpo
     client_events = call.history   # the client recorded no event: its events are its states
     check_pair(got, call.call_id, client_events, event_names(server_entries), ABORTIVE)
     assert client_events == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+
+
+def test_a_pipe_cancelled_mid_stream_is_one_trace_of_two_spans(spans: Any) -> None:
+    asyncio.run(_pipe_abortive(*spans))
+
+
+async def _pipe_abortive(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    async with EmulatorServer(port=0, tracing=provider) as srv:
+        async with AsyncClient(srv.target, tracing=provider) as client:
+            pipe = client.pipe("out", PipeScript(outcome="hold", interval=0.005)).start()
+            for _ in range(2):
+                assert await pipe.pull() is not None
+            pipe.cancel()
+            with pytest.raises(CallError) as err:
+                await pipe.result(timeout=10)
+            assert err.value.code == 1818
+        got = await finished(exporter, 2)
+        server_entries = srv.journal.get(pipe.call_id).entries   # type: ignore[union-attr]
+    check_pair(got, pipe.call_id, pipe.history, event_names(server_entries), ABORTIVE)
 
 
 def test_sync_client_spans_of_a_non_abortive_cancel(spans: Any) -> None:
