@@ -22,34 +22,11 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.client.aio import AsyncNotices
-from callstate.client.pipe_core import PipeCore
-from callstate.client.shared_surface import CallBase
+from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
 from callstate.errors import CallError
-from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
-from callstate.pipe_script import PipeScript, validate_pipe
+from callstate.lifecycle import PIPE_IN, PIPE_OUT
+from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
-
-
-NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
-
-
-def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:
-    return script.to_proto() if isinstance(script, PipeScript) else script
-
-
-def pipe_metadata(kind: str, script: pb.PipeScript | None, cancel_key: str) -> tuple[tuple[str, Any], ...]:
-    """A pipe call's own metadata: its cancel key (a stream has no request message to carry
-    it) and, for PipeIn/PipeBoth, its script (their first message comes too late)."""
-    extra: tuple[tuple[str, Any], ...] = ((CANCEL_KEY_KEY, cancel_key),)
-    if script is not None and kind != PIPE_OUT:
-        extra += ((PIPE_SCRIPT_KEY, script.SerializeToString()),)
-    return extra
-
-
-def check_kind(kind: str) -> None:
-    if kind not in PIPE_KINDS:
-        raise ValueError(f"unknown pipe kind {kind!r}; expected one of {', '.join(PIPE_KINDS)}")
 
 
 async def _write_keeping_status(rpc: Any, msg: pb.PipeMessage) -> bool:
@@ -80,28 +57,13 @@ async def _write_keeping_status(rpc: Any, msg: pb.PipeMessage) -> bool:
     return True
 
 
-class AsyncPipe(AsyncNotices, CallBase):
+class AsyncPipe(AsyncNotices, PipeBase):
     """One pipe call on the caller's side, driven on the event loop."""
 
-    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
-                 call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
-        check_kind(kind)
-        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
-        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
-        self.kind = kind
-        self._core: PipeCore = core
-        self._script = pipe_script_proto(script)
-        self._rpc: Any = None
+    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, **kwargs: Any) -> None:
+        super().__init__(client, kind, script, **kwargs)
         self._driver: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
-
-    @property
-    def sent(self) -> int:
-        return self._core.sent
-
-    @property
-    def received(self) -> int:
-        return self._core.received
 
     def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
@@ -112,29 +74,16 @@ class AsyncPipe(AsyncNotices, CallBase):
             self._start_drainer()
 
     # -- the I/O under CallBase's moves ------------------------------------------------------------
-    @property
-    def _sent(self) -> bool:
-        return self._rpc is not None
-
-    def _validate(self) -> None:
-        if self._script is not None:
-            validate_pipe(self._script, self.kind)
-
     def _send(self) -> None:
         """Open the stream: C -> Push (in, both) or Pull (out) follows in `start()`."""
-        metadata = self._client._metadata(self.call_id, pipe_metadata(self.kind, self._script, self._cancel_key))
-        stub = self._client._stub
+        metadata, stub = self._metadata(), self._client._stub
         if self.kind == PIPE_OUT:
-            self._rpc = stub.PipeOut(pb.PipeRequest(call_id=self.call_id, script=self._script), metadata=metadata,
-                                     timeout=self._timeout)
+            self._rpc = stub.PipeOut(self._request(), metadata=metadata, timeout=self._timeout)
         elif self.kind == PIPE_IN:
             self._rpc = stub.PipeIn(metadata=metadata, timeout=self._timeout)
         else:
             self._rpc = stub.PipeBoth(metadata=metadata, timeout=self._timeout)
         self._driver = asyncio.ensure_future(self._drive())
-
-    def _abort_rpc(self) -> None:
-        self._rpc.cancel()
 
     # -- the pipe ------------------------------------------------------------------------------------
     async def headers(self) -> tuple[tuple[str, Any], ...]:
@@ -247,8 +196,3 @@ class AsyncPipe(AsyncNotices, CallBase):
         code, name, text = codes.client_outcome(status, trailing, details, cancelled_here=status is None,
                                                 abortive_cancel=core.abortive_cancel)
         core.notify(code, reply, name, text)
-
-    def _need_rpc(self, what: str) -> PipeCore:
-        if self._rpc is None:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() before start()")
-        return self._core

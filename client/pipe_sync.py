@@ -20,15 +20,12 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
-from callstate.client.pipe_aio import NULL_PUSH_MESSAGE, check_kind, pipe_metadata, pipe_script_proto
-from callstate.client.pipe_core import PipeCore
-from callstate.client.shared_surface import CallBase
+from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
 from callstate.client.sync import ThreadNotices
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
-from callstate.pipe_script import PipeScript, validate_pipe
+from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import new_call_id, new_cancel_key
 
 
 class _Item:
@@ -80,26 +77,16 @@ class _Feeder:
         self._queue.put(None)
 
 
-class Pipe(ThreadNotices, CallBase):
+class Pipe(ThreadNotices, PipeBase):
     """One pipe call on the caller's side, driven by gRPC's threads."""
 
-    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
-                 call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
-        check_kind(kind)
-        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
-        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
-        self.kind = kind
-        self._core: PipeCore = core
-        self._script = pipe_script_proto(script)
-        self._rpc: Any = None
+    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, **kwargs: Any) -> None:
+        super().__init__(client, kind, script, **kwargs)
         self._responses: Any = None
         self._feeder = _Feeder()
         self._notified = threading.Event()
         self._core.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
-
-    sent = property(lambda self: self._core.sent)
-    received = property(lambda self: self._core.received)
 
     def add_done_callback(self, callback: Callable[["Pipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
@@ -115,29 +102,16 @@ class Pipe(ThreadNotices, CallBase):
             self._drainer.start()
 
     # -- the I/O under CallBase's moves ------------------------------------------------------------
-    @property
-    def _sent(self) -> bool:
-        return self._rpc is not None
-
-    def _validate(self) -> None:
-        if self._script is not None:
-            validate_pipe(self._script, self.kind)
-
     def _send(self) -> None:
-        metadata = self._client._metadata(self.call_id, pipe_metadata(self.kind, self._script, self._cancel_key))
-        stub = self._client._stub
+        metadata, stub = self._metadata(), self._client._stub
         if self.kind == PIPE_OUT:
-            self._rpc = self._responses = stub.PipeOut(pb.PipeRequest(call_id=self.call_id, script=self._script),
-                                                       metadata=metadata, timeout=self._timeout)
+            self._rpc = self._responses = stub.PipeOut(self._request(), metadata=metadata, timeout=self._timeout)
         elif self.kind == PIPE_IN:
             self._rpc = stub.PipeIn.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         else:
             self._rpc = self._responses = stub.PipeBoth(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
-
-    def _abort_rpc(self) -> None:
-        self._rpc.cancel()
 
     # -- the pipe ------------------------------------------------------------------------------------
     def headers(self) -> tuple[tuple[str, Any], ...]:
@@ -216,8 +190,3 @@ class Pipe(ThreadNotices, CallBase):
         if not self.wait(timeout):
             raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
         return self._result_after_wait()
-
-    def _need_rpc(self, what: str) -> PipeCore:
-        if self._rpc is None:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() before start()")
-        return self._core

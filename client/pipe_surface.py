@@ -1,0 +1,80 @@
+"""What the sync and asyncio pipes share besides `PipeCore` and `CallBase`: how a pipe call is
+made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add only the I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callstate import codes
+from callstate.client.pipe_core import PipeCore
+from callstate.client.shared_surface import CallBase
+from callstate.errors import CallError
+from callstate.lifecycle import PIPE_KINDS, PIPE_OUT
+from callstate.pipe_script import PipeScript, validate_pipe
+from callstate.v1 import callstate_pb2 as pb
+from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
+
+# The caller's null push travels as a message of its own: the server then knows the end of
+# the stream is a half-close, not a cancel.
+NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
+
+
+def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:
+    return script.to_proto() if isinstance(script, PipeScript) else script
+
+
+def check_kind(kind: str) -> None:
+    if kind not in PIPE_KINDS:
+        raise ValueError(f"unknown pipe kind {kind!r}; expected one of {', '.join(PIPE_KINDS)}")
+
+
+class PipeBase(CallBase):
+    """A pipe call on either surface: its kind, script and counts over one `PipeCore`."""
+
+    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
+                 call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
+        check_kind(kind)
+        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
+        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
+        self.kind = kind
+        self._core: PipeCore = core
+        self._script = pipe_script_proto(script)
+        self._rpc: Any = None
+
+    @property
+    def sent(self) -> int:
+        """Messages pushed so far (their send-complete notifications)."""
+        return self._core.sent
+
+    @property
+    def received(self) -> int:
+        """Messages pulled so far (their receive-complete notifications)."""
+        return self._core.received
+
+    @property
+    def _sent(self) -> bool:
+        return self._rpc is not None
+
+    def _validate(self) -> None:
+        if self._script is not None:
+            validate_pipe(self._script, self.kind)
+
+    def _metadata(self) -> tuple[tuple[str, Any], ...]:
+        """The call's metadata plus a pipe's own: its cancel key (a stream has no request message
+        to carry it) and, for PipeIn/PipeBoth, its script (their first message comes too late)."""
+        extra: tuple[tuple[str, Any], ...] = ((CANCEL_KEY_KEY, self._cancel_key),)
+        if self._script is not None and self.kind != PIPE_OUT:
+            extra += ((PIPE_SCRIPT_KEY, self._script.SerializeToString()),)
+        return self._client._metadata(self.call_id, extra)
+
+    def _request(self) -> pb.PipeRequest:
+        """PipeOut's one request message."""
+        return pb.PipeRequest(call_id=self.call_id, script=self._script)
+
+    def _abort_rpc(self) -> None:
+        self._rpc.cancel()
+
+    def _need_rpc(self, what: str) -> PipeCore:
+        if self._rpc is None:
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() before start()")
+        return self._core
