@@ -281,7 +281,7 @@ def test_nothing_started():
 def test_readme_example_test_file_runs(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cancel_paths=readme_block("Use it in your tests", "python"))
     result = run(pytester)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_async_client_in_auto_mode_and_a_clear_error_in_a_sync_test(pytester: pytest.Pytester) -> None:
