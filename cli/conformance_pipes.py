@@ -18,7 +18,7 @@ from callstate import codes
 from callstate.check import percentiles
 from callstate.cli.conformance_calls import Result, examples
 from callstate.cli.conformance_cancels import judge_propagation
-from callstate.cli.conformance_journal import cancel_seen_at, ended, first
+from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
 from callstate.cli.conformance_properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
                                                   PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
 from callstate.client import AsyncPipe, CallError, PipeScript
@@ -140,6 +140,10 @@ async def in_half_close(b: Battery) -> Row:
         pipe = b.pipe(PIPE_IN_HALF_CLOSE, PIPE_IN, PipeScript())
         r = await drive(b, pipe, push_all, b.cfg.wait)
         if r.code != codes.RPC_S_OK:
+            await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
+            end = final(b.journal.entries(pipe.call_id))
+            if end is not None and end.get("code") == codes.RPC_S_OK:   # the server answered: the proxy lost it
+                return f"{r.describe()} at the client, 0 at the server: the proxy lost the answer"
             return r.describe()
         if r.pipe_reply.received != MESSAGES or r.pipe_reply.received_bytes != MESSAGES * MESSAGE_BYTES:
             return f"the server counted {r.pipe_reply.received} of {MESSAGES} messages"
