@@ -1,5 +1,5 @@
 """The conformance battery on one path (direct or through a proxy): how its calls are made and
-waited for, and the order of its rows (conformance_replies, _cancels and _endings hold them).
+waited for, and the order of its rows (conformance_replies, _cancels, _pipes and _endings hold them).
 
 Each scenario makes its calls sequentially, then again at `concurrency`, and judges them
 from both sides: the client's entries (recorded in memory) and the server's (its journal,
@@ -16,12 +16,13 @@ from typing import Any, Awaitable, Callable
 from callstate import codes
 from callstate.cli import conformance_cancels as cancels
 from callstate.cli import conformance_endings as endings
+from callstate.cli import conformance_pipes as pipes
 from callstate.cli import conformance_replies as replies
 from callstate.cli.conformance_calls import BatteryConfig, Recorder, Result, open_channel, open_client
 from callstate.cli.conformance_journal import ServerJournal, dispatched
 from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
                                                   COMPLETE_SMALL, Row)
-from callstate.client import AsyncCall, AsyncClient, CallError, Script
+from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
 
 __all__ = ["Battery", "BatteryConfig", "open_channel", "open_client"]
 
@@ -47,6 +48,13 @@ class Battery:
         self.journal.watch(call.call_id)
         self.judged[call.call_id] = prop
         return call
+
+    def pipe(self, prop: str, kind: str, script: PipeScript) -> AsyncPipe:
+        """A pipe call on the battery's client, judged by the check row like `prepare`'s."""
+        pipe: AsyncPipe = self.client.pipe(kind, script)
+        self.journal.watch(pipe.call_id)
+        self.judged[pipe.call_id] = prop
+        return pipe
 
     async def finish(self, call: AsyncCall, bound: float) -> Result:
         """The call's outcome, or `hung` when no notification came within `bound` (then the
@@ -90,7 +98,9 @@ class Battery:
                 await replies.abort(self, ABORT_AFTER_HEADERS, headers_first=True),
                 await replies.fatal(self), await replies.unimplemented(self),
                 await cancels.cancel_abortive(self), await cancels.cancel_non_abortive(self),
-                await cancels.deadline(self), await replies.many_streams(self), await replies.large_metadata(self)]
+                await cancels.deadline(self), await replies.many_streams(self), await replies.large_metadata(self),
+                await pipes.out_streamed(self), await pipes.in_half_close(self), await pipes.both_full_duplex(self),
+                await pipes.abort_mid_stream(self), await pipes.cancel(self)]
 
     # -- held calls run in the background while the other rows run -------------------------------
     def start_held(self) -> None:

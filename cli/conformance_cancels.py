@@ -39,6 +39,13 @@ async def cancel_abortive(b: Battery) -> Row:
         await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
         return r
     results = [r for r in await b.twice(one) if r is not None]
+    return await judge_propagation(b, CANCEL_ABORTIVE, results, len(dropped))
+
+
+async def judge_propagation(b: Battery, prop: str, results: list[Result], dropped: int,
+                            notes: list[str] | None = None) -> Row:
+    """The row of abortive cancels already made (`results`, each cancelled by the client; `dropped`
+    calls never reached the server): the share the server saw, how fast, what is still in flight."""
     ids = [r.call_id for r in results]
     await b.journal.wait(ids, ended, b.cfg.wait)
     lat = []
@@ -50,9 +57,9 @@ async def cancel_abortive(b: Battery) -> Row:
     p = percentiles(lat)
     share = len(lat) / len(ids) if ids else 0.0
     wrong = [r.describe() for r in results if r.code != codes.RPC_S_CALL_CANCELLED]
-    notes = []
+    notes = list(notes or [])
     if dropped:
-        notes.append(f"{len(dropped)} calls never reached the server")
+        notes.append(f"{dropped} calls never reached the server")
     if len(lat) < len(ids):
         notes.append(f"{len(ids) - len(lat)} cancels never reached the server within {b.cfg.wait:g} s")
     if p["count"] and p["p99"] > b.cfg.cancel_bound_ms:
@@ -65,8 +72,8 @@ async def cancel_abortive(b: Battery) -> Row:
     if p["count"]:
         figures += f"; p50 {p['p50']:.1f} / p99 {p['p99']:.1f} / max {p['max']:.1f} ms"
     figures += f"; {in_flight} in flight"
-    return Row(CANCEL_ABORTIVE, not notes, figures, "; ".join(notes),
-               {"calls": len(ids) + len(dropped), "propagated_share": round(share, 3), "in_flight": in_flight,
+    return Row(prop, not notes, figures, "; ".join(notes),
+               {"calls": len(ids) + dropped, "propagated_share": round(share, 3), "in_flight": in_flight,
                 "latency_ms": {k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()},
                 "bound_ms": b.cfg.cancel_bound_ms})
 

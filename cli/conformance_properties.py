@@ -17,6 +17,11 @@ DEADLINE: Final = "deadline"
 HELD: Final = "held"
 MANY_STREAMS: Final = "many-streams"
 LARGE_METADATA: Final = "large-metadata"
+PIPE_OUT_STREAMED: Final = "pipe-out-streamed"
+PIPE_IN_HALF_CLOSE: Final = "pipe-in-half-close"
+PIPE_BOTH_FULL_DUPLEX: Final = "pipe-both-full-duplex"
+PIPE_ABORT_MID_STREAM: Final = "pipe-abort-mid-stream"
+PIPE_CANCEL: Final = "pipe-cancel"
 CHECK: Final = "check"
 GRACEFUL_STOP: Final = "graceful-stop"
 
@@ -35,6 +40,15 @@ PROPERTIES: Final[dict[str, str]] = {
     MANY_STREAMS: "--streams concurrent calls on one connection all complete",
     LARGE_METADATA: "a request header of --metadata-bytes and an abort message (trailers) of up to the server's "
                     "limit (2 KiB) cross intact",
+    PIPE_OUT_STREAMED: "an out pipe's messages, paced by the server, arrive complete, in order, with 0, and streamed: "
+                       "spread out as sent, not in one burst at the end",
+    PIPE_IN_HALF_CLOSE: "an in pipe's pushes and its null push (half-close) reach the server: it counts every "
+                        "message, then NP, then completes with 0",
+    PIPE_BOTH_FULL_DUPLEX: "a bidi pipe's server answers (an exact abort code) after the caller's first message, "
+                           "before the caller half-closes",
+    PIPE_ABORT_MID_STREAM: "an out pipe aborted after its Nth message: the N messages, then the exact code",
+    PIPE_CANCEL: "abortive cancels of held out pipes, mid-stream, reach the server, p99 within --cancel-bound-ms; "
+                 "nothing left in flight",
     CHECK: "`callstate check` over both sides' entries of every call above: every invariant holds",
     GRACEFUL_STOP: "calls in flight when the server stops gracefully end with 1722 at the client, none hang "
                    "(needs --serve-port)",

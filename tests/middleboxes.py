@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any, AsyncIterator, NoReturn
 
 from callstate.wire import CODE_KEY
 
@@ -238,17 +239,43 @@ class BrokenRelay:
         self._thread.join(10)
 
 
-class RewritingGrpcProxy:
-    """A gRPC proxy (grpc.aio, unary calls, in a thread) that forwards every call to
-    127.0.0.1:`upstream`, records the initial metadata each answer came with (none for a
-    trailers-only response), and rewrites what comes back on purpose: `drop_code_trailer`
-    removes the `callstate-code` trailer; `max_message` truncates status messages."""
+def method_shape(method: str) -> tuple[bool, bool]:
+    """(client-streaming, server-streaming) of a gRPC method path, from callstate's descriptors;
+    an unknown method as unary (the server answers it UNIMPLEMENTED)."""
+    from google.protobuf import descriptor_pool
 
-    def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None) -> None:
+    import callstate.v1.callstate_pb2  # noqa: F401 - registers the service descriptors
+    try:
+        found = descriptor_pool.Default().FindMethodByName(method.lstrip("/").replace("/", "."))
+    except KeyError:
+        return False, False
+    return found.client_streaming, found.server_streaming
+
+
+class RewritingGrpcProxy:
+    """A gRPC proxy (grpc.aio, every call shape, in a thread) that forwards every call to
+    127.0.0.1:`upstream`, records the initial metadata each unary answer came with (none for a
+    trailers-only response), and breaks what crosses it on purpose:
+
+    * `drop_code_trailer` removes the `callstate-code` trailer; `max_message` truncates status
+      messages (any call shape);
+    * `buffer_responses` holds a response stream until it ends and sends it whole only when
+      it ends OK: an error status goes out alone, its messages lost;
+    * `half_duplex` reads the whole request stream before it opens the call upstream;
+    * `max_request_messages` forwards that many messages of a request stream, then half-closes
+      it upstream (the rest go nowhere)."""
+
+    def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None,
+                 buffer_responses: bool = False, half_duplex: bool = False,
+                 max_request_messages: int | None = None) -> None:
         self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
+        self.buffer_responses, self.half_duplex = buffer_responses, half_duplex
+        self.max_request_messages = max_request_messages
         self.port = 0
         self.rewritten = 0
-        self.initial_metadata: list[tuple[tuple[str, str | bytes], ...]] = []   # per call, as the server sent it
+        self.streams = 0      # streaming calls forwarded (any of the three streaming shapes)
+        self.truncated = 0    # request streams max_request_messages cut short
+        self.initial_metadata: list[tuple[tuple[str, str | bytes], ...]] = []   # per unary call, as the server sent it
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -268,30 +295,96 @@ class RewritingGrpcProxy:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.upstream}")
         proxy = self
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
+        def upstream_args(context: grpc.aio.ServicerContext) -> dict[str, Any]:
             metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("callstate-"))
-            call = channel.unary_unary(method)(request, metadata=metadata, timeout=context.time_remaining())
+            return {"metadata": metadata, "timeout": context.time_remaining()}
+
+        async def fail(err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> NoReturn:
+            trailers = tuple(err.trailing_metadata() or ())
+            details = err.details() or ""
+            if proxy.drop_code_trailer:
+                trailers = tuple((k, v) for k, v in trailers if k != CODE_KEY)
+            if proxy.max_message is not None:
+                details = details[:proxy.max_message]
+            proxy.rewritten += 1
+            await context.abort(err.code(), details, trailers)
+            raise AssertionError("context.abort returned")
+
+        async def requests_of(requests: AsyncIterator[bytes]) -> Any:
+            if proxy.half_duplex:   # the whole request stream first
+                return [m async for m in requests]
+            if proxy.max_request_messages is None:
+                return requests
+            return truncated(requests, proxy.max_request_messages)
+
+        async def truncated(requests: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
+            forwarded = 0
+            async for m in requests:
+                if forwarded == n:
+                    proxy.truncated += 1
+                    return
+                forwarded += 1
+                yield m
+
+        async def responses_of(call: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            held: list[bytes] = []
+            try:
+                async for m in call:
+                    if proxy.buffer_responses:
+                        held.append(m)
+                    else:
+                        yield m
+            except grpc.aio.AioRpcError as err:
+                await fail(err, context)   # what buffer_responses held is lost with it
+            finally:
+                call.cancel()   # the caller cancelled (or it is over): so does the proxy, upstream
+            for m in held:
+                yield m
+
+        async def unary_unary(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
+            call = channel.unary_unary(method)(request, **upstream_args(context))
             try:
                 proxy.initial_metadata.append(tuple(await call.initial_metadata() or ()))
                 return await call
-            except asyncio.CancelledError:   # the caller cancelled: so does the proxy, upstream
-                call.cancel()
-                raise
             except grpc.aio.AioRpcError as err:
-                trailers = tuple(err.trailing_metadata() or ())
-                details = err.details() or ""
-                if proxy.drop_code_trailer:
-                    trailers = tuple((k, v) for k, v in trailers if k != CODE_KEY)
-                if proxy.max_message is not None:
-                    details = details[:proxy.max_message]
-                proxy.rewritten += 1
-                await context.abort(err.code(), details, trailers)
-                raise
+                await fail(err, context)
+            finally:
+                call.cancel()
+
+        async def unary_stream(request: bytes, context: grpc.aio.ServicerContext, *,
+                               method: str) -> AsyncIterator[bytes]:
+            proxy.streams += 1
+            async for m in responses_of(channel.unary_stream(method)(request, **upstream_args(context)), context):
+                yield m
+
+        async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, *,
+                               method: str) -> bytes:
+            proxy.streams += 1
+            call = channel.stream_unary(method)(await requests_of(requests), **upstream_args(context))
+            try:
+                return await call
+            except grpc.aio.AioRpcError as err:
+                await fail(err, context)
+            finally:
+                call.cancel()
+
+        async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, *,
+                                method: str) -> AsyncIterator[bytes]:
+            proxy.streams += 1
+            call = channel.stream_stream(method)(await requests_of(requests), **upstream_args(context))
+            async for m in responses_of(call, context):
+                yield m
+
+        handlers = {(False, False): (grpc.unary_unary_rpc_method_handler, unary_unary),
+                    (False, True): (grpc.unary_stream_rpc_method_handler, unary_stream),
+                    (True, False): (grpc.stream_unary_rpc_method_handler, stream_unary),
+                    (True, True): (grpc.stream_stream_rpc_method_handler, stream_stream)}
 
         class Forward(grpc.GenericRpcHandler):
             def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                # a partial of a coroutine function is one too: grpc.aio runs it on its loop
-                return grpc.unary_unary_rpc_method_handler(functools.partial(forward, method=details.method))
+                make, behaviour = handlers[method_shape(details.method)]
+                # a partial of a coroutine (or async generator) function is one too: grpc.aio runs it on its loop
+                return make(functools.partial(behaviour, method=details.method))
 
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((Forward(),))
