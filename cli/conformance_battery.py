@@ -99,7 +99,8 @@ class Battery:
                 await replies.fatal(self), await replies.unimplemented(self),
                 await cancels.cancel_abortive(self), await cancels.cancel_non_abortive(self),
                 await cancels.deadline(self), await replies.many_streams(self), await replies.large_metadata(self),
-                await pipes.out_streamed(self), await pipes.in_half_close(self), await pipes.both_full_duplex(self),
+                await pipes.out_streamed(self), await pipes.in_half_close(self), await pipes.early_answer(self),
+                await pipes.both_full_duplex(self),
                 await pipes.abort_mid_stream(self), await pipes.cancel(self)]
 
     # -- held calls run in the background while the other rows run -------------------------------

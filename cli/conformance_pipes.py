@@ -1,5 +1,6 @@
 """Rows about asynchronous pipes (gRPC streams) crossing the proxy: an out pipe streamed as the
-server paces it, an in pipe's half-close, a bidi pipe answered before the caller half-closes,
+server paces it, an in pipe's half-close, an in pipe and a bidi pipe answered before the caller
+half-closes,
 an abort after messages, and abortive cancels of held pipes mid-stream.
 
 Every pipe is driven within a bound (`drive`): a proxy that buffers a stream or waits for the
@@ -20,7 +21,7 @@ from callstate.cli.conformance_calls import Result, examples
 from callstate.cli.conformance_cancels import judge_propagation
 from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
 from callstate.cli.conformance_properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
-                                                  PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
+                                                  PIPE_EARLY_ANSWER, PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
 from callstate.client import AsyncPipe, CallError, PipeScript
 from callstate.lifecycle import COMP, ENTER, NP, NULL_PULL, PIPE_BOTH, PIPE_IN, PIPE_OUT
 
@@ -31,6 +32,7 @@ MESSAGES = 4              # per pipe: small, the rows test the shape of a stream
 INTERVAL = 0.02           # s between the streamed row's messages: 60 ms from the first to the last
 MESSAGE_BYTES = 16        # the in pipe's pushes
 CANCEL_AFTER = 3          # pipe-cancel: messages pulled before the cancel
+EARLY_AFTER = 2           # pipe-early-answer: the server completes after this many messages
 HELD_INTERVAL = 0.01      # s between a held pipe's messages (the server's default is 0.1)
 
 
@@ -140,11 +142,7 @@ async def in_half_close(b: Battery) -> Row:
         pipe = b.pipe(PIPE_IN_HALF_CLOSE, PIPE_IN, PipeScript())
         r = await drive(b, pipe, push_all, b.cfg.wait)
         if r.code != codes.RPC_S_OK:
-            await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
-            end = final(b.journal.entries(pipe.call_id))
-            if end is not None and end.get("code") == codes.RPC_S_OK:   # the server answered: the proxy lost it
-                return f"{r.describe()} at the client, 0 at the server: the proxy lost the answer"
-            return r.describe()
+            return await _not_ok(b, r)
         if r.pipe_reply.received != MESSAGES or r.pipe_reply.received_bytes != MESSAGES * MESSAGE_BYTES:
             return f"the server counted {r.pipe_reply.received} of {MESSAGES} messages"
         await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)   # the journal may trail the reply
@@ -161,6 +159,40 @@ async def in_half_close(b: Battery) -> Row:
     bad = [r for r in results if r]
     return Row(PIPE_IN_HALF_CLOSE, not bad, f"{len(results) - len(bad)}/{len(results)} counted {MESSAGES} + "
                "null push", examples(bad), {"calls": len(results), "failed": len(bad), "messages": MESSAGES})
+
+
+async def _not_ok(b: Battery, r: PipeResult) -> str:
+    """Why a pipe the server completed did not end 0 at the client; names a lost answer."""
+    await b.journal.wait((r.call_id,), ended, b.cfg.wait)
+    end = final(b.journal.entries(r.call_id))
+    if end is not None and end.get("code") == codes.RPC_S_OK:   # the server answered: the proxy lost it
+        return f"{r.describe()} at the client, 0 at the server: the proxy lost the answer"
+    return r.describe()
+
+
+async def early_answer(b: Battery) -> Row:
+    """In pipes the server completes after the caller's EARLY_AFTER-th message, while the caller
+    has not half-closed: gRPC lets a server answer before the request ends, and its PipeReply
+    must reach the caller. A proxy that resets the caller's stream when the answer is complete
+    before the request (RST_STREAM CANCEL) turns it into 1818."""
+    script = PipeScript(outcome="complete", at="after-in", at_count=EARLY_AFTER)
+
+    async def push_some(pipe: AsyncPipe) -> None:
+        for _ in range(EARLY_AFTER):
+            await pipe.push(os.urandom(MESSAGE_BYTES))   # and no close_push: the answer comes first
+
+    async def one(i: int) -> str:
+        r = await drive(b, b.pipe(PIPE_EARLY_ANSWER, PIPE_IN, script), push_some, b.cfg.wait)
+        if r.code != codes.RPC_S_OK:
+            lost = await _not_ok(b, r)
+            return lost + (" (reset when the answer came before the request's end)" if lost != r.describe() else "")
+        if r.pipe_reply is None or r.pipe_reply.received != EARLY_AFTER:
+            return f"the reply counts {getattr(r.pipe_reply, 'received', None)} of {EARLY_AFTER} messages"
+        return ""
+    results = await b.twice(one)
+    bad = [r for r in results if r]
+    return Row(PIPE_EARLY_ANSWER, not bad, f"{len(results) - len(bad)}/{len(results)} answers before the "
+               "half-close delivered", examples(bad), {"calls": len(results), "failed": len(bad)})
 
 
 async def both_full_duplex(b: Battery) -> Row:

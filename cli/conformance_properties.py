@@ -19,6 +19,7 @@ MANY_STREAMS: Final = "many-streams"
 LARGE_METADATA: Final = "large-metadata"
 PIPE_OUT_STREAMED: Final = "pipe-out-streamed"
 PIPE_IN_HALF_CLOSE: Final = "pipe-in-half-close"
+PIPE_EARLY_ANSWER: Final = "pipe-early-answer"
 PIPE_BOTH_FULL_DUPLEX: Final = "pipe-both-full-duplex"
 PIPE_ABORT_MID_STREAM: Final = "pipe-abort-mid-stream"
 PIPE_CANCEL: Final = "pipe-cancel"
@@ -44,6 +45,8 @@ PROPERTIES: Final[dict[str, str]] = {
                        "spread out as sent, not in one burst at the end",
     PIPE_IN_HALF_CLOSE: "an in pipe's pushes and its null push (half-close) reach the server: it counts every "
                         "message, then NP, then completes with 0",
+    PIPE_EARLY_ANSWER: "an in pipe's server completes after the caller's 2nd message, before the caller "
+                       "half-closes: its reply (0) reaches the caller, not a reset",
     PIPE_BOTH_FULL_DUPLEX: "a bidi pipe's server answers (an exact abort code) after the caller's first message, "
                            "before the caller half-closes",
     PIPE_ABORT_MID_STREAM: "an out pipe aborted after its Nth message: the N messages, then the exact code",

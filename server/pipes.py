@@ -47,6 +47,8 @@ _BEFORE, _AFTER_IN, _AFTER_OUT, _AFTER_HC, _END = (pb.PIPE_POINT_BEFORE_FIRST, p
 # CancelledError has not arrived yet (measured: 3 loop iterations were not always enough):
 # a few yields, then a few milliseconds, before it is taken for a half-close.
 _HALF_CLOSE_GRACE = (0, 0, 0, 0.001, 0.004)
+# After the caller's null-push message, how long to wait for the end of its stream (END_STREAM).
+_END_AFTER_NULL_PUSH = 1.0
 # How a cancel shows up on a write or read while gRPC tears the call down.
 _CANCEL_ERRORS = (asyncio.CancelledError, cygrpc.ExecuteBatchError, cygrpc.InternalError)
 
@@ -70,6 +72,7 @@ class PipeRun:
         self.reader_error: BaseException | None = None
         self.half_closed = False      # confirmed: the client's null push arrived
         self.null_push_seen = False   # it came as an explicit null-push message
+        self.stream_closed = False    # the request stream itself ended (END_STREAM, or torn down)
         self._reader: asyncio.Task[None] | None = None
         self.log_messages = owner.log_messages
         self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
@@ -91,9 +94,13 @@ class PipeRun:
         call, stop_at = self.call, self._wake_count()
         try:
             async for msg in self.requests:  # type: ignore[union-attr]
+                if self.null_push_seen:
+                    continue   # nothing counts after the null push; read on to the stream's end
                 if msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
                     self.null_push_seen = True
-                    break
+                    self.reader_done = True
+                    call.wake()
+                    continue
                 self.received += 1
                 self.received_bytes += len(msg.payload)
                 if self.log_messages and not call.lifecycle.ended:
@@ -103,7 +110,7 @@ class PipeRun:
                     return
         except BaseException as exc:   # the call is being torn down under the iterator
             self.reader_error = exc
-        self.reader_done = True
+        self.reader_done = self.stream_closed = True
         call.wake()
 
     def _wake_count(self) -> int:
@@ -123,7 +130,12 @@ class PipeRun:
         pending cancel to surface (as CancelledError here, or context.cancelled()), then decide."""
         if self.half_closed:
             return
-        if not self.null_push_seen:
+        if self.null_push_seen:
+            # the stream's own end follows the null-push message at once: answer after it, as a
+            # server that answers before the request ends is reset by some proxies (HAProxy 2.6
+            # sends the caller RST_STREAM CANCEL); a caller that never closes is not waited for long
+            await self.wait(_END_AFTER_NULL_PUSH, lambda: self.stream_closed)
+        else:
             for pause in _HALF_CLOSE_GRACE:
                 if self.reader_error is not None or self.context.cancelled() or self.context.done():
                     raise asyncio.CancelledError("the client's stream ended by a cancel")

@@ -316,7 +316,8 @@ def test_load_with_a_pipe_share_checks_both_sides_of_every_pipe(pipe_server: Ser
 
 def test_the_null_push_message_is_the_half_close(pipe_server: ServerProcess) -> None:
     """The caller's null push travels as a message of its own: the server takes it for the
-    half-close at once, even while the stream stays open (no end of stream to interpret)."""
+    half-close even while the stream stays open (no end of stream to interpret), after waiting
+    a moment for the stream's end."""
     async def go() -> tuple[grpc.StatusCode, Any]:
         from callstate.wire import PIPE_SCRIPT_KEY
         script = PipeScript(outcome="abort", abort_code=5007, at="after-half-close").to_proto()
@@ -332,6 +333,28 @@ def test_the_null_push_message_is_the_half_close(pipe_server: ServerProcess) -> 
             return await call.code(), await call.trailing_metadata()
     status, trailers = asyncio.run(go())
     assert status == grpc.StatusCode.ABORTED and ("callstate-code", "5007") in tuple(trailers)
+
+
+def test_after_the_null_push_message_the_server_answers_once_the_request_stream_ends(
+        pipe_server: ServerProcess) -> None:
+    """A server that answers before the request stream ends is reset by some proxies (HAProxy
+    2.6 sends the caller RST_STREAM CANCEL): after the null-push message the in pipe's answer
+    waits for END_STREAM, which callstate's clients send right after it."""
+    async def go() -> tuple[bool, pb.PipeReply]:
+        async with grpc.aio.insecure_channel(pipe_server.target) as channel:
+            from callstate.wire import PIPE_SCRIPT_KEY
+            script = PipeScript(outcome="complete").to_proto().SerializeToString()
+            call = pb_grpc.EmulatorStub(channel).PipeIn(metadata=((PIPE_SCRIPT_KEY, script),), timeout=10)
+            await call.write(pb.PipeMessage(seq=1, payload=b"x"))
+            await call.write(pb.PipeMessage(null_push=True))
+            answer = asyncio.ensure_future(asyncio.shield(call))
+            await asyncio.wait((answer,), timeout=0.3)   # the window: no answer while the stream is open
+            early = answer.done()
+            await call.done_writing()
+            return early, await asyncio.wait_for(answer, 5)
+    early, reply = asyncio.run(go())
+    assert not early, "the server answered before the request stream ended"
+    assert reply.received == 1
 
 
 def test_a_push_racing_the_servers_early_end_keeps_the_servers_code(pipe_server: ServerProcess, tmp_path: Path) -> None:
