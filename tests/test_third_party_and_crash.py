@@ -134,3 +134,50 @@ def test_client_killed_with_sigkill_mid_call(server: ServerProcess, tmp_path: Pa
     assert counters.in_flight == 0
     report = check_files([server.log])
     assert report.ok, report.summary()
+
+
+def json_stream(text: str) -> list[dict[str, object]]:
+    """grpcurl prints a stream's messages as JSON objects one after another."""
+    decoder, out, text, i = json.JSONDecoder(), [], text.strip(), 0
+    while i < len(text):
+        obj, end = decoder.raw_decode(text, i)
+        out.append(obj)
+        i = len(text) - len(text[end:].lstrip())   # the next object's first character
+    return out
+
+
+def test_grpcurl_drives_every_pipe_kind(shared_server: ServerProcess) -> None:
+    """Pipes are plain gRPC streams: grpcurl pulls an out pipe, pushes an in pipe (with the null
+    push as a message of its own), and gets a bidi pipe's exact abort code after its 2nd push."""
+    import base64
+
+    from callstate.pipe_script import PipeScript
+    from callstate.wire import CALL_ID_KEY, PIPE_SCRIPT_KEY
+
+    def script_header(script: PipeScript) -> str:
+        return f"{PIPE_SCRIPT_KEY}: {base64.b64encode(script.to_proto().SerializeToString()).decode()}"
+
+    out = run_grpcurl("-d", json.dumps({"call_id": "grpcurl-pipe-out", "script": {"messages": 3}}),
+                      shared_server.target, "callstate.v1.Emulator/PipeOut")
+    assert out.returncode == 0, out.stderr
+    assert [m["seq"] for m in json_stream(out.stdout)] == ["1", "2", "3"]
+
+    pushed = run_grpcurl("-d", '{"seq": 1, "payload": "eA=="} {"seq": 2} {"null_push": true}',
+                         "-H", f"{CALL_ID_KEY}: grpcurl-pipe-in", "-H", script_header(PipeScript()),
+                         shared_server.target, "callstate.v1.Emulator/PipeIn")
+    assert pushed.returncode == 0, pushed.stderr
+    reply = json.loads(pushed.stdout)
+    assert reply["received"] == "2" and reply["received_bytes"] == "1", reply
+
+    both = run_grpcurl("-v", "-d", '{"seq": 1} {"seq": 2} {"seq": 3}', "-H", f"{CALL_ID_KEY}: grpcurl-pipe-both",
+                       "-H", script_header(PipeScript(outcome="abort", abort_code=5009, at="after-in", at_count=2,
+                                                      messages=1)),
+                       shared_server.target, "callstate.v1.Emulator/PipeBoth")
+    assert "callstate-code: 5009" in both.stdout + both.stderr and "Aborted" in both.stdout + both.stderr
+
+    ends = {call_id: final(shared_server.wait_entries(call_id))
+            for call_id in ("grpcurl-pipe-out", "grpcurl-pipe-in", "grpcurl-pipe-both")}
+    assert {k: (e["code"], e.get("received"), e.get("sent")) for k, e in ends.items()} == {
+        "grpcurl-pipe-out": (0, 0, 3), "grpcurl-pipe-in": (0, 2, 0), "grpcurl-pipe-both": (5009, 2, 1)}
+    report = check_files([shared_server.log])
+    assert report.ok, report.summary()
