@@ -226,7 +226,7 @@ async def abort_mid_stream(b: Battery) -> Row:
         if r.code != code:
             return f"{r.describe()} instead of {code}"
         if not pulled.in_order(MESSAGES):
-            return f"{len(pulled.seqs)} of {MESSAGES} messages before the code"
+            return f"messages {pulled.seqs} before the code instead of 1..{MESSAGES}"
         return ""
     results = await b.twice(one)
     bad = [r for r in results if r]

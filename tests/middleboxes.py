@@ -261,16 +261,17 @@ class RewritingGrpcProxy:
       messages (any call shape);
     * `buffer_responses` holds a response stream until it ends and sends it whole only when
       it ends OK: an error status goes out alone, its messages lost;
+    * `swap_responses` delivers each response stream's first two messages the other way round;
     * `half_duplex` reads the whole request stream before it opens the call upstream;
     * `max_request_messages` forwards that many messages of a request stream, then half-closes
       it upstream (the rest go nowhere)."""
 
     def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None,
                  buffer_responses: bool = False, half_duplex: bool = False,
-                 max_request_messages: int | None = None) -> None:
+                 max_request_messages: int | None = None, swap_responses: bool = False) -> None:
         self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
         self.buffer_responses, self.half_duplex = buffer_responses, half_duplex
-        self.max_request_messages = max_request_messages
+        self.max_request_messages, self.swap_responses = max_request_messages, swap_responses
         self.port = 0
         self.rewritten = 0
         self.streams = 0      # streaming calls forwarded (any of the three streaming shapes)
@@ -328,18 +329,30 @@ class RewritingGrpcProxy:
 
         async def responses_of(call: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             held: list[bytes] = []
+            first: bytes | None = None   # swap_responses: the first message, until the second is out
             try:
-                async for m in call:
+                async for n, m in aiter_numbered(call):
                     if proxy.buffer_responses:
                         held.append(m)
+                    elif proxy.swap_responses and n == 1:
+                        first = m
                     else:
                         yield m
+                        if first is not None:
+                            yield first
+                            first = None
             except grpc.aio.AioRpcError as err:
                 await fail(err, context)   # what buffer_responses held is lost with it
             finally:
                 call.cancel()   # the caller cancelled (or it is over): so does the proxy, upstream
-            for m in held:
+            for m in held + ([first] if first is not None else []):
                 yield m
+
+        async def aiter_numbered(call: Any) -> AsyncIterator[tuple[int, bytes]]:
+            n = 0
+            async for m in call:
+                n += 1
+                yield n, m
 
         async def unary_unary(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
             call = channel.unary_unary(method)(request, **upstream_args(context))

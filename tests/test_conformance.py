@@ -250,12 +250,15 @@ def test_grpc_proxy_that_rewrites_statuses_fails_the_rows_it_breaks(tmp_path: Pa
 
 @pytest.mark.parametrize("mode, failing, words", [
     ({"buffer_responses": True}, {PIPE_OUT_STREAMED, PIPE_ABORT_MID_STREAM, PIPE_CANCEL},
-     ["buffered, not streamed", "0 of 4 messages before the code", "pipes got fewer than 3 messages within 2 s"]),
+     ["buffered, not streamed", "messages [] before the code instead of 1..4",
+      "pipes got fewer than 3 messages within 2 s"]),
+    ({"swap_responses": True}, {PIPE_OUT_STREAMED, PIPE_ABORT_MID_STREAM},
+     ["messages [2, 1, 3, 4] instead of 1..4", "messages [2, 1, 3, 4] before the code instead of 1..4"]),
     ({"half_duplex": True}, {PIPE_EARLY_ANSWER, PIPE_BOTH_FULL_DUPLEX},
      ["no answer within 2 s while the caller's pipe stayed open", "pipe-early-answer"]),
     ({"max_request_messages": 2}, {PIPE_IN_HALF_CLOSE, CHECK},
      ["the server counted 2 of 4 messages", "pipe_count_mismatch"]),
-], ids=["buffers-responses", "half-duplex", "truncates-requests"])
+], ids=["buffers-responses", "swaps-responses", "half-duplex", "truncates-requests"])
 def test_streaming_proxy_that_breaks_pipes_fails_the_rows_it_breaks(tmp_path: Path, mode: dict[str, Any],
                                                                       failing: set[str], words: list[str]) -> None:
     """Each broken streaming mode fails exactly its pipe rows through the proxy, within the bounds
