@@ -84,6 +84,8 @@ class AsyncPipe(AsyncNotices, PipeBase):
         else:
             self._rpc = stub.PipeBoth(metadata=metadata, timeout=self._timeout)
         self._driver = asyncio.ensure_future(self._drive())
+        if self._core.has_callbacks:
+            self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
 
     # -- the pipe ------------------------------------------------------------------------------------
     async def headers(self) -> tuple[tuple[str, Any], ...]:

@@ -112,6 +112,8 @@ class Pipe(ThreadNotices, PipeBase):
             self._rpc = self._responses = stub.PipeBoth(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
+        if self._core.has_callbacks:
+            self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
 
     # -- the pipe ------------------------------------------------------------------------------------
     def headers(self) -> tuple[tuple[str, Any], ...]:

@@ -485,3 +485,24 @@ def test_server_shutdown_ends_pipes_in_flight_on_both_sides(tmp_path: Path) -> N
         entries = read_entries(srv.log, call_id)
         assert final(entries)["code"] == codes.RPC_S_SERVER_UNAVAILABLE and final(entries)["move"] == "aborted"
         assert not [e for e in entries if e["event"] == "cancel_seen"]
+
+
+def test_a_callback_subscribed_before_the_start_fires_once_the_out_pipe_is_drained(pipe_server: ServerProcess) -> None:
+    """Subscribing is a way of waiting: the server's messages are pulled (and counted) for the
+    caller, since the status follows them, whether it subscribed before or after the start."""
+    async def aio() -> None:
+        async with AsyncClient(pipe_server.target) as client:
+            pipe = client.pipe("out", PipeScript(messages=3))
+            fired = asyncio.Event()
+            pipe.add_done_callback(lambda p: fired.set())
+            assert not fired.is_set()   # not before the notification
+            pipe.start()
+            await asyncio.wait_for(fired.wait(), 10)
+            assert pipe.received == 3 and await pipe.result() is None
+    asyncio.run(aio())
+    with Client(pipe_server.target) as client:
+        pipe = client.pipe("out", PipeScript(messages=3))
+        fired = threading.Event()
+        pipe.add_done_callback(lambda p: fired.set())
+        pipe.start()
+        assert fired.wait(10) and pipe.received == 3 and pipe.result() is None
