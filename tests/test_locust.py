@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.lifecycle import CLIENT, END, ENTER, PIPE_KINDS, SERVER, UNARY, kind_of_initial_move
+from callstate.lifecycle import CAN, CLIENT, END, ENTER, PIPE_IN, PIPE_KINDS, SERVER, UNARY, kind_of_initial_move
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, cli, read_entries, start_server
@@ -145,6 +145,11 @@ def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(t
         assert sum(k == kind for k in client_kinds.values()) > 3, Counter(client_kinds.values())
         assert sum(k == kind for k in server_kinds.values()) > 3, Counter(server_kinds.values())
     assert all(client_kinds[i] == k for i, k in server_kinds.items() if i in client_kinds)
+    # the master's pipe options reached the workers: in pipes push 3 messages (not 5) and are
+    # cancelled after the 1st (not the 2nd), after the half-close (3) or before any push (0)
+    sent_at_cancel = {e["sent"] for entries in per_worker for e in entries
+                      if e["state"] == CAN and e["event"] == ENTER and client_kinds[e["call_id"]] == PIPE_IN}
+    assert 1 in sent_at_cancel and sent_at_cancel <= {0, 1, 3}, sent_at_cancel
     checked = int(re.search(r"^(\d+) calls, ", report.stdout, re.M).group(1))  # type: ignore[union-attr]
     assert checked == len(client_ids | server_ids)
 
