@@ -10,8 +10,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
+from callstate import codes
 from callstate.lifecycle import ABORTIVE, CANCEL_KINDS, PIPE_KINDS
-from callstate.pipe_script import CANCEL_AFTER_HEADERS, PipeCancelPoint
+from callstate.pipe_script import CANCEL_AFTER_HEADERS, PipeCancelPoint, PipeScript
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError
 
 # Where a cancelled call is cancelled.
@@ -24,6 +25,7 @@ POINT_KINDS: Final[tuple[str, ...]] = (BEFORE_START, AFTER_START, AFTER, RANDOM,
 _TIMED: Final = (AFTER, RANDOM, HELD)
 
 HOLD: Final = "hold"           # the outcome name a held point forces
+HELD_PIPE_INTERVAL: Final = 0.005   # between a held pipe's server messages: it streams until cancelled
 IGNORE: Final = "ignore"       # the on-cancel policy a held call may not draw
 
 
@@ -166,3 +168,39 @@ class Scenario:
         if outcome == HOLD and on_cancel == IGNORE:
             on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
         return Plan(outcome, cancel, point, on_cancel)
+
+
+def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:
+    """Where and how a pipe plan is cancelled: (point, cancel kind), or (None, None). A held
+    pipe is never left uncancelled: without a point, abortively once it has its headers."""
+    point, cancel = plan.pipe_point, plan.cancel
+    if point is None and plan.outcome == HOLD:
+        point, cancel = PipeCancelPoint(CANCEL_AFTER_HEADERS), ABORTIVE
+    return (point, cancel) if cancel is not None and point is not None else (None, None)
+
+
+def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScript:
+    """The server's script of a pipe plan: the scenario's messages each way, the plan's outcome
+    at the end of the pipe (a held pipe keeps streaming until its cancel)."""
+    return PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
+                      message_bytes=message_bytes, abort_code=scenario.abort_code,
+                      interval=HELD_PIPE_INTERVAL if plan.outcome == HOLD else 0.0)
+
+
+_OUTCOME_CODE: Final = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}
+
+
+def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
+    """The final codes a call drawn as `plan` (unary or pipe) may legally end with: its
+    outcome's code; after a cancel also 1818, and 0 when the server completes on cancel."""
+    expected: set[int] = set()   # a held call ends only by its cancel
+    if plan.outcome == "abort":
+        expected.add(abort_code)
+    elif plan.outcome in _OUTCOME_CODE:
+        expected.add(_OUTCOME_CODE[plan.outcome])
+    cancelled = pipe_cancel(plan)[1] if plan.pipe is not None else plan.cancel
+    if cancelled:
+        expected.add(codes.RPC_S_CALL_CANCELLED)
+        if plan.on_cancel == "complete":
+            expected.add(codes.RPC_S_OK)
+    return frozenset(expected)

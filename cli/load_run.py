@@ -34,8 +34,7 @@ from callstate.cli.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
-from callstate.pipe_script import PipeCancelPoint, PipeScript
-from callstate.scenario import BEFORE_START, Plan, Scenario
+from callstate.scenario import BEFORE_START, Plan, Scenario, pipe_cancel, pipe_script
 from callstate.script import ON_CANCEL, OUTCOMES
 from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
@@ -234,21 +233,15 @@ class LoadRun:
         scenario = self.cfg.scenario
         self.paths[f"pipe-{plan.pipe}"] += 1
         self.paths[plan.outcome] += 1
-        point, cancel = plan.pipe_point, plan.cancel
-        if point is None and plan.outcome == "hold":
-            point, cancel = PipeCancelPoint.parse("after-headers"), ABORTIVE
-        if cancel is not None and point is not None:
+        point, cancel = pipe_cancel(plan)
+        if point is not None:
             self.paths[f"cancel-{cancel}"] += 1
             self.paths[f"pipe-cancel-at-{point.kind}"] += 1
-        script = PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
-                            message_bytes=self.cfg.payload, abort_code=scenario.abort_code,
-                            interval=0.005 if plan.outcome == "hold" else 0.0)
-        pipe = client.pipe(plan.pipe, script)  # type: ignore[arg-type]
+        pipe = client.pipe(plan.pipe, pipe_script(plan, scenario, self.cfg.payload))  # type: ignore[arg-type]
         self.ids.add(pipe.call_id)
         try:
             await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
-                             cancel_at=point if cancel else None, abortive=cancel == ABORTIVE,
-                             escalate_after=scenario.escalate_after)
+                             cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after)
             code = codes.RPC_S_OK
         except CallError as err:
             code = err.code

@@ -1,17 +1,40 @@
 """Drive one asynchronous pipe to its end from a plan: push N messages (in, both), pull all
-of the server's (out, both), cancel at a point counted in messages; shared by `callstate call
---pipe` and `callstate load`'s pipe share."""
+of the server's (out, both), cancel at a point counted in messages. `drive_pipe` on the event
+loop (`callstate call --pipe`, `callstate load`'s pipe share), `drive_pipe_sync` its twin on a
+sync `Pipe` (the Locust user); when to cancel is decided once, by `cancel_due`."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any, Callable
 
 from callstate.client.pipe_aio import AsyncPipe
+from callstate.client.pipe_sync import Pipe
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT, PUSH, LifecycleError
 from callstate.pipe_script import (CANCEL_AFTER_HALF_CLOSE, CANCEL_AFTER_HEADERS, CANCEL_AFTER_RECEIVED,
                                    CANCEL_AFTER_SENT, CANCEL_BEFORE_START, PipeCancelPoint)
+
+_COUNTED = (CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED)
+
+
+def cancel_due(cancel_at: PipeCancelPoint | None, reached: str, count: int = 0) -> bool:
+    """Whether the caller cancels on reaching point `reached`; for the counted points, `count`
+    is the messages pushed (after-sent) or pulled (after-received) so far."""
+    if cancel_at is None or cancel_at.kind != reached:
+        return False
+    return reached not in _COUNTED or count == cancel_at.count
+
+
+def cancel_quietly(pipe: AsyncPipe | Pipe, abortive: bool, escalate_after: float | None) -> None:
+    """RpcAsyncCancelCall unless the call has ended (a non-abortive cancel escalates)."""
+    if not pipe.done():
+        try:
+            pipe.cancel(abortive=abortive, timeout=escalate_after if not abortive else None)
+        except (CallError, LifecycleError):
+            pass   # the call ended meanwhile
 
 
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
@@ -20,24 +43,21 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
     """Run the pipe call; returns `pipe.result()` (the PipeReply of an in pipe, else None) or
     raises its CallError. `interval` paces the caller's pushes (part of the scenario);
     `half_close=False` keeps the caller's pipe open after its pushes (no null push)."""
-    point = cancel_at.kind if cancel_at is not None else None
 
-    def cancel() -> None:
-        if not pipe.done():
-            try:
-                pipe.cancel(abortive=abortive, timeout=escalate_after if not abortive else None)
-            except (CallError, LifecycleError):
-                pass   # the call ended meanwhile
+    def cancel_if(reached: str, count: int = 0) -> bool:
+        due = cancel_due(cancel_at, reached, count)
+        if due:
+            cancel_quietly(pipe, abortive, escalate_after)
+        return due
 
-    if point == CANCEL_BEFORE_START:
-        cancel()
+    if cancel_if(CANCEL_BEFORE_START):
         return await pipe.result()
     pipe.start()
     if on_started is not None:
         on_started(pipe)
-    if point == CANCEL_AFTER_HEADERS:
+    if cancel_due(cancel_at, CANCEL_AFTER_HEADERS):
         await pipe.headers()
-        cancel()
+        cancel_quietly(pipe, abortive, escalate_after)
 
     async def push_all() -> None:
         payload = bytes(message_bytes)
@@ -48,20 +68,17 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
                 await pipe.push(payload)
             except CallError:
                 return   # the call ended under the push: its status says how
-            if point == CANCEL_AFTER_SENT and pipe.sent == cancel_at.count:  # type: ignore[union-attr]
-                cancel()
+            if cancel_if(CANCEL_AFTER_SENT, pipe.sent):
                 return
             if interval:
                 await asyncio.sleep(interval)
         if half_close and pipe.state == PUSH and not pipe.done():
             await pipe.close_push()
-            if point == CANCEL_AFTER_HALF_CLOSE:
-                cancel()
+            cancel_if(CANCEL_AFTER_HALF_CLOSE)
 
     async def pull_all() -> None:
         while await pipe.pull() is not None:
-            if point == CANCEL_AFTER_RECEIVED and pipe.received == cancel_at.count:  # type: ignore[union-attr]
-                cancel()
+            if cancel_if(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
     if pipe.kind == PIPE_IN:
@@ -71,3 +88,61 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
     else:
         await asyncio.gather(push_all(), pull_all())
     return await pipe.result()
+
+
+def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
+                    cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
+                    escalate_after: float | None = None, half_close: bool = True) -> Any:
+    """`drive_pipe` on a sync `Pipe`, blocking: the same moves at the same points. A `both`
+    pipe pulls on a helper thread while the caller pushes (a greenlet under gevent, where the
+    threading module is patched). An exception out of the pushes (a greenlet's kill) leaves
+    the pipe to the caller, who cancels it, which ends the pulls."""
+
+    def cancel_if(reached: str, count: int = 0) -> bool:
+        due = cancel_due(cancel_at, reached, count)
+        if due:
+            cancel_quietly(pipe, abortive, escalate_after)
+        return due
+
+    if cancel_if(CANCEL_BEFORE_START):
+        return pipe.result()
+    pipe.start()
+    if cancel_due(cancel_at, CANCEL_AFTER_HEADERS):
+        pipe.headers()
+        cancel_quietly(pipe, abortive, escalate_after)
+
+    def push_all() -> None:
+        payload = bytes(message_bytes)
+        for _ in range(messages):
+            if pipe.state != PUSH or pipe.done():
+                return
+            try:
+                pipe.push(payload)
+            except CallError:
+                return   # the call ended under the push: its status says how
+            if cancel_if(CANCEL_AFTER_SENT, pipe.sent):
+                return
+            if interval:
+                time.sleep(interval)
+        if half_close and pipe.state == PUSH and not pipe.done():
+            try:
+                pipe.close_push()
+            except CallError:
+                return   # a cancel from the pulling thread moved the pipe out of Push first
+            cancel_if(CANCEL_AFTER_HALF_CLOSE)
+
+    def pull_all() -> None:
+        while pipe.pull() is not None:
+            if cancel_if(CANCEL_AFTER_RECEIVED, pipe.received):
+                return
+
+    if pipe.kind == PIPE_IN:
+        push_all()
+    elif pipe.kind == PIPE_OUT:
+        pull_all()
+    else:
+        puller = threading.Thread(target=pull_all, name="callstate-pipe-pull", daemon=True)
+        puller.start()
+        push_all()
+        puller.join()
+    return pipe.result()

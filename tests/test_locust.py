@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.lifecycle import CLIENT, END, ENTER, SERVER
+from callstate.lifecycle import CAN, CLIENT, END, ENTER, PIPE_IN, PIPE_KINDS, SERVER, UNARY, kind_of_initial_move
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, cli, read_entries, start_server
@@ -52,7 +52,12 @@ def finals(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e["state"] == END and e["event"] == ENTER]
 
 
-def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path) -> None:
+def kinds(entries: list[dict]) -> dict[str, str]:
+    """Each call's kind (unary or a pipe kind), from its first entry's move."""
+    return {e["call_id"]: kind for e in entries if (kind := kind_of_initial_move(e.get("move")))}
+
+
+def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(tmp_path: Path) -> None:
     (tmp_path / "locustfile.py").write_text(readme_locustfile())
     srv = start_server(tmp_path, "--max-hold", "20")
     master_port = free_port()
@@ -66,7 +71,10 @@ def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path)
              "-u", "8", "-r", "8", "-t", "5s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
              # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
              # gives their final report, so the counts match only if the master waits for them
-             "--callstate-abort-code", "5001", "--callstate-hold-for", "1"],
+             "--callstate-abort-code", "5001", "--callstate-hold-for", "1",
+             # a pipe share of each kind, cancelled at every point (the workers get it from the master)
+             "--callstate-pipes", "in=20,out=20,both=20", "--callstate-pipe-messages", "3",
+             "--callstate-pipe-cancel-at", "before-start,after-headers,after-sent:1,after-received:2,after-half-close"],
             cwd=tmp_path, env=env, stdout=open(tmp_path / "master.out", "wb"), stderr=subprocess.STDOUT)
         procs.append(master)
         for i in range(2):
@@ -97,13 +105,18 @@ def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path)
     assert all(finals(entries) for entries in per_worker), "both workers made calls"
     client_finals = [e for entries in per_worker for e in finals(entries)]
 
-    # one entry per final code, named "CODE NAME"; the command line's abort code reached the
-    # workers; the class attribute's mix has no fatal outcome, so no 1726
-    by_code = Counter(codes.describe(e["code"]) for e in client_finals)
+    # one entry per final code, named "CODE NAME", a pipe's prefixed by its kind ("pipe-in CODE
+    # NAME"); the command line's abort code reached the workers; the class attribute's mix has
+    # no fatal outcome, so no 1726
+    client_kinds = kinds([e for entries in per_worker for e in entries])
+    by_name = Counter(("" if client_kinds[e["call_id"]] == UNARY else f"pipe-{client_kinds[e['call_id']]} ")
+                      + codes.describe(e["code"]) for e in client_finals)
     code_rows = {name: row for name, row in rows.items() if name != "cancel propagation"}
-    assert {name: row["num_requests"] for name, row in code_rows.items()} == dict(by_code)
+    assert {name: row["num_requests"] for name, row in code_rows.items()} == dict(by_name)
     assert {"0 RPC_S_OK", "1818 RPC_S_CALL_CANCELLED", "5001 APPLICATION_ERROR_5001"} <= set(code_rows)
-    assert not any(name.startswith("1726") for name in code_rows)
+    for kind in PIPE_KINDS:   # each kind ended both normally and by its cancels
+        assert {f"pipe-{kind} 0 RPC_S_OK", f"pipe-{kind} 1818 RPC_S_CALL_CANCELLED"} <= set(code_rows), code_rows
+    assert not any(name.split(" ")[-2].startswith("1726") for name in code_rows)
     assert all(row["num_failures"] == 0 for row in rows.values())   # only expected codes
 
     # cancel propagation: its own entry, one sample per cancel the server saw after dispatching
@@ -125,6 +138,20 @@ def test_master_and_two_workers_report_per_code_and_check_passes(tmp_path: Path)
     assert sum(counters.by_code.values()) == len(finals(server))
     assert {e["side"] for e in server} == {SERVER} and {e["side"] for e in client_finals} == {CLIENT}
     assert sum(r["num_requests"] for r in code_rows.values()) == len(client_ids)
+
+    # pipe calls of each kind on both sides, every one of them judged by the check
+    server_kinds = kinds(server)
+    for kind in PIPE_KINDS:
+        assert sum(k == kind for k in client_kinds.values()) > 3, Counter(client_kinds.values())
+        assert sum(k == kind for k in server_kinds.values()) > 3, Counter(server_kinds.values())
+    assert all(client_kinds[i] == k for i, k in server_kinds.items() if i in client_kinds)
+    # the master's pipe options reached the workers: in pipes push 3 messages (not 5) and are
+    # cancelled after the 1st (not the 2nd), after the half-close (3) or before any push (0)
+    sent_at_cancel = {e["sent"] for entries in per_worker for e in entries
+                      if e["state"] == CAN and e["event"] == ENTER and client_kinds[e["call_id"]] == PIPE_IN}
+    assert 1 in sent_at_cancel and sent_at_cancel <= {0, 1, 3}, sent_at_cancel
+    checked = int(re.search(r"^(\d+) calls, ", report.stdout, re.M).group(1))  # type: ignore[union-attr]
+    assert checked == len(client_ids | server_ids)
 
 
 SLOW_START = """
@@ -156,6 +183,14 @@ def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) 
     assert bad.returncode == 2
     assert "argument --callstate-mix: mix entry 'sometimes=1': unknown name 'sometimes'" in bad.stderr
     assert "Traceback" not in bad.stderr
+    for option, value, error in (("--callstate-pipes", "in=90,out=20", "pipe shares 'in=90,out=20' add up to more "
+                                  "than 100%"), ("--callstate-pipe-cancel-at", "after-sent",
+                                                 "pipe cancel point 'after-sent': after-sent needs :N")):
+        bad = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", option, value],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2, bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].endswith(f"error: argument {option}: {error}"), bad.stderr
+        assert "Traceback" not in bad.stderr
     (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\n"
                                          "class Mine(callstate.locust.CallstateUser):\n    cancel_at = 'later'\n")
     bad = subprocess.run([*LOCUST, "-f", "badattr.py", "--headless", "-t", "1s", "--host", dead],

@@ -17,7 +17,7 @@ import pytest
 from callstate import codes
 from callstate.check import check_files
 from callstate.client import AsyncClient, CallError, Client, PipeScript
-from callstate.client.pipe_drive import drive_pipe
+from callstate.client.pipe_drive import drive_pipe, drive_pipe_sync
 from callstate.pipe_script import PipeCancelPoint
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -71,6 +71,12 @@ def test_cancel_at_every_point(pipe_server: ServerProcess, tmp_path: Path, kind:
     log = tmp_path / "client.jsonl"
     script = PipeScript(outcome="hold", interval=0.005)   # the server keeps its pipes open until the cancel
     code, err, pipe, server = asyncio.run(run_pipe(pipe_server, log, kind, script, cancel_at=point, abortive=abortive))
+    assert_cancelled_at(pipe_server, log, kind, point, abortive, code, err, pipe, server)
+
+
+def assert_cancelled_at(srv: ServerProcess, log: Path, kind: str, point: str, abortive: bool, code: int, err: Any,
+                        pipe: Any, server: list[dict[str, Any]]) -> None:
+    """A held pipe cancelled at `point`: the cancel's path on both sides, both logs checked."""
     assert code == codes.RPC_S_CALL_CANCELLED, err
     history = pipe.history
     assert history[-4:] == ["Can", "WComp", "Comp", "End"], history
@@ -94,6 +100,61 @@ def test_cancel_at_every_point(pipe_server: ServerProcess, tmp_path: Path, kind:
         assert client_null_push == (point == "after-half-close" or (kind == "both" and "Pull" in history))
         if not client_null_push:
             assert "NP" not in states(server), states(server)
+    check_both(log, srv)
+
+
+def run_pipe_sync(srv: ServerProcess, log: Path, kind: str, script: PipeScript, *, messages: int = 4,
+                  cancel_at: str | None = None, abortive: bool = True) -> tuple[int, Any, Any, list[dict[str, Any]]]:
+    """`run_pipe` with the sync client and `drive_pipe_sync` (the Locust user's driver)."""
+    with Client(srv.target, log=log) as client:
+        pipe = client.pipe(kind, script)
+        try:
+            reply = drive_pipe_sync(pipe, messages=messages, abortive=abortive, escalate_after=5.0,
+                                    cancel_at=PipeCancelPoint.parse(cancel_at) if cancel_at else None)
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code, reply = err.code, err
+    entries = srv.wait_entries(pipe.call_id) if cancel_at != "before-start" else []
+    return code, reply, pipe, entries
+
+
+@pytest.mark.parametrize("kind,point,abortive", CASES,
+                         ids=[f"{k}-{p}-{'abortive' if a else 'non-abortive'}" for k, p, a in CASES])
+def test_the_sync_driver_cancels_at_every_point(pipe_server: ServerProcess, tmp_path: Path, kind: str, point: str,
+                                                abortive: bool) -> None:
+    log = tmp_path / "client.jsonl"
+    script = PipeScript(outcome="hold", interval=0.005)
+    code, err, pipe, server = run_pipe_sync(pipe_server, log, kind, script, cancel_at=point, abortive=abortive)
+    assert_cancelled_at(pipe_server, log, kind, point, abortive, code, err, pipe, server)
+
+
+SYNC_OUTCOMES = [("in", PipeScript(), 0), ("out", PipeScript(messages=7), 0), ("both", PipeScript(messages=2), 0),
+                 ("both", PipeScript(outcome="abort", abort_code=5004, at="after-in", at_count=2), 5004),
+                 ("out", PipeScript(outcome="fatal", at="before-first"), 1726)]
+
+
+@pytest.mark.parametrize("kind,script,expected", SYNC_OUTCOMES,
+                         ids=[f"{k}-{s.outcome}-{s.at}" for k, s, _ in SYNC_OUTCOMES])
+def test_the_sync_driver_runs_pipes_to_the_servers_outcome(pipe_server: ServerProcess, tmp_path: Path, kind: str,
+                                                           script: PipeScript, expected: int) -> None:
+    log = tmp_path / "client.jsonl"
+    code, reply, pipe, server = run_pipe_sync(pipe_server, log, kind, script)
+    assert code == expected == final(server)["code"], reply
+    if expected == 0:   # every message each way, and the half-close, made it
+        assert (pipe.sent, final(server)["received"]) == ((4, 4) if kind != "out" else (0, 0))
+        assert pipe.received == final(server)["sent"] == (script.messages if kind != "in" else 0)
+    check_both(log, pipe_server)
+
+
+def test_the_sync_driver_pulls_a_both_pipe_while_it_pushes(pipe_server: ServerProcess, tmp_path: Path) -> None:
+    """A `both` pipe cancelled after its first pulled message: had the driver pushed all of its
+    2,000 messages before pulling, every push would have gone out before the cancel."""
+    log = tmp_path / "client.jsonl"
+    code, err, pipe, server = run_pipe_sync(pipe_server, log, "both", PipeScript(outcome="hold", interval=0.005),
+                                            messages=2000, cancel_at="after-received:1")
+    assert code == codes.RPC_S_CALL_CANCELLED, err
+    assert pipe.received >= 1 and pipe.sent < 2000
+    assert "Pull" not in pipe.history   # cancelled while still pushing
     check_both(log, pipe_server)
 
 

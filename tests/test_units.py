@@ -13,6 +13,9 @@ import pytest
 from callstate import codes
 from callstate.client import CallError, CallPending, InvalidAsyncHandle
 from callstate.client.call_core import CallCore
+from callstate.lifecycle import ABORTIVE, NON_ABORTIVE, PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.pipe_script import PipeCancelPoint
+from callstate.scenario import HELD_PIPE_INTERVAL, Plan, Scenario, expected_codes, pipe_cancel, pipe_script
 from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
 from callstate.statelog import END, Entry, StateLog, format_ts, read_log
 from callstate.v1 import callstate_pb2 as pb
@@ -58,6 +61,21 @@ def test_mix_parse_and_draw() -> None:
                      ("complete=0", "positive"), ("complete=-1", ">= 0")]:
         with pytest.raises(MixError, match=msg):
             Mix.parse(bad)
+
+
+def test_a_pipe_plans_cancel_script_and_expected_codes() -> None:
+    """What `callstate load` and the Locust user both derive from a pipe plan."""
+    held = Plan("hold", None, None, "abort", pipe=PIPE_IN)   # never left to hold: cancelled after its headers
+    assert pipe_cancel(held) == (PipeCancelPoint.parse("after-headers"), ABORTIVE)
+    assert expected_codes(held, 5001) == {codes.RPC_S_CALL_CANCELLED}
+    script = pipe_script(held, Scenario(pipe_messages=3), 7)
+    assert (script.outcome, script.messages, script.message_bytes, script.interval) == ("hold", 3, 7, HELD_PIPE_INTERVAL)
+    point = PipeCancelPoint.parse("after-received:2")
+    cancelled = Plan("abort", NON_ABORTIVE, None, "complete", pipe=PIPE_OUT, pipe_point=point)
+    assert pipe_cancel(cancelled) == (point, NON_ABORTIVE)
+    assert expected_codes(cancelled, 5001) == {5001, codes.RPC_S_CALL_CANCELLED, codes.RPC_S_OK}
+    plain = Plan("fatal", None, None, "abort", pipe=PIPE_BOTH)
+    assert pipe_cancel(plain) == (None, None) and expected_codes(plain, 5001) == {codes.RPC_S_CALL_FAILED}
 
 
 class Owner:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from locust import events
 
 from callstate.cli.options import (cancel_points, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
-                                   outcome_mix, positive_float)
+                                   outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
@@ -31,6 +31,11 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-delay": ("delay", non_negative_float, "server processing time before complete/abort/fatal"),
     "--callstate-payload": ("payload", non_negative_int, "request payload and reply size in bytes"),
     "--callstate-call-timeout": ("call_timeout", positive_float, "gRPC deadline of each call (default: none)"),
+    "--callstate-pipes": ("pipes", pipe_shares, "percent of calls that are pipes, by kind, e.g. in=10,out=10,both=10, "
+                          "or none"),
+    "--callstate-pipe-cancel-at": ("pipe_cancel_at", pipe_cancel_points, "where cancelled pipes are cancelled: "
+                                   "before-start, after-headers, after-sent:N, after-received:N, after-half-close"),
+    "--callstate-pipe-messages": ("pipe_messages", non_negative_int, "messages each side pushes on a pipe"),
     "--callstate-log-file": ("log_file", str, "the client state log of each process; {worker} is the worker's id "
                              "(\"local\" without a master), {pid} its process id; empty: no log"),
 }

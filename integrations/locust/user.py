@@ -1,8 +1,9 @@
 """`CallstateUser`: one scripted call per task, drawn from a `callstate.scenario.Scenario`.
 
 Each call is reported to Locust as a request named by its final code (`0 RPC_S_OK`,
-`1818 RPC_S_CALL_CANCELLED`, ...), request type `callstate`; a code the call's plan could
-not end with counts as a failure. The time from a client's cancel to the server seeing it
+`1818 RPC_S_CALL_CANCELLED`, ...), request type `callstate`; a pipe call's name starts with
+its kind (`pipe-in 0 RPC_S_OK`), so each kind has its own figures. A code the call's plan
+could not end with counts as a failure. The time from a client's cancel to the server seeing it
 is reported as `cancel propagation` (see `process.ProcessState`).
 """
 
@@ -19,36 +20,25 @@ from gevent import GreenletExit
 from locust import User, constant, events, task
 
 from callstate import codes
-from callstate.client import Call, CallError, Client
+from callstate.client import Call, CallError, Client, Pipe
+from callstate.client.pipe_drive import drive_pipe_sync
 from callstate.lifecycle import ABORTIVE
-from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX,
-                                DEFAULT_ON_CANCEL, Plan, Scenario, parse_cancel_points, parse_cancel_shares)
+from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
+                                DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
+                                parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
+                                pipe_script)
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust.options import overrides
 from callstate.locust.process import REQUEST_TYPE, ProcessState
 
-_OUTCOME_CODE = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}
 SHUTDOWN_WAIT = 5.0   # a call in flight when Locust stops the user is cancelled and waited for this long
 
-
-def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
-    """The final codes a call drawn as `plan` may legally end with: its outcome's code; after
-    a cancel also 1818, and 0 when the server completes on cancel."""
-    expected: set[int] = set()   # a held call ends only by its cancel
-    if plan.outcome == "abort":
-        expected.add(abort_code)
-    elif plan.outcome in _OUTCOME_CODE:
-        expected.add(_OUTCOME_CODE[plan.outcome])
-    if plan.cancel:
-        expected.add(codes.RPC_S_CALL_CANCELLED)
-        if plan.on_cancel == "complete":
-            expected.add(codes.RPC_S_OK)
-    return frozenset(expected)
+__all__ = ["CallstateUser", "expected_codes"]   # expected_codes: the scenario's, re-exported
 
 
-SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "delay", "payload",
-            "call_timeout", "log_file")
+SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "pipes",
+            "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file")
 
 
 class UnexpectedCode(Exception):
@@ -69,6 +59,9 @@ class CallstateUser(User):
     hold_for: ClassVar[float] = Scenario.hold_for
     escalate_after: ClassVar[float] = Scenario.escalate_after
     abort_code: ClassVar[int] = DEFAULT_ABORT_CODE
+    pipes: ClassVar[str] = "none"           # percent of calls that are pipes, by kind
+    pipe_cancel_at: ClassVar[str] = DEFAULT_PIPE_CANCEL_AT
+    pipe_messages: ClassVar[int] = Scenario.pipe_messages
     delay: ClassVar[float] = 0.0            # server processing time before complete/abort/fatal
     payload: ClassVar[int] = 0              # request payload and reply size
     call_timeout: ClassVar[float | None] = None
@@ -103,7 +96,10 @@ class CallstateUser(User):
             on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
             hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
                 "escalate_after", settings["escalate_after"], float),
-            abort_code=_as("abort_code", settings["abort_code"], int))
+            abort_code=_as("abort_code", settings["abort_code"], int),
+            pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
+            pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
+            pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
         return settings, scenario
@@ -125,6 +121,8 @@ class CallstateUser(User):
     @task
     def scripted_call(self) -> None:
         plan = self.scenario.plan(self.rng)
+        if plan.pipe is not None:
+            return self._pipe_call(plan)
         abortive = plan.cancel == ABORTIVE
         t0 = time.perf_counter()
         call: Call = self.client.prepare(self._script(plan), payload=self._payload)
@@ -156,6 +154,25 @@ class CallstateUser(User):
                 timer.kill(block=False)
         self._report(call, code, t0, expected_codes(plan, self.scenario.abort_code), reply)
 
+    def _pipe_call(self, plan: Plan) -> None:
+        """A pipe call, driven like `callstate load`'s: each side pushes the scenario's messages,
+        cancelled at the plan's point counted in messages."""
+        assert plan.pipe is not None
+        point, cancel = pipe_cancel(plan)
+        expected, name = expected_codes(plan, self.scenario.abort_code), f"pipe-{plan.pipe}"
+        t0 = time.perf_counter()
+        pipe: Pipe = self.client.pipe(plan.pipe, pipe_script(plan, self.scenario, self.payload))
+        try:
+            drive_pipe_sync(pipe, messages=self.scenario.pipe_messages, message_bytes=self.payload, cancel_at=point,
+                            abortive=cancel == ABORTIVE, escalate_after=self.scenario.escalate_after)
+            code = codes.RPC_S_OK
+        except CallError as err:
+            code = err.code
+        except GreenletExit:
+            self._finish_at_shutdown(pipe, t0, expected, name)
+            raise
+        self._report(pipe, code, t0, expected, None, name)
+
     def _cancel(self, call: Call, abortive: bool) -> None:
         if call.done():
             return
@@ -167,7 +184,7 @@ class CallstateUser(User):
         except CallError:
             pass   # completed meanwhile
 
-    def _finish_at_shutdown(self, call: Call, t0: float, expected: frozenset[int]) -> None:
+    def _finish_at_shutdown(self, call: Call | Pipe, t0: float, expected: frozenset[int], kind: str = "") -> None:
         try:
             if not call.done():
                 call.cancel()
@@ -176,21 +193,32 @@ class CallstateUser(User):
         except CallError as err:
             code = err.code
         # the cancel is ours (the run stopped): 1818 is expected whatever the plan was
-        self._report(call, code, t0, expected | {codes.RPC_S_CALL_CANCELLED}, None)
+        self._report(call, code, t0, expected | {codes.RPC_S_CALL_CANCELLED}, None, kind)
 
-    def _report(self, call: Call, code: int, t0: float, expected: frozenset[int], reply: pb.CallReply | None) -> None:
+    def _report(self, call: Call | Pipe, code: int, t0: float, expected: frozenset[int], reply: pb.CallReply | None,
+                kind: str = "") -> None:
+        """One Locust request named by the final code, prefixed by `kind` for pipes (`pipe-in`)."""
+        name = f"{kind} {codes.describe(code)}" if kind else codes.describe(code)
         self.environment.events.request.fire(
-            request_type=REQUEST_TYPE, name=codes.describe(code), response_time=(time.perf_counter() - t0) * 1000,
+            request_type=REQUEST_TYPE, name=name, response_time=(time.perf_counter() - t0) * 1000,
             response_length=len(reply.payload) if reply is not None else 0, context={"call_id": call.call_id},
             exception=None if code in expected else UnexpectedCode(
                 f"{codes.describe(code)}: a final code the scenario does not expect"))
 
 
+def _non_negative_int(value: str | int) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+_NUMBERS = (float, int, _non_negative_int)   # parsers a class attribute's number goes through too
+
+
 def _as(name: str, value: Any, parse: Any) -> Any:
     """A setting given as text (attribute or option) parsed, or given already parsed."""
-    if not isinstance(value, str) and parse in (float, int):
-        return parse(value)
-    if not isinstance(value, str):
+    if not isinstance(value, str) and parse not in _NUMBERS:
         return value
     try:
         return parse(value)
