@@ -145,7 +145,9 @@ class Scenario:
         cancelled share is cancelled abortively once it has its headers."""
         plan.pipe, plan.point = kind, None
         if plan.cancel is not None:
-            points = [p for p in self.pipe_cancel_at if p.applies_to(kind)]
+            # a point past the messages each side pushes is never reached (a held pipe would wait
+            # for the server's max hold): the default points that fewer --pipe-messages rule out
+            points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and p.count <= self.pipe_messages]
             plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(CANCEL_AFTER_HEADERS)
         return plan
 
@@ -168,6 +170,14 @@ class Scenario:
         if outcome == HOLD and on_cancel == IGNORE:
             on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
         return Plan(outcome, cancel, point, on_cancel)
+
+
+def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) -> list[PipeCancelPoint]:
+    """The counted cancel points past the messages each side pushes, which a plan never draws;
+    the applications refuse them when the user named them (not when the defaults did)."""
+    if points == parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT):
+        return []
+    return [p for p in points if p.count > messages]
 
 
 def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:

@@ -14,7 +14,8 @@ from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_p
                                    positive_int)
 from callstate.cli.options import pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
-                                DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario)
+                                DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
+                                unreachable_pipe_points)
 from callstate.script import Limits
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
@@ -125,6 +126,9 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
 
     provider = None
+    if opts.pipes and (late := unreachable_pipe_points(opts.pipe_cancel_at, opts.pipe_messages)):
+        opts.target_parser.error(f"--pipe-cancel-at {late[0]} is never reached with --pipe-messages "
+                                 f"{opts.pipe_messages}: each side pushes that many")
     try:
         provider = tracer_provider(opts, "callstate-load")
         return _run(opts, provider)

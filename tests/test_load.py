@@ -130,7 +130,9 @@ def test_bad_input_is_a_clear_usage_error() -> None:
                          (["--cancel-at", "sometime"], "cancel point 'sometime'"),
                          (["--mix", "complete=1,explode=2"], "unknown name 'explode'"),
                          (["--concurrency", "0"], "must be >= 1"),
-                         (["--calls", "5", "--duration", "1"], "not allowed with")]:
+                         (["--calls", "5", "--duration", "1"], "not allowed with"),
+                         (["--pipes", "in=10", "--pipe-cancel-at", "after-sent:9", "--pipe-messages", "3"],
+                          "--pipe-cancel-at after-sent:9 is never reached with --pipe-messages 3")]:
         result = cli("load", *args)
         assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
     result = cli("load", "--target", "127.0.0.1:1", "--calls", "1", timeout=30)

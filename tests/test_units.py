@@ -177,3 +177,21 @@ def test_the_three_forms_of_an_entry_convert_into_each_other() -> None:
         d = to_dict(e)
         assert from_dict(d) == e
         assert proto_to_dict(to_proto(e)) == d
+
+
+def test_pipe_plans_never_draw_a_default_cancel_point_past_the_pipe_messages() -> None:
+    """With fewer --pipe-messages than a default point counts, that point is never drawn (the
+    pipe would never get there); a point the user names past them is refused by the apps."""
+    import random
+
+    from callstate.scenario import (parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares,
+                                    unreachable_pipe_points)
+    rng = random.Random(7)
+    scenario = Scenario(pipes=parse_pipe_shares("in=50,both=50"), cancel=parse_cancel_shares("abortive=100"),
+                        pipe_messages=1)
+    counts = {plan.pipe_point.count for plan in (scenario.plan(rng) for _ in range(400))
+              if plan.pipe_point is not None}
+    assert counts == {0}, counts   # the uncounted points only: after-sent:2 and after-received:2 are out
+    assert not unreachable_pipe_points(scenario.pipe_cancel_at, 1)   # the defaults: no complaint
+    named = parse_pipe_cancel_points("after-sent:1,after-received:3")
+    assert [str(p) for p in unreachable_pipe_points(named, 2)] == ["after-received:3"]

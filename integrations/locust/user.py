@@ -26,7 +26,7 @@ from callstate.lifecycle import ABORTIVE
 from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
-                                pipe_script)
+                                pipe_script, unreachable_pipe_points)
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust.options import overrides
@@ -102,6 +102,9 @@ class CallstateUser(User):
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
+        if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
+            raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
+                             f"{scenario.pipe_messages}: each side pushes that many")
         return settings, scenario
 
     def on_stop(self) -> None:
