@@ -180,11 +180,12 @@ def test_core_logs_the_headers_once_and_takes_pushes_only_while_pushing() -> Non
     early.started()
     early.notify(5001)   # the server ended while the caller was still pushing
     assert early.state == "Push" and not early.can_push()
-    late = PipeCore("c6", "both", _Sink(), log_messages=True)  # type: ignore[arg-type]
-    late.started()
-    late.null_push()
-    late.pushed()        # a send-complete that arrives after the half-close: counted, no move out of Pull
-    assert late.state == "Pull" and late.sent == 1 and late.history[-1] == "Pull"
+    for kind, after in (("both", "Pull"), ("in", "WComp")):
+        late = PipeCore("c6", kind, _Sink(), log_messages=True)  # type: ignore[arg-type]
+        late.started()
+        late.null_push()
+        late.pushed()    # a send-complete that arrives after the half-close: counted, no move
+        assert late.state == after and late.sent == 1 and late.history[-1] == after and not late.can_push()
 
 
 def test_core_logs_each_pull_when_asked_and_refuses_a_second_null_push() -> None:
@@ -377,6 +378,7 @@ def test_a_stray_entry_without_prev_mid_pipe_is_illegal_and_keeps_the_pipe_table
     ("in", PipeScript(dispatch_delay=-0.001), "dispatch_delay_ms"),   # -1 ms
     ("out", PipeScript(messages=MAX_MESSAGES + 1), "messages"),
     ("out", PipeScript(message_bytes=Limits().max_reply_bytes + 1), "message_bytes"),
+    ("out", PipeScript(message_bytes=-1), "message_bytes"),
     ("in", PipeScript(outcome="abort", abort_code=0), "abort_code"),
     ("in", PipeScript(outcome="abort", abort_code=5, abort_status=17), "abort_grpc_status"),
     ("in", PipeScript(outcome="abort", abort_code=5, abort_status=-1), "abort_grpc_status"),
@@ -388,14 +390,16 @@ def test_bad_pipe_scripts_name_their_field(kind: str, script: PipeScript, field:
 
 
 def test_a_pipe_script_with_an_outcome_number_no_client_sends_is_refused() -> None:
-    with pytest.raises(ScriptError) as info:
-        validate_pipe(pb.PipeScript(outcome=99), "in")   # what a raw gRPC client may send
-    assert info.value.field == "outcome"
+    for number in (99, -1):   # what a raw gRPC client may send
+        with pytest.raises(ScriptError) as info:
+            validate_pipe(pb.PipeScript(outcome=number), "in")
+        assert info.value.field == "outcome"
     longest = Limits().max_delay_ms / 1000   # the bounds themselves are accepted
     validate_pipe(PipeScript(dispatch_delay=longest, interval=longest, outcome_delay=longest).to_proto(), "in")
     validate_pipe(pb.PipeScript(messages=MAX_MESSAGES, message_bytes=Limits().max_reply_bytes), "out")
     for status in (1, 16):   # a gRPC status code for the abort
         validate_pipe(PipeScript(outcome="abort", abort_code=5, abort_status=status).to_proto(), "both")
+    validate_pipe(PipeScript(outcome="abort", abort_code=-2147024891).to_proto(), "in")   # an HRESULT: non-zero
 
 
 def test_pipe_script_defaults_and_the_abort_code_only_for_an_abort() -> None:
@@ -426,3 +430,7 @@ def test_pipe_cancel_points_parse_and_apply_per_kind() -> None:
             PipeCancelPoint.parse(bad)
     with pytest.raises(ValueError, match="'x' is not a number of messages"):
         PipeCancelPoint.parse("after-sent:x")
+    with pytest.raises(ValueError, match="after-sent needs :N"):
+        PipeCancelPoint.parse("after-sent")
+    with pytest.raises(ValueError, match="after-headers takes no :N"):
+        PipeCancelPoint.parse("after-headers:1")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing (not part of CI: slow). Mutates files IN PLACE, one mutant at a time, and
 # restores each after its test run: run it on a clean checkout and do not edit meanwhile.
-#   bash tools/mutation.sh core        # lifecycle rules and the checker, unit tests (about an hour on 2 cores)
-#   bash tools/mutation.sh checker     # the checker alone, with the unit tests that use it
-#   bash tools/mutation.sh pipes       # client pipe core and pipe scripts, pipe unit + end-to-end tests (hours)
+#   bash tools/mutation.sh core        # lifecycle rules and the checker, unit tests (over an hour on 2 cores)
+#   bash tools/mutation.sh checker     # the checker alone, with the unit tests that use it (about an hour)
+#   bash tools/mutation.sh pipes       # client pipe core and pipe scripts, pipe unit + end-to-end tests (1.5 hours)
 #   bash tools/mutation.sh adapters    # client core, server handler, end-to-end tests (hours)
 #   bash tools/mutation.sh pipes server/pipes.py   # a config's tests on the modules named instead of its own
 # Prints the score and every surviving mutant; a survivor in a rule is a missing test.
