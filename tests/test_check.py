@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from callstate import codes
 from callstate.check import KINDS, check_entries, check_files
 from tests.conftest import cli
 
@@ -66,6 +67,8 @@ def test_good_logs_in_any_order(tmp_path: Path) -> None:
     assert report.ok, report.summary()
     assert report.calls == 4 and report.by_code == {0: 2, 77: 1, 1818: 1}
     assert len(report.cancel_propagation_ms) == 1   # only "c" has both a client Can and a server cancel_seen
+    summary = report.summary()
+    assert "from 2 files" in summary and f"       1  {codes.describe(77)}" in summary, summary
     result = cli("check", *map(str, reversed(paths)))
     assert result.returncode == 0 and "OK" in result.stdout
 
@@ -94,6 +97,26 @@ def test_each_violation_kind_is_reported(tmp_path: Path, kind: str, entries: lis
     assert result.returncode == 1 and kind in result.stdout
     as_json = orjson.loads(cli("check", "--json", str(path)).stdout)
     assert as_json["ok"] is False and kind in as_json["violations_by_kind"]
+
+
+def test_calls_after_one_without_a_client_end_or_a_server_are_still_checked() -> None:
+    entries = (server_complete("a") + client_ok("b")[:2] + server_complete("b") + client_ok("n", 1722)
+               + client_ok("x", 0) + server_abort("x", 77))
+    report = check_entries(entries)
+    assert [v.call_id for v in report.by_kind()["code_mismatch"]] == ["x"], report.summary()
+    [mismatch] = report.by_kind()["code_mismatch"]
+    assert mismatch.message == f"client {codes.describe(0)} vs server {codes.describe(77)}"
+    [other] = check_entries(client_ok("y", 77) + server_complete("y")).violations
+    assert other.message == f"client {codes.describe(77)} vs server {codes.describe(0)}"
+    assert "entries from in-memory files" in report.summary()
+    assert f"    x: {mismatch.message}" in report.summary()   # each kind's examples
+
+
+def test_only_a_client_ok_needs_the_server_to_know_the_call() -> None:
+    # an HRESULT logged as a signed 32-bit code is negative: a failure, like any non-zero code
+    for code, flagged in ((0, True), (1722, False), (-2147024891, False)):
+        report = check_entries(server_complete("a") + client_ok("b", code))
+        assert ("unknown_to_server" in report.by_kind()) == flagged, (code, report.summary())
 
 
 def test_server_in_flight_after_run_and_server_lost() -> None:

@@ -143,8 +143,58 @@ def test_wrong_typed_fields_are_bad_entries() -> None:
     entries = client(0) + server("complete", 0)
     entries[1]["prev"] = 5
     entries[-1]["code"] = "0"
+    entries[2]["ts"] = 17
     got = check_entries(entries)
-    assert [v.kind for v in got.violations if v.kind == "bad_entry"] == ["bad_entry", "bad_entry"]
+    bad = [v.message for v in got.violations if v.kind == "bad_entry"]
+    assert [m.rsplit(" ", 1)[-1] for m in bad] == ["prev", "ts", "code"], bad   # each names its field
+
+
+@pytest.mark.parametrize("at,logged_in", [(2, "C"), (1, "WComp")])   # a state sorting before / after the call's
+def test_an_event_logged_in_a_state_the_call_is_not_in_is_illegal(at: int, logged_in: str) -> None:
+    entries = client(0)
+    entries.insert(at, e("client", logged_in, logged_in, event="complete_pending"))
+    got = check_entries(entries)
+    assert [v.kind for v in got.violations] == ["illegal_transition"], got.summary()
+    assert "event complete_pending in " + logged_in in got.violations[0].message
+    entries[at] = e("client", entries[at - 1]["state"], entries[at - 1]["state"], event="complete_pending")
+    assert check_entries(entries).ok   # logged in the call's own state: fine
+
+
+def test_an_unknown_side_is_a_bad_entry() -> None:
+    entries = client(0)
+    entries[1]["side"] = "proxy"
+    got = check_entries(entries)
+    assert [v.kind for v in got.violations if v.kind == "bad_entry"] == ["bad_entry"], got.summary()
+
+
+def test_a_cancel_seen_logged_by_the_client_is_a_bad_entry_and_not_a_cancel() -> None:
+    dispatched = server("complete", 0, seen="abortive")   # timed before the client's entries
+    entries = client(0)
+    entries.insert(2, e("client", "WComp", "WComp", event="cancel_seen", cancel="abortive"))
+    got = check_entries(entries + dispatched)
+    assert set(got.by_kind()) == {"bad_entry"} and got.cancel_propagation_ms == [], got.summary()
+
+
+def test_a_cancel_seen_without_a_kind_is_not_abortive() -> None:
+    done = server("complete", 0)
+    entries = client(0) + done[:1] + [e("server", "D", "D", event="cancel_seen")] + done[1:]
+    assert kinds(entries) == set()
+    assert kinds(client(1722) + done[:1] + [e("server", "D", "D", event="cancel_seen")] + done[1:]) == {"code_mismatch"}
+
+
+def test_a_ts_that_is_not_a_time_is_a_bad_entry() -> None:
+    bad = e("client", "C", None, "call")
+    bad["ts"] = "yesterday"
+    got = check_entries([bad])
+    assert [v.kind for v in got.violations] == ["bad_entry"] and "is not a time" in got.violations[0].message
+
+
+@pytest.mark.parametrize("event", ["abort_seen", "disconnect_seen"])   # sorting before and after cancel_seen
+def test_an_unknown_server_event_is_a_bad_entry_and_not_a_cancel_seen(event: str) -> None:
+    done = server("complete", 0)
+    entries = client(1722) + done[:1] + [e("server", "D", "D", event=event, cancel="abortive")] + done[1:]
+    assert kinds(entries) == {"bad_entry", "code_mismatch"}   # no 1722 tolerance from an unknown event
+    assert kinds(client(1722) + server("complete", 0, seen="abortive")) == set()   # the real event gives it
 
 
 # -- the client's rule: an outcome that arrives in C is held until WComp ------------------------
@@ -229,6 +279,8 @@ def test_percentiles_pick_by_rank() -> None:
     assert got == {"count": 7, "p50": 4.0, "p90": 7.0, "p99": 7.0, "max": 7.0}
     hundred = percentiles([float(x) for x in range(1, 101)])
     assert (hundred["p50"], hundred["p90"], hundred["p99"]) == (51.0, 91.0, 100.0)
+    thousand = percentiles([float(x) for x in range(1, 1001)])
+    assert (thousand["p99"], thousand["max"]) == (991.0, 1000.0)   # the 99th percentile is not the max
     assert percentiles([]) == {"count": 0}
 
 
@@ -243,6 +295,13 @@ def test_cancel_propagation_is_client_can_to_server_cancel_seen_in_ms() -> None:
     ]
     report = check_entries(entries)
     assert report.cancel_propagation_ms == [pytest.approx(2.5, abs=0.001)]   # float timestamps
+    entries[2]["ts"] = at(10)   # dispatched at the cancel's instant: still measured
+    assert check_entries(entries).cancel_propagation_ms == [pytest.approx(2.5, abs=0.001)]
+    entries[2]["ts"] = at(11)   # near miss: a cancel racing the dispatch would measure the dispatch: left out
+    assert check_entries(entries).cancel_propagation_ms == []
+    entries[2]["ts"] = at(3)
+    entries[4]["ts"] = at(9)    # the server's clock 1 ms behind the client's: reported as it is, negative
+    assert check_entries(entries).cancel_propagation_ms == [pytest.approx(-1.0, abs=0.001)]
 
 
 def test_counts_by_side_and_examples_capped() -> None:
@@ -263,4 +322,6 @@ def test_a_non_text_call_id_is_a_bad_entry() -> None:
 
 def test_an_illegal_first_entry_names_the_start() -> None:
     got = check_entries([e("client", "WComp", None, "started")])
-    assert any("(start) --started--> WComp" in v.message for v in got.violations), got.summary()
+    assert any("(start) --started--> WComp (call was in (nothing))" in v.message for v in got.violations), got.summary()
+    got = check_entries([e("client", "C", None, "call"), e("client", "Comp", "C", "complete")])
+    assert any("C --complete--> Comp (call was in C)" in v.message for v in got.violations), got.summary()
