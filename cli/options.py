@@ -17,7 +17,7 @@ from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_s
                                 parse_pipe_shares)
 from callstate.lifecycle import SERVER
 from callstate.pem import read_pem
-from callstate.script import ON_CANCEL, Mix, MixError, check_abort_code
+from callstate.script import ON_CANCEL, Mix, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
 
 if TYPE_CHECKING:

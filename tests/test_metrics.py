@@ -186,7 +186,7 @@ def test_readme_table_names_every_metric() -> None:
     """The README's table and the families /metrics serves are the same set of names."""
     from prometheus_client import generate_latest
 
-    from callstate.lifecycle import COMP, COMPLETE, COMPLETED, DISPATCH, CANCEL, CANCEL_SEEN, C, CALL, WCOMP
+    from callstate.lifecycle import COMP, COMPLETE, COMPLETED, DISPATCH, CANCEL, CANCEL_SEEN, C, CALL
     from callstate.observe.metrics import Metrics
     from callstate.statelog import Entry
 
