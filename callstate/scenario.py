@@ -147,7 +147,7 @@ class Scenario:
         if plan.cancel is not None:
             # a point past the messages each side pushes is never reached (a held pipe would wait
             # for the server's max hold): the default points that fewer --pipe-messages rule out
-            points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and p.count <= self.pipe_messages]
+            points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and reached(p, self.pipe_messages)]
             plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(CANCEL_AFTER_HEADERS)
         return plan
 
@@ -172,12 +172,17 @@ class Scenario:
         return Plan(outcome, cancel, point, on_cancel)
 
 
+def reached(point: PipeCancelPoint, messages: int) -> bool:
+    """Whether a pipe whose sides each push `messages` ever gets to `point`."""
+    return point.count <= messages
+
+
 def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) -> list[PipeCancelPoint]:
     """The counted cancel points past the messages each side pushes, which a plan never draws;
     the applications refuse them when the user named them (not when the defaults did)."""
     if points == parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT):
         return []
-    return [p for p in points if p.count > messages]
+    return [p for p in points if not reached(p, messages)]
 
 
 def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:

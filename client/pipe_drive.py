@@ -28,13 +28,30 @@ def cancel_due(cancel_at: PipeCancelPoint | None, reached: str, count: int = 0) 
     return reached not in _COUNTED or count == cancel_at.count
 
 
-def cancel_quietly(pipe: AsyncPipe | Pipe, abortive: bool, escalate_after: float | None) -> None:
-    """RpcAsyncCancelCall unless the call has ended (a non-abortive cancel escalates)."""
-    if not pipe.done():
-        try:
-            pipe.cancel(abortive=abortive, timeout=escalate_after if not abortive else None)
-        except (CallError, LifecycleError):
-            pass   # the call ended meanwhile
+class _Canceller:
+    """The caller's cancel of one pipe, at its plan's point (both drivers use it)."""
+
+    def __init__(self, pipe: AsyncPipe | Pipe, cancel_at: PipeCancelPoint | None, abortive: bool,
+                 escalate_after: float | None) -> None:
+        self.pipe, self.cancel_at, self.abortive, self.escalate_after = pipe, cancel_at, abortive, escalate_after
+
+    def due(self, reached: str, count: int = 0) -> bool:
+        return cancel_due(self.cancel_at, reached, count)
+
+    def now(self) -> None:
+        """RpcAsyncCancelCall unless the call has ended (a non-abortive cancel escalates)."""
+        if not self.pipe.done():
+            try:
+                self.pipe.cancel(abortive=self.abortive, timeout=None if self.abortive else self.escalate_after)
+            except (CallError, LifecycleError):
+                pass   # the call ended meanwhile
+
+    def at(self, reached: str, count: int = 0) -> bool:
+        """Cancel if the plan's point is `reached` (with `count` messages); whether it was."""
+        due = self.due(reached, count)
+        if due:
+            self.now()
+        return due
 
 
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
@@ -44,20 +61,16 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
     raises its CallError. `interval` paces the caller's pushes (part of the scenario);
     `half_close=False` keeps the caller's pipe open after its pushes (no null push)."""
 
-    def cancel_if(reached: str, count: int = 0) -> bool:
-        due = cancel_due(cancel_at, reached, count)
-        if due:
-            cancel_quietly(pipe, abortive, escalate_after)
-        return due
+    cancel = _Canceller(pipe, cancel_at, abortive, escalate_after)
 
-    if cancel_if(CANCEL_BEFORE_START):
+    if cancel.at(CANCEL_BEFORE_START):
         return await pipe.result()
     pipe.start()
     if on_started is not None:
         on_started(pipe)
-    if cancel_due(cancel_at, CANCEL_AFTER_HEADERS):
+    if cancel.due(CANCEL_AFTER_HEADERS):
         await pipe.headers()
-        cancel_quietly(pipe, abortive, escalate_after)
+        cancel.now()
 
     async def push_all() -> None:
         payload = bytes(message_bytes)
@@ -68,17 +81,17 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
                 await pipe.push(payload)
             except CallError:
                 return   # the call ended under the push: its status says how
-            if cancel_if(CANCEL_AFTER_SENT, pipe.sent):
+            if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
                 return
             if interval:
                 await asyncio.sleep(interval)
         if half_close and pipe.state == PUSH and not pipe.done():
             await pipe.close_push()
-            cancel_if(CANCEL_AFTER_HALF_CLOSE)
+            cancel.at(CANCEL_AFTER_HALF_CLOSE)
 
     async def pull_all() -> None:
         while await pipe.pull() is not None:
-            if cancel_if(CANCEL_AFTER_RECEIVED, pipe.received):
+            if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
     if pipe.kind == PIPE_IN:
@@ -98,18 +111,14 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
     threading module is patched). An exception out of the pushes (a greenlet's kill) leaves
     the pipe to the caller, who cancels it, which ends the pulls."""
 
-    def cancel_if(reached: str, count: int = 0) -> bool:
-        due = cancel_due(cancel_at, reached, count)
-        if due:
-            cancel_quietly(pipe, abortive, escalate_after)
-        return due
+    cancel = _Canceller(pipe, cancel_at, abortive, escalate_after)
 
-    if cancel_if(CANCEL_BEFORE_START):
+    if cancel.at(CANCEL_BEFORE_START):
         return pipe.result()
     pipe.start()
-    if cancel_due(cancel_at, CANCEL_AFTER_HEADERS):
+    if cancel.due(CANCEL_AFTER_HEADERS):
         pipe.headers()
-        cancel_quietly(pipe, abortive, escalate_after)
+        cancel.now()
 
     def push_all() -> None:
         payload = bytes(message_bytes)
@@ -120,7 +129,7 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
                 pipe.push(payload)
             except CallError:
                 return   # the call ended under the push: its status says how
-            if cancel_if(CANCEL_AFTER_SENT, pipe.sent):
+            if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
                 return
             if interval:
                 time.sleep(interval)
@@ -129,11 +138,11 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
                 pipe.close_push()
             except CallError:
                 return   # a cancel from the pulling thread moved the pipe out of Push first
-            cancel_if(CANCEL_AFTER_HALF_CLOSE)
+            cancel.at(CANCEL_AFTER_HALF_CLOSE)
 
     def pull_all() -> None:
         while pipe.pull() is not None:
-            if cancel_if(CANCEL_AFTER_RECEIVED, pipe.received):
+            if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
     if pipe.kind == PIPE_IN:
