@@ -1,7 +1,7 @@
 """callstate.client: drive calls through the caller's lifecycle, sync or asyncio.
 
 Both surfaces mirror each other name for name and share one lifecycle core
-(`client.core.CallCore`) and one error type (`CallError`); only waiting differs.
+(`client.call_core.CoreBase`: `CallCore`, `PipeCore`) and one error type (`CallError`); only waiting differs.
 """
 
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle

@@ -11,13 +11,14 @@ import grpc
 
 from callstate import codes
 from callstate.client.call_core import ACT, CoreBase
-from callstate.client.channel import ChannelSettings
+from callstate.client.channel import ChannelSettings, PemSource
 from callstate.errors import CallError
 from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
 from callstate.script import RequestError, Script
 from callstate.statelog import StateLog
-from callstate.wire import CALL_ID_KEY, new_call_id, new_cancel_key
+from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 
 def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str, cancel_key: str = "") -> pb.CallRequest:
@@ -185,16 +186,25 @@ class CallBase:
 
 
 class ClientBase:
-    """Target, state log and options shared by `Client` and `AsyncClient`."""
+    """Target, state log and options shared by `Client` and `AsyncClient`.
+
+    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
+    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
 
     _call_type: type[CallBase] = CallBase
 
-    def __init__(self, target: str, *, log: str | Path | StateLog | None, timeout: float | None,
-                 settings: ChannelSettings, tracing: Any = False) -> None:
+    def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
+                 channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
+                 tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
+                 keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
+                 tracing: Any = False) -> None:
         self.target = target
         self.timeout = timeout
-        self.settings = settings                 # TLS, token, keepalive (client/channel.py)
-        self._auth_metadata = settings.metadata  # sent with every call and notice
+        # TLS, token, keepalive (client/channel.py)
+        self.settings = settings or ChannelSettings(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token,
+                                                    keepalive=keepalive)
+        self._auth_metadata = self.settings.metadata  # sent with every call and notice
         self.closed = False
         # a path: the client opens (and closes) the log; any sink with append() is used as given
         self._live: set[CallBase] = set()   # started and not completed: close() ends them
@@ -207,6 +217,11 @@ class ClientBase:
             from callstate.observe.tracing import CallTracer
             self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
+        self._channel = self._open_channel(target, channel_options)
+        self._stub = pb_grpc.EmulatorStub(self._channel)
+
+    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
+        raise NotImplementedError
 
     def _metadata(self, call_id: str, extra: tuple[tuple[str, Any], ...] = ()) -> tuple[tuple[str, Any], ...]:
         """The call's gRPC metadata: its id, the token, and the trace context when tracing."""

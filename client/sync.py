@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import queue
 import threading
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from callstate import codes
-from callstate.client.channel import ChannelSettings, PemSource
 from callstate.client.call_core import CallCore
 from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
 from callstate.lifecycle import CANCEL_SENT
-from callstate.wire import DEFAULT_KEEPALIVE
 from callstate.errors import CallError
 from callstate.script import validate_request
-from callstate.statelog import StateLog
 from callstate.v1 import callstate_pb2 as pb
-from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 
 class CompletionQueue:
@@ -141,21 +136,12 @@ class Client(ClientBase):
     """Calls to one callstate server over one grpc channel, from any thread
     (`prepare`, `start`: see ClientBase).
 
-    Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
-    (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
-    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
+    Access options: see ClientBase."""
 
     _call_type = Call
 
-    def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
-                 channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
-                 tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
-                 keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
-                 tracing: Any = False) -> None:
-        super().__init__(target, log=log, timeout=timeout, settings=settings or ChannelSettings(
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, keepalive=keepalive), tracing=tracing)
-        self._channel = self.settings.sync_channel(target, channel_options)
-        self._stub = pb_grpc.EmulatorStub(self._channel)
+    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
+        return self.settings.sync_channel(target, options)
 
     def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
         """A pipe call in state C ("in", "out" or "both"): see client/pipe_sync.py."""
