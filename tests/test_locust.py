@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -191,18 +188,15 @@ def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) 
         assert bad.returncode == 2, bad.stderr
         assert bad.stderr.strip().splitlines()[-1].endswith(f"error: argument {option}: {error}"), bad.stderr
         assert "Traceback" not in bad.stderr
-    (tmp_path / "unreached.py").write_text("import callstate.locust\n\n\n"
-                                           "class Mine(callstate.locust.CallstateUser):\n    pipes = 'in=10'\n"
-                                           "    pipe_messages = '2'\n    pipe_cancel_at = 'after-sent:3'\n")
-    bad = subprocess.run([*LOCUST, "-f", "unreached.py", "--headless", "-t", "1s", "--host", dead],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
-    assert "callstate: Mine: pipe_cancel_at: after-sent:3 is never reached with pipe_messages 2" in bad.stderr
-    assert "Traceback" not in bad.stderr
-    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\n"
-                                         "class Mine(callstate.locust.CallstateUser):\n    cancel_at = 'later'\n")
-    bad = subprocess.run([*LOCUST, "-f", "badattr.py", "--headless", "-t", "1s", "--host", dead],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
-    assert "callstate: Mine: cancel_at = 'later': cancel point 'later': expected one of" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    for attributes, error in (
+            ("    pipes = 'in=10'\n    pipe_messages = '2'\n    pipe_cancel_at = 'after-sent:3'\n",
+             "callstate: Mine: pipe_cancel_at: after-sent:3 is never reached with pipe_messages 2"),
+            ("    cancel_at = 'later'\n",
+             "callstate: Mine: cancel_at = 'later': cancel point 'later': expected one of")):
+        (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\n"
+                                             "class Mine(callstate.locust.CallstateUser):\n" + attributes)
+        bad = subprocess.run([*LOCUST, "-f", "badattr.py", "--headless", "-t", "1s", "--host", dead],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2
+        assert error in bad.stderr
+        assert "Traceback" not in bad.stderr
