@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import grpc
 
@@ -105,22 +105,27 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         for call in list(self.live.values()):
             call.stop()
 
-    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
-        call_id = request.call_id or _call_id_from_metadata(context)
-        try:   # refused before dispatch: an id that is not a short metadata value is never logged
+    # -- refusals before dispatch (Call, Cancel and the pipes): 87 in the code trailer ---------
+    async def refuse_bad_id(self, context: grpc.aio.ServicerContext, call_id: str) -> None:
+        try:
             check_call_id(call_id, self.config.limits)
         except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def refuse_in_flight(self, context: grpc.aio.ServicerContext, call_id: str) -> None:
+        if call_id in self.live:   # first come, first served: the call in flight is not touched
+            await refuse(context, grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight")
+
+    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+        call_id = request.call_id or _call_id_from_metadata(context)
+        # refused before dispatch: an id that is not a short metadata value is never logged
+        await self.refuse_bad_id(context, call_id)
         headers_sent = not call_id
         if headers_sent:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        if len(request.cancel_key) > MAX_CANCEL_KEY:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
-                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
-        if call_id in self.live:   # first come, first served: the call in flight is not touched
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
-                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        await refuse_bad_key(context, request.cancel_key)
+        await self.refuse_in_flight(context, call_id)
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
         if self.on_dispatch is not None:
@@ -233,13 +238,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
-        try:
-            check_call_id(call_id, self.config.limits)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
-        if len(request.cancel_key) > MAX_CANCEL_KEY:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cancel_key is longer than {MAX_CANCEL_KEY} characters",
-                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        await self.refuse_bad_id(context, call_id)
+        await refuse_bad_key(context, request.cancel_key)
         call = self.live.get(call_id)
         if call is not None:
             if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
@@ -332,6 +332,17 @@ class EarlyNotices:
         self._timer = None
         self._expire(time.monotonic())
         self._arm()
+
+
+async def refuse(context: grpc.aio.ServicerContext, status: grpc.StatusCode, message: str) -> NoReturn:
+    """Refuse a request before its dispatch, with 87 RPC_S_INVALID_ARG in the code trailer."""
+    await context.abort(status, message, ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+async def refuse_bad_key(context: grpc.aio.ServicerContext, cancel_key: str, field: str = "cancel_key") -> None:
+    if len(cancel_key) > MAX_CANCEL_KEY:
+        await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters")
 
 
 def notice_key(call_id: str, cancel_key: str) -> str:

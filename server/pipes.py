@@ -30,10 +30,10 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
                                  server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
-from callstate.script import OUTCOME_NAMES, OUTCOMES, RequestError, ScriptError, check_call_id
+from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError
 from callstate.server.calls import ServerCall
 from callstate.v1 import callstate_pb2 as pb
-from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, MAX_CANCEL_KEY, PIPE_SCRIPT_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
 
 if TYPE_CHECKING:
     from callstate.server.emulator import EmulatorServicer
@@ -272,22 +272,17 @@ class PipeServicer:
 
     async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[pb.PipeMessage] | None,
                      context: grpc.aio.ServicerContext) -> Any:
-        from callstate.server.emulator import FatalHandlerError, notice_key
+        from callstate.server.emulator import FatalHandlerError, notice_key, refuse_bad_key
 
         emulator = self.emulator
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
         call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
         cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
-        try:   # refused before dispatch, as unary calls are: such an id is never logged
-            check_call_id(call_id, self.config.limits)
-            if len(cancel_key) > MAX_CANCEL_KEY:
-                raise RequestError(CANCEL_KEY_KEY, f"at most {MAX_CANCEL_KEY} characters, got {len(cancel_key)}")
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        # refused before dispatch, as unary calls are: such an id is never logged
+        await emulator.refuse_bad_id(context, call_id)
+        await refuse_bad_key(context, cancel_key, CANCEL_KEY_KEY)
         call_id = call_id or new_call_id()
-        if call_id in emulator.live:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight",
-                                ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+        await emulator.refuse_in_flight(context, call_id)
         script, bad = _script(request, metadata)
         scripted = script is not None
         if script is None:
