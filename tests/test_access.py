@@ -412,3 +412,22 @@ def test_a_pipe_with_an_oversized_cancel_key_or_call_id_is_refused_before_dispat
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert codes.from_grpc(err.value.code(), err.value.trailing_metadata()) == codes.RPC_S_INVALID_ARG
             assert metadata[0][0] in err.value.details() or "call_id" in err.value.details()
+
+
+def test_a_stranger_cannot_squat_a_pipe_in_flight(server: ServerProcess) -> None:
+    with Client(server.target) as client:
+        victim = client.pipe("out", PipeScript(outcome="hold", interval=0.02)).start()
+        assert victim.pull() is not None   # dispatched: the server pushes
+        with grpc.insecure_channel(server.target) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                list(pb_grpc.EmulatorStub(channel).PipeOut(
+                    pb.PipeRequest(call_id=victim.call_id, script=pb.PipeScript(messages=1)),
+                    metadata=((CANCEL_KEY_KEY, "squatter"),), timeout=10))
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert codes.from_grpc(err.value.code(), err.value.trailing_metadata()) == codes.RPC_S_INVALID_ARG
+        assert victim.pull() is not None   # the pipe in flight is not touched
+        victim.cancel()
+        with pytest.raises(CallError):
+            victim.result(timeout=10)
+        entries = server.wait_entries(victim.call_id)
+        assert states(entries)[0] == "D" and states(entries).count("D") == 1   # one dispatch: the squatter's never ran
