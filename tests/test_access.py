@@ -431,3 +431,14 @@ def test_a_stranger_cannot_squat_a_pipe_in_flight(server: ServerProcess) -> None
             victim.result(timeout=10)
         entries = server.wait_entries(victim.call_id)
         assert states(entries)[0] == "D" and states(entries).count("D") == 1   # one dispatch: the squatter's never ran
+
+
+def test_pipes_explain_a_plaintext_client_against_a_tls_server(tls_server: ServerProcess) -> None:
+    """The hints unary calls give when the connection itself fails apply to pipes too."""
+    done = cli("call", "--pipe", "out", "--target", tls_server.target, "--token", TOKEN, timeout=20)
+    line = one_line(done.stderr)
+    assert done.returncode == 1 and line.startswith("final: 1722 RPC_S_SERVER_UNAVAILABLE") and "--tls-ca" in line, line
+    with Client(tls_server.target, token=TOKEN) as client:
+        with pytest.raises(CallError) as err:
+            client.pipe("in", PipeScript()).start().result(timeout=10)
+    assert err.value.code == codes.RPC_S_SERVER_UNAVAILABLE and "--tls-ca" in err.value.details, err.value.details
