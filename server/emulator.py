@@ -105,27 +105,30 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         for call in list(self.live.values()):
             call.stop()
 
-    # -- refusals before dispatch (Call, Cancel and the pipes): 87 in the code trailer ---------
-    async def refuse_bad_id(self, context: grpc.aio.ServicerContext, call_id: str) -> None:
+    # -- refusals before dispatch (Call, Cancel and the pipes): plain checks on the hot path,
+    # awaited (`refuse`) only when one applies ------------------------------------------------
+    def bad_id(self, call_id: str) -> Refusal | None:
         try:
             check_call_id(call_id, self.config.limits)
         except RequestError as exc:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
 
-    async def refuse_in_flight(self, context: grpc.aio.ServicerContext, call_id: str) -> None:
+    def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
-            await refuse(context, grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight")
+            return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
+        return None
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
         call_id = request.call_id or _call_id_from_metadata(context)
-        # refused before dispatch: an id that is not a short metadata value is never logged
-        await self.refuse_bad_id(context, call_id)
+        if refusal := self.bad_id(call_id):   # an id that is not a short metadata value is never logged
+            await refuse(context, refusal)
         headers_sent = not call_id
         if headers_sent:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        await refuse_bad_key(context, request.cancel_key)
-        await self.refuse_in_flight(context, call_id)
+        if refusal := bad_key(request.cancel_key) or self.in_flight(call_id):
+            await refuse(context, refusal)
         script = request.script if request.HasField("script") else None
         outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
         if self.on_dispatch is not None:
@@ -238,8 +241,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
-        await self.refuse_bad_id(context, call_id)
-        await refuse_bad_key(context, request.cancel_key)
+        if refusal := self.bad_id(call_id) or bad_key(request.cancel_key):
+            await refuse(context, refusal)
         call = self.live.get(call_id)
         if call is not None:
             if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
@@ -334,15 +337,20 @@ class EarlyNotices:
         self._arm()
 
 
-async def refuse(context: grpc.aio.ServicerContext, status: grpc.StatusCode, message: str) -> NoReturn:
+# Why a request is refused before its dispatch: the status and its message.
+Refusal = tuple[grpc.StatusCode, str]
+
+
+async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoReturn:
     """Refuse a request before its dispatch, with 87 RPC_S_INVALID_ARG in the code trailer."""
-    await context.abort(status, message, ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+    await context.abort(*refusal, ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
-async def refuse_bad_key(context: grpc.aio.ServicerContext, cancel_key: str, field: str = "cancel_key") -> None:
+def bad_key(cancel_key: str, field: str = "cancel_key") -> Refusal | None:
     if len(cancel_key) > MAX_CANCEL_KEY:
-        await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters")
+        return grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters"
+    return None
 
 
 def notice_key(call_id: str, cancel_key: str) -> str:

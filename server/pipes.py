@@ -272,17 +272,18 @@ class PipeServicer:
 
     async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[pb.PipeMessage] | None,
                      context: grpc.aio.ServicerContext) -> Any:
-        from callstate.server.emulator import FatalHandlerError, notice_key, refuse_bad_key
+        from callstate.server.emulator import FatalHandlerError, bad_key, notice_key, refuse
 
         emulator = self.emulator
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
         call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
         cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
         # refused before dispatch, as unary calls are: such an id is never logged
-        await emulator.refuse_bad_id(context, call_id)
-        await refuse_bad_key(context, cancel_key, CANCEL_KEY_KEY)
+        if refusal := emulator.bad_id(call_id) or bad_key(cancel_key, CANCEL_KEY_KEY):
+            await refuse(context, refusal)
         call_id = call_id or new_call_id()
-        await emulator.refuse_in_flight(context, call_id)
+        if refusal := emulator.in_flight(call_id):
+            await refuse(context, refusal)
         script, bad = _script(request, metadata)
         scripted = script is not None
         if script is None:
