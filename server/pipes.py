@@ -286,6 +286,11 @@ class PipeServicer:
             await refuse(context, refusal)
         script, bad = _script(request, metadata)
         scripted = script is not None
+        if bad is None and scripted:   # the caller's script as sent, before an outcome is drawn for it
+            try:
+                validate_pipe(script, kind, self.config.limits)
+            except ScriptError as exc:
+                bad = str(exc)
         if script is None:
             script = pb.PipeScript(outcome=OUTCOMES[self.config.mix.draw(emulator._rng)])
         elif not script.outcome:
@@ -301,11 +306,6 @@ class PipeServicer:
         run._scripted = scripted
         try:
             try:
-                if bad is None and scripted:
-                    try:
-                        validate_pipe(script, kind, self.config.limits)
-                    except ScriptError as exc:
-                        bad = str(exc)
                 if bad is not None:
                     raise _AbortNow(codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, bad)
                 if len(emulator.live) > self.config.max_in_flight:

@@ -337,6 +337,29 @@ def test_an_empty_request_is_a_valid_pipe_call_and_a_held_out_pipe_streams_until
     assert check_files([srv.log]).ok
 
 
+def test_a_script_without_an_outcome_draws_one_from_the_mix(tmp_path: Path) -> None:
+    """The caller scripts the messages, the server's mix the outcome: a drawn abort ends with
+    the server's --abort-code, not as an invalid script (the script was checked as sent)."""
+    srv = start_server(tmp_path, "--mix", "abort=1", "--abort-code", "5003")
+    try:
+        async def go() -> tuple[int, grpc.StatusCode, Any]:
+            async with grpc.aio.insecure_channel(srv.target) as channel:
+                call = pb_grpc.EmulatorStub(channel).PipeOut(pb.PipeRequest(script=pb.PipeScript(messages=2)))
+                n = 0
+                try:
+                    async for _ in call:
+                        n += 1
+                except grpc.aio.AioRpcError:
+                    pass   # the stream ends with the abort's status
+                return n, await call.code(), await call.trailing_metadata()
+        n, status, trailers = asyncio.run(go())
+        assert ("callstate-code", "5003") in tuple(trailers), (status, trailers)
+        assert status == codes.grpc_status_for(5003) and n == 2
+    finally:
+        srv.stop()
+    assert check_files([srv.log]).ok
+
+
 def test_call_cli_drives_pipes_as_the_readme_shows(pipe_server: ServerProcess) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Pipes"):readme.index("## Run it in containers")]

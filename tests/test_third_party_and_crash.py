@@ -157,7 +157,8 @@ def test_grpcurl_drives_every_pipe_kind(shared_server: ServerProcess) -> None:
     def script_header(script: PipeScript) -> str:
         return f"{PIPE_SCRIPT_KEY}: {base64.b64encode(script.to_proto().SerializeToString()).decode()}"
 
-    out = run_grpcurl("-d", json.dumps({"call_id": "grpcurl-pipe-out", "script": {"messages": 3}}),
+    out = run_grpcurl("-d", json.dumps({"call_id": "grpcurl-pipe-out", "script": {"outcome": "OUTCOME_COMPLETE",
+                                                                                 "messages": 3}}),
                       shared_server.target, "callstate.v1.Emulator/PipeOut")
     assert out.returncode == 0, out.stderr
     assert [m["seq"] for m in json_stream(out.stdout)] == ["1", "2", "3"]
