@@ -19,7 +19,7 @@ from callstate.cli import conformance_endings as endings
 from callstate.cli import conformance_pipes as pipes
 from callstate.cli import conformance_replies as replies
 from callstate.cli.conformance_calls import BatteryConfig, Recorder, Result, open_channel, open_client
-from callstate.cli.conformance_journal import ServerJournal, dispatched
+from callstate.cli.conformance_journal import ServerJournal, dispatched, ended
 from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
                                                   COMPLETE_SMALL, Row)
 from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
@@ -56,9 +56,11 @@ class Battery:
         self.judged[pipe.call_id] = prop
         return pipe
 
-    async def finish(self, call: AsyncCall, bound: float) -> Result:
+    async def finish(self, call: AsyncCall, bound: float, ends: bool = False) -> Result:
         """The call's outcome, or `hung` when no notification came within `bound` (then the
-        call is cancelled abortively, so it still ends)."""
+        call is cancelled abortively, so it still ends). `ends`: the server ends the call by
+        its script, so a slow server is told from a lost answer by its journal: past `bound`,
+        the call is hung only once the server has ended it and --wait more has passed."""
         t0 = time.perf_counter()
         try:
             reply = await call.result(timeout=bound)
@@ -67,12 +69,21 @@ class Battery:
             if call.done():
                 return Result(call.call_id, err.code, err.grpc_status, err.details,
                               ms=(time.perf_counter() - t0) * 1000)
+        if ends and await self.journal.wait((call.call_id,), ended, self.cfg.wait):
+            bound += self.cfg.wait
+            try:
+                reply = await call.result(timeout=self.cfg.wait)
+                return Result(call.call_id, codes.RPC_S_OK, "OK", reply=reply, ms=(time.perf_counter() - t0) * 1000)
+            except CallError as err:
+                if call.done():
+                    return Result(call.call_id, err.code, err.grpc_status, err.details,
+                                  ms=(time.perf_counter() - t0) * 1000)
         call.cancel()
         try:
             await call.result(timeout=self.cfg.wait)
         except CallError:
             pass
-        return Result(call.call_id, None, ms=(time.perf_counter() - t0) * 1000)
+        return Result(call.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
     async def twice(self, one: Callable[[int], Awaitable[Any]], n: int | None = None) -> list[Any]:
         """`n` calls one after the other, then `n` at the configured concurrency."""

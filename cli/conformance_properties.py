@@ -41,8 +41,9 @@ PROPERTIES: Final[dict[str, str]] = {
     MANY_STREAMS: "--streams concurrent calls on one connection all complete",
     LARGE_METADATA: "a request header of --metadata-bytes and an abort message (trailers) of up to the server's "
                     "limit (2 KiB) cross intact",
-    PIPE_OUT_STREAMED: "an out pipe's messages, paced by the server, arrive complete, in order, with 0, and streamed: "
-                       "spread out as sent, not in one burst at the end",
+    PIPE_OUT_STREAMED: "an out pipe's messages, paced by the server, arrive in order while its stream is still open "
+                       "(the server holds it until the caller's cancel notice, then completes with 0): streamed, "
+                       "not held until the end",
     PIPE_IN_HALF_CLOSE: "an in pipe's pushes and its null push (half-close) reach the server: it counts every "
                         "message, then NP, then completes with 0",
     PIPE_EARLY_ANSWER: "an in pipe's server completes after the caller's 2nd message, before the caller "
