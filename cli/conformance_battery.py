@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 from callstate import codes
@@ -100,23 +101,27 @@ class Battery:
         return await self.journal.wait((call.call_id,), dispatched, self.cfg.wait)
 
     # -- the rows ----------------------------------------------------------------------------
-    async def rows(self) -> list[Row]:
+    def steps(self) -> list[Callable[[], Awaitable[Row]]]:
         """Every row but the ones judged at the end (held, check, graceful-stop), in order."""
         cfg = self.cfg
-        return [await replies.complete(self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls),
-                await replies.complete(self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls),
-                await replies.abort(self, ABORT_TRAILERS_ONLY, headers_first=False),
-                await replies.abort(self, ABORT_AFTER_HEADERS, headers_first=True),
-                await replies.fatal(self), await replies.unimplemented(self),
-                await cancels.cancel_abortive(self), await cancels.cancel_non_abortive(self),
-                await cancels.deadline(self), await replies.many_streams(self), await replies.large_metadata(self),
-                await pipes.out_streamed(self), await pipes.in_half_close(self), await pipes.early_answer(self),
-                await pipes.both_full_duplex(self),
-                await pipes.abort_mid_stream(self), await pipes.cancel(self)]
+        return [partial(replies.complete, self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls),
+                partial(replies.complete, self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls),
+                partial(replies.abort, self, ABORT_TRAILERS_ONLY, headers_first=False),
+                partial(replies.abort, self, ABORT_AFTER_HEADERS, headers_first=True),
+                *(partial(row, self) for row in (
+                    replies.fatal, replies.unimplemented, cancels.cancel_abortive, cancels.cancel_non_abortive,
+                    cancels.deadline, replies.many_streams, replies.large_metadata, pipes.out_streamed,
+                    pipes.in_half_close, pipes.early_answer, pipes.both_full_duplex, pipes.abort_mid_stream,
+                    pipes.cancel))]
 
     # -- held calls run in the background while the other rows run -------------------------------
     def start_held(self) -> None:
-        self._held = asyncio.ensure_future(endings.held(self))
+        async def timed() -> Row:
+            t0 = time.perf_counter()
+            row = await endings.held(self)
+            row.seconds = time.perf_counter() - t0
+            return row
+        self._held = asyncio.ensure_future(timed())
 
     async def held_row(self) -> Row:
         assert self._held is not None

@@ -68,6 +68,7 @@ class Row:
     figures: str = ""             # short, for the table
     note: str = ""                # why it failed or was skipped
     data: dict[str, Any] = field(default_factory=dict)   # the numbers, for --report
+    seconds: float = 0.0          # how long the row took to judge
 
     @property
     def verdict(self) -> str:
@@ -75,4 +76,4 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {"property": self.prop, "verdict": self.verdict, "figures": self.figures, "note": self.note,
-                **self.data}
+                "seconds": round(self.seconds, 3), **self.data}
