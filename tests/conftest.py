@@ -137,3 +137,33 @@ def cli(*args: str, timeout: float = 30, cwd: Path | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "callstate", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+# -- tiers: `pytest -m unit` (seconds), `-m e2e`, `-m gateways`, `-m containers` (docs/testing.md) ----
+GATEWAY_FILES = {"test_conformance.py"}   # real proxies and broken relays in the middle
+# What in a test's own source makes it end-to-end: a real server, process or socket.
+E2E_HINTS = ("cli(", "start_server", "subprocess", "Popen", "Client(", "ServerProcess", "serve(", "socket",
+             "run_load", "pytester", "Relay(", "Proxy(", "browser")
+CONTAINER_HINTS = ("docker", "compose")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier from its file, its fixtures and its own source."""
+    import inspect
+    for item in items:
+        path = Path(str(item.fspath))
+        try:
+            source = inspect.getsource(item.function) if isinstance(item, pytest.Function) else ""
+        except (OSError, TypeError):
+            source = ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "container" in path.parts or any(h in source for h in CONTAINER_HINTS):
+            tier = "containers"
+        elif path.name in GATEWAY_FILES:
+            tier = "gateways"
+        elif any(h in source for h in E2E_HINTS) or any("server" in f or f in ("channel", "run", "spans")
+                                                        for f in fixtures):
+            tier = "e2e"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))
