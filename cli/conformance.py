@@ -62,9 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="with --serve-port: the address it listens on (default: %(default)s)")
     p.add_argument("--calls", type=positive_int, default=_CFG.calls, metavar="N",
                    help="calls per scenario, made sequentially and then again concurrently: a row makes 2 x N. "
-                        f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
-                        f"{detection(_CFG.calls):.1%} per row (at least {POWER:.0%}: 1 - {1 - LOSS:g}^(2N)); a "
-                        "smaller N is quicker and misses more (default: %(default)s)")
+                        + (f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
+                           f"{detection(_CFG.calls):.1%} per row (at least {POWER:.0%}: 1 - {1 - LOSS:g}^(2N)); "
+                           "a smaller N is quicker and misses more").replace("%", "%%") + " (default: %(default)s)")
     p.add_argument("--concurrency", type=positive_int, default=_CFG.concurrency, metavar="N",
                    help="calls in flight in the concurrent half, and held calls (default: %(default)s)")
     p.add_argument("--hold-seconds", type=positive_float, default=_CFG.hold_seconds, metavar="SECONDS",

@@ -36,7 +36,7 @@ async def cancel_abortive(b: Battery) -> Row:
         call.cancel()
         r = await b.finish(call, b.cfg.wait)
         # sequential: wait a little for the server (a late cancel is still measured below)
-        await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
+        await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, min(2 * bound, b.cfg.wait))
         return r
     results = [r for r in await b.twice(one) if r is not None]
     return await judge_propagation(b, CANCEL_ABORTIVE, results, len(dropped))

@@ -287,7 +287,7 @@ async def cancel(b: Battery) -> Row:
         pipe = b.pipe(PIPE_CANCEL, PIPE_OUT, script)
         r = await drive(b, pipe, pull_then_cancel, b.cfg.wait)
         # sequential: wait a little for the server (a late cancel is still measured)
-        await b.journal.wait((pipe.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
+        await b.journal.wait((pipe.call_id,), lambda es: cancel_seen_at(es) is not None, min(2 * bound, b.cfg.wait))
         return r, len(pulled.seqs)
     results = await b.twice(one)
     short = sum(n < CANCEL_AFTER for _, n in results)
