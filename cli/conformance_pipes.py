@@ -188,29 +188,9 @@ async def early_answer(b: Battery) -> Row:
             await pipe.push(os.urandom(MESSAGE_BYTES))   # and no close_push: the answer comes first
 
     async def one(i: int) -> str:
-        pipe = b.pipe(PIPE_EARLY_ANSWER, PIPE_IN, script)
-        t0 = time.perf_counter()
-        try:
-            await asyncio.wait_for(push_some(pipe.start()), b.cfg.wait)
-        except (CallError, asyncio.TimeoutError):
-            pass   # the call ended or stalled: its notification (or none) says how
-        if not await pipe.wait(b.cfg.wait):
-            # overdue: had the server answered? (the journal may trail a call it has)
-            if dispatched(b.journal.entries(pipe.call_id)):
-                await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
-            end = final(b.journal.entries(pipe.call_id))
-            await pipe.close_push()   # does a half-close release the answer?
-            if not await pipe.wait(b.cfg.wait):
-                return (await _abandon(b, pipe, None, t0, 2 * b.cfg.wait)).describe() + ", before and after a half-close"
-            r = await _pipe_result(pipe, t0)
-            if r.code != codes.RPC_S_OK:
-                return await _not_ok(b, r)
-            if end is None:
-                return ("the server got the call only after the caller's half-close: the proxy holds the request "
-                        "stream until its end (half-duplex)")
-            return (f"answer delayed until the half-close: the server answered {end.get('code')} within "
-                    f"{b.cfg.wait:g} s, the caller got it only after half-closing")
-        r = await _pipe_result(pipe, t0)
+        r, why = await _answered_while_open(b, b.pipe(PIPE_EARLY_ANSWER, PIPE_IN, script), push_some)
+        if r is None:
+            return why
         if r.code != codes.RPC_S_OK:
             lost = await _not_ok(b, r)
             return lost + (" (reset when the answer came before the request's end)" if r.reset else "")
@@ -221,6 +201,35 @@ async def early_answer(b: Battery) -> Row:
     bad = [r for r in results if r]
     return Row(PIPE_EARLY_ANSWER, not bad, f"{len(results) - len(bad)}/{len(results)} answers before the "
                "half-close delivered", examples(bad), {"calls": len(results), "failed": len(bad)})
+
+
+async def _answered_while_open(b: Battery, pipe: AsyncPipe,
+                                steps: Callable[[AsyncPipe], Awaitable[None]]) -> tuple[PipeResult | None, str]:
+    """Start `pipe`, run `steps` (pushes, no half-close) and wait for its answer while the
+    caller's pipe stays open: (the result, "") when it came. When it did not come within --wait,
+    (None, what happened), told apart by the server's journal and a half-close made only once
+    the answer is overdue: held until the half-close (the server had answered), half-duplex (the
+    server got nothing before the half-close), or no answer at all."""
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(steps(pipe.start()), b.cfg.wait)
+    except (CallError, asyncio.TimeoutError):
+        pass   # the call ended or stalled: its notification (or none) says how
+    if await pipe.wait(b.cfg.wait):
+        return await _pipe_result(pipe, t0), ""
+    if dispatched(b.journal.entries(pipe.call_id)):   # had the server answered? (its journal may trail)
+        await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
+    end = final(b.journal.entries(pipe.call_id))
+    await pipe.close_push()   # does a half-close release the answer?
+    if not await pipe.wait(b.cfg.wait):
+        hung = await _abandon(b, pipe, None, t0, b.cfg.wait)
+        return None, f"{hung.describe()} while the caller's pipe stayed open, nor after its half-close"
+    r = await _pipe_result(pipe, t0)
+    if end is None:
+        return None, ("the server got the call only after the caller's half-close: the proxy holds the request "
+                      "stream until its end (half-duplex)")
+    return None, (f"answer delayed until the half-close: the server answered {end.get('code')} within "
+                  f"{b.cfg.wait:g} s, the caller got it ({r.describe()}) only after half-closing")
 
 
 async def _pipe_result(pipe: AsyncPipe, t0: float) -> PipeResult:
@@ -235,18 +244,16 @@ async def _pipe_result(pipe: AsyncPipe, t0: float) -> PipeResult:
 async def both_full_duplex(b: Battery) -> Row:
     """Bidi pipes whose server aborts with a per-call code once the caller's first message is in;
     the caller never half-closes. A proxy that waits for the end of the request stream before
-    forwarding leaves the caller waiting: the row fails after --wait."""
+    forwarding, or holds the answer until it, leaves the caller waiting: the row fails after
+    --wait and says which."""
     async def push_one(pipe: AsyncPipe) -> None:
         await pipe.push(b"first")   # and no close_push: the answer must come while the pipe is open
 
     async def one(i: int) -> str:
         code = 7000 + i % 1000   # a different code per call: a code that reaches the wrong call shows
         script = PipeScript(messages=0, outcome="abort", at="after-in", at_count=1, abort_code=code)
-        r = await drive(b, b.pipe(PIPE_BOTH_FULL_DUPLEX, PIPE_BOTH, script), push_one, b.cfg.wait)
-        if r.hung:
-            return (f"no answer within {b.cfg.wait:g} s while the caller's pipe stayed open "
-                    "(half-duplex: does the proxy wait for the end of the request stream?)")
-        return code_failure(r, code, 7000)
+        r, why = await _answered_while_open(b, b.pipe(PIPE_BOTH_FULL_DUPLEX, PIPE_BOTH, script), push_one)
+        return why if r is None else code_failure(r, code, 7000)
     results = await b.twice(one)
     bad = [r for r in results if r]
     return Row(PIPE_BOTH_FULL_DUPLEX, not bad, f"{len(results) - len(bad)}/{len(results)} answered before the "

@@ -134,6 +134,90 @@ def start_haproxy(tmp: Path, port: int, upstream: int) -> ProxyProcess:
     return ProxyProcess([shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)], port, tmp / "haproxy.log")
 
 
+# Traefik (file provider): an h2c entry point to an h2c service, every timeout off so held
+# calls are judged by the row, not cut by a default.
+TRAEFIK_STATIC = """\
+entryPoints:
+  grpc:
+    address: "127.0.0.1:{port}"
+    transport:
+      respondingTimeouts: {{readTimeout: 0, writeTimeout: 0, idleTimeout: 0}}
+providers:
+  file: {{filename: "{dynamic}"}}
+log: {{level: ERROR}}
+"""
+TRAEFIK_DYNAMIC = """\
+http:
+  routers:
+    callstate: {{rule: "PathPrefix(`/`)", service: callstate, entryPoints: [grpc]}}
+  services:
+    callstate:
+      loadBalancer:
+        servers: [{{url: "h2c://127.0.0.1:{upstream}"}}]
+"""
+# Caddy: h2c in front, h2c to the server; flush_interval -1 streams responses as they come.
+CADDYFILE = """\
+{{
+    admin off
+    auto_https off
+    servers {{
+        protocols h1 h2c
+    }}
+}}
+http://127.0.0.1:{port} {{
+    reverse_proxy h2c://127.0.0.1:{upstream} {{
+        flush_interval -1
+        transport http {{
+            versions h2c
+        }}
+    }}
+}}
+"""
+# Apache httpd with mod_proxy_http2, h2c in front (Protocols h2c), h2c to the server.
+APACHE_CONF = """\
+ServerRoot "/etc/apache2"
+PidFile {tmp}/apache.pid
+Listen 127.0.0.1:{port}
+ErrorLog {tmp}/apache-error.log
+LogLevel warn
+{user}
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_http2_module /usr/lib/apache2/modules/mod_proxy_http2.so
+Protocols h2c http/1.1
+H2Direct on
+Timeout 600
+ProxyTimeout 600
+LimitRequestBody 0
+ProxyPass / h2c://127.0.0.1:{upstream}/
+ProxyPassReverse / h2c://127.0.0.1:{upstream}/
+"""
+
+
+def start_traefik(tmp: Path, port: int, upstream: int, binary: str = "traefik") -> ProxyProcess:
+    dynamic, static = tmp / "traefik-dynamic.yml", tmp / "traefik.yml"
+    dynamic.write_text(TRAEFIK_DYNAMIC.format(upstream=upstream))
+    static.write_text(TRAEFIK_STATIC.format(port=port, dynamic=dynamic))
+    return ProxyProcess([shutil.which(binary) or binary, f"--configFile={static}"], port, tmp / "traefik.log")
+
+
+def start_caddy(tmp: Path, port: int, upstream: int, binary: str = "caddy") -> ProxyProcess:
+    conf = tmp / "Caddyfile"
+    conf.write_text(CADDYFILE.format(port=port, upstream=upstream))
+    return ProxyProcess([shutil.which(binary) or binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+                        port, tmp / "caddy.log")
+
+
+def start_apache(tmp: Path, port: int, upstream: int, binary: str = "apache2") -> ProxyProcess:
+    import os
+    user = "User nobody\nGroup nogroup" if os.geteuid() == 0 else ""
+    conf = tmp / "apache.conf"
+    conf.write_text(APACHE_CONF.format(tmp=tmp, port=port, upstream=upstream, user=user))
+    return ProxyProcess([shutil.which(binary) or binary, "-f", str(conf), "-DFOREGROUND"], port, tmp / "apache.log")
+
+
 RST_STREAM = 0x3   # the HTTP/2 frame type of a stream's cancel
 
 
