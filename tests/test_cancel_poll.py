@@ -205,3 +205,41 @@ def test_check_reports_polled_calls_propagation_apart(poll_server: ServerProcess
     assert report.cancel_propagation_polled_ms[0] >= report.cancel_poll_wait_ms[0] - 1
     text = report.summary()
     assert "polling handlers" in text and report.to_json()["cancel_propagation_polled_ms"]["count"] == 1
+
+
+def test_load_draws_cancel_poll_and_reports_polled_calls_apart(poll_server: ServerProcess, tmp_path: Path) -> None:
+    import json
+
+    report_path, log = tmp_path / "report.json", tmp_path / "client.jsonl"
+    run = cli("load", "--target", poll_server.target, "--calls", "120", "--concurrency", "8", "--seed", "5",
+              "--cancel-poll", "0=50,100=50", "--pipes", "in=15,out=15,both=15",
+              "--cancel", "non-abortive=40,abortive=30",
+              "--report", str(report_path), "--log-file", str(log), timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(report_path.read_text())
+    assert report["check"]["ok"], report["check"]
+    assert report["cancel_propagation_ms"]["count"] > 0 and report["cancel_propagation_polled_ms"]["count"] > 0
+    assert "cancel propagation to polling handlers" in run.stdout + run.stderr
+    waits = [e["delay_ms"] for e in read_entries(poll_server.log) if e["event"] == CANCEL_SEEN and "delay_ms" in e]
+    assert waits and max(waits) <= (0.1 + LATE) * 1000
+    bad = cli("load", "--target", poll_server.target, "--cancel-poll", "often=1")
+    assert bad.returncode == 2 and "not a poll interval" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_locust_draws_cancel_poll(poll_server: ServerProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser  # noqa: F401\n")
+    locust = [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless"]
+    run = subprocess.run([*locust, "-u", "2", "-r", "2", "-t", "2s", "--host", poll_server.target,
+                          "--callstate-cancel-poll", "200=1", "--callstate-cancel", "non-abortive=50",
+                          "--callstate-cancel-at", "held:0.01", "--callstate-log-file", "client.jsonl"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, run.stdout + run.stderr
+    ids = {e["call_id"] for e in read_entries(tmp_path / "client.jsonl")}
+    seen = [e for e in read_entries(poll_server.log) if e["call_id"] in ids and e["event"] == CANCEL_SEEN]
+    assert seen and all("delay_ms" in e for e in seen)   # every handler polled, as drawn
+    bad = subprocess.run([*locust, "--callstate-cancel-poll", "soon=1"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "argument --callstate-cancel-poll" in bad.stderr and "Traceback" not in bad.stderr
