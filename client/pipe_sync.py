@@ -87,6 +87,12 @@ class Pipe(ThreadNotices, PipeBase):
         self._notified = threading.Event()
         self._core.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
+        # gRPC's done-callback can run while the server's last messages still wait in the
+        # response iterator: the outcome is held until the iterator ends, so the status follows
+        # the messages (as on the wire) and a notified caller has pulled and counted them all.
+        self._end_lock = threading.Lock()
+        self._stream_over = False
+        self._held: tuple[int, Any, str, str] | None = None
 
     def add_done_callback(self, callback: Callable[["Pipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
@@ -149,6 +155,10 @@ class Pipe(ThreadNotices, PipeBase):
             raise core.after_peer_end(msg is not None)
         if msg is None:
             core.stream_ended()
+            with self._end_lock:
+                self._stream_over, held, self._held = True, self._held, None
+            if held is not None:
+                core.notify(*held)
             return None
         if msg.null_push:   # the server ended its pipe with a message of its own
             core.null_pull_message()
@@ -178,6 +188,11 @@ class Pipe(ThreadNotices, PipeBase):
                 self._client.settings.explain(status_code, rpc.details())
             code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
                                                          cancelled_here=here, abortive_cancel=core.abortive_cancel)
+            if self._responses is not None:
+                with self._end_lock:
+                    if not self._stream_over:   # messages may still be unread: the puller delivers
+                        self._held = (code, reply, status, details)
+                        return
         core.notify(code, reply, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:

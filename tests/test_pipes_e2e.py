@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -590,3 +591,26 @@ def test_a_callback_subscribed_before_the_start_fires_once_the_out_pipe_is_drain
         pipe.add_done_callback(lambda p: fired.set())
         pipe.start()
         assert fired.wait(10) and pipe.received == 3 and pipe.result() is None
+
+
+def test_the_sync_notification_waits_for_the_last_message_in_the_response_iterator(
+        pipe_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC's done-callback can run between the iterator handing over the last message and the
+    pull counting it; the caller is notified only once it has pulled and counted them all. The
+    count is slowed here to hold that window open on every run."""
+    from callstate.client.pipe_core import PipeCore
+    counted = PipeCore.pulled
+
+    def slow_count(core: PipeCore) -> None:
+        time.sleep(0.05)   # widens the race window; synchronisation is the Event below
+        counted(core)
+
+    monkeypatch.setattr(PipeCore, "pulled", slow_count)
+    with Client(pipe_server.target) as client:
+        pipe = client.pipe("out", PipeScript(messages=3))
+        seen: list[int] = []
+        fired = threading.Event()
+        pipe.add_done_callback(lambda p: (seen.append(p.received), fired.set()))
+        pipe.start()
+        assert fired.wait(20)
+        assert seen == [3] and pipe.result() is None
