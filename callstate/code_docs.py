@@ -36,7 +36,14 @@ ROWS: Final[dict[int, tuple[str, str]]] = {
                                                                         "final complete"),
     codes.RPC_S_INVALID_ASYNC_CALL: ("none: the client's own answer", "a move the call's state does not allow "
                                                                       "(a pipe push out of turn, for instance)"),
-    codes.RPC_X_PIPE_CLOSED: ("none: the client's own answer", "a push or pull on a pipe that has ended"),
+    codes.RPC_X_WRONG_PIPE_ORDER: ("FAILED_PRECONDITION", "a push on an out pipe or a pull on an in pipe "
+                                                          "(refused by the caller's library)"),
+    codes.RPC_X_PIPE_CLOSED: ("FAILED_PRECONDITION", "a push after the null push, a push or pull after the call "
+                                                     "ended (refused by the caller's library)"),
+    codes.RPC_X_PIPE_DISCIPLINE_ERROR: ("FAILED_PRECONDITION", "the call completed before its pipes were "
+                                                               "processed: a pipe rule broken (`pipe_breach`)"),
+    codes.RPC_X_PIPE_EMPTY: ("OUT_OF_RANGE", "a pull after the pipe's end was pulled (refused by the caller's "
+                                             "library)"),
 }
 ABORT_ROW: Final = ("N (abort code)", "the script's status, ABORTED when none is given", "`RpcAsyncAbortCall(N)`")
 

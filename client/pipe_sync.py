@@ -130,7 +130,9 @@ class Pipe(ThreadNotices, PipeBase):
 
     def push(self, payload: bytes = b"") -> None:
         core = self._need_rpc("push")
-        if not core.can_push() or not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
+        if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
+            raise refusal
+        if not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()
 
@@ -142,16 +144,24 @@ class Pipe(ThreadNotices, PipeBase):
 
     def pull(self) -> pb.PipeMessage | None:
         core = self._need_rpc("pull")
-        if self._responses is None:
-            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="an in pipe has nothing to pull")
+        if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
+            raise refusal
+        after_end = core.peer_null_pushed
         try:
             msg = next(self._responses)
         except (StopIteration, grpc.RpcError):
+            msg = None
+        if after_end:
+            raise core.after_peer_end(msg is not None)
+        if msg is None:
             core.stream_ended()
             with self._end_lock:
                 self._stream_over, held, self._held = True, self._held, None
             if held is not None:
                 core.notify(*held)
+            return None
+        if msg.null_push:   # the server ended its pipe with a message of its own
+            core.null_pull_message()
             return None
         core.pulled()
         return msg
