@@ -174,8 +174,8 @@ def run(opts: argparse.Namespace) -> int:
         return usage(str(exc))
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
-        print(f"callstate conformance: interrupted by {name}; the rows judged so far are in the report",
-              file=sys.stderr)
+        print(f"callstate conformance: interrupted by {name}"
+              + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
         try:
             outputs(f"interrupted by {name} before the run ended")
         finally:
@@ -184,6 +184,9 @@ def run(opts: argparse.Namespace) -> int:
             if own is not None:
                 own.cleanup()
             os._exit(128 + stop.signum)   # now: what is left of grpc's shutdown may not end in time
+    except Exception as exc:   # a fault of conformance itself: the outputs still say the run has no verdict
+        outputs(f"conformance failed: {exc!r}")
+        raise
     finally:
         if own is not None:
             own.cleanup()
