@@ -56,10 +56,12 @@ class _Canceller:
 
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                      cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                     escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None) -> Any:
+                     escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None,
+                     payload: Any = None) -> Any:
     """Run the pipe call; returns `pipe.result()` (the PipeReply of an in pipe, else None) or
     raises its CallError. `interval` paces the caller's pushes (part of the scenario);
-    `half_close=False` keeps the caller's pipe open after its pushes (no null push)."""
+    `half_close=False` keeps the caller's pipe open after its pushes (no null push). `payload`:
+    what each push sends (default: `message_bytes` zero bytes; on a user's method, its request)."""
 
     cancel = _Canceller(pipe, cancel_at, abortive, escalate_after)
 
@@ -73,12 +75,12 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
         cancel.now()
 
     async def push_all() -> None:
-        payload = bytes(message_bytes)
+        message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
             if pipe.state != PUSH or pipe.done():
                 return
             try:
-                await pipe.push(payload)
+                await pipe.push(message)
             except CallError:
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
@@ -105,7 +107,7 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
 
 def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                     cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                    escalate_after: float | None = None, half_close: bool = True) -> Any:
+                    escalate_after: float | None = None, half_close: bool = True, payload: Any = None) -> Any:
     """`drive_pipe` on a sync `Pipe`, blocking: the same moves at the same points. A `both`
     pipe pulls on a helper thread while the caller pushes (a greenlet under gevent, where the
     threading module is patched). An exception out of the pushes (a greenlet's kill) leaves
@@ -121,12 +123,12 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
         cancel.now()
 
     def push_all() -> None:
-        payload = bytes(message_bytes)
+        message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
             if pipe.state != PUSH or pipe.done():
                 return
             try:
-                pipe.push(payload)
+                pipe.push(message)
             except CallError:
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
