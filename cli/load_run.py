@@ -11,6 +11,7 @@ verified, including the server's in-flight count back at zero.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -66,6 +67,7 @@ class LoadConfig:
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
     settings: ChannelSettings = field(default_factory=ChannelSettings)   # TLS, token, keepalive
+    drive: Any = None   # --method: any service's method and its requests (cli/method_options.Drive)
 
 
 class _Sink:
@@ -142,6 +144,10 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self.server_lost = ""
+        # --method: the requests, in turn; and why only the client side is judged, against a
+        # server that is not callstate (no Journal to follow)
+        self._requests = itertools.cycle(config.drive.requests) if config.drive is not None else None
+        self.one_sided = ""
 
     def _start_metrics(self) -> None:
         from callstate.observe import ObservedLog
@@ -187,7 +193,10 @@ class LoadRun:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         self.paths[plan.outcome] += 1
-        call = client.prepare(self._script(plan), payload=payload)
+        if self._requests is None:
+            call = client.prepare(self._script(plan), payload=payload)
+        else:
+            call = client.prepare(self._script(plan), method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
         abortive = plan.cancel == ABORTIVE
         timer: asyncio.TimerHandle | None = None
@@ -237,11 +246,17 @@ class LoadRun:
         if point is not None:
             self.paths[f"cancel-{cancel}"] += 1
             self.paths[f"pipe-cancel-at-{point.kind}"] += 1
-        pipe = client.pipe(plan.pipe, pipe_script(plan, scenario, self.cfg.payload))  # type: ignore[arg-type]
+        script, request = pipe_script(plan, scenario, self.cfg.payload), None
+        if self._requests is None:
+            pipe = client.pipe(plan.pipe, script)
+        else:   # a streaming method: its request opens an out pipe and is what in and both pipes push
+            request = next(self._requests)
+            pipe = client.pipe(plan.pipe, script, method=self.cfg.drive.method, request=request)
         self.ids.add(pipe.call_id)
         try:
             await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
-                             cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after)
+                             cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after,
+                             payload=request)
             code = codes.RPC_S_OK
         except CallError as err:
             code = err.code
@@ -361,6 +376,10 @@ class LoadRun:
             raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
         journal = pb_grpc.JournalStub(channel)
         follow: asyncio.Task[None] | None = None
+        if cfg.drive is not None and not await _serves_journal(journal, cfg):
+            self.one_sided = (f"{cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
+                              "only the client side is logged and checked")
+            return await self._run_one_sided(channel)
         if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
             subscribed = asyncio.Event()
             follow = asyncio.ensure_future(self._follow(journal, subscribed))
@@ -426,6 +445,43 @@ class LoadRun:
             self._server_spool.close()
         return self.report(elapsed, before, after)
 
+    async def _run_one_sided(self, channel: grpc.aio.Channel) -> dict[str, Any]:
+        """A run against a server that is not callstate: the same calls, cancels and client-side
+        checks; the server side is unknown (no journal, no counters), so is cancel propagation."""
+        await channel.close()
+        cfg = self.cfg
+        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings, schema=None,
+                               channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
+                   for _ in range(cfg.channels)]
+        view = None
+        if self.live is not None:
+            view = LiveView(self.live, self.out, cfg.view, f"callstate load → {cfg.target}", before_refresh=self._update_live)
+            view.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+        self._t0 = time.perf_counter()
+        self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
+        try:
+            if cfg.rate:
+                await self._open_loop(clients, bytes(cfg.payload))
+            else:
+                await self._closed_loop(clients, bytes(cfg.payload))
+            elapsed = time.perf_counter() - self._t0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for client in clients:
+                await client.close()
+            if view is not None:
+                view.stop()
+        for log in (self.log, self._client_spool):
+            if log is not None:
+                log.close()
+        if self._server_spool is not None:
+            self._server_spool.close()
+        return self.report(elapsed, pb.Counters(), None)
+
     async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
                       timeout: float) -> pb.Counters:
         """Wait until the server has ended every call of ours it dispatched (and, on a server
@@ -466,6 +522,8 @@ class LoadRun:
                 "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
                 "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
                 "pipe_messages": self.cfg.scenario.pipe_messages,
+                **({"method": self.cfg.drive.method.name} if self.cfg.drive is not None else {}),
+                **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
             },
             "calls": self.finished,
             "skipped": self.skipped,
@@ -495,18 +553,23 @@ class LoadRun:
             dropped = self.stream_dropped
             notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
                      "the server view is incomplete"] if dropped else []
-            if self.attempted and self._our_server_dispatches == 0:
+            if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
                 notes.append("no call reached the server")
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
             report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
                                "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
                                "entries": checked["entries"], "note": "; ".join(notes)}
+            if self.one_sided:
+                report["check"]["one_sided"] = CLIENT
+                report["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
         else:
             report["check"] = {"ok": not self._nothing_started(), "skipped": True}
         if self._nothing_started():
             report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
         report["stream_dropped"] = self.stream_dropped
+        if self.one_sided:
+            report[SERVER] = {"unknown": self.one_sided}
         return report
 
     def _nothing_started(self) -> str:
@@ -533,6 +596,19 @@ class LoadRun:
             return self.builder.build(examples, run=report, title=f"callstate load against {self.cfg.target}")
         finally:
             self._spool_dir.cleanup()
+
+
+NOT_MEASURABLE = "not measurable: the server side is unknown"
+
+
+async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool:
+    """Whether the target is a callstate server (a stand-in included): False on UNIMPLEMENTED."""
+    try:
+        await journal.GetCounters(pb.CountersRequest(), metadata=cfg.settings.metadata, timeout=10)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return False
+    return True   # any other answer: the usual path says what is wrong
 
 
 def script_holds(plan: Plan) -> bool:
@@ -564,12 +640,17 @@ def summary(report: dict[str, Any]) -> str:
                      f"{lat['p99']:>10.2f}{lat['max']:>10.2f}")
     lines.append("paths: " + ", ".join(f"{k} {v}" for k, v in report["paths"].items()))
     prop = report.get("cancel_propagation_ms", {})
-    if prop.get("count"):
+    if prop.get("not_measurable"):
+        lines.append(f"cancel propagation: {prop['not_measurable']}")
+    elif prop.get("count"):
         lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     check = report["check"]
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
+    elif check["ok"] and check.get("one_sided"):
+        lines.append(f"check: OK on the client side only — {check['calls']} calls, every client-side invariant "
+                     f"holds; the server side is unknown: {report[SERVER]['unknown']}")
     elif check["ok"]:
         server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
@@ -577,7 +658,8 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
                      f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
-        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else ""))
+        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else "")
+                     + ("; the server side is unknown (only the client side was checked)" if check.get("one_sided") else ""))
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))

@@ -70,9 +70,13 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
     pipe.start()
     if on_started is not None:
         on_started(pipe)
+    on_headers: asyncio.Future[None] | None = None
     if cancel.due(CANCEL_AFTER_HEADERS):
-        await pipe.headers()
-        cancel.now()
+        if pipe.method is None:   # callstate sends its headers at dispatch
+            await pipe.headers()
+            cancel.now()
+        else:   # a user's server may send them only with its first message or its reply: go on meanwhile
+            on_headers = asyncio.ensure_future(_cancel_on_headers(pipe, cancel))
 
     async def push_all() -> None:
         message = bytes(message_bytes) if payload is None else payload
@@ -96,13 +100,22 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
             if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
-    if pipe.kind == PIPE_IN:
-        await push_all()
-    elif pipe.kind == PIPE_OUT:
-        await pull_all()
-    else:
-        await asyncio.gather(push_all(), pull_all())
-    return await pipe.result()
+    try:
+        if pipe.kind == PIPE_IN:
+            await push_all()
+        elif pipe.kind == PIPE_OUT:
+            await pull_all()
+        else:
+            await asyncio.gather(push_all(), pull_all())
+        return await pipe.result()
+    finally:
+        if on_headers is not None:
+            on_headers.cancel()
+
+
+async def _cancel_on_headers(pipe: AsyncPipe, cancel: _Canceller) -> None:
+    await pipe.headers()
+    cancel.now()
 
 
 def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
