@@ -140,7 +140,7 @@ class AsyncPipe(AsyncNotices, PipeBase):
         if msg is grpc.aio.EOF:
             core.stream_ended()
             return None
-        if msg.null_push:   # the server ended its pipe with a message of its own
+        if self._ends_pipe(msg):   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()

@@ -100,6 +100,10 @@ class PipeBase(CallBase):
             return self.request
         return request_message(self.method, payload, f"{self.method.name} push {seq}")
 
+    def _ends_pipe(self, msg: Any) -> bool:
+        """Whether a pulled message is the server's null push (the Emulator's own; a user's method has none)."""
+        return self.method is None and msg.null_push
+
     @property
     def _null_push_message(self) -> Any:
         """What a null push sends before the half-close: a message of its own on the Emulator; on a

@@ -163,7 +163,7 @@ class Pipe(ThreadNotices, PipeBase):
             if held is not None:
                 core.notify(*held)
             return None
-        if msg.null_push:   # the server ended its pipe with a message of its own
+        if self._ends_pipe(msg):   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()
