@@ -50,6 +50,7 @@ class ShopServer:
         self.pb, self.grpc = generated(out)
         self.seen: dict[str, list[str]] = {}
         self.headers: dict[str, dict[str, str]] = {}
+        self.orders: list[str] = []   # the order_id of each Charge and Track, in arrival order
         self._cond = threading.Condition()
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -114,6 +115,7 @@ class _Shop:
 
     async def Charge(self, request: Any, context: Any) -> Any:
         call_id = self.srv.note(context, "dispatch")
+        self.srv.orders.append(request.order_id)
         if request.order_id == "hold":
             await self._held(context, call_id)
         if request.order_id == "refuse":
@@ -123,15 +125,17 @@ class _Shop:
 
     async def Track(self, request: Any, context: Any) -> Any:
         self.srv.note(context, "dispatch")
-        n = 0
+        self.srv.orders.append(request.order_id)
+        n, finished = 0, False
         try:
             while request.order_id == "forever" or n < 3:
                 n += 1
                 yield self.pb.TrackEvent(where=f"hop {n}")
                 await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
-            self.srv.note(context, "cancelled")
-            raise
+            finished = True
+        finally:   # cancelled in the sleep (CancelledError) or at a yield (the generator closed)
+            if not finished:
+                self.srv.note(context, "cancelled")
 
     async def Upload(self, request_iterator: Any, context: Any) -> Any:
         self.srv.note(context, "dispatch")
