@@ -357,3 +357,16 @@ def test_emulator_call_by_name_is_logged_on_both_sides(shared_server: ServerProc
     assert err.value.code == 4321
     server = shared_server.wait_entries(call.call_id)   # the id from the callstate-call-id metadata
     assert final(server)["code"] == 4321
+
+
+def test_the_docs_shop_example_runs_as_shown(shop: ShopServer, tmp_path: Path) -> None:
+    """docs/drive.md's library example, against the plain shop server it describes."""
+    from tests.documentation import DOCS, blocks
+
+    code = next(b for b in blocks((DOCS / "drive.md").read_text(), "python") if "# drive_shop.py" in b)
+    script = tmp_path / "drive_shop.py"
+    script.write_text(code.replace("127.0.0.1:50051", shop.target))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["ch-o-1", "['hop 1', 'hop 2', 'hop 3']"]
+    assert states(read_entries(tmp_path / "client.jsonl"))[-4:] == ["Can", "WComp", "Comp", "End"]
