@@ -50,7 +50,7 @@ class ShopServer:
         self.pb, self.grpc = generated(out)
         self.seen: dict[str, list[str]] = {}
         self.headers: dict[str, dict[str, str]] = {}
-        self.orders: list[str] = []   # the order_id of each Charge and Track, in arrival order
+        self.orders: list[str] = []   # the order_id of each Charge and Track, Chat's texts, in arrival order
         self._cond = threading.Condition()
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -147,6 +147,7 @@ class _Shop:
     async def Chat(self, request_iterator: Any, context: Any) -> Any:
         self.srv.note(context, "dispatch")
         async for msg in request_iterator:
+            self.srv.orders.append(msg.text)
             yield self.pb.ChatMessage(text="echo " + msg.text)
 
 
@@ -370,3 +371,34 @@ def test_the_docs_shop_example_runs_as_shown(shop: ShopServer, tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["ch-o-1", "['hop 1', 'hop 2', 'hop 3']"]
     assert states(read_entries(tmp_path / "client.jsonl"))[-4:] == ["Can", "WComp", "Comp", "End"]
+
+
+@pytest.mark.parametrize("method", [UPLOAD, CHAT])
+def test_an_after_headers_cancel_does_not_wait_for_headers_a_plain_server_sends_late(shop: ShopServer, schema: Any,
+                                                                                    method: str) -> None:
+    """A plain server sends its headers with its first message or its reply: the driver goes on
+    pushing meanwhile (waiting for them first would wait for ever)."""
+    from callstate.client.pipe_drive import drive_pipe
+    from callstate.pipe_script import PipeCancelPoint
+
+    async def run() -> Any:
+        async with AsyncClient(shop.target, schema=schema) as client:
+            pipe = client.pipe(method=method, request={"text": "x"} if method == CHAT else {"data": "AAAA"})
+            try:
+                await asyncio.wait_for(drive_pipe(pipe, messages=2, cancel_at=PipeCancelPoint.parse("after-headers"),
+                                                  payload=pipe.request), WAIT)
+            except CallError:
+                pass   # cancelled once the headers came: 1818, or already done: the reply
+            return pipe
+    pipe = asyncio.run(run())
+    assert pipe.sent == 2 and pipe.state == "End"
+
+
+def test_the_pipe_driver_pushes_the_payload_it_is_given(shop: ShopServer, schema: Any) -> None:
+    from callstate.client.pipe_drive import drive_pipe_sync
+
+    with Client(shop.target, schema=schema) as client:
+        before = len(shop.orders)
+        pipe = client.pipe(method=CHAT, request={"text": "opening"})
+        drive_pipe_sync(pipe, messages=3, payload=shop.pb.ChatMessage(text="pushed"))
+    assert shop.orders[before:] == ["pushed"] * 3 and pipe.received == 3
