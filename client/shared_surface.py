@@ -208,7 +208,10 @@ class ClientBase:
 
     Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
     (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
-    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments.
+
+    Any service (client/any_method.py): `schema`, a `callstate.schema.Schema` whose methods
+    `prepare`/`start`/`pipe` call by name (`method=`); None: the target's reflection, read once."""
 
     _call_type: type[CallBase] = CallBase
 
