@@ -377,11 +377,10 @@ class LoadRun:
             raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
         journal = pb_grpc.JournalStub(channel)
         follow: asyncio.Task[None] | None = None
-        if cfg.drive is not None and not await _serves_journal(journal, cfg):
+        if cfg.drive is not None and not await _serves_journal(journal, cfg):   # no journal, no counters
             self.one_sided = (f"{cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
                               "only the client side is logged and checked")
-            return await self._run_one_sided(channel)
-        if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
+        if self.checker is not None and not self.one_sided:   # subscribe first, then read the counters: no End falls in between
             subscribed = asyncio.Event()
             follow = asyncio.ensure_future(self._follow(journal, subscribed))
             waiter = asyncio.ensure_future(subscribed.wait())
@@ -393,7 +392,8 @@ class LoadRun:
                 raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
                                       f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
         try:
-            before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+            before = pb.Counters() if self.one_sided else \
+                await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
         except grpc.aio.AioRpcError as err:
             if follow is not None:
                 follow.cancel()
@@ -427,7 +427,8 @@ class LoadRun:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             try:
-                after: pb.Counters | None = await self._settle(channel, journal, before, cfg.settle)
+                after: pb.Counters | None = None if self.one_sided else \
+                    await self._settle(channel, journal, before, cfg.settle)
             except grpc.aio.AioRpcError as err:
                 after = None
                 self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
@@ -445,43 +446,6 @@ class LoadRun:
         if self._server_spool is not None:
             self._server_spool.close()
         return self.report(elapsed, before, after)
-
-    async def _run_one_sided(self, channel: grpc.aio.Channel) -> dict[str, Any]:
-        """A run against a server that is not callstate: the same calls, cancels and client-side
-        checks; the server side is unknown (no journal, no counters), so is cancel propagation."""
-        await channel.close()
-        cfg = self.cfg
-        clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings, schema=None,
-                               channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
-                   for _ in range(cfg.channels)]
-        view = None
-        if self.live is not None:
-            view = LiveView(self.live, self.out, cfg.view, f"callstate load → {cfg.target}", before_refresh=self._update_live)
-            view.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
-        self._t0 = time.perf_counter()
-        self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
-        try:
-            if cfg.rate:
-                await self._open_loop(clients, bytes(cfg.payload))
-            else:
-                await self._closed_loop(clients, bytes(cfg.payload))
-            elapsed = time.perf_counter() - self._t0
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            for client in clients:
-                await client.close()
-            if view is not None:
-                view.stop()
-        for log in (self.log, self._client_spool):
-            if log is not None:
-                log.close()
-        if self._server_spool is not None:
-            self._server_spool.close()
-        return self.report(elapsed, pb.Counters(), None)
 
     async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
                       timeout: float) -> pb.Counters:
