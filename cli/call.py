@@ -14,7 +14,6 @@ from callstate.cli.options import (abort_code, add_target, bounded_int, channel_
                                    grpc_status, int64, non_negative_float, para, positive_float, text)
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
-from callstate.client.any_method import shape
 from callstate.lifecycle import UNARY, WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
@@ -78,6 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.client.any_method import shape
+
     opts.settings = channel_settings(opts)
     try:
         opts.drive = drive_of(opts, opts.settings)

@@ -19,7 +19,6 @@ from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
                                 unreachable_pipe_points)
-from callstate.client.any_method import shape
 from callstate.lifecycle import UNARY
 from callstate.script import Limits
 
@@ -157,6 +156,8 @@ def run(opts: argparse.Namespace) -> int:
 
 def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
     """--method: the method and requests; a streaming method makes every call a pipe of its shape."""
+    from callstate.client.any_method import shape
+
     drive = drive_of(opts, settings)
     if drive is not None:
         if opts.pipes:

@@ -16,16 +16,18 @@ UNIMPLEMENTED, and the cancel then escalates to abortive at once (shared_surface
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
-from callstate.schema import Method, Schema, SchemaError, message_from_json
 from callstate.script import Script, validate, validate_request
 from callstate.script_header import SCRIPT_HEADER, encode
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CANCEL_KEY_KEY
+
+if TYPE_CHECKING:   # callstate.schema (protobuf's pools, json_format) loads on a user's first method call
+    from callstate.schema import Method, Schema
 
 RequestLike = Message | Mapping[str, Any] | str | None
 
@@ -35,6 +37,8 @@ def request_message(method: Method, request: RequestLike, where: str = "") -> Me
 
     A message of another type (by full name) or JSON that does not fit is a SchemaError
     naming `where` (default: the method) and the field."""
+    from callstate.schema import SchemaError, message_from_json
+
     where = where or method.name
     if request is None:
         return method.request()
@@ -48,7 +52,7 @@ def request_message(method: Method, request: RequestLike, where: str = "") -> Me
 
 def resolve(schema: Schema | None, method: str | Method, load: Callable[[], Schema]) -> tuple[Schema | None, Method]:
     """The Method by name from `schema`, loading it first (`load`: from reflection) when there is none."""
-    if isinstance(method, Method):
+    if not isinstance(method, str):   # a Method already
         return schema, method
     if schema is None:
         schema = load()
@@ -85,6 +89,8 @@ class MethodRequest:
     @classmethod
     def make(cls, method: Method, request: RequestLike, script: Script | pb.Script | None, call_id: str,
              cancel_key: str) -> "MethodRequest":
+        from callstate.schema import SchemaError
+
         if method.kind != UNARY:
             raise SchemaError(f"{method.name} is a {_SHAPES[method.kind]} method: make it with pipe(method=...)")
         proto = script.to_proto() if isinstance(script, Script) else script
@@ -117,6 +123,8 @@ def check_request(request: pb.CallRequest | MethodRequest) -> None:
 
 def pipe_kind_of(method: Method, kind: str | None) -> str:
     """The pipe kind of a streaming method (its shape); a kind given that differs is a SchemaError."""
+    from callstate.schema import SchemaError
+
     if method.kind == UNARY:
         raise SchemaError(f"{method.name} is a unary method: make it with prepare(method=...) or start(method=...)")
     if kind is not None and kind != method.kind:

@@ -3,7 +3,7 @@ made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add only th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callstate import codes
 from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
@@ -12,9 +12,11 @@ from callstate.client.shared_surface import CallBase
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.pipe_script import PipeScript, validate_pipe
-from callstate.schema import Method
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
+
+if TYPE_CHECKING:
+    from callstate.schema import Method
 
 # The caller's null push travels as a message of its own: the server then knows the end of
 # the stream is a half-close, not a cancel.
