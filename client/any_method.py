@@ -63,7 +63,9 @@ def multicallable(channel: Any, method: Method) -> Any:
     """The RPC of the method's shape on a sync or grpc.aio channel."""
     factory = {UNARY: channel.unary_unary, PIPE_OUT: channel.unary_stream, PIPE_IN: channel.stream_unary,
                PIPE_BOTH: channel.stream_stream}[method.kind]
-    return factory(method.path, request_serializer=_serialize, response_deserializer=method.response.FromString)
+    # registered once with the channel, as generated stubs do: grpc then skips a per-call lookup of the path
+    return factory(method.path, request_serializer=_serialize, response_deserializer=method.response.FromString,
+                   _registered_method=True)
 
 
 def _serialize(msg: Message) -> bytes:
@@ -73,7 +75,20 @@ def _serialize(msg: Message) -> bytes:
 def script_metadata(script: pb.Script | pb.PipeScript | None, cancel_key: str) -> tuple[tuple[str, str], ...]:
     """The metadata a call on a user's method carries beyond its id and the token."""
     extra: tuple[tuple[str, str], ...] = ((CANCEL_KEY_KEY, cancel_key),)
-    return extra + ((SCRIPT_HEADER, encode(script)),) if script is not None else extra
+    return extra + ((SCRIPT_HEADER, _header(script)),) if script is not None else extra
+
+
+_HEADERS: dict[tuple[str, bytes], str] = {}   # a load run sends a few scripts many times: encode each once
+
+
+def _header(script: pb.Script | pb.PipeScript) -> str:
+    key = (script.DESCRIPTOR.name, script.SerializeToString(deterministic=True))
+    text = _HEADERS.get(key)
+    if text is None:
+        if len(_HEADERS) >= 1024:
+            _HEADERS.clear()
+        text = _HEADERS[key] = encode(script)
+    return text
 
 
 @dataclass(frozen=True)
