@@ -39,6 +39,8 @@ class Entry(NamedTuple):
     cancel: str | None = None   # the cancel kind, on a client's Can and a server's cancel_seen
     sent: int | None = None     # pipes: messages this side has sent so far (on its transitions)
     received: int | None = None  # pipes: messages this side has received so far
+    method: str | None = None   # a stand-in's call: the user's method, "pkg.Svc/Method" (None: callstate.v1)
+    rule: str | None = None     # a stand-in's call: the rule that answered it, "rules[N]" or its name
 
 
 _ts_cache: tuple[int, str] = (-1, "")
@@ -84,6 +86,10 @@ def to_dict(e: Entry) -> dict[str, Any]:
         d["cancel"] = e.cancel
     if e.sent is not None:
         d["sent"], d["received"] = e.sent, e.received
+    if e.method is not None:
+        d["method"] = e.method
+    if e.rule is not None:
+        d["rule"] = e.rule
     return d
 
 
@@ -112,13 +118,18 @@ def format_line(e: Entry) -> str:
         line += f',"cancel":"{e.cancel}"'
     if e.sent is not None:
         line += f',"sent":{int(e.sent)},"received":{int(e.received or 0)}'
+    if e.method is not None:   # both come from the server's schema and rules file: escaped
+        line += f',"method":{_dumps(e.method).decode()}'
+    if e.rule is not None:
+        line += f',"rule":{_dumps(e.rule).decode()}'
     return line + "}\n"
 
 
 def from_dict(d: Mapping[str, Any]) -> Entry:
     """An entry read from a log (`to_dict`'s form) back in memory; KeyError/ValueError when malformed."""
     return Entry(parse_ts(d["ts"]), d["side"], d["call_id"], d["state"], d.get("prev"), d["event"], d.get("move"),
-                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"))
+                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"),
+                 d.get("method"), d.get("rule"))
 
 
 def to_proto(e: Entry) -> pb.StateEntry:
@@ -129,6 +140,10 @@ def to_proto(e: Entry) -> pb.StateEntry:
         msg.code = e.code
     if e.sent is not None:
         msg.sent, msg.received = e.sent, e.received or 0
+    if e.method is not None:
+        msg.method = e.method
+    if e.rule is not None:
+        msg.rule = e.rule
     return msg
 
 
@@ -146,6 +161,10 @@ def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
         d["cancel"] = msg.cancel
     if msg.HasField("sent"):
         d["sent"], d["received"] = msg.sent, msg.received
+    if msg.method:
+        d["method"] = msg.method
+    if msg.rule:
+        d["rule"] = msg.rule
     return d
 
 
