@@ -298,7 +298,7 @@ def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descripto
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
-    return field.label == FieldDescriptor.LABEL_REPEATED
+    return bool(field.is_repeated)
 
 
 def _subset(pattern: Any, value: Any) -> bool:
