@@ -56,7 +56,7 @@ def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.Fil
         pool.Add(proto)
         added.add(fd.name)
 
-    for fd in own:
+    for fd in (rpb.DESCRIPTOR, *own):
         add_own(fd)
     for proto in (v1_file(), *extra):
         if proto.name not in added:

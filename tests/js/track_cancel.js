@@ -18,11 +18,12 @@ call.on('data', () => {
   received += 1;
   if (received === Number(cancelAfter)) call.cancel();
 });
-call.on('error', (err) => {
-  console.log(JSON.stringify({ received, callId, code: err.code, details: err.details }));
+let reported = false;
+function report(fields) {   // grpc-js ends a cancelled stream with 'error', then 'end': report once
+  if (reported) return;
+  reported = true;
+  console.log(JSON.stringify({ received, callId, ...fields }));
   client.close();
-});
-call.on('end', () => {
-  console.log(JSON.stringify({ received, callId, code: 0 }));
-  client.close();
-});
+}
+call.on('error', (err) => report({ code: err.code, details: err.details }));
+call.on('end', () => report({ code: 0 }));
