@@ -118,9 +118,9 @@ def format_line(e: Entry) -> str:
         line += f',"cancel":"{e.cancel}"'
     if e.sent is not None:
         line += f',"sent":{int(e.sent)},"received":{int(e.received or 0)}'
-    if e.method is not None:   # both come from the server's schema and rules file: escaped
-        line += f',"method":{_dumps(e.method).decode()}'
-    if e.rule is not None:
+    if e.method is not None:   # "pkg.Svc/Method": proto identifiers, dots and a slash, nothing to escape
+        line += f',"method":"{e.method}"'
+    if e.rule is not None:     # a rule's name is the user's text: escaped
         line += f',"rule":{_dumps(e.rule).decode()}'
     return line + "}\n"
 
