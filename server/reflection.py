@@ -53,16 +53,23 @@ def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.Fil
             add_own(dep)
         proto = descriptor_pb2.FileDescriptorProto()
         fd.CopyToProto(proto)
-        pool.Add(proto)
+        add_file(pool, proto)
         added.add(fd.name)
 
     for fd in (rpb.DESCRIPTOR, *own):
         add_own(fd)
     for proto in (v1_file(), *extra):
         if proto.name not in added:
-            pool.Add(proto)
+            add_file(pool, proto)
             added.add(proto.name)
     return pool
+
+
+def add_file(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) -> None:
+    try:
+        pool.Add(proto)
+    except (TypeError, ValueError) as exc:   # a user's symbol that clashes with the server's own
+        raise ValueError(f"{proto.name}: cannot be served beside the server's own services ({exc})") from None
 
 
 def serve_reflection(server: grpc.aio.Server, service_names: Sequence[str], pool: DescriptorPool) -> None:
