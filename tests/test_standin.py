@@ -413,3 +413,31 @@ def test_rules_given_as_json_load_and_a_request_pattern_may_use_json_names(tmp_p
             assert stub.Charge(request, timeout=10).charge_id == "near"
     finally:
         srv.stop()
+
+
+def test_a_held_user_stream_takes_a_cancel_notice_and_metrics_count_user_calls(tmp_path: Path, shop: Any) -> None:
+    from tests.test_metrics import by, metrics_url, scrape, wait_for
+
+    (tmp_path / "rules.yaml").write_text("rules:\n  - method: shop.v1.Shop/Track\n    script: {outcome: hold}\n")
+    srv = start_server(tmp_path, *standin_args(tmp_path / "rules.yaml"), "--metrics-port", "0")
+    try:
+        url = wait_for(lambda: metrics_url(srv.stderr), 10, "the metrics URL")
+        with grpc.insecure_channel(srv.target) as channel:
+            stub, emulator = shop.grpc.ShopStub(channel), pb_grpc.EmulatorStub(channel)
+            stream = stub.Track(shop.pb.TrackRequest(), timeout=30, metadata=(
+                ("callstate-call-id", "stream-notice-1"), ("callstate-cancel-key", "k-1")))
+            next(stream)   # the held stream is pushing
+            assert emulator.Cancel(pb.CancelRequest(call_id="stream-notice-1", cancel_key="k-1"), timeout=10).delivered
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stream:
+                    pass
+            assert dict(ended.value.trailing_metadata())["callstate-code"] == "1818"
+            stub.Charge(shop.pb.ChargeRequest(), timeout=10)
+        entries = srv.wait_entries("stream-notice-1")
+        assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
+        assert one_end(entries) and final(entries)["code"] == 1818
+        ended_codes = wait_for(lambda: (lambda c: c if sum(c.values()) >= 2 else None)(
+            by(scrape(url), "callstate_calls_total", "code", side="server")), 10, "two calls counted")
+        assert ended_codes == {"1818": 1.0, "0": 1.0}
+    finally:
+        srv.stop()
