@@ -36,7 +36,7 @@ from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY
 # Services a stand-in never serves from a user's schema: the server's own (a schema read by
 # reflection from another callstate server lists them too).
 OWN_SERVICE_PREFIXES = ("callstate.v1.", "grpc.health.v1.", "grpc.reflection.")
-RULES_POLL = 0.5   # seconds between looks at the rules file
+RULES_POLL = 0.5   # seconds between looks at the rules file (a change lands within two)
 
 
 def served_methods(schema: Schema) -> list[Method]:
@@ -126,6 +126,7 @@ class RulesFile:
                  on_reload: Callable[[RuleSet], None] | None = None) -> None:
         self.path, self.standin, self.err, self.on_reload = Path(path), standin, err, on_reload
         self._seen = _stamp(self.path)
+        self._settling = self._seen   # a new stamp, seen once: reloaded when the next look sees it again
         self.reloads = self.failures = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -147,9 +148,13 @@ class RulesFile:
             self.check()
 
     def check(self) -> bool:
-        """Reload when the file changed since the last look; True when new rules are in force."""
+        """Reload when the file changed and then held still for one look (an editor that
+        truncates and rewrites is not caught half-way); True when new rules are in force."""
         stamp = _stamp(self.path)
         if stamp == self._seen:
+            return False
+        if stamp != self._settling:
+            self._settling = stamp
             return False
         self._seen = stamp
         try:

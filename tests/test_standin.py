@@ -286,22 +286,37 @@ def wait_stderr(srv: ServerProcess, text: str, timeout: float = 15.0) -> str:
     raise AssertionError(f"{text!r} not on the server's stderr within {timeout}s:\n{srv.stderr.read_text()}")
 
 
+class EditedFile:
+    """A file rewritten in place (truncated, then written), as an editor saves it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write_text(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text[:5])
+            f.flush()
+            time.sleep(0.01)   # a half-written file for a moment: the server must not take it
+            f.write(text[5:])
+
+
 def test_the_rules_file_is_reloaded_and_a_bad_edit_keeps_the_last_good_rules(tmp_path: Path, shop: Any) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - method: shop.v1.Shop/Charge\n    reply: {charge_id: first}\n")
+    edited = EditedFile(rules)
     srv = start_server(tmp_path, *standin_args(rules))
     try:
         with grpc.insecure_channel(srv.target) as channel:
             stub = shop.grpc.ShopStub(channel)
             assert stub.Charge(shop.pb.ChargeRequest(), timeout=10).charge_id == "first"
-            rules.write_text("rules:\n  - method: shop.v1.Shop/Charge\n    reply: {charge_id: second}\n")
+            edited.write_text("rules:\n  - method: shop.v1.Shop/Charge\n    reply: {charge_id: second}\n")
             wait_stderr(srv, "reloaded")
             assert stub.Charge(shop.pb.ChargeRequest(), timeout=10).charge_id == "second"
-            rules.write_text("rules:\n  - method: shop.v1.Shop/Charge\n    reply: {charge_idd: third}\n")
+            edited.write_text("rules:\n  - method: shop.v1.Shop/Charge\n    reply: {charge_idd: third}\n")
             err = wait_stderr(srv, "not reloaded")
             assert "rules[0] (shop.v1.Shop/Charge).reply" in err and "charge_idd" in err and ":2:" in err
             assert stub.Charge(shop.pb.ChargeRequest(), timeout=10).charge_id == "second"
-            rules.write_text("rules: [oops\n")
+            edited.write_text("rules: [oops\n")
             wait_stderr(srv, "not valid YAML")
             assert stub.Charge(shop.pb.ChargeRequest(), timeout=10).charge_id == "second"
         assert srv.proc.poll() is None

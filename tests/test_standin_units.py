@@ -108,3 +108,39 @@ def test_bad_rules_name_the_file_line_and_field(schema, text: str, message: str)
 def test_an_empty_rules_file_is_no_rules(schema) -> None:   # type: ignore[no-untyped-def]
     assert parse_rules("", schema).count == 0
     assert parse_rules("rules: []\n", schema).first_match("shop.v1.Shop/Charge", {}, None) is None
+
+
+def test_a_rules_file_is_reloaded_only_once_a_change_holds_still(schema, tmp_path) -> None:   # type: ignore[no-untyped-def]
+    import io
+    import os
+    from types import SimpleNamespace
+
+    from callstate.script import Limits
+    from callstate.server.standin import RulesFile
+
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {method: shop.v1.Shop/Charge, reply: {charge_id: one}}\n")
+    standin = SimpleNamespace(schema=schema, emulator=SimpleNamespace(config=SimpleNamespace(limits=Limits())),
+                              rules=parse_rules(path.read_text(), schema))
+    err = io.StringIO()
+    watcher = RulesFile(path, standin, err)   # type: ignore[arg-type]
+    assert not watcher.check()                # unchanged
+
+    def stamp_anew() -> None:   # a new mtime even within the file system's clock tick
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    path.write_text("rul")                    # truncated and half written, as an editor saves
+    stamp_anew()
+    assert not watcher.check()                # seen once: not taken yet
+    path.write_text("rules:\n  - {method: shop.v1.Shop/Charge, reply: {charge_id: two}}\n")
+    stamp_anew()
+    assert not watcher.check()                # changed again: wait for it to hold still
+    assert watcher.check()                    # held still: in force
+    assert standin.rules.by_method["shop.v1.Shop/Charge"][0].reply.charge_id == "two"
+    assert watcher.reloads == 1 and watcher.failures == 0 and "reloaded (1 rule for 1 method)" in err.getvalue()
+    path.write_text("rules:\n  - {method: shop.v1.Shop/Nope}\n")
+    stamp_anew()
+    assert not watcher.check() and not watcher.check()   # a bad edit: the last good rules stay
+    assert standin.rules.by_method["shop.v1.Shop/Charge"][0].reply.charge_id == "two"
+    assert watcher.failures == 1 and "not reloaded, the last good rules stay" in err.getvalue()
