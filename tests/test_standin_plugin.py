@@ -53,6 +53,7 @@ rules:
     match: {request: {order_id: decline-me}}
     script: {outcome: abort, abort_code: 4321}
   - method: shop.v1.Shop/Charge
+    script: {outcome: complete}
     reply: {charge_id: ok}
 """
 
