@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -311,7 +311,3 @@ def _subset(pattern: Any, value: Any) -> bool:
 def describe(rules: RuleSet) -> str:
     methods = sorted(rules.by_method)
     return f"{rules.count} rule{'s' if rules.count != 1 else ''} for {len(methods)} method{'s' if len(methods) != 1 else ''}"
-
-
-def labels(rules: RuleSet) -> Sequence[str]:
-    return sorted({r.label for rs in rules.by_method.values() for r in rs})

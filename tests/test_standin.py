@@ -8,7 +8,6 @@ import importlib
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -70,6 +69,10 @@ rules:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    yield from generated_shop(tmp_path_factory)
+
+
+def generated_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """shop.v1's messages and stubs as grpcio-tools generates them for an app."""
     out = tmp_path_factory.mktemp("generated")
     done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"--python_out={out}",

@@ -17,7 +17,7 @@ import pytest
 
 from callstate.check import check_files
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states
-from tests.test_standin import CHARGE, PROTOS, SHOP, one_end, shop  # noqa: F401 - shop is a fixture
+from tests.test_standin import CHARGE, PROTOS, SHOP, generated_shop, one_end
 from tests.test_third_party_and_crash import run_grpcurl
 
 JS = ROOT / "tests" / "js"
@@ -49,6 +49,11 @@ def story_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
                        "--max-hold", "20", "--mix", "complete=100", name="story")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from generated_shop(tmp_path_factory)
 
 
 def node_or_skip() -> str:
@@ -120,7 +125,7 @@ def test_k6_drives_unary_calls_by_reflection(story_server: ServerProcess, tmp_pa
     assert check_files([log]).ok
 
 
-def test_done_when_a_user_with_only_a_proto(tmp_path: Path, shop: Any) -> None:  # noqa: F811 - the fixture
+def test_done_when_a_user_with_only_a_proto(tmp_path: Path, shop: Any) -> None:
     """The issue's acceptance story, step by step, on a fresh server from nothing but shop.proto
     and a rules file: serve it, find it with grpcurl, one call aborted with 4321 by header and
     one fatal by a rule on a request field, a held call and a held server stream cancelled by
