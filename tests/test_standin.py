@@ -459,3 +459,19 @@ def test_a_held_user_stream_takes_a_cancel_notice_and_metrics_count_user_calls(t
         assert ended_codes == {"1818": 1.0, "0": 1.0}
     finally:
         srv.stop()
+
+
+def test_a_plain_emulator_serves_reflection_v1_too(shared_server: ServerProcess) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    with grpc.insecure_channel(shared_server.target) as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=rpb.ServerReflectionResponse.FromString)
+        listed, found = info(iter([rpb.ServerReflectionRequest(list_services=""),
+                                   rpb.ServerReflectionRequest(file_containing_symbol="callstate.v1.Script")]),
+                             timeout=10)
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"callstate.v1.Emulator", "callstate.v1.Journal", "grpc.health.v1.Health"} <= names
+    assert not any(n.startswith("shop.") for n in names)
+    assert found.file_descriptor_response.file_descriptor_proto
