@@ -155,6 +155,8 @@ class EmulatorServer:
         own = [pb.DESCRIPTOR, health_pb2.DESCRIPTOR]
         schema = self.options.schema
         if schema is None:
+            if self.options.rules is not None:
+                raise ValueError("a rules file needs a schema to stand in for (ServerOptions.schema)")
             serve_reflection(server, SERVICE_NAMES[:-1], build_pool(own))
             return ()
         from callstate.rules import load_rules
