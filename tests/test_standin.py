@@ -236,6 +236,15 @@ def test_a_held_user_call_takes_a_cancel_notice_by_call_id_only_with_its_key(sta
     entries = standin.wait_entries("notice-1")
     assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
     assert one_end(entries) and final(entries)["code"] == 1818
+    # on_cancel complete: the notice completes the call, with the matching rule's reply
+    with grpc.insecure_channel(standin.target) as channel:
+        stub, emulator = shop.grpc.ShopStub(channel), pb_grpc.EmulatorStub(channel)
+        held = stub.Charge.future(shop.pb.ChargeRequest(order_id="o-anyway"), timeout=30, metadata=(
+            ("callstate-call-id", "notice-2"), ("callstate-script", '{"outcome": "hold", "on_cancel": "complete"}')))
+        standin.wait_entries("notice-2", lambda es: bool(es))
+        assert emulator.Cancel(pb.CancelRequest(call_id="notice-2"), timeout=10).delivered
+        assert held.result(timeout=20).charge_id == "ok-1"
+    assert states(standin.wait_entries("notice-2")) == ["D", "Comp", "End"]
 
 
 def test_a_generated_client_cancelling_a_held_call_and_a_held_stream_is_seen_by_the_server(
