@@ -61,8 +61,8 @@ class Standin:
         for m in self.methods:
             by_service.setdefault(m.service, {})[m.descriptor.name] = self._handler(m)
         for service, handlers in by_service.items():
-            # generic handlers only: grpc.aio's registered-method path measured slower here
-            # (benchmarks/run.py standin: 0.72-0.78x with it, 1.5-1.9x Emulator/Call without)
+            # generic handlers only: registering these methods too (add_registered_method_handlers)
+            # measured 0.7-0.9x Emulator/Call's calls/s, without 1.3-2.1x (benchmarks/run.py standin)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
     def answer(self, method: Method, request: Message | None, metadata: dict[str, Any]) -> Answer | Refusal:
