@@ -107,6 +107,11 @@ def server_call_id(err_or_call: Any) -> str:
     return dict(md).get("callstate-call-id", "")
 
 
+def waited(srv: ServerProcess, call_id: str, until: Any = None) -> list[dict[str, Any]]:
+    """The server's entries of a call once `until` holds (default: it ended); generous on a busy machine."""
+    return srv.wait_entries(call_id, until, timeout=30)
+
+
 def one_end(entries: list[dict[str, Any]]) -> bool:
     return sum(1 for e in entries if e["state"] == "End" and e["event"] == "enter") == 1
 
@@ -131,11 +136,11 @@ def test_every_call_shape_of_a_generated_app_follows_the_server_lifecycle(standi
                 "gen-upload-1": ("shop.v1.Shop/Upload", "rules[7]", ["D", "Pull", "NP", "Comp", "End"]),
                 "gen-chat-1": ("shop.v1.Shop/Chat", "rules[7]", ["D", "Push", "NP", "Comp", "End"])}
     for call_id, (method, rule, path) in expected.items():
-        entries = standin.wait_entries(call_id)
+        entries = waited(standin, call_id)
         assert states(entries) == path, call_id
         assert {(e["method"], e["rule"]) for e in entries} == {(method, rule)}   # every entry names both
-    assert final(standin.wait_entries("gen-track-1"))["sent"] == 3
-    assert final(standin.wait_entries("gen-upload-1"))["received"] == 2
+    assert final(waited(standin, "gen-track-1"))["sent"] == 3
+    assert final(waited(standin, "gen-upload-1"))["received"] == 2
 
 
 def test_a_header_script_aborts_with_its_code_and_a_bad_one_is_refused_before_dispatch(standin: ServerProcess,
@@ -147,7 +152,7 @@ def test_a_header_script_aborts_with_its_code_and_a_bad_one_is_refused_before_di
                 ("callstate-call-id", "hdr-abort-1"), ("callstate-script", '{"outcome": "abort", "abort_code": 4321}')))
         assert aborted.value.code() == grpc.StatusCode.ABORTED
         assert dict(aborted.value.trailing_metadata())["callstate-code"] == "4321"
-        entries = standin.wait_entries("hdr-abort-1")
+        entries = waited(standin, "hdr-abort-1")
         assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 4321
         # the proto JSON form and the serialized form are scripts too
         with pytest.raises(grpc.RpcError) as proto_json:
@@ -195,11 +200,11 @@ def test_rules_match_request_fields_metadata_and_answer_with_their_reply(standin
         overridden = stub.Charge(shop.pb.ChargeRequest(order_id="crash-me"), timeout=10, metadata=(
             ("callstate-script", '{"outcome": "complete"}'), ("callstate-call-id", "rule-override-1")))
         assert overridden == shop.pb.ChargeReply()   # the crash rule has no reply: the empty message
-    assert final(standin.wait_entries("rule-fatal-1"))["move"] == "fatal"
-    assert {e["rule"] for e in standin.wait_entries("rule-fatal-1")} == {"crash"}
-    assert {e["rule"] for e in standin.wait_entries("rule-eur-1")} == {"declined"}
-    assert {e["rule"] for e in standin.wait_entries("rule-acme-1")} == {"acme"}
-    assert states(standin.wait_entries("rule-override-1")) == ["D", "Comp", "End"]
+    assert final(waited(standin, "rule-fatal-1"))["move"] == "fatal"
+    assert {e["rule"] for e in waited(standin, "rule-fatal-1")} == {"crash"}
+    assert {e["rule"] for e in waited(standin, "rule-eur-1")} == {"declined"}
+    assert {e["rule"] for e in waited(standin, "rule-acme-1")} == {"acme"}
+    assert states(waited(standin, "rule-override-1")) == ["D", "Comp", "End"]
 
     # which rule answered, from the journal: ListCalls by method and by rule, GetCall's entries
     with grpc.insecure_channel(standin.target) as channel:
@@ -224,7 +229,7 @@ def test_a_held_user_call_takes_a_cancel_notice_by_call_id_only_with_its_key(sta
         stub, emulator = shop.grpc.ShopStub(channel), pb_grpc.EmulatorStub(channel)
         held = stub.Charge.future(shop.pb.ChargeRequest(order_id="hold"), timeout=30, metadata=(
             ("callstate-call-id", "notice-1"), ("callstate-cancel-key", "k-secret")))
-        standin.wait_entries("notice-1", lambda es: bool(es))
+        waited(standin, "notice-1", lambda es: bool(es))
         with pytest.raises(grpc.RpcError) as stranger:
             emulator.Cancel(pb.CancelRequest(call_id="notice-1", cancel_key="k-other"), timeout=10)
         assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -233,7 +238,7 @@ def test_a_held_user_call_takes_a_cancel_notice_by_call_id_only_with_its_key(sta
         with pytest.raises(grpc.RpcError) as ended:
             held.result(timeout=20)
         assert dict(ended.value.trailing_metadata())["callstate-code"] == "1818"
-    entries = standin.wait_entries("notice-1")
+    entries = waited(standin, "notice-1")
     assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
     assert one_end(entries) and final(entries)["code"] == 1818
     # on_cancel complete: the notice completes the call, with the matching rule's reply
@@ -241,10 +246,10 @@ def test_a_held_user_call_takes_a_cancel_notice_by_call_id_only_with_its_key(sta
         stub, emulator = shop.grpc.ShopStub(channel), pb_grpc.EmulatorStub(channel)
         held = stub.Charge.future(shop.pb.ChargeRequest(order_id="o-anyway"), timeout=30, metadata=(
             ("callstate-call-id", "notice-2"), ("callstate-script", '{"outcome": "hold", "on_cancel": "complete"}')))
-        standin.wait_entries("notice-2", lambda es: bool(es))
+        waited(standin, "notice-2", lambda es: bool(es))
         assert emulator.Cancel(pb.CancelRequest(call_id="notice-2"), timeout=10).delivered
         assert held.result(timeout=20).charge_id == "ok-1"
-    assert states(standin.wait_entries("notice-2")) == ["D", "Comp", "End"]
+    assert states(waited(standin, "notice-2")) == ["D", "Comp", "End"]
 
 
 def test_a_generated_client_cancelling_a_held_call_and_a_held_stream_is_seen_by_the_server(
@@ -253,7 +258,7 @@ def test_a_generated_client_cancelling_a_held_call_and_a_held_stream_is_seen_by_
         stub = shop.grpc.ShopStub(channel)
         held = stub.Charge.future(shop.pb.ChargeRequest(order_id="hold"), timeout=30,
                                   metadata=(("callstate-call-id", "abortive-1"),))
-        standin.wait_entries("abortive-1", lambda es: bool(es))
+        waited(standin, "abortive-1", lambda es: bool(es))
         held.cancel()
         stream = stub.Track(shop.pb.TrackRequest(order_id="forever"), timeout=30,
                             metadata=(("callstate-call-id", "abortive-stream-1"),))
@@ -261,10 +266,10 @@ def test_a_generated_client_cancelling_a_held_call_and_a_held_stream_is_seen_by_
         assert [e.where for e in got] == ["on the road"] * 3
         stream.cancel()
     for call_id in ("abortive-1", "abortive-stream-1"):
-        entries = standin.wait_entries(call_id)
+        entries = waited(standin, call_id)
         assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["abortive"], call_id
         assert one_end(entries) and final(entries)["code"] == 1818
-    assert final(standin.wait_entries("abortive-stream-1"))["sent"] >= 3
+    assert final(waited(standin, "abortive-stream-1"))["sent"] >= 3
     # the server's log passes the checker on its own
     log = tmp_path / "server-only.jsonl"
     log.write_text("".join(json.dumps(e) + "\n" for cid in ("abortive-1", "abortive-stream-1")
@@ -283,12 +288,12 @@ def test_max_hold_ends_a_held_user_call(tmp_path: Path, shop: Any) -> None:
                 shop.grpc.ShopStub(channel).Charge(shop.pb.ChargeRequest(), timeout=20,
                                                    metadata=(("callstate-call-id", "max-hold-1"),))
         assert dict(timed_out.value.trailing_metadata())["callstate-code"] == "1460"
-        assert final(srv.wait_entries("max-hold-1"))["code"] == 1460
+        assert final(waited(srv, "max-hold-1"))["code"] == 1460
     finally:
         srv.stop()
 
 
-def wait_stderr(srv: ServerProcess, text: str, timeout: float = 15.0) -> str:
+def wait_stderr(srv: ServerProcess, text: str, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         err = srv.stderr.read_text()
@@ -349,7 +354,7 @@ def test_a_descriptor_set_and_another_servers_reflection_are_schemas_too(tmp_pat
             with grpc.insecure_channel(srv.target) as channel:
                 _, call = shop.grpc.ShopStub(channel).Charge.with_call(shop.pb.ChargeRequest(), timeout=10)
                 call_id = server_call_id(call)
-            assert {e["method"] for e in srv.wait_entries(call_id)} == {CHARGE}
+            assert {e["method"] for e in waited(srv, call_id)} == {CHARGE}
             assert "standing in for shop.v1.Shop (4 methods" in srv.stderr.read_text()   # not callstate.v1's own
         finally:
             srv.stop()
@@ -460,7 +465,7 @@ def test_a_held_user_stream_takes_a_cancel_notice_and_metrics_count_user_calls(t
                     pass
             assert dict(ended.value.trailing_metadata())["callstate-code"] == "1818"
             stub.Charge(shop.pb.ChargeRequest(), timeout=10)
-        entries = srv.wait_entries("stream-notice-1")
+        entries = waited(srv, "stream-notice-1")
         assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
         assert one_end(entries) and final(entries)["code"] == 1818
         ended_codes = wait_for(lambda: (lambda c: c if sum(c.values()) >= 2 else None)(

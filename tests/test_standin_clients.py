@@ -17,7 +17,7 @@ import pytest
 
 from callstate.check import check_files
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states
-from tests.test_standin import CHARGE, PROTOS, SHOP, generated_shop, one_end
+from tests.test_standin import CHARGE, PROTOS, SHOP, generated_shop, one_end, waited
 from tests.test_third_party_and_crash import run_grpcurl
 
 JS = ROOT / "tests" / "js"
@@ -83,14 +83,14 @@ def test_grpcurl_finds_the_users_service_by_reflection_and_scripts_it_by_header(
     aborted = run_grpcurl("-v", "-d", "{}", "-H", "callstate-call-id: grpcurl-4321",
                           "-H", 'callstate-script: {"outcome": "abort", "abort_code": 4321}', story_server.target, CHARGE)
     assert aborted.returncode != 0 and "callstate-code: 4321" in aborted.stdout + aborted.stderr
-    assert states(story_server.wait_entries("grpcurl-ok-1")) == ["D", "Comp", "End"]
-    assert final(story_server.wait_entries("grpcurl-4321"))["code"] == 4321
+    assert states(waited(story_server, "grpcurl-ok-1")) == ["D", "Comp", "End"]
+    assert final(waited(story_server, "grpcurl-4321"))["code"] == 4321
 
 
 def test_grpc_js_cancelling_a_held_server_stream_midway_is_seen_once(story_server: ServerProcess) -> None:
     got = cancel_track_with_grpc_js(story_server.target, after=4)
     assert got["received"] == 4 and got["code"] == grpc.StatusCode.CANCELLED.value[0]
-    entries = story_server.wait_entries(got["callId"])
+    entries = waited(story_server, got["callId"])
     assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["abortive"]
     assert one_end(entries) and final(entries)["code"] == 1818 and final(entries)["sent"] >= 4
     assert {e["method"] for e in entries} == {"shop.v1.Shop/Track"}
@@ -143,21 +143,21 @@ def test_done_when_a_user_with_only_a_proto(tmp_path: Path, shop: Any) -> None:
         aborted = run_grpcurl("-v", "-d", '{"order_id": "a-1"}', "-H", "callstate-call-id: story-abort",
                               "-H", 'callstate-script: {"outcome":"abort","abort_code":4321}', srv.target, CHARGE)
         assert "callstate-code: 4321" in aborted.stdout + aborted.stderr
-        assert final(srv.wait_entries("story-abort"))["code"] == 4321
+        assert final(waited(srv, "story-abort"))["code"] == 4321
         # another fatal by a rule matched on a request field
         crashed = run_grpcurl("-d", '{"order_id": "crash-me"}', "-H", "callstate-call-id: story-fatal", srv.target,
                               CHARGE)
         assert crashed.returncode != 0
-        fatal = srv.wait_entries("story-fatal")
+        fatal = waited(srv, "story-fatal")
         assert final(fatal)["move"] == "fatal" and final(fatal)["code"] == 1726
         assert {e["rule"] for e in fatal} == {"crash-on-order"}
         # a held call cancelled by an app with generated code (no callstate in it)
         with grpc.insecure_channel(srv.target) as channel:
             held = shop.grpc.ShopStub(channel).Charge.future(shop.pb.ChargeRequest(order_id="hold"), timeout=30,
                                                              metadata=(("callstate-call-id", "story-held"),))
-            srv.wait_entries("story-held", lambda es: bool(es))
+            waited(srv, "story-held", lambda es: bool(es))
             held.cancel()
-        held_entries = srv.wait_entries("story-held")
+        held_entries = waited(srv, "story-held")
         assert [e.get("cancel") for e in held_entries if e["event"] == "cancel_seen"] == ["abortive"]
         assert one_end(held_entries)
         # a held server stream cancelled mid-way by grpc-js (or, without node, the generated app)
@@ -170,7 +170,7 @@ def test_done_when_a_user_with_only_a_proto(tmp_path: Path, shop: Any) -> None:
                 [next(stream) for _ in range(3)]
                 stream.cancel()
             stream_id = "story-stream"
-        stream_entries = srv.wait_entries(stream_id)
+        stream_entries = waited(srv, stream_id)
         assert [e.get("cancel") for e in stream_entries if e["event"] == "cancel_seen"] == ["abortive"]
         assert one_end(stream_entries) and final(stream_entries)["sent"] >= 3
         # the server's log so far passes the checker on its own
