@@ -33,7 +33,7 @@ def test_marker(callstate_standin):
         charge(callstate_standin, "decline-me", (("callstate-call-id", "pt-declined"),))
     assert dict(declined.value.trailing_metadata())["callstate-code"] == "4321"
     assert [c.call_id for c in callstate_standin.calls(rule=RULES_USED)] == ["pt-declined"]
-    assert [e["state"] for e in callstate_standin.wait_history("pt-declined")] == ["D", "A", "End"]
+    assert [e["state"] for e in callstate_standin.wait_history("pt-declined", timeout=30)] == ["D", "A", "End"]
 
 
 def test_ini(callstate_standin):
