@@ -1,6 +1,5 @@
-"""Drive a callstate stand-in of the test proto (shop.v1): both sides log, `check` judges both.
-
-Runs once the stand-in (`callstate serve --proto`, callstate.server.standin) is in the tree."""
+"""Drive a callstate stand-in of the test proto (shop.v1, `callstate serve --proto`) from the
+library and `load --method`: both sides log, `check` judges both."""
 
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.lifecycle import CANCEL_SEEN
 from tests.conftest import ServerProcess, cli, final, read_entries, start_server, states
 from tests.test_drive import CHARGE, PROTOS, SHOP, TRACK, WAIT
-
-pytest.importorskip("callstate.server.standin", reason="the stand-in server is not in this tree yet")
 
 TIMEOUT = 180
 
