@@ -180,10 +180,10 @@ def test_a_unary_call_by_name_with_a_dict_reaches_the_real_server_and_its_reply_
 
 def test_a_message_of_generated_code_is_sent_as_it_is(shop: ShopServer, schema: Any) -> None:
     with Client(shop.target, schema=schema) as client:
-        reply = client.start(method="/shop.v1.Shop/Charge",
-                             request=shop.pb.ChargeRequest(order_id="decline")).result(WAIT)
+        call = client.start(method="/shop.v1.Shop/Charge", request=shop.pb.ChargeRequest(order_id="decline"))
+        reply = call.result(WAIT)
     assert reply.status == shop.pb.STATUS_DECLINED
-    assert SCRIPT_HEADER not in shop.headers[next(reversed(shop.headers))]   # no script: no header
+    assert SCRIPT_HEADER not in shop.headers[call.call_id]   # no script: no header
 
 
 def test_a_server_error_is_the_calls_final_code(shop: ShopServer, schema: Any) -> None:
