@@ -9,7 +9,7 @@ import signal
 import sys
 
 from callstate import codes
-from callstate.cli.observe_options import add_otel, tracer_provider
+from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.options import (abort_code, add_target, channel_settings, epilog, finite_float, grpc_status, int64,
                                    non_negative_float, para, positive_float, text)
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
@@ -70,21 +70,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def run(opts: argparse.Namespace) -> int:
-    if opts.pipe:
-        return run_pipe(opts)
     from callstate.observe import ObserveError
 
     provider = None
     opts.settings = channel_settings(opts)
     try:
         provider = tracer_provider(opts, "callstate-call")
+        if opts.pipe:   # traced and secured like a unary call
+            return run_pipe(opts, provider)
         return asyncio.run(_call(opts, provider))
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
         print(f"callstate call: {exc}", file=sys.stderr)
         return 2
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider, "callstate call")
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:

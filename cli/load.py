@@ -8,7 +8,7 @@ import sys
 
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
-from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
+from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
                                    non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
                                    positive_int)
@@ -136,8 +136,7 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider, "callstate load")
 
 
 def _run(opts: argparse.Namespace, provider: object) -> int:
