@@ -47,9 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
                    "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
-    p.add_argument("--code", type=abort_code, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
-    p.add_argument("--grpc-status", type=grpc_status, default=_SCRIPT.abort_status, metavar="N",
-                   help="abort: gRPC status code to send it with (default: ABORTED)")
+    p.add_argument("--code", type=abort_code, help=f"abort: the exception code (default: {_SCRIPT.abort_code}); "
+                   "only with --outcome abort, any other outcome refuses it (exit 2)")
+    p.add_argument("--grpc-status", type=grpc_status, metavar="N",
+                   help="abort: gRPC status code to send it with (default: ABORTED); only with --outcome abort")
     p.add_argument("--message", type=text, default="", help="abort: status message; fatal: exception text")
     p.add_argument("--headers-first", action="store_true",
                    help="the handler sends initial metadata before its outcome (no trailers-only response)")
@@ -71,6 +72,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
+
+    # an abort's settings on another outcome would be dropped without a word: refuse them
+    stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
+    if stray and opts.outcome != "abort":
+        print(f"callstate call: error: {' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome} "
+              "(see callstate call --help)", file=sys.stderr)
+        return 2
+    opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
+    opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
 
     provider = None
     opts.settings = channel_settings(opts)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from typing import Any
 
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.load_run import LoadConfig
@@ -183,6 +185,7 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
             print(f"callstate load: --html {opts.html}: cannot write the report ({exc.strerror or exc})",
                   file=sys.stderr)
             return 2
+        print(f"callstate load: HTML report written to {os.path.abspath(opts.html)}", file=sys.stderr, flush=True)
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
     if opts.report:
         try:
@@ -195,6 +198,17 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
     if load_run.metrics is not None and opts.metrics_linger:
         _linger(opts.metrics_linger)
         load_run.metrics.close()
+    return _exit_status(report)
+
+
+def _exit_status(report: dict[str, Any]) -> int:
+    """0 when the check holds, 1 when not. A run Ctrl-C stopped early (everything recorded is
+    written by now) exits 130, as shells expect of an interrupted command; SIGTERM is the
+    orderly stop of containers and supervisors, judged by the check like a finished run."""
+    import signal
+
+    if report.get("interrupted") == signal.SIGINT.name:
+        return 128 + signal.SIGINT
     return 0 if report["check"]["ok"] else 1
 
 
