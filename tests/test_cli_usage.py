@@ -36,7 +36,7 @@ def test_every_flag_of_every_command_is_in_the_cli_reference() -> None:
 
 @pytest.mark.parametrize("args, command", [(["call", "--outcom", "hold"], "call"),
                                            (["load", "--calls", "1", "--concurrenc", "2"], "load"),
-                                           (["serve", "--por", "0"], "serve"),
+                                           (["health", "--targe", "127.0.0.1:9"], "health"),
                                            (["load", "--no-such-flag"], "load")])
 def test_abbreviations_and_unknown_flags_are_refused_pointing_at_the_commands_help(args: list[str],
                                                                                     command: str) -> None:

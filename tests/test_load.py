@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from callstate.check import check_files
 from tests.conftest import ServerProcess, cli, read_entries
 
