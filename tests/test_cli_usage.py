@@ -5,6 +5,7 @@ silently ignored, and the documented defaults pinned."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from callstate.cli import build_parser, subcommands
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, ServerProcess, cli
 
 PAGE = ROOT / "docs" / "cli.md"
 
@@ -73,3 +74,42 @@ def test_the_keepalive_default_is_30_seconds_on_every_side() -> None:
             if "--keepalive" in action.option_strings:
                 assert action.default == 30.0, name
     assert "give up on a server that stops answering" in PAGE.read_text() and "(default: 30.0)" in PAGE.read_text()
+
+
+def test_watch_of_one_call_prints_its_history_and_exits_when_it_has_ended(shared_server: ServerProcess) -> None:
+    """`watch --call-id` of an ended call waited forever for entries that had all been written."""
+    from callstate.client import Client, Script
+
+    with Client(shared_server.target) as client:
+        call = client.start(Script("complete"))
+        call.result(10)
+    shared_server.wait_entries(call.call_id)
+    done = cli("watch", "--target", shared_server.target, "--call-id", call.call_id, "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [e["state"] for e in got] == ["D", "Comp", "End"] and {e["call_id"] for e in got} == {call.call_id}
+
+
+def test_watch_of_one_call_follows_it_live_and_exits_at_its_end(shared_server: ServerProcess) -> None:
+    from callstate.client import Client, Script
+
+    with Client(shared_server.target) as client:
+        call = client.start(Script("hold"))
+        shared_server.wait_entries(call.call_id, until=lambda es: [e["state"] for e in es] == ["D"])
+        watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", shared_server.target,
+                                  "--call-id", call.call_id, "--json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            assert watch.stdout is not None
+            first = json.loads(watch.stdout.readline())   # its history so far: dispatched
+            assert first["state"] == "D"
+            call.cancel()
+            with pytest.raises(Exception):
+                call.result(10)
+            out, err = watch.communicate(timeout=30)
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait(10)
+    assert watch.returncode == 0, err
+    assert [json.loads(x)["state"] for x in out.splitlines()][-2:] == ["A", "End"]
