@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container test of the compose profiles beyond the default one (run.sh runs that): `locust`
-# (a headless master and two workers) and `gateway` (conformance through nginx), each as
-# docs/containers.md says to run it, with no registry:
+# (a headless master and two workers), `gateway` (conformance through nginx) and the secure
+# overlay (mutual TLS + token), each as docs/containers.md says to run it, with no registry:
 #
 #   bash tests/container/profiles.sh
 #
@@ -15,7 +15,9 @@
 #     propagation entry, and `callstate check` of the workers' logs with the emulator's;
 #  4. `--profile gateway up --exit-code-from conformance conformance`: exit 0 and every
 #     property holding, `held` included;
-#  5. tears everything down, on failure too (after the containers' last log lines).
+#  5. docker-compose.secure.yml over the default stack (a throwaway PKI from tools/make_certs.py,
+#     a random token): the load's 300 calls over mutual TLS, check OK;
+#  6. tears everything down, on failure too (after the containers' last log lines).
 #
 # Prints "SKIPPED: <reason>" and exits 0 where it cannot run (not root, not Linux, no engine,
 # CALLSTATE_CONTAINER_TEST=0). Host networking (tests/container/compose.host.yml): the
@@ -74,7 +76,7 @@ cleanup() {
     fi
     awk -v p="$WORK/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
     if [ "${CALLSTATE_CONTAINER_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK" 2>/dev/null || true; fi
-    if [ "$rc" = 0 ]; then log "PASS: profiles locust and gateway ($(($(date +%s) - T0)) s)"
+    if [ "$rc" = 0 ]; then log "PASS: profiles locust, gateway and secure ($(($(date +%s) - T0)) s)"
     else log "FAIL: profiles (exit $rc)"; fi
     exit "$rc"
 }
@@ -146,3 +148,28 @@ print("[profiles] gateway: conformance ok =", report["ok"])
 assert report["ok"] is True
 EOF
 log "profile gateway: PASS"
+
+# -- 5. secure (the locked-down overlay: mutual TLS and a bearer token) ------------------------
+P=prof-secure-$$; PROJECTS+=("$P")
+CERT_PY=python3
+[ -x "$REPO/.venv/bin/python" ] && CERT_PY=$REPO/.venv/bin/python
+(cd "$WORK" && tmo 60 "$CERT_PY" "$REPO/tools/make_certs.py" tls --name emulator >"$WORK/certs.log" 2>&1) \
+    || { tail -n 5 "$WORK/certs.log"; die "tools/make_certs.py failed"; }
+chmod a+r "$WORK"/tls/*   # a throwaway PKI: the emulator runs as uid 10001 and reads its key
+export CALLSTATE_TLS_DIR=$WORK/tls CALLSTATE_CALLS=300
+CALLSTATE_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export CALLSTATE_TOKEN
+CALLSTATE_PORT=$(free_port)
+rm -f "$WORK/reports/load-report.json"
+log "profile secure: -f docker-compose.secure.yml up --exit-code-from load load (mutual TLS + token)"
+SECURE=(-f "$REPO/docker-compose.yml" -f "$REPO/docker-compose.secure.yml" -f "$HERE/compose.host.yml")
+tmo 240 docker-compose --ansi never -p "$P" "${SECURE[@]}" up --no-build --exit-code-from load load \
+    >"$WORK/secure.log" 2>&1 || { tail -n 30 "$WORK/secure.log"; die "the secure stack's load did not exit 0"; }
+python3 - "$WORK/reports/load-report.json" <<'EOF2' || die "the secure load's report is not as expected"
+import json, sys
+report = json.load(open(sys.argv[1]))
+assert report["calls"] == 300 and report["check"]["ok"] is True, (report["calls"], report["check"])
+print("[profiles] secure: 300 calls over mutual TLS with a token, check ok")
+EOF2
+timeout 60 docker-compose --ansi never -p "$P" "${SECURE[@]}" down --remove-orphans >/dev/null 2>&1 || true
+log "profile secure: PASS"
