@@ -151,20 +151,26 @@ class Pipe(ThreadNotices, PipeBase):
             msg = next(self._responses)
         except (StopIteration, grpc.RpcError):
             msg = None
+        if msg is None and after_end:
+            self._stream_over_now()
         if after_end:
             raise core.after_peer_end(msg is not None)
         if msg is None:
             core.stream_ended()
-            with self._end_lock:
-                self._stream_over, held, self._held = True, self._held, None
-            if held is not None:
-                core.notify(*held)
+            self._stream_over_now()
             return None
         if msg.null_push:   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()
         return msg
+
+    def _stream_over_now(self) -> None:
+        """The response iterator ended: deliver an outcome held for it."""
+        with self._end_lock:
+            self._stream_over, held, self._held = True, self._held, None
+        if held is not None:
+            self._core.notify(*held)
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while (msg := self.pull()) is not None:
@@ -212,6 +218,12 @@ class Pipe(ThreadNotices, PipeBase):
                 pass
         except CallError:
             pass
+        try:   # what a server that broke the discipline left after its end: gRPC's status follows it
+            for _ in self._responses:
+                pass
+        except (grpc.RpcError, ValueError):
+            pass
+        self._stream_over_now()
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.wait(timeout):
