@@ -147,17 +147,11 @@ class Pipe(ThreadNotices, PipeBase):
         if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
             raise refusal
         after_end = core.peer_null_pushed
-        try:
-            msg = next(self._responses)
-        except (StopIteration, grpc.RpcError):
-            msg = None
-        if msg is None and after_end:
-            self._stream_over_now()
+        msg = self._next_message()
         if after_end:
             raise core.after_peer_end(msg is not None)
         if msg is None:
             core.stream_ended()
-            self._stream_over_now()
             return None
         if msg.null_push:   # the server ended its pipe with a message of its own
             core.null_pull_message()
@@ -165,8 +159,15 @@ class Pipe(ThreadNotices, PipeBase):
         core.pulled()
         return msg
 
-    def _stream_over_now(self) -> None:
-        """The response iterator ended: deliver an outcome held for it."""
+    def _next_message(self) -> pb.PipeMessage | None:
+        """The response iterator's next message; None once it ended (the status is then in)."""
+        try:
+            return next(self._responses)
+        except (StopIteration, grpc.RpcError):
+            self._release_held()
+            return None
+
+    def _release_held(self) -> None:
         with self._end_lock:
             self._stream_over, held, self._held = True, self._held, None
         if held is not None:
@@ -218,12 +219,8 @@ class Pipe(ThreadNotices, PipeBase):
                 pass
         except CallError:
             pass
-        try:   # what a server that broke the discipline left after its end: gRPC's status follows it
-            for _ in self._responses:
-                pass
-        except (grpc.RpcError, ValueError):
+        while self._next_message() is not None:   # past the pipe's end (a breach): on to the status
             pass
-        self._stream_over_now()
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.wait(timeout):

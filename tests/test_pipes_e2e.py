@@ -23,6 +23,7 @@ from callstate.pipe_script import PipeCancelPoint
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, final, read_entries, start_server, states
+from tests.documentation import section
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -362,9 +363,7 @@ def test_a_script_without_an_outcome_draws_one_from_the_mix(tmp_path: Path) -> N
 
 
 def test_call_cli_drives_pipes_as_the_readme_shows(pipe_server: ServerProcess) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Pipes"):readme.index("## Run it in containers")]
-    commands = re.findall(r"^callstate call (--pipe .*?)\s+# .*?(\d+)$", section, re.M)
+    commands = re.findall(r"^callstate call (--pipe .*?)\s+# .*?(\d+)$", section("Asynchronous pipes"), re.M)
     assert len(commands) == 5
     for args, code in commands:
         out = cli("call", "--target", pipe_server.target, *args.split())
