@@ -244,3 +244,32 @@ def test_locust_draws_cancel_poll(poll_server: ServerProcess, tmp_path: Path) ->
     bad = subprocess.run([*locust, "--callstate-cancel-poll", "soon=1"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "argument --callstate-cancel-poll" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["unary", "out"])
+def test_the_outcome_point_asks_before_the_first_poll(poll_server: ServerProcess, tmp_path: Path, kind: str) -> None:
+    """Polls every 5 s, the outcome after 1.5 s: a notice that arrived meanwhile is seen at the
+    outcome point (the handler asks before it completes), so the call ends 1818, not 0."""
+    log, work = tmp_path / "client.jsonl", 1.5
+
+    async def run() -> tuple[int, str]:
+        async with AsyncClient(poll_server.target, log=log) as client:
+            if kind == "unary":
+                call = client.start(Script(outcome_delay=work, cancel_poll=5.0))
+            else:
+                call = client.pipe(kind, PipeScript(messages=1, outcome_delay=work, cancel_poll=5.0)).start()
+            await poll_server.await_entries(call.call_id, _dispatched, timeout=20)
+            call.cancel(abortive=False)
+            try:
+                await call.result()
+                return codes.RPC_S_OK, call.call_id
+            except CallError as err:
+                return err.code, call.call_id
+
+    code, call_id = asyncio.run(run())
+    server = poll_server.wait_entries(call_id, timeout=20)
+    dispatched = _ts(next(e for e in server if e["state"] == D and e["event"] == ENTER))
+    [seen] = [e for e in server if e["event"] == CANCEL_SEEN]
+    assert code == codes.RPC_S_CALL_CANCELLED
+    assert dispatched + work - CLOCKS <= _ts(seen) < dispatched + 5.0   # at the outcome, before any poll
+    assert seen["delay_ms"] > 0
