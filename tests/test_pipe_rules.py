@@ -249,3 +249,14 @@ def test_cli_pipe_breach_and_cancel_poll(rules_server: ServerProcess, tmp_path: 
               "--cancel-after", "0.05", "--non-abortive", "--json")
     assert run.returncode == 1 and "1818" in run.stdout, run.stdout + run.stderr
     assert cli("call", "--target", rules_server.target, "--cancel-poll-ms", "-3").returncode == 2
+
+
+def test_a_script_header_carries_breach_and_cancel_poll_with_the_cli_names() -> None:
+    from callstate.script_header import SCRIPT_HEADER, decode, encode
+
+    script = PipeScript(breach="push-after-end", cancel_poll=0.2).to_proto()
+    text = encode(script)
+    assert '"breach":"push-after-end"' in text and '"cancel_poll_ms":"200"' in text
+    assert decode({SCRIPT_HEADER: text}, "out") == script
+    with pytest.raises(ScriptError, match="breach"):
+        decode({SCRIPT_HEADER: '{"breach": "sometimes"}'}, "out")
