@@ -273,3 +273,21 @@ def test_the_outcome_point_asks_before_the_first_poll(poll_server: ServerProcess
     assert code == codes.RPC_S_CALL_CANCELLED
     assert dispatched + work - CLOCKS <= _ts(seen) < dispatched + 5.0   # at the outcome, before any poll
     assert seen["delay_ms"] > 0
+
+
+def test_conformance_measures_a_gateways_propagation_to_arrival_not_to_the_poll(tmp_path: Path) -> None:
+    """A server whose handlers poll every 300 ms (over the 250 ms cancel bound): the cancel rows
+    judge the path to the server's call, which the poll's `delay_ms` lets them subtract."""
+    import json
+
+    srv = start_server(tmp_path, "--max-hold", "20", "--cancel-poll-ms", "300")
+    try:
+        res = cli("conformance", "--server", srv.target, "--proxy", srv.target, "--hold-seconds", "1", "--calls", "2",
+                  "--report", str(tmp_path / "r.json"), timeout=200)
+    finally:
+        srv.stop()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    rows = {r["property"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]["proxy"]}
+    assert rows["cancel-abortive"]["verdict"] == rows["pipe-cancel"]["verdict"] == "pass"
+    polled = [e for e in read_entries(srv.log) if e["event"] == CANCEL_SEEN and "delay_ms" in e]
+    assert polled   # the handlers did poll: the bound held only because the wait was subtracted
