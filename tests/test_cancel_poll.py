@@ -291,3 +291,12 @@ def test_conformance_measures_a_gateways_propagation_to_arrival_not_to_the_poll(
     assert rows["cancel-abortive"]["verdict"] == rows["pipe-cancel"]["verdict"] == "pass"
     polled = [e for e in read_entries(srv.log) if e["event"] == CANCEL_SEEN and "delay_ms" in e]
     assert polled   # the handlers did poll: the bound held only because the wait was subtracted
+
+
+def test_check_refuses_a_delay_that_is_not_a_non_negative_number() -> None:
+    base = {"ts": "2026-12-04T10:00:00.000000Z", "side": "server", "call_id": "c1", "state": D, "prev": D,
+            "event": CANCEL_SEEN, "cancel": NON_ABORTIVE}
+    for bad in ("150", -1.0, True):
+        report = check_entries([{**base, "delay_ms": bad}])
+        assert any(v.kind == "bad_entry" and "delay_ms" in v.message for v in report.violations), (bad, report.summary())
+    assert not [v for v in check_entries([{**base, "delay_ms": 150}]).violations if v.kind == "bad_entry"]
