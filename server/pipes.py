@@ -327,6 +327,8 @@ class PipeServicer:
             mix = self.config.mix
         else:   # checked before its dispatch; a copy, as the draw below fills in its outcome
             script, bad, mix = _copy(answer.script), None, answer.mix or self.config.mix
+            if script is not None and script.breach == pb.PIPE_BREACH_PUSH_AFTER_END:   # no null push to send
+                bad = "script.breach: push-after-end needs callstate.v1.PipeMessage (a user's messages carry no null push)"
         scripted = script is not None
         if bad is None and scripted and answer is None:   # the caller's script as sent, before an outcome is drawn
             try:
