@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterable, Mapping
 import grpc
 
 from callstate import codes
-from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, NULL_PULL, NULL_PUSH,
-                                 PIPE_BREACH, PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing,
+from callstate.codes import LOCAL_CLOSE_STATUS
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS, NULL_PULL,
+                                 NULL_PUSH, PIPE_BREACH, PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing,
                                  cancel_kind_of, codes_agree, is_legal, kind_of_initial_move, own_path_error)
 from callstate.statelog import Entry, parse_ts, read_log
 
@@ -64,6 +65,7 @@ class SideTrack:
     code: int | None = None
     grpc_status: str | None = None
     abortive_cancel: bool = False     # client: an abortive cancel before End
+    closed: bool = False              # client: close() cut the call off (the client_closed event)
     end_move: str | None = None       # the move that entered End
     cancel_ts: float | str | None = None   # client: first Can; server: first cancel_seen
     abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
@@ -94,6 +96,12 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.violations
 
+    @property
+    def one_sided(self) -> str | None:
+        """The only side the logs hold (the other side is unknown: a server that is not
+        callstate, or one side's log missing), or None when both sides or nothing are logged."""
+        return one_side_of(self.by_side)
+
     def by_kind(self) -> dict[str, list[Violation]]:
         out: dict[str, list[Violation]] = collections.defaultdict(list)
         for v in self.violations:
@@ -118,6 +126,7 @@ class CheckReport:
             "cancel_propagation_ms": percentiles(self.cancel_propagation_ms),
             "cancel_propagation_polled_ms": percentiles(self.cancel_propagation_polled_ms),
             "cancel_poll_wait_ms": percentiles(self.cancel_poll_wait_ms),
+            "one_sided": self.one_sided,
         }
 
     def summary(self) -> str:
@@ -127,7 +136,9 @@ class CheckReport:
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
         prop = percentiles(self.cancel_propagation_ms)
-        if prop["count"]:
+        if (side := self.one_sided) is not None:
+            lines.append(one_sided_text(side))
+        elif prop["count"]:
             lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                          f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
         polled, wait = percentiles(self.cancel_propagation_polled_ms), percentiles(self.cancel_poll_wait_ms)
@@ -137,7 +148,7 @@ class CheckReport:
                          f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
                          f"max={wait['max']:.3f} ms")
         if self.ok:
-            lines.append("OK: every invariant holds")
+            lines.append("OK: every invariant holds" + (f" on the {side} side" if side is not None else ""))
         else:
             lines.append(f"FAILED: {len(self.violations)} violations")
             for kind, vs in sorted(self.by_kind().items()):
@@ -145,6 +156,17 @@ class CheckReport:
                 for v in vs[:EXAMPLES_PER_KIND]:
                     lines.append(f"    {v.call_id}: {v.message}")
         return "\n".join(lines)
+
+
+def one_side_of(by_side: Mapping[str, int]) -> str | None:
+    logged = [side for side in SIDES if by_side.get(side)]
+    return logged[0] if len(logged) == 1 else None
+
+
+def one_sided_text(side: str) -> str:
+    other = next(s for s in SIDES if s != side)
+    return (f"one-sided: only {side} entries, the {other} side is unknown (its invariants and the codes' agreement "
+            f"are not checked); cancel propagation: not measurable")
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -213,6 +235,8 @@ class Checker:
             elif state != track.state:
                 r.violations.append(Violation("illegal_transition", call_id,
                                               f"{where}{side} event {event} in {state} but the call is in {track.state}"))
+            if side == CLIENT and event == CLIENT_CLOSED:
+                track.closed = True
             if side == SERVER and event == CANCEL_SEEN:
                 if not track.cancel_ts and delay_ms is not None:
                     track.poll_wait_ms = float(delay_ms)
@@ -286,7 +310,9 @@ class Checker:
                 continue
             if server.ended and codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
                                             client_deadline=client.grpc_status == _DEADLINE,
-                                            server_saw_abortive=server.abortive_seen) is None:
+                                            server_saw_abortive=server.abortive_seen,
+                                            close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS
+                                            ) is None:
                 r.violations.append(Violation("code_mismatch", call_id,
                                               f"client {codes.describe(client.code or 0)} vs server "
                                               f"{codes.describe(server.code or 0)}"))

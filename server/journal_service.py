@@ -6,10 +6,13 @@ read from the bounded in-memory `Journal`.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import AsyncIterator
 
 import grpc
 
+from callstate.rules import method_pattern
 from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -17,6 +20,11 @@ from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
 
 
 FOLLOW_BATCH = 4096
+# After a batch's first entry, Follow lets entries gather this long before sending: a busy
+# server then sends a few large batches rather than a message per handful of entries, which a
+# follower that reads each message through a crowded event loop (a Locust worker's gevent hub)
+# could not keep up with (it fell seconds behind the run). 10 ms of latency is the price.
+FOLLOW_LINGER = 0.01
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -24,7 +32,8 @@ def summary(rec: CallRecord) -> pb.CallSummary:
     msg = pb.CallSummary(call_id=rec.call_id, state=rec.state, outcome=rec.outcome,
                          started=format_ts(rec.entries[0].t) if rec.entries else "",
                          ended=format_ts(final.t) if final else "", cancel_seen=rec.saw_cancel,
-                         grpc_status=final.grpc_status or "" if final else "")
+                         grpc_status=final.grpc_status or "" if final else "", method=rec.method or "",
+                         rule=rec.rule or "")
     if final is not None and final.code is not None:
         msg.code = final.code
     return msg
@@ -46,11 +55,16 @@ class JournalServicer(pb_grpc.JournalServicer):
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = request.limit or 100
         want_code = request.code if request.HasField("code") else None
+        want_method = method_pattern(request.method) if request.method else None
         out = []
         for rec in self.journal.records():
             if request.in_flight and rec.ended:
                 continue
             if request.state and rec.state != request.state:
+                continue
+            if want_method is not None and not (rec.method and want_method.fullmatch(rec.method)):
+                continue
+            if request.rule and rec.rule != request.rule:
                 continue
             if want_code is not None:
                 final = rec.final
@@ -88,6 +102,8 @@ class JournalServicer(pb_grpc.JournalServicer):
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
             while (first := await queue.get()) is not None:   # None: the server is stopping
                 batch = [first]
+                if queue.qsize() < FOLLOW_BATCH:
+                    await asyncio.sleep(FOLLOW_LINGER)
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
                     if entry is None:
