@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Limits, ScriptError, validate_ending
 from callstate.v1 import callstate_pb2 as pb
 
 PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
@@ -37,10 +37,7 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         value = getattr(script, name)
         if not 0 <= value <= limits.max_delay_ms:
             raise ScriptError(name, f"must be in 0..{limits.max_delay_ms}, got {value}")
-    if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
-        raise ScriptError("outcome", f"unknown outcome {script.outcome}")
-    if script.on_cancel not in ON_CANCEL_NAMES:
-        raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
+    validate_ending(script, limits)
     if script.at not in POINT_NAMES:
         raise ScriptError("at", f"unknown point {script.at}")
     if script.at not in KIND_POINTS[kind]:
@@ -51,10 +48,6 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         raise ScriptError("messages", f"must be in 0..{MAX_MESSAGES}, got {script.messages}")
     if not 0 <= script.message_bytes <= limits.max_reply_bytes:
         raise ScriptError("message_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.message_bytes}")
-    if script.outcome == pb.OUTCOME_ABORT and script.abort_code == 0:
-        raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
-    if not 0 <= script.abort_grpc_status <= 16:
-        raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--max-reply-backlog", type=non_negative_int, default=_EMULATOR.max_reply_backlog_bytes,
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
+                   help="the same for each connection, pipes' messages included (default: half of --max-reply-backlog)")
     p.add_argument("--max-concurrent-streams", type=non_negative_int, default=_SERVER.max_concurrent_streams,
                    metavar="N", help="HTTP/2 streams (calls) per connection at once; 0 = unbounded "
                    "(default: %(default)s)")
@@ -120,7 +122,8 @@ def run(opts: argparse.Namespace) -> int:
                                           max_payload_bytes=opts.max_payload_bytes),
                             max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
                             max_early_notices=opts.max_early_notices,
-                            max_early_notice_bytes=opts.max_early_notice_bytes)
+                            max_early_notice_bytes=opts.max_early_notice_bytes,
+                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,

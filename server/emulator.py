@@ -9,7 +9,6 @@ what the handler does next.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import random
@@ -26,6 +25,7 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
+from callstate.server.backlog import ReplyBacklog
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
 from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
@@ -62,6 +62,8 @@ class EmulatorConfig:
     # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
     # (a caller that never reads would otherwise pin every reply it asked for)
     max_reply_backlog_bytes: int = 16 * 1024 * 1024
+    # and per connection, so one caller cannot take all of it (None: half the server's)
+    max_reply_backlog_per_connection: int | None = None
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
     max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
@@ -82,7 +84,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.live: dict[str, ServerCall] = {}
         self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
                                            config.max_early_notice_bytes)
-        self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
+        self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
+                                    config.max_reply_backlog_bytes // 2 if config.max_reply_backlog_per_connection is None
+                                    else config.max_reply_backlog_per_connection)
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
         from callstate.server.pipes import PipeServicer   # it imports this module's FatalHandlerError
@@ -211,23 +215,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest,
                         context: grpc.aio.ServicerContext) -> pb.CallReply:
         size = len(request.payload) if script.echo else script.reply_bytes
-        if size:
-            budget = self.config.max_reply_backlog_bytes
-            if self.reply_backlog + size > budget:
-                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         f"replies not yet taken by their callers are over the server's budget "
-                                         f"({budget} bytes, --max-reply-backlog)")
-            self.reply_backlog += size
-            context.add_done_callback(functools.partial(self._reply_delivered, size))
+        if size and (over := self.backlog.reserve(context, size)):
+            return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         call.move(COMPLETE)
         payload = request.payload if script.echo else bytes(script.reply_bytes)
         call.move(COMPLETED, server_end_code(COMPLETED), _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
-
-    def _reply_delivered(self, size: int, _context: object) -> None:
-        self.reply_backlog -= size
 
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
