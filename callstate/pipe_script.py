@@ -50,6 +50,14 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         raise ScriptError("message_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.message_bytes}")
 
 
+def check_push(payload: bytes, limits: Limits = Limits()) -> None:
+    """ValueError for a message the server would not take (gRPC refuses it at its receive limit
+    and ends the call, which each side would then log differently): refused before it is sent."""
+    if len(payload) > limits.max_payload_bytes:
+        raise ValueError(f"push: a message of {len(payload)} bytes is over the server's limit "
+                         f"({limits.max_payload_bytes} bytes); nothing was sent")
+
+
 @dataclass(frozen=True)
 class PipeScript:
     """A pipe call's server script in seconds (see callstate.v1.PipeScript)."""

@@ -72,6 +72,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 def run(opts: argparse.Namespace) -> int:
     if opts.pipe:
         return run_pipe(opts)
+    if opts.cancel_at is not None:   # it would never fire: say so rather than exit 0 uncancelled
+        print(f"callstate call: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled "
+              "with --cancel-after", file=sys.stderr)
+        return 2
     from callstate.observe import ObserveError
 
     provider = None

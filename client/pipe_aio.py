@@ -25,7 +25,7 @@ from callstate.client.aio import AsyncNotices
 from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
-from callstate.pipe_script import PipeScript
+from callstate.pipe_script import PipeScript, check_push
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -100,6 +100,7 @@ class AsyncPipe(AsyncNotices, PipeBase):
         core = self._need_rpc("push")
         if not core.can_push():
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}")
+        check_push(payload)
         try:
             taken = await _write_keeping_status(self._rpc, pb.PipeMessage(seq=core.sent + 1, payload=payload))
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):

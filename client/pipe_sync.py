@@ -24,7 +24,7 @@ from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
 from callstate.client.sync import ThreadNotices
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
-from callstate.pipe_script import PipeScript
+from callstate.pipe_script import PipeScript, check_push
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -124,6 +124,7 @@ class Pipe(ThreadNotices, PipeBase):
 
     def push(self, payload: bytes = b"") -> None:
         core = self._need_rpc("push")
+        check_push(payload)
         if not core.can_push() or not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()

@@ -211,3 +211,141 @@ def test_a_mix_drawn_abort_never_uses_an_unchecked_script_code(hostile_server: A
     status, code = _unary(srv.target, pb.Script(abort_code=ABORT_CODE_MAX))   # its near miss: the code is used
     assert (status, code) == (grpc.StatusCode.ABORTED, str(ABORT_CODE_MAX))
     assert max(counters(srv.target).by_code) <= ABORT_CODE_MAX
+
+
+def test_an_oversized_push_is_refused_before_it_is_sent_and_the_pipe_goes_on(shared_server: ServerProcess,
+                                                                               tmp_path: Path) -> None:
+    """push(bytes(2 MiB)) used to reach the server's receive limit: the client logged 1723, the
+    server 1818, and check reported a mismatch. Now the push is refused on the client, nothing
+    is sent, and the pipe completes with both logs agreeing."""
+    from callstate.check import check_files
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> tuple[str, int]:
+        async with AsyncClient(shared_server.target, log=log) as client:
+            from callstate.client import PipeScript
+            pipe = client.pipe("in", PipeScript(outcome="complete")).start()
+            with pytest.raises(ValueError, match="nothing was sent"):
+                await pipe.push(bytes(2 << 20))
+            await pipe.push(bytes(LIMITS.max_payload_bytes))   # the largest the server takes
+            await pipe.close_push()
+            reply = await pipe.result(timeout=20)
+            return pipe.call_id, reply.received
+    call_id, received = asyncio.run(go())
+    assert received == 1 and final(shared_server.wait_entries(call_id))["code"] == 0
+    report = check_files([log, shared_server.log])
+    assert report.ok, report.summary()
+
+
+# -- 3. every CLI number has a range, every file option refuses FIFOs and devices ---------------
+BAD_NUMBERS = [
+    (["load", "--concurrency", str(2**70)], "--concurrency"),
+    (["load", "--rate", "1e-300"], "--rate"),
+    (["load", "--delay", "1e30"], "--delay"),
+    (["load", "--pipe-messages", str(2**70)], "--pipe-messages"),
+    (["load", "--channels", str(2**40)], "--channels"),
+    (["conformance", "--streams", str(2**70)], "--streams"),
+    (["conformance", "--metadata-bytes", str(2**70)], "--metadata-bytes"),
+    (["call", "--delay", "1e30"], "--delay"),
+    (["call", "--pipe", "in", "--message-bytes", str(2**70)], "--message-bytes"),
+    (["call", "--pipe", "in", "--message-bytes", "5000000"], "--message-bytes"),
+    (["call", "--pipe", "out", "--server-messages", str(2**70)], "--server-messages"),
+    (["call", "--pipe", "out", "--server-message-bytes", str(2**70)], "--server-message-bytes"),
+    (["serve", "--keepalive", "1e300"], "--keepalive"),
+    (["serve", "--max-concurrent-streams", str(2**40)], "--max-concurrent-streams"),
+    (["serve", "--max-hold", "1e300"], "--max-hold"),
+]
+
+
+@pytest.mark.parametrize("argv,option", BAD_NUMBERS, ids=[" ".join(a)[:40] for a, _ in BAD_NUMBERS])
+def test_every_cli_number_has_a_range_checked_at_parse_time(argv: list[str], option: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from callstate.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and option in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv", [["call", "--pipe", "both", "--cancel-at", "after-received:99"],
+                                  ["call", "--pipe", "in", "--messages", "2", "--cancel-at", "after-sent:3"],
+                                  ["call", "--cancel-at", "after-sent:1"]])
+def test_a_cancel_point_that_cannot_fire_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from callstate.cli import main
+    assert main([*argv, "--target", "127.0.0.1:9"]) == 2   # refused before connecting anywhere
+    err = capsys.readouterr().err
+    assert "--cancel-at" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _limited(seconds: int = 20) -> dict[str, Any]:
+    """subprocess.run arguments for a command that might hang or eat memory on today's code."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    return {"capture_output": True, "text": True, "timeout": seconds, "preexec_fn": limit}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("argv", [["serve", "--port", "0", "--tls-key", "KEY", "--tls-cert", "{}"],
+                                  ["call", "--tls-ca", "{}"],
+                                  ["check", "{}"]])
+def test_file_options_refuse_fifos_and_devices(tmp_path: Path, kind: str, argv: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+    if kind == "fifo":
+        path = tmp_path / "pem.fifo"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
+    args = [str(key) if a == "KEY" else a.format(path) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "callstate", *args], **_limited())
+    assert result.returncode == 2 and "not a regular file" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_load_at_a_slow_rate_stops_on_sigterm(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """`load --rate 0.001` (one call in ~17 min) used to ignore SIGINT/SIGTERM while waiting for
+    its next call: now it stops at once, checks what it made and reports."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", shared_server.target, "--rate",
+                             "0.001", "--duration", "3600", "--mix", "complete=1", "--cancel", "none", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        before = counters(shared_server.target).dispatched
+        wait_for("the load's first call", lambda: counters(shared_server.target).dispatched > before)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert '"interrupted"' in out or "SIGTERM" in out + err, (out[-500:], err[-500:])
+
+
+def test_health_says_when_the_server_is_not_callstate(tmp_path: Path) -> None:
+    """A plain gRPC server with a health service answers SERVING for itself: `health` says it is
+    not a callstate server instead of exit 0."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2_grpc
+    from tests.conftest import cli
+    other = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), other)
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        result = cli("health", "--target", f"127.0.0.1:{port}")
+        assert result.returncode == 1 and "not a callstate server" in result.stderr, result.stderr
+    finally:
+        other.stop(None)
+    srv = start_server(tmp_path, "--no-state-log")   # its near miss: a callstate server is SERVING
+    try:
+        result = cli("health", "--target", srv.target)
+        assert result.returncode == 0 and result.stdout.strip() == "SERVING", result.stderr
+    finally:
+        srv.stop()
