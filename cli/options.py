@@ -165,9 +165,20 @@ def input_file(text: str) -> str:
 
 
 # -- numbers with a range of their own: what each kind of option can take without harm ----------
-concurrency = bounded_int(1, 10_000, "calls in flight at once")
-channels = bounded_int(1, 1_000, "connections")
-streams = bounded_int(1, 10_000, "streams at once")
+def capped(base: Callable[[str], Any], high: float, what: str) -> Callable[[str], Any]:
+    """`base` (its own messages for what it refuses), and at most `high`."""
+    def convert(text: str) -> Any:
+        value = base(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} ({what})")
+        return value
+    convert.__name__ = base.__name__
+    return convert
+
+
+concurrency = capped(positive_int, 10_000, "calls in flight at once")
+channels = capped(positive_int, 1_000, "connections")
+streams = capped(positive_int, 10_000, "streams at once")
 message_count = bounded_int(0, MAX_MESSAGES, "messages in one pipe")
 push_bytes = bounded_int(0, Limits().max_payload_bytes, "what a server takes by default")
 server_push_bytes = bounded_int(0, Limits().max_reply_bytes, "the largest reply")

@@ -349,3 +349,101 @@ def test_health_says_when_the_server_is_not_callstate(tmp_path: Path) -> None:
         assert result.returncode == 0 and result.stdout.strip() == "SERVING", result.stderr
     finally:
         srv.stop()
+
+
+# -- 2. the checker rejects impossible logs, and accepts their near misses ----------------------
+def _ts(seconds: float) -> str:
+    import datetime
+    t = datetime.datetime(2026, 11, 24, 10, tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _side(side: str, steps: list[tuple[Any, ...]], t0: float = 0.0, call_id: str = "x") -> list[dict[str, Any]]:
+    """(state, prev, move, extra fields) per step, 1 ms apart from t0 (a step may give its own "t")."""
+    out = []
+    for i, (state, prev, move, extra) in enumerate(steps):
+        extra = dict(extra)
+        t = extra.pop("t", t0 + i / 1000)
+        out.append({"ts": _ts(t), "side": side, "call_id": call_id, "state": state, "prev": prev, "event": "enter",
+                    "move": move, **extra})
+    return out
+
+
+def _n(sent: int, received: int) -> dict[str, int]:
+    return {"sent": sent, "received": received}
+
+
+def _out_pipe(client_received: int, server_sent: int = 5) -> list[dict[str, Any]]:
+    c, s = _n(0, client_received), _n(server_sent, 0)
+    return (_side("client", [("C", None, "call_out", _n(0, 0)), ("Pull", "C", "started", _n(0, 0)),
+                             ("WComp", "Pull", "null_pull", c), ("Comp", "WComp", "complete", c),
+                             ("End", "Comp", "completed", {**c, "code": 0, "grpc_status": "OK"})])
+            + _side("server", [("D", None, "dispatch_out", {}), ("Push", "D", "start_push", _n(0, 0)),
+                               ("Comp", "Push", "complete", s),
+                               ("End", "Comp", "completed", {**s, "code": 0, "grpc_status": "OK"})]))
+
+
+def _both_pipe(client_received: int, server_sent: int = 5) -> list[dict[str, Any]]:
+    c, s = _n(2, client_received), _n(server_sent, 2)
+    return (_side("client", [("C", None, "call_both", _n(0, 0)), ("Push", "C", "started", _n(0, 0)),
+                             ("Pull", "Push", "null_push", _n(2, 0)), ("WComp", "Pull", "null_pull", c),
+                             ("Comp", "WComp", "complete", c),
+                             ("End", "Comp", "completed", {**c, "code": 0, "grpc_status": "OK"})])
+            + _side("server", [("D", None, "dispatch_both", {}), ("Push", "D", "start_push", _n(0, 0)),
+                               ("NP", "Push", "null_pull", s), ("Comp", "NP", "complete", s),
+                               ("End", "Comp", "completed", {**s, "code": 0, "grpc_status": "OK"})]))
+
+
+def _unary_log(client_code: int = 0, client_status: str = "OK", server_abort: int | None = None,
+               server_status: str = "ABORTED", server_t0: float = 0.0, server_end_t: float | None = None,
+               client_end_t: float | None = None) -> list[dict[str, Any]]:
+    end_c = {"code": client_code, "grpc_status": client_status, **({"t": client_end_t} if client_end_t is not None else {})}
+    client = _side("client", [("C", None, "call", {}), ("WComp", "C", "started", {}), ("Comp", "WComp", "complete", {}),
+                              ("End", "Comp", "completed", end_c)])
+    end_s = {"t": server_end_t} if server_end_t is not None else {}
+    if server_abort is None:
+        server = _side("server", [("D", None, "dispatch", {}), ("Comp", "D", "complete", {}),
+                                  ("End", "Comp", "completed", {"code": 0, "grpc_status": "OK", **end_s})], server_t0)
+    else:
+        server = _side("server", [("D", None, "dispatch", {}), ("A", "D", "abort", {}),
+                                  ("End", "A", "aborted", {"code": server_abort, "grpc_status": server_status,
+                                                           **end_s})], server_t0)
+    return client + server
+
+
+def _without(entries: list[dict[str, Any]], side: str, field: str) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if not (e["side"] == side and e["state"] == "End" and k == field)}
+            for e in entries]
+
+
+def _with(entries: list[dict[str, Any]], side: str, **fields: Any) -> list[dict[str, Any]]:
+    return [{**e, **fields} if e["side"] == side and e["state"] == "End" else e for e in entries]
+
+
+YEAR = 365.25 * 86400
+IMPOSSIBLE_LOGS = {
+    # name: (the impossible log, its near miss, the violation kind)
+    "out pipe completed normally with 3 of 5 received": (_out_pipe(3), _out_pipe(5), "pipe_incomplete"),
+    "both pipe completed normally with 3 of 5 received": (_both_pipe(3), _both_pipe(5), "pipe_incomplete"),
+    "abort with gRPC status OK": (_unary_log(5, "OK", server_abort=5, server_status="OK"),
+                                  _unary_log(5, "ABORTED", server_abort=5), "impossible_status"),
+    "client 0 with CANCELLED": (_unary_log(0, "CANCELLED"), _unary_log(0, "OK"), "impossible_status"),
+    "server End before its D": (_unary_log(server_t0=1.0, server_end_t=0.5), _unary_log(server_t0=0.0),
+                                "time_order"),
+    "client End before its C": (_unary_log(client_end_t=-1.0), _unary_log(client_end_t=1.0), "time_order"),
+    "a server 73 years after its client": (_unary_log(server_t0=73 * YEAR, server_end_t=73 * YEAR + 1),
+                                           _unary_log(server_t0=60.0, server_end_t=61.0), "time_order"),
+    "a negative pipe count": (_with(_out_pipe(5), "server", sent=-5), _with(_out_pipe(5), "server", sent=5),
+                              "bad_entry"),
+    "a missing pipe count": (_without(_out_pipe(5), "client", "received"), _out_pipe(5), "bad_entry"),
+}
+
+
+@pytest.mark.parametrize("name", list(IMPOSSIBLE_LOGS))
+def test_the_checker_rejects_an_impossible_log_and_accepts_its_near_miss(name: str) -> None:
+    from callstate.check import check_entries
+    bad, near, kind = IMPOSSIBLE_LOGS[name]
+    report = check_entries(bad)
+    assert kind in report.by_kind(), report.summary()
+    near_report = check_entries(near)
+    assert near_report.ok, near_report.summary()
