@@ -13,6 +13,7 @@ from callstate.cli.observe_options import add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
                                    grpc_status, int64, non_negative_float, para, positive_float, text)
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
+from callstate.cli.terminal import printable
 from callstate.lifecycle import WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
@@ -144,4 +145,4 @@ def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # 
 
 
 def _final(code: int, details: str) -> None:
-    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)
+    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

@@ -11,6 +11,7 @@ import sys
 from callstate import codes
 from callstate.cli.options import (message_count, non_negative_float, positive_int, push_bytes,
                                    server_push_bytes)
+from callstate.cli.terminal import printable
 from callstate.lifecycle import PIPE_KINDS
 from callstate.pipe_script import (BREACHES, CANCEL_AFTER_RECEIVED, CANCEL_AFTER_SENT, DEFAULT_MESSAGES, POINTS,
                                    PipeCancelPoint, PipeScript)
@@ -140,4 +141,4 @@ def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # 
 
 
 def _final(code: int, details: str) -> None:
-    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)
+    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

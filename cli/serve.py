@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--max-reply-backlog", type=non_negative_int, default=_EMULATOR.max_reply_backlog_bytes,
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
+                   help="a call id that ended is refused (ALREADY_EXISTS) this long after (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
                    help="the same for each connection, pipes' messages included (default: half of --max-reply-backlog)")
     p.add_argument("--max-concurrent-streams", type=non_negative_int, default=_SERVER.max_concurrent_streams,
@@ -69,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--early-notice-ttl", type=positive_float, default=_EMULATOR.early_notice_ttl, metavar="SECONDS",
                    help="a cancel notice that arrives before its call waits this long for it (default: %(default)s)")
     p.add_argument("--max-early-notices", type=non_negative_int, default=_EMULATOR.max_early_notices, metavar="N",
-                   help="cancel notices kept for calls not dispatched yet; oldest dropped first (default: %(default)s)")
+                   help="cancel notices kept for calls not dispatched yet; new ones refused when full, so none is displaced (default: %(default)s)")
     p.add_argument("--max-early-notice-bytes", type=non_negative_int, default=_EMULATOR.max_early_notice_bytes,
                    metavar="BYTES", help="the same, in bytes of their call ids (default: %(default)s)")
     p.add_argument("--journal-bytes", type=non_negative_int, default=_SERVER.journal_bytes, metavar="BYTES",
@@ -127,7 +129,8 @@ def run(opts: argparse.Namespace) -> int:
                             max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
                             max_early_notices=opts.max_early_notices,
                             max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
-                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection)
+                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
+                            id_retention=opts.id_retention)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,

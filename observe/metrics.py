@@ -98,6 +98,8 @@ class SideMetrics:
 
     def _ended(self, e: Entry) -> None:
         code = e.code
+        if code not in self.calls and len(self.calls) >= codes.MAX_DISTINCT_CODES:
+            code = codes.OTHER_CODE   # label sets stay bounded: /metrics stays small to scrape
         self.calls[code] = self.calls.get(code, 0) + 1
         self.in_flight -= 1
         t0 = self._started.pop(e.call_id, None)
@@ -145,6 +147,8 @@ class CancelPropagation:
 
 
 def _code_label(code: int | None) -> tuple[str, str]:
+    if code == codes.OTHER_CODE:
+        return "other", codes.name(code)
     return ("none", "") if code is None else (str(code), codes.name(code))
 
 

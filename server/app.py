@@ -30,7 +30,8 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
-from callstate.server.security import TokenInterceptor, keepalive_options, server_credentials
+from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, keepalive_options,
+                                       server_credentials)
 from callstate.wire import DEFAULT_KEEPALIVE
 
 SERVICE_NAMES = (
@@ -54,6 +55,7 @@ class ServerOptions:
     max_watchers: int = 64                     # Journal Watch/Follow streams at once
     watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
     max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
+    max_health_watches: int = MAX_HEALTH_WATCHES   # grpc.health.v1 Watch streams at once
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
@@ -114,7 +116,7 @@ class EmulatorServer:
                                  interceptors=[TokenInterceptor(opts.token)] if opts.token else None)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
-        self._health = HealthServicer()
+        self._health = BoundedHealth(opts.max_health_watches)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         address = f"[{opts.bind}]:{opts.port}" if ":" in opts.bind else f"{opts.bind}:{opts.port}"

@@ -68,6 +68,9 @@ class EmulatorConfig:
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
     max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
+    # an id that ended stays reserved this long (while the journal holds it): a replay of it would
+    # put entries after End into its owner's history and logs
+    id_retention: float = 60.0
     cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
 
     def __post_init__(self) -> None:
@@ -129,6 +132,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
+        return self.recently_ended(call_id)
+
+    def recently_ended(self, call_id: str) -> Refusal | None:
+        rec = self._journal.get(call_id)
+        final = rec.final if rec is not None else None
+        if final is not None and (age := time.time() - final.t) < self.config.id_retention:
+            return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
+                    f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
         return None
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
@@ -263,13 +274,13 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return pb.CancelReply(delivered=False, state=known.state if known else "")
         # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
         # under its id and key: it applies only to a call made with the same key.
-        self._early_notices.remember(notice_key(call_id, request.cancel_key))
-        return pb.CancelReply(delivered=True, state="")
+        kept = self._early_notices.remember(notice_key(call_id, request.cancel_key))
+        return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
 
 
 class EarlyNotices:
     """Cancel notices for calls not dispatched yet: kept `ttl` seconds, bounded in count and
-    in bytes (of their call ids), oldest dropped first. A timer expires them even when no
+    in bytes (of their call ids), new ones refused when full. A timer expires them even when no
     new notice arrives, so a burst of notices does not stay pinned."""
 
     def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
@@ -282,22 +293,22 @@ class EarlyNotices:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def remember(self, call_id: str) -> None:
+    def remember(self, call_id: str) -> bool:
+        """Keep a notice; False when the bounds are reached. A notice kept is never displaced by
+        later ones (anyone's: a stranger's flood cannot evict the owner's); it only expires."""
         now = time.monotonic()
         seen = self._seen
         if call_id in seen:
             self._forget(call_id)
         size = len(call_id)
         self._expire(now)
-        while seen and (len(seen) >= self.limit or self.bytes + size > self.max_bytes):
-            self._forget(next(iter(seen)))
+        if len(seen) >= self.limit or self.bytes + size > self.max_bytes:
             self.dropped += 1
-        if self.limit <= 0 or size > self.max_bytes:
-            self.dropped += 1
-            return
+            return False
         seen[call_id] = now
         self.bytes += size
         self._arm()
+        return True
 
     def take(self, call_id: str) -> bool:
         t = self._seen.get(call_id)
