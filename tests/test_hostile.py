@@ -447,3 +447,199 @@ def test_the_checker_rejects_an_impossible_log_and_accepts_its_near_miss(name: s
     assert kind in report.by_kind(), report.summary()
     near_report = check_entries(near)
     assert near_report.ok, near_report.summary()
+
+
+# -- 4. one caller cannot hurt the others ---------------------------------------------------------
+def test_journal_reads_are_bounded(shared_server: ServerProcess) -> None:
+    """GetCall with a 16 KiB id is NOT_FOUND (it was RESOURCE_EXHAUSTED: the message echoed the
+    id); a Watch filter of 1 MB is refused; a ListCalls page is capped whatever limit it asks."""
+    with grpc.insecure_channel(shared_server.target) as channel:
+        journal = pb_grpc.JournalStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            journal.GetCall(pb.GetCallRequest(call_id="i" * 16 * 1024), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 1000
+        with pytest.raises(grpc.RpcError) as err:
+            next(journal.Watch(pb.WatchRequest(call_id="f" * 1024 * 1024), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "call_id" in err.value.details()
+        for _ in range(3):   # at least a few calls for the page
+            _unary(shared_server.target, pb.Script(outcome=pb.OUTCOME_COMPLETE))
+        from callstate.server.journal_service import MAX_PAGE
+        page = journal.ListCalls(pb.ListCallsRequest(limit=2**31 - 1), timeout=10)
+        assert 3 <= len(page.calls) <= MAX_PAGE
+
+
+def test_distinct_abort_codes_are_folded_past_a_bound(hostile_server: Any) -> None:
+    """600 distinct abort codes: GetCounters and /metrics keep 256 of them and one 'other'."""
+    from callstate.codes import MAX_DISTINCT_CODES, OTHER_CODE
+    srv = hostile_server("--no-state-log", "--metrics-port", "0")
+    n = 600
+
+    async def go() -> None:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.EmulatorStub(channel)
+
+            async def one(code: int) -> None:
+                try:
+                    await stub.Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=code)), timeout=20)
+                except grpc.aio.AioRpcError:
+                    pass
+            for start in range(0, n, 100):
+                await asyncio.gather(*(one(100_000 + i) for i in range(start, start + 100)))
+    asyncio.run(go())
+    c = counters(srv.target)
+    assert len(c.by_code) == MAX_DISTINCT_CODES + 1 and sum(c.by_code.values()) == n
+    assert c.by_code[OTHER_CODE] == n - MAX_DISTINCT_CODES
+    import urllib.request
+    url = wait_for("the metrics line", lambda: next((line.split()[-1] for line in srv.stderr.read_text().splitlines()
+                                                     if "metrics on" in line), None))
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    calls = [line for line in text.splitlines() if line.startswith("callstate_calls_total{")]
+    assert len(calls) == MAX_DISTINCT_CODES + 1 and any('code="other"' in line for line in calls)
+
+
+def test_an_id_that_ended_stays_reserved(hostile_server: Any) -> None:
+    """A replayed id right after its call ended is refused (ALREADY_EXISTS, 87): it would put
+    entries after End into its owner's logs. Its near miss: after --id-retention it is free."""
+    srv = hostile_server("--id-retention", "1")
+    script = pb.Script(outcome=pb.OUTCOME_COMPLETE)
+    call_id = f"replayed-{time.monotonic_ns()}"
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = pb_grpc.EmulatorStub(channel)
+        stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=10)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "reserved" in err.value.details()
+        wait_for("the retention to pass", lambda: _try_call(stub, call_id, script), timeout=20)
+    entries = srv.wait_entries(call_id, lambda es: sum(e["state"] == "End" for e in es) >= 2)
+    assert [e["state"] for e in entries if e["event"] == "enter"] == ["D", "Comp", "End"] * 2   # the replay: none
+
+
+def _try_call(stub: Any, call_id: str, script: pb.Script) -> bool:
+    try:
+        stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=10)
+        return True
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+        return False
+
+
+def test_strangers_notices_do_not_evict_the_owners(hostile_server: Any) -> None:
+    """The owner's early notice, then 200 strangers' notices that fill the table: the owner's is
+    still applied when its call is dispatched (cancel_seen, 1818); the strangers are told theirs
+    were not kept."""
+    srv = hostile_server("--max-early-notices", "100")
+    owner_id, key = f"owned-{time.monotonic_ns()}", "the-owners-key"
+    with grpc.insecure_channel(srv.target) as channel:
+        stub = pb_grpc.EmulatorStub(channel)
+        assert stub.Cancel(pb.CancelRequest(call_id=owner_id, cancel_key=key), timeout=10).delivered
+        refused = sum(not stub.Cancel(pb.CancelRequest(call_id=f"stranger-{i}"), timeout=10).delivered
+                      for i in range(200))
+        assert refused >= 100
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Call(pb.CallRequest(call_id=owner_id, cancel_key=key, script=pb.Script(outcome=pb.OUTCOME_HOLD)),
+                      timeout=20)
+        assert err.value.code() == grpc.StatusCode.CANCELLED
+    assert final(srv.wait_entries(owner_id))["code"] == codes.RPC_S_CALL_CANCELLED
+
+
+def test_a_stuck_watcher_is_evicted_for_a_new_one_and_told(hostile_server: Any) -> None:
+    """All watcher slots taken by streams that never read: a new watcher (a `load`'s Follow)
+    evicts the oldest stuck one, which is told why on its stream; the load runs and checks."""
+    import json
+
+    from tests.conftest import cli
+    srv = hostile_server("--max-watchers", "4", "--watch-buffer", "300", "--no-state-log")
+    channels = [grpc.insecure_channel(srv.target, options=NEVER_READS) for _ in range(4)]
+    try:
+        streams = [pb_grpc.JournalStub(ch).Watch(pb.WatchRequest(), timeout=60) for ch in channels]
+        wait_for("4 watchers", lambda: counters(srv.target).watch_dropped > 0 or _burst(srv.target, 20) == 0, 30)
+        wait_for("4 stuck watchers", lambda: _burst(srv.target, 200) or counters(srv.target).watch_dropped >= 4 * 100,
+                 timeout=60)
+        result = cli("load", "--target", srv.target, "--calls", "200", "--concurrency", "8", "--json", timeout=90)
+        assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
+        assert json.loads(result.stdout)["check"]["ok"]
+        # they read at last: the evicted one's stream ends saying why
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(len(streams))
+        readers = [pool.submit(_read_to_end, stream) for stream in streams]
+        done, _ = concurrent.futures.wait(readers, timeout=30, return_when=concurrent.futures.FIRST_COMPLETED)
+        for stream in streams:
+            stream.cancel()
+        pool.shutdown()
+        assert done, "no watcher was evicted"
+        code, details = next(iter(done)).result()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "slot" in details, (code, details)
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def _read_to_end(stream: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        for _ in stream:
+            pass
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        return err.code(), err.details() or ""
+
+
+def _burst(target: str, n: int) -> int:
+    """n complete calls at once (3 server entries each); 0 when done."""
+    async def go() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.EmulatorStub(channel)
+            await asyncio.gather(*(stub.Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE)), timeout=20)
+                                   for _ in range(n)))
+    asyncio.run(go())
+    return 0
+
+
+def test_health_watches_are_bounded(hostile_server: Any) -> None:
+    srv = hostile_server("--no-state-log")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from callstate.server.security import MAX_HEALTH_WATCHES, MAX_SERVICE_NAME
+
+    async def go() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(MAX_HEALTH_WATCHES)]
+            for w in watches:
+                await w.read()
+            extra = stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            try:
+                await extra.read()
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+            long = stub.Watch(health_pb2.HealthCheckRequest(service="s" * (MAX_SERVICE_NAME + 1)), timeout=60)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await long.read()
+            for w in watches:
+                w.cancel()
+            return code
+    assert asyncio.run(go()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_watch_escapes_control_characters_from_the_wire(shared_server: ServerProcess) -> None:
+    """An abort message with ESC/BEL sequences (window title, clear screen): `watch` prints them
+    escaped, never raw."""
+    import subprocess
+    import sys
+    evil = "\x1b]0;pwned\x07\x1b[2J\x9b31m OK: every invariant holds"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", shared_server.target,
+                             "--dashboard", "never", "--count", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for("watch to subscribe", lambda: proc.stderr.readline().startswith("watching"))
+        out = ""
+        for _ in range(20):   # until its 50 entries are in
+            _unary(shared_server.target, pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=5, abort_message=evil))
+            if proc.poll() is not None:
+                break
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "pwned" in out and "\\u001b]0;pwned\\u0007" in out
+    assert not any(c in out for c in "\x1b\x07\x9b")
