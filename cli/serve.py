@@ -97,6 +97,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
     add_metrics(p, "the server's calls, states, cancels and journal")
+    p.add_argument("--metrics-token", type=token, metavar="TOKEN",
+                   help="/metrics then needs Authorization: Bearer TOKEN (401 otherwise); for an exposed endpoint")
+    p.add_argument("--metrics-idle-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="close a /metrics connection that sends no request this long (default: %(default)s)")
     add_otel(p)
     g = p.add_argument_group("access (see the README, Security)")
     g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
@@ -137,6 +141,7 @@ def run(opts: argparse.Namespace) -> int:
                             max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
                             max_concurrent_streams=opts.max_concurrent_streams,
                             metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+                            metrics_token=opts.metrics_token, metrics_idle_timeout=opts.metrics_idle_timeout,
                             tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
                             token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):

@@ -58,6 +58,8 @@ class ServerOptions:
     max_health_watches: int = MAX_HEALTH_WATCHES   # grpc.health.v1 Watch streams at once
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
+    metrics_token: str | None = None   # /metrics then needs Authorization: Bearer <metrics_token>
+    metrics_idle_timeout: float = 10.0   # a /metrics connection without a request this long is closed
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
 
     # Access control (README, "Security"). TLS: PEM paths or bytes; tls_client_ca requires
@@ -169,10 +171,11 @@ class EmulatorServer:
             self._on_dispatch = tracer.dispatched
             observers.append(tracer.observe)
         if opts.metrics_port is not None:
-            from callstate.observe.metrics import Metrics, MetricsEndpoint
+            from callstate.observe.metrics import AsyncMetricsEndpoint, Metrics
             metrics = Metrics(journal)
             observers.append(metrics.side(SERVER).observe)
-            self.metrics = MetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port)
+            self.metrics = AsyncMetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port,
+                                                opts.metrics_token, opts.metrics_idle_timeout)
         return fan_out(log.append if log.enabled else None, observers)
 
     def _close_metrics(self) -> None:

@@ -643,3 +643,53 @@ def test_watch_escapes_control_characters_from_the_wire(shared_server: ServerPro
             proc.kill()
     assert "pwned" in out and "\\u001b]0;pwned\\u0007" in out
     assert not any(c in out for c in "\x1b\x07\x9b")
+
+
+# -- 5. the metrics endpoint -------------------------------------------------------------------------
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def _metrics_url(srv: ServerProcess) -> str:
+    return wait_for("the metrics line", lambda: next((line.split()[-1] for line in srv.stderr.read_text().splitlines()
+                                                      if "metrics on" in line), None))
+
+
+def test_idle_metrics_connections_cost_no_thread_and_are_closed(hostile_server: Any) -> None:
+    """300 connections to /metrics that never send a request: no thread each (there were +1,000
+    threads for 1,000), closed after the idle timeout; a scrape is still answered meanwhile."""
+    import socket
+    import urllib.parse
+    import urllib.request
+    srv = hostile_server("--no-state-log", "--metrics-port", "0", "--metrics-idle-timeout", "2")
+    url = _metrics_url(srv)
+    address = urllib.parse.urlsplit(url)
+    threads = _threads(srv.proc.pid)
+    idle = [socket.create_connection((address.hostname, address.port), timeout=30) for _ in range(300)]
+    try:
+        assert urllib.request.urlopen(url, timeout=20).status == 200   # served while they wait
+        assert _threads(srv.proc.pid) <= threads + 2
+        closed = 0
+        for sock in idle:   # each is closed by the server after its idle timeout, unanswered
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+        assert closed == len(idle)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_metrics_token_guards_the_endpoint(hostile_server: Any) -> None:
+    import urllib.error
+    import urllib.request
+    srv = hostile_server("--no-state-log", "--metrics-port", "0", "--metrics-token", "s3cret")
+    url = _metrics_url(srv)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20)
+        assert err.value.code == 401
+    reply = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"}), timeout=20)
+    assert reply.status == 200 and b"callstate_journal_calls" in reply.read()
