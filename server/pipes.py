@@ -248,12 +248,14 @@ class PipeRun:
         script = self.script
         count = None if self.outcome == _HOLD else (script.messages if self._scripted else DEFAULT_MESSAGES)
         interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if self.outcome == _HOLD else 0)
-        payload = bytes(script.message_bytes)
+        size = script.message_bytes
+        if size and (over := self.owner.emulator.backlog.reserve(self.context, 2 * size)):
+            # two messages pinned at most: one in the transport, the next waiting for it (checked
+            # before the payload is made: refused pipes allocate nothing)
+            raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
+        payload = bytes(size)
         after_out = script.at_count if script.at == _AFTER_OUT else -1
         write, call, log_messages = self.context.write, self.call, self.log_messages
-        if payload and (over := self.owner.emulator.backlog.reserve(self.context, 2 * len(payload))):
-            # two messages pinned at most: one in the transport, the next waiting for it
-            raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         while count is None or self.sent < count:
             if self.sent == after_out or until():
                 return True
