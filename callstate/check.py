@@ -258,9 +258,10 @@ class Checker:
             track.grpc_status = grpc_status
             track.end_move = move
             track.end_ts = ts
-            if legal and (why := own_path_error(side, move, code)):
-                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{why}"))
-            for kind, why in _end_violations(side, track, code, grpc_status, sent, received):
+            path_error = own_path_error(side, move, code) if legal else None
+            if path_error:
+                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{path_error}"))
+            for kind, why in _end_violations(side, track, code, grpc_status, sent, received, bool(path_error)):
                 r.violations.append(Violation(kind, call_id, f"{where}{why}"))
 
     def _check_pipe(self, call_id: str, client: SideTrack, server: SideTrack) -> None:
@@ -347,11 +348,12 @@ _STATUS_NAMES = frozenset(status.name for status in grpc.StatusCode)
 CLOCK_SKEW_S = 300.0
 
 
-def _end_violations(side: str, track: SideTrack, code: Any, grpc_status: Any, sent: Any,
-                    received: Any) -> list[tuple[str, str]]:
-    """What one side's End entry cannot be, whatever the other side logged."""
+def _end_violations(side: str, track: SideTrack, code: Any, grpc_status: Any, sent: Any, received: Any,
+                    code_reported: bool = False) -> list[tuple[str, str]]:
+    """What one side's End entry cannot be, whatever the other side logged (`code_reported`: its
+    code was already found wrong for its path, so its status is not reported again)."""
     out = []
-    if isinstance(code, int) and grpc_status in _STATUS_NAMES:
+    if isinstance(code, int) and grpc_status in _STATUS_NAMES and not code_reported:
         if code == codes.RPC_S_OK and grpc_status != _OK_STATUS:
             out.append(("impossible_status", f"{side} ended with 0 but gRPC status {grpc_status}"))
         elif code != codes.RPC_S_OK and grpc_status == _OK_STATUS:

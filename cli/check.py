@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.cli.options import input_file, para
+from callstate.cli.options import para
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "mid-line, a full disk) is reported as a warning and the complete lines are "
                                         "checked. Exit status 1 on any violation, 2 when a file cannot be read or is "
                                         "not a regular file."))
-    p.add_argument("logs", nargs="+", type=input_file, metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

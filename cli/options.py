@@ -17,7 +17,7 @@ from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_s
                                 parse_pipe_shares)
 from callstate.scenario import parse_cancel_poll
 from callstate.lifecycle import SERVER
-from callstate.pem import check_regular_file, read_pem
+from callstate.pem import read_pem
 from callstate.pipe_script import MAX_MESSAGES
 from callstate.script import ON_CANCEL, Limits, Mix, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
@@ -150,16 +150,6 @@ def pem_file(text: str) -> str:
     a device (which would hang, or never end) and anything larger than a PEM bundle."""
     try:
         read_pem(text, "file")
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def input_file(text: str) -> str:
-    """A file to read to its end (a state log): a regular file, not a FIFO or device that would
-    hang or never end; its path."""
-    try:
-        check_regular_file(text, "log")
     except OSError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text

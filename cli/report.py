@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.cli.options import input_file, para
+from callstate.cli.options import para
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "still written), 2 when a file cannot be read or written."),
                        epilog="example:\n  callstate report client.jsonl server.jsonl --html report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("logs", nargs="+", type=input_file, metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
     p.add_argument("--html", required=True, metavar="OUT.html", help="where to write the report")
     p.add_argument("--title", default="callstate run", help="the report's title (default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="also write the report's data as JSON")
