@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "not a regular file."))
     p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--allow-one-side", action="store_true",
+                   help="accept logs of one side only (exit 0 when they hold); without it, only the client's or "
+                        "only the server's entries exit 1, as nothing was checked across the sides")
     return p
 
 
@@ -35,4 +38,11 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    if not report.entries:
+        print(f"callstate check: nothing was checked: no entries in {', '.join(opts.logs)}", file=sys.stderr)
+        return 1
+    if len(report.by_side) == 1 and not opts.allow_one_side:
+        print(f"callstate check: only {next(iter(report.by_side))} entries: the cross-side rules were not checked "
+              "(give both sides' logs, or --allow-one-side)", file=sys.stderr)
+        return 1
     return 0 if report.ok else 1

@@ -694,3 +694,21 @@ def test_metrics_token_guards_the_endpoint(hostile_server: Any) -> None:
         assert err.value.code == 401
     reply = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"}), timeout=20)
     assert reply.status == 200 and b"callstate_journal_calls" in reply.read()
+
+
+def test_check_says_when_nothing_or_one_side_was_checked(tmp_path: Path) -> None:
+    """`check` on an empty file used to print OK and exit 0; one side's log alone, too."""
+    from tests.conftest import cli
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = cli("check", str(empty))
+    assert result.returncode == 1 and "nothing was checked" in result.stderr
+    server_only = tmp_path / "server.jsonl"
+    import orjson
+    server_only.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _unary_log() if e["side"] == "server"))
+    result = cli("check", str(server_only))
+    assert result.returncode == 1 and "only server entries" in result.stderr
+    assert cli("check", "--allow-one-side", str(server_only)).returncode == 0   # asked for: accepted
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _unary_log()))
+    assert cli("check", str(both)).returncode == 0   # its near miss: both sides
