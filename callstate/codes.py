@@ -139,7 +139,7 @@ def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[t
 # cannot grow the server's counters, GetCounters or /metrics without bound.
 MAX_DISTINCT_CODES: Final = 256
 OTHER_CODE: Final = 1 << 32
-NAMES[OTHER_CODE] = "OTHER_CODES"
+OTHER_CODE_NAME: Final = "OTHER_CODES"
 
 
 def count_code(counts: dict[int, int], code: int) -> None:

@@ -151,7 +151,7 @@ class CancelPropagation:
 
 def _code_label(code: int | None) -> tuple[str, str]:
     if code == codes.OTHER_CODE:
-        return "other", codes.name(code)
+        return "other", codes.OTHER_CODE_NAME
     return ("none", "") if code is None else (str(code), codes.name(code))
 
 
