@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--allow-one-side", action="store_true",
-                   help="accept logs of one side only (exit 0 when they hold); without it, only the client's or "
-                        "only the server's entries exit 1, as nothing was checked across the sides")
+                   help="judge logs that hold only one side (a client driving a server that is not callstate) on "
+                        "that side alone; without it such logs fail (exit 1): the other side is unknown")
     return p
 
 
@@ -41,8 +41,8 @@ def run(opts: argparse.Namespace) -> int:
     if not report.entries:
         print(f"callstate check: nothing was checked: no entries in {', '.join(opts.logs)}", file=sys.stderr)
         return 1
-    if len(report.by_side) == 1 and not opts.allow_one_side:
-        print(f"callstate check: only {next(iter(report.by_side))} entries: the cross-side rules were not checked "
-              "(give both sides' logs, or --allow-one-side)", file=sys.stderr)
+    if report.one_sided and not opts.allow_one_side:
+        print(f"callstate check: only the {report.one_sided} side is logged: pass --allow-one-side to judge it "
+              "alone, or add the other side's log", file=sys.stderr)
         return 1
     return 0 if report.ok else 1

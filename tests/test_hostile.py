@@ -707,7 +707,7 @@ def test_check_says_when_nothing_or_one_side_was_checked(tmp_path: Path) -> None
     import orjson
     server_only.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _unary_log() if e["side"] == "server"))
     result = cli("check", str(server_only))
-    assert result.returncode == 1 and "only server entries" in result.stderr
+    assert result.returncode == 1 and "only the server side" in result.stderr
     assert cli("check", "--allow-one-side", str(server_only)).returncode == 0   # asked for: accepted
     both = tmp_path / "both.jsonl"
     both.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _unary_log()))
