@@ -4,7 +4,7 @@ the validation the client (before sending) and the server (on what arrived) both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
@@ -70,11 +70,13 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         raise ScriptError("message_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.message_bytes}")
 
 
-def check_push(payload: bytes, limits: Limits = Limits()) -> None:
+def check_push(payload: Any, limits: Limits = Limits()) -> None:
     """ValueError for a message the server would not take (gRPC refuses it at its receive limit
-    and ends the call, which each side would then log differently): refused before it is sent."""
-    if len(payload) > limits.max_payload_bytes:
-        raise ValueError(f"push: a message of {len(payload)} bytes is over the server's limit "
+    and ends the call, which each side would then log differently): refused before it is sent.
+    `payload`: bytes, or a protobuf message (a stand-in's method's own message type)."""
+    size = payload.ByteSize() if hasattr(payload, "ByteSize") else len(payload)
+    if size > limits.max_payload_bytes:
+        raise ValueError(f"push: a message of {size} bytes is over the server's limit "
                          f"({limits.max_payload_bytes} bytes); nothing was sent")
 
 
