@@ -65,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
                    help="a call id that ended is refused (ALREADY_EXISTS) this long after (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
-                   help="the same for each connection, pipes' messages included (default: half of --max-reply-backlog)")
+                   help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
+                        "carries many callers on one connection)")
     p.add_argument("--max-concurrent-streams", type=non_negative_int, default=_SERVER.max_concurrent_streams,
                    metavar="N", help="HTTP/2 streams (calls) per connection at once; 0 = unbounded "
                    "(default: %(default)s)")

@@ -67,7 +67,8 @@ class EmulatorConfig:
     # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
     # (a caller that never reads would otherwise pin every reply it asked for)
     max_reply_backlog_bytes: int = 16 * 1024 * 1024
-    # and per connection, so one caller cannot take all of it (None: half the server's)
+    # and per connection (None: no bound of its own). Off by default: a proxy carries many
+    # callers on one connection, and conformance through one must not be refused for it
     max_reply_backlog_per_connection: int | None = None
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
@@ -94,7 +95,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
                                            config.max_early_notice_bytes)
         self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
-                                    config.max_reply_backlog_bytes // 2 if config.max_reply_backlog_per_connection is None
+                                    config.max_reply_backlog_bytes if config.max_reply_backlog_per_connection is None
                                     else config.max_reply_backlog_per_connection)
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)

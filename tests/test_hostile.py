@@ -712,3 +712,33 @@ def test_check_says_when_nothing_or_one_side_was_checked(tmp_path: Path) -> None
     both = tmp_path / "both.jsonl"
     both.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _unary_log()))
     assert cli("check", str(both)).returncode == 0   # its near miss: both sides
+
+
+def test_the_per_connection_backlog_leaves_room_for_other_connections(hostile_server: Any) -> None:
+    """--max-reply-backlog-per-connection: one connection's never-read pipes take at most its
+    share; a pipe on another connection still gets its messages out. Its near miss, off (the
+    default, for proxies): the same connection may use the whole budget."""
+    srv = hostile_server("--no-state-log", "--max-reply-backlog-per-connection", "2000000")
+    script = pb.PipeScript(outcome=pb.OUTCOME_COMPLETE, messages=100, message_bytes=900_000)
+    hog = grpc.insecure_channel(srv.target, options=NEVER_READS)
+    try:
+        streams = [pb_grpc.EmulatorStub(hog).PipeOut(pb.PipeRequest(script=script), timeout=60) for _ in range(3)]
+        wait_for("3 pipes, one over its connection's share", lambda: (c := counters(srv.target)).dispatched == 3
+                 and c.in_flight == 1)
+        assert counters(srv.target).by_code[codes.RPC_S_SERVER_TOO_BUSY] == 2
+        with grpc.insecure_channel(srv.target, options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+            got = list(pb_grpc.EmulatorStub(other).PipeOut(pb.PipeRequest(script=pb.PipeScript(
+                outcome=pb.OUTCOME_COMPLETE, messages=2, message_bytes=900_000)), timeout=30))
+        assert len(got) == 2
+        for stream in streams:
+            stream.cancel()
+    finally:
+        hog.close()
+    default = hostile_server("--no-state-log")
+    with grpc.insecure_channel(default.target, options=NEVER_READS) as proxy_like:
+        streams = [pb_grpc.EmulatorStub(proxy_like).PipeOut(pb.PipeRequest(script=script), timeout=60)
+                   for _ in range(3)]
+        wait_for("3 pipes on one connection, all admitted", lambda: (c := counters(default.target)).dispatched == 3
+                 and c.in_flight == 3)
+        for stream in streams:
+            stream.cancel()
