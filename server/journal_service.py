@@ -25,6 +25,9 @@ FOLLOW_BATCH = 4096
 # follower that reads each message through a crowded event loop (a Locust worker's gevent hub)
 # could not keep up with (it fell seconds behind the run). 10 ms of latency is the price.
 FOLLOW_LINGER = 0.01
+# ...but only where the watcher's queue holds far more than a linger's worth of entries: a
+# small --watch-buffer would overflow while Follow waits, and its own follower lose entries.
+LINGER_MIN_BUFFER = 8 * FOLLOW_BATCH
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -102,7 +105,7 @@ class JournalServicer(pb_grpc.JournalServicer):
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
             while (first := await queue.get()) is not None:   # None: the server is stopping
                 batch = [first]
-                if queue.qsize() < FOLLOW_BATCH:
+                if queue.qsize() < FOLLOW_BATCH and queue.maxsize >= LINGER_MIN_BUFFER:
                     await asyncio.sleep(FOLLOW_LINGER)
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
