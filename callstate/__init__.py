@@ -5,3 +5,8 @@ The lifecycle tables live in `callstate.lifecycle`; the server in
 """
 
 __version__ = "0.1.0"
+
+# The public packages: callstate.client, callstate.server, callstate.schema, callstate.locust,
+# callstate.pytest_plugin (each declares its names in __all__); the core modules below are
+# imported by name (`from callstate import lifecycle`).
+__all__ = ["__version__", "check", "codes", "lifecycle", "pipe_script", "script", "statelog"]

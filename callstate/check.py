@@ -21,8 +21,8 @@ import grpc
 
 from callstate import codes
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, NULL_PULL, NULL_PUSH,
-                                 PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, cancel_kind_of, codes_agree, is_legal,
-                                 kind_of_initial_move, own_path_error)
+                                 PIPE_BREACH, PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing,
+                                 cancel_kind_of, codes_agree, is_legal, kind_of_initial_move, own_path_error)
 from callstate.statelog import Entry, parse_ts, read_log
 
 KINDS = {
@@ -39,6 +39,8 @@ KINDS = {
     "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",
     "pipe_count_mismatch": "a side pulled more messages than the other side pushed, or a pipe completed normally on "
                            "both sides with different counts",
+    "pipe_breach_missing": "a pipe call ended with 1917 RPC_X_PIPE_DISCIPLINE_ERROR but neither side logged a pipe "
+                           "rule broken (pipe_breach)",
     "phantom_half_close": "the server logged the client's null push (half-close) but the client never made one: a "
                           "cancel taken for a half-close",
 }
@@ -71,6 +73,8 @@ class SideTrack:
     received: int = 0
     null_push: bool = False           # client: made its null push (half-close)
     null_pull: bool = False           # the peer's null push arrived
+    poll_wait_ms: float | None = None  # server: its first cancel_seen came from a poll, this long after arrival
+    breach: bool = False              # a pipe rule broken, as this side logged it
 
 
 @dataclass
@@ -82,6 +86,9 @@ class CheckReport:
     by_code: dict[int, int] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     cancel_propagation_ms: list[float] = field(default_factory=list)
+    # calls whose handler polls for cancels: Can -> cancel_seen includes the wait for the poll
+    cancel_propagation_polled_ms: list[float] = field(default_factory=list)
+    cancel_poll_wait_ms: list[float] = field(default_factory=list)   # their arrival -> poll
 
     @property
     def ok(self) -> bool:
@@ -109,6 +116,8 @@ class CheckReport:
                 for kind, vs in sorted(kinds.items())
             },
             "cancel_propagation_ms": percentiles(self.cancel_propagation_ms),
+            "cancel_propagation_polled_ms": percentiles(self.cancel_propagation_polled_ms),
+            "cancel_poll_wait_ms": percentiles(self.cancel_poll_wait_ms),
         }
 
     def summary(self) -> str:
@@ -121,6 +130,12 @@ class CheckReport:
         if prop["count"]:
             lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                          f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+        polled, wait = percentiles(self.cancel_propagation_polled_ms), percentiles(self.cancel_poll_wait_ms)
+        if polled["count"]:
+            lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): "
+                         f"n={polled['count']} p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms "
+                         f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
+                         f"max={wait['max']:.3f} ms")
         if self.ok:
             lines.append("OK: every invariant holds")
         else:
@@ -158,16 +173,16 @@ class Checker:
         """One entry as read from a log file (a dict in the state-log format)."""
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
-                        e.get("cancel"), e.get("sent"), e.get("received"))
+                        e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"))
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
         self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t,
-                        cancel=e.cancel, sent=e.sent, received=e.received)
+                        cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms)
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None,
-                   sent: Any = None, received: Any = None) -> None:
+                   sent: Any = None, received: Any = None, delay_ms: Any = None) -> None:
         r = self.report
         r.entries += 1
         if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in SIDE_STATES[side]:
@@ -176,6 +191,8 @@ class Checker:
         wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
         wrong = wrong or next((name for name, value in (("code", code), ("sent", sent), ("received", received))
                                if value is not None and type(value) is not int), "")
+        if not wrong and delay_ms is not None and (type(delay_ms) not in (int, float) or not delay_ms >= 0):
+            wrong = "delay_ms"
         if wrong or not isinstance(ts, (str, float)):
             r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of {wrong or 'ts'}"))
             return
@@ -197,8 +214,12 @@ class Checker:
                 r.violations.append(Violation("illegal_transition", call_id,
                                               f"{where}{side} event {event} in {state} but the call is in {track.state}"))
             if side == SERVER and event == CANCEL_SEEN:
+                if not track.cancel_ts and delay_ms is not None:
+                    track.poll_wait_ms = float(delay_ms)
                 track.cancel_ts = track.cancel_ts or ts
                 track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
+            elif event == PIPE_BREACH:
+                track.breach = True
             return
         if track.state is None and prev is None:
             track.kind = kind_of_initial_move(move) or UNARY
@@ -249,7 +270,12 @@ class Checker:
             if client is not None and client.cancel_ts and server is not None and server.cancel_ts and server.start_ts:
                 cancelled, dispatched = _ts(client.cancel_ts), _ts(server.start_ts)
                 if dispatched <= cancelled:   # a cancel racing the dispatch measures the dispatch instead
-                    r.cancel_propagation_ms.append((_ts(server.cancel_ts) - cancelled) * 1000)
+                    ms = (_ts(server.cancel_ts) - cancelled) * 1000
+                    if server.poll_wait_ms is None:
+                        r.cancel_propagation_ms.append(ms)
+                    else:   # reported apart: the handler kept working until its poll
+                        r.cancel_propagation_polled_ms.append(ms)
+                        r.cancel_poll_wait_ms.append(server.poll_wait_ms)
             if client is not None and server is not None:
                 self._check_pipe(call_id, client, server)
             if client is None or not client.ended:
@@ -278,6 +304,10 @@ def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, st
     if client.kind == UNARY:
         return []
     out = []
+    for side, track in ((CLIENT, client), (SERVER, server)):
+        if track.ended and breach_missing(track.code, client.breach or server.breach):
+            out.append(("pipe_breach_missing", f"the {side} ended with {codes.describe(track.code or 0)} but no side "
+                                               f"logged a pipe rule broken"))
     if server.null_pull and not client.null_push:
         out.append(("phantom_half_close", "server --null_pull--> NP but the client never made its null push"))
     # a push cut short by a cancel may have reached the server uncounted by the client

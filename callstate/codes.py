@@ -24,7 +24,10 @@ RPC_S_CALL_FAILED: Final = 1726
 RPC_S_CALL_CANCELLED: Final = 1818
 RPC_S_INVALID_ASYNC_HANDLE: Final = 1914
 RPC_S_INVALID_ASYNC_CALL: Final = 1915
-RPC_X_PIPE_CLOSED: Final = 1916   # a push or pull on a pipe that has ended
+RPC_X_WRONG_PIPE_ORDER: Final = 1831       # a push or pull on a pipe the call does not have that way
+RPC_X_PIPE_CLOSED: Final = 1916            # a push or pull on a pipe that has ended
+RPC_X_PIPE_DISCIPLINE_ERROR: Final = 1917  # the call completed before all pipes were processed
+RPC_X_PIPE_EMPTY: Final = 1918             # a pull on a pipe already pulled to its end
 
 NAMES: Final[dict[int, str]] = {
     RPC_S_OK: "RPC_S_OK",
@@ -38,7 +41,10 @@ NAMES: Final[dict[int, str]] = {
     RPC_S_CALL_CANCELLED: "RPC_S_CALL_CANCELLED",
     RPC_S_INVALID_ASYNC_HANDLE: "RPC_S_INVALID_ASYNC_HANDLE",
     RPC_S_INVALID_ASYNC_CALL: "RPC_S_INVALID_ASYNC_CALL",
+    RPC_X_WRONG_PIPE_ORDER: "RPC_X_WRONG_PIPE_ORDER",
     RPC_X_PIPE_CLOSED: "RPC_X_PIPE_CLOSED",
+    RPC_X_PIPE_DISCIPLINE_ERROR: "RPC_X_PIPE_DISCIPLINE_ERROR",
+    RPC_X_PIPE_EMPTY: "RPC_X_PIPE_EMPTY",
 }
 
 
@@ -65,6 +71,13 @@ _TO_GRPC: Final[dict[int, grpc.StatusCode]] = {
     RPC_S_SERVER_TOO_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RPC_S_INVALID_ARG: grpc.StatusCode.INVALID_ARGUMENT,
     ERROR_ACCESS_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    # The pipe rules: an operation the pipe's state does not allow, or reading past its end.
+    # Only one way: several codes share FAILED_PRECONDITION, so the code trailer tells them
+    # apart, and a status without it is not taken for a pipe rule (other services send these).
+    RPC_X_WRONG_PIPE_ORDER: grpc.StatusCode.FAILED_PRECONDITION,
+    RPC_X_PIPE_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    RPC_X_PIPE_DISCIPLINE_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
+    RPC_X_PIPE_EMPTY: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 _STATUS_BY_VALUE: Final[dict[int, grpc.StatusCode]] = {s.value[0]: s for s in grpc.StatusCode}

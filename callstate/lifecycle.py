@@ -306,6 +306,9 @@ MESSAGE_MOVES: Final = frozenset({SEND_COMPLETE, RECEIVE_COMPLETE})
 
 # client event: the server's initial metadata (headers) arrived; a cancel point of its own
 HEADERS: Final = "headers"
+# either side: a pipe rule was broken (by this side, or seen broken by the peer); such a call
+# ends with RPC_X_PIPE_DISCIPLINE_ERROR (1917), and a 1917 needs one (`breach_missing`)
+PIPE_BREACH: Final = "pipe_breach"
 
 # Pseudo-moves entering the initial state of a pipe call: they name the kind, so the checker
 # knows which table a call follows from its first entry.
@@ -376,7 +379,8 @@ KIND_OF_INITIAL_MOVE: Final[Mapping[str, str]] = {
 SIDE_STATES: Final[Mapping[str, frozenset[str]]] = {
     side: frozenset(s for tables in KIND_TABLES.values() for s in tables[side]) for side in SIDES}
 # pipe events besides the unary ones
-PIPE_EVENTS: Final[Mapping[str, frozenset[str]]] = {CLIENT: frozenset({HEADERS}), SERVER: frozenset()}
+PIPE_EVENTS: Final[Mapping[str, frozenset[str]]] = {CLIENT: frozenset({HEADERS, PIPE_BREACH}),
+                                                    SERVER: frozenset({PIPE_BREACH})}
 
 # Client states in which a pipe call's call-complete notification reaches the caller: WComp as
 # for unary calls, and Push (the server ended the call while the caller was still pushing).
@@ -397,4 +401,7 @@ def pipe_notifiable(state: str) -> bool:
     return state in PIPE_NOTIFIABLE
 
 
-
+def breach_missing(code: object, breach_logged: bool) -> bool:
+    """Pipe rule: a pipe call that ended with RPC_X_PIPE_DISCIPLINE_ERROR (1917) has a logged
+    breach on one side; True when it ended 1917 and neither side logged one."""
+    return code == codes.RPC_X_PIPE_DISCIPLINE_ERROR and not breach_logged

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError
+from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
+                              check_cancel_poll, to_ms)
 from callstate.v1 import callstate_pb2 as pb
 
 PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
@@ -26,6 +27,23 @@ KIND_POINTS: Final[dict[str, frozenset[int]]] = {
     PIPE_OUT: frozenset({pb.PIPE_POINT_UNSPECIFIED, pb.PIPE_POINT_BEFORE_FIRST, pb.PIPE_POINT_AFTER_OUT}),
     PIPE_BOTH: frozenset(POINTS.values()),
 }
+# A pipe rule the handler breaks on purpose (the runtime answers 1917 RPC_X_PIPE_DISCIPLINE_ERROR).
+BreachName = Literal["none", "complete-undrained", "push-after-end"]
+BREACHES: Final[dict[str, int]] = {
+    "none": pb.PIPE_BREACH_NONE,
+    "complete-undrained": pb.PIPE_BREACH_COMPLETE_UNDRAINED,   # complete before pulling the caller's pipe to its end
+    "push-after-end": pb.PIPE_BREACH_PUSH_AFTER_END,           # push again after its own null push
+}
+BREACH_NAMES: Final[dict[int, str]] = {v: k for k, v in BREACHES.items()}
+# the kinds where each breach is possible: only a pipe the caller pushes can be left undrained,
+# only one the server pushes can be pushed after its end
+BREACH_KINDS: Final[dict[int, frozenset[str]]] = {
+    pb.PIPE_BREACH_NONE: frozenset({PIPE_IN, PIPE_OUT, PIPE_BOTH}),
+    pb.PIPE_BREACH_COMPLETE_UNDRAINED: frozenset({PIPE_IN, PIPE_BOTH}),
+    pb.PIPE_BREACH_PUSH_AFTER_END: frozenset({PIPE_OUT, PIPE_BOTH}),
+}
+# the points before the end of the caller's pipe: where completing leaves it undrained
+UNDRAINED_POINTS: Final = frozenset({pb.PIPE_POINT_BEFORE_FIRST, pb.PIPE_POINT_AFTER_IN, pb.PIPE_POINT_AFTER_OUT})
 DEFAULT_MESSAGES: Final = 3          # messages the server sends when no script says how many
 DEFAULT_INTERVAL_MS: Final = 100     # between a held out pipe's messages when none is scripted
 MAX_MESSAGES: Final = 10_000_000
@@ -39,6 +57,8 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
             raise ScriptError(name, f"must be in 0..{limits.max_delay_ms}, got {value}")
     if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
         raise ScriptError("outcome", f"unknown outcome {script.outcome}")
+    check_cancel_poll(script, limits)
+    check_breach(script, kind)
     if script.on_cancel not in ON_CANCEL_NAMES:
         raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
     if script.at not in POINT_NAMES:
@@ -55,6 +75,29 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
     if not 0 <= script.abort_grpc_status <= 16:
         raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
+
+
+def check_breach(script: pb.PipeScript, kind: str) -> None:
+    """ScriptError unless the script's breach is known, fits the kind and can happen."""
+    breach = script.breach
+    if breach not in BREACH_NAMES:
+        raise ScriptError("breach", f"unknown breach {breach}")
+    if kind not in BREACH_KINDS[breach]:
+        raise ScriptError("breach", f"{BREACH_NAMES[breach]} does not apply to an {kind} pipe")
+    if breach == pb.PIPE_BREACH_NONE:
+        return
+    if script.outcome not in (pb.OUTCOME_UNSPECIFIED, pb.OUTCOME_COMPLETE):
+        raise ScriptError("breach", f"{BREACH_NAMES[breach]} breaks a rule on the way to a complete, "
+                                    f"not with outcome {OUTCOME_NAMES.get(script.outcome, script.outcome)}")
+    if breach == pb.PIPE_BREACH_COMPLETE_UNDRAINED and script.at not in UNDRAINED_POINTS:
+        raise ScriptError("breach", "complete-undrained needs a point before the end of the caller's pipe "
+                                    "(before-first, after-in or after-out)")
+    if breach == pb.PIPE_BREACH_PUSH_AFTER_END and script.at != pb.PIPE_POINT_UNSPECIFIED:
+        raise ScriptError("breach", "push-after-end happens at the end of the server's messages (at: end)")
+
+
+def breach_name(script: pb.PipeScript) -> str:
+    return BREACH_NAMES.get(script.breach, str(script.breach))
 
 
 @dataclass(frozen=True)
@@ -74,6 +117,8 @@ class PipeScript:
     abort_message: str = ""
     fatal_message: str = ""
     on_cancel: str = "abort"
+    cancel_poll: float | None = None    # seconds between the handler's cancel tests; None: the server's
+    breach: BreachName = "none"
 
     def to_proto(self) -> pb.PipeScript:
         if self.outcome not in OUTCOMES:
@@ -82,12 +127,15 @@ class PipeScript:
             raise ScriptError("at", f"unknown point {self.at!r}; expected one of {', '.join(POINTS)}")
         if self.on_cancel not in ON_CANCEL:
             raise ScriptError("on_cancel", f"unknown on_cancel {self.on_cancel!r}; expected one of {', '.join(ON_CANCEL)}")
+        if self.breach not in BREACHES:
+            raise ScriptError("breach", f"unknown breach {self.breach!r}; expected one of {', '.join(BREACHES)}")
         return pb.PipeScript(
             dispatch_delay_ms=round(self.dispatch_delay * 1000), outcome=OUTCOMES[self.outcome], at=POINTS[self.at],
             at_count=self.at_count, messages=self.messages, message_bytes=self.message_bytes,
             interval_ms=round(self.interval * 1000), outcome_delay_ms=round(self.outcome_delay * 1000),
             abort_code=self.abort_code if self.outcome == "abort" else 0, abort_grpc_status=self.abort_status,
-            abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel])
+            abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel],
+            cancel_poll_ms=to_ms(self.cancel_poll), breach=BREACHES[self.breach])
 
 
 # -- where a caller cancels a pipe call (`callstate call --pipe`, `callstate load --pipe-share`) --

@@ -13,7 +13,7 @@ from typing import Final
 from callstate import codes
 from callstate.lifecycle import ABORTIVE, CANCEL_KINDS, PIPE_KINDS
 from callstate.pipe_script import CANCEL_AFTER_HEADERS, PipeCancelPoint, PipeScript
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError, cancel_poll_mix
 
 # Where a cancelled call is cancelled.
 BEFORE_START: Final = "before-start"   # in state C: the call never goes out
@@ -82,6 +82,11 @@ def parse_pipe_shares(text: str) -> dict[str, float]:
     return shares
 
 
+def parse_cancel_poll(text: str) -> Mix | None:
+    """'0=50,100=50' -> weights of poll intervals in ms (`--cancel-poll`); none: the server's default."""
+    return None if text.strip() in ("", "none") else cancel_poll_mix(text)
+
+
 def parse_pipe_cancel_points(text: str) -> tuple[PipeCancelPoint, ...]:
     points = tuple(PipeCancelPoint.parse(part) for part in text.split(",") if part.strip())
     if not points:
@@ -106,6 +111,7 @@ class Plan:
     on_cancel: str
     pipe: str | None = None     # a pipe call of this kind (then `pipe_point`, not `point`)
     pipe_point: PipeCancelPoint | None = None
+    cancel_poll_ms: int | None = None   # the handler polls for cancels this often (None: the server's default)
 
     def delay(self, rng: random.Random) -> float:
         """Seconds from start to the cancel (0: at once)."""
@@ -129,9 +135,12 @@ class Scenario:
     pipe_cancel_at: tuple[PipeCancelPoint, ...] = field(
         default_factory=lambda: parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT))
     pipe_messages: int = 5        # messages each side pushes on a pipe
+    cancel_poll: Mix | None = None   # weights of the handlers' cancel poll intervals in ms (None: the server's)
 
     def plan(self, rng: random.Random) -> Plan:
         plan = self._unary_plan(rng)
+        if self.cancel_poll is not None:   # drawn only when asked, so a seed's other draws stay as they were
+            plan.cancel_poll_ms = int(self.cancel_poll.draw(rng))
         r = rng.random() * 100
         for kind, share in self.pipes.items():
             r -= share
@@ -199,7 +208,8 @@ def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScrip
     at the end of the pipe (a held pipe keeps streaming until its cancel)."""
     return PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
                       message_bytes=message_bytes, abort_code=scenario.abort_code,
-                      interval=HELD_PIPE_INTERVAL if plan.outcome == HOLD else 0.0)
+                      interval=HELD_PIPE_INTERVAL if plan.outcome == HOLD else 0.0,
+                      cancel_poll=None if plan.cancel_poll_ms is None else plan.cancel_poll_ms / 1000)
 
 
 _OUTCOME_CODE: Final = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}

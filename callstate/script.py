@@ -116,6 +116,7 @@ def validate(script: pb.Script, limits: Limits = Limits()) -> None:
             raise ScriptError(name, f"must be >= 0, got {value}")
         if value > limits.max_delay_ms:
             raise ScriptError(name, f"must be <= {limits.max_delay_ms} (server limit), got {value}")
+    check_cancel_poll(script, limits)
     if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
         raise ScriptError("outcome", f"unknown outcome {script.outcome}; expected one of "
                           + ", ".join(f"{v} ({k})" for k, v in OUTCOMES.items()))
@@ -137,6 +138,21 @@ def validate(script: pb.Script, limits: Limits = Limits()) -> None:
             raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
 
 
+def check_cancel_poll(script: pb.Script | pb.PipeScript, limits: Limits = Limits()) -> None:
+    """ScriptError unless the script's cancel_poll_ms (when it has one) is 0..max delay."""
+    if script.HasField("cancel_poll_ms") and not 0 <= script.cancel_poll_ms <= limits.max_delay_ms:
+        raise ScriptError("cancel_poll_ms", f"must be in 0..{limits.max_delay_ms}, got {script.cancel_poll_ms}")
+
+
+def cancel_poll_ms(script: pb.Script | pb.PipeScript | None) -> int | None:
+    """The poll interval a script asks for, in ms; None when it leaves it to the server."""
+    return script.cancel_poll_ms if script is not None and script.HasField("cancel_poll_ms") else None
+
+
+def to_ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
 @dataclass(frozen=True)
 class Script:
     """A call's script in seconds, as Python users write it."""
@@ -152,6 +168,9 @@ class Script:
     fatal_message: str = ""
     on_cancel: OnCancelName = "abort"
     headers_first: bool = False    # send initial metadata before the outcome (no trailers-only response)
+    # seconds between the handler's cancel tests (RpcServerTestCancel); 0: sees a cancel at
+    # once; None: the server's --cancel-poll-ms
+    cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:
@@ -170,6 +189,7 @@ class Script:
             fatal_message=self.fatal_message,
             on_cancel=ON_CANCEL[self.on_cancel],
             headers_first=self.headers_first,
+            cancel_poll_ms=to_ms(self.cancel_poll),
         )
 
 
@@ -214,3 +234,15 @@ class Mix:
 
     def __str__(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in self.weights.items())
+
+
+def cancel_poll_mix(text: str, limits: Limits = Limits()) -> Mix:
+    """A weighted choice of poll intervals in ms, e.g. '0=50,100=50' (`--cancel-poll`)."""
+    names = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name = part.partition("=")[0].strip()
+        if not name.isdigit() or int(name) > limits.max_delay_ms:
+            raise MixError(f"cancel poll entry {part!r}: {name!r} is not a poll interval in ms "
+                           f"(0..{limits.max_delay_ms})")
+        names.append(name)
+    return Mix.parse(text, allowed=tuple(names))

@@ -39,6 +39,7 @@ class Entry(NamedTuple):
     cancel: str | None = None   # the cancel kind, on a client's Can and a server's cancel_seen
     sent: int | None = None     # pipes: messages this side has sent so far (on its transitions)
     received: int | None = None  # pipes: messages this side has received so far
+    delay_ms: float | None = None  # a polling server's cancel_seen: ms from the cancel's arrival to its poll
 
 
 _ts_cache: tuple[int, str] = (-1, "")
@@ -84,6 +85,8 @@ def to_dict(e: Entry) -> dict[str, Any]:
         d["cancel"] = e.cancel
     if e.sent is not None:
         d["sent"], d["received"] = e.sent, e.received
+    if e.delay_ms is not None:
+        d["delay_ms"] = e.delay_ms
     return d
 
 
@@ -112,13 +115,16 @@ def format_line(e: Entry) -> str:
         line += f',"cancel":"{e.cancel}"'
     if e.sent is not None:
         line += f',"sent":{int(e.sent)},"received":{int(e.received or 0)}'
+    if e.delay_ms is not None:
+        line += f',"delay_ms":{float(e.delay_ms)!r}'
     return line + "}\n"
 
 
 def from_dict(d: Mapping[str, Any]) -> Entry:
     """An entry read from a log (`to_dict`'s form) back in memory; KeyError/ValueError when malformed."""
     return Entry(parse_ts(d["ts"]), d["side"], d["call_id"], d["state"], d.get("prev"), d["event"], d.get("move"),
-                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"))
+                 d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"),
+                 d.get("delay_ms"))
 
 
 def to_proto(e: Entry) -> pb.StateEntry:
@@ -129,6 +135,8 @@ def to_proto(e: Entry) -> pb.StateEntry:
         msg.code = e.code
     if e.sent is not None:
         msg.sent, msg.received = e.sent, e.received or 0
+    if e.delay_ms is not None:
+        msg.delay_ms = e.delay_ms
     return msg
 
 
@@ -146,6 +154,8 @@ def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
         d["cancel"] = msg.cancel
     if msg.HasField("sent"):
         d["sent"], d["received"] = msg.sent, msg.received
+    if msg.HasField("delay_ms"):
+        d["delay_ms"] = msg.delay_ms
     return d
 
 

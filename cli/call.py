@@ -10,13 +10,13 @@ import sys
 
 from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
-from callstate.cli.options import (abort_code, add_target, channel_settings, epilog, finite_float, grpc_status, int64,
-                                   non_negative_float, para, positive_float, text)
+from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
+                                   grpc_status, int64, non_negative_float, para, positive_float, text)
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
 from callstate.lifecycle import WCOMP
-from callstate.script import ON_CANCEL, OUTCOMES, Script
+from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
-_SCRIPT = Script()
+_SCRIPT, _LIMITS = Script(), Limits()
 
 EXAMPLES = """
 examples:
@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="the handler sends initial metadata before its outcome (no trailers-only response)")
     p.add_argument("--on-cancel", choices=list(ON_CANCEL), default=_SCRIPT.on_cancel,
                    help="what the handler does when it sees a cancel (default: %(default)s)")
+    p.add_argument("--cancel-poll-ms", type=bounded_int(0, _LIMITS.max_delay_ms), metavar="MS",
+                   help="the server's handler tests for a cancel only every MS ms and at its outcome (0: at once) "
+                        "(default: the server's --cancel-poll-ms)")
     p.add_argument("--cancel-after", type=non_negative_float, metavar="SECONDS",
                    help="cancel the call this long after starting it (if not yet notified)")
     p.add_argument("--cancel-before-start", action="store_true", help="cancel in state C: the call never goes out")
@@ -96,7 +99,8 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
                     reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,
                     abort_message=opts.message if opts.outcome == "abort" else "",
                     fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
-                    headers_first=opts.headers_first)
+                    headers_first=opts.headers_first,
+                    cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)

@@ -12,7 +12,7 @@ from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
                                    non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
                                    positive_int)
-from callstate.cli.options import pipe_cancel_points, pipe_shares
+from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
                                 unreachable_pipe_points)
@@ -96,6 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                           f"(default: {DEFAULT_PIPE_CANCEL_AT})")
     p.add_argument("--pipe-messages", type=non_negative_int, default=_SCENARIO.pipe_messages, metavar="N",
                    help="messages each side pushes on a pipe (default: %(default)s)")
+    p.add_argument("--cancel-poll", type=cancel_poll, default=None, metavar="MIX",
+                   help="how often the server's handlers test for a cancel, as weights of intervals in ms, e.g. "
+                        "0=50,100=50 (0: at once; default: the server's --cancel-poll-ms)")
     p.add_argument("--seed", type=int, help="seed the draws (reproducible plans)")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--html", metavar="FILE.html",
@@ -148,7 +151,8 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
 
     scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
                         hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
-                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages)
+                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages,
+                        cancel_poll=opts.cancel_poll)
     config = LoadConfig(
         target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,

@@ -162,13 +162,14 @@ class LoadRun:
         return self.cfg.scenario.plan(self.rng)
 
     def _script(self, plan: Plan) -> pb.Script:
-        key = (plan.outcome, plan.on_cancel)
+        key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
         script = self._scripts.get(key)
         if script is None:
             script = self._scripts[key] = pb.Script(
                 outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
                 outcome_delay_ms=0 if script_holds(plan) else round(self.cfg.delay * 1000),
-                reply_bytes=self.cfg.payload, abort_code=self.cfg.scenario.abort_code if OUTCOMES[plan.outcome] == pb.OUTCOME_ABORT else 0)
+                reply_bytes=self.cfg.payload, abort_code=self.cfg.scenario.abort_code if OUTCOMES[plan.outcome] == pb.OUTCOME_ABORT else 0,
+                cancel_poll_ms=plan.cancel_poll_ms)
         return script
 
     # -- one call ------------------------------------------------------------------------------
@@ -498,6 +499,8 @@ class LoadRun:
             if self.attempted and self._our_server_dispatches == 0:
                 notes.append("no call reached the server")
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
+            for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
+                report[apart] = _rounded(checked.pop(apart))
             report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
                                "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
@@ -567,6 +570,11 @@ def summary(report: dict[str, Any]) -> str:
     if prop.get("count"):
         lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+    polled, wait = report.get("cancel_propagation_polled_ms", {}), report.get("cancel_poll_wait_ms", {})
+    if polled.get("count"):
+        lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
+                     f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
+                     f"waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
     check = report["check"]
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")

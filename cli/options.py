@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from callstate import codes
 from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_shares, parse_pipe_cancel_points,
                                 parse_pipe_shares)
+from callstate.scenario import parse_cancel_poll
 from callstate.lifecycle import SERVER
 from callstate.pem import read_pem
 from callstate.script import ON_CANCEL, Mix, check_abort_code
@@ -226,3 +227,6 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
     except OSError as exc:
         parser.error(str(exc))
     return settings
+
+
+cancel_poll: Callable[[str], Any] = _parsed(parse_cancel_poll)   # `--cancel-poll 0=50,100=50`

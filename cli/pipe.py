@@ -11,7 +11,7 @@ import sys
 from callstate import codes
 from callstate.cli.options import non_negative_float, non_negative_int, positive_int
 from callstate.lifecycle import PIPE_KINDS
-from callstate.pipe_script import DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
+from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -53,6 +53,10 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cancel-at", type=_cancel_point, metavar="POINT",
                    help="cancel the pipe at before-start, after-headers, after-sent:N, after-received:N or "
                         "after-half-close (abortive unless --non-abortive)")
+    g.add_argument("--breach", choices=list(BREACHES), default="none",
+                   help="the server breaks a pipe rule on purpose: complete-undrained (in, both; with --at "
+                        "before-first/after-in/after-out) or push-after-end (out, both); the call ends 1917 "
+                        "RPC_X_PIPE_DISCIPLINE_ERROR")
     g.add_argument("--log-messages", action="store_true",
                    help="also log one line per message (send_complete / receive_complete)")
 
@@ -82,7 +86,9 @@ async def _pipe(opts: argparse.Namespace) -> int:
                         interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                         abort_code=opts.code, abort_status=opts.grpc_status,
                         abort_message=opts.message if opts.outcome == "abort" else "",
-                        fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel)
+                        fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
+                        cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
+                        breach=opts.breach)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()

@@ -85,6 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--log-messages", action="store_true",
                    help="pipes: also log one line per message (send_complete / receive_complete); by default "
                         "only the transitions, with message counts")
+    p.add_argument("--cancel-poll-ms", type=bounded_int(0, _LIMITS.max_delay_ms), default=_EMULATOR.cancel_poll_ms,
+                   metavar="MS", help="handlers test for a cancel (RpcServerTestCancel) only every MS ms and at their "
+                   "outcome, so they keep working after it; 0 = they see it at once; a script's cancel_poll_ms "
+                   "overrides it (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed for the default mix's draws (reproducible runs)")
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
@@ -120,7 +124,7 @@ def run(opts: argparse.Namespace) -> int:
                                           max_payload_bytes=opts.max_payload_bytes),
                             max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
                             max_early_notices=opts.max_early_notices,
-                            max_early_notice_bytes=opts.max_early_notice_bytes)
+                            max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,

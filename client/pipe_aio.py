@@ -98,8 +98,8 @@ class AsyncPipe(AsyncNotices, PipeBase):
     async def push(self, payload: bytes = b"") -> None:
         """Push one message; returns on its send-complete notification (the write was taken)."""
         core = self._need_rpc("push")
-        if not core.can_push():
-            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}")
+        if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
+            raise refusal
         try:
             taken = await _write_keeping_status(self._rpc, pb.PipeMessage(seq=core.sent + 1, payload=payload))
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
@@ -121,19 +121,25 @@ class AsyncPipe(AsyncNotices, PipeBase):
             pass   # the call ended meanwhile: its status says how
 
     async def pull(self) -> pb.PipeMessage | None:
-        """Pull one message (its receive-complete notification), or None at the server's null push."""
-        rpc, core = self._rpc, self._core
-        if rpc is None or self.kind == PIPE_IN:
-            self._need_rpc("pull")
-            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="an in pipe has nothing to pull")
+        """Pull one message (its receive-complete notification), or None at the server's null push
+        (once: a pull after it is 1918 RPC_X_PIPE_EMPTY, and data after it 1917)."""
+        core = self._need_rpc("pull")
+        if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
+            raise refusal
+        rpc, after_end = self._rpc, core.peer_null_pushed
         try:
             msg = await rpc.read()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not rpc.cancelled():
                 raise
             msg = grpc.aio.EOF
+        if after_end:
+            raise core.after_peer_end(msg is not grpc.aio.EOF)
         if msg is grpc.aio.EOF:
             core.stream_ended()
+            return None
+        if msg.null_push:   # the server ended its pipe with a message of its own
+            core.null_pull_message()
             return None
         core.pulled()
         return msg

@@ -11,6 +11,13 @@ call-complete notification held until the caller is in a state that may complete
 
 Everything else (cancel, notify, complete: 997 before the notification, final once, 1914
 after) is the unary rules, in `CoreBase`.
+
+The pipe rules a caller's push or pull must follow, each with its code (docs/model.md, "The
+pipe rules"): a push on a pipe the caller does not push, or a pull on one it does not pull, is
+1831 RPC_X_WRONG_PIPE_ORDER; a push after the caller's null push, or a push or pull once the
+call is completed, is 1916 RPC_X_PIPE_CLOSED; a pull after the pull that returned the pipe's
+end is 1918 RPC_X_PIPE_EMPTY; data after the server's own null push is the server breaking the
+discipline, 1917 RPC_X_PIPE_DISCIPLINE_ERROR (logged as `pipe_breach`).
 """
 
 from __future__ import annotations
@@ -20,15 +27,15 @@ from typing import Any
 from callstate import codes
 from callstate.client.call_core import ACT, DONE, UNSENT, CoreBase
 from callstate.errors import CallError
-from callstate.lifecycle import (CLIENT, HEADERS, NULL_PULL, NULL_PUSH, PULL, PUSH, RECEIVE_COMPLETE, SEND_COMPLETE,
-                                 pipe_notifiable, table_for)
+from callstate.lifecycle import (CLIENT, END, HEADERS, NULL_PULL, NULL_PUSH, PIPE_BREACH, PIPE_IN, PIPE_OUT, PULL, PUSH,
+                                 RECEIVE_COMPLETE, SEND_COMPLETE, pipe_notifiable, table_for)
 from callstate.statelog import StateLog
 
 __all__ = ["ACT", "DONE", "UNSENT", "PipeCore"]
 
 
 class PipeCore(CoreBase):
-    __slots__ = ("kind", "sent", "received", "headers_seen", "log_messages")
+    __slots__ = ("kind", "sent", "received", "headers_seen", "log_messages", "pulled_end", "peer_null_pushed")
 
     _notifiable = staticmethod(pipe_notifiable)
 
@@ -38,6 +45,8 @@ class PipeCore(CoreBase):
         self.sent = self.received = 0
         self.headers_seen = False
         self.log_messages = log_messages
+        self.pulled_end = False         # a pull returned the end of the server's pipe (its null pull)
+        self.peer_null_pushed = False   # that end came as the server's own null-push message
         super().__init__(call_id, owner, log, kind)
 
     def _counts(self) -> tuple[int | None, int | None]:
@@ -74,6 +83,49 @@ class PipeCore(CoreBase):
     def can_push(self) -> bool:
         return self.lifecycle.state == PUSH and not self._arrived
 
+    # -- the pipe rules: why a push or pull is refused before it touches the wire -------------------
+    def push_refusal(self) -> CallError | None:
+        if self.kind == PIPE_OUT:
+            return CallError(codes.RPC_X_WRONG_PIPE_ORDER, self.call_id,
+                             details="push on an out pipe: only the server pushes on it")
+        if not self.can_push():
+            return CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {self.state}: "
+                             + ("the call has ended" if self._arrived or self.lifecycle.state == END
+                                else "the caller's pipe is closed (its null push was made)"))
+        return None
+
+    def pull_refusal(self) -> CallError | None:
+        """Before a pull reads: None when it may read (after the server's null-push message it
+        reads once more, to tell a discipline breach from the end)."""
+        if self.kind == PIPE_IN:
+            return CallError(codes.RPC_X_WRONG_PIPE_ORDER, self.call_id,
+                             details="pull on an in pipe: only the server pulls from it")
+        if self.lifecycle.state == END:
+            return CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="pull after the call was completed")
+        if self.pulled_end and not self.peer_null_pushed:
+            return self.past_the_end()
+        return None
+
+    def past_the_end(self) -> CallError:
+        return CallError(codes.RPC_X_PIPE_EMPTY, self.call_id, details="pull after the pipe's end was pulled")
+
+    def null_pull_message(self) -> None:
+        """The server's explicit null-push message: the end of its pipe, before its status."""
+        self.peer_null_pushed = True
+        self.stream_ended()
+
+    def after_peer_end(self, got_message: bool) -> CallError:
+        """What the read after the server's null-push message found: a message is the server
+        breaking the discipline (1917, logged); the stream's end, a pull past the end (1918)."""
+        self.peer_null_pushed = False
+        if not got_message:
+            return self.past_the_end()
+        with self._lock:
+            if self.lifecycle.state != END:
+                self._event(PIPE_BREACH, "the server pushed after its null push")
+        return CallError(codes.RPC_X_PIPE_DISCIPLINE_ERROR, self.call_id,
+                         details="the server pushed after its null push")
+
     def null_push(self) -> None:
         """The caller ends its pipe (half-close): Push -> WComp (in) or Pull (both)."""
         with self._lock:
@@ -86,6 +138,7 @@ class PipeCore(CoreBase):
 
     def stream_ended(self) -> None:
         """The server's pipe ended (its null push): Pull -> WComp; then the notification may follow."""
+        self.pulled_end = True
         with self._lock:
             if self.lifecycle.state == PULL:
                 self._move(NULL_PULL)

@@ -87,6 +87,12 @@ class Pipe(ThreadNotices, PipeBase):
         self._notified = threading.Event()
         self._core.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
+        # gRPC's done-callback can run while the server's last messages still wait in the
+        # response iterator: the outcome is held until the iterator ends, so the status follows
+        # the messages (as on the wire) and a notified caller has pulled and counted them all.
+        self._end_lock = threading.Lock()
+        self._stream_over = False
+        self._held: tuple[int, Any, str, str] | None = None
 
     def add_done_callback(self, callback: Callable[["Pipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
@@ -124,7 +130,9 @@ class Pipe(ThreadNotices, PipeBase):
 
     def push(self, payload: bytes = b"") -> None:
         core = self._need_rpc("push")
-        if not core.can_push() or not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
+        if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
+            raise refusal
+        if not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()
 
@@ -136,12 +144,24 @@ class Pipe(ThreadNotices, PipeBase):
 
     def pull(self) -> pb.PipeMessage | None:
         core = self._need_rpc("pull")
-        if self._responses is None:
-            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="an in pipe has nothing to pull")
+        if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
+            raise refusal
+        after_end = core.peer_null_pushed
         try:
             msg = next(self._responses)
         except (StopIteration, grpc.RpcError):
+            msg = None
+        if after_end:
+            raise core.after_peer_end(msg is not None)
+        if msg is None:
             core.stream_ended()
+            with self._end_lock:
+                self._stream_over, held, self._held = True, self._held, None
+            if held is not None:
+                core.notify(*held)
+            return None
+        if msg.null_push:   # the server ended its pipe with a message of its own
+            core.null_pull_message()
             return None
         core.pulled()
         return msg
@@ -168,6 +188,11 @@ class Pipe(ThreadNotices, PipeBase):
                 self._client.settings.explain(status_code, rpc.details())
             code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
                                                          cancelled_here=here, abortive_cancel=core.abortive_cancel)
+            if self._responses is not None:
+                with self._end_lock:
+                    if not self._stream_over:   # messages may still be unread: the puller delivers
+                        self._held = (code, reply, status, details)
+                        return
         core.notify(code, reply, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -9,7 +9,9 @@ a caller can cancel into events the script reacts to:
 * the cancel notice (non-abortive): `Emulator.Cancel` resolves the future
   the wait is watching.
 
-Neither polls; both wake the handler within one loop iteration.
+Neither polls; both wake the handler within one loop iteration. A handler scripted to poll
+for cancels (cancel_poll_ms) instead sees them at its poll instants: `callstate.cancel_poll`
+says which cancel is seen when, this adapter only waits for those instants.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import time
 from typing import Callable
 
 from callstate import codes
-from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, SERVER, UNARY, Lifecycle,
-                                 initial_move, move_to_end)
+from callstate.cancel_poll import CancelPoll
+from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
+                                 Lifecycle, initial_move, move_to_end)
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
-# Entry(...) without the Python-level __new__ of a NamedTuple: all thirteen fields, in order.
+# Entry(...) without the Python-level __new__ of a NamedTuple: all fourteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
 
 _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
@@ -33,7 +36,7 @@ _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
 
 class ServerCall:
     __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_rec",
-                 "_journal", "_log")
+                 "_journal", "_log", "polls")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None) -> None:
@@ -44,11 +47,13 @@ class ServerCall:
         self.stopping = False
         self.cancel_key = ""   # the caller's secret: a cancel notice must repeat it (empty: anyone's notice)
         self._wake: asyncio.Future[None] | None = None   # made on the first pause
+        self.polls: CancelPoll | None = None   # set by `poll_cancels`: the handler asks for cancels
         self._journal = journal
         self._log = log_append
         self._rec = journal.open(call_id, outcome, deadline_ms)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None)))
+        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
+                           None)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -62,7 +67,7 @@ class ServerCall:
              sent: int | None = None, received: int | None = None) -> None:
         prev, state = self.lifecycle.move(move)
         e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
-                    received))
+                    received, None))
         self._journal.add(self._rec, e)   # _emit, inlined on the hot path
         self._log(e)
 
@@ -75,16 +80,59 @@ class ServerCall:
                       f"handler error: {type(exc).__name__}: {exc}")
 
     def cancel_seen(self, kind: str) -> None:
-        """Record a cancel (no state change: docs/model.md, "Server") and wake a waiting handler."""
+        """A cancel reached the call: record it (no state change: docs/model.md, "Server") and wake
+        a waiting handler; a polling handler sees it at its next poll (`test_cancel`)."""
         if self.lifecycle.ended:
             return
         if kind == ABORTIVE:
-            self.rpc_cancelled = True
+            self.rpc_cancelled = True   # the transport's fact: no reply can reach the caller now
+        if self.polls is not None:
+            self.polls.arrive(kind, time.monotonic())
+            self.wake()   # not to see it: a waiting handler resets its timer to its next poll
+            return
+        self._see(kind)
+
+    def _see(self, kind: str, delay_ms: float | None = None) -> None:
         if self.cancel_kind is None:
             self.cancel_kind = kind
-        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, CANCEL_SEEN, cancel=kind))
+        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, CANCEL_SEEN, cancel=kind,
+                         delay_ms=delay_ms))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+
+    def breach(self, detail: str) -> None:
+        """A pipe rule broken on this call (by the handler, or seen broken by the caller)."""
+        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, PIPE_BREACH, detail=detail))
+
+    # -- a handler that polls for cancels (RpcServerTestCancel) --------------------------------------
+    def poll_cancels(self, interval: float) -> None:
+        """From now (its dispatch) the handler tests for cancels every `interval` seconds (0: never
+        polls, sees each cancel as it arrives)."""
+        if interval > 0:
+            self.polls = CancelPoll(interval, time.monotonic())
+
+    def test_cancel(self, at_outcome: bool = False) -> None:
+        """RpcServerTestCancel: at a poll instant (or the outcome point), log the cancels it finds."""
+        polls = self.polls
+        if polls is None or not polls.pending or self.lifecycle.ended:
+            return
+        for kind, delay in polls.test(time.monotonic(), at_outcome):
+            self._see(kind, round(delay * 1000, 3))
+
+    def poll_timeout(self, timeout: float | None) -> float | None:
+        """`timeout` cut to the next poll instant while a cancel waits to be seen."""
+        polls = self.polls
+        if polls is None or not polls.pending:
+            return timeout
+        left = polls.until_next(time.monotonic())
+        return left if timeout is None else min(timeout, left)
+
+    async def until_polled(self) -> None:
+        """Keep working until the next poll sees the cancels that arrived (or the server stops)."""
+        while self.polls is not None and self.polls.pending and not self.stopping and not self.lifecycle.ended:
+            await asyncio.wait((self.wake_future(),), timeout=self.poll_timeout(None))
+            self.test_cancel()
+        self.test_cancel(at_outcome=True)   # the server stopping: the handler looks one last time
 
     def wake_future(self) -> asyncio.Future[None]:
         """A fresh future that a cancel, the server stopping or `wake()` resolves (pipe handlers
@@ -108,6 +156,8 @@ class ServerCall:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while True:
+            if self.polls is not None:
+                self.test_cancel()
             if self.stopping or (self.cancel_kind is not None and not ignore_cancels):
                 return True
             remaining = deadline - loop.time()
@@ -116,6 +166,6 @@ class ServerCall:
             if self._wake is None or self._wake.done():
                 self._wake = loop.create_future()
             try:
-                await asyncio.wait((self._wake,), timeout=remaining)
+                await asyncio.wait((self._wake,), timeout=self.poll_timeout(remaining))
             except asyncio.CancelledError:
                 self.cancel_seen(ABORTIVE)

@@ -20,8 +20,9 @@ from typing import Any, Callable, NoReturn
 import grpc
 
 from callstate import codes
-from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, check_abort_code,
-                              check_call_id, validate_request)
+from callstate.cancel_poll import poll_interval
+from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, cancel_poll_ms,
+                              check_abort_code, check_call_id, validate_request)
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
@@ -65,6 +66,7 @@ class EmulatorConfig:
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
     max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
+    cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
 
     def __post_init__(self) -> None:
         try:
@@ -114,6 +116,12 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         return None
 
+    def poll_cancels(self, call: ServerCall, script_ms: int | None) -> None:
+        """The call's handler tests for cancels at the script's interval, else the server's (a bad
+        value is refused by validation and never polled with)."""
+        if script_ms is None or 0 <= script_ms <= self.config.limits.max_delay_ms:
+            call.poll_cancels(poll_interval(script_ms, self.config.cancel_poll_ms))
+
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
@@ -137,6 +145,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                           deadline_ms=_deadline_ms(context))
         call.cancel_key = request.cancel_key
         self.live[call_id] = call
+        self.poll_cancels(call, cancel_poll_ms(script))
         if self._early_notices and self._early_notices.take(notice_key(call_id, request.cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         try:
@@ -183,6 +192,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             if capped:
                 overran = True
                 break
+        call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
                 return await self._complete(call, script, request, context)

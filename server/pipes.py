@@ -30,7 +30,7 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
                                  server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
-from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError
+from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError, cancel_poll_ms
 from callstate.server.calls import ServerCall
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
@@ -73,6 +73,7 @@ class PipeRun:
         self.half_closed = False      # confirmed: the client's null push arrived
         self.null_push_seen = False   # it came as an explicit null-push message
         self.stream_closed = False    # the request stream itself ended (END_STREAM, or torn down)
+        self.caller_breach = False    # the caller pushed after its null push
         self._reader: asyncio.Task[None] | None = None
         self.log_messages = owner.log_messages
         self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
@@ -94,8 +95,12 @@ class PipeRun:
         call, stop_at = self.call, self._wake_count()
         try:
             async for msg in self.requests:  # type: ignore[union-attr]
-                if self.null_push_seen:
-                    continue   # nothing counts after the null push; read on to the stream's end
+                if self.null_push_seen:   # nothing counts after the null push; read on to the stream's end
+                    if not self.caller_breach:   # but a push after it breaks the pipe discipline
+                        self.caller_breach = True
+                        call.breach("the caller pushed after its null push")
+                        call.wake()
+                    continue
                 if msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
                     self.null_push_seen = True
                     self.reader_done = True
@@ -160,10 +165,11 @@ class PipeRun:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return
-            await asyncio.wait((self.call.wake_future(),), timeout=remaining)
+            await asyncio.wait((self.call.wake_future(),), timeout=self.call.poll_timeout(remaining))
 
     async def check_signals(self) -> None:
         call = self.call
+        call.test_cancel()   # a polling handler: sees a waiting cancel once its poll instant came
         if call.stopping:
             await self.abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if call.cancel_kind is not None and not self.ignore:
@@ -174,6 +180,9 @@ class PipeRun:
         if self.hold_deadline is not None and asyncio.get_running_loop().time() >= self.hold_deadline:
             await self.abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"held for the server's max hold time ({self.owner.config.max_hold:g}s)")
+        if self.caller_breach:   # the runtime fails the call (a caller that checks its own pushes never gets here)
+            await self.abort(codes.RPC_X_PIPE_DISCIPLINE_ERROR, codes.grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
+                             "the caller pushed after its null push")
 
     # -- outcomes (each raises _Ended, or the error gRPC turns into the status) ---------------
     async def outcome_now(self) -> NoReturn:
@@ -183,11 +192,14 @@ class PipeRun:
             await self.wait(script.outcome_delay_ms / 1000)
         if self.outcome == _HOLD:
             await self.wait(None)   # until a cancel, the server stopping or max hold: never returns
+        self.call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         await self.check_signals()
         self.scripted_outcome()
 
     def scripted_outcome(self) -> NoReturn:
         if self.outcome == _COMPLETE:
+            if self.script.breach == pb.PIPE_BREACH_COMPLETE_UNDRAINED and not self.half_closed:
+                self.breach_discipline("completed before pulling the caller's pipe to its end")
             self.complete()
         if self.outcome == _ABORT:
             code = self.script.abort_code or self.owner.config.abort_code
@@ -211,6 +223,20 @@ class PipeRun:
     async def abort(self, code: int, status: grpc.StatusCode, message: str) -> NoReturn:
         raise _AbortNow(code, status, message)
 
+    def breach_discipline(self, what: str) -> NoReturn:
+        """The handler broke a pipe rule on purpose (its script's breach): logged, and the runtime
+        fails the call with RPC_X_PIPE_DISCIPLINE_ERROR instead of what the handler meant to do."""
+        self.call.breach(what)
+        raise _AbortNow(codes.RPC_X_PIPE_DISCIPLINE_ERROR, codes.grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
+                        f"pipe discipline: the server {what}")
+
+    async def push_after_end(self) -> NoReturn:
+        """Breach push-after-end: the server's null push (a message saying so), then one more."""
+        await self.context.write(pb.PipeMessage(null_push=True))
+        self.sent += 1
+        await self.context.write(pb.PipeMessage(seq=self.sent, payload=bytes(self.script.message_bytes)))
+        self.breach_discipline("pushed after its null push")
+
     def record_abort(self, code: int, status: grpc.StatusCode, message: str) -> None:
         self.move(ABORT, extra=f"code={code}")
         self.move(ABORTED, server_end_code(ABORTED, code), status.name, message)
@@ -227,7 +253,7 @@ class PipeRun:
         while count is None or self.sent < count:
             if self.sent == after_out or until():
                 return True
-            if call.cancel_kind is not None or call.stopping or self.reader_done:
+            if call.cancel_kind is not None or call.stopping or self.reader_done or (call.polls and call.polls.pending):
                 await self.check_signals()
                 if self.reader_done and not self.half_closed and self.kind == PIPE_BOTH:
                     await self.confirm_half_close()
@@ -293,13 +319,14 @@ class PipeServicer:
                 bad = str(exc)
         if script is None:
             script = pb.PipeScript(outcome=OUTCOMES[self.config.mix.draw(emulator._rng)])
-        elif not script.outcome:
-            script.outcome = OUTCOMES[self.config.mix.draw(emulator._rng)]
+        elif not script.outcome:   # a breach breaks a rule on the way to a complete
+            script.outcome = _COMPLETE if script.breach else OUTCOMES[self.config.mix.draw(emulator._rng)]
         if emulator.on_dispatch is not None:   # tracing: the caller's trace context
             emulator.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind)
         call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         emulator.live[call_id] = call
+        emulator.poll_cancels(call, cancel_poll_ms(script) if scripted else None)
         if emulator._early_notices and emulator._early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         run = PipeRun(self, call, kind, script, context, requests)
@@ -327,7 +354,9 @@ class PipeServicer:
             except BaseException as exc:
                 if call.lifecycle.ended or not _is_cancel(exc, context, run):
                     raise
-                self._end_after_abortive(run)   # logs cancel_seen and ends per the on-cancel policy
+                call.cancel_seen(ABORTIVE)
+                await call.until_polled()   # a polling handler works on until its next poll sees it
+                self._end_after_abortive(run)   # ends per the on-cancel policy
                 raise asyncio.CancelledError() from None
         except BaseException as exc:
             if not call.lifecycle.ended:
@@ -340,7 +369,6 @@ class PipeServicer:
     def _end_after_abortive(self, run: PipeRun) -> None:
         """The caller cancelled abortively (or vanished): nothing more can be sent or received.
         On-cancel abort: A 1818; complete: complete anyway; ignore: the script's own outcome now."""
-        run.call.cancel_seen(ABORTIVE)
         try:
             if run.policy == pb.ON_CANCEL_COMPLETE:
                 run.complete()
@@ -379,6 +407,8 @@ class PipeServicer:
             if run.reader_done and (at_hc or not at_in):
                 await run.confirm_half_close()
             await run.outcome_now()
+        if script.breach == pb.PIPE_BREACH_PUSH_AFTER_END:
+            await run.push_after_end()
         if kind == PIPE_BOTH:
             # the server's messages are all out: the end is the client's half-close
             await run.wait(None, lambda: run.reader_done or (at_in and run.received >= script.at_count))

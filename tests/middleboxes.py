@@ -39,15 +39,15 @@ README_PORTS = (8080, 50051)   # the proxy's and the server's port in the README
 
 def readme_nginx_server() -> str:
     """The nginx server block the README shows."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = readme.index("```nginx\n") + len("```nginx\n")
-    return readme[start:readme.index("```", start)]
+    from tests.documentation import blocks, section
+    return blocks(section("Test your gateway"), "nginx")[0]
 
 
 def readme_conformance_args(proxy_port: int, server_port: int) -> list[str]:
     """The README's `callstate conformance --serve-port ...` command, on the test's ports."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("callstate conformance --serve-port"))
+    from tests.documentation import section
+    line = next(line for line in section("Test your gateway").splitlines()
+                if line.startswith("callstate conformance --serve-port"))
     line = line.replace(f":{README_PORTS[0]}", f":{proxy_port}").replace(f" {README_PORTS[1]} ", f" {server_port} ")
     return shlex.split(line)[2:]
 

@@ -26,6 +26,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import AUTH_KEY, CALL_ID_KEY, CANCEL_KEY_KEY
 from tests.certs import TlsFiles, make_tls_files
 from tests.conftest import ROOT, ServerProcess, cli, start_server, states
+from tests.documentation import documentation
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -310,7 +311,7 @@ def test_channel_settings_units(tls: TlsFiles) -> None:
 
 # -- the README's examples --------------------------------------------------------------------
 def readme_security_example() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = documentation()
     block = text.split("<!-- security-example", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line.strip() for line in block.splitlines() if line.strip()]
 

@@ -19,7 +19,7 @@ CORE = ROOT / "callstate"
 GUARDED = {L.C, L.CAN, L.WCOMP, L.COMP, L.D, L.A, L.END, L.STARTED, L.START_FAILED, L.CANCEL_ISSUED, L.COMPLETED,
            L.ABORTED, L.DISPATCH, L.ENTER, L.COMPLETE_PENDING, L.CANCEL_SENT, L.CANCEL_ESCALATED, L.CANCEL_SEEN,
            L.ABORTIVE, L.NON_ABORTIVE, L.CLIENT, L.SERVER}
-SOURCES = [p for d in ("callstate", "server", "client", "cli", "observe", "integrations") for p in sorted((ROOT / d).rglob("*.py"))
+SOURCES = [p for d in ("callstate", "server", "client", "cli", "observe", "integrations", "schema") for p in sorted((ROOT / d).rglob("*.py"))
            if "v1" not in p.relative_to(ROOT).parts and p != CORE / "lifecycle.py"]
 
 

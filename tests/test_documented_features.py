@@ -21,6 +21,7 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import CALL_ID_KEY, new_call_id
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states
+from tests.documentation import blocks, section
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -237,8 +238,7 @@ README_CALL = re.compile(r"^callstate call (?P<args>.*?)\s*(?:#\s*(?:.*?:\s*)?(?
 
 def readme_call_examples() -> list[tuple[str, int]]:
     """Every `callstate call` line of the README's CLI block, with the final code its comment names."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## CLI", 1)[1].split("```", 2)[1]
+    block = blocks(section("CLI"), "sh")[0]
     joined = re.sub(r"\\\n\s*", "", block)
     out = []
     for line in joined.splitlines():

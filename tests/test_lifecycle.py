@@ -106,8 +106,7 @@ def test_initial_entry_legality() -> None:
 
 @pytest.mark.parametrize("side", SIDES)
 def test_readme_diagrams_are_drawn_from_the_tables(side: str) -> None:
-    from pathlib import Path
-
     from callstate.lifecycle import mermaid
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    from tests.documentation import documentation
+    readme = documentation()
     assert f"```mermaid\n{mermaid(side)}\n```" in readme, f"README's {side} diagram drifted from the table"

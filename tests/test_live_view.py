@@ -24,6 +24,7 @@ from callstate.cli.live_view import LINES, LIVE, MODES, choose, render
 from callstate.client import Client, Script
 from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
 from tests.conftest import ServerProcess, cli
+from tests.documentation import blocks, section
 
 ESC = "\x1b"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -68,8 +69,7 @@ def test_stats_count_rates_over_the_window_and_join_each_cancel_across_sides() -
 
 
 def test_the_readme_shows_a_real_plain_line() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("## Live view", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    block = blocks(section("Live view"))[0]
     assert PLAIN_LINE.match(block.splitlines()[0])
 
 

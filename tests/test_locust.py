@@ -21,7 +21,8 @@ from callstate import codes
 from callstate.lifecycle import CAN, CLIENT, END, ENTER, PIPE_IN, PIPE_KINDS, SERVER, UNARY, kind_of_initial_move
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, cli, read_entries, start_server
+from tests.conftest import cli, read_entries, start_server
+from tests.documentation import blocks, section
 
 pytestmark = pytest.mark.timeout(120)
 BARRIER_PREFIX = "callstate-locust-barrier-"   # the workers' end-of-run barrier calls (server-only)
@@ -29,9 +30,7 @@ LOCUST = [sys.executable, "-m", "locust"]
 
 
 def readme_locustfile() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Distributed load\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    return blocks(section("Distributed load"), "python")[0]
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ from callstate.lifecycle import ABORTIVE, CAN, CLIENT, D, END, ENTER, NON_ABORTI
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, read_entries, start_server
+from tests.documentation import section
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -208,8 +209,7 @@ def test_readme_table_names_every_metric() -> None:
     served = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         served.add(family.name + "_total" if family.type == "counter" else family.name)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme.split("## Metrics and traces", 1)[1].split("### OpenTelemetry", 1)[0]
+    table = section("Prometheus")
     assert set(re.findall(r"^\| `(callstate_\w+)` \|", table, re.M)) == served
     assert one({(s.name, frozenset(s.labels.items())): s.value
                 for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())

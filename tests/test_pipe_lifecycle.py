@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from callstate.pipe_script import DEFAULT_INTERVAL_MS, MAX_MESSAGES, PipeCancelP
 from callstate.script import Limits, ScriptError
 from callstate.statelog import Entry, to_dict
 from callstate.v1 import callstate_pb2 as pb
+from tests.documentation import documentation
 
 _CLIENT_TAIL = {("Can", "cancel_issued", "WComp"), ("WComp", "complete", "Comp"), ("WComp", "cancel", "Can"),
                 ("Comp", "completed", "End")}
@@ -115,7 +115,7 @@ def test_the_checker_reads_counts_from_the_fields_not_the_detail() -> None:
 
 @pytest.mark.parametrize("kind", PIPE_KINDS)
 def test_readme_pipe_diagrams_are_drawn_from_the_tables(kind: str) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = documentation()
     for side in SIDES:
         assert f"```mermaid\n{mermaid(side, kind)}\n```" in readme, f"README's {kind} {side} diagram drifted"
 
@@ -415,7 +415,7 @@ def test_pipe_script_defaults_and_the_abort_code_only_for_an_abort() -> None:
     assert PipeScript(outcome="complete", abort_code=5).to_proto().abort_code == 0
     assert PipeScript(outcome="abort", abort_code=5).to_proto().abort_code == 5
     # the README's "a held out pipe pushes a message every 0.1 s" is the server's default
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = documentation()
     assert f"pushes a message every {DEFAULT_INTERVAL_MS / 1000} s" in " ".join(readme.split())
 
 

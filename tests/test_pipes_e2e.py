@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +23,7 @@ from callstate.pipe_script import PipeCancelPoint
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, final, read_entries, start_server, states
+from tests.documentation import section
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -361,9 +363,7 @@ def test_a_script_without_an_outcome_draws_one_from_the_mix(tmp_path: Path) -> N
 
 
 def test_call_cli_drives_pipes_as_the_readme_shows(pipe_server: ServerProcess) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Pipes"):readme.index("## Run it in containers")]
-    commands = re.findall(r"^callstate call (--pipe .*?)\s+# .*?(\d+)$", section, re.M)
+    commands = re.findall(r"^callstate call (--pipe .*?)\s+# .*?(\d+)$", section("Asynchronous pipes"), re.M)
     assert len(commands) == 5
     for args, code in commands:
         out = cli("call", "--target", pipe_server.target, *args.split())
@@ -590,3 +590,26 @@ def test_a_callback_subscribed_before_the_start_fires_once_the_out_pipe_is_drain
         pipe.add_done_callback(lambda p: fired.set())
         pipe.start()
         assert fired.wait(10) and pipe.received == 3 and pipe.result() is None
+
+
+def test_the_sync_notification_waits_for_the_last_message_in_the_response_iterator(
+        pipe_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC's done-callback can run between the iterator handing over the last message and the
+    pull counting it; the caller is notified only once it has pulled and counted them all. The
+    count is slowed here to hold that window open on every run."""
+    from callstate.client.pipe_core import PipeCore
+    counted = PipeCore.pulled
+
+    def slow_count(core: PipeCore) -> None:
+        time.sleep(0.05)   # widens the race window; synchronisation is the Event below
+        counted(core)
+
+    monkeypatch.setattr(PipeCore, "pulled", slow_count)
+    with Client(pipe_server.target) as client:
+        pipe = client.pipe("out", PipeScript(messages=3))
+        seen: list[int] = []
+        fired = threading.Event()
+        pipe.add_done_callback(lambda p: (seen.append(p.received), fired.set()))
+        pipe.start()
+        assert fired.wait(20)
+        assert seen == [3] and pipe.result() is None

@@ -14,7 +14,8 @@ import pytest
 from callstate.lifecycle import CLIENT, COMP, D, ENTER, END, SERVER
 from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer
 from callstate.server.app import ServerOptions
-from tests.conftest import ROOT, read_entries, start_server
+from tests.conftest import read_entries, start_server
+from tests.documentation import blocks, section
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,9 +33,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def readme_block(heading: str, lang: str, index: int = 0) -> str:
     """The `index`-th ```lang block of the README section `heading` (examples are run as written)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)[index]
+    return blocks(section(heading), lang)[index]
 
 
 SYNC_AND_ASYNC = '''

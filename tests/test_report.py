@@ -19,6 +19,7 @@ from callstate.lifecycle import CAN, CLIENT, COMP, END, ENTER, SERVER, cancel_ki
 from callstate.statelog import parse_ts
 from tests import browser
 from tests.conftest import cli, read_entries, start_server
+from tests.documentation import blocks, section as doc_section
 
 needs_chromium = pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.MISSING)
 CONCURRENCY = 16
@@ -220,8 +221,7 @@ def test_report_needs_html_option(tmp_path: Path) -> None:
 
 
 def test_the_readme_report_commands_run(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("## The HTML report", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = blocks(doc_section("The HTML report"), "sh")[0]
     commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("callstate ")]
     assert [c[:2] for c in commands] == [["callstate", "load"], ["callstate", "report"]]
     srv = start_server(tmp_path, "--max-hold", "20", name="server")   # writes server.jsonl, as the README names it

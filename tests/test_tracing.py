@@ -20,6 +20,7 @@ from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, D, ENTER, NON_ABORTIVE
 from callstate.observe.tracing import CANCEL_KIND, CANCELLED, CODE, CODE_NAME, exporter_names
 from callstate.server import EmulatorServer
 from tests.conftest import cli, start_server
+from tests.documentation import documentation
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_bad_otel_settings_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_readme_tracing_example_runs_as_shown(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = documentation()
     block = readme.split("<!-- tests/test_tracing.py runs this block -->\n```python\n", 1)[1].split("```", 1)[0]
     script = tmp_path / "example.py"
     script.write_text(block)

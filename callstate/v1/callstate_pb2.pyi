@@ -29,6 +29,12 @@ class PipePoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PIPE_POINT_AFTER_IN: _ClassVar[PipePoint]
     PIPE_POINT_AFTER_OUT: _ClassVar[PipePoint]
     PIPE_POINT_AFTER_HALF_CLOSE: _ClassVar[PipePoint]
+
+class PipeBreach(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIPE_BREACH_NONE: _ClassVar[PipeBreach]
+    PIPE_BREACH_COMPLETE_UNDRAINED: _ClassVar[PipeBreach]
+    PIPE_BREACH_PUSH_AFTER_END: _ClassVar[PipeBreach]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_COMPLETE: Outcome
 OUTCOME_ABORT: Outcome
@@ -43,9 +49,12 @@ PIPE_POINT_BEFORE_FIRST: PipePoint
 PIPE_POINT_AFTER_IN: PipePoint
 PIPE_POINT_AFTER_OUT: PipePoint
 PIPE_POINT_AFTER_HALF_CLOSE: PipePoint
+PIPE_BREACH_NONE: PipeBreach
+PIPE_BREACH_COMPLETE_UNDRAINED: PipeBreach
+PIPE_BREACH_PUSH_AFTER_END: PipeBreach
 
 class Script(_message.Message):
-    __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel", "headers_first")
+    __slots__ = ("dispatch_delay_ms", "outcome", "outcome_delay_ms", "reply_bytes", "echo", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel", "headers_first", "cancel_poll_ms")
     DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +66,7 @@ class Script(_message.Message):
     FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIRST_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_POLL_MS_FIELD_NUMBER: _ClassVar[int]
     dispatch_delay_ms: int
     outcome: Outcome
     outcome_delay_ms: int
@@ -68,7 +78,8 @@ class Script(_message.Message):
     fatal_message: str
     on_cancel: OnCancel
     headers_first: bool
-    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ..., headers_first: _Optional[bool] = ...) -> None: ...
+    cancel_poll_ms: int
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., outcome_delay_ms: _Optional[int] = ..., reply_bytes: _Optional[int] = ..., echo: _Optional[bool] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ..., headers_first: _Optional[bool] = ..., cancel_poll_ms: _Optional[int] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("call_id", "script", "payload", "cancel_key")
@@ -109,7 +120,7 @@ class CancelReply(_message.Message):
     def __init__(self, delivered: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
 
 class PipeScript(_message.Message):
-    __slots__ = ("dispatch_delay_ms", "outcome", "at", "at_count", "messages", "message_bytes", "interval_ms", "outcome_delay_ms", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel")
+    __slots__ = ("dispatch_delay_ms", "outcome", "at", "at_count", "messages", "message_bytes", "interval_ms", "outcome_delay_ms", "abort_code", "abort_grpc_status", "abort_message", "fatal_message", "on_cancel", "cancel_poll_ms", "breach")
     DISPATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +134,8 @@ class PipeScript(_message.Message):
     ABORT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FATAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ON_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_POLL_MS_FIELD_NUMBER: _ClassVar[int]
+    BREACH_FIELD_NUMBER: _ClassVar[int]
     dispatch_delay_ms: int
     outcome: Outcome
     at: PipePoint
@@ -136,7 +149,9 @@ class PipeScript(_message.Message):
     abort_message: str
     fatal_message: str
     on_cancel: OnCancel
-    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., at: _Optional[_Union[PipePoint, str]] = ..., at_count: _Optional[int] = ..., messages: _Optional[int] = ..., message_bytes: _Optional[int] = ..., interval_ms: _Optional[int] = ..., outcome_delay_ms: _Optional[int] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ...) -> None: ...
+    cancel_poll_ms: int
+    breach: PipeBreach
+    def __init__(self, dispatch_delay_ms: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., at: _Optional[_Union[PipePoint, str]] = ..., at_count: _Optional[int] = ..., messages: _Optional[int] = ..., message_bytes: _Optional[int] = ..., interval_ms: _Optional[int] = ..., outcome_delay_ms: _Optional[int] = ..., abort_code: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ..., abort_message: _Optional[str] = ..., fatal_message: _Optional[str] = ..., on_cancel: _Optional[_Union[OnCancel, str]] = ..., cancel_poll_ms: _Optional[int] = ..., breach: _Optional[_Union[PipeBreach, str]] = ...) -> None: ...
 
 class PipeMessage(_message.Message):
     __slots__ = ("seq", "payload", "null_push")
@@ -169,7 +184,7 @@ class PipeReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., received: _Optional[int] = ..., received_bytes: _Optional[int] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "sent", "received", "dropped")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "sent", "received", "dropped", "delay_ms")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +199,7 @@ class StateEntry(_message.Message):
     SENT_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
     call_id: str
@@ -198,7 +214,8 @@ class StateEntry(_message.Message):
     sent: int
     received: int
     dropped: int
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    delay_ms: float
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ..., delay_ms: _Optional[float] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)

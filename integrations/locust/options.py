@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from locust import events
 
-from callstate.cli.options import (cancel_points, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
+from callstate.cli.options import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
                                    outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
@@ -36,6 +36,8 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-pipe-cancel-at": ("pipe_cancel_at", pipe_cancel_points, "where cancelled pipes are cancelled: "
                                    "before-start, after-headers, after-sent:N, after-received:N, after-half-close"),
     "--callstate-pipe-messages": ("pipe_messages", non_negative_int, "messages each side pushes on a pipe"),
+    "--callstate-cancel-poll": ("cancel_poll", cancel_poll, "how often the server's handlers test for a cancel, as "
+                                "weights of intervals in ms, e.g. 0=50,100=50, or none (the server's default)"),
     "--callstate-log-file": ("log_file", str, "the client state log of each process; {worker} is the worker's id "
                              "(\"local\" without a master), {pid} its process id; empty: no log"),
 }

@@ -27,6 +27,7 @@ from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
+from callstate.scenario import parse_cancel_poll
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust.options import overrides
@@ -38,7 +39,7 @@ __all__ = ["CallstateUser", "expected_codes"]   # expected_codes: the scenario's
 
 
 SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "pipes",
-            "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file")
+            "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file", "cancel_poll")
 
 
 class UnexpectedCode(Exception):
@@ -62,6 +63,7 @@ class CallstateUser(User):
     pipes: ClassVar[str] = "none"           # percent of calls that are pipes, by kind
     pipe_cancel_at: ClassVar[str] = DEFAULT_PIPE_CANCEL_AT
     pipe_messages: ClassVar[int] = Scenario.pipe_messages
+    cancel_poll: ClassVar[str] = "none"     # the handlers' cancel poll intervals in ms, as weights
     delay: ClassVar[float] = 0.0            # server processing time before complete/abort/fatal
     payload: ClassVar[int] = 0              # request payload and reply size
     call_timeout: ClassVar[float | None] = None
@@ -78,7 +80,7 @@ class CallstateUser(User):
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
         self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
-        self._scripts: dict[tuple[str, str], pb.Script] = {}
+        self._scripts: dict[tuple[str, str, int | None], pb.Script] = {}
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
                              timeout=float(timeout) if timeout is not None else None)
@@ -99,7 +101,8 @@ class CallstateUser(User):
             abort_code=_as("abort_code", settings["abort_code"], int),
             pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
-            pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int))
+            pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
+            cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
@@ -111,14 +114,15 @@ class CallstateUser(User):
         self.client.close()
 
     def _script(self, plan: Plan) -> pb.Script:
-        key = (plan.outcome, plan.on_cancel)
+        key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
         script = self._scripts.get(key)
         if script is None:
             held = plan.outcome == "hold"
             script = self._scripts[key] = pb.Script(
                 outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
                 outcome_delay_ms=0 if held else round(self.delay * 1000), reply_bytes=self.payload,
-                abort_code=self.scenario.abort_code if plan.outcome == "abort" else 0)
+                abort_code=self.scenario.abort_code if plan.outcome == "abort" else 0,
+                cancel_poll_ms=plan.cancel_poll_ms)
         return script
 
     @task

@@ -1,0 +1,192 @@
+"""A user's gRPC schema as data: a FileDescriptorSet made into a pool, its methods and messages.
+
+Pure: bytes in, descriptors and message classes out. Where the set comes from (.proto files,
+a descriptor-set file, a running server's reflection) is `callstate.schema.sources`' job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import descriptor_pb2, json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message import DecodeError, Message
+
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
+
+
+class SchemaError(ValueError):
+    """A schema that cannot be used: one line naming the file, method or field at fault."""
+
+
+def kind_of_shape(client_streaming: bool, server_streaming: bool) -> str:
+    """The callstate call kind a gRPC method shape maps onto (the call and the three pipes)."""
+    if client_streaming and server_streaming:
+        return PIPE_BOTH
+    if client_streaming:
+        return PIPE_IN
+    if server_streaming:
+        return PIPE_OUT
+    return UNARY
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC of the schema, with what a server or a client needs to serve or call it."""
+
+    name: str                 # "pkg.Svc/Method", as grpcurl and the rules file write it
+    descriptor: MethodDescriptor
+    request: type[Message]
+    response: type[Message]
+
+    @property
+    def path(self) -> str:
+        """The HTTP/2 :path of the method, "/pkg.Svc/Method"."""
+        return "/" + self.name
+
+    @property
+    def service(self) -> str:
+        return self.descriptor.containing_service.full_name
+
+    @property
+    def kind(self) -> str:
+        return kind_of_shape(self.descriptor.client_streaming, self.descriptor.server_streaming)
+
+
+def method_name(service: str, method: str) -> str:
+    return f"{service}/{method}"
+
+
+def normalise_method_name(name: str) -> str:
+    """Accept "/pkg.Svc/Method", "pkg.Svc/Method" and "pkg.Svc.Method" (as grpcurl does)."""
+    name = name.strip().lstrip("/")
+    if "/" not in name and name.count(".") >= 1:
+        service, _, method = name.rpartition(".")
+        return method_name(service, method)
+    return name
+
+
+class Schema:
+    """The services and messages of a FileDescriptorSet, in a pool of their own.
+
+    A separate pool keeps a user's `foo.v1` from clashing with anything callstate or another
+    schema registered in protobuf's default pool.
+    """
+
+    def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
+        self.files = files
+        self.pool = DescriptorPool()
+        for file in _in_dependency_order(files.file):
+            try:
+                self.pool.Add(file)
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"{file.name}: {exc}") from None
+        self.methods: dict[str, Method] = {}
+        for file in files.file:
+            fd = self.pool.FindFileByName(file.name)
+            for service in fd.services_by_name.values():
+                for m in service.methods:
+                    name = method_name(service.full_name, m.name)
+                    self.methods[name] = Method(
+                        name=name, descriptor=m,
+                        request=message_factory.GetMessageClass(m.input_type),
+                        response=message_factory.GetMessageClass(m.output_type))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: str = "descriptor set") -> "Schema":
+        files = descriptor_pb2.FileDescriptorSet()
+        try:
+            files.ParseFromString(data)
+        except DecodeError as exc:
+            raise SchemaError(f"{origin}: not a FileDescriptorSet ({exc})") from None
+        if not files.file:
+            raise SchemaError(f"{origin}: holds no .proto file")
+        return cls(files)
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({m.service for m in self.methods.values()})
+
+    def method(self, name: str) -> Method:
+        """The method by name, or a SchemaError that lists what the schema has."""
+        wanted = normalise_method_name(name)
+        try:
+            return self.methods[wanted]
+        except KeyError:
+            known = ", ".join(sorted(self.methods)) or "none"
+            raise SchemaError(f"unknown method {name!r}; the schema has: {known}") from None
+
+    def message_class(self, full_name: str) -> type[Message]:
+        try:
+            return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(full_name))
+        except KeyError:
+            raise SchemaError(f"unknown message type {full_name!r}") from None
+
+
+def _well_known(name: str) -> descriptor_pb2.FileDescriptorProto | None:
+    """A well-known type's file (google/protobuf/*.proto), which protobuf itself carries: a
+    descriptor set built without --include_imports still loads when these are all it lacks."""
+    if not name.startswith("google/protobuf/"):
+        return None
+    module = name.removeprefix("google/protobuf/").removesuffix(".proto") + "_pb2"
+    try:
+        found = importlib.import_module(f"google.protobuf.{module}").DESCRIPTOR
+    except ImportError:
+        return None
+    proto = descriptor_pb2.FileDescriptorProto()
+    found.CopyToProto(proto)
+    return proto
+
+
+def _in_dependency_order(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[descriptor_pb2.FileDescriptorProto]:
+    by_name = {f.name: f for f in files}
+    ordered: list[descriptor_pb2.FileDescriptorProto] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        if name in chain:
+            raise SchemaError(f"{name}: import cycle through {' -> '.join(chain)}")
+        file = by_name.get(name) or _well_known(name)
+        if file is None:
+            raise SchemaError(f"{chain[-1]}: imports {name}, which the descriptor set does not hold "
+                              "(build it with --include_imports)")
+        for dep in file.dependency:
+            visit(dep, chain + (name,))
+        seen.add(name)
+        ordered.append(file)
+
+    for name in by_name:
+        visit(name, ())
+    return ordered
+
+
+def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, where: str,
+                      pool: DescriptorPool | None = None) -> Message:
+    """A message of `cls` from its proto JSON form (text or an already-parsed dict).
+
+    Errors are one line naming `where` (a method, a rule, a file and line) and the field.
+    """
+    msg = cls()
+    try:
+        if isinstance(data, str):
+            json_format.Parse(data or "{}", msg, descriptor_pool=pool)
+        else:
+            json_format.ParseDict(dict(data), msg, descriptor_pool=pool)
+    except json_format.ParseError as exc:
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {' '.join(str(exc).split())}") from None
+    return msg
+
+
+def message_to_dict(msg: Message) -> dict[str, Any]:
+    """The proto JSON form of a message as a dict (field names as in the .proto)."""
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def message_to_json(msg: Message) -> str:
+    return json.dumps(message_to_dict(msg), separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,130 @@
+"""Where a user's schema comes from: .proto files, a descriptor-set file, or a server's reflection.
+
+Each source ends as a FileDescriptorSet given to `Schema`, so the server and the client treat
+all three alike. The .proto files are compiled with grpcio-tools' protoc at start (no code
+generation step for the user); the well-known types resolve from the protos grpcio-tools ships.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from google.protobuf import descriptor_pb2
+
+from callstate.schema.model import Schema, SchemaError
+
+REFLECTION_TIMEOUT = 10.0   # seconds for each reflection request of a schema read at start
+_SKIPPED_SERVICES = ("grpc.reflection.",)
+
+
+def well_known_include() -> str:
+    """grpcio-tools' own protos (google/protobuf/*.proto), for imports of the well-known types."""
+    try:
+        import grpc_tools
+    except ImportError:   # pragma: no cover - grpcio-tools is a base dependency
+        raise SchemaError("compiling .proto files needs grpcio-tools: pip install 'callstate[protos]'") from None
+    return str(Path(grpc_tools.__file__).parent / "_proto")
+
+
+def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[str | os.PathLike[str]] = ()) -> Schema:
+    """Compile .proto files (with their imports) into a Schema, as `protoc -I... --include_imports`.
+
+    Without `proto_paths`, each file's own folder is the include path, as most users expect of
+    a lone .proto file. A file that does not compile raises a SchemaError carrying protoc's own
+    first error line (file:line:column: message).
+    """
+    if not protos:
+        raise SchemaError("no .proto file given")
+    for proto in protos:
+        path = Path(proto)
+        if not path.is_file():
+            raise SchemaError(f"{proto}: no such .proto file")
+    includes = [str(p) for p in proto_paths] or sorted({str(Path(p).resolve().parent) for p in protos})
+    for inc in includes:
+        if not Path(inc).is_dir():
+            raise SchemaError(f"--proto-path {inc}: no such directory")
+    with tempfile.TemporaryDirectory(prefix="callstate-protoc-") as tmp:
+        out = Path(tmp) / "set.pb"
+        args = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{inc}" for inc in includes),
+                f"-I{well_known_include()}", "--include_imports", "--include_source_info",
+                f"--descriptor_set_out={out}", *(str(p) for p in protos)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0 or not out.exists():
+            lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+            raise SchemaError(lines[0] if lines else f"protoc failed (exit {done.returncode})")
+        return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
+
+
+def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
+    """A FileDescriptorSet file, as `protoc --include_imports -o FILE` or `buf build -o FILE` writes."""
+    p = Path(path)
+    if not p.is_file():
+        raise SchemaError(f"{path}: no such descriptor-set file")
+    return Schema.from_bytes(p.read_bytes(), origin=str(path))
+
+
+def from_reflection(target: str, *, credentials: object = None, metadata: Sequence[tuple[str, str]] = (),
+                    timeout: float = REFLECTION_TIMEOUT) -> Schema:
+    """Read every service's files from a running server's reflection (v1alpha), once.
+
+    `credentials` is a grpc.ChannelCredentials for TLS (None: plaintext); `metadata` is sent
+    with each request (a bearer token, for instance).
+    """
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+    from grpc_reflection.v1alpha import reflection_pb2_grpc as rgrpc
+
+    channel = (grpc.secure_channel(target, credentials) if credentials is not None   # type: ignore[arg-type]
+               else grpc.insecure_channel(target))
+    stub = rgrpc.ServerReflectionStub(channel)
+
+    def ask(request: "rpb.ServerReflectionRequest") -> "rpb.ServerReflectionResponse":
+        try:
+            responses = stub.ServerReflectionInfo(iter([request]), timeout=timeout, metadata=list(metadata))
+            response = next(iter(responses))
+        except grpc.RpcError as exc:
+            detail = exc.details() if hasattr(exc, "details") else str(exc)   # type: ignore[attr-defined]
+            code = exc.code().name if hasattr(exc, "code") else "error"      # type: ignore[attr-defined]
+            raise SchemaError(f"reflection from {target}: {code}: {detail}") from None
+        except StopIteration:
+            raise SchemaError(f"reflection from {target}: the server sent no answer") from None
+        if response.HasField("error_response"):
+            err = response.error_response
+            raise SchemaError(f"reflection from {target}: {err.error_message or 'error ' + str(err.error_code)}")
+        return response
+
+    try:
+        listed = ask(rpb.ServerReflectionRequest(list_services=""))
+        services = [s.name for s in listed.list_services_response.service
+                    if not s.name.startswith(_SKIPPED_SERVICES)]
+        files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+        def take(response: "rpb.ServerReflectionResponse") -> None:
+            for raw in response.file_descriptor_response.file_descriptor_proto:
+                fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                files.setdefault(fd.name, fd)
+
+        for service in services:
+            take(ask(rpb.ServerReflectionRequest(file_containing_symbol=service)))
+        missing = _missing_imports(files.values(), files)
+        while missing:
+            for name in missing:
+                take(ask(rpb.ServerReflectionRequest(file_by_filename=name)))
+            still = _missing_imports(files.values(), files)
+            if still & missing:
+                raise SchemaError(f"reflection from {target}: cannot fetch {sorted(still & missing)[0]}")
+            missing = still
+    finally:
+        channel.close()
+    if not files:
+        raise SchemaError(f"reflection from {target}: the server lists no service")
+    return Schema(descriptor_pb2.FileDescriptorSet(file=list(files.values())))
+
+
+def _missing_imports(files: Iterable[descriptor_pb2.FileDescriptorProto], have: dict[str, object]) -> set[str]:
+    return {dep for f in files for dep in f.dependency if dep not in have}

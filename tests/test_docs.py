@@ -1,0 +1,112 @@
+"""The documentation works as shown: the site builds with no broken link, every Python example
+runs against a real server, and every `callstate` command line in it parses."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess
+from tests.documentation import _text, blocks, documentation, pages
+
+# Examples another test runs as written, where they need more than a server (a Locust master,
+# an inner pytest session, an OpenTelemetry exporter): the marker names that test.
+RUN_ELSEWHERE = ("# locustfile.py", "# test_cancel_paths.py", "InMemorySpanExporter")
+
+
+def python_examples() -> list[tuple[str, str]]:
+    out = []
+    for page in pages():
+        for i, block in enumerate(blocks(_text(page), "python")):
+            if not any(mark in block for mark in RUN_ELSEWHERE):
+                out.append((f"{page.relative_to(ROOT)}#{i}", block))
+    return out
+
+
+def test_the_site_builds_strict_with_every_page_in_the_nav(tmp_path: Path) -> None:
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
+    assert mkdocs, "mkdocs is in the dev extra: pip install -e '.[dev]'"
+    done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "Quick start" in home and 'href="docs/' not in home   # the README's links, rewritten for the site
+
+
+@pytest.mark.parametrize("where, code", python_examples(), ids=[w for w, _ in python_examples()])
+def test_every_python_example_runs_as_shown(where: str, code: str, shared_server: ServerProcess,
+                                            tmp_path: Path) -> None:
+    if "tls/" in code:   # the security example's own files, as its page makes them
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_certs.py"), "tls"], cwd=tmp_path, check=True,
+                       capture_output=True, timeout=60)
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("127.0.0.1:50051", shared_server.target))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{where}:\n{done.stderr[-2000:]}"
+
+
+def command_lines() -> list[str]:
+    """Every `callstate ...` command line of a shell block, continuations joined."""
+    out = []
+    for page in pages():
+        for block in blocks(_text(page), "sh"):
+            joined = block.replace("\\\n", " ")
+            for line in joined.splitlines():
+                line = line.split(" #", 1)[0].strip().rstrip("&").strip()
+                if line.startswith("callstate ") and "[" not in line and "..." not in line:
+                    out.append(line)
+    return out
+
+
+def test_every_documented_command_line_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command line shown parses with the real parser: no renamed or removed flag lingers.
+    The PEM files the examples name are made first, as their pages say (the parser reads them)."""
+    from callstate.cli import build_parser
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_certs.py"), "tls"], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=60)
+    for pem in (tmp_path / "tls").glob("*"):
+        (tmp_path / pem.name).write_bytes(pem.read_bytes())   # some examples name them without the folder
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    bad = []
+    for line in command_lines():
+        try:
+            parser.parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            bad.append(line)
+    assert command_lines(), "no command line found"
+    assert not bad, "documented commands that no longer parse:\n" + "\n".join(bad)
+
+
+def test_the_readme_is_a_front_door() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 450
+    assert ". .venv/bin/activate" in readme
+    assert "nothing else" in documentation()
+
+
+def test_the_code_table_in_the_docs_is_the_one_in_the_code() -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_code_table
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = gen_code_table.MODEL.read_text()
+    assert gen_code_table.rendered(text) == text, "run python tools/gen_code_table.py"
+
+
+def test_every_code_has_a_documented_row_naming_the_status_it_is_sent_with() -> None:
+    from callstate import codes
+    from callstate.code_docs import ROWS
+    assert set(ROWS) == set(codes.NAMES), "a code without a row in callstate/code_docs.py, or a row for no code"
+    for code, (status, _) in ROWS.items():
+        sent = codes.grpc_status_for(code).name
+        if code in codes.NAMES and sent != "ABORTED":   # ABORTED: no mapping, the abort row's default
+            assert status.startswith(sent), f"{code}: the table says {status!r}, the server sends {sent}"

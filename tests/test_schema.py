@@ -1,0 +1,93 @@
+"""A user's schema from each source: .proto files, a descriptor set, a real server's reflection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
+from callstate.schema import (SchemaError, from_descriptor_set, from_protos, from_reflection, message_from_json,
+                              message_to_dict)
+from callstate.schema.sources import well_known_include
+from tests.conftest import ROOT
+
+PROTOS = ROOT / "tests" / "protos"
+SHOP = PROTOS / "shop" / "v1" / "shop.proto"
+SHAPES = {"shop.v1.Shop/Charge": UNARY, "shop.v1.Shop/Track": PIPE_OUT, "shop.v1.Shop/Upload": PIPE_IN,
+          "shop.v1.Shop/Chat": PIPE_BOTH}
+
+
+def test_a_proto_with_imports_and_well_known_types_compiles_at_start() -> None:
+    schema = from_protos([SHOP], [PROTOS])
+    assert {name: m.kind for name, m in schema.methods.items()} == SHAPES
+    charge = schema.method("/shop.v1.Shop/Charge")
+    assert schema.method("shop.v1.Shop.Charge") is charge   # grpcurl's spelling too
+    request = message_from_json(charge.request, {
+        "order_id": "o-1", "amount": {"currency": "EUR", "units": 12}, "card": {"number": "4242"},
+        "tags": ["a", "b"], "labels": {"k": "v"}, "guest_email": "g@example.org",
+        "requested_at": "2026-01-01T00:00:00Z"}, where="test")
+    assert request.WhichOneof("payer") == "guest_email"
+    assert message_to_dict(request)["amount"] == {"currency": "EUR", "units": "12"}
+    assert request.requested_at.seconds == 1767225600
+
+
+def test_a_descriptor_set_written_by_protoc_is_the_same_schema(tmp_path: Path) -> None:
+    out = tmp_path / "shop.pb"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{well_known_include()}",
+                    "--include_imports", f"--descriptor_set_out={out}", str(SHOP)], check=True)
+    assert {name: m.kind for name, m in from_descriptor_set(out).methods.items()} == SHAPES
+
+
+def test_a_descriptor_set_without_its_imports_names_the_missing_file(tmp_path: Path) -> None:
+    out = tmp_path / "shop.pb"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{well_known_include()}",
+                    f"--descriptor_set_out={out}", str(SHOP)], check=True)
+    with pytest.raises(SchemaError, match=r"imports .*money.proto.*--include_imports"):
+        from_descriptor_set(out)
+
+
+def test_reflection_of_a_running_server_gives_its_services(shared_server) -> None:
+    schema = from_reflection(shared_server.target)
+    assert "callstate.v1.Emulator" in schema.services
+    assert schema.method("callstate.v1.Emulator/Call").kind == UNARY
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: from_protos([tmp / "missing.proto"]), r"missing.proto: no such .proto file"),
+    (lambda tmp: from_protos([SHOP], [tmp / "nowhere"]), r"--proto-path .*nowhere: no such directory"),
+    (lambda tmp: from_descriptor_set(tmp / "x.pb"), r"x.pb: no such descriptor-set file"),
+    (lambda tmp: from_reflection("127.0.0.1:1", timeout=2), r"reflection from 127.0.0.1:1: UNAVAILABLE"),
+])
+def test_a_source_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(SchemaError, match=message) as err:
+        make(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_proto_that_does_not_compile_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.proto"
+    bad.write_text('syntax = "proto3";\nmessage A {\n  strin x = 1;\n}\n')
+    with pytest.raises(SchemaError, match=r"bad.proto:3:3: \"strin\" is not defined"):
+        from_protos([bad])
+
+
+def test_a_descriptor_set_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pb"
+    junk.write_bytes(b"\xff\xff\xff not protobuf")
+    with pytest.raises(SchemaError, match="junk.pb: not a FileDescriptorSet"):
+        from_descriptor_set(junk)
+
+
+def test_json_that_does_not_fit_the_message_names_where_and_the_field() -> None:
+    charge = from_protos([SHOP], [PROTOS]).method("shop.v1.Shop/Charge")
+    with pytest.raises(SchemaError, match=r"rule 3: shop.v1.ChargeRequest: .*no field named \"currenc\"") as err:
+        message_from_json(charge.request, {"amount": {"currenc": "EUR"}}, where="rule 3")
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_method_lists_what_the_schema_has() -> None:
+    with pytest.raises(SchemaError, match=r"unknown method 'shop.v1.Shop/Refund'; the schema has: shop.v1.Shop/Charge"):
+        from_protos([SHOP], [PROTOS]).method("shop.v1.Shop/Refund")
