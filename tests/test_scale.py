@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
+from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
 from tests.conftest import ROOT, ServerProcess, cli, read_entries, start_server
 from tests.middleboxes import NGINX_CONF, ProxyProcess, free_port
 
@@ -94,7 +94,7 @@ def test_every_cancel_notice_reaches_its_replica_through_nginx(tmp_path: Path, r
     shares = [sum(1 for i in holder.values() if i == r) for r in range(REPLICAS)]
     assert min(shares) >= 600 // REPLICAS // 3, shares
 
-    notices = 0
+    notices = routed = 0
     for call_id, entries in client.items():
         sent = [e for e in entries if e["event"] == CANCEL_SENT]
         if not sent:
@@ -104,11 +104,15 @@ def test_every_cancel_notice_reaches_its_replica_through_nginx(tmp_path: Path, r
         # "unknown": the replica asked had never seen the call; "kept for the dispatch" on a replica
         # that never dispatches it would leave the call deaf to its cancel
         assert "unknown" not in detail, (call_id, detail)
-        assert call_id in holder, (call_id, detail)
+        if call_id not in holder:   # escalated to an abortive cancel before it reached any replica
+            assert any(e.get("cancel") == ABORTIVE for e in entries), (call_id, detail)
+            continue
+        routed += 1
         if detail.startswith("delivered"):
             seen = [e for e in server[holder[call_id]][call_id] if e["event"] == CANCEL_SEEN]
             assert any(e.get("cancel") == NON_ABORTIVE for e in seen), (call_id, detail, holder[call_id])
     assert notices >= 100, notices   # 30% of 600, less those that ended before their cancel point
+    assert routed >= 60, (routed, notices)
 
     # check over one client log and the folder of the three server logs
     check = cli("check", str(client_log), str(replicas[0].log.parent))
