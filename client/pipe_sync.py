@@ -147,24 +147,31 @@ class Pipe(ThreadNotices, PipeBase):
         if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
             raise refusal
         after_end = core.peer_null_pushed
-        try:
-            msg = next(self._responses)
-        except (StopIteration, grpc.RpcError):
-            msg = None
+        msg = self._next_message()
         if after_end:
             raise core.after_peer_end(msg is not None)
         if msg is None:
             core.stream_ended()
-            with self._end_lock:
-                self._stream_over, held, self._held = True, self._held, None
-            if held is not None:
-                core.notify(*held)
             return None
         if msg.null_push:   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()
         return msg
+
+    def _next_message(self) -> pb.PipeMessage | None:
+        """The response iterator's next message; None once it ended (the status is then in)."""
+        try:
+            return next(self._responses)
+        except (StopIteration, grpc.RpcError):
+            self._release_held()
+            return None
+
+    def _release_held(self) -> None:
+        with self._end_lock:
+            self._stream_over, held, self._held = True, self._held, None
+        if held is not None:
+            self._core.notify(*held)
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while (msg := self.pull()) is not None:
@@ -211,6 +218,8 @@ class Pipe(ThreadNotices, PipeBase):
             while self.pull() is not None:
                 pass
         except CallError:
+            pass
+        while self._next_message() is not None:   # past the pipe's end (a breach): on to the status
             pass
 
     def result(self, timeout: float | None = None) -> Any:
