@@ -162,26 +162,24 @@ def test_watch_merges_several_targets(tmp_path: Path) -> None:
         merged = json.loads(counters.stdout)
         assert merged["dispatched"] == 5 and merged["ended"] == 5 and merged["in_flight"] == 0, merged
         assert merged["by_code"] == {"0": 5}, merged
-        # the stream: a call on each server, both seen by one watch
-        watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", *args, "--json", "--count", "6",
+        # the stream: calls on each server in turn, both servers' entries in one watch
+        watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", *args, "--json", "--count", "12",
                                   "--dashboard", "never"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 60
-            ids: set[str] = set()
+            deadline = time.monotonic() + 90
             while watch.poll() is None and time.monotonic() < deadline:
                 for srv in servers:   # calls until the watcher has seen enough (it may subscribe late)
                     done = cli("call", "--target", srv.target, "--outcome", "complete", "--json")
                     assert done.returncode == 0, done.stderr
-                time.sleep(0.2)
             out, err = watch.communicate(timeout=30)
         finally:
             if watch.poll() is None:
                 watch.kill()
         assert watch.returncode == 0, err
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
-        assert len(lines) == 6, out
-        ports = {e["call_id"] for e in lines}
-        seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ports}
+        assert len(lines) == 12, out
+        ids = {e["call_id"] for e in lines}
+        seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ids}
         assert seen_on == {0, 1}, (seen_on, out)
         down = cli("watch", *args, "--target", f"127.0.0.1:{free_port()}", "--counters", "--timeout", "3")
         assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
