@@ -5,10 +5,12 @@
         no lifecycle, no log, no journal: echo at once, or hold (script outcome HOLD)
         until cancelled; GetCounters reports its in-flight count. With --token it checks
         `authorization: Bearer T` in the handler, the least a token check can cost.
-    python benchmarks/bare.py drive --target T --client bare|callstate --concurrency N --duration S
+    python benchmarks/bare.py drive --target T --client bare|callstate|raw-call|raw-charge --concurrency N --duration S
                                     [--tls-ca PEM] [--token T] [--cancel-keys]
         a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}. --cancel-keys: the
-        bare client sends a cancel key with each call, as callstate's clients do.
+        bare client sends a cancel key with each call, as callstate's clients do. raw-call and
+        raw-charge send pre-serialized bytes (the same client work either way) to
+        Emulator/Call or to a stand-in's shop.v1.Shop/Charge (tests/protos), the call id in metadata.
 """
 
 from __future__ import annotations
@@ -126,6 +128,14 @@ async def drive(target: str, client: str, concurrency: int, duration: float, log
             await stub.Call(pb.CallRequest(call_id=call_id, script=SCRIPT, cancel_key=key),
                             metadata=(("callstate-call-id", call_id),) + auth)
         closer = channel.close
+    elif client in RAW:
+        channel = grpc.aio.insecure_channel(target)
+        path, body = RAW[client]
+        rpc = channel.unary_unary(path)   # bytes in, bytes out: no (de)serialization on this side
+
+        async def one() -> None:
+            await rpc(body, metadata=(("callstate-call-id", os.urandom(16).hex()),))
+        closer = channel.close
     else:
         from callstate.client import AsyncClient
         callstate_client = AsyncClient(target, log=log, tls_ca=tls_ca, token=token)
@@ -154,6 +164,10 @@ async def drive(target: str, client: str, concurrency: int, duration: float, log
 
 
 SCRIPT = pb.Script(outcome=pb.OUTCOME_COMPLETE)
+# shop.v1.ChargeRequest{order_id: "bench-1"} (field 1, a string), serialized by hand: the
+# driver needs no code generated from the test proto
+RAW = {"raw-call": ("/callstate.v1.Emulator/Call", pb.CallRequest(script=SCRIPT).SerializeToString()),
+       "raw-charge": ("/shop.v1.Shop/Charge", b"\x0a\x07bench-1")}
 
 
 def _cpu() -> float:
@@ -172,7 +186,7 @@ def main() -> None:
     s.add_argument("--token")
     d = sub.add_parser("drive")
     d.add_argument("--target", required=True)
-    d.add_argument("--client", choices=["bare", "callstate"], default="bare")
+    d.add_argument("--client", choices=["bare", "callstate", *RAW], default="bare")
     d.add_argument("--concurrency", type=int, default=64)
     d.add_argument("--duration", type=float, default=3.0)
     d.add_argument("--log", help="callstate client: state log file")

@@ -27,6 +27,9 @@ locust   CallstateUser beside a bare Locust gRPC user (a raw stub, Locust's reci
 security the server's calls/s in plaintext, with cancel keys, with TLS, and with TLS and a
          bearer token, callstate vs a bare grpc.aio server with the same credentials (same
          bare client): what TLS, the token check and the ownership check cost each
+standin  a stand-in's unary method of a user proto (shop.v1.Shop/Charge from tests/protos,
+         answered by the emulator's lifecycle, mix complete=100) vs Emulator/Call (script
+         complete) on the same server, same raw-bytes client, alternating rounds: calls/s
 pipes    out pipes (server-streaming): messages/s of callstate serve (state log on) vs a
          bare grpc.aio streaming server, same bare client; of the callstate asyncio pipe
          client (state log on) vs a bare client, same bare server; and cancel propagation
@@ -908,10 +911,91 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
     return {"rounds": rows, "ratio_median": round(ratio, 3)}
 
 
+def _standin_handler_cost(calls: int = 20_000, rounds: int = 6) -> dict[str, float]:
+    """Both handlers awaited in this process with a stand-in context and the state log on: the
+    Python work per call without the network (what a busy machine's scheduling cannot blur
+    as much); the best round of each, alternating."""
+    from callstate.schema import from_protos
+    from callstate.script import Mix
+    from callstate.server.emulator import EmulatorConfig, EmulatorServicer
+    from callstate.server.journal import Journal
+    from callstate.server.standin import Standin
+    from callstate.statelog import StateLog
+
+    class Context:
+        def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+            self.metadata = metadata
+
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return self.metadata
+
+        def time_remaining(self) -> None:
+            return None
+
+    async def run(log: StateLog) -> dict[str, float]:
+        protos = ROOT / "tests" / "protos"
+        schema = from_protos([protos / "shop" / "v1" / "shop.proto"], [protos])
+        emulator = EmulatorServicer(EmulatorConfig(mix=Mix.parse("complete=100")), Journal(1000), log.append)
+        method = schema.method("shop.v1.Shop/Charge")
+        charge = Standin(schema, emulator)._handler(method).unary_unary
+        call_request = pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE))
+        charge_request = method.request(order_id="bench-1")
+        best = {"call": float("inf"), "charge": float("inf")}
+        for r in range(rounds):
+            for name in ("call", "charge") if r % 2 == 0 else ("charge", "call"):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    context = Context((("callstate-call-id", os.urandom(16).hex()),))
+                    if name == "call":
+                        await emulator.Call(call_request, context)
+                    else:
+                        await charge(charge_request, context)
+                best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+        return best
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = StateLog(Path(tmp) / "handler.jsonl")
+        try:
+            return asyncio.run(run(log))
+        finally:
+            log.close()
+
+
+def bench_standin(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Both methods on one server, driven in turn (the order alternating each round), so the
+    machine's drift touches both alike; the figure is the ratio of medians."""
+    protos = ROOT / "tests" / "protos"
+    srv = Server("callstate", tmp, "--proto", str(protos / "shop" / "v1" / "shop.proto"), "--proto-path", str(protos),
+                 "--mix", "complete=100")
+    runs: dict[str, list[dict[str, float]]] = {"raw-call": [], "raw-charge": []}
+    try:
+        for i in range(rounds):
+            for client in (("raw-call", "raw-charge") if i % 2 == 0 else ("raw-charge", "raw-call")):
+                runs[client].append(drive(srv.target, client, concurrency, duration, server=srv))
+    finally:
+        srv.stop()
+    call = statistics.median(r["calls_per_s"] for r in runs["raw-call"])
+    charge = statistics.median(r["calls_per_s"] for r in runs["raw-charge"])
+    cpu_call = statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in runs["raw-call"])
+    cpu_charge = statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in runs["raw-charge"])
+    handler = _standin_handler_cost()
+    print("standin: shop.v1.Shop/Charge on the stand-in vs Emulator/Call, same server, same raw client")
+    print(f"  {'calls/s':<34} Emulator/Call {call:10.1f}   Shop/Charge {charge:10.1f}   ratio {charge / call:5.2f}")
+    print(f"  {'server CPU per call (us)':<34} Emulator/Call {cpu_call:10.1f}   Shop/Charge {cpu_charge:10.1f}   "
+          f"ratio {cpu_call / cpu_charge:5.2f}", flush=True)
+    print(f"  {'handler, in process (us per call)':<34} Emulator/Call {handler['call']:10.1f}   Shop/Charge "
+          f"{handler['charge']:10.1f}   ratio {handler['call'] / handler['charge']:5.2f}", flush=True)
+    return {"emulator_call_per_s": call, "standin_charge_per_s": charge, "ratio": charge / call,
+            "handler_us_in_process": handler,
+            "server_cpu_us": {"emulator_call": cpu_call, "standin_charge": cpu_charge},
+            "rounds": {k: [r["calls_per_s"] for r in v] for k, v in runs.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, k6, scale, client, cancel, held, metrics, million, locust, security, pipes "
+                        help="server, k6, scale, client, cancel, held, metrics, million, locust, security, pipes, "
+                             "standin "
                              "(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -926,7 +1010,8 @@ def main() -> int:
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes"]
+    everything = ["server", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes",
+                  "standin"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -955,6 +1040,8 @@ def main() -> int:
                 results[which] = bench_locust(tmp, opts.rounds, opts.locust_duration, opts.locust_users)
             elif which == "security":
                 results[which] = bench_security(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "standin":
+                results[which] = bench_standin(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "pipes":
                 results[which] = bench_pipes(tmp, opts.rounds, opts.streams, opts.messages, opts.pipe_cancels)
             else:

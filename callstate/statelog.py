@@ -42,6 +42,8 @@ class Entry(NamedTuple):
     sent: int | None = None     # pipes: messages this side has sent so far (on its transitions)
     received: int | None = None  # pipes: messages this side has received so far
     delay_ms: float | None = None  # a polling server's cancel_seen: ms from the cancel's arrival to its poll
+    method: str | None = None   # a stand-in's call: the user's method, "pkg.Svc/Method" (None: callstate.v1)
+    rule: str | None = None     # a stand-in's call: the rule that answered it, "rules[N]" or its name
 
 
 _ts_cache: tuple[int, str] = (-1, "")
@@ -89,6 +91,10 @@ def to_dict(e: Entry) -> dict[str, Any]:
         d["sent"], d["received"] = e.sent, e.received
     if e.delay_ms is not None:
         d["delay_ms"] = e.delay_ms
+    if e.method is not None:
+        d["method"] = e.method
+    if e.rule is not None:
+        d["rule"] = e.rule
     return d
 
 
@@ -119,6 +125,10 @@ def format_line(e: Entry) -> str:
         line += f',"sent":{int(e.sent)},"received":{int(e.received or 0)}'
     if e.delay_ms is not None:
         line += f',"delay_ms":{float(e.delay_ms)!r}'
+    if e.method is not None:   # "pkg.Svc/Method": proto identifiers, dots and a slash, nothing to escape
+        line += f',"method":"{e.method}"'
+    if e.rule is not None:     # a rule's name is the user's text: escaped
+        line += f',"rule":{_dumps(e.rule).decode()}'
     return line + "}\n"
 
 
@@ -126,7 +136,7 @@ def from_dict(d: Mapping[str, Any]) -> Entry:
     """An entry read from a log (`to_dict`'s form) back in memory; KeyError/ValueError when malformed."""
     return Entry(parse_ts(d["ts"]), d["side"], d["call_id"], d["state"], d.get("prev"), d["event"], d.get("move"),
                  d.get("code"), d.get("grpc_status"), d.get("detail"), d.get("cancel"), d.get("sent"), d.get("received"),
-                 d.get("delay_ms"))
+                 d.get("delay_ms"), d.get("method"), d.get("rule"))
 
 
 def to_proto(e: Entry) -> pb.StateEntry:
@@ -139,6 +149,10 @@ def to_proto(e: Entry) -> pb.StateEntry:
         msg.sent, msg.received = e.sent, e.received or 0
     if e.delay_ms is not None:
         msg.delay_ms = e.delay_ms
+    if e.method is not None:
+        msg.method = e.method
+    if e.rule is not None:
+        msg.rule = e.rule
     return msg
 
 
@@ -158,6 +172,10 @@ def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
         d["sent"], d["received"] = msg.sent, msg.received
     if msg.HasField("delay_ms"):
         d["delay_ms"] = msg.delay_ms
+    if msg.method:
+        d["method"] = msg.method
+    if msg.rule:
+        d["rule"] = msg.rule
     return d
 
 

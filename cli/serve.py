@@ -8,6 +8,7 @@ import os
 import sys
 
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
+from callstate.cli.standin_options import add_standin, load_standin
 from callstate.cli.options import (abort_code, add_keepalive, bounded_int, env_token, epilog, non_negative_float,
                                    non_negative_int, outcome_mix, para, pem_file, port, positive_float, token)
 from callstate.lifecycle import CLIENT
@@ -104,6 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help=f"require 'authorization: Bearer TOKEN' on the Emulator and Journal services (health and "
                         f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
     add_keepalive(g, CLIENT)   # the peer whose silence ends the calls
+    add_standin(p)
     return p
 
 
@@ -137,6 +139,11 @@ def run(opts: argparse.Namespace) -> int:
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
             return 2
+    try:
+        options.schema, options.rules = load_standin(opts, config.limits)
+    except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field
+        print(f"callstate serve: {exc}", file=sys.stderr)
+        return 2
     provider = None
     try:
         options.tracing = provider = tracer_provider(opts, "callstate-serve")

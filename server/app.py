@@ -19,7 +19,7 @@ from typing import IO, Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection   # its service name; served by server/reflection.py
 
 from callstate.lifecycle import SERVER
 from callstate.pem import check_key_pair, read_pem
@@ -57,6 +57,10 @@ class ServerOptions:
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
+    # A stand-in (server/standin.py): every method of this callstate.schema.Schema served by the
+    # emulator's lifecycle, scripted by the rules file at `rules` (reloaded when it changes).
+    schema: Any = None
+    rules: str | Path | None = None
 
     # Access control (README, "Security"). TLS: PEM paths or bytes; tls_client_ca requires
     # client certificates signed by it (mutual TLS). token: callstate.v1 RPCs must carry
@@ -86,6 +90,8 @@ class EmulatorServer:
         self._health: HealthServicer | None = None
         self.metrics: Any = None   # the /metrics endpoint, when metrics are on (its .port, .url)
         self._on_dispatch: Callable[[str, Any], None] | None = None   # tracing: the caller's trace context
+        self.standin: Any = None      # the user's services, when options.schema is set
+        self.rules_file: Any = None   # their rules file, watched for changes
 
     @property
     def target(self) -> str:
@@ -116,7 +122,12 @@ class EmulatorServer:
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        try:
+            served = SERVICE_NAMES + self._add_standin(server)
+        except ValueError:
+            log.close()
+            self._close_metrics()
+            raise
         address = f"[{opts.bind}]:{opts.port}" if ":" in opts.bind else f"{opts.bind}:{opts.port}"
         try:
             self.port = (server.add_secure_port(address, credentials) if credentials is not None
@@ -130,10 +141,37 @@ class EmulatorServer:
         except BaseException:
             self._close_metrics()
             raise
-        for name in SERVICE_NAMES[:2] + ("",):
+        for name in SERVICE_NAMES[:2] + served[len(SERVICE_NAMES):] + ("",):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        if self.rules_file is not None:
+            self.rules_file.start()
         return self.port
+
+    def _add_standin(self, server: grpc.aio.Server) -> tuple[str, ...]:
+        """Reflection (v1 and v1alpha), and the user's services when a schema is given: their names."""
+        from callstate.server.reflection import build_pool, serve_reflection
+
+        own = [pb.DESCRIPTOR, health_pb2.DESCRIPTOR]
+        schema = self.options.schema
+        if schema is None:
+            if self.options.rules is not None:
+                raise ValueError("a rules file needs a schema to stand in for (ServerOptions.schema)")
+            serve_reflection(server, SERVICE_NAMES[:-1], build_pool(own))
+            return ()
+        from callstate.rules import load_rules
+        from callstate.server.standin import RulesFile, Standin
+
+        assert self.emulator is not None
+        rules = None if self.options.rules is None else load_rules(self.options.rules, schema,
+                                                                   self.options.emulator.limits)
+        self.standin = standin = Standin(schema, self.emulator, rules)
+        standin.register(server)
+        if self.options.rules is not None:
+            self.rules_file = RulesFile(self.options.rules, standin)
+        files = [schema.pool.FindFileByName(f.name) for f in schema.files.file]
+        serve_reflection(server, SERVICE_NAMES[:-1] + tuple(standin.service_names), build_pool(own + files))
+        return tuple(standin.service_names)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving; every call in flight ends (and is logged) before the log closes."""
@@ -141,6 +179,8 @@ class EmulatorServer:
             return
         server, self._server = self._server, None
         assert self._health is not None and self.emulator is not None and self.journal is not None
+        if self.rules_file is not None:
+            await self.rules_file.stop()
         await self._health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(server.stop(self.options.grace if grace is None else grace))
         self.emulator.stop_all()   # held calls end now (1722) instead of at the grace deadline
@@ -210,6 +250,11 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
           f"({access}{', token required' if options.token else ''}; "
           f"state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
+    if srv.standin is not None:
+        from callstate.rules import describe
+        print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({len(srv.standin.methods)} "
+              f"methods; rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
+              file=ready, flush=True)
     await stop.wait()
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)
     await srv.stop()

@@ -28,7 +28,7 @@ from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_
 from callstate.statelog import Entry
 from callstate.server.journal import Journal
 
-# Entry(...) without the Python-level __new__ of a NamedTuple: all fourteen fields, in order.
+# Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
 
 _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
@@ -36,12 +36,13 @@ _INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
 
 class ServerCall:
     __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_timer",
-                 "_rec",
-                 "_journal", "_log", "polls")
+                 "_rec", "_journal", "_log", "polls", "method", "rule")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
-                 kind: str = UNARY, deadline_ms: int | None = None) -> None:
+                 kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
+                 rule: str | None = None) -> None:
         self.call_id = call_id
+        self.method, self.rule = method, rule   # a stand-in's call: named in each of its entries
         self.lifecycle = Lifecycle(SERVER, keep_history=False, kind=kind)   # the journal keeps the history
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
@@ -52,10 +53,10 @@ class ServerCall:
         self.polls: CancelPoll | None = None   # set by `poll_cancels`: the handler asks for cancels
         self._journal = journal
         self._log = log_append
-        self._rec = journal.open(call_id, outcome, deadline_ms)
+        self._rec = journal.open(call_id, outcome, deadline_ms, method, rule)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
         self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
-                           None)))
+                           None, method, rule)))
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)
@@ -69,7 +70,7 @@ class ServerCall:
              sent: int | None = None, received: int | None = None) -> None:
         prev, state = self.lifecycle.move(move)
         e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
-                    received, None))
+                    received, None, self.method, self.rule))
         self._journal.add(self._rec, e)   # _emit, inlined on the hot path
         self._log(e)
 
@@ -98,13 +99,14 @@ class ServerCall:
         if self.cancel_kind is None:
             self.cancel_kind = kind
         self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, CANCEL_SEEN, cancel=kind,
-                         delay_ms=delay_ms))
+                         delay_ms=delay_ms, method=self.method, rule=self.rule))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
     def breach(self, detail: str) -> None:
         """A pipe rule broken on this call (by the handler, or seen broken by the caller)."""
-        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, PIPE_BREACH, detail=detail))
+        self._emit(Entry(time.time(), SERVER, self.call_id, self.state, self.state, PIPE_BREACH, detail=detail,
+                         method=self.method, rule=self.rule))
 
     # -- a handler that polls for cancels (RpcServerTestCancel) --------------------------------------
     def poll_cancels(self, interval: float) -> None:

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import grpc
 
@@ -27,9 +27,13 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
+from callstate.server.answer import Answer
 from callstate.server.calls import ServerCall
 from callstate.server.journal import Journal
 from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
+
+if TYPE_CHECKING:
+    from callstate.server.pipes import PipeServicer
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
@@ -100,6 +104,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def PipeBoth(self, request_iterator, context):  # type: ignore[no-untyped-def]
         await self._pipes.pipe_both(request_iterator, context)
 
+    @property
+    def pipes(self) -> "PipeServicer":
+        return self._pipes
+
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
         self.stopping = True
@@ -127,30 +135,37 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
         return None
 
-    async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
-        call_id = request.call_id or _call_id_from_metadata(context)
+    async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
+        """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
+        if answer is None:
+            call_id = request.call_id or _call_id_from_metadata(context)
+            cancel_key = request.cancel_key
+            script = request.script if request.HasField("script") else None
+            mix = self.config.mix
+        else:
+            call_id, cancel_key, script, mix = answer.call_id, answer.cancel_key, answer.script, answer.mix or self.config.mix
         if refusal := self.bad_id(call_id):   # an id that is not a short metadata value is never logged
             await refuse(context, refusal)
         headers_sent = not call_id
         if headers_sent:
             call_id = new_call_id()
             await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        if refusal := bad_key(request.cancel_key) or self.in_flight(call_id):
+        if refusal := bad_key(cancel_key) or self.in_flight(call_id):
             await refuse(context, refusal)
-        script = request.script if request.HasField("script") else None
-        outcome = script.outcome if script is not None and script.outcome else OUTCOMES[self.config.mix.draw(self._rng)]
+        outcome = script.outcome if script is not None and script.outcome else OUTCOMES[mix.draw(self._rng)]
         if self.on_dispatch is not None:
             self.on_dispatch(call_id, context.invocation_metadata())
         call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
-                          deadline_ms=_deadline_ms(context))
-        call.cancel_key = request.cancel_key
+                          deadline_ms=_deadline_ms(context), method=answer and answer.method, rule=answer and answer.rule)
+        call.cancel_key = cancel_key
         self.live[call_id] = call
         self.poll_cancels(call, cancel_poll_ms(script))
-        if self._early_notices and self._early_notices.take(notice_key(call_id, request.cancel_key)):
+        if self._early_notices and self._early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         try:
             try:
-                validate_request(request, self.config.limits)
+                if answer is None:   # a stand-in's script was checked before its dispatch
+                    validate_request(request, self.config.limits)
             except RequestError as exc:
                 return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             if script is None:
@@ -197,7 +212,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                     if capped:
                         overran = True
                         break
-            return await self._run(call, script, outcome, request, context, overran)
+            return await self._run(call, script, outcome, request, context, overran, answer)
         except BaseException as exc:
             if not call.lifecycle.ended:
                 call.end_on_error(exc)
@@ -205,8 +220,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         finally:
             del self.live[call_id]
 
-    async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: pb.CallRequest,
-                   context: grpc.aio.ServicerContext, overran: bool) -> pb.CallReply:
+    async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: Any,
+                   context: grpc.aio.ServicerContext, overran: bool, answer: Answer | None = None) -> Any:
         """The script's outcome, once its waits are over (`overran`: they ran past --max-hold)."""
         policy = script.on_cancel or pb.ON_CANCEL_ABORT
         ignore = policy == pb.ON_CANCEL_IGNORE
@@ -215,7 +230,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
-                return await self._complete(call, script, request, context)
+                return await self._complete(call, script, request, context, answer)
             return await self._abort(call, context, codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED,
                                      f"cancelled by the caller ({call.cancel_kind})")
         if call.stopping:
@@ -226,7 +241,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                      f"held for the server's max hold time ({max_hold:g}s)" if hold else
                                      f"ran past the server's max hold time ({max_hold:g}s)")
         if outcome == _COMPLETE:
-            return await self._complete(call, script, request, context)
+            return await self._complete(call, script, request, context, answer)
         if outcome == _ABORT:
             code = script.abort_code or self.config.abort_code
             status = codes.status_from_value(script.abort_grpc_status) if script.abort_grpc_status else None
@@ -238,8 +253,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             raise asyncio.CancelledError()
         raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
 
-    async def _complete(self, call: ServerCall, script: pb.Script, request: pb.CallRequest,
-                        context: grpc.aio.ServicerContext) -> pb.CallReply:
+    async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
+                        context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
+        if answer is not None:   # a stand-in's reply: the rule's, or the response type's empty message
+            call.move(COMPLETE)
+            call.move(COMPLETED, server_end_code(COMPLETED), _OK)
+            if call.rpc_cancelled:
+                raise asyncio.CancelledError()
+            return answer.reply
         size = len(request.payload) if script.echo else script.reply_bytes
         if size:
             budget = self.config.max_reply_backlog_bytes

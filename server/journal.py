@@ -25,9 +25,11 @@ RECORD_BYTES = 300
 
 
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "omitted", "bytes", "deadline_ms")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "omitted", "bytes", "deadline_ms",
+                 "method", "rule")
 
-    def __init__(self, call_id: str, outcome: str = "", deadline_ms: int | None = None) -> None:
+    def __init__(self, call_id: str, outcome: str = "", deadline_ms: int | None = None, method: str | None = None,
+                 rule: str | None = None) -> None:
         self.call_id = call_id
         self.entries: list[Entry] = []
         self.state = ""
@@ -37,6 +39,7 @@ class CallRecord:
         self.omitted = 0     # events counted but not stored: over the per-call cap
         self.bytes = RECORD_BYTES + len(call_id)
         self.deadline_ms = deadline_ms   # the caller's deadline as it arrived (grpc-timeout)
+        self.method, self.rule = method, rule   # a stand-in's call: its method and the rule that answered it
 
     @property
     def ended(self) -> bool:
@@ -88,9 +91,10 @@ class Journal:
         self.by_state: dict[str, int] = {}
         self.by_code: dict[int, int] = {}
 
-    def open(self, call_id: str, outcome: str = "", deadline_ms: int | None = None) -> CallRecord:
+    def open(self, call_id: str, outcome: str = "", deadline_ms: int | None = None, method: str | None = None,
+             rule: str | None = None) -> CallRecord:
         """A newly dispatched call: its record (the caller adds its entries to it)."""
-        rec = self._calls[call_id] = CallRecord(call_id, outcome, deadline_ms)
+        rec = self._calls[call_id] = CallRecord(call_id, outcome, deadline_ms, method, rule)
         self.dispatched += 1
         self.in_flight += 1
         return rec

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from callstate.rules import method_pattern
 from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -24,7 +25,8 @@ def summary(rec: CallRecord) -> pb.CallSummary:
     msg = pb.CallSummary(call_id=rec.call_id, state=rec.state, outcome=rec.outcome,
                          started=format_ts(rec.entries[0].t) if rec.entries else "",
                          ended=format_ts(final.t) if final else "", cancel_seen=rec.saw_cancel,
-                         grpc_status=final.grpc_status or "" if final else "")
+                         grpc_status=final.grpc_status or "" if final else "", method=rec.method or "",
+                         rule=rec.rule or "")
     if final is not None and final.code is not None:
         msg.code = final.code
     return msg
@@ -46,11 +48,16 @@ class JournalServicer(pb_grpc.JournalServicer):
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = request.limit or 100
         want_code = request.code if request.HasField("code") else None
+        want_method = method_pattern(request.method) if request.method else None
         out = []
         for rec in self.journal.records():
             if request.in_flight and rec.ended:
                 continue
             if request.state and rec.state != request.state:
+                continue
+            if want_method is not None and not (rec.method and want_method.fullmatch(rec.method)):
+                continue
+            if request.rule and rec.rule != request.rule:
                 continue
             if want_code is not None:
                 final = rec.final

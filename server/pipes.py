@@ -31,6 +31,7 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
                                  server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
 from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError, cancel_poll_ms
+from callstate.server.answer import Answer
 from callstate.server.calls import ServerCall
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
@@ -64,9 +65,11 @@ class PipeRun:
     """One pipe call on the server: its ServerCall, its counts, its reader task."""
 
     def __init__(self, owner: "PipeServicer", call: ServerCall, kind: str, script: pb.PipeScript,
-                 context: grpc.aio.ServicerContext, requests: AsyncIterator[pb.PipeMessage] | None) -> None:
+                 context: grpc.aio.ServicerContext, requests: AsyncIterator[Any] | None,
+                 answer: Answer | None = None) -> None:
         self.owner, self.call, self.kind, self.script, self.context = owner, call, kind, script, context
         self.requests = requests
+        self.answer = answer   # a stand-in's call: the user's messages in, its reply out
         self.sent = self.received = self.received_bytes = 0
         self.reader_done = False      # the client's stream ended (a half-close, or a cancel)
         self.reader_error: BaseException | None = None
@@ -93,6 +96,7 @@ class PipeRun:
 
     async def _read(self) -> None:
         call, stop_at = self.call, self._wake_count()
+        pipe_messages = self.answer is None   # callstate.v1.PipeMessage: a null push, a payload
         try:
             async for msg in self.requests:  # type: ignore[union-attr]
                 if self.null_push_seen:   # nothing counts after the null push; read on to the stream's end
@@ -101,13 +105,14 @@ class PipeRun:
                         call.breach("the caller pushed after its null push")
                         call.wake()
                     continue
-                if msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
+                if pipe_messages and msg.null_push:   # the caller's explicit null push: a half-close, not a cancel
                     self.null_push_seen = True
                     self.reader_done = True
                     call.wake()
                     continue
                 self.received += 1
-                self.received_bytes += len(msg.payload)
+                if pipe_messages:
+                    self.received_bytes += len(msg.payload)
                 if self.log_messages and not call.lifecycle.ended:
                     call.move(RECEIVE_COMPLETE, sent=self.sent, received=self.received)
                 if self.received == stop_at:   # the script's point: pull no further
@@ -215,7 +220,9 @@ class PipeRun:
         self.move(COMPLETE)
         self.move(COMPLETED, server_end_code(COMPLETED), _OK)
         reply = None
-        if self.kind == PIPE_IN:
+        if self.kind == PIPE_IN and self.answer is not None:
+            reply = self.answer.reply
+        elif self.kind == PIPE_IN:
             reply = pb.PipeReply(call_id=self.call.call_id, received=self.received,
                                  received_bytes=self.received_bytes, cancel_seen=self.call.cancel_kind is not None)
         raise _Ended(reply)
@@ -250,6 +257,7 @@ class PipeRun:
         payload = bytes(script.message_bytes)
         after_out = script.at_count if script.at == _AFTER_OUT else -1
         write, call, log_messages = self.context.write, self.call, self.log_messages
+        reply = None if self.answer is None else self.answer.reply   # a stand-in pushes its reply
         while count is None or self.sent < count:
             if self.sent == after_out or until():
                 return True
@@ -259,7 +267,7 @@ class PipeRun:
                     await self.confirm_half_close()
             # counted when handed to gRPC: a cancel can interrupt the await after the message left
             self.sent += 1
-            await write(pb.PipeMessage(seq=self.sent, payload=payload))
+            await write(pb.PipeMessage(seq=self.sent, payload=payload) if reply is None else reply)
             if log_messages:
                 call.move(SEND_COMPLETE, sent=self.sent, received=self.received)
             if interval:
@@ -296,40 +304,49 @@ class PipeServicer:
     async def pipe_both(self, requests: AsyncIterator[pb.PipeMessage], context: grpc.aio.ServicerContext) -> None:
         await self._serve(PIPE_BOTH, None, requests, context)
 
-    async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[pb.PipeMessage] | None,
-                     context: grpc.aio.ServicerContext) -> Any:
+    async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[Any] | None,
+                     context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
+        """A pipe of `kind`; with `answer`, a stand-in's streaming call of a user's method."""
         from callstate.server.emulator import FatalHandlerError, bad_key, notice_key, refuse
 
         emulator = self.emulator
-        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
-        call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
-        cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
+        if answer is None:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+            call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
+            cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
+        else:
+            call_id, cancel_key = answer.call_id, answer.cancel_key
         # refused before dispatch, as unary calls are: such an id is never logged
         if refusal := emulator.bad_id(call_id) or bad_key(cancel_key, CANCEL_KEY_KEY):
             await refuse(context, refusal)
         call_id = call_id or new_call_id()
         if refusal := emulator.in_flight(call_id):
             await refuse(context, refusal)
-        script, bad = _script(request, metadata)
+        if answer is None:
+            script, bad = _script(request, metadata)
+            mix = self.config.mix
+        else:   # checked before its dispatch; a copy, as the draw below fills in its outcome
+            script, bad, mix = _copy(answer.script), None, answer.mix or self.config.mix
         scripted = script is not None
-        if bad is None and scripted:   # the caller's script as sent, before an outcome is drawn for it
+        if bad is None and scripted and answer is None:   # the caller's script as sent, before an outcome is drawn
             try:
                 validate_pipe(script, kind, self.config.limits)
             except ScriptError as exc:
                 bad = str(exc)
         if script is None:
-            script = pb.PipeScript(outcome=OUTCOMES[self.config.mix.draw(emulator._rng)])
+            script = pb.PipeScript(outcome=OUTCOMES[mix.draw(emulator._rng)])
         elif not script.outcome:   # a breach breaks a rule on the way to a complete
-            script.outcome = _COMPLETE if script.breach else OUTCOMES[self.config.mix.draw(emulator._rng)]
+            script.outcome = _COMPLETE if script.breach else OUTCOMES[mix.draw(emulator._rng)]
         if emulator.on_dispatch is not None:   # tracing: the caller's trace context
             emulator.on_dispatch(call_id, context.invocation_metadata())
-        call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind)
+        call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind,
+                          method=answer and answer.method, rule=answer and answer.rule)
         call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         emulator.live[call_id] = call
         emulator.poll_cancels(call, cancel_poll_ms(script) if scripted else None)
         if emulator._early_notices and emulator._early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
-        run = PipeRun(self, call, kind, script, context, requests)
+        run = PipeRun(self, call, kind, script, context, requests, answer)
         run._scripted = scripted
         try:
             try:
@@ -365,6 +382,8 @@ class PipeServicer:
         finally:
             await run.stop_reader()
             del emulator.live[call_id]
+
+    serve = _serve   # a stand-in's streaming calls (server/standin.py), with their Answer
 
     def _end_after_abortive(self, run: PipeRun) -> None:
         """The caller cancelled abortively (or vanished): nothing more can be sent or received.
@@ -440,6 +459,14 @@ def _script(request: pb.PipeRequest | None, metadata: dict[str, Any]) -> tuple[p
         return pb.PipeScript.FromString(raw if isinstance(raw, bytes) else raw.encode()), None
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
         return pb.PipeScript(), f"script: metadata {PIPE_SCRIPT_KEY} is not a callstate.v1.PipeScript ({exc})"
+
+
+def _copy(script: pb.PipeScript | None) -> pb.PipeScript | None:
+    if script is None:
+        return None
+    copy = pb.PipeScript()
+    copy.CopyFrom(script)
+    return copy
 
 
 def _text(value: object) -> str:

@@ -23,3 +23,14 @@ need() {   # need BINARY PACKAGE REASON
 need chromium chromium "the HTML report is rendered in a real headless browser"
 need nginx nginx "callstate conformance is tested through a real nginx (grpc_pass over h2c)"
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"
+
+# grpc-js, a client that knows nothing of callstate, for the stand-in's tests (pinned in
+# tests/js/package.json and package-lock.json; installed into tests/js/node_modules, git-ignored)
+if command -v npm >/dev/null 2>&1; then
+    if [ ! -d "$(dirname "$0")/../tests/js/node_modules/@grpc/grpc-js" ]; then
+        (cd "$(dirname "$0")/../tests/js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+            || echo "system-deps: npm ci in tests/js failed; the grpc-js tests skip"
+    fi
+else
+    echo "system-deps: no npm; the grpc-js tests of the stand-in skip"
+fi

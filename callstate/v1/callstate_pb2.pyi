@@ -184,7 +184,7 @@ class PipeReply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., received: _Optional[int] = ..., received_bytes: _Optional[int] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
 
 class StateEntry(_message.Message):
-    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "sent", "received", "dropped", "delay_ms")
+    __slots__ = ("ts", "side", "call_id", "state", "prev", "event", "move", "code", "grpc_status", "detail", "cancel", "sent", "received", "dropped", "delay_ms", "method", "rule")
     TS_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,8 @@ class StateEntry(_message.Message):
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     ts: str
     side: str
     call_id: str
@@ -215,7 +217,9 @@ class StateEntry(_message.Message):
     received: int
     dropped: int
     delay_ms: float
-    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ..., delay_ms: _Optional[float] = ...) -> None: ...
+    method: str
+    rule: str
+    def __init__(self, ts: _Optional[str] = ..., side: _Optional[str] = ..., call_id: _Optional[str] = ..., state: _Optional[str] = ..., prev: _Optional[str] = ..., event: _Optional[str] = ..., move: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., detail: _Optional[str] = ..., cancel: _Optional[str] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ..., delay_ms: _Optional[float] = ..., method: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("call_id",)
@@ -236,19 +240,23 @@ class CallHistory(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., ended: _Optional[bool] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
-    __slots__ = ("state", "code", "in_flight", "limit")
+    __slots__ = ("state", "code", "in_flight", "limit", "method", "rule")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     state: str
     code: int
     in_flight: bool
     limit: int
-    def __init__(self, state: _Optional[str] = ..., code: _Optional[int] = ..., in_flight: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    method: str
+    rule: str
+    def __init__(self, state: _Optional[str] = ..., code: _Optional[int] = ..., in_flight: _Optional[bool] = ..., limit: _Optional[int] = ..., method: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class CallSummary(_message.Message):
-    __slots__ = ("call_id", "state", "outcome", "code", "grpc_status", "started", "ended", "cancel_seen")
+    __slots__ = ("call_id", "state", "outcome", "code", "grpc_status", "started", "ended", "cancel_seen", "method", "rule")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +265,8 @@ class CallSummary(_message.Message):
     STARTED_FIELD_NUMBER: _ClassVar[int]
     ENDED_FIELD_NUMBER: _ClassVar[int]
     CANCEL_SEEN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     state: str
     outcome: str
@@ -265,7 +275,9 @@ class CallSummary(_message.Message):
     started: str
     ended: str
     cancel_seen: bool
-    def __init__(self, call_id: _Optional[str] = ..., state: _Optional[str] = ..., outcome: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., started: _Optional[str] = ..., ended: _Optional[str] = ..., cancel_seen: _Optional[bool] = ...) -> None: ...
+    method: str
+    rule: str
+    def __init__(self, call_id: _Optional[str] = ..., state: _Optional[str] = ..., outcome: _Optional[str] = ..., code: _Optional[int] = ..., grpc_status: _Optional[str] = ..., started: _Optional[str] = ..., ended: _Optional[str] = ..., cancel_seen: _Optional[bool] = ..., method: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class ListCallsReply(_message.Message):
     __slots__ = ("calls",)

@@ -11,6 +11,9 @@ Fixtures:
   callstate_client          a sync `callstate.client.Client` connected to callstate_server
   callstate_async_client    an `AsyncClient` created on the test's own event loop (pytest-asyncio)
   callstate_calls           the calls the test made; checked at teardown
+  callstate_standin         a stand-in of your own protos (marker or ini options name the protos
+                            and rules): `.target`, `.schema`, `.history(call_id)`, `.calls(method=,
+                            rule=)`; a plugin client's calls on it are checked like the others
 
 Every call made through these clients is checked at the test's teardown with the rules of
 `callstate check` (both sides: the client's entries as recorded, the server's from its
@@ -35,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["assert_lifecycle"]
 
 _CALLS = pytest.StashKey["TestCalls"]()
+_STANDIN_INI = {"callstate_protos": ".proto files the callstate_standin fixture serves (paths from the rootdir)",
+                "callstate_proto_path": "import paths of those .proto files (protoc's -I)",
+                "callstate_descriptor_set": "or: a FileDescriptorSet the callstate_standin fixture serves",
+                "callstate_rules": "the rules file (YAML or JSON) of the callstate_standin fixture"}
 SETTLE = 5.0   # how long the teardown check waits for the server to end a call the client has ended
 
 
@@ -54,6 +61,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="how long to wait for --callstate-target to accept a connection (default: 5)")
     group.addoption("--callstate-log-dir", metavar="DIR", default=None,
                     help="keep both sides' state logs of every failed test in DIR/<test id>/")
+    for name, help_text in _STANDIN_INI.items():
+        parser.addini(name, help_text, default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "callstate_standin(protos=[...], proto_path=[...], rules=FILE, "
+                            "descriptor_set=FILE, mix=..., max_hold=...): configure the callstate_standin fixture")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -233,3 +247,29 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
         return c
 
     srv.client, srv.async_client = client, async_client
+
+
+@pytest.fixture
+def callstate_standin(request: pytest.FixtureRequest, tmp_path: Path,
+                      callstate_calls: "TestCalls") -> Iterator[Any]:
+    """A stand-in of your own services for this test: every method answered with the server
+    lifecycle, scripted by the `callstate-script` header or the rules file; stopped at teardown
+    after its calls are checked."""
+    from callstate.pytest_plugin.assertions import register_server, unregister_server
+    from callstate.pytest_plugin.servers import ServerUnavailable
+    from callstate.pytest_plugin.standin import MARKER, settings, start_standin
+
+    marker = request.node.get_closest_marker(MARKER)
+    try:
+        conf = settings(dict(marker.kwargs) if marker else {}, request.config.getini, request.config.rootpath)
+        srv = start_standin(tmp_path / "standin.jsonl", **conf)
+    except ServerUnavailable as exc:
+        _fail(str(exc))
+    _bind_clients(srv, callstate_calls)
+    register_server(srv)
+    try:
+        yield srv
+        callstate_calls.check()
+    finally:
+        unregister_server(srv)
+        srv.stop()

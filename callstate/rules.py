@@ -1,0 +1,313 @@
+"""A stand-in's rules file: which script, reply and mix answer each call of a user's method.
+
+    rules:
+      - method: payments.v1.Payments/Charge   # full name; * matches any part
+        match:                                 # all must hold; none = every call
+          request: {currency: "EUR"}           # a subset of the request's JSON form
+          metadata: {x-tenant: "acme"}
+        script: {outcome: abort, abort_code: 4321}
+        reply: {status: "DECLINED"}            # the response, for complete
+        mix: {complete: 80, abort: 15, fatal: 5}
+
+Pure: text and a `Schema` in, compiled rules out; every check runs when the file is loaded,
+so a running server never meets a rule it cannot apply. Errors are one line naming the
+file, the rule's line and the field (`RulesError`). YAML needs PyYAML (`callstate[standin]`);
+a file that parses as JSON loads without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, UNARY
+from callstate.pipe_script import validate_pipe
+from callstate.schema import Method, Schema, SchemaError, message_from_json, normalise_method_name
+from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
+from callstate.script_header import from_fields
+
+RULE_KEYS = ("name", "method", "match", "script", "reply", "mix")
+MATCH_KEYS = ("request", "metadata")
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used: one line naming the file, line and field at fault."""
+
+
+def method_pattern(pattern: str) -> re.Pattern[str]:
+    """A method name with `*` wildcards ("shop.v1.*/Charge", "*") as a full-match regex."""
+    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern.strip().lstrip("/")))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule compiled for one method: what it matches and how it answers."""
+
+    label: str                            # its name, or "rules[N]" (its place in the file)
+    request: Mapping[str, Any] | None     # a subset of the request's JSON form (canonical field names)
+    metadata: Mapping[str, str]
+    script: Message | None                # pb.Script (unary) or pb.PipeScript (streams), validated
+    reply: Message | None                 # the response type's message, for complete (and each pushed one)
+    mix: Mix | None
+
+    def matches(self, metadata: Mapping[str, Any], request_json: "RequestJson") -> bool:
+        for key, want in self.metadata.items():
+            got = metadata.get(key)
+            if isinstance(got, bytes):
+                got = got.decode(errors="replace")
+            if got != want:
+                return False
+        return self.request is None or _subset(self.request, request_json.get())
+
+
+class RequestJson:
+    """A request's JSON form, made once and only when a rule asks for it (default-valued fields
+    included, so `{amount: 0}` matches a request that leaves amount at 0)."""
+
+    __slots__ = ("_msg", "_dict")
+
+    def __init__(self, msg: Message | None) -> None:
+        self._msg, self._dict = msg, None
+
+    def get(self) -> dict[str, Any] | None:
+        if self._dict is None and self._msg is not None:
+            self._dict = json_format.MessageToDict(self._msg, preserving_proto_field_name=True,
+                                                   always_print_fields_with_no_presence=True)
+        return self._dict
+
+
+@dataclass
+class RuleSet:
+    """Rules compiled against a schema: for each method, its rules in file order."""
+
+    by_method: dict[str, list[Rule]]
+    count: int
+    source: str = ""
+
+    def first_match(self, method: str, metadata: Mapping[str, Any], request: Message | None) -> Rule | None:
+        rules = self.by_method.get(method)
+        if not rules:
+            return None
+        request_json = RequestJson(request)
+        for rule in rules:
+            if rule.matches(metadata, request_json):
+                return rule
+        return None
+
+    @classmethod
+    def empty(cls) -> "RuleSet":
+        return cls({}, 0)
+
+
+def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:
+    """Read and compile a rules file; RulesError names the file, the line and the field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_rules(text, schema, limits, source=str(path))
+
+
+def parse_rules(text: str, schema: Schema, limits: Limits = Limits(), *, source: str = "rules") -> RuleSet:
+    data, lines = _parse(text, source)
+    if data is None:
+        data = {"rules": []}
+    if not isinstance(data, dict) or set(data) - {"rules"}:
+        extra = sorted(set(data) - {"rules"}) if isinstance(data, dict) else []
+        raise RulesError(f"{source}:1: expected a mapping with one key, 'rules' (a list)"
+                         + (f"; unknown key {extra[0]!r}" if extra else ""))
+    rules = data.get("rules") or []
+    if not isinstance(rules, list):
+        raise RulesError(f"{source}:{lines.get(-1, 1)}: rules must be a list")
+    by_method: dict[str, list[Rule]] = {}
+    for index, raw in enumerate(rules):
+        where = f"{source}:{lines.get(index, 1)}: rules[{index}]"
+        for method, rule in _compile(raw, index, where, schema, limits):
+            by_method.setdefault(method, []).append(rule)
+    return RuleSet(by_method, len(rules), source)
+
+
+def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
+    """The data, and the line (1-based) of each rule (-1: of the rules list itself)."""
+    try:
+        data = json.loads(text)
+        return data, _json_lines(text, data)
+    except ValueError:
+        pass
+    try:
+        import yaml
+    except ImportError:
+        raise RulesError(f"{source}: not JSON, and YAML needs PyYAML: pip install 'callstate[standin]'") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RulesError(f"{source}{line}: not valid YAML ({problem})") from None
+    lines: dict[int, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "rules":
+                lines[-1] = value.start_mark.line + 1
+                if isinstance(value, yaml.SequenceNode):
+                    lines.update({i: item.start_mark.line + 1 for i, item in enumerate(value.value)})
+    return data, lines
+
+
+def _json_lines(text: str, data: Any) -> dict[int, int]:
+    """JSON has no node marks: each rule's line is that of its opening brace, found in order."""
+    lines: dict[int, int] = {}
+    rules = data.get("rules") if isinstance(data, dict) else None
+    if not isinstance(rules, list):
+        return lines
+    start = text.find('"rules"')
+    pos = text.find("[", start) + 1 if start >= 0 else 0
+    decoder = json.JSONDecoder()
+    for i in range(len(rules)):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        lines[i] = text.count("\n", 0, pos) + 1
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+    return lines
+
+
+def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -> Iterable[tuple[str, Rule]]:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: a rule is a mapping with {', '.join(RULE_KEYS)}")
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise RulesError(f"{where}: unknown key {key!r}; a rule has {', '.join(RULE_KEYS)}")
+    label = raw.get("name")
+    if label is not None and not (isinstance(label, str) and label.strip()):
+        raise RulesError(f"{where}.name: must be a non-empty string")
+    label = label or f"rules[{index}]"
+    pattern = raw.get("method")
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise RulesError(f"{where}.method: required: the full method name, pkg.Svc/Method (* matches any part)")
+    regex = method_pattern(pattern if "*" in pattern else normalise_method_name(pattern))
+    methods = [m for name, m in sorted(schema.methods.items()) if regex.fullmatch(name)]
+    if not methods:
+        known = ", ".join(sorted(schema.methods)) or "none"
+        raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}; the schema has: {known}")
+    match = raw.get("match") or {}
+    if not isinstance(match, dict):
+        raise RulesError(f"{where}.match: a mapping with request and/or metadata")
+    for key in match:
+        if key not in MATCH_KEYS:
+            raise RulesError(f"{where}.match: unknown key {key!r}; expected request or metadata")
+    metadata = match.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, (str, int, float, bool)) for v in metadata.values()):
+        raise RulesError(f"{where}.match.metadata: a mapping of header name to value")
+    metadata = {str(k).lower(): (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in metadata.items()}
+    request = match.get("request")
+    if request is not None and not isinstance(request, dict):
+        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
+    script_fields = raw.get("script")
+    if script_fields is not None and not isinstance(script_fields, dict):
+        raise RulesError(f"{where}.script: a mapping of script fields (outcome, abort_code, ...)")
+    mix = _mix(raw.get("mix"), f"{where}.mix")
+    if mix is not None and script_fields and script_fields.get("outcome") is not None:
+        raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
+    reply = raw.get("reply")
+    if reply is not None and not isinstance(reply, dict):
+        raise RulesError(f"{where}.reply: a mapping: the response in its JSON form")
+    for method in methods:
+        m_where = f"{where} ({method.name})"
+        if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
+            if "*" not in pattern:
+                raise RulesError(f"{m_where}.match.request: a {_shape(method)} method has no single request to match")
+            continue   # a wildcard rule applies to the methods whose request it can see
+        yield method.name, Rule(
+            label=label,
+            request=None if request is None else _canonical(request, method, f"{m_where}.match.request"),
+            metadata=metadata,
+            script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
+            reply=None if reply is None else _message(method.response, reply, f"{m_where}.reply"),
+            mix=mix)
+
+
+def _shape(method: Method) -> str:
+    return "client-streaming" if method.kind == PIPE_IN else "bidi-streaming"
+
+
+def _script(fields: Mapping[str, Any], method: Method, where: str, limits: Limits) -> Message:
+    try:
+        script = from_fields(fields, method.kind)
+        if method.kind == UNARY:
+            validate(script, limits)   # type: ignore[arg-type]
+        else:
+            validate_pipe(script, method.kind, limits)   # type: ignore[arg-type]
+    except ScriptError as exc:
+        message = str(exc).removeprefix(f"script.{exc.field}: ")
+        raise RulesError(f"{where}.{exc.field}: {message}") from None
+    return script
+
+
+def _mix(raw: Any, where: str) -> Mix | None:
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        raw = ",".join(f"{k}={v}" for k, v in raw.items())
+    if not isinstance(raw, str):
+        raise RulesError(f"{where}: a mapping of outcome to weight, e.g. {{complete: 80, abort: 20}}")
+    try:
+        return Mix.parse(raw, tuple(OUTCOMES))
+    except MixError as exc:
+        raise RulesError(f"{where}: {exc}") from None
+
+
+def _message(cls: type[Message], data: Mapping[str, Any], where: str) -> Message:
+    try:
+        return message_from_json(cls, data, where=where)
+    except SchemaError as exc:
+        raise RulesError(str(exc)) from None
+
+
+def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[str, Any]:
+    """The pattern in the form a request's JSON takes (proto field names, enum names, int64 as
+    strings, well-known types as their JSON), restricted to the fields the pattern names."""
+    msg = _message(method.request, pattern, where)
+    full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return _restrict(full, pattern, method.request.DESCRIPTOR)
+
+
+def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
+        assert field is not None, "the pattern parsed into the message, so each key is a field"
+        sub = field.message_type
+        plain_message = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
+                         and not sub.full_name.startswith("google.protobuf.") and isinstance(value, dict))
+        out[field.name] = (_restrict(full.get(field.name) or {}, value, sub) if plain_message
+                           else full.get(field.name))
+    return out
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _subset(pattern: Any, value: Any) -> bool:
+    """Mappings: each key of the pattern present, its value a subset; anything else: equal."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(k in value and _subset(v, value[k]) for k, v in pattern.items())
+    return pattern == value
+
+
+def describe(rules: RuleSet) -> str:
+    methods = sorted(rules.by_method)
+    return f"{rules.count} rule{'s' if rules.count != 1 else ''} for {len(methods)} method{'s' if len(methods) != 1 else ''}"

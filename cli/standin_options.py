@@ -1,0 +1,57 @@
+"""`callstate serve`'s stand-in options: the user's schema (.proto files, a descriptor set or a
+running server's reflection) and the rules file, loaded before the server starts so that any
+bad input is one line and exit 2, never a server that half serves."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from callstate.cli.options import para
+
+
+def add_standin(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stand-in for any service (docs/any-service.md)", para(
+        "Serve every method of your own services with the emulator's lifecycle: give the schema as .proto "
+        "files, a descriptor set, or another server's reflection. Scripts come from a callstate-script header, "
+        "else from the first matching rule of --rules, else from --mix."))
+    g.add_argument("--proto", action="append", default=[], metavar="FILE",
+                   help="a .proto file to serve (repeatable); compiled at start, imports of the well-known types work")
+    g.add_argument("--proto-path", action="append", default=[], metavar="DIR",
+                   help="where imports are looked up, like protoc's -I (repeatable; default: each file's folder)")
+    g.add_argument("--descriptor-set", metavar="FILE",
+                   help="a FileDescriptorSet to serve (protoc --include_imports -o FILE, or buf build -o FILE)")
+    g.add_argument("--reflect-from", metavar="HOST:PORT",
+                   help="read the schema from a running server's reflection, once at start (plaintext)")
+    g.add_argument("--rules", metavar="FILE", help="YAML (or JSON) rules: per method and request, the script, "
+                   "reply and mix; reloaded when the file changes")
+
+
+def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None]:
+    """The schema (None: no stand-in) and the rules file, checked; ValueError naming what is wrong."""
+    from callstate.rules import load_rules
+    from callstate.schema import from_descriptor_set, from_protos, from_reflection
+
+    sources = [flag for flag, given in (("--proto", opts.proto), ("--descriptor-set", opts.descriptor_set),
+                                        ("--reflect-from", opts.reflect_from)) if given]
+    if len(sources) > 1:
+        raise ValueError(f"{' and '.join(sources)}: give the schema one way")
+    if opts.proto_path and not opts.proto:
+        raise ValueError("--proto-path goes with --proto")
+    if not sources:
+        if opts.rules:
+            raise ValueError("--rules needs a schema: --proto, --descriptor-set or --reflect-from")
+        return None, None
+    if opts.proto:
+        schema = from_protos(opts.proto, opts.proto_path)
+    elif opts.descriptor_set:
+        schema = from_descriptor_set(opts.descriptor_set)
+    else:
+        schema = from_reflection(opts.reflect_from)
+    from callstate.server.standin import served_methods
+
+    if not served_methods(schema):
+        raise ValueError(f"{sources[0]}: the schema has no service to stand in for")
+    if opts.rules:
+        load_rules(opts.rules, schema, limits)
+    return schema, opts.rules

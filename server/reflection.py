@@ -1,0 +1,82 @@
+"""Server reflection, v1 and v1alpha, over the server's own services and a stand-in's.
+
+grpcio-reflection ships v1alpha only; `grpc.reflection.v1` has the same messages under
+another package (the same bytes on the wire), so the one servicer answers both names. Its
+descriptors live in a pool of their own, built here: callstate.v1, health, both reflection
+versions and the user's schema side by side, without touching protobuf's default pool.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import grpc
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection_pb2 as rpb
+from grpc_reflection.v1alpha import reflection_pb2_grpc as rgrpc
+
+V1ALPHA = rpb.DESCRIPTOR.services_by_name["ServerReflection"].full_name
+V1 = "grpc.reflection.v1.ServerReflection"
+_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def v1_file() -> descriptor_pb2.FileDescriptorProto:
+    """grpc/reflection/v1/reflection.proto, made from the v1alpha file: only the package differs."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    rpb.DESCRIPTOR.CopyToProto(proto)
+    old, new = f".{proto.package}.", ".grpc.reflection.v1."
+    proto.name, proto.package = _V1_FILE, "grpc.reflection.v1"
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(old, new)
+    return proto
+
+
+def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.FileDescriptorProto] = ()) -> DescriptorPool:
+    """A pool with `own` files (and their imports) from the default pool, then `extra` (a
+    stand-in's schema, in dependency order); a file already in it is not added twice."""
+    pool = DescriptorPool()
+    added: set[str] = set()
+
+    def add_own(fd: FileDescriptor) -> None:
+        if fd.name in added:
+            return
+        for dep in fd.dependencies:
+            add_own(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        fd.CopyToProto(proto)
+        add_file(pool, proto)
+        added.add(fd.name)
+
+    for fd in (rpb.DESCRIPTOR, *own):
+        add_own(fd)
+    for proto in (v1_file(), *extra):
+        if proto.name not in added:
+            add_file(pool, proto)
+            added.add(proto.name)
+    return pool
+
+
+def add_file(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) -> None:
+    try:
+        pool.Add(proto)
+    except (TypeError, ValueError) as exc:   # a user's symbol that clashes with the server's own
+        raise ValueError(f"{proto.name}: cannot be served beside the server's own services ({exc})") from None
+
+
+def serve_reflection(server: grpc.aio.Server, service_names: Sequence[str], pool: DescriptorPool) -> None:
+    """Serve reflection of `service_names` (both reflection services are listed too) under both names."""
+    servicer = reflection_aio.ReflectionServicer(tuple(service_names) + (V1ALPHA, V1), pool=pool)
+    rgrpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(servicer.ServerReflectionInfo,
+                                                    request_deserializer=rpb.ServerReflectionRequest.FromString,
+                                                    response_serializer=rpb.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1, {"ServerReflectionInfo": handler}),))

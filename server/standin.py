@@ -1,0 +1,186 @@
+"""A stand-in for any gRPC service: every method of a user's schema, answered by the emulator.
+
+Each method is served by a generic handler with the user's message classes; before the
+dispatch it decides the call's `Answer`: the script (a `callstate-script` header first, else
+the first matching rule's), the reply (the rule's, else the response type's empty message),
+the rule's mix, the call id and cancel key from metadata. Then the call runs the very
+lifecycle of `Emulator/Call` (unary) or of a pipe (server-, client- and bidi-streaming map
+onto the out, in and both pipes): D -> Comp / A -> End / fatal, on_cancel, max hold, cancel
+notices by call id through `Emulator/Cancel`, the journal and the state log.
+
+A bad header is refused before dispatch (INVALID_ARGUMENT, 87 in the code trailer, naming the
+field), as the emulator refuses a bad call id: such a call is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf.message import Message
+
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
+from callstate.pipe_script import validate_pipe
+from callstate.rules import RuleSet, RulesError, describe, load_rules
+from callstate.schema import Method, Schema
+from callstate.script import ScriptError, validate
+from callstate.script_header import decode as decode_script
+from callstate.server.answer import Answer
+from callstate.server.emulator import EmulatorServicer, Refusal, refuse
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY
+
+# Services a stand-in never serves from a user's schema: the server's own (a schema read by
+# reflection from another callstate server lists them too).
+OWN_SERVICE_PREFIXES = ("callstate.v1.", "grpc.health.v1.", "grpc.reflection.")
+RULES_POLL = 0.5   # seconds between looks at the rules file (a change lands within two)
+
+
+def served_methods(schema: Schema) -> list[Method]:
+    return [m for m in schema.methods.values() if not m.service.startswith(OWN_SERVICE_PREFIXES)]
+
+
+class Standin:
+    """The user's services on an emulator: handlers, the per-call answer, the rules in force."""
+
+    def __init__(self, schema: Schema, emulator: EmulatorServicer, rules: RuleSet | None = None) -> None:
+        self.schema, self.emulator = schema, emulator
+        self.rules = rules or RuleSet.empty()
+        self.methods = served_methods(schema)
+        self._empty = {m.name: m.response() for m in self.methods}
+
+    @property
+    def service_names(self) -> list[str]:
+        return sorted({m.service for m in self.methods})
+
+    def register(self, server: grpc.aio.Server) -> None:
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for m in self.methods:
+            by_service.setdefault(m.service, {})[m.descriptor.name] = self._handler(m)
+        for service, handlers in by_service.items():
+            # generic handlers only: registering these methods too (add_registered_method_handlers)
+            # measured 0.7-0.9x Emulator/Call's calls/s, without 1.3-2.1x (benchmarks/run.py standin)
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+    def answer(self, method: Method, request: Message | None, metadata: dict[str, Any]) -> Answer | Refusal:
+        """The call's answer, or why it is refused before its dispatch."""
+        try:
+            script = decode_script(metadata, method.kind)
+            if script is not None:
+                if method.kind == UNARY:
+                    validate(script, self.emulator.config.limits)   # type: ignore[arg-type]
+                else:
+                    validate_pipe(script, method.kind, self.emulator.config.limits)   # type: ignore[arg-type]
+        except ScriptError as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"{method.name}: bad script header: {exc}"
+        rule = self.rules.first_match(method.name, metadata, request)
+        if rule is None:
+            return Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)), script,
+                          self._empty[method.name], method.name)
+        return Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)),
+                      script if script is not None else rule.script,
+                      rule.reply if rule.reply is not None else self._empty[method.name], method.name, rule.label,
+                      rule.mix)
+
+    def _handler(self, m: Method) -> grpc.RpcMethodHandler:
+        emulator, answer = self.emulator, self.answer
+        pipes = emulator.pipes
+        decode, encode = m.request.FromString, m.response.SerializeToString
+
+        async def unary(request: Message, context: grpc.aio.ServicerContext) -> Message:
+            got = answer(m, request, dict(context.invocation_metadata() or ()))
+            if not isinstance(got, Answer):
+                await refuse(context, got)
+            return await emulator.Call(request, context, got)
+
+        async def server_stream(request: Message, context: grpc.aio.ServicerContext) -> None:
+            got = answer(m, request, dict(context.invocation_metadata() or ()))
+            if not isinstance(got, Answer):
+                await refuse(context, got)
+            await pipes.serve(PIPE_OUT, None, None, context, got)
+
+        async def client_stream(requests: AsyncIterator[Message], context: grpc.aio.ServicerContext) -> Any:
+            got = answer(m, None, dict(context.invocation_metadata() or ()))
+            if not isinstance(got, Answer):
+                await refuse(context, got)
+            return await pipes.serve(m.kind, None, requests, context, got)
+
+        if m.kind == UNARY:
+            return grpc.unary_unary_rpc_method_handler(unary, decode, encode)
+        if m.kind == PIPE_OUT:
+            return grpc.unary_stream_rpc_method_handler(server_stream, decode, encode)
+        if m.kind == PIPE_IN:
+            return grpc.stream_unary_rpc_method_handler(client_stream, decode, encode)
+        assert m.kind == PIPE_BOTH
+        return grpc.stream_stream_rpc_method_handler(client_stream, decode, encode)
+
+
+class RulesFile:
+    """A rules file in force: reloaded when it changes; a bad edit keeps the last good rules
+    and says why on `err`. A running server never dies of it."""
+
+    def __init__(self, path: str | Path, standin: Standin, err: IO[str] = sys.stderr,
+                 on_reload: Callable[[RuleSet], None] | None = None) -> None:
+        self.path, self.standin, self.err, self.on_reload = Path(path), standin, err, on_reload
+        self._seen = _stamp(self.path)
+        self._settling = self._seen   # a new stamp, seen once: reloaded when the next look sees it again
+        self.reloads = self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RULES_POLL)
+            self.check()
+
+    def check(self) -> bool:
+        """Reload when the file changed and then held still for one look (an editor that
+        truncates and rewrites is not caught half-way); True when new rules are in force."""
+        stamp = _stamp(self.path)
+        if stamp == self._seen:
+            return False
+        if stamp != self._settling:
+            self._settling = stamp
+            return False
+        self._seen = stamp
+        try:
+            rules = load_rules(self.path, self.standin.schema, self.standin.emulator.config.limits)
+        except RulesError as exc:
+            self.failures += 1
+            print(f"callstate serve: --rules {self.path} not reloaded, the last good rules stay: {exc}",
+                  file=self.err, flush=True)
+            return False
+        self.standin.rules = rules
+        self.reloads += 1
+        print(f"callstate serve: --rules {self.path} reloaded ({describe(rules)})", file=self.err, flush=True)
+        if self.on_reload is not None:
+            self.on_reload(rules)
+        return True
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) else ""
