@@ -12,8 +12,9 @@ from callstate import codes
 from callstate.cli.observe_options import add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
                                    grpc_status, int64, non_negative_float, para, positive_float, text)
+from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
-from callstate.lifecycle import WCOMP
+from callstate.lifecycle import UNARY, WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
 _SCRIPT, _LIMITS = Script(), Limits()
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
                                         "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
-                       epilog=epilog() + "\n" + EXAMPLES + PIPE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=epilog() + "\n" + EXAMPLES + PIPE_EXAMPLES + METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
                    help="what the server's handler does (default: %(default)s)")
@@ -69,16 +70,33 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
     add_otel(p)
     add_pipe_options(p)
+    g = add_method_options(p, data_file_help="a file whose first JSON line is the request")
+    g.add_argument("--no-script", action="store_true",
+                   help="with --method: send no script header (a stand-in's rules or mix decide the outcome)")
     return p
 
 
 def run(opts: argparse.Namespace) -> int:
+    from callstate.client.any_method import shape
+
+    opts.settings = channel_settings(opts)
+    try:
+        opts.drive = drive_of(opts, opts.settings)
+    except DriveError as exc:
+        print(f"callstate call: {exc}", file=sys.stderr)
+        return 2
+    if opts.drive is not None and opts.drive.method.kind != UNARY:   # a streaming method: a pipe of its shape
+        if opts.pipe not in (None, opts.drive.method.kind):
+            opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is {shape(opts.drive.method.kind)}, "
+                                     f"a {opts.drive.method.kind} pipe")
+        opts.pipe = opts.drive.method.kind
+    elif opts.drive is not None and opts.pipe:
+        opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
     if opts.pipe:
         return run_pipe(opts)
     from callstate.observe import ObserveError
 
     provider = None
-    opts.settings = channel_settings(opts)
     try:
         provider = tracer_provider(opts, "callstate-call")
         return asyncio.run(_call(opts, provider))
@@ -105,7 +123,11 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)
     try:
-        call = client.prepare(script, payload=os.fsencode(opts.payload))
+        if opts.drive is None:
+            call = client.prepare(script, payload=os.fsencode(opts.payload))
+        else:
+            call = client.prepare(None if opts.no_script else script, method=opts.drive.method,
+                                  request=opts.drive.requests[0])
         abortive = not opts.non_abortive
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)
@@ -126,6 +148,9 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
         except CallError as err:
             _final(err.code, err.details)
             return 1
+        if opts.drive is not None:
+            _final(codes.RPC_S_OK, reply_text(reply))
+            return 0
         _final(codes.RPC_S_OK, f"reply of {len(reply.payload)} bytes" + (", cancel seen by the server" if reply.cancel_seen else ""))
         return 0
     finally:

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "not a regular file."))
     p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--allow-one-side", action="store_true",
+                   help="judge logs that hold only one side (a client driving a server that is not callstate) on "
+                        "that side alone; without it such logs fail (exit 1): the other side is unknown")
     return p
 
 
@@ -55,4 +58,8 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    if report.one_sided and not opts.allow_one_side:
+        print(f"callstate check: only the {report.one_sided} side is logged: pass --allow-one-side to judge it "
+              "alone, or add the other side's log", file=sys.stderr)
+        return 1
     return 0 if report.ok else 1

@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import sys
 
+from typing import Any
+
 from callstate.cli.live_view import MODES, choose
+from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load_run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
@@ -16,6 +19,7 @@ from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
                                 unreachable_pipe_points)
+from callstate.lifecycle import UNARY
 from callstate.script import Limits
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
@@ -56,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "code, counts per path and the cancel propagation time (client cancel -> "
                                         "server sees it). Exit status 1 when an invariant fails, 2 for bad usage or "
                                         "an unreachable server."),
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--calls", type=non_negative_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
@@ -122,6 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="after the run, keep /metrics up this long so a scraper collects the final counts "
                         "(SIGINT/SIGTERM ends it early; default: %(default)s)")
     add_otel(p)
+    add_method_options(p, data_file_help="one JSON request per line, used in turn (cycled)")
     return p
 
 
@@ -129,6 +134,12 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
 
     provider = None
+    opts.settings = channel_settings(opts)
+    try:
+        opts.drive = _drive(opts, opts.settings)
+    except DriveError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
     if opts.pipes and (late := unreachable_pipe_points(opts.pipe_cancel_at, opts.pipe_messages)):
         opts.target_parser.error(f"--pipe-cancel-at {late[0]} is never reached with --pipe-messages "
                                  f"{opts.pipe_messages}: each side pushes that many")
@@ -141,6 +152,20 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         if provider is not None:
             provider.shutdown()
+
+
+def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
+    """--method: the method and requests; a streaming method makes every call a pipe of its shape."""
+    from callstate.client.any_method import shape
+
+    drive = drive_of(opts, settings)
+    if drive is not None:
+        if opts.pipes:
+            opts.target_parser.error(f"--pipes: the calls on {opts.method} are {shape(drive.method.kind)}: "
+                                     "the method's shape decides")
+        if drive.method.kind != UNARY:
+            opts.pipes = {drive.method.kind: 100.0}
+    return drive
 
 
 def _run(opts: argparse.Namespace, provider: object) -> int:
@@ -158,7 +183,7 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout, settings=channel_settings(opts), metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        timeout=opts.timeout, settings=opts.settings, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind, drive=opts.drive,
         tracing=provider if provider is not None else False,
         view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
     if opts.html and (why := html_report.available()):

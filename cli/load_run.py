@@ -11,6 +11,7 @@ verified, including the server's in-flight count back at zero.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -66,6 +67,7 @@ class LoadConfig:
     metrics_bind: str = "127.0.0.1"
     tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
     settings: ChannelSettings = field(default_factory=ChannelSettings)   # TLS, token, keepalive
+    drive: Any = None   # --method: any service's method and its requests (cli/method_options.Drive)
 
 
 class _Sink:
@@ -142,6 +144,10 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self.server_lost = ""
+        # --method: the requests, in turn; and why only the client side is judged, against a
+        # server that is not callstate (no Journal to follow)
+        self._requests = itertools.cycle(config.drive.requests) if config.drive is not None else None
+        self.one_sided = ""
 
     def _start_metrics(self) -> None:
         from callstate.observe import ObservedLog
@@ -188,7 +194,10 @@ class LoadRun:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         self.paths[plan.outcome] += 1
-        call = client.prepare(self._script(plan), payload=payload)
+        if self._requests is None:
+            call = client.prepare(self._script(plan), payload=payload)
+        else:
+            call = client.prepare(self._script(plan), method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
         abortive = plan.cancel == ABORTIVE
         timer: asyncio.TimerHandle | None = None
@@ -238,11 +247,17 @@ class LoadRun:
         if point is not None:
             self.paths[f"cancel-{cancel}"] += 1
             self.paths[f"pipe-cancel-at-{point.kind}"] += 1
-        pipe = client.pipe(plan.pipe, pipe_script(plan, scenario, self.cfg.payload))  # type: ignore[arg-type]
+        script, request = pipe_script(plan, scenario, self.cfg.payload), None
+        if self._requests is None:
+            pipe = client.pipe(plan.pipe, script)
+        else:   # a streaming method: its request opens an out pipe and is what in and both pipes push
+            request = next(self._requests)
+            pipe = client.pipe(plan.pipe, script, method=self.cfg.drive.method, request=request)
         self.ids.add(pipe.call_id)
         try:
             await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
-                             cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after)
+                             cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after,
+                             payload=request)
             code = codes.RPC_S_OK
         except CallError as err:
             code = err.code
@@ -362,7 +377,10 @@ class LoadRun:
             raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
         journal = pb_grpc.JournalStub(channel)
         follow: asyncio.Task[None] | None = None
-        if self.checker is not None:   # subscribe first, then read the counters: no End falls in between
+        if cfg.drive is not None and not await _serves_journal(journal, cfg):   # no journal, no counters
+            self.one_sided = (f"{cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
+                              "only the client side is logged and checked")
+        if self.checker is not None and not self.one_sided:   # subscribe first, then read the counters: no End falls in between
             subscribed = asyncio.Event()
             follow = asyncio.ensure_future(self._follow(journal, subscribed))
             waiter = asyncio.ensure_future(subscribed.wait())
@@ -374,7 +392,8 @@ class LoadRun:
                 raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
                                       f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
         try:
-            before = await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+            before = pb.Counters() if self.one_sided else \
+                await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
         except grpc.aio.AioRpcError as err:
             if follow is not None:
                 follow.cancel()
@@ -408,7 +427,8 @@ class LoadRun:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             try:
-                after: pb.Counters | None = await self._settle(channel, journal, before, cfg.settle)
+                after: pb.Counters | None = None if self.one_sided else \
+                    await self._settle(channel, journal, before, cfg.settle)
             except grpc.aio.AioRpcError as err:
                 after = None
                 self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
@@ -467,6 +487,8 @@ class LoadRun:
                 "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
                 "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
                 "pipe_messages": self.cfg.scenario.pipe_messages,
+                **({"method": self.cfg.drive.method.name} if self.cfg.drive is not None else {}),
+                **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
             },
             "calls": self.finished,
             "skipped": self.skipped,
@@ -496,7 +518,7 @@ class LoadRun:
             dropped = self.stream_dropped
             notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
                      "the server view is incomplete"] if dropped else []
-            if self.attempted and self._our_server_dispatches == 0:
+            if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
                 notes.append("no call reached the server")
             report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
             for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
@@ -505,11 +527,16 @@ class LoadRun:
                                "violations": checked["violations"],
                                "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
                                "entries": checked["entries"], "note": "; ".join(notes)}
+            if self.one_sided:
+                report["check"]["one_sided"] = CLIENT
+                report["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
         else:
             report["check"] = {"ok": not self._nothing_started(), "skipped": True}
         if self._nothing_started():
             report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
         report["stream_dropped"] = self.stream_dropped
+        if self.one_sided:
+            report[SERVER] = {"unknown": self.one_sided}
         return report
 
     def _nothing_started(self) -> str:
@@ -536,6 +563,19 @@ class LoadRun:
             return self.builder.build(examples, run=report, title=f"callstate load against {self.cfg.target}")
         finally:
             self._spool_dir.cleanup()
+
+
+NOT_MEASURABLE = "not measurable: the server side is unknown"
+
+
+async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool:
+    """Whether the target is a callstate server (a stand-in included): False on UNIMPLEMENTED."""
+    try:
+        await journal.GetCounters(pb.CountersRequest(), metadata=cfg.settings.metadata, timeout=10)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return False
+    return True   # any other answer: the usual path says what is wrong
 
 
 def script_holds(plan: Plan) -> bool:
@@ -567,7 +607,9 @@ def summary(report: dict[str, Any]) -> str:
                      f"{lat['p99']:>10.2f}{lat['max']:>10.2f}")
     lines.append("paths: " + ", ".join(f"{k} {v}" for k, v in report["paths"].items()))
     prop = report.get("cancel_propagation_ms", {})
-    if prop.get("count"):
+    if prop.get("not_measurable"):
+        lines.append(f"cancel propagation: {prop['not_measurable']}")
+    elif prop.get("count"):
         lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     polled, wait = report.get("cancel_propagation_polled_ms", {}), report.get("cancel_poll_wait_ms", {})
@@ -578,6 +620,9 @@ def summary(report: dict[str, Any]) -> str:
     check = report["check"]
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
+    elif check["ok"] and check.get("one_sided"):
+        lines.append(f"check: OK on the client side only — {check['calls']} calls, every client-side invariant "
+                     f"holds; the server side is unknown: {report[SERVER]['unknown']}")
     elif check["ok"]:
         server = report[SERVER]
         shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
@@ -585,7 +630,8 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
                      f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
-        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else ""))
+        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else "")
+                     + ("; the server side is unknown (only the client side was checked)" if check.get("one_sided") else ""))
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from callstate import codes
+from callstate.cli.method_options import reply_text
 from callstate.cli.options import non_negative_float, non_negative_int, positive_int
 from callstate.lifecycle import PIPE_KINDS
 from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
@@ -90,7 +91,8 @@ async def _pipe(opts: argparse.Namespace) -> int:
                         cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
                         breach=opts.breach)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout)  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings)  # type: ignore[arg-type]
+    drive = getattr(opts, "drive", None)   # --method: a streaming method of any service (cli/method_options.py)
     loop = asyncio.get_running_loop()
 
     def on_started(pipe) -> None:  # type: ignore[no-untyped-def]
@@ -102,15 +104,23 @@ async def _pipe(opts: argparse.Namespace) -> int:
                             opts.escalate_after if opts.non_abortive else None)
 
     try:
-        pipe = client.pipe(opts.pipe, script, log_messages=opts.log_messages)
+        if drive is None:
+            pipe = client.pipe(opts.pipe, script, log_messages=opts.log_messages)
+        else:
+            pipe = client.pipe(opts.pipe, None if opts.no_script else script, log_messages=opts.log_messages,
+                               method=drive.method, request=drive.requests[0])
         try:
             reply = await drive_pipe(pipe, messages=opts.messages, message_bytes=opts.message_bytes,
                                      interval=opts.interval, cancel_at=opts.cancel_at, abortive=not opts.non_abortive,
-                                     escalate_after=opts.escalate_after, on_started=on_started)
+                                     escalate_after=opts.escalate_after, on_started=on_started,
+                                     payload=drive.requests[0] if drive is not None else None)
         except CallError as err:
             _final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
             return 1
-        got = f"; the server pulled {reply.received}" if reply is not None else ""
+        if drive is not None:
+            got = f"; {reply_text(reply)}" if reply is not None else ""
+        else:
+            got = f"; the server pulled {reply.received}" if reply is not None else ""
         _final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
         return 0
     finally:

@@ -20,10 +20,11 @@ import grpc
 
 from callstate import codes
 from callstate.client.call_core import CallCore
-from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
+from callstate.client.shared_surface import (ESCALATED_NOT_CALLSTATE, NOTICE_CLIENT_CLOSED, CallBase, ClientBase,
+                                            notice_failed, notice_outcome, notice_unanswerable)
 from callstate.lifecycle import C, CANCEL_SENT, WCOMP
 from callstate.errors import CallError, InvalidAsyncHandle
-from callstate.script import validate_request
+from callstate.client.any_method import MethodRequest, check_request
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -66,6 +67,8 @@ class AsyncNotices:
                                                     timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             self._core.event(CANCEL_SENT, notice_failed(err.code()))
+            if notice_unanswerable(err.code()):
+                self._escalate(0.0, ESCALATED_NOT_CALLSTATE)
         except asyncio.CancelledError:
             self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
         else:
@@ -80,10 +83,9 @@ class AsyncNotices:
 class AsyncCall(AsyncNotices, CallBase):
     """One call on the caller's side, driven on the event loop."""
 
-    def __init__(self, client: "AsyncClient", request: pb.CallRequest) -> None:
+    def __init__(self, client: "AsyncClient", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
         self._request = request
-        self._stub = client._stub
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
 
@@ -93,11 +95,11 @@ class AsyncCall(AsyncNotices, CallBase):
         return self._rpc is not None
 
     def _validate(self) -> None:
-        validate_request(self._request)
+        check_request(self._request)
 
     def _send(self) -> None:
-        self._rpc = self._stub.Call(self._request, metadata=self._client._metadata(self.call_id),
-                                    timeout=self._timeout)
+        rpc, message, extra = self._client._unary(self._request)
+        self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         if self._core.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
 
@@ -201,8 +203,9 @@ class AsyncClient(ClientBase):
     def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
         return self.settings.aio_channel(target, options)
 
-    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
-        """An asynchronous pipe call in state C ("in", "out" or "both"): see client/pipe_aio.py."""
+    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> Any:
+        """An asynchronous pipe call in state C ("in", "out" or "both"), or on a streaming `method=` of any
+        service (its shape is the kind; `request=`: what an out pipe sends): see client/pipe_aio.py."""
         from callstate.client.pipe_aio import AsyncPipe
         return AsyncPipe(self, kind, script, **kwargs)
 

@@ -22,14 +22,14 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.client.aio import AsyncNotices
-from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
+from callstate.client.pipe_surface import PipeBase
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
 
 
-async def _write_keeping_status(rpc: Any, msg: pb.PipeMessage) -> bool:
+async def _write_keeping_status(rpc: Any, msg: Any) -> bool:
     """`rpc.write(msg)`; False when the call has ended. A write that fails because the server
     already ended the call must leave the server's status in place: grpc.aio's own `write()`
     replaces it with INTERNAL when it notices the failed send before the status arrives
@@ -60,7 +60,8 @@ async def _write_keeping_status(rpc: Any, msg: pb.PipeMessage) -> bool:
 class AsyncPipe(AsyncNotices, PipeBase):
     """One pipe call on the caller's side, driven on the event loop."""
 
-    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, **kwargs: Any) -> None:
+    def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(client, kind, script, **kwargs)
         self._driver: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
@@ -76,13 +77,11 @@ class AsyncPipe(AsyncNotices, PipeBase):
     # -- the I/O under CallBase's moves ------------------------------------------------------------
     def _send(self) -> None:
         """Open the stream: C -> Push (in, both) or Pull (out) follows in `start()`."""
-        metadata, stub = self._metadata(), self._client._stub
+        metadata, open_rpc = self._metadata(), self._rpc_maker()
         if self.kind == PIPE_OUT:
-            self._rpc = stub.PipeOut(self._request(), metadata=metadata, timeout=self._timeout)
-        elif self.kind == PIPE_IN:
-            self._rpc = stub.PipeIn(metadata=metadata, timeout=self._timeout)
+            self._rpc = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
         else:
-            self._rpc = stub.PipeBoth(metadata=metadata, timeout=self._timeout)
+            self._rpc = open_rpc(metadata=metadata, timeout=self._timeout)
         self._driver = asyncio.ensure_future(self._drive())
         if self._core.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
@@ -95,13 +94,15 @@ class AsyncPipe(AsyncNotices, PipeBase):
         self._core.headers()
         return tuple(md or ())
 
-    async def push(self, payload: bytes = b"") -> None:
-        """Push one message; returns on its send-complete notification (the write was taken)."""
+    async def push(self, payload: Any = b"") -> None:
+        """Push one message; returns on its send-complete notification (the write was taken).
+        On a user's method, `payload` is its request (a message or a dict; b"": the pipe's request)."""
         core = self._need_rpc("push")
         if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
             raise refusal
+        msg = self._message(payload, core.sent + 1)
         try:
-            taken = await _write_keeping_status(self._rpc, pb.PipeMessage(seq=core.sent + 1, payload=payload))
+            taken = await _write_keeping_status(self._rpc, msg)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
             taken = False
         if not taken:
@@ -115,7 +116,8 @@ class AsyncPipe(AsyncNotices, PipeBase):
         try:
             # the null push travels as a message of its own: the server then knows the end of
             # the stream is a half-close, not a cancel
-            if await _write_keeping_status(self._rpc, NULL_PUSH_MESSAGE):
+            null = self._null_push_message
+            if null is None or await _write_keeping_status(self._rpc, null):
                 await self._rpc.done_writing()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
             pass   # the call ended meanwhile: its status says how
@@ -138,7 +140,7 @@ class AsyncPipe(AsyncNotices, PipeBase):
         if msg is grpc.aio.EOF:
             core.stream_ended()
             return None
-        if msg.null_push:   # the server ended its pipe with a message of its own
+        if self._ends_pipe(msg):   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()

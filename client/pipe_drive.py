@@ -56,10 +56,12 @@ class _Canceller:
 
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                      cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                     escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None) -> Any:
+                     escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None,
+                     payload: Any = None) -> Any:
     """Run the pipe call; returns `pipe.result()` (the PipeReply of an in pipe, else None) or
     raises its CallError. `interval` paces the caller's pushes (part of the scenario);
-    `half_close=False` keeps the caller's pipe open after its pushes (no null push)."""
+    `half_close=False` keeps the caller's pipe open after its pushes (no null push). `payload`:
+    what each push sends (default: `message_bytes` zero bytes; on a user's method, its request)."""
 
     cancel = _Canceller(pipe, cancel_at, abortive, escalate_after)
 
@@ -68,17 +70,21 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
     pipe.start()
     if on_started is not None:
         on_started(pipe)
+    on_headers: asyncio.Future[None] | None = None
     if cancel.due(CANCEL_AFTER_HEADERS):
-        await pipe.headers()
-        cancel.now()
+        if pipe.method is None:   # callstate sends its headers at dispatch
+            await pipe.headers()
+            cancel.now()
+        else:   # a user's server may send them only with its first message or its reply: go on meanwhile
+            on_headers = asyncio.ensure_future(_cancel_on_headers(pipe, cancel))
 
     async def push_all() -> None:
-        payload = bytes(message_bytes)
+        message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
             if pipe.state != PUSH or pipe.done():
                 return
             try:
-                await pipe.push(payload)
+                await pipe.push(message)
             except CallError:
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
@@ -94,18 +100,27 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
             if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
-    if pipe.kind == PIPE_IN:
-        await push_all()
-    elif pipe.kind == PIPE_OUT:
-        await pull_all()
-    else:
-        await asyncio.gather(push_all(), pull_all())
-    return await pipe.result()
+    try:
+        if pipe.kind == PIPE_IN:
+            await push_all()
+        elif pipe.kind == PIPE_OUT:
+            await pull_all()
+        else:
+            await asyncio.gather(push_all(), pull_all())
+        return await pipe.result()
+    finally:
+        if on_headers is not None:
+            on_headers.cancel()
+
+
+async def _cancel_on_headers(pipe: AsyncPipe, cancel: _Canceller) -> None:
+    await pipe.headers()
+    cancel.now()
 
 
 def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                     cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                    escalate_after: float | None = None, half_close: bool = True) -> Any:
+                    escalate_after: float | None = None, half_close: bool = True, payload: Any = None) -> Any:
     """`drive_pipe` on a sync `Pipe`, blocking: the same moves at the same points. A `both`
     pipe pulls on a helper thread while the caller pushes (a greenlet under gevent, where the
     threading module is patched). An exception out of the pushes (a greenlet's kill) leaves
@@ -117,16 +132,20 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
         return pipe.result()
     pipe.start()
     if cancel.due(CANCEL_AFTER_HEADERS):
-        pipe.headers()
-        cancel.now()
+        if pipe.method is None:   # callstate sends its headers at dispatch
+            pipe.headers()
+            cancel.now()
+        else:   # a user's server may send them late (see drive_pipe): a helper thread waits for them
+            threading.Thread(target=lambda: (pipe.headers(), cancel.now()), name="callstate-pipe-headers",
+                             daemon=True).start()
 
     def push_all() -> None:
-        payload = bytes(message_bytes)
+        message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
             if pipe.state != PUSH or pipe.done():
                 return
             try:
-                pipe.push(payload)
+                pipe.push(message)
             except CallError:
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):

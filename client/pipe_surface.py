@@ -3,16 +3,20 @@ made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add only th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callstate import codes
+from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
 from callstate.client.pipe_core import PipeCore
 from callstate.client.shared_surface import CallBase
 from callstate.errors import CallError
-from callstate.lifecycle import PIPE_KINDS, PIPE_OUT
+from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.pipe_script import PipeScript, validate_pipe
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
+
+if TYPE_CHECKING:
+    from callstate.schema import Method
 
 # The caller's null push travels as a message of its own: the server then knows the end of
 # the stream is a half-close, not a cancel.
@@ -31,8 +35,13 @@ def check_kind(kind: str) -> None:
 class PipeBase(CallBase):
     """A pipe call on either surface: its kind, script and counts over one `PipeCore`."""
 
-    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, *,
-                 call_id: str | None = None, timeout: float | None = None, log_messages: bool = False) -> None:
+    def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None, *,
+                 call_id: str | None = None, timeout: float | None = None, log_messages: bool = False,
+                 method: "str | Method | None" = None, request: RequestLike = None) -> None:
+        # any method of a user's schema (client/any_method.py): its shape is the pipe's kind
+        self.method: Method | None = client.method(method) if method is not None else None
+        if self.method is not None:
+            kind = pipe_kind_of(self.method, kind)
         check_kind(kind)
         core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
         super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
@@ -40,6 +49,8 @@ class PipeBase(CallBase):
         self._core: PipeCore = core
         self._script = pipe_script_proto(script)
         self._rpc: Any = None
+        # a user's method: the request an out pipe sends, and what push() sends when given nothing
+        self.request = request_message(self.method, request) if self.method is not None else None
 
     @property
     def sent(self) -> int:
@@ -62,14 +73,44 @@ class PipeBase(CallBase):
     def _metadata(self) -> tuple[tuple[str, Any], ...]:
         """The call's metadata plus a pipe's own: its cancel key (a stream has no request message
         to carry it) and, for PipeIn/PipeBoth, its script (their first message comes too late)."""
+        if self.method is not None:
+            return self._client._metadata(self.call_id, script_metadata(self._script, self._cancel_key))
         extra: tuple[tuple[str, Any], ...] = ((CANCEL_KEY_KEY, self._cancel_key),)
         if self._script is not None and self.kind != PIPE_OUT:
             extra += ((PIPE_SCRIPT_KEY, self._script.SerializeToString()),)
         return self._client._metadata(self.call_id, extra)
 
-    def _request(self) -> pb.PipeRequest:
-        """PipeOut's one request message."""
+    def _request(self) -> Any:
+        """PipeOut's one request message (a user's method: the pipe's request)."""
+        if self.request is not None:
+            return self.request
         return pb.PipeRequest(call_id=self.call_id, script=self._script)
+
+    def _rpc_maker(self) -> Any:
+        """The multicallable that opens the stream: the Emulator's pipe of the kind, or the user's method."""
+        if self.method is not None:
+            return self._client._rpc_of(self.method)
+        stub = self._client._stub
+        return {PIPE_OUT: stub.PipeOut, PIPE_IN: stub.PipeIn}.get(self.kind, stub.PipeBoth)
+
+    def _message(self, payload: Any, seq: int) -> Any:
+        """The message one push sends: PipeMessage(seq, payload) on the Emulator; on a user's
+        method, `payload` as its request (a message, a dict, JSON text; None or b"": the pipe's request)."""
+        if self.method is None:
+            return pb.PipeMessage(seq=seq, payload=payload)
+        if payload is None or payload == b"":
+            return self.request
+        return request_message(self.method, payload, f"{self.method.name} push {seq}")
+
+    def _ends_pipe(self, msg: Any) -> bool:
+        """Whether a pulled message is the server's null push (the Emulator's own; a user's method has none)."""
+        return self.method is None and msg.null_push
+
+    @property
+    def _null_push_message(self) -> Any:
+        """What a null push sends before the half-close: a message of its own on the Emulator; on a
+        user's method nothing (the half-close is the null push: a stand-in knows the method's shape)."""
+        return NULL_PUSH_MESSAGE if self.method is None else None
 
     def _abort_rpc(self) -> None:
         self._rpc.cancel()

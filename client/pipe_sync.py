@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
-from callstate.client.pipe_surface import NULL_PUSH_MESSAGE, PipeBase
+from callstate.client.pipe_surface import PipeBase
 from callstate.client.sync import ThreadNotices
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
@@ -80,7 +80,8 @@ class _Feeder:
 class Pipe(ThreadNotices, PipeBase):
     """One pipe call on the caller's side, driven by gRPC's threads."""
 
-    def __init__(self, client: Any, kind: str, script: PipeScript | pb.PipeScript | None = None, **kwargs: Any) -> None:
+    def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(client, kind, script, **kwargs)
         self._responses: Any = None
         self._feeder = _Feeder()
@@ -109,13 +110,13 @@ class Pipe(ThreadNotices, PipeBase):
 
     # -- the I/O under CallBase's moves ------------------------------------------------------------
     def _send(self) -> None:
-        metadata, stub = self._metadata(), self._client._stub
+        metadata, open_rpc = self._metadata(), self._rpc_maker()
         if self.kind == PIPE_OUT:
-            self._rpc = self._responses = stub.PipeOut(self._request(), metadata=metadata, timeout=self._timeout)
+            self._rpc = self._responses = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
         elif self.kind == PIPE_IN:
-            self._rpc = stub.PipeIn.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
+            self._rpc = open_rpc.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         else:
-            self._rpc = self._responses = stub.PipeBoth(iter(self._feeder), metadata=metadata, timeout=self._timeout)
+            self._rpc = self._responses = open_rpc(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
         if self._core.has_callbacks:
@@ -128,18 +129,20 @@ class Pipe(ThreadNotices, PipeBase):
         self._core.headers()
         return tuple(md or ())
 
-    def push(self, payload: bytes = b"") -> None:
+    def push(self, payload: Any = b"") -> None:
+        """Push one message (on a user's method: its request, a message or a dict; b"": the pipe's request)."""
         core = self._need_rpc("push")
         if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
             raise refusal
-        if not self._feeder.put(pb.PipeMessage(seq=core.sent + 1, payload=payload)):
+        if not self._feeder.put(self._message(payload, core.sent + 1)):
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()
 
     def close_push(self) -> None:
         """The null push: a null-push message (see AsyncPipe.close_push), then the half-close."""
         self._need_rpc("close_push").null_push()
-        self._feeder.put(NULL_PUSH_MESSAGE)
+        if self._null_push_message is not None:
+            self._feeder.put(self._null_push_message)
         self._feeder.close()
 
     def pull(self) -> pb.PipeMessage | None:
@@ -153,7 +156,7 @@ class Pipe(ThreadNotices, PipeBase):
         if msg is None:
             core.stream_ended()
             return None
-        if msg.null_push:   # the server ended its pipe with a message of its own
+        if self._ends_pipe(msg):   # the server ended its pipe with a message of its own
             core.null_pull_message()
             return None
         core.pulled()

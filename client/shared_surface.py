@@ -5,7 +5,7 @@ state log uses for a cancel notice's fate."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
 
@@ -19,6 +19,10 @@ from callstate.statelog import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from callstate.client.any_method import MethodRequest
+    from callstate.schema import Method, Schema
 
 
 def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str, cancel_key: str = "") -> pb.CallRequest:
@@ -40,7 +44,21 @@ NOTICE_CLIENT_CLOSED = "unknown: the client was closed before the notice was ans
 
 
 def notice_failed(status: grpc.StatusCode | None) -> str:
+    if status == grpc.StatusCode.UNIMPLEMENTED:
+        return f"not delivered: {status.name}: {NOT_CALLSTATE}"
     return f"not delivered: {status.name if status else 'failed'}"
+
+
+# A server that is not callstate has no Emulator/Cancel: a non-abortive notice has nowhere to
+# go, and waiting on would hold the caller until the server's own answer (maybe never), so the
+# cancel escalates to abortive at once.
+NOT_CALLSTATE = "the server does not serve callstate.v1.Emulator/Cancel (not callstate)"
+ESCALATED_NOT_CALLSTATE = "the cancel notice has nowhere to go: " + NOT_CALLSTATE
+
+
+def notice_unanswerable(status: grpc.StatusCode | None) -> bool:
+    """The notice cannot reach any server-side call: escalate the cancel at once."""
+    return status == grpc.StatusCode.UNIMPLEMENTED
 
 
 class CallBase:
@@ -131,10 +149,10 @@ class CallBase:
         if timeout is not None:
             self._arm_escalation(timeout)
 
-    def _escalate(self, timeout: float) -> None:
+    def _escalate(self, timeout: float, why: str = "") -> None:
         if self._core.outcome_known or self._core.lifecycle.ended:
             return
-        self._core.event(CANCEL_ESCALATED, f"no answer {timeout:g}s after the cancel notice")
+        self._core.event(CANCEL_ESCALATED, why or f"no answer {timeout:g}s after the cancel notice")
         try:
             self.cancel(abortive=True)
         except (CallError, LifecycleError):
@@ -190,7 +208,10 @@ class ClientBase:
 
     Access (README, "Security"): `tls_ca`, `tls_cert`, `tls_key` (PEM paths or bytes), `token`
     (sent as `authorization: Bearer`), `keepalive` (seconds; None: off); or all of them as one
-    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments."""
+    `settings=ChannelSettings(...)` (client/channel.py), which then replaces those arguments.
+
+    Any service (client/any_method.py): `schema`, a `callstate.schema.Schema` whose methods
+    `prepare`/`start`/`pipe` call by name (`method=`); None: the target's reflection, read once."""
 
     _call_type: type[CallBase] = CallBase
 
@@ -198,7 +219,7 @@ class ClientBase:
                  channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
                  tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
                  keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
-                 tracing: Any = False) -> None:
+                 tracing: Any = False, schema: "Schema | None" = None) -> None:
         self.target = target
         self.timeout = timeout
         # TLS, token, keepalive (client/channel.py)
@@ -219,6 +240,35 @@ class ClientBase:
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
         self._channel = self._open_channel(target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
+        self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
+        self._rpcs: dict[str, Any] = {}
+
+    # -- any method of a user's schema (client/any_method.py) -----------------------------------
+    def method(self, name: "str | Method") -> "Method":
+        """A method of the client's schema by name ("pkg.Svc/Method"); without a schema, the
+        target's reflection is read once, now (blocking). SchemaError when unknown."""
+        from callstate.client.any_method import resolve
+        from callstate.schema import from_reflection
+
+        def load() -> "Schema":
+            return from_reflection(self.target, credentials=self.settings.credentials(),
+                                   metadata=self.settings.metadata)
+        self.schema, found = resolve(self.schema, name, load)
+        return found
+
+    def _rpc_of(self, method: "Method") -> Any:
+        """The method's multicallable on this client's channel (made once)."""
+        rpc = self._rpcs.get(method.path)
+        if rpc is None:
+            from callstate.client.any_method import multicallable
+            rpc = self._rpcs[method.path] = multicallable(self._channel, method)
+        return rpc
+
+    def _unary(self, request: "pb.CallRequest | MethodRequest") -> tuple[Any, Any, tuple[tuple[str, Any], ...]]:
+        """How a unary call goes out: (multicallable, message, metadata beyond the id and token)."""
+        if isinstance(request, pb.CallRequest):
+            return self._stub.Call, request, ()
+        return self._rpc_of(request.method), request.message, request.metadata()
 
     def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
         raise NotImplementedError
@@ -235,10 +285,23 @@ class ClientBase:
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
-                queue: Any = None, on_complete: Callable[[Any], None] | None = None) -> Any:
+                queue: Any = None, on_complete: Callable[[Any], None] | None = None,
+                method: "str | Method | None" = None, request: Any = None) -> Any:
         """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
-        queue) and `on_complete` are notified when the call-complete notification arrives."""
-        call = self._call_type(self, request_for(script, payload, call_id or new_call_id(), new_cancel_key()))
+        queue) and `on_complete` are notified when the call-complete notification arrives.
+
+        `method` ("pkg.Svc/Method" of the client's schema, or a `Method`): a unary call on that
+        method of any service, with `request` (a message, a dict or JSON text of its proto JSON
+        form; None: the empty message); the script travels as the `callstate-script` header
+        (None: none sent, the server decides). SchemaError for an unknown method or a request
+        that does not fit it."""
+        call_id, cancel_key = call_id or new_call_id(), new_cancel_key()
+        if method is None:
+            outgoing: Any = request_for(script, payload, call_id, cancel_key)
+        else:
+            from callstate.client.any_method import MethodRequest
+            outgoing = MethodRequest.make(self.method(method), request, script, call_id, cancel_key)
+        call = self._call_type(self, outgoing)
         if queue is not None:
             call.add_done_callback(queue.post)
         if on_complete is not None:

@@ -18,10 +18,11 @@ import grpc
 
 from callstate import codes
 from callstate.client.call_core import CallCore
-from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED, CallBase, ClientBase, notice_failed, notice_outcome
+from callstate.client.shared_surface import (ESCALATED_NOT_CALLSTATE, NOTICE_CLIENT_CLOSED, CallBase, ClientBase,
+                                            notice_failed, notice_outcome, notice_unanswerable)
 from callstate.lifecycle import CANCEL_SENT
 from callstate.errors import CallError
-from callstate.script import validate_request
+from callstate.client.any_method import MethodRequest, check_request
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -65,6 +66,8 @@ class ThreadNotices:
             self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
         elif isinstance(err := notice.exception(), grpc.Call):
             self._core.event(CANCEL_SENT, notice_failed(err.code()))
+            if notice_unanswerable(err.code()):
+                self._escalate(0.0, ESCALATED_NOT_CALLSTATE)
         else:
             self._core.event(CANCEL_SENT, notice_outcome(notice.result()))
 
@@ -79,10 +82,9 @@ class ThreadNotices:
 class Call(ThreadNotices, CallBase):
     """One call on the caller's side, driven by gRPC's threads."""
 
-    def __init__(self, client: "Client", request: pb.CallRequest) -> None:
+    def __init__(self, client: "Client", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
         self._request = request
-        self._stub = client._stub
         self._future: grpc.Future | None = None
         self._notified = threading.Event()
         self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
@@ -92,11 +94,11 @@ class Call(ThreadNotices, CallBase):
         return self._future is not None
 
     def _validate(self) -> None:
-        validate_request(self._request)
+        check_request(self._request)
 
     def _send(self) -> None:
-        self._future = self._stub.Call.future(self._request, metadata=self._client._metadata(self.call_id),
-                                              timeout=self._timeout)
+        rpc, message, extra = self._client._unary(self._request)
+        self._future = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         self._future.add_done_callback(self._on_done)
 
     def _abort_rpc(self) -> None:
@@ -144,8 +146,9 @@ class Client(ClientBase):
     def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
         return self.settings.sync_channel(target, options)
 
-    def pipe(self, kind: str, script: Any = None, **kwargs: Any) -> Any:
-        """A pipe call in state C ("in", "out" or "both"): see client/pipe_sync.py."""
+    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> Any:
+        """A pipe call in state C ("in", "out" or "both"), or on a streaming `method=` of any service (its
+        shape is the kind; `request=`: what an out pipe sends): see client/pipe_sync.py."""
         from callstate.client.pipe_sync import Pipe
         return Pipe(self, kind, script, **kwargs)
 

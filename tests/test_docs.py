@@ -17,7 +17,7 @@ from tests.documentation import _text, blocks, documentation, pages
 
 # Examples another test runs as written, where they need more than a server (a Locust master,
 # an inner pytest session, an OpenTelemetry exporter): the marker names that test.
-RUN_ELSEWHERE = ("# locustfile.py", "# test_cancel_paths.py", "InMemorySpanExporter")
+RUN_ELSEWHERE = ("# locustfile.py", "# test_cancel_paths.py", "InMemorySpanExporter", "# drive_shop.py")
 
 
 def python_examples() -> list[tuple[str, str]]:
