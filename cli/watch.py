@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. Stop with Ctrl-C.")
     add_target(p, several=True)
-    p.add_argument("--call-id", default="", help="only this call")
+    p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
+                   "come; exits once the call has ended on the server (at once for an ended call); with one "
+                   "--target, the replica that holds the call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N entries")
@@ -34,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
+    if opts.call_id and len(opts.target) > 1:
+        opts.target_parser.error("--call-id follows one call: give one --target, the replica that holds it")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -87,6 +91,9 @@ async def _watch(opts: argparse.Namespace) -> int:
                 merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
                 print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
                 return 0
+            if opts.call_id:
+                failed = targets[0]
+                return await _watch_call(stubs[0], opts)
             seen = 0
             print(f"watching {', '.join(targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
@@ -160,6 +167,72 @@ async def _watch(opts: argparse.Namespace) -> int:
     finally:
         for channel in channels:
             await channel.close()
+    return 0
+
+
+async def _watch_call(stub, opts: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    """One call: subscribe first (Follow says when it is in place), then read its history, so
+    no entry falls between the two; print both, each entry once, and stop at its server End."""
+    import grpc
+
+    from callstate.cli.terminal import line
+    from callstate.lifecycle import END, ENTER, SERVER
+    from callstate.statelog import proto_to_dict
+    from callstate.v1 import callstate_pb2 as pb
+
+    settings = opts.settings
+    stream = stub.Follow(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata, timeout=opts.timeout)
+    printed: set[tuple[str, str, str, str]] = set()
+    count = 0
+
+    def show(e: pb.StateEntry) -> bool:
+        """Print `e` once; True when the watch is over (the call ended, or --count reached)."""
+        nonlocal count
+        key = (e.ts, e.side, e.state, e.event)
+        if key not in printed:
+            printed.add(key)
+            d = proto_to_dict(e)
+            print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
+            count += 1
+        return (e.side == SERVER and e.state == END and e.event == ENTER) or bool(opts.count and count >= opts.count)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def follow() -> None:
+        subscribed = False
+        async for batch in stream:
+            if not subscribed:   # the first message: entries from now on reach this stream
+                subscribed = True
+                try:
+                    history = await stub.GetCall(pb.GetCallRequest(call_id=opts.call_id), metadata=settings.metadata,
+                                                 timeout=opts.timeout or COUNTERS_TIMEOUT)
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    print(f"callstate watch: no call {opts.call_id!r} on the server yet (or no longer in its "
+                          "journal): waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                else:
+                    if any([show(e) for e in history.entries]) or history.ended:
+                        return
+            if any([show(e) for e in batch.entries]):
+                return
+
+    reader, stopper = asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        stream.cancel()
+        if not reader.done():
+            try:
+                await reader
+            except asyncio.CancelledError:
+                pass
+    if reader.done() and not reader.cancelled() and reader.exception() is not None:
+        raise reader.exception()  # type: ignore[misc]
     return 0
 
 

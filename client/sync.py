@@ -155,6 +155,7 @@ class Client(ClientBase):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._note_closing()
             self._channel.close()
             self._end_live_calls()
             self._close_log()

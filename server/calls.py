@@ -19,14 +19,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Callable
+from typing import Callable, NoReturn
+
+import grpc
+from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.cancel_poll import CancelPoll
 from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
                                  Lifecycle, initial_move, move_to_end)
 from callstate.statelog import Entry
+from callstate.wire import CODE_KEY
 from callstate.server.journal import Journal
+
+
+
+async def send_abort(context: grpc.aio.ServicerContext, status: grpc.StatusCode, message: str, code: int) -> NoReturn:
+    """`context.abort` with the exact code in the trailers. When the caller cancelled as the
+    status went out, gRPC refuses to send it (ExecuteBatchError) and would print a traceback for
+    a call that ended normally (the log already has its End): that is a cancel, raised as one."""
+    try:
+        await context.abort(status, message, ((CODE_KEY, str(code)),))
+    except cygrpc.ExecuteBatchError:
+        raise asyncio.CancelledError() from None
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 # Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)

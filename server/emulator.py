@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import grpc
+from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.cancel_poll import poll_interval
@@ -28,7 +29,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
-from callstate.server.calls import ServerCall
+from callstate.server.calls import ServerCall, send_abort
 from callstate.server.journal import Journal
 from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
 
@@ -50,6 +51,20 @@ class _DropScriptedCrashes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, FatalHandlerError)
+
+
+async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
+    """End the call as grpc ends a handler that raised: UNKNOWN, 'Unexpected <class>: message'
+    (what a caller sees of a fatal failure is unchanged). Sent here rather than by raising:
+    when the caller cancels at that moment grpc cannot send the status and, for a raised
+    exception, prints ExecuteBatchError's traceback on stderr (routine under cancel load);
+    here it is what it is, a cancel."""
+    exc = FatalHandlerError(message)
+    try:
+        await context.abort(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+    except cygrpc.ExecuteBatchError:
+        raise asyncio.CancelledError() from None
+    raise exc  # pragma: no cover - context.abort raises
 
 
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
@@ -251,7 +266,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
-        raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
+        await send_fatal(context, script.fatal_message or "scripted fatal failure")
 
     async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
                         context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
@@ -287,8 +302,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call.move(ABORTED, server_end_code(ABORTED, code), status.name, message)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
-        await context.abort(status, message, ((CODE_KEY, str(code)),))
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+        await send_abort(context, status, message, code)
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id

@@ -6,6 +6,8 @@ read from the bounded in-memory `Journal`.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import AsyncIterator
 
 import grpc
@@ -18,6 +20,11 @@ from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
 
 
 FOLLOW_BATCH = 4096
+# After a batch's first entry, Follow lets entries gather this long before sending: a busy
+# server then sends a few large batches rather than a message per handful of entries, which a
+# follower that reads each message through a crowded event loop (a Locust worker's gevent hub)
+# could not keep up with (it fell seconds behind the run). 10 ms of latency is the price.
+FOLLOW_LINGER = 0.01
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -95,6 +102,8 @@ class JournalServicer(pb_grpc.JournalServicer):
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
             while (first := await queue.get()) is not None:   # None: the server is stopping
                 batch = [first]
+                if queue.qsize() < FOLLOW_BATCH:
+                    await asyncio.sleep(FOLLOW_LINGER)
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
                     if entry is None:
