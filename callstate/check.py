@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterable, Mapping
 import grpc
 
 from callstate import codes
-from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, END, ENTER, EVENTS, NULL_PULL, NULL_PUSH,
-                                 PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES, UNARY,
-                                 breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
+from callstate.codes import LOCAL_CLOSE_STATUS
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS, NULL_PULL,
+                                 NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES,
+                                 UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
 from callstate.statelog import Entry, parse_ts, read_log
 
@@ -71,6 +72,7 @@ class SideTrack:
     code: int | None = None
     grpc_status: str | None = None
     abortive_cancel: bool = False     # client: an abortive cancel before End
+    closed: bool = False              # client: close() cut the call off (the client_closed event)
     end_move: str | None = None       # the move that entered End
     cancel_ts: float | str | None = None   # client: first Can; server: first cancel_seen
     abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
@@ -244,6 +246,8 @@ class Checker:
             elif state != track.state:
                 r.violations.append(Violation("illegal_transition", call_id,
                                               f"{where}{side} event {event} in {state} but the call is in {track.state}"))
+            if side == CLIENT and event == CLIENT_CLOSED:
+                track.closed = True
             if side == SERVER and event == CANCEL_SEEN:
                 if not track.cancel_ts and delay_ms is not None:
                     track.poll_wait_ms = float(delay_ms)
@@ -323,7 +327,9 @@ class Checker:
                 continue
             if server.ended and codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
                                             client_deadline=client.grpc_status == _DEADLINE,
-                                            server_saw_abortive=server.abortive_seen) is None:
+                                            server_saw_abortive=server.abortive_seen,
+                                            close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS
+                                            ) is None:
                 r.violations.append(Violation("code_mismatch", call_id,
                                               f"client {codes.describe(client.code or 0)} vs server "
                                               f"{codes.describe(server.code or 0)}"))

@@ -115,6 +115,10 @@ def from_grpc(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[
     return _FROM_GRPC.get(status, RPC_S_CALL_FAILED)
 
 
+# the gRPC status a client records on a 1722 of its own making (it closed under the call)
+LOCAL_CLOSE_STATUS: Final = grpc.StatusCode.CANCELLED.name
+
+
 def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
                    details: str | None, *, cancelled_here: bool = False,
                    abortive_cancel: bool = False) -> tuple[int, str, str]:
@@ -123,14 +127,14 @@ def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[t
     The one mapping both client surfaces use. `cancelled_here`: the RPC was cancelled on the
     caller's side (its own abortive cancel, or the client closing under it). A CANCELLED
     status after the caller's abortive cancel is that cancel (1818); a local cancel without
-    one is the client going away (1722, UNAVAILABLE as the code table sends it).
+    one is the client going away: 1722 with the status gRPC gave it (CANCELLED), which tells a
+    checker this 1722 was the client's own close rather than a connection lost on the wire.
     """
     if cancelled_here or status == grpc.StatusCode.CANCELLED:
         if abortive_cancel:
             return RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED.name, "cancelled by the caller"
         if cancelled_here:
-            return (RPC_S_SERVER_UNAVAILABLE, grpc_status_for(RPC_S_SERVER_UNAVAILABLE).name,
-                    "the client was closed")
+            return RPC_S_SERVER_UNAVAILABLE, LOCAL_CLOSE_STATUS, "the client was closed"
     return from_grpc(status, trailing_metadata), status.name if status is not None else "", details or ""
 
 

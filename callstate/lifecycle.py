@@ -50,6 +50,7 @@ COMPLETE_PENDING: Final = "complete_pending"  # client: complete() before the no
 CANCEL_SENT: Final = "cancel_sent"            # client: what became of a non-abortive notice
 CANCEL_ESCALATED: Final = "cancel_escalated"  # client: a notice went unanswered, now abortive
 CANCEL_SEEN: Final = "cancel_seen"            # server: a cancel reached the handler
+CLIENT_CLOSED: Final = "client_closed"        # client: close() cut the call off in flight (its 1722)
 
 # -- cancel kinds (fAbortCall), recorded in the entry's `cancel` field -------------------------
 ABORTIVE: Final = "abortive"           # a gRPC cancel (RST_STREAM), or the caller vanished
@@ -104,7 +105,7 @@ INITIAL_MOVE: Final[Mapping[str, str]] = {CLIENT: CALL, SERVER: DISPATCH}
 # Events a side may record without changing state: a cancel seen by the server changes
 # no state; the client records what became of its notice and its complete() attempts.
 EVENTS: Final[Mapping[str, frozenset[str]]] = {
-    CLIENT: frozenset({COMPLETE_PENDING, CANCEL_SENT, CANCEL_ESCALATED}),
+    CLIENT: frozenset({COMPLETE_PENDING, CANCEL_SENT, CANCEL_ESCALATED, CLIENT_CLOSED}),
     SERVER: frozenset({CANCEL_SEEN}),
 }
 
@@ -243,20 +244,22 @@ AGREE_CONNECTION_LOST: Final = "connection_lost"     # 1722 while the server saw
 
 
 def codes_agree(client_code: int | None, server_code: int | None, *, client_abortive: bool,
-                client_deadline: bool, server_saw_abortive: bool) -> str | None:
+                client_deadline: bool, server_saw_abortive: bool, close_explained: bool = True) -> str | None:
     """Whether a client's final code agrees with the server's outcome: the name of the rule
     that accepts it, or None when it disagrees.
 
     * equal codes (complete -> 0, abort N -> N, fatal -> 1726, 1722 on a server stop);
     * 1818 at a client that cancelled abortively or whose deadline expired: its cancel wins
       whatever the server did, unless the answer was already on its way (then codes are equal);
-    * 1722 at a client whose connection died while the server saw it as an abortive cancel.
+    * 1722 at a client whose connection died while the server saw it as an abortive cancel;
+      when the client ended the call itself as closed (a local cancel), only if it recorded
+      closing (`close_explained`): otherwise its cancel went unrecorded and it should be 1818.
     """
     if client_code == server_code:
         return AGREE_EQUAL
     if client_code == codes.RPC_S_CALL_CANCELLED and (client_abortive or client_deadline):
         return AGREE_CALLER_CANCELLED
-    if client_code == codes.RPC_S_SERVER_UNAVAILABLE and server_saw_abortive:
+    if client_code == codes.RPC_S_SERVER_UNAVAILABLE and server_saw_abortive and close_explained:
         return AGREE_CONNECTION_LOST
     return None
 

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from callstate.lifecycle import UNARY
-from callstate.pipe_script import POINT_NAMES, POINTS
+from callstate.pipe_script import BREACH_NAMES, BREACHES, POINT_NAMES, POINTS
 from callstate.script import ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, ScriptError
 from callstate.v1 import callstate_pb2 as pb
 
@@ -26,9 +26,10 @@ SCRIPT_HEADER_BIN: Final = "callstate-script-bin"
 MAX_HEADER_BYTES: Final = 8 * 1024   # a script is a few fields; anything longer is refused
 
 # field -> (CLI name -> enum value) for the enum fields the CLI spells its own way
-_ENUM_FIELDS: Final[Mapping[str, Mapping[str, int]]] = {"outcome": OUTCOMES, "on_cancel": ON_CANCEL, "at": POINTS}
+_ENUM_FIELDS: Final[Mapping[str, Mapping[str, int]]] = {"outcome": OUTCOMES, "on_cancel": ON_CANCEL, "at": POINTS,
+                                                       "breach": BREACHES}
 _ENUM_NAMES: Final[Mapping[str, Mapping[int, str]]] = {"outcome": OUTCOME_NAMES, "on_cancel": ON_CANCEL_NAMES,
-                                                       "at": POINT_NAMES}
+                                                       "at": POINT_NAMES, "breach": BREACH_NAMES}
 
 
 def script_type(kind: str) -> type[pb.Script] | type[pb.PipeScript]:

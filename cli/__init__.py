@@ -22,7 +22,13 @@ COMMANDS = (serve, call, watch, health, load, check, report, conformance)
 
 
 class OneLineErrors(argparse.ArgumentParser):
-    """Bad usage is one line naming the option (and where to look), not the whole usage text."""
+    """Bad usage is one line naming the option (and where to look), not the whole usage text.
+    No abbreviations: `--outcom` is refused rather than taken for `--outcome` (a later option
+    sharing the prefix would silently change what an old command line means)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)   # the subcommands' parsers are of this class too
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> "NoReturn":
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -41,9 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser by name."""
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # type: ignore[return-value]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    opts = parser.parse_args(argv)
+    opts, extras = parser.parse_known_args(argv)
+    if extras:   # argparse would blame the top parser: point at the command's own help instead
+        subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(opts.run(opts) or 0)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from callstate import codes
-from callstate.cli.observe_options import add_otel, tracer_provider
+from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
                                    grpc_status, int64, non_negative_float, para, positive_float, text)
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
@@ -49,9 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
                    "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
-    p.add_argument("--code", type=abort_code, default=_SCRIPT.abort_code, help="abort: the exception code (default: %(default)s)")
-    p.add_argument("--grpc-status", type=grpc_status, default=_SCRIPT.abort_status, metavar="N",
-                   help="abort: gRPC status code to send it with (default: ABORTED)")
+    p.add_argument("--code", type=abort_code, help=f"abort: the exception code (default: {_SCRIPT.abort_code}); "
+                   "only with --outcome abort, any other outcome refuses it (exit 2)")
+    p.add_argument("--grpc-status", type=grpc_status, metavar="N",
+                   help="abort: gRPC status code to send it with (default: ABORTED); only with --outcome abort")
     p.add_argument("--message", type=text, default="", help="abort: status message; fatal: exception text")
     p.add_argument("--headers-first", action="store_true",
                    help="the handler sends initial metadata before its outcome (no trailers-only response)")
@@ -79,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     from callstate.client.any_method import shape
+    from callstate.observe import ObserveError
 
     opts.settings = channel_settings(opts)
     try:
@@ -93,24 +95,30 @@ def run(opts: argparse.Namespace) -> int:
         opts.pipe = opts.drive.method.kind
     elif opts.drive is not None and opts.pipe:
         opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
-    if opts.pipe:
-        return run_pipe(opts)
-    if opts.cancel_at is not None:   # it would never fire: say so rather than exit 0 uncancelled
+    # an abort's settings on another outcome would be dropped without a word: refuse them
+    stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
+    if stray and opts.outcome != "abort":
+        print(f"callstate call: error: {' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome} "
+              "(see callstate call --help)", file=sys.stderr)
+        return 2
+    opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
+    opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
+    if not opts.pipe and opts.cancel_at is not None:   # it would never fire: say so, not exit 0 uncancelled
         print(f"callstate call: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled "
               "with --cancel-after", file=sys.stderr)
         return 2
-    from callstate.observe import ObserveError
 
     provider = None
     try:
         provider = tracer_provider(opts, "callstate-call")
+        if opts.pipe:   # traced and secured like a unary call
+            return run_pipe(opts, provider)
         return asyncio.run(_call(opts, provider))
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
         print(f"callstate call: {exc}", file=sys.stderr)
         return 2
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider, "callstate call")
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:

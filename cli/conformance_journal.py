@@ -35,9 +35,11 @@ def first(entries: Entries, event: str = ENTER, state: str | None = None) -> dic
 
 
 def cancel_seen_at(entries: Entries) -> float | None:
-    """When the server first saw a cancel (epoch seconds), or None."""
+    """When a cancel first reached the server's call (epoch seconds), or None. A handler that
+    polls for cancels (`--cancel-poll-ms`) sees it up to one interval later and says how much
+    later (`delay_ms`): the gateway's propagation ends at the arrival, not at the poll."""
     e = first(entries, CANCEL_SEEN)
-    return parse_ts(e["ts"]) if e else None
+    return parse_ts(e["ts"]) - e.get("delay_ms", 0) / 1000 if e else None
 
 
 def final(entries: Entries) -> dict[str, Any] | None:

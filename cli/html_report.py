@@ -50,12 +50,29 @@ def charts(report: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def setting(value: Any) -> str:
+    """A run setting as the command line spells it: `abortive=20, non-abortive=10` for shares,
+    a comma list for lists, `-` when unset (never a Python repr such as None or {'a': 1})."""
+    if value is None or value == {} or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={setting(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(setting(v) for v in value)
+    return str(value)
+
+
 def render(report: Mapping[str, Any]) -> str:
     import jinja2
     from markupsafe import Markup
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["setting"] = setting
     return env.get_template(TEMPLATE).render(
         r=report, charts={k: Markup(v) for k, v in charts(report).items()},
         describe=codes.describe, C=C, CLIENT=CLIENT, SERVER=SERVER, END=END, ENTER=ENTER, CAN=CAN, CANCEL_SEEN=CANCEL_SEEN)

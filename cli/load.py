@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from typing import Any
 
 from typing import Any
 
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load_run import LoadConfig
-from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
+from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
                                    channel_settings, channels, concurrency, message_count, non_negative_float,
                                    non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int,
@@ -151,8 +153,7 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider, "callstate load")
 
 
 def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
@@ -214,6 +215,7 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
             print(f"callstate load: --html {opts.html}: cannot write the report ({exc.strerror or exc})",
                   file=sys.stderr)
             return 2
+        print(f"callstate load: HTML report written to {os.path.abspath(opts.html)}", file=sys.stderr, flush=True)
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
     if opts.report:
         try:
@@ -226,6 +228,17 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
     if load_run.metrics is not None and opts.metrics_linger:
         _linger(opts.metrics_linger)
         load_run.metrics.close()
+    return _exit_status(report)
+
+
+def _exit_status(report: dict[str, Any]) -> int:
+    """0 when the check holds, 1 when not. A run Ctrl-C stopped early (everything recorded is
+    written by now) exits 130, as shells expect of an interrupted command; SIGTERM is the
+    orderly stop of containers and supervisors, judged by the check like a finished run."""
+    import signal
+
+    if report.get("interrupted") == signal.SIGINT.name:
+        return 128 + signal.SIGINT
     return 0 if report["check"]["ok"] else 1
 
 

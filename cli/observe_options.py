@@ -32,3 +32,11 @@ def tracer_provider(opts: argparse.Namespace, service_name: str) -> Any:
         return None
     from callstate.observe.tracing import provider_from_env
     return provider_from_env(service_name)
+
+
+def shutdown_tracing(provider: Any, prog: str) -> None:
+    """Flush the last spans at exit, bounded in time, with one warning line when they could not
+    be exported (no collector answering, say)."""
+    if provider is not None:
+        from callstate.observe.tracing import shutdown
+        shutdown(provider, prog)

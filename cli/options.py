@@ -218,10 +218,17 @@ def add_keepalive(p: "argparse._ActionsContainer", who: str) -> None:
                         f"long; 0: off (default: %(default)s)")
 
 
-def add_target(p: argparse.ArgumentParser) -> None:
+def add_target(p: argparse.ArgumentParser, several: bool = False) -> None:
     """The options every client command has: where the server is, a deadline, how to reach it
-    (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings."""
-    p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
+    (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings.
+    several: --target may be repeated (replicas); opts.target is then a list, never empty."""
+    if several:
+        p.add_argument("--target", action="append", type=str, metavar="HOST:PORT",
+                       help=f"server address HOST:PORT; repeat it for several servers (replicas behind a balancer): "
+                            f"their entries are merged (default: {DEFAULT_TARGET})")
+        p.set_defaults(several_targets=True)
+    else:
+        p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="gRPC deadline for the call (default: none)")
     add_access(p)
@@ -249,6 +256,8 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
     from callstate.client.channel import ChannelSettings
 
     parser: argparse.ArgumentParser = opts.target_parser
+    if getattr(opts, "several_targets", False) and not opts.target:
+        opts.target = [DEFAULT_TARGET]
     if (opts.tls_cert is None) != (opts.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     settings = ChannelSettings(tls_ca=opts.tls_ca, tls_cert=opts.tls_cert, tls_key=opts.tls_key,

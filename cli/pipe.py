@@ -65,7 +65,9 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                    help="also log one line per message (send_complete / receive_complete)")
 
 
-def run_pipe(opts: argparse.Namespace) -> int:
+def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
+    """`call --pipe`: `opts.settings` (TLS, token) from channel_settings; `provider`: a tracer
+    provider (--otel) or None."""
     if opts.cancel_at is not None and not opts.cancel_at.applies_to(opts.pipe):
         print(f"callstate call: --cancel-at {opts.cancel_at} does not apply to an {opts.pipe} pipe", file=sys.stderr)
         return 2
@@ -75,13 +77,13 @@ def run_pipe(opts: argparse.Namespace) -> int:
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint.parse("before-start")
     try:
-        return asyncio.run(_pipe(opts))
+        return asyncio.run(_pipe(opts, provider))
     except OSError as exc:
         print(f"callstate call: {exc}", file=sys.stderr)
         return 2
 
 
-async def _pipe(opts: argparse.Namespace) -> int:
+async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
     from callstate.client.pipe_drive import drive_pipe
@@ -97,7 +99,8 @@ async def _pipe(opts: argparse.Namespace) -> int:
                         cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
                         breach=opts.breach)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
-    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings)  # type: ignore[arg-type]
+    client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,
+                         tracing=provider if provider is not None else False)  # type: ignore[arg-type]
     drive = getattr(opts, "drive", None)   # --method: a streaming method of any service (cli/method_options.py)
     loop = asyncio.get_running_loop()
 

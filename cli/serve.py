@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from callstate.cli.observe_options import add_metrics, add_otel, tracer_provider
+from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.cli.options import (abort_code, add_keepalive, bounded_int, env_token, epilog, non_negative_float,
                                    non_negative_int, outcome_mix, para, pem_file, port, positive_float, token)
@@ -164,6 +164,5 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     finally:
-        if provider is not None:
-            provider.shutdown()
+        shutdown_tracing(provider, "callstate serve")
     return 0

@@ -62,7 +62,8 @@ class AsyncNotices:
 
     async def _notice_and_log(self) -> None:
         try:
-            reply = await self._client._stub.Cancel(self._notice_request(), metadata=self._client._auth_metadata,
+            reply = await self._client._stub.Cancel(self._notice_request(),
+                                                    metadata=self._client._notice_metadata(self.call_id),
                                                     timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             self._core.event(CANCEL_SENT, notice_failed(err.code()))
@@ -178,8 +179,14 @@ class AsyncCall(AsyncNotices, CallBase):
                                                      abortive_cancel=self._core.abortive_cancel))
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not self._driver and task is not None and task.cancelling():
+            own = task is not None and task.cancelling() > 0
+            if task is not self._driver and own:
                 raise   # the caller's awaiting task is being cancelled: _wait() makes it an abortive cancel
+            if not own and not self._client.closed and not self._core.outcome_known and not self._core.abortive_cancel:
+                # Another task awaiting this call was cancelled: grpc.aio cancels the RPC for
+                # every awaiter, and this one (a pending wait(), say) woke first. That cancel is
+                # the caller's abortive cancel (Can, then 1818), not the client going away.
+                self._core.cancel(abortive=True, sent=True)
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
             self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
@@ -211,6 +218,7 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._note_closing()
             await self._channel.close()
             self._end_live_calls()
             self._close_log()

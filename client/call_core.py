@@ -72,6 +72,10 @@ class CoreBase:
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
               detail: str | None = None, cancel: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
+        self._record(prev, state, move, code, grpc_status, detail, cancel)
+
+    def _record(self, prev: str, state: str, move: str, code: int | None = None, grpc_status: str | None = None,
+                detail: str | None = None, cancel: str | None = None) -> None:
         if self._log is not None:
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
                                    grpc_status, detail, cancel, *self._counts()))
@@ -193,9 +197,15 @@ class CoreBase:
             if not self.notified:
                 self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)
-            self._move(COMPLETE)
             code = self.code if self.code is not None else codes.RPC_S_CALL_FAILED
-            self._move(COMPLETED, code, self.grpc_status or None, self.details or None)
+            # Both moves before either entry is recorded: a sink that raises (a closed stdout, a
+            # failing observer) must not leave the call in Comp, where close() or a second
+            # complete() would find it half-completed.
+            (prev, comp), (_, end) = self.lifecycle.move(COMPLETE), self.lifecycle.move(COMPLETED)
+            try:
+                self._record(prev, comp, COMPLETE)
+            finally:   # End is recorded even when the entry before it could not be
+                self._record(comp, end, COMPLETED, code, self.grpc_status or None, self.details or None)
         if code != codes.RPC_S_OK:
             raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply

@@ -179,6 +179,11 @@ class AsyncPipe(AsyncNotices, PipeBase):
                 pass
         except CallError:
             pass
+        try:   # what a server that broke the discipline left after its end: its status follows it
+            while await self._rpc.read() is not grpc.aio.EOF:
+                pass
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
+            pass
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the notification, then complete: the PipeReply (in pipe) or None, or CallError."""

@@ -12,8 +12,8 @@ import grpc
 from callstate import codes
 from callstate.client.call_core import ACT, CoreBase
 from callstate.client.channel import ChannelSettings, PemSource
-from callstate.errors import CallError
-from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, LifecycleError
+from callstate.errors import CallError, InvalidAsyncHandle
+from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, CLIENT_CLOSED, LifecycleError
 from callstate.script import RequestError, Script
 from callstate.statelog import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
@@ -192,11 +192,15 @@ class CallBase:
         completed on the caller's behalf (client closed, awaiting task cancelled), that
         completion's outcome rather than 1914."""
         core = self._core
-        if self._completed_for_caller and core.lifecycle.ended and core.code is not None:
-            if core.code != codes.RPC_S_OK:
-                raise CallError(core.code, self.call_id, grpc_status=core.grpc_status, details=core.details)
-            return core.reply
-        return self.complete()
+        try:
+            return self.complete()
+        except InvalidAsyncHandle:
+            # completed on our behalf, perhaps by close() on another thread a moment ago
+            if not self._completed_for_caller or core.code is None:
+                raise
+        if core.code != codes.RPC_S_OK:
+            raise CallError(core.code, self.call_id, grpc_status=core.grpc_status, details=core.details)
+        return core.reply
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(call)` when the notification arrives (at once if it has)."""
@@ -279,6 +283,11 @@ class ClientBase:
             return ((CALL_ID_KEY, call_id),) + self._auth_metadata + extra
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id) + extra
 
+    def _notice_metadata(self, call_id: str) -> tuple[tuple[str, Any], ...]:
+        """A cancel notice's metadata: the call's id too, so a balancer that routes on it
+        (deploy/nginx: `hash $http_callstate_call_id`) takes the notice to the call's replica."""
+        return ((CALL_ID_KEY, call_id),) + self._auth_metadata
+
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Any], None] | None = None,
                 method: "str | Method | None" = None, request: Any = None) -> Any:
@@ -307,10 +316,19 @@ class ClientBase:
         """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
         return self.prepare(script, **kwargs).start()
 
+    def _note_closing(self) -> None:
+        """Before the channel closes under them: each call still in flight records that the
+        client cut it off (the `client_closed` event), which explains its 1722 to the checker."""
+        for call in list(self._live):
+            if not call._core.outcome_known:
+                call._core.event(CLIENT_CLOSED)
+
     def _end_live_calls(self) -> None:
         """Closing the client ends its calls: outstanding ones are notified with 1722 and every
         call not yet completed is completed on the caller's behalf, so each reaches End in the
-        log before the log closes (a later complete() answers 1914)."""
+        log before the log closes (a later complete() answers 1914). A call its caller is
+        completing at this moment (another thread) is left to that caller: the core's lock
+        makes the two completes one."""
         for call in list(self._live):
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True)
             call._core.notify(code, None, status, details)

@@ -14,17 +14,22 @@ client interceptor keeps an abortive cancel from reaching the server.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
+import threading
+import time
 from importlib.metadata import entry_points
 from typing import Any, Iterable
 
 import grpc
 
 from callstate import __version__, codes
-from callstate.lifecycle import CLIENT, ENTER, END
+from callstate.lifecycle import CLIENT, ENTER, END, PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY, kind_of_initial_move
 from callstate.observe import ObserveError
 from callstate.statelog import Entry
+from callstate.v1 import callstate_pb2 as pb
 
 try:
     from opentelemetry import propagate, trace
@@ -33,7 +38,10 @@ try:
 except ImportError as exc:   # pragma: no cover - exercised by installs without the extra
     raise ObserveError("tracing needs OpenTelemetry: pip install 'callstate[otel]'") from exc
 
-SPAN_NAME = "callstate.v1.Emulator/Call"
+SERVICE = pb.DESCRIPTOR.services_by_name["Emulator"].full_name
+# each kind of call on its own method: a span is named and attributed by the method it rode
+METHOD_BY_KIND = {UNARY: "Call", PIPE_IN: "PipeIn", PIPE_OUT: "PipeOut", PIPE_BOTH: "PipeBoth"}
+SPAN_NAME = f"{SERVICE}/{METHOD_BY_KIND[UNARY]}"
 # attribute names (rpc.* from the OTel semantic conventions, callstate.* our own)
 CALL_ID = "callstate.call_id"
 SIDE = "callstate.side"
@@ -44,7 +52,13 @@ CANCEL_KIND = "callstate.cancel_kind"
 STATE, PREV, MOVE, DETAIL = "callstate.state", "callstate.prev", "callstate.move", "callstate.detail"
 GRPC_STATUS = "rpc.grpc.status_code"
 
-_BASE_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": "callstate.v1.Emulator", "rpc.method": "Call"}
+METHOD = "rpc.method"
+_BASE_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": SERVICE}
+
+
+def span_name(kind: str) -> str:
+    """The span (and `rpc.method`) of a call of `kind` (unary or a pipe kind)."""
+    return f"{SERVICE}/{METHOD_BY_KIND.get(kind, METHOD_BY_KIND[UNARY])}"
 
 
 class CallTracer:
@@ -76,9 +90,11 @@ class CallTracer:
     def observe(self, e: Entry) -> None:
         ns = int(e.t * 1e9)
         if e.event == ENTER and e.prev is None:
+            kind = kind_of_initial_move(e.move) or UNARY
             span = self._spans[e.call_id] = self._tracer.start_span(
-                SPAN_NAME, context=self._parents.pop(e.call_id, None), kind=self._kind, start_time=ns,
-                attributes={**_BASE_ATTRIBUTES, CALL_ID: e.call_id, SIDE: self.side})
+                span_name(kind), context=self._parents.pop(e.call_id, None), kind=self._kind, start_time=ns,
+                attributes={**_BASE_ATTRIBUTES, METHOD: METHOD_BY_KIND.get(kind, METHOD_BY_KIND[UNARY]),
+                            CALL_ID: e.call_id, SIDE: self.side})
         else:
             span = self._spans.get(e.call_id)
             if span is None:   # began before tracing was on
@@ -157,10 +173,74 @@ def _exporter(name: str) -> Any:
     return found[0].load()()
 
 
+# -- exit: a bounded flush, and one line when spans were not exported ---------------------------
+
+EXPORT_GRACE = 3.0   # seconds `shutdown()` waits for the last spans to go out
+# where the exporters and the batch processor log their retries and failures
+_EXPORT_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export")
+
+
+class ExportTrouble(logging.Handler):
+    """Keeps the exporters' retry and failure messages (one per attempt, for as long as no
+    collector answers) off the terminal; `shutdown()` turns them into one warning line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.first is None:
+            self.first = record.getMessage()
+
+    def install(self) -> "ExportTrouble":
+        for name in _EXPORT_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+            logger.propagate = False
+        return self
+
+
+_TROUBLE: ExportTrouble | None = None
+
+
+def _reason(message: str) -> str:
+    """The gist of an exporter's failure message (they quote whole exception chains)."""
+    found = re.search(r"\[Errno -?\d+\] [^\"')(]+", message)
+    return found.group(0).strip() if found else (message if len(message) <= 120 else message[:117] + "...")
+
+
+def _endpoint() -> str:
+    names = exporter_names()
+    if any(n.startswith("otlp") for n in names):
+        grpc_ = "otlp_proto_grpc" in names
+        return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or ("http://localhost:4317" if grpc_ else "http://localhost:4318"))
+    return ", ".join(names) or "none"
+
+
+def shutdown(provider: Any, prog: str, grace: float = EXPORT_GRACE) -> bool:
+    """Flush and shut down `provider` within `grace` seconds (an exporter retrying a collector
+    that is not there would hold the exit for many seconds). When spans could not be exported,
+    one warning line on stderr naming where they were going. True when all went out."""
+    closer = threading.Thread(target=provider.shutdown, name="callstate-otel-shutdown", daemon=True)
+    closer.start()
+    deadline = time.monotonic() + grace
+    # an export that already failed is not waited for again: its retries would only fail on
+    while closer.is_alive() and time.monotonic() < deadline and (_TROUBLE is None or _TROUBLE.first is None):
+        closer.join(0.05)
+    trouble = _TROUBLE.first if _TROUBLE is not None else None
+    if not closer.is_alive() and trouble is None:
+        return True
+    why = _reason(trouble) if trouble else f"no answer within {grace:g}s"
+    print(f"{prog}: warning: OpenTelemetry spans not exported to {_endpoint()} ({why}); "
+          "start a collector there, set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=none", file=sys.stderr)
+    return False
+
+
 def provider_from_env(service_name: str) -> Any:
     """An SDK TracerProvider: resource from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (service
     name `service_name` when unset), sampler from OTEL_TRACES_SAMPLER, one batch processor
-    (OTEL_BSP_*) per exporter of OTEL_TRACES_EXPORTER. Call `shutdown()` on it at exit (it flushes)."""
+    (OTEL_BSP_*) per exporter of OTEL_TRACES_EXPORTER. At exit pass it to `shutdown()` (a bounded flush)."""
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -171,7 +251,10 @@ def provider_from_env(service_name: str) -> Any:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = TracerProvider(resource=resource)
+    global _TROUBLE
+    if _TROUBLE is None:
+        _TROUBLE = ExportTrouble().install()
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)   # `shutdown()` bounds the exit
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider

@@ -201,7 +201,7 @@ class EmulatorServer:
         only when they are on (off, the hot path is the log's own append)."""
         opts = self.options
         if opts.metrics_port is None and not opts.tracing:
-            return log.append
+            return log.sink
         from callstate.observe import fan_out
 
         observers = []
@@ -216,7 +216,7 @@ class EmulatorServer:
             observers.append(metrics.side(SERVER).observe)
             self.metrics = AsyncMetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port,
                                                 opts.metrics_token, opts.metrics_idle_timeout)
-        return fan_out(log.append if log.enabled else None, observers)
+        return fan_out(log.sink if log.enabled else None, observers)
 
     def _close_metrics(self) -> None:
         if self.metrics is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import grpc
+from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.cancel_poll import poll_interval
@@ -24,11 +25,11 @@ from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limit
                               check_abort_code, check_call_id, validate_request)
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
+from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.backlog import ReplyBacklog
-from callstate.server.calls import ServerCall
+from callstate.server.calls import ServerCall, send_abort
 from callstate.server.journal import Journal
 from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
 
@@ -50,6 +51,20 @@ class _DropScriptedCrashes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, FatalHandlerError)
+
+
+async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
+    """End the call as grpc ends a handler that raised: UNKNOWN, 'Unexpected <class>: message'
+    (what a caller sees of a fatal failure is unchanged). Sent here rather than by raising:
+    when the caller cancels at that moment grpc cannot send the status and, for a raised
+    exception, prints ExecuteBatchError's traceback on stderr (routine under cancel load);
+    here it is what it is, a cancel."""
+    exc = FatalHandlerError(message)
+    try:
+        await context.abort(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+    except cygrpc.ExecuteBatchError:
+        raise asyncio.CancelledError() from None
+    raise exc  # pragma: no cover - context.abort raises
 
 
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
@@ -194,7 +209,41 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                          "server is shutting down")
             if script.headers_first and not headers_sent:   # the outcome then follows headers, not trailers-only
                 await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-            return await self._run(call, script, outcome, request, context, answer)
+            # The script's waits, in this frame: while a call is held only Call's own frame
+            # and the call's future stay in memory (10,000 held calls add up).
+            dispatch_ms, outcome_ms = script.dispatch_delay_ms, script.outcome_delay_ms
+            hold = outcome == _HOLD
+            overran = False
+            if dispatch_ms or outcome_ms or hold:   # nothing to wait for (the common case): no clock read
+                # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a
+                # call whose caller is gone cannot keep a slot of --max-in-flight longer than that.
+                ignore = script.on_cancel == pb.ON_CANCEL_IGNORE
+                max_hold = self.config.max_hold
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + max_hold
+                seconds = dispatch_ms / 1000
+                for phase in (0, 1):
+                    if phase:
+                        seconds = max_hold if hold else outcome_ms / 1000
+                    if not seconds:
+                        continue
+                    left = deadline - loop.time()
+                    capped = seconds >= left
+                    end = loop.time() + min(seconds, max(left, 0.0))
+                    try:
+                        while not (cut := call.interrupted(ignore)) and (remaining := end - loop.time()) > 0:
+                            try:
+                                await call.wake_after(remaining)
+                            except asyncio.CancelledError:
+                                call.cancel_seen(ABORTIVE)
+                    finally:
+                        call.stop_timer()
+                    if cut:
+                        break
+                    if capped:
+                        overran = True
+                        break
+            return await self._run(call, script, outcome, request, context, overran, answer)
         except BaseException as exc:
             if not call.lifecycle.ended:
                 call.end_on_error(exc)
@@ -203,26 +252,12 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             del self.live[call_id]
 
     async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: Any,
-                   context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
+                   context: grpc.aio.ServicerContext, overran: bool, answer: Answer | None = None) -> Any:
+        """The script's outcome, once its waits are over (`overran`: they ran past --max-hold)."""
         policy = script.on_cancel or pb.ON_CANCEL_ABORT
         ignore = policy == pb.ON_CANCEL_IGNORE
         hold = outcome == _HOLD
-        # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a call
-        # whose caller is gone cannot keep a slot of --max-in-flight longer than that.
         max_hold = self.config.max_hold
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_hold
-        overran = False
-        for seconds in (script.dispatch_delay_ms / 1000, max_hold if hold else script.outcome_delay_ms / 1000):
-            if not seconds:
-                continue
-            left = deadline - loop.time()
-            capped = seconds >= left
-            if await call.pause(min(seconds, max(left, 0.0)), ignore):
-                break
-            if capped:
-                overran = True
-                break
         call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
@@ -247,7 +282,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
-        raise FatalHandlerError(script.fatal_message or "scripted fatal failure")
+        await send_fatal(context, script.fatal_message or "scripted fatal failure")
 
     async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
                         context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
@@ -274,8 +309,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         call.move(ABORTED, server_end_code(ABORTED, code), status.name, message)
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
-        await context.abort(status, message, ((CODE_KEY, str(code)),))
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+        await send_abort(context, status, message, code)
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id

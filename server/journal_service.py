@@ -6,6 +6,8 @@ read from the bounded in-memory `Journal`.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import AsyncIterator
 
 import grpc
@@ -27,6 +29,14 @@ EVICTED = ("this watcher stopped reading and its slot went to a newer one (the s
 def _shown(call_id: str) -> str:
     """A call id as echoed in a message: a long one cut short (the status must stay small)."""
     return repr(call_id) if len(call_id) <= 160 else repr(call_id[:128]) + f"... ({len(call_id)} characters)"
+# After a batch's first entry, Follow lets entries gather this long before sending: a busy
+# server then sends a few large batches rather than a message per handful of entries, which a
+# follower that reads each message through a crowded event loop (a Locust worker's gevent hub)
+# could not keep up with (it fell seconds behind the run). 10 ms of latency is the price.
+FOLLOW_LINGER = 0.01
+# ...but only where the watcher's queue holds far more than a linger's worth of entries: a
+# small --watch-buffer would overflow while Follow waits, and its own follower lose entries.
+LINGER_MIN_BUFFER = 8 * FOLLOW_BATCH
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -109,6 +119,8 @@ class JournalServicer(pb_grpc.JournalServicer):
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
             while (first := await queue.get()) is not None:   # None: the server is stopping
                 batch = [first]
+                if queue.qsize() < FOLLOW_BATCH and queue.maxsize >= LINGER_MIN_BUFFER:
+                    await asyncio.sleep(FOLLOW_LINGER)
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
                     if entry is None:

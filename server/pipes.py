@@ -32,7 +32,7 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
 from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError, cancel_poll_ms
 from callstate.server.answer import Answer
-from callstate.server.calls import ServerCall
+from callstate.server.calls import ServerCall, send_abort
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
 
@@ -313,7 +313,7 @@ class PipeServicer:
     async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[Any] | None,
                      context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """A pipe of `kind`; with `answer`, a stand-in's streaming call of a user's method."""
-        from callstate.server.emulator import FatalHandlerError, bad_key, notice_key, refuse
+        from callstate.server.emulator import bad_key, notice_key, refuse, send_fatal
 
         emulator = self.emulator
         if answer is None:
@@ -333,6 +333,8 @@ class PipeServicer:
             mix = self.config.mix
         else:   # checked before its dispatch; a copy, as the draw below fills in its outcome
             script, bad, mix = _copy(answer.script), None, answer.mix or self.config.mix
+            if script is not None and script.breach == pb.PIPE_BREACH_PUSH_AFTER_END:   # no null push to send
+                bad = "script.breach: push-after-end needs callstate.v1.PipeMessage (a user's messages carry no null push)"
         scripted = script is not None
         if bad is None and scripted and answer is None:   # the caller's script as sent, before an outcome is drawn
             try:
@@ -370,11 +372,11 @@ class PipeServicer:
                 run.record_abort(ab.code, ab.status, ab.message)
                 if call.rpc_cancelled:
                     raise asyncio.CancelledError() from None
-                await context.abort(ab.status, ab.message, ((CODE_KEY, str(ab.code)),))
+                await send_abort(context, ab.status, ab.message, ab.code)
             except _FatalNow as fatal:
                 if call.rpc_cancelled:
                     raise asyncio.CancelledError() from None
-                raise FatalHandlerError(str(fatal)) from None
+                await send_fatal(context, str(fatal))
             except BaseException as exc:
                 if run.overdue and not call.lifecycle.ended and not call.rpc_cancelled:
                     run.record_abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold))

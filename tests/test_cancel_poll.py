@@ -244,3 +244,59 @@ def test_locust_draws_cancel_poll(poll_server: ServerProcess, tmp_path: Path) ->
     bad = subprocess.run([*locust, "--callstate-cancel-poll", "soon=1"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "argument --callstate-cancel-poll" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["unary", "out"])
+def test_the_outcome_point_asks_before_the_first_poll(poll_server: ServerProcess, tmp_path: Path, kind: str) -> None:
+    """Polls every 5 s, the outcome after 1.5 s: a notice that arrived meanwhile is seen at the
+    outcome point (the handler asks before it completes), so the call ends 1818, not 0."""
+    log, work = tmp_path / "client.jsonl", 1.5
+
+    async def run() -> tuple[int, str]:
+        async with AsyncClient(poll_server.target, log=log) as client:
+            if kind == "unary":
+                call = client.start(Script(outcome_delay=work, cancel_poll=5.0))
+            else:
+                call = client.pipe(kind, PipeScript(messages=1, outcome_delay=work, cancel_poll=5.0)).start()
+            await poll_server.await_entries(call.call_id, _dispatched, timeout=20)
+            call.cancel(abortive=False)
+            try:
+                await call.result()
+                return codes.RPC_S_OK, call.call_id
+            except CallError as err:
+                return err.code, call.call_id
+
+    code, call_id = asyncio.run(run())
+    server = poll_server.wait_entries(call_id, timeout=20)
+    dispatched = _ts(next(e for e in server if e["state"] == D and e["event"] == ENTER))
+    [seen] = [e for e in server if e["event"] == CANCEL_SEEN]
+    assert code == codes.RPC_S_CALL_CANCELLED
+    assert dispatched + work - CLOCKS <= _ts(seen) < dispatched + 5.0   # at the outcome, before any poll
+    assert seen["delay_ms"] > 0
+
+
+def test_conformance_measures_a_gateways_propagation_to_arrival_not_to_the_poll(tmp_path: Path) -> None:
+    """A server whose handlers poll every 300 ms (over the 250 ms cancel bound): the cancel rows
+    judge the path to the server's call, which the poll's `delay_ms` lets them subtract."""
+    import json
+
+    srv = start_server(tmp_path, "--max-hold", "20", "--cancel-poll-ms", "300")
+    try:
+        res = cli("conformance", "--server", srv.target, "--proxy", srv.target, "--hold-seconds", "1", "--calls", "2",
+                  "--report", str(tmp_path / "r.json"), timeout=200)
+    finally:
+        srv.stop()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    rows = {r["property"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]["proxy"]}
+    assert rows["cancel-abortive"]["verdict"] == rows["pipe-cancel"]["verdict"] == "pass"
+    polled = [e for e in read_entries(srv.log) if e["event"] == CANCEL_SEEN and "delay_ms" in e]
+    assert polled   # the handlers did poll: the bound held only because the wait was subtracted
+
+
+def test_check_refuses_a_delay_that_is_not_a_non_negative_number() -> None:
+    base = {"ts": "2026-12-04T10:00:00.000000Z", "side": "server", "call_id": "c1", "state": D, "prev": D,
+            "event": CANCEL_SEEN, "cancel": NON_ABORTIVE}
+    for bad in ("150", -1.0, True):
+        report = check_entries([{**base, "delay_ms": bad}])
+        assert any(v.kind == "bad_entry" and "delay_ms" in v.message for v in report.violations), (bad, report.summary())
+    assert not [v for v in check_entries([{**base, "delay_ms": 150}]).violations if v.kind == "bad_entry"]

@@ -110,3 +110,24 @@ def test_every_code_has_a_documented_row_naming_the_status_it_is_sent_with() -> 
         sent = codes.grpc_status_for(code).name
         if code in codes.NAMES and sent != "ABORTED":   # ABORTED: no mapping, the abort row's default
             assert status.startswith(sent), f"{code}: the table says {status!r}, the server sends {sent}"
+
+
+def test_the_readme_stand_in_example_runs_as_shown(tmp_path: Path) -> None:
+    """The README's own-proto example: the stand-in it starts, then each call ends with the code
+    its comment names, and the server's log passes the checker."""
+    from tests.conftest import cli, start_server
+    from tests.documentation import section
+    block = blocks(section("Stand in for your own service, and drive it"), "sh")[0]
+    serve, *calls = [line.split("   #")[0].rstrip(" &") for line in block.splitlines()]
+    codes = [int(line.rsplit("#", 1)[1]) for line in block.splitlines()[1:]]
+    args = shlex.split(serve.replace("tests/protos", str(ROOT / "tests" / "protos")))
+    assert args[:2] == ["callstate", "serve"]
+    srv = start_server(tmp_path, *args[2:])
+    try:
+        for line, code in zip(calls, codes):
+            out = cli(*shlex.split(line)[1:], "--target", srv.target, timeout=60)
+            assert f"final: {code} " in out.stderr, out.stdout + out.stderr
+    finally:
+        srv.stop()
+    checked = cli("check", str(srv.log), "--allow-one-side")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

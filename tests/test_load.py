@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from callstate.check import check_files
 from tests.conftest import ServerProcess, cli, read_entries
 
@@ -107,7 +109,11 @@ def test_open_loop_never_exceeds_its_bounds(server: ServerProcess) -> None:
     assert report["calls"] + report["skipped"] == 300 and report["skipped"] > 0 and report["calls"] >= 10
 
 
-def test_sigterm_stops_the_run_gracefully_and_loses_no_entry(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_run_gracefully_and_loses_no_entry(server: ServerProcess, tmp_path: Path,
+                                                              sig: signal.Signals, status: int) -> None:
+    """SIGTERM (a container stopping) is an orderly end judged by the check; Ctrl-C exits 130,
+    as an interrupted command does. Either way the report and every call's End are written."""
     log, report_path = tmp_path / "client.jsonl", tmp_path / "report.json"
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", server.target, "--duration", "60",
                              "--concurrency", "8", "--log-file", str(log), "--report", str(report_path)],
@@ -115,11 +121,11 @@ def test_sigterm_stops_the_run_gracefully_and_loses_no_entry(server: ServerProce
     deadline = time.monotonic() + 20
     while len(read_entries(server.log)) < 100 and time.monotonic() < deadline:   # the run is under way
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out + err
+    assert proc.returncode == status, out + err
     report = json.loads(report_path.read_text())
-    assert report["interrupted"] == "SIGTERM" and report["calls"] > 0 and report["check"]["ok"]
+    assert report["interrupted"] == sig.name and report["calls"] > 0 and report["check"]["ok"]
     entries = read_entries(log)
     ended = {e["call_id"] for e in entries if e["state"] == "End"}
     assert len(ended) == report["calls"] == len({e["call_id"] for e in entries})   # every call's End is in the file

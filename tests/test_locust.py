@@ -5,6 +5,7 @@ it here would monkey-patch this test process for gevent."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -65,6 +66,7 @@ def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(t
             [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
              "--headless", "--expect-workers", "2", "--expect-workers-max-wait", "40",
              "-u", "8", "-r", "8", "-t", "5s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
+             "--csv", "run", "--csv-full-history",
              # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
              # gives their final report, so the counts match only if the master waits for them
              "--callstate-abort-code", "5001", "--callstate-hold-for", "1",
@@ -115,8 +117,18 @@ def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(t
     assert not any(name.split(" ")[-2].startswith("1726") for name in code_rows)
     assert all(row["num_failures"] == 0 for row in rows.values())   # only expected codes
 
-    # cancel propagation: its own entry, one sample per cancel the server saw after dispatching
+    # cancel propagation: its own entry, one sample per cancel the server saw after dispatching,
+    # outside the Aggregated row (which counts calls only, and their rate) ...
     prop = rows["cancel propagation"]
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        final_csv = {row["Name"]: row for row in csv.DictReader(f)}
+    assert int(final_csv["Aggregated"]["Request Count"]) == sum(r["num_requests"] for r in code_rows.values())
+    assert int(final_csv["cancel propagation"]["Request Count"]) == prop["num_requests"]
+    # ... and delivered while the run goes (workers report every 3 s), not only at the end
+    with open(tmp_path / "run_stats_history.csv", newline="") as f:
+        history = [row for row in csv.DictReader(f) if row["Name"] == "cancel propagation"]
+    live = [int(row["Total Request Count"]) for row in history[:-1]]   # the last row: after the stop
+    assert live and 0 < max(live) <= prop["num_requests"], (live, prop["num_requests"])
     report = cli("check", *map(str, logs), str(srv.log))
     assert report.returncode == 0, report.stdout + report.stderr
     assert "OK: every invariant holds" in report.stdout
@@ -199,3 +211,24 @@ def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) 
         assert bad.returncode == 2
         assert error in bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+def test_cancel_propagation_reaches_the_statistics_while_the_run_goes(tmp_path: Path) -> None:
+    """The follower of the server's journal kept up with a busy run (it fell seconds behind,
+    most samples arriving in the catch-up after the stop: 315 live of 2,699 in a 20 s run)."""
+    (tmp_path / "locustfile.py").write_text(readme_locustfile())
+    srv = start_server(tmp_path, "--max-hold", "20", "--no-state-log")
+    try:
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "16", "-r", "16", "-t", "10s",
+                              "--stop-timeout", "5", "--host", srv.target, "--json-file", "run", "--csv", "run",
+                              "--csv-full-history", "--callstate-log-file", ""],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    finally:
+        srv.stop()
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    final = stats_rows(tmp_path / "run.json")["cancel propagation"]["num_requests"]
+    with open(tmp_path / "run_stats_history.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["Name"] == "cancel propagation"]
+    start = int(rows[0]["Timestamp"])
+    live = max(int(row["Total Request Count"]) for row in rows if int(row["Timestamp"]) <= start + 8)
+    assert final > 50 and live >= 0.6 * final, (live, final)

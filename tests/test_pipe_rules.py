@@ -249,3 +249,47 @@ def test_cli_pipe_breach_and_cancel_poll(rules_server: ServerProcess, tmp_path: 
               "--cancel-after", "0.05", "--non-abortive", "--json")
     assert run.returncode == 1 and "1818" in run.stdout, run.stdout + run.stderr
     assert cli("call", "--target", rules_server.target, "--cancel-poll-ms", "-3").returncode == 2
+
+
+def test_a_script_header_carries_breach_and_cancel_poll_with_the_cli_names() -> None:
+    from callstate.script_header import SCRIPT_HEADER, decode, encode
+
+    script = PipeScript(breach="push-after-end", cancel_poll=0.2).to_proto()
+    text = encode(script)
+    assert '"breach":"push-after-end"' in text and '"cancel_poll_ms":"200"' in text
+    assert decode({SCRIPT_HEADER: text}, "out") == script
+    with pytest.raises(ScriptError, match="breach"):
+        decode({SCRIPT_HEADER: '{"breach": "sometimes"}'}, "out")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.test_standin import generated_shop
+    yield from generated_shop(tmp_path_factory)
+
+
+def test_a_stand_in_breaks_the_rules_its_messages_can_carry(tmp_path: Path, shop: Any) -> None:
+    """A user's proto: completing undrained is a breach like any other (1917); pushing after the
+    null push is refused, since a user's messages cannot carry a null push."""
+    from tests.test_standin import standin_args
+
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    srv = start_server(tmp_path, *standin_args(tmp_path / "rules.yaml"), name="standin")
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = shop.grpc.ShopStub(channel)
+            with pytest.raises(grpc.RpcError) as undrained:
+                stub.Upload(iter([shop.pb.Chunk()] * 3), timeout=20, metadata=(
+                    (CALL_ID_KEY, "standin-undrained"),
+                    ("callstate-script", '{"breach": "complete-undrained", "at": "after-in", "at_count": 1}')))
+            assert undrained.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert dict(undrained.value.trailing_metadata())[CODE_KEY] == "1917"
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Track(shop.pb.TrackRequest(), timeout=20, metadata=(
+                    ("callstate-script", '{"breach": "push-after-end"}'),)))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "push-after-end needs callstate.v1.PipeMessage" in refused.value.details()
+        entries = srv.wait_entries("standin-undrained")
+        assert [e["event"] for e in entries].count(PIPE_BREACH) == 1 and final(entries)["code"] == 1917
+    finally:
+        srv.stop()

@@ -85,6 +85,15 @@ def test_load_html_shows_the_runs_numbers(run: Run) -> None:
     assert html.count("<svg") == 3   # latency, timeline, propagation
 
 
+def test_load_html_says_where_it_wrote_and_its_run_table_reads_like_the_command_line(run: Run) -> None:
+    assert f"callstate load: HTML report written to {run.load_html.resolve()}" in run.load.stderr
+    html = run.load_html.read_text()
+    table = html[html.index('<h2 id="run">'):].split("</table>", 1)[0]
+    assert "None" not in table and "{" not in table and "[" not in table, table
+    assert '<th>cancel</th><td class="mono">abortive=30, non-abortive=20</td>' in table, table
+    assert '<th>cancel_at</th><td class="mono">before-start, after-start, held:0.02</td>' in table, table
+
+
 def test_report_from_logs_matches_the_logs(run: Run, tmp_path: Path) -> None:
     out_html, out_json = tmp_path / "out.html", tmp_path / "out.json"
     result = cli("report", str(run.client_log), str(run.server_log), "--html", str(out_html), "--json", str(out_json))

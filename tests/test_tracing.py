@@ -210,3 +210,86 @@ def test_load_otel_traces_every_call(server: Any, monkeypatch: pytest.MonkeyPatc
     call_ids = re.findall(r'"callstate.call_id": "(\w+)"', result.stderr)
     assert len(call_ids) == len(set(call_ids)) == 20   # one client span per call, all exported at exit
     assert result.stderr.count('"kind": "SpanKind.CLIENT"') == 20
+
+
+def test_each_kind_of_call_is_traced_under_its_own_method(spans: Any) -> None:
+    """Unary calls ride Emulator/Call, pipes PipeIn, PipeOut and PipeBoth: the spans of both
+    sides are named by the method and carry it as rpc.method (pipes were all '.../Call')."""
+    from callstate.client.pipe_drive import drive_pipe
+    provider, exporter = spans
+
+    async def go() -> dict[str, str]:
+        kinds: dict[str, str] = {}
+        async with EmulatorServer(port=0, tracing=provider) as srv:
+            async with AsyncClient(srv.target, tracing=provider) as client:
+                call = client.start(Script("complete"))
+                await call
+                kinds[call.call_id] = "Call"
+                for kind, method in (("in", "PipeIn"), ("out", "PipeOut"), ("both", "PipeBoth")):
+                    pipe = client.pipe(kind, PipeScript(outcome="complete", messages=1))
+                    await drive_pipe(pipe, messages=1)
+                    kinds[pipe.call_id] = method
+            await finished(exporter, 8)
+        return kinds
+
+    kinds = asyncio.run(go())
+    got = exporter.get_finished_spans()
+    assert len(got) == 8
+    for span in got:
+        method = kinds[span.attributes["callstate.call_id"]]
+        assert span.name == f"callstate.v1.Emulator/{method}" and span.attributes["rpc.method"] == method, span.name
+        assert span.attributes["rpc.service"] == "callstate.v1.Emulator"
+
+
+def test_call_pipe_otel_traces_the_pipe_and_sends_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`call --pipe ... --otel` emitted no client span, and the pipe path ignored --token."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    srv = start_server(tmp_path, "--token", "s3cret")
+    try:
+        result = cli("call", "--target", srv.target, "--pipe", "out", "--otel", "--token", "s3cret")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert '"name": "callstate.v1.Emulator/PipeOut"' in result.stderr
+        assert '"callstate.side": "client"' in result.stderr and '"rpc.method": "PipeOut"' in result.stderr
+    finally:
+        srv.stop()
+
+
+def test_export_at_exit_is_bounded_with_one_warning_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """An exporter that never gets through (no collector, a black-holed address) cannot hold
+    the exit: `shutdown` gives up after its grace with one line saying where spans were going."""
+    import threading
+    from callstate.observe.tracing import shutdown
+
+    release = threading.Event()
+
+    class Stuck:
+        def shutdown(self) -> None:
+            release.wait(120)
+
+    try:
+        assert shutdown(Stuck(), "callstate call", grace=0.2) is False
+    finally:
+        release.set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("callstate call: warning: OpenTelemetry spans not exported to ")
+    assert "no answer within 0.2s" in err[0]
+
+
+def test_no_collector_gives_one_warning_line_not_retry_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]   # closed again: nothing listens there
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{nobody}")
+    srv = start_server(tmp_path)
+    try:
+        result = cli("call", "--target", srv.target, "--otel")
+    finally:
+        srv.stop()
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("final: 0 ") and len(lines) == 2, lines
+    assert lines[1].startswith(f"callstate call: warning: OpenTelemetry spans not exported to http://127.0.0.1:{nobody}")
+    assert "Transient error" not in result.stderr and "retry" not in result.stderr

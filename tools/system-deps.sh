@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
 # System packages the tests use beyond Python; CI (.ci/run) runs this. Each install is a no-op
-# when the binary is already there, and prints why it did nothing when it cannot install.
+# when the binary is already there. Without root or apt-get it installs nothing and says so
+# (the tests that need a package skip, exit 0). With them, a package that could not be
+# installed (the apt lock held by another apt, a mirror down) is an error: its reason is
+# printed and the script exits 1, so a CI does not go on to skip those tests silently.
 set -uo pipefail
+
+APT_LOCK_WAIT=${APT_LOCK_WAIT:-120}   # seconds to wait for another apt/dpkg to let go of its lock
+failed=()
+
+apt_quiet() {   # apt_quiet ARGS...: run apt-get, print only its first error line when it fails
+    local out
+    if out=$(DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "$@" 2>&1); then
+        return 0
+    fi
+    echo "system-deps: apt-get $*: $(grep -m1 -E '^(E|Err):' <<<"$out" || tail -n1 <<<"$out")"
+    return 1
+}
 
 need() {   # need BINARY PACKAGE REASON
     local binary=$1 package=$2 reason=$3
@@ -13,11 +28,13 @@ need() {   # need BINARY PACKAGE REASON
         return 0
     fi
     if [ -z "${_APT_UPDATED:-}" ]; then
-        apt-get update -qq >/dev/null || echo "system-deps: apt-get update failed"
+        apt_quiet update -qq || echo "system-deps: apt-get update failed; trying the package lists already here"
         _APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null \
-        || echo "system-deps: could not install $package; tests that use $binary skip: $reason"
+    if ! apt_quiet install -y -qq --no-install-recommends "$package"; then
+        echo "system-deps: could not install $package; tests that use $binary would skip: $reason"
+        failed+=("$package")
+    fi
 }
 
 need chromium chromium "the HTML report is rendered in a real headless browser"
@@ -33,4 +50,9 @@ if command -v npm >/dev/null 2>&1; then
     fi
 else
     echo "system-deps: no npm; the grpc-js tests of the stand-in skip"
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "system-deps: FAILED to install: ${failed[*]}" >&2
+    exit 1
 fi

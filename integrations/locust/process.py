@@ -3,8 +3,9 @@ server-journal follower that measures cancel propagation.
 
 Cancel propagation is the time from a client's `Can` to the server's `cancel_seen`, for
 calls the server had dispatched before the cancel (as `callstate load` measures it); it is
-reported to Locust as request `cancel propagation`. Across machines it includes their
-clock difference.
+Locust statistics entry `cancel propagation` (type `callstate`), logged straight into that
+entry so that it stays out of the Aggregated row and its RPS, which count calls only. Across
+machines it includes their clock difference.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class ProcessState:
         cancels = self.cancels
         assert cancels is not None
         dispatched: dict[str, str] = {}
-        fire = self.environment.events.request.fire
+        propagation = self.environment.stats.get(PROPAGATION, REQUEST_TYPE)
         try:
             for batch in self._stream:
                 for e in batch.entries:
@@ -90,9 +91,9 @@ class ProcessState:
                         t_can = cancels.pop(call_id, None)
                         t_dispatch = dispatched.get(call_id)
                         if t_can is not None and t_dispatch is not None and parse_ts(t_dispatch) <= t_can:
-                            fire(request_type=REQUEST_TYPE, name=PROPAGATION,
-                                 response_time=(parse_ts(e.ts) - t_can) * 1000, response_length=0,
-                                 exception=None, context={"call_id": call_id})
+                            # its own statistics entry, kept out of Aggregated (not a request: a
+                            # request event would count it into the totals and their RPS)
+                            propagation.log((parse_ts(e.ts) - t_can) * 1000, 0)
                     elif e.state == END and e.event == ENTER:
                         dispatched.pop(call_id, None)
                         cancels.pop(call_id, None)

@@ -4,7 +4,7 @@ Each call is reported to Locust as a request named by its final code (`0 RPC_S_O
 `1818 RPC_S_CALL_CANCELLED`, ...), request type `callstate`; a pipe call's name starts with
 its kind (`pipe-in 0 RPC_S_OK`), so each kind has its own figures. A code the call's plan
 could not end with counts as a failure. The time from a client's cancel to the server seeing it
-is reported as `cancel propagation` (see `process.ProcessState`).
+is the statistics entry `cancel propagation`, outside Aggregated (see `process.ProcessState`).
 """
 
 from __future__ import annotations

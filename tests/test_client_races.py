@@ -1,0 +1,179 @@
+"""Closing a client while its calls complete, and cancelling one of several tasks awaiting a
+call: real servers over loopback, the client log checked against the server's."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callstate import codes
+from callstate.check import check_entries, check_files
+from callstate.client import AsyncClient, CallError, Client, Script
+from callstate.lifecycle import CLIENT_CLOSED, COMP, END, ENTER
+from callstate.statelog import Entry, StateLog, to_dict
+from tests.conftest import ServerProcess, final, states
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Sink:
+    """A client log in memory; `fail_on` makes append raise for that state (a closed stdout)."""
+
+    enabled = True
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.entries: list[Entry] = []
+        self.fail_on = fail_on
+
+    def append(self, e: Entry) -> None:
+        self.entries.append(e)
+        if e.event == ENTER and e.state == self.fail_on:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_log_that_fails_mid_complete_leaves_no_call_half_completed(shared_server: ServerProcess) -> None:
+    """The reported traceback: close() -> _end_live_calls -> complete() on a call left in Comp
+    by a complete() whose log write raised (LifecycleError: 'complete' illegal in 'Comp')."""
+    async def go() -> None:
+        sink = Sink(fail_on=COMP)
+        client = AsyncClient(shared_server.target, log=sink)
+        call = client.start(Script("complete"))
+        with pytest.raises(BrokenPipeError):
+            await call
+        await client.close()       # raised LifecycleError before the fix
+        assert call.state == END   # both moves made before the write that failed
+        assert [e.state for e in sink.entries if e.event == ENTER][-2:] == [COMP, END]
+    asyncio.run(go())
+
+
+def test_closing_an_async_client_while_its_calls_complete(shared_server: ServerProcess) -> None:
+    """Close at every point of a completion in progress: each call gets its reply or 1722, close
+    never raises, each call ends once and the log checks clean."""
+    async def one(rng: random.Random, sink: Sink) -> set[int]:
+        client = AsyncClient(shared_server.target, log=sink)
+        calls = [client.start(Script("complete")) for _ in range(3)]
+        awaiters = [asyncio.ensure_future(_finish(call)) for call in calls]
+        for _ in range(rng.randrange(40)):   # let the completions get anywhere
+            await asyncio.sleep(0)
+        await client.close()
+        return {code for code, _ in await asyncio.gather(*awaiters)}
+
+    async def go() -> None:
+        rng, sink, seen = random.Random(21), Sink(), set()
+        for _ in range(150):
+            seen |= await one(rng, sink)
+        assert seen <= {codes.RPC_S_OK, codes.RPC_S_SERVER_UNAVAILABLE}, seen
+        report = check_entries([to_dict(e) for e in sink.entries])
+        assert report.ok and report.calls == 450, report.summary()
+    asyncio.run(go())
+
+
+def test_closing_a_sync_client_from_another_thread_while_a_call_completes(shared_server: ServerProcess) -> None:
+    """The caller completes on one thread while close() ends the client on another: the caller
+    gets its reply or 1722 (never 1914 for a call completed on its behalf a moment before)."""
+    sink, seen = Sink(), set()
+    for _ in range(150):
+        client = Client(shared_server.target, log=sink)
+        call = client.start(Script("complete"))
+        got: list[Any] = []
+        caller = threading.Thread(target=lambda: got.append(_result(call)))
+        caller.start()
+        call.wait(5)
+        client.close()
+        caller.join(10)
+        seen.add(got[0])
+    assert seen <= {codes.RPC_S_OK, codes.RPC_S_SERVER_UNAVAILABLE}, seen
+    assert check_entries([to_dict(e) for e in sink.entries]).ok
+
+
+def test_cancelling_an_awaiter_while_a_wait_is_pending_is_an_abortive_cancel(shared_server: ServerProcess,
+                                                                           tmp_path: Path) -> None:
+    """One task waits (wait()), another awaits the result; cancelling the second is the caller's
+    abortive cancel: Can, then 1818 (it ended 1722 'the client was closed', with no Can)."""
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> None:
+        async with AsyncClient(shared_server.target, log=StateLog(log)) as client:
+            for first_waits in (True, False):
+                call = client.start(Script("hold"))
+                await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+                started = []
+                for is_waiter in ((True, False) if first_waits else (False, True)):
+                    started.append(asyncio.ensure_future(call.wait() if is_waiter else call.result()))
+                    for _ in range(5):
+                        await asyncio.sleep(0)   # it is awaiting the call
+                waiter, awaiter = started if first_waits else started[::-1]
+                awaiter.cancel()
+                assert await asyncio.wait_for(waiter, 10) is True
+                with pytest.raises(asyncio.CancelledError):
+                    await awaiter
+                assert call.code == codes.RPC_S_CALL_CANCELLED and call.history.count("Can") == 1, call.history
+                assert call.state == END   # completed on the cancelled task's behalf
+                server = await shared_server.await_entries(call.call_id)
+                assert final(server)["code"] == codes.RPC_S_CALL_CANCELLED
+    asyncio.run(go())
+    assert check_files([log, shared_server.log]).ok
+
+
+def test_check_refuses_a_client_closed_1722_the_client_never_recorded_closing() -> None:
+    """A 1722 the client made itself (status CANCELLED: gRPC's local cancel) against a server that
+    saw an abortive cancel is the closing client's only when the client recorded closing."""
+    def client(closed: bool) -> list[dict[str, Any]]:
+        out = [Entry(1.0, "client", "x", "C", None, ENTER, "call"), Entry(1.1, "client", "x", "WComp", "C", ENTER,
+                                                                           "started")]
+        if closed:
+            out.append(Entry(1.2, "client", "x", "WComp", "WComp", CLIENT_CLOSED))
+        out += [Entry(1.3, "client", "x", "Comp", "WComp", ENTER, "complete"),
+                Entry(1.4, "client", "x", "End", "Comp", ENTER, "completed", 1722, codes.LOCAL_CLOSE_STATUS)]
+        return [to_dict(e) for e in out]
+
+    server = [to_dict(e) for e in (
+        Entry(1.0, "server", "x", "D", None, ENTER, "dispatch"),
+        Entry(1.3, "server", "x", "D", "D", "cancel_seen", cancel="abortive"),
+        Entry(1.3, "server", "x", "A", "D", ENTER, "abort"),
+        Entry(1.4, "server", "x", "End", "A", ENTER, "aborted", 1818, "CANCELLED"))]
+    assert check_entries(client(closed=True) + server).ok
+    unexplained = check_entries(client(closed=False) + server)
+    assert list(unexplained.by_kind()) == ["code_mismatch"], unexplained.summary()
+    # a 1722 off the wire (UNAVAILABLE: the connection died) needs no record of closing
+    wire = [{**d, "grpc_status": "UNAVAILABLE"} if d["state"] == "End" else d for d in client(closed=False)]
+    assert check_entries(wire + server).ok
+
+
+def test_closing_under_a_call_records_it_and_checks_clean(shared_server: ServerProcess, tmp_path: Path) -> None:
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> str:
+        client = AsyncClient(shared_server.target, log=StateLog(log))
+        call = client.start(Script("hold"))
+        await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+        await client.close()
+        assert call.code == codes.RPC_S_SERVER_UNAVAILABLE
+        await shared_server.await_entries(call.call_id)
+        return call.call_id
+
+    call_id = asyncio.run(go())
+    from tests.conftest import read_entries
+    events = [e["event"] for e in read_entries(log, call_id)]
+    assert CLIENT_CLOSED in events
+    assert check_files([log, shared_server.log]).ok
+
+
+async def _finish(call: Any) -> tuple[int, Any]:
+    try:
+        return codes.RPC_S_OK, await call
+    except CallError as err:
+        return err.code, err
+
+
+def _result(call: Any) -> int:
+    try:
+        call.result(10)
+        return codes.RPC_S_OK
+    except CallError as err:
+        return err.code
