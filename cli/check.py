@@ -58,6 +58,9 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    if not report.entries:
+        print(f"callstate check: nothing was checked: no entries in {', '.join(opts.logs)}", file=sys.stderr)
+        return 1
     if report.one_sided and not opts.allow_one_side:
         print(f"callstate check: only the {report.one_sided} side is logged: pass --allow-one-side to judge it "
               "alone, or add the other side's log", file=sys.stderr)

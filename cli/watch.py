@@ -9,6 +9,7 @@ import sys
 
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.options import add_target, channel_settings, non_negative_int
+from callstate.cli.terminal import printable
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -117,7 +118,7 @@ async def _watch(opts: argparse.Namespace) -> int:
                         if dashboard is not None:
                             dashboard.entry(d)
                         else:
-                            print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
+                            print(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
                         seen += 1
                         if opts.count and seen >= opts.count:
                             done.set()
@@ -161,7 +162,8 @@ async def _watch(opts: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
                 return 0
-            print(f"callstate watch: {failed}: {err.code().name}: {settings.explain(err.code(), err.details())}",
+            print(printable(f"callstate watch: {failed}: {err.code().name}: "
+                            f"{settings.explain(err.code(), err.details())}"),
                   file=sys.stderr)
             return 1
     finally:
