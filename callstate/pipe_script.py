@@ -4,11 +4,11 @@ the validation the client (before sending) and the server (on what arrived) both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
-from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, ON_CANCEL_NAMES, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
-                              check_cancel_poll, to_ms)
+from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
+                              check_cancel_poll, to_ms, validate_ending)
 from callstate.v1 import callstate_pb2 as pb
 
 PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
@@ -55,12 +55,9 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         value = getattr(script, name)
         if not 0 <= value <= limits.max_delay_ms:
             raise ScriptError(name, f"must be in 0..{limits.max_delay_ms}, got {value}")
-    if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
-        raise ScriptError("outcome", f"unknown outcome {script.outcome}")
+    validate_ending(script, limits)
     check_cancel_poll(script, limits)
     check_breach(script, kind)
-    if script.on_cancel not in ON_CANCEL_NAMES:
-        raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
     if script.at not in POINT_NAMES:
         raise ScriptError("at", f"unknown point {script.at}")
     if script.at not in KIND_POINTS[kind]:
@@ -71,10 +68,16 @@ def validate_pipe(script: pb.PipeScript, kind: str, limits: Limits = Limits()) -
         raise ScriptError("messages", f"must be in 0..{MAX_MESSAGES}, got {script.messages}")
     if not 0 <= script.message_bytes <= limits.max_reply_bytes:
         raise ScriptError("message_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.message_bytes}")
-    if script.outcome == pb.OUTCOME_ABORT and script.abort_code == 0:
-        raise ScriptError("abort_code", "must be non-zero for an abort (RpcAsyncAbortCall)")
-    if not 0 <= script.abort_grpc_status <= 16:
-        raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
+
+
+def check_push(payload: Any, limits: Limits = Limits()) -> None:
+    """ValueError for a message the server would not take (gRPC refuses it at its receive limit
+    and ends the call, which each side would then log differently): refused before it is sent.
+    `payload`: bytes, or a protobuf message (a stand-in's method's own message type)."""
+    size = payload.ByteSize() if hasattr(payload, "ByteSize") else len(payload)
+    if size > limits.max_payload_bytes:
+        raise ValueError(f"push: a message of {size} bytes is over the server's limit "
+                         f"({limits.max_payload_bytes} bytes); nothing was sent")
 
 
 def check_breach(script: pb.PipeScript, kind: str) -> None:

@@ -117,25 +117,34 @@ def validate(script: pb.Script, limits: Limits = Limits()) -> None:
         if value > limits.max_delay_ms:
             raise ScriptError(name, f"must be <= {limits.max_delay_ms} (server limit), got {value}")
     check_cancel_poll(script, limits)
+    validate_ending(script, limits)
+    if not 0 <= script.reply_bytes <= limits.max_reply_bytes:
+        raise ScriptError("reply_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.reply_bytes}")
+
+
+def validate_ending(script: pb.Script | pb.PipeScript, limits: Limits = Limits()) -> None:
+    """The fields every script has (unary and pipe alike): its outcome, on-cancel policy, abort
+    code and status, its abort and fatal messages. The one place they are checked, on the client
+    before sending and on the server as they arrive. An abort code is checked whenever it is set,
+    not only when the script says abort: a script without an outcome may draw abort from the
+    server's mix."""
     if script.outcome != pb.OUTCOME_UNSPECIFIED and script.outcome not in OUTCOME_NAMES:
         raise ScriptError("outcome", f"unknown outcome {script.outcome}; expected one of "
                           + ", ".join(f"{v} ({k})" for k, v in OUTCOMES.items()))
     if script.on_cancel not in ON_CANCEL_NAMES:
         raise ScriptError("on_cancel", f"unknown on_cancel {script.on_cancel}")
-    if not 0 <= script.reply_bytes <= limits.max_reply_bytes:
-        raise ScriptError("reply_bytes", f"must be in 0..{limits.max_reply_bytes}, got {script.reply_bytes}")
     for name in ("abort_message", "fatal_message"):
         size = len(getattr(script, name).encode("utf-8", "surrogatepass"))
         if size > limits.max_message_bytes:
             raise ScriptError(name, f"at most {limits.max_message_bytes} bytes (so the status reaches the caller "
                                     f"intact), got {size}")
-    if script.outcome == pb.OUTCOME_ABORT:
+    if script.outcome == pb.OUTCOME_ABORT or script.abort_code:
         try:
             check_abort_code(script.abort_code)
         except ValueError as exc:
             raise ScriptError("abort_code", str(exc)) from None
-        if not 0 <= script.abort_grpc_status <= 16:
-            raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
+    if not 0 <= script.abort_grpc_status <= 16:
+        raise ScriptError("abort_grpc_status", f"must be a gRPC status code 1..16 (0 = ABORTED), got {script.abort_grpc_status}")
 
 
 def check_cancel_poll(script: pb.Script | pb.PipeScript, limits: Limits = Limits()) -> None:

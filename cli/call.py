@@ -14,6 +14,7 @@ from callstate.cli.options import (abort_code, add_target, bounded_int, channel_
                                    grpc_status, int64, non_negative_float, para, positive_float, text)
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
+from callstate.cli.terminal import printable
 from callstate.lifecycle import UNARY, WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
@@ -102,6 +103,10 @@ def run(opts: argparse.Namespace) -> int:
         return 2
     opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
     opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
+    if not opts.pipe and opts.cancel_at is not None:   # it would never fire: say so, not exit 0 uncancelled
+        print(f"callstate call: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled "
+              "with --cancel-after", file=sys.stderr)
+        return 2
 
     provider = None
     try:
@@ -173,4 +178,4 @@ def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # 
 
 
 def _final(code: int, details: str) -> None:
-    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)
+    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from callstate.cli.options import para
 
@@ -18,12 +19,31 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "mid-line, a full disk) is reported as a warning and the complete lines are "
                                         "checked. Exit status 1 on any violation, 2 when a file cannot be read or is "
                                         "not a regular file."))
-    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--allow-one-side", action="store_true",
                    help="judge logs that hold only one side (a client driving a server that is not callstate) on "
                         "that side alone; without it such logs fail (exit 1): the other side is unknown")
     return p
+
+
+LOGS_HELP = ("state log files (JSON lines), or folders of them (their *.jsonl files): e.g. one client log and "
+             "the server logs of every replica behind a balancer")
+
+
+def log_paths(args: list[str]) -> list[Path]:
+    """The LOG arguments with each folder replaced by its *.jsonl files (sorted); OSError naming
+    a folder that holds none, so a wrong folder is never checked as an empty run."""
+    paths: list[Path] = []
+    for arg in map(Path, args):
+        if arg.is_dir():
+            found = sorted(p for p in arg.glob("*.jsonl") if p.is_file())
+            if not found:
+                raise OSError(f"{arg}: a folder with no state log in it (no *.jsonl file)")
+            paths += found
+        else:
+            paths.append(arg)
+    return paths
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -33,11 +53,14 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.statelog import LogFormatError
 
     try:
-        report = check_files(opts.logs, warn=lambda text: print(f"callstate check: warning: {text}", file=sys.stderr))
+        report = check_files(log_paths(opts.logs), warn=lambda text: print(f"callstate check: warning: {text}", file=sys.stderr))
     except (OSError, LogFormatError) as exc:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
+    if not report.entries:
+        print(f"callstate check: nothing was checked: no entries in {', '.join(opts.logs)}", file=sys.stderr)
+        return 1
     if report.one_sided and not opts.allow_one_side:
         print(f"callstate check: only the {report.one_sided} side is logged: pass --allow-one-side to judge it "
               "alone, or add the other side's log", file=sys.stderr)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Coroutine, TextIO
 from callstate.cli.conformance_battery import BatteryConfig
 from callstate.cli.conformance_calls import LOSS, POWER, detection
 from callstate.cli.conformance_properties import PROPERTIES
-from callstate.cli.options import add_access, channel_settings, non_negative_float, para, port, positive_float, positive_int
+from callstate.cli.options import (add_access, channel_settings, concurrency, metadata_bytes, non_negative_float, para,
+                                   port, positive_float, positive_int, streams)
 
 _CFG = BatteryConfig()
 
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         + (f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
                            f"{detection(_CFG.calls):.1%} per row (at least {POWER:.0%}: 1 - {1 - LOSS:g}^(2N)); "
                            "a smaller N is quicker and misses more").replace("%", "%%") + " (default: %(default)s)")
-    p.add_argument("--concurrency", type=positive_int, default=_CFG.concurrency, metavar="N",
+    p.add_argument("--concurrency", type=concurrency, default=_CFG.concurrency, metavar="N",
                    help="calls in flight in the concurrent half, and held calls (default: %(default)s)")
     p.add_argument("--hold-seconds", type=positive_float, default=_CFG.hold_seconds, metavar="SECONDS",
                    help="held calls last this long; above the proxy's idle timeout to test it "
@@ -80,9 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--max-bytes", type=positive_int, default=_CFG.max_bytes, metavar="N",
                    help="complete-large: reply size, near gRPC's 4 MiB message limit; echoed random bytes up to "
                         "the server's largest request (1 MiB), a scripted reply beyond (default: %(default)s)")
-    p.add_argument("--streams", type=positive_int, default=_CFG.streams, metavar="N",
+    p.add_argument("--streams", type=streams, default=_CFG.streams, metavar="N",
                    help="many-streams: concurrent calls on one connection (default: %(default)s)")
-    p.add_argument("--metadata-bytes", type=positive_int, default=_CFG.metadata_bytes, metavar="N",
+    p.add_argument("--metadata-bytes", type=metadata_bytes, default=_CFG.metadata_bytes, metavar="N",
                    help="large-metadata: request header and abort message size, under gRPC's 8 KiB metadata "
                         "limit (default: %(default)s)")
     p.add_argument("--wait", type=positive_float, default=_CFG.wait, metavar="SECONDS",

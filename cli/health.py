@@ -6,8 +6,10 @@ import argparse
 import sys
 
 from callstate.cli.options import add_target, channel_settings
+from callstate.v1 import callstate_pb2 as pb
 
 DEFAULT_TIMEOUT = 5.0
+EMULATOR = pb.DESCRIPTOR.services_by_name["Emulator"].full_name   # a callstate server reports it SERVING
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -26,10 +28,16 @@ def run(opts: argparse.Namespace) -> int:
 
     settings = channel_settings(opts)
     with settings.sync_channel(opts.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=opts.service), timeout=opts.timeout or DEFAULT_TIMEOUT)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=opts.service), timeout=opts.timeout or DEFAULT_TIMEOUT)
+            if not opts.service:   # any gRPC server may answer for itself: is this one callstate?
+                stub.Check(health_pb2.HealthCheckRequest(service=EMULATOR), timeout=opts.timeout or DEFAULT_TIMEOUT)
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND and not opts.service:
+                print(f"callstate health: {opts.target} answers health checks but is not a callstate server "
+                      f"(it does not know {EMULATOR})", file=sys.stderr)
+                return 1
             print(f"callstate health: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
                   file=sys.stderr)
             return 1

@@ -14,9 +14,10 @@ from callstate.cli.live_view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load_run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares, channel_settings,
-                                   non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, para, positive_float,
-                                   positive_int)
+from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
+                                   channel_settings, channels, concurrency, message_count, non_negative_float,
+                                   non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int,
+                                   rate)
 from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
@@ -68,11 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     stop.add_argument("--calls", type=non_negative_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
     stop.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--concurrency", type=positive_int, default=_LOAD.concurrency, metavar="N",
+    pace.add_argument("--concurrency", type=concurrency, default=_LOAD.concurrency, metavar="N",
                       help="closed loop: N calls in flight at all times (default: %(default)s)")
-    pace.add_argument("--rate", type=positive_float, metavar="CALLS_PER_S",
+    pace.add_argument("--rate", type=rate, metavar="CALLS_PER_S",
                       help="open loop: start calls at this rate whatever the latency")
-    p.add_argument("--channels", type=positive_int, default=_LOAD.channels, metavar="N",
+    p.add_argument("--channels", type=channels, default=_LOAD.channels, metavar="N",
                    help="gRPC channels (connections) to spread calls over (default: %(default)s)")
     p.add_argument("--mix", type=outcome_mix, default=outcome_mix(DEFAULT_MIX), metavar="MIX",
                    help=f"outcome weights (default: {DEFAULT_MIX})")
@@ -100,7 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--pipe-cancel-at", type=pipe_cancel_points, default=pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT),
                    metavar="POINTS", help=f"where cancelled pipes are cancelled, counted in messages "
                                           f"(default: {DEFAULT_PIPE_CANCEL_AT})")
-    p.add_argument("--pipe-messages", type=non_negative_int, default=_SCENARIO.pipe_messages, metavar="N",
+    p.add_argument("--pipe-messages", type=message_count, default=_SCENARIO.pipe_messages, metavar="N",
                    help="messages each side pushes on a pipe (default: %(default)s)")
     p.add_argument("--cancel-poll", type=cancel_poll, default=None, metavar="MIX",
                    help="how often the server's handlers test for a cancel, as weights of intervals in ms, e.g. "

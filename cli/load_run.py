@@ -143,6 +143,7 @@ class LoadRun:
         self._t0 = 0.0
         self._stop_at = float("inf")
         self.interrupted = ""
+        self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
         self.server_lost = ""
         # --method: the requests, in turn; and why only the client side is judged, against a
         # server that is not callstate (no Journal to follow)
@@ -162,6 +163,21 @@ class LoadRun:
         """Start no more calls; the ones in flight finish and are checked as usual."""
         self.interrupted = reason
         self._stop_at = 0.0
+        if self._stopped is not None:
+            self._stopped.set()   # an open loop waiting for its next call's time wakes now
+
+    async def _pause(self, seconds: float) -> None:
+        """The open loop's wait for its next call: short ones slept, long ones (a slow --rate)
+        cut short by stop(), so SIGINT/SIGTERM act at once at any rate."""
+        if seconds < 0.05:
+            await asyncio.sleep(seconds)
+            return
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     # -- planning -----------------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -298,7 +314,7 @@ class LoadRun:
         while self._more():
             now = loop.time()
             if next_t > now:
-                await asyncio.sleep(next_t - now)
+                await self._pause(next_t - now)
             next_t += interval
             if self.in_flight >= self.cfg.max_in_flight:
                 self.skipped += 1   # the generator keeps its own bound: reported, never silent

@@ -18,7 +18,8 @@ from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_s
 from callstate.scenario import parse_cancel_poll
 from callstate.lifecycle import SERVER
 from callstate.pem import read_pem
-from callstate.script import ON_CANCEL, Mix, check_abort_code
+from callstate.pipe_script import MAX_MESSAGES
+from callstate.script import ON_CANCEL, Limits, Mix, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
 
 if TYPE_CHECKING:
@@ -37,8 +38,15 @@ def epilog() -> str:
     return textwrap.fill(EPILOG, 88)
 
 
+MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
+MAX_INT = 2**31 - 1   # what a gRPC integer option holds; every count and size option fits in it
+
+
 def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[[str], Any]:
-    """An argparse type for a finite number that is >= 0 (or > 0)."""
+    """An argparse type for a finite number that is >= 0 (or > 0), and at most MAX_INT (an
+    integer) or MAX_SECONDS (a number): no option takes a value past those without harm."""
+    high = MAX_INT if parse is int else MAX_SECONDS
+
     def convert(text: str) -> Any:
         try:
             value = parse(text)
@@ -47,6 +55,8 @@ def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
                                              f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
         return value
     convert.__name__ = kind   # argparse names the type in its messages
     return convert
@@ -56,9 +66,6 @@ non_negative_float = _number(float, "a number", positive=False)
 positive_float = _number(float, "a number", positive=True)
 non_negative_int = _number(int, "an integer", positive=False)
 positive_int = _number(int, "an integer", positive=True)
-
-
-MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
 
 
 def finite_float(text: str) -> float:
@@ -139,7 +146,8 @@ pipe_cancel_points = _parsed(parse_pipe_cancel_points)
 
 
 def pem_file(text: str) -> str:
-    """A readable PEM file (certificate, key or CA bundle); its path."""
+    """A readable PEM file (certificate, key or CA bundle); its path. read_pem refuses a FIFO or
+    a device (which would hang, or never end) and anything larger than a PEM bundle."""
     try:
         read_pem(text, "file")
     except OSError as exc:
@@ -147,10 +155,43 @@ def pem_file(text: str) -> str:
     return text
 
 
+# -- numbers with a range of their own: what each kind of option can take without harm ----------
+def capped(base: Callable[[str], Any], high: float, what: str) -> Callable[[str], Any]:
+    """`base` (its own messages for what it refuses), and at most `high`."""
+    def convert(text: str) -> Any:
+        value = base(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} ({what})")
+        return value
+    convert.__name__ = base.__name__
+    return convert
+
+
+concurrency = capped(positive_int, 10_000, "calls in flight at once")
+channels = capped(positive_int, 1_000, "connections")
+streams = capped(positive_int, 10_000, "streams at once")
+message_count = bounded_int(0, MAX_MESSAGES, "messages in one pipe")
+push_bytes = bounded_int(0, Limits().max_payload_bytes, "what a server takes by default")
+server_push_bytes = bounded_int(0, Limits().max_reply_bytes, "the largest reply")
+metadata_bytes = bounded_int(1, 1024 * 1024, "1 MiB")
+MIN_RATE, MAX_RATE = 0.001, 1_000_000.0
+
+
+def rate(text: str) -> float:
+    """Calls per second: from one call in about 17 minutes to a million a second."""
+    value = positive_float(text)
+    if not MIN_RATE <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in {MIN_RATE:g}..{MAX_RATE:g} calls per second")
+    return value
+
+
+MAX_KEEPALIVE = 1e6   # seconds: its ping period, in milliseconds, must fit a gRPC integer option
+
+
 def keepalive(text: str) -> float:
     value = non_negative_float(text)
-    if 0 < value < MIN_KEEPALIVE:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (off) or >= {MIN_KEEPALIVE:g}")
+    if 0 < value < MIN_KEEPALIVE or value > MAX_KEEPALIVE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (off) or in {MIN_KEEPALIVE:g}..{MAX_KEEPALIVE:g}")
     return value
 
 
@@ -177,10 +218,17 @@ def add_keepalive(p: "argparse._ActionsContainer", who: str) -> None:
                         f"long; 0: off (default: %(default)s)")
 
 
-def add_target(p: argparse.ArgumentParser) -> None:
+def add_target(p: argparse.ArgumentParser, several: bool = False) -> None:
     """The options every client command has: where the server is, a deadline, how to reach it
-    (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings."""
-    p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
+    (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings.
+    several: --target may be repeated (replicas); opts.target is then a list, never empty."""
+    if several:
+        p.add_argument("--target", action="append", type=str, metavar="HOST:PORT",
+                       help=f"server address HOST:PORT; repeat it for several servers (replicas behind a balancer): "
+                            f"their entries are merged (default: {DEFAULT_TARGET})")
+        p.set_defaults(several_targets=True)
+    else:
+        p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="gRPC deadline for the call (default: none)")
     add_access(p)
@@ -208,6 +256,8 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
     from callstate.client.channel import ChannelSettings
 
     parser: argparse.ArgumentParser = opts.target_parser
+    if getattr(opts, "several_targets", False) and not opts.target:
+        opts.target = [DEFAULT_TARGET]
     if (opts.tls_cert is None) != (opts.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     settings = ChannelSettings(tls_ca=opts.tls_ca, tls_cert=opts.tls_cert, tls_key=opts.tls_key,

@@ -10,9 +10,12 @@ import sys
 
 from callstate import codes
 from callstate.cli.method_options import reply_text
-from callstate.cli.options import non_negative_float, non_negative_int, positive_int
+from callstate.cli.options import (message_count, non_negative_float, non_negative_int, positive_int, push_bytes,
+                                   server_push_bytes)
+from callstate.cli.terminal import printable
 from callstate.lifecycle import PIPE_KINDS
-from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
+from callstate.pipe_script import (BREACHES, CANCEL_AFTER_RECEIVED, CANCEL_AFTER_SENT, DEFAULT_MESSAGES, POINTS,
+                                   PipeCancelPoint, PipeScript)
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -37,14 +40,14 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                              "--non-abortive and --escalate-after apply to it too")
     g.add_argument("--pipe", choices=PIPE_KINDS, help="in: the caller pushes (client-streaming); out: the server "
                    "pushes (server-streaming); both: bidi")
-    g.add_argument("--messages", type=non_negative_int, default=DEFAULT_MESSAGES, metavar="N",
+    g.add_argument("--messages", type=message_count, default=DEFAULT_MESSAGES, metavar="N",
                    help="in, both: messages the caller pushes before its null push (default: %(default)s)")
-    g.add_argument("--message-bytes", type=non_negative_int, default=0, metavar="N", help="size of each of them")
+    g.add_argument("--message-bytes", type=push_bytes, default=0, metavar="N", help="size of each of them")
     g.add_argument("--interval", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="between the caller's pushes")
-    g.add_argument("--server-messages", type=non_negative_int, default=DEFAULT_MESSAGES, metavar="N",
+    g.add_argument("--server-messages", type=message_count, default=DEFAULT_MESSAGES, metavar="N",
                    help="out, both: messages the server pushes (default: %(default)s; a held pipe sends until the end)")
-    g.add_argument("--server-message-bytes", type=non_negative_int, default=0, metavar="N")
+    g.add_argument("--server-message-bytes", type=server_push_bytes, default=0, metavar="N")
     g.add_argument("--server-interval", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="between the server's pushes (a held pipe with 0: the server's default, 0.1 s)")
     g.add_argument("--at", choices=list(POINTS), default="end",
@@ -67,6 +70,9 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
     provider (--otel) or None."""
     if opts.cancel_at is not None and not opts.cancel_at.applies_to(opts.pipe):
         print(f"callstate call: --cancel-at {opts.cancel_at} does not apply to an {opts.pipe} pipe", file=sys.stderr)
+        return 2
+    if opts.cancel_at is not None and (why := _cannot_fire(opts)):
+        print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
         return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint.parse("before-start")
@@ -131,6 +137,16 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
         sink.close()
 
 
+def _cannot_fire(opts: argparse.Namespace) -> str:
+    """Why a counted cancel point is past what the pipe will carry (empty: it can fire)."""
+    point = opts.cancel_at
+    if point.kind == CANCEL_AFTER_SENT and point.count > opts.messages:
+        return f"the caller pushes only {opts.messages} messages (--messages)"
+    if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != "hold" and point.count > opts.server_messages:
+        return f"the server pushes only {opts.server_messages} messages (--server-messages)"
+    return ""
+
+
 def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
     from callstate.lifecycle import CAN, COMP, END
     if not pipe.done() and pipe.state not in (CAN, COMP, END):
@@ -138,4 +154,4 @@ def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # 
 
 
 def _final(code: int, details: str) -> None:
-    print(f"final: {codes.describe(code)}" + (f": {details}" if details else ""), file=sys.stderr)
+    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
 
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "still written), 2 when a file cannot be read or written."),
                        epilog="example:\n  callstate report client.jsonl server.jsonl --html report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("logs", nargs="+", metavar="LOG", help="state log files (JSON lines)")
+    p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)
     p.add_argument("--html", required=True, metavar="OUT.html", help="where to write the report")
     p.add_argument("--title", default="callstate run", help="the report's title (default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="also write the report's data as JSON")
@@ -39,7 +40,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         for out in filter(None, (opts.html, opts.json)):   # fail before reading, not after
             open(out, "ab").close()
-        report = build_from_files(opts.logs, title=opts.title)
+        report = build_from_files(log_paths(opts.logs), title=opts.title)
         html_report.write(report, opts.html)
         if opts.json:
             with open(opts.json, "wb") as f:

@@ -62,13 +62,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--max-reply-backlog", type=non_negative_int, default=_EMULATOR.max_reply_backlog_bytes,
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
+    p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
+                   help="a call id that ended is refused (ALREADY_EXISTS) this long after (default: %(default)s)")
+    p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
+                   help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
+                        "carries many callers on one connection)")
     p.add_argument("--max-concurrent-streams", type=non_negative_int, default=_SERVER.max_concurrent_streams,
                    metavar="N", help="HTTP/2 streams (calls) per connection at once; 0 = unbounded "
                    "(default: %(default)s)")
     p.add_argument("--early-notice-ttl", type=positive_float, default=_EMULATOR.early_notice_ttl, metavar="SECONDS",
                    help="a cancel notice that arrives before its call waits this long for it (default: %(default)s)")
     p.add_argument("--max-early-notices", type=non_negative_int, default=_EMULATOR.max_early_notices, metavar="N",
-                   help="cancel notices kept for calls not dispatched yet; oldest dropped first (default: %(default)s)")
+                   help="cancel notices kept for calls not dispatched yet; new ones refused when full, so none is displaced (default: %(default)s)")
     p.add_argument("--max-early-notice-bytes", type=non_negative_int, default=_EMULATOR.max_early_notice_bytes,
                    metavar="BYTES", help="the same, in bytes of their call ids (default: %(default)s)")
     p.add_argument("--journal-bytes", type=non_negative_int, default=_SERVER.journal_bytes, metavar="BYTES",
@@ -94,6 +99,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--grace", type=non_negative_float, default=_SERVER.grace, metavar="SECONDS",
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
     add_metrics(p, "the server's calls, states, cancels and journal")
+    p.add_argument("--metrics-token", type=token, metavar="TOKEN",
+                   help="/metrics then needs Authorization: Bearer TOKEN (401 otherwise); for an exposed endpoint")
+    p.add_argument("--metrics-idle-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="close a /metrics connection that sends no request this long (default: %(default)s)")
     add_otel(p)
     g = p.add_argument_group("access (see the README, Security)")
     g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
@@ -126,13 +135,16 @@ def run(opts: argparse.Namespace) -> int:
                                           max_payload_bytes=opts.max_payload_bytes),
                             max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
                             max_early_notices=opts.max_early_notices,
-                            max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms)
+                            max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
+                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
+                            id_retention=opts.id_retention)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
                             max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
                             max_concurrent_streams=opts.max_concurrent_streams,
                             metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+                            metrics_token=opts.metrics_token, metrics_idle_timeout=opts.metrics_idle_timeout,
                             tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
                             token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):

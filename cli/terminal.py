@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, TextIO
 
 import orjson
@@ -9,6 +10,16 @@ import orjson
 from callstate import codes
 from callstate.lifecycle import ENTER
 from callstate.statelog import Entry, StateLog, is_final, to_dict
+
+
+# C0 controls (ESC, BEL...), DEL and C1 controls (CSI as U+009B...): a terminal acts on them, so
+# text from the wire (an abort message, a detail) could set the window title or clear the screen
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as a \\uXXXX escape (also valid in JSON)."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def human(d: Mapping[str, Any]) -> str:
@@ -25,11 +36,12 @@ def human(d: Mapping[str, Any]) -> str:
         text += f"  [{d['cancel']}]"
     if d.get("detail"):
         text += f"  [{d['detail']}]"
-    return text
+    return printable(text)
 
 
 def line(d: Mapping[str, Any], as_json: bool) -> str:
-    return orjson.dumps(d).decode() if as_json else human(d)
+    """JSON escapes C0 controls itself; C1 ones (and DEL) pass through it, so they are escaped too."""
+    return printable(orjson.dumps(d).decode()) if as_json else human(d)
 
 
 class PrintSink:

@@ -9,6 +9,7 @@ import sys
 
 from callstate.cli.live_view import MODES, choose
 from callstate.cli.options import add_target, channel_settings, non_negative_int
+from callstate.cli.terminal import printable
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -19,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. Stop with Ctrl-C.")
-    add_target(p)
+    add_target(p, several=True)
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
-                   "come; exits once the call has ended on the server (at once for an ended call)")
+                   "come; exits once the call has ended on the server (at once for an ended call); with one "
+                   "--target, the replica that holds the call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N entries")
@@ -35,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
+    if opts.call_id and len(opts.target) > 1:
+        opts.target_parser.error("--call-id follows one call: give one --target, the replica that holds it")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -49,6 +53,20 @@ def counters_dict(c) -> dict:  # type: ignore[no-untyped-def, type-arg]
             "journal_calls": c.journal_calls, "watch_dropped": c.watch_dropped}
 
 
+def merged_counters(counters: list) -> dict:  # type: ignore[type-arg]
+    """Several servers' counters (replicas) as one: every count summed."""
+    total: dict = {}  # type: ignore[type-arg]
+    for c in counters:
+        for key, value in counters_dict(c).items():
+            if isinstance(value, dict):
+                into = total.setdefault(key, {})
+                for k, v in value.items():
+                    into[k] = into.get(k, 0) + v
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
 async def _watch(opts: argparse.Namespace) -> int:
     import grpc
     import orjson
@@ -59,67 +77,98 @@ async def _watch(opts: argparse.Namespace) -> int:
     from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
     settings = opts.settings
-    async with settings.aio_channel(opts.target) as channel:
-        stub = pb_grpc.JournalStub(channel)
+    targets: list[str] = opts.target   # one or more (replicas): their entries are merged as they arrive
+    channels = [settings.aio_channel(target) for target in targets]
+    stubs = [pb_grpc.JournalStub(channel) for channel in channels]
+    failed = ""   # the target whose RPC failed
+    try:
         try:
             if opts.counters:
-                c = await stub.GetCounters(pb.CountersRequest(), metadata=settings.metadata,
-                                        timeout=opts.timeout or COUNTERS_TIMEOUT)
-                print(orjson.dumps(counters_dict(c), option=orjson.OPT_INDENT_2).decode())
+                counters = []
+                for target, stub in zip(targets, stubs):
+                    failed = target
+                    counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=settings.metadata,
+                                                           timeout=opts.timeout or COUNTERS_TIMEOUT))
+                merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
+                print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
                 return 0
             if opts.call_id:
-                return await _watch_call(stub, opts)
-            seen = dropped = 0
-            print(f"watching {opts.target} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                failed = targets[0]
+                return await _watch_call(stubs[0], opts)
+            seen = 0
+            print(f"watching {', '.join(targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
-            dashboard = (_Dashboard(stub, choose(mode, sys.stdout), opts.target, settings.metadata)
+            dashboard = (_Dashboard(stubs, choose(mode, sys.stdout), ", ".join(targets), settings.metadata)
                          if choose(mode, sys.stdout) else None)
-            stream = stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
-                                timeout=opts.timeout)
+            streams = [stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
+                                  timeout=opts.timeout) for stub in stubs]
+            done = asyncio.Event()   # --count reached
 
-            async def follow() -> None:
-                nonlocal seen, dropped
-                async for e in stream:
-                    if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
-                        print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
-                              f"{e.dropped} in all)", file=sys.stderr, flush=True)
-                        dropped = e.dropped
-                    d = proto_to_dict(e)
-                    if dashboard is not None:
-                        dashboard.entry(d)
-                    else:
-                        print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
-                    seen += 1
-                    if opts.count and seen >= opts.count:
-                        return
+            async def follow(target: str, stream) -> None:  # type: ignore[no-untyped-def]
+                nonlocal seen, failed
+                dropped = 0
+                try:
+                    async for e in stream:
+                        if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                            print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
+                                  f"{e.dropped} in all)" + (f" from {target}" if len(targets) > 1 else ""),
+                                  file=sys.stderr, flush=True)
+                            dropped = e.dropped
+                        d = proto_to_dict(e)
+                        if dashboard is not None:
+                            dashboard.entry(d)
+                        else:
+                            print(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
+                        seen += 1
+                        if opts.count and seen >= opts.count:
+                            done.set()
+                            return
+                except grpc.aio.AioRpcError:
+                    failed = target
+                    raise
 
-            # Ctrl-C / SIGTERM end the stream by cancelling the call itself: cancelling the task
+            # Ctrl-C / SIGTERM end the streams by cancelling the calls themselves: cancelling the task
             # that iterates a grpc.aio stream (what asyncio.run does on SIGINT) can hang the exit.
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            reader, stopper = asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())
+            readers = [asyncio.ensure_future(follow(t, s)) for t, s in zip(targets, streams)]
+            stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(done.wait())
             try:
-                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                pending = set(readers)
+                while pending:   # until every stream ended, one failed, --count was reached or Ctrl-C
+                    finished, pending = await asyncio.wait(pending | {stopper, counted},
+                                                           return_when=asyncio.FIRST_COMPLETED)
+                    pending -= {stopper, counted}
+                    if stopper in finished or counted in finished or any(
+                            r.done() and not r.cancelled() and r.exception() is not None for r in finished):
+                        break
             finally:
                 stopper.cancel()
-                if not reader.done():
-                    stream.cancel()
-                    try:
-                        await reader
-                    except asyncio.CancelledError:
-                        pass
+                counted.cancel()
+                for reader, stream in zip(readers, streams):
+                    if not reader.done():
+                        stream.cancel()
+                        try:
+                            await reader
+                        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                            pass
                 if dashboard is not None:
                     await dashboard.stop()
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
+            for reader in readers:
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    raise reader.exception()  # type: ignore[misc]
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
                 return 0
-            print(f"callstate watch: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
+            print(printable(f"callstate watch: {failed}: {err.code().name}: "
+                            f"{settings.explain(err.code(), err.details())}"),
                   file=sys.stderr)
             return 1
+    finally:
+        for channel in channels:
+            await channel.close()
     return 0
 
 
@@ -192,12 +241,12 @@ async def _watch_call(stub, opts: argparse.Namespace) -> int:  # type: ignore[no
 class _Dashboard:
     """The live view of the journal: server-side final codes, in flight, recent cancels."""
 
-    def __init__(self, stub, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[no-untyped-def, type-arg]
+    def __init__(self, stubs: list, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[type-arg]
         from callstate.cli.live_stats import LiveStats
         from callstate.cli.live_view import LiveView
         from callstate.lifecycle import SERVER
 
-        self.stub = stub
+        self.stubs = stubs   # one per target: the in-flight count is their sum
         self.metadata = metadata   # the token, for a server that requires one
         self.stats = LiveStats(SERVER)
         self.view = LiveView(self.stats, sys.stdout, mode, f"callstate watch → {target}")
@@ -215,8 +264,9 @@ class _Dashboard:
 
         while True:
             try:
-                c = await self.stub.GetCounters(pb.CountersRequest(), metadata=self.metadata, timeout=COUNTERS_TIMEOUT)
-                self.stats.in_flight = c.in_flight
+                counters = [await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
+                                                   timeout=COUNTERS_TIMEOUT) for stub in self.stubs]
+                self.stats.in_flight = sum(c.in_flight for c in counters)
             except Exception:   # the stream reports a lost server; the count just stops moving
                 pass
             await asyncio.sleep(IN_FLIGHT_POLL_S)

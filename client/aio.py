@@ -62,7 +62,8 @@ class AsyncNotices:
 
     async def _notice_and_log(self) -> None:
         try:
-            reply = await self._client._stub.Cancel(self._notice_request(), metadata=self._client._auth_metadata,
+            reply = await self._client._stub.Cancel(self._notice_request(),
+                                                    metadata=self._client._notice_metadata(self.call_id),
                                                     timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             self._core.event(CANCEL_SENT, notice_failed(err.code()))

@@ -283,6 +283,11 @@ class ClientBase:
             return ((CALL_ID_KEY, call_id),) + self._auth_metadata + extra
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id) + extra
 
+    def _notice_metadata(self, call_id: str) -> tuple[tuple[str, Any], ...]:
+        """A cancel notice's metadata: the call's id too, so a balancer that routes on it
+        (deploy/nginx: `hash $http_callstate_call_id`) takes the notice to the call's replica."""
+        return ((CALL_ID_KEY, call_id),) + self._auth_metadata
+
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Any], None] | None = None,
                 method: "str | Method | None" = None, request: Any = None) -> Any:

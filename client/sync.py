@@ -56,7 +56,8 @@ class ThreadNotices:
     _escalate: Any
 
     def _send_notice(self) -> None:
-        notice = self._client._stub.Cancel.future(self._notice_request(), metadata=self._client._auth_metadata,
+        notice = self._client._stub.Cancel.future(self._notice_request(),
+                                                  metadata=self._client._notice_metadata(self.call_id),
                                                   timeout=self._timeout)
         notice.add_done_callback(self._on_notice_sent)
 

@@ -10,14 +10,17 @@ scrape, on prometheus-client's HTTP thread, only copies dicts (atomic under the 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
+import hmac
+import socket
 from typing import Any, Iterator
 
 from callstate.observe import ObserveError
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
@@ -98,6 +101,8 @@ class SideMetrics:
 
     def _ended(self, e: Entry) -> None:
         code = e.code
+        if code not in self.calls and len(self.calls) >= codes.MAX_DISTINCT_CODES:
+            code = codes.OTHER_CODE   # label sets stay bounded: /metrics stays small to scrape
         self.calls[code] = self.calls.get(code, 0) + 1
         self.in_flight -= 1
         t0 = self._started.pop(e.call_id, None)
@@ -145,6 +150,8 @@ class CancelPropagation:
 
 
 def _code_label(code: int | None) -> tuple[str, str]:
+    if code == codes.OTHER_CODE:
+        return "other", codes.OTHER_CODE_NAME
     return ("none", "") if code is None else (str(code), codes.name(code))
 
 
@@ -247,3 +254,74 @@ class MetricsEndpoint:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class AsyncMetricsEndpoint:
+    """/metrics served on the running event loop (the server's own): no thread per connection,
+    a connection that sends no complete request within `idle_timeout` seconds is closed, at most
+    `max_connections` at once, and with `token` a scrape must carry `Authorization: Bearer <token>`
+    (401 otherwise). One request per connection (`Connection: close`), which Prometheus handles."""
+
+    def __init__(self, registry: CollectorRegistry, bind: str, port: int, token: str | None = None,
+                 idle_timeout: float = 10.0, max_connections: int = 1024) -> None:
+        try:
+            self._sock = socket.create_server((bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
+        except OSError as exc:
+            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        self._sock.setblocking(False)
+        self.registry, self.bind, self.port = registry, bind, self._sock.getsockname()[1]
+        self._expected = f"Bearer {token}".encode() if token else None
+        self.idle_timeout, self.max_connections = idle_timeout, max_connections
+        self.connections: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._starting = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=16 * 1024)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/metrics"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.max_connections:
+            writer.close()
+            return
+        self.connections.add(writer)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
+            status, body, extra = self._answer(head)
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}"
+                         "\r\n".encode() + body)
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass   # idle, cut short or too large: closed without an answer
+        finally:
+            self.connections.discard(writer)
+            writer.close()
+
+    def _answer(self, head: bytes) -> tuple[str, bytes, str]:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+            return "405 Method Not Allowed", b"", "Allow: GET\r\n"
+        if parts[1].split(b"?")[0] not in (b"/", b"/metrics"):
+            return "404 Not Found", b"", ""
+        if self._expected is not None:
+            given = next((line.split(b":", 1)[1].strip() for line in lines[1:]
+                          if line.lower().startswith(b"authorization:")), b"")
+            if not hmac.compare_digest(given, self._expected):
+                return "401 Unauthorized", b"this endpoint needs Authorization: Bearer <--metrics-token>\n", \
+                    'WWW-Authenticate: Bearer realm="callstate"\r\n'
+        body = generate_latest(self.registry)
+        return "200 OK", b"" if parts[0] == b"HEAD" else body, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        else:
+            self._starting.cancel()
+        self._sock.close()
+        for writer in list(self.connections):
+            writer.close()

@@ -30,7 +30,8 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
-from callstate.server.security import TokenInterceptor, keepalive_options, server_credentials
+from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, keepalive_options,
+                                       server_credentials)
 from callstate.wire import DEFAULT_KEEPALIVE
 
 SERVICE_NAMES = (
@@ -54,8 +55,11 @@ class ServerOptions:
     max_watchers: int = 64                     # Journal Watch/Follow streams at once
     watch_buffer: int = 100_000                # entries queued per watcher before it drops (and is told)
     max_concurrent_streams: int = 4096         # HTTP/2 streams per connection (0: unbounded, gRPC's default)
+    max_health_watches: int = MAX_HEALTH_WATCHES   # grpc.health.v1 Watch streams at once
     metrics_port: int | None = None   # serve Prometheus /metrics on this port (0 picks one); needs callstate[metrics]
     metrics_bind: str = "127.0.0.1"
+    metrics_token: str | None = None   # /metrics then needs Authorization: Bearer <metrics_token>
+    metrics_idle_timeout: float = 10.0   # a /metrics connection without a request this long is closed
     tracing: Any = False   # True (the global provider) or an OpenTelemetry TracerProvider: a span per call
     # A stand-in (server/standin.py): every method of this callstate.schema.Schema served by the
     # emulator's lifecycle, scripted by the rules file at `rules` (reloaded when it changes).
@@ -120,7 +124,7 @@ class EmulatorServer:
                                  interceptors=[TokenInterceptor(opts.token)] if opts.token else None)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
         pb_grpc.add_JournalServicer_to_server(JournalServicer(journal), server)
-        self._health = HealthServicer()
+        self._health = BoundedHealth(opts.max_health_watches)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             served = SERVICE_NAMES + self._add_standin(server)
@@ -197,7 +201,7 @@ class EmulatorServer:
         only when they are on (off, the hot path is the log's own append)."""
         opts = self.options
         if opts.metrics_port is None and not opts.tracing:
-            return log.append
+            return log.sink
         from callstate.observe import fan_out
 
         observers = []
@@ -207,11 +211,12 @@ class EmulatorServer:
             self._on_dispatch = tracer.dispatched
             observers.append(tracer.observe)
         if opts.metrics_port is not None:
-            from callstate.observe.metrics import Metrics, MetricsEndpoint
+            from callstate.observe.metrics import AsyncMetricsEndpoint, Metrics
             metrics = Metrics(journal)
             observers.append(metrics.side(SERVER).observe)
-            self.metrics = MetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port)
-        return fan_out(log.append if log.enabled else None, observers)
+            self.metrics = AsyncMetricsEndpoint(metrics.registry, opts.metrics_bind, opts.metrics_port,
+                                                opts.metrics_token, opts.metrics_idle_timeout)
+        return fan_out(log.sink if log.enabled else None, observers)
 
     def _close_metrics(self) -> None:
         if self.metrics is not None:

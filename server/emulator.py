@@ -9,7 +9,6 @@ what the handler does next.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import random
@@ -26,9 +25,10 @@ from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limit
                               check_abort_code, check_call_id, validate_request)
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
+from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
+from callstate.server.backlog import ReplyBacklog
 from callstate.server.calls import ServerCall, send_abort
 from callstate.server.journal import Journal
 from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
@@ -82,9 +82,15 @@ class EmulatorConfig:
     # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
     # (a caller that never reads would otherwise pin every reply it asked for)
     max_reply_backlog_bytes: int = 16 * 1024 * 1024
+    # and per connection (None: no bound of its own). Off by default: a proxy carries many
+    # callers on one connection, and conformance through one must not be refused for it
+    max_reply_backlog_per_connection: int | None = None
     early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
     max_early_notices: int = 10_000
     max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
+    # an id that ended stays reserved this long (while the journal holds it): a replay of it would
+    # put entries after End into its owner's history and logs
+    id_retention: float = 60.0
     cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
 
     def __post_init__(self) -> None:
@@ -103,7 +109,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.live: dict[str, ServerCall] = {}
         self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
                                            config.max_early_notice_bytes)
-        self.reply_backlog = 0   # bytes of replies handed to gRPC, not yet delivered
+        self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
+                                    config.max_reply_backlog_bytes if config.max_reply_backlog_per_connection is None
+                                    else config.max_reply_backlog_per_connection)
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
         from callstate.server.pipes import PipeServicer   # it imports this module's FatalHandlerError
@@ -148,6 +156,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
+        return self.recently_ended(call_id)
+
+    def recently_ended(self, call_id: str) -> Refusal | None:
+        rec = self._journal.get(call_id)
+        final = rec.final if rec is not None else None
+        if final is not None and (age := time.time() - final.t) < self.config.id_retention:
+            return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
+                    f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
         return None
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
@@ -193,7 +209,41 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                          "server is shutting down")
             if script.headers_first and not headers_sent:   # the outcome then follows headers, not trailers-only
                 await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-            return await self._run(call, script, outcome, request, context, answer)
+            # The script's waits, in this frame: while a call is held only Call's own frame
+            # and the call's future stay in memory (10,000 held calls add up).
+            dispatch_ms, outcome_ms = script.dispatch_delay_ms, script.outcome_delay_ms
+            hold = outcome == _HOLD
+            overran = False
+            if dispatch_ms or outcome_ms or hold:   # nothing to wait for (the common case): no clock read
+                # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a
+                # call whose caller is gone cannot keep a slot of --max-in-flight longer than that.
+                ignore = script.on_cancel == pb.ON_CANCEL_IGNORE
+                max_hold = self.config.max_hold
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + max_hold
+                seconds = dispatch_ms / 1000
+                for phase in (0, 1):
+                    if phase:
+                        seconds = max_hold if hold else outcome_ms / 1000
+                    if not seconds:
+                        continue
+                    left = deadline - loop.time()
+                    capped = seconds >= left
+                    end = loop.time() + min(seconds, max(left, 0.0))
+                    try:
+                        while not (cut := call.interrupted(ignore)) and (remaining := end - loop.time()) > 0:
+                            try:
+                                await call.wake_after(remaining)
+                            except asyncio.CancelledError:
+                                call.cancel_seen(ABORTIVE)
+                    finally:
+                        call.stop_timer()
+                    if cut:
+                        break
+                    if capped:
+                        overran = True
+                        break
+            return await self._run(call, script, outcome, request, context, overran, answer)
         except BaseException as exc:
             if not call.lifecycle.ended:
                 call.end_on_error(exc)
@@ -202,26 +252,12 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             del self.live[call_id]
 
     async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: Any,
-                   context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
+                   context: grpc.aio.ServicerContext, overran: bool, answer: Answer | None = None) -> Any:
+        """The script's outcome, once its waits are over (`overran`: they ran past --max-hold)."""
         policy = script.on_cancel or pb.ON_CANCEL_ABORT
         ignore = policy == pb.ON_CANCEL_IGNORE
         hold = outcome == _HOLD
-        # --max-hold bounds every call, from dispatch to its end, cancels ignored or not: a call
-        # whose caller is gone cannot keep a slot of --max-in-flight longer than that.
         max_hold = self.config.max_hold
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_hold
-        overran = False
-        for seconds in (script.dispatch_delay_ms / 1000, max_hold if hold else script.outcome_delay_ms / 1000):
-            if not seconds:
-                continue
-            left = deadline - loop.time()
-            capped = seconds >= left
-            if await call.pause(min(seconds, max(left, 0.0)), ignore):
-                break
-            if capped:
-                overran = True
-                break
         call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
@@ -257,23 +293,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 raise asyncio.CancelledError()
             return answer.reply
         size = len(request.payload) if script.echo else script.reply_bytes
-        if size:
-            budget = self.config.max_reply_backlog_bytes
-            if self.reply_backlog + size > budget:
-                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         f"replies not yet taken by their callers are over the server's budget "
-                                         f"({budget} bytes, --max-reply-backlog)")
-            self.reply_backlog += size
-            context.add_done_callback(functools.partial(self._reply_delivered, size))
+        if size and (over := self.backlog.reserve(context, size)):
+            return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         call.move(COMPLETE)
         payload = request.payload if script.echo else bytes(script.reply_bytes)
         call.move(COMPLETED, server_end_code(COMPLETED), _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
-
-    def _reply_delivered(self, size: int, _context: object) -> None:
-        self.reply_backlog -= size
 
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
@@ -303,13 +330,13 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return pb.CancelReply(delivered=False, state=known.state if known else "")
         # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
         # under its id and key: it applies only to a call made with the same key.
-        self._early_notices.remember(notice_key(call_id, request.cancel_key))
-        return pb.CancelReply(delivered=True, state="")
+        kept = self._early_notices.remember(notice_key(call_id, request.cancel_key))
+        return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
 
 
 class EarlyNotices:
     """Cancel notices for calls not dispatched yet: kept `ttl` seconds, bounded in count and
-    in bytes (of their call ids), oldest dropped first. A timer expires them even when no
+    in bytes (of their call ids), new ones refused when full. A timer expires them even when no
     new notice arrives, so a burst of notices does not stay pinned."""
 
     def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
@@ -322,22 +349,22 @@ class EarlyNotices:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def remember(self, call_id: str) -> None:
+    def remember(self, call_id: str) -> bool:
+        """Keep a notice; False when the bounds are reached. A notice kept is never displaced by
+        later ones (anyone's: a stranger's flood cannot evict the owner's); it only expires."""
         now = time.monotonic()
         seen = self._seen
         if call_id in seen:
             self._forget(call_id)
         size = len(call_id)
         self._expire(now)
-        while seen and (len(seen) >= self.limit or self.bytes + size > self.max_bytes):
-            self._forget(next(iter(seen)))
+        if len(seen) >= self.limit or self.bytes + size > self.max_bytes:
             self.dropped += 1
-        if self.limit <= 0 or size > self.max_bytes:
-            self.dropped += 1
-            return
+            return False
         seen[call_id] = now
         self.bytes += size
         self._arm()
+        return True
 
     def take(self, call_id: str) -> bool:
         t = self._seen.get(call_id)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 from typing import Iterable
 
+from callstate.codes import count_code
 from callstate.lifecycle import CANCEL_SEEN, END, ENTER
 from callstate.statelog import Entry, is_final
 
@@ -59,12 +60,19 @@ class Watcher:
     """A live subscriber: a bounded queue; entries beyond it are dropped and counted (and the
     count travels on its own stream, so it knows its view is incomplete)."""
 
-    __slots__ = ("call_id", "queue", "dropped")
+    __slots__ = ("call_id", "queue", "dropped", "peer", "evicted")
 
-    def __init__(self, call_id: str, maxsize: int) -> None:
+    def __init__(self, call_id: str, maxsize: int, peer: str = "") -> None:
         self.call_id = call_id
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize)
         self.dropped = 0
+        self.peer = peer          # the connection it came on (gRPC's peer address)
+        self.evicted = False      # its slot went to a newer watcher: its stream ends and says so
+
+    @property
+    def stuck(self) -> bool:
+        """Not reading: it has lost entries to its full queue."""
+        return self.dropped > 0
 
 
 class Journal:
@@ -136,7 +144,7 @@ class Journal:
         self.ended += 1
         self.in_flight -= 1
         if e.code is not None:
-            self.by_code[e.code] = self.by_code.get(e.code, 0) + 1
+            count_code(self.by_code, e.code)
         self._ended_order.append(rec)
         self.bytes += rec.bytes
         while len(self._ended_order) > self.capacity or (self.bytes > self.max_bytes and self._ended_order):
@@ -167,24 +175,45 @@ class Journal:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def subscribe(self, call_id: str = "") -> Watcher:
+    def subscribe(self, call_id: str = "", peer: str = "") -> Watcher:
+        """A new watcher. Each connection holds at most a quarter of the slots; when all are
+        taken, the oldest stuck watcher (one that stopped reading) is evicted for it."""
+        per_peer = max(1, self.max_watchers // 4)
+        if peer and sum(1 for w in self._watchers if w.peer == peer) >= per_peer:
+            raise WatcherLimit(f"{per_peer} watchers already on this connection (a quarter of the server's "
+                               f"--max-watchers)")
         if len(self._watchers) >= self.max_watchers:
-            raise WatcherLimit(f"{len(self._watchers)} watchers already (the server's --max-watchers)")
-        w = Watcher(call_id, self.watch_queue)
+            stuck = next((w for w in self._watchers if w.stuck), None)
+            if stuck is None:
+                raise WatcherLimit(f"{len(self._watchers)} watchers already (the server's --max-watchers)")
+            self.evict(stuck)
+        w = Watcher(call_id, self.watch_queue, peer)
         self._watchers.append(w)
         return w
+
+    def evict(self, w: Watcher) -> None:
+        """Free a stuck watcher's slot now; its stream ends with the reason when it next reads."""
+        w.evicted = True
+        self.unsubscribe(w)
+        while not w.queue.empty():   # what it never read is let go at once
+            w.queue.get_nowait()
+        self._end_stream(w)
 
     def close_watchers(self) -> None:
         """End every Watch/Follow stream (server shutdown): they would hold up the grace period."""
         for w in self._watchers:
-            while True:
-                try:
-                    w.queue.put_nowait(None)  # type: ignore[arg-type]
-                    break
-                except asyncio.QueueFull:
-                    w.queue.get_nowait()   # make room for the end marker: that entry is dropped
-                    w.dropped += 1
-                    self.watch_dropped += 1
+            self._end_stream(w)
+
+    def _end_stream(self, w: Watcher) -> None:
+        """Queue the end marker (None), making room for it if the queue is full."""
+        while True:
+            try:
+                w.queue.put_nowait(None)  # type: ignore[arg-type]
+                break
+            except asyncio.QueueFull:
+                w.queue.get_nowait()   # make room for the end marker: that entry is dropped
+                w.dropped += 1
+                self.watch_dropped += 1
 
     def unsubscribe(self, w: Watcher) -> None:
         if w in self._watchers:

@@ -20,11 +20,23 @@ from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
 
 
 FOLLOW_BATCH = 4096
+MAX_PAGE = 1000           # ListCalls: calls in one reply, whatever the limit asked
+MAX_FILTER_ID = 4096      # Watch/Follow: the longest call id filter (no call id is longer: --max-call-id)
+EVICTED = ("this watcher stopped reading and its slot went to a newer one (the server's --max-watchers); "
+           "entries it had not read are lost")
+
+
+def _shown(call_id: str) -> str:
+    """A call id as echoed in a message: a long one cut short (the status must stay small)."""
+    return repr(call_id) if len(call_id) <= 160 else repr(call_id[:128]) + f"... ({len(call_id)} characters)"
 # After a batch's first entry, Follow lets entries gather this long before sending: a busy
 # server then sends a few large batches rather than a message per handful of entries, which a
 # follower that reads each message through a crowded event loop (a Locust worker's gevent hub)
 # could not keep up with (it fell seconds behind the run). 10 ms of latency is the price.
 FOLLOW_LINGER = 0.01
+# ...but only where the watcher's queue holds far more than a linger's worth of entries: a
+# small --watch-buffer would overflow while Follow waits, and its own follower lose entries.
+LINGER_MIN_BUFFER = 8 * FOLLOW_BATCH
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -44,16 +56,16 @@ class JournalServicer(pb_grpc.JournalServicer):
         self.journal = journal
 
     async def GetCall(self, request: pb.GetCallRequest, context: grpc.aio.ServicerContext) -> pb.CallHistory:
-        rec = self.journal.get(request.call_id)
+        rec = self.journal.get(request.call_id) if len(request.call_id) <= MAX_FILTER_ID else None
         if rec is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no call {request.call_id!r} in the journal (never seen, or evicted: "
+                                f"no call {_shown(request.call_id)} in the journal (never seen, or evicted: "
                                 f"it keeps the last {self.journal.capacity} ended calls)")
         return pb.CallHistory(call_id=rec.call_id, entries=[entry_to_proto(e) for e in rec.entries], ended=rec.ended,
                               deadline_ms=rec.deadline_ms)
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
-        limit = request.limit or 100
+        limit = min(request.limit or 100, MAX_PAGE)   # a page costs the loop its time: bounded
         want_code = request.code if request.HasField("code") else None
         want_method = method_pattern(request.method) if request.method else None
         out = []
@@ -76,8 +88,11 @@ class JournalServicer(pb_grpc.JournalServicer):
         return pb.ListCallsReply(calls=out)
 
     async def _subscribe(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> Watcher:
+        if len(request.call_id) > MAX_FILTER_ID:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"call_id: a filter of at most {MAX_FILTER_ID} characters, got {len(request.call_id)}")
         try:
-            return self.journal.subscribe(request.call_id)
+            return self.journal.subscribe(request.call_id, context.peer() or "")
         except WatcherLimit as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise   # pragma: no cover - context.abort raises
@@ -90,6 +105,8 @@ class JournalServicer(pb_grpc.JournalServicer):
                 msg = entry_to_proto(entry)
                 msg.dropped = watcher.dropped
                 yield msg
+            if watcher.evicted:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, EVICTED)
         finally:
             self.journal.unsubscribe(watcher)
 
@@ -102,15 +119,20 @@ class JournalServicer(pb_grpc.JournalServicer):
             yield pb.StateEntries()   # subscribed: entries from here on are delivered
             while (first := await queue.get()) is not None:   # None: the server is stopping
                 batch = [first]
-                if queue.qsize() < FOLLOW_BATCH:
+                if queue.qsize() < FOLLOW_BATCH and queue.maxsize >= LINGER_MIN_BUFFER:
                     await asyncio.sleep(FOLLOW_LINGER)
                 while not queue.empty() and len(batch) < FOLLOW_BATCH:
                     entry = queue.get_nowait()
                     if entry is None:
                         yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch], dropped=watcher.dropped)
-                        return
+                        break
                     batch.append(entry)
-                yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch], dropped=watcher.dropped)
+                else:
+                    yield pb.StateEntries(entries=[entry_to_proto(e) for e in batch], dropped=watcher.dropped)
+                    continue
+                break
+            if watcher.evicted:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, EVICTED)
         finally:
             self.journal.unsubscribe(watcher)
 

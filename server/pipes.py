@@ -84,6 +84,7 @@ class PipeRun:
         self.outcome = script.outcome
         loop = asyncio.get_running_loop()
         self.hold_deadline = loop.time() + owner.config.max_hold if self.outcome == _HOLD else None
+        self.overdue = False   # the max-hold watchdog cut the handler short (see PipeServicer._watch_max_hold)
 
     # -- recording ------------------------------------------------------------------------
     def move(self, move: str, code: int | None = None, status: str | None = None, extra: str = "") -> None:
@@ -254,7 +255,12 @@ class PipeRun:
         script = self.script
         count = None if self.outcome == _HOLD else (script.messages if self._scripted else DEFAULT_MESSAGES)
         interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if self.outcome == _HOLD else 0)
-        payload = bytes(script.message_bytes)
+        size = script.message_bytes
+        if size and (over := self.owner.emulator.backlog.reserve(self.context, 2 * size)):
+            # two messages pinned at most: one in the transport, the next waiting for it (checked
+            # before the payload is made: refused pipes allocate nothing)
+            raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
+        payload = bytes(size)
         after_out = script.at_count if script.at == _AFTER_OUT else -1
         write, call, log_messages = self.context.write, self.call, self.log_messages
         reply = None if self.answer is None else self.answer.reply   # a stand-in pushes its reply
@@ -350,6 +356,7 @@ class PipeServicer:
             call.cancel_seen(NON_ABORTIVE)
         run = PipeRun(self, call, kind, script, context, requests, answer)
         run._scripted = scripted
+        watchdog = self._watch_max_hold(run)
         try:
             try:
                 if bad is not None:
@@ -371,6 +378,10 @@ class PipeServicer:
                     raise asyncio.CancelledError() from None
                 await send_fatal(context, str(fatal))
             except BaseException as exc:
+                if run.overdue and not call.lifecycle.ended and not call.rpc_cancelled:
+                    run.record_abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold))
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold),
+                                        ((CODE_KEY, str(codes.RPC_S_TIMEOUT)),))
                 if call.lifecycle.ended or not _is_cancel(exc, context, run):
                     raise
                 call.cancel_seen(ABORTIVE)
@@ -382,10 +393,25 @@ class PipeServicer:
                 call.end_on_error(exc)
             raise
         finally:
+            watchdog.cancel()
             await run.stop_reader()
             del emulator.live[call_id]
 
     serve = _serve   # a stand-in's streaming calls (server/standin.py), with their Answer
+
+    def _watch_max_hold(self, run: PipeRun) -> asyncio.TimerHandle:
+        """--max-hold bounds every pipe from its dispatch, whatever its script and wherever it
+        waits: a write the caller's closed flow-control window holds up, a silent client's
+        stream, a long interval, a script that ignores cancels. Past it (and a moment for a held
+        pipe to end by itself), the handler is cancelled and the call ends with 1460."""
+        task = asyncio.current_task()
+        assert task is not None
+
+        def overrun() -> None:
+            if not run.call.lifecycle.ended:
+                run.overdue = True
+                task.cancel()
+        return asyncio.get_running_loop().call_later(self.config.max_hold + 0.1, overrun)
 
     def _end_after_abortive(self, run: PipeRun) -> None:
         """The caller cancelled abortively (or vanished): nothing more can be sent or received.
@@ -436,6 +462,10 @@ class PipeServicer:
             if not (at_in and run.received >= script.at_count):
                 await run.confirm_half_close()
         await run.outcome_now()
+
+
+def _overran(max_hold: float) -> str:
+    return f"ran past the server's max hold time ({max_hold:g}s)"
 
 
 def _is_cancel(exc: BaseException, context: grpc.aio.ServicerContext, run: PipeRun) -> bool:

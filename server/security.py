@@ -11,6 +11,8 @@ import hmac
 from typing import Any, Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
 
 from callstate.wire import AUTH_KEY, MIN_KEEPALIVE, bearer
 
@@ -69,3 +71,31 @@ def _refusal(status: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(status, message)
     return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+MAX_HEALTH_WATCHES = 1024   # health Watch streams at once (open to anyone: no token guards health)
+MAX_SERVICE_NAME = 256      # longer names are no service of ours, and each watched name costs a condition
+
+
+class BoundedHealth(HealthServicer):
+    """grpc's health service with its Watch streams bounded in number and in name length: health
+    is open to all (the container check needs no token), so a stranger's streams must not grow
+    the server without bound."""
+
+    def __init__(self, max_watches: int = MAX_HEALTH_WATCHES) -> None:
+        super().__init__()
+        self.max_watches = max_watches
+        self.watches = 0
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        if len(request.service) > MAX_SERVICE_NAME:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"service: at most {MAX_SERVICE_NAME} characters, got {len(request.service)}")
+        if self.watches >= self.max_watches:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.watches} health watches already (the server's bound); use Check")
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1

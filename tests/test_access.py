@@ -329,6 +329,9 @@ def test_the_readme_security_example_runs(tmp_path: Path) -> None:
     assert serve_args[:2] == ["callstate", "serve"]
     srv = start_server(tmp_path, *serve_args[2:], env=env)   # the server reads the token from the environment
     try:
+        deadline = time.monotonic() + 20   # the banner follows the port file: wait for it, bounded
+        while "mutual TLS, token required" not in srv.stderr.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert "mutual TLS, token required" in srv.stderr.read_text()
         for line in clients:
             args = shlex.split(line)

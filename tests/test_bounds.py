@@ -119,7 +119,8 @@ def test_an_echo_larger_than_a_reply_may_be_is_refused(tmp_path: Path) -> None:
     try:
         for payload, script, field in ((bytes(2000), pb.Script(outcome=pb.OUTCOME_COMPLETE, echo=True), "payload"),
                                        (bytes(6000), pb.Script(outcome=pb.OUTCOME_COMPLETE), "payload")):
-            status, details, code = raw_call(srv.target, pb.CallRequest(call_id="e", script=script, payload=payload))
+            status, details, code = raw_call(srv.target, pb.CallRequest(call_id=f"e{len(payload)}", script=script,
+                                                                        payload=payload))
             assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "87") and details.startswith(field), details
     finally:
         srv.stop()
@@ -165,7 +166,8 @@ def test_early_notices_expire_on_a_timer_and_are_bounded_in_count_and_bytes() ->
         for i in range(10):
             notices.remember(f"{i:03d}" + "n" * 197)   # 200 bytes each: only 5 fit
         assert len(notices) == 5 and notices.bytes == 1000 and notices.dropped == 5
-        assert notices.take("009" + "n" * 197) and not notices.take("000" + "n" * 197)
+        # the first ones kept are never displaced by later ones: new ones are refused when full
+        assert notices.take("000" + "n" * 197) and not notices.take("009" + "n" * 197)
         deadline = time.monotonic() + 20
         while len(notices) and time.monotonic() < deadline:   # no new notice arrives: the timer expires them
             await asyncio.sleep(0.02)
@@ -173,7 +175,7 @@ def test_early_notices_expire_on_a_timer_and_are_bounded_in_count_and_bytes() ->
         counted = EarlyNotices(ttl=10, limit=3, max_bytes=10**6)
         for i in range(10):
             counted.remember(str(i))
-        assert len(counted) == 3 and counted.take("9") and not counted.take("0")
+        assert len(counted) == 3 and counted.take("0") and not counted.take("9")
         counted.clear()
     asyncio.run(go())
 
