@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import signal
 import sys
 import textwrap
 import time
+from typing import Any, Callable, Coroutine, TextIO
 
 from callstate.cli.conformance_battery import BatteryConfig
+from callstate.cli.conformance_calls import LOSS, POWER, detection
 from callstate.cli.conformance_properties import PROPERTIES
 from callstate.cli.options import (add_access, channel_settings, concurrency, metadata_bytes, non_negative_float, para,
                                    port, positive_float, positive_int, streams)
@@ -57,7 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--serve-bind", default="127.0.0.1", metavar="ADDR",
                    help="with --serve-port: the address it listens on (default: %(default)s)")
     p.add_argument("--calls", type=positive_int, default=_CFG.calls, metavar="N",
-                   help="calls per scenario, made sequentially and then again concurrently (default: %(default)s)")
+                   help="calls per scenario, made sequentially and then again concurrently: a row makes 2 x N. "
+                        + (f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
+                           f"{detection(_CFG.calls):.1%} per row (at least {POWER:.0%}: 1 - {1 - LOSS:g}^(2N)); "
+                           "a smaller N is quicker and misses more").replace("%", "%%") + " (default: %(default)s)")
     p.add_argument("--concurrency", type=concurrency, default=_CFG.concurrency, metavar="N",
                    help="calls in flight in the concurrent half, and held calls (default: %(default)s)")
     p.add_argument("--hold-seconds", type=positive_float, default=_CFG.hold_seconds, metavar="SECONDS",
@@ -86,15 +94,38 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "(default: %(default)s)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress lines on stderr (they are printed only when stderr is a terminal)")
     add_access(p)   # one set for the proxy and the server (--server); --serve-port starts a plaintext one
     p.set_defaults(target_parser=p)
     return p
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM ended the run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def progress_line(out: TextIO) -> Callable[[str, Any], None]:
+    """One line per row as it is judged, for a person watching a run that takes minutes."""
+    from callstate.cli.conformance_properties import PROPERTIES
+    done = {"direct": 0, "proxy": 0}
+
+    def show(path: str, row: Any) -> None:
+        done[path] += 1
+        out.write(f"[{path} {done[path]}/{len(PROPERTIES)}] {row.prop} {row.verdict} ({row.seconds:.1f} s)"
+                  f"{': ' + row.figures if row.figures else ''}\n")
+        out.flush()
+    return show
+
+
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli.conformance_report import failed, junit_xml, table, to_json
+    from callstate.cli.conformance_report import failed, junit_xml, table, to_json, writable, write_atomically
     from callstate.cli.conformance_run import Setup, run_battery
     from callstate.cli.conformance_server import ServerProcess
 
@@ -102,42 +133,106 @@ def run(opts: argparse.Namespace) -> int:
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,
                         cancel_bound_ms=opts.cancel_bound_ms, deadline=opts.deadline, streams=opts.streams,
                         metadata_bytes=opts.metadata_bytes, wait=opts.wait)
+    setup = Setup(proxy=opts.proxy, server=opts.server or "")
+    t0 = time.monotonic()
+
+    def outputs(error: str = "") -> None:
+        """The report and JUnit, written whole on every way out: `error` says why there is no verdict."""
+        seconds = time.monotonic() - t0
+        server = setup.server or (f"port {opts.serve_port}" if opts.serve_port is not None else "")
+        if opts.report:
+            config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+            write_atomically(opts.report, orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds, error),
+                                                       option=orjson.OPT_INDENT_2))
+        if opts.junit_xml:
+            write_atomically(opts.junit_xml, junit_xml(setup.rows, opts.proxy, server, seconds, error))
+
+    def usage(why: str) -> int:
+        print(f"callstate conformance: {why}", file=sys.stderr)
+        outputs(why)
+        return 2
+
+    for path in filter(None, (opts.report, opts.junit_xml)):
+        if why := writable(path):   # fail now, not after the run; nothing is created or emptied
+            print(f"callstate conformance: {why}", file=sys.stderr)
+            return 2
     from callstate.script import Limits
     if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
-        print(f"callstate conformance: --max-bytes {opts.max_bytes} is over the largest reply "
-              f"({Limits().max_reply_bytes})", file=sys.stderr)
-        return 2
-    for path in filter(None, (opts.report, opts.junit_xml)):
-        try:   # fail now, not after the run, when an output cannot be written
-            open(path, "ab").close()
-        except OSError as exc:
-            print(f"callstate conformance: {exc}", file=sys.stderr)
-            return 2
+        return usage(f"--max-bytes {opts.max_bytes} is over the largest reply ({Limits().max_reply_bytes})")
     from callstate.cli.conformance_calls import use_access
     settings = channel_settings(opts)
     if opts.serve_port is not None and (settings.secure or settings.token):
-        opts.target_parser.error("--serve-port starts a plaintext server without a token: to test a locked-down "
-                                 "server, start it yourself and pass --server with the TLS and token options")
+        return usage("--serve-port starts a plaintext server without a token: to test a locked-down "
+                     "server, start it yourself and pass --server with the TLS and token options")
     use_access(settings)
     own = ServerProcess(opts.serve_bind, opts.serve_port, opts.max_hold) if opts.serve_port is not None else None
-    setup = Setup(proxy=opts.proxy, server=opts.server or "", own_server=own)
-    t0 = time.monotonic()
+    setup.own_server = own
+    if not opts.quiet and sys.stderr.isatty():
+        setup.progress = progress_line(sys.stderr)
     try:
-        rows = asyncio.run(run_battery(setup, cfg))
+        rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
-        print(f"callstate conformance: {exc}", file=sys.stderr)
-        return 2
+        return usage(str(exc))
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"callstate conformance: interrupted by {name}"
+              + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
+        try:
+            outputs(f"interrupted by {name} before the run ended")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if own is not None:
+                own.cleanup()
+            os._exit(128 + stop.signum)   # now: what is left of grpc's shutdown may not end in time
+    except Exception as exc:   # a fault of conformance itself: the outputs still say the run has no verdict
+        outputs(f"conformance failed: {exc!r}")
+        raise
     finally:
         if own is not None:
             own.cleanup()
-    seconds = time.monotonic() - t0
     print(table(rows, opts.proxy, setup.server))
-    print(f"({seconds:.1f} s)")
-    if opts.report:
-        config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-        with open(opts.report, "wb") as f:
-            f.write(orjson.dumps(to_json(rows, opts.proxy, setup.server, config, seconds), option=orjson.OPT_INDENT_2))
-    if opts.junit_xml:
-        with open(opts.junit_xml, "wb") as f:
-            f.write(junit_xml(rows, opts.proxy, setup.server, seconds))
+    print(f"({time.monotonic() - t0:.1f} s)")
+    outputs()
     return 1 if failed(rows) else 0
+
+
+CLEANUP_SECONDS = 1.0   # after SIGINT/SIGTERM: how long the battery may take to close before the exit
+
+
+def _run_interruptible(battery: Coroutine[Any, Any, Any], own: Any) -> Any:
+    """Run the battery; SIGINT or SIGTERM kills the server conformance started at once, gives the
+    battery CLEANUP_SECONDS to close, and raises Interrupted (the exit then comes within 2 s)."""
+    async def supervise() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(battery)
+        got: list[int] = []
+        stopped = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if not got:
+                got.append(signum)
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # no noise about the killed child
+                if own is not None:
+                    own.kill_now()
+                stopped.set()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        waiter = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        if not got:
+            waiter.cancel()
+            return task.result()
+        task.cancel()
+        await asyncio.wait((task,), timeout=CLEANUP_SECONDS)
+        raise Interrupted(got[0])
+    runner = asyncio.Runner()
+    try:
+        result = runner.run(supervise())
+    except Interrupted:
+        raise   # the loop is left as it is: closing it would wait for what may not end in time
+    except BaseException:
+        runner.close()
+        raise
+    runner.close()
+    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 from callstate import codes
@@ -19,7 +20,7 @@ from callstate.cli import conformance_endings as endings
 from callstate.cli import conformance_pipes as pipes
 from callstate.cli import conformance_replies as replies
 from callstate.cli.conformance_calls import BatteryConfig, Recorder, Result, open_channel, open_client
-from callstate.cli.conformance_journal import ServerJournal, dispatched
+from callstate.cli.conformance_journal import ServerJournal, dispatched, ended
 from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
                                                   COMPLETE_SMALL, Row)
 from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
@@ -56,9 +57,11 @@ class Battery:
         self.judged[pipe.call_id] = prop
         return pipe
 
-    async def finish(self, call: AsyncCall, bound: float) -> Result:
+    async def finish(self, call: AsyncCall, bound: float, ends: bool = False) -> Result:
         """The call's outcome, or `hung` when no notification came within `bound` (then the
-        call is cancelled abortively, so it still ends)."""
+        call is cancelled abortively, so it still ends). `ends`: the server ends the call by
+        its script, so a slow server is told from a lost answer by its journal: past `bound`,
+        the call is hung only once the server has ended it and --wait more has passed."""
         t0 = time.perf_counter()
         try:
             reply = await call.result(timeout=bound)
@@ -67,12 +70,21 @@ class Battery:
             if call.done():
                 return Result(call.call_id, err.code, err.grpc_status, err.details,
                               ms=(time.perf_counter() - t0) * 1000)
+        if ends and await self.journal.wait((call.call_id,), ended, self.cfg.wait):
+            bound += self.cfg.wait
+            try:
+                reply = await call.result(timeout=self.cfg.wait)
+                return Result(call.call_id, codes.RPC_S_OK, "OK", reply=reply, ms=(time.perf_counter() - t0) * 1000)
+            except CallError as err:
+                if call.done():
+                    return Result(call.call_id, err.code, err.grpc_status, err.details,
+                                  ms=(time.perf_counter() - t0) * 1000)
         call.cancel()
         try:
             await call.result(timeout=self.cfg.wait)
         except CallError:
             pass
-        return Result(call.call_id, None, ms=(time.perf_counter() - t0) * 1000)
+        return Result(call.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
     async def twice(self, one: Callable[[int], Awaitable[Any]], n: int | None = None) -> list[Any]:
         """`n` calls one after the other, then `n` at the configured concurrency."""
@@ -89,23 +101,27 @@ class Battery:
         return await self.journal.wait((call.call_id,), dispatched, self.cfg.wait)
 
     # -- the rows ----------------------------------------------------------------------------
-    async def rows(self) -> list[Row]:
+    def steps(self) -> list[Callable[[], Awaitable[Row]]]:
         """Every row but the ones judged at the end (held, check, graceful-stop), in order."""
         cfg = self.cfg
-        return [await replies.complete(self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls),
-                await replies.complete(self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls),
-                await replies.abort(self, ABORT_TRAILERS_ONLY, headers_first=False),
-                await replies.abort(self, ABORT_AFTER_HEADERS, headers_first=True),
-                await replies.fatal(self), await replies.unimplemented(self),
-                await cancels.cancel_abortive(self), await cancels.cancel_non_abortive(self),
-                await cancels.deadline(self), await replies.many_streams(self), await replies.large_metadata(self),
-                await pipes.out_streamed(self), await pipes.in_half_close(self), await pipes.early_answer(self),
-                await pipes.both_full_duplex(self),
-                await pipes.abort_mid_stream(self), await pipes.cancel(self)]
+        return [partial(replies.complete, self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls),
+                partial(replies.complete, self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls),
+                partial(replies.abort, self, ABORT_TRAILERS_ONLY, headers_first=False),
+                partial(replies.abort, self, ABORT_AFTER_HEADERS, headers_first=True),
+                *(partial(row, self) for row in (
+                    replies.fatal, replies.unimplemented, cancels.cancel_abortive, cancels.cancel_non_abortive,
+                    cancels.deadline, replies.many_streams, replies.large_metadata, pipes.out_streamed,
+                    pipes.in_half_close, pipes.early_answer, pipes.both_full_duplex, pipes.abort_mid_stream,
+                    pipes.cancel))]
 
     # -- held calls run in the background while the other rows run -------------------------------
     def start_held(self) -> None:
-        self._held = asyncio.ensure_future(endings.held(self))
+        async def timed() -> Row:
+            t0 = time.perf_counter()
+            row = await endings.held(self)
+            row.seconds = time.perf_counter() - t0
+            return row
+        self._held = asyncio.ensure_future(timed())
 
     async def held_row(self) -> Row:
         assert self._held is not None

@@ -4,6 +4,7 @@ place), the client's state log kept in memory, and one call's outcome."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -23,10 +24,25 @@ from callstate.v1 import callstate_pb2 as pb
 # The largest reply the server sends: near gRPC's default 4 MiB message limit.
 DEFAULT_MAX_BYTES = Limits().max_reply_bytes
 
+# The default sample: a proxy that loses LOSS of the calls fails a row with probability POWER
+# at least. A row of n calls sees no loss with probability (1 - LOSS)^n, so n >= ln(1 - POWER)
+# / ln(1 - LOSS) = 59; each row makes --calls sequentially and again concurrently: 2 x 30 = 60.
+LOSS, POWER = 0.05, 0.95
+
+
+def calls_for(loss: float = LOSS, power: float = POWER) -> int:
+    """--calls (half of a row's calls) that catch `loss` with probability `power`."""
+    return math.ceil(math.log(1 - power) / math.log(1 - loss) / 2)
+
+
+def detection(calls: int, loss: float = LOSS) -> float:
+    """The probability that a row of 2 x `calls` calls sees at least one of a `loss` share lost."""
+    return 1 - (1 - loss) ** (2 * calls)
+
 
 @dataclass
 class BatteryConfig:
-    calls: int = 10                 # per scenario and mode (sequential, then concurrent)
+    calls: int = calls_for()        # per scenario and mode (sequential, then concurrent)
     concurrency: int = 10
     small_bytes: int = 64
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -107,15 +123,24 @@ class Result:
     details: str = ""
     reply: pb.CallReply | None = None
     ms: float = 0.0
+    bound: float = 0.0                 # s: how long a hung call was waited for
 
     @property
     def hung(self) -> bool:
         return self.code is None
 
+    @property
+    def reset(self) -> bool:
+        """Ended CANCELLED without the caller cancelling it: the stream was reset on the way
+        (RST_STREAM). Only meaningful for a call the caller did not cancel."""
+        return self.status == grpc.StatusCode.CANCELLED.name
+
     def describe(self) -> str:
+        """What happened to the call, as a failure names it: hung (no code), reset, or its code."""
         if self.hung:
-            return f"no answer within the bound ({self.ms / 1000:.1f} s)"
-        return codes.describe(self.code or 0) + (f" ({self.status})" if self.status else "")
+            return f"hung: no code within {self.bound:g} s"
+        text = codes.describe(self.code or 0) + (f" ({self.status})" if self.status else "")
+        return f"reset: {text}" if self.reset else text
 
 
 def median_ms(values: list[float]) -> str:
@@ -123,6 +148,25 @@ def median_ms(values: list[float]) -> str:
     return f"p50 {p['p50']:.1f} ms" if p["count"] else ""
 
 
-def examples(bad: list[str], n: int = 2) -> str:
-    shown = Counter(bad).most_common(n)
-    return "; ".join(f"{text} x{count}" for text, count in shown)
+def examples(bad: list[str]) -> str:
+    """Every distinct failure with its count, the most frequent first."""
+    return "; ".join(f"{text} x{count}" for text, count in Counter(bad).most_common())
+
+
+def code_failure(r: Result, code: int, base: int) -> str:
+    """Why a call scripted to end with its own `code` (base..base+999, one per call) did not."""
+    if r.code == code:
+        return ""
+    if r.code is not None and base <= r.code < base + 1000:
+        return "another call's code"
+    return f"{r.describe()} instead of the call's own code ({base}+)"
+
+
+def reply_failure(r: Result, expected: bytes | None) -> str:
+    """Why a call that should have completed with `expected` as its reply did not ("" when it did)."""
+    if r.code != codes.RPC_S_OK:
+        return r.describe()
+    if r.reply is None or r.reply.payload != expected:
+        got = len(r.reply.payload) if r.reply is not None else 0
+        return f"0 but the reply bytes differ ({got} B instead of {len(expected or b'')} B)"
+    return ""

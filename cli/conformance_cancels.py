@@ -36,7 +36,7 @@ async def cancel_abortive(b: Battery) -> Row:
         call.cancel()
         r = await b.finish(call, b.cfg.wait)
         # sequential: wait a little for the server (a late cancel is still measured below)
-        await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
+        await b.journal.wait((call.call_id,), lambda es: cancel_seen_at(es) is not None, min(2 * bound, b.cfg.wait))
         return r
     results = [r for r in await b.twice(one) if r is not None]
     return await judge_propagation(b, CANCEL_ABORTIVE, results, len(dropped))
@@ -55,25 +55,28 @@ async def judge_propagation(b: Battery, prop: str, results: list[Result], droppe
             lat.append((seen - cancelled) * 1000)
     in_flight = sum(not ended(b.journal.entries(i)) for i in ids)
     p = percentiles(lat)
-    share = len(lat) / len(ids) if ids else 0.0
+    sent = len(ids) + dropped   # every share is over all the calls sent, arrived or not
+    share = len(lat) / sent if sent else 0.0
     wrong = [r.describe() for r in results if r.code != codes.RPC_S_CALL_CANCELLED]
     notes = list(notes or [])
     if dropped:
-        notes.append(f"{dropped} calls never reached the server")
+        notes.append(f"{dropped} of {sent} calls never reached the server (no dispatch within {b.cfg.wait:g} s)")
     if len(lat) < len(ids):
-        notes.append(f"{len(ids) - len(lat)} cancels never reached the server within {b.cfg.wait:g} s")
+        notes.append(f"{len(ids) - len(lat)} of {sent} cancels never reached the server within {b.cfg.wait:g} s")
     if p["count"] and p["p99"] > b.cfg.cancel_bound_ms:
-        notes.append(f"p99 {p['p99']:.1f} ms over the bound {b.cfg.cancel_bound_ms:g} ms")
+        slow = sum(ms > b.cfg.cancel_bound_ms for ms in lat)
+        notes.append(f"p99 {p['p99']:.1f} ms over the bound {b.cfg.cancel_bound_ms:g} ms "
+                     f"({slow} of {sent} cancels slower)")
     if in_flight:
-        notes.append(f"{in_flight} left in flight on the server")
+        notes.append(f"{in_flight} of {sent} left in flight on the server")
     if wrong:
         notes.append("client: " + examples(wrong))
-    figures = f"{share:.0%} reached the server"
+    figures = f"{len(lat)}/{sent} ({share:.0%}) reached the server"
     if p["count"]:
         figures += f"; p50 {p['p50']:.1f} / p99 {p['p99']:.1f} / max {p['max']:.1f} ms"
     figures += f"; {in_flight} in flight"
     return Row(prop, not notes, figures, "; ".join(notes),
-               {"calls": len(ids) + dropped, "propagated_share": round(share, 3), "in_flight": in_flight,
+               {"calls": sent, "never_dispatched": dropped, "propagated_share": round(share, 3), "in_flight": in_flight,
                 "latency_ms": {k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()},
                 "bound_ms": b.cfg.cancel_bound_ms})
 

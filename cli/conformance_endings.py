@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from callstate import codes
 from callstate.check import Checker
-from callstate.cli.conformance_calls import Recorder, Result, examples, open_client
+from callstate.cli.conformance_calls import Recorder, examples, open_client, reply_failure
 from callstate.cli.conformance_journal import dispatched, ended
 from callstate.cli.conformance_properties import CHECK, GRACEFUL_STOP, HELD, Row
 from callstate.client import Script
@@ -24,17 +24,17 @@ async def held(b: Battery) -> Row:
     seconds = b.cfg.hold_seconds
     client = open_client(b.target, b.recorder)   # its own connection, idle but for these calls
 
-    async def one() -> tuple[Result, bool]:
+    async def one() -> str:
         payload = os.urandom(32)
         r = await b.finish(b.prepare(HELD, client, Script("complete", outcome_delay=seconds, echo=True),
-                                           payload).start(), seconds + b.cfg.wait)
-        return r, r.code == codes.RPC_S_OK and r.reply is not None and r.reply.payload == payload
+                                           payload).start(), seconds + b.cfg.wait, ends=True)
+        why = reply_failure(r, payload)
+        return f"{why}, before the {seconds:g} s hold ended" if why and r.ms < seconds * 1000 else why
     try:
         results = await asyncio.gather(*(one() for _ in range(b.cfg.concurrency)))
     finally:
         await client.close()
-    bad = [f"{r.describe()} after {r.ms / 1000:.1f} s" if r.code else "reply bytes differ"
-           for r, ok in results if not ok]
+    bad = [why for why in results if why]
     return Row(HELD, not bad, f"{len(results) - len(bad)}/{len(results)} held {seconds:g} s", examples(bad),
                {"calls": len(results), "failed": len(bad), "hold_seconds": seconds})
 

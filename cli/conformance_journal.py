@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import grpc
 
 from callstate.cli.conformance_calls import auth_metadata
-from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER
+from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER, PIPE_INITIAL_MOVE, SERVER
 from callstate.statelog import parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -22,8 +22,11 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 Entries = list[dict[str, Any]]
 
 
+_DISPATCHES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})   # a unary call's, each pipe kind's
+
+
 def dispatched(entries: Entries) -> bool:
-    return any(e["state"] == D and e.get("move") == DISPATCH for e in entries)
+    return any(e["state"] == D and e.get("move") in _DISPATCHES for e in entries)
 
 
 def ended(entries: Entries) -> bool:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from callstate import codes
-from callstate.check import percentiles
-from callstate.cli.conformance_calls import Result, examples
+from callstate.cli.conformance_calls import Result, code_failure, examples
 from callstate.cli.conformance_cancels import judge_propagation
-from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
+from callstate.cli.conformance_journal import cancel_seen_at, dispatched, ended, final, first
 from callstate.cli.conformance_properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
                                                   PIPE_EARLY_ANSWER, PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
 from callstate.client import AsyncPipe, CallError, PipeScript
@@ -55,11 +54,6 @@ class Pulled:
     def in_order(self, n: int) -> bool:
         return self.seqs == list(range(1, n + 1))
 
-    @property
-    def spread(self) -> float:
-        """Seconds from the first message's arrival to the last's."""
-        return self.arrivals[-1] - self.arrivals[0] if self.arrivals else 0.0
-
 
 @dataclass
 class PipeResult(Result):
@@ -87,47 +81,57 @@ async def drive(b: Battery, pipe: AsyncPipe, steps: Callable[[AsyncPipe], Awaita
             return PipeResult(pipe.call_id, codes.RPC_S_OK, "OK", pipe_reply=task.result(), ms=ms)
         except CallError as err:
             return PipeResult(pipe.call_id, err.code, err.grpc_status, err.details, ms=ms)
+    return await _abandon(b, pipe, task, t0, bound)
+
+
+async def _abandon(b: Battery, pipe: AsyncPipe, task: asyncio.Future[Any] | None, t0: float,
+                   bound: float) -> PipeResult:
+    """A pipe with no notification within `bound`: cancelled abortively, so it still ends; hung."""
     try:
         pipe.cancel()
     except CallError:
         pass
-    await asyncio.wait((task,), timeout=b.cfg.wait)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return PipeResult(pipe.call_id, None, ms=(time.perf_counter() - t0) * 1000)
-
-
-def _ms(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()}
+    if task is not None:
+        await asyncio.wait((task,), timeout=b.cfg.wait)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    else:
+        await pipe.wait(b.cfg.wait)
+    return PipeResult(pipe.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
 
 async def out_streamed(b: Battery) -> Row:
-    """Out pipes of MESSAGES paced by the server: all in order with 0, and spread out on arrival
-    as they were sent (the last at least one interval after the first); a proxy that holds a
-    response stream until its end delivers them in one burst. Clock-free: a proxy's latency
-    shifts every arrival alike."""
-    script = PipeScript(messages=MESSAGES, interval=INTERVAL)
-    span_ms = (MESSAGES - 1) * INTERVAL * 1000
+    """Held out pipes the server paces INTERVAL apart and never ends on its own: the caller must
+    pull MESSAGES of them, in order, while the stream is still open, then its cancel notice has
+    the server complete with 0. Causal, not timed: a proxy that holds a response stream until its
+    end delivers nothing while it is open, however fast or loaded the machine is."""
+    script = PipeScript(outcome="hold", interval=INTERVAL, on_cancel="complete")
 
-    async def one(i: int) -> tuple[str, float]:
+    async def one(i: int) -> str:
         pulled = Pulled()
-        r = await drive(b, b.pipe(PIPE_OUT_STREAMED, PIPE_OUT, script), pulled.take, b.cfg.wait + MESSAGES * INTERVAL)
-        spread_ms = pulled.spread * 1000
+
+        async def pull_then_notice(pipe: AsyncPipe) -> None:
+            await pulled.take(pipe, MESSAGES)
+            if len(pulled.seqs) == MESSAGES:
+                pipe.cancel(abortive=False, timeout=b.cfg.wait)   # unanswered: escalates, and the row fails
+        pipe = b.pipe(PIPE_OUT_STREAMED, PIPE_OUT, script)
+        r = await drive(b, pipe, pull_then_notice, b.cfg.wait)
+        if not pulled.seqs:
+            dispatched_ = await b.until_dispatched(pipe)
+            if r.hung and dispatched_:
+                return (f"no message within {b.cfg.wait:g} s while the server streamed and its stream stayed "
+                        "open: buffered, not streamed")
+            return r.describe() if dispatched_ else f"{r.describe()}, never reached the server"
+        if not pulled.in_order(len(pulled.seqs)) or len(pulled.seqs) < MESSAGES:
+            return f"messages {pulled.seqs} instead of 1..{MESSAGES}"
         if r.code != codes.RPC_S_OK:
-            return r.describe(), spread_ms
-        if not pulled.in_order(MESSAGES):
-            return f"messages {pulled.seqs} instead of 1..{MESSAGES}", spread_ms
-        if pulled.spread < INTERVAL:
-            return (f"all {MESSAGES} arrived within {spread_ms:.0f} ms, sent over {span_ms:.0f} ms: "
-                    "buffered, not streamed"), spread_ms
-        return "", spread_ms
+            return await _not_ok(b, r)
+        return ""
     results = await b.twice(one)
-    bad = [why for why, _ in results if why]
-    p = percentiles([s for _, s in results])
-    return Row(PIPE_OUT_STREAMED, not bad, f"{len(results) - len(bad)}/{len(results)} streamed in order, "
-               f"spread p50 {p['p50']:.0f} of {span_ms:.0f} ms", examples(bad),
-               {"calls": len(results), "failed": len(bad), "messages": MESSAGES, "interval_ms": INTERVAL * 1000,
-                "spread_ms": _ms(p)})
+    bad = [why for why in results if why]
+    return Row(PIPE_OUT_STREAMED, not bad, f"{len(results) - len(bad)}/{len(results)} streamed in order while "
+               "open, then 0", examples(bad),
+               {"calls": len(results), "failed": len(bad), "messages": MESSAGES, "interval_ms": INTERVAL * 1000})
 
 
 async def in_half_close(b: Battery) -> Row:
@@ -173,8 +177,10 @@ async def _not_ok(b: Battery, r: PipeResult) -> str:
 async def early_answer(b: Battery) -> Row:
     """In pipes the server completes after the caller's EARLY_AFTER-th message, while the caller
     has not half-closed: gRPC lets a server answer before the request ends, and its PipeReply
-    must reach the caller. A proxy that resets the caller's stream when the answer is complete
-    before the request (RST_STREAM CANCEL) turns it into 1818."""
+    must reach the caller. Two ways a proxy gets this wrong, told apart by the server's journal
+    and a half-close made only once the answer is overdue: it resets the caller's stream when
+    the answer is complete before the request (RST_STREAM CANCEL: 1818), or it holds the answer
+    until the caller half-closes (the answer arrives only after the half-close)."""
     script = PipeScript(outcome="complete", at="after-in", at_count=EARLY_AFTER)
 
     async def push_some(pipe: AsyncPipe) -> None:
@@ -182,10 +188,12 @@ async def early_answer(b: Battery) -> Row:
             await pipe.push(os.urandom(MESSAGE_BYTES))   # and no close_push: the answer comes first
 
     async def one(i: int) -> str:
-        r = await drive(b, b.pipe(PIPE_EARLY_ANSWER, PIPE_IN, script), push_some, b.cfg.wait)
+        r, why = await _answered_while_open(b, b.pipe(PIPE_EARLY_ANSWER, PIPE_IN, script), push_some)
+        if r is None:
+            return why
         if r.code != codes.RPC_S_OK:
             lost = await _not_ok(b, r)
-            return lost + (" (reset when the answer came before the request's end)" if lost != r.describe() else "")
+            return lost + (" (reset when the answer came before the request's end)" if r.reset else "")
         if r.pipe_reply is None or r.pipe_reply.received != EARLY_AFTER:
             return f"the reply counts {getattr(r.pipe_reply, 'received', None)} of {EARLY_AFTER} messages"
         return ""
@@ -195,21 +203,59 @@ async def early_answer(b: Battery) -> Row:
                "half-close delivered", examples(bad), {"calls": len(results), "failed": len(bad)})
 
 
+async def _answered_while_open(b: Battery, pipe: AsyncPipe,
+                                steps: Callable[[AsyncPipe], Awaitable[None]]) -> tuple[PipeResult | None, str]:
+    """Start `pipe`, run `steps` (pushes, no half-close) and wait for its answer while the
+    caller's pipe stays open: (the result, "") when it came. When it did not come within --wait,
+    (None, what happened), told apart by the server's journal and a half-close made only once
+    the answer is overdue: held until the half-close (the server had answered), half-duplex (the
+    server got nothing before the half-close), or no answer at all."""
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(steps(pipe.start()), b.cfg.wait)
+    except (CallError, asyncio.TimeoutError):
+        pass   # the call ended or stalled: its notification (or none) says how
+    if await pipe.wait(b.cfg.wait):
+        return await _pipe_result(pipe, t0), ""
+    if dispatched(b.journal.entries(pipe.call_id)):   # had the server answered? (its journal may trail)
+        await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
+    end = final(b.journal.entries(pipe.call_id))
+    await pipe.close_push()   # does a half-close release the answer?
+    if not await pipe.wait(b.cfg.wait):
+        hung = await _abandon(b, pipe, None, t0, b.cfg.wait)
+        return None, f"{hung.describe()} while the caller's pipe stayed open, nor after its half-close"
+    r = await _pipe_result(pipe, t0)
+    if end is None:
+        return None, ("the server got the call only after the caller's half-close: the proxy holds the request "
+                      "stream until its end (half-duplex)")
+    # the call's own code is left out: the same failure on every call reads as one, with its count
+    return None, (f"answer delayed until the half-close: the server had answered within {b.cfg.wait:g} s, "
+                  f"the caller got the answer ({'its code' if r.code == end.get('code') else r.describe()}) "
+                  "only after half-closing")
+
+
+async def _pipe_result(pipe: AsyncPipe, t0: float) -> PipeResult:
+    """The outcome of a pipe whose notification has come."""
+    ms = (time.perf_counter() - t0) * 1000
+    try:
+        return PipeResult(pipe.call_id, codes.RPC_S_OK, "OK", pipe_reply=await pipe.result(0), ms=ms)
+    except CallError as err:
+        return PipeResult(pipe.call_id, err.code, err.grpc_status, err.details, ms=ms)
+
+
 async def both_full_duplex(b: Battery) -> Row:
     """Bidi pipes whose server aborts with a per-call code once the caller's first message is in;
     the caller never half-closes. A proxy that waits for the end of the request stream before
-    forwarding leaves the caller waiting: the row fails after --wait."""
+    forwarding, or holds the answer until it, leaves the caller waiting: the row fails after
+    --wait and says which."""
     async def push_one(pipe: AsyncPipe) -> None:
         await pipe.push(b"first")   # and no close_push: the answer must come while the pipe is open
 
     async def one(i: int) -> str:
-        code = 7000 + i   # a different code per call: a code that reaches the wrong call shows
+        code = 7000 + i % 1000   # a different code per call: a code that reaches the wrong call shows
         script = PipeScript(messages=0, outcome="abort", at="after-in", at_count=1, abort_code=code)
-        r = await drive(b, b.pipe(PIPE_BOTH_FULL_DUPLEX, PIPE_BOTH, script), push_one, b.cfg.wait)
-        if r.hung:
-            return (f"no answer within {b.cfg.wait:g} s while the caller's pipe stayed open "
-                    "(half-duplex: does the proxy wait for the end of the request stream?)")
-        return f"{r.describe()} instead of {code}" if r.code != code else ""
+        r, why = await _answered_while_open(b, b.pipe(PIPE_BOTH_FULL_DUPLEX, PIPE_BOTH, script), push_one)
+        return why if r is None else code_failure(r, code, 7000)
     results = await b.twice(one)
     bad = [r for r in results if r]
     return Row(PIPE_BOTH_FULL_DUPLEX, not bad, f"{len(results) - len(bad)}/{len(results)} answered before the "
@@ -219,12 +265,12 @@ async def both_full_duplex(b: Battery) -> Row:
 async def abort_mid_stream(b: Battery) -> Row:
     """Out pipes aborted with a per-call code after MESSAGES messages: the messages, then the code."""
     async def one(i: int) -> str:
-        code = 8000 + i
+        code = 8000 + i % 1000
         script = PipeScript(messages=MESSAGES, outcome="abort", at="after-out", at_count=MESSAGES, abort_code=code)
         pulled = Pulled()
         r = await drive(b, b.pipe(PIPE_ABORT_MID_STREAM, PIPE_OUT, script), pulled.take, b.cfg.wait)
         if r.code != code:
-            return f"{r.describe()} instead of {code}"
+            return code_failure(r, code, 8000)
         if not pulled.in_order(MESSAGES):
             return f"messages {pulled.seqs} before the code instead of 1..{MESSAGES}"
         return ""
@@ -250,7 +296,7 @@ async def cancel(b: Battery) -> Row:
         pipe = b.pipe(PIPE_CANCEL, PIPE_OUT, script)
         r = await drive(b, pipe, pull_then_cancel, b.cfg.wait)
         # sequential: wait a little for the server (a late cancel is still measured)
-        await b.journal.wait((pipe.call_id,), lambda es: cancel_seen_at(es) is not None, 2 * bound)
+        await b.journal.wait((pipe.call_id,), lambda es: cancel_seen_at(es) is not None, min(2 * bound, b.cfg.wait))
         return r, len(pulled.seqs)
     results = await b.twice(one)
     short = sum(n < CANCEL_AFTER for _, n in results)

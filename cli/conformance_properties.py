@@ -41,8 +41,9 @@ PROPERTIES: Final[dict[str, str]] = {
     MANY_STREAMS: "--streams concurrent calls on one connection all complete",
     LARGE_METADATA: "a request header of --metadata-bytes and an abort message (trailers) of up to the server's "
                     "limit (2 KiB) cross intact",
-    PIPE_OUT_STREAMED: "an out pipe's messages, paced by the server, arrive complete, in order, with 0, and streamed: "
-                       "spread out as sent, not in one burst at the end",
+    PIPE_OUT_STREAMED: "an out pipe's messages, paced by the server, arrive in order while its stream is still open "
+                       "(the server holds it until the caller's cancel notice, then completes with 0): streamed, "
+                       "not held until the end",
     PIPE_IN_HALF_CLOSE: "an in pipe's pushes and its null push (half-close) reach the server: it counts every "
                         "message, then NP, then completes with 0",
     PIPE_EARLY_ANSWER: "an in pipe's server completes after the caller's 2nd message, before the caller "
@@ -67,6 +68,7 @@ class Row:
     figures: str = ""             # short, for the table
     note: str = ""                # why it failed or was skipped
     data: dict[str, Any] = field(default_factory=dict)   # the numbers, for --report
+    seconds: float = 0.0          # how long the row took to judge
 
     @property
     def verdict(self) -> str:
@@ -74,4 +76,4 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {"property": self.prop, "verdict": self.verdict, "figures": self.figures, "note": self.note,
-                **self.data}
+                "seconds": round(self.seconds, 3), **self.data}

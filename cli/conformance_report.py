@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 from callstate.cli.conformance_properties import PROPERTIES, Row
@@ -38,27 +41,64 @@ def table(rows: dict[str, list[Row]], proxy: str, server: str) -> str:
 
 
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
-            seconds: float) -> dict[str, Any]:
-    return {"proxy": proxy, "upstream": server, "ok": not failed(rows), "seconds": round(seconds, 2),
-            "config": config, "properties": PROPERTIES,
+            seconds: float, error: str = "") -> dict[str, Any]:
+    """`error`: why the run ended before its verdict (exit 2, or interrupted); then not ok."""
+    return {"proxy": proxy, "upstream": server, "ok": not failed(rows) and not error, "error": error or None,
+            "seconds": round(seconds, 2), "config": config, "properties": PROPERTIES,
             "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],
             "rows": {path: [row.to_json() for row in path_rows] for path, path_rows in rows.items()}}
 
 
-def junit_xml(rows: dict[str, list[Row]], proxy: str, server: str, seconds: float) -> bytes:
-    """One test suite per path, one test case per property: CI systems show each one."""
+def junit_xml(rows: dict[str, list[Row]], proxy: str, server: str, seconds: float, error: str = "") -> bytes:
+    """One test suite per path, one test case per property: CI systems show each one. A run that
+    ended before its verdict (`error`) adds a case in error saying why, so no CI reads it as green."""
     suites = ET.Element("testsuites", name="callstate conformance", time=f"{seconds:.2f}")
     for path, path_rows in rows.items():
         suite = ET.SubElement(suites, "testsuite", name=f"conformance.{path}",
                               tests=str(len(path_rows)), failures=str(sum(r.ok is False for r in path_rows)),
-                              skipped=str(sum(r.ok is None for r in path_rows)))
+                              errors="0", skipped=str(sum(r.ok is None for r in path_rows)),
+                              time=f"{sum(r.seconds for r in path_rows):.2f}")
         ET.SubElement(ET.SubElement(suite, "properties"), "property", name="target",
                       value=proxy if path == PROXY else server)
         for row in path_rows:
-            case = ET.SubElement(suite, "testcase", classname=f"conformance.{path}", name=row.prop)
+            case = ET.SubElement(suite, "testcase", classname=f"conformance.{path}", name=row.prop,
+                                 time=f"{row.seconds:.3f}")
             ET.SubElement(case, "system-out").text = f"{PROPERTIES[row.prop]}\n{row.figures}"
             if row.ok is False:
                 ET.SubElement(case, "failure", message=row.note or row.figures).text = row.figures
             elif row.ok is None:
                 ET.SubElement(case, "skipped", message=row.note)
+    if error:
+        suite = ET.SubElement(suites, "testsuite", name="conformance.run", tests="1", failures="0", errors="1",
+                              skipped="0", time=f"{seconds:.2f}")
+        case = ET.SubElement(suite, "testcase", classname="conformance.run", name="run", time=f"{seconds:.3f}")
+        ET.SubElement(case, "error", message=error).text = error
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, then renamed over it, so a
+    reader (a CI publishing it) never sees it empty, half written, or left from a previous run."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def writable(path: str) -> str:
+    """"" when `path` can be written atomically (its folder takes a new file), else why not."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{path}: is a directory"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(tmp)
+    return ""

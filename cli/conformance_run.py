@@ -8,7 +8,8 @@ judged before any graceful stop, which ends the server's journal stream.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from callstate.cli.conformance_battery import Battery, BatteryConfig, open_channel, open_client
@@ -21,11 +22,27 @@ from callstate.client import CallError, Script
 CONNECT_TIMEOUT = 5.0
 
 
+Progress = Callable[[str, Row], None]
+
+
 @dataclass
 class Setup:
     proxy: str
     server: str = ""                        # empty with own_server
     own_server: ServerProcess | None = None
+    progress: Progress | None = None        # told of each row as it is judged
+    # the rows judged so far, per path: what an interrupted run still reports
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {DIRECT: [], PROXY: []})
+
+    async def judge(self, label: str, make: Awaitable[Row]) -> Row:
+        """Judge one row, timed; keep it and report progress."""
+        t0 = time.perf_counter()
+        row = await make
+        row.seconds = row.seconds or time.perf_counter() - t0
+        self.rows[label].append(row)
+        if self.progress is not None:
+            self.progress(label, row)
+        return row
 
 
 async def _reachable(target: str, what: str) -> None:
@@ -52,15 +69,16 @@ async def _probe(target: str) -> None:
 
 async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
     own = setup.own_server
-    if own is not None:
-        await own.start()
-        setup.server = own.target
-    await _reachable(setup.server, "callstate server")
-    await _reachable(setup.proxy, "proxy")
-    channel = open_channel(setup.server)
-    journal = ServerJournal(channel, setup.server)
+    channel = journal = None
     batteries: list[Battery] = []
     try:
+        if own is not None:
+            await own.start()
+            setup.server = own.target
+        await _reachable(setup.server, "callstate server")
+        await _reachable(setup.proxy, "proxy")
+        channel = open_channel(setup.server)
+        journal = ServerJournal(channel, setup.server)
         await journal.start(CONNECT_TIMEOUT)
         await _probe(setup.proxy)
         direct = Battery(DIRECT, setup.server, journal, cfg)
@@ -68,20 +86,24 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         batteries = [direct, proxied]
         for battery in batteries:
             battery.start_held()
-        rows = {DIRECT: await direct.rows(), PROXY: await proxied.rows()}
         for battery in batteries:
-            rows[battery.label].append(await battery.held_row())
+            for row in battery.steps():
+                await setup.judge(battery.label, row())
         for battery in batteries:
-            rows[battery.label].append(await battery.check_row())
+            await setup.judge(battery.label, battery.held_row())
+        for battery in batteries:
+            await setup.judge(battery.label, battery.check_row())
         for i, battery in enumerate(batteries):
             restart = i < len(batteries) - 1
-            rows[battery.label].append(await battery.graceful_stop(_stopper(own, journal, restart) if own else None))
-        return rows
+            await setup.judge(battery.label, battery.graceful_stop(_stopper(own, journal, restart) if own else None))
+        return setup.rows
     finally:
         for battery in batteries:
             await battery.close()
-        await journal.close()
-        await channel.close()
+        if journal is not None:
+            await journal.close()
+        if channel is not None:
+            await channel.close()
         if own is not None:
             await own.stop()
 

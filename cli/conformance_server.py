@@ -2,12 +2,15 @@
 
 A separate process, so the battery's client and the server do not share an event loop (or
 a GIL) and the figures are those of a real deployment; and stopping it with SIGTERM is the
-graceful stop the graceful-stop row measures.
+graceful stop the graceful-stop row measures. It never outlives the command: it is killed when
+the command is interrupted, and (through util-linux `setpriv --pdeathsig`, where there is one) the
+kernel kills it when the command dies without a chance to clean up (SIGKILL, a crash).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,8 +33,10 @@ class ServerProcess:
         """Start serving on the port (the same one again after a stop); ConnectionError when it cannot."""
         port_file, err = Path(self._dir.name, "port"), Path(self._dir.name, "stderr")
         port_file.unlink(missing_ok=True)
+        setpriv = shutil.which("setpriv")
         with open(err, "wb") as err_out:
             self._proc = await asyncio.create_subprocess_exec(
+                *([setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []),
                 sys.executable, "-m", "callstate", "serve", "--bind", self.bind, "--port", str(self.port),
                 "--port-file", str(port_file), "--no-state-log", "--max-hold", f"{self.max_hold:g}",
                 stdout=asyncio.subprocess.DEVNULL, stderr=err_out)
@@ -55,6 +60,15 @@ class ServerProcess:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL, at once and without awaiting: the command is being interrupted."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
 
     def cleanup(self) -> None:
         self._dir.cleanup()

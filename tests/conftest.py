@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
 
 
+# How long a test waits for evidence by default: generous, since a busy 2-core machine can
+# starve a server for seconds; a wait that finds its evidence returns at once.
+EVIDENCE_WAIT = 20.0
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen[bytes]
@@ -36,12 +41,12 @@ class ServerProcess:
         return read_entries(self.log, call_id)
 
     def wait_entries(self, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
-                     timeout: float = 5.0) -> list[dict[str, Any]]:
+                     timeout: float = EVIDENCE_WAIT) -> list[dict[str, Any]]:
         """The server's entries for `call_id` once `until` holds (default: it reached End)."""
         return wait_entries(self.log, call_id, until, timeout)
 
     async def await_entries(self, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
-                            timeout: float = 5.0) -> list[dict[str, Any]]:
+                            timeout: float = EVIDENCE_WAIT) -> list[dict[str, Any]]:
         """`wait_entries` for async tests: lets the event loop run while waiting."""
         until = until or ended
         deadline = time.monotonic() + timeout
@@ -57,11 +62,17 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
+def complete_lines(data: bytes) -> list[bytes]:
+    """The lines a writer has finished: a line is complete once its newline is written, so the
+    tail after the last newline (a line still being written) is left for the next read."""
+    return data[:data.rfind(b"\n") + 1].splitlines()
+
+
 def read_entries(path: Path, call_id: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_bytes().splitlines():
+    for line in complete_lines(path.read_bytes()):
         if line.strip():
             e = orjson.loads(line)
             if call_id is None or e["call_id"] == call_id:
@@ -74,7 +85,7 @@ def ended(entries: list[dict[str, Any]]) -> bool:
 
 
 def wait_entries(path: Path, call_id: str, until: Callable[[list[dict[str, Any]]], bool] | None = None,
-                 timeout: float = 5.0) -> list[dict[str, Any]]:
+                 timeout: float = EVIDENCE_WAIT) -> list[dict[str, Any]]:
     until = until or ended
     deadline = time.monotonic() + timeout
     while True:
@@ -126,3 +137,33 @@ def cli(*args: str, timeout: float = 30, cwd: Path | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "callstate", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+# -- tiers: `pytest -m unit` (seconds), `-m e2e`, `-m gateways`, `-m containers` (docs/testing.md) ----
+GATEWAY_FILES = {"test_conformance.py"}   # real proxies and broken relays in the middle
+# What in a test's own source makes it end-to-end: a real server, process or socket.
+E2E_HINTS = ("cli(", "start_server", "subprocess", "Popen", "Client(", "ServerProcess", "serve(", "socket",
+             "run_load", "pytester", "Relay(", "Proxy(", "browser")
+CONTAINER_HINTS = ("docker", "compose")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier from its file, its fixtures and its own source."""
+    import inspect
+    for item in items:
+        path = Path(str(item.fspath))
+        try:
+            source = inspect.getsource(item.function) if isinstance(item, pytest.Function) else ""
+        except (OSError, TypeError):
+            source = ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "container" in path.parts or any(h in source for h in CONTAINER_HINTS):
+            tier = "containers"
+        elif path.name in GATEWAY_FILES:
+            tier = "gateways"
+        elif any(h in source for h in E2E_HINTS) or any("server" in f or f in ("channel", "run", "spans")
+                                                        for f in fixtures):
+            tier = "e2e"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))

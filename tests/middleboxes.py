@@ -134,6 +134,90 @@ def start_haproxy(tmp: Path, port: int, upstream: int) -> ProxyProcess:
     return ProxyProcess([shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)], port, tmp / "haproxy.log")
 
 
+# Traefik (file provider): an h2c entry point to an h2c service, every timeout off so held
+# calls are judged by the row, not cut by a default.
+TRAEFIK_STATIC = """\
+entryPoints:
+  grpc:
+    address: "127.0.0.1:{port}"
+    transport:
+      respondingTimeouts: {{readTimeout: 0, writeTimeout: 0, idleTimeout: 0}}
+providers:
+  file: {{filename: "{dynamic}"}}
+log: {{level: ERROR}}
+"""
+TRAEFIK_DYNAMIC = """\
+http:
+  routers:
+    callstate: {{rule: "PathPrefix(`/`)", service: callstate, entryPoints: [grpc]}}
+  services:
+    callstate:
+      loadBalancer:
+        servers: [{{url: "h2c://127.0.0.1:{upstream}"}}]
+"""
+# Caddy: h2c in front, h2c to the server; flush_interval -1 streams responses as they come.
+CADDYFILE = """\
+{{
+    admin off
+    auto_https off
+    servers {{
+        protocols h1 h2c
+    }}
+}}
+http://127.0.0.1:{port} {{
+    reverse_proxy h2c://127.0.0.1:{upstream} {{
+        flush_interval -1
+        transport http {{
+            versions h2c
+        }}
+    }}
+}}
+"""
+# Apache httpd with mod_proxy_http2, h2c in front (Protocols h2c), h2c to the server.
+APACHE_CONF = """\
+ServerRoot "/etc/apache2"
+PidFile {tmp}/apache.pid
+Listen 127.0.0.1:{port}
+ErrorLog {tmp}/apache-error.log
+LogLevel warn
+{user}
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so
+LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_http2_module /usr/lib/apache2/modules/mod_proxy_http2.so
+Protocols h2c http/1.1
+H2Direct on
+Timeout 600
+ProxyTimeout 600
+LimitRequestBody 0
+ProxyPass / h2c://127.0.0.1:{upstream}/
+ProxyPassReverse / h2c://127.0.0.1:{upstream}/
+"""
+
+
+def start_traefik(tmp: Path, port: int, upstream: int, binary: str = "traefik") -> ProxyProcess:
+    dynamic, static = tmp / "traefik-dynamic.yml", tmp / "traefik.yml"
+    dynamic.write_text(TRAEFIK_DYNAMIC.format(upstream=upstream))
+    static.write_text(TRAEFIK_STATIC.format(port=port, dynamic=dynamic))
+    return ProxyProcess([shutil.which(binary) or binary, f"--configFile={static}"], port, tmp / "traefik.log")
+
+
+def start_caddy(tmp: Path, port: int, upstream: int, binary: str = "caddy") -> ProxyProcess:
+    conf = tmp / "Caddyfile"
+    conf.write_text(CADDYFILE.format(port=port, upstream=upstream))
+    return ProxyProcess([shutil.which(binary) or binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+                        port, tmp / "caddy.log")
+
+
+def start_apache(tmp: Path, port: int, upstream: int, binary: str = "apache2") -> ProxyProcess:
+    import os
+    user = "User nobody\nGroup nogroup" if os.geteuid() == 0 else ""
+    conf = tmp / "apache.conf"
+    conf.write_text(APACHE_CONF.format(tmp=tmp, port=port, upstream=upstream, user=user))
+    return ProxyProcess([shutil.which(binary) or binary, "-f", str(conf), "-DFOREGROUND"], port, tmp / "apache.log")
+
+
 RST_STREAM = 0x3   # the HTTP/2 frame type of a stream's cancel
 
 
@@ -141,14 +225,18 @@ class BrokenRelay:
     """A TCP relay to 127.0.0.1:`upstream` that misbehaves on purpose: `cut_after` closes every
     connection that many seconds after it opened; `delay` holds every chunk that long, each
     way (order kept); `drop_rst` drops every HTTP/2 RST_STREAM frame the client sends, so no
-    abortive cancel reaches the server."""
+    abortive cancel reaches the server; `stall_idle` goes silent on a connection once it has been
+    idle that many seconds: it stays open, and nothing more crosses it either way (a middlebox
+    that forgot the connection), so its calls hang with no code."""
 
     def __init__(self, upstream: int, *, cut_after: float | None = None, delay: float = 0.0,
-                 drop_rst: bool = False) -> None:
+                 drop_rst: bool = False, stall_idle: float | None = None) -> None:
         self.upstream, self.cut_after, self.delay, self.drop_rst = upstream, cut_after, delay, drop_rst
+        self.stall_idle = stall_idle
         self.port = 0
         self.cuts = 0
         self.dropped = 0
+        self.stalls = 0   # connections gone silent
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -181,9 +269,11 @@ class BrokenRelay:
         except OSError:
             writer.close()
             return
-        upward = self._drop_rst_frames(reader, up_writer) if self.drop_rst else self._pump(reader, up_writer)
+        idle = _Idle(self) if self.stall_idle is not None else None
+        upward = (self._drop_rst_frames(reader, up_writer) if self.drop_rst
+                  else self._pump(reader, up_writer, idle))
         pumps = [asyncio.ensure_future(upward),
-                 asyncio.ensure_future(self._pump(up_reader, writer))]
+                 asyncio.ensure_future(self._pump(up_reader, writer, idle))]
         _, pending = await asyncio.wait(pumps, timeout=self.cut_after, return_when=asyncio.FIRST_COMPLETED)
         if self.cut_after is not None and len(pending) == 2:
             self.cuts += 1
@@ -192,9 +282,12 @@ class BrokenRelay:
         for w in (writer, up_writer):
             w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    idle: _Idle | None = None) -> None:
         if not self.delay:
             while data := await reader.read(65536):
+                if idle is not None and idle.silent():
+                    continue   # read and dropped: the connection stays open, silent
                 writer.write(data)
                 await writer.drain()
             return
@@ -239,6 +332,22 @@ class BrokenRelay:
         self._thread.join(10)
 
 
+class _Idle:
+    """One relayed connection's activity, for BrokenRelay's `stall_idle`."""
+
+    def __init__(self, relay: BrokenRelay) -> None:
+        self.relay, self.last, self.stalled = relay, time.monotonic(), False
+
+    def silent(self) -> bool:
+        """True once the connection has been idle `stall_idle` seconds (for good); else marks activity."""
+        now = time.monotonic()
+        if not self.stalled and now - self.last > (self.relay.stall_idle or 0):
+            self.stalled = True
+            self.relay.stalls += 1
+        self.last = now
+        return self.stalled
+
+
 def method_shape(method: str) -> tuple[bool, bool]:
     """(client-streaming, server-streaming) of a gRPC method path, from callstate's descriptors;
     an unknown method as unary (the server answers it UNIMPLEMENTED)."""
@@ -263,15 +372,20 @@ class RewritingGrpcProxy:
       it ends OK: an error status goes out alone, its messages lost;
     * `swap_responses` delivers each response stream's first two messages the other way round;
     * `half_duplex` reads the whole request stream before it opens the call upstream;
+    * `hold_answer` forwards a request stream as it comes, but holds a client-streaming call's
+      answer until the caller half-closes (as Traefik 3 was seen to);
     * `max_request_messages` forwards that many messages of a request stream, then half-closes
       it upstream (the rest go nowhere)."""
 
     def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None,
                  buffer_responses: bool = False, half_duplex: bool = False,
-                 max_request_messages: int | None = None, swap_responses: bool = False) -> None:
+                 max_request_messages: int | None = None, swap_responses: bool = False,
+                 hold_answer: bool = False) -> None:
         self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
         self.buffer_responses, self.half_duplex = buffer_responses, half_duplex
         self.max_request_messages, self.swap_responses = max_request_messages, swap_responses
+        self.hold_answer = hold_answer
+        self.held_answers = 0   # answers hold_answer kept until the caller's half-close
         self.port = 0
         self.rewritten = 0
         self.streams = 0      # streaming calls forwarded (any of the three streaming shapes)
@@ -348,6 +462,26 @@ class RewritingGrpcProxy:
             for m in held + ([first] if first is not None else []):
                 yield m
 
+        def relayed(requests: AsyncIterator[bytes], half_closed: asyncio.Event) -> AsyncIterator[bytes]:
+            """The caller's messages, read as they come by a task of their own (so the proxy sees the
+            half-close even once the upstream call has ended), for the upstream call."""
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+            async def read() -> None:
+                try:
+                    async for m in requests:
+                        queue.put_nowait(m)
+                finally:
+                    half_closed.set()
+                    queue.put_nowait(None)
+            reader = asyncio.ensure_future(read())
+
+            async def forward() -> AsyncIterator[bytes]:
+                while (m := await queue.get()) is not None:
+                    yield m
+                await reader
+            return forward()
+
         async def aiter_numbered(call: Any) -> AsyncIterator[tuple[int, bytes]]:
             n = 0
             async for m in call:
@@ -373,9 +507,16 @@ class RewritingGrpcProxy:
         async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, *,
                                method: str) -> bytes:
             proxy.streams += 1
+            half_closed = asyncio.Event()
+            if proxy.hold_answer:
+                requests = relayed(requests, half_closed)
             call = channel.stream_unary(method)(await requests_of(requests), **upstream_args(context))
             try:
-                return await call
+                answer = await call
+                if proxy.hold_answer and not half_closed.is_set():
+                    proxy.held_answers += 1
+                    await half_closed.wait()
+                return answer
             except grpc.aio.AioRpcError as err:
                 await fail(err, context)
             finally:

@@ -276,7 +276,7 @@ def test_a_held_call_to_a_stopped_server_ends_with_1722_within_the_keepalive(tmp
                 with pytest.raises(CallError) as err:
                     call.result()
                 assert err.value.code == codes.RPC_S_SERVER_UNAVAILABLE
-                assert elapsed < 4, elapsed   # 2 s keepalive, plus scheduling slack on a shared machine
+                assert elapsed < 12, elapsed   # 2 s keepalive (the next mechanism, max hold, is 60 s): slack for a loaded machine
             finally:
                 os.kill(srv.proc.pid, signal.SIGCONT)
     finally:

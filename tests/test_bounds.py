@@ -152,9 +152,9 @@ def test_max_hold_bounds_every_call_including_ignore(tmp_path: Path) -> None:
                 return call.call_id
         t0 = time.monotonic()
         call_id = asyncio.run(go())
-        entries = srv.wait_entries(call_id, timeout=10)
+        entries = srv.wait_entries(call_id, timeout=45)
         assert final(entries)["code"] == codes.RPC_S_TIMEOUT and "max hold" in final(entries)["detail"]
-        assert time.monotonic() - t0 < 8
+        assert time.monotonic() - t0 < 45   # the 1 s max hold, not the script's 60 s (slack for a loaded machine)
         assert any(e["event"] == CANCEL_SEEN for e in entries)   # it saw the cancel, ignored it, and still ended
     finally:
         srv.stop()
@@ -168,7 +168,7 @@ def test_early_notices_expire_on_a_timer_and_are_bounded_in_count_and_bytes() ->
         assert len(notices) == 5 and notices.bytes == 1000 and notices.dropped == 5
         # the first ones kept are never displaced by later ones: new ones are refused when full
         assert notices.take("000" + "n" * 197) and not notices.take("009" + "n" * 197)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while len(notices) and time.monotonic() < deadline:   # no new notice arrives: the timer expires them
             await asyncio.sleep(0.02)
         assert len(notices) == 0 and notices.bytes == 0

@@ -29,8 +29,12 @@ needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None,
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None,
                                    reason="haproxy is not installed (tools/system-deps.sh installs it)")
 
-# Short settings for the runs that only need to show one row failing.
-QUICK = ("--calls", "2", "--hold-seconds", "1", "--streams", "10", "--max-bytes", "65536")
+# Short settings for the runs that only need to show one row failing. The cancel bound is
+# generous: a busy 2-core machine delays a cancel by far more than the default 250 ms; the
+# bound itself is tested by a relay that adds 300 ms (a lower bound no load can remove).
+QUICK = ("--calls", "2", "--hold-seconds", "1", "--streams", "10", "--max-bytes", "65536",
+         "--cancel-bound-ms", "5000")
+GENEROUS = ("--cancel-bound-ms", "5000", "--wait", "30")   # for runs that must pass on a loaded machine
 
 
 def verdicts(report: Path, path: str) -> dict[str, str]:
@@ -115,7 +119,7 @@ def test_nginx_keeps_every_property(tmp_path: Path, nginx_upstream: tuple[ProxyP
     proxy, upstream = nginx_upstream
     args = readme_conformance_args(proxy.port, upstream)
     assert args[:4] == ["--serve-port", str(upstream), "--proxy", proxy.target], args
-    res = cli("conformance", *args, timeout=100, cwd=tmp_path)
+    res = cli("conformance", *args, *GENEROUS, timeout=400, cwd=tmp_path)
     report, junit = tmp_path / "conformance.json", tmp_path / "conformance.xml"
     assert res.returncode == 0, res.stdout + res.stderr
     for path in ("direct", "proxy"):
@@ -127,6 +131,8 @@ def test_nginx_keeps_every_property(tmp_path: Path, nginx_upstream: tuple[ProxyP
     assert sorted((c.get("classname"), c.get("name")) for c in cases) == sorted(
         (f"conformance.{path}", prop) for path in ("direct", "proxy") for prop in PROPERTIES)
     assert not ET.parse(junit).getroot().findall(".//failure")
+    assert all(float(c.get("time") or "-1") >= 0 for c in cases), "every JUnit case has its time"
+    assert float(ET.parse(junit).getroot().get("time") or 0) > 0
     data = orjson.loads(report.read_bytes())
     cancel = next(r for r in data["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
     assert cancel["propagated_share"] == 1.0 and cancel["in_flight"] == 0
@@ -140,7 +146,7 @@ def test_haproxy_against_a_server_it_does_not_own(tmp_path: Path, server: Server
     proxy = start_haproxy(tmp_path, free_port(), server.port)
     try:
         res, report, _ = run(tmp_path, "--server", server.target, "--proxy", proxy.target, "--hold-seconds", "2",
-                             "--calls", "4")
+                             "--calls", "4", *GENEROUS, timeout=300)
     finally:
         proxy.stop()
     proxied = verdicts(report, "proxy")
@@ -161,8 +167,8 @@ def assert_only_haproxy_early_answer_resets(report: Path, failing: set[str]) -> 
     assert failing == {PIPE_EARLY_ANSWER, CHECK}, failing
     rows = {r["property"]: r for r in orjson.loads(report.read_bytes())["rows"]["proxy"]}
     note = rows[PIPE_EARLY_ANSWER]["note"]
-    assert note.startswith("1818 RPC_S_CALL_CANCELLED (CANCELLED) at the client, 0 at the server: the proxy "
-                           "lost the answer (reset when the answer came before the request's end) x") \
+    assert note.startswith("reset: 1818 RPC_S_CALL_CANCELLED (CANCELLED) at the client, 0 at the server: the "
+                           "proxy lost the answer (reset when the answer came before the request's end) x") \
         and ";" not in note, note
     lost = rows[PIPE_EARLY_ANSWER]["failed"]
     assert rows[CHECK]["violations_by_kind"] == {"code_mismatch": lost}, rows[CHECK]
@@ -197,7 +203,7 @@ def test_relay_that_delays_every_byte_fails_the_cancel_bound(tmp_path: Path) -> 
         relay.stop()
     assert res.returncode == 1, res.stdout + res.stderr
     assert verdicts(report, "proxy")[CANCEL_ABORTIVE] == "FAIL"
-    assert verdicts(report, "direct")[CANCEL_ABORTIVE] == "pass"
+    # (direct is not asserted to pass: 150 ms is a bound a loaded machine can break without any proxy)
     assert "over the bound 150 ms" in res.stdout
     data = orjson.loads(report.read_bytes())
     row = next(r for r in data["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
@@ -220,7 +226,7 @@ def test_relay_that_drops_cancels_fails_its_row_within_the_bounds(tmp_path: Path
     assert verdicts(report, "direct")[CANCEL_ABORTIVE] == "pass"
     row = next(r for r in orjson.loads(report.read_bytes())["rows"]["proxy"] if r["property"] == CANCEL_ABORTIVE)
     assert row["verdict"] == "FAIL" and row["propagated_share"] == 0 and row["in_flight"] == row["calls"] == 4
-    assert "cancels never reached the server" in row["note"]
+    assert "4 of 4 cancels never reached the server" in row["note"] and row["figures"].startswith("0/4 (0%)")
     pipes = next(r for r in orjson.loads(report.read_bytes())["rows"]["proxy"] if r["property"] == PIPE_CANCEL)
     assert pipes["verdict"] == "FAIL" and pipes["propagated_share"] == 0 and pipes["in_flight"] == 4, pipes
     assert verdicts(report, "direct")[PIPE_CANCEL] == "pass"
@@ -229,7 +235,7 @@ def test_relay_that_drops_cancels_fails_its_row_within_the_bounds(tmp_path: Path
 @pytest.mark.parametrize("rewrite, failing, words", [
     ({"drop_code_trailer": True}, {ABORT_TRAILERS_ONLY, ABORT_AFTER_HEADERS, LARGE_METADATA, CHECK,
                                    PIPE_BOTH_FULL_DUPLEX, PIPE_ABORT_MID_STREAM},
-     "1726 RPC_S_CALL_FAILED (ABORTED) instead of 500"),
+     "1726 RPC_S_CALL_FAILED (ABORTED) instead of the call's own code (5000+) x4"),
     ({"max_message": 100}, {LARGE_METADATA}, "abort message of 100 bytes, not 2048"),
 ], ids=["drops-code-trailer", "truncates-messages"])
 def test_grpc_proxy_that_rewrites_statuses_fails_the_rows_it_breaks(tmp_path: Path, rewrite: dict[str, Any],
@@ -251,26 +257,39 @@ def test_grpc_proxy_that_rewrites_statuses_fails_the_rows_it_breaks(tmp_path: Pa
 @pytest.mark.parametrize("mode, failing, words", [
     ({"buffer_responses": True}, {PIPE_OUT_STREAMED, PIPE_ABORT_MID_STREAM, PIPE_CANCEL},
      ["buffered, not streamed", "messages [] before the code instead of 1..4",
-      "pipes got fewer than 3 messages within 2 s"]),
+      "pipes got fewer than 3 messages within 4 s"]),
     ({"swap_responses": True}, {PIPE_OUT_STREAMED, PIPE_ABORT_MID_STREAM},
      ["messages [2, 1, 3, 4] instead of 1..4", "messages [2, 1, 3, 4] before the code instead of 1..4"]),
     ({"half_duplex": True}, {PIPE_EARLY_ANSWER, PIPE_BOTH_FULL_DUPLEX},
-     ["no answer within 2 s while the caller's pipe stayed open", "pipe-early-answer"]),
+     ["pipe-early-answer (through", "pipe-both-full-duplex (through", "the server got the call only after "
+      "the caller's half-close: the proxy holds the request stream until its end (half-duplex) x4"]),
+    ({"hold_answer": True}, {PIPE_EARLY_ANSWER},
+     ["answer delayed until the half-close: the server had answered within 4 s, the caller got the answer (its "
+      "code) only after half-closing x4"]),
     ({"max_request_messages": 2}, {PIPE_IN_HALF_CLOSE, CHECK},
      ["the server counted 2 of 4 messages", "pipe_count_mismatch"]),
-], ids=["buffers-responses", "swaps-responses", "half-duplex", "truncates-requests"])
+], ids=["buffers-responses", "swaps-responses", "half-duplex", "holds-answers", "truncates-requests"])
 def test_streaming_proxy_that_breaks_pipes_fails_the_rows_it_breaks(tmp_path: Path, mode: dict[str, Any],
                                                                       failing: set[str], words: list[str]) -> None:
     """Each broken streaming mode fails exactly its pipe rows through the proxy, within the bounds
-    (--wait 2), and every row holds straight to the server."""
+    (--wait 4), every row holds straight to the server, and the note says what happened."""
     upstream = free_port()
     proxy = RewritingGrpcProxy(upstream, **mode)
     try:
-        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK, "--wait", "2")
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK, "--wait", "4",
+                             timeout=200)
     finally:
         proxy.stop()
     assert res.returncode == 1, res.stdout + res.stderr
-    assert {p for p, v in verdicts(report, "proxy").items() if v == "FAIL"} == failing, res.stdout
+    got = {p for p, v in verdicts(report, "proxy").items() if v == "FAIL"}
+    if mode.get("half_duplex") and CHECK in got:
+        # this test proxy sometimes answers a bidi call that only the half-close released without
+        # its code trailer: a code_mismatch of those calls, and of nothing else
+        rows = {r["property"]: r for r in orjson.loads(report.read_bytes())["rows"]["proxy"]}
+        assert set(rows[CHECK]["violations_by_kind"]) == {"code_mismatch"}, rows[CHECK]
+        assert set(rows[CHECK]["violations_by_property"]) == {PIPE_BOTH_FULL_DUPLEX}, rows[CHECK]
+        got.discard(CHECK)
+    assert got == failing, res.stdout
     assert set(verdicts(report, "direct").values()) == {"pass"}, res.stdout
     for text in words:
         assert text in res.stdout, text
@@ -367,3 +386,188 @@ def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path:
         srv.stop()
     clash = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0", "--token", "x")
     assert clash.returncode == 2 and "--serve-port starts a plaintext server" in clash.stderr
+
+
+# -- explanations a person can act on ----------------------------------------------------------------
+
+def test_a_relay_that_goes_silent_shows_held_calls_hung_with_no_code(tmp_path: Path) -> None:
+    """A middlebox that forgets an idle connection: the held calls get no code at all, and the row
+    says so (not "reply bytes differ")."""
+    upstream = free_port()
+    relay = BrokenRelay(upstream, stall_idle=1.5)
+    try:
+        res, report, _ = run(tmp_path, "--serve-port", str(upstream), "--proxy", relay.target, *QUICK,
+                             "--hold-seconds", "4", "--wait", "3", timeout=200)
+    finally:
+        relay.stop()
+    assert relay.stalls > 0
+    rows = {r["property"]: r for r in orjson.loads(report.read_bytes())["rows"]["proxy"]}
+    assert rows[HELD]["verdict"] == "FAIL", rows[HELD]
+    assert rows[HELD]["note"].startswith("hung: no code within "), rows[HELD]["note"]
+    assert "reply bytes differ" not in res.stdout
+    assert verdicts(report, "direct")[HELD] == "pass"
+
+
+def test_every_distinct_failure_is_shown_with_its_count() -> None:
+    from callstate.cli.conformance_calls import examples
+    bad = ["a"] * 3 + ["b"] * 2 + ["c", "d", "e"]
+    assert examples(bad) == "a x3; b x2; c x1; d x1; e x1"
+
+
+def test_cancel_shares_are_over_every_call_sent() -> None:
+    """Calls that never reached the server count in the share: 2 cancels seen of 5 calls sent is 40%."""
+    from callstate.cli.conformance_battery import Battery, BatteryConfig
+    from callstate.cli.conformance_calls import Result
+    from callstate.cli.conformance_cancels import judge_propagation
+    from callstate.cli.conformance_journal import ServerJournal
+    from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
+    from callstate.statelog import Entry
+
+    async def judge() -> Any:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")   # never used: entries are given
+        journal = ServerJournal(channel, "test")
+        battery = Battery("proxy", "127.0.0.1:1", journal, BatteryConfig(wait=0.2))
+        try:
+            results = []
+            for _ in range(3):
+                call_id = new_call_id()
+                journal.watch(call_id)
+                battery.recorder.append(Entry(t=1795600800.0, side=CLIENT, call_id=call_id, state=CAN, prev=None,
+                                              event=ENTER))
+                results.append(Result(call_id, 1818, "CANCELLED"))
+            for call_id in [r.call_id for r in results[:2]]:   # the third cancel never arrives
+                for event, state in ((CANCEL_SEEN, "A"), (ENTER, END)):
+                    journal.entries(call_id).append({"ts": "2026-11-25T10:00:00.001000Z", "side": SERVER,
+                                                     "call_id": call_id, "state": state, "event": event})
+            return await judge_propagation(battery, CANCEL_ABORTIVE, results, 2)
+        finally:
+            await battery.close()
+            await channel.close()
+    row = asyncio.run(judge())
+    assert row.ok is False and row.data["calls"] == 5 and row.data["propagated_share"] == 0.4, row
+    assert row.figures.startswith("2/5 (40%) reached the server"), row.figures
+    assert "2 of 5 calls never reached the server" in row.note and "1 of 5 cancels never" in row.note, row.note
+
+
+def test_the_default_sample_catches_a_5_percent_loss_95_percent_of_the_time() -> None:
+    from callstate.cli.conformance_calls import BatteryConfig, calls_for, detection
+    assert BatteryConfig().calls == calls_for() == 30
+    assert detection(30) >= 0.95 > detection(29)
+    text = cli("conformance", "--help").stdout
+    assert "loses 5% of calls with probability 95.4%" in " ".join(text.split()), text
+
+
+def _servers_on(port: int) -> list[int]:
+    """PIDs of `callstate serve` processes started for --serve-port `port`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in args and b"--port" in args and str(port).encode() in args:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: Path) -> None:
+    """An unreachable proxy: exit 2, and the outputs say why (never empty, never the last run's)."""
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    report.write_text("the previous run's report")
+    junit.write_text("the previous run's junit")
+    upstream = free_port()
+    res = cli("conformance", "--serve-port", str(upstream), "--proxy", f"127.0.0.1:{free_port()}",
+              "--report", str(report), "--junit-xml", str(junit))
+    assert res.returncode == 2 and "cannot reach the proxy" in res.stderr, res.stderr
+    data = orjson.loads(report.read_bytes())
+    assert data["ok"] is False and "cannot reach the proxy" in data["error"]
+    errors = ET.parse(junit).getroot().findall(".//testcase/error")
+    assert len(errors) == 1 and "cannot reach the proxy" in (errors[0].get("message") or "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json"], "no temporary file left"
+    assert _servers_on(upstream) == [], "the server started for --serve-port is gone"
+
+
+def test_a_usage_error_leaves_no_empty_output_behind(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(report),
+              "--max-bytes", "99999999")
+    assert res.returncode == 2
+    assert "over the largest reply" in orjson.loads(report.read_bytes())["error"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left(tmp_path: Path, sig: str) -> None:
+    """Ctrl-C (or a CI's SIGTERM) mid-run: out within 2 s, 128 + the signal, the spawned server
+    gone, and the report says the run was interrupted."""
+    import signal
+    import subprocess
+    import sys
+    upstream = free_port()
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "conformance", "--serve-port", str(upstream),
+                             "--proxy", f"127.0.0.1:{upstream}", "--report", str(report), "--hold-seconds", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _servers_on(upstream) or not _listening(upstream):   # evidence: the run is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        signum = getattr(signal, sig)
+        t0 = time.monotonic()
+        proc.send_signal(signum)
+        proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum, proc.communicate()
+    assert took <= 2 + 3, f"took {took:.1f} s"   # 2 s, and a margin for a loaded machine to schedule it
+    deadline = time.monotonic() + 10
+    while _servers_on(upstream) and time.monotonic() < deadline:   # killed; reaped by init at its pace
+        time.sleep(0.05)
+    assert _servers_on(upstream) == []
+    assert f"interrupted by {sig}" in orjson.loads(report.read_bytes())["error"]
+
+
+def _listening(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
+    """One line per row on stderr when it is a terminal (here a pseudo-terminal), none with --quiet,
+    none when stderr is a pipe (every other test)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    upstream = free_port()
+    quick = ["--serve-port", str(upstream), "--proxy", f"127.0.0.1:{upstream}", *QUICK, "--hold-seconds", "0.5"]
+
+    def with_tty(*extra: str) -> str:
+        parent, child = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "callstate", "conformance", *quick, *extra],
+                                stdout=subprocess.DEVNULL, stderr=child)
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:   # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        proc.wait(200)
+        os.close(parent)
+        return out.decode(errors="replace")
+    shown = with_tty()
+    assert "[direct 1/20] complete-small pass" in shown and "[proxy 20/20] graceful-stop" in shown, shown
+    assert "[direct" not in with_tty("--quiet")
+    res = cli("conformance", *quick, timeout=200)
+    assert res.returncode == 0 and "[direct" not in res.stderr, res.stdout + res.stderr

@@ -199,7 +199,7 @@ def test_watchers_are_closed_at_shutdown(tmp_path: Path) -> None:
         t0 = time.monotonic()
         assert srv.stop(timeout=20) == 0
         assert watch.wait(10) == 0       # its stream was ended by the server, not left to the grace period
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 25   # under the 30 s grace (slack for a loaded machine)
     finally:
         watch.kill()
 

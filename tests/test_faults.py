@@ -132,7 +132,7 @@ def test_a_flood_of_early_notices_is_bounded_and_expires(tmp_path: Path) -> None
                     return codes.RPC_S_OK
                 except CallError as err:
                     return err.code
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while (code := asyncio.run(late_call())) != codes.RPC_S_OK and time.monotonic() < deadline:
             time.sleep(0.1)
         assert code == codes.RPC_S_OK
@@ -212,7 +212,7 @@ def test_client_killed_with_a_thousand_held_calls(attacked: ServerProcess, tmp_p
         proc.kill()
     c = wait_counters(attacked.target, lambda c: c.in_flight == 0 and c.ended == n)
     assert (c.in_flight, c.ended, c.by_code[codes.RPC_S_CALL_CANCELLED]) == (0, n, n)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while len([e for e in read_entries(attacked.log) if e["state"] == END]) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     report = check_files([attacked.log])

@@ -34,7 +34,7 @@ def test_closed_loop_run_covers_every_path_and_checks_both_sides(server: ServerP
     assert "check: OK" in result.stdout and "calls/s" in result.stdout
     # the same verdict from the two log files, through `callstate check` (once the server's
     # writer thread has flushed its last batch)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while not (offline := check_files([log, server.log])).ok and time.monotonic() < deadline:
         time.sleep(0.1)
     assert offline.ok, offline.summary()
@@ -77,9 +77,9 @@ def test_a_shared_server_judges_only_this_runs_calls(server: ServerProcess) -> N
     try:
         wait_in_flight(server.target, 1)
         t0 = time.monotonic()
-        result = cli("load", "--target", server.target, "--calls", "200", "--settle", "10", timeout=60)
+        result = cli("load", "--target", server.target, "--calls", "200", "--settle", "90", timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert time.monotonic() - t0 < 8   # did not wait out --settle for the other client's call
+        assert time.monotonic() - t0 < 60   # did not wait out --settle for the other client's call
         assert "the server was shared: 1 calls in flight before the run" in result.stdout
     finally:
         holder.kill()

@@ -390,7 +390,7 @@ def test_load_with_a_pipe_share_checks_both_sides_of_every_pipe(pipe_server: Ser
                                             "after-half-close")} <= set(paths), paths
     pipe_calls = {e["call_id"] for e in read_entries(log) if e.get("move", "").startswith("call_")}
     assert len(pipe_calls) == paths["pipe-in"] + paths["pipe-out"] + paths["pipe-both"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while not (offline := check_files([log, pipe_server.log])).ok and time.monotonic() < deadline:
         time.sleep(0.1)
     assert offline.ok, offline.summary()

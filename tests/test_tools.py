@@ -38,14 +38,14 @@ def test_system_deps_fails_when_the_apt_lock_stops_every_install(tmp_path: Path)
     done = run_deps(fake_bin(tmp_path, LOCKED))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Could not get lock /var/lib/dpkg/lock-frontend" in done.stdout
-    assert "FAILED to install: chromium nginx haproxy" in done.stderr
+    assert "FAILED to install: chromium nginx haproxy stress-ng" in done.stderr
     assert "DPkg::Lock::Timeout=0" in (tmp_path / "bin" / "calls").read_text()   # it waits for the lock first
 
 
 def test_system_deps_without_root_installs_nothing_and_says_why(tmp_path: Path) -> None:
     done = run_deps(fake_bin(tmp_path, LOCKED, uid="1000"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("needs root and apt-get") == 3 and not (tmp_path / "bin" / "calls").exists()
+    assert done.stdout.count("needs root and apt-get") == 4 and not (tmp_path / "bin" / "calls").exists()
 
 
 def test_system_deps_succeeds_when_apt_does(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ async def finished(exporter: InMemorySpanExporter, n: int, timeout: float = 5.0)
 
 async def dispatched(srv: EmulatorServer, call_id: str) -> None:
     """Wait until the server's handler is in D for `call_id`."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while (rec := srv.journal.get(call_id)) is None or rec.state != D:   # type: ignore[union-attr]
         assert time.monotonic() < deadline, "the call never reached the server"
         await asyncio.sleep(0.01)

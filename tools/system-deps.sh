@@ -40,6 +40,7 @@ need() {   # need BINARY PACKAGE REASON
 need chromium chromium "the HTML report is rendered in a real headless browser"
 need nginx nginx "callstate conformance is tested through a real nginx (grpc_pass over h2c)"
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"
+need stress-ng stress-ng "tools/flake.sh runs the suite while stress-ng keeps every core busy"
 
 # grpc-js, a client that knows nothing of callstate, for the stand-in's tests (pinned in
 # tests/js/package.json and package-lock.json; installed into tests/js/node_modules, git-ignored)
