@@ -73,7 +73,6 @@ class SideTrack:
     grpc_status: str | None = None
     abortive_cancel: bool = False     # client: an abortive cancel before End
     closed: bool = False              # client: close() cut the call off (the client_closed event)
-    end_move: str | None = None       # the move that entered End
     cancel_ts: float | str | None = None   # client: first Can; server: first cancel_seen
     abortive_seen: bool = False       # server: saw an abortive cancel / disconnect
     start_ts: float | str | None = None  # the first state entered
@@ -280,7 +279,6 @@ class Checker:
             track.ended = True
             track.code = code
             track.grpc_status = grpc_status
-            track.end_move = move
             track.end_ts = ts
             path_error = own_path_error(side, move, code) if legal else None
             if path_error:

@@ -304,8 +304,6 @@ NULL_PUSH: Final = "null_push"                 # client: push 0 elements, i.e. h
 NULL_PULL: Final = "null_pull"                 # the peer's null push arrives: its pipe has ended
 START_PUSH: Final = "start_push"               # server: leave D to push (out pipe, bidi)
 START_PULL: Final = "start_pull"               # server: leave D to pull (in pipe)
-# the per-message self-loops, logged only when asked (`--log-messages`)
-MESSAGE_MOVES: Final = frozenset({SEND_COMPLETE, RECEIVE_COMPLETE})
 
 # client event: the server's initial metadata (headers) arrived; a cancel point of its own
 HEADERS: Final = "headers"

@@ -106,10 +106,6 @@ class ServerJournal:
     def entries(self, call_id: str) -> Entries:
         return self._entries.get(call_id, [])
 
-    def all_entries(self) -> Iterable[dict[str, Any]]:
-        for entries in self._entries.values():
-            yield from entries
-
     async def wait(self, call_ids: Iterable[str], until: Callable[[Entries], bool], timeout: float) -> bool:
         """True once `until` holds for every call, False when `timeout` passes first."""
         ids = list(call_ids)

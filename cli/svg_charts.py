@@ -12,7 +12,7 @@ from html import escape
 from typing import Sequence
 
 PALETTE = ("#2b7bba", "#e6550d", "#31a354", "#756bb1", "#d6616b", "#8c6d31", "#17becf", "#636363")
-AXIS, GRID, TEXT = "#555", "#e4e4e4", "#222"
+AXIS, GRID = "#555", "#e4e4e4"
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 16, 14, 40
 
 Series = tuple[str, str, Sequence[float]]   # label, colour, one value per bin or bucket
