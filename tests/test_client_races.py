@@ -96,9 +96,10 @@ def test_cancelling_an_awaiter_while_a_wait_is_pending_is_an_abortive_cancel(sha
     """One task waits (wait()), another awaits the result; cancelling the second is the caller's
     abortive cancel: Can, then 1818 (it ended 1722 'the client was closed', with no Can)."""
     log = tmp_path / "client.jsonl"
+    state_log = StateLog(log)   # the test's own: the client flushes only a log it opened itself
 
     async def go() -> None:
-        async with AsyncClient(shared_server.target, log=StateLog(log)) as client:
+        async with AsyncClient(shared_server.target, log=state_log) as client:
             for first_waits in (True, False):
                 call = client.start(Script("hold"))
                 await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
@@ -117,6 +118,7 @@ def test_cancelling_an_awaiter_while_a_wait_is_pending_is_an_abortive_cancel(sha
                 server = await shared_server.await_entries(call.call_id)
                 assert final(server)["code"] == codes.RPC_S_CALL_CANCELLED
     asyncio.run(go())
+    state_log.close()   # every entry written before the check reads the file
     assert check_files([log, shared_server.log]).ok
 
 
@@ -147,9 +149,10 @@ def test_check_refuses_a_client_closed_1722_the_client_never_recorded_closing() 
 
 def test_closing_under_a_call_records_it_and_checks_clean(shared_server: ServerProcess, tmp_path: Path) -> None:
     log = tmp_path / "client.jsonl"
+    state_log = StateLog(log)   # the test's own: the client flushes only a log it opened itself
 
     async def go() -> str:
-        client = AsyncClient(shared_server.target, log=StateLog(log))
+        client = AsyncClient(shared_server.target, log=state_log)
         call = client.start(Script("hold"))
         await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
         await client.close()
@@ -158,6 +161,7 @@ def test_closing_under_a_call_records_it_and_checks_clean(shared_server: ServerP
         return call.call_id
 
     call_id = asyncio.run(go())
+    state_log.close()
     from tests.conftest import read_entries
     events = [e["event"] for e in read_entries(log, call_id)]
     assert CLIENT_CLOSED in events
