@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -416,8 +417,10 @@ def test_an_after_headers_cancel_does_not_wait_for_headers_a_plain_server_sends_
 def test_the_pipe_driver_pushes_the_payload_it_is_given(shop: ShopServer, schema: Any) -> None:
     from callstate.client.pipe_drive import drive_pipe_sync
 
+    # the shop is shared: an earlier test's cancelled pipe may still deliver its messages, so
+    # this test's texts carry a tag of their own and only they are counted
+    tag = uuid.uuid4().hex
     with Client(shop.target, schema=schema) as client:
-        before = len(shop.orders)
-        pipe = client.pipe(method=CHAT, request={"text": "opening"})
-        drive_pipe_sync(pipe, messages=3, payload=shop.pb.ChatMessage(text="pushed"))
-    assert shop.orders[before:] == ["pushed"] * 3 and pipe.received == 3
+        pipe = client.pipe(method=CHAT, request={"text": f"opening-{tag}"})
+        drive_pipe_sync(pipe, messages=3, payload=shop.pb.ChatMessage(text=f"pushed-{tag}"))
+    assert [o for o in shop.orders if o.endswith(tag)] == [f"pushed-{tag}"] * 3 and pipe.received == 3
