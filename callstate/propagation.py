@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any
+
+from callstate.lifecycle import CANCEL_SEEN, END, ENTER
+from callstate.statelog import parse_ts
 
 
 @dataclass(frozen=True)
 class Propagation:
     ms: float                          # client Can -> server cancel_seen
     poll_wait_ms: float | None = None  # a polling handler: of it, the wait for the poll
+    kind: str = ""                     # the client's cancel kind (abortive, non-abortive), when known
 
     @property
     def polled(self) -> bool:
@@ -32,12 +37,12 @@ class Propagation:
 
 
 def cancel_propagation(cancelled: float | None, dispatched: float | None, seen: float | None,
-                       poll_wait_ms: float | None = None) -> Propagation | None:
+                       poll_wait_ms: float | None = None, kind: str = "") -> Propagation | None:
     """The call's propagation, or None when it is not in the population. Times in seconds:
     the client's first Can, the server's first state, the server's first cancel_seen."""
     if cancelled is None or dispatched is None or seen is None or dispatched > cancelled:
         return None
-    return Propagation((seen - cancelled) * 1000, poll_wait_ms)
+    return Propagation((seen - cancelled) * 1000, poll_wait_ms, kind)
 
 
 class PropagationTracker:
@@ -47,13 +52,13 @@ class PropagationTracker:
 
     def __init__(self, keep: int = 100_000) -> None:
         self._keep = keep
-        self._cancelled: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._cancelled: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
         self._dispatched: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._done: set[str] = set()   # already measured (only the first cancel_seen counts)
 
-    def client_cancelled(self, call_id: str, t: float) -> None:
+    def client_cancelled(self, call_id: str, t: float, kind: str = "") -> None:
         """The client entered Can (only the first one counts)."""
-        _first(self._cancelled, call_id, t, self._keep)
+        _first(self._cancelled, call_id, (t, kind), self._keep)
 
     def server_dispatched(self, call_id: str, t: float) -> None:
         """The server's first state of the call."""
@@ -63,7 +68,8 @@ class PropagationTracker:
         """A server cancel_seen: the call's figure the first time, when the call counts."""
         if call_id in self._done:
             return None
-        found = cancel_propagation(self._cancelled.get(call_id), self._dispatched.get(call_id), t, poll_wait_ms)
+        cancelled, kind = self._cancelled.get(call_id, (None, ""))
+        found = cancel_propagation(cancelled, self._dispatched.get(call_id), t, poll_wait_ms, kind)
         self._done.add(call_id)
         if len(self._done) > self._keep:
             self._done.clear()
@@ -74,8 +80,19 @@ class PropagationTracker:
         self._dispatched.pop(call_id, None)
         self._done.discard(call_id)
 
+    def server(self, e: Any) -> Propagation | None:
+        """A server entry as the journal streams it (a `callstate.v1.StateEntry`): its dispatch,
+        its End, or its cancel_seen (the call's figure, the first time, when the call counts)."""
+        if e.event == CANCEL_SEEN:
+            return self.server_saw_cancel(e.call_id, parse_ts(e.ts), e.delay_ms if e.HasField("delay_ms") else None)
+        if e.event == ENTER and not e.prev:
+            self.server_dispatched(e.call_id, parse_ts(e.ts))
+        elif e.event == ENTER and e.state == END:
+            self.server_ended(e.call_id)
+        return None
 
-def _first(times: collections.OrderedDict[str, float], call_id: str, t: float, keep: int) -> None:
+
+def _first(times: collections.OrderedDict[str, Any], call_id: str, t: Any, keep: int) -> None:
     if call_id not in times:
         times[call_id] = t
         if len(times) > keep:
