@@ -628,6 +628,32 @@ def test_watcher_slots_are_per_caller_whatever_its_connections(hostile_server: A
             ch.close()
 
 
+def test_one_connection_holds_at_most_max_concurrent_streams_calls_even_resetting_them(hostile_server: Any) -> None:
+    """A raw HTTP/2 client that ignores the server's stream bound: of 40 held calls opened at once on
+    one connection, the server runs at most --max-concurrent-streams; 2,000 calls reset as soon as
+    sent (HTTP/2 rapid reset) on another connection leave nothing held and another caller served."""
+    from tests.rawh2 import NeverReader
+    srv = hostile_server("--max-concurrent-streams", "8", "--no-state-log")
+    held = pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_HOLD)).SerializeToString()
+    greedy = NeverReader("127.0.0.1", srv.port)
+    resetter = NeverReader("127.0.0.1", srv.port)
+    try:
+        for _ in range(40):
+            greedy.call("/callstate.v1.Emulator/Call", held)
+        wait_for("the first held calls", lambda: counters(srv.target).in_flight >= 8)
+        for _ in range(2000):
+            resetter.call_and_reset("/callstate.v1.Emulator/Call", held)
+        status, _ = _unary(srv.target, pb.Script(outcome=pb.OUTCOME_COMPLETE))
+        assert status == grpc.StatusCode.OK   # another caller is served
+        c = counters(srv.target)
+        assert c.in_flight <= 8 + 8, c   # the greedy connection's 8, and at most 8 of the resetter's
+        wait_for("the reset calls ended", lambda: counters(srv.target).in_flight <= 8)
+        assert counters(srv.target).in_flight == 8   # the greedy connection's: the bound, not its 40
+    finally:
+        greedy.close()
+        resetter.close()
+
+
 def test_health_watches_are_bounded(hostile_server: Any) -> None:
     srv = hostile_server("--no-state-log")
     from grpc_health.v1 import health_pb2, health_pb2_grpc
