@@ -45,7 +45,6 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.config = config
         self._journal = journal
         self.dispatcher = Dispatcher(config, journal, log_append)
-        self.live = self.dispatcher.live
         self.backlog = self.dispatcher.backlog
         self._pipes = PipeServicer(self.dispatcher)
 
@@ -57,10 +56,6 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     @on_dispatch.setter
     def on_dispatch(self, hook: Callable[[str, Any], None] | None) -> None:
         self.dispatcher.on_dispatch = hook
-
-    @property
-    def stopping(self) -> bool:
-        return self.dispatcher.stopping
 
     # Asynchronous pipes (server/pipes.py): they share the dispatcher's live calls, so Cancel notices reach them.
     async def PipeIn(self, request_iterator, context):  # type: ignore[no-untyped-def]
