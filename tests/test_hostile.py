@@ -612,17 +612,22 @@ def test_watcher_slots_are_per_caller_whatever_its_connections(hostile_server: A
     def dropped() -> int:
         with grpc.secure_channel(srv.target, creds) as channel:
             return pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=10).watch_dropped
-    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    streams = []
     try:
         # the caller's quarter (2 of 8), on two connections, never read: stuck once their buffers overflow
-        first, second = (pb_grpc.JournalStub(ch).Watch(pb.WatchRequest(), timeout=60) for ch in channels[:2])
-        wait_for("2 stuck watchers", lambda: _burst(srv.target, 200, creds) or dropped() >= 2 * 100, timeout=60)
-        third = pb_grpc.JournalStub(channels[2]).Watch(pb.WatchRequest(), timeout=60)   # a third connection
-        code, details = pool.submit(_read_to_end, first).result(timeout=30)   # the oldest one is evicted ...
+        streams = [pb_grpc.JournalStub(ch).Watch(pb.WatchRequest(), timeout=60) for ch in channels[:2]]
+        wait_for("stuck watchers", lambda: _burst(srv.target, 200, creds) or dropped() >= 2 * 100, timeout=60)
+        streams.append(pb_grpc.JournalStub(channels[2]).Watch(pb.WatchRequest(), timeout=60))   # a third connection
+        # the caller's oldest stuck watcher is evicted for it, and its stream says why
+        readers = [pool.submit(_read_to_end, stream) for stream in streams[:2]]
+        done, _ = concurrent.futures.wait(readers, timeout=30, return_when=concurrent.futures.FIRST_COMPLETED)
+        assert done, "none of the caller's watchers was evicted"
+        code, details = next(iter(done)).result()
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "slot" in details, (code, details)
-        for stream in (second, third):
-            stream.cancel()
     finally:
+        for stream in streams:
+            stream.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         for ch in channels:
             ch.close()
