@@ -18,7 +18,10 @@ import argparse  # noqa: E402
 from typing import NoReturn, Sequence  # noqa: E402
 
 from callstate import __version__  # noqa: E402
-from callstate.cli import call, check, conformance, health, load, report, serve, watch  # noqa: E402
+from callstate.cli import call, check, health, serve, watch  # noqa: E402
+from callstate.cli.conformance import command as conformance  # noqa: E402
+from callstate.cli.load import command as load  # noqa: E402
+from callstate.cli.report import command as report  # noqa: E402
 from callstate.cli.options import epilog, para  # noqa: E402
 
 COMMANDS = (serve, call, watch, health, load, check, report, conformance)

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 
-from callstate.cli.live_view import MODES, choose
+from callstate.cli.live.view import MODES, choose
 from callstate.cli.options import add_target, channel_settings, non_negative_int
 from callstate.cli.terminal import printable
 
@@ -242,8 +242,8 @@ class _Dashboard:
     """The live view of the journal: server-side final codes, in flight, recent cancels."""
 
     def __init__(self, stubs: list, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[type-arg]
-        from callstate.cli.live_stats import LiveStats
-        from callstate.cli.live_view import LiveView
+        from callstate.cli.live.stats import LiveStats
+        from callstate.cli.live.view import LiveView
         from callstate.lifecycle import SERVER
 
         self.stubs = stubs   # one per target: the in-flight count is their sum

@@ -10,9 +10,9 @@ from typing import Any
 
 from typing import Any
 
-from callstate.cli.live_view import MODES, choose
+from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
-from callstate.cli.load_run import LoadConfig
+from callstate.cli.load.run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
                                    channel_settings, channels, concurrency, message_count, non_negative_float,
@@ -173,8 +173,8 @@ def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
 def _run(opts: argparse.Namespace, provider: object) -> int:
     import orjson
 
-    from callstate.cli import html_report
-    from callstate.cli.load_run import LoadRun, summary
+    from callstate.cli.report import html_report
+    from callstate.cli.load.run import LoadRun, summary
 
     scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
                         hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,

@@ -29,9 +29,9 @@ from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.cli.live_stats import LiveStats
-from callstate.cli.live_view import LiveView
-from callstate.cli.run_report import ReportBuilder, collect_examples
+from callstate.cli.live.stats import LiveStats
+from callstate.cli.live.view import LiveView
+from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
@@ -61,7 +61,7 @@ class LoadConfig:
     max_in_flight: int = 10_000
     settle: float = 15.0        # how long to wait for the server to end every call after the run
     timeout: float | None = None   # per-call gRPC deadline
-    view: str = ""              # live_view.LIVE, LINES, or "" for no live view
+    view: str = ""              # live.view.LIVE, LINES, or "" for no live view
     collect_report: bool = False   # keep what the HTML report needs (`html_report`)
     metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
     metrics_bind: str = "127.0.0.1"

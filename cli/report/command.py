@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli import html_report
-    from callstate.cli.run_report import build_from_files
+    from callstate.cli.report import html_report
+    from callstate.cli.report.run_report import build_from_files
     from callstate.statelog import LogFormatError
 
     if why := html_report.available():
