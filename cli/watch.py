@@ -7,8 +7,10 @@ import asyncio
 import signal
 import sys
 
+from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
-from callstate.cli.options import add_target, channel_settings, non_negative_int
+from callstate.arg_types import non_negative_int
+from callstate.cli.options import add_target, channel_settings
 from callstate.cli.terminal import printable
 
 COUNTERS_TIMEOUT = 5.0
@@ -16,7 +18,7 @@ IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("watch", help="follow the server's journal live",
+    p = sub.add_parser("watch", help=COMMANDS["watch"].help,
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. Stop with Ctrl-C.")

@@ -12,11 +12,12 @@ import textwrap
 import time
 from typing import Any, Callable, Coroutine, TextIO
 
+from callstate.cli import COMMANDS
 from callstate.cli.conformance.battery import BatteryConfig
 from callstate.cli.conformance.calls import LOSS, POWER, detection
 from callstate.cli.conformance.properties import PROPERTIES
-from callstate.cli.options import (add_access, channel_settings, concurrency, metadata_bytes, non_negative_float, para,
-                                   port, positive_float, positive_int, streams)
+from callstate.arg_types import non_negative_float, positive_float, positive_int
+from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
 
@@ -42,7 +43,7 @@ def host_port(text: str) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "conformance", help="test a gRPC proxy: does it keep every call's lifecycle? (direct vs proxied)",
+        "conformance", help=COMMANDS["conformance"].help,
         description=para("Run a fixed battery of lifecycle scenarios through a gRPC proxy (gateway, sidecar, load "
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "

@@ -8,17 +8,16 @@ import os
 import sys
 from typing import Any
 
-from typing import Any
-
+from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load.run import LoadConfig
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
-                                   channel_settings, channels, concurrency, message_count, non_negative_float,
-                                   non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int,
+from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
+                                 non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
+                                 positive_float, positive_int)
+from callstate.cli.options import (abort_code, add_target, channel_settings, channels, concurrency, message_count, para,
                                    rate)
-from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
                                 unreachable_pipe_points)
@@ -54,7 +53,7 @@ assert all(kind in EPILOG for kind in POINT_KINDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("load", help="load-test the cancellation paths and verify both sides' lifecycles",
+    p = sub.add_parser("load", help=COMMANDS["load"].help,
                        description=para("Drive many scripted calls against a server: a mix of outcomes, a share of "
                                         "them cancelled (abortive or non-abortive) at chosen points. While it runs, "
                                         "the server's journal is followed; at the end both sides' entries are "
