@@ -28,15 +28,15 @@ import orjson
 from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
-from callstate.client import AsyncCall, AsyncClient, CallError
+from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats
 from callstate.cli.live.view import LiveView
 from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
+from callstate.client.unary_drive import PlanScripts, drive_call
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
-from callstate.scenario import BEFORE_START, Plan, Scenario, pipe_cancel, pipe_script
-from callstate.script import ON_CANCEL, OUTCOMES
+from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
 from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -135,7 +135,7 @@ class LoadRun:
         self.attempted = 0        # calls that tried to go out (not cancelled in state C)
         self.start_failed = 0     # ... and were refused before leaving (C -> End)
         self.stream_dropped = 0   # entries our own journal stream lost (the server tells us on it)
-        self._scripts: dict[tuple[str, str], pb.Script] = {}
+        self._script = PlanScripts(config.scenario, config.delay, config.payload)
         self._our_server_ends = 0
         self._our_server_dispatches = 0
         self._barrier_id = ""
@@ -183,17 +183,6 @@ class LoadRun:
     def plan(self) -> Plan:
         return self.cfg.scenario.plan(self.rng)
 
-    def _script(self, plan: Plan) -> pb.Script:
-        key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
-        script = self._scripts.get(key)
-        if script is None:
-            script = self._scripts[key] = pb.Script(
-                outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
-                outcome_delay_ms=0 if script_holds(plan) else round(self.cfg.delay * 1000),
-                reply_bytes=self.cfg.payload, abort_code=self.cfg.scenario.abort_code if OUTCOMES[plan.outcome] == pb.OUTCOME_ABORT else 0,
-                cancel_poll_ms=plan.cancel_poll_ms)
-        return script
-
     # -- one call ------------------------------------------------------------------------------
     def _claim(self) -> bool:
         """Count a call as started before it runs, so bounds hold however far behind the loop is."""
@@ -207,47 +196,29 @@ class LoadRun:
         """One call, already counted by `_claim`."""
         if plan.pipe is not None:
             return await self.one_pipe(client, plan)
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self.paths[plan.outcome] += 1
+        self._count_paths(plan)
         if self._requests is None:
             call = client.prepare(self._script(plan), payload=payload)
         else:
             call = client.prepare(self._script(plan), method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
-        abortive = plan.cancel == ABORTIVE
-        timer: asyncio.TimerHandle | None = None
         try:
-            if plan.cancel:
-                self.paths[f"cancel-{plan.cancel}"] += 1
-                self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
-            point = plan.point
-            if point is not None and point.kind == BEFORE_START:
-                call.cancel(abortive)
-            else:
-                self.attempted += 1
-                try:
-                    call.start()
-                except CallError:
-                    self.start_failed += 1
-                    raise
-                if point is not None:
-                    delay = plan.delay(self.rng)
-                    if delay <= 0:   # after-start (and a zero delay): at once
-                        self._cancel(call, abortive)
-                    else:
-                        timer = loop.call_later(delay, self._cancel, call, abortive)
-            try:
-                await call
-                code = codes.RPC_S_OK
-            except CallError as err:
-                code = err.code
-        except CallError as err:   # the call could not be made
-            code = err.code
+            end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
-            if timer is not None:
-                timer.cancel()
             self.in_flight -= 1
+        self.attempted += end.attempted
+        self.start_failed += end.start_refused
+        self._record(end.code, t0)
+
+    def _count_paths(self, plan: Plan) -> None:
+        self.paths[plan.outcome] += 1
+        if plan.cancel:
+            self.paths[f"cancel-{plan.cancel}"] += 1
+            self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
+
+    def _record(self, code: int, t0: float) -> None:
+        """One call ended with `code`, started at `t0`."""
         self.finished += 1
         self.by_code[code] += 1
         self.latency[code].append((time.perf_counter() - t0) * 1000)
@@ -279,17 +250,7 @@ class LoadRun:
             code = err.code
         finally:
             self.in_flight -= 1
-        self.finished += 1
-        self.by_code[code] += 1
-        self.latency[code].append((time.perf_counter() - t0) * 1000)
-
-    def _cancel(self, call: AsyncCall, abortive: bool) -> None:
-        if call.done():
-            return
-        if abortive:
-            call.cancel()
-        else:
-            call.cancel(abortive=False, timeout=self.cfg.scenario.escalate_after)
+        self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------
     def _more(self) -> bool:
@@ -592,10 +553,6 @@ async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool
         if err.code() == grpc.StatusCode.UNIMPLEMENTED:
             return False
     return True   # any other answer: the usual path says what is wrong
-
-
-def script_holds(plan: Plan) -> bool:
-    return OUTCOMES[plan.outcome] == pb.OUTCOME_HOLD
 
 
 def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
