@@ -72,11 +72,11 @@ def test_each_commands_help_is_its_own(name: str) -> None:
 
 def test_each_command_module_takes_its_line_of_help_from_the_table() -> None:
     """One line of help per command, in one place: the full parser shows the table's."""
-    for name, parser in subcommands(build_parser()).items():
-        listed = next(a for a in build_parser()._subparsers._group_actions[0]._choices_actions  # type: ignore[union-attr]
-                      if a.dest == name)
-        assert listed.help == COMMANDS[name].help, name
-        assert parser.prog == f"callstate {name}"
+    parser = build_parser()
+    listing = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}  # type: ignore[union-attr]
+    for name, sub in subcommands(parser).items():
+        assert listing[name] == COMMANDS[name].help, name
+        assert sub.prog == f"callstate {name}"
 
 
 @pytest.mark.parametrize("argv, name", [(["load", "--calls", "3"], "load"), (["--version"], None),
