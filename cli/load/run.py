@@ -342,87 +342,123 @@ class LoadRun:
                         self.propagation.server_cancel_seen(e.call_id, parse_ts(e.ts))
 
     async def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        channel = cfg.settings.aio_channel(cfg.target)
-        metadata = cfg.settings.metadata
+        channel = self.cfg.settings.aio_channel(self.cfg.target)
+        try:
+            await self._connect(channel)
+            journal = pb_grpc.JournalStub(channel)
+            if self.cfg.drive is not None and not await _serves_journal(journal, self.cfg):   # no journal, no counters
+                self.one_sided = (f"{self.cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
+                                  "only the client side is logged and checked")
+            follow = await self._subscribe(journal)
+            before = await self._counters_before(journal, follow)
+        except ConnectionError:
+            await channel.close()
+            raise
+        view = self._start_view()
+        try:
+            elapsed = await self._drive()
+            after = await self._counters_after(channel, journal, before)
+        finally:
+            if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
+                view.stop()
+        self._end_follow(follow)
+        await channel.close()
+        self._close_logs()
+        return self.report(elapsed, before, after)
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
         try:
             await asyncio.wait_for(channel.channel_ready(), 5)
         except asyncio.TimeoutError:
-            await channel.close()
             hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
-                    if cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
-            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
-        journal = pb_grpc.JournalStub(channel)
-        follow: asyncio.Task[None] | None = None
-        if cfg.drive is not None and not await _serves_journal(journal, cfg):   # no journal, no counters
-            self.one_sided = (f"{cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
-                              "only the client side is logged and checked")
-        if self.checker is not None and not self.one_sided:   # subscribe first, then read the counters: no End falls in between
-            subscribed = asyncio.Event()
-            follow = asyncio.ensure_future(self._follow(journal, subscribed))
-            waiter = asyncio.ensure_future(subscribed.wait())
-            await asyncio.wait({follow, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not subscribed.is_set():
-                follow.cancel()
-                await channel.close()
-                raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                      f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
+                    if self.cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
+            raise ConnectionError(f"cannot reach a callstate server at {self.cfg.target} "
+                                  f"(no connection within 5 s: {hint})") from None
+
+    async def _subscribe(self, journal: pb_grpc.JournalStub) -> asyncio.Task[None] | None:
+        """Follow the journal, when the run is checked (subscribe first, then read the counters:
+        no End falls in between); the following task, once the stream is in place."""
+        if self.checker is None or self.one_sided:
+            return None
+        subscribed = asyncio.Event()
+        follow = asyncio.ensure_future(self._follow(journal, subscribed))
+        waiter = asyncio.ensure_future(subscribed.wait())
+        await asyncio.wait({follow, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not subscribed.is_set():
+            follow.cancel()
+            raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
+                                  f"is it a callstate server? ({_error_text(follow, self.cfg.settings)})")
+        return follow
+
+    async def _counters_before(self, journal: pb_grpc.JournalStub, follow: asyncio.Task[None] | None) -> pb.Counters:
+        if self.one_sided:
+            return pb.Counters()
+        settings = self.cfg.settings
         try:
-            before = pb.Counters() if self.one_sided else \
-                await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+            return await journal.GetCounters(pb.CountersRequest(), metadata=settings.metadata, timeout=10)
         except grpc.aio.AioRpcError as err:
             if follow is not None:
                 follow.cancel()
-            await channel.close()
-            raise ConnectionError(f"{cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
-                                  f"{err.code().name}: {cfg.settings.explain(err.code(), err.details())}") from None
+            raise ConnectionError(f"{self.cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
+                                  f"{err.code().name}: {settings.explain(err.code(), err.details())}") from None
+
+    def _start_view(self) -> LiveView | None:
+        if self.live is None:
+            return None
+        view = LiveView(self.live, self.out, self.cfg.view, f"callstate load → {self.cfg.target}",
+                        before_refresh=self._update_live)
+        view.start()
+        return view
+
+    async def _drive(self) -> float:
+        """Make the run's calls (SIGINT and SIGTERM stop it early); the seconds it took."""
+        cfg = self.cfg
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
-        view = None
-        if self.live is not None:
-            view = LiveView(self.live, self.out, cfg.view, f"callstate load → {cfg.target}", before_refresh=self._update_live)
-            view.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
         try:
-            try:
-                if cfg.rate:
-                    await self._open_loop(clients, payload)
-                else:
-                    await self._closed_loop(clients, payload)
-                elapsed = time.perf_counter() - self._t0
-            finally:
-                for client in clients:
-                    await client.close()
-            # the server's side: every call of ours ended, and nothing left in flight
+            if cfg.rate:
+                await self._open_loop(clients, payload)
+            else:
+                await self._closed_loop(clients, payload)
+            return time.perf_counter() - self._t0
+        finally:
+            for client in clients:
+                await client.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            try:
-                after: pb.Counters | None = None if self.one_sided else \
-                    await self._settle(channel, journal, before, cfg.settle)
-            except grpc.aio.AioRpcError as err:
-                after = None
-                self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
-        finally:
-            if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
-                view.stop()
-        if follow is not None:
-            if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
-                self.server_lost = f"the journal stream broke: {_error_text(follow)}"
-            follow.cancel()
-        await channel.close()
+
+    async def _counters_after(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub,
+                              before: pb.Counters) -> pb.Counters | None:
+        """The server's side: every call of ours ended, and nothing left in flight."""
+        if self.one_sided:
+            return None
+        try:
+            return await self._settle(channel, journal, before, self.cfg.settle)
+        except grpc.aio.AioRpcError as err:
+            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
+            return None
+
+    def _end_follow(self, follow: asyncio.Task[None] | None) -> None:
+        if follow is None:
+            return
+        if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
+            self.server_lost = f"the journal stream broke: {_error_text(follow)}"
+        follow.cancel()
+
+    def _close_logs(self) -> None:
         for log in (self.log, self._client_spool):
             if log is not None:
                 log.close()
         if self._server_spool is not None:
             self._server_spool.close()
-        return self.report(elapsed, before, after)
 
     async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
                       timeout: float) -> pb.Counters:
@@ -456,17 +492,7 @@ class LoadRun:
         all_lat = [x for values in self.latency.values() for x in values]
         report: dict[str, Any] = {
             "target": self.cfg.target,
-            "config": {
-                "calls": self.cfg.calls, "duration": self.cfg.duration, "concurrency": None if self.cfg.rate else self.cfg.concurrency,
-                "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.scenario.mix),
-                "cancel": self.cfg.scenario.cancel, "cancel_at": [str(p) for p in self.cfg.scenario.cancel_at],
-                "on_cancel": str(self.cfg.scenario.on_cancel), "escalate_after": self.cfg.scenario.escalate_after,
-                "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
-                "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
-                "pipe_messages": self.cfg.scenario.pipe_messages,
-                **({"method": self.cfg.drive.method.name} if self.cfg.drive is not None else {}),
-                **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
-            },
+            "config": self._config_json(),
             "calls": self.finished,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
@@ -477,44 +503,71 @@ class LoadRun:
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
                            **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
             "paths": dict(sorted(self.paths.items())),
-            SERVER: {"in_flight_before": before.in_flight,
-                       "in_flight_after": after.in_flight if after else None,
-                       "dispatched": self._our_server_dispatches if self.checker is not None else (
-                           after.dispatched - before.dispatched if after else None),
-                       "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
-                       "lost": self.server_lost},
+            SERVER: {"unknown": self.one_sided} if self.one_sided else self._server_json(before, after),
         }
         if self.checker is not None:
-            # Invariant 4 on a server that was idle before the run; on a shared one, other
-            # clients' calls may be in flight: then only our own calls are judged (not_ended).
-            in_flight = None if after is None or before.in_flight else after.in_flight
-            result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
-                      self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))
-            checked = result.to_json()
-            # only our own stream's losses matter: another client's stuck watcher is not our problem
-            dropped = self.stream_dropped
-            notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
-                     "the server view is incomplete"] if dropped else []
-            if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
-                notes.append("no call reached the server")
-            report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
-            for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
-                report[apart] = _rounded(checked.pop(apart))
-            report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
-                               "violations": checked["violations"],
-                               "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
-                               "entries": checked["entries"], "note": "; ".join(notes)}
-            if self.one_sided:
-                report["check"]["one_sided"] = CLIENT
-                report["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
+            report.update(self._checked(before, after))
         else:
             report["check"] = {"ok": not self._nothing_started(), "skipped": True}
         if self._nothing_started():
             report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
         report["stream_dropped"] = self.stream_dropped
-        if self.one_sided:
-            report[SERVER] = {"unknown": self.one_sided}
         return report
+
+    def _config_json(self) -> dict[str, Any]:
+        cfg, scenario = self.cfg, self.cfg.scenario
+        return {
+            "calls": cfg.calls, "duration": cfg.duration, "concurrency": None if cfg.rate else cfg.concurrency,
+            "rate": cfg.rate, "channels": cfg.channels, "mix": str(scenario.mix),
+            "cancel": scenario.cancel, "cancel_at": [str(p) for p in scenario.cancel_at],
+            "on_cancel": str(scenario.on_cancel), "escalate_after": scenario.escalate_after,
+            "payload": cfg.payload, "seed": cfg.seed, "pipes": scenario.pipes,
+            "pipe_cancel_at": [str(p) for p in scenario.pipe_cancel_at],
+            "pipe_messages": scenario.pipe_messages,
+            **({"method": cfg.drive.method.name} if cfg.drive is not None else {}),
+            **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
+        }
+
+    def _server_json(self, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
+        if self.checker is not None:
+            dispatched: int | None = self._our_server_dispatches
+        else:
+            dispatched = after.dispatched - before.dispatched if after else None
+        return {"in_flight_before": before.in_flight, "in_flight_after": after.in_flight if after else None,
+                "dispatched": dispatched,
+                "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
+                "lost": self.server_lost}
+
+    def _checked(self, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
+        """The checker's verdict on both sides and the cancel propagation it measured."""
+        # Invariant 4 on a server that was idle before the run; on a shared one, other
+        # clients' calls may be in flight: then only our own calls are judged (not_ended).
+        in_flight = None if after is None or before.in_flight else after.in_flight
+        result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
+                  self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))  # type: ignore[union-attr]
+        checked = result.to_json()
+        notes = self._notes()
+        out: dict[str, Any] = {"cancel_propagation_ms": _rounded(checked.pop("cancel_propagation_ms"))}
+        for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
+            out[apart] = _rounded(checked.pop(apart))
+        out["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
+                        "violations": checked["violations"],
+                        "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
+                        "entries": checked["entries"], "note": "; ".join(notes)}
+        if self.one_sided:
+            out["check"]["one_sided"] = CLIENT
+            out["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
+        return out
+
+    def _notes(self) -> list[str]:
+        """What makes a run with no violation unproven."""
+        # only our own stream's losses matter: another client's stuck watcher is not our problem
+        dropped = self.stream_dropped
+        notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
+                 "the server view is incomplete"] if dropped else []
+        if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
+            notes.append("no call reached the server")
+        return notes
 
     def _nothing_started(self) -> str:
         """Why the run proved nothing, when no call could start (or every one was refused)."""
