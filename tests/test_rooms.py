@@ -3,9 +3,11 @@ the CLI loads no command, and a command's module is imported only when that comm
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,28 @@ def command_modules() -> set[str]:
         if room != "callstate.cli":
             out.add(room)
     return out
+
+
+def cli_imports(path: Path) -> list[str]:
+    """The callstate.cli modules a source file imports, at its top or inside a function."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        out += [n for n in names if n == "callstate.cli" or n.startswith("callstate.cli.")]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "integrations").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_integration_source_names_a_cli_module(path: Path) -> None:
+    """Also the imports a run-time probe would miss: those inside functions."""
+    assert cli_imports(path) == []
+
+
+def test_the_source_scan_sees_a_cli_import(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from callstate.cli.options import para\n")
+    assert cli_imports(probe) == ["callstate.cli.options"]
 
 
 @pytest.mark.parametrize("integration", ["callstate.locust", "callstate.pytest_plugin"])
