@@ -9,9 +9,10 @@ import signal
 import sys
 
 from callstate import codes
+from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
-                                   grpc_status, int64, non_negative_float, para, positive_float, text)
+from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
+from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
 from callstate.cli.terminal import printable
@@ -32,7 +33,7 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("call", help="make one scripted call, printing each client state as it is entered",
+    p = sub.add_parser("call", help=COMMANDS["call"].help,
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
                                         "RPC_S_OK, 1 for any other final code, 2 for bad usage."),

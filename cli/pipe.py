@@ -10,8 +10,8 @@ import sys
 
 from callstate import codes
 from callstate.cli.method_options import reply_text
-from callstate.cli.options import (message_count, non_negative_float, non_negative_int, positive_int, push_bytes,
-                                   server_push_bytes)
+from callstate.arg_types import non_negative_float, positive_int
+from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.terminal import printable
 from callstate.lifecycle import PIPE_KINDS
 from callstate.pipe_script import (BREACHES, CANCEL_AFTER_RECEIVED, CANCEL_AFTER_SENT, DEFAULT_MESSAGES, POINTS,

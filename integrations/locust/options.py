@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from locust import events
 
-from callstate.cli.options import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
-                                   outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
+from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int,
+                                 on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {

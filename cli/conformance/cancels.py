@@ -10,14 +10,14 @@ import grpc
 
 from callstate import codes
 from callstate.check import percentiles
-from callstate.cli.conformance_calls import Result, examples, open_client
-from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
-from callstate.cli.conformance_properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
+from callstate.cli.conformance.calls import Result, examples, open_client
+from callstate.cli.conformance.journal import cancel_seen_at, ended, final, first
+from callstate.cli.conformance.properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
 from callstate.client import Script
 from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 _DEADLINE_STATUS = grpc.StatusCode.DEADLINE_EXCEEDED.name
 

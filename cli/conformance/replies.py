@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from callstate import codes
-from callstate.cli.conformance_calls import Result, auth_metadata, code_failure, examples, median_ms, reply_failure
-from callstate.cli.conformance_journal import ended
-from callstate.cli.conformance_properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
+from callstate.cli.conformance.calls import Result, auth_metadata, code_failure, examples, median_ms, reply_failure
+from callstate.cli.conformance.journal import ended
+from callstate.cli.conformance.properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
 from callstate.client import Script
 from callstate.script import Limits
 from callstate.v1 import callstate_pb2 as pb
@@ -21,7 +21,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import CALL_ID_KEY, new_call_id
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 PAD_KEY = "callstate-pad"   # the large request header
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from callstate import codes
 from callstate.check import Checker
-from callstate.cli.conformance_calls import Recorder, examples, open_client, reply_failure
-from callstate.cli.conformance_journal import dispatched, ended
-from callstate.cli.conformance_properties import CHECK, GRACEFUL_STOP, HELD, Row
+from callstate.cli.conformance.calls import Recorder, examples, open_client, reply_failure
+from callstate.cli.conformance.journal import dispatched, ended
+from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
 from callstate.client import Script
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 
 async def held(b: Battery) -> Row:

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from callstate import codes
-from callstate.cli.conformance_calls import Result, code_failure, examples
-from callstate.cli.conformance_cancels import judge_propagation
-from callstate.cli.conformance_journal import cancel_seen_at, dispatched, ended, final, first
-from callstate.cli.conformance_properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
+from callstate.cli.conformance.calls import Result, code_failure, examples
+from callstate.cli.conformance.cancels import judge_propagation
+from callstate.cli.conformance.journal import cancel_seen_at, dispatched, ended, final, first
+from callstate.cli.conformance.properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
                                                   PIPE_EARLY_ANSWER, PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
 from callstate.client import AsyncPipe, CallError, PipeScript
 from callstate.lifecycle import COMP, ENTER, NP, NULL_PULL, PIPE_BOTH, PIPE_IN, PIPE_OUT
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 MESSAGES = 4              # per pipe: small, the rows test the shape of a stream, not its volume
 INTERVAL = 0.02           # s between the streamed row's messages: 60 ms from the first to the last

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from callstate.cli.conformance_battery import Battery, BatteryConfig, open_channel, open_client
-from callstate.cli.conformance_journal import ServerJournal
-from callstate.cli.conformance_properties import Row
-from callstate.cli.conformance_report import DIRECT, PROXY
-from callstate.cli.conformance_server import ServerProcess
+from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
+from callstate.cli.conformance.journal import ServerJournal
+from callstate.cli.conformance.properties import Row
+from callstate.cli.conformance.report import DIRECT, PROXY
+from callstate.cli.conformance.server import ServerProcess
 from callstate.client import CallError, Script
 
 CONNECT_TIMEOUT = 5.0
