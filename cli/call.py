@@ -124,7 +124,7 @@ def run(opts: argparse.Namespace) -> int:
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
-    from callstate.statelog import StateLog
+    from callstate.logfile import StateLog
 
     script = Script(outcome=opts.outcome, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                     reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,

@@ -87,7 +87,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
     from callstate.client.pipe_drive import drive_pipe
-    from callstate.statelog import StateLog
+    from callstate.logfile import StateLog
 
     script = PipeScript(outcome=opts.outcome, at=opts.at,
                         at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,

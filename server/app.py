@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha import reflection   # its service name; served by s
 from callstate.lifecycle import SERVER
 from callstate.pem import check_key_pair, read_pem
 from callstate.script import REQUEST_FRAMING
-from callstate.statelog import Entry, StateLog
+from callstate.statelog import Entry
+from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer

@@ -107,7 +107,7 @@ def test_every_code_has_a_documented_row_naming_the_status_it_is_sent_with() -> 
     from callstate.code_docs import ROWS
     assert set(ROWS) == set(codes.NAMES), "a code without a row in callstate/code_docs.py, or a row for no code"
     for code, (status, _) in ROWS.items():
-        sent = codes.grpc_status_for(code).name
+        sent = codes.grpc_status_name_for(code)
         if code in codes.NAMES and sent != "ABORTED":   # ABORTED: no mapping, the abort row's default
             assert status.startswith(sent), f"{code}: the table says {status!r}, the server sends {sent}"
 

@@ -11,13 +11,15 @@ import orjson
 import pytest
 
 from callstate import codes
+from callstate.grpc_status import grpc_status_for
 from callstate.client import CallError, CallPending, InvalidAsyncHandle
 from callstate.client.call_core import CallCore
 from callstate.lifecycle import ABORTIVE, NON_ABORTIVE, PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeCancelPoint
 from callstate.scenario import HELD_PIPE_INTERVAL, Plan, Scenario, expected_codes, pipe_cancel, pipe_script
 from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
-from callstate.statelog import END, Entry, StateLog, format_ts, read_log
+from callstate.statelog import END, Entry, format_ts
+from callstate.logfile import StateLog, read_log
 from callstate.v1 import callstate_pb2 as pb
 from tests.conftest import ROOT
 
@@ -36,7 +38,7 @@ def test_code_names_and_grpc_mapping() -> None:
     assert codes.from_grpc(S.PERMISSION_DENIED) == codes.from_grpc(S.UNAUTHENTICATED) == 5
     assert codes.from_grpc(S.ABORTED, [("callstate-code", "5001")]) == 5001   # the trailer wins
     assert codes.from_grpc(S.ABORTED, [("callstate-code", "junk")]) == 1726   # garbled: fall back
-    assert codes.grpc_status_for(1818) == S.CANCELLED and codes.grpc_status_for(5001) == S.ABORTED
+    assert grpc_status_for(1818) == S.CANCELLED and grpc_status_for(5001) == S.ABORTED
 
 
 def test_script_validation_names_fields() -> None:
