@@ -17,7 +17,7 @@ from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_s
                                 parse_pipe_shares)
 from callstate.scenario import parse_cancel_poll
 from callstate.lifecycle import SERVER
-from callstate.pem import read_pem
+from callstate.files import read_pem
 from callstate.pipe_script import MAX_MESSAGES
 from callstate.script import ON_CANCEL, Limits, Mix, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV

@@ -1,4 +1,5 @@
-"""Reading TLS material (PEM) given as a path or as the bytes themselves."""
+"""The user's files the core reads: TLS material (PEM, given as a path or as the bytes themselves)
+and stand-in rules files (`callstate.rules` compiles their text; this module opens them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import ssl
 import stat
 from pathlib import Path
 from typing import Union
+
+from callstate.rules import RuleSet, RulesError, parse_rules
+from callstate.schema.model import Schema
+from callstate.script import Limits
 
 PemSource = Union[str, Path, bytes, None]   # a path to a PEM file, or the PEM bytes themselves
 MAX_PEM_BYTES = 1024 * 1024   # a certificate chain or CA bundle is far smaller
@@ -52,3 +57,12 @@ def check_key_pair(cert: PemSource, key: PemSource, what: str) -> None:
     except (ssl.SSLError, ValueError) as exc:
         raise OSError(f"the {what} {str(cert)!r} and key {str(key)!r} do not make a pair: "
                       f"{getattr(exc, 'reason', None) or exc}") from None
+
+
+def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:
+    """Read and compile a rules file; RulesError names the file, the line and the field."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_rules(text, schema, limits, source=str(path))
