@@ -14,8 +14,8 @@ from callstate.cli.options import (message_count, non_negative_float, non_negati
                                    server_push_bytes)
 from callstate.cli.terminal import printable
 from callstate.lifecycle import PIPE_KINDS
-from callstate.pipe_script import (BREACHES, CANCEL_AFTER_RECEIVED, CANCEL_AFTER_SENT, DEFAULT_MESSAGES, POINTS,
-                                   PipeCancelPoint, PipeScript)
+from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
+from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -55,8 +55,7 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                         "caller's null push in)")
     g.add_argument("--at-count", type=positive_int, default=1, metavar="N", help="N for --at after-in / after-out")
     g.add_argument("--cancel-at", type=_cancel_point, metavar="POINT",
-                   help="cancel the pipe at before-start, after-headers, after-sent:N, after-received:N or "
-                        "after-half-close (abortive unless --non-abortive)")
+                   help=f"cancel the pipe at one of {PIPE_POINTS.usage()} (abortive unless --non-abortive)")
     g.add_argument("--breach", choices=list(BREACHES), default="none",
                    help="the server breaks a pipe rule on purpose: complete-undrained (in, both; with --at "
                         "before-first/after-in/after-out) or push-after-end (out, both); the call ends 1917 "
