@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from callstate.cancel_points import AFTER_HALF_CLOSE, AFTER_HEADERS, AFTER_RECEIVED, BEFORE_START, PIPE
-from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.lifecycle import ABORT, COMPLETE, PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
                               check_cancel_poll, to_ms, validate_ending)
 from callstate.v1 import callstate_pb2 as pb
@@ -108,7 +108,7 @@ def breach_name(script: pb.PipeScript) -> str:
 class PipeScript:
     """A pipe call's server script in seconds (see callstate.v1.PipeScript)."""
 
-    outcome: str = "complete"
+    outcome: str = COMPLETE
     at: PointName = "end"
     at_count: int = 0
     messages: int = DEFAULT_MESSAGES
@@ -120,7 +120,7 @@ class PipeScript:
     abort_status: int = 0
     abort_message: str = ""
     fatal_message: str = ""
-    on_cancel: str = "abort"
+    on_cancel: str = ABORT
     cancel_poll: float | None = None    # seconds between the handler's cancel tests; None: the server's
     breach: BreachName = "none"
 
@@ -137,7 +137,7 @@ class PipeScript:
             dispatch_delay_ms=round(self.dispatch_delay * 1000), outcome=OUTCOMES[self.outcome], at=POINTS[self.at],
             at_count=self.at_count, messages=self.messages, message_bytes=self.message_bytes,
             interval_ms=round(self.interval * 1000), outcome_delay_ms=round(self.outcome_delay * 1000),
-            abort_code=self.abort_code if self.outcome == "abort" else 0, abort_grpc_status=self.abort_status,
+            abort_code=self.abort_code if self.outcome == ABORT else 0, abort_grpc_status=self.abort_status,
             abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel],
             cancel_poll_ms=to_ms(self.cancel_poll), breach=BREACHES[self.breach])
 

@@ -11,17 +11,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from callstate import codes
-from callstate.lifecycle import ABORTIVE, CANCEL_KINDS, PIPE_KINDS
+from callstate.lifecycle import ABORT, ABORTIVE, CANCEL_KINDS, COMPLETE, FATAL, PIPE_KINDS
 from callstate.cancel_points import AFTER, AFTER_HEADERS, AFTER_START, BEFORE_START, HELD, RANDOM, UNARY
 from callstate.pipe_script import PipeCancelPoint, PipeScript
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError, cancel_poll_mix
+from callstate.script import DEFAULT_ABORT_CODE, HOLD, IGNORE, ON_CANCEL, Mix, MixError, cancel_poll_mix
 
 POINT_KINDS: Final[tuple[str, ...]] = UNARY.names()
 _TIMED: Final = (AFTER, RANDOM, HELD)
 
-HOLD: Final = "hold"           # the outcome name a held point forces
 HELD_PIPE_INTERVAL: Final = 0.005   # between a held pipe's server messages: it streams until cancelled
-IGNORE: Final = "ignore"       # the on-cancel policy a held call may not draw
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ class Scenario:
             cancel, point = ABORTIVE, CancelPoint(AFTER, self.hold_for)
         on_cancel = self.on_cancel.draw(rng)
         if outcome == HOLD and on_cancel == IGNORE:
-            on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
+            on_cancel = ABORT   # ignoring would hold it until the server's --max-hold
         return Plan(outcome, cancel, point, on_cancel)
 
 
@@ -197,20 +195,20 @@ def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScrip
                       cancel_poll=None if plan.cancel_poll_ms is None else plan.cancel_poll_ms / 1000)
 
 
-_OUTCOME_CODE: Final = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}
+_OUTCOME_CODE: Final = {COMPLETE: codes.RPC_S_OK, FATAL: codes.RPC_S_CALL_FAILED}
 
 
 def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
     """The final codes a call drawn as `plan` (unary or pipe) may legally end with: its
     outcome's code; after a cancel also 1818, and 0 when the server completes on cancel."""
     expected: set[int] = set()   # a held call ends only by its cancel
-    if plan.outcome == "abort":
+    if plan.outcome == ABORT:
         expected.add(abort_code)
     elif plan.outcome in _OUTCOME_CODE:
         expected.add(_OUTCOME_CODE[plan.outcome])
     cancelled = pipe_cancel(plan)[1] if plan.pipe is not None else plan.cancel
     if cancelled:
         expected.add(codes.RPC_S_CALL_CANCELLED)
-        if plan.on_cancel == "complete":
+        if plan.on_cancel == COMPLETE:
             expected.add(codes.RPC_S_OK)
     return frozenset(expected)

@@ -194,7 +194,7 @@ class CoreBase:
         """RpcAsyncCompleteCall: the reply, or CallError with the final code."""
         with self._lock:
             if self.lifecycle.ended:
-                raise InvalidAsyncHandle(self.call_id, "complete")
+                raise InvalidAsyncHandle(self.call_id, COMPLETE)
             if not self.notified:
                 self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from callstate import lifecycle as L
+from callstate import pipe_script as PS
+from callstate import script as S
+from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from tests.conftest import ROOT
 from tests.import_graph import PACKAGE_DIRS, cycles, imported_names, module_graph, product_modules
 
@@ -159,13 +163,31 @@ def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path: 
     assert cycles(module_graph(modules)) == [["callstate.a", "callstate.b"]]   # a TYPE_CHECKING import is no edge
 
 
-# -- no lifecycle name retyped ------------------------------------------------------------------
-# Names no module may retype: states, events, cancel kinds, sides, and the moves that are not
-# also ordinary words of the script vocabulary ("complete", "abort", "fatal", "call", "cancel").
-GUARDED = {L.C, L.CAN, L.WCOMP, L.COMP, L.D, L.A, L.END, L.STARTED, L.START_FAILED, L.CANCEL_ISSUED, L.COMPLETED,
-           L.ABORTED, L.DISPATCH, L.ENTER, L.COMPLETE_PENDING, L.CANCEL_SENT, L.CANCEL_ESCALATED, L.CANCEL_SEEN,
-           L.ABORTIVE, L.NON_ABORTIVE, L.CLIENT, L.SERVER}
-SOURCES = [path for name, path in sorted(product_modules().items()) if path != CORE / "lifecycle.py"]
+# -- no vocabulary name retyped -----------------------------------------------------------------
+# A name of the model is written as a string once, in its home module, and imported everywhere
+# else. Guarded: the lifecycle's states, events, moves, cancel kinds and sides (callstate/lifecycle.py);
+# the outcome and on-cancel names of scripts (callstate/script.py; complete, abort and fatal are
+# the lifecycle's moves); the caller's cancel points (callstate/cancel_points.py).
+#
+# What counts as a name use: any string constant equal to a guarded name, wherever it stands (a
+# comparison, a default, an argument, a dict key, argparse choices). Not counted: docstrings;
+# the strings of a `Literal[...]` type (type checkers read only literals there; a test holds each
+# Literal equal to its table); longer text that contains a name ("complete=60,abort=20" is an
+# option's value, "cancel the pipe at ..." a message: only an exact match is a name); and
+# SAME_WORD, a constant that is the same word naming something else.
+LIFECYCLE_NAMES = {L.C, L.CAN, L.WCOMP, L.COMP, L.D, L.A, L.END, L.STARTED, L.START_FAILED, L.CANCEL_ISSUED,
+                   L.COMPLETED, L.ABORTED, L.DISPATCH, L.ENTER, L.COMPLETE_PENDING, L.CANCEL_SENT,
+                   L.CANCEL_ESCALATED, L.CANCEL_SEEN, L.ABORTIVE, L.NON_ABORTIVE, L.CLIENT, L.SERVER,
+                   L.COMPLETE, L.ABORT, L.FATAL}
+HOME = ({name: CORE / "lifecycle.py" for name in LIFECYCLE_NAMES}
+        | {name: CORE / "script.py" for name in (set(S.OUTCOMES) | set(S.ON_CANCEL)) - LIFECYCLE_NAMES}
+        | {name: CORE / "cancel_points.py" for name in UNARY_POINTS.names() + PIPE_POINTS.names()})
+GUARDED = set(HOME)
+# (fragments of the module's path, the constant's name): the same word as a guarded name, meaning
+# something else
+SAME_WORD = {(("conformance", "properties"), "FATAL"): "the id of a conformance row, not an outcome",
+             (("conformance", "properties"), "HELD"): "the id of a conformance row, not a cancel point"}
+SOURCES = sorted(product_modules().values())
 
 
 def docstrings(tree: ast.AST) -> set[int]:
@@ -178,27 +200,54 @@ def docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
-def bare_names(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
+def exempt(tree: ast.AST, path: Path) -> set[int]:
+    """The string constants that are not name uses: docstrings, Literal[...] members, SAME_WORD."""
     skip = docstrings(tree)
-    return [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in GUARDED
-            and id(node) not in skip]
+    same = {name for (parts, name) in SAME_WORD if all(part in str(path) for part in parts)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", "")) == "Literal":
+            skip.update(id(n) for n in ast.walk(node.slice))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(getattr(t, "id", None) in same for t in targets):
+                skip.add(id(node.value))
+    return skip
 
 
-def test_no_lifecycle_name_is_retyped_outside_the_lifecycle_module() -> None:
-    found = [hit for path in SOURCES for hit in bare_names(path)]
-    assert not found, "import the constant from callstate.lifecycle instead:\n" + "\n".join(found)
+def bare_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every guarded name `path` retypes outside the name's home module."""
+    tree = ast.parse(path.read_text())
+    skip = exempt(tree, path)
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in GUARDED
+                  and HOME[node.value] != path and id(node) not in skip)
+
+
+def test_no_vocabulary_name_is_retyped_outside_its_home_module() -> None:
+    found = [f"{path.relative_to(ROOT)}:{line}: {name!r} (import it from {HOME[name].relative_to(ROOT)})"
+             for path in SOURCES for line, name in bare_names(path)]
+    assert not found, "use the constant instead:\n" + "\n".join(found)
 
 
 def test_the_literal_scan_finds_a_retyped_name(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text('"""WComp in a docstring is fine."""\nif state == "WComp":\n    pass\n')
-    assert bare_names_of(probe) == ["'WComp'"]
+    probe.write_text('"""WComp, hold and after-headers in a docstring are fine."""\n'
+                     'Outcome = Literal["hold", "abort"]\n'
+                     'if state == "WComp" and outcome != "hold" and point == "after-headers":\n'
+                     '    script = Script("abort", on_cancel="ignore")\n'
+                     'help = "cancel at after-headers"\n')
+    assert sorted(name for _, name in bare_names(probe)) == ["WComp", "abort", "after-headers", "hold", "ignore"]
 
 
-def bare_names_of(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
-    skip = docstrings(tree)
-    return [repr(n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and n.value in GUARDED and id(n) not in skip]
+def test_a_same_word_constant_is_exempt_only_in_its_module(tmp_path: Path) -> None:
+    for folder in ("conformance_properties", "elsewhere"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.py").write_text('FATAL = "fatal"\n')
+    assert bare_names(tmp_path / "conformance_properties" / "m.py") == []
+    assert bare_names(tmp_path / "elsewhere" / "m.py") == [(1, "fatal")]
+
+
+def test_the_literal_types_spell_the_tables() -> None:
+    assert get_args(S.OutcomeName) == tuple(S.OUTCOMES)
+    assert set(get_args(S.OnCancelName)) == set(S.ON_CANCEL)
+    assert set(get_args(PS.PointName)) == set(PS.POINTS)

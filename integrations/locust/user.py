@@ -22,13 +22,13 @@ from locust import User, constant, events, task
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.pipe_drive import drive_pipe_sync
-from callstate.lifecycle import ABORTIVE
+from callstate.lifecycle import ABORT, ABORTIVE
 from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
+from callstate.script import DEFAULT_ABORT_CODE, HOLD, ON_CANCEL, OUTCOMES, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust.options import overrides
 from callstate.locust.process import REQUEST_TYPE, ProcessState
@@ -117,11 +117,11 @@ class CallstateUser(User):
         key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
         script = self._scripts.get(key)
         if script is None:
-            held = plan.outcome == "hold"
+            held = plan.outcome == HOLD
             script = self._scripts[key] = pb.Script(
                 outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
                 outcome_delay_ms=0 if held else round(self.delay * 1000), reply_bytes=self.payload,
-                abort_code=self.scenario.abort_code if plan.outcome == "abort" else 0,
+                abort_code=self.scenario.abort_code if plan.outcome == ABORT else 0,
                 cancel_poll_ms=plan.cancel_poll_ms)
         return script
 
