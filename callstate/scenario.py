@@ -17,7 +17,6 @@ from callstate.pipe_script import PipeCancelPoint, PipeScript
 from callstate.script import DEFAULT_ABORT_CODE, HOLD, IGNORE, ON_CANCEL, Mix, MixError, cancel_poll_mix
 
 POINT_KINDS: Final[tuple[str, ...]] = UNARY.names()
-_TIMED: Final = (AFTER, RANDOM, HELD)
 
 HELD_PIPE_INTERVAL: Final = 0.005   # between a held pipe's server messages: it streams until cancelled
 
@@ -35,7 +34,7 @@ class CancelPoint:
         return cls(kind, seconds)
 
     def __str__(self) -> str:
-        return self.kind + (f":{self.seconds:g}" if self.kind in _TIMED else "")
+        return self.kind + (f":{self.seconds:g}" if UNARY.takes_arg(self.kind) else "")
 
 
 def parse_cancel_points(text: str) -> tuple[CancelPoint, ...]:
