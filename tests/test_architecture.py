@@ -8,6 +8,8 @@ gone (so the entry is deleted at merge time); the main tests ignore nothing else
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -48,6 +50,14 @@ def io_uses(path: Path) -> list[str]:
 def test_the_core_does_no_io(path: Path) -> None:
     found = io_uses(path)
     assert not found, f"{path.relative_to(ROOT)} does I/O (move it to an I/O module: {sorted(IO_MODULES)}): {found}"
+
+
+def test_importing_the_core_loads_no_grpc() -> None:
+    """What the scan promises, at run time: no module of the core pulls grpc in on the side."""
+    modules = [f"callstate.{p.stem}" for p in CORE_MODULES if p.parent == CORE and p.stem != "__init__"]
+    code = f"import sys\nimport {', '.join(modules)}\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_the_io_scan_sees_threads_grpc_and_files(tmp_path: Path) -> None:
