@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import get_args
 
@@ -112,6 +113,8 @@ GRAPH = module_graph(product_modules())
 
 
 def test_every_package_is_in_the_layer_table() -> None:
+    installed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert PACKAGE_DIRS == installed, "a package pyproject installs that the import graph does not read, or the reverse"
     assert set(PACKAGE_DIRS) == set(LAYERS) and set(LAYERS.values()) | {"main"} == set(ALLOWED)
     assert {layer_of(m) for m in GRAPH} == set(ALLOWED)
 
