@@ -7,11 +7,13 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from callstate.rules import RuleSet, RulesError, parse_rules
-from callstate.schema.model import Schema
 from callstate.script import Limits
+
+if TYPE_CHECKING:   # a client reading its PEM files need not load the rules compiler
+    from callstate.rules import RuleSet
+    from callstate.schema.model import Schema
 
 PemSource = Union[str, Path, bytes, None]   # a path to a PEM file, or the PEM bytes themselves
 MAX_PEM_BYTES = 1024 * 1024   # a certificate chain or CA bundle is far smaller
@@ -61,6 +63,7 @@ def check_key_pair(cert: PemSource, key: PemSource, what: str) -> None:
 
 def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:
     """Read and compile a rules file; RulesError names the file, the line and the field."""
+    from callstate.rules import RulesError, parse_rules
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
