@@ -50,7 +50,7 @@ def log_paths(args: list[str]) -> list[Path]:
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.check import check_files
+    from callstate.logfile import check_files
     from callstate.statelog import LogFormatError
 
     try:

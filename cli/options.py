@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from callstate import codes
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, positive_float, positive_int
 from callstate.lifecycle import SERVER
-from callstate.pem import read_pem
+from callstate.files import read_pem
 from callstate.pipe_script import MAX_MESSAGES
 from callstate.script import Limits, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV

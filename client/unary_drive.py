@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from callstate import codes
 from callstate.errors import CallError
 from callstate.lifecycle import ABORT, ABORTIVE, LifecycleError
-from callstate.scenario import BEFORE_START, HOLD, Plan, Scenario
-from callstate.script import ON_CANCEL, OUTCOMES
+from callstate.cancel_points import BEFORE_START
+from callstate.scenario import Plan, Scenario
+from callstate.script import HOLD, ON_CANCEL, OUTCOMES
 from callstate.v1 import callstate_pb2 as pb
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from callstate.cli.conformance.properties import Row
 from callstate.cli.conformance.report import DIRECT, PROXY
 from callstate.cli.conformance.server import ServerProcess
 from callstate.client import CallError, Script
+from callstate.lifecycle import COMPLETE
 
 CONNECT_TIMEOUT = 5.0
 
@@ -59,7 +60,7 @@ async def _probe(target: str) -> None:
     """One plain call through the proxy: without it nothing can be measured."""
     client = open_client(target, None, timeout=CONNECT_TIMEOUT)
     try:
-        await client.start(Script("complete"))
+        await client.start(Script(COMPLETE))
     except CallError as err:
         raise ConnectionError(f"a call through the proxy at {target} fails ({err}): "
                               "does it forward to the server?") from None

@@ -37,7 +37,8 @@ from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
-from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
+from callstate.statelog import Entry, parse_ts, proto_to_dict
+from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
