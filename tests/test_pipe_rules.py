@@ -6,7 +6,6 @@ and `callstate check` holds a 1917 to a logged breach. A real `callstate serve` 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
