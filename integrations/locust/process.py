@@ -21,8 +21,9 @@ import gevent.event
 import grpc
 
 from callstate.lifecycle import CAN, END, ENTER
+from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
-from callstate.statelog import Entry, StateLog
+from callstate.statelog import Entry
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
