@@ -40,7 +40,8 @@ class CoreBase:
     notification may reach the caller (`_notifiable`)."""
 
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
-                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks")
+                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks",
+                 "completed_for_caller")
 
     _notifiable = staticmethod(notifiable)
 
@@ -55,6 +56,7 @@ class CoreBase:
         self.grpc_status = ""
         self.details = ""
         self.abortive_cancel = False
+        self.completed_for_caller = False  # completed on the caller's behalf (client closed, awaiting task cancelled)
         self._log = log if log is not None and log.enabled else None
         self._lock = threading.Lock()      # the sync surfaces notify from gRPC's threads
         self._callbacks: list[Callable[[Any], None]] = []
@@ -208,6 +210,19 @@ class CoreBase:
                 self._record(comp, end, COMPLETED, code, self.grpc_status or None, self.details or None)
         if code != codes.RPC_S_OK:
             raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
+        return self.reply
+
+    def result(self) -> Any:
+        """What a wait-then-complete (`result()`) gives once notified: complete() — or, when the
+        call was already completed on the caller's behalf, that completion's outcome rather than 1914."""
+        try:
+            return self.complete()
+        except InvalidAsyncHandle:
+            # completed on our behalf, perhaps by close() on another thread a moment ago
+            if not self.completed_for_caller or self.code is None:
+                raise
+        if self.code != codes.RPC_S_OK:
+            raise CallError(self.code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply
 
     def status(self) -> int:

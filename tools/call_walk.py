@@ -1,5 +1,5 @@
 """The walk of one unary call through the client, as a reader follows it: which files, in which
-order, and how often the reader must go back to a file already read (docs/client-design.md).
+order, and how often the walk comes back to a file (docs/client-design.md).
 
     python tools/call_walk.py --target 127.0.0.1:50051            # callstate call --outcome abort
     python tools/call_walk.py --target 127.0.0.1:50051 --json      # the walk as JSON
@@ -8,8 +8,18 @@ It runs `callstate call --target T --outcome abort` in this process under a prof
 every function of the product (callstate/, client/, cli/, ...) in the order the call first
 reaches it, from the first function the event loop runs (the command's call coroutine) to the
 last return from client/: making the client, start, the reply, complete, each state-log line,
-close. A function reached again is not read again. Consecutive functions of one file are one stop; a stop in a file already read is a
-return. The server's side of the call runs in its own process and is not walked here.
+close. A function reached again is not read again. The server's side of the call runs in its own
+process and is not walked here.
+
+Two counts:
+
+* returns: calls that land in a file the walk is already inside of, further up the calls that
+  led there (a module calling back into one that called it, or a base class calling down into
+  its subclass's file): the bounce a reader pays for. A method counts as read in its object's
+  class's file first, then in the file that defines it (an inherited method: the base's).
+* revisits: consecutive functions of one file are one stop, and a stop in a file already read
+  at all counts; this counts every time a caller consults a module it used before, too (a
+  surface asking its core again at each move).
 """
 
 from __future__ import annotations
@@ -26,48 +36,95 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("callstate", "client", "cli", "server", "observe", "integrations", "schema")
 SKIPPED = ("callstate/v1/",)   # generated protobuf code: nobody reads it to follow a call
 
+_FILES: dict[str, str | None] = {}
 
-def _product_file(filename: str) -> str | None:
-    try:
-        rel = Path(filename).resolve().relative_to(ROOT).as_posix()
-    except ValueError:
+
+def product_file(filename: str) -> str | None:
+    """`filename` relative to the repository when it is product code, else None."""
+    if filename not in _FILES:
+        try:
+            rel: str | None = Path(filename).resolve().relative_to(ROOT).as_posix()
+        except ValueError:
+            rel = None
+        if rel is not None and (rel.split("/", 1)[0] not in PRODUCT or rel.startswith(SKIPPED)):
+            rel = None
+        _FILES[filename] = rel
+    return _FILES[filename]
+
+
+def _class_file(frame: Any) -> str | None:
+    """The file of the class of the frame's `self` (where a reader looks the method up first)."""
+    code = frame.f_code
+    if not code.co_argcount or code.co_varnames[0] != "self" or "self" not in frame.f_locals:
         return None
-    if rel.split("/", 1)[0] not in PRODUCT or rel.startswith(SKIPPED):
-        return None
-    return rel
+    module = sys.modules.get(type(frame.f_locals["self"]).__module__)
+    return product_file(getattr(module, "__file__", None) or "")
+
+
+def _files(frame: Any) -> list[str]:
+    """A frame's files as a reader meets them: its object's class's, then the function's."""
+    own = product_file(frame.f_code.co_filename)
+    cls = _class_file(frame)
+    if own is None:
+        return []
+    return [own] if cls is None or cls == own else [cls, own]
+
+
+def _stack(frame: Any) -> list[str]:
+    """The files the calls that led to `frame` passed through, outermost first, consecutive repeats as one."""
+    chain = []
+    while frame is not None:
+        if product_file(frame.f_code.co_filename) is not None:
+            chain.append(frame)
+        frame = frame.f_back
+    out: list[str] = []
+    for f in reversed(chain):
+        for rel in _files(f):
+            if not out or out[-1] != rel:
+                out.append(rel)
+    return out
 
 
 def _on_the_loop(frame: Any) -> bool:
     """Whether the event loop runs this frame (the walk starts with the first such product function)."""
     while frame is not None:
-        if frame.f_code.co_name == "_run" and frame.f_code.co_filename.endswith(("asyncio/events.py",)):
+        if frame.f_code.co_name == "_run" and frame.f_code.co_filename.endswith("asyncio/events.py"):
             return True
         frame = frame.f_back
     return False
 
 
-def record(argv: list[str]) -> tuple[int, list[tuple[str, str]]]:
-    """Run the CLI with `argv`; (exit status, the functions the client's window reaches first, in order)."""
+def _landing(frame: Any) -> bool:
+    """Whether the call into `frame` lands in a file the calls that led to it are already inside of."""
+    above = _stack(frame.f_back)
+    for rel in _files(frame):
+        if above and above[-1] == rel:
+            continue
+        if rel in above:
+            return True
+        above.append(rel)
+    return False
+
+
+def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
+    """Run the CLI with `argv`: (exit status, [(file, function, is a return)] in first-reach order)."""
     from callstate.cli import main
 
-    files: dict[str, str | None] = {}
     seen: set[Any] = set()
-    events: list[tuple[str, str, str]] = []   # (event, file, function), product code only
+    events: list[tuple[str, str, str, bool]] = []   # (event, file, function, return), product code only
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event not in ("call", "return"):
             return
         code = frame.f_code
-        rel = files.get(code.co_filename, "")
-        if rel == "":
-            rel = files[code.co_filename] = _product_file(code.co_filename)
+        rel = product_file(code.co_filename)
         if rel is None or code.co_name == "<module>" or not (events or _on_the_loop(frame)):
             return
         if event == "return":
-            events.append((event, rel, code.co_qualname))
+            events.append((event, rel, code.co_qualname, False))
         elif code not in seen:
             seen.add(code)
-            events.append((event, rel, code.co_qualname))
+            events.append((event, rel, code.co_qualname, _landing(frame)))
 
     sys.setprofile(profile)
     try:
@@ -75,17 +132,16 @@ def record(argv: list[str]) -> tuple[int, list[tuple[str, str]]]:
             status = main(argv)
     finally:
         sys.setprofile(None)
-    in_client = [i for i, (_, rel, _) in enumerate(events) if rel.startswith("client/")]
-    if not in_client:
-        return status, []
-    window = events[:in_client[-1] + 1]
-    return status, [(rel, name) for event, rel, name in window if event == "call"]
+    in_client = [i for i, (_, rel, _, _) in enumerate(events) if rel.startswith("client/")]
+    window = events[:in_client[-1] + 1] if in_client else []
+    return status, [(rel, name, back) for event, rel, name, back in window if event == "call"]
 
 
-def stops(walk: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
-    """Consecutive functions of one file as one stop: (file, its functions)."""
+def stops(walk: list[tuple[str, str, bool]]) -> list[tuple[str, list[str]]]:
+    """Consecutive functions of one file as one stop: (file, its functions; a return marked '<-')."""
     out: list[tuple[str, list[str]]] = []
-    for rel, name in walk:
+    for rel, name, back in walk:
+        name = f"<- {name}" if back else name
         if out and out[-1][0] == rel:
             out[-1][1].append(name)
         else:
@@ -93,26 +149,27 @@ def stops(walk: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def returns(path: list[tuple[str, list[str]]]) -> int:
-    """Stops in a file already read."""
-    return len(path) - len({rel for rel, _ in path})
+def counts(walk: list[tuple[str, str, bool]]) -> dict[str, int]:
+    path = stops(walk)
+    files = len({rel for rel, _ in path})
+    return {"stops": len(path), "files": files, "returns": sum(back for _, _, back in walk),
+            "revisits": len(path) - files}
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--target", required=True, help="a running callstate serve, HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print the walk as JSON")
     opts = parser.parse_args(args)
     status, walk = record(["call", "--target", opts.target, "--outcome", "abort"])
-    path = stops(walk)
+    path, total = stops(walk), counts(walk)
     if opts.json:
-        print(json.dumps({"exit": status, "stops": [{"file": f, "functions": fs} for f, fs in path],
-                          "files": len({f for f, _ in path}), "returns": returns(path)}))
+        print(json.dumps({"exit": status, "walk": [{"file": f, "functions": fs} for f, fs in path], **total}))
     else:
         for i, (rel, names) in enumerate(path, 1):
             print(f"{i:3d}. {rel}: {', '.join(names)}")
-        print(f"{len(path)} stops over {len({f for f, _ in path})} files, {returns(path)} returns "
-              f"(callstate call exited {status})")
+        print(f"{total['stops']} stops over {total['files']} files: {total['returns']} returns, "
+              f"{total['revisits']} revisits (callstate call exited {status})")
     return 0 if walk else 1
 
 
