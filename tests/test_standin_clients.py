@@ -1,5 +1,5 @@
 """Clients that know nothing of callstate against the stand-in, each judged by the server's
-log: grpcurl and k6 by reflection (no proto in hand), grpc-js cancelling a server stream
+log: grpcurl, buf curl and k6 by reflection (no proto in hand), grpc-js cancelling a server stream
 mid-way; and the issue's story from a .proto to a checked load run."""
 
 from __future__ import annotations
@@ -93,6 +93,40 @@ def test_grpc_js_cancelling_a_held_server_stream_midway_is_seen_once(story_serve
     entries = waited(story_server, got["callId"])
     assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["abortive"]
     assert one_end(entries) and final(entries)["code"] == 1818 and final(entries)["sent"] >= 4
+    assert {e["method"] for e in entries} == {"shop.v1.Shop/Track"}
+
+
+def buf_or_skip() -> str:
+    buf = JS / "node_modules" / ".bin" / "buf"
+    if not buf.exists():
+        pytest.skip("buf is not installed: bash tools/system-deps.sh (npm ci in tests/js)")
+    return str(buf)
+
+
+def test_buf_curl_finds_the_users_service_by_reflection_and_scripts_it_by_a_header_file(
+        story_server: ServerProcess, tmp_path: Path) -> None:
+    """buf curl parses each -H value as CSV (a JSON script's quotes and commas break it): the
+    header file form (-H @FILE) is the one users can write as they would for curl."""
+    buf, url = buf_or_skip(), f"http://{story_server.target}"
+    listed = subprocess.run([buf, "curl", "--protocol", "grpc", "--list-methods", url],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert {CHARGE, "shop.v1.Shop/Track", "callstate.v1.Emulator/Call"} <= set(listed.stdout.split())
+    headers = tmp_path / "headers.txt"
+    headers.write_text('callstate-call-id: buf-4321\ncallstate-script: {"outcome": "abort", "abort_code": 4321}\n')
+    aborted = subprocess.run([buf, "curl", "--protocol", "grpc", "-d", '{"order_id": "b-1"}', "-H", f"@{headers}",
+                              f"{url}/{CHARGE}"], capture_output=True, text=True, timeout=60)
+    assert aborted.returncode != 0 and json.loads(aborted.stderr)["code"] == "aborted", aborted.stderr
+    assert final(waited(story_server, "buf-4321"))["code"] == 4321
+    # a header script replaces the held-track rule's script (three messages, then complete); the
+    # rule still gives the reply
+    headers.write_text('callstate-call-id: buf-track\ncallstate-script: {"outcome": "complete", "messages": 3}\n')
+    streamed = subprocess.run([buf, "curl", "--protocol", "grpc", "-d", '{"order_id": "b-2"}', "-H", f"@{headers}",
+                               f"{url}/shop.v1.Shop/Track"], capture_output=True, text=True, timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.count("on the road") == 3
+    entries = waited(story_server, "buf-track")
+    assert one_end(entries) and final(entries)["code"] == 0 and final(entries)["sent"] == 3
     assert {e["method"] for e in entries} == {"shop.v1.Shop/Track"}
 
 

@@ -41,16 +41,18 @@ need chromium chromium "the HTML report is rendered in a real headless browser"
 need nginx nginx "callstate conformance is tested through a real nginx (grpc_pass over h2c)"
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"
 need stress-ng stress-ng "tools/flake.sh runs the suite while stress-ng keeps every core busy"
+need npm npm "grpc-js and buf curl, clients that know nothing of callstate, are installed with npm"
 
-# grpc-js, a client that knows nothing of callstate, for the stand-in's tests (pinned in
+# grpc-js and buf, clients that know nothing of callstate, for the stand-in's tests (pinned in
 # tests/js/package.json and package-lock.json; installed into tests/js/node_modules, git-ignored)
 if command -v npm >/dev/null 2>&1; then
-    if [ ! -d "$(dirname "$0")/../tests/js/node_modules/@grpc/grpc-js" ]; then
+    js=$(dirname "$0")/../tests/js
+    if [ ! -d "$js/node_modules/@grpc/grpc-js" ] || [ ! -e "$js/node_modules/.bin/buf" ]; then
         (cd "$(dirname "$0")/../tests/js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
-            || echo "system-deps: npm ci in tests/js failed; the grpc-js tests skip"
+            || echo "system-deps: npm ci in tests/js failed; the grpc-js and buf curl tests skip"
     fi
 else
-    echo "system-deps: no npm; the grpc-js tests of the stand-in skip"
+    echo "system-deps: no npm; the grpc-js and buf curl tests of the stand-in skip"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
