@@ -16,7 +16,8 @@ class AsyncNotice(NoticeBase):
     def send(self, escalate_after: float | None) -> None:
         self._task = asyncio.ensure_future(self._notice_and_log())
         if escalate_after is not None:
-            self.stop()
+            if self._timer is not None:   # a second non-abortive cancel: its own timeout counts
+                self._timer.cancel()
             self._timer = asyncio.get_running_loop().call_later(escalate_after, self.escalate, escalate_after)
 
     async def _notice_and_log(self) -> None:

@@ -16,7 +16,8 @@ class ThreadNotice(NoticeBase):
                                                   metadata=self._client._notice_metadata(self._request.call_id))
         notice.add_done_callback(self._on_answer)
         if escalate_after is not None:
-            self.stop()
+            if self._timer is not None:   # a second non-abortive cancel: its own timeout counts
+                self._timer.cancel()
             self._timer = threading.Timer(escalate_after, self.escalate, (escalate_after,))
             self._timer.daemon = True
             self._timer.start()

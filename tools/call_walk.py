@@ -3,6 +3,7 @@ order, and how often the walk comes back to a file (docs/client-design.md).
 
     python tools/call_walk.py --target 127.0.0.1:50051            # callstate call --outcome abort
     python tools/call_walk.py --target 127.0.0.1:50051 --json      # the walk as JSON
+    python tools/call_walk.py --target 127.0.0.1:50051 -- --outcome hold --cancel-after 0.2 --non-abortive
 
 It runs `callstate call --target T --outcome abort` in this process under a profiler and keeps
 every function of the product (callstate/, client/, cli/, ...) in the order the call first
@@ -14,9 +15,9 @@ process and is not walked here.
 Two counts:
 
 * returns: calls that land in a file the walk is already inside of, further up the calls that
-  led there (a module calling back into one that called it, or a base class calling down into
-  its subclass's file): the bounce a reader pays for. A method counts as read in its object's
-  class's file first, then in the file that defines it (an inherited method: the base's).
+  led there (a module calling back into one that called it), and a base class's method calling
+  a method of its subclass on the same object (a template method's hook, up in the
+  subclass's file): the bounces a reader pays for.
 * revisits: consecutive functions of one file are one stop, and a stop in a file already read
   at all counts; this counts every time a caller consults a module it used before, too (a
   surface asking its core again at each move).
@@ -52,37 +53,34 @@ def product_file(filename: str) -> str | None:
     return _FILES[filename]
 
 
-def _class_file(frame: Any) -> str | None:
-    """The file of the class of the frame's `self` (where a reader looks the method up first)."""
+def _stack(frame: Any) -> list[str]:
+    """The files the calls that led to `frame` passed through, outermost first, consecutive repeats as one."""
+    out: list[str] = []
+    while frame is not None:
+        rel = product_file(frame.f_code.co_filename)
+        if rel is not None and (not out or out[-1] != rel):
+            out.append(rel)
+        frame = frame.f_back
+    return out[::-1]
+
+
+def _defining_class(frame: Any) -> type | None:
+    """The class whose method the frame runs (None: not a method)."""
     code = frame.f_code
     if not code.co_argcount or code.co_varnames[0] != "self" or "self" not in frame.f_locals:
         return None
-    module = sys.modules.get(type(frame.f_locals["self"]).__module__)
-    return product_file(getattr(module, "__file__", None) or "")
+    owner = code.co_qualname.rpartition(".")[0]
+    return next((cls for cls in type(frame.f_locals["self"]).__mro__ if cls.__qualname__ == owner), None)
 
 
-def _files(frame: Any) -> list[str]:
-    """A frame's files as a reader meets them: its object's class's, then the function's."""
-    own = product_file(frame.f_code.co_filename)
-    cls = _class_file(frame)
-    if own is None:
-        return []
-    return [own] if cls is None or cls == own else [cls, own]
-
-
-def _stack(frame: Any) -> list[str]:
-    """The files the calls that led to `frame` passed through, outermost first, consecutive repeats as one."""
-    chain = []
-    while frame is not None:
-        if product_file(frame.f_code.co_filename) is not None:
-            chain.append(frame)
-        frame = frame.f_back
-    out: list[str] = []
-    for f in reversed(chain):
-        for rel in _files(f):
-            if not out or out[-1] != rel:
-                out.append(rel)
-    return out
+def _hook(frame: Any) -> bool:
+    """Whether a base class's method called a method its subclass defines, on the same object
+    (a template method calling up into the subclass's file)."""
+    caller = frame.f_back
+    if caller is None or "self" not in caller.f_locals or caller.f_locals["self"] is not frame.f_locals.get("self"):
+        return False
+    base, sub = _defining_class(caller), _defining_class(frame)
+    return base is not None and sub is not None and sub is not base and issubclass(sub, base)
 
 
 def _on_the_loop(frame: Any) -> bool:
@@ -95,15 +93,10 @@ def _on_the_loop(frame: Any) -> bool:
 
 
 def _landing(frame: Any) -> bool:
-    """Whether the call into `frame` lands in a file the calls that led to it are already inside of."""
-    above = _stack(frame.f_back)
-    for rel in _files(frame):
-        if above and above[-1] == rel:
-            continue
-        if rel in above:
-            return True
-        above.append(rel)
-    return False
+    """Whether the call into `frame` comes back into a file the calls that led to it are already
+    inside of, or is a base class calling its subclass."""
+    above, rel = _stack(frame.f_back), product_file(frame.f_code.co_filename)
+    return (bool(above) and above[-1] != rel and rel in above) or _hook(frame)
 
 
 def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
@@ -160,8 +153,10 @@ def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--target", required=True, help="a running callstate serve, HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print the walk as JSON")
+    parser.add_argument("call_args", nargs="*", metavar="-- CALL ARGS",
+                        help="what `callstate call` is given besides --target (default: --outcome abort)")
     opts = parser.parse_args(args)
-    status, walk = record(["call", "--target", opts.target, "--outcome", "abort"])
+    status, walk = record(["call", "--target", opts.target, *(opts.call_args or ["--outcome", "abort"])])
     path, total = stops(walk), counts(walk)
     if opts.json:
         print(json.dumps({"exit": status, "walk": [{"file": f, "functions": fs} for f, fs in path], **total}))
