@@ -73,8 +73,9 @@ def test_the_cycle_detector_sees_a_planted_cycle_hidden_in_a_function(tmp_path: 
 
 
 def test_one_calls_walk_through_the_client_does_not_bounce(shared_server: ServerProcess) -> None:
-    """tools/call_walk.py follows `callstate call --outcome abort` under a profiler: no call lands
-    in a file the walk is already inside of (it counted 10 such returns before the redesign)."""
+    """tools/call_walk.py follows `callstate call --outcome abort` under a profiler: no call comes
+    back into a file the walk is already inside of, and no base class calls a hook of its
+    subclass (7 such returns on main before the redesign)."""
     import json
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "call_walk.py"), "--target", shared_server.target,
                            "--json"], capture_output=True, text=True, timeout=120)
@@ -84,3 +85,42 @@ def test_one_calls_walk_through_the_client_does_not_bounce(shared_server: Server
     assert walk["exit"] == 1 and {"client/aio.py", "client/call_core.py", "callstate/lifecycle.py"} <= set(files)
     assert walk["returns"] < 10, done.stdout
     assert walk["returns"] == 0, [stop for stop in walk["walk"] if any(f.startswith("<-") for f in stop["functions"])]
+
+
+def test_the_walk_sees_a_template_hook() -> None:
+    """A base class's method calling its subclass's method on the same object is a return; the
+    subclass calling its base, or a call on another object, is not."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import call_walk
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+    class Base:
+        def run(self) -> None:
+            self.hook()
+            Other().hook()
+
+        def hook(self) -> None:
+            pass
+
+    class Sub(Base):
+        def hook(self) -> None:
+            super().hook()
+
+    class Other(Sub):
+        pass
+
+    seen: list[tuple[str, bool]] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code.co_name == "hook":
+            seen.append((frame.f_code.co_qualname.split(".")[-2], call_walk._hook(frame)))
+
+    sys.setprofile(profile)
+    try:
+        Sub().run()
+    finally:
+        sys.setprofile(None)
+    # Base.run -> Sub.hook (a hook), Sub.hook -> Base.hook (down), then another object's hooks
+    assert seen == [("Sub", True), ("Base", False), ("Sub", False), ("Base", False)], seen
