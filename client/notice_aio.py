@@ -23,7 +23,7 @@ class AsyncNotice(NoticeBase):
     async def _notice_and_log(self) -> None:
         try:
             reply = await self._client._stub.Cancel(self._request, timeout=self._timeout,
-                                                    metadata=self._client._notice_metadata(self._request.call_id))
+                                                    metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             self.failed(err.code())
         except asyncio.CancelledError:

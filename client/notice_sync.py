@@ -13,7 +13,7 @@ from callstate.client.shared_surface import NoticeBase
 class ThreadNotice(NoticeBase):
     def send(self, escalate_after: float | None) -> None:
         notice = self._client._stub.Cancel.future(self._request, timeout=self._timeout,
-                                                  metadata=self._client._notice_metadata(self._request.call_id))
+                                                  metadata=self._metadata)
         notice.add_done_callback(self._on_answer)
         if escalate_after is not None:
             if self._timer is not None:   # a second non-abortive cancel: its own timeout counts

@@ -75,6 +75,7 @@ class NoticeBase:
         self._client = client
         self._core = core
         self._request = request            # the call's id and the key it was made with (proof of ownership)
+        self._metadata = client._notice_metadata(request.call_id)
         self._timeout = timeout            # the notice's gRPC deadline: the call's
         self._abort = abort
         self._timer: Any = None            # the escalation timer
@@ -202,19 +203,16 @@ class CallBase:
         try:
             return self._core.complete()
         finally:
-            if self._core.lifecycle.ended:
+            if self._core.lifecycle.ended:   # no longer the client's to end at close()
                 self._client._live.discard(self)
 
     def _complete_quietly(self) -> None:
         """Complete on the caller's behalf (its final code is in the log)."""
         self._core.completed_for_caller = True
         try:
-            self._core.complete()
+            self.complete()
         except CallError:
             pass
-        finally:
-            if self._core.lifecycle.ended:
-                self._client._live.discard(self)
 
     def _result_after_wait(self) -> Any:
         """What `result()` gives once notified (see CoreBase.result)."""
