@@ -331,7 +331,8 @@ def _observer_cost_us(calls: int = 20_000, repeats: int = 5) -> float:
     from callstate.lifecycle import COMP, COMPLETE, COMPLETED, D, DISPATCH, END, ENTER, SERVER
     from callstate.observe import fan_out
     from callstate.observe.metrics import Metrics
-    from callstate.statelog import Entry, StateLog
+    from callstate.statelog import Entry
+    from callstate.logfile import StateLog
 
     log = StateLog(None)   # its append is the hot path's baseline (no file: nothing queued)
     t = time.time()
@@ -605,7 +606,7 @@ async def _wait_in_flight(target: str, want: int, timeout: float) -> float:
 def _cancel_times(kind: str, srv: Server) -> dict[str, float]:
     if kind == "bare":
         return json.loads(srv.cancel_log.read_text())
-    from callstate.statelog import read_log
+    from callstate.logfile import read_log
     from datetime import datetime
     return {e["call_id"]: datetime.fromisoformat(e["ts"]).timestamp()
             for _, e in read_log(srv.log) if e["event"] == "cancel_seen"}
@@ -920,7 +921,7 @@ def _standin_handler_cost(calls: int = 20_000, rounds: int = 6) -> dict[str, flo
     from callstate.server.emulator import EmulatorConfig, EmulatorServicer
     from callstate.server.journal import Journal
     from callstate.server.standin import Standin
-    from callstate.statelog import StateLog
+    from callstate.logfile import StateLog
 
     class Context:
         def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:

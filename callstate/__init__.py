@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 # The public packages: callstate.client, callstate.server, callstate.schema, callstate.locust,
 # callstate.pytest_plugin (each declares its names in __all__); the core modules below are
-# imported by name (`from callstate import lifecycle`).
-__all__ = ["__version__", "check", "codes", "lifecycle", "pipe_script", "script", "statelog"]
+# imported by name (`from callstate import lifecycle`); logfile is their I/O edge (the state-log
+# writer, reading logs).
+__all__ = ["__version__", "cancel_points", "check", "codes", "lifecycle", "logfile", "pipe_script", "script", "statelog"]

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
-
-import grpc
+from typing import Any, Iterable, Mapping
 
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
@@ -25,7 +22,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOS
                                  NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES,
                                  UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
-from callstate.statelog import Entry, parse_ts, read_log
+from callstate.statelog import Entry, parse_ts
 
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
@@ -53,7 +50,7 @@ KINDS = {
                           "cancel taken for a half-close",
 }
 EXAMPLES_PER_KIND = 5
-_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.name   # the status of a call whose deadline expired
+_DEADLINE = codes.DEADLINE_EXCEEDED   # the status of a call whose deadline expired
 
 
 @dataclass
@@ -365,8 +362,8 @@ def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, st
     return out
 
 
-_OK_STATUS = grpc.StatusCode.OK.name
-_STATUS_NAMES = frozenset(status.name for status in grpc.StatusCode)
+_OK_STATUS = codes.OK
+_STATUS_NAMES = frozenset(codes.GRPC_STATUS_VALUES)
 # How far apart two hosts' clocks may be: a server's dispatch outside its client's call by more
 # than this is not skew but a log that cannot be (or logs of different runs mixed up).
 CLOCK_SKEW_S = 300.0
@@ -409,17 +406,6 @@ def _cross_side_violations(client: SideTrack, server: SideTrack) -> list[tuple[s
 def _wrong_types(**fields: Any) -> str:
     """The first field that is neither text nor absent."""
     return next((name for name, value in fields.items() if not isinstance(value, _TEXT)), "")
-
-
-def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None,
-                warn: Callable[[str], None] | None = None) -> CheckReport:
-    """`warn`: told about a last line cut short, which is then skipped (else it is an error)."""
-    checker = Checker()
-    for path in paths:
-        checker.report.files.append(str(path))
-        for lineno, entry in read_log(path, warn):
-            checker.add(entry, f"{path}:{lineno}: ")
-    return checker.finish(server_in_flight)
 
 
 def check_entries(entries: Iterable[Mapping[str, Any]], server_in_flight: int | None = None,

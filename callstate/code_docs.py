@@ -2,7 +2,7 @@
 between markers, and a test fails when the two differ or a code in `codes.NAMES` has no row.
 
 The gRPC status column is prose (it says which statuses a client reads as the code, and what
-the server sends); `tests/test_docs.py` checks it names the status `codes.grpc_status_for`
+the server sends); `tests/test_docs.py` checks it names the status `codes.grpc_status_name_for`
 gives each code.
 """
 

@@ -1,4 +1,5 @@
-"""MS-RPC status codes, their names, and how they cross gRPC (docs/model.md, "Codes").
+"""MS-RPC status codes, their names, and how they cross gRPC (docs/model.md, "Codes"), as data:
+gRPC statuses by name (`callstate.grpc_status` makes them `grpc.StatusCode`).
 
 An abort's exact code travels in trailing metadata (`callstate-code`), so a
 client in any language can read it; otherwise the code is derived from the
@@ -7,9 +8,7 @@ gRPC status with the table below.
 
 from __future__ import annotations
 
-from typing import Final, Iterable
-
-import grpc
+from typing import Final, Iterable, Protocol, Union
 
 from callstate.wire import CODE_KEY
 
@@ -48,39 +47,68 @@ NAMES: Final[dict[int, str]] = {
 }
 
 
+# The gRPC statuses by name and number (the canonical codes every gRPC implementation shares).
+# The core speaks of a status by its name; `callstate.grpc_status` turns it into `grpc.StatusCode`.
+GRPC_STATUS_VALUES: Final[dict[str, int]] = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+    "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}
+_STATUS_BY_VALUE: Final[dict[int, str]] = {v: k for k, v in GRPC_STATUS_VALUES.items()}
+OK: Final = "OK"
+CANCELLED: Final = "CANCELLED"
+DEADLINE_EXCEEDED: Final = "DEADLINE_EXCEEDED"   # the status of a call whose deadline expired
+ABORTED: Final = "ABORTED"
+
 # gRPC status -> MS-RPC code, when no `callstate-code` trailer says otherwise.
-_FROM_GRPC: Final[dict[grpc.StatusCode, int]] = {
-    grpc.StatusCode.OK: RPC_S_OK,
-    grpc.StatusCode.CANCELLED: RPC_S_CALL_CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED: RPC_S_CALL_CANCELLED,  # "cancelled or timed out"
-    grpc.StatusCode.UNKNOWN: RPC_S_CALL_FAILED,
-    grpc.StatusCode.INTERNAL: RPC_S_CALL_FAILED,
-    grpc.StatusCode.UNAVAILABLE: RPC_S_SERVER_UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: RPC_S_SERVER_TOO_BUSY,
-    grpc.StatusCode.INVALID_ARGUMENT: RPC_S_INVALID_ARG,
-    grpc.StatusCode.PERMISSION_DENIED: ERROR_ACCESS_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED: ERROR_ACCESS_DENIED,
+_FROM_GRPC: Final[dict[str, int]] = {
+    OK: RPC_S_OK,
+    CANCELLED: RPC_S_CALL_CANCELLED,
+    DEADLINE_EXCEEDED: RPC_S_CALL_CANCELLED,  # "cancelled or timed out"
+    "UNKNOWN": RPC_S_CALL_FAILED,
+    "INTERNAL": RPC_S_CALL_FAILED,
+    "UNAVAILABLE": RPC_S_SERVER_UNAVAILABLE,
+    "RESOURCE_EXHAUSTED": RPC_S_SERVER_TOO_BUSY,
+    "INVALID_ARGUMENT": RPC_S_INVALID_ARG,
+    "PERMISSION_DENIED": ERROR_ACCESS_DENIED,
+    "UNAUTHENTICATED": ERROR_ACCESS_DENIED,
 }
 
 # MS-RPC code -> the gRPC status the server sends it with.
-_TO_GRPC: Final[dict[int, grpc.StatusCode]] = {
-    RPC_S_OK: grpc.StatusCode.OK,
-    RPC_S_CALL_CANCELLED: grpc.StatusCode.CANCELLED,
-    RPC_S_CALL_FAILED: grpc.StatusCode.UNKNOWN,
-    RPC_S_SERVER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    RPC_S_SERVER_TOO_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RPC_S_INVALID_ARG: grpc.StatusCode.INVALID_ARGUMENT,
-    ERROR_ACCESS_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+_TO_GRPC: Final[dict[int, str]] = {
+    RPC_S_OK: OK,
+    RPC_S_CALL_CANCELLED: CANCELLED,
+    RPC_S_CALL_FAILED: "UNKNOWN",
+    RPC_S_SERVER_UNAVAILABLE: "UNAVAILABLE",
+    RPC_S_SERVER_TOO_BUSY: "RESOURCE_EXHAUSTED",
+    RPC_S_INVALID_ARG: "INVALID_ARGUMENT",
+    ERROR_ACCESS_DENIED: "PERMISSION_DENIED",
     # The pipe rules: an operation the pipe's state does not allow, or reading past its end.
     # Only one way: several codes share FAILED_PRECONDITION, so the code trailer tells them
     # apart, and a status without it is not taken for a pipe rule (other services send these).
-    RPC_X_WRONG_PIPE_ORDER: grpc.StatusCode.FAILED_PRECONDITION,
-    RPC_X_PIPE_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
-    RPC_X_PIPE_DISCIPLINE_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
-    RPC_X_PIPE_EMPTY: grpc.StatusCode.OUT_OF_RANGE,
+    RPC_X_WRONG_PIPE_ORDER: "FAILED_PRECONDITION",
+    RPC_X_PIPE_CLOSED: "FAILED_PRECONDITION",
+    RPC_X_PIPE_DISCIPLINE_ERROR: "FAILED_PRECONDITION",
+    RPC_X_PIPE_EMPTY: "OUT_OF_RANGE",
 }
 
-_STATUS_BY_VALUE: Final[dict[int, grpc.StatusCode]] = {s.value[0]: s for s in grpc.StatusCode}
+
+class _Named(Protocol):
+    """A `grpc.StatusCode` as the core sees it: by its name (the core does not import grpc)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+Status = Union[_Named, str, None]   # a grpc.StatusCode, its name, or no status
+
+
+def status_name(status: Status) -> str:
+    """The name of a status given as a `grpc.StatusCode` or as its name ("" for none)."""
+    if status is None:
+        return ""
+    return status if isinstance(status, str) else status.name
 
 
 def name(code: int) -> str:
@@ -92,17 +120,17 @@ def describe(code: int) -> str:
     return f"{code} {name(code)}"
 
 
-def grpc_status_for(code: int) -> grpc.StatusCode:
-    """The gRPC status an abort with `code` is sent with when the script names none."""
-    return _TO_GRPC.get(code, grpc.StatusCode.ABORTED)
+def grpc_status_name_for(code: int) -> str:
+    """The name of the gRPC status an abort with `code` is sent with when the script names none."""
+    return _TO_GRPC.get(code, ABORTED)
 
 
-def status_from_value(value: int) -> grpc.StatusCode | None:
-    """grpc.StatusCode for its integer value (None when there is no such status)."""
+def status_name_of_value(value: int) -> str | None:
+    """The name of the gRPC status with integer `value` (None when there is no such status)."""
     return _STATUS_BY_VALUE.get(value)
 
 
-def from_grpc(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[str, str | bytes]] | None = None) -> int:
+def from_grpc(status: Status, trailing_metadata: Iterable[tuple[str, str | bytes]] | None = None) -> int:
     """The MS-RPC code a client reads from a finished gRPC call."""
     for key, value in trailing_metadata or ():
         if key == CODE_KEY:
@@ -110,16 +138,14 @@ def from_grpc(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[
                 return int(value)
             except (TypeError, ValueError):
                 break  # a garbled trailer: fall back on the status
-    if status is None:
-        return RPC_S_CALL_FAILED
-    return _FROM_GRPC.get(status, RPC_S_CALL_FAILED)
+    return _FROM_GRPC.get(status_name(status), RPC_S_CALL_FAILED)
 
 
 # the gRPC status a client records on a 1722 of its own making (it closed under the call)
-LOCAL_CLOSE_STATUS: Final = grpc.StatusCode.CANCELLED.name
+LOCAL_CLOSE_STATUS: Final = CANCELLED
 
 
-def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
+def client_outcome(status: Status, trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
                    details: str | None, *, cancelled_here: bool = False,
                    abortive_cancel: bool = False) -> tuple[int, str, str]:
     """(MS-RPC code, gRPC status name, details) of a finished call, as the caller records it.
@@ -130,12 +156,12 @@ def client_outcome(status: grpc.StatusCode | None, trailing_metadata: Iterable[t
     one is the client going away: 1722 with the status gRPC gave it (CANCELLED), which tells a
     checker this 1722 was the client's own close rather than a connection lost on the wire.
     """
-    if cancelled_here or status == grpc.StatusCode.CANCELLED:
+    if cancelled_here or status_name(status) == CANCELLED:
         if abortive_cancel:
-            return RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED.name, "cancelled by the caller"
+            return RPC_S_CALL_CANCELLED, CANCELLED, "cancelled by the caller"
         if cancelled_here:
             return RPC_S_SERVER_UNAVAILABLE, LOCAL_CLOSE_STATUS, "the client was closed"
-    return from_grpc(status, trailing_metadata), status.name if status is not None else "", details or ""
+    return from_grpc(status, trailing_metadata), status_name(status), details or ""
 
 
 # Distinct final codes are counted one by one up to this many; the rest together under OTHER_CODE

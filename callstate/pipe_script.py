@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.cancel_points import AFTER_HALF_CLOSE, AFTER_HEADERS, AFTER_RECEIVED, BEFORE_START, PIPE
+from callstate.lifecycle import ABORT, COMPLETE, PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
                               check_cancel_poll, to_ms, validate_ending)
 from callstate.v1 import callstate_pb2 as pb
@@ -17,7 +18,7 @@ POINTS: Final[dict[str, int]] = {
     "before-first": pb.PIPE_POINT_BEFORE_FIRST,
     "after-in": pb.PIPE_POINT_AFTER_IN,
     "after-out": pb.PIPE_POINT_AFTER_OUT,
-    "after-half-close": pb.PIPE_POINT_AFTER_HALF_CLOSE,
+    AFTER_HALF_CLOSE: pb.PIPE_POINT_AFTER_HALF_CLOSE,   # the same moment a caller can cancel at
 }
 POINT_NAMES: Final[dict[int, str]] = {v: k for k, v in POINTS.items()}
 # The points that make sense for each kind: an out pipe has no client messages, an in pipe
@@ -107,7 +108,7 @@ def breach_name(script: pb.PipeScript) -> str:
 class PipeScript:
     """A pipe call's server script in seconds (see callstate.v1.PipeScript)."""
 
-    outcome: str = "complete"
+    outcome: str = COMPLETE
     at: PointName = "end"
     at_count: int = 0
     messages: int = DEFAULT_MESSAGES
@@ -119,7 +120,7 @@ class PipeScript:
     abort_status: int = 0
     abort_message: str = ""
     fatal_message: str = ""
-    on_cancel: str = "abort"
+    on_cancel: str = ABORT
     cancel_poll: float | None = None    # seconds between the handler's cancel tests; None: the server's
     breach: BreachName = "none"
 
@@ -136,53 +137,36 @@ class PipeScript:
             dispatch_delay_ms=round(self.dispatch_delay * 1000), outcome=OUTCOMES[self.outcome], at=POINTS[self.at],
             at_count=self.at_count, messages=self.messages, message_bytes=self.message_bytes,
             interval_ms=round(self.interval * 1000), outcome_delay_ms=round(self.outcome_delay * 1000),
-            abort_code=self.abort_code if self.outcome == "abort" else 0, abort_grpc_status=self.abort_status,
+            abort_code=self.abort_code if self.outcome == ABORT else 0, abort_grpc_status=self.abort_status,
             abort_message=self.abort_message, fatal_message=self.fatal_message, on_cancel=ON_CANCEL[self.on_cancel],
             cancel_poll_ms=to_ms(self.cancel_poll), breach=BREACHES[self.breach])
 
 
-# -- where a caller cancels a pipe call (`callstate call --pipe`, `callstate load --pipe-share`) --
-CANCEL_BEFORE_START: Final = "before-start"        # in state C: the call never goes out
-CANCEL_AFTER_HEADERS: Final = "after-headers"      # once the server's initial metadata arrived
-CANCEL_AFTER_SENT: Final = "after-sent"            # after the caller's Nth push completed
-CANCEL_AFTER_RECEIVED: Final = "after-received"    # after the caller's Nth pull
-CANCEL_AFTER_HALF_CLOSE: Final = "after-half-close"  # right after the caller's null push
-PIPE_CANCEL_POINTS: Final = (CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED,
-                             CANCEL_AFTER_HALF_CLOSE)
-_COUNTED: Final = (CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED)
+# -- where a caller cancels a pipe call (`callstate call --pipe`, `callstate load --pipe-cancel-at`) --
+PIPE_CANCEL_POINTS: Final = PIPE.names()
 # the points each kind can reach: an out pipe's caller never pushes, an in pipe's never pulls
 KIND_CANCEL_POINTS: Final[dict[str, frozenset[str]]] = {
-    PIPE_IN: frozenset(PIPE_CANCEL_POINTS) - {CANCEL_AFTER_RECEIVED},
-    PIPE_OUT: frozenset({CANCEL_BEFORE_START, CANCEL_AFTER_HEADERS, CANCEL_AFTER_RECEIVED}),
+    PIPE_IN: frozenset(PIPE_CANCEL_POINTS) - {AFTER_RECEIVED},
+    PIPE_OUT: frozenset({BEFORE_START, AFTER_HEADERS, AFTER_RECEIVED}),
     PIPE_BOTH: frozenset(PIPE_CANCEL_POINTS),
 }
 
 
 @dataclass(frozen=True)
 class PipeCancelPoint:
-    """Where a caller cancels a pipe: a point, and N messages for the counted ones."""
+    """Where a caller cancels a pipe: a point of `cancel_points.PIPE`, and N messages for the
+    counted ones."""
 
     kind: str
     count: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "PipeCancelPoint":
-        kind, _, arg = text.strip().partition(":")
-        if kind not in PIPE_CANCEL_POINTS:
-            raise ValueError(f"pipe cancel point {text!r}: expected one of before-start, after-headers, after-sent:N, "
-                             "after-received:N, after-half-close")
-        if (kind in _COUNTED) != bool(arg):
-            raise ValueError(f"pipe cancel point {text!r}: {kind} {'needs' if kind in _COUNTED else 'takes no'} :N")
-        try:
-            count = int(arg) if arg else 0
-        except ValueError:
-            raise ValueError(f"pipe cancel point {text!r}: {arg!r} is not a number of messages") from None
-        if kind in _COUNTED and count < 1:
-            raise ValueError(f"pipe cancel point {text!r}: N must be >= 1")
-        return cls(kind, count)
+        kind, count = PIPE.parse(text)
+        return cls(kind, int(count))
 
     def applies_to(self, pipe_kind: str) -> bool:
         return self.kind in KIND_CANCEL_POINTS[pipe_kind]
 
     def __str__(self) -> str:
-        return self.kind + (f":{self.count}" if self.kind in _COUNTED else "")
+        return self.kind + (f":{self.count}" if PIPE.takes_arg(self.kind) else "")

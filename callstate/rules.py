@@ -9,10 +9,10 @@
         reply: {status: "DECLINED"}            # the response, for complete
         mix: {complete: 80, abort: 15, fatal: 5}
 
-Pure: text and a `Schema` in, compiled rules out; every check runs when the file is loaded,
-so a running server never meets a rule it cannot apply. Errors are one line naming the
-file, the rule's line and the field (`RulesError`). YAML needs PyYAML (`callstate[standin]`);
-a file that parses as JSON loads without it.
+Pure: text and a `Schema` in, compiled rules out (`callstate.files.load_rules` reads the
+file); every check runs when the file is loaded, so a running server never meets a rule it
+cannot apply. Errors are one line naming the file, the rule's line and the field (`RulesError`).
+YAML needs PyYAML (`callstate[standin]`); a file that parses as JSON loads without it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from google.protobuf import json_format
@@ -29,7 +28,7 @@ from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, UNARY
 from callstate.pipe_script import validate_pipe
-from callstate.schema import Method, Schema, SchemaError, message_from_json, normalise_method_name
+from callstate.schema.model import Method, Schema, SchemaError, message_from_json, normalise_method_name
 from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 
@@ -104,16 +103,6 @@ class RuleSet:
     @classmethod
     def empty(cls) -> "RuleSet":
         return cls({}, 0)
-
-
-def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:
-    """Read and compile a rules file; RulesError names the file, the line and the field."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return parse_rules(text, schema, limits, source=str(path))
 
 
 def parse_rules(text: str, schema: Schema, limits: Limits = Limits(), *, source: str = "rules") -> RuleSet:

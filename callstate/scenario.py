@@ -11,48 +11,30 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from callstate import codes
-from callstate.lifecycle import ABORTIVE, CANCEL_KINDS, PIPE_KINDS
-from callstate.pipe_script import CANCEL_AFTER_HEADERS, PipeCancelPoint, PipeScript
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, MixError, cancel_poll_mix
+from callstate.lifecycle import ABORT, ABORTIVE, CANCEL_KINDS, COMPLETE, FATAL, PIPE_KINDS
+from callstate.cancel_points import AFTER, AFTER_HEADERS, AFTER_START, BEFORE_START, HELD, RANDOM, UNARY
+from callstate.pipe_script import PipeCancelPoint, PipeScript
+from callstate.script import DEFAULT_ABORT_CODE, HOLD, IGNORE, ON_CANCEL, Mix, MixError, cancel_poll_mix
 
-# Where a cancelled call is cancelled.
-BEFORE_START: Final = "before-start"   # in state C: the call never goes out
-AFTER_START: Final = "after-start"     # right after the call is made
-AFTER: Final = "after"                 # after a fixed delay
-RANDOM: Final = "random"               # after a uniformly random delay up to SECONDS
-HELD: Final = "held"                   # script the call to hold, cancel it after SECONDS
-POINT_KINDS: Final[tuple[str, ...]] = (BEFORE_START, AFTER_START, AFTER, RANDOM, HELD)
-_TIMED: Final = (AFTER, RANDOM, HELD)
+POINT_KINDS: Final[tuple[str, ...]] = UNARY.names()
 
-HOLD: Final = "hold"           # the outcome name a held point forces
 HELD_PIPE_INTERVAL: Final = 0.005   # between a held pipe's server messages: it streams until cancelled
-IGNORE: Final = "ignore"       # the on-cancel policy a held call may not draw
 
 
 @dataclass(frozen=True)
 class CancelPoint:
+    """Where a caller cancels a unary call: a point of `cancel_points.UNARY`, and its seconds."""
+
     kind: str            # one of POINT_KINDS
     seconds: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> "CancelPoint":
-        kind, _, arg = text.strip().partition(":")
-        if kind not in POINT_KINDS:
-            raise ValueError(f"cancel point {text!r}: expected one of before-start, after-start, after:SECONDS, "
-                             "random:MAX_SECONDS, held:SECONDS")
-        needs_arg = kind in _TIMED
-        if needs_arg != bool(arg):
-            raise ValueError(f"cancel point {text!r}: {kind} {'needs' if needs_arg else 'takes no'} :SECONDS")
-        try:
-            seconds = float(arg) if arg else 0.0
-        except ValueError:
-            raise ValueError(f"cancel point {text!r}: {arg!r} is not a number of seconds") from None
-        if not 0 <= seconds <= 3600:
-            raise ValueError(f"cancel point {text!r}: seconds must be in 0..3600")
+        kind, seconds = UNARY.parse(text)
         return cls(kind, seconds)
 
     def __str__(self) -> str:
-        return self.kind + (f":{self.seconds:g}" if self.kind in _TIMED else "")
+        return self.kind + (f":{self.seconds:g}" if UNARY.takes_arg(self.kind) else "")
 
 
 def parse_cancel_points(text: str) -> tuple[CancelPoint, ...]:
@@ -157,7 +139,7 @@ class Scenario:
             # a point past the messages each side pushes is never reached (a held pipe would wait
             # for the server's max hold): the default points that fewer --pipe-messages rule out
             points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and reached(p, self.pipe_messages)]
-            plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(CANCEL_AFTER_HEADERS)
+            plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(AFTER_HEADERS)
         return plan
 
     def _unary_plan(self, rng: random.Random) -> Plan:
@@ -177,7 +159,7 @@ class Scenario:
             cancel, point = ABORTIVE, CancelPoint(AFTER, self.hold_for)
         on_cancel = self.on_cancel.draw(rng)
         if outcome == HOLD and on_cancel == IGNORE:
-            on_cancel = "abort"   # ignoring would hold it until the server's --max-hold
+            on_cancel = ABORT   # ignoring would hold it until the server's --max-hold
         return Plan(outcome, cancel, point, on_cancel)
 
 
@@ -199,7 +181,7 @@ def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:
     pipe is never left uncancelled: without a point, abortively once it has its headers."""
     point, cancel = plan.pipe_point, plan.cancel
     if point is None and plan.outcome == HOLD:
-        point, cancel = PipeCancelPoint(CANCEL_AFTER_HEADERS), ABORTIVE
+        point, cancel = PipeCancelPoint(AFTER_HEADERS), ABORTIVE
     return (point, cancel) if cancel is not None and point is not None else (None, None)
 
 
@@ -212,20 +194,20 @@ def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScrip
                       cancel_poll=None if plan.cancel_poll_ms is None else plan.cancel_poll_ms / 1000)
 
 
-_OUTCOME_CODE: Final = {"complete": codes.RPC_S_OK, "fatal": codes.RPC_S_CALL_FAILED}
+_OUTCOME_CODE: Final = {COMPLETE: codes.RPC_S_OK, FATAL: codes.RPC_S_CALL_FAILED}
 
 
 def expected_codes(plan: Plan, abort_code: int) -> frozenset[int]:
     """The final codes a call drawn as `plan` (unary or pipe) may legally end with: its
     outcome's code; after a cancel also 1818, and 0 when the server completes on cancel."""
     expected: set[int] = set()   # a held call ends only by its cancel
-    if plan.outcome == "abort":
+    if plan.outcome == ABORT:
         expected.add(abort_code)
     elif plan.outcome in _OUTCOME_CODE:
         expected.add(_OUTCOME_CODE[plan.outcome])
     cancelled = pipe_cancel(plan)[1] if plan.pipe is not None else plan.cancel
     if cancelled:
         expected.add(codes.RPC_S_CALL_CANCELLED)
-        if plan.on_cancel == "complete":
+        if plan.on_cancel == COMPLETE:
             expected.add(codes.RPC_S_OK)
     return frozenset(expected)

@@ -11,24 +11,31 @@ import random
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
 
+# The script vocabulary, each name defined once. Outcomes: what the server does with a call
+# (complete, abort and fatal are the server's lifecycle moves of the same name; hold keeps it
+# until it is cancelled). On-cancel policies: what a holding server does on a cancel.
+HOLD: Final = "hold"
+IGNORE: Final = "ignore"
+# For type checkers, which read only literals here: a test holds each equal to its table.
 OutcomeName = Literal["complete", "abort", "fatal", "hold"]
 OnCancelName = Literal["abort", "complete", "ignore"]
 
 OUTCOMES: Final[dict[str, int]] = {
-    "complete": pb.OUTCOME_COMPLETE,
-    "abort": pb.OUTCOME_ABORT,
-    "fatal": pb.OUTCOME_FATAL,
-    "hold": pb.OUTCOME_HOLD,
+    COMPLETE: pb.OUTCOME_COMPLETE,
+    ABORT: pb.OUTCOME_ABORT,
+    FATAL: pb.OUTCOME_FATAL,
+    HOLD: pb.OUTCOME_HOLD,
 }
 OUTCOME_NAMES: Final[dict[int, str]] = {v: k for k, v in OUTCOMES.items()}
 ON_CANCEL: Final[dict[str, int]] = {
-    "abort": pb.ON_CANCEL_ABORT,
-    "complete": pb.ON_CANCEL_COMPLETE,
-    "ignore": pb.ON_CANCEL_IGNORE,
+    ABORT: pb.ON_CANCEL_ABORT,
+    COMPLETE: pb.ON_CANCEL_COMPLETE,
+    IGNORE: pb.ON_CANCEL_IGNORE,
 }
-ON_CANCEL_NAMES: Final[dict[int, str]] = {v: k for k, v in ON_CANCEL.items()} | {pb.ON_CANCEL_UNSPECIFIED: "abort"}
+ON_CANCEL_NAMES: Final[dict[int, str]] = {v: k for k, v in ON_CANCEL.items()} | {pb.ON_CANCEL_UNSPECIFIED: ABORT}
 
 DEFAULT_ABORT_CODE: Final = 4242  # an application exception code for mixes
 
@@ -166,7 +173,7 @@ def to_ms(seconds: float | None) -> int | None:
 class Script:
     """A call's script in seconds, as Python users write it."""
 
-    outcome: OutcomeName = "complete"
+    outcome: OutcomeName = COMPLETE
     dispatch_delay: float = 0.0
     outcome_delay: float = 0.0
     reply_bytes: int = 0
@@ -175,7 +182,7 @@ class Script:
     abort_status: int = 0          # gRPC status value; 0 = ABORTED
     abort_message: str = ""
     fatal_message: str = ""
-    on_cancel: OnCancelName = "abort"
+    on_cancel: OnCancelName = ABORT
     headers_first: bool = False    # send initial metadata before the outcome (no trailers-only response)
     # seconds between the handler's cancel tests (RpcServerTestCancel); 0: sees a cancel at
     # once; None: the server's --cancel-poll-ms
@@ -192,7 +199,7 @@ class Script:
             outcome_delay_ms=round(self.outcome_delay * 1000),
             reply_bytes=self.reply_bytes,
             echo=self.echo,
-            abort_code=self.abort_code if self.outcome == "abort" else 0,
+            abort_code=self.abort_code if self.outcome == ABORT else 0,
             abort_grpc_status=self.abort_status,
             abort_message=self.abort_message,
             fatal_message=self.fatal_message,
@@ -210,7 +217,7 @@ class MixError(ValueError):
 class Mix:
     """Weighted choice of outcomes, e.g. parsed from 'complete=80,abort=10,fatal=5,hold=5'."""
 
-    weights: dict[str, float] = field(default_factory=lambda: {"complete": 1.0})
+    weights: dict[str, float] = field(default_factory=lambda: {COMPLETE: 1.0})
 
     @classmethod
     def parse(cls, text: str, allowed: tuple[str, ...] = tuple(OUTCOMES)) -> "Mix":

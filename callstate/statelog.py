@@ -1,25 +1,15 @@
-"""The state log: one JSON object per line for every state entered or event seen.
+"""The state log's format: one JSON object per line for every state entered or event seen.
 
-The hot path only appends an `Entry` (a tuple with a float timestamp) to a
-thread-safe deque (`StateLog.sink` is the deque's own append: no Python frame per
-entry); a writer thread formats and writes in batches, so the event loop never
-formats JSON, and it yields the GIL between chunks of a batch, so the event loop
-never waits for a whole batch to be formatted. `close()` (also run at exit) drains everything, so
-the last calls' `End` lines are never lost.
+An entry in memory (`Entry`, a tuple with a float timestamp), as JSON (a dict or one line) and on
+the wire (`pb.StateEntry`), and a log's lines read back. No I/O here: the writer thread and the
+file reading live in `callstate.logfile`.
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
-import os
-import stat
-import sys
-import threading
 import time
-from pathlib import Path
 from datetime import datetime
-from typing import IO, Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 
@@ -179,103 +169,6 @@ def proto_to_dict(msg: pb.StateEntry) -> dict[str, Any]:
     return d
 
 
-# Entries formatted per hold of the GIL by the writer thread (~0.3 ms of work).
-DRAIN_CHUNK = 256
-
-
-def _discard(entry: Entry) -> None:
-    pass
-
-
-class StateLog:
-    """Buffered JSON-lines writer. `append` is cheap and thread-safe."""
-
-    def __init__(self, target: str | Path | IO[bytes] | None, *, flush_interval: float = 0.05) -> None:
-        self._owns = False
-        self._out: IO[bytes] | None
-        if target is None:
-            self._out = None
-        elif target == "-":
-            self._out = sys.stdout.buffer
-        elif isinstance(target, (str, Path)):
-            self._out = open(target, "ab")
-            self._owns = True
-        else:
-            self._out = target
-        self._queue: collections.deque[Entry] = collections.deque()
-        self._interval = flush_interval
-        self._wake = threading.Event()
-        self._lock = threading.Lock()  # one drainer at a time keeps lines in order
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        if self._out is not None:
-            self._thread = threading.Thread(target=self._run, name="callstate-statelog", daemon=True)
-            self._thread.start()
-            atexit.register(self.close)
-
-    @property
-    def enabled(self) -> bool:
-        return self._out is not None
-
-    def append(self, entry: Entry) -> None:
-        if self._out is not None:
-            self._queue.append(entry)
-
-    @property
-    def sink(self) -> Callable[[Entry], None]:
-        """What a hot path calls per entry: the queue's own append while the log is on (after a
-        write error the writer discards what is queued, so the queue stays bounded)."""
-        return self._queue.append if self._out is not None else _discard
-
-    def _drain(self) -> None:
-        queue, out = self._queue, self._out
-        n = len(queue)
-        if not n:
-            return
-        if out is None:   # the log failed (or was closed): entries from a cached sink go nowhere
-            for _ in range(n):
-                queue.popleft()
-            return
-        try:
-            while n > 0:
-                chunk = min(n, DRAIN_CHUNK)
-                out.write("".join([format_line(queue.popleft()) for _ in range(chunk)]).encode())
-                n -= chunk
-                if n:
-                    time.sleep(0)   # let the event loop have the GIL between chunks
-            out.flush()
-        except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
-            self._out = None
-            if not isinstance(exc, BrokenPipeError):
-                print(f"callstate: the state log cannot be written any more ({exc}); "
-                      f"{n} entries and all later ones are not in it", file=sys.stderr)
-            return
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self.flush()
-
-    def flush(self) -> None:
-        """Write everything appended so far (from any thread)."""
-        with self._lock:
-            self._drain()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self.flush()
-        if self._owns and self._out is not None:
-            self._out.close()
-        self._out = None
-        atexit.unregister(self.close)
-
-
 class LogFormatError(ValueError):
     """A state log line that is not a valid state entry; names file and line."""
 
@@ -283,34 +176,31 @@ class LogFormatError(ValueError):
 REQUIRED_KEYS = ("ts", "side", "call_id", "state", "prev", "event")
 
 
-def read_log(path: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, entry) from a JSON-lines state log.
+def parse_log(lines: Iterable[bytes], name: str,
+              warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, entry) from the lines of a JSON-lines state log called `name`.
 
-    Non-state lines are refused with the file and line number, so a wrong file
+    Non-state lines are refused with the name and line number, so a wrong file
     is reported, never half-read silently. The one exception, when `warn` is given:
     a last line cut short (no newline, not a whole entry: the writer died or its disk
     filled) is reported through `warn` and the complete lines before it are kept.
-    Only regular files are read (a FIFO or a device would block or never end).
     """
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise LogFormatError(f"{path}: not a regular file")
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            raw = line.strip()
-            if not raw:
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                if warn is not None and not line.endswith(b"\n"):
-                    warn(f"{path}:{lineno}: the last line is cut short (no newline, not JSON): ignored; "
-                         f"the {lineno - 1} lines before it are checked")
-                    return
-                raise LogFormatError(f"{path}:{lineno}: not JSON ({exc})") from None
-            if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
-                missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
-                if warn is not None and not line.endswith(b"\n") and isinstance(obj, dict):
-                    warn(f"{path}:{lineno}: the last line is cut short (missing {', '.join(missing)}): ignored")
-                    return
-                raise LogFormatError(f"{path}:{lineno}: not a state entry (missing {', '.join(missing)})")
-            yield lineno, obj
+    for lineno, line in enumerate(lines, 1):
+        raw = line.strip()
+        if not raw:
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if warn is not None and not line.endswith(b"\n"):
+                warn(f"{name}:{lineno}: the last line is cut short (no newline, not JSON): ignored; "
+                     f"the {lineno - 1} lines before it are checked")
+                return
+            raise LogFormatError(f"{name}:{lineno}: not JSON ({exc})") from None
+        if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
+            missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
+            if warn is not None and not line.endswith(b"\n") and isinstance(obj, dict):
+                warn(f"{name}:{lineno}: the last line is cut short (missing {', '.join(missing)}): ignored")
+                return
+            raise LogFormatError(f"{name}:{lineno}: not a state entry (missing {', '.join(missing)})")
+        yield lineno, obj

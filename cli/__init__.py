@@ -1,5 +1,7 @@
-"""`callstate`: the command-line applications, one module per command.
+"""`callstate`: the command-line applications, one module (or room) per command.
 
+`COMMANDS` names each command's module and its one-line help; a command's module is imported
+only when that command runs (or its help is asked for), so importing this package loads none.
 Each command module has `add_parser(subparsers)` and `run(options) -> exit status`.
 """
 
@@ -15,13 +17,33 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse  # noqa: E402
-from typing import NoReturn, Sequence  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Collection, NoReturn, Sequence  # noqa: E402
 
 from callstate import __version__  # noqa: E402
-from callstate.cli import call, check, conformance, health, load, report, serve, watch  # noqa: E402
 from callstate.cli.options import epilog, para  # noqa: E402
 
-COMMANDS = (serve, call, watch, health, load, check, report, conformance)
+
+@dataclass(frozen=True)
+class Command:
+    module: str   # imported when the command runs
+    help: str     # its line in `callstate --help` (the module's parser uses it too)
+
+
+COMMANDS: dict[str, Command] = {   # in the order `callstate --help` lists them
+    "serve": Command("callstate.cli.serve", "run the emulator server (Emulator, Journal, health, reflection)"),
+    "call": Command("callstate.cli.call", "make one scripted call, printing each client state as it is entered"),
+    "watch": Command("callstate.cli.watch", "follow the server's journal live"),
+    "health": Command("callstate.cli.health", "ask the server's gRPC health service (exit 0 when SERVING)"),
+    "load": Command("callstate.cli.load.command", "load-test the cancellation paths and verify both sides' lifecycles"),
+    "check": Command("callstate.cli.check", "verify client and server state logs (the lifecycle invariants)"),
+    "report": Command("callstate.cli.report.command",
+                      "write an HTML report of a run from client and server state logs"),
+    "conformance": Command("callstate.cli.conformance.command",
+                           "test a gRPC proxy: does it keep every call's lifecycle? (direct vs proxied)"),
+}
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -37,7 +59,9 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command listed; the commands named in `load` (all by default)
+    have their full parsers, the others only their line of help."""
     parser = OneLineErrors(
         prog="callstate",
         description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
@@ -45,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"callstate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(sub).set_defaults(run=command.run)
+    for name, command in COMMANDS.items():
+        if load is None or name in load:
+            module = importlib.import_module(command.module)
+            module.add_parser(sub).set_defaults(run=module.run)
+        else:
+            sub.add_parser(name, help=command.help, add_help=False)
     return parser
 
 
@@ -55,8 +83,15 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # type: ignore[return-value]
 
 
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command a command line runs: its first word that is not an option (the top level's
+    options, --help and --version, take no value)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
     opts, extras = parser.parse_known_args(argv)
     if extras:   # argparse would blame the top parser: point at the command's own help instead
         subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")

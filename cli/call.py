@@ -9,13 +9,14 @@ import signal
 import sys
 
 from callstate import codes
+from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, channel_settings, epilog, finite_float,
-                                   grpc_status, int64, non_negative_float, para, positive_float, text)
+from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
+from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
 from callstate.cli.terminal import printable
-from callstate.lifecycle import UNARY, WCOMP
+from callstate.lifecycle import ABORT, FATAL, UNARY, WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
 _SCRIPT, _LIMITS = Script(), Limits()
@@ -32,7 +33,7 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("call", help="make one scripted call, printing each client state as it is entered",
+    p = sub.add_parser("call", help=COMMANDS["call"].help,
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
                                         "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
@@ -97,7 +98,7 @@ def run(opts: argparse.Namespace) -> int:
         opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
     # an abort's settings on another outcome would be dropped without a word: refuse them
     stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
-    if stray and opts.outcome != "abort":
+    if stray and opts.outcome != ABORT:
         print(f"callstate call: error: {' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome} "
               "(see callstate call --help)", file=sys.stderr)
         return 2
@@ -124,12 +125,12 @@ def run(opts: argparse.Namespace) -> int:
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
-    from callstate.statelog import StateLog
+    from callstate.logfile import StateLog
 
     script = Script(outcome=opts.outcome, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                     reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,
-                    abort_message=opts.message if opts.outcome == "abort" else "",
-                    fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
+                    abort_message=opts.message if opts.outcome == ABORT else "",
+                    fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
                     headers_first=opts.headers_first,
                     cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)

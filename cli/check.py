@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from callstate.cli import COMMANDS
 from callstate.cli.options import para
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("check", help="verify client and server state logs (the lifecycle invariants)",
+    p = sub.add_parser("check", help=COMMANDS["check"].help,
                        description=para("Read client and server JSON-lines state logs (any number, any order), join "
                                         "them by call id and verify: legal transitions on each side (the same tables "
                                         "the server and client use), End exactly once and nothing after it, each "
@@ -49,7 +50,7 @@ def log_paths(args: list[str]) -> list[Path]:
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.check import check_files
+    from callstate.logfile import check_files
     from callstate.statelog import LogFormatError
 
     try:

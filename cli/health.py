@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from callstate.cli import COMMANDS
 from callstate.cli.options import add_target, channel_settings
 from callstate.v1 import callstate_pb2 as pb
 
@@ -13,7 +14,7 @@ EMULATOR = pb.DESCRIPTOR.services_by_name["Emulator"].full_name   # a callstate 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("health", help="ask the server's gRPC health service (exit 0 when SERVING)",
+    p = sub.add_parser("health", help=COMMANDS["health"].help,
                        description="Ask grpc.health.v1.Health/Check. Exit status 0 when the answer is SERVING, "
                                    "1 otherwise (NOT_SERVING, unreachable, no answer within --timeout). The health "
                                    "service needs no token; TLS options apply as for every client command.")

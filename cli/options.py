@@ -1,25 +1,23 @@
 """Argument types and option groups the commands share.
 
 Every type turns a bad value into an argparse usage error (one line naming the
-option, exit status 2), never a traceback.
+option, exit status 2), never a traceback. The numbers and the scenario's texts, which the
+Locust options read too, are in `callstate.arg_types`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import textwrap
 from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
-from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_shares, parse_pipe_cancel_points,
-                                parse_pipe_shares)
-from callstate.scenario import parse_cancel_poll
+from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, positive_float, positive_int
 from callstate.lifecycle import SERVER
-from callstate.pem import read_pem
+from callstate.files import read_pem
 from callstate.pipe_script import MAX_MESSAGES
-from callstate.script import ON_CANCEL, Limits, Mix, check_abort_code
+from callstate.script import Limits, check_abort_code
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
 
 if TYPE_CHECKING:
@@ -38,62 +36,6 @@ def epilog() -> str:
     return textwrap.fill(EPILOG, 88)
 
 
-MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
-MAX_INT = 2**31 - 1   # what a gRPC integer option holds; every count and size option fits in it
-
-
-def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[[str], Any]:
-    """An argparse type for a finite number that is >= 0 (or > 0), and at most MAX_INT (an
-    integer) or MAX_SECONDS (a number): no option takes a value past those without harm."""
-    high = MAX_INT if parse is int else MAX_SECONDS
-
-    def convert(text: str) -> Any:
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
-                                             f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
-        return value
-    convert.__name__ = kind   # argparse names the type in its messages
-    return convert
-
-
-non_negative_float = _number(float, "a number", positive=False)
-positive_float = _number(float, "a number", positive=True)
-non_negative_int = _number(int, "an integer", positive=False)
-positive_int = _number(int, "an integer", positive=True)
-
-
-def finite_float(text: str) -> float:
-    """Any finite number of seconds, negative included (the client refuses those itself)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or abs(value) > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds within ±{MAX_SECONDS:g}")
-    return value
-
-
-def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
-    """An integer in low..high (e.g. what a 64-bit proto field holds)."""
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be in {low}..{high}{' (' + what + ')' if what else ''}")
-        return value
-    convert.__name__ = "integer"
-    return convert
-
-
-int64 = bounded_int(-(2**63), 2**63 - 1, "a 64-bit integer")
 grpc_status = bounded_int(0, 16, "a gRPC status code; 0 = ABORTED")
 
 
@@ -124,25 +66,6 @@ def port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
     return value
-
-
-def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type from a parser that raises ValueError (MixError is one) naming the problem."""
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
-
-
-outcome_mix = _parsed(Mix.parse)
-on_cancel_mix = _parsed(lambda text: Mix.parse(text, tuple(ON_CANCEL)))
-cancel_shares = _parsed(parse_cancel_shares)
-cancel_points: Callable[[str], tuple[CancelPoint, ...]] = _parsed(parse_cancel_points)
-pipe_shares = _parsed(parse_pipe_shares)
-pipe_cancel_points = _parsed(parse_pipe_cancel_points)
 
 
 def pem_file(text: str) -> str:
@@ -268,6 +191,3 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
     except OSError as exc:
         parser.error(str(exc))
     return settings
-
-
-cancel_poll: Callable[[str], Any] = _parsed(parse_cancel_poll)   # `--cancel-poll 0=50,100=50`

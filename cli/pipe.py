@@ -10,12 +10,14 @@ import sys
 
 from callstate import codes
 from callstate.cli.method_options import reply_text
-from callstate.cli.options import (message_count, non_negative_float, non_negative_int, positive_int, push_bytes,
-                                   server_push_bytes)
+from callstate.arg_types import non_negative_float, positive_int
+from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.terminal import printable
-from callstate.lifecycle import PIPE_KINDS
-from callstate.pipe_script import (BREACHES, CANCEL_AFTER_RECEIVED, CANCEL_AFTER_SENT, DEFAULT_MESSAGES, POINTS,
-                                   PipeCancelPoint, PipeScript)
+from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
+from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
+from callstate.cancel_points import BEFORE_START
+from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
+from callstate.script import HOLD
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -55,8 +57,7 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                         "caller's null push in)")
     g.add_argument("--at-count", type=positive_int, default=1, metavar="N", help="N for --at after-in / after-out")
     g.add_argument("--cancel-at", type=_cancel_point, metavar="POINT",
-                   help="cancel the pipe at before-start, after-headers, after-sent:N, after-received:N or "
-                        "after-half-close (abortive unless --non-abortive)")
+                   help=f"cancel the pipe at one of {PIPE_POINTS.usage()} (abortive unless --non-abortive)")
     g.add_argument("--breach", choices=list(BREACHES), default="none",
                    help="the server breaks a pipe rule on purpose: complete-undrained (in, both; with --at "
                         "before-first/after-in/after-out) or push-after-end (out, both); the call ends 1917 "
@@ -75,7 +76,7 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
         return 2
     if opts.cancel_before_start:
-        opts.cancel_at = PipeCancelPoint.parse("before-start")
+        opts.cancel_at = PipeCancelPoint(BEFORE_START)
     try:
         return asyncio.run(_pipe(opts, provider))
     except OSError as exc:
@@ -87,15 +88,15 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.cli.terminal import PrintSink
     from callstate.client import AsyncClient, CallError
     from callstate.client.pipe_drive import drive_pipe
-    from callstate.statelog import StateLog
+    from callstate.logfile import StateLog
 
     script = PipeScript(outcome=opts.outcome, at=opts.at,
                         at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
                         messages=opts.server_messages, message_bytes=opts.server_message_bytes,
                         interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                         abort_code=opts.code, abort_status=opts.grpc_status,
-                        abort_message=opts.message if opts.outcome == "abort" else "",
-                        fatal_message=opts.message if opts.outcome == "fatal" else "", on_cancel=opts.on_cancel,
+                        abort_message=opts.message if opts.outcome == ABORT else "",
+                        fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
                         cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
                         breach=opts.breach)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
@@ -142,7 +143,7 @@ def _cannot_fire(opts: argparse.Namespace) -> str:
     point = opts.cancel_at
     if point.kind == CANCEL_AFTER_SENT and point.count > opts.messages:
         return f"the caller pushes only {opts.messages} messages (--messages)"
-    if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != "hold" and point.count > opts.server_messages:
+    if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
         return f"the server pushes only {opts.server_messages} messages (--server-messages)"
     return ""
 

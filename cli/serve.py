@@ -7,10 +7,11 @@ import asyncio
 import os
 import sys
 
+from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.standin_options import add_standin, load_standin
-from callstate.cli.options import (abort_code, add_keepalive, bounded_int, env_token, epilog, non_negative_float,
-                                   non_negative_int, outcome_mix, para, pem_file, port, positive_float, token)
+from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
+from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
 from callstate.lifecycle import CLIENT
 from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
 from callstate.wire import TOKEN_ENV
@@ -21,7 +22,7 @@ _SERVER, _EMULATOR, _LIMITS = ServerOptions(), EmulatorConfig(), Limits()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="run the emulator server (Emulator, Journal, health, reflection)",
+    p = sub.add_parser("serve", help=COMMANDS["serve"].help,
                        description=para("Run the gRPC emulator. Each call follows its script: dispatch delay, then "
                                         "complete, abort with a code, fail fatally, or hold until cancelled. Every "
                                         "state entered is written to the state log as a JSON line. Stops gracefully "

@@ -29,7 +29,7 @@ def add_standin(p: argparse.ArgumentParser) -> None:
 
 def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None]:
     """The schema (None: no stand-in) and the rules file, checked; ValueError naming what is wrong."""
-    from callstate.rules import load_rules
+    from callstate.files import load_rules
     from callstate.schema import from_descriptor_set, from_protos, from_reflection
 
     sources = [flag for flag, given in (("--proto", opts.proto), ("--descriptor-set", opts.descriptor_set),

@@ -9,7 +9,8 @@ import orjson
 
 from callstate import codes
 from callstate.lifecycle import ENTER
-from callstate.statelog import Entry, StateLog, is_final, to_dict
+from callstate.statelog import Entry, is_final, to_dict
+from callstate.logfile import StateLog
 
 
 # C0 controls (ESC, BEL...), DEL and C1 controls (CSI as U+009B...): a terminal acts on them, so

@@ -7,8 +7,10 @@ import asyncio
 import signal
 import sys
 
-from callstate.cli.live_view import MODES, choose
-from callstate.cli.options import add_target, channel_settings, non_negative_int
+from callstate.cli import COMMANDS
+from callstate.cli.live.view import MODES, choose
+from callstate.arg_types import non_negative_int
+from callstate.cli.options import add_target, channel_settings
 from callstate.cli.terminal import printable
 
 COUNTERS_TIMEOUT = 5.0
@@ -16,7 +18,7 @@ IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("watch", help="follow the server's journal live",
+    p = sub.add_parser("watch", help=COMMANDS["watch"].help,
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. Stop with Ctrl-C.")
@@ -69,107 +71,148 @@ def merged_counters(counters: list) -> dict:  # type: ignore[type-arg]
 
 async def _watch(opts: argparse.Namespace) -> int:
     import grpc
-    import orjson
-
-    from callstate.cli.terminal import line
-    from callstate.statelog import proto_to_dict
-    from callstate.v1 import callstate_pb2 as pb
-    from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
     settings = opts.settings
     targets: list[str] = opts.target   # one or more (replicas): their entries are merged as they arrive
     channels = [settings.aio_channel(target) for target in targets]
-    stubs = [pb_grpc.JournalStub(channel) for channel in channels]
-    failed = ""   # the target whose RPC failed
+    watch = _Watch(opts, targets, channels)
     try:
-        try:
-            if opts.counters:
-                counters = []
-                for target, stub in zip(targets, stubs):
-                    failed = target
-                    counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=settings.metadata,
-                                                           timeout=opts.timeout or COUNTERS_TIMEOUT))
-                merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
-                print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
-                return 0
-            if opts.call_id:
-                failed = targets[0]
-                return await _watch_call(stubs[0], opts)
-            seen = 0
-            print(f"watching {', '.join(targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-            mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
-            dashboard = (_Dashboard(stubs, choose(mode, sys.stdout), ", ".join(targets), settings.metadata)
-                         if choose(mode, sys.stdout) else None)
-            streams = [stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=settings.metadata,
-                                  timeout=opts.timeout) for stub in stubs]
-            done = asyncio.Event()   # --count reached
-
-            async def follow(target: str, stream) -> None:  # type: ignore[no-untyped-def]
-                nonlocal seen, failed
-                dropped = 0
-                try:
-                    async for e in stream:
-                        if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
-                            print(f"callstate watch: {e.dropped - dropped} entries lost (this watcher was too slow; "
-                                  f"{e.dropped} in all)" + (f" from {target}" if len(targets) > 1 else ""),
-                                  file=sys.stderr, flush=True)
-                            dropped = e.dropped
-                        d = proto_to_dict(e)
-                        if dashboard is not None:
-                            dashboard.entry(d)
-                        else:
-                            print(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
-                        seen += 1
-                        if opts.count and seen >= opts.count:
-                            done.set()
-                            return
-                except grpc.aio.AioRpcError:
-                    failed = target
-                    raise
-
-            # Ctrl-C / SIGTERM end the streams by cancelling the calls themselves: cancelling the task
-            # that iterates a grpc.aio stream (what asyncio.run does on SIGINT) can hang the exit.
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            readers = [asyncio.ensure_future(follow(t, s)) for t, s in zip(targets, streams)]
-            stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(done.wait())
-            try:
-                pending = set(readers)
-                while pending:   # until every stream ended, one failed, --count was reached or Ctrl-C
-                    finished, pending = await asyncio.wait(pending | {stopper, counted},
-                                                           return_when=asyncio.FIRST_COMPLETED)
-                    pending -= {stopper, counted}
-                    if stopper in finished or counted in finished or any(
-                            r.done() and not r.cancelled() and r.exception() is not None for r in finished):
-                        break
-            finally:
-                stopper.cancel()
-                counted.cancel()
-                for reader, stream in zip(readers, streams):
-                    if not reader.done():
-                        stream.cancel()
-                        try:
-                            await reader
-                        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                            pass
-                if dashboard is not None:
-                    await dashboard.stop()
-            for reader in readers:
-                if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
-                return 0
-            print(printable(f"callstate watch: {failed}: {err.code().name}: "
-                            f"{settings.explain(err.code(), err.details())}"),
-                  file=sys.stderr)
-            return 1
+        if opts.counters:
+            return await watch.counters()
+        if opts.call_id:
+            watch.failed = targets[0]
+            return await _watch_call(watch.stubs[0], opts)
+        return await watch.entries()
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
+            return 0
+        print(printable(f"callstate watch: {watch.failed}: {err.code().name}: "
+                        f"{settings.explain(err.code(), err.details())}"), file=sys.stderr)
+        return 1
     finally:
         for channel in channels:
             await channel.close()
-    return 0
+
+
+class _Watch:
+    """The journal of one or more servers, followed: their counters, or their entries merged
+    as they arrive, as lines or on the dashboard."""
+
+    def __init__(self, opts: argparse.Namespace, targets: list[str], channels: list) -> None:  # type: ignore[type-arg]
+        from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+        self.opts, self.targets, self.metadata = opts, targets, opts.settings.metadata
+        self.stubs = [pb_grpc.JournalStub(channel) for channel in channels]
+        self.failed = ""   # the target whose RPC failed
+        self.seen = 0
+        self.done = asyncio.Event()   # --count reached
+        self.dashboard: _Dashboard | None = None
+
+    async def counters(self) -> int:
+        """Print the counters once (summed over the targets)."""
+        import orjson
+
+        from callstate.v1 import callstate_pb2 as pb
+
+        counters = []
+        for target, stub in zip(self.targets, self.stubs):
+            self.failed = target
+            counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
+                                                   timeout=self.opts.timeout or COUNTERS_TIMEOUT))
+        merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
+        print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
+        return 0
+
+    async def entries(self) -> int:
+        """Follow every target's Watch stream until each ended, one failed, --count was reached
+        or Ctrl-C."""
+        from callstate.v1 import callstate_pb2 as pb
+
+        opts = self.opts
+        print(f"watching {', '.join(self.targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
+        if choose(mode, sys.stdout):
+            self.dashboard = _Dashboard(self.stubs, choose(mode, sys.stdout), ", ".join(self.targets), self.metadata)
+        streams = [stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=self.metadata, timeout=opts.timeout)
+                   for stub in self.stubs]
+        # Ctrl-C / SIGTERM end the streams by cancelling the calls themselves: cancelling the task
+        # that iterates a grpc.aio stream (what asyncio.run does on SIGINT) can hang the exit.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        readers = [asyncio.ensure_future(self.follow(t, s)) for t, s in zip(self.targets, streams)]
+        try:
+            await self._until_over(readers, stop)
+        finally:
+            await self._close(readers, streams)
+        for reader in readers:
+            if _failed(reader):
+                raise reader.exception()  # type: ignore[misc]
+        return 0
+
+    async def _until_over(self, readers: list[asyncio.Future[None]], stop: asyncio.Event) -> None:
+        stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.done.wait())
+        try:
+            pending = set(readers)
+            while pending:
+                finished, pending = await asyncio.wait(pending | {stopper, counted},
+                                                       return_when=asyncio.FIRST_COMPLETED)
+                pending -= {stopper, counted}
+                if stopper in finished or counted in finished or any(_failed(r) for r in finished):
+                    return
+        finally:
+            stopper.cancel()
+            counted.cancel()
+
+    async def _close(self, readers: list[asyncio.Future[None]], streams: list) -> None:  # type: ignore[type-arg]
+        import grpc
+
+        for reader, stream in zip(readers, streams):
+            if not reader.done():
+                stream.cancel()
+                try:
+                    await reader
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                    pass
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+
+    async def follow(self, target: str, stream) -> None:  # type: ignore[no-untyped-def]
+        import grpc
+
+        dropped = 0
+        try:
+            async for e in stream:
+                if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                    self._lost(target, e.dropped - dropped, e.dropped)
+                    dropped = e.dropped
+                self.show(e)
+                if self.opts.count and self.seen >= self.opts.count:
+                    self.done.set()
+                    return
+        except grpc.aio.AioRpcError:
+            self.failed = target
+            raise
+
+    def _lost(self, target: str, lost: int, in_all: int) -> None:
+        print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"
+              + (f" from {target}" if len(self.targets) > 1 else ""), file=sys.stderr, flush=True)
+
+    def show(self, e) -> None:  # type: ignore[no-untyped-def]
+        from callstate.cli.terminal import line
+        from callstate.statelog import proto_to_dict
+
+        d = proto_to_dict(e)
+        if self.dashboard is not None:
+            self.dashboard.entry(d)
+        else:
+            print(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
+        self.seen += 1
+
+
+def _failed(task: asyncio.Future[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 async def _watch_call(stub, opts: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
@@ -242,8 +285,8 @@ class _Dashboard:
     """The live view of the journal: server-side final codes, in flight, recent cancels."""
 
     def __init__(self, stubs: list, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[type-arg]
-        from callstate.cli.live_stats import LiveStats
-        from callstate.cli.live_view import LiveView
+        from callstate.cli.live.stats import LiveStats
+        from callstate.cli.live.view import LiveView
         from callstate.lifecycle import SERVER
 
         self.stubs = stubs   # one per target: the in-flight count is their sum

@@ -24,11 +24,12 @@ from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
                                  START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
-from callstate.statelog import Entry, StateLog
+from callstate.statelog import Entry
+from callstate.logfile import StateLog
 
 
 _LOG = logging.getLogger("callstate.client")
-_CANCELLED = codes.grpc_status_for(codes.RPC_S_CALL_CANCELLED).name
+_CANCELLED = codes.grpc_status_name_for(codes.RPC_S_CALL_CANCELLED)
 
 # what cancel() tells its adapter to do: cancel the RPC or send the notice; nothing, the call
 # never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in
@@ -200,7 +201,7 @@ class CoreBase:
         """RpcAsyncCompleteCall: the reply, or CallError with the final code."""
         with self._lock:
             if self.lifecycle.ended:
-                raise InvalidAsyncHandle(self.call_id, "complete")
+                raise InvalidAsyncHandle(self.call_id, COMPLETE)
             if not self.notified:
                 self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)

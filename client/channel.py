@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from callstate.pem import PemSource, check_key_pair, read_pem
+from callstate.files import PemSource, check_key_pair, read_pem
 from callstate.wire import AUTH_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 

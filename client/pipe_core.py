@@ -29,7 +29,7 @@ from callstate.client.call_core import ACT, DONE, UNSENT, CoreBase
 from callstate.errors import CallError
 from callstate.lifecycle import (CLIENT, END, HEADERS, NULL_PULL, NULL_PUSH, PIPE_BREACH, PIPE_IN, PIPE_OUT, PULL, PUSH,
                                  RECEIVE_COMPLETE, SEND_COMPLETE, pipe_notifiable, table_for)
-from callstate.statelog import StateLog
+from callstate.logfile import StateLog
 
 __all__ = ["ACT", "DONE", "UNSENT", "PipeCore"]
 

@@ -14,8 +14,12 @@ from callstate.client.pipe_aio import AsyncPipe
 from callstate.client.pipe_sync import Pipe
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT, PUSH, LifecycleError
-from callstate.pipe_script import (CANCEL_AFTER_HALF_CLOSE, CANCEL_AFTER_HEADERS, CANCEL_AFTER_RECEIVED,
-                                   CANCEL_AFTER_SENT, CANCEL_BEFORE_START, PipeCancelPoint)
+from callstate.cancel_points import AFTER_HALF_CLOSE as CANCEL_AFTER_HALF_CLOSE
+from callstate.cancel_points import AFTER_HEADERS as CANCEL_AFTER_HEADERS
+from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED
+from callstate.cancel_points import AFTER_SENT as CANCEL_AFTER_SENT
+from callstate.cancel_points import BEFORE_START as CANCEL_BEFORE_START
+from callstate.pipe_script import PipeCancelPoint
 
 _COUNTED = (CANCEL_AFTER_SENT, CANCEL_AFTER_RECEIVED)
 

@@ -19,7 +19,7 @@ from callstate.client.channel import ChannelSettings, PemSource
 from callstate.errors import CallError
 from callstate.lifecycle import C, CANCEL_ESCALATED, CANCEL_SENT, CLIENT, CLIENT_CLOSED, LifecycleError
 from callstate.script import RequestError, Script
-from callstate.statelog import StateLog
+from callstate.logfile import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc

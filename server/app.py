@@ -22,9 +22,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection   # its service name; served by server/reflection.py
 
 from callstate.lifecycle import SERVER
-from callstate.pem import check_key_pair, read_pem
+from callstate.files import check_key_pair, read_pem
 from callstate.script import REQUEST_FRAMING
-from callstate.statelog import Entry, StateLog
+from callstate.statelog import Entry
+from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
@@ -163,7 +164,7 @@ class EmulatorServer:
                 raise ValueError("a rules file needs a schema to stand in for (ServerOptions.schema)")
             serve_reflection(server, SERVICE_NAMES[:-1], build_pool(own))
             return ()
-        from callstate.rules import load_rules
+        from callstate.files import load_rules
         from callstate.server.standin import RulesFile, Standin
 
         assert self.emulator is not None

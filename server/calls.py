@@ -95,7 +95,7 @@ class ServerCall:
         while not self.lifecycle.ended:
             move = move_to_end(SERVER, self.state, self.lifecycle.kind)
             assert move is not None, "every server state has a move straight to End"
-            self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name,
+            self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_name_for(codes.RPC_S_CALL_FAILED),
                       f"handler error: {type(exc).__name__}: {exc}")
 
     def cancel_seen(self, kind: str) -> None:

@@ -20,6 +20,7 @@ import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
+from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.cancel_poll import poll_interval
 from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, cancel_poll_ms,
                               check_abort_code, check_call_id, validate_request)
@@ -275,11 +276,11 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return await self._complete(call, script, request, context, answer)
         if outcome == _ABORT:
             code = script.abort_code or self.config.abort_code
-            status = codes.status_from_value(script.abort_grpc_status) if script.abort_grpc_status else None
-            return await self._abort(call, context, code, status or codes.grpc_status_for(code),
+            status = status_from_value(script.abort_grpc_status) if script.abort_grpc_status else None
+            return await self._abort(call, context, code, status or grpc_status_for(code),
                                      script.abort_message or f"aborted with {codes.describe(code)}")
         # _FATAL: the handler raises while on the RPC thread; no Complete or Abort follows.
-        call.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
+        call.move(FATAL, server_end_code(FATAL), codes.grpc_status_name_for(codes.RPC_S_CALL_FAILED))
         if call.rpc_cancelled:
             raise asyncio.CancelledError()
         await send_fatal(context, script.fatal_message or "scripted fatal failure")

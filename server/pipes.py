@@ -26,6 +26,7 @@ import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
+from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, NULL_PULL,
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
                                  server_end_code)
@@ -187,7 +188,7 @@ class PipeRun:
             await self.abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"held for the server's max hold time ({self.owner.config.max_hold:g}s)")
         if self.caller_breach:   # the runtime fails the call (a caller that checks its own pushes never gets here)
-            await self.abort(codes.RPC_X_PIPE_DISCIPLINE_ERROR, codes.grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
+            await self.abort(codes.RPC_X_PIPE_DISCIPLINE_ERROR, grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
                              "the caller pushed after its null push")
 
     # -- outcomes (each raises _Ended, or the error gRPC turns into the status) ---------------
@@ -209,11 +210,11 @@ class PipeRun:
             self.complete()
         if self.outcome == _ABORT:
             code = self.script.abort_code or self.owner.config.abort_code
-            status = codes.status_from_value(self.script.abort_grpc_status) if self.script.abort_grpc_status else None
-            raise _AbortNow(code, status or codes.grpc_status_for(code),
+            status = status_from_value(self.script.abort_grpc_status) if self.script.abort_grpc_status else None
+            raise _AbortNow(code, status or grpc_status_for(code),
                             self.script.abort_message or f"aborted with {codes.describe(code)}")
         if self.outcome == _FATAL:
-            self.move(FATAL, server_end_code(FATAL), codes.grpc_status_for(codes.RPC_S_CALL_FAILED).name)
+            self.move(FATAL, server_end_code(FATAL), codes.grpc_status_name_for(codes.RPC_S_CALL_FAILED))
             raise _FatalNow(self.script.fatal_message or "scripted fatal failure")
         raise _AbortNow(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED, "held call ended by a cancel")
 
@@ -235,7 +236,7 @@ class PipeRun:
         """The handler broke a pipe rule on purpose (its script's breach): logged, and the runtime
         fails the call with RPC_X_PIPE_DISCIPLINE_ERROR instead of what the handler meant to do."""
         self.call.breach(what)
-        raise _AbortNow(codes.RPC_X_PIPE_DISCIPLINE_ERROR, codes.grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
+        raise _AbortNow(codes.RPC_X_PIPE_DISCIPLINE_ERROR, grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
                         f"pipe discipline: the server {what}")
 
     async def push_after_end(self) -> NoReturn:

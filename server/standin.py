@@ -25,7 +25,8 @@ from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
-from callstate.rules import RuleSet, RulesError, describe, load_rules
+from callstate.files import load_rules
+from callstate.rules import RuleSet, RulesError, describe
 from callstate.schema import Method, Schema
 from callstate.script import ScriptError, validate
 from callstate.script_header import decode as decode_script

@@ -14,7 +14,8 @@ import pytest
 
 from callstate import codes
 from callstate.cancel_poll import CancelPoll, poll_interval
-from callstate.check import check_entries, check_files
+from callstate.check import check_entries
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, PipeScript, Script
 from callstate.lifecycle import ABORTIVE, CAN, CANCEL_SEEN, D, END, ENTER, NON_ABORTIVE
 from callstate.script import MixError, ScriptError, cancel_poll_mix, validate

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from callstate import codes
-from callstate.check import KINDS, check_entries, check_files
+from callstate.check import KINDS, check_entries
+from callstate.logfile import check_files
 from tests.conftest import cli
 
 T = iter(range(10**6))

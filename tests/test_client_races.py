@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from callstate import codes
-from callstate.check import check_entries, check_files
+from callstate.check import check_entries
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Client, Script
 from callstate.lifecycle import CLIENT_CLOSED, COMP, END, ENTER
-from callstate.statelog import Entry, StateLog, to_dict
+from callstate.statelog import Entry, to_dict
+from callstate.logfile import StateLog
 from tests.conftest import ServerProcess, final, states
 
 pytestmark = pytest.mark.timeout(120)

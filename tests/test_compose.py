@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from callstate.cli.conformance_calls import BatteryConfig
+from callstate.cli.conformance.calls import BatteryConfig
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"

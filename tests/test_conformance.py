@@ -13,7 +13,7 @@ import grpc
 import orjson
 import pytest
 
-from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE, CHECK,
+from callstate.cli.conformance.properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE, CHECK,
                                                   GRACEFUL_STOP, HELD, LARGE_METADATA, PIPE_ABORT_MID_STREAM,
                                                   PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL, PIPE_EARLY_ANSWER,
                                                   PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, PROPERTIES)
@@ -328,9 +328,9 @@ def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_check_row_names_the_broken_invariant_and_its_property() -> None:
     """The check row judges both sides with the checker: a server call that never ended fails it."""
-    from callstate.cli.conformance_battery import Battery, BatteryConfig
-    from callstate.cli.conformance_journal import ServerJournal
-    from callstate.cli.conformance_properties import DEADLINE
+    from callstate.cli.conformance.battery import Battery, BatteryConfig
+    from callstate.cli.conformance.journal import ServerJournal
+    from callstate.cli.conformance.properties import DEADLINE
     from callstate.lifecycle import D, DISPATCH, ENTER, SERVER
 
     async def judge() -> Any:
@@ -409,17 +409,17 @@ def test_a_relay_that_goes_silent_shows_held_calls_hung_with_no_code(tmp_path: P
 
 
 def test_every_distinct_failure_is_shown_with_its_count() -> None:
-    from callstate.cli.conformance_calls import examples
+    from callstate.cli.conformance.calls import examples
     bad = ["a"] * 3 + ["b"] * 2 + ["c", "d", "e"]
     assert examples(bad) == "a x3; b x2; c x1; d x1; e x1"
 
 
 def test_cancel_shares_are_over_every_call_sent() -> None:
     """Calls that never reached the server count in the share: 2 cancels seen of 5 calls sent is 40%."""
-    from callstate.cli.conformance_battery import Battery, BatteryConfig
-    from callstate.cli.conformance_calls import Result
-    from callstate.cli.conformance_cancels import judge_propagation
-    from callstate.cli.conformance_journal import ServerJournal
+    from callstate.cli.conformance.battery import Battery, BatteryConfig
+    from callstate.cli.conformance.calls import Result
+    from callstate.cli.conformance.cancels import judge_propagation
+    from callstate.cli.conformance.journal import ServerJournal
     from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
     from callstate.statelog import Entry
 
@@ -450,7 +450,7 @@ def test_cancel_shares_are_over_every_call_sent() -> None:
 
 
 def test_the_default_sample_catches_a_5_percent_loss_95_percent_of_the_time() -> None:
-    from callstate.cli.conformance_calls import BatteryConfig, calls_for, detection
+    from callstate.cli.conformance.calls import BatteryConfig, calls_for, detection
     assert BatteryConfig().calls == calls_for() == 30
     assert detection(30) >= 0.95 > detection(29)
     text = cli("conformance", "--help").stdout

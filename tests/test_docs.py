@@ -102,12 +102,33 @@ def test_the_code_table_in_the_docs_is_the_one_in_the_code() -> None:
     assert gen_code_table.rendered(text) == text, "run python tools/gen_code_table.py"
 
 
+def test_the_cancel_point_tables_in_the_docs_are_the_ones_in_the_code() -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_cancel_points
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = gen_cancel_points.PAGE.read_text()
+    assert gen_cancel_points.rendered(text) == text, "run python tools/gen_cancel_points.py"
+
+
+def test_no_page_lists_the_pipe_cancel_points_by_hand() -> None:
+    """The points are listed once, in the generated table: prose naming three or more of them in a
+    row would drift from the table."""
+    from callstate.cancel_points import PIPE
+    names = [p.name for p in PIPE.points]
+    for page in pages():
+        for line in _text(page).splitlines():
+            if not line.startswith("|") and sum(name in line for name in names[1:]) >= 3:
+                raise AssertionError(f"{page.relative_to(ROOT)} lists pipe cancel points by hand: {line.strip()}")
+
+
 def test_every_code_has_a_documented_row_naming_the_status_it_is_sent_with() -> None:
     from callstate import codes
     from callstate.code_docs import ROWS
     assert set(ROWS) == set(codes.NAMES), "a code without a row in callstate/code_docs.py, or a row for no code"
     for code, (status, _) in ROWS.items():
-        sent = codes.grpc_status_for(code).name
+        sent = codes.grpc_status_name_for(code)
         if code in codes.NAMES and sent != "ABORTED":   # ABORTED: no mapping, the abort row's default
             assert status.startswith(sent), f"{code}: the table says {status!r}, the server sends {sent}"
 

@@ -9,7 +9,6 @@ import importlib
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.check import check_files
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Script
 from callstate.lifecycle import END
 from callstate.script import Limits

@@ -219,7 +219,7 @@ def test_an_oversized_push_is_refused_before_it_is_sent_and_the_pipe_goes_on(sha
     """push(bytes(2 MiB)) used to reach the server's receive limit: the client logged 1723, the
     server 1818, and check reported a mismatch. Now the push is refused on the client, nothing
     is sent, and the pipe completes with both logs agreeing."""
-    from callstate.check import check_files
+    from callstate.logfile import check_files
     log = tmp_path / "client.jsonl"
 
     async def go() -> tuple[str, int]:

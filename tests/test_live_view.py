@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from callstate import codes
-from callstate.cli.live_stats import RATE_WINDOW_S, LiveStats
-from callstate.cli.live_view import LINES, LIVE, MODES, choose, render
+from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
+from callstate.cli.live.view import LINES, LIVE, MODES, choose, render
 from callstate.client import Client, Script
 from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
 from tests.conftest import ServerProcess, cli

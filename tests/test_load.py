@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from callstate.check import check_files
+from callstate.logfile import check_files
 from tests.conftest import ServerProcess, cli, read_entries
 
 ALL_PATHS = {"complete", "abort", "fatal", "hold", "cancel-abortive", "cancel-non-abortive", "cancel-at-before-start",

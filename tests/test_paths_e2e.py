@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from callstate import codes
-from callstate.check import check_files
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, Call, CallError, CallPending, Client, InvalidAsyncHandle, Script
 from tests.conftest import ServerProcess, final, states
 

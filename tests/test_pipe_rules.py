@@ -6,7 +6,6 @@ and `callstate check` holds a 1917 to a logged breach. A real `callstate serve` 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +13,9 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.check import check_entries, check_files
+from callstate.grpc_status import grpc_status_for
+from callstate.check import check_entries
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Client, PipeScript
 from callstate.lifecycle import PIPE_BREACH
 from callstate.pipe_script import validate_pipe
@@ -41,8 +42,8 @@ def test_the_code_table_has_the_pipe_codes_and_their_grpc_status() -> None:
     assert codes.describe(1917) == "1917 RPC_X_PIPE_DISCIPLINE_ERROR"
     assert codes.describe(1918) == "1918 RPC_X_PIPE_EMPTY"
     for code in (1831, 1916, 1917):
-        assert codes.grpc_status_for(code) == grpc.StatusCode.FAILED_PRECONDITION
-    assert codes.grpc_status_for(1918) == grpc.StatusCode.OUT_OF_RANGE
+        assert grpc_status_for(code) == grpc.StatusCode.FAILED_PRECONDITION
+    assert grpc_status_for(1918) == grpc.StatusCode.OUT_OF_RANGE
     # only the trailer names a pipe code: a bare FAILED_PRECONDITION from another service is not one
     assert codes.from_grpc(grpc.StatusCode.FAILED_PRECONDITION, ((CODE_KEY, "1917"),)) == 1917
     assert codes.from_grpc(grpc.StatusCode.FAILED_PRECONDITION) == codes.RPC_S_CALL_FAILED

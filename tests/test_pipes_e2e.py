@@ -16,7 +16,8 @@ import grpc
 import pytest
 
 from callstate import codes
-from callstate.check import check_files
+from callstate.grpc_status import grpc_status_for
+from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Client, PipeScript
 from callstate.client.pipe_drive import drive_pipe, drive_pipe_sync
 from callstate.pipe_script import PipeCancelPoint
@@ -356,7 +357,7 @@ def test_a_script_without_an_outcome_draws_one_from_the_mix(tmp_path: Path) -> N
                 return n, await call.code(), await call.trailing_metadata()
         n, status, trailers = asyncio.run(go())
         assert ("callstate-code", "5003") in tuple(trailers), (status, trailers)
-        assert status == codes.grpc_status_for(5003) and n == 2
+        assert status == grpc_status_for(5003) and n == 2
     finally:
         srv.stop()
     assert check_files([srv.log]).ok

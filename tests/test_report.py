@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from callstate import codes
-from callstate.check import check_files
+from callstate.logfile import check_files
 from callstate.lifecycle import CAN, CLIENT, COMP, END, ENTER, SERVER, cancel_kind_of
 from callstate.statelog import parse_ts
 from tests import browser

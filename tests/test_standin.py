@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import grpc
 import pytest
 
-from callstate.check import check_files
+from callstate.logfile import check_files
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states

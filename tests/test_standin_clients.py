@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import grpc
 import pytest
 
-from callstate.check import check_files
+from callstate.logfile import check_files
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states
 from tests.test_standin import CHARGE, PROTOS, SHOP, generated_shop, one_end, waited
 from tests.test_third_party_and_crash import run_grpcurl

@@ -7,7 +7,8 @@ import io
 import orjson
 
 from callstate.lifecycle import DISPATCH, ENTER, SERVER, D
-from callstate.statelog import DRAIN_CHUNK, Entry, StateLog
+from callstate.statelog import Entry
+from callstate.logfile import DRAIN_CHUNK, StateLog
 
 
 class Recorder(io.RawIOBase):

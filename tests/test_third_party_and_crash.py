@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from callstate.check import check_files
+from callstate.logfile import check_files
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, final, states

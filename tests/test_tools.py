@@ -45,7 +45,7 @@ def test_system_deps_fails_when_the_apt_lock_stops_every_install(tmp_path: Path)
 def test_system_deps_without_root_installs_nothing_and_says_why(tmp_path: Path) -> None:
     done = run_deps(fake_bin(tmp_path, LOCKED, uid="1000"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("needs root and apt-get") == 4 and not (tmp_path / "bin" / "calls").exists()
+    assert done.stdout.count("needs root and apt-get") == 5 and not (tmp_path / "bin" / "calls").exists()
 
 
 def test_system_deps_succeeds_when_apt_does(tmp_path: Path) -> None:

@@ -11,13 +11,15 @@ import orjson
 import pytest
 
 from callstate import codes
+from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.client import CallError, CallPending, InvalidAsyncHandle
 from callstate.client.call_core import CallCore
 from callstate.lifecycle import ABORTIVE, NON_ABORTIVE, PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeCancelPoint
 from callstate.scenario import HELD_PIPE_INTERVAL, Plan, Scenario, expected_codes, pipe_cancel, pipe_script
 from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
-from callstate.statelog import END, Entry, StateLog, format_ts, read_log
+from callstate.statelog import END, Entry, format_ts
+from callstate.logfile import StateLog, read_log
 from callstate.v1 import callstate_pb2 as pb
 from tests.conftest import ROOT
 
@@ -36,7 +38,15 @@ def test_code_names_and_grpc_mapping() -> None:
     assert codes.from_grpc(S.PERMISSION_DENIED) == codes.from_grpc(S.UNAUTHENTICATED) == 5
     assert codes.from_grpc(S.ABORTED, [("callstate-code", "5001")]) == 5001   # the trailer wins
     assert codes.from_grpc(S.ABORTED, [("callstate-code", "junk")]) == 1726   # garbled: fall back
-    assert codes.grpc_status_for(1818) == S.CANCELLED and codes.grpc_status_for(5001) == S.ABORTED
+    assert grpc_status_for(1818) == S.CANCELLED and grpc_status_for(5001) == S.ABORTED
+
+
+def test_the_code_table_names_grpc_statuses_as_grpc_does() -> None:
+    """codes.py keeps gRPC statuses by name and number without importing grpc: the same as grpc's."""
+    assert codes.GRPC_STATUS_VALUES == {s.name: s.value[0] for s in grpc.StatusCode}
+    assert codes.from_grpc("UNAVAILABLE") == codes.from_grpc(grpc.StatusCode.UNAVAILABLE) == 1722   # a name or a status
+    assert status_from_value(14) == grpc.StatusCode.UNAVAILABLE and status_from_value(99) is None
+    assert codes.client_outcome(grpc.StatusCode.CANCELLED, None, None, abortive_cancel=True)[:2] == (1818, "CANCELLED")
 
 
 def test_script_validation_names_fields() -> None:

@@ -25,7 +25,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from callstate.cli.conformance_properties import PROPERTIES  # noqa: E402
+from callstate.cli.conformance.properties import PROPERTIES  # noqa: E402
 from tests import middleboxes as mb  # noqa: E402
 
 # Upstream reports of a failure the battery finds, by proxy family and property. Only reports

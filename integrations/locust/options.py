@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 from locust import events
 
-from callstate.cli.options import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int, on_cancel_mix,
-                                   outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
+from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int,
+                                 on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
+from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
@@ -21,7 +22,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-cancel": ("cancel", cancel_shares,
                            "percent of calls cancelled by kind, e.g. abortive=20,non-abortive=10, or none"),
     "--callstate-cancel-at": ("cancel_at", cancel_points,
-                              "where cancels happen: before-start, after-start, after:S, random:S, held:S"),
+                              "where cancels happen: " + UNARY_POINTS.usage()),
     "--callstate-on-cancel": ("on_cancel", on_cancel_mix, "what the server does on a cancel, as weights of "
                               "abort, complete, ignore"),
     "--callstate-hold-for": ("hold_for", positive_float, "uncancelled held calls are cancelled after SECONDS"),
@@ -34,7 +35,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-pipes": ("pipes", pipe_shares, "percent of calls that are pipes, by kind, e.g. in=10,out=10,both=10, "
                           "or none"),
     "--callstate-pipe-cancel-at": ("pipe_cancel_at", pipe_cancel_points, "where cancelled pipes are cancelled: "
-                                   "before-start, after-headers, after-sent:N, after-received:N, after-half-close"),
+                                   + PIPE_POINTS.usage()),
     "--callstate-pipe-messages": ("pipe_messages", non_negative_int, "messages each side pushes on a pipe"),
     "--callstate-cancel-poll": ("cancel_poll", cancel_poll, "how often the server's handlers test for a cancel, as "
                                 "weights of intervals in ms, e.g. 0=50,100=50, or none (the server's default)"),

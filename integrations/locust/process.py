@@ -19,7 +19,8 @@ import gevent.event
 import grpc
 
 from callstate.lifecycle import CAN, CANCEL_SEEN, DISPATCH, END, ENTER
-from callstate.statelog import Entry, StateLog, parse_ts
+from callstate.statelog import Entry, parse_ts
+from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 

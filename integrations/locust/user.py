@@ -15,20 +15,20 @@ import sys
 import time
 from typing import Any, ClassVar
 
-import gevent
 from gevent import GreenletExit
 from locust import User, constant, events, task
 
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.pipe_drive import drive_pipe_sync
+from callstate.client.unary_drive import PlanScripts, drive_call_sync
 from callstate.lifecycle import ABORTIVE
-from callstate.scenario import (BEFORE_START, DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
+from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOMES, Mix
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust.options import overrides
 from callstate.locust.process import REQUEST_TYPE, ProcessState
@@ -80,7 +80,7 @@ class CallstateUser(User):
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
         self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
-        self._scripts: dict[tuple[str, str, int | None], pb.Script] = {}
+        self._script = PlanScripts(self.scenario, self.delay, self.payload)
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
                              timeout=float(timeout) if timeout is not None else None)
@@ -113,53 +113,22 @@ class CallstateUser(User):
     def on_stop(self) -> None:
         self.client.close()
 
-    def _script(self, plan: Plan) -> pb.Script:
-        key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
-        script = self._scripts.get(key)
-        if script is None:
-            held = plan.outcome == "hold"
-            script = self._scripts[key] = pb.Script(
-                outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
-                outcome_delay_ms=0 if held else round(self.delay * 1000), reply_bytes=self.payload,
-                abort_code=self.scenario.abort_code if plan.outcome == "abort" else 0,
-                cancel_poll_ms=plan.cancel_poll_ms)
-        return script
-
     @task
     def scripted_call(self) -> None:
         plan = self.scenario.plan(self.rng)
         if plan.pipe is not None:
             return self._pipe_call(plan)
-        abortive = plan.cancel == ABORTIVE
+        expected = expected_codes(plan, self.scenario.abort_code)
         t0 = time.perf_counter()
         call: Call = self.client.prepare(self._script(plan), payload=self._payload)
-        timer: gevent.Greenlet | None = None
-        reply: pb.CallReply | None = None
         try:
-            point = plan.point
-            if point is not None and point.kind == BEFORE_START:
-                call.cancel(abortive)
-            else:
-                call.start()
-                if point is not None:
-                    delay = plan.delay(self.rng)
-                    if delay <= 0:   # after-start (and a zero delay): at once
-                        self._cancel(call, abortive)
-                    else:
-                        timer = gevent.spawn_later(delay, self._cancel, call, abortive)
-            reply = call.result()
-            code = codes.RPC_S_OK
-        except CallError as err:
-            code = err.code
+            end = drive_call_sync(call, plan, self.rng, escalate_after=self.scenario.escalate_after)
         except GreenletExit:
             # Locust stops the user mid-call: cancel it and complete it, so the call ends on
             # both sides and its code is counted like any other.
-            self._finish_at_shutdown(call, t0, expected_codes(plan, self.scenario.abort_code))
+            self._finish_at_shutdown(call, t0, expected)
             raise
-        finally:
-            if timer is not None:
-                timer.kill(block=False)
-        self._report(call, code, t0, expected_codes(plan, self.scenario.abort_code), reply)
+        self._report(call, end.code, t0, expected, end.reply)
 
     def _pipe_call(self, plan: Plan) -> None:
         """A pipe call, driven like `callstate load`'s: each side pushes the scenario's messages,
@@ -179,17 +148,6 @@ class CallstateUser(User):
             self._finish_at_shutdown(pipe, t0, expected, name)
             raise
         self._report(pipe, code, t0, expected, None, name)
-
-    def _cancel(self, call: Call, abortive: bool) -> None:
-        if call.done():
-            return
-        try:
-            if abortive:
-                call.cancel()
-            else:
-                call.cancel(abortive=False, timeout=self.scenario.escalate_after)
-        except CallError:
-            pass   # completed meanwhile
 
     def _finish_at_shutdown(self, call: Call | Pipe, t0: float, expected: frozenset[int], kind: str = "") -> None:
         try:

@@ -60,7 +60,8 @@ def settings(marker_kwargs: dict[str, Any], ini: Any, root: Path) -> dict[str, A
 
 def start_standin(log: Path, protos: Sequence[str], proto_path: Sequence[str], descriptor_set: str | None,
                   rules: str | None, config: dict[str, Any]) -> StandinServer:
-    from callstate.rules import RulesError, load_rules
+    from callstate.files import load_rules
+    from callstate.rules import RulesError
     from callstate.schema import SchemaError, from_descriptor_set, from_protos
     from callstate.script import Mix
     from callstate.server.app import ServerOptions

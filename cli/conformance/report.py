@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from callstate.cli.conformance_properties import PROPERTIES, Row
+from callstate.cli.conformance.properties import PROPERTIES, Row
 
 DIRECT, PROXY = "direct", "proxy"
 

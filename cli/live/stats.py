@@ -2,7 +2,7 @@
 flight, and the last few cancels with how fast they travelled.
 
 Pure bookkeeping (no terminal, no I/O), fed by `callstate load` (both sides) and
-`callstate watch` (the server's journal); `live_view` draws it.
+`callstate watch` (the server's journal); `live.view` draws it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, Callable, TextIO
 
 from callstate import codes
-from callstate.cli.live_stats import RATE_WINDOW_S, LiveStats
+from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
 from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END
 
 LIVE, LINES = "live", "lines"

@@ -10,14 +10,15 @@ import grpc
 
 from callstate import codes
 from callstate.check import percentiles
-from callstate.cli.conformance_calls import Result, examples, open_client
-from callstate.cli.conformance_journal import cancel_seen_at, ended, final, first
-from callstate.cli.conformance_properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
+from callstate.cli.conformance.calls import Result, examples, open_client
+from callstate.cli.conformance.journal import cancel_seen_at, ended, final, first
+from callstate.cli.conformance.properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
 from callstate.client import Script
-from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
+from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, COMPLETE, D, NON_ABORTIVE
+from callstate.script import HOLD
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 _DEADLINE_STATUS = grpc.StatusCode.DEADLINE_EXCEEDED.name
 
@@ -28,7 +29,7 @@ async def cancel_abortive(b: Battery) -> Row:
     dropped: list[str] = []
 
     async def one(i: int) -> Result | None:
-        call = b.prepare(CANCEL_ABORTIVE, b.client, Script("hold")).start()
+        call = b.prepare(CANCEL_ABORTIVE, b.client, Script(HOLD)).start()
         if not await b.until_dispatched(call):
             dropped.append(call.call_id)
             await b.finish(call, 0)
@@ -85,7 +86,7 @@ async def cancel_non_abortive(b: Battery) -> Row:
     """Held calls that complete when they see a cancel notice: notice delivered, reply back."""
     async def one(i: int) -> str:
         payload = os.urandom(16)
-        script = Script("hold", on_cancel="complete", echo=True)
+        script = Script(HOLD, on_cancel=COMPLETE, echo=True)
         call = b.prepare(CANCEL_NON_ABORTIVE, b.client, script, payload).start()
         if not await b.until_dispatched(call):
             await b.finish(call, 0)
@@ -115,7 +116,7 @@ async def deadline(b: Battery) -> Row:
     """Held calls with a client deadline: the server must see it (grpc-timeout) and end too."""
     client = open_client(b.target, b.recorder, timeout=b.cfg.deadline)
     try:
-        results = await b.twice(lambda i: b.finish(b.prepare(DEADLINE, client, Script("hold")).start(),
+        results = await b.twice(lambda i: b.finish(b.prepare(DEADLINE, client, Script(HOLD)).start(),
                                                    b.cfg.deadline + b.cfg.wait))
     finally:
         await client.close()

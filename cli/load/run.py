@@ -28,16 +28,17 @@ import orjson
 from callstate import codes
 from callstate.check import Checker, percentiles
 from callstate.cli.options import DEFAULT_TARGET
-from callstate.client import AsyncCall, AsyncClient, CallError
-from callstate.cli.live_stats import LiveStats
-from callstate.cli.live_view import LiveView
-from callstate.cli.run_report import ReportBuilder, collect_examples
+from callstate.client import AsyncClient, CallError
+from callstate.cli.live.stats import LiveStats
+from callstate.cli.live.view import LiveView
+from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
+from callstate.client.unary_drive import PlanScripts, drive_call
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
-from callstate.scenario import BEFORE_START, Plan, Scenario, pipe_cancel, pipe_script
-from callstate.script import ON_CANCEL, OUTCOMES
-from callstate.statelog import Entry, StateLog, parse_ts, proto_to_dict
+from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
+from callstate.statelog import Entry, parse_ts, proto_to_dict
+from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
@@ -61,7 +62,7 @@ class LoadConfig:
     max_in_flight: int = 10_000
     settle: float = 15.0        # how long to wait for the server to end every call after the run
     timeout: float | None = None   # per-call gRPC deadline
-    view: str = ""              # live_view.LIVE, LINES, or "" for no live view
+    view: str = ""              # live.view.LIVE, LINES, or "" for no live view
     collect_report: bool = False   # keep what the HTML report needs (`html_report`)
     metrics_port: int | None = None   # serve the client side's Prometheus /metrics (callstate[metrics])
     metrics_bind: str = "127.0.0.1"
@@ -135,7 +136,7 @@ class LoadRun:
         self.attempted = 0        # calls that tried to go out (not cancelled in state C)
         self.start_failed = 0     # ... and were refused before leaving (C -> End)
         self.stream_dropped = 0   # entries our own journal stream lost (the server tells us on it)
-        self._scripts: dict[tuple[str, str], pb.Script] = {}
+        self._script = PlanScripts(config.scenario, config.delay, config.payload)
         self._our_server_ends = 0
         self._our_server_dispatches = 0
         self._barrier_id = ""
@@ -183,17 +184,6 @@ class LoadRun:
     def plan(self) -> Plan:
         return self.cfg.scenario.plan(self.rng)
 
-    def _script(self, plan: Plan) -> pb.Script:
-        key = (plan.outcome, plan.on_cancel, plan.cancel_poll_ms)
-        script = self._scripts.get(key)
-        if script is None:
-            script = self._scripts[key] = pb.Script(
-                outcome=OUTCOMES[plan.outcome], on_cancel=ON_CANCEL[plan.on_cancel],
-                outcome_delay_ms=0 if script_holds(plan) else round(self.cfg.delay * 1000),
-                reply_bytes=self.cfg.payload, abort_code=self.cfg.scenario.abort_code if OUTCOMES[plan.outcome] == pb.OUTCOME_ABORT else 0,
-                cancel_poll_ms=plan.cancel_poll_ms)
-        return script
-
     # -- one call ------------------------------------------------------------------------------
     def _claim(self) -> bool:
         """Count a call as started before it runs, so bounds hold however far behind the loop is."""
@@ -207,47 +197,29 @@ class LoadRun:
         """One call, already counted by `_claim`."""
         if plan.pipe is not None:
             return await self.one_pipe(client, plan)
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self.paths[plan.outcome] += 1
+        self._count_paths(plan)
         if self._requests is None:
             call = client.prepare(self._script(plan), payload=payload)
         else:
             call = client.prepare(self._script(plan), method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
-        abortive = plan.cancel == ABORTIVE
-        timer: asyncio.TimerHandle | None = None
         try:
-            if plan.cancel:
-                self.paths[f"cancel-{plan.cancel}"] += 1
-                self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
-            point = plan.point
-            if point is not None and point.kind == BEFORE_START:
-                call.cancel(abortive)
-            else:
-                self.attempted += 1
-                try:
-                    call.start()
-                except CallError:
-                    self.start_failed += 1
-                    raise
-                if point is not None:
-                    delay = plan.delay(self.rng)
-                    if delay <= 0:   # after-start (and a zero delay): at once
-                        self._cancel(call, abortive)
-                    else:
-                        timer = loop.call_later(delay, self._cancel, call, abortive)
-            try:
-                await call
-                code = codes.RPC_S_OK
-            except CallError as err:
-                code = err.code
-        except CallError as err:   # the call could not be made
-            code = err.code
+            end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
-            if timer is not None:
-                timer.cancel()
             self.in_flight -= 1
+        self.attempted += end.attempted
+        self.start_failed += end.start_refused
+        self._record(end.code, t0)
+
+    def _count_paths(self, plan: Plan) -> None:
+        self.paths[plan.outcome] += 1
+        if plan.cancel:
+            self.paths[f"cancel-{plan.cancel}"] += 1
+            self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
+
+    def _record(self, code: int, t0: float) -> None:
+        """One call ended with `code`, started at `t0`."""
         self.finished += 1
         self.by_code[code] += 1
         self.latency[code].append((time.perf_counter() - t0) * 1000)
@@ -279,17 +251,7 @@ class LoadRun:
             code = err.code
         finally:
             self.in_flight -= 1
-        self.finished += 1
-        self.by_code[code] += 1
-        self.latency[code].append((time.perf_counter() - t0) * 1000)
-
-    def _cancel(self, call: AsyncCall, abortive: bool) -> None:
-        if call.done():
-            return
-        if abortive:
-            call.cancel()
-        else:
-            call.cancel(abortive=False, timeout=self.cfg.scenario.escalate_after)
+        self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------
     def _more(self) -> bool:
@@ -381,87 +343,123 @@ class LoadRun:
                         self.propagation.server_cancel_seen(e.call_id, parse_ts(e.ts))
 
     async def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        channel = cfg.settings.aio_channel(cfg.target)
-        metadata = cfg.settings.metadata
+        channel = self.cfg.settings.aio_channel(self.cfg.target)
+        try:
+            await self._connect(channel)
+            journal = pb_grpc.JournalStub(channel)
+            if self.cfg.drive is not None and not await _serves_journal(journal, self.cfg):   # no journal, no counters
+                self.one_sided = (f"{self.cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
+                                  "only the client side is logged and checked")
+            follow = await self._subscribe(journal)
+            before = await self._counters_before(journal, follow)
+        except ConnectionError:
+            await channel.close()
+            raise
+        view = self._start_view()
+        try:
+            elapsed = await self._drive()
+            after = await self._counters_after(channel, journal, before)
+        finally:
+            if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
+                view.stop()
+        self._end_follow(follow)
+        await channel.close()
+        self._close_logs()
+        return self.report(elapsed, before, after)
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
         try:
             await asyncio.wait_for(channel.channel_ready(), 5)
         except asyncio.TimeoutError:
-            await channel.close()
             hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
-                    if cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
-            raise ConnectionError(f"cannot reach a callstate server at {cfg.target} (no connection within 5 s: {hint})")
-        journal = pb_grpc.JournalStub(channel)
-        follow: asyncio.Task[None] | None = None
-        if cfg.drive is not None and not await _serves_journal(journal, cfg):   # no journal, no counters
-            self.one_sided = (f"{cfg.target} does not serve callstate.v1.Journal (not a callstate server): "
-                              "only the client side is logged and checked")
-        if self.checker is not None and not self.one_sided:   # subscribe first, then read the counters: no End falls in between
-            subscribed = asyncio.Event()
-            follow = asyncio.ensure_future(self._follow(journal, subscribed))
-            waiter = asyncio.ensure_future(subscribed.wait())
-            await asyncio.wait({follow, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not subscribed.is_set():
-                follow.cancel()
-                await channel.close()
-                raise ConnectionError(f"{cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                      f"is it a callstate server? ({_error_text(follow, cfg.settings)})")
+                    if self.cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
+            raise ConnectionError(f"cannot reach a callstate server at {self.cfg.target} "
+                                  f"(no connection within 5 s: {hint})") from None
+
+    async def _subscribe(self, journal: pb_grpc.JournalStub) -> asyncio.Task[None] | None:
+        """Follow the journal, when the run is checked (subscribe first, then read the counters:
+        no End falls in between); the following task, once the stream is in place."""
+        if self.checker is None or self.one_sided:
+            return None
+        subscribed = asyncio.Event()
+        follow = asyncio.ensure_future(self._follow(journal, subscribed))
+        waiter = asyncio.ensure_future(subscribed.wait())
+        await asyncio.wait({follow, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not subscribed.is_set():
+            follow.cancel()
+            raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
+                                  f"is it a callstate server? ({_error_text(follow, self.cfg.settings)})")
+        return follow
+
+    async def _counters_before(self, journal: pb_grpc.JournalStub, follow: asyncio.Task[None] | None) -> pb.Counters:
+        if self.one_sided:
+            return pb.Counters()
+        settings = self.cfg.settings
         try:
-            before = pb.Counters() if self.one_sided else \
-                await journal.GetCounters(pb.CountersRequest(), metadata=metadata, timeout=10)
+            return await journal.GetCounters(pb.CountersRequest(), metadata=settings.metadata, timeout=10)
         except grpc.aio.AioRpcError as err:
             if follow is not None:
                 follow.cancel()
-            await channel.close()
-            raise ConnectionError(f"{cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
-                                  f"{err.code().name}: {cfg.settings.explain(err.code(), err.details())}") from None
+            raise ConnectionError(f"{self.cfg.target} did not give its counters (callstate.v1.Journal/GetCounters): "
+                                  f"{err.code().name}: {settings.explain(err.code(), err.details())}") from None
+
+    def _start_view(self) -> LiveView | None:
+        if self.live is None:
+            return None
+        view = LiveView(self.live, self.out, self.cfg.view, f"callstate load → {self.cfg.target}",
+                        before_refresh=self._update_live)
+        view.start()
+        return view
+
+    async def _drive(self) -> float:
+        """Make the run's calls (SIGINT and SIGTERM stop it early); the seconds it took."""
+        cfg = self.cfg
         clients = [AsyncClient(cfg.target, log=self.sink, timeout=cfg.timeout, settings=cfg.settings,
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
-        view = None
-        if self.live is not None:
-            view = LiveView(self.live, self.out, cfg.view, f"callstate load → {cfg.target}", before_refresh=self._update_live)
-            view.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
         try:
-            try:
-                if cfg.rate:
-                    await self._open_loop(clients, payload)
-                else:
-                    await self._closed_loop(clients, payload)
-                elapsed = time.perf_counter() - self._t0
-            finally:
-                for client in clients:
-                    await client.close()
-            # the server's side: every call of ours ended, and nothing left in flight
+            if cfg.rate:
+                await self._open_loop(clients, payload)
+            else:
+                await self._closed_loop(clients, payload)
+            return time.perf_counter() - self._t0
+        finally:
+            for client in clients:
+                await client.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            try:
-                after: pb.Counters | None = None if self.one_sided else \
-                    await self._settle(channel, journal, before, cfg.settle)
-            except grpc.aio.AioRpcError as err:
-                after = None
-                self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
-        finally:
-            if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
-                view.stop()
-        if follow is not None:
-            if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
-                self.server_lost = f"the journal stream broke: {_error_text(follow)}"
-            follow.cancel()
-        await channel.close()
+
+    async def _counters_after(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub,
+                              before: pb.Counters) -> pb.Counters | None:
+        """The server's side: every call of ours ended, and nothing left in flight."""
+        if self.one_sided:
+            return None
+        try:
+            return await self._settle(channel, journal, before, self.cfg.settle)
+        except grpc.aio.AioRpcError as err:
+            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
+            return None
+
+    def _end_follow(self, follow: asyncio.Task[None] | None) -> None:
+        if follow is None:
+            return
+        if follow.done() and not follow.cancelled() and follow.exception() is not None and not self.server_lost:
+            self.server_lost = f"the journal stream broke: {_error_text(follow)}"
+        follow.cancel()
+
+    def _close_logs(self) -> None:
         for log in (self.log, self._client_spool):
             if log is not None:
                 log.close()
         if self._server_spool is not None:
             self._server_spool.close()
-        return self.report(elapsed, before, after)
 
     async def _settle(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub, before: pb.Counters,
                       timeout: float) -> pb.Counters:
@@ -495,17 +493,7 @@ class LoadRun:
         all_lat = [x for values in self.latency.values() for x in values]
         report: dict[str, Any] = {
             "target": self.cfg.target,
-            "config": {
-                "calls": self.cfg.calls, "duration": self.cfg.duration, "concurrency": None if self.cfg.rate else self.cfg.concurrency,
-                "rate": self.cfg.rate, "channels": self.cfg.channels, "mix": str(self.cfg.scenario.mix),
-                "cancel": self.cfg.scenario.cancel, "cancel_at": [str(p) for p in self.cfg.scenario.cancel_at],
-                "on_cancel": str(self.cfg.scenario.on_cancel), "escalate_after": self.cfg.scenario.escalate_after,
-                "payload": self.cfg.payload, "seed": self.cfg.seed, "pipes": self.cfg.scenario.pipes,
-                "pipe_cancel_at": [str(p) for p in self.cfg.scenario.pipe_cancel_at],
-                "pipe_messages": self.cfg.scenario.pipe_messages,
-                **({"method": self.cfg.drive.method.name} if self.cfg.drive is not None else {}),
-                **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
-            },
+            "config": self._config_json(),
             "calls": self.finished,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
@@ -516,44 +504,71 @@ class LoadRun:
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
                            **{str(c): _rounded(percentiles(v)) for c, v in sorted(self.latency.items())}},
             "paths": dict(sorted(self.paths.items())),
-            SERVER: {"in_flight_before": before.in_flight,
-                       "in_flight_after": after.in_flight if after else None,
-                       "dispatched": self._our_server_dispatches if self.checker is not None else (
-                           after.dispatched - before.dispatched if after else None),
-                       "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
-                       "lost": self.server_lost},
+            SERVER: {"unknown": self.one_sided} if self.one_sided else self._server_json(before, after),
         }
         if self.checker is not None:
-            # Invariant 4 on a server that was idle before the run; on a shared one, other
-            # clients' calls may be in flight: then only our own calls are judged (not_ended).
-            in_flight = None if after is None or before.in_flight else after.in_flight
-            result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
-                      self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))
-            checked = result.to_json()
-            # only our own stream's losses matter: another client's stuck watcher is not our problem
-            dropped = self.stream_dropped
-            notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
-                     "the server view is incomplete"] if dropped else []
-            if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
-                notes.append("no call reached the server")
-            report["cancel_propagation_ms"] = _rounded(checked.pop("cancel_propagation_ms"))
-            for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
-                report[apart] = _rounded(checked.pop(apart))
-            report["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
-                               "violations": checked["violations"],
-                               "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
-                               "entries": checked["entries"], "note": "; ".join(notes)}
-            if self.one_sided:
-                report["check"]["one_sided"] = CLIENT
-                report["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
+            report.update(self._checked(before, after))
         else:
             report["check"] = {"ok": not self._nothing_started(), "skipped": True}
         if self._nothing_started():
             report["check"]["note"] = "; ".join(filter(None, (report["check"].get("note"), self._nothing_started())))
         report["stream_dropped"] = self.stream_dropped
-        if self.one_sided:
-            report[SERVER] = {"unknown": self.one_sided}
         return report
+
+    def _config_json(self) -> dict[str, Any]:
+        cfg, scenario = self.cfg, self.cfg.scenario
+        return {
+            "calls": cfg.calls, "duration": cfg.duration, "concurrency": None if cfg.rate else cfg.concurrency,
+            "rate": cfg.rate, "channels": cfg.channels, "mix": str(scenario.mix),
+            "cancel": scenario.cancel, "cancel_at": [str(p) for p in scenario.cancel_at],
+            "on_cancel": str(scenario.on_cancel), "escalate_after": scenario.escalate_after,
+            "payload": cfg.payload, "seed": cfg.seed, "pipes": scenario.pipes,
+            "pipe_cancel_at": [str(p) for p in scenario.pipe_cancel_at],
+            "pipe_messages": scenario.pipe_messages,
+            **({"method": cfg.drive.method.name} if cfg.drive is not None else {}),
+            **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
+        }
+
+    def _server_json(self, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
+        if self.checker is not None:
+            dispatched: int | None = self._our_server_dispatches
+        else:
+            dispatched = after.dispatched - before.dispatched if after else None
+        return {"in_flight_before": before.in_flight, "in_flight_after": after.in_flight if after else None,
+                "dispatched": dispatched,
+                "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
+                "lost": self.server_lost}
+
+    def _checked(self, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
+        """The checker's verdict on both sides and the cancel propagation it measured."""
+        # Invariant 4 on a server that was idle before the run; on a shared one, other
+        # clients' calls may be in flight: then only our own calls are judged (not_ended).
+        in_flight = None if after is None or before.in_flight else after.in_flight
+        result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
+                  self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))  # type: ignore[union-attr]
+        checked = result.to_json()
+        notes = self._notes()
+        out: dict[str, Any] = {"cancel_propagation_ms": _rounded(checked.pop("cancel_propagation_ms"))}
+        for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
+            out[apart] = _rounded(checked.pop(apart))
+        out["check"] = {"ok": result.ok and not notes and not self._nothing_started(),
+                        "violations": checked["violations"],
+                        "violations_by_kind": checked["violations_by_kind"], "calls": checked["calls"],
+                        "entries": checked["entries"], "note": "; ".join(notes)}
+        if self.one_sided:
+            out["check"]["one_sided"] = CLIENT
+            out["cancel_propagation_ms"] = {"count": 0, "not_measurable": NOT_MEASURABLE}
+        return out
+
+    def _notes(self) -> list[str]:
+        """What makes a run with no violation unproven."""
+        # only our own stream's losses matter: another client's stuck watcher is not our problem
+        dropped = self.stream_dropped
+        notes = [f"{dropped} server entries were dropped by our journal stream's buffer: "
+                 "the server view is incomplete"] if dropped else []
+        if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
+            notes.append("no call reached the server")
+        return notes
 
     def _nothing_started(self) -> str:
         """Why the run proved nothing, when no call could start (or every one was refused)."""
@@ -592,10 +607,6 @@ async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool
         if err.code() == grpc.StatusCode.UNIMPLEMENTED:
             return False
     return True   # any other answer: the usual path says what is wrong
-
-
-def script_holds(plan: Plan) -> bool:
-    return OUTCOMES[plan.outcome] == pb.OUTCOME_HOLD
 
 
 def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from callstate.cli import COMMANDS
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("report", help="write an HTML report of a run from client and server state logs",
+    p = sub.add_parser("report", help=COMMANDS["report"].help,
                        description=para("Read client and server JSON-lines state logs (any number, any order), check "
                                         "them with the same rules as `callstate check`, and write one self-contained "
                                         "HTML file that opens offline: latency distribution per final code, calls in "
@@ -30,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli import html_report
-    from callstate.cli.run_report import build_from_files
+    from callstate.cli.report import html_report
+    from callstate.cli.report.run_report import build_from_files
     from callstate.statelog import LogFormatError
 
     if why := html_report.available():

@@ -8,38 +8,34 @@ import os
 import sys
 from typing import Any
 
-from typing import Any
-
-from callstate.cli.live_view import MODES, choose
+from callstate.cli import COMMANDS
+from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
-from callstate.cli.load_run import LoadConfig
+from callstate.cli.load.run import LoadConfig, LoadRun
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.options import (abort_code, add_target, bounded_int, cancel_points, cancel_shares,
-                                   channel_settings, channels, concurrency, message_count, non_negative_float,
-                                   non_negative_int, on_cancel_mix, outcome_mix, para, positive_float, positive_int,
+from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
+                                 non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
+                                 positive_float, positive_int)
+from callstate.cli.options import (abort_code, add_target, channel_settings, channels, concurrency, message_count, para,
                                    rate)
-from callstate.cli.options import cancel_poll, pipe_cancel_points, pipe_shares
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
-                                DEFAULT_PIPE_CANCEL_AT, POINT_KINDS, Scenario,
+                                DEFAULT_PIPE_CANCEL_AT, Scenario,
                                 unreachable_pipe_points)
+from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
 from callstate.script import Limits
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
 
-EPILOG = """\
+EPILOG = f"""\
 cancel points (--cancel-at, comma-separated; each cancelled call picks one at random):
-  before-start      cancel in state C: the call never goes out
-  after-start       cancel right after the call is made
-  after:SECONDS     cancel after a fixed delay (if not yet notified)
-  random:SECONDS    cancel after a uniformly random delay up to SECONDS
-  held:SECONDS      script the call to hold, cancel it after SECONDS
+{UNARY_POINTS.listing()}
 Held calls that are not in the cancelled share get an abortive cancel after --hold-for.
 
 pipes (--pipes in=10,out=10,both=10: percent of calls that are asynchronous pipes): each side
 pushes --pipe-messages messages; a cancelled pipe is cancelled at one of --pipe-cancel-at:
-  before-start, after-headers, after-sent:N, after-received:N, after-half-close
+  {PIPE_POINTS.usage()}
 (only the points that apply to its kind); held pipes not in the cancelled share are
 cancelled abortively once they have their headers.
 
@@ -50,11 +46,10 @@ examples:
   callstate load --calls 5000 --html report.html                    # and look at it in a browser
   callstate load --calls 2000 --pipes in=15,out=15,both=20 --pipe-cancel-at after-sent:2,after-received:3
 """
-assert all(kind in EPILOG for kind in POINT_KINDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("load", help="load-test the cancellation paths and verify both sides' lifecycles",
+    p = sub.add_parser("load", help=COMMANDS["load"].help,
                        description=para("Drive many scripted calls against a server: a mix of outcomes, a share of "
                                         "them cancelled (abortive or non-abortive) at chosen points. While it runs, "
                                         "the server's journal is followed; at the end both sides' entries are "
@@ -170,65 +165,92 @@ def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
     return drive
 
 
+class _Stop(Exception):
+    """A run that cannot go on: its one line, exit status 2."""
+
+
 def _run(opts: argparse.Namespace, provider: object) -> int:
     import orjson
 
-    from callstate.cli import html_report
-    from callstate.cli.load_run import LoadRun, summary
+    from callstate.cli.load.run import summary
 
-    scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
-                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
-                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages,
-                        cancel_poll=opts.cancel_poll)
-    config = LoadConfig(
-        target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
-        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
-        scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
-        log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
-        timeout=opts.timeout, settings=opts.settings, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind, drive=opts.drive,
-        tracing=provider if provider is not None else False,
-        view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
-    if opts.html and (why := html_report.available()):
-        print(f"callstate load: {why}", file=sys.stderr)
-        return 2
     try:
-        for out in filter(None, (opts.report, opts.html)):   # fail now, not after the run, when one cannot be written
-            open(out, "ab").close()
-        load_run = LoadRun(config)
-    except OSError as exc:
+        load_run = _prepare(opts, _config(opts, provider))
+        report = _drive_run(load_run, opts)
+        if opts.html:
+            _write_html(load_run, report, opts.html)
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
+        if opts.report:   # after the verdict: a file that cannot be written does not hide it
+            _write_json(report, opts.report)
+    except _Stop as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
-    if load_run.metrics is not None:
-        print(f"callstate load: metrics on {load_run.metrics.url}", file=sys.stderr, flush=True)
-    try:
-        report = asyncio.run(load_run.run())
-    except ConnectionError as exc:
-        print(f"callstate load: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if load_run.metrics is not None and not opts.metrics_linger:
-            load_run.metrics.close()
-    if opts.html:
-        try:
-            html_report.write(load_run.html_report(report), opts.html)
-        except OSError as exc:
-            print(f"callstate load: --html {opts.html}: cannot write the report ({exc.strerror or exc})",
-                  file=sys.stderr)
-            return 2
-        print(f"callstate load: HTML report written to {os.path.abspath(opts.html)}", file=sys.stderr, flush=True)
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if opts.json else summary(report), flush=True)
-    if opts.report:
-        try:
-            with open(opts.report, "wb") as f:
-                f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-        except OSError as exc:   # a full disk, say: the run's verdict above stands, the file does not
-            print(f"callstate load: --report {opts.report}: cannot write the report ({exc.strerror or exc})",
-                  file=sys.stderr)
-            return 2
     if load_run.metrics is not None and opts.metrics_linger:
         _linger(opts.metrics_linger)
         load_run.metrics.close()
     return _exit_status(report)
+
+
+def _config(opts: argparse.Namespace, provider: object) -> LoadConfig:
+    scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
+                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
+                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages,
+                        cancel_poll=opts.cancel_poll)
+    return LoadConfig(
+        target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
+        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
+        scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
+        log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
+        timeout=opts.timeout, settings=opts.settings, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+        drive=opts.drive, tracing=provider if provider is not None else False,
+        view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
+
+
+def _prepare(opts: argparse.Namespace, config: LoadConfig) -> LoadRun:
+    """The run, its outputs checked first: fail now, not after the run, when one cannot be written."""
+    from callstate.cli.report import html_report
+
+    if opts.html and (why := html_report.available()):
+        raise _Stop(why)
+    try:
+        for out in filter(None, (opts.report, opts.html)):
+            open(out, "ab").close()
+        load_run = LoadRun(config)
+    except OSError as exc:
+        raise _Stop(str(exc)) from None
+    if load_run.metrics is not None:
+        print(f"callstate load: metrics on {load_run.metrics.url}", file=sys.stderr, flush=True)
+    return load_run
+
+
+def _drive_run(load_run: LoadRun, opts: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return asyncio.run(load_run.run())
+    except ConnectionError as exc:
+        raise _Stop(str(exc)) from None
+    finally:
+        if load_run.metrics is not None and not opts.metrics_linger:
+            load_run.metrics.close()
+
+
+def _write_html(load_run: LoadRun, report: dict[str, Any], path: str) -> None:
+    from callstate.cli.report import html_report
+
+    try:
+        html_report.write(load_run.html_report(report), path)
+    except OSError as exc:
+        raise _Stop(f"--html {path}: cannot write the report ({exc.strerror or exc})") from None
+    print(f"callstate load: HTML report written to {os.path.abspath(path)}", file=sys.stderr, flush=True)
+
+
+def _write_json(report: dict[str, Any], path: str) -> None:
+    import orjson
+
+    try:
+        with open(path, "wb") as f:
+            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    except OSError as exc:   # a full disk, say: the run's verdict printed stands, the file does not
+        raise _Stop(f"--report {path}: cannot write the report ({exc.strerror or exc})") from None
 
 
 def _exit_status(report: dict[str, Any]) -> int:

@@ -12,11 +12,12 @@ import textwrap
 import time
 from typing import Any, Callable, Coroutine, TextIO
 
-from callstate.cli.conformance_battery import BatteryConfig
-from callstate.cli.conformance_calls import LOSS, POWER, detection
-from callstate.cli.conformance_properties import PROPERTIES
-from callstate.cli.options import (add_access, channel_settings, concurrency, metadata_bytes, non_negative_float, para,
-                                   port, positive_float, positive_int, streams)
+from callstate.cli import COMMANDS
+from callstate.cli.conformance.battery import BatteryConfig
+from callstate.cli.conformance.calls import LOSS, POWER, detection
+from callstate.cli.conformance.properties import PROPERTIES
+from callstate.arg_types import non_negative_float, positive_float, positive_int
+from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
 
@@ -42,7 +43,7 @@ def host_port(text: str) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "conformance", help="test a gRPC proxy: does it keep every call's lifecycle? (direct vs proxied)",
+        "conformance", help=COMMANDS["conformance"].help,
         description=para("Run a fixed battery of lifecycle scenarios through a gRPC proxy (gateway, sidecar, load "
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
@@ -111,7 +112,7 @@ class Interrupted(Exception):
 
 def progress_line(out: TextIO) -> Callable[[str, Any], None]:
     """One line per row as it is judged, for a person watching a run that takes minutes."""
-    from callstate.cli.conformance_properties import PROPERTIES
+    from callstate.cli.conformance.properties import PROPERTIES
     done = {"direct": 0, "proxy": 0}
 
     def show(path: str, row: Any) -> None:
@@ -125,9 +126,9 @@ def progress_line(out: TextIO) -> Callable[[str, Any], None]:
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli.conformance_report import failed, junit_xml, table, to_json, writable, write_atomically
-    from callstate.cli.conformance_run import Setup, run_battery
-    from callstate.cli.conformance_server import ServerProcess
+    from callstate.cli.conformance.report import failed, junit_xml, table, to_json, writable, write_atomically
+    from callstate.cli.conformance.run import Setup, run_battery
+    from callstate.cli.conformance.server import ServerProcess
 
     cfg = BatteryConfig(calls=opts.calls, concurrency=opts.concurrency, small_bytes=opts.small_bytes,
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,
@@ -159,7 +160,7 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.script import Limits
     if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
         return usage(f"--max-bytes {opts.max_bytes} is over the largest reply ({Limits().max_reply_bytes})")
-    from callstate.cli.conformance_calls import use_access
+    from callstate.cli.conformance.calls import use_access
     settings = channel_settings(opts)
     if opts.serve_port is not None and (settings.secure or settings.token):
         return usage("--serve-port starts a plaintext server without a token: to test a locked-down "

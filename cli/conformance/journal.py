@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from callstate.cli.conformance_calls import auth_metadata
+from callstate.cli.conformance.calls import auth_metadata
 from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER, PIPE_INITIAL_MOVE, SERVER
 from callstate.statelog import parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from callstate import codes
-from callstate.cli import svg_charts
+from callstate.cli.report import svg_charts
 from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 
 MISSING_JINJA = "the HTML report needs Jinja2: pip install 'callstate[report]'"

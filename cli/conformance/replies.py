@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING
 import grpc
 
 from callstate import codes
-from callstate.cli.conformance_calls import Result, auth_metadata, code_failure, examples, median_ms, reply_failure
-from callstate.cli.conformance_journal import ended
-from callstate.cli.conformance_properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
+from callstate.cli.conformance.calls import Result, auth_metadata, code_failure, examples, median_ms, reply_failure
+from callstate.cli.conformance.journal import ended
+from callstate.cli.conformance.properties import FATAL, LARGE_METADATA, MANY_STREAMS, UNIMPLEMENTED, Row
 from callstate.client import Script
+from callstate.lifecycle import ABORT, COMPLETE, FATAL as FATAL_OUTCOME
 from callstate.script import Limits
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import CALL_ID_KEY, new_call_id
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 PAD_KEY = "callstate-pad"   # the large request header
 
@@ -33,7 +34,7 @@ async def complete(b: Battery, prop: str, size: int, n: int) -> Row:
 
     async def one(i: int) -> tuple[Result, str]:
         payload = os.urandom(size) if echo else b""
-        script = Script("complete", echo=True) if echo else Script("complete", reply_bytes=size)
+        script = Script(COMPLETE, echo=True) if echo else Script(COMPLETE, reply_bytes=size)
         r = await b.finish(b.prepare(prop, b.client, script, payload).start(), b.cfg.wait + size / 1e6, ends=True)
         return r, reply_failure(r, payload if echo else bytes(size))
     results = await b.twice(one, n)
@@ -46,7 +47,7 @@ async def abort(b: Battery, prop: str, headers_first: bool) -> Row:
     """Aborts with a different code per call: that exact code must reach the client."""
     async def one(i: int) -> tuple[Result, int]:
         code = 5000 + i % 1000   # a different code per call: a code that reaches the wrong call shows
-        script = Script("abort", abort_code=code, headers_first=headers_first)
+        script = Script(ABORT, abort_code=code, headers_first=headers_first)
         return await b.finish(b.prepare(prop, b.client, script).start(), b.cfg.wait, ends=True), code
     results = await b.twice(one)
     bad = [why for r, code in results if (why := code_failure(r, code, 5000))]
@@ -57,7 +58,7 @@ async def abort(b: Battery, prop: str, headers_first: bool) -> Row:
 async def fatal(b: Battery) -> Row:
     """Fatal failures: 1726 at the client."""
     async def one(i: int) -> Result:
-        return await b.finish(b.prepare(FATAL, b.client, Script("fatal")).start(), b.cfg.wait, ends=True)
+        return await b.finish(b.prepare(FATAL, b.client, Script(FATAL_OUTCOME)).start(), b.cfg.wait, ends=True)
     results = await b.twice(one)
     bad = [r.describe() for r in results if r.code != codes.RPC_S_CALL_FAILED]
     return Row(FATAL, not bad, f"{len(results) - len(bad)}/{len(results)} 1726", examples(bad),
@@ -85,7 +86,7 @@ async def unimplemented(b: Battery) -> Row:
 async def many_streams(b: Battery) -> Row:
     """Overlapping calls on the battery's one connection: all complete."""
     n = b.cfg.streams
-    hold = Script("complete", outcome_delay=0.5)
+    hold = Script(COMPLETE, outcome_delay=0.5)
     t0 = time.perf_counter()
     results = await asyncio.gather(*(b.finish(b.prepare(MANY_STREAMS, b.client, hold).start(),
                                               b.cfg.wait + 0.5, ends=True) for _ in range(n)))

@@ -1,4 +1,5 @@
-"""Reading TLS material (PEM) given as a path or as the bytes themselves."""
+"""The user's files the core reads: TLS material (PEM, given as a path or as the bytes themselves)
+and stand-in rules files (`callstate.rules` compiles their text; this module opens them)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
+
+from callstate.script import Limits
+
+if TYPE_CHECKING:   # a client reading its PEM files need not load the rules compiler
+    from callstate.rules import RuleSet
+    from callstate.schema.model import Schema
 
 PemSource = Union[str, Path, bytes, None]   # a path to a PEM file, or the PEM bytes themselves
 MAX_PEM_BYTES = 1024 * 1024   # a certificate chain or CA bundle is far smaller
@@ -52,3 +59,13 @@ def check_key_pair(cert: PemSource, key: PemSource, what: str) -> None:
     except (ssl.SSLError, ValueError) as exc:
         raise OSError(f"the {what} {str(cert)!r} and key {str(key)!r} do not make a pair: "
                       f"{getattr(exc, 'reason', None) or exc}") from None
+
+
+def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:
+    """Read and compile a rules file; RulesError names the file, the line and the field."""
+    from callstate.rules import RulesError, parse_rules
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_rules(text, schema, limits, source=str(path))

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from callstate import codes
 from callstate.check import EXAMPLES_PER_KIND, KINDS, Checker, CheckReport, percentiles
 from callstate.lifecycle import (CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of)
-from callstate.statelog import Entry, format_ts, parse_ts, read_log
+from callstate.statelog import Entry, format_ts, parse_ts
+from callstate.logfile import read_log
 
 LATENCY_BINS = 40       # log-spaced histogram bins for latency and propagation
 TIMELINE_BUCKETS = 120  # at most this many time buckets for the over-time chart

@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from callstate.cli.conformance_battery import Battery, BatteryConfig, open_channel, open_client
-from callstate.cli.conformance_journal import ServerJournal
-from callstate.cli.conformance_properties import Row
-from callstate.cli.conformance_report import DIRECT, PROXY
-from callstate.cli.conformance_server import ServerProcess
+from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
+from callstate.cli.conformance.journal import ServerJournal
+from callstate.cli.conformance.properties import Row
+from callstate.cli.conformance.report import DIRECT, PROXY
+from callstate.cli.conformance.server import ServerProcess
 from callstate.client import CallError, Script
+from callstate.lifecycle import COMPLETE
 
 CONNECT_TIMEOUT = 5.0
 
@@ -59,7 +60,7 @@ async def _probe(target: str) -> None:
     """One plain call through the proxy: without it nothing can be measured."""
     client = open_client(target, None, timeout=CONNECT_TIMEOUT)
     try:
-        await client.start(Script("complete"))
+        await client.start(Script(COMPLETE))
     except CallError as err:
         raise ConnectionError(f"a call through the proxy at {target} fails ({err}): "
                               "does it forward to the server?") from None

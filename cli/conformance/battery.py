@@ -1,5 +1,5 @@
 """The conformance battery on one path (direct or through a proxy): how its calls are made and
-waited for, and the order of its rows (conformance_replies, _cancels, _pipes and _endings hold them).
+waited for, and the order of its rows (replies, cancels, pipes and endings hold them).
 
 Each scenario makes its calls sequentially, then again at `concurrency`, and judges them
 from both sides: the client's entries (recorded in memory) and the server's (its journal,
@@ -15,13 +15,13 @@ from functools import partial
 from typing import Any, Awaitable, Callable
 
 from callstate import codes
-from callstate.cli import conformance_cancels as cancels
-from callstate.cli import conformance_endings as endings
-from callstate.cli import conformance_pipes as pipes
-from callstate.cli import conformance_replies as replies
-from callstate.cli.conformance_calls import BatteryConfig, Recorder, Result, open_channel, open_client
-from callstate.cli.conformance_journal import ServerJournal, dispatched, ended
-from callstate.cli.conformance_properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
+from callstate.cli.conformance import cancels
+from callstate.cli.conformance import endings
+from callstate.cli.conformance import pipes
+from callstate.cli.conformance import replies
+from callstate.cli.conformance.calls import BatteryConfig, Recorder, Result, open_channel, open_client
+from callstate.cli.conformance.journal import ServerJournal, dispatched, ended
+from callstate.cli.conformance.properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
                                                   COMPLETE_SMALL, Row)
 from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
 

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from callstate import codes
 from callstate.check import Checker
-from callstate.cli.conformance_calls import Recorder, examples, open_client, reply_failure
-from callstate.cli.conformance_journal import dispatched, ended
-from callstate.cli.conformance_properties import CHECK, GRACEFUL_STOP, HELD, Row
+from callstate.cli.conformance.calls import Recorder, examples, open_client, reply_failure
+from callstate.cli.conformance.journal import dispatched, ended
+from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
 from callstate.client import Script
+from callstate.lifecycle import COMPLETE
+from callstate.script import HOLD
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 
 async def held(b: Battery) -> Row:
@@ -26,7 +28,7 @@ async def held(b: Battery) -> Row:
 
     async def one() -> str:
         payload = os.urandom(32)
-        r = await b.finish(b.prepare(HELD, client, Script("complete", outcome_delay=seconds, echo=True),
+        r = await b.finish(b.prepare(HELD, client, Script(COMPLETE, outcome_delay=seconds, echo=True),
                                            payload).start(), seconds + b.cfg.wait, ends=True)
         why = reply_failure(r, payload)
         return f"{why}, before the {seconds:g} s hold ended" if why and r.ms < seconds * 1000 else why
@@ -66,7 +68,7 @@ async def graceful_stop(b: Battery, stop_server: Callable[[], Awaitable[None]] |
     recorder = Recorder()
     client = open_client(b.target, recorder)
     try:
-        calls = [client.prepare(Script("hold")) for _ in range(b.cfg.concurrency)]
+        calls = [client.prepare(Script(HOLD)) for _ in range(b.cfg.concurrency)]
         for call in calls:   # judged here, not by the check row (which runs before the stop)
             b.journal.watch(call.call_id)
             call.start()

@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from callstate import codes
-from callstate.cli.conformance_calls import Result, code_failure, examples
-from callstate.cli.conformance_cancels import judge_propagation
-from callstate.cli.conformance_journal import cancel_seen_at, dispatched, ended, final, first
-from callstate.cli.conformance_properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
+from callstate.cli.conformance.calls import Result, code_failure, examples
+from callstate.cli.conformance.cancels import judge_propagation
+from callstate.cli.conformance.journal import cancel_seen_at, dispatched, ended, final, first
+from callstate.cli.conformance.properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
                                                   PIPE_EARLY_ANSWER, PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, Row)
 from callstate.client import AsyncPipe, CallError, PipeScript
-from callstate.lifecycle import COMP, ENTER, NP, NULL_PULL, PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.lifecycle import ABORT, COMP, COMPLETE, ENTER, NP, NULL_PULL, PIPE_BOTH, PIPE_IN, PIPE_OUT
+from callstate.script import HOLD
 
 if TYPE_CHECKING:
-    from callstate.cli.conformance_battery import Battery
+    from callstate.cli.conformance.battery import Battery
 
 MESSAGES = 4              # per pipe: small, the rows test the shape of a stream, not its volume
 INTERVAL = 0.02           # s between the streamed row's messages: 60 ms from the first to the last
@@ -105,7 +106,7 @@ async def out_streamed(b: Battery) -> Row:
     pull MESSAGES of them, in order, while the stream is still open, then its cancel notice has
     the server complete with 0. Causal, not timed: a proxy that holds a response stream until its
     end delivers nothing while it is open, however fast or loaded the machine is."""
-    script = PipeScript(outcome="hold", interval=INTERVAL, on_cancel="complete")
+    script = PipeScript(outcome=HOLD, interval=INTERVAL, on_cancel=COMPLETE)
 
     async def one(i: int) -> str:
         pulled = Pulled()
@@ -181,7 +182,7 @@ async def early_answer(b: Battery) -> Row:
     and a half-close made only once the answer is overdue: it resets the caller's stream when
     the answer is complete before the request (RST_STREAM CANCEL: 1818), or it holds the answer
     until the caller half-closes (the answer arrives only after the half-close)."""
-    script = PipeScript(outcome="complete", at="after-in", at_count=EARLY_AFTER)
+    script = PipeScript(outcome=COMPLETE, at="after-in", at_count=EARLY_AFTER)
 
     async def push_some(pipe: AsyncPipe) -> None:
         for _ in range(EARLY_AFTER):
@@ -253,7 +254,7 @@ async def both_full_duplex(b: Battery) -> Row:
 
     async def one(i: int) -> str:
         code = 7000 + i % 1000   # a different code per call: a code that reaches the wrong call shows
-        script = PipeScript(messages=0, outcome="abort", at="after-in", at_count=1, abort_code=code)
+        script = PipeScript(messages=0, outcome=ABORT, at="after-in", at_count=1, abort_code=code)
         r, why = await _answered_while_open(b, b.pipe(PIPE_BOTH_FULL_DUPLEX, PIPE_BOTH, script), push_one)
         return why if r is None else code_failure(r, code, 7000)
     results = await b.twice(one)
@@ -266,7 +267,7 @@ async def abort_mid_stream(b: Battery) -> Row:
     """Out pipes aborted with a per-call code after MESSAGES messages: the messages, then the code."""
     async def one(i: int) -> str:
         code = 8000 + i % 1000
-        script = PipeScript(messages=MESSAGES, outcome="abort", at="after-out", at_count=MESSAGES, abort_code=code)
+        script = PipeScript(messages=MESSAGES, outcome=ABORT, at="after-out", at_count=MESSAGES, abort_code=code)
         pulled = Pulled()
         r = await drive(b, b.pipe(PIPE_ABORT_MID_STREAM, PIPE_OUT, script), pulled.take, b.cfg.wait)
         if r.code != code:
@@ -285,7 +286,7 @@ async def cancel(b: Battery) -> Row:
     """Held out pipes, cancelled abortively once the caller has pulled CANCEL_AFTER messages:
     did each cancel reach the server, how fast, is anything left in flight?"""
     bound = b.cfg.cancel_bound_ms / 1000
-    script = PipeScript(outcome="hold", interval=HELD_INTERVAL)
+    script = PipeScript(outcome=HOLD, interval=HELD_INTERVAL)
 
     async def one(i: int) -> tuple[Result, int]:
         pulled = Pulled()

@@ -1,0 +1,95 @@
+"""Argument types: text to a value, or `argparse.ArgumentTypeError` naming what is wrong
+(argparse turns it into one usage line and exit status 2, never a traceback).
+
+The numbers' ranges and the scenario's texts (`--mix`, `--cancel`, `--cancel-at`, ...) are
+read the same way by `callstate load` and the Locust options (`callstate.locust`), so they
+live here, beside the scenario's parsers, and not in the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Callable
+
+from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_poll, parse_cancel_shares,
+                                parse_pipe_cancel_points, parse_pipe_shares)
+from callstate.script import ON_CANCEL, Mix
+
+
+MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
+MAX_INT = 2**31 - 1   # what a gRPC integer option holds; every count and size option fits in it
+
+
+def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[[str], Any]:
+    """An argparse type for a finite number that is >= 0 (or > 0), and at most MAX_INT (an
+    integer) or MAX_SECONDS (a number): no option takes a value past those without harm."""
+    high = MAX_INT if parse is int else MAX_SECONDS
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
+                                             f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
+        return value
+    convert.__name__ = kind   # argparse names the type in its messages
+    return convert
+
+
+non_negative_float = _number(float, "a number", positive=False)
+positive_float = _number(float, "a number", positive=True)
+non_negative_int = _number(int, "an integer", positive=False)
+positive_int = _number(int, "an integer", positive=True)
+
+
+def finite_float(text: str) -> float:
+    """Any finite number of seconds, negative included (the client refuses those itself)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds within ±{MAX_SECONDS:g}")
+    return value
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """An integer in low..high (e.g. what a 64-bit proto field holds)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be in {low}..{high}{' (' + what + ')' if what else ''}")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+int64 = bounded_int(-(2**63), 2**63 - 1, "a 64-bit integer")
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser that raises ValueError (MixError is one) naming the problem."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+outcome_mix = _parsed(Mix.parse)
+on_cancel_mix = _parsed(lambda text: Mix.parse(text, tuple(ON_CANCEL)))
+cancel_shares = _parsed(parse_cancel_shares)
+cancel_points: Callable[[str], tuple[CancelPoint, ...]] = _parsed(parse_cancel_points)
+pipe_shares = _parsed(parse_pipe_shares)
+pipe_cancel_points = _parsed(parse_pipe_cancel_points)
+cancel_poll: Callable[[str], Any] = _parsed(parse_cancel_poll)   # `--cancel-poll 0=50,100=50`
