@@ -14,7 +14,7 @@ Cancelling the task that awaits a call is an abortive cancel of the call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import grpc
 
@@ -29,6 +29,9 @@ from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.lifecycle import C, WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
+
+if TYPE_CHECKING:   # callstate.schema (protobuf's pools) loads on a user's first method call
+    from callstate.schema import Method
 
 
 class AsyncCompletionQueue:
@@ -177,7 +180,7 @@ class AsyncClient(ClientBase):
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[AsyncCall], None] | None = None,
-                method: Any = None, request: Any = None) -> AsyncCall:
+                method: "str | Method | None" = None, request: Any = None) -> AsyncCall:
         """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
         queue) and `on_complete` are notified when the call-complete notification arrives.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
 
@@ -26,6 +26,9 @@ from callstate.client.shared_surface import CallBase, ClientBase
 from callstate.errors import CallError
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
+
+if TYPE_CHECKING:   # callstate.schema (protobuf's pools) loads on a user's first method call
+    from callstate.schema import Method
 
 
 class CompletionQueue:
@@ -109,7 +112,7 @@ class Client(ClientBase):
 
     def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
                 queue: Any = None, on_complete: Callable[[Call], None] | None = None,
-                method: Any = None, request: Any = None) -> Call:
+                method: "str | Method | None" = None, request: Any = None) -> Call:
         """A call in state C, not yet sent, as `AsyncClient.prepare` (callbacks run on gRPC's threads)."""
         return Call(self, self._outgoing(script, payload, call_id, method, request))._subscribe(queue, on_complete)
 
