@@ -2,6 +2,7 @@
 
 Both surfaces mirror each other name for name and share one lifecycle core
 (`client.call_core.CoreBase`: `CallCore`, `PipeCore`) and one error type (`CallError`); only waiting differs.
+The modules in reading order, each calling only those below it: docs/client-design.md.
 """
 
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle

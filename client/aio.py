@@ -14,18 +14,24 @@ Cancelling the task that awaits a call is an abortive cancel of the call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import grpc
 
 from callstate import codes
-from callstate.client.call_core import CallCore
-from callstate.client.shared_surface import (ESCALATED_NOT_CALLSTATE, NOTICE_CLIENT_CLOSED, CallBase, ClientBase,
-                                            notice_failed, notice_outcome, notice_unanswerable)
-from callstate.lifecycle import C, CANCEL_SENT, WCOMP
-from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.client.any_method import MethodRequest, check_request
+from callstate.client.call_core import CallCore
+from callstate.client.channel import ChannelSettings
+from callstate.client.notice_aio import AsyncNotice
+from callstate.client.pipe_aio import AsyncPipe
+from callstate.client.shared_surface import CallBase, ClientBase
+from callstate.errors import CallError, InvalidAsyncHandle
+from callstate.lifecycle import C, WCOMP
+from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
+
+if TYPE_CHECKING:   # callstate.schema (protobuf's pools) loads on a user's first method call
+    from callstate.schema import Method
 
 
 class AsyncCompletionQueue:
@@ -44,44 +50,11 @@ class AsyncCompletionQueue:
         return self._queue.qsize()
 
 
-class AsyncNotices:
-    """The cancel notice and its escalation timer on the event loop (AsyncCall, AsyncPipe)."""
+class AsyncCall(CallBase):
+    """One call on the caller's side, driven on the event loop: its verbs call down into its
+    core (`CallCore`), the client's bookkeeping and grpc.aio."""
 
-    _client: Any
-    _core: Any
-    _timeout: float | None
-    _escalation: asyncio.TimerHandle | None
-    _notice: asyncio.Future[None] | None = None
-
-    # from CallBase: _notice_request(), _escalate(timeout)
-    _notice_request: Any
-    _escalate: Any
-
-    def _send_notice(self) -> None:
-        self._notice = asyncio.ensure_future(self._notice_and_log())
-
-    async def _notice_and_log(self) -> None:
-        try:
-            reply = await self._client._stub.Cancel(self._notice_request(),
-                                                    metadata=self._client._notice_metadata(self.call_id),
-                                                    timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            self._core.event(CANCEL_SENT, notice_failed(err.code()))
-            if notice_unanswerable(err.code()):
-                self._escalate(0.0, ESCALATED_NOT_CALLSTATE)
-        except asyncio.CancelledError:
-            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
-        else:
-            self._core.event(CANCEL_SENT, notice_outcome(reply))
-
-    def _arm_escalation(self, timeout: float) -> None:
-        if self._escalation is not None:
-            self._escalation.cancel()
-        self._escalation = asyncio.get_running_loop().call_later(timeout, self._escalate, timeout)
-
-
-class AsyncCall(AsyncNotices, CallBase):
-    """One call on the caller's side, driven on the event loop."""
+    _notice_type = AsyncNotice
 
     def __init__(self, client: "AsyncClient", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
@@ -89,24 +62,23 @@ class AsyncCall(AsyncNotices, CallBase):
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
 
-    # -- the I/O under CallBase's moves ---------------------------------------------------
-    @property
-    def _sent(self) -> bool:
-        return self._rpc is not None
-
-    def _validate(self) -> None:
-        check_request(self._request)
-
-    def _send(self) -> None:
+    # -- the caller's moves ------------------------------------------------------------------
+    def start(self) -> "AsyncCall":
+        """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
+        (C -> End, nothing to complete) when the call cannot be made."""
+        self._admit(check_request, self._request)
         rpc, message, extra = self._client._unary(self._request)
         self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         if self._core.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
+        self._core.started()
+        return self
 
-    def _abort_rpc(self) -> None:
-        assert self._rpc is not None
-        self._rpc.cancel()
-        self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
+    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
+        """RpcAsyncCancelCall (see CallBase.cancel)."""
+        super().cancel(abortive, timeout)
+        if abortive:
+            self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
@@ -200,19 +172,33 @@ class AsyncCall(AsyncNotices, CallBase):
 
 
 class AsyncClient(ClientBase):
-    """Calls to one callstate server over one grpc.aio channel (`prepare`, `start`: see ClientBase).
+    """Calls to one callstate server over one grpc.aio channel.
 
     Access options: see ClientBase."""
 
-    _call_type = AsyncCall
+    _open_channel = ChannelSettings.aio_channel
 
-    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
-        return self.settings.aio_channel(target, options)
+    def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
+                queue: Any = None, on_complete: Callable[[AsyncCall], None] | None = None,
+                method: "str | Method | None" = None, request: Any = None) -> AsyncCall:
+        """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
+        queue) and `on_complete` are notified when the call-complete notification arrives.
 
-    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> Any:
+        `method` ("pkg.Svc/Method" of the client's schema, or a `Method`): a unary call on that
+        method of any service, with `request` (a message, a dict or JSON text of its proto JSON
+        form; None: the empty message); the script travels as the `callstate-script` header
+        (None: none sent, the server decides). SchemaError for an unknown method or a request
+        that does not fit it."""
+        call = AsyncCall(self, self._outgoing(script, payload, call_id, method, request))
+        return call._subscribe(queue, on_complete)
+
+    def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> AsyncCall:
+        """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
+        return self.prepare(script, **kwargs).start()
+
+    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> AsyncPipe:
         """An asynchronous pipe call in state C ("in", "out" or "both"), or on a streaming `method=` of any
         service (its shape is the kind; `request=`: what an out pipe sends): see client/pipe_aio.py."""
-        from callstate.client.pipe_aio import AsyncPipe
         return AsyncPipe(self, kind, script, **kwargs)
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
@@ -41,9 +41,14 @@ class CoreBase:
     notification may reach the caller (`_notifiable`)."""
 
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
-                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks")
+                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks",
+                 "completed_for_caller", "sent", "received")
 
+    # What differs on a pipe is data, not methods the base would call up into: when the
+    # notification may reach the caller, and the move the outcome's arrival itself makes
+    # in a state (a pipe's status in Pull is the end of the server's pipe too).
     _notifiable = staticmethod(notifiable)
+    _arrival_moves: Mapping[str, str] = {}
 
     def __init__(self, call_id: str, owner: Any, log: StateLog | None, kind: str = UNARY) -> None:
         self.call_id = call_id
@@ -56,6 +61,9 @@ class CoreBase:
         self.grpc_status = ""
         self.details = ""
         self.abortive_cancel = False
+        self.sent: int | None = None       # messages pushed and pulled (pipes; None: a unary call)
+        self.received: int | None = None
+        self.completed_for_caller = False  # completed on the caller's behalf (client closed, awaiting task cancelled)
         self._log = log if log is not None and log.enabled else None
         self._lock = threading.Lock()      # the sync surfaces notify from gRPC's threads
         self._callbacks: list[Callable[[Any], None]] = []
@@ -66,10 +74,6 @@ class CoreBase:
                                    initial_move(CLIENT, kind)))
 
     # -- recording --------------------------------------------------------------------------
-    def _counts(self) -> tuple[int | None, int | None]:
-        """The message counts logged on each transition (pipes); None for a unary call."""
-        return None, None
-
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
               detail: str | None = None, cancel: str | None = None) -> None:
         prev, state = self.lifecycle.move(move)
@@ -79,7 +83,7 @@ class CoreBase:
                 detail: str | None = None, cancel: str | None = None) -> None:
         if self._log is not None:
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
-                                   grpc_status, detail, cancel, *self._counts()))
+                                   grpc_status, detail, cancel, self.sent, self.received))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
@@ -100,7 +104,10 @@ class CoreBase:
     # C (before `started()`): it is held until the caller enters a state that may complete.
 
     def _on_arrival(self) -> None:
-        """(Under the lock.) Moves the outcome's arrival itself makes (pipes: the null pull)."""
+        """(Under the lock.) The move the outcome's arrival itself makes (pipes: the null pull)."""
+        move = self._arrival_moves.get(self.lifecycle.state)
+        if move is not None:
+            self._move(move)
 
     def started(self) -> None:
         with self._lock:
@@ -209,6 +216,19 @@ class CoreBase:
                 self._record(comp, end, COMPLETED, code, self.grpc_status or None, self.details or None)
         if code != codes.RPC_S_OK:
             raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
+        return self.reply
+
+    def result(self) -> Any:
+        """What a wait-then-complete (`result()`) gives once notified: complete() — or, when the
+        call was already completed on the caller's behalf, that completion's outcome rather than 1914."""
+        try:
+            return self.complete()
+        except InvalidAsyncHandle:
+            # completed on our behalf, perhaps by close() on another thread a moment ago
+            if not self.completed_for_caller or self.code is None:
+                raise
+        if self.code != codes.RPC_S_OK:
+            raise CallError(self.code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply
 
     def status(self) -> int:

@@ -21,8 +21,8 @@ import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
-from callstate.client.aio import AsyncNotices
-from callstate.client.pipe_surface import PipeBase
+from callstate.client.notice_aio import AsyncNotice
+from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript, check_push
@@ -57,8 +57,10 @@ async def _write_keeping_status(rpc: Any, msg: Any) -> bool:
     return True
 
 
-class AsyncPipe(AsyncNotices, PipeBase):
+class AsyncPipe(PipeBase):
     """One pipe call on the caller's side, driven on the event loop."""
+
+    _notice_type = AsyncNotice
 
     def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
                  **kwargs: Any) -> None:
@@ -74,9 +76,11 @@ class AsyncPipe(AsyncNotices, PipeBase):
         if self._rpc is not None and not self._core.notified:
             self._start_drainer()
 
-    # -- the I/O under CallBase's moves ------------------------------------------------------------
-    def _send(self) -> None:
-        """Open the stream: C -> Push (in, both) or Pull (out) follows in `start()`."""
+    # -- the caller's moves ------------------------------------------------------------------------
+    def start(self) -> "AsyncPipe":
+        """C -> Push (in, both) or Pull (out): open the stream; returns at once. Raises CallError
+        (C -> End, nothing to complete) when the call cannot be made."""
+        self._admit(check_script, self._script, self.kind)
         metadata, open_rpc = self._metadata(), self._rpc_maker()
         if self.kind == PIPE_OUT:
             self._rpc = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
@@ -85,6 +89,8 @@ class AsyncPipe(AsyncNotices, PipeBase):
         self._driver = asyncio.ensure_future(self._drive())
         if self._core.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
+        self._core.started()
+        return self
 
     # -- the pipe ------------------------------------------------------------------------------------
     async def headers(self) -> tuple[tuple[str, Any], ...]:

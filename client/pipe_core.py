@@ -35,26 +35,22 @@ __all__ = ["ACT", "DONE", "UNSENT", "PipeCore"]
 
 
 class PipeCore(CoreBase):
-    __slots__ = ("kind", "sent", "received", "headers_seen", "log_messages", "pulled_end", "peer_null_pushed")
+    __slots__ = ("kind", "headers_seen", "log_messages", "pulled_end", "peer_null_pushed")
 
     _notifiable = staticmethod(pipe_notifiable)
+    _arrival_moves = {PULL: NULL_PULL}   # the status is the end of the server's pipe too
+    sent: int
+    received: int
 
     def __init__(self, call_id: str, kind: str, log: StateLog | None, log_messages: bool = False,
                  owner: Any = None) -> None:
         self.kind = kind
-        self.sent = self.received = 0
         self.headers_seen = False
         self.log_messages = log_messages
         self.pulled_end = False         # a pull returned the end of the server's pipe (its null pull)
         self.peer_null_pushed = False   # that end came as the server's own null-push message
         super().__init__(call_id, owner, log, kind)
-
-    def _counts(self) -> tuple[int | None, int | None]:
-        return self.sent, self.received
-
-    def _on_arrival(self) -> None:
-        if self.lifecycle.state == PULL:   # the status is the end of the server's pipe too
-            self._move(NULL_PULL)
+        self.sent = self.received = 0   # logged with each entry after the first
 
     # -- the pipe's own moves ----------------------------------------------------------------------
     def headers(self) -> None:

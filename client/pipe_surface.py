@@ -1,5 +1,5 @@
 """What the sync and asyncio pipes share besides `PipeCore` and `CallBase`: how a pipe call is
-made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add only the I/O."""
+made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add their verbs with the I/O."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
 
 def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:
     return script.to_proto() if isinstance(script, PipeScript) else script
+
+
+def check_script(script: pb.PipeScript | None, kind: str) -> None:
+    """The server's checks of a pipe's script (RequestError naming the field)."""
+    if script is not None:
+        validate_pipe(script, kind)
 
 
 def check_kind(kind: str) -> None:
@@ -61,14 +67,6 @@ class PipeBase(CallBase):
     def received(self) -> int:
         """Messages pulled so far (their receive-complete notifications)."""
         return self._core.received
-
-    @property
-    def _sent(self) -> bool:
-        return self._rpc is not None
-
-    def _validate(self) -> None:
-        if self._script is not None:
-            validate_pipe(self._script, self.kind)
 
     def _metadata(self) -> tuple[tuple[str, Any], ...]:
         """The call's metadata plus a pipe's own: its cancel key (a stream has no request message
@@ -111,9 +109,6 @@ class PipeBase(CallBase):
         """What a null push sends before the half-close: a message of its own on the Emulator; on a
         user's method nothing (the half-close is the null push: a stand-in knows the method's shape)."""
         return NULL_PUSH_MESSAGE if self.method is None else None
-
-    def _abort_rpc(self) -> None:
-        self._rpc.cancel()
 
     def _need_rpc(self, what: str) -> PipeCore:
         if self._rpc is None:

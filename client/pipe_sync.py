@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
-from callstate.client.pipe_surface import PipeBase
-from callstate.client.sync import ThreadNotices
+from callstate.client.notice_sync import ThreadNotice
+from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript, check_push
@@ -77,8 +77,10 @@ class _Feeder:
         self._queue.put(None)
 
 
-class Pipe(ThreadNotices, PipeBase):
+class Pipe(PipeBase):
     """One pipe call on the caller's side, driven by gRPC's threads."""
+
+    _notice_type = ThreadNotice
 
     def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
                  **kwargs: Any) -> None:
@@ -108,8 +110,11 @@ class Pipe(ThreadNotices, PipeBase):
             self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
             self._drainer.start()
 
-    # -- the I/O under CallBase's moves ------------------------------------------------------------
-    def _send(self) -> None:
+    # -- the caller's moves ------------------------------------------------------------------------
+    def start(self) -> "Pipe":
+        """C -> Push (in, both) or Pull (out): open the stream; returns at once. Raises CallError
+        (C -> End, nothing to complete) when the call cannot be made."""
+        self._admit(check_script, self._script, self.kind)
         metadata, open_rpc = self._metadata(), self._rpc_maker()
         if self.kind == PIPE_OUT:
             self._rpc = self._responses = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
@@ -121,6 +126,8 @@ class Pipe(ThreadNotices, PipeBase):
         self._rpc.add_done_callback(self._on_done)
         if self._core.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
+        self._core.started()
+        return self
 
     # -- the pipe ------------------------------------------------------------------------------------
     def headers(self) -> tuple[tuple[str, Any], ...]:

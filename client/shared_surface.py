@@ -1,6 +1,9 @@
-"""What the sync and asyncio client surfaces share besides the sans-IO call core: the caller's
-moves over the core (`CallBase`, for calls and pipes alike), the client's bookkeeping (`ClientBase`), and the words the
-state log uses for a cancel notice's fate."""
+"""What the sync and asyncio surfaces share, below them: the caller's view of a call's core
+(`CallBase`, for calls and pipes alike), the client's bookkeeping (`ClientBase`), and a cancel
+notice's fate and escalation (`NoticeBase`, with the words the state log uses for it).
+
+Nothing here calls up into a surface: `Client`/`AsyncClient` and their calls call down into
+this module, the core (call_core.py) and the channel (docs/client-design.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import grpc
 
 from callstate import codes
+from callstate.client.any_method import MethodRequest, multicallable, resolve
 from callstate.client.call_core import ACT, CoreBase
 from callstate.client.channel import ChannelSettings, PemSource
-from callstate.errors import CallError, InvalidAsyncHandle
-from callstate.lifecycle import C, CANCEL_ESCALATED, CLIENT, CLIENT_CLOSED, LifecycleError
+from callstate.errors import CallError
+from callstate.lifecycle import C, CANCEL_ESCALATED, CANCEL_SENT, CLIENT, CLIENT_CLOSED, LifecycleError
 from callstate.script import RequestError, Script
 from callstate.logfile import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
@@ -21,7 +25,6 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from callstate.client.any_method import MethodRequest
     from callstate.schema import Method, Schema
 
 
@@ -61,22 +64,77 @@ def notice_unanswerable(status: grpc.StatusCode | None) -> bool:
     return status == grpc.StatusCode.UNIMPLEMENTED
 
 
-class CallBase:
-    """What calls and pipes share on both surfaces: the caller's moves over one core
-    (`CallCore` or `PipeCore`).
+class NoticeBase:
+    """A non-abortive cancel's notice to the server, and the timer that escalates the cancel to
+    abortive when the notice goes unanswered: what becomes of it is logged here; sending it and
+    timing it is the I/O style's (`AsyncNotice` in notice_aio.py, `ThreadNotice` in notice_sync.py).
+    `abort`: the call's abortive cancel, for the escalation."""
 
-    Subclasses supply only the I/O: `_validate` and `_send` the call, `_abort_rpc`, and how to
-    wait; `_send_notice` and `_arm_escalation` come from the surface's notice mix-in
-    (`AsyncNotices` in aio.py, `ThreadNotices` in sync.py).
+    def __init__(self, client: "ClientBase", core: CoreBase, request: pb.CancelRequest, timeout: float | None,
+                 abort: Callable[[], None]) -> None:
+        self._client = client
+        self._core = core
+        self._request = request            # the call's id and the key it was made with (proof of ownership)
+        self._metadata = client._notice_metadata(request.call_id)
+        self._timeout = timeout            # the notice's gRPC deadline: the call's
+        self._abort = abort
+        self._timer: Any = None            # the escalation timer
+
+    send: Callable[[float | None], None]   # the notice goes out; escalate after that many seconds (None: never)
+
+    @classmethod
+    def of(cls, call: "CallBase") -> "NoticeBase":
+        """The call's notice, made on its first non-abortive cancel."""
+        if call._notice is None:
+            call._notice = cls(call._client, call._core, call._notice_request(), call._timeout,
+                               lambda: call.cancel(abortive=True))
+        return call._notice
+
+    def answered(self, reply: pb.CancelReply) -> None:
+        self._core.event(CANCEL_SENT, notice_outcome(reply))
+
+    def failed(self, status: grpc.StatusCode | None) -> None:
+        self._core.event(CANCEL_SENT, notice_failed(status))
+        if notice_unanswerable(status):
+            self.escalate(0.0, ESCALATED_NOT_CALLSTATE)
+
+    def cut_off(self) -> None:
+        self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
+
+    def escalate(self, timeout: float, why: str = "") -> None:
+        """No answer in time (or none possible): the cancel becomes abortive, unless the call ended."""
+        if self._core.outcome_known or self._core.lifecycle.ended:
+            return
+        self._core.event(CANCEL_ESCALATED, why or f"no answer {timeout:g}s after the cancel notice")
+        try:
+            self._abort()
+        except (CallError, LifecycleError):
+            pass   # the caller completed or cancelled it meanwhile (sync: from another thread)
+
+    def stop(self) -> None:
+        """The outcome is in: an unanswered notice no longer needs escalating."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class CallBase:
+    """What calls and pipes share on both surfaces: the caller's view of one core (`CallCore`
+    or `PipeCore`), the checks before a start, and completing.
+
+    It calls only down (the core, the client's bookkeeping, and the surface's notice type, given
+    as data): each surface's call writes its own `start()` with its I/O (aio.py, sync.py,
+    pipe_aio.py, pipe_sync.py).
     """
+
+    _notice_type: type[NoticeBase]         # each surface's: AsyncNotice (notice_aio.py), ThreadNotice (notice_sync.py)
+    _notice: NoticeBase | None = None      # made by the first non-abortive cancel
+    _rpc: Any = None                       # the gRPC call once sent (grpc.aio's call, or grpc's future)
 
     def __init__(self, client: "ClientBase", core: CoreBase, cancel_key: str, timeout: float | None) -> None:
         self._client = client
         self._core = core
         self._cancel_key = cancel_key      # repeated in the call's cancel notices: proof of ownership
         self._timeout = timeout            # the call's gRPC deadline, in seconds (None: none)
-        self._escalation: Any = None       # the timer that turns an unanswered notice abortive
-        self._completed_for_caller = False
 
     @property
     def call_id(self) -> str:
@@ -96,72 +154,41 @@ class CallBase:
         """The final code once notified (None before)."""
         return self._core.code
 
-    @property
-    def _sent(self) -> bool:
-        raise NotImplementedError
-
-    def _validate(self) -> None:
-        """Raise RequestError (or ScriptError) when the server would refuse the call."""
-
-    def _send(self) -> None:
-        raise NotImplementedError
-
-    def _abort_rpc(self) -> None:
-        raise NotImplementedError
-
-    def _send_notice(self) -> None:
-        raise NotImplementedError
-
-    def _arm_escalation(self, timeout: float) -> None:
-        raise NotImplementedError
-
     def _notice_request(self) -> pb.CancelRequest:
         """The cancel notice: the call's id and the key it was made with (proof of ownership)."""
-        return pb.CancelRequest(call_id=self.call_id, cancel_key=self._cancel_key)
+        return pb.CancelRequest(call_id=self._core.call_id, cancel_key=self._cancel_key)
 
-    def start(self) -> Any:
-        """C -> the caller's first waiting state: send the call; returns at once, like RpcAsyncCall.
-        Raises CallError (C -> End, nothing to complete) when the call cannot be made."""
-        if self.state != C:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
+    def _admit(self, check: Callable[..., None], *subject: Any) -> None:
+        """What `start()` checks before the call goes out: in C, the client open, and
+        `check(*subject)` (the server's own checks, so a refused call never goes out). Refused:
+        CallError (C -> End, nothing to complete); admitted: the client counts the call live
+        until it is completed."""
+        core = self._core
+        if core.state != C:
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, core.call_id, details=f"start() in state {core.state}")
         if self._client.closed:
-            raise self._core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
-        try:   # the same checks as the server's, so a refused call never goes out
-            self._validate()
+            raise core.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
+        try:
+            check(*subject)
         except RequestError as exc:
-            raise self._core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+            raise core.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
         self._client._live.add(self)
-        self._send()
-        self._core.started()
-        return self
 
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
         """RpcAsyncCancelCall. Abortive: a gRPC cancel (RST_STREAM); the notification is rushed.
         Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
         `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
         still be waited for and completed. After the final complete: 1914."""
-        if self._core.cancel(abortive, self._sent) != ACT:
+        if self._core.cancel(abortive, self._rpc is not None) != ACT:
             return
         if abortive:
-            self._abort_rpc()
-            return
-        self._send_notice()
-        if timeout is not None:
-            self._arm_escalation(timeout)
-
-    def _escalate(self, timeout: float, why: str = "") -> None:
-        if self._core.outcome_known or self._core.lifecycle.ended:
-            return
-        self._core.event(CANCEL_ESCALATED, why or f"no answer {timeout:g}s after the cancel notice")
-        try:
-            self.cancel(abortive=True)
-        except (CallError, LifecycleError):
-            pass   # the caller completed or cancelled it meanwhile (sync: from another thread)
+            self._rpc.cancel()
+        else:
+            self._notice_type.of(self).send(timeout)
 
     def _stop_escalation(self) -> None:
-        """The outcome is in: an unanswered notice no longer needs escalating."""
-        if self._escalation is not None:
-            self._escalation.cancel()
+        if self._notice is not None:
+            self._notice.stop()
 
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
@@ -176,35 +203,36 @@ class CallBase:
         try:
             return self._core.complete()
         finally:
-            if self._core.lifecycle.ended:
+            if self._core.lifecycle.ended:   # no longer the client's to end at close()
                 self._client._live.discard(self)
 
     def _complete_quietly(self) -> None:
         """Complete on the caller's behalf (its final code is in the log)."""
-        self._completed_for_caller = True
+        self._core.completed_for_caller = True
         try:
             self.complete()
         except CallError:
             pass
 
     def _result_after_wait(self) -> Any:
-        """What `result()` gives once notified: complete() — or, when the call was already
-        completed on the caller's behalf (client closed, awaiting task cancelled), that
-        completion's outcome rather than 1914."""
-        core = self._core
+        """What `result()` gives once notified (see CoreBase.result)."""
         try:
-            return self.complete()
-        except InvalidAsyncHandle:
-            # completed on our behalf, perhaps by close() on another thread a moment ago
-            if not self._completed_for_caller or core.code is None:
-                raise
-        if core.code != codes.RPC_S_OK:
-            raise CallError(core.code, self.call_id, grpc_status=core.grpc_status, details=core.details)
-        return core.reply
+            return self._core.result()
+        finally:
+            if self._core.lifecycle.ended:
+                self._client._live.discard(self)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(call)` when the notification arrives (at once if it has)."""
         self._core.add_done_callback(callback)
+
+    def _subscribe(self, queue: Any, on_complete: Callable[[Any], None] | None) -> Any:
+        """`prepare()`'s notification styles: a completion queue and a callback (either may be None)."""
+        if queue is not None:
+            self.add_done_callback(queue.post)
+        if on_complete is not None:
+            self.add_done_callback(on_complete)
+        return self
 
 
 class ClientBase:
@@ -217,7 +245,8 @@ class ClientBase:
     Any service (client/any_method.py): `schema`, a `callstate.schema.Schema` whose methods
     `prepare`/`start`/`pipe` call by name (`method=`); None: the target's reflection, read once."""
 
-    _call_type: type[CallBase] = CallBase
+    # how the surface's channel is opened (ChannelSettings.aio_channel or .sync_channel)
+    _open_channel: Callable[[ChannelSettings, str, list[tuple[str, Any]] | None], Any]
 
     def __init__(self, target: str, *, log: str | Path | StateLog | None = None, timeout: float | None = None,
                  channel_options: list[tuple[str, Any]] | None = None, tls_ca: PemSource = None,
@@ -242,7 +271,7 @@ class ClientBase:
             from callstate.observe.tracing import CallTracer
             self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
-        self._channel = self._open_channel(target, channel_options)
+        self._channel = type(self)._open_channel(self.settings, target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
         self._rpcs: dict[str, Any] = {}
@@ -251,8 +280,7 @@ class ClientBase:
     def method(self, name: "str | Method") -> "Method":
         """A method of the client's schema by name ("pkg.Svc/Method"); without a schema, the
         target's reflection is read once, now (blocking). SchemaError when unknown."""
-        from callstate.client.any_method import resolve
-        from callstate.schema import from_reflection
+        from callstate.schema import from_reflection   # protobuf's pools: loaded for a user's methods only
 
         def load() -> "Schema":
             return from_reflection(self.target, credentials=self.settings.credentials(),
@@ -264,18 +292,14 @@ class ClientBase:
         """The method's multicallable on this client's channel (made once)."""
         rpc = self._rpcs.get(method.path)
         if rpc is None:
-            from callstate.client.any_method import multicallable
             rpc = self._rpcs[method.path] = multicallable(self._channel, method)
         return rpc
 
-    def _unary(self, request: "pb.CallRequest | MethodRequest") -> tuple[Any, Any, tuple[tuple[str, Any], ...]]:
+    def _unary(self, request: pb.CallRequest | MethodRequest) -> tuple[Any, Any, tuple[tuple[str, Any], ...]]:
         """How a unary call goes out: (multicallable, message, metadata beyond the id and token)."""
         if isinstance(request, pb.CallRequest):
             return self._stub.Call, request, ()
         return self._rpc_of(request.method), request.message, request.metadata()
-
-    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
-        raise NotImplementedError
 
     def _metadata(self, call_id: str, extra: tuple[tuple[str, Any], ...] = ()) -> tuple[tuple[str, Any], ...]:
         """The call's gRPC metadata: its id, the token, and the trace context when tracing."""
@@ -288,33 +312,13 @@ class ClientBase:
         (deploy/nginx: `hash $http_callstate_call_id`) takes the notice to the call's replica."""
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata
 
-    def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
-                queue: Any = None, on_complete: Callable[[Any], None] | None = None,
-                method: "str | Method | None" = None, request: Any = None) -> Any:
-        """A call in state C, not yet sent: `start()` it or `cancel()` it. `queue` (a completion
-        queue) and `on_complete` are notified when the call-complete notification arrives.
-
-        `method` ("pkg.Svc/Method" of the client's schema, or a `Method`): a unary call on that
-        method of any service, with `request` (a message, a dict or JSON text of its proto JSON
-        form; None: the empty message); the script travels as the `callstate-script` header
-        (None: none sent, the server decides). SchemaError for an unknown method or a request
-        that does not fit it."""
+    def _outgoing(self, script: Script | pb.Script | None, payload: bytes, call_id: str | None,
+                  method: "str | Method | None", request: Any) -> pb.CallRequest | MethodRequest:
+        """What `prepare()` sends: a CallRequest, or on a user's `method` a MethodRequest (see `prepare`)."""
         call_id, cancel_key = call_id or new_call_id(), new_cancel_key()
         if method is None:
-            outgoing: Any = request_for(script, payload, call_id, cancel_key)
-        else:
-            from callstate.client.any_method import MethodRequest
-            outgoing = MethodRequest.make(self.method(method), request, script, call_id, cancel_key)
-        call = self._call_type(self, outgoing)
-        if queue is not None:
-            call.add_done_callback(queue.post)
-        if on_complete is not None:
-            call.add_done_callback(on_complete)
-        return call
-
-    def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Any:
-        """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
-        return self.prepare(script, **kwargs).start()
+            return request_for(script, payload, call_id, cancel_key)
+        return MethodRequest.make(self.method(method), request, script, call_id, cancel_key)
 
     def _note_closing(self) -> None:
         """Before the channel closes under them: each call still in flight records that the

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
 
 from callstate import codes
-from callstate.client.call_core import CallCore
-from callstate.client.shared_surface import (ESCALATED_NOT_CALLSTATE, NOTICE_CLIENT_CLOSED, CallBase, ClientBase,
-                                            notice_failed, notice_outcome, notice_unanswerable)
-from callstate.lifecycle import CANCEL_SENT
-from callstate.errors import CallError
 from callstate.client.any_method import MethodRequest, check_request
+from callstate.client.call_core import CallCore
+from callstate.client.channel import ChannelSettings
+from callstate.client.notice_sync import ThreadNotice
+from callstate.client.pipe_sync import Pipe
+from callstate.client.shared_surface import CallBase, ClientBase
+from callstate.errors import CallError
+from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
+
+if TYPE_CHECKING:   # callstate.schema (protobuf's pools) loads on a user's first method call
+    from callstate.schema import Method
 
 
 class CompletionQueue:
@@ -43,68 +48,31 @@ class CompletionQueue:
         return self._queue.qsize()
 
 
-class ThreadNotices:
-    """The cancel notice and its escalation timer on gRPC's and timer threads (Call, Pipe)."""
+class Call(CallBase):
+    """One call on the caller's side, driven by gRPC's threads: its verbs call down into its
+    core (`CallCore`), the client's bookkeeping and grpc."""
 
-    _client: Any
-    _core: Any
-    _timeout: float | None
-    _escalation: threading.Timer | None
-
-    # from CallBase: _notice_request(), _escalate(timeout)
-    _notice_request: Any
-    _escalate: Any
-
-    def _send_notice(self) -> None:
-        notice = self._client._stub.Cancel.future(self._notice_request(),
-                                                  metadata=self._client._notice_metadata(self.call_id),
-                                                  timeout=self._timeout)
-        notice.add_done_callback(self._on_notice_sent)
-
-    def _on_notice_sent(self, notice: grpc.Future) -> None:
-        if notice.cancelled():
-            self._core.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)
-        elif isinstance(err := notice.exception(), grpc.Call):
-            self._core.event(CANCEL_SENT, notice_failed(err.code()))
-            if notice_unanswerable(err.code()):
-                self._escalate(0.0, ESCALATED_NOT_CALLSTATE)
-        else:
-            self._core.event(CANCEL_SENT, notice_outcome(notice.result()))
-
-    def _arm_escalation(self, timeout: float) -> None:
-        if self._escalation is not None:
-            self._escalation.cancel()
-        self._escalation = threading.Timer(timeout, self._escalate, (timeout,))
-        self._escalation.daemon = True
-        self._escalation.start()
-
-
-class Call(ThreadNotices, CallBase):
-    """One call on the caller's side, driven by gRPC's threads."""
+    _notice_type = ThreadNotice
 
     def __init__(self, client: "Client", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
         self._request = request
-        self._future: grpc.Future | None = None
+        self._rpc: grpc.Future | None = None
         self._notified = threading.Event()
         self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
 
-    @property
-    def _sent(self) -> bool:
-        return self._future is not None
-
-    def _validate(self) -> None:
-        check_request(self._request)
-
-    def _send(self) -> None:
+    # -- the caller's moves ------------------------------------------------------------------
+    def start(self) -> "Call":
+        """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
+        (C -> End, nothing to complete) when the call cannot be made."""
+        self._admit(check_request, self._request)
         rpc, message, extra = self._client._unary(self._request)
-        self._future = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
-        self._future.add_done_callback(self._on_done)
+        self._rpc = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
+        self._rpc.add_done_callback(self._on_done)   # at once when done: the core holds it until started()
+        self._core.started()
+        return self
 
-    def _abort_rpc(self) -> None:
-        assert self._future is not None
-        self._future.cancel()
-
+    # -- the notification ----------------------------------------------------------------------
     def _on_done(self, future: grpc.Future) -> None:
         self._stop_escalation()
         abortive = self._core.abortive_cancel
@@ -136,20 +104,25 @@ class Call(ThreadNotices, CallBase):
 
 
 class Client(ClientBase):
-    """Calls to one callstate server over one grpc channel, from any thread
-    (`prepare`, `start`: see ClientBase).
+    """Calls to one callstate server over one grpc channel, from any thread.
 
     Access options: see ClientBase."""
 
-    _call_type = Call
+    _open_channel = ChannelSettings.sync_channel
 
-    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None) -> Any:
-        return self.settings.sync_channel(target, options)
+    def prepare(self, script: Script | pb.Script | None = None, *, payload: bytes = b"", call_id: str | None = None,
+                queue: Any = None, on_complete: Callable[[Call], None] | None = None,
+                method: "str | Method | None" = None, request: Any = None) -> Call:
+        """A call in state C, not yet sent, as `AsyncClient.prepare` (callbacks run on gRPC's threads)."""
+        return Call(self, self._outgoing(script, payload, call_id, method, request))._subscribe(queue, on_complete)
 
-    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> Any:
+    def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Call:
+        """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
+        return self.prepare(script, **kwargs).start()
+
+    def pipe(self, kind: str | None = None, script: Any = None, **kwargs: Any) -> Pipe:
         """A pipe call in state C ("in", "out" or "both"), or on a streaming `method=` of any service (its
         shape is the kind; `request=`: what an out pipe sends): see client/pipe_sync.py."""
-        from callstate.client.pipe_sync import Pipe
         return Pipe(self, kind, script, **kwargs)
 
     def close(self) -> None:

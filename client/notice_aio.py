@@ -1,0 +1,33 @@
+"""A non-abortive cancel's notice on the event loop (`AsyncCall`, `AsyncPipe`): the
+`Emulator/Cancel` RPC, and the timer that escalates the cancel to abortive when it goes
+unanswered. What becomes of the notice is `NoticeBase`'s (shared_surface.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import grpc
+
+from callstate.client.shared_surface import NoticeBase
+
+
+class AsyncNotice(NoticeBase):
+    _task: asyncio.Future[None] | None = None
+
+    def send(self, escalate_after: float | None) -> None:
+        self._task = asyncio.ensure_future(self._notice_and_log())
+        if escalate_after is not None:
+            if self._timer is not None:   # a second non-abortive cancel: its own timeout counts
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(escalate_after, self.escalate, escalate_after)
+
+    async def _notice_and_log(self) -> None:
+        try:
+            reply = await self._client._stub.Cancel(self._request, timeout=self._timeout,
+                                                    metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            self.failed(err.code())
+        except asyncio.CancelledError:
+            self.cut_off()
+        else:
+            self.answered(reply)
+

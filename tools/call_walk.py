@@ -1,0 +1,172 @@
+"""The walk of one unary call through the client, as a reader follows it: which files, in which
+order, and how often the walk comes back to a file (docs/client-design.md).
+
+    python tools/call_walk.py --target 127.0.0.1:50051            # callstate call --outcome abort
+    python tools/call_walk.py --target 127.0.0.1:50051 --json      # the walk as JSON
+    python tools/call_walk.py --target 127.0.0.1:50051 -- --outcome hold --cancel-after 0.2 --non-abortive
+
+It runs `callstate call --target T --outcome abort` in this process under a profiler and keeps
+every function of the product (callstate/, client/, cli/, ...) in the order the call first
+reaches it, from the first function the event loop runs (the command's call coroutine) to the
+last return from client/: making the client, start, the reply, complete, each state-log line,
+close. A function reached again is not read again. The server's side of the call runs in its own
+process and is not walked here.
+
+Two counts:
+
+* returns: calls that land in a file the walk is already inside of, further up the calls that
+  led there (a module calling back into one that called it), and a base class's method calling
+  a method of its subclass on the same object (a template method's hook, up in the
+  subclass's file): the bounces a reader pays for.
+* revisits: consecutive functions of one file are one stop, and a stop in a file already read
+  at all counts; this counts every time a caller consults a module it used before, too (a
+  surface asking its core again at each move).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ("callstate", "client", "cli", "server", "observe", "integrations", "schema")
+SKIPPED = ("callstate/v1/",)   # generated protobuf code: nobody reads it to follow a call
+
+_FILES: dict[str, str | None] = {}
+
+
+def product_file(filename: str) -> str | None:
+    """`filename` relative to the repository when it is product code, else None."""
+    if filename not in _FILES:
+        try:
+            rel: str | None = Path(filename).resolve().relative_to(ROOT).as_posix()
+        except ValueError:
+            rel = None
+        if rel is not None and (rel.split("/", 1)[0] not in PRODUCT or rel.startswith(SKIPPED)):
+            rel = None
+        _FILES[filename] = rel
+    return _FILES[filename]
+
+
+def _stack(frame: Any) -> list[str]:
+    """The files the calls that led to `frame` passed through, outermost first, consecutive repeats as one."""
+    out: list[str] = []
+    while frame is not None:
+        rel = product_file(frame.f_code.co_filename)
+        if rel is not None and (not out or out[-1] != rel):
+            out.append(rel)
+        frame = frame.f_back
+    return out[::-1]
+
+
+def _defining_class(frame: Any) -> type | None:
+    """The class whose method the frame runs (None: not a method)."""
+    code = frame.f_code
+    if not code.co_argcount or code.co_varnames[0] != "self" or "self" not in frame.f_locals:
+        return None
+    owner = code.co_qualname.rpartition(".")[0]
+    return next((cls for cls in type(frame.f_locals["self"]).__mro__ if cls.__qualname__ == owner), None)
+
+
+def _hook(frame: Any) -> bool:
+    """Whether a base class's method called a method its subclass defines, on the same object
+    (a template method calling up into the subclass's file)."""
+    caller = frame.f_back
+    if caller is None or "self" not in caller.f_locals or caller.f_locals["self"] is not frame.f_locals.get("self"):
+        return False
+    base, sub = _defining_class(caller), _defining_class(frame)
+    return base is not None and sub is not None and sub is not base and issubclass(sub, base)
+
+
+def _on_the_loop(frame: Any) -> bool:
+    """Whether the event loop runs this frame (the walk starts with the first such product function)."""
+    while frame is not None:
+        if frame.f_code.co_name == "_run" and frame.f_code.co_filename.endswith("asyncio/events.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _landing(frame: Any) -> bool:
+    """Whether the call into `frame` comes back into a file the calls that led to it are already
+    inside of, or is a base class calling its subclass."""
+    above, rel = _stack(frame.f_back), product_file(frame.f_code.co_filename)
+    return (bool(above) and above[-1] != rel and rel in above) or _hook(frame)
+
+
+def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
+    """Run the CLI with `argv`: (exit status, [(file, function, is a return)] in first-reach order)."""
+    from callstate.cli import main
+
+    seen: set[Any] = set()
+    events: list[tuple[str, str, str, bool]] = []   # (event, file, function, return), product code only
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event not in ("call", "return"):
+            return
+        code = frame.f_code
+        rel = product_file(code.co_filename)
+        if rel is None or code.co_name == "<module>" or not (events or _on_the_loop(frame)):
+            return
+        if event == "return":
+            events.append((event, rel, code.co_qualname, False))
+        elif code not in seen:
+            seen.add(code)
+            events.append((event, rel, code.co_qualname, _landing(frame)))
+
+    sys.setprofile(profile)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            status = main(argv)
+    finally:
+        sys.setprofile(None)
+    in_client = [i for i, (_, rel, _, _) in enumerate(events) if rel.startswith("client/")]
+    window = events[:in_client[-1] + 1] if in_client else []
+    return status, [(rel, name, back) for event, rel, name, back in window if event == "call"]
+
+
+def stops(walk: list[tuple[str, str, bool]]) -> list[tuple[str, list[str]]]:
+    """Consecutive functions of one file as one stop: (file, its functions; a return marked '<-')."""
+    out: list[tuple[str, list[str]]] = []
+    for rel, name, back in walk:
+        name = f"<- {name}" if back else name
+        if out and out[-1][0] == rel:
+            out[-1][1].append(name)
+        else:
+            out.append((rel, [name]))
+    return out
+
+
+def counts(walk: list[tuple[str, str, bool]]) -> dict[str, int]:
+    path = stops(walk)
+    files = len({rel for rel, _ in path})
+    return {"stops": len(path), "files": files, "returns": sum(back for _, _, back in walk),
+            "revisits": len(path) - files}
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--target", required=True, help="a running callstate serve, HOST:PORT")
+    parser.add_argument("--json", action="store_true", help="print the walk as JSON")
+    parser.add_argument("call_args", nargs="*", metavar="-- CALL ARGS",
+                        help="what `callstate call` is given besides --target (default: --outcome abort)")
+    opts = parser.parse_args(args)
+    status, walk = record(["call", "--target", opts.target, *(opts.call_args or ["--outcome", "abort"])])
+    path, total = stops(walk), counts(walk)
+    if opts.json:
+        print(json.dumps({"exit": status, "walk": [{"file": f, "functions": fs} for f, fs in path], **total}))
+    else:
+        for i, (rel, names) in enumerate(path, 1):
+            print(f"{i:3d}. {rel}: {', '.join(names)}")
+        print(f"{total['stops']} stops over {total['files']} files: {total['returns']} returns, "
+              f"{total['revisits']} revisits (callstate call exited {status})")
+    return 0 if walk else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
