@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
@@ -22,6 +22,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOS
                                  NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES,
                                  UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
+from callstate.propagation import cancel_propagation
 from callstate.statelog import Entry, parse_ts
 
 KINDS = {
@@ -188,6 +189,80 @@ def _ts(value: float | str) -> float:
 _TEXT = (str, type(None))
 
 
+def _known(side: Any, call_id: Any, state: Any) -> bool:
+    return isinstance(call_id, str) and isinstance(state, str) and side in SIDES and state in SIDE_STATES[side]
+
+
+def _wrong_field(prev: Any, event: Any, move: Any, code: Any, grpc_status: Any, detail: Any, ts: Any, cancel: Any,
+                 sent: Any, received: Any, delay_ms: Any) -> str:
+    """The first field of the wrong type ("" when none): text, then counts, then times."""
+    wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
+    wrong = wrong or next((name for name, value in (("code", code), ("sent", sent), ("received", received))
+                           if value is not None and type(value) is not int), "")
+    if not wrong and delay_ms is not None and (type(delay_ms) not in (int, float) or not delay_ms >= 0):
+        wrong = "delay_ms"
+    return wrong or ("" if isinstance(ts, (str, float)) else "ts")
+
+
+def _not_a_time(ts: float | str) -> bool:
+    if isinstance(ts, float):
+        return False
+    try:
+        parse_ts(ts)
+    except ValueError:
+        return True
+    return False
+
+
+def _entry_problem(side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
+                   grpc_status: Any, detail: Any, ts: Any, cancel: Any, sent: Any, received: Any,
+                   delay_ms: Any) -> str | None:
+    """Why an entry cannot be read (a bad_entry), or None."""
+    if not _known(side, call_id, state):
+        return f"side={side!r} state={state!r}"
+    if wrong := _wrong_field(prev, event, move, code, grpc_status, detail, ts, cancel, sent, received, delay_ms):
+        return f"{side} {state}: wrong type of {wrong}"
+    if (sent is not None and sent < 0) or (received is not None and received < 0):
+        return f"{side} {state}: negative message count"
+    if _not_a_time(ts):
+        return f"{side} {state}: ts {ts!r} is not a time"
+    return None
+
+
+def _note_event(track: SideTrack, side: str, event: str, ts: float | str, cancel: Any, detail: Any,
+                delay_ms: Any) -> None:
+    """What an event (no state change) tells about the call."""
+    if side == CLIENT and event == CLIENT_CLOSED:
+        track.closed = True
+    if side == SERVER and event == CANCEL_SEEN:
+        if not track.cancel_ts and delay_ms is not None:
+            track.poll_wait_ms = float(delay_ms)
+        track.cancel_ts = track.cancel_ts or ts
+        track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
+    elif event == PIPE_BREACH:
+        track.breach = True
+
+
+def _note_pipe(track: SideTrack, move: Any, sent: Any, received: Any) -> None:
+    """A pipe's counts and null pushes, as a transition carries them."""
+    if sent is not None:
+        track.sent, track.received = sent, received or 0
+    if move == NULL_PUSH:
+        track.null_push = True
+    elif move == NULL_PULL:
+        track.null_pull = True
+
+
+def _note_state(track: SideTrack, side: str, state: str, ts: float | str, cancel: Any, detail: Any) -> None:
+    """A state entered: the call's first time, and the client's first cancel."""
+    if track.state is None:
+        track.start_ts = ts
+    track.state = state
+    if side == CLIENT and state == CAN:
+        track.cancel_ts = track.cancel_ts or ts
+        track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
+
+
 class Checker:
     """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`."""
 
@@ -211,128 +286,125 @@ class Checker:
                    sent: Any = None, received: Any = None, delay_ms: Any = None) -> None:
         r = self.report
         r.entries += 1
-        if not isinstance(call_id, str) or not isinstance(state, str) or side not in SIDES or state not in SIDE_STATES[side]:
-            r.violations.append(Violation("bad_entry", str(call_id), f"{where}side={side!r} state={state!r}"))
+        problem = _entry_problem(side, call_id, state, prev, event, move, code, grpc_status, detail, ts, cancel, sent,
+                                 received, delay_ms)
+        if problem is not None:
+            r.violations.append(Violation("bad_entry", str(call_id), f"{where}{problem}"))
             return
-        wrong = _wrong_types(prev=prev, event=event, move=move, grpc_status=grpc_status, detail=detail, cancel=cancel)
-        wrong = wrong or next((name for name, value in (("code", code), ("sent", sent), ("received", received))
-                               if value is not None and type(value) is not int), "")
-        if not wrong and delay_ms is not None and (type(delay_ms) not in (int, float) or not delay_ms >= 0):
-            wrong = "delay_ms"
-        if wrong or not isinstance(ts, (str, float)):
-            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: wrong type of {wrong or 'ts'}"))
-            return
-        if (sent is not None and sent < 0) or (received is not None and received < 0):
-            r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: negative message count"))
-            return
-        if isinstance(ts, str):
-            try:
-                parse_ts(ts)
-            except ValueError:
-                r.violations.append(Violation("bad_entry", call_id, f"{where}{side} {state}: ts {ts!r} is not a time"))
-                return
+        assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
         track = self.tracks[call_id].setdefault(side, SideTrack())
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
-            return
-        if event != ENTER:
-            if event not in EVENTS[side] and (track.kind == UNARY or event not in PIPE_EVENTS[side]):
-                r.violations.append(Violation("bad_entry", call_id, f"{where}{side} unknown event {event!r}"))
-            elif state != track.state:
-                r.violations.append(Violation("illegal_transition", call_id,
-                                              f"{where}{side} event {event} in {state} but the call is in {track.state}"))
-            if side == CLIENT and event == CLIENT_CLOSED:
-                track.closed = True
-            if side == SERVER and event == CANCEL_SEEN:
-                if not track.cancel_ts and delay_ms is not None:
-                    track.poll_wait_ms = float(delay_ms)
-                track.cancel_ts = track.cancel_ts or ts
-                track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
-            elif event == PIPE_BREACH:
-                track.breach = True
-            return
+        elif event != ENTER:
+            self._event(track, side, call_id, state, event, ts, cancel, detail, delay_ms, where)
+        else:
+            self._enter(track, side, call_id, state, prev, move, code, grpc_status, ts, cancel, detail, sent, received,
+                        where)
+
+    def _event(self, track: SideTrack, side: str, call_id: str, state: str, event: Any, ts: float | str, cancel: Any,
+               detail: Any, delay_ms: Any, where: str) -> None:
+        """An event (no state change): known to the side's table, seen in the call's state."""
+        if event not in EVENTS[side] and (track.kind == UNARY or event not in PIPE_EVENTS[side]):
+            self.report.violations.append(Violation("bad_entry", call_id, f"{where}{side} unknown event {event!r}"))
+        elif state != track.state:
+            self.report.violations.append(Violation("illegal_transition", call_id, f"{where}{side} event {event} in "
+                                                    f"{state} but the call is in {track.state}"))
+        _note_event(track, side, event, ts, cancel, detail, delay_ms)
+
+    def _enter(self, track: SideTrack, side: str, call_id: str, state: str, prev: Any, move: Any, code: Any,
+               grpc_status: Any, ts: float | str, cancel: Any, detail: Any, sent: Any, received: Any,
+               where: str) -> None:
+        """A state entered: a legal move of the side's table (invariant 1); End, once (2, 3)."""
         if track.state is None and prev is None:
             track.kind = kind_of_initial_move(move) or UNARY
         legal = prev == track.state and is_legal(side, prev, move, state, track.kind)
         if track.kind != UNARY:
-            if sent is not None:
-                track.sent, track.received = sent, received or 0
-            if move == NULL_PUSH:
-                track.null_push = True
-            elif move == NULL_PULL:
-                track.null_pull = True
+            _note_pipe(track, move, sent, received)
         if not legal:
-            r.violations.append(Violation("illegal_transition", call_id,
-                                          f"{where}{side} {prev or '(start)'} --{move or '?'}--> {state}"
-                                          f" (call was in {track.state or '(nothing)'})"))
-        if track.state is None:
-            track.start_ts = ts
-        track.state = state
-        if side == CLIENT and state == CAN:
-            track.cancel_ts = track.cancel_ts or ts
-            track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
+            self.report.violations.append(Violation("illegal_transition", call_id,
+                                                    f"{where}{side} {prev or '(start)'} --{move or '?'}--> {state}"
+                                                    f" (call was in {track.state or '(nothing)'})"))
+        _note_state(track, side, state, ts, cancel, detail)
         if state == END:
-            track.ended = True
-            track.code = code
-            track.grpc_status = grpc_status
-            track.end_ts = ts
-            path_error = own_path_error(side, move, code) if legal else None
-            if path_error:
-                r.violations.append(Violation("wrong_final_code", call_id, f"{where}{path_error}"))
-            for kind, why in _end_violations(side, track, code, grpc_status, sent, received, bool(path_error)):
-                r.violations.append(Violation(kind, call_id, f"{where}{why}"))
+            self._end(track, side, call_id, move, code, grpc_status, ts, sent, received, legal, where)
 
-    def _check_pipe(self, call_id: str, client: SideTrack, server: SideTrack) -> None:
-        if client.kind == server.kind == UNARY:
-            return
-        for kind, message in _pipe_violations(client, server):
-            self.report.violations.append(Violation(kind, call_id, message))
+    def _end(self, track: SideTrack, side: str, call_id: str, move: Any, code: Any, grpc_status: Any,
+             ts: float | str, sent: Any, received: Any, legal: bool, where: str) -> None:
+        track.ended = True
+        track.code = code
+        track.grpc_status = grpc_status
+        track.end_ts = ts
+        path_error = own_path_error(side, move, code) if legal else None
+        if path_error:
+            self.report.violations.append(Violation("wrong_final_code", call_id, f"{where}{path_error}"))
+        for kind, why in _end_violations(side, track, code, grpc_status, sent, received, bool(path_error)):
+            self.report.violations.append(Violation(kind, call_id, f"{where}{why}"))
 
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
         have_server = any(SERVER in sides for sides in self.tracks.values())
         r.calls = len(self.tracks)
         for call_id, sides in self.tracks.items():
-            for side, t in sides.items():
-                if not t.ended:
-                    r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
-            client, server = sides.get(CLIENT), sides.get(SERVER)
-            final = client if client is not None and client.ended else server
-            if final is not None and final.ended and final.code is not None:
-                r.by_code[final.code] = r.by_code.get(final.code, 0) + 1
-            if client is not None and client.cancel_ts and server is not None and server.cancel_ts and server.start_ts:
-                cancelled, dispatched = _ts(client.cancel_ts), _ts(server.start_ts)
-                if dispatched <= cancelled:   # a cancel racing the dispatch measures the dispatch instead
-                    ms = (_ts(server.cancel_ts) - cancelled) * 1000
-                    if server.poll_wait_ms is None:
-                        r.cancel_propagation_ms.append(ms)
-                    else:   # reported apart: the handler kept working until its poll
-                        r.cancel_propagation_polled_ms.append(ms)
-                        r.cancel_poll_wait_ms.append(server.poll_wait_ms)
-            if client is not None and server is not None:
-                self._check_pipe(call_id, client, server)
-                for kind, why in _cross_side_violations(client, server):
-                    r.violations.append(Violation(kind, call_id, why))
-            if client is None or not client.ended:
-                continue
-            if server is None:
-                if have_server and client.code == codes.RPC_S_OK:
-                    r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
-                continue
-            if server.ended and codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
-                                            client_deadline=client.grpc_status == _DEADLINE,
-                                            server_saw_abortive=server.abortive_seen,
-                                            close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS
-                                            ) is None:
-                r.violations.append(Violation("code_mismatch", call_id,
-                                              f"client {codes.describe(client.code or 0)} vs server "
-                                              f"{codes.describe(server.code or 0)}"))
+            self._finish_call(call_id, sides, have_server)
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{server_in_flight} calls still in flight"))
         if server_lost:
             r.violations.append(Violation("server_lost", "-", server_lost))
         return r
+
+    def _finish_call(self, call_id: str, sides: Mapping[str, SideTrack], have_server: bool) -> None:
+        """One call's sides once every entry is in: End reached, its final code, its cancel
+        propagation, and the rules across its two sides."""
+        r = self.report
+        for side, t in sides.items():
+            if not t.ended:
+                r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
+        client, server = sides.get(CLIENT), sides.get(SERVER)
+        final = client if client is not None and client.ended else server
+        if final is not None and final.ended and final.code is not None:
+            r.by_code[final.code] = r.by_code.get(final.code, 0) + 1
+        if client is not None and server is not None:
+            self._propagation(client, server)
+            for rule in CROSS_SIDE_RULES:
+                for kind, why in rule(client, server):
+                    r.violations.append(Violation(kind, call_id, why))
+        elif _unknown_to_server(client, server, have_server):
+            r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
+
+    def _propagation(self, client: SideTrack, server: SideTrack) -> None:
+        """Client Can -> server cancel_seen, for the calls `callstate.propagation` counts."""
+        if not (client.cancel_ts and server.cancel_ts and server.start_ts):
+            return
+        found = cancel_propagation(_ts(client.cancel_ts), _ts(server.start_ts), _ts(server.cancel_ts),
+                                   server.poll_wait_ms)
+        r = self.report
+        if found is None:
+            return
+        if found.poll_wait_ms is None:
+            r.cancel_propagation_ms.append(found.ms)
+        else:   # reported apart: the handler kept working until its poll
+            r.cancel_propagation_polled_ms.append(found.ms)
+            r.cancel_poll_wait_ms.append(found.poll_wait_ms)
+
+
+def _unknown_to_server(client: SideTrack | None, server: SideTrack | None, have_server: bool) -> bool:
+    """The client completed with 0, other calls reached a server log, but this one none."""
+    return (client is not None and client.ended and server is None and have_server
+            and client.code == codes.RPC_S_OK)
+
+
+def _code_mismatch(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """Invariant 3: the client's final code agrees with the server's outcome."""
+    if not (client.ended and server.ended):
+        return []
+    agreed = codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
+                         client_deadline=client.grpc_status == _DEADLINE, server_saw_abortive=server.abortive_seen,
+                         close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS)
+    if agreed is not None:
+        return []
+    return [("code_mismatch", f"client {codes.describe(client.code or 0)} vs server "
+                              f"{codes.describe(server.code or 0)}")]
 
 
 def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
@@ -341,25 +413,50 @@ def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, st
         return [("pipe_kind_mismatch", f"client follows the {client.kind} table, server the {server.kind} table")]
     if client.kind == UNARY:
         return []
-    out = []
-    for side, track in ((CLIENT, client), (SERVER, server)):
-        if track.ended and breach_missing(track.code, client.breach or server.breach):
-            out.append(("pipe_breach_missing", f"the {side} ended with {codes.describe(track.code or 0)} but no side "
-                                               f"logged a pipe rule broken"))
+    return [found for rule in PIPE_RULES for found in rule(client, server)]
+
+
+def _breach_missing(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    breach = client.breach or server.breach
+    return [("pipe_breach_missing", f"the {side} ended with {codes.describe(track.code or 0)} but no side logged a "
+                                    f"pipe rule broken")
+            for side, track in ((CLIENT, client), (SERVER, server)) if track.ended and breach_missing(track.code, breach)]
+
+
+def _phantom_half_close(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
     if server.null_pull and not client.null_push:
-        out.append(("phantom_half_close", "server --null_pull--> NP but the client never made its null push"))
+        return [("phantom_half_close", "server --null_pull--> NP but the client never made its null push")]
+    return []
+
+
+def _pulled_more_than_pushed(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    out = []
     # a push cut short by a cancel may have reached the server uncounted by the client
     slack = 1 if client.cancel_ts else 0
     if server.received > client.sent + slack:
         out.append(("pipe_count_mismatch", f"server pulled {server.received}, client pushed {client.sent}"))
     if client.received > server.sent:
         out.append(("pipe_count_mismatch", f"client pulled {client.received}, server pushed {server.sent}"))
-    natural = (client.ended and server.ended and client.code == 0 == server.code and not client.cancel_ts
-               and not server.cancel_ts)
-    if natural and client.null_push and server.null_pull and server.received != client.sent:
-        out.append(("pipe_count_mismatch", f"completed normally but the server pulled {server.received} of the "
-                                           f"{client.sent} messages the client pushed"))
     return out
+
+
+def _ended_naturally(client: SideTrack, server: SideTrack) -> bool:
+    """Both sides completed with 0 and neither saw a cancel."""
+    return (client.ended and server.ended and client.code == 0 == server.code and not client.cancel_ts
+            and not server.cancel_ts)
+
+
+def _half_closed_count_differs(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    if (_ended_naturally(client, server) and client.null_push and server.null_pull
+            and server.received != client.sent):
+        return [("pipe_count_mismatch", f"completed normally but the server pulled {server.received} of the "
+                                        f"{client.sent} messages the client pushed")]
+    return []
+
+
+# The pipe invariants across the two sides of a call of one pipe kind, in the order reported.
+PIPE_RULES: tuple[Callable[[SideTrack, SideTrack], list[tuple[str, str]]], ...] = (
+    _breach_missing, _phantom_half_close, _pulled_more_than_pushed, _half_closed_count_differs)
 
 
 _OK_STATUS = codes.OK
@@ -386,21 +483,31 @@ def _end_violations(side: str, track: SideTrack, code: Any, grpc_status: Any, se
     return out
 
 
-def _cross_side_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
-    """What the two sides of one call cannot be together (beyond codes and the pipe counts)."""
-    out = []
-    if client.start_ts is not None and server.start_ts is not None:
-        dispatched, called = _ts(server.start_ts), _ts(client.start_ts)
-        ended = _ts(client.end_ts) if client.end_ts is not None else None
-        if dispatched < called - CLOCK_SKEW_S or (ended is not None and dispatched > ended + CLOCK_SKEW_S):
-            out.append(("time_order", f"server dispatched {dispatched - called:+.3f} s from the client's call, "
-                                      f"outside it by more than the {CLOCK_SKEW_S:g} s skew allowed"))
-    natural = (client.ended and server.ended and client.code == 0 == server.code and not client.cancel_ts
-               and not server.cancel_ts)
-    if natural and client.kind == server.kind and client.kind in (PIPE_OUT, PIPE_BOTH) and client.received < server.sent:
-        out.append(("pipe_incomplete", f"completed normally but the client pulled {client.received} of the "
-                                       f"{server.sent} messages the server pushed"))
-    return out
+def _time_order(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """The server's dispatch within its client's call, give or take the clock skew allowed."""
+    if client.start_ts is None or server.start_ts is None:
+        return []
+    dispatched, called = _ts(server.start_ts), _ts(client.start_ts)
+    ended = _ts(client.end_ts) if client.end_ts is not None else None
+    if dispatched < called - CLOCK_SKEW_S or (ended is not None and dispatched > ended + CLOCK_SKEW_S):
+        return [("time_order", f"server dispatched {dispatched - called:+.3f} s from the client's call, "
+                               f"outside it by more than the {CLOCK_SKEW_S:g} s skew allowed")]
+    return []
+
+
+def _pipe_incomplete(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """An out or both pipe that completed normally with messages its client never pulled."""
+    if (_ended_naturally(client, server) and client.kind == server.kind and client.kind in (PIPE_OUT, PIPE_BOTH)
+            and client.received < server.sent):
+        return [("pipe_incomplete", f"completed normally but the client pulled {client.received} of the "
+                                    f"{server.sent} messages the server pushed")]
+    return []
+
+
+# What the two sides of one call cannot be together, in the order reported: (client, server)
+# -> (kind, message) per violation.
+CROSS_SIDE_RULES: tuple[Callable[[SideTrack, SideTrack], list[tuple[str, str]]], ...] = (
+    _pipe_violations, _time_order, _pipe_incomplete, _code_mismatch)
 
 
 def _wrong_types(**fields: Any) -> str:

@@ -174,45 +174,20 @@ def _json_lines(text: str, data: Any) -> dict[int, int]:
 
 
 def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -> Iterable[tuple[str, Rule]]:
-    if not isinstance(raw, dict):
-        raise RulesError(f"{where}: a rule is a mapping with {', '.join(RULE_KEYS)}")
-    for key in raw:
-        if key not in RULE_KEYS:
-            raise RulesError(f"{where}: unknown key {key!r}; a rule has {', '.join(RULE_KEYS)}")
-    label = raw.get("name")
-    if label is not None and not (isinstance(label, str) and label.strip()):
-        raise RulesError(f"{where}.name: must be a non-empty string")
-    label = label or f"rules[{index}]"
+    _check_keys(raw, where)
+    label = _label(raw.get("name"), index, where)
     pattern = raw.get("method")
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise RulesError(f"{where}.method: required: the full method name, pkg.Svc/Method (* matches any part)")
-    regex = method_pattern(pattern if "*" in pattern else normalise_method_name(pattern))
-    methods = [m for name, m in sorted(schema.methods.items()) if regex.fullmatch(name)]
-    if not methods:
-        known = ", ".join(sorted(schema.methods)) or "none"
-        raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}; the schema has: {known}")
-    match = raw.get("match") or {}
-    if not isinstance(match, dict):
-        raise RulesError(f"{where}.match: a mapping with request and/or metadata")
-    for key in match:
-        if key not in MATCH_KEYS:
-            raise RulesError(f"{where}.match: unknown key {key!r}; expected request or metadata")
-    metadata = match.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, (str, int, float, bool)) for v in metadata.values()):
-        raise RulesError(f"{where}.match.metadata: a mapping of header name to value")
-    metadata = {str(k).lower(): (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in metadata.items()}
-    request = match.get("request")
-    if request is not None and not isinstance(request, dict):
-        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
-    script_fields = raw.get("script")
-    if script_fields is not None and not isinstance(script_fields, dict):
-        raise RulesError(f"{where}.script: a mapping of script fields (outcome, abort_code, ...)")
+    methods = _methods(pattern, schema, where)
+    match = _match(raw.get("match"), where)
+    metadata = _metadata(match.get("metadata"), where)
+    request = _optional_mapping(match.get("request"), f"{where}.match.request",
+                                "a mapping: a subset of the request's JSON form")
+    script_fields = _optional_mapping(raw.get("script"), f"{where}.script",
+                                      "a mapping of script fields (outcome, abort_code, ...)")
     mix = _mix(raw.get("mix"), f"{where}.mix")
     if mix is not None and script_fields and script_fields.get("outcome") is not None:
         raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
-    reply = raw.get("reply")
-    if reply is not None and not isinstance(reply, dict):
-        raise RulesError(f"{where}.reply: a mapping: the response in its JSON form")
+    reply = _optional_mapping(raw.get("reply"), f"{where}.reply", "a mapping: the response in its JSON form")
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
@@ -226,6 +201,57 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
             reply=None if reply is None else _message(method.response, reply, f"{m_where}.reply"),
             mix=mix)
+
+
+def _check_keys(raw: Any, where: str) -> None:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: a rule is a mapping with {', '.join(RULE_KEYS)}")
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise RulesError(f"{where}: unknown key {key!r}; a rule has {', '.join(RULE_KEYS)}")
+
+
+def _label(name: Any, index: int, where: str) -> str:
+    """The rule's name, or its place in the file."""
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        raise RulesError(f"{where}.name: must be a non-empty string")
+    return name or f"rules[{index}]"
+
+
+def _methods(pattern: Any, schema: Schema, where: str) -> list[Method]:
+    """The schema's methods the rule's method name (with `*` wildcards) matches: at least one."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise RulesError(f"{where}.method: required: the full method name, pkg.Svc/Method (* matches any part)")
+    regex = method_pattern(pattern if "*" in pattern else normalise_method_name(pattern))
+    methods = [m for name, m in sorted(schema.methods.items()) if regex.fullmatch(name)]
+    if not methods:
+        known = ", ".join(sorted(schema.methods)) or "none"
+        raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}; the schema has: {known}")
+    return methods
+
+
+def _match(match: Any, where: str) -> dict[str, Any]:
+    match = match or {}
+    if not isinstance(match, dict):
+        raise RulesError(f"{where}.match: a mapping with request and/or metadata")
+    for key in match:
+        if key not in MATCH_KEYS:
+            raise RulesError(f"{where}.match: unknown key {key!r}; expected request or metadata")
+    return match
+
+
+def _metadata(metadata: Any, where: str) -> dict[str, str]:
+    """Header name (lower case) to the text its value must have."""
+    metadata = metadata or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, (str, int, float, bool)) for v in metadata.values()):
+        raise RulesError(f"{where}.match.metadata: a mapping of header name to value")
+    return {str(k).lower(): (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in metadata.items()}
+
+
+def _optional_mapping(value: Any, where: str, what: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise RulesError(f"{where}: {what}")
+    return value
 
 
 def _shape(method: Method) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import hmac
 import socket
 from typing import Any, Iterator
@@ -28,7 +27,8 @@ except ImportError as exc:   # pragma: no cover - exercised by installs without 
     raise ObserveError("metrics need the prometheus-client library: pip install 'callstate[metrics]'") from exc
 
 from callstate import codes
-from callstate.lifecycle import END, ENTER
+from callstate.lifecycle import CAN, END, ENTER
+from callstate.propagation import PropagationTracker
 from callstate.statelog import Entry
 
 # Calls last from well under a millisecond to a held call's 30 s; a cancel travels in
@@ -121,32 +121,31 @@ class SideMetrics:
 
 
 class CancelPropagation:
-    """Client Can -> server cancel_seen, where one process sees both (the load generator).
+    """Client Can -> server cancel_seen, where one process sees both (the load generator), for
+    the calls `callstate.propagation` counts (the population `check` and the load report use);
+    calls whose handler polls for cancels are observed apart (`polled_by_kind`).
 
-    `client(entry)` observes the client's entries; `server_cancel_seen(call_id, t)` is fed
-    from the server's journal stream. Cancels the server never sees (cancelled before start,
-    or after the call ended there) are forgotten oldest first beyond `keep`."""
+    `client(entry)` observes the client's entries; `server(entry)` the server's, as its journal
+    streams them (`callstate.v1.StateEntry`)."""
 
     def __init__(self, keep: int = 100_000) -> None:
         self.by_kind: dict[str, Histogram] = {}
-        self._pending: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
-        self._keep = keep
+        self.polled_by_kind: dict[str, Histogram] = {}
+        self._tracker = PropagationTracker(keep)
 
     def client(self, e: Entry) -> None:
-        if e.cancel is not None and e.call_id not in self._pending:
-            self._pending[e.call_id] = (e.t, e.cancel)
-            if len(self._pending) > self._keep:
-                self._pending.popitem(last=False)
+        if e.state == CAN and e.event == ENTER:
+            self._tracker.client_cancelled(e.call_id, e.t, e.cancel or "")
 
-    def server_cancel_seen(self, call_id: str, t: float) -> None:
-        pending = self._pending.pop(call_id, None)
-        if pending is None:
+    def server(self, e: Any) -> None:
+        found = self._tracker.server(e)
+        if found is None:
             return
-        t0, kind = pending
-        hist = self.by_kind.get(kind)
+        hists = self.polled_by_kind if found.polled else self.by_kind
+        hist = hists.get(found.kind)
         if hist is None:
-            hist = self.by_kind[kind] = Histogram(CANCEL_BUCKETS)
-        hist.observe(max(0.0, t - t0))
+            hist = hists[found.kind] = Histogram(CANCEL_BUCKETS)
+        hist.observe(found.ms / 1000)
 
 
 def _code_label(code: int | None) -> tuple[str, str]:
@@ -211,12 +210,20 @@ class _Collector(Collector):
                 to_end.add_metric((s.side, kind), hist.buckets(), hist.sum)
         yield from (calls, in_flight, states, events, cancels, duration, to_end)
         if self._m.propagation is not None:
-            prop = HistogramMetricFamily("callstate_cancel_propagation_seconds", "Client Can -> server "
-                                         "cancel_seen (measured by `callstate load`, which sees both sides)",
-                                         labels=("kind",))
-            for kind, hist in dict(self._m.propagation.by_kind).items():
-                prop.add_metric((kind,), hist.buckets(), hist.sum)
-            yield prop
+            yield from _propagation_families(self._m.propagation)
+
+
+def _propagation_families(propagation: CancelPropagation) -> Iterator[Metric]:
+    prop = HistogramMetricFamily("callstate_cancel_propagation_seconds", "Client Can -> server cancel_seen, "
+                                 "calls the server had dispatched (measured by `callstate load`, which sees both "
+                                 "sides)", labels=("kind",))
+    polled = HistogramMetricFamily("callstate_cancel_propagation_polled_seconds", "The same for calls whose "
+                                   "handler polls for cancels (cancel_poll_ms): it includes the wait for the poll",
+                                   labels=("kind",))
+    for family, hists in ((prop, propagation.by_kind), (polled, propagation.polled_by_kind)):
+        for kind, hist in dict(hists).items():
+            family.add_metric((kind,), hist.buckets(), hist.sum)
+    yield from (prop, polled)
 
 
 class JournalCollector(Collector):

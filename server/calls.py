@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import Callable, NoReturn
 
@@ -43,6 +44,42 @@ async def send_abort(context: grpc.aio.ServicerContext, status: grpc.StatusCode,
     except cygrpc.ExecuteBatchError:
         raise asyncio.CancelledError() from None
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+class FatalHandlerError(Exception):
+    """Raised on purpose by a handler scripted to fail fatally (D -> End)."""
+
+
+# Callers see the class's full name in the status ("Unexpected <class '...'>: message"): the name
+# it had before this module held it stays (callstate.server.emulator re-exports it).
+FatalHandlerError.__module__ = "callstate.server.emulator"
+
+
+class _DropScriptedCrashes(logging.Filter):
+    """grpc logs every handler exception with a traceback; scripted crashes are
+    expected and already in the state log, so they are not repeated there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, FatalHandlerError)
+
+
+async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
+    """End the call as grpc ends a handler that raised: UNKNOWN, 'Unexpected <class>: message'
+    (what a caller sees of a fatal failure is unchanged). Sent here rather than by raising:
+    when the caller cancels at that moment grpc cannot send the status and, for a raised
+    exception, prints ExecuteBatchError's traceback on stderr (routine under cancel load);
+    here it is what it is, a cancel."""
+    exc = FatalHandlerError(message)
+    try:
+        await context.abort(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+    except cygrpc.ExecuteBatchError:
+        raise asyncio.CancelledError() from None
+    raise exc  # pragma: no cover - context.abort raises
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
+
 
 # Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)

@@ -10,115 +10,55 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import random
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import Any, Callable
 
 import grpc
-from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.grpc_status import grpc_status_for, status_from_value
-from callstate.cancel_poll import poll_interval
-from callstate.script import (DEFAULT_ABORT_CODE, OUTCOME_NAMES, OUTCOMES, Limits, Mix, RequestError, cancel_poll_ms,
-                              check_abort_code, check_call_id, validate_request)
+from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms, validate_request
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
-from callstate.server.backlog import ReplyBacklog
-from callstate.server.calls import ServerCall, send_abort
+from callstate.server.calls import FatalHandlerError, ServerCall, send_abort, send_fatal
+from callstate.server.config import EmulatorConfig
+from callstate.server.dispatch import Dispatcher, Refusal, bad_key, refuse
 from callstate.server.journal import Journal
-from callstate.wire import CALL_ID_KEY, CODE_KEY, MAX_CANCEL_KEY, new_call_id
+from callstate.server.notices import EarlyNotices, notice_key
+from callstate.server.pipes import PipeServicer
+from callstate.wire import CALL_ID_KEY, new_call_id
 
-if TYPE_CHECKING:
-    from callstate.server.pipes import PipeServicer
+# Other modules (and callers) name these here: the configuration, the notices, the refusals.
+__all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerError", "Refusal", "bad_key",
+           "notice_key", "refuse", "send_fatal"]
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
-
-
-class FatalHandlerError(Exception):
-    """Raised on purpose by a handler scripted to fail fatally (D -> End)."""
-
-
-class _DropScriptedCrashes(logging.Filter):
-    """grpc logs every handler exception with a traceback; scripted crashes are
-    expected and already in the state log, so they are not repeated there."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, FatalHandlerError)
-
-
-async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
-    """End the call as grpc ends a handler that raised: UNKNOWN, 'Unexpected <class>: message'
-    (what a caller sees of a fatal failure is unchanged). Sent here rather than by raising:
-    when the caller cancels at that moment grpc cannot send the status and, for a raised
-    exception, prints ExecuteBatchError's traceback on stderr (routine under cancel load);
-    here it is what it is, a cancel."""
-    exc = FatalHandlerError(message)
-    try:
-        await context.abort(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
-    except cygrpc.ExecuteBatchError:
-        raise asyncio.CancelledError() from None
-    raise exc  # pragma: no cover - context.abort raises
-
-
-logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
-
-
-@dataclass
-class EmulatorConfig:
-    mix: Mix = field(default_factory=lambda: Mix.parse("complete=85,abort=10,fatal=5"))
-    abort_code: int = DEFAULT_ABORT_CODE
-    max_hold: float = 30.0
-    max_in_flight: int = 100_000
-    limits: Limits = field(default_factory=Limits)
-    seed: int | None = None
-    log_messages: bool = False   # pipes: one state-log line per message (self-loops), not only counts
-    # replies handed to gRPC and not yet taken by their callers: past this, completes get 1723
-    # (a caller that never reads would otherwise pin every reply it asked for)
-    max_reply_backlog_bytes: int = 16 * 1024 * 1024
-    # and per connection (None: no bound of its own). Off by default: a proxy carries many
-    # callers on one connection, and conformance through one must not be refused for it
-    max_reply_backlog_per_connection: int | None = None
-    early_notice_ttl: float = 10.0          # a notice that overtook its call waits this long for it
-    max_early_notices: int = 10_000
-    max_early_notice_bytes: int = 4 * 1024 * 1024   # their call ids, in bytes
-    # an id that ended stays reserved this long (while the journal holds it): a replay of it would
-    # put entries after End into its owner's history and logs
-    id_retention: float = 60.0
-    cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
-
-    def __post_init__(self) -> None:
-        try:
-            check_abort_code(self.abort_code)
-        except ValueError as exc:
-            raise ValueError(f"abort code {exc}") from None
+# Why a call is ended with an abort before its script runs: (code, status, message).
+_Ending = tuple[int, grpc.StatusCode, str]
 
 
 class EmulatorServicer(pb_grpc.EmulatorServicer):
     def __init__(self, config: EmulatorConfig, journal: Journal, log_append: Callable[[Entry], None]) -> None:
         self.config = config
         self._journal = journal
-        self._log_append = log_append
-        self._rng = random.Random(config.seed)
-        self.live: dict[str, ServerCall] = {}
-        self._early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
-                                           config.max_early_notice_bytes)
-        self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
-                                    config.max_reply_backlog_bytes if config.max_reply_backlog_per_connection is None
-                                    else config.max_reply_backlog_per_connection)
-        self.stopping = False
-        self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
-        from callstate.server.pipes import PipeServicer   # it imports this module's FatalHandlerError
-        self._pipes = PipeServicer(self)
+        self.dispatcher = Dispatcher(config, journal, log_append)
+        self.backlog = self.dispatcher.backlog
+        self._pipes = PipeServicer(self.dispatcher)
 
-    # Asynchronous pipes (server/pipes.py): they share `live`, so Cancel notices reach them.
+    @property
+    def on_dispatch(self) -> Callable[[str, Any], None] | None:
+        """Tracing: told (call id, invocation metadata) at each dispatch."""
+        return self.dispatcher.on_dispatch
+
+    @on_dispatch.setter
+    def on_dispatch(self, hook: Callable[[str, Any], None] | None) -> None:
+        self.dispatcher.on_dispatch = hook
+
+    # Asynchronous pipes (server/pipes.py): they share the dispatcher's live calls, so Cancel notices reach them.
     async def PipeIn(self, request_iterator, context):  # type: ignore[no-untyped-def]
         return await self._pipes.pipe_in(request_iterator, context)
 
@@ -129,85 +69,27 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         await self._pipes.pipe_both(request_iterator, context)
 
     @property
-    def pipes(self) -> "PipeServicer":
+    def pipes(self) -> PipeServicer:
         return self._pipes
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""
-        self.stopping = True
-        self._early_notices.clear()
-        for call in list(self.live.values()):
-            call.stop()
-
-    # -- refusals before dispatch (Call, Cancel and the pipes): plain checks on the hot path,
-    # awaited (`refuse`) only when one applies ------------------------------------------------
-    def bad_id(self, call_id: str) -> Refusal | None:
-        try:
-            check_call_id(call_id, self.config.limits)
-        except RequestError as exc:
-            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        return None
-
-    def poll_cancels(self, call: ServerCall, script_ms: int | None) -> None:
-        """The call's handler tests for cancels at the script's interval, else the server's (a bad
-        value is refused by validation and never polled with)."""
-        if script_ms is None or 0 <= script_ms <= self.config.limits.max_delay_ms:
-            call.poll_cancels(poll_interval(script_ms, self.config.cancel_poll_ms))
-
-    def in_flight(self, call_id: str) -> Refusal | None:
-        if call_id in self.live:   # first come, first served: the call in flight is not touched
-            return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
-        return self.recently_ended(call_id)
-
-    def recently_ended(self, call_id: str) -> Refusal | None:
-        rec = self._journal.get(call_id)
-        final = rec.final if rec is not None else None
-        if final is not None and (age := time.time() - final.t) < self.config.id_retention:
-            return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
-                    f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
-        return None
+        self.dispatcher.stop_all()
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
-        if answer is None:
-            call_id = request.call_id or _call_id_from_metadata(context)
-            cancel_key = request.cancel_key
-            script = request.script if request.HasField("script") else None
-            mix = self.config.mix
-        else:
-            call_id, cancel_key, script, mix = answer.call_id, answer.cancel_key, answer.script, answer.mix or self.config.mix
-        if refusal := self.bad_id(call_id):   # an id that is not a short metadata value is never logged
-            await refuse(context, refusal)
-        headers_sent = not call_id
-        if headers_sent:
-            call_id = new_call_id()
-            await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
-        if refusal := bad_key(cancel_key) or self.in_flight(call_id):
-            await refuse(context, refusal)
-        outcome = script.outcome if script is not None and script.outcome else OUTCOMES[mix.draw(self._rng)]
-        if self.on_dispatch is not None:
-            self.on_dispatch(call_id, context.invocation_metadata())
-        call = ServerCall(call_id, self._journal, self._log_append, OUTCOME_NAMES.get(outcome, "?"),
-                          deadline_ms=_deadline_ms(context), method=answer and answer.method, rule=answer and answer.rule)
-        call.cancel_key = cancel_key
-        self.live[call_id] = call
-        self.poll_cancels(call, cancel_poll_ms(script))
-        if self._early_notices and self._early_notices.take(notice_key(call_id, cancel_key)):
-            call.cancel_seen(NON_ABORTIVE)
+        call_id, cancel_key, script, mix = _unary_request(request, context, answer, self.config.mix)
+        d = self.dispatcher
+        call_id, headers_sent = await self._admit(call_id, cancel_key, context)
+        outcome = _outcome(script, mix, d.rng)
+        call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(outcome, "?"), context,
+                          deadline_ms=_deadline_ms(context), method=answer and answer.method,
+                          rule=answer and answer.rule, poll_ms=cancel_poll_ms(script))
         try:
-            try:
-                if answer is None:   # a stand-in's script was checked before its dispatch
-                    validate_request(request, self.config.limits)
-            except RequestError as exc:
-                return await self._abort(call, context, codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if (ending := self._cannot_run(request, answer)) is not None:
+                return await self._abort(call, context, *ending)
             if script is None:
                 script = pb.Script()
-            if len(self.live) > self.config.max_in_flight:
-                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         f"over the in-flight limit ({self.config.max_in_flight})")
-            if self.stopping:
-                return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
-                                         "server is shutting down")
             if script.headers_first and not headers_sent:   # the outcome then follows headers, not trailers-only
                 await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
             # The script's waits, in this frame: while a call is held only Call's own frame
@@ -222,14 +104,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 max_hold = self.config.max_hold
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + max_hold
-                seconds = dispatch_ms / 1000
-                for phase in (0, 1):
-                    if phase:
-                        seconds = max_hold if hold else outcome_ms / 1000
+                for seconds in (dispatch_ms / 1000, max_hold if hold else outcome_ms / 1000):
                     if not seconds:
                         continue
                     left = deadline - loop.time()
-                    capped = seconds >= left
                     end = loop.time() + min(seconds, max(left, 0.0))
                     try:
                         while not (cut := call.interrupted(ignore)) and (remaining := end - loop.time()) > 0:
@@ -239,10 +117,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                                 call.cancel_seen(ABORTIVE)
                     finally:
                         call.stop_timer()
-                    if cut:
-                        break
-                    if capped:
-                        overran = True
+                    if cut or seconds >= left:
+                        overran = not cut
                         break
             return await self._run(call, script, outcome, request, context, overran, answer)
         except BaseException as exc:
@@ -250,7 +126,36 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 call.end_on_error(exc)
             raise
         finally:
-            del self.live[call_id]
+            d.release(call_id)
+
+    async def _admit(self, call_id: str, cancel_key: str, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+        """The call's id (made here when the caller sent none, and sent in the headers: True), or
+        the call refused before its dispatch."""
+        d = self.dispatcher
+        if refusal := d.bad_id(call_id):   # an id that is not a short metadata value is never logged
+            await refuse(context, refusal)
+        headers_sent = not call_id
+        if headers_sent:
+            call_id = new_call_id()
+            await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
+        if refusal := bad_key(cancel_key) or d.in_flight(call_id):
+            await refuse(context, refusal)
+        return call_id, headers_sent
+
+    def _cannot_run(self, request: Any, answer: Answer | None) -> _Ending | None:
+        """Why a dispatched call ends at once instead of running its script: a bad request, the
+        in-flight limit, the server stopping."""
+        if answer is None:   # a stand-in's script was checked before its dispatch
+            try:
+                validate_request(request, self.config.limits)
+            except RequestError as exc:
+                return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        if self.dispatcher.over_capacity():
+            return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"over the in-flight limit ({self.config.max_in_flight})")
+        if self.dispatcher.stopping:
+            return codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "server is shutting down"
+        return None
 
     async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: Any,
                    context: grpc.aio.ServicerContext, overran: bool, answer: Answer | None = None) -> Any:
@@ -314,9 +219,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelReply:
         call_id = request.call_id
-        if refusal := self.bad_id(call_id) or bad_key(request.cancel_key):
+        if refusal := self.dispatcher.bad_id(call_id) or bad_key(request.cancel_key):
             await refuse(context, refusal)
-        call = self.live.get(call_id)
+        call = self.dispatcher.live.get(call_id)
         if call is not None:
             if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -331,105 +236,22 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return pb.CancelReply(delivered=False, state=known.state if known else "")
         # The notice overtook its call (they travel as separate RPCs): keep it for the dispatch,
         # under its id and key: it applies only to a call made with the same key.
-        kept = self._early_notices.remember(notice_key(call_id, request.cancel_key))
+        kept = self.dispatcher.early_notices.remember(notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
 
 
-class EarlyNotices:
-    """Cancel notices for calls not dispatched yet: kept `ttl` seconds, bounded in count and
-    in bytes (of their call ids), new ones refused when full. A timer expires them even when no
-    new notice arrives, so a burst of notices does not stay pinned."""
-
-    def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
-        self.ttl, self.limit, self.max_bytes = ttl, limit, max_bytes
-        self._seen: dict[str, float] = {}
-        self.bytes = 0
-        self.dropped = 0          # notices forgotten early because a bound was hit
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def remember(self, call_id: str) -> bool:
-        """Keep a notice; False when the bounds are reached. A notice kept is never displaced by
-        later ones (anyone's: a stranger's flood cannot evict the owner's); it only expires."""
-        now = time.monotonic()
-        seen = self._seen
-        if call_id in seen:
-            self._forget(call_id)
-        size = len(call_id)
-        self._expire(now)
-        if len(seen) >= self.limit or self.bytes + size > self.max_bytes:
-            self.dropped += 1
-            return False
-        seen[call_id] = now
-        self.bytes += size
-        self._arm()
-        return True
-
-    def take(self, call_id: str) -> bool:
-        t = self._seen.get(call_id)
-        if t is None:
-            return False
-        self._forget(call_id)
-        return time.monotonic() - t < self.ttl
-
-    def clear(self) -> None:
-        self._seen.clear()
-        self.bytes = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _forget(self, call_id: str) -> None:
-        del self._seen[call_id]
-        self.bytes -= len(call_id)
-
-    def _expire(self, now: float) -> None:
-        seen = self._seen
-        while seen:
-            oldest, t = next(iter(seen.items()))
-            if now - t < self.ttl:
-                break
-            self._forget(oldest)
-
-    def _arm(self) -> None:
-        """One timer at a time, due when the oldest notice expires."""
-        if self._timer is not None or not self._seen:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:   # used outside a loop (unit tests): expiry on the next remember()
-            return
-        oldest = next(iter(self._seen.values()))
-        self._timer = loop.call_later(max(0.0, oldest + self.ttl - time.monotonic()) + 0.001, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._expire(time.monotonic())
-        self._arm()
+def _outcome(script: pb.Script | None, mix: Mix, rng: random.Random) -> int:
+    """The script's outcome, else one drawn from the mix."""
+    return script.outcome if script is not None and script.outcome else OUTCOMES[mix.draw(rng)]
 
 
-# Why a request is refused before its dispatch: the status and its message.
-Refusal = tuple[grpc.StatusCode, str]
-
-
-async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoReturn:
-    """Refuse a request before its dispatch, with 87 RPC_S_INVALID_ARG in the code trailer."""
-    await context.abort(*refusal, ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-def bad_key(cancel_key: str, field: str = "cancel_key") -> Refusal | None:
-    if len(cancel_key) > MAX_CANCEL_KEY:
-        return grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters"
-    return None
-
-
-def notice_key(call_id: str, cancel_key: str) -> str:
-    """An early notice is kept under its call id and cancel key together: a stranger's notice
-    (another key) neither applies to the call nor displaces its owner's notice."""
-    return f"{call_id}\n{cancel_key}" if cancel_key else call_id
+def _unary_request(request: Any, context: grpc.aio.ServicerContext, answer: Answer | None,
+                   mix: Mix) -> tuple[str, str, pb.Script | None, Mix]:
+    """The call id, cancel key, script (None: draw from the mix) and mix of a unary call."""
+    if answer is not None:
+        return answer.call_id, answer.cancel_key, answer.script, answer.mix or mix   # type: ignore[return-value]
+    script = request.script if request.HasField("script") else None
+    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

@@ -60,13 +60,13 @@ class Watcher:
     """A live subscriber: a bounded queue; entries beyond it are dropped and counted (and the
     count travels on its own stream, so it knows its view is incomplete)."""
 
-    __slots__ = ("call_id", "queue", "dropped", "peer", "evicted")
+    __slots__ = ("call_id", "queue", "dropped", "caller", "evicted")
 
-    def __init__(self, call_id: str, maxsize: int, peer: str = "") -> None:
+    def __init__(self, call_id: str, maxsize: int, caller: str = "") -> None:
         self.call_id = call_id
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize)
         self.dropped = 0
-        self.peer = peer          # the connection it came on (gRPC's peer address)
+        self.caller = caller      # who asked (server/security.py: caller_of): its slots are counted together
         self.evicted = False      # its slot went to a newer watcher: its stream ends and says so
 
     @property
@@ -175,21 +175,31 @@ class Journal:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def subscribe(self, call_id: str = "", peer: str = "") -> Watcher:
-        """A new watcher. Each connection holds at most a quarter of the slots; when all are
-        taken, the oldest stuck watcher (one that stopped reading) is evicted for it."""
-        per_peer = max(1, self.max_watchers // 4)
-        if peer and sum(1 for w in self._watchers if w.peer == peer) >= per_peer:
-            raise WatcherLimit(f"{per_peer} watchers already on this connection (a quarter of the server's "
-                               f"--max-watchers)")
+    def subscribe(self, call_id: str = "", caller: str = "") -> Watcher:
+        """A new watcher. Each caller holds at most a quarter of the slots, whatever the number of
+        its connections: at that bound its own oldest stuck watcher (one that stopped reading) is
+        evicted for the new one. When all slots are taken, the oldest stuck watcher is."""
+        if caller:
+            self._make_room_for(caller)
         if len(self._watchers) >= self.max_watchers:
             stuck = next((w for w in self._watchers if w.stuck), None)
             if stuck is None:
                 raise WatcherLimit(f"{len(self._watchers)} watchers already (the server's --max-watchers)")
             self.evict(stuck)
-        w = Watcher(call_id, self.watch_queue, peer)
+        w = Watcher(call_id, self.watch_queue, caller)
         self._watchers.append(w)
         return w
+
+    def _make_room_for(self, caller: str) -> None:
+        per_caller = max(1, self.max_watchers // 4)
+        mine = [w for w in self._watchers if w.caller == caller]
+        if len(mine) < per_caller:
+            return
+        stuck = next((w for w in mine if w.stuck), None)
+        if stuck is None:
+            raise WatcherLimit(f"{per_caller} watchers already for this caller, none of them stuck (a caller holds "
+                               f"at most a quarter of the server's --max-watchers)")
+        self.evict(stuck)
 
     def evict(self, w: Watcher) -> None:
         """Free a stuck watcher's slot now; its stream ends with the reason when it next reads."""

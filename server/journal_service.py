@@ -17,13 +17,14 @@ from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
+from callstate.server.security import caller_of
 
 
 FOLLOW_BATCH = 4096
 MAX_PAGE = 1000           # ListCalls: calls in one reply, whatever the limit asked
 MAX_FILTER_ID = 4096      # Watch/Follow: the longest call id filter (no call id is longer: --max-call-id)
-EVICTED = ("this watcher stopped reading and its slot went to a newer one (the server's --max-watchers); "
-           "entries it had not read are lost")
+EVICTED = ("this watcher stopped reading and its slot went to a newer one (the server's --max-watchers, a "
+           "quarter of them per caller); entries it had not read are lost")
 
 
 def _shown(call_id: str) -> str:
@@ -92,7 +93,7 @@ class JournalServicer(pb_grpc.JournalServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"call_id: a filter of at most {MAX_FILTER_ID} characters, got {len(request.call_id)}")
         try:
-            return self.journal.subscribe(request.call_id, context.peer() or "")
+            return self.journal.subscribe(request.call_id, caller_of(context))
         except WatcherLimit as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise   # pragma: no cover - context.abort raises

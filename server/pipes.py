@@ -20,25 +20,23 @@ never as a half-close:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, NoReturn
+from typing import Any, AsyncIterator, Callable, NoReturn
 
 import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.grpc_status import grpc_status_for, status_from_value
-from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, NULL_PULL,
+from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NULL_PULL,
                                  PIPE_BOTH, PIPE_IN, PIPE_OUT, RECEIVE_COMPLETE, SEND_COMPLETE, START_PULL, START_PUSH,
                                  server_end_code)
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
-from callstate.script import OUTCOME_NAMES, OUTCOMES, ScriptError, cancel_poll_ms
+from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, ScriptError, cancel_poll_ms
 from callstate.server.answer import Answer
-from callstate.server.calls import ServerCall, send_abort
+from callstate.server.calls import ServerCall, send_abort, send_fatal
+from callstate.server.dispatch import Dispatcher, bad_key, refuse
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
-
-if TYPE_CHECKING:
-    from callstate.server.emulator import EmulatorServicer
 
 _OK = grpc.StatusCode.OK.name
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
@@ -253,25 +251,15 @@ class PipeRun:
     # -- the server's pipe ----------------------------------------------------------------------
     async def push(self, until: Callable[[], bool]) -> bool:
         """Send the script's messages (a held pipe: until its end); True when `until()` cut it short."""
-        script = self.script
-        count = None if self.outcome == _HOLD else (script.messages if self._scripted else DEFAULT_MESSAGES)
-        interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if self.outcome == _HOLD else 0)
-        size = script.message_bytes
-        if size and (over := self.owner.emulator.backlog.reserve(self.context, 2 * size)):
-            # two messages pinned at most: one in the transport, the next waiting for it (checked
-            # before the payload is made: refused pipes allocate nothing)
-            raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-        payload = bytes(size)
-        after_out = script.at_count if script.at == _AFTER_OUT else -1
+        count, interval, payload = self._push_plan()
+        after_out = self.script.at_count if self.script.at == _AFTER_OUT else -1
         write, call, log_messages = self.context.write, self.call, self.log_messages
         reply = None if self.answer is None else self.answer.reply   # a stand-in pushes its reply
         while count is None or self.sent < count:
             if self.sent == after_out or until():
                 return True
-            if call.cancel_kind is not None or call.stopping or self.reader_done or (call.polls and call.polls.pending):
-                await self.check_signals()
-                if self.reader_done and not self.half_closed and self.kind == PIPE_BOTH:
-                    await self.confirm_half_close()
+            if self._signalled():
+                await self._between_pushes()
             # counted when handed to gRPC: a cancel can interrupt the await after the message left
             self.sent += 1
             await write(pb.PipeMessage(seq=self.sent, payload=payload) if reply is None else reply)
@@ -280,6 +268,31 @@ class PipeRun:
             if interval:
                 await self.wait(interval, until)
         return self.sent == after_out or until()
+
+    def _push_plan(self) -> tuple[int | None, float, bytes]:
+        """How many messages (None: until the held pipe ends), how far apart, and their payload:
+        refused with 1723 when two of them do not fit in the reply backlog."""
+        script, hold = self.script, self.outcome == _HOLD
+        count = None if hold else (script.messages if self._scripted else DEFAULT_MESSAGES)
+        interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if hold else 0)
+        size = script.message_bytes
+        if size and (over := self.owner.dispatcher.backlog.reserve(self.context, 2 * size)):
+            # two messages pinned at most: one in the transport, the next waiting for it (checked
+            # before the payload is made: refused pipes allocate nothing)
+            raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
+        return count, interval, bytes(size)
+
+    def _signalled(self) -> bool:
+        """Something to act on before the next push: a cancel, the server stopping, the client's
+        stream ended, a polling handler's cancel waiting."""
+        call = self.call
+        return (call.cancel_kind is not None or call.stopping or self.reader_done
+                or bool(call.polls and call.polls.pending))
+
+    async def _between_pushes(self) -> None:
+        await self.check_signals()
+        if self.reader_done and not self.half_closed and self.kind == PIPE_BOTH:
+            await self.confirm_half_close()
 
     _scripted = True
 
@@ -297,10 +310,10 @@ class PipeServicer:
     """The pipe methods of `Emulator`; shares the emulator's live calls, so `Emulator.Cancel`
     (the non-abortive cancel notice) reaches pipe calls too."""
 
-    def __init__(self, emulator: "EmulatorServicer") -> None:
-        self.emulator = emulator
-        self.config = emulator.config
-        self.log_messages = getattr(emulator.config, "log_messages", False)
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.config = dispatcher.config
+        self.log_messages = getattr(dispatcher.config, "log_messages", False)
 
     async def pipe_in(self, requests: AsyncIterator[pb.PipeMessage], context: grpc.aio.ServicerContext) -> pb.PipeReply:
         return await self._serve(PIPE_IN, None, requests, context)
@@ -314,21 +327,36 @@ class PipeServicer:
     async def _serve(self, kind: str, request: pb.PipeRequest | None, requests: AsyncIterator[Any] | None,
                      context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """A pipe of `kind`; with `answer`, a stand-in's streaming call of a user's method."""
-        from callstate.server.emulator import bad_key, notice_key, refuse, send_fatal
-
-        emulator = self.emulator
-        if answer is None:
-            metadata = {k: v for k, v in (context.invocation_metadata() or ())}
-            call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
-            cancel_key = _text(metadata.get(CANCEL_KEY_KEY))
-        else:
-            call_id, cancel_key = answer.call_id, answer.cancel_key
+        d = self.dispatcher
+        call_id, cancel_key, metadata = _identity(request, context, answer)
         # refused before dispatch, as unary calls are: such an id is never logged
-        if refusal := emulator.bad_id(call_id) or bad_key(cancel_key, CANCEL_KEY_KEY):
+        if refusal := d.bad_id(call_id) or bad_key(cancel_key, CANCEL_KEY_KEY):
             await refuse(context, refusal)
         call_id = call_id or new_call_id()
-        if refusal := emulator.in_flight(call_id):
+        if refusal := d.in_flight(call_id):
             await refuse(context, refusal)
+        script, bad, scripted = self._script_of(kind, request, metadata, answer)
+        call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(script.outcome, "?"), context, kind,
+                          method=answer and answer.method, rule=answer and answer.rule,
+                          poll_ms=cancel_poll_ms(script) if scripted else None)
+        run = PipeRun(self, call, kind, script, context, requests, answer)
+        run._scripted = scripted
+        watchdog = self._watch_max_hold(run)
+        try:
+            return await self._run(run, bad)
+        except BaseException as exc:
+            if not call.lifecycle.ended:
+                call.end_on_error(exc)
+            raise
+        finally:
+            watchdog.cancel()
+            await run.stop_reader()
+            d.release(call_id)
+
+    def _script_of(self, kind: str, request: pb.PipeRequest | None, metadata: dict[str, Any],
+                   answer: Answer | None) -> tuple[pb.PipeScript, str | None, bool]:
+        """The pipe's script with its outcome (drawn from the mix when it has none), why it is
+        refused (None: it is not), and whether the caller (or the stand-in's rule) gave one."""
         if answer is None:
             script, bad = _script(request, metadata)
             mix = self.config.mix
@@ -342,61 +370,48 @@ class PipeServicer:
                 validate_pipe(script, kind, self.config.limits)
             except ScriptError as exc:
                 bad = str(exc)
-        if script is None:
-            script = pb.PipeScript(outcome=OUTCOMES[mix.draw(emulator._rng)])
-        elif not script.outcome:   # a breach breaks a rule on the way to a complete
-            script.outcome = _COMPLETE if script.breach else OUTCOMES[mix.draw(emulator._rng)]
-        if emulator.on_dispatch is not None:   # tracing: the caller's trace context
-            emulator.on_dispatch(call_id, context.invocation_metadata())
-        call = ServerCall(call_id, emulator._journal, emulator._log_append, OUTCOME_NAMES.get(script.outcome, "?"), kind,
-                          method=answer and answer.method, rule=answer and answer.rule)
-        call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
-        emulator.live[call_id] = call
-        emulator.poll_cancels(call, cancel_poll_ms(script) if scripted else None)
-        if emulator._early_notices and emulator._early_notices.take(notice_key(call_id, cancel_key)):
-            call.cancel_seen(NON_ABORTIVE)
-        run = PipeRun(self, call, kind, script, context, requests, answer)
-        run._scripted = scripted
-        watchdog = self._watch_max_hold(run)
+        return _with_outcome(script, mix, self.dispatcher.rng), bad, scripted
+
+    async def _run(self, run: PipeRun, bad: str | None) -> Any:
+        """The dispatched pipe to its end: its script, or the refusal found at dispatch; each way
+        it can end (an outcome, an abort, a fatal failure, a cancel) sent or recorded."""
+        call, context = run.call, run.context
         try:
-            try:
-                if bad is not None:
-                    raise _AbortNow(codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, bad)
-                if len(emulator.live) > self.config.max_in_flight:
-                    raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"over the in-flight limit ({self.config.max_in_flight})")
-                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))   # the headers
-                await self._script(run)
-            except _Ended as done:
-                return done.reply
-            except _AbortNow as ab:
-                run.record_abort(ab.code, ab.status, ab.message)
-                if call.rpc_cancelled:
-                    raise asyncio.CancelledError() from None
-                await send_abort(context, ab.status, ab.message, ab.code)
-            except _FatalNow as fatal:
-                if call.rpc_cancelled:
-                    raise asyncio.CancelledError() from None
-                await send_fatal(context, str(fatal))
-            except BaseException as exc:
-                if run.overdue and not call.lifecycle.ended and not call.rpc_cancelled:
-                    run.record_abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold))
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold),
-                                        ((CODE_KEY, str(codes.RPC_S_TIMEOUT)),))
-                if call.lifecycle.ended or not _is_cancel(exc, context, run):
-                    raise
-                call.cancel_seen(ABORTIVE)
-                await call.until_polled()   # a polling handler works on until its next poll sees it
-                self._end_after_abortive(run)   # ends per the on-cancel policy
+            if bad is not None:
+                raise _AbortNow(codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, bad)
+            if self.dispatcher.over_capacity():
+                raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"over the in-flight limit ({self.config.max_in_flight})")
+            await context.send_initial_metadata(((CALL_ID_KEY, call.call_id),))   # the headers
+            await self._script(run)
+        except _Ended as done:
+            return done.reply
+        except _AbortNow as ab:
+            run.record_abort(ab.code, ab.status, ab.message)
+            if call.rpc_cancelled:
                 raise asyncio.CancelledError() from None
+            await send_abort(context, ab.status, ab.message, ab.code)
+        except _FatalNow as fatal:
+            if call.rpc_cancelled:
+                raise asyncio.CancelledError() from None
+            await send_fatal(context, str(fatal))
         except BaseException as exc:
-            if not call.lifecycle.ended:
-                call.end_on_error(exc)
-            raise
-        finally:
-            watchdog.cancel()
-            await run.stop_reader()
-            del emulator.live[call_id]
+            await self._if_overdue(run)
+            if call.lifecycle.ended or not _is_cancel(exc, context, run):
+                raise
+            call.cancel_seen(ABORTIVE)
+            await call.until_polled()   # a polling handler works on until its next poll sees it
+            self._end_after_abortive(run)   # ends per the on-cancel policy
+            raise asyncio.CancelledError() from None
+        return None
+
+    async def _if_overdue(self, run: PipeRun) -> None:
+        """The max-hold watchdog cut the handler short: the call ends with 1460 (this raises)."""
+        call = run.call
+        if run.overdue and not call.lifecycle.ended and not call.rpc_cancelled:
+            run.record_abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold))
+            await run.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold),
+                                    ((CODE_KEY, str(codes.RPC_S_TIMEOUT)),))
 
     serve = _serve   # a stand-in's streaming calls (server/standin.py), with their Answer
 
@@ -492,6 +507,26 @@ def _script(request: pb.PipeRequest | None, metadata: dict[str, Any]) -> tuple[p
         return pb.PipeScript.FromString(raw if isinstance(raw, bytes) else raw.encode()), None
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
         return pb.PipeScript(), f"script: metadata {PIPE_SCRIPT_KEY} is not a callstate.v1.PipeScript ({exc})"
+
+
+def _identity(request: pb.PipeRequest | None, context: grpc.aio.ServicerContext,
+              answer: Answer | None) -> tuple[str, str, dict[str, Any]]:
+    """The pipe's call id (request field first, then metadata), its cancel key, its metadata."""
+    if answer is not None:
+        return answer.call_id, answer.cancel_key, {}
+    metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+    call_id = (request.call_id if request is not None else "") or _text(metadata.get(CALL_ID_KEY))
+    return call_id, _text(metadata.get(CANCEL_KEY_KEY)), metadata
+
+
+def _with_outcome(script: pb.PipeScript | None, mix: Mix, rng: Any) -> pb.PipeScript:
+    """The script with an outcome: none given, one drawn from the mix (a breach breaks a rule on
+    the way to a complete)."""
+    if script is None:
+        return pb.PipeScript(outcome=OUTCOMES[mix.draw(rng)])
+    if not script.outcome:
+        script.outcome = _COMPLETE if script.breach else OUTCOMES[mix.draw(rng)]
+    return script
 
 
 def _copy(script: pb.PipeScript | None) -> pb.PipeScript | None:

@@ -44,6 +44,27 @@ def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
             ("grpc.http2.max_pings_without_data", 0)] + permit
 
 
+_LOOPBACK = ("ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127.", "unix:")
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> str:
+    """Who a request comes from, for the bounds a caller must share across its connections: its
+    client certificate's subject (mutual TLS), else its host. On the server's own host every
+    process shares the address, so there each connection counts as a caller of its own."""
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # noqa: BLE001 - a context torn down far enough to refuse the question
+        auth = {}
+    subject = auth.get("x509_subject") or auth.get("x509_common_name")
+    if subject:
+        return "cert:" + b",".join(subject).decode(errors="replace")
+    peer = context.peer() or ""
+    if peer.startswith(_LOOPBACK):
+        return peer
+    host, _, _port = peer.rpartition(":")
+    return host or peer
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses callstate.v1 RPCs without `authorization: Bearer <token>`: UNAUTHENTICATED when
     missing, PERMISSION_DENIED when wrong (both reach a callstate client as 5

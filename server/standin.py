@@ -31,7 +31,8 @@ from callstate.schema import Method, Schema
 from callstate.script import ScriptError, validate
 from callstate.script_header import decode as decode_script
 from callstate.server.answer import Answer
-from callstate.server.emulator import EmulatorServicer, Refusal, refuse
+from callstate.server.dispatch import Refusal, refuse
+from callstate.server.emulator import EmulatorServicer
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY
 
 # Services a stand-in never serves from a user's schema: the server's own (a schema read by

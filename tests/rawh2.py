@@ -11,7 +11,8 @@ import socket
 import struct
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
+DATA, HEADERS, RST_STREAM, SETTINGS = 0x0, 0x1, 0x3, 0x4
+CANCEL = 0x8   # RST_STREAM error code
 END_STREAM, END_HEADERS = 0x1, 0x4
 
 
@@ -63,6 +64,15 @@ class NeverReader:
         self.next_stream += 2
         self.sock.sendall(frame(HEADERS, END_HEADERS, stream, headers_block(path, self.authority))
                           + frame(DATA, END_STREAM, stream, grpc_message(body)))
+        return stream
+
+    def call_and_reset(self, path: str, body: bytes) -> int:
+        """A call reset as soon as it is sent (HEADERS, DATA, RST_STREAM CANCEL): a rapid reset."""
+        stream = self.next_stream
+        self.next_stream += 2
+        self.sock.sendall(frame(HEADERS, END_HEADERS, stream, headers_block(path, self.authority))
+                          + frame(DATA, END_STREAM, stream, grpc_message(body))
+                          + frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL)))
         return stream
 
     def close(self) -> None:

@@ -584,15 +584,79 @@ def _read_to_end(stream: Any) -> tuple[grpc.StatusCode, str]:
         return err.code(), err.details() or ""
 
 
-def _burst(target: str, n: int) -> int:
+def _burst(target: str, n: int, creds: grpc.ChannelCredentials | None = None) -> int:
     """n complete calls at once (3 server entries each); 0 when done."""
     async def go() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with (grpc.aio.insecure_channel(target) if creds is None else grpc.aio.secure_channel(target, creds)) \
+                as channel:
             stub = pb_grpc.EmulatorStub(channel)
             await asyncio.gather(*(stub.Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE)), timeout=20)
                                    for _ in range(n)))
     asyncio.run(go())
     return 0
+
+
+def test_watcher_slots_are_per_caller_whatever_its_connections(hostile_server: Any, tmp_path: Path) -> None:
+    """One caller (one client certificate) holds at most a quarter of --max-watchers over any
+    number of connections: past it, its own oldest stuck watcher is evicted for the new one and
+    told why on its stream (slots were per connection: a caller with 4 connections took them all)."""
+    import concurrent.futures
+
+    from tests.certs import make_tls_files
+    tls = make_tls_files(tmp_path / "tls")
+    srv = hostile_server("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key), "--tls-client-ca",
+                         str(tls.ca), "--max-watchers", "8", "--watch-buffer", "300", "--no-state-log")
+    creds = grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.client_key.read_bytes(), tls.client_cert.read_bytes())
+    channels = [grpc.secure_channel(srv.target, creds, options=NEVER_READS) for _ in range(3)]   # 3 connections
+
+    def dropped() -> int:
+        with grpc.secure_channel(srv.target, creds) as channel:
+            return pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=10).watch_dropped
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    streams = []
+    try:
+        # the caller's quarter (2 of 8), on two connections, never read: stuck once their buffers overflow
+        streams = [pb_grpc.JournalStub(ch).Watch(pb.WatchRequest(), timeout=60) for ch in channels[:2]]
+        wait_for("stuck watchers", lambda: _burst(srv.target, 200, creds) or dropped() >= 2 * 100, timeout=60)
+        streams.append(pb_grpc.JournalStub(channels[2]).Watch(pb.WatchRequest(), timeout=60))   # a third connection
+        # the caller's oldest stuck watcher is evicted for it, and its stream says why
+        readers = [pool.submit(_read_to_end, stream) for stream in streams[:2]]
+        done, _ = concurrent.futures.wait(readers, timeout=30, return_when=concurrent.futures.FIRST_COMPLETED)
+        assert done, "none of the caller's watchers was evicted"
+        code, details = next(iter(done)).result()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "slot" in details, (code, details)
+    finally:
+        for stream in streams:
+            stream.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for ch in channels:
+            ch.close()
+
+
+def test_one_connection_holds_at_most_max_concurrent_streams_calls_even_resetting_them(hostile_server: Any) -> None:
+    """A raw HTTP/2 client that ignores the server's stream bound: of 40 held calls opened at once on
+    one connection, the server runs at most --max-concurrent-streams; 2,000 calls reset as soon as
+    sent (HTTP/2 rapid reset) on another connection leave nothing held and another caller served."""
+    from tests.rawh2 import NeverReader
+    srv = hostile_server("--max-concurrent-streams", "8", "--no-state-log")
+    held = pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_HOLD)).SerializeToString()
+    greedy = NeverReader("127.0.0.1", srv.port)
+    resetter = NeverReader("127.0.0.1", srv.port)
+    try:
+        for _ in range(40):
+            greedy.call("/callstate.v1.Emulator/Call", held)
+        wait_for("the first held calls", lambda: counters(srv.target).in_flight >= 8)
+        for _ in range(2000):
+            resetter.call_and_reset("/callstate.v1.Emulator/Call", held)
+        status, _ = _unary(srv.target, pb.Script(outcome=pb.OUTCOME_COMPLETE))
+        assert status == grpc.StatusCode.OK   # another caller is served
+        c = counters(srv.target)
+        assert c.in_flight <= 8 + 8, c   # the greedy connection's 8, and at most 8 of the resetter's
+        wait_for("the reset calls ended", lambda: counters(srv.target).in_flight <= 8)
+        assert counters(srv.target).in_flight == 8   # the greedy connection's: the bound, not its 40
+    finally:
+        greedy.close()
+        resetter.close()
 
 
 def test_health_watches_are_bounded(hostile_server: Any) -> None:

@@ -339,8 +339,8 @@ class LoadRun:
                 if e.call_id in ids:
                     d = proto_to_dict(e)
                     self._server_entry(d, checker)
-                    if e.event == CANCEL_SEEN and self.propagation is not None:
-                        self.propagation.server_cancel_seen(e.call_id, parse_ts(e.ts))
+                    if self.propagation is not None:
+                        self.propagation.server(e)
 
     async def run(self) -> dict[str, Any]:
         channel = self.cfg.settings.aio_channel(self.cfg.target)

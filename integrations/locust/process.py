@@ -1,11 +1,13 @@
 """What all CallstateUsers of one Locust process share: the client state log, and the
 server-journal follower that measures cancel propagation.
 
-Cancel propagation is the time from a client's `Can` to the server's `cancel_seen`, for
-calls the server had dispatched before the cancel (as `callstate load` measures it); it is
-Locust statistics entry `cancel propagation` (type `callstate`), logged straight into that
-entry so that it stays out of the Aggregated row and its RPS, which count calls only. Across
-machines it includes their clock difference.
+Cancel propagation is the time from a client's `Can` to the server's `cancel_seen`, for the
+calls `callstate.propagation` counts (the population of `callstate check`, the load report and
+Prometheus); it is Locust statistics entry `cancel propagation` (type `callstate`), logged
+straight into that entry so that it stays out of the Aggregated row and its RPS, which count
+calls only. Calls whose handler polls for cancels go to their own entry, `cancel propagation
+to polling handlers` (made at the first such call). Across machines it includes their clock
+difference.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import gevent
 import gevent.event
 import grpc
 
-from callstate.lifecycle import CAN, CANCEL_SEEN, DISPATCH, END, ENTER
-from callstate.statelog import Entry, parse_ts
+from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
+from callstate.propagation import Propagation, PropagationTracker
+from callstate.statelog import Entry
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 REQUEST_TYPE = "callstate"
 BARRIER_PREFIX = "callstate-locust-barrier-"
 PROPAGATION = "cancel propagation"
+PROPAGATION_POLLED = "cancel propagation to polling handlers"
 
 
 class _Sink:
@@ -34,14 +38,14 @@ class _Sink:
 
     enabled = True
 
-    def __init__(self, log: StateLog | None, cancels: dict[str, float] | None) -> None:
-        self._log, self._cancels = log, cancels
+    def __init__(self, log: StateLog | None, tracker: PropagationTracker | None) -> None:
+        self._log, self._tracker = log, tracker
 
     def append(self, e: Entry) -> None:
         if self._log is not None:
             self._log.append(e)
-        if self._cancels is not None and e.state == CAN and e.event == ENTER:
-            self._cancels.setdefault(e.call_id, e.t)
+        if self._tracker is not None and e.state == CAN and e.event == ENTER:
+            self._tracker.client_cancelled(e.call_id, e.t, e.cancel or "")
 
 
 class ProcessState:
@@ -52,8 +56,8 @@ class ProcessState:
         self.environment = environment
         self.log_path = expand(log_template, environment) if log_template else None
         self.log = StateLog(self.log_path) if self.log_path else None
-        self.cancels: dict[str, float] | None = {} if propagation else None
-        self.sink = _Sink(self.log, self.cancels)
+        self.tracker = PropagationTracker() if propagation else None
+        self.sink = _Sink(self.log, self.tracker)
         self._follower: gevent.Greenlet | None = None
         self._stream: Any = None
         self._channel: grpc.Channel | None = None
@@ -71,41 +75,34 @@ class ProcessState:
 
     def watch(self, target: str) -> None:
         """Follow the server's journal (once per process) to time cancel propagation."""
-        if self.cancels is None or self._follower is not None:
+        if self.tracker is None or self._follower is not None:
             return
         self._channel = grpc.insecure_channel(target)
         self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest())
         self._follower = gevent.spawn(self._follow)
 
     def _follow(self) -> None:
-        cancels = self.cancels
-        assert cancels is not None
-        dispatched: dict[str, str] = {}
-        propagation = self.environment.stats.get(PROPAGATION, REQUEST_TYPE)
+        self.environment.stats.get(PROPAGATION, REQUEST_TYPE)   # the entry is there from the start, samples or not
         try:
             for batch in self._stream:
                 for e in batch.entries:
-                    call_id = e.call_id
-                    if e.move == DISPATCH:
-                        dispatched[call_id] = e.ts
-                    elif e.event == CANCEL_SEEN:
-                        t_can = cancels.pop(call_id, None)
-                        t_dispatch = dispatched.get(call_id)
-                        if t_can is not None and t_dispatch is not None and parse_ts(t_dispatch) <= t_can:
-                            # its own statistics entry, kept out of Aggregated (not a request: a
-                            # request event would count it into the totals and their RPS)
-                            propagation.log((parse_ts(e.ts) - t_can) * 1000, 0)
-                    elif e.state == END and e.event == ENTER:
-                        dispatched.pop(call_id, None)
-                        cancels.pop(call_id, None)
-                        if call_id == self._barrier_id and self._caught_up is not None:
-                            self._caught_up.set()
-                # other processes' calls, and calls cancelled before they went out, leave
-                # entries no End removes here: bounded
-                if len(cancels) > 100_000:
-                    cancels.clear()
+                    self.server_entry(e)
         except grpc.RpcError:
             pass   # the stream ends when the run stops or the server goes away
+
+    def server_entry(self, e: Any) -> None:
+        """One entry of the server's journal stream: a call's propagation into its statistics
+        entry (its own, kept out of Aggregated: a request event would count it into the totals
+        and their RPS); the end-of-run barrier's End."""
+        assert self.tracker is not None
+        found = self.tracker.server(e)
+        if found is not None:
+            self._entry(found).log(found.ms, 0)
+        elif e.call_id == self._barrier_id and e.state == END and e.event == ENTER and self._caught_up is not None:
+            self._caught_up.set()
+
+    def _entry(self, found: Propagation) -> Any:
+        return self.environment.stats.get(PROPAGATION_POLLED if found.polled else PROPAGATION, REQUEST_TYPE)
 
     def catch_up(self, timeout: float = 2.0) -> bool:
         """At the end of a run, let the journal follower catch up before the final statistics

@@ -1,0 +1,117 @@
+"""What every handler (Call, the pipes, a stand-in's methods) shares around a call's dispatch.
+
+Refusals before dispatch (a bad call id or cancel key, an id in flight or recently ended), the
+table of live calls that `Emulator.Cancel` looks notices up in, the early notices kept for calls
+not dispatched yet, the reply backlog, and the server stopping. The handlers' modules import
+this one, and none imports another handler's module.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Callable, NoReturn
+
+import grpc
+
+from callstate import codes
+from callstate.cancel_poll import poll_interval
+from callstate.lifecycle import NON_ABORTIVE, UNARY
+from callstate.script import RequestError, check_call_id
+from callstate.statelog import Entry
+from callstate.server.backlog import ReplyBacklog
+from callstate.server.calls import ServerCall
+from callstate.server.config import EmulatorConfig
+from callstate.server.journal import Journal
+from callstate.server.notices import EarlyNotices, notice_key
+from callstate.wire import CODE_KEY, MAX_CANCEL_KEY
+
+# Why a request is refused before its dispatch: the status and its message.
+Refusal = tuple[grpc.StatusCode, str]
+
+
+async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoReturn:
+    """Refuse a request before its dispatch, with 87 RPC_S_INVALID_ARG in the code trailer."""
+    await context.abort(*refusal, ((CODE_KEY, str(codes.RPC_S_INVALID_ARG)),))
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def bad_key(cancel_key: str, field: str = "cancel_key") -> Refusal | None:
+    if len(cancel_key) > MAX_CANCEL_KEY:
+        return grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters"
+    return None
+
+
+class Dispatcher:
+    """The live calls of one server and what admits a call among them."""
+
+    def __init__(self, config: EmulatorConfig, journal: Journal, log_append: Callable[[Entry], None]) -> None:
+        self.config = config
+        self.journal = journal
+        self.log_append = log_append
+        self.rng = random.Random(config.seed)
+        self.live: dict[str, ServerCall] = {}
+        self.early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
+                                          config.max_early_notice_bytes)
+        self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
+                                    config.max_reply_backlog_bytes if config.max_reply_backlog_per_connection is None
+                                    else config.max_reply_backlog_per_connection)
+        self.stopping = False
+        self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
+
+    # -- refusals before dispatch: plain checks on the hot path, awaited (`refuse`) only when one applies
+    def bad_id(self, call_id: str) -> Refusal | None:
+        try:
+            check_call_id(call_id, self.config.limits)
+        except RequestError as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
+
+    def in_flight(self, call_id: str) -> Refusal | None:
+        if call_id in self.live:   # first come, first served: the call in flight is not touched
+            return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
+        return self.recently_ended(call_id)
+
+    def recently_ended(self, call_id: str) -> Refusal | None:
+        rec = self.journal.get(call_id)
+        final = rec.final if rec is not None else None
+        if final is not None and (age := time.time() - final.t) < self.config.id_retention:
+            return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
+                    f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
+        return None
+
+    # -- the dispatch ---------------------------------------------------------------------------
+    def dispatch(self, call_id: str, cancel_key: str, outcome: str, context: grpc.aio.ServicerContext,
+                 kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
+                 rule: str | None = None, poll_ms: int | None = None) -> ServerCall:
+        """D: the call is live (Cancel finds it), polls for cancels as scripted, and a notice that
+        overtook it applies now."""
+        if self.on_dispatch is not None:   # tracing: the caller's trace context
+            self.on_dispatch(call_id, context.invocation_metadata())
+        call = ServerCall(call_id, self.journal, self.log_append, outcome, kind, deadline_ms=deadline_ms,
+                          method=method, rule=rule)
+        call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
+        self.live[call_id] = call
+        self.poll_cancels(call, poll_ms)
+        if self.early_notices and self.early_notices.take(notice_key(call_id, cancel_key)):
+            call.cancel_seen(NON_ABORTIVE)
+        return call
+
+    def poll_cancels(self, call: ServerCall, script_ms: int | None) -> None:
+        """The call's handler tests for cancels at the script's interval, else the server's (a bad
+        value is refused by validation and never polled with)."""
+        if script_ms is None or 0 <= script_ms <= self.config.limits.max_delay_ms:
+            call.poll_cancels(poll_interval(script_ms, self.config.cancel_poll_ms))
+
+    def over_capacity(self) -> bool:
+        return len(self.live) > self.config.max_in_flight
+
+    def release(self, call_id: str) -> None:
+        del self.live[call_id]
+
+    def stop_all(self) -> None:
+        """Server shutdown: every waiting handler ends its call now."""
+        self.stopping = True
+        self.early_notices.clear()
+        for call in list(self.live.values()):
+            call.stop()
