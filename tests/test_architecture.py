@@ -1,9 +1,6 @@
 """The layout keeps its promises: a core without I/O that imports nothing of ours, packages that
 import only the layers below them, no import cycle, and every lifecycle name in one module.
-
-Known exceptions that another helper is removing are listed once, in KNOWN_LAYER_BREACHES and
-KNOWN_CYCLES: each has a case that xfails while the exception is there and fails once it is
-gone (so the entry is deleted at merge time); the main tests ignore nothing else."""
+Nothing is exempt: a breach or a cycle fails the run."""
 
 from __future__ import annotations
 
@@ -136,26 +133,9 @@ def test_the_layer_check_sees_a_planted_breach(tmp_path: Path) -> None:
 
 
 # -- no import cycles ---------------------------------------------------------------------------
-# the modules of a known cycle -> the helper removing it
-KNOWN_CYCLES: dict[frozenset[str], str] = {}
-
-
-def without_known_cycles(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """The graph less the edges inside each known cycle (so that any other cycle still shows)."""
-    return {m: {t: line for t, line in edges.items() if not any({m, t} <= known for known in KNOWN_CYCLES)}
-            for m, edges in graph.items()}
-
-
 def test_no_import_cycle_between_modules_of_the_product() -> None:
-    found = cycles(without_known_cycles(GRAPH))
+    found = cycles(GRAPH)
     assert not found, f"modules that import each other (also inside functions): {found}"
-
-
-@pytest.mark.parametrize("known", sorted(KNOWN_CYCLES, key=sorted), ids=lambda k: "<->".join(sorted(k)))
-def test_a_known_cycle_is_still_there(known: frozenset[str]) -> None:
-    if any(known <= set(group) for group in cycles(GRAPH)):
-        pytest.xfail(f"being removed by {KNOWN_CYCLES[known]}")
-    pytest.fail(f"the cycle {sorted(known)} is gone: delete it from KNOWN_CYCLES")
 
 
 def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
