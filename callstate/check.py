@@ -107,16 +107,30 @@ class CheckReport:
         callstate, or one side's log missing), or None when both sides or nothing are logged."""
         return one_side_of(self.by_side)
 
+    def not_judged(self, allow_one_side: bool = False) -> str | None:
+        """Why no verdict can be given, or None: nothing was checked, or only one side is logged
+        and judging it alone was not asked for. The printed verdict and the exit status both
+        follow this, so a summary never says OK where the command fails."""
+        if not self.entries:
+            return "nothing was checked: no entries"
+        if (side := self.one_sided) is not None and not allow_one_side:
+            return f"only the {side} side is logged: pass --allow-one-side to judge it alone, or add the other side's log"
+        return None
+
+    def verdict_ok(self, allow_one_side: bool = False) -> bool:
+        return self.ok and self.not_judged(allow_one_side) is None
+
     def by_kind(self) -> dict[str, list[Violation]]:
         out: dict[str, list[Violation]] = collections.defaultdict(list)
         for v in self.violations:
             out[v.kind].append(v)
         return dict(out)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, allow_one_side: bool = False) -> dict[str, Any]:
         kinds = self.by_kind()
         return {
-            "ok": self.ok,
+            "ok": self.verdict_ok(allow_one_side),
+            "not_judged": self.not_judged(allow_one_side),
             "files": self.files,
             "entries": self.entries,
             "calls": self.calls,
@@ -134,10 +148,10 @@ class CheckReport:
             "one_sided": self.one_sided,
         }
 
-    def summary(self) -> str:
+    def summary(self, allow_one_side: bool = False) -> str:
+        sides = ", ".join(f"{n} {s}" for s, n in sorted(self.by_side.items()))
         lines = [f"{self.calls} calls, {self.entries} entries from {len(self.files) or 'in-memory'} "
-                 f"{'file' if len(self.files) == 1 else 'files'} "
-                 f"({', '.join(f'{n} {s}' for s, n in sorted(self.by_side.items()))})"]
+                 f"{'file' if len(self.files) == 1 else 'files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
         prop = percentiles(self.cancel_propagation_ms)
@@ -152,7 +166,9 @@ class CheckReport:
                          f"n={polled['count']} p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms "
                          f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
                          f"max={wait['max']:.3f} ms")
-        if self.ok:
+        if (why := self.not_judged(allow_one_side)) is not None and self.ok:
+            lines.append(f"NOT JUDGED: {why}")
+        elif self.ok:
             lines.append("OK: every invariant holds" + (f" on the {side} side" if side is not None else ""))
         else:
             lines.append(f"FAILED: {len(self.violations)} violations")

@@ -194,7 +194,8 @@ def parse_log(lines: Iterable[bytes], name: str,
         except orjson.JSONDecodeError as exc:
             if warn is not None and not line.endswith(b"\n"):
                 warn(f"{name}:{lineno}: the last line is cut short (no newline, not JSON): ignored; "
-                     f"the {lineno - 1} lines before it are checked")
+                     f"the {lineno - 1} {'line' if lineno == 2 else 'lines'} before it "
+                     f"{'is' if lineno == 2 else 'are'} checked")
                 return
             raise LogFormatError(f"{name}:{lineno}: not JSON ({exc})") from None
         if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):

@@ -105,8 +105,9 @@ def run(opts: argparse.Namespace) -> int:
     opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
     opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire: say so, not exit 0 uncancelled
-        print(f"callstate call: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled "
-              "with --cancel-after", file=sys.stderr)
+        print(f"callstate call: error: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is "
+              "cancelled with --cancel-after SECONDS or --cancel-before-start (see callstate call --help)",
+              file=sys.stderr)
         return 2
 
     provider = None

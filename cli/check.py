@@ -58,12 +58,10 @@ def run(opts: argparse.Namespace) -> int:
     except (OSError, LogFormatError) as exc:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
-    print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary())
-    if not report.entries:
-        print(f"callstate check: nothing was checked: no entries in {', '.join(opts.logs)}", file=sys.stderr)
-        return 1
-    if report.one_sided and not opts.allow_one_side:
-        print(f"callstate check: only the {report.one_sided} side is logged: pass --allow-one-side to judge it "
-              "alone, or add the other side's log", file=sys.stderr)
-        return 1
-    return 0 if report.ok else 1
+    allow = opts.allow_one_side
+    print(orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json
+          else report.summary(allow))
+    if report.ok and (why := report.not_judged(allow)) is not None:
+        where = f" in {', '.join(opts.logs)}" if not report.entries else ""
+        print(f"callstate check: {why}{where}", file=sys.stderr)
+    return 0 if report.verdict_ok(allow) else 1

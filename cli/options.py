@@ -159,7 +159,7 @@ def add_target(p: argparse.ArgumentParser, several: bool = False) -> None:
 
 def add_access(p: argparse.ArgumentParser) -> None:
     """How a client reaches a locked-down server: TLS, mutual TLS, the token, keepalive."""
-    g = p.add_argument_group("access (see the README, Security)")
+    g = p.add_argument_group("access (see docs/security.md)")
     g.add_argument("--tls-ca", type=pem_file, metavar="PEM",
                    help="connect with TLS, trusting server certificates signed by this CA (default: plaintext)")
     g.add_argument("--tls-cert", type=pem_file, metavar="PEM",

@@ -83,7 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    metavar="N", help="events (cancel notices, ...) stored in one call's history; later ones are "
                    "counted, not stored (the state log still has them) (default: %(default)s)")
     p.add_argument("--max-watchers", type=non_negative_int, default=_SERVER.max_watchers, metavar="N",
-                   help="Journal Watch/Follow streams at once; more get RESOURCE_EXHAUSTED (default: %(default)s)")
+                   help="Journal Watch/Follow streams at once; one caller (client certificate, else host) holds "
+                        "at most a quarter of them, its oldest stuck watcher evicted and told to make room; a "
+                        "watcher past every bound gets RESOURCE_EXHAUSTED (default: %(default)s)")
     p.add_argument("--watch-buffer", type=bounded_int(1, 10_000_000), default=_SERVER.watch_buffer, metavar="N",
                    help="entries queued for one watcher; beyond it entries are dropped and the watcher is told "
                         "on its own stream (default: %(default)s)")
@@ -105,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--metrics-idle-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                    help="close a /metrics connection that sends no request this long (default: %(default)s)")
     add_otel(p)
-    g = p.add_argument_group("access (see the README, Security)")
+    g = p.add_argument_group("access (see docs/security.md)")
     g.add_argument("--tls-cert", type=pem_file, metavar="PEM", help="serve TLS with this certificate (chain); "
                    "with --tls-key (default: plaintext)")
     g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the certificate's private key")

@@ -9,7 +9,7 @@ import sys
 
 from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
-from callstate.arg_types import non_negative_int
+from callstate.arg_types import positive_int
 from callstate.cli.options import add_target, channel_settings
 from callstate.cli.terminal import printable
 
@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    "--target, the replica that holds the call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
-    p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N entries")
+    p.add_argument("--count", type=positive_int, metavar="N",
+                   help="stop after N entries (default: follow until Ctrl-C)")
     p.add_argument("--dashboard", choices=MODES, default="auto",
                    help="a live dashboard instead of entry lines: calls/s per final code, in flight, recent "
                         "cancels and how long the server took to end them. auto: on a terminal (unless --json); "

@@ -1,8 +1,7 @@
 """Access control of the server: TLS credentials, the bearer-token check, keepalive options.
 
 The token guards the `callstate.v1` services (Emulator and Journal) as a server interceptor,
-installed only when a token is set; health and reflection stay open (see the README,
-"Security"). A call's ownership (its cancel key) is checked by the Emulator itself.
+installed only when a token is set; health and reflection stay open (see docs/security.md). A call's ownership (its cancel key) is checked by the Emulator itself.
 """
 
 from __future__ import annotations

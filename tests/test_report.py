@@ -180,7 +180,8 @@ def test_report_shows_each_violation_kind_with_both_sides_histories(run: Run, tm
 def test_one_sides_log_is_not_reported_as_both_sides_checked(run: Run, tmp_path: Path) -> None:
     out = tmp_path / "client-only.html"
     result = cli("report", str(run.client_log), "--html", str(out))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1 and "check NOT JUDGED" in result.stdout, result.stdout   # as `check` judges it
+    assert cli("report", str(run.client_log), "--html", str(out), "--allow-one-side").returncode == 0
     html = out.read_text()
     assert "on both sides" not in html and "OK: every invariant holds on the client side" in html
     assert "no server log" in html

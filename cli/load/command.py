@@ -14,7 +14,7 @@ from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError
 from callstate.cli.load.run import LoadConfig, LoadRun
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
-                                 non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
+                                 on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
                                  positive_float, positive_int)
 from callstate.cli.options import (abort_code, add_target, channel_settings, channels, concurrency, message_count, para,
                                    rate)
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--calls", type=non_negative_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
+    stop.add_argument("--calls", type=positive_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
     stop.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--concurrency", type=concurrency, default=_LOAD.concurrency, metavar="N",
@@ -117,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--progress", choices=MODES, default="auto",
                    help="live view on stderr: calls/s per final code, in flight, recent cancels and their "
                         "propagation. auto: a live dashboard on a terminal, nothing otherwise; always: also plain "
-                        "lines (one a second) when not on a terminal; never (default: %(default)s)")
+                        "lines (one a second) when not on a terminal; never: none. Default: %(default)s")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     add_metrics(p, "the client side (calls, states, cancels, cancel propagation)")
     p.add_argument("--metrics-linger", type=non_negative_float, default=0.0, metavar="SECONDS",

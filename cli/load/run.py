@@ -214,7 +214,9 @@ class LoadRun:
 
     def _count_paths(self, plan: Plan) -> None:
         self.paths[plan.outcome] += 1
-        if plan.cancel:
+        if plan.hold_for:   # not a cancel the user asked for: the end of a held call, counted apart
+            self.paths["hold-for"] += 1
+        elif plan.cancel:
             self.paths[f"cancel-{plan.cancel}"] += 1
             self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
 

@@ -17,14 +17,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "HTML file that opens offline: latency distribution per final code, calls in "
                                         "flight and cancels over time, cancel propagation, counts per path on each "
                                         "side, the invariant check, and for each violation kind an example call with "
-                                        "both sides' histories. Exit status 1 when an invariant fails (the report is "
-                                        "still written), 2 when a file cannot be read or written."),
+                                        "both sides' histories. Exit status 1 when an invariant fails or nothing could "
+                                        "be judged (no entries, or one side only without --allow-one-side; the "
+                                        "report is still written), 2 when a file cannot be read or written."),
                        epilog="example:\n  callstate report client.jsonl server.jsonl --html report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)
     p.add_argument("--html", required=True, metavar="OUT.html", help="where to write the report")
     p.add_argument("--title", default="callstate run", help="the report's title (default: %(default)s)")
     p.add_argument("--json", metavar="OUT.json", help="also write the report's data as JSON")
+    p.add_argument("--allow-one-side", action="store_true",
+                   help="judge logs that hold one side only (a server that is not callstate) as `callstate check "
+                        "--allow-one-side` does; without it such logs are written up but not judged (exit 1)")
     return p
 
 
@@ -50,6 +54,12 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate report: {exc}", file=sys.stderr)
         return 2
     check = report["check"]
-    verdict = "OK" if check["ok"] else f"FAILED ({check['violations']} violations)"
+    why = check["not_judged"]
+    if why is not None and check["one_sided"] and opts.allow_one_side:
+        why = None
+    if not check["ok"]:
+        verdict = f"FAILED ({check['violations']} violations)"
+    else:
+        verdict = "OK" if why is None else f"NOT JUDGED ({why})"
     print(f"{opts.html}: {report['calls']} calls, check {verdict}")
-    return 0 if check["ok"] else 1
+    return 0 if check["ok"] and why is None else 1

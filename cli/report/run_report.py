@@ -285,7 +285,8 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
                 CLIENT: examples[example.call_id].get(CLIENT, []),
                 SERVER: examples[example.call_id].get(SERVER, [])},
         })
-    return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds}
+    return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds,
+            "not_judged": check.not_judged(), "one_sided": check.one_sided}
 
 
 def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
