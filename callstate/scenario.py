@@ -94,7 +94,7 @@ class Plan:
     pipe: str | None = None     # a pipe call of this kind (then `pipe_point`, not `point`)
     pipe_point: PipeCancelPoint | None = None
     cancel_poll_ms: int | None = None   # the handler polls for cancels this often (None: the server's default)
-    hold_for: bool = False      # the cancel ends a held call not in the cancelled share, after --hold-for
+    ends_hold: bool = False     # the cancel ends a held call not in the cancelled share, after --hold-for
 
     def delay(self, rng: random.Random) -> float:
         """Seconds from start to the cancel (0: at once)."""
@@ -155,14 +155,14 @@ class Scenario:
         point = rng.choice(self.cancel_at) if cancel else None
         if point is not None and point.kind == HELD:
             outcome = HOLD
-        hold_for = outcome == HOLD and cancel is None
-        if hold_for:
+        ends_hold = outcome == HOLD and cancel is None
+        if ends_hold:
             # a held call ends only when cancelled: uncancelled ones get an abortive cancel
             cancel, point = ABORTIVE, CancelPoint(AFTER, self.hold_for)
         on_cancel = self.on_cancel.draw(rng)
         if outcome == HOLD and on_cancel == IGNORE:
             on_cancel = ABORT   # ignoring would hold it until the server's --max-hold
-        return Plan(outcome, cancel, point, on_cancel, hold_for=hold_for)
+        return Plan(outcome, cancel, point, on_cancel, ends_hold=ends_hold)
 
 
 def reached(point: PipeCancelPoint, messages: int) -> bool:

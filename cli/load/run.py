@@ -214,7 +214,7 @@ class LoadRun:
 
     def _count_paths(self, plan: Plan) -> None:
         self.paths[plan.outcome] += 1
-        if plan.hold_for:   # not a cancel the user asked for: the end of a held call, counted apart
+        if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
             self.paths["hold-for"] += 1
         elif plan.cancel:
             self.paths[f"cancel-{plan.cancel}"] += 1

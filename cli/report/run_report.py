@@ -207,7 +207,8 @@ class ReportBuilder:
         return set(seen.values())
 
     def build(self, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]] | None = None, *,
-              run: Mapping[str, Any] | None = None, title: str = "callstate run") -> dict[str, Any]:
+              run: Mapping[str, Any] | None = None, title: str = "callstate run",
+              allow_one_side: bool = False) -> dict[str, Any]:
         """The report as a JSON-able dict. `examples` maps call ids to their entries by side
         (`collect_examples` of `example_ids`); `run` is `callstate load`'s own summary."""
         check = self.finish()
@@ -239,7 +240,7 @@ class ReportBuilder:
             "propagation": {"ms": _rounded(percentiles(prop)), "edges_ms": [round(x, 4) for x in prop_edges],
                             "hist": _histogram(prop, prop_edges)},
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
-            "check": _check_section(check, examples or {}),
+            "check": _check_section(check, examples or {}, allow_one_side),
         }
         return report
 
@@ -273,7 +274,8 @@ def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[s
     return {"t0": format_ts(t0), "bucket_s": width, "in_flight": in_flight, "ended": ended, "cancels": by_kind}
 
 
-def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]],
+                   allow_one_side: bool = False) -> dict[str, Any]:
     kinds = []
     for kind, vs in sorted(check.by_kind().items()):
         example = next((v for v in vs if v.call_id in examples), None)
@@ -286,7 +288,7 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
                 SERVER: examples[example.call_id].get(SERVER, [])},
         })
     return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds,
-            "not_judged": check.not_judged(), "one_sided": check.one_sided}
+            "not_judged": check.not_judged(allow_one_side)}
 
 
 def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
