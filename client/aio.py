@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import grpc
 
 from callstate import codes
-from callstate.client.any_method import MethodRequest, check_request
+from callstate.client.any_method import MethodRequest, check_request, method_name
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.notice_aio import AsyncNotice
@@ -57,7 +57,7 @@ class AsyncCall(CallBase):
     _notice_type = AsyncNotice
 
     def __init__(self, client: "AsyncClient", request: "pb.CallRequest | MethodRequest") -> None:
-        super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
+        super().__init__(client, CallCore(request.call_id, self, client.log, method_name(request)), request.cancel_key, client.timeout)
         self._request = request
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None

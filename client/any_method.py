@@ -120,6 +120,11 @@ class MethodRequest:
         return script_metadata(self.script, self.cancel_key)
 
 
+def method_name(request: "pb.CallRequest | MethodRequest") -> str | None:
+    """The user's method a unary call rides ("pkg.Svc/Method"), None for `Emulator/Call`'s own."""
+    return request.method.name if isinstance(request, MethodRequest) else None
+
+
 _SHAPES = {PIPE_OUT: "server-streaming", PIPE_IN: "client-streaming", PIPE_BOTH: "bidi-streaming", UNARY: "unary"}
 
 

@@ -42,7 +42,7 @@ class CoreBase:
 
     __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
                  "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks",
-                 "completed_for_caller", "sent", "received")
+                 "completed_for_caller", "sent", "received", "method")
 
     # What differs on a pipe is data, not methods the base would call up into: when the
     # notification may reach the caller, and the move the outcome's arrival itself makes
@@ -50,8 +50,10 @@ class CoreBase:
     _notifiable = staticmethod(notifiable)
     _arrival_moves: Mapping[str, str] = {}
 
-    def __init__(self, call_id: str, owner: Any, log: StateLog | None, kind: str = UNARY) -> None:
+    def __init__(self, call_id: str, owner: Any, log: StateLog | None, kind: str = UNARY,
+                 method: str | None = None) -> None:
         self.call_id = call_id
+        self.method = method               # a user's method ("pkg.Svc/Method"): each entry names it
         self.owner = owner                 # the public call object handed to callbacks
         self.lifecycle = Lifecycle(CLIENT, kind=kind)
         self.notified = False              # the notification reached the caller
@@ -71,7 +73,7 @@ class CoreBase:
         self.t_start = time.time()
         if self._log is not None:
             self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
-                                   initial_move(CLIENT, kind)))
+                                   initial_move(CLIENT, kind), method=method))
 
     # -- recording --------------------------------------------------------------------------
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
@@ -83,13 +85,14 @@ class CoreBase:
                 detail: str | None = None, cancel: str | None = None) -> None:
         if self._log is not None:
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
-                                   grpc_status, detail, cancel, self.sent, self.received))
+                                   grpc_status, detail, cancel, self.sent, self.received, method=self.method))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
         if self._log is not None and not self.lifecycle.ended:
             s = self.lifecycle.state
-            self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail))
+            self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail,
+                                   method=self.method))
 
     @property
     def state(self) -> str:
@@ -245,5 +248,5 @@ class CallCore(CoreBase):
 
     __slots__ = ()
 
-    def __init__(self, call_id: str, owner: Any, log: StateLog | None) -> None:
-        super().__init__(call_id, owner, log)
+    def __init__(self, call_id: str, owner: Any, log: StateLog | None, method: str | None = None) -> None:
+        super().__init__(call_id, owner, log, method=method)

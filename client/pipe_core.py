@@ -43,13 +43,13 @@ class PipeCore(CoreBase):
     received: int
 
     def __init__(self, call_id: str, kind: str, log: StateLog | None, log_messages: bool = False,
-                 owner: Any = None) -> None:
+                 owner: Any = None, method: str | None = None) -> None:
         self.kind = kind
         self.headers_seen = False
         self.log_messages = log_messages
         self.pulled_end = False         # a pull returned the end of the server's pipe (its null pull)
         self.peer_null_pushed = False   # that end came as the server's own null-push message
-        super().__init__(call_id, owner, log, kind)
+        super().__init__(call_id, owner, log, kind, method)
         self.sent = self.received = 0   # logged with each entry after the first
 
     # -- the pipe's own moves ----------------------------------------------------------------------

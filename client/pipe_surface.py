@@ -47,9 +47,12 @@ class PipeBase(CallBase):
         # any method of a user's schema (client/any_method.py): its shape is the pipe's kind
         self.method: Method | None = client.method(method) if method is not None else None
         if self.method is not None:
+            if isinstance(kind, (PipeScript, pb.PipeScript)) and script is None:
+                kind, script = None, kind   # pipe(PipeScript(...), method=...), as start(Script(...), method=...)
             kind = pipe_kind_of(self.method, kind)
         check_kind(kind)
-        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self)
+        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self,
+                        method=self.method.name if self.method is not None else None)
         super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
         self.kind = kind
         self._core: PipeCore = core

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import grpc
 
 from callstate import codes
-from callstate.client.any_method import MethodRequest, check_request
+from callstate.client.any_method import MethodRequest, check_request, method_name
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.notice_sync import ThreadNotice
@@ -55,7 +55,7 @@ class Call(CallBase):
     _notice_type = ThreadNotice
 
     def __init__(self, client: "Client", request: "pb.CallRequest | MethodRequest") -> None:
-        super().__init__(client, CallCore(request.call_id, self, client.log), request.cancel_key, client.timeout)
+        super().__init__(client, CallCore(request.call_id, self, client.log, method_name(request)), request.cancel_key, client.timeout)
         self._request = request
         self._rpc: grpc.Future | None = None
         self._notified = threading.Event()

@@ -53,12 +53,23 @@ STATE, PREV, MOVE, DETAIL = "callstate.state", "callstate.prev", "callstate.move
 GRPC_STATUS = "rpc.grpc.status_code"
 
 METHOD = "rpc.method"
-_BASE_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": SERVICE}
+RPC_SERVICE = "rpc.service"
+_BASE_ATTRIBUTES = {"rpc.system": "grpc", RPC_SERVICE: SERVICE}
 
 
 def span_name(kind: str) -> str:
     """The span (and `rpc.method`) of a call of `kind` (unary or a pipe kind)."""
     return f"{SERVICE}/{METHOD_BY_KIND.get(kind, METHOD_BY_KIND[UNARY])}"
+
+
+def rpc_names(kind: str, method: str | None) -> tuple[str, str, str]:
+    """A call's span name, `rpc.service` and `rpc.method`: a stand-in's call or a call on any
+    method rides the user's method ("pkg.Svc/Method", named in its entries), the others the
+    Emulator's method of their kind."""
+    if method is not None:
+        service, _, name = method.rpartition("/")
+        return method, service, name
+    return span_name(kind), SERVICE, METHOD_BY_KIND.get(kind, METHOD_BY_KIND[UNARY])
 
 
 class CallTracer:
@@ -90,11 +101,11 @@ class CallTracer:
     def observe(self, e: Entry) -> None:
         ns = int(e.t * 1e9)
         if e.event == ENTER and e.prev is None:
-            kind = kind_of_initial_move(e.move) or UNARY
+            name, service, method = rpc_names(kind_of_initial_move(e.move) or UNARY, e.method)
             span = self._spans[e.call_id] = self._tracer.start_span(
-                span_name(kind), context=self._parents.pop(e.call_id, None), kind=self._kind, start_time=ns,
-                attributes={**_BASE_ATTRIBUTES, METHOD: METHOD_BY_KIND.get(kind, METHOD_BY_KIND[UNARY]),
-                            CALL_ID: e.call_id, SIDE: self.side})
+                name, context=self._parents.pop(e.call_id, None), kind=self._kind, start_time=ns,
+                attributes={**_BASE_ATTRIBUTES, RPC_SERVICE: service, METHOD: method, CALL_ID: e.call_id,
+                            SIDE: self.side})
         else:
             span = self._spans.get(e.call_id)
             if span is None:   # began before tracing was on
