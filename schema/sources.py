@@ -44,19 +44,31 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
         path = Path(proto)
         if not path.is_file():
             raise SchemaError(f"{proto}: no such .proto file")
-    includes = [str(p) for p in proto_paths] or sorted({str(Path(p).resolve().parent) for p in protos})
-    for inc in includes:
+    for inc in proto_paths:
         if not Path(inc).is_dir():
             raise SchemaError(f"--proto-path {inc}: no such directory")
+    # protoc finds a file under an include path by its spelling only ("protos/x.proto" is not
+    # under "/abs/protos"): every path is given to it absolute, however the user wrote them
+    includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(os.path.abspath(p))
+                                                                     for p in protos})
+    files = [os.path.abspath(p) for p in protos]
+    for proto, file in zip(protos, files):
+        if not any(file.startswith(os.path.join(inc, "")) for inc in includes):
+            raise SchemaError(f"{proto}: not under any --proto-path ({', '.join(map(str, proto_paths))}): "
+                              "protoc names each file by its path below one of them")
     with tempfile.TemporaryDirectory(prefix="callstate-protoc-") as tmp:
         out = Path(tmp) / "set.pb"
         args = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{inc}" for inc in includes),
                 f"-I{well_known_include()}", "--include_imports", "--include_source_info",
-                f"--descriptor_set_out={out}", *(str(p) for p in protos)]
+                f"--descriptor_set_out={out}", *files]
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not out.exists():
             lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-            raise SchemaError(lines[0] if lines else f"protoc failed (exit {done.returncode})")
+            first = lines[0] if lines else f"protoc failed (exit {done.returncode})"
+            if first.endswith("File not found."):   # an import: say where imports are looked up
+                first += f" (imports are looked up under {', '.join(includes)}: give the folder your import " \
+                         "lines are written from with --proto-path)"
+            raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
 
 

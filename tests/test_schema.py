@@ -91,3 +91,32 @@ def test_json_that_does_not_fit_the_message_names_where_and_the_field() -> None:
 def test_an_unknown_method_lists_what_the_schema_has() -> None:
     with pytest.raises(SchemaError, match=r"unknown method 'shop.v1.Shop/Refund'; the schema has: shop.v1.Shop/Charge"):
         from_protos([SHOP], [PROTOS]).method("shop.v1.Shop/Refund")
+
+
+GREET = 'syntax = "proto3";\npackage greet.v1;\nservice Greeter { rpc Hello(Hi) returns (Hi); }\nmessage Hi { string name = 1; }\n'
+
+
+def test_relative_and_absolute_paths_compile_however_they_are_mixed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """protoc matches a file to an include path by spelling: a lone .proto in a subfolder (the
+    default include is its folder) and a relative file with an absolute -I, or the reverse,
+    were refused with protoc's "File does not reside within any path"."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "greet.proto").write_text(GREET)
+    monkeypatch.chdir(tmp_path)
+    assert list(from_protos(["sub/greet.proto"]).methods) == ["greet.v1.Greeter/Hello"]
+    for protos, paths in (([str(SHOP.relative_to(ROOT))], [PROTOS]), ([SHOP], [str(PROTOS.relative_to(ROOT))])):
+        monkeypatch.chdir(ROOT)
+        assert set(from_protos(protos, paths).methods) == set(SHAPES)
+
+
+def test_a_file_outside_the_proto_path_or_a_missing_import_says_what_to_give(tmp_path: Path) -> None:
+    (tmp_path / "greet.proto").write_text(GREET)
+    with pytest.raises(SchemaError) as outside:
+        from_protos([tmp_path / "greet.proto"], [PROTOS])
+    assert str(outside.value) == (f"{tmp_path / 'greet.proto'}: not under any --proto-path ({PROTOS}): protoc names "
+                                  "each file by its path below one of them")
+    with pytest.raises(SchemaError) as no_import:   # shop.proto imports "shop/v1/money.proto"
+        from_protos([SHOP])
+    assert str(no_import.value).startswith("shop/v1/money.proto: File not found. (imports are looked up under ")
+    assert "--proto-path" in str(no_import.value) and "\n" not in str(no_import.value)
