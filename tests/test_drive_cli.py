@@ -4,6 +4,7 @@ against a plain grpc.aio server that is not callstate (one-sided) and callstate'
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -94,11 +95,12 @@ def test_bad_input_is_one_line_and_exit_2(shop: ShopServer, tmp_path: Path, comm
 def test_load_with_cancels_against_a_real_server_checks_the_client_side_and_says_the_server_is_unknown(
         shop: ShopServer, tmp_path: Path) -> None:  # noqa: F811
     log, report_file, data = tmp_path / "client.jsonl", tmp_path / "report.json", tmp_path / "orders.jsonl"
+    html = tmp_path / "report.html"
     data.write_text('{"order_id": "a"}\n{"order_id": "b"}\n{"order_id": "c"}\n')
     before = len(shop.orders)
     result = cli("load", "--target", shop.target, "--method", CHARGE, "--data-file", str(data), "--calls", "300",
                  "--cancel", "abortive=30,non-abortive=20", "--log-file", str(log), "--report", str(report_file),
-                 "--seed", "7", timeout=TIMEOUT)
+                 "--html", str(html), "--seed", "7", timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "check: OK on the client side only" in out and "the server side is unknown" in out
@@ -109,6 +111,11 @@ def test_load_with_cancels_against_a_real_server_checks_the_client_side_and_says
     assert report["cancel_propagation_ms"]["not_measurable"]
     assert report["paths"]["cancel-non-abortive"] > 0 and report["by_code"]["1818"] > 0
     assert set(shop.orders[before:]) == {"a", "b", "c"}
+    # the HTML report says it too (it said "No cancel reached a call the server had already dispatched")
+    page = " ".join(re.sub(r"<[^>]+>", " ", html.read_text()).split())
+    assert "Not measurable: only the client side is logged, the server side is unknown" in page
+    assert "the server side is unknown, and the two sides were not compared" in page
+    assert "No cancel reached" not in page
     # the log alone is one side: check says so, and judges it with --allow-one-side
     checked = cli("check", str(log), timeout=TIMEOUT)
     assert checked.returncode == 1 and "--allow-one-side" in checked.stderr
