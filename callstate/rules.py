@@ -45,6 +45,11 @@ def method_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern.strip().lstrip("/")))
 
 
+def method_filter(pattern: str) -> re.Pattern[str]:
+    """`method_pattern` of a name as users write it: without a `*`, grpcurl's "pkg.Svc.Method" too."""
+    return method_pattern(pattern if "*" in pattern else normalise_method_name(pattern))
+
+
 @dataclass(frozen=True)
 class Rule:
     """One rule compiled for one method: what it matches and how it answers."""
@@ -222,7 +227,7 @@ def _methods(pattern: Any, schema: Schema, where: str) -> list[Method]:
     """The schema's methods the rule's method name (with `*` wildcards) matches: at least one."""
     if not isinstance(pattern, str) or not pattern.strip():
         raise RulesError(f"{where}.method: required: the full method name, pkg.Svc/Method (* matches any part)")
-    regex = method_pattern(pattern if "*" in pattern else normalise_method_name(pattern))
+    regex = method_filter(pattern)
     methods = [m for name, m in sorted(schema.methods.items()) if regex.fullmatch(name)]
     if not methods:
         known = ", ".join(sorted(schema.methods)) or "none"

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from callstate.rules import method_pattern
+from callstate.rules import method_filter
 from callstate.statelog import format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -68,7 +68,7 @@ class JournalServicer(pb_grpc.JournalServicer):
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = min(request.limit or 100, MAX_PAGE)   # a page costs the loop its time: bounded
         want_code = request.code if request.HasField("code") else None
-        want_method = method_pattern(request.method) if request.method else None
+        want_method = method_filter(request.method) if request.method else None   # as rules name methods
         out = []
         for rec in self.journal.records():
             if request.in_flight and rec.ended:

@@ -214,6 +214,9 @@ def test_rules_match_request_fields_metadata_and_answer_with_their_reply(standin
         assert all(c.method == CHARGE and c.rule == "crash" for c in crashed_calls)
         charges = {c.call_id for c in journal.ListCalls(pb.ListCallsRequest(method=CHARGE, limit=1000), timeout=10).calls}
         assert {"rule-fatal-1", "rule-eur-1", "rule-acme-1"} <= charges and "gen-track-1" not in charges
+        # grpcurl lists methods as pkg.Svc.Method: that spelling filters too, as a rule's method does
+        dotted = journal.ListCalls(pb.ListCallsRequest(method=CHARGE.replace("/", "."), limit=1000), timeout=10).calls
+        assert {"rule-fatal-1", "rule-eur-1", "rule-acme-1"} <= {c.call_id for c in dotted}
         wild = {c.call_id for c in journal.ListCalls(pb.ListCallsRequest(method="shop.v1.*/T*", limit=1000),
                                                      timeout=10).calls}
         assert "rule-eur-1" not in wild and all(not c.startswith("rule-") for c in wild)
