@@ -82,26 +82,36 @@ def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
 
 def from_reflection(target: str, *, credentials: object = None, metadata: Sequence[tuple[str, str]] = (),
                     timeout: float = REFLECTION_TIMEOUT) -> Schema:
-    """Read every service's files from a running server's reflection (v1alpha), once.
+    """Read every service's files from a running server's reflection, once: v1alpha, or v1
+    where the server serves only that one (the same messages under another package).
 
     `credentials` is a grpc.ChannelCredentials for TLS (None: plaintext); `metadata` is sent
     with each request (a bearer token, for instance).
     """
     import grpc
     from grpc_reflection.v1alpha import reflection_pb2 as rpb
-    from grpc_reflection.v1alpha import reflection_pb2_grpc as rgrpc
 
     channel = (grpc.secure_channel(target, credentials) if credentials is not None   # type: ignore[arg-type]
                else grpc.insecure_channel(target))
-    stub = rgrpc.ServerReflectionStub(channel)
+    versions = [channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                      request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                      response_deserializer=rpb.ServerReflectionResponse.FromString)
+                for version in ("v1alpha", "v1")]
 
     def ask(request: "rpb.ServerReflectionRequest") -> "rpb.ServerReflectionResponse":
         try:
-            responses = stub.ServerReflectionInfo(iter([request]), timeout=timeout, metadata=list(metadata))
-            response = next(iter(responses))
+            try:
+                response = next(iter(versions[0](iter([request]), timeout=timeout, metadata=list(metadata))))
+            except grpc.RpcError as exc:
+                if len(versions) == 1 or exc.code() != grpc.StatusCode.UNIMPLEMENTED:   # type: ignore[attr-defined]
+                    raise
+                versions.pop(0)   # no v1alpha here: v1 from now on
+                response = next(iter(versions[0](iter([request]), timeout=timeout, metadata=list(metadata))))
         except grpc.RpcError as exc:
             detail = exc.details() if hasattr(exc, "details") else str(exc)   # type: ignore[attr-defined]
             code = exc.code().name if hasattr(exc, "code") else "error"      # type: ignore[attr-defined]
+            if code == "UNIMPLEMENTED":
+                detail = "the server serves no reflection (neither grpc.reflection.v1alpha nor v1)"
             raise SchemaError(f"reflection from {target}: {code}: {detail}") from None
         except StopIteration:
             raise SchemaError(f"reflection from {target}: the server sent no answer") from None

@@ -120,3 +120,37 @@ def test_a_file_outside_the_proto_path_or_a_missing_import_says_what_to_give(tmp
         from_protos([SHOP])
     assert str(no_import.value).startswith("shop/v1/money.proto: File not found. (imports are looked up under ")
     assert "--proto-path" in str(no_import.value) and "\n" not in str(no_import.value)
+
+
+def test_reflection_of_a_server_that_serves_only_v1_gives_its_services() -> None:
+    """grpc-java's ProtoReflectionServiceV1, for one, serves grpc.reflection.v1 alone: it was
+    refused as UNIMPLEMENTED (v1alpha was the only one asked)."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_reflection.v1alpha import reflection, reflection_pb2 as rpb
+
+    shop = from_protos([SHOP], [PROTOS])
+    servicer = reflection.ReflectionServicer(("shop.v1.Shop",), pool=shop.pool)
+    handler = grpc.stream_stream_rpc_method_handler(servicer.ServerReflectionInfo,
+                                                    rpb.ServerReflectionRequest.FromString,
+                                                    rpb.ServerReflectionResponse.SerializeToString)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("grpc.reflection.v1.ServerReflection",
+                                                                          {"ServerReflectionInfo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert {name: m.kind for name, m in from_reflection(f"127.0.0.1:{port}").methods.items()} == SHAPES
+    finally:
+        server.stop(None)
+    bare = grpc.server(futures.ThreadPoolExecutor(max_workers=1))   # no reflection at all: said so, in one line
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        with pytest.raises(SchemaError) as none:
+            from_reflection(f"127.0.0.1:{port}")
+        assert str(none.value) == (f"reflection from 127.0.0.1:{port}: UNIMPLEMENTED: the server serves no "
+                                   "reflection (neither grpc.reflection.v1alpha nor v1)")
+    finally:
+        bare.stop(None)
