@@ -38,24 +38,7 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
     a lone .proto file. A file that does not compile raises a SchemaError carrying protoc's own
     first error line (file:line:column: message).
     """
-    if not protos:
-        raise SchemaError("no .proto file given")
-    for proto in protos:
-        path = Path(proto)
-        if not path.is_file():
-            raise SchemaError(f"{proto}: no such .proto file")
-    for inc in proto_paths:
-        if not Path(inc).is_dir():
-            raise SchemaError(f"--proto-path {inc}: no such directory")
-    # protoc finds a file under an include path by its spelling only ("protos/x.proto" is not
-    # under "/abs/protos"): every path is given to it absolute, however the user wrote them
-    includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(os.path.abspath(p))
-                                                                     for p in protos})
-    files = [os.path.abspath(p) for p in protos]
-    for proto, file in zip(protos, files):
-        if not any(file.startswith(os.path.join(inc, "")) for inc in includes):
-            raise SchemaError(f"{proto}: not under any --proto-path ({', '.join(map(str, proto_paths))}): "
-                              "protoc names each file by its path below one of them")
+    includes, files = _protoc_paths(protos, proto_paths)
     with tempfile.TemporaryDirectory(prefix="callstate-protoc-") as tmp:
         out = Path(tmp) / "set.pb"
         args = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{inc}" for inc in includes),
@@ -70,6 +53,28 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
                          "lines are written from with --proto-path)"
             raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
+
+
+def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
+                  proto_paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
+    """The include paths and the files for protoc, checked, all absolute: protoc finds a file
+    under an include path by its spelling only ("protos/x.proto" is not under "/abs/protos")."""
+    if not protos:
+        raise SchemaError("no .proto file given")
+    for proto in protos:
+        if not Path(proto).is_file():
+            raise SchemaError(f"{proto}: no such .proto file")
+    for inc in proto_paths:
+        if not Path(inc).is_dir():
+            raise SchemaError(f"--proto-path {inc}: no such directory")
+    includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(os.path.abspath(p))
+                                                                     for p in protos})
+    files = [os.path.abspath(p) for p in protos]
+    for proto, file in zip(protos, files):
+        if not any(file.startswith(os.path.join(inc, "")) for inc in includes):
+            raise SchemaError(f"{proto}: not under any --proto-path ({', '.join(map(str, proto_paths))}): "
+                              "protoc names each file by its path below one of them")
+    return includes, files
 
 
 def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
