@@ -179,8 +179,20 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
         else:
             json_format.ParseDict(dict(data), msg, descriptor_pool=pool)
     except json_format.ParseError as exc:
-        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {' '.join(str(exc).split())}") from None
+        own_json = cls.DESCRIPTOR.full_name.startswith("google.protobuf.")   # Timestamp's is a string, ...
+        why = (not own_json and _not_an_object(data)) or " ".join(str(exc).split())
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {why}") from None
     return msg
+
+
+def _not_an_object(data: Any) -> str:
+    """Why JSON text that is not an object cannot be a message ("" when it is one, or is not JSON):
+    protobuf's own words would name a list's first item as a field."""
+    try:
+        value = json.loads(data) if isinstance(data, str) and data else {}
+    except ValueError:
+        return ""
+    return "" if isinstance(value, dict) else f"expected a JSON object of its fields, got {type(value).__name__}"
 
 
 def message_to_dict(msg: Message) -> dict[str, Any]:

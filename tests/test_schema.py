@@ -86,6 +86,15 @@ def test_json_that_does_not_fit_the_message_names_where_and_the_field() -> None:
     with pytest.raises(SchemaError, match=r"rule 3: shop.v1.ChargeRequest: .*no field named \"currenc\"") as err:
         message_from_json(charge.request, {"amount": {"currenc": "EUR"}}, where="rule 3")
     assert "\n" not in str(err.value)
+    for text, got in (("[1]", "list"), ('"o-1"', "str"), ("7", "int")):   # protobuf said "Failed to parse 1 field"
+        with pytest.raises(SchemaError) as not_object:
+            message_from_json(charge.request, text, where="--data")
+        assert str(not_object.value) == f"--data: shop.v1.ChargeRequest: expected a JSON object of its fields, got {got}"
+    from google.protobuf.timestamp_pb2 import Timestamp   # a well-known type's JSON need not be an object
+    assert message_from_json(Timestamp, '"1970-01-01T00:00:07Z"', where="--data").seconds == 7
+    with pytest.raises(SchemaError, match="Timestamp: .*") as not_a_time:
+        message_from_json(Timestamp, "[1]", where="--data")
+    assert "JSON object" not in str(not_a_time.value)
 
 
 def test_an_unknown_method_lists_what_the_schema_has() -> None:
