@@ -250,6 +250,10 @@ def test_cli_pipe_breach_and_cancel_poll(rules_server: ServerProcess, tmp_path: 
               "--cancel-after", "0.05", "--non-abortive", "--json")
     assert run.returncode == 1 and "1818" in run.stdout, run.stdout + run.stderr
     assert cli("call", "--target", rules_server.target, "--cancel-poll-ms", "-3").returncode == 2
+    # a breach on a unary call would be dropped and the call complete 0: a usage error instead
+    run = cli("call", "--target", rules_server.target, "--breach", "push-after-end")
+    assert run.returncode == 2 and "--breach push-after-end" in run.stderr and "--pipe" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not run.stdout
 
 
 def test_a_script_header_carries_breach_and_cancel_poll_with_the_cli_names() -> None:
