@@ -56,7 +56,7 @@ def test_docs_code_table_lists_the_pipe_codes() -> None:
 
 
 # -- the caller's side: what the surfaces refuse ------------------------------------------------------
-async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
+async def _aio_refusals(srv: ServerProcess, log: Path, details: dict[str, str]) -> dict[str, int]:
     got: dict[str, int] = {}
 
     async def expect(name: str, op: Any) -> None:
@@ -64,6 +64,7 @@ async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
             await op
         except CallError as err:
             got[name] = err.code
+            details[name] = err.details
 
     async with AsyncClient(srv.target, log=log) as client:
         out = client.pipe("out", PipeScript(messages=2)).start()
@@ -82,7 +83,7 @@ async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
     return got
 
 
-def _sync_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
+def _sync_refusals(srv: ServerProcess, log: Path, details: dict[str, str]) -> dict[str, int]:
     got: dict[str, int] = {}
 
     def expect(name: str, op: Any, *args: Any) -> None:
@@ -90,6 +91,7 @@ def _sync_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
             op(*args)
         except CallError as err:
             got[name] = err.code
+            details[name] = err.details
 
     with Client(srv.target, log=log) as client:
         out = client.pipe("out", PipeScript(messages=2)).start()
@@ -115,9 +117,12 @@ EXPECTED = {"push on out": 1831, "pull on in": 1831, "pull past the end": 1918, 
 @pytest.mark.parametrize("surface", ["asyncio", "sync"])
 def test_the_pipe_surfaces_refuse_what_the_runtime_refuses(rules_server: ServerProcess, tmp_path: Path,
                                                            surface: str) -> None:
-    log = tmp_path / "client.jsonl"
-    got = asyncio.run(_aio_refusals(rules_server, log)) if surface == "asyncio" else _sync_refusals(rules_server, log)
+    log, details = tmp_path / "client.jsonl", dict[str, str]()
+    got = (asyncio.run(_aio_refusals(rules_server, log, details)) if surface == "asyncio"
+           else _sync_refusals(rules_server, log, details))
     assert got == EXPECTED
+    # refused by the library before the wire, saying why (gRPC refusing the write would say the call ended)
+    assert "null push" in details["push after the null push"], details
     rules_server.wait_entries(read_entries(log)[-1]["call_id"])
     report = check_files([log, rules_server.log])   # a refused operation leaves the lifecycle untouched
     assert report.ok, report.summary()
