@@ -326,3 +326,20 @@ def test_check_refuses_a_delay_that_is_not_a_non_negative_number() -> None:
         report = check_entries([{**base, "delay_ms": bad}])
         assert any(v.kind == "bad_entry" and "delay_ms" in v.message for v in report.violations), (bad, report.summary())
     assert not [v for v in check_entries([{**base, "delay_ms": 150}]).violations if v.kind == "bad_entry"]
+
+
+def test_the_html_report_shows_polled_calls_propagation_apart(poll_server: ServerProcess, tmp_path: Path) -> None:
+    """A run whose only cancel met a polling handler: `callstate report` gives its propagation
+    and the wait for the poll, and does not claim that no cancel reached a dispatched call."""
+    log, server_log = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    code, call_id = asyncio.run(held_then_cancelled(poll_server, log, "unary", False, POLL))
+    assert code == codes.RPC_S_CALL_CANCELLED
+    server_log.write_text("".join(json.dumps(e) + "\n" for e in poll_server.wait_entries(call_id)))
+    html, data = tmp_path / "report.html", tmp_path / "report.json"
+    run = cli("report", str(log), str(server_log), "--html", str(html), "--json", str(data))
+    assert run.returncode == 0, run.stdout + run.stderr
+    prop = json.loads(data.read_text())["propagation"]
+    assert prop["ms"]["count"] == 0 and prop["polled_ms"]["count"] == prop["poll_wait_ms"]["count"] == 1
+    text = html.read_text()
+    assert "Calls whose handler polls for cancels" in text and "n=1," in text
+    assert "No cancel reached" not in text
