@@ -152,3 +152,36 @@ def test_the_readme_stand_in_example_runs_as_shown(tmp_path: Path) -> None:
         srv.stop()
     checked = cli("check", str(srv.log), "--allow-one-side")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_documented_prometheus_query_selects_a_side() -> None:
+    """The README's `sum(callstate_calls_total)` added the server's and the client's count of
+    every call (each side counts a call once). Every metric with a `side` label, wherever a page
+    queries it, carries a `side` selector."""
+    import re
+
+    from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, ENTER, SERVER
+    from callstate.observe.metrics import Metrics
+    from callstate.statelog import Entry
+
+    metrics = Metrics()
+    client, server = metrics.side(CLIENT), metrics.side(SERVER)
+    for e in (Entry(1.0, CLIENT, "x", "C", None, ENTER, "call"), Entry(1.1, CLIENT, "x", "Can", "C", ENTER, "cancel",
+                                                                      cancel=ABORTIVE),
+              Entry(1.2, CLIENT, "x", "End", "Can", ENTER, "completed", 1818, "CANCELLED")):
+        client.observe(e)
+    for e in (Entry(1.0, SERVER, "x", "D", None, ENTER, "dispatch"), Entry(1.1, SERVER, "x", "D", "D", CANCEL_SEEN,
+                                                                          cancel=ABORTIVE),
+              Entry(1.2, SERVER, "x", "End", "D", ENTER, "fatal", 1726, "UNKNOWN")):
+        server.observe(e)
+    sided = {f.name for f in metrics.registry.collect() for s in f.samples if "side" in s.labels}
+    assert {"callstate_calls", "callstate_calls_in_flight", "callstate_cancels"} <= sided, sided
+    query = re.compile(r"\b(sum|rate|irate|increase|avg|max|min|histogram_quantile)\b[^(]*\(.*callstate_")
+    queries = [q for page in pages() for q in _text(page).splitlines() if query.search(q)]   # any page, any block
+    assert any("callstate_calls_total" in q for q in queries), "no documented query of callstate_calls_total"
+    unsided = []
+    for query in queries:
+        for m in re.finditer(r"\b(callstate_\w+?)(_total|_bucket|_count|_sum)?\b(\{[^}]*\})?", query):
+            if m.group(1) in sided and "side=" not in (m.group(3) or "").replace(" ", ""):
+                unsided.append(query.strip())
+    assert not unsided, "queries that add both sides' counts of each call:\n" + "\n".join(unsided)
