@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -528,6 +529,42 @@ def test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left(tmp
         time.sleep(0.05)
     assert _servers_on(upstream) == []
     assert f"interrupted by {sig}" in orjson.loads(report.read_bytes())["error"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="no util-linux setpriv: a killed command's server is not killed by the kernel")
+def test_a_killed_run_leaves_no_server_behind(tmp_path: Path) -> None:
+    """SIGKILL (an OOM kill, a CI runner cancelling the job): conformance gets no chance to clean up,
+    and the server it started for --serve-port was left under PID 1 holding the port. The kernel
+    now kills it with its parent (setpriv --pdeathsig)."""
+    import signal
+    import subprocess
+    import sys
+    upstream = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "conformance", "--serve-port", str(upstream),
+                             "--proxy", f"127.0.0.1:{upstream}", "--hold-seconds", "30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _servers_on(upstream) or not _listening(upstream):   # evidence: the run is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not get under way"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 20
+        while _servers_on(upstream) and time.monotonic() < deadline:   # killed by the kernel, reaped by init
+            time.sleep(0.05)
+        left = _servers_on(upstream)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in left:   # the test's own leftovers, by PID, before it fails
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert left == [], "the server started for --serve-port outlived its killed command"
+    assert not _listening(upstream)
 
 
 def _listening(port: int) -> bool:
