@@ -484,6 +484,9 @@ def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: P
     assert data["ok"] is False and "cannot reach the proxy" in data["error"]
     errors = ET.parse(junit).getroot().findall(".//testcase/error")
     assert len(errors) == 1 and "cannot reach the proxy" in (errors[0].get("message") or "")
+    root = ET.parse(junit).getroot()   # times too: the seconds spent before the run gave up
+    assert float(root.get("time") or -1) > 0, ET.tostring(root)
+    assert all(float(c.get("time") or -1) > 0 for c in root.findall(".//testcase")), ET.tostring(root)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json"], "no temporary file left"
     assert _servers_on(upstream) == [], "the server started for --serve-port is gone"
 
