@@ -185,3 +185,20 @@ def test_every_documented_prometheus_query_selects_a_side() -> None:
             if m.group(1) in sided and "side=" not in (m.group(3) or "").replace(" ", ""):
                 unsided.append(query.strip())
     assert not unsided, "queries that add both sides' counts of each call:\n" + "\n".join(unsided)
+
+
+def test_every_path_the_load_counts_is_explained() -> None:
+    """The load's `paths:` line named `cancel-at-after` and its kin, and no page said what they
+    were: each name it can print is explained on the load page, with its prefixes."""
+    from callstate.cancel_points import PIPE, UNARY
+    from callstate.lifecycle import CANCEL_KINDS, PIPE_KINDS
+    from callstate.script import OUTCOMES
+
+    page = (ROOT / "docs" / "load.md").read_text()
+    explained = page.split("**The `paths:` line**", 1)[1].split("\n\n", 1)[0]
+    for name in [*OUTCOMES, "hold-for", *(f"cancel-{k}" for k in CANCEL_KINDS), *(f"pipe-{k}" for k in PIPE_KINDS)]:
+        assert f"`{name}`" in explained, name
+    assert "`cancel-at-` and the" in explained and "`pipe-cancel-at-` and its point" in explained
+    for table, prefix in ((UNARY, "cancel-at-"), (PIPE, "pipe-cancel-at-")):   # the point names are in the tables
+        for point in table.points:
+            assert f"| `{point.name}" in page, (prefix, point.name)
