@@ -89,6 +89,9 @@ def test_the_readme_is_a_front_door() -> None:
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 450
     assert ". .venv/bin/activate" in readme
+    # the Quick start activates the environment before any command line uses a bare `callstate`
+    bare = [line for block in blocks(readme, "sh") for line in block.splitlines() if line.startswith("callstate ")]
+    assert bare and readme.index(". .venv/bin/activate") < readme.index(bare[0]), bare[:1]
     assert "nothing else" in documentation()
 
 
