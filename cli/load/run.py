@@ -634,6 +634,7 @@ def summary(report: dict[str, Any]) -> str:
         lat = report["latency_ms"][code]
         lines.append(f"  {codes.describe(int(code)):<34}{n:>8}{lat['p50']:>10.2f}{lat['p90']:>10.2f}"
                      f"{lat['p99']:>10.2f}{lat['max']:>10.2f}")
+    lines.append("  latency: the client's clock, start() to complete() (the HTML report reads the state log: C to End)")
     lines.append("paths: " + ", ".join(f"{k} {v}" for k, v in report["paths"].items()))
     prop = report.get("cancel_propagation_ms", {})
     if prop.get("not_measurable"):
