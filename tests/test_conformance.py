@@ -491,6 +491,28 @@ def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: P
     assert _servers_on(upstream) == [], "the server started for --serve-port is gone"
 
 
+def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the battery (here: it raises at once) must not leave the last run's green JUnit
+    behind for a CI to publish: both outputs say the run has no verdict, and why."""
+    from callstate.cli import build_parser
+    from callstate.cli.conformance import command, run as battery_run
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug in the battery")
+    monkeypatch.setattr(battery_run, "run_battery", broken)
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    report.write_text("the previous run's report")
+    junit.write_text("the previous run's junit")
+    opts = build_parser().parse_args(["conformance", "--server", "127.0.0.1:1", "--proxy", "127.0.0.1:2", "--quiet",
+                                      "--report", str(report), "--junit-xml", str(junit)])
+    with pytest.raises(RuntimeError, match="a bug in the battery"):
+        command.run(opts)
+    assert "RuntimeError('a bug in the battery')" in orjson.loads(report.read_bytes())["error"]
+    [error] = ET.parse(junit).getroot().findall(".//testcase/error")
+    assert "a bug in the battery" in (error.get("message") or "")
+
+
 def test_a_usage_error_leaves_no_empty_output_behind(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(report),
