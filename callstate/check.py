@@ -387,6 +387,8 @@ class Checker:
                     r.violations.append(Violation(kind, call_id, why))
         elif _unknown_to_server(client, server, have_server):
             r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
+        elif server is not None and (why := _server_breach_missing(server)):
+            r.violations.append(Violation("pipe_breach_missing", call_id, why))
 
     def _propagation(self, client: SideTrack, server: SideTrack) -> None:
         """Client Can -> server cancel_seen, for the calls `callstate.propagation` counts."""
@@ -437,6 +439,14 @@ def _breach_missing(client: SideTrack, server: SideTrack) -> list[tuple[str, str
     return [("pipe_breach_missing", f"the {side} ended with {codes.describe(track.code or 0)} but no side logged a "
                                     f"pipe rule broken")
             for side, track in ((CLIENT, client), (SERVER, server)) if track.ended and breach_missing(track.code, breach)]
+
+
+def _server_breach_missing(server: SideTrack) -> str:
+    """A pipe call only the server logged (a client under test that writes no log): the server
+    logs every breach it makes or sees, so its own 1917 needs its own breach ('' when it has one)."""
+    if server.kind == UNARY or not server.ended or not breach_missing(server.code, server.breach):
+        return ""
+    return f"the server ended with {codes.describe(server.code or 0)} but logged no pipe rule broken"
 
 
 def _phantom_half_close(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:

@@ -90,12 +90,14 @@ def command_named(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
-    opts, extras = parser.parse_known_args(argv)
-    if extras:   # argparse would blame the top parser: point at the command's own help instead
-        subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
+    # Ctrl-C before a command handles it itself (while its modules import, say: grpc takes a
+    # moment) is an interrupted command too: exit 130, not a KeyboardInterrupt traceback
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
+        opts, extras = parser.parse_known_args(argv)
+        if extras:   # argparse would blame the top parser: point at the command's own help instead
+            subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
         return int(opts.run(opts) or 0)
     except KeyboardInterrupt:
         return 130

@@ -109,6 +109,10 @@ def run(opts: argparse.Namespace) -> int:
               "cancelled with --cancel-after SECONDS or --cancel-before-start (see callstate call --help)",
               file=sys.stderr)
         return 2
+    if not opts.pipe and opts.breach != "none":   # a pipe rule: a unary call would complete 0 as if it held
+        print(f"callstate call: error: --breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, "
+              "out or both) (see callstate call --help)", file=sys.stderr)
+        return 2
 
     provider = None
     try:

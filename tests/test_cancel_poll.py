@@ -6,6 +6,7 @@ polled calls' propagation apart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +18,8 @@ from callstate.cancel_poll import CancelPoll, poll_interval
 from callstate.check import check_entries
 from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, PipeScript, Script
-from callstate.lifecycle import ABORTIVE, CAN, CANCEL_SEEN, D, END, ENTER, NON_ABORTIVE
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, D, END, ENTER, NON_ABORTIVE, PIPE_KINDS, UNARY,
+                                 kind_of_initial_move)
 from callstate.script import MixError, ScriptError, cancel_poll_mix, validate
 from callstate.statelog import from_dict, proto_to_dict, to_dict, to_proto, format_line, Entry
 from callstate.v1 import callstate_pb2 as pb
@@ -180,6 +182,25 @@ def test_without_polling_the_cancel_is_seen_at_once(poll_server: ServerProcess, 
     assert "delay_ms" not in seen   # a handler that does not poll reports no wait
 
 
+def _cli_cancelled(srv: ServerProcess, kind: str, *poll: str) -> dict[str, Any]:
+    """`callstate call` of a held call (unary or a pipe) cancelled by a notice: the server's cancel_seen."""
+    pipe = [] if kind == "unary" else ["--pipe", kind]
+    run = cli("call", "--target", srv.target, *pipe, "--outcome", "hold", *poll, "--cancel-after", "0.1",
+              "--non-abortive", "--json", timeout=60)
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert run.returncode == 1 and lines and lines[-1]["code"] == codes.RPC_S_CALL_CANCELLED, run.stdout + run.stderr
+    [seen] = [e for e in srv.wait_entries(lines[-1]["call_id"]) if e["event"] == CANCEL_SEEN]
+    return seen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_cli_call_asks_the_handler_to_poll(poll_server: ServerProcess, kind: str) -> None:
+    """`callstate call [--pipe KIND] --cancel-poll-ms 200` reaches the handler: it polls (delay_ms),
+    on a server that sees cancels at once by default."""
+    seen = _cli_cancelled(poll_server, kind, "--cancel-poll-ms", str(round(POLL * 1000)))
+    assert 0 <= seen["delay_ms"] <= (POLL + LATE) * 1000, seen
+
+
 def test_server_default_cancel_poll_ms_and_script_override(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--max-hold", "20", "--cancel-poll-ms", "200")
     try:
@@ -191,6 +212,8 @@ def test_server_default_cancel_poll_ms_and_script_override(tmp_path: Path) -> No
         assert seen["delay_ms"] >= 0
         [seen0] = [e for e in read_entries(srv.log, at_once) if e["event"] == CANCEL_SEEN]
         assert "delay_ms" not in seen0
+        assert "delay_ms" not in _cli_cancelled(srv, "unary", "--cancel-poll-ms", "0")   # an explicit 0 is sent
+        assert "delay_ms" in _cli_cancelled(srv, "both")                                   # none: the server's 200
     finally:
         srv.stop()
     assert cli("serve", "--cancel-poll-ms", "-1").returncode == 2
@@ -210,8 +233,6 @@ def test_check_reports_polled_calls_propagation_apart(poll_server: ServerProcess
 
 
 def test_load_draws_cancel_poll_and_reports_polled_calls_apart(poll_server: ServerProcess, tmp_path: Path) -> None:
-    import json
-
     report_path, log = tmp_path / "report.json", tmp_path / "client.jsonl"
     run = cli("load", "--target", poll_server.target, "--calls", "120", "--concurrency", "8", "--seed", "5",
               "--cancel-poll", "0=50,100=50", "--pipes", "in=15,out=15,both=15",
@@ -222,8 +243,14 @@ def test_load_draws_cancel_poll_and_reports_polled_calls_apart(poll_server: Serv
     assert report["check"]["ok"], report["check"]
     assert report["cancel_propagation_ms"]["count"] > 0 and report["cancel_propagation_polled_ms"]["count"] > 0
     assert "cancel propagation to polling handlers" in run.stdout + run.stderr
-    waits = [e["delay_ms"] for e in read_entries(poll_server.log) if e["event"] == CANCEL_SEEN and "delay_ms" in e]
-    assert waits and max(waits) <= (0.1 + LATE) * 1000
+    ours = {e["call_id"]: kind_of_initial_move(e.get("move")) for e in read_entries(log) if e["prev"] is None}
+    polled = [e for e in read_entries(poll_server.log)
+              if e["call_id"] in ours and e["event"] == CANCEL_SEEN and "delay_ms" in e]
+    assert polled and max(e["delay_ms"] for e in polled) <= (0.1 + LATE) * 1000
+    # the drawn interval reaches the handlers of unary calls and of pipes (one script maker for
+    # every pipe kind; which kinds' cancels the server saw is up to timing)
+    kinds = {ours[e["call_id"]] for e in polled}
+    assert UNARY in kinds and kinds & set(PIPE_KINDS), sorted(kinds)
     bad = cli("load", "--target", poll_server.target, "--cancel-poll", "often=1")
     assert bad.returncode == 2 and "not a poll interval" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -279,8 +306,6 @@ def test_the_outcome_point_asks_before_the_first_poll(poll_server: ServerProcess
 def test_conformance_measures_a_gateways_propagation_to_arrival_not_to_the_poll(tmp_path: Path) -> None:
     """A server whose handlers poll every 300 ms (over the 250 ms cancel bound): the cancel rows
     judge the path to the server's call, which the poll's `delay_ms` lets them subtract."""
-    import json
-
     srv = start_server(tmp_path, "--max-hold", "20", "--cancel-poll-ms", "300")
     try:
         res = cli("conformance", "--server", srv.target, "--proxy", srv.target, "--hold-seconds", "1", "--calls", "2",
@@ -301,3 +326,20 @@ def test_check_refuses_a_delay_that_is_not_a_non_negative_number() -> None:
         report = check_entries([{**base, "delay_ms": bad}])
         assert any(v.kind == "bad_entry" and "delay_ms" in v.message for v in report.violations), (bad, report.summary())
     assert not [v for v in check_entries([{**base, "delay_ms": 150}]).violations if v.kind == "bad_entry"]
+
+
+def test_the_html_report_shows_polled_calls_propagation_apart(poll_server: ServerProcess, tmp_path: Path) -> None:
+    """A run whose only cancel met a polling handler: `callstate report` gives its propagation
+    and the wait for the poll, and does not claim that no cancel reached a dispatched call."""
+    log, server_log = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    code, call_id = asyncio.run(held_then_cancelled(poll_server, log, "unary", False, POLL))
+    assert code == codes.RPC_S_CALL_CANCELLED
+    server_log.write_text("".join(json.dumps(e) + "\n" for e in poll_server.wait_entries(call_id)))
+    html, data = tmp_path / "report.html", tmp_path / "report.json"
+    run = cli("report", str(log), str(server_log), "--html", str(html), "--json", str(data))
+    assert run.returncode == 0, run.stdout + run.stderr
+    prop = json.loads(data.read_text())["propagation"]
+    assert prop["ms"]["count"] == 0 and prop["polled_ms"]["count"] == prop["poll_wait_ms"]["count"] == 1
+    text = html.read_text()
+    assert "Calls whose handler polls for cancels" in text and "n=1," in text
+    assert "No cancel reached" not in text

@@ -112,3 +112,18 @@ def test_watch_of_one_call_follows_it_live_and_exits_at_its_end(shared_server: S
                 watch.wait(10)
     assert watch.returncode == 0, err
     assert [json.loads(x)["state"] for x in out.splitlines()][-2:] == ["A", "End"]
+
+
+def test_ctrl_c_while_a_command_loads_exits_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the first half second of `callstate conformance` (its modules importing grpc)
+    printed a KeyboardInterrupt traceback: it is an interrupted command like any other."""
+    import callstate.cli as cli_module
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_module, "build_parser", interrupted)
+    try:
+        status = cli_module.main(["conformance", "--help"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main(): the user gets its traceback")
+    assert status == 130

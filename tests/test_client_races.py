@@ -4,7 +4,10 @@ call: real servers over loopback, the client log checked against the server's.""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,34 @@ def test_a_log_that_fails_mid_complete_leaves_no_call_half_completed(shared_serv
         assert call.state == END   # both moves made before the write that failed
         assert [e.state for e in sink.entries if e.event == ENTER][-2:] == [COMP, END]
     asyncio.run(go())
+
+
+def test_a_call_whose_stdout_is_closed_mid_call_ends_in_one_line_with_its_log_whole(
+        shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The reported race, end to end: `callstate call --otel | head -1` (the console exporter's
+    output fills the pipe) ended in close() -> complete() on a call left in Comp, a traceback with
+    LifecycleError, once in two runs. Here the reader closes the pipe while the call is in
+    WComp, so the Comp line is the write that fails, every run."""
+    log = tmp_path / "client.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", shared_server.target,
+                             "--delay", "5", "--log-file", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:   # the call is in WComp, held 5 s by the server's script (the close is at once)
+            if "WComp" in line:
+                break
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "Traceback" not in err and "LifecycleError" not in err, err
+    assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, (proc.returncode, err)
+    entries = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [e["state"] for e in entries][-2:] == [COMP, END], entries   # nothing recorded was lost
 
 
 def test_closing_an_async_client_while_its_calls_complete(shared_server: ServerProcess) -> None:

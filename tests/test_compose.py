@@ -12,6 +12,7 @@ import yaml
 
 from callstate.cli.conformance.calls import BatteryConfig
 from tests.conftest import ROOT
+from tests.documentation import pages as documentation_pages
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCS = ROOT / "docs" / "containers.md"
@@ -49,11 +50,16 @@ def test_the_emulators_max_hold_outlasts_the_conformance_held_row() -> None:
 def test_documented_profile_commands_name_the_services_they_wait_for() -> None:
     """`up --exit-code-from X` with no service named starts the default `load` too, and its
     exit stops the stack (locust-master 137). Every such command names its services."""
-    text = COMPOSE.read_text() + DOCS.read_text()
-    commands = [" ".join(c.split()) for c in re.findall(r"(docker[ -]compose [^\n]*(?:\\\n[^\n]*)*)", text)]
-    commands = [c.replace("\\ ", "") for c in commands]
+    # every page and the compose file's comments; a command continued over lines (`\` at the end,
+    # and the next line's `#` in the compose file) is one command
+    text = "\n".join(p.read_text() for p in (COMPOSE, *documentation_pages()))
+    text = re.sub(r"\\\n\s*#?", " ", text)
+    commands = [" ".join(c.split()) for c in re.findall(r"docker[ -]compose [^\n]*", text)
+                + re.findall(r"`(docker[ -]compose [^`]*)`", text)]   # inline code wraps with the prose
     profiled = [c for c in commands if "--profile" in c and "--exit-code-from" in c]
-    assert len(profiled) >= 4, profiled   # locust and gateway, compose v1 and v2
+    for profile in ("locust", "gateway", "scale"):   # each profile's documented command is among them
+        assert any(f"--profile {profile} " in c for c in profiled), (profile, profiled)
+    assert len(profiled) >= 5, profiled   # locust and gateway, compose v1 and v2; scale
     for c in profiled:
         target = re.search(r"--exit-code-from (\S+)", c).group(1)  # type: ignore[union-attr]
         assert re.search(rf"--exit-code-from {re.escape(target)}\b.*\s{re.escape(target)}\b", c), c
@@ -61,8 +67,9 @@ def test_documented_profile_commands_name_the_services_they_wait_for() -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) is not installed")
-@pytest.mark.parametrize("profile", ["", "locust", "gateway"])
+@pytest.mark.parametrize("profile", ["", "locust", "gateway", "scale", "secure"])
 def test_compose_v1_accepts_every_profile(profile: str) -> None:
-    args = ["docker-compose", "-f", str(COMPOSE)] + (["--profile", profile] if profile else []) + ["config", "-q"]
+    files = ["-f", str(COMPOSE)] + (["-f", str(ROOT / "docker-compose.secure.yml")] if profile == "secure" else [])
+    args = ["docker-compose", *files] + (["--profile", profile] if profile not in ("", "secure") else []) + ["config", "-q"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

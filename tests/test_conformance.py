@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -483,8 +484,33 @@ def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: P
     assert data["ok"] is False and "cannot reach the proxy" in data["error"]
     errors = ET.parse(junit).getroot().findall(".//testcase/error")
     assert len(errors) == 1 and "cannot reach the proxy" in (errors[0].get("message") or "")
+    root = ET.parse(junit).getroot()   # times too: the seconds spent before the run gave up
+    assert float(root.get("time") or -1) > 0, ET.tostring(root)
+    assert all(float(c.get("time") or -1) > 0 for c in root.findall(".//testcase")), ET.tostring(root)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json"], "no temporary file left"
     assert _servers_on(upstream) == [], "the server started for --serve-port is gone"
+
+
+def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the battery (here: it raises at once) must not leave the last run's green JUnit
+    behind for a CI to publish: both outputs say the run has no verdict, and why."""
+    from callstate.cli import build_parser
+    from callstate.cli.conformance import command, run as battery_run
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug in the battery")
+    monkeypatch.setattr(battery_run, "run_battery", broken)
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    report.write_text("the previous run's report")
+    junit.write_text("the previous run's junit")
+    opts = build_parser().parse_args(["conformance", "--server", "127.0.0.1:1", "--proxy", "127.0.0.1:2", "--quiet",
+                                      "--report", str(report), "--junit-xml", str(junit)])
+    with pytest.raises(RuntimeError, match="a bug in the battery"):
+        command.run(opts)
+    assert "RuntimeError('a bug in the battery')" in orjson.loads(report.read_bytes())["error"]
+    [error] = ET.parse(junit).getroot().findall(".//testcase/error")
+    assert "a bug in the battery" in (error.get("message") or "")
 
 
 def test_a_usage_error_leaves_no_empty_output_behind(tmp_path: Path) -> None:
@@ -528,6 +554,42 @@ def test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left(tmp
         time.sleep(0.05)
     assert _servers_on(upstream) == []
     assert f"interrupted by {sig}" in orjson.loads(report.read_bytes())["error"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="no util-linux setpriv: a killed command's server is not killed by the kernel")
+def test_a_killed_run_leaves_no_server_behind(tmp_path: Path) -> None:
+    """SIGKILL (an OOM kill, a CI runner cancelling the job): conformance gets no chance to clean up,
+    and the server it started for --serve-port was left under PID 1 holding the port. The kernel
+    now kills it with its parent (setpriv --pdeathsig)."""
+    import signal
+    import subprocess
+    import sys
+    upstream = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "conformance", "--serve-port", str(upstream),
+                             "--proxy", f"127.0.0.1:{upstream}", "--hold-seconds", "30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _servers_on(upstream) or not _listening(upstream):   # evidence: the run is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not get under way"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 20
+        while _servers_on(upstream) and time.monotonic() < deadline:   # killed by the kernel, reaped by init
+            time.sleep(0.05)
+        left = _servers_on(upstream)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in left:   # the test's own leftovers, by PID, before it fails
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert left == [], "the server started for --serve-port outlived its killed command"
+    assert not _listening(upstream)
 
 
 def _listening(port: int) -> bool:

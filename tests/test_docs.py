@@ -89,6 +89,9 @@ def test_the_readme_is_a_front_door() -> None:
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 450
     assert ". .venv/bin/activate" in readme
+    # the Quick start activates the environment before any command line uses a bare `callstate`
+    bare = [line for block in blocks(readme, "sh") for line in block.splitlines() if line.startswith("callstate ")]
+    assert bare and readme.index(". .venv/bin/activate") < readme.index(bare[0]), bare[:1]
     assert "nothing else" in documentation()
 
 
@@ -152,3 +155,53 @@ def test_the_readme_stand_in_example_runs_as_shown(tmp_path: Path) -> None:
         srv.stop()
     checked = cli("check", str(srv.log), "--allow-one-side")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_documented_prometheus_query_selects_a_side() -> None:
+    """The README's `sum(callstate_calls_total)` added the server's and the client's count of
+    every call (each side counts a call once). Every metric with a `side` label, wherever a page
+    queries it, carries a `side` selector."""
+    import re
+
+    from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, ENTER, SERVER
+    from callstate.observe.metrics import Metrics
+    from callstate.statelog import Entry
+
+    metrics = Metrics()
+    client, server = metrics.side(CLIENT), metrics.side(SERVER)
+    for e in (Entry(1.0, CLIENT, "x", "C", None, ENTER, "call"), Entry(1.1, CLIENT, "x", "Can", "C", ENTER, "cancel",
+                                                                      cancel=ABORTIVE),
+              Entry(1.2, CLIENT, "x", "End", "Can", ENTER, "completed", 1818, "CANCELLED")):
+        client.observe(e)
+    for e in (Entry(1.0, SERVER, "x", "D", None, ENTER, "dispatch"), Entry(1.1, SERVER, "x", "D", "D", CANCEL_SEEN,
+                                                                          cancel=ABORTIVE),
+              Entry(1.2, SERVER, "x", "End", "D", ENTER, "fatal", 1726, "UNKNOWN")):
+        server.observe(e)
+    sided = {f.name for f in metrics.registry.collect() for s in f.samples if "side" in s.labels}
+    assert {"callstate_calls", "callstate_calls_in_flight", "callstate_cancels"} <= sided, sided
+    query = re.compile(r"\b(sum|rate|irate|increase|avg|max|min|histogram_quantile)\b[^(]*\(.*callstate_")
+    queries = [q for page in pages() for q in _text(page).splitlines() if query.search(q)]   # any page, any block
+    assert any("callstate_calls_total" in q for q in queries), "no documented query of callstate_calls_total"
+    unsided = []
+    for query in queries:
+        for m in re.finditer(r"\b(callstate_\w+?)(_total|_bucket|_count|_sum)?\b(\{[^}]*\})?", query):
+            if m.group(1) in sided and "side=" not in (m.group(3) or "").replace(" ", ""):
+                unsided.append(query.strip())
+    assert not unsided, "queries that add both sides' counts of each call:\n" + "\n".join(unsided)
+
+
+def test_every_path_the_load_counts_is_explained() -> None:
+    """The load's `paths:` line named `cancel-at-after` and its kin, and no page said what they
+    were: each name it can print is explained on the load page, with its prefixes."""
+    from callstate.cancel_points import PIPE, UNARY
+    from callstate.lifecycle import CANCEL_KINDS, PIPE_KINDS
+    from callstate.script import OUTCOMES
+
+    page = (ROOT / "docs" / "load.md").read_text()
+    explained = page.split("**The `paths:` line**", 1)[1].split("\n\n", 1)[0]
+    for name in [*OUTCOMES, "hold-for", *(f"cancel-{k}" for k in CANCEL_KINDS), *(f"pipe-{k}" for k in PIPE_KINDS)]:
+        assert f"`{name}`" in explained, name
+    assert "`cancel-at-` and the" in explained and "`pipe-cancel-at-` and its point" in explained
+    for table, prefix in ((UNARY, "cancel-at-"), (PIPE, "pipe-cancel-at-")):   # the point names are in the tables
+        for point in table.points:
+            assert f"| `{point.name}" in page, (prefix, point.name)

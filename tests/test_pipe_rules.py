@@ -56,7 +56,7 @@ def test_docs_code_table_lists_the_pipe_codes() -> None:
 
 
 # -- the caller's side: what the surfaces refuse ------------------------------------------------------
-async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
+async def _aio_refusals(srv: ServerProcess, log: Path, details: dict[str, str]) -> dict[str, int]:
     got: dict[str, int] = {}
 
     async def expect(name: str, op: Any) -> None:
@@ -64,6 +64,7 @@ async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
             await op
         except CallError as err:
             got[name] = err.code
+            details[name] = err.details
 
     async with AsyncClient(srv.target, log=log) as client:
         out = client.pipe("out", PipeScript(messages=2)).start()
@@ -82,7 +83,7 @@ async def _aio_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
     return got
 
 
-def _sync_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
+def _sync_refusals(srv: ServerProcess, log: Path, details: dict[str, str]) -> dict[str, int]:
     got: dict[str, int] = {}
 
     def expect(name: str, op: Any, *args: Any) -> None:
@@ -90,6 +91,7 @@ def _sync_refusals(srv: ServerProcess, log: Path) -> dict[str, int]:
             op(*args)
         except CallError as err:
             got[name] = err.code
+            details[name] = err.details
 
     with Client(srv.target, log=log) as client:
         out = client.pipe("out", PipeScript(messages=2)).start()
@@ -115,9 +117,12 @@ EXPECTED = {"push on out": 1831, "pull on in": 1831, "pull past the end": 1918, 
 @pytest.mark.parametrize("surface", ["asyncio", "sync"])
 def test_the_pipe_surfaces_refuse_what_the_runtime_refuses(rules_server: ServerProcess, tmp_path: Path,
                                                            surface: str) -> None:
-    log = tmp_path / "client.jsonl"
-    got = asyncio.run(_aio_refusals(rules_server, log)) if surface == "asyncio" else _sync_refusals(rules_server, log)
+    log, details = tmp_path / "client.jsonl", dict[str, str]()
+    got = (asyncio.run(_aio_refusals(rules_server, log, details)) if surface == "asyncio"
+           else _sync_refusals(rules_server, log, details))
     assert got == EXPECTED
+    # refused by the library before the wire, saying why (gRPC refusing the write would say the call ended)
+    assert "null push" in details["push after the null push"], details
     rules_server.wait_entries(read_entries(log)[-1]["call_id"])
     report = check_files([log, rules_server.log])   # a refused operation leaves the lifecycle untouched
     assert report.ok, report.summary()
@@ -156,6 +161,10 @@ def test_a_server_that_completes_before_draining_ends_1917(rules_server: ServerP
     entries = [e for e in read_entries(log, call_id) + server if e["event"] != PIPE_BREACH]
     report = check_entries(entries)
     assert [v.kind for v in report.violations] == ["pipe_breach_missing", "pipe_breach_missing"], report.summary()
+    # the server's log alone (a client under test that writes none): its own 1917 needs its own breach
+    assert check_entries(server).ok
+    report = check_entries([e for e in server if e["event"] != PIPE_BREACH])
+    assert [v.kind for v in report.violations] == ["pipe_breach_missing"], report.summary()
 
 
 @pytest.mark.parametrize("surface", ["asyncio", "sync"])
@@ -250,6 +259,10 @@ def test_cli_pipe_breach_and_cancel_poll(rules_server: ServerProcess, tmp_path: 
               "--cancel-after", "0.05", "--non-abortive", "--json")
     assert run.returncode == 1 and "1818" in run.stdout, run.stdout + run.stderr
     assert cli("call", "--target", rules_server.target, "--cancel-poll-ms", "-3").returncode == 2
+    # a breach on a unary call would be dropped and the call complete 0: a usage error instead
+    run = cli("call", "--target", rules_server.target, "--breach", "push-after-end")
+    assert run.returncode == 2 and "--breach push-after-end" in run.stderr and "--pipe" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not run.stdout
 
 
 def test_a_script_header_carries_breach_and_cancel_poll_with_the_cli_names() -> None:

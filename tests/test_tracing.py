@@ -275,6 +275,33 @@ def test_export_at_exit_is_bounded_with_one_warning_line(capsys: pytest.CaptureF
     assert "no answer within 0.2s" in err[0]
 
 
+def test_an_export_that_already_failed_is_not_waited_for_at_exit(capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No collector: the exporter's first attempt failed during the run, and its retries would
+    fail on; the exit does not sit out the grace for them (it took 7.3 s), it says why at once."""
+    import threading
+    import time
+    from callstate.observe import tracing
+
+    trouble = tracing.ExportTrouble()
+    trouble.first = "Failed to export span batch: [Errno 111] Connection refused"
+    monkeypatch.setattr(tracing, "_TROUBLE", trouble)
+    release = threading.Event()
+
+    class Retrying:
+        def shutdown(self) -> None:
+            release.wait(120)
+
+    t0 = time.monotonic()
+    try:
+        assert tracing.shutdown(Retrying(), "callstate call", grace=60) is False
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 30, "waited for an export that had already failed"   # not the 60 s grace
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "([Errno 111] Connection refused)" in line, line
+
+
 def test_no_collector_gives_one_warning_line_not_retry_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
     import socket

@@ -238,7 +238,10 @@ class ReportBuilder:
             "by_code": by_code,
             "timeline": _timeline(totals.starts, totals.ends, totals.cancels),
             "propagation": {"ms": _rounded(percentiles(prop)), "edges_ms": [round(x, 4) for x in prop_edges],
-                            "hist": _histogram(prop, prop_edges)},
+                            "hist": _histogram(prop, prop_edges),
+                            # handlers that poll for cancels, apart: their figure includes the wait for the poll
+                            "polled_ms": _rounded(percentiles(check.cancel_propagation_polled_ms)),
+                            "poll_wait_ms": _rounded(percentiles(check.cancel_poll_wait_ms))},
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
             "check": _check_section(check, examples or {}, allow_one_side),
         }
