@@ -15,7 +15,7 @@ The lifecycle is `PipeCore`'s, shared with the sync `Pipe`; only the waiting dif
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import grpc
 from grpc._cython import cygrpc
@@ -196,6 +196,10 @@ class AsyncPipe(PipeBase):
         if not await self.wait(timeout):
             raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
         return self._result_after_wait()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """`await pipe`: `await pipe.result()`, as `await call` is for a unary call."""
+        return self.result().__await__()
 
     async def _drive(self) -> None:
         rpc, core = self._rpc, self._core

@@ -21,6 +21,7 @@ from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Client, PipeScript
 from callstate.client.pipe_drive import drive_pipe, drive_pipe_sync
 from callstate.pipe_script import PipeCancelPoint
+from callstate.lifecycle import END
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, final, read_entries, start_server, states
@@ -584,6 +585,9 @@ def test_a_callback_subscribed_before_the_start_fires_once_the_out_pipe_is_drain
             pipe.start()
             await asyncio.wait_for(fired.wait(), 10)
             assert pipe.received == 3 and await pipe.result() is None
+            # `await pipe` is `await pipe.result()`, as `await call` is for a unary call
+            bare = client.pipe("out", PipeScript(messages=2)).start()
+            assert await bare is None and bare.received == 2 and bare.history[-1] == END
     asyncio.run(aio())
     with Client(pipe_server.target) as client:
         pipe = client.pipe("out", PipeScript(messages=3))
