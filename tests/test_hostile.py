@@ -703,11 +703,11 @@ def test_watch_escapes_control_characters_from_the_wire(shared_server: ServerPro
                             text=True)
     try:
         wait_for("watch to subscribe", lambda: proc.stderr.readline().startswith("watching"))
-        out = ""
-        for _ in range(20):   # until its 50 entries are in
+        # Calls until its 50 entries are in: "watching" is printed before its stream reaches the
+        # server, so on a busy machine the first calls' entries may come before it is subscribed.
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
             _unary(shared_server.target, pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=5, abort_message=evil))
-            if proc.poll() is not None:
-                break
         out = proc.communicate(timeout=30)[0]
     finally:
         if proc.poll() is None:
