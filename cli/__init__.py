@@ -3,6 +3,10 @@
 `COMMANDS` names each command's module and its one-line help; a command's module is imported
 only when that command runs (or its help is asked for), so importing this package loads none.
 Each command module has `add_parser(subparsers)` and `run(options) -> exit status`.
+
+This module imports little (no grpc, no protobuf, nothing of callstate's): the console script
+imports it before `main` can catch a Ctrl-C, so whatever loads here is a window in which Ctrl-C
+prints a KeyboardInterrupt traceback. Everything else loads inside `main`.
 """
 
 from __future__ import annotations
@@ -17,17 +21,15 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Collection, NoReturn, Sequence  # noqa: E402
+from typing import Collection, Iterator, NamedTuple, NoReturn, Sequence  # noqa: E402
 
 from callstate import __version__  # noqa: E402
-from callstate.cli.options import epilog, para  # noqa: E402
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     module: str   # imported when the command runs
     help: str     # its line in `callstate --help` (the module's parser uses it too)
 
@@ -62,6 +64,8 @@ class OneLineErrors(argparse.ArgumentParser):
 def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser with every command listed; the commands named in `load` (all by default)
     have their full parsers, the others only their line of help."""
+    from callstate.cli.options import epilog, para
+
     parser = OneLineErrors(
         prog="callstate",
         description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
@@ -90,14 +94,39 @@ def command_named(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Ctrl-C before a command handles it itself (while its modules import, say: grpc takes a
-    # moment) is an interrupted command too: exit 130, not a KeyboardInterrupt traceback
+    # Ctrl-C before a command handles it itself (while its modules import, say: grpc and
+    # protobuf take a moment, seconds on a busy machine) is an interrupted command too: exit
+    # 130, not a KeyboardInterrupt traceback. What a command has recorded is kept: its state
+    # log is flushed and closed by its own `finally` or at exit (callstate.logfile).
     try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
-        opts, extras = parser.parse_known_args(argv)
-        if extras:   # argparse would blame the top parser: point at the command's own help instead
-            subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
+        with _interrupt_deferred() as interrupted:
+            argv = sys.argv[1:] if argv is None else list(argv)
+            parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
+            opts, extras = parser.parse_known_args(argv)
+            if extras:   # argparse would blame the top parser: point at the command's own help instead
+                subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
+        if interrupted:
+            return 130
         return int(opts.run(opts) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[list[int]]:
+    """While the command's modules load, Ctrl-C is noted (in the list yielded), not raised: a
+    KeyboardInterrupt raised inside an extension module's initialisation (protobuf's, orjson's,
+    _ssl's) can crash the interpreter (SIGSEGV) or come out as an ImportError. Outside the main
+    thread (main() called by a test, say) there is no handler to change."""
+    import signal
+
+    noted: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: noted.append(signum))
+    except ValueError:   # not the main thread
+        yield noted
+        return
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)

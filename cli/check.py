@@ -6,8 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import orjson
+
 from callstate.cli import COMMANDS
 from callstate.cli.options import para
+from callstate.logfile import check_files
+from callstate.statelog import LogFormatError
+
+# What run() needs is imported here, with the module: main() defers Ctrl-C while a command's
+# module loads, and an extension module's initialisation (orjson's) interrupted by a
+# KeyboardInterrupt can crash the interpreter.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -48,11 +56,6 @@ def log_paths(args: list[str]) -> list[Path]:
 
 
 def run(opts: argparse.Namespace) -> int:
-    import orjson
-
-    from callstate.logfile import check_files
-    from callstate.statelog import LogFormatError
-
     try:
         report = check_files(log_paths(opts.logs), warn=lambda text: print(f"callstate check: warning: {text}", file=sys.stderr))
     except (OSError, LogFormatError) as exc:

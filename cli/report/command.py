@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import orjson
+
 from callstate.cli import COMMANDS
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
+from callstate.statelog import LogFormatError
+
+# run()'s extension modules load with this module, while main() defers Ctrl-C (cli/check.py).
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -33,11 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def run(opts: argparse.Namespace) -> int:
-    import orjson
-
     from callstate.cli.report import html_report
     from callstate.cli.report.run_report import build_from_files
-    from callstate.statelog import LogFormatError
 
     if why := html_report.available():
         print(f"callstate report: {why}", file=sys.stderr)

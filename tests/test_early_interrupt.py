@@ -1,0 +1,145 @@
+"""Ctrl-C in a command's first moments: one line at most and the interrupted command's exit
+status, never a KeyboardInterrupt traceback, and nothing already recorded lost.
+
+The command's modules (grpc, protobuf) take a tenth of a second to load, seconds on a busy
+machine. `callstate.cli` itself loads next to nothing, so `main()` is running by then: it notes
+a Ctrl-C while the command's modules load (exit 130 once they have), and catches the
+KeyboardInterrupt until the command installs its own handler. The instants tested are found
+by evidence in the process itself (a library mapped into its memory, a line it has written),
+not by a sleep.
+
+Not covered, because no code of the project has run yet: a signal before the interpreter has
+installed its handler kills the process with SIGINT (no traceback; the shell says 130), and one
+while the interpreter imports `site` is CPython's own "Fatal Python error" (a few ms).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import orjson
+import pytest
+
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, complete_lines, start_server
+
+PROTOBUF = "google/_upb/_message"   # protobuf's C module: mapped while the command's modules load
+GRPC = "grpc/_cython/cygrpc"        # grpc's, later (commands that make or serve calls)
+# What the interrupted command itself may exit with, once its own handler runs: serve stops
+# gracefully (0); watch follows until Ctrl-C (0); call cancels its call, which ends 1818 (1).
+# Before that, main() answers 130; a signal in the interpreter's last moments (its handlers
+# restored) kills it with SIGINT, which a shell reports as 130 too.
+INTERRUPTED = {130, -signal.SIGINT}
+OWN_STATUS = {"serve": {0}, "watch": {0}, "call": {1}, "load": set(), "check": set()}
+
+
+@pytest.fixture(scope="module")
+def quiet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("interrupt"), "--max-hold", "60")
+    yield srv
+    srv.stop()
+
+
+def mapped(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:   # it has exited
+        return False
+
+
+def wait_for(proc: subprocess.Popen[bytes], evidence: Callable[[], bool]) -> None:
+    """Poll (1 ms) until `evidence` holds; bounded, and the process must still be running."""
+    deadline = time.monotonic() + EVIDENCE_WAIT * 3
+    while not evidence():
+        assert proc.poll() is None, f"exited ({proc.returncode}) before the evidence"
+        assert time.monotonic() < deadline, "no evidence in time"
+        time.sleep(0.001)
+
+
+def command_line(name: str, target: str, server_log: Path, tmp: Path) -> list[str]:
+    log = str(tmp / f"{name}.jsonl")
+    return {
+        "serve": ["serve", "--port", "0", "--port-file", str(tmp / "port"), "--log-file", log],
+        "call": ["call", "--target", target, "--outcome", "hold", "--log-file", log],
+        "load": ["load", "--target", target, "--duration", "120", "--log-file", log],
+        "watch": ["watch", "--target", target, "--dashboard", "never"],
+        "check": ["check", "--allow-one-side", str(server_log)],
+    }[name]
+
+
+def running(name: str, proc: subprocess.Popen[bytes], server_log: Path, tmp: Path) -> Callable[[], bool]:
+    """Evidence that the command is past its imports and at work."""
+    if name == "serve":
+        return lambda: (tmp / "port").exists() and bool((tmp / "port").read_text().strip())
+    if name in ("call", "load"):   # its first state logged
+        log = tmp / f"{name}.jsonl"
+        return lambda: log.exists() and bool(complete_lines(log.read_bytes()))
+    if name == "watch":
+        return lambda: b"watching" in (tmp / "stderr").read_bytes()
+    raise AssertionError(f"no evidence of {name} at work")
+
+
+POINTS = {   # the instants Ctrl-C is sent at, each after its evidence
+    "protobuf loaded": lambda proc, name, log, tmp: (lambda: mapped(proc.pid, PROTOBUF)),
+    "grpc loaded": lambda proc, name, log, tmp: (lambda: mapped(proc.pid, GRPC)),
+    "at work": lambda proc, name, log, tmp: running(name, proc, log, tmp),
+}
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize("name", list(OWN_STATUS))
+def test_ctrl_c_early_in_a_command_exits_without_a_traceback(quiet_server: ServerProcess, tmp_path: Path,
+                                                              name: str, point: str) -> None:
+    if name == "check" and point != "protobuf loaded":
+        pytest.skip("check loads no grpc, and judges a log too fast to be caught at work")
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "callstate",
+                                 *command_line(name, quiet_server.target, quiet_server.log, tmp_path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(proc, POINTS[point](proc, name, quiet_server.log, tmp_path))
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(EVIDENCE_WAIT * 2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = stderr.read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert status in INTERRUPTED | OWN_STATUS[name], (status, err)
+    log = tmp_path / f"{name}.jsonl"
+    if name in ("call", "load") and log.exists():   # what was recorded is all there, line by line
+        data = log.read_bytes()
+        assert data == b"" or data.endswith(b"\n"), data[-200:]
+        for line in data.splitlines():
+            orjson.loads(line)
+        if point == "at work" and name == "call":   # its own handler: the call ended, and so said
+            assert b'"End"' in data, data
+
+
+def test_ctrl_c_while_a_command_loads_is_noted_not_raised_inside_the_loading(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside an extension module's initialisation (orjson's was
+    seen) can crash the interpreter with SIGSEGV or come out as an ImportError: while the
+    command's modules load, main() notes Ctrl-C and answers 130 once they have loaded."""
+    import callstate.cli as cli_module
+
+    real, finished = cli_module.build_parser, []
+
+    def loading(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGINT)   # Ctrl-C, in the middle of the imports
+        for _ in range(1000):   # Python runs a signal's handler between bytecodes: here
+            pass
+        finished.append(True)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(cli_module, "build_parser", loading)
+    assert cli_module.main(["check", str(tmp_path / "absent.jsonl")]) == 130   # 2 had it run
+    assert finished == [True], "the KeyboardInterrupt was raised inside the loading"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is given back
