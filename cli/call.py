@@ -73,9 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--log-file", metavar="PATH", help="also append the client state log to this file")
     add_otel(p)
     add_pipe_options(p)
-    g = add_method_options(p, data_file_help="a file whose first JSON line is the request")
-    g.add_argument("--no-script", action="store_true",
-                   help="with --method: send no script header (a stand-in's rules or mix decide the outcome)")
+    add_method_options(p, data_file_help="a file whose first JSON line is the request")
     return p
 
 

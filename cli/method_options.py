@@ -56,6 +56,8 @@ def add_method_options(p: argparse.ArgumentParser, *, data_file_help: str) -> ar
                         help="a FileDescriptorSet (protoc --include_imports -o, buf build -o) with the service")
     g.add_argument("--proto-path", action="append", metavar="DIR",
                    help="import path for --proto, like protoc -I (repeatable; default: each file's folder)")
+    g.add_argument("--no-script", action="store_true",
+                   help="with --method: send no script header (a stand-in's rules or mix decide the outcome)")
     return g
 
 
@@ -66,7 +68,8 @@ def drive_of(opts: argparse.Namespace, settings: "ChannelSettings") -> Drive | N
     if opts.method is None:
         stray = next((flag for flag, value in (("--data", opts.data), ("--data-file", opts.data_file),
                                                ("--proto", opts.proto), ("--descriptor-set", opts.descriptor_set),
-                                               ("--proto-path", opts.proto_path)) if value), None)
+                                               ("--proto-path", opts.proto_path),
+                                               ("--no-script", opts.no_script)) if value), None)
         if stray:
             raise DriveError(f"{stray} needs --method")
         return None

@@ -184,3 +184,34 @@ def test_call_emulator_call_by_name_with_the_script_in_its_message(shared_server
     call_id = read_entries(log)[0]["call_id"]
     assert final(shared_server.wait_entries(call_id))["code"] == 4321
     assert cli("check", str(log), str(shared_server.log), timeout=TIMEOUT).returncode == 0
+
+
+@pytest.mark.parametrize("method", [CHARGE, TRACK])
+def test_load_no_script_sends_no_script_header_and_the_server_decides(shop: ShopServer, tmp_path: Path,  # noqa: F811
+                                                                       method: str) -> None:
+    """`load --method --no-script`, as `call --no-script`: no callstate-script header on any call
+    (unary or pipe), so a stand-in's rules (here: the shop's own code) decide the outcome."""
+    from callstate.script_header import SCRIPT_HEADER
+
+    for no_script in (True, False):   # without it, the same run sends its script on every call
+        log, report_file = tmp_path / f"client-{no_script}.jsonl", tmp_path / f"report-{no_script}.json"
+        result = cli("load", "--target", shop.target, "--method", method, "--data", '{"order_id": "ns"}',
+                     "--calls", "12", "--cancel", "abortive=25", "--log-file", str(log), "--report", str(report_file),
+                     *(["--no-script"] if no_script else []), timeout=TIMEOUT)
+        assert result.returncode == 0, result.stdout + result.stderr
+        ids = {e["call_id"] for e in read_entries(log)}
+        reached = [shop.headers[i] for i in ids if i in shop.headers]   # a cancel before start sends nothing
+        assert reached and all((SCRIPT_HEADER in h) is not no_script for h in reached), (no_script, reached[0])
+        paths = orjson.loads(report_file.read_bytes())["paths"]
+        assert (paths.get("no-script") == 12) is no_script, paths
+
+
+@pytest.mark.parametrize("args, line", [
+    (["load", "--no-script"], "callstate load: --no-script needs --method"),
+    (["call", "--no-script"], "callstate call: --no-script needs --method"),
+    (["load", "--method", CHARGE, "--no-script", "--mix", "hold=100", "--abort-code", "7"],
+     "callstate load: error: --mix and --abort-code: with --no-script no script is sent, the server decides each "
+     "call's outcome (see callstate load --help)")])
+def test_no_script_without_a_method_or_with_script_options_is_a_usage_error(args: list[str], line: str) -> None:
+    result = cli(*args, "--target", "127.0.0.1:9", timeout=TIMEOUT)
+    assert result.returncode == 2 and result.stderr.strip() == line, result.stderr

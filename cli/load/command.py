@@ -23,7 +23,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
-from callstate.script import Limits
+from callstate.script import Limits, Mix
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
@@ -133,6 +133,9 @@ def run(opts: argparse.Namespace) -> int:
 
     provider = None
     opts.settings = channel_settings(opts)
+    if opts.no_script and opts.method and (given := _script_options(opts)):   # they would be dropped unsaid
+        opts.target_parser.error(f"{' and '.join(given)}: with --no-script no script is sent, the server decides "
+                                 "each call's outcome")
     try:
         opts.drive = _drive(opts, opts.settings)
     except DriveError as exc:
@@ -165,6 +168,14 @@ def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:
     return drive
 
 
+def _script_options(opts: argparse.Namespace) -> list[str]:
+    """The script's options given other than as their defaults."""
+    given = (("--mix", opts.mix, _SCENARIO.mix), ("--on-cancel", opts.on_cancel, _SCENARIO.on_cancel),
+             ("--delay", opts.delay, _LOAD.delay), ("--abort-code", opts.abort_code, _SCENARIO.abort_code),
+             ("--hold-for", opts.hold_for, _SCENARIO.hold_for), ("--cancel-poll", opts.cancel_poll, None))
+    return [flag for flag, value, default in given if value != default]
+
+
 class _Stop(Exception):
     """A run that cannot go on: its one line, exit status 2."""
 
@@ -192,7 +203,8 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
 
 
 def _config(opts: argparse.Namespace, provider: object) -> LoadConfig:
-    scenario = Scenario(mix=opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
+    # --no-script: every plan completes as far as the client knows (it plans no hold to end)
+    scenario = Scenario(mix=Mix() if opts.no_script else opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
                         hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
                         pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages,
                         cancel_poll=opts.cancel_poll)
@@ -202,7 +214,7 @@ def _config(opts: argparse.Namespace, provider: object) -> LoadConfig:
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
         timeout=opts.timeout, settings=opts.settings, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
-        drive=opts.drive, tracing=provider if provider is not None else False,
+        drive=opts.drive, no_script=opts.no_script, tracing=provider if provider is not None else False,
         view=choose(opts.progress, sys.stderr), collect_report=bool(opts.html))
 
 

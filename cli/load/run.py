@@ -43,6 +43,7 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
+NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
 
 
 @dataclass
@@ -69,6 +70,7 @@ class LoadConfig:
     tracing: Any = False              # an OpenTelemetry TracerProvider: a span per call (callstate[otel])
     settings: ChannelSettings = field(default_factory=ChannelSettings)   # TLS, token, keepalive
     drive: Any = None   # --method: any service's method and its requests (cli/method_options.Drive)
+    no_script: bool = False   # --method --no-script: no script header, the server decides each outcome
 
 
 class _Sink:
@@ -202,7 +204,8 @@ class LoadRun:
         if self._requests is None:
             call = client.prepare(self._script(plan), payload=payload)
         else:
-            call = client.prepare(self._script(plan), method=self.cfg.drive.method, request=next(self._requests))
+            call = client.prepare(None if self.cfg.no_script else self._script(plan), method=self.cfg.drive.method,
+                                  request=next(self._requests))
         self.ids.add(call.call_id)
         try:
             end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
@@ -213,7 +216,7 @@ class LoadRun:
         self._record(end.code, t0)
 
     def _count_paths(self, plan: Plan) -> None:
-        self.paths[plan.outcome] += 1
+        self.paths[NO_SCRIPT if self.cfg.no_script else plan.outcome] += 1
         if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
             self.paths["hold-for"] += 1
         elif plan.cancel:
@@ -232,12 +235,12 @@ class LoadRun:
         t0 = time.perf_counter()
         scenario = self.cfg.scenario
         self.paths[f"pipe-{plan.pipe}"] += 1
-        self.paths[plan.outcome] += 1
+        self.paths[NO_SCRIPT if self.cfg.no_script else plan.outcome] += 1
         point, cancel = pipe_cancel(plan)
         if point is not None:
             self.paths[f"cancel-{cancel}"] += 1
             self.paths[f"pipe-cancel-at-{point.kind}"] += 1
-        script, request = pipe_script(plan, scenario, self.cfg.payload), None
+        script, request = None if self.cfg.no_script else pipe_script(plan, scenario, self.cfg.payload), None
         if self._requests is None:
             pipe = client.pipe(plan.pipe, script)
         else:   # a streaming method: its request opens an out pipe and is what in and both pipes push
@@ -528,6 +531,7 @@ class LoadRun:
             "pipe_cancel_at": [str(p) for p in scenario.pipe_cancel_at],
             "pipe_messages": scenario.pipe_messages,
             **({"method": cfg.drive.method.name} if cfg.drive is not None else {}),
+            **({"no_script": True} if cfg.no_script else {}),
             **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
         }
 
