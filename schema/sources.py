@@ -103,15 +103,19 @@ def from_reflection(target: str, *, credentials: object = None, metadata: Sequen
                                       response_deserializer=rpb.ServerReflectionResponse.FromString)
                 for version in ("v1alpha", "v1")]
 
+    def first_answer(request: "rpb.ServerReflectionRequest") -> "rpb.ServerReflectionResponse":
+        """The answer to `request` on the reflection version in use (one request, one answer)."""
+        return next(iter(versions[0](iter([request]), timeout=timeout, metadata=list(metadata))))
+
     def ask(request: "rpb.ServerReflectionRequest") -> "rpb.ServerReflectionResponse":
         try:
             try:
-                response = next(iter(versions[0](iter([request]), timeout=timeout, metadata=list(metadata))))
+                response = first_answer(request)
             except grpc.RpcError as exc:
                 if len(versions) == 1 or exc.code() != grpc.StatusCode.UNIMPLEMENTED:   # type: ignore[attr-defined]
                     raise
                 versions.pop(0)   # no v1alpha here: v1 from now on
-                response = next(iter(versions[0](iter([request]), timeout=timeout, metadata=list(metadata))))
+                response = first_answer(request)
         except grpc.RpcError as exc:
             detail = exc.details() if hasattr(exc, "details") else str(exc)   # type: ignore[attr-defined]
             code = exc.code().name if hasattr(exc, "code") else "error"      # type: ignore[attr-defined]
