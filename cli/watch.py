@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p = sub.add_parser("watch", help=COMMANDS["watch"].help,
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
-                                   "cancels), otherwise one line per entry. Stop with Ctrl-C.")
+                                   "cancels), otherwise one line per entry. It says \"watching\" once every --target has "
+                                   "subscribed: a call made after that line is seen. Stop with Ctrl-C (exit 0; 130 "
+                                   "before every target has answered).")
     add_target(p, several=True)
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call); with one "
@@ -126,22 +128,32 @@ class _Watch:
 
     async def entries(self) -> int:
         """Follow every target's Watch stream until each ended, one failed, --count was reached
-        or Ctrl-C."""
+        or Ctrl-C. "watching" is said once every target has subscribed (its response headers,
+        which the server sends as it subscribes the stream): a call made after that line is seen."""
         from callstate.v1 import callstate_pb2 as pb
 
         opts = self.opts
-        print(f"watching {', '.join(self.targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
-        if choose(mode, sys.stdout):
-            self.dashboard = _Dashboard(self.stubs, choose(mode, sys.stdout), ", ".join(self.targets), self.metadata)
         streams = [stub.Watch(pb.WatchRequest(call_id=opts.call_id), metadata=self.metadata, timeout=opts.timeout)
                    for stub in self.stubs]
         # Ctrl-C / SIGTERM end the streams by cancelling the calls themselves: cancelling the task
         # that iterates a grpc.aio stream (what asyncio.run does on SIGINT) can hang the exit.
-        stop = asyncio.Event()
+        # Installed first: a stalled target may never answer the subscription.
+        stop, signalled = asyncio.Event(), []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, lambda sig=sig: (signalled.append(sig), stop.set()))
+        if not await self._subscribed(streams, stop):   # interrupted: the command never watched
+            waiting = [t for t, s in zip(self.targets, streams) if not s.done()]
+            for stream in streams:
+                stream.cancel()
+            print(f"callstate watch: stopped before {', '.join(waiting)} answered (not subscribed)",
+                  file=sys.stderr, flush=True)
+            return 128 + signalled[0]
+        if not any(stream.done() for stream in streams):   # a failed one is reported by its reader
+            print(f"watching {', '.join(self.targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
+        if choose(mode, sys.stdout):
+            self.dashboard = _Dashboard(self.stubs, choose(mode, sys.stdout), ", ".join(self.targets), self.metadata)
         readers = [asyncio.ensure_future(self.follow(t, s)) for t, s in zip(self.targets, streams)]
         try:
             await self._until_over(readers, stop)
@@ -151,6 +163,24 @@ class _Watch:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
         return 0
+
+    @staticmethod
+    async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]
+        """Wait for every stream's response headers (or its end: a failure, told by its
+        reader); False when Ctrl-C / SIGTERM came first."""
+        waits = [asyncio.ensure_future(stream.initial_metadata()) for stream in streams]
+        stopper = asyncio.ensure_future(stop.wait())
+        pending = set(waits)
+        while pending and not stop.is_set():
+            _, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopper)
+        stopper.cancel()
+        for wait in waits:
+            if not wait.done():
+                wait.cancel()
+            elif not wait.cancelled():
+                wait.exception()   # a stream that failed: its reader says how
+        return not pending
 
     async def _until_over(self, readers: list[asyncio.Future[None]], stop: asyncio.Event) -> None:
         stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.done.wait())

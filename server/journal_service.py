@@ -99,9 +99,12 @@ class JournalServicer(pb_grpc.JournalServicer):
             raise   # pragma: no cover - context.abort raises
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntry]:
-        """Each entry carries `dropped`: how many this stream has lost so far to its full buffer."""
+        """Each entry carries `dropped`: how many this stream has lost so far to its full buffer.
+        The response headers go out as soon as the stream is subscribed: a watcher that awaits
+        them (`callstate watch` before it says "watching") misses no entry made after."""
         watcher = await self._subscribe(request, context)
         try:
+            await context.send_initial_metadata(())
             while (entry := await watcher.queue.get()) is not None:   # None: the server is stopping
                 msg = entry_to_proto(entry)
                 msg.dropped = watcher.dropped
