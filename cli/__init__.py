@@ -4,9 +4,10 @@
 only when that command runs (or its help is asked for), so importing this package loads none.
 Each command module has `add_parser(subparsers)` and `run(options) -> exit status`.
 
-This module imports little (no grpc, no protobuf, nothing of callstate's): the console script
-imports it before `main` can catch a Ctrl-C, so whatever loads here is a window in which Ctrl-C
-prints a KeyboardInterrupt traceback. Everything else loads inside `main`.
+This module imports os and sys only (not even argparse or typing: the parser is in
+callstate.cli.parser): the console script imports it before `main` can catch a Ctrl-C, so
+whatever loads here is a window in which Ctrl-C prints a KeyboardInterrupt traceback.
+Everything else loads inside `main`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ import os
 # them back).
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib  # noqa: E402
 import sys  # noqa: E402
-from typing import Collection, Iterator, NamedTuple, NoReturn, Sequence  # noqa: E402
 
-from callstate import __version__  # noqa: E402
+TYPE_CHECKING = False   # typing itself is not loaded here (the module's docstring says why)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Collection, Sequence
 
 
-class Command(NamedTuple):
-    module: str   # imported when the command runs
-    help: str     # its line in `callstate --help` (the module's parser uses it too)
+class Command:
+    """A command: its module, imported when the command runs, and its line in `callstate
+    --help` (the module's parser uses it too)."""
+
+    __slots__ = ("module", "help")
+
+    def __init__(self, module: str, help: str) -> None:
+        self.module, self.help = module, help
 
 
 COMMANDS: dict[str, Command] = {   # in the order `callstate --help` lists them
@@ -48,43 +53,19 @@ COMMANDS: dict[str, Command] = {   # in the order `callstate --help` lists them
 }
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad usage is one line naming the option (and where to look), not the whole usage text.
-    No abbreviations: `--outcom` is refused rather than taken for `--outcome` (a later option
-    sharing the prefix would silently change what an old command line means)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("allow_abbrev", False)   # the subcommands' parsers are of this class too
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def error(self, message: str) -> "NoReturn":
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
-    """The parser with every command listed; the commands named in `load` (all by default)
-    have their full parsers, the others only their line of help."""
-    from callstate.cli.options import epilog, para
+    """The parser with every command listed (callstate.cli.parser); the commands named in
+    `load` (all by default) have their full parsers, the others only their line of help."""
+    from callstate.cli import parser
 
-    parser = OneLineErrors(
-        prog="callstate",
-        description=para("Emulate the MS-RPC asynchronous call lifecycle over gRPC: a scripted server, "
-                         "scripted calls, a load generator and a checker for both sides' state logs."),
-        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"callstate {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, command in COMMANDS.items():
-        if load is None or name in load:
-            module = importlib.import_module(command.module)
-            module.add_parser(sub).set_defaults(run=module.run)
-        else:
-            sub.add_parser(name, help=command.help, add_help=False)
-    return parser
+    return parser.build_parser(COMMANDS, load)
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """Each command's parser by name."""
-    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # type: ignore[return-value]
+    from callstate.cli.parser import subcommands
+
+    return subcommands(parser)
 
 
 def command_named(argv: Sequence[str]) -> str | None:
@@ -99,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 130, not a KeyboardInterrupt traceback. What a command has recorded is kept: its state
     # log is flushed and closed by its own `finally` or at exit (callstate.logfile).
     try:
-        with _interrupt_deferred() as interrupted:
+        with _DeferredInterrupt() as interrupted:
             argv = sys.argv[1:] if argv is None else list(argv)
             parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
             opts, extras = parser.parse_known_args(argv)
@@ -112,21 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-@contextlib.contextmanager
-def _interrupt_deferred() -> Iterator[list[int]]:
-    """While the command's modules load, Ctrl-C is noted (in the list yielded), not raised: a
+class _DeferredInterrupt:
+    """While the command's modules load, Ctrl-C is noted (`noted`), not raised: a
     KeyboardInterrupt raised inside an extension module's initialisation (protobuf's, orjson's,
     _ssl's) can crash the interpreter (SIGSEGV) or come out as an ImportError. Outside the main
     thread (main() called by a test, say) there is no handler to change."""
-    import signal
 
-    noted: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, _frame: noted.append(signum))
-    except ValueError:   # not the main thread
-        yield noted
-        return
-    try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def __init__(self) -> None:
+        self.noted: list[int] = []
+        self.changed = False
+        self.previous: object = None
+
+    def __enter__(self) -> list[int]:
+        import signal
+
+        try:
+            self.previous = signal.signal(signal.SIGINT, lambda signum, _frame: self.noted.append(signum))
+            self.changed = True
+        except ValueError:   # not the main thread
+            pass
+        return self.noted
+
+    def __exit__(self, *_: object) -> None:
+        import signal
+
+        if self.changed:   # None: a handler not set from Python, which SIG_DFL stands for
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self.previous is None else self.previous)  # type: ignore[arg-type]
