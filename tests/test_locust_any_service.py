@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from callstate import codes
 from callstate.lifecycle import CAN, CLIENT, ENTER, PIPE_BOTH, SERVER, UNARY, kind_of_initial_move
 from tests.conftest import ServerProcess, cli, read_entries, start_server
+from tests.documentation import blocks, section
 from tests.test_drive import CHARGE, CHAT, PROTOS, SHOP
 from tests.test_locust import LOCUST, finals, free_port, kinds, stats_rows
 
@@ -42,7 +45,10 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     srv.stop()
 
 
-def run_master_and_workers(tmp: Path, target: str, options: list[str], workers: int = 2) -> None:
+def run_master_and_workers(tmp: Path, target: str, options: list[str], workers: int = 2,
+                           worker_dir: Path | None = None) -> tuple[int, list[int]]:
+    """A headless master in `tmp` and its workers (in `worker_dir`, default `tmp`): exit statuses."""
+    worker_dir = worker_dir or tmp
     master_port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = ["-f", "locustfile.py"]
@@ -56,14 +62,10 @@ def run_master_and_workers(tmp: Path, target: str, options: list[str], workers: 
         procs.append(master)
         for i in range(workers):
             procs.append(subprocess.Popen([*LOCUST, *common, "--worker", "--master-host", "127.0.0.1",
-                                           "--master-port", str(master_port)], cwd=tmp, env=env,
+                                           "--master-port", str(master_port)], cwd=worker_dir, env=env,
                                           stdout=open(tmp / f"worker{i}.out", "wb"), stderr=subprocess.STDOUT))
         rc = master.wait(120)
-        for p in procs[1:]:
-            p.wait(30)
-        assert rc == 0, (tmp / "master.out").read_text()[-3000:]
-        assert [p.returncode for p in procs[1:]] == [0] * workers, \
-            [(tmp / f"worker{i}.out").read_text()[-3000:] for i in range(workers)]
+        return rc, [p.wait(30) for p in procs[1:]]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -89,15 +91,20 @@ def server_entries_of(standin: ServerProcess, ids: set[str], timeout: float = 30
         time.sleep(0.05)
 
 
+def docs_locustfile() -> str:
+    return blocks(section("Your own service on Locust"), "python")[0]
+
+
 def test_master_and_workers_load_a_user_method_and_check_passes(standin: ServerProcess, tmp_path: Path) -> None:
-    """Unary `shop.v1.Shop/Charge`, schema from the stand-in's reflection (each worker reads
-    it), the master's options reaching the workers: rows named by the method, the scenario's
-    codes (its abort code travels in the script header), every call dispatched on Charge."""
-    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    run_master_and_workers(tmp_path, standin.target, [
-        "--callstate-method", CHARGE, "--callstate-data", '{"order_id": "o-1", "amount": {"units": 12}}',
-        "--callstate-cancel", "abortive=30,non-abortive=20", "--callstate-abort-code", "5001",
-        "--callstate-hold-for", "1"])
+    """docs/locust.md's locustfile (unary `shop.v1.Shop/Charge`, its request a dict, the schema
+    from the stand-in's reflection, which each worker reads) with the master's options reaching
+    the workers: rows named by the method, the scenario's codes (the abort code typed travels in
+    the script header), every call dispatched on Charge with the request given."""
+    (tmp_path / "locustfile.py").write_text(docs_locustfile())
+    rc, workers = run_master_and_workers(tmp_path, standin.target,
+                                         ["--callstate-abort-code", "5001", "--callstate-hold-for", "1"])
+    assert rc == 0, (tmp_path / "master.out").read_text()[-3000:]
+    assert workers == [0, 0], [(tmp_path / f"worker{i}.out").read_text()[-3000:] for i in range(2)]
 
     logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
     assert len(logs) == 2, logs
@@ -188,3 +195,24 @@ def test_bad_method_options_are_one_line_and_exit_2(standin: ServerProcess, tmp_
     assert error in last, bad.stderr
     assert "Traceback" not in bad.stderr
     assert "Ramping to" not in bad.stderr   # no user started
+
+
+def test_a_worker_that_cannot_read_the_schema_ends_the_run_with_its_line(standin: ServerProcess,
+                                                                         tmp_path: Path) -> None:
+    """The master has the .proto at the path typed, its worker does not: the worker's users stop
+    before any call, and the master quits with the worker's one line and exit status 2."""
+    master_dir, worker_dir = tmp_path / "master", tmp_path / "worker"
+    shutil.copytree(PROTOS, master_dir / "protos")
+    worker_dir.mkdir()
+    for d in (master_dir, worker_dir):
+        (d / "locustfile.py").write_text(LOCUSTFILE)
+    rc, workers = run_master_and_workers(master_dir, standin.target, [
+        "--callstate-method", CHARGE, "--callstate-proto", "protos/shop/v1/shop.proto",
+        "--callstate-proto-path", "protos"], workers=1, worker_dir=worker_dir)
+    master_out, worker_out = (master_dir / "master.out").read_text(), (master_dir / "worker0.out").read_text()
+    assert rc == 2 and workers == [2], master_out[-3000:] + worker_out[-3000:]
+    assert re.search(r"ERROR/callstate.locust: callstate: worker \S+: CallstateUser: protos/shop/v1/shop.proto: "
+                     r"no such .proto file$", master_out, re.M), master_out[-3000:]
+    assert "Traceback" not in master_out + worker_out
+    assert not list(worker_dir.glob("callstate-client-*.jsonl")) or not any(
+        read_entries(p) for p in worker_dir.glob("callstate-client-*.jsonl"))   # no call made

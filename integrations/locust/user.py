@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Sequence
 
 from gevent import GreenletExit
 from locust import User, constant, events, task
-from locust.exception import StopTest
+from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
@@ -35,7 +36,7 @@ from callstate.scenario import parse_cancel_poll
 from callstate.client.any_method import shape
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
 from callstate.v1 import callstate_pb2 as pb
-from callstate.locust import method as any_method
+from callstate.locust import failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
 from callstate.locust.process import REQUEST_TYPE, ProcessState
 from callstate.schema.drive import DriveError
@@ -94,10 +95,12 @@ class CallstateUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
+        self.client: Client | None = None
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
-            raise StopTest(f"callstate: {type(self).__name__}: {exc}") from None
+            failures.user_failed(environment, f"{type(self).__name__}: {exc}")
+            return   # and its task stops it
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
@@ -111,12 +114,12 @@ class CallstateUser(User):
         self.process.watch(self.client.target)
 
     @classmethod
-    def configure(cls, parsed_options: Any, host: str | None = None
+    def configure(cls, parsed_options: Any, host: str | None = None, *, method: bool = True
                   ) -> tuple[dict[str, Any], Scenario, any_method.MethodRun | None]:
         """The class attributes, overridden by the --callstate-* options, the scenario they make
         and the user's own method if one is named (its schema read once per process, from
-        `host`'s reflection if no other is given); ValueError naming the bad setting
-        (OptionError when the options typed are the cause)."""
+        `host`'s reflection if no other is given; `method=False`: not looked at); ValueError
+        naming the bad setting (OptionError when the options typed are the cause)."""
         settings = {name: getattr(cls, name) for name in SETTINGS}
         typed = overrides(parsed_options)
         settings.update(typed)
@@ -133,7 +136,7 @@ class CallstateUser(User):
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
-        run = cls._method_run(settings, typed, host)
+        run = cls._method_run(settings, typed, host) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
@@ -166,10 +169,13 @@ class CallstateUser(User):
         return run
 
     def on_stop(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     @task
     def scripted_call(self) -> None:
+        if self.client is None:
+            raise StopUser()   # its settings failed on this machine (failures.py)
         plan = self.scenario.plan(self.rng)
         if plan.pipe is not None:
             return self._pipe_call(plan)
@@ -269,7 +275,10 @@ def _check_settings(environment: Any, **_: Any) -> None:
     for user_class in environment.user_classes or ():
         if issubclass(user_class, CallstateUser):
             try:
-                user_class.configure(environment.parsed_options, environment.host)
+                # a worker learns the host and the options typed on its master only when told to
+                # spawn, and the master has checked them: its method is read at its first user
+                user_class.configure(environment.parsed_options, environment.host,
+                                     method=not isinstance(environment.runner, WorkerRunner))
             except OptionError as exc:
                 usage_error(str(exc))
             except (TypeError, ValueError) as exc:
