@@ -216,3 +216,39 @@ def test_a_worker_that_cannot_read_the_schema_ends_the_run_with_its_line(standin
     assert "Traceback" not in master_out + worker_out
     assert not list(worker_dir.glob("callstate-client-*.jsonl")) or not any(
         read_entries(p) for p in worker_dir.glob("callstate-client-*.jsonl"))   # no call made
+
+
+def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
+    """Against a plain grpc server of shop.v1 (code grpcio-tools generated; not callstate), as
+    docs/locust.md says: the requests given reach it with the script header it ignores, the
+    plans of `mix complete=100` expect what it answers, cancels end calls 1818, only the client
+    side is logged and `check --allow-one-side` judges it; no cancel propagation is measured."""
+    from callstate.script_header import SCRIPT_HEADER
+    from tests.test_drive import ShopServer
+
+    (tmp_path / "gen").mkdir()
+    shop = ShopServer(tmp_path / "gen")
+    try:
+        (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "3", "-r", "3", "-t", "3s",
+                              "--stop-timeout", "5", "--host", shop.target, "--json-file", "run",
+                              "--callstate-method", CHARGE, "--callstate-data", '{"order_id": "o-2"}',
+                              "--callstate-mix", "complete=100", "--callstate-cancel", "abortive=30,non-abortive=20",
+                              "--callstate-cancel-at", "before-start,after-start,random:0.005"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        client = read_entries(tmp_path / "callstate-client-local.jsonl")
+        rows = stats_rows(tmp_path / "run.json")
+        code_rows = {name: row for name, row in rows.items() if name != PROPAGATION}
+        assert {name: row["num_requests"] for name, row in code_rows.items()} == dict(named_by_code(client, CHARGE))
+        assert {f"{CHARGE} 0 RPC_S_OK", f"{CHARGE} 1818 RPC_S_CALL_CANCELLED"} <= set(code_rows), code_rows
+        assert all(row["num_failures"] == 0 for row in rows.values())
+        assert rows.get(PROPAGATION, {"num_requests": 0})["num_requests"] == 0
+        ids = {e["call_id"] for e in client}
+        reached = {call_id: md for call_id, md in shop.headers.items() if call_id in ids}
+        assert len(reached) > 10 and all(SCRIPT_HEADER in md for md in reached.values())
+        assert set(shop.orders) == {"o-2"}
+    finally:
+        shop.stop()
+    checked = cli("check", "--allow-one-side", str(tmp_path / "callstate-client-local.jsonl"), timeout=120)
+    assert checked.returncode == 0 and "one-sided" in checked.stdout, checked.stdout + checked.stderr
