@@ -122,12 +122,14 @@ def json_object(text: str) -> str:
 
 
 def readable_file(text: str) -> str:
-    """A file that can be read now."""
+    """A regular file that is there now (not a FIFO or a device, whose reading may never end)."""
+    from callstate.files import check_regular_file
+
     try:
-        with open(text, "rb"):
-            return text
+        check_regular_file(text, "file")
     except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{text}: cannot read it ({exc.strerror or exc})") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def directory(text: str) -> str:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -175,7 +176,7 @@ def test_a_streaming_method_runs_as_pipes_of_its_shape(standin: ServerProcess, t
     (["--callstate-method", "shop.v1.Shop/Refund"],
      "error: --callstate-method shop.v1.Shop/Refund: unknown method 'shop.v1.Shop/Refund'; the schema has: "),
     (["--callstate-method", CHARGE, "--callstate-proto", "missing.proto"],
-     "error: argument --callstate-proto: missing.proto: cannot read it (No such file or directory)"),
+     "error: argument --callstate-proto: cannot read the file 'missing.proto': No such file or directory"),
     (["--callstate-method", CHARGE, "--callstate-data", "{order"], "error: argument --callstate-data: '{order' is not "
                                                                    "JSON"),
     (["--callstate-method", CHARGE, "--callstate-data", '{"order_id": 7}'],
@@ -220,7 +221,7 @@ def test_a_worker_that_cannot_read_the_schema_ends_the_run_with_its_line(standin
 
 def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
     """Against a plain grpc server of shop.v1 (code grpcio-tools generated; not callstate), as
-    docs/locust.md says: the requests given reach it with the script header it ignores, the
+    docs/locust.md says: the requests of --callstate-data-file reach it with the script header it ignores, the
     plans of `mix complete=100` expect what it answers, cancels end calls 1818, only the client
     side is logged and `check --allow-one-side` judges it; no cancel propagation is measured."""
     from callstate.script_header import SCRIPT_HEADER
@@ -230,9 +231,10 @@ def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
     shop = ShopServer(tmp_path / "gen")
     try:
         (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+        (tmp_path / "charges.jsonl").write_text('{"order_id": "o-2"}\n\n{"order_id": "o-3"}\n')
         run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "3", "-r", "3", "-t", "3s",
                               "--stop-timeout", "5", "--host", shop.target, "--json-file", "run",
-                              "--callstate-method", CHARGE, "--callstate-data", '{"order_id": "o-2"}',
+                              "--callstate-method", CHARGE, "--callstate-data-file", "charges.jsonl",
                               "--callstate-mix", "complete=100", "--callstate-cancel", "abortive=30,non-abortive=20",
                               "--callstate-cancel-at", "before-start,after-start,random:0.005"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -247,8 +249,33 @@ def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
         ids = {e["call_id"] for e in client}
         reached = {call_id: md for call_id, md in shop.headers.items() if call_id in ids}
         assert len(reached) > 10 and all(SCRIPT_HEADER in md for md in reached.values())
-        assert set(shop.orders) == {"o-2"}
+        assert set(shop.orders) == {"o-2", "o-3"}   # the file's requests, in turn
     finally:
         shop.stop()
     checked = cli("check", "--allow-one-side", str(tmp_path / "callstate-client-local.jsonl"), timeout=120)
     assert checked.returncode == 0 and "one-sided" in checked.stdout, checked.stdout + checked.stderr
+
+
+READ_TWICE = """
+import sys
+import callstate.locust.method as any_method
+import callstate.schema.drive as drive
+
+reads = []
+real = drive.from_reflection
+drive.from_reflection = lambda target, **kw: reads.append(target) or real(target, **kw)
+settings = dict(method=sys.argv[2], data='{"order_id": "o-1"}', data_file="", proto=(), proto_path=(),
+                descriptor_set="")
+runs = [any_method.resolve(any_method.options_of(settings), sys.argv[1], str) for _ in range(3)]
+assert runs[0] is runs[1] is runs[2], runs
+print(len(reads), runs[0].method.name, [type(runs[0].next_request()).__name__ for _ in range(2)])
+"""
+
+
+def test_the_schema_is_read_from_reflection_once_per_process(standin: ServerProcess, tmp_path: Path) -> None:
+    """Every user of a process shares one method run: the stand-in's reflection is read once.
+    (A process of its own: importing callstate.locust patches the standard library for gevent.)"""
+    done = subprocess.run([sys.executable, "-c", READ_TWICE, standin.target, CHARGE], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split(None, 2)[:2] == ["1", CHARGE] and "ChargeRequest" in done.stdout, done.stdout
