@@ -95,12 +95,13 @@ class CallstateUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.client: Client | None = None
+        self.failed = False   # its settings fail on this machine: it stops before any call
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
-            return   # and its task stops it
+            self.failed = True
+            return
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
@@ -169,13 +170,13 @@ class CallstateUser(User):
         return run
 
     def on_stop(self) -> None:
-        if self.client is not None:
+        if not self.failed:
             self.client.close()
 
     @task
     def scripted_call(self) -> None:
-        if self.client is None:
-            raise StopUser()   # its settings failed on this machine (failures.py)
+        if self.failed:
+            raise StopUser()   # failures.py has told the master
         plan = self.scenario.plan(self.rng)
         if plan.pipe is not None:
             return self._pipe_call(plan)
