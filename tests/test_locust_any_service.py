@@ -212,8 +212,9 @@ def test_a_worker_that_cannot_read_the_schema_ends_the_run_with_its_line(standin
         "--callstate-proto-path", "protos"], workers=1, worker_dir=worker_dir)
     master_out, worker_out = (master_dir / "master.out").read_text(), (master_dir / "worker0.out").read_text()
     assert rc == 2 and workers == [2], master_out[-3000:] + worker_out[-3000:]
-    assert re.search(r"ERROR/callstate.locust: callstate: worker \S+: CallstateUser: protos/shop/v1/shop.proto: "
-                     r"no such .proto file$", master_out, re.M), master_out[-3000:]
+    assert re.search(r"ERROR/callstate.locust: callstate: worker \S+: CallstateUser: --callstate-method "
+                     r"shop.v1.Shop/Charge: protos/shop/v1/shop.proto: no such .proto file$", master_out, re.M), \
+        master_out[-3000:]
     assert "Traceback" not in master_out + worker_out
     assert not list(worker_dir.glob("callstate-client-*.jsonl")) or not any(
         read_entries(p) for p in worker_dir.glob("callstate-client-*.jsonl"))   # no call made

@@ -161,9 +161,9 @@ class CallstateUser(User):
         try:
             run = any_method.resolve(options, _target(host or cls.host), flag)
         except DriveError as exc:
-            why = str(exc)
-            raise error(why if why.startswith(("--callstate-", *any_method.SETTINGS)) else
-                        f"{flag('method')} {options.method}: {why}") from None
+            why, first = str(exc), str(exc).split(" ", 1)[0].rstrip(":")
+            named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
+            raise error(why if named else f"{flag('method')} {options.method}: {why}") from None
         if run is not None and _as("pipes", settings["pipes"], parse_pipe_shares):
             raise error(f"{flag('pipes')}: the calls on {run.method.name} are {shape(run.method.kind)}: "
                         "the method's shape decides")
