@@ -222,7 +222,7 @@ def test_a_worker_that_cannot_read_the_schema_ends_the_run_with_its_line(standin
 
 def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
     """Against a plain grpc server of shop.v1 (code grpcio-tools generated; not callstate), as
-    docs/locust.md says: the requests of --callstate-data-file reach it with the script header it ignores, the
+    docs/locust.md says, its schema a descriptor set: the requests of --callstate-data-file reach it with the script header it ignores, the
     plans of `mix complete=100` expect what it answers, cancels end calls 1818, only the client
     side is logged and `check --allow-one-side` judges it; no cancel propagation is measured."""
     from callstate.script_header import SCRIPT_HEADER
@@ -233,9 +233,12 @@ def test_a_real_service_is_driven_one_sided(tmp_path: Path) -> None:
     try:
         (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
         (tmp_path / "charges.jsonl").write_text('{"order_id": "o-2"}\n\n{"order_id": "o-3"}\n')
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", "--include_imports",
+                        f"--descriptor_set_out={tmp_path / 'shop.desc'}", str(SHOP)], check=True, timeout=60)
         run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "3", "-r", "3", "-t", "3s",
                               "--stop-timeout", "5", "--host", shop.target, "--json-file", "run",
                               "--callstate-method", CHARGE, "--callstate-data-file", "charges.jsonl",
+                              "--callstate-descriptor-set", "shop.desc",
                               "--callstate-mix", "complete=100", "--callstate-cancel", "abortive=30,non-abortive=20",
                               "--callstate-cancel-at", "before-start,after-start,random:0.005"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -266,7 +269,7 @@ reads = []
 real = drive.from_reflection
 drive.from_reflection = lambda target, **kw: reads.append(target) or real(target, **kw)
 settings = dict(method=sys.argv[2], data='{"order_id": "o-1"}', data_file="", proto=(), proto_path=(),
-                descriptor_set="")
+                descriptor_set=sys.argv[3])
 runs = [any_method.resolve(any_method.options_of(settings), sys.argv[1], str) for _ in range(3)]
 assert runs[0] is runs[1] is runs[2], runs
 print(len(reads), runs[0].method.name, [type(runs[0].next_request()).__name__ for _ in range(2)])
@@ -274,9 +277,13 @@ print(len(reads), runs[0].method.name, [type(runs[0].next_request()).__name__ fo
 
 
 def test_the_schema_is_read_from_reflection_once_per_process(standin: ServerProcess, tmp_path: Path) -> None:
-    """Every user of a process shares one method run: the stand-in's reflection is read once.
-    (A process of its own: importing callstate.locust patches the standard library for gevent.)"""
-    done = subprocess.run([sys.executable, "-c", READ_TWICE, standin.target, CHARGE], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split(None, 2)[:2] == ["1", CHARGE] and "ChargeRequest" in done.stdout, done.stdout
+    """Every user of a process shares one method run: the stand-in's reflection is read once,
+    and not at all with a descriptor set. (A process of its own: importing callstate.locust
+    patches the standard library for gevent.)"""
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", "--include_imports",
+                    f"--descriptor_set_out={tmp_path / 'shop.desc'}", str(SHOP)], check=True, timeout=60)
+    for descriptor_set, reads in (("", "1"), ("shop.desc", "0")):
+        done = subprocess.run([sys.executable, "-c", READ_TWICE, standin.target, CHARGE, descriptor_set],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split(None, 2)[:2] == [reads, CHARGE] and "ChargeRequest" in done.stdout, done.stdout
