@@ -11,14 +11,18 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+import grpc
 import pytest
 
 from callstate import codes
-from callstate.lifecycle import CAN, CLIENT, ENTER, PIPE_BOTH, SERVER, UNARY, kind_of_initial_move
+from callstate.lifecycle import CAN, CLIENT, D, ENTER, PIPE_BOTH, SERVER, UNARY, kind_of_initial_move
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, read_entries, start_server
 from tests.documentation import blocks, section
 from tests.test_drive import CHARGE, CHAT, PROTOS, SHOP
@@ -80,16 +84,20 @@ def named_by_code(entries: list[dict[str, Any]], prefix: str) -> Counter[str]:
 
 
 def server_entries_of(standin: ServerProcess, ids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The stand-in's entries of these calls, once each has ended there (the server logs a call's
-    End after the client saw its status); bounded in time."""
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = [e for e in read_entries(standin.log) if e["call_id"] in ids]
-        ended = {e["call_id"] for e in finals(entries)}
-        if ended >= ids or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.05)
+    """The stand-in's entries of these calls once it has none in flight and has logged the End of
+    each it saw (a call cancelled before it left never reaches it); bounded in time."""
+    channel = grpc.insecure_channel(standin.target)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [e for e in read_entries(standin.log) if e["call_id"] in ids]
+            seen, ended = {e["call_id"] for e in entries}, {e["call_id"] for e in finals(entries)}
+            idle = pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=5).in_flight == 0
+            if (idle and seen == ended) or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
+    finally:
+        channel.close()
 
 
 def docs_locustfile() -> str:
@@ -129,7 +137,7 @@ def test_master_and_workers_load_a_user_method_and_check_passes(standin: ServerP
     assert server and {e["side"] for e in server} == {SERVER}
     assert {e.get("method") for e in server} == {CHARGE}
     assert {e.get("rule") for e in server} == {RULE["name"]}   # --callstate-data was the request sent
-    assert {kind_of_initial_move(e["move"]) for e in server if e["state"] == "D" and e["event"] == ENTER} == {UNARY}
+    assert {kind_of_initial_move(e["move"]) for e in server if e["state"] == D and e["event"] == ENTER} == {UNARY}
     assert Counter(e["code"] for e in finals(server))[5001] > 0
     server_ids = {e["call_id"] for e in server}
     assert server_ids == {e["call_id"] for e in finals(server)}
