@@ -191,7 +191,7 @@ def test_a_streaming_method_runs_as_pipes_of_its_shape(standin: ServerProcess, t
      "error: --callstate-data: shop.v1.ChargeRequest: Failed to parse order_id field"),
     (["--callstate-data", "{}"], "error: --callstate-data needs --callstate-method"),
     (["--callstate-method", CHAT, "--callstate-pipes", "in=10"],
-     "error: --callstate-pipes: the calls on shop.v1.Shop/Chat are bidi-streaming: the method's shape decides"),
+     "error: --callstate-pipes: the calls on shop.v1.Shop/Chat are 'both' pipes: the method's shape decides"),
 ], ids=["syntax", "unknown", "proto", "json", "field", "no-method", "pipes"])
 def test_bad_method_options_are_one_line_and_exit_2(standin: ServerProcess, tmp_path: Path, options: list[str],
                                                     error: str) -> None:

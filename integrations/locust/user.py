@@ -33,7 +33,6 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.client.any_method import shape
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust import failures, method as any_method
@@ -165,7 +164,7 @@ class CallstateUser(User):
             named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
             raise error(why if named else f"{flag('method')} {options.method}: {why}") from None
         if run is not None and _as("pipes", settings["pipes"], parse_pipe_shares):
-            raise error(f"{flag('pipes')}: the calls on {run.method.name} are {shape(run.method.kind)}: "
+            raise error(f"{flag('pipes')}: the calls on {run.method.name} are {run.method.kind!r} pipes: "
                         "the method's shape decides")
         return run
 
