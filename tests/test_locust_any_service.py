@@ -192,7 +192,9 @@ def test_a_streaming_method_runs_as_pipes_of_its_shape(standin: ServerProcess, t
     (["--callstate-data", "{}"], "error: --callstate-data needs --callstate-method"),
     (["--callstate-method", CHAT, "--callstate-pipes", "in=10"],
      "error: --callstate-pipes: the calls on shop.v1.Shop/Chat are 'both' pipes: the method's shape decides"),
-], ids=["syntax", "unknown", "proto", "json", "field", "no-method", "pipes"])
+    (["--callstate-method", CHARGE, "--host", "127.0.0.1:1"],   # nobody listens on port 1
+     "error: --callstate-method shop.v1.Shop/Charge: reflection from 127.0.0.1:1: UNAVAILABLE"),
+], ids=["syntax", "unknown", "proto", "json", "field", "no-method", "pipes", "unreachable"])
 def test_bad_method_options_are_one_line_and_exit_2(standin: ServerProcess, tmp_path: Path, options: list[str],
                                                     error: str) -> None:
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
