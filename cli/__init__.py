@@ -118,4 +118,5 @@ class _DeferredInterrupt:
         import signal
 
         if self.changed:   # None: a handler not set from Python, which SIG_DFL stands for
-            signal.signal(signal.SIGINT, signal.SIG_DFL if self.previous is None else self.previous)  # type: ignore[arg-type]
+            previous = signal.SIG_DFL if self.previous is None else self.previous
+            signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]

@@ -21,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p = sub.add_parser("watch", help=COMMANDS["watch"].help,
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
-                                   "cancels), otherwise one line per entry. It says \"watching\" once every --target has "
-                                   "subscribed: a call made after that line is seen. Stop with Ctrl-C (exit 0; 130 "
-                                   "before every target has answered).")
+                                   "cancels), otherwise one line per entry. It says \"watching\" once every "
+                                   "--target has subscribed: a call made after that line is seen. Stop with Ctrl-C "
+                                   "(exit 0; 130 before every target has answered).")
     add_target(p, several=True)
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call); with one "

@@ -109,7 +109,8 @@ CASES += [(name, "protobuf loaded") for name in FIRST_POINT_ONLY]
 def test_ctrl_c_early_in_a_command_exits_without_a_traceback(quiet_server: ServerProcess, tmp_path: Path,
                                                               name: str, point: str) -> None:
     # the console script for check (it imports callstate.cli before main() runs), -m for the rest
-    entry = [str(CONSOLE_SCRIPT)] if name == "check" and CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "callstate"]
+    entry = ([str(CONSOLE_SCRIPT)] if name == "check" and CONSOLE_SCRIPT.exists()
+             else [sys.executable, "-m", "callstate"])
     stderr = tmp_path / "stderr"
     with open(stderr, "wb") as err_file:
         proc = subprocess.Popen([*entry, *command_line(name, quiet_server.target, quiet_server.log, tmp_path)],

@@ -204,10 +204,10 @@ def _run(opts: argparse.Namespace, provider: object) -> int:
 
 def _config(opts: argparse.Namespace, provider: object) -> LoadConfig:
     # --no-script: every plan completes as far as the client knows (it plans no hold to end)
-    scenario = Scenario(mix=Mix() if opts.no_script else opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at, on_cancel=opts.on_cancel,
-                        hold_for=opts.hold_for, escalate_after=opts.escalate_after, abort_code=opts.abort_code,
-                        pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at, pipe_messages=opts.pipe_messages,
-                        cancel_poll=opts.cancel_poll)
+    scenario = Scenario(mix=Mix() if opts.no_script else opts.mix, cancel=opts.cancel, cancel_at=opts.cancel_at,
+                        on_cancel=opts.on_cancel, hold_for=opts.hold_for, escalate_after=opts.escalate_after,
+                        abort_code=opts.abort_code, pipes=opts.pipes, pipe_cancel_at=opts.pipe_cancel_at,
+                        pipe_messages=opts.pipe_messages, cancel_poll=opts.cancel_poll)
     return LoadConfig(
         target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
         duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,

@@ -204,8 +204,8 @@ class LoadRun:
         if self._requests is None:
             call = client.prepare(self._script(plan), payload=payload)
         else:
-            call = client.prepare(None if self.cfg.no_script else self._script(plan), method=self.cfg.drive.method,
-                                  request=next(self._requests))
+            script = None if self.cfg.no_script else self._script(plan)
+            call = client.prepare(script, method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
         try:
             end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
