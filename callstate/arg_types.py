@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any, Callable
 
 from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_poll, parse_cancel_shares,
@@ -93,3 +94,45 @@ cancel_points: Callable[[str], tuple[CancelPoint, ...]] = _parsed(parse_cancel_p
 pipe_shares = _parsed(parse_pipe_shares)
 pipe_cancel_points = _parsed(parse_pipe_cancel_points)
 cancel_poll: Callable[[str], Any] = _parsed(parse_cancel_poll)   # `--cancel-poll 0=50,100=50`
+
+
+# -- a user's method (`--method`, Locust's `--callstate-method`): each value alone; whether the
+# method is in the schema and the request fits it is known once the schema is read (callstate.schema.drive)
+def method_name(text: str) -> str:
+    """pkg.Svc/Method (also /pkg.Svc/Method or pkg.Svc.Method, as grpcurl takes it)."""
+    from callstate.schema.model import normalise_method_name
+
+    service, _, method = normalise_method_name(text).partition("/")
+    if not service or not method or "/" in method:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a method name: expected pkg.Svc/Method")
+    return text
+
+
+def json_object(text: str) -> str:
+    """JSON text of an object (a request's fields, in its proto JSON form)."""
+    import orjson
+
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of the request's fields")
+    return text
+
+
+def readable_file(text: str) -> str:
+    """A regular file that is there now (not a FIFO or a device, whose reading may never end)."""
+    from callstate.files import check_regular_file
+
+    try:
+        check_regular_file(text, "file")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def directory(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return text

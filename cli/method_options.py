@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from google.protobuf.message import Message
+# what the options mean is shared with Locust's --callstate-method (integrations/locust): callstate.schema.drive
+from callstate.schema.drive import Drive, DriveError, MethodOptions
 
+if TYPE_CHECKING:
     from callstate.client.channel import ChannelSettings
-    from callstate.schema import Method
+
+__all__ = ["Drive", "DriveError", "LOAD_METHOD_EXAMPLES", "METHOD_EXAMPLES", "add_method_options", "drive_of",
+           "reply_text"]
 
 METHOD_EXAMPLES = """
 any service (--method: a method of the target's own proto; schema from its reflection, or --proto/--descriptor-set):
@@ -25,18 +27,6 @@ any service (--method; against a server that is not callstate only the client si
   callstate load --target HOST:PORT --method shop.v1.Shop/Charge --data-file charges.jsonl --calls 2000
   callstate load --method shop.v1.Shop/Track --proto shop.proto --cancel abortive=50 --pipe-cancel-at after-received:2
 """
-
-
-class DriveError(ValueError):
-    """Bad --method / --data / schema input: one line naming the option, file, line or field."""
-
-
-@dataclass(frozen=True)
-class Drive:
-    """The method a run drives and its requests (one per --data-file line, cycled by load)."""
-
-    method: "Method"
-    requests: "tuple[Message, ...]"
 
 
 def add_method_options(p: argparse.ArgumentParser, *, data_file_help: str) -> argparse._ArgumentGroup:
@@ -61,47 +51,9 @@ def add_method_options(p: argparse.ArgumentParser, *, data_file_help: str) -> ar
 
 def drive_of(opts: argparse.Namespace, settings: "ChannelSettings") -> Drive | None:
     """The method and requests the options name (None without --method); DriveError when bad."""
-    from callstate.schema import SchemaError, from_descriptor_set, from_protos, from_reflection
-
-    if opts.method is None:
-        stray = next((flag for flag, value in (("--data", opts.data), ("--data-file", opts.data_file),
-                                               ("--proto", opts.proto), ("--descriptor-set", opts.descriptor_set),
-                                               ("--proto-path", opts.proto_path)) if value), None)
-        if stray:
-            raise DriveError(f"{stray} needs --method")
-        return None
-    if opts.proto_path and not opts.proto:
-        raise DriveError("--proto-path goes with --proto")
-    try:
-        if opts.proto:
-            schema = from_protos(opts.proto, opts.proto_path or ())
-        elif opts.descriptor_set:
-            schema = from_descriptor_set(opts.descriptor_set)
-        else:
-            schema = from_reflection(opts.target, credentials=settings.credentials(), metadata=settings.metadata)
-        method = schema.method(opts.method)
-        return Drive(method, _requests(method, opts))
-    except SchemaError as exc:
-        reflected = not (opts.proto or opts.descriptor_set) and str(exc).startswith("reflection from")
-        raise DriveError(f"{exc}{' (or give the schema with --proto or --descriptor-set)' if reflected else ''}") from None
-
-
-def _requests(method: "Method", opts: argparse.Namespace) -> "tuple[Message, ...]":
-    from callstate.schema import message_from_json
-
-    if opts.data_file is None:
-        return (message_from_json(method.request, opts.data or "{}", where="--data"),)
-    try:
-        with open(opts.data_file, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise DriveError(f"--data-file {opts.data_file}: cannot read it ({why})") from None
-    requests = tuple(message_from_json(method.request, line, where=f"{opts.data_file}:{n}")
-                     for n, line in enumerate(lines, 1) if line.strip())
-    if not requests:
-        raise DriveError(f"--data-file {opts.data_file}: holds no request (one JSON request per line)")
-    return requests
+    options = MethodOptions(opts.method, opts.data, opts.data_file, opts.proto or (), opts.proto_path or (),
+                            opts.descriptor_set)
+    return options.drive(opts.target, credentials=settings.credentials(), metadata=settings.metadata)
 
 
 def reply_text(reply: Any, limit: int = 300) -> str:

@@ -1,7 +1,8 @@
 """callstate.client: drive calls through the caller's lifecycle, sync or asyncio.
 
-Both surfaces mirror each other name for name and share one lifecycle core
-(`client.call_core.CoreBase`: `CallCore`, `PipeCore`) and one error type (`CallError`); only waiting differs.
+Both surfaces mirror each other name for name; every call object of both is a `CallCore`
+(client/call_core.py: the call's lifecycle without I/O; pipes a `PipeCore`), with one error
+type (`CallError`); only sending and waiting differ.
 The modules in reading order, each calling only those below it: docs/client-design.md.
 """
 

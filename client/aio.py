@@ -22,9 +22,9 @@ from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
+from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
-from callstate.client.shared_surface import CallBase, ClientBase
 from callstate.errors import CallError, InvalidAsyncHandle
 from callstate.lifecycle import C, WCOMP
 from callstate.script import Script
@@ -50,14 +50,15 @@ class AsyncCompletionQueue:
         return self._queue.qsize()
 
 
-class AsyncCall(CallBase):
-    """One call on the caller's side, driven on the event loop: its verbs call down into its
-    core (`CallCore`), the client's bookkeeping and grpc.aio."""
+class AsyncCall(CallCore):
+    """One call on the caller's side, driven on the event loop: a `CallCore` (its lifecycle and
+    the verbs that need no I/O) that sends the call and awaits its outcome with grpc.aio."""
 
     _notice_type = AsyncNotice
 
     def __init__(self, client: "AsyncClient", request: "pb.CallRequest | MethodRequest") -> None:
-        super().__init__(client, CallCore(request.call_id, self, client.log, method_name(request)), request.cancel_key, client.timeout)
+        super().__init__(request.call_id, client.log, method_name=method_name(request), client=client,
+                         cancel_key=request.cancel_key, timeout=client.timeout)
         self._request = request
         self._rpc: grpc.aio.UnaryUnaryCall | None = None
         self._driver: asyncio.Future[None] | None = None
@@ -69,13 +70,13 @@ class AsyncCall(CallBase):
         self._admit(check_request, self._request)
         rpc, message, extra = self._client._unary(self._request)
         self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
-        if self._core.has_callbacks:
+        if self.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
-        self._core.started()
+        self.started()
         return self
 
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
-        """RpcAsyncCancelCall (see CallBase.cancel)."""
+        """RpcAsyncCancelCall (see CallCore.cancel)."""
         super().cancel(abortive, timeout)
         if abortive:
             self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
@@ -84,11 +85,11 @@ class AsyncCall(CallBase):
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
         self._ensure_driver()
-        return self._core.status()
+        return super().status()
 
     def add_done_callback(self, callback: Callable[["AsyncCall"], None]) -> None:
         """Call `callback(call)` on the loop when the notification arrives."""
-        self._core.add_done_callback(callback)
+        super().add_done_callback(callback)
         self._ensure_driver()
 
     async def wait(self, timeout: float | None = None) -> bool:
@@ -110,7 +111,7 @@ class AsyncCall(CallBase):
         return self.result().__await__()
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
-        if self._core.notified:
+        if self.notified:
             return True
         if self._rpc is None:
             if self.state == C:
@@ -126,49 +127,49 @@ class AsyncCall(CallBase):
         except asyncio.TimeoutError:
             return False
         except asyncio.CancelledError:
-            if not self._core.lifecycle.ended:
-                if not self._core.outcome_known and self.state == WCOMP:
+            if not self.lifecycle.ended:
+                if not self.outcome_known and self.state == WCOMP:
                     self.cancel(abortive=True)
                 if complete_if_cancelled:
-                    self._core.add_done_callback(AsyncCall._complete_quietly)
+                    super().add_done_callback(AsyncCall._complete_quietly)
             raise
-        return self._core.notified
+        return self.notified
 
     # -- driving the gRPC call --------------------------------------------------------------
     def _ensure_driver(self) -> None:
-        if self._driver is None and self._rpc is not None and not self._core.outcome_known:
+        if self._driver is None and self._rpc is not None and not self.outcome_known:
             self._driver = asyncio.ensure_future(self._drive())
 
     async def _drive(self) -> None:
         rpc = self._rpc
-        if rpc is None or self._core.outcome_known:
+        if rpc is None or self.outcome_known:
             return
         try:
             reply = await rpc
         except grpc.aio.AioRpcError as err:
             self._notify(None, *codes.client_outcome(err.code(), err.trailing_metadata(),
                                                      self._client.settings.explain(err.code(), err.details()),
-                                                     abortive_cancel=self._core.abortive_cancel))
+                                                     abortive_cancel=self.abortive_cancel))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             own = task is not None and task.cancelling() > 0
             if task is not self._driver and own:
                 raise   # the caller's awaiting task is being cancelled: _wait() makes it an abortive cancel
-            if not own and not self._client.closed and not self._core.outcome_known and not self._core.abortive_cancel:
+            if not own and not self._client.closed and not self.outcome_known and not self.abortive_cancel:
                 # Another task awaiting this call was cancelled: grpc.aio cancels the RPC for
                 # every awaiter, and this one (a pending wait(), say) woke first. That cancel is
                 # the caller's abortive cancel (Can, then 1818), not the client going away.
-                self._core.cancel(abortive=True, sent=True)
+                self._cancel_moves(abortive=True, sent=True)
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
             self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
-                                                     abortive_cancel=self._core.abortive_cancel))
+                                                     abortive_cancel=self.abortive_cancel))
         else:
             self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         self._stop_escalation()
-        self._core.notify(code, reply, status, details)
+        self.notify(code, reply, status, details)
 
 
 class AsyncClient(ClientBase):

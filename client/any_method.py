@@ -10,7 +10,7 @@ Only three things differ from `callstate.v1.Emulator`'s own calls, and they live
 
 The cancel notice is the same `callstate.v1.Emulator/Cancel` with the call id and key: a
 callstate stand-in serving the user's proto answers it; a server that is not callstate answers
-UNIMPLEMENTED, and the cancel then escalates to abortive at once (shared_surface.py).
+UNIMPLEMENTED, and the cancel then escalates to abortive at once (notice.py).
 """
 
 from __future__ import annotations

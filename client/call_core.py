@@ -1,16 +1,19 @@
-"""The caller's side of one call, without I/O: shared by the sync and asyncio clients.
+"""One call on the caller's side, without I/O: the base of every call object of both surfaces.
 
-`CoreBase` applies one client table, records every state entered, holds the notification
-(the call's final code and reply) and its callbacks, and answers complete()/status() by
-the MS-RPC rules; `CallCore` is it for unary calls (C, Can, WComp, Comp, End) and
-`PipeCore` (pipe_core.py) for pipes:
+`CallCore` is the call itself, not a record beside it: `AsyncCall` and `Call` (aio.py,
+sync.py) and the pipes (`PipeCore` in pipe_core.py, then pipe_aio.py and pipe_sync.py) are
+`CallCore`s that add only their I/O (sending, waiting, reading the outcome). It applies one
+client table, records every state entered, holds the notification (the call's final code and
+reply) and its callbacks, and answers complete()/status() by the MS-RPC rules:
 
 * complete() before the notification: 997 RPC_S_ASYNC_CALL_PENDING, no state change;
 * the first complete() after it is final (WComp -> Comp -> End);
 * complete() or cancel() after that: 1914 RPC_S_INVALID_ASYNC_HANDLE;
 * status() polls: 997 until notified, then the final code, without consuming it.
 
-Only how the adapters wait differs (threads vs. the event loop).
+What needs I/O is given to it as data, never a method it calls up into: the gRPC call once
+sent (`_rpc`, which an abortive cancel cancels) and the surface's notice type (`_notice_type`,
+which sends a non-abortive cancel's notice: notice.py).
 """
 
 from __future__ import annotations
@@ -22,43 +25,43 @@ from typing import Any, Callable, Mapping
 
 from callstate import codes
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
-from callstate.lifecycle import (CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
+from callstate.lifecycle import (C, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
                                  START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
+from callstate.script import RequestError
 from callstate.statelog import Entry
 from callstate.logfile import StateLog
-
 
 _LOG = logging.getLogger("callstate.client")
 _CANCELLED = codes.grpc_status_name_for(codes.RPC_S_CALL_CANCELLED)
 
-# what cancel() tells its adapter to do: cancel the RPC or send the notice; nothing, the call
-# never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in
+# What a cancel's moves tell the surface to do: cancel the RPC or send the notice; nothing, the
+# call never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in.
 ACT, UNSENT, DONE = "act", "unsent", "done"
 
 
-class CoreBase:
-    """One client table's bookkeeping; subclasses name the table (`kind`) and when the
-    notification may reach the caller (`_notifiable`)."""
+class CallCore:
+    """One call's lifecycle, notification and the caller's verbs that need no I/O.
 
-    __slots__ = ("call_id", "owner", "lifecycle", "notified", "code", "reply", "grpc_status", "details",
-                 "abortive_cancel", "_arrived", "_log", "_lock", "_callbacks", "t_start", "after_callbacks",
-                 "completed_for_caller", "sent", "received", "method")
+    `client` is the client's bookkeeping the call joins (whether it is closed, its live calls:
+    client_base.py); None for a core driven alone (tests)."""
 
     # What differs on a pipe is data, not methods the base would call up into: when the
     # notification may reach the caller, and the move the outcome's arrival itself makes
     # in a state (a pipe's status in Pull is the end of the server's pipe too).
     _notifiable = staticmethod(notifiable)
     _arrival_moves: Mapping[str, str] = {}
+    _notice_type: Any                      # each surface's NoticeBase: AsyncNotice (notice_aio.py), ThreadNotice (notice_sync.py)
+    _notice: Any = None                    # its notice (notice.py), made by the first non-abortive cancel
+    _rpc: Any = None                       # the gRPC call once sent (grpc.aio's call, or grpc's future)
 
-    def __init__(self, call_id: str, owner: Any, log: StateLog | None, kind: str = UNARY,
-                 method: str | None = None) -> None:
+    def __init__(self, call_id: str, log: StateLog | None, kind: str = UNARY, method_name: str | None = None, *,
+                 client: Any = None, cancel_key: str = "", timeout: float | None = None) -> None:
         self.call_id = call_id
-        self.method = method               # a user's method ("pkg.Svc/Method"): each entry names it
-        self.owner = owner                 # the public call object handed to callbacks
+        self.method_name = method_name     # a user's method ("pkg.Svc/Method"): each entry names it
         self.lifecycle = Lifecycle(CLIENT, kind=kind)
         self.notified = False              # the notification reached the caller
         self._arrived = False              # the outcome is known (it may wait for a state that may complete)
-        self.code: int | None = None
+        self.code: int | None = None       # the final code once the outcome is in
         self.reply: Any = None
         self.grpc_status = ""
         self.details = ""
@@ -66,6 +69,9 @@ class CoreBase:
         self.sent: int | None = None       # messages pushed and pulled (pipes; None: a unary call)
         self.received: int | None = None
         self.completed_for_caller = False  # completed on the caller's behalf (client closed, awaiting task cancelled)
+        self._client = client
+        self._cancel_key = cancel_key      # repeated in the call's cancel notices: proof of ownership
+        self._timeout = timeout            # the call's gRPC deadline, in seconds (None: none)
         self._log = log if log is not None and log.enabled else None
         self._lock = threading.Lock()      # the sync surfaces notify from gRPC's threads
         self._callbacks: list[Callable[[Any], None]] = []
@@ -73,7 +79,38 @@ class CoreBase:
         self.t_start = time.time()
         if self._log is not None:
             self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
-                                   initial_move(CLIENT, kind), method=method))
+                                   initial_move(CLIENT, kind), method=method_name))
+
+    # -- what the caller reads ----------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.lifecycle.state
+
+    @property
+    def history(self) -> list[str]:
+        """The client states entered so far, e.g. ['C', 'WComp', 'Comp', 'End']."""
+        return list(self.lifecycle.history or ())
+
+    @property
+    def outcome_known(self) -> bool:
+        """The gRPC call has finished (the notification may still wait for the caller)."""
+        return self._arrived
+
+    @property
+    def has_callbacks(self) -> bool:
+        return bool(self._callbacks)
+
+    def done(self) -> bool:
+        """True once the call-complete notification has arrived."""
+        return self.notified
+
+    def status(self) -> int:
+        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        if self.lifecycle.ended:
+            return codes.RPC_S_INVALID_ASYNC_HANDLE
+        if not self.notified or self.code is None:
+            return codes.RPC_S_ASYNC_CALL_PENDING
+        return self.code
 
     # -- recording --------------------------------------------------------------------------
     def _move(self, move: str, code: int | None = None, grpc_status: str | None = None,
@@ -85,26 +122,37 @@ class CoreBase:
                 detail: str | None = None, cancel: str | None = None) -> None:
         if self._log is not None:
             self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
-                                   grpc_status, detail, cancel, self.sent, self.received, method=self.method))
+                                   grpc_status, detail, cancel, self.sent, self.received, method=self.method_name))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
         if self._log is not None and not self.lifecycle.ended:
             s = self.lifecycle.state
             self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail,
-                                   method=self.method))
+                                   method=self.method_name))
 
-    @property
-    def state(self) -> str:
-        return self.lifecycle.state
+    def event(self, name: str, detail: str | None = None) -> None:
+        with self._lock:
+            self._event(name, detail)
 
-    @property
-    def history(self) -> list[str]:
-        return list(self.lifecycle.history or ())
-
-    # -- the caller's moves -----------------------------------------------------------------
+    # -- starting -----------------------------------------------------------------------------
     # The outcome of the gRPC call can arrive on another thread while the caller is still in
     # C (before `started()`): it is held until the caller enters a state that may complete.
+
+    def _admit(self, check: Callable[..., None], *subject: Any) -> None:
+        """What `start()` checks before the call goes out: in C, the client open, and
+        `check(*subject)` (the server's own checks, so a refused call never goes out). Refused:
+        CallError (C -> End, nothing to complete); admitted: the client counts the call live
+        until it is completed."""
+        if self.lifecycle.state != C:
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
+        if self._client.closed:
+            raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
+        try:
+            check(*subject)
+        except RequestError as exc:
+            raise self.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
+        self._client._live.add(self)
 
     def _on_arrival(self) -> None:
         """(Under the lock.) The move the outcome's arrival itself makes (pipes: the null pull)."""
@@ -126,9 +174,22 @@ class CoreBase:
             self._move(START_FAILED, code, None, details)
         return CallError(code, self.call_id, details=details)
 
-    def cancel(self, abortive: bool, sent: bool) -> str:
+    # -- cancelling ---------------------------------------------------------------------------
+    def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
+        """RpcAsyncCancelCall. Abortive: a gRPC cancel (RST_STREAM); the notification is rushed.
+        Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
+        `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
+        still be waited for and completed. After the final complete: 1914."""
+        if self._cancel_moves(abortive, self._rpc is not None) != ACT:
+            return
+        if abortive:
+            self._rpc.cancel()
+        else:
+            self._notice_type.of(self).send(timeout)
+
+    def _cancel_moves(self, abortive: bool, sent: bool) -> str:
         """RpcAsyncCancelCall's moves, -> Can -> WComp, under one lock hold so no other thread
-        ever sees the call in Can. Returns what the adapter must do: ACT, UNSENT or DONE."""
+        ever sees the call in Can. Returns what the surface must do: ACT, UNSENT or DONE."""
         with self._lock:
             if self.lifecycle.ended:  # not logged: nothing may follow End in the log
                 raise InvalidAsyncHandle(self.call_id, "cancel")
@@ -150,10 +211,12 @@ class CoreBase:
         self._run(callbacks)
         return action
 
-    def event(self, name: str, detail: str | None = None) -> None:
-        with self._lock:
-            self._event(name, detail)
+    def _stop_escalation(self) -> None:
+        """The outcome is in: an unanswered notice no longer needs escalating."""
+        if self._notice is not None:
+            self._notice.stop()
 
+    # -- the notification ---------------------------------------------------------------------
     def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "") -> bool:
         """The call-complete notification. Only the first counts; callbacks run after it."""
         with self._lock:
@@ -177,31 +240,38 @@ class CoreBase:
     def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True) -> None:
         for callback in callbacks:
             try:
-                callback(self.owner)
+                callback(self)
             except Exception:  # one failing callback must not starve the others (or the queue)
                 _LOG.exception("callstate: a done-callback of call %s raised", self.call_id)
         if notifying and self.notified and self.after_callbacks is not None:
             after, self.after_callbacks = self.after_callbacks, None
             after()
 
-    @property
-    def outcome_known(self) -> bool:
-        """The gRPC call has finished (the notification may still wait for the caller)."""
-        return self._arrived
-
-    @property
-    def has_callbacks(self) -> bool:
-        return bool(self._callbacks)
-
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call `callback(call)` when the notification arrives (at once if it has)."""
         with self._lock:
             if not self.notified:
                 self._callbacks.append(callback)
                 return
         self._run([callback], notifying=False)
 
+    def _subscribe(self, queue: Any, on_complete: Callable[[Any], None] | None) -> Any:
+        """`prepare()`'s notification styles: a completion queue and a callback (either may be None)."""
+        if queue is not None:
+            self.add_done_callback(queue.post)
+        if on_complete is not None:
+            self.add_done_callback(on_complete)
+        return self
+
+    # -- completing ---------------------------------------------------------------------------
     def complete(self) -> Any:
-        """RpcAsyncCompleteCall: the reply, or CallError with the final code."""
+        """RpcAsyncCompleteCall: the reply, or CallError (997 pending, 1914 after the final one)."""
+        try:
+            return self._complete()
+        finally:
+            self._release_if_ended()
+
+    def _complete(self) -> Any:
         with self._lock:
             if self.lifecycle.ended:
                 raise InvalidAsyncHandle(self.call_id, COMPLETE)
@@ -221,32 +291,29 @@ class CoreBase:
             raise CallError(code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply
 
-    def result(self) -> Any:
+    def _result_after_wait(self) -> Any:
         """What a wait-then-complete (`result()`) gives once notified: complete() — or, when the
         call was already completed on the caller's behalf, that completion's outcome rather than 1914."""
         try:
-            return self.complete()
+            return self._complete()
         except InvalidAsyncHandle:
             # completed on our behalf, perhaps by close() on another thread a moment ago
             if not self.completed_for_caller or self.code is None:
                 raise
+        finally:
+            self._release_if_ended()
         if self.code != codes.RPC_S_OK:
             raise CallError(self.code, self.call_id, grpc_status=self.grpc_status, details=self.details)
         return self.reply
 
-    def status(self) -> int:
-        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
-        if self.lifecycle.ended:
-            return codes.RPC_S_INVALID_ASYNC_HANDLE
-        if not self.notified or self.code is None:
-            return codes.RPC_S_ASYNC_CALL_PENDING
-        return self.code
+    def _complete_quietly(self) -> None:
+        """Complete on the caller's behalf (its final code is in the log)."""
+        self.completed_for_caller = True
+        try:
+            self.complete()
+        except CallError:
+            pass
 
-
-class CallCore(CoreBase):
-    """A unary call: the notification reaches the caller only in WComp (`notifiable`)."""
-
-    __slots__ = ()
-
-    def __init__(self, call_id: str, owner: Any, log: StateLog | None, method: str | None = None) -> None:
-        super().__init__(call_id, owner, log, method=method)
+    def _release_if_ended(self) -> None:
+        if self._client is not None and self.lifecycle.ended:   # no longer the client's to end at close()
+            self._client._live.discard(self)

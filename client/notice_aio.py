@@ -1,13 +1,13 @@
 """A non-abortive cancel's notice on the event loop (`AsyncCall`, `AsyncPipe`): the
 `Emulator/Cancel` RPC, and the timer that escalates the cancel to abortive when it goes
-unanswered. What becomes of the notice is `NoticeBase`'s (shared_surface.py)."""
+unanswered. What becomes of the notice is `NoticeBase`'s (notice.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import grpc
 
-from callstate.client.shared_surface import NoticeBase
+from callstate.client.notice import NoticeBase
 
 
 class AsyncNotice(NoticeBase):

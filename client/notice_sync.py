@@ -1,13 +1,13 @@
 """A non-abortive cancel's notice on gRPC's and timer threads (`Call`, `Pipe`): the
 `Emulator/Cancel` RPC as a future, and the timer that escalates the cancel to abortive when it
-goes unanswered. What becomes of the notice is `NoticeBase`'s (shared_surface.py)."""
+goes unanswered. What becomes of the notice is `NoticeBase`'s (notice.py)."""
 
 from __future__ import annotations
 
 import threading
 import grpc
 
-from callstate.client.shared_surface import NoticeBase
+from callstate.client.notice import NoticeBase
 
 
 class ThreadNotice(NoticeBase):

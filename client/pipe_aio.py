@@ -72,8 +72,8 @@ class AsyncPipe(PipeBase):
         """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
         both, after the caller has pulled the server's messages: the status follows them, and
         like `wait()` this pulls them). At once when it has."""
-        self._core.add_done_callback(callback)
-        if self._rpc is not None and not self._core.notified:
+        super().add_done_callback(callback)
+        if self._rpc is not None and not self.notified:
             self._start_drainer()
 
     # -- the caller's moves ------------------------------------------------------------------------
@@ -87,9 +87,9 @@ class AsyncPipe(PipeBase):
         else:
             self._rpc = open_rpc(metadata=metadata, timeout=self._timeout)
         self._driver = asyncio.ensure_future(self._drive())
-        if self._core.has_callbacks:
+        if self.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
-        self._core.started()
+        self.started()
         return self
 
     # -- the pipe ------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ class AsyncPipe(PipeBase):
         """Wait for the server's initial metadata (logged once as the `headers` event)."""
         self._need_rpc("headers")
         md = await self._rpc.initial_metadata()
-        self._core.headers()
+        self.headers_arrived()
         return tuple(md or ())
 
     async def push(self, payload: Any = b"") -> None:
@@ -167,13 +167,13 @@ class AsyncPipe(PipeBase):
         """Until the call-complete notification can be delivered (the caller may complete); False
         on timeout. The server's unread messages (out pipe, both) are pulled and counted on the
         way, since its status follows them; a timeout leaves the call as it was."""
-        if self._core.notified:
+        if self.notified:
             return True
         self._need_rpc("wait")
         assert self._driver is not None
         self._start_drainer()
         await asyncio.wait((self._driver,), timeout=timeout)   # never cancels the driver or a read
-        return self._core.notified
+        return self.notified
 
     def _start_drainer(self) -> None:
         if self.kind != PIPE_IN and self._drainer is None:
@@ -202,7 +202,7 @@ class AsyncPipe(PipeBase):
         return self.result().__await__()
 
     async def _drive(self) -> None:
-        rpc, core = self._rpc, self._core
+        rpc, core = self._rpc, self
         reply = None
         try:
             if self.kind == PIPE_IN:

@@ -1,6 +1,6 @@
 """The caller's side of one pipe call, without I/O: shared by the sync and asyncio pipes.
 
-`PipeCore` is the unary `CoreBase` on the client pipe table of its kind (C, Push, Pull, Can,
+`PipeCore` is the unary `CallCore` on the client pipe table of its kind (C, Push, Pull, Can,
 WComp, Comp, End), counting the messages pushed and pulled (each push's send-complete and
 each pull's receive-complete notification is a self-loop, logged only when asked), with the
 call-complete notification held until the caller is in a state that may complete:
@@ -10,7 +10,8 @@ call-complete notification held until the caller is in a state that may complete
 * Push, when the server ended the call while the caller was still pushing.
 
 Everything else (cancel, notify, complete: 997 before the notification, final once, 1914
-after) is the unary rules, in `CoreBase`.
+after) is the unary rules, in `CallCore`; `PipeBase` (pipe_surface.py) and the two pipes
+(pipe_aio.py, pipe_sync.py) are `PipeCore`s that add the I/O.
 
 The pipe rules a caller's push or pull must follow, each with its code (docs/model.md, "The
 pipe rules"): a push on a pipe the caller does not push, or a pull on one it does not pull, is
@@ -25,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from callstate import codes
-from callstate.client.call_core import ACT, DONE, UNSENT, CoreBase
+from callstate.client.call_core import ACT, DONE, UNSENT, CallCore
 from callstate.errors import CallError
 from callstate.lifecycle import (CLIENT, END, HEADERS, NULL_PULL, NULL_PUSH, PIPE_BREACH, PIPE_IN, PIPE_OUT, PULL, PUSH,
                                  RECEIVE_COMPLETE, SEND_COMPLETE, pipe_notifiable, table_for)
@@ -34,8 +35,7 @@ from callstate.logfile import StateLog
 __all__ = ["ACT", "DONE", "UNSENT", "PipeCore"]
 
 
-class PipeCore(CoreBase):
-    __slots__ = ("kind", "headers_seen", "log_messages", "pulled_end", "peer_null_pushed")
+class PipeCore(CallCore):
 
     _notifiable = staticmethod(pipe_notifiable)
     _arrival_moves = {PULL: NULL_PULL}   # the status is the end of the server's pipe too
@@ -43,18 +43,18 @@ class PipeCore(CoreBase):
     received: int
 
     def __init__(self, call_id: str, kind: str, log: StateLog | None, log_messages: bool = False,
-                 owner: Any = None, method: str | None = None) -> None:
+                 method_name: str | None = None, **call: Any) -> None:
         self.kind = kind
         self.headers_seen = False
         self.log_messages = log_messages
         self.pulled_end = False         # a pull returned the end of the server's pipe (its null pull)
         self.peer_null_pushed = False   # that end came as the server's own null-push message
-        super().__init__(call_id, owner, log, kind, method)
+        super().__init__(call_id, log, kind, method_name, **call)
         self.sent = self.received = 0   # logged with each entry after the first
 
     # -- the pipe's own moves ----------------------------------------------------------------------
-    def headers(self) -> None:
-        """The server's initial metadata arrived (once)."""
+    def headers_arrived(self) -> None:
+        """The server's initial metadata arrived (logged once as the `headers` event)."""
         with self._lock:
             if not self.headers_seen:
                 self.headers_seen = True

@@ -1,5 +1,5 @@
-"""What the sync and asyncio pipes share besides `PipeCore` and `CallBase`: how a pipe call is
-made (kind, script, metadata) and its counts; `AsyncPipe` and `Pipe` add their verbs with the I/O."""
+"""What the sync and asyncio pipes share beyond their `PipeCore`: how a pipe call is made (kind,
+script, metadata, messages); `AsyncPipe` and `Pipe` add their verbs with the I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from callstate import codes
 from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
 from callstate.client.pipe_core import PipeCore
-from callstate.client.shared_surface import CallBase
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.pipe_script import PipeScript, validate_pipe
@@ -38,8 +37,10 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"unknown pipe kind {kind!r}; expected one of {', '.join(PIPE_KINDS)}")
 
 
-class PipeBase(CallBase):
-    """A pipe call on either surface: its kind, script and counts over one `PipeCore`."""
+class PipeBase(PipeCore):
+    """A pipe call on either surface: a `PipeCore` with its script and how its messages are made.
+    `sent` and `received` count the messages pushed and pulled so far (their send-complete and
+    receive-complete notifications)."""
 
     def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None, *,
                  call_id: str | None = None, timeout: float | None = None, log_messages: bool = False,
@@ -51,25 +52,13 @@ class PipeBase(CallBase):
                 kind, script = None, kind   # pipe(PipeScript(...), method=...), as start(Script(...), method=...)
             kind = pipe_kind_of(self.method, kind)
         check_kind(kind)
-        core = PipeCore(call_id or new_call_id(), kind, client.log, log_messages, owner=self,
-                        method=self.method.name if self.method is not None else None)
-        super().__init__(client, core, new_cancel_key(), timeout if timeout is not None else client.timeout)
-        self.kind = kind
-        self._core: PipeCore = core
+        super().__init__(call_id or new_call_id(), kind, client.log, log_messages,
+                         self.method.name if self.method is not None else None, client=client,
+                         cancel_key=new_cancel_key(), timeout=timeout if timeout is not None else client.timeout)
         self._script = pipe_script_proto(script)
         self._rpc: Any = None
         # a user's method: the request an out pipe sends, and what push() sends when given nothing
         self.request = request_message(self.method, request) if self.method is not None else None
-
-    @property
-    def sent(self) -> int:
-        """Messages pushed so far (their send-complete notifications)."""
-        return self._core.sent
-
-    @property
-    def received(self) -> int:
-        """Messages pulled so far (their receive-complete notifications)."""
-        return self._core.received
 
     def _metadata(self) -> tuple[tuple[str, Any], ...]:
         """The call's metadata plus a pipe's own: its cancel key (a stream has no request message
@@ -116,4 +105,4 @@ class PipeBase(CallBase):
     def _need_rpc(self, what: str) -> PipeCore:
         if self._rpc is None:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() before start()")
-        return self._core
+        return self

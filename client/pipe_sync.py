@@ -88,7 +88,7 @@ class Pipe(PipeBase):
         self._responses: Any = None
         self._feeder = _Feeder()
         self._notified = threading.Event()
-        self._core.after_callbacks = self._notified.set   # after the done-callbacks
+        self.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
         # gRPC's done-callback can run while the server's last messages still wait in the
         # response iterator: the outcome is held until the iterator ends, so the status follows
@@ -101,8 +101,8 @@ class Pipe(PipeBase):
         """Call `callback(pipe)` once the call-complete notification arrives (on gRPC's thread),
         or at once when it has. Like `wait()`, it pulls the server's remaining messages (out
         pipe, both) on a helper thread: the status follows them."""
-        self._core.add_done_callback(callback)
-        if not self._core.notified:
+        super().add_done_callback(callback)
+        if not self.notified:
             self._start_drainer()
 
     def _start_drainer(self) -> None:
@@ -124,16 +124,16 @@ class Pipe(PipeBase):
             self._rpc = self._responses = open_rpc(iter(self._feeder), metadata=metadata, timeout=self._timeout)
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
-        if self._core.has_callbacks:
+        if self.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
-        self._core.started()
+        self.started()
         return self
 
     # -- the pipe ------------------------------------------------------------------------------------
     def headers(self) -> tuple[tuple[str, Any], ...]:
         self._need_rpc("headers")
         md = self._rpc.initial_metadata()
-        self._core.headers()
+        self.headers_arrived()
         return tuple(md or ())
 
     def push(self, payload: Any = b"") -> None:
@@ -182,7 +182,7 @@ class Pipe(PipeBase):
         with self._end_lock:
             self._stream_over, held, self._held = True, self._held, None
         if held is not None:
-            self._core.notify(*held)
+            self.notify(*held)
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while (msg := self.pull()) is not None:
@@ -192,7 +192,7 @@ class Pipe(PipeBase):
     def _on_done(self, rpc: Any) -> None:
         self._stop_escalation()
         self._feeder.end()
-        core = self._core
+        core = self
         reply = None
         if rpc.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
@@ -216,13 +216,13 @@ class Pipe(PipeBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
-        if self._core.notified:
+        if self.notified:
             return True
         self._need_rpc("wait")
         self._start_drainer()
         if not self._notified.wait(timeout):
             return False
-        return self._core.notified
+        return self.notified
 
     def _drain(self) -> None:
         try:

@@ -20,9 +20,9 @@ from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
+from callstate.client.client_base import ClientBase
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
-from callstate.client.shared_surface import CallBase, ClientBase
 from callstate.errors import CallError
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
@@ -48,18 +48,19 @@ class CompletionQueue:
         return self._queue.qsize()
 
 
-class Call(CallBase):
-    """One call on the caller's side, driven by gRPC's threads: its verbs call down into its
-    core (`CallCore`), the client's bookkeeping and grpc."""
+class Call(CallCore):
+    """One call on the caller's side, driven by gRPC's threads: a `CallCore` (its lifecycle and
+    the verbs that need no I/O) that sends the call as a grpc future and takes its outcome."""
 
     _notice_type = ThreadNotice
 
     def __init__(self, client: "Client", request: "pb.CallRequest | MethodRequest") -> None:
-        super().__init__(client, CallCore(request.call_id, self, client.log, method_name(request)), request.cancel_key, client.timeout)
+        super().__init__(request.call_id, client.log, method_name=method_name(request), client=client,
+                         cancel_key=request.cancel_key, timeout=client.timeout)
         self._request = request
         self._rpc: grpc.Future | None = None
         self._notified = threading.Event()
-        self._core.after_callbacks = self._notified.set   # after on_complete/queue callbacks
+        self.after_callbacks = self._notified.set   # after on_complete/queue callbacks
 
     # -- the caller's moves ------------------------------------------------------------------
     def start(self) -> "Call":
@@ -69,21 +70,21 @@ class Call(CallBase):
         rpc, message, extra = self._client._unary(self._request)
         self._rpc = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         self._rpc.add_done_callback(self._on_done)   # at once when done: the core holds it until started()
-        self._core.started()
+        self.started()
         return self
 
     # -- the notification ----------------------------------------------------------------------
     def _on_done(self, future: grpc.Future) -> None:
         self._stop_escalation()
-        abortive = self._core.abortive_cancel
+        abortive = self.abortive_cancel
         if future.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
-            self._core.notify(code, None, status, details)
+            self.notify(code, None, status, details)
             return
         err = future.exception()
         if err is None:
             code, status, details = codes.client_outcome(grpc.StatusCode.OK, None, None)
-            self._core.notify(code, future.result(), status, details)
+            self.notify(code, future.result(), status, details)
             return
         assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
         # the channel closing under a call cancels it here: that is the client going away
@@ -91,7 +92,7 @@ class Call(CallBase):
         code, status, details = codes.client_outcome(err.code(), err.trailing_metadata(),
                                                      self._client.settings.explain(err.code(), err.details()),
                                                      cancelled_here=here, abortive_cancel=abortive)
-        self._core.notify(code, None, status, details)
+        self.notify(code, None, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""

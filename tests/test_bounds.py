@@ -230,7 +230,7 @@ def test_many_notices_to_one_call_keep_its_history_small(tmp_path: Path) -> None
                 await srv.await_entries(call.call_id, until=lambda es: states(es) == [D])
                 async with grpc.aio.insecure_channel(srv.target) as channel:
                     stub = pb_grpc.EmulatorStub(channel)
-                    await asyncio.gather(*(stub.Cancel(call._notice_request()) for _ in range(200)))   # the owner's notices
+                    await asyncio.gather(*(stub.Cancel(pb.CancelRequest(call_id=call.call_id, cancel_key=call._cancel_key)) for _ in range(200)))   # the owner's notices
                     history = await pb_grpc.JournalStub(channel).GetCall(pb.GetCallRequest(call_id=call.call_id))
                 assert sum(e.event == CANCEL_SEEN for e in history.entries) == 5
                 call.cancel()

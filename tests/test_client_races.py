@@ -214,3 +214,46 @@ def _result(call: Any) -> int:
         return codes.RPC_S_OK
     except CallError as err:
         return err.code
+
+
+def test_a_long_lived_client_lets_go_of_every_call_that_ended(shared_server: ServerProcess) -> None:
+    """A client counts a started call live (close() ends it) only until it is completed: a
+    completed call, however it ended, is the caller's alone and freed with its last reference,
+    or a load of millions of calls through one client would keep every one of them."""
+    import gc
+    import weakref
+
+    async def ended_every_way(client: AsyncClient) -> list[weakref.ref[Any]]:
+        refs = []
+        done = client.start(Script("complete"))
+        await done                                    # awaited: result()
+        aborted = client.start(Script("abort", abort_code=5001))
+        await aborted.wait()
+        with pytest.raises(CallError):
+            aborted.complete()                       # waited, then completed
+        cancelled = client.start(Script("hold"))
+        cancelled.cancel()
+        with pytest.raises(CallError):
+            await cancelled
+        refused = client.prepare(Script("complete"), call_id="bad\tid")   # refused by the server's own checks
+        with pytest.raises(CallError):
+            refused.start()                           # C -> End: never live
+        for call in (done, aborted, cancelled, refused):
+            refs.append(weakref.ref(call))
+        return refs
+
+    async def run() -> list[weakref.ref[Any]]:
+        async with AsyncClient(shared_server.target) as client:
+            refs = await ended_every_way(client)
+            gc.collect()
+            return [r for r in refs if r() is not None]
+
+    assert asyncio.run(run()) == []
+
+    with Client(shared_server.target) as client:
+        call = client.start(Script("complete"))
+        call.result()
+        ref = weakref.ref(call)
+        del call
+        gc.collect()
+        assert ref() is None

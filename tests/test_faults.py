@@ -149,7 +149,7 @@ def test_a_hundred_thousand_notices_to_one_call(attacked: ServerProcess) -> None
         async with AsyncClient(attacked.target) as client:
             call = client.start(Script("hold", on_cancel="ignore"))
             await attacked.await_entries(call.call_id, until=lambda es: bool(es))
-            seen = await _spray(attacked.target, n, lambda stub, i: stub.Cancel(call._notice_request()))   # the owner's
+            seen = await _spray(attacked.target, n, lambda stub, i: stub.Cancel(pb.CancelRequest(call_id=call.call_id, cancel_key=call._cancel_key)))   # the owner's
             assert seen == {"OK": n}
             async with grpc.aio.insecure_channel(attacked.target) as channel:   # default receive limit: 4 MiB
                 history = await pb_grpc.JournalStub(channel).GetCall(pb.GetCallRequest(call_id=call.call_id), timeout=10)

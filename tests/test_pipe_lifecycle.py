@@ -168,8 +168,8 @@ def test_core_logs_the_headers_once_and_takes_pushes_only_while_pushing() -> Non
     sink = _Sink()
     core = PipeCore("c4", "in", sink)  # type: ignore[arg-type]
     core.started()
-    core.headers()
-    core.headers()   # a second initial-metadata callback is not a second event
+    core.headers_arrived()
+    core.headers_arrived()   # a second initial-metadata callback is not a second event
     assert [x.event for x in sink.entries].count("headers") == 1
     assert core.can_push()
     core.pushed()    # counted; its send-complete is logged only when asked (log_messages)

@@ -211,7 +211,7 @@ class Sink:
 
 def test_an_outcome_arriving_while_the_caller_is_in_c_waits_for_wcomp() -> None:
     sink = Sink()
-    core = CallCore("id", object(), sink)  # type: ignore[arg-type]
+    core = CallCore("id", sink)  # type: ignore[arg-type]
     fired: list[object] = []
     core.add_done_callback(fired.append)
     assert core.notify(codes.RPC_S_OK, b"reply", "OK")   # the reply beat `started`
@@ -225,10 +225,10 @@ def test_an_outcome_arriving_while_the_caller_is_in_c_waits_for_wcomp() -> None:
 
 def test_a_cancel_after_the_outcome_arrived_is_logged_but_changes_no_code() -> None:
     sink = Sink()
-    core = CallCore("id", object(), sink)  # type: ignore[arg-type]
+    core = CallCore("id", sink)  # type: ignore[arg-type]
     core.started()
     core.notify(codes.RPC_S_OK, b"r", "OK")
-    assert core.cancel(True, sent=True) == "done"
+    assert core._cancel_moves(True, sent=True) == "done"
     assert core.complete() == b"r"
     cans = [x for x in sink.entries if x.state == lifecycle.CAN]
     assert [x.cancel for x in cans] == [lifecycle.ABORTIVE]
@@ -236,7 +236,7 @@ def test_a_cancel_after_the_outcome_arrived_is_logged_but_changes_no_code() -> N
 
 def test_illegal_moves_are_refused_on_the_production_path() -> None:
     """The adapters' own move(): the client core and the server call refuse what the table forbids."""
-    core = CallCore("id", object(), Sink())  # type: ignore[arg-type]
+    core = CallCore("id", Sink())  # type: ignore[arg-type]
     with pytest.raises(LifecycleError, match="client lifecycle: move 'complete' is illegal in state 'C'"):
         core._move(lifecycle.COMPLETE)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from callstate.client.shared_surface import NOTICE_CLIENT_CLOSED
+from callstate.client.notice import NOTICE_CLIENT_CLOSED
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CANCEL_SENT, D, NON_ABORTIVE
 from tests.conftest import ROOT, ServerProcess, cli, read_entries, start_server
 from tests.middleboxes import NGINX_CONF, ProxyProcess, free_port

@@ -88,10 +88,6 @@ def test_a_pipe_plans_cancel_script_and_expected_codes() -> None:
     assert pipe_cancel(plain) == (None, None) and expected_codes(plain, 5001) == {codes.RPC_S_CALL_FAILED}
 
 
-class Owner:
-    pass
-
-
 def test_call_core_rules_without_io() -> None:
     log_entries: list[Entry] = []
 
@@ -99,24 +95,24 @@ def test_call_core_rules_without_io() -> None:
         enabled = True
         append = staticmethod(log_entries.append)
 
-    core = CallCore("id1", Owner(), Sink())  # type: ignore[arg-type]
+    core = CallCore("id1", Sink())  # type: ignore[arg-type]
     core.started()
     assert core.status() == 997
     with pytest.raises(CallPending):
         core.complete()
     assert core.state == "WComp"
     fired = []
-    core.add_done_callback(lambda owner: fired.append(owner))
+    core.add_done_callback(fired.append)
     assert core.notify(1818, None, "CANCELLED")
     assert not core.notify(0)          # only the first notification counts
-    assert fired and core.status() == 1818 and core.status() == 1818
+    assert fired == [core] and core.status() == 1818 and core.status() == 1818
     with pytest.raises(CallError) as info:
         core.complete()
     assert info.value.code == 1818 and info.value.name == "RPC_S_CALL_CANCELLED"
     with pytest.raises(InvalidAsyncHandle):
         core.complete()
     with pytest.raises(InvalidAsyncHandle):
-        core.cancel(True, sent=True)
+        core._cancel_moves(True, sent=True)
     assert core.status() == 1914
     assert [e.state for e in log_entries if e.event == "enter"] == ["C", "WComp", "Comp", "End"]
     assert log_entries[-1].state == END   # nothing logged after End

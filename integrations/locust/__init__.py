@@ -5,6 +5,8 @@
     from callstate.locust import CallstateUser      # configured by --callstate-* options
 
     locust -f locustfile.py --host 127.0.0.1:50051 --headless -u 50 -r 50 -t 30s
+    locust -f locustfile.py --host 127.0.0.1:50051 --headless -t 30s --callstate-method shop.v1.Shop/Charge \
+           --callstate-data '{"order_id": "o-1"}'       # a method of your own service (method.py)
 
 Locust runs users as gevent greenlets; grpc must be switched to gevent before any channel
 exists, so importing this module does it (`grpc.experimental.gevent.init_gevent()`, as

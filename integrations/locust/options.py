@@ -8,12 +8,14 @@ status 2 on the machine where it was typed) and parsed by the user class.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from locust import events
 
-from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, non_negative_float, non_negative_int,
-                                 on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares, positive_float)
+from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, directory, json_object, method_name,
+                                 non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points,
+                                 pipe_shares, positive_float, readable_file)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
@@ -41,7 +43,19 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                                 "weights of intervals in ms, e.g. 0=50,100=50, or none (the server's default)"),
     "--callstate-log-file": ("log_file", str, "the client state log of each process; {worker} is the worker's id "
                              "(\"local\" without a master), {pid} its process id; empty: no log"),
+    # any service: a method of the target's own proto, as `callstate load --method` (callstate.schema.drive)
+    "--callstate-method": ("method", method_name, "a method of the target's own service, pkg.Svc/Method, called "
+                           "instead of the Emulator's; its shape decides: unary calls, or pipes of its kind"),
+    "--callstate-data": ("data", json_object, "the method's request in its proto JSON form (default: {})"),
+    "--callstate-data-file": ("data_file", readable_file, "one JSON request per line, used in turn"),
+    "--callstate-proto": ("proto", readable_file, "a .proto file with the method's service (repeatable; default: "
+                          "the target's reflection, read once per process)"),
+    "--callstate-proto-path": ("proto_path", directory, "import path for --callstate-proto, like protoc -I "
+                               "(repeatable)"),
+    "--callstate-descriptor-set": ("descriptor_set", readable_file, "a FileDescriptorSet with the method's service"),
 }
+REPEATABLE = {"--callstate-proto", "--callstate-proto-path"}   # lists, as `callstate load`'s --proto, --proto-path
+_PARSER: list[Any] = []   # the parser the options were added to: errors found across options end as its error
 
 
 def _checked(validate: Callable[[str], Any]) -> Callable[[str], str]:
@@ -55,7 +69,23 @@ def _checked(validate: Callable[[str], Any]) -> Callable[[str], str]:
 def add_arguments(parser: Any) -> None:
     group = parser.add_argument_group("callstate", "scenario of CallstateUser (defaults: its class attributes)")
     for flag, (attr, validate, help_text) in OPTIONS.items():
-        group.add_argument(flag, type=_checked(validate), default=None, metavar=attr.upper(), help=help_text)
+        group.add_argument(flag, type=_checked(validate), default=None, metavar=attr.upper(), help=help_text,
+                           **({"action": "append"} if flag in REPEATABLE else {}))
+    _PARSER[:] = [parser]
+
+
+def usage_error(message: str) -> None:
+    """A problem only the options together show (an unknown method, a request that does not fit
+    it): one argparse error line and exit status 2, as a bad value of one option gives."""
+    if _PARSER:
+        _PARSER[0].error(message)   # exits
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def flag_of(attr: str) -> str:
+    """The option that sets a user attribute (`data_file` -> `--callstate-data-file`)."""
+    return next(flag for flag, (name, _, _) in OPTIONS.items() if name == attr)
 
 
 def overrides(parsed_options: Any) -> dict[str, str]:

@@ -2,27 +2,32 @@
 
 Each call is reported to Locust as a request named by its final code (`0 RPC_S_OK`,
 `1818 RPC_S_CALL_CANCELLED`, ...), request type `callstate`; a pipe call's name starts with
-its kind (`pipe-in 0 RPC_S_OK`), so each kind has its own figures. A code the call's plan
-could not end with counts as a failure. The time from a client's cancel to the server seeing it
+its kind (`pipe-in 0 RPC_S_OK`), so each kind has its own figures. On a user's own method
+(`method`, see method.py) the name starts with the method (`shop.v1.Shop/Charge 0 RPC_S_OK`),
+its shape deciding between unary calls and pipes. A code the call's plan could not end with
+counts as a failure. The time from a client's cancel to the server seeing it
 is the statistics entry `cancel propagation`, outside Aggregated (see `process.ProcessState`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from gevent import GreenletExit
 from locust import User, constant, events, task
+from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.pipe_drive import drive_pipe_sync
 from callstate.client.unary_drive import PlanScripts, drive_call_sync
-from callstate.lifecycle import ABORTIVE
+from callstate.lifecycle import ABORTIVE, UNARY
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
@@ -30,8 +35,10 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
 from callstate.scenario import parse_cancel_poll
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
 from callstate.v1 import callstate_pb2 as pb
-from callstate.locust.options import overrides
+from callstate.locust import failures, method as any_method
+from callstate.locust.options import flag_of, overrides, usage_error
 from callstate.locust.process import REQUEST_TYPE, ProcessState
+from callstate.schema.drive import DriveError
 
 SHUTDOWN_WAIT = 5.0   # a call in flight when Locust stops the user is cancelled and waited for this long
 
@@ -39,11 +46,17 @@ __all__ = ["CallstateUser", "expected_codes"]   # expected_codes: the scenario's
 
 
 SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "pipes",
-            "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file", "cancel_poll")
+            "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file", "cancel_poll",
+            *any_method.SETTINGS)
 
 
 class UnexpectedCode(Exception):
     """A final code the call's plan did not allow (reported as a Locust failure)."""
+
+
+class OptionError(ValueError):
+    """Bad --callstate-* options, found only by reading them together (an unknown method, a
+    request that does not fit it): an argparse error on the machine where they were typed."""
 
 
 class CallstateUser(User):
@@ -68,30 +81,48 @@ class CallstateUser(User):
     payload: ClassVar[int] = 0              # request payload and reply size
     call_timeout: ClassVar[float | None] = None
     log_file: ClassVar[str] = "callstate-client-{worker}.jsonl"
+    # any service: a method of the target's own proto (method.py), as `callstate load --method`
+    method: ClassVar[str] = ""              # "pkg.Svc/Method"; "": the Emulator's Call and pipes
+    data: ClassVar[str | dict[str, Any]] = ""   # its request, proto JSON text or a dict ("": {})
+    data_file: ClassVar[str] = ""           # or one JSON request per line, used in turn
+    proto: ClassVar[str | Sequence[str]] = ()       # the schema: .proto files ...
+    proto_path: ClassVar[str | Sequence[str]] = ()  # ... and their import paths (protoc -I)
+    descriptor_set: ClassVar[str] = ""      # ... or a FileDescriptorSet; neither: the target's reflection
     measure_propagation: ClassVar[bool] = True
     seed: ClassVar[int | None] = None
     _instances: ClassVar[int] = 0
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        settings, self.scenario = self.configure(environment.parsed_options)
+        self.failed = False   # its settings fail on this machine: it stops before any call
+        try:
+            settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
+        except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
+            failures.user_failed(environment, f"{type(self).__name__}: {exc}")
+            self.failed = True
+            return
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
         self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
         self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
         self._script = PlanScripts(self.scenario, self.delay, self.payload)
+        self._name = self.any_method.method.name if self.any_method is not None else ""   # its stats rows' prefix
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
                              timeout=float(timeout) if timeout is not None else None)
         self.process.watch(self.client.target)
 
     @classmethod
-    def configure(cls, parsed_options: Any) -> tuple[dict[str, Any], Scenario]:
-        """The class attributes, overridden by the --callstate-* options, and the scenario
-        they make; ValueError naming the bad setting."""
+    def configure(cls, parsed_options: Any, host: str | None = None, *, method: bool = True
+                  ) -> tuple[dict[str, Any], Scenario, any_method.MethodRun | None]:
+        """The class attributes, overridden by the --callstate-* options, the scenario they make
+        and the user's own method if one is named (its schema read once per process, from
+        `host`'s reflection if no other is given; `method=False`: not looked at); ValueError
+        naming the bad setting (OptionError when the options typed are the cause)."""
         settings = {name: getattr(cls, name) for name in SETTINGS}
-        settings.update(overrides(parsed_options))
+        typed = overrides(parsed_options)
+        settings.update(typed)
         scenario = Scenario(
             mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
             cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
@@ -105,30 +136,64 @@ class CallstateUser(User):
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
+        run = cls._method_run(settings, typed, host) if method else None
+        if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
+            scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
             raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
                              f"{scenario.pipe_messages}: each side pushes that many")
-        return settings, scenario
+        return settings, scenario, run
+
+    @classmethod
+    def _method_run(cls, settings: dict[str, Any], typed: dict[str, Any],
+                    host: str | None) -> any_method.MethodRun | None:
+        """The user's own method, as `callstate load --method` takes it; errors name the option
+        when it was typed, the class attribute otherwise."""
+        command_line = any(name in typed for name in any_method.SETTINGS)
+
+        def flag(name: str) -> str:   # the option, unless the class attribute set it (or nothing was typed)
+            attr = name.replace("-", "_")
+            return flag_of(attr) if attr in typed or (command_line and not settings[attr]) else attr
+
+        options = any_method.options_of(settings)
+        error = OptionError if command_line else ValueError
+        try:
+            run = any_method.resolve(options, _target(host or cls.host), flag)
+        except DriveError as exc:
+            why, first = str(exc), str(exc).split(" ", 1)[0].rstrip(":")
+            named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
+            raise error(why if named else f"{flag('method')} {options.method}: {why}") from None
+        if run is not None and _as("pipes", settings["pipes"], parse_pipe_shares):
+            raise error(f"{flag('pipes')}: the calls on {run.method.name} are {run.method.kind!r} pipes: "
+                        "the method's shape decides")
+        return run
 
     def on_stop(self) -> None:
-        self.client.close()
+        if not self.failed:
+            self.client.close()
 
     @task
     def scripted_call(self) -> None:
+        if self.failed:
+            raise StopUser()   # failures.py has told the master
         plan = self.scenario.plan(self.rng)
         if plan.pipe is not None:
             return self._pipe_call(plan)
         expected = expected_codes(plan, self.scenario.abort_code)
         t0 = time.perf_counter()
-        call: Call = self.client.prepare(self._script(plan), payload=self._payload)
+        if self.any_method is None:
+            call: Call = self.client.prepare(self._script(plan), payload=self._payload)
+        else:
+            call = self.client.prepare(self._script(plan), method=self.any_method.method,
+                                       request=self.any_method.next_request())
         try:
             end = drive_call_sync(call, plan, self.rng, escalate_after=self.scenario.escalate_after)
         except GreenletExit:
             # Locust stops the user mid-call: cancel it and complete it, so the call ends on
             # both sides and its code is counted like any other.
-            self._finish_at_shutdown(call, t0, expected)
+            self._finish_at_shutdown(call, t0, expected, self._name)
             raise
-        self._report(call, end.code, t0, expected, end.reply)
+        self._report(call, end.code, t0, expected, end.reply, self._name)
 
     def _pipe_call(self, plan: Plan) -> None:
         """A pipe call, driven like `callstate load`'s: each side pushes the scenario's messages,
@@ -137,10 +202,15 @@ class CallstateUser(User):
         point, cancel = pipe_cancel(plan)
         expected, name = expected_codes(plan, self.scenario.abort_code), f"pipe-{plan.pipe}"
         t0 = time.perf_counter()
-        pipe: Pipe = self.client.pipe(plan.pipe, pipe_script(plan, self.scenario, self.payload))
+        script, request = pipe_script(plan, self.scenario, self.payload), None
+        if self.any_method is None:
+            pipe: Pipe = self.client.pipe(plan.pipe, script)
+        else:   # a streaming method: its request opens an out pipe and is what in and both pipes push
+            name, request = self.any_method.method.name, self.any_method.next_request()
+            pipe = self.client.pipe(plan.pipe, script, method=self.any_method.method, request=request)
         try:
             drive_pipe_sync(pipe, messages=self.scenario.pipe_messages, message_bytes=self.payload, cancel_at=point,
-                            abortive=cancel == ABORTIVE, escalate_after=self.scenario.escalate_after)
+                            abortive=cancel == ABORTIVE, escalate_after=self.scenario.escalate_after, payload=request)
             code = codes.RPC_S_OK
         except CallError as err:
             code = err.code
@@ -160,15 +230,23 @@ class CallstateUser(User):
         # the cancel is ours (the run stopped): 1818 is expected whatever the plan was
         self._report(call, code, t0, expected | {codes.RPC_S_CALL_CANCELLED}, None, kind)
 
-    def _report(self, call: Call | Pipe, code: int, t0: float, expected: frozenset[int], reply: pb.CallReply | None,
+    def _report(self, call: Call | Pipe, code: int, t0: float, expected: frozenset[int], reply: Any,
                 kind: str = "") -> None:
-        """One Locust request named by the final code, prefixed by `kind` for pipes (`pipe-in`)."""
+        """One Locust request named by the final code, prefixed by `kind`: a pipe's (`pipe-in`) or
+        the user's method (`shop.v1.Shop/Charge`)."""
         name = f"{kind} {codes.describe(code)}" if kind else codes.describe(code)
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE, name=name, response_time=(time.perf_counter() - t0) * 1000,
-            response_length=len(reply.payload) if reply is not None else 0, context={"call_id": call.call_id},
+            response_length=_length(reply), context={"call_id": call.call_id},
             exception=None if code in expected else UnexpectedCode(
                 f"{codes.describe(code)}: a final code the scenario does not expect"))
+
+
+def _length(reply: Any) -> int:
+    """A reply's size for Locust: the Emulator's payload, a user's whole response message."""
+    if reply is None:
+        return 0
+    return len(reply.payload) if isinstance(reply, pb.CallReply) else reply.ByteSize()
 
 
 def _non_negative_int(value: str | int) -> int:
@@ -197,7 +275,12 @@ def _check_settings(environment: Any, **_: Any) -> None:
     for user_class in environment.user_classes or ():
         if issubclass(user_class, CallstateUser):
             try:
-                user_class.configure(environment.parsed_options)
+                # a worker learns the host and the options typed on its master only when told to
+                # spawn, and the master has checked them: its method is read at its first user
+                user_class.configure(environment.parsed_options, environment.host,
+                                     method=not isinstance(environment.runner, WorkerRunner))
+            except OptionError as exc:
+                usage_error(str(exc))
             except (TypeError, ValueError) as exc:
                 logging.getLogger("callstate.locust").error("callstate: %s: %s", user_class.__name__, exc)
                 sys.exit(2)
