@@ -79,7 +79,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
-        call_id, cancel_key, script, mix = _unary_request(request, context, answer, self.config.mix)
+        call_id, cancel_key, script, mix, method, rule = _unary_request(request, context, answer, self.config.mix)
         d = self.dispatcher
         if not call_id or d.refusal(call_id, cancel_key) is not None:   # checked again, in order, and refused
             call_id, headers_sent = await self._admit(call_id, cancel_key, context)
@@ -87,8 +87,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             headers_sent = False
         outcome = _outcome(script, mix, d.rng)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(outcome, "?"), context,
-                          deadline_ms=_deadline_ms(context), method=answer and answer.method,
-                          rule=answer and answer.rule, poll_ms=cancel_poll_ms(script))
+                          deadline_ms=_deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
         try:
             if (ending := self._cannot_run(request, answer)) is not None:
                 return await self._abort(call, context, *ending)
@@ -255,12 +254,14 @@ def _outcome(script: pb.Script | None, mix: Mix, rng: random.Random) -> int:
 
 
 def _unary_request(request: Any, context: grpc.aio.ServicerContext, answer: Answer | None,
-                   mix: Mix) -> tuple[str, str, pb.Script | None, Mix]:
-    """The call id, cancel key, script (None: draw from the mix) and mix of a unary call."""
+                   mix: Mix) -> tuple[str, str, pb.Script | None, Mix, str | None, str | None]:
+    """The call id, cancel key, script (None: draw from the mix) and mix of a unary call, and
+    the stand-in's method and rule that its entries name (None for Emulator/Call)."""
     if answer is not None:
-        return answer.call_id, answer.cancel_key, answer.script, answer.mix or mix   # type: ignore[return-value]
+        return (answer.call_id, answer.cancel_key, answer.script, answer.mix or mix,   # type: ignore[return-value]
+                answer.method, answer.rule)
     script = request.script if request.HasField("script") else None
-    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix
+    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix, None, None
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
