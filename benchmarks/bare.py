@@ -3,7 +3,8 @@
     python benchmarks/bare.py serve --port-file F [--cancel-log F] [--tls-cert PEM --tls-key PEM] [--token T]
         a grpc.aio server answering callstate.v1.Emulator/Call with the same messages,
         no lifecycle, no log, no journal: echo at once, or hold (script outcome HOLD)
-        until cancelled; GetCounters reports its in-flight count. With --token it checks
+        until cancelled; GetCounters reports its in-flight count (on asyncio's event loop, or
+        uvloop's with --loop uvloop). With --token it checks
         `authorization: Bearer T` in the handler, the least a token check can cost.
     python benchmarks/bare.py drive --target T --client bare|callstate|raw-call|raw-charge --concurrency N --duration S
                                     [--tls-ca PEM] [--token T] [--cancel-keys]
@@ -184,6 +185,7 @@ def main() -> None:
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--token")
+    s.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     d = sub.add_parser("drive")
     d.add_argument("--target", required=True)
     d.add_argument("--client", choices=["bare", "callstate", *RAW], default="bare")
@@ -195,6 +197,9 @@ def main() -> None:
     d.add_argument("--cancel-keys", action="store_true")
     opts = parser.parse_args()
     if opts.cmd == "serve":
+        if opts.loop == "uvloop":
+            import uvloop
+            uvloop.install()
         asyncio.run(serve(opts.port_file, opts.cancel_log, opts.tls_cert, opts.tls_key, opts.token))
     else:
         print(json.dumps(asyncio.run(drive(opts.target, opts.client, opts.concurrency, opts.duration, opts.log,

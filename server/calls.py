@@ -108,8 +108,10 @@ class ServerCall:
         self._log = log_append
         self._rec = journal.open(call_id, outcome, deadline_ms, method, rule)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        self._emit(_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
-                           None, method, rule)))
+        e = _entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
+                    None, method, rule))
+        journal.add(self._rec, e)   # _emit, inlined on the hot path
+        log_append(e)
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self._rec, e)

@@ -17,7 +17,7 @@ import grpc
 from callstate import codes
 from callstate.cancel_poll import poll_interval
 from callstate.lifecycle import NON_ABORTIVE, UNARY
-from callstate.script import RequestError, check_call_id
+from callstate.script import RequestError, check_call_id, validate_request
 from callstate.statelog import Entry
 from callstate.server.backlog import ReplyBacklog
 from callstate.server.calls import ServerCall
@@ -28,6 +28,11 @@ from callstate.wire import CODE_KEY, MAX_CANCEL_KEY
 
 # Why a request is refused before its dispatch: the status and its message.
 Refusal = tuple[grpc.StatusCode, str]
+
+# Scripts found valid, kept by their bytes (a load sends the same few scripts over and over): up
+# to this many, each at most this long; past the count the set starts afresh.
+VALID_SCRIPTS = 1024
+VALID_SCRIPT_BYTES = 512
 
 
 async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoReturn:
@@ -58,14 +63,38 @@ class Dispatcher:
                                     else config.max_reply_backlog_per_connection)
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
+        self._valid_scripts: set[bytes] = set()
+        limits = config.limits
+        self._any_payload = min(limits.max_payload_bytes, limits.max_reply_bytes)   # valid with any script
 
     # -- refusals before dispatch: plain checks on the hot path, awaited (`refuse`) only when one applies
+    def refusal(self, call_id: str, cancel_key: str) -> Refusal | None:
+        """Why a unary call with this id and key is refused before its dispatch (None: it is not);
+        one synchronous check for the common case, the handler refuses in order when one applies."""
+        return self.bad_id(call_id) or bad_key(cancel_key) or self.in_flight(call_id)
+
     def bad_id(self, call_id: str) -> Refusal | None:
         try:
             check_call_id(call_id, self.config.limits)
         except RequestError as exc:
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         return None
+
+    def check_request(self, request: Any) -> None:
+        """`validate_request` (RequestError naming the field) for a unary call whose id passed
+        `bad_id`. A script once found valid is known by its bytes: when the payload is valid with
+        any script, what is left to check is the script alone, and it is the same as before."""
+        if request.HasField("script") and len(request.payload) <= self._any_payload:
+            key = request.script.SerializeToString()
+            if key in self._valid_scripts:
+                return
+            validate_request(request, self.config.limits)
+            if len(key) <= VALID_SCRIPT_BYTES:
+                if len(self._valid_scripts) >= VALID_SCRIPTS:
+                    self._valid_scripts.clear()
+                self._valid_scripts.add(key)
+            return
+        validate_request(request, self.config.limits)
 
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
@@ -92,7 +121,8 @@ class Dispatcher:
                           method=method, rule=rule)
         call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         self.live[call_id] = call
-        self.poll_cancels(call, poll_ms)
+        if poll_ms is not None or self.config.cancel_poll_ms:   # else it sees cancels as they arrive
+            self.poll_cancels(call, poll_ms)
         if self.early_notices and self.early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         return call

@@ -17,7 +17,7 @@ import grpc
 
 from callstate import codes
 from callstate.grpc_status import grpc_status_for, status_from_value
-from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms, validate_request
+from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
@@ -37,6 +37,7 @@ __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerEr
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
+_COMPLETED_CODE = server_end_code(COMPLETED)
 # Why a call is ended with an abort before its script runs: (code, status, message).
 _Ending = tuple[int, grpc.StatusCode, str]
 
@@ -78,13 +79,15 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
-        call_id, cancel_key, script, mix = _unary_request(request, context, answer, self.config.mix)
+        call_id, cancel_key, script, mix, method, rule = _unary_request(request, context, answer, self.config.mix)
         d = self.dispatcher
-        call_id, headers_sent = await self._admit(call_id, cancel_key, context)
+        if not call_id or d.refusal(call_id, cancel_key) is not None:   # checked again, in order, and refused
+            call_id, headers_sent = await self._admit(call_id, cancel_key, context)
+        else:
+            headers_sent = False
         outcome = _outcome(script, mix, d.rng)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(outcome, "?"), context,
-                          deadline_ms=_deadline_ms(context), method=answer and answer.method,
-                          rule=answer and answer.rule, poll_ms=cancel_poll_ms(script))
+                          deadline_ms=_deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
         try:
             if (ending := self._cannot_run(request, answer)) is not None:
                 return await self._abort(call, context, *ending)
@@ -147,7 +150,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         in-flight limit, the server stopping."""
         if answer is None:   # a stand-in's script was checked before its dispatch
             try:
-                validate_request(request, self.config.limits)
+                self.dispatcher.check_request(request)
             except RequestError as exc:
                 return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         if self.dispatcher.over_capacity():
@@ -164,7 +167,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         ignore = policy == pb.ON_CANCEL_IGNORE
         hold = outcome == _HOLD
         max_hold = self.config.max_hold
-        call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
+        if call.polls is not None:
+            call.test_cancel(at_outcome=True)   # a polling handler asks once more before its outcome
         if call.cancel_kind is not None and not ignore:
             if policy == pb.ON_CANCEL_COMPLETE:
                 return await self._complete(call, script, request, context, answer)
@@ -202,11 +206,15 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if size and (over := self.backlog.reserve(context, size)):
             return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         call.move(COMPLETE)
-        payload = request.payload if script.echo else bytes(script.reply_bytes)
-        call.move(COMPLETED, server_end_code(COMPLETED), _OK)
+        call.move(COMPLETED, _COMPLETED_CODE, _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
-        return pb.CallReply(call_id=call.call_id, payload=payload, cancel_seen=call.cancel_kind is not None)
+        reply = pb.CallReply(call_id=call.call_id)   # the fields left at their defaults cost nothing to set
+        if size:
+            reply.payload = request.payload if script.echo else bytes(size)
+        if call.cancel_kind is not None:
+            reply.cancel_seen = True
+        return reply
 
     async def _abort(self, call: ServerCall, context: grpc.aio.ServicerContext, code: int, status: grpc.StatusCode,
                      message: str) -> pb.CallReply:
@@ -246,12 +254,14 @@ def _outcome(script: pb.Script | None, mix: Mix, rng: random.Random) -> int:
 
 
 def _unary_request(request: Any, context: grpc.aio.ServicerContext, answer: Answer | None,
-                   mix: Mix) -> tuple[str, str, pb.Script | None, Mix]:
-    """The call id, cancel key, script (None: draw from the mix) and mix of a unary call."""
+                   mix: Mix) -> tuple[str, str, pb.Script | None, Mix, str | None, str | None]:
+    """The call id, cancel key, script (None: draw from the mix) and mix of a unary call, and
+    the stand-in's method and rule that its entries name (None for Emulator/Call)."""
     if answer is not None:
-        return answer.call_id, answer.cancel_key, answer.script, answer.mix or mix   # type: ignore[return-value]
+        return (answer.call_id, answer.cancel_key, answer.script, answer.mix or mix,   # type: ignore[return-value]
+                answer.method, answer.rule)
     script = request.script if request.HasField("script") else None
-    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix
+    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix, None, None
 
 
 def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:

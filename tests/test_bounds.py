@@ -126,6 +126,29 @@ def test_an_echo_larger_than_a_reply_may_be_is_refused(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_a_script_seen_valid_is_still_checked_with_each_payload_and_a_bad_one_each_time(tmp_path: Path) -> None:
+    """The server keeps the scripts it found valid by their bytes (server/dispatch.py): the same
+    script with a payload over a bound is still refused naming the payload, and a bad script is
+    refused every time it comes."""
+    srv = start_server(tmp_path, "--max-reply-bytes", "1000", "--max-payload-bytes", "5000")
+    echo = pb.Script(outcome=pb.OUTCOME_COMPLETE, echo=True)
+    bad = pb.Script(outcome=pb.OUTCOME_COMPLETE, reply_bytes=1001)
+    try:
+        for n, (payload, script, want) in enumerate(((bytes(10), echo, "ok"), (bytes(10), echo, "ok"),
+                                                     (bytes(2000), echo, "payload"), (bytes(6000), echo, "payload"),
+                                                     (bytes(10), echo, "ok"), (b"", bad, "script.reply_bytes"),
+                                                     (b"", bad, "script.reply_bytes"))):
+            status, details, code = raw_call(srv.target, pb.CallRequest(call_id=f"seen-{n}", script=script,
+                                                                        payload=payload))
+            if want == "ok":
+                assert (status, code) == (grpc.StatusCode.OK, "0"), (n, details)
+            else:
+                assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "87") and details.startswith(want), \
+                    (n, details)
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("code", [ABORT_CODE_MIN, -1, 1, 0x7FFFFFFF, ABORT_CODE_MAX])
 def test_abort_codes_at_the_32_bit_edges_reach_the_client_and_the_counters(shared_server: ServerProcess,
                                                                           code: int) -> None:

@@ -1,0 +1,321 @@
+"""Attribute callstate serve's extra CPU per call against bare grpc.aio, one feature at a time.
+
+    python benchmarks/attribute.py run [--rounds 3] [--duration 3] [--variants callstate,nolog,...]
+        alternating rounds: bare, then each variant, each a fresh server driven by the same bare
+        client (benchmarks/bare.py drive, concurrency 64); prints the server's CPU per call (and
+        its main thread's) and calls/s, median over rounds, each against bare.
+    python benchmarks/attribute.py serve VARIANT --port-file F --log-file L
+        one server of a variant (what `run` starts).
+
+Environment: PIN=1 pins the server to CPU 1 and the driver to CPU 0 (less noise from the
+scheduler on a shared machine); TIMED=1 times the Emulator's Call handler in the server by
+its thread CPU time (printed as "handler"); GCSTAT=1 writes the garbage collector's time
+beside the log; BASE_TREE=DIR makes a variant named base-X run X from another copy of the
+tree laid out as installed (callstate/, callstate/server/, ... and benchmarks/), for before and
+after figures from one run. docs/performance.md says what these found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+VARIANTS = {
+    "callstate": "EmulatorServer as `callstate serve` builds it (state log, journal)",
+    "cli": "`python -m callstate serve` itself",
+    "nolog": "no state log",
+    "nojournal": "journal size 0",
+    "noopts": "grpc server options dropped (so_reuseport, keepalive, max receive)",
+    "onlyemu": "only the Emulator service (no Journal, health, reflection)",
+    "barehandler": "callstate's server with bare.py's Call handler in place of the emulator's",
+    "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
+    "uvloop": "callstate on uvloop's event loop",
+    "bareuvloop": "bare.py's server on uvloop's event loop",
+    "fmtmain": "callstate with each state-log line formatted on the event loop, the writer thread only writing",
+    "lifenolog": "lifeonly without the state log",
+    "lifenojournal": "lifeonly with journal size 0",
+    "lifeonly": "bare.py's handler plus the call's dispatch, two moves and release (ServerCall, journal, log)",
+    "barespin": "barehandler spinning SPIN_US (default 25) microseconds of pure Python per call",
+    "bareimports": "bare.py's server in a process that imported callstate's server and cli",
+    "gcfreeze": "gc.freeze() once started",
+    "novalidate": "the request's validation skipped",
+    "lean": "no state log, journal size 0, no validation",
+    "baretimed": "barehandler, its Call handler timed in situ",
+    "timed": "callstate, its Call handler timed in situ (printed to stderr at exit)",
+}
+
+
+async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
+    import grpc
+
+    if variant in ("bareimports", "bareuvloop"):
+        for name in ("callstate.cli", "callstate.server.app"):   # the process's heap as callstate serve's
+            importlib.import_module(name)
+        import bare
+        server = grpc.aio.server()
+        emulator = bare.BareEmulator()
+        from callstate.v1 import callstate_pb2_grpc as pb_grpc
+        pb_grpc.add_EmulatorServicer_to_server(emulator, server)
+        pb_grpc.add_JournalServicer_to_server(bare.BareJournal(emulator), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await _run(port, port_file, server.stop)
+        return
+    from callstate.server import app
+    options = app.ServerOptions(port=0, log=log_file, max_concurrent_streams=0)
+    if variant in ("nolog", "lean"):
+        options.log = None
+    if variant in ("nojournal", "lean"):
+        options.journal_size = 0
+    if variant in ("novalidate", "lean"):
+        from callstate.server import emulator
+        emulator.validate_request = lambda request, limits: None   # type: ignore
+    if variant == "noopts":
+        real = grpc.aio.server
+        app.grpc.aio.server = lambda options=None, interceptors=None: real(interceptors=interceptors)   # type: ignore
+    if variant == "onlyemu":
+        app.pb_grpc.add_JournalServicer_to_server = lambda *a: None   # type: ignore
+        app.health_pb2_grpc.add_HealthServicer_to_server = lambda *a: None   # type: ignore
+        app.EmulatorServer._add_standin = lambda self, server: ()   # type: ignore
+    if variant == "barecode":
+        import bare
+        n = int(os.environ.get("CODE_FUNCS", "45"))
+        src = "\n".join(f"def f{i}(a, b):\n    c = a + {i}\n    d = (a, b, c, {i})\n    if c > b:\n        return len(d) + c\n    return c - b\n" for i in range(n))
+        ns: dict[str, Any] = {}
+        exec(src, ns)
+        funcs = [ns[f"f{i}"] for i in range(n)]
+
+        class Coded(bare.BareEmulator):
+            async def Call(self, request: Any, context: Any) -> Any:   # type: ignore[override]
+                x = 1
+                for f in funcs:
+                    x = f(x, 3) & 0xff
+                return await super().Call(request, context)
+        real_code_add = app.pb_grpc.add_EmulatorServicer_to_server
+        app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_code_add(Coded(), server)  # type: ignore
+    if variant == "fmtmain":
+        from callstate import logfile
+        from callstate.statelog import format_line
+
+        def sink(self: Any) -> Any:
+            append = self._queue.append
+            return lambda e: append(format_line(e))
+
+        def drain(self: Any) -> None:
+            queue, out = self._queue, self._out
+            n = len(queue)
+            if n and out is not None:
+                out.write("".join([queue.popleft() for _ in range(n)]).encode())
+                out.flush()
+        logfile.StateLog.sink = property(sink)   # type: ignore
+        logfile.StateLog._drain = drain   # type: ignore
+    if variant == "lifenolog":
+        options.log = None
+    if variant == "lifenojournal":
+        options.journal_size = 0
+    if variant.startswith("life"):
+        from callstate.server.emulator import EmulatorServicer
+        from callstate.lifecycle import COMPLETE, COMPLETED, server_end_code
+        from callstate.v1 import callstate_pb2 as pb
+
+        async def life(self: Any, request: Any, context: Any, answer: Any = None) -> Any:
+            d = self.dispatcher
+            call = d.dispatch(request.call_id, request.cancel_key, "complete", context)
+            try:
+                call.move(COMPLETE)
+                call.move(COMPLETED, server_end_code(COMPLETED), "OK")
+                return pb.CallReply(call_id=request.call_id)
+            finally:
+                d.release(request.call_id)
+        EmulatorServicer.Call = life   # type: ignore
+    if variant == "barespin":
+        import bare
+        spin = float(os.environ.get("SPIN_US", "25")) / 1e6
+
+        class Spinning(bare.BareEmulator):
+            async def Call(self, request: Any, context: Any) -> Any:   # type: ignore[override]
+                end = time.perf_counter() + spin
+                while time.perf_counter() < end:
+                    pass
+                return await super().Call(request, context)
+        real_spin_add = app.pb_grpc.add_EmulatorServicer_to_server
+        app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_spin_add(Spinning(), server)  # type: ignore
+    if variant == "barehandler":
+        import bare
+        real_add = app.pb_grpc.add_EmulatorServicer_to_server
+        app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_add(bare.BareEmulator(), server)  # type: ignore
+    if os.environ.get("GCSTAT"):
+        import atexit
+        gcs = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.thread_time()
+            else:
+                gcs[info["generation"]][0] += 1
+                gcs[info["generation"]][1] += time.thread_time() - started[0]
+        gc.callbacks.append(on_gc)
+        atexit.register(lambda: Path(log_file + ".gc").write_text(
+            ", ".join(f"gen{g}: {n} collections {t * 1000:.1f} ms" for g, (n, t) in gcs.items()) + f"; tracked now {len(gc.get_objects())}"))
+    if variant in ("timed", "baretimed") or os.environ.get("TIMED"):
+        if variant == "baretimed":
+            import bare
+            real_add = app.pb_grpc.add_EmulatorServicer_to_server
+            app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_add(bare.BareEmulator(), server)  # type: ignore
+            EmulatorServicer = bare.BareEmulator
+        else:
+            from callstate.server.emulator import EmulatorServicer
+        real_call = EmulatorServicer.Call
+        spent = [0, 0]
+
+        async def timed(self, request, context, answer=None):   # type: ignore[no-untyped-def]
+            t = time.thread_time_ns()
+            try:
+                return await (real_call(self, request, context, answer) if answer else real_call(self, request, context))
+            finally:
+                spent[0] += time.thread_time_ns() - t
+                spent[1] += 1
+        EmulatorServicer.Call = timed   # type: ignore
+        import atexit
+        atexit.register(lambda: Path(log_file + ".timed").write_text(f"{spent[0] / max(spent[1], 1) / 1000:.1f} us per call in Call, {spent[1]} calls"))
+    srv = app.EmulatorServer(options)
+    await srv.start()
+    if variant == "gcfreeze":
+        gc.freeze()
+    await _run(srv.port, port_file, srv.stop)
+
+
+async def _run(port: int, port_file: str, stop_server: Any) -> None:
+    Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await stop_server()
+
+
+def _start(variant: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = tmp / f"{variant}-{time.monotonic_ns()}.port"
+    log = tmp / f"{variant}-{time.monotonic_ns()}.jsonl"
+    if variant == "bare":
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "bare.py"), "serve", "--port-file", str(port_file)]
+    elif variant == "cli":
+        cmd = [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
+               "--log-file", str(log), "--max-concurrent-streams", "0"]
+    elif variant.startswith("base-"):   # the same variant from another tree (BASE_TREE: a copy laid out as installed)
+        cmd = [sys.executable, os.path.join(os.environ["BASE_TREE"], "benchmarks", "attribute.py"), "serve",
+               variant[5:], "--port-file", str(port_file), "--log-file", str(log)]
+    else:
+        cmd = [sys.executable, __file__, "serve", variant, "--port-file", str(port_file), "--log-file", str(log)]
+    if os.environ.get("PIN"):
+        cmd = ["taskset", "-c", "1", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{variant} server did not start")
+        time.sleep(0.02)
+    proc.log = log   # type: ignore[attr-defined]
+    return proc, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _threads(pid: int) -> dict[int, float]:
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[-int(task.name)] = int(fields[12]) / os.sysconf("SC_CLK_TCK")   # its system time
+    return out
+
+
+def run(variants: list[str], rounds: int, duration: float, concurrency: int) -> None:
+    kinds = ["bare", *variants]
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    rate: dict[str, list[float]] = {k: [] for k in kinds}
+    threads: dict[str, list[dict[int, int]]] = {k: [] for k in kinds}
+    handler: dict[str, list[float]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for kind in kinds:
+                proc, target = _start(kind, Path(tmp))
+                try:
+                    c0 = _cpu(proc.pid)
+                    t0 = _threads(proc.pid)
+                    out = subprocess.run((["taskset", "-c", "0"] if os.environ.get("PIN") else []) + [sys.executable, str(ROOT / "benchmarks" / "bare.py"), "drive", "--target",
+                                          target, "--concurrency", str(concurrency), "--duration", str(duration)],
+                                         capture_output=True, text=True, timeout=duration + 60, check=True)
+                    c1 = _cpu(proc.pid)
+                    t1 = _threads(proc.pid)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
+                timed = Path(str(proc.log) + ".timed")   # type: ignore[attr-defined]
+                if timed.exists():
+                    handler[kind].append(float(timed.read_text().split()[0]))
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                # the driver's warm-up (0.5 s) is in the server's CPU: count its calls at the timed rate
+                calls = res["calls"] * (1 + 0.5 / res["seconds"])
+                cpu[kind].append((c1 - c0) / calls * 1e6)
+                per = {(tid - proc.pid if tid > 0 else f"sys{-tid - proc.pid}"): round((t1[tid] - t0.get(tid, 0)) / calls * 1e6) for tid in t1}
+                threads[kind].append({k: v for k, v in per.items() if v})
+                rate[kind].append(res["calls"] / res["seconds"])
+            print(f"round {r + 1}: " + ", ".join(f"{k} {cpu[k][-1]:.0f}us main {threads[k][-1].get(0)}" for k in kinds), flush=True)
+    b_cpu, b_rate = statistics.median(cpu["bare"]), statistics.median(rate["bare"])
+    print(f"{'bare':<12} cpu/call {b_cpu:7.1f} us  calls/s {b_rate:8.1f}")
+    for k in variants:
+        c, q = statistics.median(cpu[k]), statistics.median(rate[k])
+        h = f"  handler {statistics.median(handler[k]):.1f} us {handler[k]}" if handler[k] else ""
+        print(f"{k:<12} cpu/call {c:7.1f} us (+{c - b_cpu:6.1f}, ratio {b_cpu / c:.3f})  "
+              f"calls/s {q:8.1f} (ratio {q / b_rate:.3f})   {VARIANTS.get(k.removeprefix('base-'))}{h}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("variant", choices=list(VARIANTS))
+    s.add_argument("--port-file", required=True)
+    s.add_argument("--log-file", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--variants", default="callstate,nolog,noopts,onlyemu,barehandler,bareimports")
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--duration", type=float, default=3.0)
+    r.add_argument("--concurrency", type=int, default=64)
+    opts = parser.parse_args()
+    if opts.cmd == "serve":
+        if opts.variant in ("uvloop", "bareuvloop"):
+            import uvloop
+            uvloop.install()
+        asyncio.run(_serve_variant(opts.variant, opts.port_file, opts.log_file))
+    else:
+        run(opts.variants.split(","), opts.rounds, opts.duration, opts.concurrency)
+
+
+if __name__ == "__main__":
+    main()
