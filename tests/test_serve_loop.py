@@ -4,6 +4,7 @@ it says so, serves calls and cancels as on asyncio's, and stops flushing its log
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from callstate.lifecycle import ABORTIVE, CANCEL_SEEN
 from tests.conftest import final, start_server, states
 
 pytestmark = pytest.mark.timeout(60)
-pytest.importorskip("uvloop")
+needs_uvloop = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None,
+                                  reason="uvloop is not installed (the fast extra; the dev extra has it)")
 
 
+@needs_uvloop
 def test_the_server_runs_on_uvloop_and_serves_completes_aborts_and_cancels(tmp_path: Path) -> None:
     srv = start_server(tmp_path, "--loop", "uvloop", "--max-hold", "20")
     try:
@@ -63,3 +66,15 @@ def test_an_unknown_loop_is_a_usage_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30, cwd=tmp_path,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 2 and "--loop" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_uvloop_asked_for_but_not_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Without the `fast` extra, --loop uvloop says what to install, in one line, and serves nothing."""
+    shadow = tmp_path / "shadow" / "uvloop"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no uvloop here')\n")   # as if not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "callstate", "serve", "--port", "0", "--loop", "uvloop"],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["callstate serve: --loop uvloop needs uvloop (pip install 'callstate[fast]')"]
