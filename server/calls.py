@@ -28,10 +28,10 @@ from grpc._cython import cygrpc
 from callstate import codes
 from callstate.cancel_poll import CancelPoll
 from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
-                                 Lifecycle, initial_move, move_to_end)
+                                 LifecycleError, initial_move, move_to_end, table_for)
 from callstate.statelog import Entry
 from callstate.wire import CODE_KEY
-from callstate.server.journal import Journal
+from callstate.server.journal import CallRecord, Journal
 
 
 
@@ -84,19 +84,23 @@ logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 # Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
 _entry = functools.partial(tuple.__new__, Entry)
 
-_INITIAL, _INITIAL_MOVE = INITIAL[SERVER], INITIAL_MOVE[SERVER]
+_INITIAL, _INITIAL_MOVE, _UNARY_TABLE = INITIAL[SERVER], INITIAL_MOVE[SERVER], table_for(SERVER, UNARY)
 
 
-class ServerCall:
-    __slots__ = ("call_id", "lifecycle", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_timer",
-                 "_rec", "_journal", "_log", "polls", "method", "rule")
+class ServerCall(CallRecord):
+    """A call in flight, and, once it ends, its record in the journal: one object per call holds
+    its state in the server's table (callstate.lifecycle), its cancels and its history."""
+
+    __slots__ = ("kind", "_table", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_timer",
+                 "_journal", "_log", "polls")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
                  rule: str | None = None) -> None:
-        self.call_id = call_id
-        self.method, self.rule = method, rule   # a stand-in's call: named in each of its entries
-        self.lifecycle = Lifecycle(SERVER, keep_history=False, kind=kind)   # the journal keeps the history
+        CallRecord.__init__(self, call_id, outcome, deadline_ms, method, rule)   # a stand-in's: method, rule
+        self.kind = kind
+        self._table = _UNARY_TABLE if kind == UNARY else table_for(SERVER, kind)
+        self.state = _INITIAL
         self.cancel_kind: str | None = None   # the first cancel seen: ABORTIVE or NON_ABORTIVE
         self.rpc_cancelled = False            # the gRPC call is gone: no reply can be sent
         self.stopping = False
@@ -106,33 +110,33 @@ class ServerCall:
         self.polls: CancelPoll | None = None   # set by `poll_cancels`: the handler asks for cancels
         self._journal = journal
         self._log = log_append
-        self._rec = journal.open(call_id, outcome, deadline_ms, method, rule)
+        journal.keep(self)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
         e = _entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
                     None, method, rule))
-        journal.add(self._rec, e)   # _emit, inlined on the hot path
+        journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
 
     def _emit(self, e: Entry) -> None:
-        self._journal.add(self._rec, e)
+        self._journal.add(self, e)
         self._log(e)
-
-    @property
-    def state(self) -> str:
-        return self.lifecycle.state
 
     def move(self, move: str, code: int | None = None, grpc_status: str | None = None, detail: str | None = None,
              sent: int | None = None, received: int | None = None) -> None:
-        prev, state = self.lifecycle.move(move)
+        prev = self.state
+        try:   # the table's move (callstate.lifecycle), applied here: this runs for every state of every call
+            state = self.state = self._table[prev][move]
+        except KeyError:
+            raise LifecycleError(SERVER, prev, move) from None
         e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
                     received, None, self.method, self.rule))
-        self._journal.add(self._rec, e)   # _emit, inlined on the hot path
+        self._journal.add(self, e)   # _emit, inlined on the hot path
         self._log(e)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
-        while not self.lifecycle.ended:
-            move = move_to_end(SERVER, self.state, self.lifecycle.kind)
+        while not self.ended:
+            move = move_to_end(SERVER, self.state, self.kind)
             assert move is not None, "every server state has a move straight to End"
             self.move(move, codes.RPC_S_CALL_FAILED, codes.grpc_status_name_for(codes.RPC_S_CALL_FAILED),
                       f"handler error: {type(exc).__name__}: {exc}")
@@ -140,7 +144,7 @@ class ServerCall:
     def cancel_seen(self, kind: str) -> None:
         """A cancel reached the call: record it (no state change: docs/model.md, "Server") and wake
         a waiting handler; a polling handler sees it at its next poll (`test_cancel`)."""
-        if self.lifecycle.ended:
+        if self.ended:
             return
         if kind == ABORTIVE:
             self.rpc_cancelled = True   # the transport's fact: no reply can reach the caller now
@@ -173,7 +177,7 @@ class ServerCall:
     def test_cancel(self, at_outcome: bool = False) -> None:
         """RpcServerTestCancel: at a poll instant (or the outcome point), log the cancels it finds."""
         polls = self.polls
-        if polls is None or not polls.pending or self.lifecycle.ended:
+        if polls is None or not polls.pending or self.ended:
             return
         for kind, delay in polls.test(time.monotonic(), at_outcome):
             self._see(kind, round(delay * 1000, 3))
@@ -188,7 +192,7 @@ class ServerCall:
 
     async def until_polled(self) -> None:
         """Keep working until the next poll sees the cancels that arrived (or the server stops)."""
-        while self.polls is not None and self.polls.pending and not self.stopping and not self.lifecycle.ended:
+        while self.polls is not None and self.polls.pending and not self.stopping and not self.ended:
             await asyncio.wait((self.wake_future(),), timeout=self.poll_timeout(None))
             self.test_cancel()
         self.test_cancel(at_outcome=True)   # the server stopping: the handler looks one last time
@@ -228,6 +232,10 @@ class ServerCall:
         self.stop_timer()
         self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake)
         return self._wake
+
+    def let_go(self) -> None:
+        """Released from the live calls: the journal keeps the call, not what it waited on."""
+        self._wake = self.polls = None
 
     def stop_timer(self) -> None:
         if self._timer is not None:

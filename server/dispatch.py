@@ -137,7 +137,7 @@ class Dispatcher:
         return len(self.live) > self.config.max_in_flight
 
     def release(self, call_id: str) -> None:
-        del self.live[call_id]
+        self.live.pop(call_id).let_go()
 
     def stop_all(self) -> None:
         """Server shutdown: every waiting handler ends its call now."""

@@ -125,7 +125,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                         break
             return await self._run(call, script, outcome, request, context, overran, answer)
         except BaseException as exc:
-            if not call.lifecycle.ended:
+            if not call.ended:
                 call.end_on_error(exc)
             raise
         finally:
@@ -234,7 +234,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             if call.cancel_key and not hmac.compare_digest(request.cancel_key.encode(), call.cancel_key.encode()):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     "the notice's cancel_key is not the one the call was made with")
-            if call.lifecycle.ended:   # ended, still sending its status
+            if call.ended:   # ended, still sending its status
                 return pb.CancelReply(delivered=False, state=call.state)
             state = call.state
             call.cancel_seen(NON_ABORTIVE)

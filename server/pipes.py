@@ -113,7 +113,7 @@ class PipeRun:
                 self.received += 1
                 if pipe_messages:
                     self.received_bytes += len(msg.payload)
-                if self.log_messages and not call.lifecycle.ended:
+                if self.log_messages and not call.ended:
                     call.move(RECEIVE_COMPLETE, sent=self.sent, received=self.received)
                 if self.received == stop_at:   # the script's point: pull no further
                     call.wake()
@@ -345,7 +345,7 @@ class PipeServicer:
         try:
             return await self._run(run, bad)
         except BaseException as exc:
-            if not call.lifecycle.ended:
+            if not call.ended:
                 call.end_on_error(exc)
             raise
         finally:
@@ -397,7 +397,7 @@ class PipeServicer:
             await send_fatal(context, str(fatal))
         except BaseException as exc:
             await self._if_overdue(run)
-            if call.lifecycle.ended or not _is_cancel(exc, context, run):
+            if call.ended or not _is_cancel(exc, context, run):
                 raise
             call.cancel_seen(ABORTIVE)
             await call.until_polled()   # a polling handler works on until its next poll sees it
@@ -408,7 +408,7 @@ class PipeServicer:
     async def _if_overdue(self, run: PipeRun) -> None:
         """The max-hold watchdog cut the handler short: the call ends with 1460 (this raises)."""
         call = run.call
-        if run.overdue and not call.lifecycle.ended and not call.rpc_cancelled:
+        if run.overdue and not call.ended and not call.rpc_cancelled:
             run.record_abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold))
             await run.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _overran(self.config.max_hold),
                                     ((CODE_KEY, str(codes.RPC_S_TIMEOUT)),))
@@ -424,7 +424,7 @@ class PipeServicer:
         assert task is not None
 
         def overrun() -> None:
-            if not run.call.lifecycle.ended:
+            if not run.call.ended:
                 run.overdue = True
                 task.cancel()
         return asyncio.get_running_loop().call_later(self.config.max_hold + 0.1, overrun)
