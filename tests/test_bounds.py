@@ -13,7 +13,7 @@ from typing import Iterator
 import grpc
 import pytest
 
-from callstate import codes
+from callstate import codes, lifecycle
 from callstate.client import AsyncClient, CallError, Script
 from callstate.script import ABORT_CODE_MAX, ABORT_CODE_MIN, Limits
 from callstate.server.emulator import EarlyNotices
@@ -219,6 +219,28 @@ def test_journal_is_bounded_in_bytes_and_in_events_per_call() -> None:
     for i in range(1000):
         journal.add(rec, Entry(i, SERVER, "noisy", D, D, CANCEL_SEEN, cancel=NON_ABORTIVE))
     assert len(rec.entries) == 3 and rec.omitted == 997 and journal.cancels_seen == 1000   # counted, not stored
+
+
+def test_an_ended_call_kept_by_the_journal_is_its_record_and_holds_no_wait() -> None:
+    """The server's call is its own journal record (one object per call); once released it keeps
+    its history for the journal but lets go of its wake future and poll state."""
+    from callstate.server.config import EmulatorConfig
+    from callstate.server.dispatch import Dispatcher
+
+    async def go() -> None:
+        journal = Journal()
+        d = Dispatcher(EmulatorConfig(cancel_poll_ms=50), journal, lambda entry: None)
+        call = d.dispatch("held", "", "hold", None)  # type: ignore[arg-type]
+        assert journal.get("held") is call and call.polls is not None
+        call.wake_after(10)
+        call.stop_timer()
+        call.move(lifecycle.ABORT)
+        call.move(lifecycle.ABORTED, 1818)
+        d.release("held")
+        kept = journal.get("held")
+        assert kept is call and kept.ended and [e.state for e in kept.entries] == [D, lifecycle.A, END]
+        assert kept._wake is None and kept.polls is None and "held" not in d.live
+    asyncio.run(go())
 
 
 def test_many_notices_to_one_call_keep_its_history_small(tmp_path: Path) -> None:
