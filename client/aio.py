@@ -78,8 +78,14 @@ class AsyncCall(CallCore):
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
         """RpcAsyncCancelCall (see CallCore.cancel)."""
         super().cancel(abortive, timeout)
-        if abortive:
-            self._ensure_driver()   # the notification is rushed: record it even if nobody awaits
+        if abortive and self._driver is None and self._rpc is not None and not self.outcome_known:
+            # The notification is rushed: record it even if nobody awaits. When our cancel ended
+            # the RPC, its outcome is known here and now (what awaiting it would say: cancelled
+            # here, abortively), with no task to read it; an RPC that had already ended is read.
+            if self._rpc.cancelled():
+                self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=True))
+            else:
+                self._ensure_driver()
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
