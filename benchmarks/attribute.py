@@ -203,12 +203,8 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
 
 
 async def _run(port: int, port_file: str, stop_server: Any) -> None:
-    Path(port_file).write_text(str(port))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    import bare
+    await bare.until_signalled(port, port_file)
     await stop_server()
 
 

@@ -88,6 +88,16 @@ class BareJournal(pb_grpc.JournalServicer):
         return pb.Counters(in_flight=self.emulator.in_flight)
 
 
+async def until_signalled(port: int, port_file: str) -> None:
+    """Say the port in `port_file`, then serve until SIGINT or SIGTERM."""
+    Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(port_file: str, cancel_log: str | None, tls_cert: str | None = None, tls_key: str | None = None,
                 token: str | None = None) -> None:
     server = grpc.aio.server()
@@ -100,12 +110,7 @@ async def serve(port_file: str, cancel_log: str | None, tls_cert: str | None = N
     else:
         port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    Path(port_file).write_text(str(port))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled(port, port_file)
     await server.stop(1)
     if cancel_log:
         Path(cancel_log).write_text(json.dumps(emulator.cancelled_at))

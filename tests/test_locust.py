@@ -54,9 +54,13 @@ def kinds(entries: list[dict]) -> dict[str, str]:
     return {e["call_id"]: kind for e in entries if (kind := kind_of_initial_move(e.get("move")))}
 
 
-def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(tmp_path: Path) -> None:
-    (tmp_path / "locustfile.py").write_text(readme_locustfile())
-    srv = start_server(tmp_path, "--max-hold", "20")
+def run_master_and_workers(tmp: Path, target: str, options: list[str], workers: int = 2,
+                           worker_dir: Path | None = None, users: int = 6, run_time: str = "4s",
+                           timeout: float = 120) -> tuple[int, list[int]]:
+    """A headless master in `tmp` (locustfile.py, its json stats file `run`) and its workers (in
+    `worker_dir`, default `tmp`), each writing its output to `master.out`/`workerN.out`: their
+    exit statuses. `timeout`: how long the master may take."""
+    worker_dir = worker_dir or tmp
     master_port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = ["-f", "locustfile.py"]
@@ -64,36 +68,43 @@ def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(t
     try:
         master = subprocess.Popen(
             [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
-             "--headless", "--expect-workers", "2", "--expect-workers-max-wait", "40",
-             "-u", "8", "-r", "8", "-t", "5s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
-             "--csv", "run", "--csv-full-history",
-             # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
-             # gives their final report, so the counts match only if the master waits for them
-             "--callstate-abort-code", "5001", "--callstate-hold-for", "1",
-             # a pipe share of each kind, cancelled at every point (the workers get it from the master)
-             "--callstate-pipes", "in=20,out=20,both=20", "--callstate-pipe-messages", "3",
-             "--callstate-pipe-cancel-at", "before-start,after-headers,after-sent:1,after-received:2,after-half-close"],
-            cwd=tmp_path, env=env, stdout=open(tmp_path / "master.out", "wb"), stderr=subprocess.STDOUT)
+             "--headless", "--expect-workers", str(workers), "--expect-workers-max-wait", "40", "-u", str(users), "-r", str(users),
+             "-t", run_time, "--stop-timeout", "5", "--host", target, "--json-file", "run", *options],
+            cwd=tmp, env=env, stdout=open(tmp / "master.out", "wb"), stderr=subprocess.STDOUT)
         procs.append(master)
-        for i in range(2):
+        for i in range(workers):
             procs.append(subprocess.Popen([*LOCUST, *common, "--worker", "--master-host", "127.0.0.1",
-                                           "--master-port", str(master_port)], cwd=tmp_path,
-                                          env=env, stdout=open(tmp_path / f"worker{i}.out", "wb"),
-                                          stderr=subprocess.STDOUT))
-        rc = master.wait(90)
-        for p in procs[1:]:
-            p.wait(30)
-        out = (tmp_path / "master.out").read_text()
-        assert rc == 0, out
-        assert [p.returncode for p in procs[1:]] == [0, 0], [(tmp_path / f"worker{i}.out").read_text() for i in range(2)]
-        channel = grpc.insecure_channel(srv.target)
-        counters = pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=5)
-        channel.close()
+                                           "--master-port", str(master_port)], cwd=worker_dir, env=env,
+                                          stdout=open(tmp / f"worker{i}.out", "wb"), stderr=subprocess.STDOUT))
+        rc = master.wait(timeout)
+        return rc, [p.wait(30) for p in procs[1:]]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_master_and_two_workers_report_per_code_and_pipe_kind_and_check_passes(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(readme_locustfile())
+    srv = start_server(tmp_path, "--max-hold", "20")
+    try:
+        rc, worker_rcs = run_master_and_workers(tmp_path, srv.target, [
+            "--csv", "run", "--csv-full-history",
+            # held calls last 1 s: at the stop, workers take longer than the 0.5 s Locust's master
+            # gives their final report, so the counts match only if the master waits for them
+            "--callstate-abort-code", "5001", "--callstate-hold-for", "1",
+            # a pipe share of each kind, cancelled at every point (the workers get it from the master)
+            "--callstate-pipes", "in=20,out=20,both=20", "--callstate-pipe-messages", "3",
+            "--callstate-pipe-cancel-at", "before-start,after-headers,after-sent:1,after-received:2,after-half-close"],
+            users=8, run_time="5s", timeout=90)
+        out = (tmp_path / "master.out").read_text()
+        assert rc == 0, out
+        assert worker_rcs == [0, 0], [(tmp_path / f"worker{i}.out").read_text() for i in range(2)]
+        channel = grpc.insecure_channel(srv.target)
+        counters = pb_grpc.JournalStub(channel).GetCounters(pb.CountersRequest(), timeout=5)
+        channel.close()
+    finally:
         srv.stop()
 
     rows = stats_rows(tmp_path / "run.json")

@@ -6,7 +6,6 @@ check` over both sides. Locust runs in subprocesses only (it monkey-patches for 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, read_entries, start_server
 from tests.documentation import blocks, section
 from tests.test_drive import CHARGE, CHAT, PROTOS, SHOP
-from tests.test_locust import LOCUST, finals, free_port, kinds, stats_rows
+from tests.test_locust import LOCUST, finals, kinds, run_master_and_workers, stats_rows
 
 pytestmark = pytest.mark.timeout(180)
 LOCUSTFILE = "from callstate.locust import CallstateUser\n"
@@ -48,34 +47,6 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
                        "--max-hold", "20")
     yield srv
     srv.stop()
-
-
-def run_master_and_workers(tmp: Path, target: str, options: list[str], workers: int = 2,
-                           worker_dir: Path | None = None) -> tuple[int, list[int]]:
-    """A headless master in `tmp` and its workers (in `worker_dir`, default `tmp`): exit statuses."""
-    worker_dir = worker_dir or tmp
-    master_port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    common = ["-f", "locustfile.py"]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        master = subprocess.Popen(
-            [*LOCUST, *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
-             "--headless", "--expect-workers", str(workers), "--expect-workers-max-wait", "40", "-u", "6", "-r", "6",
-             "-t", "4s", "--stop-timeout", "5", "--host", target, "--json-file", "run", *options],
-            cwd=tmp, env=env, stdout=open(tmp / "master.out", "wb"), stderr=subprocess.STDOUT)
-        procs.append(master)
-        for i in range(workers):
-            procs.append(subprocess.Popen([*LOCUST, *common, "--worker", "--master-host", "127.0.0.1",
-                                           "--master-port", str(master_port)], cwd=worker_dir, env=env,
-                                          stdout=open(tmp / f"worker{i}.out", "wb"), stderr=subprocess.STDOUT))
-        rc = master.wait(120)
-        return rc, [p.wait(30) for p in procs[1:]]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
 
 
 def named_by_code(entries: list[dict[str, Any]], prefix: str) -> Counter[str]:
