@@ -99,14 +99,9 @@ class Journal:
         self.by_state: dict[str, int] = {}
         self.by_code: dict[int, int] = {}
 
-    def open(self, call_id: str, outcome: str = "", deadline_ms: int | None = None, method: str | None = None,
-             rule: str | None = None) -> CallRecord:
-        """A newly dispatched call: its record (the caller adds its entries to it)."""
-        return self.keep(CallRecord(call_id, outcome, deadline_ms, method, rule))
-
     def keep(self, rec: CallRecord) -> CallRecord:
-        """A newly dispatched call whose record was made by the caller (the server's call is
-        its own record: one object per call, kept here once it ends)."""
+        """A newly dispatched call, by its record (the caller adds its entries to it; the server's
+        call is its own record: one object per call, kept here once it ends)."""
         self._calls[rec.call_id] = rec
         self.dispatched += 1
         self.in_flight += 1

@@ -17,7 +17,7 @@ from callstate import codes, lifecycle
 from callstate.client import AsyncClient, CallError, Script
 from callstate.script import ABORT_CODE_MAX, ABORT_CODE_MIN, Limits
 from callstate.server.emulator import EarlyNotices
-from callstate.server.journal import Journal
+from callstate.server.journal import CallRecord, Journal
 from callstate.statelog import Entry
 from callstate.lifecycle import C, CANCEL_SEEN, D, DISPATCH, END, ENTER, FATAL, NON_ABORTIVE, SERVER
 from callstate.v1 import callstate_pb2 as pb
@@ -211,11 +211,11 @@ def _end(call_id: str, t: float) -> list[Entry]:
 def test_journal_is_bounded_in_bytes_and_in_events_per_call() -> None:
     journal = Journal(capacity=1_000_000, max_bytes=100_000, max_events_per_call=3)
     for i in range(5000):
-        rec = journal.open(f"call-{i}")
+        rec = journal.keep(CallRecord(f"call-{i}"))
         for e in _end(f"call-{i}", i):
             journal.add(rec, e)
     assert journal.bytes <= 100_000 and 0 < len(journal) < 5000 and journal.get("call-4999") is not None
-    rec = journal.open("noisy")
+    rec = journal.keep(CallRecord("noisy"))
     for i in range(1000):
         journal.add(rec, Entry(i, SERVER, "noisy", D, D, CANCEL_SEEN, cancel=NON_ABORTIVE))
     assert len(rec.entries) == 3 and rec.omitted == 997 and journal.cancels_seen == 1000   # counted, not stored

@@ -220,13 +220,13 @@ def test_watch_dropped_counts_entries_a_slow_watcher_lost() -> None:
     import asyncio
 
     from callstate.lifecycle import DISPATCH, ENTER, SERVER
-    from callstate.server.journal import Journal
+    from callstate.server.journal import CallRecord, Journal
     from callstate.statelog import Entry
 
     async def go() -> None:
         journal = Journal(capacity=10, watch_queue=2)
         watcher = journal.subscribe()
-        rec = journal.open("x")
+        rec = journal.keep(CallRecord("x"))
         for _ in range(5):
             journal.add(rec, Entry(1.0, SERVER, "x", "D", None, ENTER, DISPATCH))
         assert (watcher.dropped, journal.watch_dropped, watcher.queue.qsize()) == (3, 3, 2)
