@@ -83,7 +83,7 @@ class AsyncCall(CallCore):
             # the RPC, its outcome is known here and now (what awaiting it would say: cancelled
             # here, abortively), with no task to read it; an RPC that had already ended is read.
             if self._rpc.cancelled():
-                self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=True))
+                self._notify_cancelled_here()
             else:
                 self._ensure_driver()
 
@@ -168,14 +168,18 @@ class AsyncCall(CallCore):
                 self._cancel_moves(abortive=True, sent=True)
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
-            self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
-                                                     abortive_cancel=self.abortive_cancel))
+            self._notify_cancelled_here()
         else:
             self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         self._stop_escalation()
         self.notify(code, reply, status, details)
+
+    def _notify_cancelled_here(self) -> None:
+        """The RPC was cancelled on this side: by our abortive cancel (1818), or under us (1722)."""
+        self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
+                                                 abortive_cancel=self.abortive_cancel))
 
 
 class AsyncClient(ClientBase):
