@@ -215,8 +215,12 @@ class LoadRun:
         self.start_failed += end.start_refused
         self._record(end.code, t0)
 
+    def _outcome_path(self, plan: Plan) -> str:
+        """The path a call's outcome is counted under: the plan's, or no-script (the server's)."""
+        return NO_SCRIPT if self.cfg.no_script else plan.outcome
+
     def _count_paths(self, plan: Plan) -> None:
-        self.paths[NO_SCRIPT if self.cfg.no_script else plan.outcome] += 1
+        self.paths[self._outcome_path(plan)] += 1
         if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
             self.paths["hold-for"] += 1
         elif plan.cancel:
@@ -235,7 +239,7 @@ class LoadRun:
         t0 = time.perf_counter()
         scenario = self.cfg.scenario
         self.paths[f"pipe-{plan.pipe}"] += 1
-        self.paths[NO_SCRIPT if self.cfg.no_script else plan.outcome] += 1
+        self.paths[self._outcome_path(plan)] += 1
         point, cancel = pipe_cancel(plan)
         if point is not None:
             self.paths[f"cancel-{cancel}"] += 1
