@@ -163,3 +163,12 @@ def test_the_same_device_for_two_outputs_loses_nothing_and_is_allowed() -> None:
     from callstate.cli.outputs import clash
 
     assert clash((("--report", os.devnull), ("--html", os.devnull))) == ""
+
+
+@pytest.mark.parametrize("argv", [["load", "--target", UNREACHABLE, "--calls", "99999999999999"],
+                                  ["serve", "--port", "0", "--journal-size", "9999999999"]])
+def test_an_integer_bound_is_named_in_full(argv: list[str]) -> None:
+    """It said "at most 2.14748e+09": a rounded figure, below the real bound."""
+    result = cli(*argv)
+    assert result.returncode == 2
+    assert "must be at most 2147483647 " in one_line(result), result.stderr
