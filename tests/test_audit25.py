@@ -172,3 +172,10 @@ def test_an_integer_bound_is_named_in_full(argv: list[str]) -> None:
     result = cli(*argv)
     assert result.returncode == 2
     assert "must be at most 2147483647 " in one_line(result), result.stderr
+
+
+def test_health_of_an_unknown_service_names_it(shared_server: ServerProcess) -> None:
+    result = cli("health", "--target", shared_server.target, "--service", "no.such.Service")
+    assert result.returncode == 1
+    assert one_line(result) == f"callstate health: {shared_server.target}: NOT_FOUND: it has no health status " \
+                               "for --service 'no.such.Service'"
