@@ -174,6 +174,23 @@ def test_an_integer_bound_is_named_in_full(argv: list[str]) -> None:
     assert "must be at most 2147483647 " in one_line(result), result.stderr
 
 
+def test_a_log_named_twice_is_checked_once(log: Path, shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A folder and one of its files, or ./x and x: read twice, every call in it ended twice
+    and the check FAILED on a log that is fine."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "client.jsonl").write_bytes(log.read_bytes())
+    once = cli("check", "--allow-one-side", str(folder))
+    twice = cli("check", "--allow-one-side", str(folder), str(folder / "client.jsonl"), "logs/client.jsonl",
+                cwd=tmp_path)
+    assert once.returncode == 0, once.stdout
+    assert twice.returncode == 0, twice.stdout
+    assert twice.stdout == once.stdout
+    report = cli("report", "--allow-one-side", str(folder), "logs/client.jsonl", "--html", str(tmp_path / "r.html"),
+                 cwd=tmp_path)
+    assert report.returncode == 0 and "check OK" in report.stdout, report.stdout
+
+
 def test_health_of_an_unknown_service_names_it(shared_server: ServerProcess) -> None:
     result = cli("health", "--target", shared_server.target, "--service", "no.such.Service")
     assert result.returncode == 1
