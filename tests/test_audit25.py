@@ -196,3 +196,24 @@ def test_health_of_an_unknown_service_names_it(shared_server: ServerProcess) -> 
     assert result.returncode == 1
     assert one_line(result) == f"callstate health: {shared_server.target}: NOT_FOUND: it has no health status " \
                                "for --service 'no.such.Service'"
+
+
+def test_load_paths_count_the_cancels_that_happened(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A cancel drawn for a call that ended before it came (here: 30 s after start, for calls
+    that complete at once) is no path the call took: the paths line counted it as a cancel,
+    so it disagreed with the client's log and with the live view's cancels."""
+    import orjson
+
+    from callstate.lifecycle import CAN, ENTER
+
+    report, state_log = tmp_path / "load.json", tmp_path / "client.jsonl"
+    result = cli("load", "--target", shared_server.target, "--calls", "40", "--concurrency", "4", "--mix",
+                 "complete=1", "--cancel", "non-abortive=100", "--cancel-at", "before-start,after:30", "--seed", "3",
+                 "--report", str(report), "--log-file", str(state_log), timeout=EVIDENCE_WAIT * 3)
+    assert result.returncode == 0, result.stdout + result.stderr
+    paths = orjson.loads(report.read_bytes())["paths"]
+    cancelled = {e["call_id"] for e in map(orjson.loads, state_log.read_bytes().splitlines())
+                 if e["state"] == CAN and e["event"] == ENTER}
+    assert 0 < len(cancelled) < 40   # both points were drawn
+    assert paths["cancel-non-abortive"] == paths["cancel-at-before-start"] == len(cancelled), paths
+    assert "cancel-at-after" not in paths, paths
