@@ -82,6 +82,10 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
         else:   # a user's server may send them only with its first message or its reply: go on meanwhile
             on_headers = asyncio.ensure_future(_cancel_on_headers(pipe, cancel))
 
+    ended = asyncio.get_running_loop().create_future()   # the notification: no more pacing
+    if interval:
+        pipe.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+
     async def push_all() -> None:
         message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
@@ -93,8 +97,8 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
                 return
-            if interval:
-                await asyncio.sleep(interval)
+            if interval:   # a cancel (Ctrl-C) or the server's end cuts the wait short
+                await asyncio.wait((ended,), timeout=interval)
         if half_close and pipe.state == PUSH and not pipe.done():
             await pipe.close_push()
             cancel.at(CANCEL_AFTER_HALF_CLOSE)

@@ -6,11 +6,17 @@ before its end is not left behind empty; reports are written whole, readable as 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli
+from callstate.lifecycle import PUSH
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.timeout(120)
 UNREACHABLE = "127.0.0.1:9"   # the discard port: nothing answers
@@ -217,3 +223,42 @@ def test_load_paths_count_the_cancels_that_happened(shared_server: ServerProcess
     assert 0 < len(cancelled) < 40   # both points were drawn
     assert paths["cancel-non-abortive"] == paths["cancel-at-before-start"] == len(cancelled), paths
     assert "cancel-at-after" not in paths, paths
+
+
+@pytest.fixture(scope="module")
+def short_hold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("short"), "--max-hold", "2", "--no-state-log")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("kind", ["in", "both"])
+def test_a_paced_pipe_ends_when_the_server_ends_it(short_hold_server: ServerProcess, kind: str) -> None:
+    """--interval paces the caller's pushes; the wait between them used to outlive the call
+    (here: the server's --max-hold ends it after 2 s, while the caller waits 1e9 s)."""
+    result = cli("call", "--target", short_hold_server.target, "--pipe", kind, "--outcome", "hold", "--interval",
+                 "1e9", timeout=EVIDENCE_WAIT * 3)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("final: 1460 RPC_S_TIMEOUT"), result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_paced_pipe_ends_on_ctrl_c(shared_server: ServerProcess, tmp_path: Path, sig: int) -> None:
+    """Ctrl-C or SIGTERM cancels the call (abortive, 1818) and the command ends: the wait
+    between pushes ignored both and the command never ended."""
+    out = tmp_path / "call.out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", shared_server.target,
+                                 "--pipe", "in", "--outcome", "hold", "--interval", "1e9"],
+                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + EVIDENCE_WAIT * 3
+        while PUSH not in out.read_text():   # the state line of the pipe that has started
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        assert proc.wait(EVIDENCE_WAIT * 3) == 1, out.read_text()
+        assert "final: 1818 RPC_S_CALL_CANCELLED" in out.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
