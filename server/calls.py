@@ -17,7 +17,6 @@ says which cancel is seen when, this adapter only waits for those instants.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Callable, NoReturn
@@ -29,7 +28,7 @@ from callstate import codes
 from callstate.cancel_poll import CancelPoll
 from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
                                  LifecycleError, initial_move, move_to_end, table_for)
-from callstate.statelog import Entry
+from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
 from callstate.server.journal import CallRecord, Journal
 
@@ -81,9 +80,6 @@ async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoRetur
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 
 
-# Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
-_entry = functools.partial(tuple.__new__, Entry)
-
 _INITIAL, _INITIAL_MOVE, _UNARY_TABLE = INITIAL[SERVER], INITIAL_MOVE[SERVER], table_for(SERVER, UNARY)
 
 
@@ -112,7 +108,7 @@ class ServerCall(CallRecord):
         self._log = log_append
         journal.keep(self)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        e = _entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
+        e = new_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
                     None, method, rule))
         journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
@@ -128,7 +124,7 @@ class ServerCall(CallRecord):
             state = self.state = self._table[prev][move]
         except KeyError:
             raise LifecycleError(SERVER, prev, move) from None
-        e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
+        e = new_entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
                     received, None, self.method, self.rule))
         self._journal.add(self, e)   # _emit, inlined on the hot path
         self._log(e)
