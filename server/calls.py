@@ -17,6 +17,7 @@ says which cancel is seen when, this adapter only waits for those instants.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Callable, NoReturn
@@ -226,7 +227,7 @@ class ServerCall(CallRecord):
         if self._wake is None or self._wake.done():
             self._wake = loop.create_future()
         self.stop_timer()
-        self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake)
+        self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake, context=_TIMER_CONTEXT)
         return self._wake
 
     def let_go(self) -> None:
@@ -237,6 +238,11 @@ class ServerCall(CallRecord):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+# What the wake-up timers run in: `_wake_up` reads no context variable, so no copy of the
+# handler's context is made and kept per held call (call_later's default).
+_TIMER_CONTEXT = contextvars.Context()
 
 
 def _wake_up(wake: asyncio.Future[None]) -> None:
