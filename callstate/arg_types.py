@@ -22,6 +22,11 @@ MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with r
 MAX_INT = 2**31 - 1   # what a gRPC integer option holds; every count and size option fits in it
 
 
+def bound(value: float) -> str:
+    """A range's end as a user types it: an integer in full (2147483647, not %g's 2.14748e+09)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[[str], Any]:
     """An argparse type for a finite number that is >= 0 (or > 0), and at most MAX_INT (an
     integer) or MAX_SECONDS (a number): no option takes a value past those without harm."""
@@ -36,7 +41,7 @@ def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[
             raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
                                              f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
         if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {bound(high)}")
         return value
     convert.__name__ = kind   # argparse names the type in its messages
     return convert

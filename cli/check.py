@@ -52,7 +52,20 @@ def log_paths(args: list[str]) -> list[Path]:
             paths += found
         else:
             paths.append(arg)
-    return paths
+    unique: dict[object, Path] = {}
+    for path in paths:
+        unique.setdefault(_identity(path), path)
+    return list(unique.values())
+
+
+def _identity(path: Path) -> object:
+    """What names one file however it is written: a log given twice (a folder and one of its
+    files, or ./x and x) is read once; read twice, every call in it would end twice."""
+    try:
+        st = path.stat()
+    except OSError:   # it cannot be read: the reader names it as given
+        return path
+    return st.st_dev, st.st_ino
 
 
 def run(opts: argparse.Namespace) -> int:

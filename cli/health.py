@@ -39,6 +39,10 @@ def run(opts: argparse.Namespace) -> int:
                 print(f"callstate health: {opts.target} answers health checks but is not a callstate server "
                       f"(it does not know {EMULATOR})", file=sys.stderr)
                 return 1
+            if err.code() == grpc.StatusCode.NOT_FOUND:   # the health service answers with no details
+                print(f"callstate health: {opts.target}: NOT_FOUND: it has no health status for --service "
+                      f"{opts.service!r}", file=sys.stderr)
+                return 1
             print(f"callstate health: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
                   file=sys.stderr)
             return 1

@@ -141,7 +141,8 @@ def add_keepalive(p: "argparse._ActionsContainer", who: str) -> None:
                         f"long; 0: off (default: %(default)s)")
 
 
-def add_target(p: argparse.ArgumentParser, several: bool = False) -> None:
+def add_target(p: argparse.ArgumentParser, several: bool = False,
+               timeout_help: str = "gRPC deadline for the call (default: none)") -> None:
     """The options every client command has: where the server is, a deadline, how to reach it
     (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings.
     several: --target may be repeated (replicas); opts.target is then a list, never empty."""
@@ -152,8 +153,7 @@ def add_target(p: argparse.ArgumentParser, several: bool = False) -> None:
         p.set_defaults(several_targets=True)
     else:
         p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
-    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
-                   help="gRPC deadline for the call (default: none)")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS", help=timeout_help)
     add_access(p)
 
 

@@ -9,6 +9,7 @@ import sys
 
 from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
+from callstate.cli.outputs import clash
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
 from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
@@ -157,6 +158,9 @@ def run(opts: argparse.Namespace) -> int:
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
             return 2
+    if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))):
+        print(f"callstate serve: {why}", file=sys.stderr)   # the port would replace the recorded log
+        return 2
     try:
         options.schema, options.rules = load_standin(opts, config.limits)
     except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "cancels), otherwise one line per entry. It says \"watching\" once every "
                                    "--target has subscribed: a call made after that line is seen. Stop with Ctrl-C "
                                    "(exit 0; 130 before every target has answered).")
-    add_target(p, several=True)
+    add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
+                                             "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call); with one "
                    "--target, the replica that holds the call")
@@ -84,11 +85,15 @@ async def _watch(opts: argparse.Namespace) -> int:
             return await watch.counters()
         if opts.call_id:
             watch.failed = targets[0]
-            return await _watch_call(watch.stubs[0], opts)
+            return await _watch_call(watch.stubs[0], opts, watch)
         return await watch.entries()
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
-            return 0
+            if watch.subscribed:   # --timeout: the watch lasted as long as asked
+                return 0
+            print(f"callstate watch: {watch.failed}: no answer within --timeout {opts.timeout:g} s (nothing was "
+                  "watched)", file=sys.stderr)
+            return 1
         print(printable(f"callstate watch: {watch.failed}: {err.code().name}: "
                         f"{settings.explain(err.code(), err.details())}"), file=sys.stderr)
         return 1
@@ -107,6 +112,7 @@ class _Watch:
         self.opts, self.targets, self.metadata = opts, targets, opts.settings.metadata
         self.stubs = [pb_grpc.JournalStub(channel) for channel in channels]
         self.failed = ""   # the target whose RPC failed
+        self.subscribed = False   # every target answered: --timeout ends the watch from then on
         self.seen = 0
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
@@ -150,6 +156,7 @@ class _Watch:
                   file=sys.stderr, flush=True)
             return 128 + signalled[0]
         if not any(stream.done() for stream in streams):   # a failed one is reported by its reader
+            self.subscribed = True
             print(f"watching {', '.join(self.targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
         if choose(mode, sys.stdout):
@@ -246,7 +253,7 @@ def _failed(task: asyncio.Future[None]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is not None
 
 
-async def _watch_call(stub, opts: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # type: ignore[no-untyped-def]
     """One call: subscribe first (Follow says when it is in place), then read its history, so
     no entry falls between the two; print both, each entry once, and stop at its server End."""
     import grpc
@@ -281,7 +288,7 @@ async def _watch_call(stub, opts: argparse.Namespace) -> int:  # type: ignore[no
         subscribed = False
         async for batch in stream:
             if not subscribed:   # the first message: entries from now on reach this stream
-                subscribed = True
+                subscribed = watch.subscribed = True
                 try:
                     history = await stub.GetCall(pb.GetCallRequest(call_id=opts.call_id), metadata=settings.metadata,
                                                  timeout=opts.timeout or COUNTERS_TIMEOUT)

@@ -212,3 +212,26 @@ def test_an_unreachable_target_is_one_line_and_no_watching(tmp_path: Path) -> No
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"callstate watch: {srv.target}: UNAVAILABLE: "), line
+
+
+@pytest.mark.parametrize("one_call_only", [False, True])
+def test_a_timeout_before_a_stalled_target_answers_is_no_success(tmp_path: Path, one_call_only: bool) -> None:
+    """--timeout ends a watch with exit 0 once it watched for that long; a target that has not
+    answered by then was never watched: exit 1, one line saying so (it used to exit 0 silently)."""
+    srv = start_server(tmp_path, "--no-state-log")
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        result = cli("watch", "--target", srv.target, "--timeout", "1", *(["--call-id", "c1"] * one_call_only),
+                     timeout=EVIDENCE_WAIT * 3)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [f"callstate watch: {srv.target}: no answer within --timeout 1 s "
+                                              "(nothing was watched)"], result.stderr
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+def test_a_timeout_after_watching_ends_the_watch_with_success(quiet_server: ServerProcess) -> None:
+    result = cli("watch", "--target", quiet_server.target, "--timeout", "1", timeout=EVIDENCE_WAIT * 3)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"watching {quiet_server.target}"), result.stderr

@@ -126,9 +126,10 @@ def progress_line(out: TextIO) -> Callable[[str, Any], None]:
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli.conformance.report import failed, junit_xml, table, to_json, writable, write_atomically
+    from callstate.cli.conformance.report import failed, junit_xml, table, to_json
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
+    from callstate.cli.outputs import clash, writable, write_atomically
 
     cfg = BatteryConfig(calls=opts.calls, concurrency=opts.concurrency, small_bytes=opts.small_bytes,
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,
@@ -153,8 +154,9 @@ def run(opts: argparse.Namespace) -> int:
         outputs(why)
         return 2
 
-    for path in filter(None, (opts.report, opts.junit_xml)):
-        if why := writable(path):   # fail now, not after the run; nothing is created or emptied
+    for why in (*map(writable, filter(None, (opts.report, opts.junit_xml))),
+                clash((("--report", opts.report), ("--junit-xml", opts.junit_xml)))):
+        if why:   # fail now, not after the run; nothing is created or emptied
             print(f"callstate conformance: {why}", file=sys.stderr)
             return 2
     from callstate.script import Limits

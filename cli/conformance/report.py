@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 from callstate.cli.conformance.properties import PROPERTIES, Row
@@ -74,31 +71,3 @@ def junit_xml(rows: dict[str, list[Row]], proxy: str, server: str, seconds: floa
         case = ET.SubElement(suite, "testcase", classname="conformance.run", name="run", time=f"{seconds:.3f}")
         ET.SubElement(case, "error", message=error).text = error
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write `path` whole or not at all: a temporary file beside it, then renamed over it, so a
-    reader (a CI publishing it) never sees it empty, half written, or left from a previous run."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def writable(path: str) -> str:
-    """"" when `path` can be written atomically (its folder takes a new file), else why not."""
-    target = Path(path)
-    if target.is_dir():
-        return f"{path}: is a directory"
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        return f"{path}: {exc.strerror or exc}"
-    os.close(fd)
-    os.unlink(tmp)
-    return ""

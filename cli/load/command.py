@@ -13,6 +13,7 @@ from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load.run import LoadConfig, LoadRun
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
+from callstate.cli.outputs import clash, writable, write_atomically
 from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
                                  on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
                                  positive_float, positive_int)
@@ -224,9 +225,11 @@ def _prepare(opts: argparse.Namespace, config: LoadConfig) -> LoadRun:
 
     if opts.html and (why := html_report.available()):
         raise _Stop(why)
+    for why in (*map(writable, filter(None, (opts.report, opts.html))),
+                clash((("--log-file", opts.log_file), ("--report", opts.report), ("--html", opts.html)))):
+        if why:   # nothing is created or emptied, and the state log is never written over
+            raise _Stop(why)
     try:
-        for out in filter(None, (opts.report, opts.html)):
-            open(out, "ab").close()
         load_run = LoadRun(config)
     except OSError as exc:
         raise _Stop(str(exc)) from None
@@ -259,8 +262,7 @@ def _write_json(report: dict[str, Any], path: str) -> None:
     import orjson
 
     try:
-        with open(path, "wb") as f:
-            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        write_atomically(path, orjson.dumps(report, option=orjson.OPT_INDENT_2))
     except OSError as exc:   # a full disk, say: the run's verdict printed stands, the file does not
         raise _Stop(f"--report {path}: cannot write the report ({exc.strerror or exc})") from None
 

@@ -35,7 +35,7 @@ from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
-from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
+from callstate.lifecycle import ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
 from callstate.statelog import Entry, parse_ts, proto_to_dict
 from callstate.logfile import StateLog
@@ -200,7 +200,6 @@ class LoadRun:
         if plan.pipe is not None:
             return await self.one_pipe(client, plan)
         t0 = time.perf_counter()
-        self._count_paths(plan)
         if self._requests is None:
             call = client.prepare(self._script(plan), payload=payload)
         else:
@@ -211,6 +210,7 @@ class LoadRun:
             end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
             self.in_flight -= 1
+            self._count_paths(plan, CAN in call.history)
         self.attempted += end.attempted
         self.start_failed += end.start_refused
         self._record(end.code, t0)
@@ -219,11 +219,11 @@ class LoadRun:
         """The path a call's outcome is counted under: the plan's, or no-script (the server's)."""
         return NO_SCRIPT if self.cfg.no_script else plan.outcome
 
-    def _count_paths(self, plan: Plan) -> None:
+    def _count_paths(self, plan: Plan, cancelled: bool) -> None:
         self.paths[self._outcome_path(plan)] += 1
         if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
             self.paths["hold-for"] += 1
-        elif plan.cancel:
+        elif plan.cancel and cancelled:   # a cancel drawn for a call that ended first is no path it took
             self.paths[f"cancel-{plan.cancel}"] += 1
             self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
 
@@ -241,9 +241,6 @@ class LoadRun:
         self.paths[f"pipe-{plan.pipe}"] += 1
         self.paths[self._outcome_path(plan)] += 1
         point, cancel = pipe_cancel(plan)
-        if point is not None:
-            self.paths[f"cancel-{cancel}"] += 1
-            self.paths[f"pipe-cancel-at-{point.kind}"] += 1
         script, request = None if self.cfg.no_script else pipe_script(plan, scenario, self.cfg.payload), None
         if self._requests is None:
             pipe = client.pipe(plan.pipe, script)
@@ -260,6 +257,9 @@ class LoadRun:
             code = err.code
         finally:
             self.in_flight -= 1
+            if point is not None and CAN in pipe.history:   # as for calls: a cancel it took
+                self.paths[f"cancel-{cancel}"] += 1
+                self.paths[f"pipe-cancel-at-{point.kind}"] += 1
         self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------

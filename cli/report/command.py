@@ -10,6 +10,7 @@ import orjson
 from callstate.cli import COMMANDS
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
+from callstate.cli.outputs import clash, writable, write_atomically
 from callstate.statelog import LogFormatError
 
 # run()'s extension modules load with this module, while main() defers Ctrl-C (cli/check.py).
@@ -45,13 +46,15 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate report: {why}", file=sys.stderr)
         return 2
     try:
-        for out in filter(None, (opts.html, opts.json)):   # fail before reading, not after
-            open(out, "ab").close()
-        report = build_from_files(log_paths(opts.logs), title=opts.title, allow_one_side=opts.allow_one_side)
+        logs = log_paths(opts.logs)
+        for why in (*map(writable, filter(None, (opts.html, opts.json))),
+                    clash((("--html", opts.html), ("--json", opts.json)), [("the log", log) for log in logs])):
+            if why:   # fail before reading, not after: nothing is created or emptied, no log overwritten
+                raise OSError(why)
+        report = build_from_files(logs, title=opts.title, allow_one_side=opts.allow_one_side)
         html_report.write(report, opts.html)
         if opts.json:
-            with open(opts.json, "wb") as f:
-                f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+            write_atomically(opts.json, orjson.dumps(report, option=orjson.OPT_INDENT_2))
     except (OSError, LogFormatError) as exc:
         print(f"callstate report: {exc}", file=sys.stderr)
         return 2

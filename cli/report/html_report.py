@@ -79,4 +79,6 @@ def render(report: Mapping[str, Any]) -> str:
 
 
 def write(report: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(render(report), encoding="utf-8")
+    from callstate.cli.outputs import write_atomically
+
+    write_atomically(path, render(report).encode("utf-8"))
