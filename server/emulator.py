@@ -110,7 +110,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + max_hold
                 for phase in _WAITS:   # no tuple of the two waits in the frame while it is held
-                    seconds = dispatch_ms / 1000 if phase == _DISPATCH_WAIT else max_hold if hold else outcome_ms / 1000
+                    seconds = _wait_seconds(phase, script, hold, max_hold)
                     if not seconds:
                         continue
                     left = deadline - loop.time()
@@ -249,6 +249,13 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         # under its id and key: it applies only to a call made with the same key.
         kept = self.dispatcher.early_notices.remember(notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
+
+
+def _wait_seconds(phase: int, script: pb.Script, hold: bool, max_hold: float) -> float:
+    """A unary script's wait: its dispatch delay, then its outcome's (a hold's: --max-hold)."""
+    if phase == _DISPATCH_WAIT:
+        return script.dispatch_delay_ms / 1000
+    return max_hold if hold else script.outcome_delay_ms / 1000
 
 
 def _outcome(script: pb.Script | None, mix: Mix, rng: random.Random) -> int:
