@@ -15,7 +15,7 @@ scale    calls/s and CPU per call through Debian's nginx with the shipped config
          (deploy/nginx, hashing on callstate-call-id) in front of 1 and of 2 callstate
          serve replicas, bare client sending the id; CPU counts the replicas and nginx
 client   the callstate asyncio client (state log on) vs a bare grpc.aio client, same bare
-         server: calls/s and client CPU per call
+         server: calls/s and client CPU per call, alternating and paired (both at once)
 cancel   1,000 held calls in flight, cancelled one by one: client cancel -> server sees
          it, p50/p99/max, callstate vs bare
 held     10,000 held calls on one server: server memory per held call vs bare; then
@@ -220,8 +220,8 @@ def bench_k6(tmp: Path, rounds: int, vus: int, duration: float, call_id: bool = 
                 srv.stop()
         for kind, run in _paired_k6(tmp, vus, duration, call_id).items():
             paired[kind].append(run)
-    out = _summarize("k6, alternating", runs, server_cpu=True)
-    out["paired"] = _summarize("k6, paired (bare and callstate driven at the same time)", paired, server_cpu=True)
+    out = _summarize("k6", runs, server_cpu=True)
+    out["paired"] = _summarize("k6", paired, server_cpu=True, paired=True)
     out["call_id_sent"] = call_id
     return out
 
@@ -329,16 +329,27 @@ def bench_scale(tmp: Path, rounds: int, concurrency: int, duration: float) -> di
 
 
 def bench_client(tmp: Path, rounds: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Alternating rounds (bare client, then callstate's, against one bare server), then paired
+    rounds (both clients at once against it, so the machine's noise falls on both halves of the
+    ratio); median of each."""
     runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    paired: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    logs = {"bare": None, "callstate": tmp / "client.jsonl"}
     srv = Server("bare", tmp)
     try:
         for _ in range(rounds):
             for kind in ("bare", "callstate"):
-                log = tmp / "client.jsonl" if kind == "callstate" else None
-                runs[kind].append(drive(srv.target, kind, concurrency, duration, log=log))
+                runs[kind].append(drive(srv.target, kind, concurrency, duration, log=logs[kind]))
+            with ThreadPoolExecutor(2) as pool:
+                futures = {kind: pool.submit(drive, srv.target, kind, concurrency, duration, logs[kind])
+                           for kind in ("bare", "callstate")}
+                for kind, f in futures.items():
+                    paired[kind].append(f.result())
     finally:
         srv.stop()
-    return _summarize("client", runs, server_cpu=False)
+    out = _summarize("client", runs, server_cpu=False)
+    out["paired"] = _summarize("client", paired, server_cpu=False, paired=True)
+    return out
 
 
 def _free_port() -> int:
@@ -452,7 +463,9 @@ def bench_metrics(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
     return out
 
 
-def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: bool) -> dict[str, Any]:
+def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: bool,
+               paired: bool = False) -> dict[str, Any]:
+    """Medians over rounds and their ratios, printed. `paired`: each round drove both at once."""
     med = {k: statistics.median(r["calls_per_s"] for r in v) for k, v in runs.items()}
     if server_cpu:
         cpu = {k: statistics.median(r["server_cpu_s"] / r["calls"] * 1e6 for r in v) for k, v in runs.items()}
@@ -461,9 +474,11 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
     out = {"calls_per_s": med, "cpu_us_per_call": cpu,
            "throughput_ratio": med["callstate"] / med["bare"], "cpu_ratio": cpu["bare"] / cpu["callstate"],
            "rounds": {k: [round(r["calls_per_s"]) for r in v] for k, v in runs.items()}}
-    print(f"{name}: median of {len(runs['bare'])} alternating rounds")
+    how = "paired rounds (bare and callstate driven at the same time)" if paired else "alternating rounds"
+    print(f"{name}: median of {len(runs['bare'])} {how}")
     print(ratio_line("calls/s", med["bare"], med["callstate"], "calls/s"))
-    print(ratio_line(f"{name} CPU per call", cpu["bare"], cpu["callstate"], "us", higher_is_better=False))
+    side = "server" if server_cpu else "client"
+    print(ratio_line(f"{side} CPU per call", cpu["bare"], cpu["callstate"], "us", higher_is_better=False))
     print(f"  rounds: {out['rounds']}")
     return out
 

@@ -114,7 +114,9 @@ class AsyncCall(CallCore):
         return self._result_after_wait()
 
     def __await__(self) -> Generator[Any, None, pb.CallReply]:
-        return self.result().__await__()
+        if self.notified:   # the outcome is in (a rushed cancel, say): complete, with no coroutine to run
+            return self._result_after_wait()
+        return (yield from self.result().__await__())
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
         if self.notified:

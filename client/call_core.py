@@ -28,7 +28,7 @@ from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (C, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
                                  START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
 from callstate.script import RequestError
-from callstate.statelog import Entry
+from callstate.statelog import new_entry
 from callstate.logfile import StateLog
 
 _LOG = logging.getLogger("callstate.client")
@@ -78,8 +78,9 @@ class CallCore:
         self.after_callbacks: Callable[[], None] | None = None   # runs once the callbacks have
         self.t_start = time.time()
         if self._log is not None:
-            self._log.append(Entry(self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
-                                   initial_move(CLIENT, kind), method=method_name))
+            self._log.append(new_entry((self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
+                                        initial_move(CLIENT, kind), None, None, None, None, None, None, None,
+                                        method_name, None)))
 
     # -- what the caller reads ----------------------------------------------------------------
     @property
@@ -121,15 +122,15 @@ class CallCore:
     def _record(self, prev: str, state: str, move: str, code: int | None = None, grpc_status: str | None = None,
                 detail: str | None = None, cancel: str | None = None) -> None:
         if self._log is not None:
-            self._log.append(Entry(time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code,
-                                   grpc_status, detail, cancel, self.sent, self.received, method=self.method_name))
+            self._log.append(new_entry((time.time(), CLIENT, self.call_id, state, prev, ENTER, move, code, grpc_status,
+                                        detail, cancel, self.sent, self.received, None, self.method_name, None)))
 
     def _event(self, event: str, detail: str | None = None) -> None:
         # after End nothing more is logged (a late cancel_sent reply is dropped)
         if self._log is not None and not self.lifecycle.ended:
             s = self.lifecycle.state
-            self._log.append(Entry(time.time(), CLIENT, self.call_id, s, s, event, None, detail=detail,
-                                   method=self.method_name))
+            self._log.append(new_entry((time.time(), CLIENT, self.call_id, s, s, event, None, None, None, detail, None,
+                                        None, None, None, self.method_name, None)))
 
     def event(self, name: str, detail: str | None = None) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ says which cancel is seen when, this adapter only waits for those instants.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextvars
 import logging
 import time
 from typing import Callable, NoReturn
@@ -29,7 +29,7 @@ from callstate import codes
 from callstate.cancel_poll import CancelPoll
 from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
                                  LifecycleError, initial_move, move_to_end, table_for)
-from callstate.statelog import Entry
+from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
 from callstate.server.journal import CallRecord, Journal
 
@@ -81,9 +81,6 @@ async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoRetur
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 
 
-# Entry(...) without the Python-level __new__ of a NamedTuple: all sixteen fields, in order.
-_entry = functools.partial(tuple.__new__, Entry)
-
 _INITIAL, _INITIAL_MOVE, _UNARY_TABLE = INITIAL[SERVER], INITIAL_MOVE[SERVER], table_for(SERVER, UNARY)
 
 
@@ -112,7 +109,7 @@ class ServerCall(CallRecord):
         self._log = log_append
         journal.keep(self)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        e = _entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
+        e = new_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
                     None, method, rule))
         journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
@@ -128,7 +125,7 @@ class ServerCall(CallRecord):
             state = self.state = self._table[prev][move]
         except KeyError:
             raise LifecycleError(SERVER, prev, move) from None
-        e = _entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
+        e = new_entry((time.time(), SERVER, self.call_id, state, prev, ENTER, move, code, grpc_status, detail, None, sent,
                     received, None, self.method, self.rule))
         self._journal.add(self, e)   # _emit, inlined on the hot path
         self._log(e)
@@ -230,7 +227,7 @@ class ServerCall(CallRecord):
         if self._wake is None or self._wake.done():
             self._wake = loop.create_future()
         self.stop_timer()
-        self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake)
+        self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake, context=_TIMER_CONTEXT)
         return self._wake
 
     def let_go(self) -> None:
@@ -241,6 +238,11 @@ class ServerCall(CallRecord):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+# What the wake-up timers run in: `_wake_up` reads no context variable, so no copy of the
+# handler's context is made and kept per held call (call_later's default).
+_TIMER_CONTEXT = contextvars.Context()
 
 
 def _wake_up(wake: asyncio.Future[None]) -> None:

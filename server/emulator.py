@@ -38,6 +38,8 @@ __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerEr
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
 _COMPLETED_CODE = server_end_code(COMPLETED)
+_DISPATCH_WAIT, _OUTCOME_WAIT = 0, 1   # a unary script's two waits, in order
+_WAITS = (_DISPATCH_WAIT, _OUTCOME_WAIT)
 # Why a call is ended with an abort before its script runs: (code, status, message).
 _Ending = tuple[int, grpc.StatusCode, str]
 
@@ -107,7 +109,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 max_hold = self.config.max_hold
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + max_hold
-                for seconds in (dispatch_ms / 1000, max_hold if hold else outcome_ms / 1000):
+                for phase in _WAITS:   # no tuple of the two waits in the frame while it is held
+                    seconds = _wait_seconds(phase, script, hold, max_hold)
                     if not seconds:
                         continue
                     left = deadline - loop.time()
@@ -246,6 +249,13 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         # under its id and key: it applies only to a call made with the same key.
         kept = self.dispatcher.early_notices.remember(notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
+
+
+def _wait_seconds(phase: int, script: pb.Script, hold: bool, max_hold: float) -> float:
+    """A unary script's wait: its dispatch delay, then its outcome's (a hold's: --max-hold)."""
+    if phase == _DISPATCH_WAIT:
+        return script.dispatch_delay_ms / 1000
+    return max_hold if hold else script.outcome_delay_ms / 1000
 
 
 def _outcome(script: pb.Script | None, mix: Mix, rng: random.Random) -> int:

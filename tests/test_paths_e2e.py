@@ -10,6 +10,7 @@ import pytest
 
 from callstate import codes
 from callstate.logfile import check_files
+from callstate.statelog import parse_ts
 from callstate.client import AsyncClient, Call, CallError, CallPending, Client, InvalidAsyncHandle, Script
 from tests.conftest import ServerProcess, final, states
 
@@ -109,6 +110,28 @@ def test_hold_then_non_abortive_cancel(shared_server: ServerProcess, on_cancel: 
             entries = await shared_server.await_entries(call.call_id)
             assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
             assert states(entries) == server_path
+    run(go())
+
+
+def test_the_script_waits_its_dispatch_delay_then_its_outcome_delay(shared_server: ServerProcess) -> None:
+    async def go() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("complete", dispatch_delay=0.3, outcome_delay=0.2))
+            code, _ = await finish(call)
+            assert code == codes.RPC_S_OK
+            entered = {e["state"]: parse_ts(e["ts"]) for e in await shared_server.await_entries(call.call_id)
+                       if e["event"] == "enter"}
+            assert entered["Comp"] - entered["D"] >= 0.5   # both waits, one after the other
+
+            # a cancel notice in the dispatch delay cuts it short: the script's on-cancel answers
+            call = client.start(Script("complete", dispatch_delay=20, on_cancel="complete"))
+            await shared_server.await_entries(call.call_id, until=lambda es: states(es) == ["D"])
+            call.cancel(abortive=False)
+            code, reply = await asyncio.wait_for(finish(call), 15)   # not after the 20 s
+            assert code == codes.RPC_S_OK and reply.cancel_seen
+            entries = await shared_server.await_entries(call.call_id)
+            assert [e["cancel"] for e in entries if e["event"] == "cancel_seen"] == ["non-abortive"]
+            assert states(entries) == ["D", "Comp", "End"]
     run(go())
 
 
