@@ -10,8 +10,11 @@ their own event loop:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -236,6 +239,26 @@ class EmulatorServer:
         await self.stop()
 
 
+def write_port_file(path: str, port: int) -> None:
+    """The bound port, for a harness that waits for the file: written whole, into a file beside it
+    and renamed over, so the file never exists empty (a device or FIFO, e.g. /dev/stdout, is
+    written in place)."""
+    target = Path(path).resolve()   # through a symbolic link, to the file it names
+    if target.exists() and not target.is_file():
+        target.write_text(f"{port}\n")
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{port}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully and flush the state log."""
     srv = EmulatorServer(options)
@@ -248,7 +271,7 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
         loop.add_signal_handler(sig, stop.set)
     if port_file:
         try:
-            Path(port_file).write_text(f"{srv.port}\n")
+            write_port_file(port_file, srv.port)
         except OSError as exc:
             await srv.stop()
             raise OSError(f"--port-file {port_file}: {exc.strerror or exc}") from None

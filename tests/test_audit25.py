@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -262,3 +264,37 @@ def test_a_paced_pipe_ends_on_ctrl_c(shared_server: ServerProcess, tmp_path: Pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_port_file_appears_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A harness that reads the port file as soon as it exists never reads it empty: the port is
+    written beside it and renamed over it (seen here at the rename), through a symbolic link to
+    the file it names, and into a FIFO in place."""
+    from callstate.server import app
+
+    seen: list[tuple[bool, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: Path) -> None:
+        seen.append((Path(dst).exists(), Path(src).read_text()))
+        real_replace(src, dst)
+    monkeypatch.setattr(app.os, "replace", spy)
+    port_file = tmp_path / "port"
+    app.write_port_file(str(port_file), 50123)
+    assert seen == [(False, "50123\n")] and port_file.read_text() == "50123\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["port"]   # no temporary file left behind
+    assert port_file.stat().st_mode & 0o777 == 0o644
+
+    link = tmp_path / "link"
+    link.symlink_to(port_file)
+    app.write_port_file(str(link), 50124)
+    assert link.is_symlink() and port_file.read_text() == "50124\n"
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    app.write_port_file(str(fifo), 50125)
+    reader.join(10)
+    assert got == ["50125\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
