@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from callstate import codes
@@ -15,6 +14,7 @@ from callstate.arg_types import bounded_int, finite_float, int64, non_negative_f
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
+from callstate.cli.interrupt import CancelOnSignals
 from callstate.cli.terminal import printable
 from callstate.lifecycle import ABORT, FATAL, UNARY, WCOMP
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
@@ -149,15 +149,13 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)
         else:
+            signals = CancelOnSignals(call, _cancel_abortively)
             try:
                 call.start()
             except CallError as err:   # C -> End: the call was never made, nothing to complete
                 _final(err.code, f"the call was not made: {err.details}")
                 return 1
-            # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _cancel_if_pending, call, True, None)
+            signals.started()
             if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
                 _cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
         try:
@@ -173,6 +171,10 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
     finally:
         await client.close()
         sink.close()
+
+
+def _cancel_abortively(call) -> None:  # type: ignore[no-untyped-def]
+    _cancel_if_pending(call, True, None)
 
 
 def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from callstate import codes
 from callstate.cli.method_options import reply_text
 from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
+from callstate.cli.interrupt import CancelOnSignals
 from callstate.cli.terminal import printable
 from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
@@ -106,9 +106,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     loop = asyncio.get_running_loop()
 
     def on_started(pipe) -> None:  # type: ignore[no-untyped-def]
-        # Ctrl-C / SIGTERM: an abortive cancel; the call is still waited for and completed
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _cancel_if_pending, pipe, True, None)
+        signals.started()   # a Ctrl-C or SIGTERM that came before the start
         if opts.cancel_after is not None:
             loop.call_later(opts.cancel_after, _cancel_if_pending, pipe, not opts.non_abortive,
                             opts.escalate_after if opts.non_abortive else None)
@@ -119,6 +117,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
         else:
             pipe = client.pipe(opts.pipe, None if opts.no_script else script, log_messages=opts.log_messages,
                                method=drive.method, request=drive.requests[0])
+        signals = CancelOnSignals(pipe, _cancel_abortively)
         try:
             reply = await drive_pipe(pipe, messages=opts.messages, message_bytes=opts.message_bytes,
                                      interval=opts.interval, cancel_at=opts.cancel_at, abortive=not opts.non_abortive,
@@ -146,6 +145,10 @@ def _cannot_fire(opts: argparse.Namespace) -> str:
     if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
         return f"the server pushes only {opts.server_messages} messages (--server-messages)"
     return ""
+
+
+def _cancel_abortively(pipe) -> None:  # type: ignore[no-untyped-def]
+    _cancel_if_pending(pipe, True, None)
 
 
 def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]

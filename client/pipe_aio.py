@@ -29,6 +29,20 @@ from callstate.pipe_script import PipeScript, check_push
 from callstate.v1 import callstate_pb2 as pb
 
 
+async def _headers_went_out(rpc: Any, metadata_sent: asyncio.Event) -> bool:
+    """Wait until the call's headers went out (a message may follow them); False when the call
+    ended first. grpc.aio never sets `metadata_sent` for a call cancelled before its headers
+    went out (Ctrl-C right after the start): waiting for the event alone waited forever."""
+    ended = asyncio.get_running_loop().create_future()
+    rpc.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+    sent = asyncio.ensure_future(metadata_sent.wait())
+    try:
+        await asyncio.wait((sent, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sent.cancel()
+    return not rpc.done()
+
+
 async def _write_keeping_status(rpc: Any, msg: Any) -> bool:
     """`rpc.write(msg)`; False when the call has ended. A write that fails because the server
     already ended the call must leave the server's status in place: grpc.aio's own `write()`
@@ -42,10 +56,8 @@ async def _write_keeping_status(rpc: Any, msg: Any) -> bool:
         return True
     if rpc.done():
         return False
-    if not metadata_sent.is_set():
-        await metadata_sent.wait()
-        if rpc.done():
-            return False
+    if not metadata_sent.is_set() and not await _headers_went_out(rpc, metadata_sent):
+        return False
     try:
         await inner.send_serialized_message(msg.SerializeToString())
     except cygrpc.InternalError:

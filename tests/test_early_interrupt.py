@@ -156,3 +156,36 @@ def test_ctrl_c_while_a_command_loads_is_noted_not_raised_inside_the_loading(mon
     assert cli_module.main(["check", str(tmp_path / "absent.jsonl")]) == 130   # 2 had it run
     assert finished == [True], "the KeyboardInterrupt was raised inside the loading"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is given back
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_start_cancels_the_call_once_it_is_started(sig: int) -> None:
+    """`callstate call` takes Ctrl-C and SIGTERM from before it starts the call: one that comes
+    while the call is still in C is kept and cancels the call once it is started (it used to
+    find the default handlers: exit 130 with the call closed as 1722, or killed by SIGTERM);
+    one that comes after cancels at once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from callstate.cli.interrupt import CancelOnSignals
+    from callstate.lifecycle import C, WCOMP
+
+    async def until(done: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + EVIDENCE_WAIT
+        while not done() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def go() -> None:
+        call = SimpleNamespace(state=C)
+        cancels: list[str] = []
+        signals = CancelOnSignals(call, lambda c: cancels.append(c.state))
+        os.kill(os.getpid(), sig)
+        await until(lambda: bool(signals.caught))
+        assert signals.caught == [sig] and cancels == []   # in C: kept, not applied
+        call.state = WCOMP
+        signals.started()
+        assert cancels == [WCOMP]                          # applied once the call is started
+        os.kill(os.getpid(), sig)
+        await until(lambda: len(cancels) == 2)
+        assert cancels == [WCOMP, WCOMP]                   # after the start: at once
+    asyncio.run(go())

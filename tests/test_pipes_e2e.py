@@ -618,3 +618,23 @@ def test_the_sync_notification_waits_for_the_last_message_in_the_response_iterat
         pipe.start()
         assert fired.wait(20)
         assert seen == [3] and pipe.result() is None
+
+
+@pytest.mark.parametrize("kind", ["in", "both"])
+def test_a_push_waiting_for_the_headers_ends_when_the_pipe_is_cancelled(pipe_server: ServerProcess, kind: str) -> None:
+    """A push made at once after the start waits for the call's headers to go out; an abortive
+    cancel before they do (Ctrl-C right after the start) ends that push (grpc.aio then never
+    says the headers went out: the push used to wait forever) and the pipe completes, 1818."""
+    async def go() -> None:
+        async with AsyncClient(pipe_server.target) as client:
+            pipe = client.pipe(kind, PipeScript(outcome="hold")).start()
+            push = asyncio.ensure_future(pipe.push(b"x"))
+            await asyncio.sleep(0)   # one turn of the loop: the push is now waiting for the headers
+            pipe.cancel()
+            with pytest.raises(CallError) as ended:
+                await asyncio.wait_for(push, 20)   # not forever
+            assert ended.value.code == codes.RPC_X_PIPE_CLOSED
+            with pytest.raises(CallError) as final_code:
+                await asyncio.wait_for(pipe.result(), 20)
+            assert final_code.value.code == codes.RPC_S_CALL_CANCELLED
+    asyncio.run(go())
