@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any, Callable
 
 from callstate.client.pipe_aio import AsyncPipe
@@ -84,7 +83,7 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
 
     ended = asyncio.get_running_loop().create_future()   # the notification: no more pacing
     if interval:
-        pipe.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+        pipe.on_notification(lambda _: ended.done() or ended.set_result(None))
 
     async def push_all() -> None:
         message = bytes(message_bytes) if payload is None else payload
@@ -147,6 +146,10 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
             threading.Thread(target=lambda: (pipe.headers(), cancel.now()), name="callstate-pipe-headers",
                              daemon=True).start()
 
+    ended = threading.Event()   # the notification: no more pacing
+    if interval:
+        pipe.on_notification(lambda _: ended.set())
+
     def push_all() -> None:
         message = bytes(message_bytes) if payload is None else payload
         for _ in range(messages):
@@ -158,8 +161,8 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
                 return   # the call ended under the push: its status says how
             if cancel.at(CANCEL_AFTER_SENT, pipe.sent):
                 return
-            if interval:
-                time.sleep(interval)
+            if interval:   # a cancel (from another thread) or the server's end cuts the wait short
+                ended.wait(interval)
         if half_close and pipe.state == PUSH and not pipe.done():
             try:
                 pipe.close_push()

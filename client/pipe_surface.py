@@ -3,7 +3,7 @@ script, metadata, messages); `AsyncPipe` and `Pipe` add their verbs with the I/O
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
@@ -59,6 +59,12 @@ class PipeBase(PipeCore):
         self._rpc: Any = None
         # a user's method: the request an out pipe sends, and what push() sends when given nothing
         self.request = request_message(self.method, request) if self.method is not None else None
+
+    def on_notification(self, callback: Callable[[Any], None]) -> None:
+        """Call `callback(pipe)` when the notification arrives (at once if it has), without
+        pulling the server's messages as `add_done_callback` does to let the status in: for a
+        driver that is pulling them itself (pipe_drive.py's pacing)."""
+        PipeCore.add_done_callback(self, callback)
 
     def _metadata(self) -> tuple[tuple[str, Any], ...]:
         """The call's metadata plus a pipe's own: its cancel key (a stream has no request message

@@ -638,3 +638,42 @@ def test_a_push_waiting_for_the_headers_ends_when_the_pipe_is_cancelled(pipe_ser
                 await asyncio.wait_for(pipe.result(), 20)
             assert final_code.value.code == codes.RPC_S_CALL_CANCELLED
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["in", "both"])
+def test_a_paced_sync_pipe_stops_pacing_when_it_is_cancelled(pipe_server: ServerProcess, kind: str) -> None:
+    """drive_pipe_sync's wait between paced pushes ends with the call: a cancel from another
+    thread (or the server's end) no longer leaves it waiting out the whole interval."""
+    with Client(pipe_server.target) as client:
+        pipe = client.pipe(kind, PipeScript(outcome="hold"))
+        outcome: list[Any] = []
+
+        def drive() -> None:
+            try:
+                outcome.append(drive_pipe_sync(pipe, messages=3, interval=1e9))
+            except CallError as err:
+                outcome.append(err.code)
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
+        deadline = time.monotonic() + 20
+        while pipe.sent < 1 and time.monotonic() < deadline:   # the first push is out: pacing
+            time.sleep(0.01)
+        assert pipe.sent == 1
+        pipe.cancel()
+        driver.join(20)
+        assert not driver.is_alive() and outcome == [codes.RPC_S_CALL_CANCELLED]
+
+
+def test_a_paced_both_pipe_cancels_at_its_received_count(pipe_server: ServerProcess) -> None:
+    """Pacing the pushes (interval) leaves the pulls to the driver: a cancel at after-received:3
+    fires with exactly 3 messages pulled (nothing else pulls the server's messages meanwhile)."""
+    async def go() -> None:
+        async with AsyncClient(pipe_server.target) as client:
+            for _ in range(3):
+                pipe = client.pipe("both", PipeScript(outcome="hold", interval=0.001))
+                with pytest.raises(CallError) as ended:
+                    await asyncio.wait_for(drive_pipe(pipe, messages=1000, interval=0.05,
+                                                      cancel_at=PipeCancelPoint.parse("after-received:3")), 30)
+                assert ended.value.code == codes.RPC_S_CALL_CANCELLED
+                assert pipe.received == 3
+    asyncio.run(go())
