@@ -1,11 +1,14 @@
-"""The user's files the core reads: TLS material (PEM, given as a path or as the bytes themselves)
-and stand-in rules files (`callstate.rules` compiles their text; this module opens them)."""
+"""The user's files: those the core reads, TLS material (PEM, given as a path or as the bytes
+themselves) and stand-in rules files (`callstate.rules` compiles their text; this module opens
+them); and how a file callstate writes for a reader (a report, the server's port file) is
+written whole."""
 
 from __future__ import annotations
 
 import os
 import ssl
 import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -69,3 +72,46 @@ def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> R
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     return parse_rules(text, schema, limits, source=str(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_umask()   # what open() would give it: mkstemp's files are private (0600)
+
+
+def is_stream(path: str | Path) -> bool:
+    """`path` is there and is no regular file: /dev/stdout, /dev/null, a FIFO. It is written into
+    as it is; renaming a file over it would replace the device itself."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, then renamed over it, so a
+    reader (a CI publishing a report, a harness waiting for the port file) never sees it empty,
+    half written, or left from a previous run. It keeps the mode of the file it replaces, or
+    gets a new file's; a symbolic link stays one."""
+    if is_stream(path):
+        with open(path, "wb") as out:
+            out.write(data)
+        return
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        mode = NEW_FILE_MODE
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

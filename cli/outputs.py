@@ -1,56 +1,16 @@
-"""The files a command writes (reports, JUnit), checked before it runs and written whole; and
-the rule for all it writes (the port file and state logs too): none may be the same file as
-another it writes or a log it reads, since writing it would replace what was recorded there."""
+"""The files a command writes (reports, JUnit), checked before it runs (`callstate.files` writes
+them whole); and the rule for all it writes (the port file and state logs too): none may be the
+same file as another it writes or a log it reads, since writing it would replace what was
+recorded there."""
 
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-NEW_FILE_MODE = 0o666 & ~_umask()   # what open() would give it: mkstemp's files are private (0600)
-
-
-def _stream(path: str | Path) -> bool:
-    """`path` is there and is no regular file: /dev/stdout, /dev/null, a FIFO. It is written into
-    as it is; renaming a file over it would replace the device itself."""
-    try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a temporary file beside it, then renamed over it, so a
-    reader (a CI publishing it) never sees it empty, half written, or left from a previous run.
-    It keeps the mode of the file it replaces, or gets a new file's; a symbolic link stays one."""
-    if _stream(path):
-        with open(path, "wb") as out:
-            out.write(data)
-        return
-    target = Path(os.path.realpath(path))
-    try:
-        mode = target.stat().st_mode & 0o7777
-    except OSError:
-        mode = NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from callstate.files import is_stream
 
 
 def writable(path: str) -> str:
@@ -59,7 +19,7 @@ def writable(path: str) -> str:
     target = Path(path)
     if target.is_dir():
         return f"{path}: is a directory"
-    if _stream(path):
+    if is_stream(path):
         return "" if os.access(path, os.W_OK) else f"{path}: Permission denied"
     try:
         fd, tmp = tempfile.mkstemp(dir=Path(os.path.realpath(path)).parent, prefix=f".{target.name}.",
@@ -83,7 +43,7 @@ def clash(outputs: Iterable[tuple[str, str | Path | None]], inputs: Iterable[tup
     else why not: it is another output, or one of `inputs` (logs the command reads)."""
     seen = list(inputs)
     for flag, path in outputs:
-        if path is None or str(path) == "-" or _stream(path):   # /dev/null twice loses nothing
+        if path is None or str(path) == "-" or is_stream(path):   # /dev/null twice loses nothing
             continue
         for other, other_path in seen:
             if _same(path, other_path):

@@ -10,11 +10,8 @@ their own event loop:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -25,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection   # its service name; served by server/reflection.py
 
 from callstate.lifecycle import SERVER
-from callstate.files import check_key_pair, read_pem
+from callstate.files import check_key_pair, read_pem, write_atomically
 from callstate.script import REQUEST_FRAMING
 from callstate.statelog import Entry
 from callstate.logfile import StateLog
@@ -240,23 +237,9 @@ class EmulatorServer:
 
 
 def write_port_file(path: str, port: int) -> None:
-    """The bound port, for a harness that waits for the file: written whole, into a file beside it
-    and renamed over, so the file never exists empty (a device or FIFO, e.g. /dev/stdout, is
-    written in place)."""
-    target = Path(path).resolve()   # through a symbolic link, to the file it names
-    if target.exists() and not target.is_file():
-        target.write_text(f"{port}\n")
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{port}\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """The bound port, for a harness that waits for the file: written whole (`write_atomically`),
+    so the file never exists empty."""
+    write_atomically(path, f"{port}\n".encode())
 
 
 async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:

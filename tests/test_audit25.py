@@ -153,7 +153,8 @@ def test_a_report_into_a_fifo_is_written_into_it_not_renamed_over_it(tmp_path: P
     import stat
     import threading
 
-    from callstate.cli.outputs import writable, write_atomically
+    from callstate.cli.outputs import writable
+    from callstate.files import write_atomically
 
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
@@ -278,12 +279,12 @@ def test_the_port_file_appears_whole(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def spy(src: str, dst: Path) -> None:
         seen.append((Path(dst).exists(), Path(src).read_text()))
         real_replace(src, dst)
-    monkeypatch.setattr(app.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     port_file = tmp_path / "port"
     app.write_port_file(str(port_file), 50123)
     assert seen == [(False, "50123\n")] and port_file.read_text() == "50123\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["port"]   # no temporary file left behind
-    assert port_file.stat().st_mode & 0o777 == 0o644
+    assert port_file.stat().st_mode & 0o777 == new_file_mode()   # as open() makes it
 
     link = tmp_path / "link"
     link.symlink_to(port_file)

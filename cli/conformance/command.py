@@ -129,7 +129,8 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.cli.conformance.report import failed, junit_xml, table, to_json
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
-    from callstate.cli.outputs import clash, writable, write_atomically
+    from callstate.cli.outputs import clash, writable
+    from callstate.files import write_atomically
 
     cfg = BatteryConfig(calls=opts.calls, concurrency=opts.concurrency, small_bytes=opts.small_bytes,
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,

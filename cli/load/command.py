@@ -13,7 +13,8 @@ from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load.run import LoadConfig, LoadRun
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.outputs import clash, writable, write_atomically
+from callstate.cli.outputs import clash, writable
+from callstate.files import write_atomically
 from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
                                  on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
                                  positive_float, positive_int)

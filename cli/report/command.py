@@ -10,7 +10,8 @@ import orjson
 from callstate.cli import COMMANDS
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
-from callstate.cli.outputs import clash, writable, write_atomically
+from callstate.cli.outputs import clash, writable
+from callstate.files import write_atomically
 from callstate.statelog import LogFormatError
 
 # run()'s extension modules load with this module, while main() defers Ctrl-C (cli/check.py).

@@ -79,6 +79,6 @@ def render(report: Mapping[str, Any]) -> str:
 
 
 def write(report: Mapping[str, Any], path: str | Path) -> None:
-    from callstate.cli.outputs import write_atomically
+    from callstate.files import write_atomically
 
     write_atomically(path, render(report).encode("utf-8"))
