@@ -31,8 +31,8 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
-from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, keepalive_options,
-                                       server_credentials)
+from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, check_client_ca,
+                                       keepalive_options, server_credentials, why_not_bound)
 from callstate.wire import DEFAULT_KEEPALIVE
 
 SERVICE_NAMES = (
@@ -137,10 +137,10 @@ class EmulatorServer:
         try:
             self.port = (server.add_secure_port(address, credentials) if credentials is not None
                          else server.add_insecure_port(address))
-        except RuntimeError as exc:
+        except RuntimeError:
             log.close()
             self._close_metrics()
-            raise OSError(f"cannot bind {address}: {exc}") from None
+            raise OSError(f"cannot bind {address}: {why_not_bound(opts.bind, opts.port)}") from None
         try:
             await server.start()
         except BaseException:
@@ -289,6 +289,8 @@ def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
     cert = read_pem(opts.tls_cert, "TLS certificate")
     key = read_pem(opts.tls_key, "TLS key")
     client_ca = read_pem(opts.tls_client_ca, "TLS client CA")
+    if client_ca is not None:
+        check_client_ca(client_ca, opts.tls_client_ca)
     assert cert is not None and key is not None
     return server_credentials(cert, key, client_ca)
 

@@ -1,0 +1,116 @@
+"""The emulator server as users run it (`callstate serve`): defects found by an audit, each
+pinned by a test that fails without its fix. Every scenario's state logs go through
+`callstate check`, the product's own judge."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from callstate import codes
+from callstate.files import check_key_pair
+from callstate.lifecycle import FATAL
+from tests.certs import TlsFiles, make_tls_files
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, final, read_entries, start_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+def serve_fails(*args: str, cwd: Path) -> str:
+    """`callstate serve` that must refuse to start: its one stderr line. In a session of its own
+    (no controlling terminal), so nothing can prompt on one and wait for an answer."""
+    done = subprocess.run([sys.executable, "-m", "callstate", "serve", "--port", "0", "--log-file", "s.jsonl", *args],
+                          capture_output=True, text=True, timeout=EVIDENCE_WAIT * 2, cwd=cwd,
+                          stdin=subprocess.DEVNULL, start_new_session=True)
+    assert done.returncode in (1, 2), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("callstate serve: "), line
+    return line
+
+
+def check_ok(*logs: Path) -> None:
+    done = cli("check", *map(str, logs), timeout=EVIDENCE_WAIT * 3)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- --max-hold 0: a held call ends with 1460 -----------------------------------------------------
+def test_a_held_call_under_max_hold_0_ends_with_1460_not_as_a_scripted_fatal_failure(tmp_path: Path) -> None:
+    """A hold has no outcome of its own: it ends at --max-hold. With --max-hold 0 no wait ran, and
+    the handler fell through to the fatal branch: 1726 "scripted fatal failure" for a call that
+    asked for no failure."""
+    srv = start_server(tmp_path, "--max-hold", "0")
+    client_log = tmp_path / "client.jsonl"
+    try:
+        done = cli("call", "--target", srv.target, "--outcome", "hold", "--log-file", str(client_log), "--json",
+                   timeout=EVIDENCE_WAIT * 2)
+        assert done.returncode == 1, done.stderr
+        assert "1460 RPC_S_TIMEOUT" in done.stderr and "fatal" not in done.stderr, done.stderr
+    finally:
+        assert srv.stop() == 0
+    [call_id] = {e["call_id"] for e in read_entries(client_log)}
+    server = read_entries(srv.log, call_id)
+    assert final(server)["code"] == codes.RPC_S_TIMEOUT
+    assert FATAL not in [e.get("move") for e in server]
+    check_ok(srv.log, client_log)
+
+
+# -- TLS files that cannot serve: one line saying what is wrong with which file -----------------------
+def test_an_encrypted_key_is_named_as_such_and_never_prompts_for_a_passphrase(tls: TlsFiles, tmp_path: Path) -> None:
+    """OpenSSL, given no password callback, prompts on the terminal for the passphrase (a server
+    started by hand waited there) and then failed with "[Errno 22] Invalid argument"."""
+    key = serialization.load_pem_private_key(tls.server_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    line = serve_fails("--tls-cert", str(tls.server_cert), "--tls-key", str(encrypted), cwd=tmp_path)
+    assert "'" + str(encrypted) + "' is encrypted" in line, line
+    assert "Errno" not in line
+    with pytest.raises(OSError, match="is encrypted"):   # the clients' check is the same function
+        check_key_pair(tls.client_cert, encrypted, "TLS client certificate")
+
+
+def test_a_pem_file_without_the_key_or_the_certificate_says_which(tls: TlsFiles, tmp_path: Path) -> None:
+    """OpenSSL's own word for both was "[SSL] PEM lib (_ssl.c:NNNN)"."""
+    line = serve_fails("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_cert), cwd=tmp_path)
+    assert line.endswith(f"'{tls.server_cert}' holds no PRIVATE KEY"), line
+    line = serve_fails("--tls-cert", str(tls.server_key), "--tls-key", str(tls.server_key), cwd=tmp_path)
+    assert line.endswith(f"'{tls.server_key}' holds no CERTIFICATE"), line
+
+
+def test_a_client_ca_without_a_certificate_is_named_not_taken_for_a_bind_failure(tls: TlsFiles,
+                                                                               tmp_path: Path) -> None:
+    """grpc refuses such a CA only by failing to bind: the server said "cannot bind
+    127.0.0.1:0", and nothing about the CA."""
+    for bad in (tls.server_key, tmp_path / "bad.pem"):
+        if bad.name == "bad.pem":   # a PEM block that is no certificate at all
+            bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        line = serve_fails("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                           "--tls-client-ca", str(bad), cwd=tmp_path)
+        assert f"the TLS client CA '{bad}' holds no usable certificate" in line, line
+        assert "bind" not in line
+
+
+# -- a port that cannot be bound: why -----------------------------------------------------------------
+def test_a_port_in_use_is_said_to_be_in_use(tmp_path: Path) -> None:
+    """grpc says only "Failed to bind ...; set GRPC_VERBOSITY=debug ... to see detailed error
+    message": the server now says what the system said, and how to get a free port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = serve_fails("--port", str(port), cwd=tmp_path)
+    assert line == (f"callstate serve: cannot bind 127.0.0.1:{port}: Address already in use (another process "
+                    "listens there; --port 0 picks a free port)"), line
+    line = serve_fails("--bind", "no-such-host.invalid", cwd=tmp_path)
+    assert "'no-such-host.invalid' does not resolve" in line and "GRPC_VERBOSITY" not in line, line
