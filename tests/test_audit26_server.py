@@ -114,3 +114,38 @@ def test_a_port_in_use_is_said_to_be_in_use(tmp_path: Path) -> None:
                     "listens there; --port 0 picks a free port)"), line
     line = serve_fails("--bind", "no-such-host.invalid", cwd=tmp_path)
     assert "'no-such-host.invalid' does not resolve" in line and "GRPC_VERBOSITY" not in line, line
+
+
+# -- shutdown: a pipe its caller stopped reading ends as the server's stop, not as the caller's cancel ---
+def test_a_pipe_held_up_by_a_caller_that_stopped_reading_ends_with_1722_on_shutdown(tmp_path: Path) -> None:
+    """Its writes wait for the caller's window, so the stop reaches it only at the end of --grace,
+    when grpc cancels every call (the caller is told UNAVAILABLE): the server logged that as the
+    caller's abortive cancel, 1818 "cancelled by the caller", a cancel nobody made."""
+    import grpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+    srv = start_server(tmp_path, "--grace", "0.5")
+    call_id = "stalled-reader-1"
+    script = pb.PipeScript(outcome=pb.OUTCOME_COMPLETE, messages=1000, message_bytes=1_000_000)
+    with grpc.insecure_channel(srv.target) as channel:
+        stream = pb_grpc.EmulatorStub(channel).PipeOut(pb.PipeRequest(call_id=call_id, script=script),
+                                                        timeout=EVIDENCE_WAIT * 3)
+        try:
+            next(stream)   # one message read, then no more: the server's writes wait for the window
+            srv.wait_entries(call_id, lambda es: any(e.get("sent", 0) >= 2 for e in es) or len(es) >= 2)
+            assert srv.stop() == 0
+            with pytest.raises(grpc.RpcError) as err:
+                for _ in stream:
+                    pass
+        finally:
+            stream.cancel()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    entries = srv.entries(call_id)
+    assert not [e for e in entries if e["event"] == "cancel_seen"], entries
+    end = final(entries)
+    assert (end["code"], end["grpc_status"], end["detail"]) == (codes.RPC_S_SERVER_UNAVAILABLE, "UNAVAILABLE",
+                                                                 "server is shutting down")
+    done = cli("check", "--allow-one-side", str(srv.log), timeout=EVIDENCE_WAIT * 3)
+    assert done.returncode == 0, done.stdout + done.stderr
