@@ -43,6 +43,12 @@ SERVICE_NAMES = (
 )
 
 
+# Stopping a watched server: how long the calls that stop_all ended get to log their End (whatever
+# --grace), and the watchers' streams to send what they hold, before gRPC cancels them all.
+STOP_SETTLE = 1.0
+WATCH_DRAIN = 2.0
+
+
 @dataclass
 class ServerOptions:
     bind: str = "127.0.0.1"
@@ -186,9 +192,19 @@ class EmulatorServer:
         assert self._health is not None and self.emulator is not None and self.journal is not None
         if self.rules_file is not None:
             await self.rules_file.stop()
+        loop = asyncio.get_running_loop()
+        grace = self.options.grace if grace is None else grace
+        deadline = loop.time() + grace
         await self._health.enter_graceful_shutdown()
-        stopping = asyncio.ensure_future(server.stop(self.options.grace if grace is None else grace))
         self.emulator.stop_all()   # held calls end now (1722) instead of at the grace deadline
+        if self.journal.streams:
+            # gRPC's stop cancels the Watch/Follow streams with the calls when the grace ends (at once
+            # with --grace 0, their queued entries lost): they first get the End of every call ending
+            # now, then their streams end whole
+            await self.journal.wait_idle(timeout=max(grace, STOP_SETTLE))
+            self.journal.close_watchers()
+            await self.journal.wait_streams_done(timeout=WATCH_DRAIN)
+        stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0)))
         await self.journal.wait_idle(timeout=2.0)
         self.journal.close_watchers()   # watchers have seen every End; their streams would hold up the grace
         await stopping

@@ -149,3 +149,53 @@ def test_a_pipe_held_up_by_a_caller_that_stopped_reading_ends_with_1722_on_shutd
                                                                  "server is shutting down")
     done = cli("check", "--allow-one-side", str(srv.log), timeout=EVIDENCE_WAIT * 3)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- shutdown with --grace 0: a journal watcher still gets every call's End ----------------------------
+def test_a_watcher_gets_every_end_when_a_server_with_grace_0_stops(tmp_path: Path) -> None:
+    """gRPC's stop cancels the Watch/Follow streams with the calls when the grace ends: at once with
+    --grace 0, so the End of the held calls the stop ended never reached the watcher (33 of 500
+    by hand) and `callstate watch` failed with "UNAVAILABLE: Cancelling all calls"."""
+    import asyncio
+    import signal
+
+    import grpc
+
+    from callstate.client import AsyncClient, CallError, Script
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+    held = 60
+    srv = start_server(tmp_path, "--grace", "0")
+    client_log = tmp_path / "client.jsonl"
+
+    async def go() -> tuple[list[pb.StateEntry], list[int]]:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            journal = pb_grpc.JournalStub(channel)
+            stream = journal.Watch(pb.WatchRequest(), timeout=EVIDENCE_WAIT * 3)
+            await stream.initial_metadata()   # subscribed: every entry from here on is sent
+            async with AsyncClient(srv.target, log=str(client_log)) as client:
+                calls = [client.start(Script("hold")) for _ in range(held)]
+                for _ in range(int(EVIDENCE_WAIT / 0.05)):
+                    if (await journal.GetCounters(pb.CountersRequest())).in_flight >= held:
+                        break
+                    await asyncio.sleep(0.05)
+                srv.proc.send_signal(signal.SIGTERM)
+                seen = [e async for e in stream]   # to the stream's end: an error here fails the test
+                got = []
+                for call in calls:
+                    try:
+                        await call
+                        got.append(0)
+                    except CallError as err:
+                        got.append(err.code)
+        return seen, got
+
+    try:
+        seen, got = asyncio.run(go())
+    finally:
+        assert srv.stop() == 0
+    assert got == [codes.RPC_S_SERVER_UNAVAILABLE] * held
+    ends = [e for e in seen if e.state == "End" and e.event == "enter"]
+    assert len(ends) == held and {e.code for e in ends} == {codes.RPC_S_SERVER_UNAVAILABLE}
+    check_ok(srv.log, client_log)
