@@ -1,0 +1,197 @@
+"""What callstate tells its users after a run agrees with the logs and with its own exit status:
+the HTML report's verdict is the command's (never a green OK where the command says NOT JUDGED
+or FAILED); `report` reads a log cut short as `check` does; `load`'s paths line counts only the
+cancels its log holds; conformance's shares never round a loss up to 100%."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+
+from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def verdict(html: Path) -> str:
+    """The report page's verdict box, as text."""
+    found = re.findall(r'<div class="verdict[^"]*">([^<]*)</div>', html.read_text())
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def one_call(shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Both sides' logs of one real completed call: (client log, server log holding only it)."""
+    folder = tmp_path_factory.mktemp("one-call")
+    client = folder / "client.jsonl"
+    result = cli("call", "--target", shared_server.target, "--outcome", "complete", "--log-file", str(client),
+                 timeout=EVIDENCE_WAIT * 3)
+    assert result.returncode == 0, result.stderr
+    [call_id] = {e["call_id"] for e in read_entries(client)}
+    entries = shared_server.wait_entries(call_id)
+    assert entries and entries[-1]["state"] == END, entries
+    server = folder / "server.jsonl"
+    server.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+    return client, server
+
+
+# -- the HTML report's verdict is the command's ----------------------------------------------------
+
+def test_report_page_of_one_side_says_not_judged_as_the_command_does(one_call: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    client, _server = one_call
+    out = tmp_path / "one-side.html"
+    result = cli("report", str(client), "--html", str(out))
+    assert result.returncode == 1 and "check NOT JUDGED" in result.stdout, result.stdout
+    shown = verdict(out)
+    assert shown.startswith("NOT JUDGED: only the client side is logged"), shown
+    assert "OK" not in shown
+
+
+def test_report_page_of_an_empty_log_says_not_judged(tmp_path: Path) -> None:
+    log = tmp_path / "empty.jsonl"
+    log.write_bytes(b"")
+    out = tmp_path / "empty.html"
+    result = cli("report", str(log), "--html", str(out))
+    assert result.returncode == 1 and "check NOT JUDGED" in result.stdout, result.stdout
+    assert verdict(out) == "NOT JUDGED: nothing was checked: no entries"
+
+
+def test_report_page_of_both_sides_still_says_ok(one_call: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "both.html"
+    result = cli("report", *map(str, one_call), "--html", str(out))
+    assert result.returncode == 0 and "check OK" in result.stdout, result.stdout + result.stderr
+    assert verdict(out) == "OK: every invariant holds on both sides (1 calls)"
+
+
+def test_load_page_fails_where_the_load_fails_without_a_violation(tmp_path: Path) -> None:
+    """Every call refused by the server's limits: no invariant is broken, yet the run proved
+    nothing and `load` says FAILED (exit 1); its page says so too, with the load's reason."""
+    srv = start_server(tmp_path, "--max-payload-bytes", "10", name="small")
+    try:
+        out = tmp_path / "load.html"
+        result = cli("load", "--target", srv.target, "--calls", "6", "--concurrency", "2", "--payload", "100",
+                     "--cancel", "none", "--mix", "complete=1", "--progress", "never", "--html", str(out),
+                     timeout=120)
+    finally:
+        srv.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "check: FAILED — 0 violations; the server refused 6 of 6 calls" in result.stdout, result.stdout
+    shown = verdict(out)
+    assert shown.startswith("FAILED: the server refused 6 of 6 calls (87 RPC_S_INVALID_ARG)"), shown
+
+
+def test_load_page_of_an_unchecked_run_says_not_judged(shared_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "unchecked.html"
+    result = cli("load", "--target", shared_server.target, "--calls", "5", "--concurrency", "1", "--no-verify",
+                 "--progress", "never", "--html", str(out), timeout=120)
+    assert result.returncode == 0 and "check: skipped (--no-verify)" in result.stdout, result.stdout + result.stderr
+    assert verdict(out) == "NOT JUDGED: the run was not checked (--no-verify)"
+
+
+# -- report reads a log cut short as check does ----------------------------------------------------
+
+def test_report_warns_about_a_cut_last_line_and_reports_the_rest(one_call: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    client, server = one_call
+    cut = tmp_path / "server.jsonl"
+    lines = server.read_bytes()
+    cut.write_bytes(lines + lines[:25])   # a writer killed mid-line (the server's, say)
+    checked = cli("check", str(client), str(cut))
+    assert checked.returncode == 0 and "cut short" in checked.stderr, checked.stdout + checked.stderr
+    out, data = tmp_path / "cut.html", tmp_path / "cut.json"
+    result = cli("report", str(client), str(cut), "--html", str(out), "--json", str(data))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr   # as `check` judges it
+    n = lines.count(b"\n")
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith(f"callstate report: warning: {cut}:{n + 1}: the last line is cut short"), warning
+    assert orjson.loads(data.read_bytes())["by_side"][SERVER] == n
+    assert verdict(out) == "OK: every invariant holds on both sides (1 calls)"
+    cut.write_bytes(lines[:25] + b"\n" + lines)   # a bad line inside is still an error
+    assert cli("report", str(client), str(cut), "--html", str(out)).returncode == 2
+
+
+# -- load's paths line counts the cancels the log holds --------------------------------------------
+
+def test_load_counts_no_hold_for_end_when_the_server_ended_the_held_calls(tmp_path: Path) -> None:
+    """Held calls ended by the server's --max-hold long before --hold-for: none was cancelled
+    (no Can in the client's log), so the paths line has no `hold-for`."""
+    srv = start_server(tmp_path, "--max-hold", "0.2", name="short-hold")
+    try:
+        log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+        result = cli("load", "--target", srv.target, "--calls", "4", "--concurrency", "4", "--mix", "hold=100",
+                     "--cancel", "none", "--hold-for", "600", "--progress", "never", "--log-file", str(log),
+                     "--report", str(report), timeout=120)
+    finally:
+        srv.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = read_entries(log)
+    assert not [e for e in entries if e["state"] == CAN], "no call was cancelled"
+    assert {e["code"] for e in entries if e["state"] == END} == {1460}   # RPC_S_TIMEOUT: the server's max hold
+    paths = orjson.loads(report.read_bytes())["paths"]
+    assert paths == {"hold": 4}, paths
+    assert "hold-for" not in result.stdout
+
+
+def test_load_counts_the_hold_for_ends_it_made(shared_server: ServerProcess, tmp_path: Path) -> None:
+    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+    result = cli("load", "--target", shared_server.target, "--calls", "4", "--concurrency", "4", "--mix", "hold=100",
+                 "--cancel", "none", "--hold-for", "0.01", "--progress", "never", "--log-file", str(log),
+                 "--report", str(report), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cancels = [e for e in read_entries(log) if e["state"] == CAN and e["event"] == ENTER]
+    assert len(cancels) == 4
+    assert orjson.loads(report.read_bytes())["paths"] == {"hold": 4, "hold-for": 4}
+
+
+# -- conformance's shares ----------------------------------------------------------------------------
+
+def judge(seen: int, sent: int) -> Any:
+    from callstate.cli.conformance.battery import Battery, BatteryConfig
+    from callstate.cli.conformance.calls import Result
+    from callstate.cli.conformance.cancels import judge_propagation
+    from callstate.cli.conformance.journal import ServerJournal
+    from callstate.cli.conformance.properties import CANCEL_ABORTIVE
+    from callstate.statelog import Entry
+
+    async def run() -> Any:
+        channel = grpc.aio.insecure_channel("127.0.0.1:9")   # never used: the entries are given
+        journal = ServerJournal(channel, "test")
+        battery = Battery("proxy", "127.0.0.1:9", journal, BatteryConfig(wait=0.2))
+        try:
+            results = []
+            for i in range(sent):
+                call_id = f"share-{i:04d}"
+                journal.watch(call_id)
+                battery.recorder.append(Entry(t=1795600800.0, side=CLIENT, call_id=call_id, state=CAN, prev=None,
+                                              event=ENTER))
+                results.append(Result(call_id, 1818, "CANCELLED"))
+            for r in results:
+                events = ((CANCEL_SEEN, "A"), (ENTER, END)) if int(r.call_id[-4:]) < seen else ((ENTER, END),)
+                for event, state in events:
+                    journal.entries(r.call_id).append({"ts": "2026-11-25T10:00:00.001000Z", "side": SERVER,
+                                                       "call_id": r.call_id, "state": state, "event": event})
+            return await judge_propagation(battery, CANCEL_ABORTIVE, results, 0)
+        finally:
+            await battery.close()
+            await channel.close()
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("seen, sent, shown", [(199, 200, ">99%"), (1, 200, "<1%"), (200, 200, "100%"),
+                                                (0, 200, "0%"), (1, 3, "33%")])
+def test_a_cancel_share_is_never_rounded_to_all_or_none(seen: int, sent: int, shown: str) -> None:
+    row = judge(seen, sent)
+    assert row.figures.startswith(f"{seen}/{sent} ({shown}) reached the server"), row.figures
+    assert row.ok is (seen == sent), row
