@@ -82,6 +82,7 @@ class SideTrack:
     end_ts: float | str | None = None  # when End was entered
     poll_wait_ms: float | None = None  # server: its first cancel_seen came from a poll, this long after arrival
     breach: bool = False              # a pipe rule broken, as this side logged it
+    where: str = ""                   # the file and line of this side's latest entry ("path:N: "), if read from one
 
 
 @dataclass
@@ -310,6 +311,7 @@ class Checker:
         assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
         track = self.tracks[call_id].setdefault(side, SideTrack())
+        track.where = where
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
         elif event != ENTER:
@@ -375,7 +377,8 @@ class Checker:
         r = self.report
         for side, t in sides.items():
             if not t.ended:
-                r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
+                # where its last entry is: which of several logs (replicas) holds the cut-off history
+                r.violations.append(Violation("not_ended", call_id, f"{t.where}{side} stopped in {t.state}"))
         client, server = sides.get(CLIENT), sides.get(SERVER)
         final = client if client is not None and client.ended else server
         if final is not None and final.ended and final.code is not None:

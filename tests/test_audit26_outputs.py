@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +199,38 @@ def test_a_cancel_share_is_never_rounded_to_all_or_none(seen: int, sent: int, sh
     row = judge(seen, sent)
     assert row.figures.startswith(f"{seen}/{sent} ({shown}) reached the server"), row.figures
     assert row.ok is (seen == sent), row
+
+
+# -- check names the log of a history cut off ---------------------------------------------------------
+
+def test_a_call_cut_off_by_a_killed_replica_names_that_replicas_log(tmp_path: Path) -> None:
+    """Two replicas' logs and the clients' in one folder; one replica killed while holding a
+    call: `not_ended` names the file and line where that call's server history stops."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    alive = start_server(logs, "--max-hold", "60", name="replica-a")
+    doomed = start_server(logs, "--max-hold", "60", name="replica-b")
+    held = None
+    try:
+        done = cli("call", "--target", alive.target, "--log-file", str(logs / "client-a.jsonl"))
+        assert done.returncode == 0, done.stderr
+        held = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", doomed.target,
+                                 "--outcome", "hold", "--log-file", str(logs / "client-b.jsonl")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + EVIDENCE_WAIT
+        while not read_entries(doomed.log) and time.monotonic() < deadline:   # dispatched, and on disk
+            time.sleep(0.02)
+        [dispatched] = read_entries(doomed.log)
+        doomed.stop(signal.SIGKILL)
+        assert held.wait(EVIDENCE_WAIT) != 0   # the caller sees the server go
+        alive_entries = alive.wait_entries(read_entries(logs / "client-a.jsonl")[0]["call_id"])
+        assert alive_entries[-1]["state"] == END
+    finally:
+        if held is not None and held.poll() is None:
+            held.kill()
+        alive.stop()
+        doomed.stop(signal.SIGKILL)
+    result = cli("check", str(logs))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert "not_ended: 1" in result.stdout, result.stdout
+    assert f"{dispatched['call_id']}: {doomed.log}:1: server stopped in D" in result.stdout, result.stdout
