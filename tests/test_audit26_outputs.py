@@ -234,3 +234,22 @@ def test_a_call_cut_off_by_a_killed_replica_names_that_replicas_log(tmp_path: Pa
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert "not_ended: 1" in result.stdout, result.stdout
     assert f"{dispatched['call_id']}: {doomed.log}:1: server stopped in D" in result.stdout, result.stdout
+
+
+# -- the pytest plugin's side-by-side histories --------------------------------------------------------
+
+def test_side_by_side_keeps_one_straight_divider_for_long_client_cells() -> None:
+    """A client End with a long code name and a cancel kind is wider than the default column:
+    the divider moves out for every row, so each server entry stays in the server column."""
+    from callstate.pytest_plugin.sidebyside import side_by_side
+
+    call = {"call_id": "x", "side": CLIENT}
+    client = [{**call, "ts": "2026-11-25T10:00:00.000001Z", "state": "C", "prev": None, "event": ENTER, "move": "call"},
+              {**call, "ts": "2026-11-25T10:00:00.000003Z", "state": END, "prev": "Comp", "event": ENTER,
+               "move": "completed", "code": 1917, "cancel": "non-abortive"}]
+    server = [{"call_id": "x", "side": SERVER, "ts": "2026-11-25T10:00:00.000002Z", "state": "D", "prev": None,
+               "event": ENTER, "move": "dispatch"}]
+    table = side_by_side(client, server).splitlines()
+    assert "1917 RPC_X_PIPE_DISCIPLINE_ERROR [non-abortive]" in table[-1]
+    dividers = {line.index("|") if "|" in line else line.index("+") for line in table}
+    assert len(dividers) == 1, "\n".join(table)
