@@ -253,3 +253,33 @@ def test_side_by_side_keeps_one_straight_divider_for_long_client_cells() -> None
     assert "1917 RPC_X_PIPE_DISCIPLINE_ERROR [non-abortive]" in table[-1]
     dividers = {line.index("|") if "|" in line else line.index("+") for line in table}
     assert len(dividers) == 1, "\n".join(table)
+
+
+# -- a server killed under load ------------------------------------------------------------------------
+
+def test_load_whose_server_is_killed_says_so_and_its_counts_match_its_log(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--max-hold", "60", name="doomed")
+    log, report, html = tmp_path / "client.jsonl", tmp_path / "load.json", tmp_path / "load.html"
+    load = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--duration", "120",
+                             "--concurrency", "4", "--delay", "0.005", "--progress", "never", "--log-file", str(log),
+                             "--report", str(report), "--html", str(html)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + EVIDENCE_WAIT
+        while len(read_entries(srv.log)) < 50 and time.monotonic() < deadline:   # the run is under way
+            time.sleep(0.05)
+        srv.stop(signal.SIGKILL)
+        out, err = load.communicate(timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+        srv.stop(signal.SIGKILL)
+    assert load.returncode == 1 and "Traceback" not in err, out + err
+    first = out.splitlines()[0]
+    assert first.endswith("(stopped early: the server was lost)"), first
+    assert "server_lost: 1" in out, out
+    data = orjson.loads(report.read_bytes())
+    ends = [e for e in read_entries(log) if e["state"] == END and e["event"] == ENTER]
+    assert data["calls"] == len(ends) == sum(data["by_code"].values())
+    assert verdict(html).startswith(f"FAILED: {data['check']['violations']} violations")
+    assert "<th>stopped early</th><td>the server was lost</td>" in html.read_text()

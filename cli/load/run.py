@@ -640,7 +640,7 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
-             + (f" (stopped early by {report['interrupted']})" if report["interrupted"] else "")]
+             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")]
     lines.append(f"  {'final code':<34}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for code, n in report["by_code"].items():
         lat = report["latency_ms"][code]
