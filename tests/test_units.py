@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,20 @@ def test_call_core_rules_without_io() -> None:
     assert core.status() == 1914
     assert [e.state for e in log_entries if e.event == "enter"] == ["C", "WComp", "Comp", "End"]
     assert log_entries[-1].state == END   # nothing logged after End
+
+
+def test_a_call_error_says_its_code_and_survives_pickling() -> None:
+    # pytest-xdist and multiprocessing harnesses send a failed call's error between processes
+    err = CallError(1818, "c1", grpc_status="CANCELLED", details="cancelled here")
+    assert str(err) == "1818 RPC_S_CALL_CANCELLED (gRPC CANCELLED: cancelled here) [call c1]"
+    assert str(CallError(1722)) == "1722 RPC_S_SERVER_UNAVAILABLE"
+    for e in (err, CallPending("c2"), InvalidAsyncHandle("c3", "cancel")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e)
+        assert (back.code, back.name, back.call_id, back.grpc_status, back.details, str(back)) == \
+            (e.code, e.name, e.call_id, e.grpc_status, e.details, str(e))
+    assert str(InvalidAsyncHandle("c3", "cancel")) == \
+        "1914 RPC_S_INVALID_ASYNC_HANDLE: cancel after the call was completed [call c3]"
 
 
 def test_format_ts_is_rfc3339_utc_microseconds() -> None:
