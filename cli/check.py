@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "the server and client use), End exactly once and nothing after it, each "
                                         "side's final code fits its own path, and the client's final code agrees "
                                         "with the server's outcome. A last line cut short (a writer killed "
-                                        "mid-line, a full disk) is reported as a warning and the complete lines are "
+                                        "mid-line, a full disk), or such a line inside a log a restarted writer "
+                                        "appended to, is reported as a warning and the complete lines are "
                                         "checked. Exit status 1 on any violation, 2 when a file cannot be read or is "
                                         "not a regular file."))
     p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)

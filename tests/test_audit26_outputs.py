@@ -283,3 +283,56 @@ def test_load_whose_server_is_killed_says_so_and_its_counts_match_its_log(tmp_pa
     assert data["calls"] == len(ends) == sum(data["by_code"].values())
     assert verdict(html).startswith(f"FAILED: {data['check']['violations']} violations")
     assert "<th>stopped early</th><td>the server was lost</td>" in html.read_text()
+
+
+# -- a log appended to after a line cut short -------------------------------------------------------------
+
+def test_a_server_restarted_on_a_log_cut_mid_line_keeps_both_runs_checkable(tmp_path: Path) -> None:
+    """A server's log whose last line was cut (its writer killed mid-line, a full disk), and
+    the server restarted on the same --log-file, as a container restart policy does: the new
+    run's lines are not glued onto the cut one, and `check` skips that line with a warning and
+    judges every other entry of both runs."""
+    first = start_server(tmp_path, name="server")
+    try:
+        before = cli("call", "--target", first.target, "--log-file", str(tmp_path / "client.jsonl"))
+        assert before.returncode == 0, before.stderr
+        first.wait_entries(read_entries(tmp_path / "client.jsonl")[0]["call_id"])
+    finally:
+        first.stop()
+    whole = first.log.read_bytes()
+    first.log.write_bytes(whole + whole.splitlines(keepends=True)[0][:40])   # killed mid-line
+    (tmp_path / "server.port").unlink()
+    second = start_server(tmp_path, name="server")   # the same log file
+    try:
+        after = cli("call", "--target", second.target, "--log-file", str(tmp_path / "client.jsonl"))
+        assert after.returncode == 0, after.stderr
+    finally:
+        assert second.stop() == 0   # SIGTERM: the server writes every entry before it exits
+    lines = second.log.read_bytes().split(b"\n")
+    cut = whole.count(b"\n") + 1
+    assert lines[cut - 1] == whole.splitlines()[0][:40], "the cut line ends where it was cut"
+    assert all(orjson.loads(line) for line in lines[cut:] if line), "the new run's lines are whole"
+    result = cli("check", str(tmp_path / "client.jsonl"), str(second.log))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith(f"callstate check: warning: {second.log}:{cut}: a line cut short"), warning
+    assert result.stdout.startswith("2 calls,"), result.stdout
+    bad = tmp_path / "bad.jsonl"   # a line that is not the start of an entry is still an error
+    bad.write_bytes(whole + b"{not json}\n" + whole)
+    assert cli("check", str(bad)).returncode == 2
+
+
+def test_only_the_start_of_an_entry_passes_for_a_line_cut_short() -> None:
+    from callstate.statelog import LogFormatError, parse_log
+
+    whole = orjson.dumps({"ts": "2026-11-25T10:00:00.000001Z", "side": CLIENT, "call_id": "x", "state": "C",
+                          "prev": None, "event": ENTER, "move": "call", "detail": "é ✓ \"quoted\""})
+    for cut in range(1, len(whole)):   # every place a writer can stop, inside a character too
+        warned: list[str] = []
+        got = list(parse_log([whole[:cut] + b"\n", whole + b"\n"], "log", warned.append))
+        assert [n for n, _ in got] == [2] and len(warned) == 1 and "log:1: a line cut short" in warned[0], cut
+    for bad in (b"{not json}", b"garbage", whole[:30] + whole, whole + whole, b"[1, 2"):
+        with pytest.raises(LogFormatError, match="log:1: not JSON"):
+            list(parse_log([bad + b"\n", whole + b"\n"], "log", [].append))
+        with pytest.raises(LogFormatError):   # and without a warn, any of them is an error
+            list(parse_log([whole[:30] + b"\n", whole + b"\n"], "log"))
