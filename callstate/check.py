@@ -389,7 +389,8 @@ class Checker:
                 for kind, why in rule(client, server):
                     r.violations.append(Violation(kind, call_id, why))
         elif _unknown_to_server(client, server, have_server):
-            r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
+            assert client is not None
+            r.violations.append(Violation("unknown_to_server", call_id, f"{client.where}client completed with 0"))
         elif server is not None and (why := _server_breach_missing(server)):
             r.violations.append(Violation("pipe_breach_missing", call_id, why))
 

@@ -122,7 +122,7 @@ def test_report_warns_about_a_cut_last_line_and_reports_the_rest(one_call: tuple
     assert warning.startswith(f"callstate report: warning: {cut}:{n + 1}: the last line is cut short"), warning
     assert orjson.loads(data.read_bytes())["by_side"][SERVER] == n
     assert verdict(out) == "OK: every invariant holds on both sides (1 calls)"
-    cut.write_bytes(lines[:25] + b"\n" + lines)   # a bad line inside is still an error
+    cut.write_bytes(b"{not json}\n" + lines)   # a bad line inside is still an error
     assert cli("report", str(client), str(cut), "--html", str(out)).returncode == 2
 
 
@@ -336,3 +336,15 @@ def test_only_the_start_of_an_entry_passes_for_a_line_cut_short() -> None:
             list(parse_log([bad + b"\n", whole + b"\n"], "log", [].append))
         with pytest.raises(LogFormatError):   # and without a warn, any of them is an error
             list(parse_log([whole[:30] + b"\n", whole + b"\n"], "log"))
+
+
+def test_a_call_no_server_log_has_names_its_client_log(one_call: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two workers' client logs, and the server log of one worker's calls only (a replica's log
+    left out): unknown_to_server names the client log and line of the call's End."""
+    client, server = one_call
+    other = tmp_path / "worker-2.jsonl"
+    entries = read_entries(client)
+    other.write_bytes(b"".join(orjson.dumps({**e, "call_id": "elsewhere"}) + b"\n" for e in entries))
+    result = cli("check", str(client), str(other), str(server))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"elsewhere: {other}:{len(entries)}: client completed with 0" in result.stdout, result.stdout
