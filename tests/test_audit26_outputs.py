@@ -348,3 +348,17 @@ def test_a_call_no_server_log_has_names_its_client_log(one_call: tuple[Path, Pat
     result = cli("check", str(client), str(other), str(server))
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"elsewhere: {other}:{len(entries)}: client completed with 0" in result.stdout, result.stdout
+
+
+def test_load_counts_held_pipes_it_ended_itself_as_hold_for_not_as_cancels_asked_for(
+        shared_server: ServerProcess, tmp_path: Path) -> None:
+    """--cancel none: held pipes are still ended by the generator's own abortive cancel, which
+    the paths line counts apart as hold-for (as for unary calls), not as cancel-abortive."""
+    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+    result = cli("load", "--target", shared_server.target, "--calls", "6", "--concurrency", "3", "--pipes", "out=100",
+                 "--mix", "hold=100", "--cancel", "none", "--progress", "never", "--log-file", str(log),
+                 "--report", str(report), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cancels = [e for e in read_entries(log) if e["state"] == CAN and e["event"] == ENTER]
+    assert len(cancels) == 6
+    assert orjson.loads(report.read_bytes())["paths"] == {"hold": 6, "hold-for": 6, "pipe-out": 6}

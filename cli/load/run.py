@@ -260,8 +260,11 @@ class LoadRun:
         finally:
             self.in_flight -= 1
             if point is not None and CAN in pipe.history:   # as for calls: a cancel it took
-                self.paths[f"cancel-{cancel}"] += 1
-                self.paths[f"pipe-cancel-at-{point.kind}"] += 1
+                if plan.ends_hold:   # a held pipe not in the cancelled share: ended by the generator, apart
+                    self.paths["hold-for"] += 1
+                else:
+                    self.paths[f"cancel-{cancel}"] += 1
+                    self.paths[f"pipe-cancel-at-{point.kind}"] += 1
         self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------
