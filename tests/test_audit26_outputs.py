@@ -362,3 +362,31 @@ def test_load_counts_held_pipes_it_ended_itself_as_hold_for_not_as_cancels_asked
     cancels = [e for e in read_entries(log) if e["state"] == CAN and e["event"] == ENTER]
     assert len(cancels) == 6
     assert orjson.loads(report.read_bytes())["paths"] == {"hold": 6, "hold-for": 6, "pipe-out": 6}
+
+
+# -- help text says what the commands do -----------------------------------------------------------------
+
+def help_text(command: str) -> str:
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
+
+
+def test_check_help_names_every_exit_status_it_gives(one_call: tuple[Path, Path], tmp_path: Path) -> None:
+    text = help_text("check")
+    client, _server = one_call
+    empty, wrong = tmp_path / "empty.jsonl", tmp_path / "wrong.jsonl"
+    empty.write_bytes(b"")
+    wrong.write_bytes(b'{"not": "an entry"}\n')
+    assert cli("check", str(empty)).returncode == 1   # no violation, nothing judged
+    assert cli("check", str(client)).returncode == 1   # no violation, one side only
+    assert "Exit status 1 on any violation or when nothing could be judged (no entries, or one side only" in text
+    assert cli("check", str(wrong)).returncode == 2
+    assert "holds a line that is not a state entry" in text
+
+
+def test_load_help_names_every_exit_status_it_gives() -> None:
+    text = help_text("load")
+    assert ("Exit status 1 when an invariant fails or the run proved nothing (no call reached the server, or every "
+            "call was refused)") in text   # test_load_page_fails_where_the_load_fails_without_a_violation: exit 1
+    assert "130 after Ctrl-C" in text
