@@ -390,3 +390,8 @@ def test_load_help_names_every_exit_status_it_gives() -> None:
     assert ("Exit status 1 when an invariant fails or the run proved nothing (no call reached the server, or every "
             "call was refused)") in text   # test_load_page_fails_where_the_load_fails_without_a_violation: exit 1
     assert "130 after Ctrl-C" in text
+
+
+def test_conformance_help_names_its_exit_status_when_interrupted() -> None:
+    # test_conformance.py's test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left: 128 + signal
+    assert "130 or 143 when interrupted (SIGINT, SIGTERM" in help_text("conformance")
