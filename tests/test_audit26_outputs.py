@@ -395,3 +395,46 @@ def test_load_help_names_every_exit_status_it_gives() -> None:
 def test_conformance_help_names_its_exit_status_when_interrupted() -> None:
     # test_conformance.py's test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left: 128 + signal
     assert "130 or 143 when interrupted (SIGINT, SIGTERM" in help_text("conformance")
+
+
+def test_conformance_deadline_row_counts_calls_not_its_own_note(tmp_path: Path) -> None:
+    """A proxy that takes the connection and never answers: every call ends at its deadline on
+    the client, none reaches the server. The row fails saying so, and its count is of calls:
+    none of them failed on its own, so it is not one short (the row's note is not a call)."""
+    import socket
+    import threading
+
+    from callstate.cli.conformance.battery import Battery, BatteryConfig
+    from callstate.cli.conformance.cancels import deadline
+    from callstate.cli.conformance.journal import ServerJournal
+
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])   # kept open, never read: no HTTP/2 answer
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    target = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    async def judge() -> Any:
+        channel = grpc.aio.insecure_channel("127.0.0.1:9")   # the server's journal: never reached
+        journal = ServerJournal(channel, "test")
+        battery = Battery("proxy", target, journal, BatteryConfig(calls=2, concurrency=2, deadline=0.1, wait=0.5))
+        try:
+            return await deadline(battery)
+        finally:
+            await battery.close()
+            await channel.close()
+    try:
+        row = asyncio.run(judge())
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert row.ok is False and row.note == "no call reached the server before its deadline x1", row
+    assert row.figures == "4/4 ended on both sides, 0 seen by the server", row.figures
+    assert row.data["failed"] == 0 and row.data["calls"] == 4

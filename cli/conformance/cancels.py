@@ -135,11 +135,12 @@ async def deadline(b: Battery) -> Row:
         elif cancel_seen_at(entries) is None or not ended(entries):
             bad.append(f"server did not end the call ({(final(entries) or dispatch)['state']})")
     reached = sum(first(b.journal.entries(i), state=D) is not None for i in ids)
+    failed = len(bad)   # the calls that failed; what follows is about the row, not about one call
     if not reached:
         bad.append("no call reached the server before its deadline")
-    return Row(DEADLINE, not bad, f"{len(results) - len(bad)}/{len(results)} ended on both sides, "
+    return Row(DEADLINE, not bad, f"{len(results) - failed}/{len(results)} ended on both sides, "
                f"{reached} seen by the server", examples(bad),
-               {"calls": len(results), "failed": len(bad), "deadline_s": b.cfg.deadline})
+               {"calls": len(results), "failed": failed, "deadline_s": b.cfg.deadline})
 
 
 def percent(part: int, whole: int) -> str:
