@@ -425,8 +425,12 @@ def _code_mismatch(client: SideTrack, server: SideTrack) -> list[tuple[str, str]
                          close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS)
     if agreed is not None:
         return []
-    return [("code_mismatch", f"client {codes.describe(client.code or 0)} vs server "
-                              f"{codes.describe(server.code or 0)}")]
+    return [("code_mismatch", f"client {_code_text(client.code)} vs server {_code_text(server.code)}")]
+
+
+def _code_text(code: Any) -> str:
+    """A final code as a message names it: an End without one is not 0."""
+    return codes.describe(code) if isinstance(code, int) else f"no code ({code!r})"
 
 
 def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:

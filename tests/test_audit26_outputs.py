@@ -438,3 +438,15 @@ def test_conformance_deadline_row_counts_calls_not_its_own_note(tmp_path: Path) 
     assert row.ok is False and row.note == "no call reached the server before its deadline x1", row
     assert row.figures == "4/4 ended on both sides, 0 seen by the server", row.figures
     assert row.data["failed"] == 0 and row.data["calls"] == 4
+
+
+def test_a_code_mismatch_never_names_a_missing_code_as_0(one_call: tuple[Path, Path]) -> None:
+    """A client End without its code (a log from another writer): the mismatch says so, where
+    it used to read `client 0 RPC_S_OK vs server 0 RPC_S_OK`."""
+    from callstate.check import check_entries
+
+    client, server = one_call
+    entries = [{k: v for k, v in e.items() if not (e["state"] == END and k == "code")} for e in read_entries(client)]
+    report = check_entries(entries + read_entries(server))
+    [mismatch] = [v.message for v in report.violations if v.kind == "code_mismatch"]
+    assert mismatch == "client no code (None) vs server 0 RPC_S_OK", mismatch
