@@ -108,6 +108,11 @@ class CheckReport:
         callstate, or one side's log missing), or None when both sides or nothing are logged."""
         return one_side_of(self.by_side)
 
+    @property
+    def no_final_code(self) -> int:
+        """Calls counted under no final code: neither side logged their End with one."""
+        return self.calls - sum(self.by_code.values())
+
     def not_judged(self, allow_one_side: bool = False) -> str | None:
         """Why no verdict can be given, or None: nothing was checked, or only one side is logged
         and judging it alone was not asked for. The printed verdict and the exit status both
@@ -137,6 +142,7 @@ class CheckReport:
             "calls": self.calls,
             "by_side": self.by_side,
             "by_code": {str(k): v for k, v in sorted(self.by_code.items())},
+            "no_final_code": self.no_final_code,
             "violations": len(self.violations),
             "violations_by_kind": {
                 kind: {"count": len(vs), "meaning": KINDS.get(kind, ""),
@@ -155,6 +161,8 @@ class CheckReport:
                  f"{'file' if len(self.files) == 1 else 'files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
+        if self.no_final_code:   # so that the counts add up to the calls
+            lines.append(f"  {self.no_final_code:>8}  no final code (no side logged the call's End with one)")
         prop = percentiles(self.cancel_propagation_ms)
         if (side := self.one_sided) is not None:
             lines.append(one_sided_text(side))

@@ -450,3 +450,30 @@ def test_a_code_mismatch_never_names_a_missing_code_as_0(one_call: tuple[Path, P
     report = check_entries(entries + read_entries(server))
     [mismatch] = [v.message for v in report.violations if v.kind == "code_mismatch"]
     assert mismatch == "client no code (None) vs server 0 RPC_S_OK", mismatch
+
+
+# -- counts per final code add up to the calls -----------------------------------------------------------
+
+def test_check_counts_a_call_no_side_ended_so_the_codes_add_up(one_call: tuple[Path, Path], tmp_path: Path) -> None:
+    client, _server = one_call
+    cut = tmp_path / "client.jsonl"
+    cut.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in read_entries(client) if e["state"] != END))
+    result = cli("check", "--allow-one-side", str(cut))
+    assert result.returncode == 1, result.stdout + result.stderr   # not_ended
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("1 calls,") and lines[1].split() == ["1", "no", "final", "code", "(no", "side",
+                                                                    "logged", "the", "call's", "End", "with", "one)"]
+    data = orjson.loads(cli("check", "--allow-one-side", "--json", str(cut)).stdout)
+    assert data["by_code"] == {} and data["no_final_code"] == 1
+
+
+def test_report_page_counts_the_calls_not_ended_so_its_rows_add_up(one_call: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    client, server = one_call
+    cut = tmp_path / "client.jsonl"
+    cut.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in read_entries(client) if e["state"] != END))
+    out = tmp_path / "cut.html"
+    result = cli("report", str(cut), str(server), "--html", str(out))
+    assert result.returncode == 1 and "check FAILED (1 violations)" in result.stdout, result.stdout
+    page = " ".join(re.sub(r"<[^>]+>", " ", out.read_text()).split())
+    assert "not ended (no End to measure to) 1 - - - -" in page, page
