@@ -41,18 +41,20 @@ class Entry(NamedTuple):
 # one per state entered): all sixteen fields, in order, as one tuple.
 new_entry: Callable[[tuple[Any, ...]], Entry] = functools.partial(tuple.__new__, Entry)  # type: ignore[assignment]
 
-_ts_cache: tuple[int, str] = (-1, "")
+_ts_cache: tuple[int, str] = (0, "1970-01-01T00:00:00.")   # a second and its text, for the lines within it
 
 
 def format_ts(t: float) -> str:
     """RFC 3339 UTC with microseconds, e.g. 2026-11-24T15:46:14.123456Z."""
     global _ts_cache
-    sec = int(t)
-    cached_sec, prefix = _ts_cache
-    if sec != cached_sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    sec, prefix = _ts_cache
+    us = (t - sec) * 1_000_000
+    if not 0.0 <= us < 1_000_000.0:   # another second than the last line's (rarely: lines come in bursts)
+        sec = int(t)
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _ts_cache = (sec, prefix)
-    return f"{prefix}.{int((t - sec) * 1_000_000):06d}Z"
+        us = (t - sec) * 1_000_000
+    return "%s%06dZ" % (prefix, us)   # %d truncates, as int() did: the microsecond the clock was in
 
 
 def parse_ts(value: str) -> float:
@@ -104,7 +106,9 @@ def format_line(e: Entry) -> str:
     lifecycle module or a number. A unit test holds this equal to `to_dict`.
     """
     prev = "null" if e.prev is None else f'"{e.prev}"'
-    line = (f'{{"ts":"{format_ts(e.t)}","side":"{e.side}","call_id":{_dumps(e.call_id).decode()},'
+    cid = e.call_id   # made by callstate, an id is hex: letters and digits need no escaping
+    cid = f'"{cid}"' if cid.isalnum() else _dumps(cid).decode()
+    line = (f'{{"ts":"{format_ts(e.t)}","side":"{e.side}","call_id":{cid},'
             f'"state":"{e.state}","prev":{prev},"event":"{e.event}"')
     if e.move is not None:
         line += f',"move":"{e.move}"'
@@ -181,6 +185,19 @@ class LogFormatError(ValueError):
 REQUIRED_KEYS = ("ts", "side", "call_id", "state", "prev", "event")
 
 
+def cut_short(raw: bytes) -> bool:
+    """Whether a line that is not JSON is the start of a JSON object, cut short: its text ends
+    before the object does (a cut may split a character: it reads as U+FFFD)."""
+    if not raw.startswith(b"{"):
+        return False
+    text = raw.decode("utf-8", "replace")
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    return False
+
+
 def parse_log(lines: Iterable[bytes], name: str,
               warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, entry) from the lines of a JSON-lines state log called `name`.
@@ -188,7 +205,8 @@ def parse_log(lines: Iterable[bytes], name: str,
     Non-state lines are refused with the name and line number, so a wrong file
     is reported, never half-read silently. The one exception, when `warn` is given:
     a last line cut short (no newline, not a whole entry: the writer died or its disk
-    filled) is reported through `warn` and the complete lines before it are kept.
+    filled) is reported through `warn` and the complete lines before it are kept; so is
+    such a line inside the log, once a later run (a restarted server) appended after it.
     """
     for lineno, line in enumerate(lines, 1):
         raw = line.strip()
@@ -202,6 +220,10 @@ def parse_log(lines: Iterable[bytes], name: str,
                      f"the {lineno - 1} {'line' if lineno == 2 else 'lines'} before it "
                      f"{'is' if lineno == 2 else 'are'} checked")
                 return
+            if warn is not None and cut_short(raw):
+                warn(f"{name}:{lineno}: a line cut short (the start of an entry: its writer stopped mid-line, "
+                     f"and the log was appended to after it): ignored")
+                continue
             raise LogFormatError(f"{name}:{lineno}: not JSON ({exc})") from None
         if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
             missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
