@@ -114,7 +114,10 @@ class EmulatorServer:
         self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
                                          max_events_per_call=opts.journal_events_per_call,
                                          max_watchers=opts.max_watchers)
-        self.log = log = StateLog(opts.log)
+        try:
+            self.log = log = StateLog(opts.log)
+        except OSError as exc:   # its own words ("[Errno 22] Invalid argument") name neither the file nor the log
+            raise OSError(f"cannot open the state log {str(opts.log)!r}: {exc.strerror or exc}") from None
         try:
             credentials = _credentials(opts)
         except (OSError, ValueError):

@@ -116,6 +116,14 @@ def test_a_port_in_use_is_said_to_be_in_use(tmp_path: Path) -> None:
     assert "'no-such-host.invalid' does not resolve" in line and "GRPC_VERBOSITY" not in line, line
 
 
+def test_a_state_log_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    """Python's own words named neither: "[Errno 22] Invalid argument" for /proc/version."""
+    line = serve_fails("--log-file", str(tmp_path), cwd=tmp_path)
+    assert line == f"callstate serve: cannot open the state log '{tmp_path}': Is a directory", line
+    line = serve_fails("--log-file", "/proc/version", cwd=tmp_path)
+    assert line.startswith("callstate serve: cannot open the state log '/proc/version': "), line
+
+
 # -- shutdown: a pipe its caller stopped reading ends as the server's stop, not as the caller's cancel ---
 def test_a_pipe_held_up_by_a_caller_that_stopped_reading_ends_with_1722_on_shutdown(tmp_path: Path) -> None:
     """Its writes wait for the caller's window, so the stop reaches it only at the end of --grace,
