@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description=para("Run the gRPC emulator. Each call follows its script: dispatch delay, then "
                                         "complete, abort with a code, fail fatally, or hold until cancelled. Every "
                                         "state entered is written to the state log as a JSON line. Stops gracefully "
-                                        "on SIGINT/SIGTERM, ending every call in flight and flushing the log."),
+                                        "on SIGINT/SIGTERM (and SIGHUP unless nohup ignores it), ending every call "
+                                        "in flight and flushing the log."),
                        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bind", default=_SERVER.bind, help="address to listen on (default: %(default)s; "
                    "0.0.0.0 in containers)")

@@ -261,15 +261,24 @@ def write_port_file(path: str, port: int) -> None:
     write_atomically(path, f"{port}\n".encode())
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop the server gracefully: SIGINT, SIGTERM, and SIGHUP (its terminal went
+    away), which would otherwise kill it with the last entries unwritten and its calls never
+    ended in the log; unless it is ignored (nohup), so that such a server keeps running."""
+    hangup = getattr(signal, "SIGHUP", None)
+    keep = hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
+
+
 async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
-    """Run until SIGINT/SIGTERM, then stop gracefully and flush the state log."""
+    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log."""
     srv = EmulatorServer(options)
     await srv.start()
     if srv.metrics is not None:
         print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
     if port_file:
         try:

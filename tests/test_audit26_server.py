@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,64 @@ def test_a_watcher_gets_every_end_when_a_server_with_grace_0_stops(tmp_path: Pat
     ends = [e for e in seen if e.state == "End" and e.event == "enter"]
     assert len(ends) == held and {e.code for e in ends} == {codes.RPC_S_SERVER_UNAVAILABLE}
     check_ok(srv.log, client_log)
+
+
+# -- SIGHUP: the terminal went away ---------------------------------------------------------------------
+def test_sighup_stops_the_server_gracefully_and_every_held_call_ends_in_its_log(tmp_path: Path) -> None:
+    """SIGHUP (its terminal closed, its ssh session dropped) killed the server on the spot: exit
+    129, the held calls never ended in its state log and `callstate check` failed the run."""
+    import asyncio
+    import signal
+
+    from callstate.client import AsyncClient, CallError, Script
+
+    held = 20
+    srv = start_server(tmp_path)
+    client_log = tmp_path / "client.jsonl"
+
+    async def go() -> list[int]:
+        async with AsyncClient(srv.target, log=str(client_log)) as client:
+            calls = [client.start(Script("hold")) for _ in range(held)]
+            for _ in range(int(EVIDENCE_WAIT / 0.05)):
+                if sum(e["state"] == "D" for e in read_entries(srv.log)) >= held:
+                    break
+                await asyncio.sleep(0.05)
+            srv.proc.send_signal(signal.SIGHUP)
+            got = []
+            for call in calls:
+                with pytest.raises(CallError) as err:
+                    await call
+                got.append(err.value.code)
+            return got
+
+    try:
+        assert asyncio.run(go()) == [codes.RPC_S_SERVER_UNAVAILABLE] * held
+        assert srv.proc.wait(EVIDENCE_WAIT) == 0
+    finally:
+        srv.stop()
+    assert "stopped after" in srv.stderr.read_text()
+    check_ok(srv.log, client_log)
+
+
+def test_a_server_started_under_nohup_keeps_serving_through_sighup(tmp_path: Path) -> None:
+    """nohup ignores SIGHUP so that the server outlives its terminal: the handler that stops the
+    server on SIGHUP is not installed over that."""
+    import signal
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(["sh", "-c", 'trap "" HUP; exec "$0" -m callstate serve --port 0 --port-file "$1" '
+                             '--log-file "$2"', sys.executable, str(port_file), str(tmp_path / "s.jsonl")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        for _ in range(int(EVIDENCE_WAIT / 0.05)):
+            if port_file.exists() and port_file.read_text().strip() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        proc.send_signal(signal.SIGHUP)
+        done = cli("call", "--target", target, timeout=EVIDENCE_WAIT * 2)   # answered after the SIGHUP
+        assert done.returncode == 0, done.stderr
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(EVIDENCE_WAIT) == 0
