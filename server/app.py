@@ -46,6 +46,7 @@ SERVICE_NAMES = (
 # Stopping a watched server: how long the calls that stop_all ended get to log their End (whatever
 # --grace), and the watchers' streams to send what they hold, before gRPC cancels them all.
 STOP_SETTLE = 1.0
+PENDING_FLOOR = 3000   # grpc core's own hard limit of calls waiting for the application
 WATCH_DRAIN = 2.0
 
 
@@ -130,6 +131,13 @@ class EmulatorServer:
         server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
         if opts.max_concurrent_streams:
             server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
+        # Calls grpc core holds until the event loop takes them: past its default (1000, some
+        # refused at random up to 3000) a burst had calls ended CANCELLED by core, never dispatched,
+        # which their callers took for a cancel (1818). Up to --max-in-flight they are taken, and
+        # beyond it refused by the emulator with 1723.
+        pending = max(PENDING_FLOOR, opts.emulator.max_in_flight)
+        server_options += [("grpc.server.max_pending_requests", pending),
+                           ("grpc.server.max_pending_requests_hard_limit", pending)]
         server = grpc.aio.server(options=server_options + keepalive_options(opts.keepalive),
                                  interceptors=[TokenInterceptor(opts.token)] if opts.token else None)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
