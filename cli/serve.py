@@ -66,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
     p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
-                   help="a call id that ended is refused (ALREADY_EXISTS) this long after (default: %(default)s)")
+                   help="a call id that ended is refused (ALREADY_EXISTS) this long after, while the journal still "
+                        "holds its call (--journal-size, --journal-bytes) (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
                    help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
                         "carries many callers on one connection)")
