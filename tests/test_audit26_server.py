@@ -326,3 +326,24 @@ def test_a_burst_of_held_calls_is_dispatched_whole_none_cancelled_by_grpc_core(t
     assert len(ends) == burst and {e["code"] for e in ends} == {codes.RPC_S_SERVER_UNAVAILABLE}
     done = cli("check", "--allow-one-side", str(srv.log), timeout=EVIDENCE_WAIT * 3)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- callstate watch: a server that stops is said to have stopped -------------------------------------
+def test_watch_says_so_when_the_server_ends_its_stream_by_stopping(tmp_path: Path) -> None:
+    """It fell silent and exited 0 as if it had been asked to: nothing told its user that the
+    server had stopped."""
+    srv = start_server(tmp_path)
+    watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target, "--dashboard",
+                              "never"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stderr is not None
+        assert watch.stderr.readline().startswith("watching ")   # subscribed (bounded by the test's timeout)
+        assert cli("call", "--target", srv.target, timeout=EVIDENCE_WAIT * 2).returncode == 0
+        assert srv.stop() == 0
+        out, err = watch.communicate(timeout=EVIDENCE_WAIT * 2)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert err.splitlines() == [f"callstate watch: {srv.target} ended the stream: the server is stopping"], err
+    assert " End " in out
