@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from callstate.client import AsyncClient, Client, Script
+from callstate.client import AsyncClient, Client, PipeScript, Script
 from callstate.rules import RulesError, parse_rules
 from callstate.schema import SchemaError, from_protos
 from tests.conftest import ServerProcess, cli, final, read_entries, start_server
@@ -60,7 +60,11 @@ package acme.legacy;
 message Req { required string key = 1; optional int32 n = 2; }
 message Inner { required int32 code = 1; }
 message Rep { required string value = 1; required Inner inner = 2; optional string note = 3; }
-service Old { rpc Lookup(Req) returns (Rep); rpc Watch(Req) returns (stream Rep); }
+service Old {
+  rpc Lookup(Req) returns (Rep);
+  rpc Watch(Req) returns (stream Rep);
+  rpc Feed(stream Req) returns (Rep);
+}
 """
 
 MONEY = "type.googleapis.com/acme.common.v1.Money"
@@ -251,7 +255,20 @@ def test_a_request_missing_a_required_field_is_refused_before_it_is_sent(acme: S
             client.start(Script("complete"), method=lookup, request='{"n": 3}')
         # a message that has it goes out and completes
         assert client.start(Script("complete"), method=lookup, request={"key": "k"}).result(10).inner.code == 0
-    assert len({e["call_id"] for e in read_entries(sync_log)}) == 1
+        # a pipe's push is refused as the request is, and the pipe goes on
+        pipe = client.pipe(PipeScript("complete"), method="acme.legacy.Old/Feed").start()
+        with pytest.raises(SchemaError, match=r"acme.legacy.Old/Feed push 1: acme.legacy.Req: required field not set: key"):
+            pipe.push(lookup.request(n=3))
+        with pytest.raises(SchemaError, match="required field not set: key"):
+            pipe.push({"n": 3})
+        with pytest.raises(SchemaError, match="required field not set: key"):
+            pipe.push()   # the pipe's request: none given, so the empty one
+        with pytest.raises(ValueError, match=r"push: a message of 2000004 bytes is over the server's limit"):
+            pipe.push({"key": "k" * 2_000_000})   # before: measured as len(dict), 1, and sent
+        pipe.push({"key": "k"})
+        pipe.close_push()
+        assert pipe.result(10).inner.code == 0 and pipe.sent == 1
+    assert len({e["call_id"] for e in read_entries(sync_log)}) == 2
 
     out = cli("call", "--target", acme.target, "--method", "acme.legacy.Old/Lookup", "--data", '{"n": 3}',
               "--log-file", str(tmp_path / "cli.jsonl"))
