@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +18,8 @@ import pytest
 from callstate.client import AsyncClient, Client, PipeScript, Script
 from callstate.rules import RulesError, parse_rules
 from callstate.schema import SchemaError, from_protos
-from tests.conftest import ServerProcess, cli, final, read_entries, start_server
+from tests.conftest import ROOT, ServerProcess, cli, final, read_entries, start_server, states
+from tests.documentation import blocks, section
 from tests.test_third_party_and_crash import run_grpcurl
 
 TYPES = """\
@@ -333,3 +336,35 @@ def test_a_schema_whose_services_are_all_the_servers_own_names_them(tmp_path: Pa
     assert out.returncode == 2, out.stderr
     assert "callstate.v1.Emulator, callstate.v1.Mine are among them" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# -- the page's own example --------------------------------------------------------------------
+
+def test_the_three_commands_of_docs_any_service_work_as_shown(tmp_path: Path) -> None:
+    """Before: the page served `protos/shop/v1/shop.proto`, which is nowhere in the repository
+    ("no such .proto file"). The commands run as written, the port aside."""
+    lines = blocks(section("From your .proto to a cancelled call in three commands"), "sh")[0]
+    lines = lines.replace("\\\n", " ").splitlines()
+    serve = shlex.split(lines[0].removesuffix("&"))
+    assert serve[:2] == ["callstate", "serve"] and serve[-2] == "--log-file"
+    args = [str(ROOT / a) if a.startswith("tests/") else a for a in serve[2:-2]]
+    srv = start_server(tmp_path, *args)
+    try:
+        for line in lines[1:]:
+            words = [w.replace("localhost:50051", srv.target) for w in shlex.split(line)]
+            assert words[:2] == ["grpcurl", "-plaintext"]
+            out = run_grpcurl(*words[2:])
+            if "list" in words:
+                assert out.returncode == 0 and "shop.v1.Shop.Charge" in out.stdout, out.stdout + out.stderr
+            else:
+                assert "DeadlineExceeded" in out.stdout + out.stderr   # grpcurl's deadline cancels the held call
+        entries = []
+        deadline = time.monotonic() + 20
+        while not any(e["state"] == "End" for e in entries) and time.monotonic() < deadline:
+            entries = srv.entries()
+            time.sleep(0.05)
+        assert states(entries) == ["D", "A", "End"] and final(entries)["code"] == 1818
+        assert {e["method"] for e in entries} == {"shop.v1.Shop/Charge"}
+        assert any(e.get("cancel") == "abortive" for e in entries)
+    finally:
+        srv.stop()
