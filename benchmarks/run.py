@@ -17,9 +17,10 @@ scale    calls/s and CPU per call through Debian's nginx with the shipped config
 client   the callstate asyncio client (state log on) vs a bare grpc.aio client, same bare
          server: calls/s and client CPU per call, alternating and paired (both at once)
 cancel   1,000 held calls in flight, cancelled one by one: client cancel -> server sees
-         it, p50/p99/max, callstate vs bare
+         it, p50/p99/max, callstate vs bare, medians of --rounds alternating rounds
 held     10,000 held calls on one server: server memory per held call vs bare; then
-         cancel them all: time until every call ended on both sides
+         cancel them all: time until every call ended on both sides (medians of --rounds
+         alternating rounds, each a fresh server)
 metrics  callstate serve with --metrics-port (Prometheus on) vs the same without vs bare
          grpc.aio, same bare client and concurrency: calls/s and server CPU per call
 million  1,000,000 calls through one callstate server: its memory stays flat (the
@@ -651,79 +652,102 @@ def _cancel_times(kind: str, srv: Server) -> dict[str, float]:
             for _, e in read_log(srv.log) if e["event"] == "cancel_seen"}
 
 
-def bench_cancel(tmp: Path, n: int, gap: float) -> dict[str, Any]:
+def _cancel_round(kind: str, tmp: Path, n: int, gap: float) -> dict[str, Any]:
+    """One server of `kind` holding n calls, cancelled one by one `gap` apart: the delays from
+    each client cancel to the server seeing it, in ms."""
     from callstate.check import percentiles
-    out = {}
-    for kind in ("bare", "callstate"):
-        srv = Server(kind, tmp, "--max-hold", "600")
+    srv = Server(kind, tmp, "--max-hold", "600")
 
-        async def go() -> dict[str, float]:
-            ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, n, tmp / f"{kind}-cancel-client.jsonl")
-            await _wait_in_flight(srv.target, n, 60)
-            sent = {}
-            for call_id, call in zip(ids, calls):
-                sent[call_id] = cancel(call)
-                await asyncio.sleep(gap)
-            await wait_all()
-            return sent
-        try:
-            sent = asyncio.run(go())
-        finally:
-            srv.stop()
-        seen = _cancel_times(kind, srv)
-        delays = [(seen[i] - t) * 1000 for i, t in sent.items() if i in seen]
-        out[kind] = percentiles(delays)
-        out[kind]["missing"] = len(sent) - len(delays)
-    b, c = out["bare"], out["callstate"]
-    print(f"cancel propagation with {n} calls in flight, cancelled {gap * 1000:g} ms apart (client cancel -> server sees it)")
-    for q in ("p50", "p99", "max"):
-        print(f"  {q:<5} bare {b[q]:7.3f} ms   callstate {c[q]:7.3f} ms")
-    print(f"  seen by the server: bare {b['count']}/{n}, callstate {c['count']}/{n}")
+    async def go() -> dict[str, float]:
+        ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, n, tmp / f"{kind}-cancel-client.jsonl")
+        await _wait_in_flight(srv.target, n, 60)
+        sent = {}
+        for call_id, call in zip(ids, calls):
+            sent[call_id] = cancel(call)
+            await asyncio.sleep(gap)
+        await wait_all()
+        return sent
+    try:
+        sent = asyncio.run(go())
+    finally:
+        srv.stop()
+    seen = _cancel_times(kind, srv)
+    out = percentiles([(seen[i] - t) * 1000 for i, t in sent.items() if i in seen])
+    out["missing"] = len(sent) - out["count"]
     return out
 
 
-def bench_held(tmp: Path, n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kind in ("bare", "callstate"):
-        srv = Server(kind, tmp, "--max-hold", "600")
-        try:
-            time.sleep(0.5)
+def bench_cancel(tmp: Path, n: int, gap: float, rounds: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):   # alternating: a disturbance of the shared machine hits both alike
+        for kind in runs:
+            runs[kind].append(_cancel_round(kind, tmp, n, gap))
+    out: dict[str, Any] = {k: {q: statistics.median(r[q] for r in v) for q in ("p50", "p90", "p99", "max")}
+                           for k, v in runs.items()}
+    b, c = out["bare"], out["callstate"]
+    out["p99_ratio"] = c["p99"] / b["p99"]
+    out["rounds"] = {k: [round(r["p99"], 3) for r in v] for k, v in runs.items()}
+    print(f"cancel propagation with {n} calls in flight, cancelled {gap * 1000:g} ms apart (client cancel -> "
+          f"server sees it): median of {rounds} alternating rounds")
+    for q in ("p50", "p99", "max"):
+        print(f"  {q:<5} bare {b[q]:7.3f} ms   callstate {c[q]:7.3f} ms" + (f": {out['p99_ratio']:.2f}x bare" if q == "p99" else ""))
+    print(f"  p99 per round (ms): {out['rounds']}")
+    print(f"  seen by the server, every round: bare {min(r['count'] for r in runs['bare'])}/{n}, "
+          f"callstate {min(r['count'] for r in runs['callstate'])}/{n}")
+    return out
 
-            async def go() -> dict[str, float]:
-                # warm the server up with a few calls so idle RSS includes grpc's own start-up
-                ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, 50, None)
-                await _wait_in_flight(srv.target, 50, 30)
-                for c in calls:
-                    cancel(c)
-                await wait_all()
-                await _wait_in_flight(srv.target, 0, 30)
-                idle = srv.rss()
-                ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, n, tmp / f"{kind}-held-client.jsonl")
-                await _wait_in_flight(srv.target, n, 120)
-                await asyncio.sleep(0.5)
-                held = srv.rss()
-                t0 = time.perf_counter()
-                for c in calls:
-                    cancel(c)
-                await wait_all()
-                client_done = time.perf_counter() - t0
-                await _wait_in_flight(srv.target, 0, 60)
-                both_done = time.perf_counter() - t0
-                return {"idle_rss": idle, "held_rss": held, "per_call_bytes": (held - idle) / n,
-                        "client_all_ended_s": client_done, "all_ended_s": both_done}
-            out[kind] = asyncio.run(go())
-        finally:
-            srv.stop()
+
+def _held_round(kind: str, tmp: Path, n: int) -> dict[str, float]:
+    """n held calls on a server of `kind`: its memory per held call, then cancel them all."""
+    srv = Server(kind, tmp, "--max-hold", "600")
+    try:
+        async def go() -> dict[str, float]:
+            # warm the server up with a few calls so idle RSS includes grpc's own start-up
+            ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, 50, None)
+            await _wait_in_flight(srv.target, 50, 30)
+            for c in calls:
+                cancel(c)
+            await wait_all()
+            await _wait_in_flight(srv.target, 0, 30)
+            idle = srv.rss()
+            ids, calls, cancel, wait_all = await _hold_calls(kind, srv.target, n, tmp / f"{kind}-held-client.jsonl")
+            await _wait_in_flight(srv.target, n, 120)
+            await asyncio.sleep(0.5)   # not synchronisation: lets the allocator settle before RSS is read
+            held = srv.rss()
+            t0 = time.perf_counter()
+            for c in calls:
+                cancel(c)
+            await wait_all()
+            client_done = time.perf_counter() - t0
+            await _wait_in_flight(srv.target, 0, 60)
+            both_done = time.perf_counter() - t0
+            return {"idle_rss": idle, "held_rss": held, "per_call_bytes": (held - idle) / n,
+                    "client_all_ended_s": client_done, "all_ended_s": both_done}
+        return asyncio.run(go())
+    finally:
+        srv.stop()
+
+
+def bench_held(tmp: Path, n: int, rounds: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    for _ in range(rounds):
+        for kind in runs:
+            runs[kind].append(_held_round(kind, tmp, n))
+    out: dict[str, Any] = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     b, c = out["bare"], out["callstate"]
     out["memory_ratio"] = c["per_call_bytes"] / b["per_call_bytes"]
-    print(f"{n} held calls on one server")
+    out["cancel_all_ratio"] = c["all_ended_s"] / b["all_ended_s"]
+    out["rounds"] = {k: {"kib_per_call": [round(r["per_call_bytes"] / 1024, 1) for r in v],
+                         "cancel_all_s": [round(r["all_ended_s"], 2) for r in v]} for k, v in runs.items()}
+    print(f"{n} held calls on one server: median of {rounds} alternating rounds")
     print(f"  server memory per held call: bare {b['per_call_bytes'] / 1024:.1f} KiB, "
           f"callstate {c['per_call_bytes'] / 1024:.1f} KiB: {out['memory_ratio']:.2f}x bare")
     print(f"  cancel all, until every call ended on both sides: bare {b['all_ended_s']:.2f} s, "
-          f"callstate {c['all_ended_s']:.2f} s: {c['all_ended_s'] / b['all_ended_s']:.2f}x bare")
+          f"callstate {c['all_ended_s']:.2f} s: {out['cancel_all_ratio']:.2f}x bare")
     print(f"    of which the client's side (each call cancelled, awaited, completed): bare "
           f"{b['client_all_ended_s']:.2f} s, callstate {c['client_all_ended_s']:.2f} s: "
           f"{c['client_all_ended_s'] / b['client_all_ended_s']:.2f}x bare")
+    print(f"  rounds: {out['rounds']}")
     return out
 
 
@@ -1076,9 +1100,9 @@ def main() -> int:
             elif which == "client":
                 results[which] = bench_client(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "cancel":
-                results[which] = bench_cancel(tmp, opts.in_flight, 0.001)
+                results[which] = bench_cancel(tmp, opts.in_flight, 0.001, opts.rounds)
             elif which == "held":
-                results[which] = bench_held(tmp, opts.held)
+                results[which] = bench_held(tmp, opts.held, opts.rounds)
             elif which == "metrics":
                 results[which] = bench_metrics(tmp, opts.rounds, opts.concurrency, opts.duration)
             elif which == "locust":

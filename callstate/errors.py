@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from callstate import codes
 
 
@@ -13,19 +15,38 @@ class CallError(Exception):
     """
 
     def __init__(self, code: int, call_id: str = "", *, grpc_status: str = "", details: str = "") -> None:
+        # The text is made when asked for (str(), a traceback): a cancel-heavy load raises one
+        # per cancelled call and most are caught unread.
+        super().__init__(code, call_id, grpc_status, details)
         self.code = code
-        self.name = codes.name(code)
         self.call_id = call_id
         self.grpc_status = grpc_status
         self.details = details
-        text = f"{code} {self.name}"
-        if grpc_status:
-            text += f" (gRPC {grpc_status}{': ' + details if details else ''})"
-        elif details:
-            text += f": {details}"
-        if call_id:
-            text += f" [call {call_id}]"
-        super().__init__(text)
+
+    @property
+    def name(self) -> str:
+        return codes.name(self.code)
+
+    def __str__(self) -> str:
+        text = f"{self.code} {self.name}"
+        if self.grpc_status:
+            text += f" (gRPC {self.grpc_status}{': ' + self.details if self.details else ''})"
+        elif self.details:
+            text += f": {self.details}"
+        if self.call_id:
+            text += f" [call {self.call_id}]"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # args are CallError's own (the subclasses take others): rebuilt from the fields
+        return _rebuild, (type(self), self.__dict__)
+
+
+def _rebuild(cls: type[CallError], fields: dict[str, Any]) -> CallError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, fields.get("code"), fields.get("call_id"), fields.get("grpc_status"), fields.get("details"))
+    err.__dict__.update(fields)
+    return err
 
 
 class CallPending(CallError):

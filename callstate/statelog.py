@@ -41,18 +41,20 @@ class Entry(NamedTuple):
 # one per state entered): all sixteen fields, in order, as one tuple.
 new_entry: Callable[[tuple[Any, ...]], Entry] = functools.partial(tuple.__new__, Entry)  # type: ignore[assignment]
 
-_ts_cache: tuple[int, str] = (-1, "")
+_ts_cache: tuple[int, str] = (0, "1970-01-01T00:00:00.")   # a second and its text, for the lines within it
 
 
 def format_ts(t: float) -> str:
     """RFC 3339 UTC with microseconds, e.g. 2026-11-24T15:46:14.123456Z."""
     global _ts_cache
-    sec = int(t)
-    cached_sec, prefix = _ts_cache
-    if sec != cached_sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    sec, prefix = _ts_cache
+    us = (t - sec) * 1_000_000
+    if not 0.0 <= us < 1_000_000.0:   # another second than the last line's (rarely: lines come in bursts)
+        sec = int(t)
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _ts_cache = (sec, prefix)
-    return f"{prefix}.{int((t - sec) * 1_000_000):06d}Z"
+        us = (t - sec) * 1_000_000
+    return "%s%06dZ" % (prefix, us)   # %d truncates, as int() did: the microsecond the clock was in
 
 
 def parse_ts(value: str) -> float:
@@ -104,7 +106,9 @@ def format_line(e: Entry) -> str:
     lifecycle module or a number. A unit test holds this equal to `to_dict`.
     """
     prev = "null" if e.prev is None else f'"{e.prev}"'
-    line = (f'{{"ts":"{format_ts(e.t)}","side":"{e.side}","call_id":{_dumps(e.call_id).decode()},'
+    cid = e.call_id   # made by callstate, an id is hex: letters and digits need no escaping
+    cid = f'"{cid}"' if cid.isalnum() else _dumps(cid).decode()
+    line = (f'{{"ts":"{format_ts(e.t)}","side":"{e.side}","call_id":{cid},'
             f'"state":"{e.state}","prev":{prev},"event":"{e.event}"')
     if e.move is not None:
         line += f',"move":"{e.move}"'

@@ -14,9 +14,9 @@ from callstate.arg_types import bounded_int, finite_float, int64, non_negative_f
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
-from callstate.cli.interrupt import CancelOnSignals
-from callstate.cli.terminal import printable
-from callstate.lifecycle import ABORT, FATAL, UNARY, WCOMP
+from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
+from callstate.cli.terminal import print_final
+from callstate.lifecycle import ABORT, FATAL, UNARY
 from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
 
 _SCRIPT, _LIMITS = Script(), Limits()
@@ -149,39 +149,25 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)
         else:
-            signals = CancelOnSignals(call, _cancel_abortively)
+            signals = CancelOnSignals(call)
             try:
                 call.start()
             except CallError as err:   # C -> End: the call was never made, nothing to complete
-                _final(err.code, f"the call was not made: {err.details}")
+                print_final(err.code, f"the call was not made: {err.details}")
                 return 1
             signals.started()
             if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
-                _cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
+                cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
         try:
             reply = await call
         except CallError as err:
-            _final(err.code, err.details)
+            print_final(err.code, err.details)
             return 1
         if opts.drive is not None:
-            _final(codes.RPC_S_OK, reply_text(reply))
+            print_final(codes.RPC_S_OK, reply_text(reply))
             return 0
-        _final(codes.RPC_S_OK, f"reply of {len(reply.payload)} bytes" + (", cancel seen by the server" if reply.cancel_seen else ""))
+        print_final(codes.RPC_S_OK, f"reply of {len(reply.payload)} bytes" + (", cancel seen by the server" if reply.cancel_seen else ""))
         return 0
     finally:
         await client.close()
         sink.close()
-
-
-def _cancel_abortively(call) -> None:  # type: ignore[no-untyped-def]
-    _cancel_if_pending(call, True, None)
-
-
-def _cancel_if_pending(call, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
-    """Cancel unless the call is already notified or cancelled (by a signal, say)."""
-    if not call.done() and call.state == WCOMP:
-        call.cancel(abortive=abortive, timeout=timeout)
-
-
-def _final(code: int, details: str) -> None:
-    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

@@ -6,7 +6,14 @@ import asyncio
 import signal
 from typing import Any, Callable
 
-from callstate.lifecycle import C
+from callstate.lifecycle import C, CAN, COMP, END
+
+
+def cancel_if_pending(call: Any, abortive: bool = True, timeout: float | None = None) -> None:
+    """Cancel the command's call or pipe unless it is notified, cancelled a moment ago (by a
+    signal, say) or completed: a second cancel of the command's own would be a second Can."""
+    if not call.done() and call.state not in (CAN, COMP, END):
+        call.cancel(abortive=abortive, timeout=timeout)
 
 
 class CancelOnSignals:
@@ -16,7 +23,7 @@ class CancelOnSignals:
     with 130, or killed it); one that comes while the call is still in C is kept (`caught`)
     and applied by `started()`, which the command runs once it has started the call."""
 
-    def __init__(self, call: Any, cancel: Callable[[Any], None]) -> None:
+    def __init__(self, call: Any, cancel: Callable[[Any], None] = cancel_if_pending) -> None:
         self.call, self.cancel = call, cancel
         self.caught: list[int] = []
         loop = asyncio.get_running_loop()

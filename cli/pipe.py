@@ -11,8 +11,8 @@ from callstate import codes
 from callstate.cli.method_options import reply_text
 from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
-from callstate.cli.interrupt import CancelOnSignals
-from callstate.cli.terminal import printable
+from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
+from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
@@ -108,7 +108,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     def on_started(pipe) -> None:  # type: ignore[no-untyped-def]
         signals.started()   # a Ctrl-C or SIGTERM that came before the start
         if opts.cancel_after is not None:
-            loop.call_later(opts.cancel_after, _cancel_if_pending, pipe, not opts.non_abortive,
+            loop.call_later(opts.cancel_after, cancel_if_pending, pipe, not opts.non_abortive,
                             opts.escalate_after if opts.non_abortive else None)
 
     try:
@@ -117,20 +117,20 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
         else:
             pipe = client.pipe(opts.pipe, None if opts.no_script else script, log_messages=opts.log_messages,
                                method=drive.method, request=drive.requests[0])
-        signals = CancelOnSignals(pipe, _cancel_abortively)
+        signals = CancelOnSignals(pipe)
         try:
             reply = await drive_pipe(pipe, messages=opts.messages, message_bytes=opts.message_bytes,
                                      interval=opts.interval, cancel_at=opts.cancel_at, abortive=not opts.non_abortive,
                                      escalate_after=opts.escalate_after, on_started=on_started,
                                      payload=drive.requests[0] if drive is not None else None)
         except CallError as err:
-            _final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
+            print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
             return 1
         if drive is not None:
             got = f"; {reply_text(reply)}" if reply is not None else ""
         else:
             got = f"; the server pulled {reply.received}" if reply is not None else ""
-        _final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
+        print_final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
         return 0
     finally:
         await client.close()
@@ -145,17 +145,3 @@ def _cannot_fire(opts: argparse.Namespace) -> str:
     if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
         return f"the server pushes only {opts.server_messages} messages (--server-messages)"
     return ""
-
-
-def _cancel_abortively(pipe) -> None:  # type: ignore[no-untyped-def]
-    _cancel_if_pending(pipe, True, None)
-
-
-def _cancel_if_pending(pipe, abortive: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
-    from callstate.lifecycle import CAN, COMP, END
-    if not pipe.done() and pipe.state not in (CAN, COMP, END):
-        pipe.cancel(abortive=abortive, timeout=timeout)
-
-
-def _final(code: int, details: str) -> None:
-    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Mapping, TextIO
 
 import orjson
@@ -21,6 +22,11 @@ _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 def printable(text: str) -> str:
     """`text` with every control character shown as a \\uXXXX escape (also valid in JSON)."""
     return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def print_final(code: int, details: str) -> None:
+    """The command's last line (stderr): the call's final code, then what it says."""
+    print(printable(f"final: {codes.describe(code)}" + (f": {details}" if details else "")), file=sys.stderr)
 
 
 def human(d: Mapping[str, Any]) -> str:

@@ -68,8 +68,11 @@ class AsyncCall(CallCore):
         """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
         self._admit(check_request, self._request)
-        rpc, message, extra = self._client._unary(self._request)
-        self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
+        try:
+            rpc, message, extra = self._client._unary(self._request)
+            self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
+        except Exception as exc:
+            raise self.not_made(exc) from exc
         if self.has_callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
         self.started()

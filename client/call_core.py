@@ -147,8 +147,8 @@ class CallCore:
         until it is completed."""
         if self.lifecycle.state != C:
             raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
-        if self._client.closed:
-            raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, "the client is closed")
+        if (unusable := self._client.unusable()) is not None:   # closed, or (asyncio) another loop's
+            raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, unusable)
         try:
             check(*subject)
         except RequestError as exc:
@@ -174,6 +174,14 @@ class CallCore:
         with self._lock:
             self._move(START_FAILED, code, None, details)
         return CallError(code, self.call_id, details=details)
+
+    def not_made(self, exc: Exception) -> CallError:
+        """Making the gRPC call raised once the call was admitted (grpc refused its arguments,
+        say): C -> End with 1726 and what it said, no longer the client's to end at close. The
+        surface raises the error returned, from `exc`."""
+        self._client._live.discard(self)
+        return self.start_failed(codes.RPC_S_CALL_FAILED,
+                                 f"the call could not be made: {type(exc).__name__}: {exc}")
 
     # -- cancelling ---------------------------------------------------------------------------
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:

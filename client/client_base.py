@@ -6,6 +6,8 @@ The surfaces call down into it; it never calls up (docs/client-design.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,6 +34,14 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str,
     return pb.CallRequest(call_id=call_id, script=script, payload=payload, cancel_key=cancel_key)
 
 
+def _checked_timeout(timeout: float | None) -> float | None:
+    """Each call's gRPC deadline, in seconds: a positive finite number, or None for none."""
+    if timeout is None or (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                           and 0 < timeout < math.inf):
+        return timeout
+    raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+
+
 class ClientBase:
     """Target, state log and options shared by `Client` and `AsyncClient`.
 
@@ -51,7 +61,7 @@ class ClientBase:
                  keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
                  tracing: Any = False, schema: "Schema | None" = None) -> None:
         self.target = target
-        self.timeout = timeout
+        self.timeout = _checked_timeout(timeout)
         # TLS, token, keepalive (client/channel.py)
         self.settings = settings or ChannelSettings(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token,
                                                     keepalive=keepalive)
@@ -70,8 +80,22 @@ class ClientBase:
             self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
         self._channel = type(self)._open_channel(self.settings, target, channel_options)
         self._stub = pb_grpc.EmulatorStub(self._channel)
+        self._home_loop: Any = getattr(self._channel, "_loop", None)   # grpc.aio's record of its loop (sync: None)
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
         self._rpcs: dict[str, Any] = {}
+
+    def unusable(self) -> str | None:
+        """Why the client makes no call now (None: it does); `start()` refuses with it (1915):
+        closed, or (asyncio) not on the event loop its channel belongs to, where grpc.aio's
+        calls cannot work (the loop running when the client was made, else the thread's default)."""
+        if self.closed:
+            return "the client is closed"
+        home = self._home_loop
+        if home is None or home is asyncio._get_running_loop():
+            return None
+        return ("the AsyncClient belongs to another event loop" + (", now closed" if home.is_closed() else "")
+                + " (it was made outside the loop that runs this call: before asyncio.run(), or in an earlier"
+                  " test's loop); make the client in the loop that uses it")
 
     # -- any method of a user's schema (client/any_method.py) -----------------------------------
     def method(self, name: "str | Method") -> "Method":

@@ -93,11 +93,14 @@ class AsyncPipe(PipeBase):
         """C -> Push (in, both) or Pull (out): open the stream; returns at once. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
         self._admit(check_script, self._script, self.kind)
-        metadata, open_rpc = self._metadata(), self._rpc_maker()
-        if self.kind == PIPE_OUT:
-            self._rpc = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
-        else:
-            self._rpc = open_rpc(metadata=metadata, timeout=self._timeout)
+        try:
+            metadata, open_rpc = self._metadata(), self._rpc_maker()
+            if self.kind == PIPE_OUT:
+                self._rpc = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
+            else:
+                self._rpc = open_rpc(metadata=metadata, timeout=self._timeout)
+        except Exception as exc:
+            raise self.not_made(exc) from exc
         self._driver = asyncio.ensure_future(self._drive())
         if self.has_callbacks:
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does

@@ -115,13 +115,16 @@ class Pipe(PipeBase):
         """C -> Push (in, both) or Pull (out): open the stream; returns at once. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
         self._admit(check_script, self._script, self.kind)
-        metadata, open_rpc = self._metadata(), self._rpc_maker()
-        if self.kind == PIPE_OUT:
-            self._rpc = self._responses = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
-        elif self.kind == PIPE_IN:
-            self._rpc = open_rpc.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
-        else:
-            self._rpc = self._responses = open_rpc(iter(self._feeder), metadata=metadata, timeout=self._timeout)
+        try:
+            metadata, open_rpc = self._metadata(), self._rpc_maker()
+            if self.kind == PIPE_OUT:
+                self._rpc = self._responses = open_rpc(self._request(), metadata=metadata, timeout=self._timeout)
+            elif self.kind == PIPE_IN:
+                self._rpc = open_rpc.future(iter(self._feeder), metadata=metadata, timeout=self._timeout)
+            else:
+                self._rpc = self._responses = open_rpc(iter(self._feeder), metadata=metadata, timeout=self._timeout)
+        except Exception as exc:
+            raise self.not_made(exc) from exc
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
         if self.has_callbacks:

@@ -67,8 +67,11 @@ class Call(CallCore):
         """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
         self._admit(check_request, self._request)
-        rpc, message, extra = self._client._unary(self._request)
-        self._rpc = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
+        try:
+            rpc, message, extra = self._client._unary(self._request)
+            self._rpc = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
+        except Exception as exc:
+            raise self.not_made(exc) from exc
         self._rpc.add_done_callback(self._on_done)   # at once when done: the core holds it until started()
         self.started()
         return self

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from callstate.lifecycle import ABORTIVE, NON_ABORTIVE, PIPE_BOTH, PIPE_IN, PIPE
 from callstate.pipe_script import PipeCancelPoint
 from callstate.scenario import HELD_PIPE_INTERVAL, Plan, Scenario, expected_codes, pipe_cancel, pipe_script
 from callstate.script import Limits, Mix, MixError, Script, ScriptError, validate
-from callstate.statelog import END, Entry, format_ts
+from callstate.statelog import END, Entry, format_ts, parse_ts
 from callstate.logfile import StateLog, read_log
 from callstate.v1 import callstate_pb2 as pb
 from tests.conftest import ROOT
@@ -118,9 +120,31 @@ def test_call_core_rules_without_io() -> None:
     assert log_entries[-1].state == END   # nothing logged after End
 
 
+def test_a_call_error_says_its_code_and_survives_pickling() -> None:
+    # pytest-xdist and multiprocessing harnesses send a failed call's error between processes
+    err = CallError(1818, "c1", grpc_status="CANCELLED", details="cancelled here")
+    assert str(err) == "1818 RPC_S_CALL_CANCELLED (gRPC CANCELLED: cancelled here) [call c1]"
+    assert str(CallError(1722)) == "1722 RPC_S_SERVER_UNAVAILABLE"
+    for e in (err, CallPending("c2"), InvalidAsyncHandle("c3", "cancel")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e)
+        assert (back.code, back.name, back.call_id, back.grpc_status, back.details, str(back)) == \
+            (e.code, e.name, e.call_id, e.grpc_status, e.details, str(e))
+    assert str(InvalidAsyncHandle("c3", "cancel")) == \
+        "1914 RPC_S_INVALID_ASYNC_HANDLE: cancel after the call was completed [call c3]"
+
+
 def test_format_ts_is_rfc3339_utc_microseconds() -> None:
     assert format_ts(0.25) == "1970-01-01T00:00:00.250000Z"
     assert format_ts(1_700_000_000.000001)[:20] == "2023-11-14T22:13:20."
+    # the second's text is cached: times from other seconds, either side and at its edges,
+    # in any order, each get their own second and the microsecond they were in
+    base = 1_700_000_000.0
+    for t in (base + 0.5, base - 1e-7, base + 0.5, base + 1 - 1e-7, base + 1, base + 0.999999, base - 3.25):
+        sec = int(t)
+        want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{int((t - sec) * 1_000_000):06d}Z"
+        assert format_ts(t) == want, t
+        assert parse_ts(format_ts(t)) == pytest.approx(t, abs=1e-6)
 
 
 def test_state_log_close_flushes_everything(tmp_path: Path) -> None:
@@ -163,6 +187,13 @@ def test_fast_log_lines_equal_the_dict_form() -> None:
         Entry(4.0, "client", "x", "End", "C", "enter", "start_failed", 87, None, "bad"),
         Entry(5.25, "client", "x", "Can", "WComp", "enter", "cancel", cancel="non-abortive"),
         Entry(6.5, "server", "x", "D", "D", "cancel_seen", cancel="abortive"),
+        # ids written without escaping (letters and digits of any script) and ids that need it
+        Entry(7.0, "client", "0f3a9c" * 5, "C", None, "enter", "call"),
+        Entry(7.0, "client", "caf\u00e9\u65e5\u672c\u00b2\u0663", "C", None, "enter", "call"),
+        Entry(7.0, "client", "", "C", None, "enter", "call"),
+        Entry(7.0, "client", 'said "hi"', "C", None, "enter", "call"),
+        Entry(7.0, "client", "back\\slash", "C", None, "enter", "call"),
+        Entry(7.0, "client", "a-b c\u2028\x7f\x00", "C", None, "enter", "call"),
     ]
     for e in samples:
         line = format_line(e)
