@@ -368,3 +368,16 @@ def test_the_three_commands_of_docs_any_service_work_as_shown(tmp_path: Path) ->
         assert any(e.get("cancel") == "abortive" for e in entries)
     finally:
         srv.stop()
+
+
+def test_a_schema_with_the_any_type_under_a_vendored_file_name_still_loads(tmp_path: Path) -> None:
+    """The pool's well-known types (what an Any may carry) step aside for a schema that defines
+    them under a file name of its own (`third_party/google/protobuf/any.proto`)."""
+    vendored = tmp_path / "third_party/google/protobuf/any.proto"
+    vendored.parent.mkdir(parents=True)
+    vendored.write_text('syntax = "proto3";\npackage google.protobuf;\n'
+                        "message Any { string type_url = 1; bytes value = 2; }\n")
+    (tmp_path / "s.proto").write_text('syntax = "proto3";\npackage t;\nimport "third_party/google/protobuf/any.proto";\n'
+                                      "service S { rpc Do(google.protobuf.Any) returns (google.protobuf.Any); }\n")
+    schema = from_protos([tmp_path / "s.proto"], [tmp_path])
+    assert sorted(schema.methods) == ["t.S/Do"]
