@@ -323,17 +323,34 @@ def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[s
     return _restrict(full, pattern, method.request.DESCRIPTOR)
 
 
+ANY = "google.protobuf.Any"
+
+
 def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in given.items():
         field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
         assert field is not None, "the pattern parsed into the message, so each key is a field"
         sub = field.message_type
-        plain_message = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
-                         and not sub.full_name.startswith("google.protobuf.") and isinstance(value, dict))
-        out[field.name] = (_restrict(full.get(field.name) or {}, value, sub) if plain_message
-                           else full.get(field.name))
+        single = sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field) and isinstance(value, dict)
+        if single and sub.full_name == ANY:
+            out[field.name] = _restrict_any(full.get(field.name) or {}, value, sub.file.pool)
+        elif single and not sub.full_name.startswith("google.protobuf."):
+            out[field.name] = _restrict(full.get(field.name) or {}, value, sub)
+        else:
+            out[field.name] = full.get(field.name)
     return out
+
+
+def _restrict_any(full: Mapping[str, Any], given: Mapping[str, Any], pool: Any) -> dict[str, Any]:
+    """An Any's pattern: its `@type`, and of the message it packs the fields the pattern names,
+    as a plain sub-message matches (a well-known type packed matches whole, as it does unpacked)."""
+    if "@type" not in given:   # `{}`: the empty Any
+        return dict(full)
+    packed = pool.FindMessageTypeByName(str(given["@type"]).rpartition("/")[2])   # parsed: so it is there
+    if packed.full_name.startswith("google.protobuf."):
+        return dict(full)
+    return {"@type": full.get("@type"), **_restrict(full, {k: v for k, v in given.items() if k != "@type"}, packed)}
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:

@@ -87,8 +87,11 @@ class Schema:
                 raise SchemaError(f"{file.name}: {exc}") from None
         for name in WELL_KNOWN_FILES:   # what an Any may carry beyond the user's own types
             proto = _well_known(name)
-            if proto is not None and name not in {f.name for f in files.file} and _absent(self.pool, name):
-                self.pool.Add(proto)
+            if proto is not None and _absent(self.pool, name):
+                try:
+                    self.pool.Add(proto)
+                except (TypeError, ValueError):   # the schema has these types under another file name
+                    pass
         self.methods: dict[str, Method] = {}
         for file in files.file:
             fd = self.pool.FindFileByName(file.name)

@@ -150,6 +150,25 @@ def test_a_rule_matches_a_request_whose_any_holds_the_users_own_type(schema) -> 
     assert rules.first_match(create.name, {}, request).label == "money-detail"
 
 
+def test_an_any_pattern_matches_field_by_field_as_a_sub_message_does(schema) -> None:   # type: ignore[no-untyped-def]
+    """Before: the pattern `{"@type": Money, units: "5"}` was the whole packed Money (currency
+    UNSPECIFIED included), so a request whose Money had a currency matched nothing, silently."""
+    rules = parse_rules(RULES, schema)
+    create, money = schema.method("acme.orders.v2.Orders/Create"), schema.message_class("acme.common.v1.Money")
+    request = create.request()
+    request.order.detail.Pack(money(units=5, currency=1))
+    assert rules.first_match(create.name, {}, request).label == "money-detail"
+    request.order.detail.Pack(money(units=6, currency=1))
+    assert rules.first_match(create.name, {}, request) is None
+    request.order.detail.Pack(schema.message_class("acme.common.v1.Audit")())   # another type: no match
+    assert rules.first_match(create.name, {}, request) is None
+    empty = parse_rules("rules:\n  - method: acme.orders.v2.Orders/Create\n    match: {request: {order: {detail: {}}}}\n",
+                        schema)
+    request = create.request()
+    request.order.detail.SetInParent()
+    assert empty.first_match(create.name, {}, request) is not None
+
+
 def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema) -> None:   # type: ignore[no-untyped-def]
     """Before: the request's JSON form raised TypeError inside the handler: grpcurl got UNKNOWN
     with a Python exception's text, and the call was never logged."""
