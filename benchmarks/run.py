@@ -618,8 +618,11 @@ async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
         await _wait_in_flight(target, len(calls), 60)   # the server took them all: next batch
 
     def cancel(call: Any) -> float:
+        # the time the caller cancels, taken before cancel(): the client's own work on the way
+        # (callstate's moves and log lines) is part of the propagation it measures
+        t = time.time()
         call.cancel()   # abortive in both: callstate's cancel() is a gRPC cancel
-        return time.time()
+        return t
 
     async def wait_all() -> None:
         for c in calls:

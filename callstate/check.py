@@ -82,6 +82,7 @@ class SideTrack:
     end_ts: float | str | None = None  # when End was entered
     poll_wait_ms: float | None = None  # server: its first cancel_seen came from a poll, this long after arrival
     breach: bool = False              # a pipe rule broken, as this side logged it
+    where: str = ""                   # the file and line of this side's latest entry ("path:N: "), if read from one
 
 
 @dataclass
@@ -106,6 +107,11 @@ class CheckReport:
         """The only side the logs hold (the other side is unknown: a server that is not
         callstate, or one side's log missing), or None when both sides or nothing are logged."""
         return one_side_of(self.by_side)
+
+    @property
+    def no_final_code(self) -> int:
+        """Calls counted under no final code: neither side logged their End with one."""
+        return self.calls - sum(self.by_code.values())
 
     def not_judged(self, allow_one_side: bool = False) -> str | None:
         """Why no verdict can be given, or None: nothing was checked, or only one side is logged
@@ -136,6 +142,7 @@ class CheckReport:
             "calls": self.calls,
             "by_side": self.by_side,
             "by_code": {str(k): v for k, v in sorted(self.by_code.items())},
+            "no_final_code": self.no_final_code,
             "violations": len(self.violations),
             "violations_by_kind": {
                 kind: {"count": len(vs), "meaning": KINDS.get(kind, ""),
@@ -154,6 +161,8 @@ class CheckReport:
                  f"{'file' if len(self.files) == 1 else 'files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
+        if self.no_final_code:   # so that the counts add up to the calls
+            lines.append(f"  {self.no_final_code:>8}  no final code (no side logged the call's End with one)")
         prop = percentiles(self.cancel_propagation_ms)
         if (side := self.one_sided) is not None:
             lines.append(one_sided_text(side))
@@ -310,6 +319,7 @@ class Checker:
         assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
         track = self.tracks[call_id].setdefault(side, SideTrack())
+        track.where = where
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
         elif event != ENTER:
@@ -375,7 +385,8 @@ class Checker:
         r = self.report
         for side, t in sides.items():
             if not t.ended:
-                r.violations.append(Violation("not_ended", call_id, f"{side} stopped in {t.state}"))
+                # where its last entry is: which of several logs (replicas) holds the cut-off history
+                r.violations.append(Violation("not_ended", call_id, f"{t.where}{side} stopped in {t.state}"))
         client, server = sides.get(CLIENT), sides.get(SERVER)
         final = client if client is not None and client.ended else server
         if final is not None and final.ended and final.code is not None:
@@ -386,7 +397,8 @@ class Checker:
                 for kind, why in rule(client, server):
                     r.violations.append(Violation(kind, call_id, why))
         elif _unknown_to_server(client, server, have_server):
-            r.violations.append(Violation("unknown_to_server", call_id, "client completed with 0"))
+            assert client is not None
+            r.violations.append(Violation("unknown_to_server", call_id, f"{client.where}client completed with 0"))
         elif server is not None and (why := _server_breach_missing(server)):
             r.violations.append(Violation("pipe_breach_missing", call_id, why))
 
@@ -421,8 +433,12 @@ def _code_mismatch(client: SideTrack, server: SideTrack) -> list[tuple[str, str]
                          close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS)
     if agreed is not None:
         return []
-    return [("code_mismatch", f"client {codes.describe(client.code or 0)} vs server "
-                              f"{codes.describe(server.code or 0)}")]
+    return [("code_mismatch", f"client {_code_text(client.code)} vs server {_code_text(server.code)}")]
+
+
+def _code_text(code: Any) -> str:
+    """A final code as a message names it: an End without one is not 0."""
+    return codes.describe(code) if isinstance(code, int) else f"no code ({code!r})"
 
 
 def _pipe_violations(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:

@@ -45,6 +45,7 @@ class StateLog:
         elif isinstance(target, (str, Path)):
             self._out = open(target, "ab")
             self._owns = True
+            _end_cut_line(target, self._out)
         else:
             self._out = target
         self._queue: collections.deque[Entry] = collections.deque()
@@ -119,6 +120,22 @@ class StateLog:
             self._out.close()
         self._out = None
         atexit.unregister(self.close)
+
+
+def _end_cut_line(path: str | Path, out: IO[bytes]) -> None:
+    """A log appended to whose last line was cut short (its writer killed mid-line, a full
+    disk): end that line first, so this run's first entry is not glued onto it, which would
+    make both unreadable (`statelog.parse_log` skips a cut line with a warning)."""
+    try:
+        if not stat.S_ISREG(os.fstat(out.fileno()).st_mode) or not out.tell():
+            return   # a FIFO or a device (reading it could block), or a new log
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    except OSError:   # it cannot be read back (write-only): appended to as it is
+        return
+    if cut:
+        out.write(b"\n")
 
 
 def read_log(path: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -185,6 +185,19 @@ class LogFormatError(ValueError):
 REQUIRED_KEYS = ("ts", "side", "call_id", "state", "prev", "event")
 
 
+def cut_short(raw: bytes) -> bool:
+    """Whether a line that is not JSON is the start of a JSON object, cut short: its text ends
+    before the object does (a cut may split a character: it reads as U+FFFD)."""
+    if not raw.startswith(b"{"):
+        return False
+    text = raw.decode("utf-8", "replace")
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    return False
+
+
 def parse_log(lines: Iterable[bytes], name: str,
               warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, entry) from the lines of a JSON-lines state log called `name`.
@@ -192,7 +205,8 @@ def parse_log(lines: Iterable[bytes], name: str,
     Non-state lines are refused with the name and line number, so a wrong file
     is reported, never half-read silently. The one exception, when `warn` is given:
     a last line cut short (no newline, not a whole entry: the writer died or its disk
-    filled) is reported through `warn` and the complete lines before it are kept.
+    filled) is reported through `warn` and the complete lines before it are kept; so is
+    such a line inside the log, once a later run (a restarted server) appended after it.
     """
     for lineno, line in enumerate(lines, 1):
         raw = line.strip()
@@ -206,6 +220,10 @@ def parse_log(lines: Iterable[bytes], name: str,
                      f"the {lineno - 1} {'line' if lineno == 2 else 'lines'} before it "
                      f"{'is' if lineno == 2 else 'are'} checked")
                 return
+            if warn is not None and cut_short(raw):
+                warn(f"{name}:{lineno}: a line cut short (the start of an entry: its writer stopped mid-line, "
+                     f"and the log was appended to after it): ignored")
+                continue
             raise LogFormatError(f"{name}:{lineno}: not JSON ({exc})") from None
         if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
             missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]

@@ -25,9 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "the server and client use), End exactly once and nothing after it, each "
                                         "side's final code fits its own path, and the client's final code agrees "
                                         "with the server's outcome. A last line cut short (a writer killed "
-                                        "mid-line, a full disk) is reported as a warning and the complete lines are "
-                                        "checked. Exit status 1 on any violation, 2 when a file cannot be read or is "
-                                        "not a regular file."))
+                                        "mid-line, a full disk), or such a line inside a log a restarted writer "
+                                        "appended to, is reported as a warning and the complete lines are "
+                                        "checked. Exit status 1 on any violation or when nothing could be judged (no "
+                                        "entries, or one side only without --allow-one-side), 2 when a file cannot "
+                                        "be read, is not a regular file or holds a line that is not a state entry."))
     p.add_argument("logs", nargs="+", metavar="LOG", help=LOGS_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--allow-one-side", action="store_true",

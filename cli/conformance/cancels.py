@@ -72,7 +72,7 @@ async def judge_propagation(b: Battery, prop: str, results: list[Result], droppe
         notes.append(f"{in_flight} of {sent} left in flight on the server")
     if wrong:
         notes.append("client: " + examples(wrong))
-    figures = f"{len(lat)}/{sent} ({share:.0%}) reached the server"
+    figures = f"{len(lat)}/{sent} ({percent(len(lat), sent)}) reached the server"
     if p["count"]:
         figures += f"; p50 {p['p50']:.1f} / p99 {p['p99']:.1f} / max {p['max']:.1f} ms"
     figures += f"; {in_flight} in flight"
@@ -135,8 +135,22 @@ async def deadline(b: Battery) -> Row:
         elif cancel_seen_at(entries) is None or not ended(entries):
             bad.append(f"server did not end the call ({(final(entries) or dispatch)['state']})")
     reached = sum(first(b.journal.entries(i), state=D) is not None for i in ids)
+    failed = len(bad)   # the calls that failed; what follows is about the row, not about one call
     if not reached:
         bad.append("no call reached the server before its deadline")
-    return Row(DEADLINE, not bad, f"{len(results) - len(bad)}/{len(results)} ended on both sides, "
+    return Row(DEADLINE, not bad, f"{len(results) - failed}/{len(results)} ended on both sides, "
                f"{reached} seen by the server", examples(bad),
-               {"calls": len(results), "failed": len(bad), "deadline_s": b.cfg.deadline})
+               {"calls": len(results), "failed": failed, "deadline_s": b.cfg.deadline})
+
+
+def percent(part: int, whole: int) -> str:
+    """`part` of `whole` in whole percent; 100% and 0% only when exact: one cancel lost in 200
+    reads >99%, not a rounded-up 100%."""
+    if not whole:
+        return "-"
+    share = 100 * part / whole
+    if 0 < share < 1:
+        return "<1%"
+    if 99 < share < 100:
+        return ">99%"
+    return f"{round(share)}%"

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
                          "journal directly. One row per property, pass/fail with its figures. Exit status 0 when "
                          "every property holds, 1 when one fails (named on the last line), 2 for bad usage or an "
-                         "unreachable proxy or server."),
+                         "unreachable proxy or server, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
+                         "the run has no verdict)."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--proxy", type=host_port, required=True, metavar="HOST:PORT",
                    help="the proxy under test; it must forward to the server")

@@ -58,8 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "checked with the same rules as `callstate check`, including the server's "
                                         "in-flight count back at zero. Prints calls/s, latency percentiles per final "
                                         "code, counts per path and the cancel propagation time (client cancel -> "
-                                        "server sees it). Exit status 1 when an invariant fails, 2 for bad usage or "
-                                        "an unreachable server."),
+                                        "server sees it). Exit status 1 when an invariant fails or the run proved "
+                                        "nothing (no call reached the server, or every call was refused), 2 for bad "
+                                        "usage or an unreachable server, 130 after Ctrl-C (SIGINT; the calls in "
+                                        "flight are finished and checked first)."),
                        epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     stop = p.add_mutually_exclusive_group()

@@ -221,9 +221,11 @@ class LoadRun:
 
     def _count_paths(self, plan: Plan, cancelled: bool) -> None:
         self.paths[self._outcome_path(plan)] += 1
+        if not (plan.cancel and cancelled):   # a cancel drawn for a call that ended first is no path it took
+            return
         if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
-            self.paths["hold-for"] += 1
-        elif plan.cancel and cancelled:   # a cancel drawn for a call that ended first is no path it took
+            self.paths["hold-for"] += 1   # (not when the server's --max-hold ended it first)
+        else:
             self.paths[f"cancel-{plan.cancel}"] += 1
             self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
 
@@ -258,8 +260,11 @@ class LoadRun:
         finally:
             self.in_flight -= 1
             if point is not None and CAN in pipe.history:   # as for calls: a cancel it took
-                self.paths[f"cancel-{cancel}"] += 1
-                self.paths[f"pipe-cancel-at-{point.kind}"] += 1
+                if plan.ends_hold:   # a held pipe not in the cancelled share: ended by the generator, apart
+                    self.paths["hold-for"] += 1
+                else:
+                    self.paths[f"cancel-{cancel}"] += 1
+                    self.paths[f"pipe-cancel-at-{point.kind}"] += 1
         self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------
@@ -601,7 +606,9 @@ class LoadRun:
         assert self.builder is not None and self._spool_dir is not None, "LoadConfig.collect_report was off"
         try:
             examples = collect_examples(self._spool_paths, self.builder.example_ids())
-            return self.builder.build(examples, run=report, title=f"callstate load against {self.cfg.target}")
+            # against a server that is not callstate, the client side alone is judged, as the run's check does
+            return self.builder.build(examples, run=report, title=f"callstate load against {self.cfg.target}",
+                                      allow_one_side=bool(self.one_sided))
         finally:
             self._spool_dir.cleanup()
 
@@ -636,7 +643,7 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
-             + (f" (stopped early by {report['interrupted']})" if report["interrupted"] else "")]
+             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")]
     lines.append(f"  {'final code':<34}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for code, n in report["by_code"].items():
         lat = report["latency_ms"][code]

@@ -52,7 +52,8 @@ def run(opts: argparse.Namespace) -> int:
                     clash((("--html", opts.html), ("--json", opts.json)), [("the log", log) for log in logs])):
             if why:   # fail before reading, not after: nothing is created or emptied, no log overwritten
                 raise OSError(why)
-        report = build_from_files(logs, title=opts.title, allow_one_side=opts.allow_one_side)
+        report = build_from_files(logs, warn=lambda text: print(f"callstate report: warning: {text}", file=sys.stderr),
+                                  title=opts.title, allow_one_side=opts.allow_one_side)
         html_report.write(report, opts.html)
         if opts.json:
             write_atomically(opts.json, orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -15,7 +15,7 @@ import time
 from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from callstate import codes
 from callstate.check import EXAMPLES_PER_KIND, KINDS, Checker, CheckReport, percentiles
@@ -243,7 +243,7 @@ class ReportBuilder:
                             "polled_ms": _rounded(percentiles(check.cancel_propagation_polled_ms)),
                             "poll_wait_ms": _rounded(percentiles(check.cancel_poll_wait_ms))},
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
-            "check": _check_section(check, examples or {}, allow_one_side),
+            "check": _check_section(check, examples or {}, allow_one_side, run),
         }
         return report
 
@@ -278,7 +278,7 @@ def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[s
 
 
 def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]],
-                   allow_one_side: bool = False) -> dict[str, Any]:
+                   allow_one_side: bool = False, run: Mapping[str, Any] | None = None) -> dict[str, Any]:
     kinds = []
     for kind, vs in sorted(check.by_kind().items()):
         example = next((v for v in vs if v.call_id in examples), None)
@@ -290,8 +290,32 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
                 CLIENT: examples[example.call_id].get(CLIENT, []),
                 SERVER: examples[example.call_id].get(SERVER, [])},
         })
-    return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds,
-            "not_judged": check.not_judged(allow_one_side)}
+    not_judged = check.not_judged(allow_one_side)
+    return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds, "not_judged": not_judged,
+            **_verdict(check.ok, not_judged, run)}
+
+
+def _verdict(ok: bool, not_judged: str | None, run: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The page's verdict, the one the command gives: `verdict` (OK, FAILED or NOT JUDGED) and
+    `why`. A `callstate load` run (`run`) is judged by the load's own check, which also fails a
+    run with no violation that proved nothing (no call reached the server, entries dropped)."""
+    run_check = (run or {}).get("check") or {}
+    if not ok:
+        return {"verdict": FAILED, "why": ""}
+    if run_check.get("ok") is False:
+        return {"verdict": FAILED, "why": run_check.get("note") or ""}
+    if run_check.get("skipped"):
+        return {"verdict": NOT_JUDGED, "why": "the run was not checked (--no-verify)"}
+    if not_judged is not None:
+        return {"verdict": NOT_JUDGED, "why": not_judged}
+    return {"verdict": OK, "why": ""}
+
+
+OK, FAILED, NOT_JUDGED = "OK", "FAILED", "NOT JUDGED"
+
+
+def _unsaid(text: str) -> None:
+    """A cut last line met again: it was told of on the first reading."""
 
 
 def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -300,19 +324,22 @@ def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, di
     if not ids:
         return out
     for path in paths:
-        for _lineno, e in read_log(path):
+        for _lineno, e in read_log(path, _unsaid):
             if e.get("call_id") in ids:
                 side = e.get("side") if e.get("side") in (CLIENT, SERVER) else "other"
                 out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
     return out
 
 
-def build_from_files(paths: Sequence[str | Path], **build_args: Any) -> dict[str, Any]:
-    """The report of any state logs: LogFormatError / OSError when one cannot be read."""
+def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | None = None,
+                     **build_args: Any) -> dict[str, Any]:
+    """The report of any state logs: LogFormatError / OSError when one cannot be read. `warn`:
+    told about a last line cut short, which is then skipped, as `callstate check` does (else
+    it is an error)."""
     builder = ReportBuilder()
     for path in paths:
         builder.checker.report.files.append(str(path))
-        for lineno, e in read_log(path):
+        for lineno, e in read_log(path, warn):
             builder.add(e, f"{path}:{lineno}: ")
     builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)

@@ -41,16 +41,18 @@ def side_by_side(client: list[dict[str, Any]], server: list[dict[str, Any]],
                 t = float("inf")
             rows.append((t, order, side, i, e))
     rows.sort(key=lambda r: (r[0], r[1], r[3]))
-    out = [f"    {CLIENT:<{WIDTH}}| {SERVER}", f"    {'-' * WIDTH}+{'-' * WIDTH}"]
-    for _, _, side, i, e in rows:
-        cell = f"{_clock(e.get('ts'))}  {describe_entry(e)}"
+    cells = [(side, i, f"{_clock(e.get('ts'))}  {describe_entry(e)}") for _, _, side, i, e in rows]
+    # the client column as wide as its longest cell (a long code name, a cancel kind): one straight divider
+    width = max([WIDTH] + [len(cell) + 1 for side, _, cell in cells if side == CLIENT])
+    out = [f"    {CLIENT:<{width}}| {SERVER}", f"    {'-' * width}+{'-' * WIDTH}"]
+    for side, i, cell in cells:
         flag = ">> " if (side, i) in marks else "   "
         if side == CLIENT:
-            out.append(f" {flag}{cell:<{WIDTH}}|")
+            out.append(f" {flag}{cell:<{width}}|")
         else:
-            out.append(f" {flag}{'':<{WIDTH}}| {cell}")
+            out.append(f" {flag}{'':<{width}}| {cell}")
     if not client:
-        out.append(f"    {'(no client entries)':<{WIDTH}}|")
+        out.append(f"    {'(no client entries)':<{width}}|")
     if not server:
-        out.append(f"    {'':<{WIDTH}}| (no server entries: the server never saw the call)")
+        out.append(f"    {'':<{width}}| (no server entries: the server never saw the call)")
     return "\n".join(out)
