@@ -332,7 +332,8 @@ def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descripto
         field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
         assert field is not None, "the pattern parsed into the message, so each key is a field"
         sub = field.message_type
-        single = sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field) and isinstance(value, dict)
+        single = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
+                  and isinstance(value, dict))
         if single and sub.full_name == ANY:
             out[field.name] = _restrict_any(full.get(field.name) or {}, value, sub.file.pool)
         elif single and not sub.full_name.startswith("google.protobuf."):

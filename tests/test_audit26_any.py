@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from callstate.client import AsyncClient, Client, PipeScript, Script
 from callstate.rules import RulesError, parse_rules
-from callstate.schema import SchemaError, from_protos
+from callstate.schema import Schema, SchemaError, from_protos
 from tests.conftest import ROOT, ServerProcess, cli, final, read_entries, start_server, states
 from tests.documentation import blocks, section
 from tests.test_third_party_and_crash import run_grpcurl
@@ -116,7 +117,7 @@ def protos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def schema(protos: Path):   # type: ignore[no-untyped-def]
+def schema(protos: Path) -> Schema:
     return from_protos([protos / "acme/orders/v2/orders.proto", protos / "acme/legacy/old.proto"], [protos])
 
 
@@ -131,7 +132,8 @@ def acme(protos: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     srv.stop()
 
 
-def grpcurl_call(srv: ServerProcess, method: str, data: object, call_id: str, *headers: str):   # type: ignore[no-untyped-def]
+def grpcurl_call(srv: ServerProcess, method: str, data: object, call_id: str,
+                 *headers: str) -> subprocess.CompletedProcess[str]:
     args = ["-H", f"callstate-call-id: {call_id}"]
     for header in headers:
         args += ["-H", header]
@@ -140,7 +142,7 @@ def grpcurl_call(srv: ServerProcess, method: str, data: object, call_id: str, *h
 
 # -- an Any of the user's own types ------------------------------------------------------------
 
-def test_a_rule_matches_a_request_whose_any_holds_the_users_own_type(schema) -> None:   # type: ignore[no-untyped-def]
+def test_a_rule_matches_a_request_whose_any_holds_the_users_own_type(schema: Schema) -> None:
     """Before: the rules file did not load ("Can not find message descriptor by type_url"):
     the JSON forms were made in protobuf's default pool, which holds none of the user's types."""
     rules = parse_rules(RULES, schema)
@@ -150,7 +152,7 @@ def test_a_rule_matches_a_request_whose_any_holds_the_users_own_type(schema) -> 
     assert rules.first_match(create.name, {}, request).label == "money-detail"
 
 
-def test_an_any_pattern_matches_field_by_field_as_a_sub_message_does(schema) -> None:   # type: ignore[no-untyped-def]
+def test_an_any_pattern_matches_field_by_field_as_a_sub_message_does(schema: Schema) -> None:
     """Before: the pattern `{"@type": Money, units: "5"}` was the whole packed Money (currency
     UNSPECIFIED included), so a request whose Money had a currency matched nothing, silently."""
     rules = parse_rules(RULES, schema)
@@ -162,14 +164,14 @@ def test_an_any_pattern_matches_field_by_field_as_a_sub_message_does(schema) -> 
     assert rules.first_match(create.name, {}, request) is None
     request.order.detail.Pack(schema.message_class("acme.common.v1.Audit")())   # another type: no match
     assert rules.first_match(create.name, {}, request) is None
-    empty = parse_rules("rules:\n  - method: acme.orders.v2.Orders/Create\n    match: {request: {order: {detail: {}}}}\n",
-                        schema)
+    empty = parse_rules("rules:\n  - method: acme.orders.v2.Orders/Create\n"
+                        "    match: {request: {order: {detail: {}}}}\n", schema)
     request = create.request()
     request.order.detail.SetInParent()
     assert empty.first_match(create.name, {}, request) is not None
 
 
-def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema) -> None:   # type: ignore[no-untyped-def]
+def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema: Schema) -> None:
     """Before: the request's JSON form raised TypeError inside the handler: grpcurl got UNKNOWN
     with a Python exception's text, and the call was never logged."""
     rules = parse_rules(RULES, schema)
@@ -180,7 +182,8 @@ def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema) -> Non
     assert rules.first_match(create.name, {}, request).label == "by-id"
 
 
-def test_an_any_of_a_type_the_schema_lacks_matches_no_request_pattern_and_raises_nothing(schema) -> None:   # type: ignore[no-untyped-def]
+def test_an_any_of_a_type_the_schema_lacks_matches_no_request_pattern_and_raises_nothing(
+        schema: Schema) -> None:
     rules = parse_rules(RULES + "  - name: tenant\n    method: acme.orders.v2.Orders/Create\n"
                                 "    match: {metadata: {x-tenant: acme}}\n    script: {outcome: complete}\n", schema)
     create = schema.method("acme.orders.v2.Orders/Create")
@@ -231,7 +234,8 @@ def test_a_reply_whose_any_the_callers_schema_lacks_is_printed_not_a_traceback(a
               "--no-script", "--data", json.dumps({"@type": "type.googleapis.com/google.protobuf.Empty"}))
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
-        f'final: 0 RPC_S_OK: reply (text form: an Any of a type the schema lacks) type_url: "{MONEY}" value: "\\020\\t"')
+        "final: 0 RPC_S_OK: reply (text form: an Any of a type the schema lacks) "
+        f'type_url: "{MONEY}" value: "\\020\\t"')
 
 
 # -- proto2's required fields ------------------------------------------------------------------
@@ -255,7 +259,7 @@ def test_the_stand_in_completes_a_proto2_method_whose_response_has_required_fiel
 
 
 def test_a_request_missing_a_required_field_is_refused_before_it_is_sent(acme: ServerProcess,
-                                                                         schema, tmp_path: Path) -> None:   # type: ignore[no-untyped-def]
+                                                                         schema: Schema, tmp_path: Path) -> None:
     """Before: grpc.aio sent an EMPTY request in its place and said nothing (the call completed
     0 with the user's fields lost); the sync client raised grpc's raw "Exception serializing"."""
     lookup = schema.method("acme.legacy.Old/Lookup")
@@ -263,7 +267,7 @@ def test_a_request_missing_a_required_field_is_refused_before_it_is_sent(acme: S
 
     async def aio() -> None:
         async with AsyncClient(acme.target, schema=schema, log=str(log)) as client:
-            with pytest.raises(SchemaError, match=r"acme.legacy.Old/Lookup: acme.legacy.Req: required field not set: key"):
+            with pytest.raises(SchemaError, match=r"Old/Lookup: acme.legacy.Req: required field not set: key"):
                 client.start(Script("complete"), method=lookup, request={"n": 3})
             with pytest.raises(SchemaError, match="required field not set: key"):
                 client.start(Script("complete"), method=lookup, request=lookup.request(n=3))
@@ -279,7 +283,7 @@ def test_a_request_missing_a_required_field_is_refused_before_it_is_sent(acme: S
         assert client.start(Script("complete"), method=lookup, request={"key": "k"}).result(10).inner.code == 0
         # a pipe's push is refused as the request is, and the pipe goes on
         pipe = client.pipe(PipeScript("complete"), method="acme.legacy.Old/Feed").start()
-        with pytest.raises(SchemaError, match=r"acme.legacy.Old/Feed push 1: acme.legacy.Req: required field not set: key"):
+        with pytest.raises(SchemaError, match=r"Old/Feed push 1: acme.legacy.Req: required field not set: key"):
             pipe.push(lookup.request(n=3))
         with pytest.raises(SchemaError, match="required field not set: key"):
             pipe.push({"n": 3})
@@ -299,7 +303,7 @@ def test_a_request_missing_a_required_field_is_refused_before_it_is_sent(acme: S
     assert not (tmp_path / "cli.jsonl").exists() or not (tmp_path / "cli.jsonl").read_text()
 
 
-def test_rules_need_required_fields_in_a_reply_not_in_a_pattern(schema) -> None:   # type: ignore[no-untyped-def]
+def test_rules_need_required_fields_in_a_reply_not_in_a_pattern(schema: Schema) -> None:
     rules = parse_rules("rules:\n  - method: acme.legacy.Old/Lookup\n    match: {request: {n: 1}}\n"
                         "    reply: {value: v, inner: {code: 1}}\n", schema)
     assert rules.count == 1
@@ -310,7 +314,7 @@ def test_rules_need_required_fields_in_a_reply_not_in_a_pattern(schema) -> None:
 
 # -- a response of a well-known type whose JSON is not an object -------------------------------
 
-def test_a_rule_replies_with_a_timestamp(acme: ServerProcess, schema) -> None:   # type: ignore[no-untyped-def]
+def test_a_rule_replies_with_a_timestamp(acme: ServerProcess, schema: Schema) -> None:
     """Before: `reply: "2026-..."` for a method returning google.protobuf.Timestamp was refused
     ("a mapping"), so such a method could only ever answer 1970-01-01."""
     out = run_grpcurl(acme.target, "acme.orders.v2.Orders/Now")
@@ -396,7 +400,8 @@ def test_a_schema_with_the_any_type_under_a_vendored_file_name_still_loads(tmp_p
     vendored.parent.mkdir(parents=True)
     vendored.write_text('syntax = "proto3";\npackage google.protobuf;\n'
                         "message Any { string type_url = 1; bytes value = 2; }\n")
-    (tmp_path / "s.proto").write_text('syntax = "proto3";\npackage t;\nimport "third_party/google/protobuf/any.proto";\n'
+    (tmp_path / "s.proto").write_text('syntax = "proto3";\npackage t;\n'
+                                      'import "third_party/google/protobuf/any.proto";\n'
                                       "service S { rpc Do(google.protobuf.Any) returns (google.protobuf.Any); }\n")
     schema = from_protos([tmp_path / "s.proto"], [tmp_path])
     assert sorted(schema.methods) == ["t.S/Do"]
