@@ -48,9 +48,11 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
         if done.returncode != 0 or not out.exists():
             lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
             first = lines[0] if lines else f"protoc failed (exit {done.returncode})"
-            if first.endswith("File not found."):   # an import: say where imports are looked up
-                first += f" (imports are looked up under {', '.join(includes)}: give the folder your import " \
-                         "lines are written from with --proto-path)"
+            if first.endswith("File not found."):   # an import: where imports are looked up, which line imports it
+                missing = first.removesuffix(": File not found.")
+                importer = next((ln.split(": Import ")[0] for ln in lines if f': Import "{missing}" was not' in ln), "")
+                first += (f" (imports are looked up under {', '.join(includes)}: give the folder your import lines "
+                          "are written from with --proto-path" + (f"; imported at {importer})" if importer else ")"))
             raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
 

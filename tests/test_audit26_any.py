@@ -325,6 +325,19 @@ def test_a_rule_replies_with_a_timestamp(acme: ServerProcess, schema: Schema) ->
         parse_rules("rules:\n  - method: acme.orders.v2.Orders/Get\n    reply: 5\n", schema)
 
 
+# -- protos that cannot be served ---------------------------------------------------------------
+
+def test_a_missing_import_names_the_line_that_imports_it(protos: Path) -> None:
+    """Before: only "acme/common/v1/types.proto: File not found." and where imports are looked up;
+    in a tree of many files, which one imports it was protoc's second line, dropped."""
+    out = cli("serve", "--port", "0", "--no-state-log", "--proto", str(protos / "acme/orders/v2/orders.proto"))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"callstate serve: acme/common/v1/types.proto: File not found. (imports are looked up under "
+        f"{protos / 'acme/orders/v2'}: give the folder your import lines are written from with --proto-path; "
+        f"imported at {protos / 'acme/orders/v2/orders.proto'}:3:1)")
+
+
 # -- protos that cannot sit beside the server's own --------------------------------------------
 
 def test_a_file_named_as_the_servers_own_is_refused_at_start(tmp_path: Path) -> None:
