@@ -338,6 +338,24 @@ def test_a_missing_import_names_the_line_that_imports_it(protos: Path) -> None:
         f"imported at {protos / 'acme/orders/v2/orders.proto'}:3:1)")
 
 
+def test_two_protos_of_one_name_in_two_folders_say_to_give_the_proto_path(tmp_path: Path) -> None:
+    """v1/api.proto and v2/api.proto with no --proto-path: before, protoc's "Input is shadowed in
+    the --proto_path ... reorder the --proto_path", of a flag the user never gave (nor can spell so)."""
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "api.proto").write_text(
+            f'syntax = "proto3";\npackage api.{version};\nmessage Q {{ string a = 1; }}\n'
+            "service A { rpc Do(Q) returns (Q); }\n")
+    out = cli("serve", "--port", "0", "--no-state-log", "--proto", "v1/api.proto", "--proto", "v2/api.proto",
+              cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "callstate serve: v1/api.proto and v2/api.proto: both are named api.proto below their own folders (the "
+        "default --proto-path): give --proto-path the folder your import lines are written from")
+    schema = from_protos([tmp_path / "v1/api.proto", tmp_path / "v2/api.proto"], [tmp_path])
+    assert sorted(schema.methods) == ["api.v1.A/Do", "api.v2.A/Do"]
+
+
 # -- protos that cannot sit beside the server's own --------------------------------------------
 
 def test_a_file_named_as_the_servers_own_is_refused_at_start(tmp_path: Path) -> None:
