@@ -320,7 +320,12 @@ def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[s
     msg = _message(method.request, pattern, where, partial=True)
     full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
                                      descriptor_pool=msg.DESCRIPTOR.file.pool)
-    return _restrict(full, pattern, method.request.DESCRIPTOR)
+    desc = method.request.DESCRIPTOR
+    if desc.full_name == ANY:   # a method that takes an Any (or a Struct, ...) itself
+        return _restrict_any(full, pattern, desc.file.pool)
+    if desc.full_name.startswith("google.protobuf."):   # a Struct's JSON is its own: a subset of it matches
+        return dict(full)
+    return _restrict(full, pattern, desc)
 
 
 ANY = "google.protobuf.Any"

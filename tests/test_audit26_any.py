@@ -171,6 +171,33 @@ def test_an_any_pattern_matches_field_by_field_as_a_sub_message_does(schema: Sch
     assert empty.first_match(create.name, {}, request) is not None
 
 
+def test_a_method_that_takes_a_struct_or_an_any_can_be_matched(tmp_path: Path) -> None:
+    """Before: `match.request` on a method whose request is itself a Struct or an Any stopped
+    `callstate serve` with an AssertionError traceback (its keys are no fields of the message)."""
+    protos = write_protos(tmp_path)
+    proto = protos / "acme/dyn/v1/dyn.proto"
+    proto.parent.mkdir(parents=True, exist_ok=True)
+    proto.write_text('syntax = "proto3";\npackage acme.dyn.v1;\nimport "google/protobuf/any.proto";\n'
+                     'import "google/protobuf/struct.proto";\nimport "acme/common/v1/types.proto";\n'
+                     "service Dyn {\n  rpc Put(google.protobuf.Struct) returns (google.protobuf.Struct);\n"
+                     "  rpc Wrap(google.protobuf.Any) returns (google.protobuf.Any);\n}\n")
+    schema = from_protos([proto], [protos])
+    rules = parse_rules(f"""\
+rules:
+  - {{name: a-is-1, method: acme.dyn.v1.Dyn/Put, match: {{request: {{a: 1}}}}}}
+  - {{name: five, method: acme.dyn.v1.Dyn/Wrap, match: {{request: {{"@type": "{MONEY}", units: "5"}}}}}}
+""", schema)
+    put, wrap = schema.method("acme.dyn.v1.Dyn/Put"), schema.method("acme.dyn.v1.Dyn/Wrap")
+    struct = put.request()
+    struct.update({"a": 1, "b": "x"})
+    assert rules.first_match(put.name, {}, struct).label == "a-is-1"
+    struct.update({"a": 2})
+    assert rules.first_match(put.name, {}, struct) is None
+    packed = wrap.request()
+    packed.Pack(schema.message_class("acme.common.v1.Money")(units=5, currency=2))
+    assert rules.first_match(wrap.name, {}, packed).label == "five"
+
+
 def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema: Schema) -> None:
     """Before: the request's JSON form raised TypeError inside the handler: grpcurl got UNKNOWN
     with a Python exception's text, and the call was never logged."""
