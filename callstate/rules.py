@@ -335,7 +335,9 @@ def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descripto
     out: dict[str, Any] = {}
     for key, value in given.items():
         field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
-        assert field is not None, "the pattern parsed into the message, so each key is a field"
+        if field is None:   # it parsed, so it is an extension ("[pkg.ext]"): as the JSON form names it, whole
+            out[key] = full.get(key)
+            continue
         sub = field.message_type
         single = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
                   and isinstance(value, dict))

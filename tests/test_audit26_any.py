@@ -61,7 +61,8 @@ service Orders {
 LEGACY = """\
 syntax = "proto2";
 package acme.legacy;
-message Req { required string key = 1; optional int32 n = 2; }
+message Req { required string key = 1; optional int32 n = 2; extensions 100 to 199; }
+extend Req { optional string tag = 100; }
 message Inner { required int32 code = 1; }
 message Rep { required string value = 1; required Inner inner = 2; optional string note = 3; }
 service Old {
@@ -337,6 +338,18 @@ def test_rules_need_required_fields_in_a_reply_not_in_a_pattern(schema: Schema) 
     with pytest.raises(RulesError, match=r"rules\[0\] \(acme.legacy.Old/Lookup\).reply: acme.legacy.Rep: "
                                          r"required field not set: inner.code"):
         parse_rules("rules:\n  - method: acme.legacy.Old/Lookup\n    reply: {value: v, inner: {}}\n", schema)
+
+
+def test_a_pattern_may_name_a_proto2_extension(schema: Schema) -> None:
+    """Before: a key "[acme.legacy.tag]" (the JSON form's name of an extension) parsed, then
+    stopped `callstate serve` with an AssertionError traceback."""
+    rules = parse_rules('rules:\n  - {name: tagged, method: acme.legacy.Old/Lookup, '
+                        'match: {request: {"[acme.legacy.tag]": t}}}\n', schema)
+    lookup = schema.method("acme.legacy.Old/Lookup")
+    request = lookup.request(key="k")
+    assert rules.first_match(lookup.name, {}, request) is None
+    request.Extensions[schema.pool.FindExtensionByName("acme.legacy.tag")] = "t"
+    assert rules.first_match(lookup.name, {}, request).label == "tagged"
 
 
 # -- a response of a well-known type whose JSON is not an object -------------------------------
