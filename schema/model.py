@@ -201,6 +201,9 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
         else:
             json_format.ParseDict(dict(data), msg, descriptor_pool=pool)
+    except (AttributeError, TypeError, KeyError) as exc:   # ParseDict lets these out (Parse wraps them so)
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: Failed to parse JSON: {type(exc).__name__}: "
+                          f"{exc}") from None
     except json_format.ParseError as exc:
         own_json = cls.DESCRIPTOR.full_name.startswith("google.protobuf.")   # Timestamp's is a string, ...
         why = (not own_json and _not_an_object(data)) or " ".join(str(exc).split())

@@ -199,6 +199,18 @@ rules:
     assert rules.first_match(wrap.name, {}, packed).label == "five"
 
 
+def test_an_any_whose_type_is_not_text_is_one_line_in_rules_and_the_library(schema: Schema,
+                                                                             acme: ServerProcess) -> None:
+    """Before: `"@type": 5` in a rule stopped `callstate serve` with an AttributeError traceback,
+    and so did a dict request of the library (the JSON text of --data said it in one line)."""
+    with pytest.raises(RulesError, match=r"rules\[0\] \(acme.orders.v2.Orders/Wrap\).match.request: "
+                                         r"google.protobuf.Any: Failed to parse JSON: AttributeError"):
+        parse_rules('rules:\n  - {method: acme.orders.v2.Orders/Wrap, match: {request: {"@type": 5}}}\n', schema)
+    with Client(acme.target, schema=schema) as client:
+        with pytest.raises(SchemaError, match=r"^acme.orders.v2.Orders/Wrap: google.protobuf.Any: Failed to parse"):
+            client.start(method="acme.orders.v2.Orders/Wrap", request={"@type": 5})
+
+
 def test_a_request_with_an_any_reaches_a_rule_on_its_other_fields(schema: Schema) -> None:
     """Before: the request's JSON form raised TypeError inside the handler: grpcurl got UNKNOWN
     with a Python exception's text, and the call was never logged."""
