@@ -57,11 +57,30 @@ def check_key_pair(cert: PemSource, key: PemSource, what: str) -> None:
         return
     check_regular_file(cert, what)
     check_regular_file(key, "key")
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key))
+    try:   # without a password callback OpenSSL would prompt on the terminal for an encrypted key
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key), password=_no_passphrase)
+    except _Encrypted:
+        raise OSError(f"the key {str(key)!r} is encrypted (passphrase-protected): gRPC cannot use it; give the "
+                      f"key unencrypted (openssl pkey -in KEY -out PLAIN)") from None
     except (ssl.SSLError, ValueError) as exc:
         raise OSError(f"the {what} {str(cert)!r} and key {str(key)!r} do not make a pair: "
-                      f"{getattr(exc, 'reason', None) or exc}") from None
+                      f"{getattr(exc, 'reason', None) or _pem_lacks(cert, key) or exc}") from None
+
+
+class _Encrypted(Exception):
+    """The key asked for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted()
+
+
+def _pem_lacks(cert: str | Path, key: str | Path) -> str | None:
+    """What OpenSSL's bare "PEM lib" means here: a file without the block it should hold."""
+    for path, block in ((key, b"PRIVATE KEY-----"), (cert, b"CERTIFICATE-----")):
+        if block not in Path(path).read_bytes()[:MAX_PEM_BYTES]:
+            return f"{str(path)!r} holds no {block[:-5].decode()}"
+    return None
 
 
 def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> RuleSet:

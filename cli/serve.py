@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description=para("Run the gRPC emulator. Each call follows its script: dispatch delay, then "
                                         "complete, abort with a code, fail fatally, or hold until cancelled. Every "
                                         "state entered is written to the state log as a JSON line. Stops gracefully "
-                                        "on SIGINT/SIGTERM, ending every call in flight and flushing the log."),
+                                        "on SIGINT/SIGTERM (and SIGHUP unless nohup ignores it), ending every call "
+                                        "in flight and flushing the log."),
                        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bind", default=_SERVER.bind, help="address to listen on (default: %(default)s; "
                    "0.0.0.0 in containers)")
@@ -65,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
     p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
-                   help="a call id that ended is refused (ALREADY_EXISTS) this long after (default: %(default)s)")
+                   help="a call id that ended is refused (ALREADY_EXISTS) this long after, while the journal still "
+                        "holds its call (--journal-size, --journal-bytes) (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
                    help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
                         "carries many callers on one connection)")

@@ -232,6 +232,9 @@ class _Watch:
         except grpc.aio.AioRpcError:
             self.failed = target
             raise
+        # the server ends the streams only when it stops (after every call's End): said, or the
+        # watch would just fall silent and exit as if it had been asked to
+        print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
         print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"

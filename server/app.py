@@ -31,8 +31,8 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.server.journal_service import JournalServicer
-from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, keepalive_options,
-                                       server_credentials)
+from callstate.server.security import (MAX_HEALTH_WATCHES, BoundedHealth, TokenInterceptor, check_client_ca,
+                                       keepalive_options, server_credentials, why_not_bound)
 from callstate.wire import DEFAULT_KEEPALIVE
 
 SERVICE_NAMES = (
@@ -41,6 +41,13 @@ SERVICE_NAMES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
+
+
+# Stopping a watched server: how long the calls that stop_all ended get to log their End (whatever
+# --grace), and the watchers' streams to send what they hold, before gRPC cancels them all.
+STOP_SETTLE = 1.0
+PENDING_FLOOR = 3000   # grpc core's own hard limit of calls waiting for the application
+WATCH_DRAIN = 2.0
 
 
 @dataclass
@@ -108,7 +115,10 @@ class EmulatorServer:
         self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
                                          max_events_per_call=opts.journal_events_per_call,
                                          max_watchers=opts.max_watchers)
-        self.log = log = StateLog(opts.log)
+        try:
+            self.log = log = StateLog(opts.log)
+        except OSError as exc:   # its own words ("[Errno 22] Invalid argument") name neither the file nor the log
+            raise OSError(f"cannot open the state log {str(opts.log)!r}: {exc.strerror or exc}") from None
         try:
             credentials = _credentials(opts)
         except (OSError, ValueError):
@@ -121,6 +131,13 @@ class EmulatorServer:
         server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
         if opts.max_concurrent_streams:
             server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))
+        # Calls grpc core holds until the event loop takes them: past its default (1000, some
+        # refused at random up to 3000) a burst had calls ended CANCELLED by core, never dispatched,
+        # which their callers took for a cancel (1818). Up to --max-in-flight they are taken, and
+        # beyond it refused by the emulator with 1723.
+        pending = max(PENDING_FLOOR, opts.emulator.max_in_flight)
+        server_options += [("grpc.server.max_pending_requests", pending),
+                           ("grpc.server.max_pending_requests_hard_limit", pending)]
         server = grpc.aio.server(options=server_options + keepalive_options(opts.keepalive),
                                  interceptors=[TokenInterceptor(opts.token)] if opts.token else None)
         pb_grpc.add_EmulatorServicer_to_server(self.emulator, server)
@@ -137,10 +154,10 @@ class EmulatorServer:
         try:
             self.port = (server.add_secure_port(address, credentials) if credentials is not None
                          else server.add_insecure_port(address))
-        except RuntimeError as exc:
+        except RuntimeError:
             log.close()
             self._close_metrics()
-            raise OSError(f"cannot bind {address}: {exc}") from None
+            raise OSError(f"cannot bind {address}: {why_not_bound(opts.bind, opts.port)}") from None
         try:
             await server.start()
         except BaseException:
@@ -184,9 +201,19 @@ class EmulatorServer:
         assert self._health is not None and self.emulator is not None and self.journal is not None
         if self.rules_file is not None:
             await self.rules_file.stop()
+        loop = asyncio.get_running_loop()
+        grace = self.options.grace if grace is None else grace
+        deadline = loop.time() + grace
         await self._health.enter_graceful_shutdown()
-        stopping = asyncio.ensure_future(server.stop(self.options.grace if grace is None else grace))
         self.emulator.stop_all()   # held calls end now (1722) instead of at the grace deadline
+        if self.journal.streams:
+            # gRPC's stop cancels the Watch/Follow streams with the calls when the grace ends (at once
+            # with --grace 0, their queued entries lost): they first get the End of every call ending
+            # now, then their streams end whole
+            await self.journal.wait_idle(timeout=max(grace, STOP_SETTLE))
+            self.journal.close_watchers()
+            await self.journal.wait_streams_done(timeout=WATCH_DRAIN)
+        stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0)))
         await self.journal.wait_idle(timeout=2.0)
         self.journal.close_watchers()   # watchers have seen every End; their streams would hold up the grace
         await stopping
@@ -240,15 +267,24 @@ def write_port_file(path: str, port: int) -> None:
     write_atomically(path, f"{port}\n".encode())
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop the server gracefully: SIGINT, SIGTERM, and SIGHUP (its terminal went
+    away), which would otherwise kill it with the last entries unwritten and its calls never
+    ended in the log; unless it is ignored (nohup), so that such a server keeps running."""
+    hangup = getattr(signal, "SIGHUP", None)
+    keep = hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
+
+
 async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
-    """Run until SIGINT/SIGTERM, then stop gracefully and flush the state log."""
+    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log."""
     srv = EmulatorServer(options)
     await srv.start()
     if srv.metrics is not None:
         print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
     if port_file:
         try:
@@ -287,6 +323,8 @@ def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
     cert = read_pem(opts.tls_cert, "TLS certificate")
     key = read_pem(opts.tls_key, "TLS key")
     client_ca = read_pem(opts.tls_client_ca, "TLS client CA")
+    if client_ca is not None:
+        check_client_ca(client_ca, opts.tls_client_ca)
     assert cert is not None and key is not None
     return server_credentials(cert, key, client_ca)
 

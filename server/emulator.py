@@ -180,7 +180,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         if call.stopping:
             return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                      "server is shutting down")
-        if overran:
+        if overran or hold:   # a hold reaches its outcome only at --max-hold (0: at once; no wait ran)
             return await self._abort(call, context, codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                                      f"held for the server's max hold time ({max_hold:g}s)" if hold else
                                      f"ran past the server's max hold time ({max_hold:g}s)")

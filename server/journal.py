@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Iterable
+from typing import Callable, Iterable
 
 from callstate.codes import count_code
 from callstate.lifecycle import CANCEL_SEEN, END, ENTER
@@ -90,6 +90,7 @@ class Journal:
         self._calls: dict[str, CallRecord] = {}
         self._ended_order: collections.deque[CallRecord] = collections.deque()
         self._watchers: list[Watcher] = []
+        self.streams = 0   # Watch/Follow RPCs open, until gRPC reports each done (its status sent)
         self.in_flight = 0
         self.dispatched = 0
         self.ended = 0
@@ -157,13 +158,11 @@ class Journal:
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False on timeout. (Polled: only shutdown needs it,
         and the hot path stays free of an Event to set and clear.)"""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.in_flight:
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await _wait_until(lambda: not self.in_flight, timeout)
+
+    async def wait_streams_done(self, timeout: float) -> bool:
+        """Wait until every Watch/Follow RPC is done (its entries and status sent); False on timeout."""
+        return await _wait_until(lambda: not self.streams, timeout)
 
     def get(self, call_id: str) -> CallRecord | None:
         return self._calls.get(call_id)
@@ -228,3 +227,13 @@ class Journal:
     def unsubscribe(self, w: Watcher) -> None:
         if w in self._watchers:
             self._watchers.remove(w)
+
+
+async def _wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True

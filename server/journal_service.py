@@ -93,10 +93,16 @@ class JournalServicer(pb_grpc.JournalServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"call_id: a filter of at most {MAX_FILTER_ID} characters, got {len(request.call_id)}")
         try:
-            return self.journal.subscribe(request.call_id, caller_of(context))
+            watcher = self.journal.subscribe(request.call_id, caller_of(context))
         except WatcherLimit as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise   # pragma: no cover - context.abort raises
+        self.journal.streams += 1   # until gRPC reports the RPC done: the server's stop waits for it
+        context.add_done_callback(self._stream_done)
+        return watcher
+
+    def _stream_done(self, _context: object) -> None:
+        self.journal.streams -= 1
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StateEntry]:
         """Each entry carries `dropped`: how many this stream has lost so far to its full buffer.

@@ -49,6 +49,7 @@ _BEFORE, _AFTER_IN, _AFTER_OUT, _AFTER_HC, _END = (pb.PIPE_POINT_BEFORE_FIRST, p
 _HALF_CLOSE_GRACE = (0, 0, 0, 0.001, 0.004)
 # After the caller's null-push message, how long to wait for the end of its stream (END_STREAM).
 _END_AFTER_NULL_PUSH = 1.0
+_STOPPING = "server is shutting down"
 # How a cancel shows up on a write or read while gRPC tears the call down.
 _CANCEL_ERRORS = (asyncio.CancelledError, cygrpc.ExecuteBatchError, cygrpc.InternalError)
 
@@ -176,7 +177,7 @@ class PipeRun:
         call = self.call
         call.test_cancel()   # a polling handler: sees a waiting cancel once its poll instant came
         if call.stopping:
-            await self.abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            await self.abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, _STOPPING)
         if call.cancel_kind is not None and not self.ignore:
             if self.policy == pb.ON_CANCEL_COMPLETE:
                 self.complete()
@@ -399,6 +400,10 @@ class PipeServicer:
             await self._if_overdue(run)
             if call.ended or not _is_cancel(exc, context, run):
                 raise
+            if call.stopping:   # not its caller: the server's stop, at the end of --grace (a write the caller
+                # never took held it up); its caller is told UNAVAILABLE
+                run.record_abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, _STOPPING)
+                raise asyncio.CancelledError() from None
             call.cancel_seen(ABORTIVE)
             await call.until_polled()   # a polling handler works on until its next poll sees it
             self._end_after_abortive(run)   # ends per the on-cancel policy

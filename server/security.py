@@ -6,7 +6,10 @@ installed only when a token is set; health and reflection stay open (see docs/se
 
 from __future__ import annotations
 
+import errno
 import hmac
+import socket
+import ssl
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -26,6 +29,36 @@ def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None) -> grpc
     """TLS with `cert`/`key`; with `client_ca`, mutual TLS: a client certificate signed by it is required."""
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                        require_client_auth=client_ca is not None)
+
+
+def check_client_ca(pem: bytes, source: object) -> None:
+    """ValueError naming the file unless the client CA holds a certificate: grpc would refuse it
+    only by failing to bind, with no word of the CA."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError):
+        name = repr(str(source)) if not isinstance(source, bytes) else "(given as bytes)"
+        raise ValueError(f"the TLS client CA {name} holds no usable certificate (a CA certificate in PEM: "
+                         f"-----BEGIN CERTIFICATE-----)") from None
+
+
+def why_not_bound(host: str, port: int) -> str:
+    """Why grpc could not listen on host:port (it says only "Failed to bind"): the operating
+    system's own answer to the same bind, or the name that does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"{host!r} does not resolve to an address of this host ({exc.strerror})"
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as grpc's listener does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                hint = " (another process listens there; --port 0 picks a free port)" \
+                    if exc.errno == errno.EADDRINUSE else ""
+                return f"{exc.strerror}{hint}"
+    return "grpc refused the address"
 
 
 def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
