@@ -53,6 +53,30 @@ non_negative_int = _number(int, "an integer", positive=False)
 positive_int = _number(int, "an integer", positive=True)
 
 
+_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def grpc_target(text: str) -> str:
+    """A server to call: HOST:PORT, [IPv6]:PORT, HOST alone (gRPC's default port, 443: a TLS
+    gateway), or a gRPC target URI (dns:///..., unix:/path, ...), passed on as given. Refused:
+    an empty host or port, a port that is not one, a bare IPv6 address (ambiguous with a port)."""
+    if "://" in text or text.startswith(_TARGET_SCHEMES):
+        return text
+    if not text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text
+    if host.count(":") and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:50051")
+    if not host or host == "[]":
+        raise argparse.ArgumentTypeError(f"{text!r} has no host: HOST:PORT, e.g. 127.0.0.1:50051")
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535"
+                                         + (" (none given: gRPC would use 443)" if not port else ""))
+    return text
+
+
 def finite_float(text: str) -> float:
     """Any finite number of seconds, negative included (the client refuses those itself)."""
     try:

@@ -1,5 +1,5 @@
 """Cancel propagation: which calls count, and the figure: one definition for `callstate check`,
-the load report, Prometheus and Locust, so that they measure the same population.
+the load report, the live view, Prometheus and Locust, so that they measure the same population.
 
 A call counts when its client cancelled it (its first `Can`) after the server had dispatched it
 (the server's first state, at or before that Can), and the server then saw the cancel (its first

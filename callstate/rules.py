@@ -82,8 +82,12 @@ class RequestJson:
 
     def get(self) -> dict[str, Any] | None:
         if self._dict is None and self._msg is not None:
-            self._dict = json_format.MessageToDict(self._msg, preserving_proto_field_name=True,
-                                                   always_print_fields_with_no_presence=True)
+            try:   # an Any resolves in the schema's pool, where the request's own type lives
+                self._dict = json_format.MessageToDict(self._msg, preserving_proto_field_name=True,
+                                                       always_print_fields_with_no_presence=True,
+                                                       descriptor_pool=self._msg.DESCRIPTOR.file.pool)
+            except (TypeError, KeyError, ValueError):   # an Any of a type the schema lacks: no JSON form,
+                self._msg = None                        # so no request pattern matches (the call still runs)
         return self._dict
 
 
@@ -192,7 +196,7 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
     mix = _mix(raw.get("mix"), f"{where}.mix")
     if mix is not None and script_fields and script_fields.get("outcome") is not None:
         raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
-    reply = _optional_mapping(raw.get("reply"), f"{where}.reply", "a mapping: the response in its JSON form")
+    reply = raw.get("reply")
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
@@ -204,7 +208,7 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             request=None if request is None else _canonical(request, method, f"{m_where}.match.request"),
             metadata=metadata,
             script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
-            reply=None if reply is None else _message(method.response, reply, f"{m_where}.reply"),
+            reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
             mix=mix)
 
 
@@ -289,32 +293,72 @@ def _mix(raw: Any, where: str) -> Mix | None:
         raise RulesError(f"{where}: {exc}") from None
 
 
-def _message(cls: type[Message], data: Mapping[str, Any], where: str) -> Message:
+def _message(cls: type[Message], data: Mapping[str, Any] | str, where: str, partial: bool = False) -> Message:
     try:
-        return message_from_json(cls, data, where=where)
+        return message_from_json(cls, data, where=where, partial=partial)
     except SchemaError as exc:
         raise RulesError(str(exc)) from None
+
+
+def _reply(method: Method, value: Any, where: str) -> Message:
+    """The rule's reply: the response's JSON form, a mapping, or for a well-known type whose JSON
+    is not an object (Timestamp, Duration, a wrapper, Value) that JSON value itself."""
+    if isinstance(value, dict):
+        return _message(method.response, value, where)
+    if not method.response.DESCRIPTOR.full_name.startswith("google.protobuf."):
+        raise RulesError(f"{where}: a mapping: the response in its JSON form")
+    try:
+        text = json.dumps(value)
+    except TypeError:   # YAML reads an unquoted date as a date
+        raise RulesError(f"{where}: {type(value).__name__} is not a JSON value: quote it") from None
+    return _message(method.response, text, where)
 
 
 def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[str, Any]:
     """The pattern in the form a request's JSON takes (proto field names, enum names, int64 as
     strings, well-known types as their JSON), restricted to the fields the pattern names."""
-    msg = _message(method.request, pattern, where)
-    full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return _restrict(full, pattern, method.request.DESCRIPTOR)
+    msg = _message(method.request, pattern, where, partial=True)
+    full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                     descriptor_pool=msg.DESCRIPTOR.file.pool)
+    desc = method.request.DESCRIPTOR
+    if desc.full_name == ANY:   # a method that takes an Any (or a Struct, ...) itself
+        return _restrict_any(full, pattern, desc.file.pool)
+    if desc.full_name.startswith("google.protobuf."):   # a Struct's JSON is its own: a subset of it matches
+        return dict(full)
+    return _restrict(full, pattern, desc)
+
+
+ANY = "google.protobuf.Any"
 
 
 def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in given.items():
         field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
-        assert field is not None, "the pattern parsed into the message, so each key is a field"
+        if field is None:   # it parsed, so it is an extension ("[pkg.ext]"): as the JSON form names it, whole
+            out[key] = full.get(key)
+            continue
         sub = field.message_type
-        plain_message = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
-                         and not sub.full_name.startswith("google.protobuf.") and isinstance(value, dict))
-        out[field.name] = (_restrict(full.get(field.name) or {}, value, sub) if plain_message
-                           else full.get(field.name))
+        single = (sub is not None and not sub.GetOptions().map_entry and not _is_repeated(field)
+                  and isinstance(value, dict))
+        if single and sub.full_name == ANY:
+            out[field.name] = _restrict_any(full.get(field.name) or {}, value, sub.file.pool)
+        elif single and not sub.full_name.startswith("google.protobuf."):
+            out[field.name] = _restrict(full.get(field.name) or {}, value, sub)
+        else:
+            out[field.name] = full.get(field.name)
     return out
+
+
+def _restrict_any(full: Mapping[str, Any], given: Mapping[str, Any], pool: Any) -> dict[str, Any]:
+    """An Any's pattern: its `@type`, and of the message it packs the fields the pattern names,
+    as a plain sub-message matches (a well-known type packed matches whole, as it does unpacked)."""
+    if "@type" not in given:   # `{}`: the empty Any
+        return dict(full)
+    packed = pool.FindMessageTypeByName(str(given["@type"]).rpartition("/")[2])   # parsed: so it is there
+    if packed.full_name.startswith("google.protobuf."):
+        return dict(full)
+    return {"@type": full.get("@type"), **_restrict(full, {k: v for k, v in given.items() if k != "@type"}, packed)}
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:

@@ -134,7 +134,8 @@ class Scenario:
     def _pipe_plan(self, plan: Plan, kind: str, rng: random.Random) -> Plan:
         """A pipe call: the same outcome, cancel kind and policy draws; the cancel point is
         counted in messages (one that applies to the kind). A held pipe that is not in the
-        cancelled share is cancelled abortively once it has its headers."""
+        cancelled share (the unary plan gave it the generator's abortive cancel) is cancelled at
+        one of those points too; with none that applies, once it has its headers."""
         plan.pipe, plan.point = kind, None
         if plan.cancel is not None:
             # a point past the messages each side pushes is never reached (a held pipe would wait

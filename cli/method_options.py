@@ -61,8 +61,14 @@ def drive_of(opts: argparse.Namespace, settings: "ChannelSettings") -> Drive | N
 
 
 def reply_text(reply: Any, limit: int = 300) -> str:
-    """A user method's reply for the final line: its proto JSON form, cut at `limit` characters."""
+    """A user method's reply for the final line: its proto JSON form, cut at `limit` characters;
+    protobuf's text form when it has no JSON form (an Any of a type the schema lacks)."""
+    from google.protobuf import text_format
+
     from callstate.schema import message_to_json
 
-    text = message_to_json(reply)
+    try:
+        text = message_to_json(reply)
+    except (TypeError, KeyError):   # json_format cannot unpack the Any: the text form shows its bytes
+        text = "(text form: an Any of a type the schema lacks) " + text_format.MessageToString(reply, as_one_line=True)
     return "reply " + (text if len(text) <= limit else text[:limit] + "…")

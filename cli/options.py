@@ -13,7 +13,7 @@ import textwrap
 from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
-from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, positive_float, positive_int
+from callstate.arg_types import bounded_int, grpc_target, non_negative_float, non_negative_int, positive_float, positive_int
 from callstate.lifecycle import SERVER
 from callstate.files import read_pem
 from callstate.pipe_script import MAX_MESSAGES
@@ -147,12 +147,13 @@ def add_target(p: argparse.ArgumentParser, several: bool = False,
     (TLS, token) and keepalive. `channel_settings(opts)` turns them into a ChannelSettings.
     several: --target may be repeated (replicas); opts.target is then a list, never empty."""
     if several:
-        p.add_argument("--target", action="append", type=str, metavar="HOST:PORT",
+        p.add_argument("--target", action="append", type=grpc_target, metavar="HOST:PORT",
                        help=f"server address HOST:PORT; repeat it for several servers (replicas behind a balancer): "
                             f"their entries are merged (default: {DEFAULT_TARGET})")
         p.set_defaults(several_targets=True)
     else:
-        p.add_argument("--target", default=DEFAULT_TARGET, help="server address HOST:PORT (default: %(default)s)")
+        p.add_argument("--target", default=DEFAULT_TARGET, type=grpc_target,
+                       help="server address HOST:PORT (default: %(default)s)")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS", help=timeout_help)
     add_access(p)
 

@@ -48,10 +48,16 @@ def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None
         schema = from_descriptor_set(opts.descriptor_set)
     else:
         schema = from_reflection(opts.reflect_from)
-    from callstate.server.standin import served_methods
+    from callstate.server.reflection import server_pool
+    from callstate.server.standin import OWN_SERVICE_PREFIXES, served_methods
 
     if not served_methods(schema):
+        if schema.services:   # all of them in the namespaces the server serves itself
+            raise ValueError(f"{sources[0]}: the schema has no service to stand in for: the server runs "
+                             f"{', '.join(p + '*' for p in OWN_SERVICE_PREFIXES)} itself, and the schema's "
+                             f"{', '.join(schema.services)} {'is' if len(schema.services) == 1 else 'are'} among them")
         raise ValueError(f"{sources[0]}: the schema has no service to stand in for")
+    server_pool(schema)   # fits beside the server's own files (reflection), or one line now
     if opts.rules:
         load_rules(opts.rules, schema, limits)
     return schema, opts.rules

@@ -35,9 +35,10 @@ RequestLike = Message | Mapping[str, Any] | str | None
 def request_message(method: Method, request: RequestLike, where: str = "") -> Message:
     """The method's request from a message, a dict or JSON text (None: the empty message).
 
-    A message of another type (by full name) or JSON that does not fit is a SchemaError
-    naming `where` (default: the method) and the field."""
+    A message of another type (by full name), JSON that does not fit or a request that leaves
+    a proto2 required field unset is a SchemaError naming `where` (default: the method) and the field."""
     from callstate.schema import SchemaError, message_from_json
+    from callstate.schema.model import require_initialized
 
     where = where or method.name
     if request is None:
@@ -46,6 +47,7 @@ def request_message(method: Method, request: RequestLike, where: str = "") -> Me
         have, want = request.DESCRIPTOR.full_name, method.request.DESCRIPTOR.full_name
         if have != want:
             raise SchemaError(f"{where}: the request must be a {want}, got a {have}")
+        require_initialized(request, where)
         return request   # a message of generated code serializes the same as the schema's own
     return message_from_json(method.request, request, where=where)
 
@@ -108,8 +110,12 @@ class MethodRequest:
 
         if method.kind != UNARY:
             raise SchemaError(f"{method.name} is a {_SHAPES[method.kind]} method: make it with pipe(method=...)")
+        from callstate.schema.model import require_initialized
+
         proto = script.to_proto() if isinstance(script, Script) else script
-        return cls(method, request_message(method, request), call_id, cancel_key, proto)
+        message = request_message(method, request)
+        require_initialized(message, method.name)   # None too: the empty message of a proto2 type may not do
+        return cls(method, message, call_id, cancel_key, proto)
 
     def validate(self) -> None:
         """The script's checks, as the server makes them (RequestError naming the field)."""

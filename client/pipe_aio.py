@@ -25,7 +25,7 @@ from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
-from callstate.pipe_script import PipeScript, check_push
+from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -121,7 +121,6 @@ class AsyncPipe(PipeBase):
         core = self._need_rpc("push")
         if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
             raise refusal
-        check_push(payload)
         msg = self._message(payload, core.sent + 1)
         try:
             taken = await _write_keeping_status(self._rpc, msg)

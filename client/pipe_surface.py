@@ -10,7 +10,7 @@ from callstate.client.any_method import RequestLike, pipe_kind_of, request_messa
 from callstate.client.pipe_core import PipeCore
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
-from callstate.pipe_script import PipeScript, validate_pipe
+from callstate.pipe_script import PipeScript, check_push, validate_pipe
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CANCEL_KEY_KEY, PIPE_SCRIPT_KEY, new_call_id, new_cancel_key
 
@@ -91,12 +91,22 @@ class PipeBase(PipeCore):
 
     def _message(self, payload: Any, seq: int) -> Any:
         """The message one push sends: PipeMessage(seq, payload) on the Emulator; on a user's
-        method, `payload` as its request (a message, a dict, JSON text; None or b"": the pipe's request)."""
+        method, `payload` as its request (a message, a dict, JSON text; None or b"": the pipe's request).
+        Refused (ValueError) when the server would not take it: the limit is the payload's size on
+        the Emulator, the message's own on a user's method (a dict's len() is not its size)."""
         if self.method is None:
+            check_push(payload)
             return pb.PipeMessage(seq=seq, payload=payload)
+        where = f"{self.method.name} push {seq}"
         if payload is None or payload == b"":
-            return self.request
-        return request_message(self.method, payload, f"{self.method.name} push {seq}")
+            from callstate.schema.model import require_initialized   # loaded with the schema already
+
+            msg = self.request
+            require_initialized(msg, where)
+        else:
+            msg = request_message(self.method, payload, where)
+        check_push(msg)
+        return msg
 
     def _ends_pipe(self, msg: Any) -> bool:
         """Whether a pulled message is the server's null push (the Emulator's own; a user's method has none)."""

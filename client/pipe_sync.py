@@ -24,7 +24,7 @@ from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
-from callstate.pipe_script import PipeScript, check_push
+from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
 
 
@@ -144,7 +144,6 @@ class Pipe(PipeBase):
         core = self._need_rpc("push")
         if (refusal := core.push_refusal()) is not None:   # 1831 an out pipe, 1916 closed
             raise refusal
-        check_push(payload)
         if not self._feeder.put(self._message(payload, core.sent + 1)):
             raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()

@@ -85,6 +85,13 @@ class Schema:
                 self.pool.Add(file)
             except (TypeError, ValueError) as exc:
                 raise SchemaError(f"{file.name}: {exc}") from None
+        for name in WELL_KNOWN_FILES:   # what an Any may carry beyond the user's own types
+            proto = _well_known(name)
+            if proto is not None and _absent(self.pool, name):
+                try:
+                    self.pool.Add(proto)
+                except (TypeError, ValueError):   # the schema has these types under another file name
+                    pass
         self.methods: dict[str, Method] = {}
         for file in files.file:
             fd = self.pool.FindFileByName(file.name)
@@ -127,6 +134,18 @@ class Schema:
             raise SchemaError(f"unknown message type {full_name!r}") from None
 
 
+WELL_KNOWN_FILES = tuple(f"google/protobuf/{n}.proto" for n in (
+    "any", "duration", "empty", "field_mask", "struct", "timestamp", "wrappers"))
+
+
+def _absent(pool: DescriptorPool, name: str) -> bool:
+    try:
+        pool.FindFileByName(name)
+    except KeyError:
+        return True
+    return False
+
+
 def _well_known(name: str) -> descriptor_pb2.FileDescriptorProto | None:
     """A well-known type's file (google/protobuf/*.proto), which protobuf itself carries: a
     descriptor set built without --include_imports still loads when these are all it lacks."""
@@ -167,22 +186,40 @@ def _in_dependency_order(files: Iterable[descriptor_pb2.FileDescriptorProto]) ->
 
 
 def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, where: str,
-                      pool: DescriptorPool | None = None) -> Message:
+                      pool: DescriptorPool | None = None, partial: bool = False) -> Message:
     """A message of `cls` from its proto JSON form (text or an already-parsed dict).
 
+    An `Any` in it resolves its `@type` in `pool`, by default the pool `cls` comes from (a
+    schema's own: protobuf's default pool knows none of a user's types). Unless `partial` (a
+    pattern to match against, not a message to send), proto2's required fields must be set.
     Errors are one line naming `where` (a method, a rule, a file and line) and the field.
     """
     msg = cls()
+    pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
     try:
         if isinstance(data, str):
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
         else:
             json_format.ParseDict(dict(data), msg, descriptor_pool=pool)
+    except (AttributeError, TypeError, KeyError) as exc:   # ParseDict lets these out (Parse wraps them so)
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: Failed to parse JSON: {type(exc).__name__}: "
+                          f"{exc}") from None
     except json_format.ParseError as exc:
         own_json = cls.DESCRIPTOR.full_name.startswith("google.protobuf.")   # Timestamp's is a string, ...
         why = (not own_json and _not_an_object(data)) or " ".join(str(exc).split())
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {why}") from None
+    if not partial:
+        require_initialized(msg, where)
     return msg
+
+
+def require_initialized(msg: Message, where: str) -> None:
+    """A SchemaError naming proto2's required fields that `msg` leaves unset: such a message
+    cannot be serialized (grpc.aio would send an empty request in its place, and say nothing)."""
+    if not msg.IsInitialized():
+        missing = ", ".join(msg.FindInitializationErrors())
+        raise SchemaError(f"{where}: {msg.DESCRIPTOR.full_name}: required field{'s' if ',' in missing else ''} "
+                          f"not set: {missing}")
 
 
 def _not_an_object(data: Any) -> str:
@@ -197,7 +234,7 @@ def _not_an_object(data: Any) -> str:
 
 def message_to_dict(msg: Message) -> dict[str, Any]:
     """The proto JSON form of a message as a dict (field names as in the .proto)."""
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, descriptor_pool=msg.DESCRIPTOR.file.pool)
 
 
 def message_to_json(msg: Message) -> str:

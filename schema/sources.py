@@ -48,9 +48,12 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
         if done.returncode != 0 or not out.exists():
             lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
             first = lines[0] if lines else f"protoc failed (exit {done.returncode})"
-            if first.endswith("File not found."):   # an import: say where imports are looked up
-                first += f" (imports are looked up under {', '.join(includes)}: give the folder your import " \
-                         "lines are written from with --proto-path)"
+            first = first.replace("--proto_path", "--proto-path")   # protoc's flag, in callstate's spelling
+            if first.endswith("File not found."):   # an import: where imports are looked up, which line imports it
+                missing = first.removesuffix(": File not found.")
+                importer = next((ln.split(": Import ")[0] for ln in lines if f': Import "{missing}" was not' in ln), "")
+                first += (f" (imports are looked up under {', '.join(includes)}: give the folder your import lines "
+                          "are written from with --proto-path" + (f"; imported at {importer})" if importer else ")"))
             raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
 
@@ -70,6 +73,14 @@ def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
     includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(os.path.abspath(p))
                                                                      for p in protos})
     files = [os.path.abspath(p) for p in protos]
+    if not proto_paths:   # each file is named by its base name: two of one name cannot both be
+        first: dict[str, tuple[str, str]] = {}
+        for proto, file in zip(protos, files):
+            name = os.path.basename(file)
+            seen, given = first.setdefault(name, (file, str(proto)))
+            if seen != file:
+                raise SchemaError(f"{given} and {proto}: both are named {name} below their own folders (the default "
+                                  "--proto-path): give --proto-path the folder your import lines are written from")
     for proto, file in zip(protos, files):
         if not any(file.startswith(os.path.join(inc, "")) for inc in includes):
             raise SchemaError(f"{proto}: not under any --proto-path ({', '.join(map(str, proto_paths))}): "

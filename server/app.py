@@ -172,14 +172,13 @@ class EmulatorServer:
 
     def _add_standin(self, server: grpc.aio.Server) -> tuple[str, ...]:
         """Reflection (v1 and v1alpha), and the user's services when a schema is given: their names."""
-        from callstate.server.reflection import build_pool, serve_reflection
+        from callstate.server.reflection import serve_reflection, server_pool
 
-        own = [pb.DESCRIPTOR, health_pb2.DESCRIPTOR]
         schema = self.options.schema
         if schema is None:
             if self.options.rules is not None:
                 raise ValueError("a rules file needs a schema to stand in for (ServerOptions.schema)")
-            serve_reflection(server, SERVICE_NAMES[:-1], build_pool(own))
+            serve_reflection(server, SERVICE_NAMES[:-1], server_pool())
             return ()
         from callstate.files import load_rules
         from callstate.server.standin import RulesFile, Standin
@@ -191,8 +190,7 @@ class EmulatorServer:
         standin.register(server)
         if self.options.rules is not None:
             self.rules_file = RulesFile(self.options.rules, standin)
-        files = [schema.pool.FindFileByName(f.name) for f in schema.files.file]
-        serve_reflection(server, SERVICE_NAMES[:-1] + tuple(standin.service_names), build_pool(own + files))
+        serve_reflection(server, SERVICE_NAMES[:-1] + tuple(standin.service_names), server_pool(schema))
         return tuple(standin.service_names)
 
     async def stop(self, grace: float | None = None) -> None:

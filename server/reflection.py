@@ -8,7 +8,7 @@ versions and the user's schema side by side, without touching protobuf's default
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -17,6 +17,9 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha import reflection_pb2_grpc as rgrpc
+
+if TYPE_CHECKING:
+    from callstate.schema import Schema
 
 V1ALPHA = rpb.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 V1 = "grpc.reflection.v1.ServerReflection"
@@ -40,28 +43,51 @@ def v1_file() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
+def server_pool(schema: Schema | None = None) -> DescriptorPool:
+    """The pool reflection answers from: the server's own files, then a stand-in's schema.
+    ValueError (one line) when the schema cannot sit beside them."""
+    from grpc_health.v1 import health_pb2
+
+    from callstate.v1 import callstate_pb2 as pb
+
+    files = [] if schema is None else [schema.pool.FindFileByName(f.name) for f in schema.files.file]
+    return build_pool([pb.DESCRIPTOR, health_pb2.DESCRIPTOR, *files])
+
+
 def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.FileDescriptorProto] = ()) -> DescriptorPool:
     """A pool with `own` files (and their imports) from the default pool, then `extra` (a
-    stand-in's schema, in dependency order); a file already in it is not added twice."""
+    stand-in's schema, in dependency order); a file already in it is not added twice. Two
+    files of one name and different packages cannot both be in it: a ValueError says so
+    (reflection would list the second one's services and describe none of them)."""
     pool = DescriptorPool()
-    added: set[str] = set()
+    added: dict[str, str] = {}   # file name -> its package
+
+    def add_once(proto: descriptor_pb2.FileDescriptorProto) -> bool:
+        package = added.get(proto.name)
+        if package is None:
+            return True
+        if package != proto.package:
+            raise ValueError(f"{proto.name} (package {proto.package or 'none'}): the server's own file of this name "
+                             f"(package {package}) is served beside it: give yours another path below --proto-path")
+        return False   # the same file (a schema read from another callstate server lists callstate's own)
 
     def add_own(fd: FileDescriptor) -> None:
-        if fd.name in added:
+        if fd.name in added and added[fd.name] == fd.package:
             return
         for dep in fd.dependencies:
             add_own(dep)
         proto = descriptor_pb2.FileDescriptorProto()
         fd.CopyToProto(proto)
-        add_file(pool, proto)
-        added.add(fd.name)
+        if add_once(proto):
+            add_file(pool, proto)
+            added[proto.name] = proto.package
 
     for fd in (rpb.DESCRIPTOR, *own):
         add_own(fd)
     for proto in (v1_file(), *extra):
-        if proto.name not in added:
+        if add_once(proto):
             add_file(pool, proto)
-            added.add(proto.name)
+            added[proto.name] = proto.package
     return pool
 
 

@@ -2,7 +2,7 @@
 
 Each method is served by a generic handler with the user's message classes; before the
 dispatch it decides the call's `Answer`: the script (a `callstate-script` header first, else
-the first matching rule's), the reply (the rule's, else the response type's empty message),
+the first matching rule's), the reply (the rule's, else the response type's smallest message),
 the rule's mix, the call id and cancel key from metadata. Then the call runs the very
 lifecycle of `Emulator/Call` (unary) or of a pipe (server-, client- and bidi-streaming map
 onto the out, in and both pipes): D -> Comp / A -> End / fatal, on_cancel, max hold, cancel
@@ -45,6 +45,28 @@ def served_methods(schema: Schema) -> list[Method]:
     return [m for m in schema.methods.values() if not m.service.startswith(OWN_SERVICE_PREFIXES)]
 
 
+def smallest(cls: type[Message]) -> Message:
+    """The response a rule does not give: the empty message, with proto2's required fields (and
+    theirs, in turn) at their defaults, since a message missing one cannot be sent at all."""
+    msg = cls()
+    _fill_required(msg, depth=0)
+    return msg
+
+
+def _fill_required(msg: Message, depth: int) -> None:
+    if depth > 32:   # a required field of its own type has no finite message: leave it for a rule's reply
+        return
+    for field in msg.DESCRIPTOR.fields:
+        if not field.is_required:
+            continue
+        if field.message_type is not None:
+            sub = getattr(msg, field.name)
+            sub.SetInParent()
+            _fill_required(sub, depth + 1)
+        else:
+            setattr(msg, field.name, field.default_value)
+
+
 class Standin:
     """The user's services on an emulator: handlers, the per-call answer, the rules in force."""
 
@@ -52,7 +74,7 @@ class Standin:
         self.schema, self.emulator = schema, emulator
         self.rules = rules or RuleSet.empty()
         self.methods = served_methods(schema)
-        self._empty = {m.name: m.response() for m in self.methods}
+        self._empty = {m.name: smallest(m.response) for m in self.methods}
 
     @property
     def service_names(self) -> list[str]:

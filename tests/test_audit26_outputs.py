@@ -1,7 +1,10 @@
 """What callstate tells its users after a run agrees with the logs and with its own exit status:
 the HTML report's verdict is the command's (never a green OK where the command says NOT JUDGED
-or FAILED); `report` reads a log cut short as `check` does; `load`'s paths line counts only the
-cancels its log holds; conformance's shares never round a loss up to 100%."""
+or FAILED); `report` reads a log cut short as `check` does, and a log appended to after a cut
+line stays checkable; messages name the log and line where a history stops, and never a missing
+code as 0; counts per final code add up to the calls; `load`'s paths line counts only the
+cancels its log holds, and says when the server was lost; conformance's shares never round a
+loss up to 100% and its counts are of calls; help names every exit status."""
 
 from __future__ import annotations
 
@@ -19,8 +22,6 @@ import orjson
 import pytest
 
 from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
-from callstate.v1 import callstate_pb2 as pb
-from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(180)

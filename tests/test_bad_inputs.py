@@ -62,6 +62,11 @@ BAD = [
     (["check", "{fifo}"], "not a regular file"),
     (["check", "{tmp}/missing.jsonl"], "missing.jsonl"),
     (["check", "/dev/null"], "not a regular file"),
+    # a target with no port would go to gRPC's default, 443, in silence
+    (["call", "--target", "127.0.0.1:"], "none given: gRPC would use 443"),
+    (["load", "--target", "127.0.0.1:"], "the port must be a number from 1 to 65535"),
+    (["watch", "--target", UNREACHABLE, "--target", "::1"], "an IPv6 address goes in brackets"),
+    (["health", "--target", ":50051"], "has no host"),
 ]
 
 

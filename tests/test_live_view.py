@@ -23,6 +23,8 @@ from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
 from callstate.cli.live.view import LINES, LIVE, MODES, choose, render
 from callstate.client import Client, Script
 from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
+from callstate.check import check_entries
+from callstate.statelog import Entry, to_dict
 from tests.conftest import ServerProcess, cli
 from tests.documentation import blocks, section
 
@@ -66,6 +68,25 @@ def test_stats_count_rates_over_the_window_and_join_each_cancel_across_sides() -
     line = stats.plain_line()
     assert PLAIN_LINE.match(line) and "15/100 calls" in line and "in flight 7" in line and ESC not in line
     assert "1818 RPC_S_CALL_CANCELLED 1" in line and "last propagated in 0.50 ms" in line
+
+
+def test_a_cancel_that_raced_the_dispatch_shows_no_propagation_as_check_counts_none() -> None:
+    # the population of callstate.propagation: the client's Can after the server's dispatch
+    stats = LiveStats(CLIENT, clock=Clock())
+    stats.entry(CLIENT, "raced", C, ENTER, 1.0)
+    stats.entry(CLIENT, "raced", CAN, ENTER, 1.001, cancel=ABORTIVE)
+    stats.entry(SERVER, "raced", D, ENTER, 1.002)        # dispatched after the cancel
+    stats.entry(SERVER, "raced", D, CANCEL_SEEN, 1.003, cancel=ABORTIVE)
+    stats.entry(CLIENT, "raced", END, ENTER, 1.004, code=codes.RPC_S_CALL_CANCELLED)
+    feed_cancelled_call(stats, "counted", 2.0, ABORTIVE, codes.RPC_S_CALL_CANCELLED)
+    counted, raced = stats.recent_cancels()
+    assert raced.call_id == "raced" and raced.propagation_ms is None and raced.to_end_ms is not None
+    assert counted.call_id == "counted" and round(counted.propagation_ms, 3) == 0.5
+    entries = [Entry(1.0, CLIENT, "raced", C, None, ENTER, "call"),
+               Entry(1.001, CLIENT, "raced", CAN, C, ENTER, "cancel", cancel=ABORTIVE),
+               Entry(1.002, SERVER, "raced", D, None, ENTER, "dispatch"),
+               Entry(1.003, SERVER, "raced", D, D, CANCEL_SEEN, cancel=ABORTIVE)]
+    assert check_entries([to_dict(e) for e in entries]).cancel_propagation_ms == []   # check agrees: not measured
 
 
 def test_the_readme_shows_a_real_plain_line() -> None:

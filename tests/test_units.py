@@ -134,6 +134,19 @@ def test_a_call_error_says_its_code_and_survives_pickling() -> None:
         "1914 RPC_S_INVALID_ASYNC_HANDLE: cancel after the call was completed [call c3]"
 
 
+def test_a_target_is_host_port_a_host_alone_or_a_grpc_uri() -> None:
+    import argparse
+    from callstate.arg_types import grpc_target
+    for good in ("127.0.0.1:50051", "[::1]:50051", "emulator:1", "api.example.com", "dns:///svc:50051",
+                 "unix:/tmp/s.sock", "unix-abstract:cs", "ipv4:127.0.0.1:1,127.0.0.2:1"):
+        assert grpc_target(good) == good
+    for bad, says in (("127.0.0.1:", "none given"), (":50051", "no host"), ("[]:1", "no host"), ("::1", "brackets"),
+                      ("h:0", "1 to 65535"), ("h:65536", "1 to 65535"), ("h:+1", "1 to 65535"), ("", "HOST:PORT"),
+                      ("h:1 ", "HOST:PORT")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            grpc_target(bad)
+
+
 def test_format_ts_is_rfc3339_utc_microseconds() -> None:
     assert format_ts(0.25) == "1970-01-01T00:00:00.250000Z"
     assert format_ts(1_700_000_000.000001)[:20] == "2023-11-14T22:13:20."

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from callstate import codes
-from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of
+from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, SERVER, cancel_kind_of
+from callstate.propagation import PropagationTracker
 
 RATE_WINDOW_S = 5.0     # calls/s is measured over the last few seconds, not since the start
 RECENT_CANCELS = 6      # rows shown
@@ -29,13 +30,9 @@ class RecentCancel:
     seen_at: float | None = None        # server cancel_seen (wall clock)
     ended_at: float | None = None       # End on the side the view counts
     code: int | None = None
-
-    @property
-    def propagation_ms(self) -> float | None:
-        """Client Can -> server cancel_seen, when both sides were seen."""
-        if self.cancelled_at is None or self.seen_at is None:
-            return None
-        return (self.seen_at - self.cancelled_at) * 1000
+    # client Can -> server cancel_seen, for a call in the population `check`, the load report,
+    # Prometheus and Locust measure (callstate.propagation); None for one outside it
+    propagation_ms: float | None = None
 
     @property
     def to_end_ms(self) -> float | None:
@@ -61,6 +58,7 @@ class LiveStats:
         self.in_flight = 0           # set by the owner (the load's own count, or the server's counters)
         self.cancels: Counter[str] = Counter()
         self.recent: OrderedDict[str, RecentCancel] = OrderedDict()
+        self._propagation = PropagationTracker(keep=4 * CANCEL_WINDOW)
         self.skipped = 0
 
     # -- feeding ---------------------------------------------------------------------------
@@ -69,16 +67,24 @@ class LiveStats:
         """One state-log entry (fields as in the log; `t` is its wall-clock time)."""
         if event == ENTER:
             if side == CLIENT and state == CAN:
-                self._cancel(call_id, cancel_kind_of(cancel, detail) or "?", count=self.side == CLIENT).cancelled_at = t
+                kind = cancel_kind_of(cancel, detail) or "?"
+                self._cancel(call_id, kind, count=self.side == CLIENT).cancelled_at = t
+                self._propagation.client_cancelled(call_id, t, kind)
+            elif side == SERVER and state == D:
+                self._propagation.server_dispatched(call_id, t)
             elif state == END:
                 if side == self.side:
                     self.ended(code if isinstance(code, int) else -1)
                 rc = self.recent.get(call_id)
                 if rc is not None and side == self.side:
                     rc.ended_at, rc.code = t, code
+                if side == SERVER:
+                    self._propagation.server_ended(call_id)
         elif event == CANCEL_SEEN and side == SERVER:
             rc = self._cancel(call_id, cancel_kind_of(cancel, detail) or "?", count=self.side == SERVER)
             rc.seen_at = rc.seen_at or t
+            if (found := self._propagation.server_saw_cancel(call_id, t)) is not None:
+                rc.propagation_ms = found.ms
 
     def ended(self, code: int) -> None:
         now = self.clock()

@@ -317,7 +317,10 @@ class LoadRun:
         else:
             checker.add(d)
         live = self.live
-        if live is not None and (d["event"] == CANCEL_SEEN or (d["state"] == END and d["call_id"] in live.recent)):
+        # what the view needs of the server: each call's dispatch and End (which call counts in the
+        # cancel-propagation population, until when it is remembered) and the cancels it saw
+        if live is not None and (d["event"] == CANCEL_SEEN
+                                 or (d["event"] == ENTER and (d.get("prev") is None or d["state"] == END))):
             live.entry(SERVER, d["call_id"], d["state"], d["event"], parse_ts(d["ts"]), d.get("code"),
                        d.get("cancel"), d.get("detail"))
 
