@@ -150,7 +150,7 @@ class EmulatorServer:
             log.close()
             self._close_metrics()
             raise
-        address = f"[{opts.bind}]:{opts.port}" if ":" in opts.bind else f"{opts.bind}:{opts.port}"
+        address = host_port(opts.bind, opts.port)
         try:
             self.port = (server.add_secure_port(address, credentials) if credentials is not None
                          else server.add_insecure_port(address))
@@ -293,7 +293,7 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
             await srv.stop()
             raise OSError(f"--port-file {port_file}: {exc.strerror or exc}") from None
     access = ("mutual TLS" if options.tls_client_ca is not None else "TLS") if options.tls else "plaintext"
-    print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {options.bind}:{srv.port} "
+    print(f"callstate: serving callstate.v1.Emulator and callstate.v1.Journal on {host_port(options.bind, srv.port)} "
           f"({access}{', token required' if options.token else ''}; "
           f"state log: {_describe_log(options.log)}, default mix: {options.emulator.mix}{_describe_loop(loop)})",
           file=ready, flush=True)
@@ -308,6 +308,11 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     assert srv.journal is not None
     print(f"callstate: stopped after {srv.journal.dispatched} calls "
           f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as a target names it: an IPv6 address in brackets ([::1]:50051)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:

@@ -347,3 +347,21 @@ def test_watch_says_so_when_the_server_ends_its_stream_by_stopping(tmp_path: Pat
     assert watch.returncode == 0, err
     assert err.splitlines() == [f"callstate watch: {srv.target} ended the stream: the server is stopping"], err
     assert " End " in out
+
+
+def test_the_serving_line_names_an_ipv6_address_as_a_target_does(tmp_path: Path) -> None:
+    """It said "on ::1:40123", which no client takes as a target; a target is [::1]:40123."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    srv = start_server(tmp_path, "--bind", "::1")
+    try:
+        target = f"[::1]:{srv.port}"
+        assert cli("call", "--target", target, timeout=EVIDENCE_WAIT * 2).returncode == 0
+    finally:
+        assert srv.stop() == 0
+    assert f"callstate.v1.Journal on {target} (plaintext" in srv.stderr.read_text()
