@@ -22,7 +22,7 @@ from callstate.server.security import caller_of
 
 FOLLOW_BATCH = 4096
 MAX_PAGE = 1000           # ListCalls: calls in one reply, whatever the limit asked
-MAX_FILTER_ID = 4096      # Watch/Follow: the longest call id filter (no call id is longer: --max-call-id)
+MAX_FILTER_ID = 4096      # Watch/Follow: the longest call id filter (no call id is longer: --max-call-id); ListCalls: method
 EVICTED = ("this watcher stopped reading and its slot went to a newer one (the server's --max-watchers, a "
            "quarter of them per caller); entries it had not read are lost")
 
@@ -67,6 +67,9 @@ class JournalServicer(pb_grpc.JournalServicer):
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = min(request.limit or 100, MAX_PAGE)   # a page costs the loop its time: bounded
+        if len(request.method) > MAX_FILTER_ID:   # no method name is that long; compiling it costs the loop
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"method: a filter of at most {MAX_FILTER_ID} characters, got {len(request.method)}")
         want_code = request.code if request.HasField("code") else None
         want_method = method_filter(request.method) if request.method else None   # as rules name methods
         out = []

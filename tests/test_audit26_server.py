@@ -365,3 +365,38 @@ def test_the_serving_line_names_an_ipv6_address_as_a_target_does(tmp_path: Path)
     finally:
         assert srv.stop() == 0
     assert f"callstate.v1.Journal on {target} (plaintext" in srv.stderr.read_text()
+
+
+# -- ListCalls' method filter cannot freeze the server --------------------------------------------------
+def test_a_method_filter_of_many_wildcards_answers_at_once_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    """Each `*` became `.*` in one regex: `.*.*.*...Z` backtracks exponentially on every stand-in
+    call's method name (14 wildcards: 10 s per name), on the event loop, so one ListCalls froze
+    the whole server: its calls, its max hold, its health, its stop."""
+    import grpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+    from tests.conftest import ROOT
+
+    protos = ROOT / "tests" / "protos"
+    srv = start_server(tmp_path, "--proto", str(protos / "shop" / "v1" / "shop.proto"), "--proto-path", str(protos),
+                       "--mix", "complete=1")
+    try:
+        done = cli("call", "--target", srv.target, "--method", "shop.v1.Shop/Charge", "--data", "{}",
+                   "--proto", str(protos / "shop" / "v1" / "shop.proto"), "--proto-path", str(protos),
+                   timeout=EVIDENCE_WAIT * 2)
+        assert done.returncode == 0, done.stderr
+        with grpc.insecure_channel(srv.target) as channel:
+            journal = pb_grpc.JournalStub(channel)
+            listed = journal.ListCalls(pb.ListCallsRequest(method="*" * 40 + "Z"), timeout=EVIDENCE_WAIT)
+            assert list(listed.calls) == []
+            listed = journal.ListCalls(pb.ListCallsRequest(method="shop.v1.*/*rg*"), timeout=EVIDENCE_WAIT)
+            assert [c.method for c in listed.calls] == ["shop.v1.Shop/Charge"]
+            with pytest.raises(grpc.RpcError) as err:
+                journal.ListCalls(pb.ListCallsRequest(method="*" * 5000), timeout=EVIDENCE_WAIT)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "method" in err.value.details()
+        assert srv.stop() == 0
+    finally:
+        if srv.proc.poll() is None:   # a server whose loop is frozen cannot take its SIGTERM
+            srv.proc.kill()
+            srv.proc.wait(EVIDENCE_WAIT)
