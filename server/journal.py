@@ -183,7 +183,9 @@ class Journal:
         if len(self._watchers) >= self.max_watchers:
             stuck = next((w for w in self._watchers if w.stuck), None)
             if stuck is None:
-                raise WatcherLimit(f"{len(self._watchers)} watchers already (the server's --max-watchers)")
+                raise WatcherLimit("this server takes no watchers (--max-watchers 0)" if not self.max_watchers else
+                                   f"the server's {self.max_watchers} watcher slots (--max-watchers) are all taken, "
+                                   f"none by a watcher that stopped reading")
             self.evict(stuck)
         w = Watcher(call_id, self.watch_queue, caller)
         self._watchers.append(w)

@@ -400,3 +400,25 @@ def test_a_method_filter_of_many_wildcards_answers_at_once_and_the_server_keeps_
         if srv.proc.poll() is None:   # a server whose loop is frozen cannot take its SIGTERM
             srv.proc.kill()
             srv.proc.wait(EVIDENCE_WAIT)
+
+
+def test_a_watcher_refused_by_max_watchers_is_told_why_in_words_that_fit(tmp_path: Path) -> None:
+    """It said "0 watchers already" of a server that takes none, and "1 watchers already"."""
+    for bound, said in (("0", "this server takes no watchers (--max-watchers 0)"),
+                        ("1", "the server's 1 watcher slots (--max-watchers) are all taken")):
+        srv = start_server(tmp_path, "--max-watchers", bound, name=f"w{bound}")
+        first = None
+        try:
+            if bound == "1":   # its one slot taken by a watcher that reads
+                first = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target,
+                                          "--dashboard", "never"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True)
+                assert first.stderr is not None and first.stderr.readline().startswith("watching ")
+            done = cli("watch", "--target", srv.target, timeout=EVIDENCE_WAIT * 2)
+            assert done.returncode == 1
+            assert said in done.stderr and "watchers already" not in done.stderr, done.stderr
+        finally:
+            if first is not None:
+                first.kill()
+                first.wait(EVIDENCE_WAIT)
+            srv.stop()
