@@ -405,7 +405,12 @@ class PipeServicer:
                 run.record_abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, _STOPPING)
                 raise asyncio.CancelledError() from None
             call.cancel_seen(ABORTIVE)
-            await call.until_polled()   # a polling handler works on until its next poll sees it
+            try:
+                await call.until_polled()   # a polling handler works on until its next poll sees it
+            except asyncio.CancelledError:
+                if not (run.overdue or call.stopping):
+                    raise
+                call.test_cancel(at_outcome=True)   # cut short by --max-hold or the stop: it looks once more
             self._end_after_abortive(run)   # ends per the on-cancel policy
             raise asyncio.CancelledError() from None
         return None

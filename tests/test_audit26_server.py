@@ -422,3 +422,26 @@ def test_a_watcher_refused_by_max_watchers_is_told_why_in_words_that_fit(tmp_pat
                 first.kill()
                 first.wait(EVIDENCE_WAIT)
             srv.stop()
+
+
+# -- a polling pipe cancelled by its caller, its next poll after --max-hold --------------------------------
+def test_a_polling_pipe_cut_by_max_hold_before_its_next_poll_ends_per_its_policy_not_as_a_handler_error(
+        tmp_path: Path) -> None:
+    """The handler works on until its next poll sees the abortive cancel; the max-hold watchdog
+    cancelled it there, and the call ended "fatal 1726 handler error: CancelledError" with no
+    message counts, which `callstate check` took for a pipe count mismatch."""
+    srv = start_server(tmp_path, "--max-hold", "1")
+    client_log = tmp_path / "client.jsonl"
+    try:
+        for kind, policy, code in (("out", "abort", codes.RPC_S_CALL_CANCELLED), ("in", "complete", 0)):
+            done = cli("call", "--target", srv.target, "--pipe", kind, "--outcome", "hold", "--on-cancel", policy,
+                       "--cancel-poll-ms", "60000", "--cancel-after", "0.3", "--log-file", str(client_log),
+                       "--json", timeout=EVIDENCE_WAIT * 2)
+            assert done.returncode == 1 and "1818" in done.stderr, done.stderr   # the caller's own abortive cancel
+            call_id = read_entries(client_log)[-1]["call_id"]
+            end = final(srv.wait_entries(call_id))
+            assert (end["code"], end["move"]) != (codes.RPC_S_CALL_FAILED, FATAL), end
+            assert end["code"] == code and "sent" in end and "received" in end, end
+    finally:
+        assert srv.stop() == 0
+    check_ok(srv.log, client_log)
