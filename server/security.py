@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import re
 import socket
 import ssl
 from typing import Any, Awaitable, Callable
@@ -34,8 +35,12 @@ def server_credentials(cert: bytes, key: bytes, client_ca: bytes | None) -> grpc
 def check_client_ca(pem: bytes, source: object) -> None:
     """ValueError naming the file unless the client CA holds a certificate: grpc would refuse it
     only by failing to bind, with no word of the CA."""
+    # only the certificate blocks: text around them (openssl's "Bag Attributes", a subject in UTF-8) is no concern
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.DOTALL)
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=pem.decode("ascii"))
+        if not blocks:
+            raise ssl.SSLError("no certificate")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=b"\n".join(blocks).decode("ascii"))
     except (ssl.SSLError, UnicodeDecodeError):
         name = repr(str(source)) if not isinstance(source, bytes) else "(given as bytes)"
         raise ValueError(f"the TLS client CA {name} holds no usable certificate (a CA certificate in PEM: "

@@ -106,6 +106,12 @@ def test_a_client_ca_without_a_certificate_is_named_not_taken_for_a_bind_failure
                            "--tls-client-ca", str(bad), cwd=tmp_path)
         assert f"the TLS client CA '{bad}' holds no usable certificate" in line, line
         assert "bind" not in line
+    # and a sound CA with text around its certificate (openssl's Bag Attributes, a subject in UTF-8) serves
+    ca = tmp_path / "ca-with-attributes.pem"
+    ca.write_bytes("Bag Attributes\n    subject=/CN=Jürgen CA\n".encode() + tls.ca.read_bytes())
+    srv = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                       "--tls-client-ca", str(ca))
+    assert srv.stop() == 0
 
 
 # -- a port that cannot be bound: why -----------------------------------------------------------------
