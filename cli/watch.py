@@ -116,6 +116,7 @@ class _Watch:
         self.seen = 0
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
+        self.stopped: list[str] = []   # targets whose server ended their stream (it is stopping)
 
     async def counters(self) -> int:
         """Print the counters once (summed over the targets)."""
@@ -166,6 +167,8 @@ class _Watch:
             await self._until_over(readers, stop)
         finally:
             await self._close(readers, streams)
+        for target in self.stopped:   # said once the dashboard is gone, or the watch would just fall silent
+            print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
         for reader in readers:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
@@ -232,9 +235,7 @@ class _Watch:
         except grpc.aio.AioRpcError:
             self.failed = target
             raise
-        # the server ends the streams only when it stops (after every call's End): said, or the
-        # watch would just fall silent and exit as if it had been asked to
-        print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
+        self.stopped.append(target)   # the server ends the streams only when it stops (after every call's End)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
         print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"
