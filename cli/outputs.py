@@ -50,3 +50,11 @@ def clash(outputs: Iterable[tuple[str, str | Path | None]], inputs: Iterable[tup
                 return f"{flag} {path} is the same file as {other} {other_path}: writing one would replace the other"
         seen.append((flag, path))
     return ""
+
+
+def output_problem(reports: Iterable[str | None], outputs: Iterable[tuple[str, str | Path | None]],
+                   inputs: Iterable[tuple[str, str | Path]] = ()) -> str:
+    """Why a command cannot start ("" when it can): one of its `reports` (written whole once it
+    has run; None for none) cannot be written, or one of its `outputs` is another output or one
+    of the `inputs` it reads (`clash`). Checked before anything is created or emptied."""
+    return next((why for why in map(writable, filter(None, reports)) if why), "") or clash(outputs, inputs)

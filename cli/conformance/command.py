@@ -130,7 +130,7 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.cli.conformance.report import failed, junit_xml, table, to_json
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
-    from callstate.cli.outputs import clash, writable
+    from callstate.cli.outputs import output_problem
     from callstate.files import write_atomically
 
     cfg = BatteryConfig(calls=opts.calls, concurrency=opts.concurrency, small_bytes=opts.small_bytes,
@@ -156,11 +156,9 @@ def run(opts: argparse.Namespace) -> int:
         outputs(why)
         return 2
 
-    for why in (*map(writable, filter(None, (opts.report, opts.junit_xml))),
-                clash((("--report", opts.report), ("--junit-xml", opts.junit_xml)))):
-        if why:   # fail now, not after the run; nothing is created or emptied
-            print(f"callstate conformance: {why}", file=sys.stderr)
-            return 2
+    if why := output_problem((opts.report, opts.junit_xml), (("--report", opts.report), ("--junit-xml", opts.junit_xml))):
+        print(f"callstate conformance: {why}", file=sys.stderr)   # before the run: nothing created or emptied
+        return 2
     from callstate.script import Limits
     if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
         return usage(f"--max-bytes {opts.max_bytes} is over the largest reply ({Limits().max_reply_bytes})")

@@ -13,7 +13,7 @@ from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load.run import LoadConfig, LoadRun
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
-from callstate.cli.outputs import clash, writable
+from callstate.cli.outputs import output_problem
 from callstate.files import write_atomically
 from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
                                  on_cancel_mix, outcome_mix, pipe_cancel_points, pipe_shares,
@@ -228,10 +228,9 @@ def _prepare(opts: argparse.Namespace, config: LoadConfig) -> LoadRun:
 
     if opts.html and (why := html_report.available()):
         raise _Stop(why)
-    for why in (*map(writable, filter(None, (opts.report, opts.html))),
-                clash((("--log-file", opts.log_file), ("--report", opts.report), ("--html", opts.html)))):
-        if why:   # nothing is created or emptied, and the state log is never written over
-            raise _Stop(why)
+    if why := output_problem((opts.report, opts.html),
+                             (("--log-file", opts.log_file), ("--report", opts.report), ("--html", opts.html))):
+        raise _Stop(why)   # nothing is created or emptied, and the state log is never written over
     try:
         load_run = LoadRun(config)
     except OSError as exc:

@@ -10,7 +10,7 @@ import orjson
 from callstate.cli import COMMANDS
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
-from callstate.cli.outputs import clash, writable
+from callstate.cli.outputs import output_problem
 from callstate.files import write_atomically
 from callstate.statelog import LogFormatError
 
@@ -48,10 +48,9 @@ def run(opts: argparse.Namespace) -> int:
         return 2
     try:
         logs = log_paths(opts.logs)
-        for why in (*map(writable, filter(None, (opts.html, opts.json))),
-                    clash((("--html", opts.html), ("--json", opts.json)), [("the log", log) for log in logs])):
-            if why:   # fail before reading, not after: nothing is created or emptied, no log overwritten
-                raise OSError(why)
+        if why := output_problem((opts.html, opts.json), (("--html", opts.html), ("--json", opts.json)),
+                                 [("the log", log) for log in logs]):
+            raise OSError(why)   # fail before reading, not after: nothing is created or emptied, no log overwritten
         report = build_from_files(logs, warn=lambda text: print(f"callstate report: warning: {text}", file=sys.stderr),
                                   title=opts.title, allow_one_side=opts.allow_one_side)
         html_report.write(report, opts.html)
