@@ -390,6 +390,14 @@ def test_a_missing_import_names_the_line_that_imports_it(protos: Path) -> None:
         f"imported at {protos / 'acme/orders/v2/orders.proto'}:3:1)")
 
 
+def test_a_folder_given_as_a_proto_is_named_a_folder(protos: Path) -> None:
+    """Before: "protos: no such .proto file", of a folder that is there."""
+    out = cli("serve", "--port", "0", "--no-state-log", "--proto", str(protos))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"callstate serve: {protos}: a folder, not a .proto file: give each file to serve "
+                                  "(their imports are looked up under --proto-path)")
+
+
 def test_two_protos_of_one_name_in_two_folders_say_to_give_the_proto_path(tmp_path: Path) -> None:
     """v1/api.proto and v2/api.proto with no --proto-path: before, protoc's "Input is shadowed in
     the --proto_path ... reorder the --proto_path", of a flag the user never gave (nor can spell so)."""
