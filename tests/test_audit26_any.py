@@ -591,3 +591,16 @@ def test_a_users_file_whose_names_are_the_servers_with_other_fields_is_still_ref
         "callstate serve: callstate/v1/mine.proto: cannot be served beside the server's own services (Couldn't build "
         "proto file into descriptor pool: duplicate symbol 'callstate.v1.Script')")
 
+
+
+def test_the_start_line_counts_one_method_in_the_singular(tmp_path: Path) -> None:
+    (tmp_path / "ping.proto").write_text('syntax = "proto3";\npackage ping.v1;\nmessage P {}\n'
+                                         'service Pinger { rpc Ping(P) returns (P); }\n')
+    srv = start_server(tmp_path, "--proto", str(tmp_path / "ping.proto"), name="one-method")
+    try:
+        deadline = time.monotonic() + 30
+        while "standing in for" not in (text := srv.stderr.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "standing in for ping.v1.Pinger (1 method; rules: none)" in text, text
+    finally:
+        srv.stop()
