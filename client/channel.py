@@ -122,4 +122,7 @@ class ChannelSettings:
                         "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
         elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
+        elif status == grpc.StatusCode.UNIMPLEMENTED:
+            hint = ("the server does not serve this method; a callstate server serves a user's methods only as "
+                    "a stand-in, started with the schema: serve --proto, --descriptor-set or --reflect-from")
         return f"{text} ({hint})" if text and hint else text or hint

@@ -604,3 +604,15 @@ def test_the_start_line_counts_one_method_in_the_singular(tmp_path: Path) -> Non
         assert "standing in for ping.v1.Pinger (1 method; rules: none)" in text, text
     finally:
         srv.stop()
+
+
+def test_a_users_method_called_on_a_server_that_does_not_serve_it_says_why(shared_server: ServerProcess) -> None:
+    # a plain callstate serve (not a stand-in) answers a user's method UNIMPLEMENTED
+    protos = ROOT / "tests" / "protos"
+    result = cli("call", "--target", shared_server.target, "--method", "shop.v1.Shop/Charge",
+                 "--proto", str(protos / "shop" / "v1" / "shop.proto"), "--proto-path", str(protos),
+                 "--data", '{"order_id": "o-1"}', timeout=60)
+    assert result.returncode == 1, result.stderr
+    final_line = result.stderr.strip().splitlines()[-1]
+    assert final_line.startswith("final: 1726 RPC_S_CALL_FAILED: Method not found! (the server does not serve "
+                                 "this method; a callstate server serves a user's methods only as a stand-in"), final_line
