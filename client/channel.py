@@ -89,9 +89,13 @@ class ChannelSettings:
 
     def aio_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
         creds = self.credentials()
-        if creds is None:
-            return grpc.aio.insecure_channel(target, options=self.options(options))
-        return grpc.aio.secure_channel(target, creds, options=self.options(options))
+        try:
+            if creds is None:
+                return grpc.aio.insecure_channel(target, options=self.options(options))
+            return grpc.aio.secure_channel(target, creds, options=self.options(options))
+        except RuntimeError as exc:   # no loop running, and the thread's default one already used up
+            raise RuntimeError(f"an AsyncClient belongs to an event loop: make it inside the loop that uses it "
+                               f"(in a coroutine run by asyncio.run(), say) [{exc}]") from exc
 
     def sync_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
         creds = self.credentials()
@@ -118,4 +122,7 @@ class ChannelSettings:
                         "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
         elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
+        elif status == grpc.StatusCode.UNIMPLEMENTED:
+            hint = ("the server does not serve this method; a callstate server serves a user's methods only as "
+                    "a stand-in, started with the schema: serve --proto, --descriptor-set or --reflect-from")
         return f"{text} ({hint})" if text and hint else text or hint

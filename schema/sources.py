@@ -65,6 +65,9 @@ def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
     if not protos:
         raise SchemaError("no .proto file given")
     for proto in protos:
+        if Path(proto).is_dir():
+            raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
+                              "looked up under --proto-path)")
         if not Path(proto).is_file():
             raise SchemaError(f"{proto}: no such .proto file")
     for inc in proto_paths:

@@ -300,7 +300,7 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     if srv.standin is not None:
         from callstate.rules import describe
         print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({len(srv.standin.methods)} "
-              f"methods; rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
+              f"method{'' if len(srv.standin.methods) == 1 else 's'}; rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
               file=ready, flush=True)
     await stop.wait()
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)

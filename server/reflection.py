@@ -50,19 +50,26 @@ def server_pool(schema: Schema | None = None) -> DescriptorPool:
 
     from callstate.v1 import callstate_pb2 as pb
 
-    files = [] if schema is None else [schema.pool.FindFileByName(f.name) for f in schema.files.file]
-    return build_pool([pb.DESCRIPTOR, health_pb2.DESCRIPTOR, *files])
+    users = [] if schema is None else [schema.pool.FindFileByName(f.name) for f in schema.files.file]
+    return build_pool([pb.DESCRIPTOR, health_pb2.DESCRIPTOR], users)
 
 
-def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.FileDescriptorProto] = ()) -> DescriptorPool:
-    """A pool with `own` files (and their imports) from the default pool, then `extra` (a
-    stand-in's schema, in dependency order); a file already in it is not added twice. Two
-    files of one name and different packages cannot both be in it: a ValueError says so
-    (reflection would list the second one's services and describe none of them)."""
+def build_pool(own: Iterable[FileDescriptor], users: Iterable[FileDescriptor] = ()) -> DescriptorPool:
+    """A pool with the server's `own` files (and their imports, and reflection v1's), then a
+    stand-in's schema, `users`' files, each after its imports; a file already in it is not
+    added twice.
+
+    A user's file whose symbols the server's own files already hold (grpc/health/v1/health.proto,
+    as Go and Java servers name the file grpcio calls grpc_health/v1/health.proto: in a schema
+    read by --reflect-from, or vendored among the .proto files) gives way to the server's file,
+    and the files that import it import that one. Two files of one name and different packages
+    cannot both be in it: a ValueError says so (reflection would list the second one's services
+    and describe none of them)."""
     pool = DescriptorPool()
-    added: dict[str, str] = {}   # file name -> its package
+    added: dict[str, str] = {}        # file name -> its package
+    given_way: dict[str, str] = {}    # a user's file -> the server's own file that holds its symbols
 
-    def add_once(proto: descriptor_pb2.FileDescriptorProto) -> bool:
+    def fresh(proto: descriptor_pb2.FileDescriptorProto) -> bool:
         package = added.get(proto.name)
         if package is None:
             return True
@@ -72,23 +79,82 @@ def build_pool(own: Iterable[FileDescriptor], extra: Sequence[descriptor_pb2.Fil
         return False   # the same file (a schema read from another callstate server lists callstate's own)
 
     def add_own(fd: FileDescriptor) -> None:
-        if fd.name in added and added[fd.name] == fd.package:
+        if fd.name in added:
             return
         for dep in fd.dependencies:
             add_own(dep)
         proto = descriptor_pb2.FileDescriptorProto()
         fd.CopyToProto(proto)
-        if add_once(proto):
-            add_file(pool, proto)
-            added[proto.name] = proto.package
+        add_file(pool, proto)
+        added[proto.name] = proto.package
+
+    def add_user(fd: FileDescriptor) -> None:
+        if fd.name in given_way or added.get(fd.name) == fd.package:
+            return
+        for dep in fd.dependencies:
+            add_user(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        fd.CopyToProto(proto)
+        if not fresh(proto):
+            return
+        proto.dependency[:] = [given_way.get(dep, dep) for dep in proto.dependency]
+        held_by = _own_file_holding(pool, proto)
+        if held_by is not None:
+            given_way[proto.name] = held_by
+            return
+        add_file(pool, proto)
+        added[proto.name] = proto.package
 
     for fd in (rpb.DESCRIPTOR, *own):
         add_own(fd)
-    for proto in (v1_file(), *extra):
-        if add_once(proto):
-            add_file(pool, proto)
-            added[proto.name] = proto.package
+    v1 = v1_file()
+    add_file(pool, v1)
+    added[v1.name] = v1.package
+    for fd in users:
+        add_user(fd)
     return pool
+
+
+def _own_file_holding(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) -> str | None:
+    """The file already in `pool` that defines every top-level symbol of `proto`, each message
+    and enum alike field for field (None: not one; then adding `proto` says what clashes)."""
+    names = [*proto.message_type, *proto.enum_type, *proto.service]
+    if not names:   # extensions only (google/api/annotations.proto): nothing to be held
+        return None
+    prefix = f"{proto.package}." if proto.package else ""
+    try:
+        holders = {pool.FindFileContainingSymbol(prefix + item.name).name for item in names}
+    except KeyError:
+        return None
+    if len(holders) != 1:
+        return None
+    held = descriptor_pb2.FileDescriptorProto()
+    pool.FindFileByName(next(iter(holders))).CopyToProto(held)
+    theirs = {m.name: _shape(m) for m in (*held.message_type, *held.enum_type)}
+    if any(theirs.get(m.name) != _shape(m) for m in (*proto.message_type, *proto.enum_type)):
+        return None   # the same names, other fields: not the server's to stand for
+    return held.name
+
+
+def _shape(definition: descriptor_pb2.DescriptorProto | descriptor_pb2.EnumDescriptorProto) -> bytes:
+    """A message or enum as the wire sees it: options and JSON names left out (copies differ there)."""
+    copy = type(definition)()
+    copy.CopyFrom(definition)
+    _strip(copy)
+    return copy.SerializeToString(deterministic=True)
+
+
+def _strip(definition: descriptor_pb2.DescriptorProto | descriptor_pb2.EnumDescriptorProto) -> None:
+    definition.ClearField("options")
+    if isinstance(definition, descriptor_pb2.EnumDescriptorProto):
+        for value in definition.value:
+            value.ClearField("options")
+        return
+    for field in definition.field:
+        field.ClearField("json_name")
+        field.ClearField("options")
+    for nested in (*definition.nested_type, *definition.enum_type):
+        _strip(nested)
 
 
 def add_file(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) -> None:

@@ -390,6 +390,14 @@ def test_a_missing_import_names_the_line_that_imports_it(protos: Path) -> None:
         f"imported at {protos / 'acme/orders/v2/orders.proto'}:3:1)")
 
 
+def test_a_folder_given_as_a_proto_is_named_a_folder(protos: Path) -> None:
+    """Before: "protos: no such .proto file", of a folder that is there."""
+    out = cli("serve", "--port", "0", "--no-state-log", "--proto", str(protos))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"callstate serve: {protos}: a folder, not a .proto file: give each file to serve "
+                                  "(their imports are looked up under --proto-path)")
+
+
 def test_two_protos_of_one_name_in_two_folders_say_to_give_the_proto_path(tmp_path: Path) -> None:
     """v1/api.proto and v2/api.proto with no --proto-path: before, protoc's "Input is shadowed in
     the --proto_path ... reorder the --proto_path", of a flag the user never gave (nor can spell so)."""
@@ -490,3 +498,121 @@ def test_a_schema_with_the_any_type_under_a_vendored_file_name_still_loads(tmp_p
                                       "service S { rpc Do(google.protobuf.Any) returns (google.protobuf.Any); }\n")
     schema = from_protos([tmp_path / "s.proto"], [tmp_path])
     assert sorted(schema.methods) == ["t.S/Do"]
+
+
+# -- grpc/health/v1/health.proto, as Go and Java servers name it ---------------------------------
+
+HEALTH = """\
+syntax = "proto3";
+package grpc.health.v1;
+option go_package = "google.golang.org/grpc/health/grpc_health_v1";
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health {
+  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
+  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
+}
+"""
+
+
+def health_tree(root: Path) -> Path:
+    """An app whose service imports the standard health proto, vendored where grpc-proto keeps it."""
+    (root / "grpc/health/v1").mkdir(parents=True)
+    (root / "grpc/health/v1/health.proto").write_text(HEALTH)
+    (root / "app").mkdir()
+    (root / "app/app.proto").write_text(
+        'syntax = "proto3";\npackage app.v1;\nimport "grpc/health/v1/health.proto";\n'
+        "service App { rpc Probe(grpc.health.v1.HealthCheckRequest) returns (grpc.health.v1.HealthCheckResponse); }\n")
+    return root
+
+
+def test_a_vendored_health_proto_gives_way_to_the_servers_own(tmp_path: Path) -> None:
+    """Before: `callstate serve` refused the schema ("cannot be served beside the server's own
+    services ... duplicate symbol 'grpc.health.v1.HealthCheckRequest'"): grpcio names the file
+    grpc_health/v1/health.proto, the user's copy (and Go's, Java's) grpc/health/v1/health.proto."""
+    root = health_tree(tmp_path)
+    srv = start_server(tmp_path, "--proto", str(root / "app/app.proto"), "--proto",
+                       str(root / "grpc/health/v1/health.proto"), "--proto-path", str(root), "--mix", "complete=100")
+    try:
+        described = run_grpcurl(srv.target, "describe", "app.v1.App")
+        assert "rpc Probe ( .grpc.health.v1.HealthCheckRequest )" in described.stdout, described.stderr
+        out = grpcurl_call(srv, "app.v1.App/Probe", {"service": "x"}, "audit26-health-1")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert final(srv.wait_entries("audit26-health-1"))["code"] == 0
+    finally:
+        srv.stop()
+
+
+def test_reflect_from_a_server_that_serves_health_as_go_names_it(tmp_path: Path) -> None:
+    """Before: `--reflect-from` a server registering health as Go does (the file
+    grpc/health/v1/health.proto) stopped at start with the duplicate-symbol line: a stand-in
+    could not be made from most real servers' reflection."""
+    from concurrent import futures
+
+    import grpc
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha import reflection
+
+    root = health_tree(tmp_path)
+    schema = from_protos([root / "app/app.proto"], [root])
+    pool = descriptor_pool.DescriptorPool()
+    for file in schema.files.file:
+        pool.Add(file)
+    real = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    reflection.enable_server_reflection(("app.v1.App", "grpc.health.v1.Health", reflection.SERVICE_NAME), real,
+                                        pool=pool)
+    port = real.add_insecure_port("127.0.0.1:0")
+    real.start()
+    try:
+        srv = start_server(tmp_path, "--reflect-from", f"127.0.0.1:{port}", "--mix", "complete=100")
+        try:
+            out = grpcurl_call(srv, "app.v1.App/Probe", {"service": "x"}, "audit26-health-2")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert final(srv.wait_entries("audit26-health-2"))["code"] == 0
+        finally:
+            srv.stop()
+    finally:
+        real.stop(None)
+
+
+def test_a_users_file_whose_names_are_the_servers_with_other_fields_is_still_refused(tmp_path: Path) -> None:
+    """Giving way is for copies: a callstate.v1.Script of other fields would be described wrongly."""
+    (tmp_path / "callstate/v1").mkdir(parents=True)
+    (tmp_path / "callstate/v1/mine.proto").write_text(
+        'syntax = "proto3";\npackage callstate.v1;\nmessage Script { string a = 1; }\n')
+    (tmp_path / "mine.proto").write_text('syntax = "proto3";\npackage mine;\nimport "callstate/v1/mine.proto";\n'
+                                         "service S { rpc Do(callstate.v1.Script) returns (callstate.v1.Script); }\n")
+    out = cli("serve", "--port", "0", "--no-state-log", "--proto", str(tmp_path / "mine.proto"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "callstate serve: callstate/v1/mine.proto: cannot be served beside the server's own services (Couldn't build "
+        "proto file into descriptor pool: duplicate symbol 'callstate.v1.Script')")
+
+
+
+def test_the_start_line_counts_one_method_in_the_singular(tmp_path: Path) -> None:
+    (tmp_path / "ping.proto").write_text('syntax = "proto3";\npackage ping.v1;\nmessage P {}\n'
+                                         'service Pinger { rpc Ping(P) returns (P); }\n')
+    srv = start_server(tmp_path, "--proto", str(tmp_path / "ping.proto"), name="one-method")
+    try:
+        deadline = time.monotonic() + 30
+        while "standing in for" not in (text := srv.stderr.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "standing in for ping.v1.Pinger (1 method; rules: none)" in text, text
+    finally:
+        srv.stop()
+
+
+def test_a_users_method_called_on_a_server_that_does_not_serve_it_says_why(shared_server: ServerProcess) -> None:
+    # a plain callstate serve (not a stand-in) answers a user's method UNIMPLEMENTED
+    protos = ROOT / "tests" / "protos"
+    result = cli("call", "--target", shared_server.target, "--method", "shop.v1.Shop/Charge",
+                 "--proto", str(protos / "shop" / "v1" / "shop.proto"), "--proto-path", str(protos),
+                 "--data", '{"order_id": "o-1"}', timeout=60)
+    assert result.returncode == 1, result.stderr
+    final_line = result.stderr.strip().splitlines()[-1]
+    assert final_line.startswith("final: 1726 RPC_S_CALL_FAILED: Method not found! (the server does not serve "
+                                 "this method; a callstate server serves a user's methods only as a stand-in"), final_line

@@ -37,7 +37,13 @@ def test_an_async_client_made_outside_the_loop_refuses_its_calls_and_pipes(
     # made at module level (no loop running), used in asyncio.run(): grpc.aio's channel belongs
     # to the thread's default loop, and a call made on another loop would fail when awaited
     log = tmp_path / "client.jsonl"
-    client = AsyncClient(shared_server.target, log=log)
+    home = asyncio.new_event_loop()   # the thread's current loop, not running, as at a module's import
+    asyncio.set_event_loop(home)
+    try:
+        client = AsyncClient(shared_server.target, log=log)
+    finally:
+        asyncio.set_event_loop(None)
+    assert client._channel._loop is home
 
     async def use() -> list[CallError]:
         refused = []
@@ -51,8 +57,7 @@ def test_an_async_client_made_outside_the_loop_refuses_its_calls_and_pipes(
     assert [e.code for e in refused] == [codes.RPC_S_INVALID_ASYNC_CALL] * 2
     assert all("belongs to another event loop" in e.details and "closed" not in e.details for e in refused)
     assert not client._live
-    home = client._channel._loop   # the loop it belongs to closes it
-    home.run_until_complete(client.close())
+    home.run_until_complete(client.close())   # the loop it belongs to closes it
     home.close()
     _ended_unmade(log, codes.RPC_S_INVALID_ASYNC_CALL)
     assert check_files([log, shared_server.log]).ok
@@ -77,6 +82,12 @@ def test_an_async_client_from_a_closed_loop_says_so(shared_server: ServerProcess
     client.closed = True   # its loop is gone: nothing left to close but the log
     client._close_log()
     _ended_unmade(log, codes.RPC_S_INVALID_ASYNC_CALL)
+
+
+def test_an_async_client_made_with_no_loop_to_belong_to_says_where_to_make_it() -> None:
+    asyncio.set_event_loop(None)   # as after an asyncio.run(): no loop running, none current
+    with pytest.raises(RuntimeError, match=r"make it inside the loop that uses it"):
+        AsyncClient("127.0.0.1:1")
 
 
 class _Refusing:
