@@ -205,12 +205,21 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: Failed to parse JSON: {type(exc).__name__}: "
                           f"{exc}") from None
     except json_format.ParseError as exc:
-        own_json = cls.DESCRIPTOR.full_name.startswith("google.protobuf.")   # Timestamp's is a string, ...
+        own_json = well_known(cls.DESCRIPTOR.full_name)   # Timestamp's is a string, ...
         why = (not own_json and _not_an_object(data)) or " ".join(str(exc).split())
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {why}") from None
     if not partial:
         require_initialized(msg, where)
     return msg
+
+
+WELL_KNOWN = "google.protobuf."
+
+
+def well_known(full_name: str) -> bool:
+    """A protobuf well-known type (Timestamp, Struct, Any, a wrapper, ...): its JSON form is its
+    own (a string, a value, `@type`), not an object of its fields."""
+    return full_name.startswith(WELL_KNOWN)
 
 
 def require_initialized(msg: Message, where: str) -> None:
