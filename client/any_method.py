@@ -113,8 +113,9 @@ class MethodRequest:
         from callstate.schema.model import require_initialized
 
         proto = script.to_proto() if isinstance(script, Script) else script
-        message = request_message(method, request)
-        require_initialized(message, method.name)   # None too: the empty message of a proto2 type may not do
+        message = request_message(method, request)   # checked whole, when given
+        if request is None:   # the empty message it stands for: a proto2 type's required fields may not do
+            require_initialized(message, method.name)
         return cls(method, message, call_id, cancel_key, proto)
 
     def validate(self) -> None:
