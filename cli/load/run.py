@@ -221,13 +221,18 @@ class LoadRun:
 
     def _count_paths(self, plan: Plan, cancelled: bool) -> None:
         self.paths[self._outcome_path(plan)] += 1
-        if not (plan.cancel and cancelled):   # a cancel drawn for a call that ended first is no path it took
-            return
-        if plan.ends_hold:   # not a cancel the user asked for: the end of a held call, counted apart
-            self.paths["hold-for"] += 1   # (not when the server's --max-hold ended it first)
+        if plan.cancel and cancelled:   # a cancel drawn for a call that ended first is no path it took
+            self._count_cancel(plan, plan.cancel, f"cancel-at-{plan.point.kind}")  # type: ignore[union-attr]
+
+    def _count_cancel(self, plan: Plan, cancel: str, at: str) -> None:
+        """A cancel the call or pipe took (it entered Can): its kind and point, or, for a held one
+        not in the cancelled share, the generator's own end of it, counted apart (and not when
+        the server's --max-hold ended it first: it never entered Can)."""
+        if plan.ends_hold:
+            self.paths["hold-for"] += 1
         else:
-            self.paths[f"cancel-{plan.cancel}"] += 1
-            self.paths[f"cancel-at-{plan.point.kind}"] += 1  # type: ignore[union-attr]
+            self.paths[f"cancel-{cancel}"] += 1
+            self.paths[at] += 1
 
     def _record(self, code: int, t0: float) -> None:
         """One call ended with `code`, started at `t0`."""
@@ -259,12 +264,8 @@ class LoadRun:
             code = err.code
         finally:
             self.in_flight -= 1
-            if point is not None and CAN in pipe.history:   # as for calls: a cancel it took
-                if plan.ends_hold:   # a held pipe not in the cancelled share: ended by the generator, apart
-                    self.paths["hold-for"] += 1
-                else:
-                    self.paths[f"cancel-{cancel}"] += 1
-                    self.paths[f"pipe-cancel-at-{point.kind}"] += 1
+            if point is not None and cancel is not None and CAN in pipe.history:   # as for calls
+                self._count_cancel(plan, cancel, f"pipe-cancel-at-{point.kind}")
         self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------
