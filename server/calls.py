@@ -240,6 +240,11 @@ class ServerCall(CallRecord):
             self._timer = None
 
 
+# How a call the server's stop cuts short ends: (code, status, message), the same for calls and pipes.
+STOPPING: tuple[int, grpc.StatusCode, str] = (codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
+                                               "server is shutting down")
+
+
 # What the wake-up timers run in: `_wake_up` reads no context variable, so no copy of the
 # handler's context is made and kept per held call (call_later's default).
 _TIMER_CONTEXT = contextvars.Context()

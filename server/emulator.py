@@ -23,7 +23,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
-from callstate.server.calls import FatalHandlerError, ServerCall, send_abort, send_fatal
+from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
 from callstate.server.dispatch import Dispatcher, Refusal, bad_key, refuse
 from callstate.server.journal import Journal
@@ -160,7 +160,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"over the in-flight limit ({self.config.max_in_flight})")
         if self.dispatcher.stopping:
-            return codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "server is shutting down"
+            return STOPPING
         return None
 
     async def _run(self, call: ServerCall, script: pb.Script, outcome: int, request: Any,
@@ -178,8 +178,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return await self._abort(call, context, codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED,
                                      f"cancelled by the caller ({call.cancel_kind})")
         if call.stopping:
-            return await self._abort(call, context, codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
-                                     "server is shutting down")
+            return await self._abort(call, context, *STOPPING)
         if overran or hold:   # a hold reaches its outcome only at --max-hold (0: at once; no wait ran)
             return await self._abort(call, context, codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                                      f"held for the server's max hold time ({max_hold:g}s)" if hold else

@@ -33,7 +33,7 @@ from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, 
 from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validate_pipe
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, ScriptError, cancel_poll_ms
 from callstate.server.answer import Answer
-from callstate.server.calls import ServerCall, send_abort, send_fatal
+from callstate.server.calls import STOPPING, ServerCall, send_abort, send_fatal
 from callstate.server.dispatch import Dispatcher, bad_key, refuse
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
@@ -49,7 +49,6 @@ _BEFORE, _AFTER_IN, _AFTER_OUT, _AFTER_HC, _END = (pb.PIPE_POINT_BEFORE_FIRST, p
 _HALF_CLOSE_GRACE = (0, 0, 0, 0.001, 0.004)
 # After the caller's null-push message, how long to wait for the end of its stream (END_STREAM).
 _END_AFTER_NULL_PUSH = 1.0
-_STOPPING = "server is shutting down"
 # How a cancel shows up on a write or read while gRPC tears the call down.
 _CANCEL_ERRORS = (asyncio.CancelledError, cygrpc.ExecuteBatchError, cygrpc.InternalError)
 
@@ -177,7 +176,7 @@ class PipeRun:
         call = self.call
         call.test_cancel()   # a polling handler: sees a waiting cancel once its poll instant came
         if call.stopping:
-            await self.abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, _STOPPING)
+            await self.abort(*STOPPING)
         if call.cancel_kind is not None and not self.ignore:
             if self.policy == pb.ON_CANCEL_COMPLETE:
                 self.complete()
@@ -402,7 +401,7 @@ class PipeServicer:
                 raise
             if call.stopping:   # not its caller: the server's stop, at the end of --grace (a write the caller
                 # never took held it up); its caller is told UNAVAILABLE
-                run.record_abort(codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, _STOPPING)
+                run.record_abort(*STOPPING)
                 raise asyncio.CancelledError() from None
             call.cancel_seen(ABORTIVE)
             try:
