@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, UNARY
 from callstate.pipe_script import validate_pipe
 from callstate.schema.model import (WELL_KNOWN, Method, Schema, SchemaError, message_from_json, normalise_method_name,
-                                    well_known)
+                                    is_well_known)
 from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 
@@ -315,7 +315,7 @@ def _reply(method: Method, value: Any, where: str) -> Message:
     is not an object (Timestamp, Duration, a wrapper, Value) that JSON value itself."""
     if isinstance(value, dict):
         return _message(method.response, value, where)
-    if not well_known(method.response.DESCRIPTOR.full_name):
+    if not is_well_known(method.response.DESCRIPTOR.full_name):
         raise RulesError(f"{where}: a mapping: the response in its JSON form")
     try:
         text = json.dumps(value)
@@ -333,7 +333,7 @@ def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[s
     desc = method.request.DESCRIPTOR
     if desc.full_name == ANY:   # a method that takes an Any (or a Struct, ...) itself
         return _restrict_any(full, pattern, desc.file.pool)
-    if well_known(desc.full_name):   # a Struct's JSON is its own: a subset of it matches
+    if is_well_known(desc.full_name):   # a Struct's JSON is its own: a subset of it matches
         return dict(full)
     return _restrict(full, pattern, desc)
 
@@ -351,7 +351,7 @@ def _restrict(full: Mapping[str, Any], given: Mapping[str, Any], desc: Descripto
                   and isinstance(value, dict))
         if single and sub.full_name == ANY:
             out[field.name] = _restrict_any(full.get(field.name) or {}, value, sub.file.pool)
-        elif single and not well_known(sub.full_name):
+        elif single and not is_well_known(sub.full_name):
             out[field.name] = _restrict(full.get(field.name) or {}, value, sub)
         else:
             out[field.name] = full.get(field.name)
@@ -364,7 +364,7 @@ def _restrict_any(full: Mapping[str, Any], given: Mapping[str, Any], pool: Any) 
     if "@type" not in given:   # `{}`: the empty Any
         return dict(full)
     packed = pool.FindMessageTypeByName(str(given["@type"]).rpartition("/")[2])   # parsed: so it is there
-    if well_known(packed.full_name):
+    if is_well_known(packed.full_name):
         return dict(full)
     return {"@type": full.get("@type"), **_restrict(full, {k: v for k, v in given.items() if k != "@type"}, packed)}
 

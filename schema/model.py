@@ -86,8 +86,7 @@ class Schema:
             except (TypeError, ValueError) as exc:
                 raise SchemaError(f"{file.name}: {exc}") from None
         for name in WELL_KNOWN_FILES:   # what an Any may carry beyond the user's own types
-            proto = _well_known(name)
-            if proto is not None and _absent(self.pool, name):
+            if _absent(self.pool, name) and (proto := _well_known(name)) is not None:
                 try:
                     self.pool.Add(proto)
                 except (TypeError, ValueError):   # the schema has these types under another file name
@@ -205,7 +204,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: Failed to parse JSON: {type(exc).__name__}: "
                           f"{exc}") from None
     except json_format.ParseError as exc:
-        own_json = well_known(cls.DESCRIPTOR.full_name)   # Timestamp's is a string, ...
+        own_json = is_well_known(cls.DESCRIPTOR.full_name)   # Timestamp's is a string, ...
         why = (not own_json and _not_an_object(data)) or " ".join(str(exc).split())
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: {why}") from None
     if not partial:
@@ -216,7 +215,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
 WELL_KNOWN = "google.protobuf."
 
 
-def well_known(full_name: str) -> bool:
+def is_well_known(full_name: str) -> bool:
     """A protobuf well-known type (Timestamp, Struct, Any, a wrapper, ...): its JSON form is its
     own (a string, a value, `@type`), not an object of its fields."""
     return full_name.startswith(WELL_KNOWN)
