@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 import pytest
@@ -102,6 +102,20 @@ def states(entries: list[dict[str, Any]]) -> list[str]:
 
 def final(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return next(e for e in entries if e["state"] == "End" and e["event"] == "enter")
+
+
+async def final_codes(calls: Iterable[Any]) -> list[int]:
+    """Await each call in turn: 0 for a reply, else its CallError's code."""
+    from callstate.errors import CallError
+
+    out = []
+    for call in calls:
+        try:
+            await call
+            out.append(0)
+        except CallError as err:
+            out.append(err.code)
+    return out
 
 
 def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None) -> ServerProcess:

@@ -129,35 +129,36 @@ def test_report_warns_about_a_cut_last_line_and_reports_the_rest(one_call: tuple
 
 # -- load's paths line counts the cancels the log holds --------------------------------------------
 
+def _held_load(target: str, tmp_path: Path, *args: str) -> tuple[Any, list[dict[str, Any]], dict[str, int]]:
+    """`callstate load --mix hold=100 --cancel none ARGS` to completion: its result, its client
+    log's entries and its report's paths."""
+    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+    result = cli("load", "--target", target, "--mix", "hold=100", "--cancel", "none", "--progress", "never",
+                 "--log-file", str(log), "--report", str(report), *args, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, read_entries(log), orjson.loads(report.read_bytes())["paths"]
+
+
 def test_load_counts_no_hold_for_end_when_the_server_ended_the_held_calls(tmp_path: Path) -> None:
     """Held calls ended by the server's --max-hold long before --hold-for: none was cancelled
     (no Can in the client's log), so the paths line has no `hold-for`."""
     srv = start_server(tmp_path, "--max-hold", "0.2", name="short-hold")
     try:
-        log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
-        result = cli("load", "--target", srv.target, "--calls", "4", "--concurrency", "4", "--mix", "hold=100",
-                     "--cancel", "none", "--hold-for", "600", "--progress", "never", "--log-file", str(log),
-                     "--report", str(report), timeout=120)
+        result, entries, paths = _held_load(srv.target, tmp_path, "--calls", "4", "--concurrency", "4",
+                                            "--hold-for", "600")
     finally:
         srv.stop()
-    assert result.returncode == 0, result.stdout + result.stderr
-    entries = read_entries(log)
     assert not [e for e in entries if e["state"] == CAN], "no call was cancelled"
     assert {e["code"] for e in entries if e["state"] == END} == {1460}   # RPC_S_TIMEOUT: the server's max hold
-    paths = orjson.loads(report.read_bytes())["paths"]
     assert paths == {"hold": 4}, paths
     assert "hold-for" not in result.stdout
 
 
 def test_load_counts_the_hold_for_ends_it_made(shared_server: ServerProcess, tmp_path: Path) -> None:
-    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
-    result = cli("load", "--target", shared_server.target, "--calls", "4", "--concurrency", "4", "--mix", "hold=100",
-                 "--cancel", "none", "--hold-for", "0.01", "--progress", "never", "--log-file", str(log),
-                 "--report", str(report), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    cancels = [e for e in read_entries(log) if e["state"] == CAN and e["event"] == ENTER]
-    assert len(cancels) == 4
-    assert orjson.loads(report.read_bytes())["paths"] == {"hold": 4, "hold-for": 4}
+    _, entries, paths = _held_load(shared_server.target, tmp_path, "--calls", "4", "--concurrency", "4",
+                                   "--hold-for", "0.01")
+    assert len([e for e in entries if e["state"] == CAN and e["event"] == ENTER]) == 4
+    assert paths == {"hold": 4, "hold-for": 4}
 
 
 # -- conformance's shares ----------------------------------------------------------------------------
@@ -355,14 +356,10 @@ def test_load_counts_held_pipes_it_ended_itself_as_hold_for_not_as_cancels_asked
         shared_server: ServerProcess, tmp_path: Path) -> None:
     """--cancel none: held pipes are still ended by the generator's own abortive cancel, which
     the paths line counts apart as hold-for (as for unary calls), not as cancel-abortive."""
-    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
-    result = cli("load", "--target", shared_server.target, "--calls", "6", "--concurrency", "3", "--pipes", "out=100",
-                 "--mix", "hold=100", "--cancel", "none", "--progress", "never", "--log-file", str(log),
-                 "--report", str(report), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    cancels = [e for e in read_entries(log) if e["state"] == CAN and e["event"] == ENTER]
-    assert len(cancels) == 6
-    assert orjson.loads(report.read_bytes())["paths"] == {"hold": 6, "hold-for": 6, "pipe-out": 6}
+    _, entries, paths = _held_load(shared_server.target, tmp_path, "--calls", "6", "--concurrency", "3",
+                                   "--pipes", "out=100")
+    assert len([e for e in entries if e["state"] == CAN and e["event"] == ENTER]) == 6
+    assert paths == {"hold": 6, "hold-for": 6, "pipe-out": 6}
 
 
 # -- help text says what the commands do -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from callstate import codes
 from callstate.files import check_key_pair
 from callstate.lifecycle import FATAL
 from tests.certs import TlsFiles, make_tls_files
-from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, final, read_entries, start_server
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, final, final_codes, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,7 +182,7 @@ def test_a_watcher_gets_every_end_when_a_server_with_grace_0_stops(tmp_path: Pat
 
     import grpc
 
-    from callstate.client import AsyncClient, CallError, Script
+    from callstate.client import AsyncClient, Script
     from callstate.v1 import callstate_pb2 as pb
     from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
@@ -203,13 +203,7 @@ def test_a_watcher_gets_every_end_when_a_server_with_grace_0_stops(tmp_path: Pat
                     await asyncio.sleep(0.05)
                 srv.proc.send_signal(signal.SIGTERM)
                 seen = [e async for e in stream]   # to the stream's end: an error here fails the test
-                got = []
-                for call in calls:
-                    try:
-                        await call
-                        got.append(0)
-                    except CallError as err:
-                        got.append(err.code)
+                got = await final_codes(calls)
         return seen, got
 
     try:

@@ -28,7 +28,7 @@ from callstate.lifecycle import END
 from callstate.script import Limits
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import ServerProcess, read_entries, start_server
+from tests.conftest import ServerProcess, final_codes, read_entries, start_server
 from tests.rawh2 import NeverReader
 
 SCALE = float(os.environ.get("CALLSTATE_ATTACK_SCALE", "1"))
@@ -231,14 +231,7 @@ def test_server_killed_with_calls_in_flight(tmp_path: Path) -> None:
             while counters(srv.target).in_flight < n and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             srv.proc.send_signal(signal.SIGKILL)
-            out = []
-            for call in calls:
-                try:
-                    await call
-                    out.append(0)
-                except CallError as err:
-                    out.append(err.code)
-            return out
+            return await final_codes(calls)
     try:
         results = asyncio.run(go())
     finally:

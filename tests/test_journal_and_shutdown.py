@@ -13,7 +13,7 @@ from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Script
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import ServerProcess, cli, final, start_server, states
+from tests.conftest import ServerProcess, cli, final, final_codes, start_server, states
 
 
 def test_journal_history_list_watch_counters(server: ServerProcess) -> None:
@@ -105,14 +105,7 @@ def test_graceful_stop_ends_every_call_and_flushes_the_log(tmp_path: Path, sig: 
             for c in calls:
                 await srv.await_entries(c.call_id, until=lambda es: states(es) == ["D"])
             srv.proc.send_signal(sig)
-            results = []
-            for c in calls:
-                try:
-                    await c
-                    results.append(0)
-                except CallError as err:
-                    results.append(err.code)
-            return results
+            return await final_codes(calls)
 
     results = asyncio.run(go())
     assert srv.proc.wait(15) == 0
