@@ -7,9 +7,10 @@ same field names.
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
 
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
@@ -165,6 +166,26 @@ def cancel_poll_ms(script: pb.Script | pb.PipeScript | None) -> int | None:
     return script.cancel_poll_ms if script is not None and script.HasField("cancel_poll_ms") else None
 
 
+def check_field_types(script: Any) -> None:
+    """ScriptError naming the first field of a `Script` or `PipeScript` whose value is not of its
+    default's kind (seconds: a finite number; a count or code: an int; a name: a str; a flag: a
+    bool), before protobuf or round() refuse it in words that name no field."""
+    for f in fields(script):
+        value, default = getattr(script, f.name), f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a str"
+        else:   # seconds (a float, or None: the server's own)
+            ok = (value is None and default is None) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                         and math.isfinite(value))
+            kind = "a finite number of seconds" + (" or None" if default is None else "")
+        if not ok:
+            raise ScriptError(f.name, f"must be {kind}, got {value!r}")
+
+
 def to_ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -189,6 +210,7 @@ class Script:
     cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
+        check_field_types(self)
         if self.outcome not in OUTCOMES:
             raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
         if self.on_cancel not in ON_CANCEL:

@@ -99,6 +99,8 @@ class Call(CallCore):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""
+        if self._rpc is None and not self.notified:   # never sent: no notification would come
+            raise self._unsent("wait")
         return self._notified.wait(timeout)
 
     def result(self, timeout: float | None = None) -> pb.CallReply:
@@ -118,7 +120,8 @@ class Client(ClientBase):
                 queue: Any = None, on_complete: Callable[[Call], None] | None = None,
                 method: "str | Method | None" = None, request: Any = None) -> Call:
         """A call in state C, not yet sent, as `AsyncClient.prepare` (callbacks run on gRPC's threads)."""
-        return Call(self, self._outgoing(script, payload, call_id, method, request))._subscribe(queue, on_complete)
+        call = Call(self, self._outgoing(script, payload, call_id, method, request, queue, on_complete))
+        return call._subscribe(queue, on_complete)
 
     def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Call:
         """Make the call (C -> WComp); returns the call object at once. See `prepare`."""

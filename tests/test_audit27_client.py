@@ -1,0 +1,221 @@
+"""The client library as a test engineer's harness uses it (audit 27): the sync and asyncio twins
+answer the same misuse with the same error, close() ends every call it logged (also one never
+started), and a wrong argument is one error naming it, raised before anything is logged."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from callstate import codes
+from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
+from callstate.lifecycle import START_FAILED
+from callstate.logfile import check_files
+from tests.conftest import ServerProcess, final, read_entries, states
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUND = 10.0   # a wait that must not be needed: with the defect it runs out, without it returns at once
+
+
+def _calls(log: Path) -> dict[str, list[dict[str, Any]]]:
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for e in read_entries(log):
+        by_id.setdefault(e["call_id"], []).append(e)
+    return by_id
+
+
+# -- waiting on a call that was never started ------------------------------------------------
+def test_waiting_on_a_call_never_started_is_refused_by_both_twins(shared_server: ServerProcess,
+                                                                   tmp_path: Path) -> None:
+    """The sync `Call.wait()` / `result()` before `start()` blocked until its timeout (forever
+    without one) while the asyncio twin refused at once with 1915: both refuse now."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client:
+        call = client.prepare(Script("complete"))
+        refused = []
+        for wait in (lambda: call.wait(BOUND), lambda: call.result(BOUND)):
+            with pytest.raises(CallError) as err:
+                wait()
+            refused.append(err.value)
+        call.start()
+        assert call.result(BOUND).call_id == call.call_id   # the call still works once started
+
+    async def aio() -> list[CallError]:
+        async with AsyncClient(shared_server.target, log=log) as client:
+            call = client.prepare(Script("complete"))
+            got = []
+            for wait in (lambda: call.wait(BOUND), lambda: call.result(BOUND)):
+                with pytest.raises(CallError) as err:
+                    await wait()
+                got.append(err.value)
+            await call.start()
+            return got
+
+    refused += asyncio.run(aio())
+    assert [(e.code, e.details) for e in refused] == [(codes.RPC_S_INVALID_ASYNC_CALL, "wait() before start()")] * 4
+    assert check_files([log]).ok
+
+
+# -- close() ends every call it logged --------------------------------------------------------
+def test_closing_a_client_ends_the_calls_and_pipes_it_never_started(shared_server: ServerProcess,
+                                                                    tmp_path: Path) -> None:
+    """A prepared call (or pipe) that was neither started nor cancelled stayed in C in the log
+    after close(): `callstate check` failed the harness's log (not_ended). close() ends it now,
+    C -> End with 1915, as a start() after close() would; a later start() is refused."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client:
+        left = [client.prepare(Script("complete")), client.pipe("in", PipeScript())]
+        done = client.start(Script("complete"))
+        done.result(BOUND)
+
+    async def aio() -> list[Any]:
+        async with AsyncClient(shared_server.target, log=log) as client:
+            return [client.prepare(Script("complete")), client.pipe("both", PipeScript())]
+
+    left += asyncio.run(aio())
+    calls = _calls(log)
+    for call in left:
+        mine = calls[call.call_id]
+        assert states(mine) == ["C", "End"], mine
+        assert final(mine)["move"] == START_FAILED and final(mine)["code"] == codes.RPC_S_INVALID_ASYNC_CALL
+        assert "closed before the call was started" in final(mine)["detail"]
+        with pytest.raises(CallError) as err:
+            call.start()
+        assert err.value.code == codes.RPC_S_INVALID_ASYNC_CALL
+    assert states(calls[done.call_id])[-1] == "End"
+    assert check_files([log]).ok
+
+
+def test_a_client_closed_while_a_call_is_being_made_ends_it_once(shared_server: ServerProcess,
+                                                                 tmp_path: Path) -> None:
+    """close() (another thread) while start() is making the RPC: the call ends once, with the
+    code its error says; never a LifecycleError from a second end."""
+    log = tmp_path / "client.jsonl"
+    client = Client(shared_server.target, log=log)
+    unary = client._unary
+
+    def closing_first(request: Any) -> Any:
+        client.close()   # as another thread would, between start()'s checks and the RPC
+        return unary(request)
+
+    client._unary = closing_first   # type: ignore[method-assign]
+    call = client.prepare(Script("complete"))
+    with pytest.raises(CallError) as err:
+        call.start()
+    mine = _calls(log)[call.call_id]
+    assert states(mine) == ["C", "End"] and final(mine)["code"] == err.value.code == codes.RPC_S_INVALID_ASYNC_CALL
+    assert check_files([log]).ok
+
+
+def test_a_cancel_notice_after_the_client_closed_raises_nothing_unseen(shared_server: ServerProcess,
+                                                                      tmp_path: Path) -> None:
+    """A non-abortive cancel, then close() before the loop ran the notice: the notice's task
+    failed with grpc's UsageError ('Channel is closed'), which nobody retrieves (asyncio printed
+    'Task exception was never retrieved'). It is the notice cut off by the close now."""
+    log = tmp_path / "client.jsonl"
+
+    async def aio() -> tuple[Any, BaseException | None]:
+        client = AsyncClient(shared_server.target, log=log)
+        call = client.start(Script("hold"))
+        call.cancel(abortive=False, timeout=None)
+        await client.close()
+        task = call._notice._task
+        await asyncio.wait([task], timeout=BOUND)
+        assert task.done()
+        return call, task.exception()
+
+    call, raised = asyncio.run(aio())
+    assert raised is None, raised
+    assert states(_calls(log)[call.call_id])[-1] == "End"
+    assert check_files([log]).ok
+
+
+# -- wrong arguments --------------------------------------------------------------------------
+BAD_CALLS: list[tuple[str, Callable[[Any], Any], type[Exception], str]] = [
+    ("script a str", lambda c: c.prepare("complete"), TypeError, "script must be a Script or callstate.v1.Script"),
+    ("a delay as text", lambda c: c.prepare(Script(dispatch_delay="1")), ValueError, "script.dispatch_delay: must be"),
+    ("a count as a float", lambda c: c.prepare(Script(reply_bytes=1.5)), ValueError, "script.reply_bytes: must be an int"),
+    ("payload a str", lambda c: c.prepare(Script(), payload="abc"), TypeError, "payload must be bytes"),
+    ("call_id an int", lambda c: c.prepare(Script(), call_id=5), TypeError, "call_id must be a str"),
+    ("queue without post", lambda c: c.prepare(Script(), queue=5), TypeError, "queue must be a completion queue"),
+    ("on_complete not callable", lambda c: c.prepare(Script(), on_complete=5), TypeError, "on_complete must be callable"),
+    ("a pipe given a unary Script", lambda c: c.pipe("in", Script()), TypeError, "script must be a PipeScript"),
+    ("a pipe script field of a wrong type", lambda c: c.pipe("out", PipeScript(messages="3")), ValueError,
+     "script.messages: must be an int"),
+    ("a pipe timeout that is not one", lambda c: c.pipe("in", PipeScript(), timeout=-1), ValueError,
+     "timeout must be a positive number of seconds"),
+]
+
+
+@pytest.mark.parametrize("what,make,error,says", BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_a_wrong_argument_is_one_error_naming_it_and_nothing_is_logged(
+        shared_server: ServerProcess, tmp_path: Path, what: str, make: Callable[[Any], Any], error: type[Exception],
+        says: str) -> None:
+    """Before: protobuf's or round()'s words that name no argument, an AttributeError at start(),
+    or (queue=, a pipe's script) a call left in C in the log; a non-callable on_complete was
+    taken and failed later on gRPC's thread."""
+    log = tmp_path / "client.jsonl"
+    raised = []
+    with Client(shared_server.target, log=log) as client:
+        with pytest.raises(error) as err:
+            make(client).start()
+        raised.append(err.value)
+
+    async def aio() -> None:
+        async with AsyncClient(shared_server.target, log=log) as client:
+            with pytest.raises(error) as err:
+                make(client).start()
+            raised.append(err.value)
+
+    asyncio.run(aio())
+    assert [type(e) for e in raised] == [type(raised[0])] * 2   # the twins agree
+    assert all(says in str(e) for e in raised), raised
+    assert not log.exists() or read_entries(log) == []
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda: Client(50051), "target must be a str"),
+    (lambda: Client("127.0.0.1:1", log=5), "log must be a path, a StateLog or None"),
+    (lambda: AsyncClient("127.0.0.1:1", log=object()), "log must be a path, a StateLog or None"),
+])
+def test_a_client_made_with_a_wrong_target_or_log_says_which(make: Callable[[], Any], says: str) -> None:
+    """Before: Client(50051) failed inside grpc ('int' object has no attribute 'encode'), and
+    log=5 was taken, each call then failing with an AttributeError."""
+    with pytest.raises(TypeError, match=says):
+        make()
+
+
+@pytest.mark.parametrize("timeout", ["2", -1, float("nan")])
+def test_a_cancel_with_a_wrong_timeout_is_refused_before_any_move(shared_server: ServerProcess, tmp_path: Path,
+                                                                  timeout: Any) -> None:
+    """cancel(abortive=False, timeout="2") moved the call to Can and sent the notice, then its
+    escalation timer died on its thread (sync) or cancel() raised a TypeError after the moves
+    (asyncio). Now it is refused before anything moves, the same on both twins."""
+    log = tmp_path / "client.jsonl"
+    histories = []
+    with Client(shared_server.target, log=log) as client:
+        call = client.start(Script("hold"))
+        with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
+            call.cancel(abortive=False, timeout=timeout)
+        histories.append(call.history)
+        call.cancel()
+        with pytest.raises(CallError):
+            call.result(BOUND)
+
+    async def aio() -> None:
+        async with AsyncClient(shared_server.target, log=log) as client:
+            call = client.start(Script("hold"))
+            with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
+                call.cancel(abortive=False, timeout=timeout)
+            histories.append(call.history)
+            call.cancel()
+            with pytest.raises(CallError):
+                await call
+
+    asyncio.run(aio())
+    assert histories == [["C", "WComp"]] * 2
+    assert check_files([log]).ok
