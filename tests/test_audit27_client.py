@@ -219,3 +219,29 @@ def test_a_cancel_with_a_wrong_timeout_is_refused_before_any_move(shared_server:
     asyncio.run(aio())
     assert histories == [["C", "WComp"]] * 2
     assert check_files([log]).ok
+
+
+def test_a_plugin_test_that_prepares_a_call_and_never_starts_it_passes_its_teardown_check(
+        pytester: pytest.Pytester) -> None:
+    """With the pytest plugin, a test that made a call with prepare() and then did not need it
+    errored at its teardown (not_ended: client stopped in C): the fixture's close ends it now.
+    The sync test also waits on a prepared call: refused at once, where it blocked forever."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ntimeout = 60\n")
+    pytester.makepyfile(test_prepared='''
+import pytest
+from callstate.client import CallError, PipeScript, Script
+
+def test_sync(callstate_client):
+    call = callstate_client.prepare(Script("complete"))
+    callstate_client.pipe("in", PipeScript())
+    with pytest.raises(CallError):
+        call.result()
+
+@pytest.mark.asyncio
+async def test_asyncio(callstate_async_client):
+    callstate_async_client.prepare(Script("hold"))
+    callstate_async_client.pipe("out", PipeScript())
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=80)
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=2)
