@@ -245,3 +245,28 @@ async def test_asyncio(callstate_async_client):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=80)
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=2)
+
+
+def test_the_installed_library_declares_its_type_hints(tmp_path: Path) -> None:
+    """A harness type-checked with mypy got `Skipping analyzing "callstate.client": module is
+    installed, but missing library stubs or py.typed marker` (an error under --strict, and every
+    name of the library Any): the wheel carries callstate/py.typed now (PEP 561), which covers
+    callstate.client and the other subpackages."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import ROOT
+
+    src = tmp_path / "src"   # a copy: building writes build/ and egg-info beside the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__",
+                                                             "node_modules", "site", "reports"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("callstate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "callstate/client/sync.py" in names   # the wheel seen is the library's
+    assert "callstate/py.typed" in names
