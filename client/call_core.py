@@ -86,6 +86,13 @@ class CallCore:
         if client is not None:   # in the log from now on: the client ends it at close() if nobody else does
             client._live.add(self)
 
+    def __repr__(self) -> str:
+        # what a failing assertion or a debugger shows: the id to find in the logs, where it is
+        kind = "" if self.lifecycle.kind == UNARY else f" {self.lifecycle.kind}"
+        method = f" {self.method_name}" if self.method_name else ""
+        code = f" code={self.code} {codes.name(self.code)}" if self.code is not None else ""
+        return f"<{type(self).__name__}{kind}{method} {self.call_id} {self.state}{code}>"
+
     # -- what the caller reads ----------------------------------------------------------------
     @property
     def state(self) -> str:

@@ -77,6 +77,10 @@ class ClientBase:
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
         self._rpcs: dict[str, Any] = {}
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"open, {len(self._live)} call(s) live"
+        return f"<{type(self).__name__} {self.target} {state}>"
+
     def unusable(self) -> str | None:
         """Why the client makes no call now (None: it does); `start()` refuses with it (1915):
         closed, or (asyncio) not on the event loop its channel belongs to, where grpc.aio's

@@ -270,3 +270,28 @@ def test_the_installed_library_declares_its_type_hints(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "callstate/client/sync.py" in names   # the wheel seen is the library's
     assert "callstate/py.typed" in names
+
+
+def test_repr_names_the_call_and_where_it_is(shared_server: ServerProcess) -> None:
+    """A failing assertion showed `<callstate.client.sync.Call object at 0x7f...>`: nothing to
+    find the call by in the logs. Calls, pipes and clients of both twins say who and where now."""
+    with Client(shared_server.target) as client:
+        call = client.prepare(Script("abort", abort_code=5001))
+        pipe = client.pipe("out", PipeScript())
+        assert repr(call) == f"<Call {call.call_id} C>"
+        assert repr(pipe) == f"<Pipe out {pipe.call_id} C>"
+        assert repr(client) == f"<Client {shared_server.target} open, 2 call(s) live>"
+        with pytest.raises(CallError):
+            call.start().result(BOUND)
+        assert repr(call) == f"<Call {call.call_id} End code=5001 APPLICATION_ERROR_5001>"
+    assert repr(client) == f"<Client {shared_server.target} closed>"
+
+    async def aio() -> tuple[str, str]:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("complete"))
+            await call
+            return repr(call), repr(client)
+
+    call_repr, client_repr = asyncio.run(aio())
+    assert call_repr.startswith("<AsyncCall ") and call_repr.endswith(" End code=0 RPC_S_OK>")
+    assert client_repr == f"<AsyncClient {shared_server.target} open, 0 call(s) live>"
