@@ -295,3 +295,41 @@ def test_repr_names_the_call_and_where_it_is(shared_server: ServerProcess) -> No
     call_repr, client_repr = asyncio.run(aio())
     assert call_repr.startswith("<AsyncCall ") and call_repr.endswith(" End code=0 RPC_S_OK>")
     assert client_repr == f"<AsyncClient {shared_server.target} open, 0 call(s) live>"
+
+
+def _printed_as_commented(block: str) -> list[str] | None:
+    """What each `print(...)  # output` line of an example says it prints; None when a print
+    has no such comment (its output is not shown)."""
+    said = []
+    for line in block.splitlines():
+        if line.strip().startswith("print("):
+            code, sep, comment = line.partition("  # ")
+            if not sep:
+                return None
+            said.append(comment.strip())
+    return said
+
+
+def test_the_library_page_examples_print_what_their_comments_say(shared_server: ServerProcess,
+                                                                  tmp_path: Path) -> None:
+    """docs/library.md: every example whose prints carry the output as a comment prints exactly
+    that (tests/test_docs.py runs them, but only for their exit status)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.documentation import blocks
+
+    checked = 0
+    for block in blocks((ROOT / "docs" / "library.md").read_text(), "python"):
+        said = _printed_as_commented(block)
+        if said is None:
+            continue
+        script = tmp_path / f"example{checked}.py"
+        script.write_text(block.replace("127.0.0.1:50051", shared_server.target))
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines() == said, block
+        checked += 1
+    assert checked >= 2
