@@ -114,11 +114,15 @@ class LifecycleError(Exception):
     """An illegal move: names the side, the state and the move."""
 
     def __init__(self, side: str, state: str | None, move: str, detail: str = "") -> None:
-        self.side, self.state, self.move = side, state, move
+        self.side, self.state, self.move, self.detail = side, state, move, detail
         legal = sorted(TABLES[side][state]) if side in TABLES and state in TABLES[side] else []
         msg = f"{side} lifecycle: move {move!r} is illegal in state {state!r}"
         msg += f" (legal: {', '.join(legal)})" if legal else " (no move leaves it)" if state == END else ""
         super().__init__(msg + (f": {detail}" if detail else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt from what __init__ takes (its args hold the message): it crosses processes
+        return type(self), (self.side, self.state, self.move, self.detail)
 
 
 def next_state(side: str, state: str, move: str) -> str:

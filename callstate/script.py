@@ -46,7 +46,12 @@ class RequestError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from what __init__ takes (its args hold the joined text): it crosses processes
+        return type(self), (self.field, self.message)
 
 
 class ScriptError(RequestError):

@@ -333,3 +333,38 @@ def test_the_library_page_examples_print_what_their_comments_say(shared_server: 
         assert done.stdout.splitlines() == said, block
         checked += 1
     assert checked >= 2
+
+
+def _refused_in_a_worker(kind: str) -> None:
+    """Raised in a worker process (what a harness's process pool sends back)."""
+    from callstate.lifecycle import CLIENT, Lifecycle
+    from callstate.script import validate_request
+    from callstate.v1 import callstate_pb2 as pb
+
+    if kind == "script":
+        Script(reply_bytes=1.5).to_proto()
+    elif kind == "request":
+        validate_request(pb.CallRequest(call_id="a\nb"))
+    else:
+        lifecycle = Lifecycle(CLIENT)
+        lifecycle.move("complete")
+
+
+@pytest.mark.parametrize("kind,error,says", [
+    ("script", "ScriptError", "script.reply_bytes: must be an int, got 1.5"),
+    ("request", "RequestError", "call_id: only printable ASCII"),
+    ("lifecycle", "LifecycleError", "client lifecycle: move 'complete' is illegal in state 'C'"),
+])
+def test_the_librarys_errors_cross_a_process_pool(kind: str, error: str, says: str) -> None:
+    """ScriptError, RequestError and LifecycleError could not be unpickled (their __init__ takes
+    other arguments than the text they keep): raised in a worker of a ProcessPoolExecutor, the
+    harness got a TypeError about __init__'s arguments instead (CallError already crossed)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(Exception) as err:
+            pool.submit(_refused_in_a_worker, kind).result(timeout=120)
+    assert type(err.value).__name__ == error and says in str(err.value), repr(err.value)
+    if kind != "lifecycle":
+        assert err.value.field == ("reply_bytes" if kind == "script" else "call_id")   # type: ignore[attr-defined]
