@@ -55,6 +55,8 @@ class CallCore:
     _notice_type: Any                      # each surface's NoticeBase: AsyncNotice (notice_aio.py), ThreadNotice (notice_sync.py)
     _notice: Any = None                    # its notice (notice.py), made by the first non-abortive cancel
     _rpc: Any = None                       # the gRPC call once sent (grpc.aio's call, or grpc's future)
+    _starting = False                      # a start() has claimed the call (one at a time)
+    _cancelled_unsent = False              # cancelled before its RPC existed: the outcome is in, no RPC may run
 
     def __init__(self, call_id: str, log: StateLog | None, kind: str = UNARY, method_name: str | None = None, *,
                  client: Any = None, cancel_key: str = "", timeout: float | None = None) -> None:
@@ -154,10 +156,13 @@ class CallCore:
     def _admit(self, check: Callable[..., None], *subject: Any) -> None:
         """What `start()` checks before the call goes out: in C, the client open, and
         `check(*subject)` (the server's own checks, so a refused call never goes out). Refused:
-        CallError (C -> End, nothing to complete); admitted: the client counts the call live
-        until it is completed."""
-        if self.lifecycle.state != C:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
+        CallError (C -> End, nothing to complete). One start() at a time: a second one (another
+        thread) is refused here, before it could send the call a second time."""
+        with self._lock:
+            if self.lifecycle.state != C or self._starting:
+                raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}"
+                                + (": another start() of the call is under way" if self._starting else ""))
+            self._starting = True
         if (unusable := self._client.unusable()) is not None:   # closed, or (asyncio) another loop's
             raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, unusable)
         try:
@@ -173,16 +178,22 @@ class CallCore:
 
     def started(self) -> None:
         with self._lock:
-            closed = self.lifecycle.ended   # close() on another thread ended it while start() made the RPC
-            if not closed:
+            state = self.lifecycle.state
+            if state == C:
                 self._move(STARTED)
                 if self._arrived:   # the outcome beat started()
                     self._on_arrival()
-            callbacks = [] if closed else self._deliver_if_arrived()
-        if closed:
+                callbacks = self._deliver_if_arrived()
+        if state == C:
+            self._run(callbacks)
+            return
+        # Another thread moved the call on while start() made the RPC. A cancel that found the
+        # RPC made it go through it (C -> Can -> WComp): the call is under way. But close()
+        # ended it, or a cancel found no RPC yet and gave it its outcome: the RPC must not run.
+        if self.lifecycle.ended or self._cancelled_unsent:
             self._rpc.cancel()
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=CLOSED_BEFORE_START)
-        self._run(callbacks)
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id,
+                            details=CLOSED_BEFORE_START if self.lifecycle.ended else "cancelled while it was starting")
 
     def start_failed(self, code: int, details: str) -> CallError:
         """C -> End: making the call raised; no notification follows, nothing to complete (and
@@ -247,6 +258,7 @@ class CallCore:
                 self._move(CANCEL_ISSUED, detail="before start")
                 self._arrived = True
                 self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
+                self._cancelled_unsent = True
                 action = UNSENT
             else:
                 self.abortive_cancel = self.abortive_cancel or abortive

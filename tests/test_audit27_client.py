@@ -368,3 +368,68 @@ def test_the_librarys_errors_cross_a_process_pool(kind: str, error: str, says: s
     assert type(err.value).__name__ == error and says in str(err.value), repr(err.value)
     if kind != "lifecycle":
         assert err.value.field == ("reply_bytes" if kind == "script" else "call_id")   # type: ignore[attr-defined]
+
+
+def _held_in_making(client: Client, during: Callable[[], None]) -> None:
+    """Make the client's next RPC wait in the making until `during()` (another thread's move) ran."""
+    unary = client._unary
+
+    def making(request: Any) -> Any:
+        client._unary = unary   # type: ignore[method-assign]
+        during()
+        return unary(request)
+
+    client._unary = making   # type: ignore[method-assign]
+
+
+def test_a_call_started_from_two_threads_at_once_goes_out_once(shared_server: ServerProcess,
+                                                               tmp_path: Path) -> None:
+    """Two threads start() one prepared call: both passed the check for C, so the call was sent
+    twice and the later start() raised LifecycleError, not CallError (157 of 200 on a 2-core
+    machine). The second start() is refused with 1915 now, before it sends anything."""
+    import threading
+
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client:
+        call = client.prepare(Script("complete"))
+        second: list[BaseException] = []
+
+        def start_again() -> None:
+            try:
+                call.start()
+            except BaseException as exc:   # what a harness thread would see
+                second.append(exc)
+
+        def other_thread() -> None:
+            thread = threading.Thread(target=start_again)
+            thread.start()
+            thread.join(BOUND)
+            assert not thread.is_alive()
+
+        _held_in_making(client, other_thread)
+        call.start()
+        assert call.result(BOUND).call_id == call.call_id
+    assert len(second) == 1 and isinstance(second[0], CallError), second
+    assert second[0].code == codes.RPC_S_INVALID_ASYNC_CALL and "another start()" in second[0].details
+    dispatched = shared_server.wait_entries(call.call_id)
+    assert [e["move"] for e in dispatched if e.get("prev") is None] == ["dispatch"]   # one RPC reached it
+    assert states(_calls(log)[call.call_id]) == ["C", "WComp", "Comp", "End"]
+
+
+def test_a_cancel_while_the_call_is_being_made_stops_its_rpc(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """Another thread cancels a call while start() is making its RPC, before the RPC exists:
+    the cancel gives the call its outcome (1818, cancelled before start), and start() then
+    raised LifecycleError and left the RPC running on the server (a held call: until max hold).
+    start() is refused with 1915 now and the RPC is cancelled: both sides end."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client:
+        call = client.prepare(Script("hold"))
+        _held_in_making(client, lambda: call.cancel())
+        with pytest.raises(CallError) as err:
+            call.start()
+        assert err.value.code == codes.RPC_S_INVALID_ASYNC_CALL and "cancelled while it was starting" in err.value.details
+        with pytest.raises(CallError) as cancelled:
+            call.result(BOUND)
+        assert cancelled.value.code == codes.RPC_S_CALL_CANCELLED
+    assert call._rpc is not None and call._rpc.cancelled()   # the RPC made after the cancel is cancelled too
+    assert check_files([log]).ok
