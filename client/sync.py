@@ -21,6 +21,7 @@ from callstate.client.any_method import MethodRequest, check_request, method_nam
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
+from callstate.client.grpc_thread import on_grpc_thread, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
 from callstate.errors import CallError
@@ -77,6 +78,7 @@ class Call(CallCore):
         return self
 
     # -- the notification ----------------------------------------------------------------------
+    @runs_on_grpc_thread
     def _on_done(self, future: grpc.Future) -> None:
         self._stop_escalation()
         abortive = self.abortive_cancel
@@ -136,7 +138,10 @@ class Client(ClientBase):
         if not self.closed:
             self.closed = True
             self._note_closing()
-            self._channel.close()
+            if on_grpc_thread():   # a done-callback closes: gRPC's thread must return first
+                threading.Thread(target=self._channel.close, name="callstate-close", daemon=True).start()
+            else:
+                self._channel.close()
             self._end_live_calls()
             self._close_log()
 

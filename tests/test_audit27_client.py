@@ -433,3 +433,29 @@ def test_a_cancel_while_the_call_is_being_made_stops_its_rpc(shared_server: Serv
         assert cancelled.value.code == codes.RPC_S_CALL_CANCELLED
     assert call._rpc is not None and call._rpc.cancelled()   # the RPC made after the cancel is cancelled too
     assert check_files([log]).ok
+
+
+def test_closing_a_sync_client_from_a_done_callback_ends_every_call(shared_server: ServerProcess,
+                                                                    tmp_path: Path) -> None:
+    """`on_complete=lambda call: client.close()` ("stop at the first answer") with other calls in
+    flight: close() ran on gRPC's thread, and closing the channel waited for that thread to
+    cancel the calls in flight: it never returned, and the calls stayed in WComp in the log.
+    close() returns now, every call ends (1722, the one that answered with its reply)."""
+    import threading
+
+    log = tmp_path / "client.jsonl"
+    client = Client(shared_server.target, log=log)
+    held = [client.start(Script("hold")) for _ in range(2)]
+    closed = threading.Event()
+
+    def stop(call: Any) -> None:
+        client.close()
+        closed.set()
+
+    answered = client.start(Script("complete"), on_complete=stop)
+    assert closed.wait(BOUND), "close() from the done-callback never returned"
+    assert answered.result(BOUND).call_id == answered.call_id   # completed on the caller's behalf: its reply
+    calls = _calls(log)
+    assert [final(calls[c.call_id])["code"] for c in held] == [codes.RPC_S_SERVER_UNAVAILABLE] * 2
+    assert final(calls[answered.call_id])["code"] == codes.RPC_S_OK
+    assert check_files([log]).ok
