@@ -1,6 +1,8 @@
-"""Whether this thread is one of gRPC's, running a sync call's done-callback (and the caller's
-callbacks from it): closing the channel there would wait for gRPC to cancel the calls still in
-flight on this very thread, which never returns to do it. `Client.close()` asks."""
+"""Whether this thread is a client's gRPC thread, running one of its sync calls' done-callbacks
+(and the caller's callbacks from it). That thread delivers the client's notifications, so two
+things cannot be done there: close the client (closing the channel waits for this thread to
+cancel the calls in flight) and block waiting for another of its calls (the notification waited
+for would come from this thread). `Client.close()` and the sync `wait()`s ask."""
 
 from __future__ import annotations
 
@@ -8,21 +10,34 @@ import functools
 import threading
 from typing import Any, Callable, TypeVar
 
+from callstate import codes
+from callstate.errors import CallError
+
 _here = threading.local()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def runs_on_grpc_thread(on_done: F) -> F:
-    """Mark a done-callback gRPC calls on its own thread."""
+    """Mark a call's done-callback, which gRPC runs on its client's thread."""
     @functools.wraps(on_done)
-    def marked(*args: Any) -> Any:
-        _here.active = True
+    def marked(call: Any, *args: Any) -> Any:
+        _here.client = call._client
         try:
-            return on_done(*args)
+            return on_done(call, *args)
         finally:
-            _here.active = False
+            _here.client = None
     return marked  # type: ignore[return-value]
 
 
-def on_grpc_thread() -> bool:
-    return getattr(_here, "active", False)
+def on_grpc_thread_of(client: Any) -> bool:
+    return getattr(_here, "client", None) is client
+
+
+def check_wait(call: Any, timeout: float | None) -> None:
+    """CallError 1915 for a blocking wait, in a done-callback, on a call of the same client
+    not yet notified: the wait would run out (or never end), its notification held up behind it."""
+    if (timeout is None or timeout > 0) and not call.notified and on_grpc_thread_of(call._client):
+        raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, call.call_id,
+                        details="wait() in a done-callback of the same client: gRPC's thread, which runs the "
+                                "callback, delivers the notification waited for; wait on another thread, or "
+                                "take the call from a CompletionQueue")

@@ -21,7 +21,7 @@ from callstate.client.any_method import MethodRequest, check_request, method_nam
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
-from callstate.client.grpc_thread import on_grpc_thread, runs_on_grpc_thread
+from callstate.client.grpc_thread import check_wait, on_grpc_thread_of, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
 from callstate.errors import CallError
@@ -103,6 +103,7 @@ class Call(CallCore):
         """Block until notified; False on timeout. Does not complete."""
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
+        check_wait(self, timeout)
         return self._notified.wait(timeout)
 
     def result(self, timeout: float | None = None) -> pb.CallReply:
@@ -138,7 +139,7 @@ class Client(ClientBase):
         if not self.closed:
             self.closed = True
             self._note_closing()
-            if on_grpc_thread():   # a done-callback closes: gRPC's thread must return first
+            if on_grpc_thread_of(self):   # its done-callback closes it: gRPC's thread must return first
                 threading.Thread(target=self._channel.close, name="callstate-close", daemon=True).start()
             else:
                 self._channel.close()

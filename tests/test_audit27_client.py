@@ -459,3 +459,35 @@ def test_closing_a_sync_client_from_a_done_callback_ends_every_call(shared_serve
     assert [final(calls[c.call_id])["code"] for c in held] == [codes.RPC_S_SERVER_UNAVAILABLE] * 2
     assert final(calls[answered.call_id])["code"] == codes.RPC_S_OK
     assert check_files([log]).ok
+
+
+def test_waiting_in_a_done_callback_for_a_call_of_the_same_client_is_refused(shared_server: ServerProcess,
+                                                                             tmp_path: Path) -> None:
+    """A sync done-callback that starts the next call and waits for it (chaining calls) waited
+    out its whole timeout, or for ever without one: the callback runs on the client's gRPC
+    thread, which would deliver the notification. Refused at once with 1915 now, saying so;
+    waiting for another client's call there works as before."""
+    import threading
+
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client, Client(shared_server.target, log=log) as other:
+        got: list[Any] = []
+        done = threading.Event()
+
+        def chain(call: Any) -> None:
+            try:
+                for target in (client, other):
+                    try:
+                        got.append(target.start(Script("complete")).result(BOUND).call_id)
+                    except CallError as err:
+                        got.append(err)
+            finally:
+                done.set()
+
+        client.start(Script("complete"), on_complete=chain)
+        assert done.wait(3 * BOUND)
+    refused, answered = got
+    assert isinstance(refused, CallError) and refused.code == codes.RPC_S_INVALID_ASYNC_CALL, refused
+    assert "done-callback of the same client" in refused.details
+    assert isinstance(answered, str)
+    assert check_files([log]).ok
