@@ -21,16 +21,16 @@ def runs_on_grpc_thread(on_done: F) -> F:
     """Mark a call's done-callback, which gRPC runs on its client's thread."""
     @functools.wraps(on_done)
     def marked(call: Any, *args: Any) -> Any:
-        _here.client = call._client
+        _here.owner = call._client
         try:
             return on_done(call, *args)
         finally:
-            _here.client = None
+            _here.owner = None
     return marked  # type: ignore[return-value]
 
 
 def on_grpc_thread_of(client: Any) -> bool:
-    return getattr(_here, "client", None) is client
+    return getattr(_here, "owner", None) is client
 
 
 def check_wait(call: Any, timeout: float | None) -> None:
