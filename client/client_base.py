@@ -64,14 +64,18 @@ class ClientBase:
         self._live: set[CallCore] = set()   # made (in the log) and not yet ended: close() ends them
         self._owns_log = isinstance(log, (str, Path))
         self.log: StateLog | None = StateLog(log) if isinstance(log, (str, Path)) else log
-        # tracing (True: the global OpenTelemetry provider, or a TracerProvider): a span per call
-        self._tracer: Any = None
-        if tracing:
-            from callstate.observe import ObservedLog
-            from callstate.observe.tracing import CallTracer
-            self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
-            self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
-        self._channel = type(self)._open_channel(self.settings, target, channel_options)
+        try:   # a client that cannot be made closes the log it opened (its writer thread, its file)
+            # tracing (True: the global OpenTelemetry provider, or a TracerProvider): a span per call
+            self._tracer: Any = None
+            if tracing:
+                from callstate.observe import ObservedLog
+                from callstate.observe.tracing import CallTracer
+                self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
+                self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
+            self._channel = type(self)._open_channel(self.settings, target, channel_options)
+        except BaseException:
+            self._close_log()
+            raise
         self._stub = pb_grpc.EmulatorStub(self._channel)
         self._home_loop: Any = getattr(self._channel, "_loop", None)   # grpc.aio's record of its loop (sync: None)
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use

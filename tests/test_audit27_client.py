@@ -491,3 +491,24 @@ def test_waiting_in_a_done_callback_for_a_call_of_the_same_client_is_refused(sha
     assert "done-callback of the same client" in refused.details
     assert isinstance(answered, str)
     assert check_files([log]).ok
+
+
+@pytest.mark.parametrize("access", [
+    {"tls_ca": "/nonexistent/ca.pem"},
+    {"channel_options": [("grpc.max_receive_message_length", object())]},
+    {"tracing": 5},
+], ids=["unreadable CA", "bad channel option", "not a tracer provider"])
+def test_a_client_that_cannot_be_made_leaves_no_log_open(tmp_path: Path, access: dict[str, Any]) -> None:
+    """A client refused when its channel is opened (an unreadable CA, a bad channel option, a
+    tracing value that is not a provider) had opened its log path: its writer thread and file
+    stayed open, one more for every such attempt in a harness. The log is closed now."""
+    import threading
+
+    def writers() -> int:
+        return sum(t.name == "callstate-statelog" for t in threading.enumerate())
+
+    before = writers()
+    for surface in (Client, AsyncClient):
+        with pytest.raises(Exception):
+            surface("127.0.0.1:1", log=tmp_path / "client.jsonl", **access)
+    assert writers() == before
