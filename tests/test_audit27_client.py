@@ -512,3 +512,23 @@ def test_a_client_that_cannot_be_made_leaves_no_log_open(tmp_path: Path, access:
         with pytest.raises(Exception):
             surface("127.0.0.1:1", log=tmp_path / "client.jsonl", **access)
     assert writers() == before
+
+
+def test_a_plugin_fixture_that_cannot_start_says_so_once(pytester: pytest.Pytester) -> None:
+    """A bad callstate_server_factory configuration (or a stand-in without protos) failed the
+    test with its message twice: the error itself, then 'During handling of the above
+    exception, another exception occurred:' and the plugin's line. One line now."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\ntimeout = 60\n")
+    pytester.makepyfile(test_bad='''
+def test_bad_mix(callstate_server_factory):
+    callstate_server_factory(mix="bogus=1")
+
+def test_no_protos(callstate_standin):
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rN", timeout=80)
+    out = result.stdout.str()
+    result.assert_outcomes(failed=1, errors=1)
+    assert "During handling" not in out, out
+    assert out.count("unknown name 'bogus'") == 1, out
+    assert out.count("callstate_standin needs protos") == 1, out
