@@ -245,10 +245,12 @@ def own_path_error(side: str, move: str | None, code: object) -> str | None:
 AGREE_EQUAL: Final = "equal"
 AGREE_CALLER_CANCELLED: Final = "caller_cancelled"   # 1818 after an abortive cancel or deadline
 AGREE_CONNECTION_LOST: Final = "connection_lost"     # 1722 while the server saw the caller vanish
+AGREE_CLIENT_CLOSE: Final = "client_close"           # 1722 at a client that closed with the call in flight
 
 
 def codes_agree(client_code: int | None, server_code: int | None, *, client_abortive: bool,
-                client_deadline: bool, server_saw_abortive: bool, close_explained: bool = True) -> str | None:
+                client_deadline: bool, server_saw_abortive: bool, close_explained: bool = True,
+                client_closed: bool = False) -> str | None:
     """Whether a client's final code agrees with the server's outcome: the name of the rule
     that accepts it, or None when it disagrees.
 
@@ -257,7 +259,9 @@ def codes_agree(client_code: int | None, server_code: int | None, *, client_abor
       whatever the server did, unless the answer was already on its way (then codes are equal);
     * 1722 at a client whose connection died while the server saw it as an abortive cancel;
       when the client ended the call itself as closed (a local cancel), only if it recorded
-      closing (`close_explained`): otherwise its cancel went unrecorded and it should be 1818.
+      closing (`close_explained`): otherwise its cancel went unrecorded and it should be 1818;
+    * 1722 at a client that recorded closing with the call in flight (`client_closed`): its
+      close cut the call off whatever the server did (a reply on its way is lost with it).
     """
     if client_code == server_code:
         return AGREE_EQUAL
@@ -265,6 +269,8 @@ def codes_agree(client_code: int | None, server_code: int | None, *, client_abor
         return AGREE_CALLER_CANCELLED
     if client_code == codes.RPC_S_SERVER_UNAVAILABLE and server_saw_abortive and close_explained:
         return AGREE_CONNECTION_LOST
+    if client_code == codes.RPC_S_SERVER_UNAVAILABLE and client_closed:
+        return AGREE_CLIENT_CLOSE
     return None
 
 

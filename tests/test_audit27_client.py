@@ -12,7 +12,7 @@ import pytest
 
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
-from callstate.lifecycle import START_FAILED
+from callstate.lifecycle import CLIENT_CLOSED, START_FAILED
 from callstate.logfile import check_files
 from tests.conftest import ServerProcess, final, read_entries, states
 
@@ -532,3 +532,35 @@ def test_no_protos(callstate_standin):
     assert "During handling" not in out, out
     assert out.count("unknown name 'bogus'") == 1, out
     assert out.count("callstate_standin needs protos") == 1, out
+
+
+def test_closing_while_a_reply_is_on_its_way_checks_clean(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A harness closes its client while a call's reply is on its way (the server completed it,
+    0): the client, which never got the reply, recorded closing and ended it 1722, and
+    `callstate check` called that a code mismatch (it took a client's close for its own only
+    against a server that saw the caller vanish). A close the client recorded explains its 1722
+    whatever the server did."""
+    import time
+
+    log = tmp_path / "client.jsonl"
+
+    async def go() -> str:
+        client = AsyncClient(shared_server.target, log=log)
+        call = client.start(Script("complete"))
+        await asyncio.sleep(0)   # the call goes out
+        deadline = time.monotonic() + 20   # the loop is held meanwhile: the reply waits in gRPC
+        while time.monotonic() < deadline and not any(
+                e["state"] == "End" for e in read_entries(shared_server.log, call.call_id)):
+            time.sleep(0.02)
+        await client.close()
+        assert call.code == codes.RPC_S_SERVER_UNAVAILABLE, call
+        return call.call_id
+
+    call_id = asyncio.run(go())
+    assert final(read_entries(shared_server.log, call_id))["code"] == codes.RPC_S_OK
+    assert CLIENT_CLOSED in [e["event"] for e in read_entries(log, call_id)]
+    server = tmp_path / "server.jsonl"   # this call's server entries (the module's server has others in flight)
+    server.write_text("".join(line for line in shared_server.log.read_text().splitlines(keepends=True)
+                              if call_id in line))
+    report = check_files([log, server])
+    assert report.ok and report.calls == 1, report.summary()
