@@ -125,7 +125,13 @@ class PipeScript:
     breach: BreachName = "none"
 
     def to_proto(self) -> pb.PipeScript:
-        check_field_types(self)
+        try:
+            return self._to_proto()
+        except (TypeError, ValueError, OverflowError):   # a wrong field type: said naming the field
+            check_field_types(self)                      # (not checked up front: on every call's path)
+            raise
+
+    def _to_proto(self) -> pb.PipeScript:
         if self.outcome not in OUTCOMES:
             raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
         if self.at not in POINTS:

@@ -215,7 +215,13 @@ class Script:
     cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
-        check_field_types(self)
+        try:
+            return self._to_proto()
+        except (TypeError, ValueError, OverflowError):   # a wrong field type: said naming the field
+            check_field_types(self)                      # (not checked up front: on every call's path)
+            raise
+
+    def _to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:
             raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
         if self.on_cancel not in ON_CANCEL:
