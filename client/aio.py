@@ -25,7 +25,7 @@ from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
-from callstate.errors import CallError
+from callstate.errors import WaitTimedOut
 from callstate.lifecycle import WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
@@ -113,7 +113,7 @@ class AsyncCall(CallCore):
         Cancelling the task that awaits is an abortive cancel of the call, which is then
         completed on that task's behalf when its (rushed) notification arrives."""
         if not await self._wait(timeout, complete_if_cancelled=True):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()
 
     def __await__(self) -> Generator[Any, None, pb.CallReply]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from callstate import codes
+from callstate import codes, lifecycle
 from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.lifecycle import CLIENT_CLOSED, START_FAILED
 from callstate.logfile import check_files
@@ -582,3 +582,42 @@ def test_closing_while_a_reply_is_on_its_way_checks_clean(shared_server: ServerP
                               if call_id in line))
     report = check_files([log, server])
     assert report.ok and report.calls == 1, report.summary()
+
+
+@pytest.mark.parametrize("surface", ["sync", "asyncio"])
+@pytest.mark.parametrize("pipe", [False, True])
+def test_a_wait_that_runs_out_says_the_call_is_still_pending(shared_server: ServerProcess, surface: str,
+                                                             pipe: bool, tmp_path: Path) -> None:
+    """`result(timeout)` running out is the caller's own wait, not the call's end: `WaitTimedOut`,
+    1460 as before and also a TimeoutError, and the call can still be cancelled and completed."""
+    from callstate.client import WaitTimedOut
+
+    def make(client: Any) -> Any:
+        return client.pipe("out", PipeScript(outcome="hold")) if pipe else client.prepare(Script("hold"))
+
+    if surface == "sync":
+        with Client(shared_server.target, log=tmp_path / "c.jsonl") as client:
+            call = make(client)
+            call.start()
+            with pytest.raises(TimeoutError) as info:
+                call.result(timeout=0.05)
+            assert not call.done() and call.state not in (lifecycle.END,)
+            call.cancel()
+            with pytest.raises(CallError) as ended:
+                call.result(timeout=30)
+    else:
+        async def go() -> tuple[Any, Any, Any]:
+            async with AsyncClient(shared_server.target, log=tmp_path / "c.jsonl") as client:
+                call = make(client)
+                call.start()
+                with pytest.raises(TimeoutError) as info:
+                    await call.result(timeout=0.05)
+                assert not call.done()
+                call.cancel()
+                with pytest.raises(CallError) as ended:
+                    await call.result(timeout=30)
+                return info, ended, call
+        info, ended, call = asyncio.run(go())
+    assert isinstance(info.value, WaitTimedOut) and isinstance(info.value, CallError)
+    assert info.value.code == codes.RPC_S_TIMEOUT and "still pending" in str(info.value)
+    assert ended.value.code == codes.RPC_S_CALL_CANCELLED and call.state == lifecycle.END
