@@ -64,18 +64,11 @@ def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
     under an include path by its spelling only ("protos/x.proto" is not under "/abs/protos")."""
     if not protos:
         raise SchemaError("no .proto file given")
-    for proto in protos:
-        if Path(proto).is_dir():
-            raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
-                              "looked up under --proto-path)")
-        if not Path(proto).is_file():
-            raise SchemaError(f"{proto}: no such .proto file")
     for inc in proto_paths:
         if not Path(inc).is_dir():
             raise SchemaError(f"--proto-path {inc}: no such directory")
-    includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(os.path.abspath(p))
-                                                                     for p in protos})
-    files = [os.path.abspath(p) for p in protos]
+    files = [_found(proto, proto_paths) for proto in protos]
+    includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(f) for f in files})
     if not proto_paths:   # each file is named by its base name: two of one name cannot both be
         first: dict[str, tuple[str, str]] = {}
         for proto, file in zip(protos, files):
@@ -89,6 +82,22 @@ def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
             raise SchemaError(f"{proto}: not under any --proto-path ({', '.join(map(str, proto_paths))}): "
                               "protoc names each file by its path below one of them")
     return includes, files
+
+
+def _found(proto: str | os.PathLike[str], proto_paths: Sequence[str | os.PathLike[str]]) -> str:
+    """The file's absolute path: as given (from the working folder), else, as protoc and grpcurl
+    take it, a path below one of the --proto-path folders (`-I protos shop/v1/shop.proto`)."""
+    candidates = [Path(proto)]
+    if not Path(proto).is_absolute():
+        candidates += [Path(inc) / proto for inc in proto_paths]
+    for candidate in candidates:
+        if candidate.is_file():
+            return os.path.abspath(candidate)
+    if any(candidate.is_dir() for candidate in candidates):
+        raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
+                          "looked up under --proto-path)")
+    under = f" (nor below --proto-path {', '.join(map(str, proto_paths))})" if len(candidates) > 1 else ""
+    raise SchemaError(f"{proto}: no such .proto file{under}")
 
 
 def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:

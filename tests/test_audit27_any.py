@@ -1,0 +1,204 @@
+"""Second audit of the any-service feature, with protos as users bring them (tests/protos/audit27):
+packages in folders importing each other, a vendored google/api/annotations.proto, an enum with
+aliases whose zero is not UNSPECIFIED, nested messages and enums, oneofs, maps of messages,
+`optional`, bytes, 64-bit integers, reserved fields, a deprecated method, two services in one
+file, one short message name in two packages, streams of the three kinds and google.protobuf.Empty.
+
+The tests whose docstring starts "Before:" failed before their fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from google.protobuf import struct_pb2
+
+from callstate.client import Client, PipeScript, Script
+from callstate.rules import parse_rules
+from callstate.schema import Schema, SchemaError, from_protos, message_from_json
+from tests.conftest import ROOT, ServerProcess, cli, ended, read_entries, start_server
+from tests.test_third_party_and_crash import run_grpcurl
+
+PROTOS = ROOT / "tests" / "protos" / "audit27"
+BILLING = "acme/billing/v1/billing.proto"       # as its importers write it: below PROTOS
+INVENTORY = "acme/inventory/v1/inventory.proto"
+CREATE = "acme.billing.v1.Billing/CreateInvoice"
+
+RULES = f"""\
+rules:
+  - name: by-alias
+    method: {CREATE}
+    match: {{request: {{priority: PRIORITY_DEFAULT}}}}
+    script: {{outcome: abort, abort_code: 4001}}
+  - name: by-uint64
+    method: {CREATE}
+    match: {{request: {{big: 18446744073709551615}}}}
+    script: {{outcome: abort, abort_code: 4002}}
+  - name: by-map-of-messages
+    method: {CREATE}
+    match: {{request: {{totals: {{eur: {{currency_code: EUR, units: 5}}}}}}}}
+    script: {{outcome: abort, abort_code: 4003}}
+  - name: by-optional-empty
+    method: {CREATE}
+    match: {{request: {{memo: ""}}}}
+    script: {{outcome: abort, abort_code: 4004}}
+  - name: by-oneof-bytes
+    method: {CREATE}
+    match: {{request: {{token: "AAE="}}}}
+    script: {{outcome: abort, abort_code: 4005}}
+  - name: other-item
+    method: acme.inventory.v1.Inventory/Get
+    match: {{request: {{billed: {{qty: "7"}}, common: {{name: n}}}}}}
+    script: {{outcome: abort, abort_code: 4006}}
+  - name: get
+    method: acme.billing.v1.Billing/GetInvoice
+    script: {{outcome: complete}}
+    reply: {{id: inv-1, state: PAID, lines: [{{item: {{sku: s, qty: 3}}, kind: KIND_SERVICE}}],
+             totals: {{eur: {{units: 1}}}}, notes: {{"5": five}}, token: "AAE=", memo: "",
+             priority: PRIORITY_DEFAULT, big: "18446744073709551615"}}
+  - name: empty
+    method: acme.billing.v1.BillingAdmin/Purge
+    script: {{outcome: complete}}
+    reply: {{}}
+"""
+
+
+@pytest.fixture(scope="module")
+def schema() -> Schema:
+    return from_protos([PROTOS / BILLING, PROTOS / INVENTORY], [PROTOS])
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("audit27")
+    (tmp / "rules.yaml").write_text(RULES)
+    srv = start_server(tmp, "--proto", str(PROTOS / BILLING), "--proto", str(PROTOS / INVENTORY),
+                       "--proto-path", str(PROTOS), "--rules", str(tmp / "rules.yaml"), "--mix", "complete=100",
+                       "--max-hold", "20")
+    yield srv
+    srv.stop()
+
+
+# -- a --proto written below its --proto-path, as protoc and grpcurl take it -------------------
+
+def test_a_proto_named_below_its_proto_path_compiles(tmp_path: Path) -> None:
+    """Before: `--proto acme/billing/v1/billing.proto --proto-path protos` (protoc's and grpcurl's
+    way: `-I protos acme/...`) was "no such .proto file" unless the working folder was protos."""
+    schema = from_protos([BILLING, PROTOS / INVENTORY], [PROTOS])   # one below the path, one absolute
+    assert {"acme.billing.v1.Billing/GetInvoice", "acme.inventory.v1.Inventory/Get"} <= set(schema.methods)
+    with pytest.raises(SchemaError) as err:
+        from_protos(["acme/billing/v1/nope.proto"], [PROTOS])
+    assert str(err.value) == f"acme/billing/v1/nope.proto: no such .proto file (nor below --proto-path {PROTOS})"
+
+
+def test_call_and_serve_take_a_proto_named_below_the_proto_path(acme: ServerProcess, tmp_path: Path) -> None:
+    """Before: both said "acme/inventory/v1/inventory.proto: no such .proto file", exit 2."""
+    log = tmp_path / "client.jsonl"
+    done = cli("call", "--target", acme.target, "--method", "acme.inventory.v1.Inventory/Get", "--proto", INVENTORY,
+               "--proto-path", str(PROTOS), "--data", '{"billed": {"qty": "7"}, "common": {"name": "n"}}',
+               "--no-script", "--log-file", str(log), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "final: 4006" in done.stderr   # the rule on the two packages' `Item`s answered
+    assert ended(acme.wait_entries(read_entries(log)[0]["call_id"]))
+    checked = cli("check", str(log), str(acme.log))
+    assert checked.returncode == 0, checked.stdout
+    # `serve` reads the same options: a stand-in whose --proto is below its --proto-path starts
+    bad = cli("serve", "--port", "0", "--proto", "acme/billing/v1/nope.proto", "--proto-path", str(PROTOS),
+              cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"callstate serve: acme/billing/v1/nope.proto: no such .proto file (nor below --proto-path {PROTOS})"]
+
+
+# -- reflection describes a method by its full name --------------------------------------------
+
+def test_grpcurl_describes_a_method_by_its_full_name(acme: ServerProcess) -> None:
+    """Before: `grpcurl describe acme.billing.v1.Billing.GetInvoice` (and callstate.v1.Emulator.Call)
+    was "Symbol not found": protobuf's upb pool finds no method by name, and reflection asked it alone."""
+    out = run_grpcurl(acme.target, "describe", "acme.billing.v1.Billing.GetInvoice")
+    assert out.returncode == 0, out.stderr
+    assert "acme.billing.v1.Billing.GetInvoice is a method" in out.stdout
+    assert 'get:"/v1/invoices/{id}"' in out.stdout   # the vendored google.api.http option travels with it
+    deprecated = run_grpcurl(acme.target, "describe", "acme.billing.v1.Billing.OldCharge")
+    assert "option deprecated = true" in deprecated.stdout, deprecated.stderr
+    own = run_grpcurl(acme.target, "describe", "callstate.v1.Emulator.Call")
+    assert "callstate.v1.Emulator.Call is a method" in own.stdout, own.stderr
+    missing = run_grpcurl(acme.target, "describe", "acme.billing.v1.Billing.Nope")
+    assert missing.returncode != 0 and "Symbol not found" in missing.stderr
+
+
+# -- a JSON array is no request ------------------------------------------------------------------
+
+def test_a_json_array_is_refused_not_sent_as_the_empty_request(acme: ServerProcess, schema: Schema) -> None:
+    """Before: `--data '[]'` (and `request=[]`) was taken for `{}`: the empty request went out and
+    completed, where `--data '[{...}]'` or `null` was refused."""
+    get = schema.method("acme.billing.v1.Billing/GetInvoice")
+    for data in ("[]", " [ ]", []):
+        with pytest.raises(SchemaError, match="expected a JSON object of its fields, got list"):
+            message_from_json(get.request, data, where="--data")   # type: ignore[arg-type]
+    done = cli("call", "--target", acme.target, "--method", get.name, "--data", "[]")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ("callstate call: --data: acme.billing.v1.GetInvoiceRequest: expected a JSON "
+                                   "object of its fields, got list")
+    # a well-known type whose JSON is an array still parses from one
+    assert len(message_from_json(struct_pb2.ListValue, "[1, 2]", where="x").values) == 2
+
+
+def test_pipe_of_another_shape_names_the_one_to_give(acme: ServerProcess) -> None:
+    """Before: "... is server-streaming, a out pipe"."""
+    done = cli("call", "--target", acme.target, "--method", "acme.billing.v1.Billing/Watch", "--pipe", "in")
+    assert done.returncode == 2
+    assert "acme.billing.v1.Billing/Watch is server-streaming, a pipe of --pipe out" in done.stderr
+
+
+# -- what was checked and holds: the real-world protos end to end --------------------------------
+
+@pytest.mark.parametrize("data, code", [
+    ({"priority": "PRIORITY_NORMAL"}, 4001),      # an alias matches its value under any of its names
+    ({"priority": 1}, 4001),
+    ({"big": "18446744073709551615"}, 4002),      # uint64's largest, written as YAML's int
+    ({"totals": {"eur": {"currency_code": "EUR", "units": "5"}}}, 4003),
+    ({"memo": ""}, 4004),                         # `optional`: set to "" is not unset
+    ({"token": "AAE="}, 4005),                    # a bytes member of a oneof
+    ({"card": "c"}, 0),
+])
+def test_rules_match_the_real_world_field_kinds(schema: Schema, data: dict[str, object], code: int) -> None:
+    rules = parse_rules(RULES, schema)
+    request = message_from_json(schema.method(CREATE).request, data, where="t")
+    rule = rules.first_match(CREATE, {}, request)
+    assert (0 if rule is None else int(rule.script.abort_code)) == code   # type: ignore[union-attr]
+
+
+def test_every_shape_and_grpcurl_on_the_real_world_protos(acme: ServerProcess, tmp_path: Path) -> None:
+    log = tmp_path / "client.jsonl"
+    with Client(acme.target, log=str(log)) as client:   # the schema from the stand-in's reflection
+        got = client.start(Script("complete"), method="acme.billing.v1.Billing/GetInvoice",
+                           request={"id": "q"}).result(30)
+        assert (got.id, got.big, got.priority, got.token) == ("inv-1", 2**64 - 1, 1, b"\x00\x01")
+        assert got.totals["eur"].units == 1 and got.notes[5] == "five"
+        assert client.start(method="acme.billing.v1.Billing/Ping").result(30).ByteSize() == 0
+        watch = client.pipe(PipeScript(messages=2), method="acme.billing.v1.Billing/Watch",
+                            request={"page_size": 1}).start()
+        assert [watch.pull() is not None for _ in range(2)] == [True, True]
+        watch.result(30)
+        upload = client.pipe(method="acme.billing.v1.Billing/Upload", request={"data": "aGk=", "offset": "3"}).start()
+        upload.push()
+        upload.close_push()
+        upload.result(30)
+        sync = client.pipe(PipeScript("hold"), method="acme.billing.v1.Billing/Sync", request={"id": "s"}).start()
+        sync.push()
+        sync.cancel()
+        with pytest.raises(Exception) as cancelled:
+            sync.result(30)
+        assert getattr(cancelled.value, "code", None) == 1818
+    for call_id in {e["call_id"] for e in read_entries(log)}:   # each call ended on the server's side too
+        assert ended(acme.wait_entries(call_id)), call_id
+    checked = cli("check", str(log), str(acme.log))
+    assert checked.returncode == 0, checked.stdout
+    purge = run_grpcurl("-H", "callstate-call-id: a27-purge", acme.target, "acme.billing.v1.BillingAdmin.Purge")
+    assert purge.returncode == 0 and json.loads(purge.stdout) == {}, purge.stderr
+    entries = acme.wait_entries("a27-purge")
+    assert {e.get("rule") for e in entries} == {"empty"}
+    assert {e.get("method") for e in entries} == {"acme.billing.v1.BillingAdmin/Purge"}
