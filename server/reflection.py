@@ -8,7 +8,7 @@ versions and the user's schema side by side, without touching protobuf's default
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -41,6 +41,32 @@ def v1_file() -> descriptor_pb2.FileDescriptorProto:
             if field.HasField("type_name"):
                 field.type_name = field.type_name.replace(old, new)
     return proto
+
+
+class _MethodsToo:
+    """A pool, as reflection reads it, that also finds a method's file by the method's full name
+    ("pkg.Svc.Method": what `grpcurl describe pkg.Svc.Method` asks for). protobuf's upb pool
+    finds services, messages, enums and fields by name, not methods (and cannot be subclassed:
+    its constructor makes a pool of its own type)."""
+
+    def __init__(self, pool: DescriptorPool) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, full_name: str) -> FileDescriptor:
+        try:
+            return self._pool.FindFileContainingSymbol(full_name)
+        except KeyError:
+            service, _, method = full_name.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service)
+            except KeyError:
+                found = None
+            if found is None or method not in found.methods_by_name:
+                raise
+            return found.file
 
 
 def server_pool(schema: Schema | None = None) -> DescriptorPool:
@@ -166,7 +192,8 @@ def add_file(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) ->
 
 def serve_reflection(server: grpc.aio.Server, service_names: Sequence[str], pool: DescriptorPool) -> None:
     """Serve reflection of `service_names` (both reflection services are listed too) under both names."""
-    servicer = reflection_aio.ReflectionServicer(tuple(service_names) + (V1ALPHA, V1), pool=pool)
+    servicer = reflection_aio.ReflectionServicer(tuple(service_names) + (V1ALPHA, V1),
+                                                 pool=_MethodsToo(pool))   # type: ignore[arg-type]
     rgrpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(servicer.ServerReflectionInfo,
                                                     request_deserializer=rpb.ServerReflectionRequest.FromString,
