@@ -195,6 +195,8 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
     """
     msg = cls()
     pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
+    if _a_list(data) and not is_well_known(cls.DESCRIPTOR.full_name):   # protobuf takes `[]` for `{}`
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got list")
     try:
         if isinstance(data, str):
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
@@ -228,6 +230,11 @@ def require_initialized(msg: Message, where: str) -> None:
         missing = ", ".join(msg.FindInitializationErrors())
         raise SchemaError(f"{where}: {msg.DESCRIPTOR.full_name}: required field{'s' if ',' in missing else ''} "
                           f"not set: {missing}")
+
+
+def _a_list(data: Any) -> bool:
+    """A JSON array (text or a parsed list): protobuf parses an empty one as the empty message."""
+    return data.lstrip().startswith("[") if isinstance(data, str) else isinstance(data, (list, tuple))
 
 
 def _not_an_object(data: Any) -> str:
