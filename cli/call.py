@@ -90,7 +90,7 @@ def run(opts: argparse.Namespace) -> int:
     if opts.drive is not None and opts.drive.method.kind != UNARY:   # a streaming method: a pipe of its shape
         if opts.pipe not in (None, opts.drive.method.kind):
             opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is {shape(opts.drive.method.kind)}, "
-                                     f"a {opts.drive.method.kind} pipe")
+                                     f"a pipe of --pipe {opts.drive.method.kind}")
         opts.pipe = opts.drive.method.kind
     elif opts.drive is not None and opts.pipe:
         opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
