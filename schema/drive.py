@@ -76,7 +76,7 @@ class MethodOptions:
         if self.data_file is None:
             return (message_from_json(method.request, self.data or "{}", where=flag("data")),)
         try:
-            with open(self.data_file, encoding="utf-8") as f:
+            with open(self.data_file, encoding="utf-8-sig") as f:   # the BOM Windows editors may write
                 lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -202,3 +202,15 @@ def test_every_shape_and_grpcurl_on_the_real_world_protos(acme: ServerProcess, t
     entries = acme.wait_entries("a27-purge")
     assert {e.get("rule") for e in entries} == {"empty"}
     assert {e.get("method") for e in entries} == {"acme.billing.v1.BillingAdmin/Purge"}
+
+
+def test_a_data_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
+    """Before: a --data-file as Windows editors save it (UTF-8 with a BOM) was "bom.jsonl:1: ...
+    Failed to load JSON: Unexpected UTF-8 BOM"."""
+    from callstate.schema.drive import MethodOptions
+
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b'\xef\xbb\xbf{"id": "x"}\r\n{"id": "y"}\r\n')
+    drive = MethodOptions(method="acme.billing.v1.Billing/GetInvoice", data_file=str(data), proto=[BILLING],
+                          proto_path=[str(PROTOS)]).drive("127.0.0.1:1")
+    assert drive is not None and [r.id for r in drive.requests] == ["x", "y"]   # type: ignore[attr-defined]
