@@ -94,6 +94,14 @@ def run(opts: argparse.Namespace) -> int:
         opts.pipe = opts.drive.method.kind
     elif opts.drive is not None and opts.pipe:
         opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
+    # a user's method sends --data and is answered with its rule's reply: Emulator/Call's own fields would be dropped
+    foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
+                                        ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
+    if opts.drive is not None and foreign:
+        print(f"callstate call: error: {' and '.join(foreign)} {'apply' if len(foreign) > 1 else 'applies'} without "
+              f"--method only: {opts.method} sends its request from --data, and its reply is a rule's "
+              "(see docs/any-service.md)", file=sys.stderr)
+        return 2
     # an abort's settings on another outcome would be dropped without a word: refuse them
     stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
     if stray and opts.outcome != ABORT:

@@ -214,3 +214,15 @@ def test_a_data_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
     drive = MethodOptions(method="acme.billing.v1.Billing/GetInvoice", data_file=str(data), proto=[BILLING],
                           proto_path=[str(PROTOS)]).drive("127.0.0.1:1")
     assert drive is not None and [r.id for r in drive.requests] == ["x", "y"]   # type: ignore[attr-defined]
+
+
+def test_call_refuses_emulator_call_fields_on_a_users_method(acme: ServerProcess) -> None:
+    """Before: `call --method ... --payload x` (or --echo, --reply-bytes) exited 0 with the rule's
+    reply: the payload was never sent, the echo never made, and nothing said so."""
+    for flags, named in ((["--payload", "x"], "--payload applies"), (["--echo", "--reply-bytes", "3"],
+                                                                      "--echo and --reply-bytes apply")):
+        done = cli("call", "--target", acme.target, "--method", "acme.billing.v1.Billing/GetInvoice", *flags)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr.strip() == (f"callstate call: error: {named} without --method only: "
+                                       "acme.billing.v1.Billing/GetInvoice sends its request from --data, and its "
+                                       "reply is a rule's (see docs/any-service.md)")
