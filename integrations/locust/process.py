@@ -64,7 +64,7 @@ class ProcessState:
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
-        environment.events.quitting.add_listener(lambda **_: self.close())
+        environment.events.quitting.add_listener(lambda **_: self.quitting())
 
     @classmethod
     def get(cls, environment: Any, log_template: str | None, propagation: bool) -> "ProcessState":
@@ -119,6 +119,14 @@ class ProcessState:
         except grpc.RpcError:
             return False
         return self._caught_up.wait(timeout)
+
+    def quitting(self) -> None:
+        """Locust quits: on SIGTERM or Ctrl-C it says so before it stops the users, so stop them
+        first (a no-op when the run has stopped): their calls in flight end (user.py), reach the
+        log and the statistics, and the journal follower catches up; then close."""
+        if self.environment.runner is not None:
+            self.environment.runner.stop()
+        self.close()
 
     def close(self) -> None:
         if self._stream is not None:

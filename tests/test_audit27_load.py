@@ -1,0 +1,147 @@
+"""Audit 27 of the load-testing paths (`callstate load`, the Locust user, metrics, the live
+view): each test here failed before its fix, against a real `callstate serve` and, for Locust,
+real Locust processes (run as subprocesses: importing Locust here would monkey-patch this test
+process for gevent)."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from callstate.lifecycle import END, ENTER
+from tests.conftest import cli, read_entries, start_server
+from tests.test_locust import free_port, stats_rows
+
+pytestmark = pytest.mark.timeout(180)
+LOCUST = [sys.executable, "-m", "locust"]
+# every call held until the user's own cancel: each user has one in flight when the run stops,
+# which callstate cancels and ends at quit, after Locust's last periodic CSV write
+HELD = ["--callstate-mix", "hold=100", "--callstate-cancel", "none", "--callstate-hold-for", "0.3"]
+
+
+def ended_calls(logs: list[Path]) -> int:
+    return sum(e["state"] == END and e["event"] == ENTER for log in logs for e in read_entries(log))
+
+
+def csv_requests(path: Path) -> dict[str, int]:
+    """Locust's final `_stats.csv`: request count by name."""
+    with open(path, newline="") as f:
+        return {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(f)}
+
+
+def last_history_total(path: Path) -> int:
+    with open(path, newline="") as f:
+        return [int(row["Total Request Count"]) for row in csv.DictReader(f) if row["Name"] == "Aggregated"][-1]
+
+
+def test_locust_csv_counts_the_calls_ended_at_quit(tmp_path: Path) -> None:
+    """Locust rewrites its --csv files once a second and not at quit: the calls the stop cut
+    off (ended by callstate at quit) were in the JSON stats and the state log, not in the CSV."""
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "3s",
+                              "--host", srv.target, "--csv", "run", "--csv-full-history", "--json-file", "run",
+                              "--only-summary", *HELD], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    finally:
+        srv.stop()
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
+    calls = ended_calls(logs)
+    final = csv_requests(tmp_path / "run_stats.csv")
+    assert calls > 4 and calls_in_json(tmp_path / "run.json") == calls
+    assert final["Aggregated"] == calls, (final, calls)
+    assert last_history_total(tmp_path / "run_stats_history.csv") == calls   # its last row: the run's end
+    report = cli("check", "--allow-one-side", *map(str, logs))
+    assert report.returncode == 0, report.stdout + report.stderr
+
+
+
+def wait_for_calls(logs: Callable[[], list[Path]], n: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the logs hold `n` ended calls (evidence the run is going), bounded in time."""
+    deadline = time.monotonic() + timeout
+    while ended_calls(logs()) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {n} calls in the logs within {timeout} s"
+        time.sleep(0.1)
+
+
+def locust(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*LOCUST, "-f", "locustfile.py", *args], cwd=tmp, stdout=open(tmp / "locust.out", "wb"),
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_locust_stopped_by_a_signal_logs_and_counts_every_call(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM (how containers stop Locust) or Ctrl-C: Locust fires `quitting` before it stops
+    the users, and the state log was closed there, so the calls callstate ended at quit were
+    counted by Locust but missing from the log (`callstate check`: not_ended, client stopped in
+    WComp)."""
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        proc = locust(tmp_path, "--headless", "-u", "4", "-r", "4", "-t", "120s", "--host", srv.target, "--csv", "run",
+                      "--json-file", "run", "--only-summary", *HELD)
+        try:
+            wait_for_calls(lambda: sorted(tmp_path.glob("callstate-client-*.jsonl")), 8, proc)
+            proc.send_signal(sig)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        srv.stop()
+    logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
+    report = cli("check", "--allow-one-side", *map(str, logs))
+    assert report.returncode == 0, report.stdout + report.stderr
+    calls = ended_calls(logs)
+    assert calls_in_json(tmp_path / "run.json") == calls
+    assert csv_requests(tmp_path / "run_stats.csv")["Aggregated"] == calls
+
+
+def calls_in_json(path: Path) -> int:
+    return sum(row["num_requests"] for name, row in stats_rows(path).items()
+               if not name.startswith("cancel propagation"))   # the propagation entries count no calls
+
+
+def test_locust_worker_stopped_by_sigterm_logs_and_reports_every_call(tmp_path: Path) -> None:
+    """A worker stopped on its own (a scale-down: SIGTERM) told the master it quit without its
+    last report (up to 3 s of its calls missing from the master's statistics) and lost the calls
+    ended at quit from its state log."""
+    dirs = [tmp_path / "w0", tmp_path / "w1"]
+    for d in (tmp_path, *dirs):
+        d.mkdir(exist_ok=True)
+        (d / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--no-state-log")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # the master's run time bounds the test; the worker is stopped long before it ends
+        procs.append(locust(tmp_path, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                            "--headless", "--expect-workers", "2", "--expect-workers-max-wait", "40", "-u", "4",
+                            "-r", "4", "-t", "12s", "--stop-timeout", "5", "--host", srv.target, "--json-file", "run",
+                            *HELD))
+        procs += [locust(d, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)) for d in dirs]
+        wait_for_calls(lambda: sorted(dirs[0].glob("callstate-client-*.jsonl")), 8, procs[1])
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(60) == 0
+        assert procs[0].wait(120) == 0, (tmp_path / "locust.out").read_text()[-3000:]
+        assert procs[2].wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        srv.stop()
+    logs = [log for d in dirs for log in sorted(d.glob("callstate-client-*.jsonl"))]
+    assert len(logs) == 2
+    report = cli("check", "--allow-one-side", *map(str, logs))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert calls_in_json(tmp_path / "run.json") == ended_calls(logs)
