@@ -145,3 +145,37 @@ def test_locust_worker_stopped_by_sigterm_logs_and_reports_every_call(tmp_path: 
     report = cli("check", "--allow-one-side", *map(str, logs))
     assert report.returncode == 0, report.stdout + report.stderr
     assert calls_in_json(tmp_path / "run.json") == ended_calls(logs)
+
+
+def test_locust_stopped_mid_pipe_prints_no_traceback(tmp_path: Path) -> None:
+    """A `both` pipe in flight at the stop: its user cancels and completes it, and the pipe's
+    pulling thread met the ended call with a CallError it did not catch, a traceback on
+    Locust's console ("Exception in thread callstate-pipe-pull") at the end of every run."""
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "6", "-r", "6", "-t", "2s",
+                              "--host", srv.target, "--only-summary", "--json-file", "run",
+                              # held pipes that stream until the stop: every user is mid-pipe then
+                              "--callstate-pipes", "both=100", "--callstate-pipe-messages", "50",
+                              "--callstate-mix", "hold=100", "--callstate-cancel", "none"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    finally:
+        srv.stop()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Exception in thread" not in run.stderr, run.stderr[-3000:]
+    logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
+    report = cli("check", "--allow-one-side", *map(str, logs))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert calls_in_json(tmp_path / "run.json") == ended_calls(logs)
+
+
+def test_load_log_file_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    """`--log-file DIR` said `[Errno 21] Is a directory: '...'`, and a file the system refuses to
+    append to (/proc/version) only `[Errno 22] Invalid argument`: neither named the option."""
+    for path, why in ((str(tmp_path), "Is a directory"), ("/proc/version", "Invalid argument")):
+        if not Path(path).exists():
+            continue
+        run = cli("load", "--target", "127.0.0.1:1", "--calls", "1", "--log-file", path)
+        assert run.returncode == 2
+        assert run.stderr.strip() == f"callstate load: --log-file {path}: cannot write the state log ({why})"
