@@ -104,7 +104,7 @@ class LoadRun:
         # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
         self.builder = ReportBuilder() if config.collect_report else None
         self.checker = (self.builder.checker if self.builder else Checker()) if config.verify else None
-        self.log = StateLog(config.log_file) if config.log_file else None
+        self.log = _state_log(config.log_file) if config.log_file else None
         # Both sides' entries are spooled to disk for the report (it reads back the few
         # example calls' histories at the end), so a long run keeps no entries in memory.
         self._spool_dir = tempfile.TemporaryDirectory(prefix="callstate-load-") if self.builder else None
@@ -618,6 +618,14 @@ class LoadRun:
 
 
 NOT_MEASURABLE = "not measurable: the server side is unknown"
+
+
+def _state_log(path: str) -> StateLog:
+    """The client's state log; OSError naming the option and the file when it cannot be written."""
+    try:
+        return StateLog(path)
+    except OSError as exc:
+        raise OSError(f"--log-file {path}: cannot write the state log ({exc.strerror or exc})") from None
 
 
 async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool:
