@@ -6,6 +6,7 @@ process for gevent)."""
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -179,3 +180,37 @@ def test_load_log_file_that_cannot_be_written_is_one_line_naming_it(tmp_path: Pa
         run = cli("load", "--target", "127.0.0.1:1", "--calls", "1", "--log-file", path)
         assert run.returncode == 2
         assert run.stderr.strip() == f"callstate load: --log-file {path}: cannot write the state log ({why})"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_load_signal_while_waiting_for_the_server_prints_the_verdict(tmp_path: Path, sig: signal.Signals) -> None:
+    """Once every call had ended on the client, `load` waits (--settle) for the server to end
+    them too; a signal then found the default handlers: SIGTERM killed it (exit 143) and Ctrl-C
+    ended it (130), with no summary, no --report and no check. Now it ends the wait: the run is
+    reported and judged on what the server had ended (here: nothing, its handlers poll for
+    cancels once a minute)."""
+    srv = start_server(tmp_path, "--no-state-log")
+    report_file = tmp_path / "report.json"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--calls", "4",
+                                 "--concurrency", "4", "--mix", "hold=100", "--cancel", "abortive=100", "--cancel-at",
+                                 "held:0.01", "--cancel-poll", "60000=100", "--settle", "120", "--progress", "never",
+                                 "--log-file", str(tmp_path / "client.jsonl"), "--report", str(report_file)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # every call ended on the client (it logs End at once: an abortive cancel), the server holds them
+            wait_for_calls(lambda: [tmp_path / "client.jsonl"], 4, proc)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    finally:
+        srv.stop()
+    assert proc.returncode == (130 if sig == signal.SIGINT else 1), (proc.returncode, out, err)
+    assert f"4 calls in " in out and f"(the wait for the server to end them cut short: {sig.name})" in out, out
+    assert "check: FAILED" in out and "server stopped in D" in out, out
+    assert "Traceback" not in err, err
+    report = json.loads(report_file.read_text())
+    assert report["calls"] == 4 and report["settle_cut"] == sig.name and not report["check"]["ok"]

@@ -147,6 +147,8 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
+        self.settle_cut = ""      # the signal that ended the wait for the server (all our calls had ended)
+        self._cut: asyncio.Event | None = None   # made when that wait starts, set by stop() during it
         self.server_lost = ""
         # --method: the requests, in turn; and why only the client side is judged, against a
         # server that is not callstate (no Journal to follow)
@@ -163,7 +165,14 @@ class LoadRun:
         self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
-        """Start no more calls; the ones in flight finish and are checked as usual."""
+        """Start no more calls; the ones in flight finish and are checked as usual. Once all of
+        ours have ended (the run waits for the server to end them too), it ends that wait: the
+        check judges what the server had ended by then."""
+        if self._cut is not None or (self.in_flight == 0 and not self._more()):
+            self.settle_cut = reason
+            if self._cut is not None:
+                self._cut.set()
+            return
         self.interrupted = reason
         self._stop_at = 0.0
         if self._stopped is not None:
@@ -374,10 +383,15 @@ class LoadRun:
             await channel.close()
             raise
         view = self._start_view()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):   # from here on, SIGINT/SIGTERM stop the run (stop())
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         try:
             elapsed = await self._drive()
             after = await self._counters_after(channel, journal, before)
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
                 view.stop()
         self._end_follow(follow)
@@ -437,9 +451,6 @@ class LoadRun:
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
         try:
@@ -451,14 +462,13 @@ class LoadRun:
         finally:
             for client in clients:
                 await client.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     async def _counters_after(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub,
                               before: pb.Counters) -> pb.Counters | None:
         """The server's side: every call of ours ended, and nothing left in flight."""
         if self.one_sided:
             return None
+        self._cut = asyncio.Event()
         try:
             return await self._settle(channel, journal, before, self.cfg.settle)
         except grpc.aio.AioRpcError as err:
@@ -490,20 +500,22 @@ class LoadRun:
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
-            if (ours_done and idle) or time.monotonic() > deadline:
+            if (ours_done and idle) or time.monotonic() > deadline or self.settle_cut:
                 break
             await asyncio.sleep(0.05)
-        if self.checker is not None:
+        if self.checker is not None and not self.settle_cut:
             loop = asyncio.get_running_loop()
             self._barrier = loop.create_future()
             self._barrier_id = f"callstate-load-barrier-{os.urandom(8).hex()}"
             await pb_grpc.EmulatorStub(channel).Call(
                 pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
                 metadata=self.cfg.settings.metadata, timeout=10)
-            try:
-                await asyncio.wait_for(self._barrier, max(1.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass   # reported: our calls the stream did not bring will show as not_ended
+            assert self._cut is not None
+            cut = asyncio.ensure_future(self._cut.wait())
+            # a timeout or a signal: our calls the stream did not bring are reported as not_ended
+            await asyncio.wait({self._barrier, cut}, timeout=max(1.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            cut.cancel()
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
         return after
 
@@ -515,6 +527,7 @@ class LoadRun:
             "calls": self.finished,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
+            "settle_cut": self.settle_cut,
             "duration_s": round(elapsed, 3),
             "calls_per_s": round(self.finished / elapsed, 1) if elapsed else 0.0,
             "by_code": {str(c): n for c, n in sorted(self.by_code.items())},
@@ -655,7 +668,9 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
-             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")]
+             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")
+             + (f" (the wait for the server to end them cut short: {report['settle_cut']})"
+                if report.get("settle_cut") else "")]
     lines.append(f"  {'final code':<34}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for code, n in report["by_code"].items():
         lat = report["latency_ms"][code]
