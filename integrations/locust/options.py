@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from locust import events
 
-from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, directory, json_object, method_name,
+from callstate.arg_types import (abort_code, cancel_points, cancel_poll, cancel_shares, directory, json_object, method_name,
                                  non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points,
                                  pipe_shares, positive_float, readable_file)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
@@ -30,7 +30,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-hold-for": ("hold_for", positive_float, "uncancelled held calls are cancelled after SECONDS"),
     "--callstate-escalate-after": ("escalate_after", positive_float,
                                    "a non-abortive cancel escalates to abortive after SECONDS unanswered"),
-    "--callstate-abort-code": ("abort_code", int, "exception code of aborts"),
+    "--callstate-abort-code": ("abort_code", abort_code, "exception code of aborts: non-zero, 32 bits"),
     "--callstate-delay": ("delay", non_negative_float, "server processing time before complete/abort/fatal"),
     "--callstate-payload": ("payload", non_negative_int, "request payload and reply size in bytes"),
     "--callstate-call-timeout": ("call_timeout", positive_float, "gRPC deadline of each call (default: none)"),

@@ -33,7 +33,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, check_abort_code
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust import failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
@@ -129,7 +129,7 @@ class CallstateUser(User):
             on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
             hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
                 "escalate_after", settings["escalate_after"], float),
-            abort_code=_as("abort_code", settings["abort_code"], int),
+            abort_code=_as("abort_code", settings["abort_code"], _abort_code),
             pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
@@ -256,7 +256,13 @@ def _non_negative_int(value: str | int) -> int:
     return number
 
 
-_NUMBERS = (float, int, _non_negative_int)   # parsers a class attribute's number goes through too
+def _abort_code(value: str | int) -> int:
+    code = int(value)
+    check_abort_code(code)   # 0 or wider than 32 bits: every abort would be refused (87)
+    return code
+
+
+_NUMBERS = (float, int, _non_negative_int, _abort_code)   # parsers a class attribute's number goes through too
 
 
 def _as(name: str, value: Any, parse: Any) -> Any:
