@@ -216,20 +216,22 @@ def test_load_signal_while_waiting_for_the_server_prints_the_verdict(tmp_path: P
     assert report["calls"] == 4 and report["settle_cut"] == sig.name and not report["check"]["ok"]
 
 
-def test_locust_abort_code_zero_or_wider_than_32_bits_is_refused_before_the_run(tmp_path: Path) -> None:
+def test_locust_abort_code_and_payload_load_refuses_are_refused_before_the_run(tmp_path: Path) -> None:
     """`--callstate-abort-code 0` (or 2**40, or `abort_code = 0` on the class) was taken: every
     abort was then refused by the server (87 RPC_S_INVALID_ARG), counted as failures, exit 1,
-    where `callstate load --abort-code 0` is a usage error."""
+    where `callstate load --abort-code 0` is a usage error; `--callstate-payload` too."""
     (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
     dead = f"127.0.0.1:{free_port()}"   # the run never starts
-    for value, why in (("0", "must be non-zero: an abort with code 0 would look like success"),
-                       (str(2**40), f"must fit in 32 bits (-2147483648..4294967295), got {2**40}")):
-        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-t", "1s", "--host", dead,
-                              "--callstate-abort-code", value], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=60)
+    for option, value, why in (
+            ("--callstate-abort-code", "0", "'0': must be non-zero: an abort with code 0 would look like success"),
+            ("--callstate-abort-code", str(2**40), f"'{2**40}': must fit in 32 bits (-2147483648..4294967295), "
+                                                   f"got {2**40}"),
+            # as load's --payload: a larger one is refused by a server's default limit (87) on every call
+            ("--callstate-payload", "2000000", "'2000000' must be in 0..1048576 (what a server accepts by default)")):
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-t", "1s", "--host", dead, option, value],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert run.returncode == 2, run.stderr[-2000:]
-        assert run.stderr.strip().splitlines()[-1].endswith(
-            f"error: argument --callstate-abort-code: '{value}': {why}"), run.stderr[-2000:]
+        assert run.stderr.strip().splitlines()[-1].endswith(f"error: argument {option}: {why}"), run.stderr[-2000:]
     (tmp_path / "zero.py").write_text("import callstate.locust\n\n\n"
                                       "class Mine(callstate.locust.CallstateUser):\n    abort_code = 0\n")
     run = subprocess.run([*LOCUST, "-f", "zero.py", "--headless", "-t", "1s", "--host", dead], cwd=tmp_path,
