@@ -239,3 +239,23 @@ def test_locust_abort_code_and_payload_load_refuses_are_refused_before_the_run(t
     assert run.returncode == 2
     assert "callstate: Mine: abort_code = 0: must be non-zero" in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.glob("callstate-client-*.jsonl"))
+
+
+PLANNED = ("complete", "abort", "fatal", "hold", "pipe-in", "pipe-out", "pipe-both")   # what a plan alone decides
+
+
+def test_load_seed_makes_the_same_plans_with_an_open_loop(tmp_path: Path) -> None:
+    """`--seed` promises reproducible plans, but the cancel delays came from the same random
+    stream, drawn as each call started: with `--rate` the starts interleave with the next plans'
+    draws as the event loop happens to run them, so two runs of one seed drew different plans."""
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        runs = [cli("load", "--target", srv.target, "--calls", "600", "--rate", "3000", "--seed", "7", "--json",
+                    "--pipes", "in=10,out=10,both=10", "--cancel", "abortive=30,non-abortive=30",
+                    "--cancel-at", "random:0.002", "--progress", "never", timeout=120) for _ in range(3)]
+    finally:
+        srv.stop()
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    planned = [{path: json.loads(run.stdout)["paths"].get(path, 0) for path in PLANNED} for run in runs]
+    assert planned[0] == planned[1] == planned[2], planned
+    assert all(planned[0].values()), planned[0]

@@ -100,7 +100,11 @@ class LoadRun:
     def __init__(self, config: LoadConfig, out: TextIO = sys.stderr) -> None:
         self.cfg = config
         self.out = out
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)   # the plans, drawn in the order the calls start
+        # the cancel delays, drawn as each call starts: with an open loop the starts interleave
+        # with the next plans' draws as the event loop runs them, so one stream would make the
+        # plans of a --seed depend on timing
+        self.delay_rng = random.Random(None if config.seed is None else f"{config.seed}-cancel-delays")
         # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
         self.builder = ReportBuilder() if config.collect_report else None
         self.checker = (self.builder.checker if self.builder else Checker()) if config.verify else None
@@ -216,7 +220,7 @@ class LoadRun:
             call = client.prepare(script, method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
         try:
-            end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
+            end = await drive_call(call, plan, self.delay_rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
             self.in_flight -= 1
             self._count_paths(plan, CAN in call.history)
