@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -259,3 +260,38 @@ def test_load_seed_makes_the_same_plans_with_an_open_loop(tmp_path: Path) -> Non
     planned = [{path: json.loads(run.stdout)["paths"].get(path, 0) for path in PLANNED} for run in runs]
     assert planned[0] == planned[1] == planned[2], planned
     assert all(planned[0].values()), planned[0]
+
+
+def test_locust_user_reaches_a_server_with_mutual_tls_and_a_token(tmp_path: Path) -> None:
+    """The Locust user had no TLS and no token: against `serve --token` every call ended 5
+    ERROR_ACCESS_DENIED (and against TLS, 1722), where `callstate load` takes --tls-ca,
+    --tls-cert, --tls-key and --token (or CALLSTATE_TOKEN). Its calls, the journal follower (the
+    cancel propagation entry) and the barrier call now ride them."""
+    from tests.certs import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                       "--tls-client-ca", str(tls.ca), "--token", "s3cret", "--max-hold", "20")
+    try:
+        run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
+                              "--host", f"localhost:{srv.port}", "--json-file", "run", "--only-summary",
+                              "--callstate-tls-ca", str(tls.ca), "--callstate-tls-cert", str(tls.client_cert),
+                              "--callstate-tls-key", str(tls.client_key), "--callstate-cancel-at", "held:0.01"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                             env={**os.environ, "CALLSTATE_TOKEN": "s3cret"})
+        bad = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-t", "1s", "--host", srv.target,
+                              "--callstate-tls-cert", str(tls.client_cert)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        srv.stop()
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = stats_rows(tmp_path / "run.json")
+    assert "0 RPC_S_OK" in rows and not any(name.startswith("5 ") for name in rows), rows
+    assert rows["cancel propagation"]["num_requests"] > 0   # the journal follower is authenticated too
+    logs = sorted(tmp_path.glob("callstate-client-*.jsonl"))
+    report = cli("check", *map(str, logs), str(srv.log))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].endswith(
+        "error: --callstate-tls-cert and --callstate-tls-key go together (a client certificate and its key)")

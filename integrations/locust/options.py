@@ -55,6 +55,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-proto-path": ("proto_path", directory, "import path for --callstate-proto, like protoc -I "
                                "(repeatable)"),
     "--callstate-descriptor-set": ("descriptor_set", readable_file, "a FileDescriptorSet with the method's service"),
+    # access, as `callstate load`'s --tls-ca, --tls-cert, --tls-key, --token (access.py)
+    "--callstate-tls-ca": ("tls_ca", readable_file, "PEM of the CA that signed the server's certificate (turns TLS on)"),
+    "--callstate-tls-cert": ("tls_cert", readable_file, "PEM client certificate, for a server that requires one "
+                             "(with --callstate-tls-key)"),
+    "--callstate-tls-key": ("tls_key", readable_file, "PEM key of --callstate-tls-cert"),
+    "--callstate-token": ("token", str, "bearer token sent with every call (default: $CALLSTATE_TOKEN)"),
 }
 REPEATABLE = {"--callstate-proto", "--callstate-proto-path"}   # lists, as `callstate load`'s --proto, --proto-path
 _PARSER: list[Any] = []   # the parser the options were added to: errors found across options end as its error

@@ -20,6 +20,7 @@ import gevent
 import gevent.event
 import grpc
 
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
@@ -61,6 +62,7 @@ class ProcessState:
         self._follower: gevent.Greenlet | None = None
         self._stream: Any = None
         self._channel: grpc.Channel | None = None
+        self._settings = ChannelSettings()
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
@@ -73,12 +75,14 @@ class ProcessState:
                 cls._instance = cls(environment, log_template, propagation)
             return cls._instance
 
-    def watch(self, target: str) -> None:
-        """Follow the server's journal (once per process) to time cancel propagation."""
+    def watch(self, target: str, settings: ChannelSettings) -> None:
+        """Follow the server's journal (once per process) to time cancel propagation, on the
+        users' TLS and token."""
         if self.tracker is None or self._follower is not None:
             return
-        self._channel = grpc.insecure_channel(target)
-        self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest())
+        self._settings = settings
+        self._channel = settings.sync_channel(target)
+        self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest(), metadata=settings.metadata)
         self._follower = gevent.spawn(self._follow)
 
     def _follow(self) -> None:
@@ -115,7 +119,7 @@ class ProcessState:
         try:
             pb_grpc.EmulatorStub(self._channel).Call(
                 pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
-                timeout=timeout)
+                metadata=self._settings.metadata, timeout=timeout)
         except grpc.RpcError:
             return False
         return self._caught_up.wait(timeout)

@@ -35,7 +35,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
 from callstate.scenario import parse_cancel_poll
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, check_abort_code
 from callstate.v1 import callstate_pb2 as pb
-from callstate.locust import failures, method as any_method
+from callstate.locust import access, failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
 from callstate.locust.process import REQUEST_TYPE, ProcessState
 from callstate.schema.drive import DriveError
@@ -47,7 +47,7 @@ __all__ = ["CallstateUser", "expected_codes"]   # expected_codes: the scenario's
 
 SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "pipes",
             "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file", "cancel_poll",
-            *any_method.SETTINGS)
+            *any_method.SETTINGS, *access.SETTINGS)
 
 
 class UnexpectedCode(Exception):
@@ -88,6 +88,11 @@ class CallstateUser(User):
     proto: ClassVar[str | Sequence[str]] = ()       # the schema: .proto files ...
     proto_path: ClassVar[str | Sequence[str]] = ()  # ... and their import paths (protoc -I)
     descriptor_set: ClassVar[str] = ""      # ... or a FileDescriptorSet; neither: the target's reflection
+    # access (access.py), as `callstate load`'s options: TLS on with tls_ca; a client certificate
+    tls_ca: ClassVar[str] = ""              # the CA that signed the server's certificate
+    tls_cert: ClassVar[str] = ""            # a client certificate, for a server that requires one ...
+    tls_key: ClassVar[str] = ""             # ... and its key
+    token: ClassVar[str] = ""               # a bearer token ("": CALLSTATE_TOKEN, if set)
     measure_propagation: ClassVar[bool] = True
     seed: ClassVar[int | None] = None
     _instances: ClassVar[int] = 0
@@ -97,6 +102,7 @@ class CallstateUser(User):
         self.failed = False   # its settings fail on this machine: it stops before any call
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
+            channel = access.channel_settings(settings)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
             self.failed = True
@@ -110,8 +116,8 @@ class CallstateUser(User):
         self._name = self.any_method.method.name if self.any_method is not None else ""   # its stats rows' prefix
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
-                             timeout=float(timeout) if timeout is not None else None)
-        self.process.watch(self.client.target)
+                             timeout=float(timeout) if timeout is not None else None, settings=channel)
+        self.process.watch(self.client.target, channel)
 
     @classmethod
     def configure(cls, parsed_options: Any, host: str | None = None, *, method: bool = True
@@ -136,6 +142,11 @@ class CallstateUser(User):
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
+        typed_access = any(name in typed for name in access.SETTINGS)
+        try:   # a usage error, naming the options, where they were typed
+            access.channel_settings(settings, flag_of if typed_access else str)
+        except ValueError as exc:
+            raise (OptionError if typed_access else ValueError)(str(exc)) from None
         run = cls._method_run(settings, typed, host) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
