@@ -295,3 +295,18 @@ def test_locust_user_reaches_a_server_with_mutual_tls_and_a_token(tmp_path: Path
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].endswith(
         "error: --callstate-tls-cert and --callstate-tls-key go together (a client certificate and its key)")
+
+
+def test_load_slow_rate_ends_at_its_duration(tmp_path: Path) -> None:
+    """An open loop waited for its next call's time even past --duration's end: `--duration 1
+    --rate 0.05` ran 20 s (and a start skipped after the end was counted)."""
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        run = cli("load", "--target", srv.target, "--duration", "1", "--rate", "0.05", "--json", "--progress", "never",
+                  timeout=60)
+    finally:
+        srv.stop()
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["calls"] == 1 and report["skipped"] == 0
+    assert report["duration_s"] < 10, report["duration_s"]   # 1 s; 20 s when it waited for the next call

@@ -303,8 +303,10 @@ class LoadRun:
         n = 0
         while self._more():
             now = loop.time()
-            if next_t > now:
-                await self._pause(next_t - now)
+            if next_t > now:   # no later than --duration's end: a slow --rate does not outlast it
+                await self._pause(min(next_t - now, max(0.0, self._stop_at - time.perf_counter())))
+                if not self._more():
+                    break
             next_t += interval
             if self.in_flight >= self.cfg.max_in_flight:
                 self.skipped += 1   # the generator keeps its own bound: reported, never silent
