@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
+from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import PipeBase, check_script
-from callstate.errors import CallError
+from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
@@ -191,6 +192,7 @@ class Pipe(PipeBase):
             yield msg
 
     # -- the notification ------------------------------------------------------------------------
+    @runs_on_grpc_thread
     def _on_done(self, rpc: Any) -> None:
         self._stop_escalation()
         self._feeder.end()
@@ -221,6 +223,7 @@ class Pipe(PipeBase):
         if self.notified:
             return True
         self._need_rpc("wait")
+        check_wait(self, timeout)
         self._start_drainer()
         if not self._notified.wait(timeout):
             return False
@@ -237,5 +240,5 @@ class Pipe(PipeBase):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.wait(timeout):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()
