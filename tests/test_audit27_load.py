@@ -310,3 +310,29 @@ def test_load_slow_rate_ends_at_its_duration(tmp_path: Path) -> None:
     report = json.loads(run.stdout)
     assert report["calls"] == 1 and report["skipped"] == 0
     assert report["duration_s"] < 10, report["duration_s"]   # 1 s; 20 s when it waited for the next call
+
+
+def test_load_whose_server_stops_says_so_not_only_that_it_gave_no_counters(tmp_path: Path) -> None:
+    """A server stopped under load (SIGTERM) closes its journal stream: load said so at first,
+    then wrote over it with what failed last, `no counters after the run: UNAVAILABLE: failed
+    to connect ... Connection refused`, which hides why."""
+    srv = start_server(tmp_path, "--no-state-log")
+    report_file = tmp_path / "report.json"
+    load = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--duration", "120",
+                             "--rate", "200", "--progress", "never", "--report", str(report_file),
+                             "--log-file", str(tmp_path / "client.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_calls(lambda: [tmp_path / "client.jsonl"], 50, load)   # the run is under way
+        srv.stop()
+        out, err = load.communicate(timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.communicate(timeout=10)
+        srv.stop(signal.SIGKILL)
+    assert load.returncode == 1 and "Traceback" not in err, out + err
+    lost = json.loads(report_file.read_text())["server"]["lost"]
+    # closed as it stops (or, on a machine too busy for its grace period, cut): the journal stream's end
+    assert lost.startswith(("the server closed its journal stream", "the journal stream broke")), lost
+    assert f"server_lost: 1  e.g. -: {lost}" in out, out

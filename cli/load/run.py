@@ -478,7 +478,8 @@ class LoadRun:
         try:
             return await self._settle(channel, journal, before, self.cfg.settle)
         except grpc.aio.AioRpcError as err:
-            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
+            # the first sign of a lost server says most (a journal stream the stopping server closed)
+            self.server_lost = self.server_lost or f"no counters after the run: {err.code().name}: {err.details()}"
             return None
 
     def _end_follow(self, follow: asyncio.Task[None] | None) -> None:
