@@ -296,6 +296,23 @@ def test_locust_user_reaches_a_server_with_mutual_tls_and_a_token(tmp_path: Path
     assert bad.stderr.strip().splitlines()[-1].endswith(
         "error: --callstate-tls-cert and --callstate-tls-key go together (a client certificate and its key)")
 
+    # a method of the user's own service, its schema read from the server's reflection: over TLS too
+    protos = Path(__file__).parent / "protos"
+    standin = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                           "--token", "s3cret", "--proto", str(protos / "shop" / "v1" / "shop.proto"),
+                           "--proto-path", str(protos), "--no-state-log", name="standin")
+    try:
+        shop = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
+                               "--host", f"localhost:{standin.port}", "--json-file", "shop", "--only-summary",
+                               "--callstate-tls-ca", str(tls.ca), "--callstate-token", "s3cret", "--callstate-method",
+                               "shop.v1.Shop/Charge", "--callstate-data", '{"order_id": "o-1"}',
+                               "--callstate-log-file", ""],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    finally:
+        standin.stop()
+    assert shop.returncode == 0, shop.stderr[-3000:]
+    assert "shop.v1.Shop/Charge 0 RPC_S_OK" in stats_rows(tmp_path / "shop.json")
+
 
 def test_load_slow_rate_ends_at_its_duration(tmp_path: Path) -> None:
     """An open loop waited for its next call's time even past --duration's end: `--duration 1

@@ -25,6 +25,7 @@ from locust.runners import WorkerRunner
 
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
+from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe_sync
 from callstate.client.unary_drive import PlanScripts, drive_call_sync
 from callstate.lifecycle import ABORTIVE, UNARY
@@ -144,10 +145,10 @@ class CallstateUser(User):
             _as(name, settings[name], float)
         typed_access = any(name in typed for name in access.SETTINGS)
         try:   # a usage error, naming the options, where they were typed
-            access.channel_settings(settings, flag_of if typed_access else str)
+            channel = access.channel_settings(settings, flag_of if typed_access else str)
         except ValueError as exc:
             raise (OptionError if typed_access else ValueError)(str(exc)) from None
-        run = cls._method_run(settings, typed, host) if method else None
+        run = cls._method_run(settings, typed, host, channel) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
@@ -156,8 +157,8 @@ class CallstateUser(User):
         return settings, scenario, run
 
     @classmethod
-    def _method_run(cls, settings: dict[str, Any], typed: dict[str, Any],
-                    host: str | None) -> any_method.MethodRun | None:
+    def _method_run(cls, settings: dict[str, Any], typed: dict[str, Any], host: str | None,
+                    channel: ChannelSettings) -> any_method.MethodRun | None:
         """The user's own method, as `callstate load --method` takes it; errors name the option
         when it was typed, the class attribute otherwise."""
         command_line = any(name in typed for name in any_method.SETTINGS)
@@ -169,7 +170,7 @@ class CallstateUser(User):
         options = any_method.options_of(settings)
         error = OptionError if command_line else ValueError
         try:
-            run = any_method.resolve(options, _target(host or cls.host), flag)
+            run = any_method.resolve(options, _target(host or cls.host), flag, channel)
         except DriveError as exc:
             why, first = str(exc), str(exc).split(" ", 1)[0].rstrip(":")
             named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
