@@ -353,3 +353,19 @@ def test_load_whose_server_stops_says_so_not_only_that_it_gave_no_counters(tmp_p
     # closed as it stops (or, on a machine too busy for its grace period, cut): the journal stream's end
     assert lost.startswith(("the server closed its journal stream", "the journal stream broke")), lost
     assert f"server_lost: 1  e.g. -: {lost}" in out, out
+
+
+def test_the_secure_compose_overlay_gives_the_locust_profile_tls_and_the_token() -> None:
+    """docker-compose.secure.yml locked the emulator down and gave `load` its TLS and token, but
+    not the locust profile's master and workers: every Locust call ended 5 or 1722. The master's
+    command is the base one plus the TLS options (so the two cannot drift), and every process of
+    the profile has the certificates and the token."""
+    from tests.test_compose import services
+
+    base, secure = services(), services("docker-compose.secure.yml")
+    tls = ["--callstate-tls-ca", "/tls/ca.pem", "--callstate-tls-cert", "/tls/client.pem",
+           "--callstate-tls-key", "/tls/client.key"]
+    assert secure["locust-master"]["command"] == base["locust-master"]["command"] + tls
+    for name in ("locust-master", "worker"):
+        assert "CALLSTATE_TOKEN" in secure[name]["environment"], name
+        assert any(str(v).endswith(":/tls:ro") for v in secure[name]["volumes"]), name
