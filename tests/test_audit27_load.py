@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Callable
 import pytest
 
 from callstate.lifecycle import END, ENTER
-from tests.conftest import cli, read_entries, start_server
+from tests.conftest import ROOT, cli, read_entries, start_server
 from tests.test_locust import free_port, stats_rows
 
 pytestmark = pytest.mark.timeout(180)
@@ -369,3 +370,8 @@ def test_the_secure_compose_overlay_gives_the_locust_profile_tls_and_the_token()
     for name in ("locust-master", "worker"):
         assert "CALLSTATE_TOKEN" in secure[name]["environment"], name
         assert any(str(v).endswith(":/tls:ro") for v in secure[name]["volumes"]), name
+    if shutil.which("docker-compose"):   # and compose takes the two files with the profile
+        done = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.secure.yml",
+                               "--profile", "locust", "config", "-q"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
