@@ -211,7 +211,7 @@ def test_load_signal_while_waiting_for_the_server_prints_the_verdict(tmp_path: P
     finally:
         srv.stop()
     assert proc.returncode == (130 if sig == signal.SIGINT else 1), (proc.returncode, out, err)
-    assert f"4 calls in " in out and f"(the wait for the server to end them cut short: {sig.name})" in out, out
+    assert "4 calls in " in out and f"(the wait for the server to end them cut short: {sig.name})" in out, out
     assert "check: FAILED" in out and "server stopped in D" in out, out
     assert "Traceback" not in err, err
     report = json.loads(report_file.read_text())
