@@ -20,7 +20,7 @@ import pytest
 
 from callstate.lifecycle import END, ENTER
 from tests.conftest import ROOT, cli, read_entries, start_server
-from tests.test_locust import free_port, stats_rows
+from tests.test_locust import free_port, run_master_and_workers, stats_rows
 
 pytestmark = pytest.mark.timeout(180)
 LOCUST = [sys.executable, "-m", "locust"]
@@ -375,3 +375,25 @@ def test_the_secure_compose_overlay_gives_the_locust_profile_tls_and_the_token()
                                "--profile", "locust", "config", "-q"], cwd=ROOT, capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
+
+
+def test_locust_log_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`--callstate-log-file` in a folder that is not there: two FileNotFoundError tracebacks (a
+    user's and a greenlet's) and no line saying which setting. Now the users stop before any
+    call with one line naming it, locally and, through the master, on a worker."""
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    bad = str(tmp_path / "missing" / "client-{worker}.jsonl")
+    srv = start_server(tmp_path, "--no-state-log")
+    try:
+        local = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
+                                "--host", srv.target, "--only-summary", "--callstate-log-file", bad],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=90)
+        rc, _ = run_master_and_workers(tmp_path, srv.target, ["--callstate-log-file", bad], workers=1, users=2,
+                                       run_time="30s")
+    finally:
+        srv.stop()
+    assert local.returncode == 2 and "Traceback" not in local.stderr, local.stderr[-3000:]
+    assert (f"callstate: CallstateUser: log_file = '{bad.replace('{worker}', 'local')}': cannot write the state log "
+            "(No such file or directory)") in local.stderr
+    master = (tmp_path / "master.out").read_text()
+    assert rc == 2 and "cannot write the state log (No such file or directory)" in master, master[-3000:]

@@ -56,7 +56,10 @@ class ProcessState:
     def __init__(self, environment: Any, log_template: str | None, propagation: bool) -> None:
         self.environment = environment
         self.log_path = expand(log_template, environment) if log_template else None
-        self.log = StateLog(self.log_path) if self.log_path else None
+        try:
+            self.log = StateLog(self.log_path) if self.log_path else None
+        except OSError as exc:   # the users stop before any call, and say why (failures.py)
+            raise ValueError(f"log_file = {self.log_path!r}: cannot write the state log ({exc.strerror or exc})") from None
         self.tracker = PropagationTracker() if propagation else None
         self.sink = _Sink(self.log, self.tracker)
         self._follower: gevent.Greenlet | None = None

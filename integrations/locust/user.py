@@ -104,13 +104,13 @@ class CallstateUser(User):
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
             channel = access.channel_settings(settings)
+            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
             self.failed = True
             return
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
-        self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
         self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
         self._script = PlanScripts(self.scenario, self.delay, self.payload)
