@@ -39,11 +39,20 @@ class AsyncCompletionQueue:
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[AsyncCall] = asyncio.Queue()
+        self._loop = asyncio._get_running_loop()   # the loop its get() runs on (else its first get()'s)
 
     def post(self, call: "AsyncCall") -> None:
-        self._queue.put_nowait(call)
+        """From any thread: a sync `Client`'s calls post from gRPC's thread, where putting
+        straight into the queue would not wake a get() waiting on the loop."""
+        loop = self._loop
+        if loop is None or loop is asyncio._get_running_loop():
+            self._queue.put_nowait(call)
+        else:
+            loop.call_soon_threadsafe(self._queue.put_nowait, call)
 
     async def get(self) -> "AsyncCall":
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         return await self._queue.get()
 
     def qsize(self) -> int:

@@ -5,6 +5,7 @@ started), and a wrong argument is one error naming it, raised before anything is
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -621,3 +622,38 @@ def test_a_wait_that_runs_out_says_the_call_is_still_pending(shared_server: Serv
     assert isinstance(info.value, WaitTimedOut) and isinstance(info.value, CallError)
     assert info.value.code == codes.RPC_S_TIMEOUT and "still pending" in str(info.value)
     assert ended.value.code == codes.RPC_S_CALL_CANCELLED and call.state == lifecycle.END
+
+
+def test_an_asyncio_completion_queue_takes_a_sync_clients_calls(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A sync Client's calls post to their queue from gRPC's thread: an AsyncCompletionQueue
+    waited on in a loop is woken by each (it was put into from that thread, and get() slept on)."""
+    import threading
+
+    from callstate.client import AsyncCompletionQueue
+
+    async def go() -> list[int]:
+        queue = AsyncCompletionQueue()
+        client = Client(shared_server.target, log=tmp_path / "c.jsonl")
+        started = threading.Event()
+
+        def calls() -> None:
+            for _ in range(3):
+                client.start(Script("complete", outcome_delay=0.05), queue=queue)
+            started.set()
+
+        threading.Thread(target=calls, daemon=True).start()
+        got = []
+        t0 = time.monotonic()
+        try:
+            for _ in range(3):
+                # unwoken, get() slept until wait_for's own timer woke the loop (and then found the call)
+                call = await asyncio.wait_for(queue.get(), 90)
+                assert time.monotonic() - t0 < 45, "the loop was not woken by the post"
+                call.result(timeout=5)   # notified already: returns at once
+                got.append(call.code)
+        finally:
+            client.close()
+        assert started.is_set()
+        return got
+
+    assert asyncio.run(go()) == [0, 0, 0]
