@@ -117,7 +117,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="open loop: never more than N calls in flight; starts beyond it are skipped and reported "
                         "(default: %(default)s)")
     p.add_argument("--settle", type=non_negative_float, default=_LOAD.settle, metavar="SECONDS",
-                   help="after the run, how long to wait for the server to end every call (default: %(default)s)")
+                   help="after the run, how long to wait for the server to end every call (SIGINT/SIGTERM end the wait; "
+                        "default: %(default)s)")
     p.add_argument("--progress", choices=MODES, default="auto",
                    help="live view on stderr: calls/s per final code, in flight, recent cancels and their "
                         "propagation. auto: a live dashboard on a terminal, nothing otherwise; always: also plain "
@@ -270,12 +271,13 @@ def _write_json(report: dict[str, Any], path: str) -> None:
 
 
 def _exit_status(report: dict[str, Any]) -> int:
-    """0 when the check holds, 1 when not. A run Ctrl-C stopped early (everything recorded is
-    written by now) exits 130, as shells expect of an interrupted command; SIGTERM is the
-    orderly stop of containers and supervisors, judged by the check like a finished run."""
+    """0 when the check holds, 1 when not. A run Ctrl-C stopped early, or whose wait for the
+    server it cut short (everything recorded is written by now), exits 130, as shells expect of
+    an interrupted command; SIGTERM is the orderly stop of containers and supervisors, judged by
+    the check like a finished run."""
     import signal
 
-    if report.get("interrupted") == signal.SIGINT.name:
+    if signal.SIGINT.name in (report.get("interrupted"), report.get("settle_cut")):
         return 128 + signal.SIGINT
     return 0 if report["check"]["ok"] else 1
 
