@@ -226,3 +226,16 @@ def test_call_refuses_emulator_call_fields_on_a_users_method(acme: ServerProcess
         assert done.stderr.strip() == (f"callstate call: error: {named} without --method only: "
                                        "acme.billing.v1.Billing/GetInvoice sends its request from --data, and its "
                                        "reply is a rule's (see docs/any-service.md)")
+
+
+def test_the_pytest_fixture_takes_a_proto_named_below_its_proto_path() -> None:
+    """Before: `callstate_standin(protos=["acme/billing/v1/billing.proto"], proto_path=["tests/protos/audit27"])`
+    failed the test with "no such .proto file": the proto was looked for below the rootdir only."""
+    from callstate.pytest_plugin.standin import settings
+
+    got = settings({"protos": [BILLING], "proto_path": ["tests/protos/audit27"]}, lambda name: "", ROOT)
+    schema = from_protos(got["protos"], got["proto_path"])
+    assert "acme.billing.v1.Billing/GetInvoice" in schema.methods
+    own = settings({"protos": ["tests/protos/shop/v1/shop.proto"], "proto_path": ["tests/protos"]}, lambda name: "",
+                   ROOT)
+    assert own["protos"] == [str(ROOT / "tests/protos/shop/v1/shop.proto")]   # from the rootdir, as before

@@ -41,13 +41,17 @@ class StandinServer(ThreadServer):
 
 def settings(marker_kwargs: dict[str, Any], ini: Any, root: Path) -> dict[str, Any]:
     """The fixture's configuration: the marker's keywords over the ini options."""
+    def items(value: Any) -> list[str]:
+        return value.split() if isinstance(value, str) else [str(p) for p in value or ()]
+
     def paths(value: Any) -> list[str]:
-        items = value.split() if isinstance(value, str) else list(value or ())
-        return [str(root / p) for p in items]
+        return [str(root / p) for p in items(value)]
 
     kw = dict(marker_kwargs)
-    protos = paths(kw.pop("protos", None) or ini("callstate_protos"))
     proto_path = paths(kw.pop("proto_path", None) or ini("callstate_proto_path"))
+    # a proto from the rootdir, else, as protoc and grpcurl take it, below a proto_path (from_protos looks there)
+    protos = [str(root / p) if (root / p).exists() or not proto_path else p
+              for p in items(kw.pop("protos", None) or ini("callstate_protos"))]
     descriptor_set = kw.pop("descriptor_set", None) or ini("callstate_descriptor_set") or None
     rules = kw.pop("rules", None) or ini("callstate_rules") or None
     if not protos and not descriptor_set:
