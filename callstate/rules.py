@@ -32,6 +32,7 @@ from callstate.schema.model import (WELL_KNOWN, Method, Schema, SchemaError, mes
                                     is_well_known)
 from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
+from callstate.wire import OWN_SERVICE_PREFIXES
 
 ANY = f"{WELL_KNOWN}Any"   # a request or a field that packs another message
 
@@ -243,10 +244,15 @@ def _methods(pattern: Any, schema: Schema, where: str) -> list[Method]:
         raise RulesError(f"{where}.method: required: the full method name, pkg.Svc/Method (* matches any part)")
     regex = method_filter(pattern)
     methods = [m for name, m in sorted(schema.methods.items()) if regex.fullmatch(name)]
-    if not methods:
-        known = ", ".join(sorted(schema.methods)) or "none"
+    served = [m for m in methods if not m.service.startswith(OWN_SERVICE_PREFIXES)]
+    if methods and not served:   # the server answers these itself: a rule on them would never apply
+        raise RulesError(f"{where}.method: {pattern!r} names the server's own {methods[0].service}: a stand-in runs "
+                         f"{', '.join(p + '*' for p in OWN_SERVICE_PREFIXES)} itself, no rule answers them")
+    if not served:
+        known = ", ".join(sorted(m.name for m in schema.methods.values()
+                                 if not m.service.startswith(OWN_SERVICE_PREFIXES))) or "none"
         raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}; the schema has: {known}")
-    return methods
+    return served
 
 
 def _match(match: Any, where: str) -> dict[str, Any]:

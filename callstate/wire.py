@@ -78,3 +78,8 @@ def new_cancel_key() -> str:
 # A pipe call's script (a serialized callstate.v1.PipeScript) for the streaming methods whose
 # first client message comes too late to carry it (PipeIn, PipeBoth); PipeOut takes it here too.
 PIPE_SCRIPT_KEY: Final = "callstate-pipe-script-bin"
+
+# Services a callstate server runs itself: a stand-in never serves them from a user's schema
+# (a schema read from another callstate server, or a vendored health.proto, holds them too),
+# so no rule can answer their methods.
+OWN_SERVICE_PREFIXES: Final = ("callstate.v1.", "grpc.health.v1.", "grpc.reflection.")

@@ -33,11 +33,8 @@ from callstate.script_header import decode as decode_script
 from callstate.server.answer import Answer
 from callstate.server.dispatch import Refusal, refuse
 from callstate.server.emulator import EmulatorServicer
-from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, OWN_SERVICE_PREFIXES
 
-# Services a stand-in never serves from a user's schema: the server's own (a schema read by
-# reflection from another callstate server lists them too).
-OWN_SERVICE_PREFIXES = ("callstate.v1.", "grpc.health.v1.", "grpc.reflection.")
 RULES_POLL = 0.5   # seconds between looks at the rules file (a change lands within two)
 
 

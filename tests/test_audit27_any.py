@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from callstate.client import Client, PipeScript, Script
-from callstate.rules import parse_rules
+from callstate.rules import RulesError, parse_rules
 from callstate.schema import Schema, SchemaError, from_protos, message_from_json
 from tests.conftest import ROOT, ServerProcess, cli, ended, read_entries, start_server
 from tests.test_third_party_and_crash import run_grpcurl
@@ -239,3 +239,26 @@ def test_the_pytest_fixture_takes_a_proto_named_below_its_proto_path() -> None:
     own = settings({"protos": ["tests/protos/shop/v1/shop.proto"], "proto_path": ["tests/protos"]}, lambda name: "",
                    ROOT)
     assert own["protos"] == [str(ROOT / "tests/protos/shop/v1/shop.proto")]   # from the rootdir, as before
+
+
+def test_a_rule_on_a_service_the_server_runs_itself_is_refused(tmp_path: Path) -> None:
+    """Before: with health.proto vendored beside the user's protos (or read by --reflect-from from
+    a Go server), `method: grpc.health.v1.Health/Check` loaded and never applied: the server's own
+    health service answers, and nothing said the rule was dead."""
+    (tmp_path / "grpc/health/v1").mkdir(parents=True)
+    (tmp_path / "grpc/health/v1/health.proto").write_text(
+        'syntax = "proto3";\npackage grpc.health.v1;\nmessage HealthCheckRequest { string service = 1; }\n'
+        "message HealthCheckResponse { enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; }\n"
+        "  ServingStatus status = 1; }\n"
+        "service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }\n")
+    (tmp_path / "app.proto").write_text('syntax = "proto3";\npackage app.v1;\nimport "grpc/health/v1/health.proto";\n'
+                                        "service App { rpc Probe(grpc.health.v1.HealthCheckRequest) returns "
+                                        "(grpc.health.v1.HealthCheckResponse); }\n")
+    schema = from_protos([tmp_path / "app.proto", tmp_path / "grpc/health/v1/health.proto"], [tmp_path])
+    with pytest.raises(RulesError) as err:
+        parse_rules("rules:\n  - method: grpc.health.v1.Health/Check\n    reply: {status: NOT_SERVING}\n", schema)
+    assert str(err.value) == ("rules:2: rules[0].method: 'grpc.health.v1.Health/Check' names the server's own "
+                              "grpc.health.v1.Health: a stand-in runs callstate.v1.*, grpc.health.v1.*, "
+                              "grpc.reflection.* itself, no rule answers them")
+    every = parse_rules("rules:\n  - method: '*'\n    script: {outcome: complete}\n", schema)
+    assert sorted(every.by_method) == ["app.v1.App/Probe"]   # a wildcard takes the methods the stand-in serves
