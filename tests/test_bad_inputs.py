@@ -69,7 +69,7 @@ BAD = [
     (["health", "--target", ":50051"], "has no host"),
     # "-" made a file named "-" in the working directory
     (["load", "--target", UNREACHABLE, "--report", "-"], "give a file name"),
-    (["conformance", "--proxy", UNREACHABLE, "--report", "-"], "give a file name"),
+    (["conformance", "--proxy", UNREACHABLE, "--server", UNREACHABLE, "--report", "-"], "give a file name"),
 ]
 
 
