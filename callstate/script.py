@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import Any, Callable, Final, Literal, TypeVar
 
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
+
+T = TypeVar("T")
 
 # The script vocabulary, each name defined once. Outcomes: what the server does with a call
 # (complete, abort and fatal are the server's lifecycle moves of the same name; hold keeps it
@@ -191,6 +193,16 @@ def check_field_types(script: Any) -> None:
             raise ScriptError(f.name, f"must be {kind}, got {value!r}")
 
 
+def proto_of(script: Any, build: Callable[[], T]) -> T:
+    """`build()` (a script's proto); when it fails on a field of the wrong type, the ScriptError
+    naming that field (checked only then: building is on every call's path)."""
+    try:
+        return build()
+    except (TypeError, ValueError, OverflowError):
+        check_field_types(script)
+        raise
+
+
 def to_ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -215,11 +227,7 @@ class Script:
     cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
-        try:
-            return self._to_proto()
-        except (TypeError, ValueError, OverflowError):   # a wrong field type: said naming the field
-            check_field_types(self)                      # (not checked up front: on every call's path)
-            raise
+        return proto_of(self, self._to_proto)
 
     def _to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:

@@ -74,7 +74,16 @@ def command_named(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+def _tolerant_output() -> None:
+    """A terminal or pipe that cannot show a character (PYTHONIOENCODING=ascii, LANG=C on an
+    old Python) gets it escaped: an em dash in a summary must not cost the run its report."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure") and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_output()
     # Ctrl-C before a command handles it itself (while its modules import, say: grpc and
     # protobuf take a moment, seconds on a busy machine) is an interrupted command too: exit
     # 130, not a KeyboardInterrupt traceback. What a command has recorded is kept: its state

@@ -16,6 +16,8 @@ from callstate.files import is_stream
 def writable(path: str) -> str:
     """"" when `path` can be written atomically (its folder takes a new file), or written into
     (/dev/stdout), else why not."""
+    if path == "-":   # a file named "-" is never what was meant
+        return "-: give a file name ('-' is not standard output here; /dev/stdout is)"
     target = Path(path)
     if target.is_dir():
         return f"{path}: is a directory"

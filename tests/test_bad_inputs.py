@@ -67,6 +67,9 @@ BAD = [
     (["load", "--target", "127.0.0.1:"], "the port must be a number from 1 to 65535"),
     (["watch", "--target", UNREACHABLE, "--target", "::1"], "an IPv6 address goes in brackets"),
     (["health", "--target", ":50051"], "has no host"),
+    # "-" made a file named "-" in the working directory
+    (["load", "--target", UNREACHABLE, "--report", "-"], "give a file name"),
+    (["conformance", "--proxy", UNREACHABLE, "--server", UNREACHABLE, "--report", "-"], "give a file name"),
 ]
 
 
@@ -154,3 +157,15 @@ def test_load_fails_when_no_call_could_run(tmp_path: Path) -> None:
         assert result.returncode == 1 and "no call could run" in result.stdout, result.stdout + result.stderr
     finally:
         srv.stop()
+
+
+def test_a_terminal_that_cannot_show_a_character_still_gets_the_run_and_its_report(
+        shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The summary's em dash on an ASCII-only stdout raised UnicodeEncodeError after the run:
+    a traceback, exit 1, and the --report never written. Now the character is escaped."""
+    report = tmp_path / "r.json"
+    result = cli("load", "--target", shared_server.target, "--calls", "20", "--progress", "never",
+                 "--report", str(report), timeout=120, env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert "check: OK \\u2014" in result.stdout and report.exists(), result.stdout
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import random
 import signal
@@ -44,6 +45,21 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
 NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
+
+
+# Calls in flight per channel when --channels is not given: a server refuses streams over its
+# --max-concurrent-streams (4096 by default) on one connection (HTTP/2 REFUSED_STREAM, 1722 at
+# the caller, measured with 6,000 held calls on one channel), so a load spreads them, with room.
+STREAMS_PER_CHANNEL = 2_000
+# An open loop's calls in flight are bounded by --max-in-flight and by how long a call can last:
+# the server's default --max-hold ends every call within 30 s.
+LONGEST_CALL_S = 30.0
+
+
+def channels_for(concurrency: int, rate: float | None, max_in_flight: int) -> int:
+    """The channels a load opens by default: one per STREAMS_PER_CHANNEL calls it can have in flight."""
+    in_flight = concurrency if not rate else min(max_in_flight, rate * LONGEST_CALL_S)
+    return max(1, math.ceil(in_flight / STREAMS_PER_CHANNEL))
 
 
 @dataclass
