@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 
 from callstate.schema.model import Schema, SchemaError
 
@@ -54,8 +55,21 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
                 importer = next((ln.split(": Import ")[0] for ln in lines if f': Import "{missing}" was not' in ln), "")
                 first += (f" (imports are looked up under {', '.join(includes)}: give the folder your import lines "
                           "are written from with --proto-path" + (f"; imported at {importer})" if importer else ")"))
+            given = next(((proto, f) for proto, f in zip(protos, files) if first.startswith(f + ":")), None)
+            if given is not None and _a_descriptor_set(given[1]):   # protoc's words: "non ascii codepoint"
+                first = f"{given[0]}: a descriptor set, not a .proto file: give it with --descriptor-set"
             raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
+
+
+def _a_descriptor_set(path: str) -> bool:
+    """A file protoc could not read that holds a FileDescriptorSet (an easy mix-up: `-o set.pb`)."""
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        files.ParseFromString(Path(path).read_bytes())
+    except (OSError, DecodeError):
+        return False
+    return bool(files.file) and all(f.name for f in files.file)
 
 
 def _protoc_paths(protos: Sequence[str | os.PathLike[str]],

@@ -9,6 +9,8 @@ The tests whose docstring starts "Before:" failed before their fix."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -262,3 +264,25 @@ def test_a_rule_on_a_service_the_server_runs_itself_is_refused(tmp_path: Path) -
                               "grpc.reflection.* itself, no rule answers them")
     every = parse_rules("rules:\n  - method: '*'\n    script: {outcome: complete}\n", schema)
     assert sorted(every.by_method) == ["app.v1.App/Probe"]   # a wildcard takes the methods the stand-in serves
+
+
+def test_a_descriptor_set_given_as_a_proto_says_which_option_takes_it(tmp_path: Path) -> None:
+    """Before: `--proto set.pb` (what `protoc -o` wrote) was protoc's "set.pb:2:1: Interpreting non
+    ascii codepoint 151." and nothing about --descriptor-set."""
+    from callstate.schema.sources import well_known_include
+
+    out = tmp_path / "set.pb"
+    made = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{well_known_include()}",
+                           "--include_imports", f"--descriptor_set_out={out}", BILLING], capture_output=True,
+                          cwd=PROTOS, timeout=120)
+    assert made.returncode == 0, made.stderr
+    with pytest.raises(SchemaError) as err:
+        from_protos([out])
+    assert str(err.value) == f"{out}: a descriptor set, not a .proto file: give it with --descriptor-set"
+    bad = cli("call", "--method", CREATE, "--proto", "set.pb", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "callstate call: set.pb: a descriptor set, not a .proto file: give it with --descriptor-set"
+    assert CREATE in from_protos([PROTOS / BILLING], [PROTOS]).methods   # a .proto that fails still says protoc's line
+    with pytest.raises(SchemaError, match=r"syn\.proto:5:1: Expected \";\"\."):
+        (tmp_path / "syn.proto").write_text('syntax = "proto3";\npackage x;\nmessage A {\n  string a = 1\n}\n')
+        from_protos([tmp_path / "syn.proto"])
