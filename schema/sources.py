@@ -8,6 +8,7 @@ generation step for the user); the well-known types resolve from the protos grpc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,18 @@ def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
     p = Path(path)
     if not p.is_file():
         raise SchemaError(f"{path}: no such descriptor-set file")
-    return Schema.from_bytes(p.read_bytes(), origin=str(path))
+    data = p.read_bytes()
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        files.ParseFromString(data)
+    except DecodeError:
+        if _PROTO_TEXT.search(data):   # protobuf's words: "Wire format was corrupt"
+            raise SchemaError(f"{path}: a .proto file, not a descriptor set: give it with --proto") from None
+    return Schema.from_bytes(data, origin=str(path))
+
+
+_PROTO_TEXT = re.compile(rb"^\s*((syntax|edition)\s*=\s*[\"']|(package|import|message|service)\s+[\w.\"])",
+                         re.MULTILINE)
 
 
 def from_reflection(target: str, *, credentials: object = None, metadata: Sequence[tuple[str, str]] = (),

@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from callstate.client import Client, PipeScript, Script
 from callstate.rules import RulesError, parse_rules
-from callstate.schema import Schema, SchemaError, from_protos, message_from_json
+from callstate.schema import Schema, SchemaError, from_descriptor_set, from_protos, message_from_json
 from tests.conftest import ROOT, ServerProcess, cli, ended, read_entries, start_server
 from tests.test_third_party_and_crash import run_grpcurl
 
@@ -286,3 +286,18 @@ def test_a_descriptor_set_given_as_a_proto_says_which_option_takes_it(tmp_path: 
     with pytest.raises(SchemaError, match=r"syn\.proto:5:1: Expected \";\"\."):
         (tmp_path / "syn.proto").write_text('syntax = "proto3";\npackage x;\nmessage A {\n  string a = 1\n}\n')
         from_protos([tmp_path / "syn.proto"])
+
+
+def test_a_proto_given_as_a_descriptor_set_says_which_option_takes_it(tmp_path: Path) -> None:
+    """Before: `--descriptor-set billing.proto` was "not a FileDescriptorSet (Error parsing message
+    with type 'google.protobuf.FileDescriptorSet': Wire format was corrupt)"."""
+    done = cli("serve", "--port", "0", "--descriptor-set", str(PROTOS / BILLING))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"callstate serve: {PROTOS / BILLING}: a .proto file, not a descriptor set: "
+                                   "give it with --proto")
+    (tmp_path / "old.proto").write_text("// no syntax line: proto2\npackage old;\nmessage M { optional int32 a = 1; }\n")
+    with pytest.raises(SchemaError, match="a .proto file, not a descriptor set"):
+        from_descriptor_set(tmp_path / "old.proto")
+    (tmp_path / "junk.bin").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(SchemaError, match="not a FileDescriptorSet"):   # anything else: as before
+        from_descriptor_set(tmp_path / "junk.bin")
