@@ -162,6 +162,8 @@ def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if getattr(exc, "context", None) == "while scanning an alias":   # `method: */Charge`: YAML's * is an alias
+            problem += "; a value that starts with * is read as a YAML alias: quote it, method: '*/Charge'"
         raise RulesError(f"{source}{line}: not valid YAML ({problem})") from None
     lines: dict[int, int] = {}
     if isinstance(node, yaml.MappingNode):

@@ -301,3 +301,16 @@ def test_a_proto_given_as_a_descriptor_set_says_which_option_takes_it(tmp_path: 
     (tmp_path / "junk.bin").write_bytes(b"\xff\xff\xff")
     with pytest.raises(SchemaError, match="not a FileDescriptorSet"):   # anything else: as before
         from_descriptor_set(tmp_path / "junk.bin")
+
+
+def test_a_method_pattern_starting_with_a_star_says_to_quote_it(schema: Schema) -> None:
+    """Before: `method: */GetInvoice` or `method: *` (the docs: "* matches any part") was only
+    "not valid YAML (expected alphabetic or numeric character, but found '/')"."""
+    for value in ("*/GetInvoice", "*"):
+        with pytest.raises(RulesError) as err:
+            parse_rules(f"rules:\n  - method: {value}\n    script: {{outcome: complete}}\n", schema, source="r.yaml")
+        assert str(err.value).startswith("r.yaml:2: not valid YAML (expected alphabetic or numeric character")
+        assert str(err.value).endswith("; a value that starts with * is read as a YAML alias: quote it, "
+                                       "method: '*/Charge')")
+    quoted = parse_rules("rules:\n  - method: '*/GetInvoice'\n    script: {outcome: complete}\n", schema)
+    assert sorted(quoted.by_method) == ["acme.billing.v1.Billing/GetInvoice"]
