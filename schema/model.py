@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from google.protobuf import descriptor_pb2, json_format, message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
@@ -80,9 +80,10 @@ class Schema:
     def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
         self.files = files
         self.pool = DescriptorPool()
+        added: dict[str, FileDescriptor] = {}
         for file in _in_dependency_order(files.file):
-            try:
-                self.pool.Add(file)
+            try:   # each file's descriptor as added: upb's FindFileByName misses a name that is not ASCII
+                added[file.name] = self.pool.AddSerializedFile(file.SerializeToString())
             except (TypeError, ValueError) as exc:
                 raise SchemaError(f"{file.name}: {exc}") from None
         for name in WELL_KNOWN_FILES:   # what an Any may carry beyond the user's own types
@@ -91,9 +92,9 @@ class Schema:
                     self.pool.Add(proto)
                 except (TypeError, ValueError):   # the schema has these types under another file name
                     pass
+        self.file_descriptors = [added[file.name] for file in files.file]   # the set's own, in its order
         self.methods: dict[str, Method] = {}
-        for file in files.file:
-            fd = self.pool.FindFileByName(file.name)
+        for fd in self.file_descriptors:
             for service in fd.services_by_name.values():
                 for m in service.methods:
                     name = method_name(service.full_name, m.name)

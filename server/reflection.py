@@ -76,7 +76,7 @@ def server_pool(schema: Schema | None = None) -> DescriptorPool:
 
     from callstate.v1 import callstate_pb2 as pb
 
-    users = [] if schema is None else [schema.pool.FindFileByName(f.name) for f in schema.files.file]
+    users = [] if schema is None else schema.file_descriptors
     return build_pool([pb.DESCRIPTOR, health_pb2.DESCRIPTOR], users)
 
 
@@ -149,13 +149,14 @@ def _own_file_holding(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptor
         return None
     prefix = f"{proto.package}." if proto.package else ""
     try:
-        holders = {pool.FindFileContainingSymbol(prefix + item.name).name for item in names}
+        found = [pool.FindFileContainingSymbol(prefix + item.name) for item in names]
+        holders = {fd.name: fd for fd in found}   # by descriptor: FindFileByName misses a name that is not ASCII
     except KeyError:
         return None
     if len(holders) != 1:
         return None
     held = descriptor_pb2.FileDescriptorProto()
-    pool.FindFileByName(next(iter(holders))).CopyToProto(held)
+    next(iter(holders.values())).CopyToProto(held)
     theirs = {m.name: _shape(m) for m in (*held.message_type, *held.enum_type)}
     if any(theirs.get(m.name) != _shape(m) for m in (*proto.message_type, *proto.enum_type)):
         return None   # the same names, other fields: not the server's to stand for

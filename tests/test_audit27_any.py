@@ -314,3 +314,21 @@ def test_a_method_pattern_starting_with_a_star_says_to_quote_it(schema: Schema) 
                                        "method: '*/Charge')")
     quoted = parse_rules("rules:\n  - method: '*/GetInvoice'\n    script: {outcome: complete}\n", schema)
     assert sorted(quoted.by_method) == ["acme.billing.v1.Billing/GetInvoice"]
+
+
+def test_a_proto_in_a_folder_whose_name_is_not_ascii_loads_and_serves(tmp_path: Path) -> None:
+    """Before: `--proto équipe/v1/team.proto --proto-path .` stopped with a KeyError traceback
+    ("Couldn't find file équipe/v1/team.proto"): protobuf's upb pool finds no file by a name that
+    is not ASCII, and the schema and the reflection pool looked their files up by name."""
+    from callstate.server.reflection import server_pool
+
+    (tmp_path / "équipe/v1").mkdir(parents=True)
+    (tmp_path / "équipe/v1/common.proto").write_text('syntax = "proto3";\npackage team.v1;\nmessage M { string a = 1; }\n')
+    (tmp_path / "équipe/v1/team.proto").write_text('syntax = "proto3";\npackage team.v1;\nimport "équipe/v1/common.proto";\n'
+                                                  "service Team { rpc Get(M) returns (M); }\n")
+    schema = from_protos(["équipe/v1/team.proto"], [tmp_path])
+    assert list(schema.methods) == ["team.v1.Team/Get"]
+    assert server_pool(schema).FindServiceByName("team.v1.Team").methods_by_name["Get"].input_type.name == "M"
+    done = cli("call", "--target", "127.0.0.1:1", "--timeout", "5", "--method", "team.v1.Team/Get", "--proto",
+               "équipe/v1/team.proto", "--proto-path", ".", "--data", '{"a": "x"}', cwd=tmp_path)
+    assert "Traceback" not in done.stderr and "final: 1722" in done.stderr, done.stderr   # unreachable: said so
