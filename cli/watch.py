@@ -302,6 +302,10 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
                     print(f"callstate watch: no call {opts.call_id!r} on the server yet (or no longer in its "
                           "journal): waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
                 else:
+                    if history.omitted:   # a long pipe's message entries, events past the per-call cap
+                        print(f"callstate watch: the server's reply leaves out {history.omitted} entries of this "
+                              "call's history (messages and events from its middle; the server's state log has "
+                              "them all)", file=sys.stderr, flush=True)
                     if any([show(e) for e in history.entries]) or history.ended:
                         return
             if any([show(e) for e in batch.entries]):
