@@ -94,8 +94,12 @@ async def _watch(opts: argparse.Namespace) -> int:
             print(f"callstate watch: {watch.failed}: no answer within --timeout {opts.timeout:g} s (nothing was "
                   "watched)", file=sys.stderr)
             return 1
-        print(printable(f"callstate watch: {watch.failed}: {err.code().name}: "
-                        f"{settings.explain(err.code(), err.details())}"), file=sys.stderr)
+        if watch.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
+            # it answered before: not a TLS or address mistake (what explain() would suggest)
+            why = f"the connection was lost while watching (the server was killed or became unreachable): {err.details()}"
+        else:
+            why = settings.explain(err.code(), err.details())
+        print(printable(f"callstate watch: {watch.failed}: {err.code().name}: {why}"), file=sys.stderr)
         return 1
     finally:
         for channel in channels:
@@ -167,8 +171,8 @@ class _Watch:
             await self._until_over(readers, stop)
         finally:
             await self._close(readers, streams)
-        for target in self.stopped:   # said once the dashboard is gone, or the watch would just fall silent
-            print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
+        for target in self.stopped:   # the dashboard's: said once it is gone, or the watch would just fall silent
+            self._say_stopped(target)
         for reader in readers:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
@@ -235,7 +239,16 @@ class _Watch:
         except grpc.aio.AioRpcError:
             self.failed = target
             raise
-        self.stopped.append(target)   # the server ends the streams only when it stops (after every call's End)
+        # The server ends the streams only when it stops (after every call's End). Between entry lines
+        # that is said at once: the other targets may be followed for long after.
+        if self.dashboard is None:
+            self._say_stopped(target)
+        else:
+            self.stopped.append(target)
+
+    @staticmethod
+    def _say_stopped(target: str) -> None:
+        print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
         print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"

@@ -3,13 +3,18 @@ as a user runs them: real `callstate serve` processes on loopback, real CLI proc
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
 
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import cli, start_server
+from tests.conftest import EVIDENCE_WAIT, cli, read_entries, start_server
 
 GRPC_DEFAULT_RECEIVE = 4 * 1024 * 1024
 
@@ -42,4 +47,68 @@ def test_a_pipe_logged_message_by_message_still_has_a_history_a_client_can_recei
         assert f"leaves out {history.omitted} entries" in watched.stderr
         assert '"state":"End"' in watched.stdout.splitlines()[-1]
     finally:
+        srv.stop()
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
+              timeout: float = EVIDENCE_WAIT) -> str:
+    """The file's text once it holds `text` (bounded; the process must still run when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = path.read_text(errors="replace") if path.exists() else ""
+        if text in got:
+            return got
+        assert time.monotonic() < deadline, f"no {text!r} in {path.name} within {timeout:g} s: {got!r}"
+        assert proc is None or proc.poll() is None, f"the process ended ({proc.returncode}): {got!r}"
+        time.sleep(0.02)
+
+
+def _watch(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    out, err = tmp / "watch.out", tmp / "watch.err"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", *args], stdout=open(out, "wb"),
+                            stderr=open(err, "wb"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _wait_for(err, "watching", proc)
+    return proc, out, err
+
+
+def test_watch_of_replicas_says_at_once_that_one_stopped_and_follows_the_others(tmp_path: Path) -> None:
+    """Entry lines from two replicas; one stops gracefully. It used to be said only when the whole
+    watch ended (Ctrl-C, maybe hours later): until then the replica just fell silent."""
+    one, two = start_server(tmp_path, name="one"), start_server(tmp_path, name="two")
+    proc = None
+    try:
+        proc, out, err = _watch(tmp_path, "--target", one.target, "--target", two.target)
+        assert two.stop() == 0
+        _wait_for(err, f"{two.target} ended the stream: the server is stopping", proc)
+        made = cli("call", "--target", one.target, "--log-file", str(tmp_path / "client.jsonl"))
+        assert made.returncode == 0, made.stderr
+        call_id = read_entries(tmp_path / "client.jsonl")[0]["call_id"]
+        _wait_for(out, call_id[:12], proc)   # still following the other replica
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(EVIDENCE_WAIT) == 0
+        assert err.read_text().count("ended the stream") == 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        one.stop()
+        two.stop()
+
+
+def test_watch_of_a_server_killed_mid_watch_does_not_blame_tls(tmp_path: Path) -> None:
+    """A server killed (SIGKILL) while watched: the watch said "if it uses TLS, pass --tls-ca",
+    false for a plaintext server that had answered; now it says the connection was lost."""
+    srv = start_server(tmp_path)
+    proc = None
+    try:
+        proc, _, err = _watch(tmp_path, "--target", srv.target)
+        srv.stop(signal.SIGKILL)
+        assert proc.wait(EVIDENCE_WAIT) == 1
+        lines = err.read_text().splitlines()
+        assert lines[0].startswith("watching") and len(lines) == 2, lines
+        assert lines[1].startswith(f"callstate watch: {srv.target}: UNAVAILABLE: the connection was lost while "
+                                   "watching"), lines
+        assert "tls" not in lines[1].lower()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         srv.stop()
