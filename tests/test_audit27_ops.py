@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import orjson
 
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -112,3 +113,24 @@ def test_watch_of_a_server_killed_mid_watch_does_not_blame_tls(tmp_path: Path) -
         if proc is not None and proc.poll() is None:
             proc.kill()
         srv.stop()
+
+
+def test_conformance_through_a_proxy_that_forwards_to_another_server_is_a_usage_error(tmp_path: Path) -> None:
+    """--server is not the server the proxy forwards to (a proxy config pointing elsewhere; here the
+    "proxy" is another callstate server, which answers every call itself): the run took minutes
+    and then blamed the proxy, FAILED on six rows ("never reached the server"). Now its probe call
+    must reach --server's journal: one line, exit 2, in seconds, and the report says why."""
+    server, elsewhere = start_server(tmp_path, name="server"), start_server(tmp_path, name="elsewhere")
+    try:
+        report = tmp_path / "report.json"
+        run = cli("conformance", "--proxy", elsewhere.target, "--server", server.target, "--calls", "2",
+                  "--hold-seconds", "1", "--report", str(report), timeout=90)
+        assert run.returncode == 2, run.stdout + run.stderr
+        why = (f"a call through the proxy at {elsewhere.target} was answered, but the server at {server.target} "
+               "never saw it")
+        assert run.stderr.startswith(f"callstate conformance: {why}") and run.stderr.count("\n") == 1, run.stderr
+        assert orjson.loads(report.read_bytes())["error"].startswith(why)
+    finally:
+        server.stop()
+        elsewhere.stop()
+
