@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from callstate.files import PemSource, check_key_pair, read_pem
-from callstate.wire import AUTH_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
+from callstate.wire import AUTH_KEY, CODE_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 
 def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
@@ -103,13 +103,16 @@ class ChannelSettings:
             return grpc.insecure_channel(target, options=self.options(options))
         return grpc.secure_channel(target, creds, options=self.options(options))
 
-    def explain(self, status: grpc.StatusCode | None, details: str | None) -> str:
+    def explain(self, status: grpc.StatusCode | None, details: str | None, trailers: Any = None) -> str:
         """`details` of a failed RPC, with what most likely went wrong when the connection
         itself failed (plaintext against TLS or the reverse, a certificate not trusted) or
-        the server asked for a token."""
+        the server asked for a token. `trailers`: the RPC's trailing metadata; a status whose
+        exact code the server's handler sent there (a scripted abort) gets no hint."""
         text = " ".join((details or "").split())
         hint = ""
-        if status == grpc.StatusCode.UNAVAILABLE:
+        if any(key == CODE_KEY for key, _ in trailers or ()):
+            pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
+        elif status == grpc.StatusCode.UNAVAILABLE:
             if "WRONG_VERSION_NUMBER" in text:
                 hint = "the server does not speak TLS: drop the --tls-* options"
             elif "CERTIFICATE_VERIFY_FAILED" in text:

@@ -134,3 +134,21 @@ def test_conformance_through_a_proxy_that_forwards_to_another_server_is_a_usage_
         server.stop()
         elsewhere.stop()
 
+
+def test_a_scripted_abort_with_code_5_is_not_blamed_on_a_missing_token(tmp_path: Path) -> None:
+    """`call --outcome abort --code 5` (ERROR_ACCESS_DENIED travels as PERMISSION_DENIED) printed
+    "(pass --token or set CALLSTATE_TOKEN)" for a server that takes no token: the handler chose the
+    code (its callstate-code trailer says so). A server that does refuse the caller still says it."""
+    open_srv, locked = start_server(tmp_path, name="open"), start_server(tmp_path, "--token", "sekret", name="locked")
+    try:
+        for kind in ((), ("--pipe", "out"), ("--pipe", "in")):
+            made = cli("call", "--target", open_srv.target, "--outcome", "abort", "--code", "5", *kind)
+            assert made.returncode == 1
+            last = made.stderr.splitlines()[-1]
+            assert last.startswith("final: 5 ERROR_ACCESS_DENIED: aborted with 5") and "token" not in last, last
+        refused = cli("call", "--target", locked.target)
+        assert refused.stderr.splitlines()[-1] == ("final: 5 ERROR_ACCESS_DENIED: this server requires a bearer "
+                                                   "token (pass --token or set CALLSTATE_TOKEN)")
+    finally:
+        open_srv.stop()
+        locked.stop()
