@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
-                   "come; exits once the call has ended on the server (at once for an ended call); with one "
-                   "--target, the replica that holds the call")
+                   "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
+                   "server stops first); with one --target, the replica that holds the call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=positive_int, metavar="N",
@@ -301,9 +301,13 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async def follow() -> None:
-        subscribed = False
+    async def follow() -> bool:
+        """True once the watch is over (see show); False when the server ended the stream first."""
+        subscribed, dropped = False, 0
         async for batch in stream:
+            if batch.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                watch._lost(watch.targets[0], batch.dropped - dropped, batch.dropped)
+                dropped = batch.dropped
             if not subscribed:   # the first message: entries from now on reach this stream
                 subscribed = watch.subscribed = True
                 try:
@@ -320,9 +324,10 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
                               "call's history (messages and events from its middle; the server's state log has "
                               "them all)", file=sys.stderr, flush=True)
                     if any([show(e) for e in history.entries]) or history.ended:
-                        return
+                        return True
             if any([show(e) for e in batch.entries]):
-                return
+                return True
+        return False
 
     reader, stopper = asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())
     try:
@@ -337,6 +342,10 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
                 pass
     if reader.done() and not reader.cancelled() and reader.exception() is not None:
         raise reader.exception()  # type: ignore[misc]
+    if reader.done() and not reader.cancelled() and not reader.result():
+        print(f"callstate watch: {watch.targets[0]} ended the stream: the server is stopping, and call "
+              f"{printable(repr(opts.call_id))} had not ended there", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

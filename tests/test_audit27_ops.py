@@ -152,3 +152,23 @@ def test_a_scripted_abort_with_code_5_is_not_blamed_on_a_missing_token(tmp_path:
     finally:
         open_srv.stop()
         locked.stop()
+
+
+def test_watch_of_one_call_says_when_the_server_stops_before_the_call_ended(tmp_path: Path) -> None:
+    """`watch --call-id` for a call the server has not (yet) seen, then the server stops: the watch
+    ended silently with exit 0, as if the call had ended. Now it says so and exits 1."""
+    srv = start_server(tmp_path)
+    proc = None
+    try:
+        err = tmp_path / "watch.err"
+        proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target, "--call-id",
+                                 "not-made-yet"], stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+        _wait_for(err, "waiting for it", proc)
+        assert srv.stop() == 0
+        assert proc.wait(EVIDENCE_WAIT) == 1
+        assert err.read_text().splitlines()[-1] == (f"callstate watch: {srv.target} ended the stream: the server is "
+                                                    "stopping, and call 'not-made-yet' had not ended there")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        srv.stop()
