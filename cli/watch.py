@@ -11,7 +11,7 @@ from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.arg_types import positive_int
 from callstate.cli.options import add_target, channel_settings
-from callstate.cli.terminal import printable
+from callstate.cli.terminal import printable, stdout_gone
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -134,7 +134,10 @@ class _Watch:
             counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
                                                    timeout=self.opts.timeout or COUNTERS_TIMEOUT))
         merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
-        print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
+        try:
+            print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        except BrokenPipeError:   # `| head`: its reader has what it wanted
+            stdout_gone()
         return 0
 
     async def entries(self) -> int:
@@ -261,9 +264,19 @@ class _Watch:
         d = proto_to_dict(e)
         if self.dashboard is not None:
             self.dashboard.entry(d)
-        else:
-            print(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
+        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+            self.done.set()   # `| head`: its reader has what it wanted, the watch is over
         self.seen += 1
+
+
+def _printed(text: str) -> bool:
+    """Print a line on stdout; False when its reader has gone away (`| head`)."""
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        stdout_gone()
+        return False
 
 
 def _failed(task: asyncio.Future[None]) -> bool:
@@ -292,7 +305,8 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
         if key not in printed:
             printed.add(key)
             d = proto_to_dict(e)
-            print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
+            if not _printed(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+                return True   # `| head`: its reader has what it wanted
             count += 1
         return (e.side == SERVER and e.state == END and e.event == ENTER) or bool(opts.count and count >= opts.count)
 

@@ -172,3 +172,52 @@ def test_watch_of_one_call_says_when_the_server_stops_before_the_call_ended(tmp_
         if proc is not None and proc.poll() is None:
             proc.kill()
         srv.stop()
+
+
+def test_call_and_watch_piped_into_head_end_quietly_and_the_call_still_ends(tmp_path: Path) -> None:
+    """`callstate call ... | head -1`: the second state line raised BrokenPipeError inside the
+    client's logging, the call was abandoned in WComp (its log cut short) and the command said
+    "[Errno 32] Broken pipe", exit 2; `watch | head` and `watch --counters | head` printed a
+    traceback. Now the call goes on to its end (its log whole, exit by its code), the watch ends
+    quietly with 0."""
+    srv = start_server(tmp_path)
+    try:
+        log = tmp_path / "client.jsonl"
+        call = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", srv.target, "--outcome",
+                                 "hold", "--cancel-after", "0.5", "--log-file", str(log)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert call.stdout is not None and call.stderr is not None
+        assert b"--call-->" in call.stdout.readline()
+        call.stdout.close()   # what `head -1` does
+        assert call.wait(EVIDENCE_WAIT) == 1, call.stderr.read()
+        err = call.stderr.read().decode()
+        assert err.splitlines() == ["final: 1818 RPC_S_CALL_CANCELLED: cancelled by the caller"], err
+        assert [e["state"] for e in read_entries(log)][-1] == "End"
+
+        watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert watch.stdout is not None and watch.stderr is not None
+        assert watch.stderr.readline().startswith(b"watching")
+        assert cli("call", "--target", srv.target).returncode == 0
+        assert b"--dispatch-->" in watch.stdout.readline()
+        watch.stdout.close()
+        for _ in range(3):   # entries to print into the closed pipe (the first may sit in a buffer)
+            assert cli("call", "--target", srv.target).returncode == 0
+            if watch.poll() is not None:
+                break
+        assert watch.wait(EVIDENCE_WAIT) == 0
+        assert watch.stderr.read() == b""
+
+        counters = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target,
+                                     "--counters"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert counters.stdout is not None and counters.stderr is not None
+        counters.stdout.close()   # gone before the command prints
+        assert counters.wait(EVIDENCE_WAIT) == 0 and counters.stderr.read() == b""
+
+        check = subprocess.Popen([sys.executable, "-m", "callstate", "check", "--json", str(log), str(srv.log)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)   # any other command: as SIGPIPE
+        assert check.stdout is not None and check.stderr is not None
+        check.stdout.close()
+        assert check.wait(EVIDENCE_WAIT) == 141 and check.stderr.read() == b""
+    finally:
+        srv.stop()
