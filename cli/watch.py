@@ -45,6 +45,9 @@ def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
     if opts.call_id and len(opts.target) > 1:
         opts.target_parser.error("--call-id follows one call: give one --target, the replica that holds it")
+    twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
+    if twice:   # its every entry would be shown twice, its counters summed twice
+        opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:

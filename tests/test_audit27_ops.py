@@ -221,3 +221,13 @@ def test_call_and_watch_piped_into_head_end_quietly_and_the_call_still_ends(tmp_
         assert check.wait(EVIDENCE_WAIT) == 141 and check.stderr.read() == b""
     finally:
         srv.stop()
+
+
+def test_watch_refuses_a_target_given_twice(tmp_path: Path) -> None:
+    """`--target A --target A` showed every entry of A twice and `--counters` summed A twice
+    (dispatched 2 after one call). A usage error now, before anything is asked of A."""
+    for extra in ((), ("--counters",)):
+        run = cli("watch", "--target", "127.0.0.1:1", "--target", "127.0.0.1:2", "--target", "127.0.0.1:1", *extra)
+        assert run.returncode == 2
+        assert run.stderr.splitlines() == ["callstate watch: error: --target 127.0.0.1:1 given more than once: each "
+                                           "server once (see callstate watch --help)"], run.stderr
