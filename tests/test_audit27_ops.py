@@ -13,6 +13,11 @@ from pathlib import Path
 import grpc
 import orjson
 
+from callstate.lifecycle import (COMP, COMPLETE, COMPLETED, D, END, ENTER, PIPE_INITIAL_MOVE, PIPE_OUT, PUSH, SEND_COMPLETE,
+                                 SERVER, START_PUSH)
+from callstate.server.journal import MAX_MESSAGES_PER_CALL, CallRecord, Journal
+from callstate.server.journal_service import HISTORY_BYTES, bounded_history
+from callstate.statelog import Entry, to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import EVIDENCE_WAIT, cli, read_entries, start_server
@@ -231,3 +236,41 @@ def test_watch_refuses_a_target_given_twice(tmp_path: Path) -> None:
         assert run.returncode == 2
         assert run.stderr.splitlines() == ["callstate watch: error: --target 127.0.0.1:1 given more than once: each "
                                            "server once (see callstate watch --help)"], run.stderr
+
+
+def _pipe_history(call_id: str, messages: int) -> list[Entry]:
+    """A server's out pipe logged message by message: D, Push, `messages` self-loops, Comp, End."""
+    out = [Entry(0.0, SERVER, call_id, D, None, ENTER, PIPE_INITIAL_MOVE[SERVER][PIPE_OUT]), Entry(0.1, SERVER, call_id, PUSH, D, ENTER,
+                                                                              START_PUSH)]
+    out += [Entry(1.0 + i, SERVER, call_id, PUSH, PUSH, ENTER, SEND_COMPLETE, sent=i + 1) for i in range(messages)]
+    return out + [Entry(9e6, SERVER, call_id, COMP, PUSH, ENTER, COMPLETE),
+                  Entry(9e6 + 1, SERVER, call_id, END, COMP, ENTER, COMPLETED, 0, "OK")]
+
+
+def test_one_getcall_reply_is_bounded_in_bytes_and_keeps_the_ends_and_every_transition() -> None:
+    """The journal keeps 10,000 message entries per call, but a call id of up to 4,096 characters
+    (--max-call-id) makes each entry 4 KB: 40 MB in one reply. GetCall's reply is bounded in bytes."""
+    entries = _pipe_history("i" * 4096, 10_000)
+    kept, omitted = bounded_history(entries)
+    reply = pb.CallHistory(entries=kept, omitted=omitted)
+    assert reply.ByteSize() <= HISTORY_BYTES < GRPC_DEFAULT_RECEIVE
+    assert len(kept) + omitted == len(entries) and omitted > 9000
+    assert [(e.prev or None, e.state) for e in kept if e.prev != e.state] == \
+           [(e.prev, e.state) for e in entries if e.prev != e.state]
+    assert kept[2].sent == 1 and kept[-3].sent == 10_000   # the first and the last messages
+    small = _pipe_history("c1", 100)
+    assert bounded_history(small) == ([to_proto(e) for e in small], 0)
+
+
+def test_the_journal_keeps_a_bounded_number_of_one_pipes_messages() -> None:
+    """A pipe of millions of messages with --log-messages held every entry in the server's memory
+    while it ran (300,000 messages: +73 MB). Its transitions are kept, the messages past the cap
+    counted."""
+    journal = Journal()
+    rec = journal.keep(CallRecord("big"))
+    entries = _pipe_history("big", MAX_MESSAGES_PER_CALL + 5000)
+    for e in entries:
+        journal.add(rec, e)
+    assert len(rec.entries) == MAX_MESSAGES_PER_CALL + 4 and rec.omitted == 5000 and rec.ended
+    assert [e.state for e in rec.entries[-2:]] == [COMP, END]
+    assert journal.by_state[PUSH] == MAX_MESSAGES_PER_CALL + 5001   # every state entered still counted
