@@ -274,3 +274,17 @@ def test_the_journal_keeps_a_bounded_number_of_one_pipes_messages() -> None:
     assert len(rec.entries) == MAX_MESSAGES_PER_CALL + 4 and rec.omitted == 5000 and rec.ended
     assert [e.state for e in rec.entries[-2:]] == [COMP, END]
     assert journal.by_state[PUSH] == MAX_MESSAGES_PER_CALL + 5001   # every state entered still counted
+
+
+def test_the_conformance_verdict_names_what_it_did_not_test() -> None:
+    """With --server, graceful-stop is skipped; the last line said "every property holds" as if
+    it had been tested too. It now names what was not tested."""
+    from callstate.cli.conformance.properties import COMPLETE_SMALL, GRACEFUL_STOP, Row
+    from callstate.cli.conformance.report import DIRECT, PROXY, table
+
+    rows = {path: [Row(COMPLETE_SMALL, True, "10/10 intact"), Row(GRACEFUL_STOP, None, "", "skipped: why")]
+            for path in (DIRECT, PROXY)}
+    assert table(rows, "p:1", "s:2").splitlines()[-1] == ("conformance: OK — every property holds through the proxy; "
+                                                          f"not tested: {GRACEFUL_STOP} (see above)")
+    rows = {path: [Row(COMPLETE_SMALL, True, "10/10 intact")] for path in (DIRECT, PROXY)}
+    assert table(rows, "p:1", "s:2").splitlines()[-1] == "conformance: OK — every property holds through the proxy"
