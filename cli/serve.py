@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "default 4 MiB receive limit with its framing (default: %(default)s)")
     p.add_argument("--max-payload-bytes", type=bounded_int(0, reply_cap, "gRPC's 4 MiB receive limit"),
                    default=_LIMITS.max_payload_bytes, metavar="N",
-                   help="largest request payload (default: %(default)s)")
+                   help="largest request payload, and largest pipe push (default: %(default)s)")
     p.add_argument("--max-message-bytes", type=bounded_int(0, 2048, "longer ones may not reach a client intact"),
                    default=_LIMITS.max_message_bytes, metavar="N",
                    help="longest abort or fatal message, in UTF-8 bytes (default: %(default)s)")

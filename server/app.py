@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection   # its service name; served by s
 
 from callstate.lifecycle import SERVER
 from callstate.files import check_key_pair, read_pem, write_atomically
-from callstate.script import REQUEST_FRAMING
+from callstate.script import REQUEST_FRAMING, Limits
 from callstate.statelog import Entry
 from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
@@ -127,7 +127,10 @@ class EmulatorServer:
         self.emulator = EmulatorServicer(opts.emulator, journal, self._entry_sink(journal, log))
         self.emulator.on_dispatch = self._on_dispatch
         # no request larger than the largest valid one is even read into Python
-        max_request = opts.emulator.limits.max_payload_bytes + REQUEST_FRAMING
+        # gRPC refuses a larger message before any handler sees it, which a pipe's handler cannot tell
+        # from its caller's cancel: below the default payload limit the server refuses it itself
+        # (a request's validation, each push), so both sides log the same refusal
+        max_request = max(opts.emulator.limits.max_payload_bytes, Limits().max_payload_bytes) + REQUEST_FRAMING
         server_options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_request)]
         if opts.max_concurrent_streams:
             server_options.append(("grpc.max_concurrent_streams", opts.max_concurrent_streams))

@@ -76,6 +76,7 @@ class PipeRun:
         self.null_push_seen = False   # it came as an explicit null-push message
         self.stream_closed = False    # the request stream itself ended (END_STREAM, or torn down)
         self.caller_breach = False    # the caller pushed after its null push
+        self.oversize: str | None = None   # a push over the server's payload limit: why the call is refused
         self._reader: asyncio.Task[None] | None = None
         self.log_messages = owner.log_messages
         self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
@@ -111,8 +112,14 @@ class PipeRun:
                     call.wake()
                     continue
                 self.received += 1
+                size = len(msg.payload) if pipe_messages else msg.ByteSize()
+                if size > self.owner.config.limits.max_payload_bytes:   # refused here, said as such to both sides
+                    self.oversize = (f"push {self.received}: {size} bytes, over the server's payload limit "
+                                     f"({self.owner.config.limits.max_payload_bytes} bytes)")
+                    call.wake()
+                    return
                 if pipe_messages:
-                    self.received_bytes += len(msg.payload)
+                    self.received_bytes += size
                 if self.log_messages and not call.ended:
                     call.move(RECEIVE_COMPLETE, sent=self.sent, received=self.received)
                 if self.received == stop_at:   # the script's point: pull no further
@@ -185,6 +192,8 @@ class PipeRun:
         if self.hold_deadline is not None and asyncio.get_running_loop().time() >= self.hold_deadline:
             await self.abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"held for the server's max hold time ({self.owner.config.max_hold:g}s)")
+        if self.oversize is not None:
+            await self.abort(codes.RPC_S_INVALID_ARG, grpc_status_for(codes.RPC_S_INVALID_ARG), self.oversize)
         if self.caller_breach:   # the runtime fails the call (a caller that checks its own pushes never gets here)
             await self.abort(codes.RPC_X_PIPE_DISCIPLINE_ERROR, grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
                              "the caller pushed after its null push")

@@ -364,3 +364,31 @@ def test_mix_aborts_carry_the_servers_abort_code_at_the_32_bit_edge(tmp_path: Pa
         assert counters(srv.target).by_code[ABORT_CODE_MAX] == 1   # GetCounters keeps working
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("kind", ["in", "both"])
+def test_a_push_over_a_lowered_payload_limit_is_refused_the_same_on_both_sides(tmp_path: Path, kind: str) -> None:
+    """Below the default payload limit the server refuses an oversized push itself (87, the push
+    named) instead of letting gRPC cut the stream, which its handler could only log as the
+    caller's cancel (1818) while the caller read RESOURCE_EXHAUSTED: `check` then found the two
+    sides disagreeing. Both a few KiB and the largest push a client sends are refused alike."""
+    srv = start_server(tmp_path, "--max-payload-bytes", "1000")
+    try:
+        for n, size in enumerate((5000, LIMITS.max_payload_bytes)):
+            client_log = tmp_path / f"client-{n}.log"
+            result = cli("call", "--target", srv.target, "--pipe", kind, "--messages", "2", "--message-bytes",
+                         str(size), "--log-file", str(client_log), timeout=60)
+            assert result.returncode == 1, result.stdout + result.stderr
+            client_end = final([json.loads(line) for line in client_log.read_text().splitlines()])
+            assert client_end["code"] == codes.RPC_S_INVALID_ARG, client_end
+            assert f"push 1: {size} bytes, over the server's payload limit (1000 bytes)" in client_end["detail"]
+            server_end = final(srv.wait_entries(client_end["call_id"], lambda es: any(e["state"] == END for e in es)))
+            assert (server_end["code"], server_end["grpc_status"]) == (codes.RPC_S_INVALID_ARG, "INVALID_ARGUMENT")
+            checked = cli("check", str(client_log), str(srv.log), timeout=60)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+        ok_log = tmp_path / "client-ok.log"   # at the limit: taken
+        result = cli("call", "--target", srv.target, "--pipe", kind, "--messages", "2", "--message-bytes", "1000",
+                     "--log-file", str(ok_log), timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        srv.stop()
