@@ -288,3 +288,17 @@ def test_the_conformance_verdict_names_what_it_did_not_test() -> None:
                                                           f"not tested: {GRACEFUL_STOP} (see above)")
     rows = {path: [Row(COMPLETE_SMALL, True, "10/10 intact")] for path in (DIRECT, PROXY)}
     assert table(rows, "p:1", "s:2").splitlines()[-1] == "conformance: OK — every property holds through the proxy"
+
+
+def test_a_state_log_on_a_full_disk_does_not_say_nothing_was_lost(tmp_path: Path) -> None:
+    """`call --log-file /dev/full`: the entries sit in the file's buffer until its flush fails, and
+    the warning said "0 entries and all later ones are not in it" with all four lost."""
+    srv = start_server(tmp_path)
+    try:
+        made = cli("call", "--target", srv.target, "--log-file", "/dev/full")
+        warning = [ln for ln in made.stderr.splitlines() if "cannot be written" in ln]
+        assert len(warning) == 1, made.stderr
+        lost = int(warning[0].split("; up to ")[1].split()[0])
+        assert lost >= 1 and warning[0].endswith(f"up to {lost} entries and all later ones are not in it")
+    finally:
+        srv.stop()
