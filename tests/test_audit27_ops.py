@@ -302,3 +302,9 @@ def test_a_state_log_on_a_full_disk_does_not_say_nothing_was_lost(tmp_path: Path
         assert lost >= 1 and warning[0].endswith(f"up to {lost} entries and all later ones are not in it")
     finally:
         srv.stop()
+
+
+def test_conformance_serve_port_0_is_a_usage_error() -> None:
+    """`--serve-port 0` started a server on a port the proxy cannot know, then blamed the proxy."""
+    run = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0")
+    assert run.returncode == 2 and "argument --serve-port: '0' must be in 1..65535" in run.stderr, run.stderr
