@@ -22,8 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. It says \"watching\" once every "
-                                   "--target has subscribed: a call made after that line is seen. Stop with Ctrl-C "
-                                   "(exit 0; 130 before every target has answered).")
+                                   "--target has subscribed: a call made after that line is seen. A target that stops, or is "
+                                   "lost, mid-watch is said at once and the others are still followed (exit 1 in "
+                                   "the end when one was lost). Stop with Ctrl-C (exit 0; 130 before every target "
+                                   "has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
@@ -93,16 +95,11 @@ async def _watch(opts: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
             if watch.subscribed:   # --timeout: the watch lasted as long as asked
-                return 0
+                return 1 if watch.lost else 0
             print(f"callstate watch: {watch.failed}: no answer within --timeout {opts.timeout:g} s (nothing was "
                   "watched)", file=sys.stderr)
             return 1
-        if watch.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
-            # it answered before: not a TLS or address mistake (what explain() would suggest)
-            why = f"the connection was lost while watching (the server was killed or became unreachable): {err.details()}"
-        else:
-            why = settings.explain(err.code(), err.details())
-        print(printable(f"callstate watch: {watch.failed}: {err.code().name}: {why}"), file=sys.stderr)
+        watch.say_failed(watch.failed, err)
         return 1
     finally:
         for channel in channels:
@@ -124,6 +121,8 @@ class _Watch:
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
         self.stopped: list[str] = []   # targets whose server ended their stream (it is stopping)
+        self.lost: list[str] = []      # targets lost mid-watch while others were still followed
+        self.over = 0                  # targets whose stream ended (stopped, or lost)
 
     async def counters(self) -> int:
         """Print the counters once (summed over the targets)."""
@@ -144,8 +143,8 @@ class _Watch:
         return 0
 
     async def entries(self) -> int:
-        """Follow every target's Watch stream until each ended, one failed, --count was reached
-        or Ctrl-C. "watching" is said once every target has subscribed (its response headers,
+        """Follow every target's Watch stream until each ended, one failed (a replica lost while
+        others are followed only says so), --count was reached or Ctrl-C. "watching" is said once every target has subscribed (its response headers,
         which the server sends as it subscribes the stream): a call made after that line is seen."""
         from callstate.v1 import callstate_pb2 as pb
 
@@ -182,7 +181,7 @@ class _Watch:
         for reader in readers:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
-        return 0
+        return 1 if self.lost else 0
 
     @staticmethod
     async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]
@@ -242,15 +241,36 @@ class _Watch:
                 if self.opts.count and self.seen >= self.opts.count:
                     self.done.set()
                     return
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as err:
             self.failed = target
-            raise
+            others = self.over + 1 < len(self.targets)   # still followed
+            if not (others and self.subscribed and self.dashboard is None
+                    and err.code() == grpc.StatusCode.UNAVAILABLE):
+                raise
+            # A replica lost (killed, cut off) among entry lines: said now, and the others are
+            # still followed, as when one stops gracefully; the watch exits 1 in the end.
+            self.over += 1
+            self.lost.append(target)
+            self.say_failed(target, err)
+            return
+        self.over += 1
         # The server ends the streams only when it stops (after every call's End). Between entry lines
         # that is said at once: the other targets may be followed for long after.
         if self.dashboard is None:
             self._say_stopped(target)
         else:
             self.stopped.append(target)
+
+    def say_failed(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
+        import grpc
+
+        if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
+            # it answered before: not a TLS or address mistake (what explain() would suggest)
+            why = ("the connection was lost while watching (the server was killed or became unreachable): "
+                   + (err.details() or ""))
+        else:
+            why = self.opts.settings.explain(err.code(), err.details())
+        print(printable(f"callstate watch: {target}: {err.code().name}: {why}"), file=sys.stderr, flush=True)
 
     @staticmethod
     def _say_stopped(target: str) -> None:

@@ -308,3 +308,26 @@ def test_conformance_serve_port_0_is_a_usage_error() -> None:
     """`--serve-port 0` started a server on a port the proxy cannot know, then blamed the proxy."""
     run = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0")
     assert run.returncode == 2 and "argument --serve-port: '0' must be in 1..65535" in run.stderr, run.stderr
+
+
+def test_watch_of_replicas_goes_on_when_one_is_killed_and_exits_1(tmp_path: Path) -> None:
+    """Two replicas watched, one killed (SIGKILL): the whole watch ended there, the surviving
+    replica no longer followed. Now the lost one is said at once, the other still followed (as
+    when one stops gracefully), and the exit status says a target was lost."""
+    one, two = start_server(tmp_path, name="one"), start_server(tmp_path, name="two")
+    proc = None
+    try:
+        proc, out, err = _watch(tmp_path, "--target", one.target, "--target", two.target)
+        two.stop(signal.SIGKILL)
+        _wait_for(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
+        made = cli("call", "--target", one.target, "--log-file", str(tmp_path / "client.jsonl"))
+        assert made.returncode == 0, made.stderr
+        _wait_for(out, read_entries(tmp_path / "client.jsonl")[0]["call_id"][:12], proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(EVIDENCE_WAIT) == 1
+        assert len(err.read_text().splitlines()) == 2   # "watching", then the lost replica once
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        one.stop()
+        two.stop()
