@@ -36,7 +36,7 @@ def test_a_pipe_logged_message_by_message_still_has_a_history_a_client_can_recei
         made = cli("call", "--target", srv.target, "--pipe", "out", "--server-messages", "50000", "--log-file",
                    str(log), timeout=120)
         assert made.returncode == 0, made.stderr
-        call_id = srv.entries()[0]["call_id"]
+        call_id = read_entries(log)[0]["call_id"]
         logged = srv.wait_entries(call_id)
         assert len(logged) > 50_000
 
