@@ -385,7 +385,7 @@ def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path:
         assert "UNAUTHENTICATED" in refused.stderr or "token" in refused.stderr
     finally:
         srv.stop()
-    clash = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "1", "--token", "x")   # refused before it starts
+    clash = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0", "--token", "x")
     assert clash.returncode == 2 and "--serve-port starts a plaintext server" in clash.stderr
 
 
