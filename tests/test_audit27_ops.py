@@ -304,12 +304,6 @@ def test_a_state_log_on_a_full_disk_does_not_say_nothing_was_lost(tmp_path: Path
         srv.stop()
 
 
-def test_conformance_serve_port_0_is_a_usage_error() -> None:
-    """`--serve-port 0` started a server on a port the proxy cannot know, then blamed the proxy."""
-    run = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0")
-    assert run.returncode == 2 and "argument --serve-port: '0' must be in 1..65535" in run.stderr, run.stderr
-
-
 def test_watch_of_replicas_goes_on_when_one_is_killed_and_exits_1(tmp_path: Path) -> None:
     """Two replicas watched, one killed (SIGKILL): the whole watch ended there, the surviving
     replica no longer followed. Now the lost one is said at once, the other still followed (as

@@ -16,8 +16,8 @@ from callstate.cli import COMMANDS
 from callstate.cli.conformance.battery import BatteryConfig
 from callstate.cli.conformance.calls import LOSS, POWER, detection
 from callstate.cli.conformance.properties import PROPERTIES
-from callstate.arg_types import bounded_int, non_negative_float, positive_float, positive_int
-from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, streams
+from callstate.arg_types import non_negative_float, positive_float, positive_int
+from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
 
@@ -58,8 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     where.add_argument("--server", type=host_port, metavar="HOST:PORT",
                        help="the callstate server the proxy forwards to (its real address: the journal is read "
                             "there); graceful-stop is skipped, conformance cannot stop it")
-    where.add_argument("--serve-port", type=bounded_int(1, 65535, "the port the proxy forwards to: 0 would pick "
-                                                          "one it does not know"), metavar="N",
+    where.add_argument("--serve-port", type=port, metavar="N",
                        help="start a callstate server on this port for the proxy to forward to (and stop it "
                             "for graceful-stop)")
     p.add_argument("--serve-bind", default="127.0.0.1", metavar="ADDR",
