@@ -430,7 +430,8 @@ def _code_mismatch(client: SideTrack, server: SideTrack) -> list[tuple[str, str]
         return []
     agreed = codes_agree(client.code, server.code, client_abortive=client.abortive_cancel,
                          client_deadline=client.grpc_status == _DEADLINE, server_saw_abortive=server.abortive_seen,
-                         close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS)
+                         close_explained=client.closed or client.grpc_status != LOCAL_CLOSE_STATUS,
+                         client_closed=client.closed)
     if agreed is not None:
         return []
     return [("code_mismatch", f"client {_code_text(client.code)} vs server {_code_text(server.code)}")]

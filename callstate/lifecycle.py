@@ -114,11 +114,15 @@ class LifecycleError(Exception):
     """An illegal move: names the side, the state and the move."""
 
     def __init__(self, side: str, state: str | None, move: str, detail: str = "") -> None:
-        self.side, self.state, self.move = side, state, move
+        self.side, self.state, self.move, self.detail = side, state, move, detail
         legal = sorted(TABLES[side][state]) if side in TABLES and state in TABLES[side] else []
         msg = f"{side} lifecycle: move {move!r} is illegal in state {state!r}"
         msg += f" (legal: {', '.join(legal)})" if legal else " (no move leaves it)" if state == END else ""
         super().__init__(msg + (f": {detail}" if detail else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt from what __init__ takes (its args hold the message): it crosses processes
+        return type(self), (self.side, self.state, self.move, self.detail)
 
 
 def next_state(side: str, state: str, move: str) -> str:
@@ -241,10 +245,12 @@ def own_path_error(side: str, move: str | None, code: object) -> str | None:
 AGREE_EQUAL: Final = "equal"
 AGREE_CALLER_CANCELLED: Final = "caller_cancelled"   # 1818 after an abortive cancel or deadline
 AGREE_CONNECTION_LOST: Final = "connection_lost"     # 1722 while the server saw the caller vanish
+AGREE_CLIENT_CLOSE: Final = "client_close"           # 1722 at a client that closed with the call in flight
 
 
 def codes_agree(client_code: int | None, server_code: int | None, *, client_abortive: bool,
-                client_deadline: bool, server_saw_abortive: bool, close_explained: bool = True) -> str | None:
+                client_deadline: bool, server_saw_abortive: bool, close_explained: bool = True,
+                client_closed: bool = False) -> str | None:
     """Whether a client's final code agrees with the server's outcome: the name of the rule
     that accepts it, or None when it disagrees.
 
@@ -253,7 +259,9 @@ def codes_agree(client_code: int | None, server_code: int | None, *, client_abor
       whatever the server did, unless the answer was already on its way (then codes are equal);
     * 1722 at a client whose connection died while the server saw it as an abortive cancel;
       when the client ended the call itself as closed (a local cancel), only if it recorded
-      closing (`close_explained`): otherwise its cancel went unrecorded and it should be 1818.
+      closing (`close_explained`): otherwise its cancel went unrecorded and it should be 1818;
+    * 1722 at a client that recorded closing with the call in flight (`client_closed`): its
+      close cut the call off whatever the server did (a reply on its way is lost with it).
     """
     if client_code == server_code:
         return AGREE_EQUAL
@@ -261,6 +269,8 @@ def codes_agree(client_code: int | None, server_code: int | None, *, client_abor
         return AGREE_CALLER_CANCELLED
     if client_code == codes.RPC_S_SERVER_UNAVAILABLE and server_saw_abortive and close_explained:
         return AGREE_CONNECTION_LOST
+    if client_code == codes.RPC_S_SERVER_UNAVAILABLE and client_closed:
+        return AGREE_CLIENT_CLOSE
     return None
 
 

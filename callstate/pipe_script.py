@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 from callstate.cancel_points import AFTER_HALF_CLOSE, AFTER_HEADERS, AFTER_RECEIVED, BEFORE_START, PIPE
 from callstate.lifecycle import ABORT, COMPLETE, PIPE_BOTH, PIPE_IN, PIPE_OUT
 from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
-                              check_cancel_poll, to_ms, validate_ending)
+                              check_cancel_poll, check_field_types, to_ms, validate_ending)
 from callstate.v1 import callstate_pb2 as pb
 
 PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
@@ -125,6 +125,13 @@ class PipeScript:
     breach: BreachName = "none"
 
     def to_proto(self) -> pb.PipeScript:
+        try:
+            return self._to_proto()
+        except (TypeError, ValueError, OverflowError):   # a wrong field type: said naming the field
+            check_field_types(self)                      # (not checked up front: on every call's path)
+            raise
+
+    def _to_proto(self) -> pb.PipeScript:
         if self.outcome not in OUTCOMES:
             raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
         if self.at not in POINTS:

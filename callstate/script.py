@@ -7,9 +7,10 @@ same field names.
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
 
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
@@ -45,7 +46,12 @@ class RequestError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from what __init__ takes (its args hold the joined text): it crosses processes
+        return type(self), (self.field, self.message)
 
 
 class ScriptError(RequestError):
@@ -165,6 +171,26 @@ def cancel_poll_ms(script: pb.Script | pb.PipeScript | None) -> int | None:
     return script.cancel_poll_ms if script is not None and script.HasField("cancel_poll_ms") else None
 
 
+def check_field_types(script: Any) -> None:
+    """ScriptError naming the first field of a `Script` or `PipeScript` whose value is not of its
+    default's kind (seconds: a finite number; a count or code: an int; a name: a str; a flag: a
+    bool), before protobuf or round() refuse it in words that name no field."""
+    for f in fields(script):
+        value, default = getattr(script, f.name), f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a str"
+        else:   # seconds (a float, or None: the server's own)
+            ok = (value is None and default is None) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                         and math.isfinite(value))
+            kind = "a finite number of seconds" + (" or None" if default is None else "")
+        if not ok:
+            raise ScriptError(f.name, f"must be {kind}, got {value!r}")
+
+
 def to_ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -189,6 +215,13 @@ class Script:
     cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
+        try:
+            return self._to_proto()
+        except (TypeError, ValueError, OverflowError):   # a wrong field type: said naming the field
+            check_field_types(self)                      # (not checked up front: on every call's path)
+            raise
+
+    def _to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:
             raise ScriptError("outcome", f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
         if self.on_cancel not in ON_CANCEL:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, Iterator
 
 # The client's call id travels in the request and in this metadata key; an abort's exact
 # MS-RPC code travels in this trailer, so a client in any language can read it.
@@ -11,9 +11,41 @@ CALL_ID_KEY: Final = "callstate-call-id"
 CODE_KEY: Final = "callstate-code"
 
 
+# Call ids and cancel keys are 128 bits from the OS's random source, drawn for 256 at a time:
+# os.urandom is a system call that lets go of the GIL, and a hot path that made one per call
+# handed the GIL to the state-log writer thread and waited for it back at every call.
+_SECRETS_PER_DRAW: Final = 256
+_secrets: Iterator[str] = iter(())
+
+
+def _draw() -> Iterator[str]:
+    raw = os.urandom(16 * _SECRETS_PER_DRAW).hex()
+    # a list's iterator, not a generator: next() on it is one step under the GIL, so threads
+    # sharing it never get the same secret (two that find it empty each draw afresh)
+    return iter([raw[i:i + 32] for i in range(0, len(raw), 32)])
+
+
+def _secret() -> str:
+    global _secrets
+    try:
+        return next(_secrets)
+    except StopIteration:
+        _secrets = fresh = _draw()
+        return next(fresh)
+
+
+def _forget_secrets() -> None:
+    """A forked child must not hand out the secrets its parent holds next."""
+    global _secrets
+    _secrets = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_secrets)
+
+
 def new_call_id() -> str:
-    """Unguessable: 128 random bits, as hex."""
-    return os.urandom(16).hex()
+    """Unguessable: 128 random bits, as hex (each drawn once)."""
+    return _secret()
 
 # A bearer token travels in this metadata key as "Bearer <token>" (servers started with
 # --token require it on the Emulator and Journal services); CLI commands read it from
@@ -41,7 +73,8 @@ CANCEL_KEY_KEY: Final = "callstate-cancel-key"
 
 def new_cancel_key() -> str:
     """A call's secret: a cancel notice must repeat it to reach the call."""
-    return os.urandom(16).hex()
+    return _secret()
+
 # A pipe call's script (a serialized callstate.v1.PipeScript) for the streaming methods whose
 # first client message comes too late to carry it (PipeIn, PipeBoth); PipeOut takes it here too.
 PIPE_SCRIPT_KEY: Final = "callstate-pipe-script-bin"

@@ -25,8 +25,8 @@ from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
-from callstate.errors import CallError, InvalidAsyncHandle
-from callstate.lifecycle import C, WCOMP
+from callstate.errors import CallError
+from callstate.lifecycle import WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
 
@@ -125,9 +125,7 @@ class AsyncCall(CallCore):
         if self.notified:
             return True
         if self._rpc is None:
-            if self.state == C:
-                raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details="wait() before start()")
-            raise InvalidAsyncHandle(self.call_id, "wait")   # the call failed to start: nothing follows
+            raise self._unsent("wait")
         try:
             if self._driver is None and timeout is None:
                 await self._drive()   # inline: no extra task on the common path
@@ -206,7 +204,7 @@ class AsyncClient(ClientBase):
         form; None: the empty message); the script travels as the `callstate-script` header
         (None: none sent, the server decides). SchemaError for an unknown method or a request
         that does not fit it."""
-        call = AsyncCall(self, self._outgoing(script, payload, call_id, method, request))
+        call = AsyncCall(self, self._outgoing(script, payload, call_id, method, request, queue, on_complete))
         return call._subscribe(queue, on_complete)
 
     def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> AsyncCall:

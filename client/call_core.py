@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from callstate import codes
+from callstate.client.arguments import checked_wait
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (C, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
                                  START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
@@ -37,6 +38,7 @@ _CANCELLED = codes.grpc_status_name_for(codes.RPC_S_CALL_CANCELLED)
 # What a cancel's moves tell the surface to do: cancel the RPC or send the notice; nothing, the
 # call never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in.
 ACT, UNSENT, DONE = "act", "unsent", "done"
+CLOSED_BEFORE_START = "the client was closed before the call was started"
 
 
 class CallCore:
@@ -53,6 +55,8 @@ class CallCore:
     _notice_type: Any                      # each surface's NoticeBase: AsyncNotice (notice_aio.py), ThreadNotice (notice_sync.py)
     _notice: Any = None                    # its notice (notice.py), made by the first non-abortive cancel
     _rpc: Any = None                       # the gRPC call once sent (grpc.aio's call, or grpc's future)
+    _starting = False                      # a start() has claimed the call (one at a time)
+    _cancelled_unsent = False              # cancelled before its RPC existed: the outcome is in, no RPC may run
 
     def __init__(self, call_id: str, log: StateLog | None, kind: str = UNARY, method_name: str | None = None, *,
                  client: Any = None, cancel_key: str = "", timeout: float | None = None) -> None:
@@ -81,6 +85,15 @@ class CallCore:
             self._log.append(new_entry((self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
                                         initial_move(CLIENT, kind), None, None, None, None, None, None, None,
                                         method_name, None)))
+        if client is not None:   # in the log from now on: the client ends it at close() if nobody else does
+            client._live.add(self)
+
+    def __repr__(self) -> str:
+        # what a failing assertion or a debugger shows: the id to find in the logs, where it is
+        kind = "" if self.lifecycle.kind == UNARY else f" {self.lifecycle.kind}"
+        method = f" {self.method_name}" if self.method_name else ""
+        code = f" code={self.code} {codes.name(self.code)}" if self.code is not None else ""
+        return f"<{type(self).__name__}{kind}{method} {self.call_id} {self.state}{code}>"
 
     # -- what the caller reads ----------------------------------------------------------------
     @property
@@ -143,17 +156,19 @@ class CallCore:
     def _admit(self, check: Callable[..., None], *subject: Any) -> None:
         """What `start()` checks before the call goes out: in C, the client open, and
         `check(*subject)` (the server's own checks, so a refused call never goes out). Refused:
-        CallError (C -> End, nothing to complete); admitted: the client counts the call live
-        until it is completed."""
-        if self.lifecycle.state != C:
-            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}")
+        CallError (C -> End, nothing to complete). One start() at a time: a second one (another
+        thread) is refused here, before it could send the call a second time."""
+        with self._lock:
+            if self.lifecycle.state != C or self._starting:
+                raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}"
+                                + (": another start() of the call is under way" if self._starting else ""))
+            self._starting = True
         if (unusable := self._client.unusable()) is not None:   # closed, or (asyncio) another loop's
             raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, unusable)
         try:
             check(*subject)
         except RequestError as exc:
             raise self.start_failed(codes.RPC_S_INVALID_ARG, str(exc)) from None
-        self._client._live.add(self)
 
     def _on_arrival(self) -> None:
         """(Under the lock.) The move the outcome's arrival itself makes (pipes: the null pull)."""
@@ -163,25 +178,56 @@ class CallCore:
 
     def started(self) -> None:
         with self._lock:
-            self._move(STARTED)
-            if self._arrived:   # the outcome beat started()
-                self._on_arrival()
-            callbacks = self._deliver_if_arrived()
-        self._run(callbacks)
+            state = self.lifecycle.state
+            if state == C:
+                self._move(STARTED)
+                if self._arrived:   # the outcome beat started()
+                    self._on_arrival()
+                callbacks = self._deliver_if_arrived()
+        if state == C:
+            self._run(callbacks)
+            return
+        # Another thread moved the call on while start() made the RPC. A cancel that found the
+        # RPC made it go through it (C -> Can -> WComp): the call is under way. But close()
+        # ended it, or a cancel found no RPC yet and gave it its outcome: the RPC must not run.
+        if self.lifecycle.ended or self._cancelled_unsent:
+            self._rpc.cancel()
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id,
+                            details=CLOSED_BEFORE_START if self.lifecycle.ended else "cancelled while it was starting")
 
     def start_failed(self, code: int, details: str) -> CallError:
-        """C -> End: making the call raised; no notification follows, nothing to complete."""
+        """C -> End: making the call raised; no notification follows, nothing to complete (and
+        nothing left for the client to end at close)."""
         with self._lock:
-            self._move(START_FAILED, code, None, details)
+            if self.lifecycle.ended:   # close() on another thread ended it a moment ago: that is its end
+                code, details = codes.RPC_S_INVALID_ASYNC_CALL, CLOSED_BEFORE_START
+            else:
+                self._move(START_FAILED, code, None, details)
+        if self._client is not None:
+            self._client._live.discard(self)
         return CallError(code, self.call_id, details=details)
 
     def not_made(self, exc: Exception) -> CallError:
         """Making the gRPC call raised once the call was admitted (grpc refused its arguments,
-        say): C -> End with 1726 and what it said, no longer the client's to end at close. The
-        surface raises the error returned, from `exc`."""
-        self._client._live.discard(self)
+        say): C -> End with 1726 and what it said. The surface raises the error returned, from `exc`."""
         return self.start_failed(codes.RPC_S_CALL_FAILED,
                                  f"the call could not be made: {type(exc).__name__}: {exc}")
+
+    def end_unstarted(self) -> bool:
+        """(close()) A call still in C can no longer start: C -> End with 1915, as a start()
+        after close() would end it. False when it had left C."""
+        with self._lock:
+            if self.lifecycle.state != C:
+                return False
+            self._move(START_FAILED, codes.RPC_S_INVALID_ASYNC_CALL, None, CLOSED_BEFORE_START)
+        return True
+
+    def _unsent(self, what: str) -> CallError:
+        """Waiting on a call that never went out: 1915 before start(), 1914 once its start failed
+        (no notification follows it)."""
+        if self.state == C:
+            return CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() before start()")
+        return InvalidAsyncHandle(self.call_id, what)
 
     # -- cancelling ---------------------------------------------------------------------------
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
@@ -189,6 +235,7 @@ class CallCore:
         Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
         `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
         still be waited for and completed. After the final complete: 1914."""
+        timeout = checked_wait(timeout)   # refused before any move (a timer thread would raise it unseen)
         if self._cancel_moves(abortive, self._rpc is not None) != ACT:
             return
         if abortive:
@@ -211,6 +258,7 @@ class CallCore:
                 self._move(CANCEL_ISSUED, detail="before start")
                 self._arrived = True
                 self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
+                self._cancelled_unsent = True
                 action = UNSENT
             else:
                 self.abortive_cancel = self.abortive_cancel or abortive

@@ -7,15 +7,15 @@ The surfaces call down into it; it never calls up (docs/client-design.md)."""
 from __future__ import annotations
 
 import asyncio
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.client.any_method import MethodRequest, multicallable, resolve
+from callstate.client.arguments import check_call, check_client, checked_timeout
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings, PemSource
-from callstate.lifecycle import CLIENT, CLIENT_CLOSED
+from callstate.lifecycle import CLIENT, CLIENT_CLOSED, C
 from callstate.script import Script
 from callstate.logfile import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
@@ -32,14 +32,6 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str,
     if isinstance(script, Script):
         script = script.to_proto()
     return pb.CallRequest(call_id=call_id, script=script, payload=payload, cancel_key=cancel_key)
-
-
-def _checked_timeout(timeout: float | None) -> float | None:
-    """Each call's gRPC deadline, in seconds: a positive finite number, or None for none."""
-    if timeout is None or (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-                           and 0 < timeout < math.inf):
-        return timeout
-    raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
 
 
 class ClientBase:
@@ -60,29 +52,38 @@ class ClientBase:
                  tls_cert: PemSource = None, tls_key: PemSource = None, token: str | None = None,
                  keepalive: float | None = DEFAULT_KEEPALIVE, settings: ChannelSettings | None = None,
                  tracing: Any = False, schema: "Schema | None" = None) -> None:
+        check_client(target, log)
         self.target = target
-        self.timeout = _checked_timeout(timeout)
+        self.timeout = checked_timeout(timeout)
         # TLS, token, keepalive (client/channel.py)
         self.settings = settings or ChannelSettings(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token,
                                                     keepalive=keepalive)
         self._auth_metadata = self.settings.metadata  # sent with every call and notice
         self.closed = False
         # a path: the client opens (and closes) the log; any sink with append() is used as given
-        self._live: set[CallCore] = set()   # started and not completed: close() ends them
+        self._live: set[CallCore] = set()   # made (in the log) and not yet ended: close() ends them
         self._owns_log = isinstance(log, (str, Path))
         self.log: StateLog | None = StateLog(log) if isinstance(log, (str, Path)) else log
-        # tracing (True: the global OpenTelemetry provider, or a TracerProvider): a span per call
-        self._tracer: Any = None
-        if tracing:
-            from callstate.observe import ObservedLog
-            from callstate.observe.tracing import CallTracer
-            self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
-            self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
-        self._channel = type(self)._open_channel(self.settings, target, channel_options)
+        try:   # a client that cannot be made closes the log it opened (its writer thread, its file)
+            # tracing (True: the global OpenTelemetry provider, or a TracerProvider): a span per call
+            self._tracer: Any = None
+            if tracing:
+                from callstate.observe import ObservedLog
+                from callstate.observe.tracing import CallTracer
+                self._tracer = CallTracer(CLIENT, None if tracing is True else tracing)
+                self.log = ObservedLog(self.log, [self._tracer.observe])  # type: ignore[assignment]
+            self._channel = type(self)._open_channel(self.settings, target, channel_options)
+        except BaseException:
+            self._close_log()
+            raise
         self._stub = pb_grpc.EmulatorStub(self._channel)
         self._home_loop: Any = getattr(self._channel, "_loop", None)   # grpc.aio's record of its loop (sync: None)
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
         self._rpcs: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"open, {len(self._live)} call(s) live"
+        return f"<{type(self).__name__} {self.target} {state}>"
 
     def unusable(self) -> str | None:
         """Why the client makes no call now (None: it does); `start()` refuses with it (1915):
@@ -134,8 +135,12 @@ class ClientBase:
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata
 
     def _outgoing(self, script: Script | pb.Script | None, payload: bytes, call_id: str | None,
-                  method: "str | Method | None", request: Any) -> pb.CallRequest | MethodRequest:
-        """What `prepare()` sends: a CallRequest, or on a user's `method` a MethodRequest (see `prepare`)."""
+                  method: "str | Method | None", request: Any, queue: Any = None,
+                  on_complete: Any = None) -> pb.CallRequest | MethodRequest:
+        """What `prepare()` sends: a CallRequest, or on a user's `method` a MethodRequest (see `prepare`).
+        Its arguments (and the queue and callback it is to notify) are checked first: nothing of
+        a call refused here is logged."""
+        check_call(script, (Script, pb.Script), payload=payload, call_id=call_id, queue=queue, on_complete=on_complete)
         call_id, cancel_key = call_id or new_call_id(), new_cancel_key()
         if method is None:
             return request_for(script, payload, call_id, cancel_key)
@@ -145,16 +150,18 @@ class ClientBase:
         """Before the channel closes under them: each call still in flight records that the
         client cut it off (the `client_closed` event), which explains its 1722 to the checker."""
         for call in list(self._live):
-            if not call.outcome_known:
+            if not call.outcome_known and call.state != C:
                 call.event(CLIENT_CLOSED)
 
     def _end_live_calls(self) -> None:
-        """Closing the client ends its calls: outstanding ones are notified with 1722 and every
-        call not yet completed is completed on the caller's behalf, so each reaches End in the
-        log before the log closes (a later complete() answers 1914). A call its caller is
-        completing at this moment (another thread) is left to that caller: the core's lock
-        makes the two completes one."""
+        """Closing the client ends its calls: one never started ends C -> End (1915), outstanding
+        ones are notified with 1722 and every call not yet completed is completed on the caller's
+        behalf, so each reaches End in the log before the log closes (a later complete() answers
+        1914). A call its caller is completing at this moment (another thread) is left to that
+        caller: the core's lock makes the two completes one."""
         for call in list(self._live):
+            if call.end_unstarted():   # prepared and never started (or cancelled): it never will be
+                continue
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True)
             call.notify(code, None, status, details)
             call._complete_quietly()

@@ -26,7 +26,9 @@ class AsyncNotice(NoticeBase):
                                                     metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             self.failed(err.code())
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            # the client closed before the notice was answered, or before this task ran: its
+            # channel refuses new calls (UsageError), which no one would ever retrieve from the task
             self.cut_off()
         else:
             self.answered(reply)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
+from callstate.client.arguments import check_call, checked_timeout
 from callstate.client.pipe_core import PipeCore
 from callstate.errors import CallError
 from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
@@ -52,13 +53,16 @@ class PipeBase(PipeCore):
                 kind, script = None, kind   # pipe(PipeScript(...), method=...), as start(Script(...), method=...)
             kind = pipe_kind_of(self.method, kind)
         check_kind(kind)
-        super().__init__(call_id or new_call_id(), kind, client.log, log_messages,
-                         self.method.name if self.method is not None else None, client=client,
-                         cancel_key=new_cancel_key(), timeout=timeout if timeout is not None else client.timeout)
+        # everything that can refuse the arguments runs before the call is made (and logged)
+        check_call(script, (PipeScript, pb.PipeScript), call_id=call_id)
+        timeout = checked_timeout(timeout) if timeout is not None else client.timeout
         self._script = pipe_script_proto(script)
-        self._rpc: Any = None
         # a user's method: the request an out pipe sends, and what push() sends when given nothing
         self.request = request_message(self.method, request) if self.method is not None else None
+        super().__init__(call_id or new_call_id(), kind, client.log, log_messages,
+                         self.method.name if self.method is not None else None, client=client,
+                         cancel_key=new_cancel_key(), timeout=timeout)
+        self._rpc: Any = None
 
     def on_notification(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(pipe)` when the notification arrives (at once if it has), without

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
+from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError
@@ -191,6 +192,7 @@ class Pipe(PipeBase):
             yield msg
 
     # -- the notification ------------------------------------------------------------------------
+    @runs_on_grpc_thread
     def _on_done(self, rpc: Any) -> None:
         self._stop_escalation()
         self._feeder.end()
@@ -221,6 +223,7 @@ class Pipe(PipeBase):
         if self.notified:
             return True
         self._need_rpc("wait")
+        check_wait(self, timeout)
         self._start_drainer()
         if not self._notified.wait(timeout):
             return False

@@ -21,6 +21,7 @@ from callstate.client.any_method import MethodRequest, check_request, method_nam
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
+from callstate.client.grpc_thread import check_wait, on_grpc_thread_of, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
 from callstate.errors import CallError
@@ -77,6 +78,7 @@ class Call(CallCore):
         return self
 
     # -- the notification ----------------------------------------------------------------------
+    @runs_on_grpc_thread
     def _on_done(self, future: grpc.Future) -> None:
         self._stop_escalation()
         abortive = self.abortive_cancel
@@ -100,6 +102,9 @@ class Call(CallCore):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""
+        if self._rpc is None and not self.notified:   # never sent: no notification would come
+            raise self._unsent("wait")
+        check_wait(self, timeout)
         return self._notified.wait(timeout)
 
     def result(self, timeout: float | None = None) -> pb.CallReply:
@@ -119,7 +124,8 @@ class Client(ClientBase):
                 queue: Any = None, on_complete: Callable[[Call], None] | None = None,
                 method: "str | Method | None" = None, request: Any = None) -> Call:
         """A call in state C, not yet sent, as `AsyncClient.prepare` (callbacks run on gRPC's threads)."""
-        return Call(self, self._outgoing(script, payload, call_id, method, request))._subscribe(queue, on_complete)
+        call = Call(self, self._outgoing(script, payload, call_id, method, request, queue, on_complete))
+        return call._subscribe(queue, on_complete)
 
     def start(self, script: Script | pb.Script | None = None, **kwargs: Any) -> Call:
         """Make the call (C -> WComp); returns the call object at once. See `prepare`."""
@@ -134,7 +140,10 @@ class Client(ClientBase):
         if not self.closed:
             self.closed = True
             self._note_closing()
-            self._channel.close()
+            if on_grpc_thread_of(self):   # its done-callback closes it: gRPC's thread must return first
+                threading.Thread(target=self._channel.close, name="callstate-close", daemon=True).start()
+            else:
+                self._channel.close()
             self._end_live_calls()
             self._close_log()
 

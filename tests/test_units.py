@@ -245,3 +245,34 @@ def test_pipe_plans_never_draw_a_default_cancel_point_past_the_pipe_messages() -
     assert not unreachable_pipe_points(scenario.pipe_cancel_at, 1)   # the defaults: no complaint
     named = parse_pipe_cancel_points("after-sent:1,after-received:3")
     assert [str(p) for p in unreachable_pipe_points(named, 2)] == ["after-received:3"]
+
+
+def test_call_ids_and_cancel_keys_are_drawn_once_each_across_threads_and_forks(tmp_path: Path) -> None:
+    """Ids and keys come from a pool of OS random bytes (callstate/wire.py): threads sharing it
+    never get the same one, and a forked child does not hand out what its parent holds next."""
+    import concurrent.futures
+    import subprocess
+    import sys
+
+    from callstate.wire import _SECRETS_PER_DRAW, new_call_id, new_cancel_key
+
+    def draw(n: int) -> list[str]:
+        return [new_call_id() if i % 2 else new_cancel_key() for i in range(n)]
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # threads switch as often as they can: a race would show
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = [s for part in pool.map(draw, [40 * _SECRETS_PER_DRAW] * 8) for s in part]
+    finally:
+        sys.setswitchinterval(switch)
+    assert len(set(got)) == len(got) == 320 * _SECRETS_PER_DRAW
+    assert all(len(s) == 32 and int(s, 16) >= 0 for s in got)
+    script = tmp_path / "fork.py"   # a fresh interpreter: no gRPC threads to fork under
+    script.write_text("import os, sys\nfrom callstate.wire import new_call_id\nnew_call_id()\n"
+                      "r, w = os.pipe()\npid = os.fork()\n"
+                      "if pid == 0:\n    os.write(w, new_call_id().encode()); os._exit(0)\n"
+                      "os.waitpid(pid, 0)\nprint(os.read(r, 64).decode(), new_call_id())\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    child, parent = out.stdout.split()
+    assert child != parent, "a forked child handed out its parent's next id"

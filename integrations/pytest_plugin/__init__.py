@@ -80,7 +80,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _fail(message: str) -> None:
     __tracebackhide__ = True
-    pytest.fail(f"callstate: {message}", pytrace=False)
+    try:
+        pytest.fail(f"callstate: {message}", pytrace=False)
+    except pytest.fail.Exception as failed:   # one line: not also the error it says, as its context
+        raise failed from None
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,43 @@
+"""Whether this thread is a client's gRPC thread, running one of its sync calls' done-callbacks
+(and the caller's callbacks from it). That thread delivers the client's notifications, so two
+things cannot be done there: close the client (closing the channel waits for this thread to
+cancel the calls in flight) and block waiting for another of its calls (the notification waited
+for would come from this thread). `Client.close()` and the sync `wait()`s ask."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable, TypeVar
+
+from callstate import codes
+from callstate.errors import CallError
+
+_here = threading.local()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def runs_on_grpc_thread(on_done: F) -> F:
+    """Mark a call's done-callback, which gRPC runs on its client's thread."""
+    @functools.wraps(on_done)
+    def marked(call: Any, *args: Any) -> Any:
+        _here.owner = call._client
+        try:
+            return on_done(call, *args)
+        finally:
+            _here.owner = None
+    return marked  # type: ignore[return-value]
+
+
+def on_grpc_thread_of(client: Any) -> bool:
+    return getattr(_here, "owner", None) is client
+
+
+def check_wait(call: Any, timeout: float | None) -> None:
+    """CallError 1915 for a blocking wait, in a done-callback, on a call of the same client
+    not yet notified: the wait would run out (or never end), its notification held up behind it."""
+    if (timeout is None or timeout > 0) and not call.notified and on_grpc_thread_of(call._client):
+        raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, call.call_id,
+                        details="wait() in a done-callback of the same client: gRPC's thread, which runs the "
+                                "callback, delivers the notification waited for; wait on another thread, or "
+                                "take the call from a CompletionQueue")
