@@ -325,3 +325,17 @@ def test_watch_of_replicas_goes_on_when_one_is_killed_and_exits_1(tmp_path: Path
             proc.kill()
         one.stop()
         two.stop()
+
+
+def test_call_refuses_how_to_cancel_without_anything_that_cancels() -> None:
+    """`call --outcome hold --non-abortive --on-cancel complete` held until --max-hold (1460):
+    nothing cancelled it, the flag was dropped without a word (as `--escalate-after` without
+    --non-abortive was). Usage errors now, before any call is made (the target is unreachable)."""
+    for flags, says in ((("--non-abortive",), "--non-abortive says how to cancel, but nothing cancels the call"),
+                        (("--pipe", "out", "--non-abortive", "--escalate-after", "1"),
+                         "--non-abortive and --escalate-after say how to cancel, but nothing cancels the call"),
+                        (("--cancel-after", "0.1", "--escalate-after", "1"),
+                         "--escalate-after escalates a non-abortive cancel: add --non-abortive")):
+        run = cli("call", "--target", "127.0.0.1:1", "--outcome", "hold", *flags)
+        assert run.returncode == 2 and run.stderr.startswith(f"callstate call: error: {says}"), run.stderr
+        assert run.stdout == "" and run.stderr.count("\n") == 1
