@@ -62,3 +62,14 @@ class InvalidAsyncHandle(CallError):
     def __init__(self, call_id: str = "", operation: str = "") -> None:
         super().__init__(codes.RPC_S_INVALID_ASYNC_HANDLE, call_id,
                          details=f"{operation} after the call was completed" if operation else "")
+
+
+class WaitTimedOut(CallError, TimeoutError):
+    """RPC_S_TIMEOUT (1460) from the caller's own wait: `result(timeout)` ran out before the
+    notification. Unlike a 1460 ending (the server's max hold), the call is still pending: wait
+    again, cancel it, or complete it later. Caught as `TimeoutError` too."""
+
+    def __init__(self, call_id: str = "", timeout: float = 0.0) -> None:
+        super().__init__(codes.RPC_S_TIMEOUT, call_id,
+                         details=f"no notification within {timeout:g}s (the call is still pending)")
+

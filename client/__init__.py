@@ -6,7 +6,7 @@ type (`CallError`); only sending and waiting differ.
 The modules in reading order, each calling only those below it: docs/client-design.md.
 """
 
-from callstate.errors import CallError, CallPending, InvalidAsyncHandle
+from callstate.errors import CallError, CallPending, InvalidAsyncHandle, WaitTimedOut
 from callstate.script import Script
 from callstate.client.aio import AsyncCall, AsyncClient, AsyncCompletionQueue
 from callstate.client.sync import Call, Client, CompletionQueue
@@ -16,5 +16,5 @@ from callstate.pipe_script import PipeScript
 
 __all__ = [
     "AsyncCall", "AsyncClient", "AsyncCompletionQueue", "Call", "CallError", "CallPending", "Client",
-    "CompletionQueue", "InvalidAsyncHandle", "Script", "AsyncPipe", "Pipe", "PipeScript",
+    "CompletionQueue", "InvalidAsyncHandle", "Script", "AsyncPipe", "Pipe", "PipeScript", "WaitTimedOut",
 ]

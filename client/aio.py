@@ -25,7 +25,7 @@ from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
-from callstate.errors import CallError
+from callstate.errors import WaitTimedOut
 from callstate.lifecycle import WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
@@ -39,11 +39,20 @@ class AsyncCompletionQueue:
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[AsyncCall] = asyncio.Queue()
+        self._loop = asyncio._get_running_loop()   # the loop its get() runs on (else its first get()'s)
 
     def post(self, call: "AsyncCall") -> None:
-        self._queue.put_nowait(call)
+        """From any thread: a sync `Client`'s calls post from gRPC's thread, where putting
+        straight into the queue would not wake a get() waiting on the loop."""
+        loop = self._loop
+        if loop is None or loop is asyncio._get_running_loop():
+            self._queue.put_nowait(call)
+        else:
+            loop.call_soon_threadsafe(self._queue.put_nowait, call)
 
     async def get(self) -> "AsyncCall":
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         return await self._queue.get()
 
     def qsize(self) -> int:
@@ -113,7 +122,7 @@ class AsyncCall(CallCore):
         Cancelling the task that awaits is an abortive cancel of the call, which is then
         completed on that task's behalf when its (rushed) notification arrives."""
         if not await self._wait(timeout, complete_if_cancelled=True):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()
 
     def __await__(self) -> Generator[Any, None, pb.CallReply]:

@@ -113,7 +113,11 @@ class ChannelSettings:
         if any(key == CODE_KEY for key, _ in trailers or ()):
             pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
         elif status == grpc.StatusCode.UNAVAILABLE:
-            if "WRONG_VERSION_NUMBER" in text:
+            if "error code 7)" in text or "REFUSED_STREAM" in text:
+                hint = ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
+                        "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
+                        "spread them over more connections (load --channels)")
+            elif "WRONG_VERSION_NUMBER" in text:
                 hint = "the server does not speak TLS: drop the --tls-* options"
             elif "CERTIFICATE_VERIFY_FAILED" in text:
                 hint = "the server's certificate is not signed by the CA given as --tls-ca"

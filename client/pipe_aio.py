@@ -23,7 +23,7 @@ from grpc._cython import cygrpc
 from callstate import codes
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_surface import PipeBase, check_script
-from callstate.errors import CallError
+from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
@@ -208,7 +208,7 @@ class AsyncPipe(PipeBase):
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the notification, then complete: the PipeReply (in pipe) or None, or CallError."""
         if not await self.wait(timeout):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()
 
     def __await__(self) -> Generator[Any, None, Any]:

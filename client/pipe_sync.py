@@ -23,7 +23,7 @@ from callstate import codes
 from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import PipeBase, check_script
-from callstate.errors import CallError
+from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
 from callstate.v1 import callstate_pb2 as pb
@@ -240,5 +240,5 @@ class Pipe(PipeBase):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.wait(timeout):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()

@@ -24,7 +24,7 @@ from callstate.client.client_base import ClientBase
 from callstate.client.grpc_thread import check_wait, on_grpc_thread_of, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
-from callstate.errors import CallError
+from callstate.errors import WaitTimedOut
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
 
@@ -109,7 +109,7 @@ class Call(CallCore):
 
     def result(self, timeout: float | None = None) -> pb.CallReply:
         if not self.wait(timeout):
-            raise CallError(codes.RPC_S_TIMEOUT, self.call_id, details=f"no notification within {timeout:g}s")
+            raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()
 
 

@@ -5,12 +5,13 @@ started), and a wrong argument is one error naming it, raised before anything is
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from callstate import codes
+from callstate import codes, lifecycle
 from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.lifecycle import CLIENT_CLOSED, START_FAILED
 from callstate.logfile import check_files
@@ -582,3 +583,77 @@ def test_closing_while_a_reply_is_on_its_way_checks_clean(shared_server: ServerP
                               if call_id in line))
     report = check_files([log, server])
     assert report.ok and report.calls == 1, report.summary()
+
+
+@pytest.mark.parametrize("surface", ["sync", "asyncio"])
+@pytest.mark.parametrize("pipe", [False, True])
+def test_a_wait_that_runs_out_says_the_call_is_still_pending(shared_server: ServerProcess, surface: str,
+                                                             pipe: bool, tmp_path: Path) -> None:
+    """`result(timeout)` running out is the caller's own wait, not the call's end: `WaitTimedOut`,
+    1460 as before and also a TimeoutError, and the call can still be cancelled and completed."""
+    from callstate.client import WaitTimedOut
+
+    def make(client: Any) -> Any:
+        return client.pipe("out", PipeScript(outcome="hold")) if pipe else client.prepare(Script("hold"))
+
+    if surface == "sync":
+        with Client(shared_server.target, log=tmp_path / "c.jsonl") as client:
+            call = make(client)
+            call.start()
+            with pytest.raises(TimeoutError) as info:
+                call.result(timeout=0.05)
+            assert not call.done() and call.state not in (lifecycle.END,)
+            call.cancel()
+            with pytest.raises(CallError) as ended:
+                call.result(timeout=30)
+    else:
+        async def go() -> tuple[Any, Any, Any]:
+            async with AsyncClient(shared_server.target, log=tmp_path / "c.jsonl") as client:
+                call = make(client)
+                call.start()
+                with pytest.raises(TimeoutError) as info:
+                    await call.result(timeout=0.05)
+                assert not call.done()
+                call.cancel()
+                with pytest.raises(CallError) as ended:
+                    await call.result(timeout=30)
+                return info, ended, call
+        info, ended, call = asyncio.run(go())
+    assert isinstance(info.value, WaitTimedOut) and isinstance(info.value, CallError)
+    assert info.value.code == codes.RPC_S_TIMEOUT and "still pending" in str(info.value)
+    assert ended.value.code == codes.RPC_S_CALL_CANCELLED and call.state == lifecycle.END
+
+
+def test_an_asyncio_completion_queue_takes_a_sync_clients_calls(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A sync Client's calls post to their queue from gRPC's thread: an AsyncCompletionQueue
+    waited on in a loop is woken by each (it was put into from that thread, and get() slept on)."""
+    import threading
+
+    from callstate.client import AsyncCompletionQueue
+
+    async def go() -> list[int]:
+        queue = AsyncCompletionQueue()
+        client = Client(shared_server.target, log=tmp_path / "c.jsonl")
+        started = threading.Event()
+
+        def calls() -> None:
+            for _ in range(3):
+                client.start(Script("complete", outcome_delay=0.05), queue=queue)
+            started.set()
+
+        threading.Thread(target=calls, daemon=True).start()
+        got = []
+        t0 = time.monotonic()
+        try:
+            for _ in range(3):
+                # unwoken, get() slept until wait_for's own timer woke the loop (and then found the call)
+                call = await asyncio.wait_for(queue.get(), 90)
+                assert time.monotonic() - t0 < 45, "the loop was not woken by the post"
+                call.result(timeout=5)   # notified already: returns at once
+                got.append(call.code)
+        finally:
+            client.close()
+        assert started.is_set()
+        return got
+
+    assert asyncio.run(go()) == [0, 0, 0]
