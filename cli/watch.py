@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. It says \"watching\" once every "
-                                   "--target has subscribed: a call made after that line is seen. A target that stops, or is "
-                                   "lost, mid-watch is said at once and the others are still followed (exit 1 in "
-                                   "the end when one was lost). Stop with Ctrl-C (exit 0; 130 before every target "
-                                   "has answered).")
+                                   "--target has subscribed: a call made after that line is seen. A target that "
+                                   "stops, or is lost, mid-watch is said at once and the others are still followed "
+                                   "(exit 1 in the end when one was lost). Stop with Ctrl-C (exit 0; 130 before "
+                                   "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
@@ -144,8 +144,9 @@ class _Watch:
 
     async def entries(self) -> int:
         """Follow every target's Watch stream until each ended, one failed (a replica lost while
-        others are followed only says so), --count was reached or Ctrl-C. "watching" is said once every target has subscribed (its response headers,
-        which the server sends as it subscribes the stream): a call made after that line is seen."""
+        others are followed only says so), --count was reached or Ctrl-C. "watching" is said once
+        every target has subscribed (its response headers, which the server sends as it subscribes
+        the stream): a call made after that line is seen."""
         from callstate.v1 import callstate_pb2 as pb
 
         opts = self.opts
