@@ -113,23 +113,28 @@ class ChannelSettings:
         if any(key == CODE_KEY for key, _ in trailers or ()):
             pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
         elif status == grpc.StatusCode.UNAVAILABLE:
-            if "error code 7)" in text or "REFUSED_STREAM" in text:
-                hint = ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
-                        "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
-                        "spread them over more connections (load --channels)")
-            elif "WRONG_VERSION_NUMBER" in text:
-                hint = "the server does not speak TLS: drop the --tls-* options"
-            elif "CERTIFICATE_VERIFY_FAILED" in text:
-                hint = "the server's certificate is not signed by the CA given as --tls-ca"
-            elif "handshake" in text.lower() or "certificate" in text.lower():
-                hint = "TLS handshake failed: check the certificates, or whether the server speaks TLS"
-            elif "Socket closed" in text or "Connection reset" in text:
-                hint = ("the server closed the TLS connection: does it require a client certificate "
-                        "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
-                        "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+            hint = self._connection_hint(text)
         elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
         elif status == grpc.StatusCode.UNIMPLEMENTED:
             hint = ("the server does not serve this method; a callstate server serves a user's methods only as "
                     "a stand-in, started with the schema: serve --proto, --descriptor-set or --reflect-from")
         return f"{text} ({hint})" if text and hint else text or hint
+
+    def _connection_hint(self, text: str) -> str:
+        """What most likely went wrong when a call was UNAVAILABLE with these details ("" if unknown)."""
+        if "error code 7)" in text or "REFUSED_STREAM" in text:
+            return ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
+                    "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
+                    "spread them over more connections (load --channels)")
+        if "WRONG_VERSION_NUMBER" in text:
+            return "the server does not speak TLS: drop the --tls-* options"
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "the server's certificate is not signed by the CA given as --tls-ca"
+        if "handshake" in text.lower() or "certificate" in text.lower():
+            return "TLS handshake failed: check the certificates, or whether the server speaks TLS"
+        if "Socket closed" in text or "Connection reset" in text:
+            return ("the server closed the TLS connection: does it require a client certificate "
+                    "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
+                    "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+        return ""
