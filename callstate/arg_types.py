@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from callstate.scenario import (CancelPoint, parse_cancel_points, parse_cancel_poll, parse_cancel_shares,
                                 parse_pipe_cancel_points, parse_pipe_shares)
-from callstate.script import ON_CANCEL, Mix
+from callstate.script import ON_CANCEL, Mix, check_abort_code
 
 
 MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with room to spare
@@ -103,6 +103,19 @@ def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
 
 
 int64 = bounded_int(-(2**63), 2**63 - 1, "a 64-bit integer")
+
+
+def abort_code(text: str) -> int:
+    """A non-zero 32-bit exception code (what RpcAsyncAbortCall takes and the wire keeps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        check_abort_code(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return value
 
 
 def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:

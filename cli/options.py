@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.arg_types import bounded_int, grpc_target, non_negative_float, non_negative_int, positive_float, positive_int
+from callstate.arg_types import abort_code  # noqa: F401  (the commands' --abort-code, --code)
 from callstate.lifecycle import SERVER
 from callstate.files import read_pem
 from callstate.pipe_script import MAX_MESSAGES
-from callstate.script import Limits, check_abort_code
+from callstate.script import Limits
 from callstate.wire import DEFAULT_KEEPALIVE, MIN_KEEPALIVE, TOKEN_ENV
 
 if TYPE_CHECKING:
@@ -37,19 +38,6 @@ def epilog() -> str:
 
 
 grpc_status = bounded_int(0, 16, "a gRPC status code; 0 = ABORTED")
-
-
-def abort_code(text: str) -> int:
-    """A non-zero 32-bit exception code (what RpcAsyncAbortCall takes and the wire keeps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    try:
-        check_abort_code(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return value
 
 
 def text(value: str) -> str:

@@ -171,9 +171,12 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
             cancel.at(CANCEL_AFTER_HALF_CLOSE)
 
     def pull_all() -> None:
-        while pipe.pull() is not None:
-            if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
-                return
+        try:
+            while pipe.pull() is not None:
+                if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
+                    return
+        except CallError:
+            return   # the call ended under the pull (the caller's own cancel on a kill): its status says how
 
     if pipe.kind == PIPE_IN:
         push_all()

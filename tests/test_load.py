@@ -150,3 +150,25 @@ def test_bad_input_is_a_clear_usage_error() -> None:
         assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
     result = cli("call", "--log-file", "/nonexistent-dir/x", timeout=30)
     assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_thousands_in_flight_are_spread_over_channels_the_server_takes_them_on(tmp_path: Path) -> None:
+    """A server refuses calls over its --max-concurrent-streams (4096) on one connection (HTTP/2
+    REFUSED_STREAM, 1722 at the caller): 6,000 held at once on one channel lost about 1,600 that
+    way. By default `load` opens one channel per 2,000 calls it can have in flight."""
+    from callstate.cli.load.run import channels_for
+    from tests.conftest import start_server
+
+    assert [channels_for(c, None, 10_000) for c in (1, 32, 2_000, 2_001, 6_000)] == [1, 1, 1, 2, 3]
+    assert [channels_for(32, r, 10_000) for r in (1.0, 66.0, 100.0, 1_000.0)] == [1, 1, 2, 5]
+    assert channels_for(32, 1_000.0, 100) == 1
+    srv = start_server(tmp_path)
+    try:
+        result = cli("load", "--target", srv.target, "--calls", "6000", "--concurrency", "6000", "--mix", "hold=100",
+                     "--hold-for", "2", "--cancel", "none", "--json", timeout=240)
+    finally:
+        srv.stop()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["channels"] == 3
+    assert report["by_code"] == {"1818": 6000}, report["by_code"]

@@ -11,7 +11,7 @@ from typing import Any
 from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
-from callstate.cli.load.run import LoadConfig, LoadRun
+from callstate.cli.load.run import LONGEST_CALL_S, STREAMS_PER_CHANNEL, LoadConfig, LoadRun, channels_for
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
 from callstate.cli.outputs import output_problem
 from callstate.files import write_atomically
@@ -72,8 +72,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                       help="closed loop: N calls in flight at all times (default: %(default)s)")
     pace.add_argument("--rate", type=rate, metavar="CALLS_PER_S",
                       help="open loop: start calls at this rate whatever the latency")
-    p.add_argument("--channels", type=channels, default=_LOAD.channels, metavar="N",
-                   help="gRPC channels (connections) to spread calls over (default: %(default)s)")
+    p.add_argument("--channels", type=channels, metavar="N",
+                   help="gRPC channels (connections) to spread calls over (default: one per "
+                        f"{STREAMS_PER_CHANNEL:,} calls that can be in flight at once: --concurrency, or for "
+                        f"--rate the fewer of --max-in-flight and {LONGEST_CALL_S:g} s of calls; a server "
+                        "refuses calls over its --max-concurrent-streams on one connection)")
     p.add_argument("--mix", type=outcome_mix, default=outcome_mix(DEFAULT_MIX), metavar="MIX",
                    help=f"outcome weights (default: {DEFAULT_MIX})")
     p.add_argument("--cancel", type=cancel_shares, default=cancel_shares(DEFAULT_CANCEL), metavar="SHARES",
@@ -117,7 +120,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="open loop: never more than N calls in flight; starts beyond it are skipped and reported "
                         "(default: %(default)s)")
     p.add_argument("--settle", type=non_negative_float, default=_LOAD.settle, metavar="SECONDS",
-                   help="after the run, how long to wait for the server to end every call (default: %(default)s)")
+                   help="after the run, how long to wait for the server to end every call (SIGINT/SIGTERM end the wait; "
+                        "default: %(default)s)")
     p.add_argument("--progress", choices=MODES, default="auto",
                    help="live view on stderr: calls/s per final code, in flight, recent cancels and their "
                         "propagation. auto: a live dashboard on a terminal, nothing otherwise; always: also plain "
@@ -214,7 +218,8 @@ def _config(opts: argparse.Namespace, provider: object) -> LoadConfig:
                         pipe_messages=opts.pipe_messages, cancel_poll=opts.cancel_poll)
     return LoadConfig(
         target=opts.target, calls=opts.calls if opts.calls is not None or opts.duration else DEFAULT_CALLS,
-        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate, channels=opts.channels,
+        duration=opts.duration, concurrency=opts.concurrency, rate=opts.rate,
+        channels=opts.channels or channels_for(opts.concurrency, opts.rate, opts.max_in_flight),
         scenario=scenario, delay=opts.delay, payload=opts.payload, seed=opts.seed,
         log_file=opts.log_file, verify=not opts.no_verify, max_in_flight=opts.max_in_flight, settle=opts.settle,
         timeout=opts.timeout, settings=opts.settings, metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
@@ -270,12 +275,13 @@ def _write_json(report: dict[str, Any], path: str) -> None:
 
 
 def _exit_status(report: dict[str, Any]) -> int:
-    """0 when the check holds, 1 when not. A run Ctrl-C stopped early (everything recorded is
-    written by now) exits 130, as shells expect of an interrupted command; SIGTERM is the
-    orderly stop of containers and supervisors, judged by the check like a finished run."""
+    """0 when the check holds, 1 when not. A run Ctrl-C stopped early, or whose wait for the
+    server it cut short (everything recorded is written by now), exits 130, as shells expect of
+    an interrupted command; SIGTERM is the orderly stop of containers and supervisors, judged by
+    the check like a finished run."""
     import signal
 
-    if report.get("interrupted") == signal.SIGINT.name:
+    if signal.SIGINT.name in (report.get("interrupted"), report.get("settle_cut")):
         return 128 + signal.SIGINT
     return 0 if report["check"]["ok"] else 1
 

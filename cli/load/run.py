@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import random
 import signal
@@ -44,6 +45,21 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
 NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
+
+
+# Calls in flight per channel when --channels is not given: a server refuses streams over its
+# --max-concurrent-streams (4096 by default) on one connection (HTTP/2 REFUSED_STREAM, 1722 at
+# the caller, measured with 6,000 held calls on one channel), so a load spreads them, with room.
+STREAMS_PER_CHANNEL = 2_000
+# An open loop's calls in flight are bounded by --max-in-flight and by how long a call can last:
+# the server's default --max-hold ends every call within 30 s.
+LONGEST_CALL_S = 30.0
+
+
+def channels_for(concurrency: int, rate: float | None, max_in_flight: int) -> int:
+    """The channels a load opens by default: one per STREAMS_PER_CHANNEL calls it can have in flight."""
+    in_flight = concurrency if not rate else min(max_in_flight, rate * LONGEST_CALL_S)
+    return max(1, math.ceil(in_flight / STREAMS_PER_CHANNEL))
 
 
 @dataclass
@@ -100,11 +116,15 @@ class LoadRun:
     def __init__(self, config: LoadConfig, out: TextIO = sys.stderr) -> None:
         self.cfg = config
         self.out = out
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)   # the plans, drawn in the order the calls start
+        # the cancel delays, drawn as each call starts: with an open loop the starts interleave
+        # with the next plans' draws as the event loop runs them, so one stream would make the
+        # plans of a --seed depend on timing
+        self.delay_rng = random.Random(None if config.seed is None else f"{config.seed}-cancel-delays")
         # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
         self.builder = ReportBuilder() if config.collect_report else None
         self.checker = (self.builder.checker if self.builder else Checker()) if config.verify else None
-        self.log = StateLog(config.log_file) if config.log_file else None
+        self.log = _state_log(config.log_file) if config.log_file else None
         # Both sides' entries are spooled to disk for the report (it reads back the few
         # example calls' histories at the end), so a long run keeps no entries in memory.
         self._spool_dir = tempfile.TemporaryDirectory(prefix="callstate-load-") if self.builder else None
@@ -147,6 +167,8 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
+        self.settle_cut = ""      # the signal that ended the wait for the server (all our calls had ended)
+        self._cut: asyncio.Event | None = None   # made when that wait starts, set by stop() during it
         self.server_lost = ""
         # --method: the requests, in turn; and why only the client side is judged, against a
         # server that is not callstate (no Journal to follow)
@@ -163,7 +185,14 @@ class LoadRun:
         self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
-        """Start no more calls; the ones in flight finish and are checked as usual."""
+        """Start no more calls; the ones in flight finish and are checked as usual. Once all of
+        ours have ended (the run waits for the server to end them too), it ends that wait: the
+        check judges what the server had ended by then."""
+        if self._cut is not None or (self.in_flight == 0 and not self._more()):
+            self.settle_cut = reason
+            if self._cut is not None:
+                self._cut.set()
+            return
         self.interrupted = reason
         self._stop_at = 0.0
         if self._stopped is not None:
@@ -207,7 +236,7 @@ class LoadRun:
             call = client.prepare(script, method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
         try:
-            end = await drive_call(call, plan, self.rng, escalate_after=self.cfg.scenario.escalate_after)
+            end = await drive_call(call, plan, self.delay_rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
             self.in_flight -= 1
             self._count_paths(plan, CAN in call.history)
@@ -290,8 +319,10 @@ class LoadRun:
         n = 0
         while self._more():
             now = loop.time()
-            if next_t > now:
-                await self._pause(next_t - now)
+            if next_t > now:   # no later than --duration's end: a slow --rate does not outlast it
+                await self._pause(min(next_t - now, max(0.0, self._stop_at - time.perf_counter())))
+                if not self._more():
+                    break
             next_t += interval
             if self.in_flight >= self.cfg.max_in_flight:
                 self.skipped += 1   # the generator keeps its own bound: reported, never silent
@@ -374,10 +405,15 @@ class LoadRun:
             await channel.close()
             raise
         view = self._start_view()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):   # from here on, SIGINT/SIGTERM stop the run (stop())
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         try:
             elapsed = await self._drive()
             after = await self._counters_after(channel, journal, before)
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             if view is not None:   # after the settle: the last frame has the server's late cancel_seen entries
                 view.stop()
         self._end_follow(follow)
@@ -437,9 +473,6 @@ class LoadRun:
                                channel_options=[("grpc.use_local_subchannel_pool", 1)], tracing=cfg.tracing)
                    for _ in range(cfg.channels)]
         payload = bytes(cfg.payload)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
         try:
@@ -451,18 +484,18 @@ class LoadRun:
         finally:
             for client in clients:
                 await client.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     async def _counters_after(self, channel: grpc.aio.Channel, journal: pb_grpc.JournalStub,
                               before: pb.Counters) -> pb.Counters | None:
         """The server's side: every call of ours ended, and nothing left in flight."""
         if self.one_sided:
             return None
+        self._cut = asyncio.Event()
         try:
             return await self._settle(channel, journal, before, self.cfg.settle)
         except grpc.aio.AioRpcError as err:
-            self.server_lost = f"no counters after the run: {err.code().name}: {err.details()}"
+            # the first sign of a lost server says most (a journal stream the stopping server closed)
+            self.server_lost = self.server_lost or f"no counters after the run: {err.code().name}: {err.details()}"
             return None
 
     def _end_follow(self, follow: asyncio.Task[None] | None) -> None:
@@ -490,20 +523,22 @@ class LoadRun:
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
-            if (ours_done and idle) or time.monotonic() > deadline:
+            if (ours_done and idle) or time.monotonic() > deadline or self.settle_cut:
                 break
             await asyncio.sleep(0.05)
-        if self.checker is not None:
+        if self.checker is not None and not self.settle_cut:
             loop = asyncio.get_running_loop()
             self._barrier = loop.create_future()
             self._barrier_id = f"callstate-load-barrier-{os.urandom(8).hex()}"
             await pb_grpc.EmulatorStub(channel).Call(
                 pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
                 metadata=self.cfg.settings.metadata, timeout=10)
-            try:
-                await asyncio.wait_for(self._barrier, max(1.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass   # reported: our calls the stream did not bring will show as not_ended
+            assert self._cut is not None
+            cut = asyncio.ensure_future(self._cut.wait())
+            # a timeout or a signal: our calls the stream did not bring are reported as not_ended
+            await asyncio.wait({self._barrier, cut}, timeout=max(1.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            cut.cancel()
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
         return after
 
@@ -515,6 +550,7 @@ class LoadRun:
             "calls": self.finished,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
+            "settle_cut": self.settle_cut,
             "duration_s": round(elapsed, 3),
             "calls_per_s": round(self.finished / elapsed, 1) if elapsed else 0.0,
             "by_code": {str(c): n for c, n in sorted(self.by_code.items())},
@@ -620,6 +656,14 @@ class LoadRun:
 NOT_MEASURABLE = "not measurable: the server side is unknown"
 
 
+def _state_log(path: str) -> StateLog:
+    """The client's state log; OSError naming the option and the file when it cannot be written."""
+    try:
+        return StateLog(path)
+    except OSError as exc:
+        raise OSError(f"--log-file {path}: cannot write the state log ({exc.strerror or exc})") from None
+
+
 async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool:
     """Whether the target is a callstate server (a stand-in included): False on UNIMPLEMENTED."""
     try:
@@ -647,7 +691,9 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
-             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")]
+             + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")
+             + (f" (the wait for the server to end them cut short: {report['settle_cut']})"
+                if report.get("settle_cut") else "")]
     lines.append(f"  {'final code':<34}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for code, n in report["by_code"].items():
         lat = report["latency_ms"][code]

@@ -4,7 +4,8 @@ When a headless master quits, it sends `quit` and gives the workers 0.5 s for th
 report; a worker still finishing its calls misses it, and then Locust's counts fall short of
 the workers' state logs. So when the master stops a run, it first asks each worker to stop
 its users and report (message `callstate_flush`), and waits for every answer
-(`callstate_flushed`), bounded by FLUSH_TIMEOUT, before Locust goes on to quit.
+(`callstate_flushed`), bounded by FLUSH_TIMEOUT, before Locust goes on to quit. A worker that
+quits on its own (SIGTERM) sends its last report before it says so.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def _on_flush(environment: Any, msg: Any, **_: Any) -> None:
     runner.send_message(FLUSHED, None)
 
 
+def _on_worker_quitting(environment: Any, **_: Any) -> None:
+    """A worker stopped on its own (SIGTERM, Ctrl-C: a scale-down) tells the master it quits
+    with no final report: its users are stopped and its last samples sent first. Listeners of
+    `quitting` run last-registered first, so this one runs before Locust's quit message."""
+    runner = environment.runner
+    runner.stop()
+    runner._send_stats()
+
+
 @events.init.add_listener
 def _register(environment: Any, **_: Any) -> None:
     runner = environment.runner
@@ -60,3 +70,4 @@ def _register(environment: Any, **_: Any) -> None:
         environment.events.test_stop.add_listener(_MasterFlush(runner).flush)
     elif isinstance(runner, WorkerRunner):
         runner.register_message(FLUSH, _on_flush)
+        environment.events.quitting.add_listener(_on_worker_quitting)

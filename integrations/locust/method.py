@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import orjson
 
+from callstate.client.channel import ChannelSettings
 from callstate.schema import Method
 from callstate.schema.drive import Drive, MethodOptions
 
@@ -57,14 +58,16 @@ def _paths(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def resolve(options: MethodOptions, target: str, flag: Callable[[str], str]) -> MethodRun | None:
+def resolve(options: MethodOptions, target: str, flag: Callable[[str], str],
+            channel: ChannelSettings | None = None) -> MethodRun | None:
     """The process's method run (None without a method), resolved on first use; DriveError when bad."""
     if not options.method:
         options.drive(target, flag=flag)   # a request or schema given without a method: DriveError
         return None
     key = (options, target)
     if key not in _RESOLVED:
-        drive = options.drive(target, flag=flag)
+        channel = channel or ChannelSettings()   # the target's reflection rides the users' TLS and token
+        drive = options.drive(target, credentials=channel.credentials(), metadata=channel.metadata, flag=flag)
         assert drive is not None
         _RESOLVED[key] = MethodRun(drive)
     return _RESOLVED[key]

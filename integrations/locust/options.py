@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 from locust import events
 
-from callstate.arg_types import (cancel_points, cancel_poll, cancel_shares, directory, json_object, method_name,
+from callstate.arg_types import (abort_code, bounded_int, cancel_points, cancel_poll, cancel_shares, directory, json_object, method_name,
                                  non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points,
                                  pipe_shares, positive_float, readable_file)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
+from callstate.script import Limits
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
@@ -30,9 +31,10 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-hold-for": ("hold_for", positive_float, "uncancelled held calls are cancelled after SECONDS"),
     "--callstate-escalate-after": ("escalate_after", positive_float,
                                    "a non-abortive cancel escalates to abortive after SECONDS unanswered"),
-    "--callstate-abort-code": ("abort_code", int, "exception code of aborts"),
+    "--callstate-abort-code": ("abort_code", abort_code, "exception code of aborts: non-zero, 32 bits"),
     "--callstate-delay": ("delay", non_negative_float, "server processing time before complete/abort/fatal"),
-    "--callstate-payload": ("payload", non_negative_int, "request payload and reply size in bytes"),
+    "--callstate-payload": ("payload", bounded_int(0, Limits().max_payload_bytes, "what a server accepts by default"),
+                            f"request payload and reply size in bytes, at most {Limits().max_payload_bytes}"),
     "--callstate-call-timeout": ("call_timeout", positive_float, "gRPC deadline of each call (default: none)"),
     "--callstate-pipes": ("pipes", pipe_shares, "percent of calls that are pipes, by kind, e.g. in=10,out=10,both=10, "
                           "or none"),
@@ -53,6 +55,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-proto-path": ("proto_path", directory, "import path for --callstate-proto, like protoc -I "
                                "(repeatable)"),
     "--callstate-descriptor-set": ("descriptor_set", readable_file, "a FileDescriptorSet with the method's service"),
+    # access, as `callstate load`'s --tls-ca, --tls-cert, --tls-key, --token (access.py)
+    "--callstate-tls-ca": ("tls_ca", readable_file, "PEM of the CA that signed the server's certificate (turns TLS on)"),
+    "--callstate-tls-cert": ("tls_cert", readable_file, "PEM client certificate, for a server that requires one "
+                             "(with --callstate-tls-key)"),
+    "--callstate-tls-key": ("tls_key", readable_file, "PEM key of --callstate-tls-cert"),
+    "--callstate-token": ("token", str, "bearer token sent with every call (default: $CALLSTATE_TOKEN)"),
 }
 REPEATABLE = {"--callstate-proto", "--callstate-proto-path"}   # lists, as `callstate load`'s --proto, --proto-path
 _PARSER: list[Any] = []   # the parser the options were added to: errors found across options end as its error

@@ -20,6 +20,7 @@ import gevent
 import gevent.event
 import grpc
 
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
@@ -55,16 +56,20 @@ class ProcessState:
     def __init__(self, environment: Any, log_template: str | None, propagation: bool) -> None:
         self.environment = environment
         self.log_path = expand(log_template, environment) if log_template else None
-        self.log = StateLog(self.log_path) if self.log_path else None
+        try:
+            self.log = StateLog(self.log_path) if self.log_path else None
+        except OSError as exc:   # the users stop before any call, and say why (failures.py)
+            raise ValueError(f"log_file = {self.log_path!r}: cannot write the state log ({exc.strerror or exc})") from None
         self.tracker = PropagationTracker() if propagation else None
         self.sink = _Sink(self.log, self.tracker)
         self._follower: gevent.Greenlet | None = None
         self._stream: Any = None
         self._channel: grpc.Channel | None = None
+        self._settings = ChannelSettings()
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
-        environment.events.quitting.add_listener(lambda **_: self.close())
+        environment.events.quitting.add_listener(lambda **_: self.quitting())
 
     @classmethod
     def get(cls, environment: Any, log_template: str | None, propagation: bool) -> "ProcessState":
@@ -73,12 +78,14 @@ class ProcessState:
                 cls._instance = cls(environment, log_template, propagation)
             return cls._instance
 
-    def watch(self, target: str) -> None:
-        """Follow the server's journal (once per process) to time cancel propagation."""
+    def watch(self, target: str, settings: ChannelSettings) -> None:
+        """Follow the server's journal (once per process) to time cancel propagation, on the
+        users' TLS and token."""
         if self.tracker is None or self._follower is not None:
             return
-        self._channel = grpc.insecure_channel(target)
-        self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest())
+        self._settings = settings
+        self._channel = settings.sync_channel(target)
+        self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest(), metadata=settings.metadata)
         self._follower = gevent.spawn(self._follow)
 
     def _follow(self) -> None:
@@ -115,10 +122,18 @@ class ProcessState:
         try:
             pb_grpc.EmulatorStub(self._channel).Call(
                 pb.CallRequest(call_id=self._barrier_id, script=pb.Script(outcome=pb.OUTCOME_COMPLETE)),
-                timeout=timeout)
+                metadata=self._settings.metadata, timeout=timeout)
         except grpc.RpcError:
             return False
         return self._caught_up.wait(timeout)
+
+    def quitting(self) -> None:
+        """Locust quits: on SIGTERM or Ctrl-C it says so before it stops the users, so stop them
+        first (a no-op when the run has stopped): their calls in flight end (user.py), reach the
+        log and the statistics, and the journal follower catches up; then close."""
+        if self.environment.runner is not None:
+            self.environment.runner.stop()
+        self.close()
 
     def close(self) -> None:
         if self._stream is not None:

@@ -25,6 +25,7 @@ from locust.runners import WorkerRunner
 
 from callstate import codes
 from callstate.client import Call, CallError, Client, Pipe
+from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe_sync
 from callstate.client.unary_drive import PlanScripts, drive_call_sync
 from callstate.lifecycle import ABORTIVE, UNARY
@@ -33,9 +34,9 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, check_abort_code
 from callstate.v1 import callstate_pb2 as pb
-from callstate.locust import failures, method as any_method
+from callstate.locust import access, failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
 from callstate.locust.process import REQUEST_TYPE, ProcessState
 from callstate.schema.drive import DriveError
@@ -47,7 +48,7 @@ __all__ = ["CallstateUser", "expected_codes"]   # expected_codes: the scenario's
 
 SETTINGS = ("mix", "cancel", "cancel_at", "on_cancel", "hold_for", "escalate_after", "abort_code", "pipes",
             "pipe_cancel_at", "pipe_messages", "delay", "payload", "call_timeout", "log_file", "cancel_poll",
-            *any_method.SETTINGS)
+            *any_method.SETTINGS, *access.SETTINGS)
 
 
 class UnexpectedCode(Exception):
@@ -88,6 +89,11 @@ class CallstateUser(User):
     proto: ClassVar[str | Sequence[str]] = ()       # the schema: .proto files ...
     proto_path: ClassVar[str | Sequence[str]] = ()  # ... and their import paths (protoc -I)
     descriptor_set: ClassVar[str] = ""      # ... or a FileDescriptorSet; neither: the target's reflection
+    # access (access.py), as `callstate load`'s options: TLS on with tls_ca; a client certificate
+    tls_ca: ClassVar[str] = ""              # the CA that signed the server's certificate
+    tls_cert: ClassVar[str] = ""            # a client certificate, for a server that requires one ...
+    tls_key: ClassVar[str] = ""             # ... and its key
+    token: ClassVar[str] = ""               # a bearer token ("": CALLSTATE_TOKEN, if set)
     measure_propagation: ClassVar[bool] = True
     seed: ClassVar[int | None] = None
     _instances: ClassVar[int] = 0
@@ -97,21 +103,22 @@ class CallstateUser(User):
         self.failed = False   # its settings fail on this machine: it stops before any call
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
+            channel = access.channel_settings(settings)
+            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
             self.failed = True
             return
         self.delay, self.payload = float(settings["delay"]), int(settings["payload"])
         timeout = settings["call_timeout"]
-        self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
         CallstateUser._instances += 1   # with a seed, the n-th user of a process draws the same plans
         self.rng = random.Random(None if self.seed is None else f"{self.seed}-{CallstateUser._instances}")
         self._script = PlanScripts(self.scenario, self.delay, self.payload)
         self._name = self.any_method.method.name if self.any_method is not None else ""   # its stats rows' prefix
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
-                             timeout=float(timeout) if timeout is not None else None)
-        self.process.watch(self.client.target)
+                             timeout=float(timeout) if timeout is not None else None, settings=channel)
+        self.process.watch(self.client.target, channel)
 
     @classmethod
     def configure(cls, parsed_options: Any, host: str | None = None, *, method: bool = True
@@ -129,14 +136,19 @@ class CallstateUser(User):
             on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
             hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
                 "escalate_after", settings["escalate_after"], float),
-            abort_code=_as("abort_code", settings["abort_code"], int),
+            abort_code=_as("abort_code", settings["abort_code"], _abort_code),
             pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
         for name in ("delay", "payload"):
             _as(name, settings[name], float)
-        run = cls._method_run(settings, typed, host) if method else None
+        typed_access = any(name in typed for name in access.SETTINGS)
+        try:   # a usage error, naming the options, where they were typed
+            channel = access.channel_settings(settings, flag_of if typed_access else str)
+        except ValueError as exc:
+            raise (OptionError if typed_access else ValueError)(str(exc)) from None
+        run = cls._method_run(settings, typed, host, channel) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
@@ -145,8 +157,8 @@ class CallstateUser(User):
         return settings, scenario, run
 
     @classmethod
-    def _method_run(cls, settings: dict[str, Any], typed: dict[str, Any],
-                    host: str | None) -> any_method.MethodRun | None:
+    def _method_run(cls, settings: dict[str, Any], typed: dict[str, Any], host: str | None,
+                    channel: ChannelSettings) -> any_method.MethodRun | None:
         """The user's own method, as `callstate load --method` takes it; errors name the option
         when it was typed, the class attribute otherwise."""
         command_line = any(name in typed for name in any_method.SETTINGS)
@@ -158,7 +170,7 @@ class CallstateUser(User):
         options = any_method.options_of(settings)
         error = OptionError if command_line else ValueError
         try:
-            run = any_method.resolve(options, _target(host or cls.host), flag)
+            run = any_method.resolve(options, _target(host or cls.host), flag, channel)
         except DriveError as exc:
             why, first = str(exc), str(exc).split(" ", 1)[0].rstrip(":")
             named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
@@ -256,7 +268,13 @@ def _non_negative_int(value: str | int) -> int:
     return number
 
 
-_NUMBERS = (float, int, _non_negative_int)   # parsers a class attribute's number goes through too
+def _abort_code(value: str | int) -> int:
+    code = int(value)
+    check_abort_code(code)   # 0 or wider than 32 bits: every abort would be refused (87)
+    return code
+
+
+_NUMBERS = (float, int, _non_negative_int, _abort_code)   # parsers a class attribute's number goes through too
 
 
 def _as(name: str, value: Any, parse: Any) -> Any:
