@@ -82,6 +82,7 @@ class StateLog:
             for _ in range(n):
                 queue.popleft()
             return
+        taken = n   # until the flush succeeds, any of them may be in the file's buffer only
         try:
             while n > 0:
                 chunk = min(n, DRAIN_CHUNK)
@@ -93,8 +94,8 @@ class StateLog:
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
             self._out = None
             if not isinstance(exc, BrokenPipeError):
-                print(f"callstate: the state log cannot be written any more ({exc}); "
-                      f"{n} entries and all later ones are not in it", file=sys.stderr)
+                print(f"callstate: the state log cannot be written any more ({exc}); up to {taken} entries and "
+                      "all later ones are not in it", file=sys.stderr)
             return
 
     def _run(self) -> None:

@@ -100,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(opts.run(opts) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # the flush at exit would raise it again
+        return 128 + 13
 
 
 class _DeferredInterrupt:

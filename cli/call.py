@@ -94,31 +94,11 @@ def run(opts: argparse.Namespace) -> int:
         opts.pipe = opts.drive.method.kind
     elif opts.drive is not None and opts.pipe:
         opts.target_parser.error(f"--pipe {opts.pipe}: {opts.method} is unary")
-    # a user's method sends --data and is answered with its rule's reply: Emulator/Call's own fields would be dropped
-    foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
-                                        ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
-    if opts.drive is not None and foreign:
-        print(f"callstate call: error: {' and '.join(foreign)} {'apply' if len(foreign) > 1 else 'applies'} without "
-              f"--method only: {opts.method} sends its request from --data, and its reply is a rule's "
-              "(see docs/any-service.md)", file=sys.stderr)
-        return 2
-    # an abort's settings on another outcome would be dropped without a word: refuse them
-    stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
-    if stray and opts.outcome != ABORT:
-        print(f"callstate call: error: {' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome} "
-              "(see callstate call --help)", file=sys.stderr)
+    if (why := _never_applies(opts)) is not None:
+        print(f"callstate call: error: {why} (see callstate call --help)", file=sys.stderr)
         return 2
     opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
     opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
-    if not opts.pipe and opts.cancel_at is not None:   # it would never fire: say so, not exit 0 uncancelled
-        print(f"callstate call: error: --cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is "
-              "cancelled with --cancel-after SECONDS or --cancel-before-start (see callstate call --help)",
-              file=sys.stderr)
-        return 2
-    if not opts.pipe and opts.breach != "none":   # a pipe rule: a unary call would complete 0 as if it held
-        print(f"callstate call: error: --breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, "
-              "out or both) (see callstate call --help)", file=sys.stderr)
-        return 2
 
     provider = None
     try:
@@ -131,6 +111,35 @@ def run(opts: argparse.Namespace) -> int:
         return 2
     finally:
         shutdown_tracing(provider, "callstate call")
+
+
+def _never_applies(opts: argparse.Namespace) -> str | None:
+    """What in the command line would be dropped without a word (the call made as if it were not
+    given), or None: refused instead, so nothing exits 0 having done less than asked."""
+    # a user's method sends --data and is answered with its rule's reply: Emulator/Call's own fields would be dropped
+    foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
+                                        ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
+    if opts.drive is not None and foreign:
+        return (f"{' and '.join(foreign)} {'apply' if len(foreign) > 1 else 'applies'} without --method only: "
+                f"{opts.method} sends its request from --data, and its reply is a rule's (docs/any-service.md)")
+    stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
+    if stray and opts.outcome != ABORT:   # an abort's settings on another outcome
+        return f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome}"
+    if not opts.pipe and opts.cancel_at is not None:   # it would never fire
+        return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
+                "--cancel-after SECONDS or --cancel-before-start")
+    # how to cancel, with nothing that cancels (Ctrl-C cancels abortively)
+    cancels = opts.cancel_after is not None or opts.cancel_before_start or opts.cancel_at is not None
+    how = [flag for flag, value in (("--non-abortive", opts.non_abortive), ("--escalate-after", opts.escalate_after))
+           if value]
+    if how and not cancels:
+        return (f"{' and '.join(how)} {'say' if len(how) > 1 else 'says'} how to cancel, but nothing cancels the "
+                "call: add --cancel-after SECONDS, --cancel-before-start or (pipes) --cancel-at POINT")
+    if opts.escalate_after is not None and not opts.non_abortive:
+        return "--escalate-after escalates a non-abortive cancel: add --non-abortive (an abortive cancel needs no escalation)"
+    if not opts.pipe and opts.breach != "none":   # a pipe rule: a unary call would complete 0 as if it held
+        return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
+    return None
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:

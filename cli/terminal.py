@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any, Mapping, TextIO
@@ -51,13 +52,23 @@ def line(d: Mapping[str, Any], as_json: bool) -> str:
     return printable(orjson.dumps(d).decode()) if as_json else human(d)
 
 
+def stdout_gone() -> None:
+    """The reader of stdout went away (`| head`): what is still printed there goes to /dev/null,
+    and so does the flush at exit (which would print an "Exception ignored" BrokenPipeError)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class PrintSink:
-    """A state-log sink that prints each entry as it is recorded (and can tee to a file)."""
+    """A state-log sink that prints each entry as it is recorded (and can tee to a file). When
+    its reader goes away (`| head`), it stops printing and the call goes on: its log is whole."""
 
     enabled = True
 
     def __init__(self, out: TextIO, as_json: bool, tee: StateLog | None = None) -> None:
-        self.out, self.as_json, self.tee = out, as_json, tee
+        self.out: TextIO | None = out
+        self.as_json, self.tee = as_json, tee
         self.final: Entry | None = None
 
     def append(self, e: Entry) -> None:
@@ -65,7 +76,12 @@ class PrintSink:
             self.tee.append(e)
         if is_final(e):
             self.final = e
-        print(line(to_dict(e), self.as_json), file=self.out, flush=True)
+        if self.out is not None:
+            try:
+                print(line(to_dict(e), self.as_json), file=self.out, flush=True)
+            except BrokenPipeError:
+                self.out = None
+                stdout_gone()
 
     def close(self) -> None:
         if self.tee is not None:

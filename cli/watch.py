@@ -11,7 +11,7 @@ from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.arg_types import positive_int
 from callstate.cli.options import add_target, channel_settings
-from callstate.cli.terminal import printable
+from callstate.cli.terminal import printable, stdout_gone
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -22,13 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description="Follow the server's state log live through callstate.v1.Journal/Watch: on a "
                                    "terminal as a live dashboard (final codes and calls/s, in flight, recent "
                                    "cancels), otherwise one line per entry. It says \"watching\" once every "
-                                   "--target has subscribed: a call made after that line is seen. Stop with Ctrl-C "
-                                   "(exit 0; 130 before every target has answered).")
+                                   "--target has subscribed: a call made after that line is seen. A target that "
+                                   "stops, or is lost, mid-watch is said at once and the others are still followed "
+                                   "(exit 1 in the end when one was lost). Stop with Ctrl-C (exit 0; 130 before "
+                                   "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
-                   "come; exits once the call has ended on the server (at once for an ended call); with one "
-                   "--target, the replica that holds the call")
+                   "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
+                   "server stops first); with one --target, the replica that holds the call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=positive_int, metavar="N",
@@ -45,6 +47,9 @@ def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
     if opts.call_id and len(opts.target) > 1:
         opts.target_parser.error("--call-id follows one call: give one --target, the replica that holds it")
+    twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
+    if twice:   # its every entry would be shown twice, its counters summed twice
+        opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -90,12 +95,11 @@ async def _watch(opts: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
             if watch.subscribed:   # --timeout: the watch lasted as long as asked
-                return 0
+                return 1 if watch.lost else 0
             print(f"callstate watch: {watch.failed}: no answer within --timeout {opts.timeout:g} s (nothing was "
                   "watched)", file=sys.stderr)
             return 1
-        print(printable(f"callstate watch: {watch.failed}: {err.code().name}: "
-                        f"{settings.explain(err.code(), err.details())}"), file=sys.stderr)
+        watch.say_failed(watch.failed, err)
         return 1
     finally:
         for channel in channels:
@@ -117,6 +121,8 @@ class _Watch:
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
         self.stopped: list[str] = []   # targets whose server ended their stream (it is stopping)
+        self.lost: list[str] = []      # targets lost mid-watch while others were still followed
+        self.over = 0                  # targets whose stream ended (stopped, or lost)
 
     async def counters(self) -> int:
         """Print the counters once (summed over the targets)."""
@@ -130,13 +136,17 @@ class _Watch:
             counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
                                                    timeout=self.opts.timeout or COUNTERS_TIMEOUT))
         merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
-        print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode())
+        try:
+            print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        except BrokenPipeError:   # `| head`: its reader has what it wanted
+            stdout_gone()
         return 0
 
     async def entries(self) -> int:
-        """Follow every target's Watch stream until each ended, one failed, --count was reached
-        or Ctrl-C. "watching" is said once every target has subscribed (its response headers,
-        which the server sends as it subscribes the stream): a call made after that line is seen."""
+        """Follow every target's Watch stream until each ended, one failed (a replica lost while
+        others are followed only says so), --count was reached or Ctrl-C. "watching" is said once
+        every target has subscribed (its response headers, which the server sends as it subscribes
+        the stream): a call made after that line is seen."""
         from callstate.v1 import callstate_pb2 as pb
 
         opts = self.opts
@@ -167,12 +177,12 @@ class _Watch:
             await self._until_over(readers, stop)
         finally:
             await self._close(readers, streams)
-        for target in self.stopped:   # said once the dashboard is gone, or the watch would just fall silent
-            print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
+        for target in self.stopped:   # the dashboard's: said once it is gone, or the watch would just fall silent
+            self._say_stopped(target)
         for reader in readers:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
-        return 0
+        return 1 if self.lost else 0
 
     @staticmethod
     async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]
@@ -232,10 +242,40 @@ class _Watch:
                 if self.opts.count and self.seen >= self.opts.count:
                     self.done.set()
                     return
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as err:
             self.failed = target
-            raise
-        self.stopped.append(target)   # the server ends the streams only when it stops (after every call's End)
+            others = self.over + 1 < len(self.targets)   # still followed
+            if not (others and self.subscribed and self.dashboard is None
+                    and err.code() == grpc.StatusCode.UNAVAILABLE):
+                raise
+            # A replica lost (killed, cut off) among entry lines: said now, and the others are
+            # still followed, as when one stops gracefully; the watch exits 1 in the end.
+            self.over += 1
+            self.lost.append(target)
+            self.say_failed(target, err)
+            return
+        self.over += 1
+        # The server ends the streams only when it stops (after every call's End). Between entry lines
+        # that is said at once: the other targets may be followed for long after.
+        if self.dashboard is None:
+            self._say_stopped(target)
+        else:
+            self.stopped.append(target)
+
+    def say_failed(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
+        import grpc
+
+        if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
+            # it answered before: not a TLS or address mistake (what explain() would suggest)
+            why = ("the connection was lost while watching (the server was killed or became unreachable): "
+                   + (err.details() or ""))
+        else:
+            why = self.opts.settings.explain(err.code(), err.details())
+        print(printable(f"callstate watch: {target}: {err.code().name}: {why}"), file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _say_stopped(target: str) -> None:
+        print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
         print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"
@@ -248,9 +288,19 @@ class _Watch:
         d = proto_to_dict(e)
         if self.dashboard is not None:
             self.dashboard.entry(d)
-        else:
-            print(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}", flush=True)
+        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+            self.done.set()   # `| head`: its reader has what it wanted, the watch is over
         self.seen += 1
+
+
+def _printed(text: str) -> bool:
+    """Print a line on stdout; False when its reader has gone away (`| head`)."""
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        stdout_gone()
+        return False
 
 
 def _failed(task: asyncio.Future[None]) -> bool:
@@ -279,7 +329,8 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
         if key not in printed:
             printed.add(key)
             d = proto_to_dict(e)
-            print(line(d, True) if opts.json else f"{e.call_id[:12]}  {line(d, False)}", flush=True)
+            if not _printed(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+                return True   # `| head`: its reader has what it wanted
             count += 1
         return (e.side == SERVER and e.state == END and e.event == ENTER) or bool(opts.count and count >= opts.count)
 
@@ -288,9 +339,13 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async def follow() -> None:
-        subscribed = False
+    async def follow() -> bool:
+        """True once the watch is over (see show); False when the server ended the stream first."""
+        subscribed, dropped = False, 0
         async for batch in stream:
+            if batch.dropped > dropped:   # the server's buffer for this stream overflowed: say so
+                watch._lost(watch.targets[0], batch.dropped - dropped, batch.dropped)
+                dropped = batch.dropped
             if not subscribed:   # the first message: entries from now on reach this stream
                 subscribed = watch.subscribed = True
                 try:
@@ -302,10 +357,15 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
                     print(f"callstate watch: no call {opts.call_id!r} on the server yet (or no longer in its "
                           "journal): waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
                 else:
+                    if history.omitted:   # a long pipe's message entries, events past the per-call cap
+                        print(f"callstate watch: the server's reply leaves out {history.omitted} entries of this "
+                              "call's history (messages and events from its middle; the server's state log has "
+                              "them all)", file=sys.stderr, flush=True)
                     if any([show(e) for e in history.entries]) or history.ended:
-                        return
+                        return True
             if any([show(e) for e in batch.entries]):
-                return
+                return True
+        return False
 
     reader, stopper = asyncio.ensure_future(follow()), asyncio.ensure_future(stop.wait())
     try:
@@ -320,6 +380,10 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
                 pass
     if reader.done() and not reader.cancelled() and reader.exception() is not None:
         raise reader.exception()  # type: ignore[misc]
+    if reader.done() and not reader.cancelled() and not reader.result():
+        print(f"callstate watch: {watch.targets[0]} ended the stream: the server is stopping, and call "
+              f"{printable(repr(opts.call_id))} had not ended there", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

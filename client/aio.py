@@ -165,8 +165,9 @@ class AsyncCall(CallCore):
         try:
             reply = await rpc
         except grpc.aio.AioRpcError as err:
-            self._notify(None, *codes.client_outcome(err.code(), err.trailing_metadata(),
-                                                     self._client.settings.explain(err.code(), err.details()),
+            trailers = err.trailing_metadata()
+            self._notify(None, *codes.client_outcome(err.code(), trailers,
+                                                     self._client.settings.explain(err.code(), err.details(), trailers),
                                                      abortive_cancel=self.abortive_cancel))
         except asyncio.CancelledError:
             task = asyncio.current_task()

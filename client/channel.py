@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from callstate.files import PemSource, check_key_pair, read_pem
-from callstate.wire import AUTH_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
+from callstate.wire import AUTH_KEY, CODE_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 
 def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
@@ -103,30 +103,38 @@ class ChannelSettings:
             return grpc.insecure_channel(target, options=self.options(options))
         return grpc.secure_channel(target, creds, options=self.options(options))
 
-    def explain(self, status: grpc.StatusCode | None, details: str | None) -> str:
+    def explain(self, status: grpc.StatusCode | None, details: str | None, trailers: Any = None) -> str:
         """`details` of a failed RPC, with what most likely went wrong when the connection
         itself failed (plaintext against TLS or the reverse, a certificate not trusted) or
-        the server asked for a token."""
+        the server asked for a token. `trailers`: the RPC's trailing metadata; a status whose
+        exact code the server's handler sent there (a scripted abort) gets no hint."""
         text = " ".join((details or "").split())
         hint = ""
-        if status == grpc.StatusCode.UNAVAILABLE:
-            if "error code 7)" in text or "REFUSED_STREAM" in text:
-                hint = ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
-                        "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
-                        "spread them over more connections (load --channels)")
-            elif "WRONG_VERSION_NUMBER" in text:
-                hint = "the server does not speak TLS: drop the --tls-* options"
-            elif "CERTIFICATE_VERIFY_FAILED" in text:
-                hint = "the server's certificate is not signed by the CA given as --tls-ca"
-            elif "handshake" in text.lower() or "certificate" in text.lower():
-                hint = "TLS handshake failed: check the certificates, or whether the server speaks TLS"
-            elif "Socket closed" in text or "Connection reset" in text:
-                hint = ("the server closed the TLS connection: does it require a client certificate "
-                        "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
-                        "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+        if any(key == CODE_KEY for key, _ in trailers or ()):
+            pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
+        elif status == grpc.StatusCode.UNAVAILABLE:
+            hint = self._connection_hint(text)
         elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
         elif status == grpc.StatusCode.UNIMPLEMENTED:
             hint = ("the server does not serve this method; a callstate server serves a user's methods only as "
                     "a stand-in, started with the schema: serve --proto, --descriptor-set or --reflect-from")
         return f"{text} ({hint})" if text and hint else text or hint
+
+    def _connection_hint(self, text: str) -> str:
+        """What most likely went wrong when a call was UNAVAILABLE with these details ("" if unknown)."""
+        if "error code 7)" in text or "REFUSED_STREAM" in text:
+            return ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
+                    "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
+                    "spread them over more connections (load --channels)")
+        if "WRONG_VERSION_NUMBER" in text:
+            return "the server does not speak TLS: drop the --tls-* options"
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "the server's certificate is not signed by the CA given as --tls-ca"
+        if "handshake" in text.lower() or "certificate" in text.lower():
+            return "TLS handshake failed: check the certificates, or whether the server speaks TLS"
+        if "Socket closed" in text or "Connection reset" in text:
+            return ("the server closed the TLS connection: does it require a client certificate "
+                    "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
+                    "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+        return ""

@@ -232,7 +232,7 @@ class AsyncPipe(PipeBase):
             status, trailing, details = None, None, None
         self._stop_escalation()
         if status is not None and status != grpc.StatusCode.OK:
-            details = self._client.settings.explain(status, details)
+            details = self._client.settings.explain(status, details, trailing)
         code, name, text = codes.client_outcome(status, trailing, details, cancelled_here=status is None,
                                                 abortive_cancel=core.abortive_cancel)
         core.notify(code, reply, name, text)

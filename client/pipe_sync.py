@@ -207,7 +207,7 @@ class Pipe(PipeBase):
                 reply = rpc.result()
             here = status_code == grpc.StatusCode.CANCELLED and self._client.closed
             text = rpc.details() if status_code == grpc.StatusCode.OK else \
-                self._client.settings.explain(status_code, rpc.details())
+                self._client.settings.explain(status_code, rpc.details(), rpc.trailing_metadata())
             code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
                                                          cancelled_here=here, abortive_cancel=core.abortive_cancel)
             if self._responses is not None:

@@ -94,8 +94,9 @@ class Call(CallCore):
         assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
         # the channel closing under a call cancels it here: that is the client going away
         here = err.code() == grpc.StatusCode.CANCELLED and self._client.closed
-        code, status, details = codes.client_outcome(err.code(), err.trailing_metadata(),
-                                                     self._client.settings.explain(err.code(), err.details()),
+        trailers = err.trailing_metadata()
+        code, status, details = codes.client_outcome(err.code(), trailers,
+                                                     self._client.settings.explain(err.code(), err.details(), trailers),
                                                      cancelled_here=here, abortive_cancel=abortive)
         self.notify(code, None, status, details)
 

@@ -3,9 +3,10 @@
 Every state entry of the server passes through `Journal.add` on the event
 loop. In-flight calls are always kept; ended calls are kept up to `capacity`
 calls and `max_bytes` bytes and then forgotten oldest first, so memory stays
-flat however long it runs. A call's history keeps every state it entered but
-at most `max_events_per_call` events (cancel notices, say): later ones are
-counted, not stored, so no caller can grow one call's history without bound.
+flat however long it runs. A call's history keeps every transition but at most
+`max_events_per_call` events (cancel notices, say) and `max_messages_per_call`
+self-loops (a pipe's messages, logged one by one with --log-messages): later ones
+are counted, not stored, so no caller can grow one call's history without bound.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from callstate.statelog import Entry, is_final
 # with tracemalloc at about 150 bytes); its call id is shared with the record, its detail is not.
 ENTRY_BYTES = 160
 RECORD_BYTES = 300
+# A pipe's messages (self-loops, logged one by one with --log-messages) one call's history keeps:
+# about 2.4 MB; a pipe of millions of messages would otherwise hold all of them while it runs.
+MAX_MESSAGES_PER_CALL = 10_000
 
 
 class CallRecord:
-    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "omitted", "bytes", "deadline_ms",
-                 "method", "rule")
+    __slots__ = ("call_id", "entries", "state", "outcome", "saw_cancel", "events", "messages", "omitted", "bytes",
+                 "deadline_ms", "method", "rule")
 
     def __init__(self, call_id: str, outcome: str = "", deadline_ms: int | None = None, method: str | None = None,
                  rule: str | None = None) -> None:
@@ -36,8 +40,9 @@ class CallRecord:
         self.state = ""
         self.outcome = outcome
         self.saw_cancel = False
-        self.events = 0      # events stored (states entered are always stored)
-        self.omitted = 0     # events counted but not stored: over the per-call cap
+        self.events = 0      # events stored (transitions are always stored)
+        self.messages = 0    # self-loops stored: a pipe's messages (--log-messages)
+        self.omitted = 0     # events and self-loops counted but not stored: over the per-call caps
         self.bytes = RECORD_BYTES + len(call_id)
         self.deadline_ms = deadline_ms   # the caller's deadline as it arrived (grpc-timeout)
         self.method, self.rule = method, rule   # a stand-in's call: its method and the rule that answered it
@@ -77,13 +82,15 @@ class Watcher:
 
 class Journal:
     def __init__(self, capacity: int = 10_000, watch_queue: int = 100_000, *, max_bytes: int = 64 * 1024 * 1024,
-                 max_events_per_call: int = 64, max_watchers: int = 64) -> None:
+                 max_events_per_call: int = 64, max_watchers: int = 64,
+                 max_messages_per_call: int = MAX_MESSAGES_PER_CALL) -> None:
         if capacity < 0:
             raise ValueError("journal capacity must be >= 0")
         self.capacity = capacity
         self.watch_queue = watch_queue
         self.max_bytes = max_bytes
         self.max_events_per_call = max_events_per_call
+        self.max_messages_per_call = max_messages_per_call
         self.max_watchers = max_watchers
         self.bytes = 0            # of ended calls kept (in-flight ones are bounded by --max-in-flight)
         self.events_omitted = 0
@@ -111,9 +118,14 @@ class Journal:
     def add(self, rec: CallRecord, e: Entry) -> None:
         """Runs for every server entry on the event loop: kept to a few dict operations."""
         if e.event == ENTER:
-            rec.entries.append(e)
-            rec.bytes += ENTRY_BYTES + len(e.detail) if e.detail else ENTRY_BYTES
             state = rec.state = e.state
+            loop = state == e.prev   # a self-loop: one of a pipe's messages (--log-messages)
+            if not loop or rec.messages < self.max_messages_per_call:
+                rec.messages += loop
+                rec.entries.append(e)
+                rec.bytes += ENTRY_BYTES + len(e.detail) if e.detail else ENTRY_BYTES
+            else:   # one more of a pipe's messages: counted, not stored
+                rec.omitted += 1
             by_state = self.by_state
             by_state[state] = by_state.get(state, 0) + 1
             if state == END:

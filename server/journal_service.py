@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import grpc
 
+from callstate.lifecycle import ENTER
 from callstate.rules import method_filter
-from callstate.statelog import format_ts, to_proto as entry_to_proto
+from callstate.statelog import Entry, format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
@@ -21,6 +22,10 @@ from callstate.server.security import caller_of
 
 
 FOLLOW_BATCH = 4096
+# One GetCall reply at most: a client's default receive limit is 4 MiB, and a pipe logged message
+# by message (--log-messages) can have a history of millions of entries.
+HISTORY_BYTES = 3 * 1024 * 1024
+ENTRY_FRAMING = 6   # a repeated field's tag and length prefix, for each entry
 MAX_PAGE = 1000           # ListCalls: calls in one reply, whatever the limit asked
 MAX_FILTER_ID = 4096      # Watch/Follow: the longest call id filter (no call id is longer: --max-call-id); ListCalls: method
 EVICTED = ("this watcher stopped reading and its slot went to a newer one (the server's --max-watchers, a "
@@ -38,6 +43,32 @@ FOLLOW_LINGER = 0.01
 # ...but only where the watcher's queue holds far more than a linger's worth of entries: a
 # small --watch-buffer would overflow while Follow waits, and its own follower lose entries.
 LINGER_MIN_BUFFER = 8 * FOLLOW_BATCH
+
+
+def bounded_history(entries: list[Entry], budget: int = HISTORY_BYTES) -> tuple[list[pb.StateEntry], int]:
+    """A call's entries as one GetCall reply carries them, and how many it leaves out: all of them
+    when they fit `budget` bytes; else the first and the last entries that fit half of it each and,
+    between them, the transitions only (entries that changed the state): the middle's self-loops
+    (a pipe's messages, logged one by one with --log-messages) and events are left out."""
+    head = _fitting(entries, budget // 2)
+    tail = _fitting(reversed(entries[len(head):]), budget // 2)[::-1]
+    if len(head) + len(tail) == len(entries):
+        return head + tail, 0
+    middle = entries[len(head):len(entries) - len(tail)]
+    kept = [entry_to_proto(e) for e in middle if e.event == ENTER and e.state != e.prev]
+    return head + kept + tail, len(middle) - len(kept)
+
+
+def _fitting(entries: Iterable[Entry], budget: int) -> list[pb.StateEntry]:
+    """The first of `entries` whose messages fit `budget` bytes."""
+    out, size = [], 0
+    for e in entries:
+        msg = entry_to_proto(e)
+        size += msg.ByteSize() + ENTRY_FRAMING
+        if size > budget:
+            break
+        out.append(msg)
+    return out
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
@@ -62,8 +93,9 @@ class JournalServicer(pb_grpc.JournalServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no call {_shown(request.call_id)} in the journal (never seen, or evicted: "
                                 f"it keeps the last {self.journal.capacity} ended calls)")
-        return pb.CallHistory(call_id=rec.call_id, entries=[entry_to_proto(e) for e in rec.entries], ended=rec.ended,
-                              deadline_ms=rec.deadline_ms)
+        entries, left_out = bounded_history(rec.entries)
+        return pb.CallHistory(call_id=rec.call_id, entries=entries, ended=rec.ended, deadline_ms=rec.deadline_ms,
+                              omitted=rec.omitted + left_out)
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: grpc.aio.ServicerContext) -> pb.ListCallsReply:
         limit = min(request.limit or 100, MAX_PAGE)   # a page costs the loop its time: bounded

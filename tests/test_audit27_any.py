@@ -227,7 +227,7 @@ def test_call_refuses_emulator_call_fields_on_a_users_method(acme: ServerProcess
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert done.stderr.strip() == (f"callstate call: error: {named} without --method only: "
                                        "acme.billing.v1.Billing/GetInvoice sends its request from --data, and its "
-                                       "reply is a rule's (see docs/any-service.md)")
+                                       "reply is a rule's (docs/any-service.md) (see callstate call --help)")
 
 
 def test_the_pytest_fixture_takes_a_proto_named_below_its_proto_path() -> None:

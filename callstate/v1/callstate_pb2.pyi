@@ -228,16 +228,18 @@ class GetCallRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ...) -> None: ...
 
 class CallHistory(_message.Message):
-    __slots__ = ("call_id", "entries", "ended", "deadline_ms")
+    __slots__ = ("call_id", "entries", "ended", "deadline_ms", "omitted")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ENDED_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
     ended: bool
     deadline_ms: int
-    def __init__(self, call_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., ended: _Optional[bool] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    omitted: int
+    def __init__(self, call_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ..., ended: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., omitted: _Optional[int] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
     __slots__ = ("state", "code", "in_flight", "limit", "method", "rule")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
-from callstate.cli.conformance.journal import ServerJournal
+from callstate.cli.conformance.journal import ServerJournal, dispatched
 from callstate.cli.conformance.properties import Row
 from callstate.cli.conformance.report import DIRECT, PROXY
 from callstate.cli.conformance.server import ServerProcess
@@ -56,16 +56,23 @@ async def _reachable(target: str, what: str) -> None:
         await channel.close()
 
 
-async def _probe(target: str) -> None:
-    """One plain call through the proxy: without it nothing can be measured."""
+async def _probe(target: str, journal: ServerJournal) -> None:
+    """One plain call through the proxy, seen by the server's journal: without it nothing can be
+    measured, and a proxy that forwards elsewhere would fail every row that asks the server."""
     client = open_client(target, None, timeout=CONNECT_TIMEOUT)
     try:
-        await client.start(Script(COMPLETE))
+        call = client.prepare(Script(COMPLETE))
+        journal.watch(call.call_id)
+        await call.start()
     except CallError as err:
         raise ConnectionError(f"a call through the proxy at {target} fails ({err}): "
                               "does it forward to the server?") from None
     finally:
         await client.close()
+    if not await journal.wait((call.call_id,), dispatched, CONNECT_TIMEOUT):
+        raise ConnectionError(f"a call through the proxy at {target} was answered, but the server at "
+                              f"{journal.target} never saw it (its journal, within {CONNECT_TIMEOUT:g} s): the proxy "
+                              "does not forward to it; give the server it forwards to as --server")
 
 
 async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
@@ -81,7 +88,7 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         channel = open_channel(setup.server)
         journal = ServerJournal(channel, setup.server)
         await journal.start(CONNECT_TIMEOUT)
-        await _probe(setup.proxy)
+        await _probe(setup.proxy, journal)
         direct = Battery(DIRECT, setup.server, journal, cfg)
         proxied = Battery(PROXY, setup.proxy, journal, cfg)
         batteries = [direct, proxied]
