@@ -210,10 +210,14 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
     if mix is not None and script_fields and script_fields.get("outcome") is not None:
         raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
     reply = raw.get("reply")
+    wildcard = "*" in pattern
+    if request is not None and wildcard:   # it applies to the methods whose request has the fields it names
+        fitting = [m for m in methods if _names_fields_of(request, m)]
+        methods = fitting or methods[:1]   # none: the first one's error says which field is not there
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
-            if "*" not in pattern:
+            if not wildcard:
                 raise RulesError(f"{m_where}.match.request: a {_shape(method)} method has no single request to match")
             continue   # a wildcard rule applies to the methods whose request it can see
         yield method.name, Rule(
@@ -223,6 +227,16 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
             reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
             mix=mix)
+
+
+def _names_fields_of(pattern: Mapping[str, Any], method: Method) -> bool:
+    """Whether each key of a request pattern is a field of the method's request (by its .proto or
+    JSON name; an extension, `[pkg.ext]`, is left for the parse to judge)."""
+    desc = method.request.DESCRIPTOR
+    if desc.full_name in (ANY, f"{WELL_KNOWN}Struct"):   # an Any's @type, a Struct's keys: their own JSON
+        return True
+    names = {f.name for f in desc.fields} | {f.json_name for f in desc.fields}
+    return all(key in names or str(key).startswith("[") for key in pattern)
 
 
 def _check_keys(raw: Any, where: str) -> None:

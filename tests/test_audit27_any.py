@@ -332,3 +332,20 @@ def test_a_proto_in_a_folder_whose_name_is_not_ascii_loads_and_serves(tmp_path: 
     done = cli("call", "--target", "127.0.0.1:1", "--timeout", "5", "--method", "team.v1.Team/Get", "--proto",
                "équipe/v1/team.proto", "--proto-path", ".", "--data", '{"a": "x"}', cwd=tmp_path)
     assert "Traceback" not in done.stderr and "final: 1722" in done.stderr, done.stderr   # unreachable: said so
+
+
+def test_a_wildcard_rule_matches_the_methods_whose_request_has_its_fields(schema: Schema) -> None:
+    """Before: `method: acme.billing.v1.Billing/*` with `match: {request: {id: x}}` refused the
+    whole file ("google.protobuf.Empty has no field named id", for Ping): a service of many methods
+    could not share one rule on the field most of its requests have."""
+    rules = parse_rules("rules:\n  - method: 'acme.billing.v1.Billing/*'\n    match: {request: {id: x}}\n"
+                        "    script: {outcome: abort, abort_code: 4444}\n", schema)
+    assert sorted(rules.by_method) == [f"acme.billing.v1.Billing/{m}" for m in
+                                       ("A1", "A2", "A3", "CreateInvoice", "GetInvoice", "OldCharge")]
+    get = schema.method("acme.billing.v1.Billing/GetInvoice")
+    assert rules.first_match(get.name, {}, get.request(id="x")) is not None
+    assert rules.first_match(get.name, {}, get.request(id="y")) is None
+    with pytest.raises(RulesError, match='no field named "idd"'):   # a field no request has: still one line
+        parse_rules("rules:\n  - method: 'acme.billing.v1.Billing/*'\n    match: {request: {idd: x}}\n", schema)
+    with pytest.raises(RulesError, match="Failed to parse id field"):   # a wrong value is not skipped over
+        parse_rules("rules:\n  - method: 'acme.billing.v1.Billing/*'\n    match: {request: {id: 5}}\n", schema)
