@@ -79,10 +79,10 @@ def _protoc_paths(protos: Sequence[str | os.PathLike[str]],
     under an include path by its spelling only ("protos/x.proto" is not under "/abs/protos")."""
     if not protos:
         raise SchemaError("no .proto file given")
+    files = [_found(proto, proto_paths) for proto in protos]
     for inc in proto_paths:
         if not Path(inc).is_dir():
             raise SchemaError(f"--proto-path {inc}: no such directory")
-    files = [_found(proto, proto_paths) for proto in protos]
     includes = [os.path.abspath(p) for p in proto_paths] or sorted({os.path.dirname(f) for f in files})
     if not proto_paths:   # each file is named by its base name: two of one name cannot both be
         first: dict[str, tuple[str, str]] = {}
@@ -111,7 +111,8 @@ def _found(proto: str | os.PathLike[str], proto_paths: Sequence[str | os.PathLik
     if any(candidate.is_dir() for candidate in candidates):
         raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
                           "looked up under --proto-path)")
-    under = f" (nor below --proto-path {', '.join(map(str, proto_paths))})" if len(candidates) > 1 else ""
+    looked = [str(inc) for inc in proto_paths if len(candidates) > 1 and Path(inc).is_dir()]
+    under = f" (nor below --proto-path {', '.join(looked)})" if looked else ""
     raise SchemaError(f"{proto}: no such .proto file{under}")
 
 
