@@ -33,7 +33,8 @@ KINDS = {
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
                         "code (invariant 3)",
-    "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
+    "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3; behind "
+                         "several replicas: is one replica's log missing?)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
     "server_lost": "the server stopped answering during the run: its side cannot be verified",
     "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",

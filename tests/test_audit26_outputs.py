@@ -350,6 +350,7 @@ def test_a_call_no_server_log_has_names_its_client_log(one_call: tuple[Path, Pat
     result = cli("check", str(client), str(other), str(server))
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"elsewhere: {other}:{len(entries)}: client completed with 0" in result.stdout, result.stdout
+    assert "is one replica's log missing?" in result.stdout, result.stdout   # the likely cause, said
 
 
 def test_load_counts_held_pipes_it_ended_itself_as_hold_for_not_as_cancels_asked_for(
