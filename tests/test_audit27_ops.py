@@ -300,6 +300,7 @@ def test_a_state_log_on_a_full_disk_does_not_say_nothing_was_lost(tmp_path: Path
         assert len(warning) == 1, made.stderr
         lost = int(warning[0].split("; up to ")[1].split()[0])
         assert lost >= 1 and warning[0].endswith(f"up to {lost} entries and all later ones are not in it")
+        assert made.returncode == 1, "the call went well, but its log is lost: not a success"
     finally:
         srv.stop()
 
