@@ -33,7 +33,8 @@ KINDS = {
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
                         "code (invariant 3)",
-    "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3)",
+    "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3; behind "
+                         "several replicas: is one replica's log missing?)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
     "server_lost": "the server stopped answering during the run: its side cannot be verified",
     "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",
@@ -157,7 +158,7 @@ class CheckReport:
 
     def summary(self, allow_one_side: bool = False) -> str:
         sides = ", ".join(f"{n} {s}" for s, n in sorted(self.by_side.items()))
-        lines = [f"{self.calls} calls, {self.entries} entries from {len(self.files) or 'in-memory'} "
+        lines = [f"{counted(self.calls, 'call')}, {counted(self.entries, 'entry', 'entries')} from {len(self.files) or 'in-memory'} "
                  f"{'file' if len(self.files) == 1 else 'files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
@@ -180,7 +181,7 @@ class CheckReport:
         elif self.ok:
             lines.append("OK: every invariant holds" + (f" on the {side} side" if side is not None else ""))
         else:
-            lines.append(f"FAILED: {len(self.violations)} violations")
+            lines.append(f"FAILED: {counted(len(self.violations), 'violation')}")
             for kind, vs in sorted(self.by_kind().items()):
                 lines.append(f"  {kind}: {len(vs)} ({KINDS.get(kind, '')})")
                 for v in vs[:EXAMPLES_PER_KIND]:
@@ -191,6 +192,11 @@ class CheckReport:
 def one_side_of(by_side: Mapping[str, int]) -> str | None:
     logged = [side for side in SIDES if by_side.get(side)]
     return logged[0] if len(logged) == 1 else None
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """"1 call", "2 calls": a count and its noun, as a summary line says it."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def one_sided_text(side: str) -> str:
@@ -374,7 +380,7 @@ class Checker:
         for call_id, sides in self.tracks.items():
             self._finish_call(call_id, sides, have_server)
         if server_in_flight:
-            r.violations.append(Violation("server_in_flight", "-", f"{server_in_flight} calls still in flight"))
+            r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:
             r.violations.append(Violation("server_lost", "-", server_lost))
         return r

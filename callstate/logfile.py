@@ -35,6 +35,8 @@ def _discard(entry: Entry) -> None:
 class StateLog:
     """Buffered JSON-lines writer. `append` is cheap and thread-safe."""
 
+    failures = 0   # logs of this process that could not be written whole (a command's exit status says so)
+
     def __init__(self, target: str | Path | IO[bytes] | None, *, flush_interval: float = 0.05) -> None:
         self._owns = False
         self._out: IO[bytes] | None
@@ -93,6 +95,7 @@ class StateLog:
             out.flush()
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
             self._out = None
+            StateLog.failures += 1
             if not isinstance(exc, BrokenPipeError):
                 print(f"callstate: the state log cannot be written any more ({exc}); up to {taken} entries and "
                       "all later ones are not in it", file=sys.stderr)

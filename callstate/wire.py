@@ -9,6 +9,9 @@ from typing import Final, Iterator
 # MS-RPC code travels in this trailer, so a client in any language can read it.
 CALL_ID_KEY: Final = "callstate-call-id"
 CODE_KEY: Final = "callstate-code"
+# Journal.Watch's response headers carry this once the stream is subscribed: headers without it
+# are someone else's (a proxy answering for a server it cannot reach, before its error status).
+WATCHING_KEY: Final = "callstate-watching"
 
 
 # Call ids and cancel keys are 128 bits from the OS's random source, drawn for 256 at a time:

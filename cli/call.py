@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p = sub.add_parser("call", help=COMMANDS["call"].help,
                        description=para("Make one scripted call and print each client state (C, Can, WComp, Comp, "
                                         "End) as it is entered, then the final code. Exit status 0 only for 0 "
-                                        "RPC_S_OK, 1 for any other final code, 2 for bad usage."),
+                                        "RPC_S_OK with its --log-file written whole, 1 for any other final code or a log that "
+                                        "could not be written, 2 for bad usage."),
                        epilog=epilog() + "\n" + EXAMPLES + PIPE_EXAMPLES + METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p)
     p.add_argument("--outcome", choices=list(OUTCOMES), default=_SCRIPT.outcome,
@@ -100,12 +101,14 @@ def run(opts: argparse.Namespace) -> int:
     opts.code = _SCRIPT.abort_code if opts.code is None else opts.code
     opts.grpc_status = _SCRIPT.abort_status if opts.grpc_status is None else opts.grpc_status
 
-    provider = None
+    from callstate.logfile import StateLog
+
+    provider, failed_logs = None, StateLog.failures
     try:
         provider = tracer_provider(opts, "callstate-call")
-        if opts.pipe:   # traced and secured like a unary call
-            return run_pipe(opts, provider)
-        return asyncio.run(_call(opts, provider))
+        # traced and secured alike; a --log-file that could not be written whole fails the command
+        status = run_pipe(opts, provider) if opts.pipe else asyncio.run(_call(opts, provider))
+        return status or int(StateLog.failures > failed_logs)
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
         print(f"callstate call: {exc}", file=sys.stderr)
         return 2

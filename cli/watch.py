@@ -166,7 +166,7 @@ class _Watch:
             print(f"callstate watch: stopped before {', '.join(waiting)} answered (not subscribed)",
                   file=sys.stderr, flush=True)
             return 128 + signalled[0]
-        if not any(stream.done() for stream in streams):   # a failed one is reported by its reader
+        if not any(stream.done() for stream in streams) and await self._marked(streams):   # else its reader says why
             self.subscribed = True
             print(f"watching {', '.join(self.targets)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
@@ -183,6 +183,23 @@ class _Watch:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
         return 1 if self.lost else 0
+
+    @staticmethod
+    async def _marked(streams: list) -> bool:  # type: ignore[type-arg]
+        """Whether every stream's headers are a callstate server's, sent as it subscribed (not a
+        proxy's, whose error status is still on its way)."""
+        import grpc
+
+        from callstate.wire import WATCHING_KEY
+
+        for stream in streams:
+            try:
+                headers = await stream.initial_metadata()
+            except grpc.aio.AioRpcError:
+                return False
+            if not any(key == WATCHING_KEY for key, _ in headers or ()):
+                return False
+        return True
 
     @staticmethod
     async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ from callstate.rules import method_filter
 from callstate.statelog import Entry, format_ts, to_proto as entry_to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import WATCHING_KEY
 from callstate.server.journal import CallRecord, Journal, Watcher, WatcherLimit
 from callstate.server.security import caller_of
 
@@ -145,7 +146,7 @@ class JournalServicer(pb_grpc.JournalServicer):
         them (`callstate watch` before it says "watching") misses no entry made after."""
         watcher = await self._subscribe(request, context)
         try:
-            await context.send_initial_metadata(())
+            await context.send_initial_metadata(((WATCHING_KEY, "1"),))
             while (entry := await watcher.queue.get()) is not None:   # None: the server is stopping
                 msg = entry_to_proto(entry)
                 msg.dropped = watcher.dropped

@@ -76,7 +76,7 @@ def test_report_page_of_both_sides_still_says_ok(one_call: tuple[Path, Path], tm
     out = tmp_path / "both.html"
     result = cli("report", *map(str, one_call), "--html", str(out))
     assert result.returncode == 0 and "check OK" in result.stdout, result.stdout + result.stderr
-    assert verdict(out) == "OK: every invariant holds on both sides (1 calls)"
+    assert verdict(out) == "OK: every invariant holds on both sides (1 call)"
 
 
 def test_load_page_fails_where_the_load_fails_without_a_violation(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_report_warns_about_a_cut_last_line_and_reports_the_rest(one_call: tuple
     [warning] = result.stderr.splitlines()
     assert warning.startswith(f"callstate report: warning: {cut}:{n + 1}: the last line is cut short"), warning
     assert orjson.loads(data.read_bytes())["by_side"][SERVER] == n
-    assert verdict(out) == "OK: every invariant holds on both sides (1 calls)"
+    assert verdict(out) == "OK: every invariant holds on both sides (1 call)"
     cut.write_bytes(b"{not json}\n" + lines)   # a bad line inside is still an error
     assert cli("report", str(client), str(cut), "--html", str(out)).returncode == 2
 
@@ -350,6 +350,7 @@ def test_a_call_no_server_log_has_names_its_client_log(one_call: tuple[Path, Pat
     result = cli("check", str(client), str(other), str(server))
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"elsewhere: {other}:{len(entries)}: client completed with 0" in result.stdout, result.stdout
+    assert "is one replica's log missing?" in result.stdout, result.stdout   # the likely cause, said
 
 
 def test_load_counts_held_pipes_it_ended_itself_as_hold_for_not_as_cancels_asked_for(
@@ -459,7 +460,7 @@ def test_check_counts_a_call_no_side_ended_so_the_codes_add_up(one_call: tuple[P
     result = cli("check", "--allow-one-side", str(cut))
     assert result.returncode == 1, result.stdout + result.stderr   # not_ended
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("1 calls,") and lines[1].split() == ["1", "no", "final", "code", "(no", "side",
+    assert lines[0].startswith("1 call,") and lines[1].split() == ["1", "no", "final", "code", "(no", "side",
                                                                     "logged", "the", "call's", "End", "with", "one)"]
     data = orjson.loads(cli("check", "--allow-one-side", "--json", str(cut)).stdout)
     assert data["by_code"] == {} and data["no_final_code"] == 1
@@ -472,6 +473,6 @@ def test_report_page_counts_the_calls_not_ended_so_its_rows_add_up(one_call: tup
     cut.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in read_entries(client) if e["state"] != END))
     out = tmp_path / "cut.html"
     result = cli("report", str(cut), str(server), "--html", str(out))
-    assert result.returncode == 1 and "check FAILED (1 violations)" in result.stdout, result.stdout
+    assert result.returncode == 1 and "check FAILED (1 violation)" in result.stdout, result.stdout
     page = " ".join(re.sub(r"<[^>]+>", " ", out.read_text()).split())
     assert "not ended (no End to measure to) 1 - - - -" in page, page

@@ -300,6 +300,7 @@ def test_a_state_log_on_a_full_disk_does_not_say_nothing_was_lost(tmp_path: Path
         assert len(warning) == 1, made.stderr
         lost = int(warning[0].split("; up to ")[1].split()[0])
         assert lost >= 1 and warning[0].endswith(f"up to {lost} entries and all later ones are not in it")
+        assert made.returncode == 1, "the call went well, but its log is lost: not a success"
     finally:
         srv.stop()
 
@@ -339,3 +340,34 @@ def test_call_refuses_how_to_cancel_without_anything_that_cancels() -> None:
         run = cli("call", "--target", "127.0.0.1:1", "--outcome", "hold", *flags)
         assert run.returncode == 2 and run.stderr.startswith(f"callstate call: error: {says}"), run.stderr
         assert run.stdout == "" and run.stderr.count("\n") == 1
+
+
+def test_watch_says_watching_only_for_a_callstate_servers_headers() -> None:
+    """Through a proxy whose upstream is down, the proxy's own response headers arrive before its
+    error status: `watch` took them for the subscription and said "watching" (about 1 run in 8
+    through nginx). A stand-in here answers Watch as such a proxy does: headers without the
+    server's mark, then UNAVAILABLE a moment later."""
+    import concurrent.futures
+    import threading
+
+    answered = threading.Event()
+
+    def watch(request: bytes, context: grpc.ServicerContext) -> None:
+        context.send_initial_metadata(())
+        answered.set()
+        threading.Event().wait(2.0)   # the scenario, not a synchronisation: the status comes a moment later
+        context.abort(grpc.StatusCode.UNAVAILABLE, "upstream connect error")
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "callstate.v1.Journal", {"Watch": grpc.unary_stream_rpc_method_handler(watch)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = cli("watch", "--target", f"127.0.0.1:{port}", "--dashboard", "never", timeout=60)
+    finally:
+        server.stop(0)
+    assert answered.is_set()
+    said = result.stderr.splitlines()
+    assert result.returncode != 0 and not any(line.startswith("watching ") for line in said), result.stderr
+    assert "UNAVAILABLE" in result.stderr or "upstream connect error" in result.stderr, result.stderr

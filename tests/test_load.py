@@ -82,7 +82,7 @@ def test_a_shared_server_judges_only_this_runs_calls(server: ServerProcess) -> N
         result = cli("load", "--target", server.target, "--calls", "200", "--settle", "90", timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert time.monotonic() - t0 < 60   # did not wait out --settle for the other client's call
-        assert "the server was shared: 1 calls in flight before the run" in result.stdout
+        assert "the server was shared: 1 call in flight before the run" in result.stdout
     finally:
         holder.kill()
 

@@ -290,3 +290,14 @@ def test_a_stream_the_server_refused_is_explained() -> None:
     other = ChannelSettings().explain(grpc.StatusCode.UNAVAILABLE,
                                       "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))")
     assert "--channels" not in other
+
+
+def test_summaries_count_one_call_and_one_violation_in_the_singular() -> None:
+    from callstate.check import check_entries, counted
+
+    assert (counted(1, "call"), counted(0, "call"), counted(2, "entry", "entries")) == ("1 call", "0 calls", "2 entries")
+    one = [{"ts": "2026-12-05T10:00:00.000000Z", "side": "client", "call_id": "a", "state": "C", "prev": None,
+            "event": "enter"}]
+    summary = check_entries(one).summary(allow_one_side=True)
+    assert summary.startswith("1 call, 1 entry from in-memory files"), summary
+    assert "FAILED: 1 violation\n" in summary, summary

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from callstate import codes
-from callstate.check import Checker
+from callstate.check import Checker, counted
 from callstate.cli.conformance.calls import Recorder, examples, open_client, reply_failure
 from callstate.cli.conformance.journal import dispatched, ended
 from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
@@ -56,7 +56,7 @@ async def check_row(b: Battery) -> Row:
     kinds = {k: len(v) for k, v in report.by_kind().items()}
     examples = "; ".join(f"{kind} x{len(vs)}: {b.judged.get(vs[0].call_id, '')} call {vs[0].call_id}: "
                          f"{vs[0].message}" for kind, vs in report.by_kind().items())
-    return Row(CHECK, report.ok, f"{report.calls} calls, {len(report.violations)} violations", examples,
+    return Row(CHECK, report.ok, f"{counted(report.calls, 'call')}, {counted(len(report.violations), 'violation')}", examples,
                {"calls": report.calls, "entries": report.entries, "violations_by_kind": kinds,
                 "violations_by_property": dict(Counter(b.judged.get(v.call_id, "") for v in report.violations))})
 

@@ -27,7 +27,7 @@ import grpc
 import orjson
 
 from callstate import codes
-from callstate.check import Checker, percentiles
+from callstate.check import Checker, counted, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats
@@ -689,7 +689,7 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"{report['calls']} calls in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
+    lines = [f"{counted(report['calls'], 'call')} in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
              + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")
              + (f" (the wait for the server to end them cut short: {report['settle_cut']})"
@@ -716,16 +716,16 @@ def summary(report: dict[str, Any]) -> str:
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
     elif check["ok"] and check.get("one_sided"):
-        lines.append(f"check: OK on the client side only — {check['calls']} calls, every client-side invariant "
+        lines.append(f"check: OK on the client side only — {counted(check['calls'], 'call')}, every client-side invariant "
                      f"holds; the server side is unknown: {report[SERVER]['unknown']}")
     elif check["ok"]:
         server = report[SERVER]
-        shared = (f" (the server was shared: {server['in_flight_before']} calls in flight before the run, "
+        shared = (f" (the server was shared: {counted(server['in_flight_before'], 'call')} in flight before the run, "
                   "so only this run's calls were judged)" if server["in_flight_before"] else "")
-        lines.append(f"check: OK — {check['calls']} calls, every invariant holds on both sides; "
+        lines.append(f"check: OK — {counted(check['calls'], 'call')}, every invariant holds on both sides; "
                      f"server in flight after the run: {server['in_flight_after']}{shared}")
     else:
-        lines.append(f"check: FAILED — {check['violations']} violations" + (f"; {check['note']}" if check.get("note") else "")
+        lines.append(f"check: FAILED — {counted(check['violations'], 'violation')}" + (f"; {check['note']}" if check.get("note") else "")
                      + ("; the server side is unknown (only the client side was checked)" if check.get("one_sided") else ""))
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(

@@ -8,6 +8,7 @@ import sys
 import orjson
 
 from callstate.cli import COMMANDS
+from callstate.check import counted
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
 from callstate.cli.outputs import output_problem
@@ -62,8 +63,8 @@ def run(opts: argparse.Namespace) -> int:
     check = report["check"]
     why = check["not_judged"]   # the checker's own rule, as `callstate check` applies it
     if not check["ok"]:
-        verdict = f"FAILED ({check['violations']} violations)"
+        verdict = f"FAILED ({counted(check['violations'], 'violation')})"
     else:
         verdict = "OK" if why is None else f"NOT JUDGED ({why})"
-    print(f"{opts.html}: {report['calls']} calls, check {verdict}")
+    print(f"{opts.html}: {counted(report['calls'], 'call')}, check {verdict}")
     return 0 if check["ok"] and why is None else 1

@@ -53,7 +53,9 @@ class ServerHandle:
 
     def history(self, call_id: str) -> list[dict[str, Any]]:
         """The server's entries for one call (Journal/GetCall), as state-log dicts; [] when the
-        server never saw the call (or its journal has evicted it)."""
+        server never saw the call (or its journal has evicted it). Every transition is there; of a
+        pipe logged message by message, the journal keeps at most 10,000 message entries and one
+        reply stays under 3 MiB (`CallHistory.omitted` counts the rest; the state log has them all)."""
         try:
             reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT)
         except grpc.RpcError as err:
