@@ -119,15 +119,32 @@ def run(opts: argparse.Namespace) -> int:
 def _never_applies(opts: argparse.Namespace) -> str | None:
     """What in the command line would be dropped without a word (the call made as if it were not
     given), or None: refused instead, so nothing exits 0 having done less than asked."""
+    return next((why for check in _DROPPED if (why := check(opts)) is not None), None)
+
+
+def _named(flags: list[str], verb: str, verbs: str) -> str:
+    """'--a applies', '--a and --b apply'."""
+    return f"{' and '.join(flags)} {verbs if len(flags) > 1 else verb}"
+
+
+def _emulator_fields_on_a_method(opts: argparse.Namespace) -> str | None:
     # a user's method sends --data and is answered with its rule's reply: Emulator/Call's own fields would be dropped
     foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
                                         ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
-    if opts.drive is not None and foreign:
-        return (f"{' and '.join(foreign)} {'apply' if len(foreign) > 1 else 'applies'} without --method only: "
-                f"{opts.method} sends its request from --data, and its reply is a rule's (docs/any-service.md)")
+    if opts.drive is None or not foreign:
+        return None
+    return (f"{_named(foreign, 'applies', 'apply')} without --method only: "
+            f"{opts.method} sends its request from --data, and its reply is a rule's (docs/any-service.md)")
+
+
+def _abort_settings_elsewhere(opts: argparse.Namespace) -> str | None:
     stray = [flag for flag, value in (("--code", opts.code), ("--grpc-status", opts.grpc_status)) if value is not None]
-    if stray and opts.outcome != ABORT:   # an abort's settings on another outcome
-        return f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --outcome abort only, not {opts.outcome}"
+    if not stray or opts.outcome == ABORT:
+        return None
+    return f"{_named(stray, 'applies', 'apply')} to --outcome abort only, not {opts.outcome}"
+
+
+def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire
         return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
                 "--cancel-after SECONDS or --cancel-before-start")
@@ -136,13 +153,20 @@ def _never_applies(opts: argparse.Namespace) -> str | None:
     how = [flag for flag, value in (("--non-abortive", opts.non_abortive), ("--escalate-after", opts.escalate_after))
            if value]
     if how and not cancels:
-        return (f"{' and '.join(how)} {'say' if len(how) > 1 else 'says'} how to cancel, but nothing cancels the "
+        return (f"{_named(how, 'says', 'say')} how to cancel, but nothing cancels the "
                 "call: add --cancel-after SECONDS, --cancel-before-start or (pipes) --cancel-at POINT")
     if opts.escalate_after is not None and not opts.non_abortive:
         return "--escalate-after escalates a non-abortive cancel: add --non-abortive (an abortive cancel needs no escalation)"
-    if not opts.pipe and opts.breach != "none":   # a pipe rule: a unary call would complete 0 as if it held
-        return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
     return None
+
+
+def _breach_on_a_unary_call(opts: argparse.Namespace) -> str | None:
+    if opts.pipe or opts.breach == "none":   # a pipe rule: a unary call would complete 0 as if it held
+        return None
+    return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
+
+
+_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call)
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:
