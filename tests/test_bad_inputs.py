@@ -67,6 +67,8 @@ BAD = [
     (["load", "--target", "127.0.0.1:"], "the port must be a number from 1 to 65535"),
     (["watch", "--target", UNREACHABLE, "--target", "::1"], "an IPv6 address goes in brackets"),
     (["health", "--target", ":50051"], "has no host"),
+    # a user's method sends --data: --payload was dropped without a word
+    (["load", "--target", UNREACHABLE, "--method", "shop.v1.Shop/Charge", "--payload", "10"], "--payload applies"),
     # "-" made a file named "-" in the working directory
     (["load", "--target", UNREACHABLE, "--report", "-"], "give a file name"),
     (["conformance", "--proxy", UNREACHABLE, "--server", UNREACHABLE, "--report", "-"], "give a file name"),

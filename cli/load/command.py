@@ -141,6 +141,9 @@ def run(opts: argparse.Namespace) -> int:
 
     provider = None
     opts.settings = channel_settings(opts)
+    if opts.method and opts.payload:   # a user's method sends --data: the payload would be dropped unsaid
+        opts.target_parser.error(f"--payload applies without --method only: {opts.method} sends its requests "
+                                 "from --data or --data-file")
     if opts.no_script and opts.method and (given := _script_options(opts)):   # they would be dropped unsaid
         opts.target_parser.error(f"{' and '.join(given)}: with --no-script no script is sent, the server decides "
                                  "each call's outcome")
