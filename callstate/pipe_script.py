@@ -8,8 +8,8 @@ from typing import Any, Final, Literal
 
 from callstate.cancel_points import AFTER_HALF_CLOSE, AFTER_HEADERS, AFTER_RECEIVED, BEFORE_START, PIPE
 from callstate.lifecycle import ABORT, COMPLETE, PIPE_BOTH, PIPE_IN, PIPE_OUT
-from callstate.script import (DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
-                              check_cancel_poll, proto_of, to_ms, validate_ending)
+from callstate.script import (BUILD_ERRORS, DEFAULT_ABORT_CODE, ON_CANCEL, OUTCOME_NAMES, OUTCOMES, Limits, ScriptError,
+                              check_cancel_poll, field_type_error, to_ms, validate_ending)
 from callstate.v1 import callstate_pb2 as pb
 
 PointName = Literal["end", "before-first", "after-in", "after-out", "after-half-close"]
@@ -125,7 +125,10 @@ class PipeScript:
     breach: BreachName = "none"
 
     def to_proto(self) -> pb.PipeScript:
-        return proto_of(self, self._to_proto)
+        try:
+            return self._to_proto()
+        except BUILD_ERRORS as exc:
+            raise (field_type_error(self) or exc) from None
 
     def _to_proto(self) -> pb.PipeScript:
         if self.outcome not in OUTCOMES:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
-
-T = TypeVar("T")
 
 # The script vocabulary, each name defined once. Outcomes: what the server does with a call
 # (complete, abort and fatal are the server's lifecycle moves of the same name; hold keeps it
@@ -193,14 +191,18 @@ def check_field_types(script: Any) -> None:
             raise ScriptError(f.name, f"must be {kind}, got {value!r}")
 
 
-def proto_of(script: Any, build: Callable[[], T]) -> T:
-    """`build()` (a script's proto); when it fails on a field of the wrong type, the ScriptError
-    naming that field (checked only then: building is on every call's path)."""
+# What building a script's proto raises on a field of the wrong type (protobuf, round()): the
+# fields are checked only then, as building is on every call's path (`field_type_error`).
+BUILD_ERRORS: Final = (TypeError, ValueError, OverflowError)
+
+
+def field_type_error(script: Any) -> ScriptError | None:
+    """The ScriptError naming the first field of a `Script` or `PipeScript` of the wrong type, if any."""
     try:
-        return build()
-    except (TypeError, ValueError, OverflowError):
         check_field_types(script)
-        raise
+    except ScriptError as exc:
+        return exc
+    return None
 
 
 def to_ms(seconds: float | None) -> int | None:
@@ -227,7 +229,10 @@ class Script:
     cancel_poll: float | None = None
 
     def to_proto(self) -> pb.Script:
-        return proto_of(self, self._to_proto)
+        try:
+            return self._to_proto()
+        except BUILD_ERRORS as exc:
+            raise (field_type_error(self) or exc) from None
 
     def _to_proto(self) -> pb.Script:
         if self.outcome not in OUTCOMES:

@@ -124,3 +124,16 @@ def test_the_walk_sees_a_template_hook() -> None:
         sys.setprofile(None)
     # Base.run -> Sub.hook (a hook), Sub.hook -> Base.hook (down), then another object's hooks
     assert seen == [("Sub", True), ("Base", False), ("Sub", False), ("Base", False)], seen
+
+
+def test_a_pipes_walk_bounces_only_where_its_caller_asked_for_a_callback(shared_server: ServerProcess) -> None:
+    """`callstate call --pipe both`: the one return is cli/pipe.py's `on_started`, a callback the
+    command hands drive_pipe (a Script/PipeScript helper calling back into its caller made two more)."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "call_walk.py"), "--target", shared_server.target,
+                           "--json", "--", "--pipe", "both", "--messages", "3"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    walk = json.loads(done.stdout)
+    bounces = [(stop["file"], f) for stop in walk["walk"] for f in stop["functions"] if f.startswith("<-")]
+    assert walk["exit"] == 0 and bounces == [("cli/pipe.py", "<- _pipe.<locals>.on_started")], bounces
