@@ -240,6 +240,12 @@ def test_locust_abort_code_and_payload_load_refuses_are_refused_before_the_run(t
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "callstate: Mine: abort_code = 0: must be non-zero" in run.stderr and "Traceback" not in run.stderr
+    (tmp_path / "big.py").write_text("import callstate.locust\n\n\n"
+                                     "class Big(callstate.locust.CallstateUser):\n    payload = 2_000_000\n")
+    run = subprocess.run([*LOCUST, "-f", "big.py", "--headless", "-t", "1s", "--host", dead], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2   # the class attribute as the option: bounded before the run
+    assert "callstate: Big: payload = 2000000: must be in 0..1048576" in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.glob("callstate-client-*.jsonl"))
 
 

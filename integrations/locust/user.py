@@ -34,7 +34,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
-from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Mix, check_abort_code
+from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Limits, Mix, check_abort_code
 from callstate.v1 import callstate_pb2 as pb
 from callstate.locust import access, failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
@@ -141,8 +141,8 @@ class CallstateUser(User):
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
-        for name in ("delay", "payload"):
-            _as(name, settings[name], float)
+        _as("delay", settings["delay"], float)
+        _as("payload", settings["payload"], _payload_size)
         typed_access = any(name in typed for name in access.SETTINGS)
         try:   # a usage error, naming the options, where they were typed
             channel = access.channel_settings(settings, flag_of if typed_access else str)
@@ -274,7 +274,14 @@ def _abort_code(value: str | int) -> int:
     return code
 
 
-_NUMBERS = (float, int, _non_negative_int, _abort_code)   # parsers a class attribute's number goes through too
+def _payload_size(value: str | int) -> int:
+    size, most = int(value), Limits().max_payload_bytes
+    if not 0 <= size <= most:   # a larger one is refused by a server's default limit (87) on every call
+        raise ValueError(f"must be in 0..{most} (what a server accepts by default)")
+    return size
+
+
+_NUMBERS = (float, int, _non_negative_int, _abort_code, _payload_size)   # a class attribute's number goes through these too
 
 
 def _as(name: str, value: Any, parse: Any) -> Any:
