@@ -158,8 +158,8 @@ class CheckReport:
 
     def summary(self, allow_one_side: bool = False) -> str:
         sides = ", ".join(f"{n} {s}" for s, n in sorted(self.by_side.items()))
-        lines = [f"{counted(self.calls, 'call')}, {counted(self.entries, 'entry', 'entries')} from {len(self.files) or 'in-memory'} "
-                 f"{'file' if len(self.files) == 1 else 'files'}" + (f" ({sides})" if sides else "")]
+        lines = [f"{counted(self.calls, 'call')}, {counted(self.entries, 'entry', 'entries')} from "
+                 f"{counted(len(self.files), 'file') if self.files else 'in-memory files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
             lines.append(f"  {n:>8}  {codes.describe(code)}")
         if self.no_final_code:   # so that the counts add up to the calls

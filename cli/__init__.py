@@ -101,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())   # the flush at exit would raise it again
+        from callstate.cli.terminal import stdout_gone
+
+        stdout_gone()   # the flush at exit would raise it again
         return 128 + 13
 
 

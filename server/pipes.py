@@ -98,6 +98,7 @@ class PipeRun:
     async def _read(self) -> None:
         call, stop_at = self.call, self._wake_count()
         pipe_messages = self.answer is None   # callstate.v1.PipeMessage: a null push, a payload
+        limit = self.owner.config.limits.max_payload_bytes   # each push's, looked up once per pipe
         try:
             async for msg in self.requests:  # type: ignore[union-attr]
                 if self.null_push_seen:   # nothing counts after the null push; read on to the stream's end
@@ -113,9 +114,8 @@ class PipeRun:
                     continue
                 self.received += 1
                 size = len(msg.payload) if pipe_messages else msg.ByteSize()
-                if size > self.owner.config.limits.max_payload_bytes:   # refused here, said as such to both sides
-                    self.oversize = (f"push {self.received}: {size} bytes, over the server's payload limit "
-                                     f"({self.owner.config.limits.max_payload_bytes} bytes)")
+                if size > limit:   # refused here, said as such to both sides
+                    self.oversize = f"push {self.received}: {size} bytes, over the server's payload limit ({limit} bytes)"
                     call.wake()
                     return
                 if pipe_messages:
