@@ -66,7 +66,7 @@ class Rule:
     """One rule compiled for one method: what it matches and how it answers."""
 
     label: str                            # its name, or "rules[N]" (its place in the file)
-    request: Mapping[str, Any] | None     # a subset of the request's JSON form (canonical field names)
+    request: Any                          # a subset of the request's JSON form (canonical field names), or None
     metadata: Mapping[str, str]
     script: Message | None                # pb.Script (unary) or pb.PipeScript (streams), validated
     reply: Message | None                 # the response type's message, for complete (and each pushed one)
@@ -91,7 +91,7 @@ class RequestJson:
     def __init__(self, msg: Message | None) -> None:
         self._msg, self._dict = msg, None
 
-    def get(self) -> dict[str, Any] | None:
+    def get(self) -> Any:
         if self._dict is None and self._msg is not None:
             try:   # an Any resolves in the schema's pool, where the request's own type lives
                 self._dict = json_format.MessageToDict(self._msg, preserving_proto_field_name=True,
@@ -202,8 +202,7 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
     methods = _methods(pattern, schema, where)
     match = _match(raw.get("match"), where)
     metadata = _metadata(match.get("metadata"), where)
-    request = _optional_mapping(match.get("request"), f"{where}.match.request",
-                                "a mapping: a subset of the request's JSON form")
+    request = match.get("request")
     script_fields = _optional_mapping(raw.get("script"), f"{where}.script",
                                       "a mapping of script fields (outcome, abort_code, ...)")
     mix = _mix(raw.get("mix"), f"{where}.mix")
@@ -214,6 +213,8 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
     if request is not None and wildcard:   # it applies to the methods whose request has the fields it names
         fitting = [m for m in methods if _names_fields_of(request, m)]
         methods = fitting or methods[:1]   # none: the first one's error says which field is not there
+    if request is not None and not isinstance(request, dict) and not _json_is_its_own(methods[0]):
+        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
@@ -229,9 +230,22 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             mix=mix)
 
 
-def _names_fields_of(pattern: Mapping[str, Any], method: Method) -> bool:
+def _json_is_its_own(method: Method) -> bool:
+    """A request of a well-known type (a wrapper, Timestamp, Duration, Value, ...): its JSON form
+    may be a value that is not an object, and a pattern of that value matches it whole."""
+    name = method.request.DESCRIPTOR.full_name
+    return is_well_known(name) and name not in _OBJECT_JSON
+
+
+_OBJECT_JSON = (ANY, f"{WELL_KNOWN}Struct", f"{WELL_KNOWN}Empty")   # well-known, and a JSON object all the same
+
+
+def _names_fields_of(pattern: Any, method: Method) -> bool:
     """Whether each key of a request pattern is a field of the method's request (by its .proto or
-    JSON name; an extension, `[pkg.ext]`, is left for the parse to judge)."""
+    JSON name; an extension, `[pkg.ext]`, is left for the parse to judge). A pattern that is not
+    a mapping fits the requests of a well-known type."""
+    if not isinstance(pattern, dict):
+        return _json_is_its_own(method)
     desc = method.request.DESCRIPTOR
     if desc.full_name in (ANY, f"{WELL_KNOWN}Struct"):   # an Any's @type, a Struct's keys: their own JSON
         return True
@@ -339,16 +353,23 @@ def _reply(method: Method, value: Any, where: str) -> Message:
         return _message(method.response, value, where)
     if not is_well_known(method.response.DESCRIPTOR.full_name):
         raise RulesError(f"{where}: a mapping: the response in its JSON form")
+    return _message(method.response, _json_text(value, where), where)
+
+
+def _json_text(value: Any, where: str) -> str:
     try:
-        text = json.dumps(value)
+        return json.dumps(value)
     except TypeError:   # YAML reads an unquoted date as a date
         raise RulesError(f"{where}: {type(value).__name__} is not a JSON value: quote it") from None
-    return _message(method.response, text, where)
 
 
-def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[str, Any]:
+def _canonical(pattern: Any, method: Method, where: str) -> Any:
     """The pattern in the form a request's JSON takes (proto field names, enum names, int64 as
-    strings, well-known types as their JSON), restricted to the fields the pattern names."""
+    strings, well-known types as their JSON), restricted to the fields the pattern names; for a
+    request of a well-known type whose JSON is a value (`"hi"` for a StringValue), that value."""
+    if not isinstance(pattern, dict):
+        msg = _message(method.request, _json_text(pattern, where), where, partial=True)
+        return json_format.MessageToDict(msg, descriptor_pool=msg.DESCRIPTOR.file.pool)
     msg = _message(method.request, pattern, where, partial=True)
     full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
                                      descriptor_pool=msg.DESCRIPTOR.file.pool)

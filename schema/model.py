@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from google.protobuf import descriptor_pb2, json_format, message_factory
-from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
+from callstate.bytes_json import bad_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 
 
@@ -198,6 +199,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
     pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
     if _a_list(data) and not is_well_known(cls.DESCRIPTOR.full_name):   # protobuf takes `[]` for `{}`
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got list")
+    _require_base64(data, cls.DESCRIPTOR, where)
     try:
         if isinstance(data, str):
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
@@ -222,6 +224,21 @@ def is_well_known(full_name: str) -> bool:
     """A protobuf well-known type (Timestamp, Struct, Any, a wrapper, ...): its JSON form is its
     own (a string, a value, `@type`), not an object of its fields."""
     return full_name.startswith(WELL_KNOWN)
+
+
+def _require_base64(data: str | Mapping[str, Any], desc: Descriptor, where: str) -> None:
+    """A SchemaError naming a bytes value that is not base64 (protobuf's parser drops the
+    characters it does not know, and would send other bytes than written)."""
+    try:
+        parsed = json.loads(data or "{}") if isinstance(data, str) else data
+    except ValueError:   # not JSON: protobuf's parser says so
+        return
+    found = bad_bytes(parsed, desc)
+    if found is not None:
+        path, value = found
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise SchemaError(f"{where}: {desc.full_name}: {path}: {json.dumps(shown)} is not base64 (bytes are "
+                          'written in base64 in JSON: "aGk=" for "hi")')
 
 
 def require_initialized(msg: Message, where: str) -> None:
