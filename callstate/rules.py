@@ -17,6 +17,7 @@ YAML needs PyYAML (`callstate[standin]`); a file that parses as JSON loads witho
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
         raise RulesError(f"{source}: not JSON, and YAML needs PyYAML: pip install 'callstate[standin]'") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_text_keys_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -173,6 +174,25 @@ def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
                 if isinstance(value, yaml.SequenceNode):
                     lines.update({i: item.start_mark.line + 1 for i, item in enumerate(value.value)})
     return data, lines
+
+
+@functools.cache
+def _text_keys_loader() -> Any:
+    """A safe YAML loader whose mapping keys are their text, as JSON's are: YAML 1.1 reads a
+    plain `on`, `no`, `yes`, `off` or `null` as true, false or None, and a request field of that
+    name (`match: {request: {on: true}}`) would be "Failed to parse True field"."""
+    import yaml
+
+    class TextKeys(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)   # `<<` merge keys, as the safe loader takes them
+        return {key.value if isinstance(key, yaml.ScalarNode) else loader.construct_object(key):
+                loader.construct_object(value) for key, value in node.value}
+
+    TextKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return TextKeys
 
 
 def _json_lines(text: str, data: Any) -> dict[int, int]:

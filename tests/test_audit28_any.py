@@ -322,3 +322,26 @@ def test_buf_curl_calls_well_known_types_and_64_bit_integers(zoo: ServerProcess,
                               f"{url}/zoo.v1.Zoo/ByName"], capture_output=True, text=True, timeout=60)
     assert by_name.returncode != 0, by_name.stderr
     assert final(zoo.wait_entries("a28-buf-byname"))["code"] == 4006
+
+
+def test_fields_named_as_yaml_booleans_are_fields_in_a_rules_file(tmp_path: Path) -> None:
+    """Before: `match: {request: {on: true}}` on a field named `on` (or `no`, `yes`, `off`, `null`)
+    refused the rules file with "Failed to parse True field": YAML 1.1 reads those plain keys as
+    true, false and None. A rules file's keys are text, as JSON's are."""
+    (tmp_path / "switch.proto").write_text('syntax = "proto3";\npackage switch.v1;\n'
+                                           "message Flip { bool on = 1; int32 no = 2; string null = 3; bool off = 4; }\n"
+                                           "service Switch { rpc Set(Flip) returns (Flip); }\n")
+    schema = from_protos([tmp_path / "switch.proto"])
+    rules = parse_rules("rules:\n  - method: switch.v1.Switch/Set\n    match: {request: {on: true, no: 3, null: x}}\n"
+                        "    script: {outcome: abort, abort_code: 4201}\n"
+                        "  - method: switch.v1.Switch/Set\n    reply: {on: yes, off: no, no: 5}\n", schema)
+    flip = schema.method("switch.v1.Switch/Set").request
+    hit = rules.first_match("switch.v1.Switch/Set", {}, flip(on=True, no=3, null="x"))
+    assert hit is not None and hit.script.abort_code == 4201   # type: ignore[union-attr]
+    other = rules.first_match("switch.v1.Switch/Set", {}, flip(on=True, no=4, null="x"))
+    assert other is not None and other.label == "rules[1]"
+    assert (other.reply.on, other.reply.off, other.reply.no) == (True, False, 5)   # type: ignore[union-attr]
+    # a merge key still merges, and values keep YAML's reading (`yes` is true for a bool field)
+    merged = parse_rules("rules:\n  - &set {method: switch.v1.Switch/Set, script: {outcome: complete}}\n"
+                         "  - <<: *set\n    match: {request: {off: true}}\n", schema)
+    assert [r.request for r in merged.by_method["switch.v1.Switch/Set"]] == [None, {"off": True}]
