@@ -27,11 +27,11 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from callstate.lifecycle import PIPE_BOTH, PIPE_IN, UNARY
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
 from callstate.schema.model import (WELL_KNOWN, Method, Schema, SchemaError, message_from_json, normalise_method_name,
                                     is_well_known)
-from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
+from callstate.script import HOLD, OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 from callstate.wire import OWN_SERVICE_PREFIXES
 
@@ -241,13 +241,25 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             if not wildcard:
                 raise RulesError(f"{m_where}.match.request: a {_shape(method)} method has no single request to match")
             continue   # a wildcard rule applies to the methods whose request it can see
+        script = None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits)
+        if script is not None and reply is not None:
+            _check_reply_goes_out(method, script, m_where)
         yield method.name, Rule(
             label=label,
             request=None if request is None else _canonical(request, method, f"{m_where}.match.request"),
             metadata=metadata,
-            script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
+            script=script,
             reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
             mix=mix)
+
+
+def _check_reply_goes_out(method: Method, script: Message, where: str) -> None:
+    """A server- or bidi-streaming method sends its rule's reply as each of the script's messages:
+    a script that leaves `messages` at 0 (and does not hold) sends none, and the reply would
+    never go out. (With no script at all, the stream sends the default count.)"""
+    if method.kind in (PIPE_OUT, PIPE_BOTH) and script.messages == 0 and script.outcome != OUTCOMES[HOLD]:
+        raise RulesError(f"{where}.script.messages: 0 (not given), so the {_shape(method)} method would "
+                         "never send its reply (sent as each of the stream's messages): give messages: N")
 
 
 def _json_is_its_own(method: Method) -> bool:
@@ -330,7 +342,8 @@ def _optional_mapping(value: Any, where: str, what: str) -> dict[str, Any] | Non
 
 
 def _shape(method: Method) -> str:
-    return "client-streaming" if method.kind == PIPE_IN else "bidi-streaming"
+    return {PIPE_IN: "client-streaming", PIPE_OUT: "server-streaming", PIPE_BOTH: "bidi-streaming"}.get(method.kind,
+                                                                                                       "unary")
 
 
 def _script(fields: Mapping[str, Any], method: Method, where: str, limits: Limits) -> Message:

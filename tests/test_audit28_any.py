@@ -345,3 +345,29 @@ def test_fields_named_as_yaml_booleans_are_fields_in_a_rules_file(tmp_path: Path
     merged = parse_rules("rules:\n  - &set {method: switch.v1.Switch/Set, script: {outcome: complete}}\n"
                          "  - <<: *set\n    match: {request: {off: true}}\n", schema)
     assert [r.request for r in merged.by_method["switch.v1.Switch/Set"]] == [None, {"off": True}]
+
+
+def test_a_streaming_rule_whose_script_sends_no_message_is_refused_with_its_reply(schema: Schema,
+                                                                                  tmp_path: Path) -> None:
+    """Before: a rule `script: {outcome: complete}` with `reply: {name: chatted}` on a bidi (or
+    server-streaming) method loaded, and every call ended OK with no message at all: the reply is
+    sent as each of the script's messages, and a script that does not say how many sends none
+    (where no rule at all sends three)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - method: zoo.v1.Zoo/Chat\n    script: {outcome: complete}\n    reply: {name: chatted}\n")
+    done = cli("serve", "--port", "0", "--proto", FILES[0], "--proto-path", str(PROTOS), "--rules", str(rules))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"callstate serve: {rules}:2: rules[0] (zoo.v1.Zoo/Chat).script.messages: 0 (not given), so the "
+        "bidi-streaming method would never send its reply (sent as each of the stream's messages): give messages: N"]
+    with pytest.raises(RulesError, match=r"\(zoo.v1.Zoo/Feed\).script.messages: 0 \(not given\), so the "
+                                         "server-streaming method"):
+        parse_rules("rules:\n  - method: zoo.v1.Zoo/Feed\n    script: {abort_code: 7}\n    reply: {name: x}\n", schema)
+    for fine in ("script: {outcome: complete, messages: 1}\n    reply: {name: x}",   # says how many
+                 "script: {outcome: hold}\n    reply: {name: x}",                    # sends until its end
+                 "mix: {complete: 1}\n    reply: {name: x}",                         # no script: the default count
+                 "script: {outcome: complete}"):                                     # no reply to lose
+        assert parse_rules(f"rules:\n  - method: zoo.v1.Zoo/Chat\n    {fine}\n", schema).count == 1
+    # a client stream has one reply, sent whatever the count
+    assert parse_rules("rules:\n  - method: zoo.v1.Zoo/Load\n    script: {outcome: complete}\n    reply: {}\n",
+                       schema).count == 1
