@@ -371,3 +371,31 @@ def test_a_streaming_rule_whose_script_sends_no_message_is_refused_with_its_repl
     # a client stream has one reply, sent whatever the count
     assert parse_rules("rules:\n  - method: zoo.v1.Zoo/Load\n    script: {outcome: complete}\n    reply: {}\n",
                        schema).count == 1
+
+
+def test_reflection_v1_and_v1alpha_find_an_enum_value_by_either_name(zoo: ServerProcess) -> None:
+    """Before: v1 (newer grpcurl, Postman) and v1alpha alike answered NOT_FOUND for
+    "zoo.common.Color.RED"; the value's own full name, its enum's sibling "zoo.common.RED", was found."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    with grpc.insecure_channel(zoo.target) as channel:
+        for version in ("v1", "v1alpha"):
+            info = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                         request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                         response_deserializer=rpb.ServerReflectionResponse.FromString)
+            for symbol in ("zoo.common.Color.RED", "zoo.common.RED", "zoo.v1.Animal.Kind.CAT", "zoo.v1.Animal.CAT"):
+                answer = next(iter(info(iter([rpb.ServerReflectionRequest(file_containing_symbol=symbol)]),
+                                        timeout=30)))
+                assert not answer.HasField("error_response"), (version, symbol, answer.error_response)
+                names = {descriptor_name(raw) for raw in answer.file_descriptor_response.file_descriptor_proto}
+                assert ("zoo/common/types.proto" if "common" in symbol else "zoo/v1/zoo.proto") in names
+            missing = next(iter(info(iter([rpb.ServerReflectionRequest(file_containing_symbol="zoo.common.Color.BLUE")]),
+                                     timeout=30)))
+            assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def descriptor_name(raw: bytes) -> str:
+    from google.protobuf import descriptor_pb2
+
+    return descriptor_pb2.FileDescriptorProto.FromString(raw).name
