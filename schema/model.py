@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from callstate.bytes_json import bad_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
+from callstate.wire import OWN_SERVICE_PREFIXES
 
 
 class SchemaError(ValueError):
@@ -125,8 +126,13 @@ class Schema:
         try:
             return self.methods[wanted]
         except KeyError:
-            known = ", ".join(sorted(self.methods)) or "none"
-            raise SchemaError(f"unknown method {name!r}; the schema has: {known}") from None
+            pass
+        # the schema's own methods first: one read by reflection from a callstate server lists its services too
+        known = ", ".join(sorted(self.methods, key=lambda m: (m.startswith(OWN_SERVICE_PREFIXES), m))) or "none"
+        service = name.strip().strip("/")
+        hint = (f" ({service} is a service: name one of its methods, {service}/Method)"
+                if service in self.services else "")
+        raise SchemaError(f"unknown method {name!r}{hint}; the schema has: {known}")
 
     def message_class(self, full_name: str) -> type[Message]:
         try:

@@ -283,7 +283,10 @@ def test_callstate_call_with_json_as_users_write_it(zoo: ServerProcess, tmp_path
 
 
 @pytest.mark.parametrize("args, line", [
-    (["--method", "zoo.v1.Zoo/Nope"], "callstate call: unknown method 'zoo.v1.Zoo/Nope'; the schema has: "),
+    (["--method", "zoo.v1.Zoo/Nope"], "callstate call: unknown method 'zoo.v1.Zoo/Nope'; the schema has: Parts/Put, "
+                                      "north.v1.Store/Get, south.v1.Store/Get, zoo.v1.Zoo/ByName, "),
+    (["--method", "zoo.v1.Zoo"], "callstate call: unknown method 'zoo.v1.Zoo' (zoo.v1.Zoo is a service: name one of "
+                                 "its methods, zoo.v1.Zoo/Method); the schema has: Parts/Put, "),
     (["--method", "zoo.v1.Zoo/Put", "--data", '{"nmae": "a"}'],
      'callstate call: --data: zoo.v1.Animal: Message type "zoo.v1.Animal" has no field named "nmae" at "Animal".'),
     (["--method", "zoo.v1.Zoo/Put", "--data", '{"kind": "HORSE"}'],
@@ -299,6 +302,8 @@ def test_callstate_call_with_json_as_users_write_it(zoo: ServerProcess, tmp_path
      'fields at "Animal".'),
 ])
 def test_bad_input_is_one_line_and_exit_2(zoo: ServerProcess, args: list[str], line: str) -> None:
+    """Before (the first two): the schema read by reflection listed the server's own 13 methods
+    (callstate.v1.*, grpc.health.v1.*) before the user's, and a service's name was only unknown."""
     done = cli("call", "--target", zoo.target, *args)
     assert done.returncode == 2 and done.stdout == "", done.stdout
     lines = done.stderr.strip().splitlines()
