@@ -230,11 +230,8 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
         raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
     reply = raw.get("reply")
     wildcard = "*" in pattern
-    if request is not None and wildcard:   # it applies to the methods whose request has the fields it names
-        fitting = [m for m in methods if _names_fields_of(request, m)]
-        methods = fitting or methods[:1]   # none: the first one's error says which field is not there
-    if request is not None and not isinstance(request, dict) and not _json_is_its_own(methods[0]):
-        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
+    if request is not None:
+        methods = _methods_for_request(request, methods, wildcard, where)
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
@@ -251,6 +248,16 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             script=script,
             reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
             mix=mix)
+
+
+def _methods_for_request(request: Any, methods: list[Method], wildcard: bool, where: str) -> list[Method]:
+    """The methods a rule with a request pattern applies to: with a wildcard, those whose request
+    has the fields it names (none: the first, whose error then says which field is not there)."""
+    if wildcard:
+        methods = [m for m in methods if _names_fields_of(request, m)] or methods[:1]
+    if not isinstance(request, dict) and not _json_is_its_own(methods[0]):
+        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
+    return methods
 
 
 def _check_reply_goes_out(method: Method, script: Message, where: str) -> None:
