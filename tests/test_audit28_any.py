@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -404,3 +406,61 @@ def descriptor_name(raw: bytes) -> str:
     from google.protobuf import descriptor_pb2
 
     return descriptor_pb2.FileDescriptorProto.FromString(raw).name
+
+
+REAL_SERVER = """\
+import os
+import sys
+from concurrent import futures
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from legacy import old_pb2_grpc
+from zoo.v1 import zoo_pb2_grpc
+
+server = grpc.server(futures.ThreadPoolExecutor(2))
+zoo_pb2_grpc.add_ZooServicer_to_server(zoo_pb2_grpc.ZooServicer(), server)
+old_pb2_grpc.add_PartsServicer_to_server(old_pb2_grpc.PartsServicer(), server)
+reflection.enable_server_reflection(("zoo.v1.Zoo", "Parts", reflection.SERVICE_NAME), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(port))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])   # whole, or not there
+server.wait_for_termination()
+"""
+
+
+def test_a_standin_read_from_a_real_servers_reflection_describes_its_enum_values(tmp_path: Path) -> None:
+    """A user's own server (grpcio, generated code, the standard reflection) read by --reflect-from:
+    the stand-in describes the enum values, the package-less service and its methods to grpcurl,
+    and answers a call on its package-less service."""
+    made = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"--python_out={tmp_path}",
+                           f"--grpc_python_out={tmp_path}", *FILES, "zoo/common/types.proto"], capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "real.py").write_text(REAL_SERVER)
+    port_file = tmp_path / "real.port"
+    real = subprocess.Popen([sys.executable, "real.py", str(port_file)], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert real.poll() is None and time.monotonic() < deadline, real.stderr.read() if real.stderr else ""
+            time.sleep(0.05)
+        srv = start_server(tmp_path, "--reflect-from", f"127.0.0.1:{port_file.read_text()}", "--mix", "complete=100",
+                           name="mirror")
+        try:
+            for symbol, says in (("zoo.common.Color.GREEN", "zoo.common.Color.GREEN is an enum value:\nGREEN = 2;"),
+                                 ("Size.SMALL", "Size.SMALL is an enum value:\nSMALL = 1;"),
+                                 ("Parts.Put", "Parts.Put is a method:")):
+                out = run_grpcurl(srv.target, "describe", symbol)
+                assert out.returncode == 0 and out.stdout.startswith(says), (symbol, out.stdout, out.stderr)
+            done = grpcurl_call(srv, "Parts/Put", '{"sku": "s", "inner": {"n": "1"}}', "a28-mirror-parts")
+            assert json.loads(done.stdout) == {"sku": "", "inner": {"n": "0"}}, done.stderr
+            assert final(srv.wait_entries("a28-mirror-parts"))["code"] == 0
+        finally:
+            srv.stop()
+    finally:
+        real.terminate()
+        real.wait(10)
