@@ -16,7 +16,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescrip
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
-from callstate.bytes_json import bad_bytes
+from callstate.bytes_json import NotBase64, base64_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.wire import OWN_SERVICE_PREFIXES
 
@@ -205,7 +205,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
     pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
     if _a_list(data) and not is_well_known(cls.DESCRIPTOR.full_name):   # protobuf takes `[]` for `{}`
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got list")
-    _require_base64(data, cls.DESCRIPTOR, where)
+    data = _base64_bytes(data, cls.DESCRIPTOR, where)
     try:
         if isinstance(data, str):
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
@@ -232,19 +232,21 @@ def is_well_known(full_name: str) -> bool:
     return full_name.startswith(WELL_KNOWN)
 
 
-def _require_base64(data: str | Mapping[str, Any], desc: Descriptor, where: str) -> None:
-    """A SchemaError naming a bytes value that is not base64 (protobuf's parser drops the
-    characters it does not know, and would send other bytes than written)."""
+def _base64_bytes(data: str | Mapping[str, Any], desc: Descriptor, where: str) -> str | Mapping[str, Any]:
+    """`data` with its bytes values as base64 text (a dict's Python bytes objects encoded), or a
+    SchemaError naming one that is not base64: protobuf's parser drops the characters it does
+    not know, and would send other bytes than written. JSON text is only checked."""
     try:
-        parsed = json.loads(data or "{}") if isinstance(data, str) else data
-    except ValueError:   # not JSON: protobuf's parser says so
-        return
-    found = bad_bytes(parsed, desc)
-    if found is not None:
-        path, value = found
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        raise SchemaError(f"{where}: {desc.full_name}: {path}: {json.dumps(shown)} is not base64 (bytes are "
-                          'written in base64 in JSON: "aGk=" for "hi")')
+        if not isinstance(data, str):
+            return base64_bytes(data, desc)   # type: ignore[no-any-return]
+        base64_bytes(json.loads(data or "{}"), desc)
+    except ValueError as exc:
+        if not isinstance(exc, NotBase64):   # not JSON: protobuf's parser says so
+            return data
+        shown = exc.value if len(exc.value) <= 40 else exc.value[:37] + "..."
+        raise SchemaError(f"{where}: {desc.full_name}: {exc.path}: {json.dumps(shown)} is not base64 (bytes are "
+                          'written in base64 in JSON: "aGk=" for "hi")') from None
+    return data
 
 
 def require_initialized(msg: Message, where: str) -> None:

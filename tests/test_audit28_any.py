@@ -472,3 +472,28 @@ def test_a_standin_read_from_a_real_servers_reflection_describes_its_enum_values
     finally:
         real.terminate()
         real.wait(10)
+
+
+def test_python_bytes_in_a_request_dict_are_those_bytes(zoo: ServerProcess, schema: Schema, tmp_path: Path) -> None:
+    """Before: `request={"photo": b"\\x00\\x01\\x02"}` (a Python user's natural way) was decoded as if
+    it were base64 text: b"" went out and no rule on the photo matched; `bytearray(b"ab")` went
+    out as b"i"; a rules file's `!!binary` value, the same."""
+    from callstate.client import Client
+    from callstate.errors import CallError
+
+    log = tmp_path / "client.jsonl"
+    with Client(zoo.target, log=str(log)) as client:   # no script: the rules decide
+        with pytest.raises(CallError) as err:
+            client.start(method="zoo.v1.Zoo/Put", request={"photo": b"\x00\x01\x02"}).result(30)
+        assert err.value.code == 4002   # the by-photo rule, `photo: "AAEC"`
+    assert ended(zoo.wait_entries(read_entries(log)[0]["call_id"]))
+    put = schema.method("zoo.v1.Zoo/Put")
+    got = message_from_json(put.request, {"blobs": {"k": bytearray(b"ab")}, "paws": [{"print": memoryview(b"\xff")}],
+                                          "extra": {"@type": "type.googleapis.com/google.protobuf.BytesValue",
+                                                    "value": b"zz"}}, where="request")
+    assert (got.blobs["k"], got.paws[0].print) == (b"ab", b"\xff")
+    assert got.extra.value == b"\n\x02zz"   # the packed BytesValue's own bytes
+    rules = parse_rules("rules:\n  - method: zoo.v1.Zoo/Put\n    match: {request: {photo: !!binary AAEC}}\n"
+                        "    script: {outcome: abort, abort_code: 4002}\n", schema)
+    assert rules.first_match(put.name, {}, put.request(photo=b"\x00\x01\x02")) is not None
+    assert rules.first_match(put.name, {}, put.request(photo=b"")) is None
