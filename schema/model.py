@@ -238,7 +238,7 @@ def _base64_bytes(data: str | Mapping[str, Any], desc: Descriptor, where: str) -
     not know, and would send other bytes than written. JSON text is only checked."""
     try:
         if not isinstance(data, str):
-            return base64_bytes(data, desc)   # type: ignore[no-any-return]
+            return base64_bytes(data, desc)
         base64_bytes(json.loads(data or "{}"), desc)
     except ValueError as exc:
         if not isinstance(exc, NotBase64):   # not JSON: protobuf's parser says so
