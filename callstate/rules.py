@@ -29,8 +29,8 @@ from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
-from callstate.schema.model import (WELL_KNOWN, Method, Schema, SchemaError, message_from_json, normalise_method_name,
-                                    is_well_known)
+from callstate.schema.model import (SHAPE_NAMES, WELL_KNOWN, Method, Schema, SchemaError, message_from_json,
+                                    normalise_method_name, is_well_known)
 from callstate.script import HOLD, OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 from callstate.wire import OWN_SERVICE_PREFIXES
@@ -349,8 +349,7 @@ def _optional_mapping(value: Any, where: str, what: str) -> dict[str, Any] | Non
 
 
 def _shape(method: Method) -> str:
-    return {PIPE_IN: "client-streaming", PIPE_OUT: "server-streaming", PIPE_BOTH: "bidi-streaming"}.get(method.kind,
-                                                                                                       "unary")
+    return SHAPE_NAMES[method.kind]
 
 
 def _script(fields: Mapping[str, Any], method: Method, where: str, limits: Limits) -> Message:

@@ -36,6 +36,9 @@ def kind_of_shape(client_streaming: bool, server_streaming: bool) -> str:
     return UNARY
 
 
+SHAPE_NAMES = {UNARY: "unary", PIPE_OUT: "server-streaming", PIPE_IN: "client-streaming", PIPE_BOTH: "bidi-streaming"}
+
+
 @dataclass(frozen=True)
 class Method:
     """One RPC of the schema, with what a server or a client needs to serve or call it."""

@@ -302,8 +302,8 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
           file=ready, flush=True)
     if srv.standin is not None:
         from callstate.rules import describe
-        print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({len(srv.standin.methods)} "
-              f"method{'' if len(srv.standin.methods) == 1 else 's'}; rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
+        print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({srv.standin.describe_methods()}; "
+              f"rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
               file=ready, flush=True)
     await stop.wait()
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)

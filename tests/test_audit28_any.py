@@ -497,3 +497,14 @@ def test_python_bytes_in_a_request_dict_are_those_bytes(zoo: ServerProcess, sche
                         "    script: {outcome: abort, abort_code: 4002}\n", schema)
     assert rules.first_match(put.name, {}, put.request(photo=b"\x00\x01\x02")) is not None
     assert rules.first_match(put.name, {}, put.request(photo=b"")) is None
+
+
+def test_the_start_line_says_which_methods_are_streamed_as_pipes(zoo: ServerProcess) -> None:
+    """Before: "standing in for ... (11 methods; rules: ...)": nothing said that the streaming
+    methods are served too, nor as what (the pipe of their shape, scripted by rules or a header)."""
+    deadline = time.monotonic() + 30
+    while "standing in for" not in (text := zoo.stderr.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ("callstate: standing in for Parts, north.v1.Store, south.v1.Store, zoo.v1.Zoo (11 methods, 3 streamed as "
+            "pipes: 1 server-streaming, 1 client-streaming, 1 bidi-streaming; rules: 13 rules for 9 methods from "
+            in text), text
