@@ -131,6 +131,10 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
     from callstate.server.app import serve
 
+    # SIGINT / SIGTERM / SIGHUP that came while the command loaded and the server starts, noted by
+    # callstate.cli.main until serve() installs its own handlers: they stop it before it serves
+    early: list[int] = getattr(opts, "early_signals", [])
+
     if (opts.tls_cert is None) != (opts.tls_key is None):
         print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -177,13 +181,23 @@ def run(opts: argparse.Namespace) -> int:
             return 2
         loop_factory = uvloop.new_event_loop
     provider = None
+    stopped = None
     try:
+        if early:   # nothing started yet: nothing to stop
+            return _stopped_before_serving(early[0])
         options.tracing = provider = tracer_provider(opts, "callstate-serve")
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(options, port_file=opts.port_file))
+            stopped = runner.run(serve(options, port_file=opts.port_file, early=early))
     except (OSError, ValueError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     finally:
         shutdown_tracing(provider, "callstate serve")
-    return 0
+    return 0 if stopped is None else _stopped_before_serving(stopped)
+
+
+def _stopped_before_serving(signum: int) -> int:
+    import signal
+
+    print(f"callstate serve: stopped by {signal.Signals(signum).name} before it served", file=sys.stderr, flush=True)
+    return 128 + signum

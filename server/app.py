@@ -279,16 +279,23 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
 
 
-async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
-    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log."""
-    srv = EmulatorServer(options)
-    await srv.start()
-    if srv.metrics is not None:
-        print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
+async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr,
+                early: list[int] | None = None) -> int | None:
+    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log.
+    `early`: stop signals the caller noted while the server started (its own handler's list, which
+    it fills until the handlers here replace it): one there stops the server before it serves (no
+    port file), and is returned; None when it served."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    srv = EmulatorServer(options)
+    await srv.start()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
+    if early:
+        await srv.stop()
+        return early[0]
+    if srv.metrics is not None:
+        print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
     if port_file:
         try:
             write_port_file(port_file, srv.port)
@@ -311,6 +318,7 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     assert srv.journal is not None
     print(f"callstate: stopped after {srv.journal.dispatched} calls "
           f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
+    return None
 
 
 def host_port(host: str, port: int) -> str:
