@@ -114,7 +114,8 @@ class EmulatorServer:
         opts = self.options
         self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
                                          max_events_per_call=opts.journal_events_per_call,
-                                         max_watchers=opts.max_watchers)
+                                         max_watchers=opts.max_watchers, id_retention=opts.emulator.id_retention,
+                                         max_ended_ids=opts.emulator.max_retained_ids)
         try:
             self.log = log = StateLog(opts.log)
         except OSError as exc:   # its own words ("[Errno 22] Invalid argument") name neither the file nor the log
