@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "still holds its call (bounded by --max-retained-ids) (default: %(default)s)")
     p.add_argument("--max-retained-ids", type=non_negative_int, default=_EMULATOR.max_retained_ids, metavar="N",
                    help="ended call ids kept reserved for --id-retention beyond the journal's calls, at most (about "
-                        "100 bytes each); past it the oldest are freed early (default: %(default)s)")
+                        "130 bytes each); past it the oldest are freed early (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
                    help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
                         "carries many callers on one connection)")

@@ -30,7 +30,7 @@ class EmulatorConfig:
     # put entries after End into its owner's history and logs
     id_retention: float = 60.0
     # ...whether or not the journal still holds its call: this many ended ids are remembered at most
-    # (their hashes, about 100 bytes each; server/ended_ids.py), and at least the journal's calls
+    # (their hashes, about 130 bytes each; server/ended_ids.py), and at least the journal's calls
     max_retained_ids: int = DEFAULT_MAX_ENDED_IDS
     cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
 

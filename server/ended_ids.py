@@ -4,7 +4,7 @@ The journal keeps whole histories of a bounded number of ended calls (--journal-
 --journal-bytes); an id that outlived its history used to be taken again, and the state log
 then held two lifecycles for one id (`callstate check`: "entry after End"). This keeps only
 each id's hash and its End time, for --id-retention seconds and at most `limit` ids (about
-100 bytes each, whatever the id's length), oldest first out.
+130 bytes each, whatever the id's length), oldest first out.
 
 Ids are known by Python's hash of the string: 64 bits keyed at random per process (SipHash),
 so two ids alike by chance in a server's lifetime are as good as impossible, and a caller
@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 
 # Ids remembered at most by default: a minute (the default --id-retention) at 3,300 calls/s,
-# about 20 MB; a faster server remembers each id for less (see docs/call-ids.md).
+# about 25 MB; a faster server remembers each id for less (docs/operations.md).
 DEFAULT_MAX_ENDED_IDS = 200_000
 
 
