@@ -406,3 +406,27 @@ def test_a_signal_noted_while_the_server_started_stops_it_before_it_serves(tmp_p
     stopped = asyncio.run(asyncio.wait_for(serve(options, port_file=str(port_file), early=[signal.SIGINT]),
                                            EVIDENCE_WAIT))
     assert stopped == signal.SIGINT and not port_file.exists() and log.exists()
+
+
+def test_what_counts_as_a_proxys_answer() -> None:
+    """Only what says so: an HTTP status in grpc's words, or UNAVAILABLE that came with a response
+    (trailers). grpc's own UNAVAILABLE for a connection that failed, and a callstate server's own
+    statuses, are not blamed on a proxy."""
+    from grpc.aio import AioRpcError, Metadata
+
+    from callstate.cli.proxy_answer import proxy_answer
+
+    def err(code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...] = ()) -> AioRpcError:
+        return AioRpcError(code, Metadata(), Metadata(*trailers), details)
+
+    assert proxy_answer(err(grpc.StatusCode.UNAVAILABLE, "Received http2 header with status: 503")) == (
+        "HTTP 503 Service Unavailable, not gRPC: a proxy there has no callstate server to forward to (none running, "
+        "or every one marked down)")
+    assert proxy_answer(err(grpc.StatusCode.UNIMPLEMENTED, "Received http2 header with status: 404")) == (
+        "HTTP 404 Not Found, not gRPC: something other than a callstate server answers there (a proxy, or another "
+        "HTTP server)")
+    assert proxy_answer(err(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")) is None
+    assert proxy_answer(err(grpc.StatusCode.UNAVAILABLE, "no upstream", (("server", "envoy"),))) is not None
+    assert proxy_answer(err(grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher slots taken", (("x", "y"),))) is None
+    assert proxy_answer(err(grpc.StatusCode.UNKNOWN, "Stream removed (Data frame with END_STREAM flag received)"),
+                        502).startswith("HTTP 502 Bad Gateway, not gRPC")
