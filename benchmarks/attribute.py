@@ -4,6 +4,8 @@
         alternating rounds: bare, then each variant, each a fresh server driven by the same bare
         client (benchmarks/bare.py drive, concurrency 64); prints the server's CPU per call (and
         its main thread's) and calls/s, median over rounds, each against bare.
+    python benchmarks/attribute.py run --driver k6 ...
+        the same, driven by k6 (64 VUs, a connection each) sending the id (k6-noid: none).
     python benchmarks/attribute.py serve VARIANT --port-file F --log-file L
         one server of a variant (what `run` starts).
 
@@ -44,6 +46,7 @@ VARIANTS = {
     "noopts": "grpc server options dropped (so_reuseport, keepalive, max receive)",
     "onlyemu": "only the Emulator service (no Journal, health, reflection)",
     "barehandler": "callstate's server with bare.py's Call handler in place of the emulator's",
+    "bareheaders": "barehandler sending a made call id in the response headers when the caller sent none (the contract)",
     "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
     "uvloop": "callstate on uvloop's event loop",
     "bareuvloop": "bare.py's server on uvloop's event loop",
@@ -54,6 +57,7 @@ VARIANTS = {
     "barespin": "barehandler spinning SPIN_US (default 25) microseconds of pure Python per call",
     "bareimports": "bare.py's server in a process that imported callstate's server and cli",
     "gcfreeze": "gc.freeze() once started",
+    "loopdrain": "no writer thread: the event loop formats and writes the state log in chunks every 50 ms",
     "novalidate": "the request's validation skipped",
     "lean": "no state log, journal size 0, no validation",
     "baretimed": "barehandler, its Call handler timed in situ",
@@ -156,6 +160,17 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
                 return await super().Call(request, context)
         real_spin_add = app.pb_grpc.add_EmulatorServicer_to_server
         app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_spin_add(Spinning(), server)  # type: ignore
+    if variant == "bareheaders":   # bare's handler, plus the contract's headers for a caller that sent no id
+        import bare
+        from callstate.wire import CALL_ID_KEY, new_call_id
+
+        class Headers(bare.BareEmulator):
+            async def Call(self, request: Any, context: Any) -> Any:   # type: ignore[override]
+                if not request.call_id and not any(k == CALL_ID_KEY for k, _ in context.invocation_metadata() or ()):
+                    await context.send_initial_metadata(((CALL_ID_KEY, new_call_id()),))
+                return await super().Call(request, context)
+        real_headers_add = app.pb_grpc.add_EmulatorServicer_to_server
+        app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_headers_add(Headers(), server)  # type: ignore
     if variant == "barehandler":
         import bare
         real_add = app.pb_grpc.add_EmulatorServicer_to_server
@@ -197,6 +212,26 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
         atexit.register(lambda: Path(log_file + ".timed").write_text(f"{spent[0] / max(spent[1], 1) / 1000:.1f} us per call in Call, {spent[1]} calls"))
     srv = app.EmulatorServer(options)
     await srv.start()
+    if variant == "loopdrain":
+        from callstate import logfile
+        import threading
+        log = srv.log
+        log._interval, log._wake = 1e9, threading.Event()   # the writer thread sleeps until close()
+        loop = asyncio.get_running_loop()
+        chunk = int(os.environ.get("CHUNK", "256"))
+
+        def tick() -> None:
+            queue, out = log._queue, log._out
+            n = min(len(queue), chunk)
+            if n and out is not None:
+                out.write("".join([logfile.format_line(queue.popleft()) for _ in range(n)]).encode())
+            if queue:
+                loop.call_soon(tick)
+            else:
+                if out is not None:
+                    out.flush()
+                loop.call_later(0.05, tick)
+        loop.call_later(0.05, tick)
     if variant == "gcfreeze":
         gc.freeze()
     await _run(srv.port, port_file, srv.stop)
@@ -250,7 +285,27 @@ def _threads(pid: int) -> dict[int, float]:
     return out
 
 
-def run(variants: list[str], rounds: int, duration: float, concurrency: int) -> None:
+def _drive(driver: str, target: str, concurrency: int, duration: float, tmp: Path) -> dict[str, float]:
+    """One driver run against `target`: {"calls", "seconds"}. python: bare.py's client (one
+    channel, the id as metadata); k6 / k6-noid: k6 with `concurrency` VUs (a connection each),
+    the id as metadata / none (the server makes one and sends it in the response headers)."""
+    pin = ["taskset", "-c", "0"] if os.environ.get("PIN") else []
+    if driver == "python":
+        out = subprocess.run(pin + [sys.executable, str(ROOT / "benchmarks" / "bare.py"), "drive", "--target", target,
+                                    "--concurrency", str(concurrency), "--duration", str(duration)],
+                             capture_output=True, text=True, timeout=duration + 60, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    from run import K6_SCRIPT, k6_binary
+    summary = tmp / f"k6-{time.monotonic_ns()}.json"
+    subprocess.run(pin + [k6_binary(), "run", "--quiet", "--no-color", "-e", f"TARGET={target}",
+                          "-e", f"CALL_ID={int(driver == 'k6')}", "-e", f"PROTO_DIR={ROOT / 'protos'}",
+                          "--vus", str(concurrency), "--duration", f"{duration:g}s", "--summary-export", str(summary),
+                          str(K6_SCRIPT)], capture_output=True, text=True, timeout=duration + 120, check=True, cwd=ROOT)
+    iterations = json.loads(summary.read_text())["metrics"]["iterations"]
+    return {"calls": iterations["count"], "seconds": iterations["count"] / iterations["rate"]}
+
+
+def run(variants: list[str], rounds: int, duration: float, concurrency: int, driver: str = "python") -> None:
     kinds = ["bare", *variants]
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     rate: dict[str, list[float]] = {k: [] for k in kinds}
@@ -263,9 +318,7 @@ def run(variants: list[str], rounds: int, duration: float, concurrency: int) -> 
                 try:
                     c0 = _cpu(proc.pid)
                     t0 = _threads(proc.pid)
-                    out = subprocess.run((["taskset", "-c", "0"] if os.environ.get("PIN") else []) + [sys.executable, str(ROOT / "benchmarks" / "bare.py"), "drive", "--target",
-                                          target, "--concurrency", str(concurrency), "--duration", str(duration)],
-                                         capture_output=True, text=True, timeout=duration + 60, check=True)
+                    res = _drive(driver, target, concurrency, duration, Path(tmp))
                     c1 = _cpu(proc.pid)
                     t1 = _threads(proc.pid)
                 finally:
@@ -274,9 +327,8 @@ def run(variants: list[str], rounds: int, duration: float, concurrency: int) -> 
                 timed = Path(str(proc.log) + ".timed")   # type: ignore[attr-defined]
                 if timed.exists():
                     handler[kind].append(float(timed.read_text().split()[0]))
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                # the driver's warm-up (0.5 s) is in the server's CPU: count its calls at the timed rate
-                calls = res["calls"] * (1 + 0.5 / res["seconds"])
+                # bare.py's warm-up (0.5 s) is in the server's CPU: count its calls at the timed rate
+                calls = res["calls"] * (1 + 0.5 / res["seconds"]) if driver == "python" else res["calls"]
                 cpu[kind].append((c1 - c0) / calls * 1e6)
                 per = {(tid - proc.pid if tid > 0 else f"sys{-tid - proc.pid}"): round((t1[tid] - t0.get(tid, 0)) / calls * 1e6) for tid in t1}
                 threads[kind].append({k: v for k, v in per.items() if v})
@@ -303,6 +355,8 @@ def main() -> None:
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--duration", type=float, default=3.0)
     r.add_argument("--concurrency", type=int, default=64)
+    r.add_argument("--driver", choices=("python", "k6", "k6-noid"), default="python",
+                   help="what drives the servers: bare.py's client, or k6 sending the call id / none")
     opts = parser.parse_args()
     if opts.cmd == "serve":
         if opts.variant in ("uvloop", "bareuvloop"):
@@ -310,7 +364,7 @@ def main() -> None:
             uvloop.install()
         asyncio.run(_serve_variant(opts.variant, opts.port_file, opts.log_file))
     else:
-        run(opts.variants.split(","), opts.rounds, opts.duration, opts.concurrency)
+        run(opts.variants.split(","), opts.rounds, opts.duration, opts.concurrency, opts.driver)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ from callstate.v1 import callstate_pb2 as pb  # noqa: E402
 from callstate.v1 import callstate_pb2_grpc as pb_grpc  # noqa: E402
 
 PY = sys.executable
+# --pin: every server runs on CPU 1 (this prefix), this process and its drivers on CPU 0
+SERVER_PREFIX: list[str] = []
 BARE = str(ROOT / "benchmarks" / "bare.py")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -81,7 +83,7 @@ class Server:
                    "--log-file", str(self.log), "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
         else:
             cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        self.proc = subprocess.Popen(SERVER_PREFIX + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -1079,6 +1081,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20_000, help="pipes: messages per out pipe")
     parser.add_argument("--pipe-cancels", type=int, default=300, help="pipes: held pipes cancelled per round")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--pin", action="store_true",
+                        help="run every server on CPU 1 and every driver (and this process) on CPU 0, bare and "
+                             "callstate alike: the scheduler's moves between the cores no longer land in the figures")
     opts = parser.parse_args()
     everything = ["server", "loop", "k6", "scale", "client", "cancel", "held", "metrics", "million", "locust", "security", "pipes",
                   "standin"]
@@ -1086,6 +1091,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(everything)}")
     opts.which = opts.which or everything
+    if opts.pin:
+        if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+            parser.error("--pin needs CPUs 0 and 1")
+        os.sched_setaffinity(0, {0})
+        SERVER_PREFIX[:] = ["taskset", "-c", "1"]
+        print("pinned: servers on CPU 1, drivers on CPU 0")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
