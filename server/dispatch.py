@@ -53,6 +53,7 @@ class Dispatcher:
     def __init__(self, config: EmulatorConfig, journal: Journal, log_append: Callable[[Entry], None]) -> None:
         self.config = config
         self.journal = journal
+        self._ended_at = journal.ended_ids.ended_at   # looked up once: every dispatch asks it
         self.log_append = log_append
         self.rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
@@ -104,7 +105,7 @@ class Dispatcher:
     def recently_ended(self, call_id: str) -> Refusal | None:
         """An id whose call ended less than --id-retention ago, whether or not the journal still
         holds its history (the journal remembers ended ids apart, see server/ended_ids.py)."""
-        ended = self.journal.ended_ids.ended_at(call_id)
+        ended = self._ended_at(call_id)
         if ended is not None and (age := time.time() - ended) < self.config.id_retention:
             return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
                     f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
