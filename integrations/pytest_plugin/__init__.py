@@ -57,12 +57,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("callstate", "callstate (MS-RPC async call lifecycle emulator)")
     group.addoption("--callstate-target", metavar="HOST:PORT", default=None,
                     help="use the callstate server at HOST:PORT (e.g. one in containers) instead of starting one")
-    group.addoption("--callstate-connect-timeout", metavar="SECONDS", type=float, default=5.0,
+    group.addoption("--callstate-connect-timeout", metavar="SECONDS", type=_seconds, default=5.0,
                     help="how long to wait for --callstate-target to accept a connection (default: 5)")
     group.addoption("--callstate-log-dir", metavar="DIR", default=None,
                     help="keep both sides' state logs of every failed test in DIR/<test id>/")
     for name, help_text in _STANDIN_INI.items():
         parser.addini(name, help_text, default="")
+
+
+def _seconds(text: str) -> float:
+    """A bound in seconds: a positive finite number (nan would wait forever, inf overflows)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -134,7 +148,9 @@ def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
     from callstate.pytest_plugin.recorder import TestCalls
 
     log_dir = request.config.getoption("callstate_log_dir")
-    calls = TestCalls(request.node.nodeid, Path(log_dir) if log_dir else None, SETTLE)
+    # from where pytest was started, not from wherever the test has moved the working directory to
+    where = request.config.invocation_params.dir / log_dir if log_dir else None
+    calls = TestCalls(request.node.nodeid, where, SETTLE)
     request.node.stash[_CALLS] = calls
     yield calls
     failure = calls.check()
@@ -242,9 +258,11 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
                 return
             if not loop.is_closed() and not loop.is_running():
                 loop.run_until_complete(c.close())
-            else:   # its loop is gone: end its calls on the client's side at least
-                c.closed = True
+            else:   # its loop is gone: end its calls on the client's side at least, each
+                c.closed = True   # recording that the close cut it off (its 1722 is explained)
+                c._note_closing()
                 c._end_live_calls()
+                c._close_log()
 
         calls.closers.append(close)
         return c

@@ -58,7 +58,7 @@ class TestCalls:
         self.recorders: list[Recorder] = []
         self.closers: list[Callable[[], None]] = []
         self.test_failed = False
-        self.checked = False
+        self.verdict: str | None = None   # the check's text, once run: the same for every caller
 
     def recorder(self, server: ServerHandle) -> Recorder:
         rec = Recorder(server)
@@ -73,12 +73,17 @@ class TestCalls:
 
     def check(self) -> str:
         """Close the clients, check every call (both sides), keep the logs of a failed test.
-        Returns the failure text ('' when every invariant holds). Runs once per test."""
-        if self.checked:
-            return ""
-        self.checked = True
+        Returns the failure text ('' when every invariant holds). Runs once per test; a later
+        call returns the same text, so a fixture that checks early (while its servers still
+        answer) leaves the verdict for `callstate_calls` to raise."""
+        if self.verdict is None:
+            self.verdict = self._check()
+        return self.verdict
+
+    def _check(self) -> str:
         self.close_clients()
         problems: list[str] = []
+        broken_logs: list[Path] = []
         client_lines: list[str] = []
         server_lines: list[str] = []
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
@@ -99,10 +104,13 @@ class TestCalls:
                 server_lines.extend(_line(d) for d in server)
                 if not report.ok:
                     problems.append(_describe(call_id, report.violations, [to_dict(e) for e in entries], server))
+                    if rec.server.log_path is not None and rec.server.log_path not in broken_logs:
+                        broken_logs.append(rec.server.log_path)
         text = ""
         if problems:
             text = (f"{len(problems)} call(s) of this test broke an invariant of the call lifecycle\n\n"
                     + "\n\n".join(problems))
+            text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
         if self.log_dir is not None and (problems or self.test_failed):
             kept = self.keep_logs(client_lines, server_lines)
             text += f"\n\nboth sides' logs of this test are kept in {kept}" if text else ""

@@ -1,0 +1,165 @@
+"""Audit of the pytest plugin as a test engineer adopting it would use it: inner pytest
+sessions (`pytester`) against the plugin's own emulators and a real `callstate serve`.
+
+Each test here failed before the fix it names."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, read_entries
+
+pytestmark = pytest.mark.timeout(120)
+
+INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+timeout = 60
+"""
+
+# a client that logs one End too many: a broken invariant the teardown check must report
+SECOND_END = '''
+import time
+from callstate.client import Script
+from callstate.lifecycle import CLIENT, COMPLETED, END, ENTER
+from callstate.statelog import Entry
+
+
+def second_end(client):
+    call = client.start(Script("complete"))
+    call.result(timeout=5)
+    client.log.append(Entry(time.time(), CLIENT, call.call_id, END, END, ENTER, COMPLETED, 0))
+    print("BROKEN_CALL", call.call_id)
+    return call
+'''
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    pytester.makeini(INI)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *args, timeout=90)
+
+
+def test_a_broken_invariant_on_a_factory_server_fails_the_test(pytester: pytest.Pytester) -> None:
+    """The factory checked its test's calls before stopping its servers and dropped the verdict:
+    `callstate_calls` then found the check done and passed the test."""
+    pytester.makepyfile(test_factory=SECOND_END + '''
+
+def test_broken_on_its_own_server(callstate_server_factory):
+    second_end(callstate_server_factory().client())
+
+def test_clean_on_its_own_server(callstate_server_factory):
+    callstate_server_factory().client().start(Script("complete")).result(timeout=5)
+''')
+    result = run(pytester)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_broken_on_its_own_server*",
+        "*callstate: 1 call(s) of this test broke an invariant of the call lifecycle",
+        "*after_end: client enter End after End",
+    ])
+    assert "ERROR at teardown of test_clean_on_its_own_server" not in result.stdout.str()
+    assert result.stdout.str().count("broke an invariant") == 1   # reported once, not again by another fixture
+
+
+def test_a_broken_invariant_on_the_standin_fails_the_test(pytester: pytest.Pytester) -> None:
+    """The same dropped verdict in `callstate_standin`."""
+    shutil.copytree(ROOT / "tests" / "protos", pytester.path / "protos")
+    pytester.makepyfile(test_standin=SECOND_END + '''
+import pytest
+
+@pytest.mark.callstate_standin(protos=["protos/shop/v1/shop.proto"], proto_path=["protos"])
+def test_broken_on_the_standin(callstate_standin):
+    second_end(callstate_standin.client())
+''')
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_broken_on_the_standin*",
+                                 "*callstate: 1 call(s) of this test broke an invariant*"])
+
+
+def test_an_async_client_whose_loop_is_gone_closes_without_a_false_violation(pytester: pytest.Pytester) -> None:
+    """A factory's async client left with a call in flight, its loop closed by teardown: it ended
+    the call with 1722 without recording that its close cut it off (`client_closed`), so the
+    check saw a code mismatch (client 1722, server 1818) in a test that did nothing wrong."""
+    pytester.makepyfile(test_loop_gone='''
+import asyncio
+import pytest
+from callstate.client import Script
+
+def test_left_in_flight_by_asyncio_run(callstate_server_factory):
+    srv = callstate_server_factory()
+
+    async def main():
+        client = srv.async_client()
+        done = client.start(Script("complete"))
+        await done
+        assert done.code == 0
+        held = client.start(Script("hold"))
+        await srv.await_history(held.call_id, until=bool)   # the server holds it
+
+    asyncio.run(main())
+
+@pytest.mark.asyncio
+async def test_left_in_flight_on_pytest_asyncio_loop(callstate_server_factory):
+    srv = callstate_server_factory()
+    held = srv.async_client().start(Script("hold"))
+    await srv.await_history(held.call_id, until=bool)
+''')
+    result = run(pytester, "--callstate-log-dir", "kept")
+    result.assert_outcomes(passed=2)
+    assert not (pytester.path / "kept").exists()   # no test failed: no logs kept
+
+
+def test_a_relative_log_dir_is_from_where_pytest_started_not_the_tests_cwd(pytester: pytest.Pytester) -> None:
+    """`--callstate-log-dir kept` was resolved at teardown, from a working directory the test had
+    moved (monkeypatch.chdir): the logs landed in the test's tmp_path."""
+    pytester.makepyfile(test_moves='''
+from callstate.client import Script
+
+def test_fails_elsewhere(monkeypatch, tmp_path, callstate_client):
+    monkeypatch.chdir(tmp_path)
+    callstate_client.start(Script("complete")).result(timeout=5)
+    assert False, "the test's own failure"
+''')
+    result = run(pytester, "--callstate-log-dir", "kept")
+    result.assert_outcomes(failed=1)
+    kept = pytester.path / "kept" / "test_moves.py_test_fails_elsewhere"
+    assert [e["state"] for e in read_entries(kept / "client.jsonl")][-1] == "End"
+    assert read_entries(kept / "server.jsonl")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "soon"])
+def test_a_bad_connect_timeout_is_one_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    """nan waited forever on a server that is down, inf died in a traceback (OverflowError),
+    -1 and 0 gave up at once with 'no connection within -1 s'."""
+    pytester.makepyfile(test_t="def test_needs(callstate_server):\n    pass\n")
+    t0 = time.monotonic()
+    result = run(pytester, "--callstate-target", "127.0.0.1:1", f"--callstate-connect-timeout={value}")
+    assert time.monotonic() - t0 < 80   # bounded (the inner run's own timeout is 90 s)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert f"argument --callstate-connect-timeout: '{value}' is not a positive number of seconds" in err
+    assert "Traceback" not in err + result.stdout.str()
+
+
+def test_a_violation_names_the_servers_state_log(pytester: pytest.Pytester) -> None:
+    """The teardown verdict named the call and the violation but not where the server's side of
+    it is logged: a reader had to hunt for the session's temporary directory."""
+    pytester.makepyfile(test_logged=SECOND_END + '''
+
+def test_broken(callstate_client):
+    second_end(callstate_client)
+''')
+    result = run(pytester, "-s")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    found = re.search(r"the server's state log: (\S+)", out)
+    assert found, out
+    call_id = re.search(r"BROKEN_CALL (\w+)", out).group(1)  # type: ignore[union-attr]
+    assert f"call {call_id}:" in out
+    assert {e["call_id"] for e in read_entries(Path(found.group(1)))} == {call_id}
