@@ -163,3 +163,42 @@ def test_broken(callstate_client):
     call_id = re.search(r"BROKEN_CALL (\w+)", out).group(1)  # type: ignore[union-attr]
     assert f"call {call_id}:" in out
     assert {e["call_id"] for e in read_entries(Path(found.group(1)))} == {call_id}
+
+
+PARAMETRIZED = '''
+import os
+import pytest
+from callstate.client import Script
+
+@pytest.mark.parametrize("name", ["a b", "a_b", "a/b"])
+def test_p(callstate_client, name):
+    call = callstate_client.start(Script("complete"))
+    call.result(timeout=5)
+    print("CALL", name, call.call_id)
+    assert os.environ.get("PASS_NOW"), name
+'''
+
+
+def test_log_dir_keeps_each_failed_test_apart_and_forgets_one_that_passes_now(pytester: pytest.Pytester,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three parametrized ids made one folder name (`[a b]`, `[a_b]`, `[a/b]` all `a_b`): two
+    tests' logs were written over; and a rerun in which they pass left that folder there, as
+    if they had failed in it."""
+    pytester.makepyfile(test_params=PARAMETRIZED)
+    result = run(pytester, "-s", "--callstate-log-dir", "kept")
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    ids = dict(re.findall(r"CALL (a.b) (\w+)", out))
+    assert len(ids) == 3
+    kept = pytester.path / "kept"
+    folders = sorted(kept.iterdir())
+    assert len(folders) == 3
+    assert {read_entries(f / "client.jsonl")[0]["call_id"] for f in folders} == set(ids.values())
+    for name, call_id in ids.items():   # the summary says which folder is which test's
+        folder = next(f for f in folders if read_entries(f / "client.jsonl")[0]["call_id"] == call_id)
+        assert f"{folder}  test_params.py::test_p[{name}]" in out
+    monkeypatch.setenv("PASS_NOW", "1")
+    result = run(pytester, "--callstate-log-dir", "kept")
+    result.assert_outcomes(passed=3)
+    assert list(kept.iterdir()) == []
+    assert "both sides' logs kept" not in result.stdout.str()

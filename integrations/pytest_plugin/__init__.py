@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["assert_lifecycle"]
 
 _CALLS = pytest.StashKey["TestCalls"]()
+_KEPT = pytest.StashKey[list[tuple[str, Path]]]()   # (test id, folder) of every test whose logs were kept
 _STANDIN_INI = {"callstate_protos": ".proto files the callstate_standin fixture serves (paths from the rootdir)",
                 "callstate_proto_path": "import paths of those .proto files (protoc's -I)",
                 "callstate_descriptor_set": "or: a FileDescriptorSet the callstate_standin fixture serves",
@@ -90,6 +91,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed and _CALLS in item.stash:
         item.stash[_CALLS].test_failed = True   # its logs are kept under --callstate-log-dir
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Which folder holds which failed test's logs (a parametrized id is made a folder name
+    with a digest, so the id alone does not say)."""
+    kept = config.stash.get(_KEPT, [])
+    if kept:
+        terminalreporter.section("callstate: both sides' logs kept")
+        for nodeid, folder in kept:
+            terminalreporter.write_line(f"{folder}  {nodeid}")
 
 
 def _fail(message: str) -> None:
@@ -154,6 +165,8 @@ def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
     request.node.stash[_CALLS] = calls
     yield calls
     failure = calls.check()
+    if calls.kept is not None:
+        request.config.stash.setdefault(_KEPT, []).append((request.node.nodeid, calls.kept))
     if failure:
         _fail(failure)
 

@@ -8,6 +8,8 @@ reads each call's server side from that server's journal and runs the same `Chec
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import threading
 import time
@@ -25,6 +27,7 @@ from callstate.pytest_plugin.sidebyside import side_by_side
 # A call the server has no record of may have been cancelled before it went out: its record
 # is looked for this long, not the full settle time.
 UNSEEN = 0.5
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")   # what a test id may not keep in a folder name
 
 
 class Recorder:
@@ -59,6 +62,7 @@ class TestCalls:
         self.closers: list[Callable[[], None]] = []
         self.test_failed = False
         self.verdict: str | None = None   # the check's text, once run: the same for every caller
+        self.kept: Path | None = None     # where its logs were kept (--callstate-log-dir)
 
     def recorder(self, server: ServerHandle) -> Recorder:
         rec = Recorder(server)
@@ -112,17 +116,37 @@ class TestCalls:
                     + "\n\n".join(problems))
             text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
         if self.log_dir is not None and (problems or self.test_failed):
-            kept = self.keep_logs(client_lines, server_lines)
-            text += f"\n\nboth sides' logs of this test are kept in {kept}" if text else ""
+            self.kept = self.keep_logs(client_lines, server_lines)
+            text += f"\n\nboth sides' logs of this test are kept in {self.kept}" if text else ""
+        elif self.log_dir is not None:
+            self.drop_stale_logs()
         return text
 
-    def keep_logs(self, client_lines: list[str], server_lines: list[str]) -> Path:
+    def log_folder(self) -> Path:
+        """DIR/<test id>: the id made a file name; an id that loses more than its `::` and `/`
+        to that (a parameter `[a b]` or `[a/b]`) gets a digest of itself, so no two tests share one."""
         assert self.log_dir is not None
-        folder = self.log_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", self.nodeid).strip("_")
+        plain = self.nodeid.replace("::", "_").replace("/", "_")
+        name = _UNSAFE.sub("_", plain).strip("_")
+        if _UNSAFE.search(plain):
+            name += "-" + hashlib.sha1(self.nodeid.encode()).hexdigest()[:8]
+        return self.log_dir / name
+
+    def keep_logs(self, client_lines: list[str], server_lines: list[str]) -> Path:
+        folder = self.log_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "client.jsonl").write_text("".join(client_lines))
+        (folder / "client.jsonl").write_text("".join(client_lines))   # a rerun replaces them
         (folder / "server.jsonl").write_text("".join(server_lines))
         return folder
+
+    def drop_stale_logs(self) -> None:
+        """A test that passes now removes the logs an earlier run kept of it: the folder holds
+        the failed tests of the last run that ran them."""
+        folder = self.log_folder()
+        for name in ("client.jsonl", "server.jsonl"):
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # absent, or holding files of the user's own
+            folder.rmdir()
 
 
 def _line(d: dict[str, Any]) -> str:
