@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, read_entries
+from tests.conftest import ROOT, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,3 +202,35 @@ def test_log_dir_keeps_each_failed_test_apart_and_forgets_one_that_passes_now(py
     result.assert_outcomes(passed=3)
     assert list(kept.iterdir()) == []
     assert "both sides' logs kept" not in result.stdout.str()
+
+
+def test_a_target_that_dies_mid_session_is_one_line_at_the_teardown_of_the_test_that_saw_it(
+        pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--callstate-target` server gone by a test's teardown: the check's journal read raised
+    grpc's _InactiveRpcError, a page of gRPC traceback instead of what happened."""
+    srv = start_server(tmp_path)
+    try:
+        pytester.makepyfile(test_dies='''
+import os
+import signal
+import pytest
+from callstate.client import CallError, Script
+
+def test_before(callstate_client):
+    callstate_client.start(Script("complete")).result(timeout=5)
+
+def test_server_dies(callstate_client):
+    os.kill(int(os.environ["CALLSTATE_TEST_SERVER_PID"]), signal.SIGKILL)   # the outer test's server
+    with pytest.raises(CallError):
+        callstate_client.start(Script("complete")).result(timeout=5)
+''')
+        monkeypatch.setenv("CALLSTATE_TEST_SERVER_PID", str(srv.proc.pid))
+        result = run(pytester, "--callstate-target", srv.target)
+    finally:
+        srv.stop()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_server_dies*",
+                                 f"callstate: 1 call(s) of this test on {srv.target} could not be checked: its journal "
+                                 "does not answer (UNAVAILABLE: *"])
+    out = result.stdout.str()
+    assert "Traceback" not in out and "_InactiveRpcError" not in out and "grpc/_channel.py" not in out

@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+import grpc
+
 from callstate.check import Checker, Violation
 from callstate.lifecycle import STARTED
 from callstate.statelog import Entry, format_line, to_dict
@@ -91,30 +93,44 @@ class TestCalls:
         client_lines: list[str] = []
         server_lines: list[str] = []
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
+        unchecked: list[str] = []
         for rec in self.recorders:
-            for call_id, entries in rec.calls().items():
+            gone: grpc.RpcError | None = None
+            calls = rec.calls()
+            for call_id, entries in calls.items():
+                client_lines.extend(format_line(e) for e in entries)
+                if gone is not None:
+                    continue
                 left = max(0.0, deadline - time.monotonic())
-                if any(e.move == STARTED for e in entries):
-                    server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
-                else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
-                    server = rec.server.history(call_id)
+                try:
+                    if any(e.move == STARTED for e in entries):
+                        server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
+                    else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
+                        server = rec.server.history(call_id)
+                except grpc.RpcError as err:   # the server went away: its calls cannot be checked
+                    gone = err
+                    continue
                 checker = Checker()
                 for e in entries:
                     checker.add_entry(e)
                 for d in server:
                     checker.add(d)
                 report = checker.finish()
-                client_lines.extend(format_line(e) for e in entries)
                 server_lines.extend(_line(d) for d in server)
                 if not report.ok:
                     problems.append(_describe(call_id, report.violations, [to_dict(e) for e in entries], server))
                     if rec.server.log_path is not None and rec.server.log_path not in broken_logs:
                         broken_logs.append(rec.server.log_path)
+            if gone is not None:
+                unchecked.append(f"{len(calls)} call(s) of this test on {rec.server.target} could not be checked: "
+                                 f"its journal does not answer ({_rpc_error(gone)})")
         text = ""
         if problems:
             text = (f"{len(problems)} call(s) of this test broke an invariant of the call lifecycle\n\n"
                     + "\n\n".join(problems))
             text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
+        if unchecked:
+            text = "\n".join(unchecked) + ("\n\n" + text if text else "")
         if self.log_dir is not None and (problems or self.test_failed):
             self.kept = self.keep_logs(client_lines, server_lines)
             text += f"\n\nboth sides' logs of this test are kept in {self.kept}" if text else ""
@@ -147,6 +163,11 @@ class TestCalls:
             (folder / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):   # absent, or holding files of the user's own
             folder.rmdir()
+
+
+def _rpc_error(err: grpc.RpcError) -> str:
+    code, details = err.code(), err.details()   # type: ignore[attr-defined]
+    return f"{code.name}: {(details or '').splitlines()[0] if details else 'no details'}"
 
 
 def _line(d: dict[str, Any]) -> str:
