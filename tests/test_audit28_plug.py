@@ -234,3 +234,26 @@ def test_server_dies(callstate_client):
                                  "does not answer (UNAVAILABLE: *"])
     out = result.stdout.str()
     assert "Traceback" not in out and "_InactiveRpcError" not in out and "grpc/_channel.py" not in out
+
+
+def test_a_misspelt_server_setting_is_named_with_the_known_ones(pytester: pytest.Pytester) -> None:
+    """`callstate_server_factory(maxhold=5)` or the stand-in marker's `maxhold=5` failed with
+    `EmulatorConfig.__init__() got an unexpected keyword argument`: a class the user never met."""
+    shutil.copytree(ROOT / "tests" / "protos", pytester.path / "protos")
+    pytester.makepyfile(test_misspelt='''
+import pytest
+
+def test_factory(callstate_server_factory):
+    callstate_server_factory(maxhold=5)
+
+@pytest.mark.callstate_standin(protos=["protos/shop/v1/shop.proto"], proto_path=["protos"], maxhold=5)
+def test_standin(callstate_standin):
+    pass
+''')
+    result = run(pytester)
+    result.assert_outcomes(failed=1, errors=1)
+    out = result.stdout.str()
+    assert "callstate: bad emulator configuration: unknown setting 'maxhold' (known: abort_code, " in out
+    assert "callstate: callstate_standin: unknown setting 'maxhold' (known: abort_code, " in out
+    assert out.count("journal_size") == 1 and "max_hold, " in out   # the factory's own keyword too
+    assert "EmulatorConfig" not in out

@@ -136,17 +136,12 @@ def callstate_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
 
 
 def _start_emulator(log: Path, **config: Any) -> "ThreadServer":
-    from callstate.script import Mix
     from callstate.server.app import ServerOptions
-    from callstate.server.emulator import EmulatorConfig
-    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer
+    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer, emulator_config
 
-    mix = config.pop("mix", None)
     journal_size = config.pop("journal_size", 10_000)
     try:
-        emulator = EmulatorConfig(**config)
-        if mix is not None:
-            emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+        emulator = emulator_config(config, also=("journal_size",))
     except (TypeError, ValueError) as exc:
         raise ServerUnavailable(f"bad emulator configuration: {exc}") from None
     options = ServerOptions(bind="127.0.0.1", port=0, log=log, journal_size=journal_size, emulator=emulator)

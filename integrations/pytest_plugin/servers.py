@@ -29,6 +29,26 @@ class ServerUnavailable(Exception):
     """The server a test needs could not be started or reached (one line, no traceback)."""
 
 
+def emulator_config(settings: dict[str, Any], also: tuple[str, ...] = ()) -> Any:
+    """An EmulatorConfig from a fixture's keywords (`mix` as text or a Mix): a keyword it does
+    not know is named with the ones it does, not as a dataclass's TypeError."""
+    from dataclasses import fields
+
+    from callstate.script import Mix
+    from callstate.server.config import EmulatorConfig
+
+    settings = dict(settings)
+    known = sorted([f.name for f in fields(EmulatorConfig)] + list(also))   # `also`: the caller's own
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    mix = settings.pop("mix", None)
+    emulator = EmulatorConfig(**{k: v for k, v in settings.items() if k not in also})
+    if mix is not None:
+        emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+    return emulator
+
+
 def _ended(entries: list[dict[str, Any]]) -> bool:
     return any(e["state"] == END and e["event"] == ENTER for e in entries)
 
