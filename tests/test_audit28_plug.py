@@ -257,3 +257,28 @@ def test_standin(callstate_standin):
     assert "callstate: callstate_standin: unknown setting 'maxhold' (known: abort_code, " in out
     assert out.count("journal_size") == 1 and "max_hold, " in out   # the factory's own keyword too
     assert "EmulatorConfig" not in out
+
+
+def test_a_call_the_server_still_holds_after_the_test_is_said_so_not_a_broken_invariant(
+        pytester: pytest.Pytester) -> None:
+    """A test that cancelled non-abortively a call whose script ignores cancels, and ended: the
+    server rightly still holds it, but the verdict said the call 'broke an invariant of the call
+    lifecycle' with `not_ended: server stopped in D`, as if the server had lost it."""
+    pytester.makepyfile(test_left='''
+from callstate.client import Script
+
+def test_left_held(callstate_client, callstate_server):
+    call = callstate_client.start(Script("hold", on_cancel="ignore"))
+    callstate_server.wait_dispatched(call.call_id)
+    call.cancel(abortive=False)
+    print("LEFT", call.call_id)
+''')
+    result = run(pytester, "-s")
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    call_id = re.search(r"LEFT (\w+)", out).group(1)  # type: ignore[union-attr]
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_left_held*",
+                                 "callstate: 1 call(s) of this test were still in flight on the server at its end",
+                                 f"call {call_id}:",
+                                 "  still in flight: the server holds it in D 5 s after the client ended it *"])
+    assert "broke an invariant" not in out and "not_ended" not in out

@@ -20,9 +20,9 @@ from typing import Any, Callable
 import grpc
 
 from callstate.check import Checker, Violation
-from callstate.lifecycle import STARTED
+from callstate.lifecycle import SERVER, STARTED
 from callstate.statelog import Entry, format_line, to_dict
-from callstate.pytest_plugin.servers import ServerHandle
+from callstate.pytest_plugin.servers import ServerHandle, ended
 from callstate.pytest_plugin.sidebyside import side_by_side
 
 
@@ -94,6 +94,7 @@ class TestCalls:
         server_lines: list[str] = []
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
         unchecked: list[str] = []
+        broken = left_in_flight = 0
         for rec in self.recorders:
             gone: grpc.RpcError | None = None
             calls = rec.calls()
@@ -115,10 +116,16 @@ class TestCalls:
                     checker.add_entry(e)
                 for d in server:
                     checker.add(d)
-                report = checker.finish()
+                violations = checker.finish().violations
                 server_lines.extend(_line(d) for d in server)
-                if not report.ok:
-                    problems.append(_describe(call_id, report.violations, [to_dict(e) for e in entries], server))
+                held = server[-1]["state"] if server and not ended(server) else None
+                if held is not None:   # not a broken rule: the server had not finished it yet
+                    violations = [v for v in violations if not (v.kind == "not_ended" and f"{SERVER} stopped in" in v.message)]
+                    left_in_flight += 1
+                broken += bool(violations)
+                if violations or held is not None:
+                    problems.append(_describe(call_id, violations, [to_dict(e) for e in entries], server,
+                                              held and self._in_flight(held)))
                     if rec.server.log_path is not None and rec.server.log_path not in broken_logs:
                         broken_logs.append(rec.server.log_path)
             if gone is not None:
@@ -126,8 +133,10 @@ class TestCalls:
                                  f"its journal does not answer ({_rpc_error(gone)})")
         text = ""
         if problems:
-            text = (f"{len(problems)} call(s) of this test broke an invariant of the call lifecycle\n\n"
-                    + "\n\n".join(problems))
+            heads = [f"{broken} call(s) of this test broke an invariant of the call lifecycle"] if broken else []
+            if left_in_flight:
+                heads.append(f"{left_in_flight} call(s) of this test were still in flight on the server at its end")
+            text = "\n".join(heads) + "\n\n" + "\n\n".join(problems)
             text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
         if unchecked:
             text = "\n".join(unchecked) + ("\n\n" + text if text else "")
@@ -137,6 +146,11 @@ class TestCalls:
         elif self.log_dir is not None:
             self.drop_stale_logs()
         return text
+
+    def _in_flight(self, state: str) -> str:
+        return (f"  still in flight: the server holds it in {state} {self.settle:g} s after the client ended it "
+                "(the test left it there, e.g. with a cancel the server ignores: wait for its outcome before "
+                "the test ends)")
 
     def log_folder(self) -> Path:
         """DIR/<test id>: the id made a file name; an id that loses more than its `::` and `/`
@@ -176,8 +190,9 @@ def _line(d: dict[str, Any]) -> str:
 
 
 def _describe(call_id: str, violations: list[Violation], client: list[dict[str, Any]],
-              server: list[dict[str, Any]]) -> str:
+              server: list[dict[str, Any]], note: str | None = None) -> str:
     lines = [f"call {call_id}:"]
+    lines += [note] if note else []
     lines += [f"  {v.kind}: {v.message}" for v in violations]
     lines.append(side_by_side(client, server))
     return "\n".join(lines)

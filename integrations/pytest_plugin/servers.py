@@ -49,7 +49,7 @@ def emulator_config(settings: dict[str, Any], also: tuple[str, ...] = ()) -> Any
     return emulator
 
 
-def _ended(entries: list[dict[str, Any]]) -> bool:
+def ended(entries: list[dict[str, Any]]) -> bool:
     return any(e["state"] == END and e["event"] == ENTER for e in entries)
 
 
@@ -91,7 +91,7 @@ class ServerHandle:
         as it stands after `timeout`. The server may end a call after the client has (an
         abortive cancel reaches it later). `unseen_timeout`: give up sooner on a call the
         server has not seen at all (one the client cancelled before it went out)."""
-        until = until or _ended
+        until = until or ended
         t0 = time.monotonic()
         delay = 0.002
         while True:
