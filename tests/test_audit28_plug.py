@@ -282,3 +282,29 @@ def test_left_held(callstate_client, callstate_server):
                                  f"call {call_id}:",
                                  "  still in flight: the server holds it in D 5 s after the client ended it *"])
     assert "broke an invariant" not in out and "not_ended" not in out
+
+
+def test_an_emulator_that_starts_too_late_is_stopped_not_left_serving(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ThreadServer.start` gave up after its bound with a clear error, but left the thread
+    starting the server: once up, it served on until the process ended, stopped by nobody."""
+    import asyncio
+    import threading
+
+    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer
+    from callstate.server.app import EmulatorServer, ServerOptions
+
+    gate = threading.Event()
+    real_start = EmulatorServer.start
+
+    async def late_start(self: EmulatorServer) -> None:
+        await asyncio.to_thread(gate.wait, 60)   # held until the test has seen start() give up
+        await real_start(self)
+
+    monkeypatch.setattr(EmulatorServer, "start", late_start)
+    srv = ThreadServer(ServerOptions(port=0, log=tmp_path / "late.jsonl"))
+    with pytest.raises(ServerUnavailable, match=r"the callstate emulator did not start within 0.2 s"):
+        srv.start(timeout=0.2)
+    gate.set()
+    srv._thread.join(30)   # it starts, sees it was abandoned and stops at once
+    assert not srv._thread.is_alive()

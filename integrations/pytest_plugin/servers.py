@@ -140,11 +140,13 @@ class ThreadServer(ServerHandle):
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._abandoned = False   # start() gave up waiting for it
         self._thread = threading.Thread(target=self._run, name="callstate-pytest-server", daemon=True)
 
     def start(self, timeout: float = START_TIMEOUT) -> "ThreadServer":
         self._thread.start()
         if not self._ready.wait(timeout):
+            self._abandon()   # should it start after all, it stops at once: no server outlives this
             raise ServerUnavailable(f"the callstate emulator did not start within {timeout:g} s")
         if self._error is not None:
             raise ServerUnavailable(f"the callstate emulator failed to start: {self._error}")
@@ -153,9 +155,19 @@ class ThreadServer(ServerHandle):
     def _run(self) -> None:
         asyncio.run(self._main())
 
+    def _abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        with self._lock:   # _abandon sees either no loop yet (and we see _abandoned) or the loop
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            if self._abandoned:
+                self._stop.set()
         srv = EmulatorServer(self.options)
         try:
             await srv.start()
