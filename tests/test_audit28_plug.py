@@ -308,3 +308,53 @@ def test_an_emulator_that_starts_too_late_is_stopped_not_left_serving(tmp_path: 
     gate.set()
     srv._thread.join(30)   # it starts, sees it was abandoned and stops at once
     assert not srv._thread.is_alive()
+
+
+TOKEN = "audit28-token"
+
+
+def test_a_target_behind_tls_and_a_token_is_reached_and_its_calls_checked(
+        pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs point `--callstate-target` at a server in containers, whose locked-down form
+    (docker-compose.secure.yml) wants TLS and a bearer token: the plugin had no way to give
+    either, and said `UNAUTHENTICATED: is it a callstate server?`."""
+    from tests.certs import make_tls_files
+
+    monkeypatch.delenv("CALLSTATE_TOKEN", raising=False)   # the inner runs get the token from the option only
+    tls = make_tls_files(tmp_path / "tls")
+    srv = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
+                       "--token", TOKEN)
+    try:
+        pytester.makepyfile(test_secure=SECOND_END + '''
+import pytest
+from callstate.lifecycle import COMP, D, END
+from callstate.pytest_plugin import assert_lifecycle
+
+def test_sync(callstate_client):
+    call = callstate_client.start(Script("complete"))
+    call.result(timeout=10)
+    assert_lifecycle(call, server=[D, COMP, END], code=0)
+
+@pytest.mark.asyncio
+async def test_async(callstate_async_client):
+    call = callstate_async_client.start(Script("complete"))
+    await call
+    assert call.code == 0
+
+def test_broken(callstate_client):
+    second_end(callstate_client)
+''')
+        target = f"localhost:{srv.port}"
+        ok = run(pytester, "--callstate-target", target, "--callstate-tls-ca", str(tls.ca), "--callstate-token", TOKEN)
+        no_token = run(pytester, "--callstate-target", target, "--callstate-tls-ca", str(tls.ca), "-k", "test_sync")
+        missing_ca = run(pytester, "--callstate-target", target, "--callstate-tls-ca", str(tmp_path / "nope.pem"))
+    finally:
+        srv.stop()
+    ok.assert_outcomes(passed=3, errors=1)   # the broken call is still caught, its server side read over TLS
+    ok.stdout.fnmatch_lines(["*ERROR at teardown of test_broken*", "*after_end: client enter End after End"])
+    no_token.assert_outcomes(errors=1)
+    no_token.stdout.fnmatch_lines([f"callstate: --callstate-target {target} answers UNAUTHENTICATED: it wants a token "
+                                   "(--callstate-token, or CALLSTATE_TOKEN)"])
+    assert missing_ca.ret == pytest.ExitCode.USAGE_ERROR
+    assert "callstate: cannot read the TLS CA certificate" in missing_ca.stderr.str()
+    assert "Traceback" not in ok.stdout.str() + no_token.stdout.str() + missing_ca.stderr.str()

@@ -62,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="how long to wait for --callstate-target to accept a connection (default: 5)")
     group.addoption("--callstate-log-dir", metavar="DIR", default=None,
                     help="keep both sides' state logs of every failed test in DIR/<test id>/")
+    group.addoption("--callstate-token", metavar="TOKEN", default=None,
+                    help="bearer token for --callstate-target (default: $CALLSTATE_TOKEN)")
+    group.addoption("--callstate-tls-ca", metavar="PEM", default=None,
+                    help="reach --callstate-target over TLS, trusting this CA")
+    group.addoption("--callstate-tls-cert", metavar="PEM", default=None,
+                    help="client certificate for a --callstate-target that wants one (with --callstate-tls-key)")
+    group.addoption("--callstate-tls-key", metavar="PEM", default=None, help="the key of --callstate-tls-cert")
     for name, help_text in _STANDIN_INI.items():
         parser.addini(name, help_text, default="")
 
@@ -80,7 +87,40 @@ def _seconds(text: str) -> float:
     return value
 
 
+_ACCESS = pytest.StashKey[Any]()   # the ChannelSettings of --callstate-target
+
+
+def _target_access(config: pytest.Config) -> Any:
+    """TLS and token for --callstate-target, read (PEM files too) before any test runs: a bad
+    one is a usage error. None without a target or any of them: plaintext, no token."""
+    opt = config.getoption
+    if not opt("callstate_target"):
+        return None
+    import os
+
+    from callstate.wire import TOKEN_ENV
+
+    token = opt("callstate_token") or os.environ.get(TOKEN_ENV) or None
+    tls = {k: opt(f"callstate_{k}") for k in ("tls_ca", "tls_cert", "tls_key")}
+    if not (token or any(tls.values())):
+        return None
+    from callstate.client.channel import ChannelSettings
+
+    if bool(tls["tls_cert"]) != bool(tls["tls_key"]):
+        raise pytest.UsageError("callstate: --callstate-tls-cert and --callstate-tls-key go together")
+    try:
+        settings = ChannelSettings(token=token, **tls)
+    except ValueError as exc:   # the token
+        raise pytest.UsageError(f"callstate: {'--callstate-token' if opt('callstate_token') else TOKEN_ENV}: {exc}") from None
+    try:
+        settings.credentials()
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"callstate: {exc}") from None
+    return settings
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ACCESS] = _target_access(config)
     config.addinivalue_line("markers", "callstate_standin(protos=[...], proto_path=[...], rules=FILE, "
                             "descriptor_set=FILE, mix=..., max_hold=...): configure the callstate_standin fixture")
 
@@ -122,7 +162,8 @@ def callstate_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     handle: ServerHandle
     try:
         if target:
-            handle = RemoteServer(target).connect(request.config.getoption("callstate_connect_timeout"))
+            handle = RemoteServer(target, request.config.stash[_ACCESS]).connect(
+                request.config.getoption("callstate_connect_timeout"))
         else:
             handle = _start_emulator(tmp_path_factory.mktemp("callstate") / "server.jsonl")
     except ServerUnavailable as exc:
@@ -171,7 +212,8 @@ def callstate_client(callstate_server: "ServerHandle", callstate_calls: "TestCal
     """A sync client of callstate_server, closed at teardown."""
     from callstate.client import Client
 
-    client = Client(callstate_server.target, log=callstate_calls.recorder(callstate_server))
+    client = Client(callstate_server.target, log=callstate_calls.recorder(callstate_server),
+                    settings=callstate_server.settings)
     yield client
     client.close()
 
@@ -187,7 +229,7 @@ def callstate_async_client(request: pytest.FixtureRequest, callstate_server: "Se
     log = callstate_calls.recorder(callstate_server)
 
     async def make() -> AsyncClient:   # the channel belongs to the loop it is made on
-        return AsyncClient(callstate_server.target, log=log)
+        return AsyncClient(callstate_server.target, log=log, settings=callstate_server.settings)
 
     client = runner.run(make())
     yield client

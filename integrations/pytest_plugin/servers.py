@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import grpc
 
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import END, ENTER
 from callstate.server.app import EmulatorServer, ServerOptions
 from callstate.statelog import proto_to_dict
@@ -58,16 +59,23 @@ class ServerHandle:
 
     log_path: Path | None = None
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, settings: ChannelSettings | None = None) -> None:
         self.target = target
+        # TLS and token of a --callstate-target (None: plaintext, no token): the journal and
+        # the plugin's clients use them alike
+        self.settings = settings
+        self._metadata = settings.metadata if settings else ()
         self._channel: grpc.Channel | None = None
         self._journal: pb_grpc.JournalStub | None = None
         self._lock = threading.Lock()
 
+    def _open(self) -> grpc.Channel:
+        return self.settings.sync_channel(self.target) if self.settings else grpc.insecure_channel(self.target)
+
     def _stub(self) -> pb_grpc.JournalStub:
         with self._lock:
             if self._journal is None:
-                self._channel = grpc.insecure_channel(self.target)
+                self._channel = self._open()
                 self._journal = pb_grpc.JournalStub(self._channel)
             return self._journal
 
@@ -77,7 +85,8 @@ class ServerHandle:
         pipe logged message by message, the journal keeps at most 10,000 message entries and one
         reply stays under 3 MiB (`CallHistory.omitted` counts the rest; the state log has them all)."""
         try:
-            reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT)
+            reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT,
+                                         metadata=self._metadata)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 return []
@@ -115,7 +124,7 @@ class ServerHandle:
 
     def counters(self) -> pb.Counters:
         """Journal/GetCounters: in flight, dispatched, ended, by state, by code."""
-        return self._stub().GetCounters(pb.CountersRequest(), timeout=CONNECT_TIMEOUT)
+        return self._stub().GetCounters(pb.CountersRequest(), timeout=CONNECT_TIMEOUT, metadata=self._metadata)
 
     def close(self) -> None:
         with self._lock:
@@ -194,19 +203,25 @@ class RemoteServer(ServerHandle):
     """A server someone else runs (`--callstate-target`): reached, never started or stopped."""
 
     def connect(self, timeout: float = CONNECT_TIMEOUT) -> "RemoteServer":
-        channel = grpc.insecure_channel(self.target)
+        channel = self._open()
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            tls = " (over TLS: does it speak TLS, and trust its certificate's CA?)" if self.settings and self.settings.secure else ""
             raise ServerUnavailable(f"cannot reach the callstate server at --callstate-target {self.target} "
-                                    f"(no connection within {timeout:g} s)") from None
+                                    f"(no connection within {timeout:g} s){tls}") from None
         finally:
             channel.close()
         try:
             self.counters()
         except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                given = "its token is refused" if self._metadata else "it wants a token"
+                raise ServerUnavailable(f"--callstate-target {self.target} answers {code.name}: {given} "
+                                        "(--callstate-token, or CALLSTATE_TOKEN)") from None
             raise ServerUnavailable(f"--callstate-target {self.target} does not answer callstate.v1.Journal "
-                                    f"({err.code().name}): is it a callstate server?") from None  # type: ignore[attr-defined]
+                                    f"({code.name}): is it a callstate server?") from None
         return self
 
     def stop(self) -> None:
