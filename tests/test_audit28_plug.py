@@ -358,3 +358,17 @@ def test_broken(callstate_client):
     assert missing_ca.ret == pytest.ExitCode.USAGE_ERROR
     assert "callstate: cannot read the TLS CA certificate" in missing_ca.stderr.str()
     assert "Traceback" not in ok.stdout.str() + no_token.stdout.str() + missing_ca.stderr.str()
+
+
+def test_an_async_client_asked_for_outside_a_loop_is_one_line(pytester: pytest.Pytester) -> None:
+    """`srv.async_client()` in a sync test made the client, then died in asyncio's bare
+    `RuntimeError: no running event loop`, pointing into the plugin."""
+    pytester.makepyfile(test_no_loop='''
+def test_sync(callstate_server_factory):
+    callstate_server_factory().async_client()
+''')
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["callstate: .async_client() belongs to the event loop that uses it: make it in an "
+                                 "async test or in a coroutine (asyncio.run); a sync test uses .client()"])
+    assert "no running event loop" not in result.stdout.str()

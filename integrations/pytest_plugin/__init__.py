@@ -300,8 +300,13 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
     def async_client(**kwargs: Any) -> AsyncClient:
         import asyncio
 
+        __tracebackhide__ = True
+        try:   # before the client: one made off its loop would be left open
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _fail(".async_client() belongs to the event loop that uses it: make it in an async test or in a "
+                  "coroutine (asyncio.run); a sync test uses .client()")
         c = AsyncClient(srv.target, log=calls.recorder(srv), **kwargs)
-        loop = asyncio.get_running_loop()
 
         def close() -> None:
             if c.closed:
