@@ -181,7 +181,7 @@ class TestCalls:
 
 def _rpc_error(err: grpc.RpcError) -> str:
     code, details = err.code(), err.details()   # type: ignore[attr-defined]
-    return f"{code.name}: {(details or '').splitlines()[0] if details else 'no details'}"
+    return f"{code.name}: {(details or 'no details').splitlines()[0]}"
 
 
 def _line(d: dict[str, Any]) -> str:
