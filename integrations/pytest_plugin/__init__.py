@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["assert_lifecycle"]
 
 _CALLS = pytest.StashKey["TestCalls"]()
+_KEPT = pytest.StashKey[list[tuple[str, Path]]]()   # (test id, folder) of every test whose logs were kept
 _STANDIN_INI = {"callstate_protos": ".proto files the callstate_standin fixture serves (paths from the rootdir)",
                 "callstate_proto_path": "import paths of those .proto files (protoc's -I)",
                 "callstate_descriptor_set": "or: a FileDescriptorSet the callstate_standin fixture serves",
@@ -57,15 +58,69 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("callstate", "callstate (MS-RPC async call lifecycle emulator)")
     group.addoption("--callstate-target", metavar="HOST:PORT", default=None,
                     help="use the callstate server at HOST:PORT (e.g. one in containers) instead of starting one")
-    group.addoption("--callstate-connect-timeout", metavar="SECONDS", type=float, default=5.0,
+    group.addoption("--callstate-connect-timeout", metavar="SECONDS", type=_seconds, default=5.0,
                     help="how long to wait for --callstate-target to accept a connection (default: 5)")
     group.addoption("--callstate-log-dir", metavar="DIR", default=None,
                     help="keep both sides' state logs of every failed test in DIR/<test id>/")
+    group.addoption("--callstate-token", metavar="TOKEN", default=None,
+                    help="bearer token for --callstate-target (default: $CALLSTATE_TOKEN)")
+    group.addoption("--callstate-tls-ca", metavar="PEM", default=None,
+                    help="reach --callstate-target over TLS, trusting this CA")
+    group.addoption("--callstate-tls-cert", metavar="PEM", default=None,
+                    help="client certificate for a --callstate-target that wants one (with --callstate-tls-key)")
+    group.addoption("--callstate-tls-key", metavar="PEM", default=None, help="the key of --callstate-tls-cert")
     for name, help_text in _STANDIN_INI.items():
         parser.addini(name, help_text, default="")
 
 
+def _seconds(text: str) -> float:
+    """A bound in seconds: a positive finite number (nan would wait forever, inf overflows)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+_ACCESS = pytest.StashKey[Any]()   # the ChannelSettings of --callstate-target
+
+
+def _target_access(config: pytest.Config) -> Any:
+    """TLS and token for --callstate-target, read (PEM files too) before any test runs: a bad
+    one is a usage error. None without a target or any of them: plaintext, no token."""
+    opt = config.getoption
+    if not opt("callstate_target"):
+        return None
+    import os
+
+    from callstate.wire import TOKEN_ENV
+
+    token = opt("callstate_token") or os.environ.get(TOKEN_ENV) or None
+    tls = {k: opt(f"callstate_{k}") for k in ("tls_ca", "tls_cert", "tls_key")}
+    if not (token or any(tls.values())):
+        return None
+    from callstate.client.channel import ChannelSettings
+
+    if bool(tls["tls_cert"]) != bool(tls["tls_key"]):
+        raise pytest.UsageError("callstate: --callstate-tls-cert and --callstate-tls-key go together")
+    try:
+        settings = ChannelSettings(token=token, **tls)
+    except ValueError as exc:   # the token
+        raise pytest.UsageError(f"callstate: {'--callstate-token' if opt('callstate_token') else TOKEN_ENV}: {exc}") from None
+    try:
+        settings.credentials()
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"callstate: {exc}") from None
+    return settings
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ACCESS] = _target_access(config)
     config.addinivalue_line("markers", "callstate_standin(protos=[...], proto_path=[...], rules=FILE, "
                             "descriptor_set=FILE, mix=..., max_hold=...): configure the callstate_standin fixture")
 
@@ -76,6 +131,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed and _CALLS in item.stash:
         item.stash[_CALLS].test_failed = True   # its logs are kept under --callstate-log-dir
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Which folder holds which failed test's logs (a parametrized id is made a folder name
+    with a digest, so the id alone does not say)."""
+    kept = config.stash.get(_KEPT, [])
+    if kept:
+        terminalreporter.section("callstate: both sides' logs kept")
+        for nodeid, folder in kept:
+            terminalreporter.write_line(f"{folder}  {nodeid}")
 
 
 def _fail(message: str) -> None:
@@ -97,7 +162,8 @@ def callstate_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     handle: ServerHandle
     try:
         if target:
-            handle = RemoteServer(target).connect(request.config.getoption("callstate_connect_timeout"))
+            handle = RemoteServer(target, request.config.stash[_ACCESS]).connect(
+                request.config.getoption("callstate_connect_timeout"))
         else:
             handle = _start_emulator(tmp_path_factory.mktemp("callstate") / "server.jsonl")
     except ServerUnavailable as exc:
@@ -111,17 +177,12 @@ def callstate_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
 
 
 def _start_emulator(log: Path, **config: Any) -> "ThreadServer":
-    from callstate.script import Mix
     from callstate.server.app import ServerOptions
-    from callstate.server.emulator import EmulatorConfig
-    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer
+    from callstate.pytest_plugin.servers import ServerUnavailable, ThreadServer, emulator_config
 
-    mix = config.pop("mix", None)
     journal_size = config.pop("journal_size", 10_000)
     try:
-        emulator = EmulatorConfig(**config)
-        if mix is not None:
-            emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+        emulator = emulator_config(config, also=("journal_size",))
     except (TypeError, ValueError) as exc:
         raise ServerUnavailable(f"bad emulator configuration: {exc}") from None
     options = ServerOptions(bind="127.0.0.1", port=0, log=log, journal_size=journal_size, emulator=emulator)
@@ -134,10 +195,14 @@ def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
     from callstate.pytest_plugin.recorder import TestCalls
 
     log_dir = request.config.getoption("callstate_log_dir")
-    calls = TestCalls(request.node.nodeid, Path(log_dir) if log_dir else None, SETTLE)
+    # from where pytest was started, not from wherever the test has moved the working directory to
+    where = request.config.invocation_params.dir / log_dir if log_dir else None
+    calls = TestCalls(request.node.nodeid, where, SETTLE)
     request.node.stash[_CALLS] = calls
     yield calls
     failure = calls.check()
+    if calls.kept is not None:
+        request.config.stash.setdefault(_KEPT, []).append((request.node.nodeid, calls.kept))
     if failure:
         _fail(failure)
 
@@ -147,7 +212,8 @@ def callstate_client(callstate_server: "ServerHandle", callstate_calls: "TestCal
     """A sync client of callstate_server, closed at teardown."""
     from callstate.client import Client
 
-    client = Client(callstate_server.target, log=callstate_calls.recorder(callstate_server))
+    client = Client(callstate_server.target, log=callstate_calls.recorder(callstate_server),
+                    settings=callstate_server.settings)
     yield client
     client.close()
 
@@ -163,7 +229,7 @@ def callstate_async_client(request: pytest.FixtureRequest, callstate_server: "Se
     log = callstate_calls.recorder(callstate_server)
 
     async def make() -> AsyncClient:   # the channel belongs to the loop it is made on
-        return AsyncClient(callstate_server.target, log=log)
+        return AsyncClient(callstate_server.target, log=log, settings=callstate_server.settings)
 
     client = runner.run(make())
     yield client
@@ -234,17 +300,24 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
     def async_client(**kwargs: Any) -> AsyncClient:
         import asyncio
 
+        __tracebackhide__ = True
+        try:   # before the client: one made off its loop would be left open
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _fail(".async_client() belongs to the event loop that uses it: make it in an async test or in a "
+                  "coroutine (asyncio.run); a sync test uses .client()")
         c = AsyncClient(srv.target, log=calls.recorder(srv), **kwargs)
-        loop = asyncio.get_running_loop()
 
         def close() -> None:
             if c.closed:
                 return
             if not loop.is_closed() and not loop.is_running():
                 loop.run_until_complete(c.close())
-            else:   # its loop is gone: end its calls on the client's side at least
-                c.closed = True
+            else:   # its loop is gone: end its calls on the client's side at least, each
+                c.closed = True   # recording that the close cut it off (its 1722 is explained)
+                c._note_closing()
                 c._end_live_calls()
+                c._close_log()
 
         calls.closers.append(close)
         return c

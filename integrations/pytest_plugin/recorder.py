@@ -8,6 +8,8 @@ reads each call's server side from that server's journal and runs the same `Chec
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import threading
 import time
@@ -15,16 +17,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+import grpc
+
 from callstate.check import Checker, Violation
-from callstate.lifecycle import STARTED
+from callstate.lifecycle import SERVER, STARTED
 from callstate.statelog import Entry, format_line, to_dict
-from callstate.pytest_plugin.servers import ServerHandle
+from callstate.pytest_plugin.servers import ServerHandle, ended
 from callstate.pytest_plugin.sidebyside import side_by_side
 
 
 # A call the server has no record of may have been cancelled before it went out: its record
 # is looked for this long, not the full settle time.
 UNSEEN = 0.5
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")   # what a test id may not keep in a folder name
 
 
 class Recorder:
@@ -58,7 +63,8 @@ class TestCalls:
         self.recorders: list[Recorder] = []
         self.closers: list[Callable[[], None]] = []
         self.test_failed = False
-        self.checked = False
+        self.verdict: str | None = None   # the check's text, once run: the same for every caller
+        self.kept: Path | None = None     # where its logs were kept (--callstate-log-dir)
 
     def recorder(self, server: ServerHandle) -> Recorder:
         rec = Recorder(server)
@@ -73,48 +79,109 @@ class TestCalls:
 
     def check(self) -> str:
         """Close the clients, check every call (both sides), keep the logs of a failed test.
-        Returns the failure text ('' when every invariant holds). Runs once per test."""
-        if self.checked:
-            return ""
-        self.checked = True
+        Returns the failure text ('' when every invariant holds). Runs once per test; a later
+        call returns the same text, so a fixture that checks early (while its servers still
+        answer) leaves the verdict for `callstate_calls` to raise."""
+        if self.verdict is None:
+            self.verdict = self._check()
+        return self.verdict
+
+    def _check(self) -> str:
         self.close_clients()
         problems: list[str] = []
+        broken_logs: list[Path] = []
         client_lines: list[str] = []
         server_lines: list[str] = []
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
+        unchecked: list[str] = []
+        broken = left_in_flight = 0
         for rec in self.recorders:
-            for call_id, entries in rec.calls().items():
+            gone: grpc.RpcError | None = None
+            calls = rec.calls()
+            for call_id, entries in calls.items():
+                client_lines.extend(format_line(e) for e in entries)
+                if gone is not None:
+                    continue
                 left = max(0.0, deadline - time.monotonic())
-                if any(e.move == STARTED for e in entries):
-                    server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
-                else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
-                    server = rec.server.history(call_id)
+                try:
+                    if any(e.move == STARTED for e in entries):
+                        server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
+                    else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
+                        server = rec.server.history(call_id)
+                except grpc.RpcError as err:   # the server went away: its calls cannot be checked
+                    gone = err
+                    continue
                 checker = Checker()
                 for e in entries:
                     checker.add_entry(e)
                 for d in server:
                     checker.add(d)
-                report = checker.finish()
-                client_lines.extend(format_line(e) for e in entries)
+                violations = checker.finish().violations
                 server_lines.extend(_line(d) for d in server)
-                if not report.ok:
-                    problems.append(_describe(call_id, report.violations, [to_dict(e) for e in entries], server))
+                held = server[-1]["state"] if server and not ended(server) else None
+                if held is not None:   # not a broken rule: the server had not finished it yet
+                    violations = [v for v in violations if not (v.kind == "not_ended" and f"{SERVER} stopped in" in v.message)]
+                    left_in_flight += 1
+                broken += bool(violations)
+                if violations or held is not None:
+                    problems.append(_describe(call_id, violations, [to_dict(e) for e in entries], server,
+                                              held and self._in_flight(held)))
+                    if rec.server.log_path is not None and rec.server.log_path not in broken_logs:
+                        broken_logs.append(rec.server.log_path)
+            if gone is not None:
+                unchecked.append(f"{len(calls)} call(s) of this test on {rec.server.target} could not be checked: "
+                                 f"its journal does not answer ({_rpc_error(gone)})")
         text = ""
         if problems:
-            text = (f"{len(problems)} call(s) of this test broke an invariant of the call lifecycle\n\n"
-                    + "\n\n".join(problems))
+            heads = [f"{broken} call(s) of this test broke an invariant of the call lifecycle"] if broken else []
+            if left_in_flight:
+                heads.append(f"{left_in_flight} call(s) of this test were still in flight on the server at its end")
+            text = "\n".join(heads) + "\n\n" + "\n\n".join(problems)
+            text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
+        if unchecked:
+            text = "\n".join(unchecked) + ("\n\n" + text if text else "")
         if self.log_dir is not None and (problems or self.test_failed):
-            kept = self.keep_logs(client_lines, server_lines)
-            text += f"\n\nboth sides' logs of this test are kept in {kept}" if text else ""
+            self.kept = self.keep_logs(client_lines, server_lines)
+            text += f"\n\nboth sides' logs of this test are kept in {self.kept}" if text else ""
+        elif self.log_dir is not None:
+            self.drop_stale_logs()
         return text
 
-    def keep_logs(self, client_lines: list[str], server_lines: list[str]) -> Path:
+    def _in_flight(self, state: str) -> str:
+        return (f"  still in flight: the server holds it in {state} {self.settle:g} s after the client ended it "
+                "(the test left it there, e.g. with a cancel the server ignores: wait for its outcome before "
+                "the test ends)")
+
+    def log_folder(self) -> Path:
+        """DIR/<test id>: the id made a file name; an id that loses more than its `::` and `/`
+        to that (a parameter `[a b]` or `[a/b]`) gets a digest of itself, so no two tests share one."""
         assert self.log_dir is not None
-        folder = self.log_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", self.nodeid).strip("_")
+        plain = self.nodeid.replace("::", "_").replace("/", "_")
+        name = _UNSAFE.sub("_", plain).strip("_")
+        if _UNSAFE.search(plain):
+            name += "-" + hashlib.sha1(self.nodeid.encode()).hexdigest()[:8]
+        return self.log_dir / name
+
+    def keep_logs(self, client_lines: list[str], server_lines: list[str]) -> Path:
+        folder = self.log_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "client.jsonl").write_text("".join(client_lines))
+        (folder / "client.jsonl").write_text("".join(client_lines))   # a rerun replaces them
         (folder / "server.jsonl").write_text("".join(server_lines))
         return folder
+
+    def drop_stale_logs(self) -> None:
+        """A test that passes now removes the logs an earlier run kept of it: the folder holds
+        the failed tests of the last run that ran them."""
+        folder = self.log_folder()
+        for name in ("client.jsonl", "server.jsonl"):
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # absent, or holding files of the user's own
+            folder.rmdir()
+
+
+def _rpc_error(err: grpc.RpcError) -> str:
+    code, details = err.code(), err.details()   # type: ignore[attr-defined]
+    return f"{code.name}: {(details or 'no details').splitlines()[0]}"
 
 
 def _line(d: dict[str, Any]) -> str:
@@ -123,8 +190,9 @@ def _line(d: dict[str, Any]) -> str:
 
 
 def _describe(call_id: str, violations: list[Violation], client: list[dict[str, Any]],
-              server: list[dict[str, Any]]) -> str:
+              server: list[dict[str, Any]], note: str | None = None) -> str:
     lines = [f"call {call_id}:"]
+    lines += [note] if note else []
     lines += [f"  {v.kind}: {v.message}" for v in violations]
     lines.append(side_by_side(client, server))
     return "\n".join(lines)

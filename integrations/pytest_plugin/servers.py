@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import grpc
 
+from callstate.client.channel import ChannelSettings
 from callstate.lifecycle import END, ENTER
 from callstate.server.app import EmulatorServer, ServerOptions
 from callstate.statelog import proto_to_dict
@@ -29,7 +30,27 @@ class ServerUnavailable(Exception):
     """The server a test needs could not be started or reached (one line, no traceback)."""
 
 
-def _ended(entries: list[dict[str, Any]]) -> bool:
+def emulator_config(settings: dict[str, Any], also: tuple[str, ...] = ()) -> Any:
+    """An EmulatorConfig from a fixture's keywords (`mix` as text or a Mix): a keyword it does
+    not know is named with the ones it does, not as a dataclass's TypeError."""
+    from dataclasses import fields
+
+    from callstate.script import Mix
+    from callstate.server.config import EmulatorConfig
+
+    settings = dict(settings)
+    known = sorted([f.name for f in fields(EmulatorConfig)] + list(also))   # `also`: the caller's own
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    mix = settings.pop("mix", None)
+    emulator = EmulatorConfig(**{k: v for k, v in settings.items() if k not in also})
+    if mix is not None:
+        emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+    return emulator
+
+
+def ended(entries: list[dict[str, Any]]) -> bool:
     return any(e["state"] == END and e["event"] == ENTER for e in entries)
 
 
@@ -38,16 +59,23 @@ class ServerHandle:
 
     log_path: Path | None = None
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, settings: ChannelSettings | None = None) -> None:
         self.target = target
+        # TLS and token of a --callstate-target (None: plaintext, no token): the journal and
+        # the plugin's clients use them alike
+        self.settings = settings
+        self._metadata = settings.metadata if settings else ()
         self._channel: grpc.Channel | None = None
         self._journal: pb_grpc.JournalStub | None = None
         self._lock = threading.Lock()
 
+    def _open(self) -> grpc.Channel:
+        return self.settings.sync_channel(self.target) if self.settings else grpc.insecure_channel(self.target)
+
     def _stub(self) -> pb_grpc.JournalStub:
         with self._lock:
             if self._journal is None:
-                self._channel = grpc.insecure_channel(self.target)
+                self._channel = self._open()
                 self._journal = pb_grpc.JournalStub(self._channel)
             return self._journal
 
@@ -57,7 +85,8 @@ class ServerHandle:
         pipe logged message by message, the journal keeps at most 10,000 message entries and one
         reply stays under 3 MiB (`CallHistory.omitted` counts the rest; the state log has them all)."""
         try:
-            reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT)
+            reply = self._stub().GetCall(pb.GetCallRequest(call_id=call_id), timeout=CONNECT_TIMEOUT,
+                                         metadata=self._metadata)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 return []
@@ -71,7 +100,7 @@ class ServerHandle:
         as it stands after `timeout`. The server may end a call after the client has (an
         abortive cancel reaches it later). `unseen_timeout`: give up sooner on a call the
         server has not seen at all (one the client cancelled before it went out)."""
-        until = until or _ended
+        until = until or ended
         t0 = time.monotonic()
         delay = 0.002
         while True:
@@ -95,7 +124,7 @@ class ServerHandle:
 
     def counters(self) -> pb.Counters:
         """Journal/GetCounters: in flight, dispatched, ended, by state, by code."""
-        return self._stub().GetCounters(pb.CountersRequest(), timeout=CONNECT_TIMEOUT)
+        return self._stub().GetCounters(pb.CountersRequest(), timeout=CONNECT_TIMEOUT, metadata=self._metadata)
 
     def close(self) -> None:
         with self._lock:
@@ -120,11 +149,13 @@ class ThreadServer(ServerHandle):
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._abandoned = False   # start() gave up waiting for it
         self._thread = threading.Thread(target=self._run, name="callstate-pytest-server", daemon=True)
 
     def start(self, timeout: float = START_TIMEOUT) -> "ThreadServer":
         self._thread.start()
         if not self._ready.wait(timeout):
+            self._abandon()   # should it start after all, it stops at once: no server outlives this
             raise ServerUnavailable(f"the callstate emulator did not start within {timeout:g} s")
         if self._error is not None:
             raise ServerUnavailable(f"the callstate emulator failed to start: {self._error}")
@@ -133,9 +164,19 @@ class ThreadServer(ServerHandle):
     def _run(self) -> None:
         asyncio.run(self._main())
 
+    def _abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        with self._lock:   # _abandon sees either no loop yet (and we see _abandoned) or the loop
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            if self._abandoned:
+                self._stop.set()
         srv = EmulatorServer(self.options)
         try:
             await srv.start()
@@ -162,19 +203,25 @@ class RemoteServer(ServerHandle):
     """A server someone else runs (`--callstate-target`): reached, never started or stopped."""
 
     def connect(self, timeout: float = CONNECT_TIMEOUT) -> "RemoteServer":
-        channel = grpc.insecure_channel(self.target)
+        channel = self._open()
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            tls = " (over TLS: does it speak TLS, and trust its certificate's CA?)" if self.settings and self.settings.secure else ""
             raise ServerUnavailable(f"cannot reach the callstate server at --callstate-target {self.target} "
-                                    f"(no connection within {timeout:g} s)") from None
+                                    f"(no connection within {timeout:g} s){tls}") from None
         finally:
             channel.close()
         try:
             self.counters()
         except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                given = "its token is refused" if self._metadata else "it wants a token"
+                raise ServerUnavailable(f"--callstate-target {self.target} answers {code.name}: {given} "
+                                        "(--callstate-token, or CALLSTATE_TOKEN)") from None
             raise ServerUnavailable(f"--callstate-target {self.target} does not answer callstate.v1.Journal "
-                                    f"({err.code().name}): is it a callstate server?") from None  # type: ignore[attr-defined]
+                                    f"({code.name}): is it a callstate server?") from None
         return self
 
     def stop(self) -> None:

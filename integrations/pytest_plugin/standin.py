@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import grpc
 
-from callstate.pytest_plugin.servers import CONNECT_TIMEOUT, ServerUnavailable, ThreadServer
+from callstate.pytest_plugin.servers import CONNECT_TIMEOUT, ServerUnavailable, ThreadServer, emulator_config
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
@@ -67,19 +67,14 @@ def start_standin(log: Path, protos: Sequence[str], proto_path: Sequence[str], d
     from callstate.files import load_rules
     from callstate.rules import RulesError
     from callstate.schema import SchemaError, from_descriptor_set, from_protos
-    from callstate.script import Mix
     from callstate.server.app import ServerOptions
-    from callstate.server.emulator import EmulatorConfig
 
     key = (tuple(protos), tuple(proto_path), descriptor_set)
     try:
         if key not in _schemas:
             _schemas[key] = from_descriptor_set(descriptor_set) if descriptor_set else from_protos(protos, proto_path)
         schema = _schemas[key]
-        mix = config.pop("mix", None)
-        emulator = EmulatorConfig(**config)
-        if mix is not None:
-            emulator.mix = Mix.parse(mix) if isinstance(mix, str) else mix
+        emulator = emulator_config(config)
         if rules is not None:
             load_rules(rules, schema, emulator.limits)   # a bad file fails the test in one line
     except (SchemaError, RulesError, TypeError, ValueError) as exc:
