@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,64 +89,59 @@ class TestCalls:
 
     def _check(self) -> str:
         self.close_clients()
-        problems: list[str] = []
-        broken_logs: list[Path] = []
-        client_lines: list[str] = []
-        server_lines: list[str] = []
+        found = _Findings()
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
-        unchecked: list[str] = []
-        broken = left_in_flight = 0
         for rec in self.recorders:
-            gone: grpc.RpcError | None = None
-            calls = rec.calls()
-            for call_id, entries in calls.items():
-                client_lines.extend(format_line(e) for e in entries)
-                if gone is not None:
-                    continue
-                left = max(0.0, deadline - time.monotonic())
-                try:
-                    if any(e.move == STARTED for e in entries):
-                        server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
-                    else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
-                        server = rec.server.history(call_id)
-                except grpc.RpcError as err:   # the server went away: its calls cannot be checked
-                    gone = err
-                    continue
-                checker = Checker()
-                for e in entries:
-                    checker.add_entry(e)
-                for d in server:
-                    checker.add(d)
-                violations = checker.finish().violations
-                server_lines.extend(_line(d) for d in server)
-                held = server[-1]["state"] if server and not ended(server) else None
-                if held is not None:   # not a broken rule: the server had not finished it yet
-                    violations = [v for v in violations if not (v.kind == "not_ended" and f"{SERVER} stopped in" in v.message)]
-                    left_in_flight += 1
-                broken += bool(violations)
-                if violations or held is not None:
-                    problems.append(_describe(call_id, violations, [to_dict(e) for e in entries], server,
-                                              held and self._in_flight(held)))
-                    if rec.server.log_path is not None and rec.server.log_path not in broken_logs:
-                        broken_logs.append(rec.server.log_path)
-            if gone is not None:
-                unchecked.append(f"{len(calls)} call(s) of this test on {rec.server.target} could not be checked: "
-                                 f"its journal does not answer ({_rpc_error(gone)})")
-        text = ""
-        if problems:
-            heads = [f"{broken} call(s) of this test broke an invariant of the call lifecycle"] if broken else []
-            if left_in_flight:
-                heads.append(f"{left_in_flight} call(s) of this test were still in flight on the server at its end")
-            text = "\n".join(heads) + "\n\n" + "\n\n".join(problems)
-            text += "".join(f"\n\nthe server's state log: {log}" for log in broken_logs)
-        if unchecked:
-            text = "\n".join(unchecked) + ("\n\n" + text if text else "")
-        if self.log_dir is not None and (problems or self.test_failed):
-            self.kept = self.keep_logs(client_lines, server_lines)
+            self._check_calls_on(rec, deadline, found)
+        text = found.text()
+        if self.log_dir is not None and (found.problems or self.test_failed):
+            self.kept = self.keep_logs(found.client_lines, found.server_lines)
             text += f"\n\nboth sides' logs of this test are kept in {self.kept}" if text else ""
         elif self.log_dir is not None:
             self.drop_stale_logs()
         return text
+
+    def _check_calls_on(self, rec: Recorder, deadline: float, found: "_Findings") -> None:
+        """Every call of this test on `rec`'s server, judged with that server's side of it."""
+        gone: grpc.RpcError | None = None
+        calls = rec.calls()
+        for call_id, entries in calls.items():
+            found.client_lines.extend(format_line(e) for e in entries)
+            if gone is not None:
+                continue
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                if any(e.move == STARTED for e in entries):
+                    server = rec.server.wait_history(call_id, left, unseen_timeout=min(UNSEEN, left))
+                else:   # it never went out (cancelled in C, or failed to start): nothing to wait for
+                    server = rec.server.history(call_id)
+            except grpc.RpcError as err:   # the server went away: its calls cannot be checked
+                gone = err
+                continue
+            self._judge(rec, call_id, entries, server, found)
+        if gone is not None:
+            found.unchecked.append(f"{len(calls)} call(s) of this test on {rec.server.target} could not be checked: "
+                                   f"its journal does not answer ({_rpc_error(gone)})")
+
+    def _judge(self, rec: Recorder, call_id: str, entries: list[Entry], server: list[dict[str, Any]],
+               found: "_Findings") -> None:
+        checker = Checker()
+        for e in entries:
+            checker.add_entry(e)
+        for d in server:
+            checker.add(d)
+        violations = checker.finish().violations
+        found.server_lines.extend(_line(d) for d in server)
+        held = server[-1]["state"] if server and not ended(server) else None
+        if held is not None:   # not a broken rule: the server had not finished it yet
+            violations = [v for v in violations if not (v.kind == "not_ended" and f"{SERVER} stopped in" in v.message)]
+            found.left_in_flight += 1
+        found.broken += bool(violations)
+        if violations or held is not None:
+            found.problems.append(_describe(call_id, violations, [to_dict(e) for e in entries], server,
+                                            held and self._in_flight(held)))
+            if rec.server.log_path is not None and rec.server.log_path not in found.broken_logs:
+                found.broken_logs.append(rec.server.log_path)
 
     def _in_flight(self, state: str) -> str:
         return (f"  still in flight: the server holds it in {state} {self.settle:g} s after the client ended it "
@@ -177,6 +173,32 @@ class TestCalls:
             (folder / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):   # absent, or holding files of the user's own
             folder.rmdir()
+
+
+@dataclass
+class _Findings:
+    """What the check of one test's calls found, gathered call by call."""
+
+    problems: list[str] = field(default_factory=list)          # one text per call that broke a rule or is held
+    broken_logs: list[Path] = field(default_factory=list)      # the server logs those calls are in
+    unchecked: list[str] = field(default_factory=list)         # servers whose journal did not answer
+    client_lines: list[str] = field(default_factory=list)
+    server_lines: list[str] = field(default_factory=list)
+    broken: int = 0
+    left_in_flight: int = 0
+
+    def text(self) -> str:
+        """The failure text ('' when every invariant holds)."""
+        text = ""
+        if self.problems:
+            heads = [f"{self.broken} call(s) of this test broke an invariant of the call lifecycle"] if self.broken else []
+            if self.left_in_flight:
+                heads.append(f"{self.left_in_flight} call(s) of this test were still in flight on the server at its end")
+            text = "\n".join(heads) + "\n\n" + "\n\n".join(self.problems)
+            text += "".join(f"\n\nthe server's state log: {log}" for log in self.broken_logs)
+        if self.unchecked:
+            text = "\n".join(self.unchecked) + ("\n\n" + text if text else "")
+        return text
 
 
 def _rpc_error(err: grpc.RpcError) -> str:
