@@ -1,0 +1,132 @@
+"""What callstate's outputs say, read as a test engineer reads them, agrees with the logs and
+with the other outputs of the same run: the load's last progress line gives the summary's
+calls/s and counts cancels as its paths line does; a load's summary says why `callstate check`
+over its logs counts one call more."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from callstate import codes
+from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
+from callstate.lifecycle import ABORTIVE, CAN, CLIENT, END, ENTER, NON_ABORTIVE
+from tests.conftest import ServerProcess, cli, read_entries, start_server
+
+pytestmark = pytest.mark.timeout(240)
+
+LOAD_CALLS = 200
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Run:
+    """One bounded load against a server of its own, with its outputs and both sides' logs."""
+
+    def __init__(self, server: ServerProcess, folder: Path) -> None:
+        self.client_log, self.json = folder / "client.jsonl", folder / "load.json"
+        result = cli("load", "--target", server.target, "--calls", str(LOAD_CALLS), "--seed", "7",
+                     "--progress", "always", "--log-file", str(self.client_log), "--report", str(self.json),
+                     timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        self.summary, self.progress = result.stdout, result.stderr.splitlines()
+        self.report: dict[str, Any] = orjson.loads(self.json.read_bytes())
+        self.server_log = server.log
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    folder = tmp_path_factory.mktemp("load")
+    server = start_server(folder, "--max-hold", "20")
+    try:
+        yield Run(server, folder)
+    finally:
+        server.stop()
+
+
+# -- the live progress agrees with the summary -------------------------------------------------
+
+def test_the_last_progress_line_gives_the_summarys_calls_per_second(run: Run) -> None:
+    # it counted from before the connection was made: 1421/s beside the summary's 3183 calls/s
+    summary = re.match(r"\d+ calls in [\d.]+ s: (\d+) calls/s", run.summary)
+    last = re.match(r"\s*[\d.]+s  (\d+)/(\d+) calls  (\d+)/s", run.progress[-1])
+    assert summary and last, (run.summary, run.progress)
+    assert int(last[1]) == int(last[2]) == LOAD_CALLS
+    assert abs(int(last[3]) - int(summary[1])) <= 1, (run.progress[-1], run.summary)
+
+
+def test_the_progress_counts_cancels_per_call_as_the_paths_line_does(run: Run) -> None:
+    # it counted Can entries: the generator's own end of each held call (hold-for) and each
+    # escalation were counted as abortive cancels asked for
+    paths = run.report["paths"]
+    assert paths.get("hold-for"), paths   # the run has what made the counts differ
+    cancels = re.search(r"\| cancels ([^(|]*)", run.progress[-1])
+    assert cancels, run.progress[-1]
+    shown = dict((kind, int(n)) for kind, n in re.findall(r"([a-z-]+) (\d+)", cancels[1]))
+    expected = {kind: paths[path] for kind, path in ((ABORTIVE, f"cancel-{ABORTIVE}"),
+                                                      (NON_ABORTIVE, f"cancel-{NON_ABORTIVE}"),
+                                                      ("hold-for", "hold-for")) if paths.get(path)}
+    assert shown == expected, (run.progress[-1], paths)
+
+
+def test_an_escalated_cancel_is_one_cancel_in_the_view_the_load_counts_for() -> None:
+    stats = LiveStats(CLIENT, clock=Clock(), owner_counts_cancels=True)
+    stats.entry(CLIENT, "x", CAN, ENTER, 1.0, cancel=NON_ABORTIVE)
+    stats.entry(CLIENT, "x", CAN, ENTER, 1.1, cancel=ABORTIVE)   # the escalation
+    stats.entry(CLIENT, "x", END, ENTER, 1.2, code=codes.RPC_S_CALL_CANCELLED)
+    assert not stats.cancels and [rc.kind for rc in stats.recent_cancels()] == [NON_ABORTIVE]
+
+
+def test_the_view_of_a_run_that_ended_keeps_its_time_and_rate() -> None:
+    clock = Clock()
+    stats = LiveStats(CLIENT, total=4, clock=clock)
+    clock.now += 3.0             # connecting, subscribing: not the run's time
+    stats.restart()
+    clock.now += 0.5
+    for i in range(4):
+        stats.entry(CLIENT, f"c{i}", END, ENTER, 1.0, code=codes.RPC_S_OK)
+    stats.freeze(0.5)
+    clock.now += 2.0             # the wait for the server's last entries
+    assert stats.elapsed == 0.5 and stats.rates() == {codes.RPC_S_OK: 8.0}
+    assert "4/4 calls  8/s" in stats.plain_line()
+    clock.now += RATE_WINDOW_S   # still the run's own figures
+    assert stats.rates() == {codes.RPC_S_OK: 8.0}
+
+
+# -- load and check over the same logs -------------------------------------------------------
+
+def test_the_summary_names_the_call_check_counts_beyond_the_runs(run: Run) -> None:
+    barrier = run.report["server"]["barrier_call"]
+    assert barrier and {e["call_id"] for e in read_entries(run.server_log, barrier)} == {barrier}
+    assert f"the server's state log also holds the run's barrier call {barrier}" in run.summary, run.summary
+    assert f"counts one call more than these {LOAD_CALLS}" in run.summary, run.summary
+    result = cli("check", "--json", str(run.client_log), str(run.server_log))
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = orjson.loads(result.stdout)
+    assert checked["calls"] == LOAD_CALLS + 1 == run.report["calls"] + 1
+    expected = dict(run.report["by_code"])
+    expected["0"] = expected.get("0", 0) + 1   # the barrier call, completed
+    assert checked["by_code"] == expected, (checked["by_code"], run.report["by_code"])
+    # the rest agrees: the cancel propagation population and its figures
+    assert checked["cancel_propagation_ms"]["count"] == run.report["cancel_propagation_ms"]["count"]
+
+
+def test_no_barrier_line_for_an_unchecked_run(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--max-hold", "20")
+    try:
+        result = cli("load", "--target", server.target, "--calls", "20", "--no-verify", timeout=60)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "barrier" not in result.stdout, result.stdout
