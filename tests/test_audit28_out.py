@@ -15,7 +15,9 @@ import pytest
 
 from callstate import codes
 from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
-from callstate.lifecycle import ABORTIVE, CAN, CLIENT, END, ENTER, NON_ABORTIVE
+from callstate.lifecycle import (ABORTIVE, C, CALL, CAN, CLIENT, COMP, COMPLETE, COMPLETED, END, ENTER, NON_ABORTIVE,
+                                 STARTED, WCOMP)
+from callstate.statelog import Entry, to_dict
 from tests.conftest import ServerProcess, cli, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -130,3 +132,51 @@ def test_no_barrier_line_for_an_unchecked_run(tmp_path: Path) -> None:
         server.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "barrier" not in result.stdout, result.stdout
+
+
+# -- hand-built logs: every count said with its noun -------------------------------------------
+
+def client_call(call_id: str, t: float, ended: bool = True) -> list[dict[str, Any]]:
+    """One completed call as its client logs it (the last entry left off when not `ended`)."""
+    entries = [Entry(t, CLIENT, call_id, C, None, ENTER, CALL),
+               Entry(t + 0.001, CLIENT, call_id, WCOMP, C, ENTER, STARTED),
+               Entry(t + 0.002, CLIENT, call_id, COMP, WCOMP, ENTER, COMPLETE),
+               Entry(t + 0.003, CLIENT, call_id, END, COMP, ENTER, COMPLETED, code=codes.RPC_S_OK, grpc_status=codes.OK)]
+    return [to_dict(e) for e in (entries if ended else entries[:-1])]
+
+
+def write_log(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+    return path
+
+
+def page(html: Path) -> tuple[str, list[str]]:
+    """The report page's verdict box and its cards, as text."""
+    text = html.read_text()
+    [box] = re.findall(r'<div class="verdict[^"]*">([^<]*)</div>', text)
+    cards = [re.sub(r"<[^>]+>", " ", c).split() for c in re.findall(r'<div class="card">(.*?)</div>', text)]
+    return box, [" ".join(c) for c in cards]
+
+
+def test_a_report_of_one_call_says_1_call(tmp_path: Path) -> None:
+    # it said "(1 calls)" in the verdict, "1 calls" on the card and in the chart's hover text
+    log = write_log(tmp_path / "one.jsonl", client_call("one", 1_700_000_000.0))
+    out = tmp_path / "one.html"
+    result = cli("report", str(log), "--html", str(out), "--allow-one-side")
+    assert result.returncode == 0, result.stdout + result.stderr
+    box, cards = page(out)
+    assert "on the client side (1 call);" in box, box
+    assert "1 call" in cards and "4 log entries 4 client" in cards and "0 violations" in cards, cards
+    assert re.search(r"<title>0 RPC_S_OK \(1\): 1 call, ", out.read_text())
+
+
+def test_a_report_with_one_violation_says_1_violation(tmp_path: Path) -> None:
+    # it said "FAILED: 1 violations" and "1 violations" on the card
+    log = write_log(tmp_path / "cut.jsonl", client_call("done", 1_700_000_000.0)
+                    + client_call("cut", 1_700_000_001.0, ended=False))
+    out = tmp_path / "cut.html"
+    result = cli("report", str(log), "--html", str(out), "--allow-one-side")
+    assert result.returncode == 1 and "check FAILED (1 violation)" in result.stdout, result.stdout
+    box, cards = page(out)
+    assert box == "FAILED: 1 violation", box
+    assert "2 calls" in cards and "1 violation" in cards, cards

@@ -108,7 +108,7 @@ def log_histogram(series: Sequence[Series], edges: Sequence[float], *, x_title: 
             if n:
                 xa, xb = x_of(edges[i]), x_of(edges[i + 1])
                 parts.append(f'<rect x="{xa:.1f}" y="{y_of(n):.1f}" width="{max(xb - xa, 1):.1f}" '
-                             f'height="{y0 - y_of(n):.1f}" fill="transparent"><title>{escape(label)}: {n:g} calls, '
+                             f'height="{y0 - y_of(n):.1f}" fill="transparent"><title>{escape(label)}: {n:g} {"call" if n == 1 else "calls"}, '
                              f'{_fmt(edges[i])}–{_fmt(edges[i + 1])} ms</title></rect>')
     _legend(parts, series, x1 + 16, y1 + 12)
     parts.append("</svg>")
