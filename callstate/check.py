@@ -98,6 +98,9 @@ class CheckReport:
     # calls whose handler polls for cancels: Can -> cancel_seen includes the wait for the poll
     cancel_propagation_polled_ms: list[float] = field(default_factory=list)
     cancel_poll_wait_ms: list[float] = field(default_factory=list)   # their arrival -> poll
+    # calls only the server logged while other calls have client entries: a client log not given
+    # (another client's, a load's own barrier call): their client side is not checked
+    server_only: int = 0
 
     @property
     def ok(self) -> bool:
@@ -154,6 +157,7 @@ class CheckReport:
             "cancel_propagation_polled_ms": percentiles(self.cancel_propagation_polled_ms),
             "cancel_poll_wait_ms": percentiles(self.cancel_poll_wait_ms),
             "one_sided": self.one_sided,
+            "server_only": self.server_only,
         }
 
     def summary(self, allow_one_side: bool = False) -> str:
@@ -170,6 +174,10 @@ class CheckReport:
         elif prop["count"]:
             lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                          f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+        if self.server_only:
+            lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
+                         f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "
+                         f"of {'that call' if self.server_only == 1 else 'those calls'} are not checked")
         polled, wait = percentiles(self.cancel_propagation_polled_ms), percentiles(self.cancel_poll_wait_ms)
         if polled["count"]:
             lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): "
@@ -376,9 +384,11 @@ class Checker:
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
         have_server = any(SERVER in sides for sides in self.tracks.values())
+        have_client = any(CLIENT in sides for sides in self.tracks.values())
         r.calls = len(self.tracks)
         for call_id, sides in self.tracks.items():
             self._finish_call(call_id, sides, have_server)
+            r.server_only += have_client and CLIENT not in sides
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:

@@ -15,8 +15,8 @@ import pytest
 
 from callstate import codes
 from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
-from callstate.lifecycle import (ABORTIVE, C, CALL, CAN, CLIENT, COMP, COMPLETE, COMPLETED, END, ENTER, NON_ABORTIVE,
-                                 STARTED, WCOMP)
+from callstate.lifecycle import (ABORTIVE, CALL, CAN, CLIENT, COMP, COMPLETE, COMPLETED, DISPATCH, END, ENTER,
+                                 NON_ABORTIVE, SERVER, STARTED, WCOMP, C, D)
 from callstate.statelog import Entry, to_dict
 from tests.conftest import ServerProcess, cli, read_entries, start_server
 
@@ -120,6 +120,7 @@ def test_the_summary_names_the_call_check_counts_beyond_the_runs(run: Run) -> No
     expected = dict(run.report["by_code"])
     expected["0"] = expected.get("0", 0) + 1   # the barrier call, completed
     assert checked["by_code"] == expected, (checked["by_code"], run.report["by_code"])
+    assert checked["server_only"] == 1   # and check says which
     # the rest agrees: the cancel propagation population and its figures
     assert checked["cancel_propagation_ms"]["count"] == run.report["cancel_propagation_ms"]["count"]
 
@@ -180,3 +181,28 @@ def test_a_report_with_one_violation_says_1_violation(tmp_path: Path) -> None:
     box, cards = page(out)
     assert box == "FAILED: 1 violation", box
     assert "2 calls" in cards and "1 violation" in cards, cards
+
+
+def server_call(call_id: str, t: float) -> list[dict[str, Any]]:
+    """One completed call as the server logs it."""
+    entries = [Entry(t, SERVER, call_id, D, None, ENTER, DISPATCH),
+               Entry(t + 0.001, SERVER, call_id, COMP, D, ENTER, COMPLETE),
+               Entry(t + 0.002, SERVER, call_id, END, COMP, ENTER, COMPLETED, code=codes.RPC_S_OK, grpc_status=codes.OK)]
+    return [to_dict(e) for e in entries]
+
+
+def test_check_says_which_calls_only_the_server_logged(tmp_path: Path) -> None:
+    # it said "OK: every invariant holds" with no word that 2 of the 3 calls had no client log
+    client = write_log(tmp_path / "client.jsonl", client_call("both", 1_700_000_000.0))
+    server = write_log(tmp_path / "server.jsonl", server_call("both", 1_700_000_000.0005)
+                       + server_call("other-1", 1_700_000_001.0) + server_call("other-2", 1_700_000_002.0))
+    text = cli("check", str(client), str(server))
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert ("2 calls only the server logged (no client log given has them): the client side and the codes' "
+            "agreement of those calls are not checked") in text.stdout, text.stdout
+    assert text.stdout.splitlines()[-1] == "OK: every invariant holds", text.stdout
+    assert orjson.loads(cli("check", "--json", str(client), str(server)).stdout)["server_only"] == 2
+    both = write_log(tmp_path / "both.jsonl", server_call("both", 1_700_000_000.0005))
+    assert "only the server logged" not in cli("check", str(client), str(both)).stdout
+    alone = cli("check", "--allow-one-side", str(server))   # one-sided logs say so on their own line
+    assert "only the server logged" not in alone.stdout and "one-sided: only server entries" in alone.stdout
