@@ -23,7 +23,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOS
                                  UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
 from callstate.propagation import cancel_propagation
-from callstate.statelog import Entry, parse_ts
+from callstate.statelog import Entry, logged_time, parse_ts
 
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
@@ -174,16 +174,16 @@ class CheckReport:
         elif prop["count"]:
             lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                          f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
-        if self.server_only:
-            lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
-                         f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "
-                         f"of {'that call' if self.server_only == 1 else 'those calls'} are not checked")
         polled, wait = percentiles(self.cancel_propagation_polled_ms), percentiles(self.cancel_poll_wait_ms)
         if polled["count"]:
             lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): "
                          f"n={polled['count']} p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms "
                          f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
                          f"max={wait['max']:.3f} ms")
+        if self.server_only:
+            lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
+                         f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "
+                         f"of {'that call' if self.server_only == 1 else 'those calls'} are not checked")
         if (why := self.not_judged(allow_one_side)) is not None and self.ok:
             lines.append(f"NOT JUDGED: {why}")
         elif self.ok:
@@ -317,7 +317,8 @@ class Checker:
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
-        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t,
+        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail,
+                        logged_time(e.t),   # as its log line has it: a figure then reads the same from the log
                         cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms)
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,

@@ -206,3 +206,23 @@ def test_check_says_which_calls_only_the_server_logged(tmp_path: Path) -> None:
     assert "only the server logged" not in cli("check", str(client), str(both)).stdout
     alone = cli("check", "--allow-one-side", str(server))   # one-sided logs say so on their own line
     assert "only the server logged" not in alone.stdout and "one-sided: only server entries" in alone.stdout
+
+
+def test_load_and_check_give_the_same_cancel_propagation_figures(tmp_path: Path) -> None:
+    # the load measured the client's Can at its in-memory time, finer than its log line's
+    # microsecond: check over the same logs then printed e.g. p99=50.827 ms beside the load's 50.826
+    server = start_server(tmp_path, "--max-hold", "20")
+    client_log, report_file = tmp_path / "client.jsonl", tmp_path / "load.json"
+    try:
+        result = cli("load", "--target", server.target, "--calls", "200", "--seed", "5", "--cancel", "abortive=30,non-abortive=30",
+                     "--cancel-at", "held:0.005", "--cancel-poll", "0=50,20=50", "--log-file", str(client_log),
+                     "--report", str(report_file), timeout=120)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = orjson.loads(report_file.read_bytes())
+    checked = orjson.loads(cli("check", "--json", str(client_log), str(server.log)).stdout)
+    for figure in ("cancel_propagation_ms", "cancel_propagation_polled_ms", "cancel_poll_wait_ms"):
+        assert report[figure]["count"] >= 5, report[figure]   # enough calls of each kind to compare
+        assert report[figure] == {k: round(v, 3) if isinstance(v, float) else v for k, v in checked[figure].items()}, figure
+    assert "; of it waiting for the poll: p50=" in result.stdout, result.stdout   # check's words

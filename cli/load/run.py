@@ -726,7 +726,13 @@ def summary(report: dict[str, Any]) -> str:
     if polled.get("count"):
         lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
                      f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
-                     f"waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+                     f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+    return "\n".join(lines + _check_lines(report))
+
+
+def _check_lines(report: dict[str, Any]) -> list[str]:
+    """The summary's verdict: the check's result, and what `callstate check` over the logs adds."""
+    lines: list[str] = []
     check = report["check"]
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
@@ -749,4 +755,4 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  the server's state log also holds the run's barrier call {barrier} (0 RPC_S_OK, made after "
                      f"the run's calls to know the journal had caught up): `callstate check` over it counts one "
                      f"call more than these {report['calls']}")
-    return "\n".join(lines)
+    return lines
