@@ -226,3 +226,38 @@ def test_load_and_check_give_the_same_cancel_propagation_figures(tmp_path: Path)
         assert report[figure]["count"] >= 5, report[figure]   # enough calls of each kind to compare
         assert report[figure] == {k: round(v, 3) if isinstance(v, float) else v for k, v in checked[figure].items()}, figure
     assert "; of it waiting for the poll: p50=" in result.stdout, result.stdout   # check's words
+
+
+# -- the report page's charts and run table --------------------------------------------------
+
+def test_the_timeline_says_its_buckets_in_ms_and_per_bucket() -> None:
+    # it said "buckets of 2e-03 s" and hover text "2 at 2e-03–4e-03 s"; "calls ended" read as a total
+    from callstate.cli.report import svg_charts
+
+    svg = svg_charts.timeline(0.002, [("calls in flight", "#000", [1, 2, 1])], [("abortive cancels", "#000", [0, 2, 0])],
+                              line_title="calls", bar_title="cancels")
+    assert "buckets of 2 ms" in svg and "e-0" not in svg, svg
+    assert "abortive cancels: 2 at 0.002–0.004 s" in svg, svg
+
+
+def test_the_load_page_names_everything_that_shaped_the_run(tmp_path: Path) -> None:
+    # --cancel-poll (and --hold-for, --delay, --abort-code) were in neither the page nor --report;
+    # the card counted only the propagations to handlers that do not poll
+    server = start_server(tmp_path, "--max-hold", "20")
+    html, report_file = tmp_path / "load.html", tmp_path / "load.json"
+    try:
+        result = cli("load", "--target", server.target, "--calls", "100", "--seed", "5", "--mix", "hold=100",
+                     "--cancel", "abortive=50,non-abortive=50", "--cancel-at", "held:0.005",
+                     "--cancel-poll", "0=50,20=50", "--hold-for", "0.004", "--abort-code", "77",
+                     "--html", str(html), "--report", str(report_file), timeout=120)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = orjson.loads(report_file.read_bytes())["config"]
+    assert (config["cancel_poll"], config["hold_for"], config["abort_code"], config["delay"]) == ("0=50,20=50", 0.004, 77, 0.0)
+    text = html.read_text()
+    rows = dict(re.findall(r"<tr><th>([a-z_]+)</th><td[^>]*>([^<]*)</td></tr>", text))
+    assert (rows["cancel_poll"], rows["hold_for"], rows["abort_code"]) == ("0=50,20=50", "0.004", "77"), rows
+    polled = orjson.loads(report_file.read_bytes())["cancel_propagation_polled_ms"]["count"]
+    assert polled and f"and {polled} to polling handlers, apart" in text
+    assert "calls ended per bucket" in text and "abortive cancels per bucket" in text

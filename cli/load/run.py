@@ -592,6 +592,9 @@ class LoadRun:
             "payload": cfg.payload, "seed": cfg.seed, "pipes": scenario.pipes,
             "pipe_cancel_at": [str(p) for p in scenario.pipe_cancel_at],
             "pipe_messages": scenario.pipe_messages,
+            # the rest of what shaped the calls: a report that leaves them out describes another run
+            "hold_for": scenario.hold_for, "delay": cfg.delay, "abort_code": scenario.abort_code,
+            "cancel_poll": None if scenario.cancel_poll is None else str(scenario.cancel_poll),
             **({"method": cfg.drive.method.name} if cfg.drive is not None else {}),
             **({"no_script": True} if cfg.no_script else {}),
             **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),

@@ -40,8 +40,8 @@ def charts(report: Mapping[str, Any]) -> dict[str, str]:
     if tl["in_flight"]:
         out["timeline"] = svg_charts.timeline(
             tl["bucket_s"], [("calls in flight", svg_charts.colour(0), tl["in_flight"]),
-                             ("calls ended", svg_charts.colour(2), tl["ended"])],
-            [(f"{kind} cancels", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
+                             ("calls ended per bucket", svg_charts.colour(2), tl["ended"])],
+            [(f"{kind} cancels per bucket", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
             line_title="calls", bar_title="cancels")
     prop = report["propagation"]
     if prop["ms"]["count"]:
