@@ -214,16 +214,17 @@ def test_load_and_check_give_the_same_cancel_propagation_figures(tmp_path: Path)
     server = start_server(tmp_path, "--max-hold", "20")
     client_log, report_file = tmp_path / "client.jsonl", tmp_path / "load.json"
     try:
-        result = cli("load", "--target", server.target, "--calls", "200", "--seed", "5", "--cancel", "abortive=30,non-abortive=30",
-                     "--cancel-at", "held:0.005", "--cancel-poll", "0=50,20=50", "--log-file", str(client_log),
-                     "--report", str(report_file), timeout=120)
+        result = cli("load", "--target", server.target, "--calls", "200", "--seed", "5", "--mix", "hold=100",
+                     "--cancel", "abortive=30,non-abortive=30", "--cancel-at", "held:0.05", "--concurrency", "8",
+                     "--cancel-poll", "0=50,20=50", "--log-file", str(client_log), "--report", str(report_file),
+                     timeout=120)
     finally:
         server.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     report = orjson.loads(report_file.read_bytes())
     checked = orjson.loads(cli("check", "--json", str(client_log), str(server.log)).stdout)
     for figure in ("cancel_propagation_ms", "cancel_propagation_polled_ms", "cancel_poll_wait_ms"):
-        assert report[figure]["count"] >= 5, report[figure]   # enough calls of each kind to compare
+        assert report[figure]["count"] >= 3, report[figure]   # enough calls of each kind to compare
         assert report[figure] == {k: round(v, 3) if isinstance(v, float) else v for k, v in checked[figure].items()}, figure
     assert "; of it waiting for the poll: p50=" in result.stdout, result.stdout   # check's words
 
@@ -247,7 +248,7 @@ def test_the_load_page_names_everything_that_shaped_the_run(tmp_path: Path) -> N
     html, report_file = tmp_path / "load.html", tmp_path / "load.json"
     try:
         result = cli("load", "--target", server.target, "--calls", "100", "--seed", "5", "--mix", "hold=100",
-                     "--cancel", "abortive=50,non-abortive=50", "--cancel-at", "held:0.005",
+                     "--cancel", "abortive=50,non-abortive=50", "--cancel-at", "held:0.05", "--concurrency", "8",
                      "--cancel-poll", "0=50,20=50", "--hold-for", "0.004", "--abort-code", "77",
                      "--html", str(html), "--report", str(report_file), timeout=120)
     finally:
@@ -261,3 +262,29 @@ def test_the_load_page_names_everything_that_shaped_the_run(tmp_path: Path) -> N
     polled = orjson.loads(report_file.read_bytes())["cancel_propagation_polled_ms"]["count"]
     assert polled and f"and {polled} to polling handlers, apart" in text
     assert "calls ended per bucket" in text and "abortive cancels per bucket" in text
+
+
+# -- --help says what the options do and default to -----------------------------------------
+
+def test_every_default_a_help_text_states_is_the_real_one() -> None:
+    from callstate.cli import build_parser
+    from callstate.cli.parser import subcommands
+
+    checked = 0
+    for name, sub in subcommands(build_parser()).items():
+        for action in sub._actions:
+            said = re.search(r"\(default: ([^;)]+)\)$", (action.help or "").replace("%(default)s", str(action.default)))
+            if said and isinstance(action.default, (int, float, str)) and action.default not in ("", False, True):
+                assert said[1] == str(action.default) or said[1].startswith(f"{action.default}: "), f"{name} {action.option_strings}: help says {said[1]}, " \
+                                                       f"the default is {action.default!r}"
+                checked += 1
+    assert checked > 50
+
+
+def test_load_help_says_its_timeout_is_each_calls() -> None:
+    # it said "gRPC deadline for the call", in a command that makes thousands
+    from callstate.cli import build_parser
+    from callstate.cli.parser import subcommands
+
+    [timeout] = [a for a in subcommands(build_parser())["load"]._actions if "--timeout" in a.option_strings]
+    assert timeout.help.startswith("gRPC deadline of each call, not of the run"), timeout.help
