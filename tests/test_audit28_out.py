@@ -288,3 +288,18 @@ def test_load_help_says_its_timeout_is_each_calls() -> None:
 
     [timeout] = [a for a in subcommands(build_parser())["load"]._actions if "--timeout" in a.option_strings]
     assert timeout.help.startswith("gRPC deadline of each call, not of the run"), timeout.help
+
+
+# -- callstate call's final line ---------------------------------------------------------------
+
+def test_calls_final_line_says_1_byte(shared_server: ServerProcess) -> None:
+    # it said "reply of 1 bytes"
+    result = cli("call", "--target", shared_server.target, "--reply-bytes", "1", timeout=60)
+    assert result.returncode == 0 and result.stderr.splitlines()[-1] == "final: 0 RPC_S_OK: reply of 1 byte", result.stderr
+
+
+def test_a_pipe_point_that_cannot_fire_says_1_message() -> None:
+    # it said "the caller pushes only 1 messages"
+    result = cli("call", "--pipe", "in", "--messages", "1", "--cancel-at", "after-sent:2")
+    assert result.returncode == 2, result.stderr
+    assert "the caller pushes only 1 message (--messages)" in result.stderr, result.stderr
