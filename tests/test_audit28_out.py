@@ -45,6 +45,8 @@ class Run:
         self.summary, self.progress = result.stdout, result.stderr.splitlines()
         self.report: dict[str, Any] = orjson.loads(self.json.read_bytes())
         self.server_log = server.log
+        # the server's log is written in order: once the barrier's End is in, every call before it is
+        assert server.wait_entries(self.report["server"]["barrier_call"]), "the barrier call never reached the log"
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,8 @@ def test_the_view_of_a_run_that_ended_keeps_its_time_and_rate() -> None:
 
 def test_the_summary_names_the_call_check_counts_beyond_the_runs(run: Run) -> None:
     barrier = run.report["server"]["barrier_call"]
-    assert barrier and {e["call_id"] for e in read_entries(run.server_log, barrier)} == {barrier}
-    assert f"the server's state log also holds the run's barrier call {barrier}" in run.summary, run.summary
+    assert barrier and {e["call_id"] for e in read_entries(run.server_log, barrier)} == {barrier}   # it is there
+    assert f"the server's state log (if it keeps one) also holds the run's barrier call {barrier}" in run.summary, run.summary
     assert f"counts one call more than these {LOAD_CALLS}" in run.summary, run.summary
     result = cli("check", "--json", str(run.client_log), str(run.server_log))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -303,3 +305,27 @@ def test_a_pipe_point_that_cannot_fire_says_1_message() -> None:
     result = cli("call", "--pipe", "in", "--messages", "1", "--cancel-at", "after-sent:2")
     assert result.returncode == 2, result.stderr
     assert "the caller pushes only 1 message (--messages)" in result.stderr, result.stderr
+
+
+# -- serve's shutdown summary ------------------------------------------------------------------
+
+def test_serve_says_it_stopped_after_1_call(tmp_path: Path) -> None:
+    # it said "stopped after 1 calls"
+    server = start_server(tmp_path)
+    try:
+        result = cli("call", "--target", server.target, timeout=60)
+        assert result.returncode == 0, result.stderr
+    finally:
+        assert server.stop() == 0
+    assert "callstate: stopped after 1 call (0 left in flight)" in server.stderr.read_text().splitlines(), \
+        server.stderr.read_text()
+
+
+def test_watch_says_1_entry_lost(capsys: pytest.CaptureFixture[str]) -> None:
+    # it said "1 entries lost"
+    from types import SimpleNamespace
+
+    from callstate.cli.watch import _Watch
+
+    _Watch._lost(SimpleNamespace(targets=["127.0.0.1:1"]), "127.0.0.1:1", 1, 1)  # type: ignore[arg-type]
+    assert capsys.readouterr().err == "callstate watch: 1 entry lost (this watcher was too slow; 1 in all)\n"

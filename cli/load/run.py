@@ -755,7 +755,7 @@ def _check_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))
     if (barrier := report[SERVER].get("barrier_call")) and not check.get("skipped"):
-        lines.append(f"  the server's state log also holds the run's barrier call {barrier} (0 RPC_S_OK, made after "
+        lines.append(f"  the server's state log (if it keeps one) also holds the run's barrier call {barrier} (0 RPC_S_OK, made after "
                      f"the run's calls to know the journal had caught up): `callstate check` over it counts one "
                      f"call more than these {report['calls']}")
     return lines
