@@ -329,3 +329,17 @@ def test_watch_says_1_entry_lost(capsys: pytest.CaptureFixture[str]) -> None:
 
     _Watch._lost(SimpleNamespace(targets=["127.0.0.1:1"]), "127.0.0.1:1", 1, 1)  # type: ignore[arg-type]
     assert capsys.readouterr().err == "callstate watch: 1 entry lost (this watcher was too slow; 1 in all)\n"
+
+
+# -- a stand-in's calls on a terminal ----------------------------------------------------------
+
+def test_a_stand_ins_entry_line_names_its_method_and_rule() -> None:
+    # watch printed "server D - --dispatch-->" alike for every method of a stand-in: which of the
+    # user's methods a line was about (and which rule answered it) was in the JSON form only
+    from callstate.cli.terminal import human
+
+    e = to_dict(Entry(1_700_000_000.0, SERVER, "x", D, None, ENTER, DISPATCH, method="shop.v1.Shop/Charge",
+                      rule="declined"))
+    assert human(e).endswith("--dispatch-->  (shop.v1.Shop/Charge, rule declined)"), human(e)
+    plain = to_dict(Entry(1_700_000_000.0, SERVER, "x", D, None, ENTER, DISPATCH))
+    assert human(plain).endswith("--dispatch-->"), human(plain)
