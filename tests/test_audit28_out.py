@@ -343,3 +343,20 @@ def test_a_stand_ins_entry_line_names_its_method_and_rule() -> None:
     assert human(e).endswith("--dispatch-->  (shop.v1.Shop/Charge, rule declined)"), human(e)
     plain = to_dict(Entry(1_700_000_000.0, SERVER, "x", D, None, ENTER, DISPATCH))
     assert human(plain).endswith("--dispatch-->"), human(plain)
+
+
+def test_the_report_page_says_which_calls_only_the_server_logged(tmp_path: Path) -> None:
+    # its verdict said "every invariant holds on both sides (3 calls)" and nothing of the 2
+    # calls no client log had, as check now says
+    client = write_log(tmp_path / "client.jsonl", client_call("both", 1_700_000_000.0))
+    server = write_log(tmp_path / "server.jsonl", server_call("both", 1_700_000_000.0005)
+                       + server_call("other-1", 1_700_000_001.0) + server_call("other-2", 1_700_000_002.0))
+    out = tmp_path / "page.html"
+    result = cli("report", str(client), str(server), "--html", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("<p>2 calls only the server logged (no client log given has them): the client side and the codes' "
+            "agreement of those calls are not checked.</p>") in out.read_text()
+    out_one = tmp_path / "one.html"
+    assert cli("report", str(client), str(write_log(tmp_path / "s1.jsonl", server_call("both", 1_700_000_000.0005))),
+               "--html", str(out_one)).returncode == 0
+    assert "no client log given has" not in out_one.read_text()
