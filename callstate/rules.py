@@ -17,6 +17,7 @@ YAML needs PyYAML (`callstate[standin]`); a file that parses as JSON loads witho
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -26,11 +27,11 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from callstate.lifecycle import PIPE_BOTH, PIPE_IN, UNARY
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
-from callstate.schema.model import (WELL_KNOWN, Method, Schema, SchemaError, message_from_json, normalise_method_name,
-                                    is_well_known)
-from callstate.script import OUTCOMES, Limits, Mix, MixError, ScriptError, validate
+from callstate.schema.model import (SHAPE_NAMES, WELL_KNOWN, Method, Schema, SchemaError, message_from_json,
+                                    normalise_method_name, is_well_known)
+from callstate.script import HOLD, OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 from callstate.wire import OWN_SERVICE_PREFIXES
 
@@ -66,7 +67,7 @@ class Rule:
     """One rule compiled for one method: what it matches and how it answers."""
 
     label: str                            # its name, or "rules[N]" (its place in the file)
-    request: Mapping[str, Any] | None     # a subset of the request's JSON form (canonical field names)
+    request: Any                          # a subset of the request's JSON form (canonical field names), or None
     metadata: Mapping[str, str]
     script: Message | None                # pb.Script (unary) or pb.PipeScript (streams), validated
     reply: Message | None                 # the response type's message, for complete (and each pushed one)
@@ -91,7 +92,7 @@ class RequestJson:
     def __init__(self, msg: Message | None) -> None:
         self._msg, self._dict = msg, None
 
-    def get(self) -> dict[str, Any] | None:
+    def get(self) -> Any:
         if self._dict is None and self._msg is not None:
             try:   # an Any resolves in the schema's pool, where the request's own type lives
                 self._dict = json_format.MessageToDict(self._msg, preserving_proto_field_name=True,
@@ -157,7 +158,7 @@ def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
         raise RulesError(f"{source}: not JSON, and YAML needs PyYAML: pip install 'callstate[standin]'") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_text_keys_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -173,6 +174,25 @@ def _parse(text: str, source: str) -> tuple[Any, dict[int, int]]:
                 if isinstance(value, yaml.SequenceNode):
                     lines.update({i: item.start_mark.line + 1 for i, item in enumerate(value.value)})
     return data, lines
+
+
+@functools.cache
+def _text_keys_loader() -> Any:
+    """A safe YAML loader whose mapping keys are their text, as JSON's are: YAML 1.1 reads a
+    plain `on`, `no`, `yes`, `off` or `null` as true, false or None, and a request field of that
+    name (`match: {request: {on: true}}`) would be "Failed to parse True field"."""
+    import yaml
+
+    class TextKeys(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)   # `<<` merge keys, as the safe loader takes them
+        return {key.value if isinstance(key, yaml.ScalarNode) else loader.construct_object(key):
+                loader.construct_object(value) for key, value in node.value}
+
+    TextKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return TextKeys
 
 
 def _json_lines(text: str, data: Any) -> dict[int, int]:
@@ -202,8 +222,7 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
     methods = _methods(pattern, schema, where)
     match = _match(raw.get("match"), where)
     metadata = _metadata(match.get("metadata"), where)
-    request = _optional_mapping(match.get("request"), f"{where}.match.request",
-                                "a mapping: a subset of the request's JSON form")
+    request = match.get("request")
     script_fields = _optional_mapping(raw.get("script"), f"{where}.script",
                                       "a mapping of script fields (outcome, abort_code, ...)")
     mix = _mix(raw.get("mix"), f"{where}.mix")
@@ -211,27 +230,61 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
         raise RulesError(f"{where}: script.outcome and mix both choose the outcome: give one")
     reply = raw.get("reply")
     wildcard = "*" in pattern
-    if request is not None and wildcard:   # it applies to the methods whose request has the fields it names
-        fitting = [m for m in methods if _names_fields_of(request, m)]
-        methods = fitting or methods[:1]   # none: the first one's error says which field is not there
+    if request is not None:
+        methods = _methods_for_request(request, methods, wildcard, where)
     for method in methods:
         m_where = f"{where} ({method.name})"
         if request is not None and method.kind in (PIPE_IN, PIPE_BOTH):
             if not wildcard:
                 raise RulesError(f"{m_where}.match.request: a {_shape(method)} method has no single request to match")
             continue   # a wildcard rule applies to the methods whose request it can see
+        script = None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits)
+        if script is not None and reply is not None:
+            _check_reply_goes_out(method, script, m_where)
         yield method.name, Rule(
             label=label,
             request=None if request is None else _canonical(request, method, f"{m_where}.match.request"),
             metadata=metadata,
-            script=None if script_fields is None else _script(script_fields, method, f"{m_where}.script", limits),
+            script=script,
             reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
             mix=mix)
 
 
-def _names_fields_of(pattern: Mapping[str, Any], method: Method) -> bool:
+def _methods_for_request(request: Any, methods: list[Method], wildcard: bool, where: str) -> list[Method]:
+    """The methods a rule with a request pattern applies to: with a wildcard, those whose request
+    has the fields it names (none: the first, whose error then says which field is not there)."""
+    if wildcard:
+        methods = [m for m in methods if _names_fields_of(request, m)] or methods[:1]
+    if not isinstance(request, dict) and not _json_is_its_own(methods[0]):
+        raise RulesError(f"{where}.match.request: a mapping: a subset of the request's JSON form")
+    return methods
+
+
+def _check_reply_goes_out(method: Method, script: Message, where: str) -> None:
+    """A server- or bidi-streaming method sends its rule's reply as each of the script's messages:
+    a script that leaves `messages` at 0 (and does not hold) sends none, and the reply would
+    never go out. (With no script at all, the stream sends the default count.)"""
+    if method.kind in (PIPE_OUT, PIPE_BOTH) and script.messages == 0 and script.outcome != OUTCOMES[HOLD]:
+        raise RulesError(f"{where}.script.messages: 0 (not given), so the {_shape(method)} method would "
+                         "never send its reply (sent as each of the stream's messages): give messages: N")
+
+
+def _json_is_its_own(method: Method) -> bool:
+    """A request of a well-known type (a wrapper, Timestamp, Duration, Value, ...): its JSON form
+    may be a value that is not an object, and a pattern of that value matches it whole."""
+    name = method.request.DESCRIPTOR.full_name
+    return is_well_known(name) and name not in _OBJECT_JSON
+
+
+_OBJECT_JSON = (ANY, f"{WELL_KNOWN}Struct", f"{WELL_KNOWN}Empty")   # well-known, and a JSON object all the same
+
+
+def _names_fields_of(pattern: Any, method: Method) -> bool:
     """Whether each key of a request pattern is a field of the method's request (by its .proto or
-    JSON name; an extension, `[pkg.ext]`, is left for the parse to judge)."""
+    JSON name; an extension, `[pkg.ext]`, is left for the parse to judge). A pattern that is not
+    a mapping fits the requests of a well-known type."""
+    if not isinstance(pattern, dict):
+        return _json_is_its_own(method)
     desc = method.request.DESCRIPTOR
     if desc.full_name in (ANY, f"{WELL_KNOWN}Struct"):   # an Any's @type, a Struct's keys: their own JSON
         return True
@@ -296,7 +349,7 @@ def _optional_mapping(value: Any, where: str, what: str) -> dict[str, Any] | Non
 
 
 def _shape(method: Method) -> str:
-    return "client-streaming" if method.kind == PIPE_IN else "bidi-streaming"
+    return SHAPE_NAMES[method.kind]
 
 
 def _script(fields: Mapping[str, Any], method: Method, where: str, limits: Limits) -> Message:
@@ -339,16 +392,23 @@ def _reply(method: Method, value: Any, where: str) -> Message:
         return _message(method.response, value, where)
     if not is_well_known(method.response.DESCRIPTOR.full_name):
         raise RulesError(f"{where}: a mapping: the response in its JSON form")
+    return _message(method.response, _json_text(value, where), where)
+
+
+def _json_text(value: Any, where: str) -> str:
     try:
-        text = json.dumps(value)
+        return json.dumps(value)
     except TypeError:   # YAML reads an unquoted date as a date
         raise RulesError(f"{where}: {type(value).__name__} is not a JSON value: quote it") from None
-    return _message(method.response, text, where)
 
 
-def _canonical(pattern: Mapping[str, Any], method: Method, where: str) -> dict[str, Any]:
+def _canonical(pattern: Any, method: Method, where: str) -> Any:
     """The pattern in the form a request's JSON takes (proto field names, enum names, int64 as
-    strings, well-known types as their JSON), restricted to the fields the pattern names."""
+    strings, well-known types as their JSON), restricted to the fields the pattern names; for a
+    request of a well-known type whose JSON is a value (`"hi"` for a StringValue), that value."""
+    if not isinstance(pattern, dict):
+        msg = _message(method.request, _json_text(pattern, where), where, partial=True)
+        return json_format.MessageToDict(msg, descriptor_pool=msg.DESCRIPTOR.file.pool)
     msg = _message(method.request, pattern, where, partial=True)
     full = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
                                      descriptor_pool=msg.DESCRIPTOR.file.pool)

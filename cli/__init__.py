@@ -83,21 +83,31 @@ def _tolerant_output() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # First of all, before any module of the command loads: a signal from here on is noted, never
+    # lost. A shell starts a background job (`callstate serve &`) with SIGINT ignored, and Python
+    # then installs no handler of its own: without this one the server ignored a Ctrl-C / `kill
+    # -INT` until it had started serving. `serve` keeps its handler (SIGTERM and SIGHUP too) until
+    # the server installs its own, which then stops it gracefully (callstate.cli.serve).
+    early = _DeferredInterrupt(keep=command_named(argv) == "serve")
     _tolerant_output()
     # Ctrl-C before a command handles it itself (while its modules import, say: grpc and
     # protobuf take a moment, seconds on a busy machine) is an interrupted command too: exit
     # 130, not a KeyboardInterrupt traceback. What a command has recorded is kept: its state
     # log is flushed and closed by its own `finally` or at exit (callstate.logfile).
     try:
-        with _DeferredInterrupt() as interrupted:
-            argv = sys.argv[1:] if argv is None else list(argv)
+        with early as interrupted:
             parser = build_parser(load={command_named(argv)} & COMMANDS.keys())
             opts, extras = parser.parse_known_args(argv)
             if extras:   # argparse would blame the top parser: point at the command's own help instead
                 subcommands(parser)[opts.command].error(f"unrecognized arguments: {' '.join(extras)}")
         if interrupted:
-            return 130
-        return int(opts.run(opts) or 0)
+            return 128 + interrupted[0]
+        opts.early_signals = interrupted   # signals noted from now on, while `serve` starts
+        try:
+            return int(opts.run(opts) or 0)
+        finally:
+            early.release()
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would
@@ -111,26 +121,45 @@ class _DeferredInterrupt:
     """While the command's modules load, Ctrl-C is noted (`noted`), not raised: a
     KeyboardInterrupt raised inside an extension module's initialisation (protobuf's, orjson's,
     _ssl's) can crash the interpreter (SIGSEGV) or come out as an ImportError. Outside the main
-    thread (main() called by a test, say) there is no handler to change."""
+    thread (main() called by a test, say) there is no handler to change. Installed when made.
 
-    def __init__(self) -> None:
-        self.noted: list[int] = []
-        self.changed = False
-        self.previous: object = None
+    `keep` (serve): SIGTERM and SIGHUP (unless ignored: nohup) are noted too, and the handlers
+    stay after the block, until the command installs its own (the server's event loop does)."""
 
-    def __enter__(self) -> list[int]:
+    def __init__(self, keep: bool = False) -> None:
         import signal
 
-        try:
-            self.previous = signal.signal(signal.SIGINT, lambda signum, _frame: self.noted.append(signum))
-            self.changed = True
-        except ValueError:   # not the main thread
-            pass
+        self.noted: list[int] = []
+        self.keep = keep
+        self.previous: dict[int, object] = {}
+        hangup = getattr(signal, "SIGHUP", None)
+        signals = [signal.SIGINT]
+        if keep:
+            signals.append(signal.SIGTERM)
+            if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+                signals.append(hangup)
+        for sig in signals:
+            try:
+                self.previous[sig] = signal.signal(sig, self._note)
+            except ValueError:   # not the main thread
+                break
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.noted.append(signum)
+
+    def __enter__(self) -> list[int]:
         return self.noted
 
     def __exit__(self, *_: object) -> None:
         import signal
 
-        if self.changed:   # None: a handler not set from Python, which SIG_DFL stands for
-            previous = signal.SIG_DFL if self.previous is None else self.previous
-            signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]
+        if not self.keep:
+            self.release()
+
+    def release(self) -> None:
+        """Put back the handlers found, where this one is still in place (the command's own stay)."""
+        import signal
+
+        for sig, previous in self.previous.items():   # None: a handler not set from Python, which SIG_DFL stands for
+            if signal.getsignal(sig) == self._note:
+                signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]

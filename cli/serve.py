@@ -66,8 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
                    "beyond it gets 1723 RPC_S_SERVER_TOO_BUSY (default: %(default)s)")
     p.add_argument("--id-retention", type=non_negative_float, default=_EMULATOR.id_retention, metavar="SECONDS",
-                   help="a call id that ended is refused (ALREADY_EXISTS) this long after, while the journal still "
-                        "holds its call (--journal-size, --journal-bytes) (default: %(default)s)")
+                   help="a call id that ended is refused (ALREADY_EXISTS) this long after, whether or not the journal "
+                        "still holds its call (bounded by --max-retained-ids) (default: %(default)s)")
+    p.add_argument("--max-retained-ids", type=non_negative_int, default=_EMULATOR.max_retained_ids, metavar="N",
+                   help="ended call ids kept reserved for --id-retention beyond the journal's calls, at most (about "
+                        "130 bytes each); past it the oldest are freed early (default: %(default)s)")
     p.add_argument("--max-reply-backlog-per-connection", type=non_negative_int, default=None, metavar="BYTES",
                    help="the same for each connection, pipes' messages included (default: --max-reply-backlog; a proxy "
                         "carries many callers on one connection)")
@@ -131,6 +134,10 @@ def run(opts: argparse.Namespace) -> int:
     from callstate.observe import ObserveError
     from callstate.server.app import serve
 
+    # SIGINT / SIGTERM / SIGHUP that came while the command loaded and the server starts, noted by
+    # callstate.cli.main until serve() installs its own handlers: they stop it before it serves
+    early: list[int] = getattr(opts, "early_signals", [])
+
     if (opts.tls_cert is None) != (opts.tls_key is None):
         print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -146,7 +153,7 @@ def run(opts: argparse.Namespace) -> int:
                             max_early_notices=opts.max_early_notices,
                             max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
                             max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
-                            id_retention=opts.id_retention)
+                            id_retention=opts.id_retention, max_retained_ids=opts.max_retained_ids)
     options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
                             journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                             journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
@@ -177,13 +184,23 @@ def run(opts: argparse.Namespace) -> int:
             return 2
         loop_factory = uvloop.new_event_loop
     provider = None
+    stopped = None
     try:
+        if early:   # nothing started yet: nothing to stop
+            return _stopped_before_serving(early[0])
         options.tracing = provider = tracer_provider(opts, "callstate-serve")
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(options, port_file=opts.port_file))
+            stopped = runner.run(serve(options, port_file=opts.port_file, early=early))
     except (OSError, ValueError, ObserveError) as exc:
         print(f"callstate serve: {exc}", file=sys.stderr)
         return 1
     finally:
         shutdown_tracing(provider, "callstate serve")
-    return 0
+    return 0 if stopped is None else _stopped_before_serving(stopped)
+
+
+def _stopped_before_serving(signum: int) -> int:
+    import signal
+
+    print(f"callstate serve: stopped by {signal.Signals(signum).name} before it served", file=sys.stderr, flush=True)
+    return 128 + signum

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                              "answered by then) (default: follow until Ctrl-C)")
     p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
-                   "server stops first); with one --target, the replica that holds the call")
+                   "server stops first); with several --target (replicas), it is looked for on each and "
+                   "followed on the one that holds it (exit 1 when none does)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
     p.add_argument("--count", type=positive_int, metavar="N",
@@ -46,8 +47,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
-    if opts.call_id and len(opts.target) > 1:
-        opts.target_parser.error("--call-id follows one call: give one --target, the replica that holds it")
     twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
     if twice:   # its every entry would be shown twice, its counters summed twice
         opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
@@ -90,8 +89,11 @@ async def _watch(opts: argparse.Namespace) -> int:
         if opts.counters:
             return await watch.counters()
         if opts.call_id:
-            watch.failed = targets[0]
-            return await _watch_call(watch.stubs[0], opts, watch)
+            holder = 0 if len(targets) == 1 else await watch.holder()
+            if holder is None:
+                return 1
+            watch.failed = targets[holder]
+            return await _watch_call(watch.stubs[holder], opts, watch, targets[holder])
         return await watch.entries()
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not opts.counters:
@@ -100,7 +102,7 @@ async def _watch(opts: argparse.Namespace) -> int:
             print(f"callstate watch: {watch.failed}: no answer within --timeout {opts.timeout:g} s (nothing was "
                   "watched)", file=sys.stderr)
             return 1
-        watch.say_failed(watch.failed, err)
+        await watch.say_failed_why(watch.failed, err)
         return 1
     finally:
         for channel in channels:
@@ -124,6 +126,40 @@ class _Watch:
         self.stopped: list[str] = []   # targets whose server ended their stream (it is stopping)
         self.lost: list[str] = []      # targets lost mid-watch while others were still followed
         self.over = 0                  # targets whose stream ended (stopped, or lost)
+
+    async def holder(self) -> int | None:
+        """--call-id with several targets (replicas): the index of the one whose journal holds the
+        call (the first, when several do: the id was used on each), asked of all at once. None when
+        none holds it, said in one line (with a line for each target that did not answer)."""
+        import grpc
+
+        from callstate.v1 import callstate_pb2 as pb
+
+        call_id = self.opts.call_id
+
+        async def ask(stub) -> grpc.aio.AioRpcError | None:  # type: ignore[no-untyped-def]
+            try:
+                await stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=self.metadata,
+                                   timeout=self.opts.timeout or COUNTERS_TIMEOUT)
+            except grpc.aio.AioRpcError as err:
+                return err
+            return None
+
+        answers = await asyncio.gather(*(ask(stub) for stub in self.stubs))
+        holders = [i for i, err in enumerate(answers) if err is None]
+        if len(holders) > 1:
+            print(f"callstate watch: call {printable(repr(call_id))} is on {', '.join(self.targets[i] for i in holders)}"
+                  f": following it on {self.targets[holders[0]]}", file=sys.stderr, flush=True)
+        if holders:
+            return holders[0]
+        for target, err in zip(self.targets, answers):
+            if err is not None and err.code() != grpc.StatusCode.NOT_FOUND:
+                await self.say_failed_why(target, err)
+        absent = [t for t, err in zip(self.targets, answers) if err is not None and err.code() == grpc.StatusCode.NOT_FOUND]
+        if absent:
+            print(f"callstate watch: no call {printable(repr(call_id))} on {', '.join(absent)} (never made there, or "
+                  "ended longer ago than its journal keeps: --journal-size)", file=sys.stderr, flush=True)
+        return None
 
     async def counters(self) -> int:
         """Print the counters once (summed over the targets)."""
@@ -280,6 +316,24 @@ class _Watch:
         else:
             self.stopped.append(target)
 
+    async def say_failed_why(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
+        """`say_failed`, or what answered in place of a callstate server: a proxy whose upstream is
+        down or failing (one probe call finds its HTTP status when the error named none)."""
+        from callstate.cli.proxy_answer import diagnose
+        from callstate.v1 import callstate_pb2 as pb
+
+        stub = self.stubs[self.targets.index(target)]
+        answer = await diagnose(err, lambda: stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
+                                                             timeout=COUNTERS_TIMEOUT))
+        if answer is None:
+            self.say_failed(target, err)
+        elif self.subscribed:   # a callstate server answered first: the stream was cut, the proxy answers now
+            cut = " ".join(f"{err.code().name}: {err.details() or ''}".split())
+            print(printable(f"callstate watch: {target}: the watch was cut ({cut}), and {target} now answers "
+                            f"{answer}"), file=sys.stderr, flush=True)
+        else:
+            print(printable(f"callstate watch: {target} answered {answer}"), file=sys.stderr, flush=True)
+
     def say_failed(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
         import grpc
 
@@ -325,7 +379,7 @@ def _failed(task: asyncio.Future[None]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is not None
 
 
-async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # type: ignore[no-untyped-def]
+async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str) -> int:  # type: ignore[no-untyped-def]
     """One call: subscribe first (Follow says when it is in place), then read its history, so
     no entry falls between the two; print both, each entry once, and stop at its server End."""
     import grpc
@@ -362,7 +416,7 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
         subscribed, dropped = False, 0
         async for batch in stream:
             if batch.dropped > dropped:   # the server's buffer for this stream overflowed: say so
-                watch._lost(watch.targets[0], batch.dropped - dropped, batch.dropped)
+                watch._lost(target, batch.dropped - dropped, batch.dropped)
                 dropped = batch.dropped
             if not subscribed:   # the first message: entries from now on reach this stream
                 subscribed = watch.subscribed = True
@@ -400,7 +454,7 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch) -> int:  # 
     if reader.done() and not reader.cancelled() and reader.exception() is not None:
         raise reader.exception()  # type: ignore[misc]
     if reader.done() and not reader.cancelled() and not reader.result():
-        print(f"callstate watch: {watch.targets[0]} ended the stream: the server is stopping, and call "
+        print(f"callstate watch: {target} ended the stream: the server is stopping, and call "
               f"{printable(repr(opts.call_id))} had not ended there", file=sys.stderr, flush=True)
         return 1
     return 0

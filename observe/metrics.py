@@ -299,8 +299,10 @@ class AsyncMetricsEndpoint:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
             status, body, extra = self._answer(head)
+            # a HEAD is answered with the headers GET would get, its Content-Length too, and no body
+            sent = b"" if head.startswith(b"HEAD ") else body
             writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}"
-                         "\r\n".encode() + body)
+                         "\r\n".encode() + sent)
             await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass   # idle, cut short or too large: closed without an answer
@@ -322,7 +324,7 @@ class AsyncMetricsEndpoint:
                 return "401 Unauthorized", b"this endpoint needs Authorization: Bearer <--metrics-token>\n", \
                     'WWW-Authenticate: Bearer realm="callstate"\r\n'
         body = generate_latest(self.registry)
-        return "200 OK", b"" if parts[0] == b"HEAD" else body, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n"
+        return "200 OK", body, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n"
 
     def close(self) -> None:
         if self._server is not None:

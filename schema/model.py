@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from google.protobuf import descriptor_pb2, json_format, message_factory
-from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
+from callstate.bytes_json import NotBase64, base64_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
+from callstate.wire import OWN_SERVICE_PREFIXES
 
 
 class SchemaError(ValueError):
@@ -32,6 +34,9 @@ def kind_of_shape(client_streaming: bool, server_streaming: bool) -> str:
     if server_streaming:
         return PIPE_OUT
     return UNARY
+
+
+SHAPE_NAMES = {UNARY: "unary", PIPE_OUT: "server-streaming", PIPE_IN: "client-streaming", PIPE_BOTH: "bidi-streaming"}
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,13 @@ class Schema:
         try:
             return self.methods[wanted]
         except KeyError:
-            known = ", ".join(sorted(self.methods)) or "none"
-            raise SchemaError(f"unknown method {name!r}; the schema has: {known}") from None
+            pass
+        # the schema's own methods first: one read by reflection from a callstate server lists its services too
+        known = ", ".join(sorted(self.methods, key=lambda m: (m.startswith(OWN_SERVICE_PREFIXES), m))) or "none"
+        service = name.strip().strip("/")
+        hint = (f" ({service} is a service: name one of its methods, {service}/Method)"
+                if service in self.services else "")
+        raise SchemaError(f"unknown method {name!r}{hint}; the schema has: {known}")
 
     def message_class(self, full_name: str) -> type[Message]:
         try:
@@ -198,6 +208,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
     pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
     if _a_list(data) and not is_well_known(cls.DESCRIPTOR.full_name):   # protobuf takes `[]` for `{}`
         raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got list")
+    data = _base64_bytes(data, cls.DESCRIPTOR, where)
     try:
         if isinstance(data, str):
             json_format.Parse(data or "{}", msg, descriptor_pool=pool)
@@ -222,6 +233,23 @@ def is_well_known(full_name: str) -> bool:
     """A protobuf well-known type (Timestamp, Struct, Any, a wrapper, ...): its JSON form is its
     own (a string, a value, `@type`), not an object of its fields."""
     return full_name.startswith(WELL_KNOWN)
+
+
+def _base64_bytes(data: str | Mapping[str, Any], desc: Descriptor, where: str) -> str | Mapping[str, Any]:
+    """`data` with its bytes values as base64 text (a dict's Python bytes objects encoded), or a
+    SchemaError naming one that is not base64: protobuf's parser drops the characters it does
+    not know, and would send other bytes than written. JSON text is only checked."""
+    try:
+        if not isinstance(data, str):
+            return base64_bytes(data, desc)
+        base64_bytes(json.loads(data or "{}"), desc)
+    except ValueError as exc:
+        if not isinstance(exc, NotBase64):   # not JSON: protobuf's parser says so
+            return data
+        shown = exc.value if len(exc.value) <= 40 else exc.value[:37] + "..."
+        raise SchemaError(f"{where}: {desc.full_name}: {exc.path}: {json.dumps(shown)} is not base64 (bytes are "
+                          'written in base64 in JSON: "aGk=" for "hi")') from None
+    return data
 
 
 def require_initialized(msg: Message, where: str) -> None:

@@ -114,7 +114,8 @@ class EmulatorServer:
         opts = self.options
         self.journal = journal = Journal(opts.journal_size, opts.watch_buffer, max_bytes=opts.journal_bytes,
                                          max_events_per_call=opts.journal_events_per_call,
-                                         max_watchers=opts.max_watchers)
+                                         max_watchers=opts.max_watchers, id_retention=opts.emulator.id_retention,
+                                         max_ended_ids=opts.emulator.max_retained_ids)
         try:
             self.log = log = StateLog(opts.log)
         except OSError as exc:   # its own words ("[Errno 22] Invalid argument") name neither the file nor the log
@@ -279,16 +280,23 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGINT, signal.SIGTERM) + ((hangup,) if keep else ())
 
 
-async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr) -> None:
-    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log."""
-    srv = EmulatorServer(options)
-    await srv.start()
-    if srv.metrics is not None:
-        print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
+async def serve(options: ServerOptions, *, port_file: str | None = None, ready: IO[str] = sys.stderr,
+                early: list[int] | None = None) -> int | None:
+    """Run until SIGINT/SIGTERM/SIGHUP (`stop_signals`), then stop gracefully and flush the state log.
+    `early`: stop signals the caller noted while the server started (its own handler's list, which
+    it fills until the handlers here replace it): one there stops the server before it serves (no
+    port file), and is returned; None when it served."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    srv = EmulatorServer(options)
+    await srv.start()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
+    if early:
+        await srv.stop()
+        return early[0]
+    if srv.metrics is not None:
+        print(f"callstate: metrics on {srv.metrics.url}", file=ready, flush=True)
     if port_file:
         try:
             write_port_file(port_file, srv.port)
@@ -302,8 +310,8 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
           file=ready, flush=True)
     if srv.standin is not None:
         from callstate.rules import describe
-        print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({len(srv.standin.methods)} "
-              f"method{'' if len(srv.standin.methods) == 1 else 's'}; rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
+        print(f"callstate: standing in for {', '.join(srv.standin.service_names)} ({srv.standin.describe_methods()}; "
+              f"rules: {describe(srv.standin.rules) + ' from ' + str(options.rules) if options.rules else 'none'})",
               file=ready, flush=True)
     await stop.wait()
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)
@@ -312,6 +320,7 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     dispatched = srv.journal.dispatched
     print(f"callstate: stopped after {dispatched} call{'' if dispatched == 1 else 's'} "
           f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
+    return None
 
 
 def host_port(host: str, port: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from callstate.script import DEFAULT_ABORT_CODE, Limits, Mix, check_abort_code
+from callstate.server.ended_ids import DEFAULT_MAX_ENDED_IDS
 
 
 @dataclass
@@ -28,6 +29,9 @@ class EmulatorConfig:
     # an id that ended stays reserved this long (while the journal holds it): a replay of it would
     # put entries after End into its owner's history and logs
     id_retention: float = 60.0
+    # ...whether or not the journal still holds its call: this many ended ids are remembered at most
+    # (their hashes, about 130 bytes each; server/ended_ids.py), and at least the journal's calls
+    max_retained_ids: int = DEFAULT_MAX_ENDED_IDS
     cancel_poll_ms: int = 0   # handlers test for cancels every N ms (0: see them at once); a script may say otherwise
 
     def __post_init__(self) -> None:

@@ -53,6 +53,7 @@ class Dispatcher:
     def __init__(self, config: EmulatorConfig, journal: Journal, log_append: Callable[[Entry], None]) -> None:
         self.config = config
         self.journal = journal
+        self._ended_at = journal.ended_ids.ended_at   # looked up once: every dispatch asks it
         self.log_append = log_append
         self.rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
@@ -102,9 +103,10 @@ class Dispatcher:
         return self.recently_ended(call_id)
 
     def recently_ended(self, call_id: str) -> Refusal | None:
-        rec = self.journal.get(call_id)
-        final = rec.final if rec is not None else None
-        if final is not None and (age := time.time() - final.t) < self.config.id_retention:
+        """An id whose call ended less than --id-retention ago, whether or not the journal still
+        holds its history (the journal remembers ended ids apart, see server/ended_ids.py)."""
+        ended = self._ended_at(call_id)
+        if ended is not None and (age := time.time() - ended) < self.config.id_retention:
             return (grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} ended {age:.1f}s ago; an id stays reserved "
                     f"for {self.config.id_retention:g}s after its call ends (--id-retention)")
         return None

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from callstate.codes import count_code
 from callstate.lifecycle import CANCEL_SEEN, END, ENTER
 from callstate.statelog import Entry, is_final
+from callstate.server.ended_ids import DEFAULT_MAX_ENDED_IDS, EndedIds
 
 
 # What one stored entry costs, roughly: the tuple, its float and the shared strings (measured
@@ -83,9 +84,13 @@ class Watcher:
 class Journal:
     def __init__(self, capacity: int = 10_000, watch_queue: int = 100_000, *, max_bytes: int = 64 * 1024 * 1024,
                  max_events_per_call: int = 64, max_watchers: int = 64,
-                 max_messages_per_call: int = MAX_MESSAGES_PER_CALL) -> None:
+                 max_messages_per_call: int = MAX_MESSAGES_PER_CALL, id_retention: float = 60.0,
+                 max_ended_ids: int = DEFAULT_MAX_ENDED_IDS) -> None:
         if capacity < 0:
             raise ValueError("journal capacity must be >= 0")
+        # ended calls' ids beyond their histories, for a replayed id's refusal (server/dispatch.py):
+        # at least every id whose history is kept
+        self.ended_ids = EndedIds(id_retention, max(max_ended_ids, capacity))
         self.capacity = capacity
         self.watch_queue = watch_queue
         self.max_bytes = max_bytes
@@ -158,6 +163,7 @@ class Journal:
         self.in_flight -= 1
         if e.code is not None:
             count_code(self.by_code, e.code)
+        self.ended_ids.add(rec.call_id, e.t)
         self._ended_order.append(rec)
         self.bytes += rec.bytes
         while len(self._ended_order) > self.capacity or (self.bytes > self.max_bytes and self._ended_order):

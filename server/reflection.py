@@ -45,9 +45,11 @@ def v1_file() -> descriptor_pb2.FileDescriptorProto:
 
 class _MethodsToo:
     """A pool, as reflection reads it, that also finds a method's file by the method's full name
-    ("pkg.Svc.Method": what `grpcurl describe pkg.Svc.Method` asks for). protobuf's upb pool
-    finds services, messages, enums and fields by name, not methods (and cannot be subclassed:
-    its constructor makes a pool of its own type)."""
+    ("pkg.Svc.Method": what `grpcurl describe pkg.Svc.Method` asks for) and an enum value's by
+    its name within its enum ("pkg.Color.RED", as grpcurl names it; the pool knows the value
+    only as its enum's sibling, "pkg.RED"). protobuf's upb pool finds services, messages, enums,
+    enum values and fields by name, not methods (and cannot be subclassed: its constructor makes
+    a pool of its own type)."""
 
     def __init__(self, pool: DescriptorPool) -> None:
         self._pool = pool
@@ -59,14 +61,16 @@ class _MethodsToo:
         try:
             return self._pool.FindFileContainingSymbol(full_name)
         except KeyError:
-            service, _, method = full_name.rpartition(".")
-            try:
-                found = self._pool.FindServiceByName(service)
-            except KeyError:
-                found = None
-            if found is None or method not in found.methods_by_name:
-                raise
-            return found.file
+            parent, _, name = full_name.rpartition(".")
+            for find, members in ((self._pool.FindServiceByName, "methods_by_name"),
+                                  (self._pool.FindEnumTypeByName, "values_by_name")):
+                try:
+                    found = find(parent)
+                except KeyError:
+                    continue
+                if name in getattr(found, members):
+                    return found.file
+            raise
 
 
 def server_pool(schema: Schema | None = None) -> DescriptorPool:

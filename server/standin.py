@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any, AsyncIterator, Callable
 
@@ -28,6 +29,7 @@ from callstate.pipe_script import validate_pipe
 from callstate.files import load_rules
 from callstate.rules import RuleSet, RulesError, describe
 from callstate.schema import Method, Schema
+from callstate.schema.model import SHAPE_NAMES
 from callstate.script import ScriptError, validate
 from callstate.script_header import decode as decode_script
 from callstate.server.answer import Answer
@@ -76,6 +78,17 @@ class Standin:
     @property
     def service_names(self) -> list[str]:
         return sorted({m.service for m in self.methods})
+
+    def describe_methods(self) -> str:
+        """How many methods, and how many of them are streamed as pipes, of which shape (the
+        serve command's start line): "8 methods, 3 streamed as pipes: 1 server-streaming, ..."."""
+        text = f"{len(self.methods)} method{'' if len(self.methods) == 1 else 's'}"
+        streamed = Counter(m.kind for m in self.methods if m.kind != UNARY)
+        if streamed:
+            shapes = ", ".join(f"{streamed[kind]} {SHAPE_NAMES[kind]}" for kind in (PIPE_OUT, PIPE_IN, PIPE_BOTH)
+                               if streamed[kind])
+            text += f", {sum(streamed.values())} streamed as pipes: {shapes}"
+        return text
 
     def register(self, server: grpc.aio.Server) -> None:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
