@@ -23,7 +23,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOS
                                  UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
 from callstate.propagation import cancel_propagation
-from callstate.statelog import Entry, parse_ts
+from callstate.statelog import Entry, logged_time, parse_ts
 
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
@@ -98,6 +98,9 @@ class CheckReport:
     # calls whose handler polls for cancels: Can -> cancel_seen includes the wait for the poll
     cancel_propagation_polled_ms: list[float] = field(default_factory=list)
     cancel_poll_wait_ms: list[float] = field(default_factory=list)   # their arrival -> poll
+    # calls only the server logged while other calls have client entries: a client log not given
+    # (another client's, a load's own barrier call): their client side is not checked
+    server_only: int = 0
 
     @property
     def ok(self) -> bool:
@@ -154,6 +157,7 @@ class CheckReport:
             "cancel_propagation_polled_ms": percentiles(self.cancel_propagation_polled_ms),
             "cancel_poll_wait_ms": percentiles(self.cancel_poll_wait_ms),
             "one_sided": self.one_sided,
+            "server_only": self.server_only,
         }
 
     def summary(self, allow_one_side: bool = False) -> str:
@@ -176,6 +180,10 @@ class CheckReport:
                          f"n={polled['count']} p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms "
                          f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
                          f"max={wait['max']:.3f} ms")
+        if self.server_only:
+            lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
+                         f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "
+                         f"of {'that call' if self.server_only == 1 else 'those calls'} are not checked")
         if (why := self.not_judged(allow_one_side)) is not None and self.ok:
             lines.append(f"NOT JUDGED: {why}")
         elif self.ok:
@@ -309,7 +317,8 @@ class Checker:
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
-        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail, e.t,
+        self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail,
+                        logged_time(e.t),   # as its log line has it: a figure then reads the same from the log
                         cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms)
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
@@ -376,9 +385,11 @@ class Checker:
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
         have_server = any(SERVER in sides for sides in self.tracks.values())
+        have_client = any(CLIENT in sides for sides in self.tracks.values())
         r.calls = len(self.tracks)
         for call_id, sides in self.tracks.items():
             self._finish_call(call_id, sides, have_server)
+            r.server_only += have_client and CLIENT not in sides
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:

@@ -57,6 +57,13 @@ def format_ts(t: float) -> str:
     return "%s%06dZ" % (prefix, us)   # %d truncates, as int() did: the microsecond the clock was in
 
 
+def logged_time(t: float) -> float:
+    """`t` as `format_ts` writes it (to the microsecond it was in), read back: a figure measured
+    in memory then agrees with the same figure measured from the log."""
+    sec = int(t)
+    return sec + int((t - sec) * 1_000_000) / 1_000_000
+
+
 def parse_ts(value: str) -> float:
     """The inverse of `format_ts` (any RFC 3339 time with an offset or Z)."""
     return datetime.fromisoformat(value).timestamp()

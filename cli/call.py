@@ -8,6 +8,7 @@ import os
 import sys
 
 from callstate import codes
+from callstate.check import counted
 from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_provider
 from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
@@ -210,7 +211,7 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
         if opts.drive is not None:
             print_final(codes.RPC_S_OK, reply_text(reply))
             return 0
-        print_final(codes.RPC_S_OK, f"reply of {len(reply.payload)} bytes" + (", cancel seen by the server" if reply.cancel_seen else ""))
+        print_final(codes.RPC_S_OK, f"reply of {counted(len(reply.payload), 'byte')}" + (", cancel seen by the server" if reply.cancel_seen else ""))
         return 0
     finally:
         await client.close()

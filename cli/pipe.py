@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 from callstate import codes
+from callstate.check import counted
 from callstate.cli.method_options import reply_text
 from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
@@ -141,7 +142,7 @@ def _cannot_fire(opts: argparse.Namespace) -> str:
     """Why a counted cancel point is past what the pipe will carry (empty: it can fire)."""
     point = opts.cancel_at
     if point.kind == CANCEL_AFTER_SENT and point.count > opts.messages:
-        return f"the caller pushes only {opts.messages} messages (--messages)"
+        return f"the caller pushes only {counted(opts.messages, 'message')} (--messages)"
     if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
-        return f"the server pushes only {opts.server_messages} messages (--server-messages)"
+        return f"the server pushes only {counted(opts.server_messages, 'message')} (--server-messages)"
     return ""

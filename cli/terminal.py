@@ -44,6 +44,8 @@ def human(d: Mapping[str, Any]) -> str:
         text += f"  [{d['cancel']}]"
     if d.get("detail"):
         text += f"  [{d['detail']}]"
+    if d.get("method"):   # a stand-in's call: which of the user's methods, and the rule that answered it
+        text += f"  ({d['method']}" + (f", rule {d['rule']}" if d.get("rule") else "") + ")"
     return printable(text)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 
+from callstate.check import counted
 from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.arg_types import positive_int
@@ -349,7 +350,7 @@ class _Watch:
         print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
-        print(f"callstate watch: {lost} entries lost (this watcher was too slow; {in_all} in all)"
+        print(f"callstate watch: {counted(lost, 'entry', 'entries')} lost (this watcher was too slow; {in_all} in all)"
               + (f" from {target}" if len(self.targets) > 1 else ""), file=sys.stderr, flush=True)
 
     def show(self, e) -> None:  # type: ignore[no-untyped-def]
@@ -429,7 +430,8 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str
                           "journal): waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
                 else:
                     if history.omitted:   # a long pipe's message entries, events past the per-call cap
-                        print(f"callstate watch: the server's reply leaves out {history.omitted} entries of this "
+                        print(f"callstate watch: the server's reply leaves out "
+                              f"{counted(history.omitted, 'entry', 'entries')} of this "
                               "call's history (messages and events from its middle; the server's state log has "
                               "them all)", file=sys.stderr, flush=True)
                     if any([show(e) for e in history.entries]) or history.ended:

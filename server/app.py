@@ -317,7 +317,8 @@ async def serve(options: ServerOptions, *, port_file: str | None = None, ready: 
     print("callstate: stopping; ending calls in flight", file=ready, flush=True)
     await srv.stop()
     assert srv.journal is not None
-    print(f"callstate: stopped after {srv.journal.dispatched} calls "
+    dispatched = srv.journal.dispatched
+    print(f"callstate: stopped after {dispatched} call{'' if dispatched == 1 else 's'} "
           f"({srv.journal.in_flight} left in flight)", file=ready, flush=True)
     return None
 

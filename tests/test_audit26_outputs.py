@@ -21,6 +21,7 @@ import grpc
 import orjson
 import pytest
 
+from callstate.check import counted
 from callstate.lifecycle import CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server
 
@@ -283,7 +284,7 @@ def test_load_whose_server_is_killed_says_so_and_its_counts_match_its_log(tmp_pa
     data = orjson.loads(report.read_bytes())
     ends = [e for e in read_entries(log) if e["state"] == END and e["event"] == ENTER]
     assert data["calls"] == len(ends) == sum(data["by_code"].values())
-    assert verdict(html).startswith(f"FAILED: {data['check']['violations']} violations")
+    assert verdict(html).startswith(f"FAILED: {counted(data['check']['violations'], 'violation')}")   # 1 violation
     assert "<th>stopped early</th><td>the server was lost</td>" in html.read_text()
 
 

@@ -48,11 +48,15 @@ class LiveStats:
     (the client for a load run, the server for `watch`)."""
 
     def __init__(self, side: str, *, total: int | None = None, duration: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, owner_counts_cancels: bool = False) -> None:
         self.side = side
         self.total, self.duration = total, duration
         self.clock = clock
         self.t0 = clock()
+        self._frozen: float | None = None   # the clock's reading at the run's end, once it ended
+        # the owner sets `cancels` itself (the load: per call, as its paths line counts them),
+        # rather than one count per Can entry (an escalation or the load's own end of a held call)
+        self._count_client_cancels = not owner_counts_cancels
         self.by_code: Counter[int] = Counter()
         self._window: deque[tuple[float, int]] = deque()   # (when, code) of recent ends
         self.in_flight = 0           # set by the owner (the load's own count, or the server's counters)
@@ -68,7 +72,7 @@ class LiveStats:
         if event == ENTER:
             if side == CLIENT and state == CAN:
                 kind = cancel_kind_of(cancel, detail) or "?"
-                self._cancel(call_id, kind, count=self.side == CLIENT).cancelled_at = t
+                self._cancel(call_id, kind, count=self.side == CLIENT and self._count_client_cancels).cancelled_at = t
                 self._propagation.client_cancelled(call_id, t, kind)
             elif side == SERVER and state == D:
                 self._propagation.server_dispatched(call_id, t)
@@ -101,10 +105,24 @@ class LiveStats:
             self.cancels[kind] += 1
         return rc
 
+    def restart(self) -> None:
+        """The run starts now: its time and calls/s count from here (not from the connecting)."""
+        self.t0 = self.clock()
+        self._frozen = None
+
+    def freeze(self, elapsed: float) -> None:
+        """The run ended `elapsed` seconds after `restart` (as its summary measured it): later
+        frames show that time and the calls/s up to then, as the summary does, however long
+        the wait for the server's last entries."""
+        self._frozen = self.t0 + elapsed
+
     # -- reading ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.clock() if self._frozen is None else self._frozen
+
     @property
     def elapsed(self) -> float:
-        return self.clock() - self.t0
+        return self._now() - self.t0
 
     @property
     def finished(self) -> int:
@@ -112,7 +130,7 @@ class LiveStats:
 
     def rates(self) -> dict[int, float]:
         """Calls/s per final code over the last RATE_WINDOW_S seconds (or since the start)."""
-        now = self.clock()
+        now = self._now()
         while self._window and self._window[0][0] < now - RATE_WINDOW_S:
             self._window.popleft()
         span = min(RATE_WINDOW_S, max(now - self.t0, 1e-3))

@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "usage or an unreachable server, 130 after Ctrl-C (SIGINT; the calls in "
                                         "flight are finished and checked first)."),
                        epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target(p)
+    add_target(p, timeout_help="gRPC deadline of each call, not of the run (default: none; --duration bounds the run)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--calls", type=positive_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
     stop.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")

@@ -36,7 +36,8 @@ from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
-from callstate.lifecycle import ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, PIPE_INITIAL_MOVE, SERVER
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, NON_ABORTIVE, PIPE_INITIAL_MOVE,
+                                 SERVER)
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
 from callstate.statelog import Entry, parse_ts, proto_to_dict
 from callstate.logfile import StateLog
@@ -45,6 +46,7 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 
 _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
 NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
+HOLD_FOR = "hold-for"     # the path of a held call the generator ended itself (not a cancel asked for)
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -141,7 +143,8 @@ class LoadRun:
                 self._spool_paths.append(os.path.join(self._spool_dir.name, "server.jsonl"))
                 self._server_spool = open(self._spool_paths[-1], "wb")
         self._client_spool = client_spool
-        self.live = LiveStats(CLIENT, total=config.calls, duration=config.duration) if config.view else None
+        self.live = (LiveStats(CLIENT, total=config.calls, duration=config.duration, owner_counts_cancels=True)
+                     if config.view else None)
         self.sink = _Sink(self.checker, self.log, self.builder, client_spool, self.live)
         self.metrics: Any = None       # the /metrics endpoint (its .url), when metrics are on
         self.propagation: Any = None   # client Can -> server cancel_seen, for the metrics
@@ -258,7 +261,7 @@ class LoadRun:
         not in the cancelled share, the generator's own end of it, counted apart (and not when
         the server's --max-hold ended it first: it never entered Can)."""
         if plan.ends_hold:
-            self.paths["hold-for"] += 1
+            self.paths[HOLD_FOR] += 1
         else:
             self.paths[f"cancel-{cancel}"] += 1
             self.paths[at] += 1
@@ -340,6 +343,11 @@ class LoadRun:
     def _update_live(self) -> None:
         assert self.live is not None
         self.live.in_flight, self.live.skipped = self.in_flight, self.skipped
+        # per call, as the paths line counts them: an escalated cancel once, under the kind asked
+        # for, and the generator's own end of a held call apart, as hold-for
+        self.live.cancels = Counter({kind: n for kind, n in ((ABORTIVE, self.paths[f"cancel-{ABORTIVE}"]),
+                                                             (NON_ABORTIVE, self.paths[f"cancel-{NON_ABORTIVE}"]),
+                                                             (HOLD_FOR, self.paths[HOLD_FOR])) if n})
 
     def _server_entry(self, d: dict[str, Any], checker: Checker) -> None:
         """One of our calls' server entries, from the journal stream."""
@@ -475,12 +483,17 @@ class LoadRun:
         payload = bytes(cfg.payload)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
+        if self.live is not None:
+            self.live.restart()
         try:
             if cfg.rate:
                 await self._open_loop(clients, payload)
             else:
                 await self._closed_loop(clients, payload)
-            return time.perf_counter() - self._t0
+            elapsed = time.perf_counter() - self._t0
+            if self.live is not None:   # its last frame says the summary's time and calls/s
+                self.live.freeze(elapsed)
+            return elapsed
         finally:
             for client in clients:
                 await client.close()
@@ -579,6 +592,9 @@ class LoadRun:
             "payload": cfg.payload, "seed": cfg.seed, "pipes": scenario.pipes,
             "pipe_cancel_at": [str(p) for p in scenario.pipe_cancel_at],
             "pipe_messages": scenario.pipe_messages,
+            # the rest of what shaped the calls: a report that leaves them out describes another run
+            "hold_for": scenario.hold_for, "delay": cfg.delay, "abort_code": scenario.abort_code,
+            "cancel_poll": None if scenario.cancel_poll is None else str(scenario.cancel_poll),
             **({"method": cfg.drive.method.name} if cfg.drive is not None else {}),
             **({"no_script": True} if cfg.no_script else {}),
             **({"server_side": "unknown: " + self.one_sided} if self.one_sided else {}),
@@ -592,7 +608,9 @@ class LoadRun:
         return {"in_flight_before": before.in_flight, "in_flight_after": after.in_flight if after else None,
                 "dispatched": dispatched,
                 "watch_dropped": after.watch_dropped - before.watch_dropped if after else None,
-                "lost": self.server_lost}
+                "lost": self.server_lost,
+                # a call of the generator's own, after all of the run's: the server's state log holds it too
+                "barrier_call": self._barrier_id}
 
     def _checked(self, before: pb.Counters, after: pb.Counters | None) -> dict[str, Any]:
         """The checker's verdict on both sides and the cancel propagation it measured."""
@@ -711,7 +729,13 @@ def summary(report: dict[str, Any]) -> str:
     if polled.get("count"):
         lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
                      f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
-                     f"waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+                     f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+    return "\n".join(lines + _check_lines(report))
+
+
+def _check_lines(report: dict[str, Any]) -> list[str]:
+    """The summary's verdict: the check's result, and what `callstate check` over the logs adds."""
+    lines: list[str] = []
     check = report["check"]
     if check.get("skipped"):
         lines.append("check: skipped (--no-verify)" if check["ok"] else f"check: FAILED — {check['note']}")
@@ -730,4 +754,8 @@ def summary(report: dict[str, Any]) -> str:
         for kind, info in check["violations_by_kind"].items():
             lines.append(f"  {kind}: {info['count']}  e.g. " + "; ".join(
                 f"{x['call_id']}: {x['message']}" for x in info["examples"][:3]))
-    return "\n".join(lines)
+    if (barrier := report[SERVER].get("barrier_call")) and not check.get("skipped"):
+        lines.append(f"  the server's state log (if it keeps one) also holds the run's barrier call {barrier} (0 RPC_S_OK, made after "
+                     f"the run's calls to know the journal had caught up): `callstate check` over it counts one "
+                     f"call more than these {report['calls']}")
+    return lines

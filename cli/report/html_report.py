@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from callstate import codes
+from callstate.check import counted
 from callstate.cli.report import svg_charts
 from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 
@@ -39,8 +40,8 @@ def charts(report: Mapping[str, Any]) -> dict[str, str]:
     if tl["in_flight"]:
         out["timeline"] = svg_charts.timeline(
             tl["bucket_s"], [("calls in flight", svg_charts.colour(0), tl["in_flight"]),
-                             ("calls ended", svg_charts.colour(2), tl["ended"])],
-            [(f"{kind} cancels", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
+                             ("calls ended per bucket", svg_charts.colour(2), tl["ended"])],
+            [(f"{kind} cancels per bucket", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
             line_title="calls", bar_title="cancels")
     prop = report["propagation"]
     if prop["ms"]["count"]:
@@ -66,6 +67,11 @@ def setting(value: Any) -> str:
     return str(value)
 
 
+def noun(n: int, singular: str, plural: str = "") -> str:
+    """The noun a count stands over, as a card spells it: "1 / call", "2 / calls"."""
+    return counted(n, singular, plural).split(" ", 1)[1]
+
+
 def render(report: Mapping[str, Any]) -> str:
     import jinja2
     from markupsafe import Markup
@@ -73,6 +79,8 @@ def render(report: Mapping[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["setting"] = setting
+    env.filters["counted"] = counted   # "1 call", "2 calls"
+    env.filters["noun"] = noun
     return env.get_template(TEMPLATE).render(
         r=report, charts={k: Markup(v) for k, v in charts(report).items()},
         describe=codes.describe, C=C, CLIENT=CLIENT, SERVER=SERVER, END=END, ENTER=ENTER, CAN=CAN, CANCEL_SEEN=CANCEL_SEEN)

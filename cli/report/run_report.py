@@ -244,6 +244,7 @@ class ReportBuilder:
                             "poll_wait_ms": _rounded(percentiles(check.cancel_poll_wait_ms))},
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
             "check": _check_section(check, examples or {}, allow_one_side, run),
+            "server_only": check.server_only,   # calls no client log given has: their client side unchecked
         }
         return report
 

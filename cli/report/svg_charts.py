@@ -27,7 +27,12 @@ def _fmt(v: float) -> str:
         return "0"
     if abs(v) >= 1000:
         return f"{v / 1000:g}k" if v % 1000 == 0 else f"{v:,.0f}"
-    return f"{v:g}" if abs(v) >= 0.01 else f"{v:.0e}"
+    return f"{v:g}" if abs(v) >= 1e-4 else f"{v:.0e}"   # 0.002, not 2e-03: ticks and buckets of ms read as such
+
+
+def _duration(seconds: float) -> str:
+    """A bucket's width as people say it: 2 ms, 0.5 s, 10 s."""
+    return f"{seconds * 1000:g} ms" if seconds < 0.1 else f"{seconds:g} s"
 
 
 def nice_ticks(hi: float, count: int = 5) -> list[float]:
@@ -108,7 +113,7 @@ def log_histogram(series: Sequence[Series], edges: Sequence[float], *, x_title: 
             if n:
                 xa, xb = x_of(edges[i]), x_of(edges[i + 1])
                 parts.append(f'<rect x="{xa:.1f}" y="{y_of(n):.1f}" width="{max(xb - xa, 1):.1f}" '
-                             f'height="{y0 - y_of(n):.1f}" fill="transparent"><title>{escape(label)}: {n:g} calls, '
+                             f'height="{y0 - y_of(n):.1f}" fill="transparent"><title>{escape(label)}: {n:g} {"call" if n == 1 else "calls"}, '
                              f'{_fmt(edges[i])}–{_fmt(edges[i + 1])} ms</title></rect>')
     _legend(parts, series, x1 + 16, y1 + 12)
     parts.append("</svg>")
@@ -142,7 +147,7 @@ def timeline(bucket_s: float, lines: Sequence[Series], bars: Sequence[Series], *
             parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bot_y0}" y2="{bot_y0 + 4}" stroke="{AXIS}"/>')
             parts.append(f'<text x="{x:.1f}" y="{bot_y0 + 16}" text-anchor="middle" class="tick">{_fmt(t)}</text>')
     parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{height - 6}" text-anchor="middle" class="axis-title">'
-                 f'seconds since the first call (buckets of {_fmt(bucket_s)} s)</text>')
+                 f'seconds since the first call (buckets of {_duration(bucket_s)})</text>')
     for y in (top_y0, bot_y0):
         parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="{AXIS}"/>')
     for label, col, values in lines:
