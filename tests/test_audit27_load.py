@@ -190,13 +190,15 @@ def test_load_signal_while_waiting_for_the_server_prints_the_verdict(tmp_path: P
     them too; a signal then found the default handlers: SIGTERM killed it (exit 143) and Ctrl-C
     ended it (130), with no summary, no --report and no check. Now it ends the wait: the run is
     reported and judged on what the server had ended (here: nothing, its handlers poll for
-    cancels once a minute)."""
+    cancels once a minute). The calls are cancelled 2 s after they start, not at once: an
+    abortive cancel that beats the call to the server (10 ms did, on a loaded machine) leaves it
+    nothing to hold, and then nothing to wait for."""
     srv = start_server(tmp_path, "--no-state-log")
     report_file = tmp_path / "report.json"
     try:
         proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--calls", "4",
                                  "--concurrency", "4", "--mix", "hold=100", "--cancel", "abortive=100", "--cancel-at",
-                                 "held:0.01", "--cancel-poll", "60000=100", "--settle", "120", "--progress", "never",
+                                 "held:2", "--cancel-poll", "60000=100", "--settle", "120", "--progress", "never",
                                  "--log-file", str(tmp_path / "client.jsonl"), "--report", str(report_file)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
