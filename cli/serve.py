@@ -163,6 +163,12 @@ def run(opts: argparse.Namespace) -> int:
                             metrics_token=opts.metrics_token, metrics_idle_timeout=opts.metrics_idle_timeout,
                             tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
                             token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
+    from callstate.server.app import check_tls
+    try:
+        check_tls(options)   # a key that is encrypted or not the certificate's, an expired certificate
+    except (OSError, ValueError) as exc:
+        print(f"callstate serve: {exc}", file=sys.stderr)
+        return 2
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)

@@ -1,0 +1,75 @@
+"""Access control as a user locking a server down meets it (docs/security.md): defects found by
+an audit, each pinned by a test that fails without its fix. Real certificates, real
+`callstate serve` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from tests import certs
+from tests.certs import TlsFiles, make_tls_files
+from tests.conftest import EVIDENCE_WAIT, cli, start_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, its key): a server certificate for 127.0.0.1 / localhost, signed
+    by the CA, that expired yesterday."""
+    folder = tmp_path_factory.mktemp("expired")
+    ca_key, key = certs._key(), certs._key()
+    ca = certs._cert("expired test CA", ca_key, "expired test CA", ca_key, ca=True)
+    fresh = certs._cert("localhost", key, "expired test CA", ca_key, server=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(fresh.subject).issuer_name(fresh.issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now - datetime.timedelta(days=1)))
+    for ext in fresh.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    old = builder.sign(ca_key, hashes.SHA256())
+    return (certs._write(folder / "ca.pem", ca), certs._write(folder / "server.pem", old),
+            certs._write(folder / "server.key", key=key))
+
+
+def serve_refused(*args: str, cwd: Path) -> str:
+    """`callstate serve` that must refuse to start as a usage error: its one stderr line."""
+    done = subprocess.run([sys.executable, "-m", "callstate", "serve", "--port", "0", "--log-file", "s.jsonl", *args],
+                          capture_output=True, text=True, timeout=EVIDENCE_WAIT * 2, cwd=cwd,
+                          stdin=subprocess.DEVNULL, start_new_session=True)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, (done.returncode, done.stderr, done.stdout)
+    assert "serving" not in done.stdout, done.stdout   # refused before it served anything
+    [line] = done.stderr.splitlines()
+    assert line.startswith("callstate serve: "), line
+    return line
+
+
+def test_bad_tls_material_is_a_usage_error_at_start_naming_the_file(tls: TlsFiles, expired: tuple[Path, Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """An encrypted key, a key that is not the certificate's, an expired certificate: exit 2
+    (usage, like every other bad option), not 1 (a runtime failure), and the expired
+    certificate is refused at start rather than served to clients that each fail the handshake."""
+    _ca, old_cert, old_key = expired
+    line = serve_refused("--tls-cert", str(old_cert), "--tls-key", str(old_key), cwd=tmp_path)
+    assert f"'{old_cert}' expired on" in line, line
+    line = serve_refused("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.client_key), cwd=tmp_path)
+    assert "do not make a pair" in line and str(tls.client_key) in line, line
+    key = serialization.load_pem_private_key(tls.server_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    line = serve_refused("--tls-cert", str(tls.server_cert), "--tls-key", str(encrypted), cwd=tmp_path)
+    assert f"'{encrypted}' is encrypted" in line, line
