@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -114,12 +115,25 @@ def token(text: str) -> str:
 
 def env_token(prog: str) -> str | None:
     """The token from CALLSTATE_TOKEN (None when unset or empty); SystemExit(2) when unusable."""
-    value = os.environ.get(TOKEN_ENV) or None
+    return _env_secret(TOKEN_ENV, prog)
+
+
+def _env_secret(name: str, prog: str) -> str | None:
+    """A token from the environment variable `name` (None when unset or empty); a usage error
+    (one line, exit 2) when unusable. The value itself is never printed."""
+    value = os.environ.get(name) or None
     if value is not None:
-        try:
-            token(value)
-        except argparse.ArgumentTypeError as exc:
-            raise SystemExit(f"{prog}: {TOKEN_ENV}: {exc}") from None   # exit status 1 with the line
+        why = None
+        if value != value.strip():   # a secret file read with its newline (Kubernetes, env files)
+            why = "has leading or trailing whitespace (a newline from a file?): strip it"
+        else:
+            try:
+                token(value)
+            except argparse.ArgumentTypeError as exc:
+                why = str(exc)
+        if why:
+            print(f"{prog}: {name}: {why}", file=sys.stderr)
+            raise SystemExit(2)
     return value
 
 

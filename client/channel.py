@@ -129,6 +129,10 @@ class ChannelSettings:
                     "spread them over more connections (load --channels)")
         if "WRONG_VERSION_NUMBER" in text:
             return "the server does not speak TLS: drop the --tls-* options"
+        if "certificate has expired" in text:
+            return "the server's certificate has expired: the server needs a renewed one"
+        if "certificate is not yet valid" in text:
+            return "the server's certificate is not valid yet: is this host's or the server's clock right?"
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "the server's certificate is not signed by the CA given as --tls-ca"
         if "handshake" in text.lower() or "certificate" in text.lower():

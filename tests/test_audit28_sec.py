@@ -73,3 +73,45 @@ def test_bad_tls_material_is_a_usage_error_at_start_naming_the_file(tls: TlsFile
                                             serialization.BestAvailableEncryption(b"secret")))
     line = serve_refused("--tls-cert", str(tls.server_cert), "--tls-key", str(encrypted), cwd=tmp_path)
     assert f"'{encrypted}' is encrypted" in line, line
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0", "--no-state-log"),
+                                     ("call", "--target", "127.0.0.1:9", "--outcome", "complete", "--timeout", "5")])
+def test_a_token_read_from_a_file_with_its_newline_is_a_usage_error_that_keeps_the_secret(command: tuple[str, ...],
+                                                                                           tmp_path: Path) -> None:
+    """CALLSTATE_TOKEN from a secret file (a Kubernetes secret, `env_file`, `$(< file)` in some
+    shells) often ends with a newline, which no gRPC metadata value can carry: one line saying
+    so, exit 2 like every other unusable option (it was 1, and only "printable ASCII"), the
+    secret itself never printed, nothing sent."""
+    secret = "sesame-Q7f3x9"
+    done = cli(*command, cwd=tmp_path, timeout=EVIDENCE_WAIT * 2, env={"CALLSTATE_TOKEN": secret + "\n"})
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert "CALLSTATE_TOKEN" in line and "trailing whitespace" in line, line
+    assert secret not in done.stderr + done.stdout
+
+
+def test_a_client_of_a_server_whose_certificate_expired_is_told_so(expired: tuple[Path, Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """The client's hint named the wrong cause ("not signed by the CA given as --tls-ca") when
+    the server's certificate is signed by that CA and has only expired. The server is started
+    from the library (`serve` now refuses the file at start), as a long-running server whose
+    certificate expired under it would be."""
+    ca, old_cert, old_key = expired
+    script = (f"import asyncio, sys\nfrom callstate.server import EmulatorServer\n"
+              f"async def main():\n"
+              f"    async with EmulatorServer(port=0, tls_cert={old_cert.read_bytes()!r}, tls_key={old_key.read_bytes()!r}) as srv:\n"
+              f"        print(srv.port, flush=True)\n"
+              f"        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
+              f"asyncio.run(main())\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        port = int(proc.stdout.readline())   # type: ignore[union-attr]
+        done = cli("call", "--target", f"127.0.0.1:{port}", "--tls-ca", str(ca), "--outcome", "complete",
+                   "--timeout", "15", cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+    finally:
+        proc.communicate("", timeout=EVIDENCE_WAIT)
+    last = done.stderr.splitlines()[-1]
+    assert "1722" in last and "the server's certificate has expired" in last, last
+    assert "not signed by the CA" not in last, last
