@@ -115,10 +115,10 @@ def token(text: str) -> str:
 
 def env_token(prog: str) -> str | None:
     """The token from CALLSTATE_TOKEN (None when unset or empty); SystemExit(2) when unusable."""
-    return _env_secret(TOKEN_ENV, prog)
+    return env_secret(TOKEN_ENV, prog)
 
 
-def _env_secret(name: str, prog: str) -> str | None:
+def env_secret(name: str, prog: str) -> str | None:
     """A token from the environment variable `name` (None when unset or empty); a usage error
     (one line, exit 2) when unusable. The value itself is never printed."""
     value = os.environ.get(name) or None

@@ -5,6 +5,10 @@ an audit, each pinned by a test that fails without its fix. Real certificates, r
 from __future__ import annotations
 
 import datetime
+import os
+import time
+import urllib.error
+import urllib.request
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +119,43 @@ def test_a_client_of_a_server_whose_certificate_expired_is_told_so(expired: tupl
     last = done.stderr.splitlines()[-1]
     assert "1722" in last and "the server's certificate has expired" in last, last
     assert "not signed by the CA" not in last, last
+
+
+def start_logged_server(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """`callstate serve` with its stdout read until its serving line: (process, lines so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "serve", "--port", "0", "--no-state-log", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env={**os.environ, **env})
+    lines: list[str] = []
+    deadline = time.monotonic() + EVIDENCE_WAIT
+    while not any("serving" in line for line in lines):   # readline returns at once once the process ended
+        assert proc.poll() is None and time.monotonic() < deadline, lines
+        lines.append(proc.stdout.readline())   # type: ignore[union-attr]
+    return proc, lines
+
+
+def scrape(url: str, token: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=EVIDENCE_WAIT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_the_metrics_token_can_come_from_the_environment_and_stay_off_the_command_line(tmp_path: Path) -> None:
+    """`--metrics-token` was the only way to lock /metrics, and every user of the host reads a
+    process's arguments (ps, /proc/PID/cmdline): CALLSTATE_METRICS_TOKEN sets it as
+    CALLSTATE_TOKEN sets --token, and the token is never printed."""
+    secret = "metrics-sesame-8d1c"
+    proc, lines = start_logged_server(tmp_path, "--metrics-port", "0", env={"CALLSTATE_METRICS_TOKEN": secret})
+    try:
+        [url] = [line.split(" on ", 1)[1].strip() for line in lines if "metrics on" in line]
+        assert scrape(url, None) == 401
+        assert scrape(url, "wrong") == 401
+        assert scrape(url, secret) == 200
+        assert secret.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=EVIDENCE_WAIT)
+    assert secret not in "".join(lines) + out
