@@ -129,6 +129,10 @@ class ChannelSettings:
                     "spread them over more connections (load --channels)")
         if "WRONG_VERSION_NUMBER" in text:
             return "the server does not speak TLS: drop the --tls-* options"
+        if "Hostname Verification Check failed" in text:
+            named = f"--tls-server-name {self.tls_server_name}" if self.tls_server_name else "the target's host"
+            return (f"the server's certificate does not name {named}: connect by a name it holds, or pass "
+                    f"--tls-server-name with one")
         if "certificate has expired" in text:
             return "the server's certificate has expired: the server needs a renewed one"
         if "certificate is not yet valid" in text:

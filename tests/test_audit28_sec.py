@@ -159,3 +159,24 @@ def test_the_metrics_token_can_come_from_the_environment_and_stay_off_the_comman
         proc.terminate()
         out, _ = proc.communicate(timeout=EVIDENCE_WAIT)
     assert secret not in "".join(lines) + out
+
+
+def test_a_server_name_the_certificate_does_not_hold_is_named_and_the_override_works(tls: TlsFiles,
+                                                                                      tmp_path: Path) -> None:
+    """--tls-server-name checks the server's certificate against another name than the
+    target's host: a name the certificate holds reaches the server; one it does not hold
+    failed with gRPC's bare "Hostname Verification Check failed" and no word of the option."""
+    srv = start_server(tmp_path, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key))
+    try:
+        base = ("--target", srv.target, "--tls-ca", str(tls.ca))
+        ok = cli("call", *base, "--tls-server-name", "localhost", "--outcome", "complete", "--timeout", "15",
+                 cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+        assert ok.returncode == 0, ok.stderr
+        for args in (("call", "--outcome", "complete", "--timeout", "15"), ("health", "--timeout", "15")):
+            wrong = cli(*args[:1], *base, "--tls-server-name", "elsewhere.example", *args[1:], cwd=tmp_path,
+                        timeout=EVIDENCE_WAIT * 2)
+            assert wrong.returncode != 0
+            last = wrong.stderr.splitlines()[-1]
+            assert "does not name --tls-server-name elsewhere.example" in last, last
+    finally:
+        srv.stop()
