@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from callstate.files import PemSource, check_key_pair, read_pem
+from callstate.files import PemSource, check_key_pair, check_validity, read_pem
 from callstate.wire import AUTH_KEY, CODE_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 
@@ -77,6 +77,7 @@ class ChannelSettings:
         if not self.secure:
             return None
         check_key_pair(self.tls_cert, self.tls_key, "TLS client certificate")
+        check_validity(self.tls_cert, "TLS client certificate")   # expired: the server would only close the connection
         return grpc.ssl_channel_credentials(root_certificates=read_pem(self.tls_ca, "TLS CA certificate"),
                                             private_key=read_pem(self.tls_key, "TLS client key"),
                                             certificate_chain=read_pem(self.tls_cert, "TLS client certificate"))

@@ -29,23 +29,36 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture(scope="module")
-def expired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(CA, server certificate, its key): a server certificate for 127.0.0.1 / localhost, signed
-    by the CA, that expired yesterday."""
-    folder = tmp_path_factory.mktemp("expired")
-    ca_key, key = certs._key(), certs._key()
-    ca = certs._cert("expired test CA", ca_key, "expired test CA", ca_key, ca=True)
-    fresh = certs._cert("localhost", key, "expired test CA", ca_key, server=True)
+def expired_copy(cert: x509.Certificate, key: certs.ec.EllipticCurvePrivateKey,
+                 ca_key: certs.ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """`cert` as it was issued ten days ago for nine days: expired yesterday, same names, same CA."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(fresh.subject).issuer_name(fresh.issuer)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now - datetime.timedelta(days=1)))
-    for ext in fresh.extensions:
+    for ext in cert.extensions:
         builder = builder.add_extension(ext.value, ext.critical)
-    old = builder.sign(ca_key, hashes.SHA256())
-    return (certs._write(folder / "ca.pem", ca), certs._write(folder / "server.pem", old),
-            certs._write(folder / "server.key", key=key))
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA ("ca") and, signed by it, a server certificate for 127.0.0.1 / localhost and a client
+    certificate, each fresh ("server", "client") and expired ("old_server", "old_client"), with
+    their keys ("*_key")."""
+    folder = tmp_path_factory.mktemp("expired")
+    ca_key, server_key, client_key = certs._key(), certs._key(), certs._key()
+    ca = certs._cert("expired test CA", ca_key, "expired test CA", ca_key, ca=True)
+    server = certs._cert("localhost", server_key, "expired test CA", ca_key, server=True)
+    client = certs._cert("test client", client_key, "expired test CA", ca_key)
+    files = {"ca": certs._write(folder / "ca.pem", ca),
+             "server": certs._write(folder / "server.pem", server),
+             "old_server": certs._write(folder / "old-server.pem", expired_copy(server, server_key, ca_key)),
+             "server_key": certs._write(folder / "server.key", key=server_key),
+             "client": certs._write(folder / "client.pem", client),
+             "old_client": certs._write(folder / "old-client.pem", expired_copy(client, client_key, ca_key)),
+             "client_key": certs._write(folder / "client.key", key=client_key)}
+    return files
 
 
 def serve_refused(*args: str, cwd: Path) -> str:
@@ -61,12 +74,12 @@ def serve_refused(*args: str, cwd: Path) -> str:
     return line
 
 
-def test_bad_tls_material_is_a_usage_error_at_start_naming_the_file(tls: TlsFiles, expired: tuple[Path, Path, Path],
+def test_bad_tls_material_is_a_usage_error_at_start_naming_the_file(tls: TlsFiles, expired: dict[str, Path],
                                                                       tmp_path: Path) -> None:
     """An encrypted key, a key that is not the certificate's, an expired certificate: exit 2
     (usage, like every other bad option), not 1 (a runtime failure), and the expired
     certificate is refused at start rather than served to clients that each fail the handshake."""
-    _ca, old_cert, old_key = expired
+    old_cert, old_key = expired["old_server"], expired["server_key"]
     line = serve_refused("--tls-cert", str(old_cert), "--tls-key", str(old_key), cwd=tmp_path)
     assert f"'{old_cert}' expired on" in line, line
     line = serve_refused("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.client_key), cwd=tmp_path)
@@ -95,13 +108,12 @@ def test_a_token_read_from_a_file_with_its_newline_is_a_usage_error_that_keeps_t
     assert secret not in done.stderr + done.stdout
 
 
-def test_a_client_of_a_server_whose_certificate_expired_is_told_so(expired: tuple[Path, Path, Path],
-                                                                    tmp_path: Path) -> None:
+def test_a_client_of_a_server_whose_certificate_expired_is_told_so(expired: dict[str, Path], tmp_path: Path) -> None:
     """The client's hint named the wrong cause ("not signed by the CA given as --tls-ca") when
     the server's certificate is signed by that CA and has only expired. The server is started
     from the library (`serve` now refuses the file at start), as a long-running server whose
     certificate expired under it would be."""
-    ca, old_cert, old_key = expired
+    ca, old_cert, old_key = expired["ca"], expired["old_server"], expired["server_key"]
     script = (f"import asyncio, sys\nfrom callstate.server import EmulatorServer\n"
               f"async def main():\n"
               f"    async with EmulatorServer(port=0, tls_cert={old_cert.read_bytes()!r}, tls_key={old_key.read_bytes()!r}) as srv:\n"
@@ -178,5 +190,28 @@ def test_a_server_name_the_certificate_does_not_hold_is_named_and_the_override_w
             assert wrong.returncode != 0
             last = wrong.stderr.splitlines()[-1]
             assert "does not name --tls-server-name elsewhere.example" in last, last
+    finally:
+        srv.stop()
+
+
+def test_an_expired_client_certificate_is_a_usage_error_before_anything_is_sent(expired: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    """Under mutual TLS the server only closes the connection on an expired client certificate,
+    and the client guessed "does it require a client certificate signed by a CA it trusts?"
+    for one that CA did sign: every client command now refuses it at once, naming the file."""
+    srv = start_server(tmp_path, "--tls-cert", str(expired["server"]), "--tls-key", str(expired["server_key"]),
+                       "--tls-client-ca", str(expired["ca"]))
+    try:
+        access = ("--target", srv.target, "--tls-ca", str(expired["ca"]), "--tls-key", str(expired["client_key"]))
+        fresh = cli("call", *access, "--tls-cert", str(expired["client"]), "--outcome", "complete",
+                    "--timeout", "15", cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+        assert fresh.returncode == 0, fresh.stderr   # the same CA and key, in date: served
+        for command in ("call", "watch", "health"):
+            done = cli(command, *access, "--tls-cert", str(expired["old_client"]), "--timeout", "15",
+                       cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+            assert done.returncode == 2, (command, done.stderr)
+            [line] = done.stderr.splitlines()
+            assert f"the TLS client certificate '{expired['old_client']}' expired on" in line, line
+        assert len({entry["call_id"] for entry in srv.entries()}) == 1   # the fresh call's only: nothing sent
     finally:
         srv.stop()
