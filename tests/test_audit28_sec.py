@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
@@ -215,3 +217,26 @@ def test_an_expired_client_certificate_is_a_usage_error_before_anything_is_sent(
         assert len({entry["call_id"] for entry in srv.entries()}) == 1   # the fresh call's only: nothing sent
     finally:
         srv.stop()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_the_secure_compose_overlay_refuses_to_run_without_a_token() -> None:
+    """docker-compose.secure.yml passed `${CALLSTATE_TOKEN:-}`: with the variable unset or empty
+    the "locked-down" emulator ran with no token at all, and nothing said so. Compose now
+    refuses the overlay, naming the variable; given one, every service gets it."""
+    root = Path(__file__).resolve().parent.parent
+    files = [a for f in ("docker-compose.yml", "docker-compose.override.yml", "docker-compose.secure.yml")
+             for a in ("-f", str(root / f))]
+    for value in (None, ""):
+        env = {k: v for k, v in os.environ.items() if k != "CALLSTATE_TOKEN"}
+        if value is not None:
+            env["CALLSTATE_TOKEN"] = value
+        done = subprocess.run(["docker-compose", *files, "config", "-q"], cwd=root, capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.returncode != 0 and "CALLSTATE_TOKEN" in done.stderr, (value, done.stderr)
+    done = subprocess.run(["docker-compose", *files, "config"], cwd=root, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "CALLSTATE_TOKEN": "t0ken-given"})
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    for name in ("emulator", "load"):
+        assert config["services"][name]["environment"]["CALLSTATE_TOKEN"] == "t0ken-given", name
