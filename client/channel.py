@@ -136,6 +136,9 @@ class ChannelSettings:
                     f"--tls-server-name with one")
         if "certificate has expired" in text:
             return "the server's certificate has expired: the server needs a renewed one"
+        if "unsupported certificate purpose" in text:
+            return ("the server's certificate is not one for a server (its extended key usage lacks serverAuth): "
+                    "was it started with a client certificate as --tls-cert?")
         if "certificate is not yet valid" in text:
             return "the server's certificate is not valid yet: is this host's or the server's clock right?"
         if "CERTIFICATE_VERIFY_FAILED" in text:

@@ -240,3 +240,18 @@ def test_the_secure_compose_overlay_refuses_to_run_without_a_token() -> None:
     config = yaml.safe_load(done.stdout)
     for name in ("emulator", "load"):
         assert config["services"][name]["environment"]["CALLSTATE_TOKEN"] == "t0ken-given", name
+
+
+def test_a_server_started_with_a_client_certificate_is_named_by_its_clients(tls: TlsFiles, tmp_path: Path) -> None:
+    """Swapping server.pem and client.pem (same CA, so the server starts) failed every
+    handshake with "unsupported certificate purpose" and the hint that the CA did not sign it,
+    which it did: the hint now names the certificate's purpose."""
+    srv = start_server(tmp_path, "--tls-cert", str(tls.client_cert), "--tls-key", str(tls.client_key))
+    try:
+        done = cli("call", "--target", srv.target, "--tls-ca", str(tls.ca), "--outcome", "complete",
+                   "--timeout", "15", cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+    finally:
+        srv.stop()
+    last = done.stderr.splitlines()[-1]
+    assert "1722" in last and "not one for a server" in last, last
+    assert "not signed by the CA" not in last, last
