@@ -186,6 +186,8 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
         opts.target = [DEFAULT_TARGET]
     if (opts.tls_cert is None) != (opts.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if opts.tls_server_name and opts.tls_ca is None and opts.tls_cert is None:   # else plaintext, silently
+        parser.error("--tls-server-name checks the server's TLS certificate: add --tls-ca (the CA that signed it)")
     settings = ChannelSettings(tls_ca=opts.tls_ca, tls_cert=opts.tls_cert, tls_key=opts.tls_key,
                                token=opts.token or env_token(parser.prog), keepalive=opts.keepalive or None,
                                tls_server_name=opts.tls_server_name)

@@ -61,6 +61,9 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("a client certificate needs both tls_cert and tls_key")
+        if self.tls_server_name and not self.secure:   # else silently plaintext, token and all
+            raise ValueError("tls_server_name checks the server's TLS certificate: it needs TLS (tls_ca, tls_cert "
+                             "or tls=True)")
         if self.keepalive is not None and self.keepalive and self.keepalive < MIN_KEEPALIVE:
             raise ValueError(f"keepalive must be >= {MIN_KEEPALIVE:g} s (or 0/None for none)")
         if self.token is not None and (not self.token or not self.token.isprintable() or not self.token.isascii()):

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from tests import certs
 from tests.certs import TlsFiles, make_tls_files
-from tests.conftest import EVIDENCE_WAIT, cli, start_server
+from callstate.client.channel import ChannelSettings
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -255,3 +256,20 @@ def test_a_server_started_with_a_client_certificate_is_named_by_its_clients(tls:
     last = done.stderr.splitlines()[-1]
     assert "1722" in last and "not one for a server" in last, last
     assert "not signed by the CA" not in last, last
+
+
+def test_a_server_name_without_tls_is_a_usage_error_not_plaintext(shared_server: ServerProcess,
+                                                                 tmp_path: Path) -> None:
+    """`--tls-server-name` alone was ignored and the call went out in plaintext, its token
+    readable on the path: a user who asked for a certificate check got no TLS at all. It is a
+    usage error naming what to add, before anything is sent."""
+    for command in (("call", "--outcome", "complete"), ("watch", "--counters"), ("health",)):
+        done = cli(command[0], "--target", shared_server.target, "--tls-server-name", "emulator",
+                   "--token", "plain-sesame", *command[1:], "--timeout", "15", cwd=tmp_path, timeout=EVIDENCE_WAIT * 2)
+        assert done.returncode == 2, (command, done.stderr)
+        line = done.stderr.splitlines()[-1]
+        assert "--tls-server-name" in line and "add --tls-ca" in line, line
+        assert "plain-sesame" not in done.stderr + done.stdout
+    with pytest.raises(ValueError, match="needs TLS"):
+        ChannelSettings(tls_server_name="emulator")
+    assert ChannelSettings(tls_ca=b"-----BEGIN CERTIFICATE-----", tls_server_name="emulator").secure
