@@ -169,7 +169,7 @@ def add_access(p: argparse.ArgumentParser) -> None:
                    help="client certificate, for a server that requires one (mutual TLS); with --tls-key")
     g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the client certificate's private key")
     g.add_argument("--tls-server-name", metavar="NAME",
-                   help="check the server's certificate against this name instead of the target's host")
+                   help="check the server's certificate against this name instead of the target's host (with --tls-ca)")
     g.add_argument("--token", type=token, metavar="TOKEN",
                    help=f"bearer token for a server started with --token (default: ${TOKEN_ENV}, if set)")
     add_keepalive(g, SERVER)   # the peer whose silence ends the calls

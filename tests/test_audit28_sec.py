@@ -119,7 +119,8 @@ def test_a_client_of_a_server_whose_certificate_expired_is_told_so(expired: dict
     ca, old_cert, old_key = expired["ca"], expired["old_server"], expired["server_key"]
     script = (f"import asyncio, sys\nfrom callstate.server import EmulatorServer\n"
               f"async def main():\n"
-              f"    async with EmulatorServer(port=0, tls_cert={old_cert.read_bytes()!r}, tls_key={old_key.read_bytes()!r}) as srv:\n"
+              f"    async with EmulatorServer(port=0, tls_cert={old_cert.read_bytes()!r},\n"
+              f"                              tls_key={old_key.read_bytes()!r}) as srv:\n"
               f"        print(srv.port, flush=True)\n"
               f"        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
               f"asyncio.run(main())\n")
