@@ -138,7 +138,7 @@ class ChannelSettings:
             return (f"the server's certificate does not name {named}: connect by a name it holds, or pass "
                     f"--tls-server-name with one")
         if "certificate has expired" in text:
-            return "the server's certificate has expired: the server needs a renewed one"
+            return "the server's certificate has expired (or a CA certificate of its chain has): renew it"
         if "unsupported certificate purpose" in text:
             return ("the server's certificate is not one for a server (its extended key usage lacks serverAuth): "
                     "was it started with a client certificate as --tls-cert?")
