@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from tests import certs
 from tests.certs import TlsFiles, make_tls_files
 from callstate.client.channel import ChannelSettings
+from callstate.files import check_validity
 from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -274,3 +275,14 @@ def test_a_server_name_without_tls_is_a_usage_error_not_plaintext(shared_server:
     with pytest.raises(ValueError, match="needs TLS"):
         ChannelSettings(tls_server_name="emulator")
     assert ChannelSettings(tls_ca=b"-----BEGIN CERTIFICATE-----", tls_server_name="emulator").secure
+
+
+def test_a_certificate_not_valid_yet_is_named_with_a_word_on_the_clock(tls: TlsFiles) -> None:
+    """The other side of the validity check `serve` and the clients make: a certificate read
+    before its notBefore (a host whose clock is behind) is refused naming the file and the
+    clock; in date, it passes."""
+    check_validity(tls.server_cert, "TLS certificate")
+    with pytest.raises(OSError, match=rf"'{tls.server_cert}' is not valid before .*clock"):
+        check_validity(tls.server_cert, "TLS certificate", now=time.time() - 86400)
+    with pytest.raises(OSError, match=rf"'{tls.client_cert}' expired on"):
+        check_validity(tls.client_cert, "TLS client certificate", now=time.time() + 7 * 86400)
