@@ -6,6 +6,7 @@ forgot its call, and `serve` started with SIGINT ignored (a shell's background j
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -338,11 +339,19 @@ def _serve_with_sigint_ignored(tmp: Path) -> tuple[subprocess.Popen[bytes], Path
 
 
 def _caught(proc: subprocess.Popen[bytes], sig: int) -> tuple[int, int]:
-    """Poll (1 ms) until the process catches `sig`: its own code has started; bounded."""
+    """Poll (1 ms) until the process catches `sig`: its own code has started; bounded. Only once
+    the wrapping shell has exec'd Python: dash itself catches SIGINT until its `trap "" INT` runs,
+    and a signal sent then kills the shell (a race this test once lost: status -2)."""
+    python = os.path.realpath(sys.executable)
+
     def masks() -> tuple[int, int] | None:
         got = _signals(proc.pid)
         assert got is not None and proc.poll() is None, "exited before catching the signal"
-        return got if got[1] & _bit(sig) else None
+        try:
+            execd = os.path.realpath(f"/proc/{proc.pid}/exe") == python
+        except OSError:
+            execd = False
+        return got if execd and got[1] & _bit(sig) else None
     return _wait(f"a handler for signal {sig}", masks, poll=0.001)  # type: ignore[return-value]
 
 
