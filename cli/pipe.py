@@ -17,8 +17,8 @@ from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
-from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
-from callstate.script import HOLD
+from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript, validate_pipe
+from callstate.script import HOLD, RequestError
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -76,6 +76,9 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
     if opts.cancel_at is not None and (why := _cannot_fire(opts)):
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
         return 2
+    if why := _not_for_kind(opts):   # refused here, as the client would refuse it at start (logged)
+        print(f"callstate call: --pipe {opts.pipe}: {why}", file=sys.stderr)
+        return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint(BEFORE_START)
     try:
@@ -91,15 +94,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.client.pipe_drive import drive_pipe
     from callstate.logfile import StateLog
 
-    script = PipeScript(outcome=opts.outcome, at=opts.at,
-                        at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
-                        messages=opts.server_messages, message_bytes=opts.server_message_bytes,
-                        interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
-                        abort_code=opts.code, abort_status=opts.grpc_status,
-                        abort_message=opts.message if opts.outcome == ABORT else "",
-                        fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
-                        cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
-                        breach=opts.breach)
+    script = _pipe_script(opts)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,
                          tracing=provider if provider is not None else False)  # type: ignore[arg-type]
@@ -136,6 +131,30 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     finally:
         await client.close()
         sink.close()
+
+
+def _pipe_script(opts: argparse.Namespace) -> PipeScript:
+    return PipeScript(outcome=opts.outcome, at=opts.at,
+                      at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
+                      messages=opts.server_messages, message_bytes=opts.server_message_bytes,
+                      interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
+                      abort_code=opts.code, abort_status=opts.grpc_status,
+                      abort_message=opts.message if opts.outcome == ABORT else "",
+                      fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
+                      cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
+                      breach=opts.breach)
+
+
+def _not_for_kind(opts: argparse.Namespace) -> str:
+    """Why the server's script cannot apply to this pipe kind (--at, --breach; empty: it can):
+    the check the client runs at start, made before anything is logged."""
+    if getattr(opts, "drive", None) is not None and opts.no_script:
+        return ""
+    try:
+        validate_pipe(_pipe_script(opts).to_proto(), opts.pipe)
+    except RequestError as exc:
+        return str(exc)
+    return ""
 
 
 def _cannot_fire(opts: argparse.Namespace) -> str:
