@@ -179,6 +179,13 @@ def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) 
     return [p for p in points if not reached(p, messages)]
 
 
+def kinds_without_point(points: tuple[PipeCancelPoint, ...], pipes: dict[str, float]) -> list[str]:
+    """The pipe kinds in the mix that none of the named cancel points applies to: their cancelled
+    calls would be cancelled at a point nobody named (after the headers); the applications refuse
+    them (the default points reach every kind)."""
+    return [kind for kind, share in pipes.items() if share > 0 and not any(p.applies_to(kind) for p in points)]
+
+
 def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:
     """Where and how a pipe plan is cancelled: (point, cancel kind), or (None, None). A held
     pipe is never left uncancelled: without a point, abortively once it has its headers."""

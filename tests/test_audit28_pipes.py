@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,51 @@ def test_a_script_the_pipe_kind_cannot_run_is_usage(shared_server: ServerProcess
     assert not log.exists() or log.read_bytes() == b""
     after = shared_server.log.read_bytes() if shared_server.log.exists() else b""
     assert after == before
+
+
+@pytest.mark.parametrize("args, kind", [
+    (("--pipes", "in=50", "--pipe-cancel-at", "after-received:2"), "in"),
+    (("--pipes", "in=40,out=40", "--pipe-cancel-at", "after-sent:1,after-half-close"), "out"),
+    (("--pipes", "out=50", "--pipe-cancel-at", "after-half-close"), "out"),
+])
+def test_load_refuses_pipe_cancel_points_that_apply_to_no_pipe_of_a_kind(shared_server: ServerProcess,
+                                                                          tmp_path: Path, args: tuple[str, ...],
+                                                                          kind: str) -> None:
+    """`--pipe-cancel-at` names where cancelled pipes are cancelled: a kind in --pipes that none of
+    the named points applies to was cancelled after its headers, a point nobody named, and the
+    run's paths counted it so. Refused like a named point past --pipe-messages: exit 2, one line."""
+    log = tmp_path / "client.jsonl"
+    result = cli("load", "--target", shared_server.target, "--calls", "20", "--seed", "3",
+                 "--cancel", "abortive=100", *args, "--log-file", str(log), timeout=90)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert f"none of its points applies to an {kind} pipe" in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not log.exists() or log.read_bytes() == b""
+
+
+def test_load_takes_pipe_cancel_points_that_each_kind_reaches(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The refusal above is not over-eager: one point per kind is enough, and every cancelled
+    pipe is cancelled at a point that was named."""
+    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+    result = cli("load", "--target", shared_server.target, "--calls", "30", "--seed", "3", "--cancel", "abortive=100",
+                 "--pipes", "in=50,out=50", "--pipe-cancel-at", "after-sent:1,after-received:1",
+                 "--log-file", str(log), "--report", str(report), timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = report.read_text()
+    assert "pipe-cancel-at-after-headers" not in text
+    assert "pipe-cancel-at-after-sent" in text and "pipe-cancel-at-after-received" in text
+
+
+def test_locust_refuses_pipe_cancel_points_that_apply_to_no_pipe_of_a_kind(tmp_path: Path) -> None:
+    """The Locust user takes the same scenario, and refuses the same way (exit 2, no traceback)."""
+    with socket.socket() as s:   # nobody listens there: the run must stop before any call
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
+                                         "    pipes = 'in=10'\n    pipe_cancel_at = 'after-received:2'\n")
+    bad = subprocess.run([sys.executable, "-m", "locust", "-f", "badattr.py", "--headless", "-t", "1s",
+                          "--host", dead], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "callstate: Mine: pipe_cancel_at: none of after-received:2 applies to an in pipe" in bad.stderr
+    assert "Traceback" not in bad.stderr

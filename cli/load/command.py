@@ -22,7 +22,7 @@ from callstate.cli.options import (abort_code, add_target, channel_settings, cha
                                    rate)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Scenario,
-                                unreachable_pipe_points)
+                                kinds_without_point, unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
 from callstate.script import Limits, Mix
@@ -155,6 +155,9 @@ def run(opts: argparse.Namespace) -> int:
     if opts.pipes and (late := unreachable_pipe_points(opts.pipe_cancel_at, opts.pipe_messages)):
         opts.target_parser.error(f"--pipe-cancel-at {late[0]} is never reached with --pipe-messages "
                                  f"{opts.pipe_messages}: each side pushes that many")
+    if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
+        opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "
+                                 f"applies to an {kinds[0]} pipe (add one that does)")
     try:
         provider = tracer_provider(opts, "callstate-load")
         return _run(opts, provider)
