@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, cli
+from tests.conftest import ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,3 +86,20 @@ def test_locust_refuses_pipe_cancel_points_that_apply_to_no_pipe_of_a_kind(tmp_p
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "callstate: Mine: pipe_cancel_at: none of after-received:2 applies to an in pipe" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_load_verdict_counts_pipes_among_the_calls_that_tried(tmp_path: Path) -> None:
+    """The verdict's "no call could run: all N were turned away" compared the 1723s of every call
+    with the unary calls alone (pipes were never counted as attempted): a run whose pipes were
+    turned away (their two messages do not fit the server's reply backlog) while its unary calls
+    ran was judged FAILED, "all 2 were turned away", with 30 turned away and 40 calls."""
+    server = start_server(tmp_path, "--max-reply-backlog", "1000")
+    try:
+        result = cli("load", "--target", server.target, "--calls", "40", "--seed", "1", "--payload", "600",
+                     "--pipes", "out=50,both=40", "--log-file", str(tmp_path / "client.jsonl"), timeout=120)
+    finally:
+        server.stop()
+    busy = re.search(r"^\s*1723 RPC_S_SERVER_TOO_BUSY\s+(\d+)", result.stdout, re.M)
+    assert busy and int(busy.group(1)) > 2, result.stdout   # the pipes were turned away, the unary calls not
+    assert "no call could run" not in result.stdout, result.stdout
+    assert "check: OK" in result.stdout and result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
