@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess, cli, start_server
+from callstate import codes
+from callstate.client import AsyncClient, CallError, Client, PipeScript
+from callstate.lifecycle import NULL_PUSH
+
+from tests.conftest import ServerProcess, cli, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,3 +110,98 @@ def test_load_verdict_counts_pipes_among_the_calls_that_tried(tmp_path: Path) ->
     assert busy and int(busy.group(1)) > 2, result.stdout   # the pipes were turned away, the unary calls not
     assert "no call could run" not in result.stdout, result.stdout
     assert "check: OK" in result.stdout and result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+# -- the null push is a push (of zero elements): refused as push() is --------------------------------
+EXPECTED_NULL_PUSH = {"on an out pipe": codes.RPC_X_WRONG_PIPE_ORDER, "twice": codes.RPC_X_PIPE_CLOSED,
+                      "after a cancel": codes.RPC_X_PIPE_CLOSED, "once the outcome is in": codes.RPC_X_PIPE_CLOSED}
+ABORT_AT_ONCE = PipeScript(outcome="abort", abort_code=5001, at="before-first")
+
+
+def _wait_outcome(pipe: Any) -> None:
+    deadline = time.monotonic() + 30
+    while not pipe.outcome_known:
+        assert time.monotonic() < deadline, "the server's abort never arrived"
+        time.sleep(0.01)
+
+
+def test_sync_null_push_is_refused_as_a_push(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """close_push() on an out pipe, a second time, after a cancel or once the outcome arrived
+    was 1915 or, on an ended call, accepted and logged as a null push the wire never carried."""
+    log, got, ended_id = tmp_path / "client.jsonl", {}, ""
+    with Client(shared_server.target, log=str(log)) as client:
+        got["on an out pipe"] = _refused(client.pipe("out", PipeScript()).start().close_push)
+        twice = client.pipe("in", PipeScript()).start()
+        twice.close_push()
+        got["twice"] = _refused(twice.close_push)
+        assert twice.result().received == 0
+        cancelled = client.pipe("in", PipeScript(outcome="hold")).start()
+        cancelled.cancel(abortive=False, timeout=10.0)
+        got["after a cancel"] = _refused(cancelled.close_push)
+        ended = client.pipe("in", ABORT_AT_ONCE).start()
+        ended_id = ended.call_id
+        _wait_outcome(ended)
+        got["once the outcome is in"] = _refused(ended.close_push)
+        with pytest.raises(CallError) as err:
+            ended.result()
+        assert err.value.code == 5001
+        for pipe in (cancelled,):
+            with pytest.raises(CallError):
+                pipe.result()
+    assert got == EXPECTED_NULL_PUSH
+    assert NULL_PUSH not in [e.get("move") for e in read_entries(log, ended_id)]
+    _checked(shared_server, log)
+
+
+def test_async_null_push_is_refused_as_a_push(shared_server: ServerProcess, tmp_path: Path) -> None:
+    log, got = tmp_path / "client.jsonl", {}
+
+    async def run() -> str:
+        async with AsyncClient(shared_server.target, log=str(log)) as client:
+            got["on an out pipe"] = await _refused_async(client.pipe("out", PipeScript()).start().close_push)
+            twice = client.pipe("in", PipeScript()).start()
+            await twice.close_push()
+            got["twice"] = await _refused_async(twice.close_push)
+            assert (await twice.result()).received == 0
+            cancelled = client.pipe("in", PipeScript(outcome="hold")).start()
+            await cancelled.headers()
+            cancelled.cancel(abortive=False, timeout=10.0)
+            got["after a cancel"] = await _refused_async(cancelled.close_push)
+            with pytest.raises(CallError):
+                await cancelled.result()
+            ended = client.pipe("in", ABORT_AT_ONCE).start()
+            deadline = time.monotonic() + 30
+            while not ended.outcome_known:
+                assert time.monotonic() < deadline, "the server's abort never arrived"
+                await asyncio.sleep(0.01)
+            got["once the outcome is in"] = await _refused_async(ended.close_push)
+            with pytest.raises(CallError) as err:
+                await ended.result()
+            assert err.value.code == 5001
+            return ended.call_id
+
+    ended_id = asyncio.run(run())
+    assert got == EXPECTED_NULL_PUSH
+    assert NULL_PUSH not in [e.get("move") for e in read_entries(log, ended_id)]
+    _checked(shared_server, log)
+
+
+def _refused(op: Any) -> int:
+    with pytest.raises(CallError) as err:
+        op()
+    return err.value.code
+
+
+async def _refused_async(op: Any) -> int:
+    with pytest.raises(CallError) as err:
+        await op()
+    return err.value.code
+
+
+def _checked(server: ServerProcess, log: Path) -> None:
+    """`callstate check` over the client's log and the server's: every pipe ended once, legally."""
+    ids = {e["call_id"] for e in read_entries(log)}
+    for call_id in ids:   # the server's End of each is in before the check reads its log
+        server.wait_entries(call_id)
+    result = cli("check", str(log), str(server.log))
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
