@@ -14,7 +14,7 @@ from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_pro
 from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
-from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
+from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, pipe_options_dropped, run_pipe
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, UNARY
@@ -167,7 +167,18 @@ def _breach_on_a_unary_call(opts: argparse.Namespace) -> str | None:
     return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
 
 
-_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call)
+def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:
+    # a pipe's messages are --message-bytes zero bytes each way: Emulator/Call's own fields would be dropped
+    foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
+                                        ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
+    if not opts.pipe or opts.drive is not None or not foreign:
+        return None
+    return (f"{_named(foreign, 'applies', 'apply')} to unary calls: a pipe's messages are --message-bytes (the "
+            "caller's) and --server-message-bytes (the server's)")
+
+
+_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call,
+            _unary_fields_on_a_pipe, pipe_options_dropped)
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:

@@ -14,7 +14,7 @@ from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
-from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
+from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
 from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript, validate_pipe
@@ -65,6 +65,37 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                         "RPC_X_PIPE_DISCIPLINE_ERROR")
     g.add_argument("--log-messages", action="store_true",
                    help="also log one line per message (send_complete / receive_complete)")
+
+
+# the pipe options given away from their defaults, by what they set: the caller's pushes, the
+# server's, the rest of the server's script
+_CALLER_SIDE = (("--messages", "messages", DEFAULT_MESSAGES), ("--message-bytes", "message_bytes", 0),
+                ("--interval", "interval", 0.0))
+_SERVER_SIDE = (("--server-messages", "server_messages", DEFAULT_MESSAGES),
+                ("--server-message-bytes", "server_message_bytes", 0), ("--server-interval", "server_interval", 0.0))
+_PIPE_ONLY = (("--at", "at", "end"), ("--at-count", "at_count", 1), ("--log-messages", "log_messages", False))
+
+
+def _given(opts: argparse.Namespace, options: tuple[tuple[str, str, object], ...]) -> list[str]:
+    return [flag for flag, name, default in options if getattr(opts, name) != default]
+
+
+def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
+    """A pipe option the call would drop without a word (None: none is): on a unary call, the
+    caller's pushes on an out pipe, the server's on an in pipe, --at-count without a counted --at."""
+    def apply(flags: list[str]) -> str:
+        return " and ".join(flags) + (" apply" if len(flags) > 1 else " applies")
+    if not opts.pipe:
+        if given := _given(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
+            return f"{apply(given)} to pipes (--pipe in, out or both)"
+        return None
+    if opts.pipe == PIPE_OUT and (given := _given(opts, _CALLER_SIDE)):
+        return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"
+    if opts.pipe == PIPE_IN and (given := _given(opts, _SERVER_SIDE)):
+        return f"{apply(given)} to the server's pushes: on an in pipe only the caller pushes (--messages ...)"
+    if opts.at not in ("after-in", "after-out") and opts.at_count != 1:
+        return "--at-count applies to --at after-in or after-out"
+    return None
 
 
 def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:

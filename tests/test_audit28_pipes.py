@@ -205,3 +205,36 @@ def _checked(server: ServerProcess, log: Path) -> None:
         server.wait_entries(call_id)
     result = cli("check", str(log), str(server.log))
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--pipe", "in", "--payload", "abc"), "--payload applies to unary calls"),
+    (("--pipe", "both", "--reply-bytes", "64", "--echo"), "--echo and --reply-bytes apply to unary calls"),
+    (("--pipe", "out", "--messages", "5"), "--messages applies to the caller's pushes: on an out pipe"),
+    (("--pipe", "out", "--message-bytes", "5", "--interval", "1"), "--message-bytes and --interval apply to the caller's"),
+    (("--pipe", "in", "--server-messages", "7"), "--server-messages applies to the server's pushes: on an in pipe"),
+    (("--pipe", "in", "--server-message-bytes", "7"), "--server-message-bytes applies to the server's pushes"),
+    (("--messages", "5"), "--messages applies to pipes (--pipe in, out or both)"),
+    (("--server-messages", "5", "--log-messages"), "--server-messages and --log-messages apply to pipes"),
+    (("--at", "after-in"), "--at applies to pipes"),
+    (("--pipe", "both", "--at-count", "2"), "--at-count applies to --at after-in or after-out"),
+])
+def test_call_refuses_options_the_call_would_drop(shared_server: ServerProcess, tmp_path: Path,
+                                                  args: tuple[str, ...], says: str) -> None:
+    """Options that cannot apply to the call's kind were dropped without a word (exit 0 having
+    done less than asked: `--pipe in --payload abc` pushed zero-byte messages)."""
+    log = tmp_path / "client.jsonl"
+    result = cli("call", "--target", shared_server.target, *args, "--log-file", str(log))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1 and says in result.stderr, result.stderr
+    assert not log.exists() or log.read_bytes() == b""
+
+
+def test_call_takes_the_options_that_apply(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The refusals above are not over-eager: each side's options on a pipe that has that side."""
+    for args, line in ((("--pipe", "both", "--messages", "2", "--message-bytes", "3", "--server-messages", "4",
+                         "--at", "after-in", "--at-count", "2"), "pushed 2, pulled"),
+                       (("--pipe", "out", "--server-messages", "2", "--server-message-bytes", "5"), "pushed 0, pulled 2"),
+                       (("--pipe", "in", "--messages", "2", "--interval", "0.01"), "pushed 2, pulled 0")):
+        result = cli("call", "--target", shared_server.target, *args)
+        assert result.returncode == 0 and line in result.stderr, result.stdout + result.stderr   # the final line
