@@ -238,3 +238,18 @@ def test_call_takes_the_options_that_apply(shared_server: ServerProcess, tmp_pat
                        (("--pipe", "in", "--messages", "2", "--interval", "0.01"), "pushed 2, pulled 0")):
         result = cli("call", "--target", shared_server.target, *args)
         assert result.returncode == 0 and line in result.stderr, result.stdout + result.stderr   # the final line
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--pipe-messages", "3"), "--pipe-messages applies to pipes: add --pipes"),
+    (("--pipe-cancel-at", "after-sent:1", "--pipe-messages", "2"), "--pipe-cancel-at and --pipe-messages apply to pipes"),
+])
+def test_load_refuses_pipe_options_without_pipes(shared_server: ServerProcess, tmp_path: Path,
+                                                 args: tuple[str, ...], says: str) -> None:
+    """Without --pipes no call is a pipe: --pipe-messages and --pipe-cancel-at were dropped without
+    a word (the run exited 0 having done none of what they asked)."""
+    log = tmp_path / "client.jsonl"
+    result = cli("load", "--target", shared_server.target, "--calls", "5", *args, "--log-file", str(log), timeout=90)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert says in result.stderr.strip().splitlines()[-1] and result.stdout == "", result.stderr
+    assert not log.exists() or log.read_bytes() == b""
