@@ -193,6 +193,12 @@ def _cannot_fire(opts: argparse.Namespace) -> str:
     point = opts.cancel_at
     if point.kind == CANCEL_AFTER_SENT and point.count > opts.messages:
         return f"the caller pushes only {counted(opts.messages, 'message')} (--messages)"
-    if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
+    if point.kind != CANCEL_AFTER_RECEIVED:
+        return ""
+    if opts.at == "before-first":   # the outcome comes before the server's first push: none follows it
+        return "the server pushes nothing before its outcome (--at before-first)"
+    if opts.at == "after-out" and point.count > opts.at_count:
+        return f"the server's outcome comes after its {counted(opts.at_count, 'push', 'pushes')} (--at after-out --at-count)"
+    if opts.outcome != HOLD and point.count > opts.server_messages:
         return f"the server pushes only {counted(opts.server_messages, 'message')} (--server-messages)"
     return ""

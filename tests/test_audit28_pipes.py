@@ -253,3 +253,27 @@ def test_load_refuses_pipe_options_without_pipes(shared_server: ServerProcess, t
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert says in result.stderr.strip().splitlines()[-1] and result.stdout == "", result.stderr
     assert not log.exists() or log.read_bytes() == b""
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--pipe", "out", "--outcome", "hold", "--at", "after-out", "--at-count", "1", "--cancel-at", "after-received:2"),
+     "the server's outcome comes after its 1 push"),
+    (("--pipe", "out", "--outcome", "hold", "--at", "before-first", "--cancel-at", "after-received:1"),
+     "the server pushes nothing before its outcome"),
+    (("--pipe", "both", "--at", "after-out", "--at-count", "2", "--cancel-at", "after-received:3"),
+     "the server's outcome comes after its 2 pushes"),
+])
+def test_call_refuses_a_pull_count_the_server_stops_short_of(shared_server: ServerProcess, tmp_path: Path,
+                                                             args: tuple[str, ...], says: str) -> None:
+    """The server pushes nothing after its outcome's point: a held pipe waited for --max-hold and
+    ended 1460 (a complete one ended 0), the asked-for cancel never made. Refused like a count
+    past --server-messages."""
+    log = tmp_path / "client.jsonl"
+    result = cli("call", "--target", shared_server.target, *args, "--log-file", str(log), timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "can never fire: " + says in result.stderr, result.stderr
+    assert not log.exists() or log.read_bytes() == b""
+    reached = cli("call", "--target", shared_server.target, "--pipe", "out", "--outcome", "hold", "--at", "after-out",
+                  "--at-count", "2", "--cancel-at", "after-received:2", timeout=60)
+    assert reached.returncode == 1 and "1818 RPC_S_CALL_CANCELLED" in reached.stderr, reached.stdout + reached.stderr
