@@ -277,3 +277,22 @@ def test_call_refuses_a_pull_count_the_server_stops_short_of(shared_server: Serv
     reached = cli("call", "--target", shared_server.target, "--pipe", "out", "--outcome", "hold", "--at", "after-out",
                   "--at-count", "2", "--cancel-at", "after-received:2", timeout=60)
     assert reached.returncode == 1 and "1818 RPC_S_CALL_CANCELLED" in reached.stderr, reached.stdout + reached.stderr
+
+
+def test_misused_pushes_and_starts_say_what_is_wrong(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """A push of something that is not bytes said "object of type 'NoneType' has no len()" (a unary
+    call's payload is refused by name); a second start() said another start was under way."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=str(log)) as client:
+        pipe = client.pipe("in", PipeScript()).start()
+        for bad in (None, "abc", 5):
+            with pytest.raises(TypeError, match=f"push: a message must be bytes, not {type(bad).__name__}$"):
+                pipe.push(bad)   # type: ignore[arg-type]
+        with pytest.raises(CallError) as err:
+            pipe.start()
+        assert err.value.code == codes.RPC_S_INVALID_ASYNC_CALL
+        assert err.value.details == "start() in state Push: the call was started or cancelled already"
+        pipe.push(b"x")
+        pipe.close_push()
+        assert pipe.result().received == 1   # the refused pushes left the pipe as it was
+    _checked(shared_server, log)
