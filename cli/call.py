@@ -149,6 +149,11 @@ def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire
         return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
                 "--cancel-after SECONDS or --cancel-before-start")
+    later = [flag for flag, value in (("--cancel-after", opts.cancel_after), ("--cancel-at", opts.cancel_at))
+             if value is not None]
+    if opts.cancel_before_start and later:   # the call never goes out: they would never fire
+        return (f"--cancel-before-start cancels in state C, before the call goes out: "
+                f"{_named(later, 'is', 'are')} never reached")
     # how to cancel, with nothing that cancels (Ctrl-C cancels abortively)
     cancels = opts.cancel_after is not None or opts.cancel_before_start or opts.cancel_at is not None
     how = [flag for flag, value in (("--non-abortive", opts.non_abortive), ("--escalate-after", opts.escalate_after))

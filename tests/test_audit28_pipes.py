@@ -296,3 +296,18 @@ def test_misused_pushes_and_starts_say_what_is_wrong(shared_server: ServerProces
         pipe.close_push()
         assert pipe.result().received == 1   # the refused pushes left the pipe as it was
     _checked(shared_server, log)
+
+
+@pytest.mark.parametrize("args, never", [
+    (("--cancel-before-start", "--cancel-after", "1"), "--cancel-after is never reached"),
+    (("--pipe", "out", "--cancel-before-start", "--cancel-at", "after-headers"), "--cancel-at is never reached"),
+])
+def test_call_refuses_a_cancel_after_the_cancel_before_start(shared_server: ServerProcess, tmp_path: Path,
+                                                             args: tuple[str, ...], never: str) -> None:
+    """--cancel-before-start cancels in C: a later cancel point given with it was dropped without
+    a word (the pipe was cancelled before start, not after its headers)."""
+    log = tmp_path / "client.jsonl"
+    result = cli("call", "--target", shared_server.target, *args, "--log-file", str(log))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1 and never in result.stderr, result.stderr
+    assert not log.exists() or log.read_bytes() == b""
