@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import subprocess
@@ -12,11 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Client, PipeScript
-from callstate.lifecycle import NULL_PUSH
+from callstate.cancel_points import BEFORE_START
+from callstate.lifecycle import CAN, NULL_PUSH, PIPE_BOTH, PIPE_IN, PIPE_OUT, C
+from callstate.scenario import Scenario, parse_cancel_shares
+from callstate.script import Mix
 
 from tests.conftest import ServerProcess, cli, read_entries, start_server
 
@@ -311,3 +316,30 @@ def test_call_refuses_a_cancel_after_the_cancel_before_start(shared_server: Serv
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1 and never in result.stderr, result.stderr
     assert not log.exists() or log.read_bytes() == b""
+
+
+def test_a_held_pipe_the_generator_ends_is_held_first() -> None:
+    """A held pipe not in the cancelled share drew its point from all the pipe points, before-start
+    included: cancelled in C, it never reached the server, yet the paths line counted it as a held
+    call the generator ended (hold-for), and the log's before-start pipes outnumbered the paths'."""
+    scenario = Scenario(pipes={PIPE_IN: 34.0, PIPE_OUT: 33.0, PIPE_BOTH: 33.0}, mix=Mix.parse("hold=100"),
+                        cancel=parse_cancel_shares("none"))
+    rng = random.Random(5)
+    plans = [scenario.plan(rng) for _ in range(2000)]
+    assert all(p.ends_hold and p.pipe is not None for p in plans)
+    drawn = {p.pipe_point.kind for p in plans if p.pipe_point is not None}
+    assert BEFORE_START not in drawn and len(drawn) > 2, drawn
+    cancelled = Scenario(pipes={PIPE_IN: 100.0}, mix=Mix.parse("hold=100"), cancel=parse_cancel_shares("abortive=100"))
+    assert any(p.pipe_point is not None and p.pipe_point.kind == BEFORE_START   # a cancel asked for still may be
+               for p in (cancelled.plan(rng) for _ in range(500)))
+
+
+def test_load_paths_count_the_pipes_cancelled_before_start_as_the_log_does(shared_server: ServerProcess,
+                                                                           tmp_path: Path) -> None:
+    log, report = tmp_path / "client.jsonl", tmp_path / "load.json"
+    result = cli("load", "--target", shared_server.target, "--calls", "150", "--seed", "9", "--mix", "hold=60,complete=40",
+                 "--pipes", "in=30,out=30,both=40", "--log-file", str(log), "--report", str(report), timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    paths = orjson.loads(report.read_bytes())["paths"]
+    in_c = {e["call_id"] for e in read_entries(log) if e["state"] == CAN and e.get("prev") == C}
+    assert paths.get("pipe-cancel-at-before-start", 0) == len(in_c), (paths, len(in_c))

@@ -39,7 +39,7 @@ pipes (--pipes in=10,out=10,both=10: percent of calls that are asynchronous pipe
 pushes --pipe-messages messages; a cancelled pipe is cancelled at one of --pipe-cancel-at:
   {PIPE_POINTS.usage()}
 (only the points that apply to its kind); held pipes not in the cancelled share are
-cancelled abortively once they have their headers.
+cancelled abortively at one of them after their start (counted as hold-for).
 
 examples:
   callstate load --calls 5000 --concurrency 64
