@@ -343,3 +343,17 @@ def test_load_paths_count_the_pipes_cancelled_before_start_as_the_log_does(share
     paths = orjson.loads(report.read_bytes())["paths"]
     in_c = {e["call_id"] for e in read_entries(log) if e["state"] == CAN and e.get("prev") == C}
     assert paths.get("pipe-cancel-at-before-start", 0) == len(in_c), (paths, len(in_c))
+
+
+def test_locust_refuses_pipe_settings_without_pipes(tmp_path: Path) -> None:
+    """As `callstate load` does: pipe_messages / pipe_cancel_at with no pipes were dropped unsaid."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
+                                         "    pipe_messages = 2\n")
+    bad = subprocess.run([sys.executable, "-m", "locust", "-f", "badattr.py", "--headless", "-t", "1s",
+                          "--host", dead], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "callstate: Mine: pipe_messages applies to pipes: set pipes" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr

@@ -154,6 +154,12 @@ class CallstateUser(User):
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
             raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
                              f"{scenario.pipe_messages}: each side pushes that many")
+        stray = [name for name, given in (
+            ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
+            ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
+        if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
+            raise ValueError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set pipes "
+                             "(e.g. in=10,out=10,both=10)")
         if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
             raise ValueError(f"pipe_cancel_at: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
                              f"an {kinds[0]} pipe (add one that does)")
