@@ -135,12 +135,14 @@ class Scenario:
         """A pipe call: the same outcome, cancel kind and policy draws; the cancel point is
         counted in messages (one that applies to the kind). A held pipe that is not in the
         cancelled share (the unary plan gave it the generator's abortive cancel) is cancelled at
-        one of those points too; with none that applies, once it has its headers."""
+        one of those points too, after its start as a held unary call is (never before-start: it
+        would never be held); with none that applies, once it has its headers."""
         plan.pipe, plan.point = kind, None
         if plan.cancel is not None:
             # a point past the messages each side pushes is never reached (a held pipe would wait
             # for the server's max hold): the default points that fewer --pipe-messages rule out
-            points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and reached(p, self.pipe_messages)]
+            points = [p for p in self.pipe_cancel_at if p.applies_to(kind) and reached(p, self.pipe_messages)
+                      and not (plan.ends_hold and p.kind == BEFORE_START)]   # a held pipe is held first
             plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(AFTER_HEADERS)
         return plan
 
@@ -177,6 +179,13 @@ def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) 
     if points == parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT):
         return []
     return [p for p in points if not reached(p, messages)]
+
+
+def kinds_without_point(points: tuple[PipeCancelPoint, ...], pipes: dict[str, float]) -> list[str]:
+    """The pipe kinds in the mix that none of the named cancel points applies to: their cancelled
+    calls would be cancelled at a point nobody named (after the headers); the applications refuse
+    them (the default points reach every kind)."""
+    return [kind for kind, share in pipes.items() if share > 0 and not any(p.applies_to(kind) for p in points)]
 
 
 def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:

@@ -14,7 +14,7 @@ from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_pro
 from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
-from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, run_pipe
+from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, pipe_options_dropped, run_pipe
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, UNARY
@@ -149,6 +149,11 @@ def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire
         return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
                 "--cancel-after SECONDS or --cancel-before-start")
+    later = [flag for flag, value in (("--cancel-after", opts.cancel_after), ("--cancel-at", opts.cancel_at))
+             if value is not None]
+    if opts.cancel_before_start and later:   # the call never goes out: they would never fire
+        return (f"--cancel-before-start cancels in state C, before the call goes out: "
+                f"{_named(later, 'is', 'are')} never reached")
     # how to cancel, with nothing that cancels (Ctrl-C cancels abortively)
     cancels = opts.cancel_after is not None or opts.cancel_before_start or opts.cancel_at is not None
     how = [flag for flag, value in (("--non-abortive", opts.non_abortive), ("--escalate-after", opts.escalate_after))
@@ -167,7 +172,18 @@ def _breach_on_a_unary_call(opts: argparse.Namespace) -> str | None:
     return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
 
 
-_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call)
+def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:
+    # a pipe's messages are --message-bytes zero bytes each way: Emulator/Call's own fields would be dropped
+    foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
+                                        ("--reply-bytes", opts.reply_bytes != _SCRIPT.reply_bytes)) if given]
+    if not opts.pipe or opts.drive is not None or not foreign:
+        return None
+    return (f"{_named(foreign, 'applies', 'apply')} to unary calls: a pipe's messages are --message-bytes (the "
+            "caller's) and --server-message-bytes (the server's)")
+
+
+_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call,
+            _unary_fields_on_a_pipe, pipe_options_dropped)
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:

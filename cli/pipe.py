@@ -14,11 +14,11 @@ from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
-from callstate.lifecycle import ABORT, FATAL, PIPE_KINDS
+from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
-from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript
-from callstate.script import HOLD
+from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript, validate_pipe
+from callstate.script import HOLD, RequestError
 
 PIPE_EXAMPLES = """
 pipes (MS-RPC asynchronous pipes as gRPC streams):
@@ -67,6 +67,37 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
                    help="also log one line per message (send_complete / receive_complete)")
 
 
+# the pipe options given away from their defaults, by what they set: the caller's pushes, the
+# server's, the rest of the server's script
+_CALLER_SIDE = (("--messages", "messages", DEFAULT_MESSAGES), ("--message-bytes", "message_bytes", 0),
+                ("--interval", "interval", 0.0))
+_SERVER_SIDE = (("--server-messages", "server_messages", DEFAULT_MESSAGES),
+                ("--server-message-bytes", "server_message_bytes", 0), ("--server-interval", "server_interval", 0.0))
+_PIPE_ONLY = (("--at", "at", "end"), ("--at-count", "at_count", 1), ("--log-messages", "log_messages", False))
+
+
+def _given(opts: argparse.Namespace, options: tuple[tuple[str, str, object], ...]) -> list[str]:
+    return [flag for flag, name, default in options if getattr(opts, name) != default]
+
+
+def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
+    """A pipe option the call would drop without a word (None: none is): on a unary call, the
+    caller's pushes on an out pipe, the server's on an in pipe, --at-count without a counted --at."""
+    def apply(flags: list[str]) -> str:
+        return " and ".join(flags) + (" apply" if len(flags) > 1 else " applies")
+    if not opts.pipe:
+        if given := _given(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
+            return f"{apply(given)} to pipes (--pipe in, out or both)"
+        return None
+    if opts.pipe == PIPE_OUT and (given := _given(opts, _CALLER_SIDE)):
+        return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"
+    if opts.pipe == PIPE_IN and (given := _given(opts, _SERVER_SIDE)):
+        return f"{apply(given)} to the server's pushes: on an in pipe only the caller pushes (--messages ...)"
+    if opts.at not in ("after-in", "after-out") and opts.at_count != 1:
+        return "--at-count applies to --at after-in or after-out"
+    return None
+
+
 def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
     """`call --pipe`: `opts.settings` (TLS, token) from channel_settings; `provider`: a tracer
     provider (--otel) or None."""
@@ -75,6 +106,9 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
         return 2
     if opts.cancel_at is not None and (why := _cannot_fire(opts)):
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
+        return 2
+    if why := _not_for_kind(opts):   # refused here, as the client would refuse it at start (logged)
+        print(f"callstate call: --pipe {opts.pipe}: {why}", file=sys.stderr)
         return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint(BEFORE_START)
@@ -91,15 +125,7 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
     from callstate.client.pipe_drive import drive_pipe
     from callstate.logfile import StateLog
 
-    script = PipeScript(outcome=opts.outcome, at=opts.at,
-                        at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
-                        messages=opts.server_messages, message_bytes=opts.server_message_bytes,
-                        interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
-                        abort_code=opts.code, abort_status=opts.grpc_status,
-                        abort_message=opts.message if opts.outcome == ABORT else "",
-                        fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
-                        cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
-                        breach=opts.breach)
+    script = _pipe_script(opts)
     sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,
                          tracing=provider if provider is not None else False)  # type: ignore[arg-type]
@@ -138,11 +164,41 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
         sink.close()
 
 
+def _pipe_script(opts: argparse.Namespace) -> PipeScript:
+    return PipeScript(outcome=opts.outcome, at=opts.at,
+                      at_count=opts.at_count if opts.at in ("after-in", "after-out") else 0,
+                      messages=opts.server_messages, message_bytes=opts.server_message_bytes,
+                      interval=opts.server_interval, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
+                      abort_code=opts.code, abort_status=opts.grpc_status,
+                      abort_message=opts.message if opts.outcome == ABORT else "",
+                      fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
+                      cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000,
+                      breach=opts.breach)
+
+
+def _not_for_kind(opts: argparse.Namespace) -> str:
+    """Why the server's script cannot apply to this pipe kind (--at, --breach; empty: it can):
+    the check the client runs at start, made before anything is logged."""
+    if getattr(opts, "drive", None) is not None and opts.no_script:
+        return ""
+    try:
+        validate_pipe(_pipe_script(opts).to_proto(), opts.pipe)
+    except RequestError as exc:
+        return str(exc)
+    return ""
+
+
 def _cannot_fire(opts: argparse.Namespace) -> str:
     """Why a counted cancel point is past what the pipe will carry (empty: it can fire)."""
     point = opts.cancel_at
     if point.kind == CANCEL_AFTER_SENT and point.count > opts.messages:
         return f"the caller pushes only {counted(opts.messages, 'message')} (--messages)"
-    if point.kind == CANCEL_AFTER_RECEIVED and opts.outcome != HOLD and point.count > opts.server_messages:
+    if point.kind != CANCEL_AFTER_RECEIVED:
+        return ""
+    if opts.at == "before-first":   # the outcome comes before the server's first push: none follows it
+        return "the server pushes nothing before its outcome (--at before-first)"
+    if opts.at == "after-out" and point.count > opts.at_count:
+        return f"the server's outcome comes after its {counted(opts.at_count, 'push', 'pushes')} (--at after-out --at-count)"
+    if opts.outcome != HOLD and point.count > opts.server_messages:
         return f"the server pushes only {counted(opts.server_messages, 'message')} (--server-messages)"
     return ""

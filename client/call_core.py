@@ -161,7 +161,8 @@ class CallCore:
         with self._lock:
             if self.lifecycle.state != C or self._starting:
                 raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"start() in state {self.state}"
-                                + (": another start() of the call is under way" if self._starting else ""))
+                                + (": another start() of the call is under way" if self.lifecycle.state == C
+                                   else ": the call was started or cancelled already"))
             self._starting = True
         if (unusable := self._client.unusable()) is not None:   # closed, or (asyncio) another loop's
             raise self.start_failed(codes.RPC_S_INVALID_ASYNC_CALL, unusable)

@@ -28,7 +28,7 @@ from typing import Any
 from callstate import codes
 from callstate.client.call_core import ACT, DONE, UNSENT, CallCore
 from callstate.errors import CallError
-from callstate.lifecycle import (CLIENT, END, HEADERS, NULL_PULL, NULL_PUSH, PIPE_BREACH, PIPE_IN, PIPE_OUT, PULL, PUSH,
+from callstate.lifecycle import (CAN, CLIENT, END, HEADERS, NULL_PULL, NULL_PUSH, PIPE_BREACH, PIPE_IN, PIPE_OUT, PULL, PUSH,
                                  RECEIVE_COMPLETE, SEND_COMPLETE, pipe_notifiable, table_for)
 from callstate.logfile import StateLog
 
@@ -80,13 +80,14 @@ class PipeCore(CallCore):
         return self.lifecycle.state == PUSH and not self._arrived
 
     # -- the pipe rules: why a push or pull is refused before it touches the wire -------------------
-    def push_refusal(self) -> CallError | None:
+    def push_refusal(self, what: str = "push") -> CallError | None:
         if self.kind == PIPE_OUT:
             return CallError(codes.RPC_X_WRONG_PIPE_ORDER, self.call_id,
-                             details="push on an out pipe: only the server pushes on it")
+                             details=f"{what} on an out pipe: only the server pushes on it")
         if not self.can_push():
-            return CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {self.state}: "
+            return CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"{what} in state {self.state}: "
                              + ("the call has ended" if self._arrived or self.lifecycle.state == END
+                                else "the call was cancelled" if CAN in (self.lifecycle.history or ())
                                 else "the caller's pipe is closed (its null push was made)"))
         return None
 
@@ -123,11 +124,12 @@ class PipeCore(CallCore):
                          details="the server pushed after its null push")
 
     def null_push(self) -> None:
-        """The caller ends its pipe (half-close): Push -> WComp (in) or Pull (both)."""
+        """The caller ends its pipe (half-close): Push -> WComp (in) or Pull (both). A null push is
+        a push (of zero elements): refused as push() is (1831 on an out pipe, 1916 after the null
+        push or once the call has ended), and never logged on a call whose outcome is in."""
         with self._lock:
-            if self.lifecycle.state != PUSH:
-                raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id,
-                                details=f"null push in state {self.state}: the pipe is not being pushed")
+            if (refusal := self.push_refusal("null push")) is not None:
+                raise refusal
             self._move(NULL_PUSH)
             callbacks = self._deliver_if_arrived()
         self._run(callbacks)

@@ -99,7 +99,10 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
             if interval:   # a cancel (Ctrl-C) or the server's end cuts the wait short
                 await asyncio.wait((ended,), timeout=interval)
         if half_close and pipe.state == PUSH and not pipe.done():
-            await pipe.close_push()
+            try:
+                await pipe.close_push()
+            except CallError:
+                return   # the call ended (or was cancelled) first: its status says how
             cancel.at(CANCEL_AFTER_HALF_CLOSE)
 
     async def pull_all() -> None:

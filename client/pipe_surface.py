@@ -99,6 +99,8 @@ class PipeBase(PipeCore):
         Refused (ValueError) when the server would not take it: the limit is the payload's size on
         the Emulator, the message's own on a user's method (a dict's len() is not its size)."""
         if self.method is None:
+            if not isinstance(payload, bytes):   # as a unary call's payload is refused
+                raise TypeError(f"push: a message must be bytes, not {type(payload).__name__}")
             check_push(payload)
             return pb.PipeMessage(seq=seq, payload=payload)
         where = f"{self.method.name} push {seq}"

@@ -202,8 +202,8 @@ def test_core_logs_each_pull_when_asked_and_refuses_a_second_null_push() -> None
     in_pipe.null_push()
     for pipe in (core, in_pipe):   # in Pull, in WComp
         with pytest.raises(CallError) as info:
-            pipe.null_push()   # the pipe is not being pushed any more: a refused operation, not an illegal move
-        assert info.value.code == codes.RPC_S_INVALID_ASYNC_CALL
+            pipe.null_push()   # a push after the null push (docs/model.md): refused, not an illegal move
+        assert info.value.code == codes.RPC_X_PIPE_CLOSED
 
 
 def test_core_takes_a_status_that_beat_started_as_the_null_pull_once_started() -> None:

@@ -221,7 +221,10 @@ async def _answered_while_open(b: Battery, pipe: AsyncPipe,
     if dispatched(b.journal.entries(pipe.call_id)):   # had the server answered? (its journal may trail)
         await b.journal.wait((pipe.call_id,), ended, b.cfg.wait)
     end = final(b.journal.entries(pipe.call_id))
-    await pipe.close_push()   # does a half-close release the answer?
+    try:
+        await pipe.close_push()   # does a half-close release the answer?
+    except CallError:
+        pass   # its outcome came in meanwhile: the caller's pipe can no longer be closed
     if not await pipe.wait(b.cfg.wait):
         hung = await _abandon(b, pipe, None, t0, b.cfg.wait)
         return None, f"{hung.describe()} while the caller's pipe stayed open, nor after its half-close"

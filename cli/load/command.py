@@ -22,7 +22,7 @@ from callstate.cli.options import (abort_code, add_target, channel_settings, cha
                                    rate)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Scenario,
-                                unreachable_pipe_points)
+                                kinds_without_point, unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
 from callstate.script import Limits, Mix
@@ -39,7 +39,7 @@ pipes (--pipes in=10,out=10,both=10: percent of calls that are asynchronous pipe
 pushes --pipe-messages messages; a cancelled pipe is cancelled at one of --pipe-cancel-at:
   {PIPE_POINTS.usage()}
 (only the points that apply to its kind); held pipes not in the cancelled share are
-cancelled abortively once they have their headers.
+cancelled abortively at one of them after their start (counted as hold-for).
 
 examples:
   callstate load --calls 5000 --concurrency 64
@@ -155,6 +155,14 @@ def run(opts: argparse.Namespace) -> int:
     if opts.pipes and (late := unreachable_pipe_points(opts.pipe_cancel_at, opts.pipe_messages)):
         opts.target_parser.error(f"--pipe-cancel-at {late[0]} is never reached with --pipe-messages "
                                  f"{opts.pipe_messages}: each side pushes that many")
+    stray = [flag for flag, given in (("--pipe-cancel-at", opts.pipe_cancel_at != pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
+                                      ("--pipe-messages", opts.pipe_messages != _SCENARIO.pipe_messages)) if given]
+    if stray and not opts.pipes:   # no call is a pipe: they would be dropped without a word
+        opts.target_parser.error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: "
+                                 "add --pipes (e.g. in=10,out=10,both=10)")
+    if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
+        opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "
+                                 f"applies to an {kinds[0]} pipe (add one that does)")
     try:
         provider = tracer_provider(opts, "callstate-load")
         return _run(opts, provider)

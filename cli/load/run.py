@@ -36,8 +36,9 @@ from callstate.cli.report.run_report import ReportBuilder, collect_examples
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
+from callstate.cancel_points import BEFORE_START
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, NON_ABORTIVE, PIPE_INITIAL_MOVE,
-                                 SERVER)
+                                 SERVER, C)
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
 from callstate.statelog import Entry, parse_ts, proto_to_dict
 from callstate.logfile import StateLog
@@ -298,6 +299,10 @@ class LoadRun:
             self.in_flight -= 1
             if point is not None and cancel is not None and CAN in pipe.history:   # as for calls
                 self._count_cancel(plan, cancel, f"pipe-cancel-at-{point.kind}")
+        # counted as calls are, so the verdict's "every call turned away" and "none could start" count pipes
+        if point is None or point.kind != BEFORE_START:
+            self.attempted += 1
+            self.start_failed += pipe.history == [C, END]   # C -> End: refused before it left
         self._record(code, t0)
 
     # -- driving -------------------------------------------------------------------------------

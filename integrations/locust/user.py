@@ -32,7 +32,7 @@ from callstate.lifecycle import ABORTIVE, UNARY
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
                                 DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
                                 parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
-                                pipe_script, unreachable_pipe_points)
+                                kinds_without_point, pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Limits, Mix, check_abort_code
 from callstate.v1 import callstate_pb2 as pb
@@ -154,6 +154,15 @@ class CallstateUser(User):
         if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
             raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
                              f"{scenario.pipe_messages}: each side pushes that many")
+        stray = [name for name, given in (
+            ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
+            ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
+        if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
+            raise ValueError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set pipes "
+                             "(e.g. in=10,out=10,both=10)")
+        if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
+            raise ValueError(f"pipe_cancel_at: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
+                             f"an {kinds[0]} pipe (add one that does)")
         return settings, scenario, run
 
     @classmethod
