@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hmac
+import resource
 import socket
 from typing import Any, Iterator
 
@@ -263,6 +264,14 @@ class MetricsEndpoint:
         self._httpd.server_close()
 
 
+def connection_cap(requested: int) -> int:
+    """At most a quarter of the process's file descriptors for /metrics connections: idle or stuck
+    scrapers must not take the sockets the gRPC server needs to accept calls (a soft limit of 1024,
+    a common default, was all used up by 1024 idle scrapers and calls could not connect)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 4))
+
+
 class AsyncMetricsEndpoint:
     """/metrics served on the running event loop (the server's own): no thread per connection,
     a connection that sends no complete request within `idle_timeout` seconds is closed, at most
@@ -278,7 +287,7 @@ class AsyncMetricsEndpoint:
         self._sock.setblocking(False)
         self.registry, self.bind, self.port = registry, bind, self._sock.getsockname()[1]
         self._expected = f"Bearer {token}".encode() if token else None
-        self.idle_timeout, self.max_connections = idle_timeout, max_connections
+        self.idle_timeout, self.max_connections = idle_timeout, connection_cap(max_connections)
         self.connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
         self._starting = asyncio.get_running_loop().create_task(self._start())
