@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import cli
+import pytest
+
+from tests.conftest import cli, start_server
 
 FD_LIMIT = 256
 # the child sets its own limit before exec (no preexec_fn in a process that runs gRPC threads)
@@ -59,3 +61,27 @@ def test_idle_scrapers_do_not_take_the_sockets_calls_need(tmp_path: Path) -> Non
             s.close()
         proc.terminate()
         proc.wait(30)
+
+
+def test_serve_otel_without_a_collector_says_so_once_while_it_serves(tmp_path: Path) -> None:
+    """`serve --otel` whose collector is down keeps serving and says so in one line when the first
+    export fails, not hours later at its exit; the exit adds no second line and no retry spam."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]   # closed again: nothing listens there
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{nobody}",
+           "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    srv = start_server(tmp_path, "--otel", env=env)
+    try:
+        first = cli("call", "--target", srv.target, "--outcome", "complete")
+        assert first.returncode == 0, first.stderr
+        warning = f"callstate serve: warning: OpenTelemetry spans not exported to http://127.0.0.1:{nobody}"
+        wait_for_text(srv.stderr, re.escape(warning), srv.proc, timeout=60)
+        second = cli("call", "--target", srv.target, "--outcome", "complete")   # still serving
+        assert second.returncode == 0 and "0 RPC_S_OK" in second.stdout + second.stderr, second.stderr
+    finally:
+        assert srv.stop(timeout=30) == 0
+    text = srv.stderr.read_text()
+    assert text.count("warning: OpenTelemetry") == 1, text
+    assert "Traceback" not in text and "Transient error" not in text and "retry" not in text, text
