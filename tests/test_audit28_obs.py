@@ -3,15 +3,19 @@ processes on loopback."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from callstate.lifecycle import END, ENTER
 from tests.conftest import cli, start_server
 
 FD_LIMIT = 256
@@ -85,3 +89,63 @@ def test_serve_otel_without_a_collector_says_so_once_while_it_serves(tmp_path: P
     text = srv.stderr.read_text()
     assert text.count("warning: OpenTelemetry") == 1, text
     assert "Traceback" not in text and "Transient error" not in text and "retry" not in text, text
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def summed(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, key: str,
+           **match: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (n, labels), value in samples.items():
+        d = dict(labels)
+        if n == name and all(d.get(k) == v for k, v in match.items()):
+            out[d[key]] = out.get(d[key], 0) + value
+    return out
+
+
+def final_codes(log: Path) -> Counter[str]:
+    return Counter(str(e["code"]) for e in map(json.loads, log.read_text().splitlines())
+                   if e["state"] == END and e["event"] == ENTER)
+
+
+def test_metrics_of_both_sides_agree_with_check_over_the_same_run(tmp_path: Path) -> None:
+    """300 calls with aborts, fatals, abortive and non-abortive cancels, polled and unpolled
+    handlers: each side's /metrics counts the final codes its own log holds, both in-flight
+    gauges are back at 0, and the propagation histograms count check's population."""
+    srv = start_server(tmp_path, "--metrics-port", "0")
+    load_err, client_log = tmp_path / "load.stderr", tmp_path / "client.jsonl"
+    load = subprocess.Popen(
+        [sys.executable, "-m", "callstate", "load", "--target", srv.target, "--calls", "300", "--concurrency", "8",
+         "--mix", "complete=40,abort=30,fatal=10,hold=20", "--cancel", "abortive=30,non-abortive=20",
+         "--cancel-poll", "0=50,5=50", "--log-file", str(client_log), "--metrics-port", "0",
+         "--metrics-linger", "120", "--progress", "never"],
+        stdout=subprocess.DEVNULL, stderr=open(load_err, "wb"), cwd=tmp_path)
+    try:
+        load_url = wait_for_text(load_err, r"metrics on (http://\S+/metrics)", load).group(1)
+        wait_for_text(load_err, r"/metrics stays up", load, timeout=240)   # the run and its check are over
+        server_url = wait_for_text(srv.stderr, r"metrics on (http://\S+/metrics)", srv.proc).group(1)
+        client, server = scrape(load_url), scrape(server_url)
+    finally:
+        load.terminate()
+        load.wait(30)
+        srv.stop()
+    assert summed(client, "callstate_calls_total", "code") == final_codes(client_log)
+    assert summed(server, "callstate_calls_total", "code") == final_codes(srv.log)   # the barrier call too
+    assert sum(final_codes(client_log).values()) == 300
+    assert {"1818", "4242", "1726", "0"} <= set(final_codes(client_log))   # cancels, aborts, fatals all ran
+    assert summed(client, "callstate_calls_in_flight", "side") == {"client": 0}
+    assert summed(server, "callstate_calls_in_flight", "side") == {"server": 0}
+    checked = cli("check", "--json", str(client_log), str(srv.log))
+    report = json.loads(checked.stdout)
+    assert report["ok"], checked.stdout
+    for family, population in (("callstate_cancel_propagation_seconds_count", "cancel_propagation_ms"),
+                               ("callstate_cancel_propagation_polled_seconds_count",
+                                "cancel_propagation_polled_ms")):
+        counted = sum(summed(client, family, "kind").values())
+        assert counted == report[population]["count"], (family, counted, report[population])
+    assert report["cancel_propagation_ms"]["count"] > 0 and report["cancel_propagation_polled_ms"]["count"] > 0
