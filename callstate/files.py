@@ -9,6 +9,7 @@ import os
 import ssl
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -65,6 +66,23 @@ def check_key_pair(cert: PemSource, key: PemSource, what: str) -> None:
     except (ssl.SSLError, ValueError) as exc:
         raise OSError(f"the {what} {str(cert)!r} and key {str(key)!r} do not make a pair: "
                       f"{getattr(exc, 'reason', None) or _pem_lacks(cert, key) or exc}") from None
+
+
+def check_validity(cert: PemSource, what: str, now: float | None = None) -> None:
+    """OSError naming `what` when the certificate (given as a path) has expired or is not valid
+    yet: every TLS client would refuse it, one handshake at a time, and the server would run on."""
+    if not isinstance(cert, (str, Path)):
+        return
+    try:   # the standard library's own decoder (used by its test suite); absent: no check
+        decoded = ssl._ssl._test_decode_cert(str(cert))   # type: ignore[attr-defined]
+    except (AttributeError, ssl.SSLError, OSError, ValueError):
+        return   # unreadable or not a certificate: check_key_pair and read_pem say so
+    now = time.time() if now is None else now
+    if now >= ssl.cert_time_to_seconds(decoded["notAfter"]):
+        raise OSError(f"the {what} {str(cert)!r} expired on {decoded['notAfter']}: renew it")
+    if now < ssl.cert_time_to_seconds(decoded["notBefore"]):
+        raise OSError(f"the {what} {str(cert)!r} is not valid before {decoded['notBefore']} "
+                      f"(is this host's clock right?)")
 
 
 class _Encrypted(Exception):

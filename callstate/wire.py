@@ -55,6 +55,7 @@ def new_call_id() -> str:
 # this environment variable when --token is not given.
 AUTH_KEY: Final = "authorization"
 TOKEN_ENV: Final = "CALLSTATE_TOKEN"
+METRICS_TOKEN_ENV: Final = "CALLSTATE_METRICS_TOKEN"   # serve --metrics-token, kept off the command line (ps)
 
 # Keepalive: a peer that stops answering is given up on within this many seconds.
 DEFAULT_KEEPALIVE: Final = 30.0

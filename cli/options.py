@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -114,12 +115,25 @@ def token(text: str) -> str:
 
 def env_token(prog: str) -> str | None:
     """The token from CALLSTATE_TOKEN (None when unset or empty); SystemExit(2) when unusable."""
-    value = os.environ.get(TOKEN_ENV) or None
+    return env_secret(TOKEN_ENV, prog)
+
+
+def env_secret(name: str, prog: str) -> str | None:
+    """A token from the environment variable `name` (None when unset or empty); a usage error
+    (one line, exit 2) when unusable. The value itself is never printed."""
+    value = os.environ.get(name) or None
     if value is not None:
-        try:
-            token(value)
-        except argparse.ArgumentTypeError as exc:
-            raise SystemExit(f"{prog}: {TOKEN_ENV}: {exc}") from None   # exit status 1 with the line
+        why = None
+        if value != value.strip():   # a secret file read with its newline (Kubernetes, env files)
+            why = "has leading or trailing whitespace (a newline from a file?): strip it"
+        else:
+            try:
+                token(value)
+            except argparse.ArgumentTypeError as exc:
+                why = str(exc)
+        if why:
+            print(f"{prog}: {name}: {why}", file=sys.stderr)
+            raise SystemExit(2)
     return value
 
 
@@ -155,7 +169,7 @@ def add_access(p: argparse.ArgumentParser) -> None:
                    help="client certificate, for a server that requires one (mutual TLS); with --tls-key")
     g.add_argument("--tls-key", type=pem_file, metavar="PEM", help="the client certificate's private key")
     g.add_argument("--tls-server-name", metavar="NAME",
-                   help="check the server's certificate against this name instead of the target's host")
+                   help="check the server's certificate against this name instead of the target's host (with --tls-ca)")
     g.add_argument("--token", type=token, metavar="TOKEN",
                    help=f"bearer token for a server started with --token (default: ${TOKEN_ENV}, if set)")
     add_keepalive(g, SERVER)   # the peer whose silence ends the calls
@@ -172,6 +186,8 @@ def channel_settings(opts: argparse.Namespace) -> "ChannelSettings":
         opts.target = [DEFAULT_TARGET]
     if (opts.tls_cert is None) != (opts.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if opts.tls_server_name and opts.tls_ca is None and opts.tls_cert is None:   # else plaintext, silently
+        parser.error("--tls-server-name checks the server's TLS certificate: add --tls-ca (the CA that signed it)")
     settings = ChannelSettings(tls_ca=opts.tls_ca, tls_cert=opts.tls_cert, tls_key=opts.tls_key,
                                token=opts.token or env_token(parser.prog), keepalive=opts.keepalive or None,
                                tls_server_name=opts.tls_server_name)

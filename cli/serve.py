@@ -13,9 +13,10 @@ from callstate.cli.outputs import clash
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
 from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
+from callstate.cli.options import env_secret
 from callstate.lifecycle import CLIENT
 from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
-from callstate.wire import TOKEN_ENV
+from callstate.wire import METRICS_TOKEN_ENV, TOKEN_ENV
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
 
@@ -109,7 +110,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="on shutdown, how long calls in flight get before they are ended (default: %(default)s)")
     add_metrics(p, "the server's calls, states, cancels and journal")
     p.add_argument("--metrics-token", type=token, metavar="TOKEN",
-                   help="/metrics then needs Authorization: Bearer TOKEN (401 otherwise); for an exposed endpoint")
+                   help=f"/metrics then needs Authorization: Bearer TOKEN (401 otherwise); for an exposed endpoint "
+                        f"(default: ${METRICS_TOKEN_ENV}, if set: unlike the command line, not shown by ps)")
     p.add_argument("--metrics-idle-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                    help="close a /metrics connection that sends no request this long (default: %(default)s)")
     add_otel(p)
@@ -160,9 +162,16 @@ def run(opts: argparse.Namespace) -> int:
                             max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
                             max_concurrent_streams=opts.max_concurrent_streams,
                             metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
-                            metrics_token=opts.metrics_token, metrics_idle_timeout=opts.metrics_idle_timeout,
+                            metrics_token=opts.metrics_token or env_secret(METRICS_TOKEN_ENV, "callstate serve"),
+                            metrics_idle_timeout=opts.metrics_idle_timeout,
                             tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
                             token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
+    from callstate.server.app import check_tls
+    try:
+        check_tls(options)   # a key that is encrypted or not the certificate's, an expired certificate
+    except (OSError, ValueError) as exc:
+        print(f"callstate serve: {exc}", file=sys.stderr)
+        return 2
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)

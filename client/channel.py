@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from callstate.files import PemSource, check_key_pair, read_pem
+from callstate.files import PemSource, check_key_pair, check_validity, read_pem
 from callstate.wire import AUTH_KEY, CODE_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
 
@@ -61,6 +61,9 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("a client certificate needs both tls_cert and tls_key")
+        if self.tls_server_name and not self.secure:   # else silently plaintext, token and all
+            raise ValueError("tls_server_name checks the server's TLS certificate: it needs TLS (tls_ca, tls_cert "
+                             "or tls=True)")
         if self.keepalive is not None and self.keepalive and self.keepalive < MIN_KEEPALIVE:
             raise ValueError(f"keepalive must be >= {MIN_KEEPALIVE:g} s (or 0/None for none)")
         if self.token is not None and (not self.token or not self.token.isprintable() or not self.token.isascii()):
@@ -77,6 +80,7 @@ class ChannelSettings:
         if not self.secure:
             return None
         check_key_pair(self.tls_cert, self.tls_key, "TLS client certificate")
+        check_validity(self.tls_cert, "TLS client certificate")   # expired: the server would only close the connection
         return grpc.ssl_channel_credentials(root_certificates=read_pem(self.tls_ca, "TLS CA certificate"),
                                             private_key=read_pem(self.tls_key, "TLS client key"),
                                             certificate_chain=read_pem(self.tls_cert, "TLS client certificate"))
@@ -129,6 +133,17 @@ class ChannelSettings:
                     "spread them over more connections (load --channels)")
         if "WRONG_VERSION_NUMBER" in text:
             return "the server does not speak TLS: drop the --tls-* options"
+        if "Hostname Verification Check failed" in text:
+            named = f"--tls-server-name {self.tls_server_name}" if self.tls_server_name else "the target's host"
+            return (f"the server's certificate does not name {named}: connect by a name it holds, or pass "
+                    f"--tls-server-name with one")
+        if "certificate has expired" in text:
+            return "the server's certificate has expired (or a CA certificate of its chain has): renew it"
+        if "unsupported certificate purpose" in text:
+            return ("the server's certificate is not one for a server (its extended key usage lacks serverAuth): "
+                    "was it started with a client certificate as --tls-cert?")
+        if "certificate is not yet valid" in text:
+            return "the server's certificate is not valid yet: is this host's or the server's clock right?"
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "the server's certificate is not signed by the CA given as --tls-ca"
         if "handshake" in text.lower() or "certificate" in text.lower():

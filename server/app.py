@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection   # its service name; served by server/reflection.py
 
 from callstate.lifecycle import SERVER
-from callstate.files import check_key_pair, read_pem, write_atomically
+from callstate.files import check_key_pair, check_validity, read_pem, write_atomically
 from callstate.script import REQUEST_FRAMING, Limits
 from callstate.statelog import Entry
 from callstate.logfile import StateLog
@@ -338,6 +338,7 @@ def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
     if opts.tls_cert is None or opts.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     check_key_pair(opts.tls_cert, opts.tls_key, "TLS certificate")
+    check_validity(opts.tls_cert, "TLS certificate")
     cert = read_pem(opts.tls_cert, "TLS certificate")
     key = read_pem(opts.tls_key, "TLS key")
     client_ca = read_pem(opts.tls_client_ca, "TLS client CA")
@@ -345,6 +346,12 @@ def _credentials(opts: ServerOptions) -> grpc.ServerCredentials | None:
         check_client_ca(client_ca, opts.tls_client_ca)
     assert cert is not None and key is not None
     return server_credentials(cert, key, client_ca)
+
+
+def check_tls(opts: ServerOptions) -> None:
+    """The checks of the TLS material that serve() makes, for the command line to refuse bad
+    files as a usage error (exit 2) before it starts anything: OSError/ValueError naming the file."""
+    _credentials(opts)
 
 
 def _describe_loop(loop: asyncio.AbstractEventLoop) -> str:
