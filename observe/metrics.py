@@ -28,7 +28,7 @@ except ImportError as exc:   # pragma: no cover - exercised by installs without 
     raise ObserveError("metrics need the prometheus-client library: pip install 'callstate[metrics]'") from exc
 
 from callstate import codes
-from callstate.lifecycle import CAN, END, ENTER
+from callstate.lifecycle import CAN, END, ENTER, EVENTS, PIPE_EVENTS
 from callstate.propagation import PropagationTracker
 from callstate.statelog import Entry
 
@@ -36,6 +36,10 @@ from callstate.statelog import Entry
 # tens of microseconds on loopback and seconds on a sick network.
 DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 CANCEL_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+
+# every event a side may record, so the HELP names each value the `event` label takes
+EVENTS_HELP = "Events recorded without a state change ({})".format(", ".join(sorted(
+    {e for table in (EVENTS, PIPE_EVENTS) for events in table.values() for e in events})))
 
 
 class Histogram:
@@ -187,8 +191,7 @@ class _Collector(Collector):
                                       labels=("side",))
         states = CounterMetricFamily("callstate_state_entries", "States entered, by side and state",
                                      labels=("side", "state"))
-        events = CounterMetricFamily("callstate_events", "Events recorded without a state change (cancel_seen, "
-                                     "complete_pending, cancel_sent, cancel_escalated)", labels=("side", "event"))
+        events = CounterMetricFamily("callstate_events", EVENTS_HELP, labels=("side", "event"))
         cancels = CounterMetricFamily("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by "
                                       "the server (cancel_seen)", labels=("side", "kind"))
         duration = HistogramMetricFamily("callstate_call_duration_seconds", "Call latency: first state to End, "

@@ -149,3 +149,32 @@ def test_metrics_of_both_sides_agree_with_check_over_the_same_run(tmp_path: Path
         counted = sum(summed(client, family, "kind").values())
         assert counted == report[population]["count"], (family, counted, report[population])
     assert report["cancel_propagation_ms"]["count"] > 0 and report["cancel_propagation_polled_ms"]["count"] > 0
+
+
+def test_every_metric_help_names_the_values_its_event_label_takes() -> None:
+    """The HELP of callstate_events names every event either side may record (client_closed and
+    the pipe events were missing), and every family follows the naming rules: counters end in
+    _total, durations are in seconds."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from callstate.lifecycle import EVENTS, PIPE_EVENTS
+    from callstate.observe.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.side("server")
+    metrics.cancel_propagation()
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    help_text = families["callstate_events"].documentation
+    for table in (EVENTS, PIPE_EVENTS):
+        for events in table.values():
+            for event in events:
+                assert event in help_text, (event, help_text)
+    for name, family in families.items():
+        assert family.documentation, name
+        if family.type == "histogram":
+            assert name.endswith("_seconds"), name
+    raw = generate_latest(metrics.registry).decode()
+    for line in raw.splitlines():
+        if line.startswith("# TYPE ") and line.endswith(" counter"):
+            assert line.split()[2].endswith("_total"), line
