@@ -285,8 +285,9 @@ class AsyncMetricsEndpoint:
                  idle_timeout: float = 10.0, max_connections: int = 1024) -> None:
         try:
             self._sock = socket.create_server((bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
-        except OSError as exc:
-            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        except OSError as exc:   # create_server appends the address the line already names
+            why = (exc.strerror or str(exc)).split(" (while attempting to bind")[0]
+            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {why}") from None
         self._sock.setblocking(False)
         self.registry, self.bind, self.port = registry, bind, self._sock.getsockname()[1]
         self._expected = f"Bearer {token}".encode() if token else None

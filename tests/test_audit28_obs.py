@@ -178,3 +178,19 @@ def test_every_metric_help_names_the_values_its_event_label_takes() -> None:
     for line in raw.splitlines():
         if line.startswith("# TYPE ") and line.endswith(" counter"):
             assert line.split()[2].endswith("_total"), line
+
+
+def test_serve_metrics_bind_errors_are_one_plain_line(tmp_path: Path) -> None:
+    """A /metrics port in use or an address that is not this host's: one line that names it once
+    (socket.create_server's own "(while attempting to bind on address ...)" tail repeated it)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        in_use = cli("serve", "--port", "0", "--metrics-port", str(port), timeout=30)
+    bad_host = cli("serve", "--port", "0", "--metrics-port", "0", "--metrics-bind", "999.1.1.1", timeout=30)
+    for result, where in ((in_use, f"127.0.0.1:{port}"), (bad_host, "999.1.1.1:0")):
+        assert result.returncode != 0
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"callstate serve: cannot serve /metrics on {where}: "), line
+        assert "while attempting" not in line and "Traceback" not in line, line
