@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import Callable
 
 from callstate.cli import COMMANDS
 from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
@@ -139,59 +140,18 @@ def run(opts: argparse.Namespace) -> int:
     # SIGINT / SIGTERM / SIGHUP that came while the command loaded and the server starts, noted by
     # callstate.cli.main until serve() installs its own handlers: they stop it before it serves
     early: list[int] = getattr(opts, "early_signals", [])
-
-    if (opts.tls_cert is None) != (opts.tls_key is None):
-        print("callstate serve: --tls-cert and --tls-key go together", file=sys.stderr)
+    if why := _tls_flags_refused(opts):
+        print(f"callstate serve: {why}", file=sys.stderr)
         return 2
-    if opts.tls_client_ca is not None and opts.tls_cert is None:
-        print("callstate serve: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
-        return 2
-    config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
-                            max_in_flight=opts.max_in_flight, seed=opts.seed, log_messages=opts.log_messages,
-                            limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes,
-                                          max_message_bytes=opts.max_message_bytes, max_call_id_bytes=opts.max_call_id,
-                                          max_payload_bytes=opts.max_payload_bytes),
-                            max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
-                            max_early_notices=opts.max_early_notices,
-                            max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
-                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
-                            id_retention=opts.id_retention, max_retained_ids=opts.max_retained_ids)
-    options = ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
-                            journal_size=opts.journal_size, emulator=config, grace=opts.grace,
-                            journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
-                            max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
-                            max_concurrent_streams=opts.max_concurrent_streams,
-                            metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
-                            metrics_token=opts.metrics_token or env_secret(METRICS_TOKEN_ENV, "callstate serve"),
-                            metrics_idle_timeout=opts.metrics_idle_timeout,
-                            tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
-                            token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
-    from callstate.server.app import check_tls
-    try:
-        check_tls(options)   # a key that is encrypted or not the certificate's, an expired certificate
-    except (OSError, ValueError) as exc:
-        print(f"callstate serve: {exc}", file=sys.stderr)
-        return 2
-    for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
-        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            print(f"callstate serve: {flag} {path}: its folder does not exist", file=sys.stderr)
-            return 2
-    if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))):
-        print(f"callstate serve: {why}", file=sys.stderr)   # the port would replace the recorded log
+    options = _server_options(opts)
+    if why := _refused(opts, options):
+        print(f"callstate serve: {why}", file=sys.stderr)
         return 2
     try:
-        options.schema, options.rules = load_standin(opts, config.limits)
-    except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field
-        print(f"callstate serve: {exc}", file=sys.stderr)
+        loop_factory = _loop_factory(opts.loop)
+    except ImportError:
+        print("callstate serve: --loop uvloop needs uvloop (pip install 'callstate[fast]')", file=sys.stderr)
         return 2
-    loop_factory = None
-    if opts.loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            print("callstate serve: --loop uvloop needs uvloop (pip install 'callstate[fast]')", file=sys.stderr)
-            return 2
-        loop_factory = uvloop.new_event_loop
     provider = None
     stopped = None
     try:
@@ -206,6 +166,66 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         shutdown_tracing(provider, "callstate serve")
     return 0 if stopped is None else _stopped_before_serving(stopped)
+
+
+def _tls_flags_refused(opts: argparse.Namespace) -> str | None:
+    if (opts.tls_cert is None) != (opts.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if opts.tls_client_ca is not None and opts.tls_cert is None:
+        return "--tls-client-ca needs --tls-cert and --tls-key"
+    return None
+
+
+def _server_options(opts: argparse.Namespace) -> ServerOptions:
+    """The server's options from the command line (the secrets from the environment when not given)."""
+    config = EmulatorConfig(mix=opts.mix, abort_code=opts.abort_code, max_hold=opts.max_hold,
+                            max_in_flight=opts.max_in_flight, seed=opts.seed, log_messages=opts.log_messages,
+                            limits=Limits(max_delay_ms=int(opts.max_delay * 1000), max_reply_bytes=opts.max_reply_bytes,
+                                          max_message_bytes=opts.max_message_bytes, max_call_id_bytes=opts.max_call_id,
+                                          max_payload_bytes=opts.max_payload_bytes),
+                            max_reply_backlog_bytes=opts.max_reply_backlog, early_notice_ttl=opts.early_notice_ttl,
+                            max_early_notices=opts.max_early_notices,
+                            max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
+                            max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
+                            id_retention=opts.id_retention, max_retained_ids=opts.max_retained_ids)
+    return ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
+                         journal_size=opts.journal_size, emulator=config, grace=opts.grace,
+                         journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
+                         max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,
+                         max_concurrent_streams=opts.max_concurrent_streams,
+                         metrics_port=opts.metrics_port, metrics_bind=opts.metrics_bind,
+                         metrics_token=opts.metrics_token or env_secret(METRICS_TOKEN_ENV, "callstate serve"),
+                         metrics_idle_timeout=opts.metrics_idle_timeout,
+                         tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_client_ca=opts.tls_client_ca,
+                         token=opts.token or env_token("callstate serve"), keepalive=opts.keepalive or None)
+
+
+def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
+    """Why the server cannot start with these options (a usage error, before anything starts);
+    the stand-in's schema and rules are loaded into `options` on the way."""
+    from callstate.server.app import check_tls
+    try:
+        check_tls(options)   # a key that is encrypted or not the certificate's, an expired certificate
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
+        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            return f"{flag} {path}: its folder does not exist"
+    if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))):
+        return why   # the port would replace the recorded log
+    try:
+        options.schema, options.rules = load_standin(opts, options.emulator.limits)
+    except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field
+        return str(exc)
+    return None
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop's factory (None: asyncio's own); ImportError when uvloop is asked for and missing."""
+    if loop != "uvloop":
+        return None
+    import uvloop
+    return uvloop.new_event_loop   # type: ignore[no-any-return]
 
 
 def _stopped_before_serving(signum: int) -> int:
