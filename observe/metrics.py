@@ -268,11 +268,12 @@ class MetricsEndpoint:
 
 
 def connection_cap(requested: int) -> int:
-    """At most a quarter of the process's file descriptors for /metrics connections: idle or stuck
-    scrapers must not take the sockets the gRPC server needs to accept calls (a soft limit of 1024,
-    a common default, was all used up by 1024 idle scrapers and calls could not connect)."""
+    """At most an eighth of the process's file descriptors for /metrics connections (as many again
+    may be accepted in one burst before the excess is closed): idle or stuck scrapers must not take
+    the sockets the gRPC server needs to accept calls (a soft limit of 1024, a common default, was
+    all used up by 1024 idle scrapers and calls could not connect)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 4))
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 8))
 
 
 class AsyncMetricsEndpoint:
@@ -297,7 +298,9 @@ class AsyncMetricsEndpoint:
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=16 * 1024)
+        # backlog is also how many connections asyncio accepts in one go: at most the cap
+        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=16 * 1024,
+                                                  backlog=min(100, self.max_connections))
 
     @property
     def url(self) -> str:

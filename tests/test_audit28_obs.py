@@ -36,7 +36,7 @@ def wait_for_text(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeo
 
 def test_idle_scrapers_do_not_take_the_sockets_calls_need(tmp_path: Path) -> None:
     """A server with a small descriptor limit and 300 idle /metrics connections (a stuck scraper,
-    or anyone who can reach the port) still accepts calls: /metrics holds at most a quarter of the
+    or anyone who can reach the port) still accepts calls: /metrics holds at most an eighth of the
     limit. Before, it held up to 1024, accept() failed with EMFILE (a traceback on stderr for each
     try) and calls could not connect until the idle connections timed out."""
     err, port_file = tmp_path / "serve.stderr", tmp_path / "serve.port"
