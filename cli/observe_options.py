@@ -25,13 +25,14 @@ def add_otel(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otel", action="store_true", help=OTEL_HELP)
 
 
-def tracer_provider(opts: argparse.Namespace, service_name: str) -> Any:
+def tracer_provider(opts: argparse.Namespace, service_name: str, warn_at_once: str | None = None) -> Any:
     """The SDK tracer provider from OTEL_* when --otel is given, else None (ObserveError when it
-    cannot be built). The caller shuts it down at exit, which flushes the last spans."""
+    cannot be built). The caller shuts it down at exit, which flushes the last spans. A long-running
+    command passes its name as `warn_at_once`: spans that cannot be exported are said when it happens."""
     if not opts.otel:
         return None
     from callstate.observe.tracing import provider_from_env
-    return provider_from_env(service_name)
+    return provider_from_env(service_name, warn_at_once)
 
 
 def shutdown_tracing(provider: Any, prog: str) -> None:

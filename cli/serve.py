@@ -157,7 +157,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         if early:   # nothing started yet: nothing to stop
             return _stopped_before_serving(early[0])
-        options.tracing = provider = tracer_provider(opts, "callstate-serve")
+        options.tracing = provider = tracer_provider(opts, "callstate-serve", warn_at_once="callstate serve")
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             stopped = runner.run(serve(options, port_file=opts.port_file, early=early))
     except (OSError, ValueError, ObserveError) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hmac
+import resource
 import socket
 from typing import Any, Iterator
 
@@ -27,7 +28,7 @@ except ImportError as exc:   # pragma: no cover - exercised by installs without 
     raise ObserveError("metrics need the prometheus-client library: pip install 'callstate[metrics]'") from exc
 
 from callstate import codes
-from callstate.lifecycle import CAN, END, ENTER
+from callstate.lifecycle import CAN, END, ENTER, EVENTS, PIPE_EVENTS
 from callstate.propagation import PropagationTracker
 from callstate.statelog import Entry
 
@@ -35,6 +36,10 @@ from callstate.statelog import Entry
 # tens of microseconds on loopback and seconds on a sick network.
 DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 CANCEL_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
+
+# every event a side may record, so the HELP names each value the `event` label takes
+EVENTS_HELP = "Events recorded without a state change ({})".format(", ".join(sorted(
+    {e for table in (EVENTS, PIPE_EVENTS) for events in table.values() for e in events})))
 
 
 class Histogram:
@@ -186,8 +191,7 @@ class _Collector(Collector):
                                       labels=("side",))
         states = CounterMetricFamily("callstate_state_entries", "States entered, by side and state",
                                      labels=("side", "state"))
-        events = CounterMetricFamily("callstate_events", "Events recorded without a state change (cancel_seen, "
-                                     "complete_pending, cancel_sent, cancel_escalated)", labels=("side", "event"))
+        events = CounterMetricFamily("callstate_events", EVENTS_HELP, labels=("side", "event"))
         cancels = CounterMetricFamily("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by "
                                       "the server (cancel_seen)", labels=("side", "kind"))
         duration = HistogramMetricFamily("callstate_call_duration_seconds", "Call latency: first state to End, "
@@ -263,6 +267,15 @@ class MetricsEndpoint:
         self._httpd.server_close()
 
 
+def connection_cap(requested: int) -> int:
+    """At most an eighth of the process's file descriptors for /metrics connections (as many again
+    may be accepted in one burst before the excess is closed): idle or stuck scrapers must not take
+    the sockets the gRPC server needs to accept calls (a soft limit of 1024, a common default, was
+    all used up by 1024 idle scrapers and calls could not connect)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 8))
+
+
 class AsyncMetricsEndpoint:
     """/metrics served on the running event loop (the server's own): no thread per connection,
     a connection that sends no complete request within `idle_timeout` seconds is closed, at most
@@ -273,18 +286,21 @@ class AsyncMetricsEndpoint:
                  idle_timeout: float = 10.0, max_connections: int = 1024) -> None:
         try:
             self._sock = socket.create_server((bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
-        except OSError as exc:
-            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {exc.strerror or exc}") from None
+        except OSError as exc:   # create_server appends the address the line already names
+            why = (exc.strerror or str(exc)).split(" (while attempting to bind")[0]
+            raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {why}") from None
         self._sock.setblocking(False)
         self.registry, self.bind, self.port = registry, bind, self._sock.getsockname()[1]
         self._expected = f"Bearer {token}".encode() if token else None
-        self.idle_timeout, self.max_connections = idle_timeout, max_connections
+        self.idle_timeout, self.max_connections = idle_timeout, connection_cap(max_connections)
         self.connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=16 * 1024)
+        # backlog is also how many connections asyncio accepts in one go: at most the cap
+        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=16 * 1024,
+                                                  backlog=min(100, self.max_connections))
 
     @property
     def url(self) -> str:

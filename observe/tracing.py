@@ -198,10 +198,15 @@ class ExportTrouble(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.first: str | None = None
+        self.say_at_once: str | None = None   # a long-running command's name: warn at the first failure
+        self.said = False
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.first is None:
             self.first = record.getMessage()
+            if self.say_at_once is not None:   # a server runs for hours: do not wait for its exit to say so
+                print(_warning(self.say_at_once, _reason(self.first)), file=sys.stderr, flush=True)
+                self.said = True
 
     def install(self) -> "ExportTrouble":
         for name in _EXPORT_LOGGERS:
@@ -242,16 +247,24 @@ def shutdown(provider: Any, prog: str, grace: float = EXPORT_GRACE) -> bool:
     trouble = _TROUBLE.first if _TROUBLE is not None else None
     if not closer.is_alive() and trouble is None:
         return True
+    if trouble and _TROUBLE is not None and _TROUBLE.said:
+        return False   # said when it happened: one line in all
     why = _reason(trouble) if trouble else f"no answer within {grace:g}s"
-    print(f"{prog}: warning: OpenTelemetry spans not exported to {_endpoint()} ({why}); "
-          "start a collector there, set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=none", file=sys.stderr)
+    print(_warning(prog, why), file=sys.stderr)
     return False
 
 
-def provider_from_env(service_name: str) -> Any:
+def _warning(prog: str, why: str) -> str:
+    return (f"{prog}: warning: OpenTelemetry spans not exported to {_endpoint()} ({why}); "
+            "start a collector there, set OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=none")
+
+
+def provider_from_env(service_name: str, warn_at_once: str | None = None) -> Any:
     """An SDK TracerProvider: resource from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (service
     name `service_name` when unset), sampler from OTEL_TRACES_SAMPLER, one batch processor
-    (OTEL_BSP_*) per exporter of OTEL_TRACES_EXPORTER. At exit pass it to `shutdown()` (a bounded flush)."""
+    (OTEL_BSP_*) per exporter of OTEL_TRACES_EXPORTER. At exit pass it to `shutdown()` (a bounded flush).
+    With `warn_at_once` (a long-running command's name) the warning line comes at the first failed
+    export rather than at exit."""
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -265,6 +278,7 @@ def provider_from_env(service_name: str) -> Any:
     global _TROUBLE
     if _TROUBLE is None:
         _TROUBLE = ExportTrouble().install()
+    _TROUBLE.say_at_once = warn_at_once
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)   # `shutdown()` bounds the exit
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
