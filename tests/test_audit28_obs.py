@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from callstate.lifecycle import END, ENTER
 from tests.conftest import cli, start_server
+from tests.test_metrics import by, scrape
 
 FD_LIMIT = 256
 # the child sets its own limit before exec (no preexec_fn in a process that runs gRPC threads)
@@ -91,23 +91,6 @@ def test_serve_otel_without_a_collector_says_so_once_while_it_serves(tmp_path: P
     assert "Traceback" not in text and "Transient error" not in text and "retry" not in text, text
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def summed(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, key: str,
-           **match: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for (n, labels), value in samples.items():
-        d = dict(labels)
-        if n == name and all(d.get(k) == v for k, v in match.items()):
-            out[d[key]] = out.get(d[key], 0) + value
-    return out
-
-
 def final_codes(log: Path) -> Counter[str]:
     return Counter(str(e["code"]) for e in map(json.loads, log.read_text().splitlines())
                    if e["state"] == END and e["event"] == ENTER)
@@ -129,24 +112,24 @@ def test_metrics_of_both_sides_agree_with_check_over_the_same_run(tmp_path: Path
         load_url = wait_for_text(load_err, r"metrics on (http://\S+/metrics)", load).group(1)
         wait_for_text(load_err, r"/metrics stays up", load, timeout=240)   # the run and its check are over
         server_url = wait_for_text(srv.stderr, r"metrics on (http://\S+/metrics)", srv.proc).group(1)
-        client, server = scrape(load_url), scrape(server_url)
+        client, server = scrape(load_url, timeout=10), scrape(server_url, timeout=10)
     finally:
         load.terminate()
         load.wait(30)
         srv.stop()
-    assert summed(client, "callstate_calls_total", "code") == final_codes(client_log)
-    assert summed(server, "callstate_calls_total", "code") == final_codes(srv.log)   # the barrier call too
+    assert by(client, "callstate_calls_total", "code") == final_codes(client_log)
+    assert by(server, "callstate_calls_total", "code") == final_codes(srv.log)   # the barrier call too
     assert sum(final_codes(client_log).values()) == 300
     assert {"1818", "4242", "1726", "0"} <= set(final_codes(client_log))   # cancels, aborts, fatals all ran
-    assert summed(client, "callstate_calls_in_flight", "side") == {"client": 0}
-    assert summed(server, "callstate_calls_in_flight", "side") == {"server": 0}
+    assert by(client, "callstate_calls_in_flight", "side") == {"client": 0}
+    assert by(server, "callstate_calls_in_flight", "side") == {"server": 0}
     checked = cli("check", "--json", str(client_log), str(srv.log))
     report = json.loads(checked.stdout)
     assert report["ok"], checked.stdout
     for family, population in (("callstate_cancel_propagation_seconds_count", "cancel_propagation_ms"),
                                ("callstate_cancel_propagation_polled_seconds_count",
                                 "cancel_propagation_polled_ms")):
-        counted = sum(summed(client, family, "kind").values())
+        counted = sum(by(client, family, "kind").values())
         assert counted == report[population]["count"], (family, counted, report[population])
     assert report["cancel_propagation_ms"]["count"] > 0 and report["cancel_propagation_polled_ms"]["count"] > 0
 

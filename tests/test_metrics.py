@@ -44,8 +44,8 @@ def metrics_url(stderr: Path) -> str:
     return found.group(1) if found else ""
 
 
-def scrape(url: str) -> Samples:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+def scrape(url: str, timeout: float = 5) -> Samples:
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
