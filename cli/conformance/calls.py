@@ -70,6 +70,11 @@ def auth_metadata() -> tuple[tuple[str, str], ...]:
     return _access.metadata
 
 
+def explain(err: grpc.aio.AioRpcError) -> str:
+    """A failed RPC's details, with what most likely went wrong (plaintext against TLS, say)."""
+    return _access.explain(err.code(), err.details())
+
+
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:
     """Every client the battery uses is made here. A local subchannel pool: each client gets
     its own connection."""

@@ -140,16 +140,25 @@ def run(opts: argparse.Namespace) -> int:
     setup = Setup(proxy=opts.proxy, server=opts.server or "")
     t0 = time.monotonic()
 
-    def outputs(error: str = "") -> None:
-        """The report and JUnit, written whole on every way out: `error` says why there is no verdict."""
+    def outputs(error: str = "") -> bool:
+        """The report and JUnit, written whole on every way out: `error` says why there is no verdict.
+        False when one could not be written (a full disk, say): one line each, and the other is still written."""
         seconds = time.monotonic() - t0
         server = setup.server or (f"port {opts.serve_port}" if opts.serve_port is not None else "")
-        if opts.report:
-            config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-            write_atomically(opts.report, orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds, error),
-                                                       option=orjson.OPT_INDENT_2))
-        if opts.junit_xml:
-            write_atomically(opts.junit_xml, junit_xml(setup.rows, opts.proxy, server, seconds, error))
+        config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        written = True
+        for flag, path, data in (
+                ("--report", opts.report, lambda: orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds,
+                                                                       error), option=orjson.OPT_INDENT_2)),
+                ("--junit-xml", opts.junit_xml, lambda: junit_xml(setup.rows, opts.proxy, server, seconds, error))):
+            if not path:
+                continue
+            try:
+                write_atomically(path, data())
+            except OSError as exc:
+                print(f"callstate conformance: {flag} {path}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+                written = False
+        return written
 
     def usage(why: str) -> int:
         print(f"callstate conformance: {why}", file=sys.stderr)
@@ -160,8 +169,9 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate conformance: {why}", file=sys.stderr)   # before the run: nothing created or emptied
         return 2
     from callstate.script import Limits
-    if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
-        return usage(f"--max-bytes {opts.max_bytes} is over the largest reply ({Limits().max_reply_bytes})")
+    for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
+        if size > Limits().max_reply_bytes:   # the client refuses such a script before sending it
+            return usage(f"{flag} {size} is over the largest reply ({Limits().max_reply_bytes})")
     from callstate.cli.conformance.calls import use_access
     settings = channel_settings(opts)
     if opts.serve_port is not None and (settings.secure or settings.token):
@@ -196,7 +206,8 @@ def run(opts: argparse.Namespace) -> int:
             own.cleanup()
     print(table(rows, opts.proxy, setup.server))
     print(f"({time.monotonic() - t0:.1f} s)")
-    outputs()
+    if not outputs():
+        return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
 
 

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import grpc
+
 from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
+from callstate.cli.conformance.calls import explain
 from callstate.cli.conformance.journal import ServerJournal, dispatched
 from callstate.cli.conformance.properties import Row
 from callstate.cli.conformance.report import DIRECT, PROXY
@@ -51,9 +54,23 @@ async def _reachable(target: str, what: str) -> None:
     try:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
-        raise ConnectionError(f"cannot reach the {what} at {target} (no connection within {CONNECT_TIMEOUT:g} s)")
+        why = await _why_unreachable(channel)
+        raise ConnectionError(f"cannot reach the {what} at {target} (no connection within {CONNECT_TIMEOUT:g} s"
+                              + (f": {why})" if why else ")")) from None
     finally:
         await channel.close()
+
+
+async def _why_unreachable(channel: grpc.aio.Channel) -> str:
+    """The channel's last connection error (refused, a TLS mismatch...), which only a call
+    reports: one that does not wait for the connection fails at once with it."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes,
+                                response_deserializer=bytes)
+    try:
+        await check(b"", timeout=CONNECT_TIMEOUT / 2)
+    except grpc.aio.AioRpcError as err:
+        return explain(err) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
+    return ""
 
 
 async def _probe(target: str, journal: ServerJournal) -> None:
