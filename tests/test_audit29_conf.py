@@ -131,3 +131,88 @@ def test_serve_bind_ipv6_loopback(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert orjson.loads(report.read_bytes())["upstream"] == f"[::1]:{upstream}"
     assert f"direct to [::1]:{upstream}" in res.stdout
+
+
+class Terminal:
+    """A command whose stderr is a pseudo-terminal (progress lines are shown only on one), read
+    by a thread as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        import pty
+        import subprocess
+        import sys
+        import threading
+        self.parent, child = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "callstate", *args], stdout=subprocess.DEVNULL,
+                                     stderr=child)
+        os.close(child)
+        self.text = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.parent, 4096)
+            except OSError:   # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            self.text += chunk.decode(errors="replace")
+
+    def wait_for(self, words: str, timeout: float) -> None:
+        import time
+        deadline = time.monotonic() + timeout
+        while words not in self.text:
+            assert self.proc.poll() is None and time.monotonic() < deadline, f"no {words!r}: {self.text}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._reader.join(10)
+        os.close(self.parent)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@needs_nginx
+def test_a_stalled_proxy_shows_the_row_still_running_and_ctrl_c_keeps_the_rows(tmp_path: Path) -> None:
+    """nginx SIGSTOPped mid-run: every call through it waits --wait, so a row takes minutes
+    (330 s each at the defaults), and the terminal showed nothing until the row ended. Now a
+    line every 10 s names the row still running; Ctrl-C then ends the run at once with 130 and
+    the rows judged so far in the report."""
+    import signal
+    upstream = free_port()
+    proxy = start_nginx(tmp_path, free_port(), upstream)
+    report = tmp_path / "report.json"
+    stopped: list[int] = []
+    term = Terminal("conformance", "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK,
+                    "--report", str(report))
+    try:
+        term.wait_for("[proxy 1/20] complete-small pass", 300)
+        stopped = [proxy.proc.pid, *_children(proxy.proc.pid)]   # the master and its worker
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        term.wait_for(" still running (10 s", 200)
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(60) == 130, term.text
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        term.close()
+        proxy.stop()
+    assert "interrupted by SIGINT" in term.text
+    data = orjson.loads(report.read_bytes())
+    assert data["ok"] is False and data["error"] == "interrupted by SIGINT before the run ended"
+    assert len(data["rows"]["direct"]) == 17 and data["rows"]["proxy"][0]["property"] == "complete-small", data["rows"]

@@ -16,7 +16,7 @@ from callstate import codes
 from callstate.check import percentiles
 from callstate.client import AsyncClient
 from callstate.client.channel import ChannelSettings
-from callstate.lifecycle import CAN
+from callstate.lifecycle import CAN, END, ENTER
 from callstate.script import Limits
 from callstate.statelog import Entry
 from callstate.v1 import callstate_pb2 as pb
@@ -95,11 +95,13 @@ class Recorder:
     def __init__(self) -> None:
         self.all: list[Entry] = []
         self.by_id: dict[str, list[Entry]] = defaultdict(list)
+        self.ended = 0   # calls that reached End: what a row still running has done
         self._changed = asyncio.Event()
 
     def append(self, e: Entry) -> None:
         self.all.append(e)
         self.by_id[e.call_id].append(e)
+        self.ended += e.state == END and e.event == ENTER
         self._changed.set()
 
     async def event(self, call_id: str, event: str, timeout: float) -> Entry | None:

@@ -111,8 +111,9 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def progress_line(out: TextIO) -> Callable[[str, Any], None]:
-    """One line per row as it is judged, for a person watching a run that takes minutes."""
+def progress_line(out: TextIO) -> tuple[Callable[[str, Any], None], Callable[[str, str, float, int], None]]:
+    """One line per row as it is judged, for a person watching a run that takes minutes; and one
+    now and then while a row runs (through a stalled proxy, each of its calls waits --wait)."""
     from callstate.cli.conformance.properties import PROPERTIES
     done = {"direct": 0, "proxy": 0}
 
@@ -121,7 +122,12 @@ def progress_line(out: TextIO) -> Callable[[str, Any], None]:
         out.write(f"[{path} {done[path]}/{len(PROPERTIES)}] {row.prop} {row.verdict} ({row.seconds:.1f} s)"
                   f"{': ' + row.figures if row.figures else ''}\n")
         out.flush()
-    return show
+
+    def running(path: str, prop: str, seconds: float, ended: int) -> None:
+        out.write(f"[{path} {done[path] + 1}/{len(PROPERTIES)}] {prop} still running ({seconds:.0f} s"
+                  f"{f', {ended} calls ended' if ended else ''})\n")
+        out.flush()
+    return show, running
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -181,7 +187,7 @@ def run(opts: argparse.Namespace) -> int:
     own = ServerProcess(opts.serve_bind, opts.serve_port, opts.max_hold) if opts.serve_port is not None else None
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
-        setup.progress = progress_line(sys.stderr)
+        setup.progress, setup.running = progress_line(sys.stderr)
     try:
         rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
