@@ -216,3 +216,51 @@ def test_a_stalled_proxy_shows_the_row_still_running_and_ctrl_c_keeps_the_rows(t
     data = orjson.loads(report.read_bytes())
     assert data["ok"] is False and data["error"] == "interrupted by SIGINT before the run ended"
     assert len(data["rows"]["direct"]) == 17 and data["rows"]["proxy"][0]["property"] == "complete-small", data["rows"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--hold-seconds", "700"), "--hold-seconds 700 is over the longest delay a script may ask for (600 s)"),
+    (("--hold-seconds", "3", "--max-hold", "2"), "--max-hold 2 would end the held calls before their --hold-seconds 3"),
+])
+def test_hold_settings_the_run_cannot_keep_are_usage_errors(args: tuple[str, ...], words: str) -> None:
+    """--hold-seconds past the longest script delay raised a traceback when the held calls
+    started; a --max-hold under it let the server end every held call, on the direct path too."""
+    res = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "1", *args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert words in one_line(res.stderr)
+
+
+@needs_nginx
+def test_a_hold_past_nginxs_read_timeout_fails_the_proxy_not_the_baseline(tmp_path: Path) -> None:
+    """What the docs tell a user to do: --hold-seconds above nginx's grpc_read_timeout (60 s).
+    The server --serve-port started kept its --max-hold of 60 and ended every held call first,
+    so the baseline failed too (1460). Now its max hold is past the hold: direct passes, and
+    only nginx's timeout fails the proxy's row."""
+    upstream = free_port()
+    proxy = start_nginx(tmp_path, free_port(), upstream)
+    report = tmp_path / "report.json"
+    try:
+        res = cli("conformance", "--serve-port", str(upstream), "--proxy", proxy.target, *QUICK,
+                  "--hold-seconds", "61", "--report", str(report), timeout=600)
+    finally:
+        proxy.stop()
+    direct, through = rows(report, "direct")["held"], rows(report, "proxy")["held"]
+    assert direct["verdict"] == "pass", direct
+    assert through["verdict"] == "FAIL" and "max-hold" not in through["note"], through
+    assert res.returncode == 1 and "FAILED — held" in res.stdout and "held (direct)" not in res.stdout, res.stdout
+
+
+def test_held_calls_a_servers_max_hold_ends_say_so(tmp_path: Path) -> None:
+    """--server, whose --max-hold conformance cannot set: the held row said only "1460
+    RPC_S_TIMEOUT, before the 3 s hold ended"; now it names the server's --max-hold."""
+    from tests.conftest import start_server
+    srv = start_server(tmp_path, "--max-hold", "2")
+    report = tmp_path / "report.json"
+    try:
+        res = cli("conformance", "--server", srv.target, "--proxy", srv.target, *QUICK, "--hold-seconds", "3",
+                  "--report", str(report), timeout=300)
+    finally:
+        srv.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    held = rows(report, "direct")["held"]
+    assert held["verdict"] == "FAIL" and "the server's --max-hold ended it" in held["note"], held

@@ -20,6 +20,8 @@ from callstate.arg_types import non_negative_float, positive_float, positive_int
 from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
+DEFAULT_MAX_HOLD = 60.0   # s: --max-hold of the server --serve-port starts ...
+HOLD_MARGIN = 10.0        # ... and at least this much over --hold-seconds, so it never ends a held call
 
 EPILOG = """\
 properties (one row each, direct to the server and through the proxy):
@@ -28,7 +30,7 @@ properties (one row each, direct to the server and through the proxy):
 examples:
   callstate conformance --serve-port 50051 --proxy 127.0.0.1:8080     # runs the server for the proxy
   callstate conformance --server 10.0.0.5:50051 --proxy 10.0.0.9:443 --report conformance.json \\
-                        --junit-xml conformance.xml --hold-seconds 75
+                        --junit-xml conformance.xml --hold-seconds 75   # that server's --max-hold over 75
 """.format(properties="\n".join(textwrap.fill(f"{name}: {text}", 88, initial_indent="  ", subsequent_indent="      ",
                                               break_on_hyphens=False)
                                 for name, text in PROPERTIES.items()))
@@ -48,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
                          "journal directly. One row per property, pass/fail with its figures. Exit status 0 when "
-                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage or an "
-                         "unreachable proxy or server, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
+                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage, an "
+                         "unreachable proxy or server, or a report that cannot be written, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
                          "the run has no verdict)."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--proxy", type=host_port, required=True, metavar="HOST:PORT",
@@ -91,9 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--wait", type=positive_float, default=_CFG.wait, metavar="SECONDS",
                    help="bound on every single wait; what has not happened by then fails its row "
                         "(default: %(default)s)")
-    p.add_argument("--max-hold", type=non_negative_float, default=60.0, metavar="SECONDS",
-                   help="with --serve-port: the server's --max-hold, which ends calls whose cancel was lost "
-                        "(default: %(default)s)")
+    p.add_argument("--max-hold", type=non_negative_float, metavar="SECONDS",
+                   help="with --serve-port: the server's --max-hold, which ends calls whose cancel was lost; "
+                        f"above --hold-seconds, or it ends the held calls first (default: {DEFAULT_MAX_HOLD:g}, or "
+                        f"--hold-seconds + {HOLD_MARGIN:g} when that is longer)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
     p.add_argument("--quiet", "-q", action="store_true",
@@ -178,13 +181,20 @@ def run(opts: argparse.Namespace) -> int:
     for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
         if size > Limits().max_reply_bytes:   # the client refuses such a script before sending it
             return usage(f"{flag} {size} is over the largest reply ({Limits().max_reply_bytes})")
+    if opts.hold_seconds * 1000 > Limits().max_delay_ms:   # the held calls' outcome delay: refused the same way
+        return usage(f"--hold-seconds {opts.hold_seconds:g} is over the longest delay a script may ask for "
+                     f"({Limits().max_delay_ms / 1000:g} s)")
+    max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
+    if opts.serve_port is not None and max_hold <= opts.hold_seconds:
+        return usage(f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
+                     f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
     from callstate.cli.conformance.calls import use_access
     settings = channel_settings(opts)
     if opts.serve_port is not None and (settings.secure or settings.token):
         return usage("--serve-port starts a plaintext server without a token: to test a locked-down "
                      "server, start it yourself and pass --server with the TLS and token options")
     use_access(settings)
-    own = ServerProcess(opts.serve_bind, opts.serve_port, opts.max_hold) if opts.serve_port is not None else None
+    own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
         setup.progress, setup.running = progress_line(sys.stderr)
