@@ -83,7 +83,8 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     allow = opts.allow_one_side
-    text = orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json else report.summary(allow)
+    text = (orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json
+            else report.summary(allow))
     # call ids and messages are the logs' text: a control character in one (ESC) would act on the terminal
     print("\n".join(map(printable, text.split("\n"))))
     if report.ok and (why := report.not_judged(allow)) is not None:

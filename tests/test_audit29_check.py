@@ -11,19 +11,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import stat
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pytest
 
-from callstate.lifecycle import CLIENT, END, ENTER, SERVER
+from callstate.lifecycle import CLIENT, END, ENTER
 from tests import browser
 from tests.conftest import cli, read_entries, start_server
 
@@ -90,7 +87,8 @@ def test_a_client_log_and_a_server_log_of_different_runs_are_not_judged_ok(runs:
     mixed = cli("check", str(runs.client_b), str(runs.server_a))
     assert mixed.returncode == 1, mixed.stdout
     assert not any(line.startswith("OK") for line in mixed.stdout.splitlines()), mixed.stdout
-    assert mixed.stdout.splitlines()[-1].startswith("NOT JUDGED: the client and server logs share no call"), mixed.stdout
+    last = mixed.stdout.splitlines()[-1]
+    assert last.startswith("NOT JUDGED: the client and server logs share no call"), mixed.stdout
     [why] = mixed.stderr.splitlines()
     assert why.startswith("callstate check: the client and server logs share no call"), why
     data = check_json(runs.client_b, runs.server_a)
@@ -259,3 +257,34 @@ def test_report_json_ok_is_false_when_the_run_was_not_judged(runs: Runs, tmp_pat
     done, report = report_json(tmp_path, runs.server_a, runs.client_a)   # both sides: judged, OK
     assert done.returncode == 0 and "check OK" in done.stdout, done.stdout + done.stderr
     assert report["check"]["ok"] is True is check_json(runs.server_a, runs.client_a)["ok"]
+
+
+def test_a_line_that_is_not_utf8_is_named_with_its_byte_and_column(runs: Runs, tmp_path: Path) -> None:
+    """A log re-saved in Latin-1 (an é in a call id): orjson's message spoke of surrogates at
+    column 1, wherever the byte was; the line says which byte and where."""
+    lines = runs.client_a.read_bytes().splitlines(keepends=True)
+    column = lines[2].index(b'"call_id":"') + len(b'"call_id":"') + 1
+    lines[2] = lines[2].replace(b'"call_id":"', b'"call_id":"\xe9', 1)
+    log = tmp_path / "latin1.jsonl"
+    log.write_bytes(b"".join(lines))
+    for command in ("check", "report"):
+        html = ["--html", str(tmp_path / "r.html")] if command == "report" else []
+        done = cli(command, str(log), str(runs.server_a), *html)
+        assert done.returncode == 2 and done.stdout == "", done.stdout
+        assert done.stderr.splitlines() == [f"callstate {command}: {log}:3: not JSON (not UTF-8 text: byte 0xe9 at "
+                                            f"column {column})"], done.stderr
+
+
+def test_a_json_document_given_as_a_log_gets_one_line_and_no_false_warning(runs: Runs, tmp_path: Path) -> None:
+    """`check --json`'s own output given back as a log (a report for a log: an easy slip). Its
+    first line, `{`, passed for an entry cut short: a warning said its writer stopped mid-line
+    and the log was appended to after it, before the error about line 2."""
+    document = tmp_path / "check.json"
+    document.write_text(cli("check", "--json", str(runs.client_a), str(runs.server_a)).stdout)
+    for command in ("check", "report"):
+        html = ["--html", str(tmp_path / "r.html")] if command == "report" else []
+        done = cli(command, str(document), *html)
+        assert done.returncode == 2 and done.stdout == "", done.stdout
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"callstate {command}: {document}:1: not JSON ("), line
+        assert line.endswith("and line 2 is no entry either: not a JSON-lines state log (one entry per line)?"), line
