@@ -71,8 +71,9 @@ class CallCore:
         self.grpc_status = ""
         self.details = ""
         self.abortive_cancel = False
-        self.sent: int | None = None       # messages pushed and pulled (pipes; None: a unary call)
-        self.received: int | None = None
+        # messages pushed and pulled (pipes; None: a unary call), logged with each entry after the first
+        self.sent: int | None = None if kind == UNARY else 0
+        self.received: int | None = self.sent
         self.completed_for_caller = False  # completed on the caller's behalf (client closed, awaiting task cancelled)
         self._client = client
         self._cancel_key = cancel_key      # repeated in the call's cancel notices: proof of ownership
