@@ -241,3 +241,13 @@ def test_the_library_page_lists_every_script_field_with_its_call_option() -> Non
     call = build_parser()._subparsers._group_actions[0].choices["call"]   # type: ignore[union-attr]
     options = {o for action in call._actions for o in action.option_strings}
     assert set(rows.values()) <= options, set(rows.values()) - options
+
+
+def test_unlabelled_blocks_are_read_as_the_page_shows_them() -> None:
+    """`blocks(text, "")` took a labelled block's closing fence for an unlabelled block's opening:
+    the README, with no unlabelled block, gave ten, each the prose between two blocks. A sample
+    output right after a shell block (usage.md's) was never what a test read."""
+    text = "prose\n```sh\ncallstate call\n```\nbetween\n```\noutput\n```\n```python\nx = 1\n```\n"
+    assert blocks(text) == ["output\n"]
+    assert blocks(text, "sh") == ["callstate call\n"] and blocks(text, "python") == ["x = 1\n"]
+    assert blocks((ROOT / "README.md").read_text()) == []
