@@ -342,6 +342,8 @@ class CallCore:
         with self._lock:
             if self.lifecycle.ended:
                 raise InvalidAsyncHandle(self.call_id, COMPLETE)
+            if self.lifecycle.state == C and not self._starting:   # never started: 997 would be polled for ever
+                raise self._unsent(COMPLETE)
             if not self.notified:
                 self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)

@@ -105,6 +105,31 @@ def test_a_wait_timeout_that_is_not_a_number_is_one_error_naming_it(shared_serve
     asyncio.run(aio())
 
 
+def test_completing_a_call_never_started_says_so_on_both_surfaces(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """`complete()` on a prepared call its harness forgot to start answered 997 "the call has not
+    completed yet", which a harness polls for ever (no notification can come); `wait()` already said
+    1915 "wait() before start()". complete() says "complete() before start()" now, logs nothing,
+    and the call can still be started."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=log) as client:
+        forgot = [client.prepare(Script("complete")), client.pipe("in", PipeScript())]
+        for call in forgot:
+            with pytest.raises(CallError) as err:
+                call.complete()
+            assert (err.value.code, err.value.details) == (codes.RPC_S_INVALID_ASYNC_CALL, "complete() before start()")
+        assert forgot[0].start().result(BOUND) is not None
+
+    async def aio() -> CallError:
+        async with AsyncClient(shared_server.target, log=log) as aclient:
+            with pytest.raises(CallError) as err:
+                aclient.prepare(Script("complete")).complete()
+            return err.value
+
+    assert asyncio.run(aio()).details == "complete() before start()"
+    assert "complete_pending" not in [e["event"] for e in read_entries(log)]
+    assert check_files([log]).ok
+
+
 # -- the command line: where is my call? -------------------------------------------------------------
 def test_call_names_its_call_id_and_the_server_logged_it_under_that_id(shared_server: ServerProcess) -> None:
     """`callstate call` printed no call id anywhere (only --json and --log-file had it): a newcomer
