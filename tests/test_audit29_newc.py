@@ -177,6 +177,7 @@ def test_check_of_a_running_servers_log_says_a_call_in_flight_looks_not_ended(tm
         srv.stop()
     assert checked.returncode == 1 and "server stopped in D" in checked.stdout, checked.stdout
     assert "a call in flight looks so: check again once it has ended" in checked.stdout, checked.stdout
+    assert "closed its client (close() ends every call it logged)" in checked.stdout   # the client side's cause
 
 
 # -- the documentation's snippets, as a newcomer runs them -------------------------------------------
