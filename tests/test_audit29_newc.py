@@ -105,6 +105,15 @@ def test_a_wait_timeout_that_is_not_a_number_is_one_error_naming_it(shared_serve
     asyncio.run(aio())
 
 
+def test_a_scripts_fields_past_its_outcome_are_given_by_name() -> None:
+    """`Script("abort", 5001)`, read as "abort with 5001", was a 5001 s dispatch delay (refused by
+    the server's limit, 87), and `Script("abort", 5)` a call that waited 5 s and then aborted with
+    4242: no error at all. Past the outcome every field is keyword-only."""
+    with pytest.raises(TypeError, match=r"positional argument"):
+        Script("abort", 5)   # type: ignore[misc]
+    assert Script("abort", abort_code=5).abort_code == 5 and Script("hold").outcome == "hold"
+
+
 def test_completing_a_call_never_started_says_so_on_both_surfaces(shared_server: ServerProcess, tmp_path: Path) -> None:
     """`complete()` on a prepared call its harness forgot to start answered 997 "the call has not
     completed yet", which a harness polls for ever (no notification can come); `wait()` already said
