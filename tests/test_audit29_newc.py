@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import re
 import shlex
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -156,8 +158,17 @@ def test_watch_says_a_twelve_character_prefix_is_not_the_whole_id(shared_server:
     waited for a call of that exact id for ever, saying only 'no call ... yet'."""
     done = cli("call", "--target", shared_server.target)
     call_id = re.search(r"call ([0-9a-f]{32})$", done.stdout.splitlines()[0]).group(1)   # type: ignore[union-attr]
-    watched = cli("watch", "--target", shared_server.target, "--call-id", call_id[:12], "--timeout", "3")
-    assert "the whole id is needed" in watched.stderr and "--json" in watched.stderr, watched.stderr
+    # it waits for a call of that id: read its stderr until the waiting line, then stop it (by its pid)
+    watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", shared_server.target,
+                              "--call-id", call_id[:12], "--timeout", "60"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stderr is not None
+        waiting = watch.stderr.readline()   # its first line; --timeout bounds it
+    finally:
+        watch.terminate()
+        watch.wait(BOUND)
+    assert "waiting for it" in waiting and "the whole id is needed" in waiting and "--json" in waiting, waiting
     whole = cli("watch", "--target", shared_server.target, "--call-id", call_id, "--timeout", "20")
     assert whole.returncode == 0 and "whole id" not in whole.stderr and "End" in whole.stdout, whole.stderr
 
