@@ -28,7 +28,10 @@ from callstate.statelog import Entry, logged_time, parse_ts
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
     "illegal_transition": "a state entered by a move the table does not allow (invariant 1)",
-    "not_ended": "a call that never reached End on a side that saw it (invariant 2)",
+    "not_ended": "a call that never reached End on a side that saw it (invariant 2); in a log still being "
+                 "written (a server still running, a call it still holds) a call in flight looks so: check "
+                 "again once it has ended; a client's, from a harness that neither completed the call nor "
+                 "closed its client (close() ends every call it logged)",
     "after_end": "an entry after End, or a second End (invariant 2)",
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
