@@ -1,0 +1,100 @@
+"""Audit of the Locust user and `callstate load` under long, distributed and interrupted runs:
+real Locust masters and workers (processes started and stopped here, by PID) against a real
+`callstate serve`, and `callstate load` stopped by real signals. Locust runs in subprocesses
+only: importing it here would monkey-patch this test process for gevent."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, read_entries, start_server
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(importlib.util.find_spec("locust") is None,
+                                 reason="needs Locust (pip install 'callstate[locust]')")]
+LOCUST = [sys.executable, "-m", "locust"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+LOCUSTFILE = "from callstate.locust import CallstateUser\n"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, holds: Callable[[], bool], procs: list[subprocess.Popen[bytes]] = (),  # type: ignore[assignment]
+             timeout: float = EVIDENCE_WAIT) -> None:
+    """Until `holds()`, bounded; fails naming `what` (at once if one of `procs` ended)."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        assert all(p.poll() is None for p in procs), f"a process ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.05)
+
+
+def ended_calls(path: Path) -> int:
+    return sum(e["state"] == "End" and e["event"] == "enter" for e in read_entries(path))
+
+
+class Distributed:
+    """A headless master and its workers in `tmp`, each writing to `<name>.out`."""
+
+    def __init__(self, tmp: Path, target: str, options: list[str], workers: int = 2, users: int = 6,
+                 run_time: str = "60s") -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.start("master", ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(self.port),
+                              "--headless", "--expect-workers", str(workers), "--expect-workers-max-wait", "40",
+                              "-u", str(users), "-r", str(users), "-t", run_time, "--host", target, *options])
+        for i in range(workers):
+            self.start(f"worker{i}", ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.port)])
+
+    def start(self, name: str, args: list[str]) -> None:
+        self.procs[name] = subprocess.Popen([*LOCUST, "-f", "locustfile.py", *args], cwd=self.tmp, env=ENV,
+                                            stdout=open(self.tmp / f"{name}.out", "wb"), stderr=subprocess.STDOUT)
+
+    def out(self, name: str) -> str:
+        return (self.tmp / f"{name}.out").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def test_a_killed_worker_is_not_waited_for_at_the_end(tmp_path: Path, server: ServerProcess) -> None:
+    """A worker SIGKILLed mid-run (Locust marks it missing) cannot answer the master's request
+    for its last calls: the master waited the whole 15 s for it and then warned that it had
+    not reported, as if the surviving workers were late."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    run = Distributed(tmp_path, server.target, ["--json-file", "run"])
+    try:
+        procs = list(run.procs.values())
+        wait_for("calls from both workers", lambda: len(list(tmp_path.glob("callstate-client-*.jsonl"))) == 2
+                 and all(ended_calls(p) for p in tmp_path.glob("callstate-client-*.jsonl")), procs, 40)
+        run.procs["worker0"].kill()
+        run.procs["worker0"].wait(10)
+        wait_for("the master to see the worker missing", lambda: "setting state to missing" in run.out("master"),
+                 [run.procs["master"]], 30)
+        run.procs["master"].send_signal(signal.SIGTERM)   # the run ends: the master asks for last calls
+        assert run.procs["master"].wait(60) == 0, run.out("master")
+        assert run.procs["worker1"].wait(30) == 0, run.out("worker1")
+    finally:
+        run.stop()
+    assert "did not report their last calls" not in run.out("master"), run.out("master")
+    rows = {row["name"]: row["num_requests"] for row in json.loads((tmp_path / "run.json").read_text())}
+    assert sum(n for name, n in rows.items() if name != "cancel propagation") > 0
