@@ -98,3 +98,30 @@ def test_a_killed_worker_is_not_waited_for_at_the_end(tmp_path: Path, server: Se
     assert "did not report their last calls" not in run.out("master"), run.out("master")
     rows = {row["name"]: row["num_requests"] for row in json.loads((tmp_path / "run.json").read_text())}
     assert sum(n for name, n in rows.items() if name != "cancel propagation") > 0
+
+
+def failures_table(path: Path) -> dict[str, int]:
+    """Locust's --csv failure table: error text -> occurrences."""
+    with open(path, newline="") as f:
+        return {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(f)}
+
+
+def test_the_failure_table_says_why_a_code_was_unexpected(tmp_path: Path) -> None:
+    """A wrong host fills Locust's failure table with 1722: the row said only "a final code the
+    scenario does not expect", neither what gRPC said (which address, connection refused) nor
+    what the call's plan expected."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    port = free_port()   # nobody listens there
+    run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
+                          "--host", f"127.0.0.1:{port}", "--csv", "run", "--callstate-log-file", "",
+                          "--callstate-cancel", "none", "--callstate-mix", "complete=100"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60, env=ENV)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    table = failures_table(tmp_path / "run_failures.csv")
+    assert table, "the failures were counted"
+    for error in table:   # every failure names the address, gRPC's status and what the plan allows
+        assert error.startswith("UnexpectedCode('1722 RPC_S_SERVER_UNAVAILABLE (gRPC UNAVAILABLE: "), error
+        assert f"127.0.0.1:{port}" in error, error
+        assert ": a final code its plan does not expect (it expects 0 RPC_S_OK" in error, error
+    # one row per cause and plan (those cut off at the stop also allow 1818): ids do not split it
+    assert len(table) <= 2 and max(table.values()) > 10, table

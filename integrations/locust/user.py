@@ -259,8 +259,17 @@ class CallstateUser(User):
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE, name=name, response_time=(time.perf_counter() - t0) * 1000,
             response_length=_length(reply), context={"call_id": call.call_id},
-            exception=None if code in expected else UnexpectedCode(
-                f"{codes.describe(code)}: a final code the scenario does not expect"))
+            exception=None if code in expected else UnexpectedCode(_unexpected(call, code, expected)))
+
+
+def _unexpected(call: Call | Pipe, code: int, expected: frozenset[int]) -> str:
+    """A failure's text in Locust's failure table: the code, what gRPC said (a wrong host's
+    `Connection refused`, a stopping server's `server is shutting down`) and the codes the
+    call's plan allowed. Locust groups failures by this text: the call's own id is left out."""
+    details = call.details.replace(call.call_id, "<call id>")
+    said = f" (gRPC {call.grpc_status}{': ' + details if details else ''})" if call.grpc_status else ""
+    allowed = " or ".join(codes.describe(c) for c in sorted(expected))
+    return f"{codes.describe(code)}{said}: a final code its plan does not expect (it expects {allowed})"
 
 
 def _length(reply: Any) -> int:
