@@ -125,3 +125,25 @@ def test_the_failure_table_says_why_a_code_was_unexpected(tmp_path: Path) -> Non
         assert ": a final code its plan does not expect (it expects 0 RPC_S_OK" in error, error
     # one row per cause and plan (those cut off at the stop also allow 1818): ids do not split it
     assert len(table) <= 2 and max(table.values()) > 10, table
+
+
+def test_a_local_run_whose_users_cannot_start_ends_at_once(tmp_path: Path) -> None:
+    """Without a master, users that cannot run (a state log that cannot be written) said so,
+    then the headless run idled, no call made, until its -t ran out (an hour's run, an hour)."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    proc = subprocess.Popen([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "10m",
+                             "--host", f"127.0.0.1:{free_port()}", "--callstate-log-file",
+                             str(tmp_path / "no-such-dir" / "client.jsonl")],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=40)   # far below -t: the run ended itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 2, text[-2000:]
+    # the line names the option typed, not the class attribute behind it
+    assert (f"callstate: CallstateUser: --callstate-log-file {tmp_path / 'no-such-dir' / 'client.jsonl'}: cannot "
+            "write the state log (No such file or directory)") in text, text[-2000:]
+    assert "Traceback" not in text

@@ -104,7 +104,9 @@ class CallstateUser(User):
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
             channel = access.channel_settings(settings)
-            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
+            log_name = flag_of("log_file") if "log_file" in overrides(environment.parsed_options) else "log_file"
+            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation,
+                                            log_name)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
             self.failed = True
