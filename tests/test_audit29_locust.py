@@ -147,3 +147,23 @@ def test_a_local_run_whose_users_cannot_start_ends_at_once(tmp_path: Path) -> No
     assert (f"callstate: CallstateUser: --callstate-log-file {tmp_path / 'no-such-dir' / 'client.jsonl'}: cannot "
             "write the state log (No such file or directory)") in text, text[-2000:]
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("options, line", [
+    (["--callstate-pipe-messages", "2"],
+     "error: --callstate-pipe-messages applies to pipes: set --callstate-pipes (e.g. in=10,out=10,both=10)"),
+    (["--callstate-pipes", "in=50", "--callstate-pipe-messages", "1", "--callstate-pipe-cancel-at", "after-received:3"],
+     "error: --callstate-pipe-cancel-at: after-received:3 is never reached with --callstate-pipe-messages 1: "
+     "each side pushes that many"),
+])
+def test_pipe_options_read_together_are_a_usage_line_naming_them(tmp_path: Path, options: list[str],
+                                                                  line: str) -> None:
+    """Pipe options that only fail together named the class attributes (`pipe_messages`,
+    `pipe_cancel_at`) the user never wrote, in a log line rather than Locust's usage error."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-t", "1s", "--host",
+                          f"127.0.0.1:{free_port()}", *options], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60, env=ENV)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].endswith(line), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr

@@ -153,18 +153,7 @@ class CallstateUser(User):
         run = cls._method_run(settings, typed, host, channel) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
-        if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
-            raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
-                             f"{scenario.pipe_messages}: each side pushes that many")
-        stray = [name for name, given in (
-            ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
-            ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
-        if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
-            raise ValueError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set pipes "
-                             "(e.g. in=10,out=10,both=10)")
-        if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
-            raise ValueError(f"pipe_cancel_at: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
-                             f"an {kinds[0]} pipe (add one that does)")
+        _pipe_settings_fit(scenario, typed)
         return settings, scenario, run
 
     @classmethod
@@ -272,6 +261,28 @@ def _unexpected(call: Call | Pipe, code: int, expected: frozenset[int]) -> str:
     said = f" (gRPC {call.grpc_status}{': ' + details if details else ''})" if call.grpc_status else ""
     allowed = " or ".join(codes.describe(c) for c in sorted(expected))
     return f"{codes.describe(code)}{said}: a final code its plan does not expect (it expects {allowed})"
+
+
+def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any]) -> None:
+    """The pipe settings, read together; ValueError naming them, OptionError naming the options
+    when one of them was typed (a usage error where it was typed, as a bad value of one is)."""
+    def name(attr: str) -> str:   # the option when it was typed, else the class attribute
+        return flag_of(attr) if attr in typed else attr
+
+    error = OptionError if any(attr in typed for attr in ("pipes", "pipe_cancel_at", "pipe_messages")) else ValueError
+    if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
+        raise error(f"{name('pipe_cancel_at')}: {late[0]} is never reached with {name('pipe_messages')} "
+                    f"{scenario.pipe_messages}: each side pushes that many")
+    stray = [name(attr) for attr, given in (
+        ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
+        ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
+    if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
+        remedy = flag_of("pipes") if error is OptionError else "pipes"   # typed options: the option to add
+        raise error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set "
+                    f"{remedy} (e.g. in=10,out=10,both=10)")
+    if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
+        raise error(f"{name('pipe_cancel_at')}: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
+                    f"an {kinds[0]} pipe (add one that does)")
 
 
 def _length(reply: Any) -> int:
