@@ -167,3 +167,43 @@ def test_pipe_options_read_together_are_a_usage_line_naming_them(tmp_path: Path,
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.strip().splitlines()[-1].endswith(line), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def started_calls(path: Path) -> int:
+    return sum(e["event"] == "enter" and e.get("move") == "started" for e in read_entries(path))
+
+
+def test_load_a_second_signal_cancels_the_calls_in_flight_and_the_first_is_reported(tmp_path: Path) -> None:
+    """`load` stopped by Ctrl-C waits for its calls in flight: held ones for their whole
+    --hold-for, saying nothing, and a second SIGINT or SIGTERM was ignored (the run went on
+    for the hold); the last signal's name replaced the first's, so Ctrl-C then SIGTERM exited 0."""
+    srv = start_server(tmp_path, "--max-hold", "120")
+    log, err = tmp_path / "client.jsonl", tmp_path / "load.err"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--duration", "100",
+                             "--concurrency", "4", "--mix", "hold=100", "--cancel", "none", "--hold-for", "90",
+                             "--log-file", str(log), "--report", str(tmp_path / "report.json")],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=open(err, "wb"))
+    try:
+        wait_for("4 held calls", lambda: started_calls(log) == 4, [proc])
+        proc.send_signal(signal.SIGINT)
+        wait_for("the line saying the run waits for its calls",
+                 lambda: "SIGINT: starting no more calls; waiting for the 4 calls in flight" in err.read_text(), [proc])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)   # far below the 90 s hold the calls would otherwise keep
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        srv.stop()
+    text = out.decode()
+    assert proc.returncode == 130, text + err.read_text()   # Ctrl-C came first
+    assert "SIGTERM: cancelling the 4 calls in flight" in err.read_text()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["interrupted"] == "SIGINT" and "(stopped early: SIGINT)" in text
+    assert report["calls"] == 4 and report["by_code"] == {"1818": 4}
+    assert report["paths"] == {"hold": 4, "cancel-at-stop": 4}
+    assert report["check"]["ok"], report["check"]
+    assert ended_calls(log) == 4
+    check = subprocess.run([sys.executable, "-m", "callstate", "check", str(log), str(srv.log)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and "OK: every invariant holds" in check.stdout, check.stdout + check.stderr
