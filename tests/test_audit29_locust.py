@@ -206,3 +206,22 @@ def test_load_a_second_signal_cancels_the_calls_in_flight_and_the_first_is_repor
     check = subprocess.run([sys.executable, "-m", "callstate", "check", str(log), str(srv.log)], capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0 and "OK: every invariant holds" in check.stdout, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("attribute, line", [
+    ("call_timeout = 0", "callstate: Mine: call_timeout = 0: '0' must be a finite number > 0"),   # was a traceback
+    ("hold_for = -1", "callstate: Mine: hold_for = -1: '-1' must be a finite number > 0"),       # was taken
+    ("delay = -1", "callstate: Mine: delay = -1: '-1' must be a finite number >= 0"),
+])
+def test_a_class_attribute_out_of_its_options_range_is_one_line(tmp_path: Path, attribute: str, line: str) -> None:
+    """Class attributes take the text the options take, but numbers the options refuse were
+    taken (a negative hold or delay, a zero escalation), or failed in every user's spawn with a
+    traceback (a zero call timeout), the run idling to its end."""
+    (tmp_path / "bad.py").write_text(f"import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
+                                     f"    {attribute}\n")
+    run = subprocess.run([*LOCUST, "-f", "bad.py", "--headless", "-u", "1", "-r", "1", "-t", "2s", "--host",
+                          f"127.0.0.1:{free_port()}", "--callstate-log-file", ""], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert line in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr

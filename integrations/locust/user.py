@@ -11,12 +11,13 @@ is the statistics entry `cancel propagation`, outside Aggregated (see `process.P
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import random
 import sys
 import time
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from gevent import GreenletExit
 from locust import User, constant, events, task
@@ -24,6 +25,7 @@ from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 from callstate import codes
+from callstate.arg_types import non_negative_float, positive_float
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe_sync
@@ -136,14 +138,16 @@ class CallstateUser(User):
             mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
             cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
             on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
-            hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
-                "escalate_after", settings["escalate_after"], float),
+            hold_for=_as("hold_for", settings["hold_for"], _positive_seconds), escalate_after=_as(
+                "escalate_after", settings["escalate_after"], _positive_seconds),
             abort_code=_as("abort_code", settings["abort_code"], _abort_code),
             pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
-        _as("delay", settings["delay"], float)
+        _as("delay", settings["delay"], _non_negative_seconds)
+        if settings["call_timeout"] is not None:
+            _as("call_timeout", settings["call_timeout"], _positive_seconds)
         _as("payload", settings["payload"], _payload_size)
         typed_access = any(name in typed for name in access.SETTINGS)
         try:   # a usage error, naming the options, where they were typed
@@ -312,7 +316,19 @@ def _payload_size(value: str | int) -> int:
     return size
 
 
-_NUMBERS = (float, int, _non_negative_int, _abort_code, _payload_size)   # a class attribute's number goes through these too
+def _option_check(validate: Callable[[str], Any]) -> Callable[[str | float], Any]:
+    """The option's own check (`--callstate-hold-for`'s, say) for a class attribute's value."""
+    def parse(value: str | float) -> Any:
+        try:
+            return validate(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from None
+    return parse
+
+
+_positive_seconds, _non_negative_seconds = _option_check(positive_float), _option_check(non_negative_float)
+_NUMBERS = (float, int, _non_negative_int, _abort_code, _payload_size, _positive_seconds,
+            _non_negative_seconds)   # a class attribute's number goes through these too
 
 
 def _as(name: str, value: Any, parse: Any) -> Any:
