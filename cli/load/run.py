@@ -50,6 +50,7 @@ _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
 NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
 HOLD_FOR = "hold-for"     # the path of a held call the generator ended itself (not a cancel asked for)
 STOP_CANCEL = "cancel-at-stop"   # the path of a call in flight a second SIGINT/SIGTERM cancelled
+_STOP_SIGNALS = frozenset({signal.SIGINT.name, signal.SIGTERM.name})
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -204,8 +205,10 @@ class LoadRun:
             if self._cut is not None:
                 self._cut.set()
             return
+        signalled = reason in _STOP_SIGNALS
         if self.interrupted:
-            self._cancel_flying(reason)
+            if signalled:   # not a lost server's stop: its calls end by themselves
+                self._cancel_flying(reason)
             return
         self.interrupted = reason
         self._stop_at = 0.0
@@ -213,7 +216,7 @@ class LoadRun:
             self._stopped.set()   # an open loop waiting for its next call's time wakes now
         if self.in_flight:
             self._say(f"callstate load: {reason}: starting no more calls; waiting for the {counted(self.in_flight, 'call')} "
-                      "in flight to end (SIGINT or SIGTERM again cancels them)")
+                      f"in flight to end (SIGINT or SIGTERM{' again' if signalled else ''} cancels them)")
 
     def _cancel_flying(self, reason: str) -> None:
         """Cancel our calls in flight that no cancel has reached yet (abortive: no waiting for the
