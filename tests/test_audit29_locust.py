@@ -225,3 +225,17 @@ def test_a_class_attribute_out_of_its_options_range_is_one_line(tmp_path: Path, 
     assert run.returncode == 2, run.stderr[-2000:]
     assert line in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def test_a_host_whose_port_is_out_of_range_is_a_usage_line(tmp_path: Path, server: ServerProcess) -> None:
+    """`--host 127.0.0.1:PORT+65536` ran against 127.0.0.1:PORT (gRPC takes the port modulo
+    65536): a typo reached another service. `callstate load --target` refuses it; so does Locust now."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    host = f"127.0.0.1:{server.port + 65536}"
+    run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "1", "-r", "1", "-t", "2s", "--host",
+                          host, "--callstate-log-file", str(tmp_path / "client.jsonl")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        f"error: argument --host: '{host}': the port must be a number from 1 to 65535"), run.stderr[-2000:]
+    assert not read_entries(tmp_path / "client.jsonl")   # no call was made, to any port

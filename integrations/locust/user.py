@@ -25,7 +25,7 @@ from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 from callstate import codes
-from callstate.arg_types import non_negative_float, positive_float
+from callstate.arg_types import grpc_target, non_negative_float, positive_float
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe_sync
@@ -344,9 +344,14 @@ def _as(name: str, value: Any, parse: Any) -> Any:
 @events.init.add_listener
 def _check_settings(environment: Any, **_: Any) -> None:
     """Bad scenario settings stop the run before it starts, with one line naming them."""
+    on_worker = isinstance(environment.runner, WorkerRunner)   # the master has checked its --host
+    if environment.host and not on_worker and (why := _bad_target(environment.host)):
+        usage_error(f"argument --host: {why}")
     for user_class in environment.user_classes or ():
         if issubclass(user_class, CallstateUser):
             try:
+                if not environment.host and (why := _bad_target(user_class.host)):
+                    raise ValueError(f"host = {user_class.host!r}: {why}")
                 # a worker learns the host and the options typed on its master only when told to
                 # spawn, and the master has checked them: its method is read at its first user
                 user_class.configure(environment.parsed_options, environment.host,
@@ -356,6 +361,16 @@ def _check_settings(environment: Any, **_: Any) -> None:
             except (TypeError, ValueError) as exc:
                 logging.getLogger("callstate.locust").error("callstate: %s: %s", user_class.__name__, exc)
                 sys.exit(2)
+
+
+def _bad_target(host: str) -> str:
+    """Why `host` is no target `callstate load --target` would take ("" when it is one): a port
+    past 65535 would otherwise be taken modulo 65536 by gRPC, a call to another port."""
+    try:
+        grpc_target(_target(host))
+    except argparse.ArgumentTypeError as exc:
+        return str(exc)
+    return ""
 
 
 def _target(host: str | None) -> str:
