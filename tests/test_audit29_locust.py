@@ -57,7 +57,7 @@ class Distributed:
         self.tmp, self.port = tmp, free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start("master", ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(self.port),
-                              "--headless", "--expect-workers", str(workers), "--expect-workers-max-wait", "40",
+                              "--headless", "--expect-workers", str(max(workers, 1)), "--expect-workers-max-wait", "40",
                               "-u", str(users), "-r", str(users), "-t", run_time, "--host", target, *options])
         for i in range(workers):
             self.start(f"worker{i}", ["--worker", "--master-host", "127.0.0.1", "--master-port", str(self.port)])
@@ -239,3 +239,23 @@ def test_a_host_whose_port_is_out_of_range_is_a_usage_line(tmp_path: Path, serve
     assert run.stderr.strip().splitlines()[-1].endswith(
         f"error: argument --host: '{host}': the port must be a number from 1 to 65535"), run.stderr[-2000:]
     assert not read_entries(tmp_path / "client.jsonl")   # no call was made, to any port
+
+
+def test_an_option_typed_on_a_worker_is_kept(tmp_path: Path, server: ServerProcess) -> None:
+    """Locust replaces a worker's custom options with the master's when it spawns, those the
+    master was not given included: a worker's own --callstate-log-file (a path on its machine)
+    was dropped without a word, its log written under the default name."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    run = Distributed(tmp_path, server.target, ["--json-file", "run"], workers=0, users=2, run_time="3s")
+    run.start("worker0", ["--worker", "--master-host", "127.0.0.1", "--master-port", str(run.port),
+                          "--callstate-log-file", "mine-{worker}.jsonl"])
+    try:
+        assert run.procs["master"].wait(60) == 0, run.out("master")
+        assert run.procs["worker0"].wait(30) == 0, run.out("worker0")
+    finally:
+        run.stop()
+    assert not list(tmp_path.glob("callstate-client-*.jsonl"))
+    mine = list(tmp_path.glob("mine-*.jsonl"))
+    assert len(mine) == 1 and ended_calls(mine[0]) > 0, mine
+    rows = {row["name"]: row["num_requests"] for row in json.loads((tmp_path / "run.json").read_text())}
+    assert sum(n for name, n in rows.items() if name != "cancel propagation") == ended_calls(mine[0])
