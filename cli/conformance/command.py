@@ -177,22 +177,11 @@ def run(opts: argparse.Namespace) -> int:
     if why := output_problem((opts.report, opts.junit_xml), (("--report", opts.report), ("--junit-xml", opts.junit_xml))):
         print(f"callstate conformance: {why}", file=sys.stderr)   # before the run: nothing created or emptied
         return 2
-    from callstate.script import Limits
-    for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
-        if size > Limits().max_reply_bytes:   # the client refuses such a script before sending it
-            return usage(f"{flag} {size} is over the largest reply ({Limits().max_reply_bytes})")
-    if opts.hold_seconds * 1000 > Limits().max_delay_ms:   # the held calls' outcome delay: refused the same way
-        return usage(f"--hold-seconds {opts.hold_seconds:g} is over the longest delay a script may ask for "
-                     f"({Limits().max_delay_ms / 1000:g} s)")
     max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
-    if opts.serve_port is not None and max_hold <= opts.hold_seconds:
-        return usage(f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
-                     f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
-    from callstate.cli.conformance.calls import use_access
     settings = channel_settings(opts)
-    if opts.serve_port is not None and (settings.secure or settings.token):
-        return usage("--serve-port starts a plaintext server without a token: to test a locked-down "
-                     "server, start it yourself and pass --server with the TLS and token options")
+    if why := _settings_problem(opts, max_hold, settings):
+        return usage(why)
+    from callstate.cli.conformance.calls import use_access
     use_access(settings)
     own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
     setup.own_server = own
@@ -225,6 +214,26 @@ def run(opts: argparse.Namespace) -> int:
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
+
+
+def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) -> str | None:
+    """What in the options the run could not keep (a usage error before anything runs), or None."""
+    from callstate.script import Limits
+
+    limits = Limits()
+    for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
+        if size > limits.max_reply_bytes:   # the client refuses such a script before sending it
+            return f"{flag} {size} is over the largest reply ({limits.max_reply_bytes})"
+    if opts.hold_seconds * 1000 > limits.max_delay_ms:   # the held calls' outcome delay: refused the same way
+        return (f"--hold-seconds {opts.hold_seconds:g} is over the longest delay a script may ask for "
+                f"({limits.max_delay_ms / 1000:g} s)")
+    if opts.serve_port is not None and max_hold <= opts.hold_seconds:
+        return (f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
+                f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
+    if opts.serve_port is not None and (settings.secure or settings.token):
+        return ("--serve-port starts a plaintext server without a token: to test a locked-down "
+                "server, start it yourself and pass --server with the TLS and token options")
+    return None
 
 
 CLEANUP_SECONDS = 1.0   # after SIGINT/SIGTERM: how long the battery may take to close before the exit
