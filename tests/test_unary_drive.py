@@ -60,18 +60,18 @@ def drive(server: ServerProcess, how: str, the_plan: Plan, client_closed: bool =
     log = Entries()
     if how == "sync":
         with Client(server.target, log=log, timeout=WAIT) as client:
-            if client_closed:
-                client.close()
             call = client.prepare(SCRIPTS(the_plan), payload=b"x")
+            if client_closed:   # after prepare(): a closed client refuses to prepare at all
+                client.close()
             end = drive_call_sync(call, the_plan, random.Random(1), escalate_after=WAIT)
         return end, log.states(call.call_id)
 
     async def main() -> tuple[UnaryEnd, str]:
         client = AsyncClient(server.target, log=log, timeout=WAIT)
         try:
+            call = client.prepare(SCRIPTS(the_plan), payload=b"x")
             if client_closed:
                 await client.close()
-            call = client.prepare(SCRIPTS(the_plan), payload=b"x")
             return await drive_call(call, the_plan, random.Random(1), escalate_after=WAIT), call.call_id
         finally:
             await client.close()
