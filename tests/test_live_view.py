@@ -104,7 +104,8 @@ def test_dashboard_renders_codes_rates_in_flight_and_recent_cancels() -> None:
     stats.in_flight = 3
     clock.now += 0.5   # one call each in half a second: 2 calls/s
     out = io.StringIO()
-    Console(file=out, force_terminal=True, width=120, color_system=None).print(render(stats, "the title"))
+    # a height too: with only a width, rich draws 80 columns when TERM is dumb (as on some CI runners)
+    Console(file=out, force_terminal=True, width=120, height=40, color_system=None).print(render(stats, "the title"))
     screen = out.getvalue()
     assert "the title" in screen and "in flight 3" in screen and "calls ended 2 / 10" in screen
     assert re.search(r"0 RPC_S_OK\s+1\s+2\b", screen) and re.search(r"1818 RPC_S_CALL_CANCELLED\s+1\s+2\b", screen)

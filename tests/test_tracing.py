@@ -173,7 +173,7 @@ def test_otel_flag_joins_the_cli_call_and_the_server_in_one_trace(tmp_path: Path
     finally:
         assert srv.stop() == 0   # shutting down flushes the server's spans
     server_err = srv.stderr.read_text()
-    assert client_traces == set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', server_err))
+    assert client_traces == set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', server_err)), server_err[-2000:]
     assert '"callstate.side": "server"' in server_err and '"kind": "SpanKind.SERVER"' in server_err
 
 
