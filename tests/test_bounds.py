@@ -275,7 +275,7 @@ def _stuck_watch(target: str, method: str = "Watch") -> tuple[grpc.Channel, Iter
     channel = grpc.insecure_channel(target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
     stream = getattr(pb_grpc.JournalStub(channel), method)(pb.WatchRequest(), timeout=60)
     first = concurrent.futures.ThreadPoolExecutor(1).submit(next, stream)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + EVIDENCE_WAIT
     while not first.done() and time.monotonic() < deadline:   # Watch says nothing until an entry: make some
         raw_call(target, pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE)))
     assert first.result(timeout=1).dropped == 0
