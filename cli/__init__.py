@@ -104,10 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted:
             return 128 + interrupted[0]
         opts.early_signals = interrupted   # signals noted from now on, while `serve` starts
-        try:
-            return int(opts.run(opts) or 0)
-        finally:
-            early.release()
+        return int(opts.run(opts) or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would
@@ -115,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         stdout_gone()   # the flush at exit would raise it again
         return 128 + 13
+    finally:
+        # however it ends (run, refused at parse time, interrupted while loading): main() run in a
+        # process that goes on (a test) must not leave `serve`'s handlers noting its Ctrl-C
+        early.release()
 
 
 class _DeferredInterrupt:
