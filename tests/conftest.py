@@ -181,3 +181,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             tier = "unit"
         item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture
+def refused_target() -> Iterator[str]:
+    """HOST:PORT where a connection is refused for the whole test: a port this process holds bound
+    but never listens on. A fixed low port ("127.0.0.1:1") is only unreachable while nobody else on
+    the machine serves there; a server someone started on port 1 answered a test's reflection."""
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{held.getsockname()[1]}"
