@@ -28,7 +28,10 @@ from callstate.statelog import Entry, logged_time, parse_ts
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
     "illegal_transition": "a state entered by a move the table does not allow (invariant 1)",
-    "not_ended": "a call that never reached End on a side that saw it (invariant 2)",
+    "not_ended": "a call that never reached End on a side that saw it (invariant 2); in a log still being "
+                 "written (a server still running, a call it still holds) a call in flight looks so: check "
+                 "again once it has ended; a client's, from a harness that neither completed the call nor "
+                 "closed its client (close() ends every call it logged)",
     "after_end": "an entry after End, or a second End (invariant 2)",
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
@@ -101,6 +104,7 @@ class CheckReport:
     # calls only the server logged while other calls have client entries: a client log not given
     # (another client's, a load's own barrier call): their client side is not checked
     server_only: int = 0
+    both_sides: int = 0   # calls both a client and a server log have: the calls the two sides were compared on
 
     @property
     def ok(self) -> bool:
@@ -111,6 +115,11 @@ class CheckReport:
         """The only side the logs hold (the other side is unknown: a server that is not
         callstate, or one side's log missing), or None when both sides or nothing are logged."""
         return one_side_of(self.by_side)
+
+    @property
+    def bad_entries(self) -> int:
+        """Entries of no known side (a bad_entry each): with `by_side` they add up to `entries`."""
+        return self.entries - sum(self.by_side.values())
 
     @property
     def no_final_code(self) -> int:
@@ -125,6 +134,9 @@ class CheckReport:
             return "nothing was checked: no entries"
         if (side := self.one_sided) is not None and not allow_one_side:
             return f"only the {side} side is logged: pass --allow-one-side to judge it alone, or add the other side's log"
+        if not self.both_sides and all(self.by_side.get(s) for s in SIDES):
+            # nothing was compared across the sides: an OK would hold for no call of the run
+            return "the client and server logs share no call (logs of different runs?): the two sides were not compared"
         return None
 
     def verdict_ok(self, allow_one_side: bool = False) -> bool:
@@ -145,6 +157,7 @@ class CheckReport:
             "entries": self.entries,
             "calls": self.calls,
             "by_side": self.by_side,
+            "bad_entries": self.bad_entries,
             "by_code": {str(k): v for k, v in sorted(self.by_code.items())},
             "no_final_code": self.no_final_code,
             "violations": len(self.violations),
@@ -158,10 +171,12 @@ class CheckReport:
             "cancel_poll_wait_ms": percentiles(self.cancel_poll_wait_ms),
             "one_sided": self.one_sided,
             "server_only": self.server_only,
+            "both_sides": self.both_sides,
         }
 
     def summary(self, allow_one_side: bool = False) -> str:
-        sides = ", ".join(f"{n} {s}" for s, n in sorted(self.by_side.items()))
+        sides = ", ".join([f"{n} {s}" for s, n in sorted(self.by_side.items())]
+                          + ([f"{self.bad_entries} bad"] if self.bad_entries else []))   # so that they add up
         lines = [f"{counted(self.calls, 'call')}, {counted(self.entries, 'entry', 'entries')} from "
                  f"{counted(len(self.files), 'file') if self.files else 'in-memory files'}" + (f" ({sides})" if sides else "")]
         for code, n in sorted(self.by_code.items()):
@@ -257,6 +272,8 @@ def _entry_problem(side: Any, call_id: Any, state: Any, prev: Any, event: Any, m
                    grpc_status: Any, detail: Any, ts: Any, cancel: Any, sent: Any, received: Any,
                    delay_ms: Any) -> str | None:
     """Why an entry cannot be read (a bad_entry), or None."""
+    if not isinstance(call_id, str):
+        return f"call_id {call_id!r} is not text"
     if not _known(side, call_id, state):
         return f"side={side!r} state={state!r}"
     if wrong := _wrong_field(prev, event, move, code, grpc_status, detail, ts, cancel, sent, received, delay_ms):
@@ -390,6 +407,7 @@ class Checker:
         for call_id, sides in self.tracks.items():
             self._finish_call(call_id, sides, have_server)
             r.server_only += have_client and CLIENT not in sides
+            r.both_sides += CLIENT in sides and SERVER in sides
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, Final, Literal
 
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
@@ -214,6 +214,8 @@ class Script:
     """A call's script in seconds, as Python users write it."""
 
     outcome: OutcomeName = COMPLETE
+    # the rest by name only: Script("abort", 5001) would be a 5001 s dispatch delay, not the code
+    _: KW_ONLY
     dispatch_delay: float = 0.0
     outcome_delay: float = 0.0
     reply_bytes: int = 0

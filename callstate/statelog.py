@@ -205,6 +205,16 @@ def cut_short(raw: bytes) -> bool:
     return False
 
 
+def _not_utf8(raw: bytes) -> str:
+    """Where a line is not UTF-8 ('' when it is): orjson's own message for it speaks of
+    surrogates and column 1 wherever the byte is."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+    return ""
+
+
 def parse_log(lines: Iterable[bytes], name: str,
               warn: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, entry) from the lines of a JSON-lines state log called `name`.
@@ -215,6 +225,7 @@ def parse_log(lines: Iterable[bytes], name: str,
     filled) is reported through `warn` and the complete lines before it are kept; so is
     such a line inside the log, once a later run (a restarted server) appended after it.
     """
+    cut: tuple[int, str] | None = None   # a line cut short inside the log, until the next line shows the log went on
     for lineno, line in enumerate(lines, 1):
         raw = line.strip()
         if not raw:
@@ -223,19 +234,39 @@ def parse_log(lines: Iterable[bytes], name: str,
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             if warn is not None and not line.endswith(b"\n"):
+                _told_cut(cut, name, warn)
                 warn(f"{name}:{lineno}: the last line is cut short (no newline, not JSON): ignored; "
                      f"the {lineno - 1} {'line' if lineno == 2 else 'lines'} before it "
                      f"{'is' if lineno == 2 else 'are'} checked")
                 return
             if warn is not None and cut_short(raw):
-                warn(f"{name}:{lineno}: a line cut short (the start of an entry: its writer stopped mid-line, "
-                     f"and the log was appended to after it): ignored")
+                _told_cut(cut, name, warn)
+                cut = (lineno, str(exc))
                 continue
-            raise LogFormatError(f"{name}:{lineno}: not JSON ({exc})") from None
+            raise _refused(name, lineno, f"not JSON ({_not_utf8(line) or exc})", cut) from None
         if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
             missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
             if warn is not None and not line.endswith(b"\n") and isinstance(obj, dict):
+                _told_cut(cut, name, warn)
                 warn(f"{name}:{lineno}: the last line is cut short (missing {', '.join(missing)}): ignored")
                 return
-            raise LogFormatError(f"{name}:{lineno}: not a state entry (missing {', '.join(missing)})")
+            raise _refused(name, lineno, f"not a state entry (missing {', '.join(missing)})", cut)
+        _told_cut(cut, name, warn)
+        cut = None
         yield lineno, obj
+    _told_cut(cut, name, warn)
+
+
+def _told_cut(cut: tuple[int, str] | None, name: str, warn: Callable[[str], None] | None) -> None:
+    if cut is not None and warn is not None:
+        warn(f"{name}:{cut[0]}: a line cut short (the start of an entry: its writer stopped mid-line, "
+             f"and the log was appended to after it): ignored")
+
+
+def _refused(name: str, lineno: int, why: str, cut: tuple[int, str] | None) -> LogFormatError:
+    """The error for a line that is no entry; after a line that looked cut short, that line's:
+    no entry followed it, so it was no cut entry (a JSON document over several lines, say)."""
+    if cut is None:
+        return LogFormatError(f"{name}:{lineno}: {why}")
+    return LogFormatError(f"{name}:{cut[0]}: not JSON ({cut[1]}), and line {lineno} is no entry either: not a "
+                          f"JSON-lines state log (one entry per line)?")

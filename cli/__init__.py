@@ -104,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted:
             return 128 + interrupted[0]
         opts.early_signals = interrupted   # signals noted from now on, while `serve` starts
-        return int(opts.run(opts) or 0)
+        status = int(opts.run(opts) or 0)
+        # stdout to a pipe or file is block-buffered: a reader gone by now (`| head`) is met
+        # here, not by the flush at exit, which would print a traceback and exit 120
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would

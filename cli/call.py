@@ -207,6 +207,7 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
             call = client.prepare(None if opts.no_script else script, method=opts.drive.method,
                                   request=opts.drive.requests[0])
         abortive = not opts.non_abortive
+        uncancelled = ""
         if opts.cancel_before_start:
             call.cancel(abortive=abortive)
         else:
@@ -217,17 +218,21 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
                 print_final(err.code, f"the call was not made: {err.details}")
                 return 1
             signals.started()
-            if opts.cancel_after is not None and not await call.wait(opts.cancel_after):
-                cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
+            if opts.cancel_after is not None:
+                if await call.wait(opts.cancel_after):   # its outcome came first: the cancel never happened
+                    uncancelled = f" (it ended before --cancel-after {opts.cancel_after:g}: nothing was cancelled)"
+                else:
+                    cancel_if_pending(call, abortive, opts.escalate_after if opts.non_abortive else None)
         try:
             reply = await call
         except CallError as err:
-            print_final(err.code, err.details)
+            print_final(err.code, err.details + uncancelled)
             return 1
         if opts.drive is not None:
-            print_final(codes.RPC_S_OK, reply_text(reply))
+            print_final(codes.RPC_S_OK, reply_text(reply) + uncancelled)
             return 0
-        print_final(codes.RPC_S_OK, f"reply of {counted(len(reply.payload), 'byte')}" + (", cancel seen by the server" if reply.cancel_seen else ""))
+        print_final(codes.RPC_S_OK, f"reply of {counted(len(reply.payload), 'byte')}"
+                    + (", cancel seen by the server" if reply.cancel_seen else "") + uncancelled)
         return 0
     finally:
         await client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import orjson
 
 from callstate.cli import COMMANDS
 from callstate.cli.options import para
+from callstate.cli.terminal import printable
 from callstate.logfile import check_files
 from callstate.statelog import LogFormatError
 
@@ -48,7 +50,11 @@ def log_paths(args: list[str]) -> list[Path]:
     paths: list[Path] = []
     for arg in map(Path, args):
         if arg.is_dir():
-            found = sorted(p for p in arg.glob("*.jsonl") if p.is_file())
+            try:   # Path.glob would take a folder it may not list for one with no log in it
+                names = os.listdir(arg)
+            except OSError as exc:
+                raise OSError(f"{arg}: the folder cannot be read ({exc.strerror or exc})") from None
+            found = sorted(p for p in map(arg.joinpath, names) if p.name.endswith(".jsonl") and p.is_file())
             if not found:
                 raise OSError(f"{arg}: a folder with no state log in it (no *.jsonl file)")
             paths += found
@@ -77,8 +83,10 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate check: {exc}", file=sys.stderr)
         return 2
     allow = opts.allow_one_side
-    print(orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json
-          else report.summary(allow))
+    text = (orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json
+            else report.summary(allow))
+    # call ids and messages are the logs' text: a control character in one (ESC) would act on the terminal
+    print("\n".join(map(printable, text.split("\n"))))
     if report.ok and (why := report.not_judged(allow)) is not None:
         where = f" in {', '.join(opts.logs)}" if not report.entries else ""
         print(f"callstate check: {why}{where}", file=sys.stderr)

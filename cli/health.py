@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                        description="Ask grpc.health.v1.Health/Check. Exit status 0 when the answer is SERVING, "
                                    "1 otherwise (NOT_SERVING, unreachable, no answer within --timeout). The health "
                                    "service needs no token; TLS options apply as for every client command.")
-    add_target(p)
+    add_target(p, timeout_help=f"how long to wait for each answer (default: {DEFAULT_TIMEOUT:g})")
     p.add_argument("--service", default="", help="service name to ask about (default: the server as a whole)")
     return p
 
@@ -42,6 +42,10 @@ def run(opts: argparse.Namespace) -> int:
             if err.code() == grpc.StatusCode.NOT_FOUND:   # the health service answers with no details
                 print(f"callstate health: {opts.target}: NOT_FOUND: it has no health status for --service "
                       f"{opts.service!r}", file=sys.stderr)
+                return 1
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:   # a stalled server, or a blackholed address
+                print(f"callstate health: {opts.target}: no answer within {opts.timeout or DEFAULT_TIMEOUT:g} s "
+                      f"(DEADLINE_EXCEEDED; --timeout waits longer)", file=sys.stderr)
                 return 1
             print(f"callstate health: {opts.target}: {err.code().name}: {settings.explain(err.code(), err.details())}",
                   file=sys.stderr)

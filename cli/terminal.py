@@ -79,8 +79,11 @@ class PrintSink:
         if is_final(e):
             self.final = e
         if self.out is not None:
+            text = line(to_dict(e), self.as_json)
+            if not self.as_json and e.prev is None and e.event == ENTER:   # the call's first line names it:
+                text += f"  call {printable(e.call_id)}"   # the id to find in the server's log, or to watch
             try:
-                print(line(to_dict(e), self.as_json), file=self.out, flush=True)
+                print(text, file=self.out, flush=True)
             except BrokenPipeError:
                 self.out = None
                 stdout_gone()

@@ -16,6 +16,7 @@ from callstate.cli.terminal import printable, stdout_gone
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
+SHOWN_ID = 12            # an entry line shows the first characters of its call id; --call-id takes it whole
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -29,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
-    p.add_argument("--call-id", default="", help="only this call: its history so far, then its entries as they "
+    p.add_argument("--call-id", default="", help="only this call (its whole id: entry lines show its first "
+                   f"{SHOWN_ID} characters, --json and the state logs all of it): its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
                    "server stops first); with several --target (replicas), it is looked for on each and "
                    "followed on the one that holds it (exit 1 when none does)")
@@ -360,7 +362,7 @@ class _Watch:
         d = proto_to_dict(e)
         if self.dashboard is not None:
             self.dashboard.entry(d)
-        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"):
             self.done.set()   # `| head`: its reader has what it wanted, the watch is over
         self.seen += 1
 
@@ -401,7 +403,7 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str
         if key not in printed:
             printed.add(key)
             d = proto_to_dict(e)
-            if not _printed(line(d, True) if opts.json else f"{printable(e.call_id[:12])}  {line(d, False)}"):
+            if not _printed(line(d, True) if opts.json else f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"):
                 return True   # `| head`: its reader has what it wanted
             count += 1
         return (e.side == SERVER and e.state == END and e.event == ENTER) or bool(opts.count and count >= opts.count)
@@ -426,8 +428,10 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str
                 except grpc.aio.AioRpcError as err:
                     if err.code() != grpc.StatusCode.NOT_FOUND:
                         raise
+                    whole = (f"; the whole id is needed: an entry line shows its first {SHOWN_ID} characters, "
+                             "--json and the state logs all of it" if len(opts.call_id) == SHOWN_ID else "")
                     print(f"callstate watch: no call {opts.call_id!r} on the server yet (or no longer in its "
-                          "journal): waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                          f"journal): waiting for it (Ctrl-C to stop){whole}", file=sys.stderr, flush=True)
                 else:
                     if history.omitted:   # a long pipe's message entries, events past the per-call cap
                         print(f"callstate watch: the server's reply leaves out "

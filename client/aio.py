@@ -20,6 +20,7 @@ import grpc
 
 from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
+from callstate.client.arguments import checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
@@ -131,6 +132,7 @@ class AsyncCall(CallCore):
         return (yield from self.result().__await__())
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
+        checked_wait_for(timeout)
         if self.notified:
             return True
         if self._rpc is None:

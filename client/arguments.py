@@ -27,6 +27,14 @@ def checked_wait(timeout: float | None, what: str = "timeout") -> float | None:
     raise ValueError(f"{what} must be a number of seconds >= 0 or None, not {timeout!r}")
 
 
+def checked_wait_for(timeout: float | None) -> float | None:
+    """How long `wait()` or `result()` waits: a number of seconds, or None for as long as it takes
+    (0 or less: only look, as threading's waits take it)."""
+    if timeout is None or _seconds(timeout):
+        return timeout
+    raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__} {timeout!r}")
+
+
 def check_client(target: Any, log: Any) -> None:
     """`Client(target, log=)`: an address, and a path or a sink with `append()` (a StateLog)."""
     if not isinstance(target, str):

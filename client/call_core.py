@@ -39,6 +39,7 @@ _CANCELLED = codes.grpc_status_name_for(codes.RPC_S_CALL_CANCELLED)
 # call never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in.
 ACT, UNSENT, DONE = "act", "unsent", "done"
 CLOSED_BEFORE_START = "the client was closed before the call was started"
+CLIENT_IS_CLOSED = "the client is closed"
 
 
 class CallCore:
@@ -70,8 +71,9 @@ class CallCore:
         self.grpc_status = ""
         self.details = ""
         self.abortive_cancel = False
-        self.sent: int | None = None       # messages pushed and pulled (pipes; None: a unary call)
-        self.received: int | None = None
+        # messages pushed and pulled (pipes; None: a unary call), logged with each entry after the first
+        self.sent: int | None = None if kind == UNARY else 0
+        self.received: int | None = self.sent
         self.completed_for_caller = False  # completed on the caller's behalf (client closed, awaiting task cancelled)
         self._client = client
         self._cancel_key = cancel_key      # repeated in the call's cancel notices: proof of ownership
@@ -85,6 +87,10 @@ class CallCore:
             self._log.append(new_entry((self.t_start, CLIENT, call_id, self.lifecycle.state, None, ENTER,
                                         initial_move(CLIENT, kind), None, None, None, None, None, None, None,
                                         method_name, None)))
+        if client is not None and client.closed:   # prepare() or pipe() after close(): it could never start,
+            # and nothing would end it (close() has run): ended now, as start() after close() ends a call
+            self._move(START_FAILED, codes.RPC_S_INVALID_ASYNC_CALL, None, CLIENT_IS_CLOSED)
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, call_id, details=CLIENT_IS_CLOSED)
         if client is not None:   # in the log from now on: the client ends it at close() if nobody else does
             client._live.add(self)
 
@@ -236,6 +242,9 @@ class CallCore:
         Non-abortive: a cancel notice to the server, and keep waiting for its own answer; after
         `timeout` seconds without one, escalate to an abortive cancel. Either way the call must
         still be waited for and completed. After the final complete: 1914."""
+        if not isinstance(abortive, bool):   # cancel("non-abortive") would be truthy: an abortive cancel
+            raise TypeError(f"abortive must be True or False, not {type(abortive).__name__} {abortive!r} "
+                            "(a non-abortive cancel is cancel(abortive=False))")
         timeout = checked_wait(timeout)   # refused before any move (a timer thread would raise it unseen)
         if self._cancel_moves(abortive, self._rpc is not None) != ACT:
             return
@@ -333,6 +342,8 @@ class CallCore:
         with self._lock:
             if self.lifecycle.ended:
                 raise InvalidAsyncHandle(self.call_id, COMPLETE)
+            if self.lifecycle.state == C and not self._starting:   # never started: 997 would be polled for ever
+                raise self._unsent(COMPLETE)
             if not self.notified:
                 self._event(COMPLETE_PENDING)
                 raise CallPending(self.call_id)

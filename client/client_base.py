@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from callstate import codes
 from callstate.client.any_method import MethodRequest, multicallable, resolve
 from callstate.client.arguments import check_call, check_client, checked_timeout
-from callstate.client.call_core import CallCore
+from callstate.client.call_core import CLIENT_IS_CLOSED, CallCore
 from callstate.client.channel import ChannelSettings, PemSource
 from callstate.lifecycle import CLIENT, CLIENT_CLOSED, C
 from callstate.script import Script
@@ -90,7 +90,7 @@ class ClientBase:
         closed, or (asyncio) not on the event loop its channel belongs to, where grpc.aio's
         calls cannot work (the loop running when the client was made, else the thread's default)."""
         if self.closed:
-            return "the client is closed"
+            return CLIENT_IS_CLOSED
         home = self._home_loop
         if home is None or home is asyncio._get_running_loop():
             return None

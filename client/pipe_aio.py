@@ -21,6 +21,7 @@ import grpc
 from grpc._cython import cygrpc
 
 from callstate import codes
+from callstate.client.arguments import checked_wait_for
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_surface import PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
@@ -181,6 +182,7 @@ class AsyncPipe(PipeBase):
         """Until the call-complete notification can be delivered (the caller may complete); False
         on timeout. The server's unread messages (out pipe, both) are pulled and counted on the
         way, since its status follows them; a timeout leaves the call as it was."""
+        checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")

@@ -50,7 +50,6 @@ class PipeCore(CallCore):
         self.pulled_end = False         # a pull returned the end of the server's pipe (its null pull)
         self.peer_null_pushed = False   # that end came as the server's own null-push message
         super().__init__(call_id, log, kind, method_name, **call)
-        self.sent = self.received = 0   # logged with each entry after the first
 
     # -- the pipe's own moves ----------------------------------------------------------------------
     def headers_arrived(self) -> None:

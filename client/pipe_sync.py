@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from callstate import codes
+from callstate.client.arguments import checked_wait_for
 from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import PipeBase, check_script
@@ -220,6 +221,7 @@ class Pipe(PipeBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
+        checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")

@@ -18,6 +18,7 @@ import grpc
 
 from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
+from callstate.client.arguments import checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
@@ -102,6 +103,7 @@ class Call(CallCore):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""
+        checked_wait_for(timeout)
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)

@@ -17,6 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every process a test starts has its output block-buffered when piped, as a user's has: a
+# PYTHONUNBUFFERED=1 inherited from the machine running the suite hid a command whose last
+# output met a gone reader only at exit (`check --json | head`: exit 120, a traceback).
+os.environ.pop("PYTHONUNBUFFERED", None)
+
 # pytest's own `pytester` fixture: the pytest plugin's tests run inner pytest sessions with it
 pytest_plugins = ["pytester"]
 

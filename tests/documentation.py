@@ -57,8 +57,9 @@ def _sections(heading: str, paths: list[Path]) -> list[str]:
 
 
 def blocks(text: str, lang: str = "") -> list[str]:
-    """The fenced code blocks of `text` in language `lang` ("" for unlabelled ones)."""
-    return re.findall(rf"^```{re.escape(lang)}\n(.*?)^```", text, re.S | re.M)
+    """The fenced code blocks of `text` in language `lang` ("" for unlabelled ones). Fences pair in
+    order, so a labelled block's closing fence is never taken for an unlabelled block's opening."""
+    return [m.group(2) for m in re.finditer(r"^```([\w+-]*)\n(.*?)^```", text, re.S | re.M) if m.group(1) == lang]
 
 
 def _outside_code(text: str):

@@ -283,6 +283,24 @@ def test_a_held_call_to_a_stopped_server_ends_with_1722_within_the_keepalive(tmp
         srv.stop()
 
 
+def test_health_of_a_stalled_server_says_it_gave_no_answer_within_the_timeout(tmp_path: Path) -> None:
+    """A SIGSTOPped server accepts the connection and never answers: `callstate health` said
+    "DEADLINE_EXCEEDED: Deadline Exceeded" after a 5 s its --help called "none"."""
+    assert "(default: 5)" in " ".join(cli("health", "--help").stdout.split())
+    srv = start_server(tmp_path)
+    try:
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            out = cli("health", "--target", srv.target, "--timeout", "1")
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.splitlines() == [f"callstate health: {srv.target}: no answer within 1 s (DEADLINE_EXCEEDED; "
+                                           f"--timeout waits longer)"], out.stderr
+    finally:
+        srv.stop()
+
+
 def test_keepalive_pings_do_not_get_a_held_call_killed_by_the_server(server: ServerProcess) -> None:
     async def go() -> None:
         # 1 s keepalive: a ping every 0.5-1 s for 5 s with no data moving; with grpc's default
@@ -334,7 +352,7 @@ def test_the_readme_security_example_runs(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert "mutual TLS, token required" in srv.stderr.read_text()
         for line in clients:
-            args = shlex.split(line)
+            args = shlex.split(line, comments=True)   # a line may name its final code: `# 0`
             assert args[0] == "callstate"
             done = cli(*args[1:], "--target", srv.target, cwd=tmp_path, env=env)
             assert done.returncode == 0, (line, done.stderr)

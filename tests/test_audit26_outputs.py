@@ -476,4 +476,11 @@ def test_report_page_counts_the_calls_not_ended_so_its_rows_add_up(one_call: tup
     result = cli("report", str(cut), str(server), "--html", str(out))
     assert result.returncode == 1 and "check FAILED (1 violation)" in result.stdout, result.stdout
     page = " ".join(re.sub(r"<[^>]+>", " ", out.read_text()).split())
+    # the server logged the call's End: its final code is the server's, as `callstate check` counts it
+    # (audit 29); a call no side ended is the "not ended" row
+    assert "0 RPC_S_OK 1 " in page and "not ended" not in page, page
+    server_cut = tmp_path / "server.jsonl"
+    server_cut.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in read_entries(server) if e["state"] != END))
+    assert cli("report", str(cut), str(server_cut), "--html", str(out)).returncode == 1
+    page = " ".join(re.sub(r"<[^>]+>", " ", out.read_text()).split())
     assert "not ended (no End to measure to) 1 - - - -" in page, page

@@ -219,8 +219,11 @@ def test_call_and_watch_piped_into_head_end_quietly_and_the_call_still_ends(tmp_
         counters.stdout.close()   # gone before the command prints
         assert counters.wait(EVIDENCE_WAIT) == 0 and counters.stderr.read() == b""
 
+        # any other command: as SIGPIPE; its stdout block-buffered as users have it (not
+        # PYTHONUNBUFFERED), so the gone reader is met at the last flush, not at a print
+        buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
         check = subprocess.Popen([sys.executable, "-m", "callstate", "check", "--json", str(log), str(srv.log)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)   # any other command: as SIGPIPE
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=buffered)
         assert check.stdout is not None and check.stderr is not None
         check.stdout.close()
         assert check.wait(EVIDENCE_WAIT) == 141 and check.stderr.read() == b""

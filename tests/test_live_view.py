@@ -103,17 +103,23 @@ def test_dashboard_renders_codes_rates_in_flight_and_recent_cancels() -> None:
     feed_cancelled_call(stats, "ffeeddccbbaa0099", 2.0, ABORTIVE, codes.RPC_S_CALL_CANCELLED)
     stats.in_flight = 3
     clock.now += 0.5   # one call each in half a second: 2 calls/s
-    out = io.StringIO()
-    # a height too: with only a width, rich draws 80 columns when TERM is dumb (as on some CI runners)
-    Console(file=out, force_terminal=True, width=120, height=40, color_system=None).print(render(stats, "the title"))
-    screen = out.getvalue()
-    assert "the title" in screen and "in flight 3" in screen and "calls ended 2 / 10" in screen
-    assert re.search(r"0 RPC_S_OK\s+1\s+2\b", screen) and re.search(r"1818 RPC_S_CALL_CANCELLED\s+1\s+2\b", screen)
-    assert "4 calls/s" in screen
-    rows = [line for line in screen.splitlines() if "a1b2c3d4e5f6" in line or "ffeeddccbbaa" in line]
-    assert len(rows) == 2
-    assert rows[0].index("ffeeddccbbaa") >= 0 and re.search(r"abortive\s+0\.50\s+2\.00\s+1818", rows[0])
-    assert re.search(r"non-abortive\s+0\.50\s+2\.00\s+0 RPC_S_OK", rows[1])   # newest first
+
+    def screen(width: int) -> str:
+        out = io.StringIO()   # a height too: rich sizes a TERM=dumb console 80x25 whatever the width given
+        Console(file=out, force_terminal=True, width=width, height=40, color_system=None).print(
+            render(stats, "the title"))
+        return out.getvalue()
+
+    wide = screen(120)
+    assert "the title" in wide and "in flight 3" in wide and "calls ended 2 / 10" in wide
+    assert re.search(r"0 RPC_S_OK\s+1\s+2\b", wide) and re.search(r"1818 RPC_S_CALL_CANCELLED\s+1\s+2\b", wide)
+    assert "4 calls/s" in wide
+    assert re.search(r"abortive\s+0\.50\s+2\.00\s+1818 RPC_S_CALL_CANCELLED", wide)
+    for width in (120, 80):   # on an 80-column terminal too, every column of a recent cancel shows
+        rows = [line for line in screen(width).splitlines() if "a1b2c3d4e5f6" in line or "ffeeddccbbaa" in line]
+        assert len(rows) == 2, width
+        assert "ffeeddccbbaa" in rows[0] and re.search(r"abortive\s+0\.50\s+2\.00\s+1818", rows[0]), rows
+        assert re.search(r"non-abortive\s+0\.50\s+2\.00\s+0 RPC_S_OK", rows[1]), rows   # newest first
 
 
 class FakeTerminal(io.StringIO):

@@ -70,14 +70,15 @@ def render(stats: LiveStats, title: str) -> Any:
         by_code.add_row(codes.describe(code) if code >= 0 else "(no code)", str(n), f"{rates.get(code, 0):.0f}",
                         style="green" if code == codes.RPC_S_OK else None)
 
-    recent = Table(title="recent cancels", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+    # every column shows at 80 columns (a wider header had squeezed →End out of sight there)
+    recent = Table(title="recent cancels (ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                    pad_edge=False)
     recent.add_column("call id", no_wrap=True, min_width=12)
     recent.add_column("kind", no_wrap=True, min_width=12)
     if stats.side == CLIENT:
-        recent.add_column(f"{CAN}→{CANCEL_SEEN} ms", justify="right", no_wrap=True)
-    recent.add_column(f"→{END} ms", justify="right")
-    recent.add_column("final code", no_wrap=True, overflow="ellipsis")
+        recent.add_column(f"{CAN}→{CANCEL_SEEN}", justify="right", no_wrap=True, min_width=15)
+    recent.add_column(f"→{END}", justify="right", no_wrap=True, min_width=6)
+    recent.add_column("final code", no_wrap=True, overflow="ellipsis")   # the one column that gives way
     for rc in stats.recent_cancels():
         row = [rc.call_id[:12], rc.kind]
         if stats.side == CLIENT:

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(opts: argparse.Namespace) -> int:
     from callstate.cli.report import html_report
-    from callstate.cli.report.run_report import build_from_files
+    from callstate.cli.report.run_report import FAILED, NOT_JUDGED, build_from_files
 
     if why := html_report.available():
         print(f"callstate report: {why}", file=sys.stderr)
@@ -61,10 +61,10 @@ def run(opts: argparse.Namespace) -> int:
         print(f"callstate report: {exc}", file=sys.stderr)
         return 2
     check = report["check"]
-    why = check["not_judged"]   # the checker's own rule, as `callstate check` applies it
-    if not check["ok"]:
-        verdict = f"FAILED ({counted(check['violations'], 'violation')})"
-    else:
-        verdict = "OK" if why is None else f"NOT JUDGED ({why})"
+    verdict = check["verdict"]   # the page's: the checker's own rule, as `callstate check` applies it
+    if verdict == FAILED:
+        verdict += f" ({counted(check['violations'], 'violation')})"
+    elif verdict == NOT_JUDGED:
+        verdict += f" ({check['why']})"
     print(f"{opts.html}: {counted(report['calls'], 'call')}, check {verdict}")
-    return 0 if check["ok"] and why is None else 1
+    return 0 if check["ok"] else 1

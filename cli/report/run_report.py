@@ -26,6 +26,7 @@ from callstate.logfile import read_log
 LATENCY_BINS = 40       # log-spaced histogram bins for latency and propagation
 TIMELINE_BUCKETS = 120  # at most this many time buckets for the over-time chart
 UNKNOWN_KIND = "unknown"
+OTHER = "other"   # an example's entries whose side is neither (a bad entry)
 
 
 class CallSummary:
@@ -62,10 +63,11 @@ class CallSummary:
             elif event == CANCEL_SEEN and self.seen_t is None:
                 self.seen_t, self.seen_kind = t, cancel_kind_of(cancel, detail) or UNKNOWN_KIND
 
-    # the call as one run sees it: the client's view when there is one, else the server's
+    # the call as one run sees it: the client's view when the client logged its End (or no side
+    # did), else the server's; the checker's rule for a call's final code (`Checker._finish_call`)
     @property
     def span(self) -> tuple[float | None, float | None]:
-        if self.c_t0 is not None:
+        if self.c_t0 is not None and (self.c_t1 is not None or self.s_t1 is None):
             return self.c_t0, self.c_t1
         return self.s_t0, self.s_t1
 
@@ -233,6 +235,7 @@ class ReportBuilder:
             "calls": check.calls,
             "entries": check.entries,
             "by_side": dict(sorted(check.by_side.items())),
+            "bad_entries": check.bad_entries,   # entries of no known side: with by_side they add up to entries
             "ended": sum(row["count"] for row in by_code),
             "latency_edges_ms": [round(x, 4) for x in edges],
             "by_code": by_code,
@@ -289,11 +292,15 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
             "example": None if example is None else {
                 "call_id": example.call_id, "message": example.message,
                 CLIENT: examples[example.call_id].get(CLIENT, []),
-                SERVER: examples[example.call_id].get(SERVER, [])},
+                SERVER: examples[example.call_id].get(SERVER, []),
+                # an entry of no known side (a bad_entry's own, often): shown apart, never dropped
+                OTHER: examples[example.call_id].get(OTHER, [])},
         })
     not_judged = check.not_judged(allow_one_side)
-    return {"ok": check.ok, "violations": len(check.violations), "kinds": kinds, "not_judged": not_judged,
-            **_verdict(check.ok, not_judged, run)}
+    verdict = _verdict(check.ok, not_judged, run)
+    # `ok` as `callstate check --json` has it: the verdict is OK (no violation, and something was judged)
+    return {"ok": verdict["verdict"] == OK, "violations": len(check.violations), "kinds": kinds,
+            "not_judged": not_judged, **verdict}
 
 
 def _verdict(ok: bool, not_judged: str | None, run: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -327,7 +334,7 @@ def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, di
     for path in paths:
         for _lineno, e in read_log(path, _unsaid):
             if e.get("call_id") in ids:
-                side = e.get("side") if e.get("side") in (CLIENT, SERVER) else "other"
+                side = e.get("side") if e.get("side") in (CLIENT, SERVER) else OTHER
                 out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
     return out
 
