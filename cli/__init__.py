@@ -157,8 +157,6 @@ class _DeferredInterrupt:
         return self.noted
 
     def __exit__(self, *_: object) -> None:
-        import signal
-
         if not self.keep:
             self.release()
 

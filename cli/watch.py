@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from callstate.check import counted
 from callstate.cli import COMMANDS
@@ -13,6 +14,9 @@ from callstate.cli.live.view import MODES, choose
 from callstate.arg_types import positive_int
 from callstate.cli.options import add_target, channel_settings
 from callstate.cli.terminal import printable, stdout_gone
+
+if TYPE_CHECKING:   # grpc loads when a watch starts, not for --help
+    import grpc
 
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
@@ -318,7 +322,7 @@ class _Watch:
         else:
             self.stopped.append(target)
 
-    async def say_failed_why(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
+    async def say_failed_why(self, target: str, err: grpc.aio.AioRpcError) -> None:
         """`say_failed`, or what answered in place of a callstate server: a proxy whose upstream is
         down or failing (one probe call finds its HTTP status when the error named none)."""
         from callstate.cli.proxy_answer import diagnose
@@ -336,7 +340,7 @@ class _Watch:
         else:
             print(printable(f"callstate watch: {target} answered {answer}"), file=sys.stderr, flush=True)
 
-    def say_failed(self, target: str, err: "grpc.aio.AioRpcError") -> None:  # type: ignore[name-defined]
+    def say_failed(self, target: str, err: grpc.aio.AioRpcError) -> None:
         import grpc
 
         if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:

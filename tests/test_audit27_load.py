@@ -401,7 +401,7 @@ def test_locust_log_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path:
     finally:
         srv.stop()
     assert local.returncode == 2 and "Traceback" not in local.stderr, local.stderr[-3000:]
-    assert (f"callstate: CallstateUser: log_file = '{bad.replace('{worker}', 'local')}': cannot write the state log "
-            "(No such file or directory)") in local.stderr
+    assert (f"callstate: CallstateUser: --callstate-log-file {bad.replace('{worker}', 'local')}: cannot write the "
+            "state log (No such file or directory)") in local.stderr   # the option typed, named as typed
     master = (tmp_path / "master.out").read_text()
     assert rc == 2 and "cannot write the state log (No such file or directory)" in master, master[-3000:]

@@ -21,8 +21,11 @@ from callstate.cli.conformance import pipes
 from callstate.cli.conformance import replies
 from callstate.cli.conformance.calls import BatteryConfig, Recorder, Result, open_channel, open_client
 from callstate.cli.conformance.journal import ServerJournal, dispatched, ended
-from callstate.cli.conformance.properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, COMPLETE_LARGE,
-                                                  COMPLETE_SMALL, Row)
+from callstate.cli.conformance.properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE,
+                                                  CANCEL_NON_ABORTIVE, COMPLETE_LARGE, COMPLETE_SMALL, DEADLINE, FATAL,
+                                                  LARGE_METADATA, MANY_STREAMS, PIPE_ABORT_MID_STREAM,
+                                                  PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL, PIPE_EARLY_ANSWER,
+                                                  PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, UNIMPLEMENTED, Row)
 from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
 
 __all__ = ["Battery", "BatteryConfig", "open_channel", "open_client"]
@@ -101,18 +104,21 @@ class Battery:
         return await self.journal.wait((call.call_id,), dispatched, self.cfg.wait)
 
     # -- the rows ----------------------------------------------------------------------------
-    def steps(self) -> list[Callable[[], Awaitable[Row]]]:
-        """Every row but the ones judged at the end (held, check, graceful-stop), in order."""
+    def steps(self) -> list[tuple[str, Callable[[], Awaitable[Row]]]]:
+        """Every row but the ones judged at the end (held, check, graceful-stop), in order, by property."""
         cfg = self.cfg
-        return [partial(replies.complete, self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls),
-                partial(replies.complete, self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls),
-                partial(replies.abort, self, ABORT_TRAILERS_ONLY, headers_first=False),
-                partial(replies.abort, self, ABORT_AFTER_HEADERS, headers_first=True),
-                *(partial(row, self) for row in (
-                    replies.fatal, replies.unimplemented, cancels.cancel_abortive, cancels.cancel_non_abortive,
-                    cancels.deadline, replies.many_streams, replies.large_metadata, pipes.out_streamed,
-                    pipes.in_half_close, pipes.early_answer, pipes.both_full_duplex, pipes.abort_mid_stream,
-                    pipes.cancel))]
+        return [(COMPLETE_SMALL, partial(replies.complete, self, COMPLETE_SMALL, cfg.small_bytes, cfg.calls)),
+                (COMPLETE_LARGE, partial(replies.complete, self, COMPLETE_LARGE, cfg.max_bytes, cfg.large_calls)),
+                (ABORT_TRAILERS_ONLY, partial(replies.abort, self, ABORT_TRAILERS_ONLY, headers_first=False)),
+                (ABORT_AFTER_HEADERS, partial(replies.abort, self, ABORT_AFTER_HEADERS, headers_first=True)),
+                *((prop, partial(row, self)) for prop, row in (
+                    (FATAL, replies.fatal), (UNIMPLEMENTED, replies.unimplemented),
+                    (CANCEL_ABORTIVE, cancels.cancel_abortive), (CANCEL_NON_ABORTIVE, cancels.cancel_non_abortive),
+                    (DEADLINE, cancels.deadline), (MANY_STREAMS, replies.many_streams),
+                    (LARGE_METADATA, replies.large_metadata), (PIPE_OUT_STREAMED, pipes.out_streamed),
+                    (PIPE_IN_HALF_CLOSE, pipes.in_half_close), (PIPE_EARLY_ANSWER, pipes.early_answer),
+                    (PIPE_BOTH_FULL_DUPLEX, pipes.both_full_duplex), (PIPE_ABORT_MID_STREAM, pipes.abort_mid_stream),
+                    (PIPE_CANCEL, pipes.cancel)))]
 
     # -- held calls run in the background while the other rows run -------------------------------
     def start_held(self) -> None:

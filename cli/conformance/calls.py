@@ -16,7 +16,7 @@ from callstate import codes
 from callstate.check import percentiles
 from callstate.client import AsyncClient
 from callstate.client.channel import ChannelSettings
-from callstate.lifecycle import CAN
+from callstate.lifecycle import CAN, END, ENTER
 from callstate.script import Limits
 from callstate.statelog import Entry
 from callstate.v1 import callstate_pb2 as pb
@@ -70,6 +70,11 @@ def auth_metadata() -> tuple[tuple[str, str], ...]:
     return _access.metadata
 
 
+def explain(err: grpc.aio.AioRpcError) -> str:
+    """A failed RPC's details, with what most likely went wrong (plaintext against TLS, say)."""
+    return _access.explain(err.code(), err.details())
+
+
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:
     """Every client the battery uses is made here. A local subchannel pool: each client gets
     its own connection."""
@@ -90,11 +95,13 @@ class Recorder:
     def __init__(self) -> None:
         self.all: list[Entry] = []
         self.by_id: dict[str, list[Entry]] = defaultdict(list)
+        self.ended = 0   # calls that reached End: what a row still running has done
         self._changed = asyncio.Event()
 
     def append(self, e: Entry) -> None:
         self.all.append(e)
         self.by_id[e.call_id].append(e)
+        self.ended += e.state == END and e.event == ENTER
         self._changed.set()
 
     async def event(self, call_id: str, event: str, timeout: float) -> Entry | None:

@@ -20,6 +20,8 @@ from callstate.arg_types import non_negative_float, positive_float, positive_int
 from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
+DEFAULT_MAX_HOLD = 60.0   # s: --max-hold of the server --serve-port starts ...
+HOLD_MARGIN = 10.0        # ... and at least this much over --hold-seconds, so it never ends a held call
 
 EPILOG = """\
 properties (one row each, direct to the server and through the proxy):
@@ -28,7 +30,7 @@ properties (one row each, direct to the server and through the proxy):
 examples:
   callstate conformance --serve-port 50051 --proxy 127.0.0.1:8080     # runs the server for the proxy
   callstate conformance --server 10.0.0.5:50051 --proxy 10.0.0.9:443 --report conformance.json \\
-                        --junit-xml conformance.xml --hold-seconds 75
+                        --junit-xml conformance.xml --hold-seconds 75   # that server's --max-hold over 75
 """.format(properties="\n".join(textwrap.fill(f"{name}: {text}", 88, initial_indent="  ", subsequent_indent="      ",
                                               break_on_hyphens=False)
                                 for name, text in PROPERTIES.items()))
@@ -48,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
                          "journal directly. One row per property, pass/fail with its figures. Exit status 0 when "
-                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage or an "
-                         "unreachable proxy or server, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
+                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage, an "
+                         "unreachable proxy or server, or a report that cannot be written, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
                          "the run has no verdict)."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--proxy", type=host_port, required=True, metavar="HOST:PORT",
@@ -91,9 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--wait", type=positive_float, default=_CFG.wait, metavar="SECONDS",
                    help="bound on every single wait; what has not happened by then fails its row "
                         "(default: %(default)s)")
-    p.add_argument("--max-hold", type=non_negative_float, default=60.0, metavar="SECONDS",
-                   help="with --serve-port: the server's --max-hold, which ends calls whose cancel was lost "
-                        "(default: %(default)s)")
+    p.add_argument("--max-hold", type=non_negative_float, metavar="SECONDS",
+                   help="with --serve-port: the server's --max-hold, which ends calls whose cancel was lost; "
+                        f"above --hold-seconds, or it ends the held calls first (default: {DEFAULT_MAX_HOLD:g}, or "
+                        f"--hold-seconds + {HOLD_MARGIN:g} when that is longer)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
     p.add_argument("--quiet", "-q", action="store_true",
@@ -111,8 +114,9 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def progress_line(out: TextIO) -> Callable[[str, Any], None]:
-    """One line per row as it is judged, for a person watching a run that takes minutes."""
+def progress_line(out: TextIO) -> tuple[Callable[[str, Any], None], Callable[[str, str, float, int], None]]:
+    """One line per row as it is judged, for a person watching a run that takes minutes; and one
+    now and then while a row runs (through a stalled proxy, each of its calls waits --wait)."""
     from callstate.cli.conformance.properties import PROPERTIES
     done = {"direct": 0, "proxy": 0}
 
@@ -121,7 +125,12 @@ def progress_line(out: TextIO) -> Callable[[str, Any], None]:
         out.write(f"[{path} {done[path]}/{len(PROPERTIES)}] {row.prop} {row.verdict} ({row.seconds:.1f} s)"
                   f"{': ' + row.figures if row.figures else ''}\n")
         out.flush()
-    return show
+
+    def running(path: str, prop: str, seconds: float, ended: int) -> None:
+        out.write(f"[{path} {done[path] + 1}/{len(PROPERTIES)}] {prop} still running ({seconds:.0f} s"
+                  f"{f', {ended} calls ended' if ended else ''})\n")
+        out.flush()
+    return show, running
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -140,16 +149,25 @@ def run(opts: argparse.Namespace) -> int:
     setup = Setup(proxy=opts.proxy, server=opts.server or "")
     t0 = time.monotonic()
 
-    def outputs(error: str = "") -> None:
-        """The report and JUnit, written whole on every way out: `error` says why there is no verdict."""
+    def outputs(error: str = "") -> bool:
+        """The report and JUnit, written whole on every way out: `error` says why there is no verdict.
+        False when one could not be written (a full disk, say): one line each, and the other is still written."""
         seconds = time.monotonic() - t0
         server = setup.server or (f"port {opts.serve_port}" if opts.serve_port is not None else "")
-        if opts.report:
-            config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-            write_atomically(opts.report, orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds, error),
-                                                       option=orjson.OPT_INDENT_2))
-        if opts.junit_xml:
-            write_atomically(opts.junit_xml, junit_xml(setup.rows, opts.proxy, server, seconds, error))
+        config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        written = True
+        for flag, path, data in (
+                ("--report", opts.report, lambda: orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds,
+                                                                       error), option=orjson.OPT_INDENT_2)),
+                ("--junit-xml", opts.junit_xml, lambda: junit_xml(setup.rows, opts.proxy, server, seconds, error))):
+            if not path:
+                continue
+            try:
+                write_atomically(path, data())
+            except OSError as exc:
+                print(f"callstate conformance: {flag} {path}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+                written = False
+        return written
 
     def usage(why: str) -> int:
         print(f"callstate conformance: {why}", file=sys.stderr)
@@ -159,19 +177,16 @@ def run(opts: argparse.Namespace) -> int:
     if why := output_problem((opts.report, opts.junit_xml), (("--report", opts.report), ("--junit-xml", opts.junit_xml))):
         print(f"callstate conformance: {why}", file=sys.stderr)   # before the run: nothing created or emptied
         return 2
-    from callstate.script import Limits
-    if opts.max_bytes > Limits().max_reply_bytes:   # the client refuses such a script before sending it
-        return usage(f"--max-bytes {opts.max_bytes} is over the largest reply ({Limits().max_reply_bytes})")
-    from callstate.cli.conformance.calls import use_access
+    max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
     settings = channel_settings(opts)
-    if opts.serve_port is not None and (settings.secure or settings.token):
-        return usage("--serve-port starts a plaintext server without a token: to test a locked-down "
-                     "server, start it yourself and pass --server with the TLS and token options")
+    if why := _settings_problem(opts, max_hold, settings):
+        return usage(why)
+    from callstate.cli.conformance.calls import use_access
     use_access(settings)
-    own = ServerProcess(opts.serve_bind, opts.serve_port, opts.max_hold) if opts.serve_port is not None else None
+    own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
-        setup.progress = progress_line(sys.stderr)
+        setup.progress, setup.running = progress_line(sys.stderr)
     try:
         rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
@@ -196,8 +211,29 @@ def run(opts: argparse.Namespace) -> int:
             own.cleanup()
     print(table(rows, opts.proxy, setup.server))
     print(f"({time.monotonic() - t0:.1f} s)")
-    outputs()
+    if not outputs():
+        return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
+
+
+def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) -> str | None:
+    """What in the options the run could not keep (a usage error before anything runs), or None."""
+    from callstate.script import Limits
+
+    limits = Limits()
+    for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
+        if size > limits.max_reply_bytes:   # the client refuses such a script before sending it
+            return f"{flag} {size} is over the largest reply ({limits.max_reply_bytes})"
+    if opts.hold_seconds * 1000 > limits.max_delay_ms:   # the held calls' outcome delay: refused the same way
+        return (f"--hold-seconds {opts.hold_seconds:g} is over the longest delay a script may ask for "
+                f"({limits.max_delay_ms / 1000:g} s)")
+    if opts.serve_port is not None and max_hold <= opts.hold_seconds:
+        return (f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
+                f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
+    if opts.serve_port is not None and (settings.secure or settings.token):
+        return ("--serve-port starts a plaintext server without a token: to test a locked-down "
+                "server, start it yourself and pass --server with the TLS and token options")
+    return None
 
 
 CLEANUP_SECONDS = 1.0   # after SIGINT/SIGTERM: how long the battery may take to close before the exit

@@ -31,6 +31,8 @@ async def held(b: Battery) -> Row:
         r = await b.finish(b.prepare(HELD, client, Script(COMPLETE, outcome_delay=seconds, echo=True),
                                            payload).start(), seconds + b.cfg.wait, ends=True)
         why = reply_failure(r, payload)
+        if r.code == codes.RPC_S_TIMEOUT and "max hold" in r.details:   # the server's own limit, not the proxy
+            return f"{why}: the server's --max-hold ended it; it must be over --hold-seconds {seconds:g}"
         return f"{why}, before the {seconds:g} s hold ended" if why and r.ms < seconds * 1000 else why
     try:
         results = await asyncio.gather(*(one() for _ in range(b.cfg.concurrency)))

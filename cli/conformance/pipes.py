@@ -305,4 +305,7 @@ async def cancel(b: Battery) -> Row:
     results = await b.twice(one)
     short = sum(n < CANCEL_AFTER for _, n in results)
     notes = [f"{short} pipes got fewer than {CANCEL_AFTER} messages within {b.cfg.wait:g} s"] if short else []
-    return await judge_propagation(b, PIPE_CANCEL, [r for r, _ in results], 0, notes)
+    # a pipe the server never had is neither a lost cancel nor left in flight there (the journal may trail)
+    await b.journal.wait([r.call_id for r, _ in results], dispatched, b.cfg.wait)
+    reached = [r for r, _ in results if dispatched(b.journal.entries(r.call_id))]
+    return await judge_propagation(b, PIPE_CANCEL, reached, len(results) - len(reached), notes)

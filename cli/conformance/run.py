@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import grpc
+
 from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
+from callstate.cli.conformance.calls import Recorder, explain
 from callstate.cli.conformance.journal import ServerJournal, dispatched
-from callstate.cli.conformance.properties import Row
+from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
 from callstate.cli.conformance.report import DIRECT, PROXY
 from callstate.cli.conformance.server import ServerProcess
 from callstate.client import CallError, Script
@@ -24,6 +27,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 Progress = Callable[[str, Row], None]
+Running = Callable[[str, str, float, int], None]   # path, property, seconds so far, its calls ended so far
+RUNNING_EVERY = 10.0   # s between the lines of a row still running: through a stalled proxy one takes minutes
 
 
 @dataclass
@@ -32,18 +37,31 @@ class Setup:
     server: str = ""                        # empty with own_server
     own_server: ServerProcess | None = None
     progress: Progress | None = None        # told of each row as it is judged
+    running: Running | None = None          # told every RUNNING_EVERY s while a row is being judged
     # the rows judged so far, per path: what an interrupted run still reports
     rows: dict[str, list[Row]] = field(default_factory=lambda: {DIRECT: [], PROXY: []})
 
-    async def judge(self, label: str, make: Awaitable[Row]) -> Row:
-        """Judge one row, timed; keep it and report progress."""
+    async def judge(self, label: str, make: Awaitable[Row], prop: str, recorder: Recorder | None = None) -> Row:
+        """Judge one row (`prop`), timed; keep it and report progress, also while it runs
+        (`recorder`: the client's log its calls end in, to count them)."""
         t0 = time.perf_counter()
-        row = await make
+        ticker = asyncio.ensure_future(self._tick(label, prop, t0, recorder)) if self.running is not None else None
+        try:
+            row = await make
+        finally:
+            if ticker is not None:
+                ticker.cancel()
         row.seconds = row.seconds or time.perf_counter() - t0
         self.rows[label].append(row)
         if self.progress is not None:
             self.progress(label, row)
         return row
+
+    async def _tick(self, label: str, prop: str, t0: float, recorder: Recorder | None) -> None:
+        before = recorder.ended if recorder is not None else 0
+        while self.running is not None:
+            await asyncio.sleep(RUNNING_EVERY)   # a clock for a person watching, not a wait for an event
+            self.running(label, prop, time.perf_counter() - t0, (recorder.ended - before) if recorder else 0)
 
 
 async def _reachable(target: str, what: str) -> None:
@@ -51,9 +69,23 @@ async def _reachable(target: str, what: str) -> None:
     try:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
-        raise ConnectionError(f"cannot reach the {what} at {target} (no connection within {CONNECT_TIMEOUT:g} s)")
+        why = await _why_unreachable(channel)
+        raise ConnectionError(f"cannot reach the {what} at {target} (no connection within {CONNECT_TIMEOUT:g} s"
+                              + (f": {why})" if why else ")")) from None
     finally:
         await channel.close()
+
+
+async def _why_unreachable(channel: grpc.aio.Channel) -> str:
+    """The channel's last connection error (refused, a TLS mismatch...), which only a call
+    reports: one that does not wait for the connection fails at once with it."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes,
+                                response_deserializer=bytes)
+    try:
+        await check(b"", timeout=CONNECT_TIMEOUT / 2)
+    except grpc.aio.AioRpcError as err:
+        return explain(err) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
+    return ""
 
 
 async def _probe(target: str, journal: ServerJournal) -> None:
@@ -95,15 +127,16 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         for battery in batteries:
             battery.start_held()
         for battery in batteries:
-            for row in battery.steps():
-                await setup.judge(battery.label, row())
+            for prop, row in battery.steps():
+                await setup.judge(battery.label, row(), prop, battery.recorder)
         for battery in batteries:
-            await setup.judge(battery.label, battery.held_row())
+            await setup.judge(battery.label, battery.held_row(), HELD, battery.recorder)
         for battery in batteries:
-            await setup.judge(battery.label, battery.check_row())
+            await setup.judge(battery.label, battery.check_row(), CHECK)
         for i, battery in enumerate(batteries):
             restart = i < len(batteries) - 1
-            await setup.judge(battery.label, battery.graceful_stop(_stopper(own, journal, restart) if own else None))
+            await setup.judge(battery.label, battery.graceful_stop(_stopper(own, journal, restart) if own else None),
+                              GRACEFUL_STOP)
         return setup.rows
     finally:
         for battery in batteries:

@@ -26,8 +26,8 @@ class ServerProcess:
 
     @property
     def target(self) -> str:
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"{host}:{self.port}"
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.bind, self.bind)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"   # an IPv6 address in brackets
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start serving on the port (the same one again after a stop); ConnectionError when it cannot."""

@@ -124,6 +124,13 @@ class LiveView:
             await asyncio.sleep(interval)
             self.refresh()
 
+    def say(self, line: str) -> None:
+        """One line of news above the live frame (or between the plain lines)."""
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.out, flush=True)
+
     def stop(self) -> None:
         """Stop refreshing and leave the last frame (or line) on screen."""
         if self._task is not None:

@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "server sees it). Exit status 1 when an invariant fails or the run proved "
                                         "nothing (no call reached the server, or every call was refused), 2 for bad "
                                         "usage or an unreachable server, 130 after Ctrl-C (SIGINT; the calls in "
-                                        "flight are finished and checked first)."),
+                                        "flight are finished and checked first; a second SIGINT or SIGTERM cancels "
+                                        "them)."),
                        epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target(p, timeout_help="gRPC deadline of each call, not of the run (default: none; --duration bounds the run)")
     stop = p.add_mutually_exclusive_group()

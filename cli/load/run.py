@@ -38,6 +38,7 @@ from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
 from callstate.cancel_points import BEFORE_START
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, ENTER, END, NON_ABORTIVE, PIPE_INITIAL_MOVE,
+                                 LifecycleError,
                                  SERVER, C)
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
 from callstate.statelog import Entry, parse_ts, proto_to_dict
@@ -48,6 +49,8 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 _DISPATCH_MOVES = frozenset({DISPATCH, *PIPE_INITIAL_MOVE[SERVER].values()})
 NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script): its outcome is the server's
 HOLD_FOR = "hold-for"     # the path of a held call the generator ended itself (not a cancel asked for)
+STOP_CANCEL = "cancel-at-stop"   # the path of a call in flight a second SIGINT/SIGTERM cancelled
+_STOP_SIGNALS = frozenset({signal.SIGINT.name, signal.SIGTERM.name})
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -171,6 +174,9 @@ class LoadRun:
         self._stop_at = float("inf")
         self.interrupted = ""
         self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
+        self._flying: dict[str, Any] = {}   # our calls and pipes in flight, by id: a second signal cancels them
+        self._cut_ids: set[str] = set()     # ... those it cancelled
+        self._view: LiveView | None = None
         self.settle_cut = ""      # the signal that ended the wait for the server (all our calls had ended)
         self._cut: asyncio.Event | None = None   # made when that wait starts, set by stop() during it
         self.server_lost = ""
@@ -189,18 +195,49 @@ class LoadRun:
         self.metrics = MetricsEndpoint(metrics.registry, self.cfg.metrics_bind, self.cfg.metrics_port or 0)
 
     def stop(self, reason: str) -> None:
-        """Start no more calls; the ones in flight finish and are checked as usual. Once all of
-        ours have ended (the run waits for the server to end them too), it ends that wait: the
-        check judges what the server had ended by then."""
+        """Start no more calls; the ones in flight finish and are checked as usual. Called again
+        while some are in flight (a second SIGINT or SIGTERM), it cancels them, abortively: a
+        held call would otherwise keep the run for its whole hold. Once all of ours have ended
+        (the run waits for the server to end them too), it ends that wait: the check judges what
+        the server had ended by then. The first reason is the one reported."""
         if self._cut is not None or (self.in_flight == 0 and not self._more()):
             self.settle_cut = reason
             if self._cut is not None:
                 self._cut.set()
             return
+        signalled = reason in _STOP_SIGNALS
+        if self.interrupted:
+            if signalled:   # not a lost server's stop: its calls end by themselves
+                self._cancel_flying(reason)
+            return
         self.interrupted = reason
         self._stop_at = 0.0
         if self._stopped is not None:
             self._stopped.set()   # an open loop waiting for its next call's time wakes now
+        if self.in_flight:
+            self._say(f"callstate load: {reason}: starting no more calls; waiting for the {counted(self.in_flight, 'call')} "
+                      f"in flight to end (SIGINT or SIGTERM{' again' if signalled else ''} cancels them)")
+
+    def _cancel_flying(self, reason: str) -> None:
+        """Cancel our calls in flight that no cancel has reached yet (abortive: no waiting for the
+        server's answer); they end, are counted and checked like any other."""
+        cut = 0
+        for call_id, call in list(self._flying.items()):
+            if call.done() or CAN in call.history or call.state == C:
+                continue
+            try:
+                call.cancel(abortive=True)
+            except (CallError, LifecycleError):
+                continue   # it ended meanwhile
+            self._cut_ids.add(call_id)
+            cut += 1
+        self._say(f"callstate load: {reason}: cancelling the {counted(cut, 'call')} in flight")
+
+    def _say(self, line: str) -> None:
+        if self._view is not None:
+            self._view.say(line)
+        else:
+            print(line, file=self.out, flush=True)
 
     async def _pause(self, seconds: float) -> None:
         """The open loop's wait for its next call: short ones slept, long ones (a slow --rate)
@@ -239,11 +276,13 @@ class LoadRun:
             script = None if self.cfg.no_script else self._script(plan)
             call = client.prepare(script, method=self.cfg.drive.method, request=next(self._requests))
         self.ids.add(call.call_id)
+        self._flying[call.call_id] = call
         try:
             end = await drive_call(call, plan, self.delay_rng, escalate_after=self.cfg.scenario.escalate_after)
         finally:
             self.in_flight -= 1
-            self._count_paths(plan, CAN in call.history)
+            del self._flying[call.call_id]
+            self._count_paths(plan, CAN in call.history, call.call_id)
         self.attempted += end.attempted
         self.start_failed += end.start_refused
         self._record(end.code, t0)
@@ -252,9 +291,11 @@ class LoadRun:
         """The path a call's outcome is counted under: the plan's, or no-script (the server's)."""
         return NO_SCRIPT if self.cfg.no_script else plan.outcome
 
-    def _count_paths(self, plan: Plan, cancelled: bool) -> None:
+    def _count_paths(self, plan: Plan, cancelled: bool, call_id: str) -> None:
         self.paths[self._outcome_path(plan)] += 1
-        if plan.cancel and cancelled:   # a cancel drawn for a call that ended first is no path it took
+        if call_id in self._cut_ids:   # the stop's cancel, not the plan's
+            self.paths[STOP_CANCEL] += 1
+        elif plan.cancel and cancelled:   # a cancel drawn for a call that ended first is no path it took
             self._count_cancel(plan, plan.cancel, f"cancel-at-{plan.point.kind}")  # type: ignore[union-attr]
 
     def _count_cancel(self, plan: Plan, cancel: str, at: str) -> None:
@@ -288,6 +329,7 @@ class LoadRun:
             request = next(self._requests)
             pipe = client.pipe(plan.pipe, script, method=self.cfg.drive.method, request=request)
         self.ids.add(pipe.call_id)
+        self._flying[pipe.call_id] = pipe
         try:
             await drive_pipe(pipe, messages=scenario.pipe_messages, message_bytes=self.cfg.payload,
                              cancel_at=point, abortive=cancel == ABORTIVE, escalate_after=scenario.escalate_after,
@@ -297,7 +339,10 @@ class LoadRun:
             code = err.code
         finally:
             self.in_flight -= 1
-            if point is not None and cancel is not None and CAN in pipe.history:   # as for calls
+            del self._flying[pipe.call_id]
+            if pipe.call_id in self._cut_ids:   # the stop's cancel, not the plan's
+                self.paths[STOP_CANCEL] += 1
+            elif point is not None and cancel is not None and CAN in pipe.history:   # as for calls
                 self._count_cancel(plan, cancel, f"pipe-cancel-at-{point.kind}")
         # counted as calls are, so the verdict's "every call turned away" and "none could start" count pipes
         if point is None or point.kind != BEFORE_START:
@@ -352,7 +397,8 @@ class LoadRun:
         # for, and the generator's own end of a held call apart, as hold-for
         self.live.cancels = Counter({kind: n for kind, n in ((ABORTIVE, self.paths[f"cancel-{ABORTIVE}"]),
                                                              (NON_ABORTIVE, self.paths[f"cancel-{NON_ABORTIVE}"]),
-                                                             (HOLD_FOR, self.paths[HOLD_FOR])) if n})
+                                                             (HOLD_FOR, self.paths[HOLD_FOR]),
+                                                             (STOP_CANCEL, self.paths[STOP_CANCEL])) if n})
 
     def _server_entry(self, d: dict[str, Any], checker: Checker) -> None:
         """One of our calls' server entries, from the journal stream."""
@@ -417,7 +463,7 @@ class LoadRun:
         except ConnectionError:
             await channel.close()
             raise
-        view = self._start_view()
+        view = self._view = self._start_view()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):   # from here on, SIGINT/SIGTERM stop the run (stop())
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)

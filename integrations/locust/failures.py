@@ -4,7 +4,8 @@ The master checks the --callstate-* options where they were typed; a worker read
 when told to spawn, on its own machine, where a .proto file may be missing or the target's
 reflection out of reach. Its users then stop before any call, and the worker sends its reason
 to the master (message `callstate_failed`), which logs it and quits with exit status 2: the
-run does not end quietly with no calls.
+run does not end quietly with no calls. Without a master (a local run: a state log that cannot
+be written, say) the process ends its own run the same way, at once, not at the end of -t.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import gevent
 from locust import events
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 FAILED = "callstate_failed"
 _LOG = logging.getLogger("callstate.locust")
@@ -31,6 +32,9 @@ def user_failed(environment: Any, why: str) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.send_message(FAILED, {"worker": runner.client_id, "why": why})
+    elif isinstance(runner, LocalRunner):   # no master to end the run: a headless one would idle until -t
+        headless = getattr(environment.parsed_options, "headless", False)
+        gevent.spawn(runner.quit if headless else runner.stop)   # not from the failing user's own greenlet
 
 
 def _on_failed(environment: Any, msg: Any, **_: Any) -> None:

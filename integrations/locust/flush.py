@@ -5,21 +5,25 @@ report; a worker still finishing its calls misses it, and then Locust's counts f
 the workers' state logs. So when the master stops a run, it first asks each worker to stop
 its users and report (message `callstate_flush`), and waits for every answer
 (`callstate_flushed`), bounded by FLUSH_TIMEOUT, before Locust goes on to quit. A worker that
-quits on its own (SIGTERM) sends its last report before it says so.
+quits on its own (SIGTERM) sends its last report before it says so. A worker Locust marks
+missing (killed, or cut off: no heartbeat), or that has left, cannot answer: it is not waited
+for, and one that goes missing during the wait stops being waited for.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent.event
 from locust import events
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 FLUSH = "callstate_flush"
 FLUSHED = "callstate_flushed"
 FLUSH_TIMEOUT = 15.0
+RECHECK = 0.25   # how often the wait looks again at which workers can still answer
 _LOG = logging.getLogger("callstate.locust")
 
 
@@ -35,16 +39,26 @@ class _MasterFlush:
         if not self.pending:
             self.done.set()
 
+    def _answering(self) -> set[str]:
+        """The workers still connected and not missing: those that can answer."""
+        return {worker.id for worker in self.runner.clients.all if worker.state != STATE_MISSING}
+
     def flush(self, **_: Any) -> None:
-        self.pending = {worker.id for worker in self.runner.clients.all}
+        self.pending = self._answering()
         if not self.pending:
             return
         self.done.clear()
         for worker_id in list(self.pending):
             self.runner.send_message(FLUSH, None, client_id=worker_id)
-        if not self.done.wait(FLUSH_TIMEOUT):
-            _LOG.warning("callstate: %d worker(s) did not report their last calls within %g s",
-                         len(self.pending), FLUSH_TIMEOUT)
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while not self.done.wait(RECHECK):
+            self.pending &= self._answering()   # one gone missing or away meanwhile answers no more
+            if not self.pending:
+                return
+            if time.monotonic() > deadline:
+                _LOG.warning("callstate: %d worker(s) did not report their last calls within %g s",
+                             len(self.pending), FLUSH_TIMEOUT)
+                return
 
 
 def _on_flush(environment: Any, msg: Any, **_: Any) -> None:

@@ -96,9 +96,16 @@ def flag_of(attr: str) -> str:
     return next(flag for flag, (name, _, _) in OPTIONS.items() if name == attr)
 
 
+# The options typed on this worker's own command line: Locust replaces a worker's custom options
+# with the master's at each spawn, an option the master was not given included (as None), so a
+# worker's own --callstate-log-file or TLS files would vanish without a word.
+_TYPED_ON_WORKER: dict[str, Any] = {}
+
+
 def overrides(parsed_options: Any) -> dict[str, str]:
-    """The options given on the command line (or sent by the master), by user attribute."""
-    out: dict[str, str] = {}
+    """The options given on the command line (or sent by the master), by user attribute; on a
+    worker, those typed on its own command line that the master did not give too."""
+    out: dict[str, str] = dict(_TYPED_ON_WORKER)
     for flag, (attr, _, _) in OPTIONS.items():
         value = getattr(parsed_options, flag[2:].replace("-", "_"), None) if parsed_options is not None else None
         if value is not None:
@@ -106,4 +113,12 @@ def overrides(parsed_options: Any) -> dict[str, str]:
     return out
 
 
+def _keep_worker_options(environment: Any, **_: Any) -> None:
+    from locust.runners import WorkerRunner
+
+    if isinstance(environment.runner, WorkerRunner):   # its own options, before any spawn replaces them
+        _TYPED_ON_WORKER.update(overrides(environment.parsed_options))
+
+
 events.init_command_line_parser.add_listener(add_arguments)
+events.init.add_listener(_keep_worker_options)

@@ -53,13 +53,14 @@ class ProcessState:
     _instance: ClassVar["ProcessState | None"] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, environment: Any, log_template: str | None, propagation: bool) -> None:
+    def __init__(self, environment: Any, log_template: str | None, propagation: bool, name: str = "log_file") -> None:
         self.environment = environment
         self.log_path = expand(log_template, environment) if log_template else None
         try:
             self.log = StateLog(self.log_path) if self.log_path else None
         except OSError as exc:   # the users stop before any call, and say why (failures.py)
-            raise ValueError(f"log_file = {self.log_path!r}: cannot write the state log ({exc.strerror or exc})") from None
+            given = f"{name} {self.log_path}" if name.startswith("--") else f"{name} = {self.log_path!r}"
+            raise ValueError(f"{given}: cannot write the state log ({exc.strerror or exc})") from None
         self.tracker = PropagationTracker() if propagation else None
         self.sink = _Sink(self.log, self.tracker)
         self._follower: gevent.Greenlet | None = None
@@ -72,10 +73,12 @@ class ProcessState:
         environment.events.quitting.add_listener(lambda **_: self.quitting())
 
     @classmethod
-    def get(cls, environment: Any, log_template: str | None, propagation: bool) -> "ProcessState":
+    def get(cls, environment: Any, log_template: str | None, propagation: bool, name: str = "log_file"
+            ) -> "ProcessState":
+        """`name`: what set the log's path, for the error when it cannot be written."""
         with cls._lock:
             if cls._instance is None or cls._instance.environment is not environment:
-                cls._instance = cls(environment, log_template, propagation)
+                cls._instance = cls(environment, log_template, propagation, name)
             return cls._instance
 
     def watch(self, target: str, settings: ChannelSettings) -> None:

@@ -11,12 +11,13 @@ is the statistics entry `cancel propagation`, outside Aggregated (see `process.P
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import random
 import sys
 import time
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from gevent import GreenletExit
 from locust import User, constant, events, task
@@ -24,6 +25,7 @@ from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 from callstate import codes
+from callstate.arg_types import grpc_target, non_negative_float, positive_float
 from callstate.client import Call, CallError, Client, Pipe
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe_sync
@@ -104,7 +106,9 @@ class CallstateUser(User):
         try:
             settings, self.scenario, self.any_method = self.configure(environment.parsed_options, self.host)
             channel = access.channel_settings(settings)
-            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation)
+            log_name = flag_of("log_file") if "log_file" in overrides(environment.parsed_options) else "log_file"
+            self.process = ProcessState.get(environment, settings["log_file"] or None, self.measure_propagation,
+                                            log_name)
         except ValueError as exc:   # on a worker, options from the master its own machine cannot serve
             failures.user_failed(environment, f"{type(self).__name__}: {exc}")
             self.failed = True
@@ -134,14 +138,16 @@ class CallstateUser(User):
             mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
             cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
             on_cancel=_as("on_cancel", settings["on_cancel"], lambda t: Mix.parse(t, tuple(ON_CANCEL))),
-            hold_for=_as("hold_for", settings["hold_for"], float), escalate_after=_as(
-                "escalate_after", settings["escalate_after"], float),
+            hold_for=_as("hold_for", settings["hold_for"], _positive_seconds), escalate_after=_as(
+                "escalate_after", settings["escalate_after"], _positive_seconds),
             abort_code=_as("abort_code", settings["abort_code"], _abort_code),
             pipes=_as("pipes", settings["pipes"], parse_pipe_shares),
             pipe_cancel_at=_as("pipe_cancel_at", settings["pipe_cancel_at"], parse_pipe_cancel_points),
             pipe_messages=_as("pipe_messages", settings["pipe_messages"], _non_negative_int),
             cancel_poll=_as("cancel_poll", settings["cancel_poll"], parse_cancel_poll))
-        _as("delay", settings["delay"], float)
+        _as("delay", settings["delay"], _non_negative_seconds)
+        if settings["call_timeout"] is not None:
+            _as("call_timeout", settings["call_timeout"], _positive_seconds)
         _as("payload", settings["payload"], _payload_size)
         typed_access = any(name in typed for name in access.SETTINGS)
         try:   # a usage error, naming the options, where they were typed
@@ -151,18 +157,7 @@ class CallstateUser(User):
         run = cls._method_run(settings, typed, host, channel) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
-        if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
-            raise ValueError(f"pipe_cancel_at: {late[0]} is never reached with pipe_messages "
-                             f"{scenario.pipe_messages}: each side pushes that many")
-        stray = [name for name, given in (
-            ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
-            ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
-        if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
-            raise ValueError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set pipes "
-                             "(e.g. in=10,out=10,both=10)")
-        if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
-            raise ValueError(f"pipe_cancel_at: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
-                             f"an {kinds[0]} pipe (add one that does)")
+        _pipe_settings_fit(scenario, typed)
         return settings, scenario, run
 
     @classmethod
@@ -259,8 +254,39 @@ class CallstateUser(User):
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE, name=name, response_time=(time.perf_counter() - t0) * 1000,
             response_length=_length(reply), context={"call_id": call.call_id},
-            exception=None if code in expected else UnexpectedCode(
-                f"{codes.describe(code)}: a final code the scenario does not expect"))
+            exception=None if code in expected else UnexpectedCode(_unexpected(call, code)))
+
+
+def _unexpected(call: Call | Pipe, code: int) -> str:
+    """A failure's text in Locust's failure table: the code and what gRPC said (a wrong host's
+    `Connection refused`, a stopping server's `server is shutting down`, a proxy's HTTP 502).
+    Locust groups failures by this text: one row per cause, so neither the call's own id nor
+    its plan's codes are in it."""
+    details = call.details.replace(call.call_id, "<call id>")
+    said = f" (gRPC {call.grpc_status}{': ' + details if details else ''})" if call.grpc_status else ""
+    return f"{codes.describe(code)}{said}: a final code its plan does not expect"
+
+
+def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any]) -> None:
+    """The pipe settings, read together; ValueError naming them, OptionError naming the options
+    when one of them was typed (a usage error where it was typed, as a bad value of one is)."""
+    def name(attr: str) -> str:   # the option when it was typed, else the class attribute
+        return flag_of(attr) if attr in typed else attr
+
+    error = OptionError if any(attr in typed for attr in ("pipes", "pipe_cancel_at", "pipe_messages")) else ValueError
+    if scenario.pipes and (late := unreachable_pipe_points(scenario.pipe_cancel_at, scenario.pipe_messages)):
+        raise error(f"{name('pipe_cancel_at')}: {late[0]} is never reached with {name('pipe_messages')} "
+                    f"{scenario.pipe_messages}: each side pushes that many")
+    stray = [name(attr) for attr, given in (
+        ("pipe_cancel_at", scenario.pipe_cancel_at != parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
+        ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
+    if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
+        remedy = flag_of("pipes") if error is OptionError else "pipes"   # typed options: the option to add
+        raise error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set "
+                    f"{remedy} (e.g. in=10,out=10,both=10)")
+    if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
+        raise error(f"{name('pipe_cancel_at')}: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
+                    f"an {kinds[0]} pipe (add one that does)")
 
 
 def _length(reply: Any) -> int:
@@ -290,7 +316,19 @@ def _payload_size(value: str | int) -> int:
     return size
 
 
-_NUMBERS = (float, int, _non_negative_int, _abort_code, _payload_size)   # a class attribute's number goes through these too
+def _option_check(validate: Callable[[str], Any]) -> Callable[[str | float], Any]:
+    """The option's own check (`--callstate-hold-for`'s, say) for a class attribute's value."""
+    def parse(value: str | float) -> Any:
+        try:
+            return validate(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from None
+    return parse
+
+
+_positive_seconds, _non_negative_seconds = _option_check(positive_float), _option_check(non_negative_float)
+_NUMBERS = (float, int, _non_negative_int, _abort_code, _payload_size, _positive_seconds,
+            _non_negative_seconds)   # a class attribute's number goes through these too
 
 
 def _as(name: str, value: Any, parse: Any) -> Any:
@@ -306,9 +344,14 @@ def _as(name: str, value: Any, parse: Any) -> Any:
 @events.init.add_listener
 def _check_settings(environment: Any, **_: Any) -> None:
     """Bad scenario settings stop the run before it starts, with one line naming them."""
+    on_worker = isinstance(environment.runner, WorkerRunner)   # the master has checked its --host
+    if environment.host and not on_worker and (why := _bad_target(environment.host)):
+        usage_error(f"argument --host: {why}")
     for user_class in environment.user_classes or ():
         if issubclass(user_class, CallstateUser):
             try:
+                if not environment.host and (why := _bad_target(user_class.host)):
+                    raise ValueError(f"host = {user_class.host!r}: {why}")
                 # a worker learns the host and the options typed on its master only when told to
                 # spawn, and the master has checked them: its method is read at its first user
                 user_class.configure(environment.parsed_options, environment.host,
@@ -318,6 +361,16 @@ def _check_settings(environment: Any, **_: Any) -> None:
             except (TypeError, ValueError) as exc:
                 logging.getLogger("callstate.locust").error("callstate: %s: %s", user_class.__name__, exc)
                 sys.exit(2)
+
+
+def _bad_target(host: str) -> str:
+    """Why `host` is no target `callstate load --target` would take ("" when it is one): a port
+    past 65535 would otherwise be taken modulo 65536 by gRPC, a call to another port."""
+    try:
+        grpc_target(_target(host))
+    except argparse.ArgumentTypeError as exc:
+        return str(exc)
+    return ""
 
 
 def _target(host: str | None) -> str:
