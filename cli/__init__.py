@@ -104,15 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted:
             return 128 + interrupted[0]
         opts.early_signals = interrupted   # signals noted from now on, while `serve` starts
-        try:
-            status = int(opts.run(opts) or 0)
-            # stdout to a pipe or file is block-buffered: a reader gone by now (`| head`) is met
-            # here, not by the flush at exit, which would print a traceback and exit 120
-            if sys.stdout is not None:
-                sys.stdout.flush()
-            return status
-        finally:
-            early.release()
+        status = int(opts.run(opts) or 0)
+        # stdout to a pipe or file is block-buffered: a reader gone by now (`| head`) is met
+        # here, not by the flush at exit, which would print a traceback and exit 120
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # stdout's reader went away (`| head`): no traceback; exit as SIGPIPE would
@@ -120,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         stdout_gone()   # the flush at exit would raise it again
         return 128 + 13
+    finally:
+        # however it ends (run, refused at parse time, interrupted while loading): main() run in a
+        # process that goes on (a test) must not leave `serve`'s handlers noting its Ctrl-C
+        early.release()
 
 
 class _DeferredInterrupt:

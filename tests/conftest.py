@@ -186,3 +186,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             tier = "unit"
         item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture
+def refused_target() -> Iterator[str]:
+    """HOST:PORT where a connection is refused for the whole test: a port this process holds bound
+    but never listens on. A fixed low port ("127.0.0.1:1") is only unreachable while nobody else on
+    the machine serves there; a server someone started on port 1 answered a test's reflection."""
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{held.getsockname()[1]}"
+
+
+def check_own(client_log: Path, srv: ServerProcess, timeout: float = EVIDENCE_WAIT) -> Any:
+    """`check_files` over a test's own calls on a server other tests share: the client log, and
+    the server's lines of those calls once each call the server saw has ended there. The whole
+    server log may hold another test's call still ending (an abortive cancel reaches the server
+    after its caller moved on): `not_ended` for a call that is no concern of this test."""
+    from callstate.logfile import check_files
+    ids = set(dict.fromkeys(e["call_id"] for e in read_entries(client_log)))
+    for call_id in ids:
+        wait_entries(srv.log, call_id, until=lambda es: not es or ended(es), timeout=timeout)
+    own = client_log.with_name(f"{client_log.stem}.server-own.jsonl")
+    own.write_bytes(b"".join(line + b"\n" for line in complete_lines(srv.log.read_bytes())
+                             if line.strip() and orjson.loads(line)["call_id"] in ids))
+    return check_files([client_log, own])

@@ -430,12 +430,14 @@ def test_a_polling_pipe_cut_by_max_hold_before_its_next_poll_ends_per_its_policy
     """The handler works on until its next poll sees the abortive cancel; the max-hold watchdog
     cancelled it there, and the call ended "fatal 1726 handler error: CancelledError" with no
     message counts, which `callstate check` took for a pipe count mismatch."""
-    srv = start_server(tmp_path, "--max-hold", "1")
+    # The caller cancels once the server's headers came (sent at dispatch): a cancel on a timer could
+    # beat the dispatch on a busy machine (no call at the server) or come after the max hold.
+    srv = start_server(tmp_path, "--max-hold", "3")
     client_log = tmp_path / "client.jsonl"
     try:
         for kind, policy, code in (("out", "abort", codes.RPC_S_CALL_CANCELLED), ("in", "complete", 0)):
             done = cli("call", "--target", srv.target, "--pipe", kind, "--outcome", "hold", "--on-cancel", policy,
-                       "--cancel-poll-ms", "60000", "--cancel-after", "0.3", "--log-file", str(client_log),
+                       "--cancel-poll-ms", "60000", "--cancel-at", "after-headers", "--log-file", str(client_log),
                        "--json", timeout=EVIDENCE_WAIT * 2)
             assert done.returncode == 1 and "1818" in done.stderr, done.stderr   # the caller's own abortive cancel
             call_id = read_entries(client_log)[-1]["call_id"]

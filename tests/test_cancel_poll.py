@@ -16,14 +16,13 @@ import pytest
 from callstate import codes
 from callstate.cancel_poll import CancelPoll, poll_interval
 from callstate.check import check_entries
-from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, PipeScript, Script
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, D, END, ENTER, NON_ABORTIVE, PIPE_KINDS, UNARY,
                                  kind_of_initial_move)
 from callstate.script import MixError, ScriptError, cancel_poll_mix, validate
 from callstate.statelog import from_dict, proto_to_dict, to_dict, to_proto, format_line, Entry
 from callstate.v1 import callstate_pb2 as pb
-from tests.conftest import ServerProcess, cli, read_entries, start_server
+from tests.conftest import ServerProcess, check_own, cli, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -169,7 +168,7 @@ def test_a_polling_handler_sees_the_cancel_at_its_next_poll(poll_server: ServerP
     assert at - seen["delay_ms"] / 1000 >= cancelled - CLOCKS   # the arrival it reports follows the Can
     ended = [e for e in server if e["state"] == END]
     assert ended and _ts(ended[0]) >= at and ended[0]["code"] == codes.RPC_S_CALL_CANCELLED
-    report = check_files([log, poll_server.log])
+    report = check_own(log, poll_server)
     assert report.ok, report.summary()
 
 

@@ -14,8 +14,7 @@ import pytest
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Client, Script
 from callstate.lifecycle import START_FAILED
-from callstate.logfile import check_files
-from tests.conftest import ServerProcess, final, read_entries, states
+from tests.conftest import ServerProcess, check_own, final, read_entries, states
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,7 +59,7 @@ def test_an_async_client_made_outside_the_loop_refuses_its_calls_and_pipes(
     home.run_until_complete(client.close())   # the loop it belongs to closes it
     home.close()
     _ended_unmade(log, codes.RPC_S_INVALID_ASYNC_CALL)
-    assert check_files([log, shared_server.log]).ok
+    assert check_own(log, shared_server).ok
 
 
 def test_an_async_client_from_a_closed_loop_says_so(shared_server: ServerProcess, tmp_path: Path) -> None:
@@ -120,7 +119,7 @@ def test_a_call_whose_making_raises_ends_and_is_not_left_live(shared_server: Ser
         assert e.details == "the call could not be made: TypeError: grpc refused the arguments"
         assert isinstance(e.__cause__, TypeError)
     _ended_unmade(log, codes.RPC_S_CALL_FAILED)
-    assert check_files([log, shared_server.log]).ok
+    assert check_own(log, shared_server).ok
 
 
 @pytest.mark.parametrize("timeout", ["5", -1, 0, math.nan, math.inf, True])

@@ -16,12 +16,11 @@ import pytest
 
 from callstate import codes
 from callstate.check import check_entries
-from callstate.logfile import check_files
 from callstate.client import AsyncClient, CallError, Client, Script
 from callstate.lifecycle import CLIENT_CLOSED, COMP, END, ENTER
 from callstate.statelog import Entry, to_dict
 from callstate.logfile import StateLog
-from tests.conftest import ServerProcess, final, states
+from tests.conftest import ServerProcess, check_own, final, states
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,7 +153,7 @@ def test_cancelling_an_awaiter_while_a_wait_is_pending_is_an_abortive_cancel(sha
                 assert final(server)["code"] == codes.RPC_S_CALL_CANCELLED
     asyncio.run(go())
     state_log.close()   # every entry written before the check reads the file
-    assert check_files([log, shared_server.log]).ok
+    assert check_own(log, shared_server).ok
 
 
 def test_check_refuses_a_client_closed_1722_the_client_never_recorded_closing() -> None:
@@ -200,7 +199,7 @@ def test_closing_under_a_call_records_it_and_checks_clean(shared_server: ServerP
     from tests.conftest import read_entries
     events = [e["event"] for e in read_entries(log, call_id)]
     assert CLIENT_CLOSED in events
-    assert check_files([log, shared_server.log]).ok
+    assert check_own(log, shared_server).ok
 
 
 async def _finish(call: Any) -> tuple[int, Any]:

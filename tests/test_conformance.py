@@ -548,7 +548,9 @@ def test_a_signal_ends_a_run_at_once_with_its_exit_status_and_no_server_left(tmp
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signum, proc.communicate()
-    assert took <= 2 + 3, f"took {took:.1f} s"   # 2 s, and a margin for a loaded machine to schedule it
+    # 2 s on a quiet machine; without the prompt exit it sits out the 30 s hold (or the server's 15 s
+    # stop): a bound between the two that a busy machine's scheduling cannot reach
+    assert took < 12, f"took {took:.1f} s"
     deadline = time.monotonic() + 10
     while _servers_on(upstream) and time.monotonic() < deadline:   # killed; reaped by init at its pace
         time.sleep(0.05)

@@ -23,7 +23,7 @@ from callstate.script import ABORT_CODE_MAX, Limits
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.wire import PIPE_SCRIPT_KEY
-from tests.conftest import ServerProcess, final, start_server
+from tests.conftest import ServerProcess, check_own, final, start_server
 
 pytestmark = pytest.mark.timeout(90)
 MiB = 1024 * 1024
@@ -222,7 +222,6 @@ def test_an_oversized_push_is_refused_before_it_is_sent_and_the_pipe_goes_on(sha
     """push(bytes(2 MiB)) used to reach the server's receive limit: the client logged 1723, the
     server 1818, and check reported a mismatch. Now the push is refused on the client, nothing
     is sent, and the pipe completes with both logs agreeing."""
-    from callstate.logfile import check_files
     log = tmp_path / "client.jsonl"
 
     async def go() -> tuple[str, int]:
@@ -237,7 +236,7 @@ def test_an_oversized_push_is_refused_before_it_is_sent_and_the_pipe_goes_on(sha
             return pipe.call_id, reply.received
     call_id, received = asyncio.run(go())
     assert received == 1 and final(shared_server.wait_entries(call_id))["code"] == 0
-    report = check_files([log, shared_server.log])
+    report = check_own(log, shared_server)
     assert report.ok, report.summary()
 
 

@@ -12,7 +12,7 @@ from callstate import codes
 from callstate.logfile import check_files
 from callstate.statelog import parse_ts
 from callstate.client import AsyncClient, Call, CallError, CallPending, Client, InvalidAsyncHandle, Script
-from tests.conftest import ServerProcess, final, states
+from tests.conftest import ServerProcess, check_own, final, states
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,7 +44,7 @@ def test_complete(shared_server: ServerProcess, tmp_path: Path) -> None:
             assert server_states == ["D", "Comp", "End"]
             assert (end["code"], end["grpc_status"]) == (0, "OK")
     run(go())
-    assert check_files([tmp_path / "client.jsonl", shared_server.log]).ok
+    assert check_own(tmp_path / "client.jsonl", shared_server).ok
 
 
 def test_abort_with_application_code_reaches_the_client_exactly(shared_server: ServerProcess) -> None:
@@ -146,7 +146,9 @@ def test_non_abortive_cancel_escalates_after_its_timeout(shared_server: ServerPr
             code, _ = await finish(call)
             waited = loop.time() - t0
             assert code == codes.RPC_S_CALL_CANCELLED
-            assert 0.25 <= waited < 3, waited   # nothing came back before the escalation
+            # nothing came back before the escalation (0.3 s); without one the call would be held to the
+            # server's 20 s max hold: a bound far from both that a loaded machine cannot reach
+            assert 0.25 <= waited < 12, waited
             assert call.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
             entries = await shared_server.await_entries(
                 call.call_id, until=lambda es: [e["cancel"] for e in es if e["event"] == "cancel_seen"] == ["non-abortive", "abortive"])
@@ -357,7 +359,7 @@ def test_sync_client_paths(shared_server: ServerProcess, tmp_path: Path) -> None
         with pytest.raises(CallError):
             esc.result(5)
         assert esc.history == ["C", "WComp", "Can", "WComp", "Can", "WComp", "Comp", "End"]
-    report = check_files([tmp_path / "sync.jsonl", shared_server.log])
+    report = check_own(tmp_path / "sync.jsonl", shared_server)
     assert not report.by_kind().get("code_mismatch"), report.summary()
 
 

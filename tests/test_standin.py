@@ -410,7 +410,7 @@ def test_a_bad_rules_file_is_one_line_and_exit_2_before_serving(tmp_path: Path, 
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
 
 
-def test_a_bad_schema_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_bad_schema_source_is_one_line_and_exit_2(tmp_path: Path, refused_target: str) -> None:
     broken = tmp_path / "broken.proto"
     broken.write_text('syntax = "proto3";\npackage x;\nmessage A {\n  strng name = 1;\n}\n')
     bad_set = tmp_path / "garbage.pb"
@@ -418,7 +418,7 @@ def test_a_bad_schema_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     cases = [(("--proto", str(broken)), "broken.proto:4:3"),
              (("--proto", str(tmp_path / "missing.proto")), "missing.proto: no such .proto file"),
              (("--descriptor-set", str(bad_set)), "garbage.pb: not a FileDescriptorSet"),
-             (("--reflect-from", "127.0.0.1:1"), "reflection from 127.0.0.1:1: UNAVAILABLE"),
+             (("--reflect-from", refused_target), f"reflection from {refused_target}: UNAVAILABLE"),
              (("--proto", str(SHOP), "--descriptor-set", str(bad_set)), "give the schema one way"),
              (("--rules", str(tmp_path / "r.yaml")), "--rules needs a schema")]
     for args, expected in cases:

@@ -164,7 +164,11 @@ def test_otel_flag_joins_the_cli_call_and_the_server_in_one_trace(tmp_path: Path
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     srv = start_server(tmp_path, "--otel")
     try:
-        result = cli("call", "--target", srv.target, "--outcome", "hold", "--cancel-after", "0.3", "--otel")
+        # a non-abortive cancel: the client waits for the server's answer, so the server has its span
+        # however late it dispatches (an abortive cancel 0.3 s in could beat the dispatch on a busy
+        # machine: the server never saw the call and had no span to join)
+        result = cli("call", "--target", srv.target, "--outcome", "hold", "--cancel-after", "0.3", "--non-abortive",
+                     "--otel")
         assert result.returncode == 1 and "1818" in result.stderr
         client_traces = set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', result.stderr))
         assert len(client_traces) == 1
@@ -173,7 +177,7 @@ def test_otel_flag_joins_the_cli_call_and_the_server_in_one_trace(tmp_path: Path
     finally:
         assert srv.stop() == 0   # shutting down flushes the server's spans
     server_err = srv.stderr.read_text()
-    assert client_traces == set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', server_err))
+    assert client_traces == set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', server_err)), server_err[-2000:]
     assert '"callstate.side": "server"' in server_err and '"kind": "SpanKind.SERVER"' in server_err
 
 
