@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -86,15 +85,19 @@ def test_load_takes_pipe_cancel_points_that_each_kind_reaches(shared_server: Ser
     assert "pipe-cancel-at-after-sent" in text and "pipe-cancel-at-after-received" in text
 
 
-def test_locust_refuses_pipe_cancel_points_that_apply_to_no_pipe_of_a_kind(tmp_path: Path) -> None:
-    """The Locust user takes the same scenario, and refuses the same way (exit 2, no traceback)."""
-    with socket.socket() as s:   # nobody listens there: the run must stop before any call
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+def locust_user_with(tmp_path: Path, host: str, attributes: str) -> subprocess.CompletedProcess[str]:
+    """A headless Locust run of a CallstateUser subclass `Mine` with `attributes` (class body
+    lines) against `host`, where nobody listens: a refused setting must stop it before any call."""
     (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
-                                         "    pipes = 'in=10'\n    pipe_cancel_at = 'after-received:2'\n")
-    bad = subprocess.run([sys.executable, "-m", "locust", "-f", "badattr.py", "--headless", "-t", "1s",
-                          "--host", dead], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+                                         + attributes)
+    return subprocess.run([sys.executable, "-m", "locust", "-f", "badattr.py", "--headless", "-t", "1s",
+                           "--host", host], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+
+
+def test_locust_refuses_pipe_cancel_points_that_apply_to_no_pipe_of_a_kind(tmp_path: Path,
+                                                                           refused_target: str) -> None:
+    """The Locust user takes the same scenario, and refuses the same way (exit 2, no traceback)."""
+    bad = locust_user_with(tmp_path, refused_target, "    pipes = 'in=10'\n    pipe_cancel_at = 'after-received:2'\n")
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "callstate: Mine: pipe_cancel_at: none of after-received:2 applies to an in pipe" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -345,15 +348,9 @@ def test_load_paths_count_the_pipes_cancelled_before_start_as_the_log_does(share
     assert paths.get("pipe-cancel-at-before-start", 0) == len(in_c), (paths, len(in_c))
 
 
-def test_locust_refuses_pipe_settings_without_pipes(tmp_path: Path) -> None:
+def test_locust_refuses_pipe_settings_without_pipes(tmp_path: Path, refused_target: str) -> None:
     """As `callstate load` does: pipe_messages / pipe_cancel_at with no pipes were dropped unsaid."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
-    (tmp_path / "badattr.py").write_text("import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
-                                         "    pipe_messages = 2\n")
-    bad = subprocess.run([sys.executable, "-m", "locust", "-f", "badattr.py", "--headless", "-t", "1s",
-                          "--host", dead], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    bad = locust_user_with(tmp_path, refused_target, "    pipe_messages = 2\n")
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "callstate: Mine: pipe_messages applies to pipes: set pipes" in bad.stderr, bad.stderr[-2000:]
     assert "Traceback" not in bad.stderr
