@@ -53,6 +53,10 @@ class BatteryConfig:
     streams: int = 100
     metadata_bytes: int = 4096
     wait: float = 10.0              # the bound on any one wait
+    only: tuple[str, ...] = ()      # the properties to judge (--only); empty: all of them
+
+    def wanted(self, prop: str) -> bool:
+        return not self.only or prop in self.only
 
 
 # How the battery reaches the proxy and the server (TLS, token): set once by the command

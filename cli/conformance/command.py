@@ -43,6 +43,17 @@ def host_port(text: str) -> str:
     return text
 
 
+def property_names(text: str) -> tuple[str, ...]:
+    """--only: property names, comma-separated, each one of the battery's."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in PROPERTIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{'no property named ' + repr(unknown[0]) if unknown else 'no property given'} "
+            f"(the properties: {', '.join(PROPERTIES)})")
+    return names
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser(
         "conformance", help=COMMANDS["conformance"].help,
@@ -97,6 +108,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="with --serve-port: the server's --max-hold, which ends calls whose cancel was lost; "
                         f"above --hold-seconds, or it ends the held calls first (default: {DEFAULT_MAX_HOLD:g}, or "
                         f"--hold-seconds + {HOLD_MARGIN:g} when that is longer)")
+    p.add_argument("--only", type=property_names, default=(), metavar="PROPERTY[,PROPERTY...]",
+                   help="judge only these properties (listed below), on both paths: to re-run the rows a "
+                        "gateway failed while changing its configuration (default: all of them)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
     p.add_argument("--quiet", "-q", action="store_true",
@@ -114,20 +128,20 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def progress_line(out: TextIO) -> tuple[Callable[[str, Any], None], Callable[[str, str, float, int], None]]:
+def progress_line(out: TextIO, total: int = len(PROPERTIES)
+                  ) -> tuple[Callable[[str, Any], None], Callable[[str, str, float, int], None]]:
     """One line per row as it is judged, for a person watching a run that takes minutes; and one
     now and then while a row runs (through a stalled proxy, each of its calls waits --wait)."""
-    from callstate.cli.conformance.properties import PROPERTIES
     done = {"direct": 0, "proxy": 0}
 
     def show(path: str, row: Any) -> None:
         done[path] += 1
-        out.write(f"[{path} {done[path]}/{len(PROPERTIES)}] {row.prop} {row.verdict} ({row.seconds:.1f} s)"
+        out.write(f"[{path} {done[path]}/{total}] {row.prop} {row.verdict} ({row.seconds:.1f} s)"
                   f"{': ' + row.figures if row.figures else ''}\n")
         out.flush()
 
     def running(path: str, prop: str, seconds: float, ended: int) -> None:
-        out.write(f"[{path} {done[path] + 1}/{len(PROPERTIES)}] {prop} still running ({seconds:.0f} s"
+        out.write(f"[{path} {done[path] + 1}/{total}] {prop} still running ({seconds:.0f} s"
                   f"{f', {ended} calls ended' if ended else ''})\n")
         out.flush()
     return show, running
@@ -145,7 +159,7 @@ def run(opts: argparse.Namespace) -> int:
     cfg = BatteryConfig(calls=opts.calls, concurrency=opts.concurrency, small_bytes=opts.small_bytes,
                         max_bytes=opts.max_bytes, hold_seconds=opts.hold_seconds,
                         cancel_bound_ms=opts.cancel_bound_ms, deadline=opts.deadline, streams=opts.streams,
-                        metadata_bytes=opts.metadata_bytes, wait=opts.wait)
+                        metadata_bytes=opts.metadata_bytes, wait=opts.wait, only=opts.only)
     setup = Setup(proxy=opts.proxy, server=opts.server or "")
     t0 = time.monotonic()
 
@@ -186,7 +200,7 @@ def run(opts: argparse.Namespace) -> int:
     own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
-        setup.progress, setup.running = progress_line(sys.stderr)
+        setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
     try:
         rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
@@ -209,7 +223,7 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         if own is not None:
             own.cleanup()
-    print(table(rows, opts.proxy, setup.server))
+    print(table(rows, opts.proxy, setup.server, opts.only))
     print(f"({time.monotonic() - t0:.1f} s)")
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing

@@ -14,7 +14,8 @@ def failed(rows: dict[str, list[Row]]) -> list[tuple[str, Row]]:
     return [(path, row) for path, path_rows in rows.items() for row in path_rows if row.ok is False]
 
 
-def table(rows: dict[str, list[Row]], proxy: str, server: str) -> str:
+def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, ...] = ()) -> str:
+    """`only`: the properties --only asked for (the verdict then speaks of those alone)."""
     by_path = {path: {r.prop: r for r in path_rows} for path, path_rows in rows.items()}
     props = [p for p in PROPERTIES if any(p in by_path[path] for path in by_path)]
 
@@ -28,16 +29,19 @@ def table(rows: dict[str, list[Row]], proxy: str, server: str) -> str:
     lines += [f"{p:<{width}}  {cell(DIRECT, p):<{col}}  {cell(PROXY, p)}" for p in props]
     notes = [f"{row.verdict} {row.prop} ({heads[path]}): {row.note}" for path, path_rows in rows.items()
              for row in path_rows if row.note and row.ok is not True]
+    return "\n".join(lines + [""] + notes + [verdict_line(rows, only)])
+
+
+def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
+    """The table's last line: the failed properties, or OK (of the ones --only asked for)."""
     bad = failed(rows)
     if bad:
         names = ", ".join(dict.fromkeys(f"{row.prop}" + (" (direct)" if path == DIRECT else "") for path, row in bad))
-        notes.append(f"conformance: FAILED — {names}")
-    else:
-        skipped = ", ".join(dict.fromkeys(row.prop for path_rows in rows.values() for row in path_rows
-                                          if row.ok is None))
-        notes.append("conformance: OK — every property holds through the proxy"
-                     + (f"; not tested: {skipped} (see above)" if skipped else ""))
-    return "\n".join(lines + [""] + notes)
+        return f"conformance: FAILED — {names}"
+    skipped = ", ".join(dict.fromkeys(row.prop for path_rows in rows.values() for row in path_rows if row.ok is None))
+    return ("conformance: OK — every property "
+            + (f"asked for ({len(only)} of {len(PROPERTIES)}, --only) " if only else "")
+            + "holds through the proxy" + (f"; not tested: {skipped} (see above)" if skipped else ""))
 
 
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],

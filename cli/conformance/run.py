@@ -124,19 +124,7 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         direct = Battery(DIRECT, setup.server, journal, cfg)
         proxied = Battery(PROXY, setup.proxy, journal, cfg)
         batteries = [direct, proxied]
-        for battery in batteries:
-            battery.start_held()
-        for battery in batteries:
-            for prop, row in battery.steps():
-                await setup.judge(battery.label, row(), prop, battery.recorder)
-        for battery in batteries:
-            await setup.judge(battery.label, battery.held_row(), HELD, battery.recorder)
-        for battery in batteries:
-            await setup.judge(battery.label, battery.check_row(), CHECK)
-        for i, battery in enumerate(batteries):
-            restart = i < len(batteries) - 1
-            await setup.judge(battery.label, battery.graceful_stop(_stopper(own, journal, restart) if own else None),
-                              GRACEFUL_STOP)
+        await _judge_all(setup, cfg, batteries, own, journal)
         return setup.rows
     finally:
         for battery in batteries:
@@ -147,6 +135,29 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
             await channel.close()
         if own is not None:
             await own.stop()
+
+
+async def _judge_all(setup: Setup, cfg: BatteryConfig, batteries: list[Battery], own: ServerProcess | None,
+                     journal: ServerJournal) -> None:
+    """Every row --only asks for (all by default), in the battery's order on each path."""
+    if cfg.wanted(HELD):
+        for battery in batteries:
+            battery.start_held()
+    for battery in batteries:
+        for prop, row in battery.steps():
+            if cfg.wanted(prop):
+                await setup.judge(battery.label, row(), prop, battery.recorder)
+    if cfg.wanted(HELD):
+        for battery in batteries:
+            await setup.judge(battery.label, battery.held_row(), HELD, battery.recorder)
+    if cfg.wanted(CHECK):
+        for battery in batteries:
+            await setup.judge(battery.label, battery.check_row(), CHECK)
+    if cfg.wanted(GRACEFUL_STOP):
+        for i, battery in enumerate(batteries):
+            restart = i < len(batteries) - 1
+            await setup.judge(battery.label, battery.graceful_stop(_stopper(own, journal, restart) if own else None),
+                              GRACEFUL_STOP)
 
 
 def _stopper(own: ServerProcess, journal: ServerJournal, restart: bool) -> Callable[[], Awaitable[None]]:
