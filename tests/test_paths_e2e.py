@@ -353,7 +353,8 @@ def test_sync_client_paths(shared_server: ServerProcess, tmp_path: Path) -> None
                 queue.get(timeout=5).complete()
             codes_seen.add(info.value.code)
         assert codes_seen == {100, 101, 102}
-        esc = client.start(Script("hold", on_cancel="ignore"))
+        # an ignored notice escalates at 0.2 s; the server ends the call at 3 s, not at --max-hold
+        esc = client.start(Script("complete", outcome_delay=3, on_cancel="ignore"))
         shared_server.wait_entries(esc.call_id, until=lambda es: states(es) == ["D"])
         esc.cancel(abortive=False, timeout=0.2)
         with pytest.raises(CallError):
