@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from callstate import codes
-from callstate.cli.conformance.calls import Result, code_failure, examples
+from callstate.cli.conformance.calls import Result, code_failure, complete_late, examples
 from callstate.cli.conformance.cancels import judge_propagation
 from callstate.cli.conformance.journal import cancel_seen_at, dispatched, ended, final, first
 from callstate.cli.conformance.properties import (PIPE_ABORT_MID_STREAM, PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL,
@@ -96,8 +96,10 @@ async def _abandon(b: Battery, pipe: AsyncPipe, task: asyncio.Future[Any] | None
         await asyncio.wait((task,), timeout=b.cfg.wait)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    elif await pipe.wait(b.cfg.wait):
+        await _pipe_result(pipe, t0)   # completed, so its End is in the client's log for the check row
     else:
-        await pipe.wait(b.cfg.wait)
+        pipe.add_done_callback(complete_late)
     return PipeResult(pipe.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
 
