@@ -87,19 +87,20 @@ async def drive(b: Battery, pipe: AsyncPipe, steps: Callable[[AsyncPipe], Awaita
 
 async def _abandon(b: Battery, pipe: AsyncPipe, task: asyncio.Future[Any] | None, t0: float,
                    bound: float) -> PipeResult:
-    """A pipe with no notification within `bound`: cancelled abortively, so it still ends; hung."""
+    """A pipe with no notification within `bound`: cancelled abortively, so it still ends; hung.
+    Completed as soon as its notification is in (now, or when it comes), unless its task did:
+    its End is in the client's log, as the check row expects of every call."""
     try:
         pipe.cancel()
     except CallError:
         pass
     if task is not None:
         await asyncio.wait((task,), timeout=b.cfg.wait)
-        task.cancel()
+        task.cancel()   # a task cancelled in pipe.result() leaves the pipe uncompleted
         await asyncio.gather(task, return_exceptions=True)
-    elif await pipe.wait(b.cfg.wait):
-        await _pipe_result(pipe, t0)   # completed, so its End is in the client's log for the check row
     else:
-        pipe.add_done_callback(complete_late)
+        await pipe.wait(b.cfg.wait)
+    pipe.add_done_callback(complete_late)
     return PipeResult(pipe.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
 
