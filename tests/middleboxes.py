@@ -375,16 +375,19 @@ class RewritingGrpcProxy:
     * `hold_answer` forwards a request stream as it comes, but holds a client-streaming call's
       answer until the caller half-closes (as Traefik 3 was seen to);
     * `max_request_messages` forwards that many messages of a request stream, then half-closes
-      it upstream (the rest go nowhere)."""
+      it upstream (the rest go nowhere);
+    * `hold_notices` never forwards nor answers a cancel notice (Emulator/Cancel): it stays
+      unanswered until its caller gives up (a proxy stalled for the notice, the call forwarded)."""
 
     def __init__(self, upstream: int, *, drop_code_trailer: bool = False, max_message: int | None = None,
                  buffer_responses: bool = False, half_duplex: bool = False,
                  max_request_messages: int | None = None, swap_responses: bool = False,
-                 hold_answer: bool = False) -> None:
+                 hold_answer: bool = False, hold_notices: bool = False) -> None:
         self.upstream, self.drop_code_trailer, self.max_message = upstream, drop_code_trailer, max_message
         self.buffer_responses, self.half_duplex = buffer_responses, half_duplex
         self.max_request_messages, self.swap_responses = max_request_messages, swap_responses
-        self.hold_answer = hold_answer
+        self.hold_answer, self.hold_notices = hold_answer, hold_notices
+        self.held_notices = 0   # cancel notices hold_notices kept unanswered
         self.held_answers = 0   # answers hold_answer kept until the caller's half-close
         self.port = 0
         self.rewritten = 0
@@ -489,6 +492,9 @@ class RewritingGrpcProxy:
                 yield n, m
 
         async def unary_unary(request: bytes, context: grpc.aio.ServicerContext, *, method: str) -> bytes:
+            if proxy.hold_notices and method == "/callstate.v1.Emulator/Cancel":
+                proxy.held_notices += 1
+                await asyncio.Event().wait()   # until the caller cancels it (or the proxy stops)
             call = channel.unary_unary(method)(request, **upstream_args(context))
             try:
                 proxy.initial_metadata.append(tuple(await call.initial_metadata() or ()))

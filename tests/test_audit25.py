@@ -21,7 +21,6 @@ from callstate.lifecycle import PUSH
 from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.timeout(120)
-UNREACHABLE = "127.0.0.1:9"   # the discard port: nothing answers
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +81,11 @@ def test_report_files_are_readable_as_any_new_file(log: Path, tmp_path: Path) ->
         assert path.stat().st_mode & 0o777 == new_file_mode(), oct(path.stat().st_mode)
 
 
-def test_load_never_writes_its_report_over_its_state_log(tmp_path: Path) -> None:
+def test_load_never_writes_its_report_over_its_state_log(tmp_path: Path, refused_target: str) -> None:
     state_log = tmp_path / "run.jsonl"
     state_log.write_bytes(b"recorded\n")
     for flag in ("--report", "--html"):
-        result = cli("load", "--target", UNREACHABLE, "--calls", "1", "--log-file", str(state_log), flag,
+        result = cli("load", "--target", refused_target, "--calls", "1", "--log-file", str(state_log), flag,
                      "./run.jsonl", cwd=tmp_path)
         assert result.returncode == 2
         assert one_line(result) == f"callstate load: {flag} ./run.jsonl is the same file as --log-file {state_log}: " \
@@ -94,9 +93,9 @@ def test_load_never_writes_its_report_over_its_state_log(tmp_path: Path) -> None
         assert state_log.read_bytes() == b"recorded\n"
 
 
-def test_load_that_cannot_reach_its_server_leaves_no_empty_reports(tmp_path: Path) -> None:
+def test_load_that_cannot_reach_its_server_leaves_no_empty_reports(tmp_path: Path, refused_target: str) -> None:
     html, json = tmp_path / "load.html", tmp_path / "load.json"
-    result = cli("load", "--target", UNREACHABLE, "--calls", "1", "--html", str(html), "--report", str(json),
+    result = cli("load", "--target", refused_target, "--calls", "1", "--html", str(html), "--report", str(json),
                  timeout=EVIDENCE_WAIT * 3)
     assert result.returncode == 2 and "cannot reach" in one_line(result)
     assert not html.exists() and not json.exists()
@@ -120,18 +119,18 @@ def test_serve_never_writes_its_port_over_its_state_log(tmp_path: Path) -> None:
     assert state_log.read_bytes() == b"recorded\n"
 
 
-def test_conformance_report_and_junit_in_one_file_is_refused(tmp_path: Path) -> None:
-    result = cli("conformance", "--serve-port", "1", "--proxy", UNREACHABLE, "--report", "out.xml",
+def test_conformance_report_and_junit_in_one_file_is_refused(tmp_path: Path, refused_target: str) -> None:
+    result = cli("conformance", "--serve-port", "0", "--proxy", refused_target, "--report", "out.xml",
                  "--junit-xml", str(tmp_path / "out.xml"), cwd=tmp_path)
     assert result.returncode == 2
     assert "--junit-xml" in one_line(result) and "is the same file as --report out.xml" in one_line(result)
     assert not (tmp_path / "out.xml").exists()
 
 
-def test_conformance_files_are_readable_as_any_new_file(tmp_path: Path) -> None:
+def test_conformance_files_are_readable_as_any_new_file(tmp_path: Path, refused_target: str) -> None:
     """Written even when the run cannot start (here: no proxy), and with a new file's mode."""
     report, junit = tmp_path / "c.json", tmp_path / "c.xml"
-    result = cli("conformance", "--serve-port", "0", "--proxy", UNREACHABLE, "--report", str(report),
+    result = cli("conformance", "--serve-port", "0", "--proxy", refused_target, "--report", str(report),
                  "--junit-xml", str(junit), timeout=EVIDENCE_WAIT * 3)
     assert result.returncode == 2 and "cannot reach the proxy" in one_line(result)
     for path in (report, junit):
@@ -174,11 +173,11 @@ def test_the_same_device_for_two_outputs_loses_nothing_and_is_allowed() -> None:
     assert clash((("--report", os.devnull), ("--html", os.devnull))) == ""
 
 
-@pytest.mark.parametrize("argv", [["load", "--target", UNREACHABLE, "--calls", "99999999999999"],
+@pytest.mark.parametrize("argv", [["load", "--target", "REFUSED", "--calls", "99999999999999"],
                                   ["serve", "--port", "0", "--journal-size", "9999999999"]])
-def test_an_integer_bound_is_named_in_full(argv: list[str]) -> None:
+def test_an_integer_bound_is_named_in_full(argv: list[str], refused_target: str) -> None:
     """It said "at most 2.14748e+09": a rounded figure, below the real bound."""
-    result = cli(*argv)
+    result = cli(*(refused_target if a == "REFUSED" else a for a in argv))
     assert result.returncode == 2
     assert "must be at most 2147483647 " in one_line(result), result.stderr
 

@@ -164,7 +164,7 @@ def test_load_counts_the_hold_for_ends_it_made(shared_server: ServerProcess, tmp
 
 # -- conformance's shares ----------------------------------------------------------------------------
 
-def judge(seen: int, sent: int) -> Any:
+def judge(seen: int, sent: int, nowhere: str) -> Any:
     from callstate.cli.conformance.battery import Battery, BatteryConfig
     from callstate.cli.conformance.calls import Result
     from callstate.cli.conformance.cancels import judge_propagation
@@ -173,9 +173,9 @@ def judge(seen: int, sent: int) -> Any:
     from callstate.statelog import Entry
 
     async def run() -> Any:
-        channel = grpc.aio.insecure_channel("127.0.0.1:9")   # never used: the entries are given
+        channel = grpc.aio.insecure_channel(nowhere)   # never used: the entries are given
         journal = ServerJournal(channel, "test")
-        battery = Battery("proxy", "127.0.0.1:9", journal, BatteryConfig(wait=0.2))
+        battery = Battery("proxy", nowhere, journal, BatteryConfig(wait=0.2))
         try:
             results = []
             for i in range(sent):
@@ -198,8 +198,8 @@ def judge(seen: int, sent: int) -> Any:
 
 @pytest.mark.parametrize("seen, sent, shown", [(199, 200, ">99%"), (1, 200, "<1%"), (200, 200, "100%"),
                                                 (0, 200, "0%"), (1, 3, "33%")])
-def test_a_cancel_share_is_never_rounded_to_all_or_none(seen: int, sent: int, shown: str) -> None:
-    row = judge(seen, sent)
+def test_a_cancel_share_is_never_rounded_to_all_or_none(seen: int, sent: int, shown: str, refused_target: str) -> None:
+    row = judge(seen, sent, refused_target)
     assert row.figures.startswith(f"{seen}/{sent} ({shown}) reached the server"), row.figures
     assert row.ok is (seen == sent), row
 
@@ -397,7 +397,7 @@ def test_conformance_help_names_its_exit_status_when_interrupted() -> None:
     assert "130 or 143 when interrupted (SIGINT, SIGTERM" in help_text("conformance")
 
 
-def test_conformance_deadline_row_counts_calls_not_its_own_note(tmp_path: Path) -> None:
+def test_conformance_deadline_row_counts_calls_not_its_own_note(tmp_path: Path, refused_target: str) -> None:
     """A proxy that takes the connection and never answers: every call ends at its deadline on
     the client, none reaches the server. The row fails saying so, and its count is of calls:
     none of them failed on its own, so it is not one short (the row's note is not a call)."""
@@ -421,7 +421,7 @@ def test_conformance_deadline_row_counts_calls_not_its_own_note(tmp_path: Path) 
     target = f"127.0.0.1:{listener.getsockname()[1]}"
 
     async def judge() -> Any:
-        channel = grpc.aio.insecure_channel("127.0.0.1:9")   # the server's journal: never reached
+        channel = grpc.aio.insecure_channel(refused_target)   # the server's journal: never reached
         journal = ServerJournal(channel, "test")
         battery = Battery("proxy", target, journal, BatteryConfig(calls=2, concurrency=2, deadline=0.1, wait=0.5))
         try:

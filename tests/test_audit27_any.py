@@ -206,7 +206,7 @@ def test_every_shape_and_grpcurl_on_the_real_world_protos(acme: ServerProcess, t
     assert {e.get("method") for e in entries} == {"acme.billing.v1.BillingAdmin/Purge"}
 
 
-def test_a_data_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
+def test_a_data_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path, refused_target: str) -> None:
     """Before: a --data-file as Windows editors save it (UTF-8 with a BOM) was "bom.jsonl:1: ...
     Failed to load JSON: Unexpected UTF-8 BOM"."""
     from callstate.schema.drive import MethodOptions
@@ -214,7 +214,7 @@ def test_a_data_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
     data = tmp_path / "bom.jsonl"
     data.write_bytes(b'\xef\xbb\xbf{"id": "x"}\r\n{"id": "y"}\r\n')
     drive = MethodOptions(method="acme.billing.v1.Billing/GetInvoice", data_file=str(data), proto=[BILLING],
-                          proto_path=[str(PROTOS)]).drive("127.0.0.1:1")
+                          proto_path=[str(PROTOS)]).drive(refused_target)
     assert drive is not None and [r.id for r in drive.requests] == ["x", "y"]   # type: ignore[attr-defined]
 
 
@@ -266,7 +266,7 @@ def test_a_rule_on_a_service_the_server_runs_itself_is_refused(tmp_path: Path) -
     assert sorted(every.by_method) == ["app.v1.App/Probe"]   # a wildcard takes the methods the stand-in serves
 
 
-def test_a_descriptor_set_given_as_a_proto_says_which_option_takes_it(tmp_path: Path) -> None:
+def test_a_descriptor_set_given_as_a_proto_says_which_option_takes_it(tmp_path: Path, refused_target: str) -> None:
     """Before: `--proto set.pb` (what `protoc -o` wrote) was protoc's "set.pb:2:1: Interpreting non
     ascii codepoint 151." and nothing about --descriptor-set."""
     from callstate.schema.sources import well_known_include
@@ -279,7 +279,7 @@ def test_a_descriptor_set_given_as_a_proto_says_which_option_takes_it(tmp_path: 
     with pytest.raises(SchemaError) as err:
         from_protos([out])
     assert str(err.value) == f"{out}: a descriptor set, not a .proto file: give it with --descriptor-set"
-    bad = cli("call", "--method", CREATE, "--proto", "set.pb", cwd=tmp_path)
+    bad = cli("call", "--target", refused_target, "--method", CREATE, "--proto", "set.pb", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "callstate call: set.pb: a descriptor set, not a .proto file: give it with --descriptor-set"
     assert CREATE in from_protos([PROTOS / BILLING], [PROTOS]).methods   # a .proto that fails still says protoc's line
@@ -316,7 +316,7 @@ def test_a_method_pattern_starting_with_a_star_says_to_quote_it(schema: Schema) 
     assert sorted(quoted.by_method) == ["acme.billing.v1.Billing/GetInvoice"]
 
 
-def test_a_proto_in_a_folder_whose_name_is_not_ascii_loads_and_serves(tmp_path: Path) -> None:
+def test_a_proto_in_a_folder_whose_name_is_not_ascii_loads_and_serves(tmp_path: Path, refused_target: str) -> None:
     """Before: `--proto équipe/v1/team.proto --proto-path .` stopped with a KeyError traceback
     ("Couldn't find file équipe/v1/team.proto"): protobuf's upb pool finds no file by a name that
     is not ASCII, and the schema and the reflection pool looked their files up by name."""
@@ -329,7 +329,7 @@ def test_a_proto_in_a_folder_whose_name_is_not_ascii_loads_and_serves(tmp_path: 
     schema = from_protos(["équipe/v1/team.proto"], [tmp_path])
     assert list(schema.methods) == ["team.v1.Team/Get"]
     assert server_pool(schema).FindServiceByName("team.v1.Team").methods_by_name["Get"].input_type.name == "M"
-    done = cli("call", "--target", "127.0.0.1:1", "--timeout", "5", "--method", "team.v1.Team/Get", "--proto",
+    done = cli("call", "--target", refused_target, "--timeout", "5", "--method", "team.v1.Team/Get", "--proto",
                "équipe/v1/team.proto", "--proto-path", ".", "--data", '{"a": "x"}', cwd=tmp_path)
     assert "Traceback" not in done.stderr and "final: 1722" in done.stderr, done.stderr   # unreachable: said so
 

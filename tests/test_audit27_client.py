@@ -179,15 +179,16 @@ def test_a_wrong_argument_is_one_error_naming_it_and_nothing_is_logged(
 
 
 @pytest.mark.parametrize("make,says", [
-    (lambda: Client(50051), "target must be a str"),
-    (lambda: Client("127.0.0.1:1", log=5), "log must be a path, a StateLog or None"),
-    (lambda: AsyncClient("127.0.0.1:1", log=object()), "log must be a path, a StateLog or None"),
+    (lambda target: Client(50051), "target must be a str"),
+    (lambda target: Client(target, log=5), "log must be a path, a StateLog or None"),
+    (lambda target: AsyncClient(target, log=object()), "log must be a path, a StateLog or None"),
 ])
-def test_a_client_made_with_a_wrong_target_or_log_says_which(make: Callable[[], Any], says: str) -> None:
+def test_a_client_made_with_a_wrong_target_or_log_says_which(make: Callable[[str], Any], says: str,
+                                                             refused_target: str) -> None:
     """Before: Client(50051) failed inside grpc ('int' object has no attribute 'encode'), and
     log=5 was taken, each call then failing with an AttributeError."""
     with pytest.raises(TypeError, match=says):
-        make()
+        make(refused_target)
 
 
 @pytest.mark.parametrize("timeout", ["2", -1, float("nan")])
@@ -517,7 +518,8 @@ def test_waiting_in_a_done_callback_for_a_call_of_the_same_client_is_refused(sha
     {"channel_options": [("grpc.max_receive_message_length", object())]},
     {"tracing": 5},
 ], ids=["unreadable CA", "bad channel option", "not a tracer provider"])
-def test_a_client_that_cannot_be_made_leaves_no_log_open(tmp_path: Path, access: dict[str, Any]) -> None:
+def test_a_client_that_cannot_be_made_leaves_no_log_open(tmp_path: Path, access: dict[str, Any],
+                                                          refused_target: str) -> None:
     """A client refused when its channel is opened (an unreadable CA, a bad channel option, a
     tracing value that is not a provider) had opened its log path: its writer thread and file
     stayed open, one more for every such attempt in a harness. The log is closed now."""
@@ -529,7 +531,7 @@ def test_a_client_that_cannot_be_made_leaves_no_log_open(tmp_path: Path, access:
     before = writers()
     for surface in (Client, AsyncClient):
         with pytest.raises(Exception):
-            surface("127.0.0.1:1", log=tmp_path / "client.jsonl", **access)
+            surface(refused_target, log=tmp_path / "client.jsonl", **access)
     assert writers() <= before   # (another test's writer may end meanwhile, none may be added)
 
 

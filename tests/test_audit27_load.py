@@ -173,13 +173,13 @@ def test_locust_stopped_mid_pipe_prints_no_traceback(tmp_path: Path) -> None:
     assert calls_in_json(tmp_path / "run.json") == ended_calls(logs)
 
 
-def test_load_log_file_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+def test_load_log_file_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path, refused_target: str) -> None:
     """`--log-file DIR` said `[Errno 21] Is a directory: '...'`, and a file the system refuses to
     append to (/proc/version) only `[Errno 22] Invalid argument`: neither named the option."""
     for path, why in ((str(tmp_path), "Is a directory"), ("/proc/version", "Invalid argument")):
         if not Path(path).exists():
             continue
-        run = cli("load", "--target", "127.0.0.1:1", "--calls", "1", "--log-file", path)
+        run = cli("load", "--target", refused_target, "--calls", "1", "--log-file", path)
         assert run.returncode == 2
         assert run.stderr.strip() == f"callstate load: --log-file {path}: cannot write the state log ({why})"
 
@@ -220,12 +220,13 @@ def test_load_signal_while_waiting_for_the_server_prints_the_verdict(tmp_path: P
     assert report["calls"] == 4 and report["settle_cut"] == sig.name and not report["check"]["ok"]
 
 
-def test_locust_abort_code_and_payload_load_refuses_are_refused_before_the_run(tmp_path: Path) -> None:
+def test_locust_abort_code_and_payload_load_refuses_are_refused_before_the_run(tmp_path: Path,
+                                                                               refused_target: str) -> None:
     """`--callstate-abort-code 0` (or 2**40, or `abort_code = 0` on the class) was taken: every
     abort was then refused by the server (87 RPC_S_INVALID_ARG), counted as failures, exit 1,
     where `callstate load --abort-code 0` is a usage error; `--callstate-payload` too."""
     (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
-    dead = f"127.0.0.1:{free_port()}"   # the run never starts
+    dead = refused_target   # the run never starts
     for option, value, why in (
             ("--callstate-abort-code", "0", "'0': must be non-zero: an abort with code 0 would look like success"),
             ("--callstate-abort-code", str(2**40), f"'{2**40}': must fit in 32 bits (-2147483648..4294967295), "

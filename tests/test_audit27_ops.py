@@ -231,14 +231,18 @@ def test_call_and_watch_piped_into_head_end_quietly_and_the_call_still_ends(tmp_
         srv.stop()
 
 
-def test_watch_refuses_a_target_given_twice(tmp_path: Path) -> None:
+def test_watch_refuses_a_target_given_twice(tmp_path: Path, refused_target: str) -> None:
     """`--target A --target A` showed every entry of A twice and `--counters` summed A twice
     (dispatched 2 after one call). A usage error now, before anything is asked of A."""
-    for extra in ((), ("--counters",)):
-        run = cli("watch", "--target", "127.0.0.1:1", "--target", "127.0.0.1:2", "--target", "127.0.0.1:1", *extra)
-        assert run.returncode == 2
-        assert run.stderr.splitlines() == ["callstate watch: error: --target 127.0.0.1:1 given more than once: each "
-                                           "server once (see callstate watch --help)"], run.stderr
+    import socket
+    with socket.socket() as held:   # B: a second address nobody serves on, held like refused_target
+        held.bind(("127.0.0.1", 0))
+        other = f"127.0.0.1:{held.getsockname()[1]}"
+        for extra in ((), ("--counters",)):
+            run = cli("watch", "--target", refused_target, "--target", other, "--target", refused_target, *extra)
+            assert run.returncode == 2
+            assert run.stderr.splitlines() == [f"callstate watch: error: --target {refused_target} given more than "
+                                               "once: each server once (see callstate watch --help)"], run.stderr
 
 
 def _pipe_history(call_id: str, messages: int) -> list[Entry]:
@@ -331,7 +335,7 @@ def test_watch_of_replicas_goes_on_when_one_is_killed_and_exits_1(tmp_path: Path
         two.stop()
 
 
-def test_call_refuses_how_to_cancel_without_anything_that_cancels() -> None:
+def test_call_refuses_how_to_cancel_without_anything_that_cancels(refused_target: str) -> None:
     """`call --outcome hold --non-abortive --on-cancel complete` held until --max-hold (1460):
     nothing cancelled it, the flag was dropped without a word (as `--escalate-after` without
     --non-abortive was). Usage errors now, before any call is made (the target is unreachable)."""
@@ -340,7 +344,7 @@ def test_call_refuses_how_to_cancel_without_anything_that_cancels() -> None:
                          "--non-abortive and --escalate-after say how to cancel, but nothing cancels the call"),
                         (("--cancel-after", "0.1", "--escalate-after", "1"),
                          "--escalate-after escalates a non-abortive cancel: add --non-abortive")):
-        run = cli("call", "--target", "127.0.0.1:1", "--outcome", "hold", *flags)
+        run = cli("call", "--target", refused_target, "--outcome", "hold", *flags)
         assert run.returncode == 2 and run.stderr.startswith(f"callstate call: error: {says}"), run.stderr
         assert run.stdout == "" and run.stderr.count("\n") == 1
 

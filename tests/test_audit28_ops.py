@@ -52,12 +52,13 @@ def _one_line(run: subprocess.CompletedProcess[str]) -> str:
 # -- 1. watch through a proxy whose upstream is down or failing ------------------------------------
 
 @needs_nginx
-def test_watch_through_nginx_with_its_upstream_down_says_the_proxy_answered_502(tmp_path: Path) -> None:
+def test_watch_through_nginx_with_its_upstream_down_says_the_proxy_answered_502(tmp_path: Path,
+                                                                                refused_target: str) -> None:
     """nginx (the README's config) forwarding to a port where no server runs: `watch` said
     "UNAVAILABLE: Received http2 header with status: 502", or, as nginx's HTML page raced its
     headers, "UNKNOWN: Stream removed (Data frame with END_STREAM flag received)", naming nothing.
     Now every form of the command says what answered, in one line, exit 1."""
-    proxy = start_nginx(tmp_path, free_port(), free_port())
+    proxy = start_nginx(tmp_path, free_port(), int(refused_target.rsplit(":", 1)[1]))   # upstream: held, refused
     try:
         runs = [("--dashboard", "never")] * 3 + [("--counters",), ("--call-id", "some-call"), ("--json",)]
         for extra in runs:
@@ -69,10 +70,10 @@ def test_watch_through_nginx_with_its_upstream_down_says_the_proxy_answered_502(
 
 
 @needs_nginx
-def test_watch_through_nginx_that_answers_a_grpc_status_of_its_own(tmp_path: Path) -> None:
+def test_watch_through_nginx_that_answers_a_grpc_status_of_its_own(tmp_path: Path, refused_target: str) -> None:
     """An nginx set up the gRPC way, its 502 turned into grpc-status 14: it was "UNAVAILABLE:
     upstream unavailable", which reads like the callstate server's own answer."""
-    port, upstream = free_port(), free_port()
+    port, upstream = free_port(), int(refused_target.rsplit(":", 1)[1])   # upstream: held, refused
     block = f"""server {{
     listen 127.0.0.1:{port} http2;
     location / {{
@@ -155,7 +156,7 @@ def test_watch_through_nginx_when_the_server_behind_it_dies_says_the_proxy_now_a
 
 # -- 2. watch --call-id over replicas ----------------------------------------------------------
 
-def test_watch_of_one_call_finds_the_replica_that_holds_it(tmp_path: Path) -> None:
+def test_watch_of_one_call_finds_the_replica_that_holds_it(tmp_path: Path, refused_target: str) -> None:
     """`watch --call-id ID --target A --target B` was refused ("give one --target, the replica
     that holds it"), yet which replica holds a call is what the user does not know. Now each is
     asked: a call in flight on B is followed there to its End; an ended call on A is shown from A;
@@ -183,7 +184,7 @@ def test_watch_of_one_call_finds_the_replica_that_holds_it(tmp_path: Path) -> No
         made = cli("call", "--target", a.target, "--log-file", str(tmp_path / "client.jsonl"))
         assert made.returncode == 0, made.stderr
         ended_id = read_entries(tmp_path / "client.jsonl")[0]["call_id"]
-        shown = cli("watch", "--target", "127.0.0.1:9", "--target", b.target, "--target", a.target, "--call-id",
+        shown = cli("watch", "--target", refused_target, "--target", b.target, "--target", a.target, "--call-id",
                     ended_id, "--json")
         assert shown.returncode == 0 and shown.stderr == "", shown.stderr
         assert len(shown.stdout.splitlines()) == len(a.entries(ended_id)) == 3
@@ -194,17 +195,17 @@ def test_watch_of_one_call_finds_the_replica_that_holds_it(tmp_path: Path) -> No
         b.stop()
 
 
-def test_watch_of_a_call_on_no_replica_is_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_watch_of_a_call_on_no_replica_is_one_line_and_exit_1(tmp_path: Path, refused_target: str) -> None:
     a, b = start_server(tmp_path, name="a"), start_server(tmp_path, name="b")
     try:
         run = cli("watch", "--target", a.target, "--target", b.target, "--call-id", "made-nowhere")
         assert run.returncode == 1
         assert _one_line(run) == (f"callstate watch: no call 'made-nowhere' on {a.target}, {b.target} (never made "
                                   "there, or ended longer ago than its journal keeps: --journal-size)")
-        down = cli("watch", "--target", a.target, "--target", "127.0.0.1:9", "--call-id", "made-nowhere")
+        down = cli("watch", "--target", a.target, "--target", refused_target, "--call-id", "made-nowhere")
         assert down.returncode == 1 and "Traceback" not in down.stderr
         lines = down.stderr.splitlines()
-        assert len(lines) == 2 and lines[0].startswith("callstate watch: 127.0.0.1:9: UNAVAILABLE"), lines
+        assert len(lines) == 2 and lines[0].startswith(f"callstate watch: {refused_target}: UNAVAILABLE"), lines
         assert lines[1].startswith(f"callstate watch: no call 'made-nowhere' on {a.target} (never made"), lines
     finally:
         a.stop()

@@ -300,9 +300,9 @@ def test_calls_final_line_says_1_byte(shared_server: ServerProcess) -> None:
     assert result.returncode == 0 and result.stderr.splitlines()[-1] == "final: 0 RPC_S_OK: reply of 1 byte", result.stderr
 
 
-def test_a_pipe_point_that_cannot_fire_says_1_message() -> None:
+def test_a_pipe_point_that_cannot_fire_says_1_message(refused_target: str) -> None:
     # it said "the caller pushes only 1 messages"
-    result = cli("call", "--pipe", "in", "--messages", "1", "--cancel-at", "after-sent:2")
+    result = cli("call", "--target", refused_target, "--pipe", "in", "--messages", "1", "--cancel-at", "after-sent:2")
     assert result.returncode == 2, result.stderr
     assert "the caller pushes only 1 message (--messages)" in result.stderr, result.stderr
 

@@ -97,14 +97,16 @@ def test_bad_tls_material_is_a_usage_error_at_start_naming_the_file(tls: TlsFile
 
 
 @pytest.mark.parametrize("command", [("serve", "--port", "0", "--no-state-log"),
-                                     ("call", "--target", "127.0.0.1:9", "--outcome", "complete", "--timeout", "5")])
+                                     ("call", "--target", "REFUSED", "--outcome", "complete", "--timeout", "5")])
 def test_a_token_read_from_a_file_with_its_newline_is_a_usage_error_that_keeps_the_secret(command: tuple[str, ...],
-                                                                                           tmp_path: Path) -> None:
+                                                                                           tmp_path: Path,
+                                                                                           refused_target: str) -> None:
     """CALLSTATE_TOKEN from a secret file (a Kubernetes secret, `env_file`, `$(< file)` in some
     shells) often ends with a newline, which no gRPC metadata value can carry: one line saying
     so, exit 2 like every other unusable option (it was 1, and only "printable ASCII"), the
     secret itself never printed, nothing sent."""
     secret = "sesame-Q7f3x9"
+    command = tuple(refused_target if word == "REFUSED" else word for word in command)   # the secret goes nowhere else
     done = cli(*command, cwd=tmp_path, timeout=EVIDENCE_WAIT * 2, env={"CALLSTATE_TOKEN": secret + "\n"})
     assert done.returncode == 2, (done.returncode, done.stderr)
     [line] = done.stderr.splitlines()

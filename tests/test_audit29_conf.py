@@ -35,18 +35,18 @@ def rows(report: Path, path: str) -> dict[str, dict[str, Any]]:
     return {r["property"]: r for r in orjson.loads(report.read_bytes())["rows"][path]}
 
 
-def test_small_bytes_over_the_largest_reply_is_a_usage_error() -> None:
+def test_small_bytes_over_the_largest_reply_is_a_usage_error(refused_target: str) -> None:
     """--small-bytes past the largest reply was taken, and the first call's script refused by the
     client raised a traceback (exit 1) in the middle of the run; now one line, exit 2, before it."""
-    res = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "1", "--small-bytes", "99999999")
+    res = cli("conformance", "--proxy", refused_target, "--serve-port", "0", "--small-bytes", "99999999")
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--small-bytes 99999999 is over the largest reply" in one_line(res.stderr)
 
 
-def test_unreachable_names_why_refused_or_tls(tmp_path: Path, server: ServerProcess) -> None:
+def test_unreachable_names_why_refused_or_tls(tmp_path: Path, server: ServerProcess, refused_target: str) -> None:
     """"no connection within 5 s" alone hid the reason every other command gives: refused, or
     --tls-ca against a plaintext server."""
-    refused = cli("conformance", "--server", server.target, "--proxy", f"127.0.0.1:{free_port()}")
+    refused = cli("conformance", "--server", server.target, "--proxy", refused_target)
     assert refused.returncode == 2
     line = one_line(refused.stderr)
     assert "cannot reach the proxy" in line and "Connection refused" in line, line
@@ -222,10 +222,11 @@ def test_a_stalled_proxy_shows_the_row_still_running_and_ctrl_c_keeps_the_rows(t
     (("--hold-seconds", "700"), "--hold-seconds 700 is over the longest delay a script may ask for (600 s)"),
     (("--hold-seconds", "3", "--max-hold", "2"), "--max-hold 2 would end the held calls before their --hold-seconds 3"),
 ])
-def test_hold_settings_the_run_cannot_keep_are_usage_errors(args: tuple[str, ...], words: str) -> None:
+def test_hold_settings_the_run_cannot_keep_are_usage_errors(args: tuple[str, ...], words: str,
+                                                             refused_target: str) -> None:
     """--hold-seconds past the longest script delay raised a traceback when the held calls
     started; a --max-hold under it let the server end every held call, on the direct path too."""
-    res = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "1", *args)
+    res = cli("conformance", "--proxy", refused_target, "--serve-port", "0", *args)
     assert res.returncode == 2, res.stdout + res.stderr
     assert words in one_line(res.stderr)
 

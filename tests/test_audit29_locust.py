@@ -106,13 +106,12 @@ def failures_table(path: Path) -> dict[str, int]:
         return {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(f)}
 
 
-def test_the_failure_table_says_why_a_code_was_unexpected(tmp_path: Path) -> None:
+def test_the_failure_table_says_why_a_code_was_unexpected(tmp_path: Path, refused_target: str) -> None:
     """A wrong host fills Locust's failure table with 1722: the row said only "a final code the
     scenario does not expect", not what gRPC said (which address, connection refused)."""
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    port = free_port()   # nobody listens there
     run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
-                          "--host", f"127.0.0.1:{port}", "--csv", "run", "--callstate-log-file", "",
+                          "--host", refused_target, "--csv", "run", "--callstate-log-file", "",
                           "--callstate-cancel", "abortive=50", "--callstate-mix", "complete=50,abort=50"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=ENV)
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
@@ -120,18 +119,18 @@ def test_the_failure_table_says_why_a_code_was_unexpected(tmp_path: Path) -> Non
     assert table, "the failures were counted"
     for error in table:   # the failure names gRPC's status and what it said: the address, refused
         assert error.startswith("UnexpectedCode('1722 RPC_S_SERVER_UNAVAILABLE (gRPC UNAVAILABLE: "), error
-        assert f"127.0.0.1:{port}" in error, error
+        assert refused_target in error, error
         assert error.endswith("): a final code its plan does not expect')"), error
     # one row per cause: neither the calls' ids nor their plans split it
     assert len(table) == 1, table
 
 
-def test_a_local_run_whose_users_cannot_start_ends_at_once(tmp_path: Path) -> None:
+def test_a_local_run_whose_users_cannot_start_ends_at_once(tmp_path: Path, refused_target: str) -> None:
     """Without a master, users that cannot run (a state log that cannot be written) said so,
     then the headless run idled, no call made, until its -t ran out (an hour's run, an hour)."""
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
     proc = subprocess.Popen([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "10m",
-                             "--host", f"127.0.0.1:{free_port()}", "--callstate-log-file",
+                             "--host", refused_target, "--callstate-log-file",
                              str(tmp_path / "no-such-dir" / "client.jsonl")],
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -156,12 +155,12 @@ def test_a_local_run_whose_users_cannot_start_ends_at_once(tmp_path: Path) -> No
      "each side pushes that many"),
 ])
 def test_pipe_options_read_together_are_a_usage_line_naming_them(tmp_path: Path, options: list[str],
-                                                                  line: str) -> None:
+                                                                  line: str, refused_target: str) -> None:
     """Pipe options that only fail together named the class attributes (`pipe_messages`,
     `pipe_cancel_at`) the user never wrote, in a log line rather than Locust's usage error."""
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
     run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-t", "1s", "--host",
-                          f"127.0.0.1:{free_port()}", *options], cwd=tmp_path, capture_output=True, text=True,
+                          refused_target, *options], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60, env=ENV)
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.strip().splitlines()[-1].endswith(line), run.stderr[-2000:]
@@ -213,14 +212,15 @@ def test_load_a_second_signal_cancels_the_calls_in_flight_and_the_first_is_repor
     ("hold_for = -1", "callstate: Mine: hold_for = -1: '-1' must be a finite number > 0"),       # was taken
     ("delay = -1", "callstate: Mine: delay = -1: '-1' must be a finite number >= 0"),
 ])
-def test_a_class_attribute_out_of_its_options_range_is_one_line(tmp_path: Path, attribute: str, line: str) -> None:
+def test_a_class_attribute_out_of_its_options_range_is_one_line(tmp_path: Path, attribute: str, line: str,
+                                                                 refused_target: str) -> None:
     """Class attributes take the text the options take, but numbers the options refuse were
     taken (a negative hold or delay, a zero escalation), or failed in every user's spawn with a
     traceback (a zero call timeout), the run idling to its end."""
     (tmp_path / "bad.py").write_text(f"import callstate.locust\n\n\nclass Mine(callstate.locust.CallstateUser):\n"
                                      f"    {attribute}\n")
     run = subprocess.run([*LOCUST, "-f", "bad.py", "--headless", "-u", "1", "-r", "1", "-t", "2s", "--host",
-                          f"127.0.0.1:{free_port()}", "--callstate-log-file", ""], cwd=tmp_path,
+                          refused_target, "--callstate-log-file", ""], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60, env=ENV)
     assert run.returncode == 2, run.stderr[-2000:]
     assert line in run.stderr, run.stderr[-2000:]

@@ -19,7 +19,9 @@ from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, cli, start_server, states
 
 pytestmark = pytest.mark.timeout(60)
-UNREACHABLE = "127.0.0.1:9"   # the discard port: nothing answers; bad usage must be caught before any call
+# where a call would go: the test's refused_target (a port it holds, never listening), filled in like
+# {tmp}; bad usage must be caught before any call (a fixed port, 9, may be someone's server)
+UNREACHABLE = "{refused}"
 
 
 def run_cli(*args: str | bytes, cwd: Path | None = None, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
@@ -76,8 +78,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("argv,names", BAD, ids=[" ".join(str(a) for a in argv[:1] + argv[-2:]) for argv, _ in BAD])
-def test_bad_input_is_one_line_naming_it(tmp_path: Path, argv: list[str | bytes], names: str) -> None:
-    fill = {"tmp": str(tmp_path), "fifo": fifo(tmp_path) if "{fifo}" in argv else ""}
+def test_bad_input_is_one_line_naming_it(tmp_path: Path, argv: list[str | bytes], names: str,
+                                         refused_target: str) -> None:
+    fill = {"tmp": str(tmp_path), "fifo": fifo(tmp_path) if "{fifo}" in argv else "", "refused": refused_target}
     args = [a.format(**fill) if isinstance(a, str) else a for a in argv]
     result = run_cli(*args, cwd=tmp_path)
     err = result.stderr.decode(errors="replace")

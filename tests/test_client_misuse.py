@@ -83,10 +83,10 @@ def test_an_async_client_from_a_closed_loop_says_so(shared_server: ServerProcess
     _ended_unmade(log, codes.RPC_S_INVALID_ASYNC_CALL)
 
 
-def test_an_async_client_made_with_no_loop_to_belong_to_says_where_to_make_it() -> None:
+def test_an_async_client_made_with_no_loop_to_belong_to_says_where_to_make_it(refused_target: str) -> None:
     asyncio.set_event_loop(None)   # as after an asyncio.run(): no loop running, none current
     with pytest.raises(RuntimeError, match=r"make it inside the loop that uses it"):
-        AsyncClient("127.0.0.1:1")
+        AsyncClient(refused_target)
 
 
 class _Refusing:
@@ -123,7 +123,7 @@ def test_a_call_whose_making_raises_ends_and_is_not_left_live(shared_server: Ser
 
 
 @pytest.mark.parametrize("timeout", ["5", -1, 0, math.nan, math.inf, True])
-def test_a_timeout_that_is_not_one_is_refused_when_the_client_is_made(timeout: Any) -> None:
+def test_a_timeout_that_is_not_one_is_refused_when_the_client_is_made(timeout: Any, refused_target: str) -> None:
     for surface in (Client, AsyncClient):
         with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds or None, not "):
-            surface("127.0.0.1:1", timeout=timeout)
+            surface(refused_target, timeout=timeout)

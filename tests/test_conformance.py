@@ -299,35 +299,37 @@ def test_streaming_proxy_that_breaks_pipes_fails_the_rows_it_breaks(tmp_path: Pa
 
 # -- usage errors and unreachable ends: one line, exit status 2 ------------------------------------
 
+# REFUSED: the test's refused_target. Usage errors come before any connection or server; should
+# one not, the run meets a refused proxy and an ephemeral --serve-port, never a port of someone else's.
 @pytest.mark.parametrize("args, words", [
     ((), "--proxy"),
-    (("--proxy", "nowhere", "--server", "127.0.0.1:1"), "'nowhere' is not HOST:PORT"),
-    (("--proxy", "127.0.0.1:1", "--server", "127.0.0.1:2", "--serve-port", "3"), "not allowed with"),
-    (("--proxy", "127.0.0.1:1", "--serve-port", "1", "--calls", "0"), "must be >= 1"),
-    (("--proxy", "127.0.0.1:1", "--serve-port", "1", "--max-bytes", "99999999"), "over the largest reply"),
+    (("--proxy", "nowhere", "--server", "REFUSED"), "'nowhere' is not HOST:PORT"),
+    (("--proxy", "REFUSED", "--server", "REFUSED", "--serve-port", "0"), "not allowed with"),
+    (("--proxy", "REFUSED", "--serve-port", "0", "--calls", "0"), "must be >= 1"),
+    (("--proxy", "REFUSED", "--serve-port", "0", "--max-bytes", "99999999"), "over the largest reply"),
 ])
-def test_usage_errors(args: tuple[str, ...], words: str) -> None:
-    res = cli("conformance", *args)
+def test_usage_errors(args: tuple[str, ...], words: str, refused_target: str) -> None:
+    res = cli("conformance", *(refused_target if a == "REFUSED" else a for a in args))
     assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
-def test_unreachable_proxy_is_one_line(server: ServerProcess) -> None:
-    res = cli("conformance", "--server", server.target, "--proxy", f"127.0.0.1:{free_port()}")
+def test_unreachable_proxy_is_one_line(server: ServerProcess, refused_target: str) -> None:
+    res = cli("conformance", "--server", server.target, "--proxy", refused_target)
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "cannot reach the proxy" in res.stderr
 
 
-def test_unreachable_server_is_one_line() -> None:
-    res = cli("conformance", "--server", f"127.0.0.1:{free_port()}", "--proxy", f"127.0.0.1:{free_port()}")
+def test_unreachable_server_is_one_line(refused_target: str) -> None:
+    res = cli("conformance", "--server", refused_target, "--proxy", refused_target)
     assert res.returncode == 2 and "cannot reach the callstate server" in res.stderr and len(res.stderr.splitlines()) == 1
 
 
-def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
-    res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(tmp_path / "no" / "r.json"))
+def test_unwritable_report_is_a_usage_error(tmp_path: Path, refused_target: str) -> None:
+    res = cli("conformance", "--serve-port", "0", "--proxy", refused_target, "--report", str(tmp_path / "no" / "r.json"))
     assert res.returncode == 2 and "No such file" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_check_row_names_the_broken_invariant_and_its_property() -> None:
+def test_check_row_names_the_broken_invariant_and_its_property(refused_target: str) -> None:
     """The check row judges both sides with the checker: a server call that never ended fails it."""
     from callstate.cli.conformance.battery import Battery, BatteryConfig
     from callstate.cli.conformance.journal import ServerJournal
@@ -335,9 +337,9 @@ def test_check_row_names_the_broken_invariant_and_its_property() -> None:
     from callstate.lifecycle import D, DISPATCH, ENTER, SERVER
 
     async def judge() -> Any:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")   # never used: entries are given
+        channel = grpc.aio.insecure_channel(refused_target)   # never used: entries are given
         journal = ServerJournal(channel, "test")
-        battery = Battery("proxy", "127.0.0.1:1", journal, BatteryConfig(wait=0.2))
+        battery = Battery("proxy", refused_target, journal, BatteryConfig(wait=0.2))
         try:
             call_id = new_call_id()
             battery.judged[call_id] = DEADLINE
@@ -354,18 +356,18 @@ def test_check_row_names_the_broken_invariant_and_its_property() -> None:
     assert f"{DEADLINE} call {call_id}" in row.note
 
 
-def test_serve_port_in_use_is_one_line() -> None:
+def test_serve_port_in_use_is_one_line(refused_target: str) -> None:
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        res = cli("conformance", "--serve-port", str(port), "--proxy", "127.0.0.1:1")
+        res = cli("conformance", "--serve-port", str(port), "--proxy", refused_target)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
     assert f"the server for --serve-port {port} did not start" in res.stderr and "bind" in res.stderr
 
 
-def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path: Path) -> None:
+def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path: Path, refused_target: str) -> None:
     """The access options apply to the proxy and the server alike; here the "proxy" is the
     TLS-and-token server itself, so every row must hold, and a missing token is one line."""
     from tests.certs import make_tls_files
@@ -385,7 +387,7 @@ def test_conformance_reaches_a_locked_down_server_with_tls_and_a_token(tmp_path:
         assert "UNAUTHENTICATED" in refused.stderr or "token" in refused.stderr
     finally:
         srv.stop()
-    clash = cli("conformance", "--proxy", "127.0.0.1:1", "--serve-port", "0", "--token", "x")
+    clash = cli("conformance", "--proxy", refused_target, "--serve-port", "0", "--token", "x")
     assert clash.returncode == 2 and "--serve-port starts a plaintext server" in clash.stderr
 
 
@@ -415,7 +417,7 @@ def test_every_distinct_failure_is_shown_with_its_count() -> None:
     assert examples(bad) == "a x3; b x2; c x1; d x1; e x1"
 
 
-def test_cancel_shares_are_over_every_call_sent() -> None:
+def test_cancel_shares_are_over_every_call_sent(refused_target: str) -> None:
     """Calls that never reached the server count in the share: 2 cancels seen of 5 calls sent is 40%."""
     from callstate.cli.conformance.battery import Battery, BatteryConfig
     from callstate.cli.conformance.calls import Result
@@ -425,9 +427,9 @@ def test_cancel_shares_are_over_every_call_sent() -> None:
     from callstate.statelog import Entry
 
     async def judge() -> Any:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}")   # never used: entries are given
+        channel = grpc.aio.insecure_channel(refused_target)   # never used: entries are given
         journal = ServerJournal(channel, "test")
-        battery = Battery("proxy", "127.0.0.1:1", journal, BatteryConfig(wait=0.2))
+        battery = Battery("proxy", refused_target, journal, BatteryConfig(wait=0.2))
         try:
             results = []
             for _ in range(3):
@@ -471,13 +473,13 @@ def _servers_on(port: int) -> list[int]:
     return pids
 
 
-def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: Path) -> None:
+def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: Path, refused_target: str) -> None:
     """An unreachable proxy: exit 2, and the outputs say why (never empty, never the last run's)."""
     report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
     report.write_text("the previous run's report")
     junit.write_text("the previous run's junit")
     upstream = free_port()
-    res = cli("conformance", "--serve-port", str(upstream), "--proxy", f"127.0.0.1:{free_port()}",
+    res = cli("conformance", "--serve-port", str(upstream), "--proxy", refused_target,
               "--report", str(report), "--junit-xml", str(junit))
     assert res.returncode == 2 and "cannot reach the proxy" in res.stderr, res.stderr
     data = orjson.loads(report.read_bytes())
@@ -491,8 +493,8 @@ def test_exit_2_still_writes_the_report_and_a_junit_error_atomically(tmp_path: P
     assert _servers_on(upstream) == [], "the server started for --serve-port is gone"
 
 
-def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      refused_target: str) -> None:
     """A bug in the battery (here: it raises at once) must not leave the last run's green JUnit
     behind for a CI to publish: both outputs say the run has no verdict, and why."""
     from callstate.cli import build_parser
@@ -504,7 +506,7 @@ def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path
     report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
     report.write_text("the previous run's report")
     junit.write_text("the previous run's junit")
-    opts = build_parser().parse_args(["conformance", "--server", "127.0.0.1:1", "--proxy", "127.0.0.1:2", "--quiet",
+    opts = build_parser().parse_args(["conformance", "--server", refused_target, "--proxy", refused_target, "--quiet",
                                       "--report", str(report), "--junit-xml", str(junit)])
     with pytest.raises(RuntimeError, match="a bug in the battery"):
         command.run(opts)
@@ -513,9 +515,9 @@ def test_a_fault_of_conformance_itself_still_writes_outputs_that_say_so(tmp_path
     assert "a bug in the battery" in (error.get("message") or "")
 
 
-def test_a_usage_error_leaves_no_empty_output_behind(tmp_path: Path) -> None:
+def test_a_usage_error_leaves_no_empty_output_behind(tmp_path: Path, refused_target: str) -> None:
     report = tmp_path / "report.json"
-    res = cli("conformance", "--serve-port", "1", "--proxy", "127.0.0.1:1", "--report", str(report),
+    res = cli("conformance", "--serve-port", "0", "--proxy", refused_target, "--report", str(report),
               "--max-bytes", "99999999")
     assert res.returncode == 2
     assert "over the largest reply" in orjson.loads(report.read_bytes())["error"]

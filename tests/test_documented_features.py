@@ -158,10 +158,10 @@ def test_a_notice_sent_before_its_call_is_applied_at_dispatch(shared_server: Ser
     assert states(entries) == ["D", "A", "End"]
 
 
-def test_health_says_serving_and_fails_on_a_dead_port(shared_server: ServerProcess) -> None:
+def test_health_says_serving_and_fails_on_a_dead_port(shared_server: ServerProcess, refused_target: str) -> None:
     ok = cli("health", "--target", shared_server.target)
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
-    dead = cli("health", "--target", "127.0.0.1:1", "--timeout", "2")
+    dead = cli("health", "--target", refused_target, "--timeout", "2")
     assert dead.returncode == 1 and "UNAVAILABLE" in dead.stderr and "Traceback" not in dead.stderr
 
 

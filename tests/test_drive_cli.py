@@ -70,19 +70,20 @@ def test_call_a_server_stream_is_an_out_pipe_cancelled_after_three_messages(shop
     (["--method", CHARGE, "--data-file", "{tmp}/empty.jsonl"], "holds no request"),
     (["--method", CHARGE, "--descriptor-set", "{tmp}/none.pb"], "{tmp}/none.pb: no such descriptor-set file"),
     (["--method", CHARGE, "--proto", "{tmp}/none.proto"], "{tmp}/none.proto: no such .proto file"),
-    (["--method", CHARGE, "--target", "127.0.0.1:1"], "reflection from 127.0.0.1:1: UNAVAILABLE"),
+    (["--method", CHARGE, "--target", "{refused}"], "reflection from {refused}: UNAVAILABLE"),   # refused_target
     (["--data", "{}"], "--data needs --method"),
     (["--method", TRACK, "--pipe", "in"], "--pipe in: shop.v1.Shop/Track is server-streaming"),
 ])
 @pytest.mark.parametrize("command", ["call", "load"])
 def test_bad_input_is_one_line_and_exit_2(shop: ShopServer, tmp_path: Path, command: str, args: list[str],  # noqa: F811
-                                          message: str) -> None:
+                                          message: str, refused_target: str) -> None:
     if command == "load" and "--pipe" in args:
         args = [a if a != "--pipe" else "--pipes" for a in args]
         args[-1], message = "in=10", "--pipes: the calls on shop.v1.Shop/Track are server-streaming"
     (tmp_path / "bad.jsonl").write_text('{"order_id": "a"}\n\n{"amount": {"units": "many"}}\n')
     (tmp_path / "empty.jsonl").write_text("\n  \n")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{refused}", refused_target) for a in args]
+    message = message.replace("{refused}", refused_target)
     log = tmp_path / "client.jsonl"
     result = cli(command, "--target", shop.target, *args, "--log-file", str(log), timeout=TIMEOUT)
     err = result.stderr.strip()
@@ -212,6 +213,7 @@ def test_load_no_script_sends_no_script_header_and_the_server_decides(shop: Shop
     (["load", "--method", CHARGE, "--no-script", "--mix", "hold=100", "--abort-code", "7"],
      "callstate load: error: --mix and --abort-code: with --no-script no script is sent, the server decides each "
      "call's outcome (see callstate load --help)")])
-def test_no_script_without_a_method_or_with_script_options_is_a_usage_error(args: list[str], line: str) -> None:
-    result = cli(*args, "--target", "127.0.0.1:9", timeout=TIMEOUT)
+def test_no_script_without_a_method_or_with_script_options_is_a_usage_error(args: list[str], line: str,
+                                                                           refused_target: str) -> None:
+    result = cli(*args, "--target", refused_target, timeout=TIMEOUT)
     assert result.returncode == 2 and result.stderr.strip() == line, result.stderr

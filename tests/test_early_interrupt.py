@@ -64,7 +64,7 @@ def wait_for(proc: subprocess.Popen[bytes], evidence: Callable[[], bool]) -> Non
         time.sleep(0.001)
 
 
-def command_line(name: str, target: str, server_log: Path, tmp: Path) -> list[str]:
+def command_line(name: str, target: str, server_log: Path, tmp: Path, refused: str) -> list[str]:
     log = str(tmp / f"{name}.jsonl")
     return {
         "serve": ["serve", "--port", "0", "--port-file", str(tmp / "port"), "--log-file", log],
@@ -74,7 +74,7 @@ def command_line(name: str, target: str, server_log: Path, tmp: Path) -> list[st
         "check": ["check", "--allow-one-side", str(server_log)],
         "report": ["report", str(server_log), "--html", str(tmp / "report.html")],
         "health": ["health", "--target", target],
-        "conformance": ["conformance", "--serve-port", "0", "--proxy", "127.0.0.1:9"],
+        "conformance": ["conformance", "--serve-port", "0", "--proxy", refused],
     }[name]
 
 
@@ -107,13 +107,14 @@ CASES += [(name, "protobuf loaded") for name in FIRST_POINT_ONLY]
 
 @pytest.mark.parametrize("name, point", CASES)
 def test_ctrl_c_early_in_a_command_exits_without_a_traceback(quiet_server: ServerProcess, tmp_path: Path,
-                                                              name: str, point: str) -> None:
+                                                              name: str, point: str, refused_target: str) -> None:
     # the console script for check (it imports callstate.cli before main() runs), -m for the rest
     entry = ([str(CONSOLE_SCRIPT)] if name == "check" and CONSOLE_SCRIPT.exists()
              else [sys.executable, "-m", "callstate"])
     stderr = tmp_path / "stderr"
     with open(stderr, "wb") as err_file:
-        proc = subprocess.Popen([*entry, *command_line(name, quiet_server.target, quiet_server.log, tmp_path)],
+        proc = subprocess.Popen([*entry, *command_line(name, quiet_server.target, quiet_server.log, tmp_path,
+                                                       refused_target)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -273,9 +273,10 @@ def test_every_cli_number_has_a_range_checked_at_parse_time(argv: list[str], opt
 @pytest.mark.parametrize("argv", [["call", "--pipe", "both", "--cancel-at", "after-received:99"],
                                   ["call", "--pipe", "in", "--messages", "2", "--cancel-at", "after-sent:3"],
                                   ["call", "--cancel-at", "after-sent:1"]])
-def test_a_cancel_point_that_cannot_fire_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_cancel_point_that_cannot_fire_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                          refused_target: str) -> None:
     from callstate.cli import main
-    assert main([*argv, "--target", "127.0.0.1:9"]) == 2   # refused before connecting anywhere
+    assert main([*argv, "--target", refused_target]) == 2   # refused before connecting anywhere
     err = capsys.readouterr().err
     assert "--cancel-at" in err and len(err.strip().splitlines()) == 1, err
 

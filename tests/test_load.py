@@ -133,7 +133,7 @@ def test_a_signal_stops_the_run_gracefully_and_loses_no_entry(server: ServerProc
     assert len(ended) == report["calls"] == len({e["call_id"] for e in entries})   # every call's End is in the file
 
 
-def test_bad_input_is_a_clear_usage_error() -> None:
+def test_bad_input_is_a_clear_usage_error(refused_target: str) -> None:
     for args, needle in [(["--cancel", "abortive=80,non-abortive=30"], "more than 100%"),
                          (["--cancel-at", "sometime"], "cancel point 'sometime'"),
                          (["--mix", "complete=1,explode=2"], "unknown name 'explode'"),
@@ -141,14 +141,14 @@ def test_bad_input_is_a_clear_usage_error() -> None:
                          (["--calls", "5", "--duration", "1"], "not allowed with"),
                          (["--pipes", "in=10", "--pipe-cancel-at", "after-sent:9", "--pipe-messages", "3"],
                           "--pipe-cancel-at after-sent:9 is never reached with --pipe-messages 3")]:
-        result = cli("load", *args)
+        result = cli("load", "--target", refused_target, *args)   # not the default port, someone's maybe
         assert result.returncode == 2 and needle in result.stderr, (args, result.stderr)
-    result = cli("load", "--target", "127.0.0.1:1", "--calls", "1", timeout=30)
+    result = cli("load", "--target", refused_target, "--calls", "1", timeout=30)
     assert result.returncode == 2 and "cannot reach" in result.stderr
     for flag in ("--report", "--log-file"):   # refused before the run, not after it
-        result = cli("load", "--target", "127.0.0.1:1", flag, "/nonexistent-dir/x", timeout=30)
+        result = cli("load", "--target", refused_target, flag, "/nonexistent-dir/x", timeout=30)
         assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
-    result = cli("call", "--log-file", "/nonexistent-dir/x", timeout=30)
+    result = cli("call", "--target", refused_target, "--log-file", "/nonexistent-dir/x", timeout=30)
     assert result.returncode == 2 and "/nonexistent-dir/x" in result.stderr and "Traceback" not in result.stderr
 
 

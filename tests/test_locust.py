@@ -183,9 +183,9 @@ from callstate.locust import CallstateUser
 """
 
 
-def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path) -> None:
+def test_unexpected_codes_are_failures_and_bad_options_one_line(tmp_path: Path, refused_target: str) -> None:
     (tmp_path / "locustfile.py").write_text(SLOW_START)
-    dead = f"127.0.0.1:{free_port()}"   # nobody listens: every call ends 1722, which no plan expects
+    dead = refused_target   # nobody listens: every call ends 1722, which no plan expects
     run = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "2s",
                           "--host", dead, "--json-file", "dead", "--callstate-log-file", ""],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)

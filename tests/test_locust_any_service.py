@@ -163,12 +163,13 @@ def test_a_streaming_method_runs_as_pipes_of_its_shape(standin: ServerProcess, t
     (["--callstate-data", "{}"], "error: --callstate-data needs --callstate-method"),
     (["--callstate-method", CHAT, "--callstate-pipes", "in=10"],
      "error: --callstate-pipes: the calls on shop.v1.Shop/Chat are 'both' pipes: the method's shape decides"),
-    (["--callstate-method", CHARGE, "--host", "127.0.0.1:1"],   # nobody listens on port 1
-     "error: --callstate-method shop.v1.Shop/Charge: reflection from 127.0.0.1:1: UNAVAILABLE"),
+    (["--callstate-method", CHARGE, "--host", "REFUSED"],   # the test's refused_target: nobody listens there
+     "error: --callstate-method shop.v1.Shop/Charge: reflection from REFUSED: UNAVAILABLE"),
 ], ids=["syntax", "unknown", "proto", "json", "field", "no-method", "pipes", "unreachable"])
 def test_bad_method_options_are_one_line_and_exit_2(standin: ServerProcess, tmp_path: Path, options: list[str],
-                                                    error: str) -> None:
+                                                    error: str, refused_target: str) -> None:
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    options, error = [refused_target if o == "REFUSED" else o for o in options], error.replace("REFUSED", refused_target)
     bad = subprocess.run([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "1", "-r", "1", "-t", "2s",
                           "--host", standin.target, "--callstate-log-file", "", *options],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)

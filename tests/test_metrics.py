@@ -172,7 +172,7 @@ def _json(path: Path) -> Any:
         return None
 
 
-def test_metrics_port_errors_are_one_line(tmp_path: Path) -> None:
+def test_metrics_port_errors_are_one_line(tmp_path: Path, refused_target: str) -> None:
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -182,7 +182,7 @@ def test_metrics_port_errors_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert result.stderr.strip().startswith(f"callstate serve: cannot serve /metrics on 127.0.0.1:{port}")
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-        result = cli("load", "--metrics-port", port, timeout=30)
+        result = cli("load", "--target", refused_target, "--metrics-port", port, timeout=30)
         assert result.returncode == 2 and "cannot serve /metrics" in result.stderr and "Traceback" not in result.stderr
     bad = cli("serve", "--metrics-port", "70000")
     assert bad.returncode == 2 and "--metrics-port" in bad.stderr

@@ -154,7 +154,7 @@ def test_check_and_report_read_a_folder_of_server_logs(tmp_path: Path) -> None:
     assert "82 calls, check OK" in report.stdout, report.stdout   # and each load's barrier call
 
 
-def test_watch_merges_several_targets(tmp_path: Path) -> None:
+def test_watch_merges_several_targets(tmp_path: Path, refused_target: str) -> None:
     servers = [start_server(tmp_path, "--max-hold", "10", name=f"replica-{i}") for i in range(2)]
     try:
         for n, srv in enumerate(servers):
@@ -186,7 +186,7 @@ def test_watch_merges_several_targets(tmp_path: Path) -> None:
         ids = {e["call_id"] for e in lines}
         seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ids}
         assert seen_on == {0, 1}, (seen_on, out)
-        down = cli("watch", *args, "--target", f"127.0.0.1:{free_port()}", "--counters", "--timeout", "3")
+        down = cli("watch", *args, "--target", refused_target, "--counters", "--timeout", "3")
         assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     finally:
         for srv in servers:

@@ -181,9 +181,9 @@ def test_otel_flag_joins_the_cli_call_and_the_server_in_one_trace(tmp_path: Path
     assert '"callstate.side": "server"' in server_err and '"kind": "SpanKind.SERVER"' in server_err
 
 
-def test_bad_otel_settings_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_otel_settings_are_one_line(monkeypatch: pytest.MonkeyPatch, refused_target: str) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "bogus")
-    result = cli("call", "--otel")
+    result = cli("call", "--target", refused_target, "--otel")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "no exporter 'bogus'" in result.stderr and "console" in result.stderr

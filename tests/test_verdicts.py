@@ -57,14 +57,14 @@ def test_report_judges_as_check_does(client_log: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [("load", "--calls", "0"), ("watch", "--count", "0")], ids=" ".join)
-def test_a_count_of_zero_is_a_usage_error(args: tuple[str, ...]) -> None:
-    done = cli(*args, "--target", "127.0.0.1:1")
+def test_a_count_of_zero_is_a_usage_error(args: tuple[str, ...], refused_target: str) -> None:
+    done = cli(*args, "--target", refused_target)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert args[1] in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_unary_cancel_at_names_the_flags_that_apply() -> None:
-    done = cli("call", "--target", "127.0.0.1:1", "--cancel-at", "before-start")
+def test_a_unary_cancel_at_names_the_flags_that_apply(refused_target: str) -> None:
+    done = cli("call", "--target", refused_target, "--cancel-at", "before-start")
     assert done.returncode == 2 and done.stderr.startswith("callstate call: error: --cancel-at"), done.stderr
     assert "--cancel-after" in done.stderr and "callstate call --help" in done.stderr
 

@@ -19,16 +19,34 @@ from callstate.cli.conformance import cancels
 from callstate.cli.conformance import endings
 from callstate.cli.conformance import pipes
 from callstate.cli.conformance import replies
-from callstate.cli.conformance.calls import BatteryConfig, Recorder, Result, open_channel, open_client
+from callstate.cli.conformance.calls import BatteryConfig, Recorder, Result, complete_late, open_channel, open_client
 from callstate.cli.conformance.journal import ServerJournal, dispatched, ended
 from callstate.cli.conformance.properties import (ABORT_AFTER_HEADERS, ABORT_TRAILERS_ONLY, CANCEL_ABORTIVE,
                                                   CANCEL_NON_ABORTIVE, COMPLETE_LARGE, COMPLETE_SMALL, DEADLINE, FATAL,
                                                   LARGE_METADATA, MANY_STREAMS, PIPE_ABORT_MID_STREAM,
                                                   PIPE_BOTH_FULL_DUPLEX, PIPE_CANCEL, PIPE_EARLY_ANSWER,
                                                   PIPE_IN_HALF_CLOSE, PIPE_OUT_STREAMED, UNIMPLEMENTED, Row)
-from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script
+from callstate.client import AsyncCall, AsyncClient, AsyncPipe, CallError, PipeScript, Script, WaitTimedOut
 
 __all__ = ["Battery", "BatteryConfig", "open_channel", "open_client"]
+
+
+async def completed(call: AsyncCall, timeout: float, t0: float) -> Result | None:
+    """The call's outcome once its notification has come within `timeout` (the call completed:
+    its End logged), None while it is pending. A wait that runs out as the notification lands
+    still completes the call: `result(timeout=0)` on a call whose gRPC outcome is already in
+    starts the task that reads it and gives up before that task has run, the call notified just
+    after. Through a stalled proxy every call that never reached the server was so left without
+    its End (the check row's `not_ended`, "client stopped in WComp"), its result the wait's 1460."""
+    try:
+        reply = await call.result(timeout=timeout)
+        return Result(call.call_id, codes.RPC_S_OK, "OK", reply=reply, ms=(time.perf_counter() - t0) * 1000)
+    except WaitTimedOut:
+        if not call.done():
+            return None
+        return await completed(call, 0, t0)   # notified meanwhile: completes at once
+    except CallError as err:
+        return Result(call.call_id, err.code, err.grpc_status, err.details, ms=(time.perf_counter() - t0) * 1000)
 
 
 class Battery:
@@ -64,29 +82,19 @@ class Battery:
         """The call's outcome, or `hung` when no notification came within `bound` (then the
         call is cancelled abortively, so it still ends). `ends`: the server ends the call by
         its script, so a slow server is told from a lost answer by its journal: past `bound`,
-        the call is hung only once the server has ended it and --wait more has passed."""
+        the call is hung only once the server has ended it and --wait more has passed. Every
+        call is completed, so its End is in the client's log for the check row; one whose
+        notification comes only after the last wait is completed when it comes."""
         t0 = time.perf_counter()
-        try:
-            reply = await call.result(timeout=bound)
-            return Result(call.call_id, codes.RPC_S_OK, "OK", reply=reply, ms=(time.perf_counter() - t0) * 1000)
-        except CallError as err:
-            if call.done():
-                return Result(call.call_id, err.code, err.grpc_status, err.details,
-                              ms=(time.perf_counter() - t0) * 1000)
-        if ends and await self.journal.wait((call.call_id,), ended, self.cfg.wait):
+        outcome = await completed(call, bound, t0)
+        if outcome is None and ends and await self.journal.wait((call.call_id,), ended, self.cfg.wait):
             bound += self.cfg.wait
-            try:
-                reply = await call.result(timeout=self.cfg.wait)
-                return Result(call.call_id, codes.RPC_S_OK, "OK", reply=reply, ms=(time.perf_counter() - t0) * 1000)
-            except CallError as err:
-                if call.done():
-                    return Result(call.call_id, err.code, err.grpc_status, err.details,
-                                  ms=(time.perf_counter() - t0) * 1000)
+            outcome = await completed(call, self.cfg.wait, t0)
+        if outcome is not None:
+            return outcome
         call.cancel()
-        try:
-            await call.result(timeout=self.cfg.wait)
-        except CallError:
-            pass
+        if await completed(call, self.cfg.wait, t0) is None:
+            call.add_done_callback(complete_late)
         return Result(call.call_id, None, ms=(time.perf_counter() - t0) * 1000, bound=bound)
 
     async def twice(self, one: Callable[[int], Awaitable[Any]], n: int | None = None) -> list[Any]:

@@ -14,7 +14,7 @@ from callstate.cli.conformance.calls import Result, examples, open_client
 from callstate.cli.conformance.journal import cancel_seen_at, ended, final, first
 from callstate.cli.conformance.properties import CANCEL_ABORTIVE, CANCEL_NON_ABORTIVE, DEADLINE, Row
 from callstate.client import Script
-from callstate.lifecycle import CANCEL_SEEN, CANCEL_SENT, COMPLETE, D, NON_ABORTIVE
+from callstate.lifecycle import CANCEL_ESCALATED, CANCEL_SEEN, CANCEL_SENT, COMPLETE, D, NON_ABORTIVE
 from callstate.script import HOLD
 
 if TYPE_CHECKING:
@@ -100,6 +100,9 @@ async def cancel_non_abortive(b: Battery) -> Row:
         await b.journal.wait((call.call_id,), ended, b.cfg.wait)   # the journal may trail the reply
         seen = first(b.journal.entries(call.call_id), CANCEL_SEEN)
         if r.code != codes.RPC_S_OK or r.reply is None or r.reply.payload != payload:
+            if await b.recorder.event(call.call_id, CANCEL_ESCALATED, 0) is not None:   # not a reset on the way
+                return (f"no answer within {b.cfg.wait:g} s of the cancel notice: the caller escalated to an "
+                        "abortive cancel")
             return f"answer lost: {r.describe()}"
         if not r.reply.cancel_seen or seen is None or (notice is not None and not sent.startswith("delivered")):
             return f"notice not delivered ({sent or 'the server did not see it'})"
