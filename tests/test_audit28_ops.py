@@ -179,7 +179,8 @@ def test_watch_of_one_call_finds_the_replica_that_holds_it(tmp_path: Path, refus
         lines = out.read_text().splitlines()
         assert [re.search(r'"state":"(\w+)"', line).group(1) for line in lines if '"event":"enter"' in line][-1] == "End"
         assert '"code":1818' in lines[-1]
-        assert len(b.entries(held_id)) == len(lines) and not a.entries(held_id)   # B's entries, each once
+        # B's entries, each once (its state log is written a moment after its journal, which watch read)
+        assert len(b.wait_entries(held_id)) == len(lines) and not a.entries(held_id)
 
         made = cli("call", "--target", a.target, "--log-file", str(tmp_path / "client.jsonl"))
         assert made.returncode == 0, made.stderr
