@@ -114,16 +114,22 @@ def _flush(out: IO[bytes], heap: list[tuple[float, bytes]], before: float) -> No
         out.write(heapq.heappop(heap)[1])
 
 
-def measure(callstate: str, logs: tuple[Path, Path]) -> tuple[float, int, int]:
-    """(seconds, max RSS in KB, exit status) of `callstate check` on the logs."""
+def measure(callstate: str, logs: tuple[Path, Path]) -> tuple[float, float, int, int]:
+    """(seconds, CPU seconds, max RSS in KB, exit status) of `callstate check` on the logs (CPU
+    seconds: what a busy machine changes least)."""
     proc = subprocess.run(["/usr/bin/time", "-v", callstate, "check", *map(str, logs)],
                           capture_output=True, text=True)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
-    if rss is None or wall is None:
+    figures = {name: re.search(pattern, proc.stderr) for name, pattern in (
+        ("rss", r"Maximum resident set size \(kbytes\): (\d+)"), ("user", r"User time \(seconds\): ([\d.]+)"),
+        ("sys", r"System time \(seconds\): ([\d.]+)"),
+        ("wall", r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)"))}
+    if not all(figures.values()):
         raise SystemExit(f"check_scale: no figures from /usr/bin/time -v: {proc.stderr[-500:]}")
+    wall = figures["wall"]
+    assert wall is not None
     seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    return seconds, int(rss.group(1)), proc.returncode
+    cpu = sum(float(figures[k].group(1)) for k in ("user", "sys"))   # type: ignore[union-attr]
+    return seconds, cpu, int(figures["rss"].group(1)), proc.returncode   # type: ignore[union-attr]
 
 
 def main() -> int:
@@ -137,7 +143,7 @@ def main() -> int:
     if not Path("/usr/bin/time").exists():
         print("check_scale: needs GNU time at /usr/bin/time", file=sys.stderr)
         return 2
-    print(f"{'calls':>10} {'lines':>10} {'MB':>8} {'seconds':>8} {'max RSS MB':>11} {'KB/call':>8}  exit")
+    print(f"{'calls':>10} {'lines':>10} {'MB':>8} {'seconds':>8} {'CPU s':>8} {'max RSS MB':>11} {'KB/call':>8}  exit")
     for n in args.calls:
         with tempfile.TemporaryDirectory(prefix="check_scale-") as tmp:
             folder = Path(args.keep or tmp) / str(n)
@@ -145,8 +151,8 @@ def main() -> int:
             logs = generate(folder, n, args.rate)
             size = sum(os.path.getsize(p) for p in logs)
             lines = sum(sum(1 for _ in open(p, "rb")) for p in logs)
-            seconds, rss_kb, status = measure(args.callstate, logs)
-            print(f"{n:>10} {lines:>10} {size / 1e6:>8.1f} {seconds:>8.1f} {rss_kb / 1024:>11.0f} "
+            seconds, cpu, rss_kb, status = measure(args.callstate, logs)
+            print(f"{n:>10} {lines:>10} {size / 1e6:>8.1f} {seconds:>8.1f} {cpu:>8.1f} {rss_kb / 1024:>11.0f} "
                   f"{rss_kb * 1024 / n / 1000:>8.2f}  {status}", flush=True)
     return 0
 

@@ -321,6 +321,29 @@ def _note_state(track: SideTrack, side: str, state: str, ts: float | str, cancel
         track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
 
 
+class _Seconds:
+    """Times in the writer's own form (2026-01-02T03:04:05.678901Z) as the floats `parse_ts`
+    makes of them, to the last bit (whole microseconds over 10**6), the whole seconds parsed
+    once per second of log; any other form is kept as it is (`_ts` reads it when needed)."""
+
+    def __init__(self) -> None:
+        self.us: dict[str, int] = {}
+
+    def of(self, ts: str) -> float | str:
+        if len(ts) != 27 or ts[19] != "." or ts[26] != "Z" or not ts[20:26].isdigit():
+            return ts
+        base = self.us.get(ts[:19])
+        if base is None:
+            if len(self.us) > 4096:
+                self.us.clear()
+            try:
+                base = self.us[ts[:19]] = int(parse_ts(ts[:19] + "Z")) * 1_000_000
+            except ValueError:
+                return ts
+        t = (base + int(ts[20:26])) / 1_000_000
+        return t if t else ts   # 0.0 would read as no time at all where the text does not
+
+
 class Checker:
     """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`.
 
@@ -344,11 +367,12 @@ class Checker:
         self._unknown: list[tuple[tuple[int, Any], Violation]] = []   # unknown_to_server, if a server is logged
         self._no_client = 0                 # judged calls no client logged (server_only, if a client is logged)
         self._side_first: dict[str, Any] = {}
+        self._seconds = _Seconds()
 
     def add(self, e: Mapping[str, Any], where: str = "", pos: Any = None) -> None:
         """One entry as read from a log file (a dict in the state-log format)."""
         if self.retire:
-            pos = (0, self.report.entries + 1) if pos is None else pos
+            pos = self.report.entries + 1 if pos is None else pos
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
                         e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"), pos)
@@ -373,6 +397,8 @@ class Checker:
                    sent: Any = None, received: Any = None, delay_ms: Any = None, pos: Any = None) -> None:
         r = self.report
         r.entries += 1
+        if self.retire and type(ts) is str:
+            ts = self._seconds.of(ts)   # a float holds a call longer for less (and is a time already)
         problem = _entry_problem(side, call_id, state, prev, event, move, code, grpc_status, detail, ts, cancel, sent,
                                  received, delay_ms)
         if problem is not None:
@@ -383,7 +409,7 @@ class Checker:
         sides = self.tracks[call_id]
         track = sides.get(side)
         if track is None:
-            track = sides[side] = SideTrack(first=(0, r.entries) if pos is None else pos)
+            track = sides[side] = SideTrack(first=r.entries if pos is None else pos)
             if track.first < self._side_first.setdefault(side, track.first):
                 self._side_first[side] = track.first
         track.where = where
@@ -426,7 +452,7 @@ class Checker:
              ts: float | str, sent: Any, received: Any, legal: bool, where: str) -> None:
         track.ended = True
         track.code = code
-        track.grpc_status = grpc_status
+        track.grpc_status = _STATUS_NAMES.get(grpc_status, grpc_status)   # one string for all calls
         track.end_ts = ts
         path_error = own_path_error(side, move, code) if legal else None
         if path_error:
@@ -440,34 +466,38 @@ class Checker:
         """Every side that logged the call has ended: it is due for judging once the log time has
         moved on (a late entry still finds its track until then)."""
         sides = self.tracks[call_id]
-        if all(t.ended for t in sides.values()):
-            if len(sides) == len(SIDES):
+        if _all_ended(sides):
+            if len(sides) == 2:   # both sides: none can come any more
                 self._both.append((self.horizon + LATE_S, call_id))
             else:
                 self._lone.append((self.horizon + ONE_SIDED_S, call_id))
 
     def _retire_due(self) -> None:
         """Judge and drop the calls due by the log time read (`now`)."""
-        for queue, both in ((self._both, True), (self._lone, False)):
-            while queue and queue[0][0] < self.now:
+        tracks, now = self.tracks, self.now
+        for queue, count in ((self._both, 2), (self._lone, 1)):
+            while queue and queue[0][0] < now:
                 call_id = queue.popleft()[1]
-                sides = self.tracks.get(call_id)
+                sides = tracks.get(call_id)
                 # not if another side came meanwhile (a lone side's call), or has not ended yet
-                if sides is not None and (len(sides) == len(SIDES)) == both and all(t.ended for t in sides.values()):
-                    del self.tracks[call_id]
+                if sides is not None and len(sides) == count and _all_ended(sides):
+                    del tracks[call_id]
                     self._judge(call_id, sides)
 
-    def _judge(self, call_id: str, sides: Mapping[str, SideTrack]) -> None:
+    def _judge(self, call_id: str, sides: dict[str, SideTrack]) -> None:
         """One call's end-of-run rules, as soon as it is retired (the rules that need the whole
         run, whether a side is logged at all, are settled in `finish`)."""
         r = self.report
         before = len(r.violations)
-        first = min(t.first for t in sides.values())
-        self._finish_call(call_id, dict(sorted(sides.items(), key=lambda kv: kv[1].first)), None)
-        self._keys += [(1, first)] * (len(r.violations) - before)
+        client, server = sides.get(CLIENT), sides.get(SERVER)
+        if client is not None and server is not None:   # the sides in the order they came in the input
+            sides = {SERVER: server, CLIENT: client} if server.first < client.first else {CLIENT: client, SERVER: server}
+        self._finish_call(call_id, sides, None)
+        if len(r.violations) > before:
+            self._keys += [(1, min(t.first for t in sides.values()))] * (len(r.violations) - before)
         self.judged += 1
-        self._no_client += CLIENT not in sides
-        r.both_sides += CLIENT in sides and SERVER in sides
+        self._no_client += client is None
+        r.both_sides += client is not None and server is not None
 
     def _finish_retired(self) -> None:
         """`finish` of a retiring checker: the calls still held, then every call's violations in
@@ -546,6 +576,13 @@ class Checker:
         else:   # reported apart: the handler kept working until its poll
             r.cancel_propagation_polled_ms.append(found.ms)
             r.cancel_poll_wait_ms.append(found.poll_wait_ms)
+
+
+def _all_ended(sides: dict[str, SideTrack]) -> bool:
+    for t in sides.values():
+        if not t.ended:
+            return False
+    return True
 
 
 def _unknown_to_server(client: SideTrack | None, server: SideTrack | None, have_server: bool) -> bool:
@@ -633,7 +670,7 @@ PIPE_RULES: tuple[Callable[[SideTrack, SideTrack], list[tuple[str, str]]], ...] 
 
 
 _OK_STATUS = codes.OK
-_STATUS_NAMES = frozenset(codes.GRPC_STATUS_VALUES)
+_STATUS_NAMES = {name: name for name in codes.GRPC_STATUS_VALUES}
 # How far apart two hosts' clocks may be: a server's dispatch outside its client's call by more
 # than this is not skew but a log that cannot be (or logs of different runs mixed up).
 CLOCK_SKEW_S = 300.0

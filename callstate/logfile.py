@@ -281,7 +281,7 @@ def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadPr
         checker.advance(first, last)
         name = names[index]
         for lineno, entry in chunk:
-            checker.add(entry, f"{name}{lineno}: ", (index, lineno))
+            checker.add(entry, f"{name}{lineno}: ", (index << 40) + lineno)   # one int: held per call
         entries += len(chunk)
         if progress is not None:
             progress(ReadProgress(sum(log.file.tell() for log in logs), total, entries, checker.judged,
