@@ -90,14 +90,17 @@ def test_a_late_entry_after_both_ends_is_still_judged_against_its_call(tmp_path:
     cli_entries += [entry(299, "client", "odd2", "Q", None, "call")]  # a bad entry, later than the server's
     cli_entries += client(300, "lost", 0)[:2]                          # never ended: not_ended
     srv_entries += [entry(300.5, "server", "odd", "Q", None, "dispatch")]  # a bad entry
+    cli_entries += client(301, "cut")[:2]   # both sides cut off: each side's not_ended, in the files' order
+    srv_entries += server(301, "cut")[:1]
     paths = write(tmp_path / "c.jsonl", cli_entries), write(tmp_path / "s.jsonl", srv_entries)
     monkeypatch.setattr(logfile, "CHUNK", 20)   # calls are retired as the reading goes, not only at the end
     for order in (paths, paths[::-1]):
         got, whole = check_files(order), one_after_another(order)
         assert [(v.kind, v.call_id) for v in got.violations] == [(v.kind, v.call_id) for v in whole.violations]
         assert {(v.kind, v.call_id) for v in got.violations} == {("after_end", "c5"), ("bad_entry", "odd"),
-                                                                 ("bad_entry", "odd2"), ("not_ended", "lost")}
-        assert got.calls == 201
+                                                                 ("bad_entry", "odd2"), ("not_ended", "lost"),
+                                                                 ("not_ended", "cut")}
+        assert got.calls == 202
         assert got.to_json() == whole.to_json() and got.summary() == whole.summary()
         assert list(got.by_side) == list(whole.by_side)   # the JSON's keys in the same order too
 
