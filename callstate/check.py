@@ -368,6 +368,9 @@ class Checker:
         self._no_client = 0                 # judged calls no client logged (server_only, if a client is logged)
         self._side_first: dict[str, Any] = {}
         self._seconds = _Seconds()
+        # retire: the calls judged and dropped, by their id's hash (8 bytes of it, not the call):
+        # an entry of one of them later on is a violation, as it was when every call was kept
+        self._retired: set[int] = set()
 
     def add(self, e: Mapping[str, Any], where: str = "", pos: Any = None) -> None:
         """One entry as read from a log file (a dict in the state-log format)."""
@@ -407,6 +410,11 @@ class Checker:
         assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
         sides = self.tracks[call_id]
+        if not sides and self._retired and hash(call_id) in self._retired:
+            r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after the call had "
+                                          f"ended on every side that logged it (judged {LATE_S:g} s after both Ends, "
+                                          f"{ONE_SIDED_S:g} s after a lone side's; its entries this far apart "
+                                          "cannot be one call's)"))
         track = sides.get(side)
         if track is None:
             track = sides[side] = SideTrack(first=r.entries if pos is None else pos)
@@ -482,6 +490,7 @@ class Checker:
                 # not if another side came meanwhile (a lone side's call), or has not ended yet
                 if sides is not None and len(sides) == count and _all_ended(sides):
                     del tracks[call_id]
+                    self._retired.add(hash(call_id))
                     self._judge(call_id, sides)
 
     def _judge(self, call_id: str, sides: dict[str, SideTrack]) -> None:

@@ -105,6 +105,34 @@ def test_a_late_entry_after_both_ends_is_still_judged_against_its_call(tmp_path:
         assert list(got.by_side) == list(whole.by_side)   # the JSON's keys in the same order too
 
 
+@pytest.mark.parametrize("late, sides", [
+    ("server", "client only"),   # cancelled before the server saw it; then the server's D 400 s later
+    ("client", "both"),          # a second client End 60 s after both Ends
+])
+def test_an_entry_of_a_call_long_judged_still_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             late: str, sides: str) -> None:
+    """Entries of one call further apart than the window a retiring checker keeps it: the call
+    was judged and dropped, but the late entry is still a violation (a log that fails when every
+    call is held must not pass)."""
+    cli_entries = client(0, "x", *((1818, "CANCELLED") if sides == "client only" else ()))
+    srv_entries = server(0, "x") if sides == "both" else []
+    for i in range(1, 500):   # log time moves on past the window: "x" is judged and dropped
+        cli_entries += client(i, f"f{i}")
+        srv_entries += server(i, f"f{i}")
+    if late == "server":
+        srv_entries += server(400, "x")
+    else:
+        cli_entries.append(entry(60, "client", "x", "End", "Comp", "completed", code=0, grpc_status="OK"))
+        cli_entries.sort(key=lambda e: e["ts"])
+    paths = write(tmp_path / "c.jsonl", cli_entries), write(tmp_path / "s.jsonl", srv_entries)
+    monkeypatch.setattr(logfile, "CHUNK", 20)
+    seen: list[ReadProgress] = []
+    got, whole = check_files(paths, progress=seen.append), one_after_another(paths)
+    assert not whole.ok and not got.ok, got.summary()
+    assert ("after_end", "x") in {(v.kind, v.call_id) for v in got.violations}, got.summary()
+    assert min(p.calls_held for p in seen[len(seen) // 2:]) < 100   # it was retired, not held to the end
+
+
 def one_after_another(paths: tuple[Path, ...]) -> CheckReport:
     """The checker as `check_files` ran it before: every call held, the files read in turn."""
     checker = Checker()
