@@ -13,6 +13,7 @@ call id. A side's entries for a call keep their order within a file.
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -65,7 +66,7 @@ class Violation:
     message: str
 
 
-@dataclass
+@dataclass(slots=True)
 class SideTrack:
     """One side's view of one call, as the log replays it."""
 
@@ -87,6 +88,7 @@ class SideTrack:
     poll_wait_ms: float | None = None  # server: its first cancel_seen came from a poll, this long after arrival
     breach: bool = False              # a pipe rule broken, as this side logged it
     where: str = ""                   # the file and line of this side's latest entry ("path:N: "), if read from one
+    first: Any = None                 # where its first entry is in the input (a retiring Checker orders by it)
 
 
 @dataclass
@@ -319,18 +321,73 @@ def _note_state(track: SideTrack, side: str, state: str, ts: float | str, cancel
         track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
 
 
-class Checker:
-    """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`."""
+class _Seconds:
+    """Times in the writer's own form (2026-01-02T03:04:05.678901Z) as the floats `parse_ts`
+    makes of them, to the last bit (whole microseconds over 10**6), the whole seconds parsed
+    once per second of log; any other form is kept as it is (`_ts` reads it when needed)."""
 
     def __init__(self) -> None:
+        self.us: dict[str, int] = {}
+
+    def of(self, ts: str) -> float | str:
+        if len(ts) != 27 or ts[19] != "." or ts[26] != "Z" or not ts[20:26].isdigit():
+            return ts
+        base = self.us.get(ts[:19])
+        if base is None:
+            if len(self.us) > 4096:
+                self.us.clear()
+            try:
+                base = self.us[ts[:19]] = int(parse_ts(ts[:19] + "Z")) * 1_000_000
+            except ValueError:
+                return ts
+        t = (base + int(ts[20:26])) / 1_000_000
+        return t if t else ts   # 0.0 would read as no time at all where the text does not
+
+
+class Checker:
+    """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`.
+
+    `retire`: judge a call and drop its tracks once every side that logged it has ended and
+    the log time read has moved on past that (`LATE_S` after both Ends; `ONE_SIDED_S` after a
+    lone side's End, as the other side may still come, up to the clock skew allowed later).
+    Memory then follows the calls in flight, not the log's length; the report comes out as a
+    reading of the inputs one after another would give it (`pos`: an entry's place in that
+    reading). The reader tells the log time with `advance`."""
+
+    def __init__(self, retire: bool = False) -> None:
         self.tracks: dict[str, dict[str, SideTrack]] = collections.defaultdict(dict)
         self.report = CheckReport()
+        self.retire = retire
+        self.judged = 0                     # calls already judged and dropped (retire)
+        self.now = -math.inf                # the log time read up to (retire: `advance`)
+        self.horizon = -math.inf            # the latest time of the entries being read
+        self._both: collections.deque[tuple[float, str]] = collections.deque()   # (when due, call id)
+        self._lone: collections.deque[tuple[float, str]] = collections.deque()
+        self._keys: list[tuple[int, Any]] = []   # retire: each violation's place in the one-after-another order
+        self._unknown: list[tuple[tuple[int, Any], Violation]] = []   # unknown_to_server, if a server is logged
+        self._no_client = 0                 # judged calls no client logged (server_only, if a client is logged)
+        self._side_first: dict[str, Any] = {}
+        self._seconds = _Seconds()
+        # retire: the calls judged and dropped, by their id's hash (8 bytes of it, not the call):
+        # an entry of one of them later on is a violation, as it was when every call was kept
+        self._retired: set[int] = set()
 
-    def add(self, e: Mapping[str, Any], where: str = "") -> None:
+    def add(self, e: Mapping[str, Any], where: str = "", pos: Any = None) -> None:
         """One entry as read from a log file (a dict in the state-log format)."""
+        if self.retire:
+            pos = self.report.entries + 1 if pos is None else pos
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
-                        e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"))
+                        e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"), pos)
+        if self.retire and len(self.report.violations) > len(self._keys):
+            self._keys += [(0, pos)] * (len(self.report.violations) - len(self._keys))
+
+    def advance(self, first: float, last: float) -> None:
+        """A retiring checker: the entries that come next are of times from `first` to `last` (a
+        file's next lines, in its order); the calls due before `first` are judged and dropped."""
+        self.now = max(self.now, first)
+        self.horizon = max(self.horizon, last)
+        self._retire_due()
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
@@ -340,9 +397,11 @@ class Checker:
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None,
-                   sent: Any = None, received: Any = None, delay_ms: Any = None) -> None:
+                   sent: Any = None, received: Any = None, delay_ms: Any = None, pos: Any = None) -> None:
         r = self.report
         r.entries += 1
+        if self.retire and type(ts) is str:
+            ts = self._seconds.of(ts)   # a float holds a call longer for less (and is a time already)
         problem = _entry_problem(side, call_id, state, prev, event, move, code, grpc_status, detail, ts, cancel, sent,
                                  received, delay_ms)
         if problem is not None:
@@ -350,7 +409,17 @@ class Checker:
             return
         assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
-        track = self.tracks[call_id].setdefault(side, SideTrack())
+        sides = self.tracks[call_id]
+        if not sides and self._retired and hash(call_id) in self._retired:
+            r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after the call had "
+                                          f"ended on every side that logged it (judged {LATE_S:g} s after both Ends, "
+                                          f"{ONE_SIDED_S:g} s after a lone side's; its entries this far apart "
+                                          "cannot be one call's)"))
+        track = sides.get(side)
+        if track is None:
+            track = sides[side] = SideTrack(first=r.entries if pos is None else pos)
+            if track.first < self._side_first.setdefault(side, track.first):
+                self._side_first[side] = track.first
         track.where = where
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
@@ -391,32 +460,93 @@ class Checker:
              ts: float | str, sent: Any, received: Any, legal: bool, where: str) -> None:
         track.ended = True
         track.code = code
-        track.grpc_status = grpc_status
+        track.grpc_status = _STATUS_NAMES.get(grpc_status, grpc_status)   # one string for all calls
         track.end_ts = ts
         path_error = own_path_error(side, move, code) if legal else None
         if path_error:
             self.report.violations.append(Violation("wrong_final_code", call_id, f"{where}{path_error}"))
         for kind, why in _end_violations(side, track, code, grpc_status, sent, received, bool(path_error)):
             self.report.violations.append(Violation(kind, call_id, f"{where}{why}"))
+        if self.retire:
+            self._schedule(call_id)
+
+    def _schedule(self, call_id: str) -> None:
+        """Every side that logged the call has ended: it is due for judging once the log time has
+        moved on (a late entry still finds its track until then)."""
+        sides = self.tracks[call_id]
+        if _all_ended(sides):
+            if len(sides) == 2:   # both sides: none can come any more
+                self._both.append((self.horizon + LATE_S, call_id))
+            else:
+                self._lone.append((self.horizon + ONE_SIDED_S, call_id))
+
+    def _retire_due(self) -> None:
+        """Judge and drop the calls due by the log time read (`now`)."""
+        tracks, now = self.tracks, self.now
+        for queue, count in ((self._both, 2), (self._lone, 1)):
+            while queue and queue[0][0] < now:
+                call_id = queue.popleft()[1]
+                sides = tracks.get(call_id)
+                # not if another side came meanwhile (a lone side's call), or has not ended yet
+                if sides is not None and len(sides) == count and _all_ended(sides):
+                    del tracks[call_id]
+                    self._retired.add(hash(call_id))
+                    self._judge(call_id, sides)
+
+    def _judge(self, call_id: str, sides: dict[str, SideTrack]) -> None:
+        """One call's end-of-run rules, as soon as it is retired (the rules that need the whole
+        run, whether a side is logged at all, are settled in `finish`)."""
+        r = self.report
+        before = len(r.violations)
+        client, server = sides.get(CLIENT), sides.get(SERVER)
+        if client is not None and server is not None:   # the sides in the order they came in the input
+            sides = {SERVER: server, CLIENT: client} if server.first < client.first else {CLIENT: client, SERVER: server}
+        self._finish_call(call_id, sides, None)
+        if len(r.violations) > before:
+            self._keys += [(1, min(t.first for t in sides.values()))] * (len(r.violations) - before)
+        self.judged += 1
+        self._no_client += client is None
+        r.both_sides += client is not None and server is not None
+
+    def _finish_retired(self) -> None:
+        """`finish` of a retiring checker: the calls still held, then every call's violations in
+        the order a reading of the inputs one after another gives them."""
+        r = self.report
+        for call_id, sides in self.tracks.items():
+            self._judge(call_id, sides)
+        self.tracks.clear()
+        if r.by_side.get(SERVER):
+            for key, v in self._unknown:
+                r.violations.append(v)
+                self._keys.append(key)
+        r.server_only = self._no_client if r.by_side.get(CLIENT) else 0
+        r.calls = self.judged
+        keys = self._keys
+        r.violations = [r.violations[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+        r.by_side = dict(sorted(r.by_side.items(), key=lambda kv: self._side_first[kv[0]]))
 
     def finish(self, server_in_flight: int | None = None, server_lost: str = "") -> CheckReport:
         r = self.report
-        have_server = any(SERVER in sides for sides in self.tracks.values())
-        have_client = any(CLIENT in sides for sides in self.tracks.values())
-        r.calls = len(self.tracks)
-        for call_id, sides in self.tracks.items():
-            self._finish_call(call_id, sides, have_server)
-            r.server_only += have_client and CLIENT not in sides
-            r.both_sides += CLIENT in sides and SERVER in sides
+        if self.retire:
+            self._finish_retired()
+        else:
+            have_server = any(SERVER in sides for sides in self.tracks.values())
+            have_client = any(CLIENT in sides for sides in self.tracks.values())
+            r.calls = len(self.tracks)
+            for call_id, sides in self.tracks.items():
+                self._finish_call(call_id, sides, have_server)
+                r.server_only += have_client and CLIENT not in sides
+                r.both_sides += CLIENT in sides and SERVER in sides
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:
             r.violations.append(Violation("server_lost", "-", server_lost))
         return r
 
-    def _finish_call(self, call_id: str, sides: Mapping[str, SideTrack], have_server: bool) -> None:
+    def _finish_call(self, call_id: str, sides: Mapping[str, SideTrack], have_server: bool | None) -> None:
         """One call's sides once every entry is in: End reached, its final code, its cancel
-        propagation, and the rules across its two sides."""
+        propagation, and the rules across its two sides (`have_server` None: not known yet, an
+        unknown_to_server is held until `finish` knows)."""
         r = self.report
         for side, t in sides.items():
             if not t.ended:
@@ -431,9 +561,13 @@ class Checker:
             for rule in CROSS_SIDE_RULES:
                 for kind, why in rule(client, server):
                     r.violations.append(Violation(kind, call_id, why))
-        elif _unknown_to_server(client, server, have_server):
+        elif _unknown_to_server(client, server, have_server is not False):
             assert client is not None
-            r.violations.append(Violation("unknown_to_server", call_id, f"{client.where}client completed with 0"))
+            v = Violation("unknown_to_server", call_id, f"{client.where}client completed with 0")
+            if have_server is None:
+                self._unknown.append(((1, client.first), v))
+            else:
+                r.violations.append(v)
         elif server is not None and (why := _server_breach_missing(server)):
             r.violations.append(Violation("pipe_breach_missing", call_id, why))
 
@@ -451,6 +585,13 @@ class Checker:
         else:   # reported apart: the handler kept working until its poll
             r.cancel_propagation_polled_ms.append(found.ms)
             r.cancel_poll_wait_ms.append(found.poll_wait_ms)
+
+
+def _all_ended(sides: dict[str, SideTrack]) -> bool:
+    for t in sides.values():
+        if not t.ended:
+            return False
+    return True
 
 
 def _unknown_to_server(client: SideTrack | None, server: SideTrack | None, have_server: bool) -> bool:
@@ -538,10 +679,16 @@ PIPE_RULES: tuple[Callable[[SideTrack, SideTrack], list[tuple[str, str]]], ...] 
 
 
 _OK_STATUS = codes.OK
-_STATUS_NAMES = frozenset(codes.GRPC_STATUS_VALUES)
+_STATUS_NAMES = {name: name for name in codes.GRPC_STATUS_VALUES}
 # How far apart two hosts' clocks may be: a server's dispatch outside its client's call by more
 # than this is not skew but a log that cannot be (or logs of different runs mixed up).
 CLOCK_SKEW_S = 300.0
+# A retiring Checker keeps a call this long in log time after both sides' Ends, so that a late
+# entry (a second End, an event after End) is still judged against its track; a call one side
+# only has logged, until the other side cannot come any more without breaking the clock skew
+# allowed (a server's dispatch later than that is judged as a call of its own).
+LATE_S = 10.0
+ONE_SIDED_S = CLOCK_SKEW_S + LATE_S
 
 
 def _end_violations(side: str, track: SideTrack, code: Any, grpc_status: Any, sent: Any, received: Any,

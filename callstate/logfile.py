@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import atexit
 import collections
+import heapq
+import itertools
+import math
 import os
 import stat
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from callstate.check import Checker, CheckReport
-from callstate.statelog import Entry, LogFormatError, format_line, parse_log
+from callstate.statelog import Entry, LogFormatError, format_line, parse_log, parse_ts
 
 # Entries formatted per hold of the GIL by the writer thread (~0.3 ms of work).
 DRAIN_CHUNK = 256
@@ -153,13 +157,144 @@ def read_log(path: str | Path, warn: Callable[[str], None] | None = None) -> Ite
         yield from parse_log(f, str(path), warn)
 
 
+# Lines of a log `check_files` reads at a time (and then tells its `progress` how far it is).
+CHUNK = 1024
+
+
+@dataclass
+class ReadProgress:
+    """How far `check_files` is: bytes of the logs read (of their size at the start), entries
+    read, calls judged and dropped, calls still held."""
+
+    bytes_read: int
+    bytes_total: int
+    entries: int
+    calls_judged: int
+    calls_held: int
+
+
+class _Log:
+    """One log being read for `check_files`: its entries with their times, for the merge."""
+
+    def __init__(self, index: int, path: str | Path, warn: Callable[[str], None] | None) -> None:
+        st = os.stat(path)   # as read_log: only a regular file
+        if not stat.S_ISREG(st.st_mode):
+            raise LogFormatError(f"{path}: not a regular file")
+        self.index, self.size, self.name = index, st.st_size, str(path)
+        self.warnings: list[str] = []   # told in the order of the files, once read (the merge interleaves them)
+        self.file = open(path, "rb")
+        self.lines = parse_log(self.file, str(path), None if warn is None else self.warnings.append)
+
+    def chunks(self) -> Iterator[tuple[float, int, float, list[tuple[int, dict[str, Any]]]]]:
+        """The log's lines CHUNK at a time: (time of the first, file index, time of the last, lines);
+        an entry without a time takes the one before it."""
+        at, times = -math.inf, _Times()
+        try:
+            while chunk := list(itertools.islice(self.lines, CHUNK)):
+                first = at = times.of(chunk[0][1].get("ts"), at)
+                last = at = times.of(chunk[-1][1].get("ts"), at)
+                yield first, self.index, max(first, last), chunk
+        except (OSError, LogFormatError) as exc:
+            exc.log_index = self.index   # type: ignore[union-attr]   # which file: for _first_error
+            raise
+
+    def drain(self) -> None:
+        """Read the rest (for its first error, if any)."""
+        for _ in self.lines:
+            pass
+
+
+class _Times:
+    """Log times as floats, fast for the writer's own form (2026-01-02T03:04:05.678901Z: the
+    whole seconds parsed once per second of log)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def of(self, ts: Any, default: float) -> float:
+        if type(ts) is float:
+            return ts
+        if type(ts) is not str:
+            return default
+        if len(ts) == 27 and ts[19] == "." and ts[26] == "Z":
+            base = self.seconds.get(ts[:19])
+            if base is None:
+                if len(self.seconds) > 4096:
+                    self.seconds.clear()
+                base = self.seconds[ts[:19]] = _parsed(ts[:19] + "Z", default)
+            try:
+                return base + float(ts[19:26])
+            except ValueError:
+                return default
+        return _parsed(ts, default)
+
+
+def _parsed(ts: str, default: float) -> float:
+    try:
+        return parse_ts(ts)
+    except ValueError:
+        return default
+
+
 def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None,
-                warn: Callable[[str], None] | None = None) -> CheckReport:
+                warn: Callable[[str], None] | None = None,
+                progress: Callable[[ReadProgress], None] | None = None) -> CheckReport:
     """The checker's verdict on state log files. `warn`: told about a last line cut short, which
-    is then skipped (else it is an error)."""
-    checker = Checker()
-    for path in paths:
-        checker.report.files.append(str(path))
-        for lineno, entry in read_log(path, warn):
-            checker.add(entry, f"{path}:{lineno}: ")
+    is then skipped (else it is an error). `progress`: told how far, every CHUNK entries.
+
+    The files are read together, merged by time, so that both sides of a call come close
+    together and the checker judges and drops each call soon after it has ended (memory follows
+    the calls in flight, not the logs' length); the report, errors and warnings are those of
+    reading the files one after another."""
+    checker = Checker(retire=True)
+    logs: list[_Log] = []
+    try:
+        for path in paths:
+            checker.report.files.append(str(path))
+            logs.append(_Log(len(logs), path, warn))
+        _check_merged(checker, logs, progress)
+    except (OSError, LogFormatError) as exc:
+        first, failed = _first_error(logs, exc)
+        _tell(logs[:failed + 1], warn)   # the files after it were never reached
+        raise first from None
+    finally:
+        for log in logs:
+            log.file.close()
+    _tell(logs, warn)
     return checker.finish(server_in_flight)
+
+
+def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> None:
+    for log in logs:
+        for text in log.warnings:
+            warn(text)   # type: ignore[misc]   # warnings are only gathered with a warn
+
+
+def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadProgress], None] | None) -> None:
+    """The logs' lines a chunk at a time, the chunk that starts earliest first: both sides of a
+    call come close together (the checker orders what it reports as a reading one file after
+    another would)."""
+    names = [f"{log.name}:" for log in logs]
+    total = sum(log.size for log in logs)
+    entries = 0
+    for first, index, last, chunk in heapq.merge(*[log.chunks() for log in logs]):
+        checker.advance(first, last)
+        name = names[index]
+        for lineno, entry in chunk:
+            checker.add(entry, f"{name}{lineno}: ", (index << 40) + lineno)   # one int: held per call
+        entries += len(chunk)
+        if progress is not None:
+            progress(ReadProgress(sum(log.file.tell() for log in logs), total, entries, checker.judged,
+                                  len(checker.tracks)))
+
+
+def _first_error(logs: list[_Log], exc: Exception) -> tuple[Exception, int]:
+    """The error a reading of the files one after another would have met first, and its file's
+    index: that of an earlier file, else `exc`."""
+    failed = getattr(exc, "log_index", len(logs))   # none: opening the next file failed
+    for log in logs[:failed]:
+        try:
+            log.drain()
+        except (OSError, LogFormatError) as earlier:
+            return earlier, log.index
+    return exc, failed
