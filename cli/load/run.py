@@ -95,6 +95,20 @@ class LoadConfig:
     no_script: bool = False   # --method --no-script: no script header, the server decides each outcome
 
 
+# Without the HTML report the run's checker retires each call some seconds after both sides
+# ended (see Checker), so a soak's memory follows the calls in flight, not its length. The
+# server's entries come later than the client's (the journal stream): they may trail by this much.
+STREAM_LAG_S = 5.0
+ADVANCE_EVERY_S = 0.5   # between two looks at what can be retired (the log time a call's End is due by)
+
+
+def _stream_time(ts: str, before: float) -> float:
+    try:
+        return max(before, parse_ts(ts))
+    except ValueError:
+        return before
+
+
 class _Sink:
     """Client entries go straight to the checker (through the report builder when there is
     one), to a log file when asked, and to the live view."""
@@ -104,11 +118,17 @@ class _Sink:
     def __init__(self, checker: Checker | None, log: StateLog | None, builder: ReportBuilder | None = None,
                  spool: StateLog | None = None, live: LiveStats | None = None) -> None:
         self._checker, self._log, self._builder, self._spool, self._live = checker, log, builder, spool, live
+        self._next_advance = -math.inf
+        self.server_time = -math.inf   # the time of the latest server entry the journal stream brought
 
     def append(self, e: Entry) -> None:
         if self._builder is not None:
             self._builder.add_entry(e)
         elif self._checker is not None:
+            if e.t >= self._next_advance:   # the calls ended long enough ago are judged and let go
+                # only as far as the server's stream has come: a stream that lags keeps its calls
+                self._checker.advance(min(e.t, self.server_time) - STREAM_LAG_S, e.t)
+                self._next_advance = e.t + ADVANCE_EVERY_S
             self._checker.add_entry(e)
         if self._log is not None:
             self._log.append(e)
@@ -129,7 +149,7 @@ class LoadRun:
         self.delay_rng = random.Random(None if config.seed is None else f"{config.seed}-cancel-delays")
         # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
         self.builder = ReportBuilder() if config.collect_report else None
-        self.checker = (self.builder.checker if self.builder else Checker()) if config.verify else None
+        self.checker = (self.builder.checker if self.builder else Checker(retire=True)) if config.verify else None
         self.log = _state_log(config.log_file) if config.log_file else None
         # Both sides' entries are spooled to disk for the report (it reads back the few
         # example calls' histories at the end), so a long run keeps no entries in memory.
@@ -449,6 +469,8 @@ class LoadRun:
                     self._server_entry(d, checker)
                     if self.propagation is not None:
                         self.propagation.server(e)
+            if batch.entries:   # how far the server's entries have come (the checker retires calls up to there)
+                self.sink.server_time = _stream_time(batch.entries[-1].ts, self.sink.server_time)
 
     async def run(self) -> dict[str, Any]:
         channel = self.cfg.settings.aio_channel(self.cfg.target)

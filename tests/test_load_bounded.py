@@ -1,0 +1,70 @@
+"""`callstate load` on a soak: its checker judges and lets go of each call some seconds after
+both sides ended, so the load's memory follows the calls in flight, not the run's length.
+
+The windows are shrunk here (seconds instead of 10 s and 310 s of log time) so that a run of a
+few seconds shows what an hour-long one does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import callstate.check as check
+import callstate.cli.load.run as load_run
+from callstate.check import Checker
+from callstate.cli import main
+from callstate.statelog import Entry
+from tests.conftest import start_server
+
+
+def test_a_load_run_judges_its_calls_as_it_goes_and_still_checks_every_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(check, "LATE_S", 0.3)
+    monkeypatch.setattr(check, "ONE_SIDED_S", 1.0)
+    monkeypatch.setattr(load_run, "STREAM_LAG_S", 0.2)
+    monkeypatch.setattr(load_run, "ADVANCE_EVERY_S", 0.05)
+    seen: list[tuple[int, int]] = []   # (calls held, calls judged) at each look
+    advance = Checker.advance
+
+    def spy(self: Checker, first: float, last: float) -> None:
+        advance(self, first, last)
+        seen.append((len(self.tracks), self.judged))
+    monkeypatch.setattr(Checker, "advance", spy)
+    srv = start_server(tmp_path)
+    try:
+        rc = main(["load", "--target", srv.target, "--calls", "1500", "--rate", "300", "--progress", "never",
+                   "--hold-for", "0.2", "--seed", "5"])
+    finally:
+        srv.stop()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "check: OK — 1500 calls, every invariant holds on both sides" in out, out
+    assert seen, "the run's checker was never told the time: nothing could be let go"
+    assert max(judged for _, judged in seen) >= 700, seen[-5:]   # judged while the run went, not at its end
+    # at 300 calls/s, the calls of about the last 1.5 s (both sides' window, the stream's lag, the
+    # lone side's window) and those in flight; 1,500 if nothing were let go
+    assert max(held for held, _ in seen) < 900, max(seen)
+
+
+
+def test_calls_are_let_go_only_as_far_as_the_servers_stream_has_come() -> None:
+    """A call judged by the client's clock alone could be judged before its server entries came
+    through a lagging journal stream, and each of those would then be a false after_end: the
+    load's sink lets calls go only up to the time of the server's latest streamed entry."""
+    checker = Checker(retire=True)
+    sink = load_run._Sink(checker, None)
+    t0 = 1_780_000_000.0
+
+    def client_call(t: float, call_id: str) -> None:
+        for dt, state, prev, move in ((0, "C", None, "call"), (0.001, "WComp", "C", "started"),
+                                      (0.004, "Comp", "WComp", "complete"), (0.005, "End", "Comp", "completed")):
+            sink.append(Entry(t0 + t + dt, "client", call_id, state, prev, "enter", move,
+                              *((1818, "CANCELLED") if state == "End" else (None, None))))
+    client_call(0, "first")   # the server never saw it (cancelled before it was sent, say)
+    for i in range(1, 400):   # 400 s of the client's entries; the server's stream has brought none
+        client_call(i, f"later-{i}")
+    assert "first" in checker.tracks and checker.judged == 0
+    sink.server_time = t0 + 399   # the stream caught up: the calls due by then are let go
+    client_call(400, "last")
+    assert "first" not in checker.tracks and checker.judged > 0
