@@ -169,7 +169,8 @@ class LoadRun:
         self._client_spool = client_spool
         self.live = (LiveStats(CLIENT, total=config.calls, duration=config.duration, owner_counts_cancels=True)
                      if config.view else None)
-        self.sink = _Sink(self.checker, self.log, self.builder, client_spool, self.live)
+        self.sink: Any = _Sink(self.checker, self.log, self.builder, client_spool, self.live)
+        self._entries = self.sink   # the sink itself, whatever observes it (--metrics wraps it)
         self.metrics: Any = None       # the /metrics endpoint (its .url), when metrics are on
         self.propagation: Any = None   # client Can -> server cancel_seen, for the metrics
         if config.metrics_port is not None:
@@ -470,7 +471,7 @@ class LoadRun:
                     if self.propagation is not None:
                         self.propagation.server(e)
             if batch.entries:   # how far the server's entries have come (the checker retires calls up to there)
-                self.sink.server_time = _stream_time(batch.entries[-1].ts, self.sink.server_time)
+                self._entries.server_time = _stream_time(batch.entries[-1].ts, self._entries.server_time)
 
     async def run(self) -> dict[str, Any]:
         channel = self.cfg.settings.aio_channel(self.cfg.target)
