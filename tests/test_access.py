@@ -379,7 +379,7 @@ def test_the_library_takes_the_same_options_in_process(tls: TlsFiles) -> None:
 def test_the_locked_down_compose_files_are_valid(tmp_path: Path) -> None:
     compose = shutil.which("docker-compose")
     if compose is None:
-        pytest.skip("docker-compose is not installed (tools/system-deps.sh does not need it; the container test does)")
+        pytest.skip("docker-compose is not installed (tools/system-deps.sh installs it as root)")
     files = ["docker-compose.yml", "docker-compose.override.yml", "docker-compose.secure.yml"]
     done = subprocess.run([compose, *[a for f in files for a in ("-f", str(ROOT / f))], "config"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,

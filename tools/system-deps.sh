@@ -42,6 +42,7 @@ need nginx nginx "callstate conformance is tested through a real nginx (grpc_pas
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"
 need stress-ng stress-ng "tools/flake.sh runs the suite while stress-ng keeps every core busy"
 need npm npm "grpc-js and buf curl, clients that know nothing of callstate, are installed with npm"
+need docker-compose docker-compose "the compose files and their profiles are validated with docker-compose config (no docker daemon needed)"
 
 # grpc-js and buf, clients that know nothing of callstate, for the stand-in's tests (pinned in
 # tests/js/package.json and package-lock.json; installed into tests/js/node_modules, git-ignored)
