@@ -24,7 +24,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOS
                                  UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
 from callstate.propagation import cancel_propagation
-from callstate.statelog import Entry, logged_time, parse_ts
+from callstate.statelog import Entry, TimeReader, logged_time, parse_ts
 
 KINDS = {
     "bad_entry": "an entry with an unknown side or state, or a field of the wrong type",
@@ -321,29 +321,6 @@ def _note_state(track: SideTrack, side: str, state: str, ts: float | str, cancel
         track.abortive_cancel = track.abortive_cancel or cancel_kind_of(cancel, detail) == ABORTIVE
 
 
-class _Seconds:
-    """Times in the writer's own form (2026-01-02T03:04:05.678901Z) as the floats `parse_ts`
-    makes of them, to the last bit (whole microseconds over 10**6), the whole seconds parsed
-    once per second of log; any other form is kept as it is (`_ts` reads it when needed)."""
-
-    def __init__(self) -> None:
-        self.us: dict[str, int] = {}
-
-    def of(self, ts: str) -> float | str:
-        if len(ts) != 27 or ts[19] != "." or ts[26] != "Z" or not ts[20:26].isdigit():
-            return ts
-        base = self.us.get(ts[:19])
-        if base is None:
-            if len(self.us) > 4096:
-                self.us.clear()
-            try:
-                base = self.us[ts[:19]] = int(parse_ts(ts[:19] + "Z")) * 1_000_000
-            except ValueError:
-                return ts
-        t = (base + int(ts[20:26])) / 1_000_000
-        return t if t else ts   # 0.0 would read as no time at all where the text does not
-
-
 class Checker:
     """Feed entries (dicts in the state-log format of docs/model.md), then `finish()`.
 
@@ -367,7 +344,7 @@ class Checker:
         self._unknown: list[tuple[tuple[int, Any], Violation]] = []   # unknown_to_server, if a server is logged
         self._no_client = 0                 # judged calls no client logged (server_only, if a client is logged)
         self._side_first: dict[str, Any] = {}
-        self._seconds = _Seconds()
+        self._times = TimeReader()
         # retire: the calls judged and dropped, by their id's hash (8 bytes of it, not the call):
         # an entry of one of them later on is a violation, as it was when every call was kept
         self._retired: set[int] = set()
@@ -401,7 +378,7 @@ class Checker:
         r = self.report
         r.entries += 1
         if self.retire and type(ts) is str:
-            ts = self._seconds.of(ts)   # a float holds a call longer for less (and is a time already)
+            ts = self._times.exact(ts)   # a float holds a call longer for less (and is a time already)
         problem = _entry_problem(side, call_id, state, prev, event, move, code, grpc_status, detail, ts, cancel, sent,
                                  received, delay_ms)
         if problem is not None:

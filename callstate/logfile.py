@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from callstate.check import Checker, CheckReport
-from callstate.statelog import Entry, LogFormatError, format_line, parse_log, parse_ts
+from callstate.statelog import Entry, LogFormatError, TimeReader, format_line, parse_log
 
 # Entries formatted per hold of the GIL by the writer thread (~0.3 ms of work).
 DRAIN_CHUNK = 256
@@ -188,11 +188,11 @@ class _Log:
     def chunks(self) -> Iterator[tuple[float, int, float, list[tuple[int, dict[str, Any]]]]]:
         """The log's lines CHUNK at a time: (time of the first, file index, time of the last, lines);
         an entry without a time takes the one before it."""
-        at, times = -math.inf, _Times()
+        at, times = -math.inf, TimeReader()
         try:
             while chunk := list(itertools.islice(self.lines, CHUNK)):
-                first = at = times.of(chunk[0][1].get("ts"), at)
-                last = at = times.of(chunk[-1][1].get("ts"), at)
+                first = at = times.read(chunk[0][1].get("ts"), at)
+                last = at = times.read(chunk[-1][1].get("ts"), at)
                 yield first, self.index, max(first, last), chunk
         except (OSError, LogFormatError) as exc:
             exc.log_index = self.index   # type: ignore[union-attr]   # which file: for _first_error
@@ -202,38 +202,6 @@ class _Log:
         """Read the rest (for its first error, if any)."""
         for _ in self.lines:
             pass
-
-
-class _Times:
-    """Log times as floats, fast for the writer's own form (2026-01-02T03:04:05.678901Z: the
-    whole seconds parsed once per second of log)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def of(self, ts: Any, default: float) -> float:
-        if type(ts) is float:
-            return ts
-        if type(ts) is not str:
-            return default
-        if len(ts) == 27 and ts[19] == "." and ts[26] == "Z":
-            base = self.seconds.get(ts[:19])
-            if base is None:
-                if len(self.seconds) > 4096:
-                    self.seconds.clear()
-                base = self.seconds[ts[:19]] = _parsed(ts[:19] + "Z", default)
-            try:
-                return base + float(ts[19:26])
-            except ValueError:
-                return default
-        return _parsed(ts, default)
-
-
-def _parsed(ts: str, default: float) -> float:
-    try:
-        return parse_ts(ts)
-    except ValueError:
-        return default
 
 
 def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None,

@@ -69,6 +69,47 @@ def parse_ts(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+def parse_ts_or(value: str, default: float) -> float:
+    """`parse_ts`, or `default` for text that is not such a time."""
+    try:
+        return parse_ts(value)
+    except ValueError:
+        return default
+
+
+class TimeReader:
+    """Log times read back many at a time (a checker, a merge of logs): the writer's own form
+    (2026-01-02T03:04:05.678901Z) as the float `parse_ts` makes of it, to the last bit (whole
+    microseconds over 10**6), its whole seconds parsed once per second of log."""
+
+    def __init__(self) -> None:
+        self._us: dict[str, int] = {}
+
+    def exact(self, ts: str) -> float | str:
+        """`ts` as a float when it is in the writer's form; any other text as it is."""
+        if len(ts) != 27 or ts[19] != "." or ts[26] != "Z" or not ts[20:26].isdigit():
+            return ts
+        base = self._us.get(ts[:19])
+        if base is None:
+            if len(self._us) > 4096:
+                self._us.clear()
+            try:
+                base = self._us[ts[:19]] = int(parse_ts(ts[:19] + "Z")) * 1_000_000
+            except ValueError:
+                return ts
+        t = (base + int(ts[20:26])) / 1_000_000
+        return t if t else ts   # 0.0 would read as no time at all where the text does not
+
+    def read(self, ts: Any, default: float) -> float:
+        """Any entry's `ts` as a float: a float as it is, text parsed; `default` for what is neither."""
+        if type(ts) is float:
+            return ts
+        if type(ts) is not str:
+            return default
+        t = self.exact(ts)
+        return t if type(t) is float else parse_ts_or(t, default)
+
+
 # -- the three forms of an entry: in memory (Entry), JSON (dict / line), wire (pb.StateEntry) ----
 # Every conversion lives here; a unit test holds them equal to each other.
 

@@ -172,3 +172,18 @@ def test_of_two_bad_logs_the_error_is_the_first_files_as_before(tmp_path: Path, 
         check_files([first, second])
     with pytest.raises(LogFormatError, match=r"b\.jsonl:1"):
         check_files([second, first])
+
+
+def test_log_times_are_read_as_parse_ts_reads_them() -> None:
+    """The checker and the merge read the writer's times through one cached reader: to the last
+    bit what parse_ts gives (a figure reads the same as before), other text parsed, the rest the default."""
+    from random import Random
+
+    from callstate.statelog import TimeReader, parse_ts
+    reader, rng = TimeReader(), Random(3)
+    for _ in range(20_000):
+        text = format_ts(rng.uniform(1.5e9, 2e9))
+        assert reader.exact(text) == reader.read(text, 0.0) == parse_ts(text), text
+    assert reader.exact("2026-01-02T03:04:05+00:00") == "2026-01-02T03:04:05+00:00"   # not the writer's form
+    assert reader.read("2026-01-02T03:04:05+00:00", -1.0) == parse_ts("2026-01-02T03:04:05+00:00")
+    assert reader.read("yesterday", -1.0) == -1.0 and reader.read(None, -2.0) == -2.0 and reader.read(5.5, 0) == 5.5

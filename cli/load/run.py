@@ -41,7 +41,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, DISPATCH, E
                                  LifecycleError,
                                  SERVER, C)
 from callstate.scenario import Plan, Scenario, pipe_cancel, pipe_script
-from callstate.statelog import Entry, parse_ts, proto_to_dict
+from callstate.statelog import Entry, parse_ts, parse_ts_or, proto_to_dict
 from callstate.logfile import StateLog
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
@@ -100,13 +100,6 @@ class LoadConfig:
 # server's entries come later than the client's (the journal stream): they may trail by this much.
 STREAM_LAG_S = 5.0
 ADVANCE_EVERY_S = 0.5   # between two looks at what can be retired (the log time a call's End is due by)
-
-
-def _stream_time(ts: str, before: float) -> float:
-    try:
-        return max(before, parse_ts(ts))
-    except ValueError:
-        return before
 
 
 class _Sink:
@@ -471,7 +464,8 @@ class LoadRun:
                     if self.propagation is not None:
                         self.propagation.server(e)
             if batch.entries:   # how far the server's entries have come (the checker retires calls up to there)
-                self._entries.server_time = _stream_time(batch.entries[-1].ts, self._entries.server_time)
+                self._entries.server_time = max(self._entries.server_time,
+                                                parse_ts_or(batch.entries[-1].ts, -math.inf))
 
     async def run(self) -> dict[str, Any]:
         channel = self.cfg.settings.aio_channel(self.cfg.target)
