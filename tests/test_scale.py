@@ -72,7 +72,7 @@ def test_every_cancel_notice_reaches_its_replica_through_nginx(tmp_path: Path, r
         # (a notice on its own RPC, routed by the call id it carries), 20% abortively
         run = cli("load", "--target", nginx.target, "--calls", "600", "--concurrency", "24",
                   "--mix", "complete=40,abort=10,hold=50", "--cancel", "abortive=20,non-abortive=30",
-                  "--hold-for", "5", "--log-file", str(client_log), "--no-verify", "--progress", "never",
+                  "--hold-for", "1", "--log-file", str(client_log), "--no-verify", "--progress", "never",
                   "--seed", "17", timeout=240)
         assert run.returncode == 0, run.stdout + run.stderr
     finally:
