@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from callstate.rules import RulesError, parse_rules
+from callstate.schema import Schema, SchemaError
 from tests.conftest import ROOT
 
 SHOP = ROOT / "tests" / "protos"
@@ -32,3 +34,48 @@ def test_call_no_script_refuses_the_script_options_it_would_drop(method: str, ex
     err = capsys.readouterr().err.strip()
     assert err == (f"callstate call: error: {named}: with --no-script no script is sent, the server decides "
                    "the call's outcome (see callstate call --help)"), err
+
+
+def _many_methods(count: int) -> Schema:
+    """A schema as generated code often is: one service of `count` methods in a long package."""
+    from google.protobuf import descriptor_pb2
+
+    file = descriptor_pb2.FileDescriptorProto(name="big/v1beta1/big.proto", package=BIG_PACKAGE, syntax="proto3")
+    file.message_type.add(name="M")
+    service = file.service.add(name="Big")
+    for i in range(count):
+        service.method.add(name=f"Method{i}", input_type=f".{BIG_PACKAGE}.M", output_type=f".{BIG_PACKAGE}.M")
+    return Schema(descriptor_pb2.FileDescriptorSet(file=[file]))
+
+
+BIG_PACKAGE = "com.megacorp.platform.bigservice.internal.generated.v1beta1"
+BIG = f"{BIG_PACKAGE}.Big"
+
+
+@pytest.mark.parametrize("wanted, meant", [
+    (f"{BIG}/Methd17", f"{BIG}/Method17"),              # a typo
+    (f"{BIG}/method17", f"{BIG}/Method17"),             # another case
+    ("Big/Method17", f"{BIG}/Method17"),                # the package left out
+    ("Big.Method17", f"{BIG}/Method17"),                # ... as grpcurl writes it
+    ("Method17", f"{BIG}/Method17")])                   # the method alone
+def test_a_near_miss_method_name_says_which_was_meant_in_a_line_of_bounded_length(wanted: str, meant: str) -> None:
+    """Before: `call --method` (and load, Locust, the library) on a schema of 400 methods printed
+    the 400 names, 30 KB on one line, and nothing said which of them was meant."""
+    schema = _many_methods(400)
+    with pytest.raises(SchemaError) as err:
+        schema.method(wanted)
+    line = str(err.value)
+    assert line.startswith(f"unknown method {wanted!r} (did you mean {meant}?); the schema has: {BIG}/Method0, "), line
+    assert line.endswith(", ... (380 more)") and len(line) < 2000, line
+    with pytest.raises(RulesError) as rules_err:
+        parse_rules(f"rules:\n  - method: {wanted}\n", schema, source="r.yaml")
+    assert str(rules_err.value).startswith(f"r.yaml:2: rules[0].method: no method of the schema matches {wanted!r} "
+                                           f"(did you mean {meant}?); the schema has: "), rules_err.value
+    assert str(rules_err.value).endswith(", ... (380 more)")
+
+
+def test_a_name_far_from_every_method_lists_them_all_when_they_are_few() -> None:
+    with pytest.raises(SchemaError) as err:
+        _many_methods(3).method("acme.v1.Orders/Create")
+    assert str(err.value) == (f"unknown method 'acme.v1.Orders/Create'; the schema has: {BIG}/Method0, {BIG}/Method1, "
+                              f"{BIG}/Method2")
