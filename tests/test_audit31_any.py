@@ -6,6 +6,8 @@ The tests whose docstring starts "Before:" failed before their fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from callstate.rules import RulesError, parse_rules
@@ -79,3 +81,28 @@ def test_a_name_far_from_every_method_lists_them_all_when_they_are_few() -> None
         _many_methods(3).method("acme.v1.Orders/Create")
     assert str(err.value) == (f"unknown method 'acme.v1.Orders/Create'; the schema has: {BIG}/Method0, {BIG}/Method1, "
                               f"{BIG}/Method2")
+
+
+
+def test_the_standin_fixtures_calls_refuse_a_method_the_schema_lacks(tmp_path: Path) -> None:
+    """Before: `callstate_standin.calls(method="shop.v1.Shop/Chrge")` (a typo) found no call and
+    returned [], so a test asserting "no Charge was made" passed whatever was called."""
+    import grpc
+
+    from callstate.pytest_plugin.standin import start_standin
+
+    srv = start_standin(tmp_path / "standin.jsonl", protos=["shop/v1/shop.proto"], proto_path=[str(SHOP)],
+                        descriptor_set=None, rules=None, config={"mix": "complete=100"})
+    try:
+        charge = srv.schema.method(CHARGE)
+        with grpc.insecure_channel(srv.target) as channel:
+            channel.unary_unary(charge.path, request_serializer=charge.request.SerializeToString,
+                                response_deserializer=charge.response.FromString)(charge.request(), timeout=10)
+        with pytest.raises(SchemaError, match=r"^unknown method 'shop.v1.Shop/Chrge' \(did you mean shop.v1.Shop/Charge\?\)"):
+            srv.calls(method="shop.v1.Shop/Chrge")
+        # the schema's name, grpcurl's form, a pattern, and the server's own (no call of it)
+        found = {name: len(srv.calls(method=name))
+                 for name in (CHARGE, "shop.v1.Shop.Charge", "shop.v1.*", "callstate.v1.Emulator/Call")}
+        assert found == {CHARGE: 1, "shop.v1.Shop.Charge": 1, "shop.v1.*": 1, "callstate.v1.Emulator/Call": 0}, found
+    finally:
+        srv.stop()

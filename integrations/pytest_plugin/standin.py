@@ -21,6 +21,7 @@ import grpc
 from callstate.pytest_plugin.servers import CONNECT_TIMEOUT, ServerUnavailable, ThreadServer, emulator_config
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import OWN_SERVICE_PREFIXES
 
 MARKER = "callstate_standin"
 _schemas: dict[tuple[Any, ...], Any] = {}   # compiled once per session per set of files
@@ -33,6 +34,11 @@ class StandinServer(ThreadServer):
     schema: Any = None
 
     def calls(self, method: str = "", rule: str = "", limit: int = 1000) -> list[pb.CallSummary]:
+        """The journal's calls of a method (`*` matches any part) and a rule. A method named
+        without `*` must be one the server serves (a SchemaError names the nearest): a typo
+        would find no call, and an assertion that there was none would pass."""
+        if method and "*" not in method and not method.lstrip("/").startswith(OWN_SERVICE_PREFIXES):
+            self.schema.method(method)
         with grpc.insecure_channel(self.target) as channel:
             reply = pb_grpc.JournalStub(channel).ListCalls(pb.ListCallsRequest(method=method, rule=rule, limit=limit),
                                                           timeout=CONNECT_TIMEOUT)
