@@ -106,3 +106,52 @@ def test_the_standin_fixtures_calls_refuse_a_method_the_schema_lacks(tmp_path: P
         assert found == {CHARGE: 1, "shop.v1.Shop.Charge": 1, "shop.v1.*": 1, "callstate.v1.Emulator/Call": 0}, found
     finally:
         srv.stop()
+
+
+ORDERS_PROTO = """\
+syntax = "proto3";
+package acme.orders.v1;
+import "google/protobuf/struct.proto";
+message Line { string sku = 1; uint32 quantity = 2; }
+message CreateOrderRequest {
+  map<string, string> labels = 1;
+  map<string, Line> lines_by_sku = 2;
+  google.protobuf.Struct attributes = 3;
+}
+message Order { string id = 1; }
+service Orders { rpc CreateOrder(CreateOrderRequest) returns (Order); }
+"""
+CREATE = "acme.orders.v1.Orders/CreateOrder"
+
+
+@pytest.fixture(scope="module")
+def orders(tmp_path_factory: pytest.TempPathFactory) -> Schema:
+    from callstate.schema import from_protos
+
+    folder = tmp_path_factory.mktemp("orders")
+    (folder / "orders.proto").write_text(ORDERS_PROTO)
+    return from_protos([folder / "orders.proto"])
+
+
+@pytest.mark.parametrize("pattern, sent, matches", [
+    ({"labels": {"tier": "gold"}}, {"labels": {"tier": "gold", "region": "eu"}}, True),   # more keys: still
+    ({"labels": {"tier": "gold"}}, {"labels": {"tier": "silver"}}, False),
+    ({"labels": {"tier": "gold"}}, {}, False),
+    ({"labels": {}}, {"labels": {"tier": "gold"}}, True),                                  # `{}`: any map
+    ({"linesBySku": {"a": {"sku": "a"}}}, {"linesBySku": {"a": {"sku": "a"}, "b": {"sku": "b"}}}, True),
+    ({"linesBySku": {"a": {"sku": "a"}}}, {"linesBySku": {"a": {"sku": "a", "quantity": 2}}}, False),  # a value whole
+    ({"attributes": {"tier": "gold"}}, {"attributes": {"tier": "gold", "vip": True}}, True),
+    ({"attributes": {"tier": {"level": 2}}}, {"attributes": {"tier": {"level": 2, "since": 2020}}}, True),
+    ({"attributes": {"tier": "gold"}}, {"attributes": {"tier": "bronze"}}, False)])
+def test_a_map_or_a_struct_field_in_a_pattern_matches_key_by_key(orders: Schema, pattern: dict, sent: dict,
+                                                                 matches: bool) -> None:
+    """Before: the rules reference said a map and a Struct field match as a whole; they match key
+    by key (tests/test_standin.py holds a map to it), each key named with its value, a message
+    value of a map whole (its defaults included)."""
+    import json
+
+    from callstate.schema import message_from_json
+
+    rules = parse_rules(json.dumps({"rules": [{"method": CREATE, "match": {"request": pattern}}]}), orders)
+    got = message_from_json(orders.method(CREATE).request, sent, where="request")
+    assert (rules.first_match(CREATE, {}, got) is not None) is matches
