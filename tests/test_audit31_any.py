@@ -155,3 +155,26 @@ def test_a_map_or_a_struct_field_in_a_pattern_matches_key_by_key(orders: Schema,
     rules = parse_rules(json.dumps({"rules": [{"method": CREATE, "match": {"request": pattern}}]}), orders)
     got = message_from_json(orders.method(CREATE).request, sent, where="request")
     assert (rules.first_match(CREATE, {}, got) is not None) is matches
+
+
+def _ini(values: dict[str, str]):  # type: ignore[no-untyped-def]
+    return lambda name: values.get(name, "")
+
+
+def test_the_standin_markers_schema_and_rules_win_over_the_ini_files(tmp_path: Path) -> None:
+    """Before: with `callstate_descriptor_set` in the ini file, a marker's `protos=[...]` was
+    dropped (the ini's descriptor set was served), and a marker's `rules=None` still loaded the
+    ini's rules: "each keyword the marker gives wins over its ini option" held for neither."""
+    from callstate.pytest_plugin.servers import ServerUnavailable
+    from callstate.pytest_plugin.standin import settings
+
+    ini = _ini({"callstate_descriptor_set": "all.pb", "callstate_rules": "tests/rules.yaml"})
+    got = settings({"protos": ["protos/one.proto"], "rules": None}, ini, tmp_path)
+    assert (got["protos"], got["descriptor_set"], got["rules"]) == ([str(tmp_path / "protos/one.proto")], None, None), got
+    got = settings({"protos": ["protos/one.proto"]}, ini, tmp_path)   # the marker's schema, the ini's rules
+    assert (got["descriptor_set"], got["rules"]) == (None, str(tmp_path / "tests/rules.yaml")), got
+    ini = _ini({"callstate_protos": "protos/one.proto", "callstate_proto_path": "protos"})
+    got = settings({"descriptor_set": "all.pb"}, ini, tmp_path)
+    assert (got["protos"], got["descriptor_set"]) == ([], str(tmp_path / "all.pb")), got
+    with pytest.raises(ServerUnavailable, match=r"^callstate_standin: protos and descriptor_set: give the schema one way$"):
+        settings({"protos": ["protos/one.proto"], "descriptor_set": "all.pb"}, _ini({}), tmp_path)
