@@ -12,7 +12,7 @@ import pytest
 
 from callstate.rules import RulesError, parse_rules
 from callstate.schema import Schema, SchemaError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_entries
 
 SHOP = ROOT / "tests" / "protos"
 SHOP_PROTO = ["--proto", "shop/v1/shop.proto", "--proto-path", str(SHOP)]
@@ -178,3 +178,40 @@ def test_the_standin_markers_schema_and_rules_win_over_the_ini_files(tmp_path: P
     assert (got["protos"], got["descriptor_set"]) == ([], str(tmp_path / "all.pb")), got
     with pytest.raises(ServerUnavailable, match=r"^callstate_standin: protos and descriptor_set: give the schema one way$"):
         settings({"protos": ["protos/one.proto"], "descriptor_set": "all.pb"}, _ini({}), tmp_path)
+
+
+def test_a_cancel_notice_the_token_refuses_escalates_at_once(tmp_path: Path) -> None:
+    """Before: on a stand-in started with --token (which guards callstate.v1 only: the user's
+    methods stay open), a non-abortive cancel from a client without the token logged `not
+    delivered: UNAUTHENTICATED` and the call stayed held until the server's max hold (30 s by
+    default): the notice could never be delivered, as on a server that is not callstate."""
+    import asyncio
+
+    from callstate.client import AsyncClient, CallError, Script
+    from callstate.lifecycle import CANCEL_ESCALATED, CANCEL_SENT
+    from callstate.schema import from_protos
+    from callstate.server import EmulatorServer
+    from callstate.server.config import EmulatorConfig
+
+    schema = from_protos(["shop/v1/shop.proto"], [SHOP])
+    log = tmp_path / "client.jsonl"
+
+    async def run() -> int:
+        async with EmulatorServer(port=0, schema=schema, token="s3cret", log=None,
+                                  emulator=EmulatorConfig(max_hold=20)) as srv:
+            async with AsyncClient(srv.target, schema=schema, log=log) as client:
+                call = client.start(Script("hold"), method=CHARGE, request={"order_id": "o-1"})
+                call.cancel(abortive=False)
+                try:
+                    await asyncio.wait_for(call.result(), 5)
+                except CallError as err:
+                    return err.code
+        return 0
+
+    assert asyncio.run(run()) == 1818
+    entries = read_entries(log)
+    sent = next(e for e in entries if e["event"] == CANCEL_SENT)
+    assert sent["detail"].startswith("not delivered: UNAUTHENTICATED: the server wants a token for "
+                                     "callstate.v1.Emulator/Cancel"), sent
+    assert [e["detail"] for e in entries if e["event"] == CANCEL_ESCALATED] == [
+        "the cancel notice has nowhere to go: " + sent["detail"].removeprefix("not delivered: UNAUTHENTICATED: ")]
