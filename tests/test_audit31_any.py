@@ -215,3 +215,19 @@ def test_a_cancel_notice_the_token_refuses_escalates_at_once(tmp_path: Path) -> 
                                      "callstate.v1.Emulator/Cancel"), sent
     assert [e["detail"] for e in entries if e["event"] == CANCEL_ESCALATED] == [
         "the cancel notice has nowhere to go: " + sent["detail"].removeprefix("not delivered: UNAUTHENTICATED: ")]
+
+
+@pytest.mark.parametrize("extra, named", [(["--pipe-cancel-at", "after-received:2"], "--pipe-cancel-at applies"),
+                                          (["--pipe-messages", "7"], "--pipe-messages applies")])
+def test_load_on_a_unary_method_refuses_pipe_options_without_sending_the_user_to_pipes(
+        extra: list[str], named: str, refused_target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: `load --method shop.v1.Shop/Charge --pipe-cancel-at ...` said "add --pipes (e.g.
+    in=10,out=10,both=10)", and with --pipes added it said "--pipes: the calls on
+    shop.v1.Shop/Charge are unary: the method's shape decides": each line sent the user to the other."""
+    from callstate.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["load", "--target", refused_target, "--method", CHARGE, *SHOP_PROTO, *extra])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and err == (f"callstate load: error: {named} to pipes: {CHARGE} is unary (the calls "
+                                             "on a streaming method are pipes of its shape) (see callstate load --help)"), err
