@@ -15,7 +15,7 @@ from callstate.arg_types import bounded_int, finite_float, int64, non_negative_f
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
 from callstate.cli.pipe import (PIPE_EXAMPLES, SERVER_SCRIPT, add_pipe_options, given_options, pipe_options_dropped,
-                                run_pipe)
+                                run_pipe, to_pipes)
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, UNARY
@@ -163,7 +163,7 @@ def _abort_settings_elsewhere(opts: argparse.Namespace) -> str | None:
 
 def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire
-        return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
+        return (f"--cancel-at {opts.cancel_at} applies {to_pipes(opts)}; a unary call is cancelled with "
                 "--cancel-after SECONDS or --cancel-before-start")
     later = [flag for flag, value in (("--cancel-after", opts.cancel_after), ("--cancel-at", opts.cancel_at))
              if value is not None]
@@ -185,7 +185,7 @@ def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
 def _breach_on_a_unary_call(opts: argparse.Namespace) -> str | None:
     if opts.pipe or opts.breach == "none":   # a pipe rule: a unary call would complete 0 as if it held
         return None
-    return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
+    return f"--breach {opts.breach} breaks a pipe rule: it applies {to_pipes(opts)}"
 
 
 def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:

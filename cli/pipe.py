@@ -83,6 +83,13 @@ def given_options(opts: argparse.Namespace, options: tuple[tuple[str, str, objec
     return [flag for flag, name, default in options if getattr(opts, name) != default]
 
 
+def to_pipes(opts: argparse.Namespace) -> str:
+    """Where the options of pipes apply: `--pipe`, or, on a unary --method, nowhere (its shape decides)."""
+    if getattr(opts, "drive", None) is not None:
+        return f"to pipes: {opts.method} is unary (the calls on a streaming method are pipes of its shape)"
+    return "to pipes (--pipe in, out or both)"
+
+
 def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
     """A pipe option the call would drop without a word (None: none is): on a unary call, the
     caller's pushes on an out pipe, the server's on an in pipe, --at-count without a counted --at."""
@@ -90,7 +97,7 @@ def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
         return " and ".join(flags) + (" apply" if len(flags) > 1 else " applies")
     if not opts.pipe:
         if given := given_options(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
-            return f"{apply(given)} to pipes (--pipe in, out or both)"
+            return f"{apply(given)} {to_pipes(opts)}"
         return None
     if opts.pipe == PIPE_OUT and (given := given_options(opts, _CALLER_SIDE)):
         return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"

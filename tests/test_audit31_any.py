@@ -231,3 +231,19 @@ def test_load_on_a_unary_method_refuses_pipe_options_without_sending_the_user_to
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and err == (f"callstate load: error: {named} to pipes: {CHARGE} is unary (the calls "
                                              "on a streaming method are pipes of its shape) (see callstate load --help)"), err
+
+
+@pytest.mark.parametrize("extra, named", [(["--messages", "5"], "--messages applies"),
+                                          (["--cancel-at", "after-received:1"], "--cancel-at after-received:1 applies"),
+                                          (["--breach", "push-after-end"], "--breach push-after-end breaks a pipe rule: "
+                                                                           "it applies")])
+def test_call_on_a_unary_method_refuses_pipe_options_without_sending_the_user_to_pipe(
+        extra: list[str], named: str, refused_target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: `call --method shop.v1.Shop/Charge --messages 5` said "applies to pipes (--pipe in,
+    out or both)", and with --pipe in added: "--pipe in: shop.v1.Shop/Charge is unary"."""
+    from callstate.cli import main
+
+    assert main(["call", "--target", refused_target, "--method", CHARGE, *SHOP_PROTO, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"callstate call: error: {named} to pipes: {CHARGE} is unary (the calls on a streaming "
+                          "method are pipes of its shape)"), err
