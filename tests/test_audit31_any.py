@@ -247,3 +247,41 @@ def test_call_on_a_unary_method_refuses_pipe_options_without_sending_the_user_to
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"callstate call: error: {named} to pipes: {CHARGE} is unary (the calls on a streaming "
                           "method are pipes of its shape)"), err
+
+
+LOCUST_CONFIGURE = """\
+import argparse
+import sys
+
+import callstate.locust   # first: grpc on gevent, in this process only
+from callstate.locust import CallstateUser
+
+
+class Charges(CallstateUser):
+    method = "shop.v1.Shop/Charge"
+    proto = ["shop/v1/shop.proto"]
+    proto_path = [sys.argv[1]]
+
+
+for typed in ({"callstate_pipes": "in=10"}, {"callstate_pipe_cancel_at": "after-received:2"}):
+    try:
+        Charges.configure(argparse.Namespace(**typed), "127.0.0.1:1")
+    except ValueError as exc:
+        print(exc)
+"""
+
+
+def test_locust_on_a_unary_method_refuses_pipe_options_without_sending_the_user_to_pipes(tmp_path: Path) -> None:
+    """Before: `--callstate-pipe-cancel-at` on a user whose method is unary said "set
+    --callstate-pipes", and --callstate-pipes then said the calls "are 'unary' pipes: the
+    method's shape decides"."""
+    import subprocess
+    import sys
+
+    (tmp_path / "configure.py").write_text(LOCUST_CONFIGURE)
+    done = subprocess.run([sys.executable, str(tmp_path / "configure.py"), str(SHOP)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.splitlines() == [
+        f"--callstate-pipes: the calls on {CHARGE} are unary calls: the method's shape decides",
+        f"--callstate-pipe-cancel-at applies to pipes: {CHARGE} is unary (the calls on a streaming method are pipes "
+        "of its shape)"], done.stdout + done.stderr
