@@ -285,3 +285,48 @@ def test_locust_on_a_unary_method_refuses_pipe_options_without_sending_the_user_
         f"--callstate-pipes: the calls on {CHARGE} are unary calls: the method's shape decides",
         f"--callstate-pipe-cancel-at applies to pipes: {CHARGE} is unary (the calls on a streaming method are pipes "
         "of its shape)"], done.stdout + done.stderr
+
+
+LOCUST_SCHEMA = """\
+import argparse
+import sys
+
+import callstate.locust   # first: grpc on gevent, in this process only
+from callstate.locust import CallstateUser
+
+
+class Charges(CallstateUser):
+    method = "shop.v1.Shop/Charge"
+    proto = ["shop/v1/shop.proto"]     # the locustfile's schema ...
+    proto_path = [sys.argv[1]]
+
+
+class Described(CallstateUser):
+    method = "shop.v1.Shop/Charge"
+    descriptor_set = sys.argv[2]
+
+
+for user, typed in ((Charges, {"callstate_descriptor_set": sys.argv[2]}),   # ... replaced on the command line
+                    (Described, {"callstate_proto": ["shop/v1/shop.proto"], "callstate_proto_path": [sys.argv[1]]})):
+    try:
+        print(user.configure(argparse.Namespace(**typed), "127.0.0.1:1")[2].method.name)
+    except ValueError as exc:
+        print(exc)
+"""
+
+
+def test_locust_schema_typed_on_the_command_line_replaces_the_locustfiles(tmp_path: Path) -> None:
+    """Before: a locustfile whose user sets `proto` run with `--callstate-descriptor-set` said
+    "proto and --callstate-descriptor-set: give one of them" (and the other way round): the
+    option typed holds over its class attribute, but not over the other of the pair."""
+    import subprocess
+    import sys
+
+    from callstate.schema import from_protos
+
+    described = tmp_path / "shop.pb"
+    described.write_bytes(from_protos(["shop/v1/shop.proto"], [SHOP]).files.SerializeToString())
+    (tmp_path / "schema.py").write_text(LOCUST_SCHEMA)
+    done = subprocess.run([sys.executable, str(tmp_path / "schema.py"), str(SHOP), str(described)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == [CHARGE, CHARGE], done.stdout + done.stderr

@@ -134,6 +134,7 @@ class CallstateUser(User):
         settings = {name: getattr(cls, name) for name in SETTINGS}
         typed = overrides(parsed_options)
         settings.update(typed)
+        _one_schema(settings, typed)
         scenario = Scenario(
             mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
             cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
@@ -265,6 +266,15 @@ def _unexpected(call: Call | Pipe, code: int) -> str:
     details = call.details.replace(call.call_id, "<call id>")
     said = f" (gRPC {call.grpc_status}{': ' + details if details else ''})" if call.grpc_status else ""
     return f"{codes.describe(code)}{said}: a final code its plan does not expect"
+
+
+def _one_schema(settings: dict[str, Any], typed: dict[str, Any]) -> None:
+    """The schema is one setting: typed as .proto files (with their import paths) or as a
+    descriptor set, it replaces the class's, whichever way the class gave it."""
+    if "descriptor_set" in typed and "proto" not in typed:
+        settings["proto"] = settings["proto_path"] = ()
+    elif "proto" in typed and "descriptor_set" not in typed:
+        settings["descriptor_set"] = ""
 
 
 def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any], method: str | None = None) -> None:
