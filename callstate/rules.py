@@ -457,9 +457,11 @@ def _is_repeated(field: FieldDescriptor) -> bool:
 
 
 def _subset(pattern: Any, value: Any) -> bool:
-    """Mappings: each key of the pattern present, its value a subset; anything else: equal."""
+    """Mappings: each key of the pattern present, its value a subset (a key whose value is null: absent,
+    the field unset, as proto JSON reads null); anything else: equal."""
     if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(k in value and _subset(v, value[k]) for k, v in pattern.items())
+        return isinstance(value, dict) and all((k in value or v is None) and _subset(v, value.get(k))
+                                               for k, v in pattern.items())
     return pattern == value
 
 

@@ -112,6 +112,7 @@ ORDERS_PROTO = """\
 syntax = "proto3";
 package acme.orders.v1;
 import "google/protobuf/struct.proto";
+import "google/protobuf/wrappers.proto";
 message Line { string sku = 1; uint32 quantity = 2; }
 message CreateOrderRequest {
   map<string, string> labels = 1;
@@ -119,7 +120,16 @@ message CreateOrderRequest {
   google.protobuf.Struct attributes = 3;
 }
 message Order { string id = 1; }
-service Orders { rpc CreateOrder(CreateOrderRequest) returns (Order); }
+message ChargeRequest {
+  optional string coupon = 1;
+  google.protobuf.StringValue note = 2;
+  Line line = 3;
+  oneof payment { string card = 4; string iban = 5; }
+}
+service Orders {
+  rpc CreateOrder(CreateOrderRequest) returns (Order);
+  rpc Charge(ChargeRequest) returns (Order);
+}
 """
 CREATE = "acme.orders.v1.Orders/CreateOrder"
 
@@ -330,3 +340,26 @@ def test_locust_schema_typed_on_the_command_line_replaces_the_locustfiles(tmp_pa
     done = subprocess.run([sys.executable, str(tmp_path / "schema.py"), str(SHOP), str(described)],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines() == [CHARGE, CHARGE], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("pattern, sent, matches", [
+    ({"coupon": None}, {}, True),                     # an `optional` field left unset
+    ({"coupon": None}, {"coupon": ""}, False),        # ... set, to its default
+    ({"note": None}, {}, True),                       # a wrapper
+    ({"note": None}, {"note": "n"}, False),
+    ({"line": None}, {}, True),                       # a message
+    ({"line": None}, {"line": {}}, False),
+    ({"card": None}, {"iban": "DE00"}, True),         # a oneof member the request does not set
+    ({"card": None}, {"card": "c"}, False)])
+def test_a_field_given_as_null_in_a_pattern_matches_a_request_that_leaves_it_unset(
+        orders: Schema, pattern: dict, sent: dict, matches: bool) -> None:
+    """Before: `match: {request: {coupon: null}}` loaded, and matched no request at all, set or
+    unset: a rule that could never apply, said nowhere. In proto JSON null is the field unset."""
+    import json
+
+    from callstate.schema import message_from_json
+
+    method = "acme.orders.v1.Orders/Charge"
+    rules = parse_rules(json.dumps({"rules": [{"method": method, "match": {"request": pattern}}]}), orders)
+    got = message_from_json(orders.method(method).request, sent, where="request")
+    assert (rules.first_match(method, {}, got) is not None) is matches
