@@ -17,7 +17,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescrip
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
-from callstate.bytes_json import NotBase64, base64_bytes
+from callstate.bytes_json import NotABool, NotBase64, base64_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.wire import OWN_SERVICE_PREFIXES
 
@@ -262,6 +262,8 @@ def _base64_bytes(data: str | Mapping[str, Any], desc: Descriptor, where: str) -
         if not isinstance(data, str):
             return base64_bytes(data, desc)
         base64_bytes(json.loads(data or "{}"), desc)
+    except NotABool as exc:
+        raise SchemaError(f"{where}: {desc.full_name}: {exc}") from None
     except ValueError as exc:
         if not isinstance(exc, NotBase64):   # not JSON: protobuf's parser says so
             return data

@@ -125,6 +125,11 @@ message ChargeRequest {
   google.protobuf.StringValue note = 2;
   Line line = 3;
   oneof payment { string card = 4; string iban = 5; }
+  enum Tier { TIER_UNSPECIFIED = 0; TIER_GOLD = 1; }
+  Tier tier = 6;
+  double weight = 7;
+  repeated float scores = 8;
+  map<string, Tier> tiers = 9;
 }
 service Orders {
   rpc CreateOrder(CreateOrderRequest) returns (Order);
@@ -363,3 +368,25 @@ def test_a_field_given_as_null_in_a_pattern_matches_a_request_that_leaves_it_uns
     rules = parse_rules(json.dumps({"rules": [{"method": method, "match": {"request": pattern}}]}), orders)
     got = message_from_json(orders.method(method).request, sent, where="request")
     assert (rules.first_match(method, {}, got) is not None) is matches
+
+
+@pytest.mark.parametrize("sent, named", [
+    ('{"tier": true}', "tier: true is a JSON bool, and the field is an enum (acme.orders.v1.ChargeRequest.Tier)"),
+    ({"weight": False}, "weight: false is a JSON bool, and the field is a double"),
+    ('{"scores": [1.5, true]}', "scores[1]: true is a JSON bool, and the field is a float"),
+    ('{"tiers": {"a": true}}', "tiers[a]: true is a JSON bool, and the field is an enum (acme.orders.v1.ChargeRequest.Tier)")])
+def test_a_json_bool_at_a_number_or_an_enum_is_refused_naming_the_field(orders: Schema, sent: object,
+                                                                        named: str) -> None:
+    """Before: `--data '{"tier": true}'` sent TIER_GOLD (the enum's value 1) and `"weight": false`
+    sent 0.0, and a rule's `tier: true` matched TIER_GOLD: protobuf's parser reads a bool as 1 or 0."""
+    import json
+
+    from callstate.schema import message_from_json
+
+    method = "acme.orders.v1.Orders/Charge"
+    with pytest.raises(SchemaError) as err:
+        message_from_json(orders.method(method).request, sent, where="--data")   # type: ignore[arg-type]
+    assert str(err.value) == f"--data: acme.orders.v1.ChargeRequest: {named}", err.value
+    pattern = sent if isinstance(sent, dict) else json.loads(sent)
+    with pytest.raises(RulesError, match=named.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_rules(json.dumps({"rules": [{"method": method, "match": {"request": pattern}}]}), orders)
