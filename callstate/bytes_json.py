@@ -7,6 +7,9 @@ other bytes than meant, and the request went out (grpcurl and buf curl refuse bo
 `b""`). `base64_bytes` walks the JSON beside its message descriptor: it names the first bytes
 value that is not base64 (the standard or the URL-safe alphabet, padded or not) and encodes
 the Python bytes objects it finds at bytes fields, which then mean themselves.
+
+The same walk refuses a JSON `true` or `false` at a field that is a number or an enum
+(`NotABool`): protobuf's parser reads it as 1 or 0, so `"tier": true` sent the enum's value 1.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ class NotBase64(ValueError):
     def __init__(self, path: str, value: str) -> None:
         super().__init__(f"{path}: {value!r} is not base64")
         self.path, self.value = path, value
+
+
+class NotABool(ValueError):
+    """A JSON bool at a field of a number or enum type: `path` names the field."""
+
+    def __init__(self, path: str, value: bool, field: FieldDescriptor) -> None:
+        kind = (f"an enum ({field.enum_type.full_name})" if field.enum_type is not None
+                else f"a {_TYPE_NAMES.get(field.type, 'number')}")
+        super().__init__(f"{path}: {'true' if value else 'false'} is a JSON bool, and the field is {kind}")
+        self.path = path
+
+
+_TYPE_NAMES = {value: name.removeprefix("TYPE_").lower() for name, value in vars(FieldDescriptor).items()
+               if name.startswith("TYPE_")}
 
 
 def is_base64(text: str) -> bool:
@@ -66,6 +83,8 @@ def _in_field(field: FieldDescriptor, value: Any, where: str) -> Any:
 
 
 def _in_value(field: FieldDescriptor, value: Any, where: str) -> Any:
+    if isinstance(value, bool) and field.message_type is None and field.type != FieldDescriptor.TYPE_BOOL:
+        raise NotABool(where, value, field)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return _bytes_value(value, where)
     if field.message_type is not None:

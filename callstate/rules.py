@@ -29,8 +29,8 @@ from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
-from callstate.schema.model import (SHAPE_NAMES, WELL_KNOWN, Method, Schema, SchemaError, message_from_json,
-                                    normalise_method_name, is_well_known)
+from callstate.schema.model import (SHAPE_NAMES, WELL_KNOWN, Method, Schema, SchemaError, did_you_mean, listed,
+                                    message_from_json, normalise_method_name, is_well_known)
 from callstate.script import HOLD, OUTCOMES, Limits, Mix, MixError, ScriptError, validate
 from callstate.script_header import from_fields
 from callstate.wire import OWN_SERVICE_PREFIXES
@@ -318,9 +318,10 @@ def _methods(pattern: Any, schema: Schema, where: str) -> list[Method]:
         raise RulesError(f"{where}.method: {pattern!r} names the server's own {methods[0].service}: a stand-in runs "
                          f"{', '.join(p + '*' for p in OWN_SERVICE_PREFIXES)} itself, no rule answers them")
     if not served:
-        known = ", ".join(sorted(m.name for m in schema.methods.values()
-                                 if not m.service.startswith(OWN_SERVICE_PREFIXES))) or "none"
-        raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}; the schema has: {known}")
+        known = sorted(m.name for m in schema.methods.values() if not m.service.startswith(OWN_SERVICE_PREFIXES))
+        hint = "" if "*" in pattern else did_you_mean(normalise_method_name(pattern), known)
+        raise RulesError(f"{where}.method: no method of the schema matches {pattern!r}{hint}; "
+                         f"the schema has: {listed(known)}")
     return served
 
 
@@ -456,9 +457,11 @@ def _is_repeated(field: FieldDescriptor) -> bool:
 
 
 def _subset(pattern: Any, value: Any) -> bool:
-    """Mappings: each key of the pattern present, its value a subset; anything else: equal."""
+    """Mappings: each key of the pattern present, its value a subset (a key whose value is null: absent,
+    the field unset, as proto JSON reads null); anything else: equal."""
     if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(k in value and _subset(v, value[k]) for k, v in pattern.items())
+        return isinstance(value, dict) and all((k in value or v is None) and _subset(v, value.get(k))
+                                               for k, v in pattern.items())
     return pattern == value
 
 

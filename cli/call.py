@@ -14,7 +14,8 @@ from callstate.cli.observe_options import add_otel, shutdown_tracing, tracer_pro
 from callstate.arg_types import bounded_int, finite_float, int64, non_negative_float, positive_float
 from callstate.cli.options import abort_code, add_target, channel_settings, epilog, grpc_status, para, text
 from callstate.cli.method_options import METHOD_EXAMPLES, DriveError, add_method_options, drive_of, reply_text
-from callstate.cli.pipe import PIPE_EXAMPLES, add_pipe_options, pipe_options_dropped, run_pipe
+from callstate.cli.pipe import (PIPE_EXAMPLES, SERVER_SCRIPT, add_pipe_options, given_options, pipe_options_dropped,
+                                run_pipe, to_pipes)
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, UNARY
@@ -128,6 +129,21 @@ def _named(flags: list[str], verb: str, verbs: str) -> str:
     return f"{' and '.join(flags)} {verbs if len(flags) > 1 else verb}"
 
 
+# the options the call's script carries, with their defaults
+_SCRIPT_OPTIONS = (("--outcome", "outcome", _SCRIPT.outcome), ("--dispatch-delay", "dispatch_delay", _SCRIPT.dispatch_delay),
+                   ("--delay", "delay", _SCRIPT.outcome_delay), ("--code", "code", None),
+                   ("--grpc-status", "grpc_status", None), ("--message", "message", ""),
+                   ("--headers-first", "headers_first", False), ("--on-cancel", "on_cancel", _SCRIPT.on_cancel),
+                   ("--cancel-poll-ms", "cancel_poll_ms", None))
+
+
+def _script_options_without_a_script(opts: argparse.Namespace) -> str | None:
+    # --no-script: the server decides, and the script these options make is never sent
+    if opts.drive is None or not opts.no_script or not (given := given_options(opts, _SCRIPT_OPTIONS + SERVER_SCRIPT)):
+        return None
+    return f"{' and '.join(given)}: with --no-script no script is sent, the server decides the call's outcome"
+
+
 def _emulator_fields_on_a_method(opts: argparse.Namespace) -> str | None:
     # a user's method sends --data and is answered with its rule's reply: Emulator/Call's own fields would be dropped
     foreign = [flag for flag, given in (("--payload", opts.payload), ("--echo", opts.echo),
@@ -147,7 +163,7 @@ def _abort_settings_elsewhere(opts: argparse.Namespace) -> str | None:
 
 def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
     if not opts.pipe and opts.cancel_at is not None:   # it would never fire
-        return (f"--cancel-at {opts.cancel_at} applies to pipes (--pipe); a unary call is cancelled with "
+        return (f"--cancel-at {opts.cancel_at} applies {to_pipes(opts)}; a unary call is cancelled with "
                 "--cancel-after SECONDS or --cancel-before-start")
     later = [flag for flag, value in (("--cancel-after", opts.cancel_after), ("--cancel-at", opts.cancel_at))
              if value is not None]
@@ -169,7 +185,7 @@ def _cancel_settings_unused(opts: argparse.Namespace) -> str | None:
 def _breach_on_a_unary_call(opts: argparse.Namespace) -> str | None:
     if opts.pipe or opts.breach == "none":   # a pipe rule: a unary call would complete 0 as if it held
         return None
-    return f"--breach {opts.breach} breaks a pipe rule: it applies to pipes (--pipe in, out or both)"
+    return f"--breach {opts.breach} breaks a pipe rule: it applies {to_pipes(opts)}"
 
 
 def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:
@@ -182,7 +198,7 @@ def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:
             "caller's) and --server-message-bytes (the server's)")
 
 
-_DROPPED = (_emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call,
+_DROPPED = (_script_options_without_a_script, _emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call,
             _unary_fields_on_a_pipe, pipe_options_dropped)
 
 

@@ -47,7 +47,8 @@ def add_method_options(p: argparse.ArgumentParser, *, data_file_help: str) -> ar
     g.add_argument("--proto-path", action="append", metavar="DIR",
                    help="import path for --proto, like protoc -I (repeatable; default: each file's folder)")
     g.add_argument("--no-script", action="store_true",
-                   help="with --method: send no script header (a stand-in's rules or mix decide the outcome)")
+                   help="with --method: send no script header (a stand-in's rules or mix decide the outcome; the "
+                        "options that make the script are refused with it)")
     return g
 
 

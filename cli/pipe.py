@@ -74,10 +74,20 @@ _CALLER_SIDE = (("--messages", "messages", DEFAULT_MESSAGES), ("--message-bytes"
 _SERVER_SIDE = (("--server-messages", "server_messages", DEFAULT_MESSAGES),
                 ("--server-message-bytes", "server_message_bytes", 0), ("--server-interval", "server_interval", 0.0))
 _PIPE_ONLY = (("--at", "at", "end"), ("--at-count", "at_count", 1), ("--log-messages", "log_messages", False))
+# what of the pipe options only the server's script carries (with --no-script none is sent)
+SERVER_SCRIPT = _SERVER_SIDE + _PIPE_ONLY[:2] + (("--breach", "breach", "none"),)
 
 
-def _given(opts: argparse.Namespace, options: tuple[tuple[str, str, object], ...]) -> list[str]:
+def given_options(opts: argparse.Namespace, options: tuple[tuple[str, str, object], ...]) -> list[str]:
+    """The flags of `options` (flag, attribute, default) given other than as their defaults."""
     return [flag for flag, name, default in options if getattr(opts, name) != default]
+
+
+def to_pipes(opts: argparse.Namespace) -> str:
+    """Where the options of pipes apply: `--pipe`, or, on a unary --method, nowhere (its shape decides)."""
+    if getattr(opts, "drive", None) is not None:
+        return f"to pipes: {opts.method} is unary (the calls on a streaming method are pipes of its shape)"
+    return "to pipes (--pipe in, out or both)"
 
 
 def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
@@ -86,12 +96,12 @@ def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
     def apply(flags: list[str]) -> str:
         return " and ".join(flags) + (" apply" if len(flags) > 1 else " applies")
     if not opts.pipe:
-        if given := _given(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
-            return f"{apply(given)} to pipes (--pipe in, out or both)"
+        if given := given_options(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
+            return f"{apply(given)} {to_pipes(opts)}"
         return None
-    if opts.pipe == PIPE_OUT and (given := _given(opts, _CALLER_SIDE)):
+    if opts.pipe == PIPE_OUT and (given := given_options(opts, _CALLER_SIDE)):
         return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"
-    if opts.pipe == PIPE_IN and (given := _given(opts, _SERVER_SIDE)):
+    if opts.pipe == PIPE_IN and (given := given_options(opts, _SERVER_SIDE)):
         return f"{apply(given)} to the server's pushes: on an in pipe only the caller pushes (--messages ...)"
     if opts.at not in ("after-in", "after-out") and opts.at_count != 1:
         return "--at-count applies to --at after-in or after-out"

@@ -30,21 +30,21 @@ NOTICE_CLIENT_CLOSED = "unknown: the client was closed before the notice was ans
 
 
 def notice_failed(status: grpc.StatusCode | None) -> str:
-    if status == grpc.StatusCode.UNIMPLEMENTED:
-        return f"not delivered: {status.name}: {NOT_CALLSTATE}"
+    if status in UNANSWERABLE:
+        return f"not delivered: {status.name}: {UNANSWERABLE[status]}"
     return f"not delivered: {status.name if status else 'failed'}"
 
 
 # A server that is not callstate has no Emulator/Cancel: a non-abortive notice has nowhere to
 # go, and waiting on would hold the caller until the server's own answer (maybe never), so the
-# cancel escalates to abortive at once.
+# cancel escalates to abortive at once. So does a notice the server's --token refuses: a
+# stand-in's own methods are open to a client without it, callstate.v1 is not.
 NOT_CALLSTATE = "the server does not serve callstate.v1.Emulator/Cancel (not callstate)"
-ESCALATED_NOT_CALLSTATE = "the cancel notice has nowhere to go: " + NOT_CALLSTATE
-
-
-def notice_unanswerable(status: grpc.StatusCode | None) -> bool:
-    """The notice cannot reach any server-side call: escalate the cancel at once."""
-    return status == grpc.StatusCode.UNIMPLEMENTED
+UNANSWERABLE = {grpc.StatusCode.UNIMPLEMENTED: NOT_CALLSTATE,
+                grpc.StatusCode.UNAUTHENTICATED: "the server wants a token for callstate.v1.Emulator/Cancel "
+                                                 "(--token, or CALLSTATE_TOKEN)",
+                grpc.StatusCode.PERMISSION_DENIED: "the server refuses the notice (a wrong token, or a cancel key "
+                                                   "not the call's)"}
 
 
 class NoticeBase:
@@ -80,8 +80,8 @@ class NoticeBase:
 
     def failed(self, status: grpc.StatusCode | None) -> None:
         self._call.event(CANCEL_SENT, notice_failed(status))
-        if notice_unanswerable(status):
-            self.escalate(0.0, ESCALATED_NOT_CALLSTATE)
+        if status in UNANSWERABLE:   # it cannot reach any server-side call: escalate the cancel at once
+            self.escalate(0.0, "the cancel notice has nowhere to go: " + UNANSWERABLE[status])
 
     def cut_off(self) -> None:
         self._call.event(CANCEL_SENT, NOTICE_CLIENT_CLOSED)

@@ -6,17 +6,18 @@ a descriptor-set file, a running server's reflection) is `callstate.schema.sourc
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from google.protobuf import descriptor_pb2, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
-from callstate.bytes_json import NotBase64, base64_bytes
+from callstate.bytes_json import NotABool, NotBase64, base64_bytes
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.wire import OWN_SERVICE_PREFIXES
 
@@ -60,6 +61,24 @@ class Method:
     @property
     def kind(self) -> str:
         return kind_of_shape(self.descriptor.client_streaming, self.descriptor.server_streaming)
+
+
+LISTED = 20   # the methods an error line lists: a schema of hundreds made it tens of kilobytes long
+
+
+def listed(names: Sequence[str]) -> str:
+    """The names for an error line: the first LISTED of them, and how many more there are."""
+    more = len(names) - LISTED
+    return ", ".join(names[:LISTED]) + (f", ... ({more} more)" if more > 0 else "") if names else "none"
+
+
+def did_you_mean(wanted: str, names: Sequence[str]) -> str:
+    """The hint for a method name spelt nearly as one of `names` (in another case, with a typo, without
+    its package): ` (did you mean pkg.Svc/Method?)`; empty when none is near."""
+    folded = {n.lower(): n for n in names}
+    tail = [n for n in names if n.lower().endswith(("/" + wanted.lower(), "." + wanted.lower()))]
+    close = tail or [folded[n] for n in difflib.get_close_matches(wanted.lower(), list(folded), n=1, cutoff=0.8)]
+    return f" (did you mean {' or '.join(close[:3])}?)" if close else ""
 
 
 def method_name(service: str, method: str) -> str:
@@ -131,11 +150,11 @@ class Schema:
         except KeyError:
             pass
         # the schema's own methods first: one read by reflection from a callstate server lists its services too
-        known = ", ".join(sorted(self.methods, key=lambda m: (m.startswith(OWN_SERVICE_PREFIXES), m))) or "none"
+        known = sorted(self.methods, key=lambda m: (m.startswith(OWN_SERVICE_PREFIXES), m))
         service = name.strip().strip("/")
         hint = (f" ({service} is a service: name one of its methods, {service}/Method)"
-                if service in self.services else "")
-        raise SchemaError(f"unknown method {name!r}{hint}; the schema has: {known}")
+                if service in self.services else did_you_mean(wanted, known))
+        raise SchemaError(f"unknown method {name!r}{hint}; the schema has: {listed(known)}")
 
     def message_class(self, full_name: str) -> type[Message]:
         try:
@@ -243,6 +262,8 @@ def _base64_bytes(data: str | Mapping[str, Any], desc: Descriptor, where: str) -
         if not isinstance(data, str):
             return base64_bytes(data, desc)
         base64_bytes(json.loads(data or "{}"), desc)
+    except NotABool as exc:
+        raise SchemaError(f"{where}: {desc.full_name}: {exc}") from None
     except ValueError as exc:
         if not isinstance(exc, NotBase64):   # not JSON: protobuf's parser says so
             return data

@@ -292,7 +292,8 @@ def test_callstate_call_with_json_as_users_write_it(zoo: ServerProcess, tmp_path
 
 
 @pytest.mark.parametrize("args, line", [
-    (["--method", "zoo.v1.Zoo/Nope"], "callstate call: unknown method 'zoo.v1.Zoo/Nope'; the schema has: Parts/Put, "
+    (["--method", "zoo.v1.Zoo/Nope"], "callstate call: unknown method 'zoo.v1.Zoo/Nope' (did you mean zoo.v1.Zoo/Now?); "
+                                      "the schema has: Parts/Put, "
                                       "north.v1.Store/Get, south.v1.Store/Get, zoo.v1.Zoo/ByName, "),
     (["--method", "zoo.v1.Zoo"], "callstate call: unknown method 'zoo.v1.Zoo' (zoo.v1.Zoo is a service: name one of "
                                  "its methods, zoo.v1.Zoo/Method); the schema has: Parts/Put, "),

@@ -159,8 +159,9 @@ def run(opts: argparse.Namespace) -> int:
     stray = [flag for flag, given in (("--pipe-cancel-at", opts.pipe_cancel_at != pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT)),
                                       ("--pipe-messages", opts.pipe_messages != _SCENARIO.pipe_messages)) if given]
     if stray and not opts.pipes:   # no call is a pipe: they would be dropped without a word
-        opts.target_parser.error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: "
-                                 "add --pipes (e.g. in=10,out=10,both=10)")
+        opts.target_parser.error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: " + (
+            f"{opts.method} is unary (the calls on a streaming method are pipes of its shape)" if opts.drive
+            else "add --pipes (e.g. in=10,out=10,both=10)"))
     if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
         opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "
                                  f"applies to an {kinds[0]} pipe (add one that does)")

@@ -134,6 +134,7 @@ class CallstateUser(User):
         settings = {name: getattr(cls, name) for name in SETTINGS}
         typed = overrides(parsed_options)
         settings.update(typed)
+        _one_schema(settings, typed)
         scenario = Scenario(
             mix=_as("mix", settings["mix"], Mix.parse), cancel=_as("cancel", settings["cancel"], parse_cancel_shares),
             cancel_at=_as("cancel_at", settings["cancel_at"], parse_cancel_points),
@@ -157,7 +158,7 @@ class CallstateUser(User):
         run = cls._method_run(settings, typed, host, channel) if method else None
         if run is not None and run.method.kind != UNARY:   # a streaming method: every call a pipe of its shape
             scenario = dataclasses.replace(scenario, pipes={run.method.kind: 100.0})
-        _pipe_settings_fit(scenario, typed)
+        _pipe_settings_fit(scenario, typed, run.method.name if run is not None else None)
         return settings, scenario, run
 
     @classmethod
@@ -180,8 +181,8 @@ class CallstateUser(User):
             named = first.startswith("--callstate-") or first in any_method.SETTINGS   # the line names its option
             raise error(why if named else f"{flag('method')} {options.method}: {why}") from None
         if run is not None and _as("pipes", settings["pipes"], parse_pipe_shares):
-            raise error(f"{flag('pipes')}: the calls on {run.method.name} are {run.method.kind!r} pipes: "
-                        "the method's shape decides")
+            calls = "unary calls" if run.method.kind == UNARY else f"{run.method.kind!r} pipes"
+            raise error(f"{flag('pipes')}: the calls on {run.method.name} are {calls}: the method's shape decides")
         return run
 
     def on_stop(self) -> None:
@@ -267,9 +268,19 @@ def _unexpected(call: Call | Pipe, code: int) -> str:
     return f"{codes.describe(code)}{said}: a final code its plan does not expect"
 
 
-def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any]) -> None:
+def _one_schema(settings: dict[str, Any], typed: dict[str, Any]) -> None:
+    """The schema is one setting: typed as .proto files (with their import paths) or as a
+    descriptor set, it replaces the class's, whichever way the class gave it."""
+    if "descriptor_set" in typed and "proto" not in typed:
+        settings["proto"] = settings["proto_path"] = ()
+    elif "proto" in typed and "descriptor_set" not in typed:
+        settings["descriptor_set"] = ""
+
+
+def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any], method: str | None = None) -> None:
     """The pipe settings, read together; ValueError naming them, OptionError naming the options
-    when one of them was typed (a usage error where it was typed, as a bad value of one is)."""
+    when one of them was typed (a usage error where it was typed, as a bad value of one is).
+    `method`: the user's own method driven (unary when its calls are no pipes: its shape decides)."""
     def name(attr: str) -> str:   # the option when it was typed, else the class attribute
         return flag_of(attr) if attr in typed else attr
 
@@ -282,8 +293,9 @@ def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any]) -> None:
         ("pipe_messages", scenario.pipe_messages != Scenario.pipe_messages)) if given]
     if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
         remedy = flag_of("pipes") if error is OptionError else "pipes"   # typed options: the option to add
-        raise error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: set "
-                    f"{remedy} (e.g. in=10,out=10,both=10)")
+        raise error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: " + (
+            f"{method} is unary (the calls on a streaming method are pipes of its shape)" if method
+            else f"set {remedy} (e.g. in=10,out=10,both=10)"))
     if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
         raise error(f"{name('pipe_cancel_at')}: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
                     f"an {kinds[0]} pipe (add one that does)")

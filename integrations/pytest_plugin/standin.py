@@ -21,6 +21,7 @@ import grpc
 from callstate.pytest_plugin.servers import CONNECT_TIMEOUT, ServerUnavailable, ThreadServer, emulator_config
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import OWN_SERVICE_PREFIXES
 
 MARKER = "callstate_standin"
 _schemas: dict[tuple[Any, ...], Any] = {}   # compiled once per session per set of files
@@ -33,6 +34,11 @@ class StandinServer(ThreadServer):
     schema: Any = None
 
     def calls(self, method: str = "", rule: str = "", limit: int = 1000) -> list[pb.CallSummary]:
+        """The journal's calls of a method (`*` matches any part) and a rule. A method named
+        without `*` must be one the server serves (a SchemaError names the nearest): a typo
+        would find no call, and an assertion that there was none would pass."""
+        if method and "*" not in method and not method.lstrip("/").startswith(OWN_SERVICE_PREFIXES):
+            self.schema.method(method)
         with grpc.insecure_channel(self.target) as channel:
             reply = pb_grpc.JournalStub(channel).ListCalls(pb.ListCallsRequest(method=method, rule=rule, limit=limit),
                                                           timeout=CONNECT_TIMEOUT)
@@ -49,17 +55,26 @@ def settings(marker_kwargs: dict[str, Any], ini: Any, root: Path) -> dict[str, A
 
     kw = dict(marker_kwargs)
     proto_path = paths(kw.pop("proto_path", None) or ini("callstate_proto_path"))
+    given, descriptor_set = _schema(kw, ini)
     # a proto from the rootdir, else, as protoc and grpcurl take it, below a proto_path (from_protos looks there)
-    protos = [str(root / p) if (root / p).exists() or not proto_path else p
-              for p in items(kw.pop("protos", None) or ini("callstate_protos"))]
-    descriptor_set = kw.pop("descriptor_set", None) or ini("callstate_descriptor_set") or None
-    rules = kw.pop("rules", None) or ini("callstate_rules") or None
+    protos = [str(root / p) if (root / p).exists() or not proto_path else p for p in items(given)]
+    rules = kw.pop("rules") if "rules" in kw else ini("callstate_rules") or None   # rules=None: none
+    if protos and descriptor_set:
+        raise ServerUnavailable("callstate_standin: protos and descriptor_set: give the schema one way")
     if not protos and not descriptor_set:
         raise ServerUnavailable("callstate_standin needs protos: @pytest.mark.callstate_standin(protos=[...]) or the "
                                 "ini option callstate_protos")
     return {"protos": protos, "proto_path": proto_path,
             "descriptor_set": str(root / descriptor_set) if descriptor_set else None,
             "rules": str(root / rules) if rules else None, "config": kw}
+
+
+def _schema(kw: dict[str, Any], ini: Any) -> tuple[Any, str | None]:
+    """The protos and the descriptor set: one setting, the marker's (taken out of `kw`) when it
+    names either, else the ini file's."""
+    if "protos" in kw or "descriptor_set" in kw:
+        return kw.pop("protos", None), kw.pop("descriptor_set", None) or None
+    return ini("callstate_protos"), ini("callstate_descriptor_set") or None
 
 
 def start_standin(log: Path, protos: Sequence[str], proto_path: Sequence[str], descriptor_set: str | None,
