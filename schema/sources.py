@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -118,10 +119,20 @@ def _found(proto: str | os.PathLike[str], proto_paths: Sequence[str | os.PathLik
 
 def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
     """A FileDescriptorSet file, as `protoc --include_imports -o FILE` or `buf build -o FILE` writes."""
-    p = Path(path)
-    if not p.is_file():
-        raise SchemaError(f"{path}: no such descriptor-set file")
-    data = p.read_bytes()
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: no such descriptor-set file") from None
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise SchemaError(f"{path}: a folder, not a descriptor-set file")
+    if not stat.S_ISREG(mode):   # /dev/null reads as nothing, a FIFO may never end
+        raise SchemaError(f"{path}: not a regular file (a device or a FIFO), so not a descriptor set: "
+                          f"{_WRITE_ONE}")
+    data = Path(path).read_bytes()
+    if not data:
+        raise SchemaError(f"{path}: the file is empty, not a descriptor set: {_WRITE_ONE}")
     files = descriptor_pb2.FileDescriptorSet()
     try:
         files.ParseFromString(data)
@@ -131,6 +142,7 @@ def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
     return Schema.from_bytes(data, origin=str(path))
 
 
+_WRITE_ONE = "protoc --include_imports -o FILE, or buf build -o FILE, writes one"
 _PROTO_TEXT = re.compile(rb"^\s*((syntax|edition)\s*=\s*[\"']|(package|import|message|service)\s+[\w.\"])",
                          re.MULTILINE)
 
