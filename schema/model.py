@@ -226,7 +226,7 @@ def message_from_json(cls: type[Message], data: str | Mapping[str, Any], *, wher
     msg = cls()
     pool = pool if pool is not None else cls.DESCRIPTOR.file.pool
     if _a_list(data) and not is_well_known(cls.DESCRIPTOR.full_name):   # protobuf takes `[]` for `{}`
-        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got list")
+        raise SchemaError(f"{where}: {cls.DESCRIPTOR.full_name}: expected a JSON object of its fields, got an array")
     data = _base64_bytes(data, cls.DESCRIPTOR, where)
     try:
         if isinstance(data, str):
@@ -294,7 +294,14 @@ def _not_an_object(data: Any) -> str:
         value = json.loads(data) if isinstance(data, str) and data else {}
     except ValueError:
         return ""
-    return "" if isinstance(value, dict) else f"expected a JSON object of its fields, got {type(value).__name__}"
+    return "" if isinstance(value, dict) else f"expected a JSON object of its fields, got {_json_kind(value)}"
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (null, true, a number), not Python's (NoneType)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return "a string" if isinstance(value, str) else "a number" if isinstance(value, (int, float)) else "an array"
 
 
 def message_to_dict(msg: Message) -> dict[str, Any]:

@@ -138,12 +138,12 @@ def test_a_json_array_is_refused_not_sent_as_the_empty_request(acme: ServerProce
     completed, where `--data '[{...}]'` or `null` was refused."""
     get = schema.method("acme.billing.v1.Billing/GetInvoice")
     for data in ("[]", " [ ]", []):
-        with pytest.raises(SchemaError, match="expected a JSON object of its fields, got list"):
+        with pytest.raises(SchemaError, match="expected a JSON object of its fields, got an array"):
             message_from_json(get.request, data, where="--data")   # type: ignore[arg-type]
     done = cli("call", "--target", acme.target, "--method", get.name, "--data", "[]")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == ("callstate call: --data: acme.billing.v1.GetInvoiceRequest: expected a JSON "
-                                   "object of its fields, got list")
+                                   "object of its fields, got an array")
     # a well-known type whose JSON is an array still parses from one
     assert len(message_from_json(struct_pb2.ListValue, "[1, 2]", where="x").values) == 2
 

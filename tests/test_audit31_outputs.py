@@ -56,3 +56,17 @@ def test_a_device_or_an_empty_file_as_the_descriptor_set_is_named_as_such(tmp_pa
     assert done.stderr.splitlines() == ["callstate serve: /dev/null: not a regular file (a device or a FIFO), so not "
                                         "a descriptor set: protoc --include_imports -o FILE, or buf build -o FILE, "
                                         "writes one"], done.stderr
+
+
+# -- 3. --data null --------------------------------------------------------------------------
+ZOO = Path(__file__).parent / "protos" / "audit28"
+
+
+def test_a_request_that_is_not_a_json_object_is_named_in_json_words() -> None:
+    """Before: "expected a JSON object of its fields, got NoneType" (and int, str, bool)."""
+    method = from_protos([ZOO / "zoo" / "v1" / "zoo.proto"], [ZOO]).method("zoo.v1.Zoo/Find")
+    for text, kind in (("null", "null"), ("true", "true"), ("false", "false"), ("3", "a number"), ("[1]", "an array"),
+                       ("2.5", "a number"), ('"x"', "a string")):
+        with pytest.raises(SchemaError) as caught:
+            message_from_json(method.request, text, where="--data")
+        assert str(caught.value) == f"--data: zoo.v1.FindRequest: expected a JSON object of its fields, got {kind}"

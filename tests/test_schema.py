@@ -88,7 +88,7 @@ def test_json_that_does_not_fit_the_message_names_where_and_the_field() -> None:
     with pytest.raises(SchemaError, match=r"rule 3: shop.v1.ChargeRequest: .*no field named \"currenc\"") as err:
         message_from_json(charge.request, {"amount": {"currenc": "EUR"}}, where="rule 3")
     assert "\n" not in str(err.value)
-    for text, got in (("[1]", "list"), ('"o-1"', "str"), ("7", "int")):   # protobuf said "Failed to parse 1 field"
+    for text, got in (("[1]", "an array"), ('"o-1"', "a string"), ("7", "a number")):   # protobuf said "Failed to parse 1 field"
         with pytest.raises(SchemaError) as not_object:
             message_from_json(charge.request, text, where="--data")
         assert str(not_object.value) == f"--data: shop.v1.ChargeRequest: expected a JSON object of its fields, got {got}"
