@@ -56,6 +56,10 @@ def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None
             raise ValueError(f"{sources[0]}: the schema has no service to stand in for: the server runs "
                              f"{', '.join(p + '*' for p in OWN_SERVICE_PREFIXES)} itself, and the schema's "
                              f"{', '.join(schema.services)} {'is' if len(schema.services) == 1 else 'are'} among them")
+        if empty := schema.services_without_methods:
+            one = len(empty) == 1
+            raise ValueError(f"{sources[0]}: the schema has no method to stand in for: its service"
+                             f"{'' if one else 's'} {', '.join(empty)} {'has' if one else 'have'} no methods")
         raise ValueError(f"{sources[0]}: the schema has no service to stand in for")
     server_pool(schema)   # fits beside the server's own files (reflection), or one line now
     if opts.rules:

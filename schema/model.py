@@ -142,6 +142,12 @@ class Schema:
     def services(self) -> list[str]:
         return sorted({m.service for m in self.methods.values()})
 
+    @property
+    def services_without_methods(self) -> list[str]:
+        """The services the schema's files declare with no method (`services` lists only those with one)."""
+        return sorted(service.full_name for fd in self.file_descriptors for service in fd.services_by_name.values()
+                      if not service.methods)
+
     def method(self, name: str) -> Method:
         """The method by name, or a SchemaError that lists what the schema has."""
         wanted = normalise_method_name(name)

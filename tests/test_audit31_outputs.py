@@ -70,3 +70,22 @@ def test_a_request_that_is_not_a_json_object_is_named_in_json_words() -> None:
         with pytest.raises(SchemaError) as caught:
             message_from_json(method.request, text, where="--data")
         assert str(caught.value) == f"--data: zoo.v1.FindRequest: expected a JSON object of its fields, got {kind}"
+
+
+# -- 4. a service without methods -------------------------------------------------------------
+def test_a_proto_whose_services_have_no_methods_says_so(tmp_path: Path) -> None:
+    """Before: "--proto: the schema has no service to stand in for" (it has one, empty)."""
+    one = tmp_path / "one.proto"
+    one.write_text('syntax = "proto3";\npackage e.v1;\nservice Empty {}\n')
+    with pytest.raises(ValueError, match=r"^--proto: the schema has no method to stand in for: its service "
+                                         r"e\.v1\.Empty has no methods$"):
+        load_standin(standin(tmp_path, proto=[str(one)]), None)
+    two = tmp_path / "two.proto"
+    two.write_text('syntax = "proto3";\npackage t.v1;\nservice B {}\nservice A {}\n')
+    with pytest.raises(ValueError, match=r"^--proto: the schema has no method to stand in for: its services "
+                                         r"t\.v1\.A, t\.v1\.B have no methods$"):
+        load_standin(standin(tmp_path, proto=[str(two)]), None)
+    none = tmp_path / "none.proto"
+    none.write_text('syntax = "proto3";\npackage n.v1;\nmessage M {}\n')
+    with pytest.raises(ValueError, match=r"^--proto: the schema has no service to stand in for$"):
+        load_standin(standin(tmp_path, proto=[str(none)]), None)
