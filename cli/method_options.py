@@ -58,7 +58,8 @@ def drive_of(opts: argparse.Namespace, settings: "ChannelSettings") -> Drive | N
         raise DriveError("--no-script needs --method")
     options = MethodOptions(opts.method, opts.data, opts.data_file, opts.proto or (), opts.proto_path or (),
                             opts.descriptor_set)
-    return options.drive(opts.target, credentials=settings.credentials(), metadata=settings.metadata)
+    return options.drive(opts.target, credentials=settings.credentials(), metadata=settings.metadata,
+                         explain=settings.explain)
 
 
 def reply_text(reply: Any, limit: int = 300) -> str:

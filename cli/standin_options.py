@@ -27,6 +27,16 @@ def add_standin(p: argparse.ArgumentParser) -> None:
                    "reply and mix; reloaded when the file changes")
 
 
+def _reflect_explain(status: Any, details: str) -> str:
+    """A failed --reflect-from read, with its likely cause: the read is plaintext, serve has no
+    TLS options for it."""
+    from callstate.client.channel import ChannelSettings
+
+    return ChannelSettings(keepalive=None).explain(status, details, tls_remedy=(
+        "--reflect-from cannot read it: it reads reflection in plaintext only, and serve has no TLS options for "
+        "it; give the schema with --proto or --descriptor-set"))
+
+
 def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None]:
     """The schema (None: no stand-in) and the rules file, checked; ValueError naming what is wrong."""
     from callstate.files import load_rules
@@ -47,7 +57,7 @@ def load_standin(opts: argparse.Namespace, limits: Any) -> tuple[Any, str | None
     elif opts.descriptor_set:
         schema = from_descriptor_set(opts.descriptor_set)
     else:
-        schema = from_reflection(opts.reflect_from)
+        schema = from_reflection(opts.reflect_from, explain=_reflect_explain)
     from callstate.server.reflection import server_pool
     from callstate.server.standin import OWN_SERVICE_PREFIXES, served_methods
 

@@ -107,17 +107,20 @@ class ChannelSettings:
             return grpc.insecure_channel(target, options=self.options(options))
         return grpc.secure_channel(target, creds, options=self.options(options))
 
-    def explain(self, status: grpc.StatusCode | None, details: str | None, trailers: Any = None) -> str:
+    def explain(self, status: grpc.StatusCode | None, details: str | None, trailers: Any = None, *,
+                tls_remedy: str = "pass --tls-ca") -> str:
         """`details` of a failed RPC, with what most likely went wrong when the connection
         itself failed (plaintext against TLS or the reverse, a certificate not trusted) or
         the server asked for a token. `trailers`: the RPC's trailing metadata; a status whose
-        exact code the server's handler sent there (a scripted abort) gets no hint."""
+        exact code the server's handler sent there (a scripted abort) gets no hint.
+        `tls_remedy`: what to do when a plaintext connection meets a TLS server (a command
+        without TLS options says so)."""
         text = " ".join((details or "").split())
         hint = ""
         if any(key == CODE_KEY for key, _ in trailers or ()):
             pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
         elif status == grpc.StatusCode.UNAVAILABLE:
-            hint = self._connection_hint(text)
+            hint = self._connection_hint(text, tls_remedy)
         elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
         elif status == grpc.StatusCode.UNIMPLEMENTED:
@@ -125,7 +128,7 @@ class ChannelSettings:
                     "a stand-in, started with the schema: serve --proto, --descriptor-set or --reflect-from")
         return f"{text} ({hint})" if text and hint else text or hint
 
-    def _connection_hint(self, text: str) -> str:
+    def _connection_hint(self, text: str, tls_remedy: str) -> str:
         """What most likely went wrong when a call was UNAVAILABLE with these details ("" if unknown)."""
         if "error code 7)" in text or "REFUSED_STREAM" in text:
             return ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
@@ -151,5 +154,5 @@ class ChannelSettings:
         if "Socket closed" in text or "Connection reset" in text:
             return ("the server closed the TLS connection: does it require a client certificate "
                     "(--tls-cert, --tls-key) signed by a CA it trusts?" if self.secure else
-                    "the server closed a plaintext connection: if it uses TLS, pass --tls-ca")
+                    f"the server closed a plaintext connection: if it uses TLS, {tls_remedy}")
         return ""

@@ -106,7 +106,7 @@ class ClientBase:
 
         def load() -> "Schema":
             return from_reflection(self.target, credentials=self.settings.credentials(),
-                                   metadata=self.settings.metadata)
+                                   metadata=self.settings.metadata, explain=self.settings.explain)
         self.schema, found = resolve(self.schema, name, load)
         return found
 

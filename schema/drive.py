@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from google.protobuf.message import Message
 
 from callstate.schema.model import Method, SchemaError, message_from_json
-from callstate.schema.sources import from_descriptor_set, from_protos, from_reflection
+from callstate.schema.sources import Explain, from_descriptor_set, from_protos, from_reflection
 
 
 class DriveError(ValueError):
@@ -43,9 +43,10 @@ class MethodOptions:
     descriptor_set: str | None = None
 
     def drive(self, target: str, *, credentials: object = None, metadata: Sequence[tuple[str, str]] = (),
-              flag: Callable[[str], str] = cli_flag) -> Drive | None:
+              flag: Callable[[str], str] = cli_flag, explain: Explain | None = None) -> Drive | None:
         """The method and requests the options name (None without a method); DriveError when
-        bad. With neither .proto files nor a descriptor set, the schema is `target`'s reflection."""
+        bad. With neither .proto files nor a descriptor set, the schema is `target`'s reflection
+        (`explain`: how a failed read is worded, see `from_reflection`)."""
         given = {"data": self.data, "data-file": self.data_file, "proto": self.proto,
                  "descriptor-set": self.descriptor_set, "proto-path": self.proto_path}
         if not self.method:
@@ -64,7 +65,7 @@ class MethodOptions:
             elif self.descriptor_set:
                 schema = from_descriptor_set(self.descriptor_set)
             else:
-                schema = from_reflection(target, credentials=credentials, metadata=metadata)
+                schema = from_reflection(target, credentials=credentials, metadata=metadata, explain=explain)
             method = schema.method(self.method)
             return Drive(method, self._requests(method, flag))
         except SchemaError as exc:

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 
 from callstate.schema.model import Schema, SchemaError
 
+Explain = Callable[[Any, str], str]   # (grpc.StatusCode, details) -> details with a hint
 REFLECTION_TIMEOUT = 10.0   # seconds for each reflection request of a schema read at start
 _SKIPPED_SERVICES = ("grpc.reflection.",)
 
@@ -148,12 +149,14 @@ _PROTO_TEXT = re.compile(rb"^\s*((syntax|edition)\s*=\s*[\"']|(package|import|me
 
 
 def from_reflection(target: str, *, credentials: object = None, metadata: Sequence[tuple[str, str]] = (),
-                    timeout: float = REFLECTION_TIMEOUT) -> Schema:
+                    timeout: float = REFLECTION_TIMEOUT, explain: Explain | None = None) -> Schema:
     """Read every service's files from a running server's reflection, once: v1alpha, or v1
     where the server serves only that one (the same messages under another package).
 
     `credentials` is a grpc.ChannelCredentials for TLS (None: plaintext); `metadata` is sent
-    with each request (a bearer token, for instance).
+    with each request (a bearer token, for instance). `explain(status, details)`: the details
+    of a failed read with what most likely went wrong, in the caller's words (its TLS options,
+    say: `ChannelSettings.explain`).
     """
     import grpc
     from grpc_reflection.v1alpha import reflection_pb2 as rpb
@@ -180,9 +183,15 @@ def from_reflection(target: str, *, credentials: object = None, metadata: Sequen
                 response = first_answer(request)
         except grpc.RpcError as exc:
             detail = exc.details() if hasattr(exc, "details") else str(exc)   # type: ignore[attr-defined]
-            code = exc.code().name if hasattr(exc, "code") else "error"      # type: ignore[attr-defined]
+            status = exc.code() if hasattr(exc, "code") else None            # type: ignore[attr-defined]
+            code = status.name if status is not None else "error"
             if code == "UNIMPLEMENTED":
                 detail = "the server serves no reflection (neither grpc.reflection.v1alpha nor v1)"
+            elif code == "DEADLINE_EXCEEDED":   # grpc's own words: "Deadline Exceeded"
+                detail = (f"no answer to reflection within {timeout:g} s (a peer that is not a gRPC server, a "
+                          "stopped server, or an address that drops packets?)")
+            elif explain is not None:
+                detail = explain(status, detail)
             raise SchemaError(f"reflection from {target}: {code}: {detail}") from None
         except StopIteration:
             raise SchemaError(f"reflection from {target}: the server sent no answer") from None

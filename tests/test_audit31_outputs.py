@@ -58,6 +58,68 @@ def test_a_device_or_an_empty_file_as_the_descriptor_set_is_named_as_such(tmp_pa
                                         "writes one"], done.stderr
 
 
+# -- 2. --reflect-from against a TLS server, and against a peer that never answers ---------------
+@pytest.fixture
+def tls_peer(tmp_path: Path) -> Iterator[str]:
+    """An in-process gRPC server that speaks TLS only (no service needed: the handshake fails first)."""
+    tls = make_tls_files(tmp_path)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    creds = grpc.ssl_server_credentials([(tls.server_key.read_bytes(), tls.server_cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_reflect_from_a_tls_server_says_it_reads_plaintext_only(tmp_path: Path, tls_peer: str) -> None:
+    """Before: "reflection from HOST:PORT: UNAVAILABLE: ...: Socket closed", and nothing more."""
+    with pytest.raises(ValueError) as caught:
+        load_standin(standin(tmp_path, reflect_from=tls_peer), None)
+    text = str(caught.value)
+    assert text.startswith(f"reflection from {tls_peer}: UNAVAILABLE: "), text
+    assert text.endswith("(the server closed a plaintext connection: if it uses TLS, --reflect-from cannot read it: "
+                         "it reads reflection in plaintext only, and serve has no TLS options for it; give the schema "
+                         "with --proto or --descriptor-set)"), text
+    # `callstate call`'s reading of the target's reflection has TLS options: it names them
+    call = argparse.Namespace(method="shop.v1.Shop/Charge", data=None, data_file=None, proto=[], proto_path=[],
+                              descriptor_set=None, no_script=False, target=tls_peer)
+    with pytest.raises(DriveError, match=r"Socket closed \(the server closed a plaintext connection: if it uses "
+                                         r"TLS, pass --tls-ca\) \(or give the schema with --proto or "
+                                         r"--descriptor-set\)$"):
+        drive_of(call, ChannelSettings(keepalive=None))
+
+
+def test_reflect_from_a_peer_that_never_answers_says_so_within_the_timeout() -> None:
+    """Before: after 10 s, "DEADLINE_EXCEEDED: Deadline Exceeded"."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    taken: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:   # take each connection, read nothing
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                taken.append(listener.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    target = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(SchemaError) as caught:
+            from_reflection(target, timeout=0.5)
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in [*taken, listener]:
+            s.close()
+    assert str(caught.value) == (f"reflection from {target}: DEADLINE_EXCEEDED: no answer to reflection within 0.5 s "
+                                 "(a peer that is not a gRPC server, a stopped server, or an address that drops "
+                                 "packets?)")
+
+
 # -- 3. --data null --------------------------------------------------------------------------
 ZOO = Path(__file__).parent / "protos" / "audit28"
 
