@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
@@ -64,6 +64,15 @@ class Violation:
     kind: str
     call_id: str
     message: str
+    method: str = ""   # a stand-in's call: the user's method its entries name ("" for callstate.v1's own)
+
+    def example(self) -> dict[str, str]:
+        """As a report's JSON shows it: the method only where the call's entries name one."""
+        return {"call_id": self.call_id, "message": self.message, **({"method": self.method} if self.method else {})}
+
+    def line(self) -> str:
+        """As the text summary shows it."""
+        return f"{self.call_id}{f' ({self.method})' if self.method else ''}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -89,6 +98,7 @@ class SideTrack:
     breach: bool = False              # a pipe rule broken, as this side logged it
     where: str = ""                   # the file and line of this side's latest entry ("path:N: "), if read from one
     first: Any = None                 # where its first entry is in the input (a retiring Checker orders by it)
+    method: str = ""                  # a stand-in's call: the user's method, as its entries name it
 
 
 @dataclass
@@ -165,7 +175,7 @@ class CheckReport:
             "violations": len(self.violations),
             "violations_by_kind": {
                 kind: {"count": len(vs), "meaning": KINDS.get(kind, ""),
-                       "examples": [{"call_id": v.call_id, "message": v.message} for v in vs[:EXAMPLES_PER_KIND]]}
+                       "examples": [v.example() for v in vs[:EXAMPLES_PER_KIND]]}
                 for kind, vs in sorted(kinds.items())
             },
             "cancel_propagation_ms": percentiles(self.cancel_propagation_ms),
@@ -210,8 +220,14 @@ class CheckReport:
             for kind, vs in sorted(self.by_kind().items()):
                 lines.append(f"  {kind}: {len(vs)} ({KINDS.get(kind, '')})")
                 for v in vs[:EXAMPLES_PER_KIND]:
-                    lines.append(f"    {v.call_id}: {v.message}")
+                    lines.append(f"    {v.line()}")
         return "\n".join(lines)
+
+
+def _name_method(violations: Sequence[Violation], method: str) -> None:
+    """Name a stand-in call's method in its violations (a call of callstate.v1's own names none)."""
+    for v in violations if method else ():
+        v.method = v.method or method
 
 
 def one_side_of(by_side: Mapping[str, int]) -> str | None:
@@ -353,9 +369,12 @@ class Checker:
         """One entry as read from a log file (a dict in the state-log format)."""
         if self.retire:
             pos = self.report.entries + 1 if pos is None else pos
+        before = len(self.report.violations)
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
-                        e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"), pos)
+                        e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"), pos, e.get("method"))
+        if len(self.report.violations) > before:
+            self._name_new(before, e.get("call_id"), e.get("side"))
         if self.retire and len(self.report.violations) > len(self._keys):
             self._keys += [(0, pos)] * (len(self.report.violations) - len(self._keys))
 
@@ -368,13 +387,23 @@ class Checker:
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
+        before = len(self.report.violations)
         self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail,
                         logged_time(e.t),   # as its log line has it: a figure then reads the same from the log
-                        cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms)
+                        cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms, method=e.method)
+        if len(self.report.violations) > before:
+            self._name_new(before, e.call_id, e.side)
+
+    def _name_new(self, before: int, call_id: Any, side: Any) -> None:
+        """The violations of the entry just added name its call's method, once its entries named one."""
+        if type(call_id) is str and type(side) is str:
+            track = self.tracks.get(call_id, {}).get(side)
+            _name_method(self.report.violations[before:], track.method if track else "")
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None,
-                   sent: Any = None, received: Any = None, delay_ms: Any = None, pos: Any = None) -> None:
+                   sent: Any = None, received: Any = None, delay_ms: Any = None, pos: Any = None,
+                   method: Any = None) -> None:
         r = self.report
         r.entries += 1
         if self.retire and type(ts) is str:
@@ -398,6 +427,8 @@ class Checker:
             if track.first < self._side_first.setdefault(side, track.first):
                 self._side_first[side] = track.first
         track.where = where
+        if method and type(method) is str:
+            track.method = method
         if track.ended:
             r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after End"))
         elif event != ENTER:
@@ -525,6 +556,13 @@ class Checker:
         propagation, and the rules across its two sides (`have_server` None: not known yet, an
         unknown_to_server is held until `finish` knows)."""
         r = self.report
+        before = len(r.violations)
+        self._finish_sides(call_id, sides, have_server)
+        if len(r.violations) > before:
+            _name_method(r.violations[before:], next((t.method for t in sides.values() if t.method), ""))
+
+    def _finish_sides(self, call_id: str, sides: Mapping[str, SideTrack], have_server: bool | None) -> None:
+        r = self.report
         for side, t in sides.items():
             if not t.ended:
                 # where its last entry is: which of several logs (replicas) holds the cut-off history
@@ -540,7 +578,7 @@ class Checker:
                     r.violations.append(Violation(kind, call_id, why))
         elif _unknown_to_server(client, server, have_server is not False):
             assert client is not None
-            v = Violation("unknown_to_server", call_id, f"{client.where}client completed with 0")
+            v = Violation("unknown_to_server", call_id, f"{client.where}client completed with 0", client.method)
             if have_server is None:
                 self._unknown.append(((1, client.first), v))
             else:

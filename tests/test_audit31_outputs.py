@@ -151,3 +151,49 @@ def test_a_proto_whose_services_have_no_methods_says_so(tmp_path: Path) -> None:
     none.write_text('syntax = "proto3";\npackage n.v1;\nmessage M {}\n')
     with pytest.raises(ValueError, match=r"^--proto: the schema has no service to stand in for$"):
         load_standin(standin(tmp_path, proto=[str(none)]), None)
+
+
+# -- 5. violations of a stand-in's call name its method ----------------------------------------
+CHARGE = "shop.v1.Shop/Charge"
+
+
+def stopped(call_id: str, method: str | None, line: int = 0) -> dict[str, object]:
+    e: dict[str, object] = {"ts": f"2026-12-05T10:00:0{line}.000000Z", "side": "server", "call_id": call_id,
+                            "state": "D", "prev": None, "event": "enter", "move": "dispatch"}
+    return {**e, "method": method} if method else e
+
+
+def test_a_violation_of_a_stand_in_call_names_its_method(tmp_path: Path) -> None:
+    """Before: "336b0001: log.jsonl:1: server stopped in D", the same as a call of callstate.v1's own."""
+    log = tmp_path / "log.jsonl"
+    import orjson
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in (stopped("336b0001", CHARGE), stopped("9999", None, 1))))
+    for retire in (False, True):
+        checker = Checker(retire=retire)
+        for n, e in enumerate((stopped("336b0001", CHARGE), stopped("9999", None, 1)), 1):
+            checker.add(e, f"log.jsonl:{n}: ")
+        report = checker.finish()
+        summary = report.summary().splitlines()
+        assert f"    336b0001 ({CHARGE}): log.jsonl:1: server stopped in D" in summary, summary
+        assert "    9999: log.jsonl:2: server stopped in D" in summary, summary   # as it was
+        assert report.to_json()["violations_by_kind"]["not_ended"]["examples"] == [
+            {"call_id": "336b0001", "message": "log.jsonl:1: server stopped in D", "method": CHARGE},
+            {"call_id": "9999", "message": "log.jsonl:2: server stopped in D"}]
+    # an entry's own violation (a move the table lacks) names it too; so do entries recorded in memory
+    bad = {**stopped("336b0001", CHARGE), "move": "fly"}
+    assert [v.method for v in check_entries([bad]).violations] == [CHARGE, CHARGE]
+    memory = Checker()
+    memory.add_entry(Entry(t=1795600800.0, side="server", call_id="a1", state="D", prev=None, event="enter",
+                           move="dispatch", method=CHARGE))
+    memory.add_entry(Entry(t=1795600800.1, side="server", call_id="a1", state="D", prev=None, event="enter",
+                           move="dispatch", method=CHARGE))   # its own violation, as it is added
+    assert [v.line() for v in memory.finish().violations] == [
+        f"a1 ({CHARGE}): server (start) --dispatch--> D (call was in D)", f"a1 ({CHARGE}): server stopped in D"]
+    report = build_from_files([log])
+    kind = report["check"]["kinds"][0]
+    assert kind["examples"][0]["method"] == CHARGE and "method" not in kind["examples"][1]
+    assert kind["example"]["method"] == CHARGE
+    html = render(report)
+    assert f"<div><code>336b0001</code> ({CHARGE}): {log}:1: server stopped in D</div>" in html   # the table
+    assert f"<p>call <code>336b0001</code> ({CHARGE}): {log}:1: server stopped in D</p>" in html   # the example
+    assert f"<div><code>9999</code>: {log}:2: server stopped in D</div>" in html

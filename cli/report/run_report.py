@@ -288,9 +288,9 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
         example = next((v for v in vs if v.call_id in examples), None)
         kinds.append({
             "kind": kind, "meaning": KINDS.get(kind, ""), "count": len(vs),
-            "examples": [{"call_id": v.call_id, "message": v.message} for v in vs[:EXAMPLES_PER_KIND]],
+            "examples": [v.example() for v in vs[:EXAMPLES_PER_KIND]],
             "example": None if example is None else {
-                "call_id": example.call_id, "message": example.message,
+                **example.example(),
                 CLIENT: examples[example.call_id].get(CLIENT, []),
                 SERVER: examples[example.call_id].get(SERVER, []),
                 # an entry of no known side (a bad_entry's own, often): shown apart, never dropped
