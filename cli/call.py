@@ -130,7 +130,8 @@ def _named(flags: list[str], verb: str, verbs: str) -> str:
 
 
 # the options the call's script carries, with their defaults
-_SCRIPT_OPTIONS = (("--outcome", "outcome", _SCRIPT.outcome), ("--dispatch-delay", "dispatch_delay", _SCRIPT.dispatch_delay),
+_SCRIPT_OPTIONS = (("--outcome", "outcome", _SCRIPT.outcome),
+                   ("--dispatch-delay", "dispatch_delay", _SCRIPT.dispatch_delay),
                    ("--delay", "delay", _SCRIPT.outcome_delay), ("--code", "code", None),
                    ("--grpc-status", "grpc_status", None), ("--message", "message", ""),
                    ("--headers-first", "headers_first", False), ("--on-cancel", "on_cancel", _SCRIPT.on_cancel),
@@ -198,8 +199,8 @@ def _unary_fields_on_a_pipe(opts: argparse.Namespace) -> str | None:
             "caller's) and --server-message-bytes (the server's)")
 
 
-_DROPPED = (_script_options_without_a_script, _emulator_fields_on_a_method, _abort_settings_elsewhere, _cancel_settings_unused, _breach_on_a_unary_call,
-            _unary_fields_on_a_pipe, pipe_options_dropped)
+_DROPPED = (_script_options_without_a_script, _emulator_fields_on_a_method, _abort_settings_elsewhere,
+            _cancel_settings_unused, _breach_on_a_unary_call, _unary_fields_on_a_pipe, pipe_options_dropped)
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:
