@@ -43,7 +43,8 @@ def add_method_options(p: argparse.ArgumentParser, *, data_file_help: str) -> ar
     schema.add_argument("--proto", action="append", metavar="FILE",
                         help="a .proto file with the method's service (repeatable; compiled at start)")
     schema.add_argument("--descriptor-set", metavar="FILE",
-                        help="a FileDescriptorSet (protoc --include_imports -o, buf build -o) with the service")
+                        help="a FileDescriptorSet (protoc --include_imports -o, buf build -o, binary or .json) "
+                             "with the service")
     g.add_argument("--proto-path", action="append", metavar="DIR",
                    help="import path for --proto, like protoc -I (repeatable; default: each file's folder)")
     g.add_argument("--no-script", action="store_true",

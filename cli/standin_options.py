@@ -20,7 +20,8 @@ def add_standin(p: argparse.ArgumentParser) -> None:
     g.add_argument("--proto-path", action="append", default=[], metavar="DIR",
                    help="where imports are looked up, like protoc's -I (repeatable; default: each file's folder)")
     g.add_argument("--descriptor-set", metavar="FILE",
-                   help="a FileDescriptorSet to serve (protoc --include_imports -o FILE, or buf build -o FILE)")
+                   help="a FileDescriptorSet to serve (protoc --include_imports -o FILE, or buf build -o FILE, "
+                        "binary or .json)")
     g.add_argument("--reflect-from", metavar="HOST:PORT",
                    help="read the schema from a running server's reflection, once at start (plaintext)")
     g.add_argument("--rules", metavar="FILE", help="YAML (or JSON) rules: per method and request, the script, "

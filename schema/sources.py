@@ -140,7 +140,24 @@ def from_descriptor_set(path: str | os.PathLike[str]) -> Schema:
     except DecodeError:
         if _PROTO_TEXT.search(data):   # protobuf's words: "Wire format was corrupt"
             raise SchemaError(f"{path}: a .proto file, not a descriptor set: give it with --proto") from None
+        if data.lstrip()[:1] == b"{":
+            return Schema(_json_image(data, path))
     return Schema.from_bytes(data, origin=str(path))
+
+
+def _json_image(data: bytes, path: str | os.PathLike[str]) -> descriptor_pb2.FileDescriptorSet:
+    """A descriptor set in proto JSON: `buf build -o image.json` writes its image so (an image is a
+    FileDescriptorSet whose files carry buf's own extra field, which is not needed here)."""
+    from google.protobuf import json_format
+
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        json_format.Parse(data, files, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise SchemaError(f"{path}: JSON, but not a descriptor set or a buf image in JSON ({str(exc).rstrip('.')})") from None
+    if not files.file:
+        raise SchemaError(f"{path}: JSON with no .proto file in it (a descriptor set or buf image lists them in \"file\")")
+    return files
 
 
 _WRITE_ONE = "protoc --include_imports -o FILE, or buf build -o FILE, writes one"

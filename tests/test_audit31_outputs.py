@@ -197,3 +197,42 @@ def test_a_violation_of_a_stand_in_call_names_its_method(tmp_path: Path) -> None
     assert f"<div><code>336b0001</code> ({CHARGE}): {log}:1: server stopped in D</div>" in html   # the table
     assert f"<p>call <code>336b0001</code> ({CHARGE}): {log}:1: server stopped in D</p>" in html   # the example
     assert f"<div><code>9999</code>: {log}:2: server stopped in D</div>" in html
+
+
+# -- 6. a buf image written as JSON (`buf build -o image.json`) --------------------------------------
+def test_a_buf_image_in_json_is_a_descriptor_set(tmp_path: Path) -> None:
+    """Before: "image.json: not a FileDescriptorSet (... Wire format was corrupt)" of what
+    `buf build -o image.json` writes: the files of a FileDescriptorSet in proto JSON, each with
+    buf's own extra field. The real buf's image where tests/js has it, else protoc's set as JSON."""
+    import json
+    import subprocess
+
+    from google.protobuf import json_format
+
+    from tests.conftest import ROOT
+
+    proto_dir = ROOT / "tests" / "protos"
+    image = tmp_path / "image.json"
+    buf = ROOT / "tests" / "js" / "node_modules" / ".bin" / "buf"
+    if buf.exists():
+        (tmp_path / "buf.yaml").write_text("version: v2\nmodules:\n  - path: protos\n")
+        (tmp_path / "protos" / "shop" / "v1").mkdir(parents=True)
+        for proto in (proto_dir / "shop" / "v1").glob("*.proto"):
+            (tmp_path / "protos" / "shop" / "v1" / proto.name).write_bytes(proto.read_bytes())
+        subprocess.run([str(buf), "build", "-o", str(image)], cwd=tmp_path, check=True, timeout=60)
+    else:
+        made = from_protos([str(proto_dir / "shop" / "v1" / "shop.proto")], [str(proto_dir)])
+        data = json.loads(json_format.MessageToJson(made.files))
+        for f in data["file"]:
+            f["bufExtension"] = {"isImport": False}   # what buf adds to each file: not needed, ignored
+        image.write_text(json.dumps(data))
+    schema = from_descriptor_set(image)
+    assert "shop.v1.Shop/Charge" in schema.methods, sorted(schema.methods)
+    assert schema.method("shop.v1.Shop/Track").kind == "out"
+
+    (tmp_path / "other.json").write_text('{"services": []}')
+    with pytest.raises(SchemaError, match=r"other\.json: JSON with no \.proto file in it"):
+        from_descriptor_set(tmp_path / "other.json")
+    (tmp_path / "bad.json").write_text('{"file": [{"name": 3}]}')
+    with pytest.raises(SchemaError, match=r"bad\.json: JSON, but not a descriptor set or a buf image in JSON \("):
+        from_descriptor_set(tmp_path / "bad.json")
