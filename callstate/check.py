@@ -369,12 +369,9 @@ class Checker:
         """One entry as read from a log file (a dict in the state-log format)."""
         if self.retire:
             pos = self.report.entries + 1 if pos is None else pos
-        before = len(self.report.violations)
         self.add_values(e.get("side"), e.get("call_id"), e.get("state"), e.get("prev"), e.get("event"),
                         e.get("move"), e.get("code"), e.get("grpc_status"), e.get("detail"), e.get("ts"), where,
                         e.get("cancel"), e.get("sent"), e.get("received"), e.get("delay_ms"), pos, e.get("method"))
-        if len(self.report.violations) > before:
-            self._name_new(before, e.get("call_id"), e.get("side"))
         if self.retire and len(self.report.violations) > len(self._keys):
             self._keys += [(0, pos)] * (len(self.report.violations) - len(self._keys))
 
@@ -387,23 +384,26 @@ class Checker:
 
     def add_entry(self, e: Entry) -> None:
         """One entry as recorded in memory (no JSON round trip: `callstate load` feeds these live)."""
-        before = len(self.report.violations)
         self.add_values(e.side, e.call_id, e.state, e.prev, e.event, e.move, e.code, e.grpc_status, e.detail,
                         logged_time(e.t),   # as its log line has it: a figure then reads the same from the log
                         cancel=e.cancel, sent=e.sent, received=e.received, delay_ms=e.delay_ms, method=e.method)
-        if len(self.report.violations) > before:
-            self._name_new(before, e.call_id, e.side)
-
-    def _name_new(self, before: int, call_id: Any, side: Any) -> None:
-        """The violations of the entry just added name its call's method, once its entries named one."""
-        if type(call_id) is str and type(side) is str:
-            track = self.tracks.get(call_id, {}).get(side)
-            _name_method(self.report.violations[before:], track.method if track else "")
 
     def add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
                    grpc_status: Any, detail: Any, ts: float | str | None, where: str = "", cancel: Any = None,
                    sent: Any = None, received: Any = None, delay_ms: Any = None, pos: Any = None,
                    method: Any = None) -> None:
+        """One entry's fields; the violations it brings name its call's method, once its entries named one."""
+        violations = self.report.violations
+        before = len(violations)
+        self._add_values(side, call_id, state, prev, event, move, code, grpc_status, detail, ts, where, cancel, sent,
+                         received, delay_ms, pos, method)
+        if len(violations) > before and type(call_id) is str and type(side) is str:
+            track = self.tracks.get(call_id, {}).get(side)
+            _name_method(violations[before:], track.method if track else "")
+
+    def _add_values(self, side: Any, call_id: Any, state: Any, prev: Any, event: Any, move: Any, code: Any,
+                    grpc_status: Any, detail: Any, ts: float | str | None, where: str, cancel: Any, sent: Any,
+                    received: Any, delay_ms: Any, pos: Any, method: Any) -> None:
         r = self.report
         r.entries += 1
         if self.retire and type(ts) is str:

@@ -14,6 +14,7 @@ from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
+from callstate.schema.drive import unary_method
 from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
@@ -86,7 +87,7 @@ def given_options(opts: argparse.Namespace, options: tuple[tuple[str, str, objec
 def to_pipes(opts: argparse.Namespace) -> str:
     """Where the options of pipes apply: `--pipe`, or, on a unary --method, nowhere (its shape decides)."""
     if getattr(opts, "drive", None) is not None:
-        return f"to pipes: {opts.method} is unary (the calls on a streaming method are pipes of its shape)"
+        return f"to pipes: {unary_method(opts.method)}"
     return "to pipes (--pipe in, out or both)"
 
 

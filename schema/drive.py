@@ -26,6 +26,11 @@ class Drive:
     requests: tuple[Message, ...]
 
 
+def unary_method(name: str) -> str:
+    """Why pipe settings do not apply to a run on a user's unary method (one sentence, for a usage error)."""
+    return f"{name} is unary (the calls on a streaming method are pipes of its shape)"
+
+
 def cli_flag(name: str) -> str:
     """How `callstate call`/`load` spell an option: `--data-file`."""
     return f"--{name}"

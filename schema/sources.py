@@ -154,9 +154,11 @@ def _json_image(data: bytes, path: str | os.PathLike[str]) -> descriptor_pb2.Fil
     try:
         json_format.Parse(data, files, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        raise SchemaError(f"{path}: JSON, but not a descriptor set or a buf image in JSON ({str(exc).rstrip('.')})") from None
+        raise SchemaError(f"{path}: JSON, but not a descriptor set or a buf image in JSON "
+                          f"({str(exc).rstrip('.')})") from None
     if not files.file:
-        raise SchemaError(f"{path}: JSON with no .proto file in it (a descriptor set or buf image lists them in \"file\")")
+        raise SchemaError(f"{path}: JSON with no .proto file in it (a descriptor set or buf image lists them "
+                          'in "file")')
     return files
 
 

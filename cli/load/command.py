@@ -25,6 +25,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
                                 kinds_without_point, unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
+from callstate.schema.drive import unary_method
 from callstate.script import Limits, Mix
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
@@ -160,7 +161,7 @@ def run(opts: argparse.Namespace) -> int:
                                       ("--pipe-messages", opts.pipe_messages != _SCENARIO.pipe_messages)) if given]
     if stray and not opts.pipes:   # no call is a pipe: they would be dropped without a word
         opts.target_parser.error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: " + (
-            f"{opts.method} is unary (the calls on a streaming method are pipes of its shape)" if opts.drive
+            unary_method(opts.method) if opts.drive
             else "add --pipes (e.g. in=10,out=10,both=10)"))
     if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
         opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "

@@ -41,7 +41,7 @@ from callstate.v1 import callstate_pb2 as pb
 from callstate.locust import access, failures, method as any_method
 from callstate.locust.options import flag_of, overrides, usage_error
 from callstate.locust.process import REQUEST_TYPE, ProcessState
-from callstate.schema.drive import DriveError
+from callstate.schema.drive import DriveError, unary_method
 
 SHUTDOWN_WAIT = 5.0   # a call in flight when Locust stops the user is cancelled and waited for this long
 
@@ -294,7 +294,7 @@ def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any], method: str | 
     if stray and not scenario.pipes:   # no call is a pipe: they would be dropped without a word
         remedy = flag_of("pipes") if error is OptionError else "pipes"   # typed options: the option to add
         raise error(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to pipes: " + (
-            f"{method} is unary (the calls on a streaming method are pipes of its shape)" if method
+            unary_method(method) if method
             else f"set {remedy} (e.g. in=10,out=10,both=10)"))
     if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
         raise error(f"{name('pipe_cancel_at')}: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
