@@ -66,12 +66,17 @@ def drive_of(opts: argparse.Namespace, settings: "ChannelSettings") -> Drive | N
 def reply_text(reply: Any, limit: int = 300) -> str:
     """A user method's reply for the final line: its proto JSON form, cut at `limit` characters;
     protobuf's text form when it has no JSON form (an Any of a type the schema lacks)."""
+    return "reply " + message_text(reply, limit)
+
+
+def message_text(message: Any, limit: int = 300) -> str:
+    """A message of a user's method as `reply_text` shows it, without the word."""
     from google.protobuf import text_format
 
     from callstate.schema import message_to_json
 
     try:
-        text = message_to_json(reply)
+        text = message_to_json(message)
     except (TypeError, KeyError):   # json_format cannot unpack the Any: the text form shows its bytes
-        text = "(text form: an Any of a type the schema lacks) " + text_format.MessageToString(reply, as_one_line=True)
-    return "reply " + (text if len(text) <= limit else text[:limit] + "…")
+        text = "(text form: an Any of a type the schema lacks) " + text_format.MessageToString(message, as_one_line=True)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -9,11 +9,11 @@ import sys
 
 from callstate import codes
 from callstate.check import counted
-from callstate.cli.method_options import reply_text
+from callstate.cli.method_options import message_text, reply_text
 from callstate.arg_types import non_negative_float, positive_int
 from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
-from callstate.cli.terminal import print_final
+from callstate.cli.terminal import print_final, printable
 from callstate.schema.drive import unary_method
 from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
@@ -149,6 +149,11 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
             loop.call_later(opts.cancel_after, cancel_if_pending, pipe, not opts.non_abortive,
                             opts.escalate_after if opts.non_abortive else None)
 
+    def on_message(message) -> None:  # type: ignore[no-untyped-def]
+        # a user's method: each message its server streams, as it comes (stderr, as the final
+        # line: stdout holds only the state lines, JSON lines with --json)
+        print(printable(f"pulled {pipe.received}: {message_text(message)}"), file=sys.stderr, flush=True)
+
     try:
         if drive is None:
             pipe = client.pipe(opts.pipe, script, log_messages=opts.log_messages)
@@ -160,7 +165,8 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
             reply = await drive_pipe(pipe, messages=opts.messages, message_bytes=opts.message_bytes,
                                      interval=opts.interval, cancel_at=opts.cancel_at, abortive=not opts.non_abortive,
                                      escalate_after=opts.escalate_after, on_started=on_started,
-                                     payload=drive.requests[0] if drive is not None else None)
+                                     payload=drive.requests[0] if drive is not None else None,
+                                     on_message=on_message if drive is not None else None)
         except CallError as err:
             print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
             return 1

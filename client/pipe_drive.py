@@ -60,11 +60,12 @@ class _Canceller:
 async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                      cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
                      escalate_after: float | None = None, half_close: bool = True, on_started: Callable[[AsyncPipe], None] | None = None,
-                     payload: Any = None) -> Any:
+                     payload: Any = None, on_message: Callable[[Any], None] | None = None) -> Any:
     """Run the pipe call; returns `pipe.result()` (the PipeReply of an in pipe, else None) or
     raises its CallError. `interval` paces the caller's pushes (part of the scenario);
     `half_close=False` keeps the caller's pipe open after its pushes (no null push). `payload`:
-    what each push sends (default: `message_bytes` zero bytes; on a user's method, its request)."""
+    what each push sends (default: `message_bytes` zero bytes; on a user's method, its request).
+    `on_message`: told each message pulled, as it comes (what `callstate call --method` prints)."""
 
     cancel = _Canceller(pipe, cancel_at, abortive, escalate_after)
 
@@ -106,7 +107,9 @@ async def drive_pipe(pipe: AsyncPipe, *, messages: int, message_bytes: int = 0, 
             cancel.at(CANCEL_AFTER_HALF_CLOSE)
 
     async def pull_all() -> None:
-        while await pipe.pull() is not None:
+        while (message := await pipe.pull()) is not None:
+            if on_message is not None:
+                on_message(message)
             if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                 return
 
@@ -130,8 +133,10 @@ async def _cancel_on_headers(pipe: AsyncPipe, cancel: _Canceller) -> None:
 
 def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interval: float = 0.0,
                     cancel_at: PipeCancelPoint | None = None, abortive: bool = True,
-                    escalate_after: float | None = None, half_close: bool = True, payload: Any = None) -> Any:
-    """`drive_pipe` on a sync `Pipe`, blocking: the same moves at the same points. A `both`
+                    escalate_after: float | None = None, half_close: bool = True, payload: Any = None,
+                    on_message: Callable[[Any], None] | None = None) -> Any:
+    """`drive_pipe` on a sync `Pipe`, blocking: the same moves at the same points (`on_message`
+    is told each message pulled, on the thread that pulls it). A `both`
     pipe pulls on a helper thread while the caller pushes (a greenlet under gevent, where the
     threading module is patched). An exception out of the pushes (a greenlet's kill) leaves
     the pipe to the caller, who cancels it, which ends the pulls."""
@@ -175,7 +180,9 @@ def drive_pipe_sync(pipe: Pipe, *, messages: int, message_bytes: int = 0, interv
 
     def pull_all() -> None:
         try:
-            while pipe.pull() is not None:
+            while (message := pipe.pull()) is not None:
+                if on_message is not None:
+                    on_message(message)
                 if cancel.at(CANCEL_AFTER_RECEIVED, pipe.received):
                     return
         except CallError:

@@ -413,7 +413,8 @@ def test_an_after_headers_cancel_does_not_wait_for_headers_a_plain_server_sends_
     assert pipe.sent == (2 if method == UPLOAD else pipe.sent) >= 1 and pipe.state == "End"
 
 
-def test_the_pipe_driver_pushes_the_payload_it_is_given(shop: ShopServer, schema: Any) -> None:
+def test_the_pipe_driver_pushes_the_payload_it_is_given_and_tells_each_message_pulled(shop: ShopServer,
+                                                                                     schema: Any) -> None:
     from callstate.client.pipe_drive import drive_pipe_sync
 
     # the shop is shared: an earlier test's cancelled pipe may still deliver its messages, so
@@ -421,5 +422,7 @@ def test_the_pipe_driver_pushes_the_payload_it_is_given(shop: ShopServer, schema
     tag = uuid.uuid4().hex
     with Client(shop.target, schema=schema) as client:
         pipe = client.pipe(method=CHAT, request={"text": f"opening-{tag}"})
-        drive_pipe_sync(pipe, messages=3, payload=shop.pb.ChatMessage(text=f"pushed-{tag}"))
+        pulled: list[Any] = []
+        drive_pipe_sync(pipe, messages=3, payload=shop.pb.ChatMessage(text=f"pushed-{tag}"), on_message=pulled.append)
     assert [o for o in shop.orders if o.endswith(tag)] == [f"pushed-{tag}"] * 3 and pipe.received == 3
+    assert [m.text for m in pulled] == [f"echo pushed-{tag}"] * 3   # each echo, as the pipe pulled it

@@ -55,6 +55,9 @@ def test_call_a_server_stream_is_an_out_pipe_cancelled_after_three_messages(shop
     result = cli("call", "--target", shop.target, "--method", TRACK, "--data", '{"order_id": "forever"}',
                  "--cancel-at", "after-received:3", "--log-file", str(log), timeout=TIMEOUT)
     assert result.returncode == 1 and "pulled 3" in result.stderr
+    # each message the server streamed is shown as it came, in its proto JSON form
+    assert re.findall(r"^pulled (\d): (.*)$", result.stderr, re.M)[:3] == [
+        ("1", '{"where":"hop 1"}'), ("2", '{"where":"hop 2"}'), ("3", '{"where":"hop 3"}')]
     entries = read_entries(log)
     assert states(entries) == ["C", "Pull", "Can", "WComp", "Comp", "End"] and final(entries)["code"] == 1818
     assert shop.wait_seen(entries[0]["call_id"], "cancelled")[-1] == "cancelled"
