@@ -156,12 +156,22 @@ def client_outcome(status: Status, trailing_metadata: Iterable[tuple[str, str | 
     one is the client going away: 1722 with the status gRPC gave it (CANCELLED), which tells a
     checker this 1722 was the client's own close rather than a connection lost on the wire.
     """
+    plain = not trailing_metadata and not details and not cancelled_here
+    if plain and (known := _PLAIN_OUTCOMES.get((status, abortive_cancel))) is not None:
+        return known   # the common case (a reply: OK, no trailers): worked out once per status
     if cancelled_here or status_name(status) == CANCELLED:
         if abortive_cancel:
             return RPC_S_CALL_CANCELLED, CANCELLED, "cancelled by the caller"
         if cancelled_here:
             return RPC_S_SERVER_UNAVAILABLE, LOCAL_CLOSE_STATUS, "the client was closed"
-    return from_grpc(status, trailing_metadata), status_name(status), details or ""
+    outcome = from_grpc(status, trailing_metadata), status_name(status), details or ""
+    if plain and len(_PLAIN_OUTCOMES) < 64:   # statuses are few; a bound all the same
+        _PLAIN_OUTCOMES[(status, abortive_cancel)] = outcome
+    return outcome
+
+
+# client_outcome of a status with no trailers, details or local cancel, by (status, abortive_cancel)
+_PLAIN_OUTCOMES: dict[tuple[Status, bool], tuple[int, str, str]] = {}
 
 
 # Distinct final codes are counted one by one up to this many; the rest together under OTHER_CODE

@@ -51,6 +51,25 @@ def test_the_code_table_names_grpc_statuses_as_grpc_does() -> None:
     assert codes.client_outcome(grpc.StatusCode.CANCELLED, None, None, abortive_cancel=True)[:2] == (1818, "CANCELLED")
 
 
+def test_a_status_outcome_worked_out_once_is_the_same_each_time() -> None:
+    """client_outcome keeps a plain status's outcome (no trailers, details or local cancel) to
+    answer the next call with it: what it keeps never stands for another case."""
+    S = grpc.StatusCode
+    for status in (*S, "OK", "UNAVAILABLE"):
+        for abortive in (False, True):
+            first = codes.client_outcome(status, None, None, abortive_cancel=abortive)
+            assert codes.client_outcome(status, None, None, abortive_cancel=abortive) == first
+            assert first[0] == (1818 if abortive and codes.status_name(status) == "CANCELLED"
+                                else codes.from_grpc(status))
+    # CANCELLED after the caller's own abortive cancel is that cancel; without one, gRPC's word
+    assert codes.client_outcome(S.CANCELLED, None, None)[2] == ""
+    assert codes.client_outcome(S.CANCELLED, None, None, abortive_cancel=True)[2] == "cancelled by the caller"
+    # a trailer, details or a local cancel are read each time, whatever was kept for the status
+    assert codes.client_outcome(S.OK, [("callstate-code", "5001")], None)[0] == 5001
+    assert codes.client_outcome(S.ABORTED, None, "why")[2] == "why"
+    assert codes.client_outcome(S.OK, None, None, cancelled_here=True)[0] == codes.RPC_S_SERVER_UNAVAILABLE
+
+
 def test_script_validation_names_fields() -> None:
     validate(Script("abort", abort_code=3).to_proto())
     with pytest.raises(ScriptError, match="script.dispatch_delay_ms"):
