@@ -1,0 +1,88 @@
+"""Audit 32 of what callstate tells an operator: `watch` over replicas on its dashboard, the load's
+verdict when the server is lost, what `report` and `check --json` say about a damaged log, and the
+journal commands against a server that does not answer. Real servers on loopback where the point
+is a process's behaviour; in-process otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import EVIDENCE_WAIT, cli, start_server
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = EVIDENCE_WAIT) -> str:
+    """The file's text once it holds `text` (bounded; the process must still run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = path.read_text(errors="replace") if path.exists() else ""
+        if text in got:
+            return got
+        assert time.monotonic() < deadline, f"no {text!r} in {path.name} within {timeout:g} s: {got!r}"
+        assert proc.poll() is None, f"the process ended ({proc.returncode}): {got!r}"
+        time.sleep(0.02)
+
+
+# -- watch's dashboard over replicas: one lost, the others still followed --------------------------
+def test_the_watch_dashboard_goes_on_when_a_replica_is_killed(tmp_path: Path) -> None:
+    """`watch --target A --target B` on a terminal draws the dashboard; with one replica killed the
+    whole watch ended there (exit 1, the survivor no longer followed), although its help says a
+    target lost mid-watch "is said at once and the others are still followed". Entry lines did
+    so; the dashboard (here its plain lines, `--dashboard always`) now does too."""
+    one, two = start_server(tmp_path, name="one"), start_server(tmp_path, name="two")
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", one.target, "--target",
+                             two.target, "--dashboard", "always"], stdout=open(out, "wb"), stderr=open(err, "wb"),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for(err, "watching", proc)
+        two.stop(signal.SIGKILL)
+        _wait_for(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
+        made = cli("call", "--target", one.target)
+        assert made.returncode == 0, made.stderr
+        _wait_for(out, " 1 calls ", proc)   # the survivor's call, counted on the dashboard
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(EVIDENCE_WAIT) == 1   # a target was lost
+        assert len(err.read_text().splitlines()) == 2, err.read_text()   # "watching", the lost one once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        one.stop()
+        two.stop()
+
+
+def test_the_dashboards_in_flight_is_the_sum_of_the_replicas_that_answer() -> None:
+    """The dashboard's in-flight count asked every replica in turn and kept its old value when
+    any one failed: with a replica lost it froze for the rest of the watch."""
+    from callstate.cli.live.view import LINES
+    from callstate.cli.watch import _Dashboard
+
+    class Answers:
+        def __init__(self, in_flight: int | None) -> None:
+            self.in_flight = in_flight
+
+        async def GetCounters(self, *_args: object, **_kw: object) -> "Answers":
+            if self.in_flight is None:
+                raise ConnectionError("lost")
+            return self
+
+    async def go() -> int:
+        import callstate.cli.watch as watch
+        saved, watch.sys.stdout = watch.sys.stdout, io.StringIO()
+        try:
+            board = _Dashboard([Answers(None), Answers(3), Answers(4)], LINES, "a, b, c")
+            deadline = time.monotonic() + EVIDENCE_WAIT
+            while board.stats.in_flight != 7 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await board.stop()
+            return board.stats.in_flight
+        finally:
+            watch.sys.stdout = saved
+
+    assert asyncio.run(go()) == 7
