@@ -86,3 +86,29 @@ def test_the_dashboards_in_flight_is_the_sum_of_the_replicas_that_answer() -> No
             watch.sys.stdout = saved
 
     assert asyncio.run(go()) == 7
+
+
+# -- load: a server lost mid-run does not make calls "unknown to the server" -----------------------
+def test_a_lost_server_does_not_make_the_calls_its_stream_did_not_bring_unknown_to_it() -> None:
+    """`load` against a server killed (or SIGSTOPped) mid-run said `unknown_to_server: 1 e.g. cf83…:
+    client completed with 0` beside `server_lost`: a call the server had completed and logged
+    (`callstate check` over its state log found it, OK), whose entries the broken journal stream
+    never brought. With the server lost, that is not known: the server_lost line says how many
+    such calls the stream did not bring, and no call is named as one the server never had."""
+    from callstate.check import Checker
+    from tests.test_check import client_ok, server_complete
+
+    entries = server_complete("a") + client_ok("a") + client_ok("b")   # b's server entries never came
+    for retire in (False, True):   # the report's checker, and load's (which judges calls as it reads)
+        lost = Checker(retire=retire)
+        for entry in entries:
+            lost.add(entry)
+        report = lost.finish(server_lost="the journal stream broke: UNAVAILABLE: Socket closed")
+        assert [v.kind for v in report.violations] == ["server_lost"], report.summary()
+        assert report.violations[0].message == ("the journal stream broke: UNAVAILABLE: Socket closed; 1 call the "
+                                                "client completed with 0 is not in what the server's side brought "
+                                                "before (its state log may have it)")
+        kept = Checker(retire=retire)   # the near miss: a server still there, the call it never had
+        for entry in entries:
+            kept.add(entry)
+        assert [v.kind for v in kept.finish().violations] == ["unknown_to_server"]
