@@ -117,6 +117,8 @@ class CheckReport:
     # (another client's, a load's own barrier call): their client side is not checked
     server_only: int = 0
     both_sides: int = 0   # calls both a client and a server log have: the calls the two sides were compared on
+    # what reading the logs warned of (a last line cut short, then skipped): said wherever the verdict is
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -184,6 +186,7 @@ class CheckReport:
             "one_sided": self.one_sided,
             "server_only": self.server_only,
             "both_sides": self.both_sides,
+            "warnings": self.warnings,
         }
 
     def summary(self, allow_one_side: bool = False) -> str:

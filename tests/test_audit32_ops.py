@@ -112,3 +112,33 @@ def test_a_lost_server_does_not_make_the_calls_its_stream_did_not_bring_unknown_
         for entry in entries:
             kept.add(entry)
         assert [v.kind for v in kept.finish().violations] == ["unknown_to_server"]
+
+
+# -- a log cut short: the warning goes where the verdict goes ---------------------------------------
+def test_a_log_cut_short_is_said_in_the_report_page_and_in_check_json(tmp_path: Path) -> None:
+    """A server log whose writer was killed mid-line is checked up to its cut, with a warning on
+    stderr. The HTML report (an artifact passed on) and `check --json` (read by a pipeline) gave
+    the verdict without it: 'FAILED: server stopped in A at server.jsonl:5' with nothing saying
+    the log itself ends there."""
+    from tests.test_check import client_ok, server_abort, server_complete, write
+
+    client = write(tmp_path / "client.jsonl", client_ok("a") + client_ok("b", 77))
+    whole = write(tmp_path / "whole.jsonl", server_complete("a") + server_abort("b", 77))
+    server = tmp_path / "server.jsonl"
+    server.write_bytes(whole.read_bytes()[:-20])   # the last line (b's End) cut short
+    warning = "server.jsonl:6: the last line is cut short (no newline, not JSON): ignored; the 5 lines before it are checked"
+
+    checked = cli("check", "--json", client.name, server.name, cwd=tmp_path)
+    assert checked.returncode == 1 and f"callstate check: warning: {warning}" in checked.stderr, checked.stderr
+    import orjson
+    assert orjson.loads(checked.stdout)["warnings"] == [warning]
+
+    page = tmp_path / "report.html"
+    made = cli("report", client.name, server.name, "--html", str(page), "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert made.returncode == 1 and f"callstate report: warning: {warning}" in made.stderr, made.stderr
+    assert orjson.loads((tmp_path / "r.json").read_bytes())["warnings"] == [warning]
+    text = page.read_text()
+    assert f"warning: {warning}" in text[text.index('id="check"'):]   # in the check's section, beside its verdict
+
+    whole_run = cli("check", "--json", client.name, whole.name, cwd=tmp_path)   # the near miss: a whole log
+    assert orjson.loads(whole_run.stdout)["warnings"] == [] and "warning" not in whole_run.stderr

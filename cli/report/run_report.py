@@ -248,6 +248,7 @@ class ReportBuilder:
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
             "check": _check_section(check, examples or {}, allow_one_side, run),
             "server_only": check.server_only,   # calls no client log given has: their client side unchecked
+            "warnings": list(check.warnings),   # reading the logs: a last line cut short, skipped
         }
         return report
 
@@ -345,9 +346,15 @@ def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | 
     told about a last line cut short, which is then skipped, as `callstate check` does (else
     it is an error)."""
     builder = ReportBuilder()
+    warnings = builder.checker.report.warnings   # the page says them too, beside its verdict
+
+    def told(text: str) -> None:
+        warnings.append(text)
+        warn(text)   # type: ignore[misc]   # only given with a warn
+
     for path in paths:
         builder.checker.report.files.append(str(path))
-        for lineno, e in read_log(path, warn):
+        for lineno, e in read_log(path, None if warn is None else told):
             builder.add(e, f"{path}:{lineno}: ")
     builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)
