@@ -337,6 +337,12 @@ class _Watch:
     def say_failed(self, target: str, err: grpc.aio.AioRpcError) -> None:
         import grpc
 
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:   # counters, or a call looked for on replicas
+            waited = (f"{self.opts.timeout:g} s (--timeout)" if self.opts.timeout else
+                      f"{COUNTERS_TIMEOUT:g} s (--timeout waits longer)")
+            self._tell(f"callstate watch: {target}: no answer within {waited}: is the server stopped (SIGSTOP), "
+                       "hung or overloaded?")
+            return
         if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
             # it answered before: not a TLS or address mistake (what explain() would suggest)
             why = ("the connection was lost while watching (the server was killed or became unreachable): "

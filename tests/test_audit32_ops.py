@@ -142,3 +142,33 @@ def test_a_log_cut_short_is_said_in_the_report_page_and_in_check_json(tmp_path: 
 
     whole_run = cli("check", "--json", client.name, whole.name, cwd=tmp_path)   # the near miss: a whole log
     assert orjson.loads(whole_run.stdout)["warnings"] == [] and "warning" not in whole_run.stderr
+
+
+# -- the journal commands against a server that does not answer -----------------------------------
+def test_counters_and_a_call_looked_for_on_a_hung_replica_say_what_was_waited_for(tmp_path: Path) -> None:
+    """`watch --counters` (and `--call-id` over replicas) against a server that takes the
+    connection and never answers (SIGSTOPped, hung) said `DEADLINE_EXCEEDED: Deadline Exceeded`:
+    no word of how long it waited, which wait, or what that means. Here the hung server is a
+    socket that listens and never answers."""
+    import socket
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        target = f"127.0.0.1:{hung.getsockname()[1]}"
+        counters = cli("watch", "--target", target, "--counters", "--timeout", "0.5")
+        assert counters.returncode == 1 and "Traceback" not in counters.stderr, counters.stderr
+        assert counters.stderr == (f"callstate watch: {target}: no answer within 0.5 s (--timeout): is the server "
+                                   "stopped (SIGSTOP), hung or overloaded?\n")
+        srv = start_server(tmp_path)
+        try:
+            looked = cli("watch", "--target", srv.target, "--target", target, "--call-id", "no-such-call",
+                         "--timeout", "1")
+        finally:
+            srv.stop()
+        assert looked.returncode == 1, looked.stderr
+        assert looked.stderr.splitlines() == [
+            f"callstate watch: {target}: no answer within 1 s (--timeout): is the server stopped (SIGSTOP), hung or "
+            "overloaded?",
+            f"callstate watch: no call 'no-such-call' on {srv.target} (never made there, or ended longer ago than its "
+            "journal keeps: --journal-size)"], looked.stderr
