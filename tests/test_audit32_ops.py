@@ -172,3 +172,20 @@ def test_counters_and_a_call_looked_for_on_a_hung_replica_say_what_was_waited_fo
             "overloaded?",
             f"callstate watch: no call 'no-such-call' on {srv.target} (never made there, or ended longer ago than its "
             "journal keeps: --journal-size)"], looked.stderr
+
+
+def test_a_server_that_answers_no_keepalive_ping_is_not_said_to_refuse_connections() -> None:
+    """`watch` (and `health`) against a SIGSTOPped server said only gRPC's `failed to connect to all
+    addresses; ... (ping timeout)`: an operator checks the address and the port, while the
+    connection was made and the server behind it is stopped. The line now says so."""
+    import socket
+
+    with socket.socket() as hung:   # takes the connection (the kernel does), answers nothing
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        target = f"127.0.0.1:{hung.getsockname()[1]}"
+        run = cli("watch", "--target", target, "--keepalive", "1")   # `health` says it with the same words
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert "ping timeout" in run.stderr and run.stderr.rstrip().endswith(
+            "(the server took the connection but answered nothing, not even keepalive pings, within 1 s "
+            "(--keepalive): is it stopped (SIGSTOP) or hung?)"), run.stderr
