@@ -189,3 +189,26 @@ def test_a_server_that_answers_no_keepalive_ping_is_not_said_to_refuse_connectio
         assert "ping timeout" in run.stderr and run.stderr.rstrip().endswith(
             "(the server took the connection but answered nothing, not even keepalive pings, within 1 s "
             "(--keepalive): is it stopped (SIGSTOP) or hung?)"), run.stderr
+
+
+# -- check: logs of two runs are not judged, even when the client's calls ended 0 ---------------------
+def test_logs_of_two_runs_are_not_judged_rather_than_blamed_on_a_missing_replica(tmp_path: Path) -> None:
+    """The README: 'a client log and a server log that share no call (two runs' logs) are NOT
+    JUDGED'. That held only when no client call ended 0: with a run's usual completes, today's
+    client log beside yesterday's server log said `FAILED: 925 violations, unknown_to_server ...
+    (behind several replicas: is one replica's log missing?)`, sending the operator after a
+    replica. Now NOT JUDGED, as for any two runs' logs; a pair that shares a call is still judged."""
+    from callstate.logfile import check_files
+    from tests.test_check import client_ok, server_complete, write
+
+    client = write(tmp_path / "client.jsonl", client_ok("a") + client_ok("b") + client_ok("c", 1818))
+    other_run = write(tmp_path / "yesterday.jsonl", server_complete("x") + server_complete("y"))
+    report = check_files([client, other_run])
+    assert report.violations == [] and report.summary().splitlines()[-1] == (
+        "NOT JUDGED: the client and server logs share no call (logs of different runs?): the two sides were not "
+        "compared"), report.summary()
+    assert not report.verdict_ok()
+
+    same_run = write(tmp_path / "server.jsonl", server_complete("a") + server_complete("x"))   # shares a
+    judged = check_files([client, same_run])
+    assert [(v.kind, v.call_id) for v in judged.violations] == [("unknown_to_server", "b")], judged.summary()
