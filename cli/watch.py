@@ -201,8 +201,8 @@ class _Watch:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda sig=sig: (signalled.append(sig), stop.set()))
-        if not await self._subscribed(streams, stop):   # interrupted: the command never watched
-            waiting = [t for t, s in zip(self.targets, streams) if not s.done()]
+        if waiting := [self.targets[i] for i in await self._subscribed(streams, stop)]:
+            # interrupted before those answered (the others had: their streams go on, unfinished)
             for stream in streams:
                 stream.cancel()
             print(f"callstate watch: stopped before {', '.join(waiting)} answered (not subscribed)",
@@ -242,9 +242,10 @@ class _Watch:
         return True
 
     @staticmethod
-    async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]
+    async def _subscribed(streams: list, stop: asyncio.Event) -> list[int]:  # type: ignore[type-arg]
         """Wait for every stream's response headers (or its end: a failure, told by its
-        reader); False when Ctrl-C / SIGTERM came first."""
+        reader); when Ctrl-C / SIGTERM came first, the indices of the streams that had not
+        answered (else none)."""
         waits = [asyncio.ensure_future(stream.initial_metadata()) for stream in streams]
         stopper = asyncio.ensure_future(stop.wait())
         pending = set(waits)
@@ -252,12 +253,13 @@ class _Watch:
             _, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(stopper)
         stopper.cancel()
+        waiting = [i for i, wait in enumerate(waits) if not wait.done()]
         for wait in waits:
             if not wait.done():
                 wait.cancel()
             elif not wait.cancelled():
                 wait.exception()   # a stream that failed: its reader says how
-        return not pending
+        return waiting
 
     async def _until_over(self, readers: list[asyncio.Future[None]], stop: asyncio.Event) -> None:
         stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.done.wait())

@@ -212,3 +212,39 @@ def test_logs_of_two_runs_are_not_judged_rather_than_blamed_on_a_missing_replica
     same_run = write(tmp_path / "server.jsonl", server_complete("a") + server_complete("x"))   # shares a
     judged = check_files([client, same_run])
     assert [(v.kind, v.call_id) for v in judged.violations] == [("unknown_to_server", "b")], judged.summary()
+
+
+# -- Ctrl-C before every replica answered: name the ones that did not ----------------------------------
+def test_ctrl_c_before_a_hung_replica_answered_names_only_that_replica() -> None:
+    """`watch --target A --target B` with B SIGSTOPped, then Ctrl-C: it said `stopped before A, B
+    answered (not subscribed)`, naming A, which had answered (its stream was merely not over), so
+    the operator went after both. Only the targets whose subscription had not come are named."""
+    from callstate.cli.watch import _Watch
+
+    answered = []
+
+    class Stream:
+        def __init__(self, answers: bool) -> None:
+            self.answers = answers
+
+        async def initial_metadata(self) -> tuple[()]:
+            if not self.answers:
+                await asyncio.Event().wait()   # a stopped server: never
+            answered.append(self)
+            return ()
+
+        def done(self) -> bool:
+            return False   # a stream still open, answered or not
+
+    async def go() -> list[int]:
+        stop = asyncio.Event()
+        streams = [Stream(True), Stream(False), Stream(True)]
+        waiting = asyncio.ensure_future(_Watch._subscribed(streams, stop))
+        deadline = time.monotonic() + EVIDENCE_WAIT
+        while len(answered) < 2 and time.monotonic() < deadline:   # the ones that answer, answered
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)   # their waits are done
+        stop.set()   # Ctrl-C
+        return await asyncio.wait_for(waiting, EVIDENCE_WAIT)
+
+    assert asyncio.run(go()) == [1]
