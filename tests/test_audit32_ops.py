@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from tests.conftest import EVIDENCE_WAIT, cli, start_server
 
 
@@ -126,15 +128,16 @@ def test_a_log_cut_short_is_said_in_the_report_page_and_in_check_json(tmp_path: 
     whole = write(tmp_path / "whole.jsonl", server_complete("a") + server_abort("b", 77))
     server = tmp_path / "server.jsonl"
     server.write_bytes(whole.read_bytes()[:-20])   # the last line (b's End) cut short
-    warning = "server.jsonl:6: the last line is cut short (no newline, not JSON): ignored; the 5 lines before it are checked"
+    warning = ("server.jsonl:6: the last line is cut short (no newline, not JSON): ignored; the 5 lines before it "
+               "are checked")
 
     checked = cli("check", "--json", client.name, server.name, cwd=tmp_path)
     assert checked.returncode == 1 and f"callstate check: warning: {warning}" in checked.stderr, checked.stderr
-    import orjson
     assert orjson.loads(checked.stdout)["warnings"] == [warning]
 
     page = tmp_path / "report.html"
-    made = cli("report", client.name, server.name, "--html", str(page), "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    made = cli("report", client.name, server.name, "--html", str(page), "--json", str(tmp_path / "r.json"),
+               cwd=tmp_path)
     assert made.returncode == 1 and f"callstate report: warning: {warning}" in made.stderr, made.stderr
     assert orjson.loads((tmp_path / "r.json").read_bytes())["warnings"] == [warning]
     text = page.read_text()
@@ -248,3 +251,35 @@ def test_ctrl_c_before_a_hung_replica_answered_names_only_that_replica() -> None
         return await asyncio.wait_for(waiting, EVIDENCE_WAIT)
 
     assert asyncio.run(go()) == [1]
+
+
+# -- the report's calls in flight: the most at once, not a sample at each bucket's end -------------------
+def test_the_reports_calls_in_flight_shows_a_burst_between_two_bucket_ends() -> None:
+    """The over-time chart drew calls in flight as the count at each bucket's end, titled 'calls in
+    flight, peak N': a burst of 1,000 calls held 0.2 s inside one 1-second bucket of a 100 s run
+    showed as 'peak 1', a flat line. An operator looking for a pile-up saw none. The line is now the
+    most calls in flight at once within each bucket; the JSON keeps the bucket-end count too."""
+    from callstate.cli.report.html_report import charts
+    from callstate.cli.report.run_report import ReportBuilder
+    from callstate.statelog import format_ts
+
+    def call(call_id: str, t0: float, t1: float) -> list[dict[str, object]]:
+        return [{"ts": format_ts(t0), "side": "server", "call_id": call_id, "state": "D", "prev": None,
+                 "event": "enter", "move": "dispatch"},
+                {"ts": format_ts(t1), "side": "server", "call_id": call_id, "state": "Comp", "prev": "D",
+                 "event": "enter", "move": "complete"},
+                {"ts": format_ts(t1), "side": "server", "call_id": call_id, "state": "End", "prev": "Comp",
+                 "event": "enter", "move": "completed", "code": 0, "grpc_status": "OK"}]
+
+    t = 1_780_000_000.0
+    builder = ReportBuilder()
+    for e in call("long", t, t + 100) + [x for i in range(1000) for x in call(f"burst-{i}", t + 50.5, t + 50.7)]:
+        builder.add(e)
+    report = builder.build(allow_one_side=True)
+    timeline = report["timeline"]
+    assert timeline["bucket_s"] == 1 and max(timeline["in_flight"]) == 1   # the count at each bucket's end
+    assert max(timeline["in_flight_peak"]) == 1001 and timeline["in_flight_peak"][50] == 1001
+    assert timeline["in_flight_peak"][49] == timeline["in_flight_peak"][51] == 1
+    assert timeline["in_flight_peak"][-1] == 1   # the long call, until its End in the last bucket
+    svg = charts(report)["timeline"]
+    assert "calls in flight (most at once in the bucket), peak 1001" in svg
