@@ -283,3 +283,38 @@ def test_the_reports_calls_in_flight_shows_a_burst_between_two_bucket_ends() -> 
     assert timeline["in_flight_peak"][-1] == 1   # the long call, until its End in the last bucket
     svg = charts(report)["timeline"]
     assert "calls in flight (most at once in the bucket), peak 1001" in svg
+
+
+# -- load against a server that takes the connection and answers nothing --------------------------
+def test_load_says_a_server_that_took_the_connection_but_answered_nothing_may_be_stopped(
+        refused_target: str) -> None:
+    """`load` against a SIGSTOPped server said `cannot reach a callstate server at X (no connection
+    within 5 s: is it up? if it uses TLS, pass --tls-ca)`: the server is up, and TLS has nothing to
+    do with it. A channel still connecting after the wait (the port took the connection, nothing
+    answered) now says so; a refused port keeps the old question. The channel states are real."""
+    import socket
+
+    import grpc
+
+    from callstate.cli.load.run import unreachable
+
+    async def state_of(target: str) -> grpc.ChannelConnectivity:
+        channel = grpc.aio.insecure_channel(target)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+        state = channel.get_state()
+        await channel.close()
+        return state
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        target = f"127.0.0.1:{hung.getsockname()[1]}"
+        assert unreachable(target, asyncio.run(state_of(target)), secure=False) == (
+            f"cannot reach a callstate server at {target} (the connection was taken, but nothing answered within "
+            "5 s: is the server stopped (SIGSTOP) or hung?)")
+    assert unreachable(refused_target, asyncio.run(state_of(refused_target)), secure=False) == (
+        f"cannot reach a callstate server at {refused_target} (no connection within 5 s: is it up? if it uses TLS, "
+        "pass --tls-ca)")
