@@ -318,3 +318,23 @@ def test_load_says_a_server_that_took_the_connection_but_answered_nothing_may_be
     assert unreachable(refused_target, asyncio.run(state_of(refused_target)), secure=False) == (
         f"cannot reach a callstate server at {refused_target} (no connection within 5 s: is it up? if it uses TLS, "
         "pass --tls-ca)")
+
+
+# -- load --html: a run judged before the server had ended its calls says so on the page -----------------
+def test_the_load_page_says_the_wait_for_the_server_was_cut_short() -> None:
+    """A signal during the load's wait for the server to end its calls (`--settle`) makes it judge
+    the run on what the server had ended by then: the summary says `(the wait for the server to
+    end them cut short: SIGTERM)`, but the HTML page (its Run table has 'stopped early') did not,
+    and its not_ended violations stood unexplained."""
+    from callstate.cli.report.html_report import render
+    from callstate.cli.report.run_report import ReportBuilder
+    from tests.test_check import client_ok, server_complete
+
+    builder = ReportBuilder()
+    for entry in server_complete("a") + client_ok("a"):
+        builder.add(entry)
+    run = {"target": "127.0.0.1:50051", "config": {"calls": 1}, "calls_per_s": 1.0, "duration_s": 1.0, "skipped": 0,
+           "interrupted": "", "settle_cut": "SIGTERM", "check": {"ok": True}}
+    page = render(builder.build(run=run))
+    assert "the wait for the server to end the calls</th><td>cut short: SIGTERM" in page
+    assert "cut short" not in render(ReportBuilder().build(run={**run, "settle_cut": ""}))   # the near miss
