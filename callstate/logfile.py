@@ -228,14 +228,18 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     finally:
         for log in logs:
             log.file.close()
-    _tell(logs, warn)
+    checker.report.warnings = _tell(logs, warn)
     return checker.finish(server_in_flight)
 
 
-def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> None:
+def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:
+    """Tell the logs' warnings, in the order of the files; they are also returned, for the report."""
+    told = []
     for log in logs:
         for text in log.warnings:
             warn(text)   # type: ignore[misc]   # warnings are only gathered with a warn
+            told.append(text)
+    return told
 
 
 def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadProgress], None] | None) -> None:

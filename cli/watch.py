@@ -129,7 +129,6 @@ class _Watch:
         self.seen = 0
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
-        self.stopped: list[str] = []   # targets whose server ended their stream (it is stopping)
         self.lost: list[str] = []      # targets lost mid-watch while others were still followed
         self.over = 0                  # targets whose stream ended (stopped, or lost)
 
@@ -202,8 +201,8 @@ class _Watch:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda sig=sig: (signalled.append(sig), stop.set()))
-        if not await self._subscribed(streams, stop):   # interrupted: the command never watched
-            waiting = [t for t, s in zip(self.targets, streams) if not s.done()]
+        if waiting := [self.targets[i] for i in await self._subscribed(streams, stop)]:
+            # interrupted before those answered (the others had: their streams go on, unfinished)
             for stream in streams:
                 stream.cancel()
             print(f"callstate watch: stopped before {', '.join(waiting)} answered (not subscribed)",
@@ -220,8 +219,6 @@ class _Watch:
             await self._until_over(readers, stop)
         finally:
             await self._close(readers, streams)
-        for target in self.stopped:   # the dashboard's: said once it is gone, or the watch would just fall silent
-            self._say_stopped(target)
         for reader in readers:
             if _failed(reader):
                 raise reader.exception()  # type: ignore[misc]
@@ -245,9 +242,10 @@ class _Watch:
         return True
 
     @staticmethod
-    async def _subscribed(streams: list, stop: asyncio.Event) -> bool:  # type: ignore[type-arg]
+    async def _subscribed(streams: list, stop: asyncio.Event) -> list[int]:  # type: ignore[type-arg]
         """Wait for every stream's response headers (or its end: a failure, told by its
-        reader); False when Ctrl-C / SIGTERM came first."""
+        reader); when Ctrl-C / SIGTERM came first, the indices of the streams that had not
+        answered (else none)."""
         waits = [asyncio.ensure_future(stream.initial_metadata()) for stream in streams]
         stopper = asyncio.ensure_future(stop.wait())
         pending = set(waits)
@@ -255,12 +253,13 @@ class _Watch:
             _, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(stopper)
         stopper.cancel()
+        waiting = [i for i, wait in enumerate(waits) if not wait.done()]
         for wait in waits:
             if not wait.done():
                 wait.cancel()
             elif not wait.cancelled():
                 wait.exception()   # a stream that failed: its reader says how
-        return not pending
+        return waiting
 
     async def _until_over(self, readers: list[asyncio.Future[None]], stop: asyncio.Event) -> None:
         stopper, counted = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.done.wait())
@@ -305,22 +304,19 @@ class _Watch:
         except grpc.aio.AioRpcError as err:
             self.failed = target
             others = self.over + 1 < len(self.targets)   # still followed
-            if not (others and self.subscribed and self.dashboard is None
-                    and err.code() == grpc.StatusCode.UNAVAILABLE):
+            if not (others and self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE):
                 raise
-            # A replica lost (killed, cut off) among entry lines: said now, and the others are
-            # still followed, as when one stops gracefully; the watch exits 1 in the end.
+            # A replica lost (killed, cut off): said now (above the dashboard's frame when it is
+            # drawn), and the others are still followed, as when one stops gracefully; the watch
+            # exits 1 in the end.
             self.over += 1
             self.lost.append(target)
             self.say_failed(target, err)
             return
         self.over += 1
-        # The server ends the streams only when it stops (after every call's End). Between entry lines
-        # that is said at once: the other targets may be followed for long after.
-        if self.dashboard is None:
-            self._say_stopped(target)
-        else:
-            self.stopped.append(target)
+        # The server ends the streams only when it stops (after every call's End): said at once, the
+        # other targets may be followed for long after.
+        self._tell(f"callstate watch: {target} ended the stream: the server is stopping")
 
     async def say_failed_why(self, target: str, err: grpc.aio.AioRpcError) -> None:
         """`say_failed`, or what answered in place of a callstate server: a proxy whose upstream is
@@ -343,17 +339,27 @@ class _Watch:
     def say_failed(self, target: str, err: grpc.aio.AioRpcError) -> None:
         import grpc
 
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:   # counters, or a call looked for on replicas
+            waited = (f"{self.opts.timeout:g} s (--timeout)" if self.opts.timeout else
+                      f"{COUNTERS_TIMEOUT:g} s (--timeout waits longer)")
+            self._tell(f"callstate watch: {target}: no answer within {waited}: is the server stopped (SIGSTOP), "
+                       "hung or overloaded?")
+            return
         if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
             # it answered before: not a TLS or address mistake (what explain() would suggest)
             why = ("the connection was lost while watching (the server was killed or became unreachable): "
                    + (err.details() or ""))
         else:
             why = self.opts.settings.explain(err.code(), err.details())
-        print(printable(f"callstate watch: {target}: {err.code().name}: {why}"), file=sys.stderr, flush=True)
+        self._tell(printable(f"callstate watch: {target}: {err.code().name}: {why}"))
 
-    @staticmethod
-    def _say_stopped(target: str) -> None:
-        print(f"callstate watch: {target} ended the stream: the server is stopping", file=sys.stderr, flush=True)
+    def _tell(self, text: str) -> None:
+        """A line of news on stderr, or above the dashboard's frame while one is drawn on the
+        terminal (a line on stderr would scribble over it)."""
+        if self.dashboard is not None and self.dashboard.drawn:
+            self.dashboard.view.say(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def _lost(self, target: str, lost: int, in_all: int) -> None:
         print(f"callstate watch: {counted(lost, 'entry', 'entries')} lost (this watcher was too slow; {in_all} in all)"
@@ -473,13 +479,14 @@ class _Dashboard:
 
     def __init__(self, stubs: list, mode: str, target: str, metadata: tuple = ()) -> None:  # type: ignore[type-arg]
         from callstate.cli.live.stats import LiveStats
-        from callstate.cli.live.view import LiveView
+        from callstate.cli.live.view import LIVE, LiveView
         from callstate.lifecycle import SERVER
 
         self.stubs = stubs   # one per target: the in-flight count is their sum
         self.metadata = metadata   # the token, for a server that requires one
         self.stats = LiveStats(SERVER)
         self.view = LiveView(self.stats, sys.stdout, mode, f"callstate watch → {target}")
+        self.drawn = mode == LIVE   # a frame redrawn on the terminal (not plain lines)
         self.view.start()
         self.poll = asyncio.ensure_future(self._poll_in_flight())
 
@@ -492,13 +499,17 @@ class _Dashboard:
     async def _poll_in_flight(self) -> None:
         from callstate.v1 import callstate_pb2 as pb
 
-        while True:
+        async def in_flight(stub) -> int | None:  # type: ignore[no-untyped-def]
             try:
-                counters = [await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
-                                                   timeout=COUNTERS_TIMEOUT) for stub in self.stubs]
-                self.stats.in_flight = sum(c.in_flight for c in counters)
-            except Exception:   # the stream reports a lost server; the count just stops moving
-                pass
+                return (await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
+                                               timeout=COUNTERS_TIMEOUT)).in_flight
+            except Exception:   # a lost replica: its stream says so; the others' count goes on
+                return None
+
+        while True:   # every replica asked at once: one that does not answer holds up no other
+            known = [n for n in await asyncio.gather(*map(in_flight, self.stubs)) if n is not None]
+            if known:
+                self.stats.in_flight = sum(known)
             await asyncio.sleep(IN_FLIGHT_POLL_S)
 
     async def stop(self) -> None:
@@ -510,3 +521,4 @@ class _Dashboard:
         except (asyncio.CancelledError, Exception):
             pass
         self.view.stop()
+        self.drawn = False   # news from now on goes to stderr

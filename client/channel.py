@@ -134,6 +134,9 @@ class ChannelSettings:
             return ("the server refused the call before taking it (HTTP/2 REFUSED_STREAM): more calls at once "
                     "on one connection than it allows (callstate serve --max-concurrent-streams, default 4096); "
                     "spread them over more connections (load --channels)")
+        if "ping timeout" in text and self.keepalive:   # the TCP connection was made: no refusal, no TLS
+            return (f"the server took the connection but answered nothing, not even keepalive pings, within "
+                    f"{self.keepalive:g} s (--keepalive): is it stopped (SIGSTOP) or hung?")
         if "WRONG_VERSION_NUMBER" in text:
             return "the server does not speak TLS: drop the --tls-* options"
         if "Hostname Verification Check failed" in text:

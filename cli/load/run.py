@@ -499,12 +499,9 @@ class LoadRun:
 
     async def _connect(self, channel: grpc.aio.Channel) -> None:
         try:
-            await asyncio.wait_for(channel.channel_ready(), 5)
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_S)
         except asyncio.TimeoutError:
-            hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
-                    if self.cfg.settings.secure else "is it up? if it uses TLS, pass --tls-ca")
-            raise ConnectionError(f"cannot reach a callstate server at {self.cfg.target} "
-                                  f"(no connection within 5 s: {hint})") from None
+            raise ConnectionError(unreachable(self.cfg.target, channel.get_state(), self.cfg.settings.secure)) from None
 
     async def _subscribe(self, journal: pb_grpc.JournalStub) -> asyncio.Task[None] | None:
         """Follow the journal, when the run is checked (subscribe first, then read the counters:
@@ -772,6 +769,20 @@ def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = Non
 
 def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+CONNECT_S = 5   # how long the run waits for its first connection
+
+
+def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> str:
+    """Why no connection came within CONNECT_S, from the channel's state then: still connecting is
+    a port that took the connection (the kernel does) with nothing answering behind it."""
+    if state == grpc.ChannelConnectivity.CONNECTING:
+        return (f"cannot reach a callstate server at {target} (the connection was taken, but nothing answered within "
+                f"{CONNECT_S} s: is the server stopped (SIGSTOP) or hung?)")
+    hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
+            if secure else "is it up? if it uses TLS, pass --tls-ca")
+    return f"cannot reach a callstate server at {target} (no connection within {CONNECT_S} s: {hint})"
 
 
 def summary(report: dict[str, Any]) -> str:

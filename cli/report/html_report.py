@@ -40,7 +40,8 @@ def charts(report: Mapping[str, Any]) -> dict[str, str]:
     tl = report["timeline"]
     if tl["in_flight"]:
         out["timeline"] = svg_charts.timeline(
-            tl["bucket_s"], [("calls in flight", svg_charts.colour(0), tl["in_flight"]),
+            tl["bucket_s"], [("calls in flight (most at once in the bucket)", svg_charts.colour(0),
+                              tl["in_flight_peak"]),
                              ("calls ended per bucket", svg_charts.colour(2), tl["ended"])],
             [(f"{kind} cancels per bucket", svg_charts.colour(1 + 2 * i), v) for i, (kind, v) in enumerate(tl["cancels"].items())],
             line_title="calls", bar_title="cancels")

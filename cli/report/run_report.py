@@ -248,16 +248,17 @@ class ReportBuilder:
             "paths": {CLIENT: client_paths.most_common(), SERVER: server_paths.most_common()},
             "check": _check_section(check, examples or {}, allow_one_side, run),
             "server_only": check.server_only,   # calls no client log given has: their client side unchecked
+            "warnings": list(check.warnings),   # reading the logs: a last line cut short, skipped
         }
         return report
 
 
 def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[str, Sequence[float]]) -> dict[str, Any]:
-    """Calls in flight at each time bucket's end, calls ended and cancels in each bucket
-    (at most TIMELINE_BUCKETS buckets of a 1/2/5 x 10^n width). `ends` holds NaN for a call
-    that never ended."""
+    """Calls in flight at each time bucket's end and the most at once within it, calls ended
+    and cancels in each bucket (at most TIMELINE_BUCKETS buckets of a 1/2/5 x 10^n width).
+    `ends` holds NaN for a call that never ended."""
     if not starts:
-        return {"t0": None, "bucket_s": 0, "in_flight": [], "ended": [], "cancels": {}}
+        return {"t0": None, "bucket_s": 0, "in_flight": [], "in_flight_peak": [], "ended": [], "cancels": {}}
     t0 = min(starts)
     t_end = max(max(starts), max((t for t in ends if not math.isnan(t)), default=t0))
     width = _nice_step(max(t_end - t0, 1e-3) / TIMELINE_BUCKETS)
@@ -278,7 +279,23 @@ def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[s
         row = by_kind[kind] = [0] * n
         for t in times:
             row[min(n - 1, max(0, int((t - t0) / width)))] += 1
-    return {"t0": format_ts(t0), "bucket_s": width, "in_flight": in_flight, "ended": ended, "cancels": by_kind}
+    return {"t0": format_ts(t0), "bucket_s": width, "in_flight": in_flight,
+            "in_flight_peak": _peaks(starts, ends, t0, width, n), "ended": ended, "cancels": by_kind}
+
+
+def _peaks(starts: Sequence[float], ends: Sequence[float], t0: float, width: float, n: int) -> list[int]:
+    """The most calls in flight at once within each bucket: a burst between two bucket ends shows
+    (the count at a bucket's end misses it). At one instant, an End counts before a start."""
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends if not math.isnan(t)])
+    peaks, running, j = [], 0, 0
+    for i in range(n):
+        peak = running   # the calls in flight as the bucket begins
+        while j < len(events) and int((events[j][0] - t0) / width) <= i:
+            running += events[j][1]
+            peak = max(peak, running)
+            j += 1
+        peaks.append(peak)
+    return peaks
 
 
 def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[dict[str, Any]]]],
@@ -345,9 +362,15 @@ def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | 
     told about a last line cut short, which is then skipped, as `callstate check` does (else
     it is an error)."""
     builder = ReportBuilder()
+    warnings = builder.checker.report.warnings   # the page says them too, beside its verdict
+
+    def told(text: str) -> None:
+        warnings.append(text)
+        warn(text)   # type: ignore[misc]   # only given with a warn
+
     for path in paths:
         builder.checker.report.files.append(str(path))
-        for lineno, e in read_log(path, warn):
+        for lineno, e in read_log(path, None if warn is None else told):
             builder.add(e, f"{path}:{lineno}: ")
     builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)
