@@ -39,13 +39,15 @@ class _Item:
 
 class _Feeder:
     """The request iterator gRPC's thread consumes; `put` blocks until gRPC took the message
-    (its send-complete: True) or the call ended (False)."""
+    (its send-complete: True) or the call ended (False). Several threads may push at once: each
+    waiting `put` is released when the call ends (only the last one was, and the others waited
+    for ever)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
-        self._pending: _Item | None = None
+        self._pending: set[_Item] = set()
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while True:
@@ -61,9 +63,11 @@ class _Feeder:
         with self._lock:
             if self._closed:
                 return False
-            self._pending = item
+            self._pending.add(item)
         self._queue.put(item)
         item.event.wait()
+        with self._lock:
+            self._pending.discard(item)
         return item.taken
 
     def close(self) -> None:
@@ -73,9 +77,9 @@ class _Feeder:
     def end(self) -> None:
         """The call ended: release a waiting `put` and gRPC's consuming thread."""
         with self._lock:
-            self._closed, pending = True, self._pending
-        if pending is not None:
-            pending.event.set()
+            self._closed, pending = True, list(self._pending)
+        for item in pending:
+            item.event.set()
         self._queue.put(None)
 
 
@@ -221,7 +225,7 @@ class Pipe(PipeBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")

@@ -1,0 +1,128 @@
+"""A test engineer's harness on the client library and the pytest plugin (audit 32): thread pools
+pushing and cancelling, done-callbacks that fail the way pytest fails, waits bounded by
+`math.inf`, pipes waited on for a while and then pulled by hand, and a user's own methods on an
+in-process server. Each test is something such a harness hit: a hang, an exception from deep
+inside threading or gRPC, or a stall with a message that blamed the wrong thing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from callstate.client import AsyncClient, AsyncCompletionQueue, CallError, Client, CompletionQueue, PipeScript, Script
+from callstate.logfile import StateLog
+from tests.conftest import ServerProcess, check_own, read_entries
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUND = 10.0   # a wait that must not be needed: it only bounds a defect
+
+
+# -- several threads pushing on one pipe ---------------------------------------------------------------
+def test_a_cancel_releases_every_thread_pushing_on_a_sync_pipe(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """Three threads pushing on one in pipe whose server does not pull (flow control holds the
+    pushes): the cancel released only the last thread to push, the others blocked for ever in
+    `push()`. Now each pusher gets 1916 (the call has ended)."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=str(log)) as client:
+        pipe = client.pipe("in", PipeScript(outcome="hold", at="before-first")).start()
+        codes: list[int] = []
+        blocked = threading.Semaphore(0)
+
+        def pusher() -> None:
+            try:
+                while True:
+                    if pipe.sent >= 8:      # the window is full by now: the next pushes wait
+                        blocked.release()
+                    pipe.push(b"x" * 60_000)
+            except CallError as err:
+                codes.append(err.code)
+
+        threads = [threading.Thread(target=pusher, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for _ in threads:   # every thread is past the window, pushing into the held stream
+            assert blocked.acquire(timeout=BOUND)
+        pipe.cancel()
+        for t in threads:
+            t.join(BOUND)
+        assert [t.is_alive() for t in threads] == [False] * 3, "a pusher is still blocked after the cancel"
+        assert codes == [1916] * 3
+        with pytest.raises(CallError) as err:
+            pipe.result(BOUND)
+        assert err.value.code == 1818
+    assert check_own(log, shared_server).ok
+
+
+# -- done-callbacks that fail the way pytest fails ------------------------------------------------------
+def _fails(call: object) -> None:
+    pytest.fail("the harness's callback found the call wrong")
+
+
+def test_a_sync_callback_that_calls_pytest_fail_neither_hangs_the_wait_nor_starves_the_queue(
+        shared_server: ServerProcess) -> None:
+    """`pytest.fail()` (or `pytest.skip()`, `KeyboardInterrupt`) in an `on_complete` callback is a
+    BaseException, not an Exception: it skipped the callbacks after it and the event `result()`
+    waits on, so `result()` without a timeout hung although `status()` said 0. Now the other
+    callbacks and the waiters still get the notification."""
+    with Client(shared_server.target) as client:
+        queue = CompletionQueue()
+        call = client.prepare(Script("complete"), on_complete=_fails)
+        call.add_done_callback(queue.post)   # subscribed after the failing callback
+        call.start()
+        assert call.result(BOUND) is not None
+        assert queue.get(timeout=BOUND) is call
+
+
+def test_an_async_callback_that_calls_pytest_fail_does_not_starve_the_queue(shared_server: ServerProcess) -> None:
+    async def main() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            queue = AsyncCompletionQueue()
+            call = client.prepare(Script("complete"))
+            call.add_done_callback(_fails)
+            call.add_done_callback(queue.post)
+            call.start()
+            with pytest.raises(pytest.fail.Exception):   # the test that awaits it still sees the failure
+                await asyncio.wait_for(call.result(), BOUND)
+            assert await asyncio.wait_for(queue.get(), BOUND) is call
+            assert call.status() == 0
+
+    asyncio.run(main())
+
+
+# -- math.inf as "no limit" -------------------------------------------------------------------------------
+@pytest.mark.parametrize("forever", [math.inf, 1e10])
+def test_a_wait_for_ever_given_as_a_huge_timeout_waits_on_both_surfaces(shared_server: ServerProcess,
+                                                                        forever: float) -> None:
+    """`result(timeout=math.inf)` raised `OverflowError: timestamp out of range for platform
+    time_t` from threading on the sync surface (the asyncio one waited), and so did `wait(1e10)`;
+    `cancel(abortive=False, timeout=math.inf)` crashed its escalation timer thread unseen. Now a
+    timeout past what threading can wait is no limit, as None is."""
+    with Client(shared_server.target) as client:
+        call = client.start(Script("complete", outcome_delay=0.2))
+        assert call.wait(forever) is True
+        assert call.result(forever) is not None
+        held = client.start(Script("hold", on_cancel="complete"))
+        crashed: list[BaseException] = []
+        old_hook, threading.excepthook = threading.excepthook, lambda args: crashed.append(args.exc_value)
+        try:
+            held.cancel(abortive=False, timeout=forever)   # escalation: never
+            assert held.result(forever) is not None        # the server's answer to the notice
+            live = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+        finally:
+            threading.excepthook = old_hook
+        assert crashed == []
+        assert all(not t.is_alive() for t in live)
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("complete", outcome_delay=0.2))
+            assert await call.wait(forever) is True
+            assert await call.result(forever) is not None
+
+    asyncio.run(main())
