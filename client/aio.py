@@ -132,7 +132,7 @@ class AsyncCall(CallCore):
         return (yield from self.result().__await__())
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         if self._rpc is None:

@@ -182,7 +182,7 @@ class AsyncPipe(PipeBase):
         """Until the call-complete notification can be delivered (the caller may complete); False
         on timeout. The server's unread messages (out pipe, both) are pulled and counted on the
         way, since its status follows them; a timeout leaves the call as it was."""
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")
