@@ -126,3 +126,55 @@ def test_a_wait_for_ever_given_as_a_huge_timeout_waits_on_both_surfaces(shared_s
             assert await call.result(forever) is not None
 
     asyncio.run(main())
+
+
+# -- a pipe waited on for a while, then pulled by hand -------------------------------------------------------
+def test_a_sync_pull_after_a_wait_that_ran_out_reads_on(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """`wait(0.3)` on a held out pipe starts a helper thread that pulls the server's messages (its
+    status follows them); when the wait ran out the helper went on pulling, and the harness's own
+    `pull()` then raced it for gRPC's stream: `ValueError: Internal gRPC call error 8. Please
+    report to https://github.com/grpc/grpc/issues`. Now the helper stops with the wait, and the
+    caller's pulls go on from the next message, none lost."""
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=str(log)) as client:
+        pipe = client.pipe("out", PipeScript(outcome="hold", interval=0.02)).start()
+        assert pipe.wait(0.2) is False
+        counted = pipe.received
+        time.sleep(0.2)   # not a synchronisation: a window in which the server pushes ~10 messages, none pulled
+        assert pipe.received == counted, "the wait's helper went on pulling after the wait ran out"
+        first = pipe.pull()
+        second = pipe.pull()
+        assert first is not None and second is not None
+        assert (first.seq, second.seq) == (pipe.received - 1, pipe.received)   # in order, every one counted
+        assert pipe.wait(0.05) is False            # a second wait that runs out: the same again
+        assert pipe.pull().seq == pipe.received
+        pipe.cancel()
+        with pytest.raises(CallError) as err:
+            pipe.result(BOUND)
+        assert err.value.code == 1818
+    assert check_own(log, shared_server).ok
+
+
+def test_an_async_pull_after_a_wait_that_ran_out_reads_on(shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The asyncio twin: the drainer task went on after the wait ran out, and the harness's `await
+    pipe.pull()` waited behind it until the server ended the stream (its max hold), then returned
+    None with every message eaten. Now it returns the next message."""
+    log = tmp_path / "client.jsonl"
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.target, log=str(log)) as client:
+            pipe = client.pipe("out", PipeScript(outcome="hold", interval=0.02)).start()
+            assert await pipe.wait(0.2) is False
+            first = await asyncio.wait_for(pipe.pull(), BOUND)
+            second = await asyncio.wait_for(pipe.pull(), BOUND)
+            assert first is not None and second is not None
+            assert (first.seq, second.seq) == (pipe.received - 1, pipe.received)
+            assert await pipe.wait(0.05) is False         # a second wait that runs out: the same again
+            assert (await asyncio.wait_for(pipe.pull(), BOUND)).seq == pipe.received
+            pipe.cancel()
+            with pytest.raises(CallError) as err:
+                await asyncio.wait_for(pipe.result(), BOUND)
+            assert err.value.code == 1818
+
+    asyncio.run(main())
+    assert check_own(log, shared_server).ok
