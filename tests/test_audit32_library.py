@@ -178,3 +178,37 @@ def test_an_async_pull_after_a_wait_that_ran_out_reads_on(shared_server: ServerP
 
     asyncio.run(main())
     assert check_own(log, shared_server).ok
+
+
+# -- a user's own methods on a server in the harness's own event loop -----------------------------------------
+def test_a_method_call_by_reflection_on_a_server_of_the_same_loop_is_refused_at_once(tmp_path: Path) -> None:
+    """library.md runs `EmulatorServer` and `AsyncClient` in one `asyncio.run()`; drive.md has
+    `method=` read the target's reflection when the client has no `schema=`. Together, the
+    blocking reflection read waited for the very loop that serves it: 10 s, then `SchemaError
+    ... DEADLINE_EXCEEDED: no answer to reflection within 10 s (a peer that is not a gRPC server,
+    a stopped server, ...)`. Now it is refused at once, saying why and what to give; with the
+    schema the same calls work."""
+    from callstate.schema import SchemaError, from_protos
+    from callstate.server import EmulatorServer
+
+    protos = Path(__file__).parent / "protos"
+    schema = from_protos([protos / "shop/v1/shop.proto"], [protos])
+    log = tmp_path / "client.jsonl"
+
+    async def main() -> None:
+        async with EmulatorServer(port=0, schema=schema, log=tmp_path / "server.jsonl") as srv:
+            async with AsyncClient(srv.target, log=str(log)) as client:
+                for make in (lambda: client.start(method="shop.v1.Shop/Charge", request={"order_id": "o-1"}),
+                             lambda: client.pipe(method="shop.v1.Shop/Track", request={"order_id": "o-1"})):
+                    began = time.monotonic()
+                    with pytest.raises(SchemaError) as err:
+                        make()
+                    assert time.monotonic() - began < 2.0, "the read waited for its own loop"
+                    assert "runs on this event loop" in str(err.value) and "schema=" in str(err.value)
+            async with AsyncClient(srv.target, schema=schema, log=str(log)) as client:
+                reply = await asyncio.wait_for(client.start(Script("complete"), method="shop.v1.Shop/Charge",
+                                                            request={"order_id": "o-1"}), BOUND)
+                assert reply.DESCRIPTOR.full_name == "shop.v1.ChargeReply"
+
+    asyncio.run(main())
+    assert [e["state"] for e in read_entries(log)] == ["C", "WComp", "Comp", "End"]   # nothing of the refused ones
