@@ -52,8 +52,16 @@ class AsyncCompletionQueue:
             loop.call_soon_threadsafe(self._queue.put_nowait, call)
 
     async def get(self) -> "AsyncCall":
+        """The next notified call. On a loop other than the queue's own (made in an earlier
+        `asyncio.run()`, or a session fixture's loop) RuntimeError at once: the calls would be
+        posted to the other loop, and this get() would wait for ever."""
+        loop = asyncio.get_running_loop()
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("the AsyncCompletionQueue belongs to another event loop"
+                               + (", now closed" if self._loop.is_closed() else "")
+                               + ": make the queue in the loop that uses it")
         return await self._queue.get()
 
     def qsize(self) -> int:

@@ -212,3 +212,25 @@ def test_a_method_call_by_reflection_on_a_server_of_the_same_loop_is_refused_at_
 
     asyncio.run(main())
     assert [e["state"] for e in read_entries(log)] == ["C", "WComp", "Comp", "End"]   # nothing of the refused ones
+
+
+# -- a completion queue carried from one event loop to the next ---------------------------------------------
+def test_a_completion_queue_from_a_finished_loop_says_so_instead_of_waiting_for_ever(
+        shared_server: ServerProcess) -> None:
+    """An `AsyncCompletionQueue` made in one `asyncio.run()` (a helper, a session fixture) and
+    waited on in the next: each call was posted to the old, closed loop (`RuntimeError: Event loop
+    is closed`, only in the log) and `await queue.get()` waited for ever. Now get() says at once
+    that the queue belongs to another loop."""
+    async def make() -> AsyncCompletionQueue:
+        return AsyncCompletionQueue()
+
+    queue = asyncio.run(make())
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.target) as client:
+            call = client.start(Script("complete"), queue=queue)
+            with pytest.raises(RuntimeError, match="belongs to another event loop, now closed"):
+                await asyncio.wait_for(queue.get(), 5)
+            await asyncio.wait_for(call, BOUND)
+
+    asyncio.run(main())
