@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from callstate.client import AsyncClient, AsyncCompletionQueue, CallError, Client, CompletionQueue, PipeScript, Script
-from callstate.logfile import StateLog
 from tests.conftest import ServerProcess, check_own, read_entries
 
 pytestmark = pytest.mark.timeout(120)
@@ -234,3 +234,34 @@ def test_a_completion_queue_from_a_finished_loop_says_so_instead_of_waiting_for_
             await asyncio.wait_for(call, BOUND)
 
     asyncio.run(main())
+
+
+# -- the pytest plugin's assertion with tracing on ------------------------------------------------------------
+def test_assert_lifecycle_on_a_traced_plugin_client_shows_its_entries_with_their_times(
+        shared_server: ServerProcess) -> None:
+    """`srv.client(tracing=True)` (a plugin client with spans) logs through a tracing wrapper
+    around the plugin's recorder; `assert_lifecycle` looked for the recorder itself, missed it,
+    and showed the client's side as bare states without times, sorted after the server's End
+    (and without its events). Now it reads the recorder inside the wrapper: each client entry at
+    its time, beside the server's."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from callstate.pytest_plugin import assert_lifecycle
+    from callstate.pytest_plugin.recorder import Recorder
+    from callstate.pytest_plugin.servers import RemoteServer
+
+    handle = RemoteServer(shared_server.target).connect(BOUND)
+    try:
+        with Client(shared_server.target, log=Recorder(handle), tracing=TracerProvider()) as client:
+            call = client.start(Script("abort", abort_code=5001))
+            with pytest.raises(CallError):
+                call.result(BOUND)
+        with pytest.raises(AssertionError) as err:
+            assert_lifecycle(call, server=["D", "A", "End"], code=5002, timeout=BOUND)
+    finally:
+        handle.close()
+    table = str(err.value).split("\n")
+    client_rows = [row for row in table if row.rstrip().endswith("|")]   # the client's column only
+    assert len(client_rows) == 4 and all(re.match(r"\s+\d\d:\d\d:\d\d\.\d{6}Z\s", row) for row in client_rows), table
+    server_end = next(i for i, row in enumerate(table) if "| " in row and "aborted" in row)
+    assert table.index(client_rows[0]) < server_end, "the client's C shown after the server ended the call"
