@@ -68,8 +68,9 @@ def test_a_sync_callback_that_calls_pytest_fail_neither_hangs_the_wait_nor_starv
         shared_server: ServerProcess) -> None:
     """`pytest.fail()` (or `pytest.skip()`, `KeyboardInterrupt`) in an `on_complete` callback is a
     BaseException, not an Exception: it skipped the callbacks after it and the event `result()`
-    waits on, so `result()` without a timeout hung although `status()` said 0. Now the other
-    callbacks and the waiters still get the notification."""
+    waits on, so `result()` without a timeout hung although `status()` said 0; and it went on
+    into gRPC's polling thread and ended it, so no later call of the client was ever notified.
+    Now the other callbacks and the waiters get the notification, and the error is logged."""
     with Client(shared_server.target) as client:
         queue = CompletionQueue()
         call = client.prepare(Script("complete"), on_complete=_fails)
@@ -77,6 +78,8 @@ def test_a_sync_callback_that_calls_pytest_fail_neither_hangs_the_wait_nor_starv
         call.start()
         assert call.result(BOUND) is not None
         assert queue.get(timeout=BOUND) is call
+        # and it did not reach gRPC's thread, which it ended: no later call of the client was notified
+        assert client.start(Script("complete")).result(BOUND) is not None
 
 
 def test_an_async_callback_that_calls_pytest_fail_does_not_starve_the_queue(shared_server: ServerProcess) -> None:
