@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -268,3 +269,35 @@ def test_assert_lifecycle_on_a_traced_plugin_client_shows_its_entries_with_their
     assert len(client_rows) == 4 and all(re.match(r"\s+\d\d:\d\d:\d\d\.\d{6}Z\s", row) for row in client_rows), table
     server_end = next(i for i, row in enumerate(table) if "| " in row and "aborted" in row)
     assert table.index(client_rows[0]) < server_end, "the client's C shown after the server ended the call"
+
+
+# -- a call started on one event loop, awaited on the next ------------------------------------------------------
+def test_awaiting_a_call_from_an_earlier_loop_says_so_and_logs_no_cancel(shared_server: ServerProcess,
+                                                                        tmp_path: Path) -> None:
+    """A fixture's loop starts a call, the test's loop awaits it (or two `asyncio.run()`s): the
+    wait failed inside grpc.aio and was read as the caller's own cancel: `Can` in the log and
+    1818 "cancelled by the caller", a cancel nobody made. Now the wait (and `status()`) is 1915
+    naming the other loop, the call is left as it was, and `close()` ends it as a client cut off."""
+    log = tmp_path / "client.jsonl"
+    made: dict[str, Any] = {}
+
+    async def fixture_loop() -> None:
+        made["client"] = client = AsyncClient(shared_server.target, log=str(log))
+        made["call"] = client.start(Script("complete", outcome_delay=0.1))
+
+    async def test_loop() -> None:
+        client, call = made["client"], made["call"]
+        for wait in (lambda: call.result(), lambda: call.wait(1.0)):
+            with pytest.raises(CallError) as err:
+                await asyncio.wait_for(wait(), BOUND)
+            assert err.value.code == 1915 and "another event loop, now closed" in err.value.details
+        with pytest.raises(CallError, match="another event loop"):
+            call.status()
+        assert call.history == ["C", "WComp"]
+        await asyncio.wait_for(client.close(), BOUND)
+
+    asyncio.run(fixture_loop())
+    asyncio.run(test_loop())
+    entries = read_entries(log)
+    assert [e["state"] for e in entries if e["event"] == "enter"] == ["C", "WComp", "Comp", "End"]
+    assert "client_closed" in [e["event"] for e in entries]
