@@ -145,7 +145,8 @@ def test_a_sync_pull_after_a_wait_that_ran_out_reads_on(shared_server: ServerPro
         assert pipe.wait(0.2) is False
         counted = pipe.received
         time.sleep(0.2)   # not a synchronisation: a window in which the server pushes ~10 messages, none pulled
-        assert pipe.received == counted, "the wait's helper went on pulling after the wait ran out"
+        # (one read may have been under way as the wait ran out: counted at most once more)
+        assert pipe.received <= counted + 1, "the wait's helper went on pulling after the wait ran out"
         first = pipe.pull()
         second = pipe.pull()
         assert first is not None and second is not None
