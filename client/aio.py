@@ -26,7 +26,7 @@ from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
-from callstate.errors import WaitTimedOut
+from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
@@ -52,8 +52,16 @@ class AsyncCompletionQueue:
             loop.call_soon_threadsafe(self._queue.put_nowait, call)
 
     async def get(self) -> "AsyncCall":
+        """The next notified call. On a loop other than the queue's own (made in an earlier
+        `asyncio.run()`, or a session fixture's loop) RuntimeError at once: the calls would be
+        posted to the other loop, and this get() would wait for ever."""
+        loop = asyncio.get_running_loop()
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("the AsyncCompletionQueue belongs to another event loop"
+                               + (", now closed" if self._loop.is_closed() else "")
+                               + ": make the queue in the loop that uses it")
         return await self._queue.get()
 
     def qsize(self) -> int:
@@ -103,8 +111,17 @@ class AsyncCall(CallCore):
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
         """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        if not self.notified:
+            self._on_its_loop("status")
         self._ensure_driver()
         return super().status()
+
+    def _on_its_loop(self, what: str) -> None:
+        """CallError 1915 for waiting on a sent call from a loop other than its client's (a call
+        started in an earlier asyncio.run() or test loop): grpc.aio's call cannot be awaited there,
+        and its failure read as the caller's own cancel (Can logged, 1818). The call is left as it was."""
+        if self._rpc is not None and not self._client.closed and (why := self._client.unusable()) is not None:
+            raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, self.call_id, details=f"{what}() of a call: {why}")
 
     def add_done_callback(self, callback: Callable[["AsyncCall"], None]) -> None:
         """Call `callback(call)` on the loop when the notification arrives."""
@@ -132,11 +149,12 @@ class AsyncCall(CallCore):
         return (yield from self.result().__await__())
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         if self._rpc is None:
             raise self._unsent("wait")
+        self._on_its_loop("wait")
         try:
             if self._driver is None and timeout is None:
                 await self._drive()   # inline: no extra task on the common path

@@ -305,14 +305,23 @@ class CallCore:
         return callbacks
 
     def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True) -> None:
+        """Run the callbacks, then wake the waiters (`after_callbacks`). One that raises must not
+        starve the others, the queue or the waiters: an Exception is logged; a BaseException
+        (pytest.fail() or pytest.skip() in a harness's callback, KeyboardInterrupt) is raised
+        once everything else has run, so a test that awaits the call still sees it fail."""
+        stopped: BaseException | None = None
         for callback in callbacks:
             try:
                 callback(self)
-            except Exception:  # one failing callback must not starve the others (or the queue)
+            except Exception:
                 _LOG.exception("callstate: a done-callback of call %s raised", self.call_id)
+            except BaseException as exc:
+                stopped = stopped or exc
         if notifying and self.notified and self.after_callbacks is not None:
             after, self.after_callbacks = self.after_callbacks, None
             after()
+        if stopped is not None:
+            raise stopped
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(call)` when the notification arrives (at once if it has)."""

@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from callstate import codes
+from callstate import codes, in_process
 from callstate.client.any_method import MethodRequest, multicallable, resolve
 from callstate.client.arguments import check_call, check_client, checked_timeout
 from callstate.client.call_core import CLIENT_IS_CLOSED, CallCore
@@ -32,6 +32,13 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str,
     if isinstance(script, Script):
         script = script.to_proto()
     return pb.CallRequest(call_id=call_id, script=script, payload=payload, cancel_key=cancel_key)
+
+
+# A client's reflection read blocks the thread it runs on: on the loop that serves the target,
+# nothing answers it.
+ON_THIS_LOOP = ("the server runs on this event loop (an EmulatorServer in this process), which cannot answer "
+                "a blocking reflection read made on it: give the client the schema (schema=, e.g. the "
+                "one the server was given) or make the call from another thread")
 
 
 class ClientBase:
@@ -102,9 +109,12 @@ class ClientBase:
     def method(self, name: "str | Method") -> "Method":
         """A method of the client's schema by name ("pkg.Svc/Method"); without a schema, the
         target's reflection is read once, now (blocking). SchemaError when unknown."""
-        from callstate.schema import from_reflection   # protobuf's pools: loaded for a user's methods only
+        from callstate.schema import SchemaError, from_reflection   # protobuf's pools: for a user's methods only
 
         def load() -> "Schema":
+            loop = asyncio._get_running_loop()
+            if in_process.served_on(self.target, loop):   # the read would wait for this very loop
+                raise SchemaError(f"reflection from {self.target}: {ON_THIS_LOOP}")
             return from_reflection(self.target, credentials=self.settings.credentials(),
                                    metadata=self.settings.metadata, explain=self.settings.explain)
         self.schema, found = resolve(self.schema, name, load)

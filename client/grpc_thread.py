@@ -7,6 +7,7 @@ for would come from this thread). `Client.close()` and the sync `wait()`s ask.""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -14,16 +15,23 @@ from callstate import codes
 from callstate.errors import CallError
 
 _here = threading.local()
+_LOG = logging.getLogger("callstate.client")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def runs_on_grpc_thread(on_done: F) -> F:
-    """Mark a call's done-callback, which gRPC runs on its client's thread."""
+    """Mark a call's done-callback, which gRPC runs on its client's thread. Nothing it raises may
+    reach gRPC: a BaseException from a caller's callback (pytest.fail() in a harness,
+    KeyboardInterrupt) ended the channel's polling thread, and every later call of the client
+    then waited for ever for its notification. It is logged instead."""
     @functools.wraps(on_done)
     def marked(call: Any, *args: Any) -> Any:
         _here.owner = call._client
         try:
             return on_done(call, *args)
+        except BaseException:
+            _LOG.exception("callstate: a done-callback of call %s raised on gRPC's thread", call.call_id)
+            return None
         finally:
             _here.owner = None
     return marked  # type: ignore[return-value]

@@ -23,7 +23,7 @@ from grpc._cython import cygrpc
 from callstate import codes
 from callstate.client.arguments import checked_wait_for
 from callstate.client.notice_aio import AsyncNotice
-from callstate.client.pipe_surface import PipeBase, check_script
+from callstate.client.pipe_surface import STOPPED, PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
@@ -80,6 +80,13 @@ class AsyncPipe(PipeBase):
         super().__init__(client, kind, script, **kwargs)
         self._driver: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
+        # The drainer pulls while a wait() is under way, or for ever once a callback waits: a
+        # wait that runs out stops it, so the caller's own pull() after it reads on (the message
+        # the drainer was reading is kept for it) instead of waiting behind it to the stream's end.
+        self._waits = 0
+        self._drain_for_ever = False
+        self._read_lock: asyncio.Lock | None = None   # one read of the stream at a time
+        self._stash: list[pb.PipeMessage] = []
 
     def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
@@ -87,6 +94,7 @@ class AsyncPipe(PipeBase):
         like `wait()` this pulls them). At once when it has."""
         super().add_done_callback(callback)
         if self._rpc is not None and not self.notified:
+            self._drain_for_ever = True
             self._start_drainer()
 
     # -- the caller's moves ------------------------------------------------------------------------
@@ -104,6 +112,7 @@ class AsyncPipe(PipeBase):
             raise self.not_made(exc) from exc
         self._driver = asyncio.ensure_future(self._drive())
         if self.has_callbacks:
+            self._drain_for_ever = True
             self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
         self.started()
         return self
@@ -147,16 +156,18 @@ class AsyncPipe(PipeBase):
     async def pull(self) -> pb.PipeMessage | None:
         """Pull one message (its receive-complete notification), or None at the server's null push
         (once: a pull after it is 1918 RPC_X_PIPE_EMPTY, and data after it 1917)."""
+        msg: pb.PipeMessage | None = await self._pull(draining=False)
+        return msg
+
+    async def _pull(self, draining: bool) -> Any:
+        """pull(); the drainer's (`draining`) returns STOPPED once no wait wants it any more."""
         core = self._need_rpc("pull")
         if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
             raise refusal
-        rpc, after_end = self._rpc, core.peer_null_pushed
-        try:
-            msg = await rpc.read()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not rpc.cancelled():
-                raise
-            msg = grpc.aio.EOF
+        after_end = core.peer_null_pushed
+        msg = await self._read(draining)
+        if msg is STOPPED:
+            return msg
         if after_end:
             raise core.after_peer_end(msg is not grpc.aio.EOF)
         if msg is grpc.aio.EOF:
@@ -167,6 +178,32 @@ class AsyncPipe(PipeBase):
             return None
         core.pulled()
         return msg
+
+    async def _read(self, draining: bool) -> Any:
+        """The stream's next message, or grpc.aio.EOF once it ended. The drainer's read
+        (`draining`) gives STOPPED instead when no wait wants it any more, keeping a message it
+        read meanwhile for the caller's next pull."""
+        if self._read_lock is None:
+            self._read_lock = asyncio.Lock()
+        rpc = self._rpc
+        async with self._read_lock:
+            if self._stash:
+                return self._stash.pop()
+            if draining and not self._drain_wanted():
+                return STOPPED
+            try:
+                msg = await rpc.read()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not rpc.cancelled():
+                    raise
+                msg = grpc.aio.EOF
+            if msg is not grpc.aio.EOF and draining and not self._drain_wanted():
+                self._stash.append(msg)
+                return STOPPED
+        return msg
+
+    def _drain_wanted(self) -> bool:
+        return self._drain_for_ever or self._waits > 0
 
     def __aiter__(self) -> "AsyncPipe":
         return self
@@ -182,13 +219,17 @@ class AsyncPipe(PipeBase):
         """Until the call-complete notification can be delivered (the caller may complete); False
         on timeout. The server's unread messages (out pipe, both) are pulled and counted on the
         way, since its status follows them; a timeout leaves the call as it was."""
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")
         assert self._driver is not None
+        self._waits += 1
         self._start_drainer()
-        await asyncio.wait((self._driver,), timeout=timeout)   # never cancels the driver or a read
+        try:
+            await asyncio.wait((self._driver,), timeout=timeout)   # never cancels the driver or a read
+        finally:
+            self._waits -= 1   # run out: the drainer stops, the caller may pull on
         return self.notified
 
     def _start_drainer(self) -> None:
@@ -197,10 +238,13 @@ class AsyncPipe(PipeBase):
 
     async def _drain(self) -> None:
         try:
-            while await self.pull() is not None:
+            while (msg := await self._pull(draining=True)) is not None and msg is not STOPPED:
                 pass
         except CallError:
-            pass
+            msg = None
+        if msg is STOPPED:   # no wait wants it now (a later one starts another)
+            self._drainer = None
+            return
         try:   # what a server that broke the discipline left after its end: its status follows it
             while await self._rpc.read() is not grpc.aio.EOF:
                 pass

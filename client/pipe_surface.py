@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # The caller's null push travels as a message of its own: the server then knows the end of
 # the stream is a half-close, not a cancel.
 NULL_PUSH_MESSAGE = pb.PipeMessage(null_push=True)
+# What the drainer's read gives once no wait wants it any more (the wait that started it ran out).
+STOPPED: Any = object()
 
 
 def pipe_script_proto(script: PipeScript | pb.PipeScript | None) -> pb.PipeScript | None:

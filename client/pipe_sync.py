@@ -23,7 +23,7 @@ from callstate import codes
 from callstate.client.arguments import checked_wait_for
 from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
-from callstate.client.pipe_surface import PipeBase, check_script
+from callstate.client.pipe_surface import STOPPED, PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
 from callstate.pipe_script import PipeScript
@@ -39,13 +39,15 @@ class _Item:
 
 class _Feeder:
     """The request iterator gRPC's thread consumes; `put` blocks until gRPC took the message
-    (its send-complete: True) or the call ended (False)."""
+    (its send-complete: True) or the call ended (False). Several threads may push at once: each
+    waiting `put` is released when the call ends (only the last one was, and the others waited
+    for ever)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
-        self._pending: _Item | None = None
+        self._pending: set[_Item] = set()
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while True:
@@ -61,9 +63,11 @@ class _Feeder:
         with self._lock:
             if self._closed:
                 return False
-            self._pending = item
+            self._pending.add(item)
         self._queue.put(item)
         item.event.wait()
+        with self._lock:
+            self._pending.discard(item)
         return item.taken
 
     def close(self) -> None:
@@ -73,9 +77,9 @@ class _Feeder:
     def end(self) -> None:
         """The call ended: release a waiting `put` and gRPC's consuming thread."""
         with self._lock:
-            self._closed, pending = True, self._pending
-        if pending is not None:
-            pending.event.set()
+            self._closed, pending = True, list(self._pending)
+        for item in pending:
+            item.event.set()
         self._queue.put(None)
 
 
@@ -92,6 +96,14 @@ class Pipe(PipeBase):
         self._notified = threading.Event()
         self.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
+        # The drainer pulls while a wait() is under way, or for ever once a callback waits: a
+        # wait that runs out stops it, so the caller's own pull() after it reads on (the message
+        # the drainer was reading is kept for it) instead of racing it for gRPC's stream.
+        self._drain_lock = threading.Lock()
+        self._waits = 0
+        self._drain_for_ever = False
+        self._read_lock = threading.Lock()   # one read of the stream at a time: the caller's, the drainer's
+        self._stash: list[pb.PipeMessage] = []
         # gRPC's done-callback can run while the server's last messages still wait in the
         # response iterator: the outcome is held until the iterator ends, so the status follows
         # the messages (as on the wire) and a notified caller has pulled and counted them all.
@@ -105,12 +117,18 @@ class Pipe(PipeBase):
         pipe, both) on a helper thread: the status follows them."""
         super().add_done_callback(callback)
         if not self.notified:
-            self._start_drainer()
+            self._start_drainer(for_ever=True)
 
-    def _start_drainer(self) -> None:
-        if self._responses is not None and self._drainer is None:
-            self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
-            self._drainer.start()
+    def _start_drainer(self, for_ever: bool = False, waits: int = 0) -> None:
+        with self._drain_lock:
+            self._drain_for_ever |= for_ever
+            self._waits += waits
+            if self._responses is not None and self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
+                self._drainer.start()
+
+    def _drain_wanted(self) -> bool:
+        return self._drain_for_ever or self._waits > 0
 
     # -- the caller's moves ------------------------------------------------------------------------
     def start(self) -> "Pipe":
@@ -130,7 +148,7 @@ class Pipe(PipeBase):
         # at once when already done: the core holds the outcome until start() has moved out of C
         self._rpc.add_done_callback(self._on_done)
         if self.has_callbacks:
-            self._start_drainer()   # a callback subscribed before the start: as add_done_callback does
+            self._start_drainer(for_ever=True)   # a callback subscribed before the start: as add_done_callback does
         self.started()
         return self
 
@@ -158,11 +176,17 @@ class Pipe(PipeBase):
         self._feeder.close()
 
     def pull(self) -> pb.PipeMessage | None:
+        return self._pull(draining=False)
+
+    def _pull(self, draining: bool) -> Any:
+        """pull(); the drainer's (`draining`) returns STOPPED once no wait wants it any more."""
         core = self._need_rpc("pull")
         if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
             raise refusal
         after_end = core.peer_null_pushed
-        msg = self._next_message()
+        msg = self._next_message(draining)
+        if msg is STOPPED:
+            return msg
         if after_end:
             raise core.after_peer_end(msg is not None)
         if msg is None:
@@ -174,13 +198,25 @@ class Pipe(PipeBase):
         core.pulled()
         return msg
 
-    def _next_message(self) -> pb.PipeMessage | None:
-        """The response iterator's next message; None once it ended (the status is then in)."""
-        try:
-            return next(self._responses)
-        except (StopIteration, grpc.RpcError):
-            self._release_held()
-            return None
+    def _next_message(self, draining: bool = False) -> Any:
+        """The response iterator's next message; None once it ended (the status is then in).
+        The drainer's read (`draining`) gives STOPPED instead when no wait wants it any more,
+        keeping a message it read meanwhile for the caller's next pull."""
+        with self._read_lock:
+            if self._stash:
+                return self._stash.pop()
+            if draining and not self._drain_wanted():
+                return STOPPED
+            try:
+                msg = next(self._responses)
+            except (StopIteration, grpc.RpcError):
+                msg = None
+            if msg is not None and draining and not self._drain_wanted():
+                self._stash.append(msg)
+                return STOPPED
+        if msg is None:
+            self._release_held()   # outside the read lock: a callback it runs may pull
+        return msg
 
     def _release_held(self) -> None:
         with self._end_lock:
@@ -221,22 +257,33 @@ class Pipe(PipeBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self.notified:
             return True
         self._need_rpc("wait")
         check_wait(self, timeout)
-        self._start_drainer()
-        if not self._notified.wait(timeout):
-            return False
-        return self.notified
+        self._start_drainer(waits=1)
+        try:
+            if not self._notified.wait(timeout):
+                return False   # the drainer stops: the caller may pull on
+            return self.notified
+        finally:
+            with self._drain_lock:
+                self._waits -= 1
 
     def _drain(self) -> None:
-        try:
-            while self.pull() is not None:
-                pass
-        except CallError:
-            pass
+        while True:
+            try:
+                while (msg := self._pull(draining=True)) is not None and msg is not STOPPED:
+                    pass
+            except CallError:
+                msg = None
+            if msg is not STOPPED:
+                break
+            with self._drain_lock:   # no wait wants it now; one that came meanwhile keeps it going
+                if not self._drain_wanted():
+                    self._drainer = None
+                    return
         while self._next_message() is not None:   # past the pipe's end (a breach): on to the status
             pass
 

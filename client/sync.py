@@ -103,7 +103,7 @@ class Call(CallCore):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete."""
-        checked_wait_for(timeout)
+        timeout = checked_wait_for(timeout)
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)

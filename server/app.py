@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection   # its service name; served by server/reflection.py
 
+from callstate import in_process
 from callstate.lifecycle import SERVER
 from callstate.files import check_key_pair, check_validity, read_pem, write_atomically
 from callstate.script import REQUEST_FRAMING, Limits
@@ -170,6 +171,7 @@ class EmulatorServer:
         for name in SERVICE_NAMES[:2] + served[len(SERVICE_NAMES):] + ("",):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        in_process.serving(self.port, asyncio.get_running_loop())   # a client on this loop must not block on it
         if self.rules_file is not None:
             self.rules_file.start()
         return self.port
@@ -202,6 +204,7 @@ class EmulatorServer:
         if self._server is None:
             return
         server, self._server = self._server, None
+        in_process.stopped(self.port, asyncio.get_running_loop())
         assert self._health is not None and self.emulator is not None and self.journal is not None
         if self.rules_file is not None:
             await self.rules_file.stop()

@@ -36,11 +36,19 @@ def unregister_server(server: ServerHandle) -> None:
             del _SERVERS[server.target]
 
 
+def _recorder_of(call: Any) -> Recorder | None:
+    """The plugin recorder the call's client logs to, also inside the wrapper that feeds a
+    traced client's spans (`tracing=`: observe.ObservedLog, its `inner`)."""
+    log = getattr(getattr(call, "_client", None), "log", None)
+    log = getattr(log, "inner", log)
+    return log if isinstance(log, Recorder) else None
+
+
 def client_entries(call: Any) -> list[dict[str, Any]]:
     """The call's client entries with timestamps when its client logs to a plugin recorder;
     otherwise its state history alone."""
-    log = getattr(getattr(call, "_client", None), "log", None)
-    if isinstance(log, Recorder):
+    log = _recorder_of(call)
+    if log is not None:
         return [to_dict(e) for e in log.calls().get(call.call_id, [])]
     return [{"ts": "", "side": CLIENT, "call_id": call.call_id, "state": s, "event": ENTER} for s in call.history]
 
@@ -49,8 +57,8 @@ def _server_for(call: Any, journal: ServerHandle | None) -> ServerHandle | None:
     if journal is not None:
         return journal
     client = getattr(call, "_client", None)
-    log = getattr(client, "log", None)
-    if isinstance(log, Recorder):
+    log = _recorder_of(call)
+    if log is not None:
         return log.server
     with _SERVERS_LOCK:
         return _SERVERS.get(getattr(client, "target", ""))
