@@ -207,14 +207,21 @@ def test_does_not_need_it():
     assert elapsed < 30   # once, not once per test, and bounded
 
 
-def test_server_that_fails_to_start_is_one_clear_error(pytester: pytest.Pytester) -> None:
+def test_a_server_that_fails_to_start_and_a_client_given_a_log_are_each_one_clear_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bad_server='''
 def test_bad_mix(callstate_server_factory):
     callstate_server_factory(mix="sometimes=1")
+
+def test_a_log_of_its_own(callstate_server_factory):
+    callstate_server_factory().client(log="mine.jsonl")
 ''')
     result = run(pytester)
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*callstate: bad emulator configuration: mix entry 'sometimes=1': unknown name*"])
+    # a factory server's client records for the teardown's check: another log would replace that
+    result.stdout.fnmatch_lines(["*TypeError: .client() takes no log=: its calls are recorded for the test's "
+                                 "teardown, which checks them; a failed test's logs (both sides) are kept under "
+                                 "--callstate-log-dir*"])
 
 
 def test_thread_server_starts_fast_and_reports_a_failed_bind(tmp_path: Path) -> None:

@@ -292,7 +292,14 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
     teardown checks, closed then if the test did not close them."""
     from callstate.client import AsyncClient, Client
 
+    def no_log(kwargs: dict[str, Any], what: str) -> None:
+        if "log" in kwargs:   # it would replace the recorder the teardown checks the calls from
+            raise TypeError(f"{what}() takes no log=: its calls are recorded for the test's teardown, which "
+                            "checks them; a failed test's logs (both sides) are kept under --callstate-log-dir")
+
     def client(**kwargs: Any) -> Client:
+        __tracebackhide__ = True
+        no_log(kwargs, ".client")
         c = Client(srv.target, log=calls.recorder(srv), **kwargs)
         calls.closers.append(c.close)
         return c
@@ -301,6 +308,7 @@ def _bind_clients(srv: Any, calls: "TestCalls") -> None:
         import asyncio
 
         __tracebackhide__ = True
+        no_log(kwargs, ".async_client")
         try:   # before the client: one made off its loop would be left open
             loop = asyncio.get_running_loop()
         except RuntimeError:
