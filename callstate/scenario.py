@@ -197,11 +197,13 @@ def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:
     return (point, cancel) if cancel is not None and point is not None else (None, None)
 
 
-def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScript:
+def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int, delay: float = 0.0) -> PipeScript:
     """The server's script of a pipe plan: the scenario's messages each way, the plan's outcome
-    at the end of the pipe (a held pipe keeps streaming until its cancel)."""
+    at the end of the pipe after `delay` seconds of processing, as a unary call's (none for a
+    held pipe: it keeps streaming until its cancel)."""
     return PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
                       message_bytes=message_bytes, abort_code=scenario.abort_code,
+                      outcome_delay=0.0 if plan.outcome == HOLD else delay,
                       interval=HELD_PIPE_INTERVAL if plan.outcome == HOLD else 0.0,
                       cancel_poll=None if plan.cancel_poll_ms is None else plan.cancel_poll_ms / 1000)
 

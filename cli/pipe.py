@@ -75,6 +75,8 @@ _CALLER_SIDE = (("--messages", "messages", DEFAULT_MESSAGES), ("--message-bytes"
 _SERVER_SIDE = (("--server-messages", "server_messages", DEFAULT_MESSAGES),
                 ("--server-message-bytes", "server_message_bytes", 0), ("--server-interval", "server_interval", 0.0))
 _PIPE_ONLY = (("--at", "at", "end"), ("--at-count", "at_count", 1), ("--log-messages", "log_messages", False))
+# the sizes of the Emulator's own pipe messages: a user's method has messages of its own
+_PAYLOAD_SIZES = (_CALLER_SIDE[1], _SERVER_SIDE[1])
 # what of the pipe options only the server's script carries (with --no-script none is sent)
 SERVER_SCRIPT = _SERVER_SIDE + _PIPE_ONLY[:2] + (("--breach", "breach", "none"),)
 
@@ -100,6 +102,9 @@ def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
         if given := given_options(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
             return f"{apply(given)} {to_pipes(opts)}"
         return None
+    if getattr(opts, "drive", None) is not None and (given := given_options(opts, _PAYLOAD_SIZES)):
+        return (f"{apply(given)} to callstate's own pipes (--pipe without --method): {opts.method} pushes its "
+                "request from --data, and a stand-in pushes a rule's reply (docs/any-service.md)")
     if opts.pipe == PIPE_OUT and (given := given_options(opts, _CALLER_SIDE)):
         return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"
     if opts.pipe == PIPE_IN and (given := given_options(opts, _SERVER_SIDE)):

@@ -219,7 +219,7 @@ class CallstateUser(User):
         point, cancel = pipe_cancel(plan)
         expected, name = expected_codes(plan, self.scenario.abort_code), f"pipe-{plan.pipe}"
         t0 = time.perf_counter()
-        script, request = pipe_script(plan, self.scenario, self.payload), None
+        script, request = pipe_script(plan, self.scenario, self.payload, self.delay), None
         if self.any_method is None:
             pipe: Pipe = self.client.pipe(plan.pipe, script)
         else:   # a streaming method: its request opens an out pipe and is what in and both pipes push

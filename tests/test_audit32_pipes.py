@@ -1,0 +1,108 @@
+"""A user's streaming methods (server-, client- and bidi-streaming) on the stand-in, driven as a
+user drives them: the options and bounds that hold for unary calls hold for pipes too, or are
+refused in one line when they cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import ServerProcess, cli, read_entries, start_server
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "tests" / "protos"
+SHOP = ("--proto", str(PROTOS / "shop" / "v1" / "shop.proto"), "--proto-path", str(PROTOS))
+TRACK, UPLOAD, CHAT = "shop.v1.Shop/Track", "shop.v1.Shop/Upload", "shop.v1.Shop/Chat"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A stand-in of the shop proto (a server stream, a client stream, a bidi stream), with a
+    small payload limit (pushes and requests over 2,000 bytes are the server's to refuse)."""
+    srv = start_server(tmp_path_factory.mktemp("shop32"), *SHOP, "--max-hold", "20",
+                       "--max-payload-bytes", "2000")
+    yield srv
+    srv.stop()
+
+
+def _c_to_end(entries: list[dict]) -> dict[str, float]:
+    """Each call's time from C to End on the client, in seconds (from the log's timestamps)."""
+    from datetime import datetime
+    start: dict[str, datetime] = {}
+    out: dict[str, float] = {}
+    for e in entries:
+        ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00"))
+        if e["state"] == "C" and e["event"] == "enter":
+            start[e["call_id"]] = ts
+        elif e["state"] == "End" and e["event"] == "enter" and e["call_id"] in start:
+            out[e["call_id"]] = (ts - start[e["call_id"]]).total_seconds()
+    return out
+
+
+# -- load --delay: the server's processing time before the outcome, on pipes too -----------------
+
+@pytest.mark.parametrize("args", [("--method", UPLOAD, *SHOP), ("--pipes", "out=100")],
+                         ids=["streaming-method", "pipes"])
+def test_load_delay_holds_back_the_outcome_of_pipes(shop: ServerProcess, tmp_path: Path,
+                                                    args: tuple[str, ...]) -> None:
+    """`load --delay 0.4` was dropped without a word for every pipe (its script carried no
+    outcome delay): a streaming method's calls ended in ~10 ms, as if no --delay was given,
+    while the same run on a unary method took 0.4 s a call."""
+    log = tmp_path / "client.jsonl"
+    result = cli("load", "--target", shop.target, *args, "--delay", "0.4", "--mix", "complete=100",
+                 "--cancel", "none", "--calls", "2", "--concurrency", "2", "--progress", "never",
+                 "--log-file", str(log))
+    assert result.returncode == 0, result.stdout + result.stderr
+    took = _c_to_end(read_entries(log))
+    assert len(took) == 2 and min(took.values()) >= 0.4, took
+
+
+# -- load --cancel-at: unary cancel points, refused when no call of the run is unary ---------------
+
+@pytest.mark.parametrize("args, says", [
+    (("--method", UPLOAD, *SHOP), f"every call is a pipe ({UPLOAD} is client-streaming)"),
+    (("--pipes", "in=50,both=50"), "every call is a pipe (--pipes in=50,both=50)"),
+])
+def test_load_refuses_unary_cancel_points_when_every_call_is_a_pipe(shop: ServerProcess, tmp_path: Path,
+                                                                     args: tuple[str, ...], says: str) -> None:
+    """`load --method <streaming> --cancel-at after:0.01` ran, exit 0, its cancels placed at the
+    default pipe points (before-start, after-headers, after-sent:2, ...): the 10 ms the user
+    asked for never happened. --pipe-cancel-at without pipes was already refused; this is its
+    mirror."""
+    log = tmp_path / "client.jsonl"
+    result = cli("load", "--target", shop.target, *args, "--cancel-at", "after:0.01", "--calls", "4",
+                 "--progress", "never", "--log-file", str(log))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--cancel-at" in lines[0] and says in lines[0] and "--pipe-cancel-at" in lines[0], \
+        result.stderr
+    assert not log.exists() or log.read_bytes() == b""
+
+
+def test_load_takes_cancel_at_when_some_calls_are_unary(shop: ServerProcess, tmp_path: Path) -> None:
+    """The near miss: with a unary share, --cancel-at places that share's cancels."""
+    result = cli("load", "--target", shop.target, "--pipes", "in=50", "--cancel-at", "after:0.01",
+                 "--calls", "4", "--progress", "never")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- call --method <streaming>: the Emulator's pipe payload sizes have no say --------------------
+
+@pytest.mark.parametrize("method, flag", [(UPLOAD, "--message-bytes"), (CHAT, "--message-bytes"),
+                                          (TRACK, "--server-message-bytes"), (CHAT, "--server-message-bytes")])
+def test_call_refuses_pipe_payload_sizes_on_a_users_method(shop: ServerProcess, tmp_path: Path,
+                                                          method: str, flag: str) -> None:
+    """`call --method shop.v1.Shop/Upload --message-bytes 100` exited 0 having pushed the
+    --data request each time, no 100-byte message; --server-message-bytes changed nothing the
+    stand-in sent (its messages are a rule's reply). --payload, --echo and --reply-bytes were
+    already refused with --method; these two now are too, before anything is logged."""
+    log = tmp_path / "client.jsonl"
+    result = cli("call", "--target", shop.target, "--method", method, *SHOP, flag, "100", "--log-file", str(log))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and method in lines[0], result.stderr
+    assert not log.exists() or log.read_bytes() == b""
