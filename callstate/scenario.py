@@ -181,6 +181,12 @@ def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) 
     return [p for p in points if not reached(p, messages)]
 
 
+def every_call_a_pipe(pipes: dict[str, float]) -> bool:
+    """Whether a run's pipe shares leave no unary call (a streaming method's run: 100 of its kind),
+    so the unary cancel points (--cancel-at) would place no cancel: the applications refuse them."""
+    return sum(pipes.values()) >= 100
+
+
 def kinds_without_point(points: tuple[PipeCancelPoint, ...], pipes: dict[str, float]) -> list[str]:
     """The pipe kinds in the mix that none of the named cancel points applies to: their cancelled
     calls would be cancelled at a point nobody named (after the headers); the applications refuse

@@ -106,3 +106,91 @@ def test_call_refuses_pipe_payload_sizes_on_a_users_method(shop: ServerProcess, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and method in lines[0], result.stderr
     assert not log.exists() or log.read_bytes() == b""
+
+
+# -- the Locust user: the same two settings ------------------------------------------------------
+
+LOCUST_ONE_CALL = """\
+import argparse
+import sys
+
+import callstate.locust   # first: grpc on gevent, in this process only
+from locust.env import Environment
+from callstate.locust import CallstateUser
+
+
+class Pipes(CallstateUser):
+    host = sys.argv[1]
+    log_file = sys.argv[2]
+    pipes = "both=100"
+    delay = 0.4
+    mix = "complete=100"
+    cancel = "none"
+
+
+user = Pipes(Environment(user_classes=[Pipes], parsed_options=argparse.Namespace()))
+assert not user.failed
+user.scripted_call()
+user.on_stop()
+"""
+
+LOCUST_CANCEL_AT = """\
+import argparse
+import sys
+
+import callstate.locust   # first: grpc on gevent, in this process only
+from callstate.locust import CallstateUser
+
+
+class Uploads(CallstateUser):
+    method = "shop.v1.Shop/Upload"
+    proto = ["shop/v1/shop.proto"]
+    proto_path = [sys.argv[1]]
+
+
+class Pipes(CallstateUser):
+    pipes = "in=100"
+    cancel_at = "after:0.01"
+
+
+for user, typed in ((Uploads, {"callstate_cancel_at": "after:0.01"}), (Pipes, {}),
+                    (Pipes, {"callstate_pipes": "in=60,out=40"}), (Uploads, {})):
+    try:
+        user.configure(argparse.Namespace(**typed), "127.0.0.1:1")
+        print("taken")
+    except ValueError as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_locust_delay_holds_back_the_outcome_of_pipes(shop: ServerProcess, tmp_path: Path) -> None:
+    """The Locust user's `delay` (--callstate-delay) was dropped for pipes as load's was."""
+    import subprocess
+    import sys
+
+    (tmp_path / "one_call.py").write_text(LOCUST_ONE_CALL)
+    log = tmp_path / "client.jsonl"
+    done = subprocess.run([sys.executable, str(tmp_path / "one_call.py"), shop.target, str(log)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    took = _c_to_end(read_entries(log))
+    assert len(took) == 1 and min(took.values()) >= 0.4, took
+
+
+def test_locust_refuses_unary_cancel_points_when_every_call_is_a_pipe(tmp_path: Path) -> None:
+    """--callstate-cancel-at (or the class's cancel_at) with only pipes was dropped unsaid; the
+    default cancel points still go with a streaming method."""
+    import subprocess
+    import sys
+
+    (tmp_path / "configure.py").write_text(LOCUST_CANCEL_AT)
+    done = subprocess.run([sys.executable, str(tmp_path / "configure.py"), str(PROTOS)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.splitlines() == [
+        f"OptionError --callstate-cancel-at places the cancels of unary calls, and every call is a pipe (the calls on "
+        f"{UPLOAD} are 'in' pipes): a pipe is cancelled at pipe_cancel_at points, counted in messages",
+        "ValueError cancel_at places the cancels of unary calls, and every call is a pipe (pipes in=100): a pipe is "
+        "cancelled at pipe_cancel_at points, counted in messages",
+        "OptionError cancel_at places the cancels of unary calls, and every call is a pipe (--callstate-pipes "
+        "in=60,out=40): a pipe is cancelled at pipe_cancel_at points, counted in messages",
+        "taken"], done.stdout + done.stderr

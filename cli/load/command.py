@@ -21,7 +21,7 @@ from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel
 from callstate.cli.options import (abort_code, add_target, channel_settings, channels, concurrency, message_count, para,
                                    rate)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
-                                DEFAULT_PIPE_CANCEL_AT, Scenario,
+                                DEFAULT_PIPE_CANCEL_AT, Scenario, every_call_a_pipe,
                                 kinds_without_point, unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
@@ -180,7 +180,7 @@ def _check_pipe_settings(opts: argparse.Namespace) -> None:
     if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
         opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "
                                  f"applies to an {kinds[0]} pipe (add one that does)")
-    if opts.cancel_at != cancel_points(DEFAULT_CANCEL_AT) and sum(opts.pipes.values()) >= 100:
+    if opts.cancel_at != cancel_points(DEFAULT_CANCEL_AT) and every_call_a_pipe(opts.pipes):
         # no call is unary: its points (seconds from the start) would be dropped without a word
         from callstate.client.any_method import shape
         every = (f"{opts.method} is {shape(opts.drive.method.kind)}" if opts.drive
