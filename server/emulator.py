@@ -156,6 +156,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 self.dispatcher.check_request(request)
             except RequestError as exc:
                 return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        elif answer.oversize is not None:   # ... and its request's size measured, as the payload's is here
+            return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, answer.oversize
         if self.dispatcher.over_capacity():
             return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"over the in-flight limit ({self.config.max_in_flight})")

@@ -370,7 +370,7 @@ class PipeServicer:
             script, bad = _script(request, metadata)
             mix = self.config.mix
         else:   # checked before its dispatch; a copy, as the draw below fills in its outcome
-            script, bad, mix = _copy(answer.script), None, answer.mix or self.config.mix
+            script, bad, mix = _copy(answer.script), answer.oversize, answer.mix or self.config.mix
             if script is not None and script.breach == pb.PIPE_BREACH_PUSH_AFTER_END:   # no null push to send
                 bad = "script.breach: push-after-end needs callstate.v1.PipeMessage (a user's messages carry no null push)"
         scripted = script is not None
