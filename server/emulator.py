@@ -25,7 +25,7 @@ from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
-from callstate.server.dispatch import Dispatcher, Refusal, bad_key, refuse
+from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms, refuse
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
@@ -89,7 +89,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             headers_sent = False
         outcome = _outcome(script, mix, d.rng)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(outcome, "?"), context,
-                          deadline_ms=_deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
+                          deadline_ms=deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
         try:
             if (ending := self._cannot_run(request, answer)) is not None:
                 return await self._abort(call, context, *ending)
@@ -280,10 +280,3 @@ def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
         if key == CALL_ID_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
-
-
-def _deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
-    """The caller's deadline as it arrived (grpc-timeout): the journal keeps it, so a tool can
-    tell whether a proxy on the way passed it on."""
-    remaining = context.time_remaining()
-    return None if remaining is None else round(remaining * 1000)

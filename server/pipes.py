@@ -34,7 +34,7 @@ from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validat
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, ScriptError, cancel_poll_ms
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, ServerCall, send_abort, send_fatal
-from callstate.server.dispatch import Dispatcher, bad_key, refuse
+from callstate.server.dispatch import Dispatcher, bad_key, deadline_ms, refuse
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
 
@@ -346,7 +346,7 @@ class PipeServicer:
             await refuse(context, refusal)
         script, bad, scripted = self._script_of(kind, request, metadata, answer)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(script.outcome, "?"), context, kind,
-                          method=answer and answer.method, rule=answer and answer.rule,
+                          deadline_ms=deadline_ms(context), method=answer and answer.method, rule=answer and answer.rule,
                           poll_ms=cancel_poll_ms(script) if scripted else None)
         run = PipeRun(self, call, kind, script, context, requests, answer)
         run._scripted = scripted

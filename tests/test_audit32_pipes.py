@@ -221,3 +221,30 @@ def test_a_request_over_the_payload_limit_is_refused_as_a_push_is(shop: ServerPr
     assert small.returncode == 0, small.stdout + small.stderr
     from tests.conftest import check_own
     assert check_own(log, shop).ok
+
+
+# -- the journal keeps a streaming call's deadline, as a unary call's --------------------------------
+
+@pytest.mark.parametrize("method", [TRACK, UPLOAD, CHAT])
+def test_the_journal_keeps_the_deadline_of_a_streaming_call(shop: ServerProcess, tmp_path: Path,
+                                                            method: str) -> None:
+    """`Journal/GetCall`'s deadline_ms ("the caller's deadline as the server received it") was
+    kept for unary calls only: a streaming call with a 30 s deadline had none, so a tool could
+    not tell whether a proxy passed a stream's grpc-timeout on. The near miss: no deadline, none."""
+    import grpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+    log = tmp_path / "client.jsonl"
+    for timeout in (("--timeout", "30"), ()):
+        done = cli("call", "--target", shop.target, "--method", method, *SHOP, *timeout, "--log-file", str(log))
+        assert done.returncode == 0, done.stdout + done.stderr
+    first, second = dict.fromkeys(e["call_id"] for e in read_entries(log))
+    with grpc.insecure_channel(shop.target) as channel:
+        journal = pb_grpc.JournalStub(channel)
+        shop.wait_entries(first)
+        history = journal.GetCall(pb.GetCallRequest(call_id=first), timeout=10)
+        assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms <= 30_000, history.deadline_ms
+        shop.wait_entries(second)
+        assert not journal.GetCall(pb.GetCallRequest(call_id=second), timeout=10).HasField("deadline_ms")
