@@ -15,7 +15,7 @@ from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.schema.drive import unary_method
-from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
+from callstate.lifecycle import ABORT, CAN, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
 from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript, validate_pipe
@@ -167,17 +167,26 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
                                      escalate_after=opts.escalate_after, on_started=on_started,
                                      payload=drive.requests[0] if drive is not None else None)
         except CallError as err:
-            print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
+            print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}{_uncancelled(opts, pipe)}"
+                        if err.details else "")
             return 1
         if drive is not None:
             got = f"; {reply_text(reply)}" if reply is not None else ""
         else:
             got = f"; the server pulled {reply.received}" if reply is not None else ""
-        print_final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
+        print_final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}{_uncancelled(opts, pipe)}")
         return 0
     finally:
         await client.close()
         sink.close()
+
+
+def _uncancelled(opts: argparse.Namespace, pipe: object) -> str:
+    """What the final line adds when --cancel-after never cancelled: the pipe ended first (as a
+    unary call's line says)."""
+    if opts.cancel_after is None or CAN in pipe.history:  # type: ignore[attr-defined]
+        return ""
+    return f" (it ended before --cancel-after {opts.cancel_after:g}: nothing was cancelled)"
 
 
 def _pipe_script(opts: argparse.Namespace) -> PipeScript:

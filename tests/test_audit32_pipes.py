@@ -248,3 +248,23 @@ def test_the_journal_keeps_the_deadline_of_a_streaming_call(shop: ServerProcess,
         assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms <= 30_000, history.deadline_ms
         shop.wait_entries(second)
         assert not journal.GetCall(pb.GetCallRequest(call_id=second), timeout=10).HasField("deadline_ms")
+
+
+# -- call --cancel-after on a stream that ends first says nothing was cancelled ------------------
+
+@pytest.mark.parametrize("method", [TRACK, UPLOAD, CHAT])
+def test_a_cancel_after_that_never_came_is_said_on_a_stream_as_on_a_unary_call(shop: ServerProcess,
+                                                                                tmp_path: Path, method: str) -> None:
+    """docs/drive.md: a `--cancel-after` on a call that has already ended does nothing, and the
+    `final:` line says `nothing was cancelled`. A unary method's line said so; a streaming
+    method's read `final: 0 RPC_S_OK: pushed 0, pulled 3`, as if the cancel had been made and
+    not answered. The near miss: a held stream the cancel does reach says no such thing."""
+    done = cli("call", "--target", shop.target, "--method", method, *SHOP, "--cancel-after", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = done.stderr.strip().splitlines()[-1]
+    assert final.startswith("final: 0 RPC_S_OK") and final.endswith(
+        "(it ended before --cancel-after 5: nothing was cancelled)"), final
+    held = cli("call", "--target", shop.target, "--method", method, *SHOP, "--outcome", "hold",
+               "--cancel-after", "0.2")
+    final = held.stderr.strip().splitlines()[-1]
+    assert final.startswith("final: 1818") and "nothing was cancelled" not in final, final
