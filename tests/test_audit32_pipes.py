@@ -268,3 +268,24 @@ def test_a_cancel_after_that_never_came_is_said_on_a_stream_as_on_a_unary_call(s
                "--cancel-after", "0.2")
     final = held.stderr.strip().splitlines()[-1]
     assert final.startswith("final: 1818") and "nothing was cancelled" not in final, final
+
+
+# -- a rule's reply is bounded as a scripted reply is ---------------------------------------------
+
+def test_a_rules_reply_over_the_reply_limit_is_refused_when_the_rules_load() -> None:
+    """A rule whose reply was 5 MiB (Track's every message) loaded, and every caller then failed
+    on its own receive limit (1723 'Received message larger than max (5242885 vs. 4194304)' at
+    the client, 1818 at the server: the sides disagreed). docs/limits.md: what the server accepts
+    reaches the caller intact; a scripted reply over --max-reply-bytes is refused, and now so is
+    a rule's, naming the rule and the limit. The near miss: a reply at the limit loads."""
+    from callstate.rules import RulesError, parse_rules
+    from callstate.schema import from_protos
+    from callstate.script import Limits
+
+    schema = from_protos([str(PROTOS / "shop" / "v1" / "shop.proto")], [str(PROTOS)])
+    limits = Limits(max_reply_bytes=1000)
+    rules = "rules:\n  - method: %s\n    script: {outcome: complete, messages: 2}\n    reply: {where: %s}\n"
+    with pytest.raises(RulesError, match=r"^rules:2: rules\[0\] \(shop\.v1\.Shop/Track\)\.reply: 1003 bytes, over "
+                                         r"the server's reply limit \(1000 bytes, --max-reply-bytes"):
+        parse_rules(rules % (TRACK, "x" * 1000), schema, limits)
+    assert parse_rules(rules % (TRACK, "x" * 997), schema, limits).count == 1
