@@ -201,6 +201,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
                         context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         if answer is not None:   # a stand-in's reply: the rule's, or the response type's empty message
+            size = answer.reply.ByteSize()
+            if size and (over := self.backlog.reserve(context, size)):   # pinned until its caller takes it
+                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY,
+                                         grpc.StatusCode.RESOURCE_EXHAUSTED, over)
             call.move(COMPLETE)
             call.move(COMPLETED, server_end_code(COMPLETED), _OK)
             if call.rpc_cancelled:

@@ -226,6 +226,11 @@ class PipeRun:
         raise _AbortNow(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED, "held call ended by a cancel")
 
     def complete(self) -> NoReturn:
+        if self.kind == PIPE_IN and self.answer is not None and not self.call.rpc_cancelled:
+            # a stand-in's reply is pinned until its caller takes it, as a unary reply is
+            size = self.answer.reply.ByteSize()
+            if size and (over := self.owner.dispatcher.backlog.reserve(self.context, size)):
+                raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         self.move(COMPLETE)
         self.move(COMPLETED, server_end_code(COMPLETED), _OK)
         reply = None
@@ -284,12 +289,13 @@ class PipeRun:
         script, hold = self.script, self.outcome == _HOLD
         count = None if hold else (script.messages if self._scripted else DEFAULT_MESSAGES)
         interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if hold else 0)
-        size = script.message_bytes
+        # a stand-in pushes its rule's reply, whatever the script's message_bytes
+        size = script.message_bytes if self.answer is None else self.answer.reply.ByteSize()
         if size and (over := self.owner.dispatcher.backlog.reserve(self.context, 2 * size)):
             # two messages pinned at most: one in the transport, the next waiting for it (checked
             # before the payload is made: refused pipes allocate nothing)
             raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-        return count, interval, bytes(size)
+        return count, interval, bytes(size) if self.answer is None else b""
 
     def _signalled(self) -> bool:
         """Something to act on before the next push: a cancel, the server stopping, the client's

