@@ -123,6 +123,9 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
     if opts.cancel_at is not None and (why := _cannot_fire(opts)):
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
         return 2
+    if why := _point_never_reached(opts):
+        print(f"callstate call: --at {opts.at} --at-count {opts.at_count} is never reached: {why}", file=sys.stderr)
+        return 2
     if why := _not_for_kind(opts):   # refused here, as the client would refuse it at start (logged)
         print(f"callstate call: --pipe {opts.pipe}: {why}", file=sys.stderr)
         return 2
@@ -210,6 +213,18 @@ def _not_for_kind(opts: argparse.Namespace) -> str:
         validate_pipe(_pipe_script(opts).to_proto(), opts.pipe)
     except RequestError as exc:
         return str(exc)
+    return ""
+
+
+def _point_never_reached(opts: argparse.Namespace) -> str:
+    """Why the server's counted --at point is past the messages the pipe carries (empty: it is
+    reached); the server would then take its outcome at the end, not where it was asked to."""
+    if getattr(opts, "drive", None) is not None and opts.no_script:
+        return ""
+    if opts.at == "after-in" and opts.pipe != PIPE_OUT and opts.at_count > opts.messages:
+        return f"the caller pushes only {counted(opts.messages, 'message')} (--messages)"
+    if opts.at == "after-out" and opts.outcome != HOLD and opts.at_count > opts.server_messages:
+        return f"the server pushes only {counted(opts.server_messages, 'message')} (--server-messages)"
     return ""
 
 

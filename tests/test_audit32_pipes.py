@@ -368,3 +368,29 @@ def test_a_pipe_plan_keeps_the_mixs_outcome_whatever_the_unary_cancel_points() -
     assert all(p.pipe_point is not None for p in pipes)   # still cancelled, at a pipe point
     unary = [Scenario(**every).plan(random.Random(n)) for n in range(50)]
     assert {(p.pipe, p.outcome, str(p.point)) for p in unary} == {(None, "hold", "held:0.005")}
+
+
+# -- call: a server outcome point past the messages the pipe carries ------------------------------
+
+@pytest.mark.parametrize("args, says", [
+    (("--method", UPLOAD, "--at", "after-in", "--at-count", "5", "--messages", "3"),
+     "--at after-in --at-count 5 is never reached: the caller pushes only 3 messages (--messages)"),
+    (("--method", TRACK, "--at", "after-out", "--at-count", "5", "--server-messages", "3"),
+     "--at after-out --at-count 5 is never reached: the server pushes only 3 messages (--server-messages)"),
+])
+def test_call_refuses_an_outcome_point_the_pipe_never_reaches(shop: ServerProcess, tmp_path: Path,
+                                                              args: tuple[str, ...], says: str) -> None:
+    """`call --method shop.v1.Shop/Upload --outcome abort --at after-in --at-count 5 --messages 3`
+    exited 1 with the abort, taken at the end of the pipe (after the half-close), not after a
+    5th message that never came: the command line asked for what cannot happen, as a
+    --cancel-at past the pipe's messages does (refused already). Refused, nothing logged; the
+    near miss, the point at the last message, runs to the abort."""
+    log = tmp_path / "client.jsonl"
+    bad = cli("call", "--target", shop.target, *args[:2], *SHOP, "--outcome", "abort", *args[2:],
+              "--log-file", str(log))
+    assert bad.returncode == 2 and bad.stderr.strip() == f"callstate call: {says}", bad.stdout + bad.stderr
+    assert not log.exists() or log.read_bytes() == b""
+    near = [a if a != "5" else "3" for a in args]
+    done = cli("call", "--target", shop.target, *near[:2], *SHOP, "--outcome", "abort", *near[2:],
+               "--log-file", str(log))
+    assert done.returncode == 1 and "final: 4242" in done.stderr, done.stdout + done.stderr
