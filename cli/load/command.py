@@ -85,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help=f"percent of calls cancelled by kind, e.g. abortive=30,non-abortive=20, or none "
                         f"(default: {DEFAULT_CANCEL})")
     p.add_argument("--cancel-at", type=cancel_points, default=cancel_points(DEFAULT_CANCEL_AT), metavar="POINTS",
-                   help=f"where cancels happen (default: {DEFAULT_CANCEL_AT})")
+                   help=f"where the cancels of unary calls happen (pipes: --pipe-cancel-at; default: {DEFAULT_CANCEL_AT})")
     p.add_argument("--on-cancel", type=on_cancel_mix, default=on_cancel_mix(DEFAULT_ON_CANCEL), metavar="MIX",
                    help=f"what the server does on a cancel, as weights (default: {DEFAULT_ON_CANCEL})")
     p.add_argument("--escalate-after", type=positive_float, default=_SCENARIO.escalate_after, metavar="SECONDS",
