@@ -394,3 +394,31 @@ def test_call_refuses_an_outcome_point_the_pipe_never_reaches(shop: ServerProces
     done = cli("call", "--target", shop.target, *near[:2], *SHOP, "--outcome", "abort", *near[2:],
                "--log-file", str(log))
     assert done.returncode == 1 and "final: 4242" in done.stderr, done.stdout + done.stderr
+
+
+# -- a request a streaming method would push over the push limit: one line, before any call ----------
+
+@pytest.mark.parametrize("command, method", [("call", UPLOAD), ("load", CHAT)])
+def test_a_request_too_large_to_push_is_one_line_before_any_call(shop: ServerProcess, tmp_path: Path,
+                                                                 command: str, method: str) -> None:
+    """`call --method shop.v1.Shop/Upload --data-file big.json` (one 1.1 MB request) started the
+    pipe, then died in a 30-line traceback from the client's push check (ValueError: push: a
+    message of 1100004 bytes is over the server's limit), its call logged as ended 1722 'the
+    client was closed'; `load` the same. Now the request is refused as --data is: one line naming
+    the file and line, exit 2, nothing logged."""
+    import base64
+    import json
+
+    field = "data" if method == UPLOAD else "text"
+    value = base64.b64encode(bytes(1_100_000)).decode() if method == UPLOAD else "x" * 1_100_000
+    (tmp_path / "big.jsonl").write_text('{"%s": "%s"}\n%s\n' % (field, "AA==" if field == "data" else "hi",
+                                                                json.dumps({field: value})))
+    log = tmp_path / "client.jsonl"
+    args = ("--calls", "2", "--progress", "never") if command == "load" else ()
+    done = cli(command, "--target", shop.target, "--method", method, *SHOP, "--data-file", str(tmp_path / "big.jsonl"),
+               "--log-file", str(log), *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"big.jsonl:2: " in lines[0] and "a push is at most 1048576 bytes" in lines[0], \
+        done.stderr[-3000:]
+    assert not log.exists() or log.read_bytes() == b""
