@@ -246,7 +246,7 @@ def _compile(raw: Any, index: int, where: str, schema: Schema, limits: Limits) -
             request=None if request is None else _canonical(request, method, f"{m_where}.match.request"),
             metadata=metadata,
             script=script,
-            reply=None if reply is None else _reply(method, reply, f"{m_where}.reply"),
+            reply=None if reply is None else _reply(method, reply, f"{m_where}.reply", limits),
             mix=mix)
 
 
@@ -386,14 +386,20 @@ def _message(cls: type[Message], data: Mapping[str, Any] | str, where: str, part
         raise RulesError(str(exc)) from None
 
 
-def _reply(method: Method, value: Any, where: str) -> Message:
+def _reply(method: Method, value: Any, where: str, limits: Limits) -> Message:
     """The rule's reply: the response's JSON form, a mapping, or for a well-known type whose JSON
-    is not an object (Timestamp, Duration, a wrapper, Value) that JSON value itself."""
+    is not an object (Timestamp, Duration, a wrapper, Value) that JSON value itself; no larger
+    than the server's reply limit, so that every caller can take it (each message of a stream)."""
     if isinstance(value, dict):
-        return _message(method.response, value, where)
-    if not is_well_known(method.response.DESCRIPTOR.full_name):
+        reply = _message(method.response, value, where)
+    elif not is_well_known(method.response.DESCRIPTOR.full_name):
         raise RulesError(f"{where}: a mapping: the response in its JSON form")
-    return _message(method.response, _json_text(value, where), where)
+    else:
+        reply = _message(method.response, _json_text(value, where), where)
+    if (size := reply.ByteSize()) > limits.max_reply_bytes:
+        raise RulesError(f"{where}: {size} bytes, over the server's reply limit ({limits.max_reply_bytes} bytes, "
+                         "--max-reply-bytes; a caller's default receive limit is 4 MiB)")
+    return reply
 
 
 def _json_text(value: Any, where: str) -> str:

@@ -121,22 +121,25 @@ class Scenario:
     cancel_poll: Mix | None = None   # weights of the handlers' cancel poll intervals in ms (None: the server's)
 
     def plan(self, rng: random.Random) -> Plan:
-        plan = self._unary_plan(rng)
-        if self.cancel_poll is not None:   # drawn only when asked, so a seed's other draws stay as they were
-            plan.cancel_poll_ms = int(self.cancel_poll.draw(rng))
+        outcome, cancel, point, on_cancel = self._draws(rng)
+        # drawn only when asked, so a seed's other draws stay as they were
+        poll = None if self.cancel_poll is None else int(self.cancel_poll.draw(rng))
         r = rng.random() * 100
         for kind, share in self.pipes.items():
             r -= share
-            if r < 0:
-                return self._pipe_plan(plan, kind, rng)
-        return plan
+            if r < 0:   # its cancel point is counted in messages: a unary point's hold is none of its own
+                return self._pipe_plan(self._made(outcome, cancel, None, on_cancel, poll), kind, rng)
+        if point is not None and point.kind == HELD:
+            outcome = HOLD
+        return self._made(outcome, cancel, point, on_cancel, poll)
 
     def _pipe_plan(self, plan: Plan, kind: str, rng: random.Random) -> Plan:
-        """A pipe call: the same outcome, cancel kind and policy draws; the cancel point is
-        counted in messages (one that applies to the kind). A held pipe that is not in the
-        cancelled share (the unary plan gave it the generator's abortive cancel) is cancelled at
-        one of those points too, after its start as a held unary call is (never before-start: it
-        would never be held); with none that applies, once it has its headers."""
+        """A pipe call: the same outcome (the mix's: a `held:` point of --cancel-at holds unary
+        calls only), cancel kind and policy draws; the cancel point is counted in messages (one
+        that applies to the kind). A held pipe that is not in the cancelled share (the plan gave
+        it the generator's abortive cancel) is cancelled at one of those points too, after its
+        start as a held unary call is (never before-start: it would never be held); with none
+        that applies, once it has its headers."""
         plan.pipe, plan.point = kind, None
         if plan.cancel is not None:
             # a point past the messages each side pushes is never reached (a held pipe would wait
@@ -146,7 +149,8 @@ class Scenario:
             plan.pipe_point = rng.choice(points) if points else PipeCancelPoint(AFTER_HEADERS)
         return plan
 
-    def _unary_plan(self, rng: random.Random) -> Plan:
+    def _draws(self, rng: random.Random) -> tuple[str, str | None, CancelPoint | None, str]:
+        """A call's draws, in their order: its outcome, its cancel kind and point, its policy."""
         outcome = self.mix.draw(rng)
         cancel: str | None = None
         r = rng.random() * 100
@@ -156,16 +160,17 @@ class Scenario:
                 cancel = kind
                 break
         point = rng.choice(self.cancel_at) if cancel else None
-        if point is not None and point.kind == HELD:
-            outcome = HOLD
+        return outcome, cancel, point, self.on_cancel.draw(rng)
+
+    def _made(self, outcome: str, cancel: str | None, point: CancelPoint | None, on_cancel: str,
+              poll: int | None) -> Plan:
         ends_hold = outcome == HOLD and cancel is None
         if ends_hold:
             # a held call ends only when cancelled: uncancelled ones get an abortive cancel
             cancel, point = ABORTIVE, CancelPoint(AFTER, self.hold_for)
-        on_cancel = self.on_cancel.draw(rng)
         if outcome == HOLD and on_cancel == IGNORE:
             on_cancel = ABORT   # ignoring would hold it until the server's --max-hold
-        return Plan(outcome, cancel, point, on_cancel, ends_hold=ends_hold)
+        return Plan(outcome, cancel, point, on_cancel, cancel_poll_ms=poll, ends_hold=ends_hold)
 
 
 def reached(point: PipeCancelPoint, messages: int) -> bool:
@@ -179,6 +184,12 @@ def unreachable_pipe_points(points: tuple[PipeCancelPoint, ...], messages: int) 
     if points == parse_pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT):
         return []
     return [p for p in points if not reached(p, messages)]
+
+
+def every_call_a_pipe(pipes: dict[str, float]) -> bool:
+    """Whether a run's pipe shares leave no unary call (a streaming method's run: 100 of its kind),
+    so the unary cancel points (--cancel-at) would place no cancel: the applications refuse them."""
+    return sum(pipes.values()) >= 100
 
 
 def kinds_without_point(points: tuple[PipeCancelPoint, ...], pipes: dict[str, float]) -> list[str]:
@@ -197,11 +208,13 @@ def pipe_cancel(plan: Plan) -> tuple[PipeCancelPoint | None, str | None]:
     return (point, cancel) if cancel is not None and point is not None else (None, None)
 
 
-def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int) -> PipeScript:
+def pipe_script(plan: Plan, scenario: Scenario, message_bytes: int, delay: float = 0.0) -> PipeScript:
     """The server's script of a pipe plan: the scenario's messages each way, the plan's outcome
-    at the end of the pipe (a held pipe keeps streaming until its cancel)."""
+    at the end of the pipe after `delay` seconds of processing, as a unary call's (none for a
+    held pipe: it keeps streaming until its cancel)."""
     return PipeScript(outcome=plan.outcome, on_cancel=plan.on_cancel, messages=scenario.pipe_messages,
                       message_bytes=message_bytes, abort_code=scenario.abort_code,
+                      outcome_delay=0.0 if plan.outcome == HOLD else delay,
                       interval=HELD_PIPE_INTERVAL if plan.outcome == HOLD else 0.0,
                       cancel_poll=None if plan.cancel_poll_ms is None else plan.cancel_poll_ms / 1000)
 

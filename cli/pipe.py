@@ -15,7 +15,7 @@ from callstate.cli.options import message_count, push_bytes, server_push_bytes
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final, printable
 from callstate.schema.drive import unary_method
-from callstate.lifecycle import ABORT, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
+from callstate.lifecycle import ABORT, CAN, FATAL, PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.cancel_points import AFTER_RECEIVED as CANCEL_AFTER_RECEIVED, AFTER_SENT as CANCEL_AFTER_SENT, PIPE as PIPE_POINTS
 from callstate.cancel_points import BEFORE_START
 from callstate.pipe_script import BREACHES, DEFAULT_MESSAGES, POINTS, PipeCancelPoint, PipeScript, validate_pipe
@@ -75,6 +75,8 @@ _CALLER_SIDE = (("--messages", "messages", DEFAULT_MESSAGES), ("--message-bytes"
 _SERVER_SIDE = (("--server-messages", "server_messages", DEFAULT_MESSAGES),
                 ("--server-message-bytes", "server_message_bytes", 0), ("--server-interval", "server_interval", 0.0))
 _PIPE_ONLY = (("--at", "at", "end"), ("--at-count", "at_count", 1), ("--log-messages", "log_messages", False))
+# the sizes of the Emulator's own pipe messages: a user's method has messages of its own
+_PAYLOAD_SIZES = (_CALLER_SIDE[1], _SERVER_SIDE[1])
 # what of the pipe options only the server's script carries (with --no-script none is sent)
 SERVER_SCRIPT = _SERVER_SIDE + _PIPE_ONLY[:2] + (("--breach", "breach", "none"),)
 
@@ -100,6 +102,9 @@ def pipe_options_dropped(opts: argparse.Namespace) -> str | None:
         if given := given_options(opts, _CALLER_SIDE + _SERVER_SIDE + _PIPE_ONLY):
             return f"{apply(given)} {to_pipes(opts)}"
         return None
+    if getattr(opts, "drive", None) is not None and (given := given_options(opts, _PAYLOAD_SIZES)):
+        return (f"{apply(given)} to callstate's own pipes (--pipe without --method): {opts.method} pushes its "
+                "request from --data, and a stand-in pushes a rule's reply (docs/any-service.md)")
     if opts.pipe == PIPE_OUT and (given := given_options(opts, _CALLER_SIDE)):
         return f"{apply(given)} to the caller's pushes: on an out pipe only the server pushes (--server-messages ...)"
     if opts.pipe == PIPE_IN and (given := given_options(opts, _SERVER_SIDE)):
@@ -117,6 +122,9 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
         return 2
     if opts.cancel_at is not None and (why := _cannot_fire(opts)):
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
+        return 2
+    if why := _point_never_reached(opts):
+        print(f"callstate call: --at {opts.at} --at-count {opts.at_count} is never reached: {why}", file=sys.stderr)
         return 2
     if why := _not_for_kind(opts):   # refused here, as the client would refuse it at start (logged)
         print(f"callstate call: --pipe {opts.pipe}: {why}", file=sys.stderr)
@@ -168,17 +176,26 @@ async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
                                      payload=drive.requests[0] if drive is not None else None,
                                      on_message=on_message if drive is not None else None)
         except CallError as err:
-            print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}" if err.details else "")
+            print_final(err.code, f"{err.details}; pushed {pipe.sent}, pulled {pipe.received}{_uncancelled(opts, pipe)}"
+                        if err.details else "")
             return 1
         if drive is not None:
             got = f"; {reply_text(reply)}" if reply is not None else ""
         else:
             got = f"; the server pulled {reply.received}" if reply is not None else ""
-        print_final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}")
+        print_final(codes.RPC_S_OK, f"pushed {pipe.sent}, pulled {pipe.received}{got}{_uncancelled(opts, pipe)}")
         return 0
     finally:
         await client.close()
         sink.close()
+
+
+def _uncancelled(opts: argparse.Namespace, pipe: object) -> str:
+    """What the final line adds when --cancel-after never cancelled: the pipe ended first (as a
+    unary call's line says)."""
+    if opts.cancel_after is None or CAN in pipe.history:  # type: ignore[attr-defined]
+        return ""
+    return f" (it ended before --cancel-after {opts.cancel_after:g}: nothing was cancelled)"
 
 
 def _pipe_script(opts: argparse.Namespace) -> PipeScript:
@@ -202,6 +219,18 @@ def _not_for_kind(opts: argparse.Namespace) -> str:
         validate_pipe(_pipe_script(opts).to_proto(), opts.pipe)
     except RequestError as exc:
         return str(exc)
+    return ""
+
+
+def _point_never_reached(opts: argparse.Namespace) -> str:
+    """Why the server's counted --at point is past the messages the pipe carries (empty: it is
+    reached); the server would then take its outcome at the end, not where it was asked to."""
+    if getattr(opts, "drive", None) is not None and opts.no_script:
+        return ""
+    if opts.at == "after-in" and opts.pipe != PIPE_OUT and opts.at_count > opts.messages:
+        return f"the caller pushes only {counted(opts.messages, 'message')} (--messages)"
+    if opts.at == "after-out" and opts.outcome != HOLD and opts.at_count > opts.server_messages:
+        return f"the server pushes only {counted(opts.server_messages, 'message')} (--server-messages)"
     return ""
 
 

@@ -10,7 +10,9 @@ from typing import Callable, Sequence
 
 from google.protobuf.message import Message
 
+from callstate.lifecycle import PIPE_BOTH, PIPE_IN
 from callstate.schema.model import Method, SchemaError, message_from_json
+from callstate.script import Limits
 from callstate.schema.sources import Explain, from_descriptor_set, from_protos, from_reflection
 
 
@@ -80,15 +82,27 @@ class MethodOptions:
 
     def _requests(self, method: Method, flag: Callable[[str], str]) -> tuple[Message, ...]:
         if self.data_file is None:
-            return (message_from_json(method.request, self.data or "{}", where=flag("data")),)
+            return (_pushable(method, message_from_json(method.request, self.data or "{}", where=flag("data")),
+                              flag("data")),)
         try:
             with open(self.data_file, encoding="utf-8-sig") as f:   # the BOM Windows editors may write
                 lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise DriveError(f"{flag('data-file')} {self.data_file}: cannot read it ({why})") from None
-        requests = tuple(message_from_json(method.request, line, where=f"{self.data_file}:{n}")
+        requests = tuple(_pushable(method, message_from_json(method.request, line, where=f"{self.data_file}:{n}"),
+                                   f"{self.data_file}:{n}")
                          for n, line in enumerate(lines, 1) if line.strip())
         if not requests:
             raise DriveError(f"{flag('data-file')} {self.data_file}: holds no request (one JSON request per line)")
         return requests
+
+
+def _pushable(method: Method, request: Message, where: str) -> Message:
+    """The request, unless a client- or bidi-streaming method would push it over the largest push
+    a server takes: the client refuses such a push (ValueError), mid-call; said here, before any call."""
+    limit = Limits().max_payload_bytes
+    if method.kind in (PIPE_IN, PIPE_BOTH) and (size := request.ByteSize()) > limit:
+        raise DriveError(f"{where}: {size} bytes, and {method.name} pushes it as a message of its stream: "
+                         f"a push is at most {limit} bytes (the server's payload limit)")
+    return request

@@ -24,3 +24,4 @@ class Answer:
     method: str             # "pkg.Svc/Method": named in each state-log entry
     rule: str | None = None   # the rule that answered (its name or "rules[N]")
     mix: Mix | None = None    # the rule's own mix, drawn from when the script has no outcome
+    oversize: str | None = None   # the request is over the server's payload limit: why the call ends 87

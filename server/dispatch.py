@@ -41,6 +41,13 @@ async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoRetur
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
+def deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
+    """The caller's deadline as it arrived (grpc-timeout), unary or streaming: the journal keeps
+    it, so a tool can tell whether a proxy on the way passed it on."""
+    remaining = context.time_remaining()
+    return None if remaining is None else round(remaining * 1000)
+
+
 def bad_key(cancel_key: str, field: str = "cancel_key") -> Refusal | None:
     if len(cancel_key) > MAX_CANCEL_KEY:
         return grpc.StatusCode.INVALID_ARGUMENT, f"{field} is longer than {MAX_CANCEL_KEY} characters"

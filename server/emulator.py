@@ -25,7 +25,7 @@ from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
-from callstate.server.dispatch import Dispatcher, Refusal, bad_key, refuse
+from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms, refuse
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
@@ -89,7 +89,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             headers_sent = False
         outcome = _outcome(script, mix, d.rng)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(outcome, "?"), context,
-                          deadline_ms=_deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
+                          deadline_ms=deadline_ms(context), method=method, rule=rule, poll_ms=cancel_poll_ms(script))
         try:
             if (ending := self._cannot_run(request, answer)) is not None:
                 return await self._abort(call, context, *ending)
@@ -156,6 +156,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
                 self.dispatcher.check_request(request)
             except RequestError as exc:
                 return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        elif answer.oversize is not None:   # ... and its request's size measured, as the payload's is here
+            return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, answer.oversize
         if self.dispatcher.over_capacity():
             return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"over the in-flight limit ({self.config.max_in_flight})")
@@ -199,6 +201,10 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
                         context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         if answer is not None:   # a stand-in's reply: the rule's, or the response type's empty message
+            size = answer.reply.ByteSize()
+            if size and (over := self.backlog.reserve(context, size)):   # pinned until its caller takes it
+                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY,
+                                         grpc.StatusCode.RESOURCE_EXHAUSTED, over)
             call.move(COMPLETE)
             call.move(COMPLETED, server_end_code(COMPLETED), _OK)
             if call.rpc_cancelled:
@@ -278,10 +284,3 @@ def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
         if key == CALL_ID_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
-
-
-def _deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
-    """The caller's deadline as it arrived (grpc-timeout): the journal keeps it, so a tool can
-    tell whether a proxy on the way passed it on."""
-    remaining = context.time_remaining()
-    return None if remaining is None else round(remaining * 1000)

@@ -34,7 +34,7 @@ from callstate.pipe_script import DEFAULT_INTERVAL_MS, DEFAULT_MESSAGES, validat
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, ScriptError, cancel_poll_ms
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, ServerCall, send_abort, send_fatal
-from callstate.server.dispatch import Dispatcher, bad_key, refuse
+from callstate.server.dispatch import Dispatcher, bad_key, deadline_ms, refuse
 from callstate.v1 import callstate_pb2 as pb
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, CODE_KEY, PIPE_SCRIPT_KEY, new_call_id
 
@@ -226,6 +226,11 @@ class PipeRun:
         raise _AbortNow(codes.RPC_S_CALL_CANCELLED, grpc.StatusCode.CANCELLED, "held call ended by a cancel")
 
     def complete(self) -> NoReturn:
+        if self.kind == PIPE_IN and self.answer is not None and not self.call.rpc_cancelled:
+            # a stand-in's reply is pinned until its caller takes it, as a unary reply is
+            size = self.answer.reply.ByteSize()
+            if size and (over := self.owner.dispatcher.backlog.reserve(self.context, size)):
+                raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         self.move(COMPLETE)
         self.move(COMPLETED, server_end_code(COMPLETED), _OK)
         reply = None
@@ -284,12 +289,13 @@ class PipeRun:
         script, hold = self.script, self.outcome == _HOLD
         count = None if hold else (script.messages if self._scripted else DEFAULT_MESSAGES)
         interval = script.interval_ms / 1000 or (DEFAULT_INTERVAL_MS / 1000 if hold else 0)
-        size = script.message_bytes
+        # a stand-in pushes its rule's reply, whatever the script's message_bytes
+        size = script.message_bytes if self.answer is None else self.answer.reply.ByteSize()
         if size and (over := self.owner.dispatcher.backlog.reserve(self.context, 2 * size)):
             # two messages pinned at most: one in the transport, the next waiting for it (checked
             # before the payload is made: refused pipes allocate nothing)
             raise _AbortNow(codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-        return count, interval, bytes(size)
+        return count, interval, bytes(size) if self.answer is None else b""
 
     def _signalled(self) -> bool:
         """Something to act on before the next push: a cancel, the server stopping, the client's
@@ -346,7 +352,7 @@ class PipeServicer:
             await refuse(context, refusal)
         script, bad, scripted = self._script_of(kind, request, metadata, answer)
         call = d.dispatch(call_id, cancel_key, OUTCOME_NAMES.get(script.outcome, "?"), context, kind,
-                          method=answer and answer.method, rule=answer and answer.rule,
+                          deadline_ms=deadline_ms(context), method=answer and answer.method, rule=answer and answer.rule,
                           poll_ms=cancel_poll_ms(script) if scripted else None)
         run = PipeRun(self, call, kind, script, context, requests, answer)
         run._scripted = scripted
@@ -370,7 +376,7 @@ class PipeServicer:
             script, bad = _script(request, metadata)
             mix = self.config.mix
         else:   # checked before its dispatch; a copy, as the draw below fills in its outcome
-            script, bad, mix = _copy(answer.script), None, answer.mix or self.config.mix
+            script, bad, mix = _copy(answer.script), answer.oversize, answer.mix or self.config.mix
             if script is not None and script.breach == pb.PIPE_BREACH_PUSH_AFTER_END:   # no null push to send
                 bad = "script.breach: push-after-end needs callstate.v1.PipeMessage (a user's messages carry no null push)"
         scripted = script is not None

@@ -112,12 +112,18 @@ class Standin:
             return grpc.StatusCode.INVALID_ARGUMENT, f"{method.name}: bad script header: {exc}"
         rule = self.rules.first_match(method.name, metadata, request)
         if rule is None:
-            return Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)), script,
-                          self._empty[method.name], method.name)
-        return Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)),
-                      script if script is not None else rule.script,
-                      rule.reply if rule.reply is not None else self._empty[method.name], method.name, rule.label,
-                      rule.mix)
+            got = Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)), script,
+                         self._empty[method.name], method.name)
+        else:
+            got = Answer(_text(metadata.get(CALL_ID_KEY)), _text(metadata.get(CANCEL_KEY_KEY)),
+                         script if script is not None else rule.script,
+                         rule.reply if rule.reply is not None else self._empty[method.name], method.name, rule.label,
+                         rule.mix)
+        if request is not None:   # a unary or server-streaming call's one request: bounded as each push is
+            limit = self.emulator.config.limits.max_payload_bytes
+            if (size := request.ByteSize()) > limit:
+                got.oversize = f"request: {size} bytes, over the server's payload limit ({limit} bytes)"
+        return got
 
     def _handler(self, m: Method) -> grpc.RpcMethodHandler:
         emulator, answer = self.emulator, self.answer

@@ -21,7 +21,7 @@ from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel
 from callstate.cli.options import (abort_code, add_target, channel_settings, channels, concurrency, message_count, para,
                                    rate)
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
-                                DEFAULT_PIPE_CANCEL_AT, Scenario,
+                                DEFAULT_PIPE_CANCEL_AT, Scenario, every_call_a_pipe,
                                 kinds_without_point, unreachable_pipe_points)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
@@ -85,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help=f"percent of calls cancelled by kind, e.g. abortive=30,non-abortive=20, or none "
                         f"(default: {DEFAULT_CANCEL})")
     p.add_argument("--cancel-at", type=cancel_points, default=cancel_points(DEFAULT_CANCEL_AT), metavar="POINTS",
-                   help=f"where cancels happen (default: {DEFAULT_CANCEL_AT})")
+                   help=f"where the cancels of unary calls happen (pipes: --pipe-cancel-at; default: {DEFAULT_CANCEL_AT})")
     p.add_argument("--on-cancel", type=on_cancel_mix, default=on_cancel_mix(DEFAULT_ON_CANCEL), metavar="MIX",
                    help=f"what the server does on a cancel, as weights (default: {DEFAULT_ON_CANCEL})")
     p.add_argument("--escalate-after", type=positive_float, default=_SCENARIO.escalate_after, metavar="SECONDS",
@@ -154,6 +154,20 @@ def run(opts: argparse.Namespace) -> int:
     except DriveError as exc:
         print(f"callstate load: {exc}", file=sys.stderr)
         return 2
+    _check_pipe_settings(opts)
+    try:
+        provider = tracer_provider(opts, "callstate-load")
+        return _run(opts, provider)
+    except ObserveError as exc:
+        print(f"callstate load: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_tracing(provider, "callstate load")
+
+
+def _check_pipe_settings(opts: argparse.Namespace) -> None:
+    """The pipe options and the unary cancel points, read together: a usage error (exit 2) for one
+    that no call of the run would use, or a point no pipe reaches."""
     if opts.pipes and (late := unreachable_pipe_points(opts.pipe_cancel_at, opts.pipe_messages)):
         opts.target_parser.error(f"--pipe-cancel-at {late[0]} is never reached with --pipe-messages "
                                  f"{opts.pipe_messages}: each side pushes that many")
@@ -166,14 +180,13 @@ def run(opts: argparse.Namespace) -> int:
     if kinds := kinds_without_point(opts.pipe_cancel_at, opts.pipes):
         opts.target_parser.error(f"--pipe-cancel-at {','.join(map(str, opts.pipe_cancel_at))}: none of its points "
                                  f"applies to an {kinds[0]} pipe (add one that does)")
-    try:
-        provider = tracer_provider(opts, "callstate-load")
-        return _run(opts, provider)
-    except ObserveError as exc:
-        print(f"callstate load: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_tracing(provider, "callstate load")
+    if opts.cancel_at != cancel_points(DEFAULT_CANCEL_AT) and every_call_a_pipe(opts.pipes):
+        # no call is unary: its points (seconds from the start) would be dropped without a word
+        from callstate.client.any_method import shape
+        every = (f"{opts.method} is {shape(opts.drive.method.kind)}" if opts.drive
+                 else "--pipes " + ",".join(f"{kind}={share:g}" for kind, share in opts.pipes.items()))
+        opts.target_parser.error(f"--cancel-at places the cancels of unary calls, and every call is a pipe ({every}): "
+                                 "a pipe is cancelled at --pipe-cancel-at points, counted in messages")
 
 
 def _drive(opts: argparse.Namespace, settings: Any) -> Drive | None:

@@ -336,7 +336,8 @@ class LoadRun:
         self.paths[f"pipe-{plan.pipe}"] += 1
         self.paths[self._outcome_path(plan)] += 1
         point, cancel = pipe_cancel(plan)
-        script, request = None if self.cfg.no_script else pipe_script(plan, scenario, self.cfg.payload), None
+        script = None if self.cfg.no_script else pipe_script(plan, scenario, self.cfg.payload, self.cfg.delay)
+        request = None
         if self._requests is None:
             pipe = client.pipe(plan.pipe, script)
         else:   # a streaming method: its request opens an out pipe and is what in and both pipes push

@@ -32,8 +32,8 @@ from callstate.client.pipe_drive import drive_pipe_sync
 from callstate.client.unary_drive import PlanScripts, drive_call_sync
 from callstate.lifecycle import ABORTIVE, UNARY
 from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, DEFAULT_ON_CANCEL,
-                                DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, expected_codes, parse_cancel_points,
-                                parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
+                                DEFAULT_PIPE_CANCEL_AT, Plan, Scenario, every_call_a_pipe, expected_codes,
+                                parse_cancel_points, parse_cancel_shares, parse_pipe_cancel_points, parse_pipe_shares, pipe_cancel,
                                 kinds_without_point, pipe_script, unreachable_pipe_points)
 from callstate.scenario import parse_cancel_poll
 from callstate.script import DEFAULT_ABORT_CODE, ON_CANCEL, Limits, Mix, check_abort_code
@@ -219,7 +219,7 @@ class CallstateUser(User):
         point, cancel = pipe_cancel(plan)
         expected, name = expected_codes(plan, self.scenario.abort_code), f"pipe-{plan.pipe}"
         t0 = time.perf_counter()
-        script, request = pipe_script(plan, self.scenario, self.payload), None
+        script, request = pipe_script(plan, self.scenario, self.payload, self.delay), None
         if self.any_method is None:
             pipe: Pipe = self.client.pipe(plan.pipe, script)
         else:   # a streaming method: its request opens an out pipe and is what in and both pipes push
@@ -299,6 +299,13 @@ def _pipe_settings_fit(scenario: Scenario, typed: dict[str, Any], method: str | 
     if kinds := kinds_without_point(scenario.pipe_cancel_at, scenario.pipes):
         raise error(f"{name('pipe_cancel_at')}: none of {','.join(map(str, scenario.pipe_cancel_at))} applies to "
                     f"an {kinds[0]} pipe (add one that does)")
+    if scenario.cancel_at != parse_cancel_points(DEFAULT_CANCEL_AT) and every_call_a_pipe(scenario.pipes):
+        # no call is unary: its points (seconds from the start) would be dropped without a word
+        every = f"the calls on {method} are {next(iter(scenario.pipes))!r} pipes" if method else \
+            f"{name('pipes')} " + ",".join(f"{kind}={share:g}" for kind, share in scenario.pipes.items())
+        raise (OptionError if "cancel_at" in typed or "pipes" in typed else ValueError)(
+            f"{name('cancel_at')} places the cancels of unary calls, and every call is a pipe ({every}): a pipe is "
+            f"cancelled at {name('pipe_cancel_at')} points, counted in messages")
 
 
 def _length(reply: Any) -> int:
