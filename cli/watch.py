@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    "server stops first); with several --target (replicas), it is looked for on each and "
                    "followed on the one that holds it (exit 1 when none does)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
-    p.add_argument("--counters", action="store_true", help="print the server's counters once and exit")
+    p.add_argument("--counters", action="store_true",
+                   help="print the server's counters once and exit (with several --target: their sums, said on stderr)")
     p.add_argument("--count", type=positive_int, metavar="N",
                    help="stop after N entries (default: follow until Ctrl-C)")
     p.add_argument("--dashboard", choices=MODES, default="auto",
@@ -178,6 +179,8 @@ class _Watch:
             counters.append(await stub.GetCounters(pb.CountersRequest(), metadata=self.metadata,
                                                    timeout=self.opts.timeout or COUNTERS_TIMEOUT))
         merged = counters_dict(counters[0]) if len(counters) == 1 else merged_counters(counters)
+        if len(counters) > 1:   # one server's figures would read the same: say they are totals
+            print(f"callstate watch: the counters of {len(counters)} servers, summed", file=sys.stderr, flush=True)
         try:
             print(orjson.dumps(merged, option=orjson.OPT_INDENT_2).decode(), flush=True)
         except BrokenPipeError:   # `| head`: its reader has what it wanted

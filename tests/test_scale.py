@@ -167,6 +167,7 @@ def test_watch_merges_several_targets(tmp_path: Path, refused_target: str) -> No
         merged = json.loads(counters.stdout)
         assert merged["dispatched"] == 5 and merged["ended"] == 5 and merged["in_flight"] == 0, merged
         assert merged["by_code"] == {"0": 5}, merged
+        assert "the counters of 2 servers, summed" in counters.stderr   # totals, said to be
         # the stream: calls on each server in turn, both servers' entries in one watch
         watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", *args, "--json", "--count", "12",
                                   "--dashboard", "never"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
