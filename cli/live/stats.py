@@ -117,6 +117,11 @@ class LiveStats:
         self._frozen = self.t0 + elapsed
 
     # -- reading ---------------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        """The run is over (`freeze`): what is left to show is the server's late entries."""
+        return self._frozen is not None
+
     def _now(self) -> float:
         return self.clock() if self._frozen is None else self._frozen
 

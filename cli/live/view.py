@@ -97,6 +97,7 @@ class LiveView:
         self.before_refresh = before_refresh   # lets the owner copy counters it keeps itself
         self._live: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._last_line = ""   # plain lines: once the run is over (frozen), only a changed one is printed
 
     def start(self) -> None:
         if self.mode == LIVE:
@@ -115,8 +116,9 @@ class LiveView:
             self.before_refresh()
         if self._live is not None:
             self._live.update(render(self.stats, self.title), refresh=True)
-        else:
-            print(self.stats.plain_line(), file=self.out, flush=True)
+        elif (line := self.stats.plain_line()) != self._last_line or not self.stats.frozen:
+            self._last_line = line   # a line a second while the run goes; after it, what changes
+            print(line, file=self.out, flush=True)
 
     async def _run(self) -> None:
         interval = LIVE_INTERVAL_S if self.mode == LIVE else LINES_INTERVAL_S
