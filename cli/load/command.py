@@ -127,7 +127,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--progress", choices=MODES, default="auto",
                    help="live view on stderr: calls/s per final code, in flight, recent cancels and their "
                         "propagation. auto: a live dashboard on a terminal, nothing otherwise; always: also plain "
-                        "lines (one a second) when not on a terminal; never: none. Default: %(default)s")
+                        "lines (one a second; after the run, while it waits for the server, only when they change) "
+                        "when not on a terminal; never: none. Default: %(default)s")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     add_metrics(p, "the client side (calls, states, cancels, cancel propagation)")
     p.add_argument("--metrics-linger", type=non_negative_float, default=0.0, metavar="SECONDS",
