@@ -223,8 +223,12 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         if own is not None:
             own.cleanup()
-    print(table(rows, opts.proxy, setup.server, opts.only))
-    print(f"({time.monotonic() - t0:.1f} s)")
+    try:
+        print(table(rows, opts.proxy, setup.server, opts.only))
+        print(f"({time.monotonic() - t0:.1f} s)")
+    except BrokenPipeError:   # stdout's reader went away (`| head`): what CI reads is still written
+        outputs()
+        raise
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
