@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.middleboxes import free_port
 
@@ -32,3 +34,41 @@ def test_a_gone_stdout_reader_still_gets_the_reports_written(tmp_path: Path) -> 
     data = orjson.loads(report.read_bytes())
     assert data["error"] is None and data["ok"] is True, data
     assert junit.read_text().startswith("<?xml"), "the JUnit is written too"
+
+
+def test_a_journal_refused_for_the_token_is_not_blamed_on_the_server(tmp_path: Path) -> None:
+    """Against a server started with --token, a run without the token (or with another) asked "is it a
+    callstate server?": it is one, and it refused this client. The line says so and what to pass."""
+    from tests.conftest import cli, start_server
+    srv = start_server(tmp_path, "--token", "s3cret", "--max-hold", "20")
+    try:
+        for env, says in (({"CALLSTATE_TOKEN": ""}, "pass --token or set CALLSTATE_TOKEN"),
+                          ({"CALLSTATE_TOKEN": "not-it"}, "not the server's")):
+            res = cli("conformance", "--server", srv.target, "--proxy", srv.target, "--only", "check", env=env)
+            assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert "is it a callstate server" not in res.stderr and says in res.stderr, res.stderr
+            assert "s3cret" not in res.stderr and "not-it" not in res.stderr, "no token is printed"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (tools/system-deps.sh installs it)")
+def test_a_proxy_that_drops_the_token_is_named_as_such(tmp_path: Path) -> None:
+    """nginx configured to clear `Authorization` in front of a server with --token: the server's journal
+    took the token straight, the probe through the proxy was refused for want of one, and the line asked
+    "does it forward to the server?" (it does). It now says the proxy drops the authorization header."""
+    from tests.conftest import cli, start_server
+    from tests.middleboxes import start_nginx
+    srv = start_server(tmp_path, "--token", "s3cret", "--max-hold", "20")
+    block = ("server {\n    listen 127.0.0.1:8080 http2;\n    location / {\n"
+             "        grpc_set_header Authorization \"\";\n        grpc_pass grpc://127.0.0.1:50051;\n    }\n}\n")
+    proxy = start_nginx(tmp_path, free_port(), srv.port, block)
+    try:
+        res = cli("conformance", "--server", srv.target, "--proxy", proxy.target, "--only", "check",
+                  env={"CALLSTATE_TOKEN": "s3cret"})
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "does it forward to the server" not in res.stderr, res.stderr
+        assert "authorization" in res.stderr and "drop" in res.stderr, res.stderr
+    finally:
+        proxy.stop()
+        srv.stop()

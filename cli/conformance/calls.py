@@ -74,9 +74,20 @@ def auth_metadata() -> tuple[tuple[str, str], ...]:
     return _access.metadata
 
 
+ACCESS_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)   # the server's token check
+
+
 def explain(err: grpc.aio.AioRpcError) -> str:
     """A failed RPC's details, with what most likely went wrong (plaintext against TLS, say)."""
     return _access.explain(err.code(), err.details())
+
+
+def access_hint(err: grpc.aio.AioRpcError) -> str:
+    """A Journal RPC the server's token check refused: its details and what to change."""
+    text = explain(err)
+    if err.code() == grpc.StatusCode.PERMISSION_DENIED and _access.token:
+        text += " (the token given, --token or CALLSTATE_TOKEN, is not the server's)"
+    return text
 
 
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:
