@@ -72,3 +72,21 @@ def test_a_proxy_that_drops_the_token_is_named_as_such(tmp_path: Path) -> None:
     finally:
         proxy.stop()
         srv.stop()
+
+
+def test_a_ca_of_the_same_name_but_another_key_is_named_as_not_the_signer(tmp_path: Path) -> None:
+    """Certificates made again (tools/make_certs.py into a new folder) while the server still runs
+    with the old ones: the new CA has the same name, another key. gRPC's error is BAD_SIGNATURE,
+    not CERTIFICATE_VERIFY_FAILED, and the hint was the catch-all "TLS handshake failed: check the
+    certificates, or whether the server speaks TLS"; docs/security.md promises a CA that did not sign
+    the server's certificate is named as such."""
+    from tests.certs import make_tls_files
+    from tests.conftest import cli, start_server
+    served, again = make_tls_files(tmp_path / "tls"), make_tls_files(tmp_path / "tls-again")
+    srv = start_server(tmp_path, "--tls-cert", str(served.server_cert), "--tls-key", str(served.server_key))
+    try:
+        res = cli("health", "--target", f"localhost:{srv.port}", "--tls-ca", str(again.ca), timeout=30)
+    finally:
+        srv.stop()
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "not signed by the CA given as --tls-ca" in res.stderr, res.stderr
