@@ -90,3 +90,18 @@ def test_a_ca_of_the_same_name_but_another_key_is_named_as_not_the_signer(tmp_pa
         srv.stop()
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "not signed by the CA given as --tls-ca" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("option", [("--max-hold", "90"), ("--serve-bind", "0.0.0.0")])
+def test_serve_port_options_with_server_are_a_usage_error(option: tuple[str, str], refused_target: str) -> None:
+    """`--server ... --hold-seconds 75 --max-hold 90`: --max-hold (and --serve-bind) set the server
+    --serve-port starts; with --server they were dropped without a word, the user believing the server's
+    max hold was raised. One line, exit 2, before anything is sent."""
+    from callstate.cli import main
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["conformance", "--server", refused_target, "--proxy", refused_target, *option])
+    assert status == 2, err.getvalue()
+    assert f"{option[0]} applies only with --serve-port" in err.getvalue(), err.getvalue()

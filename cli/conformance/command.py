@@ -20,6 +20,7 @@ from callstate.arg_types import non_negative_float, positive_float, positive_int
 from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
+DEFAULT_SERVE_BIND = "127.0.0.1"   # the address of the server --serve-port starts
 DEFAULT_MAX_HOLD = 60.0   # s: --max-hold of the server --serve-port starts ...
 HOLD_MARGIN = 10.0        # ... and at least this much over --hold-seconds, so it never ends a held call
 
@@ -74,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     where.add_argument("--serve-port", type=port, metavar="N",
                        help="start a callstate server on this port for the proxy to forward to (and stop it "
                             "for graceful-stop)")
-    p.add_argument("--serve-bind", default="127.0.0.1", metavar="ADDR",
-                   help="with --serve-port: the address it listens on (default: %(default)s)")
+    p.add_argument("--serve-bind", metavar="ADDR",
+                   help=f"with --serve-port: the address it listens on (default: {DEFAULT_SERVE_BIND})")
     p.add_argument("--calls", type=positive_int, default=_CFG.calls, metavar="N",
                    help="calls per scenario, made sequentially and then again concurrently: a row makes 2 x N. "
                         + (f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
@@ -197,7 +198,7 @@ def run(opts: argparse.Namespace) -> int:
         return usage(why)
     from callstate.cli.conformance.calls import use_access
     use_access(settings)
-    own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
+    own = ServerProcess(opts.serve_bind or DEFAULT_SERVE_BIND, opts.serve_port, max_hold) if opts.serve_port is not None else None
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
         setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
@@ -239,6 +240,10 @@ def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) 
     from callstate.script import Limits
 
     limits = Limits()
+    for flag, given in (("--max-hold", opts.max_hold), ("--serve-bind", opts.serve_bind)):
+        if opts.serve_port is None and given is not None:   # they set the server conformance starts
+            return (f"{flag} applies only with --serve-port (the server conformance starts); a server given as "
+                    "--server keeps its own" + (" serve --max-hold" if flag == "--max-hold" else " address"))
     for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
         if size > limits.max_reply_bytes:   # the client refuses such a script before sending it
             return f"{flag} {size} is over the largest reply ({limits.max_reply_bytes})"
