@@ -105,3 +105,31 @@ def test_serve_port_options_with_server_are_a_usage_error(option: tuple[str, str
         status = main(["conformance", "--server", refused_target, "--proxy", refused_target, *option])
     assert status == 2, err.getvalue()
     assert f"{option[0]} applies only with --serve-port" in err.getvalue(), err.getvalue()
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (tools/system-deps.sh installs it)")
+def test_a_gateway_that_terminates_tls_can_be_certified(tmp_path: Path) -> None:
+    """The usual gateway: TLS (and the token check) at the front, h2c to the server behind. The access
+    options went to the proxy and the server alike, so --server answered "does not speak TLS: drop the
+    --tls-* options" (then the proxy refused plaintext), and --serve-port refused TLS options outright:
+    no way to certify it. With --serve-port they now go to the proxy only; the server it starts is
+    plaintext on loopback, reached without them."""
+    from tests.certs import make_tls_files
+    from tests.conftest import cli
+    from tests.middleboxes import start_nginx
+    tls = make_tls_files(tmp_path / "tls")
+    upstream = free_port()
+    block = ("server {\n    listen 127.0.0.1:8080 ssl http2;\n"
+             f"    ssl_certificate {tls.server_cert};\n    ssl_certificate_key {tls.server_key};\n"
+             "    location / {\n        grpc_pass grpc://127.0.0.1:50051;\n    }\n}\n")
+    proxy = start_nginx(tmp_path, free_port(), upstream, block)
+    report = tmp_path / "report.json"
+    try:
+        res = cli("conformance", "--serve-port", str(upstream), "--proxy", f"localhost:{proxy.port}",
+                  "--tls-ca", str(tls.ca), "--only", "complete-small,cancel-abortive", "--calls", "2",
+                  "--cancel-bound-ms", "5000", "--report", str(report), timeout=60)
+    finally:
+        proxy.stop()
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    rows = orjson.loads(report.read_bytes())["rows"]
+    assert {r["verdict"] for path in ("direct", "proxy") for r in rows[path]} == {"pass"}, rows

@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                             "there); graceful-stop is skipped, conformance cannot stop it")
     where.add_argument("--serve-port", type=port, metavar="N",
                        help="start a callstate server on this port for the proxy to forward to (and stop it "
-                            "for graceful-stop)")
+                            "for graceful-stop): plaintext, without a token, so the access options go to the "
+                            "proxy only (a gateway that terminates TLS)")
     p.add_argument("--serve-bind", metavar="ADDR",
                    help=f"with --serve-port: the address it listens on (default: {DEFAULT_SERVE_BIND})")
     p.add_argument("--calls", type=positive_int, default=_CFG.calls, metavar="N",
@@ -116,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress lines on stderr (they are printed only when stderr is a terminal)")
-    add_access(p)   # one set for the proxy and the server (--server); --serve-port starts a plaintext one
+    add_access(p)   # one set for the proxy and the server (--server); for the proxy only with --serve-port
     p.set_defaults(target_parser=p)
     return p
 
@@ -194,11 +195,11 @@ def run(opts: argparse.Namespace) -> int:
         return 2
     max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
     settings = channel_settings(opts)
-    if why := _settings_problem(opts, max_hold, settings):
+    if why := _settings_problem(opts, max_hold):
         return usage(why)
     from callstate.cli.conformance.calls import use_access
-    use_access(settings)
     own = ServerProcess(opts.serve_bind or DEFAULT_SERVE_BIND, opts.serve_port, max_hold) if opts.serve_port is not None else None
+    use_access(settings, own.target if own is not None else None)   # the server it starts: plaintext, no token
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
         setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
@@ -235,7 +236,7 @@ def run(opts: argparse.Namespace) -> int:
     return 1 if failed(rows) else 0
 
 
-def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) -> str | None:
+def _settings_problem(opts: argparse.Namespace, max_hold: float) -> str | None:
     """What in the options the run could not keep (a usage error before anything runs), or None."""
     from callstate.script import Limits
 
@@ -253,9 +254,6 @@ def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) 
     if opts.serve_port is not None and max_hold <= opts.hold_seconds:
         return (f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
                 f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
-    if opts.serve_port is not None and (settings.secure or settings.token):
-        return ("--serve-port starts a plaintext server without a token: to test a locked-down "
-                "server, start it yourself and pass --server with the TLS and token options")
     return None
 
 

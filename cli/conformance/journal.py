@@ -80,7 +80,7 @@ class ServerJournal:
 
     async def _follow(self, subscribed: asyncio.Event) -> None:
         try:
-            async for batch in self._stub.Follow(pb.WatchRequest(), metadata=auth_metadata()):
+            async for batch in self._stub.Follow(pb.WatchRequest(), metadata=auth_metadata(self.target)):
                 subscribed.set()
                 kept = False
                 for e in batch.entries:
@@ -93,13 +93,13 @@ class ServerJournal:
             self.lost = "the server closed its journal stream"
         except grpc.aio.AioRpcError as err:
             self.refused = err.code() in ACCESS_REFUSED
-            self.lost = f"the journal stream broke: {err.code().name}: {access_hint(err)}"
+            self.lost = f"the journal stream broke: {err.code().name}: {access_hint(err, self.target)}"
         self._changed.set()
 
     async def deadline_ms(self, call_id: str, timeout: float) -> int | None:
         """The call's deadline as the server received it (Journal/GetCall), None without one."""
         try:
-            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=auth_metadata(),
+            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=auth_metadata(self.target),
                                                timeout=timeout)
         except grpc.aio.AioRpcError:
             return None
