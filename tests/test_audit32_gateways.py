@@ -113,7 +113,7 @@ def test_a_gateway_that_terminates_tls_can_be_certified(tmp_path: Path) -> None:
     options went to the proxy and the server alike, so --server answered "does not speak TLS: drop the
     --tls-* options" (then the proxy refused plaintext), and --serve-port refused TLS options outright:
     no way to certify it. With --serve-port they now go to the proxy only; the server it starts is
-    plaintext on loopback, reached without them."""
+    plaintext on loopback, reached without them, and does not take the token from CALLSTATE_TOKEN."""
     from tests.certs import make_tls_files
     from tests.conftest import cli
     from tests.middleboxes import start_nginx
@@ -127,7 +127,8 @@ def test_a_gateway_that_terminates_tls_can_be_certified(tmp_path: Path) -> None:
     try:
         res = cli("conformance", "--serve-port", str(upstream), "--proxy", f"localhost:{proxy.port}",
                   "--tls-ca", str(tls.ca), "--only", "complete-small,cancel-abortive", "--calls", "2",
-                  "--cancel-bound-ms", "5000", "--report", str(report), timeout=60)
+                  "--cancel-bound-ms", "5000", "--report", str(report), timeout=60,
+                  env={"CALLSTATE_TOKEN": "the-gateways"})   # for the gateway: the server started has none
     finally:
         proxy.stop()
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
