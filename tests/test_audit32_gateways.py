@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,26 @@ def test_a_gateway_that_terminates_tls_can_be_certified(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     rows = orjson.loads(report.read_bytes())["rows"]
     assert {r["verdict"] for path in ("direct", "proxy") for r in rows[path]} == {"pass"}, rows
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (tools/system-deps.sh installs it)")
+def test_held_calls_a_proxy_timeout_cut_say_when_and_how(tmp_path: Path) -> None:
+    """nginx with `grpc_read_timeout 1s` and --hold-seconds 3: the held row said only "1722
+    RPC_S_SERVER_UNAVAILABLE (UNAVAILABLE), before the 3 s hold ended": not after how long (the
+    proxy's timeout, the setting to raise) nor that nginx answered HTTP 504 itself."""
+    from tests.conftest import cli
+    from tests.middleboxes import start_nginx
+    upstream = free_port()
+    block = ("server {\n    listen 127.0.0.1:8080 http2;\n    location / {\n        grpc_read_timeout 1s;\n"
+             "        grpc_pass grpc://127.0.0.1:50051;\n    }\n}\n")
+    proxy = start_nginx(tmp_path, free_port(), upstream, block)
+    report = tmp_path / "report.json"
+    try:
+        res = cli("conformance", "--serve-port", str(upstream), "--proxy", proxy.target, "--only", "held",
+                  "--hold-seconds", "3", "--concurrency", "2", "--report", str(report), timeout=60)
+    finally:
+        proxy.stop()
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr
+    [held] = orjson.loads(report.read_bytes())["rows"]["proxy"]
+    assert held["verdict"] == "FAIL" and "before the 3 s hold ended" in held["note"], held
+    assert re.search(r"after 1(\.\d)? s", held["note"]) and "HTTP 504" in held["note"], held
