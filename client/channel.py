@@ -152,6 +152,9 @@ class ChannelSettings:
             return "the server's certificate is not valid yet: is this host's or the server's clock right?"
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "the server's certificate is not signed by the CA given as --tls-ca"
+        if "certificate signature failure" in text:   # a CA of the issuer's name, with another key
+            return ("the server's certificate is not signed by the CA given as --tls-ca (a CA of the same name "
+                    "but another key: were the certificates made again while the server kept the old ones?)")
         if "handshake" in text.lower() or "certificate" in text.lower():
             return "TLS handshake failed: check the certificates, or whether the server speaks TLS"
         if "Socket closed" in text or "Connection reset" in text:

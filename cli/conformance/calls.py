@@ -60,35 +60,57 @@ class BatteryConfig:
 
 
 # How the battery reaches the proxy and the server (TLS, token): set once by the command
-# (`use_access`), read by every client and channel below. One run, one set of credentials.
+# (`use_access`), read by every client and channel below. One run, one set of credentials, but
+# for the server --serve-port started: plaintext without a token, behind a proxy that may
+# terminate TLS and check the token itself.
 _access = ChannelSettings(keepalive=None)
+_plaintext: dict[str, ChannelSettings] = {}
 
 
-def use_access(settings: ChannelSettings) -> None:
+def use_access(settings: ChannelSettings, plaintext_target: str | None = None) -> None:
     global _access
     _access = settings
+    _plaintext.clear()
+    if plaintext_target is not None:
+        _plaintext[plaintext_target] = ChannelSettings(keepalive=settings.keepalive)
 
 
-def auth_metadata() -> tuple[tuple[str, str], ...]:
-    """The token's metadata, for the RPCs made on a raw channel."""
-    return _access.metadata
+def access(target: str) -> ChannelSettings:
+    """How `target` is reached."""
+    return _plaintext.get(target, _access)
 
 
-def explain(err: grpc.aio.AioRpcError) -> str:
+def auth_metadata(target: str) -> tuple[tuple[str, str], ...]:
+    """The token's metadata for `target`, for the RPCs made on a raw channel."""
+    return access(target).metadata
+
+
+ACCESS_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)   # the server's token check
+
+
+def explain(err: grpc.aio.AioRpcError, target: str) -> str:
     """A failed RPC's details, with what most likely went wrong (plaintext against TLS, say)."""
-    return _access.explain(err.code(), err.details())
+    return access(target).explain(err.code(), err.details())
+
+
+def access_hint(err: grpc.aio.AioRpcError, target: str) -> str:
+    """A Journal RPC the server's token check refused: its details and what to change."""
+    text = explain(err, target)
+    if err.code() == grpc.StatusCode.PERMISSION_DENIED and access(target).token:
+        text += " (the token given, --token or CALLSTATE_TOKEN, is not the server's)"
+    return text
 
 
 def open_client(target: str, log: Any, timeout: float | None = None) -> AsyncClient:
     """Every client the battery uses is made here. A local subchannel pool: each client gets
     its own connection."""
-    return AsyncClient(target, log=log, timeout=timeout, settings=_access,
+    return AsyncClient(target, log=log, timeout=timeout, settings=access(target),
                        channel_options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
     """A raw channel, for the calls the client library does not make (unknown method, metadata)."""
-    return _access.aio_channel(target, [("grpc.use_local_subchannel_pool", 1)])
+    return access(target).aio_channel(target, [("grpc.use_local_subchannel_pool", 1)])
 
 
 class Recorder:

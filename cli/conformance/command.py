@@ -20,6 +20,7 @@ from callstate.arg_types import non_negative_float, positive_float, positive_int
 from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
+DEFAULT_SERVE_BIND = "127.0.0.1"   # the address of the server --serve-port starts
 DEFAULT_MAX_HOLD = 60.0   # s: --max-hold of the server --serve-port starts ...
 HOLD_MARGIN = 10.0        # ... and at least this much over --hold-seconds, so it never ends a held call
 
@@ -73,9 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                             "there); graceful-stop is skipped, conformance cannot stop it")
     where.add_argument("--serve-port", type=port, metavar="N",
                        help="start a callstate server on this port for the proxy to forward to (and stop it "
-                            "for graceful-stop)")
-    p.add_argument("--serve-bind", default="127.0.0.1", metavar="ADDR",
-                   help="with --serve-port: the address it listens on (default: %(default)s)")
+                            "for graceful-stop): plaintext, without a token, so the access options go to the "
+                            "proxy only (a gateway that terminates TLS)")
+    p.add_argument("--serve-bind", metavar="ADDR",
+                   help=f"with --serve-port: the address it listens on (default: {DEFAULT_SERVE_BIND})")
     p.add_argument("--calls", type=positive_int, default=_CFG.calls, metavar="N",
                    help="calls per scenario, made sequentially and then again concurrently: a row makes 2 x N. "
                         + (f"The default catches a proxy that loses {LOSS:.0%} of calls with probability "
@@ -115,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress lines on stderr (they are printed only when stderr is a terminal)")
-    add_access(p)   # one set for the proxy and the server (--server); --serve-port starts a plaintext one
+    add_access(p)   # one set for the proxy and the server (--server); for the proxy only with --serve-port
     p.set_defaults(target_parser=p)
     return p
 
@@ -193,11 +195,11 @@ def run(opts: argparse.Namespace) -> int:
         return 2
     max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
     settings = channel_settings(opts)
-    if why := _settings_problem(opts, max_hold, settings):
+    if why := _settings_problem(opts, max_hold):
         return usage(why)
     from callstate.cli.conformance.calls import use_access
-    use_access(settings)
-    own = ServerProcess(opts.serve_bind, opts.serve_port, max_hold) if opts.serve_port is not None else None
+    own = ServerProcess(opts.serve_bind or DEFAULT_SERVE_BIND, opts.serve_port, max_hold) if opts.serve_port is not None else None
+    use_access(settings, own.target if own is not None else None)   # the server it starts: plaintext, no token
     setup.own_server = own
     if not opts.quiet and sys.stderr.isatty():
         setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
@@ -223,18 +225,26 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         if own is not None:
             own.cleanup()
-    print(table(rows, opts.proxy, setup.server, opts.only))
-    print(f"({time.monotonic() - t0:.1f} s)")
+    try:
+        print(table(rows, opts.proxy, setup.server, opts.only))
+        print(f"({time.monotonic() - t0:.1f} s)")
+    except BrokenPipeError:   # stdout's reader went away (`| head`): what CI reads is still written
+        outputs()
+        raise
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
 
 
-def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) -> str | None:
+def _settings_problem(opts: argparse.Namespace, max_hold: float) -> str | None:
     """What in the options the run could not keep (a usage error before anything runs), or None."""
     from callstate.script import Limits
 
     limits = Limits()
+    for flag, given in (("--max-hold", opts.max_hold), ("--serve-bind", opts.serve_bind)):
+        if opts.serve_port is None and given is not None:   # they set the server conformance starts
+            return (f"{flag} applies only with --serve-port (the server conformance starts); a server given as "
+                    "--server keeps its own" + (" serve --max-hold" if flag == "--max-hold" else " address"))
     for flag, size in (("--small-bytes", opts.small_bytes), ("--max-bytes", opts.max_bytes)):
         if size > limits.max_reply_bytes:   # the client refuses such a script before sending it
             return f"{flag} {size} is over the largest reply ({limits.max_reply_bytes})"
@@ -244,9 +254,6 @@ def _settings_problem(opts: argparse.Namespace, max_hold: float, settings: Any) 
     if opts.serve_port is not None and max_hold <= opts.hold_seconds:
         return (f"--max-hold {max_hold:g} would end the held calls before their --hold-seconds "
                 f"{opts.hold_seconds:g}: give a longer --max-hold, or leave it out")
-    if opts.serve_port is not None and (settings.secure or settings.token):
-        return ("--serve-port starts a plaintext server without a token: to test a locked-down "
-                "server, start it yourself and pass --server with the TLS and token options")
     return None
 
 

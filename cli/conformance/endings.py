@@ -13,6 +13,7 @@ from callstate.check import Checker, counted
 from callstate.cli.conformance.calls import Recorder, examples, open_client, reply_failure
 from callstate.cli.conformance.journal import dispatched, ended
 from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
+from callstate.cli.proxy_answer import http_status
 from callstate.client import Script
 from callstate.lifecycle import COMPLETE
 from callstate.script import HOLD
@@ -33,7 +34,7 @@ async def held(b: Battery) -> Row:
         why = reply_failure(r, payload)
         if r.code == codes.RPC_S_TIMEOUT and "max hold" in r.details:   # the server's own limit, not the proxy
             return f"{why}: the server's --max-hold ended it; it must be over --hold-seconds {seconds:g}"
-        return f"{why}, before the {seconds:g} s hold ended" if why and r.ms < seconds * 1000 else why
+        return cut_short(why, r.ms, r.details, seconds) if why and r.ms < seconds * 1000 else why
     try:
         results = await asyncio.gather(*(one() for _ in range(b.cfg.concurrency)))
     finally:
@@ -41,6 +42,16 @@ async def held(b: Battery) -> Row:
     bad = [why for why in results if why]
     return Row(HELD, not bad, f"{len(results) - len(bad)}/{len(results)} held {seconds:g} s", examples(bad),
                {"calls": len(results), "failed": len(bad), "hold_seconds": seconds})
+
+
+def cut_short(why: str, ms: float, details: str, seconds: float) -> str:
+    """A held call ended before its hold: after how long (the timeout to raise), and the HTTP
+    status a proxy answered with in the server's place (nginx's grpc_read_timeout: 504)."""
+    status = http_status(details)
+    answered = f" (HTTP {status} in the server's place)" if status else ""
+    after = round(ms / 1000, 1)
+    return (f"{why}{answered}, after {after:g} s, before the {seconds:g} s hold ended: "
+            f"a timeout of {after:g} s on the path?")
 
 
 async def check_row(b: Battery) -> Row:

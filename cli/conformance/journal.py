@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from callstate.cli.conformance.calls import auth_metadata
+from callstate.cli.conformance.calls import ACCESS_REFUSED, access_hint, auth_metadata
 from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER, PIPE_INITIAL_MOVE, SERVER
 from callstate.statelog import parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb
@@ -59,6 +59,7 @@ class ServerJournal:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.lost = ""
+        self.refused = False   # the server refused this client's access (its token)
 
     async def start(self, timeout: float) -> None:
         """Subscribe; ConnectionError naming the server when it does not answer as a callstate server."""
@@ -71,12 +72,15 @@ class ServerJournal:
         if not subscribed.is_set():
             why = "no answer" if not self._task.done() else self.lost or "the stream ended"
             self._task.cancel()
+            if self.refused:   # a callstate server, which turned this client away: say what to change
+                raise ConnectionError(f"{self.target} refused its journal (callstate.v1.Journal/Follow) to this "
+                                      f"client ({why})")
             raise ConnectionError(f"{self.target} did not open its journal (callstate.v1.Journal/Follow): "
                                   f"is it a callstate server? ({why})")
 
     async def _follow(self, subscribed: asyncio.Event) -> None:
         try:
-            async for batch in self._stub.Follow(pb.WatchRequest(), metadata=auth_metadata()):
+            async for batch in self._stub.Follow(pb.WatchRequest(), metadata=auth_metadata(self.target)):
                 subscribed.set()
                 kept = False
                 for e in batch.entries:
@@ -88,13 +92,14 @@ class ServerJournal:
                     self._changed.set()
             self.lost = "the server closed its journal stream"
         except grpc.aio.AioRpcError as err:
-            self.lost = f"the journal stream broke: {err.code().name}: {err.details()}"
+            self.refused = err.code() in ACCESS_REFUSED
+            self.lost = f"the journal stream broke: {err.code().name}: {access_hint(err, self.target)}"
         self._changed.set()
 
     async def deadline_ms(self, call_id: str, timeout: float) -> int | None:
         """The call's deadline as the server received it (Journal/GetCall), None without one."""
         try:
-            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=auth_metadata(),
+            history = await self._stub.GetCall(pb.GetCallRequest(call_id=call_id), metadata=auth_metadata(self.target),
                                                timeout=timeout)
         except grpc.aio.AioRpcError:
             return None

@@ -73,7 +73,7 @@ async def unimplemented(b: Battery) -> Row:
 
     async def one(i: int) -> str:
         try:
-            await method(pb.CallRequest(call_id=new_call_id()), metadata=auth_metadata(), timeout=b.cfg.wait)
+            await method(pb.CallRequest(call_id=new_call_id()), metadata=auth_metadata(b.target), timeout=b.cfg.wait)
             return "OK"
         except grpc.aio.AioRpcError as err:
             return err.code().name
@@ -110,7 +110,7 @@ async def large_metadata(b: Battery) -> Row:
         script = pb.Script(outcome=pb.OUTCOME_ABORT, abort_code=code, abort_message=message)
         try:
             await stub.Call(pb.CallRequest(call_id=call_id, script=script), timeout=b.cfg.wait,
-                            metadata=((CALL_ID_KEY, call_id), (PAD_KEY, "p" * size)) + auth_metadata())
+                            metadata=((CALL_ID_KEY, call_id), (PAD_KEY, "p" * size)) + auth_metadata(b.target))
             return "completed instead of aborting"
         except grpc.aio.AioRpcError as err:
             got = codes.from_grpc(err.code(), err.trailing_metadata())

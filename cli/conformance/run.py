@@ -15,11 +15,12 @@ from typing import Awaitable, Callable
 import grpc
 
 from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
-from callstate.cli.conformance.calls import Recorder, explain
+from callstate.cli.conformance.calls import Recorder, auth_metadata, explain
 from callstate.cli.conformance.journal import ServerJournal, dispatched
 from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
 from callstate.cli.conformance.report import DIRECT, PROXY
 from callstate.cli.conformance.server import ServerProcess
+from callstate import codes
 from callstate.client import CallError, Script
 from callstate.lifecycle import COMPLETE
 
@@ -69,14 +70,14 @@ async def _reachable(target: str, what: str) -> None:
     try:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
-        why = await _why_unreachable(channel)
+        why = await _why_unreachable(channel, target)
         raise ConnectionError(f"cannot reach the {what} at {target} (no connection within {CONNECT_TIMEOUT:g} s"
                               + (f": {why})" if why else ")")) from None
     finally:
         await channel.close()
 
 
-async def _why_unreachable(channel: grpc.aio.Channel) -> str:
+async def _why_unreachable(channel: grpc.aio.Channel, target: str) -> str:
     """The channel's last connection error (refused, a TLS mismatch...), which only a call
     reports: one that does not wait for the connection fails at once with it."""
     check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes,
@@ -84,7 +85,7 @@ async def _why_unreachable(channel: grpc.aio.Channel) -> str:
     try:
         await check(b"", timeout=CONNECT_TIMEOUT / 2)
     except grpc.aio.AioRpcError as err:
-        return explain(err) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
+        return explain(err, target) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
     return ""
 
 
@@ -97,6 +98,12 @@ async def _probe(target: str, journal: ServerJournal) -> None:
         journal.watch(call.call_id)
         await call.start()
     except CallError as err:
+        if err.code == codes.ERROR_ACCESS_DENIED:   # the journal, straight to the server, took the same access
+            raise ConnectionError(f"a call through the proxy at {target} fails ({err}), while the server at "
+                                  f"{journal.target} let this client in straight: "
+                                  + ("the proxy does not pass its token on (does it drop or rewrite the "
+                                     "authorization header?)" if auth_metadata(target) else
+                                     "the proxy asks for an access of its own")) from None
         raise ConnectionError(f"a call through the proxy at {target} fails ({err}): "
                               "does it forward to the server?") from None
     finally:

@@ -10,12 +10,15 @@ kernel kills it when the command dies without a chance to clean up (SIGKILL, a c
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from callstate.wire import TOKEN_ENV
 
 
 class ServerProcess:
@@ -39,7 +42,8 @@ class ServerProcess:
                 *([setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []),
                 sys.executable, "-m", "callstate", "serve", "--bind", self.bind, "--port", str(self.port),
                 "--port-file", str(port_file), "--no-state-log", "--max-hold", f"{self.max_hold:g}",
-                stdout=asyncio.subprocess.DEVNULL, stderr=err_out)
+                stdout=asyncio.subprocess.DEVNULL, stderr=err_out,
+                env={k: v for k, v in os.environ.items() if k != TOKEN_ENV})   # no token: the proxy's, if any
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self._proc.returncode is not None or time.monotonic() > deadline:
