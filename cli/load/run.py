@@ -32,7 +32,7 @@ from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats
 from callstate.cli.live.view import LiveView
-from callstate.cli.report.run_report import ReportBuilder, collect_examples
+from callstate.cli.report.run_report import ReportBuilder, collect_examples, per_second, rate_text
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
@@ -630,7 +630,7 @@ class LoadRun:
             "interrupted": self.interrupted,
             "settle_cut": self.settle_cut,
             "duration_s": round(elapsed, 3),
-            "calls_per_s": round(self.finished / elapsed, 1) if elapsed else 0.0,
+            "calls_per_s": per_second(self.finished, elapsed),
             "by_code": {str(c): n for c, n in sorted(self.by_code.items())},
             "code_names": {str(c): codes.name(c) for c in sorted(self.by_code)},
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
@@ -786,7 +786,7 @@ def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> s
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"{counted(report['calls'], 'call')} in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
+    lines = [f"{counted(report['calls'], 'call')} in {report['duration_s']:.2f} s: {rate_text(report['calls_per_s'])} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
              + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")
              + (f" (the wait for the server to end them cut short: {report['settle_cut']})"

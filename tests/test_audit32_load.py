@@ -1,0 +1,103 @@
+"""Audit 32 of the load-testing paths (`callstate load`, the Locust user's host): each test here
+failed before its fix. In-process where that proves the point; `callstate load` runs as a
+subprocess against a real `callstate serve` where the command's own output is the point."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from callstate.v1 import callstate_pb2 as pb
+from tests.conftest import cli
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- calls/s of a slow run ----------------------------------------------------------------------
+
+def _slow_report(calls: int, seconds: float) -> dict:
+    from callstate.cli.load.run import LoadConfig, LoadRun
+
+    run = LoadRun(LoadConfig(verify=False))
+    run.finished = calls
+    return run.report(seconds, pb.Counters(), None)
+
+
+@pytest.mark.parametrize("calls, seconds, shown", [(4, 8.02, "0.5"), (2, 100.0, "0.02"), (3, 2.0, "1.5")])
+def test_a_slow_runs_calls_per_second_is_not_rounded_away(calls: int, seconds: float, shown: str) -> None:
+    # `--duration 1 --delay 8 --concurrency 4`: "4 calls in 8.02 s: 0 calls/s" (and 0.0 in the
+    # JSON report for 2 calls in 100 s, a slow --rate): a run that made calls said it made none
+    from callstate.cli.load.run import summary
+
+    report = _slow_report(calls, seconds)
+    assert report["calls_per_s"] == pytest.approx(calls / seconds, rel=0.01)
+    first = summary(report).splitlines()[0]
+    assert re.match(rf"{calls} calls in {seconds:.2f} s: {re.escape(shown)} calls/s", first), first
+
+
+def test_a_fast_runs_calls_per_second_stays_whole() -> None:
+    from callstate.cli.load.run import summary
+
+    report = _slow_report(4594, 1.0)
+    assert report["calls_per_s"] == 4594.0
+    assert summary(report).startswith("4594 calls in 1.00 s: 4594 calls/s")
+
+
+def test_the_html_reports_calls_per_second_of_a_slow_run_is_not_rounded_away() -> None:
+    # its card read "0 calls/s over 8.02 s" for 4 calls
+    from callstate.cli.load.run import LoadConfig, LoadRun
+    from callstate.cli.report import html_report
+
+    run = LoadRun(LoadConfig(verify=False, collect_report=True))
+    run.finished = 4
+    page = html_report.render(run.html_report(run.report(8.02, pb.Counters(), None)))
+    assert "<b>0.5</b>calls/s over 8.02 s" in page
+
+
+# -- a target given as a URL ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["https://127.0.0.1:50051", "http://127.0.0.1:50051", "grpc://h:1", "HTTPS://h"])
+def test_a_target_whose_scheme_grpc_cannot_resolve_is_refused_naming_the_scheme(target: str) -> None:
+    from callstate.arg_types import grpc_target
+
+    scheme = target.split("://")[0]
+    with pytest.raises(argparse.ArgumentTypeError, match=rf"gRPC has no {scheme}:// targets: give HOST:PORT"):
+        grpc_target(target)
+    for uri in ("dns:///127.0.0.1:50051", "unix:///tmp/s.sock", "ipv4://1.2.3.4:5", "xds:///svc"):
+        assert grpc_target(uri) == uri
+
+
+def test_load_with_an_https_target_is_one_usage_line_at_once(refused_target: str) -> None:
+    # it waited 5 s and said "cannot reach a callstate server at https://...: is it up?" of a
+    # server that was up: gRPC looked up the whole URL as a host name
+    t0 = time.monotonic()
+    run = cli("load", "--target", f"https://{refused_target}", "--calls", "1", "--progress", "never", timeout=30)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"callstate load: error: argument --target: 'https://{refused_target}': gRPC has no https:// targets: give "
+        f"HOST:PORT, here {refused_target} (TLS is an option of its own, not a scheme) (see callstate load --help)"]
+    assert time.monotonic() - t0 < 4.0   # refused before any connection is tried (that waits 5 s)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs Locust (pip install 'callstate[locust]')")
+def test_locust_with_an_https_host_is_a_usage_error_not_a_run_of_failures(tmp_path: Path, refused_target: str) -> None:
+    # every call failed as 1722 (errors resolving https://...): thousands of failures a second
+    # and exit status 1, where a --host callstate load would refuse is a usage error
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    run = subprocess.run([sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "1", "-r", "1",
+                          "-t", "3s", "--host", f"https://{refused_target}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].endswith(   # the prog is `__main__.py` under python -m
+        f"error: argument --host: 'https://{refused_target}': gRPC has no https:// targets: give HOST:PORT, "
+        f"here {refused_target} (TLS is an option of its own, not a scheme)")
+    assert "Traceback" not in run.stderr
+    assert not list(tmp_path.glob("callstate-client-*.jsonl"))   # no call was made
