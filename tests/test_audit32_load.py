@@ -101,3 +101,40 @@ def test_locust_with_an_https_host_is_a_usage_error_not_a_run_of_failures(tmp_pa
         f"here {refused_target} (TLS is an option of its own, not a scheme)")
     assert "Traceback" not in run.stderr
     assert not list(tmp_path.glob("callstate-client-*.jsonl"))   # no call was made
+
+
+# -- a --duration run whose calls outlast it ------------------------------------------------------
+
+def test_a_duration_run_whose_calls_outlast_it_says_so_and_one_sigint_cuts_them(tmp_path: Path) -> None:
+    # `--duration 0.5` with calls held for 20 s ran 20 s without a word (a stalled server's
+    # calls: until keepalive gave up), and its first Ctrl-C only said it would wait for them
+    import signal
+
+    from tests.conftest import EVIDENCE_WAIT, start_server
+
+    srv = start_server(tmp_path)
+    err = tmp_path / "load.err"
+    try:
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--duration", "0.5",
+                                     "--concurrency", "3", "--mix", "hold=100", "--hold-for", "20", "--cancel", "none",
+                                     "--progress", "never"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + EVIDENCE_WAIT
+            while "is up" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert err.read_text().splitlines()[:1] == [
+                "callstate load: --duration 0.5 s is up: starting no more calls; waiting for the 3 calls still in "
+                "flight to end (SIGINT or SIGTERM cancels them)"], err.read_text()
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=EVIDENCE_WAIT)   # not the calls' 20 s hold
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        srv.stop()
+    assert proc.returncode == 130, (out, err.read_text())
+    assert "callstate load: SIGINT: cancelling the 3 calls in flight" in err.read_text()
+    assert re.match(r"3 calls in [\d.]+ s: [\d.]+ calls/s \(stopped early: SIGINT\)", out), out
+    assert "paths: cancel-at-stop 3, hold 3" in out and "check: OK" in out, out

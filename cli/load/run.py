@@ -51,6 +51,9 @@ NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script)
 HOLD_FOR = "hold-for"     # the path of a held call the generator ended itself (not a cancel asked for)
 STOP_CANCEL = "cancel-at-stop"   # the path of a call in flight a second SIGINT/SIGTERM cancelled
 _STOP_SIGNALS = frozenset({signal.SIGINT.name, signal.SIGTERM.name})
+# --duration is up and calls are still in flight this much later (held, slow, or a stalled
+# server): the run says what it waits for, and the first SIGINT/SIGTERM cancels them
+DURATION_TAIL_S = 1.0
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -187,6 +190,7 @@ class LoadRun:
         self._t0 = 0.0
         self._stop_at = float("inf")
         self.interrupted = ""
+        self._overrun = False   # --duration is up, calls still in flight: said, a signal cancels them
         self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
         self._flying: dict[str, Any] = {}   # our calls and pipes in flight, by id: a second signal cancels them
         self._cut_ids: set[str] = set()     # ... those it cancelled
@@ -220,6 +224,8 @@ class LoadRun:
                 self._cut.set()
             return
         signalled = reason in _STOP_SIGNALS
+        if self._overrun and signalled and not self.interrupted:   # nothing left to start: cut them at once
+            self.interrupted = reason
         if self.interrupted:
             if signalled:   # not a lost server's stop: its calls end by themselves
                 self._cancel_flying(reason)
@@ -231,6 +237,14 @@ class LoadRun:
         if self.in_flight:
             self._say(f"callstate load: {reason}: starting no more calls; waiting for the {counted(self.in_flight, 'call')} "
                       f"in flight to end (SIGINT or SIGTERM{' again' if signalled else ''} cancels them)")
+
+    def _duration_overrun(self) -> None:
+        """--duration was up DURATION_TAIL_S ago and calls are still in flight: the run outlasts
+        it, so say why (without a word it looked hung) and let the next signal cancel them."""
+        if self.in_flight and not self.interrupted:
+            self._overrun = True
+            self._say(f"callstate load: --duration {self.cfg.duration:g} s is up: starting no more calls; waiting for the "
+                      f"{counted(self.in_flight, 'call')} still in flight to end (SIGINT or SIGTERM cancels them)")
 
     def _cancel_flying(self, reason: str) -> None:
         """Cancel our calls in flight that no cancel has reached yet (abortive: no waiting for the
@@ -548,6 +562,8 @@ class LoadRun:
         payload = bytes(cfg.payload)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
+        overrun = (asyncio.get_running_loop().call_later(cfg.duration + DURATION_TAIL_S, self._duration_overrun)
+                   if cfg.duration else None)
         if self.live is not None:
             self.live.restart()
         try:
@@ -560,6 +576,8 @@ class LoadRun:
                 self.live.freeze(elapsed)
             return elapsed
         finally:
+            if overrun is not None:
+                overrun.cancel()
             for client in clients:
                 await client.close()
 
