@@ -138,3 +138,57 @@ def test_a_duration_run_whose_calls_outlast_it_says_so_and_one_sigint_cuts_them(
     assert "callstate load: SIGINT: cancelling the 3 calls in flight" in err.read_text()
     assert re.match(r"3 calls in [\d.]+ s: [\d.]+ calls/s \(stopped early: SIGINT\)", out), out
     assert "paths: cancel-at-stop 3, hold 3" in out and "check: OK" in out, out
+
+
+# -- the live view's last frame and the summary ----------------------------------------------------
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tailed_run() -> "object":
+    """200 calls: 187 end within the first second, the 13 held ones at 7.99 s (`--duration 1
+    --rate 200 --mix complete=90,hold=10 --hold-for 7`): the summary says 25 calls/s."""
+    from callstate.cli.live.stats import LiveStats
+    from callstate.lifecycle import CLIENT
+
+    clock = _Clock()
+    stats = LiveStats(CLIENT, clock=clock, owner_counts_cancels=True)
+    stats.restart()
+    for i in range(187):
+        clock.now = 100.0 + i / 200
+        stats.ended(0)
+    clock.now = 107.99
+    for _ in range(13):
+        stats.ended(1818)
+    stats.freeze(7.99)
+    clock.now = 108.5   # the wait for the server's last entries: the frame stays at the run's end
+    return stats
+
+
+def test_the_live_views_last_line_gives_the_whole_runs_calls_per_second_as_the_summary_does() -> None:
+    # it gave the last 5 s: "8.0s  200 calls  4/s" beside the summary's "200 calls in 7.99 s: 25 calls/s"
+    from callstate.cli.load.run import summary
+
+    stats = _tailed_run()
+    line = stats.plain_line()
+    assert re.match(r"\s*8\.0s  200 calls  25/s  in flight 0  \| 0 RPC_S_OK 187 \(23/s\), "
+                    r"1818 RPC_S_CALL_CANCELLED 13 \(1\.6/s\)", line), line
+    report = _slow_report(200, 7.99)
+    assert summary(report).startswith("200 calls in 7.99 s: 25 calls/s")
+
+
+def test_the_dashboards_last_frame_says_its_rates_are_the_whole_runs() -> None:
+    pytest.importorskip("rich")
+    from rich.console import Console
+
+    from callstate.cli.live.view import render
+
+    console = Console(width=100, record=True, color_system=None)
+    console.print(render(_tailed_run(), "callstate load"))
+    text = console.export_text()
+    assert "25 calls/s" in text and "calls/s, whole run" in text and "last 5 s" not in text, text

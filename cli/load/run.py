@@ -30,9 +30,9 @@ from callstate import codes
 from callstate.check import Checker, counted, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
-from callstate.cli.live.stats import LiveStats
+from callstate.cli.live.stats import LiveStats, rate_text
 from callstate.cli.live.view import LiveView
-from callstate.cli.report.run_report import ReportBuilder, collect_examples, per_second, rate_text
+from callstate.cli.report.run_report import ReportBuilder, collect_examples, per_second
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call

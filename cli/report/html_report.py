@@ -13,7 +13,8 @@ from typing import Any, Mapping
 from callstate import codes
 from callstate.check import counted
 from callstate.cli.report import svg_charts
-from callstate.cli.report.run_report import OTHER, rate_text
+from callstate.cli.live.stats import rate_text
+from callstate.cli.report.run_report import OTHER
 from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 
 MISSING_JINJA = "the HTML report needs Jinja2: pip install 'callstate[report]'"

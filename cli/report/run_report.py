@@ -38,12 +38,6 @@ def per_second(n: int, seconds: float) -> float:
     return round(rate, 1) if rate >= 10 else float(f"{rate:.3g}")
 
 
-def rate_text(rate: float) -> str:
-    """calls/s as the summary and the HTML report print it: whole from 10/s, two significant
-    digits below (a slow run's 0.5 calls/s is not "0")."""
-    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
-
-
 class CallSummary:
     """One call, both sides, as little as the report needs (no entries are kept)."""
 
