@@ -192,3 +192,39 @@ def test_the_dashboards_last_frame_says_its_rates_are_the_whole_runs() -> None:
     console.print(render(_tailed_run(), "callstate load"))
     text = console.export_text()
     assert "25 calls/s" in text and "calls/s, whole run" in text and "last 5 s" not in text, text
+
+
+# -- the wait for the server after the run --------------------------------------------------------
+
+def test_the_wait_for_the_server_to_end_the_runs_calls_is_said_and_a_sigint_ends_it(tmp_path: Path) -> None:
+    # the client's calls had all ended (abortive cancels the server ignored: it runs them for
+    # their --delay): the run sat silent for up to --settle's 15 s after its last call
+    import signal
+
+    from tests.conftest import EVIDENCE_WAIT, start_server
+
+    srv = start_server(tmp_path)
+    err = tmp_path / "load.err"
+    try:
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--calls", "2",
+                                     "--concurrency", "2", "--mix", "complete=100", "--delay", "20", "--cancel",
+                                     "abortive=100", "--cancel-at", "after:0.1", "--on-cancel", "ignore=100",
+                                     "--progress", "never"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + EVIDENCE_WAIT
+            while "--settle" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert err.read_text().splitlines() == [
+                "callstate load: every call has ended here, 2 still run on the server: waiting up to 15 s for it to "
+                "end them (--settle; SIGINT or SIGTERM ends the wait)"], err.read_text()
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=EVIDENCE_WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        srv.stop()
+    assert proc.returncode == 130, (out, err.read_text())
+    assert out.startswith("2 calls in ") and "(the wait for the server to end them cut short: SIGINT)" in out, out

@@ -54,6 +54,9 @@ _STOP_SIGNALS = frozenset({signal.SIGINT.name, signal.SIGTERM.name})
 # --duration is up and calls are still in flight this much later (held, slow, or a stalled
 # server): the run says what it waits for, and the first SIGINT/SIGTERM cancels them
 DURATION_TAIL_S = 1.0
+# the server still runs calls of ours this long after the client ended them all (it ignored their
+# cancels, or is slow): the run says it waits for them (--settle), not to look hung
+SETTLE_NOTICE_S = 1.0
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -615,12 +618,19 @@ class LoadRun:
         caught up: a barrier call made after all ours must come back through it, and the
         journal publishes in order, so every entry before its End has arrived."""
         deadline = time.monotonic() + timeout
+        notice_at = time.monotonic() + SETTLE_NOTICE_S
         while True:
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
             if (ours_done and idle) or time.monotonic() > deadline or self.settle_cut:
                 break
+            if notice_at and time.monotonic() > notice_at:   # once: the run looked hung for up to --settle
+                notice_at = 0.0
+                left = after.in_flight if ours_done else self._our_server_dispatches - self._our_server_ends
+                self._say(f"callstate load: every call has ended here, {left} still {'runs' if left == 1 else 'run'} "
+                          f"on the server: waiting up to {timeout:g} s for it to end them (--settle; SIGINT or SIGTERM "
+                          "ends the wait)")
             await asyncio.sleep(0.05)
         if self.checker is not None and not self.settle_cut:
             loop = asyncio.get_running_loop()
