@@ -54,13 +54,25 @@ positive_int = _number(int, "an integer", positive=True)
 
 
 _TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+# the schemes of gRPC's name resolvers: a URI with another (https://, http://, grpc://) is taken
+# by gRPC as a name to look up that never resolves, every call failing as "unavailable"
+_URI_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds", "google-c2p"})
 
 
 def grpc_target(text: str) -> str:
     """A server to call: HOST:PORT, [IPv6]:PORT, HOST alone (gRPC's default port, 443: a TLS
     gateway), or a gRPC target URI (dns:///..., unix:/path, ...), passed on as given. Refused:
-    an empty host or port, a port that is not one, a bare IPv6 address (ambiguous with a port)."""
-    if "://" in text or text.startswith(_TARGET_SCHEMES):
+    an empty host or port, a port that is not one, a bare IPv6 address (ambiguous with a port),
+    a URI whose scheme gRPC has no resolver for (https://HOST:PORT)."""
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in _URI_SCHEMES:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: gRPC has no {scheme}:// targets: give HOST:PORT, "
+                f"{'here ' + rest.rstrip('/') if rest.strip('/') else 'e.g. 127.0.0.1:50051'} (TLS is an option of its own, "
+                "not a scheme)")
+        return text
+    if text.startswith(_TARGET_SCHEMES):
         return text
     if not text or text != text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")

@@ -22,6 +22,12 @@ CANCEL_WINDOW = 2048    # cancels remembered to join a client Can with the serve
                         # reaches `load` through the journal stream later, often after the client's End
 
 
+def rate_text(rate: float) -> str:
+    """calls/s as the load's summary, its HTML report and the live view's last frame print it:
+    whole from 10/s, two significant digits below (a slow run's 0.5 calls/s is not "0")."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 @dataclass
 class RecentCancel:
     call_id: str
@@ -133,9 +139,23 @@ class LiveStats:
     def finished(self) -> int:
         return sum(self.by_code.values())
 
+    @property
+    def frozen(self) -> bool:
+        """The run has ended (`freeze`): its rates are the whole run's, as the summary gives them."""
+        return self._frozen is not None
+
+    def rate_text(self, rate: float) -> str:
+        """A rate as a frame shows it: whole numbers while the run goes; once it ended, as the
+        summary prints the whole run's (0.5, not 0)."""
+        return rate_text(rate) if self.frozen else f"{rate:.0f}"
+
     def rates(self) -> dict[int, float]:
-        """Calls/s per final code over the last RATE_WINDOW_S seconds (or since the start)."""
+        """Calls/s per final code over the last RATE_WINDOW_S seconds (or since the start); once
+        the run ended, over the whole run, as its summary counts them (a long run's last frame
+        gave its last 5 s: 4/s beside the summary's 25 calls/s after a tail of held calls)."""
         now = self._now()
+        if self.frozen:
+            return {code: n / max(now - self.t0, 1e-3) for code, n in sorted(self.by_code.items())}
         while self._window and self._window[0][0] < now - RATE_WINDOW_S:
             self._window.popleft()
         span = min(RATE_WINDOW_S, max(now - self.t0, 1e-3))
@@ -156,10 +176,10 @@ class LiveStats:
         """One line for logs and pipes (no cursor movement, no colour)."""
         rates = self.rates()
         head = f"{self.elapsed:6.1f}s  {self.finished}" + (f"/{self.total}" if self.total else "") + " calls"
-        head += f"  {sum(rates.values()):.0f}/s  in flight {self.in_flight}"
+        head += f"  {self.rate_text(sum(rates.values()))}/s  in flight {self.in_flight}"
         if self.skipped:
             head += f"  skipped {self.skipped}"
-        by_code = ", ".join(f"{codes.describe(c)} {n} ({rates.get(c, 0):.0f}/s)" for c, n in sorted(self.by_code.items()))
+        by_code = ", ".join(f"{codes.describe(c)} {n} ({self.rate_text(rates.get(c, 0))}/s)" for c, n in sorted(self.by_code.items()))
         cancels = ", ".join(f"{k} {n}" for k, n in sorted(self.cancels.items()))
         line = head + (f"  | {by_code}" if by_code else "") + (f"  | cancels {cancels}" if cancels else "")
         last = next((rc for rc in self.recent_cancels() if rc.propagation_ms is not None), None)

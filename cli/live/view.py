@@ -53,7 +53,7 @@ def render(stats: LiveStats, title: str) -> Any:
     head.append(f"{stats.elapsed:.1f} s", style="bold")
     done = f"{stats.finished}" + (f" / {stats.total}" if stats.total else "")
     head.append(f"   calls ended {done}   ")
-    head.append(f"{sum(rates.values()):.0f} calls/s", style="bold cyan")
+    head.append(f"{stats.rate_text(sum(rates.values()))} calls/s", style="bold cyan")
     head.append("   in flight ")
     head.append(str(stats.in_flight), style="bold yellow")
     if stats.skipped:
@@ -65,9 +65,9 @@ def render(stats: LiveStats, title: str) -> Any:
                     padding=(0, 1), pad_edge=False)
     by_code.add_column("final code", no_wrap=True, overflow="ellipsis")
     by_code.add_column("calls", justify="right")
-    by_code.add_column(f"calls/s, last {RATE_WINDOW_S:g} s", justify="right")
+    by_code.add_column("calls/s, whole run" if stats.frozen else f"calls/s, last {RATE_WINDOW_S:g} s", justify="right")
     for code, n in sorted(stats.by_code.items()):
-        by_code.add_row(codes.describe(code) if code >= 0 else "(no code)", str(n), f"{rates.get(code, 0):.0f}",
+        by_code.add_row(codes.describe(code) if code >= 0 else "(no code)", str(n), stats.rate_text(rates.get(code, 0)),
                         style="green" if code == codes.RPC_S_OK else None)
 
     # every column shows at 80 columns (a wider header had squeezed →End out of sight there)

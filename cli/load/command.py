@@ -65,10 +65,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "flight are finished and checked first; a second SIGINT or SIGTERM cancels "
                                         "them)."),
                        epilog=EPILOG + LOAD_METHOD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target(p, timeout_help="gRPC deadline of each call, not of the run (default: none; --duration bounds the run)")
+    add_target(p, timeout_help="gRPC deadline of each call, not of the run (default: none)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--calls", type=positive_int, metavar="N", help=f"stop after N calls (default: {DEFAULT_CALLS})")
-    stop.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
+    stop.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                      help="start calls for this long; the calls then in flight end first (still in flight "
+                           "a second later: said on stderr, and SIGINT or SIGTERM cancels them)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--concurrency", type=concurrency, default=_LOAD.concurrency, metavar="N",
                       help="closed loop: N calls in flight at all times (default: %(default)s)")

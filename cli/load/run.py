@@ -30,9 +30,9 @@ from callstate import codes
 from callstate.check import Checker, counted, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
-from callstate.cli.live.stats import LiveStats
+from callstate.cli.live.stats import LiveStats, rate_text
 from callstate.cli.live.view import LiveView
-from callstate.cli.report.run_report import ReportBuilder, collect_examples
+from callstate.cli.report.run_report import ReportBuilder, collect_examples, per_second
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
@@ -51,6 +51,12 @@ NO_SCRIPT = "no-script"   # the path of a call sent with no script (--no-script)
 HOLD_FOR = "hold-for"     # the path of a held call the generator ended itself (not a cancel asked for)
 STOP_CANCEL = "cancel-at-stop"   # the path of a call in flight a second SIGINT/SIGTERM cancelled
 _STOP_SIGNALS = frozenset({signal.SIGINT.name, signal.SIGTERM.name})
+# --duration is up and calls are still in flight this much later (held, slow, or a stalled
+# server): the run says what it waits for, and the first SIGINT/SIGTERM cancels them
+DURATION_TAIL_S = 1.0
+# the server still runs calls of ours this long after the client ended them all (it ignored their
+# cancels, or is slow): the run says it waits for them (--settle), not to look hung
+SETTLE_NOTICE_S = 1.0
 
 
 # Calls in flight per channel when --channels is not given: a server refuses streams over its
@@ -188,6 +194,7 @@ class LoadRun:
         self._t0 = 0.0
         self._stop_at = float("inf")
         self.interrupted = ""
+        self._overrun = False   # --duration is up, calls still in flight: said, a signal cancels them
         self._stopped: asyncio.Event | None = None   # set by stop(): wakes the open loop's pause
         self._flying: dict[str, Any] = {}   # our calls and pipes in flight, by id: a second signal cancels them
         self._cut_ids: set[str] = set()     # ... those it cancelled
@@ -221,6 +228,8 @@ class LoadRun:
                 self._cut.set()
             return
         signalled = reason in _STOP_SIGNALS
+        if self._overrun and signalled and not self.interrupted:   # nothing left to start: cut them at once
+            self.interrupted = reason
         if self.interrupted:
             if signalled:   # not a lost server's stop: its calls end by themselves
                 self._cancel_flying(reason)
@@ -232,6 +241,14 @@ class LoadRun:
         if self.in_flight:
             self._say(f"callstate load: {reason}: starting no more calls; waiting for the {counted(self.in_flight, 'call')} "
                       f"in flight to end (SIGINT or SIGTERM{' again' if signalled else ''} cancels them)")
+
+    def _duration_overrun(self) -> None:
+        """--duration was up DURATION_TAIL_S ago and calls are still in flight: the run outlasts
+        it, so say why (without a word it looked hung) and let the next signal cancel them."""
+        if self.in_flight and not self.interrupted:
+            self._overrun = True
+            self._say(f"callstate load: --duration {self.cfg.duration:g} s is up: starting no more calls; waiting for the "
+                      f"{counted(self.in_flight, 'call')} still in flight to end (SIGINT or SIGTERM cancels them)")
 
     def _cancel_flying(self, reason: str) -> None:
         """Cancel our calls in flight that no cancel has reached yet (abortive: no waiting for the
@@ -550,6 +567,8 @@ class LoadRun:
         payload = bytes(cfg.payload)
         self._t0 = time.perf_counter()
         self._stop_at = self._t0 + cfg.duration if cfg.duration else float("inf")
+        overrun = (asyncio.get_running_loop().call_later(cfg.duration + DURATION_TAIL_S, self._duration_overrun)
+                   if cfg.duration else None)
         if self.live is not None:
             self.live.restart()
         try:
@@ -562,6 +581,8 @@ class LoadRun:
                 self.live.freeze(elapsed)
             return elapsed
         finally:
+            if overrun is not None:
+                overrun.cancel()
             for client in clients:
                 await client.close()
 
@@ -606,12 +627,19 @@ class LoadRun:
         caught up: a barrier call made after all ours must come back through it, and the
         journal publishes in order, so every entry before its End has arrived."""
         deadline = time.monotonic() + timeout
+        notice_at = time.monotonic() + SETTLE_NOTICE_S
         while True:
             after = await journal.GetCounters(pb.CountersRequest(), metadata=self.cfg.settings.metadata, timeout=10)
             ours_done = self.checker is None or self._our_server_ends >= self._our_server_dispatches
             idle = after.in_flight == 0 or before.in_flight > 0
             if (ours_done and idle) or time.monotonic() > deadline or self.settle_cut:
                 break
+            if notice_at and time.monotonic() > notice_at:   # once: the run looked hung for up to --settle
+                notice_at = 0.0
+                left = after.in_flight if ours_done else self._our_server_dispatches - self._our_server_ends
+                self._say(f"callstate load: every call has ended here, {left} still {'runs' if left == 1 else 'run'} "
+                          f"on the server: waiting up to {timeout:g} s for it to end them (--settle; SIGINT or SIGTERM "
+                          "ends the wait)")
             await asyncio.sleep(0.05)
         if self.checker is not None and not self.settle_cut:
             loop = asyncio.get_running_loop()
@@ -639,7 +667,7 @@ class LoadRun:
             "interrupted": self.interrupted,
             "settle_cut": self.settle_cut,
             "duration_s": round(elapsed, 3),
-            "calls_per_s": round(self.finished / elapsed, 1) if elapsed else 0.0,
+            "calls_per_s": per_second(self.finished, elapsed),
             "by_code": {str(c): n for c, n in sorted(self.by_code.items())},
             "code_names": {str(c): codes.name(c) for c in sorted(self.by_code)},
             "latency_ms": {"all": _rounded(percentiles(all_lat)),
@@ -795,7 +823,7 @@ def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> s
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"{counted(report['calls'], 'call')} in {report['duration_s']:.2f} s: {report['calls_per_s']:.0f} calls/s"
+    lines = [f"{counted(report['calls'], 'call')} in {report['duration_s']:.2f} s: {rate_text(report['calls_per_s'])} calls/s"
              + (f" ({report['skipped']} skipped: generator in-flight bound)" if report["skipped"] else "")
              + (f" (stopped early: {report['interrupted']})" if report["interrupted"] else "")
              + (f" (the wait for the server to end them cut short: {report['settle_cut']})"

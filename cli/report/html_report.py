@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from callstate import codes
 from callstate.check import counted
 from callstate.cli.report import svg_charts
+from callstate.cli.live.stats import rate_text
 from callstate.cli.report.run_report import OTHER
 from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 
@@ -83,6 +84,7 @@ def render(report: Mapping[str, Any]) -> str:
     env.filters["setting"] = setting
     env.filters["counted"] = counted   # "1 call", "2 calls"
     env.filters["noun"] = noun
+    env.filters["rate"] = rate_text   # calls/s: "0.5", not "0"
     return env.get_template(TEMPLATE).render(
         r=report, charts={k: Markup(v) for k, v in charts(report).items()},
         describe=codes.describe, C=C, CLIENT=CLIENT, SERVER=SERVER, END=END, ENTER=ENTER, CAN=CAN, CANCEL_SEEN=CANCEL_SEEN,

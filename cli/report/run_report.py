@@ -29,6 +29,15 @@ UNKNOWN_KIND = "unknown"
 OTHER = "other"   # an example's entries whose side is neither (a bad entry)
 
 
+def per_second(n: int, seconds: float) -> float:
+    """A run's calls/s as its JSON report gives it: to 0.1 from 10/s, to three significant digits
+    below (a slow run's 0.02 calls/s is not 0.0)."""
+    if not seconds:
+        return 0.0
+    rate = n / seconds
+    return round(rate, 1) if rate >= 10 else float(f"{rate:.3g}")
+
+
 class CallSummary:
     """One call, both sides, as little as the report needs (no entries are kept)."""
 
