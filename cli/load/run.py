@@ -106,7 +106,6 @@ class LoadConfig:
 # server's entries come later than the client's (the journal stream): they may trail by this much.
 STREAM_LAG_S = 5.0
 ADVANCE_EVERY_S = 0.5   # between two looks at what can be retired (the log time a call's End is due by)
-SETTLE_NOTICE_S = 1.0   # a wait for the server's side after the run longer than this is said (a live view)
 
 
 class _Sink:
@@ -592,19 +591,12 @@ class LoadRun:
         if self.one_sided:
             return None
         self._cut = asyncio.Event()
-        # a wait long enough to notice (its frozen view would say nothing) is said once
-        notice = None if self._view is None else asyncio.get_running_loop().call_later(
-            SETTLE_NOTICE_S, self._say, "callstate load: the run is over; waiting for the server to end its side "
-            f"of the calls (up to --settle {self.cfg.settle:g} s)")
         try:
             return await self._settle(channel, journal, before, self.cfg.settle)
         except grpc.aio.AioRpcError as err:
             # the first sign of a lost server says most (a journal stream the stopping server closed)
             self.server_lost = self.server_lost or f"no counters after the run: {err.code().name}: {err.details()}"
             return None
-        finally:
-            if notice is not None:
-                notice.cancel()
 
     def _end_follow(self, follow: asyncio.Task[None] | None) -> None:
         if follow is None:
