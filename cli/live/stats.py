@@ -123,11 +123,6 @@ class LiveStats:
         self._frozen = self.t0 + elapsed
 
     # -- reading ---------------------------------------------------------------------------
-    @property
-    def frozen(self) -> bool:
-        """The run is over (`freeze`): what is left to show is the server's late entries."""
-        return self._frozen is not None
-
     def _now(self) -> float:
         return self.clock() if self._frozen is None else self._frozen
 
@@ -141,7 +136,8 @@ class LiveStats:
 
     @property
     def frozen(self) -> bool:
-        """The run has ended (`freeze`): its rates are the whole run's, as the summary gives them."""
+        """The run has ended (`freeze`): its rates are the whole run's, as the summary gives them,
+        and what is left to show is the server's late entries."""
         return self._frozen is not None
 
     def rate_text(self, rate: float) -> str:
