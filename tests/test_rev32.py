@@ -82,3 +82,35 @@ def test_a_callback_held_up_until_start_is_logged_like_one_on_grpcs_thread(
         call.start()
         assert call.result(EVIDENCE_WAIT) is not None
     assert "a done-callback of call" in caplog.text
+
+
+def test_check_own_waits_for_the_server_lines_of_a_call_the_client_completed(
+        shared_server: ServerProcess, tmp_path: Path) -> None:
+    """The server's state log is written every 50 ms: a call the client completed with 0 may not
+    be in it yet when check_own reads it, and check_own waited only for calls the server log
+    already had: `unknown_to_server` (test_audit32_pipes' payload-limit test, 1 run in 6). Here
+    the server's lines of a real call come 0.2 s late, as a loaded writer's would."""
+    import json
+    import types
+
+    from tests.conftest import wait_entries
+
+    log = tmp_path / "client.jsonl"
+    with Client(shared_server.target, log=str(log)) as client:
+        calls = [client.start(Script("complete")) for _ in range(2)]
+        assert all(call.result(EVIDENCE_WAIT) is not None for call in calls)
+    first, second = ("".join(json.dumps(e) + "\n" for e in wait_entries(shared_server.log, call.call_id))
+                     for call in calls)
+    late = tmp_path / "server.jsonl"
+    late.write_text(first)   # one call's lines are in, the other's still in the writer's buffer
+
+    def flush() -> None:
+        with late.open("a") as f:
+            f.write(second)
+
+    writer = threading.Timer(0.2, flush)   # the writer's lag, not a synchronisation
+    writer.start()
+    try:
+        assert check_own(log, types.SimpleNamespace(log=late)).ok   # type: ignore[arg-type]
+    finally:
+        writer.join()
