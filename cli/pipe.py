@@ -123,11 +123,12 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
     if opts.cancel_at is not None and (why := _cannot_fire(opts)):
         print(f"callstate call: --cancel-at {opts.cancel_at} can never fire: {why}", file=sys.stderr)
         return 2
-    if why := _point_never_reached(opts):
-        print(f"callstate call: --at {opts.at} --at-count {opts.at_count} is never reached: {why}", file=sys.stderr)
-        return 2
     if why := _not_for_kind(opts):   # refused here, as the client would refuse it at start (logged)
         print(f"callstate call: --pipe {opts.pipe}: {why}", file=sys.stderr)
+        return 2
+    # counted past the pipe's messages: asked once the point applies to its kind
+    if why := _point_never_reached(opts):
+        print(f"callstate call: --at {opts.at} --at-count {opts.at_count} is never reached: {why}", file=sys.stderr)
         return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint(BEFORE_START)

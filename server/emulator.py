@@ -200,23 +200,20 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def _complete(self, call: ServerCall, script: pb.Script, request: Any,
                         context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
-        if answer is not None:   # a stand-in's reply: the rule's, or the response type's empty message
+        # a stand-in's reply (the rule's, or the response type's empty message), else the script's payload:
+        # either is pinned until its caller takes it
+        if answer is not None:
             size = answer.reply.ByteSize()
-            if size and (over := self.backlog.reserve(context, size)):   # pinned until its caller takes it
-                return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY,
-                                         grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-            call.move(COMPLETE)
-            call.move(COMPLETED, server_end_code(COMPLETED), _OK)
-            if call.rpc_cancelled:
-                raise asyncio.CancelledError()
-            return answer.reply
-        size = len(request.payload) if script.echo else script.reply_bytes
+        else:
+            size = len(request.payload) if script.echo else script.reply_bytes
         if size and (over := self.backlog.reserve(context, size)):
             return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
         call.move(COMPLETE)
         call.move(COMPLETED, _COMPLETED_CODE, _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
+        if answer is not None:
+            return answer.reply
         reply = pb.CallReply(call_id=call.call_id)   # the fields left at their defaults cost nothing to set
         if size:
             reply.payload = request.payload if script.echo else bytes(size)
