@@ -313,8 +313,9 @@ def test_load_says_a_server_that_took_the_connection_but_answered_nothing_may_be
         hung.listen(16)
         target = f"127.0.0.1:{hung.getsockname()[1]}"
         assert unreachable(target, asyncio.run(state_of(target)), secure=False) == (
-            f"cannot reach a callstate server at {target} (the connection was taken, but nothing answered within "
-            "5 s: is the server stopped (SIGSTOP) or hung?)")
+            f"cannot reach a callstate server at {target} (still connecting after 5 s: nothing answered; is the "
+            "server stopped (SIGSTOP) or hung, or does the address drop what is sent to it (a firewall, a wrong "
+            "address)?)")
     assert unreachable(refused_target, asyncio.run(state_of(refused_target)), secure=False) == (
         f"cannot reach a callstate server at {refused_target} (no connection within 5 s: is it up? if it uses TLS, "
         "pass --tls-ca)")

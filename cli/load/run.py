@@ -805,10 +805,13 @@ CONNECT_S = 5   # how long the run waits for its first connection
 
 def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> str:
     """Why no connection came within CONNECT_S, from the channel's state then: still connecting is
-    a port that took the connection (the kernel does) with nothing answering behind it."""
+    a port that took the connection (the kernel does) with nothing answering behind it, or an
+    address that drops what is sent to it (a firewall, a wrong address): the state cannot tell
+    them apart, so both are named."""
     if state == grpc.ChannelConnectivity.CONNECTING:
-        return (f"cannot reach a callstate server at {target} (the connection was taken, but nothing answered within "
-                f"{CONNECT_S} s: is the server stopped (SIGSTOP) or hung?)")
+        return (f"cannot reach a callstate server at {target} (still connecting after {CONNECT_S} s: nothing answered; "
+                "is the server stopped (SIGSTOP) or hung, or does the address drop what is sent to it (a firewall, "
+                "a wrong address)?)")
     hint = ("is it up, and with TLS, or a client certificate required? check --tls-ca, --tls-cert, --tls-key"
             if secure else "is it up? if it uses TLS, pass --tls-ca")
     return f"cannot reach a callstate server at {target} (no connection within {CONNECT_S} s: {hint})"
