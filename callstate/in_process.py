@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-_SERVING: dict[int, Any] = {}   # port -> the event loop serving it
+_SERVING: dict[int, tuple[Any, str]] = {}   # port -> the event loop serving it, and the address it binds
+# the names of this machine a target can reach its own port by (besides the address bound)
+_LOCAL = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""})
 
 
-def serving(port: int, loop: Any) -> None:
-    _SERVING[port] = loop
+def serving(port: int, loop: Any, bind: str = "") -> None:
+    _SERVING[port] = (loop, bind)
 
 
 def stopped(port: int, loop: Any) -> None:
-    if _SERVING.get(port) is loop:
+    if _SERVING.get(port, (None, ""))[0] is loop:
         del _SERVING[port]
 
 
 def served_on(target: str, loop: Any) -> bool:
-    """Whether `target` ("host:port") is a port this process serves on `loop`."""
-    port = target.rpartition(":")[2]
-    return loop is not None and port.isdigit() and _SERVING.get(int(port)) is loop
+    """Whether `target` ("host:port") is a port this process serves on `loop` (the same port on
+    another host is not)."""
+    host, _, port = target.rpartition(":")
+    if loop is None or not port.isdigit() or int(port) not in _SERVING:
+        return False
+    serving_loop, bind = _SERVING[int(port)]
+    host = host.strip("[]")
+    return serving_loop is loop and (host in _LOCAL or host == bind)

@@ -171,7 +171,7 @@ class EmulatorServer:
         for name in SERVICE_NAMES[:2] + served[len(SERVICE_NAMES):] + ("",):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
-        in_process.serving(self.port, asyncio.get_running_loop())   # a client on this loop must not block on it
+        in_process.serving(self.port, asyncio.get_running_loop(), opts.bind)   # a client on this loop must not block on it
         if self.rules_file is not None:
             self.rules_file.start()
         return self.port

@@ -419,6 +419,6 @@ def test_a_request_too_large_to_push_is_one_line_before_any_call(shop: ServerPro
                "--log-file", str(log), *args)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"big.jsonl:2: " in lines[0] and "a push is at most 1048576 bytes" in lines[0], \
+    assert len(lines) == 1 and "big.jsonl:2: " in lines[0] and "a push is at most 1048576 bytes" in lines[0], \
         done.stderr[-3000:]
     assert not log.exists() or log.read_bytes() == b""

@@ -320,3 +320,21 @@ def test_summaries_count_one_call_and_one_violation_in_the_singular() -> None:
     summary = check_entries(one).summary(allow_one_side=True)
     assert summary.startswith("1 call, 1 entry from in-memory files"), summary
     assert "FAILED: 1 violation\n" in summary, summary
+
+
+def test_a_port_served_in_this_process_is_known_by_its_loop_and_a_local_host_only() -> None:
+    """A client's blocking reflection read is refused at once only against this process's own
+    server on the client's own loop: the same port on another host is another server."""
+    from callstate import in_process
+
+    loop, other = object(), object()
+    in_process.serving(55001, loop, "127.0.0.1")
+    try:
+        for target in ("127.0.0.1:55001", "localhost:55001", "[::1]:55001"):
+            assert in_process.served_on(target, loop), target
+        assert not in_process.served_on("10.1.2.3:55001", loop)    # another host's port of that number
+        assert not in_process.served_on("127.0.0.1:55001", other)  # another loop can answer it
+        assert not in_process.served_on("127.0.0.1:55002", loop)
+    finally:
+        in_process.stopped(55001, loop)
+    assert not in_process.served_on("127.0.0.1:55001", loop)
