@@ -21,17 +21,18 @@ def checked_timeout(timeout: float | None, what: str = "timeout") -> float | Non
     raise ValueError(f"{what} must be a positive number of seconds or None, not {timeout!r}")
 
 
-def _no_limit(timeout: float) -> float | None:
-    """None (no limit) for a timeout past what threading can wait (`math.inf`, 1e10): its waits
-    and timers raise OverflowError there, the sync surface's from a timer thread, unseen."""
-    return None if timeout >= threading.TIMEOUT_MAX else timeout
+def _no_limit(timeout: float | None) -> float | None:
+    """None (no limit) for None, and for a timeout past what threading can wait (`math.inf`,
+    1e10): its waits and timers raise OverflowError there, the sync surface's from a timer
+    thread, unseen."""
+    return None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout
 
 
 def checked_wait(timeout: float | None, what: str = "timeout") -> float | None:
     """How long a wait (or a cancel's escalation) may take: a number of seconds >= 0, or None
     (also for `math.inf`: no limit)."""
     if timeout is None or (_seconds(timeout) and timeout >= 0):
-        return timeout if timeout is None else _no_limit(timeout)
+        return _no_limit(timeout)
     raise ValueError(f"{what} must be a number of seconds >= 0 or None, not {timeout!r}")
 
 
@@ -39,7 +40,7 @@ def checked_wait_for(timeout: float | None) -> float | None:
     """How long `wait()` or `result()` waits: a number of seconds, or None for as long as it takes
     (0 or less: only look, as threading's waits take it; `math.inf`: None)."""
     if timeout is None or _seconds(timeout):
-        return timeout if timeout is None else _no_limit(timeout)
+        return _no_limit(timeout)
     raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__} {timeout!r}")
 
 

@@ -80,13 +80,7 @@ class AsyncPipe(PipeBase):
         super().__init__(client, kind, script, **kwargs)
         self._driver: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
-        # The drainer pulls while a wait() is under way, or for ever once a callback waits: a
-        # wait that runs out stops it, so the caller's own pull() after it reads on (the message
-        # the drainer was reading is kept for it) instead of waiting behind it to the stream's end.
-        self._waits = 0
-        self._drain_for_ever = False
-        self._read_lock: asyncio.Lock | None = None   # one read of the stream at a time
-        self._stash: list[pb.PipeMessage] = []
+        self._read_lock: asyncio.Lock | None = None   # one read of the stream at a time (the drainer: PipeBase)
 
     def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
@@ -201,9 +195,6 @@ class AsyncPipe(PipeBase):
                 self._stash.append(msg)
                 return STOPPED
         return msg
-
-    def _drain_wanted(self) -> bool:
-        return self._drain_for_ever or self._waits > 0
 
     def __aiter__(self) -> "AsyncPipe":
         return self

@@ -65,6 +65,16 @@ class PipeBase(PipeCore):
                          self.method.name if self.method is not None else None, client=client,
                          cancel_key=new_cancel_key(), timeout=timeout)
         self._rpc: Any = None
+        # The surfaces' drainer pulls while a wait() is under way, or for ever once a callback
+        # waits: a wait that runs out stops it, so the caller's own pull() after it reads on (the
+        # message the drainer was reading is kept for it, `_stash`) instead of racing it for the stream.
+        self._waits = 0
+        self._drain_for_ever = False
+        self._stash: list[Any] = []
+
+    def _drain_wanted(self) -> bool:
+        """Whether the drainer reads on: a wait() is under way, or a callback waits."""
+        return self._drain_for_ever or self._waits > 0
 
     def on_notification(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(pipe)` when the notification arrives (at once if it has), without

@@ -96,14 +96,8 @@ class Pipe(PipeBase):
         self._notified = threading.Event()
         self.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
-        # The drainer pulls while a wait() is under way, or for ever once a callback waits: a
-        # wait that runs out stops it, so the caller's own pull() after it reads on (the message
-        # the drainer was reading is kept for it) instead of racing it for gRPC's stream.
-        self._drain_lock = threading.Lock()
-        self._waits = 0
-        self._drain_for_ever = False
+        self._drain_lock = threading.Lock()   # the drainer's wants (PipeBase), from several threads
         self._read_lock = threading.Lock()   # one read of the stream at a time: the caller's, the drainer's
-        self._stash: list[pb.PipeMessage] = []
         # gRPC's done-callback can run while the server's last messages still wait in the
         # response iterator: the outcome is held until the iterator ends, so the status follows
         # the messages (as on the wire) and a notified caller has pulled and counted them all.
@@ -126,9 +120,6 @@ class Pipe(PipeBase):
             if self._responses is not None and self._drainer is None:
                 self._drainer = threading.Thread(target=self._drain, name="callstate-pipe-drain", daemon=True)
                 self._drainer.start()
-
-    def _drain_wanted(self) -> bool:
-        return self._drain_for_ever or self._waits > 0
 
     # -- the caller's moves ------------------------------------------------------------------------
     def start(self) -> "Pipe":
