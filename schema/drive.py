@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from google.protobuf.message import Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN
+from callstate.pipe_script import check_push
 from callstate.schema.model import Method, SchemaError, message_from_json
 from callstate.script import Limits
 from callstate.schema.sources import Explain, from_descriptor_set, from_protos, from_reflection
@@ -100,9 +101,12 @@ class MethodOptions:
 
 def _pushable(method: Method, request: Message, where: str) -> Message:
     """The request, unless a client- or bidi-streaming method would push it over the largest push
-    a server takes: the client refuses such a push (ValueError), mid-call; said here, before any call."""
-    limit = Limits().max_payload_bytes
-    if method.kind in (PIPE_IN, PIPE_BOTH) and (size := request.ByteSize()) > limit:
-        raise DriveError(f"{where}: {size} bytes, and {method.name} pushes it as a message of its stream: "
-                         f"a push is at most {limit} bytes (the server's payload limit)")
+    a server takes: the client refuses such a push (`check_push`), mid-call; said here, before any call."""
+    if method.kind in (PIPE_IN, PIPE_BOTH):
+        try:
+            check_push(request)
+        except ValueError:
+            raise DriveError(f"{where}: {request.ByteSize()} bytes, and {method.name} pushes it as a message of its "
+                             f"stream: a push is at most {Limits().max_payload_bytes} bytes (the server's payload "
+                             "limit)") from None
     return request
