@@ -21,6 +21,9 @@ import grpc
 from callstate.files import PemSource, check_key_pair, check_validity, read_pem
 from callstate.wire import AUTH_KEY, CODE_KEY, DEFAULT_KEEPALIVE, MIN_KEEPALIVE, bearer
 
+# What a server's token check answers a call it turns away (no token, or the wrong one).
+ACCESS_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
 
 def keepalive_options(keepalive: float | None) -> list[tuple[str, Any]]:
     """Client channel options so that a call to a server that stops answering fails (1722)
@@ -121,7 +124,7 @@ class ChannelSettings:
             pass   # the handler chose it (an abort with code 5 is PERMISSION_DENIED): no access problem
         elif status == grpc.StatusCode.UNAVAILABLE:
             hint = self._connection_hint(text, tls_remedy)
-        elif status in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not self.token:
+        elif status in ACCESS_REFUSED and not self.token:
             hint = "pass --token or set CALLSTATE_TOKEN"
         elif status == grpc.StatusCode.UNIMPLEMENTED:
             hint = ("the server does not serve this method; a callstate server serves a user's methods only as "

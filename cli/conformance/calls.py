@@ -85,9 +85,6 @@ def auth_metadata(target: str) -> tuple[tuple[str, str], ...]:
     return access(target).metadata
 
 
-ACCESS_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)   # the server's token check
-
-
 def explain(err: grpc.aio.AioRpcError, target: str) -> str:
     """A failed RPC's details, with what most likely went wrong (plaintext against TLS, say)."""
     return access(target).explain(err.code(), err.details())

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from callstate.cli.conformance.calls import ACCESS_REFUSED, access_hint, auth_metadata
+from callstate.cli.conformance.calls import access_hint, auth_metadata
+from callstate.client.channel import ACCESS_REFUSED
 from callstate.lifecycle import CANCEL_SEEN, D, DISPATCH, END, ENTER, PIPE_INITIAL_MOVE, SERVER
 from callstate.statelog import parse_ts, proto_to_dict
 from callstate.v1 import callstate_pb2 as pb

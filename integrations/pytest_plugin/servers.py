@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import grpc
 
-from callstate.client.channel import ChannelSettings
+from callstate.client.channel import ACCESS_REFUSED, ChannelSettings
 from callstate.lifecycle import END, ENTER
 from callstate.server.app import EmulatorServer, ServerOptions
 from callstate.statelog import proto_to_dict
@@ -216,7 +216,7 @@ class RemoteServer(ServerHandle):
             self.counters()
         except grpc.RpcError as err:
             code = err.code()  # type: ignore[attr-defined]
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            if code in ACCESS_REFUSED:
                 given = "its token is refused" if self._metadata else "it wants a token"
                 raise ServerUnavailable(f"--callstate-target {self.target} answers {code.name}: {given} "
                                         "(--callstate-token, or CALLSTATE_TOKEN)") from None
