@@ -551,7 +551,7 @@ class Checker:
         if not r.both_sides and all(r.by_side.get(side) for side in SIDES):
             # logs of two runs (not_judged says so): no call of the client's is in the server's log,
             # those that ended 0 no more than the others; not a replica's log missing
-            r.violations = [v for v in r.violations if v.kind != "unknown_to_server"]
+            _drop_unknown_to_server(r)
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:
@@ -614,12 +614,18 @@ def _server_lost(r: CheckReport, why: str) -> None:
     completed with 0 whose server entries the stream had not brought are not known to be unknown
     to the server (its state log may have them): counted in the server_lost line, not named as
     unknown_to_server."""
-    unseen = sum(v.kind == "unknown_to_server" for v in r.violations)
-    if unseen:
-        r.violations = [v for v in r.violations if v.kind != "unknown_to_server"]
+    if unseen := _drop_unknown_to_server(r):
         why += (f"; {counted(unseen, 'call')} the client completed with 0 {'is' if unseen == 1 else 'are'} not in "
                 "what the server's side brought before (its state log may have " + ("it)" if unseen == 1 else "them)"))
     r.violations.append(Violation("server_lost", "-", why))
+
+
+def _drop_unknown_to_server(r: CheckReport) -> int:
+    """Take the unknown_to_server violations out of the report (the server's side of the run is
+    not all there to judge them by); how many there were."""
+    kept = [v for v in r.violations if v.kind != "unknown_to_server"]
+    dropped, r.violations = len(r.violations) - len(kept), kept
+    return dropped
 
 
 def _all_ended(sides: dict[str, SideTrack]) -> bool:
