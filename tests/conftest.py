@@ -31,6 +31,19 @@ pytest_plugins = ["pytester"]
 EVIDENCE_WAIT = 20.0
 
 
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen[Any] | None = None,
+                  timeout: float = EVIDENCE_WAIT) -> str:
+    """The file's text once it holds `text` (bounded; the process must still run when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = path.read_text(errors="replace") if path.exists() else ""
+        if text in got:
+            return got
+        assert time.monotonic() < deadline, f"no {text!r} in {path.name} within {timeout:g} s: {got!r}"
+        assert proc is None or proc.poll() is None, f"the process ended ({proc.returncode}): {got!r}"
+        time.sleep(0.02)
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen[bytes]

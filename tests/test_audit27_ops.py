@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from callstate.server.journal_service import HISTORY_BYTES, bounded_history
 from callstate.statelog import Entry, to_proto
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import EVIDENCE_WAIT, cli, read_entries, start_server
+from tests.conftest import EVIDENCE_WAIT, cli, read_entries, start_server, wait_for_text
 
 GRPC_DEFAULT_RECEIVE = 4 * 1024 * 1024
 
@@ -56,24 +55,11 @@ def test_a_pipe_logged_message_by_message_still_has_a_history_a_client_can_recei
         srv.stop()
 
 
-def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
-              timeout: float = EVIDENCE_WAIT) -> str:
-    """The file's text once it holds `text` (bounded; the process must still run when given)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = path.read_text(errors="replace") if path.exists() else ""
-        if text in got:
-            return got
-        assert time.monotonic() < deadline, f"no {text!r} in {path.name} within {timeout:g} s: {got!r}"
-        assert proc is None or proc.poll() is None, f"the process ended ({proc.returncode}): {got!r}"
-        time.sleep(0.02)
-
-
 def _watch(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     out, err = tmp / "watch.out", tmp / "watch.err"
     proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", *args], stdout=open(out, "wb"),
                             stderr=open(err, "wb"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _wait_for(err, "watching", proc)
+    wait_for_text(err, "watching", proc)
     return proc, out, err
 
 
@@ -85,11 +71,11 @@ def test_watch_of_replicas_says_at_once_that_one_stopped_and_follows_the_others(
     try:
         proc, out, err = _watch(tmp_path, "--target", one.target, "--target", two.target)
         assert two.stop() == 0
-        _wait_for(err, f"{two.target} ended the stream: the server is stopping", proc)
+        wait_for_text(err, f"{two.target} ended the stream: the server is stopping", proc)
         made = cli("call", "--target", one.target, "--log-file", str(tmp_path / "client.jsonl"))
         assert made.returncode == 0, made.stderr
         call_id = read_entries(tmp_path / "client.jsonl")[0]["call_id"]
-        _wait_for(out, call_id[:12], proc)   # still following the other replica
+        wait_for_text(out, call_id[:12], proc)   # still following the other replica
         proc.send_signal(signal.SIGINT)
         assert proc.wait(EVIDENCE_WAIT) == 0
         assert err.read_text().count("ended the stream") == 1
@@ -168,7 +154,7 @@ def test_watch_of_one_call_says_when_the_server_stops_before_the_call_ended(tmp_
         err = tmp_path / "watch.err"
         proc = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target, "--call-id",
                                  "not-made-yet"], stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
-        _wait_for(err, "waiting for it", proc)
+        wait_for_text(err, "waiting for it", proc)
         assert srv.stop() == 0
         assert proc.wait(EVIDENCE_WAIT) == 1
         assert err.read_text().splitlines()[-1] == (f"callstate watch: {srv.target} ended the stream: the server is "
@@ -321,10 +307,10 @@ def test_watch_of_replicas_goes_on_when_one_is_killed_and_exits_1(tmp_path: Path
     try:
         proc, out, err = _watch(tmp_path, "--target", one.target, "--target", two.target)
         two.stop(signal.SIGKILL)
-        _wait_for(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
+        wait_for_text(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
         made = cli("call", "--target", one.target, "--log-file", str(tmp_path / "client.jsonl"))
         assert made.returncode == 0, made.stderr
-        _wait_for(out, read_entries(tmp_path / "client.jsonl")[0]["call_id"][:12], proc)
+        wait_for_text(out, read_entries(tmp_path / "client.jsonl")[0]["call_id"][:12], proc)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(EVIDENCE_WAIT) == 1
         assert len(err.read_text().splitlines()) == 2   # "watching", then the lost replica once

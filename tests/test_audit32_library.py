@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from callstate.client import AsyncClient, AsyncCompletionQueue, CallError, Client, CompletionQueue, PipeScript, Script
-from tests.conftest import ServerProcess, check_own, read_entries
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, check_own, read_entries
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,18 +28,17 @@ BOUND = 10.0   # a wait that must not be needed: it only bounds a defect
 def test_a_cancel_releases_every_thread_pushing_on_a_sync_pipe(shared_server: ServerProcess, tmp_path: Path) -> None:
     """Three threads pushing on one in pipe whose server does not pull (flow control holds the
     pushes): the cancel released only the last thread to push, the others blocked for ever in
-    `push()`. Now each pusher gets 1916 (the call has ended)."""
+    `push()`. Now each pusher gets 1916 (the call has ended). The cancel waits until the three
+    pushes are each held (the feeder's pending pushes): a count of pushes made, which one
+    thread can reach alone before the others block, let the defect pass 2 runs of 3 (review)."""
     log = tmp_path / "client.jsonl"
     with Client(shared_server.target, log=str(log)) as client:
         pipe = client.pipe("in", PipeScript(outcome="hold", at="before-first")).start()
         codes: list[int] = []
-        blocked = threading.Semaphore(0)
 
         def pusher() -> None:
             try:
                 while True:
-                    if pipe.sent >= 8:      # the window is full by now: the next pushes wait
-                        blocked.release()
                     pipe.push(b"x" * 60_000)
             except CallError as err:
                 codes.append(err.code)
@@ -47,8 +46,10 @@ def test_a_cancel_releases_every_thread_pushing_on_a_sync_pipe(shared_server: Se
         threads = [threading.Thread(target=pusher, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
-        for _ in threads:   # every thread is past the window, pushing into the held stream
-            assert blocked.acquire(timeout=BOUND)
+        deadline = time.monotonic() + EVIDENCE_WAIT
+        while len(pipe._feeder._pending) < 3:   # evidence: three pushes wait for gRPC to take them
+            assert time.monotonic() < deadline, "the pushes were never held by flow control"
+            time.sleep(0.005)
         pipe.cancel()
         for t in threads:
             t.join(BOUND)

@@ -105,40 +105,45 @@ def test_locust_with_an_https_host_is_a_usage_error_not_a_run_of_failures(tmp_pa
 
 # -- a --duration run whose calls outlast it ------------------------------------------------------
 
-def test_a_duration_run_whose_calls_outlast_it_says_so_and_one_sigint_cuts_them(tmp_path: Path) -> None:
-    # `--duration 0.5` with calls held for 20 s ran 20 s without a word (a stalled server's
-    # calls: until keepalive gave up), and its first Ctrl-C only said it would wait for them
+def _load_signalled_once_said(tmp_path: Path, args: list[str], said: str) -> tuple[int, str, str, str]:
+    """`callstate load` with `args` against a server of its own, sent SIGINT once its stderr holds
+    `said`: (exit status, stdout, stderr when signalled, stderr at the end)."""
     import signal
 
-    from tests.conftest import EVIDENCE_WAIT, start_server
+    from tests.conftest import EVIDENCE_WAIT, start_server, wait_for_text
 
     srv = start_server(tmp_path)
     err = tmp_path / "load.err"
     try:
         with open(err, "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--duration", "0.5",
-                                     "--concurrency", "3", "--mix", "hold=100", "--hold-for", "20", "--cancel", "none",
+            proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, *args,
                                      "--progress", "never"], stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
-            deadline = time.monotonic() + EVIDENCE_WAIT
-            while "is up" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert err.read_text().splitlines()[:1] == [
-                "callstate load: --duration 0.5 s is up: starting no more calls; waiting for the 3 calls still in "
-                "flight to end (SIGINT or SIGTERM cancels them)"], err.read_text()
+            before = wait_for_text(err, said, proc)
             proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=EVIDENCE_WAIT)   # not the calls' 20 s hold
+            out, _ = proc.communicate(timeout=EVIDENCE_WAIT)   # not the calls' hold, nor --settle's wait
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     finally:
         srv.stop()
-    assert proc.returncode == 130, (out, err.read_text())
-    assert "callstate load: SIGINT: cancelling the 3 calls in flight" in err.read_text()
+    return proc.returncode, out, before, err.read_text()
+
+
+def test_a_duration_run_whose_calls_outlast_it_says_so_and_one_sigint_cuts_them(tmp_path: Path) -> None:
+    # `--duration 0.5` with calls held for 20 s ran 20 s without a word (a stalled server's
+    # calls: until keepalive gave up), and its first Ctrl-C only said it would wait for them
+    status, out, before, err = _load_signalled_once_said(
+        tmp_path, ["--duration", "0.5", "--concurrency", "3", "--mix", "hold=100", "--hold-for", "20", "--cancel", "none"],
+        "is up")
+    assert before.splitlines()[:1] == [
+        "callstate load: --duration 0.5 s is up: starting no more calls; waiting for the 3 calls still in "
+        "flight to end (SIGINT or SIGTERM cancels them)"], before
+    assert status == 130, (out, err)
+    assert "callstate load: SIGINT: cancelling the 3 calls in flight" in err
     assert re.match(r"3 calls in [\d.]+ s: [\d.]+ calls/s \(stopped early: SIGINT\)", out), out
     assert "paths: cancel-at-stop 3, hold 3" in out and "check: OK" in out, out
-
 
 # -- the live view's last frame and the summary ----------------------------------------------------
 
@@ -199,32 +204,11 @@ def test_the_dashboards_last_frame_says_its_rates_are_the_whole_runs() -> None:
 def test_the_wait_for_the_server_to_end_the_runs_calls_is_said_and_a_sigint_ends_it(tmp_path: Path) -> None:
     # the client's calls had all ended (abortive cancels the server ignored: it runs them for
     # their --delay): the run sat silent for up to --settle's 15 s after its last call
-    import signal
-
-    from tests.conftest import EVIDENCE_WAIT, start_server
-
-    srv = start_server(tmp_path)
-    err = tmp_path / "load.err"
-    try:
-        with open(err, "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "callstate", "load", "--target", srv.target, "--calls", "2",
-                                     "--concurrency", "2", "--mix", "complete=100", "--delay", "20", "--cancel",
-                                     "abortive=100", "--cancel-at", "after:0.1", "--on-cancel", "ignore=100",
-                                     "--progress", "never"], stdout=subprocess.PIPE, stderr=stderr, text=True)
-        try:
-            deadline = time.monotonic() + EVIDENCE_WAIT
-            while "--settle" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert err.read_text().splitlines() == [
-                "callstate load: every call has ended here, 2 still run on the server: waiting up to 15 s for it to "
-                "end them (--settle; SIGINT or SIGTERM ends the wait)"], err.read_text()
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=EVIDENCE_WAIT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    finally:
-        srv.stop()
-    assert proc.returncode == 130, (out, err.read_text())
+    status, out, before, err = _load_signalled_once_said(
+        tmp_path, ["--calls", "2", "--concurrency", "2", "--mix", "complete=100", "--delay", "20", "--cancel",
+                   "abortive=100", "--cancel-at", "after:0.1", "--on-cancel", "ignore=100"], "--settle")
+    assert before.splitlines() == [
+        "callstate load: every call has ended here, 2 still run on the server: waiting up to 15 s for it to "
+        "end them (--settle; SIGINT or SIGTERM ends the wait)"], before
+    assert status == 130, (out, err)
     assert out.startswith("2 calls in ") and "(the wait for the server to end them cut short: SIGINT)" in out, out

@@ -16,19 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import EVIDENCE_WAIT, cli, start_server
-
-
-def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = EVIDENCE_WAIT) -> str:
-    """The file's text once it holds `text` (bounded; the process must still run)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = path.read_text(errors="replace") if path.exists() else ""
-        if text in got:
-            return got
-        assert time.monotonic() < deadline, f"no {text!r} in {path.name} within {timeout:g} s: {got!r}"
-        assert proc.poll() is None, f"the process ended ({proc.returncode}): {got!r}"
-        time.sleep(0.02)
+from tests.conftest import EVIDENCE_WAIT, cli, start_server, wait_for_text
 
 
 # -- watch's dashboard over replicas: one lost, the others still followed --------------------------
@@ -43,12 +31,12 @@ def test_the_watch_dashboard_goes_on_when_a_replica_is_killed(tmp_path: Path) ->
                              two.target, "--dashboard", "always"], stdout=open(out, "wb"), stderr=open(err, "wb"),
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        _wait_for(err, "watching", proc)
+        wait_for_text(err, "watching", proc)
         two.stop(signal.SIGKILL)
-        _wait_for(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
+        wait_for_text(err, f"callstate watch: {two.target}: UNAVAILABLE: the connection was lost while watching", proc)
         made = cli("call", "--target", one.target)
         assert made.returncode == 0, made.stderr
-        _wait_for(out, " 1 calls ", proc)   # the survivor's call, counted on the dashboard
+        wait_for_text(out, " 1 calls ", proc)   # the survivor's call, counted on the dashboard
         proc.send_signal(signal.SIGINT)
         assert proc.wait(EVIDENCE_WAIT) == 1   # a target was lost
         assert len(err.read_text().splitlines()) == 2, err.read_text()   # "watching", the lost one once

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import callstate.cli as cli_module
-from callstate.client import CallError, Client, PipeScript, Script
+from callstate.client import Client, Script
 from tests.conftest import EVIDENCE_WAIT, ServerProcess, check_own
+from tests.test_audit32_library import _fails
 
 
 def test_an_outcome_point_of_the_other_side_is_refused_for_the_kind_not_the_count(
@@ -21,42 +22,6 @@ def test_an_outcome_point_of_the_other_side_is_refused_for_the_kind_not_the_coun
     status = cli_module.main(["call", "--target", refused_target, "--pipe", "in", "--at", "after-out", "--at-count", "5"])
     assert (status, capsys.readouterr().err.strip()) == (
         2, "callstate call: --pipe in: script.at: after-out does not apply to an in pipe")
-
-
-def test_a_cancel_releases_each_of_three_threads_blocked_pushing(shared_server: ServerProcess, tmp_path: Path) -> None:
-    """The audit's test of this (test_audit32_library) cancels once its semaphore counts three
-    releases, which one thread can give alone before the others block: with only the last
-    pusher released it still passed 2 runs of 3 under load. Here the cancel waits until the
-    three pushes are each held by flow control (the feeder's pending pushes), then each must end."""
-    log = tmp_path / "client.jsonl"
-    with Client(shared_server.target, log=str(log)) as client:
-        pipe = client.pipe("in", PipeScript(outcome="hold", at="before-first")).start()
-        codes: list[int] = []
-
-        def pusher() -> None:
-            try:
-                while True:
-                    pipe.push(b"x" * 60_000)
-            except CallError as err:
-                codes.append(err.code)
-
-        threads = [threading.Thread(target=pusher, daemon=True) for _ in range(3)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + EVIDENCE_WAIT
-        while len(pipe._feeder._pending) < 3:   # evidence: three pushes wait for gRPC to take them
-            assert time.monotonic() < deadline, "the pushes were never held by flow control"
-            time.sleep(0.005)
-        pipe.cancel()
-        for t in threads:
-            t.join(EVIDENCE_WAIT)
-        assert [t.is_alive() for t in threads] == [False] * 3, "a pusher is still blocked after the cancel"
-        assert codes == [1916] * 3
-    assert check_own(log, shared_server).ok
-
-
-def _fails(call: object) -> None:
-    pytest.fail("the harness's callback found the call wrong")
 
 
 def test_a_callback_held_up_until_start_is_logged_like_one_on_grpcs_thread(
