@@ -327,6 +327,31 @@ def test_channel_settings_units(tls: TlsFiles) -> None:
         ChannelSettings(tls_cert=tls.client_cert, tls_key=tls.server_key).credentials()
 
 
+# -- tools/make_certs.py's bad input ----------------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize("days, said", [("-1", "at least 1 day"), ("0", "at least 1 day"),
+                                        ("x", "not a whole number of days")])
+def test_make_certs_refuses_a_validity_of_no_days_in_one_line(tmp_path: Path, days: str, said: str) -> None:
+    made = subprocess.run([sys.executable, str(ROOT / "tools" / "make_certs.py"), "--days", days, "tls"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 2 and "Traceback" not in made.stderr, made.stderr
+    assert said in made.stderr.splitlines()[-1]
+    assert not (tmp_path / "tls").exists()   # nothing half-made
+
+
+@pytest.mark.unit
+def test_make_certs_without_cryptography_says_what_to_install(tmp_path: Path) -> None:
+    fake = tmp_path / "site" / "cryptography"   # shadows the real package, as a base install lacks it
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'cryptography'\", name='cryptography')\n")
+    made = subprocess.run([sys.executable, str(ROOT / "tools" / "make_certs.py"), "tls"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert made.returncode == 1 and "Traceback" not in made.stderr, made.stderr
+    assert made.stderr.strip() == ("make_certs: cryptography is not installed: pip install cryptography "
+                                   "(it is in the dev extra)")
+
+
 # -- the README's examples --------------------------------------------------------------------
 def readme_security_example() -> list[str]:
     text = documentation()

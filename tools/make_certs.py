@@ -15,15 +15,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.certs import make_tls_files  # noqa: E402
+
+
+def _days(text: str) -> int:
+    """--days: a whole number of days, at least 1 (a certificate valid for none is refused by cryptography)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"{days} days: a certificate must be valid for at least 1 day")
+    return days
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="where to write the PEM files")
     parser.add_argument("--name", action="append", default=[], help="another DNS name for the server certificate")
-    parser.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
+    parser.add_argument("--days", type=_days, default=30, help="validity in days (default: %(default)s)")
     opts = parser.parse_args()
+    try:
+        from tests.certs import make_tls_files
+    except ImportError as exc:   # the base install has no cryptography
+        print(f"make_certs: {exc.name or exc} is not installed: pip install cryptography (it is in the dev extra)",
+              file=sys.stderr)
+        return 1
     try:
         files = make_tls_files(opts.folder, tuple(opts.name), opts.days)
     except OSError as exc:
