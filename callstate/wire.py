@@ -66,6 +66,14 @@ def bearer(token: str) -> str:
     return f"Bearer {token}"
 
 
+def bearer_credentials(value: bytes) -> bytes:
+    """The token of an `authorization` value sent as `Bearer <token>` (b"" if it is not one).
+    The scheme's name is case-insensitive and may be followed by several spaces (RFC 7235 2.1:
+    `bearer x` is the same credential); the token itself is compared as sent."""
+    scheme, _, token = value.strip().partition(b" ")
+    return token.lstrip(b" ") if scheme.lower() == b"bearer" else b""
+
+
 # Longest cancel key a server accepts (new_cancel_key makes 32 characters).
 MAX_CANCEL_KEY: Final = 128
 

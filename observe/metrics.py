@@ -31,6 +31,7 @@ from callstate import codes
 from callstate.lifecycle import CAN, END, ENTER, EVENTS, PIPE_EVENTS
 from callstate.propagation import PropagationTracker
 from callstate.statelog import Entry
+from callstate.wire import bearer_credentials
 
 # Calls last from well under a millisecond to a held call's 30 s; a cancel travels in
 # tens of microseconds on loopback and seconds on a sick network.
@@ -291,7 +292,7 @@ class AsyncMetricsEndpoint:
             raise ObserveError(f"cannot serve /metrics on {bind}:{port}: {why}") from None
         self._sock.setblocking(False)
         self.registry, self.bind, self.port = registry, bind, self._sock.getsockname()[1]
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = token.encode() if token else None
         self.idle_timeout, self.max_connections = idle_timeout, connection_cap(max_connections)
         self.connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -334,9 +335,9 @@ class AsyncMetricsEndpoint:
         if parts[1].split(b"?")[0] not in (b"/", b"/metrics"):
             return "404 Not Found", b"", ""
         if self._expected is not None:
-            given = next((line.split(b":", 1)[1].strip() for line in lines[1:]
+            given = next((bearer_credentials(line.split(b":", 1)[1]) for line in lines[1:]
                           if line.lower().startswith(b"authorization:")), b"")
-            if not hmac.compare_digest(given, self._expected):
+            if not given or not hmac.compare_digest(given, self._expected):
                 return "401 Unauthorized", b"this endpoint needs Authorization: Bearer <--metrics-token>\n", \
                     'WWW-Authenticate: Bearer realm="callstate"\r\n'
         body = generate_latest(self.registry)

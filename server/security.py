@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from callstate.wire import AUTH_KEY, MIN_KEEPALIVE, bearer
+from callstate.wire import AUTH_KEY, MIN_KEEPALIVE, bearer_credentials
 
 GUARDED_PREFIX = "/callstate.v1."
 
@@ -108,7 +108,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     ERROR_ACCESS_DENIED). The comparison takes constant time."""
 
     def __init__(self, token: str) -> None:
-        self._expected = bearer(token).encode()
+        self._expected = token.encode()
         self._missing = _refusal(grpc.StatusCode.UNAUTHENTICATED, "this server requires a bearer token")
         self._wrong = _refusal(grpc.StatusCode.PERMISSION_DENIED, "wrong bearer token")
 
@@ -118,8 +118,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(details)
         for key, value in details.invocation_metadata or ():
             if key == AUTH_KEY:
-                given = value if isinstance(value, bytes) else value.encode()
-                if hmac.compare_digest(given, self._expected):
+                given = bearer_credentials(value if isinstance(value, bytes) else value.encode())
+                if given and hmac.compare_digest(given, self._expected):
                     return await continuation(details)
                 return self._wrong
         return self._missing

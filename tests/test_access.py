@@ -165,7 +165,8 @@ def test_token_missing_or_wrong_gives_5_and_the_journal_is_refused(tls_server: S
             with pytest.raises(grpc.RpcError) as rpc_err:
                 pb_grpc.EmulatorStub(channel).Cancel(pb.CancelRequest(call_id="x"), metadata=metadata, timeout=10)
             assert rpc_err.value.code() == status
-        assert journal.ListCalls(pb.ListCallsRequest(), metadata=((AUTH_KEY, f"Bearer {TOKEN}"),), timeout=10)
+        for scheme in ("Bearer", "bearer", "BEARER  "):   # the scheme's name is case-insensitive (RFC 7235)
+            assert journal.ListCalls(pb.ListCallsRequest(), metadata=((AUTH_KEY, f"{scheme} {TOKEN}"),), timeout=10)
     args = ("watch", "--counters", "--target", tls_server.target, "--tls-ca", str(tls.ca))
     refused = cli(*args)
     assert refused.returncode == 1 and "--token" in one_line(refused.stderr)

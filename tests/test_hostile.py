@@ -762,8 +762,13 @@ def test_metrics_token_guards_the_endpoint(hostile_server: Any) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20)
         assert err.value.code == 401
-    reply = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"}), timeout=20)
-    assert reply.status == 200 and b"callstate_journal_calls" in reply.read()
+    for scheme in ("Bearer", "bearer"):   # the scheme's name is case-insensitive (RFC 7235), the token is not
+        reply = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"{scheme} s3cret"}),
+                                       timeout=20)
+        assert reply.status == 200 and b"callstate_journal_calls" in reply.read()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer S3CRET"}), timeout=20)
+    assert err.value.code == 401
 
 
 def test_check_says_when_nothing_or_one_side_was_checked(tmp_path: Path) -> None:
