@@ -350,8 +350,13 @@ class _Watch:
             return
         if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
             # it answered before: not a TLS or address mistake (what explain() would suggest)
-            why = ("the connection was lost while watching (the server was killed or became unreachable): "
-                   + (err.details() or ""))
+            details = err.details() or ""
+            keepalive = self.opts.settings.keepalive
+            if "ping timeout" in details and keepalive:   # the connection is up: its peer went silent
+                why = (f"the server stopped answering while watching, not even keepalive pings within {keepalive:g} s "
+                       f"(--keepalive): is it stopped (SIGSTOP) or hung? ({details})")
+            else:
+                why = "the connection was lost while watching (the server was killed or became unreachable): " + details
         else:
             why = self.opts.settings.explain(err.code(), err.details())
         self._tell(printable(f"callstate watch: {target}: {err.code().name}: {why}"))

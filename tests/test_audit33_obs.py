@@ -1,0 +1,103 @@
+"""Observability audit (session 33): what Prometheus, `watch` and the report say, checked against
+each other and against a server that stops answering."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from callstate.client.channel import ChannelSettings
+from callstate.cli.report.run_report import ReportBuilder
+from callstate.lifecycle import ABORTIVE, CAN, CANCEL_ESCALATED, CLIENT, END, ENTER, NON_ABORTIVE
+from callstate.observe.metrics import Metrics
+from callstate.statelog import Entry
+from tests.conftest import start_server, wait_for_text
+
+
+def _escalated_call(call_id: str, t: float) -> list[Entry]:
+    """A client's entries for a call whose non-abortive cancel went unanswered and was escalated
+    (the shape `callstate load` logs: two Can entries, one of each kind)."""
+    rows = [("C", None, ENTER, "call_in", None, None), ("WComp", "C", ENTER, "started", None, None),
+            (CAN, "WComp", ENTER, "cancel", NON_ABORTIVE, None), ("WComp", CAN, ENTER, "cancel_issued", None, None),
+            ("WComp", "WComp", CANCEL_ESCALATED, None, None, None), (CAN, "WComp", ENTER, "cancel", ABORTIVE, None),
+            ("WComp", CAN, ENTER, "cancel_issued", None, None), ("Comp", "WComp", ENTER, "complete", None, None),
+            (END, "Comp", ENTER, "completed", None, 1818)]
+    return [Entry(t + i / 1000, CLIENT, call_id, state, prev, event, move, code, cancel=cancel)
+            for i, (state, prev, event, move, cancel, code) in enumerate(rows)]
+
+
+def test_cancels_total_says_an_escalated_cancel_counts_under_both_kinds() -> None:
+    """`callstate_cancels_total` counts every Can: a call whose non-abortive cancel was escalated
+    counts once under each kind, so its abortive figure ran above the report's abortive cancels
+    (which count each call once, by its first cancel: 3193 against 3142 over one 15 s load).
+    Its HELP (and the docs) now say so and name the per-call figure, cancel_to_end's count,
+    which agrees with the report on the same entries."""
+    metrics = Metrics()
+    side = metrics.side(CLIENT)
+    builder = ReportBuilder()
+    entries = _escalated_call("escalated", 1000.0) + [
+        e._replace(call_id="plain", t=e.t + 1) for e in _escalated_call("plain", 1000.0) if e.event == ENTER][:4] + [
+        Entry(1001.1, CLIENT, "plain", "Comp", "WComp", ENTER, "complete"),
+        Entry(1001.2, CLIENT, "plain", END, "Comp", ENTER, "completed", 1818)]
+    for e in entries:
+        side.observe(e)
+        builder.add_entry(e)
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    cancels = {s.labels["kind"]: s.value for s in families["callstate_cancels"].samples}
+    per_call = {s.labels["kind"]: s.value for s in families["callstate_cancel_to_end_seconds"].samples
+                if s.name.endswith("_count")}
+    assert cancels == {NON_ABORTIVE: 2, ABORTIVE: 1}      # each Can: the escalation counts again
+    assert per_call == {NON_ABORTIVE: 2}                   # each call once, by its first cancel
+    report = builder.build()
+    assert {kind: sum(row) for kind, row in report["timeline"]["cancels"].items()} == per_call
+    help_text = families["callstate_cancels"].documentation
+    assert "escalated cancel counts again as abortive" in help_text, help_text
+    assert "callstate_cancel_to_end_seconds_count" in help_text, help_text
+    docs = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `callstate_cancels_total`"))
+    assert "escalated to abortive counts under both kinds" in row and "cancel_to_end_seconds_count" in row, row
+
+
+def test_watch_says_a_server_that_stopped_answering_is_stopped_or_hung(tmp_path: Path) -> None:
+    """A server SIGSTOPped mid-watch: keepalive finds it silent and the watch ends (exit 1) with a
+    line that says so. It said "the server was killed or became unreachable", the wrong lead for a
+    process that is still there, stopped or hung (`watch --counters` on it already says SIGSTOP)."""
+    srv = start_server(tmp_path)
+    err = tmp_path / "watch.stderr"
+    watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--target", srv.target, "--keepalive", "1",
+                              "--dashboard", "never"], stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+    try:
+        wait_for_text(err, "watching", watch)
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert watch.wait(20) == 1
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        lines = err.read_text().splitlines()
+        said = [line for line in lines if line.startswith(f"callstate watch: {srv.target}: UNAVAILABLE")]
+        assert len(said) == 1, lines
+        assert "stopped answering" in said[0] and "keepalive" in said[0] and "SIGSTOP" in said[0], said
+        assert "killed" not in said[0], said
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        srv.stop()
+
+
+def test_a_server_that_never_sends_http2s_first_frame_is_named_stopped_or_hung() -> None:
+    """`watch` (and every client) against a server SIGSTOPped before it connected: the TCP
+    connection is taken by the kernel, then nothing comes; after gRPC's 20 s connect timeout the
+    line was gRPC's own ("connection attempt timed out before receiving SETTINGS frame") with no
+    hint, where `watch --counters` on the same server says "is the server stopped (SIGSTOP)"."""
+    details = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:19052: connection attempt "
+               "timed out before receiving SETTINGS frame")   # as grpc 1.7x said it, measured on a stopped server
+    said = ChannelSettings().explain(grpc.StatusCode.UNAVAILABLE, details)
+    assert said.startswith(details) and "stopped (SIGSTOP) or hung" in said, said
+    assert ChannelSettings().explain(grpc.StatusCode.UNAVAILABLE, "Connection refused") == "Connection refused"
