@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import orjson
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,14 +17,14 @@ from callstate.client.channel import ChannelSettings
 from callstate.cli.report.run_report import ReportBuilder
 from callstate.lifecycle import ABORTIVE, CAN, CANCEL_ESCALATED, CLIENT, END, ENTER, NON_ABORTIVE
 from callstate.observe.metrics import Metrics
-from callstate.statelog import Entry
-from tests.conftest import start_server, wait_for_text
+from callstate.statelog import Entry, format_ts
+from tests.conftest import cli, start_server, wait_for_text
 
 
 def _escalated_call(call_id: str, t: float) -> list[Entry]:
     """A client's entries for a call whose non-abortive cancel went unanswered and was escalated
     (the shape `callstate load` logs: two Can entries, one of each kind)."""
-    rows = [("C", None, ENTER, "call_in", None, None), ("WComp", "C", ENTER, "started", None, None),
+    rows = [("C", None, ENTER, "call", None, None), ("WComp", "C", ENTER, "started", None, None),
             (CAN, "WComp", ENTER, "cancel", NON_ABORTIVE, None), ("WComp", CAN, ENTER, "cancel_issued", None, None),
             ("WComp", "WComp", CANCEL_ESCALATED, None, None, None), (CAN, "WComp", ENTER, "cancel", ABORTIVE, None),
             ("WComp", CAN, ENTER, "cancel_issued", None, None), ("Comp", "WComp", ENTER, "complete", None, None),
@@ -101,3 +102,38 @@ def test_a_server_that_never_sends_http2s_first_frame_is_named_stopped_or_hung()
     said = ChannelSettings().explain(grpc.StatusCode.UNAVAILABLE, details)
     assert said.startswith(details) and "stopped (SIGSTOP) or hung" in said, said
     assert ChannelSettings().explain(grpc.StatusCode.UNAVAILABLE, "Connection refused") == "Connection refused"
+
+
+def _client_call(call_id: str, start: float, end: float) -> list[dict[str, object]]:
+    """A client's log lines for a call that completed with 0 (C at `start`, End at `end`)."""
+    rows = [("C", None, "call", start), ("WComp", "C", "started", start), ("Comp", "WComp", "complete", end),
+            (END, "Comp", "completed", end)]
+    return [{"ts": format_ts(t), "side": CLIENT, "call_id": call_id, "state": state, "prev": prev, "event": ENTER,
+             "move": move, **({"code": 0} if state == END else {})} for state, prev, move, t in rows]
+
+
+def test_report_draws_an_end_logged_before_its_call_began_at_the_calls_start(tmp_path: Path) -> None:
+    """A log whose End is earlier than its call's first state (a wall clock stepped back while it
+    ran: `check` reports it as time_order) made `callstate report` die with a traceback (an
+    IndexError: the End's time bucket lay before the first call's), and an End a little earlier
+    than the first call drew that call as ending in the run's last buckets (a negative index
+    wrapped around), the calls in flight at the run's end one too few."""
+    t0 = 1_780_000_000.0
+    log = tmp_path / "client.jsonl"
+    lines = _client_call("normal", t0, t0 + 10) + _client_call("stepped", t0 + 0.05, t0 - 3600)
+    log.write_text("".join(orjson.dumps(e).decode() + "\n" for e in lines))
+    result = cli("report", str(log), "--allow-one-side", "--html", str(tmp_path / "r.html"),
+                 "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip().endswith("2 calls, check FAILED (1 violation)"), result.stdout
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert [k["kind"] for k in report["check"]["kinds"]] == ["time_order"]
+    # a little earlier (2.5 buckets of 0.1 s before the first call's start): drawn where it began
+    builder = ReportBuilder()
+    for e in _client_call("normal", t0, t0 + 10) + _client_call("stepped", t0 + 0.05, t0 - 0.25):
+        builder.add(e)
+    timeline = builder.build(allow_one_side=True)["timeline"]
+    assert timeline["bucket_s"] == 0.1
+    assert timeline["ended"][0] == 1 and timeline["ended"][-1] == 1 and sum(timeline["ended"]) == 2, timeline["ended"]
+    assert timeline["in_flight"][0] == 1 and timeline["in_flight"][-1] == 0 and min(timeline["in_flight"]) >= 0
+    assert timeline["in_flight_peak"][0] == 1 and min(timeline["in_flight_peak"]) >= 0   # it ended as it began

@@ -268,6 +268,9 @@ def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[s
     `ends` holds NaN for a call that never ended."""
     if not starts:
         return {"t0": None, "bucket_s": 0, "in_flight": [], "in_flight_peak": [], "ended": [], "cancels": {}}
+    # an End earlier than its call's first state (a wall clock stepped back; `time_order`, which the
+    # check reports) is drawn at that first state: a bucket before the first call's is out of range
+    ends = [end if math.isnan(end) else max(end, start) for start, end in zip(starts, ends)]
     t0 = min(starts)
     t_end = max(max(starts), max((t for t in ends if not math.isnan(t)), default=t0))
     width = _nice_step(max(t_end - t0, 1e-3) / TIMELINE_BUCKETS)
