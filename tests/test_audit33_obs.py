@@ -137,3 +137,13 @@ def test_report_draws_an_end_logged_before_its_call_began_at_the_calls_start(tmp
     assert timeline["ended"][0] == 1 and timeline["ended"][-1] == 1 and sum(timeline["ended"]) == 2, timeline["ended"]
     assert timeline["in_flight"][0] == 1 and timeline["in_flight"][-1] == 0 and min(timeline["in_flight"]) >= 0
     assert timeline["in_flight_peak"][0] == 1 and min(timeline["in_flight_peak"]) >= 0   # it ended as it began
+
+
+def test_readme_says_which_replica_ends_make_watch_exit_1() -> None:
+    """README said a replica that stops *or* is lost mid-watch makes the exit status 1; a graceful
+    stop gives 0 (`watch --help`: "exit 1 in the end when one was lost"; the run is
+    tests/test_audit27_ops.py's replicas test, SIGINT after one replica stopped: exit 0)."""
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    said = readme[readme.index("callstate watch --target A --target B"):][:600]
+    assert "and the exit status is 1;" not in said, said
+    assert "the exit status is 1 when one was lost" in said and "0 when it stopped gracefully" in said, said
