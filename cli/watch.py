@@ -57,6 +57,10 @@ def run(opts: argparse.Namespace) -> int:
     twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
     if twice:   # its every entry would be shown twice, its counters summed twice
         opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
+    if opts.counters and (unused := [flag for flag, given in (("--call-id", opts.call_id), ("--count", opts.count))
+                                     if given]):   # the whole server's counters would be printed as if for them
+        opts.target_parser.error(f"--counters prints the whole server's counters once: {' and '.join(unused)} "
+                                 "would be ignored")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:

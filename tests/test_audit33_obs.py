@@ -147,3 +147,15 @@ def test_readme_says_which_replica_ends_make_watch_exit_1() -> None:
     said = readme[readme.index("callstate watch --target A --target B"):][:600]
     assert "and the exit status is 1;" not in said, said
     assert "the exit status is 1 when one was lost" in said and "0 when it stopped gracefully" in said, said
+
+
+def test_watch_counters_with_a_call_id_or_a_count_is_refused_not_ignored(refused_target: str) -> None:
+    """`watch --counters --call-id ID` printed the whole server's counters, as if they were that
+    call's, without a word (and `--count N` did nothing): now a usage error (exit 2) naming what
+    would be ignored, before any connection."""
+    for extra, named in ((("--call-id", "abc"), "--call-id"), (("--count", "3"), "--count")):
+        result = cli("watch", "--target", refused_target, "--counters", *extra)
+        assert result.returncode == 2 and result.stdout == "", result
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and f"--counters prints the whole server's counters once: {named} would be ignored" \
+            in lines[0], lines
