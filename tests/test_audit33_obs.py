@@ -159,3 +159,26 @@ def test_watch_counters_with_a_call_id_or_a_count_is_refused_not_ignored(refused
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and f"--counters prints the whole server's counters once: {named} would be ignored" \
             in lines[0], lines
+
+
+def test_an_escalated_calls_span_keeps_its_first_cancel_kind_as_the_docs_say() -> None:
+    """The span of a call whose non-abortive cancel was escalated: `callstate.cancel_kind` is the
+    first cancel's (non-abortive), each Can event carries its own kind; the docs said only that a
+    cancelled call carries a kind, which a reader filtering traces on abortive cancels needs."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from callstate.observe.tracing import CANCEL_KIND, CANCELLED, CallTracer
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = CallTracer(CLIENT, provider)
+    for e in _escalated_call("escalated", 1000.0):
+        tracer.observe(e)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[CANCELLED] is True and span.attributes[CANCEL_KIND] == NON_ABORTIVE
+    assert [e.attributes[CANCEL_KIND] for e in span.events if e.name == CAN] == [NON_ABORTIVE, ABORTIVE]
+    assert CANCEL_ESCALATED in [e.name for e in span.events]
+    docs = " ".join((Path(__file__).parent.parent / "docs" / "observability.md").read_text().split())
+    assert "escalated to abortive keeps `non-abortive` on the span" in docs
