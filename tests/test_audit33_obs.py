@@ -182,3 +182,25 @@ def test_an_escalated_calls_span_keeps_its_first_cancel_kind_as_the_docs_say() -
     assert CANCEL_ESCALATED in [e.name for e in span.events]
     docs = " ".join((Path(__file__).parent.parent / "docs" / "observability.md").read_text().split())
     assert "escalated to abortive keeps `non-abortive` on the span" in docs
+
+
+def test_report_reads_a_rotated_log_in_any_order_as_check_does(tmp_path: Path) -> None:
+    """A client log rotated mid-call (`client.jsonl.1`, the older part, sorts after `client.jsonl`:
+    a directory argument or a shell glob names them newest first). `check` merges the files by
+    time and says OK; `report` read them one after another and failed every call the rotation
+    split (a 2000-call load split in two, newest first: check OK, report FAILED, 83 violations)."""
+    t0 = 1_780_000_000.0
+    calls = [_client_call(f"call-{i}", t0 + i, t0 + i + 0.5) for i in range(3)]
+    older = [e for call in calls[:2] for e in call] + calls[2][:2]   # the last call's C, WComp
+    newer = calls[2][2:]                                              # ... its Comp, End
+    (tmp_path / "client.jsonl.1").write_text("".join(orjson.dumps(e).decode() + "\n" for e in older))
+    (tmp_path / "client.jsonl").write_text("".join(orjson.dumps(e).decode() + "\n" for e in newer))
+    files = [str(tmp_path / "client.jsonl"), str(tmp_path / "client.jsonl.1")]   # newest first
+    checked = cli("check", *files, "--allow-one-side", "--json")
+    assert checked.returncode == 0 and orjson.loads(checked.stdout)["violations"] == 0, checked
+    reported = cli("report", *files, "--allow-one-side", "--html", str(tmp_path / "r.html"),
+                   "--json", str(tmp_path / "r.json"))
+    assert reported.returncode == 0 and reported.stdout.strip().endswith("3 calls, check OK"), reported
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert report["files"] == files and [row["count"] for row in report["by_code"]] == [3]
+    assert report["timeline"]["ended"][-1] == 1 and sum(report["timeline"]["ended"]) == 3

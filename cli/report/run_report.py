@@ -21,7 +21,7 @@ from callstate import codes
 from callstate.check import EXAMPLES_PER_KIND, KINDS, Checker, CheckReport, percentiles
 from callstate.lifecycle import (CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of)
 from callstate.statelog import Entry, format_ts, parse_ts
-from callstate.logfile import read_log
+from callstate.logfile import feed_files, read_log
 
 LATENCY_BINS = 40       # log-spaced histogram bins for latency and propagation
 TIMELINE_BUCKETS = 120  # at most this many time buckets for the over-time chart
@@ -374,15 +374,8 @@ def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | 
     told about a last line cut short, which is then skipped, as `callstate check` does (else
     it is an error)."""
     builder = ReportBuilder()
-    warnings = builder.checker.report.warnings   # the page says them too, beside its verdict
-
-    def told(text: str) -> None:
-        warnings.append(text)
-        warn(text)   # type: ignore[misc]   # only given with a warn
-
-    for path in paths:
-        builder.checker.report.files.append(str(path))
-        for lineno, e in read_log(path, None if warn is None else told):
-            builder.add(e, f"{path}:{lineno}: ")
+    # merged by time, as `callstate check` reads them: the same verdict in any order of the files
+    # (a rotated client log named before its older part failed every call it split)
+    feed_files(paths, builder.checker, lambda e, where, _pos: builder.add(e, where), warn)
     builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)
