@@ -204,3 +204,16 @@ def test_report_reads_a_rotated_log_in_any_order_as_check_does(tmp_path: Path) -
     report = orjson.loads((tmp_path / "r.json").read_bytes())
     assert report["files"] == files and [row["count"] for row in report["by_code"]] == [3]
     assert report["timeline"]["ended"][-1] == 1 and sum(report["timeline"]["ended"]) == 3
+
+
+def test_serve_with_metrics_on_its_own_grpc_port_is_one_line_naming_both_flags(tmp_path: Path) -> None:
+    """`serve --port P --metrics-port P`: /metrics took the port first and the server then failed
+    with "cannot bind 127.0.0.1:P: grpc refused the address" (exit 1), which names neither flag.
+    Now a usage error before anything starts: no port taken, no log created."""
+    log = tmp_path / "server.jsonl"
+    for extra in ((), ("--bind", "0.0.0.0")):
+        result = cli("serve", "--port", "19459", "--metrics-port", "19459", "--log-file", str(log), *extra)
+        assert result.returncode == 2, result
+        assert result.stderr.splitlines() == ["callstate serve: --metrics-port 19459 is also --port: give /metrics "
+                                              "a port of its own"], result.stderr
+        assert not log.exists()
