@@ -217,3 +217,19 @@ def test_serve_with_metrics_on_its_own_grpc_port_is_one_line_naming_both_flags(t
         assert result.stderr.splitlines() == ["callstate serve: --metrics-port 19459 is also --port: give /metrics "
                                               "a port of its own"], result.stderr
         assert not log.exists()
+
+
+def test_a_split_calls_example_history_reads_in_time_order(tmp_path: Path) -> None:
+    """The report's example history of a violation, for a call whose entries a rotation split:
+    its entries read one file after another came newest file first (Comp, End, ... before C)."""
+    t0 = 1_780_000_000.0
+    call = _client_call("split", t0, t0 + 0.5)
+    extra = {**call[-1], "ts": format_ts(t0 + 0.6)}   # a second End: after_end
+    (tmp_path / "client.jsonl.1").write_text("".join(orjson.dumps(e).decode() + "\n" for e in call[:2]))
+    (tmp_path / "client.jsonl").write_text("".join(orjson.dumps(e).decode() + "\n" for e in call[2:] + [extra]))
+    result = cli("report", str(tmp_path / "client.jsonl"), str(tmp_path / "client.jsonl.1"), "--allow-one-side",
+                 "--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 1, result
+    (kind,) = orjson.loads((tmp_path / "r.json").read_bytes())["check"]["kinds"]
+    assert kind["kind"] == "after_end", kind
+    assert [e["state"] for e in kind["example"][CLIENT]] == ["C", "WComp", "Comp", END, END], kind["example"]

@@ -21,7 +21,7 @@ from callstate import codes
 from callstate.check import EXAMPLES_PER_KIND, KINDS, Checker, CheckReport, percentiles
 from callstate.lifecycle import (CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of)
 from callstate.statelog import Entry, format_ts, parse_ts
-from callstate.logfile import feed_files, read_log
+from callstate.logfile import feed_files
 
 LATENCY_BINS = 40       # log-spaced histogram bins for latency and propagation
 TIMELINE_BUCKETS = 120  # at most this many time buckets for the over-time chart
@@ -356,15 +356,18 @@ def _unsaid(text: str) -> None:
 
 
 def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every entry of the calls in `ids`, by call id and side, in log order."""
+    """Every entry of the calls in `ids`, by call id and side, in the order the check read them
+    (the files merged by time: a call split over a rotated log reads in its order)."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if not ids:
         return out
-    for path in paths:
-        for _lineno, e in read_log(path, _unsaid):
-            if e.get("call_id") in ids:
-                side = e.get("side") if e.get("side") in (CLIENT, SERVER) else OTHER
-                out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
+
+    def keep(e: dict[str, Any], _where: str, _pos: int) -> None:
+        if e.get("call_id") in ids:
+            side = e.get("side") if e.get("side") in (CLIENT, SERVER) else OTHER
+            out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
+
+    feed_files(paths, Checker(), keep, _unsaid)
     return out
 
 
