@@ -215,12 +215,24 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     the calls in flight, not the logs' length); the report, errors and warnings are those of
     reading the files one after another."""
     checker = Checker(retire=True)
+    feed_files(paths, checker, warn=warn, progress=progress)
+    return checker.finish(server_in_flight)
+
+
+def feed_files(paths: Iterable[str | Path], checker: Checker,
+               add: Callable[[dict[str, Any], str, int], None] | None = None,
+               warn: Callable[[str], None] | None = None,
+               progress: Callable[[ReadProgress], None] | None = None) -> None:
+    """Feed the logs' entries to `checker` (through `add(entry, where, pos)` when given: the HTML
+    report's builder, which also sums each call up) merged by time as `check_files` reads them, so
+    a call whose side's entries are split over files (a rotated log) reads the same in any order
+    of the files; the files, warnings and errors go to the checker's report as `check_files` has them."""
     logs: list[_Log] = []
     try:
         for path in paths:
             checker.report.files.append(str(path))
             logs.append(_Log(len(logs), path, warn))
-        _check_merged(checker, logs, progress)
+        _check_merged(checker, logs, progress, add or checker.add)
     except (OSError, LogFormatError) as exc:
         first, failed = _first_error(logs, exc)
         _tell(logs[:failed + 1], warn)   # the files after it were never reached
@@ -229,7 +241,6 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
         for log in logs:
             log.file.close()
     checker.report.warnings = _tell(logs, warn)
-    return checker.finish(server_in_flight)
 
 
 def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:
@@ -242,7 +253,8 @@ def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:
     return told
 
 
-def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadProgress], None] | None) -> None:
+def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadProgress], None] | None,
+                  add: Callable[[dict[str, Any], str, int], None]) -> None:
     """The logs' lines a chunk at a time, the chunk that starts earliest first: both sides of a
     call come close together (the checker orders what it reports as a reading one file after
     another would)."""
@@ -253,7 +265,7 @@ def _check_merged(checker: Checker, logs: list[_Log], progress: Callable[[ReadPr
         checker.advance(first, last)
         name = names[index]
         for lineno, entry in chunk:
-            checker.add(entry, f"{name}{lineno}: ", (index << 40) + lineno)   # one int: held per call
+            add(entry, f"{name}{lineno}: ", (index << 40) + lineno)   # one int: held per call
         entries += len(chunk)
         if progress is not None:
             progress(ReadProgress(sum(log.file.tell() for log in logs), total, entries, checker.judged,

@@ -213,6 +213,10 @@ def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
             return f"{flag} {path}: its folder does not exist"
     if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))):
         return why   # the port would replace the recorded log
+    if opts.metrics_port and opts.metrics_port == opts.port and (
+            opts.metrics_bind == opts.bind or {opts.metrics_bind, opts.bind} & {"", "0.0.0.0", "::"}):
+        # /metrics binds first, and grpc's bind then failed with no reason it could name
+        return f"--metrics-port {opts.port} is also --port: give /metrics a port of its own"
     try:
         options.schema, options.rules = load_standin(opts, options.emulator.limits)
     except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field

@@ -57,6 +57,10 @@ def run(opts: argparse.Namespace) -> int:
     twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
     if twice:   # its every entry would be shown twice, its counters summed twice
         opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
+    if opts.counters and (unused := [flag for flag, given in (("--call-id", opts.call_id), ("--count", opts.count))
+                                     if given]):   # the whole server's counters would be printed as if for them
+        opts.target_parser.error(f"--counters prints the whole server's counters once: {' and '.join(unused)} "
+                                 "would be ignored")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -350,8 +354,13 @@ class _Watch:
             return
         if self.subscribed and err.code() == grpc.StatusCode.UNAVAILABLE:
             # it answered before: not a TLS or address mistake (what explain() would suggest)
-            why = ("the connection was lost while watching (the server was killed or became unreachable): "
-                   + (err.details() or ""))
+            details = err.details() or ""
+            keepalive = self.opts.settings.keepalive
+            if "ping timeout" in details and keepalive:   # the connection is up: its peer went silent
+                why = (f"the server stopped answering while watching, not even keepalive pings within {keepalive:g} s "
+                       f"(--keepalive): is it stopped (SIGSTOP) or hung? ({details})")
+            else:
+                why = "the connection was lost while watching (the server was killed or became unreachable): " + details
         else:
             why = self.opts.settings.explain(err.code(), err.details())
         self._tell(printable(f"callstate watch: {target}: {err.code().name}: {why}"))

@@ -140,6 +140,9 @@ class ChannelSettings:
         if "ping timeout" in text and self.keepalive:   # the TCP connection was made: no refusal, no TLS
             return (f"the server took the connection but answered nothing, not even keepalive pings, within "
                     f"{self.keepalive:g} s (--keepalive): is it stopped (SIGSTOP) or hung?")
+        if "before receiving SETTINGS frame" in text:   # the TCP connection was made, and stayed silent
+            return ("the server took the connection but sent nothing, not even HTTP/2's first frame: is it "
+                    "stopped (SIGSTOP) or hung, or is something else listening there?")
         if "WRONG_VERSION_NUMBER" in text:
             return "the server does not speak TLS: drop the --tls-* options"
         if "Hostname Verification Check failed" in text:

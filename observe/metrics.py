@@ -42,6 +42,12 @@ CANCEL_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .
 EVENTS_HELP = "Events recorded without a state change ({})".format(", ".join(sorted(
     {e for table in (EVENTS, PIPE_EVENTS) for events in table.values() for e in events})))
 
+# each Can / cancel_seen entry counts, so a call whose non-abortive cancel was escalated counts
+# under both kinds; the calls cancelled, by their first cancel's kind, are cancel_to_end's count
+CANCELS_HELP = ("Cancels by kind, each one: issued by the client (Can), seen by the server (cancel_seen); an "
+                "escalated cancel counts again as abortive. Calls cancelled, by their first cancel's kind: "
+                "callstate_cancel_to_end_seconds_count")
+
 
 class Histogram:
     """Bucket counts (not cumulative; the last one is +Inf) and the sum of observations."""
@@ -193,8 +199,7 @@ class _Collector(Collector):
         states = CounterMetricFamily("callstate_state_entries", "States entered, by side and state",
                                      labels=("side", "state"))
         events = CounterMetricFamily("callstate_events", EVENTS_HELP, labels=("side", "event"))
-        cancels = CounterMetricFamily("callstate_cancels", "Cancels by kind: issued by the client (Can), seen by "
-                                      "the server (cancel_seen)", labels=("side", "kind"))
+        cancels = CounterMetricFamily("callstate_cancels", CANCELS_HELP, labels=("side", "kind"))
         duration = HistogramMetricFamily("callstate_call_duration_seconds", "Call latency: first state to End, "
                                          "by side and final code", labels=("side", "code"))
         to_end = HistogramMetricFamily("callstate_cancel_to_end_seconds", "From a side's first cancel (client "

@@ -21,7 +21,7 @@ from callstate import codes
 from callstate.check import EXAMPLES_PER_KIND, KINDS, Checker, CheckReport, percentiles
 from callstate.lifecycle import (CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER, cancel_kind_of)
 from callstate.statelog import Entry, format_ts, parse_ts
-from callstate.logfile import read_log
+from callstate.logfile import feed_files
 
 LATENCY_BINS = 40       # log-spaced histogram bins for latency and propagation
 TIMELINE_BUCKETS = 120  # at most this many time buckets for the over-time chart
@@ -268,6 +268,9 @@ def _timeline(starts: Sequence[float], ends: Sequence[float], cancels: Mapping[s
     `ends` holds NaN for a call that never ended."""
     if not starts:
         return {"t0": None, "bucket_s": 0, "in_flight": [], "in_flight_peak": [], "ended": [], "cancels": {}}
+    # an End earlier than its call's first state (a wall clock stepped back; `time_order`, which the
+    # check reports) is drawn at that first state: a bucket before the first call's is out of range
+    ends = [end if math.isnan(end) else max(end, start) for start, end in zip(starts, ends)]
     t0 = min(starts)
     t_end = max(max(starts), max((t for t in ends if not math.isnan(t)), default=t0))
     width = _nice_step(max(t_end - t0, 1e-3) / TIMELINE_BUCKETS)
@@ -353,15 +356,18 @@ def _unsaid(text: str) -> None:
 
 
 def collect_examples(paths: Iterable[str | Path], ids: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every entry of the calls in `ids`, by call id and side, in log order."""
+    """Every entry of the calls in `ids`, by call id and side, in the order the check read them
+    (the files merged by time: a call split over a rotated log reads in its order)."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if not ids:
         return out
-    for path in paths:
-        for _lineno, e in read_log(path, _unsaid):
-            if e.get("call_id") in ids:
-                side = e.get("side") if e.get("side") in (CLIENT, SERVER) else OTHER
-                out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
+
+    def keep(e: dict[str, Any], _where: str, _pos: int) -> None:
+        if e.get("call_id") in ids:
+            side = e.get("side") if e.get("side") in (CLIENT, SERVER) else OTHER
+            out.setdefault(e["call_id"], {}).setdefault(side, []).append(e)
+
+    feed_files(paths, Checker(), keep, _unsaid)
     return out
 
 
@@ -371,15 +377,8 @@ def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | 
     told about a last line cut short, which is then skipped, as `callstate check` does (else
     it is an error)."""
     builder = ReportBuilder()
-    warnings = builder.checker.report.warnings   # the page says them too, beside its verdict
-
-    def told(text: str) -> None:
-        warnings.append(text)
-        warn(text)   # type: ignore[misc]   # only given with a warn
-
-    for path in paths:
-        builder.checker.report.files.append(str(path))
-        for lineno, e in read_log(path, None if warn is None else told):
-            builder.add(e, f"{path}:{lineno}: ")
+    # merged by time, as `callstate check` reads them: the same verdict in any order of the files
+    # (a rotated client log named before its older part failed every call it split)
+    feed_files(paths, builder.checker, lambda e, where, _pos: builder.add(e, where), warn)
     builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)
