@@ -170,3 +170,22 @@ def test_a_stopped_server_is_not_judged_and_a_killed_one_fails(tmp_path: Path) -
         if srv.proc.poll() is None:
             os.kill(srv.proc.pid, signal.SIGCONT)
         srv.stop(signal.SIGKILL)
+
+
+# -- one entry of a time far off --------------------------------------------------------------------
+
+def test_one_entry_of_a_time_far_off_does_not_judge_the_calls_in_flight_early(tmp_path: Path) -> None:
+    """A server log with one entry a day ahead (a clock that jumped for a moment) at the start of
+    a chunk: the reading's time must not jump with it, else every call in flight is judged before
+    its server side comes (thousands of false time_order and unknown_to_server); the checker that
+    holds every call finds nothing wrong either."""
+    c, s = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    calls = 1500
+    c.write_bytes(lines([e for i in range(calls) for e in client(i, f"k{i}")]))
+    srv = [e for i in range(calls) for e in server(i, f"k{i}")]
+    at = logfile.CHUNK   # the first entry of the server log's second chunk: a Comp
+    srv[at] = dict(srv[at], ts="2026-11-25T10:00:00.000000Z")
+    assert srv[at]["state"] == "Comp" and srv[at]["ts"] > srv[-1]["ts"]
+    s.write_bytes(lines(srv))
+    report = check_files([c, s])
+    assert report.ok and report.both_sides == calls, report.summary()
