@@ -188,6 +188,7 @@ def _without_bom(f: IO[bytes], head: bytes) -> Iterator[bytes]:
 
 # Lines of a log `check_files` reads at a time (and then tells its `progress` how far it is).
 CHUNK = 1024
+SAMPLE = 64   # of a chunk's entries, every SAMPLE-th one's time tells where in time the chunk is
 
 
 @dataclass
@@ -216,14 +217,18 @@ class _Log:
         self.lines = parse_log(_lines(self.file, self.name), self.name, None if warn is None else self.warnings.append)
 
     def chunks(self) -> Iterator[tuple[float, int, float, list[tuple[int, dict[str, Any]]]]]:
-        """The log's lines CHUNK at a time: (time of the first, file index, time of the last, lines);
-        an entry without a time takes the one before it."""
+        """The log's lines CHUNK at a time: (its earliest time, file index, its latest time, lines),
+        of every SAMPLE-th entry and the last (an entry without a time takes the one before it): one
+        entry of a time far off (a clock that jumped for a moment) cannot move the reading's time
+        on, which would judge the calls in flight before their other side's entries come."""
         at, times = -math.inf, TimeReader()
         try:
             while chunk := list(itertools.islice(self.lines, CHUNK)):
-                first = at = times.read(chunk[0][1].get("ts"), at)
-                last = at = times.read(chunk[-1][1].get("ts"), at)
-                yield first, self.index, max(first, last), chunk
+                sampled = []
+                for i in (*range(0, len(chunk), SAMPLE), len(chunk) - 1):
+                    at = times.read(chunk[i][1].get("ts"), at)
+                    sampled.append(at)
+                yield min(sampled), self.index, max(sampled), chunk
         except (OSError, LogFormatError) as exc:
             exc.log_index = self.index   # type: ignore[union-attr]   # which file: for _first_error
             raise
