@@ -165,25 +165,27 @@ _BOM = b"\xef\xbb\xbf"
 
 def _lines(raw: IO[bytes], name: str) -> Iterator[bytes]:
     """A log file's lines: a gzip'd log (a rotated one) read through gzip, a UTF-8 byte order mark
-    (an editor's or PowerShell's) before the first line dropped; a gzip stream cut short or
-    damaged is a LogFormatError naming the file."""
+    (an editor's or PowerShell's) before the first line skipped. The file itself is not closed
+    when its lines stop being read (a last line cut short): the reader still asks it how far it is."""
     head = raw.read(3)
-    raw.seek(0)
     if head[:2] != _GZIP_MAGIC:
-        yield from _without_bom(raw, head)
-        return
+        raw.seek(3 if head == _BOM else 0)
+        return raw   # iterated as it is: no generator in the way, which would close it once left
+    raw.seek(0)
+    return _gunzipped(raw, name)
+
+
+def _gunzipped(raw: IO[bytes], name: str) -> Iterator[bytes]:
+    """A gzip'd log's lines; a stream cut short or damaged is a LogFormatError naming the file."""
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-            yield from _without_bom(unzipped, unzipped.peek(3)[:3])
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")   # closing it (once left) leaves `raw` open
+        if unzipped.peek(3)[:3] == _BOM:
+            unzipped.read(3)
+        for line in unzipped:
+            yield line
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise LogFormatError(f"{name}: a gzip'd log cut short or damaged ({exc or type(exc).__name__}): "
                              "decompress what is left (zcat) and check that") from None
-
-
-def _without_bom(f: IO[bytes], head: bytes) -> Iterator[bytes]:
-    if head == _BOM:
-        f.read(3)
-    yield from f
 
 
 # Lines of a log `check_files` reads at a time (and then tells its `progress` how far it is).

@@ -73,7 +73,15 @@ def test_a_log_with_a_byte_order_mark_or_gzipd_is_read(tmp_path: Path) -> None:
     assert report.ok and report.both_sides == 20, report.summary()
     done = cli("check", str(folder))   # the folder's *.jsonl.gz too
     assert done.returncode == 0 and "20 calls" in done.stdout and "from 2 files" in done.stdout, done.stdout
-    # a gzip'd log cut short: one line naming it, exit 2, no traceback
+    # a last line cut short (its writer killed mid-line) is skipped with a warning, gzip'd or not
+    for name, data in (("cut.jsonl", b"\xef\xbb\xbf" + s.read_bytes()[:-20]),
+                       ("cut-whole.jsonl.gz", gzip.compress(b"\xef\xbb\xbf" + s.read_bytes()[:-20]))):
+        warned: list[str] = []
+        (tmp_path / name).write_bytes(data)
+        report = check_files([c, tmp_path / name], warn=warned.append)
+        assert [(v.kind, v.call_id) for v in report.violations] == [("not_ended", "k19")], report.summary()
+        assert warned[0].startswith(f"{tmp_path / name}:60: the last line is cut short"), warned
+    # a gzip stream cut short: one line naming it, exit 2, no traceback
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(gzip.compress(s.read_bytes())[:200])
     with pytest.raises(LogFormatError, match="cut.jsonl.gz: a gzip'd log cut short or damaged"):
