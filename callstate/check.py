@@ -31,14 +31,16 @@ KINDS = {
     "illegal_transition": "a state entered by a move the table does not allow (invariant 1)",
     "not_ended": "a call that never reached End on a side that saw it (invariant 2); in a log still being "
                  "written (a server still running, a call it still holds) a call in flight looks so: check "
-                 "again once it has ended; a client's, from a harness that neither completed the call nor "
-                 "closed its client (close() ends every call it logged)",
+                 "again once it has ended; a server killed mid-run (kill -9) leaves its calls in flight so; a "
+                 "client's, from a harness that neither completed the call nor closed its client (close() ends "
+                 "every call it logged)",
     "after_end": "an entry after End, or a second End (invariant 2)",
     "code_mismatch": "the client's final code disagrees with the server's outcome (invariant 3)",
     "wrong_final_code": "a side's final code does not fit its own path, e.g. a server Comp -> End with a non-zero "
                         "code (invariant 3)",
     "unknown_to_server": "the client completed with 0 but no server log has the call (invariant 3; behind "
-                         "several replicas: is one replica's log missing?)",
+                         "several replicas: is one replica's log missing? a server killed (kill -9) loses the "
+                         "entries it had not yet written)",
     "server_in_flight": "calls still in flight on the server after the run (invariant 4)",
     "server_lost": "the server stopped answering during the run: its side cannot be verified",
     "pipe_kind_mismatch": "the two sides of a call follow different tables (unary, or pipes of different kinds)",
@@ -56,6 +58,8 @@ KINDS = {
                           "cancel taken for a half-close",
 }
 EXAMPLES_PER_KIND = 5
+# What a log still being written (its writer running, or stopped) shows of its calls in flight
+LIVE_KINDS = frozenset({"not_ended", "unknown_to_server"})
 _DEADLINE = codes.DEADLINE_EXCEEDED   # the status of a call whose deadline expired
 
 
@@ -99,6 +103,7 @@ class SideTrack:
     where: str = ""                   # the file and line of this side's latest entry ("path:N: "), if read from one
     first: Any = None                 # where its first entry is in the input (a retiring Checker orders by it)
     method: str = ""                  # a stand-in's call: the user's method, as its entries name it
+    reused: bool = False              # a later call under the same id started on this side (not judged)
 
 
 @dataclass
@@ -117,8 +122,14 @@ class CheckReport:
     # (another client's, a load's own barrier call): their client side is not checked
     server_only: int = 0
     both_sides: int = 0   # calls both a client and a server log have: the calls the two sides were compared on
+    # call ids a later call used again once the first had ended (runs appended to one log, a harness
+    # naming its calls): only each id's first call is judged
+    reused_ids: int = 0
     # what reading the logs warned of (a last line cut short, then skipped): said wherever the verdict is
     warnings: list[str] = field(default_factory=list)
+    # the logs still being written as they were read (it grew, a process has it open for writing):
+    # the calls they have in flight look unended, so such violations are no verdict
+    live: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -146,12 +157,28 @@ class CheckReport:
         follow this, so a summary never says OK where the command fails."""
         if not self.entries:
             return "nothing was checked: no entries"
+        if self._live_explains():
+            return (f"{'; '.join(self.live)}: a log still being written (its writer running, or stopped), whose "
+                    "calls in flight look unended: check again once it has stopped")
+        if self.reused_ids:
+            return (f"{_reused_text(self.reused_ids)}: only each id's first call is judged; check each run's logs "
+                    "apart, or give every call an id of its own")
         if (side := self.one_sided) is not None and not allow_one_side:
             return f"only the {side} side is logged: pass --allow-one-side to judge it alone, or add the other side's log"
         if not self.both_sides and all(self.by_side.get(s) for s in SIDES):
             # nothing was compared across the sides: an OK would hold for no call of the run
             return "the client and server logs share no call (logs of different runs?): the two sides were not compared"
         return None
+
+    def shown_not_judged(self, allow_one_side: bool = False) -> str | None:
+        """Why the verdict shown is NOT JUDGED, or None when it is OK or FAILED: no verdict could
+        be given, and no violation proves a failure (those a log still being written explains do not)."""
+        why = self.not_judged(allow_one_side)
+        return why if why is not None and (self.ok or self._live_explains()) else None
+
+    def _live_explains(self) -> bool:
+        """Whether every violation is one a log still being written shows of its calls in flight."""
+        return bool(self.live and self.violations) and all(v.kind in LIVE_KINDS for v in self.violations)
 
     def verdict_ok(self, allow_one_side: bool = False) -> bool:
         return self.ok and self.not_judged(allow_one_side) is None
@@ -186,6 +213,7 @@ class CheckReport:
             "one_sided": self.one_sided,
             "server_only": self.server_only,
             "both_sides": self.both_sides,
+            "reused_ids": self.reused_ids,
             "warnings": self.warnings,
         }
 
@@ -214,23 +242,36 @@ class CheckReport:
             lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
                          f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "
                          f"of {'that call' if self.server_only == 1 else 'those calls'} are not checked")
-        if (why := self.not_judged(allow_one_side)) is not None and self.ok:
+        if self.reused_ids and not self.ok:
+            lines.append(f"{_reused_text(self.reused_ids)}: only each id's first call is judged")
+        if (why := self.shown_not_judged(allow_one_side)) is not None:
             lines.append(f"NOT JUDGED: {why}")
+            lines += self._violation_lines()
         elif self.ok:
             lines.append("OK: every invariant holds" + (f" on the {side} side" if side is not None else ""))
         else:
             lines.append(f"FAILED: {counted(len(self.violations), 'violation')}")
-            for kind, vs in sorted(self.by_kind().items()):
-                lines.append(f"  {kind}: {len(vs)} ({KINDS.get(kind, '')})")
-                for v in vs[:EXAMPLES_PER_KIND]:
-                    lines.append(f"    {v.line()}")
+            lines += self._violation_lines()
         return "\n".join(lines)
+
+    def _violation_lines(self) -> list[str]:
+        lines = []
+        for kind, vs in sorted(self.by_kind().items()):
+            lines.append(f"  {kind}: {len(vs)} ({KINDS.get(kind, '')})")
+            for v in vs[:EXAMPLES_PER_KIND]:
+                lines.append(f"    {v.line()}")
+        return lines
 
 
 def _name_method(violations: Sequence[Violation], method: str) -> None:
     """Name a stand-in call's method in its violations (a call of callstate.v1's own names none)."""
     for v in violations if method else ():
         v.method = v.method or method
+
+
+def _reused_text(n: int) -> str:
+    return (f"{counted(n, 'call id')} {'is' if n == 1 else 'are'} used by more than one call (a new call after the "
+            "first had ended: runs appended to the same logs, or a harness naming its calls)")
 
 
 def one_side_of(by_side: Mapping[str, int]) -> str | None:
@@ -367,6 +408,8 @@ class Checker:
         # retire: the calls judged and dropped, by their id's hash (8 bytes of it, not the call):
         # an entry of one of them later on is a violation, as it was when every call was kept
         self._retired: set[int] = set()
+        self._reused_ids: set[int] = set()   # ids (their hash) a later call reused, after the first ended
+        self._reusing: set[int] = set()      # (id, side) hashes of such calls whose id was retired: not judged
 
     def add(self, e: Mapping[str, Any], where: str = "", pos: Any = None) -> None:
         """One entry as read from a log file (a dict in the state-log format)."""
@@ -418,13 +461,14 @@ class Checker:
             return
         assert ts is not None   # _entry_problem: a float or a time in text
         r.by_side[side] = r.by_side.get(side, 0) + 1
+        fresh = event == ENTER and prev is None   # a side's first entry of a call
         sides = self.tracks[call_id]
-        if not sides and self._retired and hash(call_id) in self._retired:
-            r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after the call had "
-                                          f"ended on every side that logged it (judged {LATE_S:g} s after both Ends, "
-                                          f"{ONE_SIDED_S:g} s after a lone side's; its entries this far apart "
-                                          "cannot be one call's)"))
+        if not sides and self._retired and self._after_retired(side, call_id, state, event, fresh, where):
+            del self.tracks[call_id]
+            return
         track = sides.get(side)
+        if track is not None and track.ended and self._reuse(track, call_id, fresh, ts):
+            return
         if track is None:
             track = sides[side] = SideTrack(first=r.entries if pos is None else pos)
             if track.first < self._side_first.setdefault(side, track.first):
@@ -439,6 +483,38 @@ class Checker:
         else:
             self._enter(track, side, call_id, state, prev, move, code, grpc_status, ts, cancel, detail, sent, received,
                         where)
+
+    def _after_retired(self, side: str, call_id: str, state: str, event: Any, fresh: bool, where: str) -> bool:
+        """An entry of a call id already judged and dropped: a later call reusing the id (a side's
+        first entry; True: not judged, as that call's later entries), a late entry (after_end),
+        or the other side's first entry beyond the clock skew allowed (time_order)."""
+        r, retired, key = self.report, self._retired, hash((call_id, side))
+        if key in self._reusing:
+            return True
+        if hash(call_id) in retired or key in retired:
+            if fresh:
+                self._reusing.add(key)
+                self._reused_ids.add(hash(call_id))
+                return True
+            r.violations.append(Violation("after_end", call_id, f"{where}{side} {event} {state} after the call had "
+                                          f"ended on every side that logged it (judged {LATE_S:g} s after both Ends, "
+                                          f"{ONE_SIDED_S:g} s after a lone side's; its entries this far apart "
+                                          "cannot be one call's)"))
+        elif hash((call_id, _other(side))) in retired:
+            r.violations.append(Violation("time_order", call_id, f"{where}{side} {event} {state} more than "
+                                          f"{ONE_SIDED_S:g} s of log time after the {_other(side)}'s End of the call: "
+                                          f"beyond the {CLOCK_SKEW_S:g} s clock skew allowed between hosts"))
+        return False
+
+    def _reuse(self, track: SideTrack, call_id: str, fresh: bool, ts: float | str) -> bool:
+        """An entry of a side that has ended: True when it is of a later call under the same id (a
+        harness naming its calls, runs appended to one log): that call is not judged (the calls
+        under one id cannot be told apart), only counted in `reused_ids`. A first entry later
+        than the End starts such a call (a copy of a log has the same times: not one)."""
+        if not track.reused and fresh and track.end_ts is not None and _later(ts, track.end_ts):
+            track.reused = True
+            self._reused_ids.add(hash(call_id))
+        return track.reused
 
     def _event(self, track: SideTrack, side: str, call_id: str, state: str, event: Any, ts: float | str, cancel: Any,
                detail: Any, delay_ms: Any, where: str) -> None:
@@ -501,7 +577,10 @@ class Checker:
                 # not if another side came meanwhile (a lone side's call), or has not ended yet
                 if sides is not None and len(sides) == count and _all_ended(sides):
                     del tracks[call_id]
-                    self._retired.add(hash(call_id))
+                    # a lone side's call by side: the other side's entries may still come (too late)
+                    self._retired.add(hash(call_id) if count == 2 else hash((call_id, next(iter(sides)))))
+                    # a later call under the id is under way on a side: its entries still to come are not judged
+                    self._reusing.update(hash((call_id, side)) for side, track in sides.items() if track.reused)
                     self._judge(call_id, sides)
 
     def _judge(self, call_id: str, sides: dict[str, SideTrack]) -> None:
@@ -552,6 +631,7 @@ class Checker:
             # logs of two runs (not_judged says so): no call of the client's is in the server's log,
             # those that ended 0 no more than the others; not a replica's log missing
             _drop_unknown_to_server(r)
+        r.reused_ids = len(self._reused_ids)
         if server_in_flight:
             r.violations.append(Violation("server_in_flight", "-", f"{counted(server_in_flight, 'call')} still in flight"))
         if server_lost:
@@ -628,7 +708,18 @@ def _drop_unknown_to_server(r: CheckReport) -> int:
     return dropped
 
 
-def _all_ended(sides: dict[str, SideTrack]) -> bool:
+def _other(side: str) -> str:
+    return SERVER if side == CLIENT else CLIENT
+
+
+def _later(ts: float | str, than: float | str) -> bool:
+    try:
+        return _ts(ts) > _ts(than)
+    except ValueError:
+        return False
+
+
+def _all_ended(sides: Mapping[str, SideTrack]) -> bool:
     for t in sides.values():
         if not t.ended:
             return False

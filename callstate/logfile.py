@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import gzip
 import heapq
 import itertools
 import math
@@ -21,11 +22,12 @@ import stat
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
-from callstate.check import Checker, CheckReport
+from callstate.check import LIVE_KINDS, Checker, CheckReport
 from callstate.statelog import Entry, LogFormatError, TimeReader, format_line, parse_log
 
 # Entries formatted per hold of the GIL by the writer thread (~0.3 ms of work).
@@ -153,12 +155,42 @@ def read_log(path: str | Path, warn: Callable[[str], None] | None = None) -> Ite
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise LogFormatError(f"{path}: not a regular file")
-    with open(path, "rb") as f:
-        yield from parse_log(f, str(path), warn)
+    with open(path, "rb") as raw:
+        yield from parse_log(_lines(raw, str(path)), str(path), warn)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(raw: IO[bytes], name: str) -> Iterator[bytes]:
+    """A log file's lines: a gzip'd log (a rotated one) read through gzip, a UTF-8 byte order mark
+    (an editor's or PowerShell's) before the first line skipped. The file itself is not closed
+    when its lines stop being read (a last line cut short): the reader still asks it how far it is."""
+    head = raw.read(3)
+    if head[:2] != _GZIP_MAGIC:
+        raw.seek(3 if head == _BOM else 0)
+        return raw   # iterated as it is: no generator in the way, which would close it once left
+    raw.seek(0)
+    return _gunzipped(raw, name)
+
+
+def _gunzipped(raw: IO[bytes], name: str) -> Iterator[bytes]:
+    """A gzip'd log's lines; a stream cut short or damaged is a LogFormatError naming the file."""
+    try:
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")   # closing it (once left) leaves `raw` open
+        if unzipped.peek(3)[:3] == _BOM:
+            unzipped.read(3)
+        for line in unzipped:
+            yield line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise LogFormatError(f"{name}: a gzip'd log cut short or damaged ({exc or type(exc).__name__}): "
+                             "decompress what is left (zcat) and check that") from None
 
 
 # Lines of a log `check_files` reads at a time (and then tells its `progress` how far it is).
 CHUNK = 1024
+SAMPLE = 64   # of a chunk's entries, every SAMPLE-th one's time tells where in time the chunk is
 
 
 @dataclass
@@ -181,19 +213,24 @@ class _Log:
         if not stat.S_ISREG(st.st_mode):
             raise LogFormatError(f"{path}: not a regular file")
         self.index, self.size, self.name = index, st.st_size, str(path)
+        self.key = st.st_dev, st.st_ino
         self.warnings: list[str] = []   # told in the order of the files, once read (the merge interleaves them)
-        self.file = open(path, "rb")
-        self.lines = parse_log(self.file, str(path), None if warn is None else self.warnings.append)
+        self.file = open(path, "rb")   # its place (tell) is how far the log is read, gzip'd or not
+        self.lines = parse_log(_lines(self.file, self.name), self.name, None if warn is None else self.warnings.append)
 
     def chunks(self) -> Iterator[tuple[float, int, float, list[tuple[int, dict[str, Any]]]]]:
-        """The log's lines CHUNK at a time: (time of the first, file index, time of the last, lines);
-        an entry without a time takes the one before it."""
+        """The log's lines CHUNK at a time: (its earliest time, file index, its latest time, lines),
+        of every SAMPLE-th entry and the last (an entry without a time takes the one before it): one
+        entry of a time far off (a clock that jumped for a moment) cannot move the reading's time
+        on, which would judge the calls in flight before their other side's entries come."""
         at, times = -math.inf, TimeReader()
         try:
             while chunk := list(itertools.islice(self.lines, CHUNK)):
-                first = at = times.read(chunk[0][1].get("ts"), at)
-                last = at = times.read(chunk[-1][1].get("ts"), at)
-                yield first, self.index, max(first, last), chunk
+                sampled = []
+                for i in (*range(0, len(chunk), SAMPLE), len(chunk) - 1):
+                    at = times.read(chunk[i][1].get("ts"), at)
+                    sampled.append(at)
+                yield min(sampled), self.index, max(sampled), chunk
         except (OSError, LogFormatError) as exc:
             exc.log_index = self.index   # type: ignore[union-attr]   # which file: for _first_error
             raise
@@ -215,8 +252,13 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     the calls in flight, not the logs' length); the report, errors and warnings are those of
     reading the files one after another."""
     checker = Checker(retire=True)
-    feed_files(paths, checker, warn=warn, progress=progress)
-    return checker.finish(server_in_flight)
+    logs, grown = _feed(paths, checker, checker.add, warn, progress)
+    report = checker.finish(server_in_flight)
+    for log, note in _still_written(logs, grown, report).items():
+        report.live.append(note)
+        log.warnings.append(f"{note}: a log still being written")
+    report.warnings = _tell(logs, warn)
+    return report
 
 
 def feed_files(paths: Iterable[str | Path], checker: Checker,
@@ -227,12 +269,21 @@ def feed_files(paths: Iterable[str | Path], checker: Checker,
     report's builder, which also sums each call up) merged by time as `check_files` reads them, so
     a call whose side's entries are split over files (a rotated log) reads the same in any order
     of the files; the files, warnings and errors go to the checker's report as `check_files` has them."""
+    logs, _grown = _feed(paths, checker, add or checker.add, warn, progress)
+    checker.report.warnings = _tell(logs, warn)
+
+
+def _feed(paths: Iterable[str | Path], checker: Checker, add: Callable[[dict[str, Any], str, int], None],
+          warn: Callable[[str], None] | None,
+          progress: Callable[[ReadProgress], None] | None) -> tuple[list[_Log], list[_Log]]:
+    """Read the logs into `checker` through `add`; returns them (closed) and those that grew while read."""
     logs: list[_Log] = []
     try:
         for path in paths:
             checker.report.files.append(str(path))
             logs.append(_Log(len(logs), path, warn))
-        _check_merged(checker, logs, progress, add or checker.add)
+        _check_merged(checker, logs, progress, add)
+        grown = [log for log in logs if os.fstat(log.file.fileno()).st_size != log.size]
     except (OSError, LogFormatError) as exc:
         first, failed = _first_error(logs, exc)
         _tell(logs[:failed + 1], warn)   # the files after it were never reached
@@ -240,7 +291,57 @@ def feed_files(paths: Iterable[str | Path], checker: Checker,
     finally:
         for log in logs:
             log.file.close()
-    checker.report.warnings = _tell(logs, warn)
+    return logs, grown
+
+
+def _still_written(logs: list[_Log], grown: list[_Log], report: CheckReport) -> dict[_Log, str]:
+    """The logs still being written as they were read, each with how that shows: it grew while
+    read, or (when the verdict hangs on it: calls that look unended) a process has it open for
+    writing. A server or client still running (or stopped) has calls in flight that look unended."""
+    live = {log: f"{log.name} grew while it was read" for log in grown}
+    if report.violations and any(v.kind in LIVE_KINDS for v in report.violations):
+        files = {log.key: log for log in logs if log not in live}
+        for key, pids in _writers(files).items():
+            live[files[key]] = f"{files[key].name} is open for writing by process {', '.join(pids)}"
+    return live
+
+
+def _writers(files: dict[tuple[int, int], Any]) -> dict[tuple[int, int], list[str]]:
+    """Which other processes have these files (by device and inode) open for writing, from /proc
+    (nothing where there is none): "1234", or "1234 (stopped)" for one stopped by a signal."""
+    found: dict[tuple[int, int], list[str]] = {}
+    try:
+        pids = [pid for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid()] if files else []
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:   # gone, or another user's
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_dev, st.st_ino) in files and _open_for_writing(pid, fd):
+                    found.setdefault((st.st_dev, st.st_ino), []).append(pid + _stopped(pid))
+            except OSError:
+                continue
+    return found
+
+
+def _open_for_writing(pid: str, fd: str) -> bool:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        flags = next((line.split()[1] for line in f if line.startswith("flags:")), "0")
+    return int(flags, 8) & 3 != 0   # O_WRONLY or O_RDWR
+
+
+def _stopped(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return " (stopped)" if state in ("T", "t") else ""
 
 
 def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:

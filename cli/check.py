@@ -31,7 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                         "with the server's outcome. A last line cut short (a writer killed "
                                         "mid-line, a full disk), or such a line inside a log a restarted writer "
                                         "appended to, is reported as a warning (on stderr, and in --json's "
-                                        "warnings) and the complete lines are checked. Exit status 1 on any violation or when nothing could be judged (no "
+                                        "warnings) and the complete lines are checked. A gzip'd log is read as it "
+                                        "is. Not judged (NOT JUDGED, exit 1, with the one reason): call ids a later "
+                                        "call used again once the first had ended (runs appended to the same logs), "
+                                        "and calls that look unended in a log still being written (it grew while "
+                                        "read, or a process, even a stopped one, has it open for writing). Exit status 1 on any violation or when nothing could be judged (no "
                                         "entries, or one side only without --allow-one-side), 2 when a file cannot "
                                         "be read, is not a regular file or holds a line that is not a state entry. "
                                         "The logs are read together, merged by time, and a call is judged and "
@@ -78,12 +82,13 @@ def progress_of(mode: str) -> Progress | None:
     return Progress() if mode == "always" or (mode == "auto" and sys.stderr.isatty()) else None
 
 
-LOGS_HELP = ("state log files (JSON lines), or folders of them (their *.jsonl files): e.g. one client log and "
-             "the server logs of every replica behind a balancer")
+LOGS_HELP = ("state log files (JSON lines, gzip'd or not), or folders of them (their *.jsonl and *.jsonl.gz "
+             "files): e.g. one client log and the server logs of every replica behind a balancer")
+LOG_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def log_paths(args: list[str]) -> list[Path]:
-    """The LOG arguments with each folder replaced by its *.jsonl files (sorted); OSError naming
+    """The LOG arguments with each folder replaced by its logs (sorted); OSError naming
     a folder that holds none, so a wrong folder is never checked as an empty run."""
     paths: list[Path] = []
     for arg in map(Path, args):
@@ -92,9 +97,9 @@ def log_paths(args: list[str]) -> list[Path]:
                 names = os.listdir(arg)
             except OSError as exc:
                 raise OSError(f"{arg}: the folder cannot be read ({exc.strerror or exc})") from None
-            found = sorted(p for p in map(arg.joinpath, names) if p.name.endswith(".jsonl") and p.is_file())
+            found = sorted(p for p in map(arg.joinpath, names) if p.name.endswith(LOG_SUFFIXES) and p.is_file())
             if not found:
-                raise OSError(f"{arg}: a folder with no state log in it (no *.jsonl file)")
+                raise OSError(f"{arg}: a folder with no state log in it (no *.jsonl or *.jsonl.gz file)")
             paths += found
         else:
             paths.append(arg)
@@ -126,7 +131,7 @@ def run(opts: argparse.Namespace) -> int:
             else report.summary(allow))
     # call ids and messages are the logs' text: a control character in one (ESC) would act on the terminal
     print("\n".join(map(printable, text.split("\n"))))
-    if report.ok and (why := report.not_judged(allow)) is not None:
+    if (why := report.shown_not_judged(allow)) is not None:
         where = f" in {', '.join(opts.logs)}" if not report.entries else ""
         print(f"callstate check: {why}{where}", file=sys.stderr)
     return 0 if report.verdict_ok(allow) else 1

@@ -129,7 +129,9 @@ def test_an_entry_of_a_call_long_judged_still_fails_the_check(tmp_path: Path, mo
     seen: list[ReadProgress] = []
     got, whole = check_files(paths, progress=seen.append), one_after_another(paths)
     assert not whole.ok and not got.ok, got.summary()
-    assert ("after_end", "x") in {(v.kind, v.call_id) for v in got.violations}, got.summary()
+    # the kind the checker holding every call gives: a D 400 s after its client's End is beyond the clock skew
+    kind = "time_order" if late == "server" else "after_end"
+    assert (kind, "x") in {(v.kind, v.call_id) for v in got.violations} & {(v.kind, v.call_id) for v in whole.violations}
     assert min(p.calls_held for p in seen[len(seen) // 2:]) < 100   # it was retired, not held to the end
 
 
