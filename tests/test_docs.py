@@ -4,26 +4,49 @@ runs against a real server, and every `callstate` command line in it parses."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
-from tests.documentation import _text, blocks, documentation, pages
+from tests.documentation import _text, blocks, documentation, pages, section
 
 # Examples another test runs as written, where they need more than a server (a Locust master,
 # an inner pytest session, an OpenTelemetry exporter): the marker names that test.
 RUN_ELSEWHERE = ("# locustfile.py", "# test_cancel_paths.py", "InMemorySpanExporter", "# drive_shop.py")
 
 
+# Shell blocks, whatever their label and however deep a list item indents them: the parse test
+# read only flush-left ```sh blocks, and a ```bash block or one indented in a list escaped it.
+SHELL = ("sh", "bash", "shell", "console")
+# Every other fence label a page may use, and what reads it (a new label must be added here, so no
+# kind of block is left unread without saying so).
+OTHER_FENCES = {"python": "run by test_every_python_example_runs_as_shown", "mermaid": "test_lifecycle",
+                "nginx": "tests/middleboxes.py", "promql": "test_every_documented_prometheus_query_selects_a_side",
+                "text": "an output sample", "": "an output sample", "yaml": "a rules file, tests/test_audit26_any.py",
+                "json": "a state-log sample", "ini": "a pytest.ini sample"}
+_FENCE = re.compile(r"^( *)```([\w+-]*)\n(.*?)^\1```", re.S | re.M)
+
+
+def fences(text: str) -> list[tuple[str, str]]:
+    """(label, body) of every fenced block, an indented one's body dedented."""
+    return [(m.group(2), textwrap.dedent(m.group(3))) for m in _FENCE.finditer(text)]
+
+
+def shell_blocks(text: str) -> list[str]:
+    return [body for label, body in fences(text) if label in SHELL]
+
+
 def python_examples() -> list[tuple[str, str]]:
     out = []
     for page in pages():
-        for i, block in enumerate(blocks(_text(page), "python")):
+        for i, block in enumerate(body for label, body in fences(_text(page)) if label == "python"):
             if not any(mark in block for mark in RUN_ELSEWHERE):
                 out.append((f"{page.relative_to(ROOT)}#{i}", block))
     return out
@@ -56,7 +79,7 @@ def command_lines() -> list[str]:
     """Every `callstate ...` command line of a shell block, continuations joined."""
     out = []
     for page in pages():
-        for block in blocks(_text(page), "sh"):
+        for block in shell_blocks(_text(page)):
             joined = block.replace("\\\n", " ")
             for line in joined.splitlines():
                 line = line.split(" #", 1)[0].strip().rstrip("&").strip()
@@ -83,6 +106,15 @@ def test_every_documented_command_line_parses(tmp_path: Path, monkeypatch: pytes
             bad.append(line)
     assert command_lines(), "no command line found"
     assert not bad, "documented commands that no longer parse:\n" + "\n".join(bad)
+
+
+def test_every_fenced_block_is_read_by_some_test() -> None:
+    """No block escapes the snippet tests by its label, nor by its indentation in a list."""
+    labels = {label for page in pages() for label, _ in fences(_text(page))}
+    assert labels <= {*SHELL, *OTHER_FENCES}, f"fence labels no test reads: {labels - {*SHELL, *OTHER_FENCES}}"
+    nested = "- a step:\n\n  ```bash\n  callstate call --outcome fatal\n  ```\n"
+    assert shell_blocks(nested) == ["callstate call --outcome fatal\n"]
+    assert any("callstate serve --port 50051" == line for line in command_lines())   # client-design.md's ```bash
 
 
 def test_the_readme_is_a_front_door() -> None:
@@ -140,7 +172,6 @@ def test_the_readme_stand_in_example_runs_as_shown(tmp_path: Path) -> None:
     """The README's own-proto example: the stand-in it starts, then each call ends with the code
     its comment names, and the server's log passes the checker."""
     from tests.conftest import cli, start_server
-    from tests.documentation import section
     block = blocks(section("Stand in for your own service, and drive it"), "sh")[0]
     serve, *calls = [line.split("   #")[0].rstrip(" &") for line in block.splitlines()]
     codes = [int(line.rsplit("#", 1)[1]) for line in block.splitlines()[1:]]
@@ -205,3 +236,103 @@ def test_every_path_the_load_counts_is_explained() -> None:
     for table, prefix in ((UNARY, "cancel-at-"), (PIPE, "pipe-cancel-at-")):   # the point names are in the tables
         for point in table.points:
             assert f"| `{point.name}" in page, (prefix, point.name)
+
+
+def test_the_readme_walk_runs_as_written(tmp_path: Path) -> None:
+    """A newcomer's first ten minutes, from the README alone and in its order: the quick start's
+    server and call, the scripted cancelled calls and their check, then the load with its client
+    log and the check of that log against the server's. Each line is run as written (the load
+    smaller) in one folder, so a log a later line reads must be one an earlier line wrote: the
+    load example once wrote no client log, and its check had nothing to read."""
+    from tests.conftest import cli, ended, read_entries, start_server, wait_entries
+    quick = blocks(section("Quick start"), "sh")[1]
+    serve = next(line for line in quick.splitlines() if line.startswith("callstate serve"))
+    assert "--log-file server.jsonl" in serve, serve   # the log the checks below read, as start_server names it
+    lines = [line for line in quick.splitlines() if line.startswith("callstate call")]
+    for heading in ("Script a server and make calls", "Load-test the cancellation paths"):
+        lines += [line for line in blocks(section(heading), "sh")[0].splitlines() if line.startswith("callstate ")]
+    assert [line.split()[1] for line in lines] == ["call", "call", "call", "check", "load", "check"], lines
+    srv = start_server(tmp_path, name="server")
+    try:
+        for line in lines:
+            command, _, comment = line.partition(" #")
+            args = shlex.split(command.replace("--calls 5000", "--calls 200"))[1:]
+            if args[0] in ("call", "load"):
+                args += ["--target", srv.target]
+            done = cli(*args, cwd=tmp_path, timeout=90)
+            said = done.stdout + done.stderr
+            if args[0] == "call":
+                code = int(re.findall(r"\d+", comment)[-1])
+                assert f"final: {code} " in done.stderr, f"{line}\n{said}"
+                for call_id in {e["call_id"] for e in read_entries(tmp_path / "client.jsonl")}:
+                    wait_entries(srv.log, call_id, until=ended)   # the server's End is in its log (flushed every 50 ms)
+            elif args[0] == "load":
+                assert done.returncode == 0 and "check: OK" in done.stdout, f"{line}\n{said}"
+                barrier = re.search(r"callstate-load-barrier-\w+", done.stdout)
+                assert barrier, said
+                wait_entries(srv.log, barrier.group(0), until=ended)
+            else:
+                assert done.returncode == 0 and "OK: every invariant holds" in done.stdout, f"{line}\n{said}"
+    finally:
+        srv.stop()
+
+
+def test_the_client_walk_on_the_design_page_is_todays(shared_server: ServerProcess) -> None:
+    """docs/client-design.md's "After" listing of `callstate call --outcome abort` and the table's
+    figures for it are what tools/call_walk.py finds today: the listing had stayed at 43 stops
+    (no client/arguments.py) while the table said 47."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "call_walk.py"), "--target", shared_server.target,
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    walk = json.loads(done.stdout)
+    page = (ROOT / "docs" / "client-design.md").read_text()
+    listing = blocks(page.split("\nAfter:\n", 1)[1], "text")[0]
+    shown = [line.split(". ", 1)[1].split(":", 1)[0] for line in listing.splitlines()]
+    assert shown == [stop["file"] for stop in walk["walk"]], "rerun tools/call_walk.py and paste its walk"
+    figures = f"{walk['stops']} / {walk['returns']} / {walk['revisits']}"
+    row = next(line for line in page.splitlines() if line.startswith("| `--outcome abort`"))
+    assert row.rstrip(" |").endswith(figures), (row, figures)
+    assert f"The {walk['revisits']} revisits are" in page
+
+
+def test_the_benchmarks_the_performance_page_lists_are_the_runners() -> None:
+    """The page's `benchmarks/run.py` line names every benchmark the runner takes (it left out
+    `standin`), and no other: the runner's own refusal lists them."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "no-such-bench"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    runner = done.stderr.rsplit("choose from ", 1)[1].strip().split(", ")
+    line = next(line for line in (ROOT / "docs" / "performance.md").read_text().splitlines()
+                if "# one or more of:" in line)
+    assert line.split("# one or more of:", 1)[1].split() == runner, (line, runner)
+
+
+def test_the_wire_contract_names_every_method_of_the_proto() -> None:
+    """docs/wire.md lists each service's methods: `Journal/Follow`, which every `load` uses, was
+    missing from it."""
+    from callstate.v1 import callstate_pb2
+    contract = section("The wire contract")
+    for service in callstate_pb2.DESCRIPTOR.services_by_name.values():
+        listed = contract.split(f"`{service.name}` (", 1)[1].split(")", 1)[0]
+        for method in service.methods:
+            assert f"`{method.name}`" in listed, f"{service.name}/{method.name} is not in docs/wire.md's list"
+
+
+def test_the_load_pages_sample_and_its_sums_agree() -> None:
+    """The load page's sample run and the sentence that adds up its cancels are one run: the
+    sample had been replaced by hand in parts, and `--seed 1` no longer gave its paths."""
+    page = (ROOT / "docs" / "load.md").read_text()
+    sample = next(block for block in blocks(page) if block.startswith("5000 calls in "))
+    codes = re.findall(r"^  \d+ \w+ +(\d+) ", sample, re.M)
+    assert sum(map(int, codes)) == 5000, codes
+    line = sample.split("paths: ", 1)[1].split("\n")[0]
+    paths = {name: int(n) for name, n in re.findall(r"([\w-]+) (\d+)", line)}
+    kinds = [paths["cancel-abortive"], paths["cancel-non-abortive"]]
+    points = [n for name, n in paths.items() if name.startswith("cancel-at-")]
+    said = re.search(r"In the run above the ([\d,]+) cancels are\s+([\d,]+) abortive and ([\d,]+) non-abortive, "
+                     r"and ([\d +]+) by point", page)
+    assert said, "the sentence adding up the sample's cancels is gone"
+    total, abortive, non_abortive = (int(said.group(i).replace(",", "")) for i in (1, 2, 3))
+    assert (total, [abortive, non_abortive]) == (sum(kinds), kinds)
+    assert sorted(map(int, said.group(4).split(" + "))) == sorted(points) and sum(points) == total
