@@ -336,3 +336,17 @@ def test_the_load_pages_sample_and_its_sums_agree() -> None:
     total, abortive, non_abortive = (int(said.group(i).replace(",", "")) for i in (1, 2, 3))
     assert (total, [abortive, non_abortive]) == (sum(kinds), kinds)
     assert sorted(map(int, said.group(4).split(" + "))) == sorted(points) and sum(points) == total
+
+
+def test_every_callstate_option_the_pages_name_exists() -> None:
+    """`--callstate-*` options are the pytest plugin's and the Locust user's: neither is a
+    `callstate` command line, so the parse test above never saw them. Each one a page names is
+    declared by one of the two (read from their source: importing the Locust module switches
+    grpc to gevent)."""
+    plugin = (ROOT / "integrations" / "pytest_plugin" / "__init__.py").read_text()
+    locust = (ROOT / "integrations" / "locust" / "options.py").read_text()
+    declared = set(re.findall(r'addoption\("(--callstate-[a-z-]+)"', plugin))
+    declared |= set(re.findall(r'^\s+"(--callstate-[a-z-]+)": \(', locust, re.M))
+    assert {"--callstate-target", "--callstate-mix", "--callstate-tls-ca"} <= declared, declared
+    named = {m.rstrip("-") for m in re.findall(r"--callstate-[a-z-]*[a-z]", documentation())}
+    assert named and named <= declared, f"options the pages name that nothing declares: {sorted(named - declared)}"
