@@ -350,3 +350,33 @@ def test_every_callstate_option_the_pages_name_exists() -> None:
     assert {"--callstate-target", "--callstate-mix", "--callstate-tls-ca"} <= declared, declared
     named = {m.rstrip("-") for m in re.findall(r"--callstate-[a-z-]*[a-z]", documentation())}
     assert named and named <= declared, f"options the pages name that nothing declares: {sorted(named - declared)}"
+
+
+# Options of other tools the pages name (docker, compose, locust, pytest, pip, k6, py-spy, perf, the
+# benchmarks and tools/ scripts), and `--outcom`, the page's example of an abbreviation refused.
+OTHER_TOOLS_FLAGS = set("""
+    --base --bridge --build --cpu --exit-code-from --extras --iptables --name --network --no-build --profile
+    --rm --rmi --save --scale --tag --variant --csv --expect-workers --headless --host --json-file --master
+    --master-host --worker --pdb --strict --config-settings --no-index --wheel-dir --vus --format --gil --pid
+    --per-thread --pdeathsig --include --protocol --driver --pin --pipe-cancels --rounds --variants --show-diff
+    --check --outcom
+""".split())
+
+
+def test_every_option_a_page_names_is_one_of_callstates_or_a_named_tools() -> None:
+    """The parse test reads command lines only; prose names options too (`--settle`, `--hold-for`).
+    Each `--option` on any page is one of a `callstate` command's, a `--callstate-*` one, or one
+    of the other tools listed above: a renamed option left in prose shows here."""
+    import argparse
+
+    from callstate.cli import build_parser
+    flags: set[str] = set()
+    parsers = [build_parser()]
+    while parsers:
+        for action in parsers.pop()._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9](?![\w>-])", documentation()))   # not a log arrow
+    unknown = sorted(n for n in named - flags - OTHER_TOOLS_FLAGS if not n.startswith("--callstate"))
+    assert not unknown, f"options the pages name that no callstate command (or listed tool) has: {unknown}"
