@@ -380,3 +380,31 @@ def test_every_option_a_page_names_is_one_of_callstates_or_a_named_tools() -> No
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9](?![\w>-])", documentation()))   # not a log arrow
     unknown = sorted(n for n in named - flags - OTHER_TOOLS_FLAGS if not n.startswith("--callstate"))
     assert not unknown, f"options the pages name that no callstate command (or listed tool) has: {unknown}"
+
+
+def _figure(text: str) -> float:
+    """The first figure of a limits-table cell: `1 MiB`, `4,193,280 (...)`, `600 s`, `10,000 calls`."""
+    m = re.match(r"\s*([\d,.]+)\s*(KiB|MiB|GiB)?", text)
+    assert m, text
+    return float(m.group(1).replace(",", "")) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, None: 1}[m.group(2)]
+
+
+def test_the_limits_table_gives_the_servers_defaults() -> None:
+    """Each bound docs/limits.md gives with its `serve` flag has the default that flag has."""
+    import argparse
+
+    from callstate.cli import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    defaults = {a.option_strings[0]: a.default for a in commands.choices["serve"]._actions if a.option_strings}
+    compared = []
+    for row in (ROOT / "docs" / "limits.md").read_text().splitlines():
+        cells = row.split(" | ")
+        if not row.startswith("| ") or len(cells) < 3:
+            continue
+        flags = [f for f in re.findall(r"`(--[a-z-]+)`", cells[1]) if f in defaults]
+        if not flags:
+            continue
+        for flag, shown in zip(flags, cells[2].split(";")):
+            assert _figure(shown) == defaults[flag], f"docs/limits.md: {flag} {shown.strip()!r}, serve: {defaults[flag]}"
+            compared.append(flag)
+    assert len(compared) >= 18, compared
