@@ -27,10 +27,14 @@ RUN_ELSEWHERE = ("# locustfile.py", "# test_cancel_paths.py", "InMemorySpanExpor
 SHELL = ("sh", "bash", "shell", "console")
 # Every other fence label a page may use, and what reads it (a new label must be added here, so no
 # kind of block is left unread without saying so).
-OTHER_FENCES = {"python": "run by test_every_python_example_runs_as_shown", "mermaid": "test_lifecycle",
-                "nginx": "tests/middleboxes.py", "promql": "test_every_documented_prometheus_query_selects_a_side",
-                "text": "an output sample", "": "an output sample", "yaml": "a rules file, tests/test_audit26_any.py",
-                "json": "a state-log sample", "ini": "a pytest.ini sample"}
+OTHER_FENCES = {"python": "test_every_python_example_runs_as_shown",
+                "mermaid": "test_lifecycle, test_pipe_lifecycle",
+                "nginx": "tests/middleboxes.py",
+                "promql": "test_every_documented_prometheus_query_selects_a_side",
+                "yaml": "test_the_rules_file_reference_loads_as_shown",
+                "json": "test_the_state_log_sample_is_what_a_server_writes",
+                "ini": "test_the_pytest_ini_sample_names_the_plugins_settings",
+                "text": "an output sample", "": "an output sample"}
 _FENCE = re.compile(r"^( *)```([\w+-]*)\n(.*?)^\1```", re.S | re.M)
 
 
@@ -405,6 +409,66 @@ def test_the_limits_table_gives_the_servers_defaults() -> None:
         if not flags:
             continue
         for flag, shown in zip(flags, cells[2].split(";")):
-            assert _figure(shown) == defaults[flag], f"docs/limits.md: {flag} {shown.strip()!r}, serve: {defaults[flag]}"
+            assert _figure(shown) == defaults[flag], f"limits.md: {flag} {shown.strip()!r}, serve: {defaults[flag]}"
             compared.append(flag)
     assert len(compared) >= 18, compared
+
+
+PAYMENTS_PROTO = """syntax = "proto3";
+package payments.v1;
+service Payments {
+  rpc Charge(ChargeRequest) returns (ChargeReply);
+  rpc Refund(ChargeRequest) returns (ChargeReply);
+}
+message ChargeRequest { string currency = 1; int64 amount = 2; }
+message ChargeReply { string status = 1; }
+"""
+
+
+def test_the_rules_file_reference_loads_as_shown(tmp_path: Path) -> None:
+    """The any-service page's rules file (the one ```yaml block) loads against a payments.v1 service
+    of the shape it names, and its rules say what the page says: no test read it."""
+    from callstate.rules import parse_rules
+    from schema import from_protos
+    (tmp_path / "payments.proto").write_text(PAYMENTS_PROTO)
+    schema = from_protos([tmp_path / "payments.proto"])
+    page = (ROOT / "docs" / "any-service.md").read_text()
+    [sample] = [body for label, body in fences(page) if label == "yaml"]
+    rules = parse_rules(sample, schema, source="rules.yaml")
+    assert rules.count == 2
+    request = schema.method("payments.v1.Payments/Charge").request(currency="EUR", amount=5)
+    first = rules.first_match("payments.v1.Payments/Charge", {"x-tenant": "acme"}, request)
+    assert first is not None and first.label == "declined" and first.script is not None
+    assert first.script.abort_code == 4321 and first.reply is not None and first.reply.status == "DECLINED"
+    other = schema.method("payments.v1.Payments/Charge").request(currency="USD")
+    assert rules.first_match("payments.v1.Payments/Charge", {"x-tenant": "acme"}, other).label == "rules[1]"
+    refund = rules.first_match("payments.v1.Payments/Refund", {}, None)   # the wildcard rule: a mix, no script
+    assert refund is not None and refund.label == "rules[1]" and refund.mix is not None
+
+
+def test_the_state_log_sample_is_what_a_server_writes(shared_server: ServerProcess) -> None:
+    """docs/wire.md's ```json sample (a held call's non-abortive cancel, aborted 1818) is the
+    server's own lines for such a call, field for field but the time and the id: its End had
+    lost the `detail` the server writes."""
+    import orjson
+
+    from callstate.statelog import from_dict
+    from tests.conftest import cli, ended, wait_entries
+    [sample] = [body for label, body in fences((ROOT / "docs" / "wire.md").read_text()) if label == "json"]
+    shown = [orjson.loads(line) for line in sample.splitlines()]
+    for entry in shown:
+        from_dict(entry)   # each one a state entry the checker reads
+    done = cli("call", "--target", shared_server.target, "--outcome", "hold", "--cancel-after", "0.2", "--non-abortive")
+    call_id = done.stdout.splitlines()[0].rsplit(" ", 1)[1]
+    written = wait_entries(shared_server.log, call_id, until=ended)[-len(shown):]
+    fields = [[(k, v) for k, v in e.items() if k not in ("ts", "call_id")] for e in (*shown, *written)]
+    assert fields[:len(shown)] == fields[len(shown):], written   # the same fields, in the same order
+
+
+def test_the_pytest_ini_sample_names_the_plugins_settings() -> None:
+    """The any-service page's pytest.ini block sets settings the plugin declares (`addini`)."""
+    plugin = (ROOT / "integrations" / "pytest_plugin" / "__init__.py").read_text()
+    declared = set(re.findall(r'"(callstate_\w+)": "', plugin.split("_STANDIN_INI = {", 1)[1].split("}", 1)[0]))
+    [sample] = [body for page in pages() for label, body in fences(_text(page)) if label == "ini"]
+    keys = [line.split("=", 1)[0].strip() for line in sample.splitlines() if "=" in line]
+    assert keys and set(keys) <= declared, (keys, declared)
