@@ -472,3 +472,12 @@ def test_the_pytest_ini_sample_names_the_plugins_settings() -> None:
     [sample] = [body for page in pages() for label, body in fences(_text(page)) if label == "ini"]
     keys = [line.split("=", 1)[0].strip() for line in sample.splitlines() if "=" in line]
     assert keys and set(keys) <= declared, (keys, declared)
+
+
+def test_the_readmes_documentation_table_names_every_page() -> None:
+    """A newcomer looks for a page in the README's table: it left out "Operating it" and
+    "Client design", which only prose elsewhere linked to."""
+    from tests.documentation import DOCS
+    table = section("Documentation").strip().split("\n\n", 1)[0]
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", table))
+    assert linked == {page.name for page in DOCS.glob("*.md")}, sorted({p.name for p in DOCS.glob("*.md")} - linked)
