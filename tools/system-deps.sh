@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the tests use beyond Python; CI (.ci/run) runs this. Each install is a no-op
+# System packages the set-up (python3-venv, where python3 lacks ensurepip) and the tests use
+# beyond Python; CI (.ci/run) runs this. Each install is a no-op
 # when the binary is already there. Without root or apt-get it installs nothing and says so
 # (the tests that need a package skip, exit 0). With them, a package that could not be
 # installed (the apt lock held by another apt, a mirror down) is an error: its reason is
@@ -37,6 +38,16 @@ need() {   # need BINARY PACKAGE REASON
     fi
 }
 
+# The README's next step, python3 -m venv, needs ensurepip, which Debian and Ubuntu ship apart
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt_quiet update -qq || echo "system-deps: apt-get update failed; trying the package lists already here"
+        _APT_UPDATED=1
+        apt_quiet install -y -qq --no-install-recommends python3-venv || failed+=(python3-venv)
+    else
+        echo "system-deps: python3 has no ensurepip, so python3 -m venv fails: install python3-venv (apt-get, as root)"
+    fi
+fi
 need chromium chromium "the HTML report is rendered in a real headless browser"
 need nginx nginx "callstate conformance is tested through a real nginx (grpc_pass over h2c)"
 need haproxy haproxy "callstate conformance is tested through a real HAProxy (mode http, proto h2)"
