@@ -29,7 +29,7 @@ from callstate.pipe_script import validate_pipe
 from callstate.files import load_rules
 from callstate.rules import RuleSet, RulesError, describe
 from callstate.schema import Method, Schema
-from callstate.schema.model import SHAPE_NAMES
+from callstate.schema.model import SHAPE_NAMES, did_you_mean, listed
 from callstate.script import ScriptError, validate
 from callstate.script_header import decode as decode_script
 from callstate.server.answer import Answer, BadPush
@@ -98,6 +98,7 @@ class Standin:
             # generic handlers only: registering these methods too (add_registered_method_handlers)
             # measured 0.7-0.9x Emulator/Call's calls/s, without 1.3-2.1x (benchmarks/run.py standin)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_generic_rpc_handlers((UnknownMethods(by_service),))   # after them: only what they lack
 
     def answer(self, method: Method, request: Message | None, metadata: dict[str, Any]) -> Answer | Refusal:
         """The call's answer, or why it is refused before its dispatch."""
@@ -190,6 +191,27 @@ async def decoded_stream(m: Method, requests: AsyncIterator[bytes]) -> AsyncIter
         except DecodeError as exc:
             raise BadPush(not_its_request(m, exc, f"push {pushed}")) from None
         yield msg
+
+
+class UnknownMethods(grpc.GenericRpcHandler):
+    """A method a served service lacks (the caller's .proto is newer, or misspelt): UNIMPLEMENTED
+    naming it and the methods the service has, where gRPC would say only "Method not found!"."""
+
+    def __init__(self, by_service: dict[str, Any]) -> None:
+        self.methods = {service: sorted(handlers) for service, handlers in by_service.items()}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        service, _, method = str(details.method).lstrip("/").rpartition("/")   # type: ignore[attr-defined]
+        known = self.methods.get(service)
+        if known is None:
+            return None
+        message = (f"{service}/{method}: the stand-in's {service} has no method {method!r}"
+                   f"{did_you_mean(method, known)}; its methods: {listed(known)}")
+
+        async def unknown(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        return grpc.stream_stream_rpc_method_handler(unknown)
 
 
 class RulesFile:

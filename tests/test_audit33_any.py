@@ -65,10 +65,11 @@ def grpc_js(srv: ServerProcess, *names: str) -> dict[str, dict[str, Any]]:
     return {g["name"]: g for g in got}
 
 
-CANCELLED, DEADLINE_EXCEEDED, INVALID_ARGUMENT, ABORTED = (grpc.StatusCode.CANCELLED.value[0],
-                                                          grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-                                                          grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                                          grpc.StatusCode.ABORTED.value[0])
+CANCELLED, DEADLINE_EXCEEDED, INVALID_ARGUMENT, ABORTED, UNIMPLEMENTED = (
+    grpc.StatusCode.CANCELLED.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+    grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.ABORTED.value[0], grpc.StatusCode.UNIMPLEMENTED.value[0])
+METHODS = "its methods: Import, Ping, Post, Reconcile, Watch"
+UNKNOWN_VOID = f"ledger.v1.Ledger/Void: the stand-in's ledger.v1.Ledger has no method 'Void'; {METHODS}"
 
 
 def test_grpc_js_cancels_and_deadlines_on_request_streams_are_cancels_in_the_servers_log(
@@ -147,7 +148,7 @@ def test_a_caller_whose_proto_drifted_is_refused_87_naming_the_method_not_left_w
     the server's reader as a cancel would: the log said cancel_seen and 1818, "cancelled by the
     caller", while the caller heard nothing until its own deadline."""
     started = time.monotonic()
-    got = grpc_js(ledger, "drifted-post", "drifted-in")
+    got = grpc_js(ledger, "drifted-post", "drifted-in", "drifted-void")
     assert time.monotonic() - started < 4.5   # the drifted calls carry a 5 s deadline: answered well before it
     post, pushed = got["drifted-post"], got["drifted-in"]
     assert (post["code"], post["trailer"]) == (INVALID_ARGUMENT, "87"), post
@@ -161,6 +162,8 @@ def test_a_caller_whose_proto_drifted_is_refused_87_naming_the_method_not_left_w
     assert (end["code"], end["grpc_status"], end["received"]) == (87, "INVALID_ARGUMENT", 1), end
     assert end["detail"] == pushed["details"]
     assert read_entries(ledger.log, f"{PREFIX}js-drifted-post") == []   # refused before dispatch, as a bad header is
+    void = got["drifted-void"]   # Before: UNIMPLEMENTED "Method not found!", naming nothing
+    assert (void["code"], void["details"]) == (UNIMPLEMENTED, UNKNOWN_VOID), void
     judged = own_check(ledger, [f"{PREFIX}js-drifted-in"], tmp_path)
     assert judged.ok, judged.errors
 
@@ -196,3 +199,18 @@ def test_bytes_that_are_not_the_request_type_are_refused_87_for_each_call_shape(
         return
     entries = ledger.wait_entries(call_id)
     assert final(entries)["code"] == 87 and not [e for e in entries if e["event"] == "cancel_seen"], entries
+
+
+@pytest.mark.parametrize("path, details", [
+    ("/ledger.v1.Ledger/Void", UNKNOWN_VOID),
+    ("/ledger.v1.Ledger/post", f"ledger.v1.Ledger/post: the stand-in's ledger.v1.Ledger has no method 'post' "
+                               f"(did you mean Post?); {METHODS}"),
+    ("/ledger.v2.Ledger/Post", None)])   # not a service of the stand-in: gRPC's own answer
+def test_a_method_the_served_service_lacks_is_named_with_the_ones_it_has(ledger: ServerProcess, path: str,
+                                                                        details: str | None) -> None:
+    """Before: "Method not found!" for every one, naming neither the method nor what is there."""
+    with grpc.insecure_channel(ledger.target) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.details() == details if details else "stand-in" not in err.value.details()

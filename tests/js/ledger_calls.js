@@ -9,6 +9,7 @@
 //   in-tenant      Import with metadata x-tenant: blocked (a rule aborts those with 4403)
 //   drifted-post   Post from a drifted .proto (Entry.id as bytes) with an id that is not UTF-8
 //   drifted-in     Import from the drifted .proto: one good message, then one such id
+//   drifted-void   Void, a method of the drifted .proto the served one lacks
 const grpc = require('@grpc/grpc-js');
 const loader = require('@grpc/proto-loader');
 
@@ -69,6 +70,8 @@ for (const name of names) {
     call.write({ id: Buffer.from('ok') });
     call.write({ id: notUtf8 });
     call.end();
+  } else if (name === 'drifted-void') {
+    drifted.Void({ id: Buffer.from('v') }, md(name), { deadline: deadline() }, (err, reply) => end(err, reply));
   } else {
     throw new Error(`unknown call ${name}`);
   }
