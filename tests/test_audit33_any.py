@@ -216,3 +216,48 @@ def test_a_method_the_served_service_lacks_is_named_with_the_ones_it_has(ledger:
             channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(b"", timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert err.value.details() == details if details else "stand-in" not in err.value.details()
+
+
+GOOGLEAPIS_USER = """\
+syntax = "proto3";
+package acme.v1;
+import "google/api/annotations.proto";
+import "google/type/money.proto";
+import "google/rpc/status.proto";
+service Items {
+  rpc Get(GetRequest) returns (Item) { option (google.api.http) = { get: "/v1/items/{id}" }; }
+}
+message GetRequest { string id = 1; }
+message Item { string id = 1; google.type.Money price = 2; google.rpc.Status status = 3; }
+"""
+
+
+def test_a_proto_importing_googleapis_compiles_when_googleapis_common_protos_is_installed(tmp_path: Path) -> None:
+    """Before: `--proto` of a service with HTTP annotations (google/api/annotations.proto), or
+    fields of google.type.Money or google.rpc.Status, stopped at "File not found": protoc knew only
+    google/protobuf. googleapis-common-protos, when installed (the dev extra has it, through the
+    OTLP exporter), ships those .proto files: they are found now, after the user's own folders."""
+    from callstate.schema import from_protos
+    from callstate.schema.sources import googleapis_folders
+
+    if not {"api", "rpc", "type"} <= set(googleapis_folders()):
+        pytest.skip("googleapis-common-protos is not installed: pip install -e '.[dev]' installs it")
+    (tmp_path / "acme" / "v1").mkdir(parents=True)
+    (tmp_path / "acme" / "v1" / "items.proto").write_text(GOOGLEAPIS_USER)
+    schema = from_protos(["acme/v1/items.proto"], [str(tmp_path)])
+    item = schema.method("acme.v1.Items/Get").response
+    assert item.DESCRIPTOR.fields_by_name["price"].message_type.full_name == "google.type.Money"
+
+
+def test_without_googleapis_common_protos_the_missing_import_says_where_it_comes_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from callstate.schema import SchemaError, from_protos
+    from callstate.schema import sources
+
+    monkeypatch.setattr(sources, "googleapis_folders", dict)
+    (tmp_path / "items.proto").write_text(GOOGLEAPIS_USER)
+    with pytest.raises(SchemaError) as err:
+        from_protos([str(tmp_path / "items.proto")])
+    assert str(err.value).startswith("google/api/annotations.proto: File not found. (imports are looked up under ")
+    assert str(err.value).endswith("; google/api, google/rpc and google/type are googleapis': pip install "
+                                   "googleapis-common-protos and they are found)"), err.value
