@@ -63,9 +63,12 @@ def _googleapis_include(tmp: str) -> list[str]:
     if not folders:
         return []
     root = Path(tmp) / "googleapis"
-    (root / "google").mkdir(parents=True)
-    for name, folder in folders.items():
-        (root / "google" / name).symlink_to(folder, target_is_directory=True)
+    try:
+        (root / "google").mkdir(parents=True)
+        for name, folder in folders.items():
+            (root / "google" / name).symlink_to(folder, target_is_directory=True)
+    except OSError:   # no symbolic links here: without them, such an import's error says where it comes from
+        return []
     return [f"-I{root}"]
 
 
