@@ -149,14 +149,12 @@ def test_a_caller_whose_proto_drifted_is_refused_87_naming_the_method_not_left_w
     'google.protobuf.message.DecodeError'>"; as the second message of a request stream it ended
     the server's reader as a cancel would: the log said cancel_seen and 1818, "cancelled by the
     caller", while the caller heard nothing until its own deadline."""
-    started = time.monotonic()
-    got = grpc_js(ledger, "drifted-post", "drifted-in", "drifted-void")
-    assert time.monotonic() - started < 4.5   # the drifted calls carry a 5 s deadline: answered well before it
+    got = grpc_js(ledger, "drifted-post", "drifted-in", "drifted-void")   # each with a 5 s deadline
     post, pushed = got["drifted-post"], got["drifted-in"]
     assert (post["code"], post["trailer"]) == (INVALID_ARGUMENT, "87"), post
     assert post["details"].startswith("ledger.v1.Ledger/Post: the request is not a ledger.v1.Entry (is the caller's "
                                       ".proto the one served?): "), post
-    assert (pushed["code"], pushed["trailer"]) == (INVALID_ARGUMENT, "87"), pushed
+    assert (pushed["code"], pushed["trailer"]) == (INVALID_ARGUMENT, "87"), pushed   # left waiting: 4
     assert pushed["details"].startswith("ledger.v1.Ledger/Import: push 2 is not a ledger.v1.Entry"), pushed
     entries = ledger.wait_entries(f"{PREFIX}js-drifted-in")
     assert not [e for e in entries if e["event"] == "cancel_seen"], entries
@@ -186,12 +184,10 @@ def test_bytes_that_are_not_the_request_type_are_refused_87_for_each_call_shape(
         rpc = getattr(channel, shape)(f"/ledger.v1.Ledger/{method}", request_serializer=bytes,
                                       response_deserializer=bytes)
         request = iter([b"\x0a\x02ok", CORRUPT]) if stream else CORRUPT
-        started = time.monotonic()
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(grpc.RpcError) as err:   # left waiting, it would end DEADLINE_EXCEEDED
             out = rpc(request, timeout=10, metadata=(("callstate-call-id", call_id),
                                                      ("callstate-script", '{"outcome": "complete", "messages": 1}')))
             list(out) if shape.endswith("stream") else out
-    assert time.monotonic() - started < 5
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert dict(err.value.trailing_metadata() or ())["callstate-code"] == "87"
     what = "push 2" if stream else "the request"

@@ -3,9 +3,10 @@
 // (its name, the status code and details, the callstate-code trailer, the messages it got).
 // usage: node ledger_calls.js TARGET PROTO_ROOT DRIFTED_ROOT NAME...
 //   in-cancel-N    Import (client stream), scripted to complete: two messages, then call.cancel()
-//                  (50 + 30 N ms later: each on its own, not all in one read of the connection)
+//                  (20 + 30 N ms after the server's headers: each on its own, not all in one read)
 //   both-cancel-N  Reconcile (bidi), one message each way, then call.cancel() with the stream open
-//   in-deadline    Import with a 300 ms deadline and one message, never half-closed
+//   in-deadline    Import with a 1.5 s deadline (a busy server dispatches it well before) and one
+//                  message, never half-closed
 //   in-tenant      Import with metadata x-tenant: blocked (a rule aborts those with 4403)
 //   drifted-post   Post from a drifted .proto (Entry.id as bytes) with an id that is not UTF-8
 //   drifted-in     Import from the drifted .proto: one good message, then one such id
@@ -45,8 +46,11 @@ for (const name of names) {
   if (name.startsWith('in-cancel-')) {   // on a connection of its own: the server reads its cancel's frames alone
     const call = service(protoRoot, { 'grpc.use_local_subchannel_pool': 1 }).Import(md(name, { 'callstate-script': '{"outcome": "complete"}' }), { deadline: deadline() },
                                (err) => end(err));
+    // cancelled once the server's headers came (it dispatched the call: a call cancelled before
+    // that is never logged), 20 + 30 N ms later
+    call.on('metadata', () => setTimeout(() => call.cancel(), 20 + 30 * Number(name.split('-')[2])));
     call.write({ id: '1' });
-    call.write({ id: '2' }, () => setTimeout(() => call.cancel(), 50 + 30 * Number(name.split('-')[2])));
+    call.write({ id: '2' });
   } else if (name.startsWith('both-cancel-')) {
     const call = ledger.Reconcile(md(name, { 'callstate-script': '{"outcome": "complete", "messages": 1}' }),
                                   { deadline: deadline() });
@@ -56,7 +60,7 @@ for (const name of names) {
     call.on('end', () => end(null, got));
     call.write({ id: '1' });
   } else if (name === 'in-deadline') {
-    const call = ledger.Import(md(name), { deadline: new Date(Date.now() + 300) }, (err) => end(err));
+    const call = ledger.Import(md(name), { deadline: new Date(Date.now() + 1500) }, (err) => end(err));
     call.write({ id: '1' });
   } else if (name === 'in-tenant') {
     const call = ledger.Import(md(name, { 'x-tenant': 'blocked' }), { deadline: deadline() }, (err) => end(err));
