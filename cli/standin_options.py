@@ -16,7 +16,8 @@ def add_standin(p: argparse.ArgumentParser) -> None:
         "files, a descriptor set, or another server's reflection. Scripts come from a callstate-script header, "
         "else from the first matching rule of --rules, else from --mix."))
     g.add_argument("--proto", action="append", default=[], metavar="FILE",
-                   help="a .proto file to serve (repeatable); compiled at start, imports of the well-known types work")
+                   help="a .proto file to serve (repeatable); compiled at start, imports of the well-known types work "
+                        "(and of googleapis, google/api/*.proto, ..., when googleapis-common-protos is installed)")
     g.add_argument("--proto-path", action="append", default=[], metavar="DIR",
                    help="where imports are looked up, like protoc's -I (repeatable; default: each file's folder)")
     g.add_argument("--descriptor-set", metavar="FILE",

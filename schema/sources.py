@@ -35,6 +35,43 @@ def well_known_include() -> str:
     return str(Path(grpc_tools.__file__).parent / "_proto")
 
 
+GOOGLEAPIS = ("api", "rpc", "type", "longrunning")   # googleapis-common-protos' folders below google/
+
+
+def googleapis_folders() -> dict[str, str]:
+    """googleapis-common-protos' .proto folders (google/api/annotations.proto, google/rpc/status.proto,
+    google/type/money.proto, ...) by their name below google/, when that package is installed."""
+    import importlib.util
+
+    found: dict[str, str] = {}
+    for name in GOOGLEAPIS:
+        try:
+            spec = importlib.util.find_spec(f"google.{name}")
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            if any(Path(folder).glob("*.proto")):
+                found[name] = folder
+                break
+    return found
+
+
+def _googleapis_include(tmp: str) -> list[str]:
+    """An include path holding only googleapis' folders (linked, under google/), last of all: a
+    user's own copy of them, or anything else, is found first, and nothing else is found there."""
+    folders = googleapis_folders()
+    if not folders:
+        return []
+    root = Path(tmp) / "googleapis"
+    try:
+        (root / "google").mkdir(parents=True)
+        for name, folder in folders.items():
+            (root / "google" / name).symlink_to(folder, target_is_directory=True)
+    except OSError:   # no symbolic links here: without them, such an import's error says where it comes from
+        return []
+    return [f"-I{root}"]
+
+
 def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[str | os.PathLike[str]] = ()) -> Schema:
     """Compile .proto files (with their imports) into a Schema, as `protoc -I... --include_imports`.
 
@@ -46,7 +83,7 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
     with tempfile.TemporaryDirectory(prefix="callstate-protoc-") as tmp:
         out = Path(tmp) / "set.pb"
         args = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{inc}" for inc in includes),
-                f"-I{well_known_include()}", "--include_imports", "--include_source_info",
+                f"-I{well_known_include()}", *_googleapis_include(tmp), "--include_imports", "--include_source_info",
                 f"--descriptor_set_out={out}", *files]
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not out.exists():
@@ -57,12 +94,21 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
                 missing = first.removesuffix(": File not found.")
                 importer = next((ln.split(": Import ")[0] for ln in lines if f': Import "{missing}" was not' in ln), "")
                 first += (f" (imports are looked up under {', '.join(includes)}: give the folder your import lines "
-                          "are written from with --proto-path" + (f"; imported at {importer})" if importer else ")"))
+                          "are written from with --proto-path" + (f"; imported at {importer}" if importer else "")
+                          + _googleapis_hint(missing) + ")")
             given = next(((proto, f) for proto, f in zip(protos, files) if first.startswith(f + ":")), None)
             if given is not None and _a_descriptor_set(given[1]):   # protoc's words: "non ascii codepoint"
                 first = f"{given[0]}: a descriptor set, not a .proto file: give it with --descriptor-set"
             raise SchemaError(first)
         return Schema.from_bytes(out.read_bytes(), origin=", ".join(str(p) for p in protos))
+
+
+def _googleapis_hint(missing: str) -> str:
+    """For an import of googleapis' own (google/api/annotations.proto), where it comes from."""
+    if missing.split("/")[:1] != ["google"] or missing.split("/")[1:2] == ["protobuf"]:
+        return ""
+    return ("; google/api, google/rpc and google/type are googleapis': pip install googleapis-common-protos "
+            "and they are found")
 
 
 def _a_descriptor_set(path: str) -> bool:

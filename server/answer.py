@@ -25,3 +25,9 @@ class Answer:
     rule: str | None = None   # the rule that answered (its name or "rules[N]")
     mix: Mix | None = None    # the rule's own mix, drawn from when the script has no outcome
     oversize: str | None = None   # the request is over the server's payload limit: why the call ends 87
+
+
+class BadPush(ValueError):
+    """A streamed request the stand-in cannot decode as its method's request type (the caller's
+    .proto differs from the served one): raised by the request stream, the call ends 87 with
+    this line, as a push over the payload limit does (not as a cancel, and not left hanging)."""

@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import IO, Any, AsyncIterator, Callable
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN, PIPE_OUT, UNARY
 from callstate.pipe_script import validate_pipe
 from callstate.files import load_rules
 from callstate.rules import RuleSet, RulesError, describe
 from callstate.schema import Method, Schema
-from callstate.schema.model import SHAPE_NAMES
+from callstate.schema.model import SHAPE_NAMES, did_you_mean, listed
 from callstate.script import ScriptError, validate
 from callstate.script_header import decode as decode_script
-from callstate.server.answer import Answer
+from callstate.server.answer import Answer, BadPush
 from callstate.server.dispatch import Refusal, refuse
 from callstate.server.emulator import EmulatorServicer
 from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, OWN_SERVICE_PREFIXES
@@ -98,6 +98,7 @@ class Standin:
             # generic handlers only: registering these methods too (add_registered_method_handlers)
             # measured 0.7-0.9x Emulator/Call's calls/s, without 1.3-2.1x (benchmarks/run.py standin)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_generic_rpc_handlers((UnknownMethods(by_service),))   # after them: only what they lack
 
     def answer(self, method: Method, request: Message | None, metadata: dict[str, Any]) -> Answer | Refusal:
         """The call's answer, or why it is refused before its dispatch."""
@@ -126,36 +127,91 @@ class Standin:
         return got
 
     def _handler(self, m: Method) -> grpc.RpcMethodHandler:
+        """The method's handler. Requests arrive as bytes and are decoded here: grpc's own decode
+        failure answers UNKNOWN ("Unexpected <class DecodeError>") and, in a request stream,
+        looks like a cancel to the handler while the caller waits out its deadline."""
         emulator, answer = self.emulator, self.answer
         pipes = emulator.pipes
-        decode, encode = m.request.FromString, m.response.SerializeToString
+        encode = m.response.SerializeToString
 
-        async def unary(request: Message, context: grpc.aio.ServicerContext) -> Message:
+        async def unary(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+            request = decoded(m, data)
+            if not isinstance(request, Message):
+                await refuse(context, request)
             got = answer(m, request, dict(context.invocation_metadata() or ()))
             if not isinstance(got, Answer):
                 await refuse(context, got)
             return await emulator.Call(request, context, got)
 
-        async def server_stream(request: Message, context: grpc.aio.ServicerContext) -> None:
+        async def server_stream(data: bytes, context: grpc.aio.ServicerContext) -> None:
+            request = decoded(m, data)
+            if not isinstance(request, Message):
+                await refuse(context, request)
             got = answer(m, request, dict(context.invocation_metadata() or ()))
             if not isinstance(got, Answer):
                 await refuse(context, got)
             await pipes.serve(PIPE_OUT, None, None, context, got)
 
-        async def client_stream(requests: AsyncIterator[Message], context: grpc.aio.ServicerContext) -> Any:
+        async def client_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             got = answer(m, None, dict(context.invocation_metadata() or ()))
             if not isinstance(got, Answer):
                 await refuse(context, got)
-            return await pipes.serve(m.kind, None, requests, context, got)
+            return await pipes.serve(m.kind, None, decoded_stream(m, requests), context, got)
 
         if m.kind == UNARY:
-            return grpc.unary_unary_rpc_method_handler(unary, decode, encode)
+            return grpc.unary_unary_rpc_method_handler(unary, None, encode)
         if m.kind == PIPE_OUT:
-            return grpc.unary_stream_rpc_method_handler(server_stream, decode, encode)
+            return grpc.unary_stream_rpc_method_handler(server_stream, None, encode)
         if m.kind == PIPE_IN:
-            return grpc.stream_unary_rpc_method_handler(client_stream, decode, encode)
+            return grpc.stream_unary_rpc_method_handler(client_stream, None, encode)
         assert m.kind == PIPE_BOTH
-        return grpc.stream_stream_rpc_method_handler(client_stream, decode, encode)
+        return grpc.stream_stream_rpc_method_handler(client_stream, None, encode)
+
+
+def not_its_request(m: Method, exc: DecodeError, what: str = "the request") -> str:
+    return (f"{m.name}: {what} is not a {m.request.DESCRIPTOR.full_name} (is the caller's .proto the one served?): "
+            f"{' '.join(str(exc).split()) or 'undecodable'}")
+
+
+def decoded(m: Method, data: bytes) -> Message | Refusal:
+    """The request of a unary or server-streaming call, or why it is refused before dispatch (87)."""
+    try:
+        return m.request.FromString(data)
+    except DecodeError as exc:
+        return grpc.StatusCode.INVALID_ARGUMENT, not_its_request(m, exc)
+
+
+async def decoded_stream(m: Method, requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+    """A request stream's messages; one that does not decode ends the stream with BadPush."""
+    pushed = 0
+    async for data in requests:
+        pushed += 1
+        try:
+            msg = m.request.FromString(data)
+        except DecodeError as exc:
+            raise BadPush(not_its_request(m, exc, f"push {pushed}")) from None
+        yield msg
+
+
+class UnknownMethods(grpc.GenericRpcHandler):
+    """A method a served service lacks (the caller's .proto is newer, or misspelt): UNIMPLEMENTED
+    naming it and the methods the service has, where gRPC would say only "Method not found!"."""
+
+    def __init__(self, by_service: dict[str, Any]) -> None:
+        self.methods = {service: sorted(handlers) for service, handlers in by_service.items()}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        service, _, method = str(details.method).lstrip("/").rpartition("/")   # type: ignore[attr-defined]
+        known = self.methods.get(service)
+        if known is None:
+            return None
+        message = (f"{service}/{method}: the stand-in's {service} has no method {method!r}"
+                   f"{did_you_mean(method, known)}; its methods: {listed(known)}")
+
+        async def unknown(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        return grpc.stream_stream_rpc_method_handler(unknown)
 
 
 class RulesFile:
