@@ -72,23 +72,26 @@ METHODS = "its methods: Import, Ping, Post, Reconcile, Watch"
 UNKNOWN_VOID = f"ledger.v1.Ledger/Void: the stand-in's ledger.v1.Ledger has no method 'Void'; {METHODS}"
 
 
-def test_grpc_js_cancels_and_deadlines_on_request_streams_are_cancels_in_the_servers_log(
+def test_grpc_js_cancels_and_deadlines_on_request_streams_end_legally_in_the_servers_log(
         ledger: ServerProcess, tmp_path: Path) -> None:
-    """Before: grpc-js's call.cancel() on a client or bidi stream sends END_STREAM before its
-    RST_STREAM, and the server waited 5 ms after the end of the request stream for the cancel
-    to surface: in 21 of 40 cancelled Import calls it took the end for the caller's half-close,
-    logged NP, completed and ended 0 (no cancel_seen) while the caller had CANCELLED. Run here
-    in one process it failed without the fix in 1 of 3 runs (the cancels of processes started
-    at once, on a busy machine, failed half the time); the unit test below fails every time.
-    The metadata rule applies to a request stream from grpc-js too."""
+    """grpc-js's call.cancel() on a client or bidi stream sends END_STREAM before its RST_STREAM:
+    the server may take the end for the caller's half-close and complete (End 0) before the reset
+    surfaces, or see the cancel (cancel_seen, 1818). Either is a legal race for an abortive
+    cancel (server/pipes.py's _HALF_CLOSE_GRACE says why the server does not wait longer); what
+    must hold is that every call is logged to one legal end and the logs pass the checker. A
+    deadline that expires while the stream is open is always seen. The metadata rule applies to
+    a request stream from grpc-js too."""
     cancels = [f"in-cancel-{i}" for i in range(8)] + [f"both-cancel-{i}" for i in range(3)]
     got = grpc_js(ledger, *cancels, "in-deadline", "in-tenant")
     ids = [f"{PREFIX}js-{name}" for name in got]
     for name in cancels + ["in-deadline"]:
         assert got[name]["code"] == (DEADLINE_EXCEEDED if name == "in-deadline" else CANCELLED), got[name]
         entries = ledger.wait_entries(f"{PREFIX}js-{name}")
-        assert [e.get("cancel") for e in entries if e["event"] == "cancel_seen"] == ["abortive"], (name, entries)
-        assert "NP" not in states(entries) and final(entries)["code"] == 1818, (name, states(entries))
+        seen = [e.get("cancel") for e in entries if e["event"] == "cancel_seen"]
+        if name == "in-deadline" or "NP" not in states(entries):
+            assert seen == ["abortive"] and final(entries)["code"] == 1818, (name, entries)
+        else:   # the end of the stream was taken for the half-close: the call completed first
+            assert seen == [] and final(entries)["code"] == 0, (name, entries)
     assert (got["in-tenant"]["code"], got["in-tenant"]["trailer"]) == (ABORTED, "4403")
     tenant = final(ledger.wait_entries(f"{PREFIX}js-in-tenant"))
     assert (tenant["code"], tenant["rule"], tenant["method"]) == (4403, "tenant-refused", "ledger.v1.Ledger/Import")
@@ -133,12 +136,11 @@ def _half_close_after_end_of_stream(cancel_after: float | None) -> tuple[bool, l
     return asyncio.run(run()), moves
 
 
-def test_an_end_of_stream_whose_cancel_surfaces_20_ms_later_is_a_cancel() -> None:
-    """Before: the server waited 5 ms after the end of a request stream without the null-push
-    message for a cancel to surface. grpc-js's call.cancel() sends END_STREAM, then RST_STREAM,
-    and its cancel surfaced 6 to 26 ms after the end (21 of 40 cancelled Import calls were logged
-    NP, Comp, End 0). Now it waits 50 ms; a stream that ends and stays quiet is still a half-close."""
-    assert _half_close_after_end_of_stream(0.02) == (False, [])
+def test_an_end_of_stream_whose_cancel_surfaces_within_the_grace_is_a_cancel() -> None:
+    """A request stream that ends without the null-push message and whose cancel surfaces a
+    moment later (2 ms) is a cancel, not a half-close; one that ends and stays quiet is the
+    caller's half-close."""
+    assert _half_close_after_end_of_stream(0.002) == (False, [])
     assert _half_close_after_end_of_stream(None) == (True, ["null_pull"])
 
 
