@@ -216,7 +216,13 @@ def test_the_usage_pages_sample_output_is_what_call_prints(shared_server: Server
     sample = blocks(page.split(command.group(0), 1)[1])[0]   # the block right below that sentence
     assert "client  C " in sample, sample
     done = cli(*shlex.split(command.group(1))[1:], "--target", shared_server.target)
-    assert _masked(done.stdout + done.stderr) == _masked(sample)
+    printed, documented = _masked(done.stdout + done.stderr), _masked(sample)
+    # The notice's answer and the call's outcome race (the server completes the call as it answers
+    # the notice): when the outcome comes first the call ends, and nothing follows End, so the
+    # page says the cancel_sent line may be missing; everything else is as shown.
+    notice = [line for line in documented if ". cancel_sent" in line]
+    assert len(notice) == 1 and "the `cancel_sent` line is missing" in page
+    assert printed in (documented, [line for line in documented if line not in notice]), printed
 
 
 def _documented_calls() -> list[tuple[str, str, int | None]]:
