@@ -20,8 +20,13 @@
 #     WHEEL_DIR=those wheels (pip --no-index inside the build: no network needed);
 #  5. `docker-compose up` with tests/container/compose.host.yml (host networking), wait for
 #     the emulator's HEALTHCHECK, run the load service to completion;
+#     then a hold-heavy load and `docker-compose stop emulator` while it holds calls (the
+#     file's stop_grace_period): exit 0 in under 10 s, every call ended (1722) and logged;
 #  6. check the load report (calls on every path, zero invariant violations), the
-#     emulator's stdout (JSON state lines only) and `callstate check` on both sides' logs.
+#     emulator's stdout (JSON state lines only, an End for every call) and `callstate check`
+#     on every client's log with it; `serve --log-file` on a mounted folder run as its owner
+#     (-u 4321:4321: the file is theirs); bad configuration (a log folder uid 10001 cannot
+#     write, a missing TLS file, a token with a newline): one line in `docker logs`, non-zero.
 #
 # Environment knobs (all optional):
 #   CALLSTATE_CONTAINER_TEST=0        skip (prints SKIPPED)
@@ -124,6 +129,7 @@ cleanup() {
             dc 60 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \
                 || { log "compose down failed:"; tail -n 20 "$WORK/down.log"; }
         fi
+        timeout 30 docker rm -f "$PROJECT-held" "$PROJECT-vol" "$PROJECT-bad1" "$PROJECT-bad2" "$PROJECT-bad3" >/dev/null 2>&1 || true
         timeout 30 docker image rm -f "$BASE_TAG" >/dev/null 2>&1 || true
         kill -TERM "$DOCKERD_PID" 2>/dev/null || true
         for _ in $(seq 1 20); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
@@ -355,10 +361,60 @@ if [ "$LOAD_RC" != 0 ]; then
     die "callstate load exited $LOAD_RC"
 fi
 
-# Graceful stop (SIGTERM to the server, PID 1 in its container) flushes its state log.
-log "docker-compose stop emulator (graceful shutdown)"
-dc 60 stop -t 20 emulator >>"$WORK/up.log" 2>&1 || die "compose stop emulator failed"
+# Bad configuration, as a user gets it wrong: one line naming what is wrong in `docker logs`
+# and a non-zero exit, for a state log folder the image's user cannot write (a host folder
+# mounted as is), a TLS file that is not there (CALLSTATE_TLS_DIR pointing elsewhere) and a
+# token read from a file with its newline. Started now, side by side, judged after the stop.
+VOL=$WORK/vol
+mkdir -p "$VOL/own" "$VOL/root" && chown 4321:4321 "$VOL/own" && chmod 755 "$VOL/root"
+BAD=0
+bad_start() { # bad_start docker-run-args...: a server that must refuse to start
+    BAD=$((BAD + 1))
+    tmo 30 docker run -d --name "$PROJECT-bad$BAD" --network none "$@" >/dev/null || die "docker run (bad $BAD) failed"
+}
+CHECKED=0
+bad_check() { # bad_check WHAT NEEDLE: the next started one failed with one line holding NEEDLE
+    local what=$1 needle=$2 name rc
+    CHECKED=$((CHECKED + 1)); name=$PROJECT-bad$CHECKED
+    rc=$(tmo 30 docker wait "$name") || die "the server ($what) did not exit"
+    timeout 10 docker logs "$name" >"$WORK/bad.out" 2>"$WORK/bad.err" || true
+    if [ "$rc" = 0 ] || [ -s "$WORK/bad.out" ] || [ "$(wc -l <"$WORK/bad.err")" != 1 ] || ! grep -q -- "$needle" "$WORK/bad.err"; then
+        cat "$WORK/bad.err"; die "$what: not one clear line and a non-zero exit (exit $rc)"
+    fi
+    log "  $what: exit $rc, $(cat "$WORK/bad.err")"
+}
+bad_start -v "$VOL/root:/logs" "$CALLSTATE_IMAGE" serve --log-file /logs/server.jsonl
+bad_start -v "$VOL/root:/tls:ro" "$CALLSTATE_IMAGE" serve --tls-cert /tls/server.pem --tls-key /tls/server.key \
+    --tls-client-ca /tls/ca.pem
+bad_start -e "CALLSTATE_TOKEN=$(printf 's3cret\n ')" "$CALLSTATE_IMAGE" serve
+
+# Graceful stop with calls in flight, as `docker compose stop`/`down` does it while a load runs:
+# a hold-heavy load (the image's `load`, host network) holds calls on the emulator, then SIGTERM
+# to the server (PID 1 in its container), within the service's stop_grace_period (no -t: the
+# compose file's own): it must exit 0, end every call it holds (1722) and log each End.
+HELD=$PROJECT-held
+log "a hold-heavy load, then docker-compose stop emulator while it runs (stop_grace_period of the file)"
+tmo 60 docker run -d --name "$HELD" --network host --user 0:0 -v "$REPORTS:/reports" "$CALLSTATE_IMAGE" \
+    load --target "127.0.0.1:$PORT" --calls 2000 --concurrency 48 --mix hold=100 --hold-for 60 \
+    --cancel abortive=10,non-abortive=20 --no-verify --log-file /reports/held-client.jsonl \
+    >"$WORK/held.id" 2>&1 || { cat "$WORK/held.id"; die "docker run of the hold-heavy load failed"; }
+EMU_LOG=$(timeout 10 docker inspect --format '{{.LogPath}}' "$EMU")   # the engine's file of its output
+BEFORE=$(wc -l <"$EMU_LOG")
+for i in $(seq 1 100); do   # evidence: the held calls' lines in the emulator's state log
+    [ "$(wc -l <"$EMU_LOG")" -gt $((BEFORE + 100)) ] && break
+    if [ "$i" = 100 ] || [ "$(timeout 10 docker inspect --format '{{.State.Running}}' "$HELD")" != true ]; then
+        timeout 10 docker logs "$HELD" 2>&1 | tail -n 5
+        die "the hold-heavy load made no calls"
+    fi
+    sleep 0.2
+done
+T_STOP=$(date +%s%N)
+dc 60 stop emulator >>"$WORK/up.log" 2>&1 || die "compose stop emulator failed"
+STOP_MS=$((($(date +%s%N) - T_STOP) / 1000000))
 EMU_RC=$(timeout 10 docker inspect --format '{{.State.ExitCode}}' "$EMU")
+log "emulator stopped in $STOP_MS ms, exit $EMU_RC"
+[ "$STOP_MS" -lt 10000 ] || die "the emulator took $STOP_MS ms to stop (its --grace is 2 s)"
+timeout 60 docker wait "$HELD" >/dev/null 2>&1 || die "the hold-heavy load did not end after the server stopped"
 # Server log: the emulator's stdout as Docker captured it (stderr kept apart).
 timeout 30 docker logs "$EMU" >"$REPORTS/server.jsonl" 2>"$WORK/emulator.err" \
     || die "docker logs of the emulator failed"
@@ -394,7 +450,7 @@ if check.get("ok") is not True or check.get("violations") != 0:
 keys = {"ts", "side", "call_id", "state", "prev", "event"}
 lines = states = 0
 bad = []
-ids, ends = set(), 0
+ids, ended, shut = set(), set(), 0
 with open(server_log) as f:
     for n, line in enumerate(f, 1):
         if not line.strip():
@@ -408,8 +464,15 @@ with open(server_log) as f:
         if isinstance(obj, dict) and keys <= obj.keys() and obj["side"] == "server":
             states += 1
             ids.add(obj["call_id"])
-            ends += obj["state"] == "End" and obj["event"] == "enter"
-print(f"  emulator stdout: {lines} lines, {states} server state lines, {len(ids)} call ids, {ends} End")
+            if obj["state"] == "End" and obj["event"] == "enter":
+                ended.add(obj["call_id"])
+                shut += obj.get("code") == 1722
+print(f"  emulator stdout: {lines} lines, {states} server state lines, {len(ids)} call ids, {len(ended)} End,"
+      f" {shut} ended by the stop (1722)")
+if ids - ended:
+    problems.append(f"{len(ids - ended)} calls have no End in the emulator's log, e.g. {sorted(ids - ended)[0]}")
+if shut == 0:
+    problems.append("no call was in flight at the stop (no End with 1722): the graceful stop was not exercised")
 if bad:
     problems.append(f"{len(bad)} emulator stdout lines are not JSON, first: {bad[0]}")
 if states == 0:
@@ -424,9 +487,31 @@ PY
 # Both sides' logs through the checker, inside the image (the same build users get).
 log "callstate check on the emulator's stdout and the load's client log (in the image)"
 tmo 120 docker run --rm --network none -v "$REPORTS:/reports:ro" "$CALLSTATE_IMAGE" \
-    check /reports/server.jsonl /reports/load-client.jsonl >"$WORK/check.out" 2>&1 \
+    check /reports/server.jsonl /reports/load-client.jsonl /reports/held-client.jsonl >"$WORK/check.out" 2>&1 \
     || { tail -n 30 "$WORK/check.out"; die "callstate check found violations"; }
 tail -n 3 "$WORK/check.out" | sed 's/^/  /'
+
+# The server's state log on a mounted folder, as docs/containers.md says: run as the folder's
+# owner (--user), the file is theirs.
+log "serve --log-file on a mounted folder as its owner (--user 4321:4321)"
+tmo 60 docker run -d --name "$PROJECT-vol" --network host --user 4321:4321 -e "CALLSTATE_PORT=$PORT" \
+    -v "$VOL/own:/logs" "$CALLSTATE_IMAGE" serve --bind 127.0.0.1 --port "$PORT" --log-file /logs/server.jsonl \
+    >/dev/null || die "docker run of serve with --user failed"
+for i in $(seq 1 50); do
+    timeout 10 docker exec "$PROJECT-vol" callstate call --target "127.0.0.1:$PORT" --timeout 2 >/dev/null 2>&1 && break
+    [ "$i" -lt 50 ] || die "serve --user 4321:4321 answered no call in 10 s"
+    sleep 0.2
+done
+timeout 30 docker stop "$PROJECT-vol" >/dev/null || die "docker stop of serve --user failed"
+[ "$(timeout 10 docker inspect --format '{{.State.ExitCode}}' "$PROJECT-vol")" = 0 ] || die "serve --user did not exit 0"
+[ "$(stat -c %u:%g "$VOL/own/server.jsonl")" = 4321:4321 ] || die "the state log is not owned by the --user"
+grep -q '"state":"End"' "$VOL/own/server.jsonl" || die "the state log on the volume has no End"
+timeout 30 docker rm "$PROJECT-vol" >/dev/null 2>&1 || true
+
+log "bad configuration: one line in docker logs, non-zero exit"
+bad_check "unwritable log folder" "Permission denied"
+bad_check "missing TLS file" "/tls/server.pem"
+bad_check "token with a newline" "CALLSTATE_TOKEN"
 
 log "docker-compose down"
 dc 120 down --volumes --remove-orphans --rmi all >"$WORK/down.log" 2>&1 \

@@ -183,9 +183,14 @@ dc 300 --profile scale up --no-build --scale "emulator=$REPLICAS" --exit-code-fr
     >"$WORK/up.log" 2>&1 || { tail -n 40 "$WORK/up.log"; die "the load through the balancer failed"; }
 [ "$(dc 30 ps -q emulator | wc -l)" = "$REPLICAS" ] || die "not $REPLICAS replicas"
 dc 60 --profile scale stop >/dev/null 2>&1 || die "stop failed"    # SIGTERM: each replica flushes its log
-SERVER_LOGS=("$REPORTS"/server-*.jsonl)
+# Every replica's state log as docs/containers.md says to take it (`ps -a`: they are stopped).
+mkdir -p "$REPORTS/servers"
+for c in $(dc 30 ps -a -q emulator); do
+    [ "$(timeout 10 docker inspect --format '{{.State.ExitCode}}' "$c")" = 0 ] || die "replica $c did not exit 0 on SIGTERM"
+    timeout 30 docker logs "$c" 2>/dev/null >"$REPORTS/servers/$c.jsonl" || die "docker logs $c failed"
+done
+SERVER_LOGS=("$REPORTS"/servers/*.jsonl)
 [ ${#SERVER_LOGS[@]} = "$REPLICAS" ] || die "expected $REPLICAS server logs, found ${#SERVER_LOGS[@]}"
-mkdir -p "$REPORTS/servers" && mv "${SERVER_LOGS[@]}" "$REPORTS/servers/"
 
 # ---------------------------------------------------------------- the verdict
 CHECK_PY=$REPO/.venv/bin/python
