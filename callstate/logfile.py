@@ -256,6 +256,7 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     report = checker.finish(server_in_flight)
     for log, note in _still_written(logs, grown, report).items():
         report.live.append(note)
+        report.live_files.append(log.name)
         log.warnings.append(f"{note}: a log still being written")
     report.warnings = _tell(logs, warn)
     return report
@@ -349,7 +350,8 @@ def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:
     told = []
     for log in logs:
         for text in log.warnings:
-            warn(text)   # type: ignore[misc]   # warnings are only gathered with a warn
+            if warn is not None:   # a log still being written is said in the report without one
+                warn(text)
             told.append(text)
     return told
 

@@ -1,0 +1,70 @@
+"""Review of session 33's check changes: a log another process holds open for writing (its
+writer still running) when `check_files` is given no `warn`; and which violations such a log
+explains (its own calls in flight), not a finished log's unended call beside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from callstate.logfile import check_files
+from tests.test_audit33_check import client, lines, server
+
+pytestmark = pytest.mark.timeout(60)
+
+HOLD = ("import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); sys.stdin.read()")
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[Path]:
+    """server.jsonl, held open for appending by another process (a server still running) until
+    the test ends: the process says so once it has the file open."""
+    path = tmp_path / "server.jsonl"
+    path.touch()
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+        yield path
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def test_a_log_open_for_writing_elsewhere_is_said_without_a_warn_callback(tmp_path: Path, held: Path) -> None:
+    c = tmp_path / "client.jsonl"
+    c.write_bytes(lines(client(0, "a") + client(1, "b")[:2]))   # b: in flight on both sides
+    held.write_bytes(lines(server(0, "a") + server(1, "b")[:1]))
+    report = check_files([c, held])   # no warn: the note is the report's, not a TypeError
+    assert set(report.by_kind()) == {"not_ended"}, report.summary()
+    why = report.shown_not_judged()
+    assert why is not None and why.startswith(f"{held} is open for writing by process"), report.summary()
+    assert any(w.startswith(f"{held} is open for writing") for w in report.warnings), report.warnings
+
+
+def test_a_finished_logs_unended_call_fails_while_another_log_is_written(tmp_path: Path, held: Path) -> None:
+    """A harness that never ended its call (the client log is complete) beside a server that
+    keeps running (as a long-lived one does): FAILED, not NOT JUDGED until the server stops."""
+    c = tmp_path / "client.jsonl"
+    c.write_bytes(lines(client(0, "a") + client(1, "b")[:2]))   # b: the client never ended it
+    held.write_bytes(lines(server(0, "a") + server(1, "b")))     # the server did
+    report = check_files([c, held])
+    assert [(v.kind, v.call_id) for v in report.violations] == [("not_ended", "b")], report.summary()
+    assert report.live and report.shown_not_judged() is None, report.summary()
+    assert "FAILED: 1 violation" in report.summary()
+
+
+def test_a_call_the_written_server_log_lacks_yet_is_not_judged(tmp_path: Path, held: Path) -> None:
+    """The client completed its call with 0, the server's entries of it are still to come."""
+    c = tmp_path / "client.jsonl"
+    c.write_bytes(lines(client(0, "a") + client(1, "b")))
+    held.write_bytes(lines(server(0, "a")))
+    report = check_files([c, held])
+    assert [(v.kind, v.call_id) for v in report.violations] == [("unknown_to_server", "b")], report.summary()
+    why = report.shown_not_judged()
+    assert why is not None and why.startswith(f"{held} is open for writing"), report.summary()
