@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from callstate.logfile import check_files
+from tests.conftest import ROOT, cli
 from tests.test_audit33_check import client, lines, server
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,3 +69,17 @@ def test_a_call_the_written_server_log_lacks_yet_is_not_judged(tmp_path: Path, h
     assert [(v.kind, v.call_id) for v in report.violations] == [("unknown_to_server", "b")], report.summary()
     why = report.shown_not_judged()
     assert why is not None and why.startswith(f"{held} is open for writing"), report.summary()
+
+
+def test_the_operations_page_says_what_check_does_with_a_reused_id(tmp_path: Path) -> None:
+    """docs/operations.md said a second lifecycle under one id is reported as an entry after
+    End; `check` now says NOT JUDGED naming the ids used again, as the page must."""
+    c, s = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    c.write_bytes(lines(client(0, "same") + client(100, "same")))
+    s.write_bytes(lines(server(0, "same") + server(100, "same")))
+    done = cli("check", str(c), str(s))
+    assert done.returncode == 1 and "NOT JUDGED: 1 call id is used by more than one call" in done.stdout, done.stdout
+    assert "after_end" not in done.stdout
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = " ".join(page.split("## A call id sent twice")[1].split("\n## ")[0].split())
+    assert "entry after End" not in section and "NOT JUDGED (exit 1), naming how many ids" in section, section
