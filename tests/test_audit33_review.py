@@ -4,6 +4,7 @@ explains (its own calls in flight), not a finished log's unended call beside it.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -17,24 +18,30 @@ from tests.test_audit33_check import client, lines, server
 
 pytestmark = pytest.mark.timeout(60)
 
-HOLD = ("import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); sys.stdin.read()")
+HOLD = ("import sys; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); sys.stdin.read()")
 
 
-@pytest.fixture
-def held(tmp_path: Path) -> Iterator[Path]:
-    """server.jsonl, held open for appending by another process (a server still running) until
-    the test ends: the process says so once it has the file open."""
-    path = tmp_path / "server.jsonl"
-    path.touch()
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+@contextlib.contextmanager
+def holding(path: Path, mode: str) -> Iterator[None]:
+    """`path` held open (`mode`) by another process until the block ends: it says so once open."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "open\n"
-        yield path
+        yield
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(30)
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[Path]:
+    """server.jsonl, held open for appending by another process (a server still running)."""
+    path = tmp_path / "server.jsonl"
+    path.touch()
+    with holding(path, "ab"):
+        yield path
 
 
 def test_a_log_open_for_writing_elsewhere_is_said_without_a_warn_callback(tmp_path: Path, held: Path) -> None:
@@ -83,3 +90,14 @@ def test_the_operations_page_says_what_check_does_with_a_reused_id(tmp_path: Pat
     page = (ROOT / "docs" / "operations.md").read_text()
     section = " ".join(page.split("## A call id sent twice")[1].split("\n## ")[0].split())
     assert "entry after End" not in section and "NOT JUDGED (exit 1), naming how many ids" in section, section
+
+
+def test_a_log_a_reader_holds_open_is_not_taken_for_one_being_written(tmp_path: Path) -> None:
+    """`tail -f server.jsonl` (open for reading) beside a server that was stopped: its calls left
+    in flight fail; only a writer's hold makes them NOT JUDGED."""
+    c, s = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    c.write_bytes(lines(client(0, "a") + client(1, "b")[:2]))
+    s.write_bytes(lines(server(0, "a") + server(1, "b")[:1]))
+    with holding(s, "rb"):
+        report = check_files([c, s])
+    assert not report.live and report.shown_not_judged() is None and "FAILED: 2 violations" in report.summary()
