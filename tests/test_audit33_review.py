@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import orjson
 import pytest
 
 from callstate.logfile import check_files
@@ -101,3 +102,20 @@ def test_a_log_a_reader_holds_open_is_not_taken_for_one_being_written(tmp_path: 
     with holding(s, "rb"):
         report = check_files([c, s])
     assert not report.live and report.shown_not_judged() is None and "FAILED: 2 violations" in report.summary()
+
+
+def test_report_gives_checks_verdict_on_a_log_still_being_written(tmp_path: Path, held: Path) -> None:
+    """`report` reads the logs as `check` does (merged by time): its verdict on a log a running
+    server still writes is check's NOT JUDGED too, not FAILED on the calls that server holds."""
+    c = tmp_path / "client.jsonl"
+    c.write_bytes(lines(client(0, "a") + client(1, "b")[:2]))
+    held.write_bytes(lines(server(0, "a") + server(1, "b")[:1]))
+    checked = cli("check", str(c), str(held))
+    assert checked.returncode == 1 and f"NOT JUDGED: {held} is open for writing" in checked.stdout, checked.stdout
+    done = cli("report", str(c), str(held), "--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 1, done
+    assert done.stdout.strip().startswith(f"{tmp_path / 'r.html'}: 2 calls, check NOT JUDGED ({held} is open for "
+                                          "writing by process"), done.stdout
+    assert f"callstate report: warning: {held} is open for writing" in done.stderr, done.stderr
+    page = orjson.loads((tmp_path / "r.json").read_bytes())["check"]
+    assert page["verdict"] == "NOT JUDGED" and page["ok"] is False and page["violations"] == 2, page
