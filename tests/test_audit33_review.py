@@ -119,3 +119,17 @@ def test_report_gives_checks_verdict_on_a_log_still_being_written(tmp_path: Path
     assert f"callstate report: warning: {held} is open for writing" in done.stderr, done.stderr
     page = orjson.loads((tmp_path / "r.json").read_bytes())["check"]
     assert page["verdict"] == "NOT JUDGED" and page["ok"] is False and page["violations"] == 2, page
+
+
+def test_the_load_page_lists_the_reports_new_reasons_for_not_judged(tmp_path: Path) -> None:
+    """docs/load.md: "The page's verdict is the command's: ... NOT JUDGED with the reason (...)":
+    the list must hold the reasons this session added (ids used again, a log still written)."""
+    c, s = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    c.write_bytes(lines(client(0, "same") + client(100, "same")))
+    s.write_bytes(lines(server(0, "same") + server(100, "same")))
+    done = cli("report", str(c), str(s), "--html", str(tmp_path / "r.html"))
+    assert done.returncode == 1 and "check NOT JUDGED (1 call id is used by more than one call" in done.stdout, done
+    page = " ".join((ROOT / "docs" / "load.md").read_text().split())
+    reasons = page.split("The page's verdict is the command's: OK, FAILED, or NOT JUDGED with the reason (")[1]
+    reasons = reasons.split("; the JSON's")[0]
+    assert "call ids a later call used again" in reasons and "a log still being written" in reasons, reasons
