@@ -130,6 +130,7 @@ class CheckReport:
     # the logs still being written as they were read (it grew, a process has it open for writing):
     # the calls they have in flight look unended, so such violations are no verdict
     live: list[str] = field(default_factory=list)
+    live_files: list[str] = field(default_factory=list)   # those logs' names, as the violations' places name them
 
     @property
     def ok(self) -> bool:
@@ -177,8 +178,16 @@ class CheckReport:
         return why if why is not None and (self.ok or self._live_explains()) else None
 
     def _live_explains(self) -> bool:
-        """Whether every violation is one a log still being written shows of its calls in flight."""
-        return bool(self.live and self.violations) and all(v.kind in LIVE_KINDS for v in self.violations)
+        """Whether every violation is one a log still being written shows of its calls in flight: a
+        call unended in such a log (on its other side too, then: the call is in flight), or a
+        client's call no server log has while another log is still being written. A call a
+        finished log left unended, its other side ended, is a failure whatever else runs on."""
+        if not (self.live and self.violations):
+            return False
+        in_flight = {v.call_id for v in self.violations if v.kind == "not_ended" and _in_any(v, self.live_files)}
+        return all(v.call_id in in_flight if v.kind == "not_ended" else
+                   v.kind == "unknown_to_server" and any(not _in_any(v, [f]) for f in self.live_files)
+                   for v in self.violations)
 
     def verdict_ok(self, allow_one_side: bool = False) -> bool:
         return self.ok and self.not_judged(allow_one_side) is None
@@ -267,6 +276,11 @@ def _name_method(violations: Sequence[Violation], method: str) -> None:
     """Name a stand-in call's method in its violations (a call of callstate.v1's own names none)."""
     for v in violations if method else ():
         v.method = v.method or method
+
+
+def _in_any(v: Violation, files: Sequence[str]) -> bool:
+    """Whether `v` is of an entry of one of these files (its message starts with its place)."""
+    return any(v.message.startswith(f"{name}:") for name in files)
 
 
 def _reused_text(n: int) -> str:

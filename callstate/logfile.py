@@ -254,23 +254,39 @@ def check_files(paths: Iterable[str | Path], server_in_flight: int | None = None
     checker = Checker(retire=True)
     logs, grown = _feed(paths, checker, checker.add, warn, progress)
     report = checker.finish(server_in_flight)
-    for log, note in _still_written(logs, grown, report).items():
-        report.live.append(note)
-        log.warnings.append(f"{note}: a log still being written")
+    _mark_live(logs, grown, report)
     report.warnings = _tell(logs, warn)
     return report
+
+
+def _mark_live(logs: list[_Log], grown: list[_Log], report: CheckReport) -> None:
+    """Say in `report` (and in each such log's warnings) which logs are still being written."""
+    for log, note in _still_written(logs, grown, report).items():
+        report.live.append(note)
+        report.live_files.append(log.name)
+        log.warnings.append(f"{note}: a log still being written")
 
 
 def feed_files(paths: Iterable[str | Path], checker: Checker,
                add: Callable[[dict[str, Any], str, int], None] | None = None,
                warn: Callable[[str], None] | None = None,
-               progress: Callable[[ReadProgress], None] | None = None) -> None:
+               progress: Callable[[ReadProgress], None] | None = None) -> Callable[[CheckReport], None]:
     """Feed the logs' entries to `checker` (through `add(entry, where, pos)` when given: the HTML
     report's builder, which also sums each call up) merged by time as `check_files` reads them, so
     a call whose side's entries are split over files (a rotated log) reads the same in any order
-    of the files; the files, warnings and errors go to the checker's report as `check_files` has them."""
-    logs, _grown = _feed(paths, checker, add or checker.add, warn, progress)
+    of the files; the files, warnings and errors go to the checker's report as `check_files` has them.
+    Returns what then says, in the finished report, which logs were still being written (and tells
+    `warn`), as `check_files` does."""
+    logs, grown = _feed(paths, checker, add or checker.add, warn, progress)
     checker.report.warnings = _tell(logs, warn)
+
+    def mark_live(report: CheckReport) -> None:
+        for log in logs:
+            log.warnings.clear()   # told already
+        _mark_live(logs, grown, report)
+        report.warnings += _tell(logs, warn)
+
+    return mark_live
 
 
 def _feed(paths: Iterable[str | Path], checker: Checker, add: Callable[[dict[str, Any], str, int], None],
@@ -349,7 +365,8 @@ def _tell(logs: list[_Log], warn: Callable[[str], None] | None) -> list[str]:
     told = []
     for log in logs:
         for text in log.warnings:
-            warn(text)   # type: ignore[misc]   # warnings are only gathered with a warn
+            if warn is not None:   # a log still being written is said in the report without one
+                warn(text)
             told.append(text)
     return told
 

@@ -326,7 +326,8 @@ def _check_section(check: CheckReport, examples: Mapping[str, Mapping[str, list[
                 OTHER: examples[example.call_id].get(OTHER, [])},
         })
     not_judged = check.not_judged(allow_one_side)
-    verdict = _verdict(check.ok, not_judged, run)
+    # as `callstate check` shows it: violations a log still being written explains are no FAILED
+    verdict = _verdict(check.ok or check.shown_not_judged(allow_one_side) is not None, not_judged, run)
     # `ok` as `callstate check --json` has it: the verdict is OK (no violation, and something was judged)
     return {"ok": verdict["verdict"] == OK, "violations": len(check.violations), "kinds": kinds,
             "not_judged": not_judged, **verdict}
@@ -379,6 +380,6 @@ def build_from_files(paths: Sequence[str | Path], warn: Callable[[str], None] | 
     builder = ReportBuilder()
     # merged by time, as `callstate check` reads them: the same verdict in any order of the files
     # (a rotated client log named before its older part failed every call it split)
-    feed_files(paths, builder.checker, lambda e, where, _pos: builder.add(e, where), warn)
-    builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", ""))
+    mark_live = feed_files(paths, builder.checker, lambda e, where, _pos: builder.add(e, where), warn)
+    mark_live(builder.finish(build_args.pop("server_in_flight", None), build_args.pop("server_lost", "")))
     return builder.build(collect_examples(paths, builder.example_ids()), **build_args)
