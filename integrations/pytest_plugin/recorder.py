@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -66,6 +66,19 @@ class TestCalls:
         self.test_failed = False
         self.verdict: str | None = None   # the check's text, once run: the same for every caller
         self.kept: Path | None = None     # where its logs were kept (--callstate-log-dir)
+
+    def call_ids(self) -> list[str]:
+        """The id of every call the test made through the plugin's clients, in the order made."""
+        return [call_id for rec in self.recorders for call_id in rec.calls()]
+
+    def __len__(self) -> int:
+        return len(self.call_ids())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.call_ids())
+
+    def __repr__(self) -> str:
+        return f"<callstate_calls of {self.nodeid}: {len(self)} call(s)>"
 
     def recorder(self, server: ServerHandle) -> Recorder:
         rec = Recorder(server)
