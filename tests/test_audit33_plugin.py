@@ -99,3 +99,25 @@ def test_anyio(callstate_async_client):
     result.stdout.fnmatch_lines(["callstate: callstate_async_client is made on pytest-asyncio's loop, and this test "
                                  "runs on anyio's: mark it @pytest.mark.asyncio instead, or make the client in the "
                                  "test, on its own loop: callstate_server_factory().async_client()"])
+
+
+def test_under_pytest_timeout_a_call_left_in_flight_is_said_so_not_cut_off_by_the_timer(
+        pytester: pytest.Pytester) -> None:
+    """The teardown's check waited its full 5 s for the server to end the call, so a
+    `--timeout` shorter than that cut it off: a stack dump of `time.sleep` in the journal poll
+    instead of "still in flight" (and no logs kept). It now takes half the time left."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_t='''
+from callstate.client import Script
+
+def test_left_held(callstate_server_factory):
+    srv = callstate_server_factory()
+    call = srv.client().start(Script("hold", on_cancel="ignore"))
+    srv.wait_dispatched(call.call_id)
+    call.cancel(abortive=False)   # a notice its script ignores: the server holds the call on
+''')
+    result = pytester.runpytest_subprocess(*LEAN, "--timeout", "3", "--callstate-log-dir", "kept", timeout=50)
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "still in flight: the server holds it in D" in out and "Timeout" not in out, out
+    assert (pytester.path / "kept" / "test_t.py_test_left_held" / "server.jsonl").exists()

@@ -125,6 +125,19 @@ def pytest_configure(config: pytest.Config) -> None:
                             "descriptor_set=FILE, mix=..., max_hold=...): configure the callstate_standin fixture")
 
 
+_TIMEOUT_AT = pytest.StashKey[float]()   # when pytest-timeout cuts the test off (setup to teardown)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout times this test, its teardown too: the teardown's check must leave itself
+    time to say what it found before that timer cuts it off with a stack dump."""
+    import time
+
+    if not settings.func_only:
+        item.stash[_TIMEOUT_AT] = time.monotonic() + settings.timeout
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield
@@ -211,6 +224,7 @@ def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
     # from where pytest was started, not from wherever the test has moved the working directory to
     where = request.config.invocation_params.dir / log_dir if log_dir else None
     calls = TestCalls(request.node.nodeid, where, SETTLE)
+    calls.timeout_at = request.node.stash.get(_TIMEOUT_AT, None)
     request.node.stash[_CALLS] = calls
     yield calls
     failure = calls.check()
