@@ -121,3 +121,19 @@ def test_left_held(callstate_server_factory):
     out = result.stdout.str()
     assert "still in flight: the server holds it in D" in out and "Timeout" not in out, out
     assert (pytester.path / "kept" / "test_t.py_test_left_held" / "server.jsonl").exists()
+
+
+@pytest.mark.asyncio
+async def test_an_async_test_blocking_its_loop_on_wait_dispatched_is_warned_and_has_an_awaitable_twin(
+        callstate_server_factory) -> None:
+    """`wait_dispatched` in an asyncio test blocks the loop the AsyncClient's call goes out on:
+    it returned [] after its timeout with nothing saying why, and there was no awaitable
+    `await_dispatched` (only `await_history`)."""
+    srv = callstate_server_factory()
+    call = srv.async_client().start(Script("hold"))
+    with pytest.warns(RuntimeWarning, match=r"gave up while blocking a running event loop.*await_dispatched"):
+        assert srv.wait_dispatched(call.call_id, timeout=0.2) == []
+    assert [e["state"] for e in await srv.await_dispatched(call.call_id)] == [D]
+    call.cancel()
+    with pytest.raises(CallError):
+        await call
