@@ -137,3 +137,17 @@ async def test_an_async_test_blocking_its_loop_on_wait_dispatched_is_warned_and_
     call.cancel()
     with pytest.raises(CallError):
         await call
+
+
+def test_a_plain_clients_states_below_the_servers_are_said_to_carry_no_time(callstate_server_factory) -> None:
+    """A client of the test's own logs no times: its states were listed after the server's
+    End as if the client had moved last, with nothing saying their order is unknown."""
+    from callstate.client import Client
+
+    srv = callstate_server_factory()
+    with Client(srv.target) as client:
+        call = client.start(Script("complete"))
+        call.result(timeout=5)
+        with pytest.raises(AssertionError) as err:
+            assert_lifecycle(call, client=[C, END], journal=srv)
+    assert "the client's states carry no time, so they stand below the server's" in str(err.value)
