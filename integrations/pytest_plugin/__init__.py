@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["assert_lifecycle"]
 
 _CALLS = pytest.StashKey["TestCalls"]()
-_KEPT = pytest.StashKey[list[tuple[str, Path]]]()   # (test id, folder) of every test whose logs were kept
 _STANDIN_INI = {"callstate_protos": ".proto files the callstate_standin fixture serves (paths from the rootdir)",
                 "callstate_proto_path": "import paths of those .proto files (protoc's -I)",
                 "callstate_descriptor_set": "or: a FileDescriptorSet the callstate_standin fixture serves",
@@ -121,26 +120,53 @@ def _target_access(config: pytest.Config) -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ACCESS] = _target_access(config)
+    config.pluginmanager.register(_KeptLogs(), "callstate-kept-logs")
     config.addinivalue_line("markers", "callstate_standin(protos=[...], proto_path=[...], rules=FILE, "
                             "descriptor_set=FILE, mix=..., max_hold=...): configure the callstate_standin fixture")
+
+
+_TIMEOUT_AT = pytest.StashKey[float]()   # when pytest-timeout cuts the test off (setup to teardown)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout times this test, its teardown too: the teardown's check must leave itself
+    time to say what it found before that timer cuts it off with a stack dump."""
+    import time
+
+    if not settings.func_only:
+        item.stash[_TIMEOUT_AT] = time.monotonic() + settings.timeout
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield
-    if report.when == "call" and report.failed and _CALLS in item.stash:
-        item.stash[_CALLS].test_failed = True   # its logs are kept under --callstate-log-dir
+    calls = item.stash.get(_CALLS, None)
+    if calls is not None and report.when == "call" and report.failed:
+        calls.test_failed = True   # its logs are kept under --callstate-log-dir
+    if calls is not None and report.when == "teardown" and calls.kept is not None:
+        report.callstate_kept = str(calls.kept)   # travels with the report (pytest-xdist: to the controller)
     return report
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Which folder holds which failed test's logs (a parametrized id is made a folder name
-    with a digest, so the id alone does not say)."""
-    kept = config.stash.get(_KEPT, [])
-    if kept:
-        terminalreporter.section("callstate: both sides' logs kept")
-        for nodeid, folder in kept:
-            terminalreporter.write_line(f"{folder}  {nodeid}")
+class _KeptLogs:
+    """Which folder holds which failed test's logs, gathered from the test reports: under
+    pytest-xdist the workers run the tests, and only their reports reach the summary."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        folder = getattr(report, "callstate_kept", None)
+        if folder and report.when == "teardown":
+            self.kept.append((report.nodeid, folder))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """(A parametrized id is made a folder name with a digest, so the id alone does not say.)"""
+        if self.kept:
+            terminalreporter.section("callstate: both sides' logs kept")
+            for nodeid, folder in self.kept:
+                terminalreporter.write_line(f"{folder}  {nodeid}")
 
 
 def _fail(message: str) -> None:
@@ -198,11 +224,10 @@ def callstate_calls(request: pytest.FixtureRequest) -> Iterator["TestCalls"]:
     # from where pytest was started, not from wherever the test has moved the working directory to
     where = request.config.invocation_params.dir / log_dir if log_dir else None
     calls = TestCalls(request.node.nodeid, where, SETTLE)
+    calls.timeout_at = request.node.stash.get(_TIMEOUT_AT, None)
     request.node.stash[_CALLS] = calls
     yield calls
     failure = calls.check()
-    if calls.kept is not None:
-        request.config.stash.setdefault(_KEPT, []).append((request.node.nodeid, calls.kept))
     if failure:
         _fail(failure)
 
@@ -242,6 +267,10 @@ def _test_loop_runner(request: pytest.FixtureRequest) -> Any:
     here sets it up before this fixture and tears it down after, so the client can be closed
     on its own loop."""
     marker = request.node.get_closest_marker("asyncio")
+    if marker is None and request.node.get_closest_marker("anyio") is not None:
+        _fail("callstate_async_client is made on pytest-asyncio's loop, and this test runs on anyio's: mark it "
+              "@pytest.mark.asyncio instead, or make the client in the test, on its own loop: "
+              "callstate_server_factory().async_client()")
     if marker is None:
         _fail("callstate_async_client is for asyncio tests run by pytest-asyncio (mark the test "
               "@pytest.mark.asyncio, or set asyncio_mode = auto); a sync test uses callstate_client")

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -66,6 +66,20 @@ class TestCalls:
         self.test_failed = False
         self.verdict: str | None = None   # the check's text, once run: the same for every caller
         self.kept: Path | None = None     # where its logs were kept (--callstate-log-dir)
+        self.timeout_at: float | None = None   # pytest-timeout's end of the test (time.monotonic), if it times it
+
+    def call_ids(self) -> list[str]:
+        """The id of every call the test made through the plugin's clients, in the order made."""
+        return [call_id for rec in self.recorders for call_id in rec.calls()]
+
+    def __len__(self) -> int:
+        return len(self.call_ids())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.call_ids())
+
+    def __repr__(self) -> str:
+        return f"<callstate_calls of {self.nodeid}: {len(self)} call(s)>"
 
     def recorder(self, server: ServerHandle) -> Recorder:
         rec = Recorder(server)
@@ -89,6 +103,8 @@ class TestCalls:
 
     def _check(self) -> str:
         self.close_clients()
+        if self.timeout_at is not None:   # pytest-timeout would cut the check off: it takes half the time left
+            self.settle = min(self.settle, max(0.0, (self.timeout_at - time.monotonic()) / 2))
         found = _Findings()
         deadline = time.monotonic() + self.settle   # one bound for all the test's calls
         for rec in self.recorders:
@@ -144,7 +160,7 @@ class TestCalls:
                 found.broken_logs.append(rec.server.log_path)
 
     def _in_flight(self, state: str) -> str:
-        return (f"  still in flight: the server holds it in {state} {self.settle:g} s after the client ended it "
+        return (f"  still in flight: the server holds it in {state} {self.settle:.3g} s after the client ended it "
                 "(the test left it there, e.g. with a cancel the server ignores: wait for its outcome before "
                 "the test ends)")
 

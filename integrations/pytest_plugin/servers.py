@@ -50,6 +50,21 @@ def emulator_config(settings: dict[str, Any], also: tuple[str, ...] = ()) -> Any
     return emulator
 
 
+def _blocked_loop_warning() -> None:
+    """A wait that gave up on this thread's running event loop may have waited for a call that
+    could not go out: an AsyncClient's calls on that loop are sent (and cancelled) by it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    import warnings
+
+    warnings.warn("callstate: wait_history/wait_dispatched gave up while blocking a running event loop: an "
+                  "AsyncClient's calls on that loop cannot go out or end meanwhile; in an async test use "
+                  "`await server.await_dispatched(call_id)` or `await server.await_history(call_id)`",
+                  RuntimeWarning, stacklevel=4)
+
+
 def ended(entries: list[dict[str, Any]]) -> bool:
     return any(e["state"] == END and e["event"] == ENTER for e in entries)
 
@@ -106,8 +121,10 @@ class ServerHandle:
         while True:
             entries = self.history(call_id)
             waited = time.monotonic() - t0
-            if until(entries) or waited > timeout or (not entries and unseen_timeout is not None
-                                                       and waited > unseen_timeout):
+            if until(entries):
+                return entries
+            if waited > timeout or (not entries and unseen_timeout is not None and waited > unseen_timeout):
+                _blocked_loop_warning()
                 return entries
             time.sleep(delay)   # polling the journal for the evidence, bounded by the deadline
             delay = min(delay * 2, 0.05)
@@ -121,6 +138,11 @@ class ServerHandle:
         """`history` once the server has dispatched the call (e.g. before cancelling a held call,
         so the cancel is sure to reach a call the server holds)."""
         return self.wait_history(call_id, timeout, until=bool)
+
+    async def await_dispatched(self, call_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """`wait_dispatched` for asyncio tests: the test's loop keeps running meanwhile (an
+        AsyncClient's call goes out on that loop: blocked, it would never be dispatched)."""
+        return await self.await_history(call_id, timeout, until=bool)
 
     def counters(self) -> pb.Counters:
         """Journal/GetCounters: in flight, dispatched, ended, by state, by code."""

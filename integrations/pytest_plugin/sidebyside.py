@@ -55,4 +55,7 @@ def side_by_side(client: list[dict[str, Any]], server: list[dict[str, Any]],
         out.append(f"    {'(no client entries)':<{width}}|")
     if not server:
         out.append(f"    {'':<{width}}| (no server entries: the server never saw the call)")
+    if any(not e.get("ts") for e in client):
+        out.append("    (the client's states carry no time, so they stand below the server's, in their own order: "
+                   "the call's client is not one of the plugin's, which record each entry's time)")
     return "\n".join(out)
