@@ -221,12 +221,23 @@ def check_own(client_log: Path, srv: ServerProcess, timeout: float = EVIDENCE_WA
     entries = read_entries(client_log)
     ids = set(dict.fromkeys(e["call_id"] for e in entries))
     # a call the client completed with 0 the server completed: its lines may still be in the
-    # server's write buffer (flushed every 50 ms); another may never have reached it
+    # server's write buffer (flushed every 50 ms); another may never have reached it. The lines
+    # judged are the very snapshot the wait found complete: a second read could hold the first
+    # lines of a call the wait saw none of, without its End (not_ended).
     served = {e["call_id"] for e in entries if e["state"] == "End" and e.get("code") == 0}
-    for call_id in ids:
-        wait_entries(srv.log, call_id, until=ended if call_id in served else lambda es: not es or ended(es),
-                     timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in complete_lines(srv.log.read_bytes() if srv.log.exists() else b"")
+                 if line.strip()]
+        by_call: dict[str, list[dict[str, Any]]] = {call_id: [] for call_id in ids}
+        for line in lines:
+            e = orjson.loads(line)
+            if e["call_id"] in by_call:
+                by_call[e["call_id"]].append(e)
+        if all(ended(es) or (not es and call_id not in served) for call_id, es in by_call.items()) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     own = client_log.with_name(f"{client_log.stem}.server-own.jsonl")
-    own.write_bytes(b"".join(line + b"\n" for line in complete_lines(srv.log.read_bytes())
-                             if line.strip() and orjson.loads(line)["call_id"] in ids))
+    own.write_bytes(b"".join(line + b"\n" for line in lines if orjson.loads(line)["call_id"] in ids))
     return check_files([client_log, own])
