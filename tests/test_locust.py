@@ -242,4 +242,8 @@ def test_cancel_propagation_reaches_the_statistics_while_the_run_goes(tmp_path: 
         rows = [row for row in csv.DictReader(f) if row["Name"] == "cancel propagation"]
     start = int(rows[0]["Timestamp"])
     live = max(int(row["Total Request Count"]) for row in rows if int(row["Timestamp"]) <= start + 8)
-    assert final > 50 and live >= 0.6 * final, (live, final)
+    # The bug this guards left 0.12 of the samples live on a quiet machine (315 of 2,699): the
+    # follower fell seconds behind. Kept up, 0.8 are live on a quiet machine; with the machine's
+    # 2 cores oversubscribed 6 to 8 times (load average 12-17), the follower greenlet is scheduled
+    # rarely and 0.34-0.6 were (six runs): the bound sits between the bug and that.
+    assert final > 50 and live >= 0.25 * final, (live, final)
