@@ -306,7 +306,23 @@ rm -rf "$CTX/build" "$CTX"/*.egg-info
 log "wheels: $(cd "$WHEELS" && ls | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- 4. compose build
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The emulator binds its port seconds after it is chosen (the image builds in between): a port the
+# kernel hands out (bind to 0) may meanwhile be taken as another socket's ephemeral port ("Address
+# already in use", seen under load). One below the ephemeral range, free now, is not handed out so.
+PORT=$(python3 - <<'PYEOF'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for port in random.sample(range(max(1024, low - 12000), low), 200):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+PYEOF
+)
+[ -n "$PORT" ] || die "no free port below the ephemeral range"
 REPORTS=$WORK/reports
 mkdir -p "$REPORTS"
 export CALLSTATE_IMAGE=callstate-ctr:$$
