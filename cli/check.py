@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -83,8 +84,11 @@ def progress_of(mode: str) -> Progress | None:
 
 
 LOGS_HELP = ("state log files (JSON lines, gzip'd or not), or folders of them (their *.jsonl and *.jsonl.gz "
-             "files): e.g. one client log and the server logs of every replica behind a balancer")
-LOG_SUFFIXES = (".jsonl", ".jsonl.gz")
+             "files, and logrotate's numbered ones: *.jsonl.1, *.jsonl.2.gz, ...): e.g. one client log and the "
+             "server logs of every replica behind a balancer")
+# A folder's state logs: x.jsonl, x.jsonl.gz, and the numbered ones logrotate leaves beside them
+# (x.jsonl.1, x.jsonl.2.gz): a call's entries may be split over a log and its rotated part.
+LOG_NAME = re.compile(r"\.jsonl(\.\d+)?(\.gz)?\Z")
 
 
 def log_paths(args: list[str]) -> list[Path]:
@@ -97,7 +101,7 @@ def log_paths(args: list[str]) -> list[Path]:
                 names = os.listdir(arg)
             except OSError as exc:
                 raise OSError(f"{arg}: the folder cannot be read ({exc.strerror or exc})") from None
-            found = sorted(p for p in map(arg.joinpath, names) if p.name.endswith(LOG_SUFFIXES) and p.is_file())
+            found = sorted(p for p in map(arg.joinpath, names) if LOG_NAME.search(p.name) and p.is_file())
             if not found:
                 raise OSError(f"{arg}: a folder with no state log in it (no *.jsonl or *.jsonl.gz file)")
             paths += found

@@ -140,3 +140,24 @@ def test_unreadable_or_foreign_files_are_clear_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "garbage.jsonl:1: not JSON" in result.stderr
     result = cli("check", str(tmp_path / "missing.jsonl"))
     assert result.returncode == 2 and "missing.jsonl" in result.stderr
+
+
+def test_a_folder_with_logrotates_numbered_parts_is_checked_whole(tmp_path: Path) -> None:
+    """`check logs/` read only *.jsonl and *.jsonl.gz: the parts logrotate leaves beside a log
+    (server.jsonl.1, server.jsonl.2.gz) were skipped, and the calls split over them failed."""
+    import gzip
+
+    from tests.test_audit33_check import run_logs
+    c, s = run_logs(tmp_path)
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "client.jsonl").write_bytes(c.read_bytes())
+    lines = s.read_bytes().splitlines(keepends=True)
+    third = len(lines) // 3
+    (folder / "server.jsonl.2.gz").write_bytes(gzip.compress(b"".join(lines[:third])))   # the oldest part
+    (folder / "server.jsonl.1").write_bytes(b"".join(lines[third:2 * third]))
+    (folder / "server.jsonl").write_bytes(b"".join(lines[2 * third:]))
+    (folder / "server.jsonl.bak").write_text("not a log\n")   # other names are left alone
+    (folder / "notes.txt").write_text("not a log\n")
+    done = cli("check", str(folder))
+    assert done.returncode == 0 and "20 calls" in done.stdout and "from 4 files" in done.stdout, done.stdout + done.stderr
