@@ -23,6 +23,14 @@ PemSource = Union[str, Path, bytes, None]   # a path to a PEM file, or the PEM b
 MAX_PEM_BYTES = 1024 * 1024   # a certificate chain or CA bundle is far smaller
 
 
+def error_text(exc: BaseException) -> str:
+    """What a reading failed on, for one line: `path: No such file or directory` for an OSError
+    that names its file (Python's own text is `[Errno 2] No such file or directory: 'path'`)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
 def read_pem(source: PemSource, what: str) -> bytes | None:
     """The PEM bytes of `source`; OSError naming `what` when the file cannot be read."""
     if source is None or isinstance(source, bytes):

@@ -15,6 +15,7 @@ from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES
 from callstate.cli.options import para
 from callstate.cli.terminal import printable
+from callstate.files import error_text
 from callstate.logfile import ReadProgress, check_files
 from callstate.statelog import LogFormatError
 
@@ -128,7 +129,7 @@ def run(opts: argparse.Namespace) -> int:
         report = check_files(log_paths(opts.logs), warn=lambda text: print(f"callstate check: warning: {text}", file=sys.stderr),
                              progress=progress_of(opts.progress))
     except (OSError, LogFormatError) as exc:
-        print(f"callstate check: {exc}", file=sys.stderr)
+        print(f"callstate check: {error_text(exc)}", file=sys.stderr)
         return 2
     allow = opts.allow_one_side
     text = (orjson.dumps(report.to_json(allow), option=orjson.OPT_INDENT_2).decode() if opts.json

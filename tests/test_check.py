@@ -161,3 +161,13 @@ def test_a_folder_with_logrotates_numbered_parts_is_checked_whole(tmp_path: Path
     (folder / "notes.txt").write_text("not a log\n")
     done = cli("check", str(folder))
     assert done.returncode == 0 and "20 calls" in done.stdout and "from 4 files" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_log_that_is_not_there_is_named_in_plain_words(tmp_path: Path, command: str) -> None:
+    """It was Python's `[Errno 2] No such file or directory: '...'`."""
+    missing = tmp_path / "load.jsonl"
+    done = cli(command, str(missing), *(["--html", str(tmp_path / "r.html")] if command == "report" else []))
+    assert done.returncode == 2 and done.stderr == f"callstate {command}: {missing}: No such file or directory\n", \
+        done.stderr
+    assert not (tmp_path / "r.html").exists()

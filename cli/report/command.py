@@ -12,7 +12,7 @@ from callstate.check import counted
 from callstate.cli.check import LOGS_HELP, log_paths
 from callstate.cli.options import para
 from callstate.cli.outputs import output_problem
-from callstate.files import write_atomically
+from callstate.files import error_text, write_atomically
 from callstate.statelog import LogFormatError
 
 # run()'s extension modules load with this module, while main() defers Ctrl-C (cli/check.py).
@@ -58,7 +58,7 @@ def run(opts: argparse.Namespace) -> int:
         if opts.json:
             write_atomically(opts.json, orjson.dumps(report, option=orjson.OPT_INDENT_2))
     except (OSError, LogFormatError) as exc:
-        print(f"callstate report: {exc}", file=sys.stderr)
+        print(f"callstate report: {error_text(exc)}", file=sys.stderr)
         return 2
     check = report["check"]
     verdict = check["verdict"]   # the page's: the checker's own rule, as `callstate check` applies it
