@@ -83,7 +83,8 @@ class PipeRun:
         self.null_push_seen = False   # it came as an explicit null-push message
         self.stream_closed = False    # the request stream itself ended (END_STREAM, or torn down)
         self.caller_breach = False    # the caller pushed after its null push
-        self.oversize: str | None = None   # a push over the server's payload limit: why the call is refused
+        # a push refused (over the server's payload limit, or not the stand-in's request type): why the call ends 87
+        self.bad_push: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self.log_messages = owner.log_messages
         self.policy = script.on_cancel or pb.ON_CANCEL_ABORT
@@ -122,7 +123,7 @@ class PipeRun:
                 self.received += 1
                 size = len(msg.payload) if pipe_messages else msg.ByteSize()
                 if size > limit:   # refused here, said as such to both sides
-                    self.oversize = f"push {self.received}: {size} bytes, over the server's payload limit ({limit} bytes)"
+                    self.bad_push = f"push {self.received}: {size} bytes, over the server's payload limit ({limit} bytes)"
                     call.wake()
                     return
                 if pipe_messages:
@@ -133,7 +134,7 @@ class PipeRun:
                     call.wake()
                     return
         except BadPush as exc:   # a stand-in's caller sent a message that is not its method's request
-            self.oversize = str(exc)
+            self.bad_push = str(exc)
             call.wake()
             return
         except BaseException as exc:   # the call is being torn down under the iterator
@@ -203,8 +204,8 @@ class PipeRun:
         if self.hold_deadline is not None and asyncio.get_running_loop().time() >= self.hold_deadline:
             await self.abort(codes.RPC_S_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"held for the server's max hold time ({self.owner.config.max_hold:g}s)")
-        if self.oversize is not None:
-            await self.abort(codes.RPC_S_INVALID_ARG, grpc_status_for(codes.RPC_S_INVALID_ARG), self.oversize)
+        if self.bad_push is not None:
+            await self.abort(codes.RPC_S_INVALID_ARG, grpc_status_for(codes.RPC_S_INVALID_ARG), self.bad_push)
         if self.caller_breach:   # the runtime fails the call (a caller that checks its own pushes never gets here)
             await self.abort(codes.RPC_X_PIPE_DISCIPLINE_ERROR, grpc_status_for(codes.RPC_X_PIPE_DISCIPLINE_ERROR),
                              "the caller pushed after its null push")

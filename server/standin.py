@@ -134,28 +134,30 @@ class Standin:
         pipes = emulator.pipes
         encode = m.response.SerializeToString
 
-        async def unary(data: bytes, context: grpc.aio.ServicerContext) -> Message:
-            request = decoded(m, data)
-            if not isinstance(request, Message):
-                await refuse(context, request)
+        async def answered(request: Message | None, context: grpc.aio.ServicerContext) -> Answer:
+            """The call's answer (refused before its dispatch when there is none)."""
             got = answer(m, request, dict(context.invocation_metadata() or ()))
             if not isinstance(got, Answer):
                 await refuse(context, got)
-            return await emulator.Call(request, context, got)
+            return got
+
+        async def one_request(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+            """A unary or server-streaming call's request (refused before its dispatch when it does not decode)."""
+            request = decoded(m, data)
+            if not isinstance(request, Message):
+                await refuse(context, request)
+            return request
+
+        async def unary(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+            request = await one_request(data, context)
+            return await emulator.Call(request, context, await answered(request, context))
 
         async def server_stream(data: bytes, context: grpc.aio.ServicerContext) -> None:
-            request = decoded(m, data)
-            if not isinstance(request, Message):
-                await refuse(context, request)
-            got = answer(m, request, dict(context.invocation_metadata() or ()))
-            if not isinstance(got, Answer):
-                await refuse(context, got)
-            await pipes.serve(PIPE_OUT, None, None, context, got)
+            request = await one_request(data, context)
+            await pipes.serve(PIPE_OUT, None, None, context, await answered(request, context))
 
         async def client_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            got = answer(m, None, dict(context.invocation_metadata() or ()))
-            if not isinstance(got, Answer):
-                await refuse(context, got)
+            got = await answered(None, context)
             return await pipes.serve(m.kind, None, decoded_stream(m, requests), context, got)
 
         if m.kind == UNARY:
