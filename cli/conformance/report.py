@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from callstate.check import counted
 from callstate.cli.conformance.properties import PROPERTIES, Row
 
 DIRECT, PROXY = "direct", "proxy"
@@ -14,10 +15,22 @@ def failed(rows: dict[str, list[Row]]) -> list[tuple[str, Row]]:
     return [(path, row) for path, path_rows in rows.items() for row in path_rows if row.ok is False]
 
 
-def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, ...] = ()) -> str:
-    """`only`: the properties --only asked for (the verdict then speaks of those alone)."""
+def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, ...] = (), error: str = "",
+          seconds: float | None = None) -> str:
+    """`only`: the properties --only asked for (the verdict then speaks of those alone); `error`: why the
+    run ended before its verdict (the rows judged until then are shown); `seconds`: the run's time, on
+    the line before the verdict, which is the last line."""
     by_path = {path: {r.prop: r for r in path_rows} for path, path_rows in rows.items()}
     props = [p for p in PROPERTIES if any(p in by_path[path] for path in by_path)]
+    last = [] if seconds is None else [f"({seconds:.1f} s)"]
+    if error:
+        judged = sum(map(len, rows.values()))
+        last.append(f"conformance: NO VERDICT — {error} ({counted(judged, 'row')} judged"
+                    + (", shown above)" if judged else ")"))
+    else:
+        last.append(verdict_line(rows, only))
+    if not props:
+        return "\n".join(last)
 
     def cell(path: str, prop: str) -> str:
         row = by_path.get(path, {}).get(prop)
@@ -29,7 +42,7 @@ def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, 
     lines += [f"{p:<{width}}  {cell(DIRECT, p):<{col}}  {cell(PROXY, p)}" for p in props]
     notes = [f"{row.verdict} {row.prop} ({heads[path]}): {row.note}" for path, path_rows in rows.items()
              for row in path_rows if row.note and row.ok is not True]
-    return "\n".join(lines + [""] + notes + [verdict_line(rows, only)])
+    return "\n".join(lines + [""] + notes + last)
 
 
 def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
