@@ -10,7 +10,7 @@ import signal
 import sys
 import textwrap
 import time
-from typing import Any, Callable, Coroutine, TextIO
+from typing import Any, Callable, Coroutine, NoReturn, TextIO
 
 from callstate.cli import COMMANDS
 from callstate.cli.conformance.battery import BatteryConfig
@@ -215,26 +215,14 @@ def run(opts: argparse.Namespace) -> int:
     own = ServerProcess(opts.serve_bind or DEFAULT_SERVE_BIND, opts.serve_port, max_hold) if opts.serve_port is not None else None
     use_access(settings, own.target if own is not None else None)   # the server it starts: plaintext, no token
     setup.own_server = own
-    if not opts.quiet and (opts.progress == "always" or (opts.progress == "auto" and sys.stderr.isatty())):
+    if shows_progress(opts, sys.stderr):
         setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
     try:
         rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
         return usage(str(exc))
     except Interrupted as stop:
-        name = signal.Signals(stop.signum).name
-        why = f"interrupted by {name} before the run ended"
-        print(f"callstate conformance: interrupted by {name}"
-              + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
-        try:
-            outputs(why)
-            print(table(setup.rows, opts.proxy, setup.server, opts.only, why))   # what was measured, also on stdout
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if own is not None:
-                own.cleanup()
-            os._exit(128 + stop.signum)   # now: what is left of grpc's shutdown may not end in time
+        _end_interrupted(stop.signum, opts, setup, outputs, own)
     except Exception as exc:   # a fault of conformance itself: the outputs still say the run has no verdict
         outputs(f"conformance failed: {exc!r}")
         raise
@@ -249,6 +237,32 @@ def run(opts: argparse.Namespace) -> int:
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
     return 1 if failed(rows) else 0
+
+
+def shows_progress(opts: argparse.Namespace, out: TextIO) -> bool:
+    """--progress: auto shows the lines only on a terminal, always also in a log or a file; --quiet: never."""
+    return not opts.quiet and (opts.progress == "always" or (opts.progress == "auto" and out.isatty()))
+
+
+def _end_interrupted(signum: int, opts: argparse.Namespace, setup: Any, outputs: Callable[[str], bool],
+                     own: Any) -> NoReturn:
+    """SIGINT or SIGTERM: the outputs say the run has no verdict, stdout shows the rows judged until
+    then (nothing measured is lost without --report), and the command exits 128 + the signal now."""
+    from callstate.cli.conformance.report import table
+
+    name = signal.Signals(signum).name
+    why = f"interrupted by {name} before the run ended"
+    print(f"callstate conformance: interrupted by {name}"
+          + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
+    try:
+        outputs(why)
+        print(table(setup.rows, opts.proxy, setup.server, opts.only, why))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if own is not None:
+            own.cleanup()
+        os._exit(128 + signum)   # now: what is left of grpc's shutdown may not end in time
 
 
 def _settings_problem(opts: argparse.Namespace, max_hold: float) -> str | None:

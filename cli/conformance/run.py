@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Final
 
 import grpc
 
@@ -89,7 +89,8 @@ async def _why_unreachable(channel: grpc.aio.Channel, target: str) -> str:
     return ""
 
 
-GATEWAY_HEADERS = ("server", "via")   # response headers a proxy adds; the callstate server sends neither
+SERVER_HEADER: Final = "server"   # the HTTP response header naming the software that answered
+GATEWAY_HEADERS = (SERVER_HEADER, "via")   # response headers a proxy adds; the callstate server sends neither
 
 
 async def _identify(target: str) -> str:
@@ -110,7 +111,7 @@ async def _identify(target: str) -> str:
     finally:
         await channel.close()
     found = {k: str(v) for k, v in metadata if k in GATEWAY_HEADERS}
-    return ", ".join(f"{k}: {v}" if k != "server" else v for k, v in found.items())
+    return ", ".join(f"{k}: {v}" if k != SERVER_HEADER else v for k, v in found.items())
 
 
 async def _probe(target: str, journal: ServerJournal) -> None:
