@@ -5,6 +5,7 @@ measured on stdout, progress into a CI log, and the gateway matrix tool's bad in
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import signal
@@ -123,6 +124,22 @@ def test_an_html_path_that_cannot_be_written_is_one_line_before_the_run(tmp_path
     assert not page.exists() and not (tmp_path / "c.json").exists()
 
 
+def test_html_without_jinja2_is_one_line_before_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], refused_target: str) -> None:
+    """The page needs Jinja2 (the report extra), as `callstate report` does: said before anything runs."""
+    from callstate.cli import build_parser
+    from callstate.cli.conformance import command
+    from callstate.cli.report import html_report
+
+    monkeypatch.setattr(html_report, "available", lambda: html_report.MISSING_JINJA)
+    page = tmp_path / "c.html"
+    opts = build_parser().parse_args(["conformance", "--server", refused_target, "--proxy", refused_target,
+                                      "--html", str(page)])
+    assert command.run(opts) == 2
+    assert one_line(capsys.readouterr().err) == f"callstate conformance: {html_report.MISSING_JINJA}"
+    assert not page.exists()
+
+
 # -- the text output and a long run ----------------------------------------------------------------
 
 def test_the_verdict_is_the_last_line_after_the_runs_time() -> None:
@@ -167,23 +184,25 @@ def test_progress_and_quiet_together_is_a_usage_error(refused_target: str) -> No
 
 # -- tools/gateway-matrix.sh: which gateways ---------------------------------------------------------
 
-def _matrix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "gateway_matrix.py"), *args], capture_output=True,
-                          text=True, timeout=60)
+def _matrix(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The tool with no proxy on its PATH (nor in `tmp`, its --pypi-bin): whatever it is asked, it can
+    measure nothing, so a run that ought to be refused cannot rewrite docs/gateways.md instead."""
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "gateway_matrix.py"), "--pypi-bin", str(tmp), *args],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(tmp)})
 
 
 def test_an_unknown_gateway_is_one_line_and_the_committed_matrix_is_never_emptied(tmp_path: Path) -> None:
     """`tools/gateway-matrix.sh --only nginix` ran nothing and wrote docs/gateways.md with no row, exit 0;
     --only nginx wrote it with nginx's row alone. Now: an unknown family is one line naming the choices,
     --only needs --out, and a run that measured no proxy leaves the page as it was (exit 1)."""
-    unknown = _matrix("--pypi-bin", str(tmp_path), "--only", "nginix", "--out", str(tmp_path / "g.md"))
+    unknown = _matrix(tmp_path, "--only", "nginix", "--out", str(tmp_path / "g.md"))
     assert unknown.returncode == 2 and "invalid choice: 'nginix'" in one_line(unknown.stderr)
     assert "'nginx', 'haproxy', 'traefik', 'caddy', 'apache'" in unknown.stderr
-    alone = _matrix("--pypi-bin", str(tmp_path), "--only", "nginx")
+    alone = _matrix(tmp_path, "--only", "nginx")
     assert alone.returncode == 2 and "give --out FILE" in one_line(alone.stderr)
     page = tmp_path / "g.md"
     page.write_text("the matrix as it was\n")
-    nothing = _matrix("--pypi-bin", str(tmp_path), "--only", "traefik", "--out", str(page))   # not in tmp_path
+    nothing = _matrix(tmp_path, "--only", "nginx", "--out", str(page))
     assert nothing.returncode == 1 and "no proxy was measured" in nothing.stderr, nothing.stderr
     assert page.read_text() == "the matrix as it was\n"
 
