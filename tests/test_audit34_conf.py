@@ -213,3 +213,20 @@ def test_every_property_has_its_row_in_the_html_table() -> None:
     rows = {DIRECT: [Row(p, True, "ok") for p in PROPERTIES], PROXY: [Row(p, True, "ok") for p in PROPERTIES]}
     text = html_page.render(to_json(rows, "p:1", "s:2", {}, 1.0), verdict_line(rows), "")
     assert [m for m in re.findall(r'<tr><td><a href="#([\w-]+)">', text)] == list(PROPERTIES)
+
+
+def test_a_run_that_tested_nothing_is_not_ok(tmp_path: Path, refused_target: str) -> None:
+    """`--server X --only graceful-stop`: the row is skipped on both paths (only with --serve-port), and
+    the run said "conformance: OK — every property asked for (1 of 20, --only) holds through the proxy",
+    exit 0, JSON ok: nothing had been measured. Now NOT TESTED, exit 1, ok false, as `callstate check`
+    is NOT JUDGED, never OK, on logs it cannot judge."""
+    from callstate.cli.conformance.report import untested
+    rows = {path: [Row(GRACEFUL_STOP, None, note="skipped: only with --serve-port")] for path in (DIRECT, PROXY)}
+    assert untested(rows) and table(rows, "p:1", "s:2").splitlines()[-1] == (
+        f"conformance: NOT TESTED — no property asked for could be tested here: {GRACEFUL_STOP} (see above)")
+    assert to_json(rows, "p:1", "s:2", {}, 1.0)["ok"] is False
+    from callstate.cli.conformance import html_page
+    page = html_page.render(to_json(rows, "p:1", "s:2", {}, 1.0), verdict_line(rows), "")
+    assert '<div class="verdict unjudged">conformance: NOT TESTED' in page
+    rows[PROXY].insert(0, Row(COMPLETE_SMALL, True, "4/4"))   # one row tested: OK, naming the one skipped
+    assert not untested(rows) and to_json(rows, "p:1", "s:2", {}, 1.0)["ok"] is True

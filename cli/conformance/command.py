@@ -63,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
                          "journal directly. One row per property, pass/fail with its figures. Exit status 0 when "
-                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage, an "
+                         "every property holds, 1 when one fails (named on the last line) or none could be tested "
+                         "(every one asked for skipped), 2 for bad usage, an "
                          "unreachable proxy or server, or a report that cannot be written, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
                          "the run has no verdict)."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +163,7 @@ def run(opts: argparse.Namespace) -> int:
     import orjson
 
     from callstate.cli.conformance import html_page
-    from callstate.cli.conformance.report import failed, junit_xml, table, to_json, verdict_line
+    from callstate.cli.conformance.report import failed, junit_xml, table, to_json, untested, verdict_line
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
     from callstate.cli.outputs import output_problem
@@ -236,7 +237,7 @@ def run(opts: argparse.Namespace) -> int:
         raise
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
-    return 1 if failed(rows) else 0
+    return 1 if failed(rows) or untested(rows) else 0   # nothing tested is never OK
 
 
 def shows_progress(opts: argparse.Namespace, out: TextIO) -> bool:

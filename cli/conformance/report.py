@@ -15,6 +15,11 @@ def failed(rows: dict[str, list[Row]]) -> list[tuple[str, Row]]:
     return [(path, row) for path, path_rows in rows.items() for row in path_rows if row.ok is False]
 
 
+def untested(rows: dict[str, list[Row]]) -> bool:
+    """No row was tested (every one asked for was skipped): the run has no verdict, never OK."""
+    return not any(row.ok is not None for path_rows in rows.values() for row in path_rows)
+
+
 def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, ...] = (), error: str = "",
           seconds: float | None = None) -> str:
     """`only`: the properties --only asked for (the verdict then speaks of those alone); `error`: why the
@@ -52,6 +57,8 @@ def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
         names = ", ".join(dict.fromkeys(f"{row.prop}" + (" (direct)" if path == DIRECT else "") for path, row in bad))
         return f"conformance: FAILED — {names}"
     skipped = ", ".join(dict.fromkeys(row.prop for path_rows in rows.values() for row in path_rows if row.ok is None))
+    if untested(rows):
+        return f"conformance: NOT TESTED — no property asked for could be tested here: {skipped or 'none ran'} (see above)"
     return ("conformance: OK — every property "
             + (f"asked for ({len(only)} of {len(PROPERTIES)}, --only) " if only else "")
             + "holds through the proxy" + (f"; not tested: {skipped} (see above)" if skipped else ""))
@@ -60,7 +67,8 @@ def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
             seconds: float, error: str = "") -> dict[str, Any]:
     """`error`: why the run ended before its verdict (exit 2, or interrupted); then not ok."""
-    return {"proxy": proxy, "upstream": server, "ok": not failed(rows) and not error, "error": error or None,
+    return {"proxy": proxy, "upstream": server, "ok": not failed(rows) and not error and not untested(rows),
+            "error": error or None,
             "seconds": round(seconds, 2), "config": config, "properties": PROPERTIES,
             "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],
             "rows": {path: [row.to_json() for row in path_rows] for path, path_rows in rows.items()}}
