@@ -163,7 +163,7 @@ def run(opts: argparse.Namespace) -> int:
     import orjson
 
     from callstate.cli.conformance import html_page
-    from callstate.cli.conformance.report import failed, junit_xml, table, to_json, untested, verdict_line
+    from callstate.cli.conformance.report import holds, junit_xml, table, to_json, verdict_line
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
     from callstate.cli.outputs import output_problem
@@ -237,7 +237,7 @@ def run(opts: argparse.Namespace) -> int:
         raise
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
-    return 1 if failed(rows) or untested(rows) else 0   # nothing tested is never OK
+    return 0 if holds(rows) else 1   # nothing tested is never OK
 
 
 def shows_progress(opts: argparse.Namespace, out: TextIO) -> bool:

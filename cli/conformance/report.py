@@ -20,6 +20,11 @@ def untested(rows: dict[str, list[Row]]) -> bool:
     return not any(row.ok is not None for path_rows in rows.values() for row in path_rows)
 
 
+def holds(rows: dict[str, list[Row]]) -> bool:
+    """The run's verdict is OK (exit 0): no row failed, and one at least was tested."""
+    return not failed(rows) and not untested(rows)
+
+
 def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, ...] = (), error: str = "",
           seconds: float | None = None) -> str:
     """`only`: the properties --only asked for (the verdict then speaks of those alone); `error`: why the
@@ -67,7 +72,7 @@ def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
             seconds: float, error: str = "") -> dict[str, Any]:
     """`error`: why the run ended before its verdict (exit 2, or interrupted); then not ok."""
-    return {"proxy": proxy, "upstream": server, "ok": not failed(rows) and not error and not untested(rows),
+    return {"proxy": proxy, "upstream": server, "ok": holds(rows) and not error,
             "error": error or None,
             "seconds": round(seconds, 2), "config": config, "properties": PROPERTIES,
             "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],
