@@ -230,3 +230,24 @@ def test_a_run_that_tested_nothing_is_not_ok(tmp_path: Path, refused_target: str
     assert '<div class="verdict unjudged">conformance: NOT TESTED' in page
     rows[PROXY].insert(0, Row(COMPLETE_SMALL, True, "4/4"))   # one row tested: OK, naming the one skipped
     assert not untested(rows) and to_json(rows, "p:1", "s:2", {}, 1.0)["ok"] is True
+
+
+def test_a_proxy_that_is_the_server_itself_is_said_so(tmp_path: Path) -> None:
+    """`--proxy` given the server's own address (a slip, or --serve-port N --proxy 127.0.0.1:N): every row
+    passed "through the proxy" and the verdict said the proxy keeps every property, with no proxy there."""
+    from markupsafe import escape
+
+    from callstate.cli.conformance import html_page
+    port = free_port()
+    page = tmp_path / "c.html"
+    res = cli("conformance", "--serve-port", str(port), "--proxy", f"127.0.0.1:{port}", *QUICK,
+              "--only", COMPLETE_SMALL, "--html", str(page), timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    note = (f"note: --proxy 127.0.0.1:{port} is the server's own address: no proxy stood between, so both columns "
+            "are the server straight; give the proxy's address to test it")
+    assert res.stdout.splitlines()[-3] == note, res.stdout
+    assert f'<p class="warning">{escape(note)}</p>' in page.read_text()
+    rows = {path: [Row(COMPLETE_SMALL, True, "4/4")] for path in (DIRECT, PROXY)}
+    assert "note:" not in table(rows, "127.0.0.1:8080", "127.0.0.1:50051")
+    assert "warning" not in html_page.render(to_json(rows, "127.0.0.1:8080", "127.0.0.1:50051", {}, 1.0),
+                                             verdict_line(rows), "").split("</style>")[1]

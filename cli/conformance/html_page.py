@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from callstate.cli.conformance.properties import PROPERTIES
-from callstate.cli.conformance.report import DIRECT, PROXY
+from callstate.cli.conformance.report import DIRECT, PROXY, SAME_ADDRESS
 from callstate.statelog import format_ts
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -42,7 +42,7 @@ def render(data: Mapping[str, Any], verdict: str, gateway: str) -> str:
     props = [p for p in PROPERTIES if any(p in rows for rows in by_path.values())]
     return html_report.environment(TEMPLATES).get_template(TEMPLATE).render(
         r=data, verdict=verdict, gateway=gateway, generated=format_ts(time.time()), props=props, by_path=by_path,
-        paths=(DIRECT, PROXY), evidence=evidence)
+        paths=(DIRECT, PROXY), evidence=evidence, same_address=SAME_ADDRESS.format(proxy=data["proxy"]))
 
 
 def write(data: Mapping[str, Any], verdict: str, gateway: str, path: str | Path) -> None:

@@ -9,6 +9,8 @@ from callstate.check import counted
 from callstate.cli.conformance.properties import PROPERTIES, Row
 
 DIRECT, PROXY = "direct", "proxy"
+SAME_ADDRESS = ("note: --proxy {proxy} is the server's own address: no proxy stood between, so both columns are "
+                "the server straight; give the proxy's address to test it")
 
 
 def failed(rows: dict[str, list[Row]]) -> list[tuple[str, Row]]:
@@ -52,6 +54,8 @@ def table(rows: dict[str, list[Row]], proxy: str, server: str, only: tuple[str, 
     lines += [f"{p:<{width}}  {cell(DIRECT, p):<{col}}  {cell(PROXY, p)}" for p in props]
     notes = [f"{row.verdict} {row.prop} ({heads[path]}): {row.note}" for path, path_rows in rows.items()
              for row in path_rows if row.note and row.ok is not True]
+    if proxy == server:
+        notes.append(SAME_ADDRESS.format(proxy=proxy))
     return "\n".join(lines + [""] + notes + last)
 
 
