@@ -218,18 +218,18 @@ def test_every_property_has_its_row_in_the_html_table() -> None:
 def test_a_run_that_tested_nothing_is_not_ok(tmp_path: Path, refused_target: str) -> None:
     """`--server X --only graceful-stop`: the row is skipped on both paths (only with --serve-port), and
     the run said "conformance: OK — every property asked for (1 of 20, --only) holds through the proxy",
-    exit 0, JSON ok: nothing had been measured. Now NOT TESTED, exit 1, ok false, as `callstate check`
-    is NOT JUDGED, never OK, on logs it cannot judge."""
-    from callstate.cli.conformance.report import untested
+    exit 0: nothing had been measured. Now NOT TESTED, exit 1, the page's verdict unjudged, as `callstate check`
+    is NOT JUDGED, never OK, on logs it cannot judge (the JSON is as it was: its rows say skip)."""
+    from callstate.cli.conformance.report import holds, untested
     rows = {path: [Row(GRACEFUL_STOP, None, note="skipped: only with --serve-port")] for path in (DIRECT, PROXY)}
     assert untested(rows) and table(rows, "p:1", "s:2").splitlines()[-1] == (
         f"conformance: NOT TESTED — no property asked for could be tested here: {GRACEFUL_STOP} (see above)")
-    assert to_json(rows, "p:1", "s:2", {}, 1.0)["ok"] is False
+    assert not holds(rows)   # exit status 1
     from callstate.cli.conformance import html_page
     page = html_page.render(to_json(rows, "p:1", "s:2", {}, 1.0), verdict_line(rows), "")
     assert '<div class="verdict unjudged">conformance: NOT TESTED' in page
     rows[PROXY].insert(0, Row(COMPLETE_SMALL, True, "4/4"))   # one row tested: OK, naming the one skipped
-    assert not untested(rows) and to_json(rows, "p:1", "s:2", {}, 1.0)["ok"] is True
+    assert not untested(rows) and holds(rows)
 
 
 def test_a_proxy_that_is_the_server_itself_is_said_so(tmp_path: Path) -> None:

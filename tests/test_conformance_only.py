@@ -47,7 +47,7 @@ def test_only_check_alone_is_skipped_not_passed_on_no_calls(tmp_path: Path) -> N
     data = orjson.loads(report.read_bytes())
     rows = data["rows"]
     assert [(r["property"], r["verdict"]) for r in rows["direct"] + rows["proxy"]] == [(CHECK, "skip")] * 2
-    assert "no other row ran (--only)" in res.stdout and data["ok"] is False
+    assert "no other row ran (--only)" in res.stdout
     assert res.stdout.splitlines()[-1] == ("conformance: NOT TESTED — no property asked for could be tested here: "
                                            f"{CHECK} (see above)"), res.stdout
 

@@ -33,6 +33,10 @@ def evidence(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(key.replace("_", " "), value) for key, value in row.items() if key not in SHOWN]
 
 
+def rows_of(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [row for rows in data["rows"].values() for row in rows]
+
+
 def render(data: Mapping[str, Any], verdict: str, gateway: str) -> str:
     """The page of a run: `data` is what --report writes, `verdict` the table's last line, `gateway`
     what the proxy calls itself ('' when it says nothing)."""
@@ -42,7 +46,7 @@ def render(data: Mapping[str, Any], verdict: str, gateway: str) -> str:
     props = [p for p in PROPERTIES if any(p in rows for rows in by_path.values())]
     return html_report.environment(TEMPLATES).get_template(TEMPLATE).render(
         r=data, verdict=verdict, gateway=gateway, generated=format_ts(time.time()), props=props, by_path=by_path,
-        paths=(DIRECT, PROXY), evidence=evidence, same_address=SAME_ADDRESS.format(proxy=data["proxy"]))
+        paths=(DIRECT, PROXY), evidence=evidence, tested=any(row.get("verdict") != "skip" for row in rows_of(data)), same_address=SAME_ADDRESS.format(proxy=data["proxy"]))
 
 
 def write(data: Mapping[str, Any], verdict: str, gateway: str, path: str | Path) -> None:
