@@ -1,7 +1,8 @@
 """Render `run_report`'s dict as one self-contained HTML file (inline CSS and SVG, no script).
 
 The page opens offline and fetches nothing: the charts are SVG drawn here (`svg_charts`),
-the styles are inline, and the template (`templates/report.html.j2`) is rendered by Jinja2
+the styles are inline (`templates/style.css.j2`, which `callstate conformance --html` shares), and the
+template (`templates/report.html.j2`) is rendered by Jinja2
 with autoescaping on, because call ids and details in the logs are caller-chosen text.
 """
 
