@@ -170,7 +170,8 @@ GUARDED = set(HOME)
 # (fragments of the module's path, the constant's name): the same word as a guarded name, meaning
 # something else
 SAME_WORD = {(("conformance", "properties"), "FATAL"): "the id of a conformance row, not an outcome",
-             (("conformance", "properties"), "HELD"): "the id of a conformance row, not a cancel point"}
+             (("conformance", "properties"), "HELD"): "the id of a conformance row, not a cancel point",
+             (("conformance", "run"), "SERVER_HEADER"): "an HTTP response header's name, not the server side"}
 SOURCES = sorted(product_modules().values())
 
 

@@ -43,10 +43,13 @@ def test_only_check_alone_is_skipped_not_passed_on_no_calls(tmp_path: Path) -> N
     report = tmp_path / "report.json"
     res = cli("conformance", "--serve-port", str(port), "--proxy", f"127.0.0.1:{port}", *QUICK,
               "--only", CHECK, "--report", str(report), timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-    rows = orjson.loads(report.read_bytes())["rows"]
+    assert res.returncode == 1, res.stdout + res.stderr   # nothing tested is never OK
+    data = orjson.loads(report.read_bytes())
+    rows = data["rows"]
     assert [(r["property"], r["verdict"]) for r in rows["direct"] + rows["proxy"]] == [(CHECK, "skip")] * 2
     assert "no other row ran (--only)" in res.stdout
+    assert res.stdout.splitlines()[-1] == ("conformance: NOT TESTED — no property asked for could be tested here: "
+                                           f"{CHECK} (see above)"), res.stdout
 
 
 def test_an_unknown_property_is_one_line_naming_it_and_the_choices(tmp_path: Path) -> None:

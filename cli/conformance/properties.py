@@ -25,6 +25,7 @@ PIPE_ABORT_MID_STREAM: Final = "pipe-abort-mid-stream"
 PIPE_CANCEL: Final = "pipe-cancel"
 CHECK: Final = "check"
 GRACEFUL_STOP: Final = "graceful-stop"
+RUNNING_EVERY: Final = 10.0   # s between the progress lines of a row still running: through a stalled proxy one takes minutes
 
 PROPERTIES: Final[dict[str, str]] = {
     COMPLETE_SMALL: "a completed call's reply (an echo of random bytes, --small-bytes) arrives intact with 0",

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Final
 
 import grpc
 
 from callstate.cli.conformance.battery import Battery, BatteryConfig, open_channel, open_client
 from callstate.cli.conformance.calls import Recorder, auth_metadata, explain
 from callstate.cli.conformance.journal import ServerJournal, dispatched
-from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, Row
+from callstate.cli.conformance.properties import CHECK, GRACEFUL_STOP, HELD, RUNNING_EVERY, Row
 from callstate.cli.conformance.report import DIRECT, PROXY
 from callstate.cli.conformance.server import ServerProcess
 from callstate import codes
@@ -29,7 +29,6 @@ CONNECT_TIMEOUT = 5.0
 
 Progress = Callable[[str, Row], None]
 Running = Callable[[str, str, float, int], None]   # path, property, seconds so far, its calls ended so far
-RUNNING_EVERY = 10.0   # s between the lines of a row still running: through a stalled proxy one takes minutes
 
 
 @dataclass
@@ -37,6 +36,7 @@ class Setup:
     proxy: str
     server: str = ""                        # empty with own_server
     own_server: ServerProcess | None = None
+    gateway: str = ""                       # what the proxy calls itself in its answers (`server`, `via`), if it does
     progress: Progress | None = None        # told of each row as it is judged
     running: Running | None = None          # told every RUNNING_EVERY s while a row is being judged
     # the rows judged so far, per path: what an interrupted run still reports
@@ -89,6 +89,31 @@ async def _why_unreachable(channel: grpc.aio.Channel, target: str) -> str:
     return ""
 
 
+SERVER_HEADER: Final = "server"   # the HTTP response header naming the software that answered
+GATEWAY_HEADERS = (SERVER_HEADER, "via")   # response headers a proxy adds; the callstate server sends neither
+
+
+async def _identify(target: str) -> str:
+    """What the proxy says it is: its `server` and `via` response headers ("nginx/1.22.1"), '' when
+    it adds none. A health check through it: the headers come with an error status as well."""
+    channel = open_channel(target)
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes,
+                                response_deserializer=bytes)
+    try:
+        call = check(b"", timeout=CONNECT_TIMEOUT / 2)
+        try:
+            await call
+        except grpc.aio.AioRpcError:
+            pass
+        metadata = [*(await call.initial_metadata() or ()), *(await call.trailing_metadata() or ())]
+    except grpc.aio.AioRpcError:
+        return ""
+    finally:
+        await channel.close()
+    found = {k: str(v) for k, v in metadata if k in GATEWAY_HEADERS}
+    return ", ".join(f"{k}: {v}" if k != SERVER_HEADER else v for k, v in found.items())
+
+
 async def _probe(target: str, journal: ServerJournal) -> None:
     """One plain call through the proxy, seen by the server's journal: without it nothing can be
     measured, and a proxy that forwards elsewhere would fail every row that asks the server."""
@@ -128,6 +153,7 @@ async def run_battery(setup: Setup, cfg: BatteryConfig) -> dict[str, list[Row]]:
         journal = ServerJournal(channel, setup.server)
         await journal.start(CONNECT_TIMEOUT)
         await _probe(setup.proxy, journal)
+        setup.gateway = await _identify(setup.proxy)
         direct = Battery(DIRECT, setup.server, journal, cfg)
         proxied = Battery(PROXY, setup.proxy, journal, cfg)
         batteries = [direct, proxied]

@@ -1,7 +1,8 @@
 """Render `run_report`'s dict as one self-contained HTML file (inline CSS and SVG, no script).
 
 The page opens offline and fetches nothing: the charts are SVG drawn here (`svg_charts`),
-the styles are inline, and the template (`templates/report.html.j2`) is rendered by Jinja2
+the styles are inline (`templates/style.css.j2`, which `callstate conformance --html` shares), and the
+template (`templates/report.html.j2`) is rendered by Jinja2
 with autoescaping on, because call ids and details in the logs are caller-chosen text.
 """
 
@@ -19,6 +20,7 @@ from callstate.lifecycle import C, CAN, CANCEL_SEEN, CLIENT, END, ENTER, SERVER
 
 MISSING_JINJA = "the HTML report needs Jinja2: pip install 'callstate[report]'"
 TEMPLATE = "report.html.j2"
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 def available() -> str:
@@ -75,17 +77,24 @@ def noun(n: int, singular: str, plural: str = "") -> str:
     return counted(n, singular, plural).split(" ", 1)[1]
 
 
-def render(report: Mapping[str, Any]) -> str:
+def environment(*folders: Path) -> Any:
+    """The Jinja2 environment every HTML report renders in: autoescaping on, the reports' filters, and
+    this room's templates (the shared page style, `style.css.j2`) after `folders` (another report's own)."""
     import jinja2
-    from markupsafe import Markup
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader([*folders, TEMPLATES]),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["setting"] = setting
     env.filters["counted"] = counted   # "1 call", "2 calls"
     env.filters["noun"] = noun
     env.filters["rate"] = rate_text   # calls/s: "0.5", not "0"
-    return env.get_template(TEMPLATE).render(
+    return env
+
+
+def render(report: Mapping[str, Any]) -> str:
+    from markupsafe import Markup
+
+    return environment().get_template(TEMPLATE).render(
         r=report, charts={k: Markup(v) for k, v in charts(report).items()},
         describe=codes.describe, C=C, CLIENT=CLIENT, SERVER=SERVER, END=END, ENTER=ENTER, CAN=CAN, CANCEL_SEEN=CANCEL_SEEN,
         OTHER=OTHER)
