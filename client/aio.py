@@ -14,20 +14,20 @@ Cancelling the task that awaits a call is an abortive cancel of the call.
 from __future__ import annotations
 
 import asyncio
+import queue
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import grpc
 
 from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
-from callstate.client.arguments import checked_wait_for
+from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
 from callstate.client.notice_aio import AsyncNotice
 from callstate.client.pipe_aio import AsyncPipe
 from callstate.errors import CallError, WaitTimedOut
-from callstate.lifecycle import WCOMP
 from callstate.script import Script
 from callstate.v1 import callstate_pb2 as pb
 
@@ -51,10 +51,12 @@ class AsyncCompletionQueue:
         else:
             loop.call_soon_threadsafe(self._queue.put_nowait, call)
 
-    async def get(self) -> "AsyncCall":
-        """The next notified call. On a loop other than the queue's own (made in an earlier
-        `asyncio.run()`, or a session fixture's loop) RuntimeError at once: the calls would be
-        posted to the other loop, and this get() would wait for ever."""
+    async def get(self, timeout: float | None = None) -> "AsyncCall":
+        """The next notified call; queue.Empty when none came within `timeout` seconds (None: wait
+        for ever), as the sync `CompletionQueue.get`. On a loop other than the queue's own (made
+        in an earlier `asyncio.run()`, or a session fixture's loop) RuntimeError at once: the
+        calls would be posted to the other loop, and this get() would wait for ever."""
+        timeout = checked_wait(timeout)
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -62,7 +64,14 @@ class AsyncCompletionQueue:
             raise RuntimeError("the AsyncCompletionQueue belongs to another event loop"
                                + (", now closed" if self._loop.is_closed() else "")
                                + ": make the queue in the loop that uses it")
-        return await self._queue.get()
+        if timeout is None:
+            return await self._queue.get()
+        if not self._queue.empty():   # a timeout of 0 takes what is there
+            return self._queue.get_nowait()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            raise queue.Empty from None
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -98,15 +107,10 @@ class AsyncCall(CallCore):
 
     def cancel(self, abortive: bool = True, timeout: float | None = None) -> None:
         """RpcAsyncCancelCall (see CallCore.cancel)."""
-        super().cancel(abortive, timeout)
+        super().cancel(abortive, timeout)   # our cancel ended the RPC: the core notified (rushed)
         if abortive and self._driver is None and self._rpc is not None and not self.outcome_known:
-            # The notification is rushed: record it even if nobody awaits. When our cancel ended
-            # the RPC, its outcome is known here and now (what awaiting it would say: cancelled
-            # here, abortively), with no task to read it; an RPC that had already ended is read.
-            if self._rpc.cancelled():
-                self._notify_cancelled_here()
-            else:
-                self._ensure_driver()
+            # the RPC had already ended: its outcome is read, even if nobody awaits it
+            self._ensure_driver()
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
@@ -145,13 +149,14 @@ class AsyncCall(CallCore):
 
     def __await__(self) -> Generator[Any, None, pb.CallReply]:
         if self.notified:   # the outcome is in (a rushed cancel, say): complete, with no coroutine to run
+            self._after_wait()
             return self._result_after_wait()
         return (yield from self.result().__await__())
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
         timeout = checked_wait_for(timeout)
         if self.notified:
-            return True
+            return self._after_wait()
         if self._rpc is None:
             raise self._unsent("wait")
         self._on_its_loop("wait")
@@ -165,13 +170,9 @@ class AsyncCall(CallCore):
         except asyncio.TimeoutError:
             return False
         except asyncio.CancelledError:
-            if not self.lifecycle.ended:
-                if not self.outcome_known and self.state == WCOMP:
-                    self.cancel(abortive=True)
-                if complete_if_cancelled:
-                    super().add_done_callback(AsyncCall._complete_quietly)
+            self._interrupted(complete_if_cancelled)
             raise
-        return self.notified
+        return self._after_wait()
 
     # -- driving the gRPC call --------------------------------------------------------------
     def _ensure_driver(self) -> None:
@@ -201,18 +202,14 @@ class AsyncCall(CallCore):
                 self._cancel_moves(abortive=True, sent=True)
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
-            self._notify_cancelled_here()
+            self._stop_escalation()
+            self._notify_cancelled_here(keep_failure=True)
         else:
             self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         self._stop_escalation()
-        self.notify(code, reply, status, details)
-
-    def _notify_cancelled_here(self) -> None:
-        """The RPC was cancelled on this side: by our abortive cancel (1818), or under us (1722)."""
-        self._notify(None, *codes.client_outcome(None, None, None, cancelled_here=True,
-                                                 abortive_cancel=self.abortive_cancel))
+        self.notify(code, reply, status, details, keep_failure=True)   # a callback's failure: for the caller's wait
 
 
 class AsyncClient(ClientBase):

@@ -27,7 +27,7 @@ from callstate import codes
 from callstate.client.arguments import checked_wait
 from callstate.errors import CallError, CallPending, InvalidAsyncHandle
 from callstate.lifecycle import (C, CANCEL, CANCEL_ISSUED, CLIENT, COMPLETE, COMPLETE_PENDING, COMPLETED, ENTER,
-                                 START_FAILED, STARTED, UNARY, Lifecycle, cancel_kind, initial_move, notifiable)
+                                 START_FAILED, STARTED, UNARY, WCOMP, Lifecycle, cancel_kind, initial_move, notifiable)
 from callstate.script import RequestError
 from callstate.statelog import new_entry
 from callstate.logfile import StateLog
@@ -58,6 +58,7 @@ class CallCore:
     _rpc: Any = None                       # the gRPC call once sent (grpc.aio's call, or grpc's future)
     _starting = False                      # a start() has claimed the call (one at a time)
     _cancelled_unsent = False              # cancelled before its RPC existed: the outcome is in, no RPC may run
+    _callback_failure: BaseException | None = None   # raised by a callback: for the caller's next wait
 
     def __init__(self, call_id: str, log: StateLog | None, kind: str = UNARY, method_name: str | None = None, *,
                  client: Any = None, cancel_key: str = "", timeout: float | None = None) -> None:
@@ -193,8 +194,9 @@ class CallCore:
                 callbacks = self._deliver_if_arrived()
         if state == C:
             # the outcome beat start(): callbacks gRPC's thread held up to here, run as it runs
-            # them (a BaseException logged), so start() raises nothing of theirs on a slow machine
-            self._run(callbacks, raising=False)
+            # them (a BaseException kept for the caller's wait), so start() raises nothing of
+            # theirs on a slow machine
+            self._run(callbacks, keep_failure=True)
             return
         # Another thread moved the call on while start() made the RPC. A cancel that found the
         # RPC made it go through it (C -> Can -> WComp): the call is under way. But close()
@@ -252,6 +254,8 @@ class CallCore:
             return
         if abortive:
             self._rpc.cancel()
+            if self._rpc.cancelled():   # our cancel ended the RPC: the notification is rushed, here and now
+                self._notify_cancelled_here()
         else:
             self._notice_type.of(self).send(timeout)
 
@@ -280,14 +284,39 @@ class CallCore:
         self._run(callbacks)
         return action
 
+    def _notify_cancelled_here(self, keep_failure: bool = False) -> None:
+        """The RPC was cancelled on this side: by our abortive cancel (1818), or under us (1722). (An
+        escalation timer still set finds the outcome known when it fires, and does nothing.)"""
+        code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
+                                                     abortive_cancel=self.abortive_cancel)
+        self.notify(code, None, status, details, keep_failure=keep_failure)
+
+    def _interrupted(self, complete: bool) -> None:
+        """The caller's wait was cut short from outside (asyncio: its task cancelled; sync: an
+        exception out of the blocking wait, KeyboardInterrupt): an abortive cancel of a call still
+        under way, and for a wait that completes (`result()`), its completion on the caller's
+        behalf once the (rushed) notification arrives."""
+        if self.lifecycle.ended:
+            return
+        if not self.outcome_known and self.state == WCOMP:
+            try:
+                self.cancel(abortive=True)
+            except CallError:
+                pass   # ended meanwhile (close() on another thread)
+        if complete:
+            CallCore.add_done_callback(self, CallCore._complete_quietly)
+
     def _stop_escalation(self) -> None:
         """The outcome is in: an unanswered notice no longer needs escalating."""
         if self._notice is not None:
             self._notice.stop()
 
     # -- the notification ---------------------------------------------------------------------
-    def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "") -> bool:
-        """The call-complete notification. Only the first counts; callbacks run after it."""
+    def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "", *,
+               keep_failure: bool = False) -> bool:
+        """The call-complete notification. Only the first counts; callbacks run after it.
+        `keep_failure`: where the caller does not wait (gRPC's thread, a driver task), a
+        BaseException a callback raises is kept for the caller's next wait (`_after_wait`)."""
         with self._lock:
             if self._arrived:
                 return False
@@ -295,7 +324,7 @@ class CallCore:
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
             self._on_arrival()
             callbacks = self._deliver_if_arrived()
-        self._run(callbacks)
+        self._run(callbacks, keep_failure=keep_failure)
         return True
 
     def _deliver_if_arrived(self) -> list[Callable[[Any], None]]:
@@ -306,26 +335,41 @@ class CallCore:
         callbacks, self._callbacks = self._callbacks, []
         return callbacks
 
-    def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True, raising: bool = True) -> None:
+    def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True, keep_failure: bool = False) -> None:
         """Run the callbacks, then wake the waiters (`after_callbacks`). One that raises must not
         starve the others, the queue or the waiters: an Exception is logged; a BaseException
         (pytest.fail() or pytest.skip() in a harness's callback, KeyboardInterrupt) is raised
         once everything else has run, so a test that awaits the call still sees it fail
-        (`raising=False`: logged too)."""
+        (`keep_failure`: logged and kept for the caller's wait, before the waiters wake)."""
         stopped: BaseException | None = None
         for callback in callbacks:
             try:
                 callback(self)
             except BaseException as exc:
-                if raising and not isinstance(exc, Exception):
+                if not isinstance(exc, Exception):
                     stopped = stopped or exc
                 else:
                     _LOG.exception("callstate: a done-callback of call %s raised", self.call_id)
+        if stopped is not None and keep_failure:
+            _LOG.error("callstate: a done-callback of call %s raised %r: the caller's wait raises it",
+                       self.call_id, stopped)
+            self._callback_failure, stopped = stopped, None
         if notifying and self.notified and self.after_callbacks is not None:
             after, self.after_callbacks = self.after_callbacks, None
             after()
         if stopped is not None:
             raise stopped
+
+    def _after_wait(self) -> bool:
+        """What a wait returns: whether the call is notified. Once it is, a BaseException a
+        callback raised where the caller does not wait (gRPC's thread, a driver task, a pipe's
+        drainer) is raised here, once: the caller's next wait() or result() fails with it, on
+        both surfaces, whenever it comes."""
+        if self.notified:
+            failure, self._callback_failure = self._callback_failure, None
+            if failure is not None:
+                raise failure
+        return self.notified
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call `callback(call)` when the notification arrives (at once if it has)."""

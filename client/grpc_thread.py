@@ -41,11 +41,12 @@ def on_grpc_thread_of(client: Any) -> bool:
     return getattr(_here, "owner", None) is client
 
 
-def check_wait(call: Any, timeout: float | None) -> None:
-    """CallError 1915 for a blocking wait, in a done-callback, on a call of the same client
-    not yet notified: the wait would run out (or never end), its notification held up behind it."""
+def check_wait(call: Any, timeout: float | None, what: str = "wait") -> None:
+    """CallError 1915 for a blocking wait (`what`: wait, or a pipe's headers), in a done-callback,
+    on a call of the same client not yet notified: the wait would run out (or never end), what it
+    waits for held up behind it."""
     if (timeout is None or timeout > 0) and not call.notified and on_grpc_thread_of(call._client):
         raise CallError(codes.RPC_S_INVALID_ASYNC_CALL, call.call_id,
-                        details="wait() in a done-callback of the same client: gRPC's thread, which runs the "
-                                "callback, delivers the notification waited for; wait on another thread, or "
-                                "take the call from a CompletionQueue")
+                        details=f"{what}() in a done-callback of the same client: gRPC's thread, which runs the "
+                                f"callback, delivers the {'notification' if what == 'wait' else what} waited for; "
+                                "wait on another thread, or take the call from a CompletionQueue")

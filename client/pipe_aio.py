@@ -81,6 +81,7 @@ class AsyncPipe(PipeBase):
         self._driver: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
         self._read_lock: asyncio.Lock | None = None   # one read of the stream at a time (the drainer: PipeBase)
+        self._headers_read: asyncio.Future[Any] | None = None   # the server's initial metadata, read once
 
     def add_done_callback(self, callback: Callable[["AsyncPipe"], None]) -> None:
         """Call `callback(pipe)` once the call-complete notification arrives (for an out pipe or
@@ -112,12 +113,20 @@ class AsyncPipe(PipeBase):
         return self
 
     # -- the pipe ------------------------------------------------------------------------------------
-    async def headers(self) -> tuple[tuple[str, Any], ...]:
-        """Wait for the server's initial metadata (logged once as the `headers` event)."""
+    async def headers(self, timeout: float | None = None) -> tuple[tuple[str, Any], ...]:
+        """Wait for the server's initial metadata (logged once as the `headers` event). WaitTimedOut
+        (1460, a TimeoutError) when none came within `timeout` seconds: the pipe is left as it
+        was, to wait for them again, push, cancel or complete (as the sync `Pipe.headers`)."""
+        timeout = checked_wait_for(timeout)
         self._need_rpc("headers")
-        md = await self._rpc.initial_metadata()
+        if self._headers_read is None:   # one read, never cancelled by a wait that runs out
+            self._headers_read = asyncio.ensure_future(self._rpc.initial_metadata())
+        await asyncio.wait((self._headers_read,), timeout=timeout)
+        if not self._headers_read.done():
+            raise self.headers_timed_out(timeout or 0.0)
+        md = self._headers_read.result()
         self.headers_arrived()
-        return tuple(md or ())
+        return tuple((key, value) for key, value in md or ())
 
     async def push(self, payload: Any = b"") -> None:
         """Push one message; returns on its send-complete notification (the write was taken).
@@ -131,7 +140,7 @@ class AsyncPipe(PipeBase):
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError, asyncio.InvalidStateError):
             taken = False
         if not taken:
-            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details="push failed: the call has ended")
+            raise CallError(codes.RPC_X_PIPE_CLOSED, self.call_id, details=f"push in state {core.state}: the call has ended")
         core.pushed()
 
     async def close_push(self) -> None:
@@ -212,7 +221,7 @@ class AsyncPipe(PipeBase):
         way, since its status follows them; a timeout leaves the call as it was."""
         timeout = checked_wait_for(timeout)
         if self.notified:
-            return True
+            return self._after_wait()
         self._need_rpc("wait")
         assert self._driver is not None
         self._waits += 1
@@ -221,7 +230,7 @@ class AsyncPipe(PipeBase):
             await asyncio.wait((self._driver,), timeout=timeout)   # never cancels the driver or a read
         finally:
             self._waits -= 1   # run out: the drainer stops, the caller may pull on
-        return self.notified
+        return self._after_wait()
 
     def _start_drainer(self) -> None:
         if self.kind != PIPE_IN and self._drainer is None:
@@ -272,4 +281,4 @@ class AsyncPipe(PipeBase):
             details = self._client.settings.explain(status, details, trailing)
         code, name, text = codes.client_outcome(status, trailing, details, cancelled_here=status is None,
                                                 abortive_cancel=core.abortive_cancel)
-        core.notify(code, reply, name, text)
+        core.notify(code, reply, name, text, keep_failure=True)   # a callback's failure: for the caller's wait

@@ -9,7 +9,7 @@ from callstate import codes
 from callstate.client.any_method import RequestLike, pipe_kind_of, request_message, script_metadata
 from callstate.client.arguments import check_call, checked_timeout
 from callstate.client.pipe_core import PipeCore
-from callstate.errors import CallError
+from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_KINDS, PIPE_OUT
 from callstate.pipe_script import PipeScript, check_push, validate_pipe
 from callstate.v1 import callstate_pb2 as pb
@@ -135,6 +135,12 @@ class PipeBase(PipeCore):
         """What a null push sends before the half-close: a message of its own on the Emulator; on a
         user's method nothing (the half-close is the null push: a stand-in knows the method's shape)."""
         return NULL_PUSH_MESSAGE if self.method is None else None
+
+    def headers_timed_out(self, timeout: float) -> WaitTimedOut:
+        """`headers(timeout)` ran out: 1460 (a TimeoutError), the pipe left as it was, as `result(timeout)`'s."""
+        err = WaitTimedOut(self.call_id, timeout)
+        err.details = f"no headers within {timeout:g}s (the call is still pending)"
+        return err
 
     def _need_rpc(self, what: str) -> PipeCore:
         if self._rpc is None:

@@ -97,6 +97,9 @@ class Pipe(PipeBase):
         self.after_callbacks = self._notified.set   # after the done-callbacks
         self._drainer: threading.Thread | None = None
         self._drain_lock = threading.Lock()   # the drainer's wants (PipeBase), from several threads
+        self._headers: tuple[tuple[str, Any], ...] = ()   # the server's initial metadata, once in
+        self._headers_in = threading.Event()
+        self._headers_reader: threading.Thread | None = None
         self._read_lock = threading.Lock()   # one read of the stream at a time: the caller's, the drainer's
         # gRPC's done-callback can run while the server's last messages still wait in the
         # response iterator: the outcome is held until the iterator ends, so the status follows
@@ -144,11 +147,31 @@ class Pipe(PipeBase):
         return self
 
     # -- the pipe ------------------------------------------------------------------------------------
-    def headers(self) -> tuple[tuple[str, Any], ...]:
+    def headers(self, timeout: float | None = None) -> tuple[tuple[str, Any], ...]:
+        """Wait for the server's initial metadata (logged once as the `headers` event). WaitTimedOut
+        (1460, a TimeoutError) when none came within `timeout` seconds: the pipe is left as it
+        was, to wait for them again, push, cancel or complete (as `AsyncPipe.headers`)."""
+        timeout = checked_wait_for(timeout)
         self._need_rpc("headers")
-        md = self._rpc.initial_metadata()
+        if not self._headers_in.is_set():
+            check_wait(self, timeout, "headers")
+            with self._drain_lock:   # grpc's initial_metadata() has no timeout: a helper thread waits for it
+                if self._headers_reader is None:
+                    self._headers_reader = threading.Thread(target=self._read_headers, name="callstate-pipe-headers",
+                                                            daemon=True)
+                    self._headers_reader.start()
+            if not self._headers_in.wait(timeout):
+                raise self.headers_timed_out(timeout or 0.0)
         self.headers_arrived()
-        return tuple(md or ())
+        return self._headers
+
+    def _read_headers(self) -> None:
+        md = None
+        try:
+            md = self._rpc.initial_metadata()   # returns once they came, or the call ended without them
+        finally:
+            self._headers = tuple((key, value) for key, value in md or ())
+            self._headers_in.set()
 
     def push(self, payload: Any = b"") -> None:
         """Push one message (on a user's method: its request, a message or a dict; b"": the pipe's request)."""
@@ -213,7 +236,7 @@ class Pipe(PipeBase):
         with self._end_lock:
             self._stream_over, held, self._held = True, self._held, None
         if held is not None:
-            self.notify(*held)
+            self.notify(*held, keep_failure=True)
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while (msg := self.pull()) is not None:
@@ -243,21 +266,21 @@ class Pipe(PipeBase):
                     if not self._stream_over:   # messages may still be unread: the puller delivers
                         self._held = (code, reply, status, details)
                         return
-        core.notify(code, reply, status, details)
+        core.notify(code, reply, status, details, keep_failure=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
         timeout = checked_wait_for(timeout)
         if self.notified:
-            return True
+            return self._after_wait()
         self._need_rpc("wait")
         check_wait(self, timeout)
         self._start_drainer(waits=1)
         try:
             if not self._notified.wait(timeout):
                 return False   # the drainer stops: the caller may pull on
-            return self.notified
+            return self._after_wait()
         finally:
             with self._drain_lock:
                 self._waits -= 1

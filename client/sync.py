@@ -18,7 +18,7 @@ import grpc
 
 from callstate import codes
 from callstate.client.any_method import MethodRequest, check_request, method_name
-from callstate.client.arguments import checked_wait_for
+from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
@@ -43,8 +43,9 @@ class CompletionQueue:
         self._queue.put_nowait(call)
 
     def get(self, timeout: float | None = None) -> "Call":
-        """The next notified call; queue.Empty on timeout."""
-        return self._queue.get(timeout=timeout)
+        """The next notified call; queue.Empty when none came within `timeout` seconds (None: wait
+        for ever), as `AsyncCompletionQueue.get`."""
+        return self._queue.get(timeout=checked_wait(timeout))
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -85,12 +86,12 @@ class Call(CallCore):
         abortive = self.abortive_cancel
         if future.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
-            self.notify(code, None, status, details)
+            self.notify(code, None, status, details, keep_failure=True)
             return
         err = future.exception()
         if err is None:
             code, status, details = codes.client_outcome(grpc.StatusCode.OK, None, None)
-            self.notify(code, future.result(), status, details)
+            self.notify(code, future.result(), status, details, keep_failure=True)
             return
         assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
         # the channel closing under a call cancels it here: that is the client going away
@@ -99,20 +100,34 @@ class Call(CallCore):
         code, status, details = codes.client_outcome(err.code(), trailers,
                                                      self._client.settings.explain(err.code(), err.details(), trailers),
                                                      cancelled_here=here, abortive_cancel=abortive)
-        self.notify(code, None, status, details)
+        self.notify(code, None, status, details, keep_failure=True)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until notified; False on timeout. Does not complete."""
+        """Block until notified; False on timeout. Does not complete.
+
+        An exception out of the blocking wait (KeyboardInterrupt, what a signal handler raises, a
+        greenlet's kill) is an abortive cancel of the call, as cancelling the task that awaits an
+        `AsyncCall` is."""
+        return self._wait(timeout, complete_if_interrupted=False)
+
+    def result(self, timeout: float | None = None) -> pb.CallReply:
+        """Wait for the notification, then complete: the reply or CallError. Interrupted (see
+        `wait`), the call is cancelled and then completed on the caller's behalf."""
+        if not self._wait(timeout, complete_if_interrupted=True):
+            raise WaitTimedOut(self.call_id, timeout)
+        return self._result_after_wait()
+
+    def _wait(self, timeout: float | None, complete_if_interrupted: bool) -> bool:
         timeout = checked_wait_for(timeout)
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)
-        return self._notified.wait(timeout)
-
-    def result(self, timeout: float | None = None) -> pb.CallReply:
-        if not self.wait(timeout):
-            raise WaitTimedOut(self.call_id, timeout)
-        return self._result_after_wait()
+        try:
+            notified = self._notified.wait(timeout)
+        except BaseException:
+            self._interrupted(complete_if_interrupted)
+            raise
+        return notified and self._after_wait()
 
 
 class Client(ClientBase):

@@ -72,12 +72,16 @@ def test_a_sync_callback_that_calls_pytest_fail_neither_hangs_the_wait_nor_starv
     BaseException, not an Exception: it skipped the callbacks after it and the event `result()`
     waits on, so `result()` without a timeout hung although `status()` said 0; and it went on
     into gRPC's polling thread and ended it, so no later call of the client was ever notified.
-    Now the other callbacks and the waiters get the notification, and the error is logged."""
+    Now the other callbacks and the waiters get the notification, and the error is logged; since
+    audit 34 the waiting test sees the failure too, as the asyncio twin's does (the call is then
+    completed by the next result())."""
     with Client(shared_server.target) as client:
         queue = CompletionQueue()
         call = client.prepare(Script("complete"), on_complete=_fails)
         call.add_done_callback(queue.post)   # subscribed after the failing callback
         call.start()
+        with pytest.raises(pytest.fail.Exception):   # the test that waits on it sees the failure
+            call.result(BOUND)
         assert call.result(BOUND) is not None
         assert queue.get(timeout=BOUND) is call
         # and it did not reach gRPC's thread, which it ended: no later call of the client was notified
