@@ -25,8 +25,10 @@ from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
 from callstate.statelog import Entry
+from callstate.wire import FOLLOWER_WINDOW
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.locust import hub
 
 REQUEST_TYPE = "callstate"
 BARRIER_PREFIX = "callstate-locust-barrier-"
@@ -69,6 +71,7 @@ class ProcessState:
         self._settings = ChannelSettings()
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
+        self._channels = 0   # the users' channels (the hub's pool holds a thread for each)
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
         environment.events.quitting.add_listener(lambda **_: self.quitting())
 
@@ -81,13 +84,18 @@ class ProcessState:
                 cls._instance = cls(environment, log_template, propagation, name)
             return cls._instance
 
+    def add_channel(self, opened: bool = True) -> None:
+        """A user's channel opened (the hub's pool gets a thread for it: hub.py) or closed."""
+        self._channels += 1 if opened else -1
+        hub.grow_pool(self._channels)
+
     def watch(self, target: str, settings: ChannelSettings) -> None:
         """Follow the server's journal (once per process) to time cancel propagation, on the
         users' TLS and token."""
         if self.tracker is None or self._follower is not None:
             return
         self._settings = settings
-        self._channel = settings.sync_channel(target)
+        self._channel = settings.sync_channel(target, list(FOLLOWER_WINDOW))   # it may fall behind
         self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest(), metadata=settings.metadata)
         self._follower = gevent.spawn(self._follow)
 
