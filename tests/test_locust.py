@@ -22,7 +22,7 @@ from callstate import codes
 from callstate.lifecycle import CAN, CLIENT, END, ENTER, PIPE_IN, PIPE_KINDS, SERVER, UNARY, kind_of_initial_move
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from tests.conftest import cli, read_entries, start_server
+from tests.conftest import cli, read_entries, start_server, wait_for_text
 from tests.documentation import blocks, section
 
 pytestmark = pytest.mark.timeout(120)
@@ -310,3 +310,25 @@ def test_a_worker_told_to_spawn_reads_locusts_defaults_once() -> None:
     done = subprocess.run([sys.executable, "-c", SPAWN_PARSES], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) <= 1, done.stdout
+
+
+def test_a_journal_stream_that_ends_mid_run_is_said(tmp_path: Path) -> None:
+    """The server stopped mid-run: the `cancel propagation` entry stops growing there, and the
+    Locust output says so, once (the follower ended without a word)."""
+    (tmp_path / "locustfile.py").write_text("from callstate.locust import CallstateUser\n")
+    srv = start_server(tmp_path, "--max-hold", "20", "--no-state-log")
+    log = tmp_path / "client.jsonl"
+    run = subprocess.Popen([*LOCUST, "-f", "locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "4s",
+                            "--host", srv.target, "--callstate-log-file", str(log)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_text(log, '"state":"End"', run)   # calls go through: the follower is subscribed
+        srv.stop()
+        out, _ = run.communicate(timeout=60)
+    finally:
+        srv.stop()
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    said = [line for line in out.splitlines() if "journal stream" in line]
+    assert len(said) == 1 and "cancel propagation holds the calls until then" in said[0], out[-3000:]

@@ -12,6 +12,7 @@ difference.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ REQUEST_TYPE = "callstate"
 BARRIER_PREFIX = "callstate-locust-barrier-"
 PROPAGATION = "cancel propagation"
 PROPAGATION_POLLED = "cancel propagation to polling handlers"
+_LOG = logging.getLogger("callstate.locust")
 
 
 class _Sink:
@@ -71,6 +73,7 @@ class ProcessState:
         self._settings = ChannelSettings()
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
+        self._closing = False
         self._channels = 0   # the users' channels (the hub's pool holds a thread for each)
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
         environment.events.quitting.add_listener(lambda **_: self.quitting())
@@ -101,12 +104,16 @@ class ProcessState:
 
     def _follow(self) -> None:
         self.environment.stats.get(PROPAGATION, REQUEST_TYPE)   # the entry is there from the start, samples or not
+        why = "the server ended it"
         try:
             for batch in self._stream:
                 for e in batch.entries:
                     self.server_entry(e)
-        except grpc.RpcError:
-            pass   # the stream ends when the run stops or the server goes away
+        except grpc.RpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"   # type: ignore[attr-defined]
+        if not self._closing:   # the server stopped, went away or dropped this reader: no more samples
+            _LOG.warning("callstate: the server's journal stream ended (%s): cancel propagation holds the calls "
+                         "until then", why)
 
     def server_entry(self, e: Any) -> None:
         """One entry of the server's journal stream: a call's propagation into its statistics
@@ -147,6 +154,7 @@ class ProcessState:
         self.close()
 
     def close(self) -> None:
+        self._closing = True
         if self._stream is not None:
             self._stream.cancel()
         if self._channel is not None:
