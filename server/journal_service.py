@@ -44,6 +44,8 @@ FOLLOW_LINGER = 0.01
 # ...but only where the watcher's queue holds far more than a linger's worth of entries: a
 # small --watch-buffer would overflow while Follow waits, and its own follower lose entries.
 LINGER_MIN_BUFFER = 8 * FOLLOW_BATCH
+# A reader that may fall behind opens its channel with callstate.wire.FOLLOWER_WINDOW: its writes
+# then wait for it, and the backlog goes out in batches of up to FOLLOW_BATCH.
 
 
 def bounded_history(entries: list[Entry], budget: int = HISTORY_BYTES) -> tuple[list[pb.StateEntry], int]:

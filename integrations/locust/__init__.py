@@ -23,12 +23,14 @@ _grpc_gevent.init_gevent()
 
 from callstate.locust import flush  # noqa: E402,F401  (the master waits for the workers' last samples)
 from callstate.locust import final_csv  # noqa: E402
+from callstate.locust import hub  # noqa: E402
 from callstate.locust.options import add_arguments  # noqa: E402
 from callstate.locust.user import CallstateUser, expected_codes  # noqa: E402
 
 __all__ = ["CallstateUser", "add_arguments", "expected_codes"]
 
 final_csv.install()   # --csv files end with every call, the ones ended at quit included
+hub.install()         # a worker told to spawn reads Locust's defaults once, not once per option
 
 # gevent timers count from the hub's cached clock, which stood still while the imports above
 # ran (seconds on a busy machine): refresh it, or Locust's --run-time timer fires that much early.

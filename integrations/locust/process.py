@@ -12,6 +12,7 @@ difference.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, ClassVar
@@ -25,13 +26,16 @@ from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
 from callstate.statelog import Entry
+from callstate.wire import FOLLOWER_WINDOW
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.locust import hub
 
 REQUEST_TYPE = "callstate"
 BARRIER_PREFIX = "callstate-locust-barrier-"
 PROPAGATION = "cancel propagation"
 PROPAGATION_POLLED = "cancel propagation to polling handlers"
+_LOG = logging.getLogger("callstate.locust")
 
 
 class _Sink:
@@ -69,6 +73,8 @@ class ProcessState:
         self._settings = ChannelSettings()
         self._barrier_id = ""
         self._caught_up: gevent.event.Event | None = None
+        self._closing = False
+        self._channels = 0   # the users' channels (the hub's pool holds a thread for each)
         environment.events.test_stop.add_listener(lambda **_: self.catch_up())
         environment.events.quitting.add_listener(lambda **_: self.quitting())
 
@@ -81,24 +87,33 @@ class ProcessState:
                 cls._instance = cls(environment, log_template, propagation, name)
             return cls._instance
 
+    def add_channel(self, opened: bool = True) -> None:
+        """A user's channel opened (the hub's pool gets a thread for it: hub.py) or closed."""
+        self._channels += 1 if opened else -1
+        hub.grow_pool(self._channels)
+
     def watch(self, target: str, settings: ChannelSettings) -> None:
         """Follow the server's journal (once per process) to time cancel propagation, on the
         users' TLS and token."""
         if self.tracker is None or self._follower is not None:
             return
         self._settings = settings
-        self._channel = settings.sync_channel(target)
+        self._channel = settings.sync_channel(target, list(FOLLOWER_WINDOW))   # it may fall behind
         self._stream = pb_grpc.JournalStub(self._channel).Follow(pb.WatchRequest(), metadata=settings.metadata)
         self._follower = gevent.spawn(self._follow)
 
     def _follow(self) -> None:
         self.environment.stats.get(PROPAGATION, REQUEST_TYPE)   # the entry is there from the start, samples or not
+        why = "the server ended it"
         try:
             for batch in self._stream:
                 for e in batch.entries:
                     self.server_entry(e)
-        except grpc.RpcError:
-            pass   # the stream ends when the run stops or the server goes away
+        except grpc.RpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"   # type: ignore[attr-defined]
+        if not self._closing:   # the server stopped, went away or dropped this reader: no more samples
+            _LOG.warning("callstate: the server's journal stream ended (%s): cancel propagation holds the calls "
+                         "until then", why)
 
     def server_entry(self, e: Any) -> None:
         """One entry of the server's journal stream: a call's propagation into its statistics
@@ -139,6 +154,7 @@ class ProcessState:
         self.close()
 
     def close(self) -> None:
+        self._closing = True
         if self._stream is not None:
             self._stream.cancel()
         if self._channel is not None:

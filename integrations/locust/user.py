@@ -122,6 +122,7 @@ class CallstateUser(User):
         self._payload = bytes(self.payload)
         self.client = Client(_target(self.host), log=self.process.sink,
                              timeout=float(timeout) if timeout is not None else None, settings=channel)
+        self.process.add_channel()
         self.process.watch(self.client.target, channel)
 
     @classmethod
@@ -188,6 +189,7 @@ class CallstateUser(User):
     def on_stop(self) -> None:
         if not self.failed:
             self.client.close()
+            self.process.add_channel(opened=False)
 
     @task
     def scripted_call(self) -> None:
