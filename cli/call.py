@@ -112,10 +112,18 @@ def run(opts: argparse.Namespace) -> int:
         status = run_pipe(opts, provider) if opts.pipe else asyncio.run(_call(opts, provider))
         return status or int(StateLog.failures > failed_logs)
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
-        print(f"callstate call: {exc}", file=sys.stderr)
+        print(f"callstate call: {_failure_text(opts, exc)}", file=sys.stderr)
         return 2
     finally:
         shutdown_tracing(provider, "callstate call")
+
+
+def _failure_text(opts: argparse.Namespace, exc: Exception) -> str:
+    """One line for what stopped the call before it was made: a --log-file that cannot be
+    opened is named as load names it (not Python's `[Errno 2] ...: 'path'`)."""
+    if isinstance(exc, OSError) and opts.log_file and exc.filename == opts.log_file:
+        return f"--log-file {opts.log_file}: cannot write the state log ({exc.strerror or exc})"
+    return str(exc)
 
 
 def _never_applies(opts: argparse.Namespace) -> str | None:

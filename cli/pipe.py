@@ -132,11 +132,7 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
         return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint(BEFORE_START)
-    try:
-        return asyncio.run(_pipe(opts, provider))
-    except OSError as exc:
-        print(f"callstate call: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(_pipe(opts, provider))   # an OSError (--log-file) is call's to say
 
 
 async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
