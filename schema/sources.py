@@ -162,6 +162,8 @@ def _found(proto: str | os.PathLike[str], proto_paths: Sequence[str | os.PathLik
     if any(candidate.is_dir() for candidate in candidates):
         raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
                           "looked up under --proto-path)")
+    if any(candidate.exists() for candidate in candidates):   # a FIFO or a device: protoc would read it forever
+        raise SchemaError(f"{proto}: not a regular file (a FIFO or a device), not a .proto file")
     looked = [str(inc) for inc in proto_paths if len(candidates) > 1 and Path(inc).is_dir()]
     under = f" (nor below --proto-path {', '.join(looked)})" if looked else ""
     raise SchemaError(f"{proto}: no such .proto file{under}")

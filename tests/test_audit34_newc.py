@@ -3,12 +3,15 @@ command. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,6 +19,8 @@ from tests.conftest import cli
 from tests.documentation import ROOT, blocks
 
 CALL_TIMEOUT = 30
+PROTOS = ROOT / "tests" / "protos"
+SHOP = PROTOS / "shop" / "v1" / "shop.proto"
 
 
 # -- a .proto that does not compile: protoc's own first error line, not its logging ----------
@@ -47,6 +52,49 @@ def test_a_missing_import_of_a_file_without_a_syntax_line_still_gets_its_hint(tm
         from_protos([proto])
     assert str(err.value).startswith("gone/x.proto: File not found. (imports are looked up under "), str(err.value)
     assert f"imported at {proto}:2:1" in str(err.value)
+
+
+# -- a FIFO or a device given as a file to read: refused at once -------------------------------
+
+def _raised_at_once(read: Callable[[], object], fifo: Path) -> BaseException | None:
+    """What `read()` raised, within seconds: a reader blocked opening `fifo` (no writer) is let go
+    (a writer opens and closes it) and the test fails, rather than hang."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            read()
+        except Exception as exc:   # noqa: BLE001 - what it raised is the result
+            raised[0] = exc
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))   # EOF for the blocked reader
+        reader.join(10)
+        pytest.fail(f"it waited for a writer on the FIFO {fifo}")
+    return raised[0]
+
+
+def test_data_file_rules_and_proto_that_are_a_fifo_are_refused_naming_it(tmp_path: Path) -> None:
+    """Before: `call`/`load --data-file FIFO` waited for a writer forever, `--data-file /dev/zero`
+    and `serve --rules /dev/zero` read until the memory ran out (the process was killed), and
+    `--proto /dev/zero` was 'no such .proto file'. The README: file options refuse FIFOs and devices."""
+    from callstate.files import load_rules
+    from callstate.schema.drive import DriveError, MethodOptions
+    from callstate.schema.model import SchemaError
+    from callstate.schema.sources import from_protos
+    from callstate.rules import RulesError
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    options = MethodOptions("shop.v1.Shop/Charge", data_file=str(fifo), proto=[str(SHOP)], proto_path=[str(PROTOS)])
+    err = _raised_at_once(lambda: options.drive("127.0.0.1:1"), fifo)
+    assert isinstance(err, DriveError) and str(err) == f"--data-file {fifo}: not a regular file (a FIFO or a device is refused)"
+    schema = from_protos([SHOP], [PROTOS])
+    err = _raised_at_once(lambda: load_rules(fifo, schema), fifo)
+    assert isinstance(err, RulesError) and str(err) == f"{fifo}: not a regular file (a FIFO or a device is refused)"
+    err = _raised_at_once(lambda: from_protos([fifo]), fifo)
+    assert isinstance(err, SchemaError) and str(err) == f"{fifo}: not a regular file (a FIFO or a device), not a .proto file"
 
 
 # -- call --log-file that cannot be opened: named as load names it ----------------------------
