@@ -46,10 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="what the server's handler does (default: %(default)s)")
     p.add_argument("--dispatch-delay", type=finite_float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
                    help="delay before the handler processes the call (a negative one is sent as it is: "
-                        "the client refuses it, C -> End, 87)")
+                        "the client refuses it, C -> End, 87) (default: %(default)s)")
     p.add_argument("--delay", type=non_negative_float, default=_SCRIPT.outcome_delay, metavar="SECONDS",
-                   help="processing time before the outcome")
-    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
+                   help="processing time before the outcome (default: %(default)s)")
+    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N",
+                   help="complete: size of the reply (default: %(default)s)")
     p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
                    "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")

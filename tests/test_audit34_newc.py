@@ -97,6 +97,22 @@ def test_data_file_rules_and_proto_that_are_a_fifo_are_refused_naming_it(tmp_pat
     assert isinstance(err, SchemaError) and str(err) == f"{fifo}: not a regular file (a FIFO or a device), not a .proto file"
 
 
+# -- --help: every default shown -----------------------------------------------------------------
+
+def test_every_option_with_a_default_shows_it_in_its_help() -> None:
+    """Before: `call --help` gave no default for --dispatch-delay, --delay, --reply-bytes,
+    --at-count or --breach, where every other option of every command says its own."""
+    import argparse
+
+    from callstate.cli import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[0]}" for name, command in commands.items() for action in command._actions
+              if action.option_strings and action.help not in (None, argparse.SUPPRESS)
+              and action.default not in (None, False, "", [], argparse.SUPPRESS) and "default" not in action.help.lower()]
+    assert not silent, silent
+
+
 # -- call --log-file that cannot be opened: named as load names it ----------------------------
 
 @pytest.mark.parametrize("pipe, where, why", [((), "none/c.jsonl", "No such file or directory"),
