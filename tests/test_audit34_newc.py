@@ -130,6 +130,24 @@ def test_calls_log_file_that_cannot_be_opened_is_one_line_naming_the_option(tmp_
     assert done.stderr.strip() == f"callstate call: --log-file {path}: cannot write the state log ({why})"
 
 
+# -- serve --port-file that names a log: refused, the log kept -----------------------------------
+
+def test_a_port_file_that_holds_a_state_log_is_refused_and_the_log_kept(tmp_path: Path) -> None:
+    """Before: `serve --port-file server.jsonl` (meant: --log-file) replaced the log with the port
+    number, whole; a server still writing that log then wrote to a file no longer there."""
+    from callstate.cli.serve import _not_a_port_file
+    log = tmp_path / "server.jsonl"
+    recorded = b'{"ts":"2026-12-06T06:59:01.284167Z","side":"server","call_id":"b0a1","state":"D"}\n'
+    log.write_bytes(recorded)
+    done = cli("serve", "--port", "0", "--no-state-log", "--port-file", str(log), timeout=CALL_TIMEOUT)
+    assert done.returncode == 2 and log.read_bytes() == recorded, done.stderr
+    assert done.stderr.strip() == (f"callstate serve: --port-file {log} holds something other than a port (a "
+                                   "state log?): writing the port would replace it; give a file of its own")
+    for earlier in (b"", b"50051\n"):   # a port file of an earlier run is a port file
+        (tmp_path / "port").write_bytes(earlier)
+        assert _not_a_port_file(str(tmp_path / "port")) == ""
+
+
 # -- health --wait: what a script runs after `callstate serve ... &` -----------------------------
 
 def test_health_wait_waits_for_a_server_that_is_not_listening_yet(refused_target: str) -> None:
