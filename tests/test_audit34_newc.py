@@ -161,6 +161,10 @@ def test_health_wait_waits_for_a_server_that_is_not_listening_yet(refused_target
     assert done.stderr.strip() == (f"callstate health: {refused_target}: no answer within 0.5 s "
                                    "(DEADLINE_EXCEEDED; --timeout waits longer)")
     assert time.monotonic() - start >= 0.5   # it waited rather than failing on the refused connect (UNAVAILABLE)
+    # what docs/operations.md quotes for a stopped server, the same line (it quoted watch's keepalive line)
+    page = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    assert "`health` with `no answer within 5 s (DEADLINE_EXCEEDED; --timeout waits longer)`" in page
+    assert "`watch` (and `health`," not in page
 
 
 def test_health_wait_answers_serving_once_a_late_server_listens() -> None:
