@@ -113,6 +113,8 @@ def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> R
     """Read and compile a rules file; RulesError names the file, the line and the field."""
     from callstate.rules import RulesError, parse_rules
     try:
+        if is_stream(path) and not os.path.isdir(path):   # read at start and at each change: /dev/zero would fill the memory, a FIFO wait
+            raise RulesError(f"{path}: not a regular file (a FIFO or a device is refused)")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None

@@ -46,10 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="what the server's handler does (default: %(default)s)")
     p.add_argument("--dispatch-delay", type=finite_float, default=_SCRIPT.dispatch_delay, metavar="SECONDS",
                    help="delay before the handler processes the call (a negative one is sent as it is: "
-                        "the client refuses it, C -> End, 87)")
+                        "the client refuses it, C -> End, 87) (default: %(default)s)")
     p.add_argument("--delay", type=non_negative_float, default=_SCRIPT.outcome_delay, metavar="SECONDS",
-                   help="processing time before the outcome")
-    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N", help="complete: size of the reply")
+                   help="processing time before the outcome (default: %(default)s)")
+    p.add_argument("--reply-bytes", type=int64, default=_SCRIPT.reply_bytes, metavar="N",
+                   help="complete: size of the reply (default: %(default)s)")
     p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
                    "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
@@ -112,10 +113,18 @@ def run(opts: argparse.Namespace) -> int:
         status = run_pipe(opts, provider) if opts.pipe else asyncio.run(_call(opts, provider))
         return status or int(StateLog.failures > failed_logs)
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
-        print(f"callstate call: {exc}", file=sys.stderr)
+        print(f"callstate call: {_failure_text(opts, exc)}", file=sys.stderr)
         return 2
     finally:
         shutdown_tracing(provider, "callstate call")
+
+
+def _failure_text(opts: argparse.Namespace, exc: Exception) -> str:
+    """One line for what stopped the call before it was made: a --log-file that cannot be
+    opened is named as load names it (not Python's `[Errno 2] ...: 'path'`)."""
+    if isinstance(exc, OSError) and opts.log_file and exc.filename == opts.log_file:
+        return f"--log-file {opts.log_file}: cannot write the state log ({exc.strerror or exc})"
+    return str(exc)
 
 
 def _never_applies(opts: argparse.Namespace) -> str | None:

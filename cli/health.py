@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "service needs no token; TLS options apply as for every client command.")
     add_target(p, timeout_help=f"how long to wait for each answer (default: {DEFAULT_TIMEOUT:g})")
     p.add_argument("--service", default="", help="service name to ask about (default: the server as a whole)")
+    p.add_argument("--wait", action="store_true",
+                   help="a server not listening yet is waited for, up to --timeout, rather than unreachable at "
+                        "once: after `callstate serve ... &`, the next command finds it serving")
     return p
 
 
@@ -31,7 +34,8 @@ def run(opts: argparse.Namespace) -> int:
     with settings.sync_channel(opts.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=opts.service), timeout=opts.timeout or DEFAULT_TIMEOUT)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=opts.service), timeout=opts.timeout or DEFAULT_TIMEOUT,
+                               wait_for_ready=opts.wait)
             if not opts.service:   # any gRPC server may answer for itself: is this one callstate?
                 stub.Check(health_pb2.HealthCheckRequest(service=EMULATOR), timeout=opts.timeout or DEFAULT_TIMEOUT)
         except grpc.RpcError as err:

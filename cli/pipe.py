@@ -57,13 +57,13 @@ def add_pipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--at", choices=list(POINTS), default="end",
                    help="where the server's outcome happens (default: %(default)s: its messages sent and the "
                         "caller's null push in)")
-    g.add_argument("--at-count", type=positive_int, default=1, metavar="N", help="N for --at after-in / after-out")
+    g.add_argument("--at-count", type=positive_int, default=1, metavar="N", help="N for --at after-in / after-out (default: %(default)s)")
     g.add_argument("--cancel-at", type=_cancel_point, metavar="POINT",
                    help=f"cancel the pipe at one of {PIPE_POINTS.usage()} (abortive unless --non-abortive)")
     g.add_argument("--breach", choices=list(BREACHES), default="none",
                    help="the server breaks a pipe rule on purpose: complete-undrained (in, both; with --at "
                         "before-first/after-in/after-out) or push-after-end (out, both); the call ends 1917 "
-                        "RPC_X_PIPE_DISCIPLINE_ERROR")
+                        "RPC_X_PIPE_DISCIPLINE_ERROR (default: %(default)s: no breach)")
     g.add_argument("--log-messages", action="store_true",
                    help="also log one line per message (send_complete / receive_complete)")
 
@@ -132,11 +132,7 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
         return 2
     if opts.cancel_before_start:
         opts.cancel_at = PipeCancelPoint(BEFORE_START)
-    try:
-        return asyncio.run(_pipe(opts, provider))
-    except OSError as exc:
-        print(f"callstate call: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(_pipe(opts, provider))   # an OSError (--log-file) is call's to say
 
 
 async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:

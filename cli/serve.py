@@ -211,7 +211,7 @@ def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
     for flag, path in (("--port-file", opts.port_file), ("--log-file", None if opts.no_state_log else opts.log_file)):
         if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             return f"{flag} {path}: its folder does not exist"
-    if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))):
+    if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))) or _not_a_port_file(opts.port_file):
         return why   # the port would replace the recorded log
     if opts.metrics_port and opts.metrics_port == opts.port and (
             opts.metrics_bind == opts.bind or {opts.metrics_bind, opts.bind} & {"", "0.0.0.0", "::"}):
@@ -222,6 +222,23 @@ def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
     except ValueError as exc:   # SchemaError, RulesError: one line naming the file, line or field
         return str(exc)
     return None
+
+
+def _not_a_port_file(path: str | None) -> str:
+    """Why writing the port to `path` would lose something ("" when it would not): a file there
+    holds what is not a port, such as a state log given as --port-file by mistake (the port
+    replaces the file whole, and a server still writing that log then writes to no file at all)."""
+    if not path or not os.path.isfile(path):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            held = f.read(64).strip()
+    except OSError:   # unreadable: said when the port is written
+        return ""
+    if not held or held.isdigit():   # empty, or the port an earlier run wrote
+        return ""
+    return (f"--port-file {path} holds something other than a port (a state log?): writing the port would "
+            "replace it; give a file of its own")
 
 
 def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -24,6 +24,9 @@ from callstate.schema.model import Schema, SchemaError
 Explain = Callable[[Any, str], str]   # (grpc.StatusCode, details) -> details with a hint
 REFLECTION_TIMEOUT = 10.0   # seconds for each reflection request of a schema read at start
 _SKIPPED_SERVICES = ("grpc.reflection.",)
+# protoc's own logging (abseil), not an error of the file: "WARNING: All log messages before
+# absl::InitializeLog() ...", "W0000 00:00:1796540303.601451   22439 parser.cc:659] No edition ..."
+_PROTOC_LOG = re.compile(r"WARNING: All log messages before absl::|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] ")
 
 
 def well_known_include() -> str:
@@ -87,7 +90,7 @@ def from_protos(protos: Sequence[str | os.PathLike[str]], proto_paths: Sequence[
                 f"--descriptor_set_out={out}", *files]
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not out.exists():
-            lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+            lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip() and not _PROTOC_LOG.match(ln)]
             first = lines[0] if lines else f"protoc failed (exit {done.returncode})"
             first = first.replace("--proto_path", "--proto-path")   # protoc's flag, in callstate's spelling
             if first.endswith("File not found."):   # an import: where imports are looked up, which line imports it
@@ -159,6 +162,8 @@ def _found(proto: str | os.PathLike[str], proto_paths: Sequence[str | os.PathLik
     if any(candidate.is_dir() for candidate in candidates):
         raise SchemaError(f"{proto}: a folder, not a .proto file: give each file to serve (their imports are "
                           "looked up under --proto-path)")
+    if any(candidate.exists() for candidate in candidates):   # a FIFO or a device: protoc would read it forever
+        raise SchemaError(f"{proto}: not a regular file (a FIFO or a device), not a .proto file")
     looked = [str(inc) for inc in proto_paths if len(candidates) > 1 and Path(inc).is_dir()]
     under = f" (nor below --proto-path {', '.join(looked)})" if looked else ""
     raise SchemaError(f"{proto}: no such .proto file{under}")
