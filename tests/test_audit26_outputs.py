@@ -156,8 +156,10 @@ def test_load_counts_no_hold_for_end_when_the_server_ended_the_held_calls(tmp_pa
 
 
 def test_load_counts_the_hold_for_ends_it_made(shared_server: ServerProcess, tmp_path: Path) -> None:
+    # --no-verify: what is counted is the client's own; at load 20 a 0.01 s hold-for cancelled all
+    # four calls before the server dispatched one, and the server-side check said "no call reached the server".
     _, entries, paths = _held_load(shared_server.target, tmp_path, "--calls", "4", "--concurrency", "4",
-                                   "--hold-for", "0.01")
+                                   "--hold-for", "0.01", "--no-verify")
     assert len([e for e in entries if e["state"] == CAN and e["event"] == ENTER]) == 4
     assert paths == {"hold": 4, "hold-for": 4}
 
