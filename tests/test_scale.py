@@ -24,10 +24,11 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "callstate.conf.template"
 REPLICAS = 3
 
 
-def shipped_nginx(tmp: Path, port: int, upstreams: list[int]) -> ProxyProcess:
-    """Debian's nginx with the shipped http-block config: its `server emulator:PORT` line (one
-    name for every replica, as compose's --scale gives) becomes one line per local replica."""
-    block = TEMPLATE.read_text().replace("${CALLSTATE_GATEWAY_PORT}", f"127.0.0.1:{port}")
+def shipped_nginx(tmp: Path, port: int, upstreams: list[int], template: str | None = None) -> ProxyProcess:
+    """Debian's nginx with the shipped http-block config (or `template`, a variant of its text): its
+    `server emulator:PORT` line (one name for every replica, as compose's --scale gives) becomes
+    one line per local replica."""
+    block = (template or TEMPLATE.read_text()).replace("${CALLSTATE_GATEWAY_PORT}", f"127.0.0.1:{port}")
     line = next(ln for ln in block.splitlines() if "server emulator:${CALLSTATE_PORT}" in ln)
     block = block.replace(line, "\n".join(line.replace("emulator:${CALLSTATE_PORT}", f"127.0.0.1:{p}")
                                           for p in upstreams))
