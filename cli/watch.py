@@ -21,6 +21,7 @@ if TYPE_CHECKING:   # grpc loads when a watch starts, not for --help
 COUNTERS_TIMEOUT = 5.0
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
 SHOWN_ID = 12            # an entry line shows the first characters of its call id; --call-id takes it whole
+TARGET_FIELD = "target"  # with several --target, each --json line names the one it came from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -304,7 +305,7 @@ class _Watch:
                 if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
                     self._lost(target, e.dropped - dropped, e.dropped)
                     dropped = e.dropped
-                self.show(e)
+                self.show(e, target)
                 if self.opts.count and self.seen >= self.opts.count:
                     self.done.set()
                     return
@@ -377,14 +378,23 @@ class _Watch:
         print(f"callstate watch: {counted(lost, 'entry', 'entries')} lost (this watcher was too slow; {in_all} in all)"
               + (f" from {target}" if len(self.targets) > 1 else ""), file=sys.stderr, flush=True)
 
-    def show(self, e) -> None:  # type: ignore[no-untyped-def]
+    def show(self, e, target: str) -> None:  # type: ignore[no-untyped-def]
         from callstate.cli.terminal import line
         from callstate.statelog import proto_to_dict
 
         d = proto_to_dict(e)
         if self.dashboard is not None:
             self.dashboard.entry(d)
-        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"):
+            self.seen += 1
+            return
+        # merged from several servers: each line names the one it came from (a call lives on one;
+        # the same id on two replicas is two calls)
+        several = len(self.targets) > 1
+        if self.opts.json:
+            text = line({**d, TARGET_FIELD: target} if several else d, True)
+        else:
+            text = (f"{printable(target)}  " if several else "") + f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"
+        if not _printed(text):
             self.done.set()   # `| head`: its reader has what it wanted, the watch is over
         self.seen += 1
 

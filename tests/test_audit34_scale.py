@@ -142,3 +142,27 @@ def test_load_through_a_balancer_without_no_verify_says_so(tmp_path: Path, two_r
     assert "unknown_to_server" in run.stdout, run.stdout
     assert f"is {nginx.target} a balancer in front of several servers (replicas)?" in run.stdout, run.stdout
     assert "--no-verify" in run.stdout, run.stdout
+
+
+def test_watch_over_several_targets_names_each_lines_server(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from callstate.cli.watch import _Watch
+
+    entry = pb.StateEntry(ts="2026-12-06T07:09:46.176462Z", side="server", call_id=CALL, state="D", event="enter",
+                          move="dispatch")
+    for as_json in (False, True):
+        opts = argparse.Namespace(json=as_json, count=None, settings=argparse.Namespace(metadata=()))
+        # the same call id on two replicas is two calls: each line says whose it is
+        watch = _Watch(opts, ["10.0.0.1:50051", "10.0.0.2:50051"], [])
+        watch.show(entry, "10.0.0.2:50051")
+        watch.show(entry, "10.0.0.1:50051")
+        one = _Watch(opts, ["10.0.0.1:50051"], [])   # one server: its lines as ever
+        one.show(entry, "10.0.0.1:50051")
+        lines = capsys.readouterr().out.splitlines()
+        if as_json:
+            assert [json.loads(x).get("target") for x in lines] == ["10.0.0.2:50051", "10.0.0.1:50051", None]
+        else:
+            assert [x.split()[0] for x in lines] == ["10.0.0.2:50051", "10.0.0.1:50051", CALL[:12]], lines
+            assert lines[0].split()[1] == CALL[:12] and "--dispatch-->" in lines[0], lines

@@ -188,6 +188,9 @@ def test_watch_merges_several_targets(tmp_path: Path, refused_target: str) -> No
         ids = {e["call_id"] for e in lines}
         seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ids}
         assert seen_on == {0, 1}, (seen_on, out)
+        # each line names the replica it came from, the one whose log has the call
+        for e in lines:
+            assert e["call_id"] in {x["call_id"] for x in servers[[s.target for s in servers].index(e["target"])].entries()}
         down = cli("watch", *args, "--target", refused_target, "--counters", "--timeout", "3")
         assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     finally:
