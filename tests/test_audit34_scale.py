@@ -4,8 +4,12 @@ balancer without --no-verify says why calls look unknown to the server."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +19,7 @@ import pytest
 from callstate.check import KINDS, NOTICE_KEPT, check_entries
 from callstate.client.notice import notice_outcome
 from callstate.v1 import callstate_pb2 as pb
-from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, read_entries, start_server, wait_for_text
 from tests.middleboxes import free_port
 from tests.test_scale import TEMPLATE, shipped_nginx
 
@@ -146,7 +150,6 @@ def test_load_through_a_balancer_without_no_verify_says_so(tmp_path: Path, two_r
 
 def test_watch_over_several_targets_names_each_lines_server(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
-    import json
 
     from callstate.cli.watch import _Watch
 
@@ -166,3 +169,29 @@ def test_watch_over_several_targets_names_each_lines_server(capsys: pytest.Captu
         else:
             assert [x.split()[0] for x in lines] == ["10.0.0.2:50051", "10.0.0.1:50051", CALL[:12]], lines
             assert lines[0].split()[1] == CALL[:12] and "--dispatch-->" in lines[0], lines
+
+
+def test_watch_follows_a_restarted_replica_again(tmp_path: Path, two_replicas: list[ServerProcess]) -> None:
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    watch = subprocess.Popen([sys.executable, "-m", "callstate", "watch", "--json", "--dashboard", "never",
+                              *(a for srv in two_replicas for a in ("--target", srv.target))],
+                             stdout=open(out, "wb"), stderr=open(err, "wb"))
+    try:
+        wait_for_text(err, "watching", watch)
+        first = two_replicas[0]
+        assert first.stop() == 0
+        wait_for_text(err, f"{first.target} ended the stream: the server is stopping", watch)
+        # the replica restarted on its address: followed again, and its new calls shown, named by it
+        two_replicas[0] = start_server(first.log.parent, "--max-hold", "20", "--port", str(first.port),
+                                       name="replica-0-restarted")
+        wait_for_text(err, f"{first.target} answers again: following it again", watch)
+        done = cli("call", "--target", first.target, "--outcome", "complete", "--json")
+        assert done.returncode == 0, done.stderr
+        call_id = json.loads(done.stdout.splitlines()[0])["call_id"]
+        shown = wait_for_text(out, call_id, watch)
+        assert any(e["call_id"] == call_id and e["target"] == first.target
+                   for e in map(json.loads, shown.splitlines())), shown
+    finally:
+        watch.send_signal(signal.SIGINT)
+        rc = watch.wait(20)
+    assert rc == 0, err.read_text()
