@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
-from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS, NULL_PULL,
-                                 NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT, SERVER, SIDE_STATES, SIDES,
-                                 UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
+from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CANCEL_SENT, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS,
+                                 NON_ABORTIVE, NULL_PULL, NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT,
+                                 SERVER, SIDE_STATES, SIDES, UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
                                  own_path_error)
 from callstate.propagation import cancel_propagation
 from callstate.statelog import Entry, TimeReader, logged_time, parse_ts
@@ -56,7 +56,17 @@ KINDS = {
                            "rule broken (pipe_breach)",
     "phantom_half_close": "the server logged the client's null push (half-close) but the client never made one: a "
                           "cancel taken for a half-close",
+    "notice_astray": "a cancel notice answered 'delivered: kept for the dispatch' by a server that had not dispatched "
+                     "the call, while the server that dispatched it never saw the notice: behind a balancer, the "
+                     "notice went to another replica than its call (route every RPC on the callstate-call-id "
+                     "metadata, as deploy/nginx does)",
 }
+# The `cancel_sent` detail of a notice a server kept for a dispatch it had not seen yet
+# (client/notice.py writes it): the server that kept it must be the one that dispatches the call.
+NOTICE_KEPT = "delivered: kept for the dispatch"
+# A kept notice waits --early-notice-ttl (10 s) for its call: a dispatch this much later than the
+# notice's answer may have come after the notice was let go, and is not judged astray.
+NOTICE_KEPT_WAIT_S = 1.0
 EXAMPLES_PER_KIND = 5
 # What a log still being written (its writer running, or stopped) shows of its calls in flight
 LIVE_KINDS = frozenset({"not_ended", "unknown_to_server"})
@@ -104,6 +114,8 @@ class SideTrack:
     first: Any = None                 # where its first entry is in the input (a retiring Checker orders by it)
     method: str = ""                  # a stand-in's call: the user's method, as its entries name it
     reused: bool = False              # a later call under the same id started on this side (not judged)
+    notice_kept: float | str | None = None   # client: when a notice was answered NOTICE_KEPT
+    notice_seen: bool = False         # server: saw a non-abortive cancel (a notice)
 
 
 @dataclass
@@ -371,6 +383,9 @@ def _note_event(track: SideTrack, side: str, event: str, ts: float | str, cancel
             track.poll_wait_ms = float(delay_ms)
         track.cancel_ts = track.cancel_ts or ts
         track.abortive_seen = track.abortive_seen or cancel_kind_of(cancel, detail) == ABORTIVE
+        track.notice_seen = track.notice_seen or cancel_kind_of(cancel, detail) == NON_ABORTIVE
+    elif side == CLIENT and event == CANCEL_SENT and detail == NOTICE_KEPT:
+        track.notice_kept = track.notice_kept or ts
     elif event == PIPE_BREACH:
         track.breach = True
 
@@ -875,10 +890,27 @@ def _pipe_incomplete(client: SideTrack, server: SideTrack) -> list[tuple[str, st
     return []
 
 
+def _notice_astray(client: SideTrack, server: SideTrack) -> list[tuple[str, str]]:
+    """A notice some server kept for a dispatch it had not seen, while the server that dispatched
+    the call never saw a notice: the two went to different servers (a balancer that does not route
+    on the call id). Not judged when the call had ended on its server before the client cancelled
+    (a journal that forgot it keeps a late notice too) or was dispatched long after the notice's
+    answer (past its --early-notice-ttl)."""
+    if client.notice_kept is None or server.notice_seen or not server.ended or server.start_ts is None:
+        return []
+    kept = _ts(client.notice_kept)
+    if (server.end_ts is not None and client.cancel_ts is not None and _ts(server.end_ts) < _ts(client.cancel_ts)) \
+            or _ts(server.start_ts) > kept + NOTICE_KEPT_WAIT_S:
+        return []
+    return [("notice_astray", f"{client.where}the client's cancel notice was kept for the dispatch by a server that "
+                              f"had not dispatched the call; {server.where}the server that dispatched it never saw "
+                              "the notice")]
+
+
 # What the two sides of one call cannot be together, in the order reported: (client, server)
 # -> (kind, message) per violation.
 CROSS_SIDE_RULES: tuple[Callable[[SideTrack, SideTrack], list[tuple[str, str]]], ...] = (
-    _pipe_violations, _time_order, _pipe_incomplete, _code_mismatch)
+    _pipe_violations, _time_order, _pipe_incomplete, _code_mismatch, _notice_astray)
 
 
 def _wrong_types(**fields: Any) -> str:

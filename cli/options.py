@@ -151,7 +151,8 @@ def add_target(p: argparse.ArgumentParser, several: bool = False,
     if several:
         p.add_argument("--target", action="append", type=grpc_target, metavar="HOST:PORT",
                        help=f"server address HOST:PORT; repeat it for several servers (replicas behind a balancer): "
-                            f"their entries are merged (default: {DEFAULT_TARGET})")
+                            f"their entries are merged as they arrive, each line starting with the server it came "
+                            f"from (--json: its \"target\" field) (default: {DEFAULT_TARGET})")
         p.set_defaults(several_targets=True)
     else:
         p.add_argument("--target", default=DEFAULT_TARGET, type=grpc_target,

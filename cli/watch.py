@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from callstate.check import counted
@@ -19,8 +20,10 @@ if TYPE_CHECKING:   # grpc loads when a watch starts, not for --help
     import grpc
 
 COUNTERS_TIMEOUT = 5.0
+REJOIN_S = 1.0           # a replica that stopped or was lost mid-watch is asked this often whether it is back
 IN_FLIGHT_POLL_S = 0.5   # the dashboard's in-flight count comes from the server's counters
 SHOWN_ID = 12            # an entry line shows the first characters of its call id; --call-id takes it whole
+TARGET_FIELD = "target"  # with several --target, each --json line names the one it came from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -30,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "cancels), otherwise one line per entry. It says \"watching\" once every "
                                    "--target has subscribed: a call made after that line is seen. A target that "
                                    "stops, or is lost, mid-watch is said at once and the others are still followed "
-                                   "(exit 1 in the end when one was lost). Stop with Ctrl-C (exit 0; 130 before "
+                                   "(exit 1 in the end when one was lost); it is asked every second whether it is "
+                                   "back (a replica restarted), and followed again once it answers. Stop with Ctrl-C (exit 0; 130 before "
                                    "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
                                              "answered by then) (default: follow until Ctrl-C)")
@@ -135,7 +139,9 @@ class _Watch:
         self.done = asyncio.Event()   # --count reached
         self.dashboard: _Dashboard | None = None
         self.lost: list[str] = []      # targets lost mid-watch while others were still followed
-        self.over = 0                  # targets whose stream ended (stopped, or lost)
+        self.over = 0                  # targets whose stream ended (stopped, or lost), until followed again
+        self.closing = asyncio.Event()  # the watch is ending: no target is followed again
+        self._ends_at: float | None = None   # --timeout's end, on the monotonic clock
 
     async def holder(self) -> int | None:
         """--call-id with several targets (replicas): the index of the one whose journal holds the
@@ -221,7 +227,8 @@ class _Watch:
         mode = "never" if opts.json and opts.dashboard == "auto" else opts.dashboard
         if choose(mode, sys.stdout):
             self.dashboard = _Dashboard(self.stubs, choose(mode, sys.stdout), ", ".join(self.targets), self.metadata)
-        readers = [asyncio.ensure_future(self.follow(t, s)) for t, s in zip(self.targets, streams)]
+        self._ends_at = None if opts.timeout is None else time.monotonic() + opts.timeout
+        readers = [asyncio.ensure_future(self.follow(i, streams)) for i in range(len(self.targets))]
         try:
             await self._until_over(readers, stop)
         finally:
@@ -285,6 +292,7 @@ class _Watch:
     async def _close(self, readers: list[asyncio.Future[None]], streams: list) -> None:  # type: ignore[type-arg]
         import grpc
 
+        self.closing.set()   # a reader waiting for its server to come back gives up
         for reader, stream in zip(readers, streams):
             if not reader.done():
                 stream.cancel()
@@ -295,7 +303,49 @@ class _Watch:
         if self.dashboard is not None:
             await self.dashboard.stop()
 
-    async def follow(self, target: str, stream) -> None:  # type: ignore[no-untyped-def]
+    async def follow(self, i: int, streams: list) -> None:  # type: ignore[type-arg]
+        """Follow target i's stream (streams[i]); when it stops or is lost while others are still
+        followed, follow it again once it answers (a replica restarted), in streams[i]."""
+        target = self.targets[i]
+        while True:
+            await self._follow_stream(target, streams[i])
+            if self.done.is_set() or len(self.targets) == 1 or not await self._rejoin(i, streams):
+                return
+
+    async def _rejoin(self, i: int, streams: list) -> bool:  # type: ignore[type-arg]
+        """Target i's stream ended while others are followed: subscribe again every REJOIN_S until
+        it answers as a callstate server (True, said), or the watch is over (False)."""
+        import grpc
+
+        from callstate.v1 import callstate_pb2 as pb
+        from callstate.wire import WATCHING_KEY
+
+        target = self.targets[i]
+        while self.over < len(self.targets) and not self.done.is_set():
+            try:
+                await asyncio.wait_for(self.closing.wait(), REJOIN_S)
+                return False
+            except asyncio.TimeoutError:
+                pass
+            left = None if self._ends_at is None else self._ends_at - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            streams[i] = stream = self.stubs[i].Watch(pb.WatchRequest(call_id=self.opts.call_id),
+                                                      metadata=self.metadata, timeout=left)
+            try:
+                headers = await asyncio.wait_for(stream.initial_metadata(), COUNTERS_TIMEOUT)
+            except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+                stream.cancel()
+                continue
+            if any(key == WATCHING_KEY for key, _ in headers or ()):
+                self.over -= 1
+                self._tell(f"callstate watch: {target} answers again: following it again (entries made while it "
+                           "was away are not shown)")
+                return True
+            stream.cancel()   # a proxy's answer in its place
+        return False
+
+    async def _follow_stream(self, target: str, stream) -> None:  # type: ignore[no-untyped-def]
         import grpc
 
         dropped = 0
@@ -304,7 +354,7 @@ class _Watch:
                 if e.dropped > dropped:   # the server's buffer for this stream overflowed: say so
                     self._lost(target, e.dropped - dropped, e.dropped)
                     dropped = e.dropped
-                self.show(e)
+                self.show(e, target)
                 if self.opts.count and self.seen >= self.opts.count:
                     self.done.set()
                     return
@@ -377,14 +427,23 @@ class _Watch:
         print(f"callstate watch: {counted(lost, 'entry', 'entries')} lost (this watcher was too slow; {in_all} in all)"
               + (f" from {target}" if len(self.targets) > 1 else ""), file=sys.stderr, flush=True)
 
-    def show(self, e) -> None:  # type: ignore[no-untyped-def]
+    def show(self, e, target: str) -> None:  # type: ignore[no-untyped-def]
         from callstate.cli.terminal import line
         from callstate.statelog import proto_to_dict
 
         d = proto_to_dict(e)
         if self.dashboard is not None:
             self.dashboard.entry(d)
-        elif not _printed(line(d, True) if self.opts.json else f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"):
+            self.seen += 1
+            return
+        # merged from several servers: each line names the one it came from (a call lives on one;
+        # the same id on two replicas is two calls)
+        several = len(self.targets) > 1
+        if self.opts.json:
+            text = line({**d, TARGET_FIELD: target} if several else d, True)
+        else:
+            text = (f"{printable(target)}  " if several else "") + f"{printable(e.call_id[:SHOWN_ID])}  {line(d, False)}"
+        if not _printed(text):
             self.done.set()   # `| head`: its reader has what it wanted, the watch is over
         self.seen += 1
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,17 +22,24 @@ from tests.conftest import ROOT, ServerProcess, cli, read_entries, start_server
 from tests.middleboxes import NGINX_CONF, ProxyProcess, free_port
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "callstate.conf.template"
+RENDER = ROOT / "deploy" / "nginx" / "render.sh"
 REPLICAS = 3
 
 
-def shipped_nginx(tmp: Path, port: int, upstreams: list[int]) -> ProxyProcess:
-    """Debian's nginx with the shipped http-block config: its `server emulator:PORT` line (one
-    name for every replica, as compose's --scale gives) becomes one line per local replica."""
-    block = TEMPLATE.read_text().replace("${CALLSTATE_GATEWAY_PORT}", f"127.0.0.1:{port}")
-    line = next(ln for ln in block.splitlines() if "server emulator:${CALLSTATE_PORT}" in ln)
-    block = block.replace(line, "\n".join(line.replace("emulator:${CALLSTATE_PORT}", f"127.0.0.1:{p}")
-                                          for p in upstreams))
-    assert "${CALLSTATE" not in block, block
+def shipped_nginx(tmp: Path, port: int, upstreams: list[int], template: str | None = None) -> ProxyProcess:
+    """Debian's nginx with the shipped http-block config (or `template`, a variant of its text),
+    rendered as the docs say for replicas you run yourself: deploy/nginx/render.sh with
+    CALLSTATE_REPLICAS, one `server` line per local replica."""
+    source = TEMPLATE
+    if template is not None:
+        source = tmp / "variant.conf.template"
+        source.write_text(template)
+    rendered = tmp / "callstate.conf"
+    env = {**os.environ, "CALLSTATE_REPLICAS": " ".join(f"127.0.0.1:{p}" for p in upstreams),
+           "CALLSTATE_GATEWAY_PORT": f"127.0.0.1:{port}"}
+    subprocess.run(["sh", str(RENDER), str(source), str(rendered)], env=env, check=True, capture_output=True)
+    block = rendered.read_text()
+    assert "${CALLSTATE" not in block and block.count("server 127.0.0.1:") == len(upstreams), block
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / name).mkdir(exist_ok=True)
         (tmp / name).chmod(0o777)   # workers run as nobody when nginx starts as root
@@ -187,6 +195,9 @@ def test_watch_merges_several_targets(tmp_path: Path, refused_target: str) -> No
         ids = {e["call_id"] for e in lines}
         seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ids}
         assert seen_on == {0, 1}, (seen_on, out)
+        # each line names the replica it came from, the one whose log has the call
+        for e in lines:
+            assert e["call_id"] in {x["call_id"] for x in servers[[s.target for s in servers].index(e["target"])].entries()}
         down = cli("watch", *args, "--target", refused_target, "--counters", "--timeout", "3")
         assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     finally:

@@ -27,7 +27,7 @@ import grpc
 import orjson
 
 from callstate import codes
-from callstate.check import Checker, counted, percentiles
+from callstate.check import Checker, CheckReport, counted, percentiles
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats, rate_text
@@ -714,7 +714,7 @@ class LoadRun:
         result = (self.builder.finish(in_flight, self.server_lost) if self.builder is not None else
                   self.checker.finish(server_in_flight=in_flight, server_lost=self.server_lost))  # type: ignore[union-attr]
         checked = result.to_json()
-        notes = self._notes()
+        notes = self._notes() + self._balancer_note(result)
         out: dict[str, Any] = {"cancel_propagation_ms": _rounded(checked.pop("cancel_propagation_ms"))}
         for apart in ("cancel_propagation_polled_ms", "cancel_poll_wait_ms"):   # handlers that poll
             out[apart] = _rounded(checked.pop(apart))
@@ -736,6 +736,19 @@ class LoadRun:
         if self.attempted and self._our_server_dispatches == 0 and not self.one_sided:
             notes.append("no call reached the server")
         return notes
+
+    def _balancer_note(self, result: CheckReport) -> list[str]:
+        """Why calls the client completed with 0 are unknown to the server whose journal was followed,
+        when others of the run's calls reached it and the stream lost nothing: a balancer spread the
+        calls over several servers, and the journal RPC (no call id to route by) reached one of them."""
+        unknown = sum(1 for v in result.violations if v.kind == "unknown_to_server")
+        if not unknown or not self._our_server_dispatches or self.stream_dropped or self.server_lost:
+            return []
+        return [f"{counted(unknown, 'call')} the client completed with 0 never reached the server whose journal "
+                f"was followed, while {self._our_server_dispatches} of this run's calls did: is {self.cfg.target} a "
+                "balancer in front of several servers (replicas)? Its journal stream reaches one of them: run with "
+                "--no-verify and check the client log with every server's log (callstate check CLIENT_LOG "
+                "SERVER_LOGS_FOLDER)"]
 
     def _nothing_started(self) -> str:
         """Why the run proved nothing, when no call could start (or every one was refused)."""
