@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from callstate import codes
 from callstate.codes import LOCAL_CLOSE_STATUS
 from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CANCEL_SENT, CLIENT, CLIENT_CLOSED, END, ENTER, EVENTS,
-                                 NON_ABORTIVE, NULL_PULL, NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS, PIPE_OUT,
-                                 SERVER, SIDE_STATES, SIDES, UNARY, breach_missing, cancel_kind_of, codes_agree, is_legal, kind_of_initial_move,
-                                 own_path_error)
+                                 NON_ABORTIVE, NOTICE_KEPT, NULL_PULL, NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS,
+                                 PIPE_OUT, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing, cancel_kind_of,
+                                 codes_agree, is_legal, kind_of_initial_move, own_path_error)
 from callstate.propagation import cancel_propagation
 from callstate.statelog import Entry, TimeReader, logged_time, parse_ts
 
@@ -61,9 +61,6 @@ KINDS = {
                      "notice went to another replica than its call (route every RPC on the callstate-call-id "
                      "metadata, as deploy/nginx does)",
 }
-# The `cancel_sent` detail of a notice a server kept for a dispatch it had not seen yet
-# (client/notice.py writes it): the server that kept it must be the one that dispatches the call.
-NOTICE_KEPT = "delivered: kept for the dispatch"
 # A kept notice waits --early-notice-ttl (10 s) for its call: a dispatch this much later than the
 # notice's answer may have come after the notice was let go, and is not judged astray.
 NOTICE_KEPT_WAIT_S = 1.0

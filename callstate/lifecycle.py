@@ -49,6 +49,9 @@ ENTER: Final = "enter"                        # not an event: the entry records 
 COMPLETE_PENDING: Final = "complete_pending"  # client: complete() before the notification (997)
 CANCEL_SENT: Final = "cancel_sent"            # client: what became of a non-abortive notice
 CANCEL_ESCALATED: Final = "cancel_escalated"  # client: a notice went unanswered, now abortive
+# The `cancel_sent` detail of a notice the server kept for a dispatch it had not seen yet: the
+# server that kept it must be the one that dispatches the call (the checker's notice_astray).
+NOTICE_KEPT: Final = "delivered: kept for the dispatch"
 CANCEL_SEEN: Final = "cancel_seen"            # server: a cancel reached the handler
 CLIENT_CLOSED: Final = "client_closed"        # client: close() cut the call off in flight (its 1722)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import grpc
 
 from callstate.errors import CallError
-from callstate.lifecycle import CANCEL_ESCALATED, CANCEL_SENT, LifecycleError
+from callstate.lifecycle import CANCEL_ESCALATED, CANCEL_SENT, NOTICE_KEPT, LifecycleError
 from callstate.v1 import callstate_pb2 as pb
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def notice_outcome(reply: pb.CancelReply) -> str:
     """The `cancel_sent` event's detail: what became of a non-abortive cancel notice."""
     if not reply.delivered:
         return f"not delivered: the call had already ended ({reply.state or 'unknown'})"
-    return f"delivered in {reply.state}" if reply.state else "delivered: kept for the dispatch"
+    return f"delivered in {reply.state}" if reply.state else NOTICE_KEPT
 
 
 NOTICE_CLIENT_CLOSED = "unknown: the client was closed before the notice was answered"
