@@ -29,7 +29,7 @@ from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms,
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
-from callstate.wire import CALL_ID_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, new_call_id
 
 # Other modules (and callers) name these here: the configuration, the notices, the refusals.
 __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerError", "Refusal", "bad_key",
@@ -273,11 +273,20 @@ def _unary_request(request: Any, context: grpc.aio.ServicerContext, answer: Answ
         return (answer.call_id, answer.cancel_key, answer.script, answer.mix or mix,   # type: ignore[return-value]
                 answer.method, answer.rule)
     script = request.script if request.HasField("script") else None
-    return request.call_id or _call_id_from_metadata(context), request.cancel_key, script, mix, None, None
+    call_id, cancel_key = request.call_id, request.cancel_key
+    if not call_id or not cancel_key:   # called by name (grpcurl, k6, `--method`): they travel as metadata
+        meta_id, meta_key = _ids_from_metadata(context)
+        call_id, cancel_key = call_id or meta_id, cancel_key or meta_key
+    return call_id, cancel_key, script, mix, None, None
 
 
-def _call_id_from_metadata(context: grpc.aio.ServicerContext) -> str:
+def _ids_from_metadata(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """The call id and cancel key a caller sent as metadata ("" for each it did not): the key must
+    be read too, or a cancel notice kept under it before the dispatch never finds its call."""
+    call_id = cancel_key = ""
     for key, value in context.invocation_metadata() or ():
         if key == CALL_ID_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+            call_id = value if isinstance(value, str) else value.decode()
+        elif key == CANCEL_KEY_KEY:
+            cancel_key = value if isinstance(value, str) else value.decode()
+    return call_id, cancel_key

@@ -19,7 +19,7 @@ from callstate.client import CallError, Client, Script
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN, NON_ABORTIVE
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.wire import CALL_ID_KEY, new_call_id
+from callstate.wire import CALL_ID_KEY, CANCEL_KEY_KEY, new_call_id
 from tests.conftest import ROOT, ServerProcess, cli, final, start_server, states
 from tests.documentation import blocks, section
 
@@ -159,6 +159,24 @@ def test_a_notice_sent_before_its_call_is_applied_at_dispatch(shared_server: Ser
     first_two = [(e["state"], e["event"], e.get("cancel")) for e in entries[:2]]
     assert first_two == [("D", "enter", None), ("D", CANCEL_SEEN, NON_ABORTIVE)]   # logged at dispatch
     assert states(entries) == ["D", "A", "End"]
+
+
+def test_a_keyed_notice_before_a_call_made_by_name_is_applied_at_dispatch(shared_server: ServerProcess) -> None:
+    """A call made by name (`load --method callstate.v1.Emulator/Call`, grpcurl) sends its id and
+    cancel key as metadata: a notice kept under that key must find the call at its dispatch
+    (Emulator/Call read only the request's key, and such notices were kept for nothing)."""
+    call_id, key = new_call_id(), "k-" + new_call_id()
+    with grpc.insecure_channel(shared_server.target) as channel:
+        stub = pb_grpc.EmulatorStub(channel)
+        notice = stub.Cancel(pb.CancelRequest(call_id=call_id, cancel_key=key), timeout=5)
+        assert notice.delivered and notice.state == ""     # kept for the dispatch
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_HOLD)), timeout=10,
+                      metadata=((CALL_ID_KEY, call_id), (CANCEL_KEY_KEY, key)))
+    assert codes.from_grpc(info.value.code(), info.value.trailing_metadata()) == codes.RPC_S_CALL_CANCELLED
+    entries = shared_server.wait_entries(call_id)
+    assert [(e["state"], e["event"], e.get("cancel")) for e in entries[:2]] == [
+        ("D", "enter", None), ("D", CANCEL_SEEN, NON_ABORTIVE)]
 
 
 def test_health_says_serving_and_fails_on_a_dead_port(shared_server: ServerProcess, refused_target: str) -> None:
