@@ -3,8 +3,13 @@ case that showed it."""
 
 from __future__ import annotations
 
+import pytest
+
 from callstate.cli.conformance.properties import COMPLETE_SMALL, GRACEFUL_STOP, Row
 from callstate.cli.conformance.report import DIRECT, PROXY, holds, to_json
+from callstate.client import Client, Script
+from tests.conftest import ServerProcess
+from tests.test_audit34_lib import BOUND, _interrupted
 
 
 def test_a_conformance_report_that_tested_nothing_is_not_ok() -> None:
@@ -19,3 +24,28 @@ def test_a_conformance_report_that_tested_nothing_is_not_ok() -> None:
                                                                Row(GRACEFUL_STOP, None, note="skipped")]}
     assert to_json(tested, "p:1", "s:2", {}, 1.0)["ok"] is True   # one row tested, none failed: OK
     assert to_json(tested, "p:1", "s:2", {}, 1.0, "interrupted by SIGINT before the run ended")["ok"] is False
+
+
+class _Failed(BaseException):
+    """What pytest.fail() raises: not an Exception."""
+
+
+def test_ctrl_c_in_result_stays_a_keyboard_interrupt_when_a_callback_fails_on_the_cancel(
+        shared_server: ServerProcess) -> None:
+    """Ctrl-C in a sync `result()` cancels the call abortively, whose rushed notification runs the
+    done-callbacks on the interrupted thread. A callback that fails as pytest.fail() does (a harness's
+    `on_complete` that finds 1818 wrong) replaced the KeyboardInterrupt with its own exception (a
+    test session went on instead of stopping), and the call was never completed: `result()`'s
+    completion on the caller's behalf was skipped, leaving it in WComp. Now Ctrl-C stays a
+    KeyboardInterrupt, the call is completed (1818), and the callback's failure is the caller's
+    next wait's, as one raised on gRPC's thread is."""
+    def fails(call: object) -> None:
+        raise _Failed("the harness's callback found the call wrong")
+
+    with Client(shared_server.target) as client:
+        call = client.start(Script("hold"), on_complete=fails)
+        _interrupted(call, call.result)   # pytest.raises(KeyboardInterrupt)
+        assert call.history == ["C", "WComp", "Can", "WComp", "Comp", "End"] and call.code == 1818
+        with pytest.raises(_Failed):
+            call.wait(BOUND)
+        assert call.wait(BOUND) is True   # raised once
