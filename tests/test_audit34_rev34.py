@@ -3,6 +3,10 @@ case that showed it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from callstate.cli.conformance.properties import COMPLETE_SMALL, GRACEFUL_STOP, Row
@@ -10,6 +14,7 @@ from callstate.cli.conformance.report import DIRECT, PROXY, holds, to_json
 from callstate.client import Client, Script
 from tests.conftest import ServerProcess
 from tests.test_audit34_lib import BOUND, _interrupted
+from tests.test_scale import RENDER, TEMPLATE
 
 
 def test_a_conformance_report_that_tested_nothing_is_not_ok() -> None:
@@ -49,3 +54,21 @@ def test_ctrl_c_in_result_stays_a_keyboard_interrupt_when_a_callback_fails_on_th
         with pytest.raises(_Failed):
             call.wait(BOUND)
         assert call.wait(BOUND) is True   # raised once
+
+
+@pytest.mark.parametrize("replicas", ["127.0.0.1:50051 emulator", "127.0.0.1:50051,127.0.0.1:50052", "h:", ":50051"])
+def test_render_refuses_a_replica_that_is_not_host_port(tmp_path: Path, replicas: str) -> None:
+    """deploy/nginx/render.sh with CALLSTATE_REPLICAS: a bare HOST became `server emulator;`, which
+    nginx takes as port 80 (every call through it then failed, 502, with nothing said), and a
+    comma-separated list one `server` of an odd name. Now one line naming the entry, exit 1, and
+    no config written."""
+    out = tmp_path / "callstate.conf"
+    done = subprocess.run(["sh", str(RENDER), str(TEMPLATE), str(out)], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "CALLSTATE_REPLICAS": replicas})
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "is not HOST:PORT" in done.stderr and not out.exists() and not Path(f"{out}.tmp").exists()
+    fine = subprocess.run(["sh", str(RENDER), str(TEMPLATE), str(out)], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "CALLSTATE_REPLICAS": "127.0.0.1:50051 [::1]:50052"})
+    assert fine.returncode == 0, fine.stderr
+    assert [ln.split()[1] for ln in out.read_text().splitlines() if ln.strip().startswith("server 1") or
+            ln.strip().startswith("server [")] == ["127.0.0.1:50051", "[::1]:50052"]
