@@ -72,3 +72,14 @@ def test_render_refuses_a_replica_that_is_not_host_port(tmp_path: Path, replicas
     assert fine.returncode == 0, fine.stderr
     assert [ln.split()[1] for ln in out.read_text().splitlines() if ln.strip().startswith("server 1") or
             ln.strip().startswith("server [")] == ["127.0.0.1:50051", "[::1]:50052"]
+
+
+def test_notice_astray_names_a_short_early_notice_ttl_on_one_server() -> None:
+    """`callstate serve --early-notice-ttl 0.001` and a load whose non-abortive cancels overtake their
+    calls: one server, no balancer, and `load` failed with notice_astray, its line saying only that the
+    notice went to another server than its call (the server had let the kept notice go before the
+    dispatch, 3 ms later). The line now names that cause too."""
+    from tests.test_audit34_scale import _client, _server
+    from callstate.check import NOTICE_KEPT, check_entries
+    (violation,) = check_entries(_client(NOTICE_KEPT) + _server()).violations
+    assert violation.kind == "notice_astray" and "--early-notice-ttl under 1 s" in violation.message, violation
