@@ -3,16 +3,18 @@ case that showed it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from callstate.cli.conformance.properties import COMPLETE_SMALL, GRACEFUL_STOP, Row
 from callstate.cli.conformance.report import DIRECT, PROXY, holds, to_json
-from callstate.client import Client, Script
-from tests.conftest import ServerProcess
+from callstate.client import AsyncClient, Client, Script
+from tests.conftest import EVIDENCE_WAIT, ServerProcess
 from tests.test_audit34_lib import BOUND, _interrupted
 from tests.test_scale import RENDER, TEMPLATE
 
@@ -83,3 +85,24 @@ def test_notice_astray_names_a_short_early_notice_ttl_on_one_server() -> None:
     from callstate.check import NOTICE_KEPT, check_entries
     (violation,) = check_entries(_client(NOTICE_KEPT) + _server()).violations
     assert violation.kind == "notice_astray" and "--early-notice-ttl under 1 s" in violation.message, violation
+
+
+def test_await_call_once_notified_raises_a_callbacks_failure_as_result_does(shared_server: ServerProcess) -> None:
+    """`await call` on an `AsyncCall` already notified takes a shortcut (no coroutine to run); a
+    callback's failure kept for the caller's wait (tests/test_audit34_lib.py, `result()`) must reach it
+    there too. Nothing covered that shortcut: it could skip the failure and the suite still passed."""
+    from tests.test_audit34_lib import _Failed as LibFailed, _fails
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.target) as aclient:
+            acall = aclient.prepare(Script("complete"), on_complete=_fails).start()
+            deadline = time.monotonic() + EVIDENCE_WAIT
+            while not acall.done() and time.monotonic() < deadline:   # evidence: notified before the await
+                await asyncio.sleep(0.005)
+            assert acall.done()
+            with pytest.raises(LibFailed):
+                await acall
+            assert (await acall).call_id == acall.call_id   # raised once; then the reply
+            assert acall.history[-1] == "End" and acall.code == 0
+
+    asyncio.run(main())
