@@ -62,7 +62,8 @@ KINDS = {
                      "metadata, as deploy/nginx does)",
 }
 # A kept notice waits --early-notice-ttl (10 s) for its call: a dispatch this much later than the
-# notice's answer may have come after the notice was let go, and is not judged astray.
+# notice's answer may have come after the notice was let go, and is not judged astray. (A server
+# run with a shorter --early-notice-ttl lets a notice go sooner: on one server, that is named too.)
 NOTICE_KEPT_WAIT_S = 1.0
 EXAMPLES_PER_KIND = 5
 # What a log still being written (its writer running, or stopped) shows of its calls in flight
@@ -901,7 +902,8 @@ def _notice_astray(client: SideTrack, server: SideTrack) -> list[tuple[str, str]
         return []
     return [("notice_astray", f"{client.where}the client's cancel notice was kept for the dispatch by a server that "
                               f"had not dispatched the call; {server.where}the server that dispatched it never saw "
-                              "the notice")]
+                              f"the notice (or, on one server, let it go first: an --early-notice-ttl under "
+                              f"{NOTICE_KEPT_WAIT_S:g} s)")]
 
 
 # What the two sides of one call cannot be together, in the order reported: (client, server)

@@ -113,7 +113,7 @@ def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> R
     """Read and compile a rules file; RulesError names the file, the line and the field."""
     from callstate.rules import RulesError, parse_rules
     try:
-        if is_stream(path) and not os.path.isdir(path):   # read at start and at each change: /dev/zero would fill the memory, a FIFO wait
+        if not_a_file(path):   # read at start and at each change: /dev/zero would fill the memory, a FIFO wait
             raise RulesError(f"{path}: not a regular file (a FIFO or a device is refused)")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -137,6 +137,12 @@ def is_stream(path: str | Path) -> bool:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def not_a_file(path: str | Path) -> bool:
+    """`path` is there and is neither a regular file nor a folder (a FIFO, a device, a socket): a
+    file option that reads it refuses it (a FIFO may never end, /dev/zero never does)."""
+    return is_stream(path) and not os.path.isdir(path)
 
 
 def write_atomically(path: str | Path, data: bytes) -> None:

@@ -303,6 +303,13 @@ class CallCore:
                 self.cancel(abortive=True)
             except CallError:
                 pass   # ended meanwhile (close() on another thread)
+            except Exception:
+                raise
+            except BaseException as exc:
+                # a done-callback's (pytest.fail()), run by the rushed notification: kept for the
+                # caller's next wait, as one raised on gRPC's thread is; the interruption goes on
+                # (Ctrl-C stays a KeyboardInterrupt) and the call is still completed for `result()`
+                self._callback_failure = self._callback_failure or exc
         if complete:
             CallCore.add_done_callback(self, CallCore._complete_quietly)
 

@@ -5,13 +5,12 @@ line or field. Each front end names its options its own way (`flag`)."""
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from google.protobuf.message import Message
 
+from callstate.files import not_a_file
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN
 from callstate.pipe_script import check_push
 from callstate.schema.model import Method, SchemaError, message_from_json
@@ -88,7 +87,7 @@ class MethodOptions:
             return (_pushable(method, message_from_json(method.request, self.data or "{}", where=flag("data")),
                               flag("data")),)
         try:
-            if _a_stream(self.data_file):   # a FIFO may never end, /dev/zero never does (and fills the memory)
+            if not_a_file(self.data_file):   # a FIFO may never end, /dev/zero never does (and fills the memory)
                 raise DriveError(f"{flag('data-file')} {self.data_file}: not a regular file (a FIFO or a device "
                                  "is refused)")
             with open(self.data_file, encoding="utf-8-sig") as f:   # the BOM Windows editors may write
@@ -102,15 +101,6 @@ class MethodOptions:
         if not requests:
             raise DriveError(f"{flag('data-file')} {self.data_file}: holds no request (one JSON request per line)")
         return requests
-
-
-def _a_stream(path: str) -> bool:
-    """Whether `path` is there and neither a regular file nor a folder (a FIFO, a device, a socket)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:   # said when it is opened
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _pushable(method: Method, request: Message, where: str) -> Message:

@@ -48,8 +48,3 @@ def render(data: Mapping[str, Any], verdict: str, gateway: str) -> str:
         r=data, verdict=verdict, gateway=gateway, generated=format_ts(time.time()), props=props, by_path=by_path,
         paths=(DIRECT, PROXY), evidence=evidence, tested=any(row.get("verdict") != "skip" for row in rows_of(data)), same_address=SAME_ADDRESS.format(proxy=data["proxy"]))
 
-
-def write(data: Mapping[str, Any], verdict: str, gateway: str, path: str | Path) -> None:
-    from callstate.files import write_atomically
-
-    write_atomically(path, render(data, verdict, gateway).encode("utf-8"))

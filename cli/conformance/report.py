@@ -75,8 +75,9 @@ def verdict_line(rows: dict[str, list[Row]], only: tuple[str, ...] = ()) -> str:
 
 def to_json(rows: dict[str, list[Row]], proxy: str, server: str, config: dict[str, Any],
             seconds: float, error: str = "") -> dict[str, Any]:
-    """`error`: why the run ended before its verdict (exit 2, or interrupted); then not ok."""
-    return {"proxy": proxy, "upstream": server, "ok": not failed(rows) and not error,
+    """`error`: why the run ended before its verdict (exit 2, or interrupted); then not ok. Nor is
+    a run that tested nothing (NOT TESTED, exit 1): `ok` is what the exit status says."""
+    return {"proxy": proxy, "upstream": server, "ok": holds(rows) and not error,
             "error": error or None,
             "seconds": round(seconds, 2), "config": config, "properties": PROPERTIES,
             "failed": [{"path": path, "property": row.prop, "note": row.note} for path, row in failed(rows)],

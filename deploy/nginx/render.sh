@@ -18,6 +18,13 @@ gateway=${CALLSTATE_GATEWAY_PORT:-8080}
 if [ -n "${CALLSTATE_REPLICAS:-}" ]; then
     replicas=$(printf '%s\n' $CALLSTATE_REPLICAS)
     what="CALLSTATE_REPLICAS"
+    for r in $replicas; do   # nginx would take a bare HOST as HOST:80, and "a:1,b:2" as one name
+        p=${r##*:} h=${r%:*}
+        case "$r" in *,*) p= ;; esac
+        case "$p" in ''|*[!0-9]*) ;; *) [ "$h" != "$r" ] && [ -n "$h" ] && continue ;; esac
+        echo "render.sh: CALLSTATE_REPLICAS: '$r' is not HOST:PORT (one HOST:PORT per replica, separated by spaces)" >&2
+        exit 1
+    done
 else
     replicas=$(getent ahostsv4 "$host" | awk -v port="$port" '{ print $1 ":" port }' | sort -u)
     [ -n "$replicas" ] || { echo "render.sh: $host resolves to no address" >&2; exit 1; }
