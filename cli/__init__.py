@@ -53,6 +53,13 @@ COMMANDS: dict[str, Command] = {   # in the order `callstate --help` lists them
 }
 
 
+# The commands that catch Ctrl-C themselves once started (serve keeps the early handler instead, until
+# its own): started with SIGINT ignored (a script's background job), they get Python's handler, not the
+# ignored one, for the moment between the loading and their own handler; a Ctrl-C or `kill -INT` there
+# was lost, and the command then caught every later one (a call held on after it, until killed).
+CATCH_INTERRUPT = frozenset({"call", "watch", "load", "conformance"})
+
+
 def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser with every command listed (callstate.cli.parser); the commands named in
     `load` (all by default) have their full parsers, the others only their line of help."""
@@ -89,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # then installs no handler of its own: without this one the server ignored a Ctrl-C / `kill
     # -INT` until it had started serving. `serve` keeps its handler (SIGTERM and SIGHUP too) until
     # the server installs its own, which then stops it gracefully (callstate.cli.serve).
-    early = _DeferredInterrupt(keep=command_named(argv) == "serve")
+    early = _DeferredInterrupt(keep=command_named(argv) == "serve", catches=command_named(argv) in CATCH_INTERRUPT)
     _tolerant_output()
     # Ctrl-C before a command handles it itself (while its modules import, say: grpc and
     # protobuf take a moment, seconds on a busy machine) is an interrupted command too: exit
@@ -130,9 +137,11 @@ class _DeferredInterrupt:
     thread (main() called by a test, say) there is no handler to change. Installed when made.
 
     `keep` (serve): SIGTERM and SIGHUP (unless ignored: nohup) are noted too, and the handlers
-    stay after the block, until the command installs its own (the server's event loop does)."""
+    stay after the block, until the command installs its own (the server's event loop does).
+    `catches` (a command that catches SIGINT once started): an ignored SIGINT is given back as
+    Python's default handler, so one that comes before the command's own is an interrupt too."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, catches: bool = False) -> None:
         import signal
 
         self.noted: list[int] = []
@@ -149,6 +158,8 @@ class _DeferredInterrupt:
                 self.previous[sig] = signal.signal(sig, self._note)
             except ValueError:   # not the main thread
                 break
+        if catches and self.previous.get(signal.SIGINT) == signal.SIG_IGN:
+            self.previous[signal.SIGINT] = signal.default_int_handler
 
     def _note(self, signum: int, _frame: object) -> None:
         self.noted.append(signum)
