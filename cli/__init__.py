@@ -139,13 +139,14 @@ class _DeferredInterrupt:
     `keep` (serve): SIGTERM and SIGHUP (unless ignored: nohup) are noted too, and the handlers
     stay after the block, until the command installs its own (the server's event loop does).
     `catches` (a command that catches SIGINT once started): an ignored SIGINT is given back as
-    Python's default handler, so one that comes before the command's own is an interrupt too."""
+    Python's default handler when the command goes on to run, so one that comes before the
+    command's own handler is an interrupt too (refused or interrupted: the handler found)."""
 
     def __init__(self, keep: bool = False, catches: bool = False) -> None:
         import signal
 
         self.noted: list[int] = []
-        self.keep = keep
+        self.keep, self.catches = keep, catches
         self.previous: dict[int, object] = {}
         hangup = getattr(signal, "SIGHUP", None)
         signals = [signal.SIGINT]
@@ -158,8 +159,6 @@ class _DeferredInterrupt:
                 self.previous[sig] = signal.signal(sig, self._note)
             except ValueError:   # not the main thread
                 break
-        if catches and self.previous.get(signal.SIGINT) == signal.SIG_IGN:
-            self.previous[signal.SIGINT] = signal.default_int_handler
 
     def _note(self, signum: int, _frame: object) -> None:
         self.noted.append(signum)
@@ -167,14 +166,17 @@ class _DeferredInterrupt:
     def __enter__(self) -> list[int]:
         return self.noted
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         if not self.keep:
-            self.release()
+            self.release(runs=self.catches and failed is None and not self.noted)
 
-    def release(self) -> None:
-        """Put back the handlers found, where this one is still in place (the command's own stay)."""
+    def release(self, runs: bool = False) -> None:
+        """Put back the handlers found, where this one is still in place (the command's own stay);
+        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's."""
         import signal
 
         for sig, previous in self.previous.items():   # None: a handler not set from Python, which SIG_DFL stands for
+            if runs and sig == signal.SIGINT and previous == signal.SIG_IGN:
+                previous = signal.default_int_handler
             if signal.getsignal(sig) == self._note:
                 signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]

@@ -206,6 +206,10 @@ def test_a_command_that_catches_ctrl_c_gets_python_s_handler_not_an_ignored_sigi
         with _DeferredInterrupt(catches=catches):
             pass
         assert signal.getsignal(signal.SIGINT) is (signal.default_int_handler if catches else signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with pytest.raises(SystemExit), _DeferredInterrupt(catches=catches):   # refused at parse time: no run
+            raise SystemExit(2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN   # the handler found, given back
     finally:
         signal.signal(signal.SIGINT, found)
 
