@@ -53,6 +53,13 @@ COMMANDS: dict[str, Command] = {   # in the order `callstate --help` lists them
 }
 
 
+# The commands that catch Ctrl-C themselves once started (serve keeps the early handler instead, until
+# its own): started with SIGINT ignored (a script's background job), they get Python's handler, not the
+# ignored one, for the moment between the loading and their own handler; a Ctrl-C or `kill -INT` there
+# was lost, and the command then caught every later one (a call held on after it, until killed).
+CATCH_INTERRUPT = frozenset({"call", "watch", "load", "conformance"})
+
+
 def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser with every command listed (callstate.cli.parser); the commands named in
     `load` (all by default) have their full parsers, the others only their line of help."""
@@ -89,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # then installs no handler of its own: without this one the server ignored a Ctrl-C / `kill
     # -INT` until it had started serving. `serve` keeps its handler (SIGTERM and SIGHUP too) until
     # the server installs its own, which then stops it gracefully (callstate.cli.serve).
-    early = _DeferredInterrupt(keep=command_named(argv) == "serve")
+    early = _DeferredInterrupt(keep=command_named(argv) == "serve", catches=command_named(argv) in CATCH_INTERRUPT)
     _tolerant_output()
     # Ctrl-C before a command handles it itself (while its modules import, say: grpc and
     # protobuf take a moment, seconds on a busy machine) is an interrupted command too: exit
@@ -130,13 +137,16 @@ class _DeferredInterrupt:
     thread (main() called by a test, say) there is no handler to change. Installed when made.
 
     `keep` (serve): SIGTERM and SIGHUP (unless ignored: nohup) are noted too, and the handlers
-    stay after the block, until the command installs its own (the server's event loop does)."""
+    stay after the block, until the command installs its own (the server's event loop does).
+    `catches` (a command that catches SIGINT once started): an ignored SIGINT is given back as
+    Python's default handler when the command goes on to run, so one that comes before the
+    command's own handler is an interrupt too (refused or interrupted: the handler found)."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, catches: bool = False) -> None:
         import signal
 
         self.noted: list[int] = []
-        self.keep = keep
+        self.keep, self.catches = keep, catches
         self.previous: dict[int, object] = {}
         hangup = getattr(signal, "SIGHUP", None)
         signals = [signal.SIGINT]
@@ -156,14 +166,17 @@ class _DeferredInterrupt:
     def __enter__(self) -> list[int]:
         return self.noted
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         if not self.keep:
-            self.release()
+            self.release(runs=self.catches and failed is None and not self.noted)
 
-    def release(self) -> None:
-        """Put back the handlers found, where this one is still in place (the command's own stay)."""
+    def release(self, runs: bool = False) -> None:
+        """Put back the handlers found, where this one is still in place (the command's own stay);
+        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's."""
         import signal
 
         for sig, previous in self.previous.items():   # None: a handler not set from Python, which SIG_DFL stands for
+            if runs and sig == signal.SIGINT and previous == signal.SIG_IGN:
+                previous = signal.default_int_handler
             if signal.getsignal(sig) == self._note:
                 signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -77,14 +76,15 @@ def test_a_target_whose_scheme_grpc_cannot_resolve_is_refused_naming_the_scheme(
 
 def test_load_with_an_https_target_is_one_usage_line_at_once(refused_target: str) -> None:
     # it waited 5 s and said "cannot reach a callstate server at https://...: is it up?" of a
-    # server that was up: gRPC looked up the whole URL as a host name
-    t0 = time.monotonic()
+    # server that was up: gRPC looked up the whole URL as a host name. Refused before any
+    # connection is tried: the one line is argparse's ("error: argument --target:", exit 2),
+    # printed while the command line is parsed, before the run starts (no clock: a bound of 4 s
+    # failed at 6.4 s under a load average of 20, the interpreter's start alone)
     run = cli("load", "--target", f"https://{refused_target}", "--calls", "1", "--progress", "never", timeout=30)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines() == [
         f"callstate load: error: argument --target: 'https://{refused_target}': gRPC has no https:// targets: give "
         f"HOST:PORT, here {refused_target} (TLS is an option of its own, not a scheme) (see callstate load --help)"]
-    assert time.monotonic() - t0 < 4.0   # refused before any connection is tried (that waits 5 s)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs Locust (pip install 'callstate[locust]')")

@@ -154,9 +154,10 @@ def test_ctrl_c_while_a_command_loads_is_noted_not_raised_inside_the_loading(mon
         finished.append(True)
         return real(*args, **kwargs)  # type: ignore[arg-type]
     monkeypatch.setattr(cli_module, "build_parser", loading)
+    found = signal.getsignal(signal.SIGINT)   # Python's, or ignored when pytest runs as a script's background job
     assert cli_module.main(["check", str(tmp_path / "absent.jsonl")]) == 130   # 2 had it run
     assert finished == [True], "the KeyboardInterrupt was raised inside the loading"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is given back
+    assert signal.getsignal(signal.SIGINT) is found   # the handler is given back
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -190,3 +191,73 @@ def test_a_signal_before_the_start_cancels_the_call_once_it_is_started(sig: int)
         await until(lambda: len(cancels) == 2)
         assert cancels == [WCOMP, WCOMP]                   # after the start: at once
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("catches", [True, False])
+def test_a_command_that_catches_ctrl_c_gets_python_s_handler_not_an_ignored_sigint(catches: bool) -> None:
+    """Started with SIGINT ignored (a script's background job), a command that catches Ctrl-C
+    itself once started (call, watch, load, conformance) gets Python's handler back after
+    loading, not the ignored one: a Ctrl-C or `kill -INT` before its own handler was lost, and
+    `call` then held its call until killed. The others (check, report, health) keep it ignored."""
+    from callstate.cli import _DeferredInterrupt
+
+    found = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _DeferredInterrupt(catches=catches):
+            pass
+        assert signal.getsignal(signal.SIGINT) is (signal.default_int_handler if catches else signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with pytest.raises(SystemExit), _DeferredInterrupt(catches=catches):   # refused at parse time: no run
+            raise SystemExit(2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN   # the handler found, given back
+    finally:
+        signal.signal(signal.SIGINT, found)
+
+
+def sigint_masks(pid: int) -> tuple[bool, bool] | None:
+    """Whether the process ignores SIGINT, and whether it catches it (None once it has exited)."""
+    try:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+    except OSError:
+        return None
+    bit = 1 << (signal.SIGINT - 1)
+    return bool(int(fields["SigIgn"], 16) & bit), bool(int(fields["SigCgt"], 16) & bit)
+
+
+def test_a_call_started_with_sigint_ignored_never_drops_ctrl_c_once_its_code_catches_it(
+        quiet_server: ServerProcess, tmp_path: Path) -> None:
+    """`callstate call ... &` in a script: from the moment its code catches SIGINT until the call
+    is on its way, SIGINT is never ignored (the ignored handler came back between the loading and
+    the call's own handler: a Ctrl-C there was lost, seen as a hang under load)."""
+    log, err = tmp_path / "call.jsonl", tmp_path / "stderr"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" -m callstate "$@"', sys.executable, "call",
+                                 "--target", quiet_server.target, "--outcome", "hold", "--log-file", str(log)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file)
+    try:
+        python = os.path.realpath(sys.executable)
+
+        def caught() -> bool:   # once the shell has exec'd Python and main() has its handler in
+            masks = sigint_masks(proc.pid)
+            try:
+                execd = os.path.realpath(f"/proc/{proc.pid}/exe") == python
+            except OSError:
+                execd = False
+            return execd and masks is not None and masks[1]
+        wait_for(proc, caught)
+        samples, deadline = 0, time.monotonic() + EVIDENCE_WAIT * 3
+        while not (log.exists() and b'"WComp"' in log.read_bytes()):
+            masks = sigint_masks(proc.pid)
+            assert masks is not None and proc.poll() is None, err.read_text()
+            assert not masks[0], f"SIGINT ignored after {samples} samples"
+            assert time.monotonic() < deadline, "the call was not started in time"
+            samples += 1
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGINT)   # the call's own handler: its abortive cancel
+        assert proc.wait(EVIDENCE_WAIT * 2) == 1, err.read_text()
+        assert b'"Can"' in log.read_bytes()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -15,8 +15,11 @@ import subprocess
 import sys
 import termios
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
+
+import orjson
 
 from callstate import codes
 from callstate.cli.live.stats import RATE_WINDOW_S, LiveStats
@@ -25,7 +28,7 @@ from callstate.client import Client, Script
 from callstate.lifecycle import ABORTIVE, C, CAN, CANCEL_SEEN, CLIENT, D, END, ENTER, NON_ABORTIVE, SERVER
 from callstate.check import check_entries
 from callstate.statelog import Entry, to_dict
-from tests.conftest import ServerProcess, cli
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, cli, complete_lines
 from tests.documentation import blocks, section
 
 ESC = "\x1b"
@@ -175,13 +178,17 @@ class Pty:
             os.close(self.master)
 
 
-def test_load_draws_a_live_dashboard_on_a_terminal(server: ServerProcess) -> None:
+def test_load_draws_a_live_dashboard_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
     # Every call held and cancelled non-abortively: the server logs cancel_seen for each, even
-    # for a notice that overtakes its call on a busy machine (kept for the dispatch), so every
-    # row of the last frame (drawn after the settle) has its Can→cancel_seen. An abortive cancel
-    # that beats the dispatch is never seen by the server: with those, the last rows could all be "-".
+    # for a notice that overtakes its call on a busy machine (kept for the dispatch). A row's
+    # Can→cancel_seen is the propagation `check` measures: a figure for a call the server had
+    # dispatched before the client's Can, "-" for one it dispatched later or never saw (its
+    # notice overtook it: at a load average of 20 the last 6 calls all were such, and the run's
+    # propagation counted 310 of 400). Which is which is read from both sides' logs.
+    client_log = tmp_path / "client.jsonl"
     term = Pty("load", "--target", server.target, "--calls", "400", "--concurrency", "8", "--delay", "0.01",
-               "--mix", "hold=100", "--cancel", "non-abortive=100", "--cancel-at", "held:0.02", "--seed", "3")
+               "--mix", "hold=100", "--cancel", "non-abortive=100", "--cancel-at", "held:0.02", "--seed", "3",
+               "--log-file", str(client_log))
     try:
         screen = term.read_until(lambda s: "check: OK" in s, timeout=90)
     finally:
@@ -192,8 +199,33 @@ def test_load_draws_a_live_dashboard_on_a_terminal(server: ServerProcess) -> Non
     last = ANSI.sub("", screen[screen.rindex("callstate load →"):])
     assert "calls ended 400 / 400" in last and "in flight 0" in last
     assert "final codes (client side)" in last and "1818 RPC_S_CALL_CANCELLED" in last
-    rows = re.findall(r"[0-9a-f]{12}\s+non-abortive\s+(\S+)\s+\d+\.\d\d\s+1818 ", last)
-    assert len(rows) == 6 and all(re.fullmatch(r"\d+\.\d\d", ms) for ms in rows), last
+    rows = re.findall(r"([0-9a-f]{12})\s+non-abortive\s+(\S+)\s+\d+\.\d\d\s+1818 ", last)
+    assert len(rows) == 6, last
+    dispatched_first = dispatched_before_cancel(client_log, server.log, [prefix for prefix, _ in rows])
+    assert [re.fullmatch(r"\d+\.\d\d", ms) is not None for _, ms in rows] == dispatched_first, (last, dispatched_first)
+    assert all(ms == "-" for _, ms in rows if not re.fullmatch(r"\d+\.\d\d", ms)), last
+
+
+def dispatched_before_cancel(client_log: Path, server_log: Path, prefixes: list[str]) -> list[bool]:
+    """For each call (by its id's first 12 characters): whether the server's first entry of it
+    is no later than the client's first Can (the calls a propagation is measured on; a call the
+    server never saw, its notice and its cancel ahead of it, is not). The server's log is read
+    once it holds the End of the run's barrier call, made after all of them and logged in order
+    (its writer flushes every 50 ms)."""
+    def firsts(path: Path, side: str, state: str | None) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
+        for line in path.read_bytes().splitlines():
+            e = orjson.loads(line)
+            if e["side"] == side and (state is None or (e["state"] == state and e["event"] == ENTER)):
+                out.setdefault(e["call_id"][:12], datetime.fromisoformat(e["ts"].replace("Z", "+00:00")))
+        return out
+    deadline = time.monotonic() + EVIDENCE_WAIT
+    while not any(e["call_id"].startswith("callstate-load-barrier-") and e["state"] == END
+                  for e in map(orjson.loads, complete_lines(server_log.read_bytes()))):
+        assert time.monotonic() < deadline, "the server's log never held the run's barrier call"
+        time.sleep(0.05)
+    cancelled, dispatched = firsts(client_log, CLIENT, CAN), firsts(server_log, SERVER, None)
+    return [p in dispatched and dispatched[p] <= cancelled[p] for p in prefixes]
 
 
 def test_load_prints_plain_lines_when_not_on_a_terminal(server: ServerProcess) -> None:
