@@ -1,0 +1,53 @@
+"""Fidelity audit (session 34): the client's polling (RpcAsyncGetCallStatus) against the rules
+the other verbs follow.
+
+A call never started has nothing pending: complete() and wait() refuse it with 1915
+RPC_S_INVALID_ASYNC_CALL, since 997 would be polled for ever. status() answered 997 there, so
+a harness polling `while call.status() == 997` on a call it forgot to start spun for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from callstate import codes
+from callstate.client import AsyncClient, Client
+from callstate.client.call_core import CallCore
+from callstate.errors import CallError
+from callstate.script import Script
+
+
+def test_status_of_a_core_never_started_is_1915_and_pending_once_it_starts() -> None:
+    core = CallCore("fid34-core", None)
+    assert core.status() == codes.RPC_S_INVALID_ASYNC_CALL
+    with pytest.raises(CallError) as err:
+        core.complete()
+    assert err.value.code == codes.RPC_S_INVALID_ASYNC_CALL   # the same answer as complete()
+    core.started()
+    assert core.status() == codes.RPC_S_ASYNC_CALL_PENDING
+    core.notify(codes.RPC_S_OK, b"r", "OK")
+    assert core.status() == codes.RPC_S_OK and core.status() == codes.RPC_S_OK   # not consumed
+    assert core.complete() == b"r"
+    assert core.status() == codes.RPC_S_INVALID_ASYNC_HANDLE
+
+
+def test_an_outcome_that_beat_started_still_polls_pending_not_1915() -> None:
+    # the reply overtook started(): the call went out, so polling says pending, never "not started"
+    core = CallCore("fid34-beat", None)
+    core.notify(codes.RPC_S_OK, b"", "OK")
+    assert core.status() == codes.RPC_S_ASYNC_CALL_PENDING
+
+
+def test_status_before_start_is_1915_on_both_surfaces_and_for_pipes(refused_target: str) -> None:
+    with Client(refused_target) as client:
+        call = client.prepare(Script(outcome="complete"))
+        assert call.status() == codes.RPC_S_INVALID_ASYNC_CALL
+        assert client.pipe("in").status() == codes.RPC_S_INVALID_ASYNC_CALL
+
+    async def aio() -> tuple[int, int]:
+        async with AsyncClient(refused_target) as aclient:
+            return aclient.prepare(Script(outcome="complete")).status(), aclient.pipe("out").status()
+
+    assert asyncio.run(aio()) == (codes.RPC_S_INVALID_ASYNC_CALL, codes.RPC_S_INVALID_ASYNC_CALL)
