@@ -51,3 +51,16 @@ def test_status_before_start_is_1915_on_both_surfaces_and_for_pipes(refused_targ
             return aclient.prepare(Script(outcome="complete")).status(), aclient.pipe("out").status()
 
     assert asyncio.run(aio()) == (codes.RPC_S_INVALID_ASYNC_CALL, codes.RPC_S_INVALID_ASYNC_CALL)
+
+
+@pytest.mark.parametrize("abortive", [True, False])
+def test_a_cancel_after_the_answer_arrived_changes_nothing_but_the_log(abortive: bool) -> None:
+    """docs/model.md, "Cancel kinds": a call that finished before its cancel completes with its own
+    answer (0 here), not 1818; the cancel is logged (Can, then WComp again) and nothing goes out."""
+    core = CallCore("fid34-late-cancel", None)
+    core.started()
+    core.notify(codes.RPC_S_OK, b"done", "OK")
+    core.cancel(abortive=abortive)
+    assert core.status() == codes.RPC_S_OK
+    assert core.complete() == b"done"
+    assert core.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
