@@ -64,3 +64,17 @@ def test_a_cancel_after_the_answer_arrived_changes_nothing_but_the_log(abortive:
     assert core.status() == codes.RPC_S_OK
     assert core.complete() == b"done"
     assert core.history == ["C", "WComp", "Can", "WComp", "Comp", "End"]
+
+
+def test_an_abort_without_a_status_goes_with_its_codes_row_else_aborted() -> None:
+    """docs/model.md, "Codes across the wire": the status an abort is sent with when its script
+    names none, and what a caller that lost the trailer reads back from it."""
+    own = {codes.RPC_S_INVALID_ARG: "INVALID_ARGUMENT", codes.ERROR_ACCESS_DENIED: "PERMISSION_DENIED",
+           codes.RPC_S_SERVER_UNAVAILABLE: "UNAVAILABLE", codes.RPC_S_SERVER_TOO_BUSY: "RESOURCE_EXHAUSTED",
+           codes.RPC_S_CALL_FAILED: "UNKNOWN", codes.RPC_S_CALL_CANCELLED: "CANCELLED"}
+    for code, status in own.items():
+        assert codes.grpc_status_name_for(code) == status
+        assert codes.from_grpc(status) == code   # no trailer: the status alone gives the code back
+    for code in (4242, codes.RPC_S_TIMEOUT, codes.RPC_S_ASYNC_CALL_PENDING, codes.RPC_S_INVALID_ASYNC_HANDLE,
+                 codes.RPC_S_INVALID_ASYNC_CALL):
+        assert codes.grpc_status_name_for(code) == codes.ABORTED
