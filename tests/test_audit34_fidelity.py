@@ -78,3 +78,64 @@ def test_an_abort_without_a_status_goes_with_its_codes_row_else_aborted() -> Non
     for code in (4242, codes.RPC_S_TIMEOUT, codes.RPC_S_ASYNC_CALL_PENDING, codes.RPC_S_INVALID_ASYNC_HANDLE,
                  codes.RPC_S_INVALID_ASYNC_CALL):
         assert codes.grpc_status_name_for(code) == codes.ABORTED
+
+
+# -- the server: an abortive cancel that surfaces while a headers_first handler sends its headers --
+
+class _HeadersCancelled:
+    """A unary servicer context whose caller's abortive cancel surfaces at the handler's
+    send_initial_metadata (gRPC cancels the handler's task there, or refuses the send)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def time_remaining(self) -> None:
+        return None
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        raise self.error
+
+    async def abort(self, *args: object) -> None:   # never reached: the stream is gone
+        raise AssertionError(f"a status sent to a cancelled caller: {args}")
+
+
+def _headers_first_call(on_cancel: int, error: BaseException) -> list[tuple[object, ...]]:
+    from callstate.server.emulator import EmulatorConfig, EmulatorServicer
+    from callstate.server.journal import Journal
+    from callstate.v1 import callstate_pb2 as pb
+
+    entries: list = []
+    servicer = EmulatorServicer(EmulatorConfig(), Journal(), entries.append)
+    request = pb.CallRequest(call_id="fid34-headers-first", cancel_key="k", script=pb.Script(
+        outcome=pb.OUTCOME_COMPLETE, outcome_delay_ms=20, headers_first=True, on_cancel=on_cancel))
+
+    async def run() -> None:
+        with pytest.raises(asyncio.CancelledError):   # no reply for a caller that is gone
+            await asyncio.wait_for(servicer.Call(request, _HeadersCancelled(error)), 5)
+
+    asyncio.run(run())
+    return [(e.state, e.event, e.move, e.code, e.cancel) for e in entries]
+
+
+@pytest.mark.parametrize("error", ["cancelled", "batch"])
+def test_an_abortive_cancel_at_the_headers_is_a_cancel_seen_not_a_fatal_failure(error: str) -> None:
+    """Before: the CancelledError out of send_initial_metadata ended the call as if the handler had
+    raised (D --fatal--> End, 1726 UNKNOWN), whatever its on_cancel policy; a cancel changes no
+    state and the policy decides (default: abort with 1818), as in the handler's waits."""
+    from grpc._cython import cygrpc
+
+    from callstate.v1 import callstate_pb2 as pb
+    exc = asyncio.CancelledError() if error == "cancelled" else cygrpc.ExecuteBatchError("the stream is gone")
+    assert _headers_first_call(pb.ON_CANCEL_ABORT, exc) == [
+        ("D", "enter", "dispatch", None, None), ("D", "cancel_seen", None, None, "abortive"),
+        ("A", "enter", "abort", None, None), ("End", "enter", "aborted", codes.RPC_S_CALL_CANCELLED, None)]
+
+
+def test_a_headers_first_handler_ignoring_the_cancel_finishes_its_script() -> None:
+    from callstate.v1 import callstate_pb2 as pb
+    got = _headers_first_call(pb.ON_CANCEL_IGNORE, asyncio.CancelledError())
+    assert [g[:2] for g in got] == [("D", "enter"), ("D", "cancel_seen"), ("Comp", "enter"), ("End", "enter")]
+    assert got[-1][3] == codes.RPC_S_OK
