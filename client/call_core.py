@@ -9,7 +9,8 @@ reply) and its callbacks, and answers complete()/status() by the MS-RPC rules:
 * complete() before the notification: 997 RPC_S_ASYNC_CALL_PENDING, no state change;
 * the first complete() after it is final (WComp -> Comp -> End);
 * complete() or cancel() after that: 1914 RPC_S_INVALID_ASYNC_HANDLE;
-* status() polls: 997 until notified, then the final code, without consuming it.
+* status() polls: 997 until notified, then the final code, without consuming it (1915 before
+  start(), as complete() answers there).
 
 What needs I/O is given to it as data, never a method it calls up into: the gRPC call once
 sent (`_rpc`, which an abortive cancel cancels) and the surface's notice type (`_notice_type`,
@@ -126,9 +127,13 @@ class CallCore:
         return self.notified
 
     def status(self) -> int:
-        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed); 1915 on a
+        call never started (nothing is pending: 997 would be polled for ever, as complete() and
+        wait() refuse it), 1914 once completed."""
         if self.lifecycle.ended:
             return codes.RPC_S_INVALID_ASYNC_HANDLE
+        if self.lifecycle.state == C and not self._starting and not self._arrived:
+            return codes.RPC_S_INVALID_ASYNC_CALL
         if not self.notified or self.code is None:
             return codes.RPC_S_ASYNC_CALL_PENDING
         return self.code

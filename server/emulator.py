@@ -14,6 +14,7 @@ import random
 from typing import Any, Callable
 
 import grpc
+from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.grpc_status import grpc_status_for, status_from_value
@@ -96,7 +97,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             if script is None:
                 script = pb.Script()
             if script.headers_first and not headers_sent:   # the outcome then follows headers, not trailers-only
-                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
+                await _send_headers(call, context)
             # The script's waits, in this frame: while a call is held only Call's own frame
             # and the call's future stay in memory (10,000 held calls add up).
             dispatch_ms, outcome_ms = script.dispatch_delay_ms, script.outcome_delay_ms
@@ -251,6 +252,17 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         # under its id and key: it applies only to a call made with the same key.
         kept = self.dispatcher.early_notices.remember(notice_key(call_id, request.cancel_key))
         return pb.CancelReply(delivered=kept, state="")   # not kept: the caller knows its notice is lost
+
+
+async def _send_headers(call: ServerCall, context: grpc.aio.ServicerContext) -> None:
+    """headers_first: the initial metadata, before the script's waits. The caller's abortive cancel
+    may surface here (gRPC cancels the handler's task at this await, or refuses the send): that is
+    a cancel seen, and the on_cancel policy decides what the handler does, as in its waits; the
+    handler did not fail (it was logged D -> End, fatal 1726)."""
+    try:
+        await context.send_initial_metadata(((CALL_ID_KEY, call.call_id),))
+    except (asyncio.CancelledError, cygrpc.ExecuteBatchError):
+        call.cancel_seen(ABORTIVE)
 
 
 def _wait_seconds(phase: int, script: pb.Script, hold: bool, max_hold: float) -> float:
