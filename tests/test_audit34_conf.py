@@ -219,7 +219,7 @@ def test_a_run_that_tested_nothing_is_not_ok(tmp_path: Path, refused_target: str
     """`--server X --only graceful-stop`: the row is skipped on both paths (only with --serve-port), and
     the run said "conformance: OK — every property asked for (1 of 20, --only) holds through the proxy",
     exit 0: nothing had been measured. Now NOT TESTED, exit 1, the page's verdict unjudged, as `callstate check`
-    is NOT JUDGED, never OK, on logs it cannot judge (the JSON is as it was: its rows say skip)."""
+    is NOT JUDGED, never OK, on logs it cannot judge (and the JSON says ok: false, as its exit status does)."""
     from callstate.cli.conformance.report import holds, untested
     rows = {path: [Row(GRACEFUL_STOP, None, note="skipped: only with --serve-port")] for path in (DIRECT, PROXY)}
     assert untested(rows) and table(rows, "p:1", "s:2").splitlines()[-1] == (
