@@ -172,11 +172,19 @@ class _DeferredInterrupt:
 
     def release(self, runs: bool = False) -> None:
         """Put back the handlers found, where this one is still in place (the command's own stay);
-        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's."""
+        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's;
+        after the run (main()'s last call), Python's handler in place of an ignored SIGINT goes again."""
         import signal
 
         for sig, previous in self.previous.items():   # None: a handler not set from Python, which SIG_DFL stands for
-            if runs and sig == signal.SIGINT and previous == signal.SIG_IGN:
-                previous = signal.default_int_handler
-            if signal.getsignal(sig) == self._note:
+            current = signal.getsignal(sig)
+            if sig == signal.SIGINT and previous == signal.SIG_IGN:
+                if runs:
+                    previous = signal.default_int_handler
+                elif current is signal.default_int_handler:
+                    # the run is over: Python's handler, given for it (or left by its event loop, which
+                    # puts Python's back, never an ignored one), goes; main() run in a process that goes
+                    # on (a test, pytest as a script's background job) keeps its ignored SIGINT
+                    current = self._note
+            if current == self._note:
                 signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
