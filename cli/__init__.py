@@ -140,7 +140,8 @@ class _DeferredInterrupt:
     stay after the block, until the command installs its own (the server's event loop does).
     `catches` (a command that catches SIGINT once started): an ignored SIGINT is given back as
     Python's default handler when the command goes on to run, so one that comes before the
-    command's own handler is an interrupt too (refused or interrupted: the handler found)."""
+    command's own handler is an interrupt too (refused or interrupted: the handler found). A command
+    with neither keeps an ignored SIGINT ignored, loading included."""
 
     def __init__(self, keep: bool = False, catches: bool = False) -> None:
         import signal
@@ -149,7 +150,11 @@ class _DeferredInterrupt:
         self.keep, self.catches = keep, catches
         self.previous: dict[int, object] = {}
         hangup = getattr(signal, "SIGHUP", None)
-        signals = [signal.SIGINT]
+        # A command that never catches Ctrl-C (check, report, health) started with SIGINT ignored (a
+        # script's background job) ignores it while it loads too: noted, it ended the command with 130
+        # in that moment only, and the background job was meant to survive the terminal's Ctrl-C.
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signals = [] if ignored and not (keep or catches) else [signal.SIGINT]
         if keep:
             signals.append(signal.SIGTERM)
             if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:

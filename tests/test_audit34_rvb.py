@@ -61,3 +61,40 @@ def test_the_run_itself_still_has_python_s_handler(sigint_ignored: None, monkeyp
     assert main(["call", "--target", refused_target]) == 0
     assert during == [signal.default_int_handler]
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_command_that_never_catches_ctrl_c_ignores_it_while_it_loads_too(
+        sigint_ignored: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`callstate check log &` in a script ignores the terminal's Ctrl-C once loaded (it installs
+    no handler of its own); one that came while it loaded was noted and ended it with 130, as if
+    it had been a foreground command. Now it runs on (2: the absent log), the handler untouched."""
+    import callstate.cli as cli_module
+
+    real, during = cli_module.build_parser, []
+
+    def loading(*args: object, **kwargs: object) -> object:
+        during.append(signal.getsignal(signal.SIGINT))
+        signal.raise_signal(signal.SIGINT)   # the terminal's Ctrl-C, in the middle of the imports
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(cli_module, "build_parser", loading)
+    assert cli_module.main(["check", str(tmp_path / "absent.jsonl")]) == 2   # 130 before
+    assert during == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("command", ["call", "serve"])
+def test_a_command_that_catches_ctrl_c_still_notes_it_while_it_loads(
+        sigint_ignored: None, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """call, watch, load, conformance and serve catch SIGINT once started, ignored or not: one while
+    they load is noted (130), as before."""
+    import callstate.cli as cli_module
+
+    real = cli_module.build_parser
+
+    def loading(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(cli_module, "build_parser", loading)
+    argv = ["call", "--target", "127.0.0.1:1"] if command == "call" else ["serve", "--port", "0"]
+    assert cli_module.main(argv) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
