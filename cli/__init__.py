@@ -140,7 +140,8 @@ class _DeferredInterrupt:
     stay after the block, until the command installs its own (the server's event loop does).
     `catches` (a command that catches SIGINT once started): an ignored SIGINT is given back as
     Python's default handler when the command goes on to run, so one that comes before the
-    command's own handler is an interrupt too (refused or interrupted: the handler found)."""
+    command's own handler is an interrupt too (refused or interrupted: the handler found). A command
+    with neither keeps an ignored SIGINT ignored, loading included."""
 
     def __init__(self, keep: bool = False, catches: bool = False) -> None:
         import signal
@@ -149,7 +150,11 @@ class _DeferredInterrupt:
         self.keep, self.catches = keep, catches
         self.previous: dict[int, object] = {}
         hangup = getattr(signal, "SIGHUP", None)
-        signals = [signal.SIGINT]
+        # A command that never catches Ctrl-C (check, report, health) started with SIGINT ignored (a
+        # script's background job) ignores it while it loads too: noted, it ended the command with 130
+        # in that moment only, and the background job was meant to survive the terminal's Ctrl-C.
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signals = [] if ignored and not (keep or catches) else [signal.SIGINT]
         if keep:
             signals.append(signal.SIGTERM)
             if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
@@ -172,11 +177,19 @@ class _DeferredInterrupt:
 
     def release(self, runs: bool = False) -> None:
         """Put back the handlers found, where this one is still in place (the command's own stay);
-        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's."""
+        `runs`: the command that catches SIGINT runs now, and an ignored SIGINT comes back as Python's;
+        after the run (main()'s last call), Python's handler in place of an ignored SIGINT goes again."""
         import signal
 
         for sig, previous in self.previous.items():   # None: a handler not set from Python, which SIG_DFL stands for
-            if runs and sig == signal.SIGINT and previous == signal.SIG_IGN:
-                previous = signal.default_int_handler
-            if signal.getsignal(sig) == self._note:
+            current = signal.getsignal(sig)
+            if sig == signal.SIGINT and previous == signal.SIG_IGN:
+                if runs:
+                    previous = signal.default_int_handler
+                elif current is signal.default_int_handler:
+                    # the run is over: Python's handler, given for it (or left by its event loop, which
+                    # puts Python's back, never an ignored one), goes; main() run in a process that goes
+                    # on (a test, pytest as a script's background job) keeps its ignored SIGINT
+                    current = self._note
+            if current == self._note:
                 signal.signal(sig, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]

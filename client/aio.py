@@ -114,7 +114,7 @@ class AsyncCall(CallCore):
 
     # -- notification styles ----------------------------------------------------------------
     def status(self) -> int:
-        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed)."""
+        """RpcAsyncGetCallStatus: 997 while pending, then the final code (not consumed); 1915 before start()."""
         if not self.notified:
             self._on_its_loop("status")
         self._ensure_driver()
