@@ -114,7 +114,7 @@ def load_rules(path: str | Path, schema: Schema, limits: Limits = Limits()) -> R
     from callstate.rules import RulesError, parse_rules
     try:
         if not_a_file(path):   # read at start and at each change: /dev/zero would fill the memory, a FIFO wait
-            raise RulesError(f"{path}: not a regular file (a FIFO or a device is refused)")
+            raise RulesError(f"{path}: {NOT_A_FILE}")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
@@ -137,6 +137,9 @@ def is_stream(path: str | Path) -> bool:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+NOT_A_FILE = "not a regular file (a FIFO or a device is refused)"   # why a file option refuses one
 
 
 def not_a_file(path: str | Path) -> bool:

@@ -113,18 +113,10 @@ def run(opts: argparse.Namespace) -> int:
         status = run_pipe(opts, provider) if opts.pipe else asyncio.run(_call(opts, provider))
         return status or int(StateLog.failures > failed_logs)
     except (OSError, ObserveError) as exc:   # e.g. --log-file in a folder that does not exist
-        print(f"callstate call: {_failure_text(opts, exc)}", file=sys.stderr)
+        print(f"callstate call: {exc}", file=sys.stderr)
         return 2
     finally:
         shutdown_tracing(provider, "callstate call")
-
-
-def _failure_text(opts: argparse.Namespace, exc: Exception) -> str:
-    """One line for what stopped the call before it was made: a --log-file that cannot be
-    opened is named as load names it (not Python's `[Errno 2] ...: 'path'`)."""
-    if isinstance(exc, OSError) and opts.log_file and exc.filename == opts.log_file:
-        return f"--log-file {opts.log_file}: cannot write the state log ({exc.strerror or exc})"
-    return str(exc)
 
 
 def _never_applies(opts: argparse.Namespace) -> str | None:
@@ -213,9 +205,8 @@ _DROPPED = (_script_options_without_a_script, _emulator_fields_on_a_method, _abo
 
 
 async def _call(opts: argparse.Namespace, provider: object = None) -> int:
-    from callstate.cli.terminal import PrintSink
+    from callstate.cli.terminal import PrintSink, open_state_log
     from callstate.client import AsyncClient, CallError
-    from callstate.logfile import StateLog
 
     script = Script(outcome=opts.outcome, dispatch_delay=opts.dispatch_delay, outcome_delay=opts.delay,
                     reply_bytes=opts.reply_bytes, echo=opts.echo, abort_code=opts.code, abort_status=opts.grpc_status,
@@ -223,7 +214,7 @@ async def _call(opts: argparse.Namespace, provider: object = None) -> int:
                     fatal_message=opts.message if opts.outcome == FATAL else "", on_cancel=opts.on_cancel,
                     headers_first=opts.headers_first,
                     cancel_poll=None if opts.cancel_poll_ms is None else opts.cancel_poll_ms / 1000)
-    sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
+    sink = PrintSink(sys.stdout, opts.json, open_state_log(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,  # type: ignore[arg-type]
                          tracing=provider if provider is not None else False)
     try:

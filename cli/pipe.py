@@ -136,13 +136,12 @@ def run_pipe(opts: argparse.Namespace, provider: object = None) -> int:
 
 
 async def _pipe(opts: argparse.Namespace, provider: object = None) -> int:
-    from callstate.cli.terminal import PrintSink
+    from callstate.cli.terminal import PrintSink, open_state_log
     from callstate.client import AsyncClient, CallError
     from callstate.client.pipe_drive import drive_pipe
-    from callstate.logfile import StateLog
 
     script = _pipe_script(opts)
-    sink = PrintSink(sys.stdout, opts.json, StateLog(opts.log_file) if opts.log_file else None)
+    sink = PrintSink(sys.stdout, opts.json, open_state_log(opts.log_file) if opts.log_file else None)
     client = AsyncClient(opts.target, log=sink, timeout=opts.timeout, settings=opts.settings,
                          tracing=provider if provider is not None else False)  # type: ignore[arg-type]
     drive = getattr(opts, "drive", None)   # --method: a streaming method of any service (cli/method_options.py)

@@ -62,6 +62,15 @@ def stdout_gone() -> None:
     os.close(devnull)
 
 
+def open_state_log(path: str) -> StateLog:
+    """The client's state log (--log-file of call and load); OSError naming the option and the file
+    when it cannot be written (not Python's `[Errno 21] Is a directory: 'path'`)."""
+    try:
+        return StateLog(path)
+    except OSError as exc:
+        raise OSError(f"--log-file {path}: cannot write the state log ({exc.strerror or exc})") from None
+
+
 class PrintSink:
     """A state-log sink that prints each entry as it is recorded (and can tee to a file). When
     its reader goes away (`| head`), it stops printing and the call goes on: its log is whole."""

@@ -244,14 +244,12 @@ class _Watch:
         proxy's, whose error status is still on its way)."""
         import grpc
 
-        from callstate.wire import WATCHING_KEY
-
         for stream in streams:
             try:
                 headers = await stream.initial_metadata()
             except grpc.aio.AioRpcError:
                 return False
-            if not any(key == WATCHING_KEY for key, _ in headers or ()):
+            if not _watching(headers):
                 return False
         return True
 
@@ -318,7 +316,6 @@ class _Watch:
         import grpc
 
         from callstate.v1 import callstate_pb2 as pb
-        from callstate.wire import WATCHING_KEY
 
         target = self.targets[i]
         while self.over < len(self.targets) and not self.done.is_set():
@@ -337,7 +334,7 @@ class _Watch:
             except (asyncio.TimeoutError, grpc.aio.AioRpcError):
                 stream.cancel()
                 continue
-            if any(key == WATCHING_KEY for key, _ in headers or ()):
+            if _watching(headers):
                 self.over -= 1
                 self._tell(f"callstate watch: {target} answers again: following it again (entries made while it "
                            "was away are not shown)")
@@ -593,3 +590,11 @@ class _Dashboard:
             pass
         self.view.stop()
         self.drawn = False   # news from now on goes to stderr
+
+
+def _watching(headers) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a Watch stream's response headers are a callstate server's, sent as it subscribed
+    the stream (not a proxy's, whose error status is still on its way)."""
+    from callstate.wire import WATCHING_KEY
+
+    return any(key == WATCHING_KEY for key, _ in headers or ())

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from google.protobuf.message import Message
 
-from callstate.files import not_a_file
+from callstate.files import NOT_A_FILE, not_a_file
 from callstate.lifecycle import PIPE_BOTH, PIPE_IN
 from callstate.pipe_script import check_push
 from callstate.schema.model import Method, SchemaError, message_from_json
@@ -88,8 +88,7 @@ class MethodOptions:
                               flag("data")),)
         try:
             if not_a_file(self.data_file):   # a FIFO may never end, /dev/zero never does (and fills the memory)
-                raise DriveError(f"{flag('data-file')} {self.data_file}: not a regular file (a FIFO or a device "
-                                 "is refused)")
+                raise DriveError(f"{flag('data-file')} {self.data_file}: {NOT_A_FILE}")
             with open(self.data_file, encoding="utf-8-sig") as f:   # the BOM Windows editors may write
                 lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:

@@ -33,6 +33,7 @@ from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats, rate_text
 from callstate.cli.live.view import LiveView
 from callstate.cli.report.run_report import ReportBuilder, collect_examples, per_second
+from callstate.cli.terminal import open_state_log
 from callstate.client.channel import ChannelSettings
 from callstate.client.pipe_drive import drive_pipe
 from callstate.client.unary_drive import PlanScripts, drive_call
@@ -149,7 +150,7 @@ class LoadRun:
         # The HTML report's builder checks as it goes: with it, its checker is the run's checker.
         self.builder = ReportBuilder() if config.collect_report else None
         self.checker = (self.builder.checker if self.builder else Checker(retire=True)) if config.verify else None
-        self.log = _state_log(config.log_file) if config.log_file else None
+        self.log = open_state_log(config.log_file) if config.log_file else None
         # Both sides' entries are spooled to disk for the report (it reads back the few
         # example calls' histories at the end), so a long run keeps no entries in memory.
         self._spool_dir = tempfile.TemporaryDirectory(prefix="callstate-load-") if self.builder else None
@@ -779,14 +780,6 @@ class LoadRun:
 
 
 NOT_MEASURABLE = "not measurable: the server side is unknown"
-
-
-def _state_log(path: str) -> StateLog:
-    """The client's state log; OSError naming the option and the file when it cannot be written."""
-    try:
-        return StateLog(path)
-    except OSError as exc:
-        raise OSError(f"--log-file {path}: cannot write the state log ({exc.strerror or exc})") from None
 
 
 async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool:
