@@ -192,12 +192,14 @@ def test_watch_merges_several_targets(tmp_path: Path, refused_target: str) -> No
         assert watch.returncode == 0, err
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         assert len(lines) == 12, out
+        # each line names the replica it came from, the one whose log has the call (waited for: the
+        # journal's stream can be ahead of the state log's writer, which writes every 50 ms)
+        targets = [srv.target for srv in servers]
+        for e in lines:
+            assert servers[targets.index(e["target"])].wait_entries(e["call_id"]), e
         ids = {e["call_id"] for e in lines}
         seen_on = {i for i, srv in enumerate(servers) for e in srv.entries() if e["call_id"] in ids}
         assert seen_on == {0, 1}, (seen_on, out)
-        # each line names the replica it came from, the one whose log has the call
-        for e in lines:
-            assert e["call_id"] in {x["call_id"] for x in servers[[s.target for s in servers].index(e["target"])].entries()}
         down = cli("watch", *args, "--target", refused_target, "--counters", "--timeout", "3")
         assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     finally:
