@@ -78,8 +78,15 @@ def add_arguments(parser: Any) -> None:
     group = parser.add_argument_group("callstate", "scenario of CallstateUser (defaults: its class attributes)")
     for flag, (attr, validate, help_text) in OPTIONS.items():
         group.add_argument(flag, type=_checked(validate), default=None, metavar=attr.upper(), help=help_text,
-                           **({"action": "append"} if flag in REPEATABLE else {}))
+                           env_var=env_var_of(flag), **({"action": "append"} if flag in REPEATABLE else {}))
     _PARSER[:] = [parser]
+
+
+def env_var_of(flag: str) -> str:
+    """The environment variable that gives an option, in Locust's own naming (`--callstate-mix` ->
+    `LOCUST_CALLSTATE_MIX`, as `--users` is `LOCUST_USERS`): how a container or CI job configures
+    a run. The command line wins over it, as for Locust's options."""
+    return "LOCUST_" + flag[2:].upper().replace("-", "_")
 
 
 def usage_error(message: str) -> None:
