@@ -24,12 +24,14 @@ def test_a_load_run_judges_its_calls_as_it_goes_and_still_checks_every_one(
     monkeypatch.setattr(check, "ONE_SIDED_S", 1.0)
     monkeypatch.setattr(load_run, "STREAM_LAG_S", 0.2)
     monkeypatch.setattr(load_run, "ADVANCE_EVERY_S", 0.05)
-    seen: list[tuple[int, int]] = []   # (calls held, calls judged) at each look
+    # at each look: calls held, judged, held but not ended on every side, log time not yet judgeable
+    seen: list[tuple[int, int, int, float]] = []
     advance = Checker.advance
 
     def spy(self: Checker, first: float, last: float) -> None:
         advance(self, first, last)
-        seen.append((len(self.tracks), self.judged))
+        unended = sum(1 for sides in self.tracks.values() if not all(t.ended for t in sides.values()))
+        seen.append((len(self.tracks), self.judged, unended, self.horizon - self.now))
     monkeypatch.setattr(Checker, "advance", spy)
     srv = start_server(tmp_path)
     try:
@@ -41,10 +43,14 @@ def test_a_load_run_judges_its_calls_as_it_goes_and_still_checks_every_one(
     assert rc == 0, out
     assert "check: OK — 1500 calls, every invariant holds on both sides" in out, out
     assert seen, "the run's checker was never told the time: nothing could be let go"
-    assert max(judged for _, judged in seen) >= 700, seen[-5:]   # judged while the run went, not at its end
-    # at 300 calls/s, the calls of about the last 1.5 s (both sides' window, the stream's lag, the
-    # lone side's window) and those in flight; 1,500 if nothing were let go
-    assert max(held for held, _ in seen) < 900, max(seen)
+    assert max(judged for _, judged, _, _ in seen) >= 700, seen[-5:]   # judged while the run went, not at its end
+    # held at each look: the calls still in flight, and those ended in the log time not yet
+    # judgeable (the server's stream lags the client's entries by its own lag plus STREAM_LAG_S:
+    # seconds on a busy machine, when it held 1,284 calls against a fixed bound of 900) or within
+    # LATE_S (0.3 s) before it, at 300 calls/s (about 200 on a quiet machine, 1,500 at the end if
+    # nothing were let go; judged 1.5 s late, 640)
+    for held, judged, unended, pending in seen:
+        assert held <= unended + 300 * (pending + 0.3 + 0.5) + 100, (held, judged, unended, pending)
 
 
 
