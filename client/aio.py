@@ -121,6 +121,15 @@ class AsyncCall(CallCore):
         self._ensure_driver()
         return super().status()
 
+    def done(self) -> bool:
+        """True once the call-complete notification has arrived. Polled on a call nobody awaits, it
+        has the outcome of an RPC that has ended read (as `status()` does), so it turns True as the
+        sync `Call.done()` does, where gRPC's thread delivers the notification unasked."""
+        if not self.notified and self._driver is None and self._rpc is not None and self._rpc.done() \
+                and self._client.unusable() is None:
+            self._ensure_driver()
+        return self.notified
+
     def _on_its_loop(self, what: str) -> None:
         """CallError 1915 for waiting on a sent call from a loop other than its client's (a call
         started in an earlier asyncio.run() or test loop): grpc.aio's call cannot be awaited there,

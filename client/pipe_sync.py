@@ -193,6 +193,8 @@ class Pipe(PipeBase):
         self._feeder.close()
 
     def pull(self) -> pb.PipeMessage | None:
+        """Pull one message (its receive-complete notification), or None at the server's null push
+        (once: a pull after it is 1918 RPC_X_PIPE_EMPTY, and data after it 1917)."""
         return self._pull(draining=False)
 
     def _pull(self, draining: bool) -> Any:
@@ -308,6 +310,7 @@ class Pipe(PipeBase):
             pass
 
     def result(self, timeout: float | None = None) -> Any:
+        """Wait for the notification, then complete: the PipeReply (in pipe) or None, or CallError."""
         if not self.wait(timeout):
             raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()

@@ -40,6 +40,7 @@ class CompletionQueue:
         self._queue: queue.Queue[Call] = queue.Queue()
 
     def post(self, call: "Call") -> None:
+        """From any thread (gRPC's, when a call is notified): the call joins the queue."""
         self._queue.put_nowait(call)
 
     def get(self, timeout: float | None = None) -> "Call":

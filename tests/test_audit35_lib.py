@@ -321,3 +321,49 @@ def test_close_ends_every_call_when_a_callback_fails() -> None:
         with pytest.raises(_Failed):
             core._after_wait()
         assert core._after_wait() is True
+
+
+# -- 3. the twins agree ----------------------------------------------------------------------------------------
+def test_an_asyncio_calls_done_turns_true_when_polled_as_the_sync_ones_does(shared_server: ServerProcess) -> None:
+    """`done()` polled on a call nobody awaits: the sync `Call`'s turns True (gRPC's thread delivers
+    the notification unasked), and so did `status()` on both surfaces and an `AsyncPipe`'s `done()`;
+    an `AsyncCall`'s stayed False for ever (nothing read the reply: a harness that polls `done()`
+    spun). Now it reads the outcome of an RPC that has ended, as `status()` does."""
+    import time
+
+    def polled(done: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + BOUND
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return done()
+
+    with Client(shared_server.target) as client:
+        call = client.start(Script("complete"))
+        assert polled(call.done) and call.status() == 0
+        assert call.result(BOUND).call_id == call.call_id
+
+    async def main() -> None:
+        async with AsyncClient(shared_server.target) as aclient:
+            acall = aclient.start(Script("complete"))
+            deadline = time.monotonic() + BOUND
+            while not acall.done() and time.monotonic() < deadline:   # polled, never awaited
+                await asyncio.sleep(0.005)
+            assert acall.done() and acall.status() == 0 and acall.state == "WComp"
+            assert (await acall).call_id == acall.call_id
+
+    asyncio.run(main())
+
+
+def test_every_verb_documented_on_one_twin_is_documented_on_the_other() -> None:
+    """`help()` on a sync `Pipe.pull`, `Pipe.result` or `CompletionQueue.post` said nothing, where
+    the asyncio twin's says what it does."""
+    import inspect
+    from callstate.client import AsyncCall, AsyncCompletionQueue, AsyncPipe, Call, Pipe
+
+    undocumented = []
+    for sync, aio in ((Call, AsyncCall), (Pipe, AsyncPipe), (Client, AsyncClient), (CompletionQueue, AsyncCompletionQueue)):
+        for name in sorted({n for n in dir(sync) if not n.startswith("_")} & {n for n in dir(aio) if not n.startswith("_")}):
+            docs = [inspect.getdoc(getattr(cls, name)) if callable(getattr(cls, name)) else "" for cls in (sync, aio)]
+            if bool(docs[0]) != bool(docs[1]):
+                undocumented.append(f"{(sync if not docs[0] else aio).__name__}.{name}")
+    assert not undocumented, undocumented
