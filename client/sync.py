@@ -127,6 +127,8 @@ class Call(CallCore):
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)
+        if self._owed is not None and on_grpc_thread_of(self._client):
+            self._run_owed()   # cancelled in a done-callback: its own callbacks are this thread's to run, here
         try:
             notified = self._notified.wait(timeout)
         except BaseException:

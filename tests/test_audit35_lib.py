@@ -367,3 +367,29 @@ def test_every_verb_documented_on_one_twin_is_documented_on_the_other() -> None:
             if bool(docs[0]) != bool(docs[1]):
                 undocumented.append(f"{(sync if not docs[0] else aio).__name__}.{name}")
     assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("what", ["unary", "both"])
+def test_a_done_callback_may_cancel_another_call_and_wait_for_it(shared_server: ServerProcess, what: str) -> None:
+    """A sync done-callback (on gRPC's thread) that cancels another call of its client and waits for
+    it: the other call's callbacks are gRPC's thread's to run, and that thread is the one waiting.
+    Its wait runs them first (they ran inside `cancel()` before, the rule this audit ended), so the
+    wait returns at once with 1818 and the other call's callback has run, once, on that thread."""
+    got: list[Any] = []
+    ran = threading.Event()
+    with Client(shared_server.target) as client:
+        other = _make(client, what, on_complete=lambda c: got.append(("callback", threading.get_ident())))
+
+        def on_first(first: Any) -> None:
+            other.cancel()
+            try:
+                other.result(BOUND)
+            except CallError as err:
+                got.append(("result", err.code, threading.get_ident()))
+            ran.set()
+
+        other.start()
+        client.start(Script("complete"), on_complete=on_first)
+        assert ran.wait(BOUND + 5)
+        assert [g[:2] for g in got] == [("callback", got[0][1]), ("result", 1818)], got
+        assert got[0][1] == got[1][2] != threading.get_ident()   # gRPC's thread, which waited
