@@ -25,7 +25,7 @@ from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
-from callstate.client.notice_aio import AsyncNotice
+from callstate.client.notice_aio import AsyncNotice, after_this_step
 from callstate.client.pipe_aio import AsyncPipe
 from callstate.errors import CallError, WaitTimedOut
 from callstate.script import Script
@@ -82,6 +82,7 @@ class AsyncCall(CallCore):
     the verbs that need no I/O) that sends the call and awaits its outcome with grpc.aio."""
 
     _notice_type = AsyncNotice
+    _run_soon = staticmethod(after_this_step)   # a rushed cancel's callbacks: on the loop, after cancel()
 
     def __init__(self, client: "AsyncClient", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(request.call_id, client.log, method_name=method_name(request), client=client,
@@ -120,6 +121,15 @@ class AsyncCall(CallCore):
         self._ensure_driver()
         return super().status()
 
+    def done(self) -> bool:
+        """True once the call-complete notification has arrived. Polled on a call nobody awaits, it
+        has the outcome of an RPC that has ended read (as `status()` does), so it turns True as the
+        sync `Call.done()` does, where gRPC's thread delivers the notification unasked."""
+        if not self.notified and self._driver is None and self._rpc is not None and self._rpc.done() \
+                and self._client.unusable() is None:
+            self._ensure_driver()
+        return self.notified
+
     def _on_its_loop(self, what: str) -> None:
         """CallError 1915 for waiting on a sent call from a loop other than its client's (a call
         started in an earlier asyncio.run() or test loop): grpc.aio's call cannot be awaited there,
@@ -148,7 +158,7 @@ class AsyncCall(CallCore):
         return self._result_after_wait()
 
     def __await__(self) -> Generator[Any, None, pb.CallReply]:
-        if self.notified:   # the outcome is in (a rushed cancel, say): complete, with no coroutine to run
+        if self.notified and self._owed is None:   # the outcome is in: complete, with no coroutine to run
             self._after_wait()
             return self._result_after_wait()
         return (yield from self.result().__await__())
@@ -156,6 +166,8 @@ class AsyncCall(CallCore):
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
         timeout = checked_wait_for(timeout)
         if self.notified:
+            if self._owed is not None:   # a rushed cancel's callbacks, on the loop since cancel(): they run first
+                await asyncio.sleep(0)
             return self._after_wait()
         if self._rpc is None:
             raise self._unsent("wait")
@@ -203,13 +215,13 @@ class AsyncCall(CallCore):
             # Our own abortive cancel rushed the notification; otherwise the RPC (or our driver
             # task, at loop shutdown) was cancelled under us: the client is going away.
             self._stop_escalation()
-            self._notify_cancelled_here(keep_failure=True)
+            self._notify_cancelled_here()
         else:
             self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         self._stop_escalation()
-        self.notify(code, reply, status, details, keep_failure=True)   # a callback's failure: for the caller's wait
+        self.notify(code, reply, status, details)   # a callback's failure: for the caller's wait
 
 
 class AsyncClient(ClientBase):

@@ -60,6 +60,14 @@ class CallCore:
     _starting = False                      # a start() has claimed the call (one at a time)
     _cancelled_unsent = False              # cancelled before its RPC existed: the outcome is in, no RPC may run
     _callback_failure: BaseException | None = None   # raised by a callback: for the caller's next wait
+    # A notification given inside one of the caller's own verbs (a rushed cancel, start(), a pipe's
+    # pull) runs its callbacks off that verb's stack, as the runtime's thread runs them (never inside
+    # RpcAsyncCancelCall): they wait in `_owed` until the surface runs them. Given as data: whether a
+    # cancelled RPC's own done-callback runs them (sync: on gRPC's thread), and `_run_soon`, how the
+    # surface runs them otherwise (asyncio: on the loop, after the verb; sync: on a thread of their own).
+    _owed: list[Callable[[Any], None]] | None = None
+    _rpc_runs_owed = False
+    _run_soon: Callable[[Callable[[], None]], Any] = staticmethod(lambda run: run())   # a core driven alone: here
 
     def __init__(self, call_id: str, log: StateLog | None, kind: str = UNARY, method_name: str | None = None, *,
                  client: Any = None, cancel_key: str = "", timeout: float | None = None) -> None:
@@ -197,11 +205,12 @@ class CallCore:
                 if self._arrived:   # the outcome beat started()
                     self._on_arrival()
                 callbacks = self._deliver_if_arrived()
+                owed = self._owe(callbacks)
         if state == C:
-            # the outcome beat start(): callbacks gRPC's thread held up to here, run as it runs
-            # them (a BaseException kept for the caller's wait), so start() raises nothing of
-            # theirs on a slow machine
-            self._run(callbacks, keep_failure=True)
+            # the outcome beat start(): callbacks gRPC's thread held up to here run off start()'s
+            # stack, as gRPC's thread runs them (a BaseException kept for the caller's wait), so
+            # start() neither raises nor deadlocks on anything of theirs on a slow machine
+            self._off_the_verb(callbacks, owed)
             return
         # Another thread moved the call on while start() made the RPC. A cancel that found the
         # RPC made it go through it (C -> Can -> WComp): the call is under way. But close()
@@ -260,7 +269,7 @@ class CallCore:
         if abortive:
             self._rpc.cancel()
             if self._rpc.cancelled():   # our cancel ended the RPC: the notification is rushed, here and now
-                self._notify_cancelled_here()
+                self._notify_cancelled_here(in_verb=True)   # (its callbacks run after cancel() returns)
         else:
             self._notice_type.of(self).send(timeout)
 
@@ -286,15 +295,17 @@ class CallCore:
                 self._move(CANCEL_ISSUED)
                 action = ACT
             callbacks = self._deliver_if_arrived()
-        self._run(callbacks)
+            owed = self._owe(callbacks)
+        self._off_the_verb(callbacks, owed)   # a cancel before start (or after the outcome): no RPC will notify
         return action
 
-    def _notify_cancelled_here(self, keep_failure: bool = False) -> None:
-        """The RPC was cancelled on this side: by our abortive cancel (1818), or under us (1722). (An
-        escalation timer still set finds the outcome known when it fires, and does nothing.)"""
+    def _notify_cancelled_here(self, in_verb: bool = False) -> None:
+        """The RPC was cancelled on this side: by our abortive cancel (1818, `in_verb`: in the caller's
+        cancel()), or under us (1722). (An escalation timer still set finds the outcome known when it
+        fires, and does nothing.)"""
         code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
                                                      abortive_cancel=self.abortive_cancel)
-        self.notify(code, None, status, details, keep_failure=keep_failure)
+        self.notify(code, None, status, details, in_verb=in_verb, rpc_runs_owed=self._rpc_runs_owed)
 
     def _interrupted(self, complete: bool) -> None:
         """The caller's wait was cut short from outside (asyncio: its task cancelled; sync: an
@@ -305,17 +316,14 @@ class CallCore:
             return
         if not self.outcome_known and self.state == WCOMP:
             try:
+                # its callbacks run off this stack (a pytest.fail() in one is kept for the caller's
+                # next wait): the interruption goes on, Ctrl-C stays a KeyboardInterrupt
                 self.cancel(abortive=True)
             except CallError:
                 pass   # ended meanwhile (close() on another thread)
-            except Exception:
-                raise
-            except BaseException as exc:
-                # a done-callback's (pytest.fail()), run by the rushed notification: kept for the
-                # caller's next wait, as one raised on gRPC's thread is; the interruption goes on
-                # (Ctrl-C stays a KeyboardInterrupt) and the call is still completed for `result()`
-                self._callback_failure = self._callback_failure or exc
-        if complete:
+        if complete and self.notified:   # the rushed notification: completed now, on this stack
+            self._complete_quietly()
+        elif complete:
             CallCore.add_done_callback(self, CallCore._complete_quietly)
 
     def _stop_escalation(self) -> None:
@@ -325,10 +333,12 @@ class CallCore:
 
     # -- the notification ---------------------------------------------------------------------
     def notify(self, code: int, reply: Any = None, grpc_status: str = "", details: str = "", *,
-               keep_failure: bool = False) -> bool:
-        """The call-complete notification. Only the first counts; callbacks run after it.
-        `keep_failure`: where the caller does not wait (gRPC's thread, a driver task), a
-        BaseException a callback raises is kept for the caller's next wait (`_after_wait`)."""
+               in_verb: bool = False, rpc_runs_owed: bool = False) -> bool:
+        """The call-complete notification. Only the first counts; callbacks run after it, where the
+        caller does not wait (gRPC's thread, a driver task): a BaseException one raises is kept for
+        the caller's next wait (`_after_wait`), on every call object of both surfaces. `in_verb`:
+        given in the caller's own verb (a rushed cancel, a pull), whose stack they never run on
+        (`_off_the_verb`; `rpc_runs_owed`: the cancelled RPC's done-callback runs them)."""
         with self._lock:
             if self._arrived:
                 return False
@@ -336,23 +346,60 @@ class CallCore:
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
             self._on_arrival()
             callbacks = self._deliver_if_arrived()
-        self._run(callbacks, keep_failure=keep_failure)
+            owed = in_verb and self._owe(callbacks)
+        if in_verb:
+            self._off_the_verb(callbacks, owed, rpc_runs_owed)
+        else:
+            self._run(callbacks)
         return True
 
-    def _deliver_if_arrived(self) -> list[Callable[[Any], None]]:
-        """(Under the lock.) Notify the caller if the outcome is in and the state may complete."""
+    def _owe(self, callbacks: list[Callable[[Any], None]] | None) -> bool:
+        """(Under the lock, in a caller's verb.) The callbacks of a notification given there, kept in
+        `_owed` for `_off_the_verb`; False when there are none."""
+        if callbacks:
+            self._owed = [*(self._owed or ()), *callbacks]
+        return bool(callbacks)
+
+    def _off_the_verb(self, callbacks: list[Callable[[Any], None]] | None, owed: bool,
+                      rpc_runs_them: bool = False) -> None:
+        """(Outside the lock, at the end of a caller's verb that notified: cancel(), start(), a pull.)
+        The notification's callbacks do not run in the verb (a caller that holds a lock across
+        cancel() and a callback that takes it would deadlock, as would one waiting for what the
+        caller does after it): they run where the surface runs a notification's, after the verb:
+        a cancelled RPC's own done-callback (`rpc_runs_them`: sync, on gRPC's thread), else
+        `_run_soon`. With none to run, the waiters wake here (the verb gave the notification)."""
+        if not owed:
+            self._run(callbacks)
+        elif not rpc_runs_them:
+            self._run_soon(self._run_owed)
+
+    def _run_owed(self) -> None:
+        """Run the callbacks a caller's verb left (`_off_the_verb`), once, then wake the waiters."""
+        with self._lock:
+            owed, self._owed = self._owed, None
+        if owed is not None:
+            self._run(owed)
+
+    def _deliver_if_arrived(self) -> list[Callable[[Any], None]] | None:
+        """(Under the lock.) Notify the caller if the outcome is in and the state may complete: the
+        callbacks to run, whose runner then wakes the waiters; None when this notified no one."""
         if not self._arrived or self.notified or not self._notifiable(self.lifecycle.state):
-            return []
+            return None
         self.notified = True
         callbacks, self._callbacks = self._callbacks, []
         return callbacks
 
-    def _run(self, callbacks: list[Callable[[Any], None]], notifying: bool = True, keep_failure: bool = False) -> None:
+    def _run(self, callbacks: list[Callable[[Any], None]] | None, notifying: bool = True,
+             keep_failure: bool = True) -> None:
         """Run the callbacks, then wake the waiters (`after_callbacks`). One that raises must not
         starve the others, the queue or the waiters: an Exception is logged; a BaseException
-        (pytest.fail() or pytest.skip() in a harness's callback, KeyboardInterrupt) is raised
-        once everything else has run, so a test that awaits the call still sees it fail
-        (`keep_failure`: logged and kept for the caller's wait, before the waiters wake)."""
+        (pytest.fail() or pytest.skip() in a harness's callback, KeyboardInterrupt) is logged and
+        kept for the caller's next wait, before the waiters wake, so a test that waits on the call
+        still sees it fail (not `keep_failure`: raised once everything else has run, to the caller
+        who ran the callback itself, `add_done_callback` on a notified call). None: nothing was
+        delivered, and the waiters are another runner's to wake."""
+        if callbacks is None:
+            return
         stopped: BaseException | None = None
         for callback in callbacks:
             try:
@@ -389,7 +436,10 @@ class CallCore:
             if not self.notified:
                 self._callbacks.append(callback)
                 return
-        self._run([callback], notifying=False)
+            if self._owed is not None:   # the notification's own callbacks have not run yet: after them
+                self._owed.append(callback)
+                return
+        self._run([callback], notifying=False, keep_failure=False)
 
     def _subscribe(self, queue: Any, on_complete: Callable[[Any], None] | None) -> Any:
         """`prepare()`'s notification styles: a completion queue and a callback (either may be None)."""

@@ -37,6 +37,15 @@ def runs_on_grpc_thread(on_done: F) -> F:
     return marked  # type: ignore[return-value]
 
 
+def on_a_thread_of_their_own(run: Callable[[], None]) -> None:
+    """How a sync call runs the callbacks of a notification given in the caller's own verb when no
+    gRPC thread will (a cancel before start, an outcome that beat start(), the end of a pipe the
+    caller pulled): on a thread of their own, as gRPC's thread would run them, never on the verb's
+    stack (call_core.py, `_off_the_verb`). Those are rare moments; a rushed cancel's callbacks run on
+    gRPC's thread, in the cancelled RPC's done-callback, with no thread started."""
+    threading.Thread(target=run, name="callstate-callbacks", daemon=True).start()
+
+
 def on_grpc_thread_of(client: Any) -> bool:
     return getattr(_here, "owner", None) is client
 

@@ -1,13 +1,27 @@
 """A non-abortive cancel's notice on the event loop (`AsyncCall`, `AsyncPipe`): the
 `Emulator/Cancel` RPC, and the timer that escalates the cancel to abortive when it goes
-unanswered. What becomes of the notice is `NoticeBase`'s (notice.py)."""
+unanswered. What becomes of the notice is `NoticeBase`'s (notice.py). And `after_this_step`: how
+an asyncio call runs the callbacks of a notification given in the caller's own verb."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
+
 import grpc
 
 from callstate.client.notice import NoticeBase
+
+
+def after_this_step(run: Callable[[], None]) -> None:
+    """Run the callbacks of a notification given in the caller's own verb (a rushed `cancel()`) on
+    the loop once the verb has returned, as asyncio's own Future runs its callbacks (call_soon),
+    never inside the verb (call_core.py, `_off_the_verb`); with no loop running, here."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        run()
+    else:
+        loop.call_soon(run)
 
 
 class AsyncNotice(NoticeBase):

@@ -22,7 +22,7 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.client.arguments import checked_wait_for
-from callstate.client.notice_aio import AsyncNotice
+from callstate.client.notice_aio import AsyncNotice, after_this_step
 from callstate.client.pipe_surface import STOPPED, PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
 from callstate.lifecycle import PIPE_IN, PIPE_OUT
@@ -74,6 +74,7 @@ class AsyncPipe(PipeBase):
     """One pipe call on the caller's side, driven on the event loop."""
 
     _notice_type = AsyncNotice
+    _run_soon = staticmethod(after_this_step)   # a rushed cancel's callbacks: on the loop, after cancel()
 
     def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
                  **kwargs: Any) -> None:
@@ -221,6 +222,8 @@ class AsyncPipe(PipeBase):
         way, since its status follows them; a timeout leaves the call as it was."""
         timeout = checked_wait_for(timeout)
         if self.notified:
+            if self._owed is not None:   # a rushed cancel's callbacks, on the loop since cancel(): they run first
+                await asyncio.sleep(0)
             return self._after_wait()
         self._need_rpc("wait")
         assert self._driver is not None
@@ -281,4 +284,4 @@ class AsyncPipe(PipeBase):
             details = self._client.settings.explain(status, details, trailing)
         code, name, text = codes.client_outcome(status, trailing, details, cancelled_here=status is None,
                                                 abortive_cancel=core.abortive_cancel)
-        core.notify(code, reply, name, text, keep_failure=True)   # a callback's failure: for the caller's wait
+        core.notify(code, reply, name, text)   # a callback's failure: for the caller's wait

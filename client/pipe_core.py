@@ -131,7 +131,8 @@ class PipeCore(CallCore):
                 raise refusal
             self._move(NULL_PUSH)
             callbacks = self._deliver_if_arrived()
-        self._run(callbacks, keep_failure=True)   # for the caller's wait: a drainer may pull here
+            owed = self._owe(callbacks)
+        self._off_the_verb(callbacks, owed)   # the caller's close_push(): its callbacks run off its stack
 
     def stream_ended(self) -> None:
         """The server's pipe ended (its null push): Pull -> WComp; then the notification may follow."""
@@ -140,4 +141,5 @@ class PipeCore(CallCore):
             if self.lifecycle.state == PULL:
                 self._move(NULL_PULL)
             callbacks = self._deliver_if_arrived()
-        self._run(callbacks, keep_failure=True)   # for the caller's wait: a drainer may pull here
+            owed = self._owe(callbacks)
+        self._off_the_verb(callbacks, owed)   # the caller's pull (or a drainer's): its callbacks run off its stack

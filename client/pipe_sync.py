@@ -21,7 +21,7 @@ import grpc
 
 from callstate import codes
 from callstate.client.arguments import checked_wait_for
-from callstate.client.grpc_thread import check_wait, runs_on_grpc_thread
+from callstate.client.grpc_thread import check_wait, on_a_thread_of_their_own, on_grpc_thread_of, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import STOPPED, PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
@@ -87,6 +87,9 @@ class Pipe(PipeBase):
     """One pipe call on the caller's side, driven by gRPC's threads."""
 
     _notice_type = ThreadNotice
+    # a rushed cancel's callbacks run on gRPC's thread, in `_on_done`, as every notification's do
+    _rpc_runs_owed = True
+    _run_soon = staticmethod(on_a_thread_of_their_own)
 
     def __init__(self, client: Any, kind: str | None = None, script: PipeScript | pb.PipeScript | None = None,
                  **kwargs: Any) -> None:
@@ -190,6 +193,8 @@ class Pipe(PipeBase):
         self._feeder.close()
 
     def pull(self) -> pb.PipeMessage | None:
+        """Pull one message (its receive-complete notification), or None at the server's null push
+        (once: a pull after it is 1918 RPC_X_PIPE_EMPTY, and data after it 1917)."""
         return self._pull(draining=False)
 
     def _pull(self, draining: bool) -> Any:
@@ -198,7 +203,7 @@ class Pipe(PipeBase):
         if (refusal := core.pull_refusal()) is not None:   # 1831 an in pipe, 1916 completed, 1918 past the end
             raise refusal
         after_end = core.peer_null_pushed
-        msg = self._next_message(draining)
+        msg = self._next_message(draining, by_caller=not draining)
         if msg is STOPPED:
             return msg
         if after_end:
@@ -212,8 +217,9 @@ class Pipe(PipeBase):
         core.pulled()
         return msg
 
-    def _next_message(self, draining: bool = False) -> Any:
-        """The response iterator's next message; None once it ended (the status is then in).
+    def _next_message(self, draining: bool = False, by_caller: bool = False) -> Any:
+        """The response iterator's next message; None once it ended (the status is then in: held,
+        it is delivered now, its callbacks off the stack of a caller's pull, `by_caller`).
         The drainer's read (`draining`) gives STOPPED instead when no wait wants it any more,
         keeping a message it read meanwhile for the caller's next pull."""
         with self._read_lock:
@@ -229,14 +235,14 @@ class Pipe(PipeBase):
                 self._stash.append(msg)
                 return STOPPED
         if msg is None:
-            self._release_held()   # outside the read lock: a callback it runs may pull
+            self._release_held(by_caller)   # outside the read lock: a callback it runs may pull
         return msg
 
-    def _release_held(self) -> None:
+    def _release_held(self, by_caller: bool) -> None:
         with self._end_lock:
             self._stream_over, held, self._held = True, self._held, None
         if held is not None:
-            self.notify(*held, keep_failure=True)
+            self.notify(*held, in_verb=by_caller)
 
     def __iter__(self) -> Iterator[pb.PipeMessage]:
         while (msg := self.pull()) is not None:
@@ -252,28 +258,32 @@ class Pipe(PipeBase):
         if rpc.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
                                                          abortive_cancel=core.abortive_cancel)
-        else:
-            status_code = rpc.code()
-            if self.kind == PIPE_IN and status_code == grpc.StatusCode.OK:
-                reply = rpc.result()
-            here = status_code == grpc.StatusCode.CANCELLED and self._client.closed
-            text = rpc.details() if status_code == grpc.StatusCode.OK else \
-                self._client.settings.explain(status_code, rpc.details(), rpc.trailing_metadata())
-            code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
-                                                         cancelled_here=here, abortive_cancel=core.abortive_cancel)
-            if self._responses is not None:
-                with self._end_lock:
-                    if not self._stream_over:   # messages may still be unread: the puller delivers
-                        self._held = (code, reply, status, details)
-                        return
-        core.notify(code, reply, status, details, keep_failure=True)
+            core.notify(code, reply, status, details)
+            self._run_owed()   # our cancel rushed the notification: its callbacks run here, on gRPC's thread
+            return
+        status_code = rpc.code()
+        if self.kind == PIPE_IN and status_code == grpc.StatusCode.OK:
+            reply = rpc.result()
+        here = status_code == grpc.StatusCode.CANCELLED and self._client.closed
+        text = rpc.details() if status_code == grpc.StatusCode.OK else \
+            self._client.settings.explain(status_code, rpc.details(), rpc.trailing_metadata())
+        code, status, details = codes.client_outcome(status_code, rpc.trailing_metadata(), text,
+                                                     cancelled_here=here, abortive_cancel=core.abortive_cancel)
+        if self._responses is not None:
+            with self._end_lock:
+                if not self._stream_over:   # messages may still be unread: the puller delivers
+                    self._held = (code, reply, status, details)
+                    return
+        core.notify(code, reply, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the notification can be delivered; False on timeout. The server's unread
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
         timeout = checked_wait_for(timeout)
-        if self.notified:
-            return self._after_wait()
+        if self.notified:   # once its callbacks have run (a rushed cancel's run on gRPC's thread after it)
+            if self._owed is not None and on_grpc_thread_of(self._client):
+                self._run_owed()   # cancelled in a done-callback: its own callbacks are this thread's to run, here
+            return self._notified.wait(timeout) and self._after_wait()
         self._need_rpc("wait")
         check_wait(self, timeout)
         self._start_drainer(waits=1)
@@ -302,6 +312,7 @@ class Pipe(PipeBase):
             pass
 
     def result(self, timeout: float | None = None) -> Any:
+        """Wait for the notification, then complete: the PipeReply (in pipe) or None, or CallError."""
         if not self.wait(timeout):
             raise WaitTimedOut(self.call_id, timeout)
         return self._result_after_wait()

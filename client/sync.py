@@ -22,7 +22,7 @@ from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
 from callstate.client.client_base import ClientBase
-from callstate.client.grpc_thread import check_wait, on_grpc_thread_of, runs_on_grpc_thread
+from callstate.client.grpc_thread import check_wait, on_a_thread_of_their_own, on_grpc_thread_of, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_sync import Pipe
 from callstate.errors import WaitTimedOut
@@ -40,6 +40,7 @@ class CompletionQueue:
         self._queue: queue.Queue[Call] = queue.Queue()
 
     def post(self, call: "Call") -> None:
+        """From any thread (gRPC's, when a call is notified): the call joins the queue."""
         self._queue.put_nowait(call)
 
     def get(self, timeout: float | None = None) -> "Call":
@@ -56,6 +57,9 @@ class Call(CallCore):
     the verbs that need no I/O) that sends the call as a grpc future and takes its outcome."""
 
     _notice_type = ThreadNotice
+    # a rushed cancel's callbacks run on gRPC's thread, in `_on_done`, as every notification's do
+    _rpc_runs_owed = True
+    _run_soon = staticmethod(on_a_thread_of_their_own)
 
     def __init__(self, client: "Client", request: "pb.CallRequest | MethodRequest") -> None:
         super().__init__(request.call_id, client.log, method_name=method_name(request), client=client,
@@ -86,12 +90,13 @@ class Call(CallCore):
         abortive = self.abortive_cancel
         if future.cancelled():
             code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
-            self.notify(code, None, status, details, keep_failure=True)
+            self.notify(code, None, status, details)
+            self._run_owed()   # our cancel rushed the notification: its callbacks run here, on gRPC's thread
             return
         err = future.exception()
         if err is None:
             code, status, details = codes.client_outcome(grpc.StatusCode.OK, None, None)
-            self.notify(code, future.result(), status, details, keep_failure=True)
+            self.notify(code, future.result(), status, details)
             return
         assert isinstance(err, grpc.Call)   # grpc's futures fail with an RpcError that is a Call
         # the channel closing under a call cancels it here: that is the client going away
@@ -100,7 +105,7 @@ class Call(CallCore):
         code, status, details = codes.client_outcome(err.code(), trailers,
                                                      self._client.settings.explain(err.code(), err.details(), trailers),
                                                      cancelled_here=here, abortive_cancel=abortive)
-        self.notify(code, None, status, details, keep_failure=True)
+        self.notify(code, None, status, details)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until notified; False on timeout. Does not complete.
@@ -122,6 +127,8 @@ class Call(CallCore):
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)
+        if self._owed is not None and on_grpc_thread_of(self._client):
+            self._run_owed()   # cancelled in a done-callback: its own callbacks are this thread's to run, here
         try:
             notified = self._notified.wait(timeout)
         except BaseException:
