@@ -11,9 +11,13 @@ from __future__ import annotations
 from typing import Final
 
 from callstate import codes
+from callstate.script import ABORT_CODE_RULE
 
 BEGIN: Final = "<!-- code table: generated from callstate/code_docs.py -->"
 END: Final = "<!-- end of code table -->"
+
+# the gRPC status column of a code only the caller's library answers with (`codes.CLIENT_ANSWERS`)
+OWN_ANSWER: Final = "none: the client's own answer"
 
 # code -> (gRPC status, when): in the order the table shows them
 ROWS: Final[dict[int, tuple[str, str]]] = {
@@ -30,11 +34,11 @@ ROWS: Final[dict[int, tuple[str, str]]] = {
     codes.ERROR_ACCESS_DENIED: ("PERMISSION_DENIED / UNAUTHENTICATED", "refused by the server's access control"),
     codes.RPC_S_TIMEOUT: ("DEADLINE_EXCEEDED", "a call reached the server's `--max-hold` (held, delayed, or "
                                                "ignoring its cancel)"),
-    codes.RPC_S_ASYNC_CALL_PENDING: ("none: the client's own answer", "`complete()` before the call-complete "
+    codes.RPC_S_ASYNC_CALL_PENDING: (OWN_ANSWER, "`complete()` before the call-complete "
                                                                       "notification; nothing changes"),
-    codes.RPC_S_INVALID_ASYNC_HANDLE: ("none: the client's own answer", "`complete()` or `cancel()` after the "
+    codes.RPC_S_INVALID_ASYNC_HANDLE: (OWN_ANSWER, "`complete()` or `cancel()` after the "
                                                                         "final complete"),
-    codes.RPC_S_INVALID_ASYNC_CALL: ("none: the client's own answer", "a move the call's state does not allow "
+    codes.RPC_S_INVALID_ASYNC_CALL: (OWN_ANSWER, "a move the call's state does not allow "
                                                                       "(a pipe push out of turn, for instance)"),
     codes.RPC_X_WRONG_PIPE_ORDER: ("FAILED_PRECONDITION", "a push on an out pipe or a pull on an in pipe "
                                                           "(refused by the caller's library)"),
@@ -45,7 +49,7 @@ ROWS: Final[dict[int, tuple[str, str]]] = {
     codes.RPC_X_PIPE_EMPTY: ("OUT_OF_RANGE", "a pull after the pipe's end was pulled (refused by the caller's "
                                              "library)"),
 }
-ABORT_ROW: Final = ("N (abort code)", "the script's status, ABORTED when none is given", "`RpcAsyncAbortCall(N)`")
+ABORT_ROW: Final = (f"N (abort code: {ABORT_CODE_RULE})", "the script's status, ABORTED when none is given", "`RpcAsyncAbortCall(N)`")
 
 
 def markdown() -> str:

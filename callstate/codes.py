@@ -46,6 +46,19 @@ NAMES: Final[dict[int, str]] = {
     RPC_X_PIPE_EMPTY: "RPC_X_PIPE_EMPTY",
 }
 
+# The codes a caller's own library answers with, never a server: why each is the caller's. A poll
+# (`status()`) answers 997 while the call is not done and complete() before the notification does
+# too, so a call a server aborted with 997 would look pending for ever to a caller who polls; 1914
+# and 1915 would pass for the caller's misuse of its handle. No script, rule or option may abort
+# with one (`script.check_abort_code`), and the checker refuses a server abort that carries one.
+CLIENT_ANSWERS: Final[dict[int, str]] = {
+    RPC_S_ASYNC_CALL_PENDING: "a caller's own answer while its call is not done: a call aborted with it "
+                              "would look still pending",
+    RPC_S_INVALID_ASYNC_HANDLE: "a caller's own answer after its call's final complete: a call aborted with it "
+                                "would look completed already",
+    RPC_S_INVALID_ASYNC_CALL: "a caller's own answer to a move its call's state does not allow: a call aborted "
+                              "with it would look never started",
+}
 
 # The gRPC statuses by name and number (the canonical codes every gRPC implementation shares).
 # The core speaks of a status by its name; `callstate.grpc_status` turns it into `grpc.StatusCode`.

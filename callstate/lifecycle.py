@@ -229,7 +229,8 @@ def server_end_code(move: str, abort_code: int = 0) -> int:
 def own_path_error(side: str, move: str | None, code: object) -> str | None:
     """Why `code` cannot end a call that entered End by `move` on `side` (None when it can).
 
-    Server: D -> Comp -> End is 0, a fatal D -> End is 1726, an abort ends non-zero. Client:
+    Server: D -> Comp -> End is 0, a fatal D -> End is 1726, an abort ends non-zero and with none
+    of a caller's own answers (`codes.CLIENT_ANSWERS`). Client:
     a call that failed to start (C -> End) ends non-zero; a completed one may end with any code.
     """
     if not isinstance(code, int) or isinstance(code, bool):
@@ -239,6 +240,8 @@ def own_path_error(side: str, move: str | None, code: object) -> str | None:
             return f"server path --{move}--> End must end with {codes.describe(SERVER_END_CODES[move])}, not {code}"
         if move == ABORTED and code == codes.RPC_S_OK:
             return "server path A --aborted--> End must end with a non-zero code, not 0"
+        if move == ABORTED and code in codes.CLIENT_ANSWERS:
+            return f"server path A --aborted--> End cannot end with {codes.describe(code)}, {codes.CLIENT_ANSWERS[code]}"
     elif side == CLIENT and move == START_FAILED and code == codes.RPC_S_OK:
         return "client path C --start_failed--> End must end with a non-zero code, not 0"
     return None

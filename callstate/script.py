@@ -12,6 +12,7 @@ import random
 from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, Final, Literal
 
+from callstate import codes
 from callstate.lifecycle import ABORT, COMPLETE, FATAL
 from callstate.v1 import callstate_pb2 as pb
 
@@ -70,6 +71,9 @@ REPLY_FRAMING: Final = 1024
 REQUEST_FRAMING: Final = 16 * 1024
 ABORT_CODE_MIN: Final = -(2**31)       # an HRESULT-style negative code still fits 32 bits
 ABORT_CODE_MAX: Final = 2**32 - 1      # an unsigned 32-bit exception code
+# what an abort code may be, in words (help texts, the code table)
+ABORT_CODE_RULE: Final = ("non-zero, 32 bits, not a caller's own answer ("
+                          + ", ".join(map(str, sorted(codes.CLIENT_ANSWERS))) + ")")
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,14 @@ def check_call_id(call_id: str, limits: Limits = Limits()) -> None:
 
 
 def check_abort_code(code: int) -> None:
-    """ValueError unless `code` is a non-zero 32-bit exception code (RpcAsyncAbortCall)."""
+    """ValueError unless `code` is a non-zero 32-bit exception code (RpcAsyncAbortCall) that is
+    not one of a caller's own answers (`codes.CLIENT_ANSWERS`: 997, 1914, 1915)."""
     if code == 0:
         raise ValueError("must be non-zero: an abort with code 0 would look like success")
     if not ABORT_CODE_MIN <= code <= ABORT_CODE_MAX:
         raise ValueError(f"must fit in 32 bits ({ABORT_CODE_MIN}..{ABORT_CODE_MAX}), got {code}")
+    if code in codes.CLIENT_ANSWERS:
+        raise ValueError(f"must not be {codes.describe(code)}: {codes.CLIENT_ANSWERS[code]}")
 
 
 def validate_request(request: pb.CallRequest, limits: Limits = Limits()) -> None:

@@ -19,7 +19,7 @@ from callstate.cli.pipe import (PIPE_EXAMPLES, SERVER_SCRIPT, add_pipe_options, 
 from callstate.cli.interrupt import CancelOnSignals, cancel_if_pending
 from callstate.cli.terminal import print_final
 from callstate.lifecycle import ABORT, FATAL, UNARY
-from callstate.script import ON_CANCEL, OUTCOMES, Limits, Script
+from callstate.script import ABORT_CODE_RULE, ON_CANCEL, OUTCOMES, Limits, Script
 
 _SCRIPT, _LIMITS = Script(), Limits()
 
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--payload", default="", help="request payload (its bytes as given, UTF-8 or not); with --echo "
                    "it comes back")
     p.add_argument("--echo", action="store_true", help="complete: reply with the request payload")
-    p.add_argument("--code", type=abort_code, help=f"abort: the exception code (default: {_SCRIPT.abort_code}); "
+    p.add_argument("--code", type=abort_code, help=f"abort: the exception code, {ABORT_CODE_RULE} (default: {_SCRIPT.abort_code}); "
                    "only with --outcome abort, any other outcome refuses it (exit 2)")
     p.add_argument("--grpc-status", type=grpc_status, metavar="N",
                    help="abort: gRPC status code to send it with (default: ABORTED); only with --outcome abort")

@@ -7,6 +7,8 @@ from typing import Any
 
 from callstate.cli.options import port
 
+METRICS_BIND = "127.0.0.1"   # the /metrics endpoint's default address
+
 OTEL_HELP = ("trace every call with OpenTelemetry (needs callstate[otel]): one span per call, its states as span "
              "events, its trace context in the gRPC metadata. The exporter comes from OTEL_TRACES_EXPORTER "
              "(otlp, console (to stderr) or none; default otlp, which needs callstate[otlp]) and the other "
@@ -17,8 +19,21 @@ def add_metrics(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help=f"serve Prometheus metrics of {what} on http://BIND:PORT/metrics (needs callstate[metrics]; "
                         "0 picks a free port, printed on stderr)")
-    p.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+    p.add_argument("--metrics-bind", default=METRICS_BIND, metavar="ADDRESS",
                    help="address the /metrics endpoint listens on (default: %(default)s)")
+
+
+def metrics_options_unused(opts: argparse.Namespace, settings: tuple[tuple[str, str, Any], ...]) -> str | None:
+    """Why the command line is refused when it sets up /metrics without --metrics-port (no endpoint
+    is served, so they would be dropped without a word), or None. `settings`: (flag, attribute,
+    default) of the command's /metrics options."""
+    if opts.metrics_port is not None:
+        return None
+    given = [flag for flag, name, default in settings if getattr(opts, name) != default]
+    if not given:
+        return None
+    return (f"{' and '.join(given)} {'set' if len(given) > 1 else 'sets'} up the /metrics endpoint, which only "
+            "--metrics-port serves: add --metrics-port PORT")
 
 
 def add_otel(p: argparse.ArgumentParser) -> None:

@@ -9,14 +9,15 @@ import sys
 from typing import Callable
 
 from callstate.cli import COMMANDS
-from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
+from callstate.cli.observe_options import (METRICS_BIND, add_metrics, add_otel, metrics_options_unused, shutdown_tracing,
+                                           tracer_provider)
 from callstate.cli.outputs import clash
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
 from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
 from callstate.cli.options import env_secret
 from callstate.lifecycle import CLIENT
-from callstate.script import GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
+from callstate.script import ABORT_CODE_RULE, GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
 from callstate.wire import METRICS_TOKEN_ENV, TOKEN_ENV
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
@@ -36,16 +37,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    "0.0.0.0 in containers)")
     p.add_argument("--port", type=port, default=_SERVER.port, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--port-file", metavar="PATH", help="write the bound port here once serving (for harnesses)")
-    p.add_argument("--log-file", default="-", metavar="PATH",
-                   help="state log destination: a file (appended), or - for stdout (default)")
-    p.add_argument("--no-state-log", action="store_true", help="do not write a state log (the journal still works)")
+    state_log = p.add_mutually_exclusive_group()   # a log not written has no destination: both is a usage error
+    # no default of its own: given at all (even as -), it is refused beside --no-state-log
+    state_log.add_argument("--log-file", metavar="PATH",
+                           help="state log destination: a file (appended), or - for stdout (default)")
+    state_log.add_argument("--no-state-log", action="store_true",
+                           help="do not write a state log (the journal still works); not with --log-file")
     p.add_argument("--journal-size", type=non_negative_int, default=_SERVER.journal_size, metavar="N",
                    help="ended calls the journal keeps in memory (default: %(default)s)")
     p.add_argument("--mix", type=outcome_mix, default=_EMULATOR.mix, metavar="MIX",
                    help="outcomes for calls without a script, e.g. complete=80,abort=10,fatal=5,hold=5 "
                         "(default: %(default)s)")
     p.add_argument("--abort-code", type=abort_code, default=_EMULATOR.abort_code, metavar="CODE",
-                   help="exception code of aborts drawn from the mix: non-zero, 32 bits (default: %(default)s)")
+                   help=f"exception code of aborts drawn from the mix: {ABORT_CODE_RULE} (default: %(default)s)")
     p.add_argument("--max-hold", type=non_negative_float, default=_EMULATOR.max_hold, metavar="SECONDS",
                    help="no call lasts longer than this from its dispatch, whatever its script or on-cancel "
                         "policy: it ends with 1460 RPC_S_TIMEOUT (default: %(default)s)")
@@ -113,7 +117,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--metrics-token", type=token, metavar="TOKEN",
                    help=f"/metrics then needs Authorization: Bearer TOKEN (401 otherwise); for an exposed endpoint "
                         f"(default: ${METRICS_TOKEN_ENV}, if set: unlike the command line, not shown by ps)")
-    p.add_argument("--metrics-idle-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+    p.add_argument("--metrics-idle-timeout", type=positive_float, default=_SERVER.metrics_idle_timeout,
+                   metavar="SECONDS",
                    help="close a /metrics connection that sends no request this long (default: %(default)s)")
     add_otel(p)
     g = p.add_argument_group("access (see docs/security.md)")
@@ -140,7 +145,7 @@ def run(opts: argparse.Namespace) -> int:
     # SIGINT / SIGTERM / SIGHUP that came while the command loaded and the server starts, noted by
     # callstate.cli.main until serve() installs its own handlers: they stop it before it serves
     early: list[int] = getattr(opts, "early_signals", [])
-    if why := _tls_flags_refused(opts):
+    if why := _tls_flags_refused(opts) or metrics_options_unused(opts, METRICS_OPTIONS):
         print(f"callstate serve: {why}", file=sys.stderr)
         return 2
     options = _server_options(opts)
@@ -168,6 +173,11 @@ def run(opts: argparse.Namespace) -> int:
     return 0 if stopped is None else _stopped_before_serving(stopped)
 
 
+# the settings of /metrics, each with its default: given without --metrics-port, no endpoint uses them
+METRICS_OPTIONS = (("--metrics-bind", "metrics_bind", METRICS_BIND), ("--metrics-token", "metrics_token", None),
+                   ("--metrics-idle-timeout", "metrics_idle_timeout", _SERVER.metrics_idle_timeout))
+
+
 def _tls_flags_refused(opts: argparse.Namespace) -> str | None:
     if (opts.tls_cert is None) != (opts.tls_key is None):
         return "--tls-cert and --tls-key go together"
@@ -188,7 +198,7 @@ def _server_options(opts: argparse.Namespace) -> ServerOptions:
                             max_early_notice_bytes=opts.max_early_notice_bytes, cancel_poll_ms=opts.cancel_poll_ms,
                             max_reply_backlog_per_connection=opts.max_reply_backlog_per_connection,
                             id_retention=opts.id_retention, max_retained_ids=opts.max_retained_ids)
-    return ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file,
+    return ServerOptions(bind=opts.bind, port=opts.port, log=None if opts.no_state_log else opts.log_file or "-",
                          journal_size=opts.journal_size, emulator=config, grace=opts.grace,
                          journal_bytes=opts.journal_bytes, journal_events_per_call=opts.journal_events_per_call,
                          max_watchers=opts.max_watchers, watch_buffer=opts.watch_buffer,

@@ -138,9 +138,11 @@ async def final_codes(calls: Iterable[Any]) -> list[int]:
 
 def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None) -> ServerProcess:
     port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
+    # --no-state-log refuses a --log-file beside it (the log would never be written)
+    log_args = () if "--no-state-log" in args else ("--log-file", str(log))
     proc = subprocess.Popen(
         [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
-         "--log-file", str(log), *args],
+         *log_args, *args],
         stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp, env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + 20
     while not (port_file.exists() and port_file.read_text().strip()):

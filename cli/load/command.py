@@ -12,7 +12,8 @@ from callstate.cli import COMMANDS
 from callstate.cli.live.view import MODES, choose
 from callstate.cli.method_options import LOAD_METHOD_EXAMPLES, Drive, DriveError, add_method_options, drive_of
 from callstate.cli.load.run import LONGEST_CALL_S, STREAMS_PER_CHANNEL, LoadConfig, LoadRun, channels_for
-from callstate.cli.observe_options import add_metrics, add_otel, shutdown_tracing, tracer_provider
+from callstate.cli.observe_options import (METRICS_BIND, add_metrics, add_otel, metrics_options_unused, shutdown_tracing,
+                                           tracer_provider)
 from callstate.cli.outputs import output_problem
 from callstate.files import write_atomically
 from callstate.arg_types import (bounded_int, cancel_points, cancel_poll, cancel_shares, non_negative_float,
@@ -26,7 +27,7 @@ from callstate.scenario import (DEFAULT_CANCEL, DEFAULT_CANCEL_AT, DEFAULT_MIX, 
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
 from callstate.lifecycle import UNARY
 from callstate.schema.drive import unary_method
-from callstate.script import Limits, Mix
+from callstate.script import ABORT_CODE_RULE, Limits, Mix
 
 _LOAD, _SCENARIO, _LIMITS = LoadConfig(), Scenario(), Limits()
 DEFAULT_CALLS = 1000
@@ -49,6 +50,10 @@ examples:
   callstate load --calls 5000 --html report.html                    # and look at it in a browser
   callstate load --calls 2000 --pipes in=15,out=15,both=20 --pipe-cancel-at after-sent:2,after-received:3
 """
+
+
+# the settings of /metrics, each with its default: given without --metrics-port, no endpoint uses them
+METRICS_OPTIONS = (("--metrics-bind", "metrics_bind", METRICS_BIND), ("--metrics-linger", "metrics_linger", 0.0))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -101,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    default=_LOAD.payload, metavar="BYTES",
                    help=f"request payload and reply size, at most {_LIMITS.max_payload_bytes} (default: %(default)s)")
     p.add_argument("--abort-code", type=abort_code, default=_SCENARIO.abort_code, metavar="CODE",
-                   help="exception code of aborts: non-zero, 32 bits (default: %(default)s)")
+                   help=f"exception code of aborts: {ABORT_CODE_RULE} (default: %(default)s)")
     p.add_argument("--pipes", type=pipe_shares, default={}, metavar="SHARES",
                    help="percent of calls that are pipes, by kind, e.g. in=10,out=10,both=10 (default: none)")
     p.add_argument("--pipe-cancel-at", type=pipe_cancel_points, default=pipe_cancel_points(DEFAULT_PIPE_CANCEL_AT),
@@ -133,7 +138,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "when not on a terminal; never: none. Default: %(default)s")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     add_metrics(p, "the client side (calls, states, cancels, cancel propagation)")
-    p.add_argument("--metrics-linger", type=non_negative_float, default=0.0, metavar="SECONDS",
+    p.add_argument("--metrics-linger", type=non_negative_float, default=METRICS_OPTIONS[1][2], metavar="SECONDS",
                    help="after the run, keep /metrics up this long so a scraper collects the final counts "
                         "(SIGINT/SIGTERM ends it early; default: %(default)s)")
     add_otel(p)
@@ -146,6 +151,8 @@ def run(opts: argparse.Namespace) -> int:
 
     provider = None
     opts.settings = channel_settings(opts)
+    if why := metrics_options_unused(opts, METRICS_OPTIONS):
+        opts.target_parser.error(why)
     if opts.method and opts.payload:   # a user's method sends --data: the payload would be dropped unsaid
         opts.target_parser.error(f"--payload applies without --method only: {opts.method} sends its requests "
                                  "from --data or --data-file")
