@@ -79,8 +79,9 @@ class Server:
         self.log = tmp / f"{kind}-{time.monotonic_ns()}-server.jsonl"   # one per server: paired runs write two
         self.cancel_log = tmp / f"{kind}-cancels.json"
         if kind == "callstate":
+            log = [] if "--no-state-log" in extra else ["--log-file", str(self.log)]   # the two are exclusive
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
-                   "--log-file", str(self.log), "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
+                   *log, "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
         else:
             cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
         self.proc = subprocess.Popen(SERVER_PREFIX + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
