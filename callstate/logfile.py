@@ -2,8 +2,8 @@
 format meets files, threads and exit hooks; `callstate.statelog` holds the format itself).
 
 The hot path only appends an `Entry` (a tuple with a float timestamp) to a
-thread-safe deque (`StateLog.sink` is the deque's own append: no Python frame per
-entry); a writer thread formats and writes in batches, so the event loop never
+thread-safe deque (`StateLog.sink`, and `append` while the log is on, are the deque's own
+append: no Python frame per entry); a writer thread formats and writes in batches, so the event loop never
 formats JSON, and it yields the GIL between chunks of a batch, so the event loop
 never waits for a whole batch to be formatted. `close()` (also run at exit) drains everything, so
 the last calls' `End` lines are never lost.
