@@ -91,3 +91,14 @@ def test_after_a_write_error_append_takes_nothing() -> None:
         log.append(BASE)   # the client goes on; nothing may pile up in memory
     assert len(log._queue) == 0
     log.close()
+
+
+def test_a_traced_client_s_log_takes_nothing_after_it_closed() -> None:
+    from callstate.observe import ObservedLog
+    seen: list[Entry] = []
+    log = StateLog(io.BytesIO(), flush_interval=60)
+    observed = ObservedLog(log, [seen.append])   # a client with tracing=: its entries go to both
+    observed.append(BASE)
+    observed.close()
+    observed.append(BASE)   # after close: nothing kept for a writer that is gone
+    assert len(log._queue) == 0 and len(seen) == 2
