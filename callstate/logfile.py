@@ -2,8 +2,8 @@
 format meets files, threads and exit hooks; `callstate.statelog` holds the format itself).
 
 The hot path only appends an `Entry` (a tuple with a float timestamp) to a
-thread-safe deque (`StateLog.sink` is the deque's own append: no Python frame per
-entry); a writer thread formats and writes in batches, so the event loop never
+thread-safe deque (`StateLog.sink`, and `append` while the log is on, are the deque's own
+append: no Python frame per entry); a writer thread formats and writes in batches, so the event loop never
 formats JSON, and it yields the GIL between chunks of a batch, so the event loop
 never waits for a whole batch to be formatted. `close()` (also run at exit) drains everything, so
 the last calls' `End` lines are never lost.
@@ -57,6 +57,10 @@ class StateLog:
         else:
             self._out = target
         self._queue: collections.deque[Entry] = collections.deque()
+        # append(entry), cheap and thread-safe: the queue's own append while the log is on (no
+        # Python frame per entry: a client records four for each call it cancels), nothing once
+        # the log failed or was closed (so nothing piles up where no writer will take it)
+        self.append: Callable[[Entry], None] = self._queue.append if self._out is not None else _discard
         self._interval = flush_interval
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one drainer at a time keeps lines in order
@@ -70,10 +74,6 @@ class StateLog:
     @property
     def enabled(self) -> bool:
         return self._out is not None
-
-    def append(self, entry: Entry) -> None:
-        if self._out is not None:
-            self._queue.append(entry)
 
     @property
     def sink(self) -> Callable[[Entry], None]:
@@ -100,7 +100,7 @@ class StateLog:
                     time.sleep(0)   # let the event loop have the GIL between chunks
             out.flush()
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
-            self._out = None
+            self._out, self.append = None, _discard
             StateLog.failures += 1
             if not isinstance(exc, BrokenPipeError):
                 print(f"callstate: the state log cannot be written any more ({exc}); up to {taken} entries and "
@@ -128,7 +128,7 @@ class StateLog:
         self.flush()
         if self._owns and self._out is not None:
             self._out.close()
-        self._out = None
+        self._out, self.append = None, _discard
         atexit.unregister(self.close)
 
 

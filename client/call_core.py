@@ -35,6 +35,10 @@ from callstate.logfile import StateLog
 
 _LOG = logging.getLogger("callstate.client")
 _CANCELLED = codes.grpc_status_name_for(codes.RPC_S_CALL_CANCELLED)
+# client_outcome of an RPC cancelled on this side, by whether the caller's abortive cancel did it
+# (1818) or not (1722): worked out once, as every abortive cancel of a call in flight asks for it
+_CANCELLED_HERE = {abortive: codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
+                   for abortive in (False, True)}
 
 # What a cancel's moves tell the surface to do: cancel the RPC or send the notice; nothing, the
 # call never went out (cancelled in C, the notification is rushed here); nothing, the outcome is in.
@@ -303,8 +307,7 @@ class CallCore:
         """The RPC was cancelled on this side: by our abortive cancel (1818, `in_verb`: in the caller's
         cancel()), or under us (1722). (An escalation timer still set finds the outcome known when it
         fires, and does nothing.)"""
-        code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
-                                                     abortive_cancel=self.abortive_cancel)
+        code, status, details = _CANCELLED_HERE[self.abortive_cancel]
         self.notify(code, None, status, details, in_verb=in_verb, rpc_runs_owed=self._rpc_runs_owed)
 
     def _interrupted(self, complete: bool) -> None:

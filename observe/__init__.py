@@ -36,7 +36,9 @@ class ObservedLog:
     def __init__(self, log: Any, observers: Sequence[EntryObserver]) -> None:
         self.inner = log
         on = log is not None and getattr(log, "enabled", True)
-        self.append: EntryObserver = fan_out(log.append if on else None, observers)
+        # the log's append looked up per entry, not kept: a StateLog's is its queue's own while it
+        # is on, and nothing once it is closed (a call that ends after its client closed)
+        self.append: EntryObserver = fan_out((lambda e: log.append(e)) if on else None, observers)
 
     def flush(self) -> None:
         if self.inner is not None and hasattr(self.inner, "flush"):

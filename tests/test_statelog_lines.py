@@ -1,0 +1,104 @@
+"""The state log's line formatter: what it keeps from one line to the next (each shape of the
+fields from state to cancel, the last call id's JSON text) never leaks into a line it does not fit;
+and `StateLog.append`, the queue's own append while the log is on, takes nothing once it is off."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import orjson
+
+from callstate import statelog
+from callstate.lifecycle import CLIENT, SERVER
+from callstate.logfile import StateLog
+from callstate.statelog import Entry, format_line, format_ts, to_dict
+
+# One entry, then the same with one field from state to cancel changed: each of these fields is
+# part of the shape a line is formatted from, so a shape cached for one must not serve the next.
+BASE = Entry(1765000000.25, CLIENT, "0f3a9c" * 5, "End", "Comp", "enter", "completed", 1818, "CANCELLED",
+             "cancelled by the caller", "abortive")
+VARIANTS = [BASE._replace(**{field: value}) for field, value in [
+    ("state", "Comp"), ("prev", "WComp"), ("prev", None), ("event", "cancel_sent"), ("move", "aborted"),
+    ("move", None), ("code", 1726), ("code", None), ("grpc_status", "UNAVAILABLE"), ("grpc_status", None),
+    ("detail", "another"), ("detail", None), ("detail", 'with "quotes"'), ("cancel", "non-abortive"),
+    ("cancel", None)]]
+
+
+def test_each_field_of_a_shape_shows_in_its_line() -> None:
+    for e in [BASE, *VARIANTS, BASE, *reversed(VARIANTS)]:   # every shape met twice: the second from the cache
+        assert orjson.loads(format_line(e)) == to_dict(e)
+
+
+def test_the_fields_after_the_shape_are_each_lines_own() -> None:
+    # sent/received, delay_ms, method and rule are not in the shape: they differ line by line
+    for e in [BASE._replace(sent=3, received=2), BASE, BASE._replace(delay_ms=1.5), BASE._replace(method="a.B/C"),
+              BASE._replace(rule='rules[0] "x"'), BASE._replace(side=SERVER), BASE]:
+        assert orjson.loads(format_line(e)) == to_dict(e)
+
+
+def test_a_call_id_is_written_as_its_own_line_says() -> None:
+    plain, quoted = "0f3a9c" * 5, 'said "hi"\n'
+    entries = [BASE._replace(call_id=cid) for cid in (plain, plain, quoted, quoted, plain, "caf\u00e9", plain)]
+    for e in entries:
+        assert orjson.loads(format_line(e))["call_id"] == e.call_id
+
+
+def test_a_field_that_cannot_be_a_key_is_formatted_all_the_same() -> None:
+    e = BASE._replace(detail=["not", "text"])   # not what callstate logs, but no line may be lost to it
+    assert orjson.loads(format_line(e)) == to_dict(e)
+
+
+def test_the_shapes_kept_are_bounded() -> None:
+    # details that differ call by call (a user's abort text): the cache is cleared, never grown past its bound
+    for i in range(statelog._MAX_TAILS + 10):
+        e = BASE._replace(detail=f"abort {i}")
+        assert format_line(e).endswith(f',"detail":"abort {i}","cancel":"abortive"}}\n')
+    assert 0 < len(statelog._TAILS) <= statelog._MAX_TAILS
+
+
+def test_times_are_written_to_the_microsecond_they_were_in() -> None:
+    for t in (1765000000.0, 1765000000.000001, 1765000000.5, 1765000000.9999999, 1765000001.0000004, 0.25):
+        sec = int(t)
+        want = "%s%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)), (t - sec) * 1_000_000)
+        assert format_ts(t) == want
+        assert orjson.loads(format_line(BASE._replace(t=t)))["ts"] == want
+
+
+def test_append_is_the_queue_s_own_while_the_log_is_on_and_takes_nothing_after() -> None:
+    out = io.BytesIO()
+    log = StateLog(out, flush_interval=60)
+    assert log.append == log._queue.append   # no Python frame per entry: the client makes 4 a cancelled call
+    log.append(BASE)
+    log.close()
+    assert orjson.loads(out.getvalue()) == to_dict(BASE)
+    log.append(BASE)   # a call ended after its client's log closed: nothing queued where no writer takes it
+    assert len(log._queue) == 0
+
+
+def test_after_a_write_error_append_takes_nothing() -> None:
+    class Failing(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+            raise OSError(28, "No space left on device")
+    log = StateLog(Failing(), flush_interval=60)
+    log.append(BASE)
+    log.flush()
+    assert not log.enabled
+    for _ in range(1000):
+        log.append(BASE)   # the client goes on; nothing may pile up in memory
+    assert len(log._queue) == 0
+    log.close()
+
+
+def test_a_traced_client_s_log_takes_nothing_after_it_closed() -> None:
+    from callstate.observe import ObservedLog
+    seen: list[Entry] = []
+    log = StateLog(io.BytesIO(), flush_interval=60)
+    observed = ObservedLog(log, [seen.append])   # a client with tracing=: its entries go to both
+    observed.append(BASE)
+    observed.close()
+    observed.append(BASE)   # after close: nothing kept for a writer that is gone
+    assert len(log._queue) == 0 and len(seen) == 2
