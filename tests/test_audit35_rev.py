@@ -13,6 +13,7 @@ codes, health --wait, refused option pairs): the defects the review found, each 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import threading
 from typing import Any, Iterator
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from callstate.client import AsyncClient, CallError, Client, CompletionQueue, PipeScript, Script
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,3 +104,24 @@ def test_the_asyncio_twin_answers_the_same(shared_server: ServerProcess) -> None
                 assert err.value.code == 1818
 
     asyncio.run(main())
+
+
+# -- 2. srv35: every place an abort code is given says what it may be ---------------------------------------
+def test_locusts_abort_code_option_says_what_the_other_commands_say() -> None:
+    """serve, load and call name the rule in their help (`ABORT_CODE_RULE`: not 997, 1914, 1915)
+    and refuse those codes; Locust's --callstate-abort-code refused them too (the same `abort_code`
+    type) but its help still said "non-zero, 32 bits". Read from the source: importing locust here
+    would patch this process's threads with gevent's."""
+    from callstate.arg_types import abort_code
+    from callstate.script import ABORT_CODE_RULE
+
+    tree = ast.parse((ROOT / "integrations" / "locust" / "options.py").read_text())
+    [entry] = [value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+               for key, value in zip(node.keys, node.values)
+               if isinstance(key, ast.Constant) and key.value == "--callstate-abort-code"]
+    assert isinstance(entry, ast.Tuple) and ast.unparse(entry.elts[1]) == "abort_code"   # the commands' own type
+    text = eval(compile(ast.Expression(entry.elts[2]), "options.py", "eval"), {"ABORT_CODE_RULE": ABORT_CODE_RULE})
+    assert ABORT_CODE_RULE in text, text
+    for code in ("997", "1914", "1915"):
+        with pytest.raises(Exception, match=f"must not be {code}"):
+            abort_code(code)
