@@ -9,6 +9,8 @@ codes, health --wait, refused option pairs): the defects the review found, each 
    loop run them) and answers True. Now a sync wait that finds them still owed runs them itself,
    first, as the asyncio wait lets the loop do: never inside `cancel()`, and the wait still returns
    after them.
+2. srv35: Locust's --callstate-abort-code refused 997, 1914 and 1915 (the commands' own type) but
+   its help still said "non-zero, 32 bits"; serve, load and call name the rule.
 """
 
 from __future__ import annotations
