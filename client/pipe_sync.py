@@ -21,7 +21,7 @@ import grpc
 
 from callstate import codes
 from callstate.client.arguments import checked_wait_for
-from callstate.client.grpc_thread import check_wait, on_a_thread_of_their_own, on_grpc_thread_of, runs_on_grpc_thread
+from callstate.client.grpc_thread import check_wait, on_a_thread_of_their_own, runs_on_grpc_thread
 from callstate.client.notice_sync import ThreadNotice
 from callstate.client.pipe_surface import STOPPED, PipeBase, check_script
 from callstate.errors import CallError, WaitTimedOut
@@ -281,8 +281,8 @@ class Pipe(PipeBase):
         messages are pulled (and counted) by a helper thread meanwhile: its status follows them."""
         timeout = checked_wait_for(timeout)
         if self.notified:   # once its callbacks have run (a rushed cancel's run on gRPC's thread after it)
-            if self._owed is not None and on_grpc_thread_of(self._client):
-                self._run_owed()   # cancelled in a done-callback: its own callbacks are this thread's to run, here
+            if self._owed is not None:   # none taken yet (gRPC's thread busy or slower): this wait runs them first
+                self._run_owed()
             return self._notified.wait(timeout) and self._after_wait()
         self._need_rpc("wait")
         check_wait(self, timeout)

@@ -127,8 +127,11 @@ class Call(CallCore):
         if self._rpc is None and not self.notified:   # never sent: no notification would come
             raise self._unsent("wait")
         check_wait(self, timeout)
-        if self._owed is not None and on_grpc_thread_of(self._client):
-            self._run_owed()   # cancelled in a done-callback: its own callbacks are this thread's to run, here
+        if self._owed is not None:
+            # a verb's notification whose callbacks no thread has taken yet (gRPC's, busy or slower than
+            # the caller; or in a done-callback, this one): the wait runs them first, as the asyncio
+            # wait lets the loop run them, so it answers as done() does (never inside cancel())
+            self._run_owed()
         try:
             notified = self._notified.wait(timeout)
         except BaseException:

@@ -17,7 +17,7 @@ from callstate.arg_types import (abort_code, bounded_int, cancel_points, cancel_
                                  non_negative_float, non_negative_int, on_cancel_mix, outcome_mix, pipe_cancel_points,
                                  pipe_shares, positive_float, readable_file)
 from callstate.cancel_points import PIPE as PIPE_POINTS, UNARY as UNARY_POINTS
-from callstate.script import Limits
+from callstate.script import ABORT_CODE_RULE, Limits
 
 # option name -> (the CallstateUser attribute it overrides, validator, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
@@ -31,7 +31,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--callstate-hold-for": ("hold_for", positive_float, "uncancelled held calls are cancelled after SECONDS"),
     "--callstate-escalate-after": ("escalate_after", positive_float,
                                    "a non-abortive cancel escalates to abortive after SECONDS unanswered"),
-    "--callstate-abort-code": ("abort_code", abort_code, "exception code of aborts: non-zero, 32 bits"),
+    "--callstate-abort-code": ("abort_code", abort_code, f"exception code of aborts: {ABORT_CODE_RULE}"),
     "--callstate-delay": ("delay", non_negative_float, "server processing time before complete/abort/fatal"),
     "--callstate-payload": ("payload", bounded_int(0, Limits().max_payload_bytes, "what a server accepts by default"),
                             f"request payload and reply size in bytes, at most {Limits().max_payload_bytes}"),
