@@ -286,13 +286,23 @@ def test_load_says_a_server_that_took_the_connection_but_answered_nothing_may_be
 
     from callstate.cli.load.run import unreachable
 
-    async def state_of(target: str) -> grpc.ChannelConnectivity:
+    async def state_of(target: str, until: grpc.ChannelConnectivity | None = None) -> grpc.ChannelConnectivity:
+        """The channel's state 0.5 s after it began to connect (the hung port: still connecting), or
+        once it reached `until`: a refused connect fails at once, but a loaded machine's gRPC
+        thread may say so after the 0.5 s, and the channel was then still CONNECTING."""
         channel = grpc.aio.insecure_channel(target)
         try:
             await asyncio.wait_for(channel.channel_ready(), 0.5)
         except asyncio.TimeoutError:
             pass
+        deadline = time.monotonic() + EVIDENCE_WAIT
         state = channel.get_state()
+        while until is not None and state != until and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                pass
+            state = channel.get_state()
         await channel.close()
         return state
 
@@ -304,7 +314,8 @@ def test_load_says_a_server_that_took_the_connection_but_answered_nothing_may_be
             f"cannot reach a callstate server at {target} (still connecting after 5 s: nothing answered; is the "
             "server stopped (SIGSTOP) or hung, or does the address drop what is sent to it (a firewall, a wrong "
             "address)?)")
-    assert unreachable(refused_target, asyncio.run(state_of(refused_target)), secure=False) == (
+    refused = asyncio.run(state_of(refused_target, until=grpc.ChannelConnectivity.TRANSIENT_FAILURE))
+    assert unreachable(refused_target, refused, secure=False) == (
         f"cannot reach a callstate server at {refused_target} (no connection within 5 s: is it up? if it uses TLS, "
         "pass --tls-ca)")
 

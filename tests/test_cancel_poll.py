@@ -33,6 +33,7 @@ POLL = 0.2   # seconds between the handler's cancel tests
 # wake it (the cancel seen only at --max-hold, 20 s) still fails.
 LATE = 1.0
 CLOCKS = 0.005   # the log's wall clock against the handler's monotonic clock
+TRANSPORT = 5.0  # how long a cancel may take to reach a loaded machine's server: far from the 20 s max hold
 
 
 # -- the rule, without I/O ---------------------------------------------------------------------------
@@ -164,7 +165,10 @@ def test_a_polling_handler_sees_the_cancel_at_its_next_poll(poll_server: ServerP
     assert at >= first_instant - CLOCKS, (at - dispatched, cancelled - dispatched)
     # at the next poll: within one interval of its arrival, plus how late a busy machine is
     assert 0 <= seen["delay_ms"] <= (POLL + LATE) * 1000
-    assert at - cancelled <= POLL + LATE
+    # and soon after the caller's Can: the cancel's way to the server (a notice is an RPC of its
+    # own, which a loaded machine's two processes may take seconds to carry: not the handler's
+    # lateness, which delay_ms measures) and that poll; a cancel left to --max-hold is seen at 20 s
+    assert at - cancelled <= POLL + LATE + TRANSPORT, (at - cancelled, seen["delay_ms"])
     assert at - seen["delay_ms"] / 1000 >= cancelled - CLOCKS   # the arrival it reports follows the Can
     ended = [e for e in server if e["state"] == END]
     assert ended and _ts(ended[0]) >= at and ended[0]["code"] == codes.RPC_S_CALL_CANCELLED

@@ -247,16 +247,27 @@ def test_cancel_propagation_reaches_the_statistics_while_the_run_goes(tmp_path: 
     finally:
         srv.stop()
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    final = stats_rows(tmp_path / "run.json")["cancel propagation"]["num_requests"]
+    stats = stats_rows(tmp_path / "run.json")
+    final = stats["cancel propagation"]["num_requests"]
     with open(tmp_path / "run_stats_history.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["Name"] == "cancel propagation"]
+        history = list(csv.DictReader(f))
+    rows = [row for row in history if row["Name"] == "cancel propagation"]
     start = int(rows[0]["Timestamp"])
     live = max(int(row["Total Request Count"]) for row in rows if int(row["Timestamp"]) <= start + 8)
+    # the cancelled calls themselves (counted as each call ends, no follower involved) by then: the
+    # share of the run's cancels a follower that keeps up can have seen live. A machine that
+    # starves Locust itself makes fewer calls early on, and a fixed share would blame the follower
+    cancelled = next(name for name in stats if name.startswith(f"{codes.RPC_S_CALL_CANCELLED} "))
+    cancels = stats[cancelled]["num_requests"]
+    cancels_live = max(int(row["Total Request Count"]) for row in history if row["Name"] == cancelled
+                       and int(row["Timestamp"]) <= start + 8)
     # 40 users, 40 channels: grpc waits for each on a thread of the hub's pool, which held 10
     # (callstate.locust.hub), and the follower's next message waited its turn behind them: 0.12
-    # of the samples were live under stress-ng --cpu 2 (load 14), 3.6 s behind. Now 0.72-0.92
-    # (load 12-29; 0.61-0.67 before at 16 users): the bound leaves room below that.
-    assert final > 50 and live >= 0.5 * final, (live, final)
+    # of the samples were live under stress-ng --cpu 2 (load 14), 3.6 s behind. Now 0.72-0.92 live
+    # (load 12-29), close to the cancels' own share at that time (0.93 on a quiet machine): the bound
+    # is half of that share
+    assert final > 50 and cancels > 50 and live / final >= 0.5 * cancels_live / cancels, \
+        (live, final, cancels_live, cancels)
     assert json.loads((tmp_path / "pool.json").read_text()) >= 40   # a thread for each user's channel
 
 

@@ -12,7 +12,7 @@ from callstate import codes
 from callstate.logfile import check_files
 from callstate.statelog import parse_ts
 from callstate.client import AsyncClient, Call, CallError, CallPending, Client, InvalidAsyncHandle, Script
-from tests.conftest import ServerProcess, check_own, final, states
+from tests.conftest import EVIDENCE_WAIT, ServerProcess, check_own, final, states
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -313,16 +313,16 @@ def test_notification_styles_callback_queue_and_polling(shared_server: ServerPro
             assert sorted(c.call_id for c in got) == sorted(c.call_id for c in calls)
             for c in got:
                 assert c.complete().call_id == c.call_id
-            for _ in range(200):
-                if fired:
-                    break
+            # each wait for the evidence itself, bounded by EVIDENCE_WAIT: a fixed 200 or 300 turns of
+            # 10 ms (2 or 3 s) was the whole margin a starved server had for a round trip
+            deadline = asyncio.get_running_loop().time() + EVIDENCE_WAIT
+            while not fired and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             assert fired == [cb_call.call_id]
             polled = client.start(Script("complete", outcome_delay=0.1))
             assert polled.status() == 997
-            for _ in range(300):
-                if polled.status() != 997:
-                    break
+            deadline = asyncio.get_running_loop().time() + EVIDENCE_WAIT
+            while polled.status() == 997 and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             assert polled.status() == 0
     run(go())
