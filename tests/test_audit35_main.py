@@ -34,3 +34,15 @@ def test_locust_options_come_from_the_environment_and_the_command_line_wins(tmp_
         "error: argument --callstate-mix: mix entry 'sometimes=1': unknown name 'sometimes'; "
         "expected one of complete, abort, fatal, hold"), bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_load_run_writes_to_the_stderr_of_its_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`callstate load` run in process (a harness, a test with capsys) writes its progress and
+    notices to the stderr in place when it runs, not to the one of its module's import."""
+    import io
+
+    from callstate.cli.load.run import LoadConfig, LoadRun
+
+    here = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", here)
+    assert LoadRun(LoadConfig(verify=False)).out is here

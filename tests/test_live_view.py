@@ -257,9 +257,6 @@ def test_load_says_it_waits_for_the_server_after_the_run_and_repeats_no_line(
     # wait, and a 2.5 s poll leaves about 2.1 s for the way there (about the same suite time: no
     # interpreter to start)
     monkeypatch.setattr(load_run, "SETTLE_NOTICE_S", 0.1)
-    # LoadRun's output stream defaults to the sys.stderr of its module's import (a collecting
-    # pytest's capture): this test's own
-    monkeypatch.setattr(load_run.LoadRun.__init__, "__defaults__", (sys.stderr,))
     rc = main(["load", "--target", server.target, "--calls", "1", "--mix", "hold=100", "--cancel", "abortive=100",
                "--cancel-at", "held:0.3", "--cancel-poll", "2500=100", "--progress", "always"])
     out, err = capsys.readouterr()

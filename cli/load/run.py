@@ -139,9 +139,9 @@ class _Sink:
 
 
 class LoadRun:
-    def __init__(self, config: LoadConfig, out: TextIO = sys.stderr) -> None:
+    def __init__(self, config: LoadConfig, out: TextIO | None = None) -> None:
         self.cfg = config
-        self.out = out
+        self.out = out if out is not None else sys.stderr   # the stderr of the run, not of this module's import
         self.rng = random.Random(config.seed)   # the plans, drawn in the order the calls start
         # the cancel delays, drawn as each call starts: with an open loop the starts interleave
         # with the next plans' draws as the event loop runs them, so one stream would make the
