@@ -80,8 +80,9 @@ class StateLog:
     @property
     def sink(self) -> Callable[[Entry], None]:
         """What a hot path calls per entry: the queue's own append while the log is on (after a
-        write error the writer discards what is queued, so the queue stays bounded)."""
-        return self._queue.append if self._out is not None else _discard
+        write error the writer discards what is queued, so the queue stays bounded): `append` as it
+        is now, kept by the caller."""
+        return self.append
 
     def _drain(self) -> None:
         queue, out = self._queue, self._out

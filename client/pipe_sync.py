@@ -256,9 +256,7 @@ class Pipe(PipeBase):
         core = self
         reply = None
         if rpc.cancelled():
-            code, status, details = codes.client_outcome(None, None, None, cancelled_here=True,
-                                                         abortive_cancel=core.abortive_cancel)
-            core.notify(code, reply, status, details)
+            self._notify_cancelled_here()
             self._run_owed()   # our cancel rushed the notification: its callbacks run here, on gRPC's thread
             return
         status_code = rpc.code()

@@ -89,8 +89,7 @@ class Call(CallCore):
         self._stop_escalation()
         abortive = self.abortive_cancel
         if future.cancelled():
-            code, status, details = codes.client_outcome(None, None, None, cancelled_here=True, abortive_cancel=abortive)
-            self.notify(code, None, status, details)
+            self._notify_cancelled_here()
             self._run_owed()   # our cancel rushed the notification: its callbacks run here, on gRPC's thread
             return
         err = future.exception()
