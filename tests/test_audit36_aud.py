@@ -1,0 +1,99 @@
+"""Session 36's audit as a new user meets callstate: the README and the pages it leads to,
+followed verbatim; bad input across the commands; the numbers a user reads."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+ENTRY = (b'{"ts":"2026-12-06T12:20:33.863236Z","side":"client","call_id":"c1","state":"C","prev":null,'
+         b'"event":"enter","move":"call"}\n')
+REFUSED = ("holds a state log (its first line is a state entry): the report would replace every call it "
+           "recorded; give the report a file of its own")
+
+
+def _logs(tmp_path: Path) -> dict[str, bytes]:
+    """A state log in each form `check` reads: plain, with a byte order mark, gzip'd."""
+    return {"plain.jsonl": ENTRY, "bom.jsonl": b"\xef\xbb\xbf" + ENTRY, "rotated.jsonl.gz": gzip.compress(ENTRY)}
+
+
+def test_a_report_named_over_a_state_log_is_refused_and_the_log_kept(tmp_path: Path) -> None:
+    """`load --report client.jsonl` (the log's name typed for the report's, or the shell's completion)
+    replaced the state log of every earlier call with the run's JSON report, without a word; so did
+    `report --html`, `--json` and conformance's reports over a log the command was not given."""
+    from callstate.cli.outputs import output_problem
+
+    for name, data in _logs(tmp_path).items():
+        log = tmp_path / name
+        log.write_bytes(data)
+        why = output_problem([str(log)], [("--report", str(log))])
+        assert why == f"--report {log} {REFUSED}", why
+        assert log.read_bytes() == data
+    # what a report may replace: an earlier report, an empty file, a port, anything not a state entry
+    for name, data in {"old.json": b'{\n  "calls": 3\n}\n', "empty.jsonl": b"", "one.json": b'{"calls": 3}\n',
+                       "page.html": b"<!doctype html>\n", "cut.jsonl.gz": gzip.compress(ENTRY)[:12]}.items():
+        (tmp_path / name).write_bytes(data)
+        assert output_problem([str(tmp_path / name)], [("--report", str(tmp_path / name))]) == "", name
+
+
+@pytest.mark.parametrize("command, flag", [("load", "--report"), ("load", "--html"), ("report", "--html"),
+                                           ("report", "--json"), ("conformance", "--junit-xml")])
+def test_each_command_that_writes_a_report_refuses_a_state_log_before_it_runs(
+        tmp_path: Path, refused_target: str, command: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from callstate.cli import main
+
+    log, other = tmp_path / "client.jsonl", tmp_path / "server.jsonl"
+    log.write_bytes(ENTRY)
+    other.write_bytes(ENTRY.replace(b'"client"', b'"server"').replace(b'"C"', b'"D"').replace(b'"call"', b'"dispatch"'))
+    args = {"load": ["load", "--target", refused_target, "--calls", "1"],
+            "report": ["report", str(other), *(["--html", str(tmp_path / "r.html")] if flag == "--json" else [])],
+            "conformance": ["conformance", "--proxy", refused_target, "--server", refused_target]}[command]
+    assert main([*args, flag, str(log)]) == 2
+    assert capsys.readouterr().err.strip() == f"callstate {command}: {flag} {log} {REFUSED}"
+    assert log.read_bytes() == ENTRY and not (tmp_path / "r.html").exists()
+
+
+def test_watch_refuses_an_empty_call_id_rather_than_watching_every_call(capsys: pytest.CaptureFixture[str]) -> None:
+    """`watch --call-id "$ID"` with ID unset watched every call as if they were the one asked for."""
+    from callstate.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["watch", "--call-id", "", "--timeout", "1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("callstate watch: error: argument --call-id: an empty call id names "
+                                               "no call: give the call's whole id (see callstate watch --help)")
+
+
+def test_watch_call_id_whose_timeout_runs_out_first_is_no_success(shared_server: ServerProcess,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`watch --call-id ID --timeout 1` on a call still held, or one never made, exited 0 without a
+    word, as if the call had ended: a script waiting on it went on."""
+    from callstate.cli import main
+    from callstate.client import Client, Script
+    from callstate.errors import CallError
+
+    watch = ["watch", "--target", shared_server.target, "--timeout", "1", "--call-id"]
+    with Client(shared_server.target) as client:
+        call = client.start(Script("hold"))
+        shared_server.wait_entries(call.call_id, lambda es: any(e["state"] == "D" for e in es))
+        try:
+            assert main([*watch, call.call_id]) == 1
+        finally:
+            call.cancel()
+        with pytest.raises(CallError):
+            call.result(timeout=10)
+    held = capsys.readouterr()
+    assert re.search(r"^\w{12}  \S+  server  D ", held.out, re.M), held.out
+    assert held.err.splitlines()[-1] == (f"callstate watch: --timeout 1 s ran out before call '{call.call_id}' "
+                                         f"ended on {shared_server.target} (its entries shown above)"), held.err
+    assert main([*watch, "never-made-a36"]) == 1
+    never = capsys.readouterr().err
+    assert never.splitlines()[-1].endswith("ran out before call 'never-made-a36' ended on "
+                                           f"{shared_server.target} (no entry of it came)"), never
