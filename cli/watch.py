@@ -37,11 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "back (a replica restarted), and followed again once it answers. Stop with Ctrl-C (exit 0; 130 before "
                                    "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
-                                             "answered by then) (default: follow until Ctrl-C)")
-    p.add_argument("--call-id", default="", help="only this call (its whole id: entry lines show its first "
+                                             "answered by then, or with --call-id when the call has not ended) "
+                                             "(default: follow until Ctrl-C)")
+    p.add_argument("--call-id", type=_call_id, default=None, help="only this call (its whole id: entry lines show its first "
                    f"{SHOWN_ID} characters, --json and the state logs all of it): its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
-                   "server stops first); with several --target (replicas), it is looked for on each and "
+                   "server stops or --timeout runs out first); with several --target (replicas), it is looked for on each and "
                    "followed on the one that holds it (exit 1 when none does)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true",
@@ -56,8 +57,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return p
 
 
+def _call_id(text: str) -> str:
+    """--call-id's value: a call's whole id; an empty one (`--call-id "$ID"` with ID unset) names no
+    call, and a watch of every call in its place would look like the call's."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty call id names no call: give the call's whole id")
+    return text
+
+
 def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
+    opts.call_id = opts.call_id or ""   # None: every call (a default string would go through _call_id)
     twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
     if twice:   # its every entry would be shown twice, its counters summed twice
         opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
@@ -533,13 +543,24 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str
                 await reader
             except asyncio.CancelledError:
                 pass
-    if reader.done() and not reader.cancelled() and reader.exception() is not None:
-        raise reader.exception()  # type: ignore[misc]
+    if reader.done() and not reader.cancelled() and (exc := reader.exception()) is not None:
+        if not (watch.subscribed and _ran_out(exc)):
+            raise exc
+        # --timeout ran out with the call still going (or not there yet): not what the watch waited for
+        how = "its entries shown above" if printed else "no entry of it came"
+        print(f"callstate watch: --timeout {opts.timeout:g} s ran out before call {printable(repr(opts.call_id))} "
+              f"ended on {target} ({how})", file=sys.stderr, flush=True)
+        return 1
     if reader.done() and not reader.cancelled() and not reader.result():
         print(f"callstate watch: {target} ended the stream: the server is stopping, and call "
               f"{printable(repr(opts.call_id))} had not ended there", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _ran_out(exc: BaseException) -> bool:
+    import grpc
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class _Dashboard:
