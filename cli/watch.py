@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    f"{SHOWN_ID} characters, --json and the state logs all of it): its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
                    "server stops or --timeout runs out first); with several --target (replicas), it is looked for on each and "
-                   "followed on the one that holds it (exit 1 when none does)")
+                   "followed on the one that holds it (exit 1 when none does); an id no server takes (empty, not "
+                   "printable ASCII, too long) is refused")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true",
                    help="print the server's counters once and exit (with several --target: their sums, said on stderr)")
@@ -59,9 +60,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def _call_id(text: str) -> str:
     """--call-id's value: a call's whole id; an empty one (`--call-id "$ID"` with ID unset) names no
-    call, and a watch of every call in its place would look like the call's."""
+    call, and a watch of every call in its place would look like the call's; one no server takes
+    (a copied id with a smart quote or a space of another script in it) would be waited for ever."""
+    from callstate.script import LONGEST_CALL_ID, RequestError, Limits, check_call_id
+
     if not text:
         raise argparse.ArgumentTypeError("an empty call id names no call: give the call's whole id")
+    try:
+        check_call_id(text, Limits(max_call_id_bytes=LONGEST_CALL_ID))
+    except RequestError as exc:
+        shown = repr(text) if len(text) <= SHOWN_ID * 5 else f"{text[:SHOWN_ID]!r}..."
+        raise argparse.ArgumentTypeError(f"{printable(shown)}: no call has such an id: {exc.message}") from None
     return text
 
 

@@ -97,3 +97,21 @@ def test_watch_call_id_whose_timeout_runs_out_first_is_no_success(shared_server:
     never = capsys.readouterr().err
     assert never.splitlines()[-1].endswith("ran out before call 'never-made-a36' ended on "
                                            f"{shared_server.target} (no entry of it came)"), never
+
+
+@pytest.mark.parametrize("call_id, why", [
+    ("\u2018c1\u2019", "'\u2018c1\u2019': no call has such an id: only printable ASCII (a gRPC metadata value), got '\u2018'"),
+    ("c1\t", "'c1\\t': no call has such an id: only printable ASCII (a gRPC metadata value), got '\\t'"),
+    ("x" * 4097, "'xxxxxxxxxxxx'...: no call has such an id: at most 4096 characters, got 4097")],
+    ids=["smart-quotes", "tab", "too-long"])
+def test_watch_refuses_a_call_id_no_server_takes_rather_than_waiting_for_it_for_ever(
+        call_id: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An id copied with a smart quote or a tab in it was 'waited for' until Ctrl-C: no server takes it."""
+    from callstate.cli import main
+    from callstate.cli.watch import _call_id
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["watch", "--call-id", call_id])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"callstate watch: error: argument --call-id: {why} (see callstate watch --help)"
+    assert _call_id("x" * 4096) and _call_id("abc def")   # the longest any server takes; a space is printable
