@@ -115,3 +115,31 @@ def test_watch_refuses_a_call_id_no_server_takes_rather_than_waiting_for_it_for_
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"callstate watch: error: argument --call-id: {why} (see callstate watch --help)"
     assert _call_id("x" * 4096) and _call_id("abc def")   # the longest any server takes; a space is printable
+
+
+def test_a_number_past_every_bound_is_refused_with_the_options_own_bound() -> None:
+    """`load --rate 2e9` said "must be at most 1e+09" (the bound every number has), and `--rate 1e9`
+    then "must be in 0.001..1e+06": the first line sent the user to a value still refused. So did
+    --port, --metrics-port, --serve-port (2147483647, not 0-65535), --keepalive, --concurrency,
+    --channels and --streams. Every option of every command: a bound a message names is taken."""
+    import argparse
+
+    from callstate.cli import COMMANDS, build_parser, subcommands
+
+    misleading = []
+    for command, sub in subcommands(build_parser(load=set(COMMANDS))).items():
+        for action in sub._actions:
+            if not action.option_strings or not callable(action.type):
+                continue
+            for huge, said, at_it in (("30000000000", "2147483647", "2147483647"), ("3e12", "1e+09", "1e9")):
+                try:
+                    action.type(huge)
+                    continue
+                except (argparse.ArgumentTypeError, ValueError) as exc:   # argparse says ValueError's itself
+                    why = str(exc)
+                if f"at most {said}" in why:
+                    try:
+                        action.type(at_it)
+                    except argparse.ArgumentTypeError as exc:
+                        misleading.append(f"{command} {action.option_strings[-1]} {huge}: {why}; {at_it}: {exc}")
+    assert not misleading, "\n".join(misleading)
