@@ -143,3 +143,20 @@ def test_a_number_past_every_bound_is_refused_with_the_options_own_bound() -> No
                     except argparse.ArgumentTypeError as exc:
                         misleading.append(f"{command} {action.option_strings[-1]} {huge}: {why}; {at_it}: {exc}")
     assert not misleading, "\n".join(misleading)
+
+
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_dash_for_standard_input_is_said_to_be_no_log_file(tmp_path: Path, command: str,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`callstate check -` (standard input, as many tools take it) said "-: No such file or directory"."""
+    from callstate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--html", "r.html"] if command == "report" else []
+    assert main([command, "-", *args]) == 2
+    assert capsys.readouterr().err.strip() == (f"callstate {command}: -: standard input is not read (logs are read "
+                                               "as regular files only): save the stream to a file and give its name")
+    (tmp_path / "-").write_bytes(ENTRY)   # a file named "-" is still read
+    assert main(["check", "--allow-one-side", "-"]) == 1   # the call never ended: read and judged
+    assert "not_ended" in capsys.readouterr().out
