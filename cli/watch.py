@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--dashboard", choices=MODES, default="auto",
                    help="a live dashboard instead of entry lines: calls/s per final code, in flight, recent "
                         "cancels and how long the server took to end them. auto: on a terminal (unless --json); "
-                        "always: also when not on a terminal, as one plain status line a second; never: entry "
-                        "lines (default: %(default)s)")
+                        "always: also when not on a terminal, as one plain status line a second (not with --json, "
+                        "--call-id or --counters); never: entry lines (default: %(default)s)")
     return p
 
 
@@ -84,6 +84,11 @@ def run(opts: argparse.Namespace) -> int:
                                      if given]):   # the whole server's counters would be printed as if for them
         opts.target_parser.error(f"--counters prints the whole server's counters once: {' and '.join(unused)} "
                                  "would be ignored")
+    if opts.dashboard == "always" and (other := [flag for flag, given in (
+            ("--json", opts.json), ("--call-id", opts.call_id), ("--counters", opts.counters)) if given]):
+        # --json's lines were replaced by the dashboard's plain ones; --call-id and --counters print no dashboard
+        opts.target_parser.error(f"--dashboard always draws the dashboard in place of entry lines, and "
+                                 f"{' and '.join(other)} {'asks' if len(other) == 1 else 'ask'} for another output: give one of them")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:

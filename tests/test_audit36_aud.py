@@ -60,12 +60,13 @@ def test_each_command_that_writes_a_report_refuses_a_state_log_before_it_runs(
     assert log.read_bytes() == ENTRY and not (tmp_path / "r.html").exists()
 
 
-def test_watch_refuses_an_empty_call_id_rather_than_watching_every_call(capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_refuses_an_empty_call_id_rather_than_watching_every_call(refused_target: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """`watch --call-id "$ID"` with ID unset watched every call as if they were the one asked for."""
     from callstate.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["watch", "--call-id", "", "--timeout", "1"])
+        main(["watch", "--target", refused_target, "--call-id", "", "--timeout", "1"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == ("callstate watch: error: argument --call-id: an empty call id names "
                                                "no call: give the call's whole id (see callstate watch --help)")
@@ -105,13 +106,13 @@ def test_watch_call_id_whose_timeout_runs_out_first_is_no_success(shared_server:
     ("x" * 4097, "'xxxxxxxxxxxx'...: no call has such an id: at most 4096 characters, got 4097")],
     ids=["smart-quotes", "tab", "too-long"])
 def test_watch_refuses_a_call_id_no_server_takes_rather_than_waiting_for_it_for_ever(
-        call_id: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+        call_id: str, why: str, refused_target: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An id copied with a smart quote or a tab in it was 'waited for' until Ctrl-C: no server takes it."""
     from callstate.cli import main
     from callstate.cli.watch import _call_id
 
     with pytest.raises(SystemExit) as exit_:
-        main(["watch", "--call-id", call_id])
+        main(["watch", "--target", refused_target, "--call-id", call_id])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"callstate watch: error: argument --call-id: {why} (see callstate watch --help)"
     assert _call_id("x" * 4096) and _call_id("abc def")   # the longest any server takes; a space is printable
@@ -160,3 +161,20 @@ def test_a_dash_for_standard_input_is_said_to_be_no_log_file(tmp_path: Path, com
     (tmp_path / "-").write_bytes(ENTRY)   # a file named "-" is still read
     assert main(["check", "--allow-one-side", "-"]) == 1   # the call never ended: read and judged
     assert "not_ended" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("other, verb", [(["--json"], "--json asks"), (["--call-id", "c1"], "--call-id asks"),
+                                         (["--counters"], "--counters asks"),
+                                         (["--json", "--counters"], "--json and --counters ask")])
+def test_watch_dashboard_always_with_another_output_is_a_usage_error(other: list[str], verb: str, refused_target: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`watch --json --dashboard always` printed the dashboard's plain lines where a script read JSON;
+    with --call-id or --counters the dashboard asked for was not drawn at all."""
+    from callstate.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["watch", "--target", refused_target, "--dashboard", "always", *other])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("callstate watch: error: --dashboard always draws the dashboard in "
+                                               f"place of entry lines, and {verb} for another output: give one of "
+                                               "them (see callstate watch --help)")
