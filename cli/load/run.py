@@ -534,6 +534,9 @@ class LoadRun:
         waiter.cancel()
         if not subscribed.is_set():
             follow.cancel()
+            if _refused(follow):   # a callstate server, which turned this client away: say what to change
+                raise ConnectionError(f"{self.cfg.target} refused its journal (callstate.v1.Journal/Follow) to this "
+                                      f"client ({_error_text(follow, self.cfg.settings)})")
             raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
                                   f"is it a callstate server? ({_error_text(follow, self.cfg.settings)})")
         return follow
@@ -790,6 +793,13 @@ async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool
         if err.code() == grpc.StatusCode.UNIMPLEMENTED:
             return False
     return True   # any other answer: the usual path says what is wrong
+
+
+def _refused(task: asyncio.Task[None]) -> bool:
+    """Whether the task ended on the server's refusal of this client's access (no token, a wrong one)."""
+    from callstate.client.channel import ACCESS_REFUSED
+    exc = task.exception() if task.done() and not task.cancelled() else None
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in ACCESS_REFUSED
 
 
 def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
