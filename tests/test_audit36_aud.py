@@ -196,3 +196,21 @@ def test_load_against_a_server_that_wants_a_token_says_it_was_refused_not_that_i
                                                        f"(callstate.v1.Journal/Follow) to this client ({why})")
     finally:
         srv.stop()
+
+
+LEAN = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:locust", "-p", "no:anyio")
+
+
+@pytest.mark.parametrize("log_dir", ["afile", "afile/sub"])
+def test_a_callstate_log_dir_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester, log_dir: str) -> None:
+    """`--callstate-log-dir` naming a file ran every test and failed each at its teardown with a
+    NotADirectoryError traceback (a passing test too: its stale logs were looked for there)."""
+    pytester.makefile("", afile="not a folder")
+    pytester.makepyfile(test_x="def test_x(callstate_calls):\n    pass\n")
+    result = pytester.runpytest_subprocess(*LEAN, "--callstate-log-dir", log_dir, timeout=50)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert result.stderr.lines[0] == (f"ERROR: callstate: --callstate-log-dir {log_dir}: {pytester.path / 'afile'} "
+                                      "is a file, not a folder (a failed test's logs go in DIR/<test id>/)")
+    assert (pytester.path / "afile").read_text() == "not a folder"
+    made = pytester.runpytest_subprocess(*LEAN, "--callstate-log-dir", "new/kept", timeout=50)
+    assert made.ret == pytest.ExitCode.OK, made.stdout.str()   # a folder not there yet is made when needed
