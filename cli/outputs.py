@@ -57,6 +57,21 @@ def holds_state_log(path: str | Path) -> bool:
     return isinstance(entry, dict) and all(key in entry for key in REQUIRED_KEYS)
 
 
+def gzipped_log(flag: str, path: str | Path | None) -> str:
+    """Why a state log cannot be appended to `path` ("" when it can): a gzip'd file there (a rotated
+    log given as --log-file) would end in plain lines no reader takes, `check` refusing all of it."""
+    if not path or not os.path.isfile(path):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != _GZIP_MAGIC:
+                return ""
+    except OSError:   # unreadable: said when it is opened
+        return ""
+    return (f"{flag} {path} is gzip'd (a rotated log?): lines appended to it would make it unreadable to "
+            "`callstate check`; give a new file")
+
+
 def _same(a: str | Path, b: str | Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -11,7 +11,7 @@ from typing import Callable
 from callstate.cli import COMMANDS
 from callstate.cli.observe_options import (METRICS_BIND, add_metrics, add_otel, metrics_options_unused, shutdown_tracing,
                                            tracer_provider)
-from callstate.cli.outputs import clash
+from callstate.cli.outputs import clash, gzipped_log
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
 from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
@@ -223,6 +223,8 @@ def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
             return f"{flag} {path}: its folder does not exist"
     if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))) or _not_a_port_file(opts.port_file):
         return why   # the port would replace the recorded log
+    if why := gzipped_log("--log-file", None if opts.no_state_log else opts.log_file):
+        return why
     if opts.metrics_port and opts.metrics_port == opts.port and (
             opts.metrics_bind == opts.bind or {opts.metrics_bind, opts.bind} & {"", "0.0.0.0", "::"}):
         # /metrics binds first, and grpc's bind then failed with no reason it could name

@@ -214,3 +214,26 @@ def test_a_callstate_log_dir_that_is_a_file_is_a_usage_error(pytester: pytest.Py
     assert (pytester.path / "afile").read_text() == "not a folder"
     made = pytester.runpytest_subprocess(*LEAN, "--callstate-log-dir", "new/kept", timeout=50)
     assert made.ret == pytest.ExitCode.OK, made.stdout.str()   # a folder not there yet is made when needed
+
+
+@pytest.mark.parametrize("command", [["call"], ["call", "--pipe", "out"], ["load", "--calls", "1"], ["serve"]],
+                         ids=["call", "pipe", "load", "serve"])
+def test_a_gzipd_log_file_is_refused_rather_than_appended_to(tmp_path: Path, refused_target: str,
+                                                             command: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`--log-file server.jsonl.1.gz` (a rotated log) got plain lines appended to its gzip stream:
+    `callstate check` then refused the whole file ("a gzip'd log cut short or damaged")."""
+    from callstate.cli import main
+    from tests.conftest import cli
+
+    log, data = tmp_path / "rotated.jsonl.gz", gzip.compress(ENTRY)
+    log.write_bytes(data)
+    why = f"--log-file {log} is gzip'd (a rotated log?): lines appended to it would make it unreadable to " \
+          "`callstate check`; give a new file"
+    if command == ["serve"]:   # a process of its own: serve takes the signals
+        res = cli("serve", "--port", "0", "--log-file", str(log))
+        assert res.returncode == 2 and res.stderr.strip() == f"callstate serve: {why}", res.stderr
+    else:
+        assert main([*command, "--target", refused_target, "--log-file", str(log)]) == 2
+        assert capsys.readouterr().err.strip() == f"callstate {command[0]}: {why}"
+    assert log.read_bytes() == data
