@@ -237,3 +237,14 @@ def test_a_gzipd_log_file_is_refused_rather_than_appended_to(tmp_path: Path, ref
         assert main([*command, "--target", refused_target, "--log-file", str(log)]) == 2
         assert capsys.readouterr().err.strip() == f"callstate {command[0]}: {why}"
     assert log.read_bytes() == data
+
+
+def test_every_max_flag_of_serve_is_in_the_limits_page() -> None:
+    """docs/limits.md: "Every bound of the server is a `callstate serve` flag"; its table left out
+    `--max-reply-backlog-per-connection`, a bound a proxy's operator is the one to set."""
+    from callstate.cli import build_parser, subcommands
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "limits.md").read_text()
+    serve = subcommands(build_parser(load={"serve"}))["serve"]
+    flags = {f for a in serve._actions for f in a.option_strings if f.startswith("--max-")}
+    assert len(flags) >= 10 and not {f for f in flags if f"`{f}`" not in page}, sorted(flags)
