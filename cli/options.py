@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.arg_types import bounded_int, grpc_target, non_negative_float, non_negative_int, positive_float, positive_int
+from callstate.arg_types import shown
 from callstate.arg_types import abort_code  # noqa: F401  (the commands' --abort-code, --code)
 from callstate.lifecycle import SERVER
 from callstate.files import read_pem
@@ -64,7 +65,7 @@ def _over(text: str, high: float) -> bool:
 def port(text: str) -> int:
     value = 65536 if _over(text, 65535) else non_negative_int(text)
     if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a port (0-65535; 0 picks a free one)")
     return value
 
 
@@ -84,7 +85,7 @@ def capped(base: Callable[[str], Any], high: float, what: str) -> Callable[[str]
     def convert(text: str) -> Any:
         value = high + 1 if _over(text, high) else base(text)
         if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} ({what})")
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be at most {high:g} ({what})")
         return value
     convert.__name__ = base.__name__
     return convert
@@ -104,7 +105,7 @@ def rate(text: str) -> float:
     """Calls per second: from one call in about 17 minutes to a million a second."""
     value = math.inf if _over(text, MAX_RATE) else positive_float(text)
     if not MIN_RATE <= value <= MAX_RATE:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in {MIN_RATE:g}..{MAX_RATE:g} calls per second")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be in {MIN_RATE:g}..{MAX_RATE:g} calls per second")
     return value
 
 
@@ -114,7 +115,7 @@ MAX_KEEPALIVE = 1e6   # seconds: its ping period, in milliseconds, must fit a gR
 def keepalive(text: str) -> float:
     value = math.inf if _over(text, MAX_KEEPALIVE) else non_negative_float(text)
     if 0 < value < MIN_KEEPALIVE or value > MAX_KEEPALIVE:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (off) or in {MIN_KEEPALIVE:g}..{MAX_KEEPALIVE:g}")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be 0 (off) or in {MIN_KEEPALIVE:g}..{MAX_KEEPALIVE:g}")
     return value
 
 

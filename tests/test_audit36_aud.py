@@ -248,3 +248,27 @@ def test_every_max_flag_of_serve_is_in_the_limits_page() -> None:
     serve = subcommands(build_parser(load={"serve"}))["serve"]
     flags = {f for a in serve._actions for f in a.option_strings if f.startswith("--max-")}
     assert len(flags) >= 10 and not {f for f in flags if f"`{f}`" not in page}, sorted(flags)
+
+
+def test_a_number_of_hundreds_of_digits_is_one_short_line_for_every_option() -> None:
+    """`load --calls 111...` (400 digits) was a traceback (OverflowError: int too large to convert to
+    float), in 18 options of five commands; a number of 5,000 digits was echoed back whole."""
+    import argparse
+
+    from callstate.cli import COMMANDS, build_parser, subcommands
+
+    numbers = {("load", "--calls"), ("load", "--concurrency"), ("load", "--rate"), ("serve", "--port"),
+               ("serve", "--journal-size"), ("watch", "--count"), ("conformance", "--calls"), ("call", "--timeout")}
+    said = {}
+    for command, sub in subcommands(build_parser(load=set(COMMANDS))).items():
+        for action in sub._actions:
+            if not action.option_strings or not callable(action.type):
+                continue
+            for value in ("1" * 400, "9" * 5000, "-" + "1" * 400):
+                try:
+                    action.type(value)
+                except (argparse.ArgumentTypeError, ValueError) as exc:   # argparse's own two: one usage line
+                    said[command, action.option_strings[-1], value[:2]] = str(exc)
+    short = {key: why for key, why in said.items() if key[:2] in numbers}
+    assert len(short) == 3 * len(numbers) and max(map(len, short.values())) < 120, short
+    assert short["load", "--calls", "99"] == "'999999999999999999999999999999'... (5000 characters) is not an integer"
