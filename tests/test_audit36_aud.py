@@ -272,3 +272,42 @@ def test_a_number_of_hundreds_of_digits_is_one_short_line_for_every_option() -> 
     short = {key: why for key, why in said.items() if key[:2] in numbers}
     assert len(short) == 3 * len(numbers) and max(map(len, short.values())) < 120, short
     assert short["load", "--calls", "99"] == "'999999999999999999999999999999'... (5000 characters) is not an integer"
+
+
+@pytest.mark.parametrize("reply, what", [(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                                          "HTTP/1.x (HTTP status 404)"),
+                                         (b"<!DOCTYPE html>\n<p>no</p>\n", "in a protocol other than HTTP/2")],
+                         ids=["http1", "other"])
+def test_load_at_a_port_that_answers_http1_says_so_not_is_it_up(monkeypatch: pytest.MonkeyPatch, reply: bytes,
+                                                                what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`load --target` a web server's or a /metrics port said "no connection within 5 s: is it up? if
+    it uses TLS, pass --tls-ca": it is up, in plaintext; gRPC had said what answered (HTTP/1.x)."""
+    import socket
+    import threading
+
+    from callstate.cli import main
+    from callstate.cli.load import run as load_run
+
+    def answer(listener: socket.socket) -> None:   # every connection: the reply, then closed
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:   # closed: the test is over
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(reply)
+
+    monkeypatch.setattr(load_run, "CONNECT_S", 1)   # the wait before it says why: the reason is what is tested
+    with socket.socket() as web:
+        web.bind(("127.0.0.1", 0))
+        web.listen(16)
+        threading.Thread(target=answer, args=(web,), daemon=True).start()
+        target = f"127.0.0.1:{web.getsockname()[1]}"
+        try:
+            assert main(["load", "--target", target, "--calls", "1", "--progress", "never"]) == 2
+        finally:
+            web.shutdown(socket.SHUT_RDWR)   # wakes the accept(): its thread ends
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"callstate load: cannot reach a callstate server at {target}: it answers {what}, not gRPC: "
+                   "another service's port (a web server, a /metrics endpoint)?"), err

@@ -15,6 +15,7 @@ import itertools
 import math
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -520,7 +521,8 @@ class LoadRun:
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_S)
         except asyncio.TimeoutError:
-            raise ConnectionError(unreachable(self.cfg.target, channel.get_state(), self.cfg.settings.secure)) from None
+            raise ConnectionError(await _not_grpc(channel, self.cfg.target) or
+                                  unreachable(self.cfg.target, channel.get_state(), self.cfg.settings.secure)) from None
 
     async def _subscribe(self, journal: pb_grpc.JournalStub) -> asyncio.Task[None] | None:
         """Follow the journal, when the run is checked (subscribe first, then read the counters:
@@ -817,6 +819,25 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 CONNECT_S = 5   # how long the run waits for its first connection
+
+
+async def _not_grpc(channel: grpc.aio.Channel, target: str) -> str:
+    """Why no connection came, when the peer answered but not in HTTP/2 ("" otherwise): a web server or a
+    /metrics endpoint, up and plaintext, which "is it up? if it uses TLS..." sent the user astray
+    from. Only a call reports the channel's last error: one that does not wait for a connection."""
+    if channel.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return ""
+    probe = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes, response_deserializer=bytes)
+    try:
+        await probe(b"", timeout=CONNECT_S / 2)
+    except grpc.aio.AioRpcError as err:
+        details = err.details() or ""
+        if "Failed parsing HTTP/2" in details:   # it answered, in another protocol (a TLS server closes instead)
+            status = re.search(r"HTTP status (\d+)", details)
+            what = f"HTTP/1.x (HTTP status {status.group(1)})" if status else "in a protocol other than HTTP/2"
+            return (f"cannot reach a callstate server at {target}: it answers {what}, not gRPC: another service's "
+                    "port (a web server, a /metrics endpoint)?")
+    return ""
 
 
 def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> str:
