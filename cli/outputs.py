@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from callstate.files import is_stream
+from callstate.files import GZIPPED_LOG, is_gzipped, is_stream
 from callstate.statelog import REQUIRED_KEYS
 
 _GZIP_MAGIC, _BOM = b"\x1f\x8b", b"\xef\xbb\xbf"
@@ -60,16 +60,7 @@ def holds_state_log(path: str | Path) -> bool:
 def gzipped_log(flag: str, path: str | Path | None) -> str:
     """Why a state log cannot be appended to `path` ("" when it can): a gzip'd file there (a rotated
     log given as --log-file) would end in plain lines no reader takes, `check` refusing all of it."""
-    if not path or not os.path.isfile(path):
-        return ""
-    try:
-        with open(path, "rb") as f:
-            if f.read(2) != _GZIP_MAGIC:
-                return ""
-    except OSError:   # unreadable: said when it is opened
-        return ""
-    return (f"{flag} {path} is gzip'd (a rotated log?): lines appended to it would make it unreadable to "
-            "`callstate check`; give a new file")
+    return f"{flag} {path} {GZIPPED_LOG}" if path and is_gzipped(path) else ""
 
 
 def _same(a: str | Path, b: str | Path) -> bool:

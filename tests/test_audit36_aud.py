@@ -311,3 +311,25 @@ def test_load_at_a_port_that_answers_http1_says_so_not_is_it_up(monkeypatch: pyt
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"callstate load: cannot reach a callstate server at {target}: it answers {what}, not gRPC: "
                    "another service's port (a web server, a /metrics endpoint)?"), err
+
+
+def test_locust_refuses_a_gzipd_log_file_as_the_commands_do(tmp_path: Path, refused_target: str) -> None:
+    """`--callstate-log-file rotated.jsonl.gz` on Locust appended plain lines to the gzip stream,
+    as `call`, `load` and `serve` did: the users stop before any call, saying so, and the log is kept."""
+    import os
+    import subprocess
+    import sys
+
+    log, data = tmp_path / "rotated.jsonl.gz", gzip.compress(ENTRY)
+    log.write_bytes(data)
+    (tmp_path / "locustfile.py").write_text("import callstate.locust\n\n\n"
+                                            "class Plain(callstate.locust.CallstateUser):\n    pass\n")
+    run = subprocess.run([sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "1", "-r", "1",
+                          "-t", "10m", "--host", refused_target, "--callstate-log-file", str(log)],
+                         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+                         timeout=60)
+    text = run.stdout + run.stderr
+    assert run.returncode == 2, text[-2000:]
+    assert (f"callstate: Plain: --callstate-log-file {log} is gzip'd (a rotated log?): lines appended to it "
+            "would make it unreadable to `callstate check`; give a new file") in text, text[-2000:]
+    assert "Traceback" not in text and log.read_bytes() == data
