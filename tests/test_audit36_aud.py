@@ -183,17 +183,23 @@ def test_watch_dashboard_always_with_another_output_is_a_usage_error(other: list
 def test_load_against_a_server_that_wants_a_token_says_it_was_refused_not_that_it_may_be_no_callstate(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`load` without the token (or with a wrong one) asked "is it a callstate server?" of a callstate
-    server that had said which token it wants; conformance already said it was refused."""
+    server that had said which token it wants; conformance already said it was refused. So it did of
+    one whose watchers were all taken (RESOURCE_EXHAUSTED, naming --max-watchers)."""
     from callstate.cli import main
     from tests.conftest import start_server
 
-    srv = start_server(tmp_path, "--token", "sekret", "--no-state-log")
+    journal = "(callstate.v1.Journal/Follow)"
+    srv = start_server(tmp_path, "--token", "sekret", "--no-state-log", "--max-watchers", "0")
     try:
-        for token, why in (([], "UNAUTHENTICATED: this server requires a bearer token (pass --token or set "
-                                "CALLSTATE_TOKEN)"), (["--token", "wrong"], "PERMISSION_DENIED: wrong bearer token")):
+        for token, line in (
+                ([], f"refused its journal {journal} to this client (UNAUTHENTICATED: this server requires a bearer "
+                     "token (pass --token or set CALLSTATE_TOKEN))"),
+                (["--token", "wrong"], f"refused its journal {journal} to this client (PERMISSION_DENIED: wrong "
+                                       "bearer token)"),
+                (["--token", "sekret"], f"did not open its journal {journal}: RESOURCE_EXHAUSTED: this server takes "
+                                        "no watchers (--max-watchers 0)")):
             assert main(["load", "--target", srv.target, "--calls", "1", "--progress", "never", *token]) == 2
-            assert capsys.readouterr().err.strip() == (f"callstate load: {srv.target} refused its journal "
-                                                       f"(callstate.v1.Journal/Follow) to this client ({why})")
+            assert capsys.readouterr().err.strip() == f"callstate load: {srv.target} {line}"
     finally:
         srv.stop()
 

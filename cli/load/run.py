@@ -536,11 +536,14 @@ class LoadRun:
         waiter.cancel()
         if not subscribed.is_set():
             follow.cancel()
+            why = _error_text(follow, self.cfg.settings)
             if _refused(follow):   # a callstate server, which turned this client away: say what to change
                 raise ConnectionError(f"{self.cfg.target} refused its journal (callstate.v1.Journal/Follow) to this "
-                                      f"client ({_error_text(follow, self.cfg.settings)})")
+                                      f"client ({why})")
+            if _answered(follow):   # a callstate server that said why (its watchers full: --max-watchers)
+                raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): {why}")
             raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                  f"is it a callstate server? ({_error_text(follow, self.cfg.settings)})")
+                                  f"is it a callstate server? ({why})")
         return follow
 
     async def _counters_before(self, journal: pb_grpc.JournalStub, follow: asyncio.Task[None] | None) -> pb.Counters:
@@ -797,11 +800,23 @@ async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool
     return True   # any other answer: the usual path says what is wrong
 
 
+def _status(task: asyncio.Task[None]) -> grpc.StatusCode | None:
+    """The status the task's RPC ended with (None: it did not end on an RPC error)."""
+    exc = task.exception() if task.done() and not task.cancelled() else None
+    return exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+
+
 def _refused(task: asyncio.Task[None]) -> bool:
     """Whether the task ended on the server's refusal of this client's access (no token, a wrong one)."""
     from callstate.client.channel import ACCESS_REFUSED
-    exc = task.exception() if task.done() and not task.cancelled() else None
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in ACCESS_REFUSED
+    return _status(task) in ACCESS_REFUSED
+
+
+def _answered(task: asyncio.Task[None]) -> bool:
+    """Whether a callstate Journal ended the task's RPC with a status of its own: not UNIMPLEMENTED (no
+    Journal there) nor UNAVAILABLE (no server, or a proxy's error in its place)."""
+    return _status(task) not in (None, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE,
+                                 grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 
 
 def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
