@@ -200,6 +200,11 @@ def test_load_against_a_server_that_wants_a_token_says_it_was_refused_not_that_i
                                         "no watchers (--max-watchers 0)")):
             assert main(["load", "--target", srv.target, "--calls", "1", "--progress", "never", *token]) == 2
             assert capsys.readouterr().err.strip() == f"callstate load: {srv.target} {line}"
+        assert main(["conformance", "--proxy", srv.target, "--server", srv.target, "--only", "fatal", "--quiet",
+                     "--token", "sekret"]) == 2   # conformance says the same of the watchers
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"callstate conformance: {srv.target} did not open its journal {journal}: RESOURCE_EXHAUSTED: this "
+            "server takes no watchers (--max-watchers 0)")
     finally:
         srv.stop()
 
