@@ -344,3 +344,21 @@ def test_locust_refuses_a_gzipd_log_file_as_the_commands_do(tmp_path: Path, refu
     assert (f"callstate: Plain: --callstate-log-file {log} is gzip'd (a rotated log?): lines appended to it "
             "would make it unreadable to `callstate check`; give a new file") in text, text[-2000:]
     assert "Traceback" not in text and log.read_bytes() == data
+
+
+@pytest.mark.parametrize("extra, line", [
+    ([], "cancel propagation: none measured: no cancel of the 5 reached the server after its call's dispatch (they "
+         "came before it, or were never seen; --cancel-at held:0.05 measures it in bulk)"),
+    (["--no-verify"], "cancel propagation: not measured (--no-verify: the server's journal is not followed)")],
+    ids=["before-dispatch", "no-verify"])
+def test_loads_summary_says_why_a_run_of_cancels_has_no_propagation_figure(
+        shared_server: ServerProcess, extra: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose every cancel came before the dispatch (or with --no-verify) printed no propagation
+    line at all: a summary of cancels silent on the figure the command is for."""
+    from callstate.cli import main
+
+    assert main(["load", "--target", shared_server.target, "--calls", "5", "--cancel", "abortive=100", "--cancel-at",
+                 "before-start", "--progress", "never", *extra]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [paths] = [text for text in out if text.startswith("paths: ")]
+    assert "cancel-abortive 5, cancel-at-before-start 5" in paths and line in out, out

@@ -889,11 +889,25 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     polled, wait = report.get("cancel_propagation_polled_ms", {}), report.get("cancel_poll_wait_ms", {})
+    lines += _none_measured(report, prop, polled)
     if polled.get("count"):
         lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
                      f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
                      f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
     return "\n".join(lines + _check_lines(report))
+
+
+def _none_measured(report: dict[str, Any], prop: dict[str, Any], polled: dict[str, Any]) -> list[str]:
+    """The propagation line of a run whose cancels gave no figure: said, not left out, so that the
+    summary of a run of cancels does not read as one whose cancels were never timed for a reason unsaid."""
+    taken = sum(report["paths"].get(path, 0) for path in (f"cancel-{ABORTIVE}", f"cancel-{NON_ABORTIVE}", HOLD_FOR,
+                                                           STOP_CANCEL))
+    if not taken or prop.get("count") or prop.get("not_measurable") or polled.get("count"):
+        return []
+    if report["check"].get("skipped"):
+        return ["cancel propagation: not measured (--no-verify: the server's journal is not followed)"]
+    return [f"cancel propagation: none measured: no cancel of the {taken} reached the server after its call's dispatch "
+            "(they came before it, or were never seen; --cancel-at held:0.05 measures it in bulk)"]
 
 
 def _check_lines(report: dict[str, Any]) -> list[str]:
