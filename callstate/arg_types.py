@@ -22,6 +22,12 @@ MAX_SECONDS = 1e9   # any delay a script can carry in int64 milliseconds, with r
 MAX_INT = 2**31 - 1   # what a gRPC integer option holds; every count and size option fits in it
 
 
+def shown(text: str, most: int = 60) -> str:
+    """`text` quoted as a message echoes it: whole when short, else its start and its length (a
+    number of 5,000 digits, a file pasted as --data, is not printed back whole)."""
+    return repr(text) if len(text) <= most else f"{text[:most // 2]!r}... ({len(text)} characters)"
+
+
 def bound(value: float) -> str:
     """A range's end as a user types it: an integer in full (2147483647, not %g's 2.14748e+09)."""
     return str(value) if isinstance(value, int) else f"{value:g}"
@@ -36,12 +42,13 @@ def _number(parse: Callable[[str], Any], kind: str, positive: bool) -> Callable[
         try:
             value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {'a finite number ' if parse is float else ''}"
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {kind}") from None
+        # an int is finite, and isfinite() of one past a float's range raised OverflowError (a traceback)
+        if (isinstance(value, float) and not math.isfinite(value)) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be {'a finite number ' if parse is float else ''}"
                                              f"{('>= 1' if parse is int else '> 0') if positive else '>= 0'}")
         if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {bound(high)}")
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be at most {bound(high)}")
         return value
     convert.__name__ = kind   # argparse names the type in its messages
     return convert
@@ -68,23 +75,23 @@ def grpc_target(text: str) -> str:
         scheme, _, rest = text.partition("://")
         if scheme.lower() not in _URI_SCHEMES:
             raise argparse.ArgumentTypeError(
-                f"{text!r}: gRPC has no {scheme}:// targets: give HOST:PORT, "
+                f"{shown(text)}: gRPC has no {scheme}:// targets: give HOST:PORT, "
                 f"{'here ' + rest.rstrip('/') if rest.strip('/') else 'e.g. 127.0.0.1:50051'} (TLS is an option of its own, "
                 "not a scheme)")
         return text
     if text.startswith(_TARGET_SCHEMES):
         return text
     if not text or text != text.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not HOST:PORT")
     host, sep, port = text.rpartition(":")
     if not sep:
         return text
     if host.count(":") and not (host.startswith("[") and host.endswith("]")):
-        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:50051")
+        raise argparse.ArgumentTypeError(f"{shown(text)}: an IPv6 address goes in brackets, e.g. [::1]:50051")
     if not host or host == "[]":
-        raise argparse.ArgumentTypeError(f"{text!r} has no host: HOST:PORT, e.g. 127.0.0.1:50051")
+        raise argparse.ArgumentTypeError(f"{shown(text)} has no host: HOST:PORT, e.g. 127.0.0.1:50051")
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535"
+        raise argparse.ArgumentTypeError(f"{shown(text)}: the port must be a number from 1 to 65535"
                                          + (" (none given: gRPC would use 443)" if not port else ""))
     return text
 
@@ -94,9 +101,9 @@ def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number") from None
     if not math.isfinite(value) or abs(value) > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds within ±{MAX_SECONDS:g}")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be a finite number of seconds within ±{MAX_SECONDS:g}")
     return value
 
 
@@ -106,9 +113,9 @@ def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be in {low}..{high}{' (' + what + ')' if what else ''}")
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be in {low}..{high}{' (' + what + ')' if what else ''}")
         return value
     convert.__name__ = "integer"
     return convert
@@ -122,11 +129,11 @@ def abort_code(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
     try:
         check_abort_code(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {exc}") from None
     return value
 
 
@@ -158,7 +165,7 @@ def method_name(text: str) -> str:
 
     service, _, method = normalise_method_name(text).partition("/")
     if not service or not method or "/" in method:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a method name: expected pkg.Svc/Method")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a method name: expected pkg.Svc/Method")
     return text
 
 
@@ -169,9 +176,9 @@ def json_object(text: str) -> str:
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc})") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of the request's fields")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a JSON object of the request's fields")
     return text
 
 

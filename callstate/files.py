@@ -148,6 +148,22 @@ def not_a_file(path: str | Path) -> bool:
     return is_stream(path) and not os.path.isdir(path)
 
 
+GZIPPED_LOG = ("is gzip'd (a rotated log?): lines appended to it would make it unreadable to `callstate check`; "
+               "give a new file")   # why a state log is not appended to such a file
+
+
+def is_gzipped(path: str | Path) -> bool:
+    """`path` is a regular file that starts as gzip does: a state log appended to it (plain lines
+    after its gzip stream) could no longer be read whole."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:   # unreadable: said when it is opened
+        return False
+
+
 def write_atomically(path: str | Path, data: bytes) -> None:
     """Write `path` whole or not at all: a temporary file beside it, then renamed over it, so a
     reader (a CI publishing a report, a harness waiting for the port file) never sees it empty,

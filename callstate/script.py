@@ -96,6 +96,9 @@ class Limits:
     max_payload_bytes: int = 1024 * 1024
 
 
+LONGEST_CALL_ID = 4096   # the most `serve --max-call-id` may be set to: no server takes a longer id
+
+
 def check_call_id(call_id: str, limits: Limits = Limits()) -> None:
     """Raise RequestError naming the problem. Empty is allowed (the server makes one)."""
     if len(call_id) > limits.max_call_id_bytes:

@@ -97,6 +97,9 @@ def log_paths(args: list[str]) -> list[Path]:
     a folder that holds none, so a wrong folder is never checked as an empty run."""
     paths: list[Path] = []
     for arg in map(Path, args):
+        if str(arg) == "-" and not arg.exists():   # was "-: No such file or directory", as if a file were missing
+            raise OSError("-: standard input is not read (logs are read as regular files only): save the stream "
+                          "to a file and give its name")
         if arg.is_dir():
             try:   # Path.glob would take a folder it may not list for one with no log in it
                 names = os.listdir(arg)

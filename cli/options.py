@@ -8,6 +8,7 @@ Locust options read too, are in `callstate.arg_types`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from callstate import codes
 from callstate.arg_types import bounded_int, grpc_target, non_negative_float, non_negative_int, positive_float, positive_int
+from callstate.arg_types import shown
 from callstate.arg_types import abort_code  # noqa: F401  (the commands' --abort-code, --code)
 from callstate.lifecycle import SERVER
 from callstate.files import read_pem
@@ -50,10 +52,20 @@ def text(value: str) -> str:
     return value
 
 
+def _over(text: str, high: float) -> bool:
+    """Whether `text` is a number above `high`, an option's own bound: said as that bound first, not
+    as the far larger one every number has (2147483647, 1e+09), which sent the user to a value still
+    refused ("--rate 2e9: must be at most 1e+09", then "--rate 1e9: must be in 0.001..1e+06")."""
+    try:
+        return float(text) > high
+    except ValueError:
+        return False
+
+
 def port(text: str) -> int:
-    value = non_negative_int(text)
+    value = 65536 if _over(text, 65535) else non_negative_int(text)
     if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a port (0-65535; 0 picks a free one)")
     return value
 
 
@@ -71,9 +83,9 @@ def pem_file(text: str) -> str:
 def capped(base: Callable[[str], Any], high: float, what: str) -> Callable[[str], Any]:
     """`base` (its own messages for what it refuses), and at most `high`."""
     def convert(text: str) -> Any:
-        value = base(text)
+        value = high + 1 if _over(text, high) else base(text)
         if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} ({what})")
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be at most {high:g} ({what})")
         return value
     convert.__name__ = base.__name__
     return convert
@@ -91,9 +103,9 @@ MIN_RATE, MAX_RATE = 0.001, 1_000_000.0
 
 def rate(text: str) -> float:
     """Calls per second: from one call in about 17 minutes to a million a second."""
-    value = positive_float(text)
+    value = math.inf if _over(text, MAX_RATE) else positive_float(text)
     if not MIN_RATE <= value <= MAX_RATE:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in {MIN_RATE:g}..{MAX_RATE:g} calls per second")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be in {MIN_RATE:g}..{MAX_RATE:g} calls per second")
     return value
 
 
@@ -101,9 +113,9 @@ MAX_KEEPALIVE = 1e6   # seconds: its ping period, in milliseconds, must fit a gR
 
 
 def keepalive(text: str) -> float:
-    value = non_negative_float(text)
+    value = math.inf if _over(text, MAX_KEEPALIVE) else non_negative_float(text)
     if 0 < value < MIN_KEEPALIVE or value > MAX_KEEPALIVE:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 (off) or in {MIN_KEEPALIVE:g}..{MAX_KEEPALIVE:g}")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be 0 (off) or in {MIN_KEEPALIVE:g}..{MAX_KEEPALIVE:g}")
     return value
 
 

@@ -5,12 +5,20 @@ recorded there."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from callstate.files import is_stream
+import orjson
+
+from callstate.files import GZIPPED_LOG, is_gzipped, is_stream
+from callstate.statelog import REQUIRED_KEYS
+
+_GZIP_MAGIC, _BOM = b"\x1f\x8b", b"\xef\xbb\xbf"
+_FIRST_LINE = 1 << 16   # enough for any state entry; a longer first line is no state log
 
 
 def writable(path: str) -> str:
@@ -31,6 +39,28 @@ def writable(path: str) -> str:
     os.close(fd)
     os.unlink(tmp)
     return ""
+
+
+def holds_state_log(path: str | Path) -> bool:
+    """True when `path` is a regular file whose first line is a state entry (a state log, gzip'd or not):
+    a report written there would replace every call it recorded."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            first = (gzip.GzipFile(fileobj=f) if gzipped else f).readline(_FIRST_LINE)
+        entry = orjson.loads(first.removeprefix(_BOM))
+    except (OSError, EOFError, zlib.error, orjson.JSONDecodeError):   # unreadable: said when it is written
+        return False
+    return isinstance(entry, dict) and all(key in entry for key in REQUIRED_KEYS)
+
+
+def gzipped_log(flag: str, path: str | Path | None) -> str:
+    """Why a state log cannot be appended to `path` ("" when it can): a gzip'd file there (a rotated
+    log given as --log-file) would end in plain lines no reader takes, `check` refusing all of it."""
+    return f"{flag} {path} {GZIPPED_LOG}" if path and is_gzipped(path) else ""
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -58,5 +88,10 @@ def output_problem(reports: Iterable[str | None], outputs: Iterable[tuple[str, s
                    inputs: Iterable[tuple[str, str | Path]] = ()) -> str:
     """Why a command cannot start ("" when it can): one of its `reports` (written whole once it
     has run; None for none) cannot be written, or one of its `outputs` is another output or one
-    of the `inputs` it reads (`clash`). Checked before anything is created or emptied."""
-    return next((why for why in map(writable, filter(None, reports)) if why), "") or clash(outputs, inputs)
+    of the `inputs` it reads (`clash`), or a report would be written over a state log (a log's name
+    typed for the report's). Checked before anything is created or emptied."""
+    reports = [path for path in reports if path]
+    return (next((why for why in map(writable, reports) if why), "") or clash(outputs, inputs)
+            or next((f"{flag} {path} holds a state log (its first line is a state entry): the report would replace "
+                     "every call it recorded; give the report a file of its own"
+                     for flag, path in outputs if path in reports and holds_state_log(path)), ""))

@@ -11,13 +11,13 @@ from typing import Callable
 from callstate.cli import COMMANDS
 from callstate.cli.observe_options import (METRICS_BIND, add_metrics, add_otel, metrics_options_unused, shutdown_tracing,
                                            tracer_provider)
-from callstate.cli.outputs import clash
+from callstate.cli.outputs import clash, gzipped_log
 from callstate.cli.standin_options import add_standin, load_standin
 from callstate.arg_types import bounded_int, non_negative_float, non_negative_int, outcome_mix, positive_float
 from callstate.cli.options import abort_code, add_keepalive, env_token, epilog, para, pem_file, port, token
 from callstate.cli.options import env_secret
 from callstate.lifecycle import CLIENT
-from callstate.script import ABORT_CODE_RULE, GRPC_MAX_RECEIVE, REPLY_FRAMING, Limits
+from callstate.script import ABORT_CODE_RULE, GRPC_MAX_RECEIVE, LONGEST_CALL_ID, REPLY_FRAMING, Limits
 from callstate.wire import METRICS_TOKEN_ENV, TOKEN_ENV
 from callstate.server.app import ServerOptions
 from callstate.server.emulator import EmulatorConfig
@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--max-message-bytes", type=bounded_int(0, 2048, "longer ones may not reach a client intact"),
                    default=_LIMITS.max_message_bytes, metavar="N",
                    help="longest abort or fatal message, in UTF-8 bytes (default: %(default)s)")
-    p.add_argument("--max-call-id", type=bounded_int(1, 4096), default=_LIMITS.max_call_id_bytes, metavar="N",
+    p.add_argument("--max-call-id", type=bounded_int(1, LONGEST_CALL_ID), default=_LIMITS.max_call_id_bytes, metavar="N",
                    help="longest call id (printable ASCII only) (default: %(default)s)")
     p.add_argument("--max-reply-backlog", type=non_negative_int, default=_EMULATOR.max_reply_backlog_bytes,
                    metavar="BYTES", help="reply bytes handed to gRPC and not yet taken by their callers; a complete "
@@ -223,6 +223,8 @@ def _refused(opts: argparse.Namespace, options: ServerOptions) -> str | None:
             return f"{flag} {path}: its folder does not exist"
     if why := clash((("--log-file", options.log), ("--port-file", opts.port_file))) or _not_a_port_file(opts.port_file):
         return why   # the port would replace the recorded log
+    if why := gzipped_log("--log-file", None if opts.no_state_log else opts.log_file):
+        return why
     if opts.metrics_port and opts.metrics_port == opts.port and (
             opts.metrics_bind == opts.bind or {opts.metrics_bind, opts.bind} & {"", "0.0.0.0", "::"}):
         # /metrics binds first, and grpc's bind then failed with no reason it could name

@@ -65,6 +65,10 @@ def stdout_gone() -> None:
 def open_state_log(path: str) -> StateLog:
     """The client's state log (--log-file of call and load); OSError naming the option and the file
     when it cannot be written (not Python's `[Errno 21] Is a directory: 'path'`)."""
+    from callstate.cli.outputs import gzipped_log
+
+    if why := gzipped_log("--log-file", path):
+        raise OSError(why)
     try:
         return StateLog(path)
     except OSError as exc:

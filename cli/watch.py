@@ -37,12 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                                    "back (a replica restarted), and followed again once it answers. Stop with Ctrl-C (exit 0; 130 before "
                                    "every target has answered).")
     add_target(p, several=True, timeout_help="stop watching after this long (exit 0; exit 1 when a target has not "
-                                             "answered by then) (default: follow until Ctrl-C)")
-    p.add_argument("--call-id", default="", help="only this call (its whole id: entry lines show its first "
+                                             "answered by then, or with --call-id when the call has not ended) "
+                                             "(default: follow until Ctrl-C)")
+    p.add_argument("--call-id", type=_call_id, default=None, help="only this call (its whole id: entry lines show its first "
                    f"{SHOWN_ID} characters, --json and the state logs all of it): its history so far, then its entries as they "
                    "come; exits once the call has ended on the server (at once for an ended call; exit 1 when the "
-                   "server stops first); with several --target (replicas), it is looked for on each and "
-                   "followed on the one that holds it (exit 1 when none does)")
+                   "server stops or --timeout runs out first); with several --target (replicas), it is looked for on each and "
+                   "followed on the one that holds it (exit 1 when none does); an id no server takes (empty, not "
+                   "printable ASCII, too long) is refused")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--counters", action="store_true",
                    help="print the server's counters once and exit (with several --target: their sums, said on stderr)")
@@ -51,13 +53,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--dashboard", choices=MODES, default="auto",
                    help="a live dashboard instead of entry lines: calls/s per final code, in flight, recent "
                         "cancels and how long the server took to end them. auto: on a terminal (unless --json); "
-                        "always: also when not on a terminal, as one plain status line a second; never: entry "
-                        "lines (default: %(default)s)")
+                        "always: also when not on a terminal, as one plain status line a second (not with --json, "
+                        "--call-id or --counters); never: entry lines (default: %(default)s)")
     return p
+
+
+def _call_id(text: str) -> str:
+    """--call-id's value: a call's whole id; an empty one (`--call-id "$ID"` with ID unset) names no
+    call, and a watch of every call in its place would look like the call's; one no server takes
+    (a copied id with a smart quote or a space of another script in it) would be waited for ever."""
+    from callstate.script import LONGEST_CALL_ID, RequestError, Limits, check_call_id
+
+    if not text:
+        raise argparse.ArgumentTypeError("an empty call id names no call: give the call's whole id")
+    try:
+        check_call_id(text, Limits(max_call_id_bytes=LONGEST_CALL_ID))
+    except RequestError as exc:
+        shown = repr(text) if len(text) <= SHOWN_ID * 5 else f"{text[:SHOWN_ID]!r}..."
+        raise argparse.ArgumentTypeError(f"{printable(shown)}: no call has such an id: {exc.message}") from None
+    return text
 
 
 def run(opts: argparse.Namespace) -> int:
     opts.settings = channel_settings(opts)
+    opts.call_id = opts.call_id or ""   # None: every call (a default string would go through _call_id)
     twice = sorted({t for t in opts.target if opts.target.count(t) > 1})
     if twice:   # its every entry would be shown twice, its counters summed twice
         opts.target_parser.error(f"--target {', '.join(twice)} given more than once: each server once")
@@ -65,6 +84,11 @@ def run(opts: argparse.Namespace) -> int:
                                      if given]):   # the whole server's counters would be printed as if for them
         opts.target_parser.error(f"--counters prints the whole server's counters once: {' and '.join(unused)} "
                                  "would be ignored")
+    if opts.dashboard == "always" and (other := [flag for flag, given in (
+            ("--json", opts.json), ("--call-id", opts.call_id), ("--counters", opts.counters)) if given]):
+        # --json's lines were replaced by the dashboard's plain ones; --call-id and --counters print no dashboard
+        opts.target_parser.error(f"--dashboard always draws the dashboard in place of entry lines, and "
+                                 f"{' and '.join(other)} {'asks' if len(other) == 1 else 'ask'} for another output: give one of them")
     try:
         return asyncio.run(_watch(opts))
     except KeyboardInterrupt:
@@ -533,13 +557,24 @@ async def _watch_call(stub, opts: argparse.Namespace, watch: _Watch, target: str
                 await reader
             except asyncio.CancelledError:
                 pass
-    if reader.done() and not reader.cancelled() and reader.exception() is not None:
-        raise reader.exception()  # type: ignore[misc]
+    if reader.done() and not reader.cancelled() and (exc := reader.exception()) is not None:
+        if not (watch.subscribed and _ran_out(exc)):
+            raise exc
+        # --timeout ran out with the call still going (or not there yet): not what the watch waited for
+        how = "its entries shown above" if printed else "no entry of it came"
+        print(f"callstate watch: --timeout {opts.timeout:g} s ran out before call {printable(repr(opts.call_id))} "
+              f"ended on {target} ({how})", file=sys.stderr, flush=True)
+        return 1
     if reader.done() and not reader.cancelled() and not reader.result():
         print(f"callstate watch: {target} ended the stream: the server is stopping, and call "
               f"{printable(repr(opts.call_id))} had not ended there", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _ran_out(exc: BaseException) -> bool:
+    import grpc
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class _Dashboard:

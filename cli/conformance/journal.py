@@ -50,6 +50,9 @@ def final(entries: Entries) -> dict[str, Any] | None:
     return first(entries, ENTER, END)
 
 
+BROKE = "the journal stream broke: "   # how a lost stream is said (a refused one: its status alone)
+
+
 class ServerJournal:
     """Follows one server's journal; `watch` a call id before starting the call."""
 
@@ -61,6 +64,7 @@ class ServerJournal:
         self._task: asyncio.Task[None] | None = None
         self.lost = ""
         self.refused = False   # the server refused this client's access (its token)
+        self.said_why = False   # a callstate Journal turned the stream away with a status of its own
 
     async def start(self, timeout: float) -> None:
         """Subscribe; ConnectionError naming the server when it does not answer as a callstate server."""
@@ -76,6 +80,9 @@ class ServerJournal:
             if self.refused:   # a callstate server, which turned this client away: say what to change
                 raise ConnectionError(f"{self.target} refused its journal (callstate.v1.Journal/Follow) to this "
                                       f"client ({why})")
+            if self.said_why:   # its watchers all taken (--max-watchers): not a question of what it is
+                raise ConnectionError(f"{self.target} did not open its journal (callstate.v1.Journal/Follow): "
+                                      f"{why.removeprefix(BROKE)}")
             raise ConnectionError(f"{self.target} did not open its journal (callstate.v1.Journal/Follow): "
                                   f"is it a callstate server? ({why})")
 
@@ -94,7 +101,9 @@ class ServerJournal:
             self.lost = "the server closed its journal stream"
         except grpc.aio.AioRpcError as err:
             self.refused = err.code() in ACCESS_REFUSED
-            self.lost = f"the journal stream broke: {err.code().name}: {access_hint(err, self.target)}"
+            self.said_why = err.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE,
+                                               grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+            self.lost = f"{BROKE}{err.code().name}: {access_hint(err, self.target)}"
         self._changed.set()
 
     async def deadline_ms(self, call_id: str, timeout: float) -> int | None:

@@ -15,6 +15,7 @@ import itertools
 import math
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -520,7 +521,8 @@ class LoadRun:
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_S)
         except asyncio.TimeoutError:
-            raise ConnectionError(unreachable(self.cfg.target, channel.get_state(), self.cfg.settings.secure)) from None
+            raise ConnectionError(await _not_grpc(channel, self.cfg.target) or
+                                  unreachable(self.cfg.target, channel.get_state(), self.cfg.settings.secure)) from None
 
     async def _subscribe(self, journal: pb_grpc.JournalStub) -> asyncio.Task[None] | None:
         """Follow the journal, when the run is checked (subscribe first, then read the counters:
@@ -534,8 +536,14 @@ class LoadRun:
         waiter.cancel()
         if not subscribed.is_set():
             follow.cancel()
+            why = _error_text(follow, self.cfg.settings)
+            if _refused(follow):   # a callstate server, which turned this client away: say what to change
+                raise ConnectionError(f"{self.cfg.target} refused its journal (callstate.v1.Journal/Follow) to this "
+                                      f"client ({why})")
+            if _answered(follow):   # a callstate server that said why (its watchers full: --max-watchers)
+                raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): {why}")
             raise ConnectionError(f"{self.cfg.target} did not open its journal (callstate.v1.Journal/Follow): "
-                                  f"is it a callstate server? ({_error_text(follow, self.cfg.settings)})")
+                                  f"is it a callstate server? ({why})")
         return follow
 
     async def _counters_before(self, journal: pb_grpc.JournalStub, follow: asyncio.Task[None] | None) -> pb.Counters:
@@ -792,6 +800,25 @@ async def _serves_journal(journal: pb_grpc.JournalStub, cfg: LoadConfig) -> bool
     return True   # any other answer: the usual path says what is wrong
 
 
+def _status(task: asyncio.Task[None]) -> grpc.StatusCode | None:
+    """The status the task's RPC ended with (None: it did not end on an RPC error)."""
+    exc = task.exception() if task.done() and not task.cancelled() else None
+    return exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+
+
+def _refused(task: asyncio.Task[None]) -> bool:
+    """Whether the task ended on the server's refusal of this client's access (no token, a wrong one)."""
+    from callstate.client.channel import ACCESS_REFUSED
+    return _status(task) in ACCESS_REFUSED
+
+
+def _answered(task: asyncio.Task[None]) -> bool:
+    """Whether a callstate Journal ended the task's RPC with a status of its own: not UNIMPLEMENTED (no
+    Journal there) nor UNAVAILABLE (no server, or a proxy's error in its place)."""
+    return _status(task) not in (None, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE,
+                                 grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
 def _error_text(task: asyncio.Task[None], settings: ChannelSettings | None = None) -> str:
     if not task.done() or task.cancelled():
         return "no answer within 10 s"
@@ -807,6 +834,25 @@ def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 CONNECT_S = 5   # how long the run waits for its first connection
+
+
+async def _not_grpc(channel: grpc.aio.Channel, target: str) -> str:
+    """Why no connection came, when the peer answered but not in HTTP/2 ("" otherwise): a web server or a
+    /metrics endpoint, up and plaintext, which "is it up? if it uses TLS..." sent the user astray
+    from. Only a call reports the channel's last error: one that does not wait for a connection."""
+    if channel.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return ""
+    probe = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes, response_deserializer=bytes)
+    try:
+        await probe(b"", timeout=CONNECT_S / 2)
+    except grpc.aio.AioRpcError as err:
+        details = err.details() or ""
+        if "Failed parsing HTTP/2" in details:   # it answered, in another protocol (a TLS server closes instead)
+            status = re.search(r"HTTP status (\d+)", details)
+            what = f"HTTP/1.x (HTTP status {status.group(1)})" if status else "in a protocol other than HTTP/2"
+            return (f"cannot reach a callstate server at {target}: it answers {what}, not gRPC: another service's "
+                    "port (a web server, a /metrics endpoint)?")
+    return ""
 
 
 def unreachable(target: str, state: grpc.ChannelConnectivity, secure: bool) -> str:
@@ -843,11 +889,25 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
                      f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
     polled, wait = report.get("cancel_propagation_polled_ms", {}), report.get("cancel_poll_wait_ms", {})
+    lines += _none_measured(report, prop, polled)
     if polled.get("count"):
         lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
                      f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
                      f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
     return "\n".join(lines + _check_lines(report))
+
+
+def _none_measured(report: dict[str, Any], prop: dict[str, Any], polled: dict[str, Any]) -> list[str]:
+    """The propagation line of a run whose cancels gave no figure: said, not left out, so that the
+    summary of a run of cancels does not read as one whose cancels were never timed for a reason unsaid."""
+    taken = sum(report["paths"].get(path, 0) for path in (f"cancel-{ABORTIVE}", f"cancel-{NON_ABORTIVE}", HOLD_FOR,
+                                                           STOP_CANCEL))
+    if not taken or prop.get("count") or prop.get("not_measurable") or polled.get("count"):
+        return []
+    if report["check"].get("skipped"):
+        return ["cancel propagation: not measured (--no-verify: the server's journal is not followed)"]
+    return [f"cancel propagation: none measured: no cancel of the {taken} reached the server after its call's dispatch "
+            "(they came before it, or were never seen; --cancel-at held:0.05 measures it in bulk)"]
 
 
 def _check_lines(report: dict[str, Any]) -> list[str]:

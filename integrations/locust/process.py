@@ -22,6 +22,7 @@ import gevent.event
 import grpc
 
 from callstate.client.channel import ChannelSettings
+from callstate.files import GZIPPED_LOG, is_gzipped
 from callstate.lifecycle import CAN, END, ENTER
 from callstate.logfile import StateLog
 from callstate.propagation import Propagation, PropagationTracker
@@ -60,10 +61,12 @@ class ProcessState:
     def __init__(self, environment: Any, log_template: str | None, propagation: bool, name: str = "log_file") -> None:
         self.environment = environment
         self.log_path = expand(log_template, environment) if log_template else None
+        given = f"{name} {self.log_path}" if name.startswith("--") else f"{name} = {self.log_path!r}"
+        if self.log_path and is_gzipped(self.log_path):   # plain lines after its gzip stream: unreadable whole
+            raise ValueError(f"{given} {GZIPPED_LOG}")
         try:
             self.log = StateLog(self.log_path) if self.log_path else None
         except OSError as exc:   # the users stop before any call, and say why (failures.py)
-            given = f"{name} {self.log_path}" if name.startswith("--") else f"{name} = {self.log_path!r}"
             raise ValueError(f"{given}: cannot write the state log ({exc.strerror or exc})") from None
         self.tracker = PropagationTracker() if propagation else None
         self.sink = _Sink(self.log, self.tracker)

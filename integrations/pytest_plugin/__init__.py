@@ -118,7 +118,23 @@ def _target_access(config: pytest.Config) -> Any:
     return settings
 
 
+def _log_dir_problem(config: pytest.Config) -> str:
+    """Why --callstate-log-dir cannot take a failed test's logs ("" when it can: a folder, or one that
+    can be made). A file there failed every test at its teardown with NotADirectoryError."""
+    log_dir = config.getoption("callstate_log_dir")
+    if not log_dir:
+        return ""
+    path = config.invocation_params.dir / log_dir
+    there = next(p for p in (path, *path.parents) if p.exists())   # the folder, or where it would be made
+    if not there.is_dir():
+        return (f"callstate: --callstate-log-dir {log_dir}: {there} is a file, not a folder "
+                f"(a failed test's logs go in DIR/<test id>/)")
+    return ""
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if why := _log_dir_problem(config):
+        raise pytest.UsageError(why)
     config.stash[_ACCESS] = _target_access(config)
     config.pluginmanager.register(_KeptLogs(), "callstate-kept-logs")
     config.addinivalue_line("markers", "callstate_standin(protos=[...], proto_path=[...], rules=FILE, "
