@@ -317,9 +317,11 @@ def one_sided_text(side: str) -> str:
 def percentiles(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0}
-    s = sorted(values)
-    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
-    return {"count": len(s), "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": s[-1]}
+    s, n = sorted(values), len(values)
+    # the nearest rank: the P-th percentile is the smallest value with P% of them at or below it,
+    # the ceil(P * n / 100)-th in order (of two values the median is the lower; of 100, p99 the 99th)
+    pick = lambda p: s[max(0, -(-p * n // 100) - 1)]  # noqa: E731
+    return {"count": n, "p50": pick(50), "p90": pick(90), "p99": pick(99), "max": s[-1]}
 
 
 def _ts(value: float | str) -> float:

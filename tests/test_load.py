@@ -44,12 +44,14 @@ def test_closed_loop_run_covers_every_path_and_checks_both_sides(server: ServerP
 
 
 def test_open_loop_by_duration(server: ServerProcess, tmp_path: Path) -> None:
-    result = cli("load", "--target", server.target, "--duration", "1", "--rate", "300", "--channels", "2",
+    # A rate a loaded machine still keeps (the loop catches up when it falls behind): 40 a second
+    # for a second, never more, and short only by what a stall at the very end could cost.
+    result = cli("load", "--target", server.target, "--duration", "1", "--rate", "40", "--channels", "2",
                  "--cancel", "abortive=50", "--json", timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert 150 <= report["calls"] <= 400 and report["check"]["ok"]
-    assert report["config"]["rate"] == 300 and report["config"]["concurrency"] is None
+    assert 30 <= report["calls"] <= 41 and report["check"]["ok"], report["calls"]
+    assert report["config"]["rate"] == 40 and report["config"]["concurrency"] is None
 
 
 def test_a_server_killed_mid_run_fails_the_check(tmp_path: Path) -> None:

@@ -275,12 +275,15 @@ def test_an_unknown_state_is_not_called_final() -> None:
 
 def test_percentiles_pick_by_rank() -> None:
     from callstate.check import percentiles
+    # the nearest rank: the smallest value with P% of the values at or below it
     got = percentiles([float(x) for x in range(7, 0, -1)])    # 1..7, given unsorted
     assert got == {"count": 7, "p50": 4.0, "p90": 7.0, "p99": 7.0, "max": 7.0}
     hundred = percentiles([float(x) for x in range(1, 101)])
-    assert (hundred["p50"], hundred["p90"], hundred["p99"]) == (51.0, 91.0, 100.0)
+    assert (hundred["p50"], hundred["p90"], hundred["p99"]) == (50.0, 90.0, 99.0)   # p99 of 100 is not the max
     thousand = percentiles([float(x) for x in range(1, 1001)])
-    assert (thousand["p99"], thousand["max"]) == (991.0, 1000.0)   # the 99th percentile is not the max
+    assert (thousand["p99"], thousand["max"]) == (990.0, 1000.0)
+    assert percentiles([0.335, 1.105])["p50"] == 0.335   # the median of two is the lower, not the max
+    assert percentiles([2.0])["p50"] == percentiles([2.0])["p99"] == 2.0
     assert percentiles([]) == {"count": 0}
 
 
