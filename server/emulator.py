@@ -21,7 +21,7 @@ from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
+from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, FATAL, NON_ABORTIVE, UNARY, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
@@ -38,7 +38,7 @@ __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerEr
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
-_COMPLETED_CODE = server_end_code(COMPLETED)
+_COMPLETE_NAME = OUTCOME_NAMES[_COMPLETE]
 _DISPATCH_WAIT, _OUTCOME_WAIT = 0, 1   # a unary script's two waits, in order
 _WAITS = (_DISPATCH_WAIT, _OUTCOME_WAIT)
 # Why a call is ended with an abort before its script runs: (code, status, message).
@@ -82,6 +82,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
+        if (reply := self._call_now(request, context, answer)) is not None:
+            return reply   # the common call, whole, in this step
         call_id, cancel_key, script, mix, method, rule = _unary_request(request, context, answer, self.config.mix)
         d = self.dispatcher
         if not call_id or d.refusal(call_id, cancel_key) is not None:   # checked again, in order, and refused
@@ -135,6 +137,45 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         finally:
             d.release(call_id)
 
+    def _call_now(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None) -> pb.CallReply | None:
+        """The reply of the common call, made here in one step of the loop: Emulator/Call scripted
+        to complete with no wait (no delay, no hold, headers not first, no polling), with an id
+        and key every refusal lets through, no notice kept for it, its request valid, its reply
+        within the backlog, the server open and under its in-flight limit. Nothing can interleave
+        with it, so no cancel can reach it: it makes what `Call`, `_run` and `_complete` make of
+        it (the dispatch, D -> Comp -> End, the same entries, journal record and release).
+        None, before anything is done: not such a call, `Call` takes it."""
+        if answer is not None or not _runs_at_once(request):
+            return None
+        call_id, cancel_key = request.call_id, request.cancel_key
+        if not call_id or not cancel_key:   # as _unary_request reads them
+            meta_id, meta_key = _ids_from_metadata(context)
+            call_id, cancel_key = call_id or meta_id, cancel_key or meta_key
+        d = self.dispatcher
+        if not d.admits_at_once(call_id, cancel_key):
+            return None
+        try:
+            d.check_request(request)
+        except RequestError:
+            return None   # ended with 87 by `Call`
+        script = request.script
+        size = len(request.payload) if script.echo else script.reply_bytes
+        if size and self.backlog.reserve(context, size):
+            return None   # refused, nothing reserved: `_complete` ends it with 1723
+        call = d.dispatch(call_id, cancel_key, _COMPLETE_NAME, context, UNARY, deadline_ms(context))
+        try:
+            call.complete_now(_OK)
+            reply = pb.CallReply(call_id=call_id)
+            if size:
+                reply.payload = request.payload if script.echo else bytes(size)
+            return reply
+        except BaseException as exc:
+            if not call.ended:
+                call.end_on_error(exc)
+            raise
+        finally:
+            d.release(call_id)
+
     async def _admit(self, call_id: str, cancel_key: str, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
         """The call's id (made here when the caller sent none, and sent in the headers: True), or
         the call refused before its dispatch."""
@@ -152,17 +193,18 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     def _cannot_run(self, request: Any, answer: Answer | None) -> _Ending | None:
         """Why a dispatched call ends at once instead of running its script: a bad request, the
         in-flight limit, the server stopping."""
+        d = self.dispatcher
         if answer is None:   # a stand-in's script was checked before its dispatch
             try:
-                self.dispatcher.check_request(request)
+                d.check_request(request)
             except RequestError as exc:
                 return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         elif answer.oversize is not None:   # ... and its request's size measured, as the payload's is here
             return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, answer.oversize
-        if self.dispatcher.over_capacity():
+        if len(d.live) > self.config.max_in_flight:   # d.over_capacity(), inlined
             return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"over the in-flight limit ({self.config.max_in_flight})")
-        if self.dispatcher.stopping:
+        if d.stopping:
             return STOPPING
         return None
 
@@ -209,8 +251,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             size = len(request.payload) if script.echo else script.reply_bytes
         if size and (over := self.backlog.reserve(context, size)):
             return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-        call.move(COMPLETE)
-        call.move(COMPLETED, _COMPLETED_CODE, _OK)
+        call.complete_now(_OK)   # D -> Comp -> End
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         if answer is not None:
@@ -263,6 +304,15 @@ async def _send_headers(call: ServerCall, context: grpc.aio.ServicerContext) -> 
         await context.send_initial_metadata(((CALL_ID_KEY, call.call_id),))
     except (asyncio.CancelledError, cygrpc.ExecuteBatchError):
         call.cancel_seen(ABORTIVE)
+
+
+def _runs_at_once(request: pb.CallRequest) -> bool:
+    """A request whose script completes with nothing to wait for and no poll (`Emulator._call_now`)."""
+    if not request.HasField("script"):
+        return False   # drawn from the mix
+    script = request.script
+    return (script.outcome == _COMPLETE and not script.dispatch_delay_ms and not script.outcome_delay_ms
+            and not script.headers_first and not script.HasField("cancel_poll_ms"))
 
 
 def _wait_seconds(phase: int, script: pb.Script, hold: bool, max_hold: float) -> float:
