@@ -105,7 +105,7 @@ class AsyncCall(CallCore):
             self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         except Exception as exc:
             raise self.not_made(exc) from exc
-        if self.has_callbacks:
+        if self._callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
         self.started()
         return self

@@ -206,8 +206,9 @@ class CallCore:
             state = self.lifecycle.state
             if state == C:
                 self._move(STARTED)
-                if self._arrived:   # the outcome beat started()
-                    self._on_arrival()
+                if not self._arrived:   # the common case: the outcome comes later, nothing to deliver now
+                    return
+                self._on_arrival()   # the outcome beat started()
                 callbacks = self._deliver_if_arrived()
                 owed = self._owe(callbacks)
         if state == C:
