@@ -8,7 +8,8 @@ server  `Emulator.Call` awaited on a stand-in context for requests as benchmarks
         sends them (the id in the request and as metadata, a complete script), the journal at its
         default size, the state log writing a file (`file`) or keeping its entries (`sink`).
 client  `AsyncClient.start(script)` awaited on a stand-in channel whose call has its reply at once
-        (no suspension), the client's state log writing a file (`file`) or none (`none`).
+        (no suspension), the client's state log writing a file (`file`), keeping its entries
+        (`sink`) or none (`none`).
 
 It imports the tree it sits in: copy it into another tree laid out as installed (BASE_TREE in
 benchmarks/attribute.py) and run both, alternating, for before and after figures
@@ -123,7 +124,7 @@ def client_round(n: int, mode: str, tmp: Path) -> float:
         _open_channel = staticmethod(lambda settings, target, options: _Channel())   # type: ignore[assignment]
 
     async def go() -> float:
-        client = Client("127.0.0.1:1", log=tmp / "client.jsonl" if mode == "file" else None)
+        client = Client("127.0.0.1:1", log=tmp / "client.jsonl" if mode == "file" else _ListLog() if mode == "sink" else None)
         start = client.start
         c0 = time.process_time()
         for _ in range(n):
@@ -139,12 +140,12 @@ def main() -> int:
     parser.add_argument("which", choices=("server", "client"))
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--variants", help="server: file,sink; client: file,none (the default: all)")
+    parser.add_argument("--variants", help="server: file,sink; client: file,sink,none (the default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON line of medians (for a driver script)")
     args = parser.parse_args()
     if os.environ.get("PIN"):
         os.sched_setaffinity(0, {int(os.environ["PIN"])})
-    variants = (args.variants or ("file,sink" if args.which == "server" else "file,none")).split(",")
+    variants = (args.variants or ("file,sink" if args.which == "server" else "file,sink,none")).split(",")
     fn = server_round if args.which == "server" else client_round
     runs: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as name:

@@ -21,7 +21,7 @@ from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, FATAL, NON_ABORTIVE, UNARY, server_end_code
+from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, UNARY, server_end_code
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
@@ -38,6 +38,7 @@ __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerEr
 
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
+_COMPLETED_CODE = server_end_code(COMPLETED)
 _COMPLETE_NAME = OUTCOME_NAMES[_COMPLETE]
 _DISPATCH_WAIT, _OUTCOME_WAIT = 0, 1   # a unary script's two waits, in order
 _WAITS = (_DISPATCH_WAIT, _OUTCOME_WAIT)
@@ -251,7 +252,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             size = len(request.payload) if script.echo else script.reply_bytes
         if size and (over := self.backlog.reserve(context, size)):
             return await self._abort(call, context, codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-        call.complete_now(_OK)   # D -> Comp -> End
+        call.move(COMPLETE)
+        call.move(COMPLETED, _COMPLETED_CODE, _OK)
         if call.rpc_cancelled:  # completed anyway: the reply has nowhere to go
             raise asyncio.CancelledError()
         if answer is not None:
