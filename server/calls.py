@@ -31,7 +31,7 @@ from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, COMPLETE, COMPLETED, ENT
                                  SERVER, UNARY, LifecycleError, initial_move, move_to_end, server_end_code, table_for)
 from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
-from callstate.server.journal import CallRecord, Journal
+from callstate.server.journal import RECORD_BYTES, CallRecord, Journal
 
 
 
@@ -98,7 +98,15 @@ class ServerCall(CallRecord):
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
                  rule: str | None = None) -> None:
-        CallRecord.__init__(self, call_id, outcome, deadline_ms, method, rule)   # a stand-in's: method, rule
+        # CallRecord.__init__, in place (every call makes one): its fields, then the call's own
+        self.call_id = call_id
+        self.entries: list[Entry] = []
+        self.outcome = outcome
+        self.saw_cancel = False
+        self.events = self.messages = self.omitted = 0
+        self.bytes = RECORD_BYTES + len(call_id)
+        self.deadline_ms = deadline_ms
+        self.method, self.rule = method, rule   # a stand-in's call: its method and the rule that answered it
         self.kind = kind
         self._table = _UNARY_TABLE if kind == UNARY else table_for(SERVER, kind)
         self.state = _INITIAL

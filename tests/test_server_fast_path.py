@@ -173,3 +173,19 @@ def test_an_id_in_flight_or_just_ended_is_refused_on_either_path() -> None:
         asyncio.run(emulator.Call(request, Context()))   # --id-retention: the id stays reserved
     assert len(entries) == 3
     assert Limits().max_call_id_bytes >= len(ID)
+
+
+def test_a_server_call_sets_every_field_of_the_journal_record() -> None:
+    """ServerCall sets CallRecord's fields itself (its hot path skips the base's __init__): a field
+    added to CallRecord and not set there would be missing from every call's record."""
+    from callstate.server.calls import ServerCall
+    from callstate.server.journal import ENTRY_BYTES, CallRecord
+
+    call = ServerCall(ID, Journal(), lambda e: None, "complete", deadline_ms=7, method="m.S/M", rule="r")
+    record = CallRecord(ID, "complete", 7, "m.S/M", "r")
+    for name in CallRecord.__slots__:
+        value = getattr(call, name)   # AttributeError: never set
+        if name == "bytes":   # the call's first entry (D) is counted in already
+            value -= ENTRY_BYTES * len(call.entries)
+        if name not in ("entries", "state"):   # the call has entered D; a bare record has no entries
+            assert value == getattr(record, name), name
