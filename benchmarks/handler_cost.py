@@ -124,7 +124,8 @@ def client_round(n: int, mode: str, tmp: Path) -> float:
         _open_channel = staticmethod(lambda settings, target, options: _Channel())   # type: ignore[assignment]
 
     async def go() -> float:
-        client = Client("127.0.0.1:1", log=tmp / "client.jsonl" if mode == "file" else _ListLog() if mode == "sink" else None)
+        log: Any = tmp / "client.jsonl" if mode == "file" else _ListLog() if mode == "sink" else None
+        client = Client("127.0.0.1:1", log=log)
         start = client.start
         c0 = time.process_time()
         for _ in range(n):
@@ -158,7 +159,8 @@ def main() -> int:
         print(json.dumps({v: statistics.median(r) for v, r in runs.items()}))
         return 0
     for v, cpu in runs.items():
-        print(f"{args.which} {v:<5} CPU per call {statistics.median(cpu):6.2f} us   rounds {[round(x, 2) for x in cpu]}")
+        rounds = [round(x, 2) for x in cpu]
+        print(f"{args.which} {v:<5} CPU per call {statistics.median(cpu):6.2f} us   rounds {rounds}")
     return 0
 
 

@@ -119,6 +119,11 @@ class Dispatcher:
             return
         validate_request(request, self.config.limits)
 
+    def known_valid(self, script_key: bytes, payload_size: int) -> bool:
+        """Whether `check_request` of a request with this script (its bytes) and payload size
+        would pass at once: a script found valid before, a payload valid with any script."""
+        return script_key in self._valid_scripts and payload_size <= self._any_payload
+
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"

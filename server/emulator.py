@@ -21,12 +21,14 @@ from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, UNARY, server_end_code
+from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, UNARY,
+                                 server_end_code)
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
-from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms, refuse
+from callstate.server.dispatch import (VALID_SCRIPT_BYTES, VALID_SCRIPTS, Dispatcher, Refusal, bad_key, deadline_ms,
+                                       refuse)
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
@@ -40,6 +42,7 @@ _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUT
 _OK = grpc.StatusCode.OK.name
 _COMPLETED_CODE = server_end_code(COMPLETED)
 _COMPLETE_NAME = OUTCOME_NAMES[_COMPLETE]
+_ECHO, _NOT_AT_ONCE = -1, -2   # what `_script_at_once` knows of a script, beside its reply's size
 _DISPATCH_WAIT, _OUTCOME_WAIT = 0, 1   # a unary script's two waits, in order
 _WAITS = (_DISPATCH_WAIT, _OUTCOME_WAIT)
 # Why a call is ended with an abort before its script runs: (code, status, message).
@@ -53,6 +56,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.dispatcher = Dispatcher(config, journal, log_append)
         self.backlog = self.dispatcher.backlog
         self._pipes = PipeServicer(self.dispatcher)
+        self._at_once: dict[bytes, int] = {}   # `_script_at_once`, by the script's bytes
 
     @property
     def on_dispatch(self) -> Callable[[str, Any], None] | None:
@@ -146,8 +150,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         with it, so no cancel can reach it: it makes what `Call`, `_run` and `_complete` make of
         it (the dispatch, D -> Comp -> End, the same entries, journal record and release).
         None, before anything is done: not such a call, `Call` takes it."""
-        if answer is not None or not _runs_at_once(request):
+        if answer is not None or (known := self._script_at_once(request)) is None:
             return None
+        key, size = known
         call_id, cancel_key = request.call_id, request.cancel_key
         if not call_id or not cancel_key:   # as _unary_request reads them
             meta_id, meta_key = _ids_from_metadata(context)
@@ -155,12 +160,14 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         d = self.dispatcher
         if not d.admits_at_once(call_id, cancel_key):
             return None
-        try:
-            d.check_request(request)
-        except RequestError:
-            return None   # ended with 87 by `Call`
-        script = request.script
-        size = len(request.payload) if script.echo else script.reply_bytes
+        payload = request.payload
+        if not d.known_valid(key, len(payload)):
+            try:
+                d.check_request(request)
+            except RequestError:
+                return None   # ended with 87 by `Call`
+        if size == _ECHO:
+            size = len(payload)
         if size and self.backlog.reserve(context, size):
             return None   # refused, nothing reserved: `_complete` ends it with 1723
         call = d.dispatch(call_id, cancel_key, _COMPLETE_NAME, context, UNARY, deadline_ms(context))
@@ -168,7 +175,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             call.complete_now(_OK)
             reply = pb.CallReply(call_id=call_id)
             if size:
-                reply.payload = request.payload if script.echo else bytes(size)
+                reply.payload = payload if known[1] == _ECHO else bytes(size)
             return reply
         except BaseException as exc:
             if not call.ended:
@@ -176,6 +183,24 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             raise
         finally:
             d.release(call_id)
+
+    def _script_at_once(self, request: pb.CallRequest) -> tuple[bytes, int] | None:
+        """The bytes of the request's script and its reply's size (`_ECHO`: the payload's) when the
+        script completes at once (`_runs_at_once`); None when it does not, or there is none (the mix
+        draws). What a script says is worked out once, known by its bytes after that, as the
+        dispatcher knows the scripts it found valid (at most as many, each at most as long)."""
+        if not request.HasField("script"):
+            return None
+        script = request.script
+        key = script.SerializeToString()
+        size = self._at_once.get(key)
+        if size is None:
+            size = (_ECHO if script.echo else script.reply_bytes) if _runs_at_once(script) else _NOT_AT_ONCE
+            if len(key) <= VALID_SCRIPT_BYTES:
+                if len(self._at_once) >= VALID_SCRIPTS:
+                    self._at_once.clear()
+                self._at_once[key] = size
+        return None if size == _NOT_AT_ONCE else (key, size)
 
     async def _admit(self, call_id: str, cancel_key: str, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
         """The call's id (made here when the caller sent none, and sent in the headers: True), or
@@ -308,11 +333,8 @@ async def _send_headers(call: ServerCall, context: grpc.aio.ServicerContext) -> 
         call.cancel_seen(ABORTIVE)
 
 
-def _runs_at_once(request: pb.CallRequest) -> bool:
-    """A request whose script completes with nothing to wait for and no poll (`Emulator._call_now`)."""
-    if not request.HasField("script"):
-        return False   # drawn from the mix
-    script = request.script
+def _runs_at_once(script: pb.Script) -> bool:
+    """A script that completes with nothing to wait for and no poll (`Emulator._call_now`)."""
     return (script.outcome == _COMPLETE and not script.dispatch_delay_ms and not script.outcome_delay_ms
             and not script.headers_first and not script.HasField("cancel_poll_ms"))
 

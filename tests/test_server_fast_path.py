@@ -134,10 +134,12 @@ def test_the_common_call_is_recorded_as_the_general_path_records_it(request_: pb
     (pb.CallRequest(call_id=ID, script=COMPLETE), {"max_in_flight": 0}),   # over the limit once dispatched
     (pb.CallRequest(call_id=ID, script=pb.Script(outcome=pb.OUTCOME_COMPLETE, reply_bytes=100)),
      {"max_reply_backlog_bytes": 10}),   # the reply over the backlog: 1723
+    (pb.CallRequest(call_id=ID, payload=b"x" * 11, script=COMPLETE),
+     {"limits": Limits(max_payload_bytes=10)}),   # a known script, a payload over its bound: 87
     (pb.CallRequest(call_id="bad id\n", script=COMPLETE), {}),   # refused before dispatch
     (pb.CallRequest(call_id=ID, script=COMPLETE, cancel_key="k" * 1000), {}),
-], ids=["mix", "abort", "headers-first", "polls", "server-polls", "invalid", "over-limit", "backlog", "bad-id",
-        "long-key"])
+], ids=["mix", "abort", "headers-first", "polls", "server-polls", "invalid", "over-limit", "backlog",
+        "big-payload", "bad-id", "long-key"])
 def test_calls_that_are_not_common_take_the_general_path(request_: pb.CallRequest, config: dict[str, Any]) -> None:
     fast = _both(request_, **config)
     assert not fast["fast"]
@@ -151,7 +153,8 @@ def test_a_notice_kept_for_the_call_turns_it_to_the_general_path() -> None:
         entries: list[Any] = []
         emulator = EmulatorServicer(EmulatorConfig(), Journal(), entries.append)
         real = emulator._call_now
-        emulator._call_now = (lambda *a, real=real, fast=fast: real(*a) if fast else None)  # type: ignore[method-assign]
+        emulator._call_now = (  # type: ignore[method-assign]
+            lambda *a, real=real, fast=fast: real(*a) if fast else None)
 
         async def go() -> Any:
             await emulator.Cancel(pb.CancelRequest(call_id=ID), Context())
