@@ -11,6 +11,13 @@ client  `AsyncClient.start(script)` awaited on a stand-in channel whose call has
         (no suspension), the client's state log writing a file (`file`), keeping its entries
         (`sink`) or none (`none`).
 
+    python benchmarks/handler_cost.py drive --rounds 7
+
+drive   not in process: benchmarks/bare.py's server on CPU 1, and on CPU 0 its bare client, then
+        callstate's asyncio client from BASE_TREE (when set: a tree laid out as installed), then
+        this tree's, alternating (64 in flight, 3 s each, the callstate clients with their state
+        log); the client process's CPU per call, medians over rounds, each against bare.
+
 It imports the tree it sits in: copy it into another tree laid out as installed (BASE_TREE in
 benchmarks/attribute.py) and run both, alternating, for before and after figures
 (docs/performance.md, session 36).
@@ -136,14 +143,59 @@ def client_round(n: int, mode: str, tmp: Path) -> float:
     return asyncio.run(go())
 
 
+def drive_ab(rounds: int, duration: float = 3.0) -> dict[str, float]:
+    """`drive`: the client's CPU per call, this tree's callstate client against BASE_TREE's and bare's."""
+    import json
+    import subprocess
+    trees = {"bare": ROOT, "callstate": ROOT}
+    if os.environ.get("BASE_TREE"):
+        trees = {"bare": ROOT, "base-callstate": Path(os.environ["BASE_TREE"]), "callstate": ROOT}
+    cpu: dict[str, list[float]] = {v: [] for v in trees}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        port_file = tmp / "port"
+        server = subprocess.Popen(["taskset", "-c", "1", sys.executable, str(ROOT / "benchmarks" / "bare.py"), "serve",
+                                   "--port-file", str(port_file), "--cancel-log", str(tmp / "cancels.json")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the bare server did not start")
+                time.sleep(0.05)
+            target = f"127.0.0.1:{port_file.read_text().strip()}"
+            for _ in range(rounds):
+                for v, tree in trees.items():
+                    log = [] if v == "bare" else ["--log", str(tmp / f"{v}.jsonl")]
+                    cmd = ["taskset", "-c", "0", sys.executable, str(tree / "benchmarks" / "bare.py"), "drive",
+                           "--target", target, "--client", "bare" if v == "bare" else "callstate",
+                           "--concurrency", "64", "--duration", str(duration), *log]
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, cwd=tmp)
+                    if done.returncode != 0:
+                        raise RuntimeError(done.stderr)
+                    r = json.loads(done.stdout.strip().splitlines()[-1])
+                    cpu[v].append(r["cpu_s"] / r["calls"] * 1e6)
+        finally:
+            server.terminate()
+            server.wait(30)
+    bare = statistics.median(cpu["bare"])
+    for v, runs in cpu.items():
+        m = statistics.median(runs)
+        print(f"{v:<15} client CPU per call {m:6.1f} us (ratio {bare / m:.3f})   rounds {[round(x, 1) for x in runs]}")
+    return {v: statistics.median(r) for v, r in cpu.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=("server", "client"))
+    parser.add_argument("which", choices=("server", "client", "drive"))
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", help="server: file,sink; client: file,sink,none (the default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON line of medians (for a driver script)")
     args = parser.parse_args()
+    if args.which == "drive":
+        drive_ab(args.rounds)
+        return 0
     if os.environ.get("PIN"):
         os.sched_setaffinity(0, {int(os.environ["PIN"])})
     variants = (args.variants or ("file,sink" if args.which == "server" else "file,sink,none")).split(",")

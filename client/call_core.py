@@ -349,7 +349,8 @@ class CallCore:
                 return False
             self._arrived = True
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
-            self._on_arrival()
+            if self._arrival_moves:   # a pipe's (a unary call's arrival makes no move)
+                self._on_arrival()
             callbacks = self._deliver_if_arrived()
             owed = in_verb and self._owe(callbacks)
         if in_verb:

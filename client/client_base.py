@@ -162,6 +162,8 @@ class ClientBase:
     def _metadata(self, call_id: str, extra: tuple[tuple[str, Any], ...] = ()) -> tuple[tuple[str, Any], ...]:
         """The call's gRPC metadata: its id, the token, and the trace context when tracing."""
         if self._tracer is None:
+            if not self._auth_metadata and not extra:   # the common case: the id alone
+                return ((CALL_ID_KEY, call_id),)
             return ((CALL_ID_KEY, call_id),) + self._auth_metadata + extra
         return ((CALL_ID_KEY, call_id),) + self._auth_metadata + self._tracer.headers(call_id) + extra
 
