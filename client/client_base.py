@@ -31,7 +31,12 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str,
     `cancel_key`: the call's secret, repeated in its cancel notices (only they reach it)."""
     if isinstance(script, Script):
         script = script.to_proto()
-    return pb.CallRequest(call_id=call_id, script=script, payload=payload, cancel_key=cancel_key)
+    request = pb.CallRequest(call_id=call_id, cancel_key=cancel_key)   # the same message, made cheaper:
+    if script is not None:
+        request.script.CopyFrom(script)   # cheaper than the constructor's copy
+    if payload:
+        request.payload = payload         # (an empty one is the field's default)
+    return request
 
 
 # Scripts a client found valid, kept by their bytes (a caller sends the same few scripts over and
