@@ -192,3 +192,28 @@ def test_a_server_call_sets_every_field_of_the_journal_record() -> None:
             value -= ENTRY_BYTES * len(call.entries)
         if name not in ("entries", "state"):   # the call has entered D; a bare record has no entries
             assert value == getattr(record, name), name
+
+
+def test_calls_with_different_scripts_in_turn_are_each_recorded_as_their_own() -> None:
+    """What the step knows of a script is known by its bytes, and of the last one by its fields:
+    calls whose scripts take turns on one server each get their own script's path and reply."""
+    scripts = [COMPLETE, pb.Script(outcome=pb.OUTCOME_ABORT), pb.Script(outcome=pb.OUTCOME_COMPLETE, reply_bytes=3),
+               COMPLETE, pb.Script(outcome=pb.OUTCOME_COMPLETE, echo=True), pb.Script(outcome=pb.OUTCOME_ABORT), COMPLETE]
+    runs = []
+    for fast in (True, False):
+        entries: list[Any] = []
+        emulator = EmulatorServicer(EmulatorConfig(), Journal(), entries.append)
+        real = emulator._call_now
+        emulator._call_now = (  # type: ignore[method-assign]
+            lambda *a, real=real, fast=fast: real(*a) if fast else None)
+        outcomes = []
+        for i, script in enumerate(scripts):
+            request = pb.CallRequest(call_id=f"call-{i}", script=script, payload=b"ab")
+            try:
+                outcomes.append(asyncio.run(emulator.Call(request, Context())))
+            except Aborted as exc:
+                outcomes.append(exc.args)
+        runs.append((outcomes, [e[1:] for e in entries]))
+    assert runs[0] == runs[1]
+    assert [o.payload if isinstance(o, pb.CallReply) else None for o in runs[0][0]] == [
+        b"", None, bytes(3), b"", b"ab", None, b""]
