@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import grpc
 
 from callstate import codes
-from callstate.client.any_method import MethodRequest, check_request, method_name
+from callstate.client.any_method import MethodRequest, method_name
 from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
@@ -33,6 +33,10 @@ from callstate.v1 import callstate_pb2 as pb
 
 if TYPE_CHECKING:   # callstate.schema (protobuf's pools) loads on a user's first method call
     from callstate.schema import Method
+
+
+# client_outcome of a reply (OK, no trailers): worked out once
+_REPLIED = codes.client_outcome(grpc.StatusCode.OK, None, None)
 
 
 class AsyncCompletionQueue:
@@ -95,13 +99,13 @@ class AsyncCall(CallCore):
     def start(self) -> "AsyncCall":
         """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
-        self._admit(check_request, self._request)
+        self._admit(self._client._check_request, self._request)
         try:
             rpc, message, extra = self._client._unary(self._request)
             self._rpc = rpc(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)
         except Exception as exc:
             raise self.not_made(exc) from exc
-        if self.has_callbacks:
+        if self._callbacks:
             self._ensure_driver()   # a callback or queue waits: someone must read the reply
         self.started()
         return self
@@ -161,7 +165,23 @@ class AsyncCall(CallCore):
         if self.notified and self._owed is None:   # the outcome is in: complete, with no coroutine to run
             self._after_wait()
             return self._result_after_wait()
-        return (yield from self.result().__await__())
+        if self.notified or self._rpc is None or self._driver is not None:
+            return (yield from self.result().__await__())
+        # `result()` of a sent call nobody drives yet (the common `await client.start(...)`): its
+        # wait, inline, without the two coroutines of result() and _wait()
+        self._on_its_loop("wait")
+        try:
+            yield from self._drive().__await__()
+        except asyncio.TimeoutError:
+            timed_out = True
+        except asyncio.CancelledError:
+            self._interrupted(True)
+            raise
+        else:
+            timed_out = False
+        if timed_out or not self._after_wait():
+            raise WaitTimedOut(self.call_id, None)
+        return self._result_after_wait()
 
     async def _wait(self, timeout: float | None, complete_if_cancelled: bool) -> bool:
         timeout = checked_wait_for(timeout)
@@ -217,7 +237,7 @@ class AsyncCall(CallCore):
             self._stop_escalation()
             self._notify_cancelled_here()
         else:
-            self._notify(reply, *codes.client_outcome(grpc.StatusCode.OK, None, None))
+            self._notify(reply, *_REPLIED)
 
     def _notify(self, reply: pb.CallReply | None, code: int, status: str, details: str) -> None:
         self._stop_escalation()

@@ -206,8 +206,9 @@ class CallCore:
             state = self.lifecycle.state
             if state == C:
                 self._move(STARTED)
-                if self._arrived:   # the outcome beat started()
-                    self._on_arrival()
+                if not self._arrived:   # the common case: the outcome comes later, nothing to deliver now
+                    return
+                self._on_arrival()   # the outcome beat started()
                 callbacks = self._deliver_if_arrived()
                 owed = self._owe(callbacks)
         if state == C:
@@ -267,7 +268,8 @@ class CallCore:
         if not isinstance(abortive, bool):   # cancel("non-abortive") would be truthy: an abortive cancel
             raise TypeError(f"abortive must be True or False, not {type(abortive).__name__} {abortive!r} "
                             "(a non-abortive cancel is cancel(abortive=False))")
-        timeout = checked_wait(timeout)   # refused before any move (a timer thread would raise it unseen)
+        if timeout is not None:   # refused before any move (a timer thread would raise it unseen)
+            timeout = checked_wait(timeout)
         if self._cancel_moves(abortive, self._rpc is not None) != ACT:
             return
         if abortive:
@@ -294,10 +296,10 @@ class CallCore:
                 self.code, self.grpc_status, self.details = codes.RPC_S_CALL_CANCELLED, _CANCELLED, "cancelled before start"
                 self._cancelled_unsent = True
                 action = UNSENT
-            else:
+            else:   # under way: nothing arrived to deliver (the common case), the surface acts
                 self.abortive_cancel = self.abortive_cancel or abortive
                 self._move(CANCEL_ISSUED)
-                action = ACT
+                return ACT
             callbacks = self._deliver_if_arrived()
             owed = self._owe(callbacks)
         self._off_the_verb(callbacks, owed)   # a cancel before start (or after the outcome): no RPC will notify
@@ -347,7 +349,8 @@ class CallCore:
                 return False
             self._arrived = True
             self.code, self.reply, self.grpc_status, self.details = code, reply, grpc_status, details
-            self._on_arrival()
+            if self._arrival_moves:   # a pipe's (a unary call's arrival makes no move)
+                self._on_arrival()
             callbacks = self._deliver_if_arrived()
             owed = in_verb and self._owe(callbacks)
         if in_verb:

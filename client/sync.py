@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import grpc
 
 from callstate import codes
-from callstate.client.any_method import MethodRequest, check_request, method_name
+from callstate.client.any_method import MethodRequest, method_name
 from callstate.client.arguments import checked_wait, checked_wait_for
 from callstate.client.call_core import CallCore
 from callstate.client.channel import ChannelSettings
@@ -73,7 +73,7 @@ class Call(CallCore):
     def start(self) -> "Call":
         """C -> WComp: send the call; returns at once, like RpcAsyncCall. Raises CallError
         (C -> End, nothing to complete) when the call cannot be made."""
-        self._admit(check_request, self._request)
+        self._admit(self._client._check_request, self._request)
         try:
             rpc, message, extra = self._client._unary(self._request)
             self._rpc = rpc.future(message, metadata=self._client._metadata(self.call_id, extra), timeout=self._timeout)

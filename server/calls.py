@@ -27,11 +27,11 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.cancel_poll import CancelPoll
-from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH, SERVER, UNARY,
-                                 LifecycleError, initial_move, move_to_end, table_for)
+from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, COMPLETE, COMPLETED, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH,
+                                 SERVER, UNARY, LifecycleError, initial_move, move_to_end, server_end_code, table_for)
 from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
-from callstate.server.journal import CallRecord, Journal
+from callstate.server.journal import RECORD_BYTES, CallRecord, Journal
 
 
 
@@ -82,6 +82,10 @@ logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 
 
 _INITIAL, _INITIAL_MOVE, _UNARY_TABLE = INITIAL[SERVER], INITIAL_MOVE[SERVER], table_for(SERVER, UNARY)
+# A unary call's completion from its dispatch, D -> Comp -> End: the two states, read from the table once.
+_COMPLETING = _UNARY_TABLE[_INITIAL][COMPLETE]
+_COMPLETED = _UNARY_TABLE[_COMPLETING][COMPLETED]
+_COMPLETED_CODE = server_end_code(COMPLETED)
 
 
 class ServerCall(CallRecord):
@@ -94,7 +98,15 @@ class ServerCall(CallRecord):
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
                  rule: str | None = None) -> None:
-        CallRecord.__init__(self, call_id, outcome, deadline_ms, method, rule)   # a stand-in's: method, rule
+        # CallRecord.__init__, in place (every call makes one): its fields, then the call's own
+        self.call_id = call_id
+        self.entries: list[Entry] = []
+        self.outcome = outcome
+        self.saw_cancel = False
+        self.events = self.messages = self.omitted = 0
+        self.bytes = RECORD_BYTES + len(call_id)
+        self.deadline_ms = deadline_ms
+        self.method, self.rule = method, rule   # a stand-in's call: its method and the rule that answered it
         self.kind = kind
         self._table = _UNARY_TABLE if kind == UNARY else table_for(SERVER, kind)
         self.state = _INITIAL
@@ -129,6 +141,25 @@ class ServerCall(CallRecord):
                     received, None, self.method, self.rule))
         self._journal.add(self, e)   # _emit, inlined on the hot path
         self._log(e)
+
+    def complete_now(self, grpc_status: str) -> None:
+        """`move(COMPLETE)` then `move(COMPLETED, 0, grpc_status)` from D, the same two entries, for
+        a unary call that completes in its dispatch's step (server/emulator.py: nothing ran between)."""
+        if self.state is not _INITIAL or self._table is not _UNARY_TABLE:   # not from D: the moves one by one
+            self.move(COMPLETE)
+            self.move(COMPLETED, _COMPLETED_CODE, grpc_status)
+            return
+        call_id, method, rule, add, log = self.call_id, self.method, self.rule, self._journal.add, self._log
+        self.state = _COMPLETING
+        e = new_entry((time.time(), SERVER, call_id, _COMPLETING, _INITIAL, ENTER, COMPLETE, None, None, None, None,
+                       None, None, None, method, rule))
+        add(self, e)
+        log(e)
+        self.state = _COMPLETED
+        e = new_entry((time.time(), SERVER, call_id, _COMPLETED, _COMPLETING, ENTER, COMPLETED, _COMPLETED_CODE,
+                       grpc_status, None, None, None, None, None, method, rule))
+        add(self, e)
+        log(e)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""

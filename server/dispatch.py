@@ -74,12 +74,27 @@ class Dispatcher:
         self._valid_scripts: set[bytes] = set()
         limits = config.limits
         self._any_payload = min(limits.max_payload_bytes, limits.max_reply_bytes)   # valid with any script
+        self._max_id = limits.max_call_id_bytes
+        self._early = self.early_notices.pending   # its notices by key: looked at by every dispatch
 
     # -- refusals before dispatch: plain checks on the hot path, awaited (`refuse`) only when one applies
     def refusal(self, call_id: str, cancel_key: str) -> Refusal | None:
         """Why a unary call with this id and key is refused before its dispatch (None: it is not);
-        one synchronous check for the common case, the handler refuses in order when one applies."""
+        one synchronous check for the common case, the handler refuses in order when one applies.
+        An id and key that plainly pass every check (within the bounds, printable ASCII, neither
+        live nor ended) are let through without the calls that word a refusal."""
+        if (len(call_id) <= self._max_id and call_id.isascii() and call_id.isprintable()
+                and len(cancel_key) <= MAX_CANCEL_KEY and call_id not in self.live and self._ended_at(call_id) is None):
+            return None
         return self.bad_id(call_id) or bad_key(cancel_key) or self.in_flight(call_id)
+
+    def admits_at_once(self, call_id: str, cancel_key: str) -> bool:
+        """Whether a call with this id and key, dispatched now, runs as dispatched: no refusal, no
+        notice kept to apply to it, no polling, the server not stopping, and under the in-flight
+        limit once it is live (`over_capacity`). The handler's path for a call that completes at once."""
+        return (bool(call_id) and self.refusal(call_id, cancel_key) is None and not self._early
+                and not self.stopping and not self.config.cancel_poll_ms
+                and len(self.live) < self.config.max_in_flight)
 
     def bad_id(self, call_id: str) -> Refusal | None:
         try:
@@ -104,6 +119,11 @@ class Dispatcher:
             return
         validate_request(request, self.config.limits)
 
+    def known_valid(self, script_key: bytes, payload_size: int) -> bool:
+        """Whether `check_request` of a request with this script (its bytes) and payload size
+        would pass at once: a script found valid before, a payload valid with any script."""
+        return script_key in self._valid_scripts and payload_size <= self._any_payload
+
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
             return grpc.StatusCode.ALREADY_EXISTS, f"call id {call_id} is already in flight"
@@ -126,13 +146,12 @@ class Dispatcher:
         overtook it applies now."""
         if self.on_dispatch is not None:   # tracing: the caller's trace context
             self.on_dispatch(call_id, context.invocation_metadata())
-        call = ServerCall(call_id, self.journal, self.log_append, outcome, kind, deadline_ms=deadline_ms,
-                          method=method, rule=rule)
+        call = ServerCall(call_id, self.journal, self.log_append, outcome, kind, deadline_ms, method, rule)
         call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         self.live[call_id] = call
         if poll_ms is not None or self.config.cancel_poll_ms:   # else it sees cancels as they arrive
             self.poll_cancels(call, poll_ms)
-        if self.early_notices and self.early_notices.take(notice_key(call_id, cancel_key)):
+        if self._early and self.early_notices.take(notice_key(call_id, cancel_key)):
             call.cancel_seen(NON_ABORTIVE)
         return call
 

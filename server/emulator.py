@@ -21,12 +21,14 @@ from callstate.grpc_status import grpc_status_for, status_from_value
 from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
-from callstate.lifecycle import ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, server_end_code
+from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, UNARY,
+                                 server_end_code)
 from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
-from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms, refuse
+from callstate.server.dispatch import (VALID_SCRIPT_BYTES, VALID_SCRIPTS, Dispatcher, Refusal, bad_key, deadline_ms,
+                                       refuse)
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
@@ -39,6 +41,8 @@ __all__ = ["EmulatorConfig", "EmulatorServicer", "EarlyNotices", "FatalHandlerEr
 _COMPLETE, _ABORT, _FATAL, _HOLD = pb.OUTCOME_COMPLETE, pb.OUTCOME_ABORT, pb.OUTCOME_FATAL, pb.OUTCOME_HOLD
 _OK = grpc.StatusCode.OK.name
 _COMPLETED_CODE = server_end_code(COMPLETED)
+_COMPLETE_NAME = OUTCOME_NAMES[_COMPLETE]
+_ECHO, _NOT_AT_ONCE = -1, -2   # what `_script_at_once` knows of a script, beside its reply's size
 _DISPATCH_WAIT, _OUTCOME_WAIT = 0, 1   # a unary script's two waits, in order
 _WAITS = (_DISPATCH_WAIT, _OUTCOME_WAIT)
 # Why a call is ended with an abort before its script runs: (code, status, message).
@@ -52,6 +56,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         self.dispatcher = Dispatcher(config, journal, log_append)
         self.backlog = self.dispatcher.backlog
         self._pipes = PipeServicer(self.dispatcher)
+        self._at_once: dict[bytes, int] = {}   # `_script_at_once`, by the script's bytes
+        # ... and for the last script it was asked about (a copy), what it answered
+        self._last_script: tuple[pb.Script | None, tuple[bytes, int] | None] = (None, None)
 
     @property
     def on_dispatch(self) -> Callable[[str, Any], None] | None:
@@ -82,6 +89,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
+        if (reply := self._call_now(request, context, answer)) is not None:
+            return reply   # the common call, whole, in this step
         call_id, cancel_key, script, mix, method, rule = _unary_request(request, context, answer, self.config.mix)
         d = self.dispatcher
         if not call_id or d.refusal(call_id, cancel_key) is not None:   # checked again, in order, and refused
@@ -135,6 +144,74 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         finally:
             d.release(call_id)
 
+    def _call_now(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None) -> pb.CallReply | None:
+        """The reply of the common call, made here in one step of the loop: Emulator/Call scripted
+        to complete with no wait (no delay, no hold, headers not first, no polling), with an id
+        and key every refusal lets through, no notice kept for it, its request valid, its reply
+        within the backlog, the server open and under its in-flight limit. Nothing can interleave
+        with it, so no cancel can reach it: it makes what `Call`, `_run` and `_complete` make of
+        it (the dispatch, D -> Comp -> End, the same entries, journal record and release).
+        None, before anything is done: not such a call, `Call` takes it."""
+        if answer is not None or (known := self._script_at_once(request)) is None:
+            return None
+        key, size = known
+        call_id, cancel_key = request.call_id, request.cancel_key
+        if not call_id or not cancel_key:   # as _unary_request reads them
+            meta_id, meta_key = _ids_from_metadata(context)
+            call_id, cancel_key = call_id or meta_id, cancel_key or meta_key
+        d = self.dispatcher
+        if not d.admits_at_once(call_id, cancel_key):
+            return None
+        payload = request.payload
+        if not d.known_valid(key, len(payload)):
+            try:
+                d.check_request(request)
+            except RequestError:
+                return None   # ended with 87 by `Call`
+        if size == _ECHO:
+            size = len(payload)
+        if size and self.backlog.reserve(context, size):
+            return None   # refused, nothing reserved: `_complete` ends it with 1723
+        call = d.dispatch(call_id, cancel_key, _COMPLETE_NAME, context, UNARY, deadline_ms(context))
+        try:
+            call.complete_now(_OK)
+            reply = pb.CallReply()
+            reply.call_id = call_id   # (cheaper than the constructor's keyword)
+            if size:
+                reply.payload = payload if known[1] == _ECHO else bytes(size)
+            return reply
+        except BaseException as exc:
+            if not call.ended:
+                call.end_on_error(exc)
+            raise
+        finally:
+            d.release(call_id)
+
+    def _script_at_once(self, request: pb.CallRequest) -> tuple[bytes, int] | None:
+        """The bytes of the request's script and its reply's size (`_ECHO`: the payload's) when the
+        script completes at once (`_runs_at_once`); None when it does not, or there is none (the mix
+        draws). What a script says is worked out once, known by its bytes after that, as the
+        dispatcher knows the scripts it found valid (at most as many, each at most as long)."""
+        if not request.HasField("script"):
+            return None
+        script = request.script
+        last, known = self._last_script
+        if script == last:   # the same script as the last call's (a load sends the same few): equal fields
+            return known
+        key = script.SerializeToString()
+        size = self._at_once.get(key)
+        if size is None:
+            size = (_ECHO if script.echo else script.reply_bytes) if _runs_at_once(script) else _NOT_AT_ONCE
+            if len(key) <= VALID_SCRIPT_BYTES:
+                if len(self._at_once) >= VALID_SCRIPTS:
+                    self._at_once.clear()
+                self._at_once[key] = size
+        known = None if size == _NOT_AT_ONCE else (key, size)
+        last = pb.Script()
+        last.CopyFrom(script)
+        self._last_script = (last, known)
+        return known
+
     async def _admit(self, call_id: str, cancel_key: str, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
         """The call's id (made here when the caller sent none, and sent in the headers: True), or
         the call refused before its dispatch."""
@@ -152,17 +229,18 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
     def _cannot_run(self, request: Any, answer: Answer | None) -> _Ending | None:
         """Why a dispatched call ends at once instead of running its script: a bad request, the
         in-flight limit, the server stopping."""
+        d = self.dispatcher
         if answer is None:   # a stand-in's script was checked before its dispatch
             try:
-                self.dispatcher.check_request(request)
+                d.check_request(request)
             except RequestError as exc:
                 return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         elif answer.oversize is not None:   # ... and its request's size measured, as the payload's is here
             return codes.RPC_S_INVALID_ARG, grpc.StatusCode.INVALID_ARGUMENT, answer.oversize
-        if self.dispatcher.over_capacity():
+        if len(d.live) > self.config.max_in_flight:   # d.over_capacity(), inlined
             return (codes.RPC_S_SERVER_TOO_BUSY, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"over the in-flight limit ({self.config.max_in_flight})")
-        if self.dispatcher.stopping:
+        if d.stopping:
             return STOPPING
         return None
 
@@ -263,6 +341,12 @@ async def _send_headers(call: ServerCall, context: grpc.aio.ServicerContext) -> 
         await context.send_initial_metadata(((CALL_ID_KEY, call.call_id),))
     except (asyncio.CancelledError, cygrpc.ExecuteBatchError):
         call.cancel_seen(ABORTIVE)
+
+
+def _runs_at_once(script: pb.Script) -> bool:
+    """A script that completes with nothing to wait for and no poll (`Emulator._call_now`)."""
+    return (script.outcome == _COMPLETE and not script.dispatch_delay_ms and not script.outcome_delay_ms
+            and not script.headers_first and not script.HasField("cancel_poll_ms"))
 
 
 def _wait_seconds(phase: int, script: pb.Script, hold: bool, max_hold: float) -> float:

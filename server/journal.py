@@ -161,8 +161,13 @@ class Journal:
     def _end(self, rec: CallRecord, e: Entry) -> None:
         self.ended += 1
         self.in_flight -= 1
-        if e.code is not None:
-            count_code(self.by_code, e.code)
+        code = e.code
+        if code is not None:
+            by_code = self.by_code
+            if code in by_code:   # count_code, inlined for a code already counted (the common case)
+                by_code[code] += 1
+            else:
+                count_code(by_code, code)
         self.ended_ids.add(rec.call_id, e.t)
         self._ended_order.append(rec)
         self.bytes += rec.bytes

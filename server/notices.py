@@ -19,6 +19,7 @@ class EarlyNotices:
     def __init__(self, ttl: float = 10.0, limit: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
         self.ttl, self.limit, self.max_bytes = ttl, limit, max_bytes
         self._seen: dict[str, float] = {}
+        self.pending = self._seen   # read only: the notices kept, by key (empty: none to look up)
         self.bytes = 0
         self.dropped = 0          # notices forgotten early because a bound was hit
         self._timer: asyncio.TimerHandle | None = None
