@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import TYPE_CHECKING, Collection, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, Collection, Mapping, NoReturn
 
 from callstate import __version__
 from callstate.cli.options import epilog, para
@@ -25,6 +25,19 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> "NoReturn":
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    # What the command line gave, apart from the defaults (`given_dests` on the namespace): an
+    # option typed at its default value (`call --messages 3` without --pipe) is as out of place
+    # as any other value, and a check comparing values with the defaults cannot see it.
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._taken: set[str] = set()
+        opts, extras = super().parse_known_args(args, namespace)
+        opts.given_dests = frozenset(self._taken | getattr(opts, "given_dests", frozenset()))
+        return opts, extras
+
+    def _get_values(self, action: argparse.Action, arg_strings: Any) -> Any:
+        self._taken.add(action.dest)   # argparse converts each argument it takes here, never a default
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser(commands: "Mapping[str, Command]", load: Collection[str] | None = None) -> argparse.ArgumentParser:

@@ -82,8 +82,10 @@ SERVER_SCRIPT = _SERVER_SIDE + _PIPE_ONLY[:2] + (("--breach", "breach", "none"),
 
 
 def given_options(opts: argparse.Namespace, options: tuple[tuple[str, str, object], ...]) -> list[str]:
-    """The flags of `options` (flag, attribute, default) given other than as their defaults."""
-    return [flag for flag, name, default in options if getattr(opts, name) != default]
+    """The flags of `options` (flag, attribute, default) given on the command line, at their
+    default values too (`given_dests`, recorded by the parser), or set to other values."""
+    typed = getattr(opts, "given_dests", frozenset())
+    return [flag for flag, name, default in options if name in typed or getattr(opts, name) != default]
 
 
 def to_pipes(opts: argparse.Namespace) -> str:
