@@ -89,9 +89,9 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
 
     async def Call(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None = None) -> Any:
         """Emulator/Call, and (with `answer`) a stand-in's unary call of a user's method."""
-        if (reply := self._call_now(request, context, answer)) is not None:
-            return reply   # the common call, whole, in this step
         call_id, cancel_key, script, mix, method, rule = _unary_request(request, context, answer, self.config.mix)
+        if (reply := self._call_now(request, context, answer, call_id, cancel_key)) is not None:
+            return reply   # the common call, whole, in this step
         d = self.dispatcher
         if not call_id or d.refusal(call_id, cancel_key) is not None:   # checked again, in order, and refused
             call_id, headers_sent = await self._admit(call_id, cancel_key, context)
@@ -144,21 +144,19 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         finally:
             d.release(call_id)
 
-    def _call_now(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None) -> pb.CallReply | None:
+    def _call_now(self, request: Any, context: grpc.aio.ServicerContext, answer: Answer | None, call_id: str,
+                  cancel_key: str) -> pb.CallReply | None:
         """The reply of the common call, made here in one step of the loop: Emulator/Call scripted
         to complete with no wait (no delay, no hold, headers not first, no polling), with an id
         and key every refusal lets through, no notice kept for it, its request valid, its reply
         within the backlog, the server open and under its in-flight limit. Nothing can interleave
         with it, so no cancel can reach it: it makes what `Call`, `_run` and `_complete` make of
         it (the dispatch, D -> Comp -> End, the same entries, journal record and release).
-        None, before anything is done: not such a call, `Call` takes it."""
+        None, before anything is done: not such a call, `Call` takes it (with the id and key it read
+        from the request or its metadata, once)."""
         if answer is not None or (known := self._script_at_once(request)) is None:
             return None
         key, size = known
-        call_id, cancel_key = request.call_id, request.cancel_key
-        if not call_id or not cancel_key:   # as _unary_request reads them
-            meta_id, meta_key = _ids_from_metadata(context)
-            call_id, cancel_key = call_id or meta_id, cancel_key or meta_key
         d = self.dispatcher
         if not d.admits_at_once(call_id, cancel_key):
             return None
