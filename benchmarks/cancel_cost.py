@@ -62,18 +62,10 @@ class _Client:
         return None
 
 
-class _ListLog:
-    enabled = True
-
-    def __init__(self) -> None:
-        self.entries: list[Any] = []
-        self.append = self.entries.append
-
-
 def fake_round(n: int, mode: str, tmp: Path) -> float:
     """CPU µs per call to cancel, await and complete n started calls (and write their log)."""
     client = _Client()
-    log: Any = StateLog(tmp / "fake.jsonl") if mode == "file" else _ListLog() if mode == "sink" else None
+    log: Any = StateLog(tmp / "fake.jsonl") if mode == "file" else R.ListLog() if mode == "sink" else None
     calls = []
     for i in range(n):
         call = AsyncCall.__new__(AsyncCall)

@@ -39,31 +39,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import run as R  # noqa: E402   benchmarks/run.py: the stub context and the kept log
 from callstate.logfile import StateLog  # noqa: E402
 from callstate.v1 import callstate_pb2 as pb  # noqa: E402
 
 SCRIPT = pb.Script(outcome=pb.OUTCOME_COMPLETE)
-
-
-class _Context:
-    """What the handler reads of grpc.aio's ServicerContext on a completed call."""
-
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self.metadata
-
-    def time_remaining(self) -> None:
-        return None
-
-
-class _ListLog:
-    enabled = True
-
-    def __init__(self) -> None:
-        self.entries: list[Any] = []
-        self.append = self.entries.append
 
 
 def server_round(n: int, mode: str, tmp: Path) -> float:
@@ -71,10 +51,10 @@ def server_round(n: int, mode: str, tmp: Path) -> float:
     from callstate.server.emulator import EmulatorConfig, EmulatorServicer
     from callstate.server.journal import Journal
 
-    log: Any = StateLog(tmp / "server.jsonl") if mode == "file" else _ListLog()
+    log: Any = StateLog(tmp / "server.jsonl") if mode == "file" else R.ListLog()
     emulator = EmulatorServicer(EmulatorConfig(mix=Mix.parse("complete=100")), Journal(), log.append)
     ids = [os.urandom(16).hex() for _ in range(n)]
-    work = [(pb.CallRequest(call_id=i, script=SCRIPT), _Context((("callstate-call-id", i),))) for i in ids]
+    work = [(pb.CallRequest(call_id=i, script=SCRIPT), R.StubContext((("callstate-call-id", i),))) for i in ids]
 
     async def go() -> float:
         c0 = time.process_time()
@@ -131,7 +111,7 @@ def client_round(n: int, mode: str, tmp: Path) -> float:
         _open_channel = staticmethod(lambda settings, target, options: _Channel())   # type: ignore[assignment]
 
     async def go() -> float:
-        log: Any = tmp / "client.jsonl" if mode == "file" else _ListLog() if mode == "sink" else None
+        log: Any = tmp / "client.jsonl" if mode == "file" else R.ListLog() if mode == "sink" else None
         client = Client("127.0.0.1:1", log=log)
         start = client.start
         c0 = time.process_time()

@@ -984,6 +984,29 @@ def bench_locust(tmp: Path, rounds: int, duration: float, users: int) -> dict[st
     return {"rounds": rows, "ratio_median": round(ratio, 3)}
 
 
+class StubContext:
+    """What a handler reads of grpc.aio's ServicerContext on a call that completes at once (the
+    in-process measures: here, benchmarks/handler_cost.py)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def time_remaining(self) -> None:
+        return None
+
+
+class ListLog:
+    """A state log that keeps its entries (no formatting, no file): the in-process measures' `sink`."""
+    enabled = True
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.append = self.entries.append
+
+
 def _standin_handler_cost(calls: int = 20_000, rounds: int = 6) -> dict[str, float]:
     """Both handlers awaited in this process with a stand-in context and the state log on: the
     Python work per call without the network (what a busy machine's scheduling cannot blur
@@ -994,16 +1017,6 @@ def _standin_handler_cost(calls: int = 20_000, rounds: int = 6) -> dict[str, flo
     from callstate.server.journal import Journal
     from callstate.server.standin import Standin
     from callstate.logfile import StateLog
-
-    class Context:
-        def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
-            self.metadata = metadata
-
-        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-            return self.metadata
-
-        def time_remaining(self) -> None:
-            return None
 
     async def run(log: StateLog) -> dict[str, float]:
         protos = ROOT / "tests" / "protos"
@@ -1018,7 +1031,7 @@ def _standin_handler_cost(calls: int = 20_000, rounds: int = 6) -> dict[str, flo
             for name in ("call", "charge") if r % 2 == 0 else ("charge", "call"):
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    context = Context((("callstate-call-id", os.urandom(16).hex()),))
+                    context = StubContext((("callstate-call-id", os.urandom(16).hex()),))
                     if name == "call":
                         await emulator.Call(call_request, context)
                     else:
