@@ -26,7 +26,7 @@ from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.v1 import callstate_pb2 as pb
 from tests.conftest import ServerProcess, read_entries
-from tests.test_server_fast_path import Aborted, Context
+from tests.test_server_fast_path import Aborted, Context, _step
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,13 +73,7 @@ def _run(fast: bool) -> tuple[list[Any], list[Any], tuple[Any, ...], int]:
     entries: list[Any] = []
     journal = Journal()
     emulator = EmulatorServicer(EmulatorConfig(max_in_flight=2, max_hold=30.0), journal, entries.append)
-    real, taken = emulator._call_now, []
-
-    def call_now(*args: Any) -> Any:
-        reply = real(*args) if fast else None
-        taken.append(reply is not None)
-        return reply
-    emulator._call_now = call_now  # type: ignore[method-assign]
+    taken = _step(emulator, fast)
     out = asyncio.run(_steps(emulator))
     return (out, [tuple(None if isinstance(v, float) else v for v in e[1:]) for e in entries],
             (journal.dispatched, journal.ended, journal.in_flight, dict(journal.by_state), dict(journal.by_code),

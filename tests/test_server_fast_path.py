@@ -53,6 +53,20 @@ class Context:
         raise Aborted(status, message, tuple(trailers))
 
 
+def _step(emulator: EmulatorServicer, fast: bool) -> list[bool]:
+    """The servicer's step for the common call left as it is (`fast`) or turned away (the general
+    path takes every call); returned: whether each call took it."""
+    taken: list[bool] = []
+    real = emulator._call_now
+
+    def call_now(*args: Any) -> Any:
+        reply = real(*args) if fast else None
+        taken.append(reply is not None)
+        return reply
+    emulator._call_now = call_now  # type: ignore[method-assign]
+    return taken
+
+
 def _run(request: pb.CallRequest, context: Context, fast: bool, warm: bool, **config: Any) -> dict[str, Any]:
     entries: list[Any] = []
     journal = Journal()
@@ -64,14 +78,7 @@ def _run(request: pb.CallRequest, context: Context, fast: bool, warm: bool, **co
         except Aborted:
             pass
         entries.clear()
-    taken: list[bool] = []
-    real = emulator._call_now
-
-    def call_now(*args: Any) -> Any:
-        reply = real(*args) if fast else None
-        taken.append(reply is not None)
-        return reply
-    emulator._call_now = call_now  # type: ignore[method-assign]
+    taken = _step(emulator, fast)
     try:
         outcome: Any = asyncio.run(emulator.Call(request, context))
     except Aborted as exc:
@@ -152,9 +159,7 @@ def test_a_notice_kept_for_the_call_turns_it_to_the_general_path() -> None:
     for fast in (True, False):
         entries: list[Any] = []
         emulator = EmulatorServicer(EmulatorConfig(), Journal(), entries.append)
-        real = emulator._call_now
-        emulator._call_now = (  # type: ignore[method-assign]
-            lambda *a, real=real, fast=fast: real(*a) if fast else None)
+        _step(emulator, fast)
 
         async def go() -> Any:
             await emulator.Cancel(pb.CancelRequest(call_id=ID), Context())
@@ -203,9 +208,7 @@ def test_calls_with_different_scripts_in_turn_are_each_recorded_as_their_own() -
     for fast in (True, False):
         entries: list[Any] = []
         emulator = EmulatorServicer(EmulatorConfig(), Journal(), entries.append)
-        real = emulator._call_now
-        emulator._call_now = (  # type: ignore[method-assign]
-            lambda *a, real=real, fast=fast: real(*a) if fast else None)
+        _step(emulator, fast)
         outcomes = []
         for i, script in enumerate(scripts):
             request = pb.CallRequest(call_id=f"call-{i}", script=script, payload=b"ab")
