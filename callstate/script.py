@@ -131,6 +131,43 @@ def validate_request(request: pb.CallRequest, limits: Limits = Limits()) -> None
             raise RequestError("payload", f"an echoed payload is a reply: at most {limits.max_reply_bytes} bytes, got {size}")
 
 
+# Scripts found valid, kept by their bytes (a caller sends the same few scripts over and over): up
+# to this many, each at most this long; past the count the set starts afresh.
+KNOWN_SCRIPTS = 1024
+KNOWN_SCRIPT_BYTES = 512
+
+
+class ValidScripts:
+    """The scripts a server (its dispatcher) or a client found valid, known by their bytes after
+    that: a request repeating one, with a payload valid with any script, is not validated again."""
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self._keys: set[bytes] = set()
+        self._limits = limits
+        self.any_payload = min(limits.max_payload_bytes, limits.max_reply_bytes)   # valid with any script
+
+    def knows(self, key: bytes, payload_size: int) -> bool:
+        """Whether `check` of a request with this script (its bytes) and payload size passes at once."""
+        return key in self._keys and payload_size <= self.any_payload
+
+    def check(self, request: pb.CallRequest) -> bool:
+        """`validate_request` (RequestError naming the field), unless its script is known valid and
+        its payload valid with any script: True then (what else of the request the caller checks
+        is its own: the call id), False once validated."""
+        if request.HasField("script") and len(request.payload) <= self.any_payload:
+            key = request.script.SerializeToString()
+            if key in self._keys:
+                return True
+            validate_request(request, self._limits)
+            if len(key) <= KNOWN_SCRIPT_BYTES:
+                if len(self._keys) >= KNOWN_SCRIPTS:
+                    self._keys.clear()
+                self._keys.add(key)
+            return False
+        validate_request(request, self._limits)
+        return False
+
+
 def validate(script: pb.Script, limits: Limits = Limits()) -> None:
     """Raise ScriptError naming the first bad field of `script`."""
     for name in ("dispatch_delay_ms", "outcome_delay_ms"):

@@ -16,7 +16,7 @@ from callstate.client.arguments import check_call, check_client, checked_timeout
 from callstate.client.call_core import CLIENT_IS_CLOSED, CallCore
 from callstate.client.channel import ChannelSettings, PemSource
 from callstate.lifecycle import CLIENT, CLIENT_CLOSED, C
-from callstate.script import Limits, Script, check_call_id
+from callstate.script import Script, ValidScripts, check_call_id
 from callstate.logfile import StateLog
 from callstate.wire import CALL_ID_KEY, DEFAULT_KEEPALIVE, new_call_id, new_cancel_key
 from callstate.v1 import callstate_pb2 as pb
@@ -37,14 +37,6 @@ def request_for(script: Script | pb.Script | None, payload: bytes, call_id: str,
     if payload:
         request.payload = payload         # (an empty one is the field's default)
     return request
-
-
-# Scripts a client found valid, kept by their bytes (a caller sends the same few scripts over and
-# over), as the server keeps them (server/dispatch.py): up to this many, each at most this long.
-VALID_SCRIPTS = 1024
-VALID_SCRIPT_BYTES = 512
-# A payload no longer than this is valid with any script (its bound, and an echoed reply's)
-_ANY_PAYLOAD = min(Limits.max_payload_bytes, Limits.max_reply_bytes)
 
 
 # A client's reflection read blocks the thread it runs on: on the loop that serves the target,
@@ -100,7 +92,7 @@ class ClientBase:
         self._home_loop: Any = getattr(self._channel, "_loop", None)   # grpc.aio's record of its loop (sync: None)
         self.schema = schema          # a user's services (any_method.py); None: read by reflection on first use
         self._rpcs: dict[str, Any] = {}
-        self._valid_scripts: set[bytes] = set()
+        self._valid_scripts = ValidScripts()   # as the server keeps them (server/dispatch.py)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"open, {len(self._live)} call(s) live"
@@ -143,20 +135,13 @@ class ClientBase:
 
     def _check_request(self, request: pb.CallRequest | MethodRequest) -> None:
         """What the server would refuse, checked before the call goes out (RequestError naming the
-        field: `any_method.check_request`). An Emulator script once found valid is known by its
-        bytes: with a payload valid with any script, what is left to check is the call id."""
-        if isinstance(request, pb.CallRequest) and request.HasField("script") and len(request.payload) <= _ANY_PAYLOAD:
-            key = request.script.SerializeToString()
-            if key in self._valid_scripts:
-                check_call_id(request.call_id)
-                return
+        field: `any_method.check_request`, which gives an Emulator request `validate_request`). An
+        Emulator script once found valid is known by its bytes (`ValidScripts`): with a payload
+        valid with any script, what is left is the call id."""
+        if not isinstance(request, pb.CallRequest):
             check_request(request)
-            if len(key) <= VALID_SCRIPT_BYTES:
-                if len(self._valid_scripts) >= VALID_SCRIPTS:
-                    self._valid_scripts.clear()
-                self._valid_scripts.add(key)
-            return
-        check_request(request)
+        elif self._valid_scripts.check(request):
+            check_call_id(request.call_id)
 
     def _unary(self, request: pb.CallRequest | MethodRequest) -> tuple[Any, Any, tuple[tuple[str, Any], ...]]:
         """How a unary call goes out: (multicallable, message, metadata beyond the id and token)."""

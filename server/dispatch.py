@@ -17,7 +17,7 @@ import grpc
 from callstate import codes
 from callstate.cancel_poll import poll_interval
 from callstate.lifecycle import NON_ABORTIVE, UNARY
-from callstate.script import RequestError, check_call_id, validate_request
+from callstate.script import RequestError, ValidScripts, check_call_id
 from callstate.statelog import Entry
 from callstate.server.backlog import ReplyBacklog
 from callstate.server.calls import ServerCall
@@ -28,11 +28,6 @@ from callstate.wire import CODE_KEY, MAX_CANCEL_KEY
 
 # Why a request is refused before its dispatch: the status and its message.
 Refusal = tuple[grpc.StatusCode, str]
-
-# Scripts found valid, kept by their bytes (a load sends the same few scripts over and over): up
-# to this many, each at most this long; past the count the set starts afresh.
-VALID_SCRIPTS = 1024
-VALID_SCRIPT_BYTES = 512
 
 
 async def refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> NoReturn:
@@ -71,9 +66,8 @@ class Dispatcher:
                                     else config.max_reply_backlog_per_connection)
         self.stopping = False
         self.on_dispatch: Callable[[str, Any], None] | None = None   # tracing: (call id, invocation metadata)
-        self._valid_scripts: set[bytes] = set()
         limits = config.limits
-        self._any_payload = min(limits.max_payload_bytes, limits.max_reply_bytes)   # valid with any script
+        self._valid_scripts = ValidScripts(limits)
         self._max_id = limits.max_call_id_bytes
         self._early = self.early_notices.pending   # its notices by key: looked at by every dispatch
 
@@ -105,24 +99,14 @@ class Dispatcher:
 
     def check_request(self, request: Any) -> None:
         """`validate_request` (RequestError naming the field) for a unary call whose id passed
-        `bad_id`. A script once found valid is known by its bytes: when the payload is valid with
-        any script, what is left to check is the script alone, and it is the same as before."""
-        if request.HasField("script") and len(request.payload) <= self._any_payload:
-            key = request.script.SerializeToString()
-            if key in self._valid_scripts:
-                return
-            validate_request(request, self.config.limits)
-            if len(key) <= VALID_SCRIPT_BYTES:
-                if len(self._valid_scripts) >= VALID_SCRIPTS:
-                    self._valid_scripts.clear()
-                self._valid_scripts.add(key)
-            return
-        validate_request(request, self.config.limits)
+        `bad_id`: a script found valid before is known by its bytes (`ValidScripts`), and with a
+        payload valid with any script, what is left to check is the script alone, as before."""
+        self._valid_scripts.check(request)
 
     def known_valid(self, script_key: bytes, payload_size: int) -> bool:
         """Whether `check_request` of a request with this script (its bytes) and payload size
         would pass at once: a script found valid before, a payload valid with any script."""
-        return script_key in self._valid_scripts and payload_size <= self._any_payload
+        return self._valid_scripts.knows(script_key, payload_size)
 
     def in_flight(self, call_id: str) -> Refusal | None:
         if call_id in self.live:   # first come, first served: the call in flight is not touched
