@@ -53,7 +53,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -1079,6 +1079,47 @@ def bench_standin(tmp: Path, rounds: int, concurrency: int, duration: float) -> 
             "rounds": {k: [r["calls_per_s"] for r in v] for k, v in runs.items()}}
 
 
+# The targets the figures are held to (each a ratio against bare grpc.aio from the same run):
+# (benchmark, what, how to read it from the result, target, whether higher is better)
+TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], float, bool]] = [
+    ("server", "server calls/s", lambda r: r["throughput_ratio"], 0.90, True),
+    ("server", "server CPU per call", lambda r: r["cpu_ratio"], 0.90, True),
+    ("k6_call_id", "k6, id sent: calls/s", lambda r: r["throughput_ratio"], 0.90, True),
+    ("k6_call_id", "k6, id sent: server CPU per call", lambda r: r["cpu_ratio"], 0.90, True),
+    ("k6", "k6, no id: calls/s", lambda r: r["throughput_ratio"], 0.90, True),
+    ("k6", "k6, no id: server CPU per call", lambda r: r["cpu_ratio"], 0.90, True),
+    ("client", "client calls/s", lambda r: r["throughput_ratio"], 0.95, True),
+    ("client", "client CPU per call", lambda r: r["cpu_ratio"], 0.90, True),
+    ("cancel", "cancel propagation p99 (x bare)", lambda r: r["p99_ratio"], 1.3, False),
+    ("held", "cancel-all of the held calls (x bare)", lambda r: r["cancel_all_ratio"], 1.5, False),
+    ("held", "memory per held call (x bare)", lambda r: r["memory_ratio"], 1.1, False),
+    ("pipes", "pipes: server messages/s", lambda r: r["server"]["callstate"] / r["server"]["bare"], 0.9, True),
+    ("pipes", "pipes: server CPU per message",
+     lambda r: r["server_cpu_us"]["bare"] / r["server_cpu_us"]["callstate"], 0.9, True),
+    ("pipes", "pipes: client messages/s", lambda r: r["client"]["callstate"] / r["client"]["bare"], 0.9, True),
+    ("pipes", "pipes: client CPU per message",
+     lambda r: r["client_cpu_us"]["bare"] / r["client_cpu_us"]["callstate"], 0.9, True),
+]
+
+
+def print_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target whose benchmark ran, with this run's figure and whether it meets it (alternating
+    rounds' medians; the paired rounds are printed above, with each benchmark's own lines)."""
+    rows = []
+    for bench, what, read, target, higher in TARGETS:
+        if bench in results:
+            value = read(results[bench])
+            rows.append({"what": what, "value": round(value, 3), "target": target, "higher_is_better": higher,
+                         "met": value >= target if higher else value <= target})
+    if rows:
+        print("against the targets (this run, ratios to bare grpc.aio):")
+    for row in rows:
+        sign = ">=" if row["higher_is_better"] else "<="
+        print(f"  {row['what']:<42} {row['value']:6.2f}   target {sign} {row['target']:<4g}  "
+              f"{'met' if row['met'] else 'NOT MET'}")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", metavar="BENCH",
@@ -1146,6 +1187,7 @@ def main() -> int:
             else:
                 results[which] = bench_million(tmp, opts.million, opts.concurrency)
             print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+    results["targets"] = print_targets(results)
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
