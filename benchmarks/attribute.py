@@ -12,9 +12,9 @@
 Environment: PIN=1 pins the server to CPU 1 and the driver to CPU 0 (less noise from the
 scheduler on a shared machine); TIMED=1 times the Emulator's Call handler in the server by
 its thread CPU time (printed as "handler"); GCSTAT=1 writes the garbage collector's time
-beside the log; BASE_TREE=DIR makes a variant named base-X run X from another copy of the
-tree laid out as installed (callstate/, callstate/server/, ... and benchmarks/), for before and
-after figures from one run. docs/performance.md says what these found.
+beside the log (printed per call as "gc"); BASE_TREE=DIR makes a variant named base-X run X
+from another copy of the tree laid out as installed (callstate/, callstate/server/, ... and
+benchmarks/), for before and after figures from one run. docs/performance.md says what these found.
 """
 
 from __future__ import annotations
@@ -305,12 +305,25 @@ def _drive(driver: str, target: str, concurrency: int, duration: float, tmp: Pat
     return {"calls": iterations["count"], "seconds": iterations["count"] / iterations["rate"]}
 
 
+def _server_figures(log: str, calls: float, handler: list[float], gcs: list[float]) -> None:
+    """What a server wrote beside its log at exit: TIMED=1's handler time per call, GCSTAT=1's
+    garbage collection (all generations, its callback's thread time) per call."""
+    timed = Path(log + ".timed")
+    if timed.exists():
+        handler.append(float(timed.read_text().split()[0]))
+    collected = Path(log + ".gc")
+    if collected.exists():
+        ms = sum(float(part.split()[-2]) for part in collected.read_text().split(";")[0].split(","))
+        gcs.append(round(ms / calls * 1000, 2))
+
+
 def run(variants: list[str], rounds: int, duration: float, concurrency: int, driver: str = "python") -> None:
     kinds = ["bare", *variants]
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     rate: dict[str, list[float]] = {k: [] for k in kinds}
     threads: dict[str, list[dict[int, int]]] = {k: [] for k in kinds}
     handler: dict[str, list[float]] = {k: [] for k in kinds}
+    gcs: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for kind in kinds:
@@ -324,11 +337,9 @@ def run(variants: list[str], rounds: int, duration: float, concurrency: int, dri
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(30)
-                timed = Path(str(proc.log) + ".timed")   # type: ignore[attr-defined]
-                if timed.exists():
-                    handler[kind].append(float(timed.read_text().split()[0]))
                 # bare.py's warm-up (0.5 s) is in the server's CPU: count its calls at the timed rate
                 calls = res["calls"] * (1 + 0.5 / res["seconds"]) if driver == "python" else res["calls"]
+                _server_figures(str(proc.log), calls, handler[kind], gcs[kind])   # type: ignore[attr-defined]
                 cpu[kind].append((c1 - c0) / calls * 1e6)
                 per = {(tid - proc.pid if tid > 0 else f"sys{-tid - proc.pid}"): round((t1[tid] - t0.get(tid, 0)) / calls * 1e6) for tid in t1}
                 threads[kind].append({k: v for k, v in per.items() if v})
@@ -339,6 +350,7 @@ def run(variants: list[str], rounds: int, duration: float, concurrency: int, dri
     for k in variants:
         c, q = statistics.median(cpu[k]), statistics.median(rate[k])
         h = f"  handler {statistics.median(handler[k]):.1f} us {handler[k]}" if handler[k] else ""
+        h += f"  gc {statistics.median(gcs[k]):.2f} us {gcs[k]}" if gcs[k] else ""
         print(f"{k:<12} cpu/call {c:7.1f} us (+{c - b_cpu:6.1f}, ratio {b_cpu / c:.3f})  "
               f"calls/s {q:8.1f} (ratio {q / b_rate:.3f})   {VARIANTS.get(k.removeprefix('base-'))}{h}")
 

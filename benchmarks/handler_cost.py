@@ -11,6 +11,15 @@ client  `AsyncClient.start(script)` awaited on a stand-in channel whose call has
         (no suspension), the client's state log writing a file (`file`), keeping its entries
         (`sink`) or none (`none`).
 
+    python benchmarks/handler_cost.py lines --rounds 7
+    python benchmarks/handler_cost.py kept
+
+lines   the state log's formatting (`format_line`) of the entries the server's `Emulator.Call` logs,
+        per line: call ids as callstate makes them (`hex`) and as k6_call.js sends them (`dashed`:
+        not alphanumeric, so escaped by orjson).
+kept    what each ended call leaves in the journal at its default size: bytes (tracemalloc) and
+        objects the garbage collector tracks, beyond what the same calls leave with journal size 0.
+
     python benchmarks/handler_cost.py drive --rounds 7
 
 drive   not in process: benchmarks/bare.py's server on CPU 1, and on CPU 0 its bare client, then
@@ -44,15 +53,27 @@ from callstate.logfile import StateLog  # noqa: E402
 from callstate.v1 import callstate_pb2 as pb  # noqa: E402
 
 SCRIPT = pb.Script(outcome=pb.OUTCOME_COMPLETE)
+DEFAULT_VARIANTS = {"server": "file,sink", "client": "file,sink,none", "lines": "hex,dashed"}
 
 
-def server_round(n: int, mode: str, tmp: Path) -> float:
+def _emulator(log_append: Any, journal_size: int = 10_000) -> Any:
     from callstate.script import Mix
     from callstate.server.emulator import EmulatorConfig, EmulatorServicer
     from callstate.server.journal import Journal
+    return EmulatorServicer(EmulatorConfig(mix=Mix.parse("complete=100")), Journal(journal_size), log_append)
 
+
+def _calls(emulator: Any, ids: list[str]) -> None:
+    """`ids`' common calls, one after the other (none suspends)."""
+    async def go() -> None:
+        for i in ids:
+            await emulator.Call(pb.CallRequest(call_id=i, script=SCRIPT), R.StubContext((("callstate-call-id", i),)))
+    asyncio.run(go())
+
+
+def server_round(n: int, mode: str, tmp: Path) -> float:
     log: Any = StateLog(tmp / "server.jsonl") if mode == "file" else R.ListLog()
-    emulator = EmulatorServicer(EmulatorConfig(mix=Mix.parse("complete=100")), Journal(), log.append)
+    emulator = _emulator(log.append)
     ids = [os.urandom(16).hex() for _ in range(n)]
     work = [(pb.CallRequest(call_id=i, script=SCRIPT), R.StubContext((("callstate-call-id", i),))) for i in ids]
 
@@ -165,21 +186,57 @@ def drive_ab(rounds: int, duration: float = 3.0) -> dict[str, float]:
     return {v: statistics.median(r) for v, r in cpu.items()}
 
 
+def lines_round(n: int, mode: str, tmp: Path) -> float:
+    """`lines`: CPU per line of `format_line` over the entries of `n` common calls."""
+    from callstate.statelog import format_line
+    log = R.ListLog()
+    ids = [os.urandom(16).hex() if mode == "hex" else f"{os.urandom(6).hex()}-{i % 64}-{i}" for i in range(n)]
+    _calls(_emulator(log.append), ids)
+    c0 = time.process_time()
+    "".join([format_line(e) for e in log.entries])
+    return (time.process_time() - c0) / len(log.entries) * 1e6
+
+
+def kept(n: int) -> None:
+    """`kept`: bytes and tracked objects per ended call the journal keeps (`n` calls into a journal
+    of `n`), against the same calls with journal size 0."""
+    import tracemalloc
+    emulators = {size: _emulator(lambda e: None, size) for size in (0, n)}
+    for size, emulator in emulators.items():
+        _calls(emulator, [f"{size:08x}{0:024x}"])   # what the first call makes once (known scripts)
+    tracemalloc.start()
+    grown = {}
+    for size, emulator in emulators.items():
+        gc.collect()
+        m0, t0 = tracemalloc.get_traced_memory()[0], len(gc.get_objects())
+        _calls(emulator, [f"{size:08x}{i + 1:024x}" for i in range(n - 1)])
+        gc.collect()
+        grown[size] = (tracemalloc.get_traced_memory()[0] - m0, len(gc.get_objects()) - t0)
+    tracemalloc.stop()
+    calls = n - 1
+    print(f"per kept call: {(grown[n][0] - grown[0][0]) / calls:.0f} bytes, "
+          f"{(grown[n][1] - grown[0][1]) / calls:.2f} objects the garbage collector tracks "
+          f"(journal size 0: {grown[0][0] / calls:.0f} bytes a call, the journal's memory of ended ids)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=("server", "client", "drive"))
+    parser.add_argument("which", choices=("server", "client", "lines", "kept", "drive"))
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--variants", help="server: file,sink; client: file,sink,none (the default: all)")
+    parser.add_argument("--variants", help="server: file,sink; client: file,sink,none; lines: hex,dashed (the default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON line of medians (for a driver script)")
     args = parser.parse_args()
     if args.which == "drive":
         drive_ab(args.rounds)
         return 0
+    if args.which == "kept":
+        kept(10_000)
+        return 0
     if os.environ.get("PIN"):
         os.sched_setaffinity(0, {int(os.environ["PIN"])})
-    variants = (args.variants or ("file,sink" if args.which == "server" else "file,sink,none")).split(",")
-    fn = server_round if args.which == "server" else client_round
+    variants = (args.variants or DEFAULT_VARIANTS[args.which]).split(",")
+    fn = {"server": server_round, "client": client_round, "lines": lines_round}[args.which]
     runs: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as name:
         for _ in range(args.rounds):
@@ -190,9 +247,10 @@ def main() -> int:
         import json
         print(json.dumps({v: statistics.median(r) for v, r in runs.items()}))
         return 0
+    per = "line" if args.which == "lines" else "call"
     for v, cpu in runs.items():
         rounds = [round(x, 2) for x in cpu]
-        print(f"{args.which} {v:<5} CPU per call {statistics.median(cpu):6.2f} us   rounds {rounds}")
+        print(f"{args.which} {v:<5} CPU per {per} {statistics.median(cpu):6.2f} us   rounds {rounds}")
     return 0
 
 

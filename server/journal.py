@@ -52,6 +52,16 @@ class CallRecord:
     def ended(self) -> bool:
         return self.state == END
 
+    def history(self) -> list[Entry]:
+        """The call's entries, in order: what the journal's readers show (a record may keep them
+        in a smaller form once the call ended: server/calls.py, ServerCall)."""
+        return self.entries
+
+    @property
+    def started(self) -> float | None:
+        """When the call entered its first state."""
+        return self.entries[0].t if self.entries else None
+
     @property
     def final(self) -> Entry | None:
         last = self.entries[-1] if self.entries else None

@@ -75,9 +75,9 @@ def _fitting(entries: Iterable[Entry], budget: int) -> list[pb.StateEntry]:
 
 
 def summary(rec: CallRecord) -> pb.CallSummary:
-    final = rec.final
+    final, started = rec.final, rec.started
     msg = pb.CallSummary(call_id=rec.call_id, state=rec.state, outcome=rec.outcome,
-                         started=format_ts(rec.entries[0].t) if rec.entries else "",
+                         started=format_ts(started) if started is not None else "",
                          ended=format_ts(final.t) if final else "", cancel_seen=rec.saw_cancel,
                          grpc_status=final.grpc_status or "" if final else "", method=rec.method or "",
                          rule=rec.rule or "")
@@ -96,7 +96,7 @@ class JournalServicer(pb_grpc.JournalServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no call {_shown(request.call_id)} in the journal (never seen, or evicted: "
                                 f"it keeps the last {self.journal.capacity} ended calls)")
-        entries, left_out = bounded_history(rec.entries)
+        entries, left_out = bounded_history(rec.history())
         return pb.CallHistory(call_id=rec.call_id, entries=entries, ended=rec.ended, deadline_ms=rec.deadline_ms,
                               omitted=rec.omitted + left_out)
 

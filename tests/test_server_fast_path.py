@@ -88,7 +88,7 @@ def _run(request: pb.CallRequest, context: Context, fast: bool, warm: bool, **co
         "outcome": outcome,
         "entries": [e[1:] for e in entries],   # every field but the time
         "record": None if record is None else (
-            record.call_id, [e[1:] for e in record.entries], record.state, record.outcome, record.saw_cancel,
+            record.call_id, [e[1:] for e in record.history()], record.state, record.outcome, record.saw_cancel,
             record.events, record.messages, record.omitted, record.bytes, record.deadline_ms, record.method,
             record.rule),
         "counters": (journal.dispatched, journal.ended, journal.in_flight, journal.cancels_seen, dict(journal.by_state),

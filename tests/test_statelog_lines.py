@@ -1,6 +1,7 @@
 """The state log's line formatter: what it keeps from one line to the next (each shape of the
-fields from state to cancel, the last call id's JSON text) never leaks into a line it does not fit;
-and `StateLog.append`, the queue's own append while the log is on, takes nothing once it is off."""
+fields after the call id, the last call id and side's JSON text) never leaks into a line it does
+not fit, and each line is `to_dict`'s JSON byte for byte; and `StateLog.append`, the queue's own
+append while the log is on, takes nothing once it is off."""
 
 from __future__ import annotations
 
@@ -31,10 +32,29 @@ def test_each_field_of_a_shape_shows_in_its_line() -> None:
 
 
 def test_the_fields_after_the_shape_are_each_lines_own() -> None:
-    # sent/received, delay_ms, method and rule are not in the shape: they differ line by line
-    for e in [BASE._replace(sent=3, received=2), BASE, BASE._replace(delay_ms=1.5), BASE._replace(method="a.B/C"),
-              BASE._replace(rule='rules[0] "x"'), BASE._replace(side=SERVER), BASE]:
+    # sent/received and delay_ms differ line by line (not in the shape); method and rule are in it
+    for e in [BASE._replace(sent=3, received=2), BASE, BASE._replace(sent=4, received=3), BASE._replace(delay_ms=1.5),
+              BASE._replace(delay_ms=2.5), BASE._replace(method="a.B/C"), BASE._replace(method="a.B/D"),
+              BASE._replace(rule='rules[0] "x"'), BASE._replace(rule="rules[1]"), BASE._replace(side=SERVER), BASE,
+              BASE._replace(sent=3, received=2, method="a.B/C", rule="r"), BASE._replace(sent=5, received=2, rule="r")]:
         assert orjson.loads(format_line(e)) == to_dict(e)
+
+
+def _server_call_entries() -> list[Entry]:
+    """A server's common call as it logs it: D, Comp and End (the formatter's hot path)."""
+    from callstate.server.calls import ServerCall
+    from callstate.server.journal import Journal
+    entries: list[Entry] = []
+    ServerCall("0f3a9c" * 5, Journal(), entries.append).complete_now("OK")
+    return entries
+
+
+def test_each_line_is_to_dict_s_json_byte_for_byte() -> None:
+    shapes = [*_server_call_entries(), BASE, *VARIANTS, BASE._replace(sent=3, received=2), BASE._replace(delay_ms=183.25),
+              BASE._replace(method="a.B/C", rule='rules[0] "x"'), BASE._replace(side=SERVER),
+              BASE._replace(call_id='said "hi"\n'), BASE._replace(call_id="caf\u00e9"), BASE._replace(t=1765000001.0000004)]
+    for e in [*shapes, *shapes]:   # each met twice: the second from the caches
+        assert format_line(e) == orjson.dumps(to_dict(e)).decode() + "\n"
 
 
 def test_a_call_id_is_written_as_its_own_line_says() -> None:

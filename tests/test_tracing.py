@@ -86,7 +86,7 @@ async def _asyncio_abortive(provider: TracerProvider, exporter: InMemorySpanExpo
                 await call
             assert err.value.code == 1818
         got = await finished(exporter, 2)
-        server_entries = srv.journal.get(call.call_id).entries   # type: ignore[union-attr]
+        server_entries = srv.journal.get(call.call_id).history()   # type: ignore[union-attr]
     client_events = call.history   # the client recorded no event: its events are its states
     check_pair(got, call.call_id, client_events, event_names(server_entries), ABORTIVE)
     assert client_events == ["C", "WComp", "Can", "WComp", "Comp", "End"]
@@ -107,7 +107,7 @@ async def _pipe_abortive(provider: TracerProvider, exporter: InMemorySpanExporte
                 await pipe.result(timeout=10)
             assert err.value.code == 1818
         got = await finished(exporter, 2)
-        server_entries = srv.journal.get(pipe.call_id).entries   # type: ignore[union-attr]
+        server_entries = srv.journal.get(pipe.call_id).history()   # type: ignore[union-attr]
     check_pair(got, pipe.call_id, pipe.history, event_names(server_entries), ABORTIVE)
 
 
@@ -128,7 +128,7 @@ async def _sync_non_abortive(provider: TracerProvider, exporter: InMemorySpanExp
         finally:
             client.close()
         got = await finished(exporter, 2)
-        server_entries = srv.journal.get(call.call_id).entries   # type: ignore[union-attr]
+        server_entries = srv.journal.get(call.call_id).history()   # type: ignore[union-attr]
     client_span = next(s for s in got if s.kind == SpanKind.CLIENT)
     # the notice's reply (cancel_sent) may arrive before or after the server's answer
     client_states = [e.name for e in client_span.events if e.name in call.history]

@@ -1,0 +1,102 @@
+"""An ended call the journal keeps in a smaller form (server/calls.py: a call `complete_now`
+completed, D -> Comp -> End with nothing between, kept as its three times and End's gRPC status)
+reads back as the entries it logged, field for field and time for time: its history (GetCall),
+its first time and its final entry (ListCalls' summaries and its code filter). Every other history
+shape is kept as its entries, and reads back the same way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import pytest
+
+from callstate.lifecycle import COMPLETE, COMPLETED, NON_ABORTIVE, server_end_code
+from callstate.server.calls import ServerCall
+from callstate.server.journal import CallRecord, Journal
+from callstate.server.journal_service import JournalServicer, bounded_history, summary
+from callstate.statelog import Entry
+from callstate.v1 import callstate_pb2 as pb
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+def _common(call: ServerCall) -> None:
+    call.complete_now("OK")
+
+
+def _other_status(call: ServerCall) -> None:
+    call.complete_now("CANCELLED")
+
+
+def _cancel_seen_first(call: ServerCall) -> None:
+    call.cancel_seen(NON_ABORTIVE)   # an entry between D and Comp: kept as entries
+    call.complete_now("OK")
+
+
+def _by_moves(call: ServerCall) -> None:
+    call.move(COMPLETE)
+    call.move(COMPLETED, server_end_code(COMPLETED), "OK")
+
+
+def _on_error(call: ServerCall) -> None:
+    call.end_on_error(RuntimeError("boom"))
+
+
+# (how the call ends, the fields it is made with, whether the journal keeps it in the smaller form)
+SHAPES: list[tuple[Callable[[ServerCall], None], dict[str, Any], bool]] = [
+    (_common, {}, True),
+    (_common, {"deadline_ms": 250, "method": "pkg.Svc/Do", "rule": 'rules[0] "x"'}, True),
+    (_other_status, {}, True),
+    (_cancel_seen_first, {}, False),
+    (_by_moves, {"method": "pkg.Svc/Do", "rule": "r"}, False),
+    (_on_error, {}, False),
+]
+
+
+def _ended(end: Callable[[ServerCall], None], fields: dict[str, Any], journal: Journal,
+           call_id: str = ID) -> tuple[ServerCall, list[Entry]]:
+    logged: list[Entry] = []
+    call = ServerCall(call_id, journal, logged.append, "complete", **fields)
+    end(call)
+    assert call.ended
+    return call, logged
+
+
+def _as_logged(call: ServerCall, logged: list[Entry]) -> CallRecord:
+    """A plain record of the same call holding the entries it logged: what the journal kept before."""
+    rec = CallRecord(call.call_id, call.outcome, call.deadline_ms, call.method, call.rule)
+    rec.entries, rec.state, rec.saw_cancel, rec.omitted = list(logged), call.state, call.saw_cancel, call.omitted
+    return rec
+
+
+@pytest.mark.parametrize("end, fields, compact", SHAPES, ids=[f"{s[0].__name__}-{i}" for i, s in enumerate(SHAPES)])
+def test_an_ended_call_reads_back_as_it_logged(end: Callable[[ServerCall], None], fields: dict[str, Any],
+                                               compact: bool) -> None:
+    for journal in (Journal(), Journal(0)):   # kept, and forgotten at once (its handler still holds it)
+        call, logged = _ended(end, fields, journal)
+        assert (call._completed is not None) == compact   # the smaller form where it applies, and only there
+        assert call.history() == logged   # every field, the times too
+        assert call.started == logged[0].t and call.final == logged[-1]
+        full = _as_logged(call, logged)
+        assert summary(call) == summary(full)
+        assert bounded_history(call.history()) == bounded_history(full.history())
+        assert bounded_history(call.history(), budget=400) == bounded_history(logged, budget=400)
+
+
+class _Context:
+    async def abort(self, status: Any, message: str) -> None:
+        raise AssertionError(message)
+
+
+def test_the_journal_service_shows_a_kept_call_as_it_logged() -> None:
+    journal = Journal()
+    ended = [_ended(end, fields, journal, f"{ID}-{i}") for i, (end, fields, _) in enumerate(SHAPES)]
+    service = JournalServicer(journal)
+    for call, logged in ended:
+        history = asyncio.run(service.GetCall(pb.GetCallRequest(call_id=call.call_id), _Context()))
+        assert list(history.entries) == bounded_history(logged)[0] and history.ended
+    listed = asyncio.run(service.ListCalls(pb.ListCallsRequest(code=server_end_code(COMPLETED)), _Context()))
+    completed = [(c, logged) for c, logged in reversed(ended) if logged[-1].code == server_end_code(COMPLETED)]
+    assert len(completed) == 5   # all but the one ended on error
+    assert list(listed.calls) == [summary(_as_logged(call, logged)) for call, logged in completed]
