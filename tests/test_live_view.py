@@ -243,7 +243,8 @@ def test_load_prints_plain_lines_when_not_on_a_terminal(server: ServerProcess) -
 
 
 def test_load_says_it_waits_for_the_server_after_the_run_and_repeats_no_line(
-        server: ServerProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        server: ServerProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
     """A held call (a pipe) cancelled as soon as the server has it, which a handler polling every
     2.5 s sees late: the run is over and waits for the server's End; the view says so once, and its
     frozen line is not printed again and again meanwhile."""
@@ -262,9 +263,9 @@ def test_load_says_it_waits_for_the_server_after_the_run_and_repeats_no_line(
     monkeypatch.setattr(load_run, "SETTLE_NOTICE_S", 0.1)
     rc = main(["load", "--target", server.target, "--calls", "1", "--pipes", "in=100", "--mix", "hold=100",
                "--cancel", "abortive=100", "--pipe-cancel-at", "after-headers", "--cancel-poll", "2500=100",
-               "--progress", "always"])
+               "--progress", "always", "--log-file", str(tmp_path / "client.jsonl")])
     out, err = capsys.readouterr()
-    assert rc == 0, err
+    assert rc == 0, out + err + (tmp_path / "client.jsonl").read_text()   # the client's side of a failure
     lines = err.splitlines()
     assert sum(line.startswith(SETTLE_NOTICE) for line in lines) == 1, lines
     plain = [line for line in lines if PLAIN_LINE.match(line)]
