@@ -10,19 +10,22 @@ import asyncio
 import dataclasses
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Client, PipeScript, Script
 from callstate.lifecycle import START_FAILED, WCOMP
 from callstate.logfile import StateLog, check_files
-from tests.conftest import ROOT, ServerProcess, cli, final, read_entries, start_server, states
+from tests.conftest import (EVIDENCE_WAIT, ROOT, ServerProcess, cli, final, read_entries, start_server, states,
+                            wait_for_text)
 from tests.documentation import DOCS, _text, blocks, pages, section
 
 pytestmark = pytest.mark.timeout(180)
@@ -191,8 +194,13 @@ def test_check_of_a_running_servers_log_says_a_call_in_flight_looks_not_ended(tm
     server had lost it, with nothing on what to do. The kind's meaning says it now."""
     srv = start_server(tmp_path, "--max-hold", "60")
     try:
-        done = cli("call", "--target", srv.target, "--outcome", "hold", "--on-cancel", "ignore", "--cancel-after", "0.1")
-        call_id = re.search(r"call ([0-9a-f]{32})$", done.stdout.splitlines()[0]).group(1)   # type: ignore[union-attr]
+        call = subprocess.Popen([sys.executable, "-m", "callstate", "call", "--target", srv.target, "--outcome", "hold",
+                                 "--on-cancel", "ignore"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # cancelled (abortively, as --cancel-after does) once the server holds it: a cancel on a timer
+        # (--cancel-after 0.1) can beat a loaded machine's dispatch, and the server then has no call
+        call_id = orjson.loads(wait_for_text(srv.log, '"state":"D"', call).splitlines()[0])["call_id"]
+        call.send_signal(signal.SIGTERM)
+        assert call.wait(EVIDENCE_WAIT) == 1
         srv.wait_entries(call_id, until=lambda es: "cancel_seen" in [e["event"] for e in es])   # held on, in D
         checked = cli("check", "--allow-one-side", str(srv.log))
     finally:

@@ -21,7 +21,7 @@ import pytest
 
 from callstate import codes
 from callstate.client import AsyncClient, Script
-from callstate.lifecycle import CANCEL, CANCEL_ISSUED, COMPLETE, COMPLETED, END, STARTED
+from callstate.lifecycle import CANCEL, CANCEL_ISSUED, COMPLETE, COMPLETED, D, END, STARTED
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.v1 import callstate_pb2 as pb
@@ -105,6 +105,9 @@ def test_awaiting_a_sent_call_cut_short_by_wait_for_cancels_it_and_completes_it_
     async def go() -> tuple[str, int | None, bool]:
         async with AsyncClient(server.target, log=str(log)) as client:
             call = client.start(Script("hold"), call_id="rev36-waitfor")
+            # the server holds it first: an abortive cancel that beats the dispatch is never seen
+            # there (no cancel_seen), and a loaded machine can take longer than 0.2 s to dispatch
+            await server.await_entries("rev36-waitfor", until=lambda es: [e["state"] for e in es] == [D])
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(call, 0.2)
             return call.state, call.code, call.completed_for_caller

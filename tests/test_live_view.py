@@ -243,9 +243,10 @@ def test_load_prints_plain_lines_when_not_on_a_terminal(server: ServerProcess) -
 
 
 def test_load_says_it_waits_for_the_server_after_the_run_and_repeats_no_line(
-        server: ServerProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """A held call cancelled at once on the client's side, which a handler polling every 2.5 s
-    sees late: the run is over and waits for the server's End; the view says so once, and its
+        server: ServerProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    """A held call (a pipe) cancelled as soon as the server has it, which a handler polling every
+    2.5 s sees late: the run is over and waits for the server's End; the view says so once, and its
     frozen line is not printed again and again meanwhile."""
     import callstate.cli.load.run as load_run
     from callstate.cli import main
@@ -254,13 +255,17 @@ def test_load_says_it_waits_for_the_server_after_the_run_and_repeats_no_line(
     # cancel at 0.3 s, the server ended the call 1.7 s after the client's cancel, and a loaded
     # machine spent the other 0.7 s between the client's End and that wait: the run said nothing
     # (the test's own margin, not the product). Run in process, the notice is due 0.1 s into the
-    # wait, and a 2.5 s poll leaves about 2.1 s for the way there (about the same suite time: no
-    # interpreter to start)
+    # wait (about the same suite time: no interpreter to start). The cancel comes at the pipe's
+    # headers, which the server sends at dispatch, so the 2.5 s poll leaves about 2.4 s for the
+    # way there: a unary call's cancel on a timer (held:0.3) beat the dispatch when a loaded machine
+    # took longer than that, and a call the server never had is no call to wait for (check: FAILED,
+    # no call reached the server)
     monkeypatch.setattr(load_run, "SETTLE_NOTICE_S", 0.1)
-    rc = main(["load", "--target", server.target, "--calls", "1", "--mix", "hold=100", "--cancel", "abortive=100",
-               "--cancel-at", "held:0.3", "--cancel-poll", "2500=100", "--progress", "always"])
+    rc = main(["load", "--target", server.target, "--calls", "1", "--pipes", "in=100", "--mix", "hold=100",
+               "--cancel", "abortive=100", "--pipe-cancel-at", "after-headers", "--cancel-poll", "2500=100",
+               "--progress", "always", "--log-file", str(tmp_path / "client.jsonl")])
     out, err = capsys.readouterr()
-    assert rc == 0, err
+    assert rc == 0, out + err + (tmp_path / "client.jsonl").read_text()   # the client's side of a failure
     lines = err.splitlines()
     assert sum(line.startswith(SETTLE_NOTICE) for line in lines) == 1, lines
     plain = [line for line in lines if PLAIN_LINE.match(line)]
