@@ -23,7 +23,7 @@ from callstate.lifecycle import (ABORTIVE, CAN, CANCEL_SEEN, CANCEL_SENT, CLIENT
                                  NON_ABORTIVE, NOTICE_KEPT, NULL_PULL, NULL_PUSH, PIPE_BOTH, PIPE_BREACH, PIPE_EVENTS,
                                  PIPE_OUT, SERVER, SIDE_STATES, SIDES, UNARY, breach_missing, cancel_kind_of,
                                  codes_agree, is_legal, kind_of_initial_move, own_path_error)
-from callstate.propagation import cancel_propagation
+from callstate.propagation import cancel_propagation, figures_text, polled_text
 from callstate.statelog import Entry, TimeReader, logged_time, parse_ts
 
 KINDS = {
@@ -249,14 +249,10 @@ class CheckReport:
         if (side := self.one_sided) is not None:
             lines.append(one_sided_text(side))
         elif prop["count"]:
-            lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
-                         f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+            lines.append(figures_text(prop))
         polled, wait = percentiles(self.cancel_propagation_polled_ms), percentiles(self.cancel_poll_wait_ms)
         if polled["count"]:
-            lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): "
-                         f"n={polled['count']} p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms "
-                         f"max={polled['max']:.3f} ms; of it waiting for the poll: p50={wait['p50']:.3f} ms "
-                         f"max={wait['max']:.3f} ms")
+            lines.append(polled_text(polled, wait))
         if self.server_only:
             lines.append(f"{counted(self.server_only, 'call')} only the server logged (no client log given has "
                          f"{'it' if self.server_only == 1 else 'them'}): the client side and the codes' agreement "

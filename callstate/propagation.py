@@ -25,6 +25,20 @@ from callstate.lifecycle import CANCEL_SEEN, END, ENTER
 from callstate.statelog import parse_ts
 
 
+def figures_text(prop: dict[str, Any]) -> str:
+    """The summary line of the calls that count (`percentiles` of their figures), as `callstate
+    check` and the load report print it."""
+    return (f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
+            f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+
+
+def polled_text(polled: dict[str, Any], wait: dict[str, Any]) -> str:
+    """The summary line of the polled calls' figures and, of them, the wait for the poll."""
+    return (f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
+            f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
+            f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+
+
 @dataclass(frozen=True)
 class Propagation:
     ms: float                          # client Can -> server cancel_seen

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from callstate.check import Checker
+from callstate.check import Checker, percentiles
 from callstate.lifecycle import (ABORTIVE, CALL, CAN, CANCEL, CANCEL_SEEN, COMP, COMPLETE, COMPLETED, C, CLIENT, D,
                                  DISPATCH, END, ENTER, NON_ABORTIVE, SERVER)
 from callstate.propagation import PropagationTracker, cancel_propagation
@@ -132,3 +132,35 @@ def test_the_tracker_stays_bounded() -> None:
         tracker.client_cancelled(f"c{i}", float(i))
         tracker.server_dispatched(f"s{i}", float(i))
     assert len(tracker._cancelled) == len(tracker._dispatched) == 100
+
+
+def test_check_and_the_load_report_print_the_figures_in_one_form() -> None:
+    """`callstate check`'s summary and the load report's print the same two lines for the same
+    figures (callstate/propagation.py's `figures_text` and `polled_text`), and the load page's
+    sample run shows that form; the two commands had each spelt the lines out."""
+    import re
+
+    from callstate.cli.load.run import summary
+    from callstate.propagation import figures_text, polled_text
+    from tests.conftest import ROOT
+
+    checker = Checker()
+    for e in _calls():
+        checker.add(to_dict(e))
+    report = checker.finish()
+    plain, polled, wait = (percentiles(report.cancel_propagation_ms), percentiles(report.cancel_propagation_polled_ms),
+                           percentiles(report.cancel_poll_wait_ms))
+    lines = [figures_text(plain), polled_text(polled, wait)]
+    assert lines[0].startswith("cancel propagation (client Can -> server cancel_seen") and "n=2 " in lines[0]
+    assert "n=1 " in lines[1] and "of it waiting for the poll: p50=15.000 ms" in lines[1]
+    checked = report.summary().splitlines()
+    assert all(line in checked for line in lines), checked
+    loaded = summary({"calls": 5, "duration_s": 1.0, "calls_per_s": 5.0, "skipped": 0, "interrupted": "",
+                      "by_code": {}, "latency_ms": {}, "paths": {}, "cancel_propagation_ms": plain,
+                      "cancel_propagation_polled_ms": polled, "cancel_poll_wait_ms": wait,
+                      "check": {"skipped": True, "ok": True}, "server": {}}).splitlines()
+    assert all(line in loaded for line in lines), loaded
+    sample = next(line for line in (ROOT / "docs" / "load.md").read_text().splitlines()
+                  if line.startswith("cancel propagation (client"))
+    form = re.escape(figures_text({"count": 0, "p50": 0, "p99": 0, "max": 0})).replace("0\\.000", r"\d+\.\d{3}")
+    assert re.fullmatch(form.replace("n=0", r"n=\d+"), sample), sample

@@ -29,6 +29,7 @@ import orjson
 
 from callstate import codes
 from callstate.check import Checker, CheckReport, counted, percentiles
+from callstate.propagation import figures_text, polled_text
 from callstate.cli.options import DEFAULT_TARGET
 from callstate.client import AsyncClient, CallError
 from callstate.cli.live.stats import LiveStats, rate_text
@@ -886,14 +887,11 @@ def summary(report: dict[str, Any]) -> str:
     if prop.get("not_measurable"):
         lines.append(f"cancel propagation: {prop['not_measurable']}")
     elif prop.get("count"):
-        lines.append(f"cancel propagation (client Can -> server cancel_seen, calls already dispatched): n={prop['count']} "
-                     f"p50={prop['p50']:.3f} ms p99={prop['p99']:.3f} ms max={prop['max']:.3f} ms")
+        lines.append(figures_text(prop))
     polled, wait = report.get("cancel_propagation_polled_ms", {}), report.get("cancel_poll_wait_ms", {})
     lines += _none_measured(report, prop, polled)
     if polled.get("count"):
-        lines.append(f"cancel propagation to polling handlers (client Can -> the poll that saw it): n={polled['count']} "
-                     f"p50={polled['p50']:.3f} ms p99={polled['p99']:.3f} ms max={polled['max']:.3f} ms; "
-                     f"of it waiting for the poll: p50={wait['p50']:.3f} ms max={wait['max']:.3f} ms")
+        lines.append(polled_text(polled, wait))
     return "\n".join(lines + _check_lines(report))
 
 
