@@ -90,6 +90,18 @@ _COMPLETED_CODE = server_end_code(COMPLETED)
 Completed = tuple[float, float, float, str]
 
 
+def _comp_entry(t: float, call_id: str, method: str | None, rule: str | None) -> Entry:
+    """The entry of D -> Comp: made by `complete_now`, and again from the times the journal keeps."""
+    return new_entry((t, SERVER, call_id, _COMPLETING, _INITIAL, ENTER, COMPLETE, None, None, None, None, None, None,
+                      None, method, rule))
+
+
+def _end_entry(t: float, call_id: str, grpc_status: str, method: str | None, rule: str | None) -> Entry:
+    """The entry of Comp -> End: made by `complete_now`, and again from the times the journal keeps."""
+    return new_entry((t, SERVER, call_id, _COMPLETED, _COMPLETING, ENTER, COMPLETED, _COMPLETED_CODE, grpc_status,
+                      None, None, None, None, None, method, rule))
+
+
 class ServerCall(CallRecord):
     """A call in flight, and, once it ends, its record in the journal: one object per call holds
     its state in the server's table (callstate.lifecycle), its cancels and its history."""
@@ -154,20 +166,16 @@ class ServerCall(CallRecord):
             return
         call_id, method, rule, add, log = self.call_id, self.method, self.rule, self._journal.add, self._log
         self.state = _COMPLETING
-        t1 = time.time()
-        e = new_entry((t1, SERVER, call_id, _COMPLETING, _INITIAL, ENTER, COMPLETE, None, None, None, None,
-                       None, None, None, method, rule))
-        add(self, e)
-        log(e)
+        comp = _comp_entry(time.time(), call_id, method, rule)
+        add(self, comp)
+        log(comp)
         self.state = _COMPLETED
-        t2 = time.time()
-        e = new_entry((t2, SERVER, call_id, _COMPLETED, _COMPLETING, ENTER, COMPLETED, _COMPLETED_CODE,
-                       grpc_status, None, None, None, None, None, method, rule))
-        add(self, e)
-        log(e)
+        end = _end_entry(time.time(), call_id, grpc_status, method, rule)
+        add(self, end)
+        log(end)
         entries = self.entries
         if len(entries) == 3:   # D, Comp, End and nothing between: the journal keeps their times (`history`)
-            self._completed = (entries[0][0], t1, t2, grpc_status)
+            self._completed = (entries[0][0], comp[0], end[0], grpc_status)
             del self.entries   # no entry follows End (its id is retired); one would fail in Journal.add, loudly
 
     # -- the history of a call `complete_now` completed, kept as its times ---------------------------
@@ -179,17 +187,11 @@ class ServerCall(CallRecord):
         done = self._completed
         if done is None:
             return self.entries
-        t0, t1 = done[0], done[1]
+        t0, t1, t2, grpc_status = done
         call_id, method, rule = self.call_id, self.method, self.rule
         return [new_entry((t0, SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None, None,
                            None, None, method, rule)),
-                new_entry((t1, SERVER, call_id, _COMPLETING, _INITIAL, ENTER, COMPLETE, None, None, None, None, None,
-                           None, None, method, rule)),
-                self._completed_end(done)]
-
-    def _completed_end(self, done: Completed) -> Entry:
-        return new_entry((done[2], SERVER, self.call_id, _COMPLETED, _COMPLETING, ENTER, COMPLETED, _COMPLETED_CODE,
-                          done[3], None, None, None, None, None, self.method, self.rule))
+                _comp_entry(t1, call_id, method, rule), _end_entry(t2, call_id, grpc_status, method, rule)]
 
     @property
     def started(self) -> float | None:
@@ -197,7 +199,8 @@ class ServerCall(CallRecord):
 
     @property
     def final(self) -> Entry | None:
-        return super().final if self._completed is None else self._completed_end(self._completed)
+        done = self._completed
+        return super().final if done is None else _end_entry(done[2], self.call_id, done[3], self.method, self.rule)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""

@@ -100,3 +100,13 @@ def test_the_journal_service_shows_a_kept_call_as_it_logged() -> None:
     completed = [(c, logged) for c, logged in reversed(ended) if logged[-1].code == server_end_code(COMPLETED)]
     assert len(completed) == 5   # all but the one ended on error
     assert list(listed.calls) == [summary(_as_logged(call, logged)) for call, logged in completed]
+
+
+@pytest.mark.parametrize("fields", [{}, {"deadline_ms": 250, "method": "pkg.Svc/Do", "rule": 'rules[0] "x"'}])
+def test_the_step_logs_what_the_moves_one_by_one_log(fields: dict[str, Any]) -> None:
+    """`complete_now`'s two entries (and so the kept form's rebuild, made by the same builders) are
+    the table's moves' entries, field for field but the times: a field lost in both (a stand-in's
+    rule) would read back as logged and still be wrong."""
+    _, stepped = _ended(_common, fields, Journal())
+    _, moved = _ended(_by_moves, fields, Journal())
+    assert [e[1:] for e in stepped] == [e[1:] for e in moved]
