@@ -137,12 +137,21 @@ KNOWN_SCRIPTS = 1024
 KNOWN_SCRIPT_BYTES = 512
 
 
+def remember(known: dict[bytes, Any], key: bytes, value: Any) -> None:
+    """Keep what was worked out of a script, by its bytes (`key`), within the bounds above: a
+    longer script is not kept, and past the count the record starts afresh."""
+    if len(key) <= KNOWN_SCRIPT_BYTES:
+        if len(known) >= KNOWN_SCRIPTS:
+            known.clear()
+        known[key] = value
+
+
 class ValidScripts:
     """The scripts a server (its dispatcher) or a client found valid, known by their bytes after
     that: a request repeating one, with a payload valid with any script, is not validated again."""
 
     def __init__(self, limits: Limits = Limits()) -> None:
-        self._keys: set[bytes] = set()
+        self._keys: dict[bytes, bool] = {}   # the scripts found valid (`remember`)
         self._limits = limits
         self.any_payload = min(limits.max_payload_bytes, limits.max_reply_bytes)   # valid with any script
 
@@ -159,10 +168,7 @@ class ValidScripts:
             if key in self._keys:
                 return True
             validate_request(request, self._limits)
-            if len(key) <= KNOWN_SCRIPT_BYTES:
-                if len(self._keys) >= KNOWN_SCRIPTS:
-                    self._keys.clear()
-                self._keys.add(key)
+            remember(self._keys, key, True)
             return False
         validate_request(request, self._limits)
         return False

@@ -18,7 +18,7 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.grpc_status import grpc_status_for, status_from_value
-from callstate.script import KNOWN_SCRIPT_BYTES, KNOWN_SCRIPTS, OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms
+from callstate.script import OUTCOME_NAMES, OUTCOMES, Mix, RequestError, cancel_poll_ms, remember
 from callstate.v1 import callstate_pb2 as pb
 from callstate.v1 import callstate_pb2_grpc as pb_grpc
 from callstate.lifecycle import (ABORT, ABORTED, ABORTIVE, COMPLETE, COMPLETED, FATAL, NON_ABORTIVE, UNARY,
@@ -27,8 +27,7 @@ from callstate.statelog import Entry
 from callstate.server.answer import Answer
 from callstate.server.calls import STOPPING, FatalHandlerError, ServerCall, send_abort, send_fatal
 from callstate.server.config import EmulatorConfig
-from callstate.server.dispatch import (Dispatcher, Refusal, bad_key, deadline_ms,
-                                       refuse)
+from callstate.server.dispatch import Dispatcher, Refusal, bad_key, deadline_ms, refuse
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
 from callstate.server.pipes import PipeServicer
@@ -200,10 +199,7 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         size = self._at_once.get(key)
         if size is None:
             size = (_ECHO if script.echo else script.reply_bytes) if _runs_at_once(script) else _NOT_AT_ONCE
-            if len(key) <= KNOWN_SCRIPT_BYTES:
-                if len(self._at_once) >= KNOWN_SCRIPTS:
-                    self._at_once.clear()
-                self._at_once[key] = size
+            remember(self._at_once, key, size)
         known = None if size == _NOT_AT_ONCE else (key, size)
         last = pb.Script()
         last.CopyFrom(script)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from callstate.lifecycle import A, CANCEL_SEEN, COMP, D, END, ENTER
-from callstate.script import Limits, Mix
+from callstate.script import KNOWN_SCRIPT_BYTES, KNOWN_SCRIPTS, Limits, Mix, ValidScripts, remember
 from callstate.server.emulator import EmulatorConfig, EmulatorServicer
 from callstate.server.journal import Journal
 from callstate.v1 import callstate_pb2 as pb
@@ -220,3 +220,22 @@ def test_calls_with_different_scripts_in_turn_are_each_recorded_as_their_own() -
     assert runs[0] == runs[1]
     assert [o.payload if isinstance(o, pb.CallReply) else None for o in runs[0][0]] == [
         b"", None, bytes(3), b"", b"ab", None, b""]
+
+
+def test_what_is_known_of_scripts_by_their_bytes_stays_bounded() -> None:
+    """The valid scripts (server and client) and the scripts' facts (the emulator) are kept by
+    their bytes within one pair of bounds (`callstate.script.remember`): a longer script is not
+    kept, and past the count the record starts afresh, so a caller sending ever new scripts
+    cannot grow it."""
+    known: dict[bytes, int] = {}
+    remember(known, b"x" * (KNOWN_SCRIPT_BYTES + 1), 1)
+    assert known == {}
+    for i in range(KNOWN_SCRIPTS):
+        remember(known, i.to_bytes(4, "big"), i)
+    assert len(known) == KNOWN_SCRIPTS
+    remember(known, b"one more", -1)
+    assert known == {b"one more": -1}
+    valid = ValidScripts()
+    for delay in range(KNOWN_SCRIPTS + 5):   # each its own valid script
+        valid.check(pb.CallRequest(call_id="x", script=pb.Script(dispatch_delay_ms=delay)))
+    assert len(valid._keys) <= KNOWN_SCRIPTS
