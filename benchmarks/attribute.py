@@ -46,6 +46,8 @@ VARIANTS = {
     "noopts": "grpc server options dropped (so_reuseport, keepalive, max receive)",
     "onlyemu": "only the Emulator service (no Journal, health, reflection)",
     "barehandler": "callstate's server with bare.py's Call handler in place of the emulator's",
+    "floor": "bare.py's floor_emulator in place of the emulator's: the call id read (or made and sent in the headers) "
+             "and the call's state-log lines written, nothing else: the contract's floor",
     "bareheaders": "barehandler sending a made call id in the response headers when the caller sent none (the contract)",
     "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
     "uvloop": "callstate on uvloop's event loop",
@@ -171,6 +173,12 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
                 return await super().Call(request, context)
         real_headers_add = app.pb_grpc.add_EmulatorServicer_to_server
         app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_headers_add(Headers(), server)  # type: ignore
+    if variant == "floor":   # what any emulator keeping the contract does per call (bare.py floor_emulator)
+        import bare
+        options.log = None   # the server's own log stays off: the floor's is the only one
+        real_floor_add = app.pb_grpc.add_EmulatorServicer_to_server
+        app.pb_grpc.add_EmulatorServicer_to_server = (   # type: ignore
+            lambda servicer, server: real_floor_add(bare.floor_emulator(log_file), server))
     if variant == "barehandler":
         import bare
         real_add = app.pb_grpc.add_EmulatorServicer_to_server

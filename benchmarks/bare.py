@@ -6,6 +6,9 @@
         until cancelled; GetCounters reports its in-flight count (on asyncio's event loop, or
         uvloop's with --loop uvloop). With --token it checks
         `authorization: Bearer T` in the handler, the least a token check can cost.
+    python benchmarks/bare.py serve --port-file F --floor LOG
+        the contract's floor: the same server doing the least any emulator must (floor_emulator):
+        the call id read or made (and sent in the headers), the call's state-log lines written.
     python benchmarks/bare.py drive --target T --client bare|callstate|raw-call|raw-charge --concurrency N --duration S
                                     [--tls-ca PEM] [--token T] [--cancel-keys]
         a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}. --cancel-keys: the
@@ -80,6 +83,48 @@ class BareEmulator(pb_grpc.EmulatorServicer):
             self.in_flight -= 1
 
 
+def floor_emulator(log: str) -> BareEmulator:
+    """bare's server plus the least the contract asks of any emulator, whatever its design: the
+    call's id read from the request or its metadata (made, and sent in the response headers, when
+    the caller sent none), and the call's state-log lines written through callstate's StateLog
+    (D, Comp, End for a completed call; D, then cancel_seen, A, End for a held call cancelled).
+    No lifecycle table, journal, validation or dispatcher: what callstate serve does beyond this
+    is its own cost, and a target no server at this floor reaches is out of reach."""
+    from callstate.lifecycle import (A, ABORT, ABORTED, ABORTIVE, CANCEL_SEEN, D, DISPATCH, END, ENTER, SERVER,
+                                     server_end_code)
+    from callstate.logfile import StateLog
+    from callstate.server.calls import _comp_entry, _end_entry
+    from callstate.statelog import new_entry
+    from callstate.wire import CALL_ID_KEY, new_call_id
+    append = StateLog(log).append
+    cancelled = server_end_code(ABORTED, 1818)
+
+    class FloorEmulator(BareEmulator):
+        async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+            call_id = request.call_id or next((v for k, v in context.invocation_metadata() or ()
+                                               if k == CALL_ID_KEY), "")
+            if not call_id:
+                call_id = new_call_id()
+                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
+            append(new_entry((time.time(), SERVER, call_id, D, None, ENTER, DISPATCH, None, None, None, None, None,
+                              None, None, None, None)))
+            if request.script.outcome != pb.OUTCOME_HOLD:
+                append(_comp_entry(time.time(), call_id, None, None))
+                append(_end_entry(time.time(), call_id, "OK", None, None))
+                return pb.CallReply(call_id=call_id)
+            try:
+                return await super().Call(request, context)
+            except asyncio.CancelledError:
+                append(new_entry((time.time(), SERVER, call_id, D, D, CANCEL_SEEN, None, None, None, None, ABORTIVE,
+                                  None, None, None, None, None)))
+                append(new_entry((time.time(), SERVER, call_id, A, D, ENTER, ABORT, None, None, f"code={cancelled}",
+                                  None, None, None, None, None, None)))
+                append(new_entry((time.time(), SERVER, call_id, END, A, ENTER, ABORTED, cancelled, "CANCELLED",
+                                  "cancelled by the caller (abortive)", None, None, None, None, None, None)))
+                raise
+    return FloorEmulator()
+
+
 class BareJournal(pb_grpc.JournalServicer):
     def __init__(self, emulator: BareEmulator) -> None:
         self.emulator = emulator
@@ -99,9 +144,9 @@ async def until_signalled(port: int, port_file: str) -> None:
 
 
 async def serve(port_file: str, cancel_log: str | None, tls_cert: str | None = None, tls_key: str | None = None,
-                token: str | None = None) -> None:
+                token: str | None = None, floor_log: str | None = None) -> None:
     server = grpc.aio.server()
-    emulator = BareEmulator(token)
+    emulator = floor_emulator(floor_log) if floor_log else BareEmulator(token)
     pb_grpc.add_EmulatorServicer_to_server(emulator, server)
     pb_grpc.add_JournalServicer_to_server(BareJournal(emulator), server)
     if tls_cert and tls_key:
@@ -191,6 +236,7 @@ def main() -> None:
     s.add_argument("--tls-key")
     s.add_argument("--token")
     s.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    s.add_argument("--floor", metavar="LOG", help="the contract's floor (floor_emulator), its state log in LOG")
     d = sub.add_parser("drive")
     d.add_argument("--target", required=True)
     d.add_argument("--client", choices=["bare", "callstate", *RAW], default="bare")
@@ -205,7 +251,7 @@ def main() -> None:
         if opts.loop == "uvloop":
             import uvloop
             uvloop.install()
-        asyncio.run(serve(opts.port_file, opts.cancel_log, opts.tls_cert, opts.tls_key, opts.token))
+        asyncio.run(serve(opts.port_file, opts.cancel_log, opts.tls_cert, opts.tls_key, opts.token, opts.floor))
     else:
         print(json.dumps(asyncio.run(drive(opts.target, opts.client, opts.concurrency, opts.duration, opts.log,
                                            opts.tls_ca, opts.token, opts.cancel_keys))))

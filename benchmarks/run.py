@@ -82,8 +82,10 @@ class Server:
             log = [] if "--no-state-log" in extra else ["--log-file", str(self.log)]   # the two are exclusive
             cmd = [PY, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
                    *log, "--max-concurrent-streams", "0", *extra]   # held: 10,000 on one channel
-        else:
-            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *bare_extra]
+        else:   # bare, or the contract's floor (bare.py's floor_emulator: the least any emulator must do)
+            floor = ["--floor", str(self.log)] if kind == "floor" else []
+            cmd = [PY, BARE, "serve", "--port-file", str(port_file), "--cancel-log", str(self.cancel_log), *floor,
+                   *bare_extra]
         self.proc = subprocess.Popen(SERVER_PREFIX + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -213,10 +215,10 @@ def bench_k6(tmp: Path, rounds: int, vus: int, duration: float, call_id: bool = 
     rounds (both at once); median of each."""
     how = "each call sends its id as metadata" if call_id else "no call id sent: the server makes one"
     print(f"k6 driving: {vus} VUs, unary Call, {how}")
-    runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "floor": [], "callstate": []}
     paired: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
     for _ in range(rounds):
-        for kind in ("bare", "callstate"):
+        for kind in runs:
             srv = Server(kind, tmp)
             try:
                 runs[kind].append(drive_k6(srv, vus, duration, tmp, call_id))
@@ -483,6 +485,11 @@ def _summarize(name: str, runs: dict[str, list[dict[str, float]]], server_cpu: b
     print(ratio_line("calls/s", med["bare"], med["callstate"], "calls/s"))
     side = "server" if server_cpu else "client"
     print(ratio_line(f"{side} CPU per call", cpu["bare"], cpu["callstate"], "us", higher_is_better=False))
+    if "floor" in runs:   # the least any emulator keeping the contract does (bare.py floor_emulator)
+        out["floor_throughput_ratio"] = med["floor"] / med["bare"]
+        out["floor_cpu_ratio"] = cpu["bare"] / cpu["floor"]
+        print(f"  the contract's floor (bare plus the id and the state-log lines, nothing else): calls/s "
+              f"{out['floor_throughput_ratio']:.2f}, {side} CPU per call {out['floor_cpu_ratio']:.2f} of bare")
     print(f"  rounds: {out['rounds']}")
     return out
 
@@ -615,10 +622,15 @@ async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
         stub = pb_grpc.EmulatorStub(channel)
         start = lambda call_id: stub.Call(pb.CallRequest(call_id=call_id, script=hold))  # noqa: E731
         close = channel.close
+        if kind == "floor":
+            floor = _FloorCaller(log, start, close)
+            start, close = floor.start, floor.close
     calls: list[Any] = []
     for i in range(0, n, 500):
         calls.extend(start(call_id) for call_id in ids[i:i + 500])
         await _wait_in_flight(target, len(calls), 60)   # the server took them all: next batch
+    if kind == "floor":
+        return ids, calls, *floor.verbs(ids, calls)
 
     def cancel(call: Any) -> float:
         # the time the caller cancels, taken before cancel(): the client's own work on the way
@@ -635,6 +647,68 @@ async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
                 pass
         await close()
     return ids, calls, cancel, wait_all
+
+
+class _FloorCaller:
+    """The contract's floor on the caller's side: bare grpc.aio's calls, plus the state-log lines
+    of a call started, then cancelled abortively (C, WComp; Can, WComp; Comp, End) written through
+    callstate's StateLog; nothing else (no lifecycle table, locks or callbacks)."""
+
+    def __init__(self, log: Path | None, start: Any, close: Any) -> None:
+        from callstate.lifecycle import (ABORTIVE, CAN, CANCEL, CANCEL_ISSUED, CLIENT, COMP, COMPLETE, COMPLETED, END,
+                                         ENTER, WCOMP, C, STARTED, initial_move)
+        from callstate.logfile import StateLog
+        from callstate.statelog import new_entry
+        self._log = StateLog(log)
+        append = self._log.append
+        self._start, self._close = start, close
+        first = initial_move(CLIENT)
+
+        def started(call_id: str) -> None:
+            append(new_entry((time.time(), CLIENT, call_id, C, None, ENTER, first, None, None, None, None, None,
+                              None, None, None, None)))
+            append(new_entry((time.time(), CLIENT, call_id, WCOMP, C, ENTER, STARTED, None, None, None, None, None,
+                              None, None, None, None)))
+
+        def cancelled(t: float, call_id: str) -> None:
+            append(new_entry((t, CLIENT, call_id, CAN, WCOMP, ENTER, CANCEL, None, None, None, ABORTIVE, None, None,
+                              None, None, None)))
+            append(new_entry((time.time(), CLIENT, call_id, WCOMP, CAN, ENTER, CANCEL_ISSUED, None, None, None, None,
+                              None, None, None, None, None)))
+
+        def completed(call_id: str) -> None:
+            append(new_entry((time.time(), CLIENT, call_id, COMP, WCOMP, ENTER, COMPLETE, None, None, None, None, None,
+                              None, None, None, None)))
+            append(new_entry((time.time(), CLIENT, call_id, END, COMP, ENTER, COMPLETED, 1818, "CANCELLED",
+                              "cancelled by the caller", None, None, None, None, None, None)))
+        self._started, self._cancelled, self._completed = started, cancelled, completed
+
+    def start(self, call_id: str) -> Any:
+        self._started(call_id)
+        return self._start(call_id)
+
+    async def close(self) -> None:
+        await self._close()
+        self._log.close()
+
+    def verbs(self, ids: list[str], calls: list[Any]) -> tuple[Any, Any]:
+        id_of, cancelled, completed = dict(zip(map(id, calls), ids)), self._cancelled, self._completed
+
+        def cancel(call: Any) -> float:
+            t = time.time()
+            cancelled(t, id_of[id(call)])
+            call.cancel()
+            return t
+
+        async def wait_all() -> None:
+            for call_id, c in zip(ids, calls):
+                try:
+                    await c
+                except BaseException:
+                    pass
+                completed(call_id)
+            await self.close()
+        return cancel, wait_all
 
 
 async def _wait_in_flight(target: str, want: int, timeout: float) -> float:
@@ -735,7 +809,7 @@ def _held_round(kind: str, tmp: Path, n: int) -> dict[str, float]:
 
 
 def bench_held(tmp: Path, n: int, rounds: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"bare": [], "callstate": []}
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "floor": [], "callstate": []}
     for _ in range(rounds):
         for kind in runs:
             runs[kind].append(_held_round(kind, tmp, n))
@@ -753,6 +827,12 @@ def bench_held(tmp: Path, n: int, rounds: int) -> dict[str, Any]:
     print(f"    of which the client's side (each call cancelled, awaited, completed): bare "
           f"{b['client_all_ended_s']:.2f} s, callstate {c['client_all_ended_s']:.2f} s: "
           f"{c['client_all_ended_s'] / b['client_all_ended_s']:.2f}x bare")
+    f = out["floor"]
+    out["floor_cancel_all_ratio"] = f["all_ended_s"] / b["all_ended_s"]
+    out["floor_memory_ratio"] = f["per_call_bytes"] / b["per_call_bytes"]
+    print(f"  the contract's floor (bare plus the state-log lines of both sides, nothing else): cancel all "
+          f"{f['all_ended_s']:.2f} s, {out['floor_cancel_all_ratio']:.2f}x bare (client's side "
+          f"{f['client_all_ended_s'] / b['client_all_ended_s']:.2f}x)")
     print(f"  rounds: {out['rounds']}")
     return out
 
@@ -1102,21 +1182,46 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], float], float, bool]] =
 ]
 
 
+# The same figure of the contract's floor (bare.py's floor_emulator, and the caller's four lines:
+# `_floor_verbs`), where the benchmark measures it: a target the floor misses is out of reach of
+# any emulator that keeps the contract, whatever its design.
+FLOORS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "k6, id sent: calls/s": lambda r: r["floor_throughput_ratio"],
+    "k6, id sent: server CPU per call": lambda r: r["floor_cpu_ratio"],
+    "k6, no id: calls/s": lambda r: r["floor_throughput_ratio"],
+    "k6, no id: server CPU per call": lambda r: r["floor_cpu_ratio"],
+    "cancel-all of the held calls (x bare)": lambda r: r["floor_cancel_all_ratio"],
+    "memory per held call (x bare)": lambda r: r["floor_memory_ratio"],
+}
+
+
 def print_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target whose benchmark ran, with this run's figure and whether it meets it (alternating
-    rounds' medians; the paired rounds are printed above, with each benchmark's own lines)."""
+    rounds' medians; the paired rounds are printed above, with each benchmark's own lines), and
+    beside it the contract's floor where it was measured: "out of reach" when the floor misses it."""
     rows = []
     for bench, what, read, target, higher in TARGETS:
         if bench in results:
             value = read(results[bench])
-            rows.append({"what": what, "value": round(value, 3), "target": target, "higher_is_better": higher,
-                         "met": value >= target if higher else value <= target})
+            row = {"what": what, "value": round(value, 3), "target": target, "higher_is_better": higher,
+                   "met": value >= target if higher else value <= target}
+            try:
+                floor = FLOORS[what](results[bench])
+            except KeyError:   # not a figure the floor has, or the floor did not run
+                pass
+            else:
+                row["floor"] = round(floor, 3)
+                row["floor_meets"] = floor >= target if higher else floor <= target
+            rows.append(row)
     if rows:
-        print("against the targets (this run, ratios to bare grpc.aio):")
+        print("against the targets (this run, ratios to bare grpc.aio; the floor: bare plus only what the contract "
+              "asks, its id and state-log lines):")
     for row in rows:
         sign = ">=" if row["higher_is_better"] else "<="
+        floor = "" if "floor" not in row else (f"   floor {row['floor']:.3f}"
+                                                + ("" if row["floor_meets"] else ": out of reach"))
         print(f"  {row['what']:<42} {row['value']:6.2f}   target {sign} {row['target']:<4g}  "
-              f"{'met' if row['met'] else 'NOT MET'}")
+              f"{'met' if row['met'] else 'NOT MET'}{floor}")
     return rows
 
 

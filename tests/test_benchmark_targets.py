@@ -38,3 +38,20 @@ def test_every_target_names_a_benchmark_the_runner_runs() -> None:
     """k6's two results (no id, id sent) both come from `k6`."""
     benches = {bench for bench, *_ in run.TARGETS}
     assert benches - {"k6_call_id"} <= {"server", "k6", "client", "cancel", "held", "pipes"}
+
+
+def test_the_floor_stands_beside_a_target_and_says_when_it_is_out_of_reach(capsys: pytest.CaptureFixture[str]) -> None:
+    """k6 with the floor measured: a floor that misses the target marks it out of reach; one that
+    meets it does not. A benchmark without a floor prints none."""
+    runs = {"bare": _runs(1000, 0.200), "floor": _runs(820, 0.230), "callstate": _runs(700, 0.290)}
+    summary = run._summarize("k6", runs, server_cpu=True)
+    assert summary["floor_throughput_ratio"] == pytest.approx(0.82)
+    assert summary["floor_cpu_ratio"] == pytest.approx(0.200 / 0.230)
+    rows = {r["what"]: r for r in run.print_targets({"k6": summary, "held": {
+        "cancel_all_ratio": 2.0, "memory_ratio": 1.0, "floor_cancel_all_ratio": 1.4, "floor_memory_ratio": 1.0}})}
+    assert rows["k6, no id: calls/s"]["floor"] == pytest.approx(0.82) and not rows["k6, no id: calls/s"]["floor_meets"]
+    assert rows["cancel-all of the held calls (x bare)"]["floor_meets"]
+    out = capsys.readouterr().out
+    assert "floor 0.820: out of reach" in out and "floor 1.400\n" in out
+    assert "floor" not in run.print_targets({"server": run._summarize(
+        "server", {"bare": _runs(1000, 0.2), "callstate": _runs(950, 0.25)}, server_cpu=True)})[0]

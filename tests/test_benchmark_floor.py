@@ -1,0 +1,73 @@
+"""The benchmarks' floor (benchmarks/bare.py `floor_emulator`, run.py `_floor_verbs`) does what the
+contract asks of any emulator and nothing else: its lines and a caller's pass `callstate check`, a
+caller that sent no id gets the made one in the headers. The run's "out of reach" verdicts rest
+on it, so a floor that skipped a line would make a target look harder than it is."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from callstate.client import AsyncClient
+from callstate.script import Script
+from callstate.v1 import callstate_pb2 as pb
+from callstate.v1 import callstate_pb2_grpc as pb_grpc
+from callstate.wire import CALL_ID_KEY
+from tests.conftest import ROOT, cli, read_entries
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run  # noqa: E402
+
+
+def _floor_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port_file, log = tmp / "floor.port", tmp / "floor.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bare.py"), "serve", "--port-file",
+                             str(port_file), "--floor", str(log)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (port_file.exists() and port_file.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the floor server did not start"
+        time.sleep(0.02)
+    return proc, f"127.0.0.1:{port_file.read_text().strip()}", log
+
+
+def test_the_floor_logs_what_the_contract_asks_and_check_accepts_it(tmp_path: Path) -> None:
+    proc, target, server_log = _floor_server(tmp_path)
+    client_log, held_log = tmp_path / "client.jsonl", tmp_path / "held-client.jsonl"
+    try:
+        async def go() -> tuple[str, list[str]]:
+            async with AsyncClient(target, log=client_log) as client:   # completed calls, the id in the request
+                for _ in range(3):
+                    await client.start(Script("complete"))
+            async with grpc.aio.insecure_channel(target) as channel:    # no id at all: the server makes one
+                call = pb_grpc.EmulatorStub(channel).Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE)))
+                reply, headers = await call, await call.initial_metadata()
+            made = dict(headers)[CALL_ID_KEY]
+            assert reply.call_id == made
+            ids, calls, cancel, wait_all = await run._hold_calls("floor", target, 4, held_log)
+            for c in calls:
+                cancel(c)
+            await wait_all()   # each cancelled, awaited, its four lines written, the log closed
+            return made, ids
+        made, ids = asyncio.run(go())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = read_entries(server_log)
+    assert [e["state"] for e in lines if e["call_id"] == made] == ["D", "Comp", "End"]
+    cancelled = [e for e in lines if e.get("code") == 1818]
+    assert len(cancelled) == 4 and all(e["state"] == "End" for e in cancelled)
+    held = read_entries(held_log)
+    assert {e["call_id"] for e in held} == set(ids)
+    # each held call's lines, as the callstate client logs a call it cancels abortively
+    assert [(e["state"], e["move"]) for e in held if e["call_id"] == ids[0]] == [
+        ("C", "call"), ("WComp", "started"), ("Can", "cancel"), ("WComp", "cancel_issued"), ("Comp", "complete"),
+        ("End", "completed")]
+    # the made id's call has no caller's log: one side only is allowed for it
+    checked = cli("check", "--allow-one-side", str(client_log), str(held_log), str(server_log))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
