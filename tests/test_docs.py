@@ -301,6 +301,27 @@ def test_the_client_walk_on_the_design_page_is_todays(shared_server: ServerProce
     assert f"The {walk['revisits']} revisits are" in page
 
 
+def test_the_folded_walks_on_the_design_page_are_what_the_tool_counts(shared_server: ServerProcess) -> None:
+    """docs/client-design.md's table of folded walks: each row's figures are what its command
+    (the page's own, its variables expanded) prints today, the first row the walk unfolded."""
+    import json
+    page = (ROOT / "docs" / "client-design.md").read_text()
+    block = next(b for b in blocks(page, "bash") if "--fold" in b)
+    names = dict(line.split("=", 1) for line in block.splitlines() if re.match(r"^[A-Z]+=", line))
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("python ")]
+    table = page.split("| folded | stops / files / revisits |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.rsplit("|", 2)[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(commands) + 1, rows
+    for argv, row in zip([["python", "tools/call_walk.py", "--target", "T"]] + commands, rows):
+        args = [re.sub(r"\$([A-Z]+)", lambda m: names[m.group(1)], a) for a in argv[2:]]
+        args[args.index("--target") + 1] = shared_server.target
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / "call_walk.py"), *args, "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        walk = json.loads(done.stdout)
+        assert row == f"{walk['stops']} / {walk['files']} / {walk['revisits']}", (args, row, walk["revisits"])
+
+
 def test_the_benchmarks_the_performance_page_lists_are_the_runners() -> None:
     """The page's `benchmarks/run.py` line names every benchmark the runner takes (it left out
     `standin`), and no other: the runner's own refusal lists them."""
@@ -364,7 +385,7 @@ OTHER_TOOLS_FLAGS = set("""
     --rm --rmi --save --scale --tag --variant --csv --expect-workers --headless --host --json-file --master
     --master-host --worker --pdb --strict --config-settings --no-index --wheel-dir --vus --format --gil --pid
     --per-thread --pdeathsig --include --protocol --driver --pin --pipe-cancels --rounds --variants --show-diff
-    --check --outcom
+    --check --outcom --fold
 """.split())
 
 

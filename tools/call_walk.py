@@ -4,6 +4,8 @@ order, and how often the walk comes back to a file (docs/client-design.md).
     python tools/call_walk.py --target 127.0.0.1:50051            # callstate call --outcome abort
     python tools/call_walk.py --target 127.0.0.1:50051 --json      # the walk as JSON
     python tools/call_walk.py --target 127.0.0.1:50051 -- --outcome hold --cancel-after 0.2 --non-abortive
+    python tools/call_walk.py --target 127.0.0.1:50051 --fold client/aio.py,client/client_base.py
+                                                                   # as if those two were one module
 
 It runs `callstate call --target T --outcome abort` in this process under a profiler and keeps
 every function of the product (callstate/, client/, cli/, ...) in the order the call first
@@ -149,14 +151,26 @@ def counts(walk: list[tuple[str, str, bool]]) -> dict[str, int]:
             "revisits": len(path) - files}
 
 
+def folded(walk: list[tuple[str, str, bool]], files: set[str]) -> list[tuple[str, str, bool]]:
+    """The walk as if `files` were one module (named by the first of them the walk reaches): what
+    merging them would do to the counts, the calls and their order unchanged."""
+    into = next((rel for rel, _, _ in walk if rel in files), "")
+    return [(into if rel in files else rel, name, back) for rel, name, back in walk]
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--target", required=True, help="a running callstate serve, HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print the walk as JSON")
+    parser.add_argument("--fold", action="append", default=[], metavar="FILE,FILE,...",
+                        help="count the walk as if these files (as the walk names them) were one module; "
+                             "repeat for several merges")
     parser.add_argument("call_args", nargs="*", metavar="-- CALL ARGS",
                         help="what `callstate call` is given besides --target (default: --outcome abort)")
     opts = parser.parse_args(args)
     status, walk = record(["call", "--target", opts.target, *(opts.call_args or ["--outcome", "abort"])])
+    for group in opts.fold:
+        walk = folded(walk, {f.strip() for f in group.split(",") if f.strip()})
     path, total = stops(walk), counts(walk)
     if opts.json:
         print(json.dumps({"exit": status, "walk": [{"file": f, "functions": fs} for f, fs in path], **total}))
