@@ -1,4 +1,4 @@
-"""The benchmarks' floor (benchmarks/bare.py `floor_emulator`, run.py `_floor_verbs`) does what the
+"""The benchmarks' floor (benchmarks/bare.py `floor_emulator`, run.py `_FloorCaller`) does what the
 contract asks of any emulator and nothing else: its lines and a caller's pass `callstate check`, a
 caller that sent no id gets the made one in the headers. The run's "out of reach" verdicts rest
 on it, so a floor that skipped a line would make a target look harder than it is."""
