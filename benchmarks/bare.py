@@ -89,7 +89,9 @@ def floor_emulator(log: str) -> BareEmulator:
     the caller sent none), and the call's state-log lines written through callstate's StateLog
     (D, Comp, End for a completed call; D, then cancel_seen, A, End for a held call cancelled).
     No lifecycle table, journal, validation or dispatcher: what callstate serve does beyond this
-    is its own cost, and a target no server at this floor reaches is out of reach."""
+    is its own cost. A lower bound, then (the contract still asks for the Journal's history, bad
+    scripts refused, the default mix): a target this floor misses is out of reach on the same
+    event loop; one it meets is not thereby in reach."""
     from callstate.lifecycle import (A, ABORT, ABORTED, ABORTIVE, CANCEL_SEEN, D, DISPATCH, END, ENTER, SERVER,
                                      server_end_code)
     from callstate.logfile import StateLog

@@ -623,6 +623,11 @@ async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
         start = lambda call_id: stub.Call(pb.CallRequest(call_id=call_id, script=hold))  # noqa: E731
         close = channel.close
         if kind == "floor":
+            from callstate.wire import CALL_ID_KEY
+            # the contract's clients send the id as metadata too (what a balancer routes on), as
+            # callstate's does: a floor caller without it would be cheaper than any client can be
+            start = lambda call_id: stub.Call(pb.CallRequest(call_id=call_id, script=hold),  # noqa: E731
+                                              metadata=((CALL_ID_KEY, call_id),))
             floor = _FloorCaller(log, start, close)
             start, close = floor.start, floor.close
     calls: list[Any] = []
@@ -650,9 +655,10 @@ async def _hold_calls(kind: str, target: str, n: int, log: Path | None) -> Any:
 
 
 class _FloorCaller:
-    """The contract's floor on the caller's side: bare grpc.aio's calls, plus the state-log lines
-    of a call started, then cancelled abortively (C, WComp; Can, WComp; Comp, End) written through
-    callstate's StateLog; nothing else (no lifecycle table, locks or callbacks)."""
+    """The contract's floor on the caller's side: bare grpc.aio's calls (the id in the metadata too,
+    as the contract asks of every client), plus the state-log lines of a call started, then
+    cancelled abortively (C, WComp; Can, WComp; Comp, End) written through callstate's StateLog;
+    nothing else (no lifecycle table, locks or callbacks)."""
 
     def __init__(self, log: Path | None, start: Any, close: Any) -> None:
         from callstate.lifecycle import (ABORTIVE, CAN, CANCEL, CANCEL_ISSUED, CLIENT, COMP, COMPLETE, COMPLETED, END,

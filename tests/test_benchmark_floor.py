@@ -1,7 +1,8 @@
 """The benchmarks' floor (benchmarks/bare.py `floor_emulator`, run.py `_FloorCaller`) does what the
 contract asks of any emulator and nothing else: its lines and a caller's pass `callstate check`, a
-caller that sent no id gets the made one in the headers. The run's "out of reach" verdicts rest
-on it, so a floor that skipped a line would make a target look harder than it is."""
+caller that sent no id gets the made one in the headers. The run's verdicts rest on it both
+ways: a floor doing more than the contract asks would mark a target out of reach that is not;
+one skipping what it asks (a line, the id's metadata) would make a target look reachable."""
 
 from __future__ import annotations
 
@@ -71,3 +72,36 @@ def test_the_floor_logs_what_the_contract_asks_and_check_accepts_it(tmp_path: Pa
     # the made id's call has no caller's log: one side only is allowed for it
     checked = cli("check", "--allow-one-side", str(client_log), str(held_log), str(server_log))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_floors_caller_sends_the_id_as_metadata_as_the_contract_asks(tmp_path: Path) -> None:
+    """SPEC 7 (Scale): clients send `callstate-call-id` metadata on Call, as callstate's client
+    does; the floor's caller left it out, which made the floor cheaper than any client can be."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bare
+
+    seen: list[str | None] = []
+    emulator = bare.floor_emulator(str(tmp_path / "floor.jsonl"))
+    floor_call = emulator.Call
+
+    async def call(request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
+        seen.append(dict(context.invocation_metadata() or ()).get(CALL_ID_KEY))
+        return await floor_call(request, context)
+    emulator.Call = call  # type: ignore[method-assign]
+
+    async def go() -> list[str]:
+        server = grpc.aio.server()
+        pb_grpc.add_EmulatorServicer_to_server(emulator, server)
+        pb_grpc.add_JournalServicer_to_server(bare.BareJournal(emulator), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            ids, calls, cancel, wait_all = await run._hold_calls("floor", f"127.0.0.1:{port}", 3, None)
+            for c in calls:
+                cancel(c)
+            await wait_all()
+            return ids
+        finally:
+            await server.stop(None)
+    ids = asyncio.run(go())
+    assert sorted(seen, key=str) == sorted(ids), seen

@@ -55,3 +55,9 @@ def test_the_floor_stands_beside_a_target_and_says_when_it_is_out_of_reach(capsy
     assert "floor 0.820: out of reach" in out and "floor 1.400\n" in out
     assert "floor" not in run.print_targets({"server": run._summarize(
         "server", {"bare": _runs(1000, 0.2), "callstate": _runs(950, 0.25)}, server_cpu=True)})[0]
+
+
+def test_every_floor_stands_beside_a_target() -> None:
+    """FLOORS is keyed by a target's label: a label changed in TARGETS alone would drop its floor
+    from the table without a word (print_targets takes a missing floor for one that did not run)."""
+    assert set(run.FLOORS) <= {what for _, what, *_ in run.TARGETS}

@@ -137,3 +137,35 @@ def test_a_pipes_walk_bounces_only_where_its_caller_asked_for_a_callback(shared_
     walk = json.loads(done.stdout)
     bounces = [(stop["file"], f) for stop in walk["walk"] for f in stop["functions"] if f.startswith("<-")]
     assert walk["exit"] == 0 and bounces == [("cli/pipe.py", "<- _pipe.<locals>.on_started")], bounces
+
+
+def _call_walk():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import call_walk
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return call_walk
+
+
+def test_a_fold_recounts_the_returns() -> None:
+    """`--fold`: a call between files merged into one no longer lands back in another file, and one
+    from outside the merge into it may now do so (the returns had been carried over unfolded)."""
+    cw = _call_walk()
+    R = cw.Reach
+    walk = [R("a.py", "f", False, (), False), R("b.py", "g", False, ("a.py",), False),
+            R("a.py", "h", True, ("a.py", "b.py"), False), R("c.py", "k", False, ("a.py", "b.py"), False),
+            R("d.py", "m", False, ("a.py", "b.py", "c.py"), False), R("a.py", "n", True, ("a.py",), True)]
+    assert cw.counts(walk)["returns"] == 2
+    merged = cw.folded(walk, {"a.py", "b.py"})
+    assert [r.back for r in merged] == [False, False, False, False, False, True]   # h is inside a.py now; n a hook
+    across = cw.folded(walk, {"b.py", "d.py"})
+    assert [(r.file, r.back) for r in across][4] == ("b.py", True)   # c.py calling into the merged b.py, below it
+
+
+def test_a_fold_naming_no_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt name would fold nothing and print the unfolded counts as if they were a merge's."""
+    with pytest.raises(SystemExit) as exit_:
+        _call_walk().main(["--target", "127.0.0.1:1", "--fold", "client/aio.py,client/aoi.py"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("no such file in the repository: client/aoi.py")

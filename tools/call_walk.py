@@ -33,7 +33,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("callstate", "client", "cli", "server", "observe", "integrations", "schema")
@@ -94,19 +94,27 @@ def _on_the_loop(frame: Any) -> bool:
     return False
 
 
-def _landing(frame: Any) -> bool:
-    """Whether the call into `frame` comes back into a file the calls that led to it are already
-    inside of, or is a base class calling its subclass."""
-    above, rel = _stack(frame.f_back), product_file(frame.f_code.co_filename)
-    return (bool(above) and above[-1] != rel and rel in above) or _hook(frame)
+def _lands(above: list[str], rel: str) -> bool:
+    """Whether a call into `rel` from the files `above` (outermost first) comes back into a file
+    those calls are already inside of."""
+    return bool(above) and above[-1] != rel and rel in above
 
 
-def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
-    """Run the CLI with `argv`: (exit status, [(file, function, is a return)] in first-reach order)."""
+class Reach(NamedTuple):
+    """A function the walk reaches for the first time."""
+    file: str
+    name: str
+    back: bool                # a return: it lands in a file further up (`_lands`), or is a hook (`_hook`)
+    above: tuple[str, ...]    # the files of the calls that led to it, outermost first: `folded` recounts `back`
+    hook: bool
+
+
+def record(argv: list[str]) -> tuple[int, list[Reach]]:
+    """Run the CLI with `argv`: (exit status, the functions of the walk in first-reach order)."""
     from callstate.cli import main
 
     seen: set[Any] = set()
-    events: list[tuple[str, str, str, bool]] = []   # (event, file, function, return), product code only
+    events: list[tuple[str, Reach]] = []   # (event, what it reached), product code only
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event not in ("call", "return"):
@@ -116,10 +124,11 @@ def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
         if rel is None or code.co_name == "<module>" or not (events or _on_the_loop(frame)):
             return
         if event == "return":
-            events.append((event, rel, code.co_qualname, False))
+            events.append((event, Reach(rel, code.co_qualname, False, (), False)))
         elif code not in seen:
             seen.add(code)
-            events.append((event, rel, code.co_qualname, _landing(frame)))
+            above, hook = _stack(frame.f_back), _hook(frame)
+            events.append((event, Reach(rel, code.co_qualname, _lands(above, rel) or hook, tuple(above), hook)))
 
     sys.setprofile(profile)
     try:
@@ -127,15 +136,15 @@ def record(argv: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
             status = main(argv)
     finally:
         sys.setprofile(None)
-    in_client = [i for i, (_, rel, _, _) in enumerate(events) if rel.startswith("client/")]
+    in_client = [i for i, (_, reach) in enumerate(events) if reach.file.startswith("client/")]
     window = events[:in_client[-1] + 1] if in_client else []
-    return status, [(rel, name, back) for event, rel, name, back in window if event == "call"]
+    return status, [reach for event, reach in window if event == "call"]
 
 
-def stops(walk: list[tuple[str, str, bool]]) -> list[tuple[str, list[str]]]:
+def stops(walk: list[Reach]) -> list[tuple[str, list[str]]]:
     """Consecutive functions of one file as one stop: (file, its functions; a return marked '<-')."""
     out: list[tuple[str, list[str]]] = []
-    for rel, name, back in walk:
+    for rel, name, back, _, _ in walk:
         name = f"<- {name}" if back else name
         if out and out[-1][0] == rel:
             out[-1][1].append(name)
@@ -144,18 +153,39 @@ def stops(walk: list[tuple[str, str, bool]]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def counts(walk: list[tuple[str, str, bool]]) -> dict[str, int]:
+def counts(walk: list[Reach]) -> dict[str, int]:
     path = stops(walk)
     files = len({rel for rel, _ in path})
-    return {"stops": len(path), "files": files, "returns": sum(back for _, _, back in walk),
+    return {"stops": len(path), "files": files, "returns": sum(reach.back for reach in walk),
             "revisits": len(path) - files}
 
 
-def folded(walk: list[tuple[str, str, bool]], files: set[str]) -> list[tuple[str, str, bool]]:
+def folded(walk: list[Reach], files: set[str]) -> list[Reach]:
     """The walk as if `files` were one module (named by the first of them the walk reaches): what
-    merging them would do to the counts, the calls and their order unchanged."""
-    into = next((rel for rel, _, _ in walk if rel in files), "")
-    return [(into if rel in files else rel, name, back) for rel, name, back in walk]
+    merging them would do to the counts, the calls and their order unchanged. A return is
+    recounted: a call between two of the files merged no longer lands back in another file, and
+    one from outside into the merged module may now land back in it."""
+    into = next((reach.file for reach in walk if reach.file in files), "")
+
+    def one(rel: str) -> str:
+        return into if rel in files else rel
+    out = []
+    for reach in walk:
+        mapped = [one(rel) for rel in reach.above]
+        above = [rel for i, rel in enumerate(mapped) if not i or mapped[i - 1] != rel]   # repeats as one, as _stack
+        rel = one(reach.file)
+        out.append(reach._replace(file=rel, above=tuple(above), back=_lands(above, rel) or reach.hook))
+    return out
+
+
+def _fold_groups(parser: argparse.ArgumentParser, given: list[str]) -> list[set[str]]:
+    """--fold's files, each group a set; a name that is no file of the repository is refused (a
+    misspelt one would fold nothing, and the counts printed would look like a merge's)."""
+    groups = [{f.strip() for f in group.split(",") if f.strip()} for group in given]
+    unknown = sorted(f for group in groups for f in group if not (ROOT / f).is_file())
+    if unknown:
+        parser.error(f"--fold: no such file in the repository: {', '.join(unknown)}")
+    return groups
 
 
 def main(args: list[str] | None = None) -> int:
@@ -168,9 +198,10 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("call_args", nargs="*", metavar="-- CALL ARGS",
                         help="what `callstate call` is given besides --target (default: --outcome abort)")
     opts = parser.parse_args(args)
+    groups = _fold_groups(parser, opts.fold)
     status, walk = record(["call", "--target", opts.target, *(opts.call_args or ["--outcome", "abort"])])
-    for group in opts.fold:
-        walk = folded(walk, {f.strip() for f in group.split(",") if f.strip()})
+    for group in groups:
+        walk = folded(walk, group)
     path, total = stops(walk), counts(walk)
     if opts.json:
         print(json.dumps({"exit": status, "walk": [{"file": f, "functions": fs} for f, fs in path], **total}))
