@@ -46,8 +46,8 @@ VARIANTS = {
     "noopts": "grpc server options dropped (so_reuseport, keepalive, max receive)",
     "onlyemu": "only the Emulator service (no Journal, health, reflection)",
     "barehandler": "callstate's server with bare.py's Call handler in place of the emulator's",
-    "floor": "bare.py's floor_emulator in place of the emulator's: the call id read (or made and sent in the headers) "
-             "and the call's state-log lines written, nothing else: the contract's floor",
+    "floor": "bare.py's floor_emulator in place of the emulator's: the call id read (or made, and returned with the "
+             "reply) and the call's state-log lines written, nothing else: the contract's floor",
     "bareheaders": "barehandler sending a made call id in the response headers when the caller sent none (the contract)",
     "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
     "uvloop": "callstate on uvloop's event loop",

@@ -85,8 +85,8 @@ class BareEmulator(pb_grpc.EmulatorServicer):
 
 def floor_emulator(log: str) -> BareEmulator:
     """bare's server plus the least the contract asks of any emulator, whatever its design: the
-    call's id read from the request or its metadata (made, and sent in the response headers, when
-    the caller sent none), and the call's state-log lines written through callstate's StateLog
+    call's id read from the request or its metadata (made when the caller sent none, and returned
+    with the reply of a call answered at once, in the headers first of one that waits), and the call's state-log lines written through callstate's StateLog
     (D, Comp, End for a completed call; D, then cancel_seen, A, End for a held call cancelled).
     No lifecycle table, journal, validation or dispatcher: what callstate serve does beyond this
     is its own cost. A lower bound, then (the contract still asks for the Journal's history, bad
@@ -105,12 +105,16 @@ def floor_emulator(log: str) -> BareEmulator:
         async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallReply:
             call_id = request.call_id or next((v for k, v in context.invocation_metadata() or ()
                                                if k == CALL_ID_KEY), "")
-            if not call_id:
+            hold = request.script.outcome == pb.OUTCOME_HOLD
+            if not call_id:   # made: with the reply for a call answered at once, else in the headers first
                 call_id = new_call_id()
-                await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
+                if hold:
+                    await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
+                else:
+                    context.set_trailing_metadata(((CALL_ID_KEY, call_id),))
             append(new_entry((time.time(), SERVER, call_id, D, None, ENTER, DISPATCH, None, None, None, None, None,
                               None, None, None, None)))
-            if request.script.outcome != pb.OUTCOME_HOLD:
+            if not hold:
                 append(_comp_entry(time.time(), call_id, None, None))
                 append(_end_entry(time.time(), call_id, "OK", None, None))
                 return pb.CallReply(call_id=call_id)

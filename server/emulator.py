@@ -152,11 +152,19 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
         with it, so no cancel can reach it: it makes what `Call`, `_run` and `_complete` make of
         it (the dispatch, D -> Comp -> End, the same entries, journal record and release).
         None, before anything is done: not such a call, `Call` takes it (with the id and key it read
-        from the request or its metadata, once)."""
+        from the request or its metadata, once).
+
+        A caller that sent no id (k6, grpcurl) gets the one made here in the reply's call_id and
+        the trailers: its headers would go out with the reply anyway, and sending them first
+        (what `Call` does for a call that waits, so that its caller can cancel it by id) is a
+        batch of their own through grpc.aio, about a fifth of a bare server's work per call."""
         if answer is not None or (known := self._script_at_once(request)) is None:
             return None
         key, size = known
         d = self.dispatcher
+        made = not call_id
+        if made:
+            call_id = new_call_id()
         if not d.admits_at_once(call_id, cancel_key):
             return None
         payload = request.payload
@@ -171,6 +179,8 @@ class EmulatorServicer(pb_grpc.EmulatorServicer):
             return None   # refused, nothing reserved: `_complete` ends it with 1723
         call = d.dispatch(call_id, cancel_key, _COMPLETE_NAME, context, UNARY, deadline_ms(context))
         try:
+            if made:   # past the last refusal: `Call` makes its own id for a call turned away above
+                context.set_trailing_metadata(((CALL_ID_KEY, call_id),))
             call.complete_now(_OK)
             reply = pb.CallReply()
             reply.call_id = call_id   # (cheaper than the constructor's keyword)

@@ -1,6 +1,6 @@
 """The benchmarks' floor (benchmarks/bare.py `floor_emulator`, run.py `_FloorCaller`) does what the
 contract asks of any emulator and nothing else: its lines and a caller's pass `callstate check`, a
-caller that sent no id gets the made one in the headers. The run's verdicts rest on it both
+caller that sent no id gets the made one with the reply. The run's verdicts rest on it both
 ways: a floor doing more than the contract asks would mark a target out of reach that is not;
 one skipping what it asks (a line, the id's metadata) would make a target look reachable."""
 
@@ -47,8 +47,8 @@ def test_the_floor_logs_what_the_contract_asks_and_check_accepts_it(tmp_path: Pa
                     await client.start(Script("complete"))
             async with grpc.aio.insecure_channel(target) as channel:    # no id at all: the server makes one
                 call = pb_grpc.EmulatorStub(channel).Call(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE)))
-                reply, headers = await call, await call.initial_metadata()
-            made = dict(headers)[CALL_ID_KEY]
+                reply, trailers = await call, await call.trailing_metadata()
+            made = dict(trailers)[CALL_ID_KEY]   # answered at once: with the reply, as callstate serve does
             assert reply.call_id == made
             ids, calls, cancel, wait_all = await run._hold_calls("floor", target, 4, held_log)
             for c in calls:

@@ -33,6 +33,7 @@ class Context:
         self.metadata, self.remaining = metadata, remaining
         self.done_callbacks: list[Any] = []
         self.sent_headers: list[Any] = []
+        self.trailers: Any = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata
@@ -48,6 +49,9 @@ class Context:
 
     async def send_initial_metadata(self, metadata: Any) -> None:
         self.sent_headers.append(metadata)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailers = metadata
 
     async def abort(self, status: Any, message: str, trailers: Any = ()) -> None:
         raise Aborted(status, message, tuple(trailers))
@@ -97,6 +101,7 @@ def _run(request: pb.CallRequest, context: Context, fast: bool, warm: bool, **co
         "backlog": emulator.backlog.bytes,
         "reserved": len(context.done_callbacks),
         "headers": context.sent_headers,
+        "trailers": context.trailers,
         "fast": any(taken),
     }
 
@@ -109,7 +114,7 @@ def _both(request: pb.CallRequest, metadata: tuple[tuple[str, str], ...] = (), *
         fast = _run(request, Context(metadata), True, warm, **config)
         slow = _run(request, Context(metadata), False, warm, **config)
         assert not slow["fast"]
-        for key in ("outcome", "entries", "record", "counters", "live", "backlog", "reserved", "headers"):
+        for key in ("outcome", "entries", "record", "counters", "live", "backlog", "reserved", "headers", "trailers"):
             assert fast[key] == slow[key], (key, warm)
         runs.append(fast)
     assert runs[0]["fast"] == runs[1]["fast"]
@@ -129,6 +134,32 @@ def test_the_common_call_is_recorded_as_the_general_path_records_it(request_: pb
     assert [e[2] for e in fast["entries"]] == [D, COMP, END]   # each entry's state (the time left out)
     assert isinstance(fast["outcome"], pb.CallReply) and fast["outcome"].call_id == ID
     assert fast["record"][9] == 5000   # the caller's deadline, as it arrived
+
+
+def test_a_call_with_no_id_that_completes_at_once_gets_the_made_id_with_its_reply() -> None:
+    """No id in the request or its metadata (k6, grpcurl): the common call still takes its one
+    step, and the id the server made comes back in the reply and the trailers, with no headers of
+    their own before it (a batch grpc.aio sends apart). The general path, for a call that waits,
+    sends the made id in the headers first: so its caller can cancel it by id before the outcome."""
+    fast = _run(pb.CallRequest(script=COMPLETE), Context(), True, warm=True)
+    assert fast["fast"] and fast["headers"] == []
+    made = fast["outcome"].call_id
+    assert made and fast["trailers"] == (("callstate-call-id", made),)
+    assert [(e[1], e[2]) for e in fast["entries"]] == [(made, D), (made, COMP), (made, END)]
+    assert fast["record"][0] == made and fast["counters"][0] == 2 and fast["live"] == {}   # the warm call, then this
+    waits = _run(pb.CallRequest(script=pb.Script(outcome=pb.OUTCOME_COMPLETE, outcome_delay_ms=1)), Context(), True,
+                 warm=True)
+    assert not waits["fast"] and waits["trailers"] is None
+    assert waits["headers"] == [(("callstate-call-id", waits["outcome"].call_id),)]
+
+
+def test_a_call_with_no_id_turned_away_from_the_step_gets_one_id_only() -> None:
+    """A made id the one step refuses to take (here: over the in-flight limit) is dropped before
+    anything is sent: the general path makes the call's id, sends it in the headers and ends the
+    call with it; no trailer names another."""
+    slow = _run(pb.CallRequest(script=COMPLETE), Context(), True, warm=False, max_in_flight=0)
+    assert not slow["fast"] and slow["trailers"] is None
+    assert [h for h in slow["headers"]] == [(("callstate-call-id", slow["entries"][0][1]),)]
 
 
 @pytest.mark.parametrize("request_, config", [
