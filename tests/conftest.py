@@ -147,8 +147,10 @@ def at_default(*signals: int) -> list[str]:
 
 def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None,
                  launcher: Iterable[str] = ()) -> ServerProcess:
-    """`callstate serve` on a port the kernel picks, once its port file says it serves
-    (`launcher`: an argv prefix it is started through, e.g. `at_default(signal.SIGHUP)`)."""
+    """`callstate serve` on a port the kernel picks, once it serves: its port file, then its whole
+    "serving" line on stderr, which it writes just after the file (a test reading that line at once
+    found it missing under load). `launcher`: an argv prefix it is started through, e.g.
+    `at_default(signal.SIGHUP)`."""
     port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
     # --no-state-log refuses a --log-file beside it (the log would never be written)
     log_args = () if "--no-state-log" in args else ("--log-file", str(log))
@@ -157,12 +159,17 @@ def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str
          *log_args, *args],
         stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp, env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + 20
-    while not (port_file.exists() and port_file.read_text().strip()):
+    while not (port_file.exists() and port_file.read_text().strip() and _says_serving(err)):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"callstate serve did not start: {err.read_text()}")
         time.sleep(0.02)
     return ServerProcess(proc, int(port_file.read_text()), log, err)
+
+
+def _says_serving(stderr: Path) -> bool:
+    return any(line.startswith("callstate: serving ") for line in stderr.read_text(errors="replace").splitlines(True)
+               if line.endswith("\n"))
 
 
 @pytest.fixture
