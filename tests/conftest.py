@@ -136,21 +136,40 @@ async def final_codes(calls: Iterable[Any]) -> list[int]:
     return out
 
 
-def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None) -> ServerProcess:
+def at_default(*signals: int) -> list[str]:
+    """An argv prefix: the child puts `signals` back at their default, then execs the rest. An
+    ignored signal passes on through fork and exec, and pytest may run with SIGINT ignored (a
+    script's background job) or SIGHUP (nohup); a test that sends one needs a child that takes it
+    as a terminal would. The child resets them itself: no `preexec_fn` (docs/testing.md)."""
+    reset = "".join(f"signal.signal({int(s)}, signal.SIG_DFL); " for s in signals)
+    return [sys.executable, "-c", f"import os, signal, sys; {reset}os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+def start_server(tmp: Path, *args: str, name: str = "server", env: dict[str, str] | None = None,
+                 launcher: Iterable[str] = ()) -> ServerProcess:
+    """`callstate serve` on a port the kernel picks, once it serves: its port file, then its whole
+    "serving" line on stderr, which it writes just after the file (a test reading that line at once
+    found it missing under load). `launcher`: an argv prefix it is started through, e.g.
+    `at_default(signal.SIGHUP)`."""
     port_file, log, err = tmp / f"{name}.port", tmp / f"{name}.jsonl", tmp / f"{name}.stderr"
     # --no-state-log refuses a --log-file beside it (the log would never be written)
     log_args = () if "--no-state-log" in args else ("--log-file", str(log))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
+        [*launcher, sys.executable, "-m", "callstate", "serve", "--port", "0", "--port-file", str(port_file),
          *log_args, *args],
         stdout=subprocess.DEVNULL, stderr=open(err, "wb"), cwd=tmp, env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + 20
-    while not (port_file.exists() and port_file.read_text().strip()):
+    while not (port_file.exists() and port_file.read_text().strip() and _says_serving(err)):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"callstate serve did not start: {err.read_text()}")
         time.sleep(0.02)
     return ServerProcess(proc, int(port_file.read_text()), log, err)
+
+
+def _says_serving(stderr: Path) -> bool:
+    return any(line.startswith("callstate: serving ") for line in stderr.read_text(errors="replace").splitlines(True)
+               if line.endswith("\n"))
 
 
 @pytest.fixture
