@@ -90,6 +90,13 @@ _COMPLETED_CODE = server_end_code(COMPLETED)
 Completed = tuple[float, float, float, str]
 
 
+def _dispatch_entry(t: float, call_id: str, first: str, method: str | None, rule: str | None) -> Entry:
+    """The entry of the call's first state (D, by `first`, its kind's initial move): made by
+    `ServerCall.__init__`, and again from the times the journal keeps."""
+    return new_entry((t, SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None, None,
+                      method, rule))
+
+
 def _comp_entry(t: float, call_id: str, method: str | None, rule: str | None) -> Entry:
     """The entry of D -> Comp: made by `complete_now`, and again from the times the journal keeps."""
     return new_entry((t, SERVER, call_id, _COMPLETING, _INITIAL, ENTER, COMPLETE, None, None, None, None, None, None,
@@ -136,8 +143,7 @@ class ServerCall(CallRecord):
         self._completed: Completed | None = None   # set by `complete_now`, in place of its entries
         journal.keep(self)
         first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        e = new_entry((time.time(), SERVER, call_id, _INITIAL, None, ENTER, first, None, None, None, None, None, None,
-                    None, method, rule))
+        e = _dispatch_entry(time.time(), call_id, first, method, rule)
         journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
 
@@ -189,9 +195,8 @@ class ServerCall(CallRecord):
             return self.entries
         t0, t1, t2, grpc_status = done
         call_id, method, rule = self.call_id, self.method, self.rule
-        return [new_entry((t0, SERVER, call_id, _INITIAL, None, ENTER, _INITIAL_MOVE, None, None, None, None, None,
-                           None, None, method, rule)),
-                _comp_entry(t1, call_id, method, rule), _end_entry(t2, call_id, grpc_status, method, rule)]
+        return [_dispatch_entry(t0, call_id, _INITIAL_MOVE, method, rule), _comp_entry(t1, call_id, method, rule),
+                _end_entry(t2, call_id, grpc_status, method, rule)]
 
     @property
     def started(self) -> float | None:

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import pytest
 
-from callstate.lifecycle import COMPLETE, COMPLETED, NON_ABORTIVE, server_end_code
+from callstate.lifecycle import (COMPLETE, COMPLETED, ENTER, INITIAL, NON_ABORTIVE, PIPE_OUT, SERVER, UNARY, initial_move,
+                                 server_end_code)
 from callstate.server.calls import ServerCall
 from callstate.server.journal import CallRecord, Journal
 from callstate.server.journal_service import JournalServicer, bounded_history, summary
@@ -110,3 +111,16 @@ def test_the_step_logs_what_the_moves_one_by_one_log(fields: dict[str, Any]) -> 
     _, stepped = _ended(_common, fields, Journal())
     _, moved = _ended(_by_moves, fields, Journal())
     assert [e[1:] for e in stepped] == [e[1:] for e in moved]
+
+
+@pytest.mark.parametrize("kind", [UNARY, PIPE_OUT])
+def test_a_calls_first_entry_is_its_tables_first_state(kind: str) -> None:
+    """The entry of D, made by one builder for the call's dispatch and for the kept form's rebuild
+    (so their equality above cannot see it wrong): the table's initial state by the kind's initial
+    move, from nothing, with the call's method and rule."""
+    logged: list[Entry] = []
+    ServerCall(ID, Journal(), logged.append, "complete", kind, method="pkg.Svc/Do", rule="r")
+    (first,) = logged
+    assert (first.side, first.call_id, first.state, first.prev, first.event, first.move) == (
+        SERVER, ID, INITIAL[SERVER], None, ENTER, initial_move(SERVER, kind))
+    assert (first.code, first.method, first.rule) == (None, "pkg.Svc/Do", "r")
