@@ -8,7 +8,8 @@
         `authorization: Bearer T` in the handler, the least a token check can cost.
     python benchmarks/bare.py serve --port-file F --floor LOG
         the contract's floor: the same server doing the least any emulator must (floor_emulator):
-        the call id read or made (and sent in the headers), the call's state-log lines written.
+        the call id read or made (returned with the reply of a call answered at once, in the
+        headers first of one that waits), the call's state-log lines written.
     python benchmarks/bare.py drive --target T --client bare|callstate|raw-call|raw-charge --concurrency N --duration S
                                     [--tls-ca PEM] [--token T] [--cancel-keys]
         a closed-loop client; prints JSON {"calls", "seconds", "cpu_s"}. --cancel-keys: the
@@ -86,8 +87,9 @@ class BareEmulator(pb_grpc.EmulatorServicer):
 def floor_emulator(log: str) -> BareEmulator:
     """bare's server plus the least the contract asks of any emulator, whatever its design: the
     call's id read from the request or its metadata (made when the caller sent none, and returned
-    with the reply of a call answered at once, in the headers first of one that waits), and the call's state-log lines written through callstate's StateLog
-    (D, Comp, End for a completed call; D, then cancel_seen, A, End for a held call cancelled).
+    with the reply of a call answered at once, in the headers first of one that waits), and the
+    call's state-log lines written through callstate's StateLog (D, Comp, End for a completed
+    call; D, then cancel_seen, A, End for a held call cancelled).
     No lifecycle table, journal, validation or dispatcher: what callstate serve does beyond this
     is its own cost. A lower bound, then (the contract still asks for the Journal's history, bad
     scripts refused, the default mix): a target this floor misses is out of reach on the same
@@ -95,9 +97,9 @@ def floor_emulator(log: str) -> BareEmulator:
     from callstate.lifecycle import (A, ABORT, ABORTED, ABORTIVE, CANCEL_SEEN, D, DISPATCH, END, ENTER, SERVER,
                                      server_end_code)
     from callstate.logfile import StateLog
-    # the server's own builders of a completed call's Comp and End entries: the floor's lines are
-    # then the product's byte for byte, and as cheap to make (one positional tuple each)
-    from callstate.server.calls import _comp_entry, _end_entry
+    # the server's own builders of a call's D entry and a completed call's Comp and End: the floor's
+    # lines are then the product's byte for byte, and as cheap to make (one positional tuple each)
+    from callstate.server.calls import _comp_entry, _dispatch_entry, _end_entry
     from callstate.statelog import new_entry
     from callstate.wire import CALL_ID_KEY, new_call_id
     append = StateLog(log).append
@@ -114,8 +116,7 @@ def floor_emulator(log: str) -> BareEmulator:
                     await context.send_initial_metadata(((CALL_ID_KEY, call_id),))
                 else:
                     context.set_trailing_metadata(((CALL_ID_KEY, call_id),))
-            append(new_entry((time.time(), SERVER, call_id, D, None, ENTER, DISPATCH, None, None, None, None, None,
-                              None, None, None, None)))
+            append(_dispatch_entry(time.time(), call_id, DISPATCH, None, None))
             if not hold:
                 append(_comp_entry(time.time(), call_id, None, None))
                 append(_end_entry(time.time(), call_id, "OK", None, None))
