@@ -19,7 +19,7 @@ from tests.conftest import ServerProcess, states, wait_entries
 
 
 async def _call(target: str, script: pb.Script) -> dict[str, Any]:
-    """The call's headers (and whether its reply had arrived when they did), reply and trailers."""
+    """The call's headers, how long after them its reply ended (`early_s`), its replies and trailers."""
     async with grpc.aio.insecure_channel(target) as channel:
         rpc = channel.unary_stream("/callstate.v1.Emulator/Call", request_serializer=pb.CallRequest.SerializeToString,
                                    response_deserializer=pb.CallReply.FromString)

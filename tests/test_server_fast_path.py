@@ -159,7 +159,7 @@ def test_a_call_with_no_id_turned_away_from_the_step_gets_one_id_only() -> None:
     call with it; no trailer names another."""
     slow = _run(pb.CallRequest(script=COMPLETE), Context(), True, warm=False, max_in_flight=0)
     assert not slow["fast"] and slow["trailers"] is None
-    assert [h for h in slow["headers"]] == [(("callstate-call-id", slow["entries"][0][1]),)]
+    assert slow["headers"] == [(("callstate-call-id", slow["entries"][0][1]),)]
 
 
 @pytest.mark.parametrize("request_, config", [
