@@ -358,9 +358,8 @@ def check_tls(opts: ServerOptions) -> None:
 
 
 def _describe_loop(loop: asyncio.AbstractEventLoop) -> str:
-    """Said only when it is not asyncio's own (serve --loop uvloop)."""
-    name = type(loop).__module__.split(".")[0]
-    return "" if name == "asyncio" else f", event loop: {name}"
+    """The loop serve --loop auto took (uvloop, or asyncio where uvloop is not installed)."""
+    return f", event loop: {type(loop).__module__.split('.')[0]}"
 
 
 def _describe_log(target: object) -> str:

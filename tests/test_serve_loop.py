@@ -1,5 +1,6 @@
-"""`callstate serve --loop uvloop`: the same server on uvloop's event loop (docs/performance.md):
-it says so, serves calls and cancels as on asyncio's, and stops flushing its log."""
+"""`callstate serve --loop`: the same server on uvloop's event loop (what --loop auto, the default,
+takes when uvloop imports; docs/performance.md) or asyncio's: it names the loop, serves calls and
+cancels as on asyncio's, and stops flushing its log."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.conftest import final, start_server, states
 
 pytestmark = pytest.mark.timeout(60)
 needs_uvloop = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None,
-                                  reason="uvloop is not installed (the fast extra; the dev extra has it)")
+                                  reason="uvloop is not installed (a base dependency where it builds: not here)")
 
 
 @needs_uvloop
@@ -52,13 +53,42 @@ def test_the_server_runs_on_uvloop_and_serves_completes_aborts_and_cancels(tmp_p
         assert srv.stop() == 0
 
 
-def test_asyncio_stays_the_default_and_says_nothing_of_its_loop(tmp_path: Path) -> None:
+def _serving_line(srv: object) -> str:
+    return next(ln for ln in srv.stderr.read_text().splitlines() if "serving" in ln)   # type: ignore[attr-defined]
+
+
+@needs_uvloop
+def test_auto_the_default_takes_uvloop_when_it_imports(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     try:
-        line = next(ln for ln in srv.stderr.read_text().splitlines() if "serving" in ln)
-        assert "event loop" not in line, line
+        assert _serving_line(srv).endswith(", event loop: uvloop)")
     finally:
-        srv.stop()
+        assert srv.stop() == 0
+
+
+def test_loop_asyncio_keeps_asyncios_loop_and_says_so(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--loop", "asyncio")
+    try:
+        assert _serving_line(srv).endswith(", event loop: asyncio)")
+    finally:
+        assert srv.stop() == 0
+
+
+def _without_uvloop(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import uvloop` fails, as where it is not installed."""
+    shadow = tmp_path / "shadow" / "uvloop"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))}
+
+
+def test_auto_without_uvloop_serves_on_asyncio(tmp_path: Path) -> None:
+    """Where uvloop does not build (Windows, PyPy) the default still serves, on asyncio's loop."""
+    srv = start_server(tmp_path, env=_without_uvloop(tmp_path))
+    try:
+        assert _serving_line(srv).endswith(", event loop: asyncio)")
+    finally:
+        assert srv.stop() == 0
 
 
 def test_an_unknown_loop_is_a_usage_error(tmp_path: Path) -> None:
@@ -69,12 +99,10 @@ def test_an_unknown_loop_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_uvloop_asked_for_but_not_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    """Without the `fast` extra, --loop uvloop says what to install, in one line, and serves nothing."""
-    shadow = tmp_path / "shadow" / "uvloop"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('no uvloop here')\n")   # as if not installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))}
+    """Without uvloop, --loop uvloop says what to do, in one line, and serves nothing."""
+    env = {**os.environ, **_without_uvloop(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "callstate", "serve", "--port", "0", "--loop", "uvloop"],
                           capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == ["callstate serve: --loop uvloop needs uvloop (pip install 'callstate[fast]')"]
+    assert proc.stderr.strip().splitlines() == [
+        "callstate serve: --loop uvloop needs uvloop, which is not installed here (pip install uvloop; or --loop asyncio)"]
