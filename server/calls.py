@@ -17,10 +17,9 @@ says which cancel is seen when, this adapter only waits for those instants.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 import grpc
 from grpc._cython import cygrpc
@@ -32,6 +31,7 @@ from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, COMPLETE, COMPLETED, ENT
 from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
 from callstate.server.journal import RECORD_BYTES, CallRecord, Journal
+from callstate.server.wakeups import Wakeups
 
 
 
@@ -113,12 +113,12 @@ class ServerCall(CallRecord):
     """A call in flight, and, once it ends, its record in the journal: one object per call holds
     its state in the server's table (callstate.lifecycle), its cancels and its history."""
 
-    __slots__ = ("kind", "_table", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_timer",
-                 "_journal", "_log", "polls", "_completed")
+    __slots__ = ("kind", "_table", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_wakeup",
+                 "_wakeups", "_journal", "_log", "polls", "_completed")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
-                 rule: str | None = None) -> None:
+                 rule: str | None = None, wakeups: Wakeups | None = None) -> None:
         # CallRecord.__init__, in place (every call makes one): its fields, then the call's own
         self.call_id = call_id
         self.entries: list[Entry] = []
@@ -136,7 +136,8 @@ class ServerCall(CallRecord):
         self.stopping = False
         self.cancel_key = ""   # the caller's secret: a cancel notice must repeat it (empty: anyone's notice)
         self._wake: asyncio.Future[None] | None = None   # made on the first wait
-        self._timer: asyncio.TimerHandle | None = None   # wakes the current wait at its end
+        self._wakeups = wakeups   # the server's (Dispatcher's); made for this call when None (a test's call)
+        self._wakeup: list[Any] | None = None   # the current wait's entry in it: wakes it at its end
         self.polls: CancelPoll | None = None   # set by `poll_cancels`: the handler asks for cancels
         self._journal = journal
         self._log = log_append
@@ -299,12 +300,14 @@ class ServerCall(CallRecord):
         """The future a waiting handler awaits: a cancel, the server stopping or `seconds` (cut to
         the next poll instant) resolve it. The handler awaits it directly, in its own frame: no
         waiter, set or extra coroutine frame per held call (10,000 held calls add up). Its timer
-        is kept so `stop_timer` can drop it when the call is done waiting."""
-        loop = asyncio.get_running_loop()
+        is the server's one timer (`Wakeups`), not one per call; `stop_timer` drops its entry when
+        the call is done waiting."""
         if self._wake is None or self._wake.done():
-            self._wake = loop.create_future()
+            self._wake = asyncio.get_running_loop().create_future()
         self.stop_timer()
-        self._timer = loop.call_later(self.poll_timeout(seconds), _wake_up, self._wake, context=_TIMER_CONTEXT)
+        if self._wakeups is None:
+            self._wakeups = Wakeups()
+        self._wakeup = self._wakeups.after(self.poll_timeout(seconds), self._wake)   # type: ignore[arg-type]
         return self._wake
 
     def let_go(self) -> None:
@@ -312,21 +315,12 @@ class ServerCall(CallRecord):
         self._wake = self.polls = None
 
     def stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._wakeup is not None:
+            self._wakeups.drop(self._wakeup)   # type: ignore[union-attr]
+            self._wakeup = None
 
 
 # How a call the server's stop cuts short ends: (code, status, message), the same for calls and pipes.
 STOPPING: tuple[int, grpc.StatusCode, str] = (codes.RPC_S_SERVER_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                                "server is shutting down")
 
-
-# What the wake-up timers run in: `_wake_up` reads no context variable, so no copy of the
-# handler's context is made and kept per held call (call_later's default).
-_TIMER_CONTEXT = contextvars.Context()
-
-
-def _wake_up(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)

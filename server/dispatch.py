@@ -24,6 +24,7 @@ from callstate.server.calls import ServerCall
 from callstate.server.config import EmulatorConfig
 from callstate.server.journal import Journal
 from callstate.server.notices import EarlyNotices, notice_key
+from callstate.server.wakeups import Wakeups
 from callstate.wire import CODE_KEY, MAX_CANCEL_KEY
 
 # Why a request is refused before its dispatch: the status and its message.
@@ -59,6 +60,7 @@ class Dispatcher:
         self.log_append = log_append
         self.rng = random.Random(config.seed)
         self.live: dict[str, ServerCall] = {}
+        self.wakeups = Wakeups()   # the ends of the live calls' waits, on one loop timer
         self.early_notices = EarlyNotices(config.early_notice_ttl, config.max_early_notices,
                                           config.max_early_notice_bytes)
         self.backlog = ReplyBacklog(config.max_reply_backlog_bytes,   # replies handed to gRPC, not yet delivered
@@ -130,7 +132,8 @@ class Dispatcher:
         overtook it applies now."""
         if self.on_dispatch is not None:   # tracing: the caller's trace context
             self.on_dispatch(call_id, context.invocation_metadata())
-        call = ServerCall(call_id, self.journal, self.log_append, outcome, kind, deadline_ms, method, rule)
+        call = ServerCall(call_id, self.journal, self.log_append, outcome, kind, deadline_ms, method, rule,
+                          self.wakeups)
         call.cancel_key = cancel_key   # a cancel notice must repeat it (Emulator.Cancel checks)
         self.live[call_id] = call
         if poll_ms is not None or self.config.cancel_poll_ms:   # else it sees cancels as they arrive
