@@ -438,6 +438,11 @@ if [ "$EMU_RC" != 0 ]; then
     tail -n 20 "$WORK/emulator.err"
     die "the emulator exited $EMU_RC on SIGTERM (expected a graceful 0)"
 fi
+# The image's server runs on uvloop, the loop serve --loop auto takes where it is installed (a base
+# dependency): what users of the image get, said on its start line.
+grep -q '^callstate: serving .*, event loop: uvloop)$' "$WORK/emulator.err" \
+    || die "the emulator's start line does not say it runs on uvloop: $(grep -m1 'serving' "$WORK/emulator.err")"
+log "the emulator ran on uvloop"
 
 # ---------------------------------------------------------------- 6. checks
 log "checking the report and the state logs"
