@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 VARIANTS = {
-    "callstate": "EmulatorServer as `callstate serve` builds it (state log, journal)",
+    "callstate": "EmulatorServer as `callstate serve` builds it (state log, journal), on asyncio's loop",
     "cli": "`python -m callstate serve` itself",
     "nolog": "no state log",
     "nojournal": "journal size 0",
@@ -50,7 +50,7 @@ VARIANTS = {
              "reply) and the call's state-log lines written, nothing else: the contract's floor",
     "bareheaders": "barehandler sending a made call id in the response headers when the caller sent none (the contract)",
     "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
-    "uvloop": "callstate on uvloop's event loop",
+    "uvloop": "callstate on uvloop's event loop, as `callstate serve` runs by default (--loop auto)",
     "bareuvloop": "bare.py's server on uvloop's event loop",
     "fmtmain": "callstate with each state-log line formatted on the event loop, the writer thread only writing",
     "lifenolog": "lifeonly without the state log",
