@@ -102,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="entries queued for one watcher; beyond it entries are dropped and the watcher is told "
                         "on its own stream (default: %(default)s)")
     p.add_argument("--max-in-flight", type=non_negative_int, default=_EMULATOR.max_in_flight, metavar="N",
-                   help="calls over this many in flight get 1723 RPC_S_SERVER_TOO_BUSY; 0 turns every call away so, "
+                   help="calls over this many in flight get 1723 RPC_S_SERVER_TOO_BUSY; 0 turns every call away: "
                         "a server always too busy (default: %(default)s)")
     p.add_argument("--log-messages", action="store_true",
                    help="pipes: also log one line per message (send_complete / receive_complete); by default "
