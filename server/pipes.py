@@ -376,7 +376,7 @@ class PipeServicer:
                 call.end_on_error(exc)
             raise
         finally:
-            watchdog.cancel()
+            d.wakeups.drop(watchdog)
             await run.stop_reader()
             d.release(call_id)
 
@@ -451,7 +451,7 @@ class PipeServicer:
 
     serve = _serve   # a stand-in's streaming calls (server/standin.py), with their Answer
 
-    def _watch_max_hold(self, run: PipeRun) -> asyncio.TimerHandle:
+    def _watch_max_hold(self, run: PipeRun) -> list[Any]:
         """--max-hold bounds every pipe from its dispatch, whatever its script and wherever it
         waits: a write the caller's closed flow-control window holds up, a silent client's
         stream, a long interval, a script that ignores cancels. Past it (and a moment for a held
@@ -463,7 +463,7 @@ class PipeServicer:
             if not run.call.ended:
                 run.overdue = True
                 task.cancel()
-        return asyncio.get_running_loop().call_later(self.config.max_hold + 0.1, overrun)
+        return self.dispatcher.wakeups.after(self.config.max_hold + 0.1, overrun)   # the server's one timer
 
     def _end_after_abortive(self, run: PipeRun) -> None:
         """The caller cancelled abortively (or vanished): nothing more can be sent or received.

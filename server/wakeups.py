@@ -1,7 +1,7 @@
 """One event-loop timer for the wake-ups of every waiting call on a server.
 
 A held call waits for a cancel, the server stopping, or the end of its wait (its delay, or
---max-hold). Arming a loop timer per waiting call costs a timer handle per call: about 340
+--max-hold); a pipe is cut short by its --max-hold watchdog. Arming a loop timer per waiting call costs a timer handle per call: about 340
 bytes on asyncio's loop and 710 on uvloop's (a libuv timer besides the Python handle), kept for
 as long as the call is held, which with 10,000 held calls is most of what callstate adds to a
 bare server's memory. Here every wait is an entry in one heap ([when, order, future], about 150
@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import heapq
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 # What the one timer runs in: `_fire` reads no context variable, so none is copied per arming.
 _CONTEXT = contextvars.Context()
@@ -31,20 +31,21 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None   # bound at the first wait
-        self._heap: list[list[Any]] = []   # [when (the loop's clock), order, future or None once dropped]
+        # [when (the loop's clock), order, what is due (a future to resolve or a callback), None once dropped]
+        self._heap: list[list[Any]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0   # when the armed timer fires
         self._dropped = 0
         self._order = itertools.count()
 
-    def after(self, seconds: float, future: asyncio.Future[None]) -> list[Any]:
-        """Resolve `future` (unless it is done by then) once `seconds` have passed; the entry
-        returned is what `drop` takes."""
+    def after(self, seconds: float, due: asyncio.Future[None] | Callable[[], None]) -> list[Any]:
+        """Once `seconds` have passed, resolve `due` (a future, unless it is done by then) or call
+        it (a callback, on the loop); the entry returned is what `drop` takes."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:   # a first wait, or a server started again on a new loop
             self._bind(loop)
         when = loop.time() + seconds
-        entry = [when, next(self._order), future]
+        entry = [when, next(self._order), due]
         heapq.heappush(self._heap, entry)
         if self._timer is None or when < self._due:
             self._arm(when)
@@ -82,11 +83,16 @@ class Wakeups:
         self._timer = None
         heap = self._heap
         now = self._loop.time()   # type: ignore[union-attr]
-        while heap and heap[0][0] <= now:
-            future = heapq.heappop(heap)[2]
-            if future is None:
-                self._dropped -= 1
-            elif not future.done():
-                future.set_result(None)
-        if heap:
-            self._arm(heap[0][0])
+        try:
+            while heap and heap[0][0] <= now:
+                due = heapq.heappop(heap)[2]
+                if due is None:
+                    self._dropped -= 1
+                elif isinstance(due, asyncio.Future):
+                    if not due.done():
+                        due.set_result(None)
+                else:
+                    due()
+        finally:   # a callback that raised (the loop reports it) leaves the later wake-ups armed
+            if heap:
+                self._arm(heap[0][0])

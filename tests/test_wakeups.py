@@ -141,3 +141,25 @@ def test_the_servers_held_calls_wait_on_its_one_timer_and_a_cancel_drops_theirs(
         calls[7].stop_timer()
         assert d.wakeups.waiting() == 499 and not any(w.done() for i, w in enumerate(waits) if i != 7)
     asyncio.run(main())
+
+
+def test_a_callback_is_called_when_due_and_one_that_raises_leaves_the_later_ones_armed() -> None:
+    """A pipe's --max-hold watchdog is a callback on the same timer (server/pipes.py)."""
+    async def main() -> tuple[list[str], list[Any]]:
+        wakeups, called, reported = Wakeups(), [], []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: reported.append(context.get("exception")))
+        done = loop.create_future()
+
+        def boom() -> None:
+            called.append("boom")
+            raise RuntimeError("a watchdog that fails")
+
+        wakeups.after(0.01, boom)
+        wakeups.after(0.02, lambda: called.append("later"))
+        wakeups.after(0.03, done)
+        await asyncio.wait_for(done, 5)
+        return called, reported
+    called, reported = asyncio.run(main())
+    assert called == ["boom", "later"]
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
