@@ -1,13 +1,13 @@
 """One event-loop timer for the wake-ups of every waiting call on a server.
 
 A held call waits for a cancel, the server stopping, or the end of its wait (its delay, or
---max-hold); a pipe is cut short by its --max-hold watchdog. Arming a loop timer per waiting call costs a timer handle per call: about 340
-bytes on asyncio's loop and 710 on uvloop's (a libuv timer besides the Python handle), kept for
-as long as the call is held, which with 10,000 held calls is most of what callstate adds to a
-bare server's memory. Here every wait is an entry in one heap ([when, order, future], about 150
-bytes), and one loop timer is armed for the earliest: the same wake-ups, as a loop's own timers
-keep them (a dropped entry stays in the heap until it is due or until dropped entries are half
-of it, when the heap is rebuilt without them).
+--max-hold); a pipe is cut short by its --max-hold watchdog. Arming a loop timer for each costs
+a timer handle per call: about 340 bytes on asyncio's loop and 710 on uvloop's (a libuv timer
+besides the Python handle), kept for as long as the call is held, which with 10,000 held calls
+is most of what callstate adds to a bare server's memory. Here every wait is an entry in one
+heap ([when, order, what is due], about 150 bytes), and one loop timer is armed for the
+earliest: the same wake-ups, as a loop's own timers keep them (a dropped entry stays in the heap
+until it is due or until dropped entries are half of it, when the heap is rebuilt without them).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class Wakeups:
         return entry
 
     def drop(self, entry: list[Any]) -> None:
-        """The wait ended before its time (a cancel, the server stopping): its wake-up is not
-        needed. Its entry leaves the heap when due, or when the dropped are half of the heap."""
+        """The wait is over: its wake-up is not needed (nothing to do if it already came). One
+        cut short (a cancel, the server stopping) leaves the heap when due, or when the dropped
+        are half of the heap."""
         if entry[2] is None:
             return
         entry[2] = None
@@ -85,7 +86,8 @@ class Wakeups:
         now = self._loop.time()   # type: ignore[union-attr]
         try:
             while heap and heap[0][0] <= now:
-                due = heapq.heappop(heap)[2]
+                entry = heapq.heappop(heap)
+                due, entry[2] = entry[2], None   # out of the heap: a later `drop` of it is nothing
                 if due is None:
                     self._dropped -= 1
                 elif isinstance(due, asyncio.Future):

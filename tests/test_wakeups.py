@@ -163,3 +163,22 @@ def test_a_callback_is_called_when_due_and_one_that_raises_leaves_the_later_ones
     called, reported = asyncio.run(main())
     assert called == ["boom", "later"]
     assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_dropping_a_wakeup_that_already_came_counts_nothing(loop_name: str) -> None:
+    """A handler drops its wait's entry once it stops waiting, whether a cancel cut the wait short
+    or the wait ran out (server/emulator.py, `stop_timer` in a finally): the second is not a
+    dropped entry, and must not count as one (nor bring on a rebuild of the heap)."""
+    async def main() -> tuple[int, int]:
+        wakeups = Wakeups()
+        loop = asyncio.get_running_loop()
+        held = loop.create_future()
+        wakeups.after(600, held)
+        for _ in range(200):   # more than the rebuild's floor of waits that ran out, each then dropped
+            ran_out = loop.create_future()
+            entry = wakeups.after(0.001, ran_out)
+            await asyncio.wait_for(ran_out, 5)
+            wakeups.drop(entry)
+        return wakeups.waiting(), wakeups._dropped
+    assert on_loop(loop_name, main) == (1, 0)
