@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -65,6 +64,7 @@ import grpc  # noqa: E402
 
 from callstate.v1 import callstate_pb2 as pb  # noqa: E402
 from callstate.v1 import callstate_pb2_grpc as pb_grpc  # noqa: E402
+from callstate.cli.serve import _loop_factory as _serve_loop_factory  # noqa: E402   serve's own choice of loop
 
 PY = sys.executable
 # --pin: every server runs on CPU 1 (this prefix), this process and its drivers on CPU 0
@@ -74,7 +74,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # the loop callstate serve's --loop auto takes (uvloop, a base dependency where it builds): the
 # floor's server runs on it too, so that the floor and callstate differ only by callstate's work;
 # bare stays on asyncio's, as a user's own grpc.aio server runs
-SERVE_LOOP = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+SERVE_LOOP = "asyncio" if _serve_loop_factory("auto") is None else "uvloop"
 
 
 class Server:

@@ -16,7 +16,7 @@ import pytest
 from callstate import codes
 from callstate.client import AsyncClient, CallError, Script
 from callstate.lifecycle import ABORTIVE, CANCEL_SEEN
-from tests.conftest import final, start_server, states
+from tests.conftest import ServerProcess, final, start_server, states
 
 pytestmark = pytest.mark.timeout(60)
 needs_uvloop = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None,
@@ -53,8 +53,8 @@ def test_the_server_runs_on_uvloop_and_serves_completes_aborts_and_cancels(tmp_p
         assert srv.stop() == 0
 
 
-def _serving_line(srv: object) -> str:
-    return next(ln for ln in srv.stderr.read_text().splitlines() if "serving" in ln)   # type: ignore[attr-defined]
+def _serving_line(srv: ServerProcess) -> str:
+    return next(ln for ln in srv.stderr.read_text().splitlines() if "serving" in ln)
 
 
 @needs_uvloop
