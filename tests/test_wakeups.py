@@ -182,3 +182,32 @@ def test_dropping_a_wakeup_that_already_came_counts_nothing(loop_name: str) -> N
             wakeups.drop(entry)
         return wakeups.waiting(), wakeups._dropped
     assert on_loop(loop_name, main) == (1, 0)
+
+
+def test_a_held_pipes_max_hold_watchdog_is_on_the_servers_one_timer() -> None:
+    """A real server in this loop: a held out pipe's --max-hold watchdog is an entry among the
+    server's wake-ups while it is held, and gone once its caller cancelled it."""
+    import grpc
+
+    from callstate.server.app import EmulatorServer
+    from callstate.v1 import callstate_pb2 as pb
+    from callstate.v1 import callstate_pb2_grpc as pb_grpc
+
+    async def main() -> tuple[int, int]:
+        async with EmulatorServer(port=0, log=None, max_hold=60) as server:
+            wakeups = server.emulator.dispatcher.wakeups   # type: ignore[union-attr]
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                pipe = pb_grpc.EmulatorStub(channel).PipeOut(pb.PipeRequest(
+                    call_id="held-pipe", script=pb.PipeScript(outcome=pb.OUTCOME_HOLD)))
+                for _ in range(500):   # until the server dispatched it (no sleep as a guess: a bound)
+                    if wakeups.waiting():
+                        break
+                    await asyncio.sleep(0.01)
+                held = wakeups.waiting()
+                pipe.cancel()
+                for _ in range(500):
+                    if not wakeups.waiting():
+                        break
+                    await asyncio.sleep(0.01)
+                return held, wakeups.waiting()
+    assert asyncio.run(main()) == (1, 0)
