@@ -52,14 +52,13 @@ VARIANTS = {
     "barecode": "barehandler calling CODE_FUNCS (default 45) distinct small Python functions per call",
     "uvloop": "callstate on uvloop's event loop, as `callstate serve` runs by default (--loop auto)",
     "bareuvloop": "bare.py's server on uvloop's event loop",
-    "fmtmain": "callstate with each state-log line formatted on the event loop, the writer thread only writing",
     "lifenolog": "lifeonly without the state log",
     "lifenojournal": "lifeonly with journal size 0",
     "lifeonly": "bare.py's handler plus the call's dispatch, two moves and release (ServerCall, journal, log)",
     "barespin": "barehandler spinning SPIN_US (default 25) microseconds of pure Python per call",
     "bareimports": "bare.py's server in a process that imported callstate's server and cli",
     "gcfreeze": "gc.freeze() once started",
-    "loopdrain": "no writer thread: the event loop formats and writes the state log in chunks every 50 ms",
+    "loopdrain": "no writer thread: the event loop writes the state log's lines in chunks every 50 ms",
     "novalidate": "the request's validation skipped",
     "lean": "no state log, journal size 0, no validation",
     "baretimed": "barehandler, its Call handler timed in situ",
@@ -115,22 +114,6 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
                 return await super().Call(request, context)
         real_code_add = app.pb_grpc.add_EmulatorServicer_to_server
         app.pb_grpc.add_EmulatorServicer_to_server = lambda servicer, server: real_code_add(Coded(), server)  # type: ignore
-    if variant == "fmtmain":
-        from callstate import logfile
-        from callstate.statelog import format_line
-
-        def sink(self: Any) -> Any:
-            append = self._queue.append
-            return lambda e: append(format_line(e))
-
-        def drain(self: Any) -> None:
-            queue, out = self._queue, self._out
-            n = len(queue)
-            if n and out is not None:
-                out.write("".join([queue.popleft() for _ in range(n)]).encode())
-                out.flush()
-        logfile.StateLog.sink = property(sink)   # type: ignore
-        logfile.StateLog._drain = drain   # type: ignore
     if variant == "lifenolog":
         options.log = None
     if variant == "lifenojournal":
@@ -221,7 +204,6 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
     srv = app.EmulatorServer(options)
     await srv.start()
     if variant == "loopdrain":
-        from callstate import logfile
         import threading
         log = srv.log
         log._interval, log._wake = 1e9, threading.Event()   # the writer thread sleeps until close()
@@ -232,7 +214,7 @@ async def _serve_variant(variant: str, port_file: str, log_file: str) -> None:
             queue, out = log._queue, log._out
             n = min(len(queue), chunk)
             if n and out is not None:
-                out.write("".join([logfile.format_line(queue.popleft()) for _ in range(n)]).encode())
+                out.write("".join([queue.popleft() for _ in range(n)]).encode())   # lines: made by append
             if queue:
                 loop.call_soon(tick)
             else:

@@ -1,14 +1,14 @@
-"""How long the state-log writer thread keeps the event loop waiting: the lateness of a 1 ms timer
-on a loop that records entries at a steady rate while a `StateLog` writes them to /dev/null, against
-the same loop recording nothing (what bare grpc.aio's loop has), and the CPU per entry.
+"""How long the state log keeps the event loop waiting: the lateness of a 1 ms timer on a loop that
+records entries at a steady rate while a `StateLog` writes them to /dev/null, against the same loop
+recording nothing (what bare grpc.aio's loop has), and the CPU per entry.
 
     python benchmarks/writer_latency.py                          # 6,000 and 20,000 entries/s
     python benchmarks/writer_latency.py --rates 20000 --chunks 256,64,32 --rounds 5
 
-The writer formats its queue in chunks of `DRAIN_CHUNK` lines and lets go of the GIL between
-them (callstate/logfile.py): a timer that falls due while a chunk is formatted waits for it, so
-the chunk sets the loop's tail latency (a held call's cancel, a reply) once a 50 ms batch holds
-more lines than one chunk. Each variant runs in a process of its own, rounds alternating.
+Each line is made as its entry is appended (on the loop here); the writer thread joins the queued
+lines in chunks of `DRAIN_CHUNK` and writes each chunk, letting go of the GIL for the write
+(callstate/logfile.py): a timer that falls due while a chunk is joined waits for it. Each variant
+runs in a process of its own, rounds alternating.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _child(chunk: int, rate: int, seconds: float) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="6000,20000", help="entries per second, comma-separated (default: %(default)s)")
-    p.add_argument("--chunks", default="256,64",
+    p.add_argument("--chunks", default="1024,64",
                    help="DRAIN_CHUNK values to compare, comma-separated (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians printed (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of each round (default: %(default)s)")

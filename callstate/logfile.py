@@ -1,12 +1,15 @@
 """The state log on disk: the buffered writer and the reader (the one place the core's log
 format meets files, threads and exit hooks; `callstate.statelog` holds the format itself).
 
-The hot path only appends an `Entry` (a tuple with a float timestamp) to a
-thread-safe deque (`StateLog.sink`, and `append` while the log is on, are the deque's own
-append: no Python frame per entry); a writer thread formats and writes in batches, so the event loop never
-formats JSON, and it yields the GIL between chunks of a batch, so the event loop
-never waits for a whole batch to be formatted. `close()` (also run at exit) drains everything, so
-the last calls' `End` lines are never lost.
+The hot path appends an `Entry` (a tuple with a float timestamp); `StateLog.append` formats it
+into its line at once, on the appending thread, and puts the line on a thread-safe deque. A
+writer thread joins and writes the queued lines in batches, so no thread waits on the disk, and
+it holds the GIL only to join a chunk of lines (the write itself lets go of it). `close()` (also
+run at exit) drains everything, so the last calls' `End` lines are never lost.
+
+Why the line is made where the entry is: a writer thread that formatted entries itself took
+turns at the GIL with the event loop, and each turn cost both threads a hand-over; formatting on
+the spot costs the same CPU without them (docs/performance.md, session 40).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import os
 import stat
 import sys
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +32,22 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from callstate.check import LIVE_KINDS, Checker, CheckReport
 from callstate.statelog import Entry, LogFormatError, TimeReader, format_line, parse_log
 
-# Entries formatted per hold of the GIL by the writer thread (about 0.1 ms of work): the event loop
-# waits for at most one chunk. 256 put the loop's 99th-percentile wake-up at 1.2-2.3 ms under 20,000
-# entries/s against 0.25 ms at 64 (benchmarks/writer_latency.py), for 0.1-0.2 us more CPU per entry.
-DRAIN_CHUNK = 64
+# Lines joined and written per hold of the GIL by the writer thread (about 0.2 ms of joining and
+# encoding; the write itself lets go of the GIL): the event loop waits for at most one chunk.
+DRAIN_CHUNK = 1024
 
 
 def _discard(entry: Entry) -> None:
     pass
+
+
+def _formatting(put: Callable[[str], None]) -> Callable[[Entry], None]:
+    """An entry's line, made and handed to `put` (a deque's append): the log's `append`."""
+    line = format_line
+
+    def append(entry: Entry) -> None:
+        put(line(entry))
+    return append
 
 
 class StateLog:
@@ -58,11 +68,10 @@ class StateLog:
             _end_cut_line(target, self._out)
         else:
             self._out = target
-        self._queue: collections.deque[Entry] = collections.deque()
-        # append(entry), cheap and thread-safe: the queue's own append while the log is on (no
-        # Python frame per entry: a client records four for each call it cancels), nothing once
+        self._queue: collections.deque[str] = collections.deque()   # lines, made by `append`
+        # append(entry), thread-safe: its line made and queued while the log is on, nothing once
         # the log failed or was closed (so nothing piles up where no writer will take it)
-        self.append: Callable[[Entry], None] = self._queue.append if self._out is not None else _discard
+        self.append: Callable[[Entry], None] = _formatting(self._queue.append) if self._out is not None else _discard
         self._interval = flush_interval
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one drainer at a time keeps lines in order
@@ -79,9 +88,8 @@ class StateLog:
 
     @property
     def sink(self) -> Callable[[Entry], None]:
-        """What a hot path calls per entry: the queue's own append while the log is on (after a
-        write error the writer discards what is queued, so the queue stays bounded): `append` as it
-        is now, kept by the caller."""
+        """What a hot path calls per entry: `append` as it is now, kept by the caller (after a
+        write error the writer discards what is queued, so the queue stays bounded)."""
         return self.append
 
     def _drain(self) -> None:
@@ -97,10 +105,8 @@ class StateLog:
         try:
             while n > 0:
                 chunk = min(n, DRAIN_CHUNK)
-                out.write("".join([format_line(queue.popleft()) for _ in range(chunk)]).encode())
+                out.write("".join([queue.popleft() for _ in range(chunk)]).encode())
                 n -= chunk
-                if n:
-                    time.sleep(0)   # let the event loop have the GIL between chunks
             out.flush()
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
             self._out, self.append = None, _discard

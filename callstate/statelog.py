@@ -145,6 +145,15 @@ def to_dict(e: Entry) -> dict[str, Any]:
 
 _dumps = orjson.dumps
 
+
+def _json_str(text: str) -> str:
+    """`text` as a JSON string. A lone surrogate (a caller's own str can hold one; UTF-8 cannot)
+    is written as its escape's text, so the line is still made and read back, never lost."""
+    try:
+        return _dumps(text).decode()
+    except TypeError:
+        return _dumps(text.encode("utf-8", "backslashreplace").decode()).decode()
+
 # What follows the call id in a line, by the values it is made from: a log's entries take few
 # distinct shapes (a server's common call: three), so each shape is formatted once and looked up
 # after that. The key is the fields from `state` to `rule` where no field is a count (the common
@@ -167,7 +176,7 @@ def _tail(e: Entry) -> str:
         status = "null" if e.grpc_status is None else f'"{e.grpc_status}"'
         tail += f',"code":{code},"grpc_status":{status}'
     if e.detail:
-        tail += f',"detail":{_dumps(e.detail).decode()}'
+        tail += f',"detail":{_json_str(e.detail)}'
     if e.cancel:
         tail += f',"cancel":"{e.cancel}"'
     return tail
@@ -183,7 +192,7 @@ def _extras(e: Entry) -> str:
     if e.method is not None:   # "pkg.Svc/Method": proto identifiers, dots and a slash, nothing to escape
         line += f',"method":"{e.method}"'
     if e.rule is not None:     # a rule's name is the user's text: escaped
-        line += f',"rule":{_dumps(e.rule).decode()}'
+        line += f',"rule":{_json_str(e.rule)}'
     return line + "}\n"
 
 
@@ -231,7 +240,7 @@ def format_line(e: Entry) -> str:
     if cid is not last or side is not last_side:
         # made by callstate, an id is hex: letters and digits need no escaping
         head = (f'Z","side":"{side}","call_id":"{cid}",' if cid.isalnum() else
-                f'Z","side":"{side}","call_id":{_dumps(cid).decode()},')
+                f'Z","side":"{side}","call_id":{_json_str(cid)},')
         _head_cache = (cid, side, head)
     # the microseconds as six digits: %d truncates a float, to the microsecond the clock was in
     return f'{{"ts":"{prefix}{"%06d" % us}{head}{rest}'

@@ -85,15 +85,32 @@ def test_times_are_written_to_the_microsecond_they_were_in() -> None:
         assert orjson.loads(format_line(BASE._replace(t=t)))["ts"] == want
 
 
-def test_append_is_the_queue_s_own_while_the_log_is_on_and_takes_nothing_after() -> None:
+def test_append_makes_the_line_at_once_and_takes_nothing_after_close() -> None:
     out = io.BytesIO()
     log = StateLog(out, flush_interval=60)
-    assert log.append == log._queue.append   # no Python frame per entry: the client makes 4 a cancelled call
     log.append(BASE)
+    # the line is made on the appending thread: the writer thread only joins and writes lines, so
+    # it never takes turns at the GIL with the event loop to format them
+    assert list(log._queue) == [format_line(BASE)]
     log.close()
     assert orjson.loads(out.getvalue()) == to_dict(BASE)
     log.append(BASE)   # a call ended after its client's log closed: nothing queued where no writer takes it
     assert len(log._queue) == 0
+
+
+def test_a_lone_surrogate_in_a_caller_s_text_is_logged_as_its_escape_and_read_back() -> None:
+    # a caller's own str may hold one (UTF-8 cannot): its line is still made, on the caller's
+    # thread, and stays a valid line; the entries around it are not lost
+    out = io.BytesIO()
+    log = StateLog(out, flush_interval=60)
+    odd = BASE._replace(call_id="id\ud800", detail="text \udcff", rule="rule \ud800")
+    log.append(BASE)
+    log.append(odd)
+    log.append(BASE)
+    log.close()
+    got = [entry for _, entry in statelog.parse_log(out.getvalue().splitlines(), "log")]
+    assert [e["call_id"] for e in got] == [BASE.call_id, "id\\ud800", BASE.call_id]
+    assert (got[1]["detail"], got[1]["rule"]) == ("text \\udcff", "rule \\ud800")
 
 
 def test_after_a_write_error_append_takes_nothing() -> None:

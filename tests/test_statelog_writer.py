@@ -1,4 +1,4 @@
-"""The state log's writer: the hot path's sink, chunked drains, and a log that fails."""
+"""The state log's writer: the hot path's sink, chunked writes, and a log that fails."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_a_drain_writes_in_chunks_in_order() -> None:
     for e in entries(n):
         sink(e)
     log.flush()
-    assert len(out.writes) == 4   # the GIL is let go between chunks
+    assert len(out.writes) == 4   # one write per chunk, which lets go of the GIL
     assert all(w.count(b"\n") <= DRAIN_CHUNK for w in out.writes)
     ids = [orjson.loads(line)["call_id"] for w in out.writes for line in w.splitlines()]
     assert ids == [f"c{i}" for i in range(n)]
