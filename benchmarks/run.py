@@ -1245,7 +1245,8 @@ def print_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         sign = ">=" if row["higher_is_better"] else "<="
         floor = "" if "floor" not in row else (f"   floor {row['floor']:.3f}"
                                                 + ("" if row["floor_meets"] else ": out of reach"))
-        print(f"  {row['what']:<42} {row['value']:6.2f}   target {sign} {row['target']:<4g}  "
+        # three decimals: a figure a hair under its line (0.8995) must not read as the line itself
+        print(f"  {row['what']:<42} {row['value']:6.3f}   target {sign} {row['target']:<4g}  "
               f"{'met' if row['met'] else 'NOT MET'}{floor}")
     return rows
 

@@ -34,6 +34,15 @@ def test_a_lower_is_better_target_is_met_at_or_below_it(value: float, met: bool)
     assert rows[0]["what"].startswith("cancel-all") and rows[0]["met"] is met
 
 
+def test_a_figure_a_hair_under_its_line_does_not_print_as_the_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """0.8995 against 0.9 is not met, and the table shows why (it once printed "0.90 ... NOT MET")."""
+    summary = run._summarize("server", {"bare": _runs(1000, 0.200), "callstate": _runs(899.5, 0.200)}, server_cpu=True)
+    rows = {r["what"]: r for r in run.print_targets({"server": summary})}
+    assert not rows["server calls/s"]["met"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if "server calls/s" in x)
+    assert " 0.899 " in line and "NOT MET" in line
+
+
 def test_every_target_names_a_benchmark_the_runner_runs() -> None:
     """k6's two results (no id, id sent) both come from `k6`."""
     benches = {bench for bench, *_ in run.TARGETS}
