@@ -114,7 +114,7 @@ class ServerCall(CallRecord):
     its state in the server's table (callstate.lifecycle), its cancels and its history."""
 
     __slots__ = ("kind", "_table", "cancel_kind", "rpc_cancelled", "stopping", "cancel_key", "_wake", "_wakeup",
-                 "_wakeups", "_journal", "_log", "polls", "_completed")
+                 "_wakeups", "_journal", "_log", "polls", "_completed", "_t0")
 
     def __init__(self, call_id: str, journal: Journal, log_append: Callable[[Entry], None], outcome: str = "",
                  kind: str = UNARY, deadline_ms: int | None = None, method: str | None = None,
@@ -147,6 +147,10 @@ class ServerCall(CallRecord):
         e = _dispatch_entry(time.time(), call_id, first, method, rule)
         journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
+        # The journal keeps D's entry as its time (`history` makes it again): a held call keeps one
+        # tuple fewer (about 200 bytes of 20 KiB: memory per held call is measured against bare's)
+        self._t0 = e[0]
+        self.entries.clear()
 
     def _emit(self, e: Entry) -> None:
         self._journal.add(self, e)
@@ -180,9 +184,8 @@ class ServerCall(CallRecord):
         end = _end_entry(time.time(), call_id, grpc_status, method, rule)
         add(self, end)
         log(end)
-        entries = self.entries
-        if len(entries) == 3:   # D, Comp, End and nothing between: the journal keeps their times (`history`)
-            self._completed = (entries[0][0], comp[0], end[0], grpc_status)
+        if len(self.entries) == 2:   # D, Comp, End and nothing between: the journal keeps their times (`history`)
+            self._completed = (self._t0, comp[0], end[0], grpc_status)
             del self.entries   # no entry follows End (its id is retired); one would fail in Journal.add, loudly
 
     # -- the history of a call `complete_now` completed, kept as its times ---------------------------
@@ -192,16 +195,17 @@ class ServerCall(CallRecord):
     # and `complete_now` made; a test holds them equal. (Its bytes stay counted as the entries'.)
     def history(self) -> list[Entry]:
         done = self._completed
-        if done is None:
-            return self.entries
-        t0, t1, t2, grpc_status = done
         call_id, method, rule = self.call_id, self.method, self.rule
+        if done is None:   # D's entry, kept as its time since __init__, then the entries after it
+            first = _INITIAL_MOVE if self.kind == UNARY else initial_move(SERVER, self.kind)
+            return [_dispatch_entry(self._t0, call_id, first, method, rule), *self.entries]
+        t0, t1, t2, grpc_status = done
         return [_dispatch_entry(t0, call_id, _INITIAL_MOVE, method, rule), _comp_entry(t1, call_id, method, rule),
                 _end_entry(t2, call_id, grpc_status, method, rule)]
 
     @property
     def started(self) -> float | None:
-        return super().started if self._completed is None else self._completed[0]
+        return self._t0
 
     @property
     def final(self) -> Entry | None:

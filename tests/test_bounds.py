@@ -243,7 +243,7 @@ def test_an_ended_call_kept_by_the_journal_is_its_record_and_holds_no_wait() -> 
         call.move(lifecycle.ABORTED, 1818)
         d.release("held")
         kept = journal.get("held")
-        assert kept is call and kept.ended and [e.state for e in kept.entries] == [D, lifecycle.A, END]
+        assert kept is call and kept.ended and [e.state for e in kept.history()] == [D, lifecycle.A, END]
         assert kept._wake is None and kept.polls is None and "held" not in d.live
     asyncio.run(go())
 

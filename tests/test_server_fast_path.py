@@ -225,7 +225,7 @@ def test_a_server_call_sets_every_field_of_the_journal_record() -> None:
     for name in CallRecord.__slots__:
         value = getattr(call, name)   # AttributeError: never set
         if name == "bytes":   # the call's first entry (D) is counted in already
-            value -= ENTRY_BYTES * len(call.entries)
+            value -= ENTRY_BYTES * len(call.history())
         if name not in ("entries", "state"):   # the call has entered D; a bare record has no entries
             assert value == getattr(record, name), name
 
