@@ -247,7 +247,9 @@ def test_the_journal_keeps_the_deadline_of_a_streaming_call(shop: ServerProcess,
         journal = pb_grpc.JournalStub(channel)
         shop.wait_entries(first)
         history = journal.GetCall(pb.GetCallRequest(call_id=first), timeout=10)
-        assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms <= 30_000, history.deadline_ms
+        # a little over 30 s is allowed: gRPC's core works out the grpc-timeout it sends from a clock
+        # it caches, which lags on a busy machine (tests/test_conformance.py saw 30,099 ms once)
+        assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms < 32_000, history.deadline_ms
         shop.wait_entries(second)
         assert not journal.GetCall(pb.GetCallRequest(call_id=second), timeout=10).HasField("deadline_ms")
 

@@ -109,7 +109,10 @@ def test_journal_records_the_callers_deadline(server: ServerProcess) -> None:
     call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
     server.wait_entries(call_id)
     history = asyncio.run(_history(server.target, call_id))
-    assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms <= 30_000, history.deadline_ms
+    # a little over 30 s is allowed: the timeout gRPC's core sends (grpc-timeout) is worked out from
+    # a clock it caches, which lags on a busy machine (seen once: 30,099 ms); a unit misread (x100,
+    # /1000) is still far outside
+    assert history.HasField("deadline_ms") and 20_000 < history.deadline_ms < 32_000, history.deadline_ms
     res = cli("call", "--target", server.target, "--json")
     call_id = orjson.loads(res.stdout.splitlines()[0])["call_id"]
     server.wait_entries(call_id)
