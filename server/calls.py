@@ -26,8 +26,8 @@ from grpc._cython import cygrpc
 
 from callstate import codes
 from callstate.cancel_poll import CancelPoll
-from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, COMPLETE, COMPLETED, ENTER, INITIAL, INITIAL_MOVE, PIPE_BREACH,
-                                 SERVER, UNARY, LifecycleError, initial_move, move_to_end, server_end_code, table_for)
+from callstate.lifecycle import (ABORTIVE, CANCEL_SEEN, COMPLETE, COMPLETED, ENTER, INITIAL, KINDS, PIPE_BREACH, SERVER,
+                                 UNARY, LifecycleError, initial_move, move_to_end, server_end_code, table_for)
 from callstate.statelog import Entry, new_entry
 from callstate.wire import CODE_KEY
 from callstate.server.journal import RECORD_BYTES, CallRecord, Journal
@@ -81,13 +81,16 @@ async def send_fatal(context: grpc.aio.ServicerContext, message: str) -> NoRetur
 logging.getLogger("grpc._cython.cygrpc").addFilter(_DropScriptedCrashes())
 
 
-_INITIAL, _INITIAL_MOVE, _UNARY_TABLE = INITIAL[SERVER], INITIAL_MOVE[SERVER], table_for(SERVER, UNARY)
+_INITIAL, _UNARY_TABLE = INITIAL[SERVER], table_for(SERVER, UNARY)
+# The move that enters D, by the call's kind (a pipe's names its kind): read at dispatch and by `history`.
+_FIRST_MOVES = {kind: initial_move(SERVER, kind) for kind in KINDS}
 # A unary call's completion from its dispatch, D -> Comp -> End: the two states, read from the table once.
 _COMPLETING = _UNARY_TABLE[_INITIAL][COMPLETE]
 _COMPLETED = _UNARY_TABLE[_COMPLETING][COMPLETED]
 _COMPLETED_CODE = server_end_code(COMPLETED)
-# Such a completion, once ended, as the journal keeps it: the times of D, Comp and End, and End's gRPC status.
-Completed = tuple[float, float, float, str]
+# Such a completion, once ended, as the journal keeps it beside D's time: the times of Comp and End, and
+# End's gRPC status.
+Completed = tuple[float, float, str]
 
 
 def _dispatch_entry(t: float, call_id: str, first: str, method: str | None, rule: str | None) -> Entry:
@@ -143,8 +146,7 @@ class ServerCall(CallRecord):
         self._log = log_append
         self._completed: Completed | None = None   # set by `complete_now`, in place of its entries
         journal.keep(self)
-        first = _INITIAL_MOVE if kind == UNARY else initial_move(SERVER, kind)
-        e = _dispatch_entry(time.time(), call_id, first, method, rule)
+        e = _dispatch_entry(time.time(), call_id, _FIRST_MOVES[kind], method, rule)
         journal.add(self, e)   # _emit, inlined on the hot path
         log_append(e)
         # The journal keeps D's entry as its time (`history` makes it again): a held call keeps one
@@ -185,7 +187,7 @@ class ServerCall(CallRecord):
         add(self, end)
         log(end)
         if len(self.entries) == 2:   # D, Comp, End and nothing between: the journal keeps their times (`history`)
-            self._completed = (self._t0, comp[0], end[0], grpc_status)
+            self._completed = (comp[0], end[0], grpc_status)
             del self.entries   # no entry follows End (its id is retired); one would fail in Journal.add, loudly
 
     # -- the history of a call `complete_now` completed, kept as its times ---------------------------
@@ -194,14 +196,13 @@ class ServerCall(CallRecord):
     # server's working set and its collections larger. The entries below are the ones `__init__`
     # and `complete_now` made; a test holds them equal. (Its bytes stay counted as the entries'.)
     def history(self) -> list[Entry]:
-        done = self._completed
         call_id, method, rule = self.call_id, self.method, self.rule
-        if done is None:   # D's entry, kept as its time since __init__, then the entries after it
-            first = _INITIAL_MOVE if self.kind == UNARY else initial_move(SERVER, self.kind)
-            return [_dispatch_entry(self._t0, call_id, first, method, rule), *self.entries]
-        t0, t1, t2, grpc_status = done
-        return [_dispatch_entry(t0, call_id, _INITIAL_MOVE, method, rule), _comp_entry(t1, call_id, method, rule),
-                _end_entry(t2, call_id, grpc_status, method, rule)]
+        dispatched = _dispatch_entry(self._t0, call_id, _FIRST_MOVES[self.kind], method, rule)   # kept as its time
+        done = self._completed
+        if done is None:
+            return [dispatched, *self.entries]
+        t1, t2, grpc_status = done
+        return [dispatched, _comp_entry(t1, call_id, method, rule), _end_entry(t2, call_id, grpc_status, method, rule)]
 
     @property
     def started(self) -> float | None:
@@ -210,7 +211,7 @@ class ServerCall(CallRecord):
     @property
     def final(self) -> Entry | None:
         done = self._completed
-        return super().final if done is None else _end_entry(done[2], self.call_id, done[3], self.method, self.rule)
+        return super().final if done is None else _end_entry(done[1], self.call_id, done[2], self.method, self.rule)
 
     def end_on_error(self, exc: BaseException) -> None:
         """Close a call that an unexpected error interrupted, by the legal move to End."""
