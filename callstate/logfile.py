@@ -1,15 +1,17 @@
 """The state log on disk: the buffered writer and the reader (the one place the core's log
 format meets files, threads and exit hooks; `callstate.statelog` holds the format itself).
 
-The hot path appends an `Entry` (a tuple with a float timestamp); `StateLog.append` formats it
-into its line at once, on the appending thread, and puts the line on a thread-safe deque. A
-writer thread joins and writes the queued lines in batches, so no thread waits on the disk, and
-it holds the GIL only to join a chunk of lines (the write itself lets go of it). `close()` (also
-run at exit) drains everything, so the last calls' `End` lines are never lost.
+The hot path appends an `Entry` (a tuple with a float timestamp) to a thread-safe deque. Every
+`BATCH` entries, the appending thread makes their lines, all at once, and queues them as one run;
+a writer thread makes the lines of what is left (every `flush_interval`), joins the runs and
+writes them, so no thread waits on the disk, and it holds the GIL only to join (the write itself
+lets go of it). `close()` (also run at exit) drains everything, so the last calls' `End` lines
+are never lost.
 
-Why the line is made where the entry is: a writer thread that formatted entries itself took
-turns at the GIL with the event loop, and each turn cost both threads a hand-over; formatting on
-the spot costs the same CPU without them (docs/performance.md, session 40).
+Why the lines are made where the entries are, in runs: a writer thread that made them itself
+took turns at the GIL with the event loop, and each turn cost both threads a hand-over; a line
+made alone as its entry came cost the client about 8 us a call more than the same lines made
+together (docs/performance.md, sessions 40 and 41).
 """
 
 from __future__ import annotations
@@ -32,22 +34,17 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from callstate.check import LIVE_KINDS, Checker, CheckReport
 from callstate.statelog import Entry, LogFormatError, TimeReader, format_line, parse_log
 
-# Lines joined and written per hold of the GIL by the writer thread (about 0.2 ms of joining and
-# encoding; the write itself lets go of the GIL): the event loop waits for at most one chunk.
+# Entries an appending thread lets queue before it makes their lines, all at once: a run of
+# lines made together costs less than each made alone amid the event loop's other work (its code
+# and data stay in the processor's caches), and the loop waits for at most one run (about 0.1 ms).
+BATCH = 128
+# Lines (runs of BATCH) joined and written per hold of the GIL by the writer thread (the write
+# lets go of it).
 DRAIN_CHUNK = 1024
 
 
 def _discard(entry: Entry) -> None:
     pass
-
-
-def _formatting(put: Callable[[str], None]) -> Callable[[Entry], None]:
-    """An entry's line, made and handed to `put` (a deque's append): the log's `append`."""
-    line = format_line
-
-    def append(entry: Entry) -> None:
-        put(line(entry))
-    return append
 
 
 class StateLog:
@@ -68,19 +65,42 @@ class StateLog:
             _end_cut_line(target, self._out)
         else:
             self._out = target
-        self._queue: collections.deque[str] = collections.deque()   # lines, made by `append`
-        # append(entry), thread-safe: its line made and queued while the log is on, nothing once
-        # the log failed or was closed (so nothing piles up where no writer will take it)
-        self.append: Callable[[Entry], None] = _formatting(self._queue.append) if self._out is not None else _discard
+        self._entries: collections.deque[Entry] = collections.deque()   # appended, lines not yet made
+        self._lines: collections.deque[tuple[int, str]] = collections.deque()   # runs of lines made, not yet written: (lines, text)
+        self._making = threading.Lock()   # one thread makes lines at a time: they queue in the entries' order
+        self._lock = threading.Lock()   # one writer at a time (appending threads never wait on it)
+        # append(entry), thread-safe: queued while the log is on, nothing once the log failed or
+        # was closed (so nothing piles up where no writer will take it)
+        self.append: Callable[[Entry], None] = self._batching() if self._out is not None else _discard
         self._interval = flush_interval
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # one drainer at a time keeps lines in order
         self._closed = False
         self._thread: threading.Thread | None = None
         if self._out is not None:
             self._thread = threading.Thread(target=self._run, name="callstate-statelog", daemon=True)
             self._thread.start()
             atexit.register(self.close)
+
+    def _batching(self) -> Callable[[Entry], None]:
+        put, entries, making, make = self._entries.append, self._entries, self._making, self._make
+
+        def append(entry: Entry) -> None:
+            put(entry)
+            if len(entries) >= BATCH and making.acquire(False):   # another thread making them: it takes this one too
+                try:
+                    make()
+                finally:
+                    making.release()
+        return append
+
+    def _make(self) -> None:
+        """Make the lines of the entries queued so far, a run at a time (`_making` held)."""
+        entries, line = self._entries, format_line
+        if self._out is None:   # a cached sink of a log that failed or was closed: kept bounded
+            entries.clear()
+            return
+        while n := min(len(entries), BATCH):
+            self._lines.append((n, "".join([line(entries.popleft()) for _ in range(n)])))
 
     @property
     def enabled(self) -> bool:
@@ -89,24 +109,26 @@ class StateLog:
     @property
     def sink(self) -> Callable[[Entry], None]:
         """What a hot path calls per entry: `append` as it is now, kept by the caller (after a
-        write error the writer discards what is queued, so the queue stays bounded)."""
+        write error or close the queued entries are dropped, so the queue stays bounded)."""
         return self.append
 
     def _drain(self) -> None:
-        queue, out = self._queue, self._out
-        n = len(queue)
+        with self._making:
+            self._make()
+        lines, out = self._lines, self._out
+        n = len(lines)
+        if out is None:   # the log failed (or was closed): lines from a cached sink go nowhere
+            lines.clear()
+            return
         if not n:
             return
-        if out is None:   # the log failed (or was closed): entries from a cached sink go nowhere
-            for _ in range(n):
-                queue.popleft()
-            return
-        taken = n   # until the flush succeeds, any of them may be in the file's buffer only
+        taken = 0   # entries taken: until the flush succeeds, any of them may be in the file's buffer only
         try:
             while n > 0:
-                chunk = min(n, DRAIN_CHUNK)
-                out.write("".join([queue.popleft() for _ in range(chunk)]).encode())
-                n -= chunk
+                runs = [lines.popleft() for _ in range(min(n, DRAIN_CHUNK // BATCH))]
+                taken += sum([count for count, _ in runs])
+                out.write("".join([text for _, text in runs]).encode())
+                n -= len(runs)
             out.flush()
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full
             self._out, self.append = None, _discard

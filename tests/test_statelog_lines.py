@@ -12,7 +12,7 @@ import orjson
 
 from callstate import statelog
 from callstate.lifecycle import CLIENT, SERVER
-from callstate.logfile import StateLog
+from callstate.logfile import BATCH, StateLog
 from callstate.statelog import Entry, format_line, format_ts, to_dict
 
 # One entry, then the same with one field from state to cancel changed: each of these fields is
@@ -85,17 +85,22 @@ def test_times_are_written_to_the_microsecond_they_were_in() -> None:
         assert orjson.loads(format_line(BASE._replace(t=t)))["ts"] == want
 
 
-def test_append_makes_the_line_at_once_and_takes_nothing_after_close() -> None:
+def test_the_appending_thread_makes_the_lines_a_run_at_a_time_and_takes_nothing_after_close() -> None:
     out = io.BytesIO()
-    log = StateLog(out, flush_interval=60)
+    log = StateLog(out, flush_interval=60)   # the writer thread does not wake by itself
+    for _ in range(BATCH - 1):
+        log.append(BASE)
+    assert not log._lines and len(log._entries) == BATCH - 1   # less than a run: waiting
     log.append(BASE)
-    # the line is made on the appending thread: the writer thread only joins and writes lines, so
-    # it never takes turns at the GIL with the event loop to format them
-    assert list(log._queue) == [format_line(BASE)]
+    # the run's lines are made at once, on the appending thread, before any flush: the writer
+    # thread only joins and writes them, so it never takes turns at the GIL with the event loop
+    # to format them
+    assert list(log._lines) == [(BATCH, format_line(BASE) * BATCH)] and not log._entries
+    log.append(BASE)   # the next run begins
     log.close()
-    assert orjson.loads(out.getvalue()) == to_dict(BASE)
+    assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [to_dict(BASE)] * (BATCH + 1)
     log.append(BASE)   # a call ended after its client's log closed: nothing queued where no writer takes it
-    assert len(log._queue) == 0
+    assert not log._entries and not log._lines
 
 
 def test_a_lone_surrogate_in_a_caller_s_text_is_logged_as_its_escape_and_read_back() -> None:
@@ -126,7 +131,7 @@ def test_after_a_write_error_append_takes_nothing() -> None:
     assert not log.enabled
     for _ in range(1000):
         log.append(BASE)   # the client goes on; nothing may pile up in memory
-    assert len(log._queue) == 0
+    assert not log._entries and not log._lines
     log.close()
 
 
@@ -138,4 +143,4 @@ def test_a_traced_client_s_log_takes_nothing_after_it_closed() -> None:
     observed.append(BASE)
     observed.close()
     observed.append(BASE)   # after close: nothing kept for a writer that is gone
-    assert len(log._queue) == 0 and len(seen) == 2
+    assert not log._entries and not log._lines and len(seen) == 2

@@ -1,14 +1,16 @@
-"""The state log's writer: the hot path's sink, chunked writes, and a log that fails."""
+"""The state log's writer: the hot path's sink, lines made in runs and written in chunks, and a log
+that fails."""
 
 from __future__ import annotations
 
 import io
+import threading
 
 import orjson
 
 from callstate.lifecycle import DISPATCH, ENTER, SERVER, D
 from callstate.statelog import Entry
-from callstate.logfile import DRAIN_CHUNK, StateLog
+from callstate.logfile import BATCH, DRAIN_CHUNK, StateLog
 
 
 class Recorder(io.RawIOBase):
@@ -57,8 +59,67 @@ def test_after_a_write_error_the_sink_stays_bounded(capsys) -> None:  # type: ig
     log.flush()
     assert not log.enabled and "cannot be written any more" in capsys.readouterr().err
     for e in entries(5000):
-        sink(e)   # the server goes on; nothing may pile up in memory
+        sink(e)   # the server goes on; nothing may pile up in memory, even before the writer wakes
+    assert len(log._entries) < BATCH and not log._lines
     log.flush()
-    assert len(log._queue) == 0
+    assert not log._entries and not log._lines
     assert log.sink is not sink   # a fresh sink discards at once
     log.close()
+
+
+def test_threads_appending_at_once_keep_each_calls_lines_in_order() -> None:
+    # the sync client appends from the caller's threads and gRPC's: whichever makes a run takes
+    # the entries queued before it, so no call's lines come out of order and none is lost
+    out = Recorder()
+    log = StateLog(out, flush_interval=0.001)   # the writer makes and writes lines meanwhile too
+    n, go = BATCH * 20 + 3, threading.Barrier(4)
+
+    def append(k: int) -> None:
+        go.wait()
+        for i in range(n):
+            log.append(Entry(float(i), SERVER, f"thread{k}", D, None, ENTER, DISPATCH))
+    threads = [threading.Thread(target=append, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    got: dict[str, list[float]] = {}
+    for line in b"".join(out.writes).splitlines():
+        entry = orjson.loads(line)
+        got.setdefault(entry["call_id"], []).append(entry["ts"])
+    assert sorted(got) == [f"thread{k}" for k in range(4)]
+    assert all(times == sorted(times) and len(times) == n for times in got.values())
+
+
+def test_a_stalled_write_never_holds_up_the_appending_thread() -> None:
+    class Stalled(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+            self.entered.set()
+            assert self.go.wait(10)
+            return super().write(data)
+    out = Stalled()
+    log = StateLog(out, flush_interval=60)
+    for e in entries(10):
+        log.append(e)
+    writer = threading.Thread(target=log.flush)
+    writer.start()
+    assert out.entered.wait(10)   # the writer is in its write (a full disk, a stalled pipe reader)
+    appended = threading.Event()
+
+    def append() -> None:
+        for e in entries(BATCH * 3)[10:]:
+            log.append(e)
+        appended.set()
+    threading.Thread(target=append).start()
+    assert appended.wait(10)   # appending, and making the lines, went on meanwhile
+    assert len(log._lines) == 2 and len(log._entries) == BATCH - 10
+    out.go.set()
+    writer.join(10)
+    log.close()
+    ids = [orjson.loads(line)["call_id"] for w in out.writes for line in w.splitlines()]
+    assert ids == [f"c{i}" for i in range(BATCH * 3)]
