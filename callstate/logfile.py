@@ -66,7 +66,7 @@ class StateLog:
         else:
             self._out = target
         self._entries: collections.deque[Entry] = collections.deque()   # appended, lines not yet made
-        self._lines: collections.deque[tuple[int, str]] = collections.deque()   # runs of lines made, not yet written: (lines, text)
+        self._lines: collections.deque[list[str]] = collections.deque()   # runs of lines made, not yet written
         self._making = threading.Lock()   # one thread makes lines at a time: they queue in the entries' order
         self._lock = threading.Lock()   # one writer at a time (appending threads never wait on it)
         # append(entry), thread-safe: queued while the log is on, nothing once the log failed or
@@ -100,7 +100,7 @@ class StateLog:
             entries.clear()
             return
         while n := min(len(entries), BATCH):
-            self._lines.append((n, "".join([line(entries.popleft()) for _ in range(n)])))
+            self._lines.append([line(entries.popleft()) for _ in range(n)])
 
     @property
     def enabled(self) -> bool:
@@ -126,8 +126,8 @@ class StateLog:
         try:
             while n > 0:
                 runs = [lines.popleft() for _ in range(min(n, DRAIN_CHUNK // BATCH))]
-                taken += sum([count for count, _ in runs])
-                out.write("".join([text for _, text in runs]).encode())
+                taken += sum(map(len, runs))
+                out.write("".join(itertools.chain.from_iterable(runs)).encode())
                 n -= len(runs)
             out.flush()
         except (OSError, ValueError) as exc:  # reader went away, closed stream, disk full

@@ -95,7 +95,7 @@ def test_the_appending_thread_makes_the_lines_a_run_at_a_time_and_takes_nothing_
     # the run's lines are made at once, on the appending thread, before any flush: the writer
     # thread only joins and writes them, so it never takes turns at the GIL with the event loop
     # to format them
-    assert list(log._lines) == [(BATCH, format_line(BASE) * BATCH)] and not log._entries
+    assert list(log._lines) == [[format_line(BASE)] * BATCH] and not log._entries
     log.append(BASE)   # the next run begins
     log.close()
     assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [to_dict(BASE)] * (BATCH + 1)
