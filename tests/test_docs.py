@@ -385,7 +385,7 @@ OTHER_TOOLS_FLAGS = set("""
     --rm --rmi --save --scale --tag --variant --csv --expect-workers --headless --host --json-file --master
     --master-host --worker --pdb --strict --config-settings --no-index --wheel-dir --vus --format --gil --pid
     --per-thread --pdeathsig --include --protocol --driver --pin --pipe-cancels --rounds --variants --show-diff
-    --check --outcom --fold --floor --threads --client --log
+    --check --outcom --fold --floor --threads --client --log --batches
 """.split())
 
 
