@@ -123,9 +123,10 @@ class StateLog:
         if not n:
             return
         taken = 0   # entries taken: until the flush succeeds, any of them may be in the file's buffer only
+        per_write = max(1, DRAIN_CHUNK // BATCH)   # runs longer than a chunk (a BATCH set above it): one each
         try:
             while n > 0:
-                runs = [lines.popleft() for _ in range(min(n, DRAIN_CHUNK // BATCH))]
+                runs = [lines.popleft() for _ in range(min(n, per_write))]
                 taken += sum(map(len, runs))
                 out.write("".join(itertools.chain.from_iterable(runs)).encode())
                 n -= len(runs)

@@ -123,3 +123,20 @@ def test_a_stalled_write_never_holds_up_the_appending_thread() -> None:
     log.close()
     ids = [orjson.loads(line)["call_id"] for w in out.writes for line in w.splitlines()]
     assert ids == [f"c{i}" for i in range(BATCH * 3)]
+
+
+def test_runs_longer_than_a_chunk_are_written_one_to_a_write(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # benchmarks/writer_latency.py --batches sets BATCH; one above DRAIN_CHUNK once made the
+    # drain take no run per write, for ever, holding the writer's lock
+    import callstate.logfile as logfile
+    monkeypatch.setattr(logfile, "BATCH", DRAIN_CHUNK * 2)
+    out = Recorder()
+    log = StateLog(out, flush_interval=60)
+    for e in entries(DRAIN_CHUNK * 4 + 1):
+        log.append(e)
+    flushing = threading.Thread(target=log.flush, daemon=True)
+    flushing.start()
+    flushing.join(10)
+    assert not flushing.is_alive(), "the drain wrote nothing and went round for ever"
+    assert [w.count(b"\n") for w in out.writes] == [DRAIN_CHUNK * 2, DRAIN_CHUNK * 2, 1]
+    log.close()
